@@ -1,0 +1,218 @@
+"""Service annotations → typed, validated mesh settings (pure).
+
+Keys are read from the first prefix that has them: ``lightmesh.io/``, then ``mesh.traefik.io/``, then
+``maesh.containo.us/`` — so Services written for Traefik Mesh or Maesh work unchanged. Each key is
+resolved on its own (a Service may mix prefixes while migrating).
+
+The controller, the Pulumi components and the policy pack all call :func:`parse_annotations`, so a
+value is judged the same way at ``pulumi preview``, in CI and in the cluster. Errors name the
+annotation exactly as the user wrote it and the offending value.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Mapping
+
+from lightmesh import cbexpr
+
+PREFIXES = ("lightmesh.io/", "mesh.traefik.io/", "maesh.containo.us/")
+
+TRAFFIC_TYPE = "traffic-type"
+SCHEME = "scheme"
+RETRY_ATTEMPTS = "retry-attempts"
+CIRCUIT_BREAKER_EXPRESSION = "circuit-breaker-expression"
+RATELIMIT_AVERAGE = "ratelimit-average"
+RATELIMIT_BURST = "ratelimit-burst"
+REQUEST_TIMEOUT = "request-timeout"
+
+KEYS = (TRAFFIC_TYPE, SCHEME, RETRY_ATTEMPTS, CIRCUIT_BREAKER_EXPRESSION, RATELIMIT_AVERAGE, RATELIMIT_BURST,
+        REQUEST_TIMEOUT)
+
+MAX_RETRY_ATTEMPTS = 100
+MAX_RATE = 1_000_000
+MAX_TIMEOUT_SECONDS = 86400.0
+
+
+class TrafficType(str, Enum):
+    HTTP = "http"
+    TCP = "tcp"
+    UDP = "udp"
+
+
+class Scheme(str, Enum):
+    HTTP = "http"
+    HTTPS = "https"
+    H2C = "h2c"
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    average: int
+    burst: int
+
+
+@dataclass(frozen=True)
+class AnnotationError:
+    annotation: str  # the full key as written, e.g. "mesh.traefik.io/retry-attempts"
+    value: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"annotation {self.annotation}={self.value!r}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class MeshSettings:
+    """What a Service's annotations ask of the mesh. Unset knobs are None."""
+
+    traffic_type: TrafficType
+    scheme: Scheme = Scheme.HTTP
+    retry_attempts: int | None = None
+    circuit_breaker_expression: str | None = None
+    rate_limit: RateLimit | None = None
+    request_timeout_seconds: float | None = None
+    sources: dict[str, str] = field(default_factory=dict)  # key → full annotation it was read from
+
+
+class AnnotationsInvalid(ValueError):
+    def __init__(self, errors: list[AnnotationError]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(str(e) for e in errors))
+
+
+def lookup(annotations: Mapping[str, str] | None, key: str) -> tuple[str, str] | None:
+    """(full annotation name, value) of ``key`` under the first prefix that has it."""
+    for prefix in PREFIXES:
+        full = prefix + key
+        if annotations and full in annotations:
+            return full, annotations[full]
+    return None
+
+
+def is_meshed(annotations: Mapping[str, str] | None) -> bool:
+    """True when any mesh annotation is present (used by policies to find mesh Services)."""
+    return any(lookup(annotations, key) for key in KEYS)
+
+
+def parse_annotations(annotations: Mapping[str, str] | None,
+                      default_traffic_type: TrafficType | str = TrafficType.HTTP) -> MeshSettings:
+    """Read every mesh key; raise :class:`AnnotationsInvalid` listing all bad values at once."""
+    settings, errors = parse_annotations_lenient(annotations, default_traffic_type)
+    if errors:
+        raise AnnotationsInvalid(errors)
+    return settings
+
+
+def parse_annotations_lenient(annotations: Mapping[str, str] | None,
+                              default_traffic_type: TrafficType | str = TrafficType.HTTP
+                              ) -> tuple[MeshSettings, list[AnnotationError]]:
+    """Like :func:`parse_annotations` but returns the errors next to the settings it could read."""
+    errors: list[AnnotationError] = []
+    sources: dict[str, str] = {}
+
+    def get(key: str) -> tuple[str, str] | None:
+        found = lookup(annotations, key)
+        if found:
+            sources[key] = found[0]
+            if not isinstance(found[1], str):
+                errors.append(AnnotationError(found[0], repr(found[1]), "must be a string"))
+                return None
+        return found
+
+    traffic_type = TrafficType(default_traffic_type)
+    if found := get(TRAFFIC_TYPE):
+        try:
+            traffic_type = TrafficType(found[1].strip().lower())
+        except ValueError:
+            errors.append(AnnotationError(*found, "must be one of http, tcp, udp"))
+
+    scheme = Scheme.HTTP
+    if found := get(SCHEME):
+        try:
+            scheme = Scheme(found[1].strip().lower())
+        except ValueError:
+            errors.append(AnnotationError(*found, "must be one of http, https, h2c"))
+
+    retry_attempts = None
+    if found := get(RETRY_ATTEMPTS):
+        retry_attempts = _int(found, 1, MAX_RETRY_ATTEMPTS, errors)
+
+    expression = None
+    if found := get(CIRCUIT_BREAKER_EXPRESSION):
+        try:
+            expression = str(cbexpr.parse(found[1]))
+        except cbexpr.ExpressionError as exc:
+            errors.append(AnnotationError(*found, f"invalid circuit-breaker expression: {exc}"))
+
+    rate_limit = None
+    average_found, burst_found = get(RATELIMIT_AVERAGE), get(RATELIMIT_BURST)
+    if average_found or burst_found:
+        average = _int(average_found, 1, MAX_RATE, errors) if average_found else None
+        burst = _int(burst_found, 1, MAX_RATE, errors) if burst_found else None
+        if average_found and not burst_found:
+            errors.append(AnnotationError(*average_found, f"needs {_sibling(average_found[0], RATELIMIT_BURST)} too"))
+        elif burst_found and not average_found:
+            errors.append(AnnotationError(*burst_found, f"needs {_sibling(burst_found[0], RATELIMIT_AVERAGE)} too"))
+        elif average is not None and burst is not None:
+            rate_limit = RateLimit(average, burst)
+
+    timeout = None
+    if found := get(REQUEST_TIMEOUT):
+        try:
+            timeout = parse_duration(found[1])
+        except ValueError as exc:
+            errors.append(AnnotationError(*found, str(exc)))
+        else:
+            if not 0 < timeout <= MAX_TIMEOUT_SECONDS:
+                errors.append(AnnotationError(*found, "must be more than 0 and at most 24h"))
+                timeout = None
+
+    settings = MeshSettings(traffic_type=traffic_type, scheme=scheme, retry_attempts=retry_attempts,
+                            circuit_breaker_expression=expression, rate_limit=rate_limit,
+                            request_timeout_seconds=timeout, sources=sources)
+    return settings, errors
+
+
+def _sibling(full_key: str, key: str) -> str:
+    return full_key.rsplit("/", 1)[0] + "/" + key
+
+
+def _int(found: tuple[str, str], low: int, high: int, errors: list[AnnotationError]) -> int | None:
+    text = found[1].strip()
+    if not re.fullmatch(r"[+]?\d+", text):
+        errors.append(AnnotationError(*found, "must be a whole number"))
+        return None
+    value = int(text)
+    if not low <= value <= high:
+        errors.append(AnnotationError(*found, f"must be between {low} and {high}"))
+        return None
+    return value
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Go-style duration (``5s``, ``1.5s``, ``250ms``, ``1m30s``) → seconds."""
+    raw = text.strip()
+    if not raw:
+        raise ValueError("must be a duration such as 5s, 250ms or 1m30s")
+    pos, total = 0, 0.0
+    while pos < len(raw):
+        m = _DURATION_PART.match(raw, pos)
+        if not m:
+            raise ValueError("must be a duration such as 5s, 250ms or 1m30s (a unit is required)")
+        total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+        pos = m.end()
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """Inverse of :func:`parse_duration` for values it produced (used when rendering annotations)."""
+    if seconds >= 1 and float(seconds).is_integer():
+        return f"{int(seconds)}s"
+    return f"{round(seconds * 1000, 3):g}ms"

@@ -1,0 +1,480 @@
+"""The proxy configuration contract: what the controller produces and every proxy consumes.
+
+This module owns the wire format between the control plane and the data plane. It is pure
+(pydantic v2 models, no I/O) and versioned:
+
+* ``version`` grows monotonically with every published change; ``hash`` is the SHA-256 of the
+  canonical JSON of everything except ``version`` and ``hash``. The controller serves the hash as
+  the HTTP ``ETag`` of ``GET /api/configuration/current`` (see :mod:`lightmesh.wire`).
+* Everything a proxy must enforce is structured data. Routing is a structured match (hosts, an
+  optional path regex anchored at the start of the path, methods, header regexes), never a rule
+  string the proxy would have to parse.
+* Every element is named and listed (not keyed in a JSON object), so duplicate names survive JSON
+  decoding and are rejected by :meth:`ProxyConfig.model_validate` with a message naming them.
+
+Semantics the proxy implements (documented here because this is the contract):
+
+HTTP
+    Each ``EntryPoint`` is a listening socket. A request is matched against the routers attached to
+    the entry point it arrived on, highest ``priority`` first (ties: longer match first, then name);
+    no router matches → 404. A router's ``middlewares`` run in list order, then its ``service``
+    forwards the request. A service either load-balances over ``servers`` or is unreachable (no
+    servers → 503).
+Match
+    ``hosts``: the request's Host header without port, compared case-insensitively; empty = any.
+    ``path_regex``: ``re.match`` against the path (no query string): anchored at the start, not at
+    the end (add ``$`` for that), as SMI's ``pathRegex``. ``methods``: empty = any; ``*`` = any.
+    ``headers``: header name → regex searched (``re.search``) in the header value; all must match.
+    One router holds one match; alternatives (OR) are separate routers sharing a service.
+Middlewares
+    ``allow_list``: source CIDRs of the TCP peer (never a header). Empty list = deny everything
+    (403). ``deny``: always answers ``status_code``. ``rate_limit``: token bucket per source IP,
+    ``average`` requests per ``period_seconds`` with ``burst``; 429 + ``Retry-After``.
+    ``circuit_breaker``: :mod:`lightmesh.cbexpr` expression; open → 503. ``retry``: up to
+    ``attempts`` extra tries on connect failure/reset before any response byte, next server each
+    time. ``request_timeout``: 504 when the upstream has not answered in time.
+TCP / UDP
+    One route per listening port. ``allowed_sources``: ``None`` = anyone; a list = only those CIDRs
+    (empty list = nobody): a denied TCP connection is closed at once, a denied datagram dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+from enum import Enum
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+
+# Names end up in metric labels, log lines and URLs: keep them to a safe alphabet.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@:/-]{0,252}$"
+_HTTP_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Weight = Annotated[int, Field(ge=0, le=1_000_000)]
+
+
+class ConfigError(ValueError):
+    """A proxy configuration that must not be applied; the message names the element."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _check_regex(value: str | None, what: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"invalid {what} {value!r}: {exc}") from None
+    return value
+
+
+def _check_cidr(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        raise ValueError(f"invalid CIDR {value!r}") from None
+
+
+def _check_host(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"invalid IP address {value!r}") from None
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+class Match(_Model):
+    """Structured request match; every non-empty part must match (AND)."""
+
+    hosts: list[str] = Field(default_factory=list)
+    path_regex: str | None = None
+    methods: list[str] = Field(default_factory=list)
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, hosts: list[str]) -> list[str]:
+        out = []
+        for host in hosts:
+            host = host.strip().lower()
+            if not host or any(c in host for c in " /\t\r\n"):
+                raise ValueError(f"invalid host {host!r}")
+            out.append(host)
+        return out
+
+    @field_validator("path_regex")
+    @classmethod
+    def _path_regex(cls, value: str | None) -> str | None:
+        return _check_regex(value, "path regex")
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, methods: list[str]) -> list[str]:
+        for method in methods:
+            if method != "*" and not _HTTP_TOKEN.match(method):
+                raise ValueError(f"invalid HTTP method {method!r}")
+        return [m.upper() for m in methods]
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, regex in headers.items():
+            if not _HTTP_TOKEN.match(name):
+                raise ValueError(f"invalid header name {name!r}")
+            _check_regex(regex, f"regex for header {name!r}")
+        return {name.lower(): regex for name, regex in headers.items()}
+
+
+class Router(_Model):
+    name: Name
+    entry_points: list[Name] = Field(min_length=1)
+    match: Match = Field(default_factory=Match)
+    priority: int = 0
+    service: Name
+    middlewares: list[Name] = Field(default_factory=list)
+
+
+class LoadBalancer(str, Enum):
+    ROUND_ROBIN = "round_robin"
+    WEIGHTED = "weighted"
+
+
+class Scheme(str, Enum):
+    HTTP = "http"
+    HTTPS = "https"
+    H2C = "h2c"
+
+
+class HTTPServer(_Model):
+    """One upstream: ``scheme://ip:port`` (IPv6 in brackets)."""
+
+    url: str
+    weight: Weight = 1
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        parse_server_url(url)
+        return url
+
+
+def parse_server_url(url: str) -> tuple[Scheme, str, int]:
+    """``http://10.0.0.1:80`` → (Scheme.HTTP, "10.0.0.1", 80); raises ValueError when malformed."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"server URL {url!r} has no scheme")
+    try:
+        parsed_scheme = Scheme(scheme)
+    except ValueError:
+        raise ValueError(f"server URL {url!r}: scheme must be http, https or h2c") from None
+    if rest.startswith("["):
+        host, _, port_part = rest[1:].partition("]")
+        port_text = port_part[1:] if port_part.startswith(":") else ""
+    else:
+        host, _, port_text = rest.rpartition(":")
+    if not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"server URL {url!r} must be scheme://ip:port with a port in 1-65535")
+    return parsed_scheme, _check_host(host), int(port_text)
+
+
+class HTTPService(_Model):
+    name: Name
+    servers: list[HTTPServer] = Field(default_factory=list)
+    load_balancer: LoadBalancer = LoadBalancer.ROUND_ROBIN
+    pass_host_header: bool = True
+
+
+class RetryMiddleware(_Model):
+    type: Literal["retry"] = "retry"
+    name: Name
+    attempts: int = Field(ge=1, le=100)
+
+
+class CircuitBreakerMiddleware(_Model):
+    type: Literal["circuit_breaker"] = "circuit_breaker"
+    name: Name
+    expression: str
+
+    @field_validator("expression")
+    @classmethod
+    def _expression(cls, expression: str) -> str:
+        from lightmesh import cbexpr  # local import: cbexpr is pure but keeps this module's import light
+
+        cbexpr.parse(expression)
+        return expression
+
+
+class RateLimitMiddleware(_Model):
+    type: Literal["rate_limit"] = "rate_limit"
+    name: Name
+    average: int = Field(ge=1)
+    burst: int = Field(ge=1)
+    period_seconds: float = Field(default=1.0, gt=0, le=86400)
+
+
+class AllowListMiddleware(_Model):
+    type: Literal["allow_list"] = "allow_list"
+    name: Name
+    source_ranges: list[str] = Field(default_factory=list)
+
+    @field_validator("source_ranges")
+    @classmethod
+    def _ranges(cls, ranges: list[str]) -> list[str]:
+        return [_check_cidr(r) for r in ranges]
+
+
+class DenyMiddleware(_Model):
+    type: Literal["deny"] = "deny"
+    name: Name
+    status_code: int = Field(default=403, ge=400, le=599)
+
+
+class RequestTimeoutMiddleware(_Model):
+    type: Literal["request_timeout"] = "request_timeout"
+    name: Name
+    seconds: float = Field(gt=0, le=86400)
+
+
+Middleware = Annotated[
+    Union[
+        RetryMiddleware,
+        CircuitBreakerMiddleware,
+        RateLimitMiddleware,
+        AllowListMiddleware,
+        DenyMiddleware,
+        RequestTimeoutMiddleware,
+    ],
+    Field(discriminator="type"),
+]
+
+
+class EntryPoint(_Model):
+    """A listening socket. In a cluster: ``0.0.0.0:5000+i``; in local mode: a shadow ClusterIP."""
+
+    name: Name
+    address: str = "0.0.0.0"
+    port: Port
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, address: str) -> str:
+        return _check_host(address)
+
+
+class HTTPConfig(_Model):
+    entry_points: list[EntryPoint] = Field(default_factory=list)
+    routers: list[Router] = Field(default_factory=list)
+    services: list[HTTPService] = Field(default_factory=list)
+    middlewares: list[Middleware] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- TCP / UDP
+
+
+class L4Server(_Model):
+    """One upstream ``ip:port`` for TCP or UDP."""
+
+    address: str
+    port: Port
+    weight: Weight = 1
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, address: str) -> str:
+        return _check_host(address)
+
+
+class L4Route(_Model):
+    name: Name
+    address: str = "0.0.0.0"
+    port: Port
+    allowed_sources: list[str] | None = None
+    servers: list[L4Server] = Field(default_factory=list)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, address: str) -> str:
+        return _check_host(address)
+
+    @field_validator("allowed_sources")
+    @classmethod
+    def _sources(cls, ranges: list[str] | None) -> list[str] | None:
+        return None if ranges is None else [_check_cidr(r) for r in ranges]
+
+
+class TCPRoute(L4Route):
+    connect_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
+
+
+class UDPRoute(L4Route):
+    session_idle_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+
+
+# --------------------------------------------------------------------------- the whole config
+
+
+def _duplicates(names: list[str]) -> list[str]:
+    seen: set[str] = set()
+    dup: list[str] = []
+    for name in names:
+        if name in seen and name not in dup:
+            dup.append(name)
+        seen.add(name)
+    return dup
+
+
+class ProxyConfig(_Model):
+    """The whole configuration one proxy enforces. Build it with :func:`make_config`."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    version: int = Field(ge=0)
+    hash: str = ""
+    http: HTTPConfig = Field(default_factory=HTTPConfig)
+    tcp: list[TCPRoute] = Field(default_factory=list)
+    udp: list[UDPRoute] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _references(self, info: ValidationInfo) -> ProxyConfig:
+        http = self.http
+        problems: list[str] = []
+        for kind, names in (
+            ("entry point", [e.name for e in http.entry_points]),
+            ("router", [r.name for r in http.routers]),
+            ("service", [s.name for s in http.services]),
+            ("middleware", [m.name for m in http.middlewares]),
+            ("tcp route", [r.name for r in self.tcp]),
+            ("udp route", [r.name for r in self.udp]),
+        ):
+            problems += [f"duplicate {kind} name {n!r}" for n in _duplicates(names)]
+        entry_points = {e.name for e in http.entry_points}
+        services = {s.name for s in http.services}
+        middlewares = {m.name for m in http.middlewares}
+        for router in http.routers:
+            for ep in router.entry_points:
+                if ep not in entry_points:
+                    problems.append(f"router {router.name!r} references unknown entry point {ep!r}")
+            if router.service not in services:
+                problems.append(f"router {router.name!r} references unknown service {router.service!r}")
+            for mw in router.middlewares:
+                if mw not in middlewares:
+                    problems.append(f"router {router.name!r} references unknown middleware {mw!r}")
+        # Two listeners on one socket cannot both be opened: a clash is a config error.
+        sockets: dict[tuple[str, str, int], str] = {}
+        listeners = [("tcp", e.address, e.port, f"entry point {e.name!r}") for e in http.entry_points]
+        listeners += [("tcp", r.address, r.port, f"tcp route {r.name!r}") for r in self.tcp]
+        listeners += [("udp", r.address, r.port, f"udp route {r.name!r}") for r in self.udp]
+        for proto, address, port, what in listeners:
+            clash = _socket_clash(sockets, proto, address, port)
+            if clash:
+                problems.append(f"{what} listens on {proto} {address}:{port} like {clash}")
+            sockets[(proto, address, port)] = what
+        if problems:
+            raise ValueError("; ".join(problems))
+        if self.hash and self.hash != content_hash(self):
+            raise ValueError("hash does not match the content (corrupted or hand-edited config)")
+        return self
+
+    def etag(self) -> str:
+        return f'"{self.hash}"'
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+
+def _socket_clash(sockets: dict[tuple[str, str, int], str], proto: str, address: str, port: int) -> str | None:
+    for (p, a, po), what in sockets.items():
+        if p == proto and po == port and (a == address or "0.0.0.0" in (a, address) or "::" in (a, address)):
+            return what
+    return None
+
+
+def _canonical(config: ProxyConfig) -> bytes:
+    body = config.model_dump(mode="json", exclude={"version", "hash"})
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def content_hash(config: ProxyConfig) -> str:
+    """SHA-256 of the canonical content; independent of ``version`` so equal configs hash equal."""
+    return hashlib.sha256(_canonical(config)).hexdigest()
+
+
+def make_config(version: int, http: HTTPConfig | None = None, tcp: list[TCPRoute] | None = None,
+                udp: list[UDPRoute] | None = None) -> ProxyConfig:
+    """Validate the parts and return a config stamped with ``version`` and its content hash."""
+    unhashed = load_config_dict({
+        "version": version,
+        "http": (http or HTTPConfig()).model_dump(mode="json"),
+        "tcp": [r.model_dump(mode="json") for r in tcp or []],
+        "udp": [r.model_dump(mode="json") for r in udp or []],
+    })
+    return unhashed.model_copy(update={"hash": content_hash(unhashed)})
+
+
+def load_config_dict(data: object) -> ProxyConfig:
+    """Validate decoded JSON; raises :class:`ConfigError` whose message names each bad element."""
+    from pydantic import ValidationError
+
+    try:
+        return ProxyConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, data)) from None
+
+
+def load_config_json(text: str | bytes) -> ProxyConfig:
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"configuration is not valid JSON: {exc}") from None
+    return load_config_dict(data)
+
+
+def _describe(exc, data: object) -> str:
+    """Turn pydantic's locations (``http.routers.3.match.path_regex``) into element names."""
+    lines = []
+    for err in exc.errors():
+        loc = list(err["loc"])
+        where = _named_path(data, loc)
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {msg}" if where else msg)
+    return "invalid proxy configuration: " + "; ".join(lines)
+
+
+def _named_path(data: object, loc: list) -> str:
+    parts: list[str] = []
+    node = data
+    for key in loc:
+        if isinstance(key, int) and isinstance(node, list) and 0 <= key < len(node):
+            node = node[key]
+            name = node.get("name") if isinstance(node, dict) else None
+            parts[-1:] = [f"{parts[-1] if parts else ''}[{name!r}]" if name else f"{parts[-1] if parts else ''}[{key}]"]
+            continue
+        if isinstance(node, dict) and key in node:
+            node = node[key]
+        else:
+            node = None
+        parts.append(str(key))
+    return ".".join(p for p in parts if p)
+
+
+def json_schema() -> dict:
+    """JSON schema of the wire format (``lightmesh config-schema``)."""
+    schema = ProxyConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "Lightmesh proxy configuration"
+    return schema
+
+
+EMPTY = make_config(0)
+"""Version 0: nothing routed. A proxy serves it only in tests; it reports not-ready until v>=1."""

@@ -1,0 +1,42 @@
+"""The controller ↔ proxy HTTP protocol: paths, headers and timings, shared by both sides.
+
+Config delivery is a long poll::
+
+    GET {controller}/api/configuration/current
+        If-None-Match: "<hash of the config the proxy has>"      (absent on first fetch)
+        X-Lightmesh-Proxy: <proxy pod name>                      (who is asking; for /api/status/nodes)
+        X-Lightmesh-Applied-Version: <version the proxy applied> (0 before the first one)
+
+    → 200, ETag: "<hash>", X-Lightmesh-Config-Version: <version>, body: ProxyConfig JSON
+      as soon as the controller's config hash differs from If-None-Match;
+    → 304 after holding the request up to ``LONG_POLL_SECONDS`` (``?wait=N`` shortens it) when
+      nothing changed; the proxy then asks again at once.
+    → 503 while the controller has no config yet (not synced): the proxy retries with backoff.
+
+A proxy that cannot reach the controller keeps serving its last good config and retries with
+exponential backoff from ``RETRY_MIN_SECONDS`` to ``RETRY_MAX_SECONDS``.
+"""
+
+CONFIG_PATH = "/api/configuration/current"
+TOPOLOGY_PATH = "/api/topology/current"
+READINESS_PATH = "/api/status/readiness"
+NODES_PATH = "/api/status/nodes"
+
+HEADER_PROXY_NAME = "X-Lightmesh-Proxy"
+HEADER_APPLIED_VERSION = "X-Lightmesh-Applied-Version"
+HEADER_CONFIG_VERSION = "X-Lightmesh-Config-Version"
+
+LONG_POLL_SECONDS = 30.0
+RETRY_MIN_SECONDS = 0.2
+RETRY_MAX_SECONDS = 10.0
+
+DEFAULT_CONTROLLER_API_PORT = 9000
+DEFAULT_PROXY_ADMIN_PORT = 8080
+DEFAULT_DNS_PORT = 53
+DEFAULT_LOCAL_DNS_PORT = 5353
+
+HTTP_PORT_BASE = 5000
+TCP_PORT_BASE = 10000
+UDP_PORT_BASE = 15000
+
+DEFAULT_DOMAINS = ("lightmesh", "traefik.mesh", "maesh")

@@ -1,0 +1,31 @@
+"""Shared test helpers: how to start ``lightmesh`` in a subprocess from this checkout."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def lightmesh_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a child ``python -m lightmesh`` that imports this checkout's code."""
+    env = dict(os.environ)
+    paths = [str(REPO / "proxy_image"), str(REPO)]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env.update(extra or {})
+    return env
+
+
+def lightmesh_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lightmesh", *args]
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO

@@ -1,0 +1,98 @@
+"""Annotation model: prefix precedence, every key, and errors naming annotation and value."""
+
+import pytest
+
+from lightmesh import annotations as a
+
+
+def test_defaults_without_annotations():
+    s = a.parse_annotations({})
+    assert s.traffic_type is a.TrafficType.HTTP and s.scheme is a.Scheme.HTTP
+    assert (s.retry_attempts, s.circuit_breaker_expression, s.rate_limit, s.request_timeout_seconds) == (None,) * 4
+    assert a.parse_annotations(None, "tcp").traffic_type is a.TrafficType.TCP
+
+
+def test_every_key_is_read():
+    s = a.parse_annotations({
+        "lightmesh.io/traffic-type": "HTTP",
+        "lightmesh.io/scheme": "h2c",
+        "lightmesh.io/retry-attempts": "2",
+        "lightmesh.io/circuit-breaker-expression": "NetworkErrorRatio()>0.5",
+        "lightmesh.io/ratelimit-average": "100",
+        "lightmesh.io/ratelimit-burst": "200",
+        "lightmesh.io/request-timeout": "1m30s",
+    })
+    assert s.traffic_type is a.TrafficType.HTTP and s.scheme is a.Scheme.H2C
+    assert s.retry_attempts == 2
+    assert s.circuit_breaker_expression == "NetworkErrorRatio() > 0.5"
+    assert s.rate_limit == a.RateLimit(100, 200)
+    assert s.request_timeout_seconds == 90
+
+
+def test_prefix_precedence_per_key():
+    s = a.parse_annotations({
+        "maesh.containo.us/traffic-type": "udp",
+        "mesh.traefik.io/traffic-type": "tcp",
+        "maesh.containo.us/retry-attempts": "3",
+    })
+    assert s.traffic_type is a.TrafficType.TCP
+    assert s.retry_attempts == 3
+    assert s.sources == {"traffic-type": "mesh.traefik.io/traffic-type",
+                         "retry-attempts": "maesh.containo.us/retry-attempts"}
+    assert a.parse_annotations({"lightmesh.io/traffic-type": "http",
+                                "mesh.traefik.io/traffic-type": "tcp"}).traffic_type is a.TrafficType.HTTP
+
+
+@pytest.mark.parametrize("key, value, reason", [
+    ("mesh.traefik.io/traffic-type", "grpc", "must be one of http, tcp, udp"),
+    ("lightmesh.io/scheme", "ftp", "must be one of http, https, h2c"),
+    ("maesh.containo.us/retry-attempts", "two", "must be a whole number"),
+    ("lightmesh.io/retry-attempts", "0", "between 1 and 100"),
+    ("lightmesh.io/circuit-breaker-expression", "NetworkErrorRatio() >", "position"),
+    ("lightmesh.io/request-timeout", "5", "a unit is required"),
+    ("lightmesh.io/request-timeout", "0s", "more than 0"),
+])
+def test_invalid_values_name_annotation_and_value(key, value, reason):
+    with pytest.raises(a.AnnotationsInvalid) as err:
+        a.parse_annotations({key: value})
+    [error] = err.value.errors
+    assert error.annotation == key and error.value == value and reason in error.reason
+    assert f"annotation {key}={value!r}" in str(err.value)
+
+
+def test_rate_limit_needs_both_and_reports_the_missing_sibling():
+    with pytest.raises(a.AnnotationsInvalid, match="needs mesh.traefik.io/ratelimit-burst too"):
+        a.parse_annotations({"mesh.traefik.io/ratelimit-average": "10"})
+    with pytest.raises(a.AnnotationsInvalid, match="needs lightmesh.io/ratelimit-average too"):
+        a.parse_annotations({"lightmesh.io/ratelimit-burst": "10"})
+    with pytest.raises(a.AnnotationsInvalid, match="between 1"):
+        a.parse_annotations({"lightmesh.io/ratelimit-average": "0", "lightmesh.io/ratelimit-burst": "1"})
+
+
+def test_all_errors_are_reported_at_once_and_lenient_mode_keeps_the_rest():
+    annotations = {"lightmesh.io/scheme": "ftp", "lightmesh.io/retry-attempts": "-1",
+                   "lightmesh.io/request-timeout": "2s"}
+    settings, errors = a.parse_annotations_lenient(annotations)
+    assert len(errors) == 2
+    assert settings.request_timeout_seconds == 2
+
+
+def test_non_string_value_is_an_error_not_a_crash():
+    _, errors = a.parse_annotations_lenient({"lightmesh.io/retry-attempts": 2})
+    assert errors and "must be a string" in errors[0].reason
+
+
+@pytest.mark.parametrize("text, seconds", [("5s", 5), ("250ms", 0.25), ("1m30s", 90), ("1.5s", 1.5),
+                                           ("2h", 7200), ("100us", 1e-4)])
+def test_durations(text, seconds):
+    assert a.parse_duration(text) == pytest.approx(seconds)
+
+
+def test_format_duration_round_trips():
+    for seconds in (5, 0.25, 90, 1.5):
+        assert a.parse_duration(a.format_duration(seconds)) == pytest.approx(seconds)
+
+
+def test_is_meshed():
+    assert a.is_meshed({"maesh.containo.us/traffic-type": "http"})
+    assert not a.is_meshed({"app": "x"})

@@ -1,0 +1,153 @@
+"""The proxy-config contract: round trip, hashing, and validation that names the element."""
+
+import json
+
+import pytest
+
+from lightmesh import config as c
+
+
+def sample_config(version: int = 7) -> c.ProxyConfig:
+    http = c.HTTPConfig(
+        entry_points=[c.EntryPoint(name="http-5000", port=5000)],
+        routers=[c.Router(name="whoami-whoami-80", entry_points=["http-5000"],
+                          match=c.Match(hosts=["whoami.whoami.traefik.mesh"], path_regex="/api",
+                                        methods=["get"], headers={"X-User": "^t"}),
+                          priority=1002, service="whoami-whoami-80", middlewares=["acl", "retry"])],
+        services=[c.HTTPService(name="whoami-whoami-80", servers=[
+            c.HTTPServer(url="http://10.42.0.5:80"), c.HTTPServer(url="http://[fd00::5]:80", weight=3)],
+            load_balancer=c.LoadBalancer.WEIGHTED)],
+        middlewares=[c.AllowListMiddleware(name="acl", source_ranges=["10.42.0.7/32"]),
+                     c.RetryMiddleware(name="retry", attempts=2),
+                     c.CircuitBreakerMiddleware(name="cb", expression="NetworkErrorRatio() > 0.5"),
+                     c.RateLimitMiddleware(name="rl", average=100, burst=200),
+                     c.DenyMiddleware(name="block"),
+                     c.RequestTimeoutMiddleware(name="timeout", seconds=5)],
+    )
+    tcp = [c.TCPRoute(name="whoami-whoami-tcp-8080", port=10000, allowed_sources=[],
+                      servers=[c.L4Server(address="10.42.0.9", port=8080)])]
+    udp = [c.UDPRoute(name="dns-udp", port=15000, servers=[c.L4Server(address="10.42.0.10", port=53, weight=2)])]
+    return c.make_config(version, http, tcp, udp)
+
+
+def test_round_trip_through_json_is_lossless():
+    cfg = sample_config()
+    again = c.load_config_json(cfg.to_json())
+    assert again == cfg
+    assert again.hash == cfg.hash and len(cfg.hash) == 64
+
+
+def test_normalises_what_users_type():
+    cfg = sample_config()
+    match = cfg.http.routers[0].match
+    assert match.methods == ["GET"]
+    assert match.headers == {"x-user": "^t"}
+    assert cfg.http.middlewares[0].source_ranges == ["10.42.0.7/32"]
+
+
+def test_hash_ignores_version_but_tracks_content():
+    assert sample_config(1).hash == sample_config(2).hash
+    other = c.make_config(1, tcp=[c.TCPRoute(name="x", port=10001)])
+    assert other.hash != sample_config(1).hash
+    assert sample_config().etag() == f'"{sample_config().hash}"'
+
+
+def test_tampered_content_is_rejected():
+    data = json.loads(sample_config().to_json())
+    data["tcp"][0]["port"] = 10005
+    with pytest.raises(c.ConfigError, match="hash does not match"):
+        c.load_config_dict(data)
+
+
+def _broken(mutate) -> str:
+    data = json.loads(sample_config().to_json())
+    data["hash"] = ""
+    mutate(data)
+    with pytest.raises(c.ConfigError) as err:
+        c.load_config_dict(data)
+    return str(err.value)
+
+
+def test_dangling_service_reference_names_router_and_service():
+    msg = _broken(lambda d: d["http"]["routers"][0].update(service="nope"))
+    assert "router 'whoami-whoami-80' references unknown service 'nope'" in msg
+
+
+def test_dangling_middleware_and_entry_point():
+    msg = _broken(lambda d: d["http"]["routers"][0].update(middlewares=["ghost"], entry_points=["http-9"]))
+    assert "unknown middleware 'ghost'" in msg and "unknown entry point 'http-9'" in msg
+
+
+def test_duplicate_names_are_rejected():
+    msg = _broken(lambda d: d["http"]["services"].append(dict(d["http"]["services"][0])))
+    assert "duplicate service name 'whoami-whoami-80'" in msg
+
+
+@pytest.mark.parametrize("port", [0, 70000, -1])
+def test_out_of_range_port_names_the_route(port):
+    msg = _broken(lambda d: d["tcp"][0].update(port=port))
+    assert "tcp['whoami-whoami-tcp-8080'].port" in msg
+
+
+def test_invalid_regex_names_router():
+    msg = _broken(lambda d: d["http"]["routers"][0]["match"].update(path_regex="/api(["))
+    assert "routers['whoami-whoami-80'].match.path_regex" in msg and "invalid path regex" in msg
+
+
+def test_invalid_header_regex():
+    msg = _broken(lambda d: d["http"]["routers"][0]["match"].update(headers={"X-A": "*"}))
+    assert "regex for header 'X-A'" in msg
+
+
+def test_invalid_cidr_names_middleware():
+    msg = _broken(lambda d: d["http"]["middlewares"][0].update(source_ranges=["10.0.0.300/32"]))
+    assert "middlewares['acl']" in msg and "invalid CIDR" in msg
+
+
+def test_invalid_circuit_breaker_expression():
+    msg = _broken(lambda d: d["http"]["middlewares"][2].update(expression="NetworkErrorRatio() >> 1"))
+    assert "middlewares['cb']" in msg and "position" in msg
+
+
+def test_server_url_must_be_scheme_ip_port():
+    for url in ("10.0.0.1:80", "ftp://10.0.0.1:80", "http://host.example:80", "http://10.0.0.1", "http://10.0.0.1:0"):
+        msg = _broken(lambda d, url=url: d["http"]["services"][0]["servers"][0].update(url=url))
+        assert "services['whoami-whoami-80'].servers[0].url" in msg, msg
+    assert c.parse_server_url("h2c://[fd00::1]:8080") == (c.Scheme.H2C, "fd00::1", 8080)
+
+
+def test_unknown_fields_and_middleware_types_are_rejected():
+    assert "extra" in _broken(lambda d: d["http"]["routers"][0].update(rule="Host(`x`)")).lower()
+    msg = _broken(lambda d: d["http"]["middlewares"].append({"type": "magic", "name": "m"}))
+    assert "magic" in msg
+
+
+def test_listener_clash_is_a_config_error():
+    msg = _broken(lambda d: d["udp"].append({"name": "u2", "port": 15000, "address": "127.0.0.5"}))
+    assert "udp route 'u2' listens on udp 127.0.0.5:15000" in msg
+    # the same port on two specific addresses is fine (local mode: one ClusterIP per service)
+    c.make_config(1, tcp=[c.TCPRoute(name="a", address="127.0.1.1", port=80),
+                          c.TCPRoute(name="b", address="127.0.1.2", port=80)])
+
+
+def test_empty_allow_list_is_valid_and_means_deny():
+    cfg = c.make_config(1, http=c.HTTPConfig(middlewares=[c.AllowListMiddleware(name="nobody")]))
+    assert cfg.http.middlewares[0].source_ranges == []
+
+
+def test_not_json_is_a_clear_error():
+    with pytest.raises(c.ConfigError, match="not valid JSON"):
+        c.load_config_json(b"{nope")
+
+
+def test_json_schema_describes_every_middleware():
+    schema = c.json_schema()
+    text = json.dumps(schema)
+    for kind in ("retry", "circuit_breaker", "rate_limit", "allow_list", "deny", "request_timeout"):
+        assert f'"{kind}"' in text
+    assert schema["title"] == "Lightmesh proxy configuration"
+
+
+def test_schema_validates_a_real_config():
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(json.loads(sample_config().to_json()), c.json_schema())
