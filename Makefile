@@ -19,3 +19,10 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+
+# Benchmarks: installs the native comparison points (nginx, haproxy, wrk) from Debian if missing.
+BENCH_PKGS := nginx haproxy wrk
+bench: $(STAMP)
+	@missing=""; for p in $(BENCH_PKGS); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; fi
+	$(PY) bench/run.py $(BENCH)

@@ -40,3 +40,27 @@ TCP_PORT_BASE = 10000
 UDP_PORT_BASE = 15000
 
 DEFAULT_DOMAINS = ("lightmesh", "traefik.mesh", "maesh")
+
+# ---------------------------------------------------------------------------- cluster-facing names
+# MeshInstall (deploy time) and the controller (run time) must agree on these; keep them here.
+
+DEFAULT_MESH_NAMESPACE = "lightmesh"
+CONTROLLER_NAME = "lightmesh-controller"  # Deployment, Service (API 9000/tcp, DNS 53/udp+tcp), ServiceAccount
+PROXY_NAME = "lightmesh-proxy"  # DaemonSet and ServiceAccount
+LEASE_NAME = "lightmesh-controller-leader"
+
+PROXY_POD_LABELS = {"app.kubernetes.io/name": PROXY_NAME, "app.kubernetes.io/part-of": "lightmesh"}
+CONTROLLER_POD_LABELS = {"app.kubernetes.io/name": CONTROLLER_NAME, "app.kubernetes.io/part-of": "lightmesh"}
+
+LABEL_SHADOW_SERVICE_NAME = "lightmesh.io/service-name"
+LABEL_SHADOW_SERVICE_NAMESPACE = "lightmesh.io/service-namespace"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY_CONTROLLER = "lightmesh-controller"
+
+DEFAULT_HTTP_PORT_LIMIT = 10
+DEFAULT_TCP_PORT_LIMIT = 25
+DEFAULT_UDP_PORT_LIMIT = 25
+
+# Environment the proxy reads its identity from (Kubernetes downward API in the DaemonSet).
+ENV_POD_NAME = "POD_NAME"
+ENV_NODE_NAME = "NODE_NAME"
