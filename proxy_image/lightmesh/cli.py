@@ -15,6 +15,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "config-schema": ("lightmesh.cli_schema", "Print the JSON schema of the proxy configuration"),
     "version": ("lightmesh.cli_schema", "Print the Lightmesh version"),
+    "render": ("lightmesh.local.render", "Render a Pulumi program's Kubernetes manifests offline (preview of pulumi up)"),
 }
 
 

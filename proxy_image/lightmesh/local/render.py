@@ -1,0 +1,245 @@
+"""``lightmesh render PROGRAM_DIR -o OUT_DIR``: a Pulumi program's Kubernetes objects, offline.
+
+The program runs under the Pulumi SDK's mock engine (``pulumi.runtime.set_mocks``): no CLI, no
+state backend, no cluster. Every Kubernetes object the program declares is written as YAML, one file
+per resource — a preview of what ``pulumi up`` would apply. What a mock engine cannot know is
+documented rather than guessed:
+
+* auto-named objects get ``<resource name>-<8 hex>`` (a stable hash instead of Pulumi's random
+  suffix), so renders are reproducible;
+* ``*Patch`` resources modify objects that already exist in a cluster (e.g. the CoreDNS ConfigMap):
+  they are listed, not written, because there is nothing to patch offline;
+* reads of existing objects (``ConfigMap.get``) see a stock kubeadm ``kube-system/coredns``
+  ConfigMap and nothing else.
+
+Stack configuration comes from ``Pulumi.yaml`` (``config:`` defaults), then
+``Pulumi.<stack>.yaml``, then ``--config key=value`` (keys without a namespace get the project's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import re
+import runpy
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+STOCK_COREFILE = """.:53 {
+    errors
+    health {
+       lameduck 5s
+    }
+    ready
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+       pods insecure
+       fallthrough in-addr.arpa ip6.arpa
+       ttl 30
+    }
+    prometheus :9153
+    forward . /etc/resolv.conf {
+       max_concurrent 1000
+    }
+    cache 30
+    loop
+    reload
+    loadbalance
+}
+"""
+
+
+class RenderError(RuntimeError):
+    pass
+
+
+@dataclass
+class RenderResult:
+    objects: list[dict] = field(default_factory=list)
+    skipped_patches: list[str] = field(default_factory=list)
+    components: list[str] = field(default_factory=list)
+
+
+def _auto_name(resource_name: str) -> str:
+    return f"{resource_name}-{hashlib.sha256(resource_name.encode()).hexdigest()[:8]}"
+
+
+def _rfc1123(name: str) -> str:
+    return re.sub(r"[^a-z0-9.-]", "-", name.lower()).strip("-.")[:253] or "x"
+
+
+def load_stack_config(program_dir: Path, stack: str, overrides: list[str]) -> tuple[str, dict[str, str]]:
+    """(project name, flat config map ``project:key`` → string) as the Pulumi CLI would pass it."""
+    project_file = program_dir / "Pulumi.yaml"
+    if not project_file.is_file():
+        raise RenderError(f"{program_dir} is not a Pulumi program: Pulumi.yaml is missing")
+    project = yaml.safe_load(project_file.read_text()) or {}
+    name = project.get("name")
+    if not isinstance(name, str) or not name:
+        raise RenderError(f"{project_file}: 'name' is required")
+    config: dict[str, object] = {}
+    for key, spec in (project.get("config") or {}).items():
+        value = spec.get("default") if isinstance(spec, dict) else spec
+        if value is not None:
+            config[_qualify(name, key)] = value
+    stack_file = program_dir / f"Pulumi.{stack}.yaml"
+    if stack_file.is_file():
+        for key, value in ((yaml.safe_load(stack_file.read_text()) or {}).get("config") or {}).items():
+            config[_qualify(name, key)] = value
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise RenderError(f"--config {item!r}: expected key=value")
+        config[_qualify(name, key)] = value
+    return name, {k: _config_string(v) for k, v in config.items()}
+
+
+def _qualify(project: str, key: str) -> str:
+    return key if ":" in key else f"{project}:{key}"
+
+
+def _config_string(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
+
+
+def render_program(program_dir: str | Path, stack: str = "dev", config_overrides: list[str] | None = None
+                   ) -> RenderResult:
+    """Run the program under mocks and return the Kubernetes objects it declares.
+
+    Mutates process-global Pulumi runtime state: call it once per process (the CLI does).
+    """
+    import pulumi
+    from pulumi.runtime.mocks import MockMonitor
+    from pulumi.runtime.stack import run_pulumi_func
+    from pulumi.runtime.sync_await import _sync_await
+
+    program_dir = Path(program_dir).resolve()
+    project, config = load_stack_config(program_dir, stack, config_overrides or [])
+    entry = program_dir / "__main__.py"
+    if not entry.is_file():
+        raise RenderError(f"{program_dir}: __main__.py is missing (only Python programs can be rendered)")
+
+    result = RenderResult()
+    records: list = []
+
+    class RecordingMocks(pulumi.runtime.Mocks):
+        def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+            state = dict(args.inputs)
+            if args.resource_id:  # Resource.get(...): a read of an existing object
+                return [args.resource_id, _read_existing(args.typ, args.resource_id)]
+            if args.typ.startswith("kubernetes:") and args.custom:
+                metadata = dict(state.get("metadata") or {})
+                if not metadata.get("name"):
+                    metadata["name"] = _rfc1123(_auto_name(args.name))
+                state["metadata"] = metadata
+                records.append((args.typ, args.name, state))
+            elif not args.custom:
+                result.components.append(f"{args.typ} {args.name}")
+            return [f"{args.name}-id", state]
+
+        def call(self, args: pulumi.runtime.MockCallArgs):
+            if args.token == "kubernetes:yaml:decode":
+                return {"result": [d for d in yaml.safe_load_all(args.args["text"]) if d]}
+            return {}
+
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    mocks = RecordingMocks()
+    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False, monitor=MockMonitor(mocks))
+    pulumi.runtime.set_all_config(config)
+
+    old_cwd, old_path = os.getcwd(), list(sys.path)
+    os.chdir(program_dir)
+    sys.path.insert(0, str(program_dir))
+    try:
+        _sync_await(run_pulumi_func(lambda: runpy.run_path(str(entry), run_name="__main__")))
+    except Exception as exc:  # the program's own error: report it with the program's name
+        raise RenderError(f"{program_dir.name}: the program failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        os.chdir(old_cwd)
+        sys.path[:] = old_path
+
+    for typ, name, state in records:
+        if typ.rsplit(":", 1)[-1].endswith("Patch"):
+            result.skipped_patches.append(f"{typ} {name}")
+            continue
+        if "apiVersion" not in state or "kind" not in state:
+            continue
+        result.objects.append(_clean(state))
+    return result
+
+
+def _read_existing(typ: str, resource_id: str) -> dict:
+    if typ == "kubernetes:core/v1:ConfigMap" and resource_id == "kube-system/coredns":
+        return {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "coredns", "namespace": "kube-system"},
+                "data": {"Corefile": STOCK_COREFILE}}
+    return {}
+
+
+def _clean(obj):
+    """Drop Pulumi-only keys and empty values so the YAML reads like a hand-written manifest."""
+    if isinstance(obj, dict):
+        out = {}
+        for key, value in obj.items():
+            if key.startswith("__") or value is None:
+                continue
+            out[key] = _clean(value)
+        return out
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def object_filename(index: int, obj: dict) -> str:
+    meta = obj.get("metadata") or {}
+    parts = [obj.get("kind", "object"), meta.get("namespace") or "", meta.get("name") or ""]
+    return f"{index:03d}-" + "-".join(_rfc1123(p) for p in parts if p) + ".yaml"
+
+
+def write_objects(objects: list[dict], out_dir: str | Path) -> list[Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("[0-9][0-9][0-9]-*.yaml"):  # a re-render replaces, never mixes
+        old.unlink()
+    paths = []
+    for index, obj in enumerate(objects, start=1):
+        path = out / object_filename(index, obj)
+        path.write_text(yaml.safe_dump(obj, sort_keys=False, default_flow_style=False))
+        paths.append(path)
+    return paths
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Run a Pulumi program offline (the SDK's mock engine: no CLI, no cluster) and write "
+                          "the Kubernetes manifests it declares, one YAML file per resource: a preview of what "
+                          "'pulumi up' would apply.")
+    parser.add_argument("program_dir", help="directory with Pulumi.yaml and __main__.py")
+    parser.add_argument("-o", "--output", required=True, help="directory to write the manifests into")
+    parser.add_argument("-s", "--stack", default="dev", help="stack whose Pulumi.<stack>.yaml config to use")
+    parser.add_argument("-c", "--config", action="append", default=[], metavar="KEY=VALUE",
+                        help="stack config override (repeatable), e.g. --config acl=true")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        result = render_program(args.program_dir, args.stack, args.config)
+    except RenderError as exc:
+        print(f"lightmesh render: {exc}", file=sys.stderr)
+        return 1
+    paths = write_objects(result.objects, args.output)
+    print(f"wrote {len(paths)} manifests to {args.output}")
+    for patch in result.skipped_patches:
+        print(f"  not written (patches an existing cluster object): {patch}")
+    return 0

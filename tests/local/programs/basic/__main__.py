@@ -1,0 +1,20 @@
+"""A tiny program: a namespace, an auto-named ConfigMap, a Deployment, a Service and a patch."""
+import pulumi
+import pulumi_kubernetes as k8s
+
+cfg = pulumi.Config()
+ns = k8s.core.v1.Namespace("demo", metadata={"name": "demo"})
+labels = {"app": "web", "from": cfg.get("label") or "none"}
+k8s.core.v1.ConfigMap("settings", metadata={"namespace": ns.metadata.name}, data={"a": "b"})
+k8s.apps.v1.Deployment("web", metadata={"name": "web", "namespace": ns.metadata.name}, spec={
+    "replicas": cfg.get_int("replicas"),
+    "selector": {"matchLabels": {"app": "web"}},
+    "template": {"metadata": {"labels": labels},
+                 "spec": {"containers": [{"name": "web", "image": "traefik/whoami:v1.6.0",
+                                          "ports": [{"containerPort": 80}]}]}}})
+k8s.core.v1.Service("web-svc", metadata={"name": "web", "namespace": ns.metadata.name},
+                    spec={"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 80}]})
+k8s.core.v1.ConfigMapPatch("coredns-patch", metadata={"name": "coredns", "namespace": "kube-system"},
+                           data={"x": "y"})
+existing = k8s.core.v1.ConfigMap.get("coredns", "kube-system/coredns")
+pulumi.export("corefile_seen", existing.data.apply(lambda d: "kubernetes cluster.local" in d["Corefile"]))
