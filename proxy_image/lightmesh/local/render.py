@@ -174,7 +174,22 @@ def render_program(program_dir: str | Path, stack: str = "dev", config_overrides
         if "apiVersion" not in state or "kind" not in state:
             continue
         result.objects.append(_clean(state))
+    result.objects.sort(key=_install_order)
     return result
+
+
+# Registration order under the mock engine depends on thread scheduling; sort like Helm's install
+# order (what must exist first comes first) so renders are reproducible and apply cleanly in order.
+_KIND_ORDER = ["Namespace", "CustomResourceDefinition", "PriorityClass", "ServiceAccount", "Secret", "ConfigMap",
+               "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service", "DaemonSet", "Pod",
+               "Deployment", "StatefulSet", "Job", "PodDisruptionBudget"]
+
+
+def _install_order(obj: dict) -> tuple:
+    kind = obj.get("kind", "")
+    rank = _KIND_ORDER.index(kind) if kind in _KIND_ORDER else len(_KIND_ORDER)
+    meta = obj.get("metadata") or {}
+    return rank, kind, meta.get("namespace") or "", meta.get("name") or ""
 
 
 def _read_existing(typ: str, resource_id: str) -> dict:

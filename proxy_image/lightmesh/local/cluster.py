@@ -1,0 +1,247 @@
+"""Manifests → the state a cluster would reach after applying them (pure).
+
+What kubelet, the Deployment controller and the EndpointSlice controller would have done, for the
+objects local mode can stand in for:
+
+* every replica of a Deployment (and every bare Pod) becomes a Running, Ready Pod with its own
+  loopback address from ``pod_network`` and a name as a cluster gives it
+  (``<deployment>-<pod-template-hash>-<suffix>``; the hash and suffix are derived from the manifest,
+  so names are stable across runs);
+* every Service with a selector gets ready EndpointSlices for the Pods it selects, with named
+  ``targetPort``s resolved per Pod; a Service without a selector keeps the EndpointSlices given in
+  the manifests (that is how an outside backend is meshed);
+* containers running an image that has a stand-in (:mod:`lightmesh.local.standins`) are listed
+  with the address and port to serve.
+
+Everything else (Namespaces, ServiceAccounts, SMI objects, ...) passes through unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from lightmesh.local.standins import DEFAULT_PORTS, image_kind
+
+DEFAULT_POD_NETWORK = "127.2.0.0/16"
+NODE_NAME = "local"
+_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # what Kubernetes uses for generated names
+
+
+class ManifestError(ValueError):
+    """A manifest local mode cannot use; the message names the file/object and the field."""
+
+
+@dataclass(frozen=True)
+class StandInSpec:
+    kind: str  # http | tcp | udp
+    pod: str  # namespace/name
+    hostname: str
+    address: str
+    port: int
+
+
+@dataclass
+class LocalCluster:
+    objects: list[dict] = field(default_factory=list)
+    pods: list[dict] = field(default_factory=list)
+    standins: list[StandInSpec] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def pod(self, namespace: str, name: str) -> dict:
+        for pod in self.pods:
+            if pod["metadata"]["namespace"] == namespace and pod["metadata"]["name"] == name:
+                return pod
+        raise KeyError(f"{namespace}/{name}")
+
+    def pods_of(self, namespace: str, service_account: str) -> list[dict]:
+        return [p for p in self.pods if p["metadata"]["namespace"] == namespace
+                and p["spec"].get("serviceAccountName", "default") == service_account]
+
+
+def load_manifests(path: str | Path) -> list[dict]:
+    """Every object in ``path`` (a YAML file or a directory of them, recursively, sorted)."""
+    root = Path(path)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.suffix in (".yaml", ".yml"))
+    objects: list[dict] = []
+    for file in files:
+        try:
+            docs = list(yaml.safe_load_all(file.read_text()))
+        except yaml.YAMLError as exc:
+            raise ManifestError(f"{file}: not valid YAML: {exc}") from None
+        for index, doc in enumerate(docs):
+            if doc is None:
+                continue
+            if not isinstance(doc, dict) or "kind" not in doc or "apiVersion" not in doc:
+                raise ManifestError(f"{file} document {index + 1}: a Kubernetes object needs apiVersion and kind")
+            if doc["kind"].endswith("List") and isinstance(doc.get("items"), list):
+                objects.extend(doc["items"])
+            else:
+                objects.append(doc)
+    return objects
+
+
+def _hash(text: str, length: int) -> str:
+    digest = hashlib.sha256(text.encode()).digest()
+    return "".join(_SUFFIX_ALPHABET[b % len(_SUFFIX_ALPHABET)] for b in digest[:length])
+
+
+def _key(obj: dict) -> str:
+    meta = obj.get("metadata") or {}
+    return f"{obj.get('kind')} {meta.get('namespace', 'default')}/{meta.get('name', '?')}"
+
+
+def synthesize(manifests: list[dict], pod_network: str = DEFAULT_POD_NETWORK) -> LocalCluster:
+    cluster = LocalCluster()
+    addresses = (str(ip) for ip in ipaddress.ip_network(pod_network).hosts()
+                 if not str(ip).endswith((".0", ".255")))
+    given_slices: list[dict] = []
+    services: list[dict] = []
+    for obj in manifests:
+        obj = copy.deepcopy(obj)
+        kind = obj.get("kind")
+        meta = obj.setdefault("metadata", {})
+        if not meta.get("name"):
+            raise ManifestError(f"{_key(obj)}: metadata.name is required")
+        if kind not in ("Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"):
+            meta.setdefault("namespace", "default")
+        if kind == "Deployment":
+            cluster.objects.append(obj)
+            for pod in _deployment_pods(obj):
+                cluster.pods.append(_run_pod(pod, next(addresses), cluster))
+        elif kind == "Pod":
+            cluster.pods.append(_run_pod(obj, next(addresses), cluster))
+        elif kind == "EndpointSlice":
+            given_slices.append(obj)
+        elif kind == "Service":
+            services.append(obj)
+            cluster.objects.append(obj)
+        else:
+            cluster.objects.append(obj)
+    for service in services:
+        selector = (service.get("spec") or {}).get("selector")
+        if selector:
+            cluster.objects.extend(_endpoint_slices(service, cluster.pods))
+        else:
+            name = service["metadata"]["name"]
+            ns = service["metadata"]["namespace"]
+            cluster.objects.extend(s for s in given_slices if s["metadata"].get("namespace") == ns
+                                   and (s["metadata"].get("labels") or {}).get("kubernetes.io/service-name") == name)
+    cluster.objects.extend(cluster.pods)
+    return cluster
+
+
+def _deployment_pods(deployment: dict) -> list[dict]:
+    meta = deployment["metadata"]
+    spec = deployment.get("spec") or {}
+    template = spec.get("template")
+    if not isinstance(template, dict):
+        raise ManifestError(f"{_key(deployment)}: spec.template is required")
+    replicas = spec.get("replicas", 1)
+    if not isinstance(replicas, int) or replicas < 0:
+        raise ManifestError(f"{_key(deployment)}: spec.replicas must be a whole number >= 0, got {replicas!r}")
+    template_hash = _hash(yaml.safe_dump(template, sort_keys=True), 10)
+    pods = []
+    for index in range(replicas):
+        pod_meta = copy.deepcopy(template.get("metadata") or {})
+        labels = dict(pod_meta.get("labels") or {})
+        labels["pod-template-hash"] = template_hash
+        suffix = _hash("/".join((meta["namespace"], meta["name"], str(index))), 5)
+        pod_meta.update(
+            name=f"{meta['name']}-{template_hash}-{suffix}",
+            namespace=meta["namespace"], labels=labels,
+            ownerReferences=[{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                              "name": f"{meta['name']}-{template_hash}", "controller": True}])
+        pods.append({"apiVersion": "v1", "kind": "Pod", "metadata": pod_meta,
+                     "spec": copy.deepcopy(template.get("spec") or {})})
+    return pods
+
+
+def _run_pod(pod: dict, address: str, cluster: LocalCluster) -> dict:
+    pod = copy.deepcopy(pod)
+    spec = pod.setdefault("spec", {})
+    spec.setdefault("serviceAccountName", spec.get("serviceAccount", "default"))
+    spec["nodeName"] = NODE_NAME
+    pod["status"] = {"phase": "Running", "podIP": address, "podIPs": [{"ip": address}], "hostIP": "127.0.0.1",
+                     "conditions": [{"type": "Ready", "status": "True"}]}
+    meta = pod["metadata"]
+    for container in spec.get("containers") or []:
+        kind = image_kind(str(container.get("image", "")))
+        if kind is None:
+            if container.get("image"):
+                cluster.warnings.append(
+                    f"Pod {meta['namespace']}/{meta['name']}: no stand-in for image {container['image']!r}; "
+                    "the pod gets an address but serves nothing")
+            continue
+        cluster.standins.append(StandInSpec(kind, f"{meta['namespace']}/{meta['name']}", meta["name"], address,
+                                            _container_port(container, kind)))
+    return pod
+
+
+def _container_port(container: dict, kind: str) -> int:
+    args = [str(a) for a in (container.get("args") or [])]
+    for i, arg in enumerate(args):
+        if arg.startswith("--port="):
+            return int(arg.split("=", 1)[1])
+        if arg == "--port" and i + 1 < len(args):
+            return int(args[i + 1])
+    protocol = "UDP" if kind == "udp" else "TCP"
+    for port in container.get("ports") or []:
+        if port.get("protocol", "TCP") == protocol and isinstance(port.get("containerPort"), int):
+            return port["containerPort"]
+    return DEFAULT_PORTS[kind]
+
+
+def _selects(selector: dict, pod: dict, namespace: str) -> bool:
+    labels = pod["metadata"].get("labels") or {}
+    return pod["metadata"]["namespace"] == namespace and all(labels.get(k) == v for k, v in selector.items())
+
+
+def _resolve_target_port(service_port: dict, pod: dict) -> int | None:
+    target = service_port.get("targetPort", service_port.get("port"))
+    if isinstance(target, int):
+        return target
+    if isinstance(target, str) and target.isdigit():
+        return int(target)
+    protocol = service_port.get("protocol", "TCP")
+    for container in pod["spec"].get("containers") or []:
+        for port in container.get("ports") or []:
+            if port.get("name") == target and port.get("protocol", "TCP") == protocol:
+                return port.get("containerPort")
+    return None
+
+
+def _endpoint_slices(service: dict, pods: list[dict]) -> list[dict]:
+    meta = service["metadata"]
+    spec = service.get("spec") or {}
+    selected = [p for p in pods if _selects(spec["selector"], p, meta["namespace"])]
+    # One slice per distinct port resolution: pods that resolve a named targetPort differently
+    # cannot share a slice (the EndpointSlice controller splits them the same way).
+    groups: dict[tuple, list[dict]] = {}
+    for pod in selected:
+        resolved = tuple((p.get("name", ""), _resolve_target_port(p, pod), p.get("protocol", "TCP"))
+                         for p in spec.get("ports") or [])
+        usable = tuple(r for r in resolved if r[1] is not None)
+        groups.setdefault(usable, []).append(pod)
+    slices = []
+    for ports, members in sorted(groups.items(), key=lambda item: str(item[0])):
+        slices.append({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": f"{meta['name']}-{_hash(meta['name'] + str(ports), 5)}",
+                         "namespace": meta["namespace"],
+                         "labels": {"kubernetes.io/service-name": meta["name"],
+                                    "endpointslice.kubernetes.io/managed-by": "lightmesh-local"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [p["status"]["podIP"]],
+                           "conditions": {"ready": True, "serving": True, "terminating": False},
+                           "nodeName": NODE_NAME,
+                           "targetRef": {"kind": "Pod", "name": p["metadata"]["name"],
+                                         "namespace": meta["namespace"]}} for p in members],
+            "ports": [{"name": name, "port": port, "protocol": protocol} for name, port, protocol in ports],
+        })
+    return slices

@@ -1,0 +1,99 @@
+"""Manifests → local cluster state: pods, addresses, EndpointSlices, stand-ins."""
+
+import re
+
+import pytest
+
+from lightmesh.local import cluster as lc
+from lightmesh.local.standins import image_kind
+
+
+def deployment(name, replicas=2, image="traefik/whoami:v1.6.0", ports=None, sa=None, labels=None, args=None):
+    labels = labels or {"app": name}
+    container = {"name": name, "image": image, "ports": ports or [{"containerPort": 80, "name": "web"}]}
+    if args:
+        container["args"] = args
+    spec = {"containers": [container]}
+    if sa:
+        spec["serviceAccountName"] = sa
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": "whoami"},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels}, "spec": spec}}}
+
+
+def service(name, selector, ports):
+    spec = {"ports": ports}
+    if selector is not None:
+        spec["selector"] = selector
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "whoami"}, "spec": spec}
+
+
+def test_deployment_replicas_become_running_pods_with_cluster_style_names():
+    state = lc.synthesize([deployment("whoami", sa="whoami-server")])
+    assert len(state.pods) == 2
+    names = [p["metadata"]["name"] for p in state.pods]
+    for name in names:
+        assert re.fullmatch(r"whoami-[bcdfghjklmnpqrstvwxz2456789]{10}-[bcdfghjklmnpqrstvwxz2456789]{5}", name)
+    assert len(set(names)) == 2
+    ips = [p["status"]["podIP"] for p in state.pods]
+    assert ips == ["127.2.0.1", "127.2.0.2"]
+    assert all(p["spec"]["serviceAccountName"] == "whoami-server" for p in state.pods)
+    assert lc.synthesize([deployment("whoami", sa="whoami-server")]).pods == state.pods  # stable
+
+
+def test_endpoint_slices_resolve_named_target_ports_per_pod():
+    v1 = deployment("v1", replicas=1, labels={"app": "web", "v": "1"}, ports=[{"containerPort": 8080, "name": "web"}])
+    v2 = deployment("v2", replicas=1, labels={"app": "web", "v": "2"}, ports=[{"containerPort": 9090, "name": "web"}])
+    svc = service("web", {"app": "web"}, [{"name": "http", "port": 80, "targetPort": "web"}])
+    state = lc.synthesize([v1, v2, svc])
+    slices = [o for o in state.objects if o["kind"] == "EndpointSlice"]
+    assert len(slices) == 2
+    by_port = {s["ports"][0]["port"]: s for s in slices}
+    assert set(by_port) == {8080, 9090}
+    assert by_port[8080]["endpoints"][0]["conditions"]["ready"] is True
+    assert by_port[8080]["endpoints"][0]["targetRef"]["name"].startswith("v1-")
+    assert by_port[8080]["metadata"]["labels"]["kubernetes.io/service-name"] == "web"
+
+
+def test_service_without_selector_keeps_given_slices():
+    given = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+             "metadata": {"name": "ext-1", "namespace": "whoami", "labels": {"kubernetes.io/service-name": "ext"}},
+             "addressType": "IPv4", "endpoints": [{"addresses": ["127.0.0.9"]}], "ports": [{"port": 8000}]}
+    other = dict(given, metadata={"name": "x", "namespace": "whoami", "labels": {"kubernetes.io/service-name": "y"}})
+    state = lc.synthesize([service("ext", None, [{"port": 80, "targetPort": 8000}]), given, other])
+    assert [o["metadata"]["name"] for o in state.objects if o["kind"] == "EndpointSlice"] == ["ext-1"]
+
+
+def test_standins_for_known_images_only():
+    state = lc.synthesize([
+        deployment("whoami", replicas=1),
+        deployment("whoami-tcp", replicas=1, image="traefik/whoamitcp:v0.1.0", ports=[{"containerPort": 8080}]),
+        deployment("custom", replicas=1, image="traefik/whoami:v1.6.0", args=["--port", "9000"]),
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client", "namespace": "whoami"},
+         "spec": {"serviceAccountName": "whoami-client",
+                  "containers": [{"name": "c", "image": "giantswarm/tiny-tools:3.9"}]}},
+    ])
+    kinds = sorted((s.kind, s.port) for s in state.standins)
+    assert kinds == [("http", 80), ("http", 9000), ("tcp", 8080)]
+    assert any("no stand-in for image 'giantswarm/tiny-tools:3.9'" in w for w in state.warnings)
+    assert state.pods_of("whoami", "whoami-client")[0]["metadata"]["name"] == "client"
+
+
+@pytest.mark.parametrize("image, kind", [("traefik/whoami:v1.6.0", "http"), ("docker.io/traefik/whoamitcp:v0.1.0", "tcp"),
+                                         ("traefik/whoamiudp@sha256:abc", "udp"), ("nginx:1.25", None),
+                                         ("registry:5000/traefik/whoami", None)])
+def test_image_kind(image, kind):
+    assert image_kind(image) == kind
+
+
+def test_bad_manifests_name_the_object_and_field(tmp_path):
+    bad = deployment("whoami")
+    bad["spec"]["replicas"] = "two"
+    with pytest.raises(lc.ManifestError, match=r"Deployment whoami/whoami: spec.replicas must be a whole number"):
+        lc.synthesize([bad])
+    (tmp_path / "a.yaml").write_text("kind: Service\n")
+    with pytest.raises(lc.ManifestError, match="a.yaml document 1: a Kubernetes object needs apiVersion and kind"):
+        lc.load_manifests(tmp_path)
+    (tmp_path / "a.yaml").write_text("a: [\n")
+    with pytest.raises(lc.ManifestError, match="not valid YAML"):
+        lc.load_manifests(tmp_path)
