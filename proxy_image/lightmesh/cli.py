@@ -15,6 +15,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "config-schema": ("lightmesh.cli_schema", "Print the JSON schema of the proxy configuration"),
     "version": ("lightmesh.cli_schema", "Print the Lightmesh version"),
+    "local": ("lightmesh.local.main", "Run the whole mesh on loopback from manifests or a Pulumi program"),
+    "demo": ("lightmesh.local.demo", "Local mode on examples/whoami with a scripted tour of real traffic"),
     "render": ("lightmesh.local.render", "Render a Pulumi program's Kubernetes manifests offline (preview of pulumi up)"),
 }
 

@@ -1,0 +1,366 @@
+"""Run the real mesh on loopback: stand-ins, controller (file source), mesh DNS and proxy.
+
+:class:`LocalMesh` is what ``lightmesh local``, ``lightmesh demo`` and the end-to-end tests share:
+
+1. PATH (manifests, or a Pulumi program rendered first) → :func:`lightmesh.local.cluster.synthesize`;
+2. the synthesized objects are written to a state directory, which the controller reads as its
+   cluster (``lightmesh controller --manifests DIR``: file source, shadow Services in memory with
+   ClusterIPs from 127.1.0.0/16, proxy listening on those ClusterIPs at the Services' own ports —
+   where kube-proxy would forward them in a cluster);
+3. the proxy long-polls the controller exactly as in a cluster;
+4. stand-ins serve each pod's address.
+
+Changing objects (:meth:`LocalMesh.apply`, :meth:`LocalMesh.delete`) rewrites the state directory,
+so the controller sees it like a watch event. Processes are children of this one and are stopped
+(SIGTERM, then SIGKILL) by :meth:`LocalMesh.stop`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from lightmesh import wire
+from lightmesh.local import cluster as local_cluster
+from lightmesh.local.standins import StandIn
+
+MESH_DOMAIN_FOR_DISPLAY = "traefik.mesh"
+
+
+class LocalModeError(RuntimeError):
+    pass
+
+
+def free_port(address: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind((address, 0))
+        return sock.getsockname()[1]
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    here = Path(__file__).resolve().parents[2]  # proxy_image/
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(here), env.get("PYTHONPATH", "")) if p)
+    # The proxy's large-body path: see shared reference, malloc trim/re-grow page faults.
+    env.setdefault("MALLOC_TRIM_THRESHOLD_", "268435456")
+    env.setdefault("MALLOC_TOP_PAD_", "67108864")
+    return env
+
+
+def render_if_program(path: Path, out_dir: Path, acl: bool) -> Path:
+    """A Pulumi program is rendered (in a child process: the SDK's globals stay clean) first."""
+    if not (path / "Pulumi.yaml").is_file():
+        return path
+    cmd = [sys.executable, "-m", "lightmesh", "render", str(path), "-o", str(out_dir),
+           "--config", f"acl={'true' if acl else 'false'}"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=_child_env(), timeout=300)
+    if result.returncode != 0:
+        raise LocalModeError(f"rendering {path} failed:\n{result.stderr.strip()}")
+    return out_dir
+
+
+@dataclass
+class ServiceAccess:
+    namespace: str
+    name: str
+    traffic_type: str
+    mesh_names: list[str]
+    address: str | None  # the shadow ClusterIP the mesh DNS answers
+    ports: list[dict]
+
+
+class LocalMesh:
+    def __init__(self, path: str | Path, *, acl: bool = False, dns_port: int = wire.DEFAULT_LOCAL_DNS_PORT,
+                 proxy_workers: int = 1, api_port: int | None = None, admin_port: int | None = None,
+                 log_level: str = "warning", work_dir: str | Path | None = None,
+                 extra_controller_args: list[str] | None = None) -> None:
+        self.source = Path(path).resolve()
+        self.acl = acl
+        self.dns_port = dns_port
+        self.proxy_workers = proxy_workers
+        self.api_port = api_port or free_port()
+        self.admin_port = admin_port or free_port()
+        self.log_level = log_level
+        self.extra_controller_args = extra_controller_args or []
+        self._own_work_dir = work_dir is None
+        self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="lightmesh-local-"))
+        self.state_dir = self.work_dir / "state"
+        self.log_dir = self.work_dir / "logs"
+        self.manifests: list[dict] = []
+        self.cluster = local_cluster.LocalCluster()
+        self.standins: dict[str, list[StandIn]] = {}
+        self.controller: subprocess.Popen | None = None
+        self.proxy: subprocess.Popen | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    async def start(self, timeout: float = 60.0) -> LocalMesh:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        source = await asyncio.to_thread(render_if_program, self.source, self.work_dir / "rendered", self.acl)
+        self.manifests = local_cluster.load_manifests(source)
+        self._write_state()
+        await self._start_standins()
+        self.start_controller()
+        self.start_proxy()
+        await self.wait_ready(timeout)
+        return self
+
+    def start_controller(self) -> None:
+        args = ["controller", "--manifests", str(self.state_dir), "--listen-mode", "shadow-ip",
+                "--api-address", "127.0.0.1", "--api-port", str(self.api_port),
+                "--dns-address", "127.0.0.1", "--dns-port", str(self.dns_port),
+                "--log-level", self.log_level, *(["--acl"] if self.acl else []), *self.extra_controller_args]
+        self.controller = self._spawn("controller", args)
+
+    def start_proxy(self) -> None:
+        args = ["proxy", "--controller", self.api_url, "--admin-address", "127.0.0.1",
+                "--admin-port", str(self.admin_port), "--workers", str(self.proxy_workers),
+                "--name", "local-proxy", "--log-level", self.log_level]
+        self.proxy = self._spawn("proxy", args)
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "ab")
+        try:
+            return subprocess.Popen([sys.executable, "-m", "lightmesh", *args], stdout=log, stderr=subprocess.STDOUT,
+                                    env=_child_env(), start_new_session=True)
+        finally:
+            log.close()
+
+    async def stop_controller(self) -> None:
+        await asyncio.to_thread(_terminate, self.controller)
+        self.controller = None
+
+    async def restart_controller(self, timeout: float = 30.0) -> None:
+        await self.stop_controller()
+        self.start_controller()
+        await self.wait_ready(timeout)
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(_terminate, self.proxy)
+        await asyncio.to_thread(_terminate, self.controller)
+        self.proxy = self.controller = None
+        for standins in self.standins.values():
+            for standin in standins:
+                await standin.kill()
+        self.standins.clear()
+        if self._own_work_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    async def __aenter__(self) -> LocalMesh:
+        try:
+            return await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------------ readiness
+
+    def _check_alive(self) -> None:
+        for name, proc in (("controller", self.controller), ("proxy", self.proxy)):
+            if proc is not None and proc.poll() is not None:
+                raise LocalModeError(f"the {name} exited with code {proc.returncode}:\n{self.log_tail(name)}")
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        path = self.log_dir / f"{name}.log"
+        if not path.exists():
+            return "(no log)"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        """Controller ready, proxy has a config, and every meshed Service port accepts connections."""
+        deadline = time.monotonic() + timeout
+        await self._poll(lambda: _http_status(self.api_url + wire.READINESS_PATH) == 200, deadline, "controller ready")
+        await self._poll(lambda: _http_status(self.admin_url + "/ping") == 200, deadline, "proxy ready")
+        await self.wait_for_config_applied(deadline)
+
+    async def wait_for_config_applied(self, deadline: float) -> None:
+        """Until the proxy applied the controller's newest config and its listeners answer."""
+
+        def current() -> bool:
+            want = _http_json(self.api_url + wire.CONFIG_PATH + "?wait=0")
+            have = _http_json(self.admin_url + "/api/rawdata")
+            return bool(want and have) and _version_of(have) == want.get("version")
+
+        await self._poll(current, deadline, "proxy applied the newest config")
+        for access in self.services():
+            if not access.address or access.traffic_type == "udp":
+                continue
+            for port in access.ports:
+                await self._poll(lambda a=access.address, p=port["port"]: _accepts(a, p), deadline,
+                                 f"{access.namespace}/{access.name} listening on {access.address}:{port['port']}")
+
+    async def _poll(self, check, deadline: float, what: str) -> None:
+        while True:
+            self._check_alive()
+            if await asyncio.to_thread(check):
+                return
+            if time.monotonic() > deadline:
+                raise LocalModeError(f"timed out waiting for: {what}\ncontroller log:\n{self.log_tail('controller')}"
+                                     f"\nproxy log:\n{self.log_tail('proxy')}")
+            await asyncio.sleep(0.05)
+
+    # ------------------------------------------------------------------ state changes
+
+    def _write_state(self) -> None:
+        self.cluster = local_cluster.synthesize(self.manifests)
+        tmp = self.state_dir / ".cluster.yaml.tmp"
+        tmp.write_text(yaml.safe_dump_all(self.cluster.objects, sort_keys=False))
+        os.replace(tmp, self.state_dir / "cluster.yaml")  # atomic: the controller never reads half a file
+
+    async def _start_standins(self) -> None:
+        wanted = {(s.pod, s.kind, s.address, s.port): s for s in self.cluster.standins}
+        running = {(pod, st.kind, st.address, st.port) for pod, sts in self.standins.items() for st in sts}
+        for key in running - set(wanted):
+            for standin in self.standins.pop(key[0], []):
+                await standin.kill()
+        for key, spec in wanted.items():
+            if key in running:
+                continue
+            standin = await StandIn(spec.kind, spec.hostname, spec.address, spec.port).start()
+            self.standins.setdefault(spec.pod, []).append(standin)
+
+    async def apply(self, objects: list[dict], timeout: float = 30.0) -> None:
+        """Create or replace objects (matched by kind/namespace/name), like ``kubectl apply``."""
+        def key(o: dict) -> tuple:
+            meta = o.get("metadata") or {}
+            return o.get("kind"), meta.get("namespace", "default"), meta.get("name")
+
+        replaced = {key(o) for o in objects}
+        self.manifests = [m for m in self.manifests if key(m) not in replaced] + list(objects)
+        await self._changed(timeout)
+
+    async def delete(self, kind: str, namespace: str, name: str, timeout: float = 30.0) -> None:
+        self.manifests = [m for m in self.manifests if not (
+            m.get("kind") == kind and (m.get("metadata") or {}).get("namespace", "default") == namespace
+            and (m.get("metadata") or {}).get("name") == name)]
+        await self._changed(timeout)
+
+    async def _changed(self, timeout: float) -> None:
+        before = (_http_json(self.api_url + wire.CONFIG_PATH + "?wait=0") or {}).get("version")
+        self._write_state()
+        await self._start_standins()
+        deadline = time.monotonic() + timeout
+        await self._poll(lambda: (_http_json(self.api_url + wire.CONFIG_PATH + "?wait=0") or {}).get("version")
+                         != before, deadline, "controller published the change")
+        await self.wait_for_config_applied(deadline)
+
+    async def kill_pod(self, namespace: str, name: str) -> None:
+        """Crash a pod's stand-in without telling the cluster (endpoints stay until noticed)."""
+        for standin in self.standins.get(f"{namespace}/{name}", []):
+            await standin.kill()
+
+    # ------------------------------------------------------------------ what to tell users
+
+    def resolve(self, name: str, qtype: str = "A") -> list[str]:
+        """Ask the mesh DNS, as a client pod's resolver would."""
+        from dnslib import DNSRecord
+
+        query = DNSRecord.question(name, qtype)
+        try:
+            reply = DNSRecord.parse(query.send("127.0.0.1", self.dns_port, timeout=2))
+        except (OSError, socket.timeout):
+            return []
+        return [str(rr.rdata) for rr in reply.rr]
+
+    def services(self) -> list[ServiceAccess]:
+        from lightmesh.annotations import parse_annotations_lenient
+
+        out = []
+        for obj in self.cluster.objects:
+            if obj.get("kind") != "Service":
+                continue
+            meta = obj["metadata"]
+            settings, _ = parse_annotations_lenient(meta.get("annotations"))
+            name = f"{meta['name']}.{meta['namespace']}.{MESH_DOMAIN_FOR_DISPLAY}"
+            answers = self.resolve(name)
+            out.append(ServiceAccess(meta["namespace"], meta["name"], settings.traffic_type.value,
+                                     [f"{meta['name']}.{meta['namespace']}.{d}" for d in wire.DEFAULT_DOMAINS],
+                                     answers[0] if answers else None,
+                                     [{"name": p.get("name", ""), "port": p["port"],
+                                       "protocol": p.get("protocol", "TCP")} for p in obj["spec"].get("ports", [])]))
+        return out
+
+    def endpoints(self) -> dict:
+        """What ``--endpoints FILE`` writes: everything a script needs to reach the local mesh."""
+        return {
+            "dns": {"address": "127.0.0.1", "port": self.dns_port},
+            "controller_api": self.api_url,
+            "proxy_admin": self.admin_url,
+            "services": [vars(s) for s in self.services()],
+            "pods": [{"namespace": p["metadata"]["namespace"], "name": p["metadata"]["name"],
+                      "address": p["status"]["podIP"],
+                      "service_account": p["spec"].get("serviceAccountName", "default")} for p in self.cluster.pods],
+        }
+
+
+def _terminate(proc: subprocess.Popen | None, grace: float = 5.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(grace)
+
+
+def _http_status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (OSError, ValueError):
+        return None
+
+
+def _http_json(url: str) -> dict | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return json.loads(resp.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _version_of(rawdata: dict) -> int | None:
+    """The proxy's /api/rawdata reports the version in force (top level or inside the config)."""
+    if isinstance(rawdata.get("version"), int):
+        return rawdata["version"]
+    config = rawdata.get("config") or {}
+    return config.get("version") if isinstance(config, dict) else None
+
+
+def _accepts(address: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=1):
+            return True
+    except OSError:
+        return False
