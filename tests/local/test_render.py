@@ -67,3 +67,13 @@ def test_not_a_program_is_a_clear_error(tmp_path):
     result = subprocess.run(lightmesh_cmd("render", str(tmp_path), "-o", str(tmp_path / "o")),
                             capture_output=True, text=True, timeout=60, env=lightmesh_env())
     assert result.returncode == 1 and "Pulumi.yaml is missing" in result.stderr
+
+
+def test_registrations_include_components_and_patches():
+    import subprocess as sp
+    code = ("import sys, json; sys.path[:0]=[sys.argv[1]]; from lightmesh.local.render import render_program; "
+            "r = render_program(sys.argv[2]); print(json.dumps(sorted({x.typ for x in r.registrations})))")
+    out = sp.run([__import__("sys").executable, "-c", code, str(REPO / "proxy_image"), str(PROGRAMS / "basic")],
+                 capture_output=True, text=True, timeout=120, env=lightmesh_env(), check=True)
+    types = __import__("json").loads(out.stdout.strip().splitlines()[-1])
+    assert "kubernetes:core/v1:ConfigMapPatch" in types and "kubernetes:apps/v1:Deployment" in types

@@ -58,11 +58,24 @@ class RenderError(RuntimeError):
     pass
 
 
+@dataclass(frozen=True)
+class Registration:
+    """One resource the program registered, as the engine saw it (inputs in camelCase)."""
+
+    typ: str
+    name: str
+    inputs: dict
+    custom: bool
+    urn: str
+
+
 @dataclass
 class RenderResult:
     objects: list[dict] = field(default_factory=list)
     skipped_patches: list[str] = field(default_factory=list)
     components: list[str] = field(default_factory=list)
+    registrations: list[Registration] = field(default_factory=list)
+    """Everything registered (components, patches, objects): what a policy pack would be shown."""
 
 
 def _auto_name(resource_name: str) -> str:
@@ -134,6 +147,9 @@ def render_program(program_dir: str | Path, stack: str = "dev", config_overrides
     class RecordingMocks(pulumi.runtime.Mocks):
         def new_resource(self, args: pulumi.runtime.MockResourceArgs):
             state = dict(args.inputs)
+            if not args.resource_id:
+                urn = f"urn:pulumi:{stack}::{project}::{args.typ}::{args.name}"
+                result.registrations.append(Registration(args.typ, args.name, state, bool(args.custom), urn))
             if args.resource_id:  # Resource.get(...): a read of an existing object
                 return [args.resource_id, _read_existing(args.typ, args.resource_id)]
             if args.typ.startswith("kubernetes:") and args.custom:
