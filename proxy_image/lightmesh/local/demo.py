@@ -25,6 +25,13 @@ SPLIT_REQUESTS = 1000
 SPLIT_TOLERANCE_POINTS = 5.0
 
 
+Samples = dict[str, list[float]]
+
+
+def _record(samples: Samples, service: str, results) -> None:
+    samples.setdefault(service, []).extend(r.seconds for r in results if r.status is not None)
+
+
 @dataclass
 class Check:
     name: str
@@ -85,9 +92,10 @@ def _overlay(mesh: LocalMesh) -> list[dict]:
     ]
 
 
-async def check_round_robin(mesh: LocalMesh) -> Check:
+async def check_round_robin(mesh: LocalMesh, samples: Samples) -> Check:
     svc = _service(mesh, "whoami")
     results = await asyncio.to_thread(http_burst, svc.address, 80, _host("whoami"), 10)
+    _record(samples, "whoami", results)
     names = [r.hostname for r in results]
     ok = all(r.status == 200 for r in results) and len(set(names)) == 2 and all(
         a != b for a, b in zip(names, names[1:]))
@@ -95,16 +103,17 @@ async def check_round_robin(mesh: LocalMesh) -> Check:
                  " → ".join(n or "?" for n in names[:4]) + " …")
 
 
-async def check_tcp(mesh: LocalMesh) -> Check:
+async def check_tcp(mesh: LocalMesh, samples: Samples) -> Check:
     svc = _service(mesh, "whoami-tcp")
     answer = await asyncio.to_thread(tcp_exchange, svc.address, 8080, b"my data")
     return Check("TCP whoami-tcp.whoami.traefik.mesh:8080 'my data'", answer == b"Received: my data",
                  repr(answer.decode(errors="replace")))
 
 
-async def check_split(mesh: LocalMesh) -> Check:
+async def check_split(mesh: LocalMesh, samples: Samples) -> Check:
     svc = _service(mesh, "whoami-canary")
     results = await asyncio.to_thread(http_burst, svc.address, 80, _host("whoami-canary"), SPLIT_REQUESTS)
+    _record(samples, "whoami-canary (split 80/20)", results)
     counts = Counter("v2" if (r.hostname or "").startswith("whoami-v2-") else "v1"
                      for r in results if r.status == 200)
     failed = sum(1 for r in results if r.status != 200)
@@ -114,9 +123,10 @@ async def check_split(mesh: LocalMesh) -> Check:
                  f"v1 {counts['v1']}, v2 {counts['v2']} ({share:.1f}% v2), failed {failed}")
 
 
-async def check_rate_limit(mesh: LocalMesh) -> Check:
+async def check_rate_limit(mesh: LocalMesh, samples: Samples) -> Check:
     svc = _service(mesh, "whoami-limited")
     results = await asyncio.to_thread(http_burst, svc.address, 80, _host("whoami-limited"), 30)
+    _record(samples, "whoami-limited (rate limit)", results)
     statuses = Counter(r.status for r in results)
     limited = [r for r in results if r.status == 429]
     ok = statuses[200] >= 10 and len(limited) > 0 and all("retry-after" in r.headers for r in limited) \
@@ -125,7 +135,7 @@ async def check_rate_limit(mesh: LocalMesh) -> Check:
                  f"{statuses[200]}×200, {statuses[429]}×429 of {len(results)}")
 
 
-async def check_replica_crash(mesh: LocalMesh) -> Check:
+async def check_replica_crash(mesh: LocalMesh, samples: Samples) -> Check:
     svc = _service(mesh, "whoami")
     victim = sorted(p for p in mesh.standins if p.startswith(f"{NAMESPACE}/whoami-")
                     and not p.startswith(f"{NAMESPACE}/whoami-tcp") and not p.startswith(f"{NAMESPACE}/whoami-v2"))[0]
@@ -142,6 +152,7 @@ async def check_replica_crash(mesh: LocalMesh) -> Check:
         await asyncio.sleep(0.01)
     await mesh.kill_pod(*victim.split("/"))
     await task
+    _record(samples, "whoami (replica killed)", results)
     failed = [r for r in results if r.status != 200]
     survivors = hostnames(results[-50:])
     ok = not failed and len(results) == 200 and victim.split("/")[1] not in survivors
@@ -149,7 +160,7 @@ async def check_replica_crash(mesh: LocalMesh) -> Check:
                  f"{len(results) - len(failed)}/{len(results)} ok after killing {victim.split('/')[1]}")
 
 
-async def check_acl(mesh: LocalMesh) -> list[Check]:
+async def check_acl(mesh: LocalMesh, samples: Samples) -> list[Check]:
     svc = _service(mesh, "whoami")
     clients = mesh.cluster.pods_of(NAMESPACE, "whoami-client")
     others = mesh.cluster.pods_of(NAMESPACE, "whoami-server")
@@ -176,20 +187,20 @@ def print_table(checks: list[Check], out=sys.stdout) -> None:
     out.flush()
 
 
-async def tour(example: Path, dns_port: int, log_level: str) -> list[Check]:
+async def tour(example: Path, dns_port: int, log_level: str, samples: Samples) -> list[Check]:
     checks: list[Check] = []
     print(f"starting the mesh on loopback from {example} …", flush=True)
     async with LocalMesh(example, dns_port=dns_port, log_level=log_level) as mesh:
-        checks.append(await check_round_robin(mesh))
-        checks.append(await check_tcp(mesh))
+        checks.append(await check_round_robin(mesh, samples))
+        checks.append(await check_tcp(mesh, samples))
         print("adding a canary TrafficSplit and a rate-limited Service while the mesh runs …", flush=True)
         await mesh.apply(_overlay(mesh))
-        checks.append(await check_split(mesh))
-        checks.append(await check_rate_limit(mesh))
-        checks.append(await check_replica_crash(mesh))
+        checks.append(await check_split(mesh, samples))
+        checks.append(await check_rate_limit(mesh, samples))
+        checks.append(await check_replica_crash(mesh, samples))
     print("restarting in ACL mode …", flush=True)
     async with LocalMesh(example, acl=True, dns_port=dns_port, log_level=log_level) as mesh:
-        checks.extend(await check_acl(mesh))
+        checks.extend(await check_acl(mesh, samples))
     return checks
 
 
@@ -198,14 +209,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--example", type=Path, default=None, help="the whoami example (default: examples/whoami)")
     parser.add_argument("--dns-port", type=int, default=wire.DEFAULT_LOCAL_DNS_PORT)
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--chart", type=Path, default=Path("lightmesh-demo-latency.png"),
+                        help="where to write the latency chart (default: %(default)s in the working directory)")
 
 
 def run(args: argparse.Namespace) -> int:
     example = args.example or default_example()
+    samples: Samples = {}
     try:
-        checks = asyncio.run(tour(example, args.dns_port, args.log_level))
+        checks = asyncio.run(tour(example, args.dns_port, args.log_level, samples))
     except LocalModeError as exc:
         print(f"lightmesh demo: {exc}", file=sys.stderr)
         return 1
     print_table(checks)
+    try:
+        from lightmesh.local.chart import latency_chart
+
+        path = latency_chart(samples, args.chart, "Latency through the mesh (lightmesh demo)")
+        print(f"latency distribution per service: {path.resolve()}")
+    except (ImportError, ValueError) as exc:  # matplotlib is in the dev/bench extras, not the image
+        print(f"(no latency chart: {exc})")
     return 0 if checks and all(c.passed for c in checks) else 1
