@@ -85,11 +85,13 @@ class AccessPolicy(pulumi.ComponentResource):
         objects = render_access_policy(name, args)
         super().__init__(type_token("AccessPolicy"), name, None, opts)
         child = child_options(self, opts)
-        routes = [_custom_resource(f"{name}-{o['kind'].lower()}", o, child) for o in objects[:-1]]
+        routes = {o["kind"]: _custom_resource(f"{name}-{o['kind'].lower()}", o, child) for o in objects[:-1]}
         target = _custom_resource(f"{name}-traffictarget", objects[-1],
-                                  pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=routes)))
+                                  pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=list(routes.values()))))
+        # for composition and tests (not a cross-language output)
+        self.children: dict[str, pulumi.Resource] = {**routes, "TrafficTarget": target}
         self.traffic_target_name = target.metadata.apply(lambda m: m["name"])
-        self.route_names = pulumi.Output.all(*[r.metadata.apply(lambda m: m["name"]) for r in routes])
+        self.route_names = pulumi.Output.all(*[r.metadata.apply(lambda m: m["name"]) for r in routes.values()])
         self.register_outputs({"traffic_target_name": self.traffic_target_name, "route_names": self.route_names})
 
 
@@ -195,6 +197,7 @@ class TrafficSplit(pulumi.ComponentResource):
         deps = [_custom_resource(f"{name}-httproutegroup", o, child) for o in objects[:-1]]
         split = _custom_resource(f"{name}-trafficsplit", objects[-1],
                                  pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=deps)))
+        self.children: dict[str, pulumi.Resource] = {**{"HTTPRouteGroup": d for d in deps}, "TrafficSplit": split}
         self.traffic_split_name = split.metadata.apply(lambda m: m["name"])
         self.total_weight = pulumi.Output.from_input(sum(b["weight"] for b in objects[-1]["spec"]["backends"]))
         self.register_outputs({"traffic_split_name": self.traffic_split_name, "total_weight": self.total_weight})

@@ -163,11 +163,15 @@ class MeshInstall(pulumi.ComponentResource):
         s = resolve_settings(name, args or {})
         super().__init__(type_token("MeshInstall"), name, None, opts)
         child = child_options(self, opts)
+        #: every child by role, for composition (e.g. ``depends_on=[mesh.children["controller"]]``) and tests;
+        #: not a cross-language output.
+        self.children: dict[str, pulumi.Resource] = {}
         ns_name = s["namespace"]
         labels = {"app.kubernetes.io/part-of": "lightmesh", "app.kubernetes.io/managed-by": "pulumi"}
 
         if s["create_namespace"]:
             namespace = k8s.core.v1.Namespace(f"{name}-namespace", metadata=_meta(ns_name, None, labels), opts=child)
+            self.children["namespace"] = namespace
             ns = namespace.metadata.apply(lambda m: m.name)
             in_ns = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(deleted_with=namespace))
         else:
@@ -185,9 +189,10 @@ class MeshInstall(pulumi.ComponentResource):
         proxy_sa = k8s.core.v1.ServiceAccount(f"{name}-proxy-sa", metadata=_meta(wire.PROXY_NAME, ns, labels),
                                               automount_service_account_token=False, opts=in_ns)
         cluster_role_name = f"{wire.CONTROLLER_NAME}-{ns_name}"  # cluster-scoped: unique per mesh namespace
+        self.children.update({f"crd-{c['spec']['names']['plural']}": crd for c, crd in zip(smi.CRDS, crds)})
         cluster_role = k8s.rbac.v1.ClusterRole(f"{name}-controller-clusterrole", metadata=_meta(cluster_role_name, None, labels),
                                                rules=cluster_rules(), opts=child)
-        k8s.rbac.v1.ClusterRoleBinding(
+        cluster_role_binding = k8s.rbac.v1.ClusterRoleBinding(
             f"{name}-controller-clusterrolebinding", metadata=_meta(cluster_role_name, None, labels),
             role_ref=k8s.rbac.v1.RoleRefArgs(api_group="rbac.authorization.k8s.io", kind="ClusterRole",
                                              name=cluster_role.metadata.apply(lambda m: m.name)),
@@ -208,7 +213,7 @@ class MeshInstall(pulumi.ComponentResource):
             f"{name}-controller", metadata=_meta(wire.CONTROLLER_NAME, ns, controller_labels),
             spec=controller_deployment_spec(s, controller_sa.metadata.apply(lambda m: m.name)),
             opts=pulumi.ResourceOptions.merge(in_ns, pulumi.ResourceOptions(depends_on=[*crds, role_binding])))
-        k8s.policy.v1.PodDisruptionBudget(
+        pdb = k8s.policy.v1.PodDisruptionBudget(
             f"{name}-controller-pdb", metadata=_meta(wire.CONTROLLER_NAME, ns, controller_labels),
             spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
                 min_available=1, selector=k8s.meta.v1.LabelSelectorArgs(match_labels=dict(wire.CONTROLLER_POD_LABELS))),
@@ -224,7 +229,7 @@ class MeshInstall(pulumi.ComponentResource):
 
         # ------------------------------------------------------------------ proxies
         proxy_labels = {**labels, **wire.PROXY_POD_LABELS}
-        k8s.apps.v1.DaemonSet(
+        proxy = k8s.apps.v1.DaemonSet(
             f"{name}-proxy", metadata=_meta(wire.PROXY_NAME, ns, proxy_labels),
             spec=proxy_daemonset_spec(s, ns, proxy_sa.metadata.apply(lambda m: m.name)),
             opts=pulumi.ResourceOptions.merge(in_ns, pulumi.ResourceOptions(depends_on=[service])))
@@ -232,10 +237,15 @@ class MeshInstall(pulumi.ComponentResource):
         # ------------------------------------------------------------------ cluster DNS
         self.dns_service_ip = service.spec.apply(lambda spec: spec.cluster_ip)
         if s["patch_coredns"]:
-            ClusterDnsPatch(f"{name}-cluster-dns", style=s["dns_style"], dns_namespace=s["dns_namespace"],
+            self.children["cluster-dns"] = ClusterDnsPatch(f"{name}-cluster-dns", style=s["dns_style"], dns_namespace=s["dns_namespace"],
                             domains=s["domains"], dns_ip=self.dns_service_ip, kubeconfig=s["kubeconfig"],
                             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[controller])))
 
+        self.children.update({
+            "controller-service-account": controller_sa, "proxy-service-account": proxy_sa,
+            "controller-cluster-role": cluster_role, "controller-cluster-role-binding": cluster_role_binding,
+            "controller-role": role, "controller-role-binding": role_binding, "controller": controller,
+            "controller-pdb": pdb, "controller-service": service, "proxy": proxy})
         self.namespace = ns
         self.domains = pulumi.Output.from_input(list(s["domains"]))
         self.controller_api_url = ns.apply(

@@ -129,6 +129,7 @@ class MeshService(pulumi.ComponentResource):
                                                          annotations=patch_annotations),
                 opts=child)
 
+        self.children: dict[str, pulumi.Resource] = {"service": service}  # for composition and tests
         self.service_name = service.metadata.apply(lambda m: m.name)
         self.namespace = service.metadata.apply(lambda m: m.namespace)
         self.annotations = pulumi.Output.from_input(rendered)

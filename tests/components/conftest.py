@@ -42,11 +42,30 @@ class K8sMocks(pulumi.runtime.Mocks):
         return [a for a in self.created if a.name == prefix or a.name.startswith(prefix + "-")]
 
 
+class RecordingMonitor(pulumi.runtime.mocks.MockMonitor):
+    """Also keeps each RegisterResource request (parent URN, dependencies), which the mock's
+    ``MockResourceArgs`` does not carry."""
+
+    def __init__(self, mocks: pulumi.runtime.Mocks) -> None:
+        super().__init__(mocks)
+        self.requests: dict[str, object] = {}
+
+    def RegisterResource(self, request):  # noqa: N802 - gRPC method name
+        self.requests[request.name] = request
+        return super().RegisterResource(request)
+
+    def parent_of(self, name: str) -> str:
+        return self.requests[name].parent
+
+    def dependencies_of(self, name: str) -> list[str]:
+        return list(self.requests[name].dependencies)
+
+
 # Python ≥3.14 no longer creates an implicit event loop (pulumi/pulumi#24338); be explicit.
 asyncio.set_event_loop(asyncio.new_event_loop())
 
 MOCKS = K8sMocks()
-MONITOR = pulumi.runtime.mocks.MockMonitor(MOCKS)
+MONITOR = RecordingMonitor(MOCKS)
 pulumi.runtime.set_mocks(MOCKS, project="lightmesh", stack="test", preview=False, monitor=MONITOR)
 
 
