@@ -118,6 +118,14 @@ def _stripped(target: Target, current: Optional[str], domains: Sequence[str]) ->
     return coredns.restore_stub_domains(current, domains)
 
 
+def _has_ours(target: Target, current: Optional[str], domains: Sequence[str]) -> bool:
+    if current is None or target.style is DnsStyle.COREDNS_CUSTOM:
+        return False  # our own key: whatever is there was not written by someone else's tooling
+    if target.style is DnsStyle.COREFILE:
+        return coredns.find_block(current) is not None
+    return coredns.restore_stub_domains(current, domains) != coredns.restore_stub_domains(current, [])
+
+
 def create(client: DnsClient, namespace: str, style: str, domains: Sequence[str], dns_ip: str) -> dict[str, Any]:
     """Patch the cluster DNS; return the state needed to update and to restore it."""
     target = detect_target(client, namespace, DnsStyle(style))
@@ -125,8 +133,9 @@ def create(client: DnsClient, namespace: str, style: str, domains: Sequence[str]
     if data is None and target.style is not DnsStyle.COREDNS_CUSTOM:
         raise coredns.CorefileError(f"ConfigMap {namespace}/{target.configmap} does not exist")
     current = (data or {}).get(target.key)
-    # A block or keys of ours already present (state lost, re-install) are not part of the original.
-    original = _stripped(target, current, domains) if target.style is not DnsStyle.COREDNS_CUSTOM else current
+    # A block or keys of ours already present (state lost, re-install) are not part of the original;
+    # otherwise keep the value exactly as found, so delete can give it back byte for byte.
+    original = _stripped(target, current, domains) if _has_ours(target, current, domains) else current
     written = _patched(target, current, domains, dns_ip, domains)
     if written != current:
         client.set_configmap_key(namespace, target.configmap, target.key, written)
