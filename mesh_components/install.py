@@ -158,9 +158,9 @@ class MeshInstall(pulumi.ComponentResource):
     controller_api_url: pulumi.Output[str]
     """In-cluster URL of the controller API (configuration, topology, status)."""
 
-    def __init__(self, name: str, args: Optional[MeshInstallArgs] = None,
-                 opts: Optional[pulumi.ResourceOptions] = None) -> None:
-        s = resolve_settings(name, args or {})
+    def __init__(self, name: str, args: MeshInstallArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+        # Every field is optional: ``MeshInstall("lightmesh", {})`` installs the defaults.
+        s = resolve_settings(name, args if args is not None else {})
         super().__init__(type_token("MeshInstall"), name, None, opts)
         child = child_options(self, opts)
         #: every child by role, for composition (e.g. ``depends_on=[mesh.children["controller"]]``) and tests;
