@@ -3,8 +3,8 @@
 import pulumi
 import pytest
 
-from conftest import MOCKS, MONITOR
-from manifests import validate_all
+from components.conftest import MOCKS, MONITOR
+from components.manifests import validate_all
 from mesh_components import AccessPolicy, ComponentArgsError, TrafficSplit
 from mesh_components.access import render_access_policy, render_traffic_split
 

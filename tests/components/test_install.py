@@ -6,8 +6,8 @@ import kubernetes_validate
 import pulumi
 import pytest
 
-from conftest import MOCKS, MONITOR
-from manifests import KUBERNETES_VERSION, validate_all, validate_manifest
+from components.conftest import MOCKS, MONITOR
+from components.manifests import KUBERNETES_VERSION, validate_all, validate_manifest
 from lightmesh import wire
 from mesh_components import ComponentArgsError, MeshInstall, smi
 from mesh_components.install import controller_command, proxy_command, resolve_settings

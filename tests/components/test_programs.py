@@ -6,8 +6,8 @@ from pathlib import Path
 import pulumi
 import pytest
 
-from conftest import MOCKS
-from manifests import validate_all
+from components.conftest import MOCKS
+from components.manifests import validate_all
 from mesh_components import smi
 
 REPO = Path(__file__).resolve().parents[2]

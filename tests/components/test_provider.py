@@ -9,7 +9,7 @@ import pytest
 import yaml
 from pulumi.provider.experimental.component import ComponentInitError, ComponentProvider
 
-from conftest import MOCKS
+from components.conftest import MOCKS
 from mesh_components import COMPONENTS, PACKAGE, VERSION
 
 SNAPSHOT = Path(__file__).parent / "schema_snapshot.json"

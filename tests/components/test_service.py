@@ -3,8 +3,8 @@
 import pulumi
 import pytest
 
-from conftest import MOCKS, MONITOR
-from manifests import validate_all
+from components.conftest import MOCKS, MONITOR
+from components.manifests import validate_all
 from lightmesh.annotations import Scheme, TrafficType, parse_annotations
 from mesh_components import ComponentArgsError, MeshService
 from mesh_components.service import render_annotations

@@ -6,7 +6,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 
-from manifests import KUBERNETES_VERSION
+from components.manifests import KUBERNETES_VERSION
 from mesh_components import smi
 
 EXPECTED_VERSIONS = {
