@@ -12,7 +12,7 @@ names the field, only later in the deployment.
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional, TypeVar
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 import pulumi
 
@@ -41,8 +41,6 @@ def type_token(class_name: str) -> str:
 class ComponentArgsError(ValueError):
     """A component argument is invalid. The message names the component instance and the field."""
 
-
-T = TypeVar("T")
 
 # RFC 1123 label (namespaces, Service names) and subdomain (most other object names).
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")

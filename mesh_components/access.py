@@ -14,11 +14,10 @@ collide. The object bodies come from the pure renderers in :mod:`mesh_components
 """
 
 import re
-from typing import Any, Mapping, Optional, TypedDict
+from typing import Any, Mapping, NotRequired, Optional, TypedDict
 
 import pulumi
 import pulumi_kubernetes as k8s
-from typing_extensions import NotRequired
 
 from mesh_components import smi
 from mesh_components._common import Checker, child_options, is_known, type_token

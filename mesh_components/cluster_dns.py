@@ -184,23 +184,21 @@ class LightkubeDnsClient:
         self._client = lightkube.Client(config=config, field_manager="lightmesh-dns")
 
     def deployment_configmaps(self, namespace: str, name: str) -> Optional[list[str]]:
-        from lightkube.core.exceptions import ApiError
         from lightkube.resources.apps_v1 import Deployment
         try:
             dep = self._client.get(Deployment, name, namespace=namespace)
-        except ApiError as exc:
-            if exc.status.code == 404:
+        except Exception as exc:
+            if _status_code(exc) == 404:
                 return None
             raise
         return [v.configMap.name for v in (dep.spec.template.spec.volumes or []) if v.configMap]
 
     def get_configmap(self, namespace: str, name: str) -> Optional[dict[str, str]]:
-        from lightkube.core.exceptions import ApiError
         from lightkube.resources.core_v1 import ConfigMap
         try:
             return dict(self._client.get(ConfigMap, name, namespace=namespace).data or {})
-        except ApiError as exc:
-            if exc.status.code == 404:
+        except Exception as exc:
+            if _status_code(exc) == 404:
                 return None
             raise
 
@@ -223,6 +221,15 @@ class LightkubeDnsClient:
         from lightkube.types import PatchType
         patch = {"spec": {"template": {"metadata": {"annotations": {ROLL_ANNOTATION: value}}}}}
         self._client.patch(Deployment, name, patch, namespace=namespace, patch_type=PatchType.MERGE)
+
+
+def _status_code(exc: Exception) -> Optional[int]:
+    """HTTP status of a lightkube error: ``ApiError`` (a Kubernetes Status body) or the underlying
+    HTTP client's status error (a 404 whose body is not a Status object)."""
+    status = getattr(getattr(exc, "status", None), "code", None)
+    if status is None:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+    return status
 
 
 # ------------------------------------------------------------------------------ Pulumi dynamic resource

@@ -20,11 +20,10 @@ The container command lines are built by pure functions (:func:`controller_comma
 """
 
 from enum import Enum
-from typing import Any, Mapping, Optional, TypedDict
+from typing import Any, Mapping, NotRequired, Optional, TypedDict
 
 import pulumi
 import pulumi_kubernetes as k8s
-from typing_extensions import NotRequired
 
 from mesh_components import smi
 from mesh_components._common import DEFAULT_IMAGE, Checker, child_options, is_known, type_token, when_known

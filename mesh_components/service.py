@@ -12,11 +12,10 @@ own parser (``lightmesh.annotations.parse_annotations``), so preview rejects exa
 controller would reject — with the error re-phrased to name the component field.
 """
 
-from typing import Any, Mapping, Optional, TypedDict
+from typing import Any, Mapping, NotRequired, Optional, TypedDict
 
 import pulumi
 import pulumi_kubernetes as k8s
-from typing_extensions import NotRequired
 
 from mesh_components._common import Checker, ComponentArgsError, child_options, is_known, type_token, when_known
 from lightmesh import annotations as ann
@@ -100,8 +99,7 @@ class MeshService(pulumi.ComponentResource):
         rendered = render_annotations(name, args)
         ports = args.get("ports")
         if ports is not None:
-            ports = check.non_empty_list("ports", ports)
-            _check_ports(check, ports)
+            ports = _check_ports(check, check.non_empty_list("ports", ports))
             if args.get("selector") is None:
                 raise check.fail("selector is required when ports is set (the Service is created)")
         elif args.get("selector") is not None:
@@ -199,18 +197,23 @@ def _check_domains(check: Checker, domains: Any) -> None:
         check.dns_subdomain("domains", d.strip(".") if isinstance(d, str) else d)
 
 
-def _check_ports(check: Checker, ports: list) -> None:
+def _check_ports(check: Checker, ports: list) -> list[dict]:
+    """Validated copies of ``ports`` (Output values wrapped so they are checked where they are used)."""
+    checked = []
     for i, p in enumerate(ports):
         if not isinstance(p, Mapping) or "port" not in p:
             raise check.fail(f"ports[{i}] must have a port, got {p!r}")
-        check.integer(f"ports[{i}].port", p["port"], 1, 65535)
+        p = dict(p)
+        p["port"] = check.integer(f"ports[{i}].port", p["port"], 1, 65535)
         if p.get("target_port") is not None:
-            check.integer(f"ports[{i}].target_port", p["target_port"], 1, 65535)
+            p["target_port"] = check.integer(f"ports[{i}].target_port", p["target_port"], 1, 65535)
+        checked.append(p)
         if p.get("protocol") is not None and is_known(p["protocol"]) and p["protocol"] not in ("TCP", "UDP"):
             raise check.fail(f"ports[{i}].protocol must be TCP or UDP, got {p['protocol']!r}")
     if len(ports) > 1 and any(p.get("name") is None for p in ports):
         raise check.fail("ports need a name each when there is more than one")
     check.unique("ports[].port", [p["port"] for p in ports])
+    return checked
 
 
 def _port(p: Mapping[str, Any]) -> k8s.core.v1.ServicePortArgs:
@@ -218,4 +221,3 @@ def _port(p: Mapping[str, Any]) -> k8s.core.v1.ServicePortArgs:
                                        name=p.get("name"), protocol=p.get("protocol", "TCP"))
 
 
-_ = ComponentArgsError  # re-exported for callers catching errors from this module

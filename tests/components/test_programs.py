@@ -33,6 +33,8 @@ def _run(path: Path):
     module = runpy.run_path(str(path), run_name="__main__")
     waits = []
     for value in module.values():
+        if isinstance(value, pulumi.Resource):
+            waits.append(value.urn)
         if hasattr(value, "children") and isinstance(value.children, dict):
             waits += [c.urn for c in value.children.values()]
         if hasattr(value, "settled"):

@@ -71,15 +71,16 @@ def test_construct_maps_camel_case_floats_and_enum_values():
                                   "retryAttempts": 3.0, "domains": ["traefik.mesh"]}, pulumi.ResourceOptions())
 
     def check(values):
-        total, hosts, annotations = values
+        total, hosts, annotations, _split_name = values
         assert total == 100
         assert hosts == ["whoami.whoami.traefik.mesh"]
         assert annotations == {"lightmesh.io/traffic-type": "tcp", "lightmesh.io/retry-attempts": "3"}
         record = next(r for r in MOCKS.created if r.name == "ctor-split-trafficsplit")
         assert [b["weight"] for b in record.inputs["spec"]["backends"]] == [60, 40]
 
+    # trafficSplitName comes from the child TrafficSplit: waiting on it means the child is registered
     return pulumi.Output.all(split.state["totalWeight"], service.state["hostNames"],
-                             service.state["annotations"]).apply(check)
+                             service.state["annotations"], split.state["trafficSplitName"]).apply(check)
 
 
 def test_construct_reports_bad_args_with_the_field_name():
