@@ -170,8 +170,14 @@ def child_options(parent: pulumi.Resource, opts: Optional[pulumi.ResourceOptions
     writes ``AccessPolicy(..., opts=ResourceOptions(depends_on=[mesh]))`` means "create my SMI objects
     after the CRDs exist", so the components pass it on explicitly.
     """
-    depends_on = list(extra.pop("depends_on", None) or [])
+    depends_on: Any = list(extra.pop("depends_on", None) or [])
     if opts is not None and opts.depends_on is not None:
         inherited = opts.depends_on
-        depends_on += list(inherited) if isinstance(inherited, (list, tuple)) else [inherited]
+        if isinstance(inherited, (list, tuple)):
+            depends_on += list(inherited)
+        elif isinstance(inherited, pulumi.Resource):
+            depends_on.append(inherited)
+        else:  # an Output of a list of resources
+            own = list(depends_on)
+            depends_on = pulumi.Output.from_input(inherited).apply(lambda deps: [*own, *(deps or [])])
     return pulumi.ResourceOptions(parent=parent, depends_on=depends_on or None, **extra)

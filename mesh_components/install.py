@@ -265,6 +265,11 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
     unknown = set(args) - set(MeshInstallArgs.__annotations__)
     if unknown:
         raise check.fail(f"unknown field(s) {', '.join(sorted(unknown))}")
+    # Everything but the kubeconfig and the OTLP endpoint names cluster objects or shapes manifests,
+    # so it must be known at preview (and is validated there).
+    for field, value in args.items():
+        if field not in ("kubeconfig", "otlp_endpoint") and not is_known(value):
+            raise check.fail(f"{field} must be a plain value, not an Output (it is validated at preview)")
     s: dict[str, Any] = {
         "namespace": args.get("namespace", wire.DEFAULT_MESH_NAMESPACE),
         "create_namespace": args.get("create_namespace", True),
@@ -300,9 +305,6 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
         "api_port": wire.DEFAULT_CONTROLLER_API_PORT,
         "admin_port": wire.DEFAULT_PROXY_ADMIN_PORT,
     }
-    for field in ("namespace", "image", "cluster_domain", "dns_namespace", "image_pull_policy"):
-        if not is_known(s[field]):
-            raise check.fail(f"{field} must be a plain value, not an Output (it names cluster objects)")
     check.dns_label("namespace", s["namespace"])
     check.dns_label("dns_namespace", s["dns_namespace"])
     check.dns_subdomain("cluster_domain", s["cluster_domain"])
@@ -350,6 +352,8 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
                 raise check.fail(f"{which}.{key} is not a known field (cpu_request, memory_request, cpu_limit, memory_limit)")
             check.quantity(f"{which}.{key}", value)
     for i, t in enumerate(s["proxy_tolerations"]):
+        if not isinstance(t, Mapping) or set(t) - set(TolerationArgs.__annotations__):
+            raise check.fail(f"proxy_tolerations[{i}] must only have key, operator, value, effect; got {t!r}")
         if t.get("operator", "Equal") not in ("Equal", "Exists"):
             raise check.fail(f"proxy_tolerations[{i}].operator must be Equal or Exists, got {t.get('operator')!r}")
         if t.get("effect") not in (None, "NoSchedule", "PreferNoSchedule", "NoExecute"):

@@ -45,3 +45,20 @@ def validate_all(records: list) -> int:
             raise AssertionError(f"{record.typ} {record.name}: {exc}") from exc
         checked += 1
     return checked
+
+
+def validate_against_registered_crds(obj: dict, crds: list[dict]) -> None:
+    """Validate an SMI object against the CRD *as MeshInstall registered it* (the mock's inputs),
+    not against the module data: proves the installed schema and the rendered objects agree."""
+    import jsonschema
+
+    group, _, version = obj["apiVersion"].partition("/")
+    for crd in crds:
+        spec = crd["spec"]
+        if spec["group"] == group and spec["names"]["kind"] == obj["kind"]:
+            served = [v for v in spec["versions"] if v["name"] == version and v["served"]]
+            assert served, f"{obj['apiVersion']} {obj['kind']} is not served by the installed CRD"
+            schema = smi._closed(served[0]["schema"]["openAPIV3Schema"])
+            jsonschema.Draft7Validator(schema).validate(obj)
+            return
+    raise AssertionError(f"no installed CRD for {obj['apiVersion']} {obj['kind']}")

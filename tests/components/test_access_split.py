@@ -147,3 +147,15 @@ def test_whole_float_weights_from_other_languages_are_accepted():
     objects = render_traffic_split("ts", {"namespace": "n", "service": "web",
                                           "backends": [{"service": "a", "weight": 75.0}, {"service": "b", "weight": 25}]})
     assert [b["weight"] for b in objects[-1]["spec"]["backends"]] == [75, 25]
+
+
+@pulumi.runtime.test
+def test_depends_on_given_as_an_output_also_reaches_the_children():
+    anchor = pulumi.CustomResource("test:index:Anchor", "dep-anchor-out", {})
+    split = TrafficSplit("ts-dep-out", {"namespace": "n", "service": "web", "backends": [{"service": "a", "weight": 1}]},
+                         opts=pulumi.ResourceOptions(depends_on=pulumi.Output.from_input([anchor])))
+
+    def check(_):
+        assert any(d.endswith("::dep-anchor-out") for d in MONITOR.dependencies_of("ts-dep-out-trafficsplit"))
+
+    return split.traffic_split_name.apply(check)

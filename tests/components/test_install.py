@@ -264,8 +264,38 @@ def test_command_lines_from_settings():
     ({"watch_namespaces": ["a"], "ignore_namespaces": ["a"]}, "namespaces both watched and ignored: a"),
     ({"image_pull_policy": "Sometimes"}, "image_pull_policy must be one of IfNotPresent, Always, Never"),
     ({"namespace": pulumi.Output.from_input("x")}, "namespace must be a plain value, not an Output"),
+    ({"domains": pulumi.Output.from_input(["a"])}, "domains must be a plain value, not an Output"),
+    ({"proxy_tolerations": [{"key": "a", "tolerationSeconds": 5}]}, r"proxy_tolerations\[0\] must only have"),
     ({"replicas": 3}, "unknown field\\(s\\) replicas"),
 ])
 def test_bad_args_name_the_field(args, message):
     with pytest.raises(ComponentArgsError, match=r"^MeshInstall 'mesh': .*" + message):
         MeshInstall("mesh", args)
+
+
+@pulumi.runtime.test
+def test_every_smi_object_the_components_write_fits_the_crds_mesh_install_registers():
+    from components.manifests import validate_against_registered_crds
+    from mesh_components import AccessPolicy, TrafficSplit
+
+    mesh, outputs = _install("mi-smi")
+    policy = AccessPolicy("mi-smi-policy", {
+        "namespace": "app", "destination_service_account": "server",
+        "sources": [{"service_account": "client"}, {"service_account": "probe", "namespace": "ops"}],
+        "http_matches": [{"name": "api", "path_regex": "/api/.*", "methods": ["GET", "*"], "headers": {"x-a": ".*"}}],
+        "tcp": {"ports": [8080]}, "udp": {"ports": [53]}})
+    split = TrafficSplit("mi-smi-split", {"namespace": "app", "service": "web",
+                                          "backends": [{"service": "v1", "weight": 1}, {"service": "v2", "weight": 3}],
+                                          "matches": [{"name": "beta", "path_regex": "/beta"}]})
+
+    def check(_):
+        records = MOCKS.by_prefix("mi-smi")
+        crds = [r.inputs for r in records if r.typ.endswith("CustomResourceDefinition")]
+        objects = [r.inputs for r in records if r.custom and "smi-spec.io/" in r.typ]
+        assert sorted(o["kind"] for o in objects) == sorted(
+            ["HTTPRouteGroup", "TCPRoute", "UDPRoute", "TrafficTarget", "HTTPRouteGroup", "TrafficSplit"])
+        for obj in objects:
+            validate_against_registered_crds(obj, crds)
+
+    return pulumi.Output.all(outputs, policy.traffic_target_name, policy.route_names,
+                             split.traffic_split_name).apply(check)

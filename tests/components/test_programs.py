@@ -7,7 +7,7 @@ import pulumi
 import pytest
 
 from components.conftest import MOCKS
-from components.manifests import validate_all
+from components.manifests import validate_against_registered_crds, validate_all
 from mesh_components import smi
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,8 +78,12 @@ def _root_stack_check(start, acl):
             assert target.inputs["spec"]["destination"]["name"] == "whoami-server"
         else:
             assert "--acl" not in controller and not targets
-        crds = {r.inputs["metadata"]["name"] for r in _by_type(records, "CustomResourceDefinition")}
-        assert crds == {c["metadata"]["name"] for c in smi.CRDS}
+        crds = [r.inputs for r in _by_type(records, "CustomResourceDefinition")]
+        assert {c["metadata"]["name"] for c in crds} == {c["metadata"]["name"] for c in smi.CRDS}
+        smi_objects = [r.inputs for r in records if r.custom and "smi-spec.io/" in r.typ]
+        assert len(smi_objects) == (3 if acl else 0)
+        for obj in smi_objects:  # against the schema exactly as this stack installs it
+            validate_against_registered_crds(obj, crds)
     return check
 
 
