@@ -1,0 +1,88 @@
+"""The cluster-DNS Kubernetes adapter (lightkube) against kmock's HTTP Kubernetes emulator.
+
+The create/update/delete logic is covered with an in-memory client in test_coredns.py; this checks
+the thin adapter speaks the API correctly: reads Deployments and ConfigMaps, merge-patches one key
+(others untouched, ``None`` removes it), creates and deletes ``coredns-custom``, rolls the Deployment.
+"""
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mesh_components import cluster_dns, coredns
+
+GOLDENS = Path(__file__).parent / "dns_goldens"
+KUBEADM = (GOLDENS / "kubeadm.Corefile").read_text()
+DOMAINS = ["lightmesh", "traefik.mesh", "maesh"]
+
+
+def _deployment(name, configmaps):
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": "kube-system"},
+            "spec": {"selector": {"matchLabels": {"k8s-app": "kube-dns"}},
+                     "template": {"metadata": {"labels": {"k8s-app": "kube-dns"}},
+                                  "spec": {"containers": [{"name": "coredns", "image": "coredns/coredns:1.11.1"}],
+                                           "volumes": [{"name": f"v{i}", "configMap": {"name": cm}}
+                                                       for i, cm in enumerate(configmaps)]}}}}
+
+
+def _configmap(name, data):
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "kube-system"}, "data": data}
+
+
+def _client(kmock) -> cluster_dns.LightkubeDnsClient:
+    kubeconfig = {"apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+                  "clusters": [{"name": "kmock", "cluster": {"server": str(kmock.url).rstrip("/")}}],
+                  "users": [{"name": "kmock", "user": {}}],
+                  "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}]}
+    return cluster_dns.LightkubeDnsClient(yaml.safe_dump(kubeconfig))
+
+
+def _latest(kmock, resource, name):
+    obj = kmock.objects[resource, "kube-system", name]
+    return dict(obj)
+
+
+@pytest.mark.asyncio
+async def test_corefile_patch_and_restore_through_the_kubernetes_api(kmock):
+    kmock.objects["apps/v1/deployments", "kube-system", "coredns"] = _deployment("coredns", ["coredns"])
+    kmock.objects["v1/configmaps", "kube-system", "coredns"] = _configmap("coredns", {"Corefile": KUBEADM, "x": "1"})
+    client = _client(kmock)
+
+    state = await asyncio.wait_for(
+        asyncio.to_thread(cluster_dns.create, client, "kube-system", "auto", DOMAINS, "10.96.0.10"), 10)
+    assert state["style"] == "corefile"
+    data = _latest(kmock, "v1/configmaps", "coredns")["data"]
+    assert data["Corefile"] == (GOLDENS / "kubeadm.patched").read_text() and data["x"] == "1"
+    template = _latest(kmock, "apps/v1/deployments", "coredns")["spec"]["template"]
+    assert template["metadata"]["annotations"] == {cluster_dns.ROLL_ANNOTATION: coredns.block_hash(state["written"])}
+    assert template["spec"]["containers"][0]["name"] == "coredns"  # merge patch left the rest alone
+
+    await asyncio.wait_for(asyncio.to_thread(cluster_dns.delete, client, state), 10)
+    assert _latest(kmock, "v1/configmaps", "coredns")["data"] == {"Corefile": KUBEADM, "x": "1"}
+
+
+@pytest.mark.asyncio
+async def test_coredns_custom_is_created_and_removed_through_the_kubernetes_api(kmock):
+    kmock.objects["apps/v1/deployments", "kube-system", "coredns"] = _deployment("coredns", ["coredns", "coredns-custom"])
+    kmock.objects["v1/configmaps", "kube-system", "coredns"] = _configmap("coredns", {"Corefile": KUBEADM})
+    client = _client(kmock)
+
+    state = await asyncio.wait_for(
+        asyncio.to_thread(cluster_dns.create, client, "kube-system", "auto", DOMAINS, "10.96.0.10"), 10)
+    assert state["style"] == "coredns-custom" and state["created_configmap"]
+    assert _latest(kmock, "v1/configmaps", "coredns-custom")["data"] == {
+        "lightmesh.server": (GOLDENS / "coredns-custom.server").read_text()}
+
+    await asyncio.wait_for(asyncio.to_thread(cluster_dns.delete, client, state), 10)
+    assert ("v1/configmaps", "kube-system", "coredns-custom") not in kmock.objects
+    assert _latest(kmock, "v1/configmaps", "coredns")["data"] == {"Corefile": KUBEADM}
+
+
+@pytest.mark.asyncio
+async def test_missing_deployment_is_a_clear_error(kmock):
+    client = _client(kmock)
+    with pytest.raises(Exception, match="no CoreDNS or kube-dns Deployment found"):
+        await asyncio.wait_for(
+            asyncio.to_thread(cluster_dns.create, client, "kube-system", "auto", DOMAINS, "10.96.0.10"), 10)
