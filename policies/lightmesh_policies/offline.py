@@ -181,10 +181,12 @@ def analyze(resources: list[dict], policy_config: Mapping[str, Any] | None = Non
     servicer = make_servicer(policy_config)
     report = PackReport()
 
-    def collect(response: Any) -> None:
+    def collect(response: Any, resource_urn: str = "") -> None:
         for d in response.diagnostics:
+            # The servicer prefixes the policy description: keep only the violation's own message.
+            message = d.message.removeprefix(d.description + "\n") if d.description else d.message
             report.violations.append(Violation(d.policyName, _LEVEL_NAMES.get(d.enforcementLevel, "advisory"),
-                                               d.message, d.urn))
+                                               message, d.urn or resource_urn))
         for n in response.not_applicable:
             report.not_applicable.append((n.policy_name, n.reason))
 
@@ -194,7 +196,7 @@ def analyze(resources: list[dict], policy_config: Mapping[str, Any] | None = Non
             continue
         props = _struct(r.get("props") or {})
         collect(servicer.Analyze(proto.AnalyzeRequest(type=r["type"], name=r["name"], urn=r["urn"],
-                                                      properties=props), None))
+                                                      properties=props), None), r["urn"])
         stack.resources.append(proto.AnalyzerResource(type=r["type"], name=r["name"], urn=r["urn"],
                                                       properties=props, parent=r.get("parent") or ""))
     collect(servicer.AnalyzeStack(stack, None))

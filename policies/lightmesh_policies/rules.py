@@ -401,8 +401,8 @@ def _validate_traffic_splits(args: StackValidationArgs, report: ReportViolation)
 
 
 def _check_split_reachability(view: StackView, split: model.TrafficSplit, report: ReportViolation) -> None:
-    """In ACL mode whoever may call the root (or any backend) must be allowed to every backend: a caller
-    allowed to v1 but not to v2 gets denied for exactly the share of requests routed to v2."""
+    """In ACL mode whoever may call the root must be allowed to every backend: a caller allowed to v1
+    but not to v2 gets denied for exactly the share of requests routed to v2."""
     ns = split.namespace
 
     def accounts(service: str) -> set[Identity] | None:
@@ -422,10 +422,13 @@ def _check_split_reachability(view: StackView, split: model.TrafficSplit, report
         return out
 
     backends = [b.service for b in split.backends if isinstance(b.service, str) and b.service != split.service]
-    callers = allowed(accounts(split.service) or set())
     backend_accounts = {b: accounts(b) for b in backends}
-    for ids in backend_accounts.values():
-        callers |= allowed(ids or set())
+    # The callers are whoever may call the root. An SMI root ("apex") Service often selects no pods of
+    # its own; then whoever may call any backend counts, so every backend must allow the same clients.
+    callers = allowed(accounts(split.service) or set())
+    if not callers:
+        for ids in backend_accounts.values():
+            callers |= allowed(ids or set())
     for backend, ids in backend_accounts.items():
         if not ids:
             continue  # not resolvable from the stack: the coverage rule reports the Service itself
@@ -568,7 +571,7 @@ images_pinned = ResourceValidationPolicy(
     validate=_validate_images,
 )
 
-RESOURCES_DEFAULTS = {"resources": ["cpu", "memory"], "require_limits": True}
+RESOURCES_DEFAULTS = {"requests": ["cpu", "memory"], "limits": ["cpu", "memory"]}
 
 
 def _validate_resources(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -577,22 +580,23 @@ def _validate_resources(args: ResourceValidationArgs, report: ReportViolation) -
         return
     workload, role = found
     cfg = _config(args.get_config(), RESOURCES_DEFAULTS)
-    sections = ["requests", "limits"] if cfg["require_limits"] else ["requests"]
     for container in model.containers_of(workload.pod_spec):
         resources = container.get("resources")
         if is_unknown(resources):
             continue
         missing = []
-        for section in sections:
+        for section in ("requests", "limits"):
             values = model.dig(resources, section)
             if is_unknown(values):
                 continue
-            missing += [f"{section}.{r}" for r in cfg["resources"] or [] if model.dig(values, r) in (None, "")]
+            missing += [f"{section}.{r}" for r in cfg[section] or [] if model.dig(values, r) in (None, "")]
         if missing:
+            fields = ", ".join(f"{r}_{'request' if s == 'requests' else 'limit'}"
+                               for s, r in (m.split(".") for m in missing))
             report(f"Lightmesh {role} {workload.describe()} container {container.get('name')!r} has no "
                    f"{', '.join(missing)}: without them the scheduler cannot reserve room for the mesh and a leak "
-                   f"can starve the node. Fix: set MeshInstallArgs {role}_resources (requests and limits for "
-                   f"{', '.join(cfg['resources'] or [])}).")
+                   f"can starve the node. Fix: set MeshInstallArgs {role}_resources {fields}, or drop the "
+                   f"resource from this rule's requests/limits config if that is a deliberate choice.")
 
 
 install_resources = ResourceValidationPolicy(
@@ -601,8 +605,8 @@ install_resources = ResourceValidationPolicy(
     enforcement_level=EnforcementLevel.ADVISORY,
     severity=Severity.LOW,
     config_schema=_schema(RESOURCES_DEFAULTS, {
-        "resources": "Resource names every request/limit section must set.",
-        "require_limits": "Require limits as well as requests.",
+        "requests": "Resources (cpu, memory) every mesh container must request.",
+        "limits": "Resources (cpu, memory) every mesh container must limit (e.g. [\"memory\"] to allow no CPU limit).",
     }),
     remediation_steps="Set requests and limits for the controller and proxy in MeshInstallArgs.",
     validate=_validate_resources,

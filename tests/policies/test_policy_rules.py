@@ -343,7 +343,13 @@ def test_mesh_containers_need_requests_and_limits():
     [msg] = messages(run_policy(install_resources, [controller(resources={"requests": {"cpu": "10m"}})]))
     assert "has no requests.memory, limits.cpu, limits.memory" in msg
     assert run_policy(install_resources, [controller(resources={"requests": {"cpu": "1", "memory": "1Gi"}})],
-                      {"require_limits": False}) == []
+                      {"limits": []}) == []
+    [msg] = messages(run_policy(install_resources, [controller(resources={"requests": {"cpu": "1", "memory": "1"},
+                                                                           "limits": {"memory": "1Gi"}})]))
+    assert "has no limits.cpu" in msg and "controller_resources cpu_limit" in msg
+    assert run_policy(install_resources, [controller(resources={"requests": {"cpu": "1", "memory": "1"},
+                                                                "limits": {"memory": "1Gi"}})],
+                      {"limits": ["memory"]}) == []
     assert len(run_policy(install_resources, [proxy(resources=None)])) == 1
     assert run_policy(install_resources, [controller(), proxy()]) == []
 
