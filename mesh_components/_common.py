@@ -1,0 +1,179 @@
+"""Shared helpers for the Lightmesh components: the package token, arg validation, child options.
+
+Everything here is pure (no resources are created). The components call these helpers in
+``__init__`` so a bad argument raises at once — during ``pulumi preview`` — with a message naming the
+component instance and the field, before any child resource is registered.
+
+Values that arrive as ``pulumi.Output`` (computed by another resource) cannot be checked
+synchronously; :func:`when_known` runs the same check once the value resolves, so the error still
+names the field, only later in the deployment.
+"""
+
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Optional, TypeVar
+
+import pulumi
+
+# The runtime package (``lightmesh``) lives in ``proxy_image/`` of this checkout. When the repository
+# is used in place (``pulumi up`` from a clone without ``pip install -e .``) make it importable; an
+# installed distribution ships both packages and this is a no-op.
+try:  # pragma: no cover - exercised only when the checkout is not installed
+    import lightmesh  # noqa: F401
+except ImportError:  # pragma: no cover
+    _runtime = Path(__file__).resolve().parent.parent / "proxy_image"
+    if (_runtime / "lightmesh").is_dir():
+        sys.path.insert(0, str(_runtime))
+
+#: The Pulumi package name: type tokens are ``lightmesh:index:<Class>`` and the component provider
+#: host is registered under the same name (``PulumiPlugin.yaml``), so the classes work unchanged
+#: when imported natively and when hosted for other languages.
+PACKAGE = "lightmesh"
+VERSION = "0.1.0"
+DEFAULT_IMAGE = f"ghcr.io/lightmesh/lightmesh:{VERSION}"
+
+
+def type_token(class_name: str) -> str:
+    return f"{PACKAGE}:index:{class_name}"
+
+
+class ComponentArgsError(ValueError):
+    """A component argument is invalid. The message names the component instance and the field."""
+
+
+T = TypeVar("T")
+
+# RFC 1123 label (namespaces, Service names) and subdomain (most other object names).
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+# Kubernetes resource quantity, e.g. 100m, 64Mi, 1.5, 2G.
+_QUANTITY = re.compile(r"[+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+|[KMGTPE]i|[mkMGTPE]|[num])?")
+
+
+def is_known(value: Any) -> bool:
+    """True for plain values (checked now); False for Outputs/awaitables (checked on resolution)."""
+    return not isinstance(value, pulumi.Output) and not hasattr(value, "__await__")
+
+
+def when_known(value: Any, check: Callable[[Any], None]) -> Any:
+    """Run ``check`` now on a plain value and return it; for an Output, return a new Output that runs
+    ``check`` when the value resolves.
+
+    Callers must pass the *returned* value on to the child resource: that way a failing check on an
+    Output fails the resource that uses it (an apply nobody consumes would only log a warning).
+    """
+    if is_known(value):
+        check(value)
+        return value
+
+    def checked(v: Any) -> Any:
+        if v is not None:
+            check(v)
+        return v
+    return pulumi.Output.from_input(value).apply(checked)
+
+
+class Checker:
+    """Collects field checks for one component instance; errors are prefixed ``Kind 'name': ``."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        self.prefix = f"{kind} {name!r}: "
+
+    def fail(self, message: str) -> ComponentArgsError:
+        return ComponentArgsError(self.prefix + message)
+
+    def require(self, args: Mapping[str, Any], field: str) -> Any:
+        if not isinstance(args, Mapping):
+            raise self.fail(f"args must be a mapping (a dict or the *Args TypedDict), got {type(args).__name__}")
+        if field not in args or args[field] is None:
+            raise self.fail(f"{field} is required")
+        return args[field]
+
+    def dns_label(self, field: str, value: Any) -> Any:
+        def check(v: Any) -> None:
+            if not isinstance(v, str) or len(v) > 63 or not _DNS_LABEL.fullmatch(v):
+                raise self.fail(f"{field} must be a DNS label (lowercase letters, digits and '-', "
+                                f"at most 63 characters, starting and ending alphanumeric), got {v!r}")
+        return when_known(value, check)
+
+    def dns_subdomain(self, field: str, value: Any) -> Any:
+        def check(v: Any) -> None:
+            if not isinstance(v, str) or len(v) > 253 or not _DNS_SUBDOMAIN.fullmatch(v):
+                raise self.fail(f"{field} must be a DNS subdomain (lowercase letters, digits, '-' and '.', "
+                                f"at most 253 characters), got {v!r}")
+        return when_known(value, check)
+
+    def integer(self, field: str, value: Any, low: int, high: int) -> Any:
+        def check(v: Any) -> None:
+            # The cross-language path delivers numbers as floats; whole floats are accepted.
+            if isinstance(v, float) and v.is_integer():
+                v = int(v)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise self.fail(f"{field} must be a whole number, got {v!r}")
+            if not low <= v <= high:
+                raise self.fail(f"{field} must be between {low} and {high}, got {v}")
+        return when_known(value, check)
+
+    def string(self, field: str, value: Any, allow_empty: bool = False) -> Any:
+        def check(v: Any) -> None:
+            if not isinstance(v, str) or (not allow_empty and not v.strip()):
+                raise self.fail(f"{field} must be a non-empty string, got {v!r}")
+        return when_known(value, check)
+
+    def quantity(self, field: str, value: Any) -> Any:
+        def check(v: Any) -> None:
+            if not isinstance(v, str) or not _QUANTITY.fullmatch(v):
+                raise self.fail(f"{field} must be a Kubernetes quantity such as 100m, 64Mi or 1, got {v!r}")
+        return when_known(value, check)
+
+    def regex(self, field: str, value: Any) -> Any:
+        def check(v: Any) -> None:
+            if not isinstance(v, str):
+                raise self.fail(f"{field} must be a regular expression string, got {v!r}")
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise self.fail(f"{field} is not a valid regular expression ({exc}), got {v!r}") from None
+        return when_known(value, check)
+
+    def enum(self, field: str, value: Any, enum_type: type) -> Any:
+        """Coerce a raw value (as the cross-language path sends it) to ``enum_type``."""
+        if value is None or not is_known(value):
+            return value
+        try:
+            return enum_type(value.value if hasattr(value, "value") else value)
+        except ValueError:
+            allowed = ", ".join(m.value for m in enum_type)
+            raise self.fail(f"{field} must be one of {allowed}, got {value!r}") from None
+
+    def non_empty_list(self, field: str, value: Any) -> list:
+        if not is_known(value):
+            return value
+        if not isinstance(value, (list, tuple)) or not value:
+            raise self.fail(f"{field} must be a non-empty list, got {value!r}")
+        return list(value)
+
+    def unique(self, field: str, values: Iterable[Any]) -> None:
+        seen: set = set()
+        for v in values:
+            if not is_known(v):
+                continue
+            if v in seen:
+                raise self.fail(f"{field} has a duplicate entry {v!r}")
+            seen.add(v)
+
+
+def child_options(parent: pulumi.Resource, opts: Optional[pulumi.ResourceOptions],
+                  **extra: Any) -> pulumi.ResourceOptions:
+    """Options for a child: ``parent=`` the component, plus the component's own ``depends_on``.
+
+    ``depends_on`` given to a component is not pushed down to its children by the SDK; a user who
+    writes ``AccessPolicy(..., opts=ResourceOptions(depends_on=[mesh]))`` means "create my SMI objects
+    after the CRDs exist", so the components pass it on explicitly.
+    """
+    depends_on = list(extra.pop("depends_on", None) or [])
+    if opts is not None and opts.depends_on is not None:
+        inherited = opts.depends_on
+        depends_on += list(inherited) if isinstance(inherited, (list, tuple)) else [inherited]
+    return pulumi.ResourceOptions(parent=parent, depends_on=depends_on or None, **extra)

@@ -1,0 +1,260 @@
+"""Cluster DNS forwarding of the mesh domains, as a Pulumi dynamic resource with a restoring delete.
+
+Why not a ``ConfigMapPatch`` on ``data.Corefile``: ``Corefile`` is a single string, so server-side apply
+makes our field manager own the *whole* value, and deleting the patch removes the field — the
+cluster is left without a Corefile and DNS breaks. Instead this resource:
+
+* **create**: reads the DNS ConfigMap, remembers the original value of the key it touches in its
+  state, writes the patched value (``mesh_components.coredns``) and rolls the DNS Deployment through
+  a pod-template annotation carrying the hash of what was written;
+* **update** (new DNS IP or domains): rewrites the block in place, keeps the remembered original;
+* **delete** (``pulumi destroy``): writes back the original byte for byte if nobody changed the value
+  since we wrote it; otherwise removes only our part (their edits survive), then rolls again.
+
+Styles (:class:`DnsStyle`): ``corefile`` (our block appended to ``Corefile``), ``coredns-custom``
+(our own ``lightmesh.server`` key in the ``coredns-custom`` ConfigMap that k3s and AKS import; created
+if missing, deleted on destroy if we created it), ``kube-dns`` (``stubDomains``), or ``auto``
+(detected at deploy time from the DNS Deployment's ConfigMap volumes, as Traefik Mesh did).
+
+The create/update/delete logic are plain functions over a small :class:`DnsClient` protocol, tested
+with an in-memory client; :class:`LightkubeDnsClient` is the thin Kubernetes adapter. Under Pulumi
+mocks (tests, offline rendering) nothing here runs: the resource is only registered.
+"""
+
+import dataclasses
+from enum import Enum
+from typing import Any, Optional, Protocol, Sequence
+
+import pulumi
+import pulumi.dynamic
+
+from mesh_components import coredns
+
+ROLL_ANNOTATION = "lightmesh.io/dns-config-hash"
+COREDNS_DEPLOYMENTS = ("coredns", "rke2-coredns-rke2-coredns")
+KUBE_DNS_DEPLOYMENT = "kube-dns"
+CUSTOM_CONFIGMAP = "coredns-custom"
+
+
+class DnsStyle(str, Enum):
+    """How the cluster DNS is told to forward the mesh domains."""
+
+    AUTO = "auto"
+    """Detect from the DNS Deployment at deploy time."""
+    COREFILE = "corefile"
+    """Append a marker-delimited block to the CoreDNS Corefile (kubeadm, EKS, ...)."""
+    COREDNS_CUSTOM = "coredns-custom"
+    """Add a ``lightmesh.server`` key to the ``coredns-custom`` ConfigMap (k3s, AKS)."""
+    KUBE_DNS = "kube-dns"
+    """Add stubDomains to the kube-dns ConfigMap (GKE with kube-dns)."""
+
+
+class DnsClient(Protocol):
+    """The few Kubernetes operations the patcher needs (all in the DNS namespace)."""
+
+    def deployment_configmaps(self, namespace: str, name: str) -> Optional[list[str]]:
+        """Names of ConfigMaps mounted by the Deployment's pod template; None if no such Deployment."""
+
+    def get_configmap(self, namespace: str, name: str) -> Optional[dict[str, str]]:
+        """The ConfigMap's data (``{}`` when it has none); None when the ConfigMap does not exist."""
+
+    def set_configmap_key(self, namespace: str, name: str, key: str, value: Optional[str]) -> None:
+        """Set ``data[key]`` (None removes the key); creates the ConfigMap when it does not exist."""
+
+    def delete_configmap(self, namespace: str, name: str) -> None: ...
+
+    def roll_deployment(self, namespace: str, name: str, value: str) -> None:
+        """Set the pod-template annotation ``ROLL_ANNOTATION`` (a rolling restart when it changes)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    style: DnsStyle
+    deployment: str
+    configmap: str
+    key: str
+
+
+def detect_target(client: DnsClient, namespace: str, style: DnsStyle) -> Target:
+    """Which Deployment, ConfigMap and key to patch for ``style`` (``auto`` detects)."""
+    style = DnsStyle(style)
+    for name in COREDNS_DEPLOYMENTS:
+        mounted = client.deployment_configmaps(namespace, name)
+        if mounted is None:
+            continue
+        if style in (DnsStyle.AUTO, DnsStyle.COREDNS_CUSTOM) and (
+                CUSTOM_CONFIGMAP in mounted or style is DnsStyle.COREDNS_CUSTOM):
+            return Target(DnsStyle.COREDNS_CUSTOM, name, CUSTOM_CONFIGMAP, coredns.CUSTOM_SERVER_KEY)
+        if style in (DnsStyle.AUTO, DnsStyle.COREFILE):
+            corefile_maps = [m for m in mounted if m != CUSTOM_CONFIGMAP]
+            return Target(DnsStyle.COREFILE, name, corefile_maps[0] if corefile_maps else "coredns", "Corefile")
+    if style in (DnsStyle.AUTO, DnsStyle.KUBE_DNS):
+        mounted = client.deployment_configmaps(namespace, KUBE_DNS_DEPLOYMENT)
+        if mounted is not None:
+            return Target(DnsStyle.KUBE_DNS, KUBE_DNS_DEPLOYMENT, mounted[0] if mounted else "kube-dns", "stubDomains")
+    wanted = "CoreDNS" if style in (DnsStyle.COREFILE, DnsStyle.COREDNS_CUSTOM) else "CoreDNS or kube-dns"
+    raise coredns.CorefileError(
+        f"no {wanted} Deployment found in namespace {namespace!r} (looked for "
+        f"{', '.join(COREDNS_DEPLOYMENTS + (KUBE_DNS_DEPLOYMENT,))}); set dns_namespace, or patch_coredns "
+        "false and forward the mesh domains to the mesh DNS Service yourself")
+
+
+def _patched(target: Target, current: Optional[str], domains: Sequence[str], dns_ip: str,
+             old_domains: Sequence[str]) -> str:
+    if target.style is DnsStyle.COREFILE:
+        if current is None:
+            raise coredns.CorefileError(f"ConfigMap {target.configmap} has no Corefile key")
+        return coredns.patch_corefile(current, domains, dns_ip)
+    if target.style is DnsStyle.COREDNS_CUSTOM:
+        return coredns.render_server_block(domains, dns_ip)
+    return coredns.patch_stub_domains(coredns.restore_stub_domains(current, old_domains), domains, dns_ip)
+
+
+def _stripped(target: Target, current: Optional[str], domains: Sequence[str]) -> Optional[str]:
+    if target.style is DnsStyle.COREFILE:
+        return None if current is None else coredns.restore_corefile(current)
+    if target.style is DnsStyle.COREDNS_CUSTOM:
+        return None
+    return coredns.restore_stub_domains(current, domains)
+
+
+def _has_ours(target: Target, current: Optional[str], domains: Sequence[str]) -> bool:
+    if current is None or target.style is DnsStyle.COREDNS_CUSTOM:
+        return False  # our own key: whatever is there was not written by someone else's tooling
+    if target.style is DnsStyle.COREFILE:
+        return coredns.find_block(current) is not None
+    return coredns.restore_stub_domains(current, domains) != coredns.restore_stub_domains(current, [])
+
+
+def create(client: DnsClient, namespace: str, style: str, domains: Sequence[str], dns_ip: str) -> dict[str, Any]:
+    """Patch the cluster DNS; return the state needed to update and to restore it."""
+    target = detect_target(client, namespace, DnsStyle(style))
+    data = client.get_configmap(namespace, target.configmap)
+    if data is None and target.style is not DnsStyle.COREDNS_CUSTOM:
+        raise coredns.CorefileError(f"ConfigMap {namespace}/{target.configmap} does not exist")
+    current = (data or {}).get(target.key)
+    # A block or keys of ours already present (state lost, re-install) are not part of the original;
+    # otherwise keep the value exactly as found, so delete can give it back byte for byte.
+    original = _stripped(target, current, domains) if _has_ours(target, current, domains) else current
+    written = _patched(target, current, domains, dns_ip, domains)
+    if written != current:
+        client.set_configmap_key(namespace, target.configmap, target.key, written)
+        client.roll_deployment(namespace, target.deployment, coredns.block_hash(written))
+    return {"style": target.style.value, "namespace": namespace, "deployment": target.deployment,
+            "configmap": target.configmap, "key": target.key, "original": original, "written": written,
+            "created_configmap": data is None, "domains": list(domains), "dns_ip": dns_ip}
+
+
+def update(client: DnsClient, state: dict[str, Any], domains: Sequence[str], dns_ip: str) -> dict[str, Any]:
+    """New IP or domains: rewrite our part in place; the remembered original is kept."""
+    target = Target(DnsStyle(state["style"]), state["deployment"], state["configmap"], state["key"])
+    current = (client.get_configmap(state["namespace"], target.configmap) or {}).get(target.key)
+    written = _patched(target, current, domains, dns_ip, state["domains"])
+    if written != current:
+        client.set_configmap_key(state["namespace"], target.configmap, target.key, written)
+        client.roll_deployment(state["namespace"], target.deployment, coredns.block_hash(written))
+    return {**state, "written": written, "domains": list(domains), "dns_ip": dns_ip}
+
+
+def delete(client: DnsClient, state: dict[str, Any]) -> None:
+    """Give the cluster DNS back: the original byte for byte, or (if edited since) ours removed."""
+    ns = state["namespace"]
+    target = Target(DnsStyle(state["style"]), state["deployment"], state["configmap"], state["key"])
+    data = client.get_configmap(ns, target.configmap)
+    if data is None:
+        return  # already gone: nothing of ours is left to remove
+    current = data.get(target.key)
+    restored = state["original"] if current == state["written"] else _stripped(target, current, state["domains"])
+    if restored != current:
+        client.set_configmap_key(ns, target.configmap, target.key, restored)
+    if state.get("created_configmap") and not {k for k in data if k != target.key}:
+        client.delete_configmap(ns, target.configmap)
+    client.roll_deployment(ns, target.deployment, coredns.block_hash(restored or ""))
+
+
+# ------------------------------------------------------------------------------ Kubernetes adapter
+class LightkubeDnsClient:
+    """:class:`DnsClient` over lightkube (kubeconfig contents, else the ambient configuration)."""
+
+    def __init__(self, kubeconfig: Optional[str] = None) -> None:
+        import lightkube
+        import yaml
+
+        config = lightkube.KubeConfig.from_dict(yaml.safe_load(kubeconfig)) if kubeconfig else None
+        self._client = lightkube.Client(config=config, field_manager="lightmesh-dns")
+
+    def deployment_configmaps(self, namespace: str, name: str) -> Optional[list[str]]:
+        from lightkube.core.exceptions import ApiError
+        from lightkube.resources.apps_v1 import Deployment
+        try:
+            dep = self._client.get(Deployment, name, namespace=namespace)
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return None
+            raise
+        return [v.configMap.name for v in (dep.spec.template.spec.volumes or []) if v.configMap]
+
+    def get_configmap(self, namespace: str, name: str) -> Optional[dict[str, str]]:
+        from lightkube.core.exceptions import ApiError
+        from lightkube.resources.core_v1 import ConfigMap
+        try:
+            return dict(self._client.get(ConfigMap, name, namespace=namespace).data or {})
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return None
+            raise
+
+    def set_configmap_key(self, namespace: str, name: str, key: str, value: Optional[str]) -> None:
+        from lightkube.models.meta_v1 import ObjectMeta
+        from lightkube.resources.core_v1 import ConfigMap
+        from lightkube.types import PatchType
+        if self.get_configmap(namespace, name) is None:
+            self._client.create(ConfigMap(metadata=ObjectMeta(name=name, namespace=namespace), data={key: value}))
+            return
+        # A JSON merge patch of one key: every other key of the ConfigMap is left alone.
+        self._client.patch(ConfigMap, name, {"data": {key: value}}, namespace=namespace, patch_type=PatchType.MERGE)
+
+    def delete_configmap(self, namespace: str, name: str) -> None:
+        from lightkube.resources.core_v1 import ConfigMap
+        self._client.delete(ConfigMap, name, namespace=namespace)
+
+    def roll_deployment(self, namespace: str, name: str, value: str) -> None:
+        from lightkube.resources.apps_v1 import Deployment
+        from lightkube.types import PatchType
+        patch = {"spec": {"template": {"metadata": {"annotations": {ROLL_ANNOTATION: value}}}}}
+        self._client.patch(Deployment, name, patch, namespace=namespace, patch_type=PatchType.MERGE)
+
+
+# ------------------------------------------------------------------------------ Pulumi dynamic resource
+class _Provider(pulumi.dynamic.ResourceProvider):
+    def create(self, props: dict[str, Any]) -> pulumi.dynamic.CreateResult:
+        client = LightkubeDnsClient(props.get("kubeconfig"))
+        state = create(client, props["dns_namespace"], props["style"], props["domains"], props["dns_ip"])
+        return pulumi.dynamic.CreateResult(f"{state['namespace']}/{state['configmap']}/{state['key']}",
+                                           {**props, "state": state})
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.DiffResult:
+        keys = ("style", "dns_namespace", "domains", "dns_ip")
+        changed = [k for k in keys if olds.get(k) != news.get(k)]
+        replaces = [k for k in ("style", "dns_namespace") if k in changed]
+        return pulumi.dynamic.DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=True)
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.UpdateResult:
+        client = LightkubeDnsClient(news.get("kubeconfig"))
+        state = update(client, olds["state"], news["domains"], news["dns_ip"])
+        return pulumi.dynamic.UpdateResult({**news, "state": state})
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        delete(LightkubeDnsClient(props.get("kubeconfig")), props["state"])
+
+
+class ClusterDnsPatch(pulumi.dynamic.Resource, module="lightmesh", name="ClusterDnsPatch"):
+    """Forwards the mesh domains from the cluster DNS to the mesh DNS; restores the DNS on delete."""
+
+    def __init__(self, name: str, *, style: DnsStyle, dns_namespace: str, domains: Sequence[str],
+                 dns_ip: pulumi.Input[str], kubeconfig: Optional[pulumi.Input[str]] = None,
+                 opts: Optional[pulumi.ResourceOptions] = None) -> None:
+        props = {"style": DnsStyle(style).value, "dns_namespace": dns_namespace, "domains": list(domains),
+                 "dns_ip": dns_ip, "kubeconfig": pulumi.Output.secret(kubeconfig) if kubeconfig else None,
+                 "state": None}
+        super().__init__(_Provider(), name, props, opts)

@@ -1,0 +1,532 @@
+"""``MeshInstall``: everything the mesh needs in a cluster, from typed and validated args.
+
+Children (names derived from the instance name; Kubernetes names from ``lightmesh.wire``):
+
+* the mesh Namespace (unless ``create_namespace`` is false);
+* the SMI CRDs from :mod:`mesh_components.smi`, ``retain_on_delete`` (deleting a CRD deletes every
+  object of its kind in the cluster — never as a side effect of ``pulumi destroy``);
+* ServiceAccounts and least-privilege RBAC (:func:`controller_rbac_rules`): the controller reads
+  Services, EndpointSlices, Pods and the SMI kinds cluster-wide, writes Events, and writes Services
+  and its Lease only in the mesh namespace. The proxy has no API access at all;
+* the controller Deployment (2 replicas, Lease leader election, probes, non-root) and its Service
+  ``lightmesh-controller`` (API 9000/TCP, DNS 53/UDP and 53/TCP → container 5353, so no capability
+  is needed to bind), plus a PodDisruptionBudget;
+* the proxy DaemonSet (probes on ``/ping`` and ``/live``, mesh port ranges, surge rolling update,
+  tolerations, node selector, priority class);
+* the cluster DNS forwarding of the mesh domains (:mod:`mesh_components.cluster_dns`).
+
+The container command lines are built by pure functions (:func:`controller_command`,
+:func:`proxy_command`) that the tests and the controller/proxy CLIs agree on.
+"""
+
+from enum import Enum
+from typing import Any, Mapping, Optional, TypedDict
+
+import pulumi
+import pulumi_kubernetes as k8s
+from typing_extensions import NotRequired
+
+from mesh_components import smi
+from mesh_components._common import DEFAULT_IMAGE, Checker, child_options, is_known, type_token, when_known
+from mesh_components.cluster_dns import ClusterDnsPatch, DnsStyle
+from lightmesh import wire
+from lightmesh.annotations import TrafficType
+
+CONTROLLER_DNS_CONTAINER_PORT = wire.DEFAULT_LOCAL_DNS_PORT  # 5353: unprivileged, Service maps 53 → 5353
+RUN_AS_USER = 65532  # "nonroot" in distroless-style images
+
+
+class LogLevel(str, Enum):
+    """Log verbosity of the controller and proxies."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class LogFormat(str, Enum):
+    """Log line format."""
+
+    TEXT = "text"
+    JSON = "json"
+
+
+class ResourcesArgs(TypedDict):
+    """CPU and memory requests/limits of a container (Kubernetes quantities)."""
+
+    cpu_request: NotRequired[str]
+    """CPU request, e.g. ``100m``."""
+    memory_request: NotRequired[str]
+    """Memory request, e.g. ``64Mi``."""
+    cpu_limit: NotRequired[str]
+    """CPU limit (unset = none)."""
+    memory_limit: NotRequired[str]
+    """Memory limit, e.g. ``256Mi``."""
+
+
+class TolerationArgs(TypedDict):
+    """A pod toleration for the proxy DaemonSet."""
+
+    key: NotRequired[str]
+    """Taint key (unset with operator Exists = every taint)."""
+    operator: NotRequired[str]
+    """Equal (default) or Exists."""
+    value: NotRequired[str]
+    """Taint value for operator Equal."""
+    effect: NotRequired[str]
+    """NoSchedule, PreferNoSchedule or NoExecute (unset = all)."""
+
+
+class MeshInstallArgs(TypedDict):
+    """Inputs for MeshInstall. Every field is optional; defaults install a working mesh."""
+
+    namespace: NotRequired[str]
+    """Namespace of the mesh control plane and proxies (default ``lightmesh``)."""
+    create_namespace: NotRequired[bool]
+    """Create the namespace (default true); false when it is managed elsewhere."""
+    image: NotRequired[str]
+    """Image for both roles, controller and proxy (default ``ghcr.io/lightmesh/lightmesh:0.1.0``)."""
+    image_pull_policy: NotRequired[str]
+    """IfNotPresent (default), Always or Never."""
+    acl: NotRequired[bool]
+    """ACL mode: deny by default, allow only what SMI TrafficTargets allow (default false)."""
+    default_traffic_type: NotRequired[TrafficType]
+    """Traffic type of Services without a traffic-type annotation (default http)."""
+    domains: NotRequired[list[str]]
+    """Mesh DNS domains (default ``lightmesh``, ``traefik.mesh``, ``maesh``)."""
+    cluster_domain: NotRequired[str]
+    """Cluster DNS domain (default ``cluster.local``), for the controller API URL."""
+    http_port_base: NotRequired[int]
+    """First proxy port for HTTP services (default 5000)."""
+    http_port_limit: NotRequired[int]
+    """Number of HTTP proxy ports (default 10)."""
+    tcp_port_base: NotRequired[int]
+    """First proxy port for TCP services (default 10000)."""
+    tcp_port_limit: NotRequired[int]
+    """Number of TCP proxy ports (default 25)."""
+    udp_port_base: NotRequired[int]
+    """First proxy port for UDP services (default 15000)."""
+    udp_port_limit: NotRequired[int]
+    """Number of UDP proxy ports (default 25)."""
+    log_level: NotRequired[LogLevel]
+    """Log level (default info)."""
+    log_format: NotRequired[LogFormat]
+    """Log format (default text)."""
+    otlp_endpoint: NotRequired[str]
+    """OpenTelemetry OTLP/HTTP endpoint for traces, e.g. ``http://otel-collector.observability:4318``."""
+    watch_namespaces: NotRequired[list[str]]
+    """Only mesh Services in these namespaces (default: all)."""
+    ignore_namespaces: NotRequired[list[str]]
+    """Never mesh Services in these namespaces."""
+    controller_replicas: NotRequired[int]
+    """Controller replicas (default 2; one leads, all serve config and DNS)."""
+    controller_resources: NotRequired[ResourcesArgs]
+    """Controller container resources (default requests 100m / 128Mi, memory limit 512Mi)."""
+    proxy_resources: NotRequired[ResourcesArgs]
+    """Proxy container resources (default requests 100m / 128Mi, memory limit 512Mi)."""
+    proxy_workers: NotRequired[int]
+    """Proxy worker processes per node (default 2)."""
+    proxy_max_surge: NotRequired[int]
+    """Nodes whose proxy is replaced at once during a rolling update, new pod first (default 1)."""
+    proxy_tolerations: NotRequired[list[TolerationArgs]]
+    """Proxy tolerations (default: tolerate every taint, so every node that runs clients has a proxy)."""
+    proxy_node_selector: NotRequired[dict[str, str]]
+    """Proxy node selector (default ``kubernetes.io/os: linux``)."""
+    proxy_priority_class_name: NotRequired[str]
+    """Priority class of the proxy pods, e.g. ``system-node-critical`` (default: none)."""
+    patch_coredns: NotRequired[bool]
+    """Configure the cluster DNS to forward the mesh domains to the mesh DNS (default true).
+    Set false when rendering offline or when DNS is managed elsewhere."""
+    dns_style: NotRequired[DnsStyle]
+    """How the cluster DNS is configured (default auto: detected from the cluster at deploy time)."""
+    dns_namespace: NotRequired[str]
+    """Namespace of the cluster DNS (default ``kube-system``)."""
+    kubeconfig: NotRequired[pulumi.Input[str]]
+    """Kubeconfig contents for the DNS patcher (default: ``KUBECONFIG``/``~/.kube/config``/in-cluster)."""
+
+
+class MeshInstall(pulumi.ComponentResource):
+    """Installs Lightmesh: SMI CRDs, RBAC, controller, per-node proxies and the cluster DNS forwarding."""
+
+    namespace: pulumi.Output[str]
+    """Namespace the mesh runs in."""
+    domains: pulumi.Output[list[str]]
+    """Mesh DNS domains."""
+    dns_service_ip: pulumi.Output[str]
+    """ClusterIP of the mesh DNS (the controller Service); the cluster DNS forwards the mesh domains here."""
+    controller_api_url: pulumi.Output[str]
+    """In-cluster URL of the controller API (configuration, topology, status)."""
+
+    def __init__(self, name: str, args: Optional[MeshInstallArgs] = None,
+                 opts: Optional[pulumi.ResourceOptions] = None) -> None:
+        s = resolve_settings(name, args or {})
+        super().__init__(type_token("MeshInstall"), name, None, opts)
+        child = child_options(self, opts)
+        #: every child by role, for composition (e.g. ``depends_on=[mesh.children["controller"]]``) and tests;
+        #: not a cross-language output.
+        self.children: dict[str, pulumi.Resource] = {}
+        ns_name = s["namespace"]
+        labels = {"app.kubernetes.io/part-of": "lightmesh", "app.kubernetes.io/managed-by": "pulumi"}
+
+        if s["create_namespace"]:
+            namespace = k8s.core.v1.Namespace(f"{name}-namespace", metadata=_meta(ns_name, None, labels), opts=child)
+            self.children["namespace"] = namespace
+            ns = namespace.metadata.apply(lambda m: m.name)
+            in_ns = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(deleted_with=namespace))
+        else:
+            ns = pulumi.Output.from_input(ns_name)
+            in_ns = child
+
+        crd_opts = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(retain_on_delete=True))
+        crds = [k8s.apiextensions.v1.CustomResourceDefinition(
+            f"{name}-crd-{c['spec']['names']['plural']}", metadata=c["metadata"], spec=c["spec"], opts=crd_opts)
+            for c in smi.crd_manifests()]
+
+        # ------------------------------------------------------------------ identities and RBAC
+        controller_sa = k8s.core.v1.ServiceAccount(f"{name}-controller-sa", metadata=_meta(wire.CONTROLLER_NAME, ns, labels),
+                                                   opts=in_ns)
+        proxy_sa = k8s.core.v1.ServiceAccount(f"{name}-proxy-sa", metadata=_meta(wire.PROXY_NAME, ns, labels),
+                                              automount_service_account_token=False, opts=in_ns)
+        cluster_role_name = f"{wire.CONTROLLER_NAME}-{ns_name}"  # cluster-scoped: unique per mesh namespace
+        self.children.update({f"crd-{c['spec']['names']['plural']}": crd for c, crd in zip(smi.CRDS, crds)})
+        cluster_role = k8s.rbac.v1.ClusterRole(f"{name}-controller-clusterrole", metadata=_meta(cluster_role_name, None, labels),
+                                               rules=cluster_rules(), opts=child)
+        cluster_role_binding = k8s.rbac.v1.ClusterRoleBinding(
+            f"{name}-controller-clusterrolebinding", metadata=_meta(cluster_role_name, None, labels),
+            role_ref=k8s.rbac.v1.RoleRefArgs(api_group="rbac.authorization.k8s.io", kind="ClusterRole",
+                                             name=cluster_role.metadata.apply(lambda m: m.name)),
+            subjects=[k8s.rbac.v1.SubjectArgs(kind="ServiceAccount", name=wire.CONTROLLER_NAME, namespace=ns)],
+            opts=child)
+        role = k8s.rbac.v1.Role(f"{name}-controller-role", metadata=_meta(wire.CONTROLLER_NAME, ns, labels),
+                                rules=namespace_rules(), opts=in_ns)
+        role_binding = k8s.rbac.v1.RoleBinding(
+            f"{name}-controller-rolebinding", metadata=_meta(wire.CONTROLLER_NAME, ns, labels),
+            role_ref=k8s.rbac.v1.RoleRefArgs(api_group="rbac.authorization.k8s.io", kind="Role",
+                                             name=role.metadata.apply(lambda m: m.name)),
+            subjects=[k8s.rbac.v1.SubjectArgs(kind="ServiceAccount", name=wire.CONTROLLER_NAME, namespace=ns)],
+            opts=in_ns)
+
+        # ------------------------------------------------------------------ controller
+        controller_labels = {**labels, **wire.CONTROLLER_POD_LABELS}
+        controller = k8s.apps.v1.Deployment(
+            f"{name}-controller", metadata=_meta(wire.CONTROLLER_NAME, ns, controller_labels),
+            spec=controller_deployment_spec(s, controller_sa.metadata.apply(lambda m: m.name)),
+            opts=pulumi.ResourceOptions.merge(in_ns, pulumi.ResourceOptions(depends_on=[*crds, role_binding])))
+        pdb = k8s.policy.v1.PodDisruptionBudget(
+            f"{name}-controller-pdb", metadata=_meta(wire.CONTROLLER_NAME, ns, controller_labels),
+            spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
+                min_available=1, selector=k8s.meta.v1.LabelSelectorArgs(match_labels=dict(wire.CONTROLLER_POD_LABELS))),
+            opts=in_ns)
+        service = k8s.core.v1.Service(
+            f"{name}-controller-service", metadata=_meta(wire.CONTROLLER_NAME, ns, controller_labels),
+            spec=k8s.core.v1.ServiceSpecArgs(
+                selector=dict(wire.CONTROLLER_POD_LABELS),
+                ports=[k8s.core.v1.ServicePortArgs(name="api", port=s["api_port"], target_port="api", protocol="TCP"),
+                       k8s.core.v1.ServicePortArgs(name="dns", port=53, target_port="dns", protocol="UDP"),
+                       k8s.core.v1.ServicePortArgs(name="dns-tcp", port=53, target_port="dns-tcp", protocol="TCP")]),
+            opts=in_ns)
+
+        # ------------------------------------------------------------------ proxies
+        proxy_labels = {**labels, **wire.PROXY_POD_LABELS}
+        proxy = k8s.apps.v1.DaemonSet(
+            f"{name}-proxy", metadata=_meta(wire.PROXY_NAME, ns, proxy_labels),
+            spec=proxy_daemonset_spec(s, ns, proxy_sa.metadata.apply(lambda m: m.name)),
+            opts=pulumi.ResourceOptions.merge(in_ns, pulumi.ResourceOptions(depends_on=[service])))
+
+        # ------------------------------------------------------------------ cluster DNS
+        self.dns_service_ip = service.spec.apply(lambda spec: spec.cluster_ip)
+        if s["patch_coredns"]:
+            self.children["cluster-dns"] = ClusterDnsPatch(f"{name}-cluster-dns", style=s["dns_style"], dns_namespace=s["dns_namespace"],
+                            domains=s["domains"], dns_ip=self.dns_service_ip, kubeconfig=s["kubeconfig"],
+                            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[controller])))
+
+        self.children.update({
+            "controller-service-account": controller_sa, "proxy-service-account": proxy_sa,
+            "controller-cluster-role": cluster_role, "controller-cluster-role-binding": cluster_role_binding,
+            "controller-role": role, "controller-role-binding": role_binding, "controller": controller,
+            "controller-pdb": pdb, "controller-service": service, "proxy": proxy})
+        self.namespace = ns
+        self.domains = pulumi.Output.from_input(list(s["domains"]))
+        self.controller_api_url = ns.apply(
+            lambda n: f"http://{wire.CONTROLLER_NAME}.{n}.svc.{s['cluster_domain']}:{s['api_port']}")
+        self.register_outputs({"namespace": self.namespace, "domains": self.domains,
+                               "dns_service_ip": self.dns_service_ip, "controller_api_url": self.controller_api_url})
+
+
+# ------------------------------------------------------------------------------ pure settings
+_DEFAULT_RESOURCES = {"cpu_request": "100m", "memory_request": "128Mi", "memory_limit": "512Mi"}
+
+
+def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    """Defaults applied and every field validated (errors name the field); no resources created."""
+    check = Checker("MeshInstall", name)
+    if not isinstance(args, Mapping):
+        raise check.fail(f"args must be a mapping, got {type(args).__name__}")
+    unknown = set(args) - set(MeshInstallArgs.__annotations__)
+    if unknown:
+        raise check.fail(f"unknown field(s) {', '.join(sorted(unknown))}")
+    s: dict[str, Any] = {
+        "namespace": args.get("namespace", wire.DEFAULT_MESH_NAMESPACE),
+        "create_namespace": args.get("create_namespace", True),
+        "image": args.get("image", DEFAULT_IMAGE),
+        "image_pull_policy": args.get("image_pull_policy", "IfNotPresent"),
+        "acl": args.get("acl", False),
+        "default_traffic_type": check.enum("default_traffic_type", args.get("default_traffic_type", "http"), TrafficType),
+        "domains": list(args.get("domains", wire.DEFAULT_DOMAINS)),
+        "cluster_domain": args.get("cluster_domain", "cluster.local"),
+        "http_port_base": args.get("http_port_base", wire.HTTP_PORT_BASE),
+        "http_port_limit": args.get("http_port_limit", wire.DEFAULT_HTTP_PORT_LIMIT),
+        "tcp_port_base": args.get("tcp_port_base", wire.TCP_PORT_BASE),
+        "tcp_port_limit": args.get("tcp_port_limit", wire.DEFAULT_TCP_PORT_LIMIT),
+        "udp_port_base": args.get("udp_port_base", wire.UDP_PORT_BASE),
+        "udp_port_limit": args.get("udp_port_limit", wire.DEFAULT_UDP_PORT_LIMIT),
+        "log_level": check.enum("log_level", args.get("log_level", "info"), LogLevel),
+        "log_format": check.enum("log_format", args.get("log_format", "text"), LogFormat),
+        "otlp_endpoint": args.get("otlp_endpoint"),
+        "watch_namespaces": list(args.get("watch_namespaces") or []),
+        "ignore_namespaces": list(args.get("ignore_namespaces") or []),
+        "controller_replicas": args.get("controller_replicas", 2),
+        "controller_resources": {**_DEFAULT_RESOURCES, **(args.get("controller_resources") or {})},
+        "proxy_resources": {**_DEFAULT_RESOURCES, **(args.get("proxy_resources") or {})},
+        "proxy_workers": args.get("proxy_workers", 2),
+        "proxy_max_surge": args.get("proxy_max_surge", 1),
+        "proxy_tolerations": list(args.get("proxy_tolerations", [{"operator": "Exists"}])),
+        "proxy_node_selector": dict(args.get("proxy_node_selector", {"kubernetes.io/os": "linux"})),
+        "proxy_priority_class_name": args.get("proxy_priority_class_name"),
+        "patch_coredns": args.get("patch_coredns", True),
+        "dns_style": check.enum("dns_style", args.get("dns_style", "auto"), DnsStyle),
+        "dns_namespace": args.get("dns_namespace", "kube-system"),
+        "kubeconfig": args.get("kubeconfig"),
+        "api_port": wire.DEFAULT_CONTROLLER_API_PORT,
+        "admin_port": wire.DEFAULT_PROXY_ADMIN_PORT,
+    }
+    for field in ("namespace", "image", "cluster_domain", "dns_namespace", "image_pull_policy"):
+        if not is_known(s[field]):
+            raise check.fail(f"{field} must be a plain value, not an Output (it names cluster objects)")
+    check.dns_label("namespace", s["namespace"])
+    check.dns_label("dns_namespace", s["dns_namespace"])
+    check.dns_subdomain("cluster_domain", s["cluster_domain"])
+    check.string("image", s["image"])
+    if s["image_pull_policy"] not in ("IfNotPresent", "Always", "Never"):
+        raise check.fail(f"image_pull_policy must be one of IfNotPresent, Always, Never, got {s['image_pull_policy']!r}")
+    for field in ("create_namespace", "acl", "patch_coredns"):
+        if not isinstance(s[field], bool):
+            raise check.fail(f"{field} must be true or false, got {s[field]!r}")
+    if not s["domains"]:
+        raise check.fail("domains must list at least one domain")
+    for i, d in enumerate(s["domains"]):
+        check.dns_subdomain(f"domains[{i}]", d)
+    check.unique("domains", s["domains"])
+    if s["cluster_domain"] in s["domains"]:
+        raise check.fail(f"domains must not include the cluster domain {s['cluster_domain']!r}")
+    for field in ("controller_replicas", "proxy_workers", "proxy_max_surge"):
+        s[field] = _int(check, field, s[field], 1, 64)
+    ranges = []
+    for proto, limit_max in (("http", 100), ("tcp", 1000), ("udp", 1000)):
+        base = s[f"{proto}_port_base"] = _int(check, f"{proto}_port_base", s[f"{proto}_port_base"], 1024, 65535)
+        limit = s[f"{proto}_port_limit"] = _int(check, f"{proto}_port_limit", s[f"{proto}_port_limit"], 1, limit_max)
+        if base + limit - 1 > 65535:
+            raise check.fail(f"{proto}_port_base + {proto}_port_limit goes past port 65535 ({base}+{limit})")
+        ranges.append((proto, base, base + limit - 1))
+    reserved = {s["api_port"]: "the controller API port", s["admin_port"]: "the proxy admin port"}
+    for i, (proto, low, high) in enumerate(ranges):
+        for other, olow, ohigh in ranges[i + 1:]:
+            if low <= ohigh and olow <= high:
+                raise check.fail(f"{proto} port range {low}-{high} overlaps the {other} port range {olow}-{ohigh}")
+        for port, what in reserved.items():
+            if low <= port <= high:
+                raise check.fail(f"{proto} port range {low}-{high} includes {what} {port}")
+    for field in ("watch_namespaces", "ignore_namespaces"):
+        for i, n in enumerate(s[field]):
+            check.dns_label(f"{field}[{i}]", n)
+    overlap = set(s["watch_namespaces"]) & set(s["ignore_namespaces"])
+    if overlap:
+        raise check.fail(f"namespaces both watched and ignored: {', '.join(sorted(overlap))}")
+    if s["otlp_endpoint"] is not None:
+        when_known(s["otlp_endpoint"], lambda v: _check_url(check, "otlp_endpoint", v))
+    for which in ("controller_resources", "proxy_resources"):
+        for key, value in s[which].items():
+            if key not in ResourcesArgs.__annotations__:
+                raise check.fail(f"{which}.{key} is not a known field (cpu_request, memory_request, cpu_limit, memory_limit)")
+            check.quantity(f"{which}.{key}", value)
+    for i, t in enumerate(s["proxy_tolerations"]):
+        if t.get("operator", "Equal") not in ("Equal", "Exists"):
+            raise check.fail(f"proxy_tolerations[{i}].operator must be Equal or Exists, got {t.get('operator')!r}")
+        if t.get("effect") not in (None, "NoSchedule", "PreferNoSchedule", "NoExecute"):
+            raise check.fail(f"proxy_tolerations[{i}].effect must be NoSchedule, PreferNoSchedule or NoExecute, "
+                             f"got {t.get('effect')!r}")
+        if t.get("operator") == "Exists" and t.get("value"):
+            raise check.fail(f"proxy_tolerations[{i}].value must be empty with operator Exists")
+    if s["proxy_priority_class_name"] is not None:
+        check.dns_subdomain("proxy_priority_class_name", s["proxy_priority_class_name"])
+    return s
+
+
+def _int(check: Checker, field: str, value: Any, low: int, high: int) -> int:
+    check.integer(field, value, low, high)
+    return int(value)
+
+
+def _check_url(check: Checker, field: str, value: Any) -> None:
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")) or len(value) < 9:
+        raise check.fail(f"{field} must be an http:// or https:// URL, got {value!r}")
+
+
+# ------------------------------------------------------------------------------ pure renderers
+def controller_command(s: Mapping[str, Any]) -> list[str]:
+    """The controller container's command line for resolved settings ``s``."""
+    cmd = ["lightmesh", "controller", "--namespace", s["namespace"]]
+    if s["acl"]:
+        cmd.append("--acl")
+    cmd += ["--default-mode", TrafficType(s["default_traffic_type"]).value,
+            "--domains", ",".join(s["domains"]),
+            "--http-port-base", str(s["http_port_base"]), "--http-port-limit", str(s["http_port_limit"]),
+            "--tcp-port-base", str(s["tcp_port_base"]), "--tcp-port-limit", str(s["tcp_port_limit"]),
+            "--udp-port-base", str(s["udp_port_base"]), "--udp-port-limit", str(s["udp_port_limit"]),
+            "--api-port", str(s["api_port"]), "--dns-port", str(CONTROLLER_DNS_CONTAINER_PORT),
+            "--log-level", LogLevel(s["log_level"]).value, "--log-format", LogFormat(s["log_format"]).value]
+    if s.get("otlp_endpoint"):
+        cmd += ["--otlp-endpoint", s["otlp_endpoint"]]
+    if s["watch_namespaces"]:
+        cmd += ["--watch-namespaces", ",".join(s["watch_namespaces"])]
+    if s["ignore_namespaces"]:
+        cmd += ["--ignore-namespaces", ",".join(s["ignore_namespaces"])]
+    cmd.append("--leader-election")
+    return cmd
+
+
+def proxy_command(s: Mapping[str, Any], namespace: str) -> list[str]:
+    """The proxy container's command line (``namespace`` is the resolved mesh namespace)."""
+    url = f"http://{wire.CONTROLLER_NAME}.{namespace}.svc.{s['cluster_domain']}:{s['api_port']}"
+    cmd = ["lightmesh", "proxy", "--controller", url, "--admin-port", str(s["admin_port"]),
+           "--workers", str(s["proxy_workers"]),
+           "--log-level", LogLevel(s["log_level"]).value, "--log-format", LogFormat(s["log_format"]).value]
+    if s.get("otlp_endpoint"):
+        cmd += ["--otlp-endpoint", s["otlp_endpoint"]]
+    return cmd
+
+
+def cluster_rules() -> list[k8s.rbac.v1.PolicyRuleArgs]:
+    """Cluster-wide, read-only except Events: what the controller watches everywhere."""
+    read = ["get", "list", "watch"]
+    return [
+        k8s.rbac.v1.PolicyRuleArgs(api_groups=[""], resources=["services", "pods"], verbs=read),
+        k8s.rbac.v1.PolicyRuleArgs(api_groups=["discovery.k8s.io"], resources=["endpointslices"], verbs=read),
+        k8s.rbac.v1.PolicyRuleArgs(api_groups=[smi.ACCESS_GROUP], resources=["traffictargets"], verbs=read),
+        k8s.rbac.v1.PolicyRuleArgs(api_groups=[smi.SPECS_GROUP],
+                                   resources=["httproutegroups", "tcproutes", "udproutes"], verbs=read),
+        k8s.rbac.v1.PolicyRuleArgs(api_groups=[smi.SPLIT_GROUP], resources=["trafficsplits"], verbs=read),
+        # Events on the objects it rejects (bad annotations, dangling references), in their namespaces.
+        k8s.rbac.v1.PolicyRuleArgs(api_groups=["", "events.k8s.io"], resources=["events"], verbs=["create", "patch"]),
+    ]
+
+
+def namespace_rules() -> list[k8s.rbac.v1.PolicyRuleArgs]:
+    """Mesh-namespace only: shadow Services and the leader-election Lease."""
+    return [
+        k8s.rbac.v1.PolicyRuleArgs(api_groups=[""], resources=["services"],
+                                   verbs=["get", "list", "watch", "create", "update", "patch", "delete"]),
+        # `create` cannot be limited by resourceNames; get/update are limited to our Lease.
+        k8s.rbac.v1.PolicyRuleArgs(api_groups=["coordination.k8s.io"], resources=["leases"], verbs=["create"]),
+        k8s.rbac.v1.PolicyRuleArgs(api_groups=["coordination.k8s.io"], resources=["leases"],
+                                   resource_names=[wire.LEASE_NAME], verbs=["get", "watch", "update", "patch"]),
+    ]
+
+
+def _security_context() -> k8s.core.v1.SecurityContextArgs:
+    return k8s.core.v1.SecurityContextArgs(
+        allow_privilege_escalation=False, read_only_root_filesystem=True, run_as_non_root=True,
+        run_as_user=RUN_AS_USER, run_as_group=RUN_AS_USER,
+        capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
+        seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"))
+
+
+def _resources(r: Mapping[str, str]) -> k8s.core.v1.ResourceRequirementsArgs:
+    requests = {k: v for k, v in (("cpu", r.get("cpu_request")), ("memory", r.get("memory_request"))) if v}
+    limits = {k: v for k, v in (("cpu", r.get("cpu_limit")), ("memory", r.get("memory_limit"))) if v}
+    return k8s.core.v1.ResourceRequirementsArgs(requests=requests or None, limits=limits or None)
+
+
+def _env_field(name: str, path: str) -> k8s.core.v1.EnvVarArgs:
+    return k8s.core.v1.EnvVarArgs(name=name, value_from=k8s.core.v1.EnvVarSourceArgs(
+        field_ref=k8s.core.v1.ObjectFieldSelectorArgs(field_path=path)))
+
+
+def controller_deployment_spec(s: Mapping[str, Any], service_account: Any) -> k8s.apps.v1.DeploymentSpecArgs:
+    readiness = k8s.core.v1.HTTPGetActionArgs(path=wire.READINESS_PATH, port="api")
+    container = k8s.core.v1.ContainerArgs(
+        name="controller", image=s["image"], image_pull_policy=s["image_pull_policy"],
+        command=controller_command(s),
+        env=[_env_field(wire.ENV_POD_NAME, "metadata.name")],
+        ports=[k8s.core.v1.ContainerPortArgs(name="api", container_port=s["api_port"], protocol="TCP"),
+               k8s.core.v1.ContainerPortArgs(name="dns", container_port=CONTROLLER_DNS_CONTAINER_PORT, protocol="UDP"),
+               k8s.core.v1.ContainerPortArgs(name="dns-tcp", container_port=CONTROLLER_DNS_CONTAINER_PORT,
+                                             protocol="TCP")],
+        readiness_probe=k8s.core.v1.ProbeArgs(http_get=readiness, period_seconds=5, failure_threshold=3),
+        # Liveness on TCP: a replica that is not leader, or not yet synced, is alive but not ready.
+        liveness_probe=k8s.core.v1.ProbeArgs(tcp_socket=k8s.core.v1.TCPSocketActionArgs(port="api"),
+                                             initial_delay_seconds=10, period_seconds=10, failure_threshold=6),
+        resources=_resources(s["controller_resources"]), security_context=_security_context())
+    return k8s.apps.v1.DeploymentSpecArgs(
+        replicas=s["controller_replicas"],
+        selector=k8s.meta.v1.LabelSelectorArgs(match_labels=dict(wire.CONTROLLER_POD_LABELS)),
+        strategy=k8s.apps.v1.DeploymentStrategyArgs(
+            type="RollingUpdate",
+            rolling_update=k8s.apps.v1.RollingUpdateDeploymentArgs(max_surge=1, max_unavailable=0)),
+        template=k8s.core.v1.PodTemplateSpecArgs(
+            metadata=k8s.meta.v1.ObjectMetaArgs(labels=dict(wire.CONTROLLER_POD_LABELS)),
+            spec=k8s.core.v1.PodSpecArgs(
+                service_account_name=service_account, containers=[container],
+                # Spread replicas over nodes so one node failure never takes every DNS server down.
+                topology_spread_constraints=[k8s.core.v1.TopologySpreadConstraintArgs(
+                    max_skew=1, topology_key="kubernetes.io/hostname", when_unsatisfiable="ScheduleAnyway",
+                    label_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=dict(wire.CONTROLLER_POD_LABELS)))],
+                security_context=k8s.core.v1.PodSecurityContextArgs(run_as_non_root=True)))
+    )
+
+
+def proxy_ports(s: Mapping[str, Any]) -> list[k8s.core.v1.ContainerPortArgs]:
+    ports = [k8s.core.v1.ContainerPortArgs(name="admin", container_port=s["admin_port"], protocol="TCP")]
+    for proto in ("http", "tcp", "udp"):
+        base, limit = s[f"{proto}_port_base"], s[f"{proto}_port_limit"]
+        ports += [k8s.core.v1.ContainerPortArgs(name=f"{proto}-{i}", container_port=base + i,
+                                                protocol="UDP" if proto == "udp" else "TCP")
+                  for i in range(limit)]
+    return ports
+
+
+def proxy_daemonset_spec(s: Mapping[str, Any], namespace: Any, service_account: Any) -> k8s.apps.v1.DaemonSetSpecArgs:
+    container = k8s.core.v1.ContainerArgs(
+        name="proxy", image=s["image"], image_pull_policy=s["image_pull_policy"],
+        command=pulumi.Output.from_input(namespace).apply(lambda n: proxy_command(s, n)),
+        env=[_env_field(wire.ENV_POD_NAME, "metadata.name"), _env_field(wire.ENV_NODE_NAME, "spec.nodeName"),
+             # glibc malloc: return freed arenas to the OS, fewer brk/mmap calls under load.
+             k8s.core.v1.EnvVarArgs(name="MALLOC_TRIM_THRESHOLD_", value="268435456"),
+             k8s.core.v1.EnvVarArgs(name="MALLOC_TOP_PAD_", value="67108864")],
+        ports=proxy_ports(s),
+        readiness_probe=k8s.core.v1.ProbeArgs(http_get=k8s.core.v1.HTTPGetActionArgs(path="/ping", port="admin"),
+                                              period_seconds=5, failure_threshold=2),
+        liveness_probe=k8s.core.v1.ProbeArgs(http_get=k8s.core.v1.HTTPGetActionArgs(path="/live", port="admin"),
+                                             initial_delay_seconds=5, period_seconds=10, failure_threshold=3),
+        resources=_resources(s["proxy_resources"]), security_context=_security_context())
+    tolerations = [k8s.core.v1.TolerationArgs(**{k: v for k, v in t.items()}) for t in s["proxy_tolerations"]]
+    return k8s.apps.v1.DaemonSetSpecArgs(
+        selector=k8s.meta.v1.LabelSelectorArgs(match_labels=dict(wire.PROXY_POD_LABELS)),
+        # Surge: the new proxy is ready on a node before the old one stops (no port clash: the proxy
+        # uses container ports reached through the shadow Services, not hostPorts).
+        update_strategy=k8s.apps.v1.DaemonSetUpdateStrategyArgs(
+            type="RollingUpdate",
+            rolling_update=k8s.apps.v1.RollingUpdateDaemonSetArgs(max_surge=s["proxy_max_surge"], max_unavailable=0)),
+        template=k8s.core.v1.PodTemplateSpecArgs(
+            metadata=k8s.meta.v1.ObjectMetaArgs(labels=dict(wire.PROXY_POD_LABELS)),
+            spec=k8s.core.v1.PodSpecArgs(
+                service_account_name=service_account, automount_service_account_token=False,
+                containers=[container], tolerations=tolerations, node_selector=s["proxy_node_selector"] or None,
+                priority_class_name=s["proxy_priority_class_name"],
+                termination_grace_period_seconds=30,
+                security_context=k8s.core.v1.PodSecurityContextArgs(run_as_non_root=True))))
+
+
+def _meta(name: Any, namespace: Any, labels: Mapping[str, str]) -> k8s.meta.v1.ObjectMetaArgs:
+    return k8s.meta.v1.ObjectMetaArgs(name=name, namespace=namespace, labels=dict(labels))

@@ -1,0 +1,221 @@
+"""``MeshService``: make a Kubernetes Service part of the mesh by annotating it.
+
+Two modes, picked by the args:
+
+* ``ports`` given → the component **creates** the Service (with ``selector`` and the mesh annotations);
+* no ``ports`` → it **annotates an existing** Service with a server-side-apply ``ServicePatch`` that
+  owns only the ``lightmesh.io/*`` annotations (its own field manager), so destroying the component
+  removes exactly those annotations and nothing else of the Service.
+
+The typed args are rendered to the ``lightmesh.io/`` annotations and then validated by the runtime's
+own parser (``lightmesh.annotations.parse_annotations``), so preview rejects exactly what the
+controller would reject — with the error re-phrased to name the component field.
+"""
+
+from typing import Any, Mapping, Optional, TypedDict
+
+import pulumi
+import pulumi_kubernetes as k8s
+from typing_extensions import NotRequired
+
+from mesh_components._common import Checker, ComponentArgsError, child_options, is_known, type_token, when_known
+from lightmesh import annotations as ann
+from lightmesh import wire
+from lightmesh.annotations import Scheme, TrafficType
+
+ANNOTATION_PREFIX = ann.PREFIXES[0]  # "lightmesh.io/"
+
+# annotation key → the MeshServiceArgs field it is rendered from (for error messages)
+_FIELD_OF_KEY = {
+    ann.TRAFFIC_TYPE: "traffic_type",
+    ann.SCHEME: "scheme",
+    ann.RETRY_ATTEMPTS: "retry_attempts",
+    ann.CIRCUIT_BREAKER_EXPRESSION: "circuit_breaker_expression",
+    ann.RATELIMIT_AVERAGE: "rate_limit_average",
+    ann.RATELIMIT_BURST: "rate_limit_burst",
+    ann.REQUEST_TIMEOUT: "request_timeout",
+}
+
+
+class ServicePortArgs(TypedDict):
+    """One port of a Service created by MeshService."""
+
+    port: pulumi.Input[int]
+    """Port the Service exposes (and the mesh serves it on)."""
+    target_port: NotRequired[pulumi.Input[int]]
+    """Container port the traffic goes to (default: ``port``)."""
+    name: NotRequired[pulumi.Input[str]]
+    """Port name (required by Kubernetes when there are several ports)."""
+    protocol: NotRequired[pulumi.Input[str]]
+    """TCP (default) or UDP."""
+
+
+class MeshServiceArgs(TypedDict):
+    """Inputs for MeshService."""
+
+    service_name: pulumi.Input[str]
+    """Name of the Service to mesh (an existing one, or the one to create when ``ports`` is set)."""
+    namespace: pulumi.Input[str]
+    """Namespace of the Service."""
+    traffic_type: NotRequired[TrafficType]
+    """How the mesh proxies this Service: http, tcp or udp (default: the controller's default mode)."""
+    scheme: NotRequired[Scheme]
+    """Scheme the mesh uses towards the pods of an http Service: http (default), https or h2c."""
+    retry_attempts: NotRequired[pulumi.Input[int]]
+    """Attempts for idempotent HTTP requests that fail at the network level (1–100)."""
+    circuit_breaker_expression: NotRequired[pulumi.Input[str]]
+    """Traefik-style circuit-breaker expression, e.g. ``NetworkErrorRatio() > 0.5``."""
+    rate_limit_average: NotRequired[pulumi.Input[int]]
+    """Allowed requests per second per source (needs ``rate_limit_burst``)."""
+    rate_limit_burst: NotRequired[pulumi.Input[int]]
+    """Burst size of the rate limit (needs ``rate_limit_average``)."""
+    request_timeout: NotRequired[pulumi.Input[str]]
+    """Request timeout as a duration, e.g. ``5s`` or ``250ms`` (at most 24h)."""
+    ports: NotRequired[list[ServicePortArgs]]
+    """When set, the Service is created with these ports instead of annotating an existing one."""
+    selector: NotRequired[pulumi.Input[dict[str, str]]]
+    """Pod selector of the created Service (required with ``ports``)."""
+    domains: NotRequired[pulumi.Input[list[str]]]
+    """Mesh DNS domains, for the ``host_names`` output (default: MeshInstall's defaults)."""
+
+
+class MeshService(pulumi.ComponentResource):
+    """A Kubernetes Service that is part of the Lightmesh mesh (reachable as ``<svc>.<ns>.<domain>``)."""
+
+    service_name: pulumi.Output[str]
+    """Name of the meshed Service."""
+    namespace: pulumi.Output[str]
+    """Namespace of the meshed Service."""
+    host_names: pulumi.Output[list[str]]
+    """Mesh host names of the Service, one per mesh domain (e.g. ``whoami.whoami.traefik.mesh``)."""
+    annotations: pulumi.Output[dict[str, str]]
+    """The mesh annotations written on the Service."""
+
+    def __init__(self, name: str, args: MeshServiceArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+        check = Checker("MeshService", name)
+        service_name = check.require(args, "service_name")
+        namespace = check.require(args, "namespace")
+        service_name = check.dns_label("service_name", service_name)
+        namespace = check.dns_label("namespace", namespace)
+        rendered = render_annotations(name, args)
+        ports = args.get("ports")
+        if ports is not None:
+            ports = check.non_empty_list("ports", ports)
+            _check_ports(check, ports)
+            if args.get("selector") is None:
+                raise check.fail("selector is required when ports is set (the Service is created)")
+        elif args.get("selector") is not None:
+            raise check.fail("selector only applies when ports is set (an existing Service keeps its selector)")
+        domains = when_known(args.get("domains", list(wire.DEFAULT_DOMAINS)), lambda d: _check_domains(check, d))
+
+        super().__init__(type_token("MeshService"), name, None, opts)
+        child = child_options(self, opts)
+
+        if ports is not None:
+            service = k8s.core.v1.Service(
+                f"{name}-service",
+                metadata=k8s.meta.v1.ObjectMetaArgs(name=service_name, namespace=namespace, annotations=rendered),
+                spec=k8s.core.v1.ServiceSpecArgs(selector=args["selector"], ports=[_port(p) for p in ports]),
+                opts=child)
+        else:
+            # Own only our annotations: a dedicated field manager, and force so a previous manual
+            # `kubectl annotate` of the same keys does not block the apply.
+            patch_annotations = pulumi.Output.from_input(rendered).apply(
+                lambda a: {**a, "pulumi.com/patchFieldManager": f"lightmesh-{name}",
+                           "pulumi.com/patchForce": "true"})
+            service = k8s.core.v1.ServicePatch(
+                f"{name}-annotations",
+                metadata=k8s.meta.v1.ObjectMetaPatchArgs(name=service_name, namespace=namespace,
+                                                         annotations=patch_annotations),
+                opts=child)
+
+        self.children: dict[str, pulumi.Resource] = {"service": service}  # for composition and tests
+        self.service_name = service.metadata.apply(lambda m: m.name)
+        self.namespace = service.metadata.apply(lambda m: m.namespace)
+        self.annotations = pulumi.Output.from_input(rendered)
+        self.host_names = pulumi.Output.all(self.service_name, self.namespace, domains).apply(
+            lambda v: host_names(v[0], v[1], v[2]))
+        self.register_outputs({"service_name": self.service_name, "namespace": self.namespace,
+                               "host_names": self.host_names, "annotations": self.annotations})
+
+
+def host_names(service: str, namespace: str, domains: list[str]) -> list[str]:
+    """``<svc>.<ns>.<domain>`` for every mesh domain, in the order the domains are given."""
+    return [f"{service}.{namespace}.{d.strip('.')}" for d in domains]
+
+
+def render_annotations(name: str, args: Mapping[str, Any]) -> Any:
+    """The ``lightmesh.io/`` annotations for ``args`` (a dict, or an Output of one when inputs are
+    Outputs), validated by ``lightmesh.annotations``. Errors name the MeshService field."""
+    check = Checker("MeshService", name)
+    values = {
+        ann.TRAFFIC_TYPE: check.enum("traffic_type", args.get("traffic_type"), TrafficType),
+        ann.SCHEME: check.enum("scheme", args.get("scheme"), Scheme),
+        ann.RETRY_ATTEMPTS: args.get("retry_attempts"),
+        ann.CIRCUIT_BREAKER_EXPRESSION: args.get("circuit_breaker_expression"),
+        ann.RATELIMIT_AVERAGE: args.get("rate_limit_average"),
+        ann.RATELIMIT_BURST: args.get("rate_limit_burst"),
+        ann.REQUEST_TIMEOUT: args.get("request_timeout"),
+    }
+    if all(is_known(v) for v in values.values()):
+        return _render(check, values)
+    keys = list(values)
+    return pulumi.Output.all(*values.values()).apply(lambda vs: _render(check, dict(zip(keys, vs))))
+
+
+def _render(check: Checker, values: Mapping[str, Any]) -> dict[str, str]:
+    for key in (ann.RETRY_ATTEMPTS, ann.RATELIMIT_AVERAGE, ann.RATELIMIT_BURST):
+        v = values.get(key)
+        if isinstance(v, float) and v.is_integer():  # numbers arrive as floats cross-language
+            v = int(v)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise check.fail(f"{_FIELD_OF_KEY[key]} must be a whole number, got {v!r}")
+    for key in (ann.CIRCUIT_BREAKER_EXPRESSION, ann.REQUEST_TIMEOUT):
+        v = values.get(key)
+        if v is not None and not isinstance(v, str):
+            raise check.fail(f"{_FIELD_OF_KEY[key]} must be a string, got {v!r}")
+    rendered: dict[str, str] = {}
+    for key, v in values.items():
+        if v is None:
+            continue
+        text = v.value if hasattr(v, "value") else str(int(v) if isinstance(v, float) else v)
+        rendered[ANNOTATION_PREFIX + key] = text
+    _, errors = ann.parse_annotations_lenient(rendered)
+    if errors:
+        messages = []
+        for e in errors:
+            key = e.annotation[len(ANNOTATION_PREFIX):]
+            reason = e.reason.replace(ANNOTATION_PREFIX + ann.RATELIMIT_BURST, "rate_limit_burst") \
+                             .replace(ANNOTATION_PREFIX + ann.RATELIMIT_AVERAGE, "rate_limit_average")
+            messages.append(f"{_FIELD_OF_KEY.get(key, key)} {reason}, got {e.value}")
+        raise ComponentArgsError(check.prefix + "; ".join(messages))
+    return rendered
+
+
+def _check_domains(check: Checker, domains: Any) -> None:
+    if not isinstance(domains, (list, tuple)) or not domains:
+        raise check.fail(f"domains must be a non-empty list of DNS names, got {domains!r}")
+    for d in domains:
+        check.dns_subdomain("domains", d.strip(".") if isinstance(d, str) else d)
+
+
+def _check_ports(check: Checker, ports: list) -> None:
+    for i, p in enumerate(ports):
+        if not isinstance(p, Mapping) or "port" not in p:
+            raise check.fail(f"ports[{i}] must have a port, got {p!r}")
+        check.integer(f"ports[{i}].port", p["port"], 1, 65535)
+        if p.get("target_port") is not None:
+            check.integer(f"ports[{i}].target_port", p["target_port"], 1, 65535)
+        if p.get("protocol") is not None and is_known(p["protocol"]) and p["protocol"] not in ("TCP", "UDP"):
+            raise check.fail(f"ports[{i}].protocol must be TCP or UDP, got {p['protocol']!r}")
+    if len(ports) > 1 and any(p.get("name") is None for p in ports):
+        raise check.fail("ports need a name each when there is more than one")
+    check.unique("ports[].port", [p["port"] for p in ports])
+
+
+def _port(p: Mapping[str, Any]) -> k8s.core.v1.ServicePortArgs:
+    return k8s.core.v1.ServicePortArgs(port=p["port"], target_port=p.get("target_port", p["port"]),
+                                       name=p.get("name"), protocol=p.get("protocol", "TCP"))
+
+
+_ = ComponentArgsError  # re-exported for callers catching errors from this module

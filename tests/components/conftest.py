@@ -1,0 +1,79 @@
+"""Pulumi mocks for the component tests: no CLI, no cluster, no network.
+
+The mocks echo inputs back as outputs and emulate what the Kubernetes provider would add that the
+components read back: ``metadata.name`` auto-naming and a Service ``spec.clusterIP``. Every
+registration is recorded (:data:`MOCKS.created`) so tests can look at the exact, camelCase inputs the
+provider would receive — the "rendered manifests".
+
+``set_mocks`` is installed once at import (before any component is constructed). Resource names
+accumulate across tests (the mock does not detect duplicate URNs), so every test uses its own
+instance names and filters the records by them.
+"""
+
+import asyncio
+import ipaddress
+import itertools
+
+import pulumi
+import pytest
+
+
+class K8sMocks(pulumi.runtime.Mocks):
+    def __init__(self) -> None:
+        self.created: list[pulumi.runtime.MockResourceArgs] = []
+        self._ips = (str(ipaddress.ip_address("10.96.0.0") + i) for i in itertools.count(10))
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        self.created.append(args)
+        state = dict(args.inputs)
+        if args.typ.startswith("kubernetes:") and args.custom:
+            metadata = dict(state.get("metadata") or {})
+            metadata.setdefault("name", f"{args.name}-x1y2z3")  # the provider adds a random suffix
+            state["metadata"] = metadata
+        if args.typ == "kubernetes:core/v1:Service":
+            state["spec"] = {**(state.get("spec") or {}), "clusterIP": next(self._ips)}
+        return [f"{args.name}_id", state]
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        return {}
+
+    def by_prefix(self, prefix: str) -> list[pulumi.runtime.MockResourceArgs]:
+        """Registrations whose Pulumi name is ``prefix`` or starts with ``prefix-``."""
+        return [a for a in self.created if a.name == prefix or a.name.startswith(prefix + "-")]
+
+
+class RecordingMonitor(pulumi.runtime.mocks.MockMonitor):
+    """Also keeps each RegisterResource request (parent URN, dependencies), which the mock's
+    ``MockResourceArgs`` does not carry."""
+
+    def __init__(self, mocks: pulumi.runtime.Mocks) -> None:
+        super().__init__(mocks)
+        self.requests: dict[str, object] = {}
+
+    def RegisterResource(self, request):  # noqa: N802 - gRPC method name
+        self.requests[request.name] = request
+        return super().RegisterResource(request)
+
+    def parent_of(self, name: str) -> str:
+        return self.requests[name].parent
+
+    def dependencies_of(self, name: str) -> list[str]:
+        return list(self.requests[name].dependencies)
+
+
+# Python ≥3.14 no longer creates an implicit event loop (pulumi/pulumi#24338); be explicit.
+asyncio.set_event_loop(asyncio.new_event_loop())
+
+MOCKS = K8sMocks()
+MONITOR = RecordingMonitor(MOCKS)
+pulumi.runtime.set_mocks(MOCKS, project="lightmesh", stack="test", preview=False, monitor=MONITOR)
+
+
+@pytest.fixture
+def mocks() -> K8sMocks:
+    return MOCKS
+
+
+@pytest.fixture
+def monitor():
+    return MONITOR

@@ -1,0 +1,282 @@
+"""Cluster DNS patching: golden files on real-world configurations, properties, and the dynamic
+resource's create/update/delete logic against an in-memory cluster.
+
+Goldens live in ``dns_goldens/``: ``<name>.Corefile`` is what the distribution ships, ``<name>.patched``
+what Lightmesh writes. Regenerate with ``UPDATE_GOLDENS=1`` and review the diff.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lightmesh import wire
+from mesh_components import cluster_dns, coredns
+from mesh_components.cluster_dns import DnsStyle
+from mesh_components.coredns import CorefileError
+
+GOLDENS = Path(__file__).parent / "dns_goldens"
+DOMAINS = list(wire.DEFAULT_DOMAINS)
+IP = "10.96.0.10"
+COREFILES = ["kubeadm", "eks", "k3s", "aks", "already-patched"]
+
+
+def _read(name: str) -> str:
+    return (GOLDENS / name).read_bytes().decode()
+
+
+def _golden(name: str, actual: str) -> None:
+    path = GOLDENS / name
+    if os.environ.get("UPDATE_GOLDENS"):
+        path.write_bytes(actual.encode())
+    assert actual == path.read_bytes().decode(), f"{name} differs from the golden file"
+
+
+@pytest.mark.parametrize("name", COREFILES)
+def test_corefile_patch_matches_golden_and_keeps_every_other_byte(name):
+    original = _read(f"{name}.Corefile")
+    patched = coredns.patch_corefile(original, DOMAINS, IP)
+    _golden(f"{name}.patched", patched)
+    base = coredns.restore_corefile(original)  # == original unless it already carried our block
+    assert patched.startswith(base)
+    assert patched.count(coredns.BEGIN_MARKER) == 1 and f"forward . {IP}\n" in patched
+
+
+@pytest.mark.parametrize("name", COREFILES)
+def test_patch_is_idempotent_and_restore_is_byte_exact(name):
+    original = _read(f"{name}.Corefile")
+    once = coredns.patch_corefile(original, DOMAINS, IP)
+    assert coredns.patch_corefile(once, DOMAINS, IP) == once
+    clean = coredns.restore_corefile(original)
+    assert coredns.restore_corefile(once) == clean
+    if name != "already-patched":
+        assert clean == original  # nothing of ours was there: byte for byte the distribution's file
+    assert coredns.restore_corefile(clean) == clean
+
+
+def test_already_patched_corefile_gets_its_block_updated_in_place():
+    original = _read("already-patched.Corefile")
+    patched = coredns.patch_corefile(original, ["lightmesh"], "10.96.0.7")
+    assert "10.96.0.99" not in patched and "lightmesh:53 {\n" in patched
+    assert "# an operator's own server block, above ours; it must survive\n" in patched
+    assert coredns.restore_corefile(patched) == coredns.restore_corefile(original)
+    assert coredns.restore_corefile(original).endswith("example.internal:53 {\n    forward . 10.0.0.2\n}\n")
+
+
+def test_crlf_corefile_keeps_its_line_endings():
+    original = _read("aks.Corefile")
+    assert "\r\n" in original
+    patched = coredns.patch_corefile(original, DOMAINS, IP)
+    assert patched[:len(original)] == original
+    assert coredns.restore_corefile(patched) == original
+
+
+def test_traefik_mesh_leftover_block_is_refused_with_a_hint():
+    text = _read("traefik-mesh-leftover.Corefile")
+    with pytest.raises(CorefileError, match=r"already serves zone 'traefik.mesh' \(line 11\).*Traefik Mesh"):
+        coredns.patch_corefile(text, DOMAINS, IP)
+    # without the conflicting domain it is fine
+    assert coredns.BEGIN_MARKER in coredns.patch_corefile(text, ["lightmesh"], IP)
+
+
+@pytest.mark.parametrize("header", ["maesh {", "maesh.:53 {", "dns://maesh:53 {", "example.org maesh:53 {"])
+def test_conflicting_zone_spellings_are_detected(header):
+    with pytest.raises(CorefileError, match="already serves zone 'maesh'"):
+        coredns.patch_corefile(f".:53 {{\n    forward . /etc/resolv.conf\n}}\n{header}\n    whoami\n}}\n", DOMAINS, IP)
+
+
+def test_nested_blocks_and_comments_are_not_mistaken_for_zones():
+    text = ".:53 {\n    # maesh {\n    kubernetes cluster.local {\n        pods insecure\n    }\n}\n"
+    assert coredns.server_zones(text) == [(1, ".")]
+    coredns.patch_corefile(text, DOMAINS, IP)
+
+
+@pytest.mark.parametrize("text, message", [
+    (f".:53 {{\n}}\n{coredns.BEGIN_MARKER}\nlightmesh:53 {{\n}}\n", "no '# END lightmesh' line"),
+    (f".:53 {{\n}}\n{coredns.END_MARKER}\n", "without its begin marker"),
+    (f"{coredns.BEGIN_MARKER}\n{coredns.END_MARKER}\n{coredns.BEGIN_MARKER}\n{coredns.END_MARKER}\n", "more than one"),
+])
+def test_damaged_markers_are_reported_not_guessed(text, message):
+    with pytest.raises(CorefileError, match=message):
+        coredns.patch_corefile(text, DOMAINS, IP)
+    with pytest.raises(CorefileError, match=message):
+        coredns.restore_corefile(text)
+
+
+@pytest.mark.parametrize("domains, ip, message", [
+    ([], IP, "at least one mesh domain"),
+    (DOMAINS, "lightmesh-controller.lightmesh", "must be an IP address"),
+    (DOMAINS, "", "must be an IP address"),
+])
+def test_block_arguments_are_checked(domains, ip, message):
+    with pytest.raises(CorefileError, match=message):
+        coredns.render_server_block(domains, ip)
+
+
+_text = st.text(alphabet=st.sampled_from(list("abc .:{}#\n\r\t53")), max_size=200)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_text)
+def test_restore_inverts_patch_for_any_text_without_our_markers(text):
+    try:
+        patched = coredns.patch_corefile(text, ["lightmesh"], IP)
+    except CorefileError:
+        return  # text already serves the zone: refusing is the correct outcome
+    assert coredns.restore_corefile(patched) == text
+    assert coredns.patch_corefile(patched, ["lightmesh"], IP) == patched
+
+
+# ------------------------------------------------------------------------------ coredns-custom, kube-dns
+def test_custom_server_block_golden_matches_the_import_globs():
+    _golden("coredns-custom.server", coredns.render_server_block(DOMAINS, IP))
+    assert coredns.CUSTOM_SERVER_KEY.endswith(".server")  # k3s imports custom/*.server, as does AKS
+    assert "import /etc/coredns/custom/*.server" in _read("k3s.Corefile")
+    assert "import custom/*.server" in _read("aks.Corefile")
+
+
+def test_kube_dns_stub_domains_golden_and_restore():
+    data = json.loads(_read("gke-kube-dns.json"))
+    patched = coredns.patch_stub_domains(data["stubDomains"], DOMAINS, IP)
+    _golden("gke-kube-dns.stubDomains", patched)
+    assert json.loads(patched) == {"acme.local": ["1.2.3.4"], "lightmesh": [IP], "traefik.mesh": [IP], "maesh": [IP]}
+    assert json.loads(coredns.restore_stub_domains(patched, DOMAINS)) == {"acme.local": ["1.2.3.4"]}
+    assert coredns.restore_stub_domains(coredns.patch_stub_domains(None, DOMAINS, IP), DOMAINS) is None
+    with pytest.raises(CorefileError, match="not valid JSON"):
+        coredns.patch_stub_domains("{nope", DOMAINS, IP)
+
+
+# ------------------------------------------------------------------------------ dynamic resource logic
+class FakeCluster:
+    """In-memory :class:`cluster_dns.DnsClient`: Deployments (their ConfigMap volumes) and ConfigMaps."""
+
+    def __init__(self, deployments: dict[str, list[str]], configmaps: dict[str, dict[str, str]]) -> None:
+        self.deployments = deployments
+        self.configmaps = configmaps
+        self.rolls: list[tuple[str, str]] = []
+
+    def deployment_configmaps(self, namespace, name):
+        assert namespace == "kube-system"
+        return self.deployments.get(name)
+
+    def get_configmap(self, namespace, name):
+        return None if name not in self.configmaps else dict(self.configmaps[name])
+
+    def set_configmap_key(self, namespace, name, key, value):
+        data = self.configmaps.setdefault(name, {})
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+
+    def delete_configmap(self, namespace, name):
+        del self.configmaps[name]
+
+    def roll_deployment(self, namespace, name, value):
+        self.rolls.append((name, value))
+
+
+def test_kubeadm_create_update_delete_restores_the_corefile_byte_for_byte():
+    original = _read("kubeadm.Corefile")
+    cluster = FakeCluster({"coredns": ["coredns"]}, {"coredns": {"Corefile": original, "other": "x"}})
+    state = cluster_dns.create(cluster, "kube-system", "auto", DOMAINS, IP)
+    assert state["style"] == "corefile" and state["original"] == original
+    assert cluster.configmaps["coredns"]["Corefile"] == _read("kubeadm.patched")
+    assert cluster.rolls == [("coredns", coredns.block_hash(_read("kubeadm.patched")))]
+
+    state = cluster_dns.update(cluster, state, DOMAINS, "10.96.0.11")
+    assert "forward . 10.96.0.11" in cluster.configmaps["coredns"]["Corefile"]
+    assert len(cluster.rolls) == 2 and cluster.rolls[0] != cluster.rolls[1]
+    state = cluster_dns.update(cluster, state, DOMAINS, "10.96.0.11")  # no change: no write, no roll
+    assert len(cluster.rolls) == 2
+
+    cluster_dns.delete(cluster, state)
+    assert cluster.configmaps["coredns"] == {"Corefile": original, "other": "x"}
+    assert len(cluster.rolls) == 3
+
+
+def test_delete_keeps_edits_made_after_the_patch():
+    original = _read("eks.Corefile")
+    cluster = FakeCluster({"coredns": ["coredns"]}, {"coredns": {"Corefile": original}})
+    state = cluster_dns.create(cluster, "kube-system", "corefile", DOMAINS, IP)
+    cluster.configmaps["coredns"]["Corefile"] += "\nexample.org:53 {\n    forward . 10.0.0.3\n}\n"
+    cluster_dns.delete(cluster, state)
+    assert cluster.configmaps["coredns"]["Corefile"] == original + "\nexample.org:53 {\n    forward . 10.0.0.3\n}\n"
+
+
+def test_recreate_after_lost_state_remembers_the_clean_original():
+    original = _read("kubeadm.Corefile")
+    cluster = FakeCluster({"coredns": ["coredns"]}, {"coredns": {"Corefile": original}})
+    cluster_dns.create(cluster, "kube-system", "auto", DOMAINS, IP)
+    state = cluster_dns.create(cluster, "kube-system", "auto", DOMAINS, IP)  # e.g. after `pulumi state delete`
+    assert state["original"] == original
+    cluster_dns.delete(cluster, state)
+    assert cluster.configmaps["coredns"]["Corefile"] == original
+
+
+def test_k3s_without_coredns_custom_configmap_creates_and_removes_it():
+    corefile = _read("k3s.Corefile")
+    cluster = FakeCluster({"coredns": ["coredns", "coredns-custom"]}, {"coredns": {"Corefile": corefile}})
+    state = cluster_dns.create(cluster, "kube-system", "auto", DOMAINS, IP)
+    assert state["style"] == "coredns-custom" and state["created_configmap"]
+    assert cluster.configmaps["coredns-custom"] == {"lightmesh.server": _read("coredns-custom.server")}
+    assert cluster.configmaps["coredns"]["Corefile"] == corefile  # the Corefile is never touched
+    cluster_dns.delete(cluster, state)
+    assert "coredns-custom" not in cluster.configmaps
+    assert [name for name, _ in cluster.rolls] == ["coredns", "coredns"]
+
+
+def test_aks_coredns_custom_keeps_the_users_own_keys():
+    user = {"acme.server": "acme.com:53 {\n    forward . 10.1.0.1\n}\n"}
+    cluster = FakeCluster({"coredns": ["coredns", "coredns-custom"]},
+                          {"coredns": {"Corefile": _read("aks.Corefile")}, "coredns-custom": dict(user)})
+    state = cluster_dns.create(cluster, "kube-system", "auto", DOMAINS, IP)
+    assert set(cluster.configmaps["coredns-custom"]) == {"acme.server", "lightmesh.server"}
+    state = cluster_dns.update(cluster, state, ["lightmesh"], IP)
+    assert "traefik.mesh" not in cluster.configmaps["coredns-custom"]["lightmesh.server"]
+    cluster_dns.delete(cluster, state)
+    assert cluster.configmaps["coredns-custom"] == user
+
+
+def test_gke_kube_dns_stub_domains_are_restored_byte_for_byte():
+    data = json.loads(_read("gke-kube-dns.json"))
+    cluster = FakeCluster({"kube-dns": ["kube-dns"]}, {"kube-dns": dict(data)})
+    state = cluster_dns.create(cluster, "kube-system", "auto", DOMAINS, IP)
+    assert state["style"] == "kube-dns"
+    assert cluster.configmaps["kube-dns"]["stubDomains"] == _read("gke-kube-dns.stubDomains")
+    state = cluster_dns.update(cluster, state, ["lightmesh"], IP)
+    assert set(json.loads(cluster.configmaps["kube-dns"]["stubDomains"])) == {"acme.local", "lightmesh"}
+    cluster_dns.delete(cluster, state)
+    assert cluster.configmaps["kube-dns"] == data
+    assert cluster.rolls and cluster.rolls[-1][0] == "kube-dns"
+
+
+def test_explicit_style_and_missing_dns_are_reported():
+    cluster = FakeCluster({"coredns": ["coredns"]}, {"coredns": {"Corefile": _read("kubeadm.Corefile")}})
+    assert cluster_dns.detect_target(cluster, "kube-system", DnsStyle.COREDNS_CUSTOM).configmap == "coredns-custom"
+    with pytest.raises(CorefileError, match="no CoreDNS Deployment found in namespace 'kube-system'"):
+        cluster_dns.detect_target(FakeCluster({"kube-dns": ["kube-dns"]}, {}), "kube-system", DnsStyle.COREFILE)
+    with pytest.raises(CorefileError, match="patch_coredns"):
+        cluster_dns.create(FakeCluster({}, {}), "kube-system", "auto", DOMAINS, IP)
+    with pytest.raises(CorefileError, match="does not exist"):
+        cluster_dns.create(FakeCluster({"coredns": ["coredns"]}, {}), "kube-system", "corefile", DOMAINS, IP)
+
+
+def test_rke2_deployment_name_is_found():
+    cluster = FakeCluster({"rke2-coredns-rke2-coredns": ["rke2-coredns-rke2-coredns"]},
+                          {"rke2-coredns-rke2-coredns": {"Corefile": _read("kubeadm.Corefile")}})
+    target = cluster_dns.detect_target(cluster, "kube-system", DnsStyle.AUTO)
+    assert (target.style, target.deployment, target.configmap) == (
+        DnsStyle.COREFILE, "rke2-coredns-rke2-coredns", "rke2-coredns-rke2-coredns")
+
+
+def test_provider_diff_replaces_on_style_or_namespace_change():
+    provider = cluster_dns._Provider()
+    olds = {"style": "auto", "dns_namespace": "kube-system", "domains": DOMAINS, "dns_ip": IP}
+    assert not provider.diff("id", olds, dict(olds)).changes
+    ip_change = provider.diff("id", olds, {**olds, "dns_ip": "10.96.0.2"})
+    assert ip_change.changes and not ip_change.replaces
+    assert provider.diff("id", olds, {**olds, "style": "kube-dns"}).replaces == ["style"]

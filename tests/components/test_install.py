@@ -1,0 +1,271 @@
+"""MeshInstall: every child, its wiring, the command lines, RBAC, and strict validation of all manifests."""
+
+import copy
+
+import kubernetes_validate
+import pulumi
+import pytest
+
+from conftest import MOCKS, MONITOR
+from manifests import KUBERNETES_VERSION, validate_all, validate_manifest
+from lightmesh import wire
+from mesh_components import ComponentArgsError, MeshInstall, smi
+from mesh_components.install import controller_command, proxy_command, resolve_settings
+
+
+def _records(prefix):
+    return {r.name: r for r in MOCKS.by_prefix(prefix)}
+
+
+def _install(name, args=None):
+    """The component and an Output that resolves only after every child was registered (waiting on
+    the component's own outputs alone races the children's registrations)."""
+    mesh = MeshInstall(name, args or {})
+    settled = pulumi.Output.all(*[c.urn for c in mesh.children.values()])
+    return mesh, pulumi.Output.all(mesh.namespace, mesh.domains, mesh.dns_service_ip, mesh.controller_api_url,
+                                   settled).apply(lambda v: v[:4])
+
+
+@pulumi.runtime.test
+def test_defaults_install_everything_and_every_manifest_is_valid():
+    mesh, outputs = _install("mi-default")
+
+    def check(values):
+        namespace, domains, dns_ip, api_url = values
+        assert namespace == wire.DEFAULT_MESH_NAMESPACE
+        assert domains == list(wire.DEFAULT_DOMAINS)
+        assert dns_ip.startswith("10.96.")  # the controller Service's ClusterIP (from the mock)
+        assert api_url == "http://lightmesh-controller.lightmesh.svc.cluster.local:9000"
+        records = _records("mi-default")
+        kinds = sorted(r.typ.rsplit(":", 1)[1] for r in records.values() if r.custom)
+        assert kinds == sorted(["Namespace", *["CustomResourceDefinition"] * 5, "ServiceAccount", "ServiceAccount",
+                                "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Deployment",
+                                "PodDisruptionBudget", "Service", "DaemonSet", "ClusterDnsPatch"])
+        for name in records:
+            if name != "mi-default":
+                assert MONITOR.parent_of(name).endswith("lightmesh:index:MeshInstall::mi-default"), name
+        # 16 manifests: everything but the component and the DNS patcher
+        assert validate_all(list(records.values())) == 16
+        crds = [r.inputs for r in records.values() if r.typ.endswith("CustomResourceDefinition")]
+        assert sorted(c["metadata"]["name"] for c in crds) == sorted(c["metadata"]["name"] for c in smi.CRDS)
+        dns = records["mi-default-cluster-dns"]
+        assert dns.typ == "pulumi-python:dynamic/lightmesh:ClusterDnsPatch"
+        assert (dns.inputs["dns_ip"], dns.inputs["style"], dns.inputs["dns_namespace"]) == (dns_ip, "auto", "kube-system")
+        assert dns.inputs["domains"] == list(wire.DEFAULT_DOMAINS)
+        assert any(d.endswith("::mi-default-controller") for d in MONITOR.dependencies_of("mi-default-cluster-dns"))
+
+    return outputs.apply(check)
+
+
+@pulumi.runtime.test
+def test_crds_are_retained_on_delete():
+    mesh, outputs = _install("mi-crd")
+
+    def check(_):
+        for name, request in MONITOR.requests.items():
+            if name.startswith("mi-crd-crd-"):
+                assert request.retainOnDelete, name
+        assert not MONITOR.requests["mi-crd-controller"].retainOnDelete
+
+    return outputs.apply(check)
+
+
+@pulumi.runtime.test
+def test_controller_deployment_and_service():
+    mesh, outputs = _install("mi-ctl", {"acl": True, "otlp_endpoint": "http://otel:4318",
+                                        "watch_namespaces": ["shop", "whoami"], "log_format": "json"})
+
+    def check(_):
+        records = _records("mi-ctl")
+        dep = records["mi-ctl-controller"].inputs
+        assert dep["metadata"]["name"] == wire.CONTROLLER_NAME and dep["metadata"]["namespace"] == "lightmesh"
+        spec = dep["spec"]
+        assert spec["replicas"] == 2
+        assert spec["selector"]["matchLabels"] == wire.CONTROLLER_POD_LABELS
+        assert spec["template"]["metadata"]["labels"] == wire.CONTROLLER_POD_LABELS
+        pod = spec["template"]["spec"]
+        assert pod["serviceAccountName"] == wire.CONTROLLER_NAME
+        (container,) = pod["containers"]
+        assert container["image"] == "ghcr.io/lightmesh/lightmesh:0.1.0"
+        assert container["command"] == [
+            "lightmesh", "controller", "--namespace", "lightmesh", "--acl", "--default-mode", "http",
+            "--domains", "lightmesh,traefik.mesh,maesh", "--http-port-base", "5000", "--http-port-limit", "10",
+            "--tcp-port-base", "10000", "--tcp-port-limit", "25", "--udp-port-base", "15000", "--udp-port-limit", "25",
+            "--api-port", "9000", "--dns-port", "5353", "--log-level", "info", "--log-format", "json",
+            "--otlp-endpoint", "http://otel:4318", "--watch-namespaces", "shop,whoami", "--leader-election"]
+        assert container["env"] == [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+        assert container["readinessProbe"]["httpGet"] == {"path": "/api/status/readiness", "port": "api"}
+        assert "tcpSocket" in container["livenessProbe"]
+        sc = container["securityContext"]
+        assert sc["runAsNonRoot"] and sc["capabilities"] == {"drop": ["ALL"]} and not sc["allowPrivilegeEscalation"]
+        assert container["resources"]["requests"] == {"cpu": "100m", "memory": "128Mi"}
+        service = records["mi-ctl-controller-service"].inputs
+        assert service["metadata"]["name"] == wire.CONTROLLER_NAME
+        assert [(p["name"], p["port"], p["protocol"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+            ("api", 9000, "TCP", "api"), ("dns", 53, "UDP", "dns"), ("dns-tcp", 53, "TCP", "dns-tcp")]
+        named = {p["name"]: (p["containerPort"], p["protocol"]) for p in container["ports"]}
+        assert named == {"api": (9000, "TCP"), "dns": (5353, "UDP"), "dns-tcp": (5353, "TCP")}
+        assert service["spec"]["selector"] == wire.CONTROLLER_POD_LABELS
+        pdb = records["mi-ctl-controller-pdb"].inputs["spec"]
+        assert pdb["minAvailable"] == 1
+        # the controller starts once its CRDs and RBAC exist
+        deps = {d.rsplit("::", 1)[1] for d in MONITOR.dependencies_of("mi-ctl-controller")}
+        assert {"mi-ctl-crd-trafficsplits", "mi-ctl-controller-rolebinding"} <= deps
+
+    return outputs.apply(check)
+
+
+@pulumi.runtime.test
+def test_proxy_daemonset():
+    mesh, outputs = _install("mi-proxy", {
+        "namespace": "mesh", "proxy_workers": 4, "proxy_max_surge": 2, "proxy_priority_class_name": "system-node-critical",
+        "proxy_tolerations": [{"key": "dedicated", "operator": "Equal", "value": "edge", "effect": "NoSchedule"}],
+        "proxy_node_selector": {"pool": "apps"}, "http_port_limit": 2, "tcp_port_limit": 1, "udp_port_limit": 1,
+        "proxy_resources": {"cpu_limit": "1", "memory_limit": "1Gi"}})
+
+    def check(_):
+        ds = _records("mi-proxy")["mi-proxy-proxy"].inputs
+        assert ds["metadata"]["name"] == wire.PROXY_NAME and ds["metadata"]["namespace"] == "mesh"
+        spec = ds["spec"]
+        assert spec["updateStrategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 2, "maxUnavailable": 0}}
+        assert spec["selector"]["matchLabels"] == wire.PROXY_POD_LABELS
+        pod = spec["template"]["spec"]
+        assert spec["template"]["metadata"]["labels"] == wire.PROXY_POD_LABELS
+        assert pod["automountServiceAccountToken"] is False and pod["serviceAccountName"] == wire.PROXY_NAME
+        assert pod["priorityClassName"] == "system-node-critical"
+        assert pod["nodeSelector"] == {"pool": "apps"}
+        assert pod["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "edge", "effect": "NoSchedule"}]
+        (container,) = pod["containers"]
+        assert container["command"] == [
+            "lightmesh", "proxy", "--controller", "http://lightmesh-controller.mesh.svc.cluster.local:9000",
+            "--admin-port", "8080", "--workers", "4", "--log-level", "info", "--log-format", "text"]
+        env = {e["name"]: e.get("value") or e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+        assert env == {"POD_NAME": "metadata.name", "NODE_NAME": "spec.nodeName",
+                       "MALLOC_TRIM_THRESHOLD_": "268435456", "MALLOC_TOP_PAD_": "67108864"}
+        assert container["readinessProbe"]["httpGet"] == {"path": "/ping", "port": "admin"}
+        assert container["livenessProbe"]["httpGet"] == {"path": "/live", "port": "admin"}
+        ports = [(p["name"], p["containerPort"], p["protocol"]) for p in container["ports"]]
+        assert ports == [("admin", 8080, "TCP"), ("http-0", 5000, "TCP"), ("http-1", 5001, "TCP"),
+                         ("tcp-0", 10000, "TCP"), ("udp-0", 15000, "UDP")]
+        assert container["resources"] == {"requests": {"cpu": "100m", "memory": "128Mi"},
+                                          "limits": {"cpu": "1", "memory": "1Gi"}}
+
+    return outputs.apply(check)
+
+
+@pulumi.runtime.test
+def test_default_proxy_ports_cover_the_mesh_ranges_and_pass_strict_validation():
+    mesh, outputs = _install("mi-ports")
+
+    def check(_):
+        ds = _records("mi-ports")["mi-ports-proxy"].inputs
+        ports = ds["spec"]["template"]["spec"]["containers"][0]["ports"]
+        assert len(ports) == 1 + 10 + 25 + 25
+        assert all(len(p["name"]) <= 15 for p in ports)  # IANA_SVC_NAME limit
+        validate_manifest(ds)
+
+    return outputs.apply(check)
+
+
+@pulumi.runtime.test
+def test_rbac_is_least_privilege():
+    mesh, outputs = _install("mi-rbac", {"namespace": "mesh-a"})
+
+    def check(_):
+        records = _records("mi-rbac")
+        cluster_rules = records["mi-rbac-controller-clusterrole"].inputs["rules"]
+        for rule in cluster_rules:  # cluster-wide: read-only, except creating Events
+            if rule["resources"] == ["events"]:
+                assert set(rule["verbs"]) == {"create", "patch"}
+            else:
+                assert set(rule["verbs"]) == {"get", "list", "watch"}, rule
+        granted = {(g, r) for rule in cluster_rules for g in rule["apiGroups"] for r in rule["resources"]}
+        assert {("", "services"), ("", "pods"), ("discovery.k8s.io", "endpointslices"),
+                ("access.smi-spec.io", "traffictargets"), ("specs.smi-spec.io", "httproutegroups"),
+                ("specs.smi-spec.io", "tcproutes"), ("specs.smi-spec.io", "udproutes"),
+                ("split.smi-spec.io", "trafficsplits")} <= granted
+        assert not any("*" in rule["verbs"] or "*" in rule["resources"] for rule in cluster_rules)
+        assert ("", "secrets") not in granted
+        role = records["mi-rbac-controller-role"].inputs
+        assert role["metadata"]["namespace"] == "mesh-a"
+        lease_rules = [r for r in role["rules"] if r["resources"] == ["leases"]]
+        assert any(r.get("resourceNames") == [wire.LEASE_NAME] and "update" in r["verbs"] for r in lease_rules)
+        binding = records["mi-rbac-controller-clusterrolebinding"].inputs
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": wire.CONTROLLER_NAME, "namespace": "mesh-a"}]
+        assert binding["metadata"]["name"] == "lightmesh-controller-mesh-a"  # unique per mesh namespace
+        assert records["mi-rbac-proxy-sa"].inputs["automountServiceAccountToken"] is False
+
+    return outputs.apply(check)
+
+
+@pulumi.runtime.test
+def test_options_turn_off_namespace_and_dns_patch():
+    mesh, outputs = _install("mi-min", {"create_namespace": False, "namespace": "existing", "patch_coredns": False})
+
+    def check(values):
+        assert values[0] == "existing"
+        names = set(_records("mi-min"))
+        assert "mi-min-namespace" not in names and "mi-min-cluster-dns" not in names
+        assert "mi-min-controller" in names
+
+    return outputs.apply(check)
+
+
+def test_validator_is_live():
+    # The gate above must be able to fail: a typo'd field and a wrong type are both caught.
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
+                  "spec": {"selector": {"matchLabels": {"a": "b"}},
+                           "template": {"metadata": {"labels": {"a": "b"}},
+                                        "spec": {"containers": [{"name": "c", "image": "i"}]}}}}
+    validate_manifest(deployment)
+    typo = copy.deepcopy(deployment)
+    typo["spec"]["template"]["spec"]["containers"][0]["imagee"] = "i"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_manifest(typo)
+    with pytest.raises(AssertionError, match="no schema"):
+        validate_manifest({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}})
+    assert KUBERNETES_VERSION == "1.31"
+
+
+def test_command_lines_from_settings():
+    s = resolve_settings("t", {"default_traffic_type": "tcp", "ignore_namespaces": ["kube-system"],
+                               "domains": ["mesh.internal"], "log_level": "debug"})
+    cmd = controller_command(s)
+    assert "--acl" not in cmd and cmd[cmd.index("--default-mode") + 1] == "tcp"
+    assert cmd[cmd.index("--ignore-namespaces") + 1] == "kube-system" and "--watch-namespaces" not in cmd
+    assert cmd[cmd.index("--domains") + 1] == "mesh.internal" and "--otlp-endpoint" not in cmd
+    assert proxy_command(s, "ns")[3] == "http://lightmesh-controller.ns.svc.cluster.local:9000"
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"namespace": "Mesh"}, "namespace must be a DNS label"),
+    ({"acl": "yes"}, "acl must be true or false, got 'yes'"),
+    ({"default_traffic_type": "grpc"}, "default_traffic_type must be one of http, tcp, udp"),
+    ({"log_level": "loud"}, "log_level must be one of debug, info, warning, error"),
+    ({"log_format": "xml"}, "log_format must be one of text, json"),
+    ({"dns_style": "bind"}, "dns_style must be one of auto, corefile, coredns-custom, kube-dns"),
+    ({"domains": []}, "domains must list at least one domain"),
+    ({"domains": ["ok", "ok"]}, "domains has a duplicate entry 'ok'"),
+    ({"domains": ["cluster.local"]}, "domains must not include the cluster domain"),
+    ({"domains": ["bad_domain"]}, r"domains\[0\] must be a DNS subdomain"),
+    ({"http_port_base": 80}, "http_port_base must be between 1024 and 65535, got 80"),
+    ({"tcp_port_limit": 0}, "tcp_port_limit must be between 1 and 1000, got 0"),
+    ({"udp_port_base": 65530, "udp_port_limit": 10}, "udp_port_base \\+ udp_port_limit goes past port 65535"),
+    ({"tcp_port_base": 5005}, "http port range 5000-5009 overlaps the tcp port range 5005-5029"),
+    ({"http_port_base": 8075}, "http port range 8075-8084 includes the proxy admin port 8080"),
+    ({"tcp_port_base": 8990, "tcp_port_limit": 20}, "tcp port range 8990-9009 includes the controller API port 9000"),
+    ({"controller_replicas": 0}, "controller_replicas must be between 1 and 64, got 0"),
+    ({"proxy_workers": 2.5}, "proxy_workers must be a whole number, got 2.5"),
+    ({"controller_resources": {"memory_limit": "lots"}}, "controller_resources.memory_limit must be a Kubernetes quantity"),
+    ({"proxy_resources": {"gpu": "1"}}, "proxy_resources.gpu is not a known field"),
+    ({"proxy_tolerations": [{"operator": "Maybe"}]}, r"proxy_tolerations\[0\].operator must be Equal or Exists"),
+    ({"proxy_tolerations": [{"effect": "NoRun"}]}, r"proxy_tolerations\[0\].effect must be"),
+    ({"otlp_endpoint": "otel:4318"}, "otlp_endpoint must be an http:// or https:// URL"),
+    ({"watch_namespaces": ["a"], "ignore_namespaces": ["a"]}, "namespaces both watched and ignored: a"),
+    ({"image_pull_policy": "Sometimes"}, "image_pull_policy must be one of IfNotPresent, Always, Never"),
+    ({"namespace": pulumi.Output.from_input("x")}, "namespace must be a plain value, not an Output"),
+    ({"replicas": 3}, "unknown field\\(s\\) replicas"),
+])
+def test_bad_args_name_the_field(args, message):
+    with pytest.raises(ComponentArgsError, match=r"^MeshInstall 'mesh': .*" + message):
+        MeshInstall("mesh", args)

@@ -1,0 +1,118 @@
+"""MeshService: annotate-existing and create modes, host names, validation through lightmesh.annotations."""
+
+import pulumi
+import pytest
+
+from conftest import MOCKS, MONITOR
+from manifests import validate_all
+from lightmesh.annotations import Scheme, TrafficType, parse_annotations
+from mesh_components import ComponentArgsError, MeshService
+from mesh_components.service import render_annotations
+
+
+@pulumi.runtime.test
+def test_existing_service_is_annotated_with_a_server_side_apply_patch():
+    svc = MeshService("ms-patch", {"service_name": "whoami", "namespace": "whoami",
+                                   "traffic_type": TrafficType.HTTP, "retry_attempts": 2,
+                                   "circuit_breaker_expression": "NetworkErrorRatio() > 0.5",
+                                   "rate_limit_average": 100, "rate_limit_burst": 200, "request_timeout": "5s",
+                                   "scheme": "h2c"})
+
+    def check(values):
+        hosts, annotations = values
+        assert hosts == ["whoami.whoami.lightmesh", "whoami.whoami.traefik.mesh", "whoami.whoami.maesh"]
+        record = next(r for r in MOCKS.created if r.name == "ms-patch-annotations")
+        assert record.typ == "kubernetes:core/v1:ServicePatch"
+        meta = record.inputs["metadata"]
+        assert (meta["name"], meta["namespace"]) == ("whoami", "whoami")
+        assert meta["annotations"]["pulumi.com/patchFieldManager"] == "lightmesh-ms-patch"
+        assert "spec" not in record.inputs  # owns annotations only: destroy leaves the Service intact
+        mesh = {k: v for k, v in meta["annotations"].items() if k.startswith("lightmesh.io/")}
+        assert mesh == annotations == {
+            "lightmesh.io/traffic-type": "http", "lightmesh.io/scheme": "h2c", "lightmesh.io/retry-attempts": "2",
+            "lightmesh.io/circuit-breaker-expression": "NetworkErrorRatio() > 0.5",
+            "lightmesh.io/ratelimit-average": "100", "lightmesh.io/ratelimit-burst": "200",
+            "lightmesh.io/request-timeout": "5s"}
+        settings = parse_annotations(mesh)  # what the controller will read
+        assert settings.scheme is Scheme.H2C and settings.rate_limit.burst == 200
+        assert MONITOR.parent_of("ms-patch-annotations").endswith("lightmesh:index:MeshService::ms-patch")
+
+    return pulumi.Output.all(svc.host_names, svc.annotations).apply(check)
+
+
+@pulumi.runtime.test
+def test_service_is_created_when_ports_are_given():
+    svc = MeshService("ms-create", {"service_name": "whoami-tcp", "namespace": "whoami", "traffic_type": "tcp",
+                                    "ports": [{"port": 8080, "name": "tcp"}],
+                                    "selector": {"app": "whoami-tcp"}, "domains": ["traefik.mesh"]})
+
+    def check(hosts):
+        assert hosts == ["whoami-tcp.whoami.traefik.mesh"]
+        records = MOCKS.by_prefix("ms-create")
+        service = next(r for r in records if r.name == "ms-create-service").inputs
+        assert service["spec"]["selector"] == {"app": "whoami-tcp"}
+        assert service["spec"]["ports"] == [{"name": "tcp", "port": 8080, "targetPort": 8080, "protocol": "TCP"}]
+        assert service["metadata"]["annotations"] == {"lightmesh.io/traffic-type": "tcp"}
+        assert validate_all(records) == 1
+
+    return svc.host_names.apply(check)
+
+
+@pulumi.runtime.test
+def test_domains_from_an_output_and_a_bad_one_fails_naming_the_field():
+    ok = MeshService("ms-outdomains", {"service_name": "a", "namespace": "b",
+                                       "domains": pulumi.Output.from_input(["mesh.example"])})
+    return ok.host_names.apply(lambda h: _assert_equal(h, ["a.b.mesh.example"]))
+
+
+def _assert_equal(actual, expected):
+    assert actual == expected
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"retry_attempts": 0}, "retry_attempts must be between 1 and 100, got 0"),
+    ({"retry_attempts": "2"}, "retry_attempts must be a whole number, got '2'"),
+    ({"retry_attempts": True}, "retry_attempts must be a whole number"),
+    ({"traffic_type": "grpc"}, "traffic_type must be one of http, tcp, udp, got 'grpc'"),
+    ({"scheme": "ftp"}, "scheme must be one of http, https, h2c, got 'ftp'"),
+    ({"circuit_breaker_expression": "NetworkErrorRatio() >"}, "circuit_breaker_expression invalid circuit-breaker"),
+    ({"rate_limit_average": 10}, "rate_limit_average needs rate_limit_burst too"),
+    ({"rate_limit_burst": 10}, "rate_limit_burst needs rate_limit_average too"),
+    ({"rate_limit_average": 0, "rate_limit_burst": 5}, "rate_limit_average must be between 1 and 1000000, got 0"),
+    ({"request_timeout": "5"}, "request_timeout must be a duration"),
+    ({"request_timeout": "48h"}, "request_timeout must be more than 0 and at most 24h"),
+    ({"service_name": "Who_Ami"}, "service_name must be a DNS label"),
+    ({"namespace": None}, "namespace is required"),
+    ({"ports": []}, "ports must be a non-empty list"),
+    ({"ports": [{"port": 70000}], "selector": {"a": "b"}}, r"ports\[0\].port must be between 1 and 65535, got 70000"),
+    ({"ports": [{"port": 80}]}, "selector is required when ports is set"),
+    ({"selector": {"a": "b"}}, "selector only applies when ports is set"),
+    ({"ports": [{"port": 80}, {"port": 81}], "selector": {"a": "b"}}, "ports need a name each"),
+    ({"domains": []}, "domains must be a non-empty list"),
+    ({"domains": ["Bad Domain"]}, "domains must be a DNS subdomain"),
+])
+def test_bad_args_fail_synchronously_naming_the_field(args, message):
+    full = {"service_name": "whoami", "namespace": "whoami", **args}
+    full = {k: v for k, v in full.items() if v is not None}
+    with pytest.raises(ComponentArgsError, match=r"^MeshService 'whoami': .*" + message):
+        MeshService("whoami", full)
+
+
+def test_several_bad_annotation_fields_are_reported_together():
+    with pytest.raises(ComponentArgsError) as info:
+        render_annotations("svc", {"retry_attempts": 500, "request_timeout": "soon"})
+    assert "retry_attempts must be between 1 and 100, got 500" in str(info.value)
+    assert "request_timeout must be a duration" in str(info.value)
+
+
+def test_output_values_are_validated_when_they_resolve():
+    # A value only known at deploy time cannot fail at construction; it fails the deployment
+    # (the resource using it), still naming the component and the field.
+    @pulumi.runtime.test
+    def program():
+        svc = MeshService("ms-late", {"service_name": "a", "namespace": "b",
+                                      "retry_attempts": pulumi.Output.from_input(0)})
+        return svc.annotations
+
+    with pytest.raises(ValueError, match="MeshService 'ms-late': retry_attempts must be between 1 and 100, got 0"):
+        program()
