@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 from pulumi_policy.proxy import UNKNOWN_ARRAY_VALUE, UNKNOWN_OBJECT_VALUE, UNKNOWN_STRING_VALUE
 
-from conftest import lightmesh_env
 from lightmesh_policies import ALL_POLICIES, PACK_NAME
-from lightmesh_policies.offline import OfflineCheckError, analyze, resolve_policy_config
+from lightmesh_policies.offline import OfflineCheckError, analyze, render_env, resolve_policy_config
 from pulumi_policy import EnforcementLevel
 from policykit import controller, service, whoami_acl_stack
 
@@ -92,7 +91,7 @@ def test_main_builds_and_serves_the_pack():
     """``policies/__main__.py`` is what the CLI runs: it must start the analyzer (it prints its port)."""
     proc = subprocess.Popen([sys.executable, str(PACK_DIR / "__main__.py")], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=PACK_DIR,
-                            env=lightmesh_env({"PYTHONPATH": f"{PACK_DIR}:{PACK_DIR.parent / 'proxy_image'}"}))
+                            env=render_env())
     try:
         port = proc.stdout.readline().strip()
         assert port.isdigit() and int(port) > 0, proc.stderr.read() if proc.poll() is not None else port
