@@ -1,0 +1,21 @@
+"""The runtime's shared pure modules (``lightmesh.annotations``, ``cbexpr``, ``wire``), imported once.
+
+The pack judges annotations with exactly the controller's parser, so it imports the ``lightmesh``
+package. In the pack's own venv that package is installed from the repository (``-e ..`` in
+``requirements.txt``); when the pack is used straight from a checkout without installing (tests,
+``python -m lightmesh_policies.offline``), fall back to ``proxy_image/`` next to ``policies/``.
+"""
+
+import sys
+from pathlib import Path
+
+try:
+    import lightmesh  # noqa: F401
+except ImportError:  # pragma: no cover - only without an installed lightmesh
+    _checkout = Path(__file__).resolve().parents[2] / "proxy_image"
+    if (_checkout / "lightmesh").is_dir():
+        sys.path.insert(0, str(_checkout))
+
+from lightmesh import annotations, cbexpr, wire  # noqa: E402
+
+__all__ = ["annotations", "cbexpr", "wire"]

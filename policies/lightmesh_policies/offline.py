@@ -1,0 +1,238 @@
+"""Run the whole pack over a Pulumi program without the Pulumi CLI (CI without a CLI, tests).
+
+Two steps, each usable alone:
+
+1. :func:`render_registrations` runs the program under the SDK mock engine in a fresh subprocess
+   (``lightmesh.local.render``; the mock engine is process-global state) and returns every resource
+   it registered — components, ``*Patch`` resources and Kubernetes objects, with camelCase props and
+   URNs carrying the component ancestry.
+2. :func:`analyze` feeds them to the same gRPC servicer the Pulumi CLI talks to
+   (``pulumi_policy``'s analyzer, called in-process): ``Configure`` with the resolved enforcement
+   levels and config, ``Analyze`` per resource, ``AnalyzeStack`` once. Config uses the CLI's
+   ``--policy-pack-config`` file format, and the schema defaults are filled in as the CLI does.
+
+Differences from ``pulumi preview --policy-pack``: props are the program's *inputs* before the
+Kubernetes provider's Check (no auto-names, no defaults) and nothing is unknown (the mock engine
+resolves every output). The analyzer servicer is a private API of pulumi-policy; its version is
+pinned in ``pyproject.toml``.
+
+CLI: ``python -m lightmesh_policies.offline PROGRAM_DIR [-s STACK] [-c key=value]
+[--policy-pack-config FILE]`` prints violations like the Pulumi CLI and exits 1 when a mandatory
+policy is violated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from google.protobuf import json_format, struct_pb2
+from pulumi.runtime import proto
+from pulumi_policy import EnforcementLevel
+from pulumi_policy.policy import _PolicyAnalyzerServicer
+
+from lightmesh_policies import ALL_POLICIES, PACK_NAME
+
+PACK_DIR = Path(__file__).resolve().parent.parent
+REPO = PACK_DIR.parent
+RENDER_TIMEOUT_SECONDS = 180.0
+
+_LEVELS = {"advisory": EnforcementLevel.ADVISORY, "mandatory": EnforcementLevel.MANDATORY,
+           "remediate": EnforcementLevel.REMEDIATE, "disabled": EnforcementLevel.DISABLED}
+_PROTO_LEVELS = {EnforcementLevel.ADVISORY: proto.ADVISORY, EnforcementLevel.MANDATORY: proto.MANDATORY,
+                 EnforcementLevel.REMEDIATE: proto.REMEDIATE, EnforcementLevel.DISABLED: proto.DISABLED}
+_LEVEL_NAMES = {proto.ADVISORY: "advisory", proto.MANDATORY: "mandatory", proto.REMEDIATE: "remediate",
+                proto.DISABLED: "disabled"}
+
+
+class OfflineCheckError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Violation:
+    policy: str
+    level: str  # "advisory" / "mandatory"
+    message: str
+    urn: str
+
+    def __str__(self) -> str:
+        return f"[{self.level}] {self.policy}: {self.message}" + (f" ({self.urn})" if self.urn else "")
+
+
+@dataclass
+class PackReport:
+    violations: list[Violation] = field(default_factory=list)
+    not_applicable: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def mandatory(self) -> list[Violation]:
+        return [v for v in self.violations if v.level == "mandatory"]
+
+    def by_policy(self) -> dict[str, list[Violation]]:
+        out: dict[str, list[Violation]] = {}
+        for v in self.violations:
+            out.setdefault(v.policy, []).append(v)
+        return out
+
+
+# ------------------------------------------------------------------------------------- rendering
+
+
+def render_env() -> dict[str, str]:
+    env = dict(os.environ)
+    paths = [str(PACK_DIR), str(REPO / "proxy_image"), str(REPO)]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
+def render_registrations(program_dir: str | Path, stack: str = "dev", config: Iterable[str] = ()) -> list[dict]:
+    """Every resource ``program_dir`` registers under the mock engine: dicts with type, name, urn,
+    parent (URN or None), custom and props (engine camelCase)."""
+    with tempfile.TemporaryDirectory(prefix="lightmesh-policy-render-") as tmp:
+        out = Path(tmp) / "registrations.json"
+        cmd = [sys.executable, "-m", "lightmesh_policies._render_worker", str(program_dir), stack, str(out),
+               *config]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=render_env(),
+                                  timeout=RENDER_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired as exc:
+            raise OfflineCheckError(f"{program_dir}: rendering took longer than {RENDER_TIMEOUT_SECONDS:.0f}s") \
+                from exc
+        if proc.returncode != 0 or not out.exists():
+            raise OfflineCheckError(f"{program_dir}: rendering failed:\n{proc.stderr.strip()}")
+        return json.loads(out.read_text())
+
+
+# -------------------------------------------------------------------------------------- analyzing
+
+
+def resolve_policy_config(policy_config: Mapping[str, Any] | None) -> dict[str, tuple[EnforcementLevel, dict]]:
+    """``--policy-pack-config`` contents → per policy (enforcement level, config with schema defaults).
+
+    Format (the Pulumi CLI's): ``{"all": "mandatory", "<policy>": "advisory",
+    "<policy>": {"enforcementLevel": "disabled", "<property>": value}}``.
+    """
+    policy_config = dict(policy_config or {})
+    known = {p.name: p for p in ALL_POLICIES}
+    for key in policy_config:
+        if key != "all" and key not in known:
+            raise OfflineCheckError(f"policy config: unknown policy {key!r} (known: {', '.join(sorted(known))})")
+    all_level = policy_config.get("all")
+    resolved = {}
+    for name, policy in known.items():
+        level = policy.enforcement_level or EnforcementLevel.ADVISORY
+        if all_level is not None:
+            level = _level(all_level, "all")
+        schema = policy.config_schema.properties if policy.config_schema else {}
+        props = {k: v["default"] for k, v in schema.items() if "default" in v}
+        entry = policy_config.get(name)
+        if isinstance(entry, str):
+            level = _level(entry, name)
+        elif isinstance(entry, Mapping):
+            for key, value in entry.items():
+                if key == "enforcementLevel":
+                    level = _level(value, name)
+                elif key not in schema:
+                    raise OfflineCheckError(f"policy config: {name} has no property {key!r} "
+                                            f"(known: {', '.join(sorted(schema)) or 'none'})")
+                else:
+                    props[key] = value
+        elif entry is not None:
+            raise OfflineCheckError(f"policy config: {name} must be a level string or an object, got {entry!r}")
+        resolved[name] = (level, props)
+    return resolved
+
+
+def _level(value: Any, where: str) -> EnforcementLevel:
+    if not isinstance(value, str) or value.lower() not in _LEVELS:
+        raise OfflineCheckError(f"policy config: {where}: enforcement level must be one of "
+                                f"{', '.join(_LEVELS)}, got {value!r}")
+    return _LEVELS[value.lower()]
+
+
+def _struct(value: Mapping[str, Any]) -> struct_pb2.Struct:
+    return json_format.ParseDict(json.loads(json.dumps(value, default=str)), struct_pb2.Struct())
+
+
+def make_servicer(policy_config: Mapping[str, Any] | None = None) -> _PolicyAnalyzerServicer:
+    """The pack's analyzer servicer, configured as the Pulumi CLI would configure it."""
+    servicer = _PolicyAnalyzerServicer(PACK_NAME, "0.1.0", ALL_POLICIES, EnforcementLevel.ADVISORY)
+    request = proto.ConfigureAnalyzerRequest()
+    for name, (level, props) in resolve_policy_config(policy_config).items():
+        # The engine always sends a resolved level: a PolicyConfig without one means ADVISORY.
+        request.policyConfig[name].CopyFrom(proto.PolicyConfig(enforcementLevel=_PROTO_LEVELS[level],
+                                                               properties=_struct(props)))
+    servicer.Configure(request, None)
+    return servicer
+
+
+def analyze(resources: list[dict], policy_config: Mapping[str, Any] | None = None) -> PackReport:
+    """Run every policy of the pack over ``resources`` (as :func:`render_registrations` returns)."""
+    servicer = make_servicer(policy_config)
+    report = PackReport()
+
+    def collect(response: Any, resource_urn: str = "") -> None:
+        for d in response.diagnostics:
+            # The servicer prefixes the policy description: keep only the violation's own message.
+            message = d.message.removeprefix(d.description + "\n") if d.description else d.message
+            report.violations.append(Violation(d.policyName, _LEVEL_NAMES.get(d.enforcementLevel, "advisory"),
+                                               message, d.urn or resource_urn))
+        for n in response.not_applicable:
+            report.not_applicable.append((n.policy_name, n.reason))
+
+    stack = proto.AnalyzeStackRequest()
+    for r in resources:
+        if r["type"] == "pulumi:pulumi:Stack":
+            continue
+        props = _struct(r.get("props") or {})
+        collect(servicer.Analyze(proto.AnalyzeRequest(type=r["type"], name=r["name"], urn=r["urn"],
+                                                      properties=props), None), r["urn"])
+        stack.resources.append(proto.AnalyzerResource(type=r["type"], name=r["name"], urn=r["urn"],
+                                                      properties=props, parent=r.get("parent") or ""))
+    collect(servicer.AnalyzeStack(stack, None))
+    return report
+
+
+def check_program(program_dir: str | Path, stack: str = "dev", config: Iterable[str] = (),
+                  policy_config: Mapping[str, Any] | None = None) -> PackReport:
+    return analyze(render_registrations(program_dir, stack, config), policy_config)
+
+
+# -------------------------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lightmesh_policies.offline",
+                                     description="Run the lightmesh-policies pack over a Pulumi program offline "
+                                                 "(SDK mock engine; no Pulumi CLI, no cluster).")
+    parser.add_argument("program_dir")
+    parser.add_argument("-s", "--stack", default="dev")
+    parser.add_argument("-c", "--config", action="append", default=[], metavar="KEY=VALUE",
+                        help="stack config override (repeatable)")
+    parser.add_argument("--policy-pack-config", metavar="FILE",
+                        help="JSON file in the format of pulumi's --policy-pack-config")
+    args = parser.parse_args(argv)
+    try:
+        policy_config = json.loads(Path(args.policy_pack_config).read_text()) if args.policy_pack_config else None
+        report = check_program(args.program_dir, args.stack, args.config, policy_config)
+    except (OfflineCheckError, OSError, json.JSONDecodeError) as exc:
+        print(f"lightmesh-policies: {exc}", file=sys.stderr)
+        return 2
+    for v in report.violations:
+        print(v)
+    print(f"{len(report.violations)} violation(s), {len(report.mandatory)} mandatory")
+    return 1 if report.mandatory else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,657 @@
+"""The Lightmesh policy rules: ACL coverage, SMI object sanity, annotations, install hygiene.
+
+Each rule is a ``pulumi_policy`` policy with a stable id (its ``name``), a description, an
+enforcement level that ``--policy-pack-config`` can change, a ``config_schema`` whose defaults are
+*also* applied here (the SDK does not apply JSON-schema defaults; the CLI does, unit tests and the
+offline runner do not), and messages that name the offending object and say how to fix it.
+
+Rules that need more than one resource (which ServiceAccount runs behind a Service, which
+TrafficTargets exist) are stack policies over a :class:`~lightmesh_policies.model.StackView`; rules
+about one object are resource policies. Every rule reads the props through
+:func:`~lightmesh_policies.model.materialize`, so an unknown value during ``pulumi preview`` only
+skips the facts that depend on it — the rest of the stack is still judged.
+
+Kubernetes shapes, not component shapes: the rules look at Services, workloads and SMI objects as
+the cluster will see them, so they hold for Services annotated by hand (Traefik Mesh prefixes
+included), for every SMI version the controller accepts, and for objects rendered by Helm charts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any, Mapping
+
+from pulumi_policy import (EnforcementLevel, PolicyConfigSchema, ReportViolation, ResourceValidationArgs,
+                           ResourceValidationPolicy, Severity, StackValidationArgs, StackValidationPolicy)
+
+from lightmesh_policies import model
+from lightmesh_policies._runtime import annotations as ann
+from lightmesh_policies.model import UNKNOWN, Identity, StackView, is_unknown
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _config(config: Mapping[str, Any] | None, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """Policy config with the schema defaults filled in (the SDK passes only what the engine sent)."""
+    given = dict(config or {})
+    return {key: given.get(key, default) for key, default in defaults.items()}
+
+
+def _schema(defaults: Mapping[str, Any], descriptions: Mapping[str, str]) -> PolicyConfigSchema:
+    properties = {}
+    for key, default in defaults.items():
+        if isinstance(default, bool):
+            prop: dict = {"type": "boolean"}
+        elif isinstance(default, list):
+            prop = {"type": "array", "items": {"type": "string"}}
+        else:
+            prop = {"type": "string"}
+        properties[key] = {**prop, "default": default, "description": descriptions[key]}
+    return PolicyConfigSchema(properties=properties)
+
+
+def _view(args: StackValidationArgs) -> StackView:
+    return StackView(model.resource_from_policy(r.resource_type, r.name, r.urn, r.props, getattr(r, "parent", None))
+                     for r in args.resources)
+
+
+def _resource(args: ResourceValidationArgs) -> model.Resource:
+    return model.resource_from_policy(args.resource_type, args.name, args.urn, args.props)
+
+
+def _acl_active(view: StackView, assume_acl: bool) -> Any:
+    """True/False/UNKNOWN: the stack's own controller decides; without one, the ``assume_acl`` config."""
+    mode = view.acl_mode()
+    if mode is None:
+        return bool(assume_acl)
+    return mode
+
+
+def _access_policy_hint(identity: Identity, traffic: ann.TrafficType, sources: str | None = None) -> str:
+    rule = {ann.TrafficType.HTTP: 'http_matches=[{"name": "all", "path_regex": "/.*"}]',
+            ann.TrafficType.TCP: "tcp={}", ann.TrafficType.UDP: "udp={}"}[traffic]
+    sources = sources or '{"service_account": "<client ServiceAccount>"}'
+    return (f'AccessPolicy("{identity.name}-access", AccessPolicyArgs(namespace="{identity.namespace}", '
+            f'destination_service_account="{identity.name}", sources=[{sources}], {rule}))')
+
+
+def _kinds_of(rules: Any) -> set:
+    return {r.kind for r in rules if isinstance(r, model.Rule)} if isinstance(rules, list) else set()
+
+
+_ACL_DEFAULTS_DESCRIPTIONS = {
+    "assume_acl": ("Treat the stack as ACL mode even though it installs no Lightmesh controller (an application "
+                   "stack deployed into a mesh that another stack installed with acl=true)."),
+}
+
+# ------------------------------------------------------------------------- 1. ACL coverage per Service
+
+ACL_COVERAGE_DEFAULTS = {"assume_acl": False, "allow_unresolved_services": False, "ignore_services": []}
+
+
+def _validate_acl_coverage(args: StackValidationArgs, report: ReportViolation) -> None:
+    cfg = _config(args.get_config(), ACL_COVERAGE_DEFAULTS)
+    view = _view(args)
+    if _acl_active(view, cfg["assume_acl"]) is not True:
+        return
+    ignored = set(cfg["ignore_services"] or [])
+    default_type = view.default_traffic_type()
+    for svc in sorted(view.services.values(), key=lambda s: s.key):
+        if not svc.is_meshed or svc.key in ignored:
+            continue
+        traffic = svc.traffic_type(default_type)
+        kind = model.TRAFFIC_TYPE_ROUTE_KIND[traffic]
+        resolution = view.resolve(svc)
+        if resolution.reason:
+            if not cfg["allow_unresolved_services"]:
+                report(f"{svc.describe()} is a mesh Service, but the ServiceAccount of its pods cannot be "
+                       f"resolved from this stack: {resolution.reason}. In ACL mode it needs a TrafficTarget "
+                       f"for that ServiceAccount. Fix: declare its workload in this stack, or check by hand that "
+                       f"an AccessPolicy names the pods' ServiceAccount and then list \"{svc.key}\" in this "
+                       f"rule's ignore_services (or set allow_unresolved_services: true).", svc.urn)
+            continue
+        for identity in sorted(resolution.service_accounts, key=str):
+            targets = view.targets_for(identity)
+            if not targets:
+                report(f"{svc.describe()} ({traffic.value}) is not the destination of any TrafficTarget: its pods "
+                       f"run as ServiceAccount {identity} and ACL mode denies all traffic to them. Fix: add "
+                       f"{_access_policy_hint(identity, traffic)} with the clients that may call it.", svc.urn)
+                continue
+            if any(is_unknown(t.rules) or any(is_unknown(r.kind) for r in t.rules) for t in targets):
+                continue  # rule kinds known only after apply
+            kinds = set().union(*(_kinds_of(t.rules) for t in targets))
+            if kind not in kinds:
+                names = ", ".join(t.describe() for t in targets)
+                report(f"{svc.describe()} is {traffic.value} but no TrafficTarget for ServiceAccount {identity} "
+                       f"has a {kind} rule ({names} only allow {', '.join(sorted(map(str, kinds))) or 'nothing'}): "
+                       f"its {traffic.value} traffic is denied in ACL mode. Fix: add "
+                       f"{_access_policy_hint(identity, traffic)}, or add the {kind} rule to the existing "
+                       f"AccessPolicy.", svc.urn)
+
+
+acl_service_has_traffic_target = StackValidationPolicy(
+    name="lightmesh-acl-service-has-traffic-target",
+    description=("In ACL mode every mesh Service (annotated, or created by MeshService) is the destination of at "
+                 "least one TrafficTarget with a rule for its traffic type; otherwise all traffic to it is denied."),
+    enforcement_level=EnforcementLevel.MANDATORY,
+    severity=Severity.HIGH,
+    config_schema=_schema(ACL_COVERAGE_DEFAULTS, {
+        **_ACL_DEFAULTS_DESCRIPTIONS,
+        "allow_unresolved_services": ("Do not report mesh Services whose pods (and so ServiceAccount) are not "
+                                      "declared in this stack."),
+        "ignore_services": "Mesh Services (\"namespace/name\") this rule skips.",
+    }),
+    remediation_steps=("Add an AccessPolicy whose destination_service_account is the ServiceAccount of the "
+                       "Service's pods, with the client ServiceAccounts as sources and a rule for the Service's "
+                       "traffic type (http_matches, tcp or udp)."),
+    validate=_validate_acl_coverage,
+)
+
+# ------------------------------------------------------------------------ 2. TrafficTargets and routes
+
+TRAFFIC_TARGET_DEFAULTS = {"allow_external_routes": False}
+
+
+def _check_regex(pattern: Any) -> str | None:
+    if is_unknown(pattern) or pattern is None:
+        return None
+    if not isinstance(pattern, str):
+        return f"must be a string, got {pattern!r}"
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        return f"does not compile ({exc})"
+    return None
+
+
+def _validate_routes(view: StackView, report: ReportViolation) -> None:
+    for route in view.routes:
+        if route.kind != "HTTPRouteGroup" or is_unknown(route.matches):
+            continue
+        where = f"HTTPRouteGroup {route.namespace}/{route.name}"
+        seen: set[str] = set()
+        for i, match in enumerate(model.as_list(route.matches)):
+            if is_unknown(match) or not isinstance(match, dict):
+                continue
+            name = match.get("name")
+            if not is_unknown(name):
+                if not isinstance(name, str) or not name:
+                    report(f"{where} matches[{i}] has no name: TrafficTarget rules and TrafficSplit matches refer "
+                           f"to matches by name. Fix: give it a unique name.", route.resource.urn)
+                elif name in seen:
+                    report(f"{where} has two matches named {name!r}. Fix: make match names unique.",
+                           route.resource.urn)
+                else:
+                    seen.add(name)
+            label = f"{where} match {name!r}" if isinstance(name, str) else f"{where} matches[{i}]"
+            if error := _check_regex(match.get("pathRegex")):
+                report(f"{label}: pathRegex {match.get('pathRegex')!r} {error}. Fix the regular expression "
+                       f"(AccessPolicy/TrafficSplit http_matches[].path_regex).", route.resource.urn)
+            headers = match.get("headers")
+            for header, value in model.as_dict(headers).items():
+                if error := _check_regex(value):
+                    report(f"{label}: header {header!r} regex {value!r} {error}. Fix the regular expression "
+                           f"(http_matches[].headers).", route.resource.urn)
+
+
+def _validate_traffic_targets(args: StackValidationArgs, report: ReportViolation) -> None:
+    cfg = _config(args.get_config(), TRAFFIC_TARGET_DEFAULTS)
+    view = _view(args)
+    _validate_routes(view, report)
+    default_type = view.default_traffic_type()
+    for target in view.traffic_targets:
+        where, urn = target.describe(), target.resource.urn
+        dest = target.destination
+        if dest is None or (isinstance(dest, Identity) and not is_unknown(dest.name) and not dest.name):
+            report(f"{where} has no destination ServiceAccount. Fix: set destination_service_account on the "
+                   f"AccessPolicy (spec.destination {{kind: ServiceAccount, name}}).", urn)
+        elif isinstance(dest, Identity) and dest.kind not in (None, "ServiceAccount") and not is_unknown(dest.kind):
+            report(f"{where} destination kind is {dest.kind!r}; only ServiceAccount is supported. Fix: name the "
+                   f"ServiceAccount of the destination pods.", urn)
+        if not is_unknown(target.sources):
+            if not target.sources:
+                report(f"{where} has no sources: it allows nobody. Fix: list the client ServiceAccounts in "
+                       f"AccessPolicyArgs sources=[{{\"service_account\": ...}}].", urn)
+            for i, source in enumerate(target.sources):
+                if source is None or (not is_unknown(source.name) and not source.name):
+                    report(f"{where} sources[{i}] has no ServiceAccount name. Fix: set sources[{i}].service_account.",
+                           urn)
+                elif not is_unknown(source.kind) and source.kind not in (None, "ServiceAccount"):
+                    report(f"{where} sources[{i}] kind is {source.kind!r}; only ServiceAccount is supported.", urn)
+        if is_unknown(target.rules):
+            continue
+        if not target.rules:
+            report(f"{where} has no rules: in Lightmesh a TrafficTarget without rules allows nothing (unlike "
+                   f"Traefik Mesh). Fix: give the AccessPolicy http_matches, tcp or udp.", urn)
+        served = None
+        if isinstance(dest, Identity) and not is_unknown(dest.name) and not is_unknown(dest.namespace):
+            served = {s.traffic_type(default_type) for s in view.services_of_account(dest)}
+        for i, rule in enumerate(target.rules):
+            if is_unknown(rule.kind) or is_unknown(rule.name):
+                continue
+            if rule.kind not in model.ROUTE_KINDS:
+                report(f"{where} rules[{i}] kind {rule.kind!r} is not one of {', '.join(model.ROUTE_KINDS)}.", urn)
+                continue
+            route = view.route(rule.kind, target.namespace, rule.name)
+            if route is None:
+                if not cfg["allow_external_routes"]:
+                    report(f"{where} rules[{i}] references {rule.kind} {target.namespace}/{rule.name}, which is "
+                           f"not declared in this stack (rules name route objects in the TrafficTarget's own "
+                           f"namespace). Fix: create it (AccessPolicy creates its routes), or correct the name.", urn)
+            elif rule.kind == "HTTPRouteGroup" and isinstance(rule.matches, list) and rule.matches:
+                names = route.match_names()
+                if not is_unknown(names):
+                    for match in rule.matches:
+                        if not is_unknown(match) and match not in names:
+                            report(f"{where} rules[{i}] names match {match!r}, but HTTPRouteGroup "
+                                   f"{route.namespace}/{route.name} has only {sorted(names) or 'no matches'}. Fix: "
+                                   f"use one of those names or add the match.", urn)
+            fits = model.ROUTE_KIND_TRAFFIC_TYPE[rule.kind]
+            if served and fits not in served:
+                kinds = ", ".join(sorted(model.TRAFFIC_TYPE_ROUTE_KIND[t] for t in served))
+                types = ", ".join(sorted(t.value for t in served))
+                report(f"{where} rules[{i}] is a {rule.kind} ({fits.value}), but ServiceAccount {dest} only backs "
+                       f"{types} mesh Services, so this rule never applies. Fix: use {kinds} instead "
+                       f"(AccessPolicy {'http_matches' if 'http' in types else 'tcp/udp'}), or fix the Service's "
+                       f"traffic-type annotation.", urn)
+
+
+traffic_target_valid = StackValidationPolicy(
+    name="lightmesh-traffic-target-valid",
+    description=("TrafficTargets have a destination, sources and rules; each rule's kind fits the destination "
+                 "Services' traffic type (HTTPRouteGroup for http, TCPRoute for tcp, UDPRoute for udp); referenced "
+                 "route objects and match names exist in the stack; HTTPRouteGroup path and header regexes compile."),
+    enforcement_level=EnforcementLevel.MANDATORY,
+    severity=Severity.HIGH,
+    config_schema=_schema(TRAFFIC_TARGET_DEFAULTS, {
+        "allow_external_routes": "Do not report rules naming route objects that this stack does not declare.",
+    }),
+    remediation_steps="Declare TrafficTargets through AccessPolicy, which creates matching route objects.",
+    validate=_validate_traffic_targets,
+)
+
+# ---------------------------------------------------------------------------------- 3. TrafficSplits
+
+TRAFFIC_SPLIT_DEFAULTS = {"assume_acl": False, "allow_external_services": False}
+
+
+def _whole_number(weight: Any) -> int | None:
+    """A whole-number weight (int, integral float — numbers travel as floats — or digit string)."""
+    if isinstance(weight, bool):
+        return None
+    if isinstance(weight, int):
+        return weight
+    if isinstance(weight, float) and weight.is_integer():
+        return int(weight)
+    if isinstance(weight, str) and re.fullmatch(r"\+?\d+", weight.strip()):
+        return int(weight)
+    return None
+
+
+def _split_loops(view: StackView) -> dict[int, list[str]]:
+    """For each split (by index) that is on a cycle of splits, the cycle as service names."""
+    roots: dict[tuple, int] = {}
+    for i, s in enumerate(view.splits):
+        if not is_unknown(s.namespace) and isinstance(s.service, str):
+            roots.setdefault((s.namespace, s.service), i)
+
+    def next_splits(i: int) -> list[int]:
+        s = view.splits[i]
+        backends = s.backends if isinstance(s.backends, list) else []
+        return [roots[(s.namespace, b.service)] for b in backends
+                if isinstance(b.service, str) and (s.namespace, b.service) in roots
+                and b.service != s.service]
+
+    loops: dict[int, list[str]] = {}
+    for start in range(len(view.splits)):
+        stack = [(start, [start])]
+        while stack:
+            node, path = stack.pop()
+            for nxt in next_splits(node):
+                if nxt == start:
+                    loops[start] = [view.splits[p].service for p in path] + [view.splits[start].service]
+                    stack.clear()
+                    break
+                if nxt not in path:
+                    stack.append((nxt, path + [nxt]))
+    return loops
+
+
+def _validate_traffic_splits(args: StackValidationArgs, report: ReportViolation) -> None:
+    cfg = _config(args.get_config(), TRAFFIC_SPLIT_DEFAULTS)
+    view = _view(args)
+    acl = _acl_active(view, cfg["assume_acl"])
+    loops = _split_loops(view)
+    roots_seen: dict[tuple, str] = {}
+    for index, split in enumerate(view.splits):
+        where, urn, ns = split.describe(), split.resource.urn, split.namespace
+        if is_unknown(ns) or is_unknown(split.service):
+            continue
+        if not isinstance(split.service, str) or not split.service:
+            report(f"{where} has no root service (spec.service). Fix: set TrafficSplitArgs service to the Service "
+                   f"clients call.", urn)
+            continue
+        root = split.service
+        if (ns, root) in roots_seen:
+            report(f"{where} splits Service {ns}/{root}, which {roots_seen[(ns, root)]} already splits: only one "
+                   f"TrafficSplit per root Service is applied. Fix: merge them into one TrafficSplit.", urn)
+        roots_seen.setdefault((ns, root), where)
+        if (ns, root) not in view.services and not cfg["allow_external_services"]:
+            report(f"{where} root Service {ns}/{root} is not declared in this stack. Fix: create the root Service "
+                   f"(the name clients call) in namespace {ns}.", urn)
+        if index in loops:
+            report(f"{where} is part of a loop of TrafficSplits: {' -> '.join(loops[index])}. Fix: point the "
+                   f"backends at Services that are not split roots.", urn)
+        for match in split.matches if isinstance(split.matches, list) else []:
+            kind, name = model.dig(match, "kind"), model.dig(match, "name")
+            if is_unknown(kind) or is_unknown(name):
+                continue
+            if kind not in (None, "HTTPRouteGroup"):
+                report(f"{where} match {name!r} has kind {kind!r}; only HTTPRouteGroup is supported.", urn)
+            elif view.route("HTTPRouteGroup", ns, name) is None:
+                report(f"{where} match references HTTPRouteGroup {ns}/{name}, which is not declared in this stack. "
+                       f"Fix: create it (TrafficSplit matches= creates one) or correct the name.", urn)
+        if is_unknown(split.backends):
+            continue
+        if not split.backends:
+            report(f"{where} has no backends. Fix: list at least one backend Service with a weight.", urn)
+            continue
+        total, whole, seen = 0, True, set()
+        for i, backend in enumerate(split.backends):
+            service = backend.service
+            if is_unknown(service):
+                whole = False
+                continue
+            if not isinstance(service, str) or not service:
+                report(f"{where} backends[{i}] has no service. Fix: set backends[{i}].service.", urn)
+                continue
+            if "." in service or "/" in service:
+                report(f"{where} backends[{i}] {service!r} is not a Service name: backends are Services in the "
+                       f"split's own namespace {ns}. Fix: use the bare Service name.", urn)
+            elif service == root:
+                report(f"{where} backends[{i}] is the root Service {root!r} itself: traffic would loop. Fix: point "
+                       f"the backend at a version-specific Service (e.g. {root}-v1).", urn)
+            elif (ns, service) not in view.services and not cfg["allow_external_services"]:
+                report(f"{where} backend Service {ns}/{service} is not declared in this stack (backends must exist "
+                       f"in the split's namespace {ns}). Fix: create it, or correct the name.", urn)
+            if service in seen:
+                report(f"{where} lists backend {service!r} twice. Fix: give each backend one entry.", urn)
+            seen.add(service)
+            if (ns, service) in {(s.namespace, s.service) for s in view.splits if s is not split} and service != root \
+                    and index not in loops:
+                report(f"{where} backend {service!r} is itself the root of another TrafficSplit: splits do not nest "
+                       f"(Lightmesh resolves a split in one hop). Fix: list that split's backends here directly.",
+                       urn)
+            if is_unknown(backend.weight):
+                whole = False
+                continue
+            weight = _whole_number(backend.weight)
+            if weight is None or weight < 0:
+                report(f"{where} backends[{i}] ({service}) weight {backend.weight!r} is not a whole number >= 0. "
+                       f"Fix: use integers such as 90 and 10.", urn)
+                whole = False
+                continue
+            total += weight
+        if whole and total <= 0:
+            report(f"{where} backend weights sum to {total}: no traffic could be routed. Fix: give at least one "
+                   f"backend a positive weight.", urn)
+        if acl is True:
+            _check_split_reachability(view, split, report)
+
+
+def _check_split_reachability(view: StackView, split: model.TrafficSplit, report: ReportViolation) -> None:
+    """In ACL mode whoever may call the root must be allowed to every backend: a caller allowed to v1
+    but not to v2 gets denied for exactly the share of requests routed to v2."""
+    ns = split.namespace
+
+    def accounts(service: str) -> set[Identity] | None:
+        svc = view.services.get((ns, service))
+        if svc is None:
+            return None
+        res = view.resolve(svc)
+        return None if res.reason or res.unknown else res.service_accounts
+
+    def allowed(identities: set[Identity]) -> set[Identity]:
+        out: set[Identity] = set()
+        for identity in identities:
+            for target in view.targets_for(identity):
+                if isinstance(target.sources, list):
+                    out |= {s for s in target.sources if isinstance(s, Identity)
+                            and not is_unknown(s.name) and not is_unknown(s.namespace)}
+        return out
+
+    backends = [b.service for b in split.backends if isinstance(b.service, str) and b.service != split.service]
+    backend_accounts = {b: accounts(b) for b in backends}
+    # The callers are whoever may call the root. An SMI root ("apex") Service often selects no pods of
+    # its own; then whoever may call any backend counts, so every backend must allow the same clients.
+    callers = allowed(accounts(split.service) or set())
+    if not callers:
+        for ids in backend_accounts.values():
+            callers |= allowed(ids or set())
+    for backend, ids in backend_accounts.items():
+        if not ids:
+            continue  # not resolvable from the stack: the coverage rule reports the Service itself
+        missing = callers - allowed(ids)
+        if not missing:
+            continue
+        who = ", ".join(sorted(map(str, missing)))
+        identity = sorted(ids, key=str)[0]
+        sources = ", ".join(f'{{"service_account": "{m.name}", "namespace": "{m.namespace}"}}'
+                            for m in sorted(missing, key=str))
+        report(f"{split.describe()} backend {backend!r} (ServiceAccount {', '.join(sorted(map(str, ids)))}) is not "
+               f"reachable by {who}, who may call the split: in ACL mode their requests routed to {backend!r} are "
+               f"denied. Fix: add {_access_policy_hint(identity, ann.TrafficType.HTTP, sources)} (or those sources "
+               f"to the AccessPolicy for {identity}).", split.resource.urn)
+
+
+traffic_split_valid = StackValidationPolicy(
+    name="lightmesh-traffic-split-valid",
+    description=("TrafficSplits: backends exist in the split's namespace and are not the root, weights are whole "
+                 "numbers with a positive sum, splits do not nest or loop, one split per root; in ACL mode every "
+                 "backend is reachable by everyone allowed to call the split."),
+    enforcement_level=EnforcementLevel.MANDATORY,
+    severity=Severity.HIGH,
+    config_schema=_schema(TRAFFIC_SPLIT_DEFAULTS, {
+        **_ACL_DEFAULTS_DESCRIPTIONS,
+        "allow_external_services": "Do not report root or backend Services that this stack does not declare.",
+    }),
+    remediation_steps="Fix the TrafficSplit's backends/weights; in ACL mode give every backend the same sources.",
+    validate=_validate_traffic_splits,
+)
+
+# ----------------------------------------------------------------------------- 4. mesh annotations
+
+ANNOTATIONS_DEFAULTS = {"report_unknown_keys": True}
+
+# annotation key → the MeshService argument that renders it (for the hint)
+_MESH_SERVICE_FIELD = {
+    ann.TRAFFIC_TYPE: "traffic_type", ann.SCHEME: "scheme", ann.RETRY_ATTEMPTS: "retry_attempts",
+    ann.CIRCUIT_BREAKER_EXPRESSION: "circuit_breaker_expression", ann.RATELIMIT_AVERAGE: "rate_limit_average",
+    ann.RATELIMIT_BURST: "rate_limit_burst", ann.REQUEST_TIMEOUT: "request_timeout",
+}
+
+
+def _validate_annotations(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type not in (model.SERVICE, model.SERVICE_PATCH):
+        return
+    cfg = _config(args.get_config(), ANNOTATIONS_DEFAULTS)
+    resource = _resource(args)
+    annotations = model.dig(resource.props, "metadata", "annotations")
+    if not isinstance(annotations, dict):
+        return
+    known = {k: v for k, v in annotations.items() if not is_unknown(v)}
+    name, _ = model.object_name(resource)
+    where = f"Service {model.namespace_of(resource.props)}/{name}"
+    _, errors = ann.parse_annotations_lenient(known)
+    for error in errors:
+        key = error.annotation.rsplit("/", 1)[-1]
+        report(f"{where}: {error}. The controller ignores this Service's mesh settings until it is fixed. Fix the "
+               f"annotation, or MeshService arg {_MESH_SERVICE_FIELD.get(key, key)}.")
+    if cfg["report_unknown_keys"]:
+        for full in sorted(known):
+            prefix = next((p for p in ann.PREFIXES if full.startswith(p)), None)
+            if prefix is None or full[len(prefix):] in ann.KEYS:
+                continue
+            guess = difflib.get_close_matches(full[len(prefix):], ann.KEYS, n=1)
+            hint = f"did you mean {prefix}{guess[0]}?" if guess else f"known keys: {', '.join(ann.KEYS)}"
+            report(f"{where}: annotation {full} is not a mesh setting and is ignored ({hint}).")
+
+
+service_annotations_valid = ResourceValidationPolicy(
+    name="lightmesh-service-annotations-valid",
+    description=("Mesh annotations on any Service (lightmesh.io/, mesh.traefik.io/, maesh.containo.us/) are valid "
+                 "by the controller's own parser: traffic type, scheme, whole numbers in range, rate limit pairs, "
+                 "durations, a parsable circuit-breaker expression; no misspelled keys."),
+    enforcement_level=EnforcementLevel.MANDATORY,
+    severity=Severity.MEDIUM,
+    config_schema=_schema(ANNOTATIONS_DEFAULTS, {
+        "report_unknown_keys": "Report keys under a mesh prefix that are not mesh settings (typos).",
+    }),
+    remediation_steps="Correct the annotation value (or the MeshService argument that renders it).",
+    validate=_validate_annotations,
+)
+
+# ------------------------------------------------------------------------------ 5. install hygiene
+
+
+def _mesh_workload(args: ResourceValidationArgs) -> tuple[model.Workload, str] | None:
+    resource = _resource(args)
+    workload = model.workload_from(resource)
+    if workload is None:
+        return None
+    role = model.workload_role(resource)
+    return (workload, role) if role else None
+
+
+IMAGES_DEFAULTS = {"require_digest": False, "disallowed_tags": ["latest"]}
+
+
+def image_pin_problem(image: str, require_digest: bool, disallowed: list[str]) -> str | None:
+    """Why ``image`` is not pinned, or None. A digest always pins; a tag pins unless disallowed."""
+    if "@" in image:
+        return None if image.split("@", 1)[1].startswith("sha256:") else "has a malformed digest"
+    if require_digest:
+        return "has no digest (require_digest is on)"
+    last = image.rsplit("/", 1)[-1]
+    if ":" not in last:
+        return "has no tag (it means :latest)"
+    tag = last.split(":", 1)[1]
+    if tag in disallowed:
+        return f"uses the floating tag :{tag}"
+    return None
+
+
+def _validate_images(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    found = _mesh_workload(args)
+    if not found:
+        return
+    workload, role = found
+    cfg = _config(args.get_config(), IMAGES_DEFAULTS)
+    for container in model.containers_of(workload.pod_spec):
+        image = container.get("image")
+        if not isinstance(image, str):
+            continue  # unknown during preview, or missing (the API server rejects that on its own)
+        if problem := image_pin_problem(image, bool(cfg["require_digest"]), list(cfg["disallowed_tags"] or [])):
+            report(f"Lightmesh {role} {workload.describe()} container {container.get('name')!r} image {image!r} "
+                   f"{problem}: nodes could run different mesh versions. Fix: pin a version tag or digest "
+                   f"(MeshInstallArgs image/tag, e.g. ghcr.io/lightmesh/lightmesh:0.1.0).")
+
+
+images_pinned = ResourceValidationPolicy(
+    name="lightmesh-images-pinned",
+    description="The Lightmesh controller and proxy images are pinned: a tag other than latest, or a digest.",
+    enforcement_level=EnforcementLevel.MANDATORY,
+    severity=Severity.MEDIUM,
+    config_schema=_schema(IMAGES_DEFAULTS, {
+        "require_digest": "Require an @sha256 digest, not just a tag.",
+        "disallowed_tags": "Tags that float and so do not count as pinned.",
+    }),
+    remediation_steps="Set MeshInstallArgs image to a versioned tag or a digest.",
+    validate=_validate_images,
+)
+
+RESOURCES_DEFAULTS = {"requests": ["cpu", "memory"], "limits": ["cpu", "memory"]}
+
+
+def _validate_resources(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    found = _mesh_workload(args)
+    if not found:
+        return
+    workload, role = found
+    cfg = _config(args.get_config(), RESOURCES_DEFAULTS)
+    for container in model.containers_of(workload.pod_spec):
+        resources = container.get("resources")
+        if is_unknown(resources):
+            continue
+        missing = []
+        for section in ("requests", "limits"):
+            values = model.dig(resources, section)
+            if is_unknown(values):
+                continue
+            missing += [f"{section}.{r}" for r in cfg[section] or [] if model.dig(values, r) in (None, "")]
+        if missing:
+            fields = ", ".join(f"{r}_{'request' if s == 'requests' else 'limit'}"
+                               for s, r in (m.split(".") for m in missing))
+            report(f"Lightmesh {role} {workload.describe()} container {container.get('name')!r} has no "
+                   f"{', '.join(missing)}: without them the scheduler cannot reserve room for the mesh and a leak "
+                   f"can starve the node. Fix: set MeshInstallArgs {role}_resources {fields}, or drop the "
+                   f"resource from this rule's requests/limits config if that is a deliberate choice.")
+
+
+install_resources = ResourceValidationPolicy(
+    name="lightmesh-install-resources",
+    description="The Lightmesh controller and proxy containers declare CPU and memory requests and limits.",
+    enforcement_level=EnforcementLevel.ADVISORY,
+    severity=Severity.LOW,
+    config_schema=_schema(RESOURCES_DEFAULTS, {
+        "requests": "Resources (cpu, memory) every mesh container must request.",
+        "limits": "Resources (cpu, memory) every mesh container must limit (e.g. [\"memory\"] to allow no CPU limit).",
+    }),
+    remediation_steps="Set requests and limits for the controller and proxy in MeshInstallArgs.",
+    validate=_validate_resources,
+)
+
+REQUIRE_ACL_DEFAULTS = {"require_acl": True}
+
+
+def _validate_require_acl(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    found = _mesh_workload(args)
+    if not found or found[1] != "controller":
+        return
+    cfg = _config(args.get_config(), REQUIRE_ACL_DEFAULTS)
+    if not cfg["require_acl"]:
+        return
+    workload = found[0]
+    if model.acl_flag(workload) is False:
+        report(f"Lightmesh controller {workload.describe()} runs without --acl: every pod can reach every mesh "
+               f"Service. Fix: MeshInstallArgs acl=True (stack config acl: true) plus an AccessPolicy for every "
+               f"mesh Service; for a dev stack set require_acl: false for lightmesh-require-acl in "
+               f"--policy-pack-config.")
+
+
+require_acl = ResourceValidationPolicy(
+    name="lightmesh-require-acl",
+    description="With require_acl (default true, for production stacks) the mesh is installed in ACL mode "
+                "(MeshInstall acl: true, i.e. the controller runs with --acl).",
+    enforcement_level=EnforcementLevel.MANDATORY,
+    severity=Severity.HIGH,
+    config_schema=_schema(REQUIRE_ACL_DEFAULTS, {
+        "require_acl": "Demand ACL mode (set false for development stacks).",
+    }),
+    remediation_steps="Set acl=True on MeshInstall and declare AccessPolicies for every mesh Service.",
+    validate=_validate_require_acl,
+)
+
+ALL_POLICIES = [
+    acl_service_has_traffic_target,
+    traffic_target_valid,
+    traffic_split_valid,
+    service_annotations_valid,
+    images_pinned,
+    install_resources,
+    require_acl,
+]
+
+POLICIES_BY_NAME: dict[str, Any] = {p.name: p for p in ALL_POLICIES}
+

@@ -1,0 +1,85 @@
+"""whoami (HTTP + TCP) in ACL mode with the Lightmesh components, plus one switchable defect."""
+import pulumi
+import pulumi_kubernetes as k8s
+
+from mesh_components import AccessPolicy, MeshInstall, MeshService, TrafficSplit
+
+cfg = pulumi.Config()
+NS = "whoami"
+cpu_limit = cfg.get("cpu_limit") or None
+resources = {"cpu_request": "100m", "memory_request": "128Mi", "memory_limit": "512Mi",
+             **({"cpu_limit": cpu_limit} if cpu_limit else {})}
+install_args = {"acl": cfg.get_bool("acl"), "controller_resources": resources, "proxy_resources": resources}
+if cfg.get("image"):
+    install_args["image"] = cfg.get("image")
+mesh = MeshInstall("mesh", install_args)
+after_mesh = pulumi.ResourceOptions(depends_on=[mesh])
+
+k8s.core.v1.Namespace("ns", metadata={"name": NS})
+for sa in ("whoami-server", "whoami-client"):
+    k8s.core.v1.ServiceAccount(sa, metadata={"name": sa, "namespace": NS})
+
+
+def app(name: str, image: str, sa: str = "whoami-server") -> None:
+    k8s.apps.v1.Deployment(name, metadata={"name": name, "namespace": NS}, spec={
+        "replicas": 2, "selector": {"matchLabels": {"app": name}},
+        "template": {"metadata": {"labels": {"app": name}},
+                     "spec": {"serviceAccountName": sa, "containers": [{"name": name, "image": image}]}}})
+
+
+app("whoami", "traefik/whoami:v1.6.0")
+app("whoami-tcp", "traefik/whoamitcp:v0.1.0")
+k8s.core.v1.Pod("client", metadata={"name": "client", "namespace": NS, "labels": {"app": "client"}},
+                spec={"serviceAccountName": "whoami-client",
+                      "containers": [{"name": "client", "image": "giantswarm/tiny-tools:3.9",
+                                      "command": ["sleep", "infinity"]}]})
+
+# whoami: an existing Service annotated by MeshService (ServicePatch); whoami-tcp: created by MeshService.
+k8s.core.v1.Service("whoami-svc", metadata={"name": "whoami", "namespace": NS},
+                    spec={"selector": {"app": "whoami"}, "ports": [{"port": 80, "targetPort": 80}]})
+MeshService("whoami", {"service_name": "whoami", "namespace": NS, "traffic_type": "http", "retry_attempts": 2},
+            opts=after_mesh)
+MeshService("whoami-tcp", {"service_name": "whoami-tcp", "namespace": NS, "traffic_type": "tcp",
+                           "ports": [{"port": 8080}], "selector": {"app": "whoami-tcp"}}, opts=after_mesh)
+
+client = [{"service_account": "whoami-client"}]
+if cfg.get("drop_access") != "http":
+    AccessPolicy("client-to-whoami", {"namespace": NS, "destination_service_account": "whoami-server",
+                                      "sources": client,
+                                      "http_matches": [{"name": "api", "path_regex": "/.*", "methods": ["GET"]}]},
+                 opts=after_mesh)
+if cfg.get("drop_access") != "tcp":
+    AccessPolicy("client-to-whoami-tcp", {"namespace": NS, "destination_service_account": "whoami-server",
+                                          "sources": client, "tcp": {"ports": [8080]}}, opts=after_mesh)
+if cfg.get_bool("udp_access"):
+    AccessPolicy("client-to-whoami-udp", {"namespace": NS, "destination_service_account": "whoami-server",
+                                          "sources": client, "udp": {}}, opts=after_mesh)
+
+split = cfg.get("split")
+if split:
+    for version in ("v1", "v2"):
+        app(f"whoami-{version}", "traefik/whoami:v1.6.0", sa=f"whoami-{version}")
+        MeshService(f"whoami-{version}", {"service_name": f"whoami-{version}", "namespace": NS,
+                                          "traffic_type": "http", "ports": [{"port": 80}],
+                                          "selector": {"app": f"whoami-{version}"}}, opts=after_mesh)
+        sources = client if (version == "v1" or split != "unreachable") else [{"service_account": "someone-else"}]
+        AccessPolicy(f"client-to-whoami-{version}", {"namespace": NS, "destination_service_account": f"whoami-{version}",
+                                                     "sources": sources,
+                                                     "http_matches": [{"name": "all", "path_regex": "/.*"}]},
+                     opts=after_mesh)
+    backends = {"ok": [("whoami-v1", 90), ("whoami-v2", 10)], "unreachable": [("whoami-v1", 90), ("whoami-v2", 10)],
+                "missing-backend": [("whoami-v1", 90), ("whoami-v3", 10)],
+                "root-backend": [("whoami-v1", 90), ("whoami", 10)]}[split]
+    TrafficSplit("canary", {"namespace": NS, "service": "whoami",
+                            "backends": [{"service": s, "weight": w} for s, w in backends]}, opts=after_mesh)
+
+if cfg.get("hand_annotation"):
+    # A Service annotated by hand, Traefik Mesh style (no component validates it).
+    app("legacy", "traefik/whoami:v1.6.0", sa="legacy")
+    k8s.core.v1.Service("legacy-svc", metadata={
+        "name": "legacy", "namespace": NS,
+        "annotations": {"mesh.traefik.io/traffic-type": "http",
+                        "mesh.traefik.io/retry-attempts": cfg.get("hand_annotation")}},
+        spec={"selector": {"app": "legacy"}, "ports": [{"port": 80}]})
+    AccessPolicy("client-to-legacy", {"namespace": NS, "destination_service_account": "legacy", "sources": client,
+                                      "http_matches": [{"name": "all", "path_regex": "/.*"}]}, opts=after_mesh)

@@ -1,0 +1,96 @@
+"""The whole pack over what the real components register: each Pulumi program runs under the SDK
+mock engine in a fresh subprocess (``lightmesh.local.render``), every registration (components,
+``ServicePatch``es, SMI objects) goes through the analyzer servicer the CLI uses.
+
+* the repository's examples: the ACL example passes; a copy with its AccessPolicy removed fails on
+  exactly the ACL-coverage rule; the root stack fails ``require_acl`` unless ``acl=true``;
+* ``programs/whoami_acl``: whoami in ACL mode built with MeshInstall/MeshService/AccessPolicy/
+  TrafficSplit, where one stack-config switch introduces one defect — each rule is seen passing and
+  failing on component output, not on hand-written dicts.
+"""
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lightmesh_policies.offline import check_program
+
+REPO = Path(__file__).resolve().parents[2]
+PROGRAM = Path(__file__).resolve().parent / "programs" / "whoami_acl"
+NO_CPU_LIMIT_OK = {"lightmesh-install-resources": {"limits": ["memory"]}}
+
+
+def summary(report):
+    return sorted({(v.policy, v.level) for v in report.violations})
+
+
+def test_acl_example_passes():
+    report = check_program(REPO / "examples" / "acl")
+    assert report.mandatory == []
+    # MeshInstall's default resources deliberately set no CPU limit: only the advisory rule notes it
+    assert summary(report) == [("lightmesh-install-resources", "advisory")]
+    assert all("has no limits.cpu" in v.message for v in report.violations)
+    assert check_program(REPO / "examples" / "acl", policy_config=NO_CPU_LIMIT_OK).violations == []
+
+
+def test_acl_example_without_its_access_policy_fails_on_exactly_that_rule(tmp_path):
+    examples = tmp_path / "examples"
+    shutil.copytree(REPO / "examples" / "acl", examples / "acl")
+    shutil.copy(REPO / "examples" / "_bootstrap.py", examples / "_bootstrap.py")
+    main = examples / "acl" / "__main__.py"
+    source = main.read_text()
+    assert "deploy_whoami(acl=True" in source
+    # the mesh stays in ACL mode; only the whoami AccessPolicy is left out
+    main.write_text(source.replace("deploy_whoami(acl=True", "deploy_whoami(acl=False"))
+    report = check_program(examples / "acl", policy_config=NO_CPU_LIMIT_OK)
+    assert summary(report) == [("lightmesh-acl-service-has-traffic-target", "mandatory")]
+    named = sorted(re.match(r"Service (\S+) \((\w+)\)", v.message).groups() for v in report.violations)
+    assert named == [("whoami/whoami", "http"), ("whoami/whoami-tcp", "tcp")]
+    assert all("AccessPolicy(" in v.message and 'destination_service_account="whoami-server"' in v.message
+               for v in report.violations)
+
+
+def test_root_stack_requires_acl_unless_configured():
+    report = check_program(REPO, policy_config=NO_CPU_LIMIT_OK)
+    assert summary(report) == [("lightmesh-require-acl", "mandatory")]
+    assert check_program(REPO, config=["acl=true"], policy_config=NO_CPU_LIMIT_OK).violations == []
+    dev = {**NO_CPU_LIMIT_OK, "lightmesh-require-acl": {"require_acl": False}}
+    assert check_program(REPO, policy_config=dev).violations == []
+
+
+def test_other_examples_pass():
+    for example in ("whoami", "canary"):
+        assert check_program(REPO / "examples" / example, policy_config=NO_CPU_LIMIT_OK).violations == [], example
+
+
+@pytest.mark.parametrize("config, expected, fragment", [
+    ([], [], None),
+    (["split=ok"], [], None),
+    (["acl=false"], [("lightmesh-require-acl", "mandatory")], "runs without --acl"),
+    (["drop_access=tcp"], [("lightmesh-acl-service-has-traffic-target", "mandatory")],
+     "Service whoami/whoami-tcp is tcp but no TrafficTarget for ServiceAccount whoami/whoami-server has a TCPRoute"),
+    (["drop_access=http"], [("lightmesh-acl-service-has-traffic-target", "mandatory")],
+     "Service whoami/whoami is http but no TrafficTarget for ServiceAccount whoami/whoami-server has a HTTPRouteGroup"),
+    (["udp_access=true"], [("lightmesh-traffic-target-valid", "mandatory")],
+     "TrafficTarget whoami/client-to-whoami-udp rules[0] is a UDPRoute (udp), but ServiceAccount "
+     "whoami/whoami-server only backs http, tcp mesh Services"),
+    (["image=ghcr.io/lightmesh/lightmesh:latest"], [("lightmesh-images-pinned", "mandatory")],
+     "uses the floating tag :latest"),
+    (["cpu_limit="], [("lightmesh-install-resources", "advisory")], "has no limits.cpu"),
+    (["split=missing-backend"], [("lightmesh-traffic-split-valid", "mandatory")],
+     "TrafficSplit whoami/canary backend Service whoami/whoami-v3 is not declared in this stack"),
+    (["split=root-backend"], [("lightmesh-traffic-split-valid", "mandatory")],
+     "TrafficSplit whoami/canary backends[1] is the root Service 'whoami' itself"),
+    (["split=unreachable"], [("lightmesh-traffic-split-valid", "mandatory")],
+     "backend 'whoami-v2' (ServiceAccount whoami/whoami-v2) is not reachable by whoami/whoami-client"),
+    (["hand_annotation=lots"], [("lightmesh-service-annotations-valid", "mandatory")],
+     "Service whoami/legacy: annotation mesh.traefik.io/retry-attempts='lots': must be a whole number"),
+])
+def test_each_rule_on_component_output(config, expected, fragment):
+    report = check_program(PROGRAM, config=config)
+    assert summary(report) == expected, [str(v) for v in report.violations]
+    if fragment:
+        assert any(fragment in v.message for v in report.violations), [v.message for v in report.violations]
+        assert all(v.urn.startswith("urn:pulumi:") for v in report.violations)

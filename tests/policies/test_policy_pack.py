@@ -1,0 +1,105 @@
+"""The pack as the Pulumi CLI drives it: the analyzer servicer with engine-style config (enforcement
+levels, properties, schema defaults), unknown values arriving over the wire, and ``__main__.py``
+really building and serving ``lightmesh-policies``."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pulumi_policy.proxy import UNKNOWN_ARRAY_VALUE, UNKNOWN_OBJECT_VALUE, UNKNOWN_STRING_VALUE
+
+from lightmesh_policies import ALL_POLICIES, PACK_NAME
+from lightmesh_policies.offline import OfflineCheckError, analyze, render_env, resolve_policy_config
+from pulumi_policy import EnforcementLevel
+from policykit import controller, service, whoami_acl_stack
+
+PACK_DIR = Path(__file__).resolve().parents[2] / "policies"
+
+
+def as_registrations(stack):
+    return [{"type": r.type, "name": r.name, "urn": r.urn, "parent": None, "props": r.props} for r in stack]
+
+
+def insecure_stack():
+    """Seed ACL setup, but the controller runs without --acl."""
+    return [controller(acl=False) if r.name == "lightmesh-controller" else r for r in whoami_acl_stack()]
+
+
+def test_default_levels_and_clean_stack():
+    assert analyze(as_registrations(whoami_acl_stack())).violations == []
+    report = analyze(as_registrations(insecure_stack()))
+    [v] = report.violations
+    assert (v.policy, v.level) == ("lightmesh-require-acl", "mandatory")
+    assert v.message.startswith("Lightmesh controller Deployment lightmesh/lightmesh-controller runs without --acl")
+    assert v.urn.endswith("::lightmesh-controller")
+
+
+@pytest.mark.parametrize("config, level", [
+    ({"lightmesh-require-acl": "advisory"}, "advisory"),
+    ({"all": "advisory"}, "advisory"),
+    ({"all": "advisory", "lightmesh-require-acl": "mandatory"}, "mandatory"),
+    ({"lightmesh-require-acl": {"enforcementLevel": "advisory"}}, "advisory"),
+    ({"lightmesh-require-acl": "disabled"}, None),
+    ({"lightmesh-require-acl": {"require_acl": False}}, None),
+])
+def test_policy_pack_config_changes_enforcement_and_properties(config, level):
+    violations = analyze(as_registrations(insecure_stack()), config).violations
+    assert [v.level for v in violations] == ([level] if level else [])
+
+
+def test_schema_defaults_are_filled_in_like_the_cli_does():
+    resolved = resolve_policy_config({"lightmesh-install-resources": {"limits": ["memory"]}})
+    level, props = resolved["lightmesh-install-resources"]
+    assert level == EnforcementLevel.ADVISORY and props == {"requests": ["cpu", "memory"], "limits": ["memory"]}
+    assert resolved["lightmesh-require-acl"] == (EnforcementLevel.MANDATORY, {"require_acl": True})
+    assert set(resolved) == {p.name for p in ALL_POLICIES}
+
+
+@pytest.mark.parametrize("config, error", [
+    ({"lightmesh-no-such-rule": "advisory"}, "unknown policy 'lightmesh-no-such-rule'"),
+    ({"lightmesh-require-acl": {"requireAcl": False}}, "has no property 'requireAcl'"),
+    ({"all": "strict"}, "enforcement level must be one of"),
+])
+def test_bad_policy_config_is_a_clear_error(config, error):
+    with pytest.raises(OfflineCheckError, match=error):
+        resolve_policy_config(config)
+
+
+def test_unknown_values_over_the_wire_skip_only_what_is_unknown():
+    stack = whoami_acl_stack()
+    # a Service whose annotations are computed, a TrafficTarget whose rules are, a controller whose args are
+    for r in stack:
+        if r.name == "whoami-svc":
+            r.props["metadata"]["annotations"] = UNKNOWN_OBJECT_VALUE
+        if r.name == "client-to-server-tt":
+            r.props["spec"]["rules"] = UNKNOWN_ARRAY_VALUE
+    stack.append(service("whoami", "broken", {"lightmesh.io/scheme": "ftp",
+                                              "lightmesh.io/retry-attempts": UNKNOWN_STRING_VALUE},
+                         {"app": "whoami"}))
+    report = analyze(as_registrations(stack))
+    # no "can't run policy ... during preview" diagnostics: every rule ran and judged the known parts
+    assert not any("during preview" in v.message for v in report.violations)
+    assert [(v.policy, "scheme" in v.message) for v in report.violations] == \
+        [("lightmesh-service-annotations-valid", True)]
+    controller_unknown = controller()
+    controller_unknown.props["spec"]["template"]["spec"]["containers"][0]["args"] = UNKNOWN_ARRAY_VALUE
+    assert analyze(as_registrations([controller_unknown])).violations == []
+
+
+def test_main_builds_and_serves_the_pack():
+    """``policies/__main__.py`` is what the CLI runs: it must start the analyzer (it prints its port)."""
+    proc = subprocess.Popen([sys.executable, str(PACK_DIR / "__main__.py")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=PACK_DIR,
+                            env=render_env())
+    try:
+        port = proc.stdout.readline().strip()
+        assert port.isdigit() and int(port) > 0, proc.stderr.read() if proc.poll() is not None else port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+        proc.stderr.close()
+    source = (PACK_DIR / "__main__.py").read_text()
+    assert "PolicyPack(name=PACK_NAME" in source and PACK_NAME == "lightmesh-policies"
+    assert "version: 0.1.0" in (PACK_DIR / "PulumiPolicy.yaml").read_text()
