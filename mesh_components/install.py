@@ -52,14 +52,14 @@ class LogFormat(str, Enum):
 
 
 class ResourcesArgs(TypedDict):
-    """CPU and memory requests/limits of a container (Kubernetes quantities)."""
+    """CPU and memory requests/limits of a container (Kubernetes quantities; "" removes a default)."""
 
     cpu_request: NotRequired[str]
     """CPU request, e.g. ``100m``."""
     memory_request: NotRequired[str]
     """Memory request, e.g. ``64Mi``."""
     cpu_limit: NotRequired[str]
-    """CPU limit (unset = none)."""
+    """CPU limit, e.g. ``1`` (``""`` = no CPU limit)."""
     memory_limit: NotRequired[str]
     """Memory limit, e.g. ``256Mi``."""
 
@@ -121,9 +121,9 @@ class MeshInstallArgs(TypedDict):
     controller_replicas: NotRequired[int]
     """Controller replicas (default 2; one leads, all serve config and DNS)."""
     controller_resources: NotRequired[ResourcesArgs]
-    """Controller container resources (default requests 100m / 128Mi, memory limit 512Mi)."""
+    """Controller container resources (default requests 100m / 128Mi, limits 1 CPU / 512Mi)."""
     proxy_resources: NotRequired[ResourcesArgs]
-    """Proxy container resources (default requests 100m / 128Mi, memory limit 512Mi)."""
+    """Proxy container resources (default requests 100m / 128Mi, limits 2 CPU / 512Mi)."""
     proxy_workers: NotRequired[int]
     """Proxy worker processes per node (default 2)."""
     proxy_max_surge: NotRequired[int]
@@ -254,7 +254,12 @@ class MeshInstall(pulumi.ComponentResource):
 
 
 # ------------------------------------------------------------------------------ pure settings
-_DEFAULT_RESOURCES = {"cpu_request": "100m", "memory_request": "128Mi", "memory_limit": "512Mi"}
+# Limits on both CPU and memory so the install passes its own policy pack (lightmesh-install-resources).
+# The proxy's CPU limit matches its default 2 workers: one core each, no throttling at full load.
+_DEFAULT_CONTROLLER_RESOURCES = {"cpu_request": "100m", "memory_request": "128Mi", "cpu_limit": "1",
+                                 "memory_limit": "512Mi"}
+_DEFAULT_PROXY_RESOURCES = {"cpu_request": "100m", "memory_request": "128Mi", "cpu_limit": "2",
+                            "memory_limit": "512Mi"}
 
 
 def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
@@ -291,8 +296,8 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
         "watch_namespaces": list(args.get("watch_namespaces") or []),
         "ignore_namespaces": list(args.get("ignore_namespaces") or []),
         "controller_replicas": args.get("controller_replicas", 2),
-        "controller_resources": {**_DEFAULT_RESOURCES, **(args.get("controller_resources") or {})},
-        "proxy_resources": {**_DEFAULT_RESOURCES, **(args.get("proxy_resources") or {})},
+        "controller_resources": {**_DEFAULT_CONTROLLER_RESOURCES, **(args.get("controller_resources") or {})},
+        "proxy_resources": {**_DEFAULT_PROXY_RESOURCES, **(args.get("proxy_resources") or {})},
         "proxy_workers": args.get("proxy_workers", 2),
         "proxy_max_surge": args.get("proxy_max_surge", 1),
         "proxy_tolerations": list(args.get("proxy_tolerations", [{"operator": "Exists"}])),
@@ -350,7 +355,8 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
         for key, value in s[which].items():
             if key not in ResourcesArgs.__annotations__:
                 raise check.fail(f"{which}.{key} is not a known field (cpu_request, memory_request, cpu_limit, memory_limit)")
-            check.quantity(f"{which}.{key}", value)
+            if value != "":  # "" removes a default (e.g. teams that run proxies without CPU limits)
+                check.quantity(f"{which}.{key}", value)
     for i, t in enumerate(s["proxy_tolerations"]):
         if not isinstance(t, Mapping) or set(t) - set(TolerationArgs.__annotations__):
             raise check.fail(f"proxy_tolerations[{i}] must only have key, operator, value, effect; got {t!r}")

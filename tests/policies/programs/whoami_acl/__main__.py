@@ -6,9 +6,9 @@ from mesh_components import AccessPolicy, MeshInstall, MeshService, TrafficSplit
 
 cfg = pulumi.Config()
 NS = "whoami"
-cpu_limit = cfg.get("cpu_limit") or None
+cpu_limit = cfg.get("cpu_limit")  # unset: MeshInstall's default; "" removes the CPU limit
 resources = {"cpu_request": "100m", "memory_request": "128Mi", "memory_limit": "512Mi",
-             **({"cpu_limit": cpu_limit} if cpu_limit else {})}
+             **({"cpu_limit": cpu_limit} if cpu_limit is not None else {})}
 install_args = {"acl": cfg.get_bool("acl"), "controller_resources": resources, "proxy_resources": resources}
 if cfg.get("image"):
     install_args["image"] = cfg.get("image")
