@@ -77,3 +77,10 @@ def test_registrations_include_components_and_patches():
                  capture_output=True, text=True, timeout=120, env=lightmesh_env(), check=True)
     types = __import__("json").loads(out.stdout.strip().splitlines()[-1])
     assert "kubernetes:core/v1:ConfigMapPatch" in types and "kubernetes:apps/v1:Deployment" in types
+
+
+def test_integral_numbers_stay_integers(tmp_path):
+    assert render("basic", tmp_path).returncode == 0
+    deployment = load(tmp_path)["Deployment/web"]
+    assert type(deployment["spec"]["replicas"]) is int
+    assert type(deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]) is int

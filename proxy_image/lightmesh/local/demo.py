@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lightmesh import wire
+from lightmesh.local.cluster import ManifestError
 from lightmesh.local.harness import LocalMesh, LocalModeError
 from lightmesh.local.traffic import HTTPClient, hostnames, http_burst, tcp_exchange
 
@@ -218,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
     samples: Samples = {}
     try:
         checks = asyncio.run(tour(example, args.dns_port, args.log_level, samples))
-    except LocalModeError as exc:
+    except (LocalModeError, ManifestError) as exc:
         print(f"lightmesh demo: {exc}", file=sys.stderr)
         return 1
     print_table(checks)

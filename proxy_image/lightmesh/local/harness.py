@@ -158,10 +158,14 @@ class LocalMesh:
         self.start_controller()
         await self.wait_ready(timeout)
 
-    async def stop(self) -> None:
-        await asyncio.to_thread(_terminate, self.proxy)
-        await asyncio.to_thread(_terminate, self.controller)
+    def terminate_processes(self) -> None:
+        """Synchronous safety net (test teardown, atexit): stop the child processes."""
+        _terminate(self.proxy)
+        _terminate(self.controller)
         self.proxy = self.controller = None
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.terminate_processes)
         for standins in self.standins.values():
             for standin in standins:
                 await standin.kill()
@@ -201,19 +205,27 @@ class LocalMesh:
 
     async def wait_for_config_applied(self, deadline: float) -> None:
         """Until the proxy applied the controller's newest config and its listeners answer."""
+        latest: dict = {}
 
         def current() -> bool:
+            # Compare content hashes, not versions: a restarted controller may number the same
+            # content differently, and the proxy rightly keeps a config whose ETag still matches.
             want = _http_json(self.api_url + wire.CONFIG_PATH + "?wait=0")
             have = _http_json(self.admin_url + "/api/rawdata")
-            return bool(want and have) and _version_of(have) == want.get("version")
+            if not (want and have) or _hash_of(have) != want.get("hash"):
+                return False
+            latest.update(want)
+            # ... and every worker process switched to it (the supervisor hands configs out)
+            return all(w.get("applied_version") == have.get("version") for w in have.get("workers") or []
+                       if w.get("alive", True))
 
         await self._poll(current, deadline, "proxy applied the newest config")
-        for access in self.services():
-            if not access.address or access.traffic_type == "udp":
-                continue
-            for port in access.ports:
-                await self._poll(lambda a=access.address, p=port["port"]: _accepts(a, p), deadline,
-                                 f"{access.namespace}/{access.name} listening on {access.address}:{port['port']}")
+        # exactly the TCP listeners that config declares (a Service left out has none, by design)
+        listeners = [(e["address"], e["port"]) for e in (latest.get("http") or {}).get("entry_points", [])]
+        listeners += [(r["address"], r["port"]) for r in latest.get("tcp") or []]
+        for address, port in listeners:
+            address = "127.0.0.1" if address in ("0.0.0.0", "::") else address
+            await self._poll(lambda a=address, p=port: _accepts(a, p), deadline, f"proxy listening on {address}:{port}")
 
     async def _poll(self, check, deadline: float, what: str) -> None:
         while True:
@@ -350,12 +362,10 @@ def _http_json(url: str) -> dict | None:
         return None
 
 
-def _version_of(rawdata: dict) -> int | None:
-    """The proxy's /api/rawdata reports the version in force (top level or inside the config)."""
-    if isinstance(rawdata.get("version"), int):
-        return rawdata["version"]
+def _hash_of(rawdata: dict) -> str | None:
+    """The content hash of the config the proxy has in force (``/api/rawdata``)."""
     config = rawdata.get("config") or {}
-    return config.get("version") if isinstance(config, dict) else None
+    return config.get("hash") if isinstance(config, dict) else rawdata.get("hash")
 
 
 def _accepts(address: str, port: int) -> bool:

@@ -217,7 +217,7 @@ def _read_existing(typ: str, resource_id: str) -> dict:
 
 
 def _clean(obj):
-    """Drop Pulumi-only keys and empty values so the YAML reads like a hand-written manifest."""
+    """Drop Pulumi-only keys and empty values, restore ints: YAML that reads like a hand-written manifest."""
     if isinstance(obj, dict):
         out = {}
         for key, value in obj.items():
@@ -227,6 +227,8 @@ def _clean(obj):
         return out
     if isinstance(obj, list):
         return [_clean(v) for v in obj]
+    if isinstance(obj, float) and obj.is_integer():
+        return int(obj)  # the engine's wire format (protobuf Struct) turns every int into a float
     return obj
 
 

@@ -99,6 +99,8 @@ def tcp_exchange(address: str, port: int, payload: bytes, source: str | None = N
                 chunk = sock.recv(65536)
             except socket.timeout:
                 break
+            except ConnectionResetError:  # a denied connection may be reset rather than closed
+                break
             if not chunk:
                 break
             received += chunk
