@@ -25,6 +25,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoints", metavar="FILE", help="write services, pods, DNS and admin URLs as JSON")
     parser.add_argument("--proxy-workers", type=int, default=1, help="proxy worker processes (default 1)")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--telemetry", action="store_true",
+                        help="print a live table (req/s by code class, errors, p50/p99, retries, 429s, 403s per "
+                             "service) from the proxy's /metrics, refreshed every --interval seconds")
+    parser.add_argument("--interval", type=float, default=2.0, help="telemetry refresh interval (default 2 s)")
 
 
 def describe(mesh: LocalMesh) -> str:
@@ -49,6 +53,43 @@ def describe(mesh: LocalMesh) -> str:
     return "\n".join(lines)
 
 
+async def _scrape(url: str):
+    import time
+    import urllib.request
+
+    from lightmesh import telemetry
+
+    def fetch() -> str:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.read().decode()
+
+    text = await asyncio.to_thread(fetch)
+    return telemetry.parse(text, at=time.monotonic())
+
+
+async def _telemetry(mesh: LocalMesh, stop: asyncio.Event, interval: float) -> None:
+    """Refresh a summary table until stopped; on a terminal, redraw in place."""
+    from lightmesh import telemetry
+
+    redraw = sys.stdout.isatty()
+    previous = await _scrape(mesh.admin_url + "/metrics")
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), interval)
+            break
+        except asyncio.TimeoutError:
+            pass
+        try:
+            current = await _scrape(mesh.admin_url + "/metrics")
+        except OSError as exc:
+            print(f"telemetry: proxy metrics unavailable ({exc})", flush=True)
+            continue
+        table = telemetry.summary_table(telemetry.service_stats(previous, current),
+                                        f"Lightmesh telemetry — last {current.at - previous.at:.1f} s")
+        previous = current
+        print(("\033[H\033[J" if redraw else "\n") + table, flush=True)
+
+
 async def _run(args: argparse.Namespace) -> int:
     mesh = LocalMesh(args.path, acl=args.acl, dns_port=args.dns_port, proxy_workers=args.proxy_workers,
                      log_level=args.log_level)
@@ -63,6 +104,8 @@ async def _run(args: argparse.Namespace) -> int:
         for warning in mesh.cluster.warnings:
             print(f"note: {warning}")
         print(describe(mesh), flush=True)
+        if args.telemetry:
+            await _telemetry(mesh, stop, args.interval)
         await stop.wait()
         print("stopping…", flush=True)
         return 0
