@@ -13,6 +13,8 @@ import sys
 
 # name → (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "proxy": ("lightmesh.proxy.main", "Run the per-node data-plane proxy (HTTP/TCP/UDP)"),
+    "controller": ("lightmesh.controller.main", "Run the controller: watch the cluster, serve proxy config and mesh DNS"),
     "config-schema": ("lightmesh.cli_schema", "Print the JSON schema of the proxy configuration"),
     "version": ("lightmesh.cli_schema", "Print the Lightmesh version"),
     "local": ("lightmesh.local.main", "Run the whole mesh on loopback from manifests or a Pulumi program"),

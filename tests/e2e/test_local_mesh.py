@@ -1,0 +1,196 @@
+"""End to end on loopback: stand-ins, the real controller (file source), mesh DNS and proxy.
+
+These use the same harness as ``lightmesh demo`` (not its printout) and real sockets only.
+"""
+
+import asyncio
+import socket
+import threading
+import time
+
+import pytest
+import yaml
+
+from lightmesh.local.harness import LocalMesh, _http_json, free_port
+from lightmesh.local.traffic import HTTPClient, hostnames, http_burst, tcp_exchange, udp_exchange
+
+import manifests
+
+HOST = "whoami.whoami.traefik.mesh"
+
+
+def free_dns_port() -> int:
+    """A port free for both UDP and TCP (the mesh DNS serves both)."""
+    for _ in range(50):
+        port = free_port(kind=socket.SOCK_DGRAM)
+        with socket.socket() as tcp:
+            try:
+                tcp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free DNS port")
+
+
+def run(coro, timeout=120):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def started(mesh, scenario):
+    """Start the mesh, run the scenario, stop everything on this same event loop."""
+    async with mesh:
+        await scenario()
+
+
+def write(tmp_path, objects) -> str:
+    path = tmp_path / "manifests"
+    path.mkdir(exist_ok=True)
+    (path / "app.yaml").write_text(yaml.safe_dump_all(objects))
+    return str(path)
+
+
+def service(mesh, name):
+    [svc] = [s for s in mesh.services() if s.name == name]
+    return svc
+
+
+@pytest.fixture
+def mesh_factory(tmp_path):
+    meshes = []
+
+    def make(objects, **kwargs):
+        mesh = LocalMesh(write(tmp_path, objects), dns_port=free_dns_port(), work_dir=tmp_path / f"w{len(meshes)}",
+                         **kwargs)
+        meshes.append(mesh)
+        return mesh
+
+    yield make
+    for mesh in meshes:  # scenarios stop their mesh themselves; this only catches leaked processes
+        mesh.terminate_processes()
+
+
+def test_http_tcp_udp_and_dns_through_the_mesh(mesh_factory):
+    mesh = mesh_factory(manifests.whoami(acl_policy=False))
+
+    async def scenario():
+        addresses = mesh.resolve(HOST)
+        assert len(addresses) == 1 and addresses[0].startswith("127.1.")
+        assert mesh.resolve("whoami.whoami.maesh") == addresses == mesh.resolve("whoami.whoami.lightmesh")
+        assert mesh.resolve("nope.whoami.traefik.mesh") == []
+        http = await asyncio.to_thread(http_burst, addresses[0], 80, HOST, 10)
+        assert [r.status for r in http] == [200] * 10
+        names = [r.hostname for r in http]
+        assert len(set(names)) == 2 and all(a != b for a, b in zip(names, names[1:])), names  # round robin
+        tcp = service(mesh, "whoami-tcp")
+        assert await asyncio.to_thread(tcp_exchange, tcp.address, 8080, b"my data") == b"Received: my data"
+        udp = service(mesh, "whoami-udp")
+        assert await asyncio.to_thread(udp_exchange, udp.address, 8080, b"hello") == b"Received: hello"
+        # the request arrived with the client's own address preserved in X-Forwarded-For
+        assert "X-Forwarded-For: 127.0.0.1" in http[0].body.decode()
+
+    run(started(mesh, scenario))
+
+
+def test_replica_crash_is_absorbed_by_retries(mesh_factory):
+    mesh = mesh_factory(manifests.whoami(acl_policy=False))
+
+    async def scenario():
+        svc = service(mesh, "whoami")
+        results = []
+
+        def traffic():
+            with HTTPClient(svc.address, 80, HOST) as client:
+                for _ in range(150):
+                    results.append(client.get("/"))
+
+        task = asyncio.create_task(asyncio.to_thread(traffic))
+        while len(results) < 30 and not task.done():
+            await asyncio.sleep(0.005)
+        victim = sorted(p for p in mesh.standins if p.startswith("whoami/whoami-") and "tcp" not in p
+                        and "udp" not in p)[0]
+        await mesh.kill_pod(*victim.split("/"))
+        await task
+        assert [r.error for r in results if r.status != 200] == []
+        assert len(results) == 150
+        assert victim.split("/")[1] not in hostnames(results[-30:])
+
+    run(started(mesh, scenario))
+
+
+def test_acl_mode_identity_is_the_source_address(mesh_factory):
+    mesh = mesh_factory(manifests.whoami(acl_policy=True), acl=True)
+
+    async def scenario():
+        svc = service(mesh, "whoami")
+        client_ip = mesh.cluster.pods_of("whoami", "whoami-client")[0]["status"]["podIP"]
+        server_ip = mesh.cluster.pods_of("whoami", "whoami-server")[0]["status"]["podIP"]
+        with HTTPClient(svc.address, 80, HOST, source=client_ip) as c:
+            assert (await asyncio.to_thread(c.get, "/")).status == 200
+        with HTTPClient(svc.address, 80, HOST, source=server_ip) as c:
+            assert (await asyncio.to_thread(c.get, "/")).status == 403
+        with HTTPClient(svc.address, 80, HOST, source=client_ip) as c:  # a spoofed header changes nothing
+            assert (await asyncio.to_thread(c.get, "/", {"X-Forwarded-For": client_ip})).status == 200
+        with HTTPClient(svc.address, 80, HOST, source=server_ip) as c:
+            assert (await asyncio.to_thread(c.get, "/", {"X-Forwarded-For": client_ip})).status == 403
+        tcp = service(mesh, "whoami-tcp")
+        assert await asyncio.to_thread(tcp_exchange, tcp.address, 8080, b"hi", client_ip) == b"Received: hi"
+        assert await asyncio.to_thread(tcp_exchange, tcp.address, 8080, b"hi", server_ip) == b""  # closed at once
+
+    run(started(mesh, scenario))
+
+
+def test_config_change_while_traffic_flows_and_bad_annotation_is_isolated(mesh_factory):
+    mesh = mesh_factory(manifests.whoami(acl_policy=False))
+
+    async def scenario():
+        svc = service(mesh, "whoami")
+        results, stop = [], threading.Event()
+
+        def traffic():
+            deadline = time.monotonic() + 60
+            with HTTPClient(svc.address, 80, HOST) as client:
+                while not stop.is_set() and time.monotonic() < deadline and len(results) < 20000:
+                    results.append(client.get("/"))
+
+        task = asyncio.create_task(asyncio.to_thread(traffic))
+        await mesh.apply([
+            manifests.extra_service("limited", {"lightmesh.io/ratelimit-average": "5",
+                                                "lightmesh.io/ratelimit-burst": "10"}),
+            manifests.extra_service("broken", {"lightmesh.io/retry-attempts": "many"}),
+        ])
+        stop.set()
+        await task
+        assert len(results) > 10
+        assert [r.error for r in results if r.status != 200] == []  # zero failed requests during the change
+        limited = service(mesh, "limited")
+        burst = await asyncio.to_thread(http_burst, limited.address, 80, "limited.whoami.traefik.mesh", 25)
+        statuses = [r.status for r in burst]
+        assert statuses.count(429) > 0 and statuses.count(200) >= 10
+        assert all("retry-after" in r.headers for r in burst if r.status == 429)
+        # the malformed annotation leaves that one Service out and reports it; the rest is served
+        broken_ips = mesh.resolve("broken.whoami.traefik.mesh")
+        if broken_ips:
+            [answer] = await asyncio.to_thread(http_burst, broken_ips[0], 80, "broken.whoami.traefik.mesh", 1)
+            assert answer.status != 200
+        topology = _http_json(mesh.api_url + "/api/topology/current")
+        assert "retry-attempts" in str(topology) and "many" in str(topology)
+        again = await asyncio.to_thread(http_burst, svc.address, 80, HOST, 5)
+        assert [r.status for r in again] == [200] * 5
+
+    run(started(mesh, scenario))
+
+
+def test_controller_restart_keeps_ports_and_traffic(mesh_factory):
+    mesh = mesh_factory(manifests.whoami(acl_policy=False))
+
+    async def scenario():
+        before = {s.name: s.address for s in mesh.services()}
+        await mesh.restart_controller()
+        after = {s.name: s.address for s in mesh.services()}
+        assert before == after and all(after.values())
+        tcp = service(mesh, "whoami-tcp")
+        assert await asyncio.to_thread(tcp_exchange, tcp.address, 8080, b"again") == b"Received: again"
+        results = await asyncio.to_thread(http_burst, after["whoami"], 80, HOST, 4)
+        assert [r.status for r in results] == [200] * 4
+
+    run(started(mesh, scenario))
