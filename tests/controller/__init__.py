@@ -1,0 +1,1 @@
+"""Controller tests: pure core with golden files, shell against kmock."""
