@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest
 
+# The whole mesh on loopback (local mode) with a scripted tour of real traffic; exit 0 = every check passed.
+demo: $(STAMP)
+	$(VENV)/bin/lightmesh demo
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
 

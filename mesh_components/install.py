@@ -13,7 +13,9 @@ Children (names derived from the instance name; Kubernetes names from ``lightmes
   is needed to bind), plus a PodDisruptionBudget;
 * the proxy DaemonSet (probes on ``/ping`` and ``/live``, mesh port ranges, surge rolling update,
   tolerations, node selector, priority class);
-* the cluster DNS forwarding of the mesh domains (:mod:`mesh_components.cluster_dns`).
+* the cluster DNS forwarding of the mesh domains (:mod:`mesh_components.cluster_dns`);
+* observability (:mod:`mesh_components.observability`): scrape annotations, the Grafana dashboard
+  ConfigMap, and on request Jaeger, a ServiceMonitor and a bundled Prometheus.
 
 The container command lines are built by pure functions (:func:`controller_command`,
 :func:`proxy_command`) that the tests and the controller/proxy CLIs agree on.
@@ -25,7 +27,7 @@ from typing import Any, Mapping, NotRequired, Optional, TypedDict
 import pulumi
 import pulumi_kubernetes as k8s
 
-from mesh_components import smi
+from mesh_components import observability, smi
 from mesh_components._common import DEFAULT_IMAGE, Checker, child_options, is_known, type_token, when_known
 from mesh_components.cluster_dns import ClusterDnsPatch, DnsStyle
 from lightmesh import wire
@@ -113,7 +115,12 @@ class MeshInstallArgs(TypedDict):
     log_format: NotRequired[LogFormat]
     """Log format (default text)."""
     otlp_endpoint: NotRequired[str]
-    """OpenTelemetry OTLP/HTTP endpoint for traces, e.g. ``http://otel-collector.observability:4318``."""
+    """OpenTelemetry OTLP/HTTP endpoint for traces, e.g. ``http://otel-collector.observability:4318``
+    (shorthand for ``tracing: {mode: otlp, endpoint: ...}``)."""
+    tracing: NotRequired[observability.TracingArgs]
+    """Tracing: off (default), an existing OTLP endpoint, or a bundled Jaeger; sampling ratio."""
+    metrics: NotRequired[observability.MetricsArgs]
+    """Metrics: scrape annotations and Grafana dashboard (on by default), ServiceMonitor, bundled Prometheus."""
     watch_namespaces: NotRequired[list[str]]
     """Only mesh Services in these namespaces (default: all)."""
     ignore_namespaces: NotRequired[list[str]]
@@ -217,8 +224,9 @@ class MeshInstall(pulumi.ComponentResource):
             spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
                 min_available=1, selector=k8s.meta.v1.LabelSelectorArgs(match_labels=dict(wire.CONTROLLER_POD_LABELS))),
             opts=in_ns)
+        service_labels = {**controller_labels, **({observability.METRICS_LABEL: "true"} if s["service_monitor"] else {})}
         service = k8s.core.v1.Service(
-            f"{name}-controller-service", metadata=_meta(wire.CONTROLLER_NAME, ns, controller_labels),
+            f"{name}-controller-service", metadata=_meta(wire.CONTROLLER_NAME, ns, service_labels),
             spec=k8s.core.v1.ServiceSpecArgs(
                 selector=dict(wire.CONTROLLER_POD_LABELS),
                 ports=[k8s.core.v1.ServicePortArgs(name="api", port=s["api_port"], target_port="api", protocol="TCP"),
@@ -239,6 +247,23 @@ class MeshInstall(pulumi.ComponentResource):
             self.children["cluster-dns"] = ClusterDnsPatch(f"{name}-cluster-dns", style=s["dns_style"], dns_namespace=s["dns_namespace"],
                             domains=s["domains"], dns_ip=self.dns_service_ip, kubeconfig=s["kubeconfig"],
                             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[controller])))
+
+        # ------------------------------------------------------------------ observability
+        addon_opts = pulumi.ResourceOptions.merge(
+            in_ns, pulumi.ResourceOptions(depends_on=[self.children["namespace"]] if "namespace" in self.children else []))
+        addons: list[tuple[str, dict]] = []
+        if s["tracing_mode"] == "jaeger":
+            addons += [(f"jaeger-{m['kind'].lower()}", m) for m in observability.jaeger_manifests(ns_name, s["jaeger_image"])]
+        if s["service_monitor"]:
+            addons += [("proxy-metrics-service", observability.proxy_metrics_service(ns_name)),
+                       ("service-monitor", observability.service_monitor(ns_name))]
+        if s["prometheus"]:
+            addons += [(f"prometheus-{m['kind'].lower()}", m)
+                       for m in observability.prometheus_manifests(ns_name, s["prometheus_image"])]
+        if s["dashboard"]:
+            addons.append(("dashboard", observability.dashboard_configmap(ns_name)))
+        for role_name, manifest in addons:
+            self.children[role_name] = register_manifest(f"{name}-{role_name}", manifest, addon_opts)
 
         self.children.update({
             "controller-service-account": controller_sa, "proxy-service-account": proxy_sa,
@@ -351,6 +376,12 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
         raise check.fail(f"namespaces both watched and ignored: {', '.join(sorted(overlap))}")
     if s["otlp_endpoint"] is not None:
         when_known(s["otlp_endpoint"], lambda v: _check_url(check, "otlp_endpoint", v))
+    s.update(observability.resolve(check, args.get("tracing"), args.get("metrics"), s["otlp_endpoint"]))
+    if s["tracing_mode"] == "otlp" and s["tracing_endpoint"] is not s["otlp_endpoint"]:
+        when_known(s["tracing_endpoint"], lambda v: _check_url(check, "tracing.endpoint", v))
+    # The one endpoint both roles get: the bundled Jaeger's, the user's, or none.
+    s["otlp_endpoint"] = {"off": None, "otlp": s["tracing_endpoint"],
+                          "jaeger": observability.jaeger_endpoint(s["namespace"], s["cluster_domain"])}[s["tracing_mode"]]
     for which in ("controller_resources", "proxy_resources"):
         for key, value in s[which].items():
             if key not in ResourcesArgs.__annotations__:
@@ -412,7 +443,8 @@ def proxy_command(s: Mapping[str, Any], namespace: str) -> list[str]:
            "--workers", str(s["proxy_workers"]),
            "--log-level", LogLevel(s["log_level"]).value, "--log-format", LogFormat(s["log_format"]).value]
     if s.get("otlp_endpoint"):
-        cmd += ["--otlp-endpoint", s["otlp_endpoint"]]
+        cmd += ["--otlp-endpoint", s["otlp_endpoint"],
+                "--trace-sample-ratio", repr(float(s.get("trace_sample_ratio", 1.0)))]
     return cmd
 
 
@@ -484,7 +516,8 @@ def controller_deployment_spec(s: Mapping[str, Any], service_account: Any) -> k8
             type="RollingUpdate",
             rolling_update=k8s.apps.v1.RollingUpdateDeploymentArgs(max_surge=1, max_unavailable=0)),
         template=k8s.core.v1.PodTemplateSpecArgs(
-            metadata=k8s.meta.v1.ObjectMetaArgs(labels=dict(wire.CONTROLLER_POD_LABELS)),
+            metadata=k8s.meta.v1.ObjectMetaArgs(labels=dict(wire.CONTROLLER_POD_LABELS),
+                                                annotations=_scrape(s, s["api_port"])),
             spec=k8s.core.v1.PodSpecArgs(
                 service_account_name=service_account, containers=[container],
                 # Spread replicas over nodes so one node failure never takes every DNS server down.
@@ -528,13 +561,40 @@ def proxy_daemonset_spec(s: Mapping[str, Any], namespace: Any, service_account: 
             type="RollingUpdate",
             rolling_update=k8s.apps.v1.RollingUpdateDaemonSetArgs(max_surge=s["proxy_max_surge"], max_unavailable=0)),
         template=k8s.core.v1.PodTemplateSpecArgs(
-            metadata=k8s.meta.v1.ObjectMetaArgs(labels=dict(wire.PROXY_POD_LABELS)),
+            metadata=k8s.meta.v1.ObjectMetaArgs(labels=dict(wire.PROXY_POD_LABELS),
+                                                annotations=_scrape(s, s["admin_port"])),
             spec=k8s.core.v1.PodSpecArgs(
                 service_account_name=service_account, automount_service_account_token=False,
                 containers=[container], tolerations=tolerations, node_selector=s["proxy_node_selector"] or None,
                 priority_class_name=s["proxy_priority_class_name"],
                 termination_grace_period_seconds=30,
                 security_context=k8s.core.v1.PodSecurityContextArgs(run_as_non_root=True))))
+
+
+def _scrape(s: Mapping[str, Any], port: int) -> dict[str, str] | None:
+    return observability.scrape_annotations(port) if s.get("scrape_annotations", True) else None
+
+
+# kind → resource class for the observability manifests (plain dicts from mesh_components.observability)
+_KINDS = {
+    ("v1", "Service"): k8s.core.v1.Service, ("v1", "ConfigMap"): k8s.core.v1.ConfigMap,
+    ("v1", "ServiceAccount"): k8s.core.v1.ServiceAccount, ("apps/v1", "Deployment"): k8s.apps.v1.Deployment,
+    ("rbac.authorization.k8s.io/v1", "Role"): k8s.rbac.v1.Role,
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): k8s.rbac.v1.RoleBinding,
+}
+_FIELDS = {"metadata": "metadata", "spec": "spec", "data": "data", "rules": "rules", "roleRef": "role_ref",
+           "subjects": "subjects"}
+
+
+def register_manifest(resource_name: str, manifest: Mapping[str, Any], opts: pulumi.ResourceOptions) -> pulumi.Resource:
+    """Register a plain manifest dict as its typed pulumi-kubernetes resource (a CustomResource for
+    kinds pulumi-kubernetes has no class for, such as the Prometheus Operator's ServiceMonitor)."""
+    cls = _KINDS.get((manifest["apiVersion"], manifest["kind"]))
+    if cls is None:
+        return k8s.apiextensions.CustomResource(
+            resource_name, api_version=manifest["apiVersion"], kind=manifest["kind"],
+            metadata=manifest["metadata"], spec=manifest.get("spec"), opts=opts)
+    return cls(resource_name, **{_FIELDS[k]: v for k, v in manifest.items() if k in _FIELDS}, opts=opts)
 
 
 def _meta(name: Any, namespace: Any, labels: Mapping[str, str]) -> k8s.meta.v1.ObjectMetaArgs:

@@ -40,12 +40,13 @@ def test_defaults_install_everything_and_every_manifest_is_valid():
         kinds = sorted(r.typ.rsplit(":", 1)[1] for r in records.values() if r.custom)
         assert kinds == sorted(["Namespace", *["CustomResourceDefinition"] * 5, "ServiceAccount", "ServiceAccount",
                                 "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Deployment",
-                                "PodDisruptionBudget", "Service", "DaemonSet", "ClusterDnsPatch"])
+                                "PodDisruptionBudget", "Service", "DaemonSet", "ClusterDnsPatch",
+                                "ConfigMap"])  # the Grafana dashboard (metrics.dashboard, on by default)
         for name in records:
             if name != "mi-default":
                 assert MONITOR.parent_of(name).endswith("lightmesh:index:MeshInstall::mi-default"), name
-        # 16 manifests: everything but the component and the DNS patcher
-        assert validate_all(list(records.values())) == 16
+        # 17 manifests: everything but the component and the DNS patcher
+        assert validate_all(list(records.values())) == 17
         crds = [r.inputs for r in records.values() if r.typ.endswith("CustomResourceDefinition")]
         assert sorted(c["metadata"]["name"] for c in crds) == sorted(c["metadata"]["name"] for c in smi.CRDS)
         dns = records["mi-default-cluster-dns"]

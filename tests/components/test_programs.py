@@ -49,7 +49,7 @@ def _by_type(records, suffix):
 def _root_stack_check(start, acl):
     def check(_):
         records = MOCKS.created[start:]
-        assert validate_all(records) == (27 if acl else 24)  # mesh 16 + whoami 8 (+ 3 SMI objects)
+        assert validate_all(records) == (28 if acl else 25)  # mesh 17 + whoami 8 (+ 3 SMI objects)
         deployments = {r.inputs["metadata"]["name"]: r.inputs for r in _by_type(records, "apps/v1:Deployment")}
         assert {n: (d["spec"]["replicas"], d["spec"]["template"]["spec"]["containers"][0]["image"])
                 for n, d in deployments.items() if n.startswith("whoami")} == {

@@ -1,0 +1,144 @@
+"""MeshInstall's observability options: what each one adds, that it is valid, and bad input."""
+
+import json
+
+import jsonschema
+import pulumi
+import pytest
+import yaml
+
+from components.conftest import MOCKS, MONITOR
+from components.manifests import validate_all
+from mesh_components import ComponentArgsError, MeshInstall, dashboard, observability
+from mesh_components.install import resolve_settings
+
+# The fields of the Prometheus Operator's ServiceMonitor CRD (monitoring.coreos.com/v1) we use,
+# closed: kubernetes-validate has no schema for it, so a typo must still fail here.
+SERVICE_MONITOR_SCHEMA = {
+    "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"], "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "ServiceMonitor"},
+        "metadata": {"type": "object", "required": ["name", "namespace"]},
+        "spec": {"type": "object", "required": ["selector", "endpoints"], "additionalProperties": False, "properties": {
+            "selector": {"type": "object", "properties": {"matchLabels": {"type": "object"}},
+                         "additionalProperties": False},
+            "namespaceSelector": {"type": "object", "properties": {"matchNames": {"type": "array"}},
+                                  "additionalProperties": False},
+            "endpoints": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "additionalProperties": False, "required": ["port"],
+                "properties": {"port": {"type": "string"}, "path": {"type": "string"},
+                               "interval": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"}}}}}},
+    },
+}
+
+
+def _install(name, args):
+    mesh = MeshInstall(name, args)
+    settled = pulumi.Output.all(*[c.urn for c in mesh.children.values()])
+    return mesh, settled
+
+
+def _records(prefix):
+    return {r.name: r for r in MOCKS.by_prefix(prefix)}
+
+
+def _container(records, resource):
+    return records[resource].inputs["spec"]["template"]["spec"]["containers"][0]
+
+
+@pulumi.runtime.test
+def test_defaults_scrape_annotations_and_dashboard_only():
+    mesh, settled = _install("obs-default", {})
+
+    def check(_):
+        records = _records("obs-default")
+        for resource, port in (("obs-default-controller", "9000"), ("obs-default-proxy", "8080")):
+            annotations = records[resource].inputs["spec"]["template"]["metadata"]["annotations"]
+            assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": port,
+                                   "prometheus.io/path": "/metrics"}
+        board = records["obs-default-dashboard"].inputs
+        assert board["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert json.loads(board["data"]["lightmesh.json"]) == dashboard.build_dashboard()
+        assert not any("jaeger" in n or "prometheus" in n or "monitor" in n for n in records)
+        assert "--otlp-endpoint" not in _container(records, "obs-default-proxy")["command"]
+        validate_all(list(records.values()))
+
+    return settled.apply(check)
+
+
+@pulumi.runtime.test
+def test_jaeger_prometheus_and_service_monitor():
+    mesh, settled = _install("obs-all", {"namespace": "mesh", "tracing": {"mode": "jaeger", "sample_ratio": 0.25},
+                                         "metrics": {"service_monitor": True, "prometheus": True}})
+
+    def check(_):
+        records = _records("obs-all")
+        endpoint = "http://lightmesh-jaeger.mesh.svc.cluster.local:4318"
+        proxy_cmd = _container(records, "obs-all-proxy")["command"]
+        assert proxy_cmd[proxy_cmd.index("--otlp-endpoint") + 1] == endpoint
+        assert proxy_cmd[proxy_cmd.index("--trace-sample-ratio") + 1] == "0.25"
+        ctl_cmd = _container(records, "obs-all-controller")["command"]
+        assert ctl_cmd[ctl_cmd.index("--otlp-endpoint") + 1] == endpoint
+        jaeger = records["obs-all-jaeger-deployment"].inputs
+        assert jaeger["spec"]["template"]["spec"]["containers"][0]["image"] == observability.DEFAULT_JAEGER_IMAGE
+        ports = {p["name"]: p["port"] for p in records["obs-all-jaeger-service"].inputs["spec"]["ports"]}
+        assert ports == {"otlp-http": 4318, "ui": 16686}
+        monitor = records["obs-all-service-monitor"]
+        assert monitor.typ == "kubernetes:monitoring.coreos.com/v1:ServiceMonitor"
+        jsonschema.validate(monitor.inputs | {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor"},
+                            SERVICE_MONITOR_SCHEMA)
+        # the ServiceMonitor finds the controller Service (api) and the proxies' headless Service (admin)
+        selector = monitor.inputs["spec"]["selector"]["matchLabels"]
+        controller_svc = records["obs-all-controller-service"].inputs
+        proxy_svc = records["obs-all-proxy-metrics-service"].inputs
+        for svc, port in ((controller_svc, "api"), (proxy_svc, "admin")):
+            assert selector.items() <= svc["metadata"]["labels"].items()
+            assert port in {p["name"] for p in svc["spec"]["ports"]}
+        prom_config = yaml.safe_load(records["obs-all-prometheus-configmap"].inputs["data"]["prometheus.yml"])
+        [job] = prom_config["scrape_configs"]
+        assert job["kubernetes_sd_configs"][0]["namespaces"]["names"] == ["mesh"]
+        rules = records["obs-all-prometheus-role"].inputs["rules"]
+        assert rules == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+        # every built-in manifest passes kubernetes-validate --strict (the ServiceMonitor is a CRD kind)
+        validate_all([r for n, r in records.items() if n != "obs-all-service-monitor"])
+        for n in records:
+            if n != "obs-all":
+                assert MONITOR.parent_of(n).endswith("MeshInstall::obs-all"), n
+
+    return settled.apply(check)
+
+
+@pulumi.runtime.test
+def test_otlp_mode_and_no_scrape_annotations():
+    mesh, settled = _install("obs-otlp", {"tracing": {"mode": "otlp", "endpoint": "http://otel.obs:4318"},
+                                          "metrics": {"scrape_annotations": False, "dashboard": False}})
+
+    def check(_):
+        records = _records("obs-otlp")
+        cmd = _container(records, "obs-otlp-proxy")["command"]
+        assert cmd[cmd.index("--otlp-endpoint") + 1] == "http://otel.obs:4318"
+        assert "annotations" not in records["obs-otlp-proxy"].inputs["spec"]["template"]["metadata"]
+        assert "obs-otlp-dashboard" not in records
+
+    return settled.apply(check)
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"tracing": {"mode": "zipkin"}}, "tracing.mode must be off, otlp or jaeger, got 'zipkin'"),
+    ({"tracing": {"mode": "otlp"}}, "tracing.mode otlp needs tracing.endpoint"),
+    ({"tracing": {"mode": "jaeger", "endpoint": "http://x:4318"}}, "must be unset with tracing.mode jaeger"),
+    ({"tracing": {"mode": "otlp", "endpoint": "otel:4318"}}, "tracing.endpoint must be an http:// or https:// URL"),
+    ({"tracing": {"mode": "jaeger", "sample_ratio": 1.5}}, "tracing.sample_ratio must be a number from 0 to 1"),
+    ({"tracing": {"sampling": 0.5}}, "tracing has unknown field(s) sampling"),
+    ({"metrics": {"prometheus": "yes"}}, "metrics.prometheus must be true or false, got 'yes'"),
+    ({"metrics": {"grafana": True}}, "metrics has unknown field(s) grafana"),
+])
+def test_bad_observability_args_name_the_field(args, message):
+    with pytest.raises(ComponentArgsError) as err:
+        resolve_settings("bad", args)
+    assert message in str(err.value) and "MeshInstall 'bad'" in str(err.value)
+
+
+def test_otlp_endpoint_shorthand_is_otlp_mode():
+    s = resolve_settings("short", {"otlp_endpoint": "http://otel:4318"})
+    assert (s["tracing_mode"], s["otlp_endpoint"]) == ("otlp", "http://otel:4318")
