@@ -1,0 +1,205 @@
+"""The mesh DNS: ``<svc>.<ns>.<domain>`` → the shadow Service's ClusterIP(s), over UDP and TCP.
+
+Runs on the controller's asyncio loop (a ``DatagramProtocol`` and an ``asyncio`` TCP server, not
+dnslib's threaded server) and answers from :class:`DNSTable`, which the reconcile loop replaces
+whenever the shadow Services change. Answers:
+
+* a known Service: its ClusterIPs of the asked family (A → IPv4, AAAA → IPv6; none of that family
+  → NOERROR with an empty answer), TTL 5 s, authoritative, in the case the client asked;
+* ANY: both families; other types on a known name: NOERROR, empty;
+* an unknown name under one of our domains: NXDOMAIN (the domain apex itself: NOERROR, empty);
+* a name outside our domains: REFUSED (we are not a recursive resolver);
+* a malformed query: FORMERR when it has a parsable header, else dropped.
+
+Names are compared case-insensitively (RFC 4343).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import struct
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from dnslib import AAAA, QTYPE, RCODE, RR, A, DNSError, DNSHeader, DNSRecord
+
+from lightmesh import wire
+
+log = logging.getLogger("lightmesh.controller.dns")
+
+TTL = 5
+MAX_TCP_MESSAGE = 65535
+TCP_IDLE_SECONDS = 10.0
+MAX_TCP_QUERIES_PER_CONNECTION = 1000
+
+
+@dataclass(frozen=True)
+class DNSTable:
+    """``(namespace, service)`` → addresses, and the domains we are authoritative for."""
+
+    domains: tuple[str, ...] = wire.DEFAULT_DOMAINS
+    addresses: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # longest first, so "a.mesh" wins over "mesh" when both are configured
+        norm = tuple(sorted({d.strip(".").lower() for d in self.domains if d.strip(".")}, key=len, reverse=True))
+        object.__setattr__(self, "domains", norm)
+
+    @classmethod
+    def from_shadows(cls, shadows: Iterable[dict], domains: Iterable[str]) -> DNSTable:
+        table: dict[tuple[str, str], tuple[str, ...]] = {}
+        for shadow in shadows:
+            meta = shadow.get("metadata") or {}
+            labels = meta.get("labels") or {}
+            name = labels.get(wire.LABEL_SHADOW_SERVICE_NAME)
+            namespace = labels.get(wire.LABEL_SHADOW_SERVICE_NAMESPACE)
+            spec = shadow.get("spec") or {}
+            ips = [ip for ip in (spec.get("clusterIPs") or [spec.get("clusterIP")]) if ip and ip != "None"]
+            valid = []
+            for ip in ips:
+                try:
+                    valid.append(str(ipaddress.ip_address(ip)))
+                except ValueError:
+                    continue
+            if name and namespace and valid:
+                table[(namespace.lower(), name.lower())] = tuple(valid)
+        return cls(tuple(domains), table)
+
+    def lookup(self, qname: str) -> tuple[str, tuple[str, ...] | None]:
+        """``("outside"|"apex"|"nxdomain"|"found", addresses)`` for a query name."""
+        name = qname.rstrip(".").lower()
+        for domain in self.domains:
+            if name == domain:
+                return "apex", None
+            if name.endswith("." + domain):
+                labels = name[: -len(domain) - 1].split(".")
+                if len(labels) == 2:
+                    found = self.addresses.get((labels[1], labels[0]))
+                    if found:
+                        return "found", found
+                return "nxdomain", None
+        return "outside", None
+
+
+class MeshDNS:
+    """UDP + TCP DNS servers over one :class:`DNSTable` (swap ``self.table`` to update)."""
+
+    def __init__(self, table: DNSTable | None = None) -> None:
+        self.table = table or DNSTable()
+        self._transport: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.base_events.Server | None = None
+        self._tcp_tasks: set[asyncio.Task] = set()
+        self.port: int | None = None
+
+    # ------------------------------------------------------------------ answers (pure)
+
+    def answer(self, data: bytes) -> bytes | None:
+        try:
+            request = DNSRecord.parse(data)
+        except (DNSError, struct.error, ValueError, IndexError, UnicodeDecodeError):
+            return self._formerr(data)
+        reply = request.reply()  # copies id, sets QR, RD; AA set below
+        reply.header.ra = 0
+        if request.header.opcode != 0 or len(request.questions) != 1:
+            reply.header.rcode = RCODE.NOTIMP if request.header.opcode != 0 else RCODE.FORMERR
+            return reply.pack()
+        question = request.questions[0]
+        status, addresses = self.table.lookup(str(question.qname))
+        if status == "outside":
+            reply.header.aa = 0
+            reply.header.rcode = RCODE.REFUSED
+            return reply.pack()
+        reply.header.aa = 1
+        if status == "nxdomain":
+            reply.header.rcode = RCODE.NXDOMAIN
+            return reply.pack()
+        qtype = question.qtype
+        for address in addresses or ():
+            ip = ipaddress.ip_address(address)
+            if ip.version == 4 and qtype in (QTYPE.A, QTYPE.ANY):
+                reply.add_answer(RR(question.qname, QTYPE.A, rdata=A(address), ttl=TTL))
+            elif ip.version == 6 and qtype in (QTYPE.AAAA, QTYPE.ANY):
+                reply.add_answer(RR(question.qname, QTYPE.AAAA, rdata=AAAA(address), ttl=TTL))
+        return reply.pack()
+
+    @staticmethod
+    def _formerr(data: bytes) -> bytes | None:
+        if len(data) < 12:
+            return None  # not even a header: nothing to answer to
+        (query_id,) = struct.unpack("!H", data[:2])
+        return DNSRecord(DNSHeader(id=query_id, qr=1, rcode=RCODE.FORMERR)).pack()
+
+    # ------------------------------------------------------------------ servers
+
+    async def start(self, host: str, port: int) -> int:
+        loop = asyncio.get_running_loop()
+        self._tcp = await asyncio.start_server(self._serve_tcp, host, port, reuse_address=True)
+        self.port = self._tcp.sockets[0].getsockname()[1]
+        try:
+            self._transport, _ = await loop.create_datagram_endpoint(
+                lambda: _UDP(self), local_addr=(host, self.port))
+        except BaseException:
+            self._tcp.close()
+            raise
+        log.info("mesh DNS listening on %s:%s (udp+tcp) for %s", host, self.port, ", ".join(self.table.domains))
+        return self.port
+
+    async def stop(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        if self._tcp is not None:
+            self._tcp.close()
+            for task in list(self._tcp_tasks):
+                task.cancel()
+            await asyncio.gather(*self._tcp_tasks, return_exceptions=True)
+            await self._tcp.wait_closed()
+            self._tcp = None
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tcp_tasks.add(task)
+        try:
+            for _ in range(MAX_TCP_QUERIES_PER_CONNECTION):
+                try:
+                    size = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_SECONDS))[0]
+                    data = await asyncio.wait_for(reader.readexactly(size), TCP_IDLE_SECONDS)
+                except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+                    return
+                reply = self.answer(data)
+                if reply is None:
+                    return
+                writer.write(struct.pack("!H", len(reply)) + reply)
+                await writer.drain()
+        except ConnectionError:
+            return
+        finally:
+            if task is not None:
+                self._tcp_tasks.discard(task)
+            writer.close()
+
+
+class _UDP(asyncio.DatagramProtocol):
+    def __init__(self, server: MeshDNS) -> None:
+        self.server = server
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        reply = self.server.answer(data)
+        if reply is None or self.transport is None:
+            return
+        if len(reply) > 512:  # classic UDP limit: truncate, the client retries over TCP
+            record = DNSRecord.parse(reply)
+            record.rr = []
+            record.header.tc = 1
+            reply = record.pack()
+        self.transport.sendto(reply, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("DNS UDP error: %s", exc)
