@@ -1,0 +1,167 @@
+"""What the controller's pure core takes in and reports: cluster state, settings, object errors.
+
+This module owns the three value types every other core module (``topology``, ``ports``,
+``shadow``, ``provider``, ``build``) and the shell share:
+
+* :class:`ClusterState` — the raw Kubernetes objects (dicts exactly as the API server returns them:
+  ``apiVersion``/``kind``/``metadata``/``spec``/``status``) grouped by kind, plus the shadow
+  Services that already exist in the mesh namespace (they carry the allocated mesh ports and, in a
+  cluster, their ``spec.clusterIP``). Nothing here is validated: the core must cope with anything.
+* :class:`Settings` — the controller's flags that shape the topology and the config.
+* :class:`ObjectError` — one problem with one object: the object is left out (or partly applied)
+  and the error is reported; the rest of the mesh is still built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Iterable, Literal, Sequence
+
+from lightmesh import wire
+
+TrafficMode = Literal["http", "tcp", "udp"]
+ListenMode = Literal["node", "shadow-ip"]
+
+# Namespaces never meshed whatever the settings say (the mesh's own objects live in the mesh namespace).
+ALWAYS_IGNORED_NAMESPACES = ("kube-system",)
+ALWAYS_IGNORED_SERVICES = (("default", "kubernetes"),)
+
+_SMI_KINDS = {
+    "TrafficTarget": "traffic_targets",
+    "HTTPRouteGroup": "http_route_groups",
+    "TCPRoute": "tcp_routes",
+    "UDPRoute": "udp_routes",
+    "TrafficSplit": "traffic_splits",
+}
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    """Raw objects by kind. Any sequence of dicts works (lists from a cache, tuples in tests).
+
+    SMI objects may be of any served version (access v1alpha1–3, specs v1alpha1–4, split
+    v1alpha1–4); :mod:`topology` normalizes the differences. Objects of unrelated API groups with
+    the same kind (e.g. Gateway API ``TCPRoute``) must not be put here.
+    """
+
+    services: Sequence[dict] = ()
+    endpoint_slices: Sequence[dict] = ()
+    pods: Sequence[dict] = ()
+    traffic_targets: Sequence[dict] = ()
+    http_route_groups: Sequence[dict] = ()
+    tcp_routes: Sequence[dict] = ()
+    udp_routes: Sequence[dict] = ()
+    traffic_splits: Sequence[dict] = ()
+    shadow_services: Sequence[dict] = ()
+
+    @classmethod
+    def from_objects(cls, objects: Iterable[dict], mesh_namespace: str = wire.DEFAULT_MESH_NAMESPACE
+                     ) -> ClusterState:
+        """Sort a flat list of objects (a manifest directory, a test fixture) into a state.
+
+        Services in ``mesh_namespace`` labelled managed-by the controller are shadow Services;
+        kinds the core does not use are dropped; SMI kinds only from ``*.smi-spec.io`` groups.
+        """
+        groups: dict[str, list[dict]] = {name: [] for name in cls.__dataclass_fields__}
+        for obj in objects:
+            if not isinstance(obj, dict):
+                continue
+            kind = obj.get("kind")
+            api_version = str(obj.get("apiVersion") or "")
+            meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+            if kind == "Service":
+                labels = meta.get("labels") if isinstance(meta.get("labels"), dict) else {}
+                shadow = (meta.get("namespace") == mesh_namespace
+                          and labels.get(wire.LABEL_MANAGED_BY) == wire.MANAGED_BY_CONTROLLER)
+                groups["shadow_services" if shadow else "services"].append(obj)
+            elif kind == "EndpointSlice":
+                groups["endpoint_slices"].append(obj)
+            elif kind == "Pod":
+                groups["pods"].append(obj)
+            elif kind in _SMI_KINDS and ".smi-spec.io/" in api_version:
+                groups[_SMI_KINDS[kind]].append(obj)
+        return cls(**{name: tuple(items) for name, items in groups.items()})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Controller settings that shape the topology and the proxy config.
+
+    ``listen_mode``: ``node`` — proxies listen on ``0.0.0.0`` at the mesh ports (HTTP
+    ``http_port_base+i`` shared and routed by Host, one TCP/UDP port per service port);
+    ``shadow-ip`` — (local mode) proxies listen on each shadow Service's ClusterIP at the user
+    Service's own ports, as kube-proxy would forward them.
+    Namespaces ``kube-system`` and ``mesh_namespace`` and the Service ``default/kubernetes`` are
+    always ignored; ``watch_namespaces`` empty means all.
+    """
+
+    mesh_namespace: str = wire.DEFAULT_MESH_NAMESPACE
+    acl: bool = False
+    default_mode: TrafficMode = "http"
+    domains: tuple[str, ...] = wire.DEFAULT_DOMAINS
+    watch_namespaces: tuple[str, ...] = ()
+    ignore_namespaces: tuple[str, ...] = ()
+    http_port_base: int = wire.HTTP_PORT_BASE
+    http_port_limit: int = wire.DEFAULT_HTTP_PORT_LIMIT
+    tcp_port_base: int = wire.TCP_PORT_BASE
+    tcp_port_limit: int = wire.DEFAULT_TCP_PORT_LIMIT
+    udp_port_base: int = wire.UDP_PORT_BASE
+    udp_port_limit: int = wire.DEFAULT_UDP_PORT_LIMIT
+    listen_mode: ListenMode = "node"
+
+    def __post_init__(self) -> None:
+        # Settings come from flags: a wrong one is the operator's error, raised at startup.
+        if self.default_mode not in ("http", "tcp", "udp"):
+            raise ValueError(f"default_mode must be http, tcp or udp, not {self.default_mode!r}")
+        if self.listen_mode not in ("node", "shadow-ip"):
+            raise ValueError(f"listen_mode must be node or shadow-ip, not {self.listen_mode!r}")
+        for what in ("http", "tcp", "udp"):
+            base, limit = getattr(self, f"{what}_port_base"), getattr(self, f"{what}_port_limit")
+            if limit < 0 or not 1 <= base or base + max(limit, 1) - 1 > 65535:
+                raise ValueError(f"{what} port range {base}+{limit} is outside 1-65535")
+        # tuples, so Settings stays hashable whatever the caller passed
+        for name in ("domains", "watch_namespaces", "ignore_namespaces"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    def ignored_namespace(self, namespace: str) -> bool:
+        if namespace in ALWAYS_IGNORED_NAMESPACES or namespace == self.mesh_namespace:
+            return True
+        if namespace in self.ignore_namespaces:
+            return True
+        return bool(self.watch_namespaces) and namespace not in self.watch_namespaces
+
+
+@dataclass(frozen=True, order=True)
+class ObjectError:
+    """One object left out or partly applied, and why. Sortable; ``to_dict()`` is JSON-able.
+
+    ``field`` is a path into the object (``spec.rules[0].name``,
+    ``metadata.annotations[mesh.traefik.io/retry-attempts]``); ``message`` says what is wrong and
+    what the mesh did about it.
+    """
+
+    kind: str
+    namespace: str
+    name: str
+    field: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        where = f"{self.kind} {self.namespace}/{self.name}" if self.namespace else f"{self.kind} {self.name}"
+        return f"{where} {self.field}: {self.message}"
+
+
+def meta_of(obj: object) -> tuple[str, str]:
+    """(namespace, name) of a raw object; empty strings when missing or malformed."""
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    if not isinstance(meta, dict):
+        return "", ""
+    ns, name = meta.get("namespace"), meta.get("name")
+    return (ns if isinstance(ns, str) else "default" if ns is None else ""), (name if isinstance(name, str) else "")
+
+
+__all__ = ["ClusterState", "Settings", "ObjectError", "TrafficMode", "ListenMode", "meta_of",
+           "ALWAYS_IGNORED_NAMESPACES", "ALWAYS_IGNORED_SERVICES"]

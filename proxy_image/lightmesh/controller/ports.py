@@ -1,0 +1,125 @@
+"""Mesh ports: which proxy port serves which Service port (pure, deterministic, stable).
+
+This module owns the port plan the shadow Services (``targetPort``) and the proxy listeners share:
+
+* HTTP: the i-th meshed port of every HTTP Service is served on ``http_port_base + i``; all HTTP
+  Services share these ports and are told apart by Host. ``i >= http_port_limit`` → that port is
+  not meshed and an :class:`ObjectError` names the Service.
+* TCP / UDP: one mesh port per Service port, mesh-wide, from ``tcp_port_base`` (``udp_port_base``)
+  up to ``limit`` ports. Stable: an assignment seen in the previous table or in an existing shadow
+  Service (its port's ``targetPort``) is kept while the Service keeps that port and traffic type;
+  new ports take the lowest free port, in sorted (namespace, name, port) order; a Service that is
+  gone frees its ports. A Service left out for bad annotations keeps its reservations, so fixing
+  the annotation brings it back on the same ports. Exhaustion → an error for that Service only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from lightmesh import wire
+from lightmesh.annotations import TrafficType
+from lightmesh.controller.model import ObjectError, Settings
+from lightmesh.controller.topology import Topology
+
+PortKey = tuple[str, int]  # ("ns/name", service port)
+
+
+@dataclass(frozen=True)
+class PortTable:
+    """(Service key, Service port number) → mesh port, by traffic type."""
+
+    http: Mapping[PortKey, int] = field(default_factory=dict)
+    tcp: Mapping[PortKey, int] = field(default_factory=dict)
+    udp: Mapping[PortKey, int] = field(default_factory=dict)
+    errors: tuple[ObjectError, ...] = ()
+
+    def mesh_port(self, service_key: str, port: int, traffic_type: TrafficType | str) -> int | None:
+        table = {"http": self.http, "tcp": self.tcp, "udp": self.udp}[TrafficType(traffic_type).value]
+        return table.get((service_key, port))
+
+    def to_dict(self) -> dict:
+        return {kind: [{"service": k[0], "port": k[1], "mesh_port": v} for k, v in sorted(table.items())]
+                for kind, table in (("http", self.http), ("tcp", self.tcp), ("udp", self.udp))}
+
+
+def _labels_key(svc: object) -> str | None:
+    meta = svc.get("metadata") if isinstance(svc, dict) else None
+    labels = meta.get("labels") if isinstance(meta, dict) else None
+    if not isinstance(labels, dict):
+        return None
+    name, ns = labels.get(wire.LABEL_SHADOW_SERVICE_NAME), labels.get(wire.LABEL_SHADOW_SERVICE_NAMESPACE)
+    return f"{ns}/{name}" if isinstance(name, str) and isinstance(ns, str) and name and ns else None
+
+
+def recovered_claims(shadow_services: Sequence[dict]) -> list[tuple[str, str, int, int]]:
+    """(protocol, service key, service port, mesh port) for every port of every shadow Service."""
+    claims = []
+    for svc in shadow_services or ():
+        key = _labels_key(svc)
+        if key is None:
+            continue
+        spec = svc.get("spec") if isinstance(svc.get("spec"), dict) else {}
+        for p in spec.get("ports") if isinstance(spec.get("ports"), list) else []:
+            if not isinstance(p, dict):
+                continue
+            port, target = p.get("port"), p.get("targetPort")
+            if isinstance(port, int) and isinstance(target, int) and not isinstance(target, bool):
+                claims.append((str(p.get("protocol", "TCP")), key, port, target))
+    return sorted(claims)
+
+
+def allocate_ports(topology: Topology, shadow_services: Sequence[dict], settings: Settings,
+                   previous: PortTable | None = None) -> PortTable:
+    """Plan every mesh port; see the module docstring for the rules."""
+    errors: list[ObjectError] = []
+    http: dict[PortKey, int] = {}
+    for svc in topology.services.values():
+        if svc.traffic_type is not TrafficType.HTTP:
+            continue
+        for p in svc.ports:
+            if p.index < settings.http_port_limit:
+                http[(svc.key, p.port)] = settings.http_port_base + p.index
+            else:
+                errors.append(ObjectError(
+                    "Service", svc.namespace, svc.name, f"spec.ports[{p.name or p.port}]",
+                    f"port {p.port} is HTTP port #{p.index + 1} of this service but the mesh serves "
+                    f"{settings.http_port_limit} per service (http port limit); that port is not meshed"))
+
+    recovered = recovered_claims(shadow_services)
+    tables = {}
+    for kind, protocol in ((TrafficType.TCP, "TCP"), (TrafficType.UDP, "UDP")):
+        base = getattr(settings, f"{kind.value}_port_base")
+        limit = getattr(settings, f"{kind.value}_port_limit")
+        in_range = range(base, base + limit)
+        wanted: list[PortKey] = [(svc.key, p.port) for svc in topology.services.values()
+                                 if svc.traffic_type is kind for p in svc.ports]
+        wanted_set = set(wanted)
+        # Claims: the previous table first (newest), then the shadow Services (state at start).
+        claims: list[tuple[PortKey, int]] = []
+        if previous is not None:
+            claims += sorted(getattr(previous, kind.value).items())
+        claims += [((key, port), mesh) for proto, key, port, mesh in recovered if proto == protocol]
+        table: dict[PortKey, int] = {}
+        taken: set[int] = set()
+        for key, mesh in claims:
+            keep = key in wanted_set or key[0] in topology.excluded
+            if keep and key not in table and mesh in in_range and mesh not in taken:
+                table[key] = mesh
+                taken.add(mesh)
+        free = (port for port in in_range if port not in taken)
+        for key in wanted:
+            if key in table:
+                continue
+            mesh = next(free, None)
+            if mesh is None:
+                ns, name = key[0].split("/", 1)
+                errors.append(ObjectError(
+                    "Service", ns, name, f"spec.ports[{key[1]}]",
+                    f"no free {kind.value.upper()} mesh port left ({limit} in use mesh-wide, "
+                    f"{kind.value} port limit); port {key[1]} is not meshed"))
+                continue
+            table[key] = mesh
+        tables[kind.value] = dict(sorted(table.items()))
+    return PortTable(http, tables["tcp"], tables["udp"], tuple(sorted(errors)))

@@ -1,0 +1,358 @@
+"""Topology + mesh ports → the proxy configuration (pure).
+
+This module owns the translation to :mod:`lightmesh.config` (whose docstring defines what a proxy
+does with it). It builds plain dicts and validates them once (``load_config_dict``), because
+validating every element twice costs more than the whole translation at 5,000 Services.
+
+Listeners (``settings.listen_mode``):
+
+* ``node``: HTTP entry point ``http-<port>`` on ``0.0.0.0:http_port_base+i`` shared by every HTTP
+  Service, routers matching the hosts ``<svc>.<ns>.<domain>`` for every domain and the shadow
+  ClusterIP when known; TCP/UDP routes on ``0.0.0.0:<mesh port>``.
+* ``shadow-ip``: every listener on the shadow Service's ClusterIP at the user Service's own port; a
+  Service whose shadow has no ClusterIP yet is left out until it has one (not an error); HTTP
+  routers there match any host.
+
+Names (the ``service`` label users see in Grafana is the config service name):
+``<ns>/<svc>:<port>`` for a Service port's HTTP service, router and TCP/UDP route — a split root's
+weighted service keeps that name, its own pods (reached by requests its matches do not select) are
+``<ns>/<svc>:<port>/pods``; middlewares ``<ns>/<svc>/<kind>``; allow-lists
+``<ns>/<svc>/allow@<tt-ns>/<tt>``; a TrafficTarget whose destination pods are not all the port's
+endpoints gets ``<ns>/<svc>:<port>@<tt-ns>/<tt>``.
+
+Priorities (highest wins): split with matches 4000 + specificity, split without matches 3000,
+TrafficTarget 2000 + specificity, plain Service 1000, ACL deny 1.
+
+Middleware order: allow-list (or deny) first, so refused clients cost nothing and never count
+against a rate limit, then rate limit, circuit breaker, request timeout, retry.
+
+ACL mode: every HTTP Service port answers 403 unless a more specific router lets the request in:
+one router per TrafficTarget match (alternatives are separate routers) with the allow-list of the
+sources' pod IPs, forwarding to the destination pods only. TCP/UDP routes accept only the sources of
+TrafficTargets with a TCPRoute/UDPRoute rule covering the port (none → ``allowed_sources = []``).
+A TrafficSplit is resolved in the same hop, straight to backend pods, so in ACL mode only a source
+allowed on every backend (with a weight) passes the split (Traefik Mesh's rule, without its
+second hop and X-Forwarded-For); the HTTP matches of those backends' TrafficTargets are not
+re-applied to split traffic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import gcd
+from typing import Sequence
+
+from lightmesh.annotations import TrafficType
+from lightmesh.config import ProxyConfig, content_hash, load_config_dict
+from lightmesh.controller.model import ObjectError, Settings
+from lightmesh.controller.ports import PortTable
+from lightmesh.controller.shadow import shadow_index
+from lightmesh.controller.topology import (MAX_WEIGHT, Endpoint, HTTPMatch, Service, ServicePort, Topology,
+                                           TrafficSplit, _is_ip)
+
+DENY = "deny"
+PRIORITY_DENY = 1
+PRIORITY_SERVICE = 1000
+PRIORITY_TARGET = 2000
+PRIORITY_SPLIT = 3000
+PRIORITY_SPLIT_MATCH = 4000
+
+
+def _cidr(ip: str) -> str:
+    return f"{ip}/128" if ":" in ip else f"{ip}/32"
+
+
+def _url(scheme: str, ip: str, port: int) -> str:
+    return f"{scheme}://[{ip}]:{port}" if ":" in ip else f"{scheme}://{ip}:{port}"
+
+
+def _specificity(m: HTTPMatch) -> int:
+    return (m.path_regex is not None) + bool(m.methods) + len(m.headers)
+
+
+def _match(hosts: list[str], m: HTTPMatch | None) -> dict:
+    out: dict = {"hosts": hosts}
+    if m is not None:
+        if m.path_regex is not None:
+            out["path_regex"] = m.path_regex
+        if m.methods:
+            out["methods"] = list(m.methods)
+        if m.headers:
+            out["headers"] = dict(m.headers)
+    return out
+
+
+@dataclass
+class _Sockets:
+    """The proxy refuses two listeners on one socket: skip the second and report it."""
+
+    used: dict[tuple[str, str, int], str]
+
+    def claim(self, proto: str, address: str, port: int, what: str) -> str | None:
+        for a in (address, "0.0.0.0") if address != "0.0.0.0" else (address,):
+            if (proto, a, port) in self.used:
+                return self.used[(proto, a, port)]
+        if address == "0.0.0.0":
+            for (p, a, po), owner in self.used.items():
+                if p == proto and po == port:
+                    return owner
+        self.used[(proto, address, port)] = what
+        return None
+
+
+def _split_servers(split: TrafficSplit, port: int, topology: Topology) -> list[tuple[Endpoint, int]]:
+    """Backend endpoints with weights keeping each backend's share whatever its pod count."""
+    groups: list[tuple[int, tuple[Endpoint, ...]]] = []
+    for b in split.backends:
+        backend = topology.services.get(b.service)
+        bp = backend.port(port) if backend else None
+        if bp is not None and bp.endpoints and b.weight > 0:
+            groups.append((b.weight, bp.endpoints))
+    if not groups:
+        return []
+    # exact: weight_b / n_b scaled by lcm(n_b); approximate when that overflows the weight range
+    lcm = 1
+    for _, eps in groups:
+        lcm = lcm * len(eps) // gcd(lcm, len(eps))
+    divisor = 0
+    for w, _ in groups:
+        divisor = gcd(divisor, w)
+    exact = [(w // divisor) * (lcm // len(eps)) for w, eps in groups]
+    if max(exact) <= MAX_WEIGHT:
+        weights = exact
+    else:
+        total = sum(w for w, _ in groups)
+        weights = [max(1, round(MAX_WEIGHT * w / total / len(eps))) for w, eps in groups]
+    out = []
+    for (_, eps), weight in zip(groups, weights):
+        out.extend((e, weight) for e in eps)
+    return out
+
+
+class _Builder:
+    def __init__(self, topology: Topology, ports: PortTable, shadow_services: Sequence[dict], settings: Settings):
+        self.t, self.ports, self.settings = topology, ports, settings
+        self.shadows = shadow_index(shadow_services)
+        self.entry_points: dict[str, dict] = {}
+        self.routers: list[dict] = []
+        self.services: list[dict] = []
+        self.middlewares: dict[str, dict] = {}
+        self.tcp: list[dict] = []
+        self.udp: list[dict] = []
+        self.errors: list[ObjectError] = []
+        self.sockets = _Sockets({})
+        self.acl = settings.acl
+
+    # ----------------------------------------------------------------- helpers
+
+    def shadow_ip(self, svc: Service) -> str | None:
+        shadow = self.shadows.get(svc.key)
+        spec = shadow.get("spec") if isinstance(shadow, dict) else None
+        ip = spec.get("clusterIP") if isinstance(spec, dict) else None
+        return ip if isinstance(ip, str) and ip != "None" and _is_ip(ip) else None
+
+    def listener(self, svc: Service, p: ServicePort, mesh_port: int, proto: str) -> tuple[str, int] | None:
+        """(address, port) to listen on, or None when the Service is not served (yet)."""
+        if self.settings.listen_mode == "shadow-ip":
+            ip = self.shadow_ip(svc)
+            if ip is None:
+                return None
+            address, port = ip, p.port
+        else:
+            address, port = "0.0.0.0", mesh_port
+        if proto == "http":
+            name = f"http-{port}" if address == "0.0.0.0" else f"http-{address}:{port}"
+            if name in self.entry_points:
+                return address, port
+            what = f"entry point {name}"
+        else:
+            what = f"{proto} route {svc.key}:{p.port}"
+        clash = self.sockets.claim("udp" if proto == "udp" else "tcp", address, port, what)
+        if clash:
+            self.errors.append(ObjectError("Service", svc.namespace, svc.name, f"spec.ports[{p.port}]",
+                                           f"{address}:{port} is already used by {clash}; port not served"))
+            return None
+        if proto == "http":
+            self.entry_points[name] = {"name": name, "address": address, "port": port}
+        return address, port
+
+    def middleware(self, mw: dict) -> str:
+        self.middlewares.setdefault(mw["name"], mw)
+        return mw["name"]
+
+    def service_middlewares(self, svc: Service) -> list[str]:
+        m, base, out = svc.mesh, svc.key, []
+        if m.rate_limit is not None:
+            out.append(self.middleware({"type": "rate_limit", "name": f"{base}/rate-limit",
+                                        "average": m.rate_limit.average, "burst": m.rate_limit.burst}))
+        if m.circuit_breaker_expression is not None:
+            out.append(self.middleware({"type": "circuit_breaker", "name": f"{base}/circuit-breaker",
+                                        "expression": m.circuit_breaker_expression}))
+        if m.request_timeout_seconds is not None:
+            out.append(self.middleware({"type": "request_timeout", "name": f"{base}/request-timeout",
+                                        "seconds": m.request_timeout_seconds}))
+        if m.retry_attempts is not None:
+            out.append(self.middleware({"type": "retry", "name": f"{base}/retry", "attempts": m.retry_attempts}))
+        return out
+
+    def allowed_ips(self, key: str, port: int, kind: TrafficType) -> tuple[set[str], set[str]]:
+        """Source IPs TrafficTargets allow to Service ``key`` on ``port``, and the destination
+        ServiceAccounts they cover."""
+        ips: set[str] = set()
+        accounts: set[str] = set()
+        svc = self.t.services.get(key)
+        p = svc.port(port) if svc else None
+        for st in self.t.service_targets.get(key, ()):
+            if port not in st.ports:
+                continue
+            tt = st.target
+            if kind is TrafficType.HTTP:
+                ok = bool(tt.http_matches)
+            else:
+                allowed = tt.tcp_ports if kind is TrafficType.TCP else tt.udp_ports
+                ok = allowed is not None and (not allowed or port in allowed
+                                              or (p is not None and p.target_port in allowed))
+            if ok:
+                ips.update(tt.source_ips)
+                accounts.add(tt.destination)
+        return ips, accounts
+
+    def split_allowed(self, split: TrafficSplit, port: int, kind: TrafficType) -> list[str]:
+        allowed: set[str] | None = None
+        for b in split.backends:
+            if b.weight <= 0:
+                continue
+            ips, _ = self.allowed_ips(b.service, port, kind)
+            allowed = ips if allowed is None else allowed & ips
+        return sorted(_cidr(ip) for ip in allowed or ())
+
+    # ----------------------------------------------------------------- HTTP
+
+    def http_service(self, svc: Service, p: ServicePort) -> None:
+        mesh_port = self.ports.http.get((svc.key, p.port))
+        if mesh_port is None:
+            return
+        where = self.listener(svc, p, mesh_port, "http")
+        if where is None:
+            return
+        address, port = where
+        ep_name = f"http-{port}" if address == "0.0.0.0" else f"http-{address}:{port}"
+        if self.settings.listen_mode == "shadow-ip":
+            hosts: list[str] = []
+        else:
+            hosts = [f"{svc.name}.{svc.namespace}.{d}" for d in self.settings.domains]
+            ip = self.shadow_ip(svc)
+            if ip is not None:
+                hosts.append(ip)
+        scheme = svc.mesh.scheme.value
+        mws = self.service_middlewares(svc)
+        base = f"{svc.key}:{p.port}"
+        split = self.t.splits.get(svc.key)
+        own = base if split is None else f"{base}/pods"
+
+        def router(name: str, priority: int, service: str, middlewares: list[str], m: HTTPMatch | None) -> None:
+            self.routers.append({"name": name, "entry_points": [ep_name], "match": _match(hosts, m),
+                                 "priority": priority, "service": service, "middlewares": middlewares})
+
+        pods_needed = split is None or split.http_matches is not None or self.acl
+        if pods_needed:
+            self.services.append({"name": own, "servers": [{"url": _url(scheme, e.ip, e.port)} for e in p.endpoints]})
+        if split is not None:
+            servers = [{"url": _url(scheme, e.ip, e.port), "weight": w}
+                       for e, w in _split_servers(split, p.port, self.t)]
+            self.services.append({"name": base, "servers": servers, "load_balancer": "weighted"})
+            split_mws = list(mws)
+            if self.acl:
+                allow = self.middleware({"type": "allow_list", "name": f"{base}/split-allow",
+                                         "source_ranges": self.split_allowed(split, p.port, TrafficType.HTTP)})
+                split_mws = [allow, *mws]
+            if split.http_matches is None:
+                router(base, PRIORITY_SPLIT, base, split_mws, None)
+            else:
+                for i, m in enumerate(split.http_matches):
+                    router(f"{base}/split/{i}", PRIORITY_SPLIT_MATCH + _specificity(m), base, split_mws, m)
+        if not self.acl:
+            if split is None or split.http_matches is not None:
+                router(base if split is None else f"{base}/pods", PRIORITY_SERVICE, own, mws, None)
+            return
+        router(f"{base}/deny", PRIORITY_DENY, own, [self.middleware({"type": "deny", "name": DENY,
+                                                                      "status_code": 403})], None)
+        for st in self.t.service_targets.get(svc.key, ()):
+            tt = st.target
+            if p.port not in st.ports or not tt.http_matches:
+                continue
+            dest = [e for e in p.endpoints if e.service_account == tt.destination]
+            if len(dest) == len(p.endpoints):
+                target_service = own
+            else:
+                target_service = f"{base}@{tt.key}"
+                self.services.append({"name": target_service,
+                                      "servers": [{"url": _url(scheme, e.ip, e.port)} for e in dest]})
+            allow = self.middleware({"type": "allow_list", "name": f"{svc.key}/allow@{tt.key}",
+                                     "source_ranges": [_cidr(ip) for ip in tt.source_ips]})
+            for i, m in enumerate(tt.http_matches):
+                router(f"{base}/tt/{tt.key}/{i}", PRIORITY_TARGET + _specificity(m), target_service, [allow, *mws], m)
+
+    # ----------------------------------------------------------------- TCP / UDP
+
+    def l4_service(self, svc: Service, p: ServicePort) -> None:
+        kind = svc.traffic_type
+        mesh_port = (self.ports.tcp if kind is TrafficType.TCP else self.ports.udp).get((svc.key, p.port))
+        if mesh_port is None:
+            return
+        where = self.listener(svc, p, mesh_port, kind.value)
+        if where is None:
+            return
+        address, port = where
+        split = self.t.splits.get(svc.key)
+        allowed: list[str] | None = None
+        if split is not None:
+            servers = [{"address": e.ip, "port": e.port, "weight": w} for e, w in _split_servers(split, p.port, self.t)]
+            if self.acl:
+                allowed = self.split_allowed(split, p.port, kind)
+        else:
+            endpoints = p.endpoints
+            if self.acl:
+                ips, accounts = self.allowed_ips(svc.key, p.port, kind)
+                allowed = sorted(_cidr(ip) for ip in ips)
+                endpoints = tuple(e for e in endpoints if e.service_account in accounts)
+            servers = [{"address": e.ip, "port": e.port} for e in endpoints]
+        route = {"name": f"{svc.key}:{p.port}", "address": address, "port": port, "servers": servers}
+        if allowed is not None:
+            route["allowed_sources"] = allowed
+        (self.tcp if kind is TrafficType.TCP else self.udp).append(route)
+
+    # ----------------------------------------------------------------- all
+
+    def build(self, version: int) -> ProxyConfig:
+        for svc in self.t.services.values():
+            for p in svc.ports:
+                if svc.traffic_type is TrafficType.HTTP:
+                    self.http_service(svc, p)
+                else:
+                    self.l4_service(svc, p)
+        data = {
+            "version": version,
+            "http": {"entry_points": sorted(self.entry_points.values(), key=lambda e: (e["address"], e["port"])),
+                     "routers": self.routers, "services": self.services,
+                     "middlewares": [self.middlewares[k] for k in sorted(self.middlewares)]},
+            "tcp": self.tcp,
+            "udp": self.udp,
+        }
+        config = load_config_dict(data)
+        return config.model_copy(update={"hash": content_hash(config)})
+
+
+def build_config_with_errors(topology: Topology, ports: PortTable, shadow_services: Sequence[dict],
+                             settings: Settings, version: int) -> tuple[ProxyConfig, list[ObjectError]]:
+    """:func:`build_config` and the errors found while building it (listener clashes)."""
+    builder = _Builder(topology, ports, shadow_services, settings)
+    config = builder.build(version)
+    return config, sorted(set(builder.errors))
+
+
+def build_config(topology: Topology, ports: PortTable, shadow_services: Sequence[dict], settings: Settings,
+                 version: int) -> ProxyConfig:
+    """The proxy configuration for ``topology`` (see the module docstring). Raises
+    :class:`lightmesh.config.ConfigError` only on a bug: the topology holds validated values."""
+    return build_config_with_errors(topology, ports, shadow_services, settings, version)[0]

@@ -1,0 +1,762 @@
+"""Cluster state → Topology: which Services are meshed, how, with which endpoints and SMI policy (pure).
+
+This module owns the reading of raw Kubernetes and SMI objects: every version difference and every
+malformed field is dealt with here, so :mod:`provider` works on clean, typed values only.
+
+What is meshed (as Traefik Mesh does, reference §1.3–§1.4, §3):
+
+* Every Service outside ignored namespaces (``kube-system``, the mesh namespace, ``--ignore``, not in
+  ``--watch``), except ``default/kubernetes`` and ``ExternalName`` Services, is meshed with its
+  ``traffic-type`` annotation or the default mode. Ports that do not suit the traffic type
+  (``udp`` → UDP ports only, ``http``/``tcp`` → TCP ports only) are not meshed.
+* A Service whose mesh annotations are invalid is left out of the config (``excluded``) and each bad
+  annotation is reported with its key and value. Its existing shadow Service and mesh ports are kept
+  (see :mod:`ports`, :mod:`shadow`), so fixing the annotation brings it back at the same address.
+  On ``tcp``/``udp`` Services the HTTP-only annotations are unused: a bad one is reported, not fatal.
+* The HTTP mesh-port index counts meshed ports only (Traefik counted skipped ports too, quirk 15).
+
+Endpoints come from EndpointSlices (``kubernetes.io/service-name`` label): ready ones only
+(``conditions.ready`` missing = ready), the port resolved per slice by the Service port's name (that
+is where named ``targetPort``\\s are resolved per pod), pod identity (ServiceAccount) by ``targetRef``,
+else by IP. Endpoints without a pod (a Service without selector) are routed to but have no identity.
+
+SMI (any served version): TrafficTarget ``rules`` (v1alpha2+) or ``specs`` (v1alpha1); HTTPRouteGroup
+``headers`` as a map (v1alpha3+) or a list of one-key maps (v1alpha2); TrafficSplit weights as
+quantities (v1alpha1: ``"500m"``) or whole numbers (v1alpha2+). A TrafficTarget attaches to every
+Service whose ready endpoints run as its destination ServiceAccount; sources are the IPs of every
+running pod of the source ServiceAccounts (ready or not, as upstream). A TrafficTarget with no usable
+rule allows nothing (unlike Traefik Mesh). A TrafficSplit is resolved in one hop: its backends'
+endpoints are used directly, so a backend that is itself a split root is reported and its own pods
+are used (no cycle can form).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from lightmesh.annotations import (CIRCUIT_BREAKER_EXPRESSION, RATELIMIT_AVERAGE, RATELIMIT_BURST, REQUEST_TIMEOUT,
+                                   RETRY_ATTEMPTS, SCHEME, TRAFFIC_TYPE, MeshSettings, TrafficType,
+                                   parse_annotations_lenient)
+from lightmesh.controller.model import ALWAYS_IGNORED_SERVICES, ClusterState, ObjectError, Settings
+
+HTTP_ONLY_KEYS = (SCHEME, RETRY_ATTEMPTS, CIRCUIT_BREAKER_EXPRESSION, RATELIMIT_AVERAGE, RATELIMIT_BURST,
+                  REQUEST_TIMEOUT)
+MAX_WEIGHT = 1_000_000
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_QUANTITY = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(m|k|M|G)?\s*$")
+_QUANTITY_MILLI = {None: 1000, "m": 1, "k": 1_000_000, "M": 1_000_000_000, "G": 1_000_000_000_000}
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    ip: str
+    port: int
+    pod: str | None = None  # "ns/name"
+    service_account: str | None = None  # "ns/name"
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    name: str
+    port: int
+    protocol: str  # TCP | UDP
+    target_port: int | str
+    index: int  # among the Service's meshed ports: HTTP mesh port = http_port_base + index
+    endpoints: tuple[Endpoint, ...] = ()
+
+
+@dataclass(frozen=True)
+class Service:
+    namespace: str
+    name: str
+    traffic_type: TrafficType
+    mesh: MeshSettings
+    ports: tuple[ServicePort, ...]
+    cluster_ip: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def port(self, number: int) -> ServicePort | None:
+        for p in self.ports:
+            if p.port == number:
+                return p
+        return None
+
+
+@dataclass(frozen=True)
+class HTTPMatch:
+    """One HTTPRouteGroup match: every part must match (AND); empty parts match anything."""
+
+    name: str
+    path_regex: str | None = None
+    methods: tuple[str, ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class TrafficTarget:
+    namespace: str
+    name: str
+    destination: str  # ServiceAccount "ns/name"
+    destination_port: int | None
+    sources: tuple[str, ...]  # ServiceAccounts "ns/name"
+    source_ips: tuple[str, ...]  # sorted IPs of the sources' running pods
+    http_matches: tuple[HTTPMatch, ...] = ()  # alternatives (OR); empty = no HTTP allowed
+    tcp_ports: tuple[int, ...] | None = None  # None = no TCPRoute rule; () = every port
+    udp_ports: tuple[int, ...] | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class ServiceTarget:
+    """A TrafficTarget applied to one Service: destination pods are its endpoints running as
+    ``target.destination``, on ``ports`` (Service port numbers)."""
+
+    target: TrafficTarget
+    ports: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SplitBackend:
+    service: str  # "ns/name"
+    weight: int
+
+
+@dataclass(frozen=True)
+class TrafficSplit:
+    namespace: str
+    name: str
+    root: str  # "ns/name" of the root (apex) Service
+    backends: tuple[SplitBackend, ...]
+    http_matches: tuple[HTTPMatch, ...] | None = None  # None = all traffic to the root
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Topology:
+    services: Mapping[str, Service] = field(default_factory=dict)  # by "ns/name", sorted
+    excluded: Mapping[str, str] = field(default_factory=dict)  # Services left out → reason
+    traffic_targets: tuple[TrafficTarget, ...] = ()
+    service_targets: Mapping[str, tuple[ServiceTarget, ...]] = field(default_factory=dict)
+    splits: Mapping[str, TrafficSplit] = field(default_factory=dict)  # by root "ns/name"
+    errors: tuple[ObjectError, ...] = ()
+
+    def to_dict(self) -> dict:
+        """Everything, JSON-able and deterministic (golden files, debugging)."""
+        return {
+            "services": [_service_dict(s) for s in self.services.values()],
+            "excluded": dict(self.excluded),
+            "traffic_targets": [_target_dict(t) for t in self.traffic_targets],
+            "service_targets": {k: [{"target": st.target.key, "ports": list(st.ports)} for st in v]
+                                for k, v in self.service_targets.items()},
+            "splits": [_split_dict(s) for s in self.splits.values()],
+            "errors": [e.to_dict() for e in self.errors],
+        }
+
+
+def _match_dict(m: HTTPMatch) -> dict:
+    return {"name": m.name, "path_regex": m.path_regex, "methods": list(m.methods), "headers": dict(m.headers)}
+
+
+def _service_dict(s: Service) -> dict:
+    mesh = s.mesh
+    return {
+        "key": s.key, "traffic_type": s.traffic_type.value, "scheme": mesh.scheme.value,
+        "retry_attempts": mesh.retry_attempts, "circuit_breaker_expression": mesh.circuit_breaker_expression,
+        "rate_limit": None if mesh.rate_limit is None else {"average": mesh.rate_limit.average,
+                                                            "burst": mesh.rate_limit.burst},
+        "request_timeout_seconds": mesh.request_timeout_seconds, "cluster_ip": s.cluster_ip,
+        "ports": [{"name": p.name, "port": p.port, "protocol": p.protocol, "target_port": p.target_port,
+                   "index": p.index,
+                   "endpoints": [{"ip": e.ip, "port": e.port, "pod": e.pod, "service_account": e.service_account}
+                                 for e in p.endpoints]} for p in s.ports],
+    }
+
+
+def _target_dict(t: TrafficTarget) -> dict:
+    return {"key": t.key, "destination": t.destination, "destination_port": t.destination_port,
+            "sources": list(t.sources), "source_ips": list(t.source_ips),
+            "http_matches": [_match_dict(m) for m in t.http_matches],
+            "tcp_ports": None if t.tcp_ports is None else list(t.tcp_ports),
+            "udp_ports": None if t.udp_ports is None else list(t.udp_ports)}
+
+
+def _split_dict(s: TrafficSplit) -> dict:
+    return {"key": s.key, "root": s.root,
+            "backends": [{"service": b.service, "weight": b.weight} for b in s.backends],
+            "http_matches": None if s.http_matches is None else [_match_dict(m) for m in s.http_matches]}
+
+
+# --------------------------------------------------------------------------- tolerant accessors
+
+
+def _d(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _l(value: Any) -> list:
+    return value if isinstance(value, list) else list(value) if isinstance(value, tuple) else []
+
+
+def _s(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _port_number(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and 1 <= value <= 65535:
+        return value
+    if isinstance(value, str) and value.isdigit() and 1 <= int(value) <= 65535:
+        return int(value)
+    return None
+
+
+def _meta(obj: dict) -> tuple[str, str]:
+    meta = _d(obj.get("metadata"))
+    ns = meta.get("namespace", "default")
+    return (ns if isinstance(ns, str) else ""), _s(meta.get("name"))
+
+
+class _Errors:
+    def __init__(self) -> None:
+        self.items: list[ObjectError] = []
+
+    def add(self, kind: str, ns: str, name: str, where: str, message: str) -> None:
+        self.items.append(ObjectError(kind, ns, name, where, message))
+
+
+# --------------------------------------------------------------------------- pods
+
+
+@dataclass
+class _Pods:
+    by_name: dict[tuple[str, str], tuple[str | None, str]]  # (ns, name) → (ip, sa "ns/name")
+    by_ip: dict[str, tuple[str, str]]  # ip → (pod "ns/name", sa "ns/name")
+    ips_by_sa: dict[str, set[str]]
+
+
+def _index_pods(pods: Any) -> _Pods:
+    by_name: dict[tuple[str, str], tuple[str | None, str]] = {}
+    by_ip: dict[str, tuple[str, str]] = {}
+    ips_by_sa: dict[str, set[str]] = {}
+    for pod in pods or ():
+        if not isinstance(pod, dict):
+            continue
+        ns, name = _meta(pod)
+        if not ns or not name:
+            continue
+        spec, status = _d(pod.get("spec")), _d(pod.get("status"))
+        sa = _s(spec.get("serviceAccountName")) or _s(spec.get("serviceAccount")) or "default"
+        sa_key = f"{ns}/{sa}"
+        # A finished pod's IP can already belong to another pod: never an identity.
+        running = status.get("phase") not in ("Succeeded", "Failed")
+        ips = [_s(status.get("podIP"))] + [_s(_d(p).get("ip")) for p in _l(status.get("podIPs"))]
+        ips = [ip for ip in dict.fromkeys(ips) if ip and _is_ip(ip)]
+        by_name[(ns, name)] = (ips[0] if ips else None, sa_key)
+        if running:
+            for ip in ips:
+                by_ip[ip] = (f"{ns}/{name}", sa_key)
+                ips_by_sa.setdefault(sa_key, set()).add(ip)
+    return _Pods(by_name, by_ip, ips_by_sa)
+
+
+_IP_CACHE: dict[str, bool] = {}
+
+
+def _is_ip(text: str) -> bool:
+    known = _IP_CACHE.get(text)
+    if known is None:
+        import ipaddress
+
+        try:
+            ipaddress.ip_address(text)
+            known = True
+        except ValueError:
+            known = False
+        if len(_IP_CACHE) < 200_000:
+            _IP_CACHE[text] = known
+    return known
+
+
+# --------------------------------------------------------------------------- services
+
+
+@dataclass
+class _RawPort:
+    name: str
+    port: int
+    protocol: str
+    target_port: int | str
+
+
+def _service_ports(obj: dict, ns: str, name: str, traffic_type: TrafficType, errors: _Errors) -> list[_RawPort]:
+    wanted = "UDP" if traffic_type is TrafficType.UDP else "TCP"
+    out: list[_RawPort] = []
+    for i, raw in enumerate(_l(_d(obj.get("spec")).get("ports"))):
+        raw = _d(raw)
+        port = _port_number(raw.get("port")) if not isinstance(raw.get("port"), str) else None
+        protocol = raw.get("protocol", "TCP")
+        if port is None or protocol not in ("TCP", "UDP", "SCTP"):
+            errors.add("Service", ns, name, f"spec.ports[{i}]",
+                       f"port {raw.get('port')!r}/{protocol!r} is not a valid port; that port is not meshed")
+            continue
+        if protocol != wanted:
+            continue  # not suitable for the traffic type: not meshed, as upstream (no error)
+        target = raw.get("targetPort", port)
+        if isinstance(target, str) and target.isdigit():
+            target = int(target)
+        if not ((isinstance(target, int) and not isinstance(target, bool) and 1 <= target <= 65535)
+                or (isinstance(target, str) and target)):
+            errors.add("Service", ns, name, f"spec.ports[{i}].targetPort",
+                       f"targetPort {target!r} is neither a port number nor a port name; that port is not meshed")
+            continue
+        out.append(_RawPort(_s(raw.get("name")), port, protocol, target))
+    return out
+
+
+def _annotation_errors(ns: str, name: str, settings: MeshSettings, found: list, errors: _Errors) -> bool:
+    """Report annotation errors; True when the Service must be left out."""
+    fatal = False
+    http = settings.traffic_type is TrafficType.HTTP
+    for err in found:
+        key = err.annotation.rsplit("/", 1)[-1]
+        unused = not http and key in HTTP_ONLY_KEYS
+        what = ("not used by a non-HTTP service, ignored" if unused else "the service is left out of the mesh")
+        errors.add("Service", ns, name, f"metadata.annotations[{err.annotation}]",
+                   f"annotation {err.annotation}={err.value!r}: {err.reason}; {what}")
+        fatal = fatal or not unused
+    return fatal
+
+
+# --------------------------------------------------------------------------- endpoint slices
+
+
+def _slices_by_service(slices: Any) -> dict[tuple[str, str], list[dict]]:
+    out: dict[tuple[str, str], list[dict]] = {}
+    for sl in slices or ():
+        if not isinstance(sl, dict):
+            continue
+        ns, _ = _meta(sl)
+        owner = _d(_d(sl.get("metadata")).get("labels")).get("kubernetes.io/service-name")
+        if isinstance(owner, str) and owner and sl.get("addressType", "IPv4") in ("IPv4", "IPv6"):
+            out.setdefault((ns, owner), []).append(sl)
+    return out
+
+
+def _endpoints(ns: str, ports: list[_RawPort], slices: list[dict], pods: _Pods
+               ) -> list[tuple[Endpoint, ...]]:
+    per_port: list[dict[tuple[str, int], Endpoint]] = [{} for _ in ports]
+    for sl in slices:
+        slice_ports = {}
+        for sp in _l(sl.get("ports")):
+            sp = _d(sp)
+            number = _port_number(sp.get("port")) if not isinstance(sp.get("port"), str) else None
+            if number is not None:
+                slice_ports[(_s(sp.get("name")), sp.get("protocol", "TCP"))] = number
+        resolved: list[int | None] = []
+        for p in ports:
+            number = slice_ports.get((p.name, p.protocol))
+            if number is None and "ports" not in sl and isinstance(p.target_port, int):
+                number = p.target_port  # hand-written slice without ports: the numeric targetPort
+            resolved.append(number)
+        if not any(resolved):
+            continue
+        for ep in _l(sl.get("endpoints")):
+            ep = _d(ep)
+            ready = _d(ep.get("conditions")).get("ready")
+            if ready is not None and ready is not True:
+                continue
+            ref = _d(ep.get("targetRef"))
+            pod_key = sa = None
+            if ref.get("kind", "Pod") == "Pod" and isinstance(ref.get("name"), str):
+                ref_ns = _s(ref.get("namespace")) or ns
+                known = pods.by_name.get((ref_ns, ref["name"]))
+                if known is not None:
+                    pod_key, sa = f"{ref_ns}/{ref['name']}", known[1]
+            for ip in _l(ep.get("addresses")):
+                if not isinstance(ip, str) or not _is_ip(ip):
+                    continue
+                p_key, p_sa = pod_key, sa
+                if p_key is None and ip in pods.by_ip:
+                    p_key, p_sa = pods.by_ip[ip]
+                for i, number in enumerate(resolved):
+                    if number is not None:
+                        per_port[i].setdefault((ip, number), Endpoint(ip, number, p_key, p_sa))
+    return [tuple(v for _, v in sorted(d.items())) for d in per_port]
+
+
+# --------------------------------------------------------------------------- SMI specs
+
+
+def _http_match(raw: Any, group: tuple[str, str], i: int, errors: _Errors) -> HTTPMatch | None:
+    raw = _d(raw)
+    name = _s(raw.get("name"))
+    where = f"spec.matches[{i}]"
+
+    def bad(msg: str) -> None:
+        errors.add("HTTPRouteGroup", *group, where, f"{msg}; this match is ignored")
+
+    path = raw.get("pathRegex")
+    if path is not None:
+        if not isinstance(path, str):
+            return bad(f"pathRegex {path!r} is not a string")
+        # SMI anchors pathRegex at the start of the path; Traefik strips a leading "/" and matches the
+        # rest after "/": both "/api" and "api" select /api... Keep that: an optional leading slash.
+        path = path[1:] if path.startswith("^") else path
+        if not path.startswith("/"):
+            path = "/?" + path
+        try:
+            re.compile(path)
+        except re.error as exc:
+            return bad(f"pathRegex {raw.get('pathRegex')!r} is not a valid regular expression: {exc}")
+    methods = []
+    for m in _l(raw.get("methods")):
+        if not isinstance(m, str) or not (m == "*" or _TOKEN.match(m)):
+            return bad(f"method {m!r} is not an HTTP method")
+        methods.append(m.upper())
+    if "*" in methods:
+        methods = []
+    headers: dict[str, str] = {}
+    raw_headers = raw.get("headers")
+    # v1alpha3+: {name: regex}; v1alpha2: [{name: regex}, ...]
+    parts = [raw_headers] if isinstance(raw_headers, dict) else _l(raw_headers)
+    for part in parts:
+        for hname, regex in _d(part).items():
+            if not isinstance(hname, str) or not _TOKEN.match(hname) or not isinstance(regex, str):
+                return bad(f"header {hname!r}: {regex!r} is not a header name and a regular expression")
+            try:
+                re.compile(regex)
+            except re.error as exc:
+                return bad(f"header {hname!r} regex {regex!r} is invalid: {exc}")
+            headers[hname.lower()] = regex
+    return HTTPMatch(name, path, tuple(sorted(set(methods))), tuple(sorted(headers.items())))
+
+
+@dataclass
+class _Specs:
+    groups: dict[tuple[str, str], tuple[dict[str, HTTPMatch], list[HTTPMatch], set[str]]]
+    tcp: dict[tuple[str, str], tuple[int, ...]]
+    udp: dict[tuple[str, str], tuple[int, ...]]
+
+
+def _index_specs(state: ClusterState, settings: Settings, errors: _Errors) -> _Specs:
+    groups = {}
+    for obj in state.http_route_groups or ():
+        if not isinstance(obj, dict):
+            continue
+        key = _meta(obj)
+        if not key[1] or settings.ignored_namespace(key[0]):
+            continue
+        by_name: dict[str, HTTPMatch] = {}
+        ordered: list[HTTPMatch] = []
+        bad: set[str] = set()
+        for i, raw in enumerate(_l(_d(obj.get("spec")).get("matches"))):
+            match = _http_match(raw, key, i, errors)
+            if match is None:
+                bad.add(_s(_d(raw).get("name")))
+                continue
+            ordered.append(match)
+            if match.name:
+                by_name.setdefault(match.name, match)
+        groups[key] = (by_name, ordered, bad)
+    l4 = {}
+    for kind, objects in (("TCPRoute", state.tcp_routes), ("UDPRoute", state.udp_routes)):
+        found = l4.setdefault(kind, {})
+        for obj in objects or ():
+            if not isinstance(obj, dict):
+                continue
+            key = _meta(obj)
+            if not key[1] or settings.ignored_namespace(key[0]):
+                continue
+            matches = _d(obj.get("spec")).get("matches")
+            # v1alpha4: spec.matches.ports (empty = every port); older versions: spec {}.
+            ports = []
+            for raw in _l(_d(matches).get("ports")) if isinstance(matches, dict) else []:
+                number = _port_number(raw)
+                if number is None:
+                    errors.add(kind, *key, "spec.matches.ports", f"{raw!r} is not a port number; ignored")
+                else:
+                    ports.append(number)
+            found[key] = tuple(sorted(set(ports)))
+    return _Specs(groups, l4["TCPRoute"], l4["UDPRoute"])
+
+
+# --------------------------------------------------------------------------- traffic targets
+
+
+def _traffic_target(obj: dict, settings: Settings, specs: _Specs, pods: _Pods, errors: _Errors
+                    ) -> TrafficTarget | None:
+    ns, name = _meta(obj)
+    spec = _d(obj.get("spec"))
+
+    def err(where: str, msg: str) -> None:
+        errors.add("TrafficTarget", ns, name, where, msg)
+
+    dest = _d(spec.get("destination"))
+    dest_name = _s(dest.get("name"))
+    if dest.get("kind", "ServiceAccount") != "ServiceAccount" or not dest_name:
+        err("spec.destination", "destination must be a ServiceAccount with a name; the TrafficTarget is ignored")
+        return None
+    dest_ns = _s(dest.get("namespace")) or ns
+    dest_port = None
+    if dest.get("port") not in (None, ""):
+        dest_port = _port_number(dest.get("port"))
+        if dest_port is None:
+            err("spec.destination.port", f"{dest.get('port')!r} is not a port number; the TrafficTarget is ignored")
+            return None
+    sources: list[str] = []
+    for i, src in enumerate(_l(spec.get("sources"))):
+        src = _d(src)
+        if src.get("kind", "ServiceAccount") != "ServiceAccount" or not _s(src.get("name")):
+            err(f"spec.sources[{i}]", "a source must be a ServiceAccount with a name; this source is ignored")
+            continue
+        sources.append(f"{_s(src.get('namespace')) or ns}/{src['name']}")
+    sources = sorted(set(sources))
+    ips = sorted(set().union(*(pods.ips_by_sa.get(s, ()) for s in sources)) if sources else set())
+
+    matches: list[HTTPMatch] = []
+    tcp: set[int] | None = None
+    udp: set[int] | None = None
+    tcp_all = udp_all = False
+    # v1alpha2+: spec.rules; v1alpha1: spec.specs (same shape)
+    rules_field = "rules" if "rules" in spec else "specs"
+    for i, rule in enumerate(_l(spec.get(rules_field))):
+        rule = _d(rule)
+        kind, rname = rule.get("kind"), _s(rule.get("name"))
+        where = f"spec.{rules_field}[{i}]"
+        if kind == "HTTPRouteGroup":
+            group = specs.groups.get((ns, rname))
+            if group is None:
+                err(where, f"HTTPRouteGroup {ns}/{rname} not found; this rule allows nothing")
+                continue
+            by_name, ordered, bad = group
+            wanted = [m for m in _l(rule.get("matches"))]
+            if not wanted:
+                matches.extend(ordered)
+                continue
+            for mname in wanted:
+                if mname in by_name:
+                    matches.append(by_name[mname])
+                elif mname not in bad:
+                    err(f"{where}.matches", f"HTTPRouteGroup {ns}/{rname} has no match {mname!r}; ignored")
+        elif kind in ("TCPRoute", "UDPRoute"):
+            table = specs.tcp if kind == "TCPRoute" else specs.udp
+            ports = table.get((ns, rname))
+            if ports is None:
+                err(where, f"{kind} {ns}/{rname} not found; this rule allows nothing")
+                continue
+            if kind == "TCPRoute":
+                tcp = (tcp or set()) | set(ports)
+                tcp_all = tcp_all or not ports
+            else:
+                udp = (udp or set()) | set(ports)
+                udp_all = udp_all or not ports
+        else:
+            err(f"{where}.kind", f"rule kind {kind!r} is not HTTPRouteGroup, TCPRoute or UDPRoute; ignored")
+    unique = tuple(dict.fromkeys(matches))
+    return TrafficTarget(
+        ns, name, f"{dest_ns}/{dest_name}", dest_port, tuple(sources), tuple(ips), unique,
+        None if tcp is None else () if tcp_all else tuple(sorted(tcp)),
+        None if udp is None else () if udp_all else tuple(sorted(udp)))
+
+
+def _attach_targets(targets: list[TrafficTarget], services: dict[str, Service], errors: _Errors
+                    ) -> dict[str, tuple[ServiceTarget, ...]]:
+    by_sa: dict[str, set[str]] = {}
+    for svc in services.values():
+        for p in svc.ports:
+            for e in p.endpoints:
+                if e.service_account:
+                    by_sa.setdefault(e.service_account, set()).add(svc.key)
+    out: dict[str, list[ServiceTarget]] = {}
+    for tt in targets:
+        for key in sorted(by_sa.get(tt.destination, ())):
+            svc = services[key]
+            ports = []
+            for p in svc.ports:
+                if tt.destination_port is None or p.target_port == tt.destination_port or any(
+                        e.port == tt.destination_port and e.service_account == tt.destination for e in p.endpoints):
+                    ports.append(p.port)
+            if not ports:
+                errors.add("TrafficTarget", tt.namespace, tt.name, "spec.destination.port",
+                           f"port {tt.destination_port} is not exposed by service {key}; "
+                           "nothing is allowed to that service by this TrafficTarget")
+                continue
+            out.setdefault(key, []).append(ServiceTarget(tt, tuple(ports)))
+    return {k: tuple(v) for k, v in sorted(out.items())}
+
+
+# --------------------------------------------------------------------------- traffic splits
+
+
+def parse_weight(value: Any, quantity: bool) -> int | None:
+    """A backend weight: v1alpha1 quantities ("500m", "1") in milli-units, else whole numbers."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value * 1000 if quantity else value if value >= 0 else None
+    if isinstance(value, float) and quantity and value >= 0:
+        return round(value * 1000)
+    if isinstance(value, str):
+        if not quantity and value.strip().isdigit():
+            return int(value)
+        m = _QUANTITY.match(value)
+        if m and quantity:
+            return round(float(m.group(1)) * _QUANTITY_MILLI[m.group(2)])
+    return None
+
+
+def _splits(state: ClusterState, settings: Settings, services: dict[str, Service], specs: _Specs,
+            errors: _Errors) -> dict[str, TrafficSplit]:
+    raw_splits = []
+    for obj in state.traffic_splits or ():
+        if not isinstance(obj, dict):
+            continue
+        ns, name = _meta(obj)
+        if not name or settings.ignored_namespace(ns):
+            continue
+        raw_splits.append((ns, name, obj))
+    raw_splits.sort(key=lambda item: item[:2])
+    roots = {f"{ns}/{_s(_d(obj.get('spec')).get('service')).split('.')[0]}": f"{ns}/{name}"
+             for ns, name, obj in reversed(raw_splits)}
+    out: dict[str, TrafficSplit] = {}
+    for ns, name, obj in raw_splits:
+        spec = _d(obj.get("spec"))
+
+        def err(where: str, msg: str) -> None:
+            errors.add("TrafficSplit", ns, name, where, msg)
+
+        root_name = _s(spec.get("service")).split(".")[0]  # v1alpha1 examples used FQDNs
+        root = services.get(f"{ns}/{root_name}")
+        if root is None:
+            err("spec.service", f"root service {ns}/{root_name or '?'} is not in the mesh; the TrafficSplit is ignored")
+            continue
+        if root.key in out:
+            err("spec.service", f"service {root.key} already has TrafficSplit {out[root.key].key}; "
+                                "this TrafficSplit is ignored")
+            continue
+        quantity = str(obj.get("apiVersion", "")).endswith("/v1alpha1")
+        backends: list[SplitBackend] = []
+        for i, raw in enumerate(_l(spec.get("backends"))):
+            raw = _d(raw)
+            where = f"spec.backends[{i}]"
+            bname = _s(raw.get("service")).split(".")[0]
+            weight = parse_weight(raw.get("weight"), quantity)
+            backend = services.get(f"{ns}/{bname}")
+            if weight is None:
+                err(f"{where}.weight", f"weight {raw.get('weight')!r} is not a valid weight; backend ignored")
+                continue
+            if backend is None:
+                err(f"{where}.service", f"backend service {ns}/{bname or '?'} is not in the mesh; backend ignored")
+                continue
+            if backend.traffic_type is not root.traffic_type:
+                err(f"{where}.service", f"backend {backend.key} is {backend.traffic_type.value}, the root is "
+                                        f"{root.traffic_type.value}; backend ignored")
+                continue
+            missing = [p.port for p in root.ports if backend.port(p.port) is None]
+            if missing:
+                err(f"{where}.service", f"backend {backend.key} does not expose port(s) "
+                                        f"{', '.join(map(str, missing))} of the root; backend ignored")
+                continue
+            if backend.key != root.key and backend.key in roots:
+                err(f"{where}.service", f"backend {backend.key} is itself the root of TrafficSplit "
+                                        f"{roots[backend.key]}: nested splits are not followed, its own pods are used")
+            backends.append(SplitBackend(backend.key, weight))
+        if not backends or not any(b.weight for b in backends):
+            err("spec.backends", "no usable backend with a weight above 0; the TrafficSplit is ignored")
+            continue
+        http_matches: tuple[HTTPMatch, ...] | None = None
+        bad_match = False
+        if _l(spec.get("matches")):
+            found: list[HTTPMatch] = []
+            for i, m in enumerate(_l(spec.get("matches"))):
+                m = _d(m)
+                kind, mname = m.get("kind"), _s(m.get("name"))
+                if kind == "HTTPRouteGroup" and (ns, mname) in specs.groups:
+                    found.extend(specs.groups[(ns, mname)][1])
+                elif kind in ("TCPRoute", "UDPRoute") and (ns, mname) in (specs.tcp if kind == "TCPRoute"
+                                                                         else specs.udp):
+                    pass  # L4 matches select ports only; a split applies to every port of its root
+                else:
+                    err(f"spec.matches[{i}]", f"{kind} {ns}/{mname} not found; the TrafficSplit is ignored")
+                    bad_match = True
+            if root.traffic_type is TrafficType.HTTP and not bad_match:
+                http_matches = tuple(dict.fromkeys(found))
+                if not http_matches:
+                    err("spec.matches", "the referenced HTTPRouteGroups have no valid match; "
+                                        "the TrafficSplit is ignored")
+                    bad_match = True
+        if bad_match:
+            continue
+        out[root.key] = TrafficSplit(ns, name, root.key, tuple(backends), http_matches)
+    return dict(sorted(out.items()))
+
+
+# --------------------------------------------------------------------------- the builder
+
+
+def build_topology(state: ClusterState, settings: Settings) -> Topology:
+    """Read ``state`` into a :class:`Topology`. Never raises on bad objects: they are reported in
+    ``errors`` and left out (or partly applied)."""
+    errors = _Errors()
+    pods = _index_pods(state.pods)
+    slices = _slices_by_service(state.endpoint_slices)
+    default_mode = TrafficType(settings.default_mode)
+    services: dict[str, Service] = {}
+    excluded: dict[str, str] = {}
+    ignored = set(ALWAYS_IGNORED_SERVICES)
+    seen: set[tuple[str, str]] = set()
+    for obj in state.services or ():
+        if not isinstance(obj, dict):
+            continue
+        ns, name = _meta(obj)
+        if not ns or not name or settings.ignored_namespace(ns) or (ns, name) in ignored or (ns, name) in seen:
+            continue
+        seen.add((ns, name))
+        spec = _d(obj.get("spec"))
+        if spec.get("type") == "ExternalName":
+            continue  # nothing to route to (upstream ignores them too)
+        annotations = _d(_d(obj.get("metadata")).get("annotations"))
+        mesh, found = parse_annotations_lenient(annotations, default_mode)
+        if _annotation_errors(ns, name, mesh, found, errors):
+            excluded[f"{ns}/{name}"] = "; ".join(str(e) for e in found)
+            continue
+        raw_ports = _service_ports(obj, ns, name, mesh.traffic_type, errors)
+        per_port = _endpoints(ns, raw_ports, slices.get((ns, name), ()), pods) if raw_ports else []
+        ports = tuple(ServicePort(p.name, p.port, p.protocol, p.target_port, i, eps)
+                      for i, (p, eps) in enumerate(zip(raw_ports, per_port)))
+        cluster_ip = spec.get("clusterIP")
+        services[f"{ns}/{name}"] = Service(ns, name, mesh.traffic_type, mesh, ports,
+                                           cluster_ip if isinstance(cluster_ip, str) and _is_ip(cluster_ip) else None)
+    services = dict(sorted(services.items()))
+
+    specs = _index_specs(state, settings, errors)
+    targets: list[TrafficTarget] = []
+    for obj in state.traffic_targets or ():
+        if not isinstance(obj, dict):
+            continue
+        ns, name = _meta(obj)
+        if not name or settings.ignored_namespace(ns):
+            continue
+        tt = _traffic_target(obj, settings, specs, pods, errors)
+        if tt is not None:
+            targets.append(tt)
+    targets.sort(key=lambda t: (t.namespace, t.name))
+    service_targets = _attach_targets(targets, services, errors)
+    splits = _splits(state, settings, services, specs, errors)
+    return Topology(services, dict(sorted(excluded.items())), tuple(targets), service_targets, splits,
+                    tuple(sorted(set(errors.items))))
