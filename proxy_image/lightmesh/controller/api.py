@@ -1,0 +1,216 @@
+"""The controller's HTTP API (aiohttp): config long poll, topology, readiness, nodes, metrics.
+
+:class:`ConfigStore` holds what the reconcile loop published (the current ``ProxyConfig``, its
+serialized body, the build result) and wakes long polls when the hash changes. The protocol is
+:mod:`lightmesh.wire`'s:
+
+``GET /api/configuration/current``
+    503 until a config exists. 200 (``ETag`` = ``config.etag()``, ``X-Lightmesh-Config-Version``,
+    JSON body) as soon as the current hash differs from ``If-None-Match`` (``*`` matches any);
+    otherwise the request is held up to ``wire.LONG_POLL_SECONDS`` (``?wait=N`` shortens it,
+    ``?wait=0`` answers at once) and answered 304 if nothing changed by then. Every request with
+    ``X-Lightmesh-Proxy`` records that proxy's applied version for ``/api/status/nodes``.
+``GET /api/topology/current``   the build result's topology JSON (with per-object errors); 503 before.
+``GET /api/status/readiness``   200 ``true`` once the sources synced and a config exists, else 503.
+``GET /api/status/nodes``       proxy pods (from the Pods cache, DaemonSet labels) joined with what
+                                each proxy reported: applied version, last seen, up to date.
+``GET /metrics``                the controller's Prometheus registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any, Callable
+
+from aiohttp import web
+
+from lightmesh import wire
+
+log = logging.getLogger("lightmesh.controller.api")
+
+MAX_TRACKED_PROXIES = 10_000  # a misbehaving client cannot grow the table without bound
+STALE_PROXY_SECONDS = 3 * wire.LONG_POLL_SECONDS
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    for candidate in if_none_match.split(","):
+        candidate = candidate.strip()
+        if candidate == "*" or candidate.removeprefix("W/") == etag:
+            return True
+    return False
+
+
+class ConfigStore:
+    """The published state every API handler reads; written only by the reconcile loop."""
+
+    def __init__(self) -> None:
+        self.config = None  # ProxyConfig
+        self.body: bytes = b""
+        self.result = None  # BuildResult
+        self.topology_body: bytes | None = None
+        self._changed = asyncio.Event()
+        self.closing = False
+        self.proxies: dict[str, dict[str, Any]] = {}
+
+    def publish(self, config, result=None) -> None:
+        changed = self.config is None or config.hash != self.config.hash or config.version != self.config.version
+        self.config = config
+        self.body = config.to_json().encode()
+        if result is not None:
+            self.set_result(result)
+        if changed:
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    def set_result(self, result) -> None:
+        self.result = result
+        topology = result.topology_json() if hasattr(result, "topology_json") else result
+        if isinstance(topology, (bytes, bytearray)):
+            self.topology_body = bytes(topology)
+        elif isinstance(topology, str):
+            self.topology_body = topology.encode()
+        else:
+            self.topology_body = json.dumps(topology, default=str).encode()
+
+    def close(self) -> None:
+        """Release every held long poll (shutdown)."""
+        self.closing = True
+        self._changed.set()
+
+    async def wait_for_change(self, if_none_match: str | None, seconds: float):
+        """The current config once it differs from ``if_none_match``, or None after ``seconds``."""
+        deadline = time.monotonic() + max(0.0, seconds)
+        while not self.closing:
+            config = self.config
+            if config is not None and not etag_matches(if_none_match, config.etag()):
+                return config
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                return None if self.config is None or etag_matches(if_none_match, self.config.etag()) \
+                    else self.config
+        return None
+
+    def record_proxy(self, name: str, applied: str | None, address: str | None) -> None:
+        try:
+            version = int(applied) if applied is not None else None
+        except ValueError:
+            version = None
+        if name not in self.proxies and len(self.proxies) >= MAX_TRACKED_PROXIES:
+            now = time.time()
+            for old in [n for n, p in self.proxies.items() if now - p["last_seen"] > STALE_PROXY_SECONDS]:
+                del self.proxies[old]
+            if len(self.proxies) >= MAX_TRACKED_PROXIES:
+                return
+        self.proxies[name] = {"applied_version": version, "last_seen": time.time(), "address": address}
+
+
+def _pod_ready(pod: dict) -> bool:
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return cond.get("status") == "True"
+    return False
+
+
+class ControllerAPI:
+    def __init__(self, store: ConfigStore, metrics=None, ready: Callable[[], bool] = lambda: True,
+                 proxy_pods: Callable[[], list[dict]] = lambda: []) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.ready = ready
+        self.proxy_pods = proxy_pods
+        self.app = web.Application()
+        self.app.router.add_get(wire.CONFIG_PATH, self.configuration)
+        self.app.router.add_get(wire.TOPOLOGY_PATH, self.topology)
+        self.app.router.add_get(wire.READINESS_PATH, self.readiness)
+        self.app.router.add_get(wire.NODES_PATH, self.nodes)
+        self.app.router.add_get("/metrics", self.metrics_handler)
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        await site.start()
+        server = site._server  # the bound port when 0 was asked for (tests)
+        self.port = server.sockets[0].getsockname()[1] if server and server.sockets else port
+        log.info("API listening on %s:%s", host, self.port)
+        return self.port
+
+    async def stop(self) -> None:
+        self.store.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # ------------------------------------------------------------------ handlers
+
+    async def configuration(self, request: web.Request) -> web.StreamResponse:
+        proxy = request.headers.get(wire.HEADER_PROXY_NAME)
+        if proxy:
+            self.store.record_proxy(proxy[:253], request.headers.get(wire.HEADER_APPLIED_VERSION), request.remote)
+        wait = wire.LONG_POLL_SECONDS
+        if "wait" in request.query:
+            try:
+                wait = min(max(float(request.query["wait"]), 0.0), wire.LONG_POLL_SECONDS)
+            except ValueError:
+                raise web.HTTPBadRequest(text="wait must be a number of seconds")
+        if self.store.config is None:
+            return web.json_response({"error": "no configuration yet"}, status=503,
+                                     headers={"Retry-After": "1"})
+        config = await self.store.wait_for_change(request.headers.get("If-None-Match"), wait)
+        if config is None:
+            current = self.store.config
+            if current is None:
+                return web.json_response({"error": "no configuration yet"}, status=503)
+            return web.Response(status=304, headers={
+                "ETag": current.etag(), wire.HEADER_CONFIG_VERSION: str(current.version)})
+        body = self.store.body if self.store.config is config else config.to_json().encode()
+        return web.Response(body=body, content_type="application/json", headers={
+            "ETag": config.etag(), wire.HEADER_CONFIG_VERSION: str(config.version), "Cache-Control": "no-cache"})
+
+    async def topology(self, request: web.Request) -> web.Response:
+        if self.store.topology_body is None:
+            return web.json_response({"error": "no topology yet"}, status=503)
+        return web.Response(body=self.store.topology_body, content_type="application/json")
+
+    async def readiness(self, request: web.Request) -> web.Response:
+        if self.store.config is not None and self.ready():
+            return web.Response(text="true", content_type="application/json")
+        return web.Response(text="false", status=503, content_type="application/json")
+
+    async def nodes(self, request: web.Request) -> web.Response:
+        current = self.store.config.version if self.store.config is not None else None
+        seen = dict(self.store.proxies)
+        out = []
+        for pod in self.proxy_pods():
+            meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+            name = meta.get("name", "")
+            report = seen.pop(name, None) or {}
+            out.append({"name": name, "ip": status.get("podIP"), "node": (pod.get("spec") or {}).get("nodeName"),
+                        "ready": _pod_ready(pod), **self._report(report, current)})
+        for name, report in seen.items():  # proxies that reported but are not (yet) in the Pods cache
+            out.append({"name": name, "ip": report.get("address"), "node": None, "ready": None,
+                        **self._report(report, current)})
+        out.sort(key=lambda n: n["name"])
+        return web.json_response(out)
+
+    @staticmethod
+    def _report(report: dict, current: int | None) -> dict:
+        applied = report.get("applied_version")
+        return {"applied_version": applied, "last_seen": report.get("last_seen"),
+                "up_to_date": applied is not None and applied == current}
+
+    async def metrics_handler(self, request: web.Request) -> web.Response:
+        if self.metrics is None:
+            return web.Response(text="", content_type="text/plain")
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})

@@ -1,0 +1,180 @@
+"""The controller API over a real socket: long-poll semantics, readiness, topology, nodes, metrics."""
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+
+from lightmesh import wire
+from lightmesh.config import EntryPoint, HTTPConfig, make_config
+from lightmesh.controller.api import ConfigStore, ControllerAPI, etag_matches
+from lightmesh.controller.metrics import ControllerMetrics
+
+
+def config(version, port=5000):
+    return make_config(version, HTTPConfig(entry_points=[EntryPoint(name=f"http-{port}", port=port)]))
+
+
+class Result:
+    def __init__(self, topology):
+        self.topology = topology
+
+    def topology_json(self):
+        return json.dumps(self.topology)
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+async def started(**kwargs):
+    store = ConfigStore()
+    api = ControllerAPI(store, **kwargs)
+    port = await api.start("127.0.0.1", 0)
+    return store, api, f"http://127.0.0.1:{port}"
+
+
+def test_etag_matching():
+    assert etag_matches('"abc"', '"abc"')
+    assert etag_matches('W/"abc", "x"', '"abc"')
+    assert etag_matches("*", '"abc"')
+    assert not etag_matches('"abd"', '"abc"')
+    assert not etag_matches(None, '"abc"')
+
+
+def test_503_before_config_then_200_then_304_then_200_on_change():
+    async def scenario():
+        ready = {"synced": False}
+        store, api, url = await started(ready=lambda: ready["synced"])
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(url + wire.CONFIG_PATH) as resp:
+                    assert resp.status == 503
+                async with http.get(url + wire.READINESS_PATH) as resp:
+                    assert resp.status == 503
+                async with http.get(url + wire.TOPOLOGY_PATH) as resp:
+                    assert resp.status == 503
+                first = config(1)
+                store.publish(first, Result({"services": {}, "errors": []}))
+                async with http.get(url + wire.READINESS_PATH) as resp:
+                    assert resp.status == 503  # a config but the sources are not synced
+                ready["synced"] = True
+                async with http.get(url + wire.READINESS_PATH) as resp:
+                    assert resp.status == 200 and await resp.json() is True
+                # no If-None-Match: the config at once
+                async with http.get(url + wire.CONFIG_PATH) as resp:
+                    assert resp.status == 200
+                    assert resp.headers["ETag"] == first.etag()
+                    assert resp.headers[wire.HEADER_CONFIG_VERSION] == "1"
+                    body = await resp.json()
+                    assert body["hash"] == first.hash and body["version"] == 1
+                # wait=0: answers at once, 200 with the config (how the local harness reads it)
+                async with http.get(url + wire.CONFIG_PATH + "?wait=0") as resp:
+                    assert resp.status == 200 and (await resp.json())["hash"] == first.hash
+                # same hash, short wait: 304 at the end of the wait
+                headers = {"If-None-Match": first.etag()}
+                async with http.get(url + wire.CONFIG_PATH + "?wait=0.2", headers=headers) as resp:
+                    assert resp.status == 304 and resp.headers["ETag"] == first.etag()
+                async with http.get(url + wire.CONFIG_PATH + "?wait=0", headers=headers) as resp:
+                    assert resp.status == 304
+                # a held poll returns 200 as soon as the hash changes
+                poll = asyncio.create_task(http.get(url + wire.CONFIG_PATH + "?wait=20", headers=headers))
+                await asyncio.sleep(0.2)
+                assert not poll.done()  # held
+                second = config(2, port=5001)
+                store.publish(second)
+                resp = await poll
+                assert resp.status == 200 and resp.headers["ETag"] == second.etag()
+                assert resp.headers[wire.HEADER_CONFIG_VERSION] == "2"
+                assert (await resp.json())["hash"] == second.hash
+                resp.release()
+                # a stale ETag gets the current config at once
+                async with http.get(url + wire.CONFIG_PATH, headers=headers) as resp:
+                    assert resp.status == 200 and resp.headers["ETag"] == second.etag()
+                async with http.get(url + wire.CONFIG_PATH + "?wait=abc") as resp:
+                    assert resp.status == 400
+                async with http.get(url + wire.TOPOLOGY_PATH) as resp:
+                    assert resp.status == 200 and (await resp.json()) == {"services": {}, "errors": []}
+        finally:
+            await api.stop()
+
+    run(scenario())
+
+
+def test_stop_releases_held_polls():
+    async def scenario():
+        store, api, url = await started()
+        store.publish(config(1))
+        async with aiohttp.ClientSession() as http:
+            poll = asyncio.create_task(http.get(url + wire.CONFIG_PATH, headers={"If-None-Match": config(1).etag()}))
+            await asyncio.sleep(0.2)
+            await api.stop()
+            try:
+                resp = await asyncio.wait_for(poll, 10)  # released well before LONG_POLL_SECONDS
+                assert resp.status in (304, 503)
+                resp.release()
+            except aiohttp.ClientError:
+                pass  # or the connection was closed: either way the proxy retries
+
+    run(scenario())
+
+
+def test_nodes_join_proxy_pods_and_reported_versions():
+    pods = [{"metadata": {"name": "lightmesh-proxy-a", "namespace": "lightmesh", "labels": wire.PROXY_POD_LABELS},
+             "spec": {"nodeName": "node-a"},
+             "status": {"podIP": "10.0.0.5", "conditions": [{"type": "Ready", "status": "True"}]}},
+            {"metadata": {"name": "lightmesh-proxy-b", "namespace": "lightmesh", "labels": wire.PROXY_POD_LABELS},
+             "spec": {"nodeName": "node-b"}, "status": {"podIP": "10.0.0.6"}}]
+
+    async def scenario():
+        store, api, url = await started(proxy_pods=lambda: pods)
+        try:
+            store.publish(config(3))
+            async with aiohttp.ClientSession() as http:
+                for name, applied in (("lightmesh-proxy-a", "3"), ("local-proxy", "2")):
+                    headers = {wire.HEADER_PROXY_NAME: name, wire.HEADER_APPLIED_VERSION: applied}
+                    async with http.get(url + wire.CONFIG_PATH + "?wait=0", headers=headers) as resp:
+                        assert resp.status == 200
+                async with http.get(url + wire.NODES_PATH) as resp:
+                    nodes = {n["name"]: n for n in await resp.json()}
+        finally:
+            await api.stop()
+        assert nodes["lightmesh-proxy-a"]["ip"] == "10.0.0.5" and nodes["lightmesh-proxy-a"]["ready"] is True
+        assert nodes["lightmesh-proxy-a"]["applied_version"] == 3 and nodes["lightmesh-proxy-a"]["up_to_date"]
+        assert nodes["lightmesh-proxy-b"]["ready"] is False and nodes["lightmesh-proxy-b"]["applied_version"] is None
+        assert nodes["local-proxy"]["applied_version"] == 2 and not nodes["local-proxy"]["up_to_date"]
+        assert nodes["local-proxy"]["ip"] == "127.0.0.1"
+
+    run(scenario())
+
+
+def test_metrics_endpoint():
+    async def scenario():
+        metrics = ControllerMetrics()
+        metrics["config_version"].set(7)
+        store, api, url = await started(metrics=metrics)
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(url + "/metrics") as resp:
+                    assert resp.status == 200
+                    assert "lightmesh_controller_config_version 7.0" in await resp.text()
+        finally:
+            await api.stop()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("wait", ["0", "-5", "1e9"])
+def test_wait_is_clamped(wait):
+    async def scenario():
+        store, api, url = await started()
+        store.publish(config(1))
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(url + wire.CONFIG_PATH + f"?wait={wait}") as resp:
+                    assert resp.status == 200
+        finally:
+            await api.stop()
+
+    run(scenario())
