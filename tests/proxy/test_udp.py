@@ -1,0 +1,240 @@
+"""UDP routes on loopback: per-client sessions, replies from the listening socket, idle expiry,
+allow-list drop, weights, route updates."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+import uvloop
+
+from lightmesh.config import L4Server, UDPRoute
+from lightmesh.proxy.metrics import ProxyMetrics
+from lightmesh.proxy.runtime import open_listener_socket
+from lightmesh.proxy.udp import UDPListener, UDPRouteState
+
+
+def run(coro, timeout: float = 30.0):
+    return uvloop.run(asyncio.wait_for(coro, timeout))
+
+
+class Echo(asyncio.DatagramProtocol):
+    """Answers ``<tag>:<payload>`` to whoever sent; remembers the source addresses it saw."""
+
+    def __init__(self, tag: bytes) -> None:
+        self.tag = tag
+        self.sources: list = []
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data, addr) -> None:
+        self.sources.append(addr)
+        self.transport.sendto(self.tag + b":" + data, addr)
+
+
+async def echo_backend(tag: bytes):
+    transport, proto = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: Echo(tag), local_addr=("127.0.0.1", 0))
+    return transport, proto, transport.get_extra_info("sockname")[1]
+
+
+class Client(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data, addr) -> None:
+        self.queue.put_nowait((data, addr))
+
+
+async def client(port: int, local: str = "127.0.0.1"):
+    transport, proto = await asyncio.get_running_loop().create_datagram_endpoint(
+        Client, local_addr=(local, 0), remote_addr=None)
+    return transport, proto
+
+
+def make_route(ports, *, weights=None, allowed=None, idle=30.0, name="udp-route"):
+    weights = weights or [1] * len(ports)
+    return UDPRoute(name=name, address="127.0.0.1", port=1, allowed_sources=allowed,
+                    session_idle_timeout_seconds=idle,
+                    servers=[L4Server(address="127.0.0.1", port=p, weight=w) for p, w in zip(ports, weights)])
+
+
+async def start(route: UDPRoute, metrics=None):
+    sock = open_listener_socket("udp", "127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    listener = await UDPListener(asyncio.get_running_loop(), UDPRouteState(route), metrics or ProxyMetrics()).start(sock)
+    return listener, port
+
+
+async def ask(transport, proto, port: int, payload: bytes, timeout: float = 3.0):
+    transport.sendto(payload, ("127.0.0.1", port))
+    return await asyncio.wait_for(proto.queue.get(), timeout)
+
+
+def test_session_per_client_and_replies_from_listening_socket():
+    async def main():
+        bt, backend, bport = await echo_backend(b"A")
+        metrics = ProxyMetrics()
+        listener, port = await start(make_route([bport]), metrics)
+        c1, p1 = await client(port)
+        c2, p2 = await client(port, "127.0.0.2")
+        try:
+            for i in range(3):
+                data, addr = await ask(c1, p1, port, b"one%d" % i)
+                assert data == b"A:one%d" % i and addr == ("127.0.0.1", port)
+            data, addr = await ask(c2, p2, port, b"two")
+            assert data == b"A:two" and addr == ("127.0.0.1", port)
+            assert len(listener.sessions) == 2
+            # one upstream socket per client: the backend saw exactly two source addresses
+            assert len(set(backend.sources)) == 2
+            assert metrics.l4_connections[("udp-route", "udp")] == 2
+            assert metrics.open_connections["udp"] == 2
+            assert metrics.l4_bytes[("udp-route", "udp", "upstream")] == 4 + 4 + 4 + 3
+            assert metrics.l4_bytes[("udp-route", "udp", "downstream")] == 6 + 6 + 6 + 5
+        finally:
+            c1.close(), c2.close(), listener.close(), bt.close()
+        assert metrics.open_connections["udp"] == 0
+
+    run(main())
+
+
+def test_idle_sessions_expire():
+    async def main():
+        bt, backend, bport = await echo_backend(b"A")
+        listener, port = await start(make_route([bport], idle=0.2))
+        c, p = await client(port)
+        try:
+            await ask(c, p, port, b"x")
+            assert len(listener.sessions) == 1
+            for _ in range(100):
+                if not listener.sessions:
+                    break
+                await asyncio.sleep(0.05)
+            assert not listener.sessions
+            # the next datagram opens a fresh session (a new upstream source port)
+            await ask(c, p, port, b"y")
+            assert len(set(backend.sources)) == 2
+        finally:
+            c.close(), listener.close(), bt.close()
+
+    run(main())
+
+
+def test_traffic_keeps_a_session_alive():
+    async def main():
+        bt, backend, bport = await echo_backend(b"A")
+        listener, port = await start(make_route([bport], idle=0.3))
+        c, p = await client(port)
+        try:
+            for _ in range(8):
+                await ask(c, p, port, b"x")
+                await asyncio.sleep(0.1)
+            assert len(set(backend.sources)) == 1
+        finally:
+            c.close(), listener.close(), bt.close()
+
+    run(main())
+
+
+def test_denied_source_is_dropped():
+    async def main():
+        bt, backend, bport = await echo_backend(b"A")
+        metrics = ProxyMetrics()
+        listener, port = await start(make_route([bport], allowed=["127.0.0.2/32"]), metrics)
+        bad, pbad = await client(port, "127.0.0.1")
+        good, pgood = await client(port, "127.0.0.2")
+        try:
+            with pytest.raises(asyncio.TimeoutError):
+                await ask(bad, pbad, port, b"nope", timeout=0.5)
+            assert backend.sources == []
+            assert metrics.acl_denied[("udp-route", "udp")] == 1
+            data, _ = await ask(good, pgood, port, b"yes")
+            assert data == b"A:yes"
+            # revoking the source ends its session at once
+            listener.update(UDPRouteState(make_route([bport], allowed=[]), listener.route))
+            assert not listener.sessions
+            with pytest.raises(asyncio.TimeoutError):
+                await ask(good, pgood, port, b"again", timeout=0.5)
+        finally:
+            bad.close(), good.close(), listener.close(), bt.close()
+
+    run(main())
+
+
+def test_weights_spread_sessions():
+    async def main():
+        ta, _, pa = await echo_backend(b"A")
+        tb, _, pb = await echo_backend(b"B")
+        listener, port = await start(make_route([pa, pb], weights=[3, 1]))
+        clients = [await client(port) for _ in range(8)]
+        try:
+            answers = [(await ask(t, p, port, b"x"))[0][:1] for t, p in clients]
+            assert answers.count(b"A") == 6 and answers.count(b"B") == 2
+        finally:
+            for t, _ in clients:
+                t.close()
+            listener.close(), ta.close(), tb.close()
+
+    run(main())
+
+
+def test_route_update_moves_sessions_off_removed_servers():
+    async def main():
+        ta, _, pa = await echo_backend(b"A")
+        tb, _, pb = await echo_backend(b"B")
+        listener, port = await start(make_route([pa]))
+        c, p = await client(port)
+        try:
+            assert (await ask(c, p, port, b"x"))[0] == b"A:x"
+            listener.update(UDPRouteState(make_route([pa, pb], weights=[1, 1]), listener.route))
+            assert (await ask(c, p, port, b"y"))[0] == b"A:y"  # its server stayed: session kept
+            listener.update(UDPRouteState(make_route([pb]), listener.route))
+            assert (await ask(c, p, port, b"z"))[0] == b"B:z"  # its server left: new session
+        finally:
+            c.close(), listener.close(), ta.close(), tb.close()
+
+    run(main())
+
+
+def test_unreachable_server_does_not_kill_session():
+    async def main():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            dead = s.getsockname()[1]
+        listener, port = await start(make_route([dead]))
+        c, p = await client(port)
+        try:
+            for _ in range(3):  # ICMP port unreachable comes back as ECONNREFUSED on the session socket
+                c.sendto(b"x", ("127.0.0.1", port))
+                await asyncio.sleep(0.05)
+            assert len(listener.sessions) == 1
+        finally:
+            c.close(), listener.close()
+
+    run(main())
+
+
+def test_session_cap_drops_new_clients():
+    async def main():
+        bt, _, bport = await echo_backend(b"A")
+        metrics = ProxyMetrics()
+        sock = open_listener_socket("udp", "127.0.0.1", 0)
+        port = sock.getsockname()[1]
+        listener = await UDPListener(asyncio.get_running_loop(), UDPRouteState(make_route([bport])), metrics,
+                                     max_sessions=1).start(sock)
+        c1, p1 = await client(port)
+        c2, p2 = await client(port)
+        try:
+            assert (await ask(c1, p1, port, b"x"))[0] == b"A:x"
+            with pytest.raises(asyncio.TimeoutError):
+                await ask(c2, p2, port, b"y", timeout=0.5)
+            assert metrics.upstream_errors[("udp-route", "max_sessions")] == 1
+        finally:
+            c1.close(), c2.close(), listener.close(), bt.close()
+
+    run(main())
