@@ -70,6 +70,9 @@ class ConfigStore:
     def set_result(self, result) -> None:
         self.result = result
         topology = result.topology_json() if hasattr(result, "topology_json") else result
+        if isinstance(topology, dict) and self.config is not None and "config_version" in topology:
+            # the build numbered it version+1 even when the hash did not change: show what is served
+            topology = {**topology, "config_version": self.config.version, "config_hash": self.config.hash}
         if isinstance(topology, (bytes, bytearray)):
             self.topology_body = bytes(topology)
         elif isinstance(topology, str):

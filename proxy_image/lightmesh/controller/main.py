@@ -1,0 +1,200 @@
+"""``lightmesh controller``: flags, logging, and wiring the shell's parts together.
+
+Two ways to run:
+
+* in a cluster (default): Kubernetes watches (``--kubeconfig`` or in-cluster credentials), the
+  leader (``--leader-election``) writes shadow Services and Events;
+* local mode (``--manifests DIR``): the files in DIR are the cluster, shadow Services live in
+  memory (ClusterIPs from 127.1.0.0/16) and in ``DIR/.lightmesh-shadows.json``.
+
+Either way the API (config long poll, topology, readiness, nodes, metrics) and the mesh DNS are
+served from this process's own caches. SIGTERM/SIGINT stop everything and exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from lightmesh import wire
+
+log = logging.getLogger("lightmesh.controller")
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_argument_group("cluster state")
+    src.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster service account, else ~/.kube/config)")
+    src.add_argument("--manifests", metavar="DIR",
+                     help="local mode: read the cluster from the *.yaml/*.yml/*.json files in DIR (no Kubernetes)")
+    src.add_argument("--namespace", default=wire.DEFAULT_MESH_NAMESPACE, help="the mesh namespace (shadow Services, Lease)")
+    src.add_argument("--watch-namespaces", type=_csv, default=[], help="comma list: mesh only these namespaces")
+    src.add_argument("--ignore-namespaces", type=_csv, default=[], help="comma list: never mesh these namespaces")
+    mesh = parser.add_argument_group("mesh")
+    mesh.add_argument("--acl", action="store_true", help="ACL mode: deny unless an SMI TrafficTarget allows")
+    mesh.add_argument("--default-mode", choices=("http", "tcp", "udp"), default="http",
+                      help="traffic type of Services without the traffic-type annotation")
+    mesh.add_argument("--domains", type=_csv, default=list(wire.DEFAULT_DOMAINS),
+                      help="comma list of mesh DNS domains (default: %(default)s)")
+    for proto, base, limit in (("http", wire.HTTP_PORT_BASE, wire.DEFAULT_HTTP_PORT_LIMIT),
+                               ("tcp", wire.TCP_PORT_BASE, wire.DEFAULT_TCP_PORT_LIMIT),
+                               ("udp", wire.UDP_PORT_BASE, wire.DEFAULT_UDP_PORT_LIMIT)):
+        mesh.add_argument(f"--{proto}-port-base", type=int, default=base, help=f"first {proto.upper()} mesh port")
+        mesh.add_argument(f"--{proto}-port-limit", type=int, default=limit, help=f"number of {proto.upper()} mesh ports")
+    mesh.add_argument("--listen-mode", choices=("node", "shadow-ip"), default="node",
+                      help="node: proxies listen on 0.0.0.0 at the mesh ports; shadow-ip: on each shadow "
+                           "ClusterIP at the Service's own ports (local mode)")
+    serve = parser.add_argument_group("serving")
+    serve.add_argument("--api-address", default="0.0.0.0")
+    serve.add_argument("--api-port", type=int, default=wire.DEFAULT_CONTROLLER_API_PORT)
+    serve.add_argument("--dns-address", default="0.0.0.0")
+    serve.add_argument("--dns-port", type=int, default=wire.DEFAULT_DNS_PORT)
+    serve.add_argument("--leader-election", action="store_true",
+                       help=f"only the holder of the Lease {wire.LEASE_NAME} writes shadow Services and Events")
+    serve.add_argument("--otlp-endpoint", help="OpenTelemetry collector (accepted; the controller exports no spans yet)")
+    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    serve.add_argument("--log-format", choices=("text", "json"), default="text")
+
+
+class _JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname.lower(),
+                "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JSONFormatter() if fmt == "json"
+                         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("aiohttp.access", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def settings_from_args(args: argparse.Namespace):
+    from lightmesh.controller.model import Settings
+
+    return Settings(
+        mesh_namespace=args.namespace, acl=args.acl, default_mode=args.default_mode, domains=tuple(args.domains),
+        watch_namespaces=tuple(args.watch_namespaces), ignore_namespaces=tuple(args.ignore_namespaces),
+        http_port_base=args.http_port_base, http_port_limit=args.http_port_limit,
+        tcp_port_base=args.tcp_port_base, tcp_port_limit=args.tcp_port_limit,
+        udp_port_base=args.udp_port_base, udp_port_limit=args.udp_port_limit, listen_mode=args.listen_mode)
+
+
+async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    """Run until ``stop`` is set; returns the exit code."""
+    from lightmesh.controller.api import ConfigStore, ControllerAPI
+    from lightmesh.controller.dns import DNSTable, MeshDNS
+    from lightmesh.controller.metrics import ControllerMetrics
+    from lightmesh.controller.reconcile import Controller
+    from lightmesh.controller.sources import FileSource, KubeAPI, KubeSource, ObjectFilter
+
+    settings = settings_from_args(args)
+    metrics = ControllerMetrics()
+    object_filter = ObjectFilter.create(args.namespace, args.watch_namespaces, args.ignore_namespaces)
+    store = ConfigStore()
+    dns = MeshDNS(DNSTable(tuple(args.domains)))
+    kube: KubeAPI | None = None
+    parts: dict = {}
+    if args.manifests:
+        from lightmesh.controller.writer import STATE_FILE_NAME, LocalShadowStore
+
+        directory = Path(args.manifests)
+        if not directory.is_dir():
+            log.error("--manifests %s is not a directory", directory)
+            return 2
+        source = FileSource(directory, object_filter)
+        parts["local_shadows"] = LocalShadowStore(directory / STATE_FILE_NAME, args.namespace)
+        if args.leader_election:
+            log.warning("--leader-election has no effect with --manifests (no cluster)")
+    else:
+        from lightmesh.controller.events import EventRecorder
+        from lightmesh.controller.leader import LeaderElector
+        from lightmesh.controller.writer import KubeShadowWriter
+
+        try:
+            kube = KubeAPI.from_kubeconfig(args.kubeconfig)
+        except Exception as exc:  # noqa: BLE001 - no credentials: say so and exit
+            log.error("cannot configure the Kubernetes client: %s", exc)
+            return 1
+        source = KubeSource(kube, object_filter, metrics=metrics)
+
+        def uid_of(kind: str, namespace: str, name: str):
+            fieldname = {"Service": "services", "Pod": "pods", "EndpointSlice": "endpoint_slices",
+                         "TrafficTarget": "traffic_targets", "HTTPRouteGroup": "http_route_groups",
+                         "TCPRoute": "tcp_routes", "UDPRoute": "udp_routes",
+                         "TrafficSplit": "traffic_splits"}.get(kind)
+            obj = source.raw(fieldname, namespace, name) if fieldname else None
+            return ((obj or {}).get("metadata") or {}).get("uid")
+
+        informer_versions = lambda: {i.resource.kind: i.resource.api_version  # noqa: E731
+                                     for i in source.informers.values() if i.resource}
+        parts["kube_writer"] = KubeShadowWriter(kube, args.namespace, metrics)
+        parts["events"] = EventRecorder(kube, uids=uid_of, api_versions=informer_versions)
+        if args.leader_election:
+            parts["elector"] = LeaderElector(kube, args.namespace, metrics=metrics)
+        else:
+            metrics["is_leader"].set(1)  # a single replica writes
+    controller = Controller(settings, source, store=store, metrics=metrics, dns=dns, **parts)
+    if "elector" in parts:
+        parts["elector"].on_change = controller.leadership_changed
+
+    api = ControllerAPI(store, metrics, ready=controller.ready,
+                        proxy_pods=lambda: source.snapshot().get("proxy_pods", []))
+    try:
+        await api.start(args.api_address, args.api_port)
+        try:
+            await dns.start(args.dns_address, args.dns_port)
+        except OSError as exc:
+            log.error("cannot serve DNS on %s:%s: %s", args.dns_address, args.dns_port, exc)
+            return 1
+        runner = asyncio.create_task(controller.run(), name="controller")
+        stopper = asyncio.create_task(stop.wait(), name="stop")
+        done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        code = 0
+        if runner in done:
+            exc = runner.exception()
+            log.error("controller stopped unexpectedly: %r", exc)
+            code = 1
+        for task in (runner, stopper):
+            task.cancel()
+        await asyncio.gather(runner, stopper, return_exceptions=True)
+        log.info("controller stopped")
+        return code
+    finally:
+        await dns.stop()
+        await api.stop()
+        if kube is not None:
+            await kube.close()
+
+
+async def _main(args: argparse.Namespace) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return await serve(args, stop)
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level, args.log_format)
+    try:
+        settings_from_args(args)  # flags are checked before anything starts
+    except ValueError as exc:
+        log.error("invalid settings: %s", exc)
+        return 2
+    return asyncio.run(_main(args))

@@ -1,0 +1,223 @@
+"""The reconcile loop: source changed → (debounce) → build → publish → shadows, DNS, events, metrics.
+
+:class:`Controller` owns the sequencing and nothing else; every edge is injected:
+
+* ``source``: a :class:`~lightmesh.controller.sources.FileSource` or ``KubeSource`` (``synced``,
+  ``snapshot()``, ``run()``); its ``on_change`` is wired to :meth:`Controller.notify`.
+* ``build_fn``: :func:`lightmesh.controller.build.build` (pure); tests may pass their own.
+* ``local_shadows`` (local mode): shadow Services are applied in memory right in the loop and the
+  build runs again so the config listens on the ClusterIPs just allocated (at most
+  ``MAX_PASSES`` builds per round).
+* ``kube_writer`` + ``elector`` + ``events`` (cluster): the leader writes shadow Services and
+  Events from a separate task, so slow API calls never delay publishing config; the shadow
+  Services come back through the watch with their ClusterIPs and trigger the next round.
+
+Versions: a new version (previous + 1) only when the config hash changes. In local mode the last
+published (version, hash) is persisted with the shadows, so a restart with the same content serves
+the same version and hash, and a restart with other content continues the numbering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from lightmesh.controller.api import ConfigStore
+from lightmesh.controller.dns import DNSTable, MeshDNS
+from lightmesh.controller.sources import FIELDS, STATE_FIELDS
+
+log = logging.getLogger("lightmesh.controller")
+
+DEBOUNCE_SECONDS = 0.02
+MAX_DELAY_SECONDS = 0.1  # a stream of events still gets a rebuild at least this often
+MAX_PASSES = 3
+WRITE_RETRY_SECONDS = 5.0
+
+KIND_OF_FIELD = {f: kind for f, (_, kind) in FIELDS.items()} | {"shadow_services": "ShadowService"}
+
+
+def _default_build():
+    from lightmesh.controller.build import build
+
+    return build
+
+
+@dataclass
+class RoundStats:
+    builds: int = 0
+    published: bool = False
+
+
+class Controller:
+    def __init__(self, settings, source, *, store: ConfigStore | None = None, metrics=None,
+                 dns: MeshDNS | None = None, local_shadows=None, kube_writer=None, elector=None, events=None,
+                 build_fn: Callable | None = None, debounce_seconds: float = DEBOUNCE_SECONDS,
+                 max_delay_seconds: float = MAX_DELAY_SECONDS) -> None:
+        from lightmesh.controller.model import ClusterState
+
+        self._state_type = ClusterState
+        self.settings = settings
+        self.source = source
+        self.store = store or ConfigStore()
+        self.metrics = metrics
+        self.dns = dns
+        self.local_shadows = local_shadows
+        self.kube_writer = kube_writer
+        self.elector = elector
+        self.events = events
+        self.build_fn = build_fn or _default_build()
+        self.debounce_seconds = debounce_seconds
+        self.max_delay_seconds = max_delay_seconds
+        self.config = None
+        self.version = 0
+        self.ports = None
+        self.result = None
+        self.rounds = 0
+        self._dirty = asyncio.Event()
+        self._write_wanted = asyncio.Event()
+        self._desired_shadows: list[dict] | None = None
+        self._errors: list = []
+        if local_shadows is not None and local_shadows.last_config:
+            self.version = int(local_shadows.last_config.get("version") or 0)
+        self.source.on_change = self.notify
+
+    # ------------------------------------------------------------------ wiring
+
+    def notify(self) -> None:
+        self._dirty.set()
+
+    def leadership_changed(self, leader: bool) -> None:
+        if leader:
+            self._write_wanted.set()  # a new leader writes what it has at once
+
+    @property
+    def synced(self) -> bool:
+        return self.source.synced.is_set()
+
+    def ready(self) -> bool:
+        return self.synced and self.config is not None
+
+    # ------------------------------------------------------------------ one round
+
+    def _state(self):
+        snapshot = self.source.snapshot()
+        if self.local_shadows is not None:
+            snapshot["shadow_services"] = self.local_shadows.list()
+        return snapshot, self._state_type(**{f: snapshot.get(f, []) for f in STATE_FIELDS})
+
+    def reconcile_once(self) -> RoundStats:
+        """Build and publish from the current caches (synchronous: the core is pure and fast)."""
+        started = time.perf_counter()
+        stats = RoundStats()
+        snapshot, state = self._state()
+        result = None
+        for _ in range(MAX_PASSES):
+            result = self.build_fn(state, self.settings, self.version + 1, previous_ports=self.ports)
+            stats.builds += 1
+            if self.local_shadows is None or not self.local_shadows.apply(list(result.shadow_services)):
+                break
+            # new ClusterIPs/ports: build again so the config listens on them
+            snapshot["shadow_services"] = self.local_shadows.list()
+            state = self._state_type(**{f: snapshot.get(f, []) for f in STATE_FIELDS})
+        assert result is not None
+        self.result = result
+        self.ports = result.ports
+        config = result.config
+        if self.config is None or config.hash != self.config.hash:
+            config = self._numbered(config)
+            self.config, self.version = config, config.version
+            stats.published = True
+            log.info("published config version %d (hash %s)", config.version, config.hash[:12])
+            if self.local_shadows is not None:
+                self.local_shadows.remember_config(config.version, config.hash)
+        self.store.publish(self.config, result)
+        if self.dns is not None:
+            self.dns.table = DNSTable.from_shadows(snapshot.get("shadow_services", []), self.settings.domains)
+        self._errors = list(result.errors)
+        if self.kube_writer is not None or self.events is not None:
+            self._desired_shadows = list(result.shadow_services)
+            self._write_wanted.set()
+        self._observe(snapshot, result, time.perf_counter() - started)
+        self.rounds += 1
+        return stats
+
+    def _numbered(self, config):
+        """Give a new config its version: +1, or the persisted one when the content is the same."""
+        last = self.local_shadows.last_config if self.local_shadows is not None else {}
+        if self.config is None and last.get("hash") == config.hash and last.get("version"):
+            return config.model_copy(update={"version": int(last["version"])})
+        if config.version != self.version + 1:
+            config = config.model_copy(update={"version": self.version + 1})
+        return config
+
+    def _observe(self, snapshot: dict[str, Any], result, seconds: float) -> None:
+        m = self.metrics
+        if m is None:
+            return
+        m["reconcile_duration_seconds"].observe(seconds)
+        for fieldname in STATE_FIELDS:
+            m["objects"].labels(kind=KIND_OF_FIELD[fieldname]).set(len(snapshot.get(fieldname, [])))
+        by_kind = Counter(getattr(e, "kind", "?") for e in result.errors)
+        for kind in set(KIND_OF_FIELD.values()) | set(by_kind):
+            m["object_errors"].labels(kind=kind).set(by_kind.get(kind, 0))
+        m["config_version"].set(self.version)
+
+    # ------------------------------------------------------------------ loops
+
+    async def run(self) -> None:
+        """Until cancelled: the source, the reconcile loop and (cluster) the writer."""
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.source.run())
+            if self.elector is not None:
+                tasks.create_task(self.elector.run())
+            if self.kube_writer is not None or self.events is not None:
+                tasks.create_task(self._write_loop())
+            await self._reconcile_loop()
+
+    async def _reconcile_loop(self) -> None:
+        await self.source.synced.wait()
+        while True:
+            await self._dirty.wait()
+            first = time.monotonic()
+            # debounce: wait for a quiet gap, but never longer than max_delay after the first event
+            while True:
+                self._dirty.clear()
+                await asyncio.sleep(self.debounce_seconds)
+                if not self._dirty.is_set() or time.monotonic() - first >= self.max_delay_seconds:
+                    break
+            self._dirty.clear()
+            try:
+                self.reconcile_once()
+            except Exception:  # a bug in one round must not stop the mesh: log, keep the last config
+                log.exception("reconcile failed; keeping the last published config")
+                await asyncio.sleep(1.0)
+
+    def _leader(self) -> bool:
+        return self.elector is None or self.elector.is_leader
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._write_wanted.wait()
+            self._write_wanted.clear()
+            if not self._leader() or self._desired_shadows is None:
+                continue
+            failures = 0
+            if self.kube_writer is not None:
+                existing = self.source.snapshot().get("shadow_services", [])
+                try:
+                    failures = await self.kube_writer.apply(self._desired_shadows, existing)
+                except Exception:
+                    log.exception("writing shadow Services failed")
+                    failures = 1
+            if self.events is not None:
+                try:
+                    await self.events.record(self._errors)
+                except Exception:
+                    log.exception("recording Events failed")
+            if failures:
+                await asyncio.sleep(WRITE_RETRY_SECONDS)
+                self._write_wanted.set()

@@ -1,0 +1,558 @@
+"""Where the controller's view of the cluster comes from: Kubernetes watches or a directory of files.
+
+This module owns the caches of raw objects (dicts exactly as the API returns them) and the rules
+deciding which objects the controller looks at:
+
+* :class:`ObjectFilter`: namespace filters (``--watch-namespaces``, ``--ignore-namespaces``; always
+  ignored: ``kube-system``, the mesh namespace except our shadow Services and the proxy pods, and
+  ``default/kubernetes``), and the split of Services into user Services and shadow Services.
+* :class:`FileSource` (``--manifests DIR``, local mode): every ``*.yaml``/``*.yml``/``*.json``
+  (multi-document, ``*List`` kinds flattened) at the top of DIR, re-read when a file's mtime or
+  size changes (polled every 0.2 s); dot-files are skipped (the harness's temporary file, the
+  writer's state file). A file that fails to parse is logged and its last good objects are kept.
+* :class:`KubeSource`: one :class:`Informer` (list + watch) per kind over :class:`KubeAPI`. The
+  SMI kinds are discovered: the newest version the cluster serves among the ones we support.
+  Watches resume from the last ``resourceVersion``, re-list on ``410 Gone`` and back off on errors
+  (``watch_restarts_total{kind,reason}``).
+
+Both sources call ``on_change()`` (no arguments, cheap) after the cache changed; the reconcile loop
+debounces and calls :meth:`snapshot` to get ``{field: [objects]}`` for ``ClusterState``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Iterable
+
+import yaml
+
+from lightmesh import wire
+
+log = logging.getLogger("lightmesh.controller.sources")
+
+# ClusterState field → (API group, kind). Group "" is core.
+FIELDS: dict[str, tuple[str, str]] = {
+    "services": ("", "Service"),
+    "endpoint_slices": ("discovery.k8s.io", "EndpointSlice"),
+    "pods": ("", "Pod"),
+    "traffic_targets": ("access.smi-spec.io", "TrafficTarget"),
+    "http_route_groups": ("specs.smi-spec.io", "HTTPRouteGroup"),
+    "tcp_routes": ("specs.smi-spec.io", "TCPRoute"),
+    "udp_routes": ("specs.smi-spec.io", "UDPRoute"),
+    "traffic_splits": ("split.smi-spec.io", "TrafficSplit"),
+}
+STATE_FIELDS = (*FIELDS, "shadow_services")
+_BY_GROUP_KIND = {gk: f for f, gk in FIELDS.items()}
+
+ALWAYS_IGNORED_NAMESPACES = frozenset({"kube-system"})
+
+
+@dataclass(frozen=True)
+class Resource:
+    """How to reach one kind over the API: ``/api/v1/pods`` or ``/apis/<group>/<version>/<plural>``."""
+
+    field: str
+    group: str
+    version: str
+    kind: str
+    plural: str
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def path(self, namespace: str | None = None, name: str | None = None) -> str:
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        if namespace:
+            base += f"/namespaces/{namespace}"
+        base += f"/{self.plural}"
+        return f"{base}/{name}" if name else base
+
+
+BUILTIN = {
+    "services": Resource("services", "", "v1", "Service", "services"),
+    "endpoint_slices": Resource("endpoint_slices", "discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
+    "pods": Resource("pods", "", "v1", "Pod", "pods"),
+}
+# Newest first: the first one the cluster serves wins.
+SMI_VERSIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    "traffic_targets": (("v1alpha3", "v1alpha2", "v1alpha1"), "traffictargets"),
+    "http_route_groups": (("v1alpha4", "v1alpha3", "v1alpha2", "v1alpha1"), "httproutegroups"),
+    "tcp_routes": (("v1alpha4", "v1alpha3", "v1alpha2", "v1alpha1"), "tcproutes"),
+    "udp_routes": (("v1alpha4", "v1alpha3", "v1alpha2", "v1alpha1"), "udproutes"),
+    "traffic_splits": (("v1alpha4", "v1alpha3", "v1alpha2", "v1alpha1"), "trafficsplits"),
+}
+LEASES = Resource("leases", "coordination.k8s.io", "v1", "Lease", "leases")
+EVENTS = Resource("events", "", "v1", "Event", "events")
+
+
+def group_of(api_version: str) -> str:
+    return api_version.rpartition("/")[0] if "/" in api_version else ""
+
+
+def key_of(obj: dict) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return meta.get("namespace") or "default", meta.get("name") or ""
+
+
+def is_shadow(obj: dict) -> bool:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return labels.get(wire.LABEL_MANAGED_BY) == wire.MANAGED_BY_CONTROLLER
+
+
+def is_proxy_pod(obj: dict) -> bool:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return all(labels.get(k) == v for k, v in wire.PROXY_POD_LABELS.items())
+
+
+def _csv(value: Iterable[str] | str | None) -> frozenset[str]:
+    if value is None:
+        return frozenset()
+    if isinstance(value, str):
+        value = value.split(",")
+    return frozenset(v.strip() for v in value if v and v.strip())
+
+
+@dataclass(frozen=True)
+class ObjectFilter:
+    """Which objects the controller considers, and where they go (field name or ``None``)."""
+
+    mesh_namespace: str = wire.DEFAULT_MESH_NAMESPACE
+    watch_namespaces: frozenset[str] = frozenset()
+    ignore_namespaces: frozenset[str] = frozenset()
+
+    @classmethod
+    def create(cls, mesh_namespace: str, watch: Iterable[str] | str | None = None,
+               ignore: Iterable[str] | str | None = None) -> ObjectFilter:
+        return cls(mesh_namespace, _csv(watch), _csv(ignore))
+
+    def route(self, fieldname: str, obj: dict) -> str | None:
+        """``services`` → ``services``/``shadow_services``/``proxy_pods``/None (ignored), etc."""
+        namespace, name = key_of(obj)
+        if namespace == self.mesh_namespace:
+            if fieldname == "services" and is_shadow(obj):
+                return "shadow_services"
+            if fieldname == "pods" and is_proxy_pod(obj):
+                return "proxy_pods"
+            return None
+        if namespace in ALWAYS_IGNORED_NAMESPACES or namespace in self.ignore_namespaces:
+            return None
+        if self.watch_namespaces and namespace not in self.watch_namespaces:
+            return None
+        if fieldname == "services" and ((namespace, name) == ("default", "kubernetes") or is_shadow(obj)):
+            return None  # a shadow outside the mesh namespace is not ours to use
+        return fieldname
+
+
+def classify(objects: Iterable[Any], object_filter: ObjectFilter) -> dict[str, list[dict]]:
+    """Raw objects of any kinds → ``{field: [objects]}`` (every STATE_FIELDS key and ``proxy_pods``)."""
+    out: dict[str, list[dict]] = {f: [] for f in (*STATE_FIELDS, "proxy_pods")}
+    for obj in objects:
+        if not isinstance(obj, dict):
+            continue
+        fieldname = _BY_GROUP_KIND.get((group_of(str(obj.get("apiVersion", ""))), obj.get("kind")))
+        if fieldname is None:
+            continue
+        target = object_filter.route(fieldname, obj)
+        if target is not None:
+            out[target].append(obj)
+    return out
+
+
+# =========================================================================== file source
+
+POLL_SECONDS = 0.2
+FILE_SUFFIXES = (".yaml", ".yml", ".json")
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available: 10x faster
+
+
+def parse_file(path: Path) -> list[dict]:
+    """Objects in one file; raises ValueError naming the file on malformed content."""
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            docs = [json.loads(text)] if text.strip() else []
+        else:
+            docs = list(yaml.load_all(text, Loader=_Loader))
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+    objects: list[dict] = []
+    for index, doc in enumerate(docs):
+        if doc is None:
+            continue
+        if not isinstance(doc, dict) or "kind" not in doc or "apiVersion" not in doc:
+            raise ValueError(f"{path} document {index + 1}: a Kubernetes object needs apiVersion and kind")
+        if str(doc["kind"]).endswith("List") and isinstance(doc.get("items"), list):
+            objects.extend(i for i in doc["items"] if isinstance(i, dict))
+        else:
+            objects.append(doc)
+    for obj in objects:
+        meta = obj.setdefault("metadata", {}) if isinstance(obj.get("metadata", {}), dict) else None
+        if meta is None or not meta.get("name"):
+            raise ValueError(f"{path}: {obj.get('kind')} without metadata.name")
+        meta.setdefault("namespace", "default")
+    return objects
+
+
+class FileSource:
+    """A directory of manifests as the cluster (local mode)."""
+
+    def __init__(self, directory: str | Path, object_filter: ObjectFilter,
+                 on_change: Callable[[], None] = lambda: None, poll_seconds: float = POLL_SECONDS) -> None:
+        self.directory = Path(directory)
+        self.filter = object_filter
+        self.on_change = on_change
+        self.poll_seconds = poll_seconds
+        self.synced = asyncio.Event()
+        self._files: dict[Path, tuple[tuple[int, int], list[dict]]] = {}  # path → (mtime, size), objects
+        self._groups: dict[str, list[dict]] = classify([], object_filter)
+        self.errors: dict[str, str] = {}  # file → last parse error (kept until the file parses again)
+
+    def _signature(self) -> dict[Path, tuple[int, int]]:
+        out = {}
+        try:
+            entries = list(os.scandir(self.directory))
+        except OSError as exc:
+            log.warning("cannot read manifests directory %s: %s", self.directory, exc)
+            return {p: sig for p, (sig, _) in self._files.items()}  # keep what we had
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.name.endswith(FILE_SUFFIXES):
+                continue
+            try:
+                st = entry.stat()
+            except OSError:
+                continue  # replaced between scandir and stat: seen on the next poll
+            if entry.is_file():
+                out[Path(entry.path)] = (st.st_mtime_ns, st.st_size)
+        return out
+
+    def load(self) -> bool:
+        """Re-read changed files; True when the objects changed. Blocking: call in a thread."""
+        signature = self._signature()
+        changed = False
+        for path in list(self._files):
+            if path not in signature:
+                del self._files[path]
+                self.errors.pop(str(path), None)
+                changed = True
+        for path, sig in sorted(signature.items()):
+            old = self._files.get(path)
+            if old is not None and old[0] == sig:
+                continue
+            try:
+                objects = parse_file(path)
+            except (OSError, ValueError) as exc:
+                if self.errors.get(str(path)) != str(exc):
+                    log.error("ignoring %s, keeping its last good objects: %s", path.name, exc)
+                self.errors[str(path)] = str(exc)
+                # remember the signature so a broken file is not re-parsed on every poll
+                self._files[path] = (sig, old[1] if old else [])
+                continue
+            self.errors.pop(str(path), None)
+            if old is None or old[1] != objects:
+                changed = True
+            self._files[path] = (sig, objects)
+        if changed:
+            every = [obj for path in sorted(self._files) for obj in self._files[path][1]]
+            self._groups = classify(every, self.filter)
+        return changed
+
+    def snapshot(self) -> dict[str, list[dict]]:
+        return {f: list(v) for f, v in self._groups.items()}
+
+    async def run(self) -> None:
+        """Poll until cancelled."""
+        if await asyncio.to_thread(self.load) or not self.synced.is_set():
+            self.synced.set()
+            self.on_change()
+        while True:
+            await asyncio.sleep(self.poll_seconds)
+            if await asyncio.to_thread(self.load):
+                log.info("manifests changed in %s", self.directory)
+                self.on_change()
+
+
+# =========================================================================== Kubernetes API
+
+
+class ApiError(Exception):
+    """A non-2xx answer from the API server (``status`` is the HTTP code, ``reason`` k8s' reason)."""
+
+    def __init__(self, status: int, reason: str = "", message: str = "") -> None:
+        super().__init__(f"{status} {reason}: {message}".strip())
+        self.status, self.reason, self.message = status, reason, message
+
+
+class KubeAPI:
+    """Raw JSON over lightkube's connection setup (kubeconfig/in-cluster auth, TLS, base URL).
+
+    Objects stay dicts (what the pure core consumes; no model decode per watch event), and the
+    watch loop stays ours (resourceVersion resume, 410 handling, backoff).
+    """
+
+    def __init__(self, http) -> None:  # an httpx.AsyncClient with base_url and auth
+        self.http = http
+
+    @classmethod
+    def from_kubeconfig(cls, path: str | None = None, server: str | None = None) -> KubeAPI:
+        import httpx
+        from lightkube.config.client_adapter import AsyncClient, ConnectionParams
+        from lightkube.config.kubeconfig import KubeConfig
+
+        if server:
+            config = KubeConfig.from_server(server)
+        elif path:
+            config = KubeConfig.from_file(path)
+        else:
+            config = KubeConfig.from_env()  # in-cluster service account, else ~/.kube/config
+        return cls(AsyncClient(config.get(), ConnectionParams(timeout=httpx.Timeout(10.0))))
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    @staticmethod
+    def _raise(resp) -> None:
+        if resp.status_code < 400:
+            return
+        reason = message = ""
+        try:
+            body = resp.json()
+            reason, message = body.get("reason", ""), body.get("message", "")
+        except (ValueError, AttributeError):
+            message = resp.text[:200] if hasattr(resp, "text") else ""
+        raise ApiError(resp.status_code, reason, message)
+
+    async def request(self, method: str, path: str, *, params: dict | None = None, body: Any = None,
+                      content_type: str = "application/json") -> dict:
+        headers = {"Accept": "application/json"}
+        content = None
+        if body is not None:
+            content = json.dumps(body).encode()
+            headers["Content-Type"] = content_type
+        resp = await self.http.request(method, path, params=params, content=content, headers=headers)
+        self._raise(resp)
+        if not resp.content:
+            return {}
+        data = resp.json()
+        return data if isinstance(data, dict) else {}
+
+    async def get(self, path: str, **params) -> dict:
+        return await self.request("GET", path, params=params or None)
+
+    async def list(self, path: str, page_size: int = 500) -> tuple[list[dict], str | None]:
+        """All items (paged with ``limit``/``continue``) and the list's resourceVersion."""
+        items: list[dict] = []
+        params: dict[str, Any] = {"limit": page_size}
+        for _ in range(100_000):  # bounded: at most 50M objects
+            body = await self.request("GET", path, params=params)
+            items.extend(i for i in body.get("items") or [] if isinstance(i, dict))
+            meta = body.get("metadata") or {}
+            cont = meta.get("continue")
+            if not cont:
+                return items, meta.get("resourceVersion")
+            params["continue"] = cont
+        raise ApiError(500, "TooManyPages", path)
+
+    async def watch(self, path: str, resource_version: str | None, timeout_seconds: int = 300
+                    ) -> AsyncIterator[dict]:
+        """Watch events as dicts ``{"type", "object"}`` until the server ends the stream."""
+        import httpx
+
+        params: dict[str, Any] = {"watch": "true", "allowWatchBookmarks": "true",
+                                  "timeoutSeconds": timeout_seconds}
+        if resource_version:
+            params["resourceVersion"] = resource_version
+        timeout = httpx.Timeout(10.0, read=timeout_seconds + 30.0)
+        async with self.http.stream("GET", path, params=params, timeout=timeout,
+                                    headers={"Accept": "application/json"}) as resp:
+            if resp.status_code >= 400:
+                await resp.aread()
+                self._raise(resp)
+            async for line in resp.aiter_lines():
+                if not line.strip():
+                    continue
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    raise ApiError(500, "BadWatchLine", line[:200]) from None
+                if isinstance(event, dict):
+                    yield event
+
+
+# =========================================================================== informers
+
+BACKOFF_MIN_SECONDS = 0.2
+BACKOFF_MAX_SECONDS = 30.0
+
+
+class Informer:
+    """List + watch one kind into a cache ``{(namespace, name): object}``."""
+
+    def __init__(self, api: KubeAPI, resource: Resource | None, on_change: Callable[[], None],
+                 metrics=None, watch_timeout_seconds: int = 300) -> None:
+        self.api = api
+        self.resource = resource  # None: the cluster does not serve this kind (cache stays empty)
+        self.on_change = on_change
+        self.metrics = metrics
+        self.watch_timeout_seconds = watch_timeout_seconds
+        self.cache: dict[tuple[str, str], dict] = {}
+        self.synced = asyncio.Event()
+        self.resource_version: str | None = None
+        self.lists = 0  # how many full lists were made (tests: a 410 re-lists)
+
+    @property
+    def kind(self) -> str:
+        return self.resource.kind if self.resource else "?"
+
+    def _restart(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics["watch_restarts_total"].labels(kind=self.kind, reason=reason).inc()
+
+    async def relist(self) -> None:
+        assert self.resource is not None
+        items, rv = await self.api.list(self.resource.path())
+        self.lists += 1
+        cache = {key_of(i): i for i in items}
+        changed = cache != self.cache
+        self.cache, self.resource_version = cache, rv
+        if not self.synced.is_set():
+            self.synced.set()
+            changed = True
+        if changed:
+            self.on_change()
+
+    def apply(self, event: dict) -> bool:
+        """Apply one watch event; True when the cache changed. Raises ApiError on ERROR events."""
+        etype, obj = event.get("type"), event.get("object")
+        if not isinstance(obj, dict):
+            raise ApiError(500, "BadWatchEvent", str(event)[:200])
+        if etype == "ERROR":
+            raise ApiError(int(obj.get("code") or 500), obj.get("reason", ""), obj.get("message", ""))
+        rv = (obj.get("metadata") or {}).get("resourceVersion")
+        if rv:
+            self.resource_version = rv
+        if etype == "BOOKMARK":
+            return False
+        key = key_of(obj)
+        if etype == "DELETED":
+            return self.cache.pop(key, None) is not None
+        if etype in ("ADDED", "MODIFIED"):
+            if self.cache.get(key) == obj:
+                return False
+            self.cache[key] = obj
+            return True
+        return False
+
+    async def run(self) -> None:
+        """List, then watch from the list's resourceVersion, forever (until cancelled)."""
+        if self.resource is None:
+            self.synced.set()
+            return
+        backoff = BACKOFF_MIN_SECONDS
+        need_list = True
+        while True:
+            try:
+                if need_list:
+                    await self.relist()
+                    need_list = False
+                async for event in self.api.watch(self.resource.path(), self.resource_version,
+                                                  self.watch_timeout_seconds):
+                    if self.apply(event):
+                        self.on_change()
+                    backoff = BACKOFF_MIN_SECONDS
+                # the server closed the watch (timeoutSeconds): resume from where we are
+            except asyncio.CancelledError:
+                raise
+            except ApiError as exc:
+                if exc.status == 410:
+                    log.info("%s watch expired (410 Gone): re-listing", self.kind)
+                    self._restart("gone")
+                    need_list = True
+                    continue
+                self._restart("error")
+                log.warning("%s watch failed (%s); retrying in %.1fs", self.kind, exc, backoff)
+            except Exception as exc:  # network errors, decode errors: back off, never die
+                self._restart("error")
+                log.warning("%s watch failed (%s: %s); retrying in %.1fs", self.kind, type(exc).__name__,
+                            exc, backoff)
+            await asyncio.sleep(backoff * (0.5 + random.random() / 2))
+            backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
+
+
+async def discover(api: KubeAPI) -> dict[str, Resource | None]:
+    """The resource to watch per field: built-ins fixed, SMI kinds the newest served version."""
+    out: dict[str, Resource | None] = dict(BUILTIN)
+    groups: dict[str, set[str]] = {}
+    try:
+        body = await api.get("/apis")
+        for group in body.get("groups") or []:
+            groups[group.get("name", "")] = {v.get("version") for v in group.get("versions") or []}
+    except ApiError as exc:
+        log.warning("API discovery failed (%s): SMI kinds not watched", exc)
+    for fieldname, (versions, plural) in SMI_VERSIONS.items():
+        group, kind = FIELDS[fieldname]
+        served = groups.get(group, set())
+        chosen = None
+        for version in versions:
+            if version not in served:
+                continue
+            # a group version may exist without this kind (e.g. specs v1alpha1 has no UDPRoute)
+            try:
+                resources = (await api.get(f"/apis/{group}/{version}")).get("resources") or []
+            except ApiError:
+                continue
+            if any(r.get("name") == plural for r in resources):
+                chosen = Resource(fieldname, group, version, kind, plural)
+                break
+        if chosen is None:
+            log.info("the cluster serves no supported version of %s.%s: not watched", kind, group)
+        out[fieldname] = chosen
+    return out
+
+
+class KubeSource:
+    """Every kind the controller needs, list+watched from the API server."""
+
+    def __init__(self, api: KubeAPI, object_filter: ObjectFilter, on_change: Callable[[], None] = lambda: None,
+                 metrics=None, watch_timeout_seconds: int = 300) -> None:
+        self.api = api
+        self.filter = object_filter
+        self.on_change = on_change
+        self.metrics = metrics
+        self.watch_timeout_seconds = watch_timeout_seconds
+        self.informers: dict[str, Informer] = {}
+        self.synced = asyncio.Event()
+
+    def _changed(self) -> None:
+        if self.synced.is_set():
+            self.on_change()
+
+    async def run(self) -> None:
+        resources = await discover(self.api)
+        self.informers = {f: Informer(self.api, r, self._changed, self.metrics, self.watch_timeout_seconds)
+                          for f, r in resources.items()}
+        async with asyncio.TaskGroup() as tasks:
+            for informer in self.informers.values():
+                tasks.create_task(informer.run())
+            await asyncio.gather(*(i.synced.wait() for i in self.informers.values()))
+            self.synced.set()
+            self.on_change()
+
+    def snapshot(self) -> dict[str, list[dict]]:
+        out: dict[str, list[dict]] = {f: [] for f in (*STATE_FIELDS, "proxy_pods")}
+        for fieldname, informer in self.informers.items():
+            for obj in informer.cache.values():
+                target = self.filter.route(fieldname, obj)
+                if target is not None:
+                    out[target].append(obj)
+        return out
+
+    def raw(self, fieldname: str, namespace: str, name: str) -> dict | None:
+        informer = self.informers.get(fieldname)
+        return informer.cache.get((namespace, name)) if informer else None

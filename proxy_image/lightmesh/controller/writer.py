@@ -1,0 +1,238 @@
+"""Shadow Services: making the desired ones (from ``build``) exist, in a cluster or in local mode.
+
+* :class:`KubeShadowWriter` (cluster, leader only): creates missing shadow Services, merge-patches
+  the ones whose managed fields differ (labels, annotations, the spec keys we set), deletes
+  orphans — Services in the mesh namespace that carry our ``managed-by`` label and are no longer
+  desired. A Service without our label is never written, even on a name clash. Conflicts (409) are
+  retried a bounded number of times; any failure leaves the rest going and is retried on the next
+  reconcile. Field manager ``lightmesh-controller``.
+* :class:`LocalShadowStore` (local mode, ``--manifests``): shadow Services in memory with
+  ClusterIPs from 127.1.0.0/16 (stable per shadow name: a hash of the name, linear probing on
+  collisions; last octets .0, .1 and .255 skipped), persisted atomically to
+  ``DIR/.lightmesh-shadows.json`` together with the last published config version and hash, so a
+  restarted controller recovers the same ports, the same ClusterIPs and the same version.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from lightmesh import wire
+from lightmesh.controller.sources import BUILTIN, ApiError, KubeAPI, is_shadow
+
+log = logging.getLogger("lightmesh.controller.writer")
+
+FIELD_MANAGER = wire.MANAGED_BY_CONTROLLER
+STATE_FILE_NAME = ".lightmesh-shadows.json"  # a dot-file: the file source skips it
+LOCAL_SHADOW_NETWORK = "127.1.0.0/16"
+CONFLICT_RETRIES = 3
+
+
+def _name(obj: dict) -> str:
+    return (obj.get("metadata") or {}).get("name") or ""
+
+
+def subset(want: Any, have: Any) -> bool:
+    """``want`` is contained in ``have``: dict keys recursively, lists element-wise (same length).
+
+    What the API server adds (defaults, clusterIP, status, managedFields) does not count as a
+    difference; anything we set that differs does.
+    """
+    if isinstance(want, dict):
+        return isinstance(have, dict) and all(k in have and subset(v, have[k]) for k, v in want.items())
+    if isinstance(want, list):
+        return isinstance(have, list) and len(want) == len(have) and all(subset(w, h) for w, h in zip(want, have))
+    return want == have
+
+
+def managed_part(desired: dict) -> dict:
+    """The fields of a shadow Service we own and compare."""
+    meta = desired.get("metadata") or {}
+    out: dict[str, Any] = {"metadata": {"labels": dict(meta.get("labels") or {})}, "spec": desired.get("spec") or {}}
+    if meta.get("annotations"):
+        out["metadata"]["annotations"] = dict(meta["annotations"])
+    return out
+
+
+class KubeShadowWriter:
+    def __init__(self, api: KubeAPI, namespace: str, metrics=None) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.metrics = metrics
+        self.resource = BUILTIN["services"]
+
+    def _count(self, action: str) -> None:
+        if self.metrics is not None:
+            self.metrics["shadow_service_writes_total"].labels(action=action).inc()
+
+    async def apply(self, desired: list[dict], existing: list[dict]) -> int:
+        """Make the mesh namespace's shadow Services match ``desired``; returns the failure count.
+
+        ``existing``: our shadow Services as the watch cache has them (label-filtered already).
+        """
+        failures = 0
+        have = {_name(s): s for s in existing if is_shadow(s)}
+        wanted = {_name(d): d for d in desired}
+        for name, want in sorted(wanted.items()):
+            current = have.get(name)
+            if current is not None and subset(managed_part(want), current):
+                continue
+            try:
+                if current is None:
+                    await self._create(want)
+                else:
+                    await self._patch(want)
+            except ApiError as exc:
+                failures += 1
+                log.error("writing shadow Service %s/%s failed: %s", self.namespace, name, exc)
+        for name, current in sorted(have.items()):
+            if name in wanted:
+                continue
+            try:
+                await self.api.request("DELETE", self.resource.path(self.namespace, name))
+                self._count("delete")
+                log.info("deleted orphan shadow Service %s/%s", self.namespace, name)
+            except ApiError as exc:
+                if exc.status != 404:
+                    failures += 1
+                    log.error("deleting shadow Service %s/%s failed: %s", self.namespace, name, exc)
+        return failures
+
+    async def _create(self, want: dict) -> None:
+        body = copy.deepcopy(want)
+        body.setdefault("apiVersion", "v1")
+        body.setdefault("kind", "Service")
+        body.setdefault("metadata", {})["namespace"] = self.namespace
+        try:
+            await self.api.request("POST", self.resource.path(self.namespace),
+                                   params={"fieldManager": FIELD_MANAGER}, body=body)
+            self._count("create")
+            log.info("created shadow Service %s/%s", self.namespace, _name(want))
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+            # exists but not in our cache: ours (cache lagging) → patch; a user's → leave it alone
+            current = await self.api.get(self.resource.path(self.namespace, _name(want)))
+            if not is_shadow(current):
+                raise ApiError(409, "NameTaken", f"Service {self.namespace}/{_name(want)} exists and is not "
+                                                 f"managed by {FIELD_MANAGER}: not touching it") from None
+            await self._patch(want)
+
+    async def _patch(self, want: dict) -> None:
+        path = self.resource.path(self.namespace, _name(want))
+        for attempt in range(CONFLICT_RETRIES):
+            try:
+                current = await self.api.get(path)
+                if not is_shadow(current):
+                    raise ApiError(409, "NameTaken", f"Service {self.namespace}/{_name(want)} is not ours")
+                if subset(managed_part(want), current):
+                    return
+                patch = managed_part(want)
+                # optimistic concurrency: a concurrent writer makes this a 409, and we re-read
+                patch["metadata"]["resourceVersion"] = (current.get("metadata") or {}).get("resourceVersion")
+                if patch["metadata"]["resourceVersion"] is None:
+                    del patch["metadata"]["resourceVersion"]
+                await self.api.request("PATCH", path, params={"fieldManager": FIELD_MANAGER}, body=patch,
+                                       content_type="application/merge-patch+json")
+                self._count("update")
+                log.info("updated shadow Service %s/%s", self.namespace, _name(want))
+                return
+            except ApiError as exc:
+                if exc.status != 409 or exc.reason == "NameTaken" or attempt == CONFLICT_RETRIES - 1:
+                    raise
+                log.info("conflict updating shadow Service %s/%s: retrying", self.namespace, _name(want))
+
+
+# =========================================================================== local mode
+
+
+class LocalShadowStore:
+    """Shadow Services without a cluster: in memory, ClusterIPs from loopback, persisted."""
+
+    def __init__(self, state_file: str | Path, namespace: str = wire.DEFAULT_MESH_NAMESPACE,
+                 network: str = LOCAL_SHADOW_NETWORK) -> None:
+        self.state_file = Path(state_file)
+        self.namespace = namespace
+        self.network = ipaddress.ip_network(network)
+        self.shadows: dict[str, dict] = {}
+        self.last_config: dict[str, Any] = {}  # {"version": int, "hash": str} of the last published config
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            data = json.loads(self.state_file.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.error("ignoring unreadable state file %s: %s", self.state_file, exc)
+            return
+        for shadow in data.get("shadows") or []:
+            if isinstance(shadow, dict) and _name(shadow) and self._ip_of(shadow):
+                self.shadows[_name(shadow)] = shadow
+        config = data.get("config")
+        if isinstance(config, dict) and isinstance(config.get("version"), int):
+            self.last_config = {"version": config["version"], "hash": str(config.get("hash", ""))}
+        log.info("recovered %d shadow Services from %s", len(self.shadows), self.state_file)
+
+    @staticmethod
+    def _ip_of(shadow: dict) -> str | None:
+        return (shadow.get("spec") or {}).get("clusterIP")
+
+    def list(self) -> list[dict]:
+        return [copy.deepcopy(s) for _, s in sorted(self.shadows.items())]
+
+    def _allocate(self, name: str, taken: set[str]) -> str:
+        size = self.network.num_addresses
+        start = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") % size
+        for step in range(size):
+            address = self.network.network_address + (start + step) % size
+            if address.packed[-1] in (0, 1, 255) or str(address) in taken:
+                continue
+            return str(address)
+        raise RuntimeError(f"no free shadow ClusterIP left in {self.network}")
+
+    def apply(self, desired: list[dict]) -> bool:
+        """Make the in-memory shadows match ``desired``; True when anything changed (then persisted)."""
+        wanted = {_name(d): d for d in desired}
+        taken = {self._ip_of(s) for n, s in self.shadows.items() if n in wanted}
+        result: dict[str, dict] = {}
+        for name, want in sorted(wanted.items()):
+            current = self.shadows.get(name)
+            address = self._ip_of(current) if current else None
+            if address is None:
+                address = self._allocate(name, taken)
+                taken.add(address)
+            shadow = copy.deepcopy(want)
+            shadow.setdefault("apiVersion", "v1")
+            shadow.setdefault("kind", "Service")
+            shadow.setdefault("metadata", {})["namespace"] = self.namespace
+            spec = shadow.setdefault("spec", {})
+            spec["clusterIP"] = address
+            spec["clusterIPs"] = [address]
+            result[name] = shadow
+        if result == self.shadows:
+            return False
+        self.shadows = result
+        self.save()
+        return True
+
+    def remember_config(self, version: int, content_hash: str) -> None:
+        if self.last_config != {"version": version, "hash": content_hash}:
+            self.last_config = {"version": version, "hash": content_hash}
+            self.save()
+
+    def save(self) -> None:
+        data = {"shadows": self.list(), "config": self.last_config}
+        tmp = self.state_file.with_name(f".{self.state_file.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+            os.replace(tmp, self.state_file)  # atomic: a crash never leaves half a file
+        except OSError as exc:
+            log.error("cannot persist shadow Services to %s: %s", self.state_file, exc)
