@@ -1,0 +1,251 @@
+"""``lightmesh controller --manifests DIR`` as a real subprocess: what local mode relies on."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from dnslib import RCODE, DNSRecord
+
+from lightmesh import wire
+from tests.conftest import lightmesh_cmd, lightmesh_env
+
+NS = "shop"
+
+
+def service(name, port=80, traffic="http", protocol="TCP", annotations=None):
+    ann = {"mesh.traefik.io/traffic-type": traffic, **(annotations or {})}
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": NS, "annotations": ann},
+            "spec": {"selector": {"app": name}, "ports": [{"name": "main", "port": port, "protocol": protocol,
+                                                           "targetPort": port}]}}
+
+
+def pod(name, app, ip, port=80):
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS, "labels": {"app": app}},
+            "spec": {"containers": [{"name": "c", "image": "x", "ports": [{"containerPort": port}]}]},
+            "status": {"podIP": ip, "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+def endpoint_slice(service_name, pods, port=80, protocol="TCP"):
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": f"{service_name}-abc", "namespace": NS,
+                         "labels": {"kubernetes.io/service-name": service_name}},
+            "addressType": "IPv4", "ports": [{"name": "main", "port": port, "protocol": protocol}],
+            "endpoints": [{"addresses": [p["status"]["podIP"]], "conditions": {"ready": True},
+                           "targetRef": {"kind": "Pod", "name": p["metadata"]["name"], "namespace": NS}}
+                          for p in pods]}
+
+
+def objects(with_extra=False):
+    web = [pod("web-1", "web", "127.2.0.1"), pod("web-2", "web", "127.2.0.2")]
+    db = [pod("db-1", "db", "127.2.0.3", 5432)]
+    out = [service("web"), *web, endpoint_slice("web", web),
+           service("db", 5432, "tcp"), *db, endpoint_slice("db", db, 5432)]
+    if with_extra:
+        api = [pod("api-1", "api", "127.2.0.4", 8080)]
+        out += [service("api", 8080, "tcp"), *api, endpoint_slice("api", api, 8080)]
+    return out
+
+
+def write_atomically(directory: Path, objs) -> None:
+    """As the local harness does: write a dot-file, then rename over cluster.yaml."""
+    tmp = directory / ".cluster.yaml.tmp"
+    tmp.write_text(yaml.safe_dump_all(objs))
+    os.replace(tmp, directory / "cluster.yaml")
+
+
+def free_port() -> int:
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port = udp.getsockname()[1]
+            with socket.socket() as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port")
+
+
+class Controller:
+    def __init__(self, directory: Path, log: Path) -> None:
+        self.directory, self.log = directory, log
+        self.api_port, self.dns_port = free_port(), free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Controller:
+        args = lightmesh_cmd("controller", "--manifests", str(self.directory), "--listen-mode", "shadow-ip",
+                             "--api-address", "127.0.0.1", "--api-port", str(self.api_port),
+                             "--dns-address", "127.0.0.1", "--dns-port", str(self.dns_port), "--log-level", "info")
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=lightmesh_env())
+        self.wait_for(lambda: self.status(wire.READINESS_PATH) == 200, "ready")
+        return self
+
+    def stop(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            return None
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.api_port}{path}"
+
+    def status(self, path: str) -> int | None:
+        try:
+            with urllib.request.urlopen(self.url(path), timeout=2) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except OSError:
+            return None
+
+    def json(self, path: str):
+        with urllib.request.urlopen(self.url(path), timeout=5) as resp:
+            return json.loads(resp.read())
+
+    def config(self) -> dict:
+        return self.json(wire.CONFIG_PATH + "?wait=0")
+
+    def resolve(self, name: str) -> tuple[int, list[str]]:
+        reply = DNSRecord.parse(DNSRecord.question(name).send("127.0.0.1", self.dns_port, timeout=2))
+        return reply.header.rcode, [str(r.rdata) for r in reply.rr]
+
+    def wait_for(self, check, what: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"controller exited ({self.proc.returncode}):\n{self.log.read_text()}")
+            if check():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}:\n{self.log.read_text()}")
+
+
+@pytest.fixture
+def controllers(tmp_path):
+    started: list[Controller] = []
+
+    def make(directory: Path) -> Controller:
+        controller = Controller(directory, tmp_path / f"controller-{len(started)}.log")
+        started.append(controller)
+        return controller.start()
+
+    yield make
+    for controller in started:
+        controller.stop()
+
+
+def listeners(config: dict) -> dict[str, tuple[str, int]]:
+    out = {e["name"]: (e["address"], e["port"]) for e in config["http"]["entry_points"]}
+    out.update({r["name"]: (r["address"], r["port"]) for r in config["tcp"] + config["udp"]})
+    return out
+
+
+def test_serves_config_dns_and_picks_up_changes_then_restarts_with_the_same_addresses(tmp_path, controllers):
+    directory = tmp_path / "state"
+    directory.mkdir()
+    write_atomically(directory, objects())
+    first = controllers(directory)
+
+    config = first.config()
+    assert config["version"] >= 1 and config["hash"]
+    web_rcode, web_ips = first.resolve("web.shop.traefik.mesh")
+    db_rcode, db_ips = first.resolve("DB.Shop.lightmesh")
+    assert web_rcode == db_rcode == RCODE.NOERROR
+    assert len(web_ips) == len(db_ips) == 1 and web_ips[0].startswith("127.1.") and db_ips != web_ips
+    assert first.resolve("api.shop.maesh")[0] == RCODE.NXDOMAIN
+    # the proxy listens on the shadow ClusterIPs at the Services' own ports
+    assert set(listeners(config).values()) >= {(web_ips[0], 80), (db_ips[0], 5432)}
+    topology = first.json(wire.TOPOLOGY_PATH)
+    assert {s["name"] for s in topology["services"]} == {"web", "db"}
+
+    # a long poll with the current ETag is held, then 304
+    request = urllib.request.Request(first.url(wire.CONFIG_PATH + "?wait=0.3"),
+                                     headers={"If-None-Match": f'"{config["hash"]}"'})
+    with pytest.raises(urllib.error.HTTPError) as not_modified:
+        urllib.request.urlopen(request, timeout=5)
+    assert not_modified.value.code == 304
+
+    # a change in the directory: new version, new Service resolvable, old addresses unchanged
+    write_atomically(directory, objects(with_extra=True))
+    first.wait_for(lambda: first.config()["hash"] != config["hash"], "the change to be published")
+    changed = first.config()
+    assert changed["version"] == config["version"] + 1
+    api_rcode, api_ips = first.resolve("api.shop.maesh")
+    assert api_rcode == RCODE.NOERROR and api_ips[0].startswith("127.1.")
+    assert first.resolve("web.shop.traefik.mesh")[1] == web_ips
+
+    # a broken file is ignored; the last good state stays served
+    (directory / "broken.yaml").write_text("kind: [unclosed\n")
+    time.sleep(0.6)  # several polls
+    assert first.config()["hash"] == changed["hash"]
+    assert first.status(wire.READINESS_PATH) == 200
+    (directory / "broken.yaml").unlink()
+
+    # SIGTERM: clean exit 0
+    assert first.stop() == 0
+    assert (directory / ".lightmesh-shadows.json").is_file()
+
+    # restart: same ClusterIPs, same ports, and (same content) the same version and hash
+    second = controllers(directory)
+    again = second.config()
+    assert again["hash"] == changed["hash"] and again["version"] == changed["version"]
+    assert listeners(again) == listeners(changed)
+    assert second.resolve("web.shop.traefik.mesh")[1] == web_ips
+    assert second.resolve("api.shop.maesh")[1] == api_ips
+
+    # restart after content changed while stopped: versions keep increasing, addresses kept
+    assert second.stop() == 0
+    write_atomically(directory, objects())
+    third = controllers(directory)
+    final = third.config()
+    assert final["version"] > changed["version"] and final["hash"] == config["hash"]
+    assert third.resolve("web.shop.traefik.mesh")[1] == web_ips
+    assert third.resolve("api.shop.maesh")[0] == RCODE.NXDOMAIN
+    assert third.stop() == 0
+
+
+def test_bad_annotation_is_reported_not_fatal(tmp_path, controllers):
+    directory = tmp_path / "state"
+    directory.mkdir()
+    objs = objects() + [service("broken", annotations={"lightmesh.io/retry-attempts": "many"})]
+    (directory / "app.yml").write_text(yaml.safe_dump_all(objs))
+    controller = controllers(directory)
+    topology = controller.json(wire.TOPOLOGY_PATH)
+    assert any("retry-attempts" in json.dumps(e) and "many" in json.dumps(e) for e in topology["errors"])
+    assert controller.resolve("web.shop.lightmesh")[0] == RCODE.NOERROR
+    metrics = urllib.request.urlopen(controller.url("/metrics"), timeout=5).read().decode()
+    assert 'lightmesh_controller_object_errors{kind="Service"} 1.0' in metrics
+    assert 'lightmesh_controller_objects{kind="Service"} 3.0' in metrics
+
+
+def test_json_manifests_and_missing_directory(tmp_path):
+    directory = tmp_path / "state"
+    directory.mkdir()
+    (directory / "list.json").write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects()}))
+    controller = Controller(directory, tmp_path / "c.log").start()
+    try:
+        assert controller.resolve("web.shop.lightmesh")[0] == RCODE.NOERROR
+    finally:
+        assert controller.stop() == 0
+    result = subprocess.run(lightmesh_cmd("controller", "--manifests", str(tmp_path / "nope"), "--api-port", "0",
+                                          "--dns-port", "0", "--api-address", "127.0.0.1",
+                                          "--dns-address", "127.0.0.1"),
+                            env=lightmesh_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "not a directory" in result.stderr
