@@ -1,0 +1,236 @@
+"""Where the proxy's configurations come from: the controller's long poll, or a static file.
+
+This module owns fetching and validating configurations; it never applies them. A source calls
+``on_config(config)`` with every new, valid :class:`~lightmesh.config.ProxyConfig` and
+``on_error(message, refused=...)`` with every failure (``refused=True``: an invalid config was
+received and refused); the caller (the supervisor in
+:mod:`lightmesh.proxy.main`) keeps serving its last good config whatever happens here.
+
+:class:`ControllerSource` implements :mod:`lightmesh.wire` exactly::
+
+    GET {url}/api/configuration/current
+        If-None-Match: "<hash>"            (absent until a config is known)
+        X-Lightmesh-Proxy: <name>
+        X-Lightmesh-Applied-Version: <n>   (what the workers applied; 0 before the first)
+    200 → validate, hand over, ask again at once with the new ETag
+    304 → ask again at once
+    503, other statuses, connection errors, timeouts → keep the last good config, retry after an
+          exponential backoff from RETRY_MIN_SECONDS to RETRY_MAX_SECONDS (reset by any 200/304)
+
+A refused (invalid) config's ETag becomes the next If-None-Match: the controller then holds the poll
+until its config changes instead of sending the same bad body in a tight loop.
+
+:class:`FileSource` polls a file's (mtime, size, inode) every ``interval`` seconds and reloads it on
+change; a file that vanishes or is half-written is reported and the last good config kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+from typing import Callable
+
+import aiohttp
+
+from lightmesh import wire
+from lightmesh.config import ConfigError, ProxyConfig, content_hash, load_config_json
+
+log = logging.getLogger("lightmesh.proxy.source")
+
+OnConfig = Callable[[ProxyConfig], None]
+OnError = Callable[..., None]  # on_error(message, refused=False): refused = an invalid config was received
+
+
+def parse_config(text: str | bytes, what: str) -> ProxyConfig:
+    """Validate a config body; :class:`ConfigError` names ``what`` (the file or URL) and the element."""
+    try:
+        config = load_config_json(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+    if not config.hash:
+        # A hand-written file may omit the hash: stamp it, so ETags and /api/rawdata stay meaningful.
+        config = config.model_copy(update={"hash": content_hash(config)})
+    return config
+
+
+class Backoff:
+    """Exponential backoff with ±20 % jitter (proxies on every node must not retry in lockstep)."""
+
+    def __init__(self, low: float = wire.RETRY_MIN_SECONDS, high: float = wire.RETRY_MAX_SECONDS,
+                 jitter: float = 0.2) -> None:
+        self.low, self.high, self.jitter = low, high, jitter
+        self.current = low
+
+    def reset(self) -> None:
+        self.current = self.low
+
+    def next(self) -> float:
+        delay = self.current
+        self.current = min(self.high, self.current * 2)
+        spread = delay * self.jitter
+        return min(self.high, max(self.low, delay + random.uniform(-spread, spread)))
+
+
+class ControllerSource:
+    """Long-polls the controller. ``applied_version()`` is what the workers have applied."""
+
+    def __init__(self, url: str, name: str, on_config: OnConfig, on_error: OnError,
+                 applied_version: Callable[[], int] = lambda: 0, *,
+                 poll_timeout: float = wire.LONG_POLL_SECONDS + 15.0, backoff: Backoff | None = None,
+                 wait_seconds: float | None = None) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"--controller {url!r}: must be an http:// or https:// URL")
+        self.url = url.rstrip("/") + wire.CONFIG_PATH
+        if wait_seconds is not None:
+            self.url += f"?wait={wait_seconds:g}"
+        self.name = name
+        self.on_config = on_config
+        self.on_error = on_error
+        self.applied_version = applied_version
+        self.poll_timeout = poll_timeout
+        self.backoff = backoff or Backoff()
+        self.etag: str | None = None  # what we send as If-None-Match
+        self.connected = False  # last exchange with the controller succeeded
+        self.polls = 0
+        self._sent_applied: int | None = None  # applied version of the poll in flight
+        self._applied_changed = asyncio.Event()
+
+    def describe(self) -> dict:
+        return {"kind": "controller", "url": self.url, "connected": self.connected, "etag": self.etag}
+
+    def notify_applied(self) -> None:
+        """The workers applied a new version: re-issue a held poll that still carries the old one,
+        so the controller's view of this proxy (``/api/status/nodes``) is current."""
+        if self._sent_applied is not None and self._sent_applied != int(self.applied_version()):
+            self._applied_changed.set()
+
+    async def run(self) -> None:
+        """Poll until cancelled."""
+        timeout = aiohttp.ClientTimeout(total=self.poll_timeout, connect=5.0)
+        async with aiohttp.ClientSession(timeout=timeout, auto_decompress=True) as session:
+            while True:
+                self._applied_changed.clear()
+                poll = asyncio.ensure_future(self.poll_once(session))
+                changed = asyncio.ensure_future(self._applied_changed.wait())
+                try:
+                    await asyncio.wait((poll, changed), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    changed.cancel()
+                    if not poll.done():
+                        poll.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await poll
+                if poll.cancelled():
+                    continue  # superseded by notify_applied: ask again at once
+                delay = poll.result()
+                if delay:
+                    await asyncio.sleep(delay)
+
+    async def poll_once(self, session: aiohttp.ClientSession) -> float:
+        """One request; returns how long to wait before the next one (0 = at once)."""
+        self._sent_applied = int(self.applied_version())
+        headers = {wire.HEADER_PROXY_NAME: self.name, wire.HEADER_APPLIED_VERSION: str(self._sent_applied)}
+        if self.etag:
+            headers["If-None-Match"] = self.etag
+        self.polls += 1
+        try:
+            async with session.get(self.url, headers=headers) as resp:
+                if resp.status == 304:
+                    self._up()
+                    return 0.0
+                if resp.status == 200:
+                    body = await resp.read()
+                    self._up()
+                    self._received(body, resp.headers.get("ETag"))
+                    return 0.0
+                text = (await resp.text(errors="replace"))[:200].strip()
+                return self._down(f"controller {self.url} answered {resp.status}" + (f": {text}" if text else ""),
+                                  quiet=resp.status == 503)
+        except asyncio.CancelledError:
+            raise
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            return self._down(f"controller {self.url} unreachable: {type(exc).__name__}: {exc}".rstrip(": "))
+
+    def _up(self) -> None:
+        if not self.connected:
+            log.info("connected to controller %s", self.url)
+        self.connected = True
+        self.backoff.reset()
+
+    def _down(self, message: str, quiet: bool = False) -> float:
+        delay = self.backoff.next()
+        if self.connected or not quiet:
+            log.warning("%s; keeping the last good config, retrying in %.1fs", message, delay)
+        self.connected = False
+        self.on_error(message)
+        return delay
+
+    def _received(self, body: bytes, etag: str | None) -> None:
+        try:
+            config = parse_config(body, f"config from {self.url}")
+        except ConfigError as exc:
+            # Wait for the next change instead of fetching the same bad body again at once.
+            self.etag = etag or self.etag
+            log.error("refused: %s", exc)
+            self.on_error(str(exc), refused=True)
+            return
+        self.etag = config.etag()
+        self.on_config(config)
+
+
+class FileSource:
+    """A static config file, reloaded when its (mtime, size, inode) changes."""
+
+    def __init__(self, path: str, on_config: OnConfig, on_error: OnError, *, interval: float = 0.5) -> None:
+        self.path = os.fspath(path)
+        self.on_config = on_config
+        self.on_error = on_error
+        self.interval = interval
+        self._seen: tuple | None = None
+        self.loaded_hash: str | None = None
+
+    def describe(self) -> dict:
+        return {"kind": "file", "path": self.path, "hash": self.loaded_hash}
+
+    async def run(self) -> None:
+        while True:
+            self.check()
+            await asyncio.sleep(self.interval)
+
+    def check(self) -> bool:
+        """Reload if the file changed; True when a new config was handed over."""
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            stamp = ("missing", exc.errno)
+            if stamp != self._seen:
+                self._seen = stamp
+                message = f"config file {self.path}: {exc.strerror or exc}"
+                log.error("%s; keeping the last good config", message)
+                self.on_error(message)
+            return False
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if stamp == self._seen:
+            return False
+        self._seen = stamp
+        try:
+            with open(self.path, "rb") as fh:
+                text = fh.read()
+            config = parse_config(text, f"config file {self.path}")
+        except OSError as exc:
+            message = f"config file {self.path}: {exc.strerror or exc}"
+            log.error("%s; keeping the last good config", message)
+            self.on_error(message)
+            return False
+        except ConfigError as exc:
+            log.error("refused: %s; keeping the last good config", exc)
+            self.on_error(str(exc), refused=True)
+            return False
+        if config.hash == self.loaded_hash:
+            return False  # touched, same content
+        self.loaded_hash = config.hash
+        self.on_config(config)
+        return True

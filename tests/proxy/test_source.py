@@ -1,0 +1,286 @@
+"""Config sources: the controller long poll against a stub controller (aiohttp on 127.0.0.1) and the
+reloaded file. Invalid configs are refused and the last good one is what the callbacks saw last."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+import pytest
+from aiohttp import web
+
+from lightmesh import wire
+from lightmesh.config import L4Server, TCPRoute, make_config
+from lightmesh.proxy.source import Backoff, ControllerSource, FileSource, parse_config
+
+
+def config_v(version: int, port: int = 10001):
+    return make_config(version, tcp=[TCPRoute(name=f"r{port}", address="127.0.0.1", port=port,
+                                              servers=[L4Server(address="127.0.0.1", port=9)])])
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.configs = []
+        self.errors = []
+        self.refused = []
+        self.event = asyncio.Event()
+
+    def on_config(self, config) -> None:
+        self.configs.append(config)
+        self.event.set()
+
+    def on_error(self, message: str, refused: bool = False) -> None:
+        (self.refused if refused else self.errors).append(message)
+        self.event.set()
+
+    async def wait(self, predicate, timeout: float = 10.0) -> None:
+        async def loop():
+            while not predicate():
+                self.event.clear()
+                await self.event.wait()
+        await asyncio.wait_for(loop(), timeout)
+
+
+class StubController:
+    """Implements the wire protocol's server side: 200 on a hash change, 304 after ``hold`` seconds,
+    503 while ``unavailable``; records every request's headers."""
+
+    def __init__(self, hold: float = 0.3) -> None:
+        self.body: bytes | None = None
+        self.etag: str | None = None
+        self.unavailable = False
+        self.hold = hold
+        self.requests: list[dict] = []
+        self.changed = asyncio.Event()
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    def publish(self, config=None, raw: bytes | None = None, etag: str | None = None) -> None:
+        self.body = raw if raw is not None else config.to_json().encode()
+        self.etag = etag or (config.etag() if config is not None else '"bad"')
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests.append(dict(request.headers))
+        if self.unavailable or self.body is None:
+            return web.Response(status=503, text="not synced")
+        if request.headers.get("If-None-Match") == self.etag:
+            try:
+                await asyncio.wait_for(self.changed.wait(), self.hold)
+            except asyncio.TimeoutError:
+                return web.Response(status=304)
+        return web.Response(body=self.body, headers={"ETag": self.etag}, content_type="application/json")
+
+    async def start(self, port: int = 0) -> StubController:
+        app = web.Application()
+        app.router.add_get(wire.CONFIG_PATH, self.handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", port, reuse_address=True)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def fast_backoff() -> Backoff:
+    return Backoff(0.05, 0.2)
+
+
+async def run_source(source):
+    task = asyncio.create_task(source.run())
+    await asyncio.sleep(0)
+    return task
+
+
+async def stop(task):
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+@pytest.mark.asyncio
+async def test_long_poll_headers_and_updates():
+    stub = await StubController().start()
+    rec = Recorder()
+    applied = {"v": 0}
+    source = ControllerSource(stub.url, "node-a-proxy", rec.on_config, rec.on_error, lambda: applied["v"],
+                              backoff=fast_backoff())
+    task = await run_source(source)
+    try:
+        stub.publish(config_v(1))
+        await rec.wait(lambda: len(rec.configs) == 1)
+        applied["v"] = 1
+        source.notify_applied()  # the held poll is re-issued with the new applied version
+        for _ in range(100):
+            if any(r.get(wire.HEADER_APPLIED_VERSION) == "1" for r in stub.requests):
+                break
+            await asyncio.sleep(0.02)
+        stub.publish(config_v(2, port=10002))
+        await rec.wait(lambda: len(rec.configs) == 2)
+        assert [c.version for c in rec.configs] == [1, 2]
+        assert rec.configs[1].tcp[0].port == 10002
+        first = stub.requests[0]
+        assert first[wire.HEADER_PROXY_NAME] == "node-a-proxy"
+        assert first[wire.HEADER_APPLIED_VERSION] == "0"
+        assert "If-None-Match" not in first
+        later = [r for r in stub.requests if r.get("If-None-Match") == config_v(1).etag()]
+        assert later and later[-1][wire.HEADER_APPLIED_VERSION] == "1"
+        assert source.connected and not rec.errors
+    finally:
+        await stop(task)
+        await stub.stop()
+
+
+@pytest.mark.asyncio
+async def test_304_asks_again_at_once_without_redelivering():
+    stub = await StubController(hold=0.05).start()
+    rec = Recorder()
+    source = ControllerSource(stub.url, "p", rec.on_config, rec.on_error, backoff=fast_backoff())
+    stub.publish(config_v(1))
+    task = await run_source(source)
+    try:
+        await rec.wait(lambda: len(rec.configs) == 1)
+        for _ in range(100):
+            if len(stub.requests) >= 6:
+                break
+            await asyncio.sleep(0.05)
+        assert len(stub.requests) >= 6  # each 304 (held 50 ms) is followed by a new poll at once
+        assert len(rec.configs) == 1 and not rec.errors
+    finally:
+        await stop(task)
+        await stub.stop()
+
+
+@pytest.mark.asyncio
+async def test_503_backs_off_and_recovers():
+    stub = await StubController().start()
+    stub.unavailable = True
+    rec = Recorder()
+    source = ControllerSource(stub.url, "p", rec.on_config, rec.on_error, backoff=Backoff(0.05, 0.4, jitter=0))
+    task = await run_source(source)
+    try:
+        await rec.wait(lambda: len(rec.errors) >= 4)
+        assert "503" in rec.errors[0]
+        assert source.backoff.current > 0.05  # grew
+        stub.unavailable = False
+        stub.publish(config_v(1))
+        await rec.wait(lambda: len(rec.configs) == 1)
+        assert source.backoff.current == 0.05  # reset by success
+    finally:
+        await stop(task)
+        await stub.stop()
+
+
+def test_backoff_doubles_up_to_the_maximum():
+    b = Backoff(wire.RETRY_MIN_SECONDS, wire.RETRY_MAX_SECONDS, jitter=0)
+    delays = [b.next() for _ in range(10)]
+    assert delays[0] == wire.RETRY_MIN_SECONDS and delays[1] == 2 * wire.RETRY_MIN_SECONDS
+    assert max(delays) == wire.RETRY_MAX_SECONDS and delays == sorted(delays)
+    jittery = Backoff(1, 10)
+    assert all(0.8 <= jittery.next() <= 1.2 for _ in range(1)) and 1 <= jittery.next() <= 10
+
+
+@pytest.mark.asyncio
+async def test_controller_down_keeps_last_good_and_reconnects():
+    stub = await StubController().start()
+    port = stub.port
+    rec = Recorder()
+    source = ControllerSource(stub.url, "p", rec.on_config, rec.on_error, backoff=fast_backoff())
+    stub.publish(config_v(1))
+    task = await run_source(source)
+    try:
+        await rec.wait(lambda: len(rec.configs) == 1)
+        await stub.stop()  # controller gone: connection refused from now on
+        await rec.wait(lambda: len(rec.errors) >= 2)
+        assert "unreachable" in rec.errors[-1]
+        assert len(rec.configs) == 1 and not source.connected
+        stub2 = await StubController().start(port)
+        stub = stub2
+        stub.publish(config_v(2, port=10002))  # (same content would be the same ETag: a 304)
+        await rec.wait(lambda: len(rec.configs) == 2)
+        # it came back with the last hash it had: the first request after reconnecting said so
+        assert stub.requests[0]["If-None-Match"] == config_v(1).etag()
+        assert source.connected
+    finally:
+        await stop(task)
+        await stub.stop()
+
+
+@pytest.mark.asyncio
+async def test_invalid_config_is_refused_and_not_refetched_in_a_loop():
+    stub = await StubController(hold=0.2).start()
+    rec = Recorder()
+    source = ControllerSource(stub.url, "p", rec.on_config, rec.on_error, backoff=fast_backoff())
+    stub.publish(config_v(1))
+    task = await run_source(source)
+    try:
+        await rec.wait(lambda: len(rec.configs) == 1)
+        bad = json.loads(config_v(2).to_json())
+        bad["tcp"][0]["servers"][0]["address"] = "not-an-ip"
+        bad["hash"] = ""
+        stub.publish(raw=json.dumps(bad).encode(), etag='"bad-1"')
+        await rec.wait(lambda: len(rec.refused) == 1)
+        assert "not-an-ip" in rec.refused[0] and "r10001" in rec.refused[0]
+        before = len(stub.requests)
+        await asyncio.sleep(0.5)
+        # held polls (If-None-Match: the bad ETag), not a hot loop of refusals
+        assert len(rec.refused) == 1 and len(stub.requests) - before <= 4
+        assert stub.requests[-1]["If-None-Match"] == '"bad-1"'
+        stub.publish(config_v(3, port=10003))
+        await rec.wait(lambda: len(rec.configs) == 2)
+        assert rec.configs[-1].version == 3
+    finally:
+        await stop(task)
+        await stub.stop()
+
+
+def test_controller_url_must_be_http():
+    with pytest.raises(ValueError, match="--controller"):
+        ControllerSource("ftp://x", "p", print, print)
+
+
+def test_parse_config_stamps_missing_hash_and_names_the_source():
+    data = json.loads(config_v(1).to_json())
+    data["hash"] = ""
+    config = parse_config(json.dumps(data), "file x")
+    assert config.hash == config_v(1).hash
+    with pytest.raises(ValueError, match="^file x: configuration is not valid JSON"):
+        parse_config("{", "file x")
+
+
+@pytest.mark.asyncio
+async def test_file_reload_and_refusal(tmp_path):
+    path = tmp_path / "proxy.json"
+    rec = Recorder()
+    source = FileSource(str(path), rec.on_config, rec.on_error, interval=0.05)
+    task = await run_source(source)
+    try:
+        await rec.wait(lambda: len(rec.errors) == 1)  # missing file: reported once
+        assert "No such file" in rec.errors[0]
+        path.write_text(config_v(1).to_json())
+        await rec.wait(lambda: len(rec.configs) == 1)
+        path.write_text("{ half a file")
+        await rec.wait(lambda: len(rec.refused) == 1)
+        assert "not valid JSON" in rec.refused[0] and str(path) in rec.refused[0]
+        os.utime(path)  # touched, still bad: no new report spam beyond one per change
+        tmp = tmp_path / "new.json"
+        tmp.write_text(config_v(2, port=10005).to_json())
+        os.replace(tmp, path)
+        await rec.wait(lambda: len(rec.configs) == 2)
+        assert rec.configs[-1].tcp[0].port == 10005
+        # same content rewritten: not handed over again
+        path.write_text(config_v(2, port=10005).to_json() + "\n")
+        await asyncio.sleep(0.3)
+        assert len(rec.configs) == 2
+    finally:
+        await stop(task)
