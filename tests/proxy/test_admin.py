@@ -1,0 +1,68 @@
+"""Admin endpoints over real HTTP on 127.0.0.1, against a stub AdminState (the supervisor's side is
+covered by test_proxy_process.py)."""
+
+from __future__ import annotations
+
+import socket
+
+import aiohttp
+import pytest
+
+from lightmesh.proxy import metrics as proxy_metrics
+from lightmesh.proxy.admin import AdminServer, PROMETHEUS_CONTENT_TYPE
+
+
+class State:
+    def __init__(self) -> None:
+        self.is_ready = False
+        self.worker_metrics = [proxy_metrics.ProxyMetrics(), proxy_metrics.ProxyMetrics()]
+
+    def ready(self) -> bool:
+        return self.is_ready
+
+    async def metrics_text(self) -> str:
+        return proxy_metrics.render(proxy_metrics.merge([m.snapshot() for m in self.worker_metrics]))
+
+    def rawdata(self) -> dict:
+        return {"version": 3, "hash": "abc", "config": {"version": 3, "hash": "abc"}, "last_error": None,
+                "workers": [{"pid": 1, "applied_version": 3, "alive": True}]}
+
+
+@pytest.mark.asyncio
+async def test_endpoints():
+    state = State()
+    server = await AdminServer(state, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(base + "/live") as resp:
+                assert resp.status == 200
+            async with http.get(base + "/ping") as resp:
+                assert resp.status == 503
+            state.is_ready = True
+            async with http.get(base + "/ping") as resp:
+                assert resp.status == 200 and await resp.text() == "OK"
+            state.worker_metrics[0].request("whoami", 200, "GET", 0.002)
+            state.worker_metrics[1].request("whoami", 200, "GET", 0.003)
+            async with http.get(base + "/metrics") as resp:
+                assert resp.status == 200
+                assert resp.headers["Content-Type"] == PROMETHEUS_CONTENT_TYPE
+                text = await resp.text()
+            assert 'lightmesh_proxy_requests_total{service="whoami",code="200",method="GET"} 2' in text
+            async with http.get(base + "/api/rawdata") as resp:
+                data = await resp.json()
+            assert data["config"]["hash"] == "abc" and data["workers"][0]["applied_version"] == 3
+            async with http.get(base + "/nope") as resp:
+                assert resp.status == 404
+    finally:
+        await server.stop()
+
+
+@pytest.mark.asyncio
+async def test_busy_port_is_a_clear_error():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(OSError, match=f"admin port 127.0.0.1:{port}"):
+            await AdminServer(State(), "127.0.0.1", port).start()
