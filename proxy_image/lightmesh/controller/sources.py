@@ -301,12 +301,16 @@ class KubeAPI:
 
     @classmethod
     def from_kubeconfig(cls, path: str | None = None, server: str | None = None) -> KubeAPI:
-        import httpx
+        import httpx2 as httpx  # what lightkube 1.x is built on
         from lightkube.config.client_adapter import AsyncClient, ConnectionParams
         from lightkube.config.kubeconfig import KubeConfig
 
-        if server:
-            config = KubeConfig.from_server(server)
+        if server:  # plain URL, no credentials (tests against a local fake API server)
+            config = KubeConfig.from_dict({
+                "clusters": [{"name": "c", "cluster": {"server": server}}],
+                "users": [{"name": "u", "user": {}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "c"})
         elif path:
             config = KubeConfig.from_file(path)
         else:
@@ -362,7 +366,7 @@ class KubeAPI:
     async def watch(self, path: str, resource_version: str | None, timeout_seconds: int = 300
                     ) -> AsyncIterator[dict]:
         """Watch events as dicts ``{"type", "object"}`` until the server ends the stream."""
-        import httpx
+        import httpx2 as httpx  # what lightkube 1.x is built on
 
         params: dict[str, Any] = {"watch": "true", "allowWatchBookmarks": "true",
                                   "timeoutSeconds": timeout_seconds}
