@@ -83,7 +83,7 @@ def allocate_ports(topology: Topology, shadow_services: Sequence[dict], settings
                 http[(svc.key, p.port)] = settings.http_port_base + p.index
             else:
                 errors.append(ObjectError(
-                    "Service", svc.namespace, svc.name, f"spec.ports[{p.name or p.port}]",
+                    "Service", svc.namespace, svc.name, f"spec.ports[port={p.port}]",
                     f"port {p.port} is HTTP port #{p.index + 1} of this service but the mesh serves "
                     f"{settings.http_port_limit} per service (http port limit); that port is not meshed"))
 
@@ -116,7 +116,7 @@ def allocate_ports(topology: Topology, shadow_services: Sequence[dict], settings
             if mesh is None:
                 ns, name = key[0].split("/", 1)
                 errors.append(ObjectError(
-                    "Service", ns, name, f"spec.ports[{key[1]}]",
+                    "Service", ns, name, f"spec.ports[port={key[1]}]",
                     f"no free {kind.value.upper()} mesh port left ({limit} in use mesh-wide, "
                     f"{kind.value} port limit); port {key[1]} is not meshed"))
                 continue

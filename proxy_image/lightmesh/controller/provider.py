@@ -38,6 +38,7 @@ re-applied to split traffic.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from math import gcd
 from typing import Sequence
@@ -56,6 +57,13 @@ PRIORITY_SERVICE = 1000
 PRIORITY_TARGET = 2000
 PRIORITY_SPLIT = 3000
 PRIORITY_SPLIT_MATCH = 4000
+
+
+def _bounded(name: str) -> str:
+    """Config names are at most 253 characters; a TrafficTarget name alone may be 253: hash the tail."""
+    if len(name) <= 253:
+        return name
+    return name[:240] + "-" + hashlib.sha256(name.encode()).hexdigest()[:12]
 
 
 def _cidr(ip: str) -> str:
@@ -169,7 +177,7 @@ class _Builder:
             what = f"{proto} route {svc.key}:{p.port}"
         clash = self.sockets.claim("udp" if proto == "udp" else "tcp", address, port, what)
         if clash:
-            self.errors.append(ObjectError("Service", svc.namespace, svc.name, f"spec.ports[{p.port}]",
+            self.errors.append(ObjectError("Service", svc.namespace, svc.name, f"spec.ports[port={p.port}]",
                                            f"{address}:{port} is already used by {clash}; port not served"))
             return None
         if proto == "http":
@@ -277,21 +285,36 @@ class _Builder:
             return
         router(f"{base}/deny", PRIORITY_DENY, own, [self.middleware({"type": "deny", "name": DENY,
                                                                       "status_code": 403})], None)
+        # TrafficTargets with the same match share one router (sources and destination pods merged):
+        # routers are chosen by the request, not its source, so two routers with one match would
+        # 403 the sources of the second.
+        groups: dict[tuple, tuple[HTTPMatch, list]] = {}
         for st in self.t.service_targets.get(svc.key, ()):
             tt = st.target
-            if p.port not in st.ports or not tt.http_matches:
+            if p.port not in st.ports:
                 continue
-            dest = [e for e in p.endpoints if e.service_account == tt.destination]
+            for m in tt.http_matches:
+                entry = groups.setdefault((m.path_regex, m.methods, m.headers), (m, []))
+                if tt not in entry[1]:
+                    entry[1].append(tt)
+        made: set[str] = set()
+        for i, (m, tts) in enumerate(groups.values()):
+            label = "@".join(tt.key for tt in tts)  # "+" is not allowed in config names
+            accounts = {tt.destination for tt in tts}
+            dest = [e for e in p.endpoints if e.service_account in accounts]
             if len(dest) == len(p.endpoints):
                 target_service = own
             else:
-                target_service = f"{base}@{tt.key}"
-                self.services.append({"name": target_service,
-                                      "servers": [{"url": _url(scheme, e.ip, e.port)} for e in dest]})
-            allow = self.middleware({"type": "allow_list", "name": f"{svc.key}/allow@{tt.key}",
-                                     "source_ranges": [_cidr(ip) for ip in tt.source_ips]})
-            for i, m in enumerate(tt.http_matches):
-                router(f"{base}/tt/{tt.key}/{i}", PRIORITY_TARGET + _specificity(m), target_service, [allow, *mws], m)
+                target_service = _bounded(f"{base}@{label}")
+                if target_service not in made:
+                    made.add(target_service)
+                    self.services.append({"name": target_service,
+                                          "servers": [{"url": _url(scheme, e.ip, e.port)} for e in dest]})
+            ips = sorted(set().union(*(tt.source_ips for tt in tts)))
+            allow = self.middleware({"type": "allow_list", "name": _bounded(f"{svc.key}/allow@{label}"),
+                                     "source_ranges": [_cidr(ip) for ip in ips]})
+            router(_bounded(f"{base}/tt/{label}/{i}"), PRIORITY_TARGET + _specificity(m), target_service,
+                   [allow, *mws], m)
 
     # ----------------------------------------------------------------- TCP / UDP
 

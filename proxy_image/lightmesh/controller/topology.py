@@ -45,6 +45,10 @@ HTTP_ONLY_KEYS = (SCHEME, RETRY_ATTEMPTS, CIRCUIT_BREAKER_EXPRESSION, RATELIMIT_
                   REQUEST_TIMEOUT)
 MAX_WEIGHT = 1_000_000
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# Kubernetes object names (DNS-1123 subdomain) and namespaces (label): names end up in config
+# element names and hosts, so anything else is reported instead of reaching the proxy.
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _QUANTITY = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(m|k|M|G)?\s*$")
 _QUANTITY_MILLI = {None: 1000, "m": 1, "k": 1_000_000, "M": 1_000_000_000, "G": 1_000_000_000_000}
 
@@ -226,9 +230,13 @@ def _port_number(value: Any) -> int | None:
 
 
 def _meta(obj: dict) -> tuple[str, str]:
+    """(namespace, name); ("", "") unless both are valid Kubernetes names (then nothing can be said
+    about the object: it is skipped without an error, there is no name to report it under)."""
     meta = _d(obj.get("metadata"))
-    ns = meta.get("namespace", "default")
-    return (ns if isinstance(ns, str) else ""), _s(meta.get("name"))
+    ns, name = meta.get("namespace", "default"), meta.get("name")
+    if isinstance(ns, str) and isinstance(name, str) and _NAMESPACE.match(ns) and _NAME.match(name):
+        return ns, name
+    return "", ""
 
 
 class _Errors:
@@ -631,8 +639,7 @@ def _splits(state: ClusterState, settings: Settings, services: dict[str, Service
             continue
         raw_splits.append((ns, name, obj))
     raw_splits.sort(key=lambda item: item[:2])
-    roots = {f"{ns}/{_s(_d(obj.get('spec')).get('service')).split('.')[0]}": f"{ns}/{name}"
-             for ns, name, obj in reversed(raw_splits)}
+    backend_fields: dict[tuple[str, str], str] = {}  # (split key, backend key) → field, for nested reports
     out: dict[str, TrafficSplit] = {}
     for ns, name, obj in raw_splits:
         spec = _d(obj.get("spec"))
@@ -672,9 +679,7 @@ def _splits(state: ClusterState, settings: Settings, services: dict[str, Service
                 err(f"{where}.service", f"backend {backend.key} does not expose port(s) "
                                         f"{', '.join(map(str, missing))} of the root; backend ignored")
                 continue
-            if backend.key != root.key and backend.key in roots:
-                err(f"{where}.service", f"backend {backend.key} is itself the root of TrafficSplit "
-                                        f"{roots[backend.key]}: nested splits are not followed, its own pods are used")
+            backend_fields.setdefault((f"{ns}/{name}", backend.key), f"{where}.service")
             backends.append(SplitBackend(backend.key, weight))
         if not backends or not any(b.weight for b in backends):
             err("spec.backends", "no usable backend with a weight above 0; the TrafficSplit is ignored")
@@ -703,6 +708,14 @@ def _splits(state: ClusterState, settings: Settings, services: dict[str, Service
         if bad_match:
             continue
         out[root.key] = TrafficSplit(ns, name, root.key, tuple(backends), http_matches)
+    # Nested splits are reported once every split is known (only splits actually in force count).
+    for split in out.values():
+        for b in split.backends:
+            inner = out.get(b.service)
+            if b.service != split.root and inner is not None:
+                errors.add("TrafficSplit", split.namespace, split.name, backend_fields[(split.key, b.service)],
+                           f"backend {b.service} is itself the root of TrafficSplit {inner.key}: nested splits "
+                           "are not followed (resolved in one hop), its own pods are used")
     return dict(sorted(out.items()))
 
 
