@@ -102,14 +102,13 @@ def test_watch_resume_gone_close_and_variants():
                         pass
                     ended.set()
 
-                before = len(kube.watch_requests)
                 task = asyncio.create_task(watch_until_closed())
-                for _ in range(250):
-                    if len(kube.watch_requests) > before and kube.watches_open:
+                for _ in range(500):  # until our stream is registered and closed (no sleep-and-hope)
+                    kube.close_watches()
+                    if ended.is_set():
                         break
                     await asyncio.sleep(0.02)
-                kube.close_watches()
-                await asyncio.wait_for(ended.wait(), 10)
+                assert ended.is_set()
                 await task
                 # watch=True and watch=1 are watches (kubernetes_asyncio sends the former)
                 for flag in ("True", "1"):
