@@ -1,0 +1,278 @@
+"""Runtime (one worker): listeners follow the config, invalid configs change nothing, busy ports are
+reported and retried, the HTTP plane swaps under load without a single failed request, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+import uvloop
+
+from lightmesh.config import ConfigError, EntryPoint, HTTPConfig, L4Server, TCPRoute, UDPRoute, make_config
+from lightmesh.proxy.metrics import ProxyMetrics
+from lightmesh.proxy.runtime import Runtime
+from proxy.backends import Backend, RawClient, request
+
+
+def run(coro, timeout: float = 60.0):
+    return uvloop.run(asyncio.wait_for(coro, timeout))
+
+
+def free_port(kind=socket.SOCK_STREAM, host="127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def build(version: int, *, http_port: int | None = None, http_servers=(), tcp: dict | None = None,
+          udp: dict | None = None, ep_name: str = "web", host: str = "127.0.0.1"):
+    """``tcp``/``udp``: {listen port: [server ports]}."""
+    http = HTTPConfig()
+    if http_port:
+        http = HTTPConfig.model_validate({
+            "entry_points": [{"name": ep_name, "address": host, "port": http_port}],
+            "services": [{"name": "svc", "servers": [{"url": u} for u in http_servers]}],
+            "routers": [{"name": "r", "entry_points": [ep_name], "service": "svc"}],
+        })
+    tcp_routes = [TCPRoute(name=f"t{p}", address=host, port=p,
+                           servers=[L4Server(address="127.0.0.1", port=s) for s in servers])
+                  for p, servers in (tcp or {}).items()]
+    udp_routes = [UDPRoute(name=f"u{p}", address=host, port=p,
+                           servers=[L4Server(address="127.0.0.1", port=s) for s in servers])
+                  for p, servers in (udp or {}).items()]
+    return make_config(version, http, tcp_routes, udp_routes)
+
+
+async def tcp_echo():
+    async def handle(reader, writer):
+        while data := await reader.read(65536):
+            writer.write(data)
+        writer.close()
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def tcp_ping(port: int, host: str = "127.0.0.1") -> bytes:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(b"ping")
+        return await asyncio.wait_for(reader.readexactly(4), 5)
+    finally:
+        writer.close()
+
+
+def refuses(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        return s.connect_ex((host, port)) != 0
+
+
+def test_listeners_follow_the_config():
+    async def main():
+        echo, eport = await tcp_echo()
+        rt = Runtime(ProxyMetrics())
+        hp, tp1, tp2, up = free_port(), free_port(), free_port(), free_port(socket.SOCK_DGRAM)
+        async with Backend("A") as a:
+            try:
+                r1 = await rt.apply(build(1, http_port=hp, http_servers=[a.url], tcp={tp1: [eport]}, udp={up: [9]}))
+                assert r1.version == 1 and not r1.listener_errors
+                assert set(rt.listeners) == {("http", "127.0.0.1", hp), ("tcp", "127.0.0.1", tp1),
+                                             ("udp", "127.0.0.1", up)}
+                assert (await request(hp)).status == 200
+                assert await tcp_ping(tp1) == b"ping"
+                http_listener = rt.listeners[("http", "127.0.0.1", hp)]
+                # tcp route moves from tp1 to tp2; udp route removed; http entry point renamed
+                r2 = await rt.apply(build(2, http_port=hp, http_servers=[a.url], tcp={tp2: [eport]}, ep_name="web2"))
+                assert set(rt.listeners) == {("http", "127.0.0.1", hp), ("tcp", "127.0.0.1", tp2)}
+                assert rt.listeners[("http", "127.0.0.1", hp)] is http_listener  # socket kept
+                assert http_listener.name == "web2"
+                assert refuses(tp1)
+                assert await tcp_ping(tp2) == b"ping"
+                assert (await request(hp)).status == 200  # routed through the renamed entry point
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    s.bind(("127.0.0.1", up))  # the udp port is free again
+                assert rt.metrics.config_version == 2 and rt.metrics.reloads["applied"] == 2
+                assert rt.status()["applied_version"] == 2
+            finally:
+                await rt.close()
+                echo.close()
+
+    run(main())
+
+
+def test_invalid_config_changes_nothing():
+    async def main():
+        echo, eport = await tcp_echo()
+        rt = Runtime(ProxyMetrics())
+        tp = free_port()
+        try:
+            await rt.apply(build(1, tcp={tp: [eport]}))
+            bad = build(2, tcp={free_port(): [eport]}).model_dump(mode="json")
+            bad["tcp"][0]["port"] = 0
+            with pytest.raises(ConfigError, match=r"tcp\['t\d+'\]\.port"):
+                await rt.apply(bad)
+            with pytest.raises(ConfigError, match="not valid JSON"):
+                await rt.apply("{")
+            assert rt.config.version == 1 and rt.metrics.reloads == {"applied": 1, "failed": 2}
+            assert await tcp_ping(tp) == b"ping"
+        finally:
+            await rt.close()
+            echo.close()
+
+    run(main())
+
+
+def test_busy_port_is_reported_others_serve_and_it_is_retried():
+    async def main():
+        echo, eport = await tcp_echo()
+        busy = socket.socket()  # no SO_REUSEPORT: the proxy's bind must fail with EADDRINUSE
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        bport = busy.getsockname()[1]
+        ok = free_port()
+        rt = Runtime(ProxyMetrics())
+        try:
+            result = await rt.apply(build(1, tcp={bport: [eport], ok: [eport]}))
+            assert list(result.listener_errors) == [f"tcp 127.0.0.1:{bport}"]
+            assert "in use" in result.listener_errors[f"tcp 127.0.0.1:{bport}"]
+            assert await tcp_ping(ok) == b"ping"
+            assert not await rt.retry_failed()
+            busy.close()
+            assert await rt.retry_failed()
+            assert not rt.listener_errors
+            assert await tcp_ping(bport) == b"ping"
+        finally:
+            busy.close()
+            await rt.close()
+            echo.close()
+
+    run(main())
+
+
+def test_two_workers_share_a_port_with_reuseport():
+    async def main():
+        echo, eport = await tcp_echo()
+        tp = free_port()
+        a, b = Runtime(ProxyMetrics()), Runtime(ProxyMetrics())
+        try:
+            for rt in (a, b):
+                assert not (await rt.apply(build(1, tcp={tp: [eport]}))).listener_errors
+            for _ in range(20):
+                assert await tcp_ping(tp) == b"ping"
+            await a.close()
+            assert await tcp_ping(tp) == b"ping"  # the other keeps serving
+        finally:
+            await a.close()
+            await b.close()
+            echo.close()
+
+    run(main())
+
+
+def test_shadow_cluster_ip_address():
+    async def main():
+        echo, eport = await tcp_echo()
+        tp = free_port(host="127.1.0.7")
+        rt = Runtime(ProxyMetrics())
+        try:
+            await rt.apply(build(1, tcp={tp: [eport]}, host="127.1.0.7"))
+            assert await tcp_ping(tp, "127.1.0.7") == b"ping"
+            assert refuses(tp, "127.0.0.1")
+        finally:
+            await rt.close()
+            echo.close()
+
+    run(main())
+
+
+def test_swap_under_steady_http_load_fails_no_request():
+    async def main():
+        hp = free_port()
+        rt = Runtime(ProxyMetrics())
+        async with Backend("A") as a, Backend("B") as b:
+            configs = [build(v, http_port=hp, http_servers=[(a, b)[v % 2].url]) for v in range(1, 31)]
+            await rt.apply(configs[0])
+            stop = asyncio.Event()
+            results: list[int] = []
+            seen: set[str] = set()
+
+            async def client(n: int) -> None:
+                conn = await RawClient.connect(hp)
+                try:
+                    while not stop.is_set():
+                        await conn.send(b"GET /req HTTP/1.1\r\nHost: svc\r\n\r\n")
+                        resp = await conn.response(5)
+                        results.append(resp.status)
+                        seen.add(resp.header("X-Backend") or "")
+                        if len(results) % 7 == n:  # some clients also reconnect (fresh connections)
+                            await conn.close()
+                            conn = await RawClient.connect(hp)
+                finally:
+                    await conn.close()
+
+            clients = [asyncio.create_task(client(n)) for n in range(6)]
+            try:
+                for config in configs[1:]:
+                    await asyncio.sleep(0.05)
+                    await rt.apply(config)
+                await asyncio.sleep(0.1)
+            finally:
+                stop.set()
+                outcomes = await asyncio.gather(*clients, return_exceptions=True)
+                await rt.close()
+            assert [o for o in outcomes if o is not None] == []  # no connection error in any client
+            assert len(results) > 100
+            assert set(results) == {200}, {s: results.count(s) for s in set(results)}
+            assert seen == {"A", "B"}
+
+    run(main())
+
+
+def test_drain_finishes_in_flight_and_closes_idle():
+    async def main():
+        hp = free_port()
+        rt = Runtime(ProxyMetrics())
+        async with Backend("A") as a:
+            await rt.apply(build(1, http_port=hp, http_servers=[a.url]))
+            idle = await RawClient.connect(hp)
+            await idle.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+            assert (await idle.response()).status == 200
+            busy = await RawClient.connect(hp)
+            await busy.send(b"GET /slow?ms=600 HTTP/1.1\r\nHost: svc\r\n\r\n")
+            await asyncio.sleep(0.1)
+            drain = asyncio.create_task(rt.drain(5))
+            await asyncio.sleep(0.1)
+            assert refuses(hp)  # stopped accepting
+            assert await idle.closed(2)  # idle keep-alive connection closed
+            resp = await busy.response(5)  # the in-flight request completes
+            assert resp.status == 200 and resp.header("X-Backend") == "A"
+            await asyncio.wait_for(drain, 5)
+            await idle.close()
+            await busy.close()
+
+    run(main())
+
+
+def test_drain_cuts_what_outlives_the_grace_period():
+    async def main():
+        echo, eport = await tcp_echo()
+        tp = free_port()
+        rt = Runtime(ProxyMetrics())
+        await rt.apply(build(1, tcp={tp: [eport]}))
+        reader, writer = await asyncio.open_connection("127.0.0.1", tp)
+        writer.write(b"ping")
+        assert await reader.readexactly(4) == b"ping"
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await rt.drain(0.3)
+        assert 0.25 <= loop.time() - start < 3
+        try:
+            assert await asyncio.wait_for(reader.read(), 2) == b""
+        except ConnectionResetError:
+            pass
+        writer.close()
+        echo.close()
+        with pytest.raises(ConfigError, match="draining"):
+            await rt.apply(build(2))
+
+    run(main())
