@@ -1,0 +1,604 @@
+"""``lightmesh proxy``: flags, the supervisor process and its worker processes.
+
+This module owns the process model::
+
+    supervisor (this process)                         worker × --workers (python -m lightmesh.proxy.main)
+      config source (controller long poll | file)       uvloop, Runtime: every listener (SO_REUSEPORT)
+      admin port (/ping /live /metrics /api/rawdata)    applies each config it is sent, reports back
+      ── socketpair per worker: length-prefixed JSON ──►
+
+Control channel (4-byte big-endian length, then UTF-8 JSON; one message per frame):
+
+supervisor → worker
+    ``{"type": "init", "options": {...}}`` first, then ``{"type": "config", "config": {...}}`` for
+    every config (the worker validates again: ``Runtime.apply``), ``{"type": "snapshot", "id": n}``,
+    ``{"type": "drain"}``.
+worker → supervisor
+    ``{"type": "hello", "pid": n}``, ``{"type": "applied", "version", "hash", "listener_errors"}``,
+    ``{"type": "refused", "version", "error"}``, ``{"type": "snapshot", "id", "metrics", "status"}``,
+    ``{"type": "status", ...}`` (a listener came up on retry).
+
+A worker whose channel closes has died: it is restarted (back-off 0.5 s doubling to 10 s) and given
+the current config. A worker whose supervisor vanished (EOF) drains and exits. SIGTERM or SIGINT on
+the supervisor: workers drain (stop accepting, close idle keep-alive connections, let in-flight
+requests finish up to ``--drain-timeout``), then everything exits 0.
+
+Metrics: ``/metrics`` asks every live worker for a snapshot and merges them with the supervisor's
+own recorder, which alone counts ``config_reloads_total`` (once per config, not once per worker)
+and holds ``config_version``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lightmesh import wire
+from lightmesh.config import ConfigError, ProxyConfig
+from lightmesh.proxy import metrics as metrics_mod
+
+log = logging.getLogger("lightmesh.proxy")
+
+MAX_FRAME = 64 * 1024 * 1024
+_HEADER = struct.Struct("!I")
+SNAPSHOT_TIMEOUT = 2.0
+RESTART_MIN, RESTART_MAX = 0.5, 10.0
+LISTENER_RETRY_SECONDS = 2.0
+DEFAULT_DRAIN_TIMEOUT = 15.0  # the DaemonSet's terminationGracePeriodSeconds is 30
+
+
+# ---------------------------------------------------------------------------------------- CLI
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port in 0-65535, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value > 86400:
+        raise argparse.ArgumentTypeError(f"must be seconds in (0, 86400], got {text}")
+    return value
+
+
+def _ratio(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--controller", metavar="URL", help="controller API base URL (long-polled for config)")
+    source.add_argument("--config", metavar="FILE", help="static ProxyConfig JSON file, reloaded on change")
+    parser.add_argument("--admin-address", default="0.0.0.0", help="admin port address (default 0.0.0.0)")
+    parser.add_argument("--admin-port", type=_port, default=wire.DEFAULT_PROXY_ADMIN_PORT,
+                        help=f"/ping /live /metrics /api/rawdata (default {wire.DEFAULT_PROXY_ADMIN_PORT})")
+    parser.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1,
+                        help="worker processes sharing every port with SO_REUSEPORT (default: CPU count)")
+    parser.add_argument("--name", default=os.environ.get(wire.ENV_POD_NAME) or socket.gethostname(),
+                        help="proxy name reported to the controller (default: $POD_NAME, else hostname)")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    parser.add_argument("--log-format", choices=("json", "text"), default="text")
+    parser.add_argument("--access-log", action="store_true", help="one log line per HTTP request")
+    parser.add_argument("--otlp-endpoint", metavar="URL", help="OTLP/HTTP traces endpoint (off when unset)")
+    parser.add_argument("--trace-sample-ratio", type=_ratio, default=None,
+                        help="fraction of new traces sampled (parent decision is kept)")
+    parser.add_argument("--max-connections", type=_non_negative_int, default=None,
+                        help="client connections per worker and listener (0 = unlimited)")
+    parser.add_argument("--header-timeout", type=_seconds, default=None, help="seconds to receive a request head")
+    parser.add_argument("--idle-timeout", type=_seconds, default=None, help="keep-alive idle seconds")
+    parser.add_argument("--max-header-bytes", type=_positive_int, default=None, help="largest request head")
+    parser.add_argument("--drain-timeout", type=_seconds, default=DEFAULT_DRAIN_TIMEOUT,
+                        help=f"seconds in-flight requests get on shutdown (default {DEFAULT_DRAIN_TIMEOUT:g})")
+
+
+def worker_options(args: argparse.Namespace) -> dict:
+    """What a worker needs from the flags (JSON-able; sent in the ``init`` message)."""
+    http = {"access_log": bool(args.access_log), "otlp_endpoint": args.otlp_endpoint,
+            "trace_sample_ratio": args.trace_sample_ratio, "max_connections": args.max_connections,
+            "header_timeout": args.header_timeout, "idle_timeout": args.idle_timeout,
+            "max_header_bytes": args.max_header_bytes}
+    return {"name": args.name, "log_level": args.log_level, "log_format": args.log_format,
+            "drain_timeout": args.drain_timeout, "max_connections": args.max_connections or 0,
+            "http": {k: v for k, v in http.items() if v is not None}}
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level, args.log_format)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; keep working without it
+        return asyncio.run(Supervisor(args).run())
+    return uvloop.run(Supervisor(args).run())
+
+
+# ---------------------------------------------------------------------------------------- logging
+
+
+class JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+                       + f".{int(record.msecs):03d}Z",
+               "level": record.levelname.lower(), "logger": record.name, "pid": record.process,
+               "message": record.getMessage()}
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JSONFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+# ---------------------------------------------------------------------------------------- framing
+
+
+async def read_message(reader: asyncio.StreamReader) -> dict | None:
+    """One frame, or None at EOF (the other process is gone)."""
+    try:
+        header = await reader.readexactly(_HEADER.size)
+        (size,) = _HEADER.unpack(header)
+        if size > MAX_FRAME:
+            raise ValueError(f"control frame of {size} bytes exceeds {MAX_FRAME}")
+        return json.loads(await reader.readexactly(size))
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+
+
+def write_message(writer: asyncio.StreamWriter, message: dict) -> None:
+    body = json.dumps(message, separators=(",", ":")).encode()
+    writer.write(_HEADER.pack(len(body)) + body)
+
+
+# ---------------------------------------------------------------------------------------- supervisor
+
+
+@dataclasses.dataclass
+class WorkerHandle:
+    index: int
+    proc: subprocess.Popen | None = None
+    writer: asyncio.StreamWriter | None = None
+    pid: int | None = None
+    alive: bool = False
+    applied_version: int = 0
+    applied_hash: str | None = None
+    listener_errors: dict = dataclasses.field(default_factory=dict)
+    last_error: str | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    pending: dict = dataclasses.field(default_factory=dict)  # snapshot id → Future
+    task: asyncio.Task | None = None
+
+    def describe(self) -> dict:
+        return {"index": self.index, "pid": self.pid, "alive": self.alive, "applied_version": self.applied_version,
+                "applied_hash": self.applied_hash, "listener_errors": self.listener_errors,
+                "last_error": self.last_error, "restarts": self.restarts}
+
+
+def _child_env() -> dict[str, str]:
+    """The worker imports this very package, wherever it was imported from."""
+    env = dict(os.environ)
+    here = str(Path(__file__).resolve().parents[2])  # the directory holding the lightmesh package
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+class Supervisor:
+    """Config source, admin port, workers. Also the :class:`~lightmesh.proxy.admin.AdminState`."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.options = worker_options(args)
+        self.metrics = metrics_mod.ProxyMetrics()
+        self.config: ProxyConfig | None = None
+        self.config_json: dict | None = None
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self.workers = [WorkerHandle(i) for i in range(args.workers)]
+        self.started_at = time.time()
+        self.stopping = False
+        self._stop = asyncio.Event()
+        self._snapshot_ids = 0
+        self._tasks: set[asyncio.Task] = set()
+        self.source = None
+        self.admin = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        from lightmesh.proxy.admin import AdminServer
+        from lightmesh.proxy.source import ControllerSource, FileSource
+
+        self.admin = AdminServer(self, self.args.admin_address, self.args.admin_port)
+        try:
+            await self.admin.start()
+        except OSError as exc:
+            log.error("%s", exc)
+            return 1
+        if self.args.controller:
+            try:
+                self.source = ControllerSource(self.args.controller, self.args.name, self._on_config,
+                                               self._on_error, self.applied_version)
+            except ValueError as exc:
+                log.error("%s", exc)
+                await self.admin.stop()
+                return 2
+        else:
+            self.source = FileSource(self.args.config, self._on_config, self._on_error)
+        log.info("lightmesh proxy %s: %d workers, config from %s", self.args.name, len(self.workers),
+                 self.args.controller or self.args.config)
+        for worker in self.workers:
+            await self._spawn(worker)
+        source_task = loop.create_task(self.source.run())
+        await self._stop.wait()
+        log.info("shutting down: draining workers (up to %.0fs)", self.args.drain_timeout)
+        self.stopping = True
+        source_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await source_task
+        await self._stop_workers()
+        await self.admin.stop()
+        log.info("stopped")
+        return 0
+
+    def stop(self) -> None:
+        # Set at once (not after the wait returns): workers exiting on the same group signal
+        # must not be restarted.
+        self.stopping = True
+        self._stop.set()
+
+    async def _spawn(self, worker: WorkerHandle) -> None:
+        parent, child = socket.socketpair()
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "lightmesh.proxy.main", "--worker-fd", str(child.fileno())],
+                                    pass_fds=(child.fileno(),), env=_child_env())
+        except OSError as exc:
+            parent.close()
+            child.close()
+            log.error("worker %d: cannot start: %s", worker.index, exc)
+            self._schedule_restart(worker)
+            return
+        finally:
+            child.close()  # the worker has its own copy
+        reader, writer = await asyncio.open_unix_connection(sock=parent)
+        worker.proc, worker.writer, worker.pid = proc, writer, proc.pid
+        worker.alive, worker.applied_version, worker.applied_hash = True, 0, None
+        worker.listener_errors, worker.started_at = {}, time.monotonic()
+        write_message(writer, {"type": "init", "index": worker.index, "options": self.options})
+        if self.config_json is not None:
+            write_message(writer, {"type": "config", "config": self.config_json})
+        worker.task = asyncio.get_running_loop().create_task(self._read_worker(worker, reader))
+
+    async def _read_worker(self, worker: WorkerHandle, reader: asyncio.StreamReader) -> None:
+        while True:
+            try:
+                msg = await read_message(reader)
+            except ValueError as exc:
+                log.error("worker %d: bad control message: %s", worker.index, exc)
+                msg = None
+            if msg is None:
+                break
+            self._handle(worker, msg)
+        await self._worker_exited(worker)
+
+    def _handle(self, worker: WorkerHandle, msg: dict) -> None:
+        kind = msg.get("type")
+        if kind == "hello":
+            worker.pid = msg.get("pid", worker.pid)
+        elif kind == "applied":
+            worker.applied_version, worker.applied_hash = msg["version"], msg.get("hash")
+            worker.listener_errors = msg.get("listener_errors") or {}
+            worker.last_error = None
+            for error in worker.listener_errors.values():
+                self._record_error(error)
+            notify = getattr(self.source, "notify_applied", None)
+            if notify is not None:
+                notify()
+        elif kind == "status":
+            worker.listener_errors = msg.get("listener_errors") or {}
+        elif kind == "refused":
+            worker.last_error = msg.get("error")
+            self._record_error(f"worker {worker.index}: {msg.get('error')}")
+        elif kind == "snapshot":
+            fut = worker.pending.pop(msg.get("id"), None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+        else:
+            log.warning("worker %d: unknown control message %r", worker.index, kind)
+
+    async def _worker_exited(self, worker: WorkerHandle) -> None:
+        worker.alive = False
+        for fut in worker.pending.values():
+            if not fut.done():
+                fut.set_result(None)
+        worker.pending.clear()
+        if worker.writer is not None:
+            worker.writer.close()
+        code = await asyncio.to_thread(_reap, worker.proc)
+        if self.stopping:
+            return
+        log.error("worker %d (pid %s) exited with code %s; restarting it", worker.index, worker.pid, code)
+        self._schedule_restart(worker)
+
+    def _schedule_restart(self, worker: WorkerHandle) -> None:
+        lived = time.monotonic() - worker.started_at if worker.started_at else 0.0
+        # Crash loops back off; a worker that ran a while restarts at once-ish.
+        delay = RESTART_MIN if lived > 30 else min(RESTART_MAX, RESTART_MIN * 2 ** min(worker.restarts, 5))
+        worker.restarts += 1
+
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            if not self.stopping:
+                await self._spawn(worker)
+
+        task = asyncio.get_running_loop().create_task(later())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _stop_workers(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for worker in self.workers:
+            if worker.alive and worker.writer is not None:
+                with contextlib.suppress(Exception):
+                    write_message(worker.writer, {"type": "drain"})
+        deadline = time.monotonic() + self.args.drain_timeout + 5.0
+        for worker in self.workers:
+            if worker.proc is None:
+                continue
+            while worker.proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if worker.proc.poll() is None:
+                log.error("worker %d (pid %s) did not stop in time: killing it", worker.index, worker.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    worker.proc.kill()
+                await asyncio.to_thread(_reap, worker.proc)
+        for worker in self.workers:
+            if worker.task is not None:
+                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(worker.task, 2.0)
+
+    # ------------------------------------------------------------------ configs
+
+    def _on_config(self, config: ProxyConfig) -> None:
+        previous = self.config
+        self.config = config
+        self.config_json = config.model_dump(mode="json")
+        self.last_error = None
+        self.metrics.config_applied(config.version)
+        log.info("configuration version %d (%s) received%s", config.version, config.hash[:12],
+                 f", replacing version {previous.version}" if previous else "")
+        for worker in self.workers:
+            if worker.alive and worker.writer is not None:
+                try:
+                    write_message(worker.writer, {"type": "config", "config": self.config_json})
+                except Exception as exc:  # its reader task notices the death
+                    log.warning("worker %d: cannot send the config: %s", worker.index, exc)
+
+    def _on_error(self, message: str, refused: bool = False) -> None:
+        if refused:
+            self.metrics.config_failed()
+        self._record_error(message)
+
+    def _record_error(self, message: str) -> None:
+        self.last_error = message
+        self.last_error_at = time.time()
+
+    def applied_version(self) -> int:
+        alive = [w.applied_version for w in self.workers if w.alive]
+        return min(alive) if alive else 0
+
+    # ------------------------------------------------------------------ AdminState
+
+    def ready(self) -> bool:
+        return (self.config is not None and self.config.version >= 1
+                and any(w.alive and w.applied_version >= 1 for w in self.workers))
+
+    async def snapshots(self) -> list[dict]:
+        loop = asyncio.get_running_loop()
+        waits = []
+        for worker in self.workers:
+            if not (worker.alive and worker.writer is not None):
+                continue
+            self._snapshot_ids += 1
+            fut = loop.create_future()
+            worker.pending[self._snapshot_ids] = fut
+            try:
+                write_message(worker.writer, {"type": "snapshot", "id": self._snapshot_ids})
+            except Exception:
+                worker.pending.pop(self._snapshot_ids, None)
+                continue
+            waits.append((worker, self._snapshot_ids, fut))
+        out = []
+        for worker, ident, fut in waits:
+            try:
+                msg = await asyncio.wait_for(fut, SNAPSHOT_TIMEOUT)
+            except asyncio.TimeoutError:
+                worker.pending.pop(ident, None)
+                log.warning("worker %d: no metrics snapshot within %.0fs", worker.index, SNAPSHOT_TIMEOUT)
+                continue
+            if msg:
+                out.append(msg)
+        return out
+
+    async def metrics_text(self) -> str:
+        reloads = metrics_mod.PREFIX + "config_reloads_total"
+        snaps = [self.metrics.snapshot()]
+        for msg in await self.snapshots():
+            snap = dict(msg.get("metrics") or {})
+            snap.pop(reloads, None)  # counted once per config by the supervisor, not per worker
+            snaps.append(snap)
+        return metrics_mod.render(metrics_mod.merge(snaps))
+
+    def rawdata(self) -> dict:
+        config = self.config
+        return {
+            "name": self.args.name,
+            "version": config.version if config else 0,
+            "hash": config.hash if config else None,
+            "ready": self.ready(),
+            "config": self.config_json,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+            "source": self.source.describe() if self.source is not None else None,
+            "workers": [w.describe() for w in self.workers],
+            "started_at": self.started_at,
+        }
+
+
+def _reap(proc: subprocess.Popen | None) -> int | None:
+    if proc is None:
+        return None
+    try:
+        return proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+# ---------------------------------------------------------------------------------------- worker
+
+
+def _build_runtime_options(options: dict):
+    from lightmesh.proxy.runtime import RuntimeOptions
+    http_options = None
+    try:
+        from lightmesh.proxy import http as http_mod
+    except ImportError:
+        http_mod = None
+    if http_mod is not None and hasattr(http_mod, "HTTPOptions"):
+        wanted = options.get("http") or {}
+        cls = http_mod.HTTPOptions
+        if dataclasses.is_dataclass(cls):
+            names = {f.name for f in dataclasses.fields(cls)}
+        else:
+            names = set(getattr(cls, "model_fields", {}) or getattr(cls, "__slots__", ()) or ())
+        unknown = sorted(set(wanted) - names)
+        if unknown:
+            log.debug("HTTPOptions has no %s; ignored", ", ".join(unknown))
+        http_options = cls(**{k: v for k, v in wanted.items() if k in names})
+    return RuntimeOptions(http=http_options, max_connections=int(options.get("max_connections") or 0))
+
+
+async def _worker(fd: int) -> int:
+    from lightmesh.proxy.runtime import Runtime
+
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(fileno=fd)
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    init = await read_message(reader)
+    if not init or init.get("type") != "init":
+        return 2
+    options = init.get("options") or {}
+    setup_logging(options.get("log_level", "info"), options.get("log_format", "text"))
+    wlog = logging.getLogger(f"lightmesh.proxy.worker{init.get('index', '')}")
+    metrics = metrics_mod.ProxyMetrics()
+    runtime = Runtime(metrics, _build_runtime_options(options), loop)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    write_message(writer, {"type": "hello", "pid": os.getpid()})
+
+    async def retry_listeners() -> None:
+        while True:
+            await asyncio.sleep(LISTENER_RETRY_SECONDS)
+            if await runtime.retry_failed():
+                write_message(writer, {"type": "status", **runtime.status()})
+
+    async def serve() -> None:
+        while True:
+            msg = await read_message(reader)
+            if msg is None:
+                wlog.warning("supervisor gone: draining")
+                return
+            kind = msg.get("type")
+            if kind == "config":
+                data = msg.get("config")
+                version = data.get("version") if isinstance(data, dict) else None
+                try:
+                    result = await runtime.apply(data)
+                except ConfigError as exc:
+                    wlog.error("configuration version %s refused: %s", version, exc)
+                    write_message(writer, {"type": "refused", "version": version, "error": str(exc)})
+                    continue
+                wlog.info("applied configuration version %d (%d listeners%s)", result.version,
+                          len(runtime.listeners),
+                          f", {len(result.listener_errors)} failed" if result.listener_errors else "")
+                write_message(writer, {"type": "applied", "version": result.version, "hash": result.hash,
+                                       "listener_errors": result.listener_errors})
+            elif kind == "snapshot":
+                write_message(writer, {"type": "snapshot", "id": msg.get("id"), "metrics": metrics.snapshot(),
+                                       "status": runtime.status()})
+            elif kind == "drain":
+                return
+            else:
+                wlog.warning("unknown control message %r", kind)
+
+    tasks = [loop.create_task(serve()), loop.create_task(stop.wait()), loop.create_task(retry_listeners())]
+    await asyncio.wait(tasks[:2], return_when=asyncio.FIRST_COMPLETED)
+    for task in tasks:
+        task.cancel()
+    drain_timeout = float(options.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT))
+    await runtime.drain(drain_timeout)
+    with contextlib.suppress(Exception):
+        writer.close()
+    return 0
+
+
+def worker_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lightmesh-proxy-worker")
+    parser.add_argument("--worker-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    # SIGINT from a terminal reaches the whole group; the supervisor decides, not a traceback here.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import uvloop
+        return uvloop.run(_worker(args.worker_fd))
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())

@@ -1,0 +1,260 @@
+"""``python -m lightmesh proxy`` as a process: supervisor + 2 workers serving HTTP and TCP from a config
+file or a (stub) controller, admin endpoints, file reload, worker restart, drain on SIGTERM → exit 0.
+
+Each proxy runs in its own session and its whole process group is killed in ``finally``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import uvloop
+
+from conftest import lightmesh_cmd, lightmesh_env
+from lightmesh import wire
+from lightmesh.config import HTTPConfig, L4Server, TCPRoute, make_config
+from proxy.backends import Backend, RawClient, request
+from proxy.test_source import StubController
+
+
+def run(coro, timeout: float = 90.0):
+    return uvloop.run(asyncio.wait_for(coro, timeout))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make(version: int, http_port: int, backend_url: str, tcp_port: int, echo_port: int):
+    http = HTTPConfig.model_validate({
+        "entry_points": [{"name": "web", "address": "127.0.0.1", "port": http_port}],
+        "services": [{"name": "svc", "servers": [{"url": backend_url}]}],
+        "routers": [{"name": "r", "entry_points": ["web"], "service": "svc"}]})
+    return make_config(version, http, [TCPRoute(name="echo", address="127.0.0.1", port=tcp_port,
+                                                servers=[L4Server(address="127.0.0.1", port=echo_port)])])
+
+
+def http_get(url: str) -> tuple[int | None, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return None, b""
+
+
+async def get(url: str) -> tuple[int | None, bytes]:
+    return await asyncio.to_thread(http_get, url)
+
+
+async def rawdata(admin: str) -> dict:
+    status, body = await get(admin + "/api/rawdata")
+    return json.loads(body) if status == 200 else {}
+
+
+async def until(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+async def tcp_echo():
+    async def handle(reader, writer):
+        while data := await reader.read(65536):
+            writer.write(data)
+        writer.close()
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def tcp_ping(port: int) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"ping")
+        return await asyncio.wait_for(reader.readexactly(4), 5)
+    finally:
+        writer.close()
+
+
+@contextlib.contextmanager
+def proxy_process(*args: str, log_path):
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(lightmesh_cmd("proxy", *args), stdout=log, stderr=subprocess.STDOUT,
+                                env=lightmesh_env(), start_new_session=True)
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def workers_on(data: dict, version: int) -> bool:
+    workers = data.get("workers") or []
+    return bool(workers) and all(w["alive"] and w["applied_version"] == version for w in workers)
+
+
+def test_file_config_two_workers_end_to_end(tmp_path):
+    async def main():
+        echo, eport = await tcp_echo()
+        hp, tp, tp2, ap = free_port(), free_port(), free_port(), free_port()
+        admin = f"http://127.0.0.1:{ap}"
+        cfg_path = tmp_path / "proxy.json"
+        async with Backend("A") as backend:
+            cfg_path.write_text(make(1, hp, backend.url, tp, eport).to_json())
+            with proxy_process("--config", str(cfg_path), "--workers", "2", "--admin-address", "127.0.0.1",
+                               "--admin-port", str(ap), "--name", "test-proxy", "--log-format", "json",
+                               "--drain-timeout", "5", log_path=tmp_path / "proxy.log") as proc:
+                try:
+                    await until(lambda: _ping_ok(admin), 30, "/ping 200")
+                    assert (await get(admin + "/live"))[0] == 200
+                    data = await until(lambda: _when(rawdata(admin), lambda d: workers_on(d, 1)), 10, "workers on v1")
+                    assert data["config"]["hash"] == data["hash"] == make(1, hp, backend.url, tp, eport).hash
+                    assert len({w["pid"] for w in data["workers"]}) == 2 and data["name"] == "test-proxy"
+
+                    for _ in range(20):
+                        assert (await request(hp, path="/x")).status == 200
+                    assert await tcp_ping(tp) == b"ping"
+                    status, body = await get(admin + "/metrics")
+                    text = body.decode()
+                    assert status == 200
+                    assert 'lightmesh_proxy_requests_total{service="svc",code="200",method="GET"} 20' in text
+                    assert 'lightmesh_proxy_l4_connections_total{route="echo",protocol="tcp"} 1' in text
+                    assert "lightmesh_proxy_config_version 1" in text
+                    assert 'lightmesh_proxy_config_reloads_total{result="applied"} 1' in text
+
+                    # reload: the TCP route moves; both workers follow
+                    cfg_path.write_text(make(2, hp, backend.url, tp2, eport).to_json())
+                    await until(lambda: _when(rawdata(admin), lambda d: d["version"] == 2 and workers_on(d, 2)),
+                                10, "workers on v2")
+                    assert await tcp_ping(tp2) == b"ping"
+
+                    # invalid file: refused, reported, v2 keeps serving
+                    cfg_path.write_text('{"version": 3, "tcp": [{"name": "x", "port": 0}]}')
+                    data = await until(lambda: _when(rawdata(admin), lambda d: d["last_error"]), 10, "last_error")
+                    assert "tcp['x'].port" in data["last_error"] and data["version"] == 2
+                    assert (await request(hp)).status == 200
+                    assert 'config_reloads_total{result="failed"} 1' in (await get(admin + "/metrics"))[1].decode()
+
+                    # a dead worker is restarted and gets the current config
+                    victim = data["workers"][0]["pid"]
+                    os.kill(victim, signal.SIGKILL)
+                    data = await until(lambda: _when(rawdata(admin), lambda d: workers_on(d, 2) and victim not in
+                                                     [w["pid"] for w in d["workers"]]), 15, "worker restarted")
+                    assert data["workers"][0]["restarts"] == 1
+                    for _ in range(10):
+                        assert (await request(hp)).status == 200
+
+                    # SIGTERM (to the supervisor only, as the kubelet does): a slow request in flight
+                    # finishes, then exit 0 promptly
+                    slow = await RawClient.connect(hp)
+                    await slow.send(b"GET /slow?ms=700 HTTP/1.1\r\nHost: svc\r\n\r\n")
+                    await asyncio.sleep(0.2)
+                    started = time.monotonic()
+                    proc.send_signal(signal.SIGTERM)
+                    resp = await slow.response(5)
+                    assert resp.status == 200
+                    await slow.close()
+                    code = await asyncio.to_thread(proc.wait, 10)
+                    assert code == 0 and time.monotonic() - started < 8
+                finally:
+                    echo.close()
+        log = (tmp_path / "proxy.log").read_text()
+        lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+        assert lines and {"time", "level", "logger", "pid", "message"} <= set(lines[0])
+        assert any("refused" in line["message"] for line in lines)
+
+    run(main())
+
+
+def test_controller_source_and_group_sigterm(tmp_path):
+    async def main():
+        echo, eport = await tcp_echo()
+        hp, tp, ap = free_port(), free_port(), free_port()
+        admin = f"http://127.0.0.1:{ap}"
+        stub = await StubController(hold=1.0).start()
+        try:
+            async with Backend("A") as backend:
+                with proxy_process("--controller", stub.url, "--workers", "2", "--admin-address", "127.0.0.1",
+                                   "--admin-port", str(ap), "--name", "node-1-proxy",
+                                   log_path=tmp_path / "proxy.log") as proc:
+                    # the controller has nothing yet (503): alive but not ready
+                    await until(lambda: _status_is(admin + "/live", 200), 30, "/live")
+                    await until(lambda: _when(asyncio.sleep(0, len(stub.requests)), bool), 10, "first poll")
+                    assert (await get(admin + "/ping"))[0] == 503
+                    stub.publish(make(1, hp, backend.url, tp, eport))
+                    await until(lambda: _ping_ok(admin), 15, "/ping 200")
+                    assert (await request(hp)).status == 200
+                    assert await tcp_ping(tp) == b"ping"
+                    # the controller hears which version the workers applied
+                    await until(lambda: _when(asyncio.sleep(0, stub.requests),
+                                              lambda rs: rs[-1].get(wire.HEADER_APPLIED_VERSION) == "1"),
+                                10, "applied version announced")
+                    assert stub.requests[-1][wire.HEADER_PROXY_NAME] == "node-1-proxy"
+                    # controller down: the proxy keeps serving its config
+                    await stub.stop()
+                    await until(lambda: _when(rawdata(admin), lambda d: d["last_error"]), 15, "error recorded")
+                    assert (await request(hp)).status == 200
+                    assert (await get(admin + "/ping"))[0] == 200
+                    os.killpg(proc.pid, signal.SIGTERM)  # the whole group, like Ctrl-C or a test harness
+                    assert await asyncio.to_thread(proc.wait, 15) == 0
+        finally:
+            echo.close()
+            with contextlib.suppress(Exception):
+                await stub.stop()
+
+    run(main())
+
+
+@pytest.mark.parametrize("args, message", [
+    ((), "one of the arguments --controller --config is required"),
+    (("--controller", "http://x", "--config", "f"), "not allowed with argument"),
+    (("--config", "f", "--workers", "0"), "--workers: must be >= 1"),
+])
+def test_bad_flags_exit_2(args, message):
+    result = subprocess.run(lightmesh_cmd("proxy", *args), capture_output=True, text=True, env=lightmesh_env(),
+                            timeout=60)
+    assert result.returncode == 2 and message in result.stderr
+
+
+def test_busy_admin_port_exits_1(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(lightmesh_cmd("proxy", "--config", str(tmp_path / "none.json"), "--workers", "1",
+                                              "--admin-address", "127.0.0.1", "--admin-port", str(port)),
+                                capture_output=True, text=True, env=lightmesh_env(), timeout=60,
+                                start_new_session=True)
+    assert result.returncode == 1 and f"admin port 127.0.0.1:{port}" in result.stderr
+
+
+async def _ping_ok(admin: str) -> bool:
+    return (await get(admin + "/ping"))[0] == 200
+
+
+async def _status_is(url: str, status: int) -> bool:
+    return (await get(url))[0] == status
+
+
+async def _when(awaitable, predicate):
+    value = await awaitable
+    return value if predicate(value) else None
