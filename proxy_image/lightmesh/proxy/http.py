@@ -1,0 +1,1377 @@
+"""The HTTP/1.1 reverse proxy of one worker: client and upstream ``asyncio.Protocol`` classes driven by
+httptools (llhttp), on uvloop.
+
+Owns :class:`HTTPOptions` (limits and switches), :class:`ConnectionSet` (the worker's client
+connections: ``max_connections``, graceful drain), :func:`protocol_factory` (what
+``loop.create_server`` takes) and the per-request behaviour: routing through the current
+:class:`~lightmesh.proxy.routing.HTTPPlane` (``holder.http``, read once per request head),
+middlewares, upstream keep-alive pools, streaming, Upgrade tunnels, hostile-input rejection,
+metrics, access log and tracing hooks.
+
+Design (see ``/work/shared/reference/python-proxy-performance.md``):
+
+* Protocol callbacks only; no task or coroutine per request. A task exists only to open a new
+  upstream connection (pooled connections are reused, so that is rare under load).
+* Corked writes: everything produced during one event-loop callback is queued per transport and
+  written with one ``writelines`` (one ``writev``) at the end of that callback.
+* Bodies are streamed, never buffered whole. Backpressure both ways: a transport whose write buffer
+  is full pauses reading on the peer. A Content-Length response body larger than one read is
+  forwarded as the bytes objects received (no copy: the response parser is bypassed for it).
+* Per connection, the peer IP and allow-list decisions are cached.
+* Nothing is sent upstream before a request head has been fully parsed and validated; writes made
+  while parsing a read are only flushed after the whole read parsed cleanly, so a hostile request
+  arriving in one read never reaches an upstream. (A body error arriving in a later read aborts the
+  upstream connection, which then sees a truncated request.)
+
+Framing choices: requests go upstream as HTTP/1.1 keep-alive; Content-Length bodies keep their
+length, chunked bodies are re-chunked (trailers are dropped). Responses keep Content-Length;
+chunked or close-delimited responses are re-chunked for HTTP/1.1 clients and sent close-delimited
+to HTTP/1.0 clients. ``Expect: 100-continue`` is passed end to end (the upstream's ``100 Continue``
+is relayed). Incoming ``X-Forwarded-Proto``/``X-Forwarded-Host`` are kept when present (the mesh
+hop is node-local and trusted, as Traefik Mesh's ``forwardedHeaders.insecure``), else set; the peer
+IP is always appended to ``X-Forwarded-For``.
+
+Status codes the proxy itself answers: 400 malformed/hostile request (connection closed), 403
+allow-list, 404 no route, 405 CONNECT, 408 header timeout, 429 rate limit, 431 header too large,
+502 upstream unreachable/reset/malformed, 503 no servers or breaker open, 504 request timeout,
+505 HTTP version. Requests answered without a route are counted under service ``unrouted``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httptools
+from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade
+
+from lightmesh.proxy.metrics import ProxyMetrics
+from lightmesh.proxy.routing import (CHECK_ALLOW, CHECK_BREAKER, CHECK_DENY, CHECK_RATE, Route, Server,
+                                     split_host)
+
+__all__ = ["HTTPOptions", "ConnectionSet", "protocol_factory", "ClientProtocol", "UpstreamProtocol",
+           "UNROUTED"]
+
+UNROUTED = "unrouted"
+ACCESS_LOGGER = "lightmesh.access"
+_log = logging.getLogger(__name__)
+
+
+class ConnectionSet:
+    """The client connections of one worker (all HTTP entry points share one set through
+    :attr:`HTTPOptions.connections`): enforces ``max_connections`` and drains on shutdown."""
+
+    def __init__(self) -> None:
+        self.conns: set[ClientProtocol] = set()
+        self.draining = False
+
+    def __len__(self) -> int:
+        return len(self.conns)
+
+    def close_idle(self) -> int:
+        """Close the connections with no request in progress; returns how many."""
+        idle = [c for c in self.conns if c.is_idle()]
+        for conn in idle:
+            conn.close()
+        return len(idle)
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop keep-alive (every response from now on says ``Connection: close``), close idle
+        connections, wait up to ``timeout`` seconds for the others to finish, then abort what is
+        left. Returns True when everything finished in time."""
+        self.draining = True
+        self.close_idle()
+        deadline = time.monotonic() + timeout
+        while self.conns and time.monotonic() < deadline:
+            await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+            self.close_idle()
+        clean = not self.conns
+        for conn in list(self.conns):
+            conn.abort()
+        return clean
+
+
+@dataclass
+class HTTPOptions:
+    """Limits and switches of the HTTP proxy; one instance per worker, shared by its entry points."""
+
+    max_header_bytes: int = 65536  # request line + headers; beyond → 431 and close
+    header_timeout: float = 10.0  # from the first byte of a request (or accept) to its full head → 408, close
+    idle_timeout: float = 180.0  # keep-alive connection with no request in progress → closed
+    max_connections: int = 10000  # per worker; beyond, a new connection is closed at once
+    connect_timeout: float = 5.0  # upstream TCP connect (then: connect failure → retry or 502)
+    upstream_idle_timeout: float = 60.0  # pooled upstream connections idle longer are not reused
+    eject_seconds: float = 10.0  # passive health: a server that refused a connection sits out
+    max_replay_bytes: int = 1 << 20  # request bodies up to this size are kept for a retry
+    access_log: bool = False
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger(ACCESS_LOGGER))
+    tracer: Any = None  # a lightmesh.proxy.tracing.RequestTracer, or None (tracing off, zero cost)
+    connections: ConnectionSet = field(default_factory=ConnectionSet)
+
+
+def protocol_factory(holder: Any, entry_point: str, options: HTTPOptions, metrics: ProxyMetrics):
+    """For ``loop.create_server``: each connection reads ``holder.http`` (an ``HTTPPlane``) per
+    request head and routes with the table of ``entry_point``."""
+    def factory() -> ClientProtocol:
+        return ClientProtocol(holder, entry_point, options, metrics)
+    return factory
+
+
+# --------------------------------------------------------------------------- header tables
+
+_REASONS = {100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 204: b"No Content",
+            400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
+            408: b"Request Timeout", 429: b"Too Many Requests", 431: b"Request Header Fields Too Large",
+            500: b"Internal Server Error", 502: b"Bad Gateway", 503: b"Service Unavailable",
+            504: b"Gateway Timeout", 505: b"HTTP Version Not Supported"}
+
+# Classification of header names (lower-cased) on both sides.
+H_OTHER, H_HOST, H_CONNECTION, H_TE, H_XFF, H_XFP, H_XFH, H_UPGRADE, H_CL, H_HOP, H_TRACEPARENT, H_EXPECT = range(12)
+_SPECIAL = {b"host": H_HOST, b"connection": H_CONNECTION, b"transfer-encoding": H_TE,
+            b"x-forwarded-for": H_XFF, b"x-forwarded-proto": H_XFP, b"x-forwarded-host": H_XFH,
+            b"upgrade": H_UPGRADE, b"content-length": H_CL, b"keep-alive": H_HOP, b"te": H_HOP,
+            b"trailer": H_HOP, b"traceparent": H_TRACEPARENT, b"expect": H_EXPECT}
+_NAME_CACHE: dict[bytes, int] = {}  # raw name as received → class; bounded (hostile names)
+_NAME_CACHE_MAX = 4096
+
+
+def _classify(name: bytes) -> int:
+    lname = name.lower()
+    code = _SPECIAL.get(lname)
+    if code is None:
+        code = H_HOP if lname.startswith(b"proxy-") else H_OTHER
+    if len(_NAME_CACHE) < _NAME_CACHE_MAX:
+        _NAME_CACHE[name] = code
+    return code
+
+
+_METHODS: dict[bytes, str] = {}
+_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+_CRLF = b"\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+_NO_BODY_STATUS = frozenset((204, 304))
+
+# Response framing towards the client.
+F_NONE, F_LENGTH, F_CHUNK, F_RAW_CLOSE = range(4)
+
+# Reasons the client connection stops reading (bit mask).
+P_UPSTREAM, P_PIPELINE, P_CONNECT = 1, 2, 4
+
+
+def _status_line(status: int, reason: bytes) -> bytes:
+    key = (status, reason)
+    line = _STATUS_LINES.get(key)
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, reason or _REASONS.get(status, b"Unknown"))
+        if len(_STATUS_LINES) < 1024:
+            _STATUS_LINES[key] = line
+    return line
+
+
+def _tokens(value: bytes) -> list[bytes]:
+    return [t.strip().lower() for t in value.split(b",") if t.strip()]
+
+
+class _Reject(Exception):
+    """Raised from a parser callback: answer ``status`` and close the connection."""
+
+    def __init__(self, status: int, why: str = "") -> None:
+        super().__init__(status, why)
+        self.status = status
+        self.why = why
+
+
+# --------------------------------------------------------------------------- one request
+
+
+class Exchange:
+    """One request/response on a client connection."""
+
+    __slots__ = ("method", "mstr", "url", "headers", "head_size", "v10", "keep_alive", "upgrade", "chunked",
+                 "is_head", "expect", "req_done", "route", "service", "start", "local", "local_headers",
+                 "close_after", "wire", "wire_bytes", "replayable", "line", "rest", "conn", "server", "tried",
+                 "retries_left", "retries", "stale_retry", "resp_started", "status", "timer", "connecting",
+                 "span", "host", "responded", "discard")
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_size = 0
+        self.method = b""
+        self.mstr = ""
+        self.v10 = False
+        self.keep_alive = True
+        self.upgrade: bytes | None = None
+        self.chunked = False
+        self.is_head = False
+        self.expect = False
+        self.req_done = False
+        self.route: Route | None = None
+        self.service = UNROUTED
+        self.local = 0  # status the proxy answers itself (0: forward)
+        self.local_headers = b""
+        self.close_after = False
+        self.wire: list[bytes] | None = []  # request bytes kept until attached, and for replay
+        self.wire_bytes = 0
+        self.replayable = True
+        self.line = b""  # request line + Host-less head parts when the Host depends on the server
+        self.rest = b""
+        self.conn: UpstreamProtocol | None = None
+        self.server: Server | None = None
+        self.tried: list[Server] = []
+        self.retries_left = 0
+        self.retries = 0
+        self.stale_retry = False
+        self.resp_started = False
+        self.status = 0
+        self.timer: asyncio.TimerHandle | None = None
+        self.connecting: asyncio.Task | None = None
+        self.span = None
+        self.host = b""
+        self.responded = False
+        self.discard = False
+
+
+# --------------------------------------------------------------------------- client side
+
+
+class ClientProtocol(asyncio.Protocol):
+    """One client connection: parses requests, answers them in order (pipelining), keeps alive."""
+
+    __slots__ = ("holder", "ep", "options", "metrics", "loop", "transport", "peer", "peer_b", "parser", "cur",
+                 "active", "pending", "out", "dirty", "rpause", "wpaused", "closing", "broken", "tunnel",
+                 "deadline", "timer", "period", "in_head", "head_seen", "acl", "acl_plane", "hosts", "raw_up",
+                 "registered")
+
+    def __init__(self, holder: Any, entry_point: str, options: HTTPOptions, metrics: ProxyMetrics) -> None:
+        self.holder = holder
+        self.ep = entry_point
+        self.options = options
+        self.metrics = metrics
+        self.loop = asyncio.get_event_loop()
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.peer_b = b""
+        self.parser = httptools.HttpRequestParser(self)
+        self.cur: Exchange | None = None  # being parsed
+        self.active: Exchange | None = None  # being answered
+        self.pending: list[Exchange] = []  # parsed, waiting for their turn (pipelining)
+        self.out: list[bytes] = []  # corked client output
+        self.dirty: UpstreamProtocol | None = None  # upstream with corked output
+        self.rpause = 0
+        self.wpaused = False
+        self.closing = False
+        self.broken = False  # input rejected: ignore anything further
+        self.tunnel: UpstreamProtocol | None = None
+        self.raw_up = False  # after an Upgrade request: client bytes go upstream unparsed
+        self.deadline: float | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.period = max(0.05, min(options.header_timeout, options.idle_timeout))
+        self.in_head = True
+        self.head_seen = 0
+        self.acl: dict = {}
+        self.acl_plane = None
+        self.hosts: dict[bytes, str] = {}
+        self.registered = False
+
+    # ------------------------------------------------------------------ connection events
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        conns = self.options.connections
+        if len(conns.conns) >= self.options.max_connections or conns.draining:
+            transport.abort()
+            self.closing = True
+            return
+        conns.conns.add(self)
+        self.registered = True
+        self.metrics.connection_opened("http")
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if peer else ""
+        if self.peer.startswith("::ffff:") and "." in self.peer:
+            self.peer = self.peer[7:]  # dual-stack listener: report the IPv4 address
+        self.peer_b = self.peer.encode()
+        now = self.loop.time()
+        self.deadline = now + self.options.header_timeout
+        self.timer = self.loop.call_at(now + self.period, self._tick)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.registered:
+            self.registered = False
+            self.options.connections.conns.discard(self)
+            self.metrics.connection_closed("http")
+        tunnel = self.tunnel
+        if tunnel is not None:
+            self.tunnel = None
+            tunnel.client = None
+            tunnel.close()
+        for ex in [self.active, *self.pending]:
+            if ex is not None and not ex.responded:
+                self._abandon(ex)
+        self.active = None
+        self.pending = []
+
+    def _abandon(self, ex: Exchange) -> None:
+        """The client went away before the response was complete."""
+        ex.responded = True
+        if ex.timer is not None:
+            ex.timer.cancel()
+        if ex.connecting is not None:
+            ex.connecting.cancel()
+        conn = ex.conn
+        if conn is not None:
+            ex.conn = None
+            conn.client = None
+            conn.ex = None
+            conn.abort()
+        if ex.route is not None or ex.local:
+            self._account(ex, ex.status or 499)
+
+    def pause_writing(self) -> None:
+        self.wpaused = True
+        conn = self.tunnel or (self.active.conn if self.active is not None else None)
+        if conn is not None and conn.transport is not None and not conn.rpaused:
+            conn.rpaused = True
+            conn.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.wpaused = False
+        conn = self.tunnel or (self.active.conn if self.active is not None else None)
+        if conn is not None and conn.rpaused and conn.transport is not None:
+            conn.rpaused = False
+            conn.transport.resume_reading()
+
+    def pause_for(self, bit: int) -> None:
+        if not self.rpause and self.transport is not None and not self.closing:
+            self.transport.pause_reading()
+        self.rpause |= bit
+
+    def resume_for(self, bit: int) -> None:
+        if self.rpause & bit:
+            self.rpause &= ~bit
+            if not self.rpause and self.transport is not None and not self.closing and not self.broken:
+                self.transport.resume_reading()
+
+    def is_idle(self) -> bool:
+        return self.active is None and self.cur is None and not self.pending and self.tunnel is None
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closing:
+            self.closing = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.closing = True
+            self.transport.abort()
+
+    def flush(self) -> None:
+        """End of a callback: write the corked output of the client and of the upstream touched."""
+        up = self.dirty
+        if up is not None:
+            self.dirty = None
+            up.flush()
+        out = self.out
+        t = self.transport
+        if out:
+            if t is not None and not t.is_closing():
+                if len(out) == 1:
+                    t.write(out[0])
+                else:
+                    t.writelines(out)
+            out.clear()
+        if self.closing and t is not None and not t.is_closing():
+            t.close()  # after the last write: close() flushes the transport's buffer first
+
+    # ------------------------------------------------------------------ timers
+
+    def _tick(self) -> None:
+        self.timer = None
+        if self.closing:
+            return
+        now = self.loop.time()
+        deadline = self.deadline
+        if deadline is not None and now >= deadline:
+            if self.active is None:
+                if self.cur is not None or self.head_seen:
+                    self._reply_and_close(408)
+                    self.flush()
+                else:
+                    self.close()  # idle keep-alive connection
+                return
+            deadline = None
+        nxt = now + self.period
+        if deadline is not None and deadline < nxt:
+            nxt = deadline
+        self.timer = self.loop.call_at(nxt, self._tick)
+
+    # ------------------------------------------------------------------ input
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.transport.write(data)
+            return
+        if self.broken or self.closing:
+            return
+        if self.raw_up:
+            self._body_piece(self.active or self.cur, data)
+            self.flush()
+            return
+        if self.in_head:
+            seen = self.head_seen + len(data)
+            limit = self.options.max_header_bytes
+            if seen > limit:
+                end = data.find(b"\r\n\r\n")
+                if end < 0 or self.head_seen + end > limit:
+                    self._input_error(431)
+                    self.flush()
+                    return
+            self.head_seen = seen
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as exc:
+            self._upgraded(data, exc.args[0])
+        except HttpParserCallbackError as exc:
+            ctx = exc.__context__
+            if isinstance(ctx, _Reject):
+                self._input_error(ctx.status)
+            else:
+                _log.error("HTTP proxy bug while parsing a request", exc_info=ctx or exc)
+                self._input_error(500)
+        except HttpParserError:
+            self._input_error(400)
+        ex = self.active
+        if ex is not None and ex.discard and not ex.req_done:
+            # Answered locally while the request body is still coming: do not wait for it.
+            self.closing = True
+        self.flush()
+
+    def eof_received(self) -> bool | None:
+        # The client half-closed: answer what is in flight, then close (no further requests).
+        if self.tunnel is not None or (self.active is None and not self.pending) or self.closing:
+            return None
+        self.broken = True
+        return True
+
+    # httptools callbacks (request) -------------------------------------------
+
+    def on_message_begin(self) -> None:
+        now = self.loop.time()
+        self.cur = Exchange(now)
+        if self.active is None:
+            self.deadline = now + self.options.header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        ex = self.cur
+        ex.url += url
+        ex.head_size += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        ex = self.cur
+        ex.headers.append((name, value))
+        ex.head_size += len(name) + len(value) + 4
+
+    def on_headers_complete(self) -> None:
+        ex = self.cur
+        self.in_head = False
+        self.deadline = None
+        if ex.head_size > self.options.max_header_bytes:
+            raise _Reject(431)
+        parser = self.parser
+        version = parser.get_http_version()
+        if version == "1.0":
+            ex.v10 = True
+        elif version != "1.1":
+            raise _Reject(505)
+        method = parser.get_method()
+        mstr = _METHODS.get(method)
+        if mstr is None:
+            mstr = method.decode("latin-1")
+            if len(_METHODS) < 64:
+                _METHODS[method] = mstr
+        if method == b"CONNECT":
+            raise _Reject(405)
+        ex.method = method
+        ex.mstr = mstr
+        ex.is_head = method == b"HEAD"
+        ex.keep_alive = parser.should_keep_alive()
+        host = conn_hdr = te = xff = upgrade = tp = None
+        xfp = xfh = False
+        kept: list[tuple[bytes, bytes]] = []
+        for pair in ex.headers:
+            code = _NAME_CACHE.get(pair[0])
+            if code is None:
+                code = _classify(pair[0])
+            if code == H_OTHER:
+                kept.append(pair)
+            elif code == H_HOST:
+                if host is not None:
+                    raise _Reject(400, "several Host headers")
+                host = pair[1]
+            elif code == H_CL:
+                kept.append(pair)
+            elif code == H_CONNECTION:
+                conn_hdr = pair[1] if conn_hdr is None else conn_hdr + b"," + pair[1]
+            elif code == H_TE:
+                te = pair[1] if te is None else te + b"," + pair[1]
+            elif code == H_XFF:
+                xff = pair[1] if xff is None else xff + b", " + pair[1]
+            elif code == H_XFP:
+                xfp = True
+                kept.append(pair)
+            elif code == H_XFH:
+                xfh = True
+                kept.append(pair)
+            elif code == H_UPGRADE:
+                upgrade = pair[1]
+            elif code == H_TRACEPARENT:
+                tp = pair[1]
+                kept.append(pair)
+            elif code == H_EXPECT:
+                ex.expect = True
+                kept.append(pair)
+            # H_HOP: dropped
+        if te is not None:
+            # llhttp accepts codings before a final chunked and TE in HTTP/1.0; we re-frame, so
+            # only a lone "chunked" can be forwarded faithfully (RFC 9112 §6.1: 1.0 + TE is faulty).
+            if ex.v10 or te.strip().lower() != b"chunked":
+                raise _Reject(400, "unsupported Transfer-Encoding")
+            ex.chunked = True
+        if conn_hdr is not None:
+            tokens = _tokens(conn_hdr)
+            extra = [t for t in tokens if t not in (b"close", b"keep-alive", b"upgrade")]
+            if extra:
+                kept = [p for p in kept if p[0].lower() not in extra]
+            if upgrade is not None and b"upgrade" in tokens:
+                ex.upgrade = upgrade
+        url = ex.url
+        if url[:1] == b"/":
+            qpos = url.find(b"?")
+            path = url if qpos < 0 else url[:qpos]
+        elif url == b"*":
+            path = url
+        else:
+            # absolute-form (RFC 9112 §3.2.2): the authority replaces Host; forward origin-form.
+            lower = url[:8].lower()
+            if lower.startswith(b"http://"):
+                rest = url[7:]
+            elif lower.startswith(b"https://"):
+                rest = url[8:]
+            else:
+                raise _Reject(400, "bad request target")
+            slash = rest.find(b"/")
+            host = rest if slash < 0 else rest[:slash]
+            url = b"/" if slash < 0 else rest[slash:]
+            ex.url = url
+            qpos = url.find(b"?")
+            path = url if qpos < 0 else url[:qpos]
+            if not host:
+                raise _Reject(400, "empty authority")
+        if host is None:
+            if not ex.v10:
+                raise _Reject(400, "missing Host")
+            hstr = ""
+        else:
+            hstr = self.hosts.get(host)
+            if hstr is None:
+                hstr = split_host(host)
+                if len(self.hosts) < 16:
+                    self.hosts[host] = hstr
+        ex.host = host or b""
+        # ---- routing and middlewares
+        plane = self.holder.http
+        table = plane.entry_points.get(self.ep) if plane is not None else None
+        route = table.lookup(hstr, mstr, path, ex.headers) if table is not None else None
+        if route is None:
+            self._local(ex, 404)
+            return
+        ex.route = route
+        service = route.service
+        ex.service = svc = service.name
+        for chk in route.checks:
+            kind = chk.kind
+            if kind == CHECK_ALLOW:
+                if self.acl_plane is not plane:
+                    self.acl = {}
+                    self.acl_plane = plane
+                ok = self.acl.get(chk)
+                if ok is None:
+                    ok = self.acl[chk] = chk.allow.allows(self.peer)
+                if not ok:
+                    self.metrics.denied(svc)
+                    self._local(ex, 403)
+                    return
+            elif kind == CHECK_RATE:
+                wait = chk.limiter.check(self.peer)
+                if wait:
+                    self.metrics.rate_limit(svc)
+                    secs = max(1, math.ceil(wait))
+                    self._local(ex, 429, b"Retry-After: %d\r\n" % secs)
+                    return
+            elif kind == CHECK_BREAKER:
+                if not chk.breaker.allow():
+                    self._local(ex, 503)
+                    return
+            elif kind == CHECK_DENY:
+                self.metrics.denied(svc)
+                self._local(ex, chk.status)
+                return
+        if not service.servers:
+            self._local(ex, 503)
+            return
+        # ---- the upstream request head
+        parts = [method, b" ", url, b" HTTP/1.1\r\n"]
+        tracer = self.options.tracer
+        if tracer is not None:
+            if tp is not None:
+                kept = [p for p in kept if p[1] is not tp]
+            ex.span = span = tracer.start(tp, route.name, svc, mstr, hstr, path)
+            kept.append((b"traceparent", span.traceparent))
+        for name, value in kept:
+            parts += (name, b": ", value, _CRLF)
+        if xff is None:
+            parts += (b"X-Forwarded-For: ", self.peer_b, _CRLF)
+        else:
+            parts += (b"X-Forwarded-For: ", xff, b", ", self.peer_b, _CRLF)
+        if not xfp:
+            parts.append(b"X-Forwarded-Proto: http\r\n")
+        if not xfh and host is not None:
+            parts += (b"X-Forwarded-Host: ", host, _CRLF)
+        if ex.chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        if ex.upgrade is not None:
+            parts += (b"Connection: Upgrade\r\nUpgrade: ", ex.upgrade, _CRLF)
+        parts.append(_CRLF)
+        if service.pass_host_header and host is not None:
+            ex.wire.append(b"".join((b"Host: ".join((b"".join(parts[:4]), host)), _CRLF, *parts[4:])))
+        else:
+            ex.line = b"".join(parts[:4])
+            ex.rest = b"".join(parts[4:])
+            ex.wire.append(b"")  # replaced per attempt with the chosen server's head
+        ex.wire_bytes = 0
+        ex.retries_left = route.retries
+        if self.active is None:
+            self.active = ex
+            self._forward(ex)
+        else:
+            self.pending.append(ex)
+            self.pause_for(P_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.cur
+        if ex.chunked:
+            self._body_pieces(ex, (b"%x\r\n" % len(body), body, _CRLF), len(body) + 8)
+        else:
+            self._body_piece(ex, body)
+
+    def on_message_complete(self) -> None:
+        ex = self.cur
+        self.cur = None
+        self.in_head = True
+        self.head_seen = 0
+        if ex.chunked and ex.local == 0:
+            self._body_piece(ex, _LAST_CHUNK)
+        ex.req_done = True
+        if ex.responded:
+            self._done(ex)
+        elif not ex.keep_alive:
+            # No further requests on this connection: stop reading (pipelined bytes are ignored).
+            self.broken = True
+
+    # ------------------------------------------------------------------ request body
+
+    def _body_piece(self, ex: Exchange | None, piece: bytes) -> None:
+        if ex is None or ex.local:
+            return
+        conn = ex.conn
+        n = len(piece)
+        if conn is not None:
+            conn.out.append(piece)
+            if self.dirty is not conn:
+                if self.dirty is not None:
+                    self.dirty.flush()
+                self.dirty = conn
+            if ex.wire is None:
+                return
+        wire = ex.wire
+        if wire is None:
+            return
+        wire.append(piece)
+        ex.wire_bytes += n
+        if ex.wire_bytes > self.options.max_replay_bytes:
+            if conn is not None:
+                ex.wire = None  # everything is upstream already; too big to keep for a retry
+                ex.replayable = False
+            else:
+                self.pause_for(P_CONNECT)  # waiting for a connection: bound what we hold
+
+    def _body_pieces(self, ex: Exchange, pieces: tuple, n: int) -> None:
+        if ex is None or ex.local:
+            return
+        for piece in pieces:
+            self._body_piece(ex, piece)
+
+    # ------------------------------------------------------------------ answering
+
+    def _local(self, ex: Exchange, status: int, headers: bytes = b"") -> None:
+        ex.local = status
+        ex.local_headers = headers
+        ex.status = status
+        ex.wire = None
+        if self.active is None:
+            self.active = ex
+            self._respond_local(ex)
+        elif ex is not self.active:
+            self.pending.append(ex)
+            self.pause_for(P_PIPELINE)
+        else:
+            self._respond_local(ex)
+
+    def _respond_local(self, ex: Exchange) -> None:
+        status = ex.status
+        body = b"%d %s\n" % (status, _REASONS.get(status, b"Error"))
+        close = ex.close_after or not ex.keep_alive or self.options.connections.draining
+        conn_line = b"Connection: close\r\n" if close else (b"Connection: keep-alive\r\n" if ex.v10 else b"")
+        self.out.append(b"".join((_status_line(status, b""), b"Content-Type: text/plain\r\nContent-Length: %d\r\n"
+                                  % len(body), ex.local_headers, conn_line, _CRLF,
+                                  b"" if ex.is_head else body)))
+        ex.resp_started = True
+        ex.responded = True
+        if ex.timer is not None:
+            ex.timer.cancel()
+            ex.timer = None
+        if close:
+            ex.close_after = True
+        if not ex.req_done:
+            ex.discard = True
+        if ex.req_done or close:
+            self._done(ex)
+
+    def _reply_and_close(self, status: int) -> None:
+        ex = Exchange(self.loop.time())
+        ex.close_after = True
+        ex.req_done = True
+        ex.status = status
+        ex.local = status
+        self.broken = True
+        self.closing = True
+        self._respond_local(ex)
+
+    def _input_error(self, status: int) -> None:
+        """Malformed or hostile input: answer ``status`` (after what is in flight) and close."""
+        self.broken = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+        ex = self.cur
+        self.cur = None
+        if ex is not None and ex is self.active and ex.local == 0:
+            # The head was accepted, the body is bad. Forwarding began: take it back if nothing
+            # left this process yet, else cut the upstream connection (it sees a truncated request).
+            conn = ex.conn
+            if conn is not None and not ex.resp_started:
+                if self.dirty is conn and conn.sent_nothing:
+                    self.dirty = None
+                    conn.out.clear()
+                    ex.conn = None
+                    conn.detach_unused()
+                else:
+                    ex.conn = None
+                    conn.client = None
+                    conn.ex = None
+                    conn.abort()
+            elif ex.resp_started:
+                self.abort()
+                return
+            if ex.connecting is not None:
+                ex.connecting.cancel()
+                ex.connecting = None
+            if ex.timer is not None:
+                ex.timer.cancel()
+                ex.timer = None
+            ex.close_after = True
+            ex.req_done = True
+            self._local(ex, status)
+            return
+        if ex is not None and ex in self.pending:
+            self.pending.remove(ex)
+        if ex is not None and ex.span is not None:
+            ex.span.end(status, 0, "")
+            ex.span = None
+        err = Exchange(self.loop.time())
+        err.close_after = True
+        err.req_done = True
+        if ex is not None:
+            err.v10, err.keep_alive = ex.v10, False
+        self._local(err, status)
+
+    def _done(self, ex: Exchange) -> None:
+        """The response to ``ex`` is complete in ``self.out``: account, then next request."""
+        if self.active is not ex:
+            return
+        if not ex.req_done:
+            return  # the rest of the request body still has to be read (or discarded)
+        self.active = None
+        self._account(ex, ex.status)
+        if ex.close_after or self.options.connections.draining:
+            self.closing = True  # flush() closes after the last write
+            self.broken = True
+            return
+        pending = self.pending
+        if pending:
+            nxt = pending.pop(0)
+            if not pending:
+                self.resume_for(P_PIPELINE)
+            self.active = nxt
+            if nxt.local:
+                self._respond_local(nxt)
+            else:
+                self._forward(nxt)
+        elif self.cur is None:
+            self.deadline = self.loop.time() + self.options.idle_timeout
+            if self.broken:
+                self.closing = True  # client asked for close, or sent EOF
+
+    def _account(self, ex: Exchange, status: int) -> None:
+        now = self.loop.time()
+        seconds = now - ex.start
+        self.metrics.request(ex.service, status, ex.mstr or "-", seconds)
+        if ex.route is not None and not ex.local:
+            for breaker in ex.route.breakers:
+                breaker.record(status if status < 502 or status > 504 else None, seconds)
+        if ex.span is not None:
+            ex.span.end(status, ex.retries, ex.server.url if ex.server is not None else "")
+            ex.span = None
+        if self.options.access_log:
+            self._access_log(ex, status, seconds)
+
+    def _access_log(self, ex: Exchange, status: int, seconds: float) -> None:
+        self.options.logger.info(json.dumps({
+            "time": time.time(), "client": self.peer, "entry_point": self.ep, "method": ex.mstr,
+            "host": ex.host.decode("latin-1"), "path": ex.url.decode("latin-1"),
+            "router": ex.route.name if ex.route is not None else None, "service": ex.service,
+            "upstream": ex.server.url if ex.server is not None else None, "status": status,
+            "retries": ex.retries, "duration_ms": round(seconds * 1000.0, 3)}))
+
+    # ------------------------------------------------------------------ forwarding
+
+    def _forward(self, ex: Exchange, fresh: bool = False) -> None:
+        """Start (or restart) the upstream attempt of the active exchange."""
+        route = ex.route
+        service = route.service
+        balancer = service.balancer
+        if fresh:
+            server = ex.server
+        else:
+            server = balancer.pick(ex.tried) if ex.tried else balancer.pick()
+            if server is None and ex.tried:
+                server = balancer.pick()  # everything tried: the same server again
+            if server is None:
+                self._local(ex, 503)
+                return
+        ex.server = server
+        if route.timeout is not None and ex.timer is None:
+            ex.timer = self.loop.call_later(route.timeout, self._timed_out, ex)
+        if not fresh:
+            idle = server.idle
+            while idle:
+                conn = idle.pop()
+                if conn.transport is None or conn.transport.is_closing():
+                    continue
+                if time.monotonic() - conn.idle_since > self.options.upstream_idle_timeout:
+                    conn.close()
+                    continue
+                self._attach(ex, conn)
+                return
+        ex.connecting = task = self.loop.create_task(_connect(self.loop, server, self.options.connect_timeout))
+        task.add_done_callback(lambda t, ex=ex, server=server: self._connected(t, ex, server))
+
+    def _connected(self, task: asyncio.Task, ex: Exchange, server: Server) -> None:
+        if ex.connecting is task:
+            ex.connecting = None
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            if ex.connecting is None and self.active is ex and ex.conn is None and not ex.responded:
+                reason = "connect_timeout" if isinstance(exc, asyncio.TimeoutError) else "connect"
+                self._attempt_failed(ex, server, reason)
+                self.flush()
+            return
+        conn = task.result()
+        if self.active is not ex or ex.responded or ex.conn is not None or self.closing:
+            conn.release()
+            return
+        self._attach(ex, conn)
+        self.flush()
+
+    def _attach(self, ex: Exchange, conn: UpstreamProtocol) -> None:
+        ex.conn = conn
+        conn.client = self
+        conn.ex = ex
+        conn.start_response()
+        wire = ex.wire
+        if ex.line:
+            wire[0] = b"Host: ".join((ex.line, ex.server.host_header)) + _CRLF + ex.rest
+        conn.out.extend(wire)
+        conn.sent_nothing = True
+        if self.dirty is not None and self.dirty is not conn:
+            self.dirty.flush()
+        self.dirty = conn
+        if ex.wire_bytes > self.options.max_replay_bytes:
+            ex.wire = None
+            ex.replayable = False
+        self.resume_for(P_CONNECT)
+        if self.wpaused:
+            conn.rpaused = True
+            conn.transport.pause_reading()
+
+    def _attempt_failed(self, ex: Exchange, server: Server, reason: str, reused: bool = False) -> None:
+        """An attempt failed before any response byte: retry, or answer 502."""
+        service = ex.route.service
+        self.metrics.upstream_error(ex.service, reason)
+        if reused and reason == "reset" and not ex.stale_retry and ex.wire is not None:
+            # A pooled connection the server had closed: one more try on a fresh connection.
+            ex.stale_retry = True
+            self._forward(ex, fresh=True)
+            return
+        service.balancer.failed(server)
+        for breaker in ex.route.breakers:
+            breaker.record(None, self.loop.time() - ex.start)
+        if ex.retries_left > 0 and ex.wire is not None:
+            ex.retries_left -= 1
+            ex.retries += 1
+            self.metrics.retry(ex.service)
+            ex.tried.append(server)
+            self._forward(ex)
+            return
+        ex.close_after = ex.close_after or not ex.req_done
+        self._local(ex, 502)
+
+    def _timed_out(self, ex: Exchange) -> None:
+        ex.timer = None
+        if ex.resp_started or ex.responded or self.closing:
+            return
+        self.metrics.upstream_error(ex.service, "timeout")
+        for breaker in ex.route.breakers:
+            breaker.record(504, self.loop.time() - ex.start)
+        if ex.connecting is not None:
+            ex.connecting.cancel()
+            ex.connecting = None
+        conn = ex.conn
+        if conn is not None:
+            ex.conn = None
+            conn.client = None
+            conn.ex = None
+            conn.abort()
+        ex.wire = None
+        if not ex.req_done:
+            ex.close_after = True
+        if self.active is ex:
+            self._respond_local_after_timeout(ex)
+        self.flush()
+
+    def _respond_local_after_timeout(self, ex: Exchange) -> None:
+        ex.local = 504
+        ex.status = 504
+        self._respond_local(ex)
+
+    # ------------------------------------------------------------------ upstream events
+
+    def upstream_lost(self, conn: UpstreamProtocol, exc: Exception | None) -> None:
+        ex = conn.ex
+        conn.client = None
+        conn.ex = None
+        if ex is None or ex.conn is not conn:
+            return
+        ex.conn = None
+        if conn.tunnel:
+            self.tunnel = None
+            self.close()
+            return
+        if not ex.resp_started:
+            self._attempt_failed(ex, ex.server, "reset", reused=conn.used > 1)
+        elif conn.framing == F_RAW_CLOSE and exc is None:
+            conn.finish_close_delimited(self, ex)
+        else:
+            # Truncated response: the only way to tell the client is to cut its connection.
+            self.metrics.upstream_error(ex.service, "reset")
+            ex.status = ex.status or 502
+            ex.responded = True
+            self.active = None
+            self._account(ex, ex.status)
+            self.flush()
+            self.abort()
+            return
+        self.flush()
+
+    def _upgraded(self, data: bytes, offset: int) -> None:
+        """The request parser stopped after an Upgrade request: the rest is the new protocol."""
+        ex = self.active
+        if ex is None or ex.upgrade is None or ex.local:
+            # Not forwarded (local answer) or an upgrade we do not know: nothing to tunnel.
+            self.broken = True
+            if ex is None or not ex.local:
+                self._input_error(400)
+            return
+        self.raw_up = True
+        tail = data[offset:]
+        if tail:
+            self._body_piece(ex, tail)
+
+    def start_tunnel(self, conn: UpstreamProtocol) -> None:
+        self.tunnel = conn
+        self.raw_up = False
+        self.deadline = None
+
+
+async def _connect(loop: asyncio.AbstractEventLoop, server: Server, timeout: float) -> UpstreamProtocol:
+    _transport, conn = await asyncio.wait_for(
+        loop.create_connection(lambda: UpstreamProtocol(server), server.host, server.port), timeout)
+    return conn
+
+
+# --------------------------------------------------------------------------- upstream side
+
+
+class UpstreamProtocol(asyncio.Protocol):
+    """One keep-alive connection to a server; parses responses and relays them to its client."""
+
+    __slots__ = ("server", "transport", "parser", "client", "ex", "out", "used", "idle_since", "headers",
+                 "reason", "interim", "framing", "remaining", "bypass", "keep", "tunnel", "rpaused",
+                 "sent_nothing", "closed", "head_done")
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.client: ClientProtocol | None = None
+        self.ex: Exchange | None = None
+        self.out: list[bytes] = []
+        self.used = 0
+        self.idle_since = 0.0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.reason = b""
+        self.interim = False
+        self.framing = F_NONE
+        self.remaining = -1
+        self.bypass = 0
+        self.keep = True
+        self.tunnel = False
+        self.rpaused = False
+        self.sent_nothing = True
+        self.closed = False
+        self.head_done = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        client = self.client
+        if client is None:
+            try:
+                self.server.idle.remove(self)
+            except ValueError:
+                pass
+            return
+        client.upstream_lost(self, exc)
+
+    def eof_received(self) -> bool | None:
+        return None  # close; connection_lost decides what it means
+
+    def pause_writing(self) -> None:
+        if self.client is not None:
+            self.client.pause_for(P_UPSTREAM)
+
+    def resume_writing(self) -> None:
+        if self.client is not None:
+            self.client.resume_for(P_UPSTREAM)
+
+    def flush(self) -> None:
+        out = self.out
+        if out:
+            t = self.transport
+            if t is not None and not t.is_closing():
+                if len(out) == 1:
+                    t.write(out[0])
+                else:
+                    t.writelines(out)
+            out.clear()
+            self.sent_nothing = False
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def start_response(self) -> None:
+        self.used += 1
+        self.headers = []
+        self.reason = b""
+        self.interim = False
+        self.framing = F_NONE
+        self.remaining = -1
+        self.keep = True
+        self.head_done = False
+
+    def release(self) -> None:
+        """Back to the server's idle pool (or closed when it cannot be reused)."""
+        self.client = None
+        self.ex = None
+        if self.rpaused:
+            self.rpaused = False
+            if self.transport is not None:
+                self.transport.resume_reading()
+        server = self.server
+        if (self.closed or not self.keep or server.retired or self.transport is None or self.transport.is_closing()
+                or len(server.idle) >= server.max_idle):
+            self.close()
+            return
+        self.idle_since = time.monotonic()
+        server.idle.append(self)
+
+    def detach_unused(self) -> None:
+        """Attached for a request that was rejected before anything was written: reusable."""
+        self.used -= 1
+        self.release()
+
+    # ------------------------------------------------------------------ input
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if self.tunnel:
+            if client is not None and client.transport is not None:
+                client.transport.write(data)
+            return
+        if client is None:
+            self.abort()  # bytes nobody asked for on an idle connection
+            return
+        remaining = self.bypass
+        if remaining:
+            # Content-Length body larger than one read: forwarded as received, no parser, no copy.
+            n = len(data)
+            if n <= remaining:
+                client.out.append(data)
+                remaining -= n
+            else:
+                client.out.append(data[:remaining])
+                self.keep = False  # bytes beyond the response: not reusable
+                remaining = 0
+            self.bypass = remaining
+            if not remaining:
+                self._complete()
+            client.flush()
+            return
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as exc:
+            tail = data[exc.args[0]:]
+            self._tunnel(tail)
+        except HttpParserCallbackError as exc:
+            if not isinstance(exc.__context__, _Reject):
+                _log.error("HTTP proxy bug while parsing a response", exc_info=exc.__context__ or exc)
+            self._malformed()
+        except HttpParserError:
+            self._malformed()
+        if self.framing == F_LENGTH and self.remaining > 0 and self.ex is not None:
+            self.bypass = self.remaining
+            self.parser = httptools.HttpResponseParser(self)  # the old one is mid-body
+        client.flush()
+
+    def _malformed(self) -> None:
+        ex = self.ex
+        client = self.client
+        self.keep = False
+        if ex is None or client is None:
+            self.abort()
+            return
+        ex.conn = None
+        self.client = None
+        self.ex = None
+        self.abort()
+        if not ex.resp_started:
+            client.metrics.upstream_error(ex.service, "protocol")
+            ex.close_after = ex.close_after or not ex.req_done
+            client._local(ex, 502)
+        else:
+            client.metrics.upstream_error(ex.service, "protocol")
+            ex.responded = True
+            client.active = None
+            client._account(ex, ex.status)
+            client.abort()
+
+    # httptools callbacks (response) -------------------------------------------
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        ex = self.ex
+        client = self.client
+        parser = self.parser
+        status = parser.get_status_code()
+        if status < 200 and status != 101:
+            self.interim = True
+            if not ex.v10:
+                client.out.append(_status_line(status, self.reason) + b"".join(
+                    b"%s: %s\r\n" % p for p in self.headers if _NAME_CACHE.get(p[0], _classify(p[0])) == H_OTHER)
+                    + _CRLF)
+            self.headers = []
+            self.reason = b""
+            return
+        if status == 101 and ex.upgrade is None:
+            raise _Reject(502, "101 without upgrade request")
+        ex.status = status
+        ex.resp_started = True
+        ex.wire = None
+        self.head_done = True
+        if ex.timer is not None:
+            ex.timer.cancel()
+            ex.timer = None
+        cl = te = conn_hdr = upgrade = None
+        kept: list[bytes] = [_status_line(status, self.reason)]
+        for pair in self.headers:
+            code = _NAME_CACHE.get(pair[0])
+            if code is None:
+                code = _classify(pair[0])
+            if code == H_OTHER or code == H_TRACEPARENT or code == H_XFF or code == H_XFP or code == H_XFH:
+                kept += (pair[0], b": ", pair[1], _CRLF)
+            elif code == H_CL:
+                cl = pair[1]
+            elif code == H_TE:
+                te = pair[1]
+            elif code == H_CONNECTION:
+                conn_hdr = pair[1] if conn_hdr is None else conn_hdr + b"," + pair[1]
+            elif code == H_UPGRADE:
+                upgrade = pair[1]
+            elif code == H_HOST or code == H_EXPECT:
+                kept += (pair[0], b": ", pair[1], _CRLF)
+        if conn_hdr is not None:
+            extra = [t for t in _tokens(conn_hdr) if t not in (b"close", b"keep-alive", b"upgrade")]
+            if extra:
+                kept = [kept[0]] + [b"".join(kept[i:i + 4]) for i in range(1, len(kept), 4)
+                                    if kept[i].lower() not in extra]
+        self.keep = parser.should_keep_alive()
+        close = not ex.keep_alive or client.options.connections.draining or ex.close_after
+        if status == 101:
+            self.framing = F_NONE
+            kept += (b"Connection: Upgrade\r\nUpgrade: ", upgrade or ex.upgrade, _CRLF)
+            close = False
+        elif ex.is_head or status in _NO_BODY_STATUS:
+            self.framing = F_NONE
+            if cl is not None:
+                kept += (b"Content-Length: ", cl, _CRLF)
+        elif te is not None:
+            self.framing = F_CHUNK
+            if ex.v10:
+                close = True
+            else:
+                kept.append(b"Transfer-Encoding: chunked\r\n")
+        elif cl is not None:
+            self.framing = F_LENGTH
+            self.remaining = int(cl)
+            kept += (b"Content-Length: ", cl, _CRLF)
+        else:
+            # Close-delimited upstream body: re-chunk for 1.1 clients, pass through for 1.0.
+            self.framing = F_RAW_CLOSE
+            self.keep = False
+            if ex.v10:
+                close = True
+            else:
+                kept.append(b"Transfer-Encoding: chunked\r\n")
+        if close:
+            ex.close_after = True
+            kept.append(b"Connection: close\r\n")
+        elif ex.v10:
+            kept.append(b"Connection: keep-alive\r\n")
+        kept.append(_CRLF)
+        client.out.append(b"".join(kept))
+        if self.framing == F_NONE and status != 101:
+            # HEAD/204/304: complete at the head. llhttp cannot be told a HEAD response has no
+            # body, so the parser is replaced after this read.
+            self._complete()
+
+    def on_body(self, body: bytes) -> None:
+        client = self.client
+        if client is None:
+            return
+        framing = self.framing
+        if framing == F_LENGTH:
+            client.out.append(body)
+            self.remaining -= len(body)
+        elif framing == F_CHUNK or framing == F_RAW_CLOSE:
+            if self.ex.v10:
+                client.out.append(body)
+            else:
+                client.out += (b"%x\r\n" % len(body), body, _CRLF)
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        if not self.head_done or self.client is None or self.ex is None:
+            return  # already completed at the head (HEAD, 204, 304)
+        if self.ex.status == 101:
+            return  # llhttp raises HttpParserUpgrade next: the tunnel starts there
+        if self.framing == F_CHUNK and not self.ex.v10:
+            self.client.out.append(_LAST_CHUNK)
+        self._complete()
+
+    # ------------------------------------------------------------------ completion
+
+    def _complete(self) -> None:
+        ex = self.ex
+        client = self.client
+        self.head_done = False
+        self.remaining = -1
+        if self.framing == F_NONE:
+            self.parser = httptools.HttpResponseParser(self)
+        ex.conn = None
+        ex.responded = True
+        if not ex.req_done:
+            self.keep = False  # the request body is unfinished on this connection
+            ex.close_after = True
+        if ex.server is not None:
+            ex.route.service.balancer.succeeded(ex.server)
+        self.release()
+        client._done(ex)
+
+    def finish_close_delimited(self, client: ClientProtocol, ex: Exchange) -> None:
+        if not ex.v10:
+            client.out.append(_LAST_CHUNK)
+        ex.responded = True
+        client._done(ex)
+
+    def _tunnel(self, tail: bytes) -> None:
+        """The upstream answered 101: from now on both directions are raw bytes."""
+        ex = self.ex
+        client = self.client
+        if ex is None or client is None or ex.status != 101:
+            self._malformed()
+            return
+        self.tunnel = True
+        self.keep = False
+        ex.responded = True
+        ex.conn = None
+        if tail:
+            client.out.append(tail)
+        client.active = None
+        client._account(ex, 101)
+        client.start_tunnel(self)

@@ -1,0 +1,300 @@
+"""The HTTP part of a :class:`~lightmesh.config.ProxyConfig`, compiled for the request path.
+
+Owns :func:`compile_http` and the compiled objects the HTTP proxy (:mod:`lightmesh.proxy.http`)
+reads per request:
+
+``HTTPPlane``     ``entry_points``: entry point name → :class:`RouteTable`; ``services``: name →
+                  :class:`Service`; ``close()``.
+``RouteTable``    ``by_host``: lower-case host (no port) → routes to try, in order; ``any_host``:
+                  the routes for every other host. Each list already merges the host-specific
+                  and the host-less routers by precedence, so a lookup is one dict ``get`` and a
+                  scan that usually stops at the first element.
+``Route``         one router: its match predicates (precompiled regexes), its :class:`Service`
+                  and its middlewares split into what the proxy does before forwarding
+                  (``checks``: allow-list, deny, rate limit, circuit breaker, in router order) and
+                  the forwarding parameters (``retries``, ``timeout``, ``breakers``).
+``Service``       servers (:class:`Server`, each with its idle upstream keep-alive pool) behind a
+                  :class:`~lightmesh.proxy.balancer.Balancer`.
+
+Precedence (config contract): higher ``priority`` first; ties: longer match first, where the
+length of a match is the number of characters of its hosts, path regex, methods and header
+names + regexes together (Traefik's "longer rule first"); then router name.
+
+Carry-over: an element whose definition did not change between ``previous`` and the new config
+keeps its runtime object, and so its state: a :class:`Service` (by name and definition) keeps its
+balancer's ejections and its servers' idle connections; a rate limiter or breaker (by middleware
+definition and service name) keeps its buckets or window. ``previous.close()`` afterwards closes
+only what the new plane did not take over (idle pooled connections of retired servers); requests in
+flight on the old plane finish normally, and their connections are closed instead of pooled.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from lightmesh.config import (AllowListMiddleware, CircuitBreakerMiddleware, DenyMiddleware, HTTPService,
+                              Match, ProxyConfig, RateLimitMiddleware, RequestTimeoutMiddleware, RetryMiddleware,
+                              parse_server_url)
+from lightmesh.proxy.balancer import Balancer
+from lightmesh.proxy.metrics import ProxyMetrics
+from lightmesh.proxy.policies import AllowList, CircuitBreaker, RateLimiter
+
+__all__ = ["compile_http", "HTTPPlane", "RouteTable", "Route", "Service", "Server", "Check",
+           "CHECK_ALLOW", "CHECK_DENY", "CHECK_RATE", "CHECK_BREAKER", "split_host"]
+
+# Kinds of pre-forwarding checks (ints: one comparison each on the request path).
+CHECK_ALLOW, CHECK_DENY, CHECK_RATE, CHECK_BREAKER = 1, 2, 3, 4
+
+UPSTREAM_POOL_MAX_IDLE = 256  # idle keep-alive connections kept per server
+
+
+class Server:
+    """One upstream ``ip:port`` and its idle keep-alive connections (a LIFO list: the most recently
+    used connection is the least likely to have been closed by the server)."""
+
+    __slots__ = ("url", "host", "port", "host_header", "idle", "max_idle", "retired")
+
+    def __init__(self, url: str, host: str, port: int, max_idle: int = UPSTREAM_POOL_MAX_IDLE) -> None:
+        self.url = url
+        self.host = host
+        self.port = port
+        self.host_header = (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode()
+        self.idle: list[Any] = []
+        self.max_idle = max_idle
+        self.retired = False
+
+    def close_idle(self) -> None:
+        idle, self.idle = self.idle, []
+        for conn in idle:
+            conn.close()
+
+    def __repr__(self) -> str:
+        return f"Server({self.url})"
+
+
+class Service:
+    __slots__ = ("name", "definition", "servers", "balancer", "pass_host_header")
+
+    def __init__(self, definition: HTTPService, eject_seconds: float) -> None:
+        self.name = definition.name
+        self.definition = definition
+        servers = []
+        for s in definition.servers:
+            _scheme, host, port = parse_server_url(s.url)
+            servers.append(Server(s.url, host, port))
+        self.servers: list[Server] = servers
+        self.balancer = Balancer(servers, [s.weight for s in definition.servers],
+                                 weighted=definition.load_balancer.value == "weighted",
+                                 eject_seconds=eject_seconds)
+        self.pass_host_header = definition.pass_host_header
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.retired = True
+            server.close_idle()
+
+
+@dataclass(eq=False)
+class Check:
+    """One pre-forwarding middleware: ``kind`` says which of the other fields is used."""
+
+    kind: int
+    name: str
+    allow: AllowList | None = None
+    status: int = 403
+    limiter: RateLimiter | None = None
+    breaker: CircuitBreaker | None = None
+
+
+class Route:
+    __slots__ = ("name", "service", "priority", "length", "hosts", "path", "methods", "headers", "simple",
+                 "checks", "retries", "timeout", "breakers")
+
+    def __init__(self, name: str, service: Service, priority: int, match: Match) -> None:
+        self.name = name
+        self.service = service
+        self.priority = priority
+        self.length = match_length(match)
+        self.hosts = tuple(match.hosts)
+        self.path: Callable | None = re.compile(match.path_regex).match if match.path_regex is not None else None
+        methods = [m for m in match.methods]
+        self.methods: frozenset[str] | None = None if not methods or "*" in methods else frozenset(methods)
+        self.headers: tuple[tuple[bytes, Callable], ...] = tuple(
+            (name.encode("latin-1"), re.compile(regex).search) for name, regex in match.headers.items())
+        # No predicate beyond the host: the first route of the list answers without any call.
+        self.simple = self.path is None and self.methods is None and not self.headers
+        self.checks: tuple[Check, ...] = ()
+        self.retries = 0
+        self.timeout: float | None = None
+        self.breakers: tuple[CircuitBreaker, ...] = ()
+
+    def matches(self, method: str, path: bytes, headers: list) -> bool:
+        """``headers`` is the request's list of (name, value) bytes pairs as received."""
+        if self.methods is not None and method not in self.methods:
+            return False
+        if self.path is not None and self.path(path.decode("latin-1")) is None:
+            return False
+        for lname, search in self.headers:
+            for name, value in headers:
+                if len(name) == len(lname) and name.lower() == lname and search(value.decode("latin-1")):
+                    break
+            else:
+                return False
+        return True
+
+    def __repr__(self) -> str:
+        return f"Route({self.name!r} → {self.service.name!r})"
+
+
+def match_length(match: Match) -> int:
+    return (sum(len(h) for h in match.hosts) + len(match.path_regex or "") + sum(len(m) for m in match.methods)
+            + sum(len(k) + len(v) for k, v in match.headers.items()))
+
+
+class RouteTable:
+    __slots__ = ("by_host", "any_host")
+
+    def __init__(self, routes: list[Route]) -> None:
+        routes = sorted(routes, key=lambda r: (-r.priority, -r.length, r.name))
+        hosts = {h for r in routes for h in r.hosts}
+        self.by_host: dict[str, tuple[Route, ...]] = {
+            h: tuple(r for r in routes if not r.hosts or h in r.hosts) for h in hosts}
+        self.any_host: tuple[Route, ...] = tuple(r for r in routes if not r.hosts)
+
+    def lookup(self, host: str, method: str, path: bytes, headers: list) -> Route | None:
+        """``host``: lower case without port. ``path``: request target without query string."""
+        for route in self.by_host.get(host, self.any_host):
+            if route.simple or route.matches(method, path, headers):
+                return route
+        return None
+
+
+class HTTPPlane:
+    """One compiled configuration; the proxy reads ``holder.http`` (an instance of this) per request."""
+
+    def __init__(self, version: int, entry_points: dict[str, RouteTable], services: dict[str, Service],
+                 limiters: dict, breakers: dict) -> None:
+        self.version = version
+        self.entry_points = entry_points
+        self.services = services
+        self._limiters = limiters  # (middleware definition, service name) → RateLimiter
+        self._breakers = breakers  # (middleware definition, service name) → CircuitBreaker
+        self._carried: set[int] = set()  # ids of services the next plane took over
+        self.closed = False
+
+    def close(self) -> None:
+        """Release what the plane that replaced this one did not take over. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        for service in self.services.values():
+            if id(service) not in self._carried:
+                service.close()
+
+    def status(self) -> dict:
+        """For ``/api/rawdata``: services with their balancer status and idle connection counts."""
+        return {name: {"servers": [{**st, "server": st["server"].url, "idle": len(st["server"].idle)}
+                                   for st in s.balancer.status()]}
+                for name, s in self.services.items()}
+
+
+@dataclass
+class _Build:
+    metrics: ProxyMetrics
+    eject_seconds: float
+    previous: HTTPPlane | None
+    limiters: dict = field(default_factory=dict)
+    breakers: dict = field(default_factory=dict)
+
+
+def compile_http(config: ProxyConfig, previous: HTTPPlane | None = None, metrics: ProxyMetrics | None = None,
+                 options: Any = None) -> HTTPPlane:
+    """Compile ``config.http``; reuse ``previous``'s runtime objects whose definition is unchanged.
+
+    ``options`` (an :class:`~lightmesh.proxy.http.HTTPOptions` or None) supplies
+    ``eject_seconds`` (passive-health ejection). Raises nothing for a config that passed
+    :func:`lightmesh.config.load_config_dict` (regexes and URLs were validated there).
+    """
+    http = config.http
+    metrics = metrics if metrics is not None else ProxyMetrics()
+    eject = float(getattr(options, "eject_seconds", 10.0))
+    build = _Build(metrics, eject, previous)
+    services: dict[str, Service] = {}
+    for definition in http.services:
+        old = previous.services.get(definition.name) if previous is not None else None
+        if old is not None and old.definition == definition and not previous.closed:
+            services[definition.name] = old
+            previous._carried.add(id(old))
+        else:
+            services[definition.name] = Service(definition, eject)
+            if old is not None:
+                services[definition.name].balancer.carry_over(old.balancer)
+    middlewares = {m.name: m for m in http.middlewares}
+    per_ep: dict[str, list[Route]] = {ep.name: [] for ep in http.entry_points}
+    for router in http.routers:
+        service = services[router.service]
+        for ep in router.entry_points:
+            route = Route(router.name, service, router.priority, router.match)
+            _attach_middlewares(route, [middlewares[n] for n in router.middlewares], build)
+            per_ep.setdefault(ep, []).append(route)
+    tables = {name: RouteTable(routes) for name, routes in per_ep.items()}
+    return HTTPPlane(config.version, tables, services, build.limiters, build.breakers)
+
+
+def _attach_middlewares(route: Route, defs: list, build: _Build) -> None:
+    checks: list[Check] = []
+    breakers: list[CircuitBreaker] = []
+    service = route.service.name
+    for m in defs:
+        if isinstance(m, AllowListMiddleware):
+            checks.append(Check(CHECK_ALLOW, m.name, allow=AllowList(m.source_ranges)))
+        elif isinstance(m, DenyMiddleware):
+            checks.append(Check(CHECK_DENY, m.name, status=m.status_code))
+        elif isinstance(m, RateLimitMiddleware):
+            limiter = _carry(build, "limiters", "_limiters", (m.model_dump_json(), service),
+                             lambda: RateLimiter(m.average, m.burst, m.period_seconds))
+            checks.append(Check(CHECK_RATE, m.name, limiter=limiter))
+        elif isinstance(m, CircuitBreakerMiddleware):
+            metrics = build.metrics
+
+            def on_change(state: int, _svc: str = service) -> None:
+                metrics.breaker(_svc, state)
+
+            breaker = _carry(build, "breakers", "_breakers", (m.model_dump_json(), service),
+                             lambda: CircuitBreaker(m.expression, on_change=on_change))
+            breaker.on_change = on_change  # a carried breaker reports to the new plane's recorder
+            metrics.breaker(service, breaker.state)
+            checks.append(Check(CHECK_BREAKER, m.name, breaker=breaker))
+            breakers.append(breaker)
+        elif isinstance(m, RetryMiddleware):
+            route.retries = max(route.retries, m.attempts)
+        elif isinstance(m, RequestTimeoutMiddleware):
+            route.timeout = m.seconds if route.timeout is None else min(route.timeout, m.seconds)
+    route.checks = tuple(checks)
+    route.breakers = tuple(breakers)
+
+
+def _carry(build: _Build, mine: str, theirs: str, key: tuple, make: Callable[[], Any]) -> Any:
+    table = getattr(build, mine)
+    obj = table.get(key)
+    if obj is None:
+        prev = getattr(build.previous, theirs, {}) if build.previous is not None else {}
+        obj = prev.get(key)
+        if obj is None:
+            obj = make()
+        table[key] = obj
+    return obj
+
+
+def split_host(value: bytes) -> str:
+    """Host header value → lower-case host without port (``[::1]:80`` → ``::1``)."""
+    host = value.decode("latin-1").strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[1:end] if end > 0 else host
+    colon = host.rfind(":")
+    if colon >= 0 and host.count(":") == 1:
+        return host[:colon]
+    return host.rstrip(".") if host.endswith(".") and len(host) > 1 else host

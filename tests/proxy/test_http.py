@@ -1,0 +1,325 @@
+"""The HTTP reverse proxy end to end on loopback: real listener, real backends, raw-socket clients."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import pytest
+
+from lightmesh.proxy.http import HTTPOptions
+
+from .backends import Backend, on_uvloop, ProxyUnderTest, RawClient, closed_port, pattern, request, simple_config
+
+
+@on_uvloop
+async def test_forwards_with_forwarded_headers_and_without_hop_by_hop():
+    async with Backend("b1") as b, ProxyUnderTest(simple_config([b.url])) as p:
+        resp = await request(p.port, path="/hello?x=1", host="Svc.Example:5000", headers={
+            "Connection": "keep-alive, X-Private", "X-Private": "secret", "Keep-Alive": "timeout=5",
+            "Proxy-Authorization": "Basic x", "TE": "trailers", "X-Forwarded-For": "10.9.9.9",
+            "X-Custom": "kept", "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"})
+        assert resp.status == 200
+        assert resp.header("X-Backend") == "b1"
+        seen = b.requests[-1]
+        assert seen.path == "/hello?x=1"
+        assert seen.header("Host") == "Svc.Example:5000"  # passed through (pass_host_header)
+        assert seen.header("X-Forwarded-For") == "10.9.9.9, 127.0.0.1"
+        assert seen.header("X-Forwarded-Proto") == "http"
+        assert seen.header("X-Forwarded-Host") == "Svc.Example:5000"
+        assert seen.header("X-Custom") == "kept"
+        # tracing off: traceparent untouched
+        assert seen.header("traceparent") == "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        for hop in ("X-Private", "Keep-Alive", "Proxy-Authorization", "TE", "Connection"):
+            assert seen.header(hop) is None, hop
+        assert resp.header("Connection") is None  # HTTP/1.1 keep-alive is the default
+        key = ("svc", "200", "GET")
+        assert p.metrics.requests[key] == 1
+    assert p.metrics.open_connections["http"] == 0
+
+
+@on_uvloop
+async def test_keep_alive_on_both_sides_and_upstream_pool():
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url])) as p:
+        client = await RawClient.connect(p.port)
+        for i in range(5):
+            await client.send(f"GET /{i} HTTP/1.1\r\nHost: svc\r\n\r\n".encode())
+            resp = await client.response()
+            assert resp.status == 200 and resp.body.startswith(f"GET /{i} HTTP/1.1".encode())
+        await client.close()
+        # a second client reuses the pooled upstream connection
+        resp = await request(p.port)
+        assert resp.status == 200
+        assert b.connections == 1
+        assert p.metrics.open_connections["http"] >= 0
+
+
+@on_uvloop
+async def test_host_rewritten_to_server_when_not_passed():
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url], pass_host_header=False)) as p:
+        resp = await request(p.port, host="svc.ns.lightmesh")
+        assert resp.status == 200
+        seen = b.requests[-1]
+        assert seen.header("Host") == f"127.0.0.1:{b.port}"
+        assert seen.header("X-Forwarded-Host") == "svc.ns.lightmesh"
+
+
+@on_uvloop
+async def test_content_length_and_chunked_request_bodies_streamed():
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url])) as p:
+        resp = await request(p.port, "POST", "/", body=b"hello body")
+        assert resp.status == 200 and resp.body.endswith(b"\r\n\r\nhello body")
+        assert b.requests[-1].header("Content-Length") == "10"
+        client = await RawClient.connect(p.port)
+        await client.send(b"POST /c HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n"
+                          b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n")
+        resp = await client.response()
+        assert resp.status == 200
+        assert b.requests[-1].body == b"hello world"
+        assert b.requests[-1].header("Transfer-Encoding") == "chunked"
+        await client.close()
+        # 3 MiB upload, sent in pieces: arrives intact (hash checked by the backend)
+        body = pattern(3 << 20)
+        client = await RawClient.connect(p.port)
+        await client.send(b"POST /discard HTTP/1.1\r\nHost: svc\r\nContent-Length: %d\r\n\r\n" % len(body))
+        for i in range(0, len(body), 200_000):
+            await client.send(body[i:i + 200_000])
+        resp = await client.response(timeout=20)
+        assert resp.body == b"%d %s" % (len(body), hashlib.sha256(body).hexdigest().encode())
+        await client.close()
+
+
+@pytest.mark.parametrize("path,size", [("/big?size=1048576", 1 << 20), ("/bigchunked?size=3000000", 3000000),
+                                       ("/big?size=17", 17)])
+@on_uvloop
+async def test_large_and_chunked_responses(path, size):
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url])) as p:
+        client = await RawClient.connect(p.port)
+        for _ in range(2):  # twice on one connection: framing stays in sync after bypass
+            await client.send(f"GET {path} HTTP/1.1\r\nHost: svc\r\n\r\n".encode())
+            resp = await client.response(timeout=20)
+            assert resp.status == 200
+            assert resp.body == pattern(size)
+        await client.send(b"GET /chunked?n=4&size=3 HTTP/1.1\r\nHost: svc\r\n\r\n")
+        resp = await client.response()
+        assert resp.header("Transfer-Encoding") == "chunked"
+        assert resp.body == b"AAABBBCCCDDD"
+        await client.close()
+        assert b.connections == 1
+
+
+@on_uvloop
+async def test_close_delimited_response_rechunked_for_http11_raw_for_http10():
+    async with Backend("nl") as b, ProxyUnderTest(simple_config([b.url])) as p:
+        client = await RawClient.connect(p.port)
+        await client.send(b"GET /nolength HTTP/1.1\r\nHost: svc\r\n\r\n")
+        resp = await client.response()
+        assert resp.body == b"close-delimited body from nl"
+        assert resp.header("Transfer-Encoding") == "chunked"
+        await client.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")  # client connection still usable
+        assert (await client.response()).status == 200
+        await client.close()
+        client = await RawClient.connect(p.port)
+        await client.send(b"GET /nolength HTTP/1.0\r\nHost: svc\r\n\r\n")
+        raw = await client.read_all()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert b"Transfer-Encoding" not in head and b"Connection: close" in head
+        assert body == b"close-delimited body from nl"
+        await client.close()
+
+
+@on_uvloop
+async def test_http10_client_keep_alive_and_chunked_upstream():
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url])) as p:
+        client = await RawClient.connect(p.port)
+        await client.send(b"GET / HTTP/1.0\r\nHost: svc\r\nConnection: keep-alive\r\n\r\n")
+        resp = await client.response()
+        assert resp.status == 200 and resp.header("Connection") == "keep-alive"
+        await client.send(b"GET /chunked?n=2&size=4 HTTP/1.0\r\n\r\n")  # no Host in 1.0: fine
+        raw = await client.read_all()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert b"Transfer-Encoding" not in head
+        assert body == b"AAAABBBB"
+        await client.close()
+
+
+@on_uvloop
+async def test_pipelined_requests_answered_in_order():
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url])) as p:
+        client = await RawClient.connect(p.port)
+        await client.send(b"GET /1 HTTP/1.1\r\nHost: svc\r\n\r\n"
+                          b"POST /2 HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+                          b"GET /slow?ms=50 HTTP/1.1\r\nHost: nowhere-routed\r\n\r\n"
+                          b"POST /4 HTTP/1.1\r\nHost: svc\r\nContent-Length: 2\r\n\r\nxy"
+                          b"GET /5 HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
+        bodies = [(await client.response()).body.split(b"\r\n")[0] for _ in range(5)]
+        assert bodies == [b"GET /1 HTTP/1.1", b"POST /2 HTTP/1.1", b"GET /slow?ms=50 HTTP/1.1",
+                          b"POST /4 HTTP/1.1", b"GET /5 HTTP/1.1"]
+        assert await client.closed()
+
+
+@on_uvloop
+async def test_head_204_304_have_no_body_and_keep_connection():
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url])) as p:
+        client = await RawClient.connect(p.port)
+        await client.send(b"HEAD /big?size=5000 HTTP/1.1\r\nHost: svc\r\n\r\n")
+        resp = await client.response(head=True)
+        assert resp.status == 200 and resp.header("Content-Length") == "5000"
+        for status in (204, 304):
+            await client.send(f"GET /status/{status} HTTP/1.1\r\nHost: svc\r\n\r\n".encode())
+            resp = await client.response()
+            assert resp.status == status and resp.body == b""
+        await client.send(b"GET /after HTTP/1.1\r\nHost: svc\r\n\r\n")
+        resp = await client.response()
+        assert resp.status == 200 and resp.body.startswith(b"GET /after ")
+        await client.close()
+        assert b.connections == 1
+
+
+@on_uvloop
+async def test_expect_100_continue_relayed():
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url])) as p:
+        client = await RawClient.connect(p.port)
+        await client.send(b"POST /e HTTP/1.1\r\nHost: svc\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+        interim = await client.response()
+        assert interim.status == 100
+        await client.send(b"data")
+        resp = await client.response()
+        assert resp.status == 200 and resp.body.endswith(b"data")
+        await client.close()
+
+
+@on_uvloop
+async def test_upgrade_tunnel_relays_raw_bytes_both_ways():
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url])) as p:
+        client = await RawClient.connect(p.port)
+        await client.send(b"GET /ws HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                          b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        resp = await client.response()
+        assert resp.status == 101
+        assert resp.header("Upgrade") == "websocket"
+        assert b.requests[-1].header("Upgrade") == "websocket"
+        assert b.requests[-1].header("Connection") == "Upgrade"
+        for payload in (b"\x81\x05hello", b"\x00" * 100_000):
+            await client.send(payload)
+            assert await client.read_raw(len(payload)) == payload
+        await client.close()
+        assert p.metrics.requests[("svc", "101", "GET")] == 1
+
+
+@on_uvloop
+async def test_no_route_404_no_servers_503_refused_502():
+    cfg = simple_config({"svc": [], "down": [f"http://127.0.0.1:{closed_port()}"]}, routers=[
+        {"name": "empty", "service": "svc", "match": {"hosts": ["empty"]}},
+        {"name": "down", "service": "down", "match": {"hosts": ["down"]}}])
+    async with ProxyUnderTest(cfg) as p:
+        assert (await request(p.port, host="other")).status == 404
+        assert (await request(p.port, host="empty")).status == 503
+        resp = await request(p.port, host="down")
+        assert resp.status == 502
+        assert p.metrics.upstream_errors[("down", "connect")] == 1
+        assert p.metrics.requests[("unrouted", "404", "GET")] == 1
+
+
+@on_uvloop
+async def test_upstream_reset_before_answer_is_502_and_after_headers_cuts_client():
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url])) as p:
+        resp = await request(p.port, path="/reset")
+        assert resp.status == 502
+        assert p.metrics.upstream_errors[("svc", "reset")] >= 1
+        # proxy still serves
+        assert (await request(p.port)).status == 200
+
+
+@on_uvloop
+async def test_backpressure_stops_reading_upstream_when_client_does_not_read():
+    size = 64 << 20
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url])) as p:
+        client = await RawClient.connect(p.port)
+        await client.send(f"GET /big?size={size} HTTP/1.1\r\nHost: svc\r\n\r\n".encode())
+        await asyncio.sleep(0.5)  # the client reads nothing meanwhile
+        backend_buffered = sum(pr.transport.get_write_buffer_size() for pr in b._protocols)
+        proxy_buffered = sum(c.transport.get_write_buffer_size() for c in p.options.connections.conns)
+        # The proxy holds at most a few MiB; the rest waits in the backend (it was paused).
+        assert proxy_buffered < 8 << 20
+        assert backend_buffered > 16 << 20
+        resp = await client.response(timeout=30)
+        assert len(resp.body) == size and resp.body[:1000] == pattern(1000)
+        await client.close()
+
+
+@on_uvloop
+async def test_upstream_idle_close_is_not_an_error():
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url])) as p:
+        assert (await request(p.port)).status == 200
+        for proto in list(b._protocols):  # the server closes its idle keep-alive connection
+            proto.transport.close()
+        await asyncio.sleep(0.05)
+        assert (await request(p.port)).status == 200
+        assert b.connections == 2
+
+
+@on_uvloop
+async def test_config_swap_keeps_in_flight_request_and_pool():
+    async with Backend("one") as b1, Backend("two") as b2, ProxyUnderTest(simple_config([b1.url])) as p:
+        client = await RawClient.connect(p.port)
+        await client.send(b"GET /slow?ms=200 HTTP/1.1\r\nHost: svc\r\n\r\n")
+        await asyncio.sleep(0.05)
+        p.apply(simple_config([b2.url], version=2))
+        resp = await client.response()
+        assert resp.header("X-Backend") == "one"  # finished on the plane it started with
+        await client.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+        assert (await client.response()).header("X-Backend") == "two"
+        await client.close()
+        # unchanged service definition: the same runtime object (pool, balancer) is kept
+        svc = p.holder.http.services["svc"]
+        p.apply(simple_config([b2.url], version=3))
+        assert p.holder.http.services["svc"] is svc
+
+
+@on_uvloop
+async def test_drain_closes_idle_and_finishes_in_flight():
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url])) as p:
+        idle = await RawClient.connect(p.port)
+        await idle.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+        await idle.response()
+        busy = await RawClient.connect(p.port)
+        await busy.send(b"GET /slow?ms=200 HTTP/1.1\r\nHost: svc\r\n\r\n")
+        await asyncio.sleep(0.05)
+        drained = asyncio.ensure_future(p.options.connections.drain(5.0))
+        assert await idle.closed(2.0)
+        resp = await busy.response()
+        assert resp.status == 200 and resp.header("Connection") == "close"
+        assert await drained is True
+        await idle.close()
+        await busy.close()
+
+
+@on_uvloop
+async def test_idle_keep_alive_timeout_and_max_connections():
+    opts = HTTPOptions(idle_timeout=0.2, max_connections=2)
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url]), options=opts) as p:
+        c1 = await RawClient.connect(p.port)
+        await c1.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+        await c1.response()
+        c2 = await RawClient.connect(p.port)
+        await asyncio.sleep(0.02)
+        c3 = await RawClient.connect(p.port)  # beyond max_connections: closed at once
+        assert await c3.closed(1.0)
+        assert await c1.closed(2.0)  # idle timeout
+        for c in (c1, c2, c3):
+            await c.close()
+
+
+@on_uvloop
+async def test_access_log_json(caplog):
+    import json
+    import logging
+
+    opts = HTTPOptions(access_log=True)
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url]), options=opts) as p:
+        with caplog.at_level(logging.INFO, logger="lightmesh.access"):
+            await request(p.port, path="/logged")
+        entries = [json.loads(r.getMessage()) for r in caplog.records if r.name == "lightmesh.access"]
+        assert entries and entries[-1]["path"] == "/logged" and entries[-1]["status"] == 200
+        assert entries[-1]["service"] == "svc" and entries[-1]["upstream"] == b.url
