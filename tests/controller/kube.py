@@ -138,8 +138,12 @@ class Cluster(kmock.KubernetesEmulator):
         return str(self.rv)
 
     def compact(self) -> None:
-        """Forget the event log: a watch resuming from before now gets 410 Gone."""
-        self.compacted_rv = self.rv
+        """Forget the event log: a watch resuming from before now gets 410 Gone.
+
+        The version moves on (as writes to other kinds move it in a real cluster), so even a
+        client that saw the very last event of its kind is too old afterwards.
+        """
+        self.compacted_rv = int(self.next_rv())
         self.log.clear()
 
     def close_watches(self) -> None:
@@ -152,8 +156,11 @@ class Cluster(kmock.KubernetesEmulator):
         """The next ``count`` requests with ``method`` whose path contains ``path_part`` fail."""
         self.failures.append((method.upper(), path_part, status, reason, count))
 
-    def put_object(self, obj: dict) -> dict:
-        """Store an object directly (test setup), stamped like a create; no HTTP involved."""
+    def put_object(self, obj: dict, notify: bool = True) -> dict:
+        """Store an object directly (test setup), stamped like a create; no HTTP involved.
+
+        ``notify=False``: open watches do not see it (an event lost while a client was away).
+        """
         obj = copy.deepcopy(obj)
         resource = _resource_of(obj)
         meta = obj.setdefault("metadata", {})
@@ -161,9 +168,22 @@ class Cluster(kmock.KubernetesEmulator):
         key = (resource, meta.get("namespace"), meta["name"])
         self.objects[key] = obj
         self.log.append((int(meta["resourceVersion"]), resource, {"type": "ADDED", "object": copy.deepcopy(obj)}))
-        for queue in list(self.watchers[resource]):
+        for queue in list(self.watchers[resource]) if notify else ():
             queue.put_nowait({"type": "ADDED", "object": copy.deepcopy(obj)})
         return obj
+
+    def patch_object(self, api_version: str, plural: str, namespace: str | None, name: str, patch: dict) -> dict:
+        """Merge-patch a stored object as another client would (watchers see MODIFIED); no HTTP."""
+        resource = kmock.resource(f"{api_version}/{plural}")
+        patch = copy.deepcopy(patch)
+        patch.setdefault("metadata", {})["resourceVersion"] = self.next_rv()
+        stored = self.objects[(resource, namespace, name)]
+        stored.patch(patch)
+        event = {"type": "MODIFIED", "object": copy.deepcopy(stored.raw)}
+        self.log.append((self.rv, resource, event))
+        for queue in list(self.watchers[resource]):
+            queue.put_nowait(copy.deepcopy(event))
+        return copy.deepcopy(stored.raw)
 
     def get_object(self, api_version: str, plural: str, namespace: str | None, name: str) -> dict | None:
         resource = kmock.resource(f"{api_version}/{plural}")
@@ -179,7 +199,7 @@ class Cluster(kmock.KubernetesEmulator):
 
     def writes(self) -> list[tuple[str, str]]:
         """(method, path) of every request that changed something."""
-        return [(_method(r), r.url.path) for r in self.requests
+        return [(_method(r), r.url.path) for r in self._requests
                 if _method(r) in ("POST", "PUT", "PATCH", "DELETE")]
 
     # ------------------------------------------------------------------ request handling

@@ -133,18 +133,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
             return 1
         source = KubeSource(kube, object_filter, metrics=metrics)
 
-        def uid_of(kind: str, namespace: str, name: str):
-            fieldname = {"Service": "services", "Pod": "pods", "EndpointSlice": "endpoint_slices",
-                         "TrafficTarget": "traffic_targets", "HTTPRouteGroup": "http_route_groups",
-                         "TCPRoute": "tcp_routes", "UDPRoute": "udp_routes",
-                         "TrafficSplit": "traffic_splits"}.get(kind)
-            obj = source.raw(fieldname, namespace, name) if fieldname else None
-            return ((obj or {}).get("metadata") or {}).get("uid")
-
-        informer_versions = lambda: {i.resource.kind: i.resource.api_version  # noqa: E731
-                                     for i in source.informers.values() if i.resource}
         parts["kube_writer"] = KubeShadowWriter(kube, args.namespace, metrics)
-        parts["events"] = EventRecorder(kube, uids=uid_of, api_versions=informer_versions)
+        parts["events"] = EventRecorder(kube, uids=source.uid, api_versions=source.api_versions)
         if args.leader_election:
             parts["elector"] = LeaderElector(kube, args.namespace, metrics=metrics)
         else:

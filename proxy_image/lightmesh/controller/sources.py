@@ -560,3 +560,16 @@ class KubeSource:
     def raw(self, fieldname: str, namespace: str, name: str) -> dict | None:
         informer = self.informers.get(fieldname)
         return informer.cache.get((namespace, name)) if informer else None
+
+    def uid(self, kind: str, namespace: str, name: str) -> str | None:
+        """The uid of a cached object (Events point at it), by kind."""
+        fieldname = _FIELD_OF_KIND.get(kind)
+        obj = self.raw(fieldname, namespace, name) if fieldname else None
+        return ((obj or {}).get("metadata") or {}).get("uid")
+
+    def api_versions(self) -> dict[str, str]:
+        """kind → the apiVersion watched (the SMI version discovered)."""
+        return {i.resource.kind: i.resource.api_version for i in self.informers.values() if i.resource}
+
+
+_FIELD_OF_KIND = {kind: f for f, (_, kind) in FIELDS.items()}

@@ -1,0 +1,212 @@
+"""The controller against a Kubernetes API (kmock + tests/controller/kube.py), in process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from lightmesh import wire
+from lightmesh.controller.api import ConfigStore
+from lightmesh.controller.dns import DNSTable, MeshDNS
+from lightmesh.controller.events import EventRecorder
+from lightmesh.controller.metrics import ControllerMetrics
+from lightmesh.controller.model import Settings
+from lightmesh.controller.reconcile import Controller
+from lightmesh.controller.shadow import shadow_name
+from lightmesh.controller.sources import KubeAPI, KubeSource, ObjectFilter
+from lightmesh.controller.writer import KubeShadowWriter
+
+from .kube import cluster
+
+MESH = "lightmesh"
+NS = "shop"
+
+
+def service(name, port=80, traffic="http", ns=NS, annotations=None, protocol="TCP"):
+    ann = {"mesh.traefik.io/traffic-type": traffic, **(annotations or {})}
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns, "annotations": ann},
+            "spec": {"selector": {"app": name}, "clusterIP": "10.96.0.10",
+                     "ports": [{"name": "main", "port": port, "protocol": protocol, "targetPort": port}]}}
+
+
+def shadow_of(ns, name, target_port, port=5432, extra_labels=None):
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": shadow_name(ns, name), "namespace": MESH,
+                         "labels": {wire.LABEL_SHADOW_SERVICE_NAME: name, wire.LABEL_SHADOW_SERVICE_NAMESPACE: ns,
+                                    wire.LABEL_MANAGED_BY: wire.MANAGED_BY_CONTROLLER, **(extra_labels or {})}},
+            "spec": {"type": "ClusterIP", "clusterIP": "10.96.5.5", "selector": dict(wire.PROXY_POD_LABELS),
+                     "internalTrafficPolicy": "Local",
+                     "ports": [{"name": "main", "port": port, "protocol": "TCP", "targetPort": target_port}]}}
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 90))
+
+
+async def until(check, what, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextlib.asynccontextmanager
+async def running(kube, *, events=True, identity="test"):
+    """A controller (no election: it writes) against ``kube``; stopped and cleaned up on exit."""
+    api = KubeAPI.from_kubeconfig(server=str(kube.url))
+    metrics = ControllerMetrics()
+    settings = Settings(mesh_namespace=MESH)
+    source = KubeSource(api, ObjectFilter.create(MESH), metrics=metrics)
+    controller = Controller(settings, source, store=ConfigStore(), metrics=metrics,
+                            dns=MeshDNS(DNSTable(settings.domains)),
+                            kube_writer=KubeShadowWriter(api, MESH, metrics),
+                            events=EventRecorder(api, identity, uids=source.uid, api_versions=source.api_versions)
+                            if events else None)
+    task = asyncio.create_task(controller.run())
+    try:
+        await until(lambda: controller.ready() or task.done(), "controller ready")
+        if task.done():
+            task.result()
+        yield controller
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await api.close()
+
+
+def shadows(kube):
+    return {s["metadata"]["name"]: s for s in kube.list_objects("v1", "services", MESH)}
+
+
+def metric(controller, name, **labels):
+    value = controller.metrics.registry.get_sample_value(name, labels or None)
+    return value or 0.0
+
+
+def test_shadows_created_orphans_removed_ports_recovered_user_objects_untouched():
+    async def scenario():
+        async with cluster() as kube:
+            kube.put_object(service("web"))
+            kube.put_object(service("db", 5432, "tcp"))
+            # state a previous controller left: db's shadow with its TCP mesh port, an orphan, a user's Service
+            kube.put_object(shadow_of(NS, "db", 10007))
+            kube.put_object(shadow_of(NS, "gone", 10003, port=9999))
+            user = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "lightmesh-controller",
+                                                                         "namespace": MESH},
+                    "spec": {"ports": [{"port": 9000}]}}
+            user = kube.put_object(user)
+            async with running(kube) as controller:
+                want = {shadow_name(NS, "web"), shadow_name(NS, "db")}
+                await until(lambda: set(shadows(kube)) == want | {"lightmesh-controller"}, "shadows reconciled")
+                db = shadows(kube)[shadow_name(NS, "db")]
+                assert db["spec"]["ports"][0]["targetPort"] == 10007  # recovered, not re-allocated
+                web = shadows(kube)[shadow_name(NS, "web")]
+                assert web["spec"]["internalTrafficPolicy"] == "Local"
+                assert web["metadata"]["labels"][wire.LABEL_MANAGED_BY] == wire.MANAGED_BY_CONTROLLER
+                assert [r.port for r in controller.config.tcp] == [10007]
+                # the user's Service in the mesh namespace and the user Services were never written
+                writes = kube.writes()
+                assert all(path.startswith(f"/api/v1/namespaces/{MESH}/services") for method, path in writes
+                           if "/events" not in path), writes
+                assert not any(path.endswith("/lightmesh-controller") for _, path in writes)
+                assert kube.get_object("v1", "services", MESH, "lightmesh-controller") == user
+                # DNS answers from the shadows' ClusterIPs as they come back through the watch
+                await until(lambda: controller.dns.table.lookup("db.shop.traefik.mesh")[0] == "found", "dns")
+                assert metric(controller, "lightmesh_controller_shadow_service_writes_total", action="create") == 1
+                assert metric(controller, "lightmesh_controller_shadow_service_writes_total", action="delete") == 1
+
+                # a Service deleted: its shadow goes; a Service added: a shadow comes
+                await kube_delete(kube, "web")
+                kube.put_object(service("api", 8080, "tcp"))
+                want = {shadow_name(NS, "api"), shadow_name(NS, "db")}
+                await until(lambda: set(shadows(kube)) == want | {"lightmesh-controller"}, "second reconcile")
+                assert shadows(kube)[shadow_name(NS, "api")]["spec"]["ports"][0]["targetPort"] != 10007
+
+    run(scenario())
+
+
+async def kube_delete(kube, name, ns=NS):
+    api = KubeAPI.from_kubeconfig(server=str(kube.url))
+    try:
+        await api.request("DELETE", f"/api/v1/namespaces/{ns}/services/{name}")
+    finally:
+        await api.close()
+
+
+def test_resumes_after_410_gone_with_a_relist():
+    async def scenario():
+        async with cluster() as kube:
+            kube.put_object(service("web"))
+            async with running(kube, events=False) as controller:
+                informer = controller.source.informers["services"]
+                lists = informer.lists
+                version = controller.version
+                # the API server forgets old versions and ends the watches: resuming gets 410
+                kube.compact()
+                kube.put_object(service("late", 81), notify=False)  # an event the watch never delivered
+                kube.close_watches()
+                await until(lambda: informer.lists > lists, "re-list after 410")
+                await until(lambda: (NS, "late") in informer.cache, "the object missed during the gap")
+                await until(lambda: controller.version > version, "a new config with it")
+                assert metric(controller, "lightmesh_controller_watch_restarts_total", kind="Service",
+                              reason="gone") >= 1
+                # and the watch works again afterwards (resumed from the list's version)
+                kube.put_object(service("later", 82))
+                await until(lambda: (NS, "later") in informer.cache, "events after the re-list")
+                resumed = [p for p in kube.watch_requests if p.get("resourceVersion")]
+                assert resumed, "watches resume from a resourceVersion"
+
+    run(scenario())
+
+
+def test_events_created_once_per_object_and_message():
+    async def scenario():
+        async with cluster() as kube:
+            kube.put_object(service("web"))
+            kube.put_object(service("broken", annotations={"lightmesh.io/retry-attempts": "many"}))
+            async with running(kube) as controller:
+                await until(lambda: kube.list_objects("v1", "events", NS), "an Event")
+                [event] = kube.list_objects("v1", "events", NS)
+                assert event["involvedObject"]["name"] == "broken" and event["involvedObject"]["kind"] == "Service"
+                assert event["involvedObject"].get("uid")
+                assert event["reason"] == "InvalidAnnotation" and event["type"] == "Warning"
+                assert "retry-attempts" in event["message"] and "many" in event["message"]
+                # more rebuilds with the same error: no new Event
+                rounds = controller.rounds
+                for port in (90, 91, 92):
+                    kube.put_object(service(f"other-{port}", port))
+                await until(lambda: controller.rounds > rounds and controller.source.informers["services"]
+                            .cache.get((NS, "other-92")), "rebuilds")
+                await asyncio.sleep(0.2)
+                assert len(kube.list_objects("v1", "events", NS)) == 1
+            posts = sum(1 for m, p in kube.writes() if m == "POST" and p.endswith("/events"))
+            # a restarted controller does not duplicate it either (the API says it exists)
+            async with running(kube) as controller:
+                await until(lambda: sum(1 for m, p in kube.writes() if m == "POST" and p.endswith("/events"))
+                            > posts, "the restarted controller tried")
+                await asyncio.sleep(0.1)
+                assert len(kube.list_objects("v1", "events", NS)) == 1
+
+    run(scenario())
+
+
+def test_shadow_update_retries_conflicts_and_rewrites_drift():
+    async def scenario():
+        async with cluster() as kube:
+            kube.put_object(service("web"))
+            async with running(kube, events=False) as controller:
+                name = shadow_name(NS, "web")
+                await until(lambda: name in shadows(kube), "shadow created")
+                # someone edits our shadow: the leader puts it back (after a scripted conflict)
+                kube.fail_next("PATCH", f"/services/{name}", 409, "Conflict")
+                kube.patch_object("v1", "services", MESH, name, {"spec": {"internalTrafficPolicy": "Cluster"}})
+                await until(lambda: shadows(kube)[name]["spec"]["internalTrafficPolicy"] == "Local",
+                            "drift corrected")
+                assert metric(controller, "lightmesh_controller_shadow_service_writes_total", action="update") >= 1
+                patches = [p for m, p in kube.writes() if m == "PATCH" and p.endswith(name)]
+                assert len(patches) >= 2  # the scripted 409, then the retry that succeeded
+
+    run(scenario())
