@@ -258,3 +258,78 @@ async def _status_is(url: str, status: int) -> bool:
 async def _when(awaitable, predicate):
     value = await awaitable
     return value if predicate(value) else None
+
+
+# ------------------------------------------------------------------------------ the image (no Docker engine here)
+
+
+def parse_dockerfile(text: str) -> list[list[tuple[str, str]]]:
+    """Stages → [(INSTRUCTION, arguments)], continuation lines joined, comments dropped."""
+    logical, current = [], ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not current and (not stripped or stripped.startswith("#")):
+            continue
+        if current and stripped.startswith("#"):
+            continue  # a comment inside a continued instruction
+        if stripped.endswith("\\"):
+            current += stripped[:-1] + " "
+            continue
+        logical.append(current + stripped)
+        current = ""
+    stages: list[list[tuple[str, str]]] = []
+    preamble: list[tuple[str, str]] = []
+    for entry in logical:
+        instruction, _, args = entry.partition(" ")
+        instruction = instruction.upper()
+        if instruction == "FROM":
+            stages.append([])
+        (stages[-1] if stages else preamble).append((instruction, args.strip()))
+    return [preamble, *stages]
+
+
+def test_dockerfile_structure(repo_root):
+    import re
+    import tomllib
+
+    from lightmesh import cli
+
+    text = (repo_root / "proxy_image" / "Dockerfile").read_text()
+    preamble, *stages = parse_dockerfile(text)
+    args = dict(a.split("=", 1) for i, a in preamble if i == "ARG" and "=" in a)
+    assert re.fullmatch(r"python:3\.11-slim(-\w+)?", args["PYTHON_IMAGE"])
+    assert len(stages) >= 2, "multi-stage: a builder and the runtime"
+    builder, final = stages[0], stages[-1]
+    assert builder[0] == ("FROM", "${PYTHON_IMAGE} AS builder")
+    assert final[0][1].startswith("${PYTHON_IMAGE}"), "the final stage starts from the slim base, not the builder"
+    assert any(i == "RUN" and "pip wheel" in a for i, a in builder)
+
+    final_runs = " ".join(a for i, a in final if i == "RUN")
+    for tool in ("build-essential", "gcc", "g++", "clang", "make ", "-dev ", "apt-get install"):
+        assert tool not in final_runs, f"final stage installs {tool.strip()}"
+    assert "--no-index" in final_runs  # only the builder's wheels, nothing fetched or compiled here
+    assert "--mount=type=bind,from=builder" in final_runs
+    assert not any(i == "COPY" and "--from=builder" in a and "/wheels" in a for i, a in final)
+
+    users = [a for i, a in final if i == "USER"]
+    assert users, "the final stage sets a USER"
+    uid = users[-1].split(":")[0]
+    install_src = (repo_root / "mesh_components" / "install.py").read_text()
+    assert uid.isdigit() and int(uid) != 0
+    assert int(uid) == int(re.search(r"^RUN_AS_USER = (\d+)", install_src, re.M).group(1))
+
+    entrypoint = [json.loads(a) for i, a in final if i == "ENTRYPOINT"]
+    assert entrypoint == [["lightmesh"]]
+    cmd = [json.loads(a) for i, a in final if i == "CMD"]
+    assert cmd and cmd[-1][0] in cli.COMMANDS
+    assert {"proxy", "controller"} <= set(cli.COMMANDS)
+    pyproject = tomllib.loads((repo_root / "pyproject.toml").read_text())
+    assert pyproject["project"]["scripts"]["lightmesh"] == "lightmesh.cli:main"
+
+    env = " ".join(a for i, a in final if i == "ENV")
+    assert "MALLOC_TRIM_THRESHOLD_=268435456" in env and "MALLOC_TOP_PAD_=67108864" in env
+    for i, a in builder:
+        if i == "COPY":
+            *sources, _dest = a.split()
+            for source in sources:
+                assert (repo_root / source).exists(), f"COPY {source}: not in the build context (repo root)"
