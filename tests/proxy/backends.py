@@ -496,6 +496,7 @@ class ProxyUnderTest:
         self.host = host
         self.port = 0
         self.server: asyncio.AbstractServer | None = None
+        self.loop_errors: list[dict] = []
 
     async def __aenter__(self) -> ProxyUnderTest:
         from lightmesh.proxy.http import protocol_factory
@@ -503,6 +504,15 @@ class ProxyUnderTest:
 
         self.holder.http = compile_http(self.config, None, self.metrics, self.options)
         loop = asyncio.get_running_loop()
+        previous = loop.get_exception_handler()
+
+        def record(loop, context):  # callbacks that raised: a proxy bug the test should see
+            self.loop_errors.append(context)
+            if previous is not None:
+                previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+        loop.set_exception_handler(record)
         self.server = await loop.create_server(
             protocol_factory(self.holder, self.entry_point, self.options, self.metrics), self.host, 0)
         self.port = self.server.sockets[0].getsockname()[1]

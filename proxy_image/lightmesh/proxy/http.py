@@ -492,7 +492,7 @@ class ClientProtocol(asyncio.Protocol):
         if version == "1.0":
             ex.v10 = True
         elif version != "1.1":
-            raise _Reject(505)
+            raise _Reject(400 if version < "1.0" else 505)  # HTTP/0.9 request lines are malformed here
         method = parser.get_method()
         mstr = _METHODS.get(method)
         if mstr is None:

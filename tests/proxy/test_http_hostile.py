@@ -1,0 +1,224 @@
+"""Hostile and malformed input: rejected with 4xx, connection closed, nothing forwarded upstream;
+limits (header size, slowloris, idle); the listener survives garbage."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import uvloop
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lightmesh.proxy.http import HTTPOptions
+
+from .backends import Backend, ProxyUnderTest, RawClient, on_uvloop, request, simple_config
+
+H = b"Host: svc\r\n"
+
+# name → (raw request, expected status). Every one is a single write, so nothing may reach the
+# upstream (not even on a pooled connection that is already open).
+HOSTILE = {
+    "cl_and_te": (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    "te_and_cl": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n", 400),
+    "duplicate_cl_differing": (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400),
+    "duplicate_cl_same": (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 3\r\nContent-Length: 3\r\n\r\nabc", 400),
+    "cl_list": (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 3, 3\r\n\r\nabc", 400),
+    "cl_sign": (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: +3\r\n\r\nabc", 400),
+    "chunk_size_invalid": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", 400),
+    "chunk_size_negative": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n-3\r\nabc\r\n0\r\n\r\n", 400),
+    "chunk_size_overflow": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n1ffffffffffffffff\r\nx\r\n", 400),
+    "chunk_size_space": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n3 \r\nabc\r\n0\r\n\r\n", 400),
+    "chunk_data_too_long": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabcdef\r\n0\r\n\r\n", 400),
+    "obs_fold_space": (b"GET / HTTP/1.1\r\n" + H + b"X-A: b\r\n c\r\n\r\n", 400),
+    "obs_fold_tab": (b"GET / HTTP/1.1\r\n" + H + b"X-A: b\r\n\tc\r\n\r\n", 400),
+    "bare_cr_in_value": (b"GET / HTTP/1.1\r\n" + H + b"X-A: b\rc\r\n\r\n", 400),
+    "bare_lf_line_end": (b"GET / HTTP/1.1\r\nHost: svc\nX-A: b\r\n\r\n", 400),
+    "bare_lf_everywhere": (b"GET / HTTP/1.1\nHost: svc\n\n", 400),
+    "nul_in_value": (b"GET / HTTP/1.1\r\n" + H + b"X-A: a\x00b\r\n\r\n", 400),
+    "space_before_colon": (b"GET / HTTP/1.1\r\n" + H + b"X-A : b\r\n\r\n", 400),
+    "method_not_token": (b"G(T / HTTP/1.1\r\n" + H + b"\r\n", 400),
+    "method_unknown": (b"FOO / HTTP/1.1\r\n" + H + b"\r\n", 400),
+    "te_gzip": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip\r\n\r\nabc", 400),
+    "te_gzip_then_chunked": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 400),
+    "te_chunked_then_gzip": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n", 400),
+    "te_identity": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: identity\r\n\r\n", 400),
+    "te_twice": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    "te_in_http10": (b"POST / HTTP/1.0\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    "two_hosts": (b"GET / HTTP/1.1\r\nHost: svc\r\nHost: other\r\n\r\n", 400),
+    "no_host_http11": (b"GET / HTTP/1.1\r\nX-A: b\r\n\r\n", 400),
+    "space_in_target": (b"GET /a b HTTP/1.1\r\n" + H + b"\r\n", 400),
+    "http2_version": (b"GET / HTTP/2.0\r\n" + H + b"\r\n", 505),
+    "http09": (b"GET /\r\n\r\n", 400),
+    "connect": (b"CONNECT svc:443 HTTP/1.1\r\n" + H + b"\r\n", 405),
+    "bad_target_form": (b"GET ftp://svc/ HTTP/1.1\r\n" + H + b"\r\n", 400),
+}
+
+
+async def _expect_rejected(port: int, raw: bytes, status: int) -> None:
+    client = await RawClient.connect(port)
+    await client.send(raw)
+    data = await client.read_all(timeout=5)
+    assert data.startswith(b"HTTP/1.1 %d " % status), data[:200]
+    assert b"Connection: close" in data.partition(b"\r\n\r\n")[0]
+    await client.close()
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+@on_uvloop
+async def test_hostile_request_rejected_and_not_forwarded(name):
+    raw, status = HOSTILE[name]
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url])) as p:
+        assert (await request(p.port)).status == 200  # a pooled upstream connection exists
+        before = (b.bytes_received, len(b.requests))
+        await _expect_rejected(p.port, raw, status)
+        await asyncio.sleep(0.05)
+        assert (b.bytes_received, len(b.requests)) == before
+        assert (await request(p.port)).status == 200  # the pooled connection is still good
+        assert b.connections == 1
+        assert not p.loop_errors
+
+
+@on_uvloop
+async def test_hostile_without_pooled_connection_reaches_nothing():
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url])) as p:
+        for raw, status in (HOSTILE["chunk_size_invalid"], HOSTILE["cl_and_te"]):
+            await _expect_rejected(p.port, raw, status)
+        await asyncio.sleep(0.05)
+        assert b.bytes_received == 0 and not b.requests
+
+
+@on_uvloop
+async def test_bad_request_after_good_pipelined_one():
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url])) as p:
+        client = await RawClient.connect(p.port)
+        await client.send(b"GET /first HTTP/1.1\r\n" + H + b"\r\n" + HOSTILE["obs_fold_space"][0])
+        first = await client.response()
+        assert first.status == 200 and first.body.startswith(b"GET /first ")
+        second = await client.response()
+        assert second.status == 400
+        assert await client.closed()
+        assert [r.path for r in b.requests] == ["/first"]
+
+
+@on_uvloop
+async def test_bad_chunk_in_a_later_read_aborts_upstream_and_answers_400():
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url])) as p:
+        client = await RawClient.connect(p.port)
+        await client.send(b"POST /hang HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        await asyncio.sleep(0.1)
+        await client.send(b"zz\r\n")
+        data = await client.read_all()
+        assert data.startswith(b"HTTP/1.1 400 ")
+        assert not b.requests  # the backend never saw a complete request
+
+
+@pytest.mark.parametrize("shape", ["one_big_header", "many_headers", "no_end_of_head", "long_url"])
+@on_uvloop
+async def test_header_size_limit_431(shape):
+    opts = HTTPOptions(max_header_bytes=4096)
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url]), options=opts) as p:
+        if shape == "one_big_header":
+            raw = b"GET / HTTP/1.1\r\n" + H + b"X-Big: " + b"a" * 5000 + b"\r\n\r\n"
+        elif shape == "many_headers":
+            raw = b"GET / HTTP/1.1\r\n" + H + b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 40) for i in range(200)) + b"\r\n"
+        elif shape == "no_end_of_head":
+            raw = b"GET / HTTP/1.1\r\n" + H + b"X-Big: " + b"a" * 100_000
+        else:
+            raw = b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\n" + H + b"\r\n"
+        await _expect_rejected(p.port, raw, 431)
+        assert not b.requests
+        # within the limit: fine
+        assert (await request(p.port, headers={"X-Ok": "a" * 3000})).status == 200
+
+
+@on_uvloop
+async def test_slowloris_header_timeout_closes():
+    opts = HTTPOptions(header_timeout=0.3)
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url]), options=opts) as p:
+        client = await RawClient.connect(p.port)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        closed = False
+        for ch in b"GET / HTTP/1.1\r\nHost: svc\r\nX-Slow: abcdefghijklmnopqrstuvwxyz":
+            try:
+                await client.send(bytes([ch]))
+            except ConnectionError:
+                closed = True
+                break
+            await asyncio.sleep(0.05)
+            if client.reader.at_eof() or loop.time() - start > 3:
+                break
+        data = await client.read_all(timeout=3) if not closed else b""
+        assert loop.time() - start < 3
+        assert data == b"" or data.startswith(b"HTTP/1.1 408 ")
+        assert not b.requests
+        # a silent connection is closed too
+        silent = await RawClient.connect(p.port)
+        assert await silent.closed(2.0)
+        await client.close()
+        await silent.close()
+
+
+# --------------------------------------------------------------------------- garbage (hypothesis)
+
+_TOKENS = [b"GET ", b"POST ", b"HEAD ", b"PUT ", b"/", b"/x?y=1", b" HTTP/1.1", b" HTTP/1.0", b"\r\n", b"\n",
+           b"\r", b"Host: svc", b"Content-Length: 5", b"Content-Length: -1", b"Transfer-Encoding: chunked",
+           b": ", b" ", b"\t", b"0", b"5", b"ffffffff", b"\x00", b"\xff", b"Connection: Upgrade", b"Upgrade: ws",
+           b"Connection: close", b"Expect: 100-continue", b"hello", b"\r\n\r\n"]
+
+garbage = st.one_of(
+    st.binary(min_size=1, max_size=2048),
+    st.lists(st.sampled_from(_TOKENS), min_size=1, max_size=60).map(b"".join),
+)
+
+
+@pytest.fixture(scope="module")
+def live_proxy():
+    """One backend + proxy on a uvloop loop kept for the whole hypothesis run."""
+    loop = uvloop.new_event_loop()
+    backend = Backend()
+    proxy = None
+
+    async def start():
+        nonlocal proxy
+        await backend.start()
+        proxy = ProxyUnderTest(simple_config([backend.url]), options=HTTPOptions(header_timeout=1.0))
+        await proxy.__aenter__()
+    loop.run_until_complete(start())
+    yield loop, proxy, backend
+
+    async def stop():
+        await proxy.__aexit__(None, None, None)
+        await backend.close()
+    loop.run_until_complete(stop())
+    loop.close()
+
+
+async def _throw(port: int, data: bytes) -> None:
+    client = await RawClient.connect(port)
+    try:
+        await client.send(data)
+        try:
+            await asyncio.wait_for(client.reader.read(65536), 0.1)
+        except (asyncio.TimeoutError, ConnectionError):
+            pass
+    except ConnectionError:
+        pass
+    finally:
+        await client.close()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=garbage)
+def test_garbage_never_breaks_the_listener(live_proxy, data):
+    loop, proxy, _backend = live_proxy
+    loop.run_until_complete(asyncio.wait_for(_throw(proxy.port, data), 5))
+    assert not proxy.loop_errors, proxy.loop_errors[:1]
+
+
+def test_listener_still_serves_after_garbage(live_proxy):
+    loop, proxy, _backend = live_proxy
+    resp = loop.run_until_complete(asyncio.wait_for(request(proxy.port, path="/after-garbage"), 5))
+    assert resp.status == 200 and resp.body.startswith(b"GET /after-garbage ")
+    assert not proxy.loop_errors
