@@ -1,0 +1,192 @@
+"""Lease leader election against the Kubernetes API fake, and two controllers of which one writes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from lightmesh import wire
+from lightmesh.controller.api import ConfigStore
+from lightmesh.controller.leader import LeaderElector
+from lightmesh.controller.metrics import ControllerMetrics
+from lightmesh.controller.model import Settings
+from lightmesh.controller.reconcile import Controller
+from lightmesh.controller.shadow import shadow_name
+from lightmesh.controller.sources import KubeAPI, KubeSource, ObjectFilter
+from lightmesh.controller.writer import KubeShadowWriter
+
+from .kube import cluster
+
+MESH = "lightmesh"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 90))
+
+
+async def until(check, what, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def lease(kube):
+    return kube.get_object("coordination.k8s.io/v1", "leases", MESH, wire.LEASE_NAME)
+
+
+def test_acquire_renew_expire_takeover_with_an_observed_clock():
+    async def scenario():
+        async with cluster() as kube:
+            api = KubeAPI.from_kubeconfig(server=str(kube.url))
+            clock = Clock()
+            a = LeaderElector(api, MESH, "a", lease_seconds=15, clock=clock)
+            b = LeaderElector(api, MESH, "b", lease_seconds=15, clock=clock)
+            try:
+                assert await a.try_acquire_or_renew()  # creates the Lease
+                assert lease(kube)["spec"]["holderIdentity"] == "a"
+                assert not await b.try_acquire_or_renew()  # held, and b just started observing
+                clock.now += 10
+                assert await a.try_acquire_or_renew()  # renewed: a new renewTime
+                clock.now += 10
+                assert not await b.try_acquire_or_renew()  # b saw the renewal 10 s ago: not expired
+                # a stops renewing (crashed): after a full lease duration without change, b takes over
+                clock.now += 15
+                assert await b.try_acquire_or_renew()
+                spec = lease(kube)["spec"]
+                assert spec["holderIdentity"] == "b" and spec["leaseTransitions"] == 1
+                assert spec["leaseDurationSeconds"] == 15
+                # a comes back: it sees b holding and does not fight
+                assert not await a.try_acquire_or_renew()
+            finally:
+                await api.close()
+
+    run(scenario())
+
+
+def test_only_one_wins_a_race_and_release_hands_over_at_once():
+    async def scenario():
+        async with cluster() as kube:
+            api = KubeAPI.from_kubeconfig(server=str(kube.url))
+            clock = Clock()
+            electors = [LeaderElector(api, MESH, f"r{i}", lease_seconds=15, clock=clock) for i in range(4)]
+            try:
+                # all create at once: one POST wins, the rest get 409
+                results = await asyncio.gather(*(e.try_acquire_or_renew() for e in electors))
+                assert results.count(True) == 1
+                holder = electors[results.index(True)]
+                # all observe, the lease "expires", all try at once: optimistic concurrency lets one win
+                others = [e for e in electors if e is not holder]
+                await asyncio.gather(*(e.try_acquire_or_renew() for e in others))
+                clock.now += 16
+                results = await asyncio.gather(*(e.try_acquire_or_renew() for e in others))
+                assert results.count(True) == 1
+                assert lease(kube)["spec"]["holderIdentity"] == others[results.index(True)].identity
+            finally:
+                await api.close()
+
+    run(scenario())
+
+
+def test_run_loops_one_leader_then_handover_on_shutdown():
+    async def scenario():
+        async with cluster() as kube:
+            api = KubeAPI.from_kubeconfig(server=str(kube.url))
+            changes: list[tuple[str, bool]] = []
+            metrics = {name: ControllerMetrics() for name in ("a", "b")}
+            electors = {name: LeaderElector(api, MESH, name, lease_seconds=15, renew_seconds=0.1, retry_seconds=0.05,
+                                            metrics=metrics[name],
+                                            on_change=lambda leader, n=name: changes.append((n, leader)))
+                        for name in ("a", "b")}
+            tasks = {name: asyncio.create_task(e.run()) for name, e in electors.items()}
+            try:
+                await until(lambda: any(e.is_leader for e in electors.values()), "a leader")
+                await asyncio.sleep(0.3)  # several renew/retry rounds: still exactly one
+                leaders = [n for n, e in electors.items() if e.is_leader]
+                assert len(leaders) == 1
+                first = leaders[0]
+                other = "b" if first == "a" else "a"
+                assert metrics[first].registry.get_sample_value("lightmesh_controller_is_leader") == 1
+                assert metrics[other].registry.get_sample_value("lightmesh_controller_is_leader") == 0
+                # the leader shuts down: it releases the Lease, the other takes over without waiting 15 s
+                tasks[first].cancel()
+                await asyncio.gather(tasks[first], return_exceptions=True)
+                assert not electors[first].is_leader
+                await until(lambda: electors[other].is_leader, "takeover after release", timeout=5)
+                assert lease(kube)["spec"]["holderIdentity"] == other
+                assert (first, True) in changes and (first, False) in changes and (other, True) in changes
+            finally:
+                for task in tasks.values():
+                    task.cancel()
+                await asyncio.gather(*tasks.values(), return_exceptions=True)
+                await api.close()
+
+    run(scenario())
+
+
+@contextlib.asynccontextmanager
+async def replica(kube, identity):
+    api = KubeAPI.from_kubeconfig(server=str(kube.url))
+    metrics = ControllerMetrics()
+    source = KubeSource(api, ObjectFilter.create(MESH), metrics=metrics)
+    elector = LeaderElector(api, MESH, identity, lease_seconds=15, renew_seconds=0.1, retry_seconds=0.05,
+                            metrics=metrics)
+    controller = Controller(Settings(mesh_namespace=MESH), source, store=ConfigStore(), metrics=metrics,
+                            kube_writer=KubeShadowWriter(api, MESH, metrics), elector=elector)
+    elector.on_change = controller.leadership_changed
+    task = asyncio.create_task(controller.run())
+    try:
+        yield controller, task
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await api.close()
+
+
+def writes(controller) -> float:
+    registry = controller.metrics.registry
+    return sum(registry.get_sample_value("lightmesh_controller_shadow_service_writes_total", {"action": a}) or 0
+               for a in ("create", "update", "delete"))
+
+
+def test_two_controllers_one_writes_both_serve():
+    def service(name, port):
+        return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "shop"},
+                "spec": {"selector": {"app": name}, "ports": [{"name": "main", "port": port, "protocol": "TCP"}]}}
+
+    async def scenario():
+        async with cluster() as kube:
+            kube.put_object(service("web", 80))
+            async with replica(kube, "one") as (one, one_task), replica(kube, "two") as (two, two_task):
+                await until(lambda: one.ready() and two.ready(), "both ready")
+                await until(lambda: shadow_name("shop", "web") in {
+                    s["metadata"]["name"] for s in kube.list_objects("v1", "services", MESH)}, "shadow written")
+                leader, follower = (one, two) if one.elector.is_leader else (two, one)
+                assert not follower.elector.is_leader
+                kube.put_object(service("api", 8080))
+                await until(lambda: shadow_name("shop", "api") in {
+                    s["metadata"]["name"] for s in kube.list_objects("v1", "services", MESH)}, "second shadow")
+                # both serve the same config (same hash) from their own caches; only the leader wrote
+                await until(lambda: one.config.hash == two.config.hash, "same config on both")
+                assert writes(leader) == 2 and writes(follower) == 0
+                # the leader goes away (releasing the Lease): the follower takes over and writes
+                leader_task = one_task if leader is one else two_task
+                leader_task.cancel()
+                await asyncio.gather(leader_task, return_exceptions=True)
+                await until(lambda: follower.elector.is_leader, "takeover", timeout=10)
+                kube.put_object(service("db", 5432))
+                await until(lambda: writes(follower) == 1, "the new leader writes")
+                assert follower.metrics.registry.get_sample_value("lightmesh_controller_is_leader") == 1
+
+    run(scenario())
