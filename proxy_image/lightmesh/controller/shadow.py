@@ -81,7 +81,11 @@ def desired_shadow_services(topology: Topology, ports: PortTable, settings: Sett
                 kept = [{k: v for k, v in p.items() if k in ("name", "port", "protocol", "targetPort")}
                         for p in spec.get("ports") or [] if isinstance(p, dict)]
                 if kept:
-                    out.append(_shadow(ns, name, kept, settings))
+                    shadow = _shadow(ns, name, kept, settings)
+                    old_name = (old.get("metadata") or {}).get("name")
+                    if isinstance(old_name, str) and old_name:
+                        shadow["metadata"]["name"] = old_name  # unchanged, whatever named it
+                    out.append(shadow)
     return sorted(out, key=lambda s: s["metadata"]["name"])
 
 

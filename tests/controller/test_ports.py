@@ -1,0 +1,101 @@
+"""Mesh port allocation: unique, in range, stable across rebuilds and controller restarts."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings as hsettings, strategies as st
+
+from lightmesh.controller.model import ClusterState, Settings
+from lightmesh.controller.ports import PortTable, allocate_ports
+from lightmesh.controller.shadow import desired_shadow_services
+from lightmesh.controller.topology import build_topology
+
+SETTINGS = Settings(tcp_port_limit=6, udp_port_limit=3, http_port_limit=2)
+
+
+def service(ns, name, ports, mode="tcp"):
+    protocol = "UDP" if mode == "udp" else "TCP"
+    return {"kind": "Service", "metadata": {"name": name, "namespace": ns,
+                                            "annotations": {"lightmesh.io/traffic-type": mode}},
+            "spec": {"ports": [{"port": p, "protocol": protocol} for p in ports]}}
+
+
+def allocate(services, shadows=(), previous=None, settings=SETTINGS):
+    topology = build_topology(ClusterState(services=services), settings)
+    return topology, allocate_ports(topology, shadows, settings, previous)
+
+
+SERVICES = st.lists(
+    st.tuples(st.sampled_from(["a", "b", "c"]), st.sampled_from(["x", "y", "z", "w"]),
+              st.lists(st.sampled_from([80, 81, 82]), min_size=1, max_size=2, unique=True),
+              st.sampled_from(["tcp", "udp", "http"])),
+    max_size=8, unique_by=lambda s: (s[0], s[1]))
+
+
+def to_objects(specs):
+    return [service(ns, name, ports, mode) for ns, name, ports, mode in specs]
+
+
+def check_table(table: PortTable, settings: Settings):
+    for kind in ("tcp", "udp"):
+        values = list(getattr(table, kind).values())
+        base, limit = getattr(settings, f"{kind}_port_base"), getattr(settings, f"{kind}_port_limit")
+        assert len(values) == len(set(values)), "a mesh port serves two service ports"
+        assert all(base <= v < base + limit for v in values)
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(SERVICES, SERVICES)
+def test_unique_in_range_and_stable_for_services_that_stay(before, after):
+    _, first = allocate(to_objects(before))
+    check_table(first, SETTINGS)
+    topology, second = allocate(to_objects(after), previous=first)
+    check_table(second, SETTINGS)
+    for kind in ("tcp", "udp"):
+        old, new = getattr(first, kind), getattr(second, kind)
+        for key, port in new.items():
+            if key in old:
+                assert old[key] == port, f"{key} moved from {old[key]} to {port}"
+        # freed when gone: nothing outside the current topology keeps a port
+        assert all(k[0] in topology.services for k in new)
+
+
+@hsettings(max_examples=100, deadline=None)
+@given(SERVICES)
+def test_a_restarted_controller_recovers_every_port_from_the_shadow_services(specs):
+    topology, first = allocate(to_objects(specs))
+    shadows = desired_shadow_services(topology, first, SETTINGS)
+    for s in shadows:
+        s["metadata"]["namespace"] = SETTINGS.mesh_namespace
+    _, recovered = allocate(list(reversed(to_objects(specs))), shadows=shadows)
+    assert (recovered.tcp, recovered.udp, recovered.http) == (first.tcp, first.udp, first.http)
+
+
+def test_new_service_sorted_first_does_not_take_an_existing_port():
+    _, first = allocate([service("zz", "late", [7000])])
+    assert first.tcp == {("zz/late", 7000): 10000}
+    _, second = allocate([service("aa", "new", [7000]), service("zz", "late", [7000])], previous=first)
+    assert second.tcp == {("aa/new", 7000): 10001, ("zz/late", 7000): 10000}
+
+
+def test_exhaustion_is_reported_for_that_service_only():
+    settings = Settings(tcp_port_limit=1)
+    _, table = allocate([service("a", "one", [1]), service("a", "two", [1])], settings=settings)
+    assert table.tcp == {("a/one", 1): 10000}
+    [err] = table.errors
+    assert (err.namespace, err.name) == ("a", "two") and "tcp port limit" in err.message
+
+
+def test_http_ports_are_shared_by_index_and_limited_per_service():
+    _, table = allocate([service("a", "web", [80, 81, 82], "http"), service("b", "api", [8080], "http")])
+    assert table.http == {("a/web", 80): 5000, ("a/web", 81): 5001, ("b/api", 8080): 5000}
+    [err] = table.errors
+    assert err.name == "web" and "http port limit" in err.message
+    assert table.mesh_port("a/web", 81, "http") == 5001 and table.mesh_port("a/web", 82, "http") is None
+
+
+def test_changing_traffic_type_moves_the_port_to_the_new_range():
+    _, first = allocate([service("a", "s", [53], "tcp")])
+    shadows = [{"metadata": {"labels": {"lightmesh.io/service-name": "s", "lightmesh.io/service-namespace": "a"}},
+                "spec": {"ports": [{"port": 53, "protocol": "TCP", "targetPort": 10000}]}}]
+    _, second = allocate([service("a", "s", [53], "udp")], shadows=shadows, previous=first)
+    assert second.tcp == {} and second.udp == {("a/s", 53): 15000}

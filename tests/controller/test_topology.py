@@ -1,0 +1,384 @@
+"""Topology: version normalization, endpoint rules, and the promise that no object ever breaks a build."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from lightmesh.controller.build import build
+from lightmesh.controller.model import ClusterState, ObjectError, Settings
+from lightmesh.controller.topology import HTTPMatch, build_topology, parse_weight
+
+
+def svc(name, ns="app", ports=None, annotations=None, **spec):
+    meta = {"name": name, "namespace": ns}
+    if annotations:
+        meta["annotations"] = annotations
+    return {"apiVersion": "v1", "kind": "Service", "metadata": meta,
+            "spec": {"ports": ports or [{"port": 80}], **spec}}
+
+
+def pod(name, ip, sa="default", ns="app", phase="Running"):
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
+            "spec": {"serviceAccountName": sa}, "status": {"phase": phase, "podIP": ip}}
+
+
+def eps(service, endpoints, ports=None, ns="app"):
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": f"{service}-x", "namespace": ns, "labels": {"kubernetes.io/service-name": service}},
+            "ports": ports if ports is not None else [{"port": 8080}], "endpoints": endpoints}
+
+
+def group(name, matches, version="v1alpha4", ns="app"):
+    return {"apiVersion": f"specs.smi-spec.io/{version}", "kind": "HTTPRouteGroup",
+            "metadata": {"name": name, "namespace": ns}, "spec": {"matches": matches}}
+
+
+# ---------------------------------------------------------------------------- versions
+
+
+@pytest.mark.parametrize("value, quantity, expected", [
+    (50, False, 50), ("50", False, 50), (0, False, 0), (-1, False, None), (True, False, None), ("1.5", False, None),
+    ("500m", True, 500), ("1", True, 1000), (1, True, 1000), ("1.5", True, 1500), ("2k", True, 2_000_000),
+    (0.25, True, 250), ("abc", True, None), (None, True, None),
+])
+def test_split_weights_across_versions(value, quantity, expected):
+    assert parse_weight(value, quantity) == expected
+
+
+def test_headers_as_map_or_list_of_one_key_maps_mean_the_same():
+    state = ClusterState(http_route_groups=[
+        group("new", [{"name": "m", "headers": {"X-A": "1", "x-b": "2"}}], "v1alpha4"),
+        group("old", [{"name": "m", "headers": [{"X-A": "1"}, {"x-b": "2"}]}], "v1alpha2"),
+    ], traffic_targets=[
+        {"apiVersion": "access.smi-spec.io/v1alpha3", "kind": "TrafficTarget",
+         "metadata": {"name": f"t-{g}", "namespace": "app"},
+         "spec": {"destination": {"kind": "ServiceAccount", "name": "x"},
+                  "rules": [{"kind": "HTTPRouteGroup", "name": g}]}} for g in ("new", "old")])
+    t = build_topology(state, Settings())
+    assert t.errors == ()
+    assert t.traffic_targets[0].http_matches == t.traffic_targets[1].http_matches == (
+        HTTPMatch("m", None, (), (("x-a", "1"), ("x-b", "2"))),)
+
+
+def test_v1alpha1_traffic_target_uses_specs_and_sources_default_to_its_namespace():
+    state = ClusterState(
+        pods=[pod("c", "10.0.0.5", sa="client")],
+        http_route_groups=[group("g", [{"name": "all"}], "v1alpha1")],
+        traffic_targets=[{"apiVersion": "access.smi-spec.io/v1alpha1", "kind": "TrafficTarget",
+                          "metadata": {"name": "t", "namespace": "app"},
+                          "spec": {"destination": {"kind": "ServiceAccount", "name": "server", "port": "8080"},
+                                   "sources": [{"kind": "ServiceAccount", "name": "client"}],
+                                   "specs": [{"kind": "HTTPRouteGroup", "name": "g", "matches": ["all"]}]}}])
+    [tt] = build_topology(state, Settings()).traffic_targets
+    assert (tt.destination, tt.destination_port, tt.sources, tt.source_ips) == (
+        "app/server", 8080, ("app/client",), ("10.0.0.5",))
+    assert len(tt.http_matches) == 1
+
+
+@pytest.mark.parametrize("path, matches, misses", [
+    ("/api", ["/api", "/api/v1"], ["/", "/x/api"]),
+    ("api", ["/api", "/api/v1"], ["/x/api"]),
+    ("^/api", ["/api"], ["/x/api"]),
+    (".*", ["/", "/anything"], []),
+])
+def test_path_regex_is_anchored_at_the_start_like_smi_and_traefik(path, matches, misses):
+    import re
+
+    state = ClusterState(http_route_groups=[group("g", [{"name": "m", "pathRegex": path}])])
+    t = build_topology(state, Settings())
+    assert t.errors == ()
+    state = ClusterState(http_route_groups=state.http_route_groups, traffic_targets=[
+        {"apiVersion": "access.smi-spec.io/v1alpha3", "kind": "TrafficTarget", "metadata": {"name": "t", "namespace": "app"},
+         "spec": {"destination": {"kind": "ServiceAccount", "name": "s"}, "rules": [{"kind": "HTTPRouteGroup", "name": "g"}]}}])
+    [m] = build_topology(state, Settings()).traffic_targets[0].http_matches
+    assert all(re.match(m.path_regex, p) for p in matches)
+    assert not any(re.match(m.path_regex, p) for p in misses)
+
+
+# ---------------------------------------------------------------------------- services and endpoints
+
+
+def test_endpoint_identity_by_target_ref_else_by_ip_and_ready_rules():
+    state = ClusterState(
+        services=[svc("web", ports=[{"port": 80, "targetPort": 8080}])],
+        pods=[pod("a", "10.0.0.1", "web"), pod("b", "10.0.0.2", "web"), pod("done", "10.0.0.3", "web", phase="Failed")],
+        endpoint_slices=[eps("web", [
+            {"addresses": ["10.0.0.1"], "targetRef": {"kind": "Pod", "name": "a"}},
+            {"addresses": ["10.0.0.2"], "conditions": {"ready": None}},
+            {"addresses": ["10.0.0.3"], "conditions": {"ready": True}},
+            {"addresses": ["10.0.0.4"], "conditions": {"ready": False}},
+        ])])
+    [p] = build_topology(state, Settings()).services["app/web"].ports
+    assert [(e.ip, e.port, e.pod, e.service_account) for e in p.endpoints] == [
+        ("10.0.0.1", 8080, "app/a", "app/web"), ("10.0.0.2", 8080, "app/b", "app/web"), ("10.0.0.3", 8080, None, None)]
+
+
+def test_named_target_port_is_resolved_per_slice_port_name():
+    state = ClusterState(
+        services=[svc("web", ports=[{"name": "http", "port": 80, "targetPort": "web"},
+                                    {"name": "metrics", "port": 9090, "targetPort": "metrics"}])],
+        endpoint_slices=[
+            eps("web", [{"addresses": ["10.0.0.1"]}], [{"name": "http", "port": 8080}, {"name": "metrics", "port": 9100}]),
+            eps("web", [{"addresses": ["10.0.0.2"]}], [{"name": "http", "port": 8081}]),
+        ])
+    http, metrics = build_topology(state, Settings()).services["app/web"].ports
+    assert [(e.ip, e.port) for e in http.endpoints] == [("10.0.0.1", 8080), ("10.0.0.2", 8081)]
+    assert [(e.ip, e.port) for e in metrics.endpoints] == [("10.0.0.1", 9100)]
+
+
+def test_bad_annotation_leaves_the_service_out_and_names_key_and_value():
+    state = ClusterState(services=[svc("broken", annotations={"lightmesh.io/retry-attempts": "many"}), svc("ok")])
+    result = build(state, Settings(), 1)
+    assert list(result.topology.services) == ["app/ok"]
+    [err] = result.errors
+    assert (err.kind, err.namespace, err.name) == ("Service", "app", "broken")
+    assert "lightmesh.io/retry-attempts" in err.field and "'many'" in err.message
+    api = json.dumps(result.topology_json())
+    assert "retry-attempts" in api and "many" in api
+    assert [r.name for r in result.config.http.routers] == ["app/ok:80"]
+
+
+def test_default_mode_and_suitable_ports():
+    state = ClusterState(services=[svc("dns", ports=[{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}])])
+    t = build_topology(state, Settings(default_mode="udp"))
+    assert [(p.port, p.protocol) for p in t.services["app/dns"].ports] == [(53, "UDP")]
+    t = build_topology(state, Settings(default_mode="tcp"))
+    assert [(p.port, p.protocol) for p in t.services["app/dns"].ports] == [(53, "TCP")]
+
+
+def test_settings_reject_bad_flags():
+    with pytest.raises(ValueError):
+        Settings(default_mode="grpc")
+    with pytest.raises(ValueError):
+        Settings(listen_mode="everywhere")
+    with pytest.raises(ValueError):
+        Settings(tcp_port_base=65530, tcp_port_limit=25)
+
+
+def test_cluster_state_from_objects_sorts_kinds():
+    shadow = svc("lm-x-1", ns="lightmesh")
+    shadow["metadata"]["labels"] = {"app.kubernetes.io/managed-by": "lightmesh-controller"}
+    gateway_route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "TCPRoute", "metadata": {"name": "r"}}
+    smi_route = {"apiVersion": "specs.smi-spec.io/v1alpha4", "kind": "TCPRoute", "metadata": {"name": "r"}}
+    state = ClusterState.from_objects([svc("a"), shadow, pod("p", "10.0.0.1"), gateway_route, smi_route, "junk",
+                                       {"kind": "ConfigMap"}])
+    assert [s["metadata"]["name"] for s in state.services] == ["a"]
+    assert [s["metadata"]["name"] for s in state.shadow_services] == ["lm-x-1"]
+    assert len(state.pods) == 1 and state.tcp_routes == (smi_route,)
+
+
+def test_object_errors_sort_and_serialize():
+    a = ObjectError("Service", "b", "x", "f", "m")
+    b = ObjectError("Service", "a", "y", "f", "m")
+    assert sorted([a, b]) == [b, a]
+    assert json.loads(json.dumps(a.to_dict())) == {"kind": "Service", "namespace": "b", "name": "x", "field": "f",
+                                                   "message": "m"}
+    assert str(a) == "Service b/x f: m"
+
+
+# ---------------------------------------------------------------------------- never raise
+
+NAMES = st.integers(0, 9).flatmap(lambda i: st.sampled_from(["kube-system", "lightmesh", "Bad_Name", "", "x" * 70])
+                                   if i == 9 else st.sampled_from(["a", "b", "web", "default"]))
+IPS = st.sampled_from(["10.0.0.1", "10.0.0.2", "10.0.0.3", "fd00::1", "127.1.0.1", "None", "999.1.1.1", ""])
+JUNK = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-3, 70_000), st.floats(allow_nan=True), st.text(max_size=6)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=4), inner, max_size=3)),
+    max_leaves=6)
+
+
+def maybe(strategy):
+    """Usually the well-formed value, sometimes anything at all (nested: keep junk rare enough
+    that whole well-formed objects, and so deep code paths, are common too)."""
+    return st.integers(0, 11).flatmap(lambda i: JUNK if i == 11 else strategy)  # shrinks towards valid
+
+
+ANNOTATION_VALUES = st.sampled_from(["http", "tcp", "udp", "h2c", "https", "2", "0", "many", "5s", "1m", "-1",
+                                     "NetworkErrorRatio() > 0.5", "LatencyAtQuantileMS(50.0) > 100", "(", "100"])
+ANNOTATIONS = st.dictionaries(
+    st.sampled_from([p + k for p in ("lightmesh.io/", "mesh.traefik.io/", "maesh.containo.us/")
+                     for k in ("traffic-type", "scheme", "retry-attempts", "circuit-breaker-expression",
+                               "ratelimit-average", "ratelimit-burst", "request-timeout")]),
+    maybe(ANNOTATION_VALUES), max_size=4)
+PORT = st.fixed_dictionaries({"port": maybe(st.sampled_from([80, 81, 53, 8080])),
+                              "protocol": maybe(st.sampled_from(["TCP", "UDP", "SCTP"])),
+                              "name": maybe(st.sampled_from(["", "http", "dns"])),
+                              "targetPort": maybe(st.sampled_from([8080, "http", "dns", 0, "80"]))})
+META = st.fixed_dictionaries({"name": maybe(NAMES), "namespace": maybe(NAMES)})
+SERVICE = st.fixed_dictionaries({
+    "kind": st.just("Service"),
+    "metadata": maybe(st.fixed_dictionaries({"name": maybe(NAMES), "namespace": maybe(NAMES),
+                                             "annotations": maybe(ANNOTATIONS)})),
+    "spec": maybe(st.fixed_dictionaries({"ports": maybe(st.lists(maybe(PORT), max_size=4)),
+                                         "type": maybe(st.sampled_from(["ClusterIP", "ExternalName"])),
+                                         "clusterIP": maybe(IPS)}))})
+POD = st.fixed_dictionaries({
+    "metadata": maybe(META),
+    "spec": maybe(st.fixed_dictionaries({"serviceAccountName": maybe(NAMES)})),
+    "status": maybe(st.fixed_dictionaries({"phase": maybe(st.sampled_from(["Running", "Failed"])), "podIP": maybe(IPS),
+                                           "podIPs": maybe(st.lists(st.fixed_dictionaries({"ip": IPS}), max_size=2))}))})
+SLICE = st.fixed_dictionaries({
+    "metadata": maybe(st.fixed_dictionaries({"name": NAMES, "namespace": maybe(NAMES),
+                                             "labels": maybe(st.fixed_dictionaries({"kubernetes.io/service-name": maybe(NAMES)}))})),
+    "addressType": maybe(st.sampled_from(["IPv4", "IPv6", "FQDN"])),
+    "ports": maybe(st.lists(maybe(st.fixed_dictionaries({"name": maybe(st.sampled_from(["", "http", "dns"])),
+                                                         "port": maybe(st.sampled_from([8080, 53, 0])),
+                                                         "protocol": maybe(st.sampled_from(["TCP", "UDP"]))})),
+                            max_size=3)),
+    "endpoints": maybe(st.lists(maybe(st.fixed_dictionaries({
+        "addresses": maybe(st.lists(maybe(IPS), max_size=2)),
+        "conditions": maybe(st.fixed_dictionaries({"ready": maybe(st.booleans())})),
+        "targetRef": maybe(st.fixed_dictionaries({"kind": st.just("Pod"), "name": maybe(NAMES)}))})), max_size=4))})
+MATCH = st.fixed_dictionaries({"name": maybe(NAMES), "pathRegex": maybe(st.sampled_from(["/api", "api", "(", ".*"])),
+                               "methods": maybe(st.lists(maybe(st.sampled_from(["GET", "*", "B AD"])), max_size=2)),
+                               "headers": maybe(st.one_of(st.dictionaries(st.sampled_from(["X-A", "bad header"]),
+                                                                          maybe(st.sampled_from(["a", "["]))),
+                                                          st.lists(st.dictionaries(st.sampled_from(["X-B"]),
+                                                                                   st.sampled_from(["b"])))))})
+REF = st.fixed_dictionaries({"kind": maybe(st.sampled_from(["ServiceAccount", "HTTPRouteGroup", "TCPRoute",
+                                                            "UDPRoute", "Group"])),
+                             "name": maybe(NAMES), "namespace": maybe(NAMES),
+                             "matches": maybe(st.lists(maybe(NAMES), max_size=2)),
+                             "port": maybe(st.sampled_from([8080, "8080", 0]))})
+SMI_VERSION = st.sampled_from(["v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4"])
+GROUP = st.builds(lambda v, m, s: {"apiVersion": f"specs.smi-spec.io/{v}", "kind": "HTTPRouteGroup", "metadata": m,
+                                   "spec": {"matches": s}}, SMI_VERSION, maybe(META), maybe(st.lists(maybe(MATCH), max_size=3)))
+L4ROUTE = st.builds(lambda m, p: {"metadata": m, "spec": {"matches": {"ports": p}}}, maybe(META),
+                    maybe(st.lists(maybe(st.sampled_from([80, 53, "x"])), max_size=2)))
+TARGET = st.builds(lambda v, m, d, s, r: {"apiVersion": f"access.smi-spec.io/{v}", "metadata": m,
+                                          "spec": {"destination": d, "sources": s, "rules": r}},
+                   SMI_VERSION, maybe(META), maybe(REF), maybe(st.lists(maybe(REF), max_size=2)),
+                   maybe(st.lists(maybe(REF), max_size=3)))
+SPLIT = st.builds(lambda v, m, root, b, mt: {"apiVersion": f"split.smi-spec.io/{v}", "metadata": m,
+                                             "spec": {"service": root, "backends": b, "matches": mt}},
+                  SMI_VERSION, maybe(META), maybe(NAMES),
+                  maybe(st.lists(maybe(st.fixed_dictionaries({"service": maybe(NAMES),
+                                                              "weight": maybe(st.sampled_from([0, 1, 50, "500m", "1"]))})),
+                                 max_size=3)),
+                  maybe(st.lists(maybe(REF), max_size=2)))
+SHADOW = st.builds(lambda name, ns, ip, ports: {
+    "metadata": {"name": "lm-x", "namespace": "lightmesh",
+                 "labels": {"lightmesh.io/service-name": name, "lightmesh.io/service-namespace": ns}},
+    "spec": {"clusterIP": ip, "ports": ports}}, maybe(NAMES), maybe(NAMES), maybe(IPS),
+    maybe(st.lists(st.fixed_dictionaries({"port": maybe(st.sampled_from([80, 53])),
+                                          "protocol": maybe(st.sampled_from(["TCP", "UDP"])),
+                                          "targetPort": maybe(st.sampled_from([5000, 10000, 10001, 15000, 9]))}),
+                   max_size=3)))
+
+STATES = st.builds(
+    ClusterState,
+    services=st.lists(maybe(SERVICE), max_size=6), endpoint_slices=st.lists(maybe(SLICE), max_size=5),
+    pods=st.lists(maybe(POD), max_size=5), traffic_targets=st.lists(maybe(TARGET), max_size=3),
+    http_route_groups=st.lists(maybe(GROUP), max_size=3), tcp_routes=st.lists(maybe(L4ROUTE), max_size=2),
+    udp_routes=st.lists(maybe(L4ROUTE), max_size=2), traffic_splits=st.lists(maybe(SPLIT), max_size=3),
+    shadow_services=st.lists(maybe(SHADOW), max_size=4))
+SETTINGS = st.builds(Settings, acl=st.booleans(), default_mode=st.sampled_from(["http", "tcp", "udp"]),
+                     listen_mode=st.sampled_from(["node", "shadow-ip"]), tcp_port_limit=st.integers(0, 3),
+                     http_port_limit=st.integers(0, 3), udp_port_limit=st.integers(0, 2))
+
+
+@hsettings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(STATES, SETTINGS)
+def test_no_object_ever_breaks_the_build(state, settings):
+    result = build(state, settings, 3)  # a ConfigError or any exception here is a bug
+    json.dumps(result.topology_json())
+    json.dumps(result.topology.to_dict())
+    assert result.errors == sorted(set(result.errors))
+    if settings.acl:  # default deny: every router refuses or filters by source first; L4 always filters
+        middlewares = {m.name: m.type for m in result.config.http.middlewares}
+        for router in result.config.http.routers:
+            assert router.middlewares and middlewares[router.middlewares[0]] in ("deny", "allow_list"), router
+        assert all(r.allowed_sources is not None for r in [*result.config.tcp, *result.config.udp])
+    else:
+        assert all(r.allowed_sources is None for r in [*result.config.tcp, *result.config.udp])
+    if settings.listen_mode == "node":
+        for ep in result.config.http.entry_points:
+            assert settings.http_port_base <= ep.port < settings.http_port_base + settings.http_port_limit
+
+
+# Well-formed objects from a small universe, so references resolve and the deep paths (targets,
+# splits, ACL, stable ports, shadow IPs) run on most examples.
+def _good_states():
+    svc_names, sas, ips = st.sampled_from(["a", "b", "c"]), st.sampled_from(["sa1", "sa2"]), st.sampled_from(
+        ["10.0.0.1", "10.0.0.2", "10.0.0.3", "fd00::1"])
+    port = st.fixed_dictionaries({"port": st.sampled_from([80, 81, 53]),
+                                  "protocol": st.sampled_from(["TCP", "TCP", "UDP"]),
+                                  "name": st.sampled_from(["", "http", "dns"]),
+                                  "targetPort": st.sampled_from([8080, "http", "dns"])})
+    annotations = st.dictionaries(st.sampled_from(["lightmesh.io/traffic-type", "lightmesh.io/retry-attempts",
+                                                   "lightmesh.io/ratelimit-average", "lightmesh.io/ratelimit-burst",
+                                                   "lightmesh.io/scheme", "lightmesh.io/request-timeout"]),
+                                  st.sampled_from(["http", "tcp", "udp", "2", "5", "h2c", "1s"]), max_size=2)
+    service = st.builds(lambda n, a, p: {"kind": "Service", "metadata": {"name": n, "namespace": "ns", "annotations": a},
+                                         "spec": {"ports": p}},
+                        svc_names, annotations, st.lists(port, min_size=1, max_size=3, unique_by=lambda p: p["port"]))
+    pod_ = st.builds(lambda i, sa, ip: {"metadata": {"name": f"p{i}", "namespace": "ns"},
+                                        "spec": {"serviceAccountName": sa}, "status": {"phase": "Running", "podIP": ip}},
+                     st.integers(1, 4), sas, ips)
+    slice_ = st.builds(lambda n, eps: {"metadata": {"name": "s", "namespace": "ns", "labels": {"kubernetes.io/service-name": n}},
+                                       "ports": [{"name": "", "port": 8080}, {"name": "http", "port": 8081},
+                                                 {"name": "dns", "port": 53, "protocol": "UDP"}],
+                                       "endpoints": eps},
+                       svc_names, st.lists(st.builds(lambda ip, ready, i: {"addresses": [ip], "conditions": {"ready": ready},
+                                                                           **({"targetRef": {"kind": "Pod", "name": f"p{i}"}} if i else {})},
+                                                     ips, st.sampled_from([True, True, False, None]), st.integers(0, 4)),
+                                           min_size=1, max_size=4))
+    match = st.fixed_dictionaries({"name": st.sampled_from(["m1", "m2"]), "pathRegex": st.sampled_from(["/api", ".*"]),
+                                   "methods": st.sampled_from([["GET"], ["*"], []]),
+                                   "headers": st.sampled_from([{}, {"X-A": "a"}])})
+    group_ = st.builds(lambda n, m: {"apiVersion": "specs.smi-spec.io/v1alpha4", "kind": "HTTPRouteGroup",
+                                     "metadata": {"name": n, "namespace": "ns"}, "spec": {"matches": m}},
+                       st.sampled_from(["g1", "g2"]), st.lists(match, max_size=2))
+    route = st.builds(lambda p: {"metadata": {"name": "r1", "namespace": "ns"}, "spec": {"matches": {"ports": p}}},
+                      st.sampled_from([[], [80], [53]]))
+    rule = st.one_of(st.builds(lambda g, m: {"kind": "HTTPRouteGroup", "name": g, "matches": m},
+                               st.sampled_from(["g1", "g2"]), st.sampled_from([[], ["m1"], ["m2", "zz"]])),
+                     st.sampled_from([{"kind": "TCPRoute", "name": "r1"}, {"kind": "UDPRoute", "name": "r1"}]))
+    target = st.builds(lambda i, d, s, r, port: {"apiVersion": "access.smi-spec.io/v1alpha3",
+                                                 "metadata": {"name": f"t{i}", "namespace": "ns"},
+                                                 "spec": {"destination": {"kind": "ServiceAccount", "name": d, **port},
+                                                          "sources": [{"kind": "ServiceAccount", "name": x} for x in s],
+                                                          "rules": r}},
+                       st.integers(1, 3), sas, st.lists(sas, max_size=2), st.lists(rule, max_size=3),
+                       st.sampled_from([{}, {"port": 8080}, {"port": 53}]))
+    split = st.builds(lambda i, root, b, m: {"apiVersion": "split.smi-spec.io/v1alpha4",
+                                             "metadata": {"name": f"s{i}", "namespace": "ns"},
+                                             "spec": {"service": root, "backends": b, "matches": m}},
+                      st.integers(1, 3), svc_names,
+                      st.lists(st.fixed_dictionaries({"service": svc_names, "weight": st.integers(0, 100)}), max_size=3),
+                      st.sampled_from([[], [{"kind": "HTTPRouteGroup", "name": "g1"}]]))
+    shadow = st.builds(lambda n, ip, ports: {
+        "metadata": {"name": f"lm-{n}", "namespace": "lightmesh",
+                     "labels": {"lightmesh.io/service-name": n, "lightmesh.io/service-namespace": "ns"}},
+        "spec": {"clusterIP": ip, "ports": ports}}, svc_names, st.sampled_from(["127.1.0.1", "127.1.0.2", "None"]),
+        st.lists(st.fixed_dictionaries({"port": st.sampled_from([80, 81, 53]), "protocol": st.sampled_from(["TCP", "UDP"]),
+                                        "targetPort": st.sampled_from([10000, 10001, 15000, 5000])}), max_size=3))
+    return st.builds(ClusterState, services=st.lists(service, min_size=1, max_size=4),
+                     endpoint_slices=st.lists(slice_, min_size=1, max_size=4),
+                     pods=st.lists(pod_, min_size=2, max_size=4), traffic_targets=st.lists(target, max_size=3),
+                     http_route_groups=st.lists(group_, max_size=2), tcp_routes=st.lists(route, max_size=1),
+                     udp_routes=st.lists(route, max_size=1), traffic_splits=st.lists(split, max_size=2),
+                     shadow_services=st.lists(shadow, max_size=3))
+
+
+GOOD_STATES = _good_states()
+GOOD_SETTINGS = st.builds(Settings, acl=st.booleans(), default_mode=st.sampled_from(["http", "tcp", "udp"]),
+                          listen_mode=st.sampled_from(["node", "shadow-ip"]), tcp_port_limit=st.integers(1, 3),
+                          http_port_limit=st.integers(1, 3), udp_port_limit=st.integers(1, 2))
+
+
+@hsettings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(GOOD_STATES, GOOD_SETTINGS)
+def test_well_formed_clusters_build_and_keep_the_acl_promises(state, settings):
+    test_no_object_ever_breaks_the_build.hypothesis.inner_test(state, settings)
+    result = build(state, settings, 1)
+    assert not [e for e in result.errors if "internal" in e.message]
+    # every server the config forwards to is a ready endpoint of a meshed service
+    endpoints = {(e.ip, e.port) for s in result.topology.services.values() for p in s.ports for e in p.endpoints}
+    for service in result.config.http.services:
+        for server in service.servers:
+            host, port = server.url.split("://")[1].rsplit(":", 1)
+            assert (host.strip("[]"), int(port)) in endpoints
