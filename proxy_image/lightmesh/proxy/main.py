@@ -238,6 +238,7 @@ class Supervisor:
         self.stopping = False
         self._stop = asyncio.Event()
         self._snapshot_ids = 0
+        self._refused_versions: set = set()
         self._tasks: set[asyncio.Task] = set()
         self.source = None
         self.admin = None
@@ -316,7 +317,9 @@ class Supervisor:
             try:
                 msg = await read_message(reader)
             except ValueError as exc:
-                log.error("worker %d: bad control message: %s", worker.index, exc)
+                log.error("worker %d: bad control message (%s): killing it", worker.index, exc)
+                with contextlib.suppress(ProcessLookupError):
+                    worker.proc.kill()
                 msg = None
             if msg is None:
                 break
@@ -341,6 +344,9 @@ class Supervisor:
         elif kind == "refused":
             worker.last_error = msg.get("error")
             self._record_error(f"worker {worker.index}: {msg.get('error')}")
+            if msg.get("version") not in self._refused_versions:  # once per config, not per worker
+                self._refused_versions.add(msg.get("version"))
+                self.metrics.config_failed()
         elif kind == "snapshot":
             fut = worker.pending.pop(msg.get("id"), None)
             if fut is not None and not fut.done():
@@ -433,7 +439,8 @@ class Supervisor:
     # ------------------------------------------------------------------ AdminState
 
     def ready(self) -> bool:
-        return (self.config is not None and self.config.version >= 1
+        # Not ready while draining: the endpoint leaves the Service before connections are cut.
+        return (not self.stopping and self.config is not None and self.config.version >= 1
                 and any(w.alive and w.applied_version >= 1 for w in self.workers))
 
     async def snapshots(self) -> list[dict]:
@@ -533,6 +540,8 @@ async def _worker(fd: int) -> int:
         return 2
     options = init.get("options") or {}
     setup_logging(options.get("log_level", "info"), options.get("log_format", "text"))
+    if (options.get("http") or {}).get("access_log"):
+        logging.getLogger("lightmesh.access").setLevel(logging.INFO)  # whatever --log-level says
     wlog = logging.getLogger(f"lightmesh.proxy.worker{init.get('index', '')}")
     metrics = metrics_mod.ProxyMetrics()
     runtime = Runtime(metrics, _build_runtime_options(options), loop)
