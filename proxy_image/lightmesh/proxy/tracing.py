@@ -1,0 +1,135 @@
+"""W3C Trace Context for the HTTP proxy and, when configured, one OpenTelemetry span per request.
+
+Owns :func:`make_tracer` (an OTLP/HTTP exporting :class:`RequestTracer` from an endpoint string),
+:class:`RequestTracer` (what :class:`~lightmesh.proxy.http.HTTPOptions` ``tracer`` holds) and the
+``traceparent`` codec (:func:`parse_traceparent`, :func:`format_traceparent`).
+
+Tracing off (``HTTPOptions.tracer is None``): the proxy never calls into this module and
+``traceparent``/``tracestate`` pass through untouched like any other end-to-end header.
+
+Tracing on: per proxied request :meth:`RequestTracer.start` continues the incoming
+``traceparent`` (a malformed one is ignored: a new trace starts), opens a span (kind SERVER, named
+after the router) and returns a :class:`RequestSpan` whose ``traceparent`` replaces the incoming one
+on the upstream request (same trace id, the proxy span as parent). :meth:`RequestSpan.end` sets the
+attributes ``service``, ``route``, ``upstream`` (server URL), ``http.status_code`` and ``retries``
+(plus ``http.method``, ``http.host``, ``http.target``) and ends the span; 5xx marks it as an error.
+Sampling is parent-based with ``sample_ratio`` for new traces; a span sampled out still propagates
+a fresh span id with the sampled flag cleared.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+__all__ = ["make_tracer", "RequestTracer", "RequestSpan", "parse_traceparent", "format_traceparent"]
+
+_TRACEPARENT = re.compile(rb"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
+
+
+def parse_traceparent(value: bytes | str | None) -> tuple[int, int, int] | None:
+    """``traceparent`` → (trace id, parent span id, flags), or None when absent or invalid
+    (version ff, all-zero ids, bad hex, wrong lengths; a version-00 header must have 4 fields)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.encode("latin-1", "replace")
+    m = _TRACEPARENT.match(value.strip().lower())
+    if m is None:
+        return None
+    version, trace_id, span_id, flags, rest = m.groups()
+    if version == b"ff" or (version == b"00" and rest):
+        return None
+    tid, sid = int(trace_id, 16), int(span_id, 16)
+    if not tid or not sid:
+        return None
+    return tid, sid, int(flags, 16)
+
+
+def format_traceparent(trace_id: int, span_id: int, flags: int) -> bytes:
+    return b"00-%032x-%016x-%02x" % (trace_id, span_id, flags & 0xFF)
+
+
+class RequestSpan:
+    """One request's span. ``traceparent``: the header value to send upstream."""
+
+    __slots__ = ("span", "traceparent", "attrs")
+
+    def __init__(self, span: Any, traceparent: bytes, attrs: dict) -> None:
+        self.span = span
+        self.traceparent = traceparent
+        self.attrs = attrs
+
+    def end(self, status: int, retries: int, upstream: str) -> None:
+        span = self.span
+        if span.is_recording():
+            from opentelemetry.trace import Status, StatusCode
+
+            attrs = self.attrs
+            attrs["http.status_code"] = status
+            attrs["retries"] = retries
+            attrs["upstream"] = upstream
+            span.set_attributes(attrs)
+            if status >= 500:
+                span.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
+        span.end()
+
+
+class RequestTracer:
+    """Starts :class:`RequestSpan`s on an OpenTelemetry ``Tracer``. ``provider`` (optional) is shut
+    down (flushing its exporter) by :meth:`shutdown`."""
+
+    def __init__(self, tracer: Any, provider: Any = None) -> None:
+        from opentelemetry import trace
+        from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+
+        self.tracer = tracer
+        self.provider = provider
+        self._trace = trace
+        self._span_context = SpanContext
+        self._non_recording = NonRecordingSpan
+        self._flags = TraceFlags
+        self._kind = SpanKind.SERVER
+
+    def start(self, traceparent: bytes | None, route: str, service: str, method: str, host: str,
+              path: bytes) -> RequestSpan:
+        parent = parse_traceparent(traceparent)
+        context = None
+        if parent is not None:
+            remote = self._span_context(trace_id=parent[0], span_id=parent[1], is_remote=True,
+                                        trace_flags=self._flags(parent[2] & 0x01))
+            context = self._trace.set_span_in_context(self._non_recording(remote))
+        span = self.tracer.start_span(route, context=context, kind=self._kind)
+        ctx = span.get_span_context()
+        attrs = {"service": service, "route": route, "http.method": method, "http.host": host,
+                 "http.target": path.decode("latin-1")}
+        return RequestSpan(span, format_traceparent(ctx.trace_id, ctx.span_id, int(ctx.trace_flags)), attrs)
+
+    def shutdown(self) -> None:
+        if self.provider is not None:
+            self.provider.shutdown()
+
+
+def make_tracer(endpoint: str, service_name: str = "lightmesh-proxy", sample_ratio: float = 1.0, *,
+                exporter: Any = None, batch: bool = True) -> RequestTracer:
+    """A tracer exporting with OTLP/HTTP to ``endpoint`` (``http://collector:4318``; ``/v1/traces``
+    is appended unless the endpoint already names a path). ``exporter`` replaces the OTLP exporter
+    (tests: an in-memory one); ``batch=False`` exports each span as it ends."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    if not 0.0 <= sample_ratio <= 1.0:
+        raise ValueError(f"sample_ratio must be between 0 and 1, got {sample_ratio!r}")
+    if exporter is None:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        url = endpoint.rstrip("/")
+        if url.count("/") <= 2:  # scheme://host:port without a path
+            url += "/v1/traces"
+        exporter = OTLPSpanExporter(endpoint=url)
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}),
+                              sampler=ParentBased(TraceIdRatioBased(sample_ratio)))
+    provider.add_span_processor(BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter))
+    return RequestTracer(provider.get_tracer("lightmesh.proxy"), provider)

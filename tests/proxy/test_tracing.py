@@ -1,0 +1,123 @@
+"""traceparent handling and one span per proxied request (in-memory exporter and a real OTLP receiver)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from lightmesh.proxy.http import HTTPOptions
+from lightmesh.proxy.tracing import format_traceparent, make_tracer, parse_traceparent
+
+from .backends import Backend, ProxyUnderTest, closed_port, on_uvloop, request, simple_config
+
+INCOMING = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def test_parse_traceparent():
+    assert parse_traceparent(INCOMING) == (0x0af7651916cd43dd8448eb211c80319c, 0xb7ad6b7169203331, 1)
+    assert parse_traceparent(INCOMING.upper().encode()) is not None
+    for bad in (None, "", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331", "ff" + INCOMING[2:],
+                "00-" + "0" * 32 + "-b7ad6b7169203331-01", "00-0af7651916cd43dd8448eb211c80319c-" + "0" * 16 + "-01",
+                INCOMING + "-extra", "00-0af7651916cd43dd8448eb211c80319g-b7ad6b7169203331-01"):
+        assert parse_traceparent(bad) is None, bad
+    # a future version may carry more fields
+    assert parse_traceparent("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x") is not None
+
+
+@given(st.integers(1, 2**128 - 1), st.integers(1, 2**64 - 1), st.integers(0, 255))
+def test_traceparent_round_trip(trace_id, span_id, flags):
+    assert parse_traceparent(format_traceparent(trace_id, span_id, flags)) == (trace_id, span_id, flags)
+
+
+def _options(exporter) -> HTTPOptions:
+    return HTTPOptions(tracer=make_tracer("unused", "proxy-test", exporter=exporter, batch=False))
+
+
+@on_uvloop
+async def test_span_continues_incoming_trace_and_propagates_upstream():
+    exporter = InMemorySpanExporter()
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url]), options=_options(exporter)) as p:
+        resp = await request(p.port, path="/t?q=1", headers={"traceparent": INCOMING, "tracestate": "k=v"})
+        assert resp.status == 200
+    (span,) = exporter.get_finished_spans()
+    ctx = span.get_span_context()
+    assert span.name == "r"
+    assert ctx.trace_id == 0x0af7651916cd43dd8448eb211c80319c
+    assert span.parent.span_id == 0xb7ad6b7169203331
+    attrs = dict(span.attributes)
+    assert attrs["service"] == "svc" and attrs["route"] == "r" and attrs["upstream"] == b.url
+    assert attrs["http.status_code"] == 200 and attrs["retries"] == 0
+    seen = b.requests[-1]
+    assert seen.header_all("traceparent") == [f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-01"]
+    assert seen.header("tracestate") == "k=v"
+
+
+@on_uvloop
+async def test_new_trace_without_or_with_invalid_traceparent_and_error_status():
+    exporter = InMemorySpanExporter()
+    cfg = simple_config({"down": [f"http://127.0.0.1:{closed_port()}"]}, routers=[
+        {"name": "down", "service": "down", "middlewares": ["retry"]}],
+        middlewares=[{"type": "retry", "name": "retry", "attempts": 1}])
+    async with ProxyUnderTest(cfg, options=_options(exporter)) as p:
+        resp = await request(p.port, headers={"traceparent": "garbage"})
+        assert resp.status == 502
+    (span,) = exporter.get_finished_spans()
+    assert span.parent is None
+    assert span.attributes["http.status_code"] == 502 and span.attributes["retries"] == 1
+    assert not span.status.is_ok
+
+
+@on_uvloop
+async def test_tracing_off_passes_traceparent_untouched():
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url])) as p:
+        await request(p.port, headers={"traceparent": "not-even-valid"})
+        assert b.requests[-1].header_all("traceparent") == ["not-even-valid"]
+
+
+def test_spans_reach_a_real_otlp_receiver():
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "observability"))
+    try:
+        from otlp_receiver import OTLPReceiver
+    finally:
+        sys.path.pop(0)
+
+    with OTLPReceiver() as receiver:
+        tracer = make_tracer(receiver.endpoint, "lightmesh-proxy-test", 1.0)
+
+        @on_uvloop
+        async def run():
+            async with Backend() as b, ProxyUnderTest(simple_config([b.url]),
+                                                      options=HTTPOptions(tracer=tracer)) as p:
+                assert (await request(p.port, headers={"traceparent": INCOMING})).status == 200
+                return b.url
+        upstream = run()
+        tracer.shutdown()  # flushes the batch processor
+        spans = receiver.wait_for(lambda s: s["name"] == "r", timeout=10)
+    assert len(spans) == 1
+    span = spans[0]
+    assert span["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
+    assert span["parent_span_id"] == "b7ad6b7169203331"
+    assert span["attributes"]["upstream"] == upstream
+    assert span["attributes"]["service"] == "svc"
+    assert span["resource"]["service.name"] == "lightmesh-proxy-test"
+
+
+def test_sampled_out_still_propagates():
+    exporter = InMemorySpanExporter()
+    tracer = make_tracer("unused", exporter=exporter, sample_ratio=0.0, batch=False)
+
+    @on_uvloop
+    async def run():
+        async with Backend() as b, ProxyUnderTest(simple_config([b.url]), options=HTTPOptions(tracer=tracer)) as p:
+            await request(p.port)
+            await asyncio.sleep(0)
+            return b.requests[-1].header("traceparent")
+    sent = run()
+    parsed = parse_traceparent(sent)
+    assert parsed is not None and parsed[2] & 0x01 == 0  # sampled flag cleared
+    assert not exporter.get_finished_spans()
