@@ -125,11 +125,13 @@ class Cluster(kmock.KubernetesEmulator):
         self.watches_open = 0  # streams past their backlog snapshot, i.e. receiving live events
         self._buses = _BusMap(self)
         self.fallback["get /version/"] << {"major": "1", "minor": "30", "gitVersion": "v1.30.0-kmock"}
-        for table in (RESOURCES, SMI):
-            for key, (kind, namespaced) in table.items():
-                self.resources[key] = kmock.ResourceInfo(kind=kind, namespaced=namespaced,
-                                                         verbs={"get", "list", "watch", "create", "patch",
-                                                                "delete"})
+        self.serve(RESOURCES)
+
+    def serve(self, resources: dict[str, tuple[str, bool]]) -> None:
+        """Declare resources for discovery and lists (``group/version/plural`` → (kind, namespaced))."""
+        for key, (kind, namespaced) in resources.items():
+            self.resources[key] = kmock.ResourceInfo(kind=kind, namespaced=namespaced,
+                                                     verbs={"get", "list", "watch", "create", "patch", "delete"})
 
     # ------------------------------------------------------------------ test controls
 
@@ -328,16 +330,16 @@ class _BusMap(dict):
 
 
 def _resource_of(obj: dict):
-    api_version = obj["apiVersion"]
-    for table in (RESOURCES, SMI):
-        for key, (kind, _) in table.items():
-            if kind == obj["kind"] and key.rsplit("/", 1)[0] == api_version:
-                return kmock.resource(key)
-    raise KeyError(f"no resource for {api_version} {obj['kind']}")
+    # every kind the controller uses has the plural "<kind lowercased>s"
+    return kmock.resource(f"{obj['apiVersion']}/{obj['kind'].lower()}s")
 
 
 @contextlib.asynccontextmanager
-async def cluster() -> AsyncIterator[Cluster]:
-    """A running :class:`Cluster` on 127.0.0.1 (``str(c.url)`` is its address)."""
+async def cluster(smi: dict[str, tuple[str, bool]] | None = None) -> AsyncIterator[Cluster]:
+    """A running :class:`Cluster` on 127.0.0.1 (``str(c.url)`` is its address).
+
+    ``smi``: the SMI resources it serves (default :data:`SMI`, the newest versions).
+    """
     async with Cluster() as handler, kmock.Server(handler):
+        handler.serve(SMI if smi is None else smi)
         yield handler

@@ -1,0 +1,187 @@
+"""Sources: namespace filters, the file source, informer event handling, SMI version discovery."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+import yaml
+
+from lightmesh import wire
+from lightmesh.controller.sources import (FileSource, Informer, KubeAPI, KubeSource, ObjectFilter, classify,
+                                          discover)
+
+from .kube import cluster
+
+
+def obj(kind, name, ns="shop", api_version="v1", labels=None):
+    return {"apiVersion": api_version, "kind": kind,
+            "metadata": {"name": name, "namespace": ns, "labels": labels or {}}}
+
+
+SHADOW_LABELS = {wire.LABEL_MANAGED_BY: wire.MANAGED_BY_CONTROLLER}
+
+
+def test_filter_routes_objects():
+    f = ObjectFilter.create("lightmesh", ignore="legacy, ,")
+    objects = [
+        obj("Service", "web"),
+        obj("Service", "kubernetes", "default"),
+        obj("Service", "dns", "kube-system"),
+        obj("Service", "old", "legacy"),
+        obj("Service", "lm-web-1", "lightmesh", labels=SHADOW_LABELS),
+        obj("Service", "lightmesh-controller", "lightmesh"),  # ours by name only: not a shadow
+        obj("Service", "fake-shadow", "shop", labels=SHADOW_LABELS),  # label outside the mesh namespace
+        obj("Pod", "proxy-1", "lightmesh", labels=wire.PROXY_POD_LABELS),
+        obj("Pod", "web-1"),
+        obj("EndpointSlice", "web-x", api_version="discovery.k8s.io/v1"),
+        obj("TCPRoute", "gw", api_version="gateway.networking.k8s.io/v1alpha2"),  # Gateway API: not SMI
+        obj("TCPRoute", "smi", api_version="specs.smi-spec.io/v1alpha4"),
+        obj("TrafficSplit", "s", api_version="split.smi-spec.io/v1alpha2"),
+        obj("ConfigMap", "c"),
+        "not an object",
+    ]
+    groups = classify(objects, f)
+    names = {k: [o["metadata"]["name"] for o in v] for k, v in groups.items() if v}
+    assert names == {"services": ["web"], "shadow_services": ["lm-web-1"], "proxy_pods": ["proxy-1"],
+                     "pods": ["web-1"], "endpoint_slices": ["web-x"], "tcp_routes": ["smi"],
+                     "traffic_splits": ["s"]}
+    only = ObjectFilter.create("lightmesh", watch="shop")
+    assert only.route("services", obj("Service", "x", "other")) is None
+    assert only.route("services", obj("Service", "x", "shop")) == "services"
+    assert only.route("services", obj("Service", "lm-x", "lightmesh", labels=SHADOW_LABELS)) == "shadow_services"
+
+
+def test_file_source_reads_changes_skips_dotfiles_and_keeps_last_good(tmp_path):
+    f = ObjectFilter.create("lightmesh")
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump_all([obj("Service", "web"), None, obj("Pod", "web-1")]))
+    (tmp_path / "b.json").write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [obj("Service", "api")]}))
+    (tmp_path / ".lightmesh-shadows.json").write_text("{not even json")
+    (tmp_path / ".cluster.yaml.tmp").write_text(yaml.safe_dump(obj("Service", "half")))
+    (tmp_path / "notes.txt").write_text("ignored")
+    changes = []
+    source = FileSource(tmp_path, f, on_change=lambda: changes.append(1))
+    assert source.load()
+    snap = source.snapshot()
+    assert sorted(o["metadata"]["name"] for o in snap["services"]) == ["api", "web"]
+    assert [o["metadata"]["name"] for o in snap["pods"]] == ["web-1"]
+    assert not source.load()  # nothing changed: no rebuild
+    # a file becomes malformed: its last good objects stay, the error is remembered
+    (tmp_path / "a.yaml").write_text("kind: [oops\n")
+    assert not source.load()
+    assert sorted(o["metadata"]["name"] for o in source.snapshot()["services"]) == ["api", "web"]
+    assert "a.yaml" in next(iter(source.errors))
+    # a document without kind is an error too, for that file only
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump({"metadata": {"name": "x"}}))
+    assert not source.load() and source.errors
+    # fixed and replaced atomically (as the harness does): picked up
+    tmp = tmp_path / ".a.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(obj("Service", "web2")))
+    os.replace(tmp, tmp_path / "a.yaml")
+    assert source.load() and not source.errors
+    assert sorted(o["metadata"]["name"] for o in source.snapshot()["services"]) == ["api", "web2"]
+    # a file removed: its objects go
+    (tmp_path / "b.json").unlink()
+    assert source.load()
+    assert [o["metadata"]["name"] for o in source.snapshot()["services"]] == ["web2"]
+
+
+def test_file_source_run_notifies(tmp_path):
+    async def scenario():
+        (tmp_path / "a.yaml").write_text(yaml.safe_dump(obj("Service", "web")))
+        changed = asyncio.Event()
+        source = FileSource(tmp_path, ObjectFilter.create("lightmesh"), on_change=changed.set, poll_seconds=0.02)
+        task = asyncio.create_task(source.run())
+        try:
+            await asyncio.wait_for(changed.wait(), 10)
+            assert source.synced.is_set()
+            changed.clear()
+            (tmp_path / "b.yaml").write_text(yaml.safe_dump(obj("Service", "api")))
+            await asyncio.wait_for(changed.wait(), 10)
+            assert len(source.snapshot()["services"]) == 2
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+
+
+def test_informer_applies_events():
+    informer = Informer(api=None, resource=None, on_change=lambda: None)
+    svc = obj("Service", "web")
+    svc["metadata"]["resourceVersion"] = "5"
+    assert informer.apply({"type": "ADDED", "object": svc})
+    assert not informer.apply({"type": "MODIFIED", "object": svc})  # identical: no rebuild
+    assert informer.resource_version == "5"
+    assert not informer.apply({"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "9"}}})
+    assert informer.resource_version == "9"
+    assert informer.apply({"type": "DELETED", "object": svc})
+    assert informer.cache == {}
+    try:
+        informer.apply({"type": "ERROR", "object": {"code": 410, "reason": "Expired"}})
+    except Exception as exc:  # noqa: BLE001
+        assert getattr(exc, "status", None) == 410
+    else:
+        raise AssertionError("ERROR events raise")
+
+
+def test_discovery_picks_the_newest_served_version_per_kind():
+    served = {
+        "access.smi-spec.io/v1alpha1/traffictargets": ("TrafficTarget", True),
+        "specs.smi-spec.io/v1alpha1/httproutegroups": ("HTTPRouteGroup", True),
+        "specs.smi-spec.io/v1alpha1/tcproutes": ("TCPRoute", True),
+        "specs.smi-spec.io/v1alpha3/httproutegroups": ("HTTPRouteGroup", True),
+        "specs.smi-spec.io/v1alpha3/tcproutes": ("TCPRoute", True),
+        "specs.smi-spec.io/v1alpha3/udproutes": ("UDPRoute", True),
+        "specs.smi-spec.io/v1alpha4/httproutegroups": ("HTTPRouteGroup", True),  # v1alpha4 without UDPRoute
+        "specs.smi-spec.io/v1alpha4/tcproutes": ("TCPRoute", True),
+        # no split group at all
+    }
+
+    async def scenario():
+        async with cluster(smi=served) as kube:
+            api = KubeAPI.from_kubeconfig(server=str(kube.url))
+            try:
+                found = await discover(api)
+            finally:
+                await api.close()
+        versions = {f: (r.version if r else None) for f, r in found.items()}
+        assert versions == {"services": "v1", "endpoint_slices": "v1", "pods": "v1",
+                            "traffic_targets": "v1alpha1", "http_route_groups": "v1alpha4",
+                            "tcp_routes": "v1alpha4", "udp_routes": "v1alpha3", "traffic_splits": None}
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_kube_source_lists_watches_and_filters():
+    async def scenario():
+        async with cluster() as kube:
+            kube.put_object(obj("Service", "web"))
+            kube.put_object(obj("Service", "dns", "kube-system"))
+            kube.put_object(obj("TrafficSplit", "split", api_version="split.smi-spec.io/v1alpha4"))
+            api = KubeAPI.from_kubeconfig(server=str(kube.url))
+            changes = asyncio.Event()
+            source = KubeSource(api, ObjectFilter.create("lightmesh"), on_change=changes.set)
+            task = asyncio.create_task(source.run())
+            try:
+                await asyncio.wait_for(source.synced.wait(), 20)
+                snap = source.snapshot()
+                assert [o["metadata"]["name"] for o in snap["services"]] == ["web"]
+                assert [o["metadata"]["name"] for o in snap["traffic_splits"]] == ["split"]
+                changes.clear()
+                kube.put_object(obj("HTTPRouteGroup", "routes", api_version="specs.smi-spec.io/v1alpha4"))
+                await asyncio.wait_for(changes.wait(), 20)
+                for _ in range(100):
+                    if source.snapshot()["http_route_groups"]:
+                        break
+                    await asyncio.sleep(0.02)
+                assert [o["metadata"]["name"] for o in source.snapshot()["http_route_groups"]] == ["routes"]
+                assert source.api_versions()["TrafficSplit"] == "split.smi-spec.io/v1alpha4"
+                assert source.uid("Service", "shop", "web")
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await api.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
