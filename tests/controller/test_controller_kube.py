@@ -210,3 +210,65 @@ def test_shadow_update_retries_conflicts_and_rewrites_drift():
                 assert len(patches) >= 2  # the scripted 409, then the retry that succeeded
 
     run(scenario())
+
+
+def test_cli_in_cluster_mode_with_leader_election(tmp_path):
+    """``lightmesh controller --kubeconfig F --leader-election`` as a subprocess against the fake API."""
+    import signal
+
+    import aiohttp
+    import yaml
+
+    from tests.conftest import lightmesh_cmd, lightmesh_env
+
+    from .test_controller_files import free_port
+
+    async def scenario():
+        async with cluster() as kube:
+            kube.put_object(service("web"))
+            kubeconfig = tmp_path / "kubeconfig"
+            kubeconfig.write_text(yaml.safe_dump({
+                "apiVersion": "v1", "kind": "Config", "current-context": "c",
+                "clusters": [{"name": "c", "cluster": {"server": str(kube.url)}}],
+                "users": [{"name": "u", "user": {}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
+            api_port, dns_port = free_port(), free_port()
+            log = open(tmp_path / "controller.log", "wb")
+            proc = await asyncio.create_subprocess_exec(
+                *lightmesh_cmd("controller", "--kubeconfig", str(kubeconfig), "--namespace", MESH,
+                               "--leader-election", "--api-address", "127.0.0.1", "--api-port", str(api_port),
+                               "--dns-address", "127.0.0.1", "--dns-port", str(dns_port),
+                               "--log-format", "json", "--log-level", "info"),
+                stdout=log, stderr=asyncio.subprocess.STDOUT, env=lightmesh_env({wire.ENV_POD_NAME: "controller-0"}))
+            try:
+                url = f"http://127.0.0.1:{api_port}"
+                async with aiohttp.ClientSession() as http:
+                    async def status(path):
+                        try:
+                            async with http.get(url + path) as resp:
+                                return resp.status, await resp.text()
+                        except aiohttp.ClientError:
+                            return None, ""
+
+                    for _ in range(1000):
+                        if (await status(wire.READINESS_PATH))[0] == 200 or proc.returncode is not None:
+                            break
+                        await asyncio.sleep(0.05)
+                    assert (await status(wire.READINESS_PATH))[0] == 200, (tmp_path / "controller.log").read_text()
+                    await until(lambda: shadow_name(NS, "web") in shadows(kube), "the shadow written by the CLI")
+                    lease = kube.get_object("coordination.k8s.io/v1", "leases", MESH, wire.LEASE_NAME)
+                    assert lease["spec"]["holderIdentity"] == "controller-0"
+                    _, metrics = await status("/metrics")
+                    assert "lightmesh_controller_is_leader 1.0" in metrics
+            finally:
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGTERM)
+                code = await asyncio.wait_for(proc.wait(), 20)
+                log.close()
+            assert code == 0
+            lease = kube.get_object("coordination.k8s.io/v1", "leases", MESH, wire.LEASE_NAME)
+            assert not lease["spec"].get("holderIdentity")  # released on the way out
+            lines = (tmp_path / "controller.log").read_text().splitlines()
+            assert lines and all(line.startswith("{") for line in lines)  # --log-format json
+
+    run(scenario())

@@ -134,7 +134,10 @@ class Controller:
             log.info("published config version %d (hash %s)", config.version, config.hash[:12])
             if self.local_shadows is not None:
                 self.local_shadows.remember_config(config.version, config.hash)
-        self.store.publish(self.config, result)
+        if stats.published:
+            self.store.publish(self.config, result)
+        else:
+            self.store.set_result(result)  # topology and errors may change without the config
         if self.dns is not None:
             self.dns.table = DNSTable.from_shadows(snapshot.get("shadow_services", []), self.settings.domains)
         self._errors = list(result.errors)

@@ -493,12 +493,9 @@ async def discover(api: KubeAPI) -> dict[str, Resource | None]:
     """The resource to watch per field: built-ins fixed, SMI kinds the newest served version."""
     out: dict[str, Resource | None] = dict(BUILTIN)
     groups: dict[str, set[str]] = {}
-    try:
-        body = await api.get("/apis")
-        for group in body.get("groups") or []:
-            groups[group.get("name", "")] = {v.get("version") for v in group.get("versions") or []}
-    except ApiError as exc:
-        log.warning("API discovery failed (%s): SMI kinds not watched", exc)
+    body = await api.get("/apis")  # an error here is retried by the caller
+    for group in body.get("groups") or []:
+        groups[group.get("name", "")] = {v.get("version") for v in group.get("versions") or []}
     for fieldname, (versions, plural) in SMI_VERSIONS.items():
         group, kind = FIELDS[fieldname]
         served = groups.get(group, set())
@@ -537,8 +534,20 @@ class KubeSource:
         if self.synced.is_set():
             self.on_change()
 
+    async def _discover(self) -> dict[str, Resource | None]:
+        backoff = BACKOFF_MIN_SECONDS
+        while True:  # until the API server answers (or we are cancelled); readiness stays 503 meanwhile
+            try:
+                return await discover(self.api)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - unreachable API server at start: retry, never die
+                log.warning("API discovery failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
+
     async def run(self) -> None:
-        resources = await discover(self.api)
+        resources = await self._discover()
         self.informers = {f: Informer(self.api, r, self._changed, self.metrics, self.watch_timeout_seconds)
                           for f, r in resources.items()}
         async with asyncio.TaskGroup() as tasks:

@@ -186,7 +186,9 @@ class LocalShadowStore:
         return (shadow.get("spec") or {}).get("clusterIP")
 
     def list(self) -> list[dict]:
-        return [copy.deepcopy(s) for _, s in sorted(self.shadows.items())]
+        """The shadow Services, sorted by name. Shared, not copied: callers must not mutate them
+        (the build is pure; copying 1,000 Services on every rebuild would cost more than it)."""
+        return [s for _, s in sorted(self.shadows.items())]
 
     def _allocate(self, name: str, taken: set[str]) -> str:
         size = self.network.num_addresses
@@ -209,13 +211,10 @@ class LocalShadowStore:
             if address is None:
                 address = self._allocate(name, taken)
                 taken.add(address)
-            shadow = copy.deepcopy(want)
-            shadow.setdefault("apiVersion", "v1")
-            shadow.setdefault("kind", "Service")
-            shadow.setdefault("metadata", {})["namespace"] = self.namespace
-            spec = shadow.setdefault("spec", {})
-            spec["clusterIP"] = address
-            spec["clusterIPs"] = [address]
+            # shallow rebuild: the nested parts of ``want`` are not mutated, only replaced at this level
+            meta = {**(want.get("metadata") or {}), "namespace": self.namespace}
+            spec = {**(want.get("spec") or {}), "clusterIP": address, "clusterIPs": [address]}
+            shadow = {"apiVersion": "v1", "kind": "Service", **want, "metadata": meta, "spec": spec}
             result[name] = shadow
         if result == self.shadows:
             return False
