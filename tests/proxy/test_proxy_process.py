@@ -101,6 +101,9 @@ def proxy_process(*args: str, log_path):
                                 env=lightmesh_env(), start_new_session=True)
     try:
         yield proc
+    except BaseException:
+        print(f"--- proxy log ({log_path}) ---\n{open(log_path, errors='replace').read()[-6000:]}")
+        raise
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -124,7 +127,7 @@ def test_file_config_two_workers_end_to_end(tmp_path):
                                "--admin-port", str(ap), "--name", "test-proxy", "--log-format", "json",
                                "--drain-timeout", "5", log_path=tmp_path / "proxy.log") as proc:
                 try:
-                    await until(lambda: _ping_ok(admin), 30, "/ping 200")
+                    await wait_ready(admin, proc, "test-proxy")
                     assert (await get(admin + "/live"))[0] == 200
                     data = await until(lambda: _when(rawdata(admin), lambda d: workers_on(d, 1)), 10, "workers on v1")
                     assert data["config"]["hash"] == data["hash"] == make(1, hp, backend.url, tp, eport).hash
@@ -197,11 +200,12 @@ def test_controller_source_and_group_sigterm(tmp_path):
                                    "--admin-port", str(ap), "--name", "node-1-proxy",
                                    log_path=tmp_path / "proxy.log") as proc:
                     # the controller has nothing yet (503): alive but not ready
-                    await until(lambda: _status_is(admin + "/live", 200), 30, "/live")
+                    await until(lambda: _when(rawdata(admin), lambda d: d.get("name") == "node-1-proxy"), 30, "admin")
+                    assert (await get(admin + "/live"))[0] == 200
                     await until(lambda: _when(asyncio.sleep(0, len(stub.requests)), bool), 10, "first poll")
                     assert (await get(admin + "/ping"))[0] == 503
                     stub.publish(make(1, hp, backend.url, tp, eport))
-                    await until(lambda: _ping_ok(admin), 15, "/ping 200")
+                    await wait_ready(admin, proc, "node-1-proxy")
                     assert (await request(hp)).status == 200
                     assert await tcp_ping(tp) == b"ping"
                     # the controller hears which version the workers applied
@@ -224,10 +228,47 @@ def test_controller_source_and_group_sigterm(tmp_path):
     run(main())
 
 
+def test_tracing_and_access_log(tmp_path):
+    from observability.otlp_receiver import OTLPReceiver
+
+    async def main():
+        echo, eport = await tcp_echo()
+        hp, tp, ap = free_port(), free_port(), free_port()
+        admin = f"http://127.0.0.1:{ap}"
+        cfg_path = tmp_path / "proxy.json"
+        with OTLPReceiver() as receiver:
+            async with Backend("A") as backend:
+                cfg_path.write_text(make(1, hp, backend.url, tp, eport).to_json())
+                with proxy_process("--config", str(cfg_path), "--workers", "1", "--admin-address", "127.0.0.1",
+                                   "--admin-port", str(ap), "--otlp-endpoint", receiver.endpoint,
+                                   "--trace-sample-ratio", "1", "--access-log", "--log-level", "warning",
+                                   "--name", "traced-proxy", log_path=tmp_path / "proxy.log") as proc:
+                    try:
+                        await wait_ready(admin, proc, "traced-proxy")
+                        parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+                        resp = await request(hp, path="/traced", headers={"traceparent": parent})
+                        assert resp.status == 200
+                        sent = backend.requests[-1].header("traceparent")
+                        assert sent and sent.split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
+                        proc.send_signal(signal.SIGTERM)  # shutdown flushes the batch exporter
+                        assert await asyncio.to_thread(proc.wait, 15) == 0
+                    finally:
+                        echo.close()
+            spans = await asyncio.to_thread(receiver.wait_for, lambda s: s["attributes"].get("service") == "svc", 10)
+        assert spans and spans[0]["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
+        assert spans[0]["parent_span_id"] == "b7ad6b7169203331"
+        log = (tmp_path / "proxy.log").read_text()
+        assert '"path": "/traced"' in log and '"status": 200' in log  # access log despite --log-level warning
+
+    run(main())
+
+
 @pytest.mark.parametrize("args, message", [
     ((), "one of the arguments --controller --config is required"),
     (("--controller", "http://x", "--config", "f"), "not allowed with argument"),
     (("--config", "f", "--workers", "0"), "--workers: must be >= 1"),
+    (("--config", "f", "--otlp-endpoint", "collector:4318"), "--otlp-endpoint: must be an http"),
+    (("--config", "f", "--trace-sample-ratio", "2"), "--trace-sample-ratio: must be in [0, 1]"),
 ])
 def test_bad_flags_exit_2(args, message):
     result = subprocess.run(lightmesh_cmd("proxy", *args), capture_output=True, text=True, env=lightmesh_env(),
@@ -249,6 +290,19 @@ def test_busy_admin_port_exits_1(tmp_path):
 
 async def _ping_ok(admin: str) -> bool:
     return (await get(admin + "/ping"))[0] == 200
+
+
+async def wait_ready(admin: str, proc: subprocess.Popen, name: str, timeout: float = 30.0) -> dict:
+    """/ping 200 from *this* proxy (ports are shared with other test runs on the machine: the
+    rawdata name proves whose admin port answered)."""
+    async def check():
+        assert proc.poll() is None, f"the proxy exited with code {proc.returncode}"
+        if not await _ping_ok(admin):
+            return None
+        data = await rawdata(admin)
+        assert data.get("name") == name, f"another process answers on {admin}: {data.get('name')!r}"
+        return data
+    return await until(check, timeout, "/ping 200")
 
 
 async def _status_is(url: str, status: int) -> bool:

@@ -90,6 +90,12 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _http_url(text: str) -> str:
+    if not text.startswith(("http://", "https://")) or len(text.split("://", 1)[1].strip("/")) == 0:
+        raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL, got {text!r}")
+    return text
+
+
 def _ratio(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -111,7 +117,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     parser.add_argument("--log-format", choices=("json", "text"), default="text")
     parser.add_argument("--access-log", action="store_true", help="one log line per HTTP request")
-    parser.add_argument("--otlp-endpoint", metavar="URL", help="OTLP/HTTP traces endpoint (off when unset)")
+    parser.add_argument("--otlp-endpoint", metavar="URL", type=_http_url,
+                        help="OTLP/HTTP traces endpoint, e.g. http://collector:4318 (tracing off when unset)")
     parser.add_argument("--trace-sample-ratio", type=_ratio, default=None,
                         help="fraction of new traces sampled (parent decision is kept)")
     parser.add_argument("--max-connections", type=_non_negative_int, default=None,
@@ -125,12 +132,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def worker_options(args: argparse.Namespace) -> dict:
     """What a worker needs from the flags (JSON-able; sent in the ``init`` message)."""
-    http = {"access_log": bool(args.access_log), "otlp_endpoint": args.otlp_endpoint,
-            "trace_sample_ratio": args.trace_sample_ratio, "max_connections": args.max_connections,
+    http = {"access_log": bool(args.access_log), "max_connections": args.max_connections,
             "header_timeout": args.header_timeout, "idle_timeout": args.idle_timeout,
             "max_header_bytes": args.max_header_bytes}
     return {"name": args.name, "log_level": args.log_level, "log_format": args.log_format,
             "drain_timeout": args.drain_timeout, "max_connections": args.max_connections or 0,
+            "otlp_endpoint": args.otlp_endpoint,
+            "trace_sample_ratio": 1.0 if args.trace_sample_ratio is None else args.trace_sample_ratio,
             "http": {k: v for k, v in http.items() if v is not None}}
 
 
@@ -508,7 +516,17 @@ def _reap(proc: subprocess.Popen | None) -> int | None:
 # ---------------------------------------------------------------------------------------- worker
 
 
-def _build_runtime_options(options: dict):
+def _make_tracer(options: dict):
+    """One OTLP/HTTP exporting tracer per worker (``--otlp-endpoint``), or None: tracing off."""
+    endpoint = options.get("otlp_endpoint")
+    if not endpoint:
+        return None
+    from lightmesh.proxy import tracing
+    return tracing.make_tracer(endpoint, service_name="lightmesh-proxy",
+                               sample_ratio=float(options.get("trace_sample_ratio", 1.0)))
+
+
+def _build_runtime_options(options: dict, tracer=None):
     from lightmesh.proxy.runtime import RuntimeOptions
     http_options = None
     try:
@@ -525,7 +543,10 @@ def _build_runtime_options(options: dict):
         unknown = sorted(set(wanted) - names)
         if unknown:
             log.debug("HTTPOptions has no %s; ignored", ", ".join(unknown))
-        http_options = cls(**{k: v for k, v in wanted.items() if k in names})
+        kwargs = {k: v for k, v in wanted.items() if k in names}
+        if tracer is not None and "tracer" in names:
+            kwargs["tracer"] = tracer
+        http_options = cls(**kwargs)
     return RuntimeOptions(http=http_options, max_connections=int(options.get("max_connections") or 0))
 
 
@@ -544,7 +565,12 @@ async def _worker(fd: int) -> int:
         logging.getLogger("lightmesh.access").setLevel(logging.INFO)  # whatever --log-level says
     wlog = logging.getLogger(f"lightmesh.proxy.worker{init.get('index', '')}")
     metrics = metrics_mod.ProxyMetrics()
-    runtime = Runtime(metrics, _build_runtime_options(options), loop)
+    try:
+        tracer = _make_tracer(options)
+    except Exception as exc:  # tracing is an add-on: a bad endpoint must not stop the data plane
+        wlog.error("tracing disabled: %s", exc)
+        tracer = None
+    runtime = Runtime(metrics, _build_runtime_options(options, tracer), loop)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -591,6 +617,9 @@ async def _worker(fd: int) -> int:
         task.cancel()
     drain_timeout = float(options.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT))
     await runtime.drain(drain_timeout)
+    if tracer is not None:
+        # flushes the batch exporter (bounded by the exporter's own timeout); off the loop
+        await asyncio.to_thread(tracer.shutdown)
     with contextlib.suppress(Exception):
         writer.close()
     return 0
