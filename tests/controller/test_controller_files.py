@@ -249,3 +249,19 @@ def test_json_manifests_and_missing_directory(tmp_path):
                                           "--dns-address", "127.0.0.1"),
                             env=lightmesh_env(), capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "not a directory" in result.stderr
+
+
+def test_port_in_use_is_a_clear_error(tmp_path):
+    directory = tmp_path / "state"
+    directory.mkdir()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for flag, what in (("--api-port", "API"), ("--dns-port", "DNS")):
+            other = "--dns-port" if flag == "--api-port" else "--api-port"
+            result = subprocess.run(lightmesh_cmd("controller", "--manifests", str(directory),
+                                                  "--api-address", "127.0.0.1", "--dns-address", "127.0.0.1",
+                                                  flag, str(port), other, str(free_port())),
+                                    env=lightmesh_env(), capture_output=True, text=True, timeout=60)
+            assert result.returncode == 1 and f"cannot serve {what}" in result.stderr, result.stderr

@@ -12,6 +12,7 @@
 ``/slow?ms=M``         echo after M milliseconds
 ``/hang``              never answers (the connection stays open)
 ``/reset``             aborts the connection (RST) before any response byte
+``/partial``           sends a head (Content-Length 1000) and 10 body bytes, then aborts
 ``/close``             echo with ``Connection: close``, then closes
 ``/nolength``          close-delimited body (no Content-Length), then closes
 ``/status/NNN``        answers status NNN with a short body
@@ -223,6 +224,11 @@ class Backend:
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
         conn = b"" if keep else b"Connection: close\r\n"
         if path == "/reset":
+            t.abort()
+            return
+        if path == "/partial":
+            t.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789")
+            await asyncio.sleep(0.05)
             t.abort()
             return
         if path == "/hang":

@@ -121,6 +121,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
         parts["local_shadows"] = LocalShadowStore(directory / STATE_FILE_NAME, args.namespace)
         if args.leader_election:
             log.warning("--leader-election has no effect with --manifests (no cluster)")
+        metrics["is_leader"].set(1)  # the only writer of its shadow Services
     else:
         from lightmesh.controller.events import EventRecorder
         from lightmesh.controller.leader import LeaderElector
@@ -145,8 +146,14 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
 
     api = ControllerAPI(store, metrics, ready=controller.ready,
                         proxy_pods=lambda: source.snapshot().get("proxy_pods", []))
+    if args.otlp_endpoint:
+        log.info("--otlp-endpoint %s accepted; the controller exports metrics only (no spans yet)", args.otlp_endpoint)
     try:
-        await api.start(args.api_address, args.api_port)
+        try:
+            await api.start(args.api_address, args.api_port)
+        except OSError as exc:
+            log.error("cannot serve the API on %s:%s: %s", args.api_address, args.api_port, exc)
+            return 1
         try:
             await dns.start(args.dns_address, args.dns_port)
         except OSError as exc:

@@ -31,6 +31,16 @@ is relayed). Incoming ``X-Forwarded-Proto``/``X-Forwarded-Host`` are kept when p
 hop is node-local and trusted, as Traefik Mesh's ``forwardedHeaders.insecure``), else set; the peer
 IP is always appended to ``X-Forwarded-For``.
 
+Retries (``retry`` middleware): an attempt that failed to connect, or whose connection was reset
+or closed before any response byte, is repeated on the next server (``Balancer.pick(exclude=tried)``;
+the same server again when every server was tried). The request is replayed from what the proxy
+kept: bodies up to ``max_replay_bytes`` (1 MiB), or anything when nothing was sent yet; a larger
+body that was already sent is not retried; nothing is retried once response bytes reached the
+client. Independently of the middleware, a pooled connection that turns out closed by the server
+is retried once on a fresh connection (the keep-alive race). Passive health: ``Balancer.failed``
+on connect failure or reset, ``succeeded`` on a response. Circuit breakers record every attempt's
+outcome (network errors as None) and every response.
+
 Status codes the proxy itself answers: 400 malformed/hostile request (connection closed), 403
 allow-list, 404 no route, 405 CONNECT, 408 header timeout, 429 rate limit, 431 header too large,
 502 upstream unreachable/reset/malformed, 503 no servers or breaker open, 504 request timeout,
@@ -520,6 +530,8 @@ class ClientProtocol(asyncio.Protocol):
                 host = pair[1]
             elif code == H_CL:
                 kept.append(pair)
+                if int(pair[1]) > self.options.max_replay_bytes:
+                    ex.replayable = False  # too big to keep for a retry: decided up front
             elif code == H_CONNECTION:
                 conn_hdr = pair[1] if conn_hdr is None else conn_hdr + b"," + pair[1]
             elif code == H_TE:
@@ -708,7 +720,7 @@ class ClientProtocol(asyncio.Protocol):
             return
         wire.append(piece)
         ex.wire_bytes += n
-        if ex.wire_bytes > self.options.max_replay_bytes:
+        if ex.wire_bytes > self.options.max_replay_bytes or not ex.replayable:
             if conn is not None:
                 ex.wire = None  # everything is upstream already; too big to keep for a retry
                 ex.replayable = False
@@ -911,7 +923,11 @@ class ClientProtocol(asyncio.Protocol):
         if self.active is not ex or ex.responded or ex.conn is not None or self.closing:
             conn.release()
             return
-        self._attach(ex, conn)
+        if conn.closed:
+            # Connected and already reset (before this callback ran): like a reset before any byte.
+            self._attempt_failed(ex, server, "reset")
+        else:
+            self._attach(ex, conn)
         self.flush()
 
     def _attach(self, ex: Exchange, conn: UpstreamProtocol) -> None:
@@ -927,7 +943,7 @@ class ClientProtocol(asyncio.Protocol):
         if self.dirty is not None and self.dirty is not conn:
             self.dirty.flush()
         self.dirty = conn
-        if ex.wire_bytes > self.options.max_replay_bytes:
+        if not ex.replayable or ex.wire_bytes > self.options.max_replay_bytes:
             ex.wire = None
             ex.replayable = False
         self.resume_for(P_CONNECT)

@@ -1,0 +1,169 @@
+"""Middlewares and load balancing through a live proxy: allow-list, deny, rate limit, circuit
+breaker, retry, request timeout, round robin / weighted, passive health, state across swaps."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+from lightmesh.proxy.metrics import CB_OPEN
+
+from .backends import (Backend, ProxyUnderTest, RawClient, ResetServer, closed_port, on_uvloop, pattern, request,
+                       simple_config)
+
+
+def _cfg(servers, middlewares, names=None, **kw):
+    names = names if names is not None else [m["name"] for m in middlewares]
+    return simple_config(servers, routers=[{"name": "r", "service": "svc", "middlewares": names}],
+                         middlewares=middlewares, **kw)
+
+
+async def _get_from(port: int, local: str, path: str = "/", headers: dict | None = None):
+    client = await RawClient.connect(port, local_host=local)
+    try:
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        await client.send(f"GET {path} HTTP/1.1\r\nHost: svc\r\n{extra}\r\n".encode())
+        return await client.response()
+    finally:
+        await client.close()
+
+
+@on_uvloop
+async def test_allow_list_by_peer_address_never_by_header():
+    mws = [{"type": "allow_list", "name": "acl", "source_ranges": ["127.0.0.1/32"]}]
+    async with Backend() as b, ProxyUnderTest(_cfg([b.url], mws)) as p:
+        assert (await _get_from(p.port, "127.0.0.1")).status == 200
+        denied = await _get_from(p.port, "127.0.0.2", headers={"X-Forwarded-For": "127.0.0.1",
+                                                               "X-Real-Ip": "127.0.0.1"})
+        assert denied.status == 403
+        assert p.metrics.acl_denied[("svc", "http")] == 1
+        assert len(b.requests) == 1
+        # cached per connection: a second request on the same denied connection is denied too
+        client = await RawClient.connect(p.port, local_host="127.0.0.2")
+        for _ in range(2):
+            await client.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+            assert (await client.response()).status == 403
+        await client.close()
+
+
+@on_uvloop
+async def test_empty_allow_list_denies_everything_and_order_is_router_order():
+    mws = [{"type": "allow_list", "name": "none", "source_ranges": []},
+           {"type": "deny", "name": "teapot", "status_code": 451}]
+    async with Backend() as b, ProxyUnderTest(_cfg([b.url], mws)) as p:
+        assert (await request(p.port)).status == 403
+        p.apply(_cfg([b.url], mws, names=["teapot", "none"], version=2))
+        assert (await request(p.port)).status == 451
+        assert not b.requests
+
+
+@on_uvloop
+async def test_rate_limit_per_source_with_retry_after_and_state_kept_across_swap():
+    mws = [{"type": "rate_limit", "name": "rl", "average": 1, "burst": 2, "period_seconds": 60}]
+    async with Backend() as b, ProxyUnderTest(_cfg([b.url], mws)) as p:
+        statuses = [(await _get_from(p.port, "127.0.0.1")).status for _ in range(2)]
+        assert statuses == [200, 200]
+        limited = await _get_from(p.port, "127.0.0.1")
+        assert limited.status == 429
+        assert 1 <= int(limited.header("Retry-After")) <= 60
+        assert p.metrics.rate_limited["svc"] == 1
+        assert (await _get_from(p.port, "127.0.0.3")).status == 200  # another source, its own bucket
+        p.apply(_cfg([b.url], mws, version=2))  # same definition: buckets survive
+        assert (await _get_from(p.port, "127.0.0.1")).status == 429
+        changed = [{**mws[0], "burst": 3}]
+        p.apply(_cfg([b.url], changed, version=3))  # changed definition: fresh state
+        assert (await _get_from(p.port, "127.0.0.1")).status == 200
+
+
+@on_uvloop
+async def test_circuit_breaker_opens_on_network_errors():
+    down = f"http://127.0.0.1:{closed_port()}"
+    mws = [{"type": "circuit_breaker", "name": "cb", "expression": "NetworkErrorRatio() > 0.5"}]
+    async with ProxyUnderTest(_cfg([down], mws)) as p:
+        statuses = []
+        for _ in range(60):  # the breaker evaluates its window every 100 ms
+            statuses.append((await request(p.port)).status)
+            if statuses[-1] == 503:
+                break
+            await asyncio.sleep(0.02)
+        assert statuses[0] == 502 and statuses[-1] == 503
+        assert p.metrics.breaker_state["svc"] == CB_OPEN
+
+
+@on_uvloop
+async def test_round_robin_and_weighted_balancing():
+    async with Backend("a") as a, Backend("b") as b:
+        async with ProxyUnderTest(simple_config([a.url, b.url])) as p:
+            seen = [(await request(p.port)).header("X-Backend") for _ in range(6)]
+            assert Counter(seen) == {"a": 3, "b": 3}
+            assert all(x != y for x, y in zip(seen, seen[1:]))
+        cfg = simple_config([a.url, b.url], load_balancer="weighted", weights={a.url: 3, b.url: 1})
+        async with ProxyUnderTest(cfg) as p:
+            seen = [(await request(p.port)).header("X-Backend") for _ in range(8)]
+            assert Counter(seen) == {"a": 6, "b": 2}
+
+
+@on_uvloop
+async def test_retry_on_refused_and_reset_goes_to_next_server_and_ejects():
+    async with Backend("good") as good, ResetServer() as reset:
+        refused = f"http://127.0.0.1:{closed_port()}"
+        mws = [{"type": "retry", "name": "retry", "attempts": 2}]
+        async with ProxyUnderTest(_cfg([refused, reset.url, good.url], mws)) as p:
+            for _ in range(6):
+                resp = await request(p.port, "POST", body=b"replay me")
+                assert resp.status == 200 and resp.body.endswith(b"replay me")
+            assert p.metrics.retries["svc"] >= 2
+            assert p.metrics.upstream_errors[("svc", "connect")] == 1  # ejected after one refusal
+            assert reset.connections == 1  # ejected after one reset
+        # without retry: 502
+        async with ProxyUnderTest(simple_config([refused])) as p:
+            assert (await request(p.port)).status == 502
+            assert "svc" not in p.metrics.retries
+
+
+@on_uvloop
+async def test_no_retry_for_bodies_over_1mib_or_after_response_bytes():
+    async with Backend("good") as good, Backend("a") as a, Backend("b") as b:
+        mws = [{"type": "retry", "name": "retry", "attempts": 1}]
+        async with ProxyUnderTest(_cfg([a.url, b.url], mws)) as p:
+            # /reset: the backend reads the whole request, then resets. A small body is replayed
+            # on the next server; a body over 1 MiB is not.
+            assert (await request(p.port, "POST", "/reset", body=b"small")).status == 502
+            assert (len(a.requests), len(b.requests)) == (1, 1)
+            big = pattern((1 << 20) + 100_000)
+            assert (await request(p.port, "POST", "/reset", body=big, timeout=10)).status == 502
+            assert len(a.requests) + len(b.requests) == 3
+            assert p.metrics.retries["svc"] == 1
+        async with ProxyUnderTest(_cfg([good.url], mws)) as p:
+            client = await RawClient.connect(p.port)
+            await client.send(b"GET /partial HTTP/1.1\r\nHost: svc\r\n\r\n")
+            raw = await client.read_all()
+            assert raw.startswith(b"HTTP/1.1 200 ") and raw.endswith(b"0123456789")  # cut, not retried
+            await client.close()
+            assert [r.path for r in good.requests].count("/partial") == 1
+            assert "svc" not in p.metrics.retries
+
+
+@on_uvloop
+async def test_request_timeout_504():
+    mws = [{"type": "request_timeout", "name": "to", "seconds": 0.2}]
+    async with Backend() as b, ProxyUnderTest(_cfg([b.url], mws)) as p:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        assert (await request(p.port, path="/hang")).status == 504
+        assert loop.time() - start < 2
+        assert (await request(p.port, path="/slow?ms=20")).status == 200
+        assert p.metrics.upstream_errors[("svc", "timeout")] == 1
+        assert p.metrics.requests[("svc", "504", "GET")] == 1
+
+
+@on_uvloop
+async def test_retry_timeout_and_breaker_together_keep_the_listener_healthy():
+    mws = [{"type": "retry", "name": "retry", "attempts": 1},
+           {"type": "request_timeout", "name": "to", "seconds": 0.3},
+           {"type": "circuit_breaker", "name": "cb", "expression": "ResponseCodeRatio(500, 600, 0, 600) > 0.99"}]
+    async with Backend() as b, ProxyUnderTest(_cfg([b.url], mws)) as p:
+        results = await asyncio.gather(*(request(p.port, path=path) for path in
+                                         ["/", "/status/500", "/hang", "/slow?ms=10"] * 3))
+        assert sorted(r.status for r in results) == [200] * 6 + [500] * 3 + [504] * 3
+        assert not p.loop_errors
