@@ -100,6 +100,33 @@ def test_listeners_follow_the_config():
     run(main())
 
 
+def test_removed_tcp_route_lets_established_connections_finish():
+    async def main():
+        echo, eport = await tcp_echo()
+        tp = free_port()
+        rt = Runtime(ProxyMetrics())
+        try:
+            await rt.apply(build(1, tcp={tp: [eport]}))
+            reader, writer = await asyncio.open_connection("127.0.0.1", tp)
+            writer.write(b"one")
+            assert await reader.readexactly(3) == b"one"
+            await rt.apply(build(2))
+            assert refuses(tp)
+            writer.write(b"two")  # the established connection still works
+            assert await asyncio.wait_for(reader.readexactly(3), 5) == b"two"
+            await rt.drain(0.2)  # and the drain ends it
+            try:
+                assert await asyncio.wait_for(reader.read(), 2) == b""
+            except ConnectionResetError:
+                pass
+            writer.close()
+        finally:
+            await rt.close()
+            echo.close()
+
+    run(main())
+
+
 def test_invalid_config_changes_nothing():
     async def main():
         echo, eport = await tcp_echo()

@@ -8,7 +8,8 @@ This module owns :class:`Runtime`. ``await runtime.apply(config)``:
    here and the running config stays as it was;
 2. diffs listeners by ``(kind, address, port)`` with kind ``http``, ``tcp`` or ``udp``: a socket
    whose key stays is kept (its route or entry-point name is updated in place for new connections),
-   removed ones are closed, new ones opened with ``SO_REUSEPORT`` so every worker process shares the
+   removed ones stop accepting (established TCP connections and HTTP requests run to their end), new
+   ones are opened with ``SO_REUSEPORT`` so every worker process shares the
    port. A listener that cannot be opened (EADDRINUSE, EACCES...) is reported in
    :attr:`ApplyResult.listener_errors` and retried by :meth:`Runtime.retry_failed`; the others serve;
 3. swaps the HTTP plane with one assignment (``self.http``); the HTTP protocols read it once per
@@ -125,6 +126,7 @@ class Runtime:
         self.listener_errors: dict[ListenerKey, str] = {}
         self._wanted: dict[ListenerKey, Any] = {}  # key → EntryPoint name or route state
         self._lock = asyncio.Lock()
+        self._retired: set[TCPListener] = set()  # removed TCP listeners with connections still open
         self._http_options = None
         self.draining = False
 
@@ -175,8 +177,16 @@ class Runtime:
                 raise ConfigError(f"configuration version {config.version}: cannot be compiled: "
                                   f"{type(exc).__name__}: {exc}") from exc
             for key in [k for k in self.listeners if k not in wanted]:
-                self.listeners.pop(key).close()
+                listener = self.listeners.pop(key)
+                if isinstance(listener, TCPListener) and listener.active:
+                    # like HTTP requests in flight: established connections of a removed route
+                    # run to their end (or to the drain on shutdown); only accepting stops
+                    listener.stop_accepting()
+                    self._retired.add(listener)
+                else:
+                    listener.close()
                 log.info("closed listener %s", describe_key(key))
+            self._retired = {r for r in self._retired if r.active}
             for key in [k for k in self.listener_errors if k not in wanted]:
                 del self.listener_errors[key]
             old, self.http = self.http, plane  # the swap: one assignment
@@ -265,7 +275,7 @@ class Runtime:
         deadline = self.loop.time() + max(0.0, timeout)
         for listener in self.listeners.values():
             listener.stop_accepting()
-        waits = [listener.wait_idle(timeout) for listener in self.listeners.values()]
+        waits = [listener.wait_idle(timeout) for listener in (*self.listeners.values(), *self._retired)]
         if self.connections is not None:
             # says Connection: close from now on, closes idle keep-alive connections, waits, aborts
             waits.append(self.connections.drain(timeout))
@@ -278,9 +288,10 @@ class Runtime:
         await self.close()
 
     async def close(self) -> None:
-        for listener in self.listeners.values():
+        for listener in (*self.listeners.values(), *self._retired):
             listener.close()
         self.listeners.clear()
+        self._retired.clear()
         if self.http is not None:
             try:
                 self.http.close()
