@@ -258,7 +258,7 @@ def test_port_in_use_is_a_clear_error(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        for flag, what in (("--api-port", "API"), ("--dns-port", "DNS")):
+        for flag, what in (("--api-port", "the API"), ("--dns-port", "DNS")):
             other = "--dns-port" if flag == "--api-port" else "--api-port"
             result = subprocess.run(lightmesh_cmd("controller", "--manifests", str(directory),
                                                   "--api-address", "127.0.0.1", "--dns-address", "127.0.0.1",
