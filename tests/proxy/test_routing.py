@@ -1,0 +1,186 @@
+"""Route compilation and lookup against the config contract, plus state carry-over across swaps."""
+
+from __future__ import annotations
+
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lightmesh.config import HTTPConfig, make_config
+from lightmesh.proxy.metrics import ProxyMetrics
+from lightmesh.proxy.routing import compile_http, match_length, split_host
+
+
+def _config(routers, services=None, middlewares=None, entry_points=("web", "admin"), version=1):
+    services = services or [{"name": "svc", "servers": [{"url": "http://10.0.0.1:80"}]}]
+    http = {"entry_points": [{"name": ep, "port": 5000 + i} for i, ep in enumerate(entry_points)],
+            "services": services, "routers": routers, "middlewares": middlewares or []}
+    return make_config(version, HTTPConfig.model_validate(http))
+
+
+def _router(name, priority=0, ep="web", service="svc", **match):
+    return {"name": name, "entry_points": [ep], "service": service, "priority": priority, "match": match}
+
+
+def _lookup(plane, host, method="GET", path=b"/", headers=(), ep="web"):
+    route = plane.entry_points[ep].lookup(host, method, path, list(headers))
+    return route.name if route else None
+
+
+def test_split_host():
+    assert split_host(b"Svc.NS.Traefik.Mesh:5000") == "svc.ns.traefik.mesh"
+    assert split_host(b"svc") == "svc"
+    assert split_host(b"[::1]:80") == "::1"
+    assert split_host(b"[::1]") == "::1"
+    assert split_host(b"10.0.0.1:8080") == "10.0.0.1"
+    assert split_host(b"svc.ns.lightmesh.") == "svc.ns.lightmesh"
+
+
+def test_hosts_case_insensitive_without_port_and_entry_points_separate():
+    plane = compile_http(_config([_router("a", hosts=["Svc.NS"]), _router("b", ep="admin")]))
+    assert _lookup(plane, split_host(b"SVC.ns:5000")) == "a"
+    assert _lookup(plane, "other") is None
+    assert _lookup(plane, "svc.ns", ep="admin") == "b"
+    assert _lookup(plane, "anything", ep="admin") == "b"
+
+
+def test_path_regex_anchored_at_start_only_and_no_query():
+    plane = compile_http(_config([_router("api", path_regex="/api/v[0-9]+"), _router("exact", path_regex="/x$")]))
+    assert _lookup(plane, "h", path=b"/api/v2/users") == "api"
+    assert _lookup(plane, "h", path=b"/v1/api/v2") is None
+    assert _lookup(plane, "h", path=b"/x") == "exact"
+    assert _lookup(plane, "h", path=b"/xy") is None
+
+
+def test_methods_and_headers():
+    plane = compile_http(_config([
+        _router("post", methods=["post", "PUT"]),
+        _router("any", methods=["*"], headers={"X-Canary": "^yes$", "User-Agent": "curl"}),
+    ]))
+    assert _lookup(plane, "h", method="POST") == "post"
+    assert _lookup(plane, "h", method="GET") is None
+    assert _lookup(plane, "h", headers=[(b"x-canary", b"yes"), (b"User-Agent", b"x curl/8")]) == "any"
+    assert _lookup(plane, "h", headers=[(b"X-Canary", b"yes")]) is None  # all must match
+    assert _lookup(plane, "h", headers=[(b"X-Canary", b"yes!"), (b"User-Agent", b"curl")]) is None
+
+
+def test_precedence_priority_then_length_then_name():
+    plane = compile_http(_config([
+        _router("low", 1, hosts=["h"]),
+        _router("high-any-host", 5),
+        _router("zz", 3, hosts=["h"], path_regex="/a"),
+        _router("aa", 3, hosts=["h"], path_regex="/b"),
+        _router("longer", 3, hosts=["h"], path_regex="/abc"),
+    ]))
+    assert _lookup(plane, "h", path=b"/abc") == "high-any-host"
+    plane = compile_http(_config([
+        _router("low", 1, hosts=["h"]),
+        _router("zz", 3, hosts=["h"], path_regex="/a"),
+        _router("aa", 3, hosts=["h"], path_regex="/"),
+        _router("longer", 3, hosts=["h"], path_regex="/abc"),
+    ]))
+    assert _lookup(plane, "h", path=b"/abc") == "longer"
+    assert _lookup(plane, "h", path=b"/ab") == "zz"
+    assert _lookup(plane, "h", path=b"/q") == "aa"
+    assert _lookup(plane, "other", path=b"/q") is None
+
+
+def test_middlewares_compiled_in_router_order():
+    mws = [{"type": "retry", "name": "retry", "attempts": 3},
+           {"type": "allow_list", "name": "acl", "source_ranges": ["10.0.0.0/8"]},
+           {"type": "rate_limit", "name": "rl", "average": 5, "burst": 10},
+           {"type": "request_timeout", "name": "to", "seconds": 2.5},
+           {"type": "deny", "name": "deny", "status_code": 451}]
+    plane = compile_http(_config([{**_router("r"), "middlewares": ["rl", "retry", "acl", "to", "deny"]}],
+                                 middlewares=mws))
+    route = plane.entry_points["web"].lookup("h", "GET", b"/", [])
+    assert [c.name for c in route.checks] == ["rl", "acl", "deny"]
+    assert route.retries == 3 and route.timeout == 2.5
+
+
+def test_carry_over_of_unchanged_elements_and_close_of_retired():
+    mws = [{"type": "rate_limit", "name": "rl", "average": 5, "burst": 10},
+           {"type": "circuit_breaker", "name": "cb", "expression": "NetworkErrorRatio() > 0.5"}]
+    services = [{"name": "svc", "servers": [{"url": "http://10.0.0.1:80"}]},
+                {"name": "gone", "servers": [{"url": "http://10.0.0.2:80"}]}]
+    routers = [{**_router("r"), "middlewares": ["rl", "cb"]}, _router("g", service="gone", hosts=["g"])]
+    metrics = ProxyMetrics()
+    first = compile_http(_config(routers, services, mws), None, metrics)
+
+    class FakeConn:
+        closed = False
+
+        def close(self):
+            self.closed = True
+    kept_conn, gone_conn = FakeConn(), FakeConn()
+    first.services["svc"].servers[0].idle.append(kept_conn)
+    first.services["gone"].servers[0].idle.append(gone_conn)
+    second = compile_http(_config(routers[:1], services[:1], mws, version=2), first, metrics)
+    assert second.services["svc"] is first.services["svc"]
+    r1 = first.entry_points["web"].lookup("h", "GET", b"/", [])
+    r2 = second.entry_points["web"].lookup("h", "GET", b"/", [])
+    assert r2.checks[0].limiter is r1.checks[0].limiter
+    assert r2.checks[1].breaker is r1.checks[1].breaker
+    first.close()
+    assert gone_conn.closed and not kept_conn.closed
+    assert metrics.breaker_state["svc"] == 0
+    # changed definitions: new objects, the balancer's ejections carried for servers still present
+    changed = [{"name": "svc", "servers": [{"url": "http://10.0.0.1:80"}, {"url": "http://10.0.0.9:80"}]}]
+    second.services["svc"].balancer.failed(second.services["svc"].servers[0])
+    third = compile_http(_config(routers[:1], changed, [{**mws[0], "burst": 11}, mws[1]], version=3), second, metrics)
+    assert third.services["svc"] is not second.services["svc"]
+    r3 = third.entry_points["web"].lookup("h", "GET", b"/", [])
+    assert r3.checks[0].limiter is not r2.checks[0].limiter
+    assert r3.checks[1].breaker is r2.checks[1].breaker
+    second.close()
+    assert kept_conn.closed  # its service was replaced
+
+
+# --------------------------------------------------------------------------- property: table == reference
+
+_HOSTS = ["a", "b", "c.d"]
+_PATHS = [None, "/", "/a", "/a/b", "/b$", "/[ab]"]
+_METHODS = [[], ["GET"], ["POST"], ["*"], ["GET", "PUT"]]
+_HEADERS = [{}, {"x-k": "v"}, {"x-k": "^w"}, {"x-k": "v", "x-j": "."}]
+
+router_st = st.builds(
+    lambda i, prio, hosts, path, methods, headers: {
+        "name": f"r{i}", "entry_points": ["web"], "service": "svc", "priority": prio,
+        "match": {"hosts": hosts, "path_regex": path, "methods": methods, "headers": headers}},
+    st.integers(0, 10_000), st.integers(-2, 2), st.lists(st.sampled_from(_HOSTS), max_size=2, unique=True),
+    st.sampled_from(_PATHS), st.sampled_from(_METHODS), st.sampled_from(_HEADERS))
+request_st = st.tuples(st.sampled_from(_HOSTS + ["zzz"]), st.sampled_from(["GET", "POST", "PUT"]),
+                       st.sampled_from([b"/", b"/a", b"/a/b", b"/b", b"/c"]),
+                       st.lists(st.tuples(st.sampled_from([b"X-K", b"x-j", b"x-other"]),
+                                          st.sampled_from([b"v", b"w", b"vw", b""])), max_size=3))
+
+
+def _reference(routers, host, method, path, headers):
+    def matches(m):
+        if m["hosts"] and host not in m["hosts"]:
+            return False
+        if m["path_regex"] is not None and not re.match(m["path_regex"], path.decode()):
+            return False
+        if m["methods"] and "*" not in m["methods"] and method not in [x.upper() for x in m["methods"]]:
+            return False
+        for name, regex in m["headers"].items():
+            if not any(k.decode().lower() == name and re.search(regex, v.decode()) for k, v in headers):
+                return False
+        return True
+
+    def key(r):
+        from lightmesh.config import Match
+        return (-r["priority"], -match_length(Match.model_validate(r["match"])), r["name"])
+    for r in sorted(routers, key=key):
+        if matches(r["match"]):
+            return r["name"]
+    return None
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(router_st, max_size=8, unique_by=lambda r: r["name"]), st.lists(request_st, min_size=1, max_size=5))
+def test_lookup_agrees_with_a_brute_force_reading_of_the_contract(routers, requests):
+    plane = compile_http(_config(routers, entry_points=("web",)))
+    for host, method, path, headers in requests:
+        assert _lookup(plane, host, method, path, headers) == _reference(routers, host, method, path, headers)
