@@ -36,6 +36,8 @@ DEBOUNCE_SECONDS = 0.02
 MAX_DELAY_SECONDS = 0.1  # a stream of events still gets a rebuild at least this often
 MAX_PASSES = 3
 WRITE_RETRY_SECONDS = 5.0
+FAILURE_RETRY_SECONDS = 0.5
+FAILURE_RETRY_MAX_SECONDS = 30.0
 
 KIND_OF_FIELD = {f: kind for f, (_, kind) in FIELDS.items()} | {"shadow_services": "ShadowService"}
 
@@ -183,6 +185,7 @@ class Controller:
 
     async def _reconcile_loop(self) -> None:
         await self.source.synced.wait()
+        failures = 0
         while True:
             await self._dirty.wait()
             first = time.monotonic()
@@ -195,9 +198,13 @@ class Controller:
             self._dirty.clear()
             try:
                 self.reconcile_once()
+                failures = 0
             except Exception:  # a bug in one round must not stop the mesh: log, keep the last config
-                log.exception("reconcile failed; keeping the last published config")
-                await asyncio.sleep(1.0)
+                failures += 1
+                delay = min(FAILURE_RETRY_SECONDS * 2 ** (failures - 1), FAILURE_RETRY_MAX_SECONDS)
+                log.exception("reconcile failed; keeping the last published config, retrying in %.1fs", delay)
+                await asyncio.sleep(delay)
+                self._dirty.set()  # retry the same state (or a newer one)
 
     def _leader(self) -> bool:
         return self.elector is None or self.elector.is_leader
