@@ -387,3 +387,26 @@ def test_dockerfile_structure(repo_root):
             *sources, _dest = a.split()
             for source in sources:
                 assert (repo_root / source).exists(), f"COPY {source}: not in the build context (repo root)"
+
+
+def test_worker_options_from_flags():
+    import argparse
+
+    from lightmesh.proxy import main as proxy_main
+
+    parser = argparse.ArgumentParser()
+    proxy_main.configure(parser)
+    default = proxy_main.worker_options(parser.parse_args(["--config", "f"]))
+    assert default["max_connections"] == proxy_main.DEFAULT_MAX_CONNECTIONS and "max_connections" not in default["http"]
+    assert default["otlp_endpoint"] is None and default["http"] == {"access_log": False}
+    unlimited = proxy_main.worker_options(parser.parse_args(["--config", "f", "--max-connections", "0"]))
+    assert unlimited["max_connections"] == 0 and unlimited["http"]["max_connections"] >= 1 << 62
+    tuned = proxy_main.worker_options(parser.parse_args(
+        ["--config", "f", "--header-timeout", "3", "--idle-timeout", "60", "--max-header-bytes", "8192",
+         "--max-connections", "50", "--access-log"]))
+    assert tuned["http"] == {"access_log": True, "max_connections": 50, "header_timeout": 3.0,
+                             "idle_timeout": 60.0, "max_header_bytes": 8192}
+    options = proxy_main._build_runtime_options(tuned)
+    assert options.max_connections == 50
+    assert (options.http.header_timeout, options.http.idle_timeout, options.http.max_header_bytes,
+            options.http.max_connections, options.http.access_log) == (3.0, 60.0, 8192, 50, True)

@@ -57,6 +57,8 @@ SNAPSHOT_TIMEOUT = 2.0
 RESTART_MIN, RESTART_MAX = 0.5, 10.0
 LISTENER_RETRY_SECONDS = 2.0
 DEFAULT_DRAIN_TIMEOUT = 15.0  # the DaemonSet's terminationGracePeriodSeconds is 30
+DEFAULT_MAX_CONNECTIONS = 10000  # per worker and TCP listener (HTTP: HTTPOptions' own default)
+UNLIMITED = 1 << 62
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -122,7 +124,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trace-sample-ratio", type=_ratio, default=None,
                         help="fraction of new traces sampled (parent decision is kept)")
     parser.add_argument("--max-connections", type=_non_negative_int, default=None,
-                        help="client connections per worker and listener (0 = unlimited)")
+                        help=f"client connections per worker: HTTP (all entry points) and each TCP route "
+                             f"(default {DEFAULT_MAX_CONNECTIONS}; 0 = unlimited)")
     parser.add_argument("--header-timeout", type=_seconds, default=None, help="seconds to receive a request head")
     parser.add_argument("--idle-timeout", type=_seconds, default=None, help="keep-alive idle seconds")
     parser.add_argument("--max-header-bytes", type=_positive_int, default=None, help="largest request head")
@@ -132,11 +135,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def worker_options(args: argparse.Namespace) -> dict:
     """What a worker needs from the flags (JSON-able; sent in the ``init`` message)."""
-    http = {"access_log": bool(args.access_log), "max_connections": args.max_connections,
+    limit = args.max_connections
+    http = {"access_log": bool(args.access_log),
+            "max_connections": None if limit is None else (limit or UNLIMITED),
             "header_timeout": args.header_timeout, "idle_timeout": args.idle_timeout,
             "max_header_bytes": args.max_header_bytes}
     return {"name": args.name, "log_level": args.log_level, "log_format": args.log_format,
-            "drain_timeout": args.drain_timeout, "max_connections": args.max_connections or 0,
+            "drain_timeout": args.drain_timeout,
+            "max_connections": DEFAULT_MAX_CONNECTIONS if limit is None else limit,  # TCP, per listener; 0 = none
             "otlp_endpoint": args.otlp_endpoint,
             "trace_sample_ratio": 1.0 if args.trace_sample_ratio is None else args.trace_sample_ratio,
             "http": {k: v for k, v in http.items() if v is not None}}
