@@ -166,7 +166,12 @@ class TCPListener:
                 if server is None or server in tried:
                     break
                 tried.append(server)
-                up = socket.socket(_family(server[0]), socket.SOCK_STREAM)
+                try:
+                    up = socket.socket(_family(server[0]), socket.SOCK_STREAM)
+                except OSError as exc:  # EMFILE: this connection fails, the listener goes on
+                    self.metrics.upstream_error(route.name, "socket")
+                    log.error("tcp route %s: no socket for an upstream connection: %s", route.name, exc)
+                    break
                 up.setblocking(False)
                 try:
                     await asyncio.wait_for(self.loop.sock_connect(up, server), route.connect_timeout)

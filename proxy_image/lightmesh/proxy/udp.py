@@ -122,7 +122,12 @@ class UDPListener(asyncio.DatagramProtocol):
         if server is None:
             self.metrics.upstream_error(route.name, "no_server")
             return None
-        sock = socket.socket(_family(server[0]), socket.SOCK_DGRAM)
+        try:
+            sock = socket.socket(_family(server[0]), socket.SOCK_DGRAM)
+        except OSError as exc:  # EMFILE: drop this datagram, keep the others flowing
+            self.metrics.upstream_error(route.name, "socket")
+            log.error("udp route %s: no socket for a new session: %s", route.name, exc)
+            return None
         try:
             sock.setblocking(False)
             sock.connect(server)
