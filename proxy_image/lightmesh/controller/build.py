@@ -12,6 +12,7 @@ passes ``None`` and the ports are recovered from ``state.shadow_services``.
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 
 from lightmesh.config import ProxyConfig
@@ -71,9 +72,18 @@ class BuildResult:
 def build(state: ClusterState, settings: Settings, version: int,
           previous_ports: PortTable | None = None) -> BuildResult:
     """Topology, mesh ports, desired shadow Services and the proxy config ``version`` for ``state``."""
-    topology = build_topology(state, settings)
-    ports = allocate_ports(topology, state.shadow_services, settings, previous_ports)
-    shadows = desired_shadow_services(topology, ports, settings, state.shadow_services)
-    config, config_errors = build_config_with_errors(topology, ports, state.shadow_services, settings, version)
-    errors = sorted(set(topology.errors) | set(ports.errors) | set(config_errors))
+    # A build allocates hundreds of thousands of small objects and frees them by reference count;
+    # the cyclic GC would rescan the (large, live) caches many times meanwhile: ~30% of the time
+    # at 5,000 Services. Pause it for the duration; it runs again right after.
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        topology = build_topology(state, settings)
+        ports = allocate_ports(topology, state.shadow_services, settings, previous_ports)
+        shadows = desired_shadow_services(topology, ports, settings, state.shadow_services)
+        config, config_errors = build_config_with_errors(topology, ports, state.shadow_services, settings, version)
+        errors = sorted(set(topology.errors) | set(ports.errors) | set(config_errors))
+    finally:
+        if paused:
+            gc.enable()
     return BuildResult(topology, ports, shadows, config, errors)

@@ -229,14 +229,24 @@ def _port_number(value: Any) -> int | None:
     return None
 
 
+_GOOD_NAMESPACES: set[str] = set()  # namespaces repeat on every object: check each once
+
+
 def _meta(obj: dict) -> tuple[str, str]:
     """(namespace, name); ("", "") unless both are valid Kubernetes names (then nothing can be said
     about the object: it is skipped without an error, there is no name to report it under)."""
-    meta = _d(obj.get("metadata"))
+    meta = obj.get("metadata")
+    if type(meta) is not dict:
+        return "", ""
     ns, name = meta.get("namespace", "default"), meta.get("name")
-    if isinstance(ns, str) and isinstance(name, str) and _NAMESPACE.match(ns) and _NAME.match(name):
-        return ns, name
-    return "", ""
+    if type(ns) is not str or type(name) is not str:
+        return "", ""
+    if ns not in _GOOD_NAMESPACES:
+        if not _NAMESPACE.fullmatch(ns):
+            return "", ""
+        if len(_GOOD_NAMESPACES) < 100_000:
+            _GOOD_NAMESPACES.add(ns)
+    return (ns, name) if _NAME.fullmatch(name) else ("", "")
 
 
 class _Errors:
@@ -272,8 +282,12 @@ def _index_pods(pods: Any) -> _Pods:
         sa_key = f"{ns}/{sa}"
         # A finished pod's IP can already belong to another pod: never an identity.
         running = status.get("phase") not in ("Succeeded", "Failed")
-        ips = [_s(status.get("podIP"))] + [_s(_d(p).get("ip")) for p in _l(status.get("podIPs"))]
-        ips = [ip for ip in dict.fromkeys(ips) if ip and _is_ip(ip)]
+        pod_ip = status.get("podIP")
+        ips = [pod_ip] if type(pod_ip) is str and pod_ip else []
+        more = status.get("podIPs")
+        if type(more) is list and (len(more) > 1 or not ips):  # dual stack; [0] repeats podIP
+            ips += [p["ip"] for p in more if type(p) is dict and type(p.get("ip")) is str and p["ip"] not in ips]
+        ips = [ip for ip in ips if _is_ip(ip)]
         by_name[(ns, name)] = (ips[0] if ips else None, sa_key)
         if running:
             for ip in ips:
@@ -282,22 +296,22 @@ def _index_pods(pods: Any) -> _Pods:
     return _Pods(by_name, by_ip, ips_by_sa)
 
 
-_IP_CACHE: dict[str, bool] = {}
+_IPV4 = re.compile(r"^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$")
 
 
 def _is_ip(text: str) -> bool:
-    known = _IP_CACHE.get(text)
-    if known is None:
-        import ipaddress
+    """Same verdict as :mod:`ipaddress` (which the config validator uses), much faster for IPv4."""
+    if _IPV4.fullmatch(text):
+        return True
+    if ":" not in text:
+        return False
+    import ipaddress
 
-        try:
-            ipaddress.ip_address(text)
-            known = True
-        except ValueError:
-            known = False
-        if len(_IP_CACHE) < 200_000:
-            _IP_CACHE[text] = known
-    return known
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- services
@@ -433,7 +447,7 @@ def _http_match(raw: Any, group: tuple[str, str], i: int, errors: _Errors) -> HT
             return bad(f"pathRegex {raw.get('pathRegex')!r} is not a valid regular expression: {exc}")
     methods = []
     for m in _l(raw.get("methods")):
-        if not isinstance(m, str) or not (m == "*" or _TOKEN.match(m)):
+        if not isinstance(m, str) or not (m == "*" or _TOKEN.fullmatch(m)):
             return bad(f"method {m!r} is not an HTTP method")
         methods.append(m.upper())
     if "*" in methods:
@@ -444,7 +458,7 @@ def _http_match(raw: Any, group: tuple[str, str], i: int, errors: _Errors) -> HT
     parts = [raw_headers] if isinstance(raw_headers, dict) else _l(raw_headers)
     for part in parts:
         for hname, regex in _d(part).items():
-            if not isinstance(hname, str) or not _TOKEN.match(hname) or not isinstance(regex, str):
+            if not isinstance(hname, str) or not _TOKEN.fullmatch(hname) or not isinstance(regex, str):
                 return bad(f"header {hname!r}: {regex!r} is not a header name and a regular expression")
             try:
                 re.compile(regex)
