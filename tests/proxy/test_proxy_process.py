@@ -132,6 +132,7 @@ def test_file_config_two_workers_end_to_end(tmp_path):
                     data = await until(lambda: _when(rawdata(admin), lambda d: workers_on(d, 1)), 10, "workers on v1")
                     assert data["config"]["hash"] == data["hash"] == make(1, hp, backend.url, tp, eport).hash
                     assert len({w["pid"] for w in data["workers"]}) == 2 and data["name"] == "test-proxy"
+                    assert data["workers"][0]["listeners"] == sorted([f"http 127.0.0.1:{hp}", f"tcp 127.0.0.1:{tp}"])
 
                     for _ in range(20):
                         assert (await request(hp, path="/x")).status == 200

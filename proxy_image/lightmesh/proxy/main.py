@@ -216,6 +216,7 @@ class WorkerHandle:
     applied_version: int = 0
     applied_hash: str | None = None
     listener_errors: dict = dataclasses.field(default_factory=dict)
+    listeners: list = dataclasses.field(default_factory=list)
     last_error: str | None = None
     restarts: int = 0
     started_at: float = 0.0
@@ -224,7 +225,8 @@ class WorkerHandle:
 
     def describe(self) -> dict:
         return {"index": self.index, "pid": self.pid, "alive": self.alive, "applied_version": self.applied_version,
-                "applied_hash": self.applied_hash, "listener_errors": self.listener_errors,
+                "applied_hash": self.applied_hash, "listeners": self.listeners,
+                "listener_errors": self.listener_errors,
                 "last_error": self.last_error, "restarts": self.restarts}
 
 
@@ -320,7 +322,7 @@ class Supervisor:
         reader, writer = await asyncio.open_unix_connection(sock=parent)
         worker.proc, worker.writer, worker.pid = proc, writer, proc.pid
         worker.alive, worker.applied_version, worker.applied_hash = True, 0, None
-        worker.listener_errors, worker.started_at = {}, time.monotonic()
+        worker.listener_errors, worker.listeners, worker.started_at = {}, [], time.monotonic()
         write_message(writer, {"type": "init", "index": worker.index, "options": self.options})
         if self.config_json is not None:
             write_message(writer, {"type": "config", "config": self.config_json})
@@ -347,6 +349,7 @@ class Supervisor:
         elif kind == "applied":
             worker.applied_version, worker.applied_hash = msg["version"], msg.get("hash")
             worker.listener_errors = msg.get("listener_errors") or {}
+            worker.listeners = msg.get("listeners") or []
             worker.last_error = None
             for error in worker.listener_errors.values():
                 self._record_error(error)
@@ -355,6 +358,7 @@ class Supervisor:
                 notify()
         elif kind == "status":
             worker.listener_errors = msg.get("listener_errors") or {}
+            worker.listeners = msg.get("listeners") or worker.listeners
         elif kind == "refused":
             worker.last_error = msg.get("error")
             self._record_error(f"worker {worker.index}: {msg.get('error')}")
@@ -608,7 +612,8 @@ async def _worker(fd: int) -> int:
                           len(runtime.listeners),
                           f", {len(result.listener_errors)} failed" if result.listener_errors else "")
                 write_message(writer, {"type": "applied", "version": result.version, "hash": result.hash,
-                                       "listener_errors": result.listener_errors})
+                                       "listener_errors": result.listener_errors,
+                                       "listeners": runtime.status()["listeners"]})
             elif kind == "snapshot":
                 write_message(writer, {"type": "snapshot", "id": msg.get("id"), "metrics": metrics.snapshot(),
                                        "status": runtime.status()})
