@@ -185,3 +185,38 @@ def test_kube_source_lists_watches_and_filters():
                 await api.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_smi_crds_installed_after_start_are_picked_up():
+    async def scenario():
+        async with cluster(smi={}) as kube:  # no SMI at start
+            api = KubeAPI.from_kubeconfig(server=str(kube.url))
+            changes = asyncio.Event()
+            source = KubeSource(api, ObjectFilter.create("lightmesh"), on_change=changes.set,
+                                rediscover_seconds=0.05)
+            task = asyncio.create_task(source.run())
+            try:
+                await asyncio.wait_for(source.synced.wait(), 20)
+                assert source.informers["traffic_splits"].resource is None
+                kube.serve({"split.smi-spec.io/v1alpha2/trafficsplits": ("TrafficSplit", True)})
+                kube.put_object(obj("TrafficSplit", "canary", api_version="split.smi-spec.io/v1alpha2"))
+                for _ in range(500):
+                    if source.snapshot()["traffic_splits"]:
+                        break
+                    await asyncio.sleep(0.02)
+                assert [o["metadata"]["name"] for o in source.snapshot()["traffic_splits"]] == ["canary"]
+                # a newer version appears: switched to it, objects never disappear in between
+                kube.serve({"split.smi-spec.io/v1alpha4/trafficsplits": ("TrafficSplit", True)})
+                kube.put_object(obj("TrafficSplit", "canary", api_version="split.smi-spec.io/v1alpha4"))
+                for _ in range(500):
+                    assert source.snapshot()["traffic_splits"]
+                    if source.api_versions()["TrafficSplit"] == "split.smi-spec.io/v1alpha4":
+                        break
+                    await asyncio.sleep(0.02)
+                assert source.snapshot()["traffic_splits"][0]["apiVersion"] == "split.smi-spec.io/v1alpha4"
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await api.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))

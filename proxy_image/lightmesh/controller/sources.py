@@ -393,6 +393,8 @@ class KubeAPI:
 
 BACKOFF_MIN_SECONDS = 0.2
 BACKOFF_MAX_SECONDS = 30.0
+REDISCOVER_SECONDS = 60.0
+SYNC_TIMEOUT_SECONDS = 60.0
 
 
 class Informer:
@@ -521,13 +523,16 @@ class KubeSource:
     """Every kind the controller needs, list+watched from the API server."""
 
     def __init__(self, api: KubeAPI, object_filter: ObjectFilter, on_change: Callable[[], None] = lambda: None,
-                 metrics=None, watch_timeout_seconds: int = 300) -> None:
+                 metrics=None, watch_timeout_seconds: int = 300,
+                 rediscover_seconds: float = REDISCOVER_SECONDS) -> None:
         self.api = api
         self.filter = object_filter
         self.on_change = on_change
         self.metrics = metrics
         self.watch_timeout_seconds = watch_timeout_seconds
+        self.rediscover_seconds = rediscover_seconds
         self.informers: dict[str, Informer] = {}
+        self._tasks: dict[str, asyncio.Task] = {}
         self.synced = asyncio.Event()
 
     def _changed(self) -> None:
@@ -546,16 +551,53 @@ class KubeSource:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
 
+    def _informer(self, resource: Resource | None) -> Informer:
+        return Informer(self.api, resource, self._changed, self.metrics, self.watch_timeout_seconds)
+
     async def run(self) -> None:
         resources = await self._discover()
-        self.informers = {f: Informer(self.api, r, self._changed, self.metrics, self.watch_timeout_seconds)
-                          for f, r in resources.items()}
+        self.informers = {f: self._informer(r) for f, r in resources.items()}
         async with asyncio.TaskGroup() as tasks:
-            for informer in self.informers.values():
-                tasks.create_task(informer.run())
+            for fieldname, informer in self.informers.items():
+                self._tasks[fieldname] = tasks.create_task(informer.run())
             await asyncio.gather(*(i.synced.wait() for i in self.informers.values()))
             self.synced.set()
             self.on_change()
+            await self._rediscover_forever(tasks)
+
+    async def _rediscover_forever(self, tasks: asyncio.TaskGroup) -> None:
+        """SMI CRDs installed, upgraded or removed after start: switch the informer of that kind.
+
+        The new informer syncs before it replaces the old one, so the kind never looks empty
+        in between (no config flap).
+        """
+        while True:
+            await asyncio.sleep(self.rediscover_seconds)
+            try:
+                resources = await discover(self.api)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - try again next period
+                log.info("re-discovery failed: %s", exc)
+                continue
+            for fieldname, resource in resources.items():
+                if resource == self.informers[fieldname].resource:
+                    continue
+                log.info("%s: now watching %s", fieldname, resource.api_version if resource else "nothing "
+                         "(no supported version served)")
+                informer = self._informer(resource)
+                task = tasks.create_task(informer.run())
+                try:
+                    await asyncio.wait_for(informer.synced.wait(), SYNC_TIMEOUT_SECONDS)
+                except asyncio.TimeoutError:
+                    task.cancel()
+                    log.warning("%s: the new version did not sync; keeping the old watch", fieldname)
+                    continue
+                old = self._tasks.get(fieldname)
+                self.informers[fieldname], self._tasks[fieldname] = informer, task
+                if old is not None:
+                    old.cancel()
+                self.on_change()
 
     def snapshot(self) -> dict[str, list[dict]]:
         out: dict[str, list[dict]] = {f: [] for f in (*STATE_FIELDS, "proxy_pods")}
