@@ -411,6 +411,7 @@ class Informer:
         self.synced = asyncio.Event()
         self.resource_version: str | None = None
         self.lists = 0  # how many full lists were made (tests: a 410 re-lists)
+        self._listed_at = float("-inf")
 
     @property
     def kind(self) -> str:
@@ -424,6 +425,7 @@ class Informer:
         assert self.resource is not None
         items, rv = await self.api.list(self.resource.path())
         self.lists += 1
+        self._listed_at = asyncio.get_running_loop().time()
         cache = {key_of(i): i for i in items}
         changed = cache != self.cache
         self.cache, self.resource_version = cache, rv
@@ -467,12 +469,16 @@ class Informer:
                 if need_list:
                     await self.relist()
                     need_list = False
+                started = asyncio.get_running_loop().time()
                 async for event in self.api.watch(self.resource.path(), self.resource_version,
                                                   self.watch_timeout_seconds):
                     if self.apply(event):
                         self.on_change()
                     backoff = BACKOFF_MIN_SECONDS
-                # the server closed the watch (timeoutSeconds): resume from where we are
+                # the server closed the watch (timeoutSeconds): resume from where we are, at once
+                # unless it keeps closing right away (then back off: no busy loop)
+                if asyncio.get_running_loop().time() - started >= 1.0:
+                    continue
             except asyncio.CancelledError:
                 raise
             except ApiError as exc:
@@ -480,7 +486,8 @@ class Informer:
                     log.info("%s watch expired (410 Gone): re-listing", self.kind)
                     self._restart("gone")
                     need_list = True
-                    continue
+                    if asyncio.get_running_loop().time() - self._listed_at >= 1.0:
+                        continue  # at once, unless 410s come back right after a list (then back off)
                 self._restart("error")
                 log.warning("%s watch failed (%s); retrying in %.1fs", self.kind, exc, backoff)
             except Exception as exc:  # network errors, decode errors: back off, never die
