@@ -87,3 +87,17 @@ def test_ports_survive_a_rebuild_with_previous_ports() -> None:
     first = build(state, settings, 1)
     again = build(state, settings, 2, previous_ports=first.ports)
     assert again.ports == first.ports and again.config.hash == first.config.hash
+
+
+def test_two_services_on_one_shadow_ip_are_reported_not_merged() -> None:
+    """A writer bug (one ClusterIP for two shadows) must not mix two Services on one listener."""
+    objects = [{"kind": "Service", "metadata": {"name": n, "namespace": "app"}, "spec": {"ports": [{"port": 80}]}}
+               for n in ("a", "b")]
+    shadows = [{"metadata": {"name": f"lm-{n}", "namespace": "lightmesh",
+                             "labels": {"lightmesh.io/service-name": n, "lightmesh.io/service-namespace": "app"}},
+                "spec": {"clusterIP": "127.1.0.9", "ports": [{"port": 80, "protocol": "TCP", "targetPort": 5000}]}}
+               for n in ("a", "b")]
+    result = build(ClusterState(services=objects, shadow_services=shadows), Settings(listen_mode="shadow-ip"), 1)
+    assert [r.name for r in result.config.http.routers] == ["app/a:80"]
+    [err] = result.errors
+    assert err.name == "b" and "127.1.0.9:80" in err.message

@@ -142,6 +142,7 @@ class _Builder:
         self.t, self.ports, self.settings = topology, ports, settings
         self.shadows = shadow_index(shadow_services)
         self.entry_points: dict[str, dict] = {}
+        self.entry_owner: dict[str, str] = {}
         self.routers: list[dict] = []
         self.services: list[dict] = []
         self.middlewares: dict[str, dict] = {}
@@ -170,9 +171,14 @@ class _Builder:
             address, port = "0.0.0.0", mesh_port
         if proto == "http":
             name = f"http-{port}" if address == "0.0.0.0" else f"http-{address}:{port}"
-            if name in self.entry_points:
-                return address, port
+            owner = self.entry_owner.get(name)
+            if owner is not None and (address == "0.0.0.0" or owner == svc.key):
+                return address, port  # node mode: shared by every HTTP Service, told apart by Host
             what = f"entry point {name}"
+            if owner is not None:  # shadow-ip: two Services with one ClusterIP cannot share "any host"
+                self.errors.append(ObjectError("Service", svc.namespace, svc.name, f"spec.ports[port={p.port}]",
+                                               f"{address}:{port} is already used by {owner}; port not served"))
+                return None
         else:
             what = f"{proto} route {svc.key}:{p.port}"
         clash = self.sockets.claim("udp" if proto == "udp" else "tcp", address, port, what)
@@ -182,6 +188,7 @@ class _Builder:
             return None
         if proto == "http":
             self.entry_points[name] = {"name": name, "address": address, "port": port}
+            self.entry_owner[name] = svc.key
         return address, port
 
     def middleware(self, mw: dict) -> str:
