@@ -134,6 +134,8 @@ def test_nodes_join_proxy_pods_and_reported_versions():
             async with aiohttp.ClientSession() as http:
                 for name, applied in (("lightmesh-proxy-a", "3"), ("local-proxy", "2")):
                     headers = {wire.HEADER_PROXY_NAME: name, wire.HEADER_APPLIED_VERSION: applied}
+                    if name == "lightmesh-proxy-a":
+                        headers["If-None-Match"] = config(3).etag()
                     async with http.get(url + wire.CONFIG_PATH + "?wait=0", headers=headers) as resp:
                         assert resp.status == 200
                 async with http.get(url + wire.NODES_PATH) as resp:
@@ -142,6 +144,8 @@ def test_nodes_join_proxy_pods_and_reported_versions():
             await api.stop()
         assert nodes["lightmesh-proxy-a"]["ip"] == "10.0.0.5" and nodes["lightmesh-proxy-a"]["ready"] is True
         assert nodes["lightmesh-proxy-a"]["applied_version"] == 3 and nodes["lightmesh-proxy-a"]["up_to_date"]
+        assert nodes["lightmesh-proxy-a"]["config_hash"] == config(3).hash
+        assert nodes["local-proxy"]["config_hash"] is None
         assert nodes["lightmesh-proxy-b"]["ready"] is False and nodes["lightmesh-proxy-b"]["applied_version"] is None
         assert nodes["local-proxy"]["applied_version"] == 2 and not nodes["local-proxy"]["up_to_date"]
         assert nodes["local-proxy"]["ip"] == "127.0.0.1"

@@ -102,7 +102,7 @@ class ConfigStore:
                     else self.config
         return None
 
-    def record_proxy(self, name: str, applied: str | None, address: str | None) -> None:
+    def record_proxy(self, name: str, applied: str | None, address: str | None, etag: str | None = None) -> None:
         try:
             version = int(applied) if applied is not None else None
         except ValueError:
@@ -113,7 +113,9 @@ class ConfigStore:
                 del self.proxies[old]
             if len(self.proxies) >= MAX_TRACKED_PROXIES:
                 return
-        self.proxies[name] = {"applied_version": version, "last_seen": time.time(), "address": address}
+        held = etag.strip().removeprefix("W/").strip('"')[:64] if etag else None
+        self.proxies[name] = {"applied_version": version, "last_seen": time.time(), "address": address,
+                              "config_hash": held}
 
 
 def _pod_ready(pod: dict) -> bool:
@@ -160,7 +162,8 @@ class ControllerAPI:
     async def configuration(self, request: web.Request) -> web.StreamResponse:
         proxy = request.headers.get(wire.HEADER_PROXY_NAME)
         if proxy:
-            self.store.record_proxy(proxy[:253], request.headers.get(wire.HEADER_APPLIED_VERSION), request.remote)
+            self.store.record_proxy(proxy[:253], request.headers.get(wire.HEADER_APPLIED_VERSION), request.remote,
+                                    request.headers.get("If-None-Match"))
         wait = wire.LONG_POLL_SECONDS
         if "wait" in request.query:
             try:
@@ -210,8 +213,10 @@ class ControllerAPI:
     @staticmethod
     def _report(report: dict, current: int | None) -> dict:
         applied = report.get("applied_version")
-        return {"applied_version": applied, "last_seen": report.get("last_seen"),
-                "up_to_date": applied is not None and applied == current}
+        # config_hash: what the proxy holds (its If-None-Match); a replica numbers versions its own way,
+        # so across replicas compare hashes
+        return {"applied_version": applied, "config_hash": report.get("config_hash"),
+                "last_seen": report.get("last_seen"), "up_to_date": applied is not None and applied == current}
 
     async def metrics_handler(self, request: web.Request) -> web.Response:
         if self.metrics is None:
