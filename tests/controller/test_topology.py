@@ -63,15 +63,17 @@ def test_headers_as_map_or_list_of_one_key_maps_mean_the_same():
         HTTPMatch("m", None, (), (("x-a", "1"), ("x-b", "2"))),)
 
 
-def test_v1alpha1_traffic_target_uses_specs_and_sources_default_to_its_namespace():
+def test_v1alpha1_objects_without_spec_and_sources_default_to_the_target_namespace():
     state = ClusterState(
         pods=[pod("c", "10.0.0.5", sa="client")],
-        http_route_groups=[group("g", [{"name": "all"}], "v1alpha1")],
+        # specs and access v1alpha1 have no `spec`: matches / destination, sources, specs on top
+        http_route_groups=[{"apiVersion": "specs.smi-spec.io/v1alpha1", "kind": "HTTPRouteGroup",
+                            "metadata": {"name": "g", "namespace": "app"}, "matches": [{"name": "all"}]}],
         traffic_targets=[{"apiVersion": "access.smi-spec.io/v1alpha1", "kind": "TrafficTarget",
                           "metadata": {"name": "t", "namespace": "app"},
-                          "spec": {"destination": {"kind": "ServiceAccount", "name": "server", "port": "8080"},
-                                   "sources": [{"kind": "ServiceAccount", "name": "client"}],
-                                   "specs": [{"kind": "HTTPRouteGroup", "name": "g", "matches": ["all"]}]}}])
+                          "destination": {"kind": "ServiceAccount", "name": "server", "port": "8080"},
+                          "sources": [{"kind": "ServiceAccount", "name": "client"}],
+                          "specs": [{"kind": "HTTPRouteGroup", "name": "g", "matches": ["all"]}]}])
     [tt] = build_topology(state, Settings()).traffic_targets
     assert (tt.destination, tt.destination_port, tt.sources, tt.source_ips) == (
         "app/server", 8080, ("app/client",), ("10.0.0.5",))

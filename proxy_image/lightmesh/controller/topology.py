@@ -424,10 +424,10 @@ def _endpoints(ns: str, ports: list[_RawPort], slices: list[dict], pods: _Pods
 # --------------------------------------------------------------------------- SMI specs
 
 
-def _http_match(raw: Any, group: tuple[str, str], i: int, errors: _Errors) -> HTTPMatch | None:
+def _http_match(raw: Any, group: tuple[str, str], i: int, errors: _Errors, prefix: str = "spec.") -> HTTPMatch | None:
     raw = _d(raw)
     name = _s(raw.get("name"))
-    where = f"spec.matches[{i}]"
+    where = f"{prefix}matches[{i}]"
 
     def bad(msg: str) -> None:
         errors.add("HTTPRouteGroup", *group, where, f"{msg}; this match is ignored")
@@ -486,8 +486,10 @@ def _index_specs(state: ClusterState, settings: Settings, errors: _Errors) -> _S
         by_name: dict[str, HTTPMatch] = {}
         ordered: list[HTTPMatch] = []
         bad: set[str] = set()
-        for i, raw in enumerate(_l(_d(obj.get("spec")).get("matches"))):
-            match = _http_match(raw, key, i, errors)
+        spec_matches = _d(obj.get("spec")).get("matches")
+        top = spec_matches is None and "matches" in obj  # specs v1alpha1/v1alpha2: no spec, matches on top
+        for i, raw in enumerate(_l(obj.get("matches") if top else spec_matches)):
+            match = _http_match(raw, key, i, errors, "" if top else "spec.")
             if match is None:
                 bad.add(_s(_d(raw).get("name")))
                 continue
@@ -524,27 +526,30 @@ def _traffic_target(obj: dict, settings: Settings, specs: _Specs, pods: _Pods, e
                     ) -> TrafficTarget | None:
     ns, name = _meta(obj)
     spec = _d(obj.get("spec"))
+    p = "spec."
+    if "destination" not in spec and "destination" in obj:  # access v1alpha1: no spec, fields on top
+        spec, p = obj, ""
 
     def err(where: str, msg: str) -> None:
-        errors.add("TrafficTarget", ns, name, where, msg)
+        errors.add("TrafficTarget", ns, name, p + where, msg)
 
     dest = _d(spec.get("destination"))
     dest_name = _s(dest.get("name"))
     if dest.get("kind", "ServiceAccount") != "ServiceAccount" or not dest_name:
-        err("spec.destination", "destination must be a ServiceAccount with a name; the TrafficTarget is ignored")
+        err("destination", "destination must be a ServiceAccount with a name; the TrafficTarget is ignored")
         return None
     dest_ns = _s(dest.get("namespace")) or ns
     dest_port = None
     if dest.get("port") not in (None, ""):
         dest_port = _port_number(dest.get("port"))
         if dest_port is None:
-            err("spec.destination.port", f"{dest.get('port')!r} is not a port number; the TrafficTarget is ignored")
+            err("destination.port", f"{dest.get('port')!r} is not a port number; the TrafficTarget is ignored")
             return None
     sources: list[str] = []
     for i, src in enumerate(_l(spec.get("sources"))):
         src = _d(src)
         if src.get("kind", "ServiceAccount") != "ServiceAccount" or not _s(src.get("name")):
-            err(f"spec.sources[{i}]", "a source must be a ServiceAccount with a name; this source is ignored")
+            err(f"sources[{i}]", "a source must be a ServiceAccount with a name; this source is ignored")
             continue
         sources.append(f"{_s(src.get('namespace')) or ns}/{src['name']}")
     sources = sorted(set(sources))
@@ -559,7 +564,7 @@ def _traffic_target(obj: dict, settings: Settings, specs: _Specs, pods: _Pods, e
     for i, rule in enumerate(_l(spec.get(rules_field))):
         rule = _d(rule)
         kind, rname = rule.get("kind"), _s(rule.get("name"))
-        where = f"spec.{rules_field}[{i}]"
+        where = f"{rules_field}[{i}]"
         if kind == "HTTPRouteGroup":
             group = specs.groups.get((ns, rname))
             if group is None:
