@@ -189,6 +189,57 @@ def test_file_config_two_workers_end_to_end(tmp_path):
     run(main())
 
 
+def test_file_reloads_under_load_fail_no_request(tmp_path):
+    async def main():
+        echo, eport = await tcp_echo()
+        hp, tp, ap = free_port(), free_port(), free_port()
+        admin = f"http://127.0.0.1:{ap}"
+        cfg_path = tmp_path / "proxy.json"
+        async with Backend("A") as a, Backend("B") as b:
+            cfg_path.write_text(make(1, hp, a.url, tp, eport).to_json())
+            with proxy_process("--config", str(cfg_path), "--workers", "2", "--admin-address", "127.0.0.1",
+                               "--admin-port", str(ap), "--name", "load-proxy", "--log-level", "warning",
+                               log_path=tmp_path / "proxy.log") as proc:
+                try:
+                    await wait_ready(admin, proc, "load-proxy")
+                    await until(lambda: _when(rawdata(admin), lambda d: workers_on(d, 1)), 10, "workers on v1")
+                    stop = asyncio.Event()
+                    statuses: list[int] = []
+                    backends: set[str] = set()
+
+                    async def client(n: int) -> None:
+                        conn = await RawClient.connect(hp)
+                        try:
+                            while not stop.is_set():
+                                await conn.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+                                resp = await conn.response(5)
+                                statuses.append(resp.status)
+                                backends.add(resp.header("X-Backend") or "")
+                                if len(statuses) % 5 == n:  # new connections land on either worker
+                                    await conn.close()
+                                    conn = await RawClient.connect(hp)
+                        finally:
+                            await conn.close()
+
+                    clients = [asyncio.create_task(client(n)) for n in range(4)]
+                    try:
+                        for version in range(2, 10):
+                            await asyncio.sleep(0.25)
+                            cfg_path.write_text(make(version, hp, (a, b)[version % 2].url, tp, eport).to_json())
+                        await until(lambda: _when(rawdata(admin), lambda d: workers_on(d, 9)), 10, "workers on v9")
+                        await asyncio.sleep(0.2)
+                    finally:
+                        stop.set()
+                        outcomes = await asyncio.gather(*clients, return_exceptions=True)
+                    assert [o for o in outcomes if o is not None] == []
+                    assert len(statuses) > 50 and set(statuses) == {200}
+                    assert backends == {"A", "B"}
+                finally:
+                    echo.close()
+
+    run(main())
+
+
 def test_controller_source_and_group_sigterm(tmp_path):
     async def main():
         echo, eport = await tcp_echo()

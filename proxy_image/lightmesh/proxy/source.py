@@ -21,7 +21,8 @@ A refused (invalid) config's ETag becomes the next If-None-Match: the controller
 until its config changes instead of sending the same bad body in a tight loop.
 
 :class:`FileSource` polls a file's (mtime, size, inode) every ``interval`` seconds and reloads it on
-change; a file that vanishes or is half-written is reported and the last good config kept.
+change (a new version with the same content is handed over too: the version in force is what the file
+says); a file that vanishes or is half-written is reported and the last good config kept.
 """
 
 from __future__ import annotations
@@ -191,9 +192,10 @@ class FileSource:
         self.interval = interval
         self._seen: tuple | None = None
         self.loaded_hash: str | None = None
+        self.loaded_version: int | None = None
 
     def describe(self) -> dict:
-        return {"kind": "file", "path": self.path, "hash": self.loaded_hash}
+        return {"kind": "file", "path": self.path, "hash": self.loaded_hash, "version": self.loaded_version}
 
     async def run(self) -> None:
         while True:
@@ -229,8 +231,8 @@ class FileSource:
             log.error("refused: %s; keeping the last good config", exc)
             self.on_error(str(exc), refused=True)
             return False
-        if config.hash == self.loaded_hash:
-            return False  # touched, same content
-        self.loaded_hash = config.hash
+        if (config.hash, config.version) == (self.loaded_hash, self.loaded_version):
+            return False  # touched or rewritten, same config
+        self.loaded_hash, self.loaded_version = config.hash, config.version
         self.on_config(config)
         return True
