@@ -262,37 +262,45 @@ class _Errors:
 
 @dataclass
 class _Pods:
-    by_name: dict[tuple[str, str], tuple[str | None, str]]  # (ns, name) → (ip, sa "ns/name")
-    by_ip: dict[str, tuple[str, str]]  # ip → (pod "ns/name", sa "ns/name")
+    by_name: dict[tuple[str, str], tuple[str, str]]  # (ns, name) → (pod "ns/name", sa "ns/name")
+    by_ip: dict[str, tuple[str, str]]  # ip of a running pod → (pod "ns/name", sa "ns/name")
     ips_by_sa: dict[str, set[str]]
 
 
 def _index_pods(pods: Any) -> _Pods:
-    by_name: dict[tuple[str, str], tuple[str | None, str]] = {}
+    """One pass over every pod: by name and by IP (endpoint identity), IPs by ServiceAccount
+    (TrafficTarget sources). Hot at scale: plain type checks, no helpers."""
+    by_name: dict[tuple[str, str], tuple[str, str]] = {}
     by_ip: dict[str, tuple[str, str]] = {}
     ips_by_sa: dict[str, set[str]] = {}
     for pod in pods or ():
-        if not isinstance(pod, dict):
+        if type(pod) is not dict:
             continue
         ns, name = _meta(pod)
-        if not ns or not name:
+        if not ns:
             continue
-        spec, status = _d(pod.get("spec")), _d(pod.get("status"))
-        sa = _s(spec.get("serviceAccountName")) or _s(spec.get("serviceAccount")) or "default"
-        sa_key = f"{ns}/{sa}"
+        spec, status = pod.get("spec"), pod.get("status")
+        spec = spec if type(spec) is dict else {}
+        status = status if type(status) is dict else {}
+        sa = spec.get("serviceAccountName") or spec.get("serviceAccount")
+        key = (f"{ns}/{name}", f"{ns}/{sa if type(sa) is str and sa else 'default'}")
+        by_name[(ns, name)] = key
         # A finished pod's IP can already belong to another pod: never an identity.
-        running = status.get("phase") not in ("Succeeded", "Failed")
+        if status.get("phase") in ("Succeeded", "Failed"):
+            continue
         pod_ip = status.get("podIP")
         ips = [pod_ip] if type(pod_ip) is str and pod_ip else []
         more = status.get("podIPs")
         if type(more) is list and (len(more) > 1 or not ips):  # dual stack; [0] repeats podIP
             ips += [p["ip"] for p in more if type(p) is dict and type(p.get("ip")) is str and p["ip"] not in ips]
-        ips = [ip for ip in ips if _is_ip(ip)]
-        by_name[(ns, name)] = (ips[0] if ips else None, sa_key)
-        if running:
-            for ip in ips:
-                by_ip[ip] = (f"{ns}/{name}", sa_key)
-                ips_by_sa.setdefault(sa_key, set()).add(ip)
+        for ip in ips:
+            if _is_ip(ip):
+                by_ip[ip] = key
+                accounts = ips_by_sa.get(key[1])
+                if accounts is None:
+                    ips_by_sa[key[1]] = {ip}
+                else:
+                    accounts.add(ip)
     return _Pods(by_name, by_ip, ips_by_sa)
 
 
@@ -381,7 +389,9 @@ def _slices_by_service(slices: Any) -> dict[tuple[str, str], list[dict]]:
 
 def _endpoints(ns: str, ports: list[_RawPort], slices: list[dict], pods: _Pods
                ) -> list[tuple[Endpoint, ...]]:
+    """Ready endpoints per Service port (sorted, deduplicated). Hot at scale: plain type checks."""
     per_port: list[dict[tuple[str, int], Endpoint]] = [{} for _ in ports]
+    by_name, by_ip = pods.by_name, pods.by_ip
     for sl in slices:
         slice_ports = {}
         for sp in _l(sl.get("ports")):
@@ -389,35 +399,38 @@ def _endpoints(ns: str, ports: list[_RawPort], slices: list[dict], pods: _Pods
             number = _port_number(sp.get("port")) if not isinstance(sp.get("port"), str) else None
             if number is not None:
                 slice_ports[(_s(sp.get("name")), sp.get("protocol", "TCP"))] = number
-        resolved: list[int | None] = []
-        for p in ports:
+        resolved: list[tuple[int, int]] = []  # (index of the Service port, endpoint port)
+        for i, p in enumerate(ports):
             number = slice_ports.get((p.name, p.protocol))
             if number is None and "ports" not in sl and isinstance(p.target_port, int):
                 number = p.target_port  # hand-written slice without ports: the numeric targetPort
-            resolved.append(number)
-        if not any(resolved):
+            if number is not None:
+                resolved.append((i, number))
+        if not resolved:
             continue
-        for ep in _l(sl.get("endpoints")):
-            ep = _d(ep)
-            ready = _d(ep.get("conditions")).get("ready")
-            if ready is not None and ready is not True:
+        endpoints = sl.get("endpoints")
+        for ep in endpoints if type(endpoints) is list else ():
+            if type(ep) is not dict:
                 continue
-            ref = _d(ep.get("targetRef"))
-            pod_key = sa = None
-            if ref.get("kind", "Pod") == "Pod" and isinstance(ref.get("name"), str):
-                ref_ns = _s(ref.get("namespace")) or ns
-                known = pods.by_name.get((ref_ns, ref["name"]))
-                if known is not None:
-                    pod_key, sa = f"{ref_ns}/{ref['name']}", known[1]
-            for ip in _l(ep.get("addresses")):
-                if not isinstance(ip, str) or not _is_ip(ip):
+            conditions = ep.get("conditions")
+            if type(conditions) is dict:
+                ready = conditions.get("ready")
+                if ready is not None and ready is not True:
                     continue
-                p_key, p_sa = pod_key, sa
-                if p_key is None and ip in pods.by_ip:
-                    p_key, p_sa = pods.by_ip[ip]
-                for i, number in enumerate(resolved):
-                    if number is not None:
-                        per_port[i].setdefault((ip, number), Endpoint(ip, number, p_key, p_sa))
+            ref = ep.get("targetRef")
+            known = None
+            if type(ref) is dict and ref.get("kind", "Pod") == "Pod" and type(ref.get("name")) is str:
+                ref_ns = ref.get("namespace")
+                known = by_name.get((ref_ns if type(ref_ns) is str and ref_ns else ns, ref["name"]))
+            addresses = ep.get("addresses")
+            for ip in addresses if type(addresses) is list else ():
+                if type(ip) is not str or not _is_ip(ip):
+                    continue
+                pod_key, sa = known or by_ip.get(ip) or (None, None)
+                for i, number in resolved:
+                    table = per_port[i]
+                    if (ip, number) not in table:
+                        table[(ip, number)] = Endpoint(ip, number, pod_key, sa)
     return [tuple(v for _, v in sorted(d.items())) for d in per_port]
 
 
