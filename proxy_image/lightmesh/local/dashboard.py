@@ -112,7 +112,7 @@ def render(proxy: list[Scrape], controller: list[Scrape], path: str | Path,
         ax.set_title(f"{panel.section} · {panel.title}", fontsize=10, loc="left", color="#d8d9da")
         series = data.get(panel.title, {})
         for legend, (xs, ys) in sorted(series.items()):
-            ax.plot(xs, ys, linewidth=1.4, label=legend[:40])
+            ax.plot(xs, ys, linewidth=1.4, marker="o", markersize=2.5, label=legend[:40])
         if panel.mappings:
             ax.set_yticks([v for v, _ in panel.mappings], [label for _, label in panel.mappings])
         if series:
@@ -151,8 +151,22 @@ async def record(example: Path, out: Path, seconds: float, dns_port: int) -> Pat
     async with LocalMesh(example, dns_port=dns_port) as mesh:
         await mesh.apply(_overlay(mesh))
         by_name = {s.name: s for s in mesh.services()}
-        deadline = time.monotonic() + seconds
+        # a few long-lived client connections, so the open-connections panel has something to show
+        import socket
+
+        held = [socket.create_connection((by_name[n].address, p)) for n, p in
+                (("whoami", 80), ("whoami", 80), ("whoami-tcp", 8080))]
+        start = time.monotonic()
+        deadline = start + seconds
+        changed = False
         while time.monotonic() < deadline:
+            if not changed and time.monotonic() > start + seconds / 2:
+                # a config change mid-run: a new Service shows up in reconcile time and config versions
+                extra = dict(next(o for o in mesh.manifests if o.get("kind") == "Service"
+                                  and o["metadata"]["name"] == "whoami"))
+                extra["metadata"] = {"name": "whoami-extra", "namespace": "whoami"}
+                await mesh.apply([extra])
+                changed = True
             proxy.append(await asyncio.to_thread(_scrape, mesh.admin_url + "/metrics"))
             controller.append(await asyncio.to_thread(_scrape, mesh.api_url + "/metrics"))
             for name, count in (("whoami", 60), ("whoami-canary", 40), ("whoami-limited", 12)):
@@ -161,6 +175,8 @@ async def record(example: Path, out: Path, seconds: float, dns_port: int) -> Pat
             await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() % 1.0)))
         proxy.append(await asyncio.to_thread(_scrape, mesh.admin_url + "/metrics"))
         controller.append(await asyncio.to_thread(_scrape, mesh.api_url + "/metrics"))
+        for sock in held:
+            sock.close()
     return render(proxy, controller, out)
 
 
