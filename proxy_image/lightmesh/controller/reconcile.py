@@ -79,6 +79,7 @@ class Controller:
         self.ports = None
         self.result = None
         self.rounds = 0
+        self.published_at: float | None = None
         self._dirty = asyncio.Event()
         self._write_wanted = asyncio.Event()
         self._desired_shadows: list[dict] | None = None
@@ -133,6 +134,7 @@ class Controller:
             config = self._numbered(config)
             self.config, self.version = config, config.version
             stats.published = True
+            self.published_at = time.monotonic()  # benches: change → publish latency
             log.info("published config version %d (hash %s)", config.version, config.hash[:12])
             if self.local_shadows is not None:
                 self.local_shadows.remember_config(config.version, config.hash)
