@@ -265,3 +265,29 @@ def test_port_in_use_is_a_clear_error(tmp_path):
                                                   flag, str(port), other, str(free_port())),
                                     env=lightmesh_env(), capture_output=True, text=True, timeout=60)
             assert result.returncode == 1 and f"cannot serve {what}" in result.stderr, result.stderr
+
+
+def test_the_install_command_line_parses():
+    """MeshInstall's controller command (mesh_components.install) is accepted by this CLI as is."""
+    import argparse
+
+    pytest.importorskip("pulumi")
+    from mesh_components.install import controller_command
+
+    from lightmesh.controller import main
+
+    settings = {"namespace": "mesh", "acl": True, "default_traffic_type": "tcp", "domains": ["lightmesh", "maesh"],
+                "http_port_base": 5000, "http_port_limit": 4, "tcp_port_base": 10000, "tcp_port_limit": 5,
+                "udp_port_base": 15000, "udp_port_limit": 6, "api_port": 9000, "log_level": "info",
+                "log_format": "json", "otlp_endpoint": "http://otel:4318", "watch_namespaces": ["a", "b"],
+                "ignore_namespaces": ["c"]}
+    command = controller_command(settings)
+    assert command[:2] == ["lightmesh", "controller"]
+    parser = argparse.ArgumentParser()
+    main.configure(parser)
+    args = parser.parse_args(command[2:])
+    assert (args.namespace, args.acl, args.default_mode, args.domains) == ("mesh", True, "tcp", ["lightmesh", "maesh"])
+    assert args.leader_election and args.dns_port == 5353 and args.log_format == "json"
+    assert (args.watch_namespaces, args.ignore_namespaces) == (["a", "b"], ["c"])
+    s = main.settings_from_args(args)
+    assert (s.tcp_port_limit, s.udp_port_limit, s.http_port_limit, s.listen_mode) == (5, 6, 4, "node")

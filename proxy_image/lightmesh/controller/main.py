@@ -36,13 +36,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--manifests", metavar="DIR",
                      help="local mode: read the cluster from the *.yaml/*.yml/*.json files in DIR (no Kubernetes)")
     src.add_argument("--namespace", default=wire.DEFAULT_MESH_NAMESPACE, help="the mesh namespace (shadow Services, Lease)")
-    src.add_argument("--watch-namespaces", type=_csv, default=[], help="comma list: mesh only these namespaces")
-    src.add_argument("--ignore-namespaces", type=_csv, default=[], help="comma list: never mesh these namespaces")
+    src.add_argument("--watch-namespaces", type=_csv, default="", help="comma list: mesh only these namespaces")
+    src.add_argument("--ignore-namespaces", type=_csv, default="", help="comma list: never mesh these namespaces")
     mesh = parser.add_argument_group("mesh")
     mesh.add_argument("--acl", action="store_true", help="ACL mode: deny unless an SMI TrafficTarget allows")
     mesh.add_argument("--default-mode", choices=("http", "tcp", "udp"), default="http",
                       help="traffic type of Services without the traffic-type annotation")
-    mesh.add_argument("--domains", type=_csv, default=list(wire.DEFAULT_DOMAINS),
+    mesh.add_argument("--domains", type=_csv, default=",".join(wire.DEFAULT_DOMAINS),
                       help="comma list of mesh DNS domains (default: %(default)s)")
     for proto, base, limit in (("http", wire.HTTP_PORT_BASE, wire.DEFAULT_HTTP_PORT_LIMIT),
                                ("tcp", wire.TCP_PORT_BASE, wire.DEFAULT_TCP_PORT_LIMIT),
