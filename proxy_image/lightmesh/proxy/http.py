@@ -183,8 +183,33 @@ def _status_line(status: int, reason: bytes) -> bytes:
     return line
 
 
+def _drop_headers(parts: list[bytes], drop) -> list[bytes]:
+    """``parts`` = 5 head pieces, then (name, ": ", value, CRLF) groups: without the groups whose
+    name ``drop(name)`` says."""
+    out = parts[:5]
+    for i in range(5, len(parts), 4):
+        if not drop(parts[i]):
+            out += parts[i:i + 4]
+    return out
+
+
 def _tokens(value: bytes) -> list[bytes]:
     return [t.strip().lower() for t in value.split(b",") if t.strip()]
+
+
+_CONN_CACHE: dict[bytes, tuple[tuple[bytes, ...], bool]] = {}
+
+
+def _connection(value: bytes) -> tuple[tuple[bytes, ...], bool]:
+    """Connection header value → (other header names it makes hop-by-hop, names "upgrade");
+    cached, since nearly every peer sends the same one or two values."""
+    hit = _CONN_CACHE.get(value)
+    if hit is None:
+        tokens = _tokens(value)
+        hit = (tuple(t for t in tokens if t not in (b"close", b"keep-alive", b"upgrade")), b"upgrade" in tokens)
+        if len(_CONN_CACHE) < 256:
+            _CONN_CACHE[value] = hit
+    return hit
 
 
 class _Reject(Exception):
@@ -200,52 +225,49 @@ class _Reject(Exception):
 
 
 class Exchange:
-    """One request/response on a client connection."""
+    """One request/response on a client connection.
 
-    __slots__ = ("method", "mstr", "url", "headers", "head_size", "v10", "keep_alive", "upgrade", "chunked",
-                 "is_head", "expect", "req_done", "route", "service", "start", "local", "local_headers",
-                 "close_after", "wire", "wire_bytes", "replayable", "line", "rest", "conn", "server", "tried",
-                 "retries_left", "retries", "stale_retry", "resp_started", "status", "timer", "connecting",
-                 "span", "host", "responded", "discard")
+    No ``__slots__``: the defaults live on the class, so creating one per request sets only the
+    few attributes that differ (cheaper than initialising ~40 slots)."""
+
+    url = b""
+    method = b""
+    mstr = ""
+    v10 = False
+    keep_alive = True
+    upgrade: bytes | None = None
+    chunked = False
+    is_head = False
+    expect = False
+    req_done = False
+    route: Route | None = None
+    service = UNROUTED
+    local = 0  # status the proxy answers itself (0: forward)
+    local_headers = b""
+    close_after = False
+    wire_bytes = 0
+    replayable = True
+    line = b""  # request line, when the Host header depends on the server chosen per attempt
+    rest = b""  # the head after the Host line, in that case
+    conn: UpstreamProtocol | None = None
+    server: Server | None = None
+    tried: tuple = ()
+    retries_left = 0
+    retries = 0
+    stale_retry = False
+    resp_started = False
+    status = 0
+    timer: asyncio.TimerHandle | None = None
+    connecting: asyncio.Task | None = None
+    span = None
+    host = b""
+    responded = False
+    discard = False
 
     def __init__(self, start: float) -> None:
         self.start = start
-        self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.head_size = 0
-        self.method = b""
-        self.mstr = ""
-        self.v10 = False
-        self.keep_alive = True
-        self.upgrade: bytes | None = None
-        self.chunked = False
-        self.is_head = False
-        self.expect = False
-        self.req_done = False
-        self.route: Route | None = None
-        self.service = UNROUTED
-        self.local = 0  # status the proxy answers itself (0: forward)
-        self.local_headers = b""
-        self.close_after = False
         self.wire: list[bytes] | None = []  # request bytes kept until attached, and for replay
-        self.wire_bytes = 0
-        self.replayable = True
-        self.line = b""  # request line + Host-less head parts when the Host depends on the server
-        self.rest = b""
-        self.conn: UpstreamProtocol | None = None
-        self.server: Server | None = None
-        self.tried: list[Server] = []
-        self.retries_left = 0
-        self.retries = 0
-        self.stale_retry = False
-        self.resp_started = False
-        self.status = 0
-        self.timer: asyncio.TimerHandle | None = None
-        self.connecting: asyncio.Task | None = None
-        self.span = None
-        self.host = b""
-        self.responded = False
-        self.discard = False
 
 
 # --------------------------------------------------------------------------- client side
@@ -482,21 +504,20 @@ class ClientProtocol(asyncio.Protocol):
             self.deadline = now + self.options.header_timeout
 
     def on_url(self, url: bytes) -> None:
-        ex = self.cur
-        ex.url += url
-        ex.head_size += len(url)
+        self.cur.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        ex = self.cur
-        ex.headers.append((name, value))
-        ex.head_size += len(name) + len(value) + 4
+        self.cur.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         ex = self.cur
         self.in_head = False
         self.deadline = None
-        if ex.head_size > self.options.max_header_bytes:
-            raise _Reject(431)
+        if self.head_seen > self.options.max_header_bytes >> 1:
+            # Only a read this large can hold a head over the limit: measure it exactly.
+            size = len(ex.url) + sum(len(n) + len(v) + 4 for n, v in ex.headers)
+            if size > self.options.max_header_bytes:
+                raise _Reject(431)
         parser = self.parser
         version = parser.get_http_version()
         if version == "1.0":
@@ -517,41 +538,43 @@ class ClientProtocol(asyncio.Protocol):
         ex.keep_alive = parser.should_keep_alive()
         host = conn_hdr = te = xff = upgrade = tp = None
         xfp = xfh = False
-        kept: list[tuple[bytes, bytes]] = []
-        for pair in ex.headers:
-            code = _NAME_CACHE.get(pair[0])
+        # The forwarded head is built while classifying: [request line (4 pieces), Host line,
+        # then name, ": ", value, CRLF per kept header, then what the proxy adds].
+        parts = [method, b" ", ex.url, b" HTTP/1.1\r\n", b""]
+        for name, value in ex.headers:
+            code = _NAME_CACHE.get(name)
             if code is None:
-                code = _classify(pair[0])
+                code = _classify(name)
             if code == H_OTHER:
-                kept.append(pair)
+                parts += (name, b": ", value, _CRLF)
             elif code == H_HOST:
                 if host is not None:
                     raise _Reject(400, "several Host headers")
-                host = pair[1]
+                host = value
             elif code == H_CL:
-                kept.append(pair)
-                if int(pair[1]) > self.options.max_replay_bytes:
+                parts += (name, b": ", value, _CRLF)
+                if int(value) > self.options.max_replay_bytes:
                     ex.replayable = False  # too big to keep for a retry: decided up front
             elif code == H_CONNECTION:
-                conn_hdr = pair[1] if conn_hdr is None else conn_hdr + b"," + pair[1]
+                conn_hdr = value if conn_hdr is None else conn_hdr + b"," + value
             elif code == H_TE:
-                te = pair[1] if te is None else te + b"," + pair[1]
+                te = value if te is None else te + b"," + value
             elif code == H_XFF:
-                xff = pair[1] if xff is None else xff + b", " + pair[1]
+                xff = value if xff is None else xff + b", " + value
             elif code == H_XFP:
                 xfp = True
-                kept.append(pair)
+                parts += (name, b": ", value, _CRLF)
             elif code == H_XFH:
                 xfh = True
-                kept.append(pair)
+                parts += (name, b": ", value, _CRLF)
             elif code == H_UPGRADE:
-                upgrade = pair[1]
+                upgrade = value
             elif code == H_TRACEPARENT:
-                tp = pair[1]
-                kept.append(pair)
+                tp = value
+                parts += (name, b": ", value, _CRLF)
             elif code == H_EXPECT:
                 ex.expect = True
-                kept.append(pair)
+                parts += (name, b": ", value, _CRLF)
             # H_HOP: dropped
         if te is not None:
             # llhttp accepts codings before a final chunked and TE in HTTP/1.0; we re-frame, so
@@ -560,19 +583,13 @@ class ClientProtocol(asyncio.Protocol):
                 raise _Reject(400, "unsupported Transfer-Encoding")
             ex.chunked = True
         if conn_hdr is not None:
-            tokens = _tokens(conn_hdr)
-            extra = [t for t in tokens if t not in (b"close", b"keep-alive", b"upgrade")]
-            if extra:
-                kept = [p for p in kept if p[0].lower() not in extra]
-            if upgrade is not None and b"upgrade" in tokens:
+            extra, names_upgrade = _connection(conn_hdr)
+            if extra:  # headers named by Connection are hop-by-hop too
+                parts = _drop_headers(parts, lambda n: n.lower() in extra)
+            if upgrade is not None and names_upgrade:
                 ex.upgrade = upgrade
         url = ex.url
-        if url[:1] == b"/":
-            qpos = url.find(b"?")
-            path = url if qpos < 0 else url[:qpos]
-        elif url == b"*":
-            path = url
-        else:
+        if url[:1] != b"/" and url != b"*":
             # absolute-form (RFC 9112 §3.2.2): the authority replaces Host; forward origin-form.
             lower = url[:8].lower()
             if lower.startswith(b"http://"):
@@ -583,10 +600,7 @@ class ClientProtocol(asyncio.Protocol):
                 raise _Reject(400, "bad request target")
             slash = rest.find(b"/")
             host = rest if slash < 0 else rest[:slash]
-            url = b"/" if slash < 0 else rest[slash:]
-            ex.url = url
-            qpos = url.find(b"?")
-            path = url if qpos < 0 else url[:qpos]
+            ex.url = parts[2] = url = b"/" if slash < 0 else rest[slash:]
             if not host:
                 raise _Reject(400, "empty authority")
         if host is None:
@@ -599,58 +613,30 @@ class ClientProtocol(asyncio.Protocol):
                 hstr = split_host(host)
                 if len(self.hosts) < 16:
                     self.hosts[host] = hstr
-        ex.host = host or b""
+            ex.host = host
         # ---- routing and middlewares
         plane = self.holder.http
         table = plane.entry_points.get(self.ep) if plane is not None else None
-        route = table.lookup(hstr, mstr, path, ex.headers) if table is not None else None
+        route = table.lookup(hstr, mstr, url, ex.headers) if table is not None else None
         if route is None:
             self._local(ex, 404)
             return
         ex.route = route
         service = route.service
         ex.service = svc = service.name
-        for chk in route.checks:
-            kind = chk.kind
-            if kind == CHECK_ALLOW:
-                if self.acl_plane is not plane:
-                    self.acl = {}
-                    self.acl_plane = plane
-                ok = self.acl.get(chk)
-                if ok is None:
-                    ok = self.acl[chk] = chk.allow.allows(self.peer)
-                if not ok:
-                    self.metrics.denied(svc)
-                    self._local(ex, 403)
-                    return
-            elif kind == CHECK_RATE:
-                wait = chk.limiter.check(self.peer)
-                if wait:
-                    self.metrics.rate_limit(svc)
-                    secs = max(1, math.ceil(wait))
-                    self._local(ex, 429, b"Retry-After: %d\r\n" % secs)
-                    return
-            elif kind == CHECK_BREAKER:
-                if not chk.breaker.allow():
-                    self._local(ex, 503)
-                    return
-            elif kind == CHECK_DENY:
-                self.metrics.denied(svc)
-                self._local(ex, chk.status)
-                return
+        if route.checks and not self._checks(ex, route, plane, svc):
+            return
         if not service.servers:
             self._local(ex, 503)
             return
         # ---- the upstream request head
-        parts = [method, b" ", url, b" HTTP/1.1\r\n"]
         tracer = self.options.tracer
         if tracer is not None:
             if tp is not None:
-                kept = [p for p in kept if p[1] is not tp]
-            ex.span = span = tracer.start(tp, route.name, svc, mstr, hstr, path)
-            kept.append((b"traceparent", span.traceparent))
-        for name, value in kept:
-            parts += (name, b": ", value, _CRLF)
+                parts = _drop_headers(parts, lambda n: n.lower() == b"traceparent")
+            qpos = url.find(b"?")
+            ex.span = span = tracer.start(tp, route.name, svc, mstr, hstr, url if qpos < 0 else url[:qpos])
+            parts += (b"traceparent: ", span.traceparent, _CRLF)
         if xff is None:
             parts += (b"X-Forwarded-For: ", self.peer_b, _CRLF)
         else:
@@ -664,13 +650,13 @@ class ClientProtocol(asyncio.Protocol):
         if ex.upgrade is not None:
             parts += (b"Connection: Upgrade\r\nUpgrade: ", ex.upgrade, _CRLF)
         parts.append(_CRLF)
-        if service.pass_host_header and host is not None:
-            ex.wire.append(b"".join((b"Host: ".join((b"".join(parts[:4]), host)), _CRLF, *parts[4:])))
+        if host is not None and service.pass_host_header:
+            parts[4] = b"Host: " + host + _CRLF
+            ex.wire.append(b"".join(parts))
         else:
             ex.line = b"".join(parts[:4])
-            ex.rest = b"".join(parts[4:])
+            ex.rest = b"".join(parts[5:])
             ex.wire.append(b"")  # replaced per attempt with the chosen server's head
-        ex.wire_bytes = 0
         ex.retries_left = route.retries
         if self.active is None:
             self.active = ex
@@ -678,6 +664,38 @@ class ClientProtocol(asyncio.Protocol):
         else:
             self.pending.append(ex)
             self.pause_for(P_PIPELINE)
+
+    def _checks(self, ex: Exchange, route: Route, plane: Any, svc: str) -> bool:
+        """The router's pre-forwarding middlewares in order; False when one answered."""
+        for chk in route.checks:
+            kind = chk.kind
+            if kind == CHECK_ALLOW:
+                if self.acl_plane is not plane:
+                    self.acl = {}
+                    self.acl_plane = plane
+                ok = self.acl.get(chk)
+                if ok is None:
+                    ok = self.acl[chk] = chk.allow.allows(self.peer)
+                if not ok:
+                    self.metrics.denied(svc)
+                    self._local(ex, 403)
+                    return False
+            elif kind == CHECK_RATE:
+                wait = chk.limiter.check(self.peer)
+                if wait:
+                    self.metrics.rate_limit(svc)
+                    secs = max(1, math.ceil(wait))
+                    self._local(ex, 429, b"Retry-After: %d\r\n" % secs)
+                    return False
+            elif kind == CHECK_BREAKER:
+                if not chk.breaker.allow():
+                    self._local(ex, 503)
+                    return False
+            elif kind == CHECK_DENY:
+                self.metrics.denied(svc)
+                self._local(ex, chk.status)
+                return False
+        return True
 
     def on_body(self, body: bytes) -> None:
         ex = self.cur
@@ -967,7 +985,7 @@ class ClientProtocol(asyncio.Protocol):
             ex.retries_left -= 1
             ex.retries += 1
             self.metrics.retry(ex.service)
-            ex.tried.append(server)
+            ex.tried = (*ex.tried, server)
             self._forward(ex)
             return
         ex.close_after = ex.close_after or not ex.req_done
@@ -1263,24 +1281,24 @@ class UpstreamProtocol(asyncio.Protocol):
             ex.timer = None
         cl = te = conn_hdr = upgrade = None
         kept: list[bytes] = [_status_line(status, self.reason)]
-        for pair in self.headers:
-            code = _NAME_CACHE.get(pair[0])
+        for name, value in self.headers:
+            code = _NAME_CACHE.get(name)
             if code is None:
-                code = _classify(pair[0])
-            if code == H_OTHER or code == H_TRACEPARENT or code == H_XFF or code == H_XFP or code == H_XFH:
-                kept += (pair[0], b": ", pair[1], _CRLF)
+                code = _classify(name)
+            if code == H_OTHER:
+                kept += (name, b": ", value, _CRLF)
             elif code == H_CL:
-                cl = pair[1]
-            elif code == H_TE:
-                te = pair[1]
+                cl = value
             elif code == H_CONNECTION:
-                conn_hdr = pair[1] if conn_hdr is None else conn_hdr + b"," + pair[1]
+                conn_hdr = value if conn_hdr is None else conn_hdr + b"," + value
+            elif code == H_TE:
+                te = value
             elif code == H_UPGRADE:
-                upgrade = pair[1]
-            elif code == H_HOST or code == H_EXPECT:
-                kept += (pair[0], b": ", pair[1], _CRLF)
+                upgrade = value
+            elif code != H_HOP:  # end-to-end headers the request side treats specially
+                kept += (name, b": ", value, _CRLF)
         if conn_hdr is not None:
-            extra = [t for t in _tokens(conn_hdr) if t not in (b"close", b"keep-alive", b"upgrade")]
+            extra = _connection(conn_hdr)[0]
             if extra:
                 kept = [kept[0]] + [b"".join(kept[i:i + 4]) for i in range(1, len(kept), 4)
                                     if kept[i].lower() not in extra]

@@ -130,12 +130,15 @@ class Route:
         self.timeout: float | None = None
         self.breakers: tuple[CircuitBreaker, ...] = ()
 
-    def matches(self, method: str, path: bytes, headers: list) -> bool:
-        """``headers`` is the request's list of (name, value) bytes pairs as received."""
+    def matches(self, method: str, target: bytes, headers: list) -> bool:
+        """``target``: the request target (path and query); ``headers``: the request's list of
+        (name, value) bytes pairs as received."""
         if self.methods is not None and method not in self.methods:
             return False
-        if self.path is not None and self.path(path.decode("latin-1")) is None:
-            return False
+        if self.path is not None:
+            q = target.find(b"?")
+            if self.path((target if q < 0 else target[:q]).decode("latin-1")) is None:
+                return False
         for lname, search in self.headers:
             for name, value in headers:
                 if len(name) == len(lname) and name.lower() == lname and search(value.decode("latin-1")):
@@ -163,10 +166,11 @@ class RouteTable:
             h: tuple(r for r in routes if not r.hosts or h in r.hosts) for h in hosts}
         self.any_host: tuple[Route, ...] = tuple(r for r in routes if not r.hosts)
 
-    def lookup(self, host: str, method: str, path: bytes, headers: list) -> Route | None:
-        """``host``: lower case without port. ``path``: request target without query string."""
+    def lookup(self, host: str, method: str, target: bytes, headers: list) -> Route | None:
+        """``host``: lower case without port. ``target``: the origin-form request target; the
+        path regex sees it without the query string."""
         for route in self.by_host.get(host, self.any_host):
-            if route.simple or route.matches(method, path, headers):
+            if route.simple or route.matches(method, target, headers):
                 return route
         return None
 
