@@ -3,6 +3,7 @@
 import asyncio
 import socket
 import struct
+import time
 
 from dnslib import QTYPE, RCODE, DNSRecord
 
@@ -70,6 +71,7 @@ def test_udp_and_tcp_answers():
                 # AAAA for an IPv4-only Service: NOERROR, no answer
                 reply = await asyncio.to_thread(ask, port, "whoami.whoami.lightmesh", "AAAA")
                 assert reply.header.rcode == RCODE.NOERROR and reply.rr == []
+                assert str(reply.auth[0].rname) == "lightmesh."  # NODATA carries the SOA
                 # dual stack: each family for its type
                 reply = await asyncio.to_thread(ask, port, "web.dual.maesh", "AAAA")
                 assert [str(r.rdata) for r in reply.rr] == ["fd00::7"]
@@ -82,6 +84,9 @@ def test_udp_and_tcp_answers():
                              "whoami.lightmesh"):
                     reply = await asyncio.to_thread(ask, port, name)
                     assert reply.header.rcode == RCODE.NXDOMAIN, name
+                    assert [r.rtype for r in reply.auth] == [QTYPE.SOA] and reply.auth[0].ttl == TTL
+                reply = await asyncio.to_thread(ask, port, "traefik.mesh", "SOA")
+                assert reply.header.rcode == RCODE.NOERROR and [r.rtype for r in reply.rr] == [QTYPE.SOA]
                 # outside our domains: REFUSED, not authoritative
                 reply = await asyncio.to_thread(ask, port, "example.com")
                 assert reply.header.rcode == RCODE.REFUSED and reply.header.aa == 0 and reply.rr == []
@@ -129,3 +134,31 @@ def test_longest_domain_wins():
     assert table.lookup("svc.ns.mesh") == ("found", ("127.1.0.5",))
     assert table.lookup("traefik.mesh.") == ("apex", None)
     assert table.lookup("x.svc.ns.mesh")[0] == "nxdomain"
+
+
+def test_tcp_connections_are_capped(monkeypatch):
+    import lightmesh.controller.dns as dns_module
+
+    monkeypatch.setattr(dns_module, "MAX_TCP_CONNECTIONS", 1)
+
+    async def scenario():
+        server = MeshDNS(TABLE)
+        port = await server.start("127.0.0.1", 0)
+        try:
+            def second_is_refused():
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as first:
+                    first.sendall(b"\x00")  # half a length prefix: the server holds this connection
+                    for _ in range(200):  # until the server registered the first one
+                        if server._tcp_tasks:
+                            break
+                        time.sleep(0.01)
+                    with socket.create_connection(("127.0.0.1", port), timeout=5) as second:
+                        return second.recv(10)
+            assert await asyncio.to_thread(second_is_refused) == b""  # closed at once
+            # UDP still answers
+            reply = await asyncio.to_thread(udp_query, port, "whoami.whoami.lightmesh")
+            assert [str(r.rdata) for r in reply.rr] == ["127.1.2.3"]
+        finally:
+            await server.stop()
+
+    run(scenario())

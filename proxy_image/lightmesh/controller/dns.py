@@ -7,7 +7,9 @@ whenever the shadow Services change. Answers:
 * a known Service: its ClusterIPs of the asked family (A → IPv4, AAAA → IPv6; none of that family
   → NOERROR with an empty answer), TTL 5 s, authoritative, in the case the client asked;
 * ANY: both families; other types on a known name: NOERROR, empty;
-* an unknown name under one of our domains: NXDOMAIN (the domain apex itself: NOERROR, empty);
+* an unknown name under one of our domains: NXDOMAIN (the domain apex itself: NOERROR, empty,
+  or its SOA when asked); negative answers carry the zone's SOA (minimum = TTL) so resolvers
+  cache them for 5 s, as they cache positive ones;
 * a name outside our domains: REFUSED (we are not a recursive resolver);
 * a malformed query: FORMERR when it has a parsable header, else dropped.
 
@@ -23,7 +25,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from dnslib import AAAA, QTYPE, RCODE, RR, A, DNSError, DNSHeader, DNSRecord
+from dnslib import AAAA, QTYPE, RCODE, RR, SOA, A, DNSError, DNSHeader, DNSRecord
 
 from lightmesh import wire
 
@@ -33,6 +35,7 @@ TTL = 5
 MAX_TCP_MESSAGE = 65535
 TCP_IDLE_SECONDS = 10.0
 MAX_TCP_QUERIES_PER_CONNECTION = 1000
+MAX_TCP_CONNECTIONS = 256  # beyond that a new connection is closed at once (UDP is the main path)
 
 
 @dataclass(frozen=True)
@@ -69,18 +72,29 @@ class DNSTable:
 
     def lookup(self, qname: str) -> tuple[str, tuple[str, ...] | None]:
         """``("outside"|"apex"|"nxdomain"|"found", addresses)`` for a query name."""
+        status, addresses, _ = self.resolve(qname)
+        return status, addresses
+
+    def resolve(self, qname: str) -> tuple[str, tuple[str, ...] | None, str | None]:
+        """Like :meth:`lookup`, plus the domain (zone) the name falls in."""
         name = qname.rstrip(".").lower()
         for domain in self.domains:
             if name == domain:
-                return "apex", None
+                return "apex", None, domain
             if name.endswith("." + domain):
                 labels = name[: -len(domain) - 1].split(".")
                 if len(labels) == 2:
                     found = self.addresses.get((labels[1], labels[0]))
                     if found:
-                        return "found", found
-                return "nxdomain", None
-        return "outside", None
+                        return "found", found, domain
+                return "nxdomain", None, domain
+        return "outside", None, None
+
+
+def _soa(zone: str | None) -> RR:
+    zone = zone or "."
+    # serial 1: the zone is synthesized; minimum = TTL bounds negative caching
+    return RR(zone, QTYPE.SOA, ttl=TTL, rdata=SOA(f"ns.{zone}", f"hostmaster.{zone}", (1, 60, 60, 600, TTL)))
 
 
 class MeshDNS:
@@ -106,7 +120,7 @@ class MeshDNS:
             reply.header.rcode = RCODE.NOTIMP if request.header.opcode != 0 else RCODE.FORMERR
             return reply.pack()
         question = request.questions[0]
-        status, addresses = self.table.lookup(str(question.qname))
+        status, addresses, zone = self.table.resolve(str(question.qname))
         if status == "outside":
             reply.header.aa = 0
             reply.header.rcode = RCODE.REFUSED
@@ -114,14 +128,19 @@ class MeshDNS:
         reply.header.aa = 1
         if status == "nxdomain":
             reply.header.rcode = RCODE.NXDOMAIN
+            reply.add_auth(_soa(zone))  # lets resolvers cache the negative answer for TTL seconds
             return reply.pack()
         qtype = question.qtype
+        if status == "apex" and qtype in (QTYPE.SOA, QTYPE.ANY):
+            reply.add_answer(_soa(zone))
         for address in addresses or ():
             ip = ipaddress.ip_address(address)
             if ip.version == 4 and qtype in (QTYPE.A, QTYPE.ANY):
                 reply.add_answer(RR(question.qname, QTYPE.A, rdata=A(address), ttl=TTL))
             elif ip.version == 6 and qtype in (QTYPE.AAAA, QTYPE.ANY):
                 reply.add_answer(RR(question.qname, QTYPE.AAAA, rdata=AAAA(address), ttl=TTL))
+        if not reply.rr:
+            reply.add_auth(_soa(zone))  # NODATA: same negative caching
         return reply.pack()
 
     @staticmethod
@@ -160,6 +179,9 @@ class MeshDNS:
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
+        if len(self._tcp_tasks) >= MAX_TCP_CONNECTIONS:
+            writer.close()
+            return
         if task is not None:
             self._tcp_tasks.add(task)
         try:
