@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import hashlib
 import ipaddress
@@ -33,6 +34,7 @@ FIELD_MANAGER = wire.MANAGED_BY_CONTROLLER
 STATE_FILE_NAME = ".lightmesh-shadows.json"  # a dot-file: the file source skips it
 LOCAL_SHADOW_NETWORK = "127.1.0.0/16"
 CONFLICT_RETRIES = 3
+WRITE_CONCURRENCY = 8
 
 
 def _name(obj: dict) -> str:
@@ -76,34 +78,38 @@ class KubeShadowWriter:
         """Make the mesh namespace's shadow Services match ``desired``; returns the failure count.
 
         ``existing``: our shadow Services as the watch cache has them (label-filtered already).
+        Up to ``WRITE_CONCURRENCY`` requests at a time (the first start creates them all).
         """
-        failures = 0
         have = {_name(s): s for s in existing if is_shadow(s)}
         wanted = {_name(d): d for d in desired}
-        for name, want in sorted(wanted.items()):
-            current = have.get(name)
-            if current is not None and subset(managed_part(want), current):
-                continue
-            try:
-                if current is None:
-                    await self._create(want)
-                else:
-                    await self._patch(want)
-            except ApiError as exc:
-                failures += 1
-                log.error("writing shadow Service %s/%s failed: %s", self.namespace, name, exc)
-        for name, current in sorted(have.items()):
-            if name in wanted:
-                continue
-            try:
-                await self.api.request("DELETE", self.resource.path(self.namespace, name))
-                self._count("delete")
-                log.info("deleted orphan shadow Service %s/%s", self.namespace, name)
-            except ApiError as exc:
-                if exc.status != 404:
-                    failures += 1
+        limit = asyncio.Semaphore(WRITE_CONCURRENCY)
+
+        async def write(name: str, want: dict, current: dict | None) -> int:
+            async with limit:
+                try:
+                    await (self._create(want) if current is None else self._patch(want))
+                    return 0
+                except Exception as exc:  # noqa: BLE001 - API or network error: counted, retried later
+                    log.error("writing shadow Service %s/%s failed: %s", self.namespace, name, exc)
+                    return 1
+
+        async def delete(name: str) -> int:
+            async with limit:
+                try:
+                    await self.api.request("DELETE", self.resource.path(self.namespace, name))
+                    self._count("delete")
+                    log.info("deleted orphan shadow Service %s/%s", self.namespace, name)
+                    return 0
+                except Exception as exc:  # noqa: BLE001 - counted, retried later
+                    if isinstance(exc, ApiError) and exc.status == 404:
+                        return 0
                     log.error("deleting shadow Service %s/%s failed: %s", self.namespace, name, exc)
-        return failures
+                    return 1
+
+        jobs = [write(name, want, have.get(name)) for name, want in sorted(wanted.items())
+                if not (name in have and subset(managed_part(want), have[name]))]
+        jobs += [delete(name) for name in sorted(have) if name not in wanted]
+        return sum(await asyncio.gather(*jobs)) if jobs else 0
 
     async def _create(self, want: dict) -> None:
         body = copy.deepcopy(want)
