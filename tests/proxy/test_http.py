@@ -323,3 +323,31 @@ async def test_access_log_json(caplog):
         entries = [json.loads(r.getMessage()) for r in caplog.records if r.name == "lightmesh.access"]
         assert entries and entries[-1]["path"] == "/logged" and entries[-1]["status"] == 200
         assert entries[-1]["service"] == "svc" and entries[-1]["upstream"] == b.url
+
+
+@on_uvloop
+async def test_tunnel_closed_when_upstream_closes():
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url])) as p:
+        client = await RawClient.connect(p.port)
+        await client.send(b"GET /ws HTTP/1.1\r\nHost: svc\r\nConnection: upgrade\r\nUpgrade: x-test\r\n\r\nearly")
+        assert (await client.response()).status == 101
+        assert await client.read_raw(5) == b"early"  # bytes sent before the 101 were relayed
+        for proto in list(b._protocols):
+            proto.transport.close()
+        assert await client.closed()
+        await client.close()
+        await asyncio.sleep(0.05)
+        assert p.metrics.open_connections["http"] == 0
+
+
+@on_uvloop
+async def test_pipelined_partial_head_gets_header_timeout():
+    opts = HTTPOptions(header_timeout=0.3)
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url]), options=opts) as p:
+        client = await RawClient.connect(p.port)
+        await client.send(b"GET /slow?ms=100 HTTP/1.1\r\nHost: svc\r\n\r\nGET /second HTTP/1.1\r\nHo")
+        assert (await client.response()).status == 200
+        resp = await client.response(timeout=3)
+        assert resp.status == 408
+        assert await client.closed()
+        await client.close()

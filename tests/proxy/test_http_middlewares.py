@@ -167,3 +167,28 @@ async def test_retry_timeout_and_breaker_together_keep_the_listener_healthy():
                                          ["/", "/status/500", "/hang", "/slow?ms=10"] * 3))
         assert sorted(r.status for r in results) == [200] * 6 + [500] * 3 + [504] * 3
         assert not p.loop_errors
+
+
+@on_uvloop
+async def test_local_answer_keeps_alive_after_small_body_and_closes_on_pending_body():
+    mws = [{"type": "allow_list", "name": "none", "source_ranges": []}]
+    async with Backend() as b, ProxyUnderTest(_cfg([b.url], mws)) as p:
+        client = await RawClient.connect(p.port)
+        for _ in range(2):  # body in the same read: read and dropped, connection kept
+            await client.send(b"POST / HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\n\r\nhello")
+            assert (await client.response()).status == 403
+        # body announced but not sent yet: answered, then closed (no waiting for the upload)
+        await client.send(b"POST / HTTP/1.1\r\nHost: svc\r\nContent-Length: 100000\r\n\r\n")
+        resp = await client.response()
+        assert resp.status == 403 and resp.header("Connection") == "close"
+        assert await client.closed()
+        await client.close()
+        # Expect: 100-continue to a denied route: final answer at once, connection closed
+        client = await RawClient.connect(p.port)
+        await client.send(b"POST / HTTP/1.1\r\nHost: svc\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+        resp = await client.response()
+        assert resp.status == 403 and resp.header("Connection") == "close"
+        assert await client.closed()
+        await client.close()
+        assert p.metrics.requests[("svc", "403", "POST")] == 4
+        assert not b.requests

@@ -485,7 +485,10 @@ class ClientProtocol(asyncio.Protocol):
         ex = self.active
         if ex is not None and ex.discard and not ex.req_done:
             # Answered locally while the request body is still coming: do not wait for it.
-            self.closing = True
+            ex.discard = False
+            ex.close_after = True
+            self._write_local(ex)
+            self._finish_early(ex)
         self.flush()
 
     def eof_received(self) -> bool | None:
@@ -712,7 +715,11 @@ class ClientProtocol(asyncio.Protocol):
         if ex.chunked and ex.local == 0:
             self._body_piece(ex, _LAST_CHUNK)
         ex.req_done = True
-        if ex.responded:
+        if ex.discard:
+            ex.discard = False
+            self._write_local(ex)
+            self._done(ex)
+        elif ex.responded:
             self._done(ex)
         elif not ex.keep_alive:
             # No further requests on this connection: stop reading (pipelined bytes are ignored).
@@ -768,24 +775,44 @@ class ClientProtocol(asyncio.Protocol):
             self._respond_local(ex)
 
     def _respond_local(self, ex: Exchange) -> None:
+        """Answer ``ex`` with its ``status``. When the request body is still being parsed, the answer
+        waits for its end within the current read (keep-alive preserved); if the body is not
+        complete at the end of the read, the answer goes out with ``Connection: close``."""
+        ex.responded = True
+        ex.resp_started = True
+        if ex.timer is not None:
+            ex.timer.cancel()
+            ex.timer = None
+        if not ex.req_done and not ex.close_after:
+            if ex.expect:
+                ex.close_after = True  # the client may never send the body it announced
+            else:
+                ex.discard = True  # see on_message_complete and the end of data_received
+                return
+        self._write_local(ex)
+        if ex.req_done:
+            self._done(ex)
+        else:
+            self._finish_early(ex)
+
+    def _write_local(self, ex: Exchange) -> None:
         status = ex.status
         body = b"%d %s\n" % (status, _REASONS.get(status, b"Error"))
         close = ex.close_after or not ex.keep_alive or self.options.connections.draining
+        if close:
+            ex.close_after = True
         conn_line = b"Connection: close\r\n" if close else (b"Connection: keep-alive\r\n" if ex.v10 else b"")
         self.out.append(b"".join((_status_line(status, b""), b"Content-Type: text/plain\r\nContent-Length: %d\r\n"
                                   % len(body), ex.local_headers, conn_line, _CRLF,
                                   b"" if ex.is_head else body)))
-        ex.resp_started = True
-        ex.responded = True
-        if ex.timer is not None:
-            ex.timer.cancel()
-            ex.timer = None
-        if close:
-            ex.close_after = True
-        if not ex.req_done:
-            ex.discard = True
-        if ex.req_done or close:
-            self._done(ex)
+
+    def _finish_early(self, ex: Exchange) -> None:
+        """The response is complete but the request is not: account, then close the connection."""
+        if self.active is ex:
+            self.active = None
+        self._account(ex, ex.status)
+        self.closing = True
+        self.broken = True
 
     def _reply_and_close(self, status: int) -> None:
         ex = Exchange(self.loop.time())
@@ -870,6 +897,8 @@ class ClientProtocol(asyncio.Protocol):
             self.deadline = self.loop.time() + self.options.idle_timeout
             if self.broken:
                 self.closing = True  # client asked for close, or sent EOF
+        else:
+            self.deadline = self.cur.start + self.options.header_timeout  # a head already started
 
     def _account(self, ex: Exchange, status: int) -> None:
         now = self.loop.time()
@@ -1025,13 +1054,13 @@ class ClientProtocol(asyncio.Protocol):
         ex = conn.ex
         conn.client = None
         conn.ex = None
-        if ex is None or ex.conn is not conn:
-            return
-        ex.conn = None
         if conn.tunnel:
             self.tunnel = None
             self.close()
             return
+        if ex is None or ex.conn is not conn:
+            return
+        ex.conn = None
         if not ex.resp_started:
             self._attempt_failed(ex, ex.server, "reset", reused=conn.used > 1)
         elif conn.framing == F_RAW_CLOSE and exc is None:
@@ -1379,11 +1408,15 @@ class UpstreamProtocol(asyncio.Protocol):
             self.parser = httptools.HttpResponseParser(self)
         ex.conn = None
         ex.responded = True
-        if not ex.req_done:
-            self.keep = False  # the request body is unfinished on this connection
-            ex.close_after = True
         if ex.server is not None:
             ex.route.service.balancer.succeeded(ex.server)
+        if not ex.req_done:
+            # Answered before the request body was complete (e.g. 413): neither connection can
+            # carry another message.
+            self.keep = False
+            self.release()
+            client._finish_early(ex)
+            return
         self.release()
         client._done(ex)
 
@@ -1391,7 +1424,10 @@ class UpstreamProtocol(asyncio.Protocol):
         if not ex.v10:
             client.out.append(_LAST_CHUNK)
         ex.responded = True
-        client._done(ex)
+        if ex.req_done:
+            client._done(ex)
+        else:
+            client._finish_early(ex)
 
     def _tunnel(self, tail: bytes) -> None:
         """The upstream answered 101: from now on both directions are raw bytes."""
