@@ -41,10 +41,19 @@ is retried once on a fresh connection (the keep-alive race). Passive health: ``B
 on connect failure or reset, ``succeeded`` on a response. Circuit breakers record every attempt's
 outcome (network errors as None) and every response.
 
+Connections and timeouts: :class:`ConnectionSet` lives in ``HTTPOptions.connections`` (one per
+worker, shared by its entry points; ``max_connections`` counts there). Each client connection has
+one lazily re-armed timer: ``header_timeout`` runs from accept or from a request's first byte to its
+complete head (then 408 and close; a connection that sent nothing is just closed), ``idle_timeout``
+between requests on a keep-alive connection. While a request is in flight only the route's
+``request_timeout`` applies (until the response head); request bodies and tunnels have no timeout.
+
 Status codes the proxy itself answers: 400 malformed/hostile request (connection closed), 403
 allow-list, 404 no route, 405 CONNECT, 408 header timeout, 429 rate limit, 431 header too large,
 502 upstream unreachable/reset/malformed, 503 no servers or breaker open, 504 request timeout,
-505 HTTP version. Requests answered without a route are counted under service ``unrouted``.
+505 HTTP version. Requests answered without a route are counted under service ``unrouted``;
+a request whose client went away before its response completed is counted as 499. A tracing span
+(:mod:`lightmesh.proxy.tracing`) covers requests that passed the middlewares and went upstream.
 """
 
 from __future__ import annotations
@@ -1345,8 +1354,10 @@ class UpstreamProtocol(asyncio.Protocol):
             self.framing = F_CHUNK
             if ex.v10:
                 close = True
-            else:
+            elif te == b"chunked":
                 kept.append(b"Transfer-Encoding: chunked\r\n")
+            else:  # e.g. "gzip, chunked": re-chunked, the other codings stay as they are
+                kept += (b"Transfer-Encoding: ", te, _CRLF)
         elif cl is not None:
             self.framing = F_LENGTH
             self.remaining = int(cl)
