@@ -505,7 +505,8 @@ def controller_deployment_spec(s: Mapping[str, Any], service_account: Any) -> k8
                k8s.core.v1.ContainerPortArgs(name="dns-tcp", container_port=CONTROLLER_DNS_CONTAINER_PORT,
                                              protocol="TCP")],
         readiness_probe=k8s.core.v1.ProbeArgs(http_get=readiness, period_seconds=5, failure_threshold=3),
-        # Liveness on TCP: a replica that is not leader, or not yet synced, is alive but not ready.
+        # Liveness on TCP: a replica still syncing its caches is alive but not yet ready (every synced
+        # replica, leader or not, serves config and DNS and is ready).
         liveness_probe=k8s.core.v1.ProbeArgs(tcp_socket=k8s.core.v1.TCPSocketActionArgs(port="api"),
                                              initial_delay_seconds=10, period_seconds=10, failure_threshold=6),
         resources=_resources(s["controller_resources"]), security_context=_security_context())
