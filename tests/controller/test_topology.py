@@ -384,3 +384,54 @@ def test_well_formed_clusters_build_and_keep_the_acl_promises(state, settings):
         for server in service.servers:
             host, port = server.url.split("://")[1].rsplit(":", 1)
             assert (host.strip("[]"), int(port)) in endpoints
+
+
+def test_unhashable_junk_where_names_and_protocols_go():
+    """Values used as dict keys are type-checked first (YAML lets a list stand anywhere)."""
+    state = ClusterState.from_objects([
+        {"kind": ["Service"], "apiVersion": "v1"},
+        svc("web", ports=[{"port": 80, "protocol": "TCP"}]),
+        eps("web", [{"addresses": ["10.0.0.1"]}], [{"port": 8080, "protocol": ["TCP"]}, {"port": 8080}]),
+        group("g", [{"name": "m"}]),
+        {"apiVersion": "access.smi-spec.io/v1alpha3", "kind": "TrafficTarget", "metadata": {"name": "t", "namespace": "app"},
+         "spec": {"destination": {"kind": "ServiceAccount", "name": "s"},
+                  "rules": [{"kind": "HTTPRouteGroup", "name": "g", "matches": [{"a": 1}, ["m"], "m"]}]}},
+    ])
+    result = build(state, Settings(acl=True), 1)
+    assert [e.field for e in result.errors] == ["spec.rules[0].matches", "spec.rules[0].matches"]
+    assert len(result.topology.traffic_targets[0].http_matches) == 1
+    assert [e.port for e in result.topology.services["app/web"].ports[0].endpoints] == [8080]
+
+
+UNHASHABLE_OR_ODD = st.one_of(JUNK, st.just([]), st.just({}), st.just([["x"]]), st.just({"a": [1]}), st.just(None),
+                              st.just(True), st.just(-1), st.just(1.5), st.just("x\n"))
+
+
+def _mutate(obj, data):
+    """Replace one randomly chosen value somewhere inside ``obj`` (a deep copy) with junk."""
+    import copy
+
+    obj = copy.deepcopy(obj)
+    node = obj
+    while True:
+        keys = list(node.keys()) if isinstance(node, dict) else list(range(len(node))) if isinstance(node, list) else []
+        if not keys:
+            return obj
+        key = data.draw(st.sampled_from(keys))
+        child = node[key]
+        if isinstance(child, (dict, list)) and child and data.draw(st.booleans()):
+            node = child
+            continue
+        node[key] = data.draw(UNHASHABLE_OR_ODD)
+        return obj
+
+
+@hsettings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(GOOD_STATES, GOOD_SETTINGS, st.data())
+def test_one_junk_value_anywhere_in_a_good_cluster(state, settings, data):
+    fields = [f for f in state.__dataclass_fields__ if getattr(state, f)]
+    name = data.draw(st.sampled_from(fields))
+    objects = list(getattr(state, name))
+    i = data.draw(st.integers(0, len(objects) - 1))
+    objects[i] = _mutate(objects[i], data)
+    test_no_object_ever_breaks_the_build.hypothesis.inner_test(ClusterState(**{**state.__dict__, name: objects}), settings)

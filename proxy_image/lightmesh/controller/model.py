@@ -67,6 +67,8 @@ class ClusterState:
             if not isinstance(obj, dict):
                 continue
             kind = obj.get("kind")
+            if not isinstance(kind, str):
+                continue
             api_version = str(obj.get("apiVersion") or "")
             meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
             if kind == "Service":

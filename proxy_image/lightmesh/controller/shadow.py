@@ -78,8 +78,10 @@ def desired_shadow_services(topology: Topology, ports: PortTable, settings: Sett
             if key in topology.excluded:
                 ns, name = key.split("/", 1)
                 spec = old.get("spec") if isinstance(old.get("spec"), dict) else {}
+                ports_ = spec.get("ports") if isinstance(spec.get("ports"), list) else []
                 kept = [{k: v for k, v in p.items() if k in ("name", "port", "protocol", "targetPort")}
-                        for p in spec.get("ports") or [] if isinstance(p, dict)]
+                        for p in ports_ if _sane_port(p)]
+                kept = list({(p["port"], p.get("protocol", "TCP")): p for p in reversed(kept)}.values())[::-1]
                 if kept:
                     shadow = _shadow(ns, name, kept, settings)
                     old_name = (old.get("metadata") or {}).get("name")
@@ -87,6 +89,12 @@ def desired_shadow_services(topology: Topology, ports: PortTable, settings: Sett
                         shadow["metadata"]["name"] = old_name  # unchanged, whatever named it
                     out.append(shadow)
     return sorted(out, key=lambda s: s["metadata"]["name"])
+
+
+def _sane_port(p: object) -> bool:
+    """A port of an existing shadow Service worth writing back unchanged."""
+    return (isinstance(p, dict) and all(type(p.get(k)) is int and 1 <= p[k] <= 65535 for k in ("port", "targetPort"))
+            and p.get("protocol", "TCP") in ("TCP", "UDP") and isinstance(p.get("name", ""), str))
 
 
 def shadow_index(shadow_services: Sequence[dict]) -> dict[str, dict]:

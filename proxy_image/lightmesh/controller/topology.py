@@ -397,8 +397,9 @@ def _endpoints(ns: str, ports: list[_RawPort], slices: list[dict], pods: _Pods
         for sp in _l(sl.get("ports")):
             sp = _d(sp)
             number = _port_number(sp.get("port")) if not isinstance(sp.get("port"), str) else None
-            if number is not None:
-                slice_ports[(_s(sp.get("name")), sp.get("protocol", "TCP"))] = number
+            protocol = sp.get("protocol", "TCP")
+            if number is not None and type(protocol) is str:
+                slice_ports[(_s(sp.get("name")), protocol)] = number
         resolved: list[tuple[int, int]] = []  # (index of the Service port, endpoint port)
         for i, p in enumerate(ports):
             number = slice_ports.get((p.name, p.protocol))
@@ -589,7 +590,9 @@ def _traffic_target(obj: dict, settings: Settings, specs: _Specs, pods: _Pods, e
                 matches.extend(ordered)
                 continue
             for mname in wanted:
-                if mname in by_name:
+                if not isinstance(mname, str):
+                    err(f"{where}.matches", f"match name {mname!r} is not a string; ignored")
+                elif mname in by_name:
                     matches.append(by_name[mname])
                 elif mname not in bad:
                     err(f"{where}.matches", f"HTTPRouteGroup {ns}/{rname} has no match {mname!r}; ignored")
