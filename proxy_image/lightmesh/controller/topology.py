@@ -354,6 +354,10 @@ def _service_ports(obj: dict, ns: str, name: str, traffic_type: TrafficType, err
             errors.add("Service", ns, name, f"spec.ports[{i}].targetPort",
                        f"targetPort {target!r} is neither a port number nor a port name; that port is not meshed")
             continue
+        if any(o.port == port for o in out):
+            errors.add("Service", ns, name, f"spec.ports[{i}]", f"port {port}/{protocol} is listed twice; "
+                                                                "the second is not meshed")
+            continue
         out.append(_RawPort(_s(raw.get("name")), port, protocol, target))
     return out
 
