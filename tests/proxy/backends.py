@@ -348,9 +348,12 @@ class _ResponseReader:
         self.headers: list[tuple[str, str]] = []
         self.body: list[bytes] = []
         self.head_request = head_request
+        self.heads: list[bool] = []  # pipelined: per coming response, "answers a HEAD"
 
     def on_message_begin(self) -> None:
         self.headers, self.body = [], []
+        if self.heads:
+            self.head_request = self.heads.pop(0)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
@@ -392,9 +395,15 @@ class RawClient:
         self.writer.write(data)
         await self.writer.drain()
 
+    def expect_heads(self, heads: list[bool]) -> None:
+        """Before reading pipelined responses: which of them answer HEAD requests (no body)."""
+        self._parsed.heads = list(heads)
+
     async def response(self, timeout: float = 5.0, head: bool = False) -> Response:
-        """The next complete response (1xx interim responses included as their own entries)."""
-        self._parsed.head_request = head
+        """The next complete response (1xx interim responses included as their own entries).
+        ``head``: it answers a HEAD request (ignored after :meth:`expect_heads`)."""
+        if not self._parsed.heads:
+            self._parsed.head_request = head
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while not self._parsed.done:

@@ -178,6 +178,10 @@ _NO_BODY_STATUS = frozenset((204, 304))
 # Response framing towards the client.
 F_NONE, F_LENGTH, F_CHUNK, F_RAW_CLOSE = range(4)
 
+# Write buffer limits per transport: above HIGH the peer stops reading until LOW. Larger than
+# asyncio's 64 KiB default so a streamed body does not pause and resume every 64 KiB.
+WRITE_HIGH, WRITE_LOW = 512 * 1024, 128 * 1024
+
 # Reasons the client connection stops reading (bit mask).
 P_UPSTREAM, P_PIPELINE, P_CONNECT = 1, 2, 4
 
@@ -332,6 +336,7 @@ class ClientProtocol(asyncio.Protocol):
             return
         conns.conns.add(self)
         self.registered = True
+        transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
         self.metrics.connection_opened("http")
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else ""
@@ -1146,6 +1151,7 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
+        transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
