@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 import httptools

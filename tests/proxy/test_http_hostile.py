@@ -15,21 +15,22 @@ from lightmesh.proxy.http import HTTPOptions
 from .backends import Backend, ProxyUnderTest, RawClient, on_uvloop, request, simple_config
 
 H = b"Host: svc\r\n"
+P = b"POST / HTTP/1.1\r\n" + H
 
 # name → (raw request, expected status). Every one is a single write, so nothing may reach the
 # upstream (not even on a pooled connection that is already open).
 HOSTILE = {
-    "cl_and_te": (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
-    "te_and_cl": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n", 400),
-    "duplicate_cl_differing": (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400),
-    "duplicate_cl_same": (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 3\r\nContent-Length: 3\r\n\r\nabc", 400),
-    "cl_list": (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 3, 3\r\n\r\nabc", 400),
-    "cl_sign": (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: +3\r\n\r\nabc", 400),
-    "chunk_size_invalid": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", 400),
-    "chunk_size_negative": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n-3\r\nabc\r\n0\r\n\r\n", 400),
-    "chunk_size_overflow": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n1ffffffffffffffff\r\nx\r\n", 400),
-    "chunk_size_space": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n3 \r\nabc\r\n0\r\n\r\n", 400),
-    "chunk_data_too_long": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabcdef\r\n0\r\n\r\n", 400),
+    "cl_and_te": (P + b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    "te_and_cl": (P + b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n", 400),
+    "duplicate_cl_differing": (P + b"Content-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400),
+    "duplicate_cl_same": (P + b"Content-Length: 3\r\nContent-Length: 3\r\n\r\nabc", 400),
+    "cl_list": (P + b"Content-Length: 3, 3\r\n\r\nabc", 400),
+    "cl_sign": (P + b"Content-Length: +3\r\n\r\nabc", 400),
+    "chunk_size_invalid": (P + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", 400),
+    "chunk_size_negative": (P + b"Transfer-Encoding: chunked\r\n\r\n-3\r\nabc\r\n0\r\n\r\n", 400),
+    "chunk_size_overflow": (P + b"Transfer-Encoding: chunked\r\n\r\n1ffffffffffffffff\r\nx\r\n", 400),
+    "chunk_size_space": (P + b"Transfer-Encoding: chunked\r\n\r\n3 \r\nabc\r\n0\r\n\r\n", 400),
+    "chunk_data_too_long": (P + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabcdef\r\n0\r\n\r\n", 400),
     "obs_fold_space": (b"GET / HTTP/1.1\r\n" + H + b"X-A: b\r\n c\r\n\r\n", 400),
     "obs_fold_tab": (b"GET / HTTP/1.1\r\n" + H + b"X-A: b\r\n\tc\r\n\r\n", 400),
     "bare_cr_in_value": (b"GET / HTTP/1.1\r\n" + H + b"X-A: b\rc\r\n\r\n", 400),
@@ -39,11 +40,11 @@ HOSTILE = {
     "space_before_colon": (b"GET / HTTP/1.1\r\n" + H + b"X-A : b\r\n\r\n", 400),
     "method_not_token": (b"G(T / HTTP/1.1\r\n" + H + b"\r\n", 400),
     "method_unknown": (b"FOO / HTTP/1.1\r\n" + H + b"\r\n", 400),
-    "te_gzip": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip\r\n\r\nabc", 400),
-    "te_gzip_then_chunked": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 400),
-    "te_chunked_then_gzip": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n", 400),
-    "te_identity": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: identity\r\n\r\n", 400),
-    "te_twice": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    "te_gzip": (P + b"Transfer-Encoding: gzip\r\n\r\nabc", 400),
+    "te_gzip_then_chunked": (P + b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 400),
+    "te_chunked_then_gzip": (P + b"Transfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n", 400),
+    "te_identity": (P + b"Transfer-Encoding: identity\r\n\r\n", 400),
+    "te_twice": (P + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
     "te_in_http10": (b"POST / HTTP/1.0\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
     "two_hosts": (b"GET / HTTP/1.1\r\nHost: svc\r\nHost: other\r\n\r\n", 400),
     "no_host_http11": (b"GET / HTTP/1.1\r\nX-A: b\r\n\r\n", 400),
