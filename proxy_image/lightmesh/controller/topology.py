@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from lightmesh.annotations import (CIRCUIT_BREAKER_EXPRESSION, RATELIMIT_AVERAGE, RATELIMIT_BURST, REQUEST_TIMEOUT,
-                                   RETRY_ATTEMPTS, SCHEME, TRAFFIC_TYPE, MeshSettings, TrafficType,
+                                   RETRY_ATTEMPTS, SCHEME, MeshSettings, TrafficType,
                                    parse_annotations_lenient)
 from lightmesh.controller.model import ALWAYS_IGNORED_SERVICES, ClusterState, ObjectError, Settings
 
