@@ -178,6 +178,9 @@ _NO_BODY_STATUS = frozenset((204, 304))
 # Response framing towards the client.
 F_NONE, F_LENGTH, F_CHUNK, F_RAW_CLOSE = range(4)
 
+# A request body with more than this left after a read bypasses the parser (see _bypassed).
+BYPASS_MIN = 65536
+
 # Write buffer limits per transport: above HIGH the peer stops reading until LOW. Larger than
 # asyncio's 64 KiB default so a streamed body does not pause and resume every 64 KiB.
 WRITE_HIGH, WRITE_LOW = 512 * 1024, 128 * 1024
@@ -244,6 +247,7 @@ class Exchange:
     few attributes that differ (cheaper than initialising ~40 slots)."""
 
     url = b""
+    cl_left = -1  # Content-Length body bytes not yet received
     method = b""
     mstr = ""
     v10 = False
@@ -292,7 +296,7 @@ class ClientProtocol(asyncio.Protocol):
     __slots__ = ("holder", "ep", "options", "metrics", "loop", "transport", "peer", "peer_b", "parser", "cur",
                  "active", "pending", "out", "dirty", "rpause", "wpaused", "closing", "broken", "tunnel",
                  "deadline", "timer", "period", "in_head", "head_seen", "acl", "acl_plane", "hosts", "raw_up",
-                 "registered")
+                 "registered", "bypass")
 
     def __init__(self, holder: Any, entry_point: str, options: HTTPOptions, metrics: ProxyMetrics) -> None:
         self.holder = holder
@@ -324,6 +328,7 @@ class ClientProtocol(asyncio.Protocol):
         self.acl_plane = None
         self.hosts: dict[bytes, str] = {}
         self.registered = False
+        self.bypass = 0  # bytes of the current request body passed on without the parser
 
     # ------------------------------------------------------------------ connection events
 
@@ -473,6 +478,11 @@ class ClientProtocol(asyncio.Protocol):
             self._body_piece(self.active or self.cur, data)
             self.flush()
             return
+        if self.bypass:
+            data = self._bypassed(data)
+            if not data:
+                self._end_of_read()
+                return
         if self.in_head:
             seen = self.head_seen + len(data)
             limit = self.options.max_header_bytes
@@ -496,6 +506,33 @@ class ClientProtocol(asyncio.Protocol):
                 self._input_error(500)
         except HttpParserError:
             self._input_error(400)
+        else:
+            ex = self.cur
+            if ex is not None and ex.cl_left > BYPASS_MIN:
+                # A large Content-Length body continues past this read: its bytes go upstream as
+                # received (no parser, no copy); a new parser takes the next request.
+                self.bypass = ex.cl_left
+                self.parser = httptools.HttpRequestParser(self)
+        self._end_of_read()
+
+    def _bypassed(self, data: bytes) -> bytes:
+        """Body bytes of the current Content-Length request; returns what follows the body."""
+        n = len(data)
+        left = self.bypass
+        ex = self.cur
+        if n <= left:
+            self._body_piece(ex, data)
+            rest = b""
+        else:
+            self._body_piece(ex, data[:left])
+            rest = data[left:]
+        left = left - n if n < left else 0
+        self.bypass = ex.cl_left = left
+        if not left:
+            self.on_message_complete()
+        return rest
+
+    def _end_of_read(self) -> None:
         ex = self.active
         if ex is not None and ex.discard and not ex.req_done:
             # Answered locally while the request body is still coming: do not wait for it.
@@ -570,7 +607,8 @@ class ClientProtocol(asyncio.Protocol):
                 host = value
             elif code == H_CL:
                 parts += (name, b": ", value, _CRLF)
-                if int(value) > self.options.max_replay_bytes:
+                ex.cl_left = int(value)
+                if ex.cl_left > self.options.max_replay_bytes:
                     ex.replayable = False  # too big to keep for a retry: decided up front
             elif code == H_CONNECTION:
                 conn_hdr = value if conn_hdr is None else conn_hdr + b"," + value
@@ -719,6 +757,7 @@ class ClientProtocol(asyncio.Protocol):
         if ex.chunked:
             self._body_pieces(ex, (b"%x\r\n" % len(body), body, _CRLF), len(body) + 8)
         else:
+            ex.cl_left -= len(body)
             self._body_piece(ex, body)
 
     def on_message_complete(self) -> None:
