@@ -454,3 +454,21 @@ async def test_large_request_body_bypass_then_next_request_in_the_same_read():
         second = await client.response()
         assert second.status == 200 and second.body.startswith(b"GET /after ")
         await client.close()
+
+
+@on_uvloop
+async def test_client_gone_mid_request_aborts_upstream_and_counts_499():
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url])) as p:
+        for path in ("/hang", "/big?size=50000000"):
+            client = await RawClient.connect(p.port)
+            await client.send(f"GET {path} HTTP/1.1\r\nHost: svc\r\n\r\n".encode())
+            await asyncio.sleep(0.1)
+            client.writer.transport.abort()
+            for _ in range(100):  # the upstream connection is cut, not pooled
+                if not b._protocols and not p.holder.http.services["svc"].servers[0].idle:
+                    break
+                await asyncio.sleep(0.02)
+            assert not b._protocols
+        assert p.metrics.requests[("svc", "499", "GET")] == 1  # the one whose head never came back
+        assert p.metrics.open_connections["http"] == 0
+        assert (await request(p.port)).status == 200

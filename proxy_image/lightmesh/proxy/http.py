@@ -543,11 +543,10 @@ class ClientProtocol(asyncio.Protocol):
         self.flush()
 
     def eof_received(self) -> bool | None:
-        # The client half-closed: answer what is in flight, then close (no further requests).
-        if self.tunnel is not None or (self.active is None and not self.pending) or self.closing:
-            return None
-        self.broken = True
-        return True
+        # EOF from the client ends the connection, requests in flight included (their upstream
+        # connections are cut; counted as 499), as nginx does: a half-close is far more often a
+        # client that went away than one still waiting for an answer.
+        return None
 
     # httptools callbacks (request) -------------------------------------------
 
