@@ -146,6 +146,24 @@ def test_waiting_the_retry_after_always_admits(average, burst):
     assert rl.check("x") == 0.0
 
 
+@settings(max_examples=100)
+@given(average=st.integers(min_value=1, max_value=20), burst=st.integers(min_value=1, max_value=5),
+       events=st.lists(st.tuples(st.floats(min_value=0, max_value=2), st.sampled_from("abcdef")), max_size=200))
+def test_forgetting_idle_buckets_never_changes_a_decision(average, burst, events):
+    # Reference model: one bucket per source, kept forever, refilled continuously.
+    clock = FakeClock(0.0)
+    rl = RateLimiter(average, burst, clock=clock)
+    model: dict[str, tuple[float, float]] = {}
+    rate = float(average)
+    for gap, ip in events:
+        clock.advance(gap)
+        tokens, last = model.get(ip, (float(burst), clock.now))
+        tokens = min(burst, tokens + (clock.now - last) * rate)
+        expected = tokens >= 1.0 - 1e-9
+        model[ip] = (tokens - 1.0 if expected else tokens, clock.now)
+        assert (rl.check(ip) == 0.0) == expected
+
+
 def test_idle_full_buckets_are_forgotten():
     clock = FakeClock()
     rl = RateLimiter(average=10, burst=5, clock=clock)  # full again 0.5 s after empty
