@@ -694,7 +694,7 @@ def _main(args: argparse.Namespace) -> int:
                        or (t is lightmesh and "lightmesh-tcp" in wanted)]
     started = list(all_targets)
     runs: list[dict] = []
-    result: dict = {}
+    lightmesh_metrics: dict = {}
     try:
         for t in started:
             start(t, workdir)
@@ -702,7 +702,6 @@ def _main(args: argparse.Namespace) -> int:
             wait_ready(t, "/", 60 if t is lightmesh else 15)
             if not t.error:
                 verify(t, big_md5)
-        # The TCP route of the Lightmesh process: its own port, same process and CPU accounting.
         measured: dict[str, Target] = {}
         for t in started:
             if t.error:
@@ -714,6 +713,7 @@ def _main(args: argparse.Namespace) -> int:
             log("bench proxy: the backend did not start; nothing to measure")
             return 1
         if "lightmesh" in measured:
+            # The TCP route of the same Lightmesh process: its own port, the same session's CPU.
             lm_tcp = Target("lightmesh-tcp", p_lm_tcp, [], proxy_cpu, proc=lightmesh.proc, log=lightmesh.log)
             verify(lm_tcp, big_md5)
             if lm_tcp.error:
@@ -739,7 +739,8 @@ def _main(args: argparse.Namespace) -> int:
                     f"p50 {r.get('p50_ms', 0):.2f} p99 {r.get('p99_ms', 0):.2f} ms  proxy {r['proxy_cpu']:.2f} "
                     f"backend {r['backend_cpu']:.2f} wrk {r['wrk_cpu']:.2f} foreign {r['foreign_cpu']:.2f} cores"
                     f"{'  ERRORS' if r['non_2xx'] or r['socket_errors'] else ''}")
-        lightmesh_metrics = scrape_lightmesh(p_admin) if "lightmesh" in measured else {}
+        if "lightmesh" in measured or "lightmesh-tcp" in measured:
+            lightmesh_metrics = scrape_lightmesh(p_admin)
     finally:
         stop_all(started)
         shutil.rmtree(workdir, ignore_errors=True)
