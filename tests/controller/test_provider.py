@@ -101,3 +101,46 @@ def test_two_services_on_one_shadow_ip_are_reported_not_merged() -> None:
     assert [r.name for r in result.config.http.routers] == ["app/a:80"]
     [err] = result.errors
     assert err.name == "b" and "127.1.0.9:80" in err.message
+
+
+def test_acl_split_never_allows_more_than_every_backend_does() -> None:
+    """One hop to backend pods: only matches all weighted backends allow pass the split, with the
+    sources all of them allow; a split without matches owns all the root's traffic."""
+    def svc(name):
+        return {"kind": "Service", "metadata": {"name": name, "namespace": "ab"}, "spec": {"ports": [{"port": 80}]}}
+
+    def pod(name, ip, sa):
+        return {"kind": "Pod", "metadata": {"name": name, "namespace": "ab"}, "spec": {"serviceAccountName": sa},
+                "status": {"phase": "Running", "podIP": ip}}
+
+    def slice_(service, ip):
+        return {"metadata": {"name": service, "namespace": "ab", "labels": {"kubernetes.io/service-name": service}},
+                "ports": [{"port": 80}], "endpoints": [{"addresses": [ip]}]}
+
+    def target(name, sa, sources, group):
+        return {"apiVersion": "access.smi-spec.io/v1alpha3", "metadata": {"name": name, "namespace": "ab"},
+                "spec": {"destination": {"kind": "ServiceAccount", "name": sa},
+                         "sources": [{"kind": "ServiceAccount", "name": s} for s in sources],
+                         "rules": [{"kind": "HTTPRouteGroup", "name": group}]}}
+
+    state = ClusterState(
+        services=[svc("root"), svc("v1"), svc("v2")],
+        pods=[pod("v1", "10.0.0.1", "v1"), pod("v2", "10.0.0.2", "v2"), pod("c", "10.0.1.1", "client"),
+              pod("o", "10.0.1.2", "other")],
+        endpoint_slices=[slice_("root", "10.0.0.1"), slice_("v1", "10.0.0.1"), slice_("v2", "10.0.0.2")],
+        http_route_groups=[
+            {"metadata": {"name": "api", "namespace": "ab"}, "spec": {"matches": [{"name": "api", "pathRegex": "/api"}]}},
+            {"metadata": {"name": "api-admin", "namespace": "ab"},
+             "spec": {"matches": [{"name": "api", "pathRegex": "/api"}, {"name": "admin", "pathRegex": "/admin"}]}}],
+        traffic_targets=[target("to-v1", "v1", ["client", "other"], "api"),
+                         target("to-v2", "v2", ["client"], "api-admin")],
+        traffic_splits=[{"apiVersion": "split.smi-spec.io/v1alpha4", "metadata": {"name": "s", "namespace": "ab"},
+                         "spec": {"service": "root", "backends": [{"service": "v1", "weight": 1},
+                                                                  {"service": "v2", "weight": 1}]}}])
+    config = build(state, Settings(acl=True), 1).config
+    routers = {r.name: r for r in config.http.routers if r.name.startswith("ab/root:80")}
+    assert sorted(routers) == ["ab/root:80/deny", "ab/root:80/split/0"]  # the root's own target routers are gone
+    split = routers["ab/root:80/split/0"]
+    assert (split.match.path_regex, split.service) == ("/api", "ab/root:80")  # /admin is not allowed by v1
+    allow = {m.name: m for m in config.http.middlewares}[split.middlewares[0]]
+    assert allow.source_ranges == ["10.0.1.1/32"]  # "other" is allowed on v1 only

@@ -30,10 +30,14 @@ ACL mode: every HTTP Service port answers 403 unless a more specific router lets
 one router per TrafficTarget match (alternatives are separate routers) with the allow-list of the
 sources' pod IPs, forwarding to the destination pods only. TCP/UDP routes accept only the sources of
 TrafficTargets with a TCPRoute/UDPRoute rule covering the port (none → ``allowed_sources = []``).
-A TrafficSplit is resolved in the same hop, straight to backend pods, so in ACL mode only a source
-allowed on every backend (with a weight) passes the split (Traefik Mesh's rule, without its
-second hop and X-Forwarded-For); the HTTP matches of those backends' TrafficTargets are not
-re-applied to split traffic.
+A TrafficSplit is resolved in the same hop, straight to backend pods, so no second proxy checks
+the backends' policy: the split itself must never let through more than every backend's
+TrafficTargets allow. HTTP: each match that appears (same content) in the TrafficTargets of every
+weighted backend becomes a split router (ANDed with the split's own matches) whose allow-list is the
+sources allowed by all backends (Traefik Mesh's intersection rule, here per match); requests no such
+router selects are refused — or, for a split with its own matches, left to the root's own routers.
+A split without matches takes all of the root's traffic, so the root's own TrafficTarget routers
+are not emitted. TCP/UDP: sources allowed on every weighted backend's port.
 """
 
 from __future__ import annotations
@@ -76,6 +80,30 @@ def _url(scheme: str, ip: str, port: int) -> str:
 
 def _specificity(m: HTTPMatch) -> int:
     return (m.path_regex is not None) + bool(m.methods) + len(m.headers)
+
+
+def _match_key(m: HTTPMatch) -> tuple:
+    return (m.path_regex, m.methods, m.headers)
+
+
+def _combine(a: HTTPMatch | None, b: HTTPMatch) -> HTTPMatch | None:
+    """``a AND b`` as one match, or None when one match cannot say it (two different path regexes,
+    disjoint methods, two regexes for one header): such a combination is left out, i.e. refused."""
+    if a is None:
+        return b
+    if a.path_regex is not None and b.path_regex is not None and a.path_regex != b.path_regex:
+        return None
+    methods = a.methods or b.methods
+    if a.methods and b.methods:
+        methods = tuple(sorted(set(a.methods) & set(b.methods)))
+        if not methods:
+            return None
+    headers = dict(a.headers)
+    for name, regex in b.headers:
+        if headers.setdefault(name, regex) != regex:
+            return None
+    return HTTPMatch(f"{a.name}&{b.name}", a.path_regex if a.path_regex is not None else b.path_regex, methods,
+                     tuple(sorted(headers.items())))
 
 
 def _match(hosts: list[str], m: HTTPMatch | None) -> dict:
@@ -232,6 +260,26 @@ class _Builder:
                 accounts.add(tt.destination)
         return ips, accounts
 
+    def split_matches(self, split: TrafficSplit, port: int) -> list[tuple[HTTPMatch, set[str]]]:
+        """HTTP matches every weighted backend's TrafficTargets allow on ``port``, each with the
+        sources allowed by all of them (intersection across backends, union within one)."""
+        common: dict[tuple, tuple[HTTPMatch, set[str]]] | None = None
+        for b in split.backends:
+            if b.weight <= 0:
+                continue
+            here: dict[tuple, tuple[HTTPMatch, set[str]]] = {}
+            for st in self.t.service_targets.get(b.service, ()):
+                if port not in st.ports:
+                    continue
+                for m in st.target.http_matches:
+                    entry = here.setdefault(_match_key(m), (m, set()))
+                    entry[1].update(st.target.source_ips)
+            if common is None:
+                common = here
+            else:
+                common = {k: (v[0], v[1] & here[k][1]) for k, v in common.items() if k in here}
+        return [v for _, v in sorted((common or {}).items(), key=lambda kv: repr(kv[0]))]
+
     def split_allowed(self, split: TrafficSplit, port: int, kind: TrafficType) -> list[str]:
         allowed: set[str] | None = None
         for b in split.backends:
@@ -276,16 +324,28 @@ class _Builder:
             servers = [{"url": _url(scheme, e.ip, e.port), "weight": w}
                        for e, w in _split_servers(split, p.port, self.t)]
             self.services.append({"name": base, "servers": servers, "load_balancer": "weighted"})
-            split_mws = list(mws)
-            if self.acl:
-                allow = self.middleware({"type": "allow_list", "name": f"{base}/split-allow",
-                                         "source_ranges": self.split_allowed(split, p.port, TrafficType.HTTP)})
-                split_mws = [allow, *mws]
-            if split.http_matches is None:
-                router(base, PRIORITY_SPLIT, base, split_mws, None)
+            if not self.acl:
+                if split.http_matches is None:
+                    router(base, PRIORITY_SPLIT, base, mws, None)
+                else:
+                    for i, m in enumerate(split.http_matches):
+                        router(f"{base}/split/{i}", PRIORITY_SPLIT_MATCH + _specificity(m), base, mws, m)
             else:
-                for i, m in enumerate(split.http_matches):
-                    router(f"{base}/split/{i}", PRIORITY_SPLIT_MATCH + _specificity(m), base, split_mws, m)
+                # One hop straight to backend pods: a request passes the split only where every
+                # weighted backend's TrafficTargets allow that source for a match covering it.
+                # Matches common to all backends (same content) become split routers, ANDed with
+                # the split's own matches; anything else is refused (never more than a backend allows).
+                n = 0
+                for j, (m, ips) in enumerate(self.split_matches(split, p.port)):
+                    allow = self.middleware({"type": "allow_list", "name": f"{base}/split-allow/{j}",
+                                             "source_ranges": [_cidr(ip) for ip in sorted(ips)]})
+                    for own_match in split.http_matches or (None,):
+                        both = _combine(own_match, m)
+                        if both is None:
+                            continue
+                        base_priority = PRIORITY_SPLIT if split.http_matches is None else PRIORITY_SPLIT_MATCH
+                        router(f"{base}/split/{n}", base_priority + _specificity(both), base, [allow, *mws], both)
+                        n += 1
         if not self.acl:
             if split is None or split.http_matches is not None:
                 router(base if split is None else f"{base}/pods", PRIORITY_SERVICE, own, mws, None)
@@ -304,6 +364,8 @@ class _Builder:
                 entry = groups.setdefault((m.path_regex, m.methods, m.headers), (m, []))
                 if tt not in entry[1]:
                     entry[1].append(tt)
+        if split is not None and split.http_matches is None:
+            groups = {}  # every request to the root is split traffic: the split routers decide
         made: set[str] = set()
         for i, (m, tts) in enumerate(groups.values()):
             label = "@".join(tt.key for tt in tts)  # "+" is not allowed in config names
