@@ -19,6 +19,16 @@ _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 Labels = tuple[tuple[str, str], ...]
 
 
+@dataclass(frozen=True)
+class MetricSpec:
+    """One exported metric: the proxy's and the controller's registries are lists of these."""
+
+    name: str
+    type: str  # counter | gauge | histogram
+    help: str
+    labels: tuple[str, ...] = ()
+
+
 @dataclass
 class Scrape:
     """One exposition: metric name → {sorted label pairs → value}, and when it was taken."""

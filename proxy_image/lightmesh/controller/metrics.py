@@ -7,19 +7,13 @@ private registry so several controllers in one test process never collide.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from lightmesh.telemetry import MetricSpec
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 PREFIX = "lightmesh_controller_"
 
 
-@dataclass(frozen=True)
-class MetricSpec:
-    name: str
-    type: str  # counter | gauge | histogram
-    help: str
-    labels: tuple[str, ...] = ()
 
 
 METRICS: tuple[MetricSpec, ...] = (

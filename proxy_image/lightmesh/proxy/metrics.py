@@ -14,7 +14,7 @@ snapshots (:func:`merge`) and renders them (:func:`render`) on ``/metrics``.
 from __future__ import annotations
 
 from bisect import bisect_left
-from dataclasses import dataclass
+from lightmesh.telemetry import MetricSpec
 
 PREFIX = "lightmesh_proxy_"
 
@@ -25,12 +25,6 @@ DURATION_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025
 CB_CLOSED, CB_OPEN, CB_RECOVERING = 0, 1, 2
 
 
-@dataclass(frozen=True)
-class MetricSpec:
-    name: str
-    type: str  # counter | gauge | histogram
-    help: str
-    labels: tuple[str, ...] = ()
 
 
 def _spec(short: str, type_: str, help_: str, *labels: str) -> MetricSpec:
