@@ -1163,7 +1163,7 @@ class UpstreamProtocol(asyncio.Protocol):
 
     __slots__ = ("server", "transport", "parser", "client", "ex", "out", "used", "idle_since", "headers",
                  "reason", "interim", "framing", "remaining", "bypass", "keep", "tunnel", "rpaused",
-                 "sent_nothing", "closed", "head_done")
+                 "sent_nothing", "closed", "head_done", "wpaused")
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -1186,6 +1186,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.sent_nothing = True
         self.closed = False
         self.head_done = False
+        self.wpaused = False  # our write buffer is full: the client's reading is paused for it
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
@@ -1194,6 +1195,10 @@ class UpstreamProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         client = self.client
+        if self.wpaused:
+            self.wpaused = False
+            if client is not None:
+                client.resume_for(P_UPSTREAM)  # a retry on another connection must be able to read
         if client is None:
             try:
                 self.server.idle.remove(self)
@@ -1207,11 +1212,14 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self.client is not None:
+            self.wpaused = True
             self.client.pause_for(P_UPSTREAM)
 
     def resume_writing(self) -> None:
-        if self.client is not None:
-            self.client.resume_for(P_UPSTREAM)
+        if self.wpaused:
+            self.wpaused = False
+            if self.client is not None:
+                self.client.resume_for(P_UPSTREAM)
 
     def flush(self) -> None:
         out = self.out
@@ -1246,6 +1254,11 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def release(self) -> None:
         """Back to the server's idle pool (or closed when it cannot be reused)."""
+        if self.wpaused:
+            self.wpaused = False
+            self.keep = False  # request bytes still queued: not reusable
+            if self.client is not None:
+                self.client.resume_for(P_UPSTREAM)
         self.client = None
         self.ex = None
         if self.rpaused:
