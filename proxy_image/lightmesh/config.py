@@ -78,7 +78,16 @@ def _check_regex(value: str | None, what: str) -> str | None:
     return value
 
 
+# A canonical dotted quad (no leading zeros, each octet 0-255) is exactly what ``ipaddress`` accepts
+# and prints back unchanged: checked by this pattern alone (a config holds thousands of them and
+# ``ipaddress`` costs ~7 µs each); anything else (IPv6, other spellings) goes through ``ipaddress``.
+_IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+                   r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])")  # [0-9], not \d: no Unicode digits
+
+
 def _check_cidr(value: str) -> str:
+    if type(value) is str and value.endswith("/32") and _IPV4.fullmatch(value, 0, len(value) - 3):
+        return value  # a host route: ip_network would print it back as it is
     try:
         return str(ipaddress.ip_network(value, strict=False))
     except ValueError:
@@ -86,6 +95,8 @@ def _check_cidr(value: str) -> str:
 
 
 def _check_host(value: str) -> str:
+    if type(value) is str and _IPV4.fullmatch(value):
+        return value
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:

@@ -304,7 +304,9 @@ def _index_pods(pods: Any) -> _Pods:
     return _Pods(by_name, by_ip, ips_by_sa)
 
 
-_IPV4 = re.compile(r"^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$")
+# [0-9], not \d: \d also matches other scripts' digits ("१.2.3.4"), which ipaddress rejects
+_IPV4 = re.compile(r"^(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+                   r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])$")
 
 
 def _is_ip(text: str) -> bool:
