@@ -472,3 +472,20 @@ async def test_client_gone_mid_request_aborts_upstream_and_counts_499():
         assert p.metrics.requests[("svc", "499", "GET")] == 1  # the one whose head never came back
         assert p.metrics.open_connections["http"] == 0
         assert (await request(p.port)).status == 200
+
+
+@on_uvloop
+async def test_absolute_form_target_routes_by_authority_and_forwards_origin_form():
+    async with Backend() as b:
+        cfg = simple_config({"svc": [b.url]}, routers=[{"name": "r", "service": "svc", "match": {"hosts": ["svc"]}}])
+        async with ProxyUnderTest(cfg) as p:
+            client = await RawClient.connect(p.port)
+            await client.send(b"GET http://SVC:5000/abs?x=1 HTTP/1.1\r\nHost: other\r\n\r\n")
+            resp = await client.response()
+            assert resp.status == 200
+            assert b.requests[-1].path == "/abs?x=1"
+            assert b.requests[-1].header("Host") == "SVC:5000"
+            await client.send(b"OPTIONS * HTTP/1.1\r\nHost: svc\r\n\r\n")
+            assert (await client.response()).status == 200
+            assert b.requests[-1].method == "OPTIONS" and b.requests[-1].path == "*"
+            await client.close()
