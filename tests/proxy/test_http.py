@@ -351,6 +351,7 @@ async def test_pipelined_partial_head_gets_header_timeout():
         assert resp.status == 408
         assert await client.closed()
         await client.close()
+        assert p.metrics.requests[("unrouted", "408", "-")] == 1
 
 
 # --------------------------------------------------------------------------- mixed traffic (hypothesis)

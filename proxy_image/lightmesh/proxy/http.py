@@ -754,7 +754,7 @@ class ClientProtocol(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         ex = self.cur
         if ex.chunked:
-            self._body_pieces(ex, (b"%x\r\n" % len(body), body, _CRLF), len(body) + 8)
+            self._body_pieces(ex, (b"%x\r\n" % len(body), body, _CRLF))
         else:
             ex.cl_left -= len(body)
             self._body_piece(ex, body)
@@ -804,7 +804,7 @@ class ClientProtocol(asyncio.Protocol):
             else:
                 self.pause_for(P_CONNECT)  # waiting for a connection: bound what we hold
 
-    def _body_pieces(self, ex: Exchange, pieces: tuple, n: int) -> None:
+    def _body_pieces(self, ex: Exchange, pieces: tuple) -> None:
         if ex is None or ex.local:
             return
         for piece in pieces:
@@ -874,6 +874,7 @@ class ClientProtocol(asyncio.Protocol):
         ex.local = status
         self.broken = True
         self.closing = True
+        self.active = ex  # only called with nothing in flight
         self._respond_local(ex)
 
     def _input_error(self, status: int) -> None:
