@@ -35,6 +35,9 @@ async def test_forwards_with_forwarded_headers_and_without_hop_by_hop():
         assert resp.header("Connection") is None  # HTTP/1.1 keep-alive is the default
         key = ("svc", "200", "GET")
         assert p.metrics.requests[key] == 1
+        assert 0 < p.metrics.durations["svc"][1] < 5  # a real duration, not a millisecond tick
+        await request(p.port, path="/slow?ms=50")
+        assert p.metrics.durations["svc"][1] >= 0.05
     assert p.metrics.open_connections["http"] == 0
 
 

@@ -63,6 +63,7 @@ import json
 import logging
 import math
 import time
+from time import perf_counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -551,10 +552,11 @@ class ClientProtocol(asyncio.Protocol):
     # httptools callbacks (request) -------------------------------------------
 
     def on_message_begin(self) -> None:
-        now = self.loop.time()
-        self.cur = Exchange(now)
+        # Durations use perf_counter: uvloop's loop.time() has millisecond resolution and is
+        # cached per loop iteration. Deadlines stay on the loop clock (they drive call_at).
+        self.cur = Exchange(perf_counter())
         if self.active is None:
-            self.deadline = now + self.options.header_timeout
+            self.deadline = self.loop.time() + self.options.header_timeout
 
     def on_url(self, url: bytes) -> None:
         self.cur.url += url
@@ -867,7 +869,7 @@ class ClientProtocol(asyncio.Protocol):
         self.broken = True
 
     def _reply_and_close(self, status: int) -> None:
-        ex = Exchange(self.loop.time())
+        ex = Exchange(perf_counter())
         ex.close_after = True
         ex.req_done = True
         ex.status = status
@@ -917,7 +919,7 @@ class ClientProtocol(asyncio.Protocol):
         if ex is not None and ex.span is not None:
             ex.span.end(status, 0, "")
             ex.span = None
-        err = Exchange(self.loop.time())
+        err = Exchange(perf_counter())
         err.close_after = True
         err.req_done = True
         if ex is not None:
@@ -951,11 +953,11 @@ class ClientProtocol(asyncio.Protocol):
             if self.broken:
                 self.closing = True  # client asked for close, or sent EOF
         else:
-            self.deadline = self.cur.start + self.options.header_timeout  # a head already started
+            # a head already started: its header timeout counts from its first byte
+            self.deadline = self.loop.time() - (perf_counter() - self.cur.start) + self.options.header_timeout
 
     def _account(self, ex: Exchange, status: int) -> None:
-        now = self.loop.time()
-        seconds = now - ex.start
+        seconds = perf_counter() - ex.start
         self.metrics.request(ex.service, status, ex.mstr or "-", seconds)
         if ex.route is not None and not ex.local:
             for breaker in ex.route.breakers:
@@ -1062,7 +1064,7 @@ class ClientProtocol(asyncio.Protocol):
             return
         service.balancer.failed(server)
         for breaker in ex.route.breakers:
-            breaker.record(None, self.loop.time() - ex.start)
+            breaker.record(None, perf_counter() - ex.start)
         if ex.retries_left > 0 and ex.wire is not None:
             ex.retries_left -= 1
             ex.retries += 1
@@ -1079,7 +1081,7 @@ class ClientProtocol(asyncio.Protocol):
             return
         self.metrics.upstream_error(ex.service, "timeout")
         for breaker in ex.route.breakers:
-            breaker.record(504, self.loop.time() - ex.start)
+            breaker.record(504, perf_counter() - ex.start)
         if ex.connecting is not None:
             ex.connecting.cancel()
             ex.connecting = None
