@@ -121,3 +121,15 @@ def test_sampled_out_still_propagates():
     parsed = parse_traceparent(sent)
     assert parsed is not None and parsed[2] & 0x01 == 0  # sampled flag cleared
     assert not exporter.get_finished_spans()
+
+
+@on_uvloop
+async def test_a_failing_tracer_never_fails_requests():
+    class Broken:
+        def start(self, *args):
+            raise RuntimeError("exporter exploded")
+
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url]), options=HTTPOptions(tracer=Broken())) as p:
+        resp = await request(p.port, headers={"traceparent": INCOMING})
+        assert resp.status == 200
+        assert b.requests[-1].header("traceparent") == INCOMING  # untouched when no span

@@ -688,11 +688,15 @@ class ClientProtocol(asyncio.Protocol):
         # ---- the upstream request head
         tracer = self.options.tracer
         if tracer is not None:
-            if tp is not None:
-                parts = _drop_headers(parts, lambda n: n.lower() == b"traceparent")
             qpos = url.find(b"?")
-            ex.span = span = tracer.start(tp, route.name, svc, mstr, hstr, url if qpos < 0 else url[:qpos])
-            parts += (b"traceparent: ", span.traceparent, _CRLF)
+            try:
+                ex.span = span = tracer.start(tp, route.name, svc, mstr, hstr, url if qpos < 0 else url[:qpos])
+            except Exception:  # tracing is an add-on: never the reason a request fails
+                _log.exception("starting a trace span failed")
+            else:
+                if tp is not None:
+                    parts = _drop_headers(parts, lambda n: n.lower() == b"traceparent")
+                parts += (b"traceparent: ", span.traceparent, _CRLF)
         if xff is None:
             parts += (b"X-Forwarded-For: ", self.peer_b, _CRLF)
         else:
@@ -963,8 +967,11 @@ class ClientProtocol(asyncio.Protocol):
             for breaker in ex.route.breakers:
                 breaker.record(status if status < 502 or status > 504 else None, seconds)
         if ex.span is not None:
-            ex.span.end(status, ex.retries, ex.server.url if ex.server is not None else "")
-            ex.span = None
+            span, ex.span = ex.span, None
+            try:
+                span.end(status, ex.retries, ex.server.url if ex.server is not None else "")
+            except Exception:
+                _log.exception("ending a trace span failed")
         if self.options.access_log:
             self._access_log(ex, status, seconds)
 
