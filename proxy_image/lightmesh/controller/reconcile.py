@@ -34,6 +34,12 @@ log = logging.getLogger("lightmesh.controller")
 
 DEBOUNCE_SECONDS = 0.02
 MAX_DELAY_SECONDS = 0.1  # a stream of events still gets a rebuild at least this often
+# The first change after a quiet period (no round for QUIET_SECONDS) waits only this long: enough
+# for the events one action makes at once (a Pod and its EndpointSlice), not the whole debounce, so
+# a lone change reaches the proxies sooner. Events that keep coming (they pile up during a round)
+# get the full debounce: at most one extra round per burst.
+IDLE_DEBOUNCE_SECONDS = 0.005
+QUIET_SECONDS = MAX_DELAY_SECONDS
 MAX_PASSES = 3
 WRITE_RETRY_SECONDS = 5.0
 FAILURE_RETRY_SECONDS = 0.5
@@ -58,7 +64,8 @@ class Controller:
     def __init__(self, settings, source, *, store: ConfigStore | None = None, metrics=None,
                  dns: MeshDNS | None = None, local_shadows=None, kube_writer=None, elector=None, events=None,
                  build_fn: Callable | None = None, debounce_seconds: float = DEBOUNCE_SECONDS,
-                 max_delay_seconds: float = MAX_DELAY_SECONDS) -> None:
+                 max_delay_seconds: float = MAX_DELAY_SECONDS,
+                 idle_debounce_seconds: float = IDLE_DEBOUNCE_SECONDS) -> None:
         from lightmesh.controller.model import ClusterState
 
         self._state_type = ClusterState
@@ -74,6 +81,9 @@ class Controller:
         self.build_fn = build_fn or _default_build()
         self.debounce_seconds = debounce_seconds
         self.max_delay_seconds = max_delay_seconds
+        self.idle_debounce_seconds = min(idle_debounce_seconds, debounce_seconds)
+        self._last_round_at = float("-inf")  # monotonic end of the last round
+        self._dns_shadows: list[dict] | None = None  # the shadow objects the DNS table was made from
         self.config = None
         self.version = 0
         self.ports = None
@@ -143,7 +153,13 @@ class Controller:
         else:
             self.store.set_result(result)  # topology and errors may change without the config
         if self.dns is not None:
-            self.dns.table = DNSTable.from_shadows(snapshot.get("shadow_services", []), self.settings.domains)
+            # same shadow objects (the caches replace an object when it changes) → same table
+            # (the list keeps them alive, so their ids cannot be reused); local mode: always rebuilt
+            shadows = list(snapshot.get("shadow_services", []))
+            if self.local_shadows is not None or self._dns_shadows is None or \
+                    list(map(id, shadows)) != list(map(id, self._dns_shadows)):
+                self.dns.table = DNSTable.from_shadows(shadows, self.settings.domains)
+                self._dns_shadows = shadows
         self._errors = list(result.errors)
         if self.kube_writer is not None or self.events is not None:
             self._desired_shadows = list(result.shadow_services)
@@ -191,16 +207,21 @@ class Controller:
         while True:
             await self._dirty.wait()
             first = time.monotonic()
-            # debounce: wait for a quiet gap, but never longer than max_delay after the first event
+            # debounce: wait for a quiet gap, but never longer than max_delay after the first event;
+            # after a quiet period the first gap is short (a lone change is published sooner)
+            delay = self.idle_debounce_seconds if first - self._last_round_at >= QUIET_SECONDS \
+                else self.debounce_seconds
             while True:
                 self._dirty.clear()
-                await asyncio.sleep(self.debounce_seconds)
+                await asyncio.sleep(delay)
                 if not self._dirty.is_set() or time.monotonic() - first >= self.max_delay_seconds:
                     break
+                delay = self.debounce_seconds  # more events are coming: the full gap from now on
             self._dirty.clear()
             try:
                 self.reconcile_once()
                 failures = 0
+                self._last_round_at = time.monotonic()
             except Exception:  # a bug in one round must not stop the mesh: log, keep the last config
                 failures += 1
                 delay = min(FAILURE_RETRY_SECONDS * 2 ** (failures - 1), FAILURE_RETRY_MAX_SECONDS)
