@@ -26,8 +26,9 @@ Modules and what each owns (the interfaces below are the contract between them):
                  ``protocol_factory(holder, entry_point, options, metrics)`` returns what
                  ``loop.create_server`` takes. ``holder.http`` (the current ``HTTPPlane``) is read
                  once per request head, so a swap is one attribute assignment and a request in flight
-                 finishes on the plane it started with. ``ConnectionSet`` tracks client connections
-                 for graceful drain (``close_idle()``, ``await drain(timeout)``).
+                 finishes on the plane it started with. ``ConnectionSet`` (one per worker, in
+                 ``HTTPOptions.connections``) tracks client connections for graceful drain
+                 (``close_idle()``, ``await drain(timeout)``).
 ``tracing``      W3C ``traceparent`` handling and, with ``--otlp-endpoint``, one OpenTelemetry span
                  per request.
 ``tcp``, ``udp`` L4 routes: source allow-list, weighted servers, splice relay (TCP), sessions (UDP).
