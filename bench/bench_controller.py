@@ -221,6 +221,7 @@ async def _latency_run(n: int, changes: int, budget: float) -> dict:
             while loop.time() < deadline and (not published or time.monotonic() - published[-1][1] < SETTLE_SECONDS):
                 await asyncio.sleep(0.1)
             rounds_before = controller.rounds
+            first_change = time.monotonic()
             for k in range(changes):
                 if loop.time() + 5 > deadline:
                     break
@@ -258,8 +259,10 @@ async def _latency_run(n: int, changes: int, budget: float) -> dict:
                 def ms(t: float | None) -> float | None:
                     return None if t is None else round((t - t0) * 1000, 2)
 
+                gc_ms = sum(d for _, t, d in GC_PAUSES if t0 <= t <= (got or at)) * 1000
                 samples.append({"change": kind, "service": f"{ns}/{name}", "publish_ms": ms(at), "served_ms": ms(got),
-                                "watch_ms": ms(seen), "round_start_ms": ms(start), "round_ms": round((end - start) * 1000, 2)})
+                                "watch_ms": ms(seen), "round_start_ms": ms(start), "round_ms": round((end - start) * 1000, 2),
+                                "gc_ms": round(gc_ms, 2)})
                 await asyncio.sleep(GAP_SECONDS)
             rounds = controller.rounds - rounds_before
         finally:
@@ -277,7 +280,10 @@ async def _latency_run(n: int, changes: int, budget: float) -> dict:
     for label, values in (("publish", publish), ("served", served_ms)):
         summary[label] = {f"p{q}_ms": round(_percentile(values, q), 1) for q in (50, 95, 99)} | {
             "max_ms": round(max(values), 1) if values else None}
-    for label in ("watch_ms", "round_start_ms", "round_ms"):  # where the time goes (medians)
+    measured = [p for p in GC_PAUSES if p[1] >= first_change] if samples else []
+    summary["gc_runs_during_changes"] = {f"gen{g}": sum(1 for p in measured if p[0] == g) for g in range(3)}
+    summary["gc_longest_ms"] = round(max((p[2] for p in measured), default=0) * 1000, 1)
+    for label in ("watch_ms", "round_start_ms", "round_ms", "gc_ms"):  # where the time goes (medians)
         values = [s[label] for s in samples if s[label] is not None]
         summary.setdefault("median_breakdown_ms", {})[label] = round(statistics.median(values), 1) if values else None
     summary["samples"] = samples
@@ -298,23 +304,23 @@ def measure_latency(n: int = LATENCY_SERVICES, changes: int = LATENCY_CHANGES,
         print("event → version latency: skipped (kmock is not installed: pip install -e '.[dev]')")
         return None
     logging.getLogger("lightmesh").setLevel(logging.WARNING)
-    pauses: list[tuple[int, float]] = []  # (generation, seconds) of every cyclic GC run meanwhile
-    started: list[float] = []
-
-    def on_gc(phase: str, info: dict) -> None:
-        if phase == "start":
-            started[:] = [time.perf_counter()]
-        elif started:
-            pauses.append((info["generation"], time.perf_counter() - started[0]))
-
-    gc.callbacks.append(on_gc)
+    GC_PAUSES.clear()
+    gc.callbacks.append(_on_gc)
     try:
-        summary = asyncio.run(_latency_run(n, changes, budget))
+        return asyncio.run(_latency_run(n, changes, budget))
     finally:
-        gc.callbacks.remove(on_gc)
-    summary["gc_runs"] = {f"gen{g}": len([1 for gen, _ in pauses if gen == g]) for g in range(3)}
-    summary["gc_max_ms"] = round(max((s for _, s in pauses), default=0) * 1000, 1)
-    return summary
+        gc.callbacks.remove(_on_gc)
+
+
+GC_PAUSES: list[tuple[int, float, float]] = []  # (generation, monotonic start, seconds) of cyclic GC runs
+_gc_started: list[float] = []
+
+
+def _on_gc(phase: str, info: dict) -> None:
+    if phase == "start":
+        _gc_started[:] = [time.monotonic()]
+    elif _gc_started:
+        GC_PAUSES.append((info["generation"], _gc_started[0], time.monotonic() - _gc_started[0]))
 
 
 def _latency_lines(lat: dict | None) -> list[str]:
@@ -362,8 +368,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{lat['served']['p95_ms']}/{lat['served']['p99_ms']} ms "
                   f"({'met' if lat['met'] else 'NOT met'}; {lat['timed_out']} timed out); medians: watch event in "
                   f"{lat['median_breakdown_ms']['watch_ms']} ms, round starts at {lat['median_breakdown_ms']['round_start_ms']}"
-                  f" ms, round takes {lat['median_breakdown_ms']['round_ms']} ms; cyclic GC {lat['gc_runs']}, longest "
-                  f"{lat['gc_max_ms']} ms", flush=True)
+                  f" ms, round takes {lat['median_breakdown_ms']['round_ms']} ms; cyclic GC during the changes "
+                  f"{lat['gc_runs_during_changes']}, longest {lat['gc_longest_ms']} ms", flush=True)
     # Judged on CPU time: the machine is shared, wall time also measures the neighbours.
     build_ok = all(r["errors"] == 0 for r in rows) and all(
         r["median_cpu_seconds"] < GOAL_SECONDS for r in rows if r["services"] == 5000)
