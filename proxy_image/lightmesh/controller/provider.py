@@ -48,7 +48,7 @@ from math import gcd
 from typing import Sequence
 
 from lightmesh.annotations import TrafficType
-from lightmesh.config import ProxyConfig, content_hash, load_config_dict
+from lightmesh.config import ConfigAssembler, ProxyConfig, content_hash, load_config_dict
 from lightmesh.controller.model import ObjectError, Settings
 from lightmesh.controller.ports import PortTable
 from lightmesh.controller.shadow import shadow_index
@@ -416,7 +416,7 @@ class _Builder:
 
     # ----------------------------------------------------------------- all
 
-    def build(self, version: int) -> ProxyConfig:
+    def build(self, version: int, assembler: ConfigAssembler | None = None) -> ProxyConfig:
         for svc in self.t.services.values():
             for p in svc.ports:
                 if svc.traffic_type is TrafficType.HTTP:
@@ -431,15 +431,21 @@ class _Builder:
             "tcp": self.tcp,
             "udp": self.udp,
         }
+        if assembler is not None:  # the controller: reuses the elements that did not change
+            return assembler.make(data)
         config = load_config_dict(data)
         return config.model_copy(update={"hash": content_hash(config)})
 
 
 def build_config_with_errors(topology: Topology, ports: PortTable, shadow_services: Sequence[dict],
-                             settings: Settings, version: int) -> tuple[ProxyConfig, list[ObjectError]]:
-    """:func:`build_config` and the errors found while building it (listener clashes)."""
+                             settings: Settings, version: int, assembler: ConfigAssembler | None = None
+                             ) -> tuple[ProxyConfig, list[ObjectError]]:
+    """:func:`build_config` and the errors found while building it (listener clashes).
+
+    ``assembler``: kept by the caller from one build to the next, so the config elements that did
+    not change are not validated and serialized again (same config)."""
     builder = _Builder(topology, ports, shadow_services, settings)
-    config = builder.build(version)
+    config = builder.build(version, assembler)
     return config, sorted(set(builder.errors))
 
 

@@ -54,6 +54,12 @@ def _default_build():
     return build
 
 
+def _assembler():
+    from lightmesh.config import ConfigAssembler
+
+    return ConfigAssembler()
+
+
 @dataclass
 class RoundStats:
     builds: int = 0
@@ -79,6 +85,8 @@ class Controller:
         self.elector = elector
         self.events = events
         self.build_fn = build_fn or _default_build()
+        # the default build reuses the config elements that did not change between rounds
+        self._build_kwargs = {"assembler": _assembler()} if build_fn is None else {}
         self.debounce_seconds = debounce_seconds
         self.max_delay_seconds = max_delay_seconds
         self.idle_debounce_seconds = min(idle_debounce_seconds, debounce_seconds)
@@ -132,7 +140,8 @@ class Controller:
         snapshot, state = self._state()
         result = None
         for _ in range(MAX_PASSES):
-            result = self.build_fn(state, self.settings, self.version + 1, previous_ports=self.ports)
+            result = self.build_fn(state, self.settings, self.version + 1, previous_ports=self.ports,
+                                   **self._build_kwargs)
             stats.builds += 1
             if self.local_shadows is None or not self.local_shadows.apply(list(result.shadow_services)):
                 break
