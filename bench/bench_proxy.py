@@ -45,7 +45,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -145,16 +144,20 @@ def session_cpu(sids: set[int]) -> dict[int, float]:
 # --------------------------------------------------------------------------- processes
 
 
-@dataclass
 class Target:
-    name: str
-    port: int
-    argv: list[str]
-    cpu: str  # taskset CPU list, "" = unpinned
-    env: dict[str, str] = field(default_factory=dict)
-    proc: subprocess.Popen | None = None
-    log: Path | None = None
-    error: str = ""
+    """One process to measure (a plain class: bench/run.py loads this file without registering it
+    in sys.modules, which dataclasses need)."""
+
+    def __init__(self, name: str, port: int, argv: list[str], cpu: str, env: dict[str, str] | None = None,
+                 proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+        self.name = name
+        self.port = port
+        self.argv = argv
+        self.cpu = cpu  # taskset CPU list, "" = unpinned
+        self.env = env or {}
+        self.proc = proc
+        self.log = log
+        self.error = ""
 
     @property
     def sid(self) -> int:
