@@ -54,10 +54,11 @@ def _default_build():
     return build
 
 
-def _assembler():
+def _build_caches() -> dict:
     from lightmesh.config import ConfigAssembler
+    from lightmesh.controller.topology import TopologyCache
 
-    return ConfigAssembler()
+    return {"assembler": ConfigAssembler(), "topology_cache": TopologyCache()}
 
 
 @dataclass
@@ -85,8 +86,8 @@ class Controller:
         self.elector = elector
         self.events = events
         self.build_fn = build_fn or _default_build()
-        # the default build reuses the config elements that did not change between rounds
-        self._build_kwargs = {"assembler": _assembler()} if build_fn is None else {}
+        # the default build reuses what did not change between rounds (Services, config elements)
+        self._build_kwargs = _build_caches() if build_fn is None else {}
         self.debounce_seconds = debounce_seconds
         self.max_delay_seconds = max_delay_seconds
         self.idle_debounce_seconds = min(idle_debounce_seconds, debounce_seconds)

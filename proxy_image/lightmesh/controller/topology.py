@@ -763,11 +763,53 @@ def _splits(state: ClusterState, settings: Settings, services: dict[str, Service
 # --------------------------------------------------------------------------- the builder
 
 
-def build_topology(state: ClusterState, settings: Settings) -> Topology:
+class TopologyCache:
+    """What :func:`build_topology` may reuse from its previous call (the controller keeps one).
+
+    A Service's result (its meshed ports and endpoints, or why it is left out, and the errors it
+    produced) is reused when the next call gets the very same Service object, the very same
+    EndpointSlice objects for it and the very same Pod objects, under the same settings. The sources
+    replace an object when it changes (watch caches, re-read files), never edit one in place: that
+    is what makes identity a safe test. Anything else is computed as without a cache.
+    """
+
+    def __init__(self) -> None:
+        self.settings: Settings | None = None
+        self.pods_seen: list = []  # the Pod objects of the last call (kept alive: ids stay unique)
+        self.pods: _Pods | None = None
+        self.services: dict[tuple[str, str], tuple[dict, tuple, Service | str, list[ObjectError]]] = {}
+
+
+def _same_objects(a, b) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+
+
+def _service(obj: dict, ns: str, name: str, spec: dict, default_mode: TrafficType, slices: Any, pods: _Pods,
+             errors: _Errors) -> Service | str:
+    """One Service: its topology entry, or the reason it is left out."""
+    annotations = _d(_d(obj.get("metadata")).get("annotations"))
+    mesh, found = parse_annotations_lenient(annotations, default_mode)
+    if _annotation_errors(ns, name, mesh, found, errors):
+        return "; ".join(str(e) for e in found)
+    raw_ports = _service_ports(obj, ns, name, mesh.traffic_type, errors)
+    per_port = _endpoints(ns, raw_ports, slices, pods) if raw_ports else []
+    ports = tuple(ServicePort(p.name, p.port, p.protocol, p.target_port, i, eps)
+                  for i, (p, eps) in enumerate(zip(raw_ports, per_port)))
+    cluster_ip = spec.get("clusterIP")
+    return Service(ns, name, mesh.traffic_type, mesh, ports,
+                   cluster_ip if isinstance(cluster_ip, str) and _is_ip(cluster_ip) else None)
+
+
+def build_topology(state: ClusterState, settings: Settings, cache: TopologyCache | None = None) -> Topology:
     """Read ``state`` into a :class:`Topology`. Never raises on bad objects: they are reported in
-    ``errors`` and left out (or partly applied)."""
+    ``errors`` and left out (or partly applied). ``cache``: see :class:`TopologyCache` (same result)."""
     errors = _Errors()
-    pods = _index_pods(state.pods)
+    pod_objects = list(state.pods or ())
+    warm = cache is not None and cache.settings == settings and cache.pods is not None \
+        and _same_objects(cache.pods_seen, pod_objects)
+    pods = cache.pods if warm else _index_pods(pod_objects)
+    previous = cache.services if warm else {}
+    kept: dict[tuple[str, str], tuple[dict, tuple, Service | str, list[ObjectError]]] = {}
     slices = _slices_by_service(state.endpoint_slices)
     default_mode = TrafficType(settings.default_mode)
     services: dict[str, Service] = {}
@@ -784,18 +826,23 @@ def build_topology(state: ClusterState, settings: Settings) -> Topology:
         spec = _d(obj.get("spec"))
         if spec.get("type") == "ExternalName":
             continue  # nothing to route to (upstream ignores them too)
-        annotations = _d(_d(obj.get("metadata")).get("annotations"))
-        mesh, found = parse_annotations_lenient(annotations, default_mode)
-        if _annotation_errors(ns, name, mesh, found, errors):
-            excluded[f"{ns}/{name}"] = "; ".join(str(e) for e in found)
-            continue
-        raw_ports = _service_ports(obj, ns, name, mesh.traffic_type, errors)
-        per_port = _endpoints(ns, raw_ports, slices.get((ns, name), ()), pods) if raw_ports else []
-        ports = tuple(ServicePort(p.name, p.port, p.protocol, p.target_port, i, eps)
-                      for i, (p, eps) in enumerate(zip(raw_ports, per_port)))
-        cluster_ip = spec.get("clusterIP")
-        services[f"{ns}/{name}"] = Service(ns, name, mesh.traffic_type, mesh, ports,
-                                           cluster_ip if isinstance(cluster_ip, str) and _is_ip(cluster_ip) else None)
+        its_slices = slices.get((ns, name), ())
+        hit = previous.get((ns, name))
+        if hit is not None and hit[0] is obj and _same_objects(hit[1], its_slices):
+            outcome = hit[2]
+            errors.items.extend(hit[3])
+        else:
+            mark = len(errors.items)
+            outcome = _service(obj, ns, name, spec, default_mode, its_slices, pods, errors)
+            hit = (obj, tuple(its_slices), outcome, errors.items[mark:])
+        if cache is not None:
+            kept[(ns, name)] = hit
+        if isinstance(outcome, str):
+            excluded[f"{ns}/{name}"] = outcome
+        else:
+            services[f"{ns}/{name}"] = outcome
+    if cache is not None:
+        cache.settings, cache.pods_seen, cache.pods, cache.services = settings, pod_objects, pods, kept
     services = dict(sorted(services.items()))
 
     specs = _index_specs(state, settings, errors)
