@@ -1,0 +1,1 @@
+"""Against a real cluster (KUBECONFIG set); skipped everywhere else."""
