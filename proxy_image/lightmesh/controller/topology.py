@@ -768,7 +768,8 @@ class TopologyCache:
 
     A Service's result (its meshed ports and endpoints, or why it is left out, and the errors it
     produced) is reused when the next call gets the very same Service object, the very same
-    EndpointSlice objects for it and the very same Pod objects, under the same settings. The sources
+    EndpointSlice objects for it and the very same Pod objects, under the same settings; the SMI
+    route specs and each TrafficTarget likewise when the Pods and every route object are the same. The sources
     replace an object when it changes (watch caches, re-read files), never edit one in place: that
     is what makes identity a safe test. Anything else is computed as without a cache.
     """
@@ -778,6 +779,9 @@ class TopologyCache:
         self.pods_seen: list = []  # the Pod objects of the last call (kept alive: ids stay unique)
         self.pods: _Pods | None = None
         self.services: dict[tuple[str, str], tuple[dict, tuple, Service | str, list[ObjectError]]] = {}
+        self.spec_objects: tuple[list, ...] = ()  # HTTPRouteGroups, TCPRoutes, UDPRoutes of the last call
+        self.specs: tuple[_Specs, list[ObjectError]] | None = None
+        self.targets: dict[int, tuple[dict, TrafficTarget | None, list[ObjectError]]] = {}  # by id(object)
 
 
 def _same_objects(a, b) -> bool:
@@ -841,11 +845,22 @@ def build_topology(state: ClusterState, settings: Settings, cache: TopologyCache
             excluded[f"{ns}/{name}"] = outcome
         else:
             services[f"{ns}/{name}"] = outcome
-    if cache is not None:
-        cache.settings, cache.pods_seen, cache.pods, cache.services = settings, pod_objects, pods, kept
     services = dict(sorted(services.items()))
 
-    specs = _index_specs(state, settings, errors)
+    # HTTPRouteGroups/TCPRoutes/UDPRoutes, then TrafficTargets (which read them and the Pods): reused
+    # when all of those are the very same objects as last time
+    spec_objects = (list(state.http_route_groups or ()), list(state.tcp_routes or ()), list(state.udp_routes or ()))
+    specs_warm = warm and cache.specs is not None and all(
+        _same_objects(a, b) for a, b in zip(cache.spec_objects, spec_objects))
+    if specs_warm:
+        specs, spec_errors = cache.specs
+        errors.items.extend(spec_errors)
+    else:
+        mark = len(errors.items)
+        specs = _index_specs(state, settings, errors)
+        spec_errors = errors.items[mark:]
+    previous_targets = cache.targets if specs_warm else {}
+    kept_targets: dict[int, tuple[dict, TrafficTarget | None, list[ObjectError]]] = {}
     targets: list[TrafficTarget] = []
     for obj in state.traffic_targets or ():
         if not isinstance(obj, dict):
@@ -853,9 +868,20 @@ def build_topology(state: ClusterState, settings: Settings, cache: TopologyCache
         ns, name = _meta(obj)
         if not name or settings.ignored_namespace(ns):
             continue
-        tt = _traffic_target(obj, settings, specs, pods, errors)
+        done = previous_targets.get(id(obj))
+        if done is not None and done[0] is obj:
+            tt = done[1]
+            errors.items.extend(done[2])
+        else:
+            mark = len(errors.items)
+            tt = _traffic_target(obj, settings, specs, pods, errors)
+            done = (obj, tt, errors.items[mark:])
+        kept_targets[id(obj)] = done
         if tt is not None:
             targets.append(tt)
+    if cache is not None:
+        cache.settings, cache.pods_seen, cache.pods, cache.services = settings, pod_objects, pods, kept
+        cache.spec_objects, cache.specs, cache.targets = spec_objects, (specs, spec_errors), kept_targets
     targets.sort(key=lambda t: (t.namespace, t.name))
     service_targets = _attach_targets(targets, services, errors)
     splits = _splits(state, settings, services, specs, errors)
