@@ -176,7 +176,7 @@ async def _latency_run(n: int, changes: int, budget: float) -> dict:
         http_api = ControllerAPI(store, metrics, ready=controller.ready)
         port = await http_api.start("127.0.0.1", 0)
         notified: list[float] = []  # monotonic: the source told the controller (watch event applied)
-        rounds_at: list[tuple[float, float]] = []  # (start, end) of every reconcile round
+        rounds_at: list[tuple[float, float, float]] = []  # (start, end, CPU seconds) of every reconcile round
         notify, reconcile_once = controller.notify, controller.reconcile_once
 
         def timed_notify() -> None:
@@ -184,11 +184,11 @@ async def _latency_run(n: int, changes: int, budget: float) -> dict:
             notify()
 
         def timed_reconcile():
-            start = time.monotonic()
+            start, cpu = time.monotonic(), time.thread_time()
             try:
                 return reconcile_once()
             finally:
-                rounds_at.append((start, time.monotonic()))
+                rounds_at.append((start, time.monotonic(), time.thread_time() - cpu))
 
         source.on_change, controller.reconcile_once = timed_notify, timed_reconcile
         task = asyncio.create_task(controller.run())
@@ -254,7 +254,7 @@ async def _latency_run(n: int, changes: int, budget: float) -> dict:
                         break
                     await asyncio.sleep(0.01)
                 seen = next((t for t in notified if t >= t0), at)
-                start, end = next(((a, b) for a, b in rounds_at if a >= seen), (seen, at))
+                start, end, cpu = next(((a, b, c) for a, b, c in rounds_at if a >= seen), (seen, at, 0.0))
 
                 def ms(t: float | None) -> float | None:
                     return None if t is None else round((t - t0) * 1000, 2)
@@ -262,6 +262,7 @@ async def _latency_run(n: int, changes: int, budget: float) -> dict:
                 gc_ms = sum(d for _, t, d in GC_PAUSES if t0 <= t <= (got or at)) * 1000
                 samples.append({"change": kind, "service": f"{ns}/{name}", "publish_ms": ms(at), "served_ms": ms(got),
                                 "watch_ms": ms(seen), "round_start_ms": ms(start), "round_ms": round((end - start) * 1000, 2),
+                                "round_cpu_ms": round(cpu * 1000, 2),
                                 "gc_ms": round(gc_ms, 2)})
                 await asyncio.sleep(GAP_SECONDS)
             rounds = controller.rounds - rounds_before
@@ -283,7 +284,7 @@ async def _latency_run(n: int, changes: int, budget: float) -> dict:
     measured = [p for p in GC_PAUSES if p[1] >= first_change] if samples else []
     summary["gc_runs_during_changes"] = {f"gen{g}": sum(1 for p in measured if p[0] == g) for g in range(3)}
     summary["gc_longest_ms"] = round(max((p[2] for p in measured), default=0) * 1000, 1)
-    for label in ("watch_ms", "round_start_ms", "round_ms", "gc_ms"):  # where the time goes (medians)
+    for label in ("watch_ms", "round_start_ms", "round_ms", "round_cpu_ms", "gc_ms"):  # where the time goes (medians)
         values = [s[label] for s in samples if s[label] is not None]
         summary.setdefault("median_breakdown_ms", {})[label] = round(statistics.median(values), 1) if values else None
     summary["samples"] = samples
