@@ -208,7 +208,8 @@ async def _latency_run(n: int, changes: int, budget: float) -> dict:
         controller = Controller(settings, source, store=store, metrics=metrics,
                                 dns=MeshDNS(DNSTable(settings.domains)),
                                 kube_writer=KubeShadowWriter(api, MESH, metrics),
-                                events=EventRecorder(api, "bench", uids=source.uid, api_versions=source.api_versions))
+                                events=EventRecorder(api, "bench", uids=source.uid, api_versions=source.api_versions),
+                                freeze_gc_after_sync=True)  # as main.py
         http_api = ControllerAPI(store, metrics, ready=controller.ready)
         port = await http_api.start("127.0.0.1", 0)
         notified: list[float] = []  # monotonic: the source told the controller (watch event applied)
@@ -355,6 +356,7 @@ def measure_latency(n: int = LATENCY_SERVICES, changes: int = LATENCY_CHANGES,
         return asyncio.run(_latency_run(n, changes, budget))
     finally:
         gc.callbacks.remove(_on_gc)
+        gc.unfreeze()  # the controller froze what existed after its first round (as in main.py)
 
 
 def _machine_busy_seconds() -> float | None:

@@ -140,7 +140,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
             parts["elector"] = LeaderElector(kube, args.namespace, metrics=metrics)
         else:
             metrics["is_leader"].set(1)  # a single replica writes
-    controller = Controller(settings, source, store=store, metrics=metrics, dns=dns, **parts)
+    controller = Controller(settings, source, store=store, metrics=metrics, dns=dns, freeze_gc_after_sync=True,
+                            **parts)
     if "elector" in parts:
         parts["elector"].on_change = controller.leadership_changed
 
