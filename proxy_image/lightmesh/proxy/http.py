@@ -62,6 +62,7 @@ import asyncio
 import json
 import logging
 import math
+import re
 import time
 from time import perf_counter
 from dataclasses import dataclass, field
@@ -227,6 +228,69 @@ def _connection(value: bytes) -> tuple[tuple[bytes, ...], bool]:
         if len(_CONN_CACHE) < 256:
             _CONN_CACHE[value] = hit
     return hit
+
+
+# Response heads forwarded as received (see UpstreamProtocol._pass_head). Any of these at the start
+# of a header line (in the lower-cased head) sends the response down the rebuilding path instead; a
+# leading space or tab is an obs-fold continuation line, which a proxy must not forward.
+_HOP_LINE = re.compile(rb"\r\n(?:[ \t]|connection|keep-alive|transfer-encoding|te[ \t]*:|trailer|upgrade|proxy-)")
+_CONN_LINE = b"\r\nconnection:"
+_CL_LINE = b"\r\ncontent-length:"
+# Response head bytes (status line to the blank line) → (status, Content-Length, start and end of the
+# ``Connection: keep-alive`` line to cut, -1 for none), or None: not for passing through. A backend
+# repeats the same head byte for byte until its Date header ticks, so this is nearly always a hit and
+# a hit costs a slice and a dict lookup. Bounded: emptied when full.
+_HEADS: dict[bytes, tuple[int, int, int, int] | None] = {}
+_HEADS_MAX = 1024
+
+
+class _HeadCheck:
+    """Response parser callbacks for validating a head once (see _scan_head)."""
+
+    __slots__ = ("complete",)
+
+    def __init__(self) -> None:
+        self.complete = False
+
+    def on_headers_complete(self) -> None:
+        self.complete = True
+
+
+def _scan_head(head: bytes) -> tuple[int, int, int, int] | None:
+    """See _HEADS. ``head`` ends with the blank line. The head must be valid for llhttp (the same
+    parser the rebuilding path uses): a head it rejects is left to that path, which answers 502."""
+    if not head.startswith(b"HTTP/1.1 ") or not 50 <= head[9] <= 53 or head[12] != 32 or head[13] == 13:
+        return None  # 1xx; no reason phrase (the rebuilding path writes the standard one)
+    try:
+        status = int(head[9:12])
+    except ValueError:
+        return None
+    if status == 204 or status == 304:
+        return None
+    lower = head[:-2].lower()
+    cut = cut_end = -1
+    m = _HOP_LINE.search(lower)
+    if m is not None:
+        cut = m.start()
+        cut_end = lower.find(b"\r\n", cut + 2)
+        if (not lower.startswith(_CONN_LINE, cut) or lower[cut + 13:cut_end].strip() != b"keep-alive"
+                or _HOP_LINE.search(lower, cut_end) is not None):
+            return None
+    pos = lower.find(_CL_LINE)
+    if pos < 0:
+        return None
+    eol = lower.find(b"\r\n", pos + 17)
+    value = lower[pos + 17:eol].strip()
+    if not value.isdigit() or lower.find(_CL_LINE, eol) >= 0:
+        return None
+    check = _HeadCheck()
+    try:
+        httptools.HttpResponseParser(check).feed_data(head)
+    except (HttpParserError, HttpParserUpgrade):
+        return None
+    if not check.complete:
+        return None
+    return status, int(value), cut, cut_end
 
 
 class _Reject(Exception):
@@ -1173,7 +1237,7 @@ class UpstreamProtocol(asyncio.Protocol):
 
     __slots__ = ("server", "transport", "parser", "client", "ex", "out", "used", "idle_since", "headers",
                  "reason", "interim", "framing", "remaining", "bypass", "keep", "tunnel", "rpaused",
-                 "sent_nothing", "closed", "head_done", "wpaused")
+                 "sent_nothing", "closed", "head_done", "wpaused", "fresh")
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -1197,6 +1261,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.closed = False
         self.head_done = False
         self.wpaused = False  # our write buffer is full: the client's reading is paused for it
+        self.fresh = False  # a response is expected and none of its bytes arrived yet
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
@@ -1254,6 +1319,7 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def start_response(self) -> None:
         self.used += 1
+        self.fresh = True
         self.headers = []
         self.reason = b""
         self.interim = False
@@ -1315,6 +1381,11 @@ class UpstreamProtocol(asyncio.Protocol):
                 self._complete()
             client.flush()
             return
+        if self.fresh:
+            self.fresh = False
+            if self._pass_head(data, client):
+                client.flush()
+                return
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as exc:
@@ -1330,6 +1401,61 @@ class UpstreamProtocol(asyncio.Protocol):
             self.bypass = self.remaining
             self.parser = httptools.HttpResponseParser(self)  # the old one is mid-body
         client.flush()
+
+    def _pass_head(self, data: bytes, client: ClientProtocol) -> bool:
+        """The common response, forwarded as received: HTTP/1.1, a final status with a reason phrase,
+        Content-Length, no hop-by-hop header except ``Connection: keep-alive`` (cut out with one
+        slice), no obs-fold, the whole head in this read and nothing after the body; the request
+        neither HEAD nor HTTP/1.0. Head and body bytes of the read go to the client as one piece;
+        the rest of the body, if any, is forwarded unparsed (``bypass``). Returns False, having
+        changed nothing, for anything else: the parser path (``on_headers_complete``) rebuilds
+        the head."""
+        ex = self.ex
+        if ex is None or ex.is_head or ex.v10:
+            return False
+        end = data.find(b"\r\n\r\n") + 4
+        if end < 4:
+            return False
+        head = data[:end]
+        try:
+            known = _HEADS[head]
+        except KeyError:
+            known = _scan_head(head)
+            if len(_HEADS) >= _HEADS_MAX:
+                _HEADS.clear()
+            _HEADS[head] = known
+        if known is None:
+            return False
+        status, length, cut, cut_end = known
+        body = len(data) - end
+        if body > length:
+            return False  # bytes beyond the response: the parser path decides
+        ex.status = status
+        ex.resp_started = True
+        ex.wire = None
+        if ex.timer is not None:
+            ex.timer.cancel()
+            ex.timer = None
+        self.keep = True
+        self.framing = F_LENGTH
+        if not ex.keep_alive or ex.close_after or client.options.connections.draining:
+            ex.close_after = True
+            end -= 2
+            if cut < 0:
+                out = b"".join((data[:end], b"Connection: close\r\n", data[end:]))
+            else:
+                out = b"".join((data[:cut], data[cut_end:end], b"Connection: close\r\n", data[end:]))
+        elif cut < 0:
+            out = data
+        else:
+            out = data[:cut] + data[cut_end:]
+        client.out.append(out)
+        if body == length:
+            self._complete()
+        else:
+            self.head_done = True
+            self.remaining = self.bypass = length - body
+        return True
 
     def _malformed(self) -> None:
         ex = self.ex

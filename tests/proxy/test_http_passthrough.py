@@ -1,0 +1,166 @@
+"""Response heads passed through as received (``UpstreamProtocol._pass_head``): the upstream sends
+exact bytes, the client must see a correct HTTP/1.1 response either way (passed through or rebuilt):
+hop-by-hop headers gone, ``Connection: close`` when the connection closes, malformed heads answered
+502, bodies intact across reads, upstream connections reused."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from .backends import ProxyUnderTest, RawClient, on_uvloop, request, simple_config
+
+
+class ScriptedUpstream:
+    """An upstream that answers each request (a head without body) with the next scripted response:
+    a list of byte chunks, written with a pause between them so each arrives in its own read."""
+
+    def __init__(self, responses: list[list[bytes]]) -> None:
+        self.responses = list(responses)
+        self.connections = 0
+        self.server: asyncio.AbstractServer | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> ScriptedUpstream:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: _Scripted(self), "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+
+class _Scripted(asyncio.Protocol):
+    def __init__(self, owner: ScriptedUpstream) -> None:
+        self.owner = owner
+        self.buf = b""
+        self.transport = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.owner.connections += 1
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while b"\r\n\r\n" in self.buf:
+            _, self.buf = self.buf.split(b"\r\n\r\n", 1)
+            asyncio.get_running_loop().create_task(self._answer(self.owner.responses.pop(0)))
+
+    async def _answer(self, chunks: list[bytes]) -> None:
+        for i, chunk in enumerate(chunks):
+            if i:
+                await asyncio.sleep(0.02)
+            self.transport.write(chunk)
+
+
+OK_HEAD = b"HTTP/1.1 200 OK\r\nServer: test\r\nX-A: 1\r\n"
+
+
+@on_uvloop
+async def test_connection_keep_alive_cut_and_upstream_reused():
+    resp_bytes = OK_HEAD + b"Connection: keep-alive\r\nContent-Length: 5\r\n\r\nhello"
+    async with ScriptedUpstream([[resp_bytes]] * 3) as up, ProxyUnderTest(simple_config([up.url])) as p:
+        client = await RawClient.connect(p.port)
+        for _ in range(3):
+            await client.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+            resp = await client.response()
+            assert resp.status == 200 and resp.body == b"hello"
+            assert resp.header("X-A") == "1" and resp.header("Server") == "test"
+            assert resp.header("Connection") is None
+            assert resp.keep_alive
+        await client.close()
+        assert up.connections == 1
+        assert p.metrics.requests[("svc", "200", "GET")] == 3
+
+
+@pytest.mark.parametrize("extra", [
+    b"Keep-Alive: timeout=5\r\nConnection: keep-alive\r\n",
+    b"Connection: keep-alive, X-Private\r\nX-Private: secret\r\n",
+    b"connection: Keep-Alive\r\nkeep-alive: max=100\r\n",
+    b"Proxy-Authenticate: Basic\r\n",
+    b"Trailer: X-Sum\r\n",
+    b"TE: trailers\r\n",
+    b"Upgrade: h2c\r\n",
+    b"Connection: keep-alive\r\nConnection: X-Private\r\nX-Private: secret\r\n",
+], ids=["keep-alive-header", "connection-names-header", "lower-case", "proxy-", "trailer", "te", "upgrade",
+        "two-connection-lines"])
+@on_uvloop
+async def test_hop_by_hop_response_headers_removed(extra):
+    resp_bytes = OK_HEAD + extra + b"X-B: 2\r\nContent-Length: 5\r\n\r\nhello"
+    async with ScriptedUpstream([[resp_bytes], [resp_bytes]]) as up, ProxyUnderTest(simple_config([up.url])) as p:
+        client = await RawClient.connect(p.port)
+        for _ in range(2):
+            await client.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+            resp = await client.response()
+            assert resp.status == 200 and resp.body == b"hello"
+            assert (resp.header("X-A"), resp.header("X-B")) == ("1", "2")
+            names = {k.lower() for k, _ in resp.headers}
+            for hop in ("connection", "keep-alive", "x-private", "proxy-authenticate", "trailer", "te", "upgrade"):
+                assert hop not in names, (hop, resp.headers)
+        await client.close()
+
+
+@pytest.mark.parametrize("head", [
+    b"HTTP/1.1 200 OK\r\nBad Header: x\r\nContent-Length: 2\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1x\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX-A: 1\r\n 2\r\nContent-Length: 2\r\n\r\n",
+    b"HTTP/1.1 2x0 OK\r\nContent-Length: 2\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+], ids=["bad-name", "bad-length", "duplicate-length", "space-before-colon", "obs-fold", "bad-status", "cl-and-te"])
+@on_uvloop
+async def test_malformed_upstream_head_is_502(head):
+    async with ScriptedUpstream([[head + b"ok"]]) as up, ProxyUnderTest(simple_config([up.url])) as p:
+        resp = await request(p.port)
+        assert resp.status == 502
+        assert p.metrics.upstream_errors[("svc", "protocol")] == 1
+
+
+@on_uvloop
+async def test_body_split_across_reads_then_keep_alive():
+    body = bytes(range(256)) * 40
+    head = OK_HEAD + b"Content-Length: %d\r\n\r\n" % len(body)
+    script = [[head + body[:3], body[3:5000], body[5000:]], [head + body]]
+    async with ScriptedUpstream(script) as up, ProxyUnderTest(simple_config([up.url])) as p:
+        client = await RawClient.connect(p.port)
+        for _ in range(2):
+            await client.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+            resp = await client.response()
+            assert resp.status == 200 and resp.body == body and resp.header("X-A") == "1"
+        await client.close()
+        assert up.connections == 1
+
+
+@pytest.mark.parametrize("conn_line", [b"", b"Connection: keep-alive\r\n"], ids=["none", "keep-alive"])
+@on_uvloop
+async def test_client_connection_close_is_answered_with_close(conn_line):
+    resp_bytes = OK_HEAD + conn_line + b"Content-Length: 5\r\n\r\nhello"
+    async with ScriptedUpstream([[resp_bytes]]) as up, ProxyUnderTest(simple_config([up.url])) as p:
+        client = await RawClient.connect(p.port)
+        await client.send(b"GET / HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
+        resp = await client.response()
+        assert resp.status == 200 and resp.body == b"hello" and resp.header("X-A") == "1"
+        assert [v for k, v in resp.headers if k.lower() == "connection"] == ["close"]
+        assert await client.closed()
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (b"HTTP/1.1 200 \r\nContent-Length: 2\r\n\r\nok", (200, b"ok")),  # no reason phrase: rebuilt
+    (b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\nno", (404, b"no")),
+    (b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n", (204, b"")),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", (200, b"")),
+])
+@on_uvloop
+async def test_statuses_and_empty_bodies(raw, expected):
+    async with ScriptedUpstream([[raw], [raw]]) as up, ProxyUnderTest(simple_config([up.url])) as p:
+        client = await RawClient.connect(p.port)
+        for _ in range(2):
+            await client.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+            resp = await client.response()
+            assert (resp.status, resp.body) == expected
+        await client.close()
+        assert up.connections == 1
