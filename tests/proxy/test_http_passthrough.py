@@ -1,7 +1,13 @@
-"""Response heads passed through as received (``UpstreamProtocol._pass_head``): the upstream sends
-exact bytes, the client must see a correct HTTP/1.1 response either way (passed through or rebuilt):
+"""The proxy's fast paths must behave exactly like the general ones.
+
+Responses: heads passed through as received (``UpstreamProtocol._pass_head``). The upstream sends
+exact bytes; the client must see a correct HTTP/1.1 response either way (passed through or rebuilt):
 hop-by-hop headers gone, ``Connection: close`` when the connection closes, malformed heads answered
-502, bodies intact across reads, upstream connections reused."""
+502, bodies intact across reads, upstream connections reused.
+
+Requests: a read equal to an earlier request of the same connection skips the parser
+(``ClientProtocol._known_request``): every repetition is still forwarded with its forwarded headers,
+counted, rate limited, and routed by the configuration in force."""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ import asyncio
 
 import pytest
 
-from .backends import ProxyUnderTest, RawClient, on_uvloop, request, simple_config
+from .backends import Backend, ProxyUnderTest, RawClient, on_uvloop, request, simple_config
 
 
 class ScriptedUpstream:
@@ -164,3 +170,83 @@ async def test_statuses_and_empty_bodies(raw, expected):
             assert (resp.status, resp.body) == expected
         await client.close()
         assert up.connections == 1
+
+
+# --------------------------------------------------------------------------- repeated requests
+
+
+@pytest.mark.parametrize("pass_host", [True, False], ids=["pass-host", "server-host"])
+@on_uvloop
+async def test_repeated_identical_requests_each_forwarded_in_full(pass_host):
+    async with Backend("b1") as b, ProxyUnderTest(simple_config([b.url], pass_host_header=pass_host)) as p:
+        client = await RawClient.connect(p.port)
+        raw = b"GET /same?q=1 HTTP/1.1\r\nHost: svc.example\r\nX-Forwarded-For: 10.1.1.1\r\nX-Custom: k\r\n\r\n"
+        for _ in range(4):
+            await client.send(raw)
+            resp = await client.response()
+            assert resp.status == 200 and resp.header("X-Backend") == "b1"
+        await client.send(b"HEAD /same?q=1 HTTP/1.1\r\nHost: svc.example\r\n\r\n")
+        assert (await client.response(head=True)).status == 200
+        await client.send(b"HEAD /same?q=1 HTTP/1.1\r\nHost: svc.example\r\n\r\n")
+        assert (await client.response(head=True)).status == 200
+        await client.close()
+        assert len(b.requests) == 6
+        for seen in b.requests[:4]:
+            assert (seen.method, seen.path) == ("GET", "/same?q=1")
+            assert seen.header("Host") == ("svc.example" if pass_host else b.url.split("//")[1])
+            assert seen.header("X-Forwarded-For") == "10.1.1.1, 127.0.0.1"
+            assert seen.header("X-Forwarded-Proto") == "http"
+            assert seen.header("X-Forwarded-Host") == "svc.example"
+            assert seen.header("X-Custom") == "k"
+        assert [r.method for r in b.requests[4:]] == ["HEAD", "HEAD"]
+        assert p.metrics.requests[("svc", "200", "GET")] == 4
+        assert p.metrics.requests[("svc", "200", "HEAD")] == 2
+        assert b.connections == 1
+
+
+@on_uvloop
+async def test_repeated_requests_are_rate_limited_and_rerouted_after_a_swap():
+    mws = [{"type": "rate_limit", "name": "rl", "average": 1, "burst": 3, "period_seconds": 60}]
+
+    def cfg(url, version):
+        return simple_config([url], routers=[{"name": "r", "service": "svc", "middlewares": ["rl"]}],
+                             middlewares=mws, version=version)
+
+    async with Backend("one") as b1, Backend("two") as b2, ProxyUnderTest(cfg(b1.url, 1)) as p:
+        client = await RawClient.connect(p.port)
+        raw = b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n"
+        got = []
+        for _ in range(2):
+            await client.send(raw)
+            resp = await client.response()
+            got.append((resp.status, resp.header("X-Backend")))
+        p.apply(cfg(b2.url, 2))  # another server: the same bytes now go to "two" (buckets kept)
+        for _ in range(2):
+            await client.send(raw)
+            resp = await client.response()
+            got.append((resp.status, resp.header("X-Backend")))
+        assert got == [(200, "one"), (200, "one"), (200, "two"), (429, None)]
+        assert p.metrics.rate_limited["svc"] == 1
+        await client.send(raw)  # still limited, connection still usable
+        assert (await client.response()).status == 429
+        await client.close()
+
+
+@on_uvloop
+async def test_repeated_request_then_connection_close_and_pipelined_repeats():
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url])) as p:
+        client = await RawClient.connect(p.port)
+        raw = b"GET /p HTTP/1.1\r\nHost: svc\r\n\r\n"
+        for _ in range(2):
+            await client.send(raw)
+            assert (await client.response()).status == 200
+        await client.send(raw * 3)  # pipelined in one read: the parser path
+        for _ in range(3):
+            assert (await client.response()).status == 200
+        await client.send(raw)
+        assert (await client.response()).status == 200
+        await client.send(b"GET /p HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
+        resp = await client.response()
+        assert resp.status == 200 and resp.header("Connection") == "close"
+        assert await client.closed()
+        assert len(b.requests) == 7

@@ -361,7 +361,7 @@ class ClientProtocol(asyncio.Protocol):
     __slots__ = ("holder", "ep", "options", "metrics", "loop", "transport", "peer", "peer_b", "parser", "cur",
                  "active", "pending", "out", "dirty", "rpause", "wpaused", "closing", "broken", "tunnel",
                  "deadline", "timer", "period", "in_head", "head_seen", "acl", "acl_plane", "hosts", "raw_up",
-                 "registered", "bypass")
+                 "registered", "bypass", "heads", "new_head")
 
     def __init__(self, holder: Any, entry_point: str, options: HTTPOptions, metrics: ProxyMetrics) -> None:
         self.holder = holder
@@ -394,6 +394,8 @@ class ClientProtocol(asyncio.Protocol):
         self.hosts: dict[bytes, str] = {}
         self.registered = False
         self.bypass = 0  # bytes of the current request body passed on without the parser
+        self.heads: dict[bytes, tuple] = {}  # request bytes seen before → what forwarding them needs
+        self.new_head: tuple | None = None  # set by on_headers_complete for a request fit for self.heads
 
     # ------------------------------------------------------------------ connection events
 
@@ -548,6 +550,16 @@ class ClientProtocol(asyncio.Protocol):
             if not data:
                 self._end_of_read()
                 return
+        fresh = self.in_head and not self.head_seen and self.cur is None
+        if fresh:
+            known = self.heads.get(data)
+            if known is not None:
+                plane = self.holder.http
+                if known[0] is plane:
+                    self._known_request(known, plane)
+                    self._end_of_read()
+                    return
+                del self.heads[data]  # routed by an older configuration
         if self.in_head:
             seen = self.head_seen + len(data)
             limit = self.options.max_header_bytes
@@ -578,7 +590,49 @@ class ClientProtocol(asyncio.Protocol):
                 # received (no parser, no copy); a new parser takes the next request.
                 self.bypass = ex.cl_left
                 self.parser = httptools.HttpRequestParser(self)
+            known = self.new_head
+            if known is not None and fresh and data.find(b"\r\n\r\n") == len(data) - 4:
+                # This read was exactly one request without a body, all of it forwarded as parsed:
+                # the same bytes again skip the parser (_known_request).
+                heads = self.heads
+                if len(heads) >= 8:
+                    heads.clear()
+                heads[data] = known
+        self.new_head = None
         self._end_of_read()
+
+    def _known_request(self, known: tuple, plane: Any) -> None:
+        """A read byte for byte equal to an earlier request of this connection (see ``heads``): the
+        same head, parsed, validated and routed by the same plane, so only the per-request steps run
+        (middlewares, server choice), as on_message_begin, on_headers_complete and
+        on_message_complete would."""
+        _plane, method, mstr, url, host, route, wire, line, rest = known
+        self.cur = ex = Exchange(perf_counter())
+        self.deadline = None
+        ex.method = method
+        ex.mstr = mstr
+        ex.url = url
+        ex.host = host
+        ex.is_head = method == b"HEAD"
+        ex.route = route
+        service = route.service
+        ex.service = svc = service.name
+        if not route.checks or self._checks(ex, route, plane, svc):
+            if not service.servers:
+                self._local(ex, 503)
+            else:
+                if line:
+                    ex.line = line
+                    ex.rest = rest
+                ex.wire.append(wire)
+                ex.retries_left = route.retries
+                if self.active is None:
+                    self.active = ex
+                    self._forward(ex)
+                else:
+                    self.pending.append(ex)
+                    self.pause_for(P_PIPELINE)
+        self.on_message_complete()
 
     def _bypassed(self, data: bytes) -> bytes:
         """Body bytes of the current Content-Length request; returns what follows the body."""
@@ -776,11 +830,15 @@ class ClientProtocol(asyncio.Protocol):
         parts.append(_CRLF)
         if host is not None and service.pass_host_header:
             parts[4] = b"Host: " + host + _CRLF
-            ex.wire.append(b"".join(parts))
+            wire = b"".join(parts)
         else:
             ex.line = b"".join(parts[:4])
             ex.rest = b"".join(parts[5:])
-            ex.wire.append(b"")  # replaced per attempt with the chosen server's head
+            wire = b""  # replaced per attempt with the chosen server's head
+        ex.wire.append(wire)
+        if (ex.cl_left < 0 and not ex.chunked and ex.upgrade is None and not ex.expect and ex.keep_alive
+                and not ex.v10 and tracer is None and self.head_seen < 8192):
+            self.new_head = (plane, method, mstr, url, host, route, wire, ex.line, ex.rest)
         ex.retries_left = route.retries
         if self.active is None:
             self.active = ex
