@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from lightmesh.config import ConfigAssembler, ProxyConfig
 from lightmesh.controller.model import ClusterState, ObjectError, Settings
 from lightmesh.controller.ports import PortTable, allocate_ports
-from lightmesh.controller.provider import build_config_with_errors
+from lightmesh.controller.provider import ProviderCache, build_config_with_errors
 from lightmesh.controller.shadow import desired_shadow_services, shadow_index, shadow_name
 from lightmesh.controller.topology import Topology, TopologyCache, build_topology
 
@@ -71,10 +71,10 @@ class BuildResult:
 
 def build(state: ClusterState, settings: Settings, version: int,
           previous_ports: PortTable | None = None, assembler: ConfigAssembler | None = None,
-          topology_cache: TopologyCache | None = None) -> BuildResult:
+          topology_cache: TopologyCache | None = None, provider_cache: ProviderCache | None = None) -> BuildResult:
     """Topology, mesh ports, desired shadow Services and the proxy config ``version`` for ``state``.
 
-    ``assembler``, ``topology_cache``: the shell keeps them across builds, so what did not change is
+    ``assembler``, ``topology_cache``, ``provider_cache``: the shell keeps them across builds, so what did not change is
     not computed again (the same result, faster when little changed)."""
     # A build allocates hundreds of thousands of small objects and frees them by reference count;
     # the cyclic GC would rescan the (large, live) caches many times meanwhile: ~30% of the time
@@ -86,7 +86,7 @@ def build(state: ClusterState, settings: Settings, version: int,
         ports = allocate_ports(topology, state.shadow_services, settings, previous_ports)
         shadows = desired_shadow_services(topology, ports, settings, state.shadow_services)
         config, config_errors = build_config_with_errors(topology, ports, state.shadow_services, settings, version,
-                                                         assembler)
+                                                         assembler, provider_cache)
         errors = sorted(set(topology.errors) | set(ports.errors) | set(config_errors))
     finally:
         if paused:

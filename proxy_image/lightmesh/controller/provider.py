@@ -165,8 +165,24 @@ def _split_servers(split: TrafficSplit, port: int, topology: Topology) -> list[t
     return out
 
 
+class ProviderCache:
+    """What the previous build's translation made per HTTP Service port (the controller keeps one).
+
+    Reused when the port's inputs are the same: the very same topology ``Service`` (the
+    ``TopologyCache`` hands the same object back while its Service, EndpointSlices and the Pods are
+    unchanged), the same listener, hosts, ACL mode and TrafficTargets (equal), and no TrafficSplit
+    rooted at it (a split root depends on its backends: always translated again).
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, int], tuple] = {}
+
+
 class _Builder:
-    def __init__(self, topology: Topology, ports: PortTable, shadow_services: Sequence[dict], settings: Settings):
+    def __init__(self, topology: Topology, ports: PortTable, shadow_services: Sequence[dict], settings: Settings,
+                 cache: ProviderCache | None = None):
+        self.cache = cache
+        self.kept: dict[tuple[str, int], tuple] = {}
         self.t, self.ports, self.settings = topology, ports, settings
         self.shadows = shadow_index(shadow_services)
         self.entry_points: dict[str, dict] = {}
@@ -307,10 +323,31 @@ class _Builder:
             ip = self.shadow_ip(svc)
             if ip is not None:
                 hosts.append(ip)
+        split = self.t.splits.get(svc.key)
+        if self.cache is None or split is not None:
+            self._http(svc, p, ep_name, hosts, split)
+            return
+        inputs = (where, tuple(hosts), self.acl, self.settings.listen_mode,
+                  tuple((st.target, st.ports) for st in self.t.service_targets.get(svc.key, ())))
+        hit = self.cache.entries.get((svc.key, p.port))
+        if hit is None or hit[0] is not svc or hit[1] != inputs:
+            services, routers = len(self.services), len(self.routers)
+            self._http(svc, p, ep_name, hosts, split)
+            made = self.routers[routers:]
+            used = {name: self.middlewares[name] for r in made for name in r["middlewares"]}
+            hit = (svc, inputs, self.services[services:], made, used)
+        else:
+            self.services.extend(hit[2])
+            self.routers.extend(hit[3])
+            for name, mw in hit[4].items():
+                self.middlewares.setdefault(name, mw)
+        self.kept[(svc.key, p.port)] = hit
+
+    def _http(self, svc: Service, p: ServicePort, ep_name: str, hosts: list[str], split: TrafficSplit | None
+              ) -> None:
         scheme = svc.mesh.scheme.value
         mws = self.service_middlewares(svc)
         base = f"{svc.key}:{p.port}"
-        split = self.t.splits.get(svc.key)
         own = base if split is None else f"{base}/pods"
 
         def router(name: str, priority: int, service: str, middlewares: list[str], m: HTTPMatch | None) -> None:
@@ -423,6 +460,8 @@ class _Builder:
                     self.http_service(svc, p)
                 else:
                     self.l4_service(svc, p)
+        if self.cache is not None:
+            self.cache.entries = self.kept
         data = {
             "version": version,
             "http": {"entry_points": sorted(self.entry_points.values(), key=lambda e: (e["address"], e["port"])),
@@ -438,13 +477,13 @@ class _Builder:
 
 
 def build_config_with_errors(topology: Topology, ports: PortTable, shadow_services: Sequence[dict],
-                             settings: Settings, version: int, assembler: ConfigAssembler | None = None
-                             ) -> tuple[ProxyConfig, list[ObjectError]]:
+                             settings: Settings, version: int, assembler: ConfigAssembler | None = None,
+                             cache: ProviderCache | None = None) -> tuple[ProxyConfig, list[ObjectError]]:
     """:func:`build_config` and the errors found while building it (listener clashes).
 
-    ``assembler``: kept by the caller from one build to the next, so the config elements that did
-    not change are not validated and serialized again (same config)."""
-    builder = _Builder(topology, ports, shadow_services, settings)
+    ``assembler``, ``cache``: kept by the caller from one build to the next, so what did not change
+    is not translated, validated and serialized again (same config)."""
+    builder = _Builder(topology, ports, shadow_services, settings, cache)
     config = builder.build(version, assembler)
     return config, sorted(set(builder.errors))
 

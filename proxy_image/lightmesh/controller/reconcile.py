@@ -57,9 +57,10 @@ def _default_build():
 
 def _build_caches() -> dict:
     from lightmesh.config import ConfigAssembler
+    from lightmesh.controller.provider import ProviderCache
     from lightmesh.controller.topology import TopologyCache
 
-    return {"assembler": ConfigAssembler(), "topology_cache": TopologyCache()}
+    return {"assembler": ConfigAssembler(), "topology_cache": TopologyCache(), "provider_cache": ProviderCache()}
 
 
 @dataclass
