@@ -8,7 +8,8 @@ and hashed), the time per Service (flat = linear growth) and peak Python memory 
 a separate run since tracing slows the build). Goal: 5,000 Services in under 1 s (CPU time: wall time
 on a shared machine also measures the neighbours; both are recorded). Those are cold builds (what
 the controller does at start). Also recorded: the CPU time of a warm rebuild as the controller does
-it after one Service changed (``build()`` with the ``ConfigAssembler`` and ``TopologyCache`` it keeps).
+it after one Service changed (``build()`` with the caches it keeps: ``ConfigAssembler``,
+``TopologyCache``, ``ProviderCache``).
 
 Then the event → version latency at 1,000 Services (same generator): the real controller shell in
 process (``KubeSource`` watches against the kmock API server of tests/controller/kube.py, the
@@ -102,10 +103,9 @@ def warm_rebuild_cpu(state: ClusterState, settings: Settings) -> float:
     """Median CPU seconds of the controller's rebuild after one Service changed (caches warm)."""
     import copy
 
-    from lightmesh.config import ConfigAssembler
-    from lightmesh.controller.topology import TopologyCache
+    from lightmesh.controller.reconcile import _build_caches
 
-    caches = {"assembler": ConfigAssembler(), "topology_cache": TopologyCache()}
+    caches = _build_caches()  # what the Controller keeps
     result = build(state, settings, 1, **caches)
     cpu = []
     for k in range(5):
