@@ -54,11 +54,13 @@ METRICS: dict[str, MetricSpec] = {s.name: s for s in (
 class ProxyMetrics:
     """One worker's counters. Every method is a dict update or two: safe on the per-request path."""
 
-    __slots__ = ("requests", "durations", "retries", "upstream_errors", "breaker_state", "rate_limited",
+    __slots__ = ("_requests", "durations", "retries", "upstream_errors", "breaker_state", "rate_limited",
                  "acl_denied", "open_connections", "l4_connections", "l4_bytes", "config_version", "reloads")
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, str, str], int] = {}
+        # (service, status code, method) → [count, the service's ``durations`` entry]: one lookup per
+        # request; :attr:`requests` has the counts with the code as a string, as exported.
+        self._requests: dict[tuple[str, int, str], list] = {}
         # service → [bucket counts (len(DURATION_BUCKETS)+1, last is +Inf), sum]
         self.durations: dict[str, list] = {}
         self.retries: dict[str, int] = {}
@@ -75,14 +77,29 @@ class ProxyMetrics:
     # ------------------------------------------------------------------ recording (hot path)
 
     def request(self, service: str, code: int, method: str, seconds: float) -> None:
-        key = (service, str(code), method)
-        requests = self.requests
-        requests[key] = requests.get(key, 0) + 1
+        try:
+            entry = self._requests[(service, code, method)]
+        except KeyError:
+            entry = self._requests[(service, code, method)] = [0, self._histogram(service)]
+        entry[0] += 1
+        hist = entry[1]
+        hist[0][bisect_left(DURATION_BUCKETS, seconds)] += 1
+        hist[1] += seconds
+
+    def _histogram(self, service: str) -> list:
         hist = self.durations.get(service)
         if hist is None:
             hist = self.durations[service] = [[0] * (len(DURATION_BUCKETS) + 1), 0.0]
-        hist[0][bisect_left(DURATION_BUCKETS, seconds)] += 1
-        hist[1] += seconds
+        return hist
+
+    @property
+    def requests(self) -> dict[tuple[str, str, str], int]:
+        """Requests answered: (service, status code as a string, method) → count."""
+        out: dict[tuple[str, str, str], int] = {}
+        for (service, code, method), entry in self._requests.items():
+            key = (service, str(code), method)
+            out[key] = out.get(key, 0) + entry[0]
+        return out
 
     def retry(self, service: str) -> None:
         self.retries[service] = self.retries.get(service, 0) + 1
