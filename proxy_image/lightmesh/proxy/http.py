@@ -557,7 +557,7 @@ class ClientProtocol(asyncio.Protocol):
                 plane = self.holder.http
                 if known[0] is plane:
                     self._known_request(known, plane)
-                    self._end_of_read()
+                    self.flush()  # (_end_of_read has nothing else to do: this request is complete)
                     return
                 del self.heads[data]  # routed by an older configuration
         if self.in_head:
@@ -606,7 +606,7 @@ class ClientProtocol(asyncio.Protocol):
         same head, parsed, validated and routed by the same plane, so only the per-request steps run
         (middlewares, server choice), as on_message_begin, on_headers_complete and
         on_message_complete would."""
-        _plane, method, mstr, url, host, route, wire, line, rest = known
+        _plane, method, mstr, url, host, route, checks, wire, line, rest = known
         self.cur = ex = Exchange(perf_counter())
         self.deadline = None
         ex.method = method
@@ -617,7 +617,7 @@ class ClientProtocol(asyncio.Protocol):
         ex.route = route
         service = route.service
         ex.service = svc = service.name
-        if not route.checks or self._checks(ex, route, plane, svc):
+        if not checks or self._checks(ex, checks, plane, svc):
             if not service.servers:
                 self._local(ex, 503)
             else:
@@ -798,7 +798,7 @@ class ClientProtocol(asyncio.Protocol):
         ex.route = route
         service = route.service
         ex.service = svc = service.name
-        if route.checks and not self._checks(ex, route, plane, svc):
+        if route.checks and not self._checks(ex, route.checks, plane, svc):
             return
         if not service.servers:
             self._local(ex, 503)
@@ -838,7 +838,9 @@ class ClientProtocol(asyncio.Protocol):
         ex.wire.append(wire)
         if (ex.cl_left < 0 and not ex.chunked and ex.upgrade is None and not ex.expect and ex.keep_alive
                 and not ex.v10 and tracer is None and self.head_seen < 8192):
-            self.new_head = (plane, method, mstr, url, host, route, wire, ex.line, ex.rest)
+            # The allow-list decision is fixed for this connection and plane: it passed.
+            checks = tuple(c for c in route.checks if c.kind != CHECK_ALLOW)
+            self.new_head = (plane, method, mstr, url, host, route, checks, wire, ex.line, ex.rest)
         ex.retries_left = route.retries
         if self.active is None:
             self.active = ex
@@ -847,9 +849,9 @@ class ClientProtocol(asyncio.Protocol):
             self.pending.append(ex)
             self.pause_for(P_PIPELINE)
 
-    def _checks(self, ex: Exchange, route: Route, plane: Any, svc: str) -> bool:
-        """The router's pre-forwarding middlewares in order; False when one answered."""
-        for chk in route.checks:
+    def _checks(self, ex: Exchange, checks: tuple, plane: Any, svc: str) -> bool:
+        """The router's pre-forwarding middlewares (``checks``) in order; False when one answered."""
+        for chk in checks:
             kind = chk.kind
             if kind == CHECK_ALLOW:
                 if self.acl_plane is not plane:
@@ -1177,7 +1179,8 @@ class ClientProtocol(asyncio.Protocol):
         if not ex.replayable or ex.wire_bytes > self.options.max_replay_bytes:
             ex.wire = None
             ex.replayable = False
-        self.resume_for(P_CONNECT)
+        if self.rpause & P_CONNECT:
+            self.resume_for(P_CONNECT)
         if self.wpaused:
             conn.rpaused = True
             conn.transport.pause_reading()
