@@ -389,6 +389,18 @@ def test_time_transitions_do_not_depend_on_when_the_breaker_is_asked():
     assert cb.allow()
 
 
+def test_status_for_rawdata():
+    cb, clock, _ = make_breaker()
+    cb.record(200, 0.002)
+    cb.record(None, 0.004)
+    status = cb.status()
+    assert status["expression"] == "NetworkErrorRatio() > 0.5" and status["state"] == CB_CLOSED
+    assert status["samples"] == 2 and status["network_error_ratio"] == 0.5
+    assert status["latency_p50_ms"] == pytest.approx(2.0, rel=0.1)
+    clock.advance(11)
+    assert cb.status()["samples"] == 0
+
+
 def test_window_is_cleared_when_the_breaker_trips():
     cb, clock, _ = make_breaker(open_seconds=1, recovery_seconds=1)
     trip(cb, clock)

@@ -260,7 +260,7 @@ class RollingWindow:
         self._tot.clear()
 
     def refresh(self, now: float | None = None) -> None:
-        """Drop what fell out of the window (reads call this)."""
+        """Drop what fell out of the window; call it before reading outside :meth:`record`."""
         now = self._clock() if now is None else now
         if now >= self._slot_end:
             self._advance(now)
@@ -418,6 +418,15 @@ class CircuitBreaker:
         self._until = until
         if self.on_change is not None:
             self.on_change(state)
+
+    def status(self) -> dict:
+        """For ``/api/rawdata``: expression, state and what the window holds now."""
+        state = self.state
+        window = self.window
+        window.refresh()
+        return {"expression": self.text, "state": state, "samples": window.count(),
+                "network_error_ratio": window.network_error_ratio(),
+                "latency_p50_ms": window.latency_at_quantile_ms(50)}
 
     def __repr__(self) -> str:
         return f"CircuitBreaker({self.text!r}, state={self._state})"
