@@ -15,6 +15,7 @@ This module owns their names and their desired shape; the shell's writer applies
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from typing import Sequence
@@ -29,6 +30,7 @@ _HASH_CHARS = 10
 _MAX_NAME_PART = 63 - len(PREFIX) - 1 - _HASH_CHARS - 10  # leaves room; names stay well under 63
 
 
+@functools.lru_cache(maxsize=1 << 16)  # pure; asked for every Service on every rebuild
 def shadow_name(namespace: str, name: str) -> str:
     """``lm-whoami-1a2b3c4d5e``: ≤ 63 chars, starts with a letter, ends with a letter or digit."""
     digest = hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:_HASH_CHARS]

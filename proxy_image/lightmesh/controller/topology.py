@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Mapping
 
 from lightmesh.annotations import (CIRCUIT_BREAKER_EXPRESSION, RATELIMIT_AVERAGE, RATELIMIT_BURST, REQUEST_TIMEOUT,
@@ -83,7 +84,7 @@ class Service:
     ports: tuple[ServicePort, ...]
     cluster_ip: str | None = None
 
-    @property
+    @cached_property  # read ~100 times per Service per rebuild; not a field (eq/hash/replace ignore it)
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
