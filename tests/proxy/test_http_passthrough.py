@@ -172,6 +172,26 @@ async def test_statuses_and_empty_bodies(raw, expected):
         assert up.connections == 1
 
 
+
+@on_uvloop
+async def test_changing_heads_on_one_connection():
+    a = OK_HEAD + b"Content-Length: 5\r\n\r\nhello"
+    b = OK_HEAD + b"X-New: yes\r\nConnection: keep-alive\r\nContent-Length: 7\r\n\r\ngoodbye"
+    chunked = OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    missing = b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope"
+    script = [[a], [a], [b], [chunked], [a], [missing], [b]]
+    expected = [(200, b"hello", None), (200, b"hello", None), (200, b"goodbye", "yes"), (200, b"abc", None),
+                (200, b"hello", None), (404, b"nope", None), (200, b"goodbye", "yes")]
+    async with ScriptedUpstream(script) as up, ProxyUnderTest(simple_config([up.url])) as p:
+        client = await RawClient.connect(p.port)
+        for want in expected:
+            await client.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+            resp = await client.response()
+            assert (resp.status, resp.body, resp.header("X-New")) == want
+            assert resp.header("Connection") is None
+        await client.close()
+        assert up.connections == 1
+
 # --------------------------------------------------------------------------- repeated requests
 
 

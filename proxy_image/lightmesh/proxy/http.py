@@ -1167,7 +1167,17 @@ class ClientProtocol(asyncio.Protocol):
         ex.conn = conn
         conn.client = self
         conn.ex = ex
-        conn.start_response()
+        # a new response on this connection
+        conn.used += 1
+        conn.fresh = True
+        if conn.headers:
+            conn.headers = []
+        conn.reason = b""
+        conn.interim = False
+        conn.framing = F_NONE
+        conn.remaining = -1
+        conn.keep = True
+        conn.head_done = False
         wire = ex.wire
         if ex.line:
             wire[0] = b"Host: ".join((ex.line, ex.server.host_header)) + _CRLF + ex.rest
@@ -1298,7 +1308,7 @@ class UpstreamProtocol(asyncio.Protocol):
 
     __slots__ = ("server", "transport", "parser", "client", "ex", "out", "used", "idle_since", "headers",
                  "reason", "interim", "framing", "remaining", "bypass", "keep", "tunnel", "rpaused",
-                 "sent_nothing", "closed", "head_done", "wpaused", "fresh")
+                 "sent_nothing", "closed", "head_done", "wpaused", "fresh", "last_head", "last_known")
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -1323,6 +1333,8 @@ class UpstreamProtocol(asyncio.Protocol):
         self.head_done = False
         self.wpaused = False  # our write buffer is full: the client's reading is paused for it
         self.fresh = False  # a response is expected and none of its bytes arrived yet
+        self.last_head = b"\n"  # the last head _pass_head looked up for this connection, and its entry
+        self.last_known: tuple | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
@@ -1377,17 +1389,6 @@ class UpstreamProtocol(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
-
-    def start_response(self) -> None:
-        self.used += 1
-        self.fresh = True
-        self.headers = []
-        self.reason = b""
-        self.interim = False
-        self.framing = F_NONE
-        self.remaining = -1
-        self.keep = True
-        self.head_done = False
 
     def release(self) -> None:
         """Back to the server's idle pool (or closed when it cannot be reused)."""
@@ -1474,17 +1475,25 @@ class UpstreamProtocol(asyncio.Protocol):
         ex = self.ex
         if ex is None or ex.is_head or ex.v10:
             return False
-        end = data.find(b"\r\n\r\n") + 4
-        if end < 4:
-            return False
-        head = data[:end]
-        try:
-            known = _HEADS[head]
-        except KeyError:
-            known = _scan_head(head)
-            if len(_HEADS) >= _HEADS_MAX:
-                _HEADS.clear()
-            _HEADS[head] = known
+        last = self.last_head
+        if data.startswith(last):
+            # The same head as this connection's last response (it ends with the only blank line).
+            end = len(last)
+            known = self.last_known
+        else:
+            end = data.find(b"\r\n\r\n") + 4
+            if end < 4:
+                return False
+            head = data[:end]
+            try:
+                known = _HEADS[head]
+            except KeyError:
+                known = _scan_head(head)
+                if len(_HEADS) >= _HEADS_MAX:
+                    _HEADS.clear()
+                _HEADS[head] = known
+            self.last_head = head
+            self.last_known = known
         if known is None:
             return False
         status, length, cut, cut_end = known
