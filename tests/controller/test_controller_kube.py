@@ -272,3 +272,34 @@ def test_cli_in_cluster_mode_with_leader_election(tmp_path):
             assert lines and all(line.startswith("{") for line in lines)  # --log-format json
 
     run(scenario())
+
+
+def test_rounds_that_change_no_shadow_write_nothing_and_a_deleted_shadow_comes_back():
+    async def scenario():
+        async with cluster() as kube:
+            kube.put_object(service("web"))
+            kube.put_object({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                             "metadata": {"name": "web-1", "namespace": NS,
+                                          "labels": {"kubernetes.io/service-name": "web"}},
+                             "addressType": "IPv4", "ports": [{"name": "main", "port": 80, "protocol": "TCP"}],
+                             "endpoints": [{"addresses": ["10.1.0.1"], "conditions": {"ready": True}}]})
+            async with running(kube, events=False) as controller:
+                name = shadow_name(NS, "web")
+                await until(lambda: name in shadows(kube), "shadow created")
+                await until(lambda: controller._applied is not None, "a clean write")
+                writes = len(kube.writes())
+                version = controller.version
+                kube.patch_object("discovery.k8s.io/v1", "endpointslices", NS, "web-1",
+                                  {"endpoints": [{"addresses": ["10.1.0.2"], "conditions": {"ready": True}}]})
+                await until(lambda: controller.version > version, "new config for the endpoint change")
+                await asyncio.sleep(0.2)
+                assert len(kube.writes()) == writes  # the desired shadows did not change: nothing written
+                # a user deletes our shadow: the watch shows it gone and the leader creates it again
+                api = KubeAPI.from_kubeconfig(server=str(kube.url))
+                try:
+                    await api.request("DELETE", f"/api/v1/namespaces/{MESH}/services/{name}")
+                finally:
+                    await api.close()
+                await until(lambda: name in shadows(kube) and len(kube.writes()) > writes + 1, "shadow recreated")
+
+    run(scenario())
