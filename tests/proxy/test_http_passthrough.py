@@ -270,3 +270,19 @@ async def test_repeated_request_then_connection_close_and_pipelined_repeats():
         assert resp.status == 200 and resp.header("Connection") == "close"
         assert await client.closed()
         assert len(b.requests) == 7
+
+
+@on_uvloop
+async def test_large_heads_take_the_general_paths():
+    big = b"x" * 9000
+    resp_bytes = OK_HEAD + b"X-Big: " + big + b"\r\nContent-Length: 2\r\n\r\nok"
+    async with ScriptedUpstream([[resp_bytes]] * 3) as up, ProxyUnderTest(simple_config([up.url])) as p:
+        client = await RawClient.connect(p.port)
+        raw = b"GET / HTTP/1.1\r\nHost: svc\r\nX-Token: " + b"t" * 3000 + b"\r\n\r\n"
+        for _ in range(3):
+            await client.send(raw)
+            resp = await client.response()
+            assert resp.status == 200 and resp.body == b"ok" and resp.header("X-Big") == big.decode()
+        await client.close()
+        conn = next(iter(p.options.connections.conns), None)
+        assert conn is None or not conn.heads

@@ -239,9 +239,15 @@ _CL_LINE = b"\r\ncontent-length:"
 # Response head bytes (status line to the blank line) → (status, Content-Length, start and end of the
 # ``Connection: keep-alive`` line to cut, -1 for none), or None: not for passing through. A backend
 # repeats the same head byte for byte until its Date header ticks, so this is nearly always a hit and
-# a hit costs a slice and a dict lookup. Bounded: emptied when full.
+# a hit costs a slice and a dict lookup. Bounded: heads up to _HEAD_KEEP_MAX bytes (longer ones are
+# rebuilt), emptied when full.
 _HEADS: dict[bytes, tuple[int, int, int, int] | None] = {}
 _HEADS_MAX = 1024
+_HEAD_KEEP_MAX = 8192
+# Requests remembered per client connection (ClientProtocol.heads): at most this many, each at most
+# _REQUEST_KEEP_MAX bytes, so a connection holds a few KiB for it at most.
+_REQUESTS_KEPT = 4
+_REQUEST_KEEP_MAX = 2048
 
 
 class _HeadCheck:
@@ -394,7 +400,7 @@ class ClientProtocol(asyncio.Protocol):
         self.hosts: dict[bytes, str] = {}
         self.registered = False
         self.bypass = 0  # bytes of the current request body passed on without the parser
-        self.heads: dict[bytes, tuple] = {}  # request bytes seen before → what forwarding them needs
+        self.heads: dict[bytes, tuple] = {}  # request bytes seen before → what forwarding them needs (bounded)
         self.new_head: tuple | None = None  # set by on_headers_complete for a request fit for self.heads
 
     # ------------------------------------------------------------------ connection events
@@ -595,7 +601,7 @@ class ClientProtocol(asyncio.Protocol):
                 # This read was exactly one request without a body, all of it forwarded as parsed:
                 # the same bytes again skip the parser (_known_request).
                 heads = self.heads
-                if len(heads) >= 8:
+                if len(heads) >= _REQUESTS_KEPT:
                     heads.clear()
                 heads[data] = known
         self.new_head = None
@@ -837,7 +843,7 @@ class ClientProtocol(asyncio.Protocol):
             wire = b""  # replaced per attempt with the chosen server's head
         ex.wire.append(wire)
         if (ex.cl_left < 0 and not ex.chunked and ex.upgrade is None and not ex.expect and ex.keep_alive
-                and not ex.v10 and tracer is None and self.head_seen < 8192):
+                and not ex.v10 and tracer is None and self.head_seen <= _REQUEST_KEEP_MAX):
             # The allow-list decision is fixed for this connection and plane: it passed.
             checks = tuple(c for c in route.checks if c.kind != CHECK_ALLOW)
             self.new_head = (plane, method, mstr, url, host, route, checks, wire, ex.line, ex.rest)
@@ -1482,7 +1488,7 @@ class UpstreamProtocol(asyncio.Protocol):
             known = self.last_known
         else:
             end = data.find(b"\r\n\r\n") + 4
-            if end < 4:
+            if end < 4 or end > _HEAD_KEEP_MAX:
                 return False
             head = data[:end]
             try:
