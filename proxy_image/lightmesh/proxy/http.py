@@ -311,6 +311,9 @@ class _Reject(Exception):
 # --------------------------------------------------------------------------- one request
 
 
+_new = object.__new__
+
+
 class Exchange:
     """One request/response on a client connection.
 
@@ -351,10 +354,10 @@ class Exchange:
     host = b""
     responded = False
     discard = False
+    headers: list[tuple[bytes, bytes]] | tuple = ()  # as parsed: on_message_begin gives it a list
 
     def __init__(self, start: float) -> None:
         self.start = start
-        self.headers: list[tuple[bytes, bytes]] = []
         self.wire: list[bytes] | None = []  # request bytes kept until attached, and for replay
 
 
@@ -613,7 +616,8 @@ class ClientProtocol(asyncio.Protocol):
         (middlewares, server choice), as on_message_begin, on_headers_complete and
         on_message_complete would."""
         _plane, method, mstr, url, host, route, checks, wire, line, rest = known
-        self.cur = ex = Exchange(perf_counter())
+        self.cur = ex = _new(Exchange)  # Exchange(start) without the __init__ call
+        ex.start = perf_counter()
         self.deadline = None
         ex.method = method
         ex.mstr = mstr
@@ -630,7 +634,7 @@ class ClientProtocol(asyncio.Protocol):
                 if line:
                     ex.line = line
                     ex.rest = rest
-                ex.wire.append(wire)
+                ex.wire = [wire]
                 ex.retries_left = route.retries
                 if self.active is None:
                     self.active = ex
@@ -638,7 +642,16 @@ class ClientProtocol(asyncio.Protocol):
                 else:
                     self.pending.append(ex)
                     self.pause_for(P_PIPELINE)
-        self.on_message_complete()
+        # on_message_complete for a keep-alive request without a body (in_head and head_seen are
+        # already at their between-requests values)
+        self.cur = None
+        ex.req_done = True
+        if ex.discard:
+            ex.discard = False
+            self._write_local(ex)
+            self._done(ex)
+        elif ex.responded:
+            self._done(ex)
 
     def _bypassed(self, data: bytes) -> bytes:
         """Body bytes of the current Content-Length request; returns what follows the body."""
@@ -678,7 +691,8 @@ class ClientProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         # Durations use perf_counter: uvloop's loop.time() has millisecond resolution and is
         # cached per loop iteration. Deadlines stay on the loop clock (they drive call_at).
-        self.cur = Exchange(perf_counter())
+        self.cur = ex = Exchange(perf_counter())
+        ex.headers = []
         if self.active is None:
             self.deadline = self.loop.time() + self.options.header_timeout
 
