@@ -18,6 +18,13 @@ Design (see ``/work/shared/reference/python-proxy-performance.md``):
   is full pauses reading on the peer. A Content-Length response body larger than one read is
   forwarded as the bytes objects received (no copy: the response parser is bypassed for it).
 * Per connection, the peer IP and allow-list decisions are cached.
+* Response heads are passed through as received when nothing in them needs changing (HTTP/1.1,
+  Content-Length, no hop-by-hop header but ``Connection: keep-alive``, which is cut out): each
+  distinct head is validated by llhttp once and cached by its bytes, and such a response costs no
+  parser callback (``UpstreamProtocol._pass_head``); any other response head is rebuilt.
+* A read byte for byte equal to an earlier body-less request of the same connection is not parsed
+  again: its routing and upstream head are remembered per connection and plane, and only the
+  per-request steps run (``ClientProtocol._known_request``).
 * Nothing is sent upstream before a request head has been fully parsed and validated; writes made
   while parsing a read are only flushed after the whole read parsed cleanly, so a hostile request
   arriving in one read never reaches an upstream. (A body error arriving in a later read aborts the
