@@ -377,7 +377,7 @@ class ClientProtocol(asyncio.Protocol):
     __slots__ = ("holder", "ep", "options", "metrics", "loop", "transport", "peer", "peer_b", "parser", "cur",
                  "active", "pending", "out", "dirty", "rpause", "wpaused", "closing", "broken", "tunnel",
                  "deadline", "timer", "period", "in_head", "head_seen", "acl", "acl_plane", "hosts", "raw_up",
-                 "registered", "bypass", "heads", "new_head")
+                 "registered", "bypass", "heads", "new_head", "last_read", "repeat")
 
     def __init__(self, holder: Any, entry_point: str, options: HTTPOptions, metrics: ProxyMetrics) -> None:
         self.holder = holder
@@ -412,6 +412,8 @@ class ClientProtocol(asyncio.Protocol):
         self.bypass = 0  # bytes of the current request body passed on without the parser
         self.heads: dict[bytes, tuple] = {}  # request bytes seen before → what forwarding them needs (bounded)
         self.new_head: tuple | None = None  # set by on_headers_complete for a request fit for self.heads
+        self.last_read = b""  # the previous read that began a request (if small): a repeat is remembered
+        self.repeat = False  # this read equals last_read
 
     # ------------------------------------------------------------------ connection events
 
@@ -576,6 +578,10 @@ class ClientProtocol(asyncio.Protocol):
                     self.flush()  # (_end_of_read has nothing else to do: this request is complete)
                     return
                 del self.heads[data]  # routed by an older configuration
+            # Only a request seen twice in a row is remembered: traffic that does not repeat pays
+            # one comparison, not the building of an entry.
+            self.repeat = data == self.last_read
+            self.last_read = data if len(data) <= _REQUEST_KEEP_MAX else b""
         if self.in_head:
             seen = self.head_seen + len(data)
             limit = self.options.max_header_bytes
@@ -615,6 +621,7 @@ class ClientProtocol(asyncio.Protocol):
                     heads.clear()
                 heads[data] = known
         self.new_head = None
+        self.repeat = False
         self._end_of_read()
 
     def _known_request(self, known: tuple, plane: Any) -> None:
@@ -863,8 +870,8 @@ class ClientProtocol(asyncio.Protocol):
             ex.rest = b"".join(parts[5:])
             wire = b""  # replaced per attempt with the chosen server's head
         ex.wire.append(wire)
-        if (ex.cl_left < 0 and not ex.chunked and ex.upgrade is None and not ex.expect and ex.keep_alive
-                and not ex.v10 and tracer is None and self.head_seen <= _REQUEST_KEEP_MAX):
+        if (self.repeat and ex.cl_left < 0 and not ex.chunked and ex.upgrade is None and not ex.expect
+                and ex.keep_alive and not ex.v10 and tracer is None and self.head_seen <= _REQUEST_KEEP_MAX):
             # The allow-list decision is fixed for this connection and plane: it passed.
             checks = tuple(c for c in route.checks if c.kind != CHECK_ALLOW)
             self.new_head = (plane, method, mstr, url, host, route, checks, wire, ex.line, ex.rest)
