@@ -91,6 +91,23 @@ async def test_circuit_breaker_opens_on_network_errors():
 
 
 @on_uvloop
+async def test_circuit_breaker_reads_upstream_503_as_a_response_code_not_a_network_error():
+    """Traefik's semantics: an upstream 503 is a response code (ResponseCodeRatio trips), not a
+    network error (NetworkErrorRatio stays 0); only 502/504 and no response count as network errors."""
+    async with Backend("sick") as sick:
+        for expression, trips in (("ResponseCodeRatio(500, 600, 0, 600) > 0.5", True),
+                                  ("NetworkErrorRatio() > 0.5", False)):
+            mws = [{"type": "circuit_breaker", "name": "cb", "expression": expression}]
+            async with ProxyUnderTest(_cfg([sick.url], mws)) as p:
+                statuses = []
+                for _ in range(30):  # the breaker evaluates its window every 100 ms
+                    statuses.append((await request(p.port, path="/status/503")).status)
+                    await asyncio.sleep(0.02)
+                assert (p.metrics.breaker_state.get("svc", 0) == CB_OPEN) is trips, (expression, statuses)
+                assert statuses[0] == 503
+
+
+@on_uvloop
 async def test_round_robin_and_weighted_balancing():
     async with Backend("a") as a, Backend("b") as b:
         async with ProxyUnderTest(simple_config([a.url, b.url])) as p:

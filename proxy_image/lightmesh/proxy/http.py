@@ -1123,7 +1123,7 @@ class ClientProtocol(asyncio.Protocol):
         self.metrics.request(ex.service, status, ex.mstr or "-", seconds)
         if ex.route is not None and not ex.local:
             for breaker in ex.route.breakers:
-                breaker.record(status if status < 502 or status > 504 else None, seconds)
+                breaker.record(status, seconds)  # the window counts 502/504 as network errors (Traefik)
         if ex.span is not None:
             span, ex.span = ex.span, None
             try:
