@@ -11,7 +11,9 @@ Targets (all started at once, measured round-robin so host noise hits every one 
 ``haproxy-tcp-splice`` the same with ``option splice-auto`` (context: kernel splicing, as Lightmesh)
 ``lightmesh-tcp`` the same Lightmesh proxy's TCP route (TCP relay test)
 
-Scenarios: ``small`` (100 B keep-alive responses, ``wrk -t1 -c50``: req/s, p50, p99), ``big`` (1 MiB
+Scenarios: ``small`` (100 B keep-alive responses, ``wrk -t1 -c50``: req/s, p50, p99; wrk repeats one
+request), ``small-varied`` (the same with a unique ``X-Request-Id`` per request, as traced traffic
+differs per request: the representative small-request figure), ``big`` (1 MiB
 responses, ``wrk -t1 -c10``: MiB/s), ``tcp`` (the 1 MiB stream through the L4 relays: MiB/s).
 The backend is nginx with ``master_process off``; the proxies are pinned to CPU1 and the backend and
 wrk to CPU0 (``taskset``), as in /work/shared/reference/python-proxy-performance.md. Proxy CPU is
@@ -66,14 +68,30 @@ QUIET_TRIES = 5  # quiet-second probes before a run
 SCENARIOS = {
     # name: (path, wrk connections, targets, what is compared)
     "small": ("/", 50, ("direct", "nginx", "haproxy", "lightmesh")),
+    # every request differs (a unique X-Request-Id, as traced mesh traffic carries a unique traceparent):
+    # no per-connection memo of identical requests helps here
+    "small-varied": ("/", 50, ("direct", "nginx", "haproxy", "lightmesh")),
     "big": ("/big", 10, ("direct", "nginx", "haproxy", "lightmesh")),
     "tcp": ("/big", 10, ("haproxy-tcp", "haproxy-tcp-splice", "lightmesh-tcp")),
+}
+
+# wrk Lua script per scenario (written to a temporary file at run time)
+SCRIPTS = {
+    "small-varied": """
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, nil, {["X-Request-Id"] = tostring(n)})
+end
+""",
 }
 
 GOALS = (
     # (description, scenario, metric, numerator, denominator, minimum ratio)
     ("small-request req/s ≥ 1.0× HAProxy", "small", "rps", "lightmesh", "haproxy", 1.0),
     ("small-request req/s ≥ 0.9× nginx", "small", "rps", "lightmesh", "nginx", 0.9),
+    ("small-request req/s, every request different, ≥ 1.0× HAProxy", "small-varied", "rps", "lightmesh", "haproxy", 1.0),
+    ("small-request req/s, every request different, ≥ 0.9× nginx", "small-varied", "rps", "lightmesh", "nginx", 0.9),
     ("1 MiB throughput ≥ 1.0× nginx", "big", "mib_s", "lightmesh", "nginx", 1.0),
     ("TCP relay throughput ≥ 1.0× HAProxy mode tcp", "tcp", "mib_s", "lightmesh-tcp", "haproxy-tcp", 1.0),
 )
@@ -395,10 +413,16 @@ def quiet_second(our_sids: set[int], window: float) -> float:
 
 
 def run_wrk(port: int, path: str, connections: int, duration: float, targets: list[Target],
-            target: Target, backend: Target) -> dict:
+            target: Target, backend: Target, script: str | None = None) -> dict:
     sids = {t.sid for t in targets if t.proc}
     url = f"http://127.0.0.1:{port}{path}"
-    argv = pinned(LOAD_CPU if target.cpu else "", ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", url])
+    extra: list[str] = []
+    if script:
+        script_path = Path(tempfile.gettempdir()) / f"lightmesh-bench-{hashlib.sha1(script.encode()).hexdigest()[:8]}.lua"
+        script_path.write_text(script)
+        extra = ["-s", str(script_path)]
+    argv = pinned(LOAD_CPU if target.cpu else "", ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency",
+                                                    *extra, url])
     before = session_cpu(sids)
     b0 = busy_seconds()
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -439,7 +463,7 @@ def measure(scenario: str, target: Target, targets: list[Target], backend: Targe
             foreign_before = quiet_second(sids, quiet_window)
             if foreign_before <= FOREIGN_LIMIT:
                 break
-        result = run_wrk(target.port, path, connections, duration, targets, target, backend)
+        result = run_wrk(target.port, path, connections, duration, targets, target, backend, SCRIPTS.get(scenario))
         result["foreign_before"] = foreign_before
         attempts.append(result)
         if result["foreign_cpu"] <= FOREIGN_LIMIT:
@@ -529,18 +553,22 @@ def markdown(result: dict) -> str:
              f"proxies on CPU{PROXY_CPU}, backend and wrk on CPU{LOAD_CPU}"
              f"{'' if meta['pinned'] else ' (NOT pinned: fewer than 2 CPUs)'} · {meta['versions']['nginx']}, "
              f"{meta['versions']['haproxy']}, {meta['versions']['wrk']}, Python {meta['versions']['python']}", ""]
-    if summary.get("small"):
-        lines += ["## Small responses (100 B, keep-alive, `wrk -t1 -c50`)", "",
+    for small, small_title in (("small", "Small responses (100 B, keep-alive, `wrk -t1 -c50`, the same request each time)"),
+                               ("small-varied", "Small responses, every request different (a unique `X-Request-Id` "
+                                                "per request, as traced mesh traffic has a unique `traceparent`)")):
+        if not summary.get(small):
+            continue
+        lines += [f"## {small_title}", "",
                   "| target | req/s | runs | p50 ms | p99 ms | proxy CPU (cores) | µs CPU/req | ÷ nginx | ÷ HAProxy "
                   "| per core ÷ nginx | per core ÷ HAProxy |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for name, s in summary["small"].items():
+        for name, s in summary[small].items():
             lines.append(f"| {name} | {_f(s['rps'], ',.0f')} | {', '.join(map(str, s['runs_rps']))} | "
                          f"{_f(s['p50_ms'], '.2f')} | {_f(s['p99_ms'], '.2f')} | "
                          f"{_f(s['proxy_cpu'] if name != 'direct' else None, '.2f')} | {_f(s['cpu_us_per_req'], '.1f')} | "
-                         f"{_ratio(summary, 'small', 'rps', name, 'nginx')} | {_ratio(summary, 'small', 'rps', name, 'haproxy')} | "
-                         f"{_ratio(summary, 'small', 'rps_per_core', name, 'nginx')} | "
-                         f"{_ratio(summary, 'small', 'rps_per_core', name, 'haproxy')} |")
+                         f"{_ratio(summary, small, 'rps', name, 'nginx')} | {_ratio(summary, small, 'rps', name, 'haproxy')} | "
+                         f"{_ratio(summary, small, 'rps_per_core', name, 'nginx')} | "
+                         f"{_ratio(summary, small, 'rps_per_core', name, 'haproxy')} |")
         lines.append("")
     for scenario, title, ref in (("big", "1 MiB responses (`wrk -t1 -c10 /big`)", "nginx"),
                                  ("tcp", "TCP relay of the 1 MiB stream (`wrk -t1 -c10 /big` through L4)", "haproxy-tcp")):
