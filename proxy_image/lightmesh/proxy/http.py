@@ -22,9 +22,6 @@ Design (see ``/work/shared/reference/python-proxy-performance.md``):
   Content-Length, no hop-by-hop header but ``Connection: keep-alive``, which is cut out): each
   distinct head is validated by llhttp once and cached by its bytes, and such a response costs no
   parser callback (``UpstreamProtocol._pass_head``); any other response head is rebuilt.
-* A read byte for byte equal to an earlier body-less request of the same connection is not parsed
-  again: its routing and upstream head are remembered per connection and plane, and only the
-  per-request steps run (``ClientProtocol._known_request``).
 * Nothing is sent upstream before a request head has been fully parsed and validated; writes made
   while parsing a read are only flushed after the whole read parsed cleanly, so a hostile request
   arriving in one read never reaches an upstream. (A body error arriving in a later read aborts the
@@ -251,10 +248,6 @@ _CL_LINE = b"\r\ncontent-length:"
 _HEADS: dict[bytes, tuple[int, int, int, int] | None] = {}
 _HEADS_MAX = 1024
 _HEAD_KEEP_MAX = 8192
-# Requests remembered per client connection (ClientProtocol.heads): at most this many, each at most
-# _REQUEST_KEEP_MAX bytes, so a connection holds a few KiB for it at most.
-_REQUESTS_KEPT = 4
-_REQUEST_KEEP_MAX = 2048
 
 
 class _HeadCheck:
@@ -318,9 +311,6 @@ class _Reject(Exception):
 # --------------------------------------------------------------------------- one request
 
 
-_new = object.__new__
-
-
 class Exchange:
     """One request/response on a client connection.
 
@@ -377,7 +367,7 @@ class ClientProtocol(asyncio.Protocol):
     __slots__ = ("holder", "ep", "options", "metrics", "loop", "transport", "peer", "peer_b", "parser", "cur",
                  "active", "pending", "out", "dirty", "rpause", "wpaused", "closing", "broken", "tunnel",
                  "deadline", "timer", "period", "in_head", "head_seen", "acl", "acl_plane", "hosts", "raw_up",
-                 "registered", "bypass", "heads", "new_head", "last_read", "repeat")
+                 "registered", "bypass")
 
     def __init__(self, holder: Any, entry_point: str, options: HTTPOptions, metrics: ProxyMetrics) -> None:
         self.holder = holder
@@ -410,10 +400,6 @@ class ClientProtocol(asyncio.Protocol):
         self.hosts: dict[bytes, str] = {}
         self.registered = False
         self.bypass = 0  # bytes of the current request body passed on without the parser
-        self.heads: dict[bytes, tuple] = {}  # request bytes seen before → what forwarding them needs (bounded)
-        self.new_head: tuple | None = None  # set by on_headers_complete for a request fit for self.heads
-        self.last_read = b""  # the previous read that began a request (if small): a repeat is remembered
-        self.repeat = False  # this read equals last_read
 
     # ------------------------------------------------------------------ connection events
 
@@ -568,20 +554,6 @@ class ClientProtocol(asyncio.Protocol):
             if not data:
                 self._end_of_read()
                 return
-        fresh = self.in_head and not self.head_seen and self.cur is None
-        if fresh:
-            known = self.heads.get(data)
-            if known is not None:
-                plane = self.holder.http
-                if known[0] is plane:
-                    self._known_request(known, plane)
-                    self.flush()  # (_end_of_read has nothing else to do: this request is complete)
-                    return
-                del self.heads[data]  # routed by an older configuration
-            # Only a request seen twice in a row is remembered: traffic that does not repeat pays
-            # one comparison, not the building of an entry.
-            self.repeat = data == self.last_read
-            self.last_read = data if len(data) <= _REQUEST_KEEP_MAX else b""
         if self.in_head:
             seen = self.head_seen + len(data)
             limit = self.options.max_header_bytes
@@ -612,60 +584,7 @@ class ClientProtocol(asyncio.Protocol):
                 # received (no parser, no copy); a new parser takes the next request.
                 self.bypass = ex.cl_left
                 self.parser = httptools.HttpRequestParser(self)
-            known = self.new_head
-            if known is not None and fresh and data.find(b"\r\n\r\n") == len(data) - 4:
-                # This read was exactly one request without a body, all of it forwarded as parsed:
-                # the same bytes again skip the parser (_known_request).
-                heads = self.heads
-                if len(heads) >= _REQUESTS_KEPT:
-                    heads.clear()
-                heads[data] = known
-        self.new_head = None
-        self.repeat = False
         self._end_of_read()
-
-    def _known_request(self, known: tuple, plane: Any) -> None:
-        """A read byte for byte equal to an earlier request of this connection (see ``heads``): the
-        same head, parsed, validated and routed by the same plane, so only the per-request steps run
-        (middlewares, server choice), as on_message_begin, on_headers_complete and
-        on_message_complete would."""
-        _plane, method, mstr, url, host, route, checks, wire, line, rest = known
-        self.cur = ex = _new(Exchange)  # Exchange(start) without the __init__ call
-        ex.start = perf_counter()
-        self.deadline = None
-        ex.method = method
-        ex.mstr = mstr
-        ex.url = url
-        ex.host = host
-        ex.is_head = method == b"HEAD"
-        ex.route = route
-        service = route.service
-        ex.service = svc = service.name
-        if not checks or self._checks(ex, checks, plane, svc):
-            if not service.servers:
-                self._local(ex, 503)
-            else:
-                if line:
-                    ex.line = line
-                    ex.rest = rest
-                ex.wire = [wire]
-                ex.retries_left = route.retries
-                if self.active is None:
-                    self.active = ex
-                    self._forward(ex)
-                else:
-                    self.pending.append(ex)
-                    self.pause_for(P_PIPELINE)
-        # on_message_complete for a keep-alive request without a body (in_head and head_seen are
-        # already at their between-requests values)
-        self.cur = None
-        ex.req_done = True
-        if ex.discard:
-            ex.discard = False
-            self._write_local(ex)
-            self._done(ex)
-        elif ex.responded:
-            self._done(ex)
 
     def _bypassed(self, data: bytes) -> bytes:
         """Body bytes of the current Content-Length request; returns what follows the body."""
@@ -870,11 +789,6 @@ class ClientProtocol(asyncio.Protocol):
             ex.rest = b"".join(parts[5:])
             wire = b""  # replaced per attempt with the chosen server's head
         ex.wire.append(wire)
-        if (self.repeat and ex.cl_left < 0 and not ex.chunked and ex.upgrade is None and not ex.expect
-                and ex.keep_alive and not ex.v10 and tracer is None and self.head_seen <= _REQUEST_KEEP_MAX):
-            # The allow-list decision is fixed for this connection and plane: it passed.
-            checks = tuple(c for c in route.checks if c.kind != CHECK_ALLOW)
-            self.new_head = (plane, method, mstr, url, host, route, checks, wire, ex.line, ex.rest)
         ex.retries_left = route.retries
         if self.active is None:
             self.active = ex
