@@ -59,7 +59,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--dns-port", type=int, default=wire.DEFAULT_DNS_PORT)
     serve.add_argument("--leader-election", action="store_true",
                        help=f"only the holder of the Lease {wire.LEASE_NAME} writes shadow Services and Events")
-    serve.add_argument("--otlp-endpoint", help="OpenTelemetry collector (accepted; the controller exports no spans yet)")
+    serve.add_argument("--otlp-endpoint", help="OpenTelemetry OTLP/HTTP endpoint: one span per reconcile round "
+                                               "(e.g. http://collector:4318)")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     serve.add_argument("--log-format", choices=("text", "json"), default="text")
 
@@ -140,6 +141,12 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
             parts["elector"] = LeaderElector(kube, args.namespace, metrics=metrics)
         else:
             metrics["is_leader"].set(1)  # a single replica writes
+    provider = None
+    if args.otlp_endpoint:
+        from lightmesh.otel import tracer_provider
+
+        provider = tracer_provider(args.otlp_endpoint, "lightmesh-controller")
+        parts["tracer"] = provider.get_tracer("lightmesh.controller")
     controller = Controller(settings, source, store=store, metrics=metrics, dns=dns, freeze_gc_after_sync=True,
                             **parts)
     if "elector" in parts:
@@ -147,8 +154,6 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
 
     api = ControllerAPI(store, metrics, ready=controller.ready,
                         proxy_pods=lambda: source.snapshot().get("proxy_pods", []))
-    if args.otlp_endpoint:
-        log.info("--otlp-endpoint %s accepted; the controller exports metrics only (no spans yet)", args.otlp_endpoint)
     try:
         try:
             await api.start(args.api_address, args.api_port)
@@ -176,6 +181,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
     finally:
         await dns.stop()
         await api.stop()
+        if provider is not None:
+            provider.shutdown()  # flushes the last spans
         if kube is not None:
             await kube.close()
 

@@ -80,7 +80,8 @@ class Controller:
                  dns: MeshDNS | None = None, local_shadows=None, kube_writer=None, elector=None, events=None,
                  build_fn: Callable | None = None, debounce_seconds: float = DEBOUNCE_SECONDS,
                  max_delay_seconds: float = MAX_DELAY_SECONDS,
-                 idle_debounce_seconds: float = IDLE_DEBOUNCE_SECONDS, freeze_gc_after_sync: bool = False) -> None:
+                 idle_debounce_seconds: float = IDLE_DEBOUNCE_SECONDS, freeze_gc_after_sync: bool = False,
+                 tracer=None) -> None:
         from lightmesh.controller.model import ClusterState
 
         self._state_type = ClusterState
@@ -94,6 +95,7 @@ class Controller:
         self.elector = elector
         self.events = events
         self.build_fn = build_fn or _default_build()
+        self.tracer = tracer  # OpenTelemetry Tracer (--otlp-endpoint): one span per reconcile round
         # the default build reuses what did not change between rounds (Services, config elements)
         self._build_kwargs = _build_caches() if build_fn is None else {}
         self.debounce_seconds = debounce_seconds
@@ -150,6 +152,7 @@ class Controller:
     def reconcile_once(self) -> RoundStats:
         """Build and publish from the current caches (synchronous: the core is pure and fast)."""
         started = time.perf_counter()
+        started_ns = time.time_ns()
         stats = RoundStats()
         snapshot, state = self._state()
         result = None
@@ -191,8 +194,23 @@ class Controller:
             self._desired_shadows = list(result.shadow_services)
             self._write_wanted.set()
         self._observe(snapshot, result, time.perf_counter() - started)
+        if self.tracer is not None:
+            self._trace(started_ns, stats, result)
         self.rounds += 1
         return stats
+
+    def _trace(self, started_ns: int, stats: RoundStats, result) -> None:
+        """A span for the round just done (after the fact: the round itself stays free of tracing)."""
+        try:
+            span = self.tracer.start_span("reconcile", start_time=started_ns)
+            span.set_attributes({
+                "lightmesh.config_version": self.version, "lightmesh.config_hash": self.config.hash[:12],
+                "lightmesh.published": stats.published, "lightmesh.builds": stats.builds,
+                "lightmesh.services": len(result.topology.services), "lightmesh.object_errors": len(result.errors),
+            })
+            span.end()
+        except Exception:  # noqa: BLE001 - tracing must never fail a round
+            log.warning("could not record the reconcile span", exc_info=True)
 
     def _numbered(self, config):
         """Give a new config its version: +1, or the persisted one when the content is the same."""

@@ -115,21 +115,7 @@ def make_tracer(endpoint: str, service_name: str = "lightmesh-proxy", sample_rat
     """A tracer exporting with OTLP/HTTP to ``endpoint`` (``http://collector:4318``; ``/v1/traces``
     is appended unless the endpoint already names a path). ``exporter`` replaces the OTLP exporter
     (tests: an in-memory one); ``batch=False`` exports each span as it ends."""
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
-    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+    from lightmesh.otel import tracer_provider
 
-    if not 0.0 <= sample_ratio <= 1.0:
-        raise ValueError(f"sample_ratio must be between 0 and 1, got {sample_ratio!r}")
-    if exporter is None:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        url = endpoint.rstrip("/")
-        if url.count("/") <= 2:  # scheme://host:port without a path
-            url += "/v1/traces"
-        exporter = OTLPSpanExporter(endpoint=url)
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}),
-                              sampler=ParentBased(TraceIdRatioBased(sample_ratio)))
-    provider.add_span_processor(BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter))
+    provider = tracer_provider(endpoint, service_name, sample_ratio, exporter=exporter, batch=batch)
     return RequestTracer(provider.get_tracer("lightmesh.proxy"), provider)

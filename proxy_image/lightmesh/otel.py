@@ -1,0 +1,36 @@
+"""OpenTelemetry set-up shared by the proxy and the controller: one TracerProvider exporting with
+OTLP/HTTP, parent-based ratio sampling, ``service.name`` on the resource.
+
+Imported only when ``--otlp-endpoint`` is given, so a process without tracing never loads the SDK.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def otlp_traces_url(endpoint: str) -> str:
+    """``http://collector:4318`` → ``http://collector:4318/v1/traces``; an endpoint with a path is kept."""
+    url = endpoint.rstrip("/")
+    return url + "/v1/traces" if url.count("/") <= 2 else url
+
+
+def tracer_provider(endpoint: str, service_name: str, sample_ratio: float = 1.0, *, exporter: Any = None,
+                    batch: bool = True):
+    """A TracerProvider sending to ``endpoint``; ``exporter`` replaces the OTLP one (tests: in memory);
+    ``batch=False`` exports each span as it ends."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    if not 0.0 <= sample_ratio <= 1.0:
+        raise ValueError(f"sample_ratio must be between 0 and 1, got {sample_ratio!r}")
+    if exporter is None:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter(endpoint=otlp_traces_url(endpoint))
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}),
+                              sampler=ParentBased(TraceIdRatioBased(sample_ratio)))
+    provider.add_span_processor(BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter))
+    return provider
