@@ -181,9 +181,10 @@ class _BackendProtocol(asyncio.Protocol):
 class Backend:
     """See the module docstring. Use ``async with Backend() as b:`` or ``await start()``/``close()``."""
 
-    def __init__(self, name: str = "backend", host: str = "127.0.0.1") -> None:
+    def __init__(self, name: str = "backend", host: str = "127.0.0.1", tls=None) -> None:
         self.name = name
         self.host = host
+        self.tls = tls  # an ssl.SSLContext: serve HTTPS (url scheme https)
         self.port = 0
         self.server: asyncio.AbstractServer | None = None
         self.requests: list[RecordedRequest] = []
@@ -194,11 +195,11 @@ class Backend:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     async def start(self) -> Backend:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: _BackendProtocol(self), self.host, 0)
+        self.server = await loop.create_server(lambda: _BackendProtocol(self), self.host, 0, ssl=self.tls)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 

@@ -493,3 +493,34 @@ async def test_absolute_form_target_routes_by_authority_and_forwards_origin_form
             assert (await client.response()).status == 200
             assert b.requests[-1].method == "OPTIONS" and b.requests[-1].path == "*"
             await client.close()
+
+
+def _server_tls():
+    import ssl
+    from pathlib import Path
+
+    data = Path(__file__).parent / "testdata"
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(data / "upstream-cert.pem", data / "upstream-key.pem")
+    return ctx
+
+
+@on_uvloop
+async def test_https_servers_are_reached_over_tls_with_keep_alive():
+    """scheme https (the Service annotation): the hop to the pod is TLS; the client speaks plain HTTP
+    to the proxy as for any mesh service; the upstream connection is reused."""
+    async with Backend("secure", tls=_server_tls()) as secure:
+        assert secure.url.startswith("https://")
+        async with ProxyUnderTest(simple_config([secure.url])) as p:
+            client = await RawClient.connect(p.port)
+            for i in range(3):
+                await client.send(f"POST /x{i} HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\n\r\nhello".encode())
+                resp = await client.response()
+                assert resp.status == 200 and resp.body.endswith(b"hello")
+            await client.close()
+        assert [r.path for r in secure.requests] == ["/x0", "/x1", "/x2"]
+        assert secure.connections == 1  # one TLS connection, kept alive
+    async with Backend("plain") as plain:  # the same server spoken to with TLS fails cleanly: 502
+        https_to_plain = plain.url.replace("http://", "https://")
+        async with ProxyUnderTest(simple_config([https_to_plain])) as p:
+            assert (await request(p.port)).status == 502

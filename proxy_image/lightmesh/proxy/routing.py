@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from lightmesh.config import (AllowListMiddleware, CircuitBreakerMiddleware, DenyMiddleware, HTTPService,
-                              Match, ProxyConfig, RateLimitMiddleware, RequestTimeoutMiddleware, RetryMiddleware,
-                              parse_server_url)
+                              Match, ProxyConfig, RateLimitMiddleware, RequestTimeoutMiddleware,
+                              RetryMiddleware, Scheme, parse_server_url)
 from lightmesh.proxy.balancer import Balancer
 from lightmesh.proxy.metrics import ProxyMetrics
 from lightmesh.proxy.policies import AllowList, CircuitBreaker, RateLimiter
@@ -54,10 +54,12 @@ class Server:
     """One upstream ``ip:port`` and its idle keep-alive connections (a LIFO list: the most recently
     used connection is the least likely to have been closed by the server)."""
 
-    __slots__ = ("url", "host", "port", "host_header", "idle", "max_idle", "retired")
+    __slots__ = ("url", "host", "port", "tls", "host_header", "idle", "max_idle", "retired")
 
-    def __init__(self, url: str, host: str, port: int, max_idle: int = UPSTREAM_POOL_MAX_IDLE) -> None:
+    def __init__(self, url: str, host: str, port: int, max_idle: int = UPSTREAM_POOL_MAX_IDLE,
+                 tls: bool = False) -> None:
         self.url = url
+        self.tls = tls  # scheme https: TLS to the pod (see http._upstream_tls)
         self.host = host
         self.port = port
         self.host_header = (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode()
@@ -82,8 +84,8 @@ class Service:
         self.definition = definition
         servers = []
         for s in definition.servers:
-            _scheme, host, port = parse_server_url(s.url)
-            servers.append(Server(s.url, host, port))
+            scheme, host, port = parse_server_url(s.url)
+            servers.append(Server(s.url, host, port, tls=scheme is Scheme.HTTPS))
         self.servers: list[Server] = servers
         self.balancer = Balancer(servers, [s.weight for s in definition.servers],
                                  weighted=definition.load_balancer.value == "weighted",
