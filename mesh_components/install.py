@@ -377,7 +377,7 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
     if s["otlp_endpoint"] is not None:
         when_known(s["otlp_endpoint"], lambda v: _check_url(check, "otlp_endpoint", v))
     s.update(observability.resolve(check, args.get("tracing"), args.get("metrics"), s["otlp_endpoint"]))
-    if s["tracing_mode"] == "otlp" and s["tracing_endpoint"] is not s["otlp_endpoint"]:
+    if (args.get("tracing") or {}).get("endpoint") is not None:  # otlp_endpoint was checked above
         when_known(s["tracing_endpoint"], lambda v: _check_url(check, "tracing.endpoint", v))
     # The one endpoint both roles get: the bundled Jaeger's, the user's, or none.
     s["otlp_endpoint"] = {"off": None, "otlp": s["tracing_endpoint"],

@@ -319,10 +319,10 @@ class _SpliceDirection:
                 pass
 
 
-class SpliceRelay:
-    """Zero-copy relay between two connected non-blocking sockets."""
+class _Relay:
+    """What both relays hold: the listener that owns them, the two connected sockets, the route."""
 
-    __slots__ = ("owner", "loop", "metrics", "route_name", "client", "upstream", "dirs", "closed")
+    __slots__ = ("owner", "loop", "metrics", "route_name", "client", "upstream", "closed")
 
     def __init__(self, owner: TCPListener, route_name: str, client: socket.socket, upstream: socket.socket) -> None:
         self.owner = owner
@@ -331,6 +331,15 @@ class SpliceRelay:
         self.route_name = route_name
         self.client, self.upstream = client, upstream
         self.closed = False
+
+
+class SpliceRelay(_Relay):
+    """Zero-copy relay between two connected non-blocking sockets."""
+
+    __slots__ = ("dirs",)
+
+    def __init__(self, owner: TCPListener, route_name: str, client: socket.socket, upstream: socket.socket) -> None:
+        super().__init__(owner, route_name, client, upstream)
         self.dirs: tuple[_SpliceDirection, ...] = ()
 
     async def start(self) -> None:
@@ -438,19 +447,14 @@ class _Side(asyncio.Protocol):
         self.relay.abort(reset=exc is not None)
 
 
-class ProtocolRelay:
+class ProtocolRelay(_Relay):
     """Copying relay on asyncio transports (the portable path)."""
 
-    __slots__ = ("owner", "loop", "metrics", "route_name", "client", "upstream", "sides", "closed")
+    __slots__ = ("sides",)
 
     def __init__(self, owner: TCPListener, route_name: str, client: socket.socket, upstream: socket.socket) -> None:
-        self.owner = owner
-        self.loop = owner.loop
-        self.metrics = owner.metrics
-        self.route_name = route_name
-        self.client, self.upstream = client, upstream
+        super().__init__(owner, route_name, client, upstream)
         self.sides: tuple[_Side, _Side] | None = None
-        self.closed = False
 
     async def start(self) -> None:
         a, b = _Side(self, "upstream"), _Side(self, "downstream")
