@@ -15,51 +15,8 @@ import asyncio
 
 import pytest
 
-from .backends import Backend, ProxyUnderTest, RawClient, on_uvloop, request, simple_config
-
-
-class ScriptedUpstream:
-    """An upstream that answers each request (a head without body) with the next scripted response:
-    a list of byte chunks, written with a pause between them so each arrives in its own read."""
-
-    def __init__(self, responses: list[list[bytes]]) -> None:
-        self.responses = list(responses)
-        self.connections = 0
-        self.server: asyncio.AbstractServer | None = None
-        self.url = ""
-
-    async def __aenter__(self) -> ScriptedUpstream:
-        loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: _Scripted(self), "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        self.server.close()
-        await self.server.wait_closed()
-
-
-class _Scripted(asyncio.Protocol):
-    def __init__(self, owner: ScriptedUpstream) -> None:
-        self.owner = owner
-        self.buf = b""
-        self.transport = None
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        self.owner.connections += 1
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        while b"\r\n\r\n" in self.buf:
-            _, self.buf = self.buf.split(b"\r\n\r\n", 1)
-            asyncio.get_running_loop().create_task(self._answer(self.owner.responses.pop(0)))
-
-    async def _answer(self, chunks: list[bytes]) -> None:
-        for i, chunk in enumerate(chunks):
-            if i:
-                await asyncio.sleep(0.02)
-            self.transport.write(chunk)
+from .backends import (Backend, ProxyUnderTest, RawClient, ScriptedUpstream, on_uvloop, request,
+                       simple_config)
 
 
 OK_HEAD = b"HTTP/1.1 200 OK\r\nServer: test\r\nX-A: 1\r\n"

@@ -455,10 +455,19 @@ def test_worker_options_from_flags():
     assert unlimited["max_connections"] == 0 and unlimited["http"]["max_connections"] >= 1 << 62
     tuned = proxy_main.worker_options(parser.parse_args(
         ["--config", "f", "--header-timeout", "3", "--idle-timeout", "60", "--max-header-bytes", "8192",
-         "--max-connections", "50", "--access-log"]))
+         "--max-connections", "50", "--access-log", "--body-timeout", "15", "--response-timeout", "2.5"]))
     assert tuned["http"] == {"access_log": True, "max_connections": 50, "header_timeout": 3.0,
-                             "idle_timeout": 60.0, "max_header_bytes": 8192}
+                             "idle_timeout": 60.0, "max_header_bytes": 8192, "body_timeout": 15.0,
+                             "response_timeout": 2.5}
     options = proxy_main._build_runtime_options(tuned)
     assert options.max_connections == 50
     assert (options.http.header_timeout, options.http.idle_timeout, options.http.max_header_bytes,
             options.http.max_connections, options.http.access_log) == (3.0, 60.0, 8192, 50, True)
+    assert (options.http.body_timeout, options.http.response_timeout) == (15.0, 2.5)
+    off = proxy_main.worker_options(parser.parse_args(["--config", "f", "--response-timeout", "0"]))
+    assert off["http"]["response_timeout"] == 0.0
+    defaults = proxy_main._build_runtime_options(default).http
+    assert (defaults.body_timeout, defaults.response_timeout) == (60.0, 0.0)
+    for bad in (["--body-timeout", "0"], ["--body-timeout", "-1"], ["--response-timeout", "x"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--config", "f", *bad])

@@ -28,9 +28,11 @@ Design (see ``/work/shared/reference/python-proxy-performance.md``):
   upstream connection, which then sees a truncated request.)
 
 Framing choices: requests go upstream as HTTP/1.1 keep-alive; Content-Length bodies keep their
-length, chunked bodies are re-chunked (trailers are dropped). Responses keep Content-Length;
-chunked or close-delimited responses are re-chunked for HTTP/1.1 clients and sent close-delimited
-to HTTP/1.0 clients. ``Expect: 100-continue`` is passed end to end (the upstream's ``100 Continue``
+length, chunked bodies are re-chunked with their trailer fields. Responses keep Content-Length;
+chunked or close-delimited responses are re-chunked for HTTP/1.1 clients (trailer fields kept) and
+sent close-delimited to HTTP/1.0 clients (trailer fields dropped: 1.0 has no way to carry them).
+Trailer fields that are hop-by-hop or framing (``Connection``, ``Content-Length``, ``TE``...) are
+never forwarded; the ``Trailer`` header is kept only on a message that goes out chunked. ``Expect: 100-continue`` is passed end to end (the upstream's ``100 Continue``
 is relayed). Incoming ``X-Forwarded-Proto``/``X-Forwarded-Host`` are kept when present (the mesh
 hop is node-local and trusted, as Traefik Mesh's ``forwardedHeaders.insecure``), else set; the peer
 IP is always appended to ``X-Forwarded-For``.
@@ -49,12 +51,15 @@ Connections and timeouts: :class:`ConnectionSet` lives in ``HTTPOptions.connecti
 worker, shared by its entry points; ``max_connections`` counts there). Each client connection has
 one lazily re-armed timer: ``header_timeout`` runs from accept or from a request's first byte to its
 complete head (then 408 and close; a connection that sent nothing is just closed), ``idle_timeout``
-between requests on a keep-alive connection. While a request is in flight only the route's
-``request_timeout`` applies (until the response head); request bodies and tunnels have no timeout.
+between requests on a keep-alive connection, ``body_timeout`` between two reads of a request body
+(then 408 and close, or the connection cut when response bytes already went out). Until the
+response head, the route's ``request_timeout`` middleware applies from the start of forwarding;
+without one, ``response_timeout`` (off by default, as Traefik's ``responseHeaderTimeout``) from the
+moment the whole request was received; either answers 504. Upgrade tunnels have no timeout.
 
 Status codes the proxy itself answers: 400 malformed/hostile request (connection closed), 403
-allow-list, 404 no route, 405 CONNECT, 408 header timeout, 429 rate limit, 431 header too large,
-502 upstream unreachable/reset/malformed, 503 no servers or breaker open, 504 request timeout,
+allow-list, 404 no route, 405 CONNECT, 408 header or body timeout, 429 rate limit, 431 header too large,
+502 upstream unreachable/reset/malformed, 503 no servers or breaker open, 504 request or response timeout,
 505 HTTP version. Requests answered without a route are counted under service ``unrouted``;
 a request whose client went away before its response completed is counted as 499. A tracing span
 (:mod:`lightmesh.proxy.tracing`) covers requests that passed the middlewares and went upstream.
@@ -129,6 +134,8 @@ class HTTPOptions:
     max_header_bytes: int = 65536  # request line + headers; beyond → 431 and close
     header_timeout: float = 10.0  # from the first byte of a request (or accept) to its full head → 408, close
     idle_timeout: float = 180.0  # keep-alive connection with no request in progress → closed
+    body_timeout: float = 60.0  # between two reads of a request body → 408 (or cut), close
+    response_timeout: float = 0.0  # whole request received → response head; 0 = none → 504
     max_connections: int = 10000  # per worker; beyond, a new connection is closed at once
     connect_timeout: float = 5.0  # upstream TCP connect (then: connect failure → retry or 502)
     upstream_idle_timeout: float = 60.0  # pooled upstream connections idle longer are not reused
@@ -185,6 +192,9 @@ _NO_BODY_STATUS = frozenset((204, 304))
 # Response framing towards the client.
 F_NONE, F_LENGTH, F_CHUNK, F_RAW_CLOSE = range(4)
 
+# Trailer fields accepted after a chunked request body (beyond: 431 and close).
+MAX_TRAILER_FIELDS = 100
+
 # A request body with more than this left after a read bypasses the parser (see _bypassed).
 BYPASS_MIN = 65536
 
@@ -214,6 +224,22 @@ def _drop_headers(parts: list[bytes], drop) -> list[bytes]:
         if not drop(parts[i]):
             out += parts[i:i + 4]
     return out
+
+
+def _last_chunk(fields: list[tuple[bytes, bytes]], start: int) -> bytes:
+    """The end of a chunked body: the last chunk and the trailer fields ``fields[start:]`` (parsed
+    after the body), without hop-by-hop, framing and routing fields (RFC 9110 §6.5.1)."""
+    if len(fields) <= start:
+        return _LAST_CHUNK
+    out = [b"0\r\n"]
+    for name, value in fields[start:]:
+        code = _NAME_CACHE.get(name)
+        if code is None:
+            code = _classify(name)
+        if code == H_OTHER or code == H_TRACEPARENT:
+            out += (name, b": ", value, _CRLF)
+    out.append(_CRLF)
+    return b"".join(out)
 
 
 def _tokens(value: bytes) -> list[bytes]:
@@ -353,6 +379,7 @@ class Exchange:
     responded = False
     discard = False
     headers: list[tuple[bytes, bytes]] | tuple = ()  # as parsed: on_message_begin gives it a list
+    nhead = 0  # chunked request: the number of ``headers`` in the head (those after are trailers)
 
     def __init__(self, start: float) -> None:
         self.start = start
@@ -368,7 +395,7 @@ class ClientProtocol(asyncio.Protocol):
     __slots__ = ("holder", "ep", "options", "metrics", "loop", "transport", "peer", "peer_b", "parser", "cur",
                  "active", "pending", "out", "dirty", "rpause", "wpaused", "closing", "broken", "tunnel",
                  "deadline", "timer", "period", "in_head", "head_seen", "acl", "acl_plane", "hosts", "raw_up",
-                 "registered", "bypass")
+                 "registered", "bypass", "response_timeout")
 
     def __init__(self, holder: Any, entry_point: str, options: HTTPOptions, metrics: ProxyMetrics) -> None:
         self.holder = holder
@@ -393,7 +420,7 @@ class ClientProtocol(asyncio.Protocol):
         self.raw_up = False  # after an Upgrade request: client bytes go upstream unparsed
         self.deadline: float | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self.period = max(0.05, min(options.header_timeout, options.idle_timeout))
+        self.period = max(0.05, min(options.header_timeout, options.idle_timeout, options.body_timeout))
         self.in_head = True
         self.head_seen = 0
         self.acl: dict = {}
@@ -401,6 +428,7 @@ class ClientProtocol(asyncio.Protocol):
         self.hosts: dict[bytes, str] = {}
         self.registered = False
         self.bypass = 0  # bytes of the current request body passed on without the parser
+        self.response_timeout = options.response_timeout  # read per request: kept at hand
 
     # ------------------------------------------------------------------ connection events
 
@@ -532,13 +560,23 @@ class ClientProtocol(asyncio.Protocol):
                 else:
                     self.close()  # idle keep-alive connection
                 return
-            deadline = None
+            if self.cur is not None and not self.in_head:
+                self._body_timed_out()
+                return
+            self.deadline = deadline = None
         nxt = now + self.period
         if deadline is not None and deadline < nxt:
             nxt = deadline
         self.timer = self.loop.call_at(nxt, self._tick)
 
     # ------------------------------------------------------------------ input
+
+    def _body_timed_out(self) -> None:
+        """No byte of the request body being received for ``body_timeout``: 408 and close (the
+        upstream sees a truncated request), or cut the connection if the response already began."""
+        self.deadline = None
+        self._input_error(408)
+        self.flush()
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -605,6 +643,12 @@ class ClientProtocol(asyncio.Protocol):
         return rest
 
     def _end_of_read(self) -> None:
+        cur = self.cur
+        if cur is not None and not self.in_head and not self.raw_up:
+            # a request body is on its way: the next piece is due within body_timeout
+            self.deadline = self.loop.time() + self.options.body_timeout
+            if cur.chunked and len(cur.headers) - cur.nhead > MAX_TRAILER_FIELDS and not self.broken:
+                self._input_error(431)
         ex = self.active
         if ex is not None and ex.discard and not ex.req_done:
             # Answered locally while the request body is still coming: do not wait for it.
@@ -710,6 +754,10 @@ class ClientProtocol(asyncio.Protocol):
             if ex.v10 or te.strip().lower() != b"chunked":
                 raise _Reject(400, "unsupported Transfer-Encoding")
             ex.chunked = True
+            ex.nhead = len(ex.headers)  # on_header calls after this are trailer fields
+            for name, value in ex.headers:
+                if name.lower() == b"trailer":  # announces trailer fields, which are forwarded
+                    parts += (name, b": ", value, _CRLF)
         if conn_hdr is not None:
             extra, names_upgrade = _connection(conn_hdr)
             if extra:  # headers named by Connection are hop-by-hop too
@@ -840,11 +888,13 @@ class ClientProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         ex = self.cur
+        if ex.chunked and len(ex.headers) - ex.nhead > MAX_TRAILER_FIELDS:
+            raise _Reject(431, "too many trailer fields")
         self.cur = None
         self.in_head = True
         self.head_seen = 0
         if ex.chunked and ex.local == 0:
-            self._body_piece(ex, _LAST_CHUNK)
+            self._body_piece(ex, _last_chunk(ex.headers, ex.nhead))
         ex.req_done = True
         if ex.discard:
             ex.discard = False
@@ -852,9 +902,12 @@ class ClientProtocol(asyncio.Protocol):
             self._done(ex)
         elif ex.responded:
             self._done(ex)
-        elif not ex.keep_alive:
-            # No further requests on this connection: stop reading (pipelined bytes are ignored).
-            self.broken = True
+        else:
+            if not ex.keep_alive:
+                # No further requests on this connection: stop reading (pipelined bytes are ignored).
+                self.broken = True
+            if self.response_timeout and ex.timer is None and ex is self.active and not ex.local:
+                self._arm_response_timer(ex)
 
     # ------------------------------------------------------------------ request body
 
@@ -1073,8 +1126,11 @@ class ClientProtocol(asyncio.Protocol):
                 self._local(ex, 503)
                 return
         ex.server = server
-        if route.timeout is not None and ex.timer is None:
-            ex.timer = self.loop.call_later(route.timeout, self._timed_out, ex)
+        if route.timeout is not None:
+            if ex.timer is None:
+                ex.timer = self.loop.call_later(route.timeout, self._timed_out, ex)
+        elif self.response_timeout and ex.req_done and ex.timer is None:
+            self._arm_response_timer(ex)
         if not fresh:
             idle = server.idle
             while idle:
@@ -1088,6 +1144,12 @@ class ClientProtocol(asyncio.Protocol):
                 return
         ex.connecting = task = self.loop.create_task(_connect(self.loop, server, self.options.connect_timeout))
         task.add_done_callback(lambda t, ex=ex, server=server: self._connected(t, ex, server))
+
+    def _arm_response_timer(self, ex: Exchange) -> None:
+        """``response_timeout``: the whole request was received, the route has no request-timeout
+        middleware, and the response has not begun."""
+        if ex.route is not None and ex.route.timeout is None and not ex.resp_started:
+            ex.timer = self.loop.call_later(self.response_timeout, self._timed_out, ex)
 
     def _connected(self, task: asyncio.Task, ex: Exchange, server: Server) -> None:
         if ex.connecting is task:
@@ -1275,7 +1337,7 @@ class UpstreamProtocol(asyncio.Protocol):
 
     __slots__ = ("server", "transport", "parser", "client", "ex", "out", "used", "idle_since", "headers",
                  "reason", "interim", "framing", "remaining", "bypass", "keep", "tunnel", "rpaused",
-                 "sent_nothing", "closed", "head_done", "wpaused", "fresh", "last_head", "last_known")
+                 "sent_nothing", "closed", "head_done", "wpaused", "fresh", "last_head", "last_known", "nhead")
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -1302,6 +1364,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.fresh = False  # a response is expected and none of its bytes arrived yet
         self.last_head = b"\n"  # the last head _pass_head looked up for this connection, and its entry
         self.last_known: tuple | None = None
+        self.nhead = 0  # chunked response: the number of ``headers`` in the head (then trailers)
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
@@ -1584,10 +1647,15 @@ class UpstreamProtocol(asyncio.Protocol):
             self.framing = F_CHUNK
             if ex.v10:
                 close = True
-            elif te == b"chunked":
-                kept.append(b"Transfer-Encoding: chunked\r\n")
-            else:  # e.g. "gzip, chunked": re-chunked, the other codings stay as they are
-                kept += (b"Transfer-Encoding: ", te, _CRLF)
+            else:
+                if te == b"chunked":
+                    kept.append(b"Transfer-Encoding: chunked\r\n")
+                else:  # e.g. "gzip, chunked": re-chunked, the other codings stay as they are
+                    kept += (b"Transfer-Encoding: ", te, _CRLF)
+                self.nhead = len(self.headers)  # on_header calls after this are trailer fields
+                for name, value in self.headers:
+                    if name.lower() == b"trailer":  # announces trailer fields, which are forwarded
+                        kept += (name, b": ", value, _CRLF)
         elif cl is not None:
             self.framing = F_LENGTH
             self.remaining = int(cl)
@@ -1635,7 +1703,7 @@ class UpstreamProtocol(asyncio.Protocol):
         if self.ex.status == 101:
             return  # llhttp raises HttpParserUpgrade next: the tunnel starts there
         if self.framing == F_CHUNK and not self.ex.v10:
-            self.client.out.append(_LAST_CHUNK)
+            self.client.out.append(_last_chunk(self.headers, self.nhead))
         self._complete()
 
     # ------------------------------------------------------------------ completion

@@ -92,6 +92,11 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _seconds_or_off(text: str) -> float:
+    """Like _seconds, and 0 for "none"."""
+    return 0.0 if text.strip() in ("0", "0.0") else _seconds(text)
+
+
 def _http_url(text: str) -> str:
     if not text.startswith(("http://", "https://")) or len(text.split("://", 1)[1].strip("/")) == 0:
         raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL, got {text!r}")
@@ -128,6 +133,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              f"(default {DEFAULT_MAX_CONNECTIONS}; 0 = unlimited)")
     parser.add_argument("--header-timeout", type=_seconds, default=None, help="seconds to receive a request head")
     parser.add_argument("--idle-timeout", type=_seconds, default=None, help="keep-alive idle seconds")
+    parser.add_argument("--body-timeout", type=_seconds, default=None,
+                        help="seconds allowed between two reads of a request body (default 60)")
+    parser.add_argument("--response-timeout", type=_seconds_or_off, default=None,
+                        help="seconds from a whole request to its response head when the route has no "
+                             "request-timeout (default 0: none)")
     parser.add_argument("--max-header-bytes", type=_positive_int, default=None, help="largest request head")
     parser.add_argument("--drain-timeout", type=_seconds, default=DEFAULT_DRAIN_TIMEOUT,
                         help=f"seconds in-flight requests get on shutdown (default {DEFAULT_DRAIN_TIMEOUT:g})")
@@ -139,6 +149,7 @@ def worker_options(args: argparse.Namespace) -> dict:
     http = {"access_log": bool(args.access_log),
             "max_connections": None if limit is None else (limit or UNLIMITED),
             "header_timeout": args.header_timeout, "idle_timeout": args.idle_timeout,
+            "body_timeout": args.body_timeout, "response_timeout": args.response_timeout,
             "max_header_bytes": args.max_header_bytes}
     return {"name": args.name, "log_level": args.log_level, "log_format": args.log_format,
             "drain_timeout": args.drain_timeout,

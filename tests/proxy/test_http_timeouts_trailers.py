@@ -1,0 +1,171 @@
+"""Request-body and response timeouts, and chunked trailer fields, end to end on loopback.
+
+``body_timeout``: a client that stops sending a request body mid-way gets 408 and the connection
+closed; the upstream connection is cut (it must not wait for the rest either). The timeout is
+between reads, so a slow but steady upload passes. ``response_timeout``: a whole request whose
+response head does not come in time gets 504 (the route's request-timeout middleware wins when
+set). Trailer fields of chunked messages reach the other side, both ways, without hop-by-hop or
+framing fields; an HTTP/1.0 client gets the body without them."""
+
+from __future__ import annotations
+
+import asyncio
+
+from lightmesh.proxy.http import HTTPOptions
+
+from .backends import Backend, ProxyUnderTest, RawClient, ScriptedUpstream, on_uvloop, request, simple_config
+
+
+@on_uvloop
+async def test_stalled_request_body_gets_408_and_the_upstream_connection_is_cut():
+    opts = HTTPOptions(body_timeout=0.3)
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url]), options=opts) as p:
+        loop = asyncio.get_running_loop()
+        client = await RawClient.connect(p.port)
+        await client.send(b"POST /echo HTTP/1.1\r\nHost: svc\r\nContent-Length: 10\r\n\r\nabc")
+        start = loop.time()
+        resp = await client.response(timeout=5)
+        assert resp.status == 408
+        assert 0.25 <= loop.time() - start < 2.5
+        assert resp.header("Connection") == "close"
+        assert await client.closed()
+        for _ in range(50):  # the upstream connection carrying the truncated request is closed
+            if not b._protocols:
+                break
+            await asyncio.sleep(0.02)
+        assert not b._protocols
+        assert not [r for r in b.requests if r.method == "POST"]
+        assert p.metrics.requests[("svc", "408", "POST")] == 1
+        # the listener is fine afterwards
+        assert (await request(p.port)).status == 200
+
+
+@on_uvloop
+async def test_slow_but_steady_request_body_is_not_cut():
+    opts = HTTPOptions(body_timeout=0.3)
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url]), options=opts) as p:
+        client = await RawClient.connect(p.port)
+        await client.send(b"POST /echo HTTP/1.1\r\nHost: svc\r\nContent-Length: 8\r\n\r\n")
+        for piece in (b"ab", b"cd", b"ef", b"gh"):  # 0.6 s in all, never 0.3 s without a byte
+            await asyncio.sleep(0.15)
+            await client.send(piece)
+        resp = await client.response(timeout=5)
+        assert resp.status == 200
+        assert b.requests[-1].body == b"abcdefgh"
+        # the connection stays usable, and idle keep-alive is not mistaken for a stalled body
+        await asyncio.sleep(0.5)
+        await client.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+        assert (await client.response()).status == 200
+        await client.close()
+
+
+@on_uvloop
+async def test_stalled_body_after_the_response_began_closes_the_connection():
+    # The upstream answers as soon as it has the head, with a body it never finishes.
+    script = [[b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial"]]
+    opts = HTTPOptions(body_timeout=0.3)
+    async with ScriptedUpstream(script) as up, ProxyUnderTest(simple_config([up.url]), options=opts) as p:
+        client = await RawClient.connect(p.port)
+        await client.send(b"POST /up HTTP/1.1\r\nHost: svc\r\nContent-Length: 1000\r\n\r\nxyz")
+        raw = await client.read_all(timeout=5)  # to EOF: the proxy cut the connection
+        assert raw.startswith(b"HTTP/1.1 200 OK\r\n") and raw.endswith(b"partial")
+
+
+@on_uvloop
+async def test_response_timeout_504_when_the_upstream_never_answers():
+    opts = HTTPOptions(response_timeout=0.3)
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url]), options=opts) as p:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        assert (await request(p.port, path="/hang")).status == 504
+        assert 0.25 <= loop.time() - start < 2.5
+        # it counts from the end of the request: a slow upload is not a slow response
+        body = b"z" * 1000
+        client = await RawClient.connect(p.port)
+        await client.send(b"POST /echo HTTP/1.1\r\nHost: svc\r\nContent-Length: %d\r\n\r\n" % len(body))
+        for i in range(0, len(body), 250):
+            await asyncio.sleep(0.15)
+            await client.send(body[i:i + 250])
+        resp = await client.response()
+        assert resp.status == 200 and b.requests[-1].body == body
+        await client.close()
+        assert (await request(p.port, path="/slow?ms=50")).status == 200
+        assert p.metrics.upstream_errors[("svc", "timeout")] == 1
+        assert p.metrics.requests[("svc", "504", "GET")] == 1
+
+
+@on_uvloop
+async def test_route_request_timeout_takes_precedence_over_response_timeout():
+    mws = [{"type": "request_timeout", "name": "to", "seconds": 0.8}]
+    opts = HTTPOptions(response_timeout=0.1)
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url], routers=[
+            {"name": "r", "service": "svc", "middlewares": ["to"]}], middlewares=mws), options=opts) as p:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        assert (await request(p.port, path="/slow?ms=300")).status == 200  # beyond 0.1 s, within 0.8 s
+        assert (await request(p.port, path="/hang")).status == 504
+        assert loop.time() - start >= 0.8 + 0.3 - 0.05
+
+
+@on_uvloop
+async def test_request_trailer_fields_forwarded_without_hop_by_hop_ones():
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url])) as p:
+        client = await RawClient.connect(p.port)
+        await client.send(b"POST /echo HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n"
+                          b"5\r\nhello\r\n0\r\nX-Sum: 5d41402a\r\nKeep-Alive: timeout=1\r\nX-Other: o\r\n\r\n")
+        resp = await client.response()
+        assert resp.status == 200
+        seen = b.requests[-1]
+        assert seen.body == b"hello"
+        assert seen.header("Trailer") == "X-Sum"
+        assert seen.header("X-Sum") == "5d41402a" and seen.header("X-Other") == "o"
+        assert seen.header("Keep-Alive") is None
+        # a Content-Length request does not carry the announcement of trailers it cannot have
+        await client.send(b"POST /echo HTTP/1.1\r\nHost: svc\r\nTrailer: X-Sum\r\nContent-Length: 2\r\n\r\nok")
+        assert (await client.response()).status == 200
+        assert b.requests[-1].header("Trailer") is None
+        await client.close()
+
+
+@on_uvloop
+async def test_too_many_request_trailer_fields_get_431():
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url])) as p:
+        client = await RawClient.connect(p.port)
+        fields = b"".join(b"X-T%d: v\r\n" % i for i in range(101))
+        await client.send(b"POST /echo HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n"
+                          b"2\r\nhi\r\n0\r\n" + fields + b"\r\n")
+        resp = await client.response()
+        assert resp.status == 431
+        assert await client.closed()
+        assert not [r for r in b.requests if r.method == "POST"]
+
+
+CHUNKED_WITH_TRAILERS = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n"
+                         b"5\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: abc\r\nProxy-Secret: no\r\nConnection: x\r\n\r\n")
+
+
+@on_uvloop
+async def test_response_trailer_fields_reach_an_http11_client():
+    async with ScriptedUpstream([[CHUNKED_WITH_TRAILERS]] * 2) as up, \
+            ProxyUnderTest(simple_config([up.url])) as p:
+        client = await RawClient.connect(p.port)
+        for _ in range(2):  # twice: the framing stays in sync after the trailer section
+            await client.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+            resp = await client.response()
+            assert resp.status == 200 and resp.body == b"hello world"
+            assert resp.header("Trailer") == "X-Checksum"
+            assert resp.header("X-Checksum") == "abc"  # the test client's parser sees trailers as fields
+            names = {k.lower() for k, _ in resp.headers}
+            assert "proxy-secret" not in names and "connection" not in names
+        await client.close()
+
+
+@on_uvloop
+async def test_response_trailer_fields_dropped_for_an_http10_client():
+    async with ScriptedUpstream([[CHUNKED_WITH_TRAILERS]]) as up, ProxyUnderTest(simple_config([up.url])) as p:
+        client = await RawClient.connect(p.port)
+        await client.send(b"GET / HTTP/1.0\r\nHost: svc\r\n\r\n")
+        raw = await client.read_all(timeout=5)
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and body == b"hello world"
+        assert b"trailer" not in head.lower() and b"x-checksum" not in raw.lower()
