@@ -135,6 +135,11 @@ class MeshInstallArgs(TypedDict):
     """Proxy worker processes per node (default 2)."""
     proxy_max_surge: NotRequired[int]
     """Nodes whose proxy is replaced at once during a rolling update, new pod first (default 1)."""
+    proxy_response_timeout: NotRequired[float]
+    """Seconds from a whole request to its response head before the proxy answers 504, for routes
+    without a request-timeout (default 0: none, as Traefik's ``responseHeaderTimeout``)."""
+    proxy_body_timeout: NotRequired[float]
+    """Seconds the proxy waits between two reads of a request body before answering 408 (default 60)."""
     proxy_tolerations: NotRequired[list[TolerationArgs]]
     """Proxy tolerations (default: tolerate every taint, so every node that runs clients has a proxy)."""
     proxy_node_selector: NotRequired[dict[str, str]]
@@ -325,6 +330,8 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
         "proxy_resources": {**_DEFAULT_PROXY_RESOURCES, **(args.get("proxy_resources") or {})},
         "proxy_workers": args.get("proxy_workers", 2),
         "proxy_max_surge": args.get("proxy_max_surge", 1),
+        "proxy_response_timeout": args.get("proxy_response_timeout", 0),
+        "proxy_body_timeout": args.get("proxy_body_timeout", 60),
         "proxy_tolerations": list(args.get("proxy_tolerations", [{"operator": "Exists"}])),
         "proxy_node_selector": dict(args.get("proxy_node_selector", {"kubernetes.io/os": "linux"})),
         "proxy_priority_class_name": args.get("proxy_priority_class_name"),
@@ -353,6 +360,8 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
         raise check.fail(f"domains must not include the cluster domain {s['cluster_domain']!r}")
     for field in ("controller_replicas", "proxy_workers", "proxy_max_surge"):
         s[field] = _int(check, field, s[field], 1, 64)
+    for field, low in (("proxy_response_timeout", 0.0), ("proxy_body_timeout", 0.001)):
+        s[field] = _seconds(check, field, s[field], low)
     ranges = []
     for proto, limit_max in (("http", 100), ("tcp", 1000), ("udp", 1000)):
         base = s[f"{proto}_port_base"] = _int(check, f"{proto}_port_base", s[f"{proto}_port_base"], 1024, 65535)
@@ -408,6 +417,16 @@ def _int(check: Checker, field: str, value: Any, low: int, high: int) -> int:
     return int(value)
 
 
+def _seconds(check: Checker, field: str, value: Any, low: float) -> float:
+    """A duration in seconds, ``low`` to one day (what ``lightmesh proxy`` accepts)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise check.fail(f"{field} must be a number of seconds, got {value!r}")
+    if not low <= value <= 86400:
+        bound = "between 0 and 86400" if low == 0 else "more than 0 and at most 86400"
+        raise check.fail(f"{field} must be {bound} seconds, got {value!r}")
+    return float(value)
+
+
 def _check_url(check: Checker, field: str, value: Any) -> None:
     if not isinstance(value, str) or not value.startswith(("http://", "https://")) or len(value) < 9:
         raise check.fail(f"{field} must be an http:// or https:// URL, got {value!r}")
@@ -442,6 +461,10 @@ def proxy_command(s: Mapping[str, Any], namespace: str) -> list[str]:
     cmd = ["lightmesh", "proxy", "--controller", url, "--admin-port", str(s["admin_port"]),
            "--workers", str(s["proxy_workers"]),
            "--log-level", LogLevel(s["log_level"]).value, "--log-format", LogFormat(s["log_format"]).value]
+    if s.get("proxy_response_timeout"):
+        cmd += ["--response-timeout", repr(float(s["proxy_response_timeout"]))]
+    if s.get("proxy_body_timeout", 60) != 60:
+        cmd += ["--body-timeout", repr(float(s["proxy_body_timeout"]))]
     if s.get("otlp_endpoint"):
         cmd += ["--otlp-endpoint", s["otlp_endpoint"],
                 "--trace-sample-ratio", repr(float(s.get("trace_sample_ratio", 1.0)))]

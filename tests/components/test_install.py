@@ -236,6 +236,22 @@ def test_command_lines_from_settings():
     assert cmd[cmd.index("--ignore-namespaces") + 1] == "kube-system" and "--watch-namespaces" not in cmd
     assert cmd[cmd.index("--domains") + 1] == "mesh.internal" and "--otlp-endpoint" not in cmd
     assert proxy_command(s, "ns")[3] == "http://lightmesh-controller.ns.svc.cluster.local:9000"
+    assert "--response-timeout" not in proxy_command(s, "ns") and "--body-timeout" not in proxy_command(s, "ns")
+    tuned = proxy_command(resolve_settings("t", {"proxy_response_timeout": 30, "proxy_body_timeout": 2.5}), "ns")
+    assert tuned[tuned.index("--response-timeout") + 1] == "30.0"
+    assert tuned[tuned.index("--body-timeout") + 1] == "2.5"
+
+
+def test_proxy_timeouts_reach_a_proxy_that_accepts_them():
+    import argparse
+
+    from lightmesh.proxy import main as proxy_main
+
+    parser = argparse.ArgumentParser()
+    proxy_main.configure(parser)
+    cmd = proxy_command(resolve_settings("t", {"proxy_response_timeout": 0.5, "proxy_body_timeout": 120}), "ns")
+    options = proxy_main.worker_options(parser.parse_args(cmd[2:]))  # after "lightmesh proxy"
+    assert (options["http"]["response_timeout"], options["http"]["body_timeout"]) == (0.5, 120.0)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -257,6 +273,9 @@ def test_command_lines_from_settings():
     ({"tcp_port_base": 8990, "tcp_port_limit": 20}, "tcp port range 8990-9009 includes the controller API port 9000"),
     ({"controller_replicas": 0}, "controller_replicas must be between 1 and 64, got 0"),
     ({"proxy_workers": 2.5}, "proxy_workers must be a whole number, got 2.5"),
+    ({"proxy_response_timeout": -1}, "proxy_response_timeout must be between 0 and 86400 seconds, got -1"),
+    ({"proxy_body_timeout": 0}, "proxy_body_timeout must be more than 0 and at most 86400 seconds, got 0"),
+    ({"proxy_body_timeout": "60s"}, "proxy_body_timeout must be a number of seconds, got '60s'"),
     ({"controller_resources": {"memory_limit": "lots"}}, "controller_resources.memory_limit must be a Kubernetes quantity"),
     ({"proxy_resources": {"gpu": "1"}}, "proxy_resources.gpu is not a known field"),
     ({"proxy_tolerations": [{"operator": "Maybe"}]}, r"proxy_tolerations\[0\].operator must be Equal or Exists"),
