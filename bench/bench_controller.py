@@ -14,7 +14,8 @@ it after one Service changed (``build()`` with the caches it keeps: ``ConfigAsse
 Then the event → version latency at 1,000 Services (same generator): the real controller shell in
 process (``KubeSource`` watches against the kmock API server of tests/controller/kube.py, the
 ``Controller`` reconcile loop with its debounce, ``ConfigStore``, the HTTP API's long poll on
-127.0.0.1), 200 single-object changes one at a time (annotation edit, endpoint change), each timed
+127.0.0.1), 200 changes one at a time (in turn: an annotation edit on a Service, an address moved in
+an EndpointSlice, a pod back with another IP: its Pod status then its EndpointSlice), each timed
 from the API write to the new version published in the ``ConfigStore`` and to its arrival at a
 long-polling client of ``/api/configuration/current``. Goal: p99 under 100 ms.
 
@@ -267,17 +268,23 @@ async def _latency_run(n: int, changes: int, budget: float) -> dict:
                 ns, name = f"ns{i % 50}", f"svc{i}"
                 version = controller.version
                 new_version.clear()
-                if k % 2 == 0:  # annotation edit: a retry middleware appears / changes
+                if k % 3 == 0:  # annotation edit: a retry middleware appears / changes
                     kind = "annotation"
                     t0 = time.monotonic()
                     kube.patch_object("v1", "services", ns, name, {
                         "metadata": {"annotations": {"mesh.traefik.io/retry-attempts": str(2 + k % 7)}}})
-                else:  # endpoint change: a pod came back with another IP
-                    kind = "endpoint"
+                else:
+                    # endpoint: the EndpointSlice alone changes (an address moves); pod: a pod came back
+                    # with another IP, as a cluster shows it: the Pod's status, then its EndpointSlice
+                    kind = "endpoint" if k % 3 == 1 else "pod"
                     slice_ = kube.get_object("discovery.k8s.io/v1", "endpointslices", ns, f"{name}-abcde")
                     endpoints = slice_["endpoints"]
-                    endpoints[0]["addresses"] = [f"10.250.{k // 250}.{k % 250 + 1}"]
+                    new_ip = f"10.250.{k // 250}.{k % 250 + 1}"
+                    endpoints[0]["addresses"] = [new_ip]
                     t0 = time.monotonic()
+                    if kind == "pod":
+                        kube.patch_object("v1", "pods", ns, endpoints[0]["targetRef"]["name"],
+                                          {"status": {"podIP": new_ip, "podIPs": [{"ip": new_ip}]}})
                     kube.patch_object("discovery.k8s.io/v1", "endpointslices", ns, f"{name}-abcde",
                                       {"endpoints": endpoints})
                 try:
@@ -324,6 +331,10 @@ async def _latency_run(n: int, changes: int, budget: float) -> dict:
     for label, values in (("publish", publish), ("served", served_ms)):
         summary[label] = {f"p{q}_ms": round(_percentile(values, q), 1) for q in (50, 95, 99)} | {
             "max_ms": round(max(values), 1) if values else None}
+    summary["served_by_change"] = {
+        kind: {f"p{q}_ms": round(_percentile(values, q), 1) for q in (50, 99)} | {"count": len(values)}
+        for kind in ("annotation", "endpoint", "pod")
+        if (values := [s["served_ms"] for s in samples if s["change"] == kind and s["served_ms"] is not None])}
     measured = [p for p in GC_PAUSES if p[1] >= first_change] if samples else []
     summary["gc_runs_during_changes"] = {f"gen{g}": sum(1 for p in measured if p[0] == g) for g in range(3)}
     summary["gc_longest_ms"] = round(max((p[2] for p in measured), default=0) * 1000, 1)
@@ -385,14 +396,18 @@ def _latency_lines(lat: dict | None) -> list[str]:
         return ["", "Event → version latency: not measured (kmock missing)."]
     pub, srv, cpu, br = lat["publish"], lat["served"], lat["round_cpu"], lat["median_breakdown_ms"]
     return ["", f"# Watch event → new config version, {lat['services']} services (ACL on)", "",
-            f"{lat['changes_measured']} single-object changes one at a time, alternately an annotation edit on a "
-            f"Service and an endpoint change in an EndpointSlice ({lat['timed_out']} timed out), each timed from the "
+            f"{lat['changes_measured']} changes one at a time, in turn an annotation edit on a Service, an address "
+            "moved in an EndpointSlice, and a pod back with another IP (its Pod status, then its EndpointSlice) "
+            f"({lat['timed_out']} timed out), each timed from the "
             "write in the API server (kmock, in process) through the watch, the debounce and the build to:", "",
             "| until | p50 ms | p95 ms | p99 ms | max ms |", "|---|---:|---:|---:|---:|",
             f"| published in the ConfigStore | {pub['p50_ms']} | {pub['p95_ms']} | {pub['p99_ms']} | {pub['max_ms']} |",
             f"| received by a long poll of /api/configuration/current | {srv['p50_ms']} | {srv['p95_ms']} | "
             f"{srv['p99_ms']} | {srv['max_ms']} |",
             f"| (CPU time of the reconcile round alone) | {cpu['p50_ms']} | {cpu['p95_ms']} | {cpu['p99_ms']} | |", "",
+            "Received by the long poll, by kind of change: " + ", ".join(
+                f"{kind} p50 {v['p50_ms']} / p99 {v['p99_ms']} ms ({v['count']})"
+                for kind, v in lat.get("served_by_change", {}).items()) + ".", "",
             f"Medians: the watch event reaches the controller after {br['watch_ms']} ms, the round starts at "
             f"{br['round_start_ms']} ms (debounce after a quiet period), the round takes {br['round_ms']} ms wall / "
             f"{br['round_cpu_ms']} ms CPU, cyclic GC {br['gc_ms']} ms. Cyclic GC runs during the changes: "

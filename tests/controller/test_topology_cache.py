@@ -93,3 +93,67 @@ def test_one_changed_object_at_a_time_on_the_bench_cluster():
     state = dataclasses.replace(state, shadow_services=[shadows[0], moved])
     _same(state, settings, cache, caches)
     _same(state, Settings(acl=False), cache, caches)
+
+
+def _bench_cluster(n: int):
+    sys.path.insert(0, str(Path(__file__).parents[2] / "bench"))
+    try:
+        from bench_controller import cluster
+    finally:
+        sys.path.pop(0)
+    return cluster(n)
+
+
+def test_a_pod_change_recomputes_only_what_reads_that_pod():
+    state, settings, cache = _bench_cluster(60), Settings(acl=True), TopologyCache()
+    first = build_topology(state, settings, cache)
+    # svc1's pod svc1-0 gets another ServiceAccount (its endpoint identity changes)
+    i = next(k for k, p in enumerate(state.pods) if p["metadata"]["name"] == "svc1-0")
+    pod = copy.deepcopy(state.pods[i])
+    pod["spec"]["serviceAccountName"] = "moved"
+    state.pods[i] = pod
+    second = build_topology(state, settings, cache)
+    assert second == build_topology(state, settings)
+    assert second.services["ns1/svc1"] is not first.services["ns1/svc1"]
+    assert second.services["ns1/svc1"].ports[0].endpoints[0].service_account == "ns1/moved"
+    assert second.services["ns2/svc2"] is first.services["ns2/svc2"]  # reused: reads none of the changed pod
+    # the client pod of tt0 leaves: tt0's source IPs shrink, tt2 is reused
+    client = next(k for k, p in enumerate(state.pods) if p["metadata"]["name"] == "client0")
+    del state.pods[client]
+    third = build_topology(state, settings, cache)
+    assert third == build_topology(state, settings)
+    by_name = {t.name: t for t in third.traffic_targets}
+    assert by_name["tt0"].source_ips == ()
+    assert by_name["tt2"] is {t.name: t for t in second.traffic_targets}["tt2"]
+
+
+def test_pod_changes_seen_through_ip_only_endpoints_and_duplicate_ips():
+    state, settings, cache = _bench_cluster(20), Settings(acl=True), TopologyCache()
+    # svc3's endpoints without targetRef: identity comes from the pod that has the IP
+    sl = copy.deepcopy(state.endpoint_slices[3])
+    for ep in sl["endpoints"]:
+        del ep["targetRef"]
+    state.endpoint_slices[3] = sl
+    _same(state, settings, cache)
+    ip = sl["endpoints"][0]["addresses"][0]
+    k = next(k for k, p in enumerate(state.pods) if p["status"]["podIP"] == ip)
+    pod = copy.deepcopy(state.pods[k])
+    pod["spec"]["serviceAccountName"] = "renamed"  # the same IP, another identity
+    state.pods[k] = pod
+    topo = build_topology(state, settings, cache)
+    assert topo == build_topology(state, settings)
+    assert topo.services["ns3/svc3"].ports[0].endpoints[0].service_account == "ns3/renamed"
+    # a second running pod claims the IP (a stale object during a restart): the last one wins, as cold
+    impostor = copy.deepcopy(pod)
+    impostor["metadata"]["name"] = "impostor"
+    impostor["spec"]["serviceAccountName"] = "impostor"
+    state.pods.append(impostor)
+    _same(state, settings, cache)
+    state.pods[k], state.pods[-1] = state.pods[-1], state.pods[k]  # same objects, other order
+    _same(state, settings, cache)
+    finished = copy.deepcopy(state.pods[-1])  # the pod that held the IP last finishes: the other one has it
+    finished["status"]["phase"] = "Succeeded"
+    state.pods[-1] = finished
+    _same(state, settings, cache)
+    state.pods.clear()
+    _same(state, settings, cache)

@@ -768,18 +768,22 @@ class TopologyCache:
     """What :func:`build_topology` may reuse from its previous call (the controller keeps one).
 
     A Service's result (its meshed ports and endpoints, or why it is left out, and the errors it
-    produced) is reused when the next call gets the very same Service object, the very same
-    EndpointSlice objects for it and the very same Pod objects, under the same settings; the SMI
-    route specs and each TrafficTarget likewise when the Pods and every route object are the same. The sources
-    replace an object when it changes (watch caches, re-read files), never edit one in place: that
-    is what makes identity a safe test. Anything else is computed as without a cache.
+    produced) is reused when the next call gets the very same Service object and the very same
+    EndpointSlice objects for it, under the same settings, and no Pod it may refer to changed (by
+    name in an endpoint's ``targetRef``, or by IP). The SMI route specs are reused when every route
+    object is the same; a TrafficTarget when it and the specs are, and no Pod running as one of
+    its sources changed. The sources replace an object when it changes (watch caches, re-read
+    files), never edit one in place: that is what makes identity a safe test. Anything else is
+    computed as without a cache. Pods change far more often than anything else (every rollout,
+    every readiness flip), so a Pod change recomputes only what depends on that Pod.
     """
 
     def __init__(self) -> None:
         self.settings: Settings | None = None
         self.pods_seen: list = []  # the Pod objects of the last call (kept alive: ids stay unique)
         self.pods: _Pods | None = None
-        self.services: dict[tuple[str, str], tuple[dict, tuple, Service | str, list[ObjectError]]] = {}
+        # (ns, name) → (Service object, its slices, outcome, errors, the pod names and IPs it read)
+        self.services: dict[tuple[str, str], tuple[dict, tuple, Service | str, list[ObjectError], frozenset]] = {}
         self.spec_objects: tuple[list, ...] = ()  # HTTPRouteGroups, TCPRoutes, UDPRoutes of the last call
         self.specs: tuple[_Specs, list[ObjectError]] | None = None
         self.targets: dict[int, tuple[dict, TrafficTarget | None, list[ObjectError]]] = {}  # by id(object)
@@ -787,6 +791,48 @@ class TopologyCache:
 
 def _same_objects(a, b) -> bool:
     return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+
+
+def _pod_changes(old: list, new: list) -> tuple[set, set] | None:
+    """What differs between two Pod lists, compared by object identity: the ``(ns, name)`` keys
+    and IPs (old and new values) of the pods replaced, added or removed, and their ServiceAccounts
+    ``"ns/sa"``. None when the pods that stayed are not in the same relative order (the index keeps
+    the last pod of a duplicate name or IP, so order can matter): nothing is reused then."""
+    old_ids = {id(p) for p in old}
+    new_ids = {id(p) for p in new}
+    kept_new = [p for p in new if id(p) in old_ids]
+    kept_old = [p for p in old if id(p) in new_ids]
+    if not _same_objects(kept_new, kept_old):
+        return None
+    refs: set = set()
+    accounts: set = set()
+    changed = [p for p in new if id(p) not in old_ids] + [p for p in old if id(p) not in new_ids]
+    if not changed:
+        return refs, accounts
+    index = _index_pods(changed)  # duplicates collapse: only the keys matter here
+    refs.update(index.by_name)
+    refs.update(index.by_ip)
+    accounts.update(sa for _pod, sa in index.by_name.values())
+    return refs, accounts
+
+
+def _pod_refs(ns: str, slices: Any) -> frozenset:
+    """Every pod a Service's endpoints may resolve to: ``targetRef`` keys and addresses (the same
+    reading as :func:`_endpoints`, wider: a key listed here that resolves to nothing is harmless)."""
+    refs: set = set()
+    for sl in slices:
+        endpoints = sl.get("endpoints") if type(sl) is dict else None
+        for ep in endpoints if type(endpoints) is list else ():
+            if type(ep) is not dict:
+                continue
+            ref = ep.get("targetRef")
+            if type(ref) is dict and type(ref.get("name")) is str:
+                ref_ns = ref.get("namespace")
+                refs.add((ref_ns if type(ref_ns) is str and ref_ns else ns, ref["name"]))
+            addresses = ep.get("addresses")
+            if type(addresses) is list:
+                refs.update(ip for ip in addresses if type(ip) is str)
+    return frozenset(refs)
 
 
 def _service(obj: dict, ns: str, name: str, spec: dict, default_mode: TrafficType, slices: Any, pods: _Pods,
@@ -810,11 +856,17 @@ def build_topology(state: ClusterState, settings: Settings, cache: TopologyCache
     ``errors`` and left out (or partly applied). ``cache``: see :class:`TopologyCache` (same result)."""
     errors = _Errors()
     pod_objects = list(state.pods or ())
-    warm = cache is not None and cache.settings == settings and cache.pods is not None \
-        and _same_objects(cache.pods_seen, pod_objects)
-    pods = cache.pods if warm else _index_pods(pod_objects)
-    previous = cache.services if warm else {}
-    kept: dict[tuple[str, str], tuple[dict, tuple, Service | str, list[ObjectError]]] = {}
+    # changed: the pod keys/IPs and ServiceAccounts that differ from the cached call, or None (cold)
+    changed: tuple[set, set] | None = None
+    if cache is not None and cache.settings == settings and cache.pods is not None:
+        if _same_objects(cache.pods_seen, pod_objects):
+            changed = (set(), set())
+        else:
+            changed = _pod_changes(cache.pods_seen, pod_objects)
+    pods = cache.pods if changed is not None and not changed[0] and not changed[1] else _index_pods(pod_objects)
+    previous = cache.services if changed is not None else {}
+    changed_refs, changed_accounts = changed if changed is not None else (set(), set())
+    kept: dict[tuple[str, str], tuple[dict, tuple, Service | str, list[ObjectError], frozenset]] = {}
     slices = _slices_by_service(state.endpoint_slices)
     default_mode = TrafficType(settings.default_mode)
     services: dict[str, Service] = {}
@@ -833,13 +885,15 @@ def build_topology(state: ClusterState, settings: Settings, cache: TopologyCache
             continue  # nothing to route to (upstream ignores them too)
         its_slices = slices.get((ns, name), ())
         hit = previous.get((ns, name))
-        if hit is not None and hit[0] is obj and _same_objects(hit[1], its_slices):
+        if (hit is not None and hit[0] is obj and _same_objects(hit[1], its_slices)
+                and (not changed_refs or changed_refs.isdisjoint(hit[4]))):
             outcome = hit[2]
             errors.items.extend(hit[3])
         else:
             mark = len(errors.items)
             outcome = _service(obj, ns, name, spec, default_mode, its_slices, pods, errors)
-            hit = (obj, tuple(its_slices), outcome, errors.items[mark:])
+            hit = (obj, tuple(its_slices), outcome, errors.items[mark:],
+                   _pod_refs(ns, its_slices) if cache is not None else frozenset())
         if cache is not None:
             kept[(ns, name)] = hit
         if isinstance(outcome, str):
@@ -851,7 +905,7 @@ def build_topology(state: ClusterState, settings: Settings, cache: TopologyCache
     # HTTPRouteGroups/TCPRoutes/UDPRoutes, then TrafficTargets (which read them and the Pods): reused
     # when all of those are the very same objects as last time
     spec_objects = (list(state.http_route_groups or ()), list(state.tcp_routes or ()), list(state.udp_routes or ()))
-    specs_warm = warm and cache.specs is not None and all(
+    specs_warm = changed is not None and cache.specs is not None and all(
         _same_objects(a, b) for a, b in zip(cache.spec_objects, spec_objects))
     if specs_warm:
         specs, spec_errors = cache.specs
@@ -870,7 +924,8 @@ def build_topology(state: ClusterState, settings: Settings, cache: TopologyCache
         if not name or settings.ignored_namespace(ns):
             continue
         done = previous_targets.get(id(obj))
-        if done is not None and done[0] is obj:
+        if (done is not None and done[0] is obj
+                and (done[1] is None or not changed_accounts or changed_accounts.isdisjoint(done[1].sources))):
             tt = done[1]
             errors.items.extend(done[2])
         else:
