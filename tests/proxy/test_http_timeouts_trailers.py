@@ -5,7 +5,8 @@ closed; the upstream connection is cut (it must not wait for the rest either). T
 between reads, so a slow but steady upload passes. ``response_timeout``: a whole request whose
 response head does not come in time gets 504 (the route's request-timeout middleware wins when
 set). Trailer fields of chunked messages reach the other side, both ways, without hop-by-hop or
-framing fields; an HTTP/1.0 client gets the body without them."""
+framing fields; an HTTP/1.0 client gets the body without them. Limits: at most 100 trailer fields
+either way, and a response head of at most 64 KiB (502 beyond)."""
 
 from __future__ import annotations
 
@@ -169,3 +170,48 @@ async def test_response_trailer_fields_dropped_for_an_http10_client():
         head, _, body = raw.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200") and body == b"hello world"
         assert b"trailer" not in head.lower() and b"x-checksum" not in raw.lower()
+
+
+@on_uvloop
+async def test_response_heads_beyond_the_limit_are_502_and_large_ones_within_it_pass():
+    filler = b"X-Filler: " + b"a" * 16000 + b"\r\n"  # 4 reads of 16 KB: 64 KB of head, then more
+    endless = [b"HTTP/1.1 200 OK\r\n"] + [filler] * 5
+    big_ok = [b"HTTP/1.1 200 OK\r\n", filler, filler, filler, b"Content-Length: 2\r\n\r\nok"]
+    async with ScriptedUpstream([endless, big_ok]) as up, ProxyUnderTest(simple_config([up.url])) as p:
+        client = await RawClient.connect(p.port)
+        await client.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+        assert (await client.response()).status == 502
+        assert p.metrics.upstream_errors[("svc", "protocol")] == 1
+        await client.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+        resp = await client.response()
+        assert resp.status == 200 and resp.body == b"ok" and len(resp.header("X-Filler")) == 16000
+        await client.close()
+
+
+@on_uvloop
+async def test_response_with_too_many_trailer_fields_is_cut():
+    trailers = b"".join(b"X-T%d: v\r\n" % i for i in range(101))
+    script = [[b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n", b"0\r\n" + trailers + b"\r\n"]]
+    async with ScriptedUpstream(script) as up, ProxyUnderTest(simple_config([up.url])) as p:
+        client = await RawClient.connect(p.port)
+        await client.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+        raw = await client.read_all(timeout=5)  # cut: the chunked body never ends
+        assert raw.startswith(b"HTTP/1.1 200 OK") and not raw.endswith(b"\r\n\r\n")
+        assert b"X-T0" not in raw
+
+
+@on_uvloop
+async def test_many_head_fields_are_not_mistaken_for_trailer_fields():
+    fields = b"".join(b"X-H%d: v\r\n" % i for i in range(120))
+    resp_bytes = b"HTTP/1.1 200 OK\r\n" + fields + b"Transfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
+    async with ScriptedUpstream([[resp_bytes]] * 3) as up, ProxyUnderTest(simple_config([up.url])) as p:
+        client = await RawClient.connect(p.port)
+        for _ in range(2):
+            await client.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+            resp = await client.response()
+            assert resp.status == 200 and resp.body == b"hi" and resp.header("X-H119") == "v"
+        await client.close()
+        client = await RawClient.connect(p.port)
+        await client.send(b"GET / HTTP/1.0\r\nHost: svc\r\n\r\n")
+        raw = await client.read_all(timeout=5)
+        assert raw.startswith(b"HTTP/1.1 200 OK") and raw.endswith(b"\r\n\r\nhi")

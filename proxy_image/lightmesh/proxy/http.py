@@ -32,7 +32,9 @@ length, chunked bodies are re-chunked with their trailer fields. Responses keep 
 chunked or close-delimited responses are re-chunked for HTTP/1.1 clients (trailer fields kept) and
 sent close-delimited to HTTP/1.0 clients (trailer fields dropped: 1.0 has no way to carry them).
 Trailer fields that are hop-by-hop or framing (``Connection``, ``Content-Length``, ``TE``...) are
-never forwarded; the ``Trailer`` header is kept only on a message that goes out chunked. ``Expect: 100-continue`` is passed end to end (the upstream's ``100 Continue``
+never forwarded; the ``Trailer`` header is kept only on a message that goes out chunked. At most
+``MAX_TRAILER_FIELDS`` trailer fields either way; a response head (interim heads included) larger
+than ``MAX_RESPONSE_HEAD_BYTES`` is malformed (502). ``Expect: 100-continue`` is passed end to end (the upstream's ``100 Continue``
 is relayed). Incoming ``X-Forwarded-Proto``/``X-Forwarded-Host`` are kept when present (the mesh
 hop is node-local and trusted, as Traefik Mesh's ``forwardedHeaders.insecure``), else set; the peer
 IP is always appended to ``X-Forwarded-For``.
@@ -192,8 +194,11 @@ _NO_BODY_STATUS = frozenset((204, 304))
 # Response framing towards the client.
 F_NONE, F_LENGTH, F_CHUNK, F_RAW_CLOSE = range(4)
 
-# Trailer fields accepted after a chunked request body (beyond: 431 and close).
+# Trailer fields accepted after a chunked body (beyond: a request gets 431 and is closed; a response
+# is cut, as a malformed one).
 MAX_TRAILER_FIELDS = 100
+# Response heads (interim ones included) larger than this are malformed: 502 (nginx's limit is 4-8 KiB).
+MAX_RESPONSE_HEAD_BYTES = 65536
 
 # A request body with more than this left after a read bypasses the parser (see _bypassed).
 BYPASS_MIN = 65536
@@ -1337,7 +1342,8 @@ class UpstreamProtocol(asyncio.Protocol):
 
     __slots__ = ("server", "transport", "parser", "client", "ex", "out", "used", "idle_since", "headers",
                  "reason", "interim", "framing", "remaining", "bypass", "keep", "tunnel", "rpaused",
-                 "sent_nothing", "closed", "head_done", "wpaused", "fresh", "last_head", "last_known", "nhead")
+                 "sent_nothing", "closed", "head_done", "wpaused", "fresh", "last_head", "last_known", "nhead",
+                 "head_bytes")
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -1365,6 +1371,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.last_head = b"\n"  # the last head _pass_head looked up for this connection, and its entry
         self.last_known: tuple | None = None
         self.nhead = 0  # chunked response: the number of ``headers`` in the head (then trailers)
+        self.head_bytes = 0  # bytes of the response head(s) read so far, when it spans reads
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
@@ -1478,6 +1485,7 @@ class UpstreamProtocol(asyncio.Protocol):
             if self._pass_head(data, client):
                 client.flush()
                 return
+            self.head_bytes = 0
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as exc:
@@ -1489,6 +1497,14 @@ class UpstreamProtocol(asyncio.Protocol):
             self._malformed()
         except HttpParserError:
             self._malformed()
+        if self.ex is not None and not self.tunnel:
+            if not self.head_done:
+                # the whole read belonged to a head still incomplete: llhttp keeps no limit, we do
+                self.head_bytes += len(data)
+                if self.head_bytes > MAX_RESPONSE_HEAD_BYTES:
+                    self._malformed()
+            elif self.framing == F_CHUNK and len(self.headers) - self.nhead > MAX_TRAILER_FIELDS:
+                self._malformed()
         if self.framing == F_LENGTH and self.remaining > 0 and self.ex is not None:
             self.bypass = self.remaining
             self.parser = httptools.HttpResponseParser(self)  # the old one is mid-body
@@ -1645,6 +1661,7 @@ class UpstreamProtocol(asyncio.Protocol):
                 kept += (b"Content-Length: ", cl, _CRLF)
         elif te is not None:
             self.framing = F_CHUNK
+            self.nhead = len(self.headers)  # on_header calls after this are trailer fields
             if ex.v10:
                 close = True
             else:
@@ -1652,7 +1669,6 @@ class UpstreamProtocol(asyncio.Protocol):
                     kept.append(b"Transfer-Encoding: chunked\r\n")
                 else:  # e.g. "gzip, chunked": re-chunked, the other codings stay as they are
                     kept += (b"Transfer-Encoding: ", te, _CRLF)
-                self.nhead = len(self.headers)  # on_header calls after this are trailer fields
                 for name, value in self.headers:
                     if name.lower() == b"trailer":  # announces trailer fields, which are forwarded
                         kept += (name, b": ", value, _CRLF)
@@ -1702,8 +1718,11 @@ class UpstreamProtocol(asyncio.Protocol):
             return  # already completed at the head (HEAD, 204, 304)
         if self.ex.status == 101:
             return  # llhttp raises HttpParserUpgrade next: the tunnel starts there
-        if self.framing == F_CHUNK and not self.ex.v10:
-            self.client.out.append(_last_chunk(self.headers, self.nhead))
+        if self.framing == F_CHUNK:
+            if len(self.headers) - self.nhead > MAX_TRAILER_FIELDS:
+                raise _Reject(502, "too many trailer fields")
+            if not self.ex.v10:
+                self.client.out.append(_last_chunk(self.headers, self.nhead))
         self._complete()
 
     # ------------------------------------------------------------------ completion
