@@ -268,41 +268,60 @@ class _Pods:
     ips_by_sa: dict[str, set[str]]
 
 
-def _index_pods(pods: Any) -> _Pods:
-    """One pass over every pod: by name and by IP (endpoint identity), IPs by ServiceAccount
-    (TrafficTarget sources). Hot at scale: plain type checks, no helpers."""
+# What a Pod contributes to the index: (ns, name), (pod "ns/name", sa "ns/name"), identity IPs; or
+# None for an object that is not a usable Pod.
+_PodFacts = tuple[tuple[str, str], tuple[str, str], tuple[str, ...]] | None
+
+
+def _pod_facts(pod: Any) -> _PodFacts:
+    """Hot at scale: plain type checks, no helpers."""
+    if type(pod) is not dict:
+        return None
+    ns, name = _meta(pod)
+    if not ns:
+        return None
+    spec, status = pod.get("spec"), pod.get("status")
+    spec = spec if type(spec) is dict else {}
+    status = status if type(status) is dict else {}
+    sa = spec.get("serviceAccountName") or spec.get("serviceAccount")
+    key = (f"{ns}/{name}", f"{ns}/{sa if type(sa) is str and sa else 'default'}")
+    # A finished pod's IP can already belong to another pod: never an identity.
+    if status.get("phase") in ("Succeeded", "Failed"):
+        return (ns, name), key, ()
+    pod_ip = status.get("podIP")
+    more = status.get("podIPs")
+    if type(pod_ip) is str and pod_ip and (type(more) is not list or len(more) <= 1):  # single stack
+        return (ns, name), key, ((pod_ip,) if _is_ip(pod_ip) else ())
+    ips = [pod_ip] if type(pod_ip) is str and pod_ip else []
+    if type(more) is list:  # dual stack; [0] repeats podIP
+        ips += [p["ip"] for p in more if type(p) is dict and type(p.get("ip")) is str and p["ip"] not in ips]
+    return (ns, name), key, tuple(ip for ip in ips if _is_ip(ip))
+
+
+def _index_facts(facts: Any) -> _Pods:
+    """By name and by IP (endpoint identity; the last pod wins a duplicate), IPs by ServiceAccount
+    (TrafficTarget sources)."""
     by_name: dict[tuple[str, str], tuple[str, str]] = {}
     by_ip: dict[str, tuple[str, str]] = {}
     ips_by_sa: dict[str, set[str]] = {}
-    for pod in pods or ():
-        if type(pod) is not dict:
+    for fact in facts:
+        if fact is None:
             continue
-        ns, name = _meta(pod)
-        if not ns:
-            continue
-        spec, status = pod.get("spec"), pod.get("status")
-        spec = spec if type(spec) is dict else {}
-        status = status if type(status) is dict else {}
-        sa = spec.get("serviceAccountName") or spec.get("serviceAccount")
-        key = (f"{ns}/{name}", f"{ns}/{sa if type(sa) is str and sa else 'default'}")
-        by_name[(ns, name)] = key
-        # A finished pod's IP can already belong to another pod: never an identity.
-        if status.get("phase") in ("Succeeded", "Failed"):
-            continue
-        pod_ip = status.get("podIP")
-        ips = [pod_ip] if type(pod_ip) is str and pod_ip else []
-        more = status.get("podIPs")
-        if type(more) is list and (len(more) > 1 or not ips):  # dual stack; [0] repeats podIP
-            ips += [p["ip"] for p in more if type(p) is dict and type(p.get("ip")) is str and p["ip"] not in ips]
+        ref, key, ips = fact
+        by_name[ref] = key
         for ip in ips:
-            if _is_ip(ip):
-                by_ip[ip] = key
-                accounts = ips_by_sa.get(key[1])
-                if accounts is None:
-                    ips_by_sa[key[1]] = {ip}
-                else:
-                    accounts.add(ip)
+            by_ip[ip] = key
+            accounts = ips_by_sa.get(key[1])
+            if accounts is None:
+                ips_by_sa[key[1]] = {ip}
+            else:
+                accounts.add(ip)
     return _Pods(by_name, by_ip, ips_by_sa)
+
+
+def _index_pods(pods: Any) -> _Pods:
+    """One pass over every pod (see _index_facts)."""
+    return _index_facts(_pod_facts(pod) for pod in pods or ())
 
 
 # [0-9], not \d: \d also matches other scripts' digits ("१.2.3.4"), which ipaddress rejects
@@ -781,6 +800,7 @@ class TopologyCache:
     def __init__(self) -> None:
         self.settings: Settings | None = None
         self.pods_seen: list = []  # the Pod objects of the last call (kept alive: ids stay unique)
+        self.pod_facts: dict[int, _PodFacts] = {}  # id(pod) → what it contributes, for pods_seen
         self.pods: _Pods | None = None
         # (ns, name) → (Service object, its slices, outcome, errors, the pod names and IPs it read)
         self.services: dict[tuple[str, str], tuple[dict, tuple, Service | str, list[ObjectError], frozenset]] = {}
@@ -793,27 +813,40 @@ def _same_objects(a, b) -> bool:
     return len(a) == len(b) and all(x is y for x, y in zip(a, b))
 
 
-def _pod_changes(old: list, new: list) -> tuple[set, set] | None:
+def _pod_changes(old: list, new: list, old_facts: dict[int, _PodFacts]
+                 ) -> tuple[set, set, list[_PodFacts]] | None:
     """What differs between two Pod lists, compared by object identity: the ``(ns, name)`` keys
-    and IPs (old and new values) of the pods replaced, added or removed, and their ServiceAccounts
-    ``"ns/sa"``. None when the pods that stayed are not in the same relative order (the index keeps
-    the last pod of a duplicate name or IP, so order can matter): nothing is reused then."""
-    old_ids = {id(p) for p in old}
+    and IPs (old and new values) of the pods replaced, added or removed, their ServiceAccounts
+    ``"ns/sa"``, and the facts of every pod of ``new``. None when the pods that stayed are not in
+    the same relative order (the index keeps the last pod of a duplicate name or IP, so order can
+    matter): nothing is reused then."""
     new_ids = {id(p) for p in new}
-    kept_new = [p for p in new if id(p) in old_ids]
+    kept_new = [p for p in new if id(p) in old_facts]
     kept_old = [p for p in old if id(p) in new_ids]
     if not _same_objects(kept_new, kept_old):
         return None
     refs: set = set()
     accounts: set = set()
-    changed = [p for p in new if id(p) not in old_ids] + [p for p in old if id(p) not in new_ids]
-    if not changed:
-        return refs, accounts
-    index = _index_pods(changed)  # duplicates collapse: only the keys matter here
-    refs.update(index.by_name)
-    refs.update(index.by_ip)
-    accounts.update(sa for _pod, sa in index.by_name.values())
-    return refs, accounts
+    facts: list[_PodFacts] = []
+    changed: list[_PodFacts] = []
+    for pod in new:
+        fact = old_facts.get(id(pod), _MISSING)
+        if fact is _MISSING:
+            fact = _pod_facts(pod)
+            changed.append(fact)
+        facts.append(fact)
+    if len(kept_old) != len(old):
+        changed += [old_facts[id(p)] for p in old if id(p) not in new_ids]
+    for fact in changed:
+        if fact is not None:
+            ref, key, ips = fact
+            refs.add(ref)
+            refs.update(ips)
+            accounts.add(key[1])
+    return refs, accounts, facts
+
+
+_MISSING = object()
 
 
 def _pod_refs(ns: str, slices: Any) -> frozenset:
@@ -858,12 +891,20 @@ def build_topology(state: ClusterState, settings: Settings, cache: TopologyCache
     pod_objects = list(state.pods or ())
     # changed: the pod keys/IPs and ServiceAccounts that differ from the cached call, or None (cold)
     changed: tuple[set, set] | None = None
+    pods = pod_facts = None
     if cache is not None and cache.settings == settings and cache.pods is not None:
         if _same_objects(cache.pods_seen, pod_objects):
-            changed = (set(), set())
+            changed, pods, pod_facts = (set(), set()), cache.pods, cache.pod_facts
         else:
-            changed = _pod_changes(cache.pods_seen, pod_objects)
-    pods = cache.pods if changed is not None and not changed[0] and not changed[1] else _index_pods(pod_objects)
+            diff = _pod_changes(cache.pods_seen, pod_objects, cache.pod_facts)
+            if diff is not None:
+                changed = diff[0], diff[1]
+                pods = _index_facts(diff[2])
+                pod_facts = {id(p): f for p, f in zip(pod_objects, diff[2])}
+    if pods is None:
+        facts = [_pod_facts(p) for p in pod_objects]
+        pods = _index_facts(facts)
+        pod_facts = {id(p): f for p, f in zip(pod_objects, facts)} if cache is not None else {}
     previous = cache.services if changed is not None else {}
     changed_refs, changed_accounts = changed if changed is not None else (set(), set())
     kept: dict[tuple[str, str], tuple[dict, tuple, Service | str, list[ObjectError], frozenset]] = {}
@@ -937,6 +978,7 @@ def build_topology(state: ClusterState, settings: Settings, cache: TopologyCache
             targets.append(tt)
     if cache is not None:
         cache.settings, cache.pods_seen, cache.pods, cache.services = settings, pod_objects, pods, kept
+        cache.pod_facts = pod_facts
         cache.spec_objects, cache.specs, cache.targets = spec_objects, (specs, spec_errors), kept_targets
     targets.sort(key=lambda t: (t.namespace, t.name))
     service_targets = _attach_targets(targets, services, errors)
