@@ -29,6 +29,10 @@ Modules and what each owns (the interfaces below are the contract between them):
                  finishes on the plane it started with. ``ConnectionSet`` (one per worker, in
                  ``HTTPOptions.connections``) tracks client connections for graceful drain
                  (``close_idle()``, ``await drain(timeout)``).
+``h2``           HTTP/2 cleartext (gRPC): a client connection that opens with the HTTP/2 preface is
+                 handed over by ``http`` to ``H2Downstream``; its streams are routed and checked as
+                 HTTP/1.1 requests are and relayed to ``h2c://`` servers over one multiplexed
+                 ``H2Upstream`` connection per server, flow control end to end.
 ``tracing``      W3C ``traceparent`` handling and, with ``--otlp-endpoint``, one OpenTelemetry span
                  per request.
 ``tcp``, ``udp`` L4 routes: source allow-list, weighted servers, splice relay (TCP), sessions (UDP).

@@ -59,6 +59,10 @@ response head, the route's ``request_timeout`` middleware applies from the start
 without one, ``response_timeout`` (off by default, as Traefik's ``responseHeaderTimeout``) from the
 moment the whole request was received; either answers 504. Upgrade tunnels have no timeout.
 
+HTTP/2: a connection whose first bytes are the HTTP/2 preface is handed to
+:class:`lightmesh.proxy.h2.H2Downstream` (see there); the check costs one attribute test per
+request head. The pre-forwarding middlewares are :func:`run_checks`, shared by both protocols.
+
 Status codes the proxy itself answers: 400 malformed/hostile request (connection closed), 403
 allow-list, 404 no route, 405 CONNECT, 408 header or body timeout, 429 rate limit, 431 header too large,
 502 upstream unreachable/reset/malformed, 503 no servers or breaker open, 504 request or response timeout,
@@ -83,6 +87,7 @@ from typing import Any
 import httptools
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade
 
+from lightmesh.proxy.h2 import looks_like_h2
 from lightmesh.proxy.metrics import ProxyMetrics
 from lightmesh.proxy.routing import (CHECK_ALLOW, CHECK_BREAKER, CHECK_DENY, CHECK_RATE, Route, Server,
                                      split_host)
@@ -247,6 +252,36 @@ def _last_chunk(fields: list[tuple[bytes, bytes]], start: int) -> bytes:
     return b"".join(out)
 
 
+def run_checks(conn: Any, checks: tuple, plane: Any, svc: str) -> tuple[int, bytes] | None:
+    """A router's pre-forwarding middlewares (``checks``) in order, for a request from ``conn`` (an
+    HTTP/1.1 or HTTP/2 client connection: its ``peer``, ``metrics`` and allow-list cache ``acl``
+    for ``acl_plane``): None to forward, else the status and extra header lines to answer."""
+    for chk in checks:
+        kind = chk.kind
+        if kind == CHECK_ALLOW:
+            if conn.acl_plane is not plane:
+                conn.acl = {}
+                conn.acl_plane = plane
+            ok = conn.acl.get(chk)
+            if ok is None:
+                ok = conn.acl[chk] = chk.allow.allows(conn.peer)
+            if not ok:
+                conn.metrics.denied(svc)
+                return 403, b""
+        elif kind == CHECK_RATE:
+            wait = chk.limiter.check(conn.peer)
+            if wait:
+                conn.metrics.rate_limit(svc)
+                return 429, b"Retry-After: %d\r\n" % max(1, math.ceil(wait))
+        elif kind == CHECK_BREAKER:
+            if not chk.breaker.allow():
+                return 503, b""
+        elif kind == CHECK_DENY:
+            conn.metrics.denied(svc)
+            return chk.status, b""
+    return None
+
+
 def _tokens(value: bytes) -> list[bytes]:
     return [t.strip().lower() for t in value.split(b",") if t.strip()]
 
@@ -400,7 +435,7 @@ class ClientProtocol(asyncio.Protocol):
     __slots__ = ("holder", "ep", "options", "metrics", "loop", "transport", "peer", "peer_b", "parser", "cur",
                  "active", "pending", "out", "dirty", "rpause", "wpaused", "closing", "broken", "tunnel",
                  "deadline", "timer", "period", "in_head", "head_seen", "acl", "acl_plane", "hosts", "raw_up",
-                 "registered", "bypass", "response_timeout")
+                 "registered", "bypass", "response_timeout", "fresh_conn")
 
     def __init__(self, holder: Any, entry_point: str, options: HTTPOptions, metrics: ProxyMetrics) -> None:
         self.holder = holder
@@ -434,6 +469,7 @@ class ClientProtocol(asyncio.Protocol):
         self.registered = False
         self.bypass = 0  # bytes of the current request body passed on without the parser
         self.response_timeout = options.response_timeout  # read per request: kept at hand
+        self.fresh_conn = True  # nothing read yet: the HTTP/2 preface is possible
 
     # ------------------------------------------------------------------ connection events
 
@@ -599,6 +635,11 @@ class ClientProtocol(asyncio.Protocol):
                 self._end_of_read()
                 return
         if self.in_head:
+            if self.fresh_conn:
+                self.fresh_conn = False
+                if data[:1] == b"P" and looks_like_h2(data):
+                    self._to_h2(data)
+                    return
             seen = self.head_seen + len(data)
             limit = self.options.max_header_bytes
             if seen > limit:
@@ -629,6 +670,20 @@ class ClientProtocol(asyncio.Protocol):
                 self.bypass = ex.cl_left
                 self.parser = httptools.HttpRequestParser(self)
         self._end_of_read()
+
+    def _to_h2(self, data: bytes) -> None:
+        """The client opened with the HTTP/2 preface: an HTTP/2 protocol takes the connection over."""
+        from lightmesh.proxy.h2 import H2Downstream
+        transport = self.transport
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.registered:
+            self.registered = False  # the HTTP/2 side counts the connection from here on
+            self.options.connections.conns.discard(self)
+        self.closing = True
+        self.transport = None
+        H2Downstream(self).start(transport, data)
 
     def _bypassed(self, data: bytes) -> bytes:
         """Body bytes of the current Content-Length request; returns what follows the body."""
@@ -853,35 +908,11 @@ class ClientProtocol(asyncio.Protocol):
 
     def _checks(self, ex: Exchange, checks: tuple, plane: Any, svc: str) -> bool:
         """The router's pre-forwarding middlewares (``checks``) in order; False when one answered."""
-        for chk in checks:
-            kind = chk.kind
-            if kind == CHECK_ALLOW:
-                if self.acl_plane is not plane:
-                    self.acl = {}
-                    self.acl_plane = plane
-                ok = self.acl.get(chk)
-                if ok is None:
-                    ok = self.acl[chk] = chk.allow.allows(self.peer)
-                if not ok:
-                    self.metrics.denied(svc)
-                    self._local(ex, 403)
-                    return False
-            elif kind == CHECK_RATE:
-                wait = chk.limiter.check(self.peer)
-                if wait:
-                    self.metrics.rate_limit(svc)
-                    secs = max(1, math.ceil(wait))
-                    self._local(ex, 429, b"Retry-After: %d\r\n" % secs)
-                    return False
-            elif kind == CHECK_BREAKER:
-                if not chk.breaker.allow():
-                    self._local(ex, 503)
-                    return False
-            elif kind == CHECK_DENY:
-                self.metrics.denied(svc)
-                self._local(ex, chk.status)
-                return False
-        return True
+        refused = run_checks(self, checks, plane, svc)
+        if refused is None:
+            return True
+        self._local(ex, refused[0], refused[1])
+        return False
 
     def on_body(self, body: bytes) -> None:
         ex = self.cur

@@ -54,12 +54,14 @@ class Server:
     """One upstream ``ip:port`` and its idle keep-alive connections (a LIFO list: the most recently
     used connection is the least likely to have been closed by the server)."""
 
-    __slots__ = ("url", "host", "port", "tls", "host_header", "idle", "max_idle", "retired")
+    __slots__ = ("url", "host", "port", "tls", "h2c", "h2conn", "host_header", "idle", "max_idle", "retired")
 
     def __init__(self, url: str, host: str, port: int, max_idle: int = UPSTREAM_POOL_MAX_IDLE,
-                 tls: bool = False) -> None:
+                 tls: bool = False, h2c: bool = False) -> None:
         self.url = url
         self.tls = tls  # scheme https: TLS to the pod (see http._upstream_tls)
+        self.h2c = h2c  # scheme h2c: HTTP/2 clients' streams go over one HTTP/2 connection (proxy.h2)
+        self.h2conn: Any = None  # that connection (an h2.H2Upstream), once opened
         self.host = host
         self.port = port
         self.host_header = (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode()
@@ -71,6 +73,8 @@ class Server:
         idle, self.idle = self.idle, []
         for conn in idle:
             conn.close()
+        if self.h2conn is not None:
+            self.h2conn.retire()  # closes now when no stream uses it, else after its last one
 
     def __repr__(self) -> str:
         return f"Server({self.url})"
@@ -85,7 +89,7 @@ class Service:
         servers = []
         for s in definition.servers:
             scheme, host, port = parse_server_url(s.url)
-            servers.append(Server(s.url, host, port, tls=scheme is Scheme.HTTPS))
+            servers.append(Server(s.url, host, port, tls=scheme is Scheme.HTTPS, h2c=scheme is Scheme.H2C))
         self.servers: list[Server] = servers
         self.balancer = Balancer(servers, [s.weight for s in definition.servers],
                                  weighted=definition.load_balancer.value == "weighted",

@@ -1,0 +1,712 @@
+"""HTTP/2 cleartext (h2c) through the mesh: what gRPC needs.
+
+A client connection whose first bytes are the HTTP/2 connection preface (prior knowledge, as gRPC
+clients and ``curl --http2-prior-knowledge`` open it) is handed over by the HTTP/1.1
+:class:`~lightmesh.proxy.http.ClientProtocol` to :class:`H2Downstream`. Each of its streams is
+routed like an HTTP/1.1 request (entry point table, host from ``:authority``, path, method,
+headers), goes through the same pre-forwarding middlewares (allow-list, rate limit, circuit
+breaker, deny) and is relayed to a server of the service over one multiplexed HTTP/2 connection
+per server and worker (:class:`H2Upstream`). Services whose scheme is ``h2c`` are reached this
+way; a stream for a service of another scheme is answered 502 (HTTP/2 clients and HTTP/1.1
+servers are not translated). HTTP/1.1 clients of an ``h2c`` service are still relayed over
+HTTP/1.1.
+
+Relayed as they come: request and response headers (hop-by-hop fields removed,
+``X-Forwarded-For``/``-Proto``/``-Host`` as on HTTP/1.1), DATA frames, trailers (gRPC's
+``grpc-status`` travels in them), stream resets both ways. Flow control is end to end: received
+DATA is acknowledged to its sender only once it was handed to the other side, so a slow reader
+holds back its writer within HTTP/2's windows and memory stays bounded.
+
+Retry: a stream whose server could not be reached, or whose connection failed or refused the
+stream before any response header, is tried on the next server when the route has a retry
+middleware and the whole request body is at hand (up to ``max_replay_bytes``). Request timeout:
+no response head in time → 504. Every stream is counted in the request metrics like an HTTP/1.1
+request; circuit breakers record its outcome. Not here: HTTP/2 over TLS, server push (disabled),
+h2c upgrade from HTTP/1.1 (``Upgrade: h2c`` is dropped as a hop-by-hop header), tracing spans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from time import perf_counter
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from lightmesh.proxy.routing import Server, split_host
+
+__all__ = ["PREFACE", "H2Downstream", "H2Upstream", "looks_like_h2"]
+
+_log = logging.getLogger(__name__)
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# Connection-specific fields (RFC 9113 §8.2.2) and Host (``:authority`` carries it).
+_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"))
+_FORWARDED = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"))
+UNROUTED = "unrouted"
+
+
+def looks_like_h2(data: bytes) -> bool:
+    """The first read of a connection starts the HTTP/2 preface (it may be cut short)."""
+    n = min(len(data), len(PREFACE))
+    return n >= 3 and data[:n] == PREFACE[:n]
+
+
+def _config(client_side: bool) -> h2.config.H2Configuration:
+    return h2.config.H2Configuration(client_side=client_side, header_encoding=None,
+                                     validate_inbound_headers=True, normalize_inbound_headers=True)
+
+
+class _Side:
+    """What both ends of a relay share: an h2 connection on a transport, corked output, and the
+    per-stream queues of frames waiting for flow-control window."""
+
+    def __init__(self, client_side: bool) -> None:
+        self.conn = h2.connection.H2Connection(config=_config(client_side))
+        self.transport: asyncio.Transport | None = None
+        self.queues: dict[int, list] = {}  # stream id → [(kind, payload, end_stream, ack)]
+        self.closed = False
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def queue(self, stream_id: int, kind: str, payload: Any, end: bool, ack: int, acked) -> None:
+        """Send a frame now, or when the window allows; ``acked(ack)`` once it was sent."""
+        q = self.queues.get(stream_id)
+        if q is None:
+            q = self.queues[stream_id] = []
+        q.append((kind, payload, end, ack, acked))
+        self.pump(stream_id)
+
+    def pump(self, stream_id: int) -> None:
+        q = self.queues.get(stream_id)
+        conn = self.conn
+        while q:
+            kind, payload, end, ack, acked = q[0]
+            try:
+                if kind == "headers":
+                    conn.send_headers(stream_id, payload, end_stream=end)
+                else:
+                    window = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
+                    if payload and window <= 0:
+                        return
+                    if len(payload) > window:
+                        conn.send_data(stream_id, payload[:window])
+                        q[0] = (kind, payload[window:], end, ack, acked)
+                        continue
+                    conn.send_data(stream_id, payload, end_stream=end)
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+                self.drop(stream_id)  # the stream is gone (reset or closed): nothing more to send on it
+                return
+            q.pop(0)
+            if ack and acked is not None:
+                acked(ack)
+        if not q:
+            self.queues.pop(stream_id, None)
+
+    def drop(self, stream_id: int) -> None:
+        """Forget what waits for ``stream_id``; its senders get their flow-control credit back
+        (discarded data is consumed data, or their connection window would shrink for good)."""
+        for _kind, _payload, _end, ack, acked in self.queues.pop(stream_id, ()):
+            if ack and acked is not None:
+                acked(ack)
+
+    def pump_all(self) -> None:
+        for stream_id in list(self.queues):
+            self.pump(stream_id)
+
+    def reset(self, stream_id: int, code: int = h2.errors.ErrorCodes.CANCEL) -> None:
+        self.drop(stream_id)
+        try:
+            self.conn.reset_stream(stream_id, error_code=code)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+            pass
+
+    def acknowledge(self, stream_id: int, n: int) -> None:
+        try:
+            self.conn.acknowledge_received_data(n, stream_id)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+            pass
+
+
+class _Stream:
+    """One client stream and its relay to a server."""
+
+    __slots__ = ("down_id", "method", "mstr", "headers", "authority", "path", "host", "start", "route",
+                 "service", "server", "up", "up_id", "tried", "retries_left", "retries", "body", "body_bytes",
+                 "req_done", "replayable", "status", "responded", "timer", "done")
+
+    def __init__(self, down_id: int) -> None:
+        self.down_id = down_id
+        self.start = perf_counter()
+        self.route = None
+        self.service = UNROUTED
+        self.server: Server | None = None
+        self.up: H2Upstream | None = None
+        self.up_id = 0
+        self.tried: tuple = ()
+        self.retries_left = 0
+        self.retries = 0
+        # [kind, payload, end, flow]: the request as received, kept for a retry and while no stream is
+        # open at the server; ``flow`` is the client's flow-control credit not yet given back (0 once
+        # the item was handed to a server stream, which gives it back when it sends or drops it)
+        self.body: list[list] = []
+        self.body_bytes = 0
+        self.req_done = False
+        self.replayable = True
+        self.status = 0
+        self.responded = False  # response headers went to the client
+        self.timer: asyncio.TimerHandle | None = None
+        self.done = False
+
+
+class H2Downstream(asyncio.Protocol):
+    """A client's HTTP/2 connection (server side of h2)."""
+
+    def __init__(self, client: Any) -> None:
+        self.side = _Side(client_side=False)
+        self.holder = client.holder
+        self.ep = client.ep
+        self.options = client.options
+        self.metrics = client.metrics
+        self.loop = client.loop
+        self.peer = client.peer
+        self.peer_b = client.peer_b
+        self.acl: dict = {}
+        self.acl_plane = None
+        self.streams: dict[int, _Stream] = {}
+        self.idle_timer: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------------ connection
+
+    def start(self, transport: asyncio.Transport, data: bytes) -> None:
+        """Take over ``transport`` (the HTTP/1.1 protocol saw the preface in ``data``)."""
+        self.side.transport = transport
+        transport.set_protocol(self)
+        self.options.connections.conns.add(self)
+        self.side.conn.local_settings = h2.settings.Settings(client=False, initial_values={
+            h2.settings.SettingCodes.ENABLE_PUSH: 0, h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 1000})
+        self.side.conn.initiate_connection()
+        self.side.flush()
+        self._arm_idle()
+        self.data_received(data)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # pragma: no cover - set by start()
+        self.side.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.side.closed = True
+        self.options.connections.conns.discard(self)
+        self.metrics.connection_closed("http")
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        for st in list(self.streams.values()):
+            self._abandon(st)
+        self.streams.clear()
+
+    def pause_writing(self) -> None:
+        pass  # HTTP/2 flow control bounds what is queued per stream
+
+    def resume_writing(self) -> None:
+        pass
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def is_idle(self) -> bool:
+        return not self.streams
+
+    def close(self) -> None:
+        if self.side.transport is not None and not self.side.transport.is_closing():
+            self.side.conn.close_connection()
+            self.side.flush()
+            self.side.transport.close()
+
+    def abort(self) -> None:
+        if self.side.transport is not None:
+            self.side.transport.abort()
+
+    def _arm_idle(self) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        self.idle_timer = self.loop.call_later(self.options.idle_timeout, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self.idle_timer = None
+        if self.streams:
+            self._arm_idle()
+        else:
+            self.close()
+
+    # ------------------------------------------------------------------ input
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.side.conn.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            _log.debug("HTTP/2 protocol error from %s: %s", self.peer, exc)
+            self.side.flush()  # h2 queued a GOAWAY
+            if self.side.transport is not None:
+                self.side.transport.close()
+            return
+        for ev in events:
+            if isinstance(ev, h2.events.RequestReceived):
+                self._request(ev.stream_id, ev.headers, ev.stream_ended is not None)
+            elif isinstance(ev, h2.events.DataReceived):
+                self._data(ev.stream_id, "data", ev.data, ev.stream_ended is not None, ev.flow_controlled_length)
+            elif isinstance(ev, h2.events.TrailersReceived):
+                self._data(ev.stream_id, "headers", self._fields(ev.headers), True, 0)
+            elif isinstance(ev, h2.events.StreamReset):
+                st = self.streams.pop(ev.stream_id, None)
+                if st is not None:
+                    self._abandon(st)
+            elif isinstance(ev, h2.events.WindowUpdated):
+                if ev.stream_id:
+                    self.side.pump(ev.stream_id)
+                else:
+                    self.side.pump_all()
+            elif isinstance(ev, h2.events.ConnectionTerminated):
+                if self.side.transport is not None:
+                    self.side.transport.close()
+        self.side.flush()
+
+    @staticmethod
+    def _fields(headers: list) -> list[tuple[bytes, bytes]]:
+        return [(n, v) for n, v in headers if n not in _HOP and (n != b"te" or v == b"trailers")]
+
+    def _request(self, stream_id: int, headers: list, ended: bool) -> None:
+        st = _Stream(stream_id)
+        self.streams[stream_id] = st
+        pseudo = {n: v for n, v in headers if n[:1] == b":"}
+        method = pseudo.get(b":method", b"")
+        st.method = method
+        st.mstr = method.decode("latin-1")
+        st.path = pseudo.get(b":path", b"/")
+        host_header = next((v for n, v in headers if n == b"host"), None)
+        st.authority = pseudo.get(b":authority") or host_header or b""
+        st.headers = [(n, v) for n, v in headers if n[:1] != b":"]
+        st.req_done = ended
+        if method == b"CONNECT":
+            self._local(st, 405)
+            return
+        plane = self.holder.http
+        table = plane.entry_points.get(self.ep) if plane is not None else None
+        route = table.lookup(split_host(st.authority), st.mstr, st.path, st.headers) if table is not None else None
+        if route is None:
+            self._local(st, 404)
+            return
+        st.route = route
+        service = route.service
+        st.service = svc = service.name
+        if route.checks:
+            refused = self.check(route.checks, plane, svc)
+            if refused is not None:
+                self._local(st, refused[0], refused[1])
+                return
+        if not service.servers:
+            self._local(st, 503)
+            return
+        st.retries_left = route.retries
+        if route.timeout is not None:
+            st.timer = self.loop.call_later(route.timeout, self._timed_out, st)
+        self._forward(st)
+
+    def check(self, checks: tuple, plane: Any, svc: str) -> tuple[int, bytes] | None:
+        from lightmesh.proxy.http import run_checks
+        return run_checks(self, checks, plane, svc)
+
+    def _data(self, stream_id: int, kind: str, payload: Any, end: bool, flow: int) -> None:
+        st = self.streams.get(stream_id)
+        if st is None or st.done or st.route is None:
+            if flow:
+                self.side.acknowledge(stream_id, flow)  # nobody wants it: consumed
+            return
+        if end:
+            st.req_done = True
+        item = [kind, payload, end, flow]
+        if st.replayable:
+            st.body.append(item)
+            st.body_bytes += len(payload) if kind == "data" else 0
+            if st.body_bytes > self.options.max_replay_bytes:
+                st.replayable = False
+                if st.up_id:
+                    st.body = []  # already on its way: not kept any longer
+        elif not st.up_id:
+            st.body.append(item)  # waiting for the server's stream (bounded by the stream window)
+        if st.up is not None and st.up_id:
+            st.up.send(st, item)
+
+    def release_body(self, st: _Stream) -> None:
+        """Give the client back the credit of request data never handed to a server."""
+        for item in st.body:
+            if item[3]:
+                self.side.acknowledge(st.down_id, item[3])
+                item[3] = 0
+        st.body = []
+
+    # ------------------------------------------------------------------ forwarding
+
+    def _forward(self, st: _Stream) -> None:
+        service = st.route.service
+        balancer = service.balancer
+        server = balancer.pick(st.tried) if st.tried else balancer.pick()
+        if server is None and st.tried:
+            server = balancer.pick()
+        if server is None:
+            self._local(st, 503)
+            return
+        st.server = server
+        if not server.h2c:
+            self.metrics.upstream_error(st.service, "protocol")
+            self._local(st, 502)  # an HTTP/2 client and a server that is not h2c: not translated
+            return
+        up = server.h2conn
+        if up is None or up.side.closed or up.goaway:
+            up = server.h2conn = H2Upstream(self.loop, server, self.options.connect_timeout)
+        up.open(st, self)
+
+    def request_head(self, st: _Stream) -> list[tuple[bytes, bytes]]:
+        """The headers a server gets for ``st``."""
+        authority = st.authority if st.route.service.pass_host_header else st.server.host_header
+        head = [(b":method", st.method), (b":scheme", b"http"), (b":authority", authority), (b":path", st.path)]
+        xff = None
+        xfp = xfh = False
+        for name, value in self._fields(st.headers):
+            if name in _FORWARDED:
+                if name == b"x-forwarded-for":
+                    xff = value if xff is None else xff + b", " + value
+                    continue
+                if name == b"x-forwarded-proto":
+                    xfp = True
+                else:
+                    xfh = True
+            head.append((name, value))
+        head.append((b"x-forwarded-for", self.peer_b if xff is None else xff + b", " + self.peer_b))
+        if not xfp:
+            head.append((b"x-forwarded-proto", b"http"))
+        if not xfh and st.authority:
+            head.append((b"x-forwarded-host", st.authority))
+        return head
+
+    def attempt_failed(self, st: _Stream, reason: str) -> None:
+        """The server could not take the stream, before any response header."""
+        if st.done or st.responded:
+            return
+        st.up = None
+        st.up_id = 0
+        self.metrics.upstream_error(st.service, reason)
+        st.route.service.balancer.failed(st.server)
+        for breaker in st.route.breakers:
+            breaker.record(None, perf_counter() - st.start)
+        if st.retries_left > 0 and st.replayable:
+            st.retries_left -= 1
+            st.retries += 1
+            self.metrics.retry(st.service)
+            st.tried = (*st.tried, st.server)
+            self._forward(st)
+        else:
+            self._local(st, 502)
+        self.side.flush()
+
+    def _timed_out(self, st: _Stream) -> None:
+        st.timer = None
+        if st.done or st.responded:
+            return
+        self.metrics.upstream_error(st.service, "timeout")
+        if st.up is not None and st.up_id:
+            st.up.cancel(st)
+        self._local(st, 504)
+        self.side.flush()
+
+    # ------------------------------------------------------------------ answering
+
+    def _local(self, st: _Stream, status: int, extra: bytes = b"") -> None:
+        st.status = status
+        st.responded = True
+        headers = [(b":status", b"%d" % status), (b"content-type", b"text/plain")]
+        for line in extra.split(b"\r\n"):
+            name, sep, value = line.partition(b":")
+            if sep:
+                headers.append((name.strip().lower(), value.strip()))
+        self.side.queue(st.down_id, "headers", headers, False, 0, None)
+        self.side.queue(st.down_id, "data", b"%d\n" % status, True, 0, None)
+        if not st.req_done:
+            self.side.reset(st.down_id, h2.errors.ErrorCodes.NO_ERROR)  # the rest of the body is not wanted
+        self._finish(st, status, local=True)
+
+    def response(self, st: _Stream, kind: str, payload: Any, end: bool, ack: int, acked) -> None:
+        """From the server: headers, data or trailers for the client's stream."""
+        if st.done:
+            if acked is not None and ack:
+                acked(ack)
+            return
+        if kind == "head":
+            st.status = int(dict(payload).get(b":status", b"0") or 0)
+            st.responded = True
+            if st.req_done:
+                self.release_body(st)  # no retry from here on: the copy kept for one is not needed
+            if st.timer is not None:
+                st.timer.cancel()
+                st.timer = None
+            payload = [(n, v) for n, v in payload if n not in _HOP]
+            kind = "headers"
+        self.side.queue(st.down_id, kind, payload, end, ack, acked)
+        if end:
+            st.route.service.balancer.succeeded(st.server)
+            self._finish(st, st.status)
+        self.side.flush()
+
+    def upstream_reset(self, st: _Stream, code: int) -> None:
+        """The server reset the stream after its response began: so does the client's."""
+        if st.done:
+            return
+        self.side.reset(st.down_id, code)
+        self.metrics.upstream_error(st.service, "reset")
+        self._finish(st, st.status or 502)
+        self.side.flush()
+
+    def _finish(self, st: _Stream, status: int, local: bool = False) -> None:
+        if st.done:
+            return
+        st.done = True
+        if st.timer is not None:
+            st.timer.cancel()
+            st.timer = None
+        self.streams.pop(st.down_id, None)
+        self.release_body(st)
+        seconds = perf_counter() - st.start
+        self.metrics.request(st.service, status, st.mstr or "-", seconds)
+        if st.route is not None and not local:
+            for breaker in st.route.breakers:
+                breaker.record(status, seconds)
+        if not self.streams:
+            self._arm_idle()
+
+    def _abandon(self, st: _Stream) -> None:
+        """The client reset the stream or went away."""
+        if st.up is not None and st.up_id:
+            st.up.cancel(st)
+        if not st.done:
+            self._finish(st, st.status or 499)
+
+
+class H2Upstream(asyncio.Protocol):
+    """One HTTP/2 connection to an h2c server, shared by the streams of every client of the worker."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, server: Server, connect_timeout: float) -> None:
+        self.side = _Side(client_side=True)
+        self.loop = loop
+        self.server = server
+        self.streams: dict[int, tuple[_Stream, H2Downstream]] = {}
+        self.waiting: list[tuple[_Stream, H2Downstream]] = []
+        self.ready = False
+        self.goaway = False
+        self.task = loop.create_task(self._connect(connect_timeout))
+
+    async def _connect(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self.loop.create_connection(lambda: self, self.server.host, self.server.port),
+                                   timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            self._fail_all("connect_timeout" if isinstance(exc, asyncio.TimeoutError) else "connect")
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.side.transport = transport
+        self.side.conn.local_settings = h2.settings.Settings(client=True, initial_values={
+            h2.settings.SettingCodes.ENABLE_PUSH: 0})
+        self.side.conn.initiate_connection()
+        self.ready = True
+        waiting, self.waiting = self.waiting, []
+        for st, down in waiting:
+            self._start(st, down)
+        self.side.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.side.closed = True
+        self.ready = False
+        if self.server.h2conn is self:
+            self.server.h2conn = None
+        self._fail_all("reset")
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def _fail_all(self, reason: str) -> None:
+        self.side.closed = True
+        if self.server.h2conn is self:
+            self.server.h2conn = None
+        pending = self.waiting + list(self.streams.values())
+        self.waiting = []
+        self.streams.clear()
+        for stream_id in list(self.side.queues):
+            self.side.drop(stream_id)
+        for st, down in pending:
+            if st.responded:
+                down.upstream_reset(st, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            else:
+                down.attempt_failed(st, reason)
+
+    def close(self) -> None:
+        self.task.cancel()
+        if self.server.h2conn is self:
+            self.server.h2conn = None
+        if self.side.transport is not None and not self.side.transport.is_closing():
+            self.side.conn.close_connection()
+            self.side.flush()
+            self.side.transport.close()
+
+    def retire(self) -> None:
+        """No new streams here; closed once the ones in flight are done."""
+        self.goaway = True
+        if self.server.h2conn is self:
+            self.server.h2conn = None
+        if not self.streams and not self.waiting:
+            self.close()
+
+    # ------------------------------------------------------------------ streams
+
+    def open(self, st: _Stream, down: H2Downstream) -> None:
+        st.up = self
+        st.up_id = 0
+        if self.ready:
+            self._start(st, down)
+            self.side.flush()
+        else:
+            self.waiting.append((st, down))
+
+    def _start(self, st: _Stream, down: H2Downstream) -> None:
+        conn = self.side.conn
+        try:
+            stream_id = conn.get_next_available_stream_id()
+            if conn.open_outbound_streams >= conn.remote_settings.max_concurrent_streams:
+                raise h2.exceptions.TooManyStreamsError("the server's stream limit")
+        except (h2.exceptions.NoAvailableStreamIDError, h2.exceptions.TooManyStreamsError):
+            self.goaway = True  # no more streams here: the next stream opens another connection
+            down.attempt_failed(st, "reset")
+            return
+        st.up_id = stream_id
+        self.streams[stream_id] = (st, down)
+        body = st.body
+        if not st.replayable:
+            st.body = []
+        self.side.queue(stream_id, "headers", down.request_head(st), st.req_done and not body, 0, None)
+        for item in body:
+            self.send(st, item, flush=False)
+
+    def send(self, st: _Stream, item: list, flush: bool = True) -> None:
+        """A piece of a client's request; its flow-control credit goes back to the client once it
+        went out here (or was dropped)."""
+        kind, payload, end, flow = item
+        item[3] = 0
+        down = self.streams[st.up_id][1]
+
+        def acked(n: int, sid: int = st.down_id) -> None:
+            down.side.acknowledge(sid, n)
+            down.side.flush()
+        self.side.queue(st.up_id, kind, payload, end, flow, acked if flow else None)
+        if flush:
+            self.side.flush()
+
+    def cancel(self, st: _Stream) -> None:
+        if self.streams.pop(st.up_id, None) is not None:
+            self.side.reset(st.up_id)
+            self.side.flush()
+        else:
+            self.waiting = [(s, d) for s, d in self.waiting if s is not st]
+        st.up_id = 0
+
+    # ------------------------------------------------------------------ input
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.side.conn.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            _log.warning("HTTP/2 protocol error from server %s: %s", self.server.url, exc)
+            self.side.flush()
+            if self.side.transport is not None:
+                self.side.transport.abort()
+            return
+        touched: set[H2Downstream] = set()
+        for ev in events:
+            sid = getattr(ev, "stream_id", None)
+            entry = self.streams.get(sid) if sid else None
+            if isinstance(ev, h2.events.ResponseReceived) and entry is not None:
+                st, down = entry
+                down.response(st, "head", ev.headers, ev.stream_ended is not None, 0, None)
+                touched.add(down)
+                if ev.stream_ended is not None:
+                    self.streams.pop(sid, None)
+            elif isinstance(ev, h2.events.DataReceived):
+                if entry is None:
+                    self.side.acknowledge(sid, ev.flow_controlled_length)
+                    continue
+                st, down = entry
+                ended = ev.stream_ended is not None
+
+                def acked(n: int, sid=sid) -> None:
+                    self.side.acknowledge(sid, n)
+                    self.side.flush()
+                down.response(st, "data", ev.data, ended, ev.flow_controlled_length, acked)
+                touched.add(down)
+                if ended:
+                    self.streams.pop(sid, None)
+            elif isinstance(ev, h2.events.TrailersReceived) and entry is not None:
+                st, down = entry
+                down.response(st, "headers", [(n, v) for n, v in ev.headers if n not in _HOP], True, 0, None)
+                touched.add(down)
+                self.streams.pop(sid, None)
+            elif isinstance(ev, h2.events.StreamEnded) and entry is not None:
+                st, down = entry
+                if not st.done:  # ended by an empty DATA frame that carried nothing to relay
+                    down.response(st, "data", b"", True, 0, None)
+                    touched.add(down)
+                self.streams.pop(sid, None)
+            elif isinstance(ev, h2.events.StreamReset) and entry is not None:
+                st, down = entry
+                self.streams.pop(sid, None)
+                st.up_id = 0
+                if st.responded:
+                    down.upstream_reset(st, ev.error_code)
+                elif ev.error_code == h2.errors.ErrorCodes.REFUSED_STREAM:
+                    down.attempt_failed(st, "reset")  # refused: never processed, safe to try again
+                else:
+                    down.upstream_reset(st, ev.error_code)
+                touched.add(down)
+            elif isinstance(ev, h2.events.WindowUpdated):
+                if ev.stream_id:
+                    self.side.pump(ev.stream_id)
+                else:
+                    self.side.pump_all()
+            elif isinstance(ev, h2.events.ConnectionTerminated):
+                # GOAWAY: streams above the last one it processed never ran there
+                self.goaway = True
+                if self.server.h2conn is self:
+                    self.server.h2conn = None
+                last = ev.last_stream_id or 0
+                for stream_id in [s for s in self.streams if s > last]:
+                    st, down = self.streams.pop(stream_id)
+                    st.up_id = 0
+                    if st.responded:
+                        down.upstream_reset(st, h2.errors.ErrorCodes.REFUSED_STREAM)
+                    else:
+                        down.attempt_failed(st, "reset")
+                    touched.add(down)
+        self.side.flush()
+        for down in touched:
+            down.side.flush()
+        if self.goaway and not self.streams and not self.waiting:
+            self.close()  # replaced for new streams; its last stream is done

@@ -1,0 +1,328 @@
+"""HTTP/2 cleartext through the proxy (what gRPC needs), on loopback with real h2 peers.
+
+A client opening with the HTTP/2 preface is served over HTTP/2; its streams reach ``h2c://``
+servers over one multiplexed connection: headers (with the forwarded ones), bodies both ways under
+flow control, trailers, resets, retries on an unreachable server, the allow-list, timeouts,
+metrics. HTTP/1.1 clients on the same listener are unaffected."""
+
+from __future__ import annotations
+
+import asyncio
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+
+from .backends import Backend, ProxyUnderTest, closed_port, on_uvloop, request, simple_config
+
+
+class H2Server:
+    """An h2c server: ``/echo`` answers the request body with gRPC-style trailers, ``/big?size=N``
+    N bytes, ``/reset`` resets the stream, ``/hang`` never answers."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.AbstractServer | None = None
+        self.connections = 0
+        self.requests: list[dict] = []
+        self.resets_seen = 0
+        self.url = ""
+
+    async def __aenter__(self) -> H2Server:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: _H2ServerProtocol(self), "127.0.0.1", 0)
+        self.url = f"h2c://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+
+class _H2ServerProtocol(asyncio.Protocol):
+    def __init__(self, owner: H2Server) -> None:
+        self.owner = owner
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        self.bodies: dict[int, list[bytes]] = {}
+        self.heads: dict[int, dict] = {}
+        self.pending: dict[int, tuple[bytes, list]] = {}  # stream → (data left, trailers)
+        self.answered: set[int] = set()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.owner.connections += 1
+        self.conn.initiate_connection()
+        self.transport.write(self.conn.data_to_send())
+
+    def data_received(self, data: bytes) -> None:
+        for ev in self.conn.receive_data(data):
+            if isinstance(ev, h2.events.RequestReceived):
+                head = dict(ev.headers)
+                head["_all"] = ev.headers
+                self.heads[ev.stream_id] = head
+                self.bodies[ev.stream_id] = []
+                self.owner.requests.append(head)
+                if ev.stream_ended is not None:
+                    self._answer(ev.stream_id)
+            elif isinstance(ev, h2.events.DataReceived):
+                self.bodies[ev.stream_id].append(ev.data)
+                self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                if ev.stream_ended is not None:
+                    self._answer(ev.stream_id)
+            elif isinstance(ev, h2.events.StreamEnded):
+                if ev.stream_id in self.heads:
+                    self._answer(ev.stream_id)
+            elif isinstance(ev, h2.events.StreamReset):
+                self.owner.resets_seen += 1
+                self.pending.pop(ev.stream_id, None)
+            elif isinstance(ev, h2.events.WindowUpdated):
+                for sid in list(self.pending):
+                    self._pump(sid)
+        self.transport.write(self.conn.data_to_send())
+
+    def _answer(self, sid: int) -> None:
+        if sid in self.answered:
+            return
+        self.answered.add(sid)
+        head = self.heads[sid]
+        path = head[b":path"]
+        body = b"".join(self.bodies.get(sid, []))
+        if path == b"/hang":
+            self.pending[sid] = (b"", None)
+            return
+        if path == b"/reset":
+            self.conn.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            return
+        if path.startswith(b"/big"):
+            size = int(path.split(b"=")[1])
+            data = bytes(i % 251 for i in range(size))
+            self.conn.send_headers(sid, [(b":status", b"200"), (b"content-length", b"%d" % size)])
+            self.pending[sid] = (data, None)
+        else:
+            self.conn.send_headers(sid, [(b":status", b"200"), (b"content-type", b"application/grpc"),
+                                         (b"x-echo", b"1")])
+            self.pending[sid] = (body, [(b"grpc-status", b"0"), (b"grpc-message", b"ok"),
+                                        (b"x-seen-xff", head.get(b"x-forwarded-for", b"-"))])
+        self._pump(sid)
+
+    def _pump(self, sid: int) -> None:
+        data, trailers = self.pending[sid]
+        if trailers is None and not data and self.heads[sid][b":path"] == b"/hang":
+            return
+        while data:
+            window = min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size)
+            if window <= 0:
+                self.pending[sid] = (data, trailers)
+                return
+            self.conn.send_data(sid, data[:window])
+            data = data[window:]
+        if trailers:
+            self.conn.send_headers(sid, trailers, end_stream=True)
+        else:
+            self.conn.end_stream(sid)
+        del self.pending[sid]
+
+
+class H2Client:
+    """A prior-knowledge HTTP/2 client on a raw connection."""
+
+    def __init__(self, reader, writer) -> None:
+        self.reader, self.writer = reader, writer
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        self.results: dict[int, dict] = {}
+        self.pending_body: dict[int, bytes] = {}
+
+    @classmethod
+    async def connect(cls, port: int) -> H2Client:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        client = cls(reader, writer)
+        client.conn.initiate_connection()
+        writer.write(client.conn.data_to_send())
+        return client
+
+    def start(self, path: str, method: str = "POST", body: bytes = b"", authority: str = "svc.ns.lightmesh",
+              headers: list | None = None) -> int:
+        sid = self.conn.get_next_available_stream_id()
+        head = [(b":method", method.encode()), (b":scheme", b"http"), (b":authority", authority.encode()),
+                (b":path", path.encode()), (b"te", b"trailers"), (b"content-type", b"application/grpc")]
+        self.conn.send_headers(sid, head + (headers or []), end_stream=not body)
+        self.results[sid] = {"headers": None, "data": [], "trailers": None, "ended": False, "reset": None}
+        if body:
+            self.pending_body[sid] = body
+            self._pump()
+        self.writer.write(self.conn.data_to_send())
+        return sid
+
+    def reset(self, sid: int) -> None:
+        self.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+        self.writer.write(self.conn.data_to_send())
+
+    def _pump(self) -> None:
+        for sid, body in list(self.pending_body.items()):
+            while body:
+                window = min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size)
+                if window <= 0:
+                    break
+                self.conn.send_data(sid, body[:window])
+                body = body[window:]
+            if body:
+                self.pending_body[sid] = body
+            else:
+                del self.pending_body[sid]
+                self.conn.end_stream(sid)
+
+    async def wait(self, sids: list[int], timeout: float = 10.0) -> list[dict]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not all(self.results[s]["ended"] or self.results[s]["reset"] is not None for s in sids):
+            data = await asyncio.wait_for(self.reader.read(65536), max(0.01, deadline - loop.time()))
+            if not data:
+                raise ConnectionError("the proxy closed the connection")
+            for ev in self.conn.receive_data(data):
+                r = self.results.get(getattr(ev, "stream_id", 0))
+                if isinstance(ev, h2.events.ResponseReceived):
+                    r["headers"] = dict(ev.headers)
+                elif isinstance(ev, h2.events.DataReceived):
+                    r["data"].append(ev.data)
+                    self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.TrailersReceived):
+                    r["trailers"] = dict(ev.headers)
+                elif isinstance(ev, h2.events.StreamEnded) and r is not None:
+                    r["ended"] = True
+                elif isinstance(ev, h2.events.StreamReset) and r is not None:
+                    r["reset"] = ev.error_code
+                elif isinstance(ev, h2.events.WindowUpdated):
+                    self._pump()
+            self.writer.write(self.conn.data_to_send())
+        return [self.results[s] | {"body": b"".join(self.results[s]["data"])} for s in sids]
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except ConnectionError:
+            pass
+
+
+@on_uvloop
+async def test_grpc_style_calls_relayed_with_trailers_over_one_upstream_connection():
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url])) as p:
+        client = await H2Client.connect(p.port)
+        sids = [client.start("/pkg.Svc/Call", body=b"\x00\x00\x00\x00\x05hello%d" % i) for i in range(20)]
+        results = await client.wait(sids)
+        for i, r in enumerate(results):
+            assert r["headers"][b":status"] == b"200" and r["headers"][b"x-echo"] == b"1"
+            assert r["body"] == b"\x00\x00\x00\x00\x05hello%d" % i
+            assert r["trailers"] == {b"grpc-status": b"0", b"grpc-message": b"ok", b"x-seen-xff": b"127.0.0.1"}
+        seen = up.requests[0]
+        assert seen[b":authority"] == b"svc.ns.lightmesh" and seen[b"te"] == b"trailers"
+        assert seen[b"x-forwarded-proto"] == b"http" and seen[b"x-forwarded-host"] == b"svc.ns.lightmesh"
+        assert up.connections == 1  # multiplexed
+        await client.close()
+        assert p.metrics.requests[("svc", "200", "POST")] == 20
+
+
+@on_uvloop
+async def test_large_bodies_both_ways_under_flow_control():
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url])) as p:
+        client = await H2Client.connect(p.port)
+        upload = bytes(i % 253 for i in range(1 << 20))
+        a = client.start("/echo", body=upload)
+        b = client.start("/big?size=3000000", method="GET")
+        ra, rb = await client.wait([a, b], timeout=30)
+        assert ra["body"] == upload and ra["trailers"][b"grpc-status"] == b"0"
+        assert rb["body"] == bytes(i % 251 for i in range(3000000))
+        # the connection keeps working: no flow-control credit was lost on the way
+        c = client.start("/echo", body=b"again")
+        (rc,) = await client.wait([c])
+        assert rc["body"] == b"again"
+        await client.close()
+
+
+@on_uvloop
+async def test_unreachable_server_retried_else_502_and_a_plain_http_service_is_502():
+    mws = [{"type": "retry", "name": "retry", "attempts": 2}]
+    async with H2Server() as up, Backend() as http1:
+        dead = f"h2c://127.0.0.1:{closed_port()}"
+        cfg = simple_config({"svc": [dead, up.url], "solo": [dead], "old": [http1.url]},
+                            routers=[{"name": "r", "service": "svc", "middlewares": ["retry"],
+                                      "match": {"hosts": ["svc.ns.lightmesh"]}},
+                                     {"name": "s", "service": "solo", "match": {"hosts": ["solo.ns.lightmesh"]}},
+                                     {"name": "o", "service": "old", "match": {"hosts": ["old.ns.lightmesh"]}}],
+                            middlewares=mws)
+        async with ProxyUnderTest(cfg) as p:
+            client = await H2Client.connect(p.port)
+            sids = [client.start("/echo", body=b"x%d" % i) for i in range(4)]
+            for r in await client.wait(sids):
+                assert r["headers"][b":status"] == b"200" and r["body"][:1] == b"x"
+            (solo,) = await client.wait([client.start("/echo", body=b"y", authority="solo.ns.lightmesh")])
+            assert solo["headers"][b":status"] == b"502"
+            (old,) = await client.wait([client.start("/", method="GET", authority="old.ns.lightmesh")])
+            assert old["headers"][b":status"] == b"502"
+            (none,) = await client.wait([client.start("/", method="GET", authority="nobody.example")])
+            assert none["headers"][b":status"] == b"404"
+            await client.close()
+            assert p.metrics.upstream_errors[("svc", "connect")] >= 1
+            assert p.metrics.requests[("solo", "502", "POST")] == 1
+            # HTTP/1.1 on the same listener is untouched
+            assert (await request(p.port, host="old.ns.lightmesh")).status == 200
+
+
+@on_uvloop
+async def test_allow_list_timeout_and_resets_both_ways():
+    mws = [{"type": "allow_list", "name": "acl", "source_ranges": ["10.0.0.0/8"]},
+           {"type": "request_timeout", "name": "to", "seconds": 0.3}]
+    async with H2Server() as up:
+        cfg = simple_config({"svc": [up.url], "denied": [up.url]},
+                            routers=[{"name": "r", "service": "svc", "middlewares": ["to"],
+                                      "match": {"hosts": ["svc.ns.lightmesh"]}},
+                                     {"name": "d", "service": "denied", "middlewares": ["acl"],
+                                      "match": {"hosts": ["denied.ns.lightmesh"]}}],
+                            middlewares=mws)
+        async with ProxyUnderTest(cfg) as p:
+            client = await H2Client.connect(p.port)
+            (denied,) = await client.wait([client.start("/echo", body=b"z", authority="denied.ns.lightmesh")])
+            assert denied["headers"][b":status"] == b"403"
+            (hung,) = await client.wait([client.start("/hang", method="GET")])
+            assert hung["headers"][b":status"] == b"504"
+            (reset,) = await client.wait([client.start("/reset", method="GET")])
+            assert reset["reset"] is not None  # the server's reset reaches the client
+            sid = client.start("/hang", method="GET")
+            await asyncio.sleep(0.1)
+            client.reset(sid)  # the client gives up: the server's stream is reset too
+            for _ in range(100):
+                if up.resets_seen >= 2:
+                    break
+                await asyncio.sleep(0.02)
+            assert up.resets_seen >= 2  # the timed-out stream and the one the client reset
+            (ok,) = await client.wait([client.start("/echo", body=b"still fine")])
+            assert ok["body"] == b"still fine"
+            await client.close()
+            assert p.metrics.requests[("denied", "403", "POST")] == 1
+            assert p.metrics.requests[("svc", "504", "GET")] == 1
+
+
+@on_uvloop
+async def test_preface_split_across_reads_and_garbage_after_it():
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url])) as p:
+        reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
+        client = H2Client(reader, writer)
+        client.conn.initiate_connection()
+        hello = client.conn.data_to_send()
+        writer.write(hello[:5])  # "PRI *" alone in the first read
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(hello[5:])
+        (r,) = await client.wait([client.start("/echo", body=b"split")])
+        assert r["body"] == b"split"
+        await client.close()
+        # not HTTP/2 after the preface: the connection is closed, nothing reaches the server
+        reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
+        writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x04\x09\x00\x00\x00\x00\x00garbage-frames")
+        assert await asyncio.wait_for(reader.read(), 5) is not None  # EOF (after a GOAWAY)
+        writer.close()
+        before = len(up.requests)
+        # and a method that only starts like the preface is plain HTTP/1.1
+        assert (await request(p.port, "PUT", "/", host="svc")).status == 502  # an h2c server does not speak 1.1
+        assert len(up.requests) == before
+        assert len(p.options.connections) <= 1
