@@ -19,7 +19,7 @@ from .backends import Backend, ProxyUnderTest, closed_port, on_uvloop, request, 
 
 class H2Server:
     """An h2c server: ``/echo`` answers the request body with gRPC-style trailers, ``/big?size=N``
-    N bytes, ``/reset`` resets the stream, ``/hang`` never answers."""
+    N bytes, ``/reset`` resets the stream, ``/slow`` answers after 0.3 s, ``/hang`` never answers."""
 
     def __init__(self) -> None:
         self.server: asyncio.AbstractServer | None = None
@@ -89,6 +89,12 @@ class _H2ServerProtocol(asyncio.Protocol):
         body = b"".join(self.bodies.get(sid, []))
         if path == b"/hang":
             self.pending[sid] = (b"", None)
+            return
+        if path == b"/slow":
+            def later() -> None:
+                self.conn.send_headers(sid, [(b":status", b"200")], end_stream=True)
+                self.transport.write(self.conn.data_to_send())
+            asyncio.get_running_loop().call_later(0.3, later)
             return
         if path == b"/reset":
             self.conn.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
@@ -326,3 +332,26 @@ async def test_preface_split_across_reads_and_garbage_after_it():
         assert (await request(p.port, "PUT", "/", host="svc")).status == 502  # an h2c server does not speak 1.1
         assert len(up.requests) == before
         assert len(p.options.connections) <= 1
+
+
+@on_uvloop
+async def test_drain_refuses_new_streams_and_finishes_the_ones_in_flight():
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url])) as p:
+        idle = await H2Client.connect(p.port)
+        (r,) = await idle.wait([idle.start("/echo", body=b"hi")])
+        assert r["body"] == b"hi"
+        busy = await H2Client.connect(p.port)
+        slow = busy.start("/slow", method="GET")
+        await asyncio.sleep(0.05)
+        drained = asyncio.ensure_future(p.options.connections.drain(5.0))
+        await asyncio.sleep(0.05)
+        late = busy.start("/echo", body=b"too late")
+        r_slow, r_late = await busy.wait([slow, late])
+        assert r_slow["headers"][b":status"] == b"200"
+        assert r_late["reset"] == h2.errors.ErrorCodes.REFUSED_STREAM
+        assert await drained is True
+        assert await asyncio.wait_for(idle.reader.read(), 2) is not None  # closed (GOAWAY, then EOF)
+        assert await asyncio.wait_for(busy.reader.read(), 2) is not None
+        assert len(p.options.connections) == 0
+        await idle.close()
+        await busy.close()

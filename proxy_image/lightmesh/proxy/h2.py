@@ -20,7 +20,10 @@ holds back its writer within HTTP/2's windows and memory stays bounded.
 Retry: a stream whose server could not be reached, or whose connection failed or refused the
 stream before any response header, is tried on the next server when the route has a retry
 middleware and the whole request body is at hand (up to ``max_replay_bytes``). Request timeout:
-no response head in time → 504. Every stream is counted in the request metrics like an HTTP/1.1
+no response head in time → 504. Drain (SIGTERM): new streams are refused with REFUSED_STREAM
+(never processed: the client retries them elsewhere), the ones in flight finish, then GOAWAY. The
+default HTTP/2 windows (64 KiB per stream and per connection) bound what one client connection
+can make the proxy hold. Every stream is counted in the request metrics like an HTTP/1.1
 request; circuit breakers record its outcome. Not here: HTTP/2 over TLS, server push (disabled),
 h2c upgrade from HTTP/1.1 (``Upgrade: h2c`` is dropped as a hop-by-hop header), tracing spans.
 """
@@ -184,6 +187,7 @@ class H2Downstream(asyncio.Protocol):
         self.acl_plane = None
         self.streams: dict[int, _Stream] = {}
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.goaway_sent = False
 
     # ------------------------------------------------------------------ connection
 
@@ -226,7 +230,9 @@ class H2Downstream(asyncio.Protocol):
 
     def close(self) -> None:
         if self.side.transport is not None and not self.side.transport.is_closing():
-            self.side.conn.close_connection()
+            if not self.goaway_sent:
+                self.goaway_sent = True
+                self.side.conn.close_connection()
             self.side.flush()
             self.side.transport.close()
 
@@ -283,6 +289,12 @@ class H2Downstream(asyncio.Protocol):
         return [(n, v) for n, v in headers if n not in _HOP and (n != b"te" or v == b"trailers")]
 
     def _request(self, stream_id: int, headers: list, ended: bool) -> None:
+        if self.options.connections.draining:
+            # shutting down: no new streams here (REFUSED_STREAM: never processed, the client may
+            # retry it elsewhere); the ones in flight finish, then GOAWAY and close (h2 sends nothing
+            # more on any stream once it sent GOAWAY, so that waits for the last one)
+            self.side.reset(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
         st = _Stream(stream_id)
         self.streams[stream_id] = st
         pseudo = {n: v for n, v in headers if n[:1] == b":"}
@@ -488,7 +500,10 @@ class H2Downstream(asyncio.Protocol):
             for breaker in st.route.breakers:
                 breaker.record(status, seconds)
         if not self.streams:
-            self._arm_idle()
+            if self.options.connections.draining:
+                self.close()
+            else:
+                self._arm_idle()
 
     def _abandon(self, st: _Stream) -> None:
         """The client reset the stream or went away."""
