@@ -355,3 +355,27 @@ async def test_drain_refuses_new_streams_and_finishes_the_ones_in_flight():
         assert len(p.options.connections) == 0
         await idle.close()
         await busy.close()
+
+
+@on_uvloop
+async def test_each_stream_gets_a_span_and_the_server_sees_it_as_parent():
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from lightmesh.proxy.http import HTTPOptions
+    from lightmesh.proxy.tracing import make_tracer
+
+    exporter = InMemorySpanExporter()
+    options = HTTPOptions(tracer=make_tracer("unused", "proxy-test", exporter=exporter, batch=False))
+    incoming = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url]), options=options) as p:
+        client = await H2Client.connect(p.port)
+        (r,) = await client.wait([client.start("/pkg.Svc/Call?x=1", body=b"t", headers=[(b"traceparent", incoming)])])
+        assert r["headers"][b":status"] == b"200"
+        await client.close()
+    (span,) = exporter.get_finished_spans()
+    ctx = span.get_span_context()
+    assert ctx.trace_id == 0x0af7651916cd43dd8448eb211c80319c and span.parent.span_id == 0xb7ad6b7169203331
+    assert span.attributes["http.target"] == "/pkg.Svc/Call" and span.attributes["http.status_code"] == 200
+    assert span.attributes["upstream"] == up.url
+    sent = [v for n, v in up.requests[-1]["_all"] if n == b"traceparent"]
+    assert sent == [f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-01".encode()]

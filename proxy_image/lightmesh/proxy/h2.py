@@ -25,7 +25,8 @@ no response head in time → 504. Drain (SIGTERM): new streams are refused with 
 default HTTP/2 windows (64 KiB per stream and per connection) bound what one client connection
 can make the proxy hold. Every stream is counted in the request metrics like an HTTP/1.1
 request; circuit breakers record its outcome. Not here: HTTP/2 over TLS, server push (disabled),
-h2c upgrade from HTTP/1.1 (``Upgrade: h2c`` is dropped as a hop-by-hop header), tracing spans.
+h2c upgrade from HTTP/1.1 (``Upgrade: h2c`` is dropped as a hop-by-hop header). With a tracer,
+each stream that passed the middlewares gets a span, as an HTTP/1.1 request does.
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ class _Stream:
 
     __slots__ = ("down_id", "method", "mstr", "headers", "authority", "path", "host", "start", "route",
                  "service", "server", "up", "up_id", "tried", "retries_left", "retries", "body", "body_bytes",
-                 "req_done", "replayable", "status", "responded", "timer", "done")
+                 "req_done", "replayable", "status", "responded", "timer", "done", "span")
 
     def __init__(self, down_id: int) -> None:
         self.down_id = down_id
@@ -169,6 +170,7 @@ class _Stream:
         self.responded = False  # response headers went to the client
         self.timer: asyncio.TimerHandle | None = None
         self.done = False
+        self.span = None  # tracing: a RequestSpan once the stream passed the middlewares
 
 
 class H2Downstream(asyncio.Protocol):
@@ -329,6 +331,15 @@ class H2Downstream(asyncio.Protocol):
         st.retries_left = route.retries
         if route.timeout is not None:
             st.timer = self.loop.call_later(route.timeout, self._timed_out, st)
+        tracer = self.options.tracer
+        if tracer is not None:
+            tp = next((v for n, v in st.headers if n == b"traceparent"), None)
+            q = st.path.find(b"?")
+            try:
+                st.span = tracer.start(tp, route.name, svc, st.mstr, split_host(st.authority),
+                                       st.path if q < 0 else st.path[:q])
+            except Exception:  # tracing is an add-on: never the reason a stream fails
+                _log.exception("starting a trace span failed")
         self._forward(st)
 
     def check(self, checks: tuple, plane: Any, svc: str) -> tuple[int, bytes] | None:
@@ -401,6 +412,9 @@ class H2Downstream(asyncio.Protocol):
                 else:
                     xfh = True
             head.append((name, value))
+        if st.span is not None:  # the proxy's span is the parent the server sees
+            head = [(n, v) for n, v in head if n != b"traceparent"]
+            head.append((b"traceparent", st.span.traceparent))
         head.append((b"x-forwarded-for", self.peer_b if xff is None else xff + b", " + self.peer_b))
         if not xfp:
             head.append((b"x-forwarded-proto", b"http"))
@@ -499,6 +513,12 @@ class H2Downstream(asyncio.Protocol):
         if st.route is not None and not local:
             for breaker in st.route.breakers:
                 breaker.record(status, seconds)
+        if st.span is not None:
+            span, st.span = st.span, None
+            try:
+                span.end(status, st.retries, st.server.url if st.server is not None else "")
+            except Exception:
+                _log.exception("ending a trace span failed")
         if not self.streams:
             if self.options.connections.draining:
                 self.close()
