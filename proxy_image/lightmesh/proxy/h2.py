@@ -123,9 +123,13 @@ class _Side:
             if ack and acked is not None:
                 acked(ack)
 
-    def pump_all(self) -> None:
-        for stream_id in list(self.queues):
+    def window_updated(self, stream_id: int) -> None:
+        """The peer opened a stream's window (or, stream 0, the connection's): send what waited."""
+        if stream_id:
             self.pump(stream_id)
+        else:
+            for waiting in list(self.queues):
+                self.pump(waiting)
 
     def reset(self, stream_id: int, code: int = h2.errors.ErrorCodes.CANCEL) -> None:
         self.drop(stream_id)
@@ -277,10 +281,7 @@ class H2Downstream(asyncio.Protocol):
                 if st is not None:
                     self._abandon(st)
             elif isinstance(ev, h2.events.WindowUpdated):
-                if ev.stream_id:
-                    self.side.pump(ev.stream_id)
-                else:
-                    self.side.pump_all()
+                self.side.window_updated(ev.stream_id)
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 if self.side.transport is not None:
                     self.side.transport.close()
@@ -722,10 +723,7 @@ class H2Upstream(asyncio.Protocol):
                     down.upstream_reset(st, ev.error_code)
                 touched.add(down)
             elif isinstance(ev, h2.events.WindowUpdated):
-                if ev.stream_id:
-                    self.side.pump(ev.stream_id)
-                else:
-                    self.side.pump_all()
+                self.side.window_updated(ev.stream_id)
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 # GOAWAY: streams above the last one it processed never ran there
                 self.goaway = True
