@@ -3,16 +3,23 @@
 A client opening with the HTTP/2 preface is served over HTTP/2; its streams reach ``h2c://``
 servers over one multiplexed connection: headers (with the forwarded ones), bodies both ways under
 flow control, trailers, resets, retries on an unreachable server, the allow-list, timeouts,
-metrics. HTTP/1.1 clients on the same listener are unaffected."""
+metrics. HTTP/1.1 clients on the same listener are unaffected, and hostile HTTP/2 (hypothesis-made
+frame sequences, valid or not) never breaks the listener."""
 
 from __future__ import annotations
 
 import asyncio
+import struct
 
 import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import hpack
+import pytest
+import uvloop
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from .backends import Backend, ProxyUnderTest, closed_port, on_uvloop, request, simple_config
 
@@ -379,3 +386,96 @@ async def test_each_stream_gets_a_span_and_the_server_sees_it_as_parent():
     assert span.attributes["upstream"] == up.url
     sent = [v for n, v in up.requests[-1]["_all"] if n == b"traceparent"]
     assert sent == [f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-01".encode()]
+
+
+# --------------------------------------------------------------------------- hostile HTTP/2 (hypothesis)
+
+_names = st.sampled_from([b":method", b":path", b":authority", b":scheme", b":status", b"te", b"connection",
+                          b"content-length", b"host", b"x-a", b"Upper", b"", b"grpc-status"])
+_values = st.sampled_from([b"GET", b"POST", b"/", b"/echo", b"svc.ns.lightmesh", b"http", b"trailers", b"gzip",
+                           b"5", b"-1", b"", b"a\r\nb", b"\x00", b"x" * 300])
+_header_blocks = st.lists(st.tuples(_names, _values), max_size=8).map(lambda h: hpack.Encoder().encode(h))
+_stream_ids = st.sampled_from([0, 1, 2, 3, 5, 7, 2**31 - 1])
+
+
+def _frame(kind: int, sid: int, block: bytes, flags: int, n: int) -> bytes:
+    """One raw frame, valid or not (hyperframe refuses to build invalid ones)."""
+    if kind in (1, 9):  # HEADERS, CONTINUATION: a header block
+        payload = block
+    elif kind == 0:  # DATA
+        payload = b"d" * (n % 300)
+    elif kind in (3, 8):  # RST_STREAM code, WINDOW_UPDATE increment
+        payload = struct.pack(">I", n)
+    elif kind == 4:  # SETTINGS: one entry, or a broken length
+        payload = struct.pack(">HI", 1 + n % 8, n) if n % 5 else b"\x01"
+    elif kind == 7:  # GOAWAY
+        payload = struct.pack(">II", sid, n % 14)
+    else:  # PRIORITY, PING and unknown types
+        payload = struct.pack(">Q", n)[: 5 + n % 4]
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", sid & 0x7FFFFFFF) + payload
+
+
+_frames = st.lists(st.builds(_frame, st.sampled_from([0, 1, 2, 3, 4, 6, 7, 8, 9, 0x42]), _stream_ids,
+                             _header_blocks, st.sampled_from([0, 1, 4, 5, 8, 0x20, 0x25, 0xFF]),
+                             st.integers(0, 2**32 - 1)),
+                   max_size=12).map(b"".join)
+_h2_garbage = st.one_of(_frames, st.binary(max_size=512))
+
+
+@pytest.fixture(scope="module")
+def live_h2():
+    loop = uvloop.new_event_loop()
+    server = H2Server()
+    holder = {}
+
+    async def start():
+        await server.__aenter__()
+        holder["proxy"] = ProxyUnderTest(simple_config([server.url]))
+        await holder["proxy"].__aenter__()
+    loop.run_until_complete(start())
+    yield loop, holder["proxy"]
+
+    async def stop():
+        await holder["proxy"].__aexit__(None, None, None)
+        await server.__aexit__(None, None, None)
+    loop.run_until_complete(stop())
+    loop.close()
+
+
+async def _throw_h2(port: int, data: bytes) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(PREFACE_AND_SETTINGS + data)
+        await writer.drain()
+        try:
+            await asyncio.wait_for(reader.read(65536), 0.1)
+        except (asyncio.TimeoutError, ConnectionError):
+            pass
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+PREFACE_AND_SETTINGS = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=_h2_garbage)
+def test_hostile_http2_never_breaks_the_listener(live_h2, data):
+    loop, proxy = live_h2
+    loop.run_until_complete(asyncio.wait_for(_throw_h2(proxy.port, data), 5))
+    assert not proxy.loop_errors, proxy.loop_errors[:1]
+
+
+def test_http2_still_served_after_the_garbage(live_h2):
+    loop, proxy = live_h2
+
+    async def call():
+        client = await H2Client.connect(proxy.port)
+        (r,) = await client.wait([client.start("/echo", body=b"after")])
+        await client.close()
+        return r
+    r = loop.run_until_complete(asyncio.wait_for(call(), 10))
+    assert r["body"] == b"after"
+    assert not proxy.loop_errors
