@@ -68,13 +68,16 @@ def _config(client_side: bool) -> h2.config.H2Configuration:
 
 
 class _Side:
-    """What both ends of a relay share: an h2 connection on a transport, corked output, and the
-    per-stream queues of frames waiting for flow-control window."""
+    """What both ends of a relay share: an h2 connection on a transport (``flush`` writes what h2
+    produced, once per event-loop callback), and the per-stream queues of frames waiting for
+    flow-control window."""
 
     def __init__(self, client_side: bool) -> None:
         self.conn = h2.connection.H2Connection(config=_config(client_side))
         self.transport: asyncio.Transport | None = None
-        self.queues: dict[int, list] = {}  # stream id → [(kind, payload, end_stream, ack)]
+        # stream id → [(kind "headers"/"data", payload, end_stream, credit, acked)]: ``acked(credit)``
+        # gives the sender its flow-control credit back once the frame went out (or was dropped)
+        self.queues: dict[int, list] = {}
         self.closed = False
 
     def flush(self) -> None:
@@ -148,7 +151,7 @@ class _Side:
 class _Stream:
     """One client stream and its relay to a server."""
 
-    __slots__ = ("down_id", "method", "mstr", "headers", "authority", "path", "host", "start", "route",
+    __slots__ = ("down_id", "method", "mstr", "headers", "authority", "path", "start", "route",
                  "service", "server", "up", "up_id", "tried", "retries_left", "retries", "body", "body_bytes",
                  "req_done", "replayable", "status", "responded", "timer", "done", "span")
 
