@@ -34,8 +34,8 @@ sent close-delimited to HTTP/1.0 clients (trailer fields dropped: 1.0 has no way
 Trailer fields that are hop-by-hop or framing (``Connection``, ``Content-Length``, ``TE``...) are
 never forwarded; the ``Trailer`` header is kept only on a message that goes out chunked. At most
 ``MAX_TRAILER_FIELDS`` trailer fields either way; a response head (interim heads included) larger
-than ``MAX_RESPONSE_HEAD_BYTES`` is malformed (502). ``Expect: 100-continue`` is passed end to end (the upstream's ``100 Continue``
-is relayed). Incoming ``X-Forwarded-Proto``/``X-Forwarded-Host`` are kept when present (the mesh
+than ``MAX_RESPONSE_HEAD_BYTES`` is malformed (502). ``Expect: 100-continue`` is passed end to end
+(the upstream's ``100 Continue`` is relayed). Incoming ``X-Forwarded-Proto``/``X-Forwarded-Host`` are kept when present (the mesh
 hop is node-local and trusted, as Traefik Mesh's ``forwardedHeaders.insecure``), else set; the peer
 IP is always appended to ``X-Forwarded-For``.
 
@@ -64,9 +64,9 @@ HTTP/2: a connection whose first bytes are the HTTP/2 preface is handed to
 request head. The pre-forwarding middlewares are :func:`run_checks`, shared by both protocols.
 
 Status codes the proxy itself answers: 400 malformed/hostile request (connection closed), 403
-allow-list, 404 no route, 405 CONNECT, 408 header or body timeout, 429 rate limit, 431 header too large,
-502 upstream unreachable/reset/malformed, 503 no servers or breaker open, 504 request or response timeout,
-505 HTTP version. Requests answered without a route are counted under service ``unrouted``;
+allow-list, 404 no route, 405 CONNECT, 408 header or body timeout, 429 rate limit, 431 header
+too large, 502 upstream unreachable/reset/malformed, 503 no servers or breaker open, 504 request or
+response timeout, 505 HTTP version. Requests answered without a route are counted under service ``unrouted``;
 a request whose client went away before its response completed is counted as 499. A tracing span
 (:mod:`lightmesh.proxy.tracing`) covers requests that passed the middlewares and went upstream.
 """
@@ -87,7 +87,7 @@ from typing import Any
 import httptools
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade
 
-from lightmesh.proxy.h2 import looks_like_h2
+from lightmesh.proxy.h2 import H2Downstream, looks_like_h2
 from lightmesh.proxy.metrics import ProxyMetrics
 from lightmesh.proxy.routing import (CHECK_ALLOW, CHECK_BREAKER, CHECK_DENY, CHECK_RATE, Route, Server,
                                      split_host)
@@ -673,7 +673,6 @@ class ClientProtocol(asyncio.Protocol):
 
     def _to_h2(self, data: bytes) -> None:
         """The client opened with the HTTP/2 preface: an HTTP/2 protocol takes the connection over."""
-        from lightmesh.proxy.h2 import H2Downstream
         transport = self.transport
         if self.timer is not None:
             self.timer.cancel()
