@@ -4,7 +4,8 @@
 closed; the upstream connection is cut (it must not wait for the rest either). The timeout is
 between reads, so a slow but steady upload passes. ``response_timeout``: a whole request whose
 response head does not come in time gets 504 (the route's request-timeout middleware wins when
-set). Trailer fields of chunked messages reach the other side, both ways, without hop-by-hop or
+set). ``tunnel_idle_timeout`` closes an Upgrade tunnel that carried nothing for that long.
+Trailer fields of chunked messages reach the other side, both ways, without hop-by-hop or
 framing fields; an HTTP/1.0 client gets the body without them. Limits: at most 100 trailer fields
 either way, and a response head of at most 64 KiB (502 beyond)."""
 
@@ -215,3 +216,25 @@ async def test_many_head_fields_are_not_mistaken_for_trailer_fields():
         await client.send(b"GET / HTTP/1.0\r\nHost: svc\r\n\r\n")
         raw = await client.read_all(timeout=5)
         assert raw.startswith(b"HTTP/1.1 200 OK") and raw.endswith(b"\r\n\r\nhi")
+
+
+@on_uvloop
+async def test_idle_tunnel_closed_after_tunnel_idle_timeout_and_a_busy_one_kept():
+    opts = HTTPOptions(tunnel_idle_timeout=0.3)
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url]), options=opts) as p:
+        loop = asyncio.get_running_loop()
+        client = await RawClient.connect(p.port)
+        await client.send(b"GET /ws HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        assert (await client.response()).status == 101
+        for i in range(5):  # 0.75 s of traffic, never 0.3 s without a byte
+            await asyncio.sleep(0.15)
+            await client.send(b"ping%d" % i)
+            assert await client.read_raw(5) == b"ping%d" % i
+        start = loop.time()
+        assert await client.closed(3.0)  # then idle: closed
+        assert 0.25 <= loop.time() - start < 2.5
+        for _ in range(50):
+            if not b._protocols:
+                break
+            await asyncio.sleep(0.02)
+        assert not b._protocols  # the upstream side of the tunnel too

@@ -464,10 +464,11 @@ def test_worker_options_from_flags():
     assert (options.http.header_timeout, options.http.idle_timeout, options.http.max_header_bytes,
             options.http.max_connections, options.http.access_log) == (3.0, 60.0, 8192, 50, True)
     assert (options.http.body_timeout, options.http.response_timeout) == (15.0, 2.5)
-    off = proxy_main.worker_options(parser.parse_args(["--config", "f", "--response-timeout", "0"]))
-    assert off["http"]["response_timeout"] == 0.0
+    off = proxy_main.worker_options(parser.parse_args(["--config", "f", "--response-timeout", "0",
+                                                        "--tunnel-idle-timeout", "300"]))
+    assert off["http"]["response_timeout"] == 0.0 and off["http"]["tunnel_idle_timeout"] == 300.0
     defaults = proxy_main._build_runtime_options(default).http
-    assert (defaults.body_timeout, defaults.response_timeout) == (60.0, 0.0)
+    assert (defaults.body_timeout, defaults.response_timeout, defaults.tunnel_idle_timeout) == (60.0, 0.0, 0.0)
     for bad in (["--body-timeout", "0"], ["--body-timeout", "-1"], ["--response-timeout", "x"]):
         with pytest.raises(SystemExit):
             parser.parse_args(["--config", "f", *bad])

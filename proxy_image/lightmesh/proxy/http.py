@@ -57,7 +57,8 @@ between requests on a keep-alive connection, ``body_timeout`` between two reads 
 (then 408 and close, or the connection cut when response bytes already went out). Until the
 response head, the route's ``request_timeout`` middleware applies from the start of forwarding;
 without one, ``response_timeout`` (off by default, as Traefik's ``responseHeaderTimeout``) from the
-moment the whole request was received; either answers 504. Upgrade tunnels have no timeout.
+moment the whole request was received; either answers 504. An Upgrade tunnel is closed after
+``tunnel_idle_timeout`` without a byte either way (off by default: WebSockets often idle for long).
 
 HTTP/2: a connection whose first bytes are the HTTP/2 preface is handed to
 :class:`lightmesh.proxy.h2.H2Downstream` (see there); the check costs one attribute test per
@@ -143,6 +144,7 @@ class HTTPOptions:
     idle_timeout: float = 180.0  # keep-alive connection with no request in progress → closed
     body_timeout: float = 60.0  # between two reads of a request body → 408 (or cut), close
     response_timeout: float = 0.0  # whole request received → response head; 0 = none → 504
+    tunnel_idle_timeout: float = 0.0  # Upgrade tunnel with no byte either way → closed; 0 = never
     max_connections: int = 10000  # per worker; beyond, a new connection is closed at once
     connect_timeout: float = 5.0  # upstream TCP connect (then: connect failure → retry or 502)
     upstream_idle_timeout: float = 60.0  # pooled upstream connections idle longer are not reused
@@ -460,7 +462,8 @@ class ClientProtocol(asyncio.Protocol):
         self.raw_up = False  # after an Upgrade request: client bytes go upstream unparsed
         self.deadline: float | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self.period = max(0.05, min(options.header_timeout, options.idle_timeout, options.body_timeout))
+        self.period = max(0.05, min(options.header_timeout, options.idle_timeout, options.body_timeout,
+                                    options.tunnel_idle_timeout or options.idle_timeout))
         self.in_head = True
         self.head_seen = 0
         self.acl: dict = {}
@@ -594,6 +597,9 @@ class ClientProtocol(asyncio.Protocol):
         now = self.loop.time()
         deadline = self.deadline
         if deadline is not None and now >= deadline:
+            if self.tunnel is not None:
+                self.close()  # tunnel_idle_timeout: nothing moved either way (connection_lost closes the upstream)
+                return
             if self.active is None:
                 if self.cur is not None or self.head_seen:
                     self._reply_and_close(408)
@@ -622,6 +628,8 @@ class ClientProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
             self.tunnel.transport.write(data)
+            if self.deadline is not None:
+                self.tunnel_activity()
             return
         if self.broken or self.closing:
             return
@@ -1337,7 +1345,12 @@ class ClientProtocol(asyncio.Protocol):
     def start_tunnel(self, conn: UpstreamProtocol) -> None:
         self.tunnel = conn
         self.raw_up = False
-        self.deadline = None
+        idle = self.options.tunnel_idle_timeout
+        self.deadline = self.loop.time() + idle if idle else None
+
+    def tunnel_activity(self) -> None:
+        """Bytes moved through the tunnel: its idle timeout starts again."""
+        self.deadline = self.loop.time() + self.options.tunnel_idle_timeout
 
 
 _UPSTREAM_TLS: ssl.SSLContext | None = None
@@ -1490,6 +1503,8 @@ class UpstreamProtocol(asyncio.Protocol):
         if self.tunnel:
             if client is not None and client.transport is not None:
                 client.transport.write(data)
+                if client.deadline is not None:
+                    client.tunnel_activity()
             return
         if client is None:
             self.abort()  # bytes nobody asked for on an idle connection

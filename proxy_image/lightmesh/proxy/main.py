@@ -135,6 +135,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idle-timeout", type=_seconds, default=None, help="keep-alive idle seconds")
     parser.add_argument("--body-timeout", type=_seconds, default=None,
                         help="seconds allowed between two reads of a request body (default 60)")
+    parser.add_argument("--tunnel-idle-timeout", type=_seconds_or_off, default=None,
+                        help="seconds an Upgrade (WebSocket) tunnel may carry nothing either way before it "
+                             "is closed (default 0: never)")
     parser.add_argument("--response-timeout", type=_seconds_or_off, default=None,
                         help="seconds from a whole request to its response head when the route has no "
                              "request-timeout (default 0: none)")
@@ -150,6 +153,7 @@ def worker_options(args: argparse.Namespace) -> dict:
             "max_connections": None if limit is None else (limit or UNLIMITED),
             "header_timeout": args.header_timeout, "idle_timeout": args.idle_timeout,
             "body_timeout": args.body_timeout, "response_timeout": args.response_timeout,
+            "tunnel_idle_timeout": args.tunnel_idle_timeout,
             "max_header_bytes": args.max_header_bytes}
     return {"name": args.name, "log_level": args.log_level, "log_format": args.log_format,
             "drain_timeout": args.drain_timeout,
