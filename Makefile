@@ -24,9 +24,9 @@ demo: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
 
-# Benchmarks: installs the native comparison points (nginx, haproxy, wrk) from Debian if missing.
-BENCH_PKGS := nginx haproxy wrk
+# Benchmarks: installs the native comparison points (nginx, haproxy, wrk, h2load) from Debian if missing.
+BENCH_TOOLS := nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client
 bench: $(STAMP)
-	@missing=""; for p in $(BENCH_PKGS); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	@missing=""; for t in $(BENCH_TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; fi
 	$(PY) bench/run.py $(BENCH)
