@@ -3,7 +3,7 @@
 A client opening with the HTTP/2 preface is served over HTTP/2; its streams reach ``h2c://``
 servers over one multiplexed connection: headers (with the forwarded ones), bodies both ways under
 flow control, trailers, resets, retries on an unreachable server, the allow-list, timeouts,
-metrics. HTTP/1.1 clients on the same listener are unaffected, and hostile HTTP/2 (hypothesis-made
+metrics; ``http://`` servers get the streams translated to HTTP/1.1. HTTP/1.1 clients on the same listener are unaffected, and hostile HTTP/2 (hypothesis-made
 frame sequences, valid or not) never breaks the listener."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .backends import Backend, ProxyUnderTest, closed_port, on_uvloop, request, simple_config
+from .backends import Backend, ProxyUnderTest, closed_port, on_uvloop, pattern, request, simple_config
 
 
 class H2Server:
@@ -253,7 +253,7 @@ async def test_large_bodies_both_ways_under_flow_control():
 
 
 @on_uvloop
-async def test_unreachable_server_retried_else_502_and_a_plain_http_service_is_502():
+async def test_unreachable_server_retried_else_502_and_a_plain_http_service_translated():
     mws = [{"type": "retry", "name": "retry", "attempts": 2}]
     async with H2Server() as up, Backend() as http1:
         dead = f"h2c://127.0.0.1:{closed_port()}"
@@ -271,7 +271,7 @@ async def test_unreachable_server_retried_else_502_and_a_plain_http_service_is_5
             (solo,) = await client.wait([client.start("/echo", body=b"y", authority="solo.ns.lightmesh")])
             assert solo["headers"][b":status"] == b"502"
             (old,) = await client.wait([client.start("/", method="GET", authority="old.ns.lightmesh")])
-            assert old["headers"][b":status"] == b"502"
+            assert old["headers"][b":status"] == b"200"  # an http:// service: spoken to in HTTP/1.1
             (none,) = await client.wait([client.start("/", method="GET", authority="nobody.example")])
             assert none["headers"][b":status"] == b"404"
             await client.close()
@@ -479,3 +479,59 @@ def test_http2_still_served_after_the_garbage(live_h2):
     r = loop.run_until_complete(asyncio.wait_for(call(), 10))
     assert r["body"] == b"after"
     assert not proxy.loop_errors
+
+
+@on_uvloop
+async def test_http2_clients_reach_http1_services_translated():
+    async with Backend("h1") as b, ProxyUnderTest(simple_config([b.url])) as p:
+        client = await H2Client.connect(p.port)
+        cookie = [(b"cookie", b"a=1"), (b"cookie", b"b=2")]
+        get = client.start("/hello?x=1", method="GET", headers=cookie)
+        post = client.start("/echo", body=b"posted body")
+        big = client.start("/big?size=1048576", method="GET")
+        chunked = client.start("/chunked?n=4&size=3", method="GET")
+        head = client.start("/big?size=10", method="HEAD")
+        missing = client.start("/status/404", method="GET")
+        nolength = client.start("/nolength", method="GET")
+        r_get, r_post, r_big, r_chunked, r_head, r_missing, r_nolength = await client.wait(
+            [get, post, big, chunked, head, missing, nolength], timeout=20)
+        assert r_get["headers"][b":status"] == b"200" and r_get["headers"][b"x-backend"] == b"h1"
+        assert r_get["body"].startswith(b"GET /hello?x=1 HTTP/1.1\r\n")
+        seen = {r.path: r for r in b.requests}
+        assert seen["/hello?x=1"].header("Host") == "svc.ns.lightmesh"
+        assert seen["/hello?x=1"].header("Cookie") == "a=1; b=2"
+        assert seen["/hello?x=1"].header("X-Forwarded-For") == "127.0.0.1"
+        assert seen["/hello?x=1"].header("TE") is None  # hop-by-hop in HTTP/1.1
+        assert r_post["body"].endswith(b"\r\n\r\nposted body") and seen["/echo"].body == b"posted body"
+        assert seen["/echo"].header("Transfer-Encoding") == "chunked"  # length unknown up front
+        assert r_big["body"] == pattern(1 << 20)
+        assert r_chunked["body"] == b"AAABBBCCCDDD" and b"transfer-encoding" not in r_chunked["headers"]
+        assert r_head["headers"][b":status"] == b"200" and r_head["body"] == b""
+        assert r_missing["headers"][b":status"] == b"404"
+        assert r_nolength["body"] == b"close-delimited body from h1"
+        await client.close()
+        assert p.metrics.requests[("svc", "200", "GET")] == 4 and p.metrics.requests[("svc", "200", "HEAD")] == 1
+
+
+@on_uvloop
+async def test_http1_server_failures_seen_by_an_http2_client():
+    mws = [{"type": "retry", "name": "retry", "attempts": 1}]
+    async with Backend() as b:
+        cfg = simple_config({"svc": [b.url], "down": [f"http://127.0.0.1:{closed_port()}"]},
+                            routers=[{"name": "r", "service": "svc", "match": {"hosts": ["svc.ns.lightmesh"]}},
+                                     {"name": "d", "service": "down", "middlewares": ["retry"],
+                                      "match": {"hosts": ["down.ns.lightmesh"]}}],
+                            middlewares=mws)
+        async with ProxyUnderTest(cfg) as p:
+            client = await H2Client.connect(p.port)
+            reset = client.start("/reset", method="GET")
+            partial = client.start("/partial", method="GET")
+            down = client.start("/", method="GET", authority="down.ns.lightmesh")
+            r_reset, r_partial, r_down = await client.wait([reset, partial, down])
+            assert r_reset["headers"][b":status"] == b"502"  # reset before any response byte
+            assert r_partial["reset"] is not None  # cut after the head: the stream is reset
+            assert r_down["headers"][b":status"] == b"502"
+            (ok,) = await client.wait([client.start("/fine", method="GET")])
+            assert ok["headers"][b":status"] == b"200"
+            await client.close()
+            assert p.metrics.retries["down"] == 1

@@ -32,7 +32,8 @@ Modules and what each owns (the interfaces below are the contract between them):
 ``h2``           HTTP/2 cleartext (gRPC): a client connection that opens with the HTTP/2 preface is
                  handed over by ``http`` to ``H2Downstream``; its streams are routed and checked as
                  HTTP/1.1 requests are and relayed to ``h2c://`` servers over one multiplexed
-                 ``H2Upstream`` connection per server, flow control end to end.
+                 ``H2Upstream`` connection per server, flow control end to end; to other servers
+                 each stream is translated to HTTP/1.1 (``H1Upstream``).
 ``tracing``      W3C ``traceparent`` handling and, with ``--otlp-endpoint``, one OpenTelemetry span
                  per request.
 ``tcp``, ``udp`` L4 routes: source allow-list, weighted servers, splice relay (TCP), sessions (UDP).

@@ -7,9 +7,9 @@ routed like an HTTP/1.1 request (entry point table, host from ``:authority``, pa
 headers), goes through the same pre-forwarding middlewares (allow-list, rate limit, circuit
 breaker, deny) and is relayed to a server of the service over one multiplexed HTTP/2 connection
 per server and worker (:class:`H2Upstream`). Services whose scheme is ``h2c`` are reached this
-way; a stream for a service of another scheme is answered 502 (HTTP/2 clients and HTTP/1.1
-servers are not translated). HTTP/1.1 clients of an ``h2c`` service are still relayed over
-HTTP/1.1.
+way; for a service of another scheme (``http``, ``https``) each stream is translated to an HTTP/1.1
+request on a connection of its own (:class:`H1Upstream`), so an HTTP/2 client reaches every
+service. HTTP/1.1 clients of an ``h2c`` service are relayed over HTTP/1.1 (not translated).
 
 Relayed as they come: request and response headers (hop-by-hop fields removed,
 ``X-Forwarded-For``/``-Proto``/``-Host`` as on HTTP/1.1), DATA frames, trailers (gRPC's
@@ -36,6 +36,7 @@ import logging
 from time import perf_counter
 from typing import Any
 
+import httptools
 import h2.config
 import h2.connection
 import h2.errors
@@ -44,6 +45,10 @@ import h2.exceptions
 import h2.settings
 
 from lightmesh.proxy.routing import Server, split_host
+
+_H1_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te",
+                     b"trailer"))
+_H1_READ_AHEAD = 256 * 1024  # response bytes an HTTP/1.1 server may have us hold for a slow HTTP/2 client
 
 __all__ = ["PREFACE", "H2Downstream", "H2Upstream", "looks_like_h2"]
 
@@ -396,8 +401,7 @@ class H2Downstream(asyncio.Protocol):
             return
         st.server = server
         if not server.h2c:
-            self.metrics.upstream_error(st.service, "protocol")
-            self._local(st, 502)  # an HTTP/2 client and a server that is not h2c: not translated
+            H1Upstream(self.loop, server, self.options.connect_timeout).open(st, self)
             return
         up = server.h2conn
         if up is None or up.side.closed or up.goaway:
@@ -750,3 +754,205 @@ class H2Upstream(asyncio.Protocol):
             down.side.flush()
         if self.goaway and not self.streams and not self.waiting:
             self.close()  # replaced for new streams; its last stream is done
+
+
+class H1Upstream(asyncio.Protocol):
+    """One HTTP/2 stream relayed to a server that speaks HTTP/1.1 (scheme ``http``/``https``), over
+    a connection of its own, closed after the response: the request is written as HTTP/1.1
+    (``Host`` from ``:authority``, cookies joined, chunked when its length is unknown, trailers kept),
+    the response read with llhttp and sent on as HTTP/2 headers, data and trailers. Flow control:
+    the client's data is acknowledged once written here; reading from the server pauses while more
+    than ``_H1_READ_AHEAD`` bytes wait for the client's window."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, server: Server, connect_timeout: float) -> None:
+        self.loop = loop
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.st: _Stream | None = None
+        self.down: H2Downstream | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_sent = False
+        self.chunked = False
+        self.held = 0  # response bytes handed to the client side and not yet sent there
+        self.paused = False
+        self.done = False
+        self.close_delimited = False  # the response body ends when the server closes
+        self.connect_timeout = connect_timeout
+
+    # ------------------------------------------------------------------ request
+
+    def open(self, st: _Stream, down: H2Downstream) -> None:
+        self.st, self.down = st, down
+        st.up = self  # type: ignore[assignment]
+        st.up_id = 0
+        self.task = self.loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        from lightmesh.proxy.http import _upstream_tls
+        tls = _upstream_tls() if self.server.tls else None
+        try:
+            await asyncio.wait_for(self.loop.create_connection(lambda: self, self.server.host, self.server.port,
+                                                               ssl=tls), self.connect_timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            st, down = self.st, self.down
+            if st is not None and st.up is self:
+                down.attempt_failed(st, "connect_timeout" if isinstance(exc, asyncio.TimeoutError) else "connect")
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        st, down = self.st, self.down
+        if st is None or st.done or st.up is not self:
+            transport.close()
+            return
+        head = down.request_head(st)
+        fields = [(n, v) for n, v in head if n[:1] != b":" and n not in _H1_HOP]
+        cookies = [v for n, v in fields if n == b"cookie"]
+        fields = [(n, v) for n, v in fields if n != b"cookie"]
+        if cookies:
+            fields.append((b"cookie", b"; ".join(cookies)))  # RFC 9113 §8.2.3
+        pseudo = dict(head[:4])
+        known_length = any(n == b"content-length" for n, _ in fields)
+        has_body = bool(st.body) or not st.req_done
+        self.chunked = has_body and not known_length
+        lines = [b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (pseudo[b":method"], pseudo[b":path"], pseudo[b":authority"])]
+        lines += [b"%s: %s\r\n" % f for f in fields]
+        if self.chunked:
+            lines.append(b"transfer-encoding: chunked\r\n")
+        lines.append(b"connection: close\r\n\r\n")
+        transport.write(b"".join(lines))
+        st.up_id = 1  # the request is on its way: more of its body goes straight here
+        body = st.body
+        if not st.replayable:
+            st.body = []
+        for item in body:
+            self.send(st, item)
+        if st.req_done and not body and self.chunked:
+            transport.write(b"0\r\n\r\n")
+
+    def send(self, st: _Stream, item: list) -> None:
+        """A piece of the client's request (data or trailers); its flow-control credit goes back now:
+        the transport buffers it (uvloop writes at once, or buffers and pauses us)."""
+        kind, payload, end, flow = item
+        item[3] = 0
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        if kind == "data":
+            if payload:
+                t.write(b"%x\r\n%s\r\n" % (len(payload), payload) if self.chunked else payload)
+            if end and self.chunked:
+                t.write(b"0\r\n\r\n")
+        elif self.chunked:  # trailers
+            t.write(b"0\r\n" + b"".join(b"%s: %s\r\n" % f for f in payload if f[0] not in _H1_HOP) + b"\r\n")
+        if flow:
+            self.down.side.acknowledge(st.down_id, flow)
+            self.down.side.flush()
+
+    def cancel(self, st: _Stream) -> None:
+        self.done = True
+        self.task.cancel()
+        st.up_id = 0
+        if self.transport is not None:
+            self.transport.abort()
+
+    # ------------------------------------------------------------------ response
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail("protocol")
+        except httptools.HttpParserError:
+            self._fail("protocol")
+        if self.down is not None:
+            self.down.side.flush()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200:  # interim: not relayed
+            self.headers = []
+            return
+        st = self.st
+        if st is None or st.done:
+            return
+        names = {n for n, _ in self.headers}
+        head = [(b":status", b"%d" % status)] + [(n, v) for n, v in self.headers if n not in _H1_HOP and n != b"host"]
+        self.headers = []
+        self.head_sent = True
+        if st.method == b"HEAD" or status in (204, 304):
+            # no body, whatever the head says (llhttp would wait for the Content-Length it announces)
+            self.done = True
+            self.down.response(st, "head", head, True, 0, None)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self.close_delimited = b"content-length" not in names and b"transfer-encoding" not in names
+        self.down.response(st, "head", head, False, 0, None)
+
+    def on_body(self, body: bytes) -> None:
+        st = self.st
+        if st is None or st.done:
+            return
+        self.held += len(body)
+        self.down.response(st, "data", body, False, len(body), self._sent)
+        if self.held > _H1_READ_AHEAD and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def _sent(self, n: int) -> None:
+        self.held -= n
+        if self.paused and self.held <= _H1_READ_AHEAD // 2 and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def on_message_complete(self) -> None:
+        if not self.head_sent:
+            return  # the end of an interim response
+        self.done = True
+        st = self.st
+        if st is not None and not st.done:
+            trailers = [(n, v) for n, v in self.headers if n not in _H1_HOP]  # llhttp: fields after the body
+            if trailers:
+                self.down.response(st, "headers", trailers, True, 0, None)
+            else:
+                self.down.response(st, "data", b"", True, 0, None)
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.done:
+            return
+        st = self.st
+        if self.close_delimited and exc is None and st is not None and not st.done:
+            self.done = True  # the close is the end of the body
+            self.down.response(st, "data", b"", True, 0, None)
+            self.down.side.flush()
+            return
+        self._fail("reset")
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    def _fail(self, reason: str) -> None:
+        self.done = True
+        st, down = self.st, self.down
+        if self.transport is not None:
+            self.transport.abort()
+        if st is None or st.done or st.up is not self:
+            return
+        st.up_id = 0
+        if self.head_sent:
+            down.upstream_reset(st, h2.errors.ErrorCodes.INTERNAL_ERROR)
+        else:
+            down.attempt_failed(st, reason)
