@@ -15,6 +15,7 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import h2.settings
 import hpack
 import pytest
 import uvloop
@@ -28,7 +29,9 @@ class H2Server:
     """An h2c server: ``/echo`` answers the request body with gRPC-style trailers, ``/big?size=N``
     N bytes, ``/reset`` resets the stream, ``/slow`` answers after 0.3 s, ``/hang`` never answers."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_streams: int | None = None, refuse: int = 0) -> None:
+        self.max_streams = max_streams  # the server's SETTINGS_MAX_CONCURRENT_STREAMS
+        self.refuse = refuse  # the first N streams are refused (RST_STREAM REFUSED_STREAM)
         self.server: asyncio.AbstractServer | None = None
         self.connections = 0
         self.requests: list[dict] = []
@@ -58,12 +61,18 @@ class _H2ServerProtocol(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.owner.connections += 1
+        if self.owner.max_streams is not None:
+            self.conn.local_settings = h2.settings.Settings(
+                client=False, initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.owner.max_streams})
         self.conn.initiate_connection()
         self.transport.write(self.conn.data_to_send())
 
     def data_received(self, data: bytes) -> None:
         for ev in self.conn.receive_data(data):
-            if isinstance(ev, h2.events.RequestReceived):
+            if isinstance(ev, h2.events.RequestReceived) and self.owner.refuse > 0:
+                self.owner.refuse -= 1
+                self.conn.reset_stream(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            elif isinstance(ev, h2.events.RequestReceived):
                 head = dict(ev.headers)
                 head["_all"] = ev.headers
                 self.heads[ev.stream_id] = head
@@ -72,6 +81,9 @@ class _H2ServerProtocol(asyncio.Protocol):
                 if ev.stream_ended is not None:
                     self._answer(ev.stream_id)
             elif isinstance(ev, h2.events.DataReceived):
+                if ev.stream_id not in self.bodies:  # a refused stream
+                    self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    continue
                 self.bodies[ev.stream_id].append(ev.data)
                 self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
                 if ev.stream_ended is not None:
@@ -535,3 +547,40 @@ async def test_http1_server_failures_seen_by_an_http2_client():
             assert ok["headers"][b":status"] == b"200"
             await client.close()
             assert p.metrics.retries["down"] == 1
+
+
+@on_uvloop
+async def test_a_server_stream_limit_opens_more_connections_instead_of_failing():
+    async with H2Server(max_streams=2) as up, ProxyUnderTest(simple_config([up.url])) as p:
+        client = await H2Client.connect(p.port)
+        first = client.start("/echo", body=b"warm")  # the proxy learns the server's limit on this one
+        await client.wait([first])
+        sids = [client.start("/slow", method="GET") for _ in range(6)]  # 6 at once, 2 per connection
+        results = await client.wait(sids)
+        assert [r["headers"][b":status"] for r in results] == [b"200"] * 6
+        assert up.connections >= 3
+        assert not p.metrics.upstream_errors  # a full connection is not a failing server
+        await client.close()
+
+
+@on_uvloop
+async def test_refused_streams_go_to_another_connection_and_a_silent_server_is_502():
+    from lightmesh.proxy.http import HTTPOptions
+
+    async with H2Server(refuse=1) as up, ProxyUnderTest(simple_config([up.url])) as p:
+        client = await H2Client.connect(p.port)
+        (r,) = await client.wait([client.start("/echo", body=b"refused once")])
+        assert r["headers"][b":status"] == b"200" and r["body"] == b"refused once"
+        assert up.connections == 2 and not p.metrics.upstream_errors  # refused is not failed
+        await client.close()
+    silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)  # accepts, never speaks h2
+    url = f"h2c://127.0.0.1:{silent.sockets[0].getsockname()[1]}"
+    try:
+        async with ProxyUnderTest(simple_config([url]), options=HTTPOptions(connect_timeout=0.3)) as p:
+            client = await H2Client.connect(p.port)
+            (r,) = await client.wait([client.start("/", method="GET")], timeout=5)
+            assert r["headers"][b":status"] == b"502"
+            assert p.metrics.upstream_errors[("svc", "protocol")] == 1
+            await client.close()
+    finally:
+        silent.close()

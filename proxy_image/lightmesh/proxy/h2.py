@@ -162,7 +162,7 @@ class _Stream:
 
     __slots__ = ("down_id", "method", "mstr", "headers", "authority", "path", "start", "route",
                  "service", "server", "up", "up_id", "tried", "retries_left", "retries", "body", "body_bytes",
-                 "req_done", "replayable", "status", "responded", "timer", "done", "span")
+                 "req_done", "replayable", "status", "responded", "timer", "done", "span", "reopened")
 
     def __init__(self, down_id: int) -> None:
         self.down_id = down_id
@@ -187,6 +187,7 @@ class _Stream:
         self.timer: asyncio.TimerHandle | None = None
         self.done = False
         self.span = None  # tracing: a RequestSpan once the stream passed the middlewares
+        self.reopened = 0  # times a server refused the stream unprocessed (REFUSED_STREAM, GOAWAY)
 
 
 class H2Downstream(asyncio.Protocol):
@@ -555,7 +556,9 @@ class H2Upstream(asyncio.Protocol):
         self.streams: dict[int, tuple[_Stream, H2Downstream]] = {}
         self.waiting: list[tuple[_Stream, H2Downstream]] = []
         self.ready = False
-        self.goaway = False
+        self.goaway = False  # no new streams here (GOAWAY received, full, or retired)
+        self.connect_timeout = connect_timeout
+        self.settings_timer: asyncio.TimerHandle | None = None
         self.task = loop.create_task(self._connect(connect_timeout))
 
     async def _connect(self, timeout: float) -> None:
@@ -566,15 +569,46 @@ class H2Upstream(asyncio.Protocol):
             self._fail_all("connect_timeout" if isinstance(exc, asyncio.TimeoutError) else "connect")
 
     def connection_made(self, transport: asyncio.Transport) -> None:
+        # Streams start once the server's SETTINGS arrived (its concurrent-stream limit is known
+        # then); a server that sends none within the connect timeout is not speaking HTTP/2.
         self.side.transport = transport
         self.side.conn.local_settings = h2.settings.Settings(client=True, initial_values={
             h2.settings.SettingCodes.ENABLE_PUSH: 0})
         self.side.conn.initiate_connection()
+        self.side.flush()
+        self.settings_timer = self.loop.call_later(self.connect_timeout, self._no_settings)
+
+    def _no_settings(self) -> None:
+        if not self.ready and not self.side.closed:
+            _log.warning("h2c server %s sent no HTTP/2 SETTINGS in %.1fs", self.server.url, self.connect_timeout)
+            self._fail_all("protocol")
+            if self.side.transport is not None:
+                self.side.transport.abort()
+
+    def _settings_arrived(self) -> None:
         self.ready = True
+        if self.settings_timer is not None:
+            self.settings_timer.cancel()
+            self.settings_timer = None
         waiting, self.waiting = self.waiting, []
         for st, down in waiting:
             self._start(st, down)
-        self.side.flush()
+
+    def _elsewhere(self, st: _Stream, down: H2Downstream) -> None:
+        """``st`` cannot run on this connection: the server's current connection takes it, or a new one."""
+        nxt = self.server.h2conn
+        if nxt is None or nxt is self or nxt.goaway or nxt.side.closed:
+            nxt = self.server.h2conn = H2Upstream(self.loop, self.server, self.connect_timeout)
+        nxt.open(st, down)
+
+    def _refused(self, st: _Stream, down: H2Downstream) -> None:
+        """The server did not process ``st`` (REFUSED_STREAM, or above the GOAWAY's last stream): try
+        it again on another connection (twice at most) without counting a failure of the server."""
+        if st.reopened < 2 and st.replayable:
+            st.reopened += 1
+            self._elsewhere(st, down)
+        else:
+            down.attempt_failed(st, "reset")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.side.closed = True
@@ -609,6 +643,9 @@ class H2Upstream(asyncio.Protocol):
 
     def close(self) -> None:
         self.task.cancel()
+        if self.settings_timer is not None:
+            self.settings_timer.cancel()
+            self.settings_timer = None
         if self.server.h2conn is self:
             self.server.h2conn = None
         if self.side.transport is not None and not self.side.transport.is_closing():
@@ -642,8 +679,11 @@ class H2Upstream(asyncio.Protocol):
             if len(self.streams) >= conn.remote_settings.max_concurrent_streams:  # (h2's count is O(streams))
                 raise h2.exceptions.TooManyStreamsError("the server's stream limit")
         except (h2.exceptions.NoAvailableStreamIDError, h2.exceptions.TooManyStreamsError):
-            self.goaway = True  # no more streams here: the next stream opens another connection
-            down.attempt_failed(st, "reset")
+            # Full (the server's concurrent-stream limit, or stream ids used up): not a failure of the
+            # server. This connection takes no new streams and closes after its last one; the
+            # stream and the ones after it go to a new connection.
+            self.goaway = True
+            self._elsewhere(st, down)
             return
         st.up_id = stream_id
         self.streams[stream_id] = (st, down)
@@ -729,12 +769,15 @@ class H2Upstream(asyncio.Protocol):
                 if st.responded:
                     down.upstream_reset(st, ev.error_code)
                 elif ev.error_code == h2.errors.ErrorCodes.REFUSED_STREAM:
-                    down.attempt_failed(st, "reset")  # refused: never processed, safe to try again
+                    self._refused(st, down)  # never processed: safe to try again
                 else:
                     down.upstream_reset(st, ev.error_code)
                 touched.add(down)
             elif isinstance(ev, h2.events.WindowUpdated):
                 self.side.window_updated(ev.stream_id)
+            elif isinstance(ev, h2.events.RemoteSettingsChanged):
+                if not self.ready:
+                    self._settings_arrived()
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 # GOAWAY: streams above the last one it processed never ran there
                 self.goaway = True
@@ -747,7 +790,7 @@ class H2Upstream(asyncio.Protocol):
                     if st.responded:
                         down.upstream_reset(st, h2.errors.ErrorCodes.REFUSED_STREAM)
                     else:
-                        down.attempt_failed(st, "reset")
+                        self._refused(st, down)
                     touched.add(down)
         self.side.flush()
         for down in touched:
