@@ -41,28 +41,6 @@ def _proxy_bench():
     return module
 
 
-def backend_conf(d: Path, port: int) -> str:
-    tmp = d / "tmp"
-    tmp.mkdir(exist_ok=True)
-    temp = "\n".join(f"    {k}_temp_path {tmp};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    return f"""daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/backend.pid;
-error_log {d}/backend-error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-    access_log off;
-    keepalive_requests 10000000;
-{temp}
-    server {{
-        listen 127.0.0.1:{port} http2;
-        location / {{ default_type text/plain; return 200 "{'x' * 100}"; }}
-    }}
-}}
-"""
-
-
 def lightmesh_config(port: int, backend: int):
     from lightmesh import config as c
 
@@ -102,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     bp = _proxy_bench()
     workdir = Path(tempfile.mkdtemp(prefix="lightmesh-h2c-"))
     p_backend, p_proxy, p_admin = bp.free_ports(3)
-    (workdir / "backend.conf").write_text(backend_conf(workdir, p_backend))
+    (workdir / "backend-tmp").mkdir()
+    (workdir / "backend.conf").write_text(bp.backend_conf(workdir, p_backend, http2=True))
     (workdir / "lightmesh.json").write_text(lightmesh_config(p_proxy, p_backend).to_json())
     backend = bp.Target("backend", p_backend, ["nginx", "-e", str(workdir / "backend-error.log"), "-p", str(workdir),
                                                "-c", str(workdir / "backend.conf")], "0")

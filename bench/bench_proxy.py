@@ -283,7 +283,8 @@ def verify(target: Target, big_md5: str) -> None:
 # --------------------------------------------------------------------------- configs
 
 
-def backend_conf(d: Path, port: int) -> str:
+def backend_conf(d: Path, port: int, http2: bool = False) -> str:
+    """The backend nginx; ``http2``: HTTP/2 cleartext only (prior knowledge), for bench_h2c."""
     return f"""daemon off;
 master_process off;
 worker_processes 1;
@@ -299,7 +300,7 @@ http {{
     default_type application/octet-stream;
 {_temp_paths(d / "backend-tmp")}
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
+        listen 127.0.0.1:{port} backlog=4096{" http2" if http2 else ""};
         location = / {{ default_type text/plain; return 200 "{SMALL_BODY.decode()}"; }}
         location = /big {{ root {d}/www; }}
     }}
