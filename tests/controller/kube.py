@@ -65,6 +65,7 @@ SMI: dict[str, tuple[str, bool]] = {
     "specs.smi-spec.io/v1alpha4/tcproutes": ("TCPRoute", True),
     "specs.smi-spec.io/v1alpha4/udproutes": ("UDPRoute", True),
     "split.smi-spec.io/v1alpha4/trafficsplits": ("TrafficSplit", True),
+    "gateway.networking.k8s.io/v1/httproutes": ("HTTPRoute", True),
 }
 
 

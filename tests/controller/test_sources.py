@@ -136,7 +136,8 @@ def test_discovery_picks_the_newest_served_version_per_kind():
         "specs.smi-spec.io/v1alpha3/udproutes": ("UDPRoute", True),
         "specs.smi-spec.io/v1alpha4/httproutegroups": ("HTTPRouteGroup", True),  # v1alpha4 without UDPRoute
         "specs.smi-spec.io/v1alpha4/tcproutes": ("TCPRoute", True),
-        # no split group at all
+        # no split group at all; Gateway API at v1beta1 only (an older cluster)
+        "gateway.networking.k8s.io/v1beta1/httproutes": ("HTTPRoute", True),
     }
 
     async def scenario():
@@ -149,7 +150,8 @@ def test_discovery_picks_the_newest_served_version_per_kind():
         versions = {f: (r.version if r else None) for f, r in found.items()}
         assert versions == {"services": "v1", "endpoint_slices": "v1", "pods": "v1",
                             "traffic_targets": "v1alpha1", "http_route_groups": "v1alpha4",
-                            "tcp_routes": "v1alpha4", "udp_routes": "v1alpha3", "traffic_splits": None}
+                            "tcp_routes": "v1alpha4", "udp_routes": "v1alpha3", "traffic_splits": None,
+                            "mesh_http_routes": "v1beta1"}
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
 

@@ -270,13 +270,39 @@ SHADOW = st.builds(lambda name, ns, ip, ports: {
                                           "targetPort": maybe(st.sampled_from([5000, 10000, 10001, 15000, 9]))}),
                    max_size=3)))
 
+GW_MATCH = st.fixed_dictionaries({
+    "path": maybe(st.fixed_dictionaries({"type": maybe(st.sampled_from(["Exact", "PathPrefix", "RegularExpression", "X"])),
+                                         "value": maybe(st.sampled_from(["/", "/api/", "(", "x", 3]))})),
+    "headers": maybe(st.lists(maybe(st.fixed_dictionaries({"name": maybe(st.sampled_from(["X-A", "bad name"])),
+                                                           "value": maybe(st.sampled_from(["a", "["])),
+                                                           "type": maybe(st.sampled_from(["Exact", "RegularExpression"]))})),
+                              max_size=2)),
+    "method": maybe(st.sampled_from(["GET", "B AD", 1])),
+    "queryParams": maybe(st.just([{"name": "a", "value": "b"}]))})
+GW_BACKEND = st.fixed_dictionaries({"name": maybe(NAMES), "port": maybe(st.sampled_from([80, 8080, "80", 0])),
+                                    "weight": maybe(st.sampled_from([0, 1, 10, -1, "5"])),
+                                    "namespace": maybe(NAMES), "kind": maybe(st.sampled_from(["Service", "Pod"]))})
+GW_ROUTE = st.builds(lambda m, parents, rules: {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                                                "metadata": m, "spec": {"parentRefs": parents, "rules": rules}},
+                     maybe(META),
+                     maybe(st.lists(maybe(st.fixed_dictionaries({"group": maybe(st.sampled_from(["", "core", "x"])),
+                                                                 "kind": maybe(st.sampled_from(["Service", "Gateway"])),
+                                                                 "name": maybe(NAMES), "namespace": maybe(NAMES),
+                                                                 "port": maybe(st.sampled_from([80, 53, "x"]))})),
+                                    max_size=2)),
+                     maybe(st.lists(maybe(st.fixed_dictionaries({
+                         "matches": maybe(st.lists(maybe(GW_MATCH), max_size=2)),
+                         "backendRefs": maybe(st.lists(maybe(GW_BACKEND), max_size=2)),
+                         "timeouts": maybe(st.fixed_dictionaries({"request": maybe(st.sampled_from(["5s", "0s", "x", 5]))})),
+                         "filters": maybe(st.just([{"type": "RequestHeaderModifier"}]))})), max_size=3)))
+
 STATES = st.builds(
     ClusterState,
     services=st.lists(maybe(SERVICE), max_size=6), endpoint_slices=st.lists(maybe(SLICE), max_size=5),
     pods=st.lists(maybe(POD), max_size=5), traffic_targets=st.lists(maybe(TARGET), max_size=3),
     http_route_groups=st.lists(maybe(GROUP), max_size=3), tcp_routes=st.lists(maybe(L4ROUTE), max_size=2),
     udp_routes=st.lists(maybe(L4ROUTE), max_size=2), traffic_splits=st.lists(maybe(SPLIT), max_size=3),
-    shadow_services=st.lists(maybe(SHADOW), max_size=4))
+    mesh_http_routes=st.lists(maybe(GW_ROUTE), max_size=3), shadow_services=st.lists(maybe(SHADOW), max_size=4))
 SETTINGS = st.builds(Settings, acl=st.booleans(), default_mode=st.sampled_from(["http", "tcp", "udp"]),
                      listen_mode=st.sampled_from(["node", "shadow-ip"]), tcp_port_limit=st.integers(0, 3),
                      http_port_limit=st.integers(0, 3), udp_port_limit=st.integers(0, 2))
@@ -352,6 +378,17 @@ def _good_states():
                       st.integers(1, 3), svc_names,
                       st.lists(st.fixed_dictionaries({"service": svc_names, "weight": st.integers(0, 100)}), max_size=3),
                       st.sampled_from([[], [{"kind": "HTTPRouteGroup", "name": "g1"}]]))
+    gw_match = st.fixed_dictionaries({"path": st.fixed_dictionaries({
+        "type": st.sampled_from(["Exact", "PathPrefix", "RegularExpression"]), "value": st.sampled_from(["/", "/api", "/v[0-9]"])}),
+        "headers": st.sampled_from([[], [{"name": "X-A", "value": "a"}]]), "method": st.sampled_from([None, "GET"])})
+    gw_route = st.builds(lambda i, parent, port, rules: {
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": f"hr{i}", "namespace": "ns"},
+        "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": parent, **port}], "rules": rules}},
+        st.integers(1, 2), svc_names, st.sampled_from([{}, {"port": 80}, {"port": 81}]),
+        st.lists(st.fixed_dictionaries({"matches": st.lists(gw_match, max_size=2),
+                                        "backendRefs": st.lists(st.fixed_dictionaries({
+                                            "name": svc_names, "port": st.sampled_from([80, 81]),
+                                            "weight": st.integers(0, 100)}), max_size=2)}), max_size=2))
     shadow = st.builds(lambda n, ip, ports: {
         "metadata": {"name": f"lm-{n}", "namespace": "lightmesh",
                      "labels": {"lightmesh.io/service-name": n, "lightmesh.io/service-namespace": "ns"}},
@@ -363,7 +400,7 @@ def _good_states():
                      pods=st.lists(pod_, min_size=2, max_size=4), traffic_targets=st.lists(target, max_size=3),
                      http_route_groups=st.lists(group_, max_size=2), tcp_routes=st.lists(route, max_size=1),
                      udp_routes=st.lists(route, max_size=1), traffic_splits=st.lists(split, max_size=2),
-                     shadow_services=st.lists(shadow, max_size=3))
+                     mesh_http_routes=st.lists(gw_route, max_size=2), shadow_services=st.lists(shadow, max_size=3))
 
 
 GOOD_STATES = _good_states()

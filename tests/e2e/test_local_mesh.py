@@ -194,3 +194,28 @@ def test_controller_restart_keeps_ports_and_traffic(mesh_factory):
         assert [r.status for r in results] == [200] * 4
 
     run(started(mesh, scenario))
+
+
+def test_gateway_api_http_route_steers_traffic_by_header_and_path(mesh_factory):
+    mesh = mesh_factory(manifests.gateway_canary())
+
+    async def scenario():
+        svc = service(mesh, "whoami")
+
+        def traffic():
+            with HTTPClient(svc.address, 80, HOST) as client:
+                plain = [client.get("/") for _ in range(6)]
+                canary = [client.get("/", headers={"X-Canary": "1"}) for _ in range(6)]
+                by_path = [client.get("/v2/page") for _ in range(3)]
+                sibling = [client.get("/v2x") for _ in range(3)]  # not under /v2: a path-element prefix
+            return plain, canary, by_path, sibling
+
+        plain, canary, by_path, sibling = await asyncio.to_thread(traffic)
+        for results in (plain, canary, by_path, sibling):
+            assert [r.status for r in results] == [200] * len(results)
+        assert all(h.startswith("whoami-v2-") for h in hostnames(canary + by_path)), hostnames(canary + by_path)
+        assert not any(h.startswith("whoami-v2-") for h in hostnames(plain + sibling)), hostnames(plain + sibling)
+        topology = _http_json(mesh.api_url + "/api/topology/current")
+        assert "whoami/whoami-canary" in str(topology) and "HTTPRoute" not in str(topology.get("errors", ""))
+
+    run(started(mesh, scenario))

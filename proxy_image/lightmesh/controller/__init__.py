@@ -9,7 +9,8 @@ Pure core (no I/O, golden-tested in ``tests/controller``):
               ``shadow-ip``: local mode, proxies listen on each shadow Service's ClusterIP at the
               user Service's own ports, as kube-proxy would forward them).
 ``topology``  ``build_topology(state, settings) -> Topology``: services, ports, endpoints
-              (ready only, named targetPorts per pod), traffic targets, splits, and
+              (ready only, named targetPorts per pod), traffic targets, splits, Gateway API
+              HTTPRoute rules by parent Service (``mesh_routes``), and
               ``errors`` (``ObjectError``: kind, namespace, name, field, message) for every object
               left out or partially applied.
 ``ports``     ``allocate_ports(topology, shadow_services, settings) -> PortTable``: stable mesh

@@ -33,8 +33,9 @@ class BuildResult:
 
     def topology_json(self) -> dict:
         """What ``GET /api/topology/current`` serves: per Service its mesh (shadow) name, hosts,
-        ports with mesh ports and endpoint counts; TrafficTargets and TrafficSplits; Services left
-        out and why; every error with its object and reason. JSON-able, deterministic."""
+        ports with mesh ports and endpoint counts; TrafficTargets, TrafficSplits and Gateway API
+        HTTPRoute rules; Services left out and why; every error with its object and reason.
+        JSON-able, deterministic."""
         t = self.topology
         shadows = shadow_index(self.shadow_services)
         services = []
@@ -52,6 +53,7 @@ class BuildResult:
                            "endpoints": len(p.endpoints)} for p in svc.ports],
                 "traffic_targets": [st.target.key for st in t.service_targets.get(svc.key, ())],
                 "traffic_split": t.splits[svc.key].key if svc.key in t.splits else None,
+                "http_routes": sorted({r.route for r in t.mesh_routes.get(svc.key, ())}),
             })
         return {
             "config_version": self.config.version,
@@ -65,6 +67,11 @@ class BuildResult:
             "traffic_splits": [{"namespace": s.namespace, "name": s.name, "root": s.root,
                                 "backends": [{"service": b.service, "weight": b.weight} for b in s.backends]}
                                for s in t.splits.values()],
+            "http_route_rules": [{"route": r.route, "rule": r.index, "parent": parent, "port": r.port,
+                                  "matches": len(r.matches), "timeout_seconds": r.timeout_seconds,
+                                  "backends": [{"service": b.service, "port": b.port, "weight": b.weight}
+                                               for b in r.backends if b.service]}
+                                 for parent, rules in t.mesh_routes.items() for r in rules],
             "errors": [e.to_dict() for e in self.errors],
         }
 

@@ -41,7 +41,8 @@ class ClusterState:
 
     SMI objects may be of any served version (access v1alpha1–3, specs v1alpha1–4, split
     v1alpha1–4); :mod:`topology` normalizes the differences. Objects of unrelated API groups with
-    the same kind (e.g. Gateway API ``TCPRoute``) must not be put here.
+    the same kind (e.g. Gateway API ``TCPRoute``) must not be put here. ``mesh_http_routes`` are
+    Gateway API ``HTTPRoute`` objects (v1 or v1beta1); only those with a Service parent are used.
     """
 
     services: Sequence[dict] = ()
@@ -52,6 +53,7 @@ class ClusterState:
     tcp_routes: Sequence[dict] = ()
     udp_routes: Sequence[dict] = ()
     traffic_splits: Sequence[dict] = ()
+    mesh_http_routes: Sequence[dict] = ()  # Gateway API HTTPRoutes (GAMMA: a Service parent)
     shadow_services: Sequence[dict] = ()
 
     @classmethod
@@ -82,6 +84,8 @@ class ClusterState:
                 groups["pods"].append(obj)
             elif kind in _SMI_KINDS and ".smi-spec.io/" in api_version:
                 groups[_SMI_KINDS[kind]].append(obj)
+            elif kind == "HTTPRoute" and api_version.startswith("gateway.networking.k8s.io/"):
+                groups["mesh_http_routes"].append(obj)
         return cls(**{name: tuple(items) for name, items in groups.items()})
 
 

@@ -52,8 +52,8 @@ from lightmesh.config import ConfigAssembler, ProxyConfig, content_hash, load_co
 from lightmesh.controller.model import ObjectError, Settings
 from lightmesh.controller.ports import PortTable
 from lightmesh.controller.shadow import shadow_index
-from lightmesh.controller.topology import (MAX_WEIGHT, Endpoint, HTTPMatch, Service, ServicePort, Topology,
-                                           TrafficSplit, _is_ip)
+from lightmesh.controller.topology import (MAX_WEIGHT, Endpoint, HTTPMatch, MeshRule, Service, ServicePort,
+                                           Topology, TrafficSplit, _is_ip)
 
 DENY = "deny"
 PRIORITY_DENY = 1
@@ -61,6 +61,7 @@ PRIORITY_SERVICE = 1000
 PRIORITY_TARGET = 2000
 PRIORITY_SPLIT = 3000
 PRIORITY_SPLIT_MATCH = 4000
+PRIORITY_ROUTE = 5000  # Gateway API HTTPRoute rules (+ twice the match's specificity, + 1 for an Exact path)
 
 
 def _bounded(name: str) -> str:
@@ -86,13 +87,18 @@ def _match_key(m: HTTPMatch) -> tuple:
     return (m.path_regex, m.methods, m.headers)
 
 
-def _combine(a: HTTPMatch | None, b: HTTPMatch) -> HTTPMatch | None:
+def _combine(a: HTTPMatch | None, b: HTTPMatch, lookahead: bool = False) -> HTTPMatch | None:
     """``a AND b`` as one match, or None when one match cannot say it (two different path regexes,
-    disjoint methods, two regexes for one header): such a combination is left out, i.e. refused."""
+    disjoint methods, two regexes for one header): such a combination is left out, i.e. refused.
+    ``lookahead``: two path regexes become one, ``(?=b)a`` (the proxy matches paths from their
+    start, so that is both)."""
     if a is None:
         return b
+    path = a.path_regex if a.path_regex is not None else b.path_regex
     if a.path_regex is not None and b.path_regex is not None and a.path_regex != b.path_regex:
-        return None
+        if not lookahead:
+            return None
+        path = f"(?=(?:{b.path_regex}))(?:{a.path_regex})"
     methods = a.methods or b.methods
     if a.methods and b.methods:
         methods = tuple(sorted(set(a.methods) & set(b.methods)))
@@ -102,8 +108,7 @@ def _combine(a: HTTPMatch | None, b: HTTPMatch) -> HTTPMatch | None:
     for name, regex in b.headers:
         if headers.setdefault(name, regex) != regex:
             return None
-    return HTTPMatch(f"{a.name}&{b.name}", a.path_regex if a.path_regex is not None else b.path_regex, methods,
-                     tuple(sorted(headers.items())))
+    return HTTPMatch(f"{a.name}&{b.name}", path, methods, tuple(sorted(headers.items())))
 
 
 def _match(hosts: list[str], m: HTTPMatch | None) -> dict:
@@ -138,30 +143,38 @@ class _Sockets:
 
 def _split_servers(split: TrafficSplit, port: int, topology: Topology) -> list[tuple[Endpoint, int]]:
     """Backend endpoints with weights keeping each backend's share whatever its pod count."""
-    groups: list[tuple[int, tuple[Endpoint, ...]]] = []
-    for b in split.backends:
-        backend = topology.services.get(b.service)
+    return [(e, w) for e, w, _ in _weighted_endpoints([(b.service, port, b.weight) for b in split.backends],
+                                                      topology)]
+
+
+def _weighted_endpoints(backends: Sequence[tuple[str, int, int]], topology: Topology
+                        ) -> list[tuple[Endpoint, int, Service]]:
+    """(Service key, port, weight) backends → their endpoints with weights keeping each backend's
+    share whatever its pod count, and the Service each belongs to."""
+    groups: list[tuple[int, tuple[Endpoint, ...], Service]] = []
+    for key, port, weight in backends:
+        backend = topology.services.get(key)
         bp = backend.port(port) if backend else None
-        if bp is not None and bp.endpoints and b.weight > 0:
-            groups.append((b.weight, bp.endpoints))
+        if bp is not None and bp.endpoints and weight > 0:
+            groups.append((weight, bp.endpoints, backend))
     if not groups:
         return []
     # exact: weight_b / n_b scaled by lcm(n_b); approximate when that overflows the weight range
     lcm = 1
-    for _, eps in groups:
+    for _, eps, _ in groups:
         lcm = lcm * len(eps) // gcd(lcm, len(eps))
     divisor = 0
-    for w, _ in groups:
+    for w, _, _ in groups:
         divisor = gcd(divisor, w)
-    exact = [(w // divisor) * (lcm // len(eps)) for w, eps in groups]
+    exact = [(w // divisor) * (lcm // len(eps)) for w, eps, _ in groups]
     if max(exact) <= MAX_WEIGHT:
         weights = exact
     else:
-        total = sum(w for w, _ in groups)
-        weights = [max(1, round(MAX_WEIGHT * w / total / len(eps))) for w, eps in groups]
+        total = sum(w for w, _, _ in groups)
+        weights = [max(1, round(MAX_WEIGHT * w / total / len(eps))) for w, eps, _ in groups]
     out = []
-    for (_, eps), weight in zip(groups, weights):
-        out.extend((e, weight) for e in eps)
+    for (_, eps, svc), weight in zip(groups, weights):
+        out.extend((e, weight, svc) for e in eps)
     return out
 
 
@@ -277,14 +290,15 @@ class _Builder:
         return ips, accounts
 
     def split_matches(self, split: TrafficSplit, port: int) -> list[tuple[HTTPMatch, set[str]]]:
-        """HTTP matches every weighted backend's TrafficTargets allow on ``port``, each with the
-        sources allowed by all of them (intersection across backends, union within one)."""
+        return self.backend_matches([(b.service, port) for b in split.backends if b.weight > 0])
+
+    def backend_matches(self, backends: Sequence[tuple[str, int]]) -> list[tuple[HTTPMatch, set[str]]]:
+        """HTTP matches every (Service, port) backend's TrafficTargets allow, each with the sources
+        allowed by all of them (intersection across backends, union within one)."""
         common: dict[tuple, tuple[HTTPMatch, set[str]]] | None = None
-        for b in split.backends:
-            if b.weight <= 0:
-                continue
+        for service, port in backends:
             here: dict[tuple, tuple[HTTPMatch, set[str]]] = {}
-            for st in self.t.service_targets.get(b.service, ()):
+            for st in self.t.service_targets.get(service, ()):
                 if port not in st.ports:
                     continue
                 for m in st.target.http_matches:
@@ -324,6 +338,10 @@ class _Builder:
             if ip is not None:
                 hosts.append(ip)
         split = self.t.splits.get(svc.key)
+        rules = self.t.rules_for(svc.key, p.port)
+        if rules:
+            self._routes(svc, p, ep_name, hosts, rules)
+            return
         if self.cache is None or split is not None:
             self._http(svc, p, ep_name, hosts, split)
             return
@@ -421,6 +439,57 @@ class _Builder:
                                      "source_ranges": [_cidr(ip) for ip in ips]})
             router(_bounded(f"{base}/tt/{label}/{i}"), PRIORITY_TARGET + _specificity(m), target_service,
                    [allow, *mws], m)
+
+    def _routes(self, svc: Service, p: ServicePort, ep_name: str, hosts: list[str], rules: Sequence[MeshRule]
+                ) -> None:
+        """A Service port with Gateway API HTTPRoute rules attached: one router per rule match to
+        the rule's weighted backends; a request matching no rule finds no router (404), or the
+        deny router (403) in ACL mode. In ACL mode a rule's match is ANDed with each HTTP match
+        that every backend's TrafficTargets allow, with the sources allowed by all of them."""
+        mws = self.service_middlewares(svc)
+        base = f"{svc.key}:{p.port}"
+
+        def router(name: str, priority: int, service: str, middlewares: list[str], m: HTTPMatch | None) -> None:
+            self.routers.append({"name": _bounded(name), "entry_points": [ep_name], "match": _match(hosts, m),
+                                 "priority": priority, "service": service, "middlewares": middlewares})
+
+        if self.acl:
+            own = f"{base}/pods"
+            self.services.append({"name": own, "servers": [{"url": _url(svc.mesh.scheme.value, e.ip, e.port)}
+                                                           for e in p.endpoints]})
+            router(f"{base}/deny", PRIORITY_DENY, own, [self.middleware({"type": "deny", "name": DENY,
+                                                                          "status_code": 403})], None)
+        for rule in rules:
+            label = f"{base}/route/{rule.route}/{rule.index}"
+            service = _bounded(label)
+            weighted = _weighted_endpoints([(b.service, b.port, b.weight) for b in rule.backends if b.service],
+                                           self.t)
+            extra = []
+            first = []  # before the Service's own middlewares: the refusal (ACL mode: a refusal comes first)
+            if not weighted:  # the Gateway API's answer when no backend can take the request
+                service = f"{base}/pods" if self.acl else base
+                if not self.acl and not any(s["name"] == base for s in self.services):
+                    self.services.append({"name": base, "servers": []})
+                first.append(self.middleware({"type": "deny", "name": "route-no-backend", "status_code": 500}))
+            else:
+                self.services.append({"name": service, "load_balancer": "weighted", "servers": [
+                    {"url": _url(b.mesh.scheme.value, e.ip, e.port), "weight": w} for e, w, b in weighted]})
+            if rule.timeout_seconds is not None:
+                extra.append(self.middleware({"type": "request_timeout", "name": _bounded(f"{label}/timeout"),
+                                              "seconds": rule.timeout_seconds}))
+            for j, (m, exact) in enumerate(zip(rule.matches, rule.exact_path)):
+                priority = PRIORITY_ROUTE + 2 * _specificity(m) + exact
+                if not self.acl or not weighted:
+                    router(f"{label}/{j}", priority, service, [*first, *mws, *extra], m)
+                    continue
+                live = sorted({(b.service, b.port) for b in rule.backends if b.service and b.weight > 0})
+                for n, (tm, ips) in enumerate(self.backend_matches(live)):
+                    both = _combine(m, tm, lookahead=True)
+                    if both is None:
+                        continue
+                    allow = self.middleware({"type": "allow_list", "name": _bounded(f"{label}/allow/{j}/{n}"),
+                                             "source_ranges": [_cidr(ip) for ip in sorted(ips)]})
+                    router(f"{label}/{j}/{n}", priority + _specificity(tm), service, [allow, *mws, *extra], both)
 
     # ----------------------------------------------------------------- TCP / UDP
 

@@ -28,6 +28,14 @@ running pod of the source ServiceAccounts (ready or not, as upstream). A Traffic
 rule allows nothing (unlike Traefik Mesh). A TrafficSplit is resolved in one hop: its backends'
 endpoints are used directly, so a backend that is itself a split root is reported and its own pods
 are used (no cycle can form).
+
+Gateway API (GAMMA): ``HTTPRoute`` (v1, v1beta1) whose ``parentRefs`` name a meshed HTTP Service of
+its own namespace (producer routes). Each rule becomes a :class:`MeshRule` of that Service (one
+port, or all): its matches (paths → anchored regexes for the proxy: ``Exact`` ``/a$``,
+``PathPrefix`` by whole path elements, ``RegularExpression`` as a full match; headers ``Exact`` or
+``RegularExpression``; method), its weighted Service backends (same namespace, explicit port) and
+its request timeout. Consumer routes, filters, query-parameter matches and cross-namespace
+backends are reported and left out. A Service with routes attached keeps no TrafficSplit.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ from typing import Any, Mapping
 
 from lightmesh.annotations import (CIRCUIT_BREAKER_EXPRESSION, RATELIMIT_AVERAGE, RATELIMIT_BURST, REQUEST_TIMEOUT,
                                    RETRY_ATTEMPTS, SCHEME, MeshSettings, TrafficType,
-                                   parse_annotations_lenient)
+                                   parse_annotations_lenient, parse_duration)
 from lightmesh.controller.model import ALWAYS_IGNORED_SERVICES, ClusterState, ObjectError, Settings
 
 HTTP_ONLY_KEYS = (SCHEME, RETRY_ATTEMPTS, CIRCUIT_BREAKER_EXPRESSION, RATELIMIT_AVERAGE, RATELIMIT_BURST,
@@ -151,6 +159,28 @@ class TrafficSplit:
 
 
 @dataclass(frozen=True)
+class RouteBackend:
+    service: str  # "ns/name"
+    port: int  # a port of that Service
+    weight: int
+
+
+@dataclass(frozen=True)
+class MeshRule:
+    """One rule of a Gateway API HTTPRoute whose parent is a mesh Service (GAMMA): requests to the
+    parent (on ``port``, or every port when None) that match one of ``matches`` go to ``backends``
+    (weighted); no usable backend → 500, as the Gateway API asks."""
+
+    route: str  # "ns/name" of the HTTPRoute
+    index: int  # rule index in the route
+    port: int | None
+    matches: tuple[HTTPMatch, ...]
+    backends: tuple[RouteBackend, ...]
+    timeout_seconds: float | None = None
+    exact_path: tuple[bool, ...] = ()  # per match: an Exact path (outranks a prefix of the same value)
+
+
+@dataclass(frozen=True)
 class Topology:
     services: Mapping[str, Service] = field(default_factory=dict)  # by "ns/name", sorted
     excluded: Mapping[str, str] = field(default_factory=dict)  # Services left out → reason
@@ -158,6 +188,12 @@ class Topology:
     service_targets: Mapping[str, tuple[ServiceTarget, ...]] = field(default_factory=dict)
     splits: Mapping[str, TrafficSplit] = field(default_factory=dict)  # by root "ns/name"
     errors: tuple[ObjectError, ...] = ()
+    # Gateway API HTTPRoutes by parent Service "ns/name": with any rule attached to a port of the
+    # parent, requests on that port that match no rule are not routed (404), as GAMMA specifies
+    mesh_routes: Mapping[str, tuple[MeshRule, ...]] = field(default_factory=dict)
+
+    def rules_for(self, service: str, port: int) -> tuple[MeshRule, ...]:
+        return tuple(r for r in self.mesh_routes.get(service, ()) if r.port is None or r.port == port)
 
     def to_dict(self) -> dict:
         """Everything, JSON-able and deterministic (golden files, debugging)."""
@@ -168,6 +204,7 @@ class Topology:
             "service_targets": {k: [{"target": st.target.key, "ports": list(st.ports)} for st in v]
                                 for k, v in self.service_targets.items()},
             "splits": [_split_dict(s) for s in self.splits.values()],
+            "mesh_routes": {k: [_rule_dict(r) for r in v] for k, v in self.mesh_routes.items()},
             "errors": [e.to_dict() for e in self.errors],
         }
 
@@ -197,6 +234,13 @@ def _target_dict(t: TrafficTarget) -> dict:
             "http_matches": [_match_dict(m) for m in t.http_matches],
             "tcp_ports": None if t.tcp_ports is None else list(t.tcp_ports),
             "udp_ports": None if t.udp_ports is None else list(t.udp_ports)}
+
+
+def _rule_dict(r: MeshRule) -> dict:
+    return {"route": r.route, "index": r.index, "port": r.port, "matches": [_match_dict(m) for m in r.matches],
+            "exact_path": list(r.exact_path),
+            "backends": [{"service": b.service, "port": b.port, "weight": b.weight} for b in r.backends],
+            "timeout_seconds": r.timeout_seconds}
 
 
 def _split_dict(s: TrafficSplit) -> dict:
@@ -983,5 +1027,195 @@ def build_topology(state: ClusterState, settings: Settings, cache: TopologyCache
     targets.sort(key=lambda t: (t.namespace, t.name))
     service_targets = _attach_targets(targets, services, errors)
     splits = _splits(state, settings, services, specs, errors)
+    mesh_routes = _mesh_routes(state, settings, services, errors)
+    for root in [r for r in splits if r in mesh_routes]:
+        split = splits.pop(root)
+        errors.add("TrafficSplit", split.namespace, split.name, "spec.service",
+                   f"service {root} has Gateway API HTTPRoutes attached, which decide its traffic; "
+                   "the TrafficSplit is ignored")
     return Topology(services, dict(sorted(excluded.items())), tuple(targets), service_targets, splits,
-                    tuple(sorted(set(errors.items))))
+                    tuple(sorted(set(errors.items))), mesh_routes)
+
+
+# --------------------------------------------------------------------------- Gateway API (GAMMA)
+
+_GW_GROUP = "gateway.networking.k8s.io"
+
+
+def _gw_path(raw: Any) -> tuple[str | None, bool] | str:
+    """An HTTPRoute path match → (regex for the proxy's anchored match, exact?), or an error."""
+    raw = _d(raw)
+    kind = raw.get("type", "PathPrefix")
+    value = raw.get("value", "/")
+    if not isinstance(value, str) or not value.startswith("/"):
+        return f"path value {value!r} must start with /"
+    if kind == "Exact":
+        return re.escape(value) + "$", True
+    if kind == "PathPrefix":
+        prefix = value.rstrip("/")
+        if not prefix:
+            return None, False  # "/": every path
+        return re.escape(prefix) + "(?:/.*)?$", False  # whole path elements: /foo, /foo/x, not /foobar
+    if kind == "RegularExpression":
+        try:
+            re.compile(value)
+        except re.error as exc:
+            return f"path regular expression {value!r} is invalid: {exc}"
+        return f"(?:{value})$", False
+    return f"path type {kind!r} is not Exact, PathPrefix or RegularExpression"
+
+
+def _gw_match(raw: Any) -> tuple[HTTPMatch, bool] | str:
+    raw = _d(raw)
+    if raw.get("queryParams"):
+        return "queryParams matches are not supported"
+    path = _gw_path(raw.get("path")) if "path" in raw else (None, False)
+    if isinstance(path, str):
+        return path
+    methods: tuple[str, ...] = ()
+    if raw.get("method") is not None:
+        method = raw.get("method")
+        if not isinstance(method, str) or not _TOKEN.fullmatch(method):
+            return f"method {method!r} is not an HTTP method"
+        methods = (method.upper(),)
+    headers: dict[str, str] = {}
+    for i, h in enumerate(_l(raw.get("headers"))):
+        h = _d(h)
+        name, value, kind = h.get("name"), h.get("value"), h.get("type", "Exact")
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name) or not isinstance(value, str):
+            return f"headers[{i}] must have a header name and a string value"
+        if kind == "Exact":
+            regex = "^" + re.escape(value) + "$"
+        elif kind == "RegularExpression":
+            try:
+                re.compile(value)
+            except re.error as exc:
+                return f"headers[{i}] regular expression {value!r} is invalid: {exc}"
+            regex = f"^(?:{value})$"
+        else:
+            return f"headers[{i}].type {kind!r} is not Exact or RegularExpression"
+        if headers.setdefault(name.lower(), regex) != regex:
+            return f"header {name!r} is matched twice"
+    path_regex, exact = path
+    return HTTPMatch("", path_regex, methods, tuple(sorted(headers.items()))), exact
+
+
+def _mesh_routes(state: ClusterState, settings: Settings, services: dict[str, Service], errors: _Errors
+                 ) -> dict[str, tuple[MeshRule, ...]]:
+    """Gateway API HTTPRoutes with mesh Services as parents (producer routes: the route in the
+    Service's namespace). Oldest route first (the Gateway API's precedence), then by name."""
+    routes = []
+    seen: set[tuple[str, str]] = set()
+    for obj in state.mesh_http_routes or ():
+        if not isinstance(obj, dict):
+            continue
+        ns, name = _meta(obj)
+        if not name or settings.ignored_namespace(ns) or (ns, name) in seen:
+            continue
+        seen.add((ns, name))
+        created = _s(_d(obj.get("metadata")).get("creationTimestamp"))
+        routes.append((created, ns, name, obj))
+    routes.sort(key=lambda r: r[:3])
+    out: dict[str, list[MeshRule]] = {}
+    for _created, ns, name, obj in routes:
+        spec = _d(obj.get("spec"))
+
+        def err(where: str, msg: str) -> None:
+            errors.add("HTTPRoute", ns, name, where, msg)
+
+        parents: list[tuple[str, int | None]] = []
+        for i, ref in enumerate(_l(spec.get("parentRefs"))):
+            ref = _d(ref)
+            if ref.get("kind") != "Service" or ref.get("group", _GW_GROUP) not in ("", "core"):
+                continue  # a Gateway (or anything else) is another controller's parent
+            where = f"spec.parentRefs[{i}]"
+            pns = _s(ref.get("namespace")) or ns
+            if pns != ns:
+                err(where, f"consumer routes (a parent in another namespace, {pns}) are not supported; "
+                           "this parent is ignored")
+                continue
+            parent = services.get(f"{ns}/{_s(ref.get('name'))}")
+            if parent is None:
+                err(where, f"parent service {ns}/{_s(ref.get('name')) or '?'} is not in the mesh; ignored")
+                continue
+            if parent.traffic_type is not TrafficType.HTTP:
+                err(where, f"parent service {parent.key} is {parent.traffic_type.value}, not http; ignored")
+                continue
+            port = None
+            if ref.get("port") is not None:
+                port = _port_number(ref.get("port"))
+                if port is None or parent.port(port) is None:
+                    err(f"{where}.port", f"{ref.get('port')!r} is not a port of {parent.key}; this parent is ignored")
+                    continue
+            parents.append((parent.key, port))
+        # one attachment per Service port: a parent without a port covers them all
+        whole = {key for key, port in parents if port is None}
+        parents = list(dict.fromkeys((key, None if key in whole else port) for key, port in parents))
+        if not parents:
+            continue
+        rules: list[MeshRule] = []
+        for k, rule in enumerate(_l(spec.get("rules"))):
+            rule = _d(rule)
+            where = f"spec.rules[{k}]"
+            if rule.get("filters"):
+                err(f"{where}.filters", "filters are not supported; this rule is ignored")
+                continue
+            matches: list[tuple[HTTPMatch, bool]] = []
+            bad = None
+            for j, raw in enumerate(_l(rule.get("matches")) or [{}]):
+                found = _gw_match(raw)
+                if isinstance(found, str):
+                    bad = (f"{where}.matches[{j}]", f"{found}; this rule is ignored")
+                    break
+                matches.append(found)
+            if bad is not None:
+                err(*bad)
+                continue
+            timeout = None
+            raw_timeouts = _d(rule.get("timeouts"))
+            if raw_timeouts.get("request") is not None:
+                try:
+                    timeout = parse_duration(_s(raw_timeouts.get("request")))
+                except ValueError as exc:
+                    err(f"{where}.timeouts.request", f"{raw_timeouts.get('request')!r}: {exc}; the timeout is ignored")
+                timeout = timeout or None  # "0s": no timeout
+            backends: list[RouteBackend] = []
+            for j, ref in enumerate(_l(rule.get("backendRefs"))):
+                ref = _d(ref)
+                bwhere = f"{where}.backendRefs[{j}]"
+                if _weight(ref) is None:
+                    err(f"{bwhere}.weight", f"weight {ref.get('weight')!r} is not a whole number from 0 to 1000000; "
+                                            "backend ignored")
+                    continue
+                if ref.get("kind", "Service") != "Service" or ref.get("group", "") not in ("", "core"):
+                    err(bwhere, "only Service backends are supported; backend ignored")
+                    backends.append(RouteBackend("", 0, _weight(ref)))
+                    continue
+                if (_s(ref.get("namespace")) or ns) != ns:
+                    err(f"{bwhere}.namespace", "backends in another namespace are not supported; backend ignored "
+                                              )
+                    backends.append(RouteBackend("", 0, _weight(ref)))
+                    continue
+                backend = services.get(f"{ns}/{_s(ref.get('name'))}")
+                port = _port_number(ref.get("port"))
+                if backend is None or port is None or backend.port(port) is None:
+                    what = f"{ns}/{_s(ref.get('name')) or '?'}" + (f" port {ref.get('port')}" if port is None or backend
+                                                                    else "")
+                    err(bwhere, f"backend {what} is not a mesh Service port; backend ignored")
+                    backends.append(RouteBackend("", 0, _weight(ref)))
+                    continue
+                backends.append(RouteBackend(backend.key, port, _weight(ref)))
+            if not backends:
+                err(f"{where}.backendRefs", "no backend: requests matching this rule answer 500")
+            for parent, port in parents:
+                out.setdefault(parent, []).append(MeshRule(
+                    f"{ns}/{name}", k, port, tuple(m for m, _ in matches), tuple(backends), timeout,
+                    tuple(e for _, e in matches)))
+    return {k: tuple(v) for k, v in sorted(out.items())}
+
+
+def _weight(ref: dict) -> int | None:
+    weight = ref.get("weight", 1)
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 1_000_000:
+        return None
+    return weight
