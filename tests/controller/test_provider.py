@@ -144,3 +144,39 @@ def test_acl_split_never_allows_more_than_every_backend_does() -> None:
     assert (split.match.path_regex, split.service) == ("/api", "ab/root:80")  # /admin is not allowed by v1
     allow = {m.name: m for m in config.http.middlewares}[split.middlewares[0]]
     assert allow.source_ranges == ["10.0.1.1/32"]  # "other" is allowed on v1 only
+
+
+def test_acl_split_with_its_own_path_match_and_a_different_target_path_combines_both() -> None:
+    """A split match on /api and a TrafficTarget allowing /.*: the split router needs both paths.
+    They are ANDed as (?=target)split, which the proxy's anchored match reads as both."""
+    import re
+
+    objects = yaml.safe_load("""
+- {kind: Service, metadata: {name: root, namespace: ab}, spec: {ports: [{port: 80}]}}
+- {kind: Service, metadata: {name: v1, namespace: ab}, spec: {ports: [{port: 80}]}}
+- {kind: Pod, metadata: {name: v1, namespace: ab}, spec: {serviceAccountName: v1}, status: {phase: Running, podIP: 10.0.0.1}}
+- {kind: Pod, metadata: {name: c, namespace: ab}, spec: {serviceAccountName: client}, status: {phase: Running, podIP: 10.0.1.1}}
+- {apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {name: root, namespace: ab, labels: {kubernetes.io/service-name: root}},
+   ports: [{port: 80}], endpoints: [{addresses: [10.0.0.1]}]}
+- {apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {name: v1, namespace: ab, labels: {kubernetes.io/service-name: v1}},
+   ports: [{port: 80}], endpoints: [{addresses: [10.0.0.1]}]}
+- {apiVersion: specs.smi-spec.io/v1alpha4, kind: HTTPRouteGroup, metadata: {name: all, namespace: ab},
+   spec: {matches: [{name: all, pathRegex: "/.*"}]}}
+- {apiVersion: specs.smi-spec.io/v1alpha4, kind: HTTPRouteGroup, metadata: {name: api, namespace: ab},
+   spec: {matches: [{name: api, pathRegex: "/api/"}]}}
+- apiVersion: access.smi-spec.io/v1alpha3
+  kind: TrafficTarget
+  metadata: {name: t, namespace: ab}
+  spec: {destination: {kind: ServiceAccount, name: v1}, sources: [{kind: ServiceAccount, name: client}],
+         rules: [{kind: HTTPRouteGroup, name: all}]}
+- apiVersion: split.smi-spec.io/v1alpha4
+  kind: TrafficSplit
+  metadata: {name: s, namespace: ab}
+  spec: {service: root, backends: [{service: v1, weight: 1}], matches: [{kind: HTTPRouteGroup, name: api}]}
+""")
+    config = build(ClusterState.from_objects(objects), Settings(acl=True), 1).config
+    [split] = [r for r in config.http.routers if "/split/" in r.name]
+    path = re.compile(split.match.path_regex).match  # as the proxy matches a path
+    assert path("/api/users") and not path("/other") and not path("/ap")
+    allow = {m.name: m for m in config.http.middlewares}[split.middlewares[0]]
+    assert allow.source_ranges == ["10.0.1.1/32"]

@@ -20,8 +20,9 @@ weighted service keeps that name, its own pods (reached by requests its matches 
 ``<ns>/<svc>/allow@<tt-ns>/<tt>``; a TrafficTarget whose destination pods are not all the port's
 endpoints gets ``<ns>/<svc>:<port>@<tt-ns>/<tt>``.
 
-Priorities (highest wins): split with matches 4000 + specificity, split without matches 3000,
-TrafficTarget 2000 + specificity, plain Service 1000, ACL deny 1.
+Priorities (highest wins): Gateway API HTTPRoute rule 5000 + specificity, split with matches
+4000 + specificity, split without matches 3000, TrafficTarget 2000 + specificity, plain Service
+1000, ACL deny 1.
 
 Middleware order: allow-list (or deny) first, so refused clients cost nothing and never count
 against a rate limit, then rate limit, circuit breaker, request timeout, retry.
@@ -33,8 +34,8 @@ TrafficTargets with a TCPRoute/UDPRoute rule covering the port (none → ``allow
 A TrafficSplit is resolved in the same hop, straight to backend pods, so no second proxy checks
 the backends' policy: the split itself must never let through more than every backend's
 TrafficTargets allow. HTTP: each match that appears (same content) in the TrafficTargets of every
-weighted backend becomes a split router (ANDed with the split's own matches) whose allow-list is the
-sources allowed by all backends (Traefik Mesh's intersection rule, here per match); requests no such
+weighted backend becomes a split router (ANDed with the split's own matches: two path regexes as
+``(?=b)a``) whose allow-list is the sources allowed by all backends (Traefik Mesh's intersection rule, here per match); requests no such
 router selects are refused — or, for a split with its own matches, left to the root's own routers.
 A split without matches takes all of the root's traffic, so the root's own TrafficTarget routers
 are not emitted. TCP/UDP: sources allowed on every weighted backend's port.
@@ -87,17 +88,14 @@ def _match_key(m: HTTPMatch) -> tuple:
     return (m.path_regex, m.methods, m.headers)
 
 
-def _combine(a: HTTPMatch | None, b: HTTPMatch, lookahead: bool = False) -> HTTPMatch | None:
-    """``a AND b`` as one match, or None when one match cannot say it (two different path regexes,
-    disjoint methods, two regexes for one header): such a combination is left out, i.e. refused.
-    ``lookahead``: two path regexes become one, ``(?=b)a`` (the proxy matches paths from their
-    start, so that is both)."""
+def _combine(a: HTTPMatch | None, b: HTTPMatch) -> HTTPMatch | None:
+    """``a AND b`` as one match, or None when one match cannot say it (disjoint methods, two
+    regexes for one header): such a combination is left out, i.e. refused. Two path regexes become
+    one, ``(?=b)a``: the proxy matches paths from their start, so that is both."""
     if a is None:
         return b
     path = a.path_regex if a.path_regex is not None else b.path_regex
     if a.path_regex is not None and b.path_regex is not None and a.path_regex != b.path_regex:
-        if not lookahead:
-            return None
         path = f"(?=(?:{b.path_regex}))(?:{a.path_regex})"
     methods = a.methods or b.methods
     if a.methods and b.methods:
@@ -484,7 +482,7 @@ class _Builder:
                     continue
                 live = sorted({(b.service, b.port) for b in rule.backends if b.service and b.weight > 0})
                 for n, (tm, ips) in enumerate(self.backend_matches(live)):
-                    both = _combine(m, tm, lookahead=True)
+                    both = _combine(m, tm)
                     if both is None:
                         continue
                     allow = self.middleware({"type": "allow_list", "name": _bounded(f"{label}/allow/{j}/{n}"),
