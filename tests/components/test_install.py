@@ -184,7 +184,8 @@ def test_rbac_is_least_privilege():
         assert {("", "services"), ("", "pods"), ("discovery.k8s.io", "endpointslices"),
                 ("access.smi-spec.io", "traffictargets"), ("specs.smi-spec.io", "httproutegroups"),
                 ("specs.smi-spec.io", "tcproutes"), ("specs.smi-spec.io", "udproutes"),
-                ("split.smi-spec.io", "trafficsplits"), ("gateway.networking.k8s.io", "httproutes")} <= granted
+                ("split.smi-spec.io", "trafficsplits"), ("gateway.networking.k8s.io", "httproutes"),
+                ("gateway.networking.k8s.io", "grpcroutes")} <= granted
         assert not any("*" in rule["verbs"] or "*" in rule["resources"] for rule in cluster_rules)
         assert ("", "secrets") not in granted
         role = records["mi-rbac-controller-role"].inputs

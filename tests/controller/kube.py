@@ -66,6 +66,7 @@ SMI: dict[str, tuple[str, bool]] = {
     "specs.smi-spec.io/v1alpha4/udproutes": ("UDPRoute", True),
     "split.smi-spec.io/v1alpha4/trafficsplits": ("TrafficSplit", True),
     "gateway.networking.k8s.io/v1/httproutes": ("HTTPRoute", True),
+    "gateway.networking.k8s.io/v1/grpcroutes": ("GRPCRoute", True),
 }
 
 

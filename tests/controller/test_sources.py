@@ -138,6 +138,7 @@ def test_discovery_picks_the_newest_served_version_per_kind():
         "specs.smi-spec.io/v1alpha4/tcproutes": ("TCPRoute", True),
         # no split group at all; Gateway API at v1beta1 only (an older cluster)
         "gateway.networking.k8s.io/v1beta1/httproutes": ("HTTPRoute", True),
+        "gateway.networking.k8s.io/v1alpha2/grpcroutes": ("GRPCRoute", True),
     }
 
     async def scenario():
@@ -151,7 +152,7 @@ def test_discovery_picks_the_newest_served_version_per_kind():
         assert versions == {"services": "v1", "endpoint_slices": "v1", "pods": "v1",
                             "traffic_targets": "v1alpha1", "http_route_groups": "v1alpha4",
                             "tcp_routes": "v1alpha4", "udp_routes": "v1alpha3", "traffic_splits": None,
-                            "mesh_http_routes": "v1beta1"}
+                            "mesh_http_routes": "v1beta1", "mesh_grpc_routes": "v1alpha2"}
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
 

@@ -296,13 +296,26 @@ GW_ROUTE = st.builds(lambda m, parents, rules: {"apiVersion": "gateway.networkin
                          "timeouts": maybe(st.fixed_dictionaries({"request": maybe(st.sampled_from(["5s", "0s", "x", 5]))})),
                          "filters": maybe(st.just([{"type": "RequestHeaderModifier"}]))})), max_size=3)))
 
+GRPC_ROUTE = st.builds(lambda route, matches: {**route, "kind": "GRPCRoute",
+                                              "spec": {**route["spec"], "rules": [{**r, "matches": matches} for r in
+                                                                                  (route["spec"]["rules"] or [])
+                                                                                  if isinstance(r, dict)]}},
+                       GW_ROUTE.filter(lambda r: isinstance(r["spec"].get("rules"), list)),
+                       maybe(st.lists(maybe(st.fixed_dictionaries({
+                           "method": maybe(st.fixed_dictionaries({
+                               "type": maybe(st.sampled_from(["Exact", "RegularExpression", "Prefix"])),
+                               "service": maybe(st.sampled_from(["a.B", "(", "", 3])),
+                               "method": maybe(st.sampled_from(["Get", "x y"]))})),
+                           "headers": maybe(st.just([{"name": "x-a", "value": "1"}]))})), max_size=2)))
+
 STATES = st.builds(
     ClusterState,
     services=st.lists(maybe(SERVICE), max_size=6), endpoint_slices=st.lists(maybe(SLICE), max_size=5),
     pods=st.lists(maybe(POD), max_size=5), traffic_targets=st.lists(maybe(TARGET), max_size=3),
     http_route_groups=st.lists(maybe(GROUP), max_size=3), tcp_routes=st.lists(maybe(L4ROUTE), max_size=2),
     udp_routes=st.lists(maybe(L4ROUTE), max_size=2), traffic_splits=st.lists(maybe(SPLIT), max_size=3),
-    mesh_http_routes=st.lists(maybe(GW_ROUTE), max_size=3), shadow_services=st.lists(maybe(SHADOW), max_size=4))
+    mesh_http_routes=st.lists(maybe(GW_ROUTE), max_size=3), mesh_grpc_routes=st.lists(maybe(GRPC_ROUTE), max_size=2),
+    shadow_services=st.lists(maybe(SHADOW), max_size=4))
 SETTINGS = st.builds(Settings, acl=st.booleans(), default_mode=st.sampled_from(["http", "tcp", "udp"]),
                      listen_mode=st.sampled_from(["node", "shadow-ip"]), tcp_port_limit=st.integers(0, 3),
                      http_port_limit=st.integers(0, 3), udp_port_limit=st.integers(0, 2))

@@ -67,7 +67,8 @@ class BuildResult:
             "traffic_splits": [{"namespace": s.namespace, "name": s.name, "root": s.root,
                                 "backends": [{"service": b.service, "weight": b.weight} for b in s.backends]}
                                for s in t.splits.values()],
-            "http_route_rules": [{"route": r.route, "rule": r.index, "parent": parent, "port": r.port,
+            "http_route_rules": [{"route": r.route, "kind": "GRPCRoute" if r.grpc else "HTTPRoute",
+                                  "rule": r.index, "parent": parent, "port": r.port,
                                   "matches": len(r.matches), "timeout_seconds": r.timeout_seconds,
                                   "backends": [{"service": b.service, "port": b.port, "weight": b.weight}
                                                for b in r.backends if b.service]}

@@ -41,8 +41,9 @@ class ClusterState:
 
     SMI objects may be of any served version (access v1alpha1–3, specs v1alpha1–4, split
     v1alpha1–4); :mod:`topology` normalizes the differences. Objects of unrelated API groups with
-    the same kind (e.g. Gateway API ``TCPRoute``) must not be put here. ``mesh_http_routes`` are
-    Gateway API ``HTTPRoute`` objects (v1 or v1beta1); only those with a Service parent are used.
+    the same kind (e.g. Gateway API ``TCPRoute``) must not be put here. ``mesh_http_routes`` and
+    ``mesh_grpc_routes`` are Gateway API ``HTTPRoute`` (v1, v1beta1) and ``GRPCRoute`` (v1,
+    v1alpha2) objects; only those with a Service parent are used.
     """
 
     services: Sequence[dict] = ()
@@ -54,6 +55,7 @@ class ClusterState:
     udp_routes: Sequence[dict] = ()
     traffic_splits: Sequence[dict] = ()
     mesh_http_routes: Sequence[dict] = ()  # Gateway API HTTPRoutes (GAMMA: a Service parent)
+    mesh_grpc_routes: Sequence[dict] = ()  # Gateway API GRPCRoutes (the same, for gRPC)
     shadow_services: Sequence[dict] = ()
 
     @classmethod
@@ -86,6 +88,8 @@ class ClusterState:
                 groups[_SMI_KINDS[kind]].append(obj)
             elif kind == "HTTPRoute" and api_version.startswith("gateway.networking.k8s.io/"):
                 groups["mesh_http_routes"].append(obj)
+            elif kind == "GRPCRoute" and api_version.startswith("gateway.networking.k8s.io/"):
+                groups["mesh_grpc_routes"].append(obj)
         return cls(**{name: tuple(items) for name, items in groups.items()})
 
 

@@ -471,7 +471,8 @@ class _Builder:
                 first.append(self.middleware({"type": "deny", "name": "route-no-backend", "status_code": 500}))
             else:
                 self.services.append({"name": service, "load_balancer": "weighted", "servers": [
-                    {"url": _url(b.mesh.scheme.value, e.ip, e.port), "weight": w} for e, w, b in weighted]})
+                    {"url": _url("h2c" if rule.grpc else b.mesh.scheme.value, e.ip, e.port), "weight": w}
+                    for e, w, b in weighted]})
             if rule.timeout_seconds is not None:
                 extra.append(self.middleware({"type": "request_timeout", "name": _bounded(f"{label}/timeout"),
                                               "seconds": rule.timeout_seconds}))

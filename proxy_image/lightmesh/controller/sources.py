@@ -47,6 +47,7 @@ FIELDS: dict[str, tuple[str, str]] = {
     "udp_routes": ("specs.smi-spec.io", "UDPRoute"),
     "traffic_splits": ("split.smi-spec.io", "TrafficSplit"),
     "mesh_http_routes": ("gateway.networking.k8s.io", "HTTPRoute"),
+    "mesh_grpc_routes": ("gateway.networking.k8s.io", "GRPCRoute"),
 }
 STATE_FIELDS = (*FIELDS, "shadow_services")
 _BY_GROUP_KIND = {gk: f for f, gk in FIELDS.items()}
@@ -90,6 +91,7 @@ SMI_VERSIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "traffic_splits": (("v1alpha4", "v1alpha3", "v1alpha2", "v1alpha1"), "trafficsplits"),
     # not SMI, but optional the same way: watched when the cluster has the Gateway API CRDs
     "mesh_http_routes": (("v1", "v1beta1"), "httproutes"),
+    "mesh_grpc_routes": (("v1", "v1alpha2"), "grpcroutes"),
 }
 LEASES = Resource("leases", "coordination.k8s.io", "v1", "Lease", "leases")
 EVENTS = Resource("events", "", "v1", "Event", "events")
@@ -502,8 +504,8 @@ class Informer:
 
 
 async def discover(api: KubeAPI) -> dict[str, Resource | None]:
-    """The resource to watch per field: built-ins fixed, SMI kinds and Gateway API HTTPRoute the
-    newest served version (none when the cluster lacks the CRDs)."""
+    """The resource to watch per field: built-ins fixed, SMI kinds and Gateway API HTTPRoute and
+    GRPCRoute the newest served version (none when the cluster lacks the CRDs)."""
     out: dict[str, Resource | None] = dict(BUILTIN)
     groups: dict[str, set[str]] = {}
     body = await api.get("/apis")  # an error here is retried by the caller

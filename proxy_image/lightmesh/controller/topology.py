@@ -36,6 +36,8 @@ port, or all): its matches (paths → anchored regexes for the proxy: ``Exact`` 
 ``RegularExpression``; method), its weighted Service backends (same namespace, explicit port) and
 its request timeout. Consumer routes, filters, query-parameter matches and cross-namespace
 backends are reported and left out. A Service with routes attached keeps no TrafficSplit.
+``GRPCRoute`` (v1, v1alpha2) likewise: a method match is a path match on ``/<service>/<method>``,
+and its backends are reached over h2c.
 """
 
 from __future__ import annotations
@@ -171,13 +173,14 @@ class MeshRule:
     parent (on ``port``, or every port when None) that match one of ``matches`` go to ``backends``
     (weighted); no usable backend → 500, as the Gateway API asks."""
 
-    route: str  # "ns/name" of the HTTPRoute
+    route: str  # "ns/name" of the HTTPRoute (or GRPCRoute)
     index: int  # rule index in the route
     port: int | None
     matches: tuple[HTTPMatch, ...]
     backends: tuple[RouteBackend, ...]
     timeout_seconds: float | None = None
     exact_path: tuple[bool, ...] = ()  # per match: an Exact path (outranks a prefix of the same value)
+    grpc: bool = False  # from a GRPCRoute: the backends are reached over HTTP/2 (h2c) whatever their scheme
 
 
 @dataclass(frozen=True)
@@ -240,7 +243,7 @@ def _rule_dict(r: MeshRule) -> dict:
     return {"route": r.route, "index": r.index, "port": r.port, "matches": [_match_dict(m) for m in r.matches],
             "exact_path": list(r.exact_path),
             "backends": [{"service": b.service, "port": b.port, "weight": b.weight} for b in r.backends],
-            "timeout_seconds": r.timeout_seconds}
+            "timeout_seconds": r.timeout_seconds, "grpc": r.grpc}
 
 
 def _split_dict(s: TrafficSplit) -> dict:
@@ -1100,28 +1103,68 @@ def _gw_match(raw: Any) -> tuple[HTTPMatch, bool] | str:
     return HTTPMatch("", path_regex, methods, tuple(sorted(headers.items()))), exact
 
 
+_GRPC_NAME = re.compile(r"^[A-Za-z0-9_.]+$")
+
+
+def _grpc_match(raw: Any) -> tuple[HTTPMatch, bool] | str:
+    """A GRPCRoute match → an HTTP match on the request path ``/<service>/<method>`` and headers."""
+    raw = _d(raw)
+    method = _d(raw.get("method"))
+    kind = method.get("type", "Exact")
+    service, name = method.get("service"), method.get("method")
+    for what, value in (("service", service), ("method", name)):
+        if value is not None and (not isinstance(value, str) or not value):
+            return f"method.{what} {value!r} must be a non-empty string"
+    if kind == "Exact":
+        for what, value in (("service", service), ("method", name)):
+            if value is not None and not _GRPC_NAME.fullmatch(value):
+                return f"method.{what} {value!r} is not a gRPC name"
+        svc_re = re.escape(service) if service else "[^/]+"
+        method_re = re.escape(name) if name else "[^/]+"
+    elif kind == "RegularExpression":
+        for what, value in (("service", service), ("method", name)):
+            if value is not None:
+                try:
+                    re.compile(value)
+                except re.error as exc:
+                    return f"method.{what} regular expression {value!r} is invalid: {exc}"
+        svc_re = f"(?:{service})" if service else "[^/]+"
+        method_re = f"(?:{name})" if name else "[^/]+"
+    else:
+        return f"method.type {kind!r} is not Exact or RegularExpression"
+    path = None if not service and not name else f"/{svc_re}/{method_re}$"
+    headers = _gw_match({"headers": raw.get("headers")}) if raw.get("headers") else None
+    if isinstance(headers, str):
+        return headers
+    return HTTPMatch("", path, (), headers[0].headers if headers else ()), kind == "Exact" and bool(service and name)
+
+
 def _mesh_routes(state: ClusterState, settings: Settings, services: dict[str, Service], errors: _Errors
                  ) -> dict[str, tuple[MeshRule, ...]]:
-    """Gateway API HTTPRoutes with mesh Services as parents (producer routes: the route in the
-    Service's namespace). Oldest route first (the Gateway API's precedence), then by name."""
+    """Gateway API HTTPRoutes and GRPCRoutes with mesh Services as parents (producer routes: the
+    route in the Service's namespace). Oldest route first (the Gateway API's precedence), then by
+    kind and name."""
     routes = []
-    seen: set[tuple[str, str]] = set()
-    for obj in state.mesh_http_routes or ():
-        if not isinstance(obj, dict):
-            continue
-        ns, name = _meta(obj)
-        if not name or settings.ignored_namespace(ns) or (ns, name) in seen:
-            continue
-        seen.add((ns, name))
-        created = _s(_d(obj.get("metadata")).get("creationTimestamp"))
-        routes.append((created, ns, name, obj))
-    routes.sort(key=lambda r: r[:3])
+    seen: set[tuple[str, str, str]] = set()
+    for kind, objects in (("GRPCRoute", state.mesh_grpc_routes), ("HTTPRoute", state.mesh_http_routes)):
+        for obj in objects or ():
+            if not isinstance(obj, dict):
+                continue
+            ns, name = _meta(obj)
+            if not name or settings.ignored_namespace(ns) or (kind, ns, name) in seen:
+                continue
+            seen.add((kind, ns, name))
+            created = _s(_d(obj.get("metadata")).get("creationTimestamp"))
+            routes.append((created, kind, ns, name, obj))
+    routes.sort(key=lambda r: r[:4])
     out: dict[str, list[MeshRule]] = {}
-    for _created, ns, name, obj in routes:
+    for _created, route_kind, ns, name, obj in routes:
         spec = _d(obj.get("spec"))
+        grpc = route_kind == "GRPCRoute"
+        parse_match = _grpc_match if grpc else _gw_match
 
-        def err(where: str, msg: str) -> None:
-            errors.add("HTTPRoute", ns, name, where, msg)
+        def err(where: str, msg: str, route_kind: str = route_kind) -> None:
+            errors.add(route_kind, ns, name, where, msg)
 
         parents: list[tuple[str, int | None]] = []
         for i, ref in enumerate(_l(spec.get("parentRefs"))):
@@ -1163,7 +1206,7 @@ def _mesh_routes(state: ClusterState, settings: Settings, services: dict[str, Se
             matches: list[tuple[HTTPMatch, bool]] = []
             bad = None
             for j, raw in enumerate(_l(rule.get("matches")) or [{}]):
-                found = _gw_match(raw)
+                found = parse_match(raw)
                 if isinstance(found, str):
                     bad = (f"{where}.matches[{j}]", f"{found}; this rule is ignored")
                     break
@@ -1210,7 +1253,7 @@ def _mesh_routes(state: ClusterState, settings: Settings, services: dict[str, Se
             for parent, port in parents:
                 out.setdefault(parent, []).append(MeshRule(
                     f"{ns}/{name}", k, port, tuple(m for m, _ in matches), tuple(backends), timeout,
-                    tuple(e for _, e in matches)))
+                    tuple(e for _, e in matches), grpc))
     return {k: tuple(v) for k, v in sorted(out.items())}
 
 
