@@ -584,3 +584,47 @@ async def test_refused_streams_go_to_another_connection_and_a_silent_server_is_5
             await client.close()
     finally:
         silent.close()
+
+
+@on_uvloop
+async def test_grpc_route_from_the_controller_steers_grpc_calls_by_method():
+    """Cluster objects → controller build → proxy config → gRPC-style calls: a GRPCRoute sends
+    helloworld.Greeter/SayHello to v2 and other Greeter methods to v1, over h2c."""
+    from lightmesh.controller.build import build
+    from lightmesh.controller.model import ClusterState, Settings
+
+    async with H2Server() as v1, H2Server() as v2:
+        def endpoints(name: str, server: H2Server) -> dict:
+            port = int(server.url.rsplit(":", 1)[1])
+            return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                    "metadata": {"name": name, "namespace": "g", "labels": {"kubernetes.io/service-name": name}},
+                    "ports": [{"name": "grpc", "port": port}], "endpoints": [{"addresses": ["127.0.0.1"]}]}
+        objects = [
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "greeter", "namespace": "g"},
+             "spec": {"ports": [{"name": "grpc", "port": 50051}]}},
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "greeter-v2", "namespace": "g"},
+             "spec": {"ports": [{"name": "grpc", "port": 50051}]}},
+            endpoints("greeter", v1), endpoints("greeter-v2", v2),
+            {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+             "metadata": {"name": "greeter", "namespace": "g"},
+             "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "greeter"}],
+                      "rules": [{"matches": [{"method": {"service": "helloworld.Greeter", "method": "SayHello"}}],
+                                 "backendRefs": [{"name": "greeter-v2", "port": 50051}]},
+                                {"matches": [{"method": {"service": "helloworld.Greeter"}}],
+                                 "backendRefs": [{"name": "greeter", "port": 50051}]}]}},
+        ]
+        result = build(ClusterState.from_objects(objects), Settings(), 1)
+        assert not result.errors
+        entry = result.config.http.routers[0].entry_points[0]
+        async with ProxyUnderTest(result.config, entry_point=entry) as p:
+            client = await H2Client.connect(p.port)
+            host = "greeter.g.lightmesh:50051"
+            hello, other, unknown = await client.wait([
+                client.start("/helloworld.Greeter/SayHello", body=b"\x00\x00\x00\x00\x01a", authority=host),
+                client.start("/helloworld.Greeter/SayBye", body=b"\x00\x00\x00\x00\x01b", authority=host),
+                client.start("/other.Service/Call", body=b"\x00", authority=host)])
+            await client.close()
+        assert hello["trailers"][b"grpc-status"] == b"0" and other["trailers"][b"grpc-status"] == b"0"
+        assert [r[b":path"] for r in v2.requests] == [b"/helloworld.Greeter/SayHello"]
+        assert [r[b":path"] for r in v1.requests] == [b"/helloworld.Greeter/SayBye"]
+        assert unknown["headers"][b":status"] == b"404"  # no rule matches: not routed
