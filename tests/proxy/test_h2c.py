@@ -15,6 +15,7 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import h2.exceptions
 import h2.settings
 import hpack
 import pytest
@@ -69,6 +70,14 @@ class _H2ServerProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         for ev in self.conn.receive_data(data):
+            try:
+                self._event(ev)
+            except (h2.exceptions.StreamClosedError, h2.exceptions.StreamIDTooLowError):
+                self.pending.pop(getattr(ev, "stream_id", 0), None)  # the peer reset it in this same read
+        self.transport.write(self.conn.data_to_send())
+
+    def _event(self, ev) -> None:
+        if True:
             if isinstance(ev, h2.events.RequestReceived) and self.owner.refuse > 0:
                 self.owner.refuse -= 1
                 self.conn.reset_stream(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
@@ -83,7 +92,7 @@ class _H2ServerProtocol(asyncio.Protocol):
             elif isinstance(ev, h2.events.DataReceived):
                 if ev.stream_id not in self.bodies:  # a refused stream
                     self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-                    continue
+                    return
                 self.bodies[ev.stream_id].append(ev.data)
                 self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
                 if ev.stream_ended is not None:
@@ -97,7 +106,6 @@ class _H2ServerProtocol(asyncio.Protocol):
             elif isinstance(ev, h2.events.WindowUpdated):
                 for sid in list(self.pending):
                     self._pump(sid)
-        self.transport.write(self.conn.data_to_send())
 
     def _answer(self, sid: int) -> None:
         if sid in self.answered:
@@ -111,7 +119,12 @@ class _H2ServerProtocol(asyncio.Protocol):
             return
         if path == b"/slow":
             def later() -> None:
-                self.conn.send_headers(sid, [(b":status", b"200")], end_stream=True)
+                if self.transport.is_closing():
+                    return
+                try:
+                    self.conn.send_headers(sid, [(b":status", b"200")], end_stream=True)
+                except h2.exceptions.ProtocolError:
+                    return  # reset by the peer meanwhile
                 self.transport.write(self.conn.data_to_send())
             asyncio.get_running_loop().call_later(0.3, later)
             return
@@ -131,6 +144,12 @@ class _H2ServerProtocol(asyncio.Protocol):
         self._pump(sid)
 
     def _pump(self, sid: int) -> None:
+        try:
+            self._pump_stream(sid)
+        except h2.exceptions.StreamClosedError:
+            self.pending.pop(sid, None)  # reset by the peer meanwhile
+
+    def _pump_stream(self, sid: int) -> None:
         data, trailers = self.pending[sid]
         if trailers is None and not data and self.heads[sid][b":path"] == b"/hang":
             return
@@ -179,22 +198,29 @@ class H2Client:
         return sid
 
     def reset(self, sid: int) -> None:
+        self.pending_body.pop(sid, None)
         self.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
         self.writer.write(self.conn.data_to_send())
 
     def _pump(self) -> None:
         for sid, body in list(self.pending_body.items()):
-            while body:
-                window = min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size)
-                if window <= 0:
-                    break
-                self.conn.send_data(sid, body[:window])
-                body = body[window:]
-            if body:
-                self.pending_body[sid] = body
-            else:
-                del self.pending_body[sid]
-                self.conn.end_stream(sid)
+            try:
+                self._pump_stream(sid, body)
+            except h2.exceptions.StreamClosedError:
+                self.pending_body.pop(sid, None)  # reset meanwhile: nothing more to send on it
+
+    def _pump_stream(self, sid: int, body: bytes) -> None:
+        while body:
+            window = min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size)
+            if window <= 0:
+                break
+            self.conn.send_data(sid, body[:window])
+            body = body[window:]
+        if body:
+            self.pending_body[sid] = body
+        else:
+            del self.pending_body[sid]
+            self.conn.end_stream(sid)
 
     async def wait(self, sids: list[int], timeout: float = 10.0) -> list[dict]:
         loop = asyncio.get_running_loop()
@@ -628,3 +654,40 @@ async def test_grpc_route_from_the_controller_steers_grpc_calls_by_method():
         assert [r[b":path"] for r in v2.requests] == [b"/helloworld.Greeter/SayHello"]
         assert [r[b":path"] for r in v1.requests] == [b"/helloworld.Greeter/SayBye"]
         assert unknown["headers"][b":status"] == b"404"  # no rule matches: not routed
+
+
+@on_uvloop
+async def test_many_streams_with_random_client_resets_leave_nothing_behind():
+    """300 streams on 3 connections, a third of them reset by the client at a random moment (before
+    or during the response): the others all complete, and afterwards no stream, queue or connection
+    state is left in the proxy."""
+    import random
+
+    rng = random.Random(7)
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url])) as p:
+        clients = [await H2Client.connect(p.port) for _ in range(3)]
+        kept: dict[H2Client, list[int]] = {c: [] for c in clients}
+        for i in range(300):
+            client = clients[i % 3]
+            path = rng.choice(["/echo", "/big?size=200000", "/slow"])
+            sid = client.start(path, method="GET" if path != "/echo" else "POST",
+                               body=b"x" * rng.randint(0, 70000) if path == "/echo" else b"")
+            if rng.random() < 0.33:
+                await asyncio.sleep(rng.random() * 0.01)
+                client.reset(sid)
+            else:
+                kept[client].append(sid)
+        for client, sids in kept.items():
+            for r in await client.wait(sids, timeout=60):
+                assert r["headers"][b":status"] == b"200" and r["reset"] is None
+        for client in clients:
+            await client.close()
+        for _ in range(100):
+            if not p.options.connections.conns:
+                break
+            await asyncio.sleep(0.02)
+        assert not p.options.connections.conns
+        server = p.holder.http.services["svc"].servers[0]
+        conn = server.h2conn
+        assert conn is None or (not conn.streams and not conn.waiting and not conn.side.queues)
+        assert p.metrics.requests[("svc", "200", "POST")] + p.metrics.requests[("svc", "200", "GET")] >= 200

@@ -48,6 +48,12 @@ from lightmesh.proxy.routing import Server, split_host
 
 _H1_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te",
                      b"trailer"))
+# Our receive window per connection (both sides). Data is acknowledged only once handed on, so a
+# stream whose reader is slow holds its share of the connection window: with HTTP/2's default
+# 64 KiB for the whole connection, one slow client would stall every stream of the server connection
+# it shares with the others. Each stream keeps the default 64 KiB window, which bounds what it can
+# make us hold; the connection window only has to cover many such streams at once.
+CONNECTION_WINDOW = 16 * 1024 * 1024
 _H1_READ_AHEAD = 256 * 1024  # response bytes an HTTP/1.1 server may have us hold for a slow HTTP/2 client
 
 __all__ = ["PREFACE", "H2Downstream", "H2Upstream", "looks_like_h2"]
@@ -218,6 +224,7 @@ class H2Downstream(asyncio.Protocol):
         self.side.conn.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.ENABLE_PUSH: 0, h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 1000})
         self.side.conn.initiate_connection()
+        self.side.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self.side.flush()
         self._arm_idle()
         self.data_received(data)
@@ -575,6 +582,7 @@ class H2Upstream(asyncio.Protocol):
         self.side.conn.local_settings = h2.settings.Settings(client=True, initial_values={
             h2.settings.SettingCodes.ENABLE_PUSH: 0})
         self.side.conn.initiate_connection()
+        self.side.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self.side.flush()
         self.settings_timer = self.loop.call_later(self.connect_timeout, self._no_settings)
 
