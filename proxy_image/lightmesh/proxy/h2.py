@@ -21,9 +21,10 @@ Retry: a stream whose server could not be reached, or whose connection failed or
 stream before any response header, is tried on the next server when the route has a retry
 middleware and the whole request body is at hand (up to ``max_replay_bytes``). Request timeout:
 no response head in time → 504. Drain (SIGTERM): new streams are refused with REFUSED_STREAM
-(never processed: the client retries them elsewhere), the ones in flight finish, then GOAWAY. The
-default HTTP/2 windows (64 KiB per stream and per connection) bound what one client connection
-can make the proxy hold. Every stream is counted in the request metrics like an HTTP/1.1
+(never processed: the client retries them elsewhere), the ones in flight finish, then GOAWAY. Each
+stream's receive window stays at HTTP/2's default 64 KiB, which bounds what one stream can make the
+proxy hold; the connection windows are 16 MiB, so streams waiting for one slow reader cannot stall
+the others sharing their connection. Every stream is counted in the request metrics like an HTTP/1.1
 request; circuit breakers record its outcome. Not here: HTTP/2 over TLS, server push (disabled),
 h2c upgrade from HTTP/1.1 (``Upgrade: h2c`` is dropped as a hop-by-hop header). With a tracer,
 each stream that passed the middlewares gets a span, as an HTTP/1.1 request does.
