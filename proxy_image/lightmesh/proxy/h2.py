@@ -386,8 +386,9 @@ class H2Downstream(asyncio.Protocol):
                     st.body = []  # already on its way: not kept any longer
         elif not st.up_id:
             st.body.append(item)  # waiting for the server's stream (bounded by the stream window)
-        if st.up is not None and st.up_id:
-            st.up.send(st, item)
+        if st.up is not None and st.up_id and not st.up.send(st, item) and item[3]:
+            self.side.acknowledge(stream_id, item[3])  # the server side is gone: consumed
+            item[3] = 0
 
     def release_body(self, st: _Stream) -> None:
         """Give the client back the credit of request data never handed to a server."""
@@ -703,12 +704,15 @@ class H2Upstream(asyncio.Protocol):
         for item in body:
             self.send(st, item, flush=False)
 
-    def send(self, st: _Stream, item: list, flush: bool = True) -> None:
+    def send(self, st: _Stream, item: list, flush: bool = True) -> bool:
         """A piece of a client's request; its flow-control credit goes back to the client once it
-        went out here (or was dropped)."""
+        went out here (or was dropped). False (nothing taken) when the stream is no longer here."""
+        entry = self.streams.get(st.up_id)
+        if entry is None:
+            return False
         kind, payload, end, flow = item
         item[3] = 0
-        down = self.streams[st.up_id][1]
+        down = entry[1]
 
         def acked(n: int, sid: int = st.down_id) -> None:
             down.side.acknowledge(sid, n)
@@ -716,6 +720,7 @@ class H2Upstream(asyncio.Protocol):
         self.side.queue(st.up_id, kind, payload, end, flow, acked if flow else None)
         if flush:
             self.side.flush()
+        return True
 
     def cancel(self, st: _Stream) -> None:
         if self.streams.pop(st.up_id, None) is not None:
@@ -883,14 +888,15 @@ class H1Upstream(asyncio.Protocol):
         if st.req_done and not body and self.chunked:
             transport.write(b"0\r\n\r\n")
 
-    def send(self, st: _Stream, item: list) -> None:
+    def send(self, st: _Stream, item: list) -> bool:
         """A piece of the client's request (data or trailers); its flow-control credit goes back now:
-        the transport buffers it (uvloop writes at once, or buffers and pauses us)."""
-        kind, payload, end, flow = item
-        item[3] = 0
+        the transport buffers it (uvloop writes at once, or buffers and pauses us). False (nothing
+        taken) once the connection is closing."""
         t = self.transport
         if t is None or t.is_closing():
-            return
+            return False
+        kind, payload, end, flow = item
+        item[3] = 0
         if kind == "data":
             if payload:
                 t.write(b"%x\r\n%s\r\n" % (len(payload), payload) if self.chunked else payload)
@@ -901,6 +907,7 @@ class H1Upstream(asyncio.Protocol):
         if flow:
             self.down.side.acknowledge(st.down_id, flow)
             self.down.side.flush()
+        return True
 
     def cancel(self, st: _Stream) -> None:
         self.done = True
