@@ -1196,7 +1196,6 @@ def _mesh_routes(state: ClusterState, settings: Settings, services: dict[str, Se
         parents = list(dict.fromkeys((key, None if key in whole else port) for key, port in parents))
         if not parents:
             continue
-        rules: list[MeshRule] = []
         for k, rule in enumerate(_l(spec.get("rules"))):
             rule = _d(rule)
             where = f"spec.rules[{k}]"
