@@ -32,7 +32,9 @@ Middlewares
     ``average`` requests per ``period_seconds`` with ``burst``; 429 + ``Retry-After``.
     ``circuit_breaker``: :mod:`lightmesh.cbexpr` expression; open → 503. ``retry``: up to
     ``attempts`` extra tries on connect failure/reset before any response byte, next server each
-    time. ``request_timeout``: 504 when the upstream has not answered in time.
+    time. ``request_timeout``: 504 when the upstream has not answered in time. ``request_headers``:
+    before forwarding, ``remove`` then ``set`` (replacing any field of that name) then ``add``
+    request header fields; framing, routing and hop-by-hop fields cannot be touched.
 TCP / UDP
     One route per listening port. ``allowed_sources``: ``None`` = anyone; a list = only those CIDRs
     (empty list = nobody): a denied TCP connection is closed at once, a denied datagram dropped.
@@ -264,6 +266,43 @@ class RequestTimeoutMiddleware(_Model):
     seconds: float = Field(gt=0, le=86400)
 
 
+_FIELD_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# Fields a header edit must not touch: message framing, routing, connection management, and what
+# the proxy itself sets.
+_PROTECTED_FIELDS = frozenset(("host", "content-length", "transfer-encoding", "connection", "keep-alive", "te",
+                               "trailer", "upgrade", "proxy-connection", "expect"))
+
+
+def _check_field_name(name: str) -> str:
+    if not _FIELD_NAME.fullmatch(name) or len(name) > 256:
+        raise ValueError(f"{name!r} is not a header field name")
+    if name.lower() in _PROTECTED_FIELDS:
+        raise ValueError(f"header {name!r} cannot be changed by a middleware (framing, routing or hop-by-hop)")
+    return name
+
+
+class RequestHeadersMiddleware(_Model):
+    type: Literal["request_headers"] = "request_headers"
+    name: Name
+    set: dict[str, str] = Field(default_factory=dict)
+    add: dict[str, str] = Field(default_factory=dict)
+    remove: list[str] = Field(default_factory=list)
+
+    @field_validator("set", "add")
+    @classmethod
+    def _fields(cls, fields: dict[str, str]) -> dict[str, str]:
+        for name, value in fields.items():
+            _check_field_name(name)
+            if any(c in value for c in "\r\n\x00") or len(value) > 8192:
+                raise ValueError(f"header {name!r}: the value must be one line of at most 8192 characters")
+        return fields
+
+    @field_validator("remove")
+    @classmethod
+    def _remove(cls, names: list[str]) -> list[str]:
+        return [_check_field_name(n) for n in names]
+
+
 Middleware = Annotated[
     Union[
         RetryMiddleware,
@@ -272,6 +311,7 @@ Middleware = Annotated[
         AllowListMiddleware,
         DenyMiddleware,
         RequestTimeoutMiddleware,
+        RequestHeadersMiddleware,
     ],
     Field(discriminator="type"),
 ]

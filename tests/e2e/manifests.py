@@ -60,7 +60,8 @@ def extra_service(name: str, annotations: dict) -> dict:
 
 def gateway_canary() -> list[dict]:
     """whoami plus a v2 Deployment and a Gateway API HTTPRoute on the whoami Service (GAMMA):
-    requests with ``X-Canary: 1`` go to v2, ``/v2/...`` too, everything else to v1."""
+    requests with ``X-Canary: 1`` go to v2 (tagged ``X-Route: canary``), ``/v2/...`` too, everything else
+    to v1."""
     return whoami(acl_policy=False) + [
         _deployment("whoami-v2", "traefik/whoami:v1.6.0", 1, "whoami-server", {"app": "whoami-v2"}, 80),
         _service("whoami-v2", {"app": "whoami-v2"}, 80, {"mesh.traefik.io/traffic-type": "http"}),
@@ -70,6 +71,8 @@ def gateway_canary() -> list[dict]:
                   "rules": [
                       {"matches": [{"headers": [{"name": "X-Canary", "value": "1"}]},
                                    {"path": {"type": "PathPrefix", "value": "/v2"}}],
+                       "filters": [{"type": "RequestHeaderModifier",
+                                    "requestHeaderModifier": {"set": [{"name": "X-Route", "value": "canary"}]}}],
                        "backendRefs": [{"name": "whoami-v2", "port": 80}]},
                       {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
                        "backendRefs": [{"name": "whoami", "port": 80}]}]}},

@@ -214,6 +214,8 @@ def test_gateway_api_http_route_steers_traffic_by_header_and_path(mesh_factory):
         for results in (plain, canary, by_path, sibling):
             assert [r.status for r in results] == [200] * len(results)
         assert all(h.startswith("whoami-v2-") for h in hostnames(canary + by_path)), hostnames(canary + by_path)
+        assert all(b"X-Route: canary" in r.body for r in canary)  # the rule's RequestHeaderModifier
+        assert not any(b"X-Route" in r.body for r in plain)
         assert not any(h.startswith("whoami-v2-") for h in hostnames(plain + sibling)), hostnames(plain + sibling)
         topology = _http_json(mesh.api_url + "/api/topology/current")
         assert "whoami/whoami-canary" in str(topology) and "HTTPRoute" not in str(topology.get("errors", ""))

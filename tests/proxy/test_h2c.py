@@ -691,3 +691,17 @@ async def test_many_streams_with_random_client_resets_leave_nothing_behind():
         conn = server.h2conn
         assert conn is None or (not conn.streams and not conn.waiting and not conn.side.queues)
         assert p.metrics.requests[("svc", "200", "POST")] + p.metrics.requests[("svc", "200", "GET")] >= 200
+
+
+@on_uvloop
+async def test_request_header_edits_apply_to_http2_streams():
+    mws = [{"type": "request_headers", "name": "h", "set": {"X-Env": "canary"}, "remove": ["X-Secret"]}]
+    async with H2Server() as up:
+        cfg = simple_config([up.url], routers=[{"name": "r", "service": "svc", "middlewares": ["h"]}], middlewares=mws)
+        async with ProxyUnderTest(cfg) as p:
+            client = await H2Client.connect(p.port)
+            (r,) = await client.wait([client.start("/echo", body=b"e", headers=[(b"x-env", b"prod"), (b"x-secret", b"s")])])
+            await client.close()
+    assert r["body"] == b"e"
+    seen = up.requests[-1]["_all"]
+    assert [v for n, v in seen if n == b"x-env"] == [b"canary"] and not [n for n, _ in seen if n == b"x-secret"]

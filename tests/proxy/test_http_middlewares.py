@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
+import pytest
+
 from lightmesh.proxy.metrics import CB_OPEN
 
 from .backends import (Backend, ProxyUnderTest, RawClient, ResetServer, closed_port, on_uvloop, pattern, request,
@@ -209,3 +211,35 @@ async def test_local_answer_keeps_alive_after_small_body_and_closes_on_pending_b
         await client.close()
         assert p.metrics.requests[("svc", "403", "POST")] == 4
         assert not b.requests
+
+
+@on_uvloop
+async def test_request_headers_middleware_removes_sets_and_adds_fields():
+    mws = [{"type": "request_headers", "name": "h1", "set": {"X-Env": "canary"}, "add": {"X-Added": "1"},
+            "remove": ["X-Secret"]},
+           {"type": "request_headers", "name": "h2", "add": {"X-Added": "2"}}]
+    async with Backend() as b, ProxyUnderTest(_cfg([b.url], mws)) as p:
+        resp = await request(p.port, headers={"X-Env": "prod", "x-env": "prod2", "X-Secret": "s", "X-Kept": "k"})
+        assert resp.status == 200
+        seen = b.requests[-1]
+        assert seen.header_all("X-Env") == ["canary"]  # set replaces every field of that name
+        assert seen.header_all("X-Added") == ["1", "2"] and seen.header("X-Secret") is None
+        assert seen.header("X-Kept") == "k" and seen.header("X-Forwarded-For") == "127.0.0.1"
+        # chunked upload with the edits: framing untouched
+        client = await RawClient.connect(p.port)
+        await client.send(b"POST /echo HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\nX-Secret: s\r\n\r\n"
+                          b"3\r\nabc\r\n0\r\n\r\n")
+        assert (await client.response()).status == 200
+        assert b.requests[-1].body == b"abc" and b.requests[-1].header("X-Secret") is None
+        await client.close()
+
+
+def test_request_headers_middleware_refuses_framing_fields_and_bad_values():
+    from lightmesh.config import ConfigError, load_config_dict
+
+    base = simple_config(["http://127.0.0.1:1"]).model_dump(mode="json")
+    for bad, what in (({"set": {"Host": "x"}}, "Host"), ({"remove": ["Content-Length"]}, "Content-Length"),
+                      ({"add": {"X-A": "a\r\nInjected: 1"}}, "one line"), ({"set": {"bad name": "v"}}, "bad name")):
+        cfg = dict(base, http=dict(base["http"], middlewares=[{"type": "request_headers", "name": "h", **bad}]))
+        with pytest.raises(ConfigError, match=what):
+            load_config_dict(cfg)

@@ -424,7 +424,11 @@ class H2Downstream(asyncio.Protocol):
         head = [(b":method", st.method), (b":scheme", b"http"), (b":authority", authority), (b":path", st.path)]
         xff = None
         xfp = xfh = False
-        for name, value in self._fields(st.headers):
+        fields = self._fields(st.headers)
+        edits = st.route.edits
+        if edits is not None:  # request_headers middlewares (HTTP/2 field names are lower case)
+            fields = [f for f in fields if f[0] not in edits.drop] + [(n.lower(), v) for n, v in edits.fields]
+        for name, value in fields:
             if name in _FORWARDED:
                 if name == b"x-forwarded-for":
                     xff = value if xff is None else xff + b", " + value

@@ -872,6 +872,13 @@ class ClientProtocol(asyncio.Protocol):
         if not service.servers:
             self._local(ex, 503)
             return
+        edits = route.edits
+        if edits is not None:  # request_headers middlewares
+            if edits.drop:
+                drop = edits.drop
+                parts = _drop_headers(parts, lambda n: n.lower() in drop)
+            for name, value in edits.fields:
+                parts += (name, b": ", value, _CRLF)
         # ---- the upstream request head
         tracer = self.options.tracer
         if tracer is not None:

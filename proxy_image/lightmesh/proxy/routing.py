@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from lightmesh.config import (AllowListMiddleware, CircuitBreakerMiddleware, DenyMiddleware, HTTPService,
-                              Match, ProxyConfig, RateLimitMiddleware, RequestTimeoutMiddleware,
-                              RetryMiddleware, Scheme, parse_server_url)
+                              Match, ProxyConfig, RateLimitMiddleware, RequestHeadersMiddleware,
+                              RequestTimeoutMiddleware, RetryMiddleware, Scheme, parse_server_url)
 from lightmesh.proxy.balancer import Balancer
 from lightmesh.proxy.metrics import ProxyMetrics
 from lightmesh.proxy.policies import AllowList, CircuitBreaker, RateLimiter
@@ -116,7 +116,7 @@ class Check:
 
 class Route:
     __slots__ = ("name", "service", "priority", "length", "hosts", "path", "methods", "headers", "simple",
-                 "checks", "retries", "timeout", "breakers")
+                 "checks", "retries", "timeout", "breakers", "edits")
 
     def __init__(self, name: str, service: Service, priority: int, match: Match) -> None:
         self.name = name
@@ -135,6 +135,7 @@ class Route:
         self.retries = 0
         self.timeout: float | None = None
         self.breakers: tuple[CircuitBreaker, ...] = ()
+        self.edits: HeaderEdits | None = None  # request_headers middlewares, merged
 
     def matches(self, method: str, target: bytes, headers: list) -> bool:
         """``target``: the request target (path and query); ``headers``: the request's list of
@@ -160,6 +161,24 @@ class Route:
 def match_length(match: Match) -> int:
     return (sum(len(h) for h in match.hosts) + len(match.path_regex or "") + sum(len(m) for m in match.methods)
             + sum(len(k) + len(v) for k, v in match.headers.items()))
+
+
+class HeaderEdits:
+    """The request header edits of a route (its ``request_headers`` middlewares in order, merged):
+    fields named in ``drop`` (lower case) are removed, then ``fields`` are added."""
+
+    __slots__ = ("drop", "fields")
+
+    def __init__(self) -> None:
+        self.drop: frozenset[bytes] = frozenset()
+        self.fields: list[tuple[bytes, bytes]] = []  # (name, value) added, in order
+
+    def apply(self, m: RequestHeadersMiddleware) -> None:
+        names = {n.lower().encode("latin-1") for n in [*m.remove, *m.set]}
+        self.drop = self.drop | names
+        # a later middleware's remove/set also removes what an earlier one added
+        self.fields = [(n, v) for n, v in self.fields if n.lower() not in names]
+        self.fields += [(n.encode("latin-1"), v.encode("latin-1")) for n, v in [*m.set.items(), *m.add.items()]]
 
 
 class RouteTable:
@@ -282,6 +301,10 @@ def _attach_middlewares(route: Route, defs: list, build: _Build) -> None:
             route.retries = max(route.retries, m.attempts)
         elif isinstance(m, RequestTimeoutMiddleware):
             route.timeout = m.seconds if route.timeout is None else min(route.timeout, m.seconds)
+        elif isinstance(m, RequestHeadersMiddleware):
+            if route.edits is None:
+                route.edits = HeaderEdits()
+            route.edits.apply(m)
     route.checks = tuple(checks)
     route.breakers = tuple(breakers)
 
