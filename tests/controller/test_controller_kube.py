@@ -303,3 +303,44 @@ def test_rounds_that_change_no_shadow_write_nothing_and_a_deleted_shadow_comes_b
                 await until(lambda: name in shadows(kube) and len(kube.writes()) > writes + 1, "shadow recreated")
 
     run(scenario())
+
+
+def test_gateway_api_http_routes_are_watched_applied_and_reported():
+    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+             "metadata": {"name": "canary", "namespace": NS},
+             "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
+                      "rules": [{"matches": [{"headers": [{"name": "X-Canary", "value": "1"}]}],
+                                 "backendRefs": [{"name": "web-v2", "port": 80}]},
+                                {"matches": [{"path": {"value": "/old"}}],
+                                 "filters": [{"type": "RequestRedirect", "requestRedirect": {"statusCode": 301}}],
+                                 "backendRefs": [{"name": "web", "port": 80}]}]}}
+
+    def route_routers(controller):
+        config = controller.store.config
+        return sorted(r.name for r in config.http.routers if "/route/" in r.name) if config else []
+
+    async def scenario():
+        async with cluster() as kube:
+            kube.put_object(service("web"))
+            kube.put_object(service("web-v2"))
+            kube.put_object(route)
+            async with running(kube) as controller:
+                await until(lambda: route_routers(controller) == [f"{NS}/web:80/route/{NS}/canary/0/0"],
+                            "the HTTPRoute's router")
+                await until(lambda: kube.list_objects("v1", "events", NS), "an Event on the HTTPRoute")
+                [event] = kube.list_objects("v1", "events", NS)
+                assert event["involvedObject"]["kind"] == "HTTPRoute" and event["involvedObject"]["name"] == "canary"
+                assert event["involvedObject"]["apiVersion"] == "gateway.networking.k8s.io/v1"
+                assert "RequestRedirect" in event["message"]
+                # the route changes: the config follows; the route goes: the Service is plain again
+                kube.patch_object("gateway.networking.k8s.io/v1", "httproutes", NS, "canary",
+                                  {"spec": {"rules": route["spec"]["rules"][:1] * 2}})
+                await until(lambda: len(route_routers(controller)) == 2, "the changed route")
+                api = KubeAPI.from_kubeconfig(server=str(kube.url))
+                try:
+                    await api.request("DELETE", f"/apis/gateway.networking.k8s.io/v1/namespaces/{NS}/httproutes/canary")
+                finally:
+                    await api.close()
+                await until(lambda: route_routers(controller) == [], "the route gone")
+
+    run(scenario())
