@@ -32,9 +32,10 @@ Middlewares
     ``average`` requests per ``period_seconds`` with ``burst``; 429 + ``Retry-After``.
     ``circuit_breaker``: :mod:`lightmesh.cbexpr` expression; open → 503. ``retry``: up to
     ``attempts`` extra tries on connect failure/reset before any response byte, next server each
-    time. ``request_timeout``: 504 when the upstream has not answered in time. ``request_headers``:
-    before forwarding, ``remove`` then ``set`` (replacing any field of that name) then ``add``
-    request header fields; framing, routing and hop-by-hop fields cannot be touched.
+    time. ``request_timeout``: 504 when the upstream has not answered in time. ``request_headers``
+    / ``response_headers``: ``remove`` then ``set`` (replacing any field of that name) then ``add``
+    header fields of the request before it is forwarded / of the response before it is sent;
+    framing, routing and hop-by-hop fields cannot be touched.
 TCP / UDP
     One route per listening port. ``allowed_sources``: ``None`` = anyone; a list = only those CIDRs
     (empty list = nobody): a denied TCP connection is closed at once, a denied datagram dropped.
@@ -303,6 +304,10 @@ class RequestHeadersMiddleware(_Model):
         return [_check_field_name(n) for n in names]
 
 
+class ResponseHeadersMiddleware(RequestHeadersMiddleware):
+    type: Literal["response_headers"] = "response_headers"  # type: ignore[assignment]
+
+
 Middleware = Annotated[
     Union[
         RetryMiddleware,
@@ -312,6 +317,7 @@ Middleware = Annotated[
         DenyMiddleware,
         RequestTimeoutMiddleware,
         RequestHeadersMiddleware,
+        ResponseHeadersMiddleware,
     ],
     Field(discriminator="type"),
 ]

@@ -705,3 +705,15 @@ async def test_request_header_edits_apply_to_http2_streams():
     assert r["body"] == b"e"
     seen = up.requests[-1]["_all"]
     assert [v for n, v in seen if n == b"x-env"] == [b"canary"] and not [n for n, _ in seen if n == b"x-secret"]
+
+
+@on_uvloop
+async def test_response_header_edits_apply_to_http2_streams():
+    mws = [{"type": "response_headers", "name": "r", "remove": ["x-echo"], "add": {"X-Mesh": "1"}}]
+    async with H2Server() as up:
+        cfg = simple_config([up.url], routers=[{"name": "r", "service": "svc", "middlewares": ["r"]}], middlewares=mws)
+        async with ProxyUnderTest(cfg) as p:
+            client = await H2Client.connect(p.port)
+            (r,) = await client.wait([client.start("/echo", body=b"e")])
+            await client.close()
+    assert b"x-echo" not in r["headers"] and r["headers"][b"x-mesh"] == b"1" and r["body"] == b"e"

@@ -238,8 +238,31 @@ def test_request_headers_middleware_refuses_framing_fields_and_bad_values():
     from lightmesh.config import ConfigError, load_config_dict
 
     base = simple_config(["http://127.0.0.1:1"]).model_dump(mode="json")
-    for bad, what in (({"set": {"Host": "x"}}, "Host"), ({"remove": ["Content-Length"]}, "Content-Length"),
-                      ({"add": {"X-A": "a\r\nInjected: 1"}}, "one line"), ({"set": {"bad name": "v"}}, "bad name")):
-        cfg = dict(base, http=dict(base["http"], middlewares=[{"type": "request_headers", "name": "h", **bad}]))
-        with pytest.raises(ConfigError, match=what):
-            load_config_dict(cfg)
+    for kind in ("request_headers", "response_headers"):
+        for bad, what in (({"set": {"Host": "x"}}, "Host"), ({"remove": ["Content-Length"]}, "Content-Length"),
+                          ({"add": {"X-A": "a\r\nInjected: 1"}}, "one line"), ({"set": {"bad name": "v"}}, "bad name"),
+                          ({"remove": ["Transfer-Encoding"]}, "Transfer-Encoding")):
+            cfg = dict(base, http=dict(base["http"], middlewares=[{"type": kind, "name": "h", **bad}]))
+            with pytest.raises(ConfigError, match=what):
+                load_config_dict(cfg)
+
+
+@on_uvloop
+async def test_response_headers_middleware_edits_passed_through_and_rebuilt_heads():
+    mws = [{"type": "response_headers", "name": "r", "set": {"X-Backend": "hidden"}, "add": {"X-Mesh": "1"},
+            "remove": ["Content-Type"]}]
+    async with Backend("b1") as b, ProxyUnderTest(_cfg([b.url], mws)) as p:
+        client = await RawClient.connect(p.port)
+        # a Content-Length response (the head would be passed through as received) and a chunked one
+        for path in ("/", "/chunked?n=2&size=3", "/"):
+            await client.send(f"GET {path} HTTP/1.1\r\nHost: svc\r\n\r\n".encode())
+            resp = await client.response()
+            assert resp.status == 200
+            assert resp.header("X-Backend") == "hidden" and resp.header("X-Mesh") == "1"
+            assert resp.header("Content-Type") is None
+        assert resp.body.startswith(b"GET / HTTP/1.1")  # the body is untouched
+        await client.close()
+    # without the middleware the same backend's head is intact
+    async with Backend("b1") as b, ProxyUnderTest(_cfg([b.url], [])) as p:
+        resp = await request(p.port)
+        assert resp.header("X-Backend") == "b1" and resp.header("Content-Type") == "text/plain"

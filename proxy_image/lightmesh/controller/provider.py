@@ -476,10 +476,11 @@ class _Builder:
             if rule.timeout_seconds is not None:
                 extra.append(self.middleware({"type": "request_timeout", "name": _bounded(f"{label}/timeout"),
                                               "seconds": rule.timeout_seconds}))
-            if rule.header_edits is not None:
-                set_, add, remove = rule.header_edits
-                extra.append(self.middleware({"type": "request_headers", "name": _bounded(f"{label}/headers"),
-                                              "set": dict(set_), "add": dict(add), "remove": list(remove)}))
+            for kind, edits in (("request_headers", rule.header_edits), ("response_headers", rule.response_edits)):
+                if edits is not None:
+                    set_, add, remove = edits
+                    extra.append(self.middleware({"type": kind, "name": _bounded(f"{label}/{kind}"),
+                                                  "set": dict(set_), "add": dict(add), "remove": list(remove)}))
             for j, (m, exact) in enumerate(zip(rule.matches, rule.exact_path)):
                 priority = PRIORITY_ROUTE + 2 * _specificity(m) + exact
                 if not self.acl or not weighted:

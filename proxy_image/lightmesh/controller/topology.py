@@ -34,7 +34,7 @@ its own namespace (producer routes). Each rule becomes a :class:`MeshRule` of th
 port, or all): its matches (paths → anchored regexes for the proxy: ``Exact`` ``/a$``,
 ``PathPrefix`` by whole path elements, ``RegularExpression`` as a full match; headers ``Exact`` or
 ``RegularExpression``; method), its weighted Service backends (same namespace, explicit port) and
-its request timeout and RequestHeaderModifier filters. Consumer routes, other filters,
+its request timeout and Request/ResponseHeaderModifier filters. Consumer routes, other filters,
 query-parameter matches and cross-namespace backends are reported and left out. A Service with routes attached keeps no TrafficSplit.
 ``GRPCRoute`` (v1, v1alpha2) likewise: a method match is a path match on ``/<service>/<method>``,
 and its backends are reached over h2c.
@@ -181,8 +181,9 @@ class MeshRule:
     timeout_seconds: float | None = None
     exact_path: tuple[bool, ...] = ()  # per match: an Exact path (outranks a prefix of the same value)
     grpc: bool = False  # from a GRPCRoute: the backends are reached over HTTP/2 (h2c) whatever their scheme
-    # RequestHeaderModifier: (set pairs, add pairs, names to remove), or None
+    # RequestHeaderModifier / ResponseHeaderModifier: (set pairs, add pairs, names to remove), or None
     header_edits: tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...], tuple[str, ...]] | None = None
+    response_edits: tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...], tuple[str, ...]] | None = None
 
 
 @dataclass(frozen=True)
@@ -246,8 +247,11 @@ def _rule_dict(r: MeshRule) -> dict:
             "exact_path": list(r.exact_path),
             "backends": [{"service": b.service, "port": b.port, "weight": b.weight} for b in r.backends],
             "timeout_seconds": r.timeout_seconds, "grpc": r.grpc,
-            "header_edits": None if r.header_edits is None else {
-                "set": dict(r.header_edits[0]), "add": dict(r.header_edits[1]), "remove": list(r.header_edits[2])}}
+            "header_edits": _edits_dict(r.header_edits), "response_edits": _edits_dict(r.response_edits)}
+
+
+def _edits_dict(edits) -> dict | None:
+    return None if edits is None else {"set": dict(edits[0]), "add": dict(edits[1]), "remove": list(edits[2])}
 
 
 def _split_dict(s: TrafficSplit) -> dict:
@@ -1204,8 +1208,8 @@ def _mesh_routes(state: ClusterState, settings: Settings, services: dict[str, Se
             rule = _d(rule)
             where = f"spec.rules[{k}]"
             edits = _header_filters(_l(rule.get("filters")))
-            if isinstance(edits, tuple) and len(edits) == 2 and isinstance(edits[0], str):
-                err(f"{where}.{edits[0]}", f"{edits[1]}; this rule is ignored")
+            if isinstance(edits, str):
+                err(f"{where}.{edits.partition(': ')[0]}", f"{edits.partition(': ')[2]}; this rule is ignored")
                 continue
             matches: list[tuple[HTTPMatch, bool]] = []
             bad = None
@@ -1257,45 +1261,47 @@ def _mesh_routes(state: ClusterState, settings: Settings, services: dict[str, Se
             for parent, port in parents:
                 out.setdefault(parent, []).append(MeshRule(
                     f"{ns}/{name}", k, port, tuple(m for m, _ in matches), tuple(backends), timeout,
-                    tuple(e for _, e in matches), grpc, edits))
+                    tuple(e for _, e in matches), grpc, *edits))
     return {k: tuple(v) for k, v in sorted(out.items())}
 
 
+_HEADER_FILTERS = {"RequestHeaderModifier": ("requestHeaderModifier", 0),
+                   "ResponseHeaderModifier": ("responseHeaderModifier", 1)}
+
+
 def _header_filters(filters: list):
-    """A rule's filters → its RequestHeaderModifier edits (set, add, remove) or None; for anything
-    else, (field, reason): the rule cannot be applied."""
+    """A rule's filters → (request edits, response edits), each (set, add, remove) or None; or
+    ``"<field>: <reason>"`` when a filter cannot be applied (the rule is then left out)."""
     from lightmesh.config import _check_field_name  # the proxy's own rule for editable fields
 
-    set_: dict[str, str] = {}
-    add: dict[str, str] = {}
-    remove: list[str] = []
-    seen = False
+    found: list[tuple[dict, dict, list] | None] = [None, None]
     for i, f in enumerate(filters):
         f = _d(f)
         where = f"filters[{i}]"
-        if f.get("type") != "RequestHeaderModifier":
-            return where, f"filter {f.get('type')!r} is not supported (only RequestHeaderModifier)"
-        mod = _d(f.get("requestHeaderModifier"))
-        seen = True
-        for key, target in (("set", set_), ("add", add)):
-            for j, h in enumerate(_l(mod.get(key))):
+        if f.get("type") not in _HEADER_FILTERS:
+            return f"{where}: filter {f.get('type')!r} is not supported (only RequestHeaderModifier and " \
+                   "ResponseHeaderModifier)"
+        key, side = _HEADER_FILTERS[f["type"]]
+        mod = _d(f.get(key))
+        set_, add, remove = found[side] or ({}, {}, [])
+        for op, target in (("set", set_), ("add", add)):
+            for j, h in enumerate(_l(mod.get(op))):
                 h = _d(h)
                 name, value = h.get("name"), h.get("value")
                 if not isinstance(name, str) or not isinstance(value, str) or any(c in value for c in "\r\n\x00"):
-                    return f"{where}.requestHeaderModifier.{key}[{j}]", "a header needs a name and a one-line value"
+                    return f"{where}.{key}.{op}[{j}]: a header needs a name and a one-line value"
                 try:
                     _check_field_name(name)
                 except ValueError as exc:
-                    return f"{where}.requestHeaderModifier.{key}[{j}]", str(exc)
+                    return f"{where}.{key}.{op}[{j}]: {exc}"
                 target[name] = value
         for j, name in enumerate(_l(mod.get("remove"))):
             try:
                 remove.append(_check_field_name(name if isinstance(name, str) else ""))
             except ValueError as exc:
-                return f"{where}.requestHeaderModifier.remove[{j}]", str(exc)
-    if not seen:
-        return None
-    return tuple(set_.items()), tuple(add.items()), tuple(remove)
+                return f"{where}.{key}.remove[{j}]: {exc}"
+        found[side] = (set_, add, remove)
+    return tuple(None if e is None else (tuple(e[0].items()), tuple(e[1].items()), tuple(e[2])) for e in found)
 
 
 def _weight(ref: dict) -> int | None:

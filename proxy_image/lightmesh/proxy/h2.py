@@ -425,7 +425,7 @@ class H2Downstream(asyncio.Protocol):
         xff = None
         xfp = xfh = False
         fields = self._fields(st.headers)
-        edits = st.route.edits
+        edits = st.route.edits[0] if st.route.edits is not None else None
         if edits is not None:  # request_headers middlewares (HTTP/2 field names are lower case)
             fields = [f for f in fields if f[0] not in edits.drop] + [(n.lower(), v) for n, v in edits.fields]
         for name, value in fields:
@@ -509,6 +509,9 @@ class H2Downstream(asyncio.Protocol):
                 st.timer.cancel()
                 st.timer = None
             payload = [(n, v) for n, v in payload if n not in _HOP]
+            edits = st.route.edits[1] if st.route is not None and st.route.edits is not None else None
+            if edits is not None:  # response_headers middlewares
+                payload = [f for f in payload if f[0] not in edits.drop] + [(n.lower(), v) for n, v in edits.fields]
             kind = "headers"
         self.side.queue(st.down_id, kind, payload, end, ack, acked)
         if end:

@@ -228,12 +228,12 @@ def _status_line(status: int, reason: bytes) -> bytes:
     return line
 
 
-def _drop_headers(parts: list[bytes], drop) -> list[bytes]:
-    """``parts`` = 5 head pieces, then (name, ": ", value, CRLF) groups: without the groups whose
-    name ``drop(name)`` says."""
-    out = parts[:5]
-    for i in range(5, len(parts), 4):
-        if not drop(parts[i]):
+def _drop_fields(parts: list[bytes], start: int, drop) -> list[bytes]:
+    """``parts[start:]`` = (name, ": ", value, CRLF) groups (a request head has 5 pieces before
+    them, a response head 1): without those named in ``drop`` (lower-case names)."""
+    out = parts[:start]
+    for i in range(start, len(parts), 4):
+        if parts[i].lower() not in drop:
             out += parts[i:i + 4]
     return out
 
@@ -422,6 +422,7 @@ class Exchange:
     discard = False
     headers: list[tuple[bytes, bytes]] | tuple = ()  # as parsed: on_message_begin gives it a list
     nhead = 0  # chunked request: the number of ``headers`` in the head (those after are trailers)
+    resp_edits = None  # the route's response_headers edits (a routing.HeaderEdits): the head is rebuilt
 
     def __init__(self, start: float) -> None:
         self.start = start
@@ -828,7 +829,7 @@ class ClientProtocol(asyncio.Protocol):
         if conn_hdr is not None:
             extra, names_upgrade = _connection(conn_hdr)
             if extra:  # headers named by Connection are hop-by-hop too
-                parts = _drop_headers(parts, lambda n: n.lower() in extra)
+                parts = _drop_fields(parts, 5, extra)
             if upgrade is not None and names_upgrade:
                 ex.upgrade = upgrade
         url = ex.url
@@ -872,13 +873,13 @@ class ClientProtocol(asyncio.Protocol):
         if not service.servers:
             self._local(ex, 503)
             return
-        edits = route.edits
-        if edits is not None:  # request_headers middlewares
-            if edits.drop:
-                drop = edits.drop
-                parts = _drop_headers(parts, lambda n: n.lower() in drop)
-            for name, value in edits.fields:
-                parts += (name, b": ", value, _CRLF)
+        if route.edits is not None:  # request_headers / response_headers middlewares
+            edits, ex.resp_edits = route.edits
+            if edits is not None:
+                if edits.drop:
+                    parts = _drop_fields(parts, 5, edits.drop)
+                for name, value in edits.fields:
+                    parts += (name, b": ", value, _CRLF)
         # ---- the upstream request head
         tracer = self.options.tracer
         if tracer is not None:
@@ -889,7 +890,7 @@ class ClientProtocol(asyncio.Protocol):
                 _log.exception("starting a trace span failed")
             else:
                 if tp is not None:
-                    parts = _drop_headers(parts, lambda n: n.lower() == b"traceparent")
+                    parts = _drop_fields(parts, 5, (b"traceparent",))
                 parts += (b"traceparent: ", span.traceparent, _CRLF)
         if xff is None:
             parts += (b"X-Forwarded-For: ", self.peer_b, _CRLF)
@@ -1571,7 +1572,7 @@ class UpstreamProtocol(asyncio.Protocol):
         changed nothing, for anything else: the parser path (``on_headers_complete``) rebuilds
         the head."""
         ex = self.ex
-        if ex is None or ex.is_head or ex.v10:
+        if ex is None or ex.is_head or ex.v10 or ex.resp_edits is not None:
             return False
         last = self.last_head
         if data.startswith(last):
@@ -1695,6 +1696,12 @@ class UpstreamProtocol(asyncio.Protocol):
             elif code == H_UPGRADE:
                 upgrade = value
             elif code != H_HOP:  # end-to-end headers the request side treats specially
+                kept += (name, b": ", value, _CRLF)
+        edits = ex.resp_edits
+        if edits is not None:  # response_headers middlewares
+            if edits.drop:
+                kept = _drop_fields(kept, 1, edits.drop)
+            for name, value in edits.fields:
                 kept += (name, b": ", value, _CRLF)
         if conn_hdr is not None:
             extra = _connection(conn_hdr)[0]

@@ -36,7 +36,8 @@ from typing import Any, Callable
 
 from lightmesh.config import (AllowListMiddleware, CircuitBreakerMiddleware, DenyMiddleware, HTTPService,
                               Match, ProxyConfig, RateLimitMiddleware, RequestHeadersMiddleware,
-                              RequestTimeoutMiddleware, RetryMiddleware, Scheme, parse_server_url)
+                              RequestTimeoutMiddleware, ResponseHeadersMiddleware, RetryMiddleware, Scheme,
+                              parse_server_url)
 from lightmesh.proxy.balancer import Balancer
 from lightmesh.proxy.metrics import ProxyMetrics
 from lightmesh.proxy.policies import AllowList, CircuitBreaker, RateLimiter
@@ -135,7 +136,8 @@ class Route:
         self.retries = 0
         self.timeout: float | None = None
         self.breakers: tuple[CircuitBreaker, ...] = ()
-        self.edits: HeaderEdits | None = None  # request_headers middlewares, merged
+        # (request edits, response edits), each HeaderEdits or None; None when the route has neither
+        self.edits: tuple[HeaderEdits | None, HeaderEdits | None] | None = None
 
     def matches(self, method: str, target: bytes, headers: list) -> bool:
         """``target``: the request target (path and query); ``headers``: the request's list of
@@ -164,8 +166,9 @@ def match_length(match: Match) -> int:
 
 
 class HeaderEdits:
-    """The request header edits of a route (its ``request_headers`` middlewares in order, merged):
-    fields named in ``drop`` (lower case) are removed, then ``fields`` are added."""
+    """The header edits of a route in one direction (its ``request_headers`` or ``response_headers``
+    middlewares in order, merged): fields named in ``drop`` (lower case) are removed, then
+    ``fields`` are added."""
 
     __slots__ = ("drop", "fields")
 
@@ -301,10 +304,15 @@ def _attach_middlewares(route: Route, defs: list, build: _Build) -> None:
             route.retries = max(route.retries, m.attempts)
         elif isinstance(m, RequestTimeoutMiddleware):
             route.timeout = m.seconds if route.timeout is None else min(route.timeout, m.seconds)
-        elif isinstance(m, RequestHeadersMiddleware):
-            if route.edits is None:
-                route.edits = HeaderEdits()
-            route.edits.apply(m)
+        elif isinstance(m, RequestHeadersMiddleware):  # or ResponseHeadersMiddleware, a subclass
+            request, response = route.edits or (None, None)
+            if isinstance(m, ResponseHeadersMiddleware):
+                response = response or HeaderEdits()
+                response.apply(m)
+            else:
+                request = request or HeaderEdits()
+                request.apply(m)
+            route.edits = (request, response)
     route.checks = tuple(checks)
     route.breakers = tuple(breakers)
 
