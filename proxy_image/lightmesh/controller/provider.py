@@ -464,7 +464,12 @@ class _Builder:
                                            self.t)
             extra = []
             first = []  # before the Service's own middlewares: the refusal (ACL mode: a refusal comes first)
-            if not weighted:  # the Gateway API's answer when no backend can take the request
+            refused = not any(b.service and b.weight > 0 for b in rule.backends)
+            if not weighted and not refused:
+                # valid backends, none with a ready endpoint now (scaled to zero, rolling out): a
+                # service without servers, which the proxy answers 503, as for any Service
+                self.services.append({"name": service, "servers": []})
+            elif refused:  # the Gateway API's answer when no backend can take the request
                 service = f"{base}/pods" if self.acl else base
                 if not self.acl and not any(s["name"] == base for s in self.services):
                     self.services.append({"name": base, "servers": []})
@@ -483,7 +488,7 @@ class _Builder:
                                                   "set": dict(set_), "add": dict(add), "remove": list(remove)}))
             for j, (m, exact) in enumerate(zip(rule.matches, rule.exact_path)):
                 priority = PRIORITY_ROUTE + 2 * _specificity(m) + exact
-                if not self.acl or not weighted:
+                if not self.acl or refused:
                     router(f"{label}/{j}", priority, service, [*first, *mws, *extra], m)
                     continue
                 live = sorted({(b.service, b.port) for b in rule.backends if b.service and b.weight > 0})
