@@ -157,3 +157,18 @@ def test_pod_changes_seen_through_ip_only_endpoints_and_duplicate_ips():
     _same(state, settings, cache)
     state.pods.clear()
     _same(state, settings, cache)
+
+
+def test_a_cached_port_in_acl_mode_brings_no_unused_middleware():
+    """Found by hypothesis: in ACL mode a Service with a retry annotation and no TrafficTarget only
+    has its deny router, so its retry middleware is used by nothing. A cold build emitted it, a
+    build reusing the port from the ProviderCache did not: same routing, different hash."""
+    svc = {"kind": "Service", "metadata": {"name": "a", "namespace": "b",
+                                           "annotations": {"lightmesh.io/retry-attempts": "2"}},
+           "spec": {"ports": [{"port": 80, "protocol": "TCP", "targetPort": 8080}], "clusterIP": "10.0.0.1"}}
+    state, settings, cache, caches = ClusterState(services=[svc]), Settings(acl=True), TopologyCache(), _caches()
+    _same(state, settings, cache, caches)
+    _same(state, settings, cache, caches)  # the port comes from the ProviderCache
+    config = build(state, settings, 3).config
+    used = {name for r in config.http.routers for name in r.middlewares}
+    assert {m.name for m in config.http.middlewares} == used

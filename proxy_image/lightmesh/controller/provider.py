@@ -540,11 +540,14 @@ class _Builder:
                     self.l4_service(svc, p)
         if self.cache is not None:
             self.cache.entries = self.kept
+        # only the middlewares some router uses: a Service's own ones go unused when ACL mode denies
+        # all its traffic, and a reused (cached) port brings only those its routers name
+        used = {name for r in self.routers for name in r["middlewares"]}
         data = {
             "version": version,
             "http": {"entry_points": sorted(self.entry_points.values(), key=lambda e: (e["address"], e["port"])),
                      "routers": self.routers, "services": self.services,
-                     "middlewares": [self.middlewares[k] for k in sorted(self.middlewares)]},
+                     "middlewares": [self.middlewares[k] for k in sorted(self.middlewares) if k in used]},
             "tcp": self.tcp,
             "udp": self.udp,
         }
