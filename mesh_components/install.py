@@ -482,7 +482,8 @@ def cluster_rules() -> list[k8s.rbac.v1.PolicyRuleArgs]:
                                    resources=["httproutegroups", "tcproutes", "udproutes"], verbs=read),
         k8s.rbac.v1.PolicyRuleArgs(api_groups=[smi.SPLIT_GROUP], resources=["trafficsplits"], verbs=read),
         # Gateway API mesh routes (HTTPRoutes, GRPCRoutes with a Service parent), when the cluster has the CRDs
-        k8s.rbac.v1.PolicyRuleArgs(api_groups=["gateway.networking.k8s.io"], resources=["httproutes", "grpcroutes"],
+        k8s.rbac.v1.PolicyRuleArgs(api_groups=["gateway.networking.k8s.io"], resources=["httproutes", "grpcroutes",
+                                                                                      "tcproutes", "udproutes"],
                                    verbs=read),
         # Events on the objects it rejects (bad annotations, dangling references), in their namespaces.
         k8s.rbac.v1.PolicyRuleArgs(api_groups=["", "events.k8s.io"], resources=["events"], verbs=["create", "patch"]),

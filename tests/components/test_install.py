@@ -185,7 +185,8 @@ def test_rbac_is_least_privilege():
                 ("access.smi-spec.io", "traffictargets"), ("specs.smi-spec.io", "httproutegroups"),
                 ("specs.smi-spec.io", "tcproutes"), ("specs.smi-spec.io", "udproutes"),
                 ("split.smi-spec.io", "trafficsplits"), ("gateway.networking.k8s.io", "httproutes"),
-                ("gateway.networking.k8s.io", "grpcroutes")} <= granted
+                ("gateway.networking.k8s.io", "grpcroutes"), ("gateway.networking.k8s.io", "tcproutes"),
+                ("gateway.networking.k8s.io", "udproutes")} <= granted
         assert not any("*" in rule["verbs"] or "*" in rule["resources"] for rule in cluster_rules)
         assert ("", "secrets") not in granted
         role = records["mi-rbac-controller-role"].inputs

@@ -67,6 +67,8 @@ SMI: dict[str, tuple[str, bool]] = {
     "split.smi-spec.io/v1alpha4/trafficsplits": ("TrafficSplit", True),
     "gateway.networking.k8s.io/v1/httproutes": ("HTTPRoute", True),
     "gateway.networking.k8s.io/v1/grpcroutes": ("GRPCRoute", True),
+    "gateway.networking.k8s.io/v1/tcproutes": ("TCPRoute", True),
+    "gateway.networking.k8s.io/v1/udproutes": ("UDPRoute", True),
 }
 
 

@@ -344,3 +344,33 @@ def test_gateway_api_http_routes_are_watched_applied_and_reported():
                 await until(lambda: route_routers(controller) == [], "the route gone")
 
     run(scenario())
+
+
+def test_a_gateway_tcp_route_is_told_apart_from_an_smi_tcp_route_of_the_same_name():
+    gw = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "TCPRoute", "metadata": {"name": "db", "namespace": NS},
+          "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "db"}],
+                   "rules": [{"backendRefs": [{"name": "db", "port": 5432}]}, {"backendRefs": []}]}}
+    smi = {"apiVersion": "specs.smi-spec.io/v1alpha4", "kind": "TCPRoute", "metadata": {"name": "db", "namespace": NS},
+           "spec": {"matches": {"ports": [5432]}}}
+
+    async def scenario():
+        async with cluster() as kube:
+            kube.put_object(service("db", 5432, traffic="tcp"))
+            stored_gw = kube.put_object(gw)
+            stored_smi = kube.put_object(smi)
+            async with running(kube) as controller:
+                await until(lambda: kube.list_objects("v1", "events", NS), "an Event on the Gateway TCPRoute")
+                [event] = kube.list_objects("v1", "events", NS)
+                involved = event["involvedObject"]
+                assert involved["kind"] == "TCPRoute" and involved["apiVersion"] == "gateway.networking.k8s.io/v1"
+                assert involved["uid"] == stored_gw["metadata"]["uid"] != stored_smi["metadata"]["uid"]
+                assert "first rule only" in event["message"]
+                versions = controller.source.api_versions()
+                assert versions["TCPRoute"] == "specs.smi-spec.io/v1alpha4"  # the bare kind stays SMI's
+                assert versions["TCPRoute.gateway.networking.k8s.io"] == "gateway.networking.k8s.io/v1"
+                await until(lambda: controller.store.config is not None and controller.store.config.tcp,
+                            "the TCP route")
+                [route] = controller.store.config.tcp
+                assert route.name == f"{NS}/db:5432" and route.servers == []  # no EndpointSlice in this cluster
+
+    run(scenario())

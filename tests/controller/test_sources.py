@@ -36,7 +36,7 @@ def test_filter_routes_objects():
         obj("Pod", "proxy-1", "lightmesh", labels=wire.PROXY_POD_LABELS),
         obj("Pod", "web-1"),
         obj("EndpointSlice", "web-x", api_version="discovery.k8s.io/v1"),
-        obj("TCPRoute", "gw", api_version="gateway.networking.k8s.io/v1alpha2"),  # Gateway API: not SMI
+        obj("TCPRoute", "gw", api_version="gateway.networking.k8s.io/v1alpha2"),  # Gateway API: not SMI's
         obj("TCPRoute", "smi", api_version="specs.smi-spec.io/v1alpha4"),
         obj("TrafficSplit", "s", api_version="split.smi-spec.io/v1alpha2"),
         obj("ConfigMap", "c"),
@@ -46,7 +46,7 @@ def test_filter_routes_objects():
     names = {k: [o["metadata"]["name"] for o in v] for k, v in groups.items() if v}
     assert names == {"services": ["web"], "shadow_services": ["lm-web-1"], "proxy_pods": ["proxy-1"],
                      "pods": ["web-1"], "endpoint_slices": ["web-x"], "tcp_routes": ["smi"],
-                     "traffic_splits": ["s"]}
+                     "mesh_tcp_routes": ["gw"], "traffic_splits": ["s"]}
     only = ObjectFilter.create("lightmesh", watch="shop")
     assert only.route("services", obj("Service", "x", "other")) is None
     assert only.route("services", obj("Service", "x", "shop")) == "services"
@@ -139,6 +139,7 @@ def test_discovery_picks_the_newest_served_version_per_kind():
         # no split group at all; Gateway API at v1beta1 only (an older cluster)
         "gateway.networking.k8s.io/v1beta1/httproutes": ("HTTPRoute", True),
         "gateway.networking.k8s.io/v1alpha2/grpcroutes": ("GRPCRoute", True),
+        "gateway.networking.k8s.io/v1alpha2/tcproutes": ("TCPRoute", True),
     }
 
     async def scenario():
@@ -152,7 +153,8 @@ def test_discovery_picks_the_newest_served_version_per_kind():
         assert versions == {"services": "v1", "endpoint_slices": "v1", "pods": "v1",
                             "traffic_targets": "v1alpha1", "http_route_groups": "v1alpha4",
                             "tcp_routes": "v1alpha4", "udp_routes": "v1alpha3", "traffic_splits": None,
-                            "mesh_http_routes": "v1beta1", "mesh_grpc_routes": "v1alpha2"}
+                            "mesh_http_routes": "v1beta1", "mesh_grpc_routes": "v1alpha2",
+                            "mesh_tcp_routes": "v1alpha2", "mesh_udp_routes": None}
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
 

@@ -315,6 +315,7 @@ STATES = st.builds(
     http_route_groups=st.lists(maybe(GROUP), max_size=3), tcp_routes=st.lists(maybe(L4ROUTE), max_size=2),
     udp_routes=st.lists(maybe(L4ROUTE), max_size=2), traffic_splits=st.lists(maybe(SPLIT), max_size=3),
     mesh_http_routes=st.lists(maybe(GW_ROUTE), max_size=3), mesh_grpc_routes=st.lists(maybe(GRPC_ROUTE), max_size=2),
+    mesh_tcp_routes=st.lists(maybe(GW_ROUTE), max_size=2), mesh_udp_routes=st.lists(maybe(GW_ROUTE), max_size=2),
     shadow_services=st.lists(maybe(SHADOW), max_size=4))
 SETTINGS = st.builds(Settings, acl=st.booleans(), default_mode=st.sampled_from(["http", "tcp", "udp"]),
                      listen_mode=st.sampled_from(["node", "shadow-ip"]), tcp_port_limit=st.integers(0, 3),
@@ -413,7 +414,8 @@ def _good_states():
                      pods=st.lists(pod_, min_size=2, max_size=4), traffic_targets=st.lists(target, max_size=3),
                      http_route_groups=st.lists(group_, max_size=2), tcp_routes=st.lists(route, max_size=1),
                      udp_routes=st.lists(route, max_size=1), traffic_splits=st.lists(split, max_size=2),
-                     mesh_http_routes=st.lists(gw_route, max_size=2), shadow_services=st.lists(shadow, max_size=3))
+                     mesh_http_routes=st.lists(gw_route, max_size=2), mesh_tcp_routes=st.lists(gw_route, max_size=1),
+                     mesh_udp_routes=st.lists(gw_route, max_size=1), shadow_services=st.lists(shadow, max_size=3))
 
 
 GOOD_STATES = _good_states()

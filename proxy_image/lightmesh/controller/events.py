@@ -50,7 +50,8 @@ class EventRecorder:
 
     def body(self, error) -> dict:
         now = micro_time()
-        involved = {"kind": error.kind, "namespace": error.namespace, "name": error.name}
+        # "TCPRoute.gateway.networking.k8s.io": a kind other groups share, qualified by its group
+        involved = {"kind": error.kind.split(".", 1)[0], "namespace": error.namespace, "name": error.name}
         versions = {**API_VERSIONS, **self.api_versions()}
         if error.kind in versions:
             involved["apiVersion"] = versions[error.kind]

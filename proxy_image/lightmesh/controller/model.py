@@ -35,6 +35,10 @@ _SMI_KINDS = {
 }
 
 
+_GW_KINDS = {"HTTPRoute": "mesh_http_routes", "GRPCRoute": "mesh_grpc_routes", "TCPRoute": "mesh_tcp_routes",
+             "UDPRoute": "mesh_udp_routes"}
+
+
 @dataclass(frozen=True)
 class ClusterState:
     """Raw objects by kind. Any sequence of dicts works (lists from a cache, tuples in tests).
@@ -42,8 +46,9 @@ class ClusterState:
     SMI objects may be of any served version (access v1alpha1–3, specs v1alpha1–4, split
     v1alpha1–4); :mod:`topology` normalizes the differences. Objects of unrelated API groups with
     the same kind (e.g. Gateway API ``TCPRoute``) must not be put here. ``mesh_http_routes`` and
-    ``mesh_grpc_routes`` are Gateway API ``HTTPRoute`` (v1, v1beta1) and ``GRPCRoute`` (v1,
-    v1alpha2) objects; only those with a Service parent are used.
+    ``mesh_grpc_routes``, ``mesh_tcp_routes``, ``mesh_udp_routes`` are Gateway API ``HTTPRoute`` (v1,
+    v1beta1), ``GRPCRoute``, ``TCPRoute`` and ``UDPRoute`` (v1, v1alpha2) objects; only those with a
+    Service parent are used.
     """
 
     services: Sequence[dict] = ()
@@ -56,6 +61,8 @@ class ClusterState:
     traffic_splits: Sequence[dict] = ()
     mesh_http_routes: Sequence[dict] = ()  # Gateway API HTTPRoutes (GAMMA: a Service parent)
     mesh_grpc_routes: Sequence[dict] = ()  # Gateway API GRPCRoutes (the same, for gRPC)
+    mesh_tcp_routes: Sequence[dict] = ()  # Gateway API TCPRoutes (not SMI's ``tcp_routes``)
+    mesh_udp_routes: Sequence[dict] = ()  # Gateway API UDPRoutes
     shadow_services: Sequence[dict] = ()
 
     @classmethod
@@ -86,10 +93,8 @@ class ClusterState:
                 groups["pods"].append(obj)
             elif kind in _SMI_KINDS and ".smi-spec.io/" in api_version:
                 groups[_SMI_KINDS[kind]].append(obj)
-            elif kind == "HTTPRoute" and api_version.startswith("gateway.networking.k8s.io/"):
-                groups["mesh_http_routes"].append(obj)
-            elif kind == "GRPCRoute" and api_version.startswith("gateway.networking.k8s.io/"):
-                groups["mesh_grpc_routes"].append(obj)
+            elif kind in _GW_KINDS and api_version.startswith("gateway.networking.k8s.io/"):
+                groups[_GW_KINDS[kind]].append(obj)
         return cls(**{name: tuple(items) for name, items in groups.items()})
 
 

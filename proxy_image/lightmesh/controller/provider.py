@@ -512,8 +512,15 @@ class _Builder:
             return
         address, port = where
         split = self.t.splits.get(svc.key)
+        rules = self.t.rules_for(svc.key, p.port)
         allowed: list[str] | None = None
-        if split is not None:
+        if rules:  # a Gateway API TCPRoute/UDPRoute: its (first) rule's weighted backends
+            live = [(b.service, b.port, b.weight) for b in rules[0].backends if b.service]
+            servers = [{"address": e.ip, "port": e.port, "weight": w} for e, w, _ in _weighted_endpoints(live, self.t)]
+            if self.acl:  # sources every weighted backend's TrafficTargets allow on its port
+                sets = [self.allowed_ips(key, bport, kind)[0] for key, bport, weight in live if weight > 0]
+                allowed = sorted(_cidr(ip) for ip in (set.intersection(*sets) if sets else set()))
+        elif split is not None:
             servers = [{"address": e.ip, "port": e.port, "weight": w} for e, w in _split_servers(split, p.port, self.t)]
             if self.acl:
                 allowed = self.split_allowed(split, p.port, kind)

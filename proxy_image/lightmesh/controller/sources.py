@@ -48,6 +48,9 @@ FIELDS: dict[str, tuple[str, str]] = {
     "traffic_splits": ("split.smi-spec.io", "TrafficSplit"),
     "mesh_http_routes": ("gateway.networking.k8s.io", "HTTPRoute"),
     "mesh_grpc_routes": ("gateway.networking.k8s.io", "GRPCRoute"),
+    # same kind names as SMI's: errors about these name their kind with the group ("TCPRoute.gateway...")
+    "mesh_tcp_routes": ("gateway.networking.k8s.io", "TCPRoute"),
+    "mesh_udp_routes": ("gateway.networking.k8s.io", "UDPRoute"),
 }
 STATE_FIELDS = (*FIELDS, "shadow_services")
 _BY_GROUP_KIND = {gk: f for f, gk in FIELDS.items()}
@@ -92,6 +95,8 @@ SMI_VERSIONS: dict[str, tuple[tuple[str, ...], str]] = {
     # not SMI, but optional the same way: watched when the cluster has the Gateway API CRDs
     "mesh_http_routes": (("v1", "v1beta1"), "httproutes"),
     "mesh_grpc_routes": (("v1", "v1alpha2"), "grpcroutes"),
+    "mesh_tcp_routes": (("v1", "v1alpha2"), "tcproutes"),
+    "mesh_udp_routes": (("v1", "v1alpha2"), "udproutes"),
 }
 LEASES = Resource("leases", "coordination.k8s.io", "v1", "Lease", "leases")
 EVENTS = Resource("events", "", "v1", "Event", "events")
@@ -632,8 +637,19 @@ class KubeSource:
         return ((obj or {}).get("metadata") or {}).get("uid")
 
     def api_versions(self) -> dict[str, str]:
-        """kind → the apiVersion watched (the SMI version discovered)."""
-        return {i.resource.kind: i.resource.api_version for i in self.informers.values() if i.resource}
+        """kind → the apiVersion watched (the version discovered), under ``Kind.group`` too; a bare
+        kind two groups share (TCPRoute, UDPRoute) means SMI's."""
+        out: dict[str, str] = {}
+        for fieldname, (group, kind) in FIELDS.items():
+            informer = self.informers.get(fieldname)
+            if informer is not None and informer.resource:
+                out[f"{kind}.{group}" if group else kind] = informer.resource.api_version
+                out.setdefault(kind, informer.resource.api_version)
+        return out
 
 
-_FIELD_OF_KIND = {kind: f for f, (_, kind) in FIELDS.items()}
+# ``Kind`` (the first field of that kind: SMI's for TCPRoute/UDPRoute) and ``Kind.group`` → field
+_FIELD_OF_KIND: dict[str, str] = {}
+for _f, (_group, _kind) in FIELDS.items():
+    _FIELD_OF_KIND.setdefault(_kind, _f)
+    _FIELD_OF_KIND[f"{_kind}.{_group}" if _group else _kind] = _f

@@ -37,7 +37,8 @@ port, or all): its matches (paths → anchored regexes for the proxy: ``Exact`` 
 its request timeout and Request/ResponseHeaderModifier filters. Consumer routes, other filters,
 query-parameter matches and cross-namespace backends are reported and left out. A Service with routes attached keeps no TrafficSplit.
 ``GRPCRoute`` (v1, v1alpha2) likewise: a method match is a path match on ``/<service>/<method>``,
-and its backends are reached over h2c.
+and its backends are reached over h2c. ``TCPRoute``/``UDPRoute`` (v1, v1alpha2) on tcp/udp
+Services: the first rule's weighted backends; their errors carry the kind with its group.
 """
 
 from __future__ import annotations
@@ -1112,6 +1113,8 @@ def _gw_match(raw: Any) -> tuple[HTTPMatch, bool] | str:
 
 
 _GRPC_NAME = re.compile(r"^[A-Za-z0-9_.]+$")
+_GW_TRAFFIC = {"HTTPRoute": TrafficType.HTTP, "GRPCRoute": TrafficType.HTTP, "TCPRoute": TrafficType.TCP,
+               "UDPRoute": TrafficType.UDP}
 
 
 def _grpc_match(raw: Any) -> tuple[HTTPMatch, bool] | str:
@@ -1149,12 +1152,14 @@ def _grpc_match(raw: Any) -> tuple[HTTPMatch, bool] | str:
 
 def _mesh_routes(state: ClusterState, settings: Settings, services: dict[str, Service], errors: _Errors
                  ) -> dict[str, tuple[MeshRule, ...]]:
-    """Gateway API HTTPRoutes and GRPCRoutes with mesh Services as parents (producer routes: the
-    route in the Service's namespace). Oldest route first (the Gateway API's precedence), then by
-    kind and name."""
+    """Gateway API HTTPRoutes, GRPCRoutes, TCPRoutes and UDPRoutes with mesh Services (of the
+    matching traffic type) as parents (producer routes: the route in the Service's namespace).
+    Oldest route first (the Gateway API's precedence), then by kind and name. An L4 rule has no
+    match: its backends take the parent port's whole traffic (first rule only)."""
     routes = []
     seen: set[tuple[str, str, str]] = set()
-    for kind, objects in (("GRPCRoute", state.mesh_grpc_routes), ("HTTPRoute", state.mesh_http_routes)):
+    for kind, objects in (("GRPCRoute", state.mesh_grpc_routes), ("HTTPRoute", state.mesh_http_routes),
+                          ("TCPRoute", state.mesh_tcp_routes), ("UDPRoute", state.mesh_udp_routes)):
         for obj in objects or ():
             if not isinstance(obj, dict):
                 continue
@@ -1170,9 +1175,12 @@ def _mesh_routes(state: ClusterState, settings: Settings, services: dict[str, Se
         spec = _d(obj.get("spec"))
         grpc = route_kind == "GRPCRoute"
         parse_match = _grpc_match if grpc else _gw_match
+        wanted = _GW_TRAFFIC[route_kind]
+        # SMI has kinds of these names too: Gateway API ones are reported as "TCPRoute.<group>"
+        reported = route_kind if wanted is TrafficType.HTTP else f"{route_kind}.{_GW_GROUP}"
 
-        def err(where: str, msg: str, route_kind: str = route_kind) -> None:
-            errors.add(route_kind, ns, name, where, msg)
+        def err(where: str, msg: str, reported: str = reported) -> None:
+            errors.add(reported, ns, name, where, msg)
 
         parents: list[tuple[str, int | None]] = []
         for i, ref in enumerate(_l(spec.get("parentRefs"))):
@@ -1189,8 +1197,8 @@ def _mesh_routes(state: ClusterState, settings: Settings, services: dict[str, Se
             if parent is None:
                 err(where, f"parent service {ns}/{_s(ref.get('name')) or '?'} is not in the mesh; ignored")
                 continue
-            if parent.traffic_type is not TrafficType.HTTP:
-                err(where, f"parent service {parent.key} is {parent.traffic_type.value}, not http; ignored")
+            if parent.traffic_type is not wanted:
+                err(where, f"parent service {parent.key} is {parent.traffic_type.value}, not {wanted.value}; ignored")
                 continue
             port = None
             if ref.get("port") is not None:
@@ -1207,13 +1215,16 @@ def _mesh_routes(state: ClusterState, settings: Settings, services: dict[str, Se
         for k, rule in enumerate(_l(spec.get("rules"))):
             rule = _d(rule)
             where = f"spec.rules[{k}]"
+            if wanted is not TrafficType.HTTP and k > 0:
+                err(where, f"a {route_kind} is applied with its first rule only; this rule is ignored")
+                continue
             edits = _header_filters(_l(rule.get("filters")))
             if isinstance(edits, str):
                 err(f"{where}.{edits.partition(': ')[0]}", f"{edits.partition(': ')[2]}; this rule is ignored")
                 continue
             matches: list[tuple[HTTPMatch, bool]] = []
             bad = None
-            for j, raw in enumerate(_l(rule.get("matches")) or [{}]):
+            for j, raw in enumerate((_l(rule.get("matches")) or [{}]) if wanted is TrafficType.HTTP else ()):
                 found = parse_match(raw)
                 if isinstance(found, str):
                     bad = (f"{where}.matches[{j}]", f"{found}; this rule is ignored")
