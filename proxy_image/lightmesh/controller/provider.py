@@ -486,19 +486,21 @@ class _Builder:
                     set_, add, remove = edits
                     extra.append(self.middleware({"type": kind, "name": _bounded(f"{label}/{kind}"),
                                                   "set": dict(set_), "add": dict(add), "remove": list(remove)}))
+            allowed: list[tuple[HTTPMatch, str]] = []  # ACL: (a match the backends allow, its allow-list)
+            if self.acl and not refused:
+                live = sorted({(b.service, b.port) for b in rule.backends if b.service and b.weight > 0})
+                for n, (tm, ips) in enumerate(self.backend_matches(live)):
+                    allowed.append((tm, self.middleware({"type": "allow_list", "name": _bounded(f"{label}/allow/{n}"),
+                                                         "source_ranges": [_cidr(ip) for ip in sorted(ips)]})))
             for j, (m, exact) in enumerate(zip(rule.matches, rule.exact_path)):
                 priority = PRIORITY_ROUTE + 2 * _specificity(m) + exact
                 if not self.acl or refused:
                     router(f"{label}/{j}", priority, service, [*first, *mws, *extra], m)
                     continue
-                live = sorted({(b.service, b.port) for b in rule.backends if b.service and b.weight > 0})
-                for n, (tm, ips) in enumerate(self.backend_matches(live)):
+                for n, (tm, allow) in enumerate(allowed):
                     both = _combine(m, tm)
-                    if both is None:
-                        continue
-                    allow = self.middleware({"type": "allow_list", "name": _bounded(f"{label}/allow/{j}/{n}"),
-                                             "source_ranges": [_cidr(ip) for ip in sorted(ips)]})
-                    router(f"{label}/{j}/{n}", priority + _specificity(tm), service, [allow, *mws, *extra], both)
+                    if both is not None:
+                        router(f"{label}/{j}/{n}", priority + _specificity(tm), service, [allow, *mws, *extra], both)
 
     # ----------------------------------------------------------------- TCP / UDP
 
