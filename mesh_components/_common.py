@@ -139,17 +139,55 @@ class Checker:
         """Coerce a raw value (as the cross-language path sends it) to ``enum_type``."""
         if value is None or not is_known(value):
             return value
+        raw = value.value if hasattr(value, "value") else value
         try:
-            return enum_type(value.value if hasattr(value, "value") else value)
+            return enum_type(raw)
+        except ValueError:
+            pass
+        try:  # "INFO", "HTTP": every enum here has lowercase values
+            return enum_type(raw.lower()) if isinstance(raw, str) else enum_type(raw)
         except ValueError:
             allowed = ", ".join(m.value for m in enum_type)
             raise self.fail(f"{field} must be one of {allowed}, got {value!r}") from None
+
+    def known_fields(self, field: str, value: Any, typed_dict: type) -> Mapping[str, Any]:
+        """``value`` as a mapping that has only ``typed_dict``'s keys: a misspelt key (``retries`` for
+        ``retry_attempts``) would otherwise be dropped silently, and what it meant never happens."""
+        if not isinstance(value, Mapping):
+            raise self.fail(f"{field} must be an object with the fields {', '.join(typed_dict.__annotations__)}, "
+                            f"got {value!r}")
+        unknown = [k for k in value if k not in typed_dict.__annotations__]
+        if unknown:
+            raise self.fail(f"{field} has unknown field(s) {', '.join(map(str, unknown))}; "
+                            f"known: {', '.join(typed_dict.__annotations__)}")
+        return value
+
+    def list_of(self, field: str, value: Any) -> list:
+        """A list (or tuple) as a list. A bare string is refused: ``list("mesh")`` would be four
+        one-letter entries."""
+        if not isinstance(value, (list, tuple)):
+            raise self.fail(f"{field} must be a list, got {value!r}")
+        return list(value)
+
+    def mapping(self, field: str, value: Any) -> dict:
+        if not isinstance(value, Mapping):
+            raise self.fail(f"{field} must be an object (a dict of fields), got {value!r}")
+        return dict(value)
+
+    def plain(self, field: str, value: Any) -> Any:
+        """Refuse an Output where the value names objects or shapes manifests, so it is checked at preview."""
+        if not is_known(value):
+            raise self.fail(f"{field} must be a plain value, not an Output (it is validated at preview)")
+        return value
 
     def non_empty_list(self, field: str, value: Any) -> list:
         if not is_known(value):
             return value
         if not isinstance(value, (list, tuple)) or not value:
             raise self.fail(f"{field} must be a non-empty list, got {value!r}")
+        for i, v in enumerate(value):
+            if not is_known(v):
+                raise self.fail(f"{field}[{i}] must be a plain value, not an Output (it is validated at preview)")
         return list(value)
 
     def unique(self, field: str, values: Iterable[Any]) -> None:

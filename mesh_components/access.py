@@ -98,22 +98,26 @@ def render_access_policy(name: str, args: Mapping[str, Any]) -> list[dict]:
     """The SMI objects of an AccessPolicy, routes first and the TrafficTarget last (pure, validated)."""
     check = Checker("AccessPolicy", name)
     check.dns_subdomain("name", name)
+    check.known_fields("args", args, AccessPolicyArgs)
     namespace = check.require(args, "namespace")
     destination = check.require(args, "destination_service_account")
     _plain(check, "namespace", namespace)
     _plain(check, "destination_service_account", destination)
     check.dns_label("namespace", namespace)
     check.dns_subdomain("destination_service_account", destination)
-    sources = check.non_empty_list("sources", check.require(args, "sources"))
+    sources = check.non_empty_list("sources", check.plain("sources", check.require(args, "sources")))
     for i, s in enumerate(sources):
-        if not isinstance(s, Mapping) or not s.get("service_account"):
+        check.known_fields(f"sources[{i}]", s, AccessSourceArgs)
+        if not s.get("service_account"):
             raise check.fail(f"sources[{i}].service_account is required, got {s!r}")
+        _plain(check, f"sources[{i}].service_account", s["service_account"])
+        _plain(check, f"sources[{i}].namespace", s.get("namespace"))
         check.dns_subdomain(f"sources[{i}].service_account", s["service_account"])
         if s.get("namespace") is not None:
             check.dns_label(f"sources[{i}].namespace", s["namespace"])
     check.unique("sources", [(s["service_account"], s.get("namespace") or namespace) for s in sources])
 
-    http, tcp, udp = args.get("http_matches"), args.get("tcp"), args.get("udp")
+    http, tcp, udp = (check.plain(f, args.get(f)) for f in ("http_matches", "tcp", "udp"))
     if not http and tcp is None and udp is None:
         raise check.fail("at least one of http_matches, tcp or udp is required "
                          "(a TrafficTarget without rules allows nothing)")
@@ -126,9 +130,8 @@ def render_access_policy(name: str, args: Mapping[str, Any]) -> list[dict]:
     for field, kind, value in (("tcp", "TCPRoute", tcp), ("udp", "UDPRoute", udp)):
         if value is None:
             continue
-        if not isinstance(value, Mapping):
-            raise check.fail(f"{field} must be an object with optional ports, got {value!r}")
-        ports = value.get("ports") or []
+        check.known_fields(field, value, PortMatchArgs)
+        ports = check.list_of(f"{field}.ports", check.plain(f"{field}.ports", value.get("ports") or []))
         for i, p in enumerate(ports):
             check.integer(f"{field}.ports[{i}]", p, 1, 65535)
         check.unique(f"{field}.ports", ports)
@@ -143,15 +146,18 @@ def check_http_matches(check: Checker, field: str, matches: Any) -> list[dict]:
     matches = check.non_empty_list(field, matches)
     for i, m in enumerate(matches):
         where = f"{field}[{i}]"
-        if not isinstance(m, Mapping) or not m.get("name"):
+        check.known_fields(where, m, HttpMatchArgs)
+        for key in ("name", "path_regex", "methods", "headers"):
+            check.plain(f"{where}.{key}", m.get(key))
+        if not m.get("name"):
             raise check.fail(f"{where}.name is required, got {m!r}")
         check.dns_subdomain(f"{where}.name", m["name"])
         if m.get("path_regex") is not None:
             check.regex(f"{where}.path_regex", m["path_regex"])
-        for j, method in enumerate(m.get("methods") or []):
+        for j, method in enumerate(check.list_of(f"{where}.methods", m.get("methods") or [])):
             if not isinstance(method, str) or method.upper() not in smi.HTTP_METHODS:
                 raise check.fail(f"{where}.methods[{j}] must be one of {', '.join(smi.HTTP_METHODS)}, got {method!r}")
-        for header, value in (m.get("headers") or {}).items():
+        for header, value in check.mapping(f"{where}.headers", m.get("headers") or {}).items():
             if not _HEADER_NAME.fullmatch(header):
                 raise check.fail(f"{where}.headers has an invalid header name {header!r}")
             check.regex(f"{where}.headers[{header!r}]", value)
@@ -209,21 +215,28 @@ def render_traffic_split(name: str, args: Mapping[str, Any]) -> list[dict]:
     """The SMI objects of a TrafficSplit (an optional HTTPRouteGroup, then the TrafficSplit)."""
     check = Checker("TrafficSplit", name)
     check.dns_subdomain("name", name)
+    check.known_fields("args", args, TrafficSplitArgs)
     namespace = check.require(args, "namespace")
     service = check.require(args, "service")
     _plain(check, "namespace", namespace)
     _plain(check, "service", service)
     check.dns_label("namespace", namespace)
     check.dns_label("service", service)
-    backends = check.non_empty_list("backends", check.require(args, "backends"))
+    backends = check.non_empty_list("backends", check.plain("backends", check.require(args, "backends")))
     normalised = []
     for i, b in enumerate(backends):
-        if not isinstance(b, Mapping) or not b.get("service"):
+        check.known_fields(f"backends[{i}]", b, BackendArgs)
+        if not b.get("service"):
             raise check.fail(f"backends[{i}].service is required, got {b!r}")
         _plain(check, f"backends[{i}].service", b["service"])
         check.dns_label(f"backends[{i}].service", b["service"])
+        if b["service"] == service:
+            raise check.fail(f"backends[{i}].service is the root Service {service!r} itself: a split's backends "
+                             f"are other Services (e.g. {service}-v1, {service}-v2)")
         if "weight" not in b:
             raise check.fail(f"backends[{i}].weight is required")
+        # A weight shapes the SMI object and the total_weight output, so it must be known at preview.
+        _plain(check, f"backends[{i}].weight", b["weight"])
         check.integer(f"backends[{i}].weight", b["weight"], 0, MAX_WEIGHT)
         normalised.append({"service": b["service"], "weight": int(b["weight"])})
     check.unique("backends[].service", [b["service"] for b in normalised])
@@ -231,7 +244,7 @@ def render_traffic_split(name: str, args: Mapping[str, Any]) -> list[dict]:
         raise check.fail("backends weights sum to 0: at least one backend needs a positive weight")
     objects: list[dict] = []
     group = None
-    if args.get("matches"):
+    if check.plain("matches", args.get("matches")):
         matches = check_http_matches(check, "matches", args["matches"])
         group = f"{name}-http"
         objects.append(smi.render_http_route_group(group, namespace, matches, _LABELS))

@@ -24,6 +24,7 @@ Guarantees (golden- and property-tested):
 """
 
 import hashlib
+import ipaddress
 import json
 import re
 from typing import Iterable, Optional, Sequence
@@ -44,8 +45,10 @@ def render_server_block(domains: Sequence[str], dns_ip: str) -> str:
     """The marker-delimited CoreDNS server block for ``domains`` (always ends with a newline)."""
     if not domains:
         raise CorefileError("at least one mesh domain is required")
-    if not re.fullmatch(r"[0-9a-fA-F:.]+", dns_ip or ""):
-        raise CorefileError(f"mesh DNS address must be an IP address, got {dns_ip!r}")
+    try:
+        ipaddress.ip_address(dns_ip)
+    except ValueError:
+        raise CorefileError(f"mesh DNS address must be an IP address, got {dns_ip!r}") from None
     zones = " ".join(f"{_zone(d)}:53" for d in domains)
     return (f"{BEGIN_MARKER}\n"
             f"{zones} {{\n"
@@ -101,9 +104,10 @@ def restore_corefile(text: str) -> str:
     return text[:start] + text[end:]
 
 
-def server_zones(text: str) -> list[tuple[int, str]]:
-    """``(line number, zone)`` of every top-level server block outside our block (a small
-    Caddyfile scanner: comments, braces, zones written ``dns://name:port``, ``name.`` or ``name``)."""
+def server_zones(text: str) -> list[tuple[int, str, int]]:
+    """``(line number, zone, port)`` of every top-level server block outside our block (a small
+    Caddyfile scanner: comments, braces, zones written ``dns://name:port``, ``name.`` or ``name``;
+    a zone without a port is served on 53)."""
     span = find_block(text)
     if span:
         text = text[:span[0]] + "\n" * text[span[0]:span[1]].count("\n") + text[span[1]:]
@@ -116,22 +120,28 @@ def server_zones(text: str) -> list[tuple[int, str]]:
         if depth == 0 and line.endswith("{"):
             for token in re.split(r"[\s,]+", line[:-1].strip()):
                 if token:
-                    zones.append((lineno, _zone(token)))
+                    zones.append((lineno, _zone(token), _port(token)))
         depth += line.count("{") - line.count("}")
         depth = max(depth, 0)
     return zones
 
 
 def check_conflicts(text: str, domains: Iterable[str]) -> None:
+    # CoreDNS refuses the same zone twice on one port only; our block serves the mesh zones on 53.
     wanted = {_zone(d) for d in domains}
-    for lineno, zone in server_zones(text):
-        if zone in wanted:
+    for lineno, zone, port in server_zones(text):
+        if zone in wanted and port == 53:
             hint = (" It looks like Traefik Mesh's block: uninstall Traefik Mesh (or run `traefik-mesh cleanup`) "
                     "first, or drop this domain from MeshInstall domains."
                     if "Traefik Mesh Block" in text or "Maesh Block" in text else
                     " Remove that server block or drop this domain from MeshInstall domains.")
             raise CorefileError(f"the Corefile already serves zone {zone!r} (line {lineno}); "
                                 f"CoreDNS would refuse a second server block for it.{hint}")
+
+
+def _port(token: str) -> int:
+    match = re.search(r":(\d+)$", token.strip())
+    return int(match.group(1)) if match else 53
 
 
 def _zone(token: str) -> str:

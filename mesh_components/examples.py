@@ -124,6 +124,8 @@ def deploy_canary(namespace: str = "shop", canary_weight: int = 10,
                   opts: Optional[pulumi.ResourceOptions] = None) -> CanaryApp:
     """Canary release: clients call ``web``; the mesh sends ``100 - canary_weight`` % to ``web-v1`` and
     ``canary_weight`` % to ``web-v2`` (whoami pods answering with their version's name)."""
+    if isinstance(canary_weight, bool) or not isinstance(canary_weight, int) or not 0 <= canary_weight <= 100:
+        raise ValueError(f"canary example: canaryWeight must be a whole percentage from 0 to 100, got {canary_weight!r}")
     base = opts or pulumi.ResourceOptions()
     ns = k8s.core.v1.Namespace("canary-namespace", metadata=k8s.meta.v1.ObjectMetaArgs(name=namespace), opts=base)
     ns_name = ns.metadata.apply(lambda m: m.name)

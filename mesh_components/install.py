@@ -21,6 +21,7 @@ The container command lines are built by pure functions (:func:`controller_comma
 :func:`proxy_command`) that the tests and the controller/proxy CLIs agree on.
 """
 
+import re
 from enum import Enum
 from typing import Any, Mapping, NotRequired, Optional, TypedDict
 
@@ -87,7 +88,10 @@ class MeshInstallArgs(TypedDict):
     create_namespace: NotRequired[bool]
     """Create the namespace (default true); false when it is managed elsewhere."""
     image: NotRequired[str]
-    """Image for both roles, controller and proxy (default ``ghcr.io/lightmesh/lightmesh:0.1.0``)."""
+    """Image for both roles, controller and proxy (default ``ghcr.io/lightmesh/lightmesh:0.1.0``).
+    May carry a tag or a digest (``repo@sha256:...``)."""
+    image_tag: NotRequired[str]
+    """Tag that replaces the one in ``image`` (e.g. ``0.1.1``); not with a digest in ``image``."""
     image_pull_policy: NotRequired[str]
     """IfNotPresent (default), Always or Never."""
     acl: NotRequired[bool]
@@ -308,11 +312,11 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
     s: dict[str, Any] = {
         "namespace": args.get("namespace", wire.DEFAULT_MESH_NAMESPACE),
         "create_namespace": args.get("create_namespace", True),
-        "image": args.get("image", DEFAULT_IMAGE),
+        "image": _image(check, args.get("image", DEFAULT_IMAGE), args.get("image_tag")),
         "image_pull_policy": args.get("image_pull_policy", "IfNotPresent"),
         "acl": args.get("acl", False),
         "default_traffic_type": check.enum("default_traffic_type", args.get("default_traffic_type", "http"), TrafficType),
-        "domains": list(args.get("domains", wire.DEFAULT_DOMAINS)),
+        "domains": check.list_of("domains", args.get("domains", list(wire.DEFAULT_DOMAINS))),
         "cluster_domain": args.get("cluster_domain", "cluster.local"),
         "http_port_base": args.get("http_port_base", wire.HTTP_PORT_BASE),
         "http_port_limit": args.get("http_port_limit", wire.DEFAULT_HTTP_PORT_LIMIT),
@@ -323,17 +327,20 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
         "log_level": check.enum("log_level", args.get("log_level", "info"), LogLevel),
         "log_format": check.enum("log_format", args.get("log_format", "text"), LogFormat),
         "otlp_endpoint": args.get("otlp_endpoint"),
-        "watch_namespaces": list(args.get("watch_namespaces") or []),
-        "ignore_namespaces": list(args.get("ignore_namespaces") or []),
+        "watch_namespaces": check.list_of("watch_namespaces", args.get("watch_namespaces") or []),
+        "ignore_namespaces": check.list_of("ignore_namespaces", args.get("ignore_namespaces") or []),
         "controller_replicas": args.get("controller_replicas", 2),
-        "controller_resources": {**_DEFAULT_CONTROLLER_RESOURCES, **(args.get("controller_resources") or {})},
-        "proxy_resources": {**_DEFAULT_PROXY_RESOURCES, **(args.get("proxy_resources") or {})},
+        "controller_resources": {**_DEFAULT_CONTROLLER_RESOURCES,
+                                 **check.mapping("controller_resources", args.get("controller_resources") or {})},
+        "proxy_resources": {**_DEFAULT_PROXY_RESOURCES,
+                            **check.mapping("proxy_resources", args.get("proxy_resources") or {})},
         "proxy_workers": args.get("proxy_workers", 2),
         "proxy_max_surge": args.get("proxy_max_surge", 1),
         "proxy_response_timeout": args.get("proxy_response_timeout", 0),
         "proxy_body_timeout": args.get("proxy_body_timeout", 60),
-        "proxy_tolerations": list(args.get("proxy_tolerations", [{"operator": "Exists"}])),
-        "proxy_node_selector": dict(args.get("proxy_node_selector", {"kubernetes.io/os": "linux"})),
+        "proxy_tolerations": check.list_of("proxy_tolerations", args.get("proxy_tolerations", [{"operator": "Exists"}])),
+        "proxy_node_selector": check.mapping("proxy_node_selector",
+                                             args.get("proxy_node_selector", {"kubernetes.io/os": "linux"})),
         "proxy_priority_class_name": args.get("proxy_priority_class_name"),
         "patch_coredns": args.get("patch_coredns", True),
         "dns_style": check.enum("dns_style", args.get("dns_style", "auto"), DnsStyle),
@@ -385,7 +392,8 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
         raise check.fail(f"namespaces both watched and ignored: {', '.join(sorted(overlap))}")
     if s["otlp_endpoint"] is not None:
         when_known(s["otlp_endpoint"], lambda v: _check_url(check, "otlp_endpoint", v))
-    s.update(observability.resolve(check, args.get("tracing"), args.get("metrics"), s["otlp_endpoint"]))
+    s.update(observability.resolve(check, check.mapping("tracing", args.get("tracing") or {}),
+                                   check.mapping("metrics", args.get("metrics") or {}), s["otlp_endpoint"]))
     if (args.get("tracing") or {}).get("endpoint") is not None:  # otlp_endpoint was checked above
         when_known(s["tracing_endpoint"], lambda v: _check_url(check, "tracing.endpoint", v))
     # The one endpoint both roles get: the bundled Jaeger's, the user's, or none.
@@ -407,9 +415,32 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
                              f"got {t.get('effect')!r}")
         if t.get("operator") == "Exists" and t.get("value"):
             raise check.fail(f"proxy_tolerations[{i}].value must be empty with operator Exists")
+    for key, value in s["proxy_node_selector"].items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise check.fail(f"proxy_node_selector must map label names to string values, got {key!r}: {value!r}")
     if s["proxy_priority_class_name"] is not None:
         check.dns_subdomain("proxy_priority_class_name", s["proxy_priority_class_name"])
     return s
+
+
+def _image(check: Checker, image: Any, tag: Any) -> Any:
+    """``image`` with its tag replaced by ``tag`` when one is given."""
+    check.string("image", image)
+    if tag is None:
+        return image
+    if not isinstance(tag, str) or not _IMAGE_TAG.fullmatch(tag):
+        raise check.fail(f"image_tag must be an image tag (letters, digits, '_', '.', '-'; at most 128, "
+                         f"not starting with '.' or '-'), got {tag!r}")
+    if "@" in image:
+        raise check.fail(f"image_tag cannot be combined with a digest in image ({image!r}): give one of them")
+    repository = image
+    name_start = image.rfind("/") + 1
+    if ":" in image[name_start:]:  # a registry port (host:5000/x) is before the last '/', a tag after it
+        repository = image[:name_start] + image[name_start:].split(":", 1)[0]
+    return f"{repository}:{tag}"
+
+
+_IMAGE_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
 def _int(check: Checker, field: str, value: Any, low: int, high: int) -> int:

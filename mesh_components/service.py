@@ -92,6 +92,7 @@ class MeshService(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: MeshServiceArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
         check = Checker("MeshService", name)
+        check.known_fields("args", args, MeshServiceArgs)
         service_name = check.require(args, "service_name")
         namespace = check.require(args, "namespace")
         service_name = check.dns_label("service_name", service_name)
@@ -99,7 +100,8 @@ class MeshService(pulumi.ComponentResource):
         rendered = render_annotations(name, args)
         ports = args.get("ports")
         if ports is not None:
-            ports = _check_ports(check, check.non_empty_list("ports", ports))
+            traffic_type = check.enum("traffic_type", args.get("traffic_type"), TrafficType)
+            ports = _check_ports(check, check.non_empty_list("ports", ports), traffic_type)
             if args.get("selector") is None:
                 raise check.fail("selector is required when ports is set (the Service is created)")
         elif args.get("selector") is not None:
@@ -197,13 +199,28 @@ def _check_domains(check: Checker, domains: Any) -> None:
         check.dns_subdomain("domains", d.strip(".") if isinstance(d, str) else d)
 
 
-def _check_ports(check: Checker, ports: list) -> list[dict]:
-    """Validated copies of ``ports`` (Output values wrapped so they are checked where they are used)."""
+def _check_ports(check: Checker, ports: list, traffic_type: Any = None) -> list[dict]:
+    """Validated copies of ``ports`` (Output values wrapped so they are checked where they are used).
+
+    A port's protocol defaults from the traffic type (UDP for udp, TCP otherwise) and must agree with
+    it: the controller meshes only the ports whose protocol fits the Service's traffic type, so a TCP
+    port on a udp Service would be left out of the mesh without a word.
+    """
+    expected = "UDP" if traffic_type == TrafficType.UDP else "TCP"
     checked = []
     for i, p in enumerate(ports):
-        if not isinstance(p, Mapping) or "port" not in p:
+        check.known_fields(f"ports[{i}]", p, ServicePortArgs)
+        if "port" not in p:
             raise check.fail(f"ports[{i}] must have a port, got {p!r}")
         p = dict(p)
+        protocol = p.setdefault("protocol", expected)
+        if is_known(protocol) and isinstance(protocol, str) and protocol.upper() in ("TCP", "UDP"):
+            protocol = p["protocol"] = protocol.upper()
+            if protocol != expected:
+                needs = "traffic_type udp" if protocol == "UDP" else f"protocol {expected}"
+                have = f"traffic_type {traffic_type.value}" if traffic_type else "no traffic_type (http or tcp)"
+                raise check.fail(f"ports[{i}].protocol {protocol} does not fit {have}: the mesh would leave "
+                                 f"this port out; use {needs}")
         p["port"] = check.integer(f"ports[{i}].port", p["port"], 1, 65535)
         if p.get("target_port") is not None:
             p["target_port"] = check.integer(f"ports[{i}].target_port", p["target_port"], 1, 65535)
@@ -218,6 +235,6 @@ def _check_ports(check: Checker, ports: list) -> list[dict]:
 
 def _port(p: Mapping[str, Any]) -> k8s.core.v1.ServicePortArgs:
     return k8s.core.v1.ServicePortArgs(port=p["port"], target_port=p.get("target_port", p["port"]),
-                                       name=p.get("name"), protocol=p.get("protocol", "TCP"))
+                                       name=p.get("name"), protocol=p["protocol"])
 
 

@@ -16,6 +16,7 @@ import pulumi  # noqa: E402
 from mesh_components.examples import deploy_canary  # noqa: E402
 
 config = pulumi.Config()
-app = deploy_canary(canary_weight=config.get_int("canaryWeight") or 10)
+weight = config.get_int("canaryWeight")  # 0 is a valid weight (roll back to v1 only), so no `or 10`
+app = deploy_canary(canary_weight=10 if weight is None else weight)
 pulumi.export("webHosts", app.service.host_names)
 pulumi.export("totalWeight", app.split.total_weight)

@@ -182,7 +182,7 @@ def _sibling(full_key: str, key: str) -> str:
 
 def _int(found: tuple[str, str], low: int, high: int, errors: list[AnnotationError]) -> int | None:
     text = found[1].strip()
-    if not re.fullmatch(r"[+]?\d+", text):
+    if not re.fullmatch(r"[+-]?\d+", text):
         errors.append(AnnotationError(*found, "must be a whole number"))
         return None
     value = int(text)

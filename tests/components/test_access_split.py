@@ -108,6 +108,15 @@ def _bad_policy(**changes):
     ({"udp": {"ports": [53, 53]}}, "udp.ports has a duplicate entry 53"),
     ({"namespace": None}, "namespace is required"),
     ({"namespace": pulumi.Output.from_input("x")}, "namespace must be a plain string, not an Output"),
+    ({"sources": pulumi.Output.from_input([{"service_account": "c"}])}, "sources must be a plain value, not an Output"),
+    ({"sources": [pulumi.Output.from_input({"service_account": "c"})]}, r"sources\[0\] must be a plain value"),
+    # a misspelt field is an error, not a rule silently left out (in ACL mode: traffic denied)
+    ({"http_match": [{"name": "x"}]}, r"args has unknown field\(s\) http_match"),
+    ({"sources": [{"service_account": "c", "ns": "other"}]}, r"sources\[0\] has unknown field\(s\) ns"),
+    ({"tcp": {"port": [80]}}, r"tcp has unknown field\(s\) port; known: ports"),
+    ({"tcp": {"ports": 80}}, r"tcp.ports must be a list, got 80"),
+    ({"http_matches": [{"name": "x", "path": "/api"}]}, r"http_matches\[0\] has unknown field\(s\) path"),
+    ({"http_matches": [{"name": "x", "methods": "GET"}]}, r"http_matches\[0\].methods must be a list"),
 ])
 def test_access_policy_bad_args_name_the_field(changes, message):
     with pytest.raises(ComponentArgsError, match=message):
@@ -129,6 +138,10 @@ def test_access_policy_name_must_be_usable_as_an_object_name():
     ({"backends": [{"service": "a", "weight": 1}, {"service": "a", "weight": 2}]}, "duplicate entry 'a'"),
     ({"service": "Web"}, "service must be a DNS label"),
     ({"matches": [{"name": "m", "path_regex": "*"}]}, r"matches\[0\].path_regex is not a valid regular expression"),
+    ({"backends": [{"service": "web", "weight": 1}]}, r"backends\[0\].service is the root Service 'web' itself"),
+    ({"backends": [{"service": "a", "weight": pulumi.Output.from_input(1)}]}, r"backends\[0\].weight must be a plain"),
+    ({"backends": [{"service": "a", "weight": 1, "port": 80}]}, r"backends\[0\] has unknown field\(s\) port"),
+    ({"match": []}, r"args has unknown field\(s\) match"),
 ])
 def test_traffic_split_bad_args_name_the_field(args, message):
     full = {"namespace": "n", "service": "web", "backends": [{"service": "a", "weight": 1}], **args}

@@ -90,8 +90,15 @@ def test_conflicting_zone_spellings_are_detected(header):
 
 def test_nested_blocks_and_comments_are_not_mistaken_for_zones():
     text = ".:53 {\n    # maesh {\n    kubernetes cluster.local {\n        pods insecure\n    }\n}\n"
-    assert coredns.server_zones(text) == [(1, ".")]
+    assert coredns.server_zones(text) == [(1, ".", 53)]
     coredns.patch_corefile(text, DOMAINS, IP)
+
+
+def test_a_mesh_zone_served_on_another_port_is_no_conflict():
+    # CoreDNS refuses a zone twice on the same port only; ours is on 53.
+    text = ".:53 {\n    forward . /etc/resolv.conf\n}\ntraefik.mesh:5353 {\n    forward . 10.0.0.9\n}\n"
+    assert coredns.server_zones(text) == [(1, ".", 53), (4, "traefik.mesh", 5353)]
+    assert coredns.restore_corefile(coredns.patch_corefile(text, DOMAINS, IP)) == text
 
 
 @pytest.mark.parametrize("text, message", [
@@ -110,6 +117,8 @@ def test_damaged_markers_are_reported_not_guessed(text, message):
     ([], IP, "at least one mesh domain"),
     (DOMAINS, "lightmesh-controller.lightmesh", "must be an IP address"),
     (DOMAINS, "", "must be an IP address"),
+    (DOMAINS, "....", "must be an IP address"),
+    (DOMAINS, "10.96.0.300", "must be an IP address"),
 ])
 def test_block_arguments_are_checked(domains, ip, message):
     with pytest.raises(CorefileError, match=message):

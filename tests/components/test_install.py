@@ -289,10 +289,37 @@ def test_proxy_timeouts_reach_a_proxy_that_accepts_them():
     ({"domains": pulumi.Output.from_input(["a"])}, "domains must be a plain value, not an Output"),
     ({"proxy_tolerations": [{"key": "a", "tolerationSeconds": 5}]}, r"proxy_tolerations\[0\] must only have"),
     ({"replicas": 3}, "unknown field\\(s\\) replicas"),
+    # a bare string where a list belongs would otherwise become one entry per character
+    ({"domains": "mesh"}, "domains must be a list, got 'mesh'"),
+    ({"watch_namespaces": "default"}, "watch_namespaces must be a list, got 'default'"),
+    ({"ignore_namespaces": "kube-public"}, "ignore_namespaces must be a list"),
+    ({"proxy_tolerations": {"operator": "Exists"}}, "proxy_tolerations must be a list"),
+    ({"proxy_resources": "2"}, "proxy_resources must be an object"),
+    ({"proxy_node_selector": ["a"]}, "proxy_node_selector must be an object"),
+    ({"proxy_node_selector": {"zone": 1}}, "proxy_node_selector must map label names to string values"),
+    ({"metrics": "yes"}, "metrics must be an object"),
+    ({"tracing": ["jaeger"]}, "tracing must be an object"),
+    ({"image_tag": "bad tag"}, "image_tag must be an image tag"),
+    ({"image": "ghcr.io/x/lm@sha256:" + "a" * 64, "image_tag": "1.2"}, "image_tag cannot be combined with a digest"),
 ])
 def test_bad_args_name_the_field(args, message):
     with pytest.raises(ComponentArgsError, match=r"^MeshInstall 'mesh': .*" + message):
         MeshInstall("mesh", args)
+
+
+@pytest.mark.parametrize("args, image", [
+    ({"image_tag": "0.2.0"}, "ghcr.io/lightmesh/lightmesh:0.2.0"),
+    ({"image": "registry.local:5000/team/lightmesh", "image_tag": "1.2"}, "registry.local:5000/team/lightmesh:1.2"),
+    ({"image": "registry.local:5000/team/lightmesh:old", "image_tag": "1.2"}, "registry.local:5000/team/lightmesh:1.2"),
+    ({"image": "lightmesh@sha256:" + "b" * 64}, "lightmesh@sha256:" + "b" * 64),
+])
+def test_image_tag_replaces_the_tag_of_the_image(args, image):
+    assert resolve_settings("mesh", args)["image"] == image
+
+
+def test_enum_values_are_accepted_in_any_case():
+    s = resolve_settings("mesh", {"log_level": "INFO", "log_format": "JSON", "default_traffic_type": "TCP"})
+    assert (s["log_level"], s["log_format"], s["default_traffic_type"]) == ("info", "json", "tcp")
 
 
 @pulumi.runtime.test

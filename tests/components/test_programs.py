@@ -123,15 +123,17 @@ def test_whoami_example():
     return settled.apply(check)
 
 
+@pytest.mark.parametrize("weight", [25, 0])  # 0 rolls back to v1 only; it is not "unset"
 @pulumi.runtime.test
-def test_canary_example(config):
-    config("lightmesh:canaryWeight", "25")
+def test_canary_example(config, weight):
+    config("lightmesh:canaryWeight", str(weight))
     module, start, settled = _run(REPO / "examples" / "canary" / "__main__.py")
 
     def check(total):
         records = MOCKS.created[start:]
         (split,) = _by_type(records, "TrafficSplit")
-        assert [(b["service"], b["weight"]) for b in split.inputs["spec"]["backends"]] == [("web-v1", 75), ("web-v2", 25)]
+        assert [(b["service"], b["weight"]) for b in split.inputs["spec"]["backends"]] == [
+            ("web-v1", 100 - weight), ("web-v2", weight)]
         assert total == 100
         validate_all(records)
 

@@ -97,3 +97,12 @@ def test_type_tokens_are_the_package_tokens():
     # analyzer trap: postponed (string) annotations break schema inference in any component module
     for module in (REPO / "mesh_components").glob("*.py"):
         assert "from __future__ import annotations" not in module.read_text(), module.name
+
+
+def test_the_enums_of_the_typed_args_are_importable_from_the_package():
+    from mesh_components import DnsStyle, LogFormat, LogLevel, MeshInstallArgs, MeshServiceArgs, Scheme, TrafficType
+
+    typed = {name: hint.__args__[0] for args in (MeshInstallArgs, MeshServiceArgs)
+             for name, hint in args.__annotations__.items() if hasattr(hint, "__args__")}
+    assert (typed["traffic_type"], typed["scheme"], typed["log_level"], typed["log_format"], typed["dns_style"]) == (
+        TrafficType, Scheme, LogLevel, LogFormat, DnsStyle)

@@ -59,6 +59,21 @@ def test_service_is_created_when_ports_are_given():
 
 
 @pulumi.runtime.test
+def test_a_created_udp_service_gets_udp_ports():
+    # A TCP port on a udp Service would be left out of the mesh by the controller.
+    svc = MeshService("ms-udp", {"service_name": "dns", "namespace": "infra", "traffic_type": "udp",
+                                 "ports": [{"port": 53, "name": "dns"}, {"port": 5353, "name": "mdns", "protocol": "udp"}],
+                                 "selector": {"app": "dns"}})
+
+    def check(_):
+        service = next(r for r in MOCKS.by_prefix("ms-udp") if r.name == "ms-udp-service").inputs
+        assert [p["protocol"] for p in service["spec"]["ports"]] == ["UDP", "UDP"]
+        assert validate_all(MOCKS.by_prefix("ms-udp")) == 1
+
+    return svc.host_names.apply(check)
+
+
+@pulumi.runtime.test
 def test_domains_from_an_output_and_a_bad_one_fails_naming_the_field():
     ok = MeshService("ms-outdomains", {"service_name": "a", "namespace": "b",
                                        "domains": pulumi.Output.from_input(["mesh.example"])})
@@ -90,6 +105,16 @@ def _assert_equal(actual, expected):
     ({"ports": [{"port": 80}, {"port": 81}], "selector": {"a": "b"}}, "ports need a name each"),
     ({"domains": []}, "domains must be a non-empty list"),
     ({"domains": ["Bad Domain"]}, "domains must be a DNS subdomain"),
+    ({"retry_attempts": -1}, "retry_attempts must be between 1 and 100, got -1"),
+    # misspelt fields would be dropped without a word, and what they meant would never happen
+    ({"retries": 2}, r"args has unknown field\(s\) retries; known: service_name"),
+    ({"ports": [{"port": 80, "targetPort": 8080}], "selector": {"a": "b"}}, r"ports\[0\] has unknown field\(s\) targetPort"),
+    # the controller meshes only ports whose protocol fits the traffic type
+    ({"traffic_type": "udp", "ports": [{"port": 53, "protocol": "TCP"}], "selector": {"a": "b"}},
+     r"ports\[0\].protocol TCP does not fit traffic_type udp"),
+    ({"traffic_type": "tcp", "ports": [{"port": 53, "protocol": "UDP"}], "selector": {"a": "b"}},
+     r"ports\[0\].protocol UDP does not fit traffic_type tcp: .* use traffic_type udp"),
+    ({"ports": [{"port": 53, "protocol": "SCTP"}], "selector": {"a": "b"}}, r"ports\[0\].protocol must be TCP or UDP"),
 ])
 def test_bad_args_fail_synchronously_naming_the_field(args, message):
     full = {"service_name": "whoami", "namespace": "whoami", **args}
