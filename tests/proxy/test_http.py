@@ -212,6 +212,22 @@ async def test_upgrade_tunnel_relays_raw_bytes_both_ways():
 
 
 @on_uvloop
+async def test_an_upgrade_request_answered_locally_gets_one_answer_and_the_connection_closes():
+    # The parser stops after an Upgrade request (what follows is the new protocol), so the local
+    # answer must end the connection, and say so, instead of a second, unsolicited 400.
+    only_svc = [{"name": "r", "service": "svc", "match": {"hosts": ["svc"]}}]
+    async with Backend() as b, ProxyUnderTest(simple_config({"svc": [b.url]}, routers=only_svc)) as p:
+        client = await RawClient.connect(p.port)
+        await client.send(b"GET /ws HTTP/1.1\r\nHost: unrouted\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+                          b"GET /next HTTP/1.1\r\nHost: svc\r\n\r\n")
+        resp = await client.response()
+        assert resp.status == 404 and resp.header("Connection") == "close"
+        assert not client._parsed.done  # no second response in the same read
+        assert await client.read_all() == b""  # nor after it: closed
+        assert not b.requests
+
+
+@on_uvloop
 async def test_no_route_404_no_servers_503_refused_502():
     cfg = simple_config({"svc": [], "down": [f"http://127.0.0.1:{closed_port()}"]}, routers=[
         {"name": "empty", "service": "svc", "match": {"hosts": ["empty"]}},

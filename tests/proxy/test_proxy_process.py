@@ -189,6 +189,25 @@ def test_file_config_two_workers_end_to_end(tmp_path):
     run(main())
 
 
+def test_a_version_0_config_is_as_ready_as_any_other(tmp_path):
+    async def main():
+        echo, eport = await tcp_echo()
+        hp, tp, ap = free_port(), free_port(), free_port()
+        admin = f"http://127.0.0.1:{ap}"
+        cfg_path = tmp_path / "proxy.json"
+        async with Backend("A") as backend:
+            cfg_path.write_text(make(0, hp, backend.url, tp, eport).to_json())
+            with proxy_process("--config", str(cfg_path), "--workers", "1", "--admin-address", "127.0.0.1",
+                               "--admin-port", str(ap), "--name", "v0-proxy", log_path=tmp_path / "proxy.log") as proc:
+                try:
+                    data = await wait_ready(admin, proc, "v0-proxy")
+                    assert data["version"] == 0 and (await request(hp)).status == 200
+                finally:
+                    echo.close()
+
+    run(main())
+
+
 def test_file_reloads_under_load_fail_no_request(tmp_path):
     async def main():
         echo, eport = await tcp_echo()
@@ -270,6 +289,15 @@ def test_controller_source_and_group_sigterm(tmp_path):
                     await until(lambda: _when(rawdata(admin), lambda d: d["last_error"]), 15, "error recorded")
                     assert (await request(hp)).status == 200
                     assert (await get(admin + "/ping"))[0] == 200
+                    # back with the same config: the error clears, nothing is re-applied
+                    stub = await StubController(hold=1.0).start(stub.port)
+                    stub.publish(make(1, hp, backend.url, tp, eport))
+                    data = await until(lambda: _when(rawdata(admin), lambda d: d["source"]["connected"]), 15,
+                                       "reconnected")
+                    assert data["last_error"] is None
+                    assert all(w["applied_version"] == 1 for w in data["workers"])
+                    metrics = (await get(admin + "/metrics"))[1].decode()
+                    assert 'lightmesh_proxy_config_reloads_total{result="applied"} 1' in metrics
                     os.killpg(proc.pid, signal.SIGTERM)  # the whole group, like Ctrl-C or a test harness
                     assert await asyncio.to_thread(proc.wait, 15) == 0
         finally:
@@ -309,8 +337,11 @@ def test_tracing_and_access_log(tmp_path):
             spans = await asyncio.to_thread(receiver.wait_for, lambda s: s["attributes"].get("service") == "svc", 10)
         assert spans and spans[0]["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
         assert spans[0]["parent_span_id"] == "b7ad6b7169203331"
-        log = (tmp_path / "proxy.log").read_text()
-        assert '"path": "/traced"' in log and '"status": 200' in log  # access log despite --log-level warning
+        # access log despite --log-level warning: one bare JSON object per line on stdout
+        records = [json.loads(line) for line in (tmp_path / "proxy.log").read_text().splitlines()
+                   if line.startswith("{")]
+        traced = [r for r in records if r.get("path") == "/traced"]
+        assert len(traced) == 1 and traced[0]["status"] == 200 and traced[0]["service"] == "svc"
 
     run(main())
 

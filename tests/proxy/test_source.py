@@ -244,6 +244,47 @@ async def test_invalid_config_is_refused_and_not_refetched_in_a_loop():
         await stub.stop()
 
 
+@pytest.mark.asyncio
+async def test_the_controllers_own_etag_is_sent_back_so_polls_are_held():
+    # A controller may use any opaque ETag; answering with the config's hash instead would never
+    # match, and every poll would come straight back with the same config.
+    stub = await StubController(hold=0.3).start()
+    rec = Recorder()
+    source = ControllerSource(stub.url, "p", rec.on_config, rec.on_error, backoff=fast_backoff())
+    stub.publish(config_v(1), etag='W/"opaque-14"')
+    task = await run_source(source)
+    try:
+        await rec.wait(lambda: len(rec.configs) == 1)
+        await asyncio.sleep(0.5)
+        assert len(rec.configs) == 1 and len(stub.requests) <= 4  # held polls, not a hot loop
+        assert stub.requests[-1]["If-None-Match"] == 'W/"opaque-14"'
+    finally:
+        await stop(task)
+        await stub.stop()
+
+
+@pytest.mark.asyncio
+async def test_recovery_is_reported_once_when_the_controller_answers_again():
+    stub = await StubController(hold=0.05).start()
+    stub.unavailable = True
+    rec = Recorder()
+    recovered = []
+    source = ControllerSource(stub.url, "p", rec.on_config, rec.on_error, backoff=fast_backoff(),
+                              on_recovered=lambda: recovered.append(len(rec.errors)))
+    task = await run_source(source)
+    try:
+        await rec.wait(lambda: len(rec.errors) >= 2)
+        assert not recovered
+        stub.unavailable = False
+        stub.publish(config_v(1))
+        await rec.wait(lambda: len(rec.configs) == 1)
+        await asyncio.sleep(0.2)  # a few held polls more: still one recovery
+        assert len(recovered) == 1 and recovered[0] >= 2
+    finally:
+        await stop(task)
+        await stub.stop()
+
+
 def test_controller_url_must_be_http():
     with pytest.raises(ValueError, match="--controller"):
         ControllerSource("ftp://x", "p", print, print)

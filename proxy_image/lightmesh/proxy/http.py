@@ -1033,7 +1033,10 @@ class ClientProtocol(asyncio.Protocol):
     def _write_local(self, ex: Exchange) -> None:
         status = ex.status
         body = b"%d %s\n" % (status, _REASONS.get(status, b"Error"))
-        close = ex.close_after or not ex.keep_alive or self.options.connections.draining
+        # After an Upgrade request the parser stops: the bytes behind it are the new protocol, never
+        # another request, so a local answer to it ends the connection.
+        close = (ex.close_after or not ex.keep_alive or self.options.connections.draining
+                 or ex.upgrade is not None)
         if close:
             ex.close_after = True
         conn_line = b"Connection: close\r\n" if close else (b"Connection: keep-alive\r\n" if ex.v10 else b"")
@@ -1340,9 +1343,11 @@ class ClientProtocol(asyncio.Protocol):
         """The request parser stopped after an Upgrade request: the rest is the new protocol."""
         ex = self.active
         if ex is None or ex.upgrade is None or ex.local:
-            # Not forwarded (local answer) or an upgrade we do not know: nothing to tunnel.
+            # Not forwarded (local answer) or an upgrade we do not know: nothing to tunnel. No
+            # active exchange means the upgrade request was answered locally within this read
+            # (a forwarded one stays active until its response): that answer closes the connection.
             self.broken = True
-            if ex is None or not ex.local:
+            if ex is not None and not ex.local:
                 self._input_error(400)
             return
         self.raw_up = True

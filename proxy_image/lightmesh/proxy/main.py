@@ -198,6 +198,18 @@ def setup_logging(level: str, fmt: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+def setup_access_log() -> None:
+    """Access records go to stdout, one JSON object per line and nothing else on it (whatever
+    ``--log-format`` and ``--log-level`` say), so a log shipper parses them as they are; the
+    diagnostic log stays on stderr."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access = logging.getLogger("lightmesh.access")
+    access.handlers[:] = [handler]
+    access.propagate = False
+    access.setLevel(logging.INFO)
+
+
 # ---------------------------------------------------------------------------------------- framing
 
 
@@ -264,6 +276,7 @@ class Supervisor:
         self.config_json: dict | None = None
         self.last_error: str | None = None
         self.last_error_at: float | None = None
+        self._error_from_source = False
         self.workers = [WorkerHandle(i) for i in range(args.workers)]
         self.started_at = time.time()
         self.stopping = False
@@ -292,7 +305,8 @@ class Supervisor:
         if self.args.controller:
             try:
                 self.source = ControllerSource(self.args.controller, self.args.name, self._on_config,
-                                               self._on_error, self.applied_version)
+                                               self._on_error, self.applied_version,
+                                               on_recovered=self._on_source_recovered)
             except ValueError as exc:
                 log.error("%s", exc)
                 await self.admin.stop()
@@ -443,6 +457,9 @@ class Supervisor:
 
     def _on_config(self, config: ProxyConfig) -> None:
         previous = self.config
+        if previous is not None and (previous.hash, previous.version) == (config.hash, config.version):
+            self.last_error = None  # the source is answering again; nothing to hand on
+            return
         self.config = config
         self.config_json = config.model_dump(mode="json")
         self.last_error = None
@@ -460,8 +477,15 @@ class Supervisor:
         if refused:
             self.metrics.config_failed()
         self._record_error(message)
+        self._error_from_source = True
+
+    def _on_source_recovered(self) -> None:
+        # "controller unreachable" is no longer true once it answers; a worker's error stays.
+        if self._error_from_source:
+            self.last_error = None
 
     def _record_error(self, message: str) -> None:
+        self._error_from_source = False
         self.last_error = message
         self.last_error_at = time.time()
 
@@ -473,8 +497,9 @@ class Supervisor:
 
     def ready(self) -> bool:
         # Not ready while draining: the endpoint leaves the Service before connections are cut.
-        return (not self.stopping and self.config is not None and self.config.version >= 1
-                and any(w.alive and w.applied_version >= 1 for w in self.workers))
+        # Any valid config counts, version 0 included: a worker reports the hash it applied.
+        return (not self.stopping and self.config is not None
+                and any(w.alive and w.applied_hash is not None for w in self.workers))
 
     async def snapshots(self) -> list[dict]:
         loop = asyncio.get_running_loop()
@@ -587,7 +612,7 @@ async def _worker(fd: int) -> int:
     options = init.get("options") or {}
     setup_logging(options.get("log_level", "info"), options.get("log_format", "text"))
     if (options.get("http") or {}).get("access_log"):
-        logging.getLogger("lightmesh.access").setLevel(logging.INFO)  # whatever --log-level says
+        setup_access_log()
     wlog = logging.getLogger(f"lightmesh.proxy.worker{init.get('index', '')}")
     metrics = metrics_mod.ProxyMetrics()
     try:

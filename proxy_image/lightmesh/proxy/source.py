@@ -81,7 +81,7 @@ class ControllerSource:
     def __init__(self, url: str, name: str, on_config: OnConfig, on_error: OnError,
                  applied_version: Callable[[], int] = lambda: 0, *,
                  poll_timeout: float = wire.LONG_POLL_SECONDS + 15.0, backoff: Backoff | None = None,
-                 wait_seconds: float | None = None) -> None:
+                 wait_seconds: float | None = None, on_recovered: Callable[[], None] | None = None) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"--controller {url!r}: must be an http:// or https:// URL")
         self.url = url.rstrip("/") + wire.CONFIG_PATH
@@ -90,6 +90,7 @@ class ControllerSource:
         self.name = name
         self.on_config = on_config
         self.on_error = on_error
+        self.on_recovered = on_recovered
         self.applied_version = applied_version
         self.poll_timeout = poll_timeout
         self.backoff = backoff or Backoff()
@@ -158,6 +159,8 @@ class ControllerSource:
     def _up(self) -> None:
         if not self.connected:
             log.info("connected to controller %s", self.url)
+            if self.on_recovered is not None:
+                self.on_recovered()
         self.connected = True
         self.backoff.reset()
 
@@ -178,7 +181,9 @@ class ControllerSource:
             log.error("refused: %s", exc)
             self.on_error(str(exc), refused=True)
             return
-        self.etag = config.etag()
+        # The controller's own ETag is what it compares If-None-Match with; the hash-based one is
+        # only a fallback for a server that sends none.
+        self.etag = etag or config.etag()
         self.on_config(config)
 
 
