@@ -208,6 +208,36 @@ def test_a_version_0_config_is_as_ready_as_any_other(tmp_path):
     run(main())
 
 
+def test_a_rate_limit_holds_per_client_ip_across_workers(tmp_path):
+    # Each worker has its own buckets; connections of one client IP must all reach the same worker,
+    # or two workers would let twice the burst through.
+    async def main():
+        hp, ap = free_port(), free_port()
+        admin = f"http://127.0.0.1:{ap}"
+        cfg_path = tmp_path / "proxy.json"
+        async with Backend("A") as backend:
+            http = HTTPConfig.model_validate({
+                "entry_points": [{"name": "web", "address": "127.0.0.1", "port": hp}],
+                "services": [{"name": "svc", "servers": [{"url": backend.url}]}],
+                "middlewares": [{"type": "rate_limit", "name": "rl", "average": 1, "burst": 3, "period_seconds": 60}],
+                "routers": [{"name": "r", "entry_points": ["web"], "service": "svc", "middlewares": ["rl"]}]})
+            cfg_path.write_text(make_config(1, http).to_json())
+            with proxy_process("--config", str(cfg_path), "--workers", "2", "--admin-address", "127.0.0.1",
+                               "--admin-port", str(ap), "--name", "rl-proxy", log_path=tmp_path / "proxy.log") as proc:
+                await wait_ready(admin, proc, "rl-proxy")
+                await until(lambda: _when(rawdata(admin), lambda d: workers_on(d, 1)), 10, "both workers on v1")
+                for client_ip in ("127.0.31.1", "127.0.31.2"):
+                    statuses = []
+                    for _ in range(10):  # a fresh connection each: the kernel would spread them by port
+                        conn = await RawClient.connect(hp, local_host=client_ip)
+                        await conn.send(b"GET / HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
+                        statuses.append((await conn.response()).status)
+                        await conn.close()
+                    assert statuses == [200] * 3 + [429] * 7, (client_ip, statuses)
+
+    run(main())
+
+
 def test_file_reloads_under_load_fail_no_request(tmp_path):
     async def main():
         echo, eport = await tcp_echo()

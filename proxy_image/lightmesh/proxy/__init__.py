@@ -39,6 +39,9 @@ Modules and what each owns (the interfaces below are the contract between them):
 ``tcp``, ``udp`` L4 routes: source allow-list, weighted servers, splice relay (TCP), sessions (UDP).
 ``runtime``      one worker: holds ``http`` and the L4 routes, applies a config (validate, compile,
                  open/close listeners by diff, swap), drains on SIGTERM.
+``steering``     with several workers, a port that carries a rate-limited route sends every
+                 connection of one client IP to the same worker (a reuseport BPF program), so the
+                 limit holds per client IP, not per worker.
 ``source``       where configs come from: controller long-poll (ETag/If-None-Match) or a file.
 ``admin``        ``/ping``, ``/live``, ``/metrics``, ``/api/rawdata`` on the admin port.
 ``main``         ``lightmesh proxy`` CLI: flags, supervisor, workers.

@@ -155,7 +155,7 @@ def worker_options(args: argparse.Namespace) -> dict:
             "body_timeout": args.body_timeout, "response_timeout": args.response_timeout,
             "tunnel_idle_timeout": args.tunnel_idle_timeout,
             "max_header_bytes": args.max_header_bytes}
-    return {"name": args.name, "log_level": args.log_level, "log_format": args.log_format,
+    return {"name": args.name, "log_level": args.log_level, "log_format": args.log_format, "workers": args.workers,
             "drain_timeout": args.drain_timeout,
             "max_connections": DEFAULT_MAX_CONNECTIONS if limit is None else limit,  # TCP, per listener; 0 = none
             "otlp_endpoint": args.otlp_endpoint,
@@ -597,7 +597,8 @@ def _build_runtime_options(options: dict, tracer=None):
         if tracer is not None and "tracer" in names:
             kwargs["tracer"] = tracer
         http_options = cls(**kwargs)
-    return RuntimeOptions(http=http_options, max_connections=int(options.get("max_connections") or 0))
+    return RuntimeOptions(http=http_options, max_connections=int(options.get("max_connections") or 0),
+                          workers=int(options.get("workers") or 1))
 
 
 async def _worker(fd: int) -> int:

@@ -12,7 +12,9 @@ This module owns :class:`Runtime`. ``await runtime.apply(config)``:
    ones are opened with ``SO_REUSEPORT`` so every worker process shares the
    port. A listener that cannot be opened (EADDRINUSE, EACCES...) is reported in
    :attr:`ApplyResult.listener_errors` and retried by :meth:`Runtime.retry_failed`; the others serve;
-3. swaps the HTTP plane with one assignment (``self.http``); the HTTP protocols read it once per
+3. with several workers, steers each HTTP port that carries a rate-limited route by client IP
+   (:mod:`lightmesh.proxy.steering`) and puts the others back to the kernel's spread;
+4. swaps the HTTP plane with one assignment (``self.http``); the HTTP protocols read it once per
    request head, so a request in flight finishes on the plane it started with, then the old plane's
    :meth:`close` releases what the new one does not use.
 
@@ -29,6 +31,7 @@ import socket
 from typing import Any
 
 from lightmesh.config import ConfigError, ProxyConfig, load_config_dict, load_config_json
+from lightmesh.proxy import steering
 from lightmesh.proxy.metrics import ProxyMetrics
 from lightmesh.proxy.tcp import SPLICE_AVAILABLE, TCPListener, TCPRouteState
 from lightmesh.proxy.udp import UDPListener, UDPRouteState
@@ -44,6 +47,7 @@ class RuntimeOptions:
     http: Any = None  # lightmesh.proxy.http.HTTPOptions; None = its defaults
     max_connections: int = 0  # per TCP listener; 0 = unlimited
     use_splice: bool = SPLICE_AVAILABLE
+    workers: int = 1  # processes sharing each port: >1 steers rate-limited ports by client IP
 
 
 @dataclasses.dataclass
@@ -87,10 +91,23 @@ class _HTTPListener:
         self.name = name
         self.factory = None
         self.server: asyncio.AbstractServer | None = None
+        self.sock: socket.socket | None = None
+        self.steered = False
 
     async def start(self, sock: socket.socket) -> None:
         self.update(self.name)
+        self.sock = sock
         self.server = await self.runtime.loop.create_server(lambda: self.factory(), sock=sock)
+
+    def steer(self, by_source_ip: bool, workers: int) -> None:
+        """Keep one client IP on one worker while a rate-limited route is on this port (see steering)."""
+        if by_source_ip == self.steered or self.sock is None:
+            return
+        if by_source_ip:
+            self.steered = steering.steer_by_source_ip(self.sock, workers)
+        else:
+            steering.spread_by_hash(self.sock)
+            self.steered = False
 
     def update(self, name: str) -> None:
         if name == self.name and self.factory is not None:
@@ -196,6 +213,7 @@ class Runtime:
                 if listener is not None:
                     listener.update(target)
             await self._open_missing()
+            self._steer(config)
             if old is not None and old is not plane:
                 try:
                     old.close()
@@ -205,6 +223,17 @@ class Runtime:
             self.metrics.config_applied(config.version)
             return ApplyResult(config.version, config.hash,
                                {describe_key(k): v for k, v in self.listener_errors.items()})
+
+    def _steer(self, config: ProxyConfig) -> None:
+        """Every worker makes the same choice from the same config, so the group agrees."""
+        if self.options.workers <= 1:
+            return
+        limited = {m.name for m in config.http.middlewares if m.type == "rate_limit"}
+        steered = {ep for r in config.http.routers if limited.intersection(r.middlewares) for ep in r.entry_points}
+        for ep in config.http.entry_points:
+            listener = self.listeners.get(("http", ep.address, ep.port))
+            if isinstance(listener, _HTTPListener):
+                listener.steer(ep.name in steered, self.options.workers)
 
     def _compile(self, config: ProxyConfig):
         from lightmesh.proxy import routing
@@ -264,6 +293,8 @@ class Runtime:
         async with self._lock:
             before = len(self.listeners)
             await self._open_missing()
+            if self.config is not None:
+                self._steer(self.config)
             return len(self.listeners) != before
 
     # ------------------------------------------------------------------ shutdown
