@@ -193,6 +193,23 @@ def test_events_created_once_per_object_and_message():
     run(scenario())
 
 
+def test_events_past_one_rounds_cap_follow_without_another_change(monkeypatch):
+    from lightmesh.controller import events, reconcile
+
+    monkeypatch.setattr(events, "MAX_EVENTS_PER_ROUND", 2)
+    monkeypatch.setattr(reconcile, "EVENT_BACKLOG_SECONDS", 0.05)
+
+    async def scenario():
+        async with cluster() as kube:
+            for i in range(5):
+                kube.put_object(service(f"broken-{i}", 80 + i, annotations={"lightmesh.io/retry-attempts": "many"}))
+            async with running(kube):
+                # a quiet cluster: nothing changes after start, yet all five get their Event
+                await until(lambda: len(kube.list_objects("v1", "events", NS)) == 5, "five Events in batches of two")
+
+    run(scenario())
+
+
 def test_shadow_update_retries_conflicts_and_rewrites_drift():
     async def scenario():
         async with cluster() as kube:

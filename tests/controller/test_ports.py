@@ -99,3 +99,21 @@ def test_changing_traffic_type_moves_the_port_to_the_new_range():
                 "spec": {"ports": [{"port": 53, "protocol": "TCP", "targetPort": 10000}]}}]
     _, second = allocate([service("a", "s", [53], "udp")], shadows=shadows, previous=first)
     assert second.tcp == {} and second.udp == {("a/s", 53): 15000}
+
+
+def test_replicas_that_saw_events_in_another_order_adopt_the_leaders_ports():
+    # Every replica serves config; the shadow Services the leader wrote are what kube-proxy routes
+    # by, so a follower's own earlier numbering must give way to them, or its proxies would send
+    # one Service's traffic to another.
+    a, b = service("app", "a", [5432]), service("app", "b", [5432])
+    _, leader_first = allocate([b])
+    topology, leader = allocate([a, b], previous=leader_first)
+    assert (leader.tcp[("app/a", 5432)], leader.tcp[("app/b", 5432)]) == (10001, 10000)
+    shadows = desired_shadow_services(topology, leader, SETTINGS)
+
+    _, follower_before = allocate([a, b])  # saw both at once, before the leader's write landed
+    assert (follower_before.tcp[("app/a", 5432)], follower_before.tcp[("app/b", 5432)]) == (10000, 10001)
+    _, follower = allocate([a, b], shadows=shadows, previous=follower_before)
+    assert follower.tcp == leader.tcp
+    # and the leader itself stays where it was
+    assert allocate([a, b], shadows=shadows, previous=leader)[1].tcp == leader.tcp

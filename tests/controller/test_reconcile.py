@@ -78,3 +78,13 @@ def test_versions_follow_the_hash_and_a_broken_round_keeps_the_last_config(tmp_p
             await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_every_watched_kind_has_its_own_metric_label():
+    # SMI and the Gateway API both have TCPRoute and UDPRoute: one label for both made the later
+    # count overwrite the other's.
+    from lightmesh.controller.reconcile import KIND_OF_FIELD
+
+    assert len(set(KIND_OF_FIELD.values())) == len(KIND_OF_FIELD)
+    assert KIND_OF_FIELD["tcp_routes"] == "TCPRoute"
+    assert KIND_OF_FIELD["mesh_tcp_routes"] == "TCPRoute.gateway.networking.k8s.io"

@@ -85,6 +85,7 @@ def test_v1alpha1_objects_without_spec_and_sources_default_to_the_target_namespa
     ("api", ["/api", "/api/v1"], ["/x/api"]),
     ("^/api", ["/api"], ["/x/api"]),
     (".*", ["/", "/anything"], []),
+    ("api|v2", ["/api", "/v2", "/v2/x", "api"], ["/x/v2", "/other"]),  # the slash applies to every alternative
 ])
 def test_path_regex_is_anchored_at_the_start_like_smi_and_traefik(path, matches, misses):
     import re

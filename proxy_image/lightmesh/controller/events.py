@@ -47,6 +47,7 @@ class EventRecorder:
         self.api_versions = api_versions or (lambda: {})  # () → {kind: apiVersion} of the watched versions
         self.uids = uids or (lambda kind, namespace, name: None)  # (kind, ns, name) → uid from the caches
         self.recorded: set[str] = set()
+        self.backlog = False  # the last record() stopped at MAX_EVENTS_PER_ROUND
 
     def body(self, error) -> dict:
         now = micro_time()
@@ -70,8 +71,10 @@ class EventRecorder:
         }
 
     async def record(self, errors: Iterable) -> int:
-        """Create the Events not created yet; returns how many were created."""
+        """Create the Events not created yet; returns how many were created. ``backlog`` says whether
+        the per-round cap left some for another call."""
         created = 0
+        self.backlog = False
         for error in errors:
             if not error.namespace or not error.name:
                 continue
@@ -79,7 +82,8 @@ class EventRecorder:
             if name in self.recorded:
                 continue
             if created >= MAX_EVENTS_PER_ROUND:
-                break  # the rest on the next round
+                self.backlog = True  # the rest in a later round (the caller schedules one)
+                break
             try:
                 await self.api.request("POST", EVENTS.path(error.namespace), body=self.body(error))
                 created += 1

@@ -35,34 +35,42 @@ def configure(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster service account, else ~/.kube/config)")
     src.add_argument("--manifests", metavar="DIR",
                      help="local mode: read the cluster from the *.yaml/*.yml/*.json files in DIR (no Kubernetes)")
-    src.add_argument("--namespace", default=wire.DEFAULT_MESH_NAMESPACE, help="the mesh namespace (shadow Services, Lease)")
-    src.add_argument("--watch-namespaces", type=_csv, default="", help="comma list: mesh only these namespaces")
-    src.add_argument("--ignore-namespaces", type=_csv, default="", help="comma list: never mesh these namespaces")
+    src.add_argument("--namespace", default=wire.DEFAULT_MESH_NAMESPACE,
+                     help="the mesh namespace (shadow Services, Lease; default: %(default)s)")
+    src.add_argument("--watch-namespaces", type=_csv, default="",
+                     help="comma list: mesh only these namespaces (default: all)")
+    src.add_argument("--ignore-namespaces", type=_csv, default="",
+                     help="comma list: never mesh these namespaces, besides kube-system and the mesh namespace")
     mesh = parser.add_argument_group("mesh")
     mesh.add_argument("--acl", action="store_true", help="ACL mode: deny unless an SMI TrafficTarget allows")
     mesh.add_argument("--default-mode", choices=("http", "tcp", "udp"), default="http",
-                      help="traffic type of Services without the traffic-type annotation")
+                      help="traffic type of Services without the traffic-type annotation (default: %(default)s)")
     mesh.add_argument("--domains", type=_csv, default=",".join(wire.DEFAULT_DOMAINS),
                       help="comma list of mesh DNS domains (default: %(default)s)")
     for proto, base, limit in (("http", wire.HTTP_PORT_BASE, wire.DEFAULT_HTTP_PORT_LIMIT),
                                ("tcp", wire.TCP_PORT_BASE, wire.DEFAULT_TCP_PORT_LIMIT),
                                ("udp", wire.UDP_PORT_BASE, wire.DEFAULT_UDP_PORT_LIMIT)):
-        mesh.add_argument(f"--{proto}-port-base", type=int, default=base, help=f"first {proto.upper()} mesh port")
-        mesh.add_argument(f"--{proto}-port-limit", type=int, default=limit, help=f"number of {proto.upper()} mesh ports")
+        mesh.add_argument(f"--{proto}-port-base", type=int, default=base,
+                          help=f"first {proto.upper()} mesh port (default: %(default)s)")
+        mesh.add_argument(f"--{proto}-port-limit", type=int, default=limit,
+                          help=f"number of {proto.upper()} mesh ports (default: %(default)s)")
     mesh.add_argument("--listen-mode", choices=("node", "shadow-ip"), default="node",
                       help="node: proxies listen on 0.0.0.0 at the mesh ports; shadow-ip: on each shadow "
-                           "ClusterIP at the Service's own ports (local mode)")
+                           "ClusterIP at the Service's own ports (local mode; default: %(default)s)")
     serve = parser.add_argument_group("serving")
-    serve.add_argument("--api-address", default="0.0.0.0")
-    serve.add_argument("--api-port", type=int, default=wire.DEFAULT_CONTROLLER_API_PORT)
-    serve.add_argument("--dns-address", default="0.0.0.0")
-    serve.add_argument("--dns-port", type=int, default=wire.DEFAULT_DNS_PORT)
+    serve.add_argument("--api-address", default="0.0.0.0", help="address of the API (default: %(default)s)")
+    serve.add_argument("--api-port", type=int, default=wire.DEFAULT_CONTROLLER_API_PORT,
+                       help="port of the API: proxy config, topology, status, metrics (default: %(default)s)")
+    serve.add_argument("--dns-address", default="0.0.0.0", help="address of the mesh DNS (default: %(default)s)")
+    serve.add_argument("--dns-port", type=int, default=wire.DEFAULT_DNS_PORT,
+                       help="port of the mesh DNS, UDP and TCP (default: %(default)s)")
     serve.add_argument("--leader-election", action="store_true",
                        help=f"only the holder of the Lease {wire.LEASE_NAME} writes shadow Services and Events")
     serve.add_argument("--otlp-endpoint", help="OpenTelemetry OTLP/HTTP endpoint: one span per reconcile round "
                                                "(e.g. http://collector:4318)")
-    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
-    serve.add_argument("--log-format", choices=("text", "json"), default="text")
+    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
+                       help="(default: %(default)s)")
+    serve.add_argument("--log-format", choices=("text", "json"), default="text", help="(default: %(default)s)")
 
 
 class _JSONFormatter(logging.Formatter):
@@ -108,7 +116,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
     metrics = ControllerMetrics()
     object_filter = ObjectFilter.create(args.namespace, args.watch_namespaces, args.ignore_namespaces)
     store = ConfigStore()
-    dns = MeshDNS(DNSTable(tuple(args.domains)))
+    dns = MeshDNS(DNSTable(settings.domains))
     kube: KubeAPI | None = None
     parts: dict = {}
     if args.manifests:

@@ -14,6 +14,7 @@ This module owns the three value types every other core module (``topology``, ``
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Iterable, Literal, Sequence
 
@@ -133,10 +134,19 @@ class Settings:
         for what in ("http", "tcp", "udp"):
             base, limit = getattr(self, f"{what}_port_base"), getattr(self, f"{what}_port_limit")
             if limit < 0 or not 1 <= base or base + max(limit, 1) - 1 > 65535:
-                raise ValueError(f"{what} port range {base}+{limit} is outside 1-65535")
+                raise ValueError(f"{what} port range {base}+{limit} (--{what}-port-base/--{what}-port-limit) "
+                                 f"is outside 1-65535")
+        # HTTP and TCP mesh ports are both TCP listeners of the proxy: shared numbers would send one
+        # service's traffic to the other's listener.
+        http_end, tcp_end = self.http_port_base + self.http_port_limit, self.tcp_port_base + self.tcp_port_limit
+        if self.http_port_limit and self.tcp_port_limit and self.http_port_base < tcp_end \
+                and self.tcp_port_base < http_end:
+            raise ValueError(f"http port range {self.http_port_base}-{http_end - 1} overlaps the tcp port range "
+                             f"{self.tcp_port_base}-{tcp_end - 1} (--http-port-base, --tcp-port-base)")
         # tuples, so Settings stays hashable whatever the caller passed
         for name in ("domains", "watch_namespaces", "ignore_namespaces"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "domains", normalise_domains(self.domains))
 
     def ignored_namespace(self, namespace: str) -> bool:
         if namespace in ALWAYS_IGNORED_NAMESPACES or namespace == self.mesh_namespace:
@@ -144,6 +154,28 @@ class Settings:
         if namespace in self.ignore_namespaces:
             return True
         return bool(self.watch_namespaces) and namespace not in self.watch_namespaces
+
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def normalise_domains(domains: tuple[str, ...]) -> tuple[str, ...]:
+    """Lowercase, without a trailing dot; a name that is not a DNS name is the operator's error.
+
+    Router hosts are built as ``<svc>.<ns>.<domain>`` and compared with request hosts, so ``Mesh.``
+    must become ``mesh`` here, and ``my mesh`` must stop the controller at start, not fail every
+    round."""
+    out: list[str] = []
+    for raw in domains:
+        name = raw.strip().rstrip(".").lower() if isinstance(raw, str) else raw
+        if not isinstance(name, str) or not name or len(name) > 253 \
+                or not all(_DNS_LABEL.fullmatch(label) for label in name.split(".")):
+            raise ValueError(f"domains (--domains): {raw!r} is not a DNS name (letters, digits, '-' and '.')")
+        if name not in out:
+            out.append(name)
+    if not out:
+        raise ValueError("domains (--domains): at least one mesh domain is required")
+    return tuple(out)
 
 
 @dataclass(frozen=True, order=True)

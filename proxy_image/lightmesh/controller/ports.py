@@ -6,8 +6,11 @@ This module owns the port plan the shadow Services (``targetPort``) and the prox
   Services share these ports and are told apart by Host. ``i >= http_port_limit`` → that port is
   not meshed and an :class:`ObjectError` names the Service.
 * TCP / UDP: one mesh port per Service port, mesh-wide, from ``tcp_port_base`` (``udp_port_base``)
-  up to ``limit`` ports. Stable: an assignment seen in the previous table or in an existing shadow
-  Service (its port's ``targetPort``) is kept while the Service keeps that port and traffic type;
+  up to ``limit`` ports. Stable: an assignment recorded in an existing shadow Service (its port's
+  ``targetPort``) or else in the previous table is kept while the Service keeps that port and traffic
+  type. The shadow Services come first: the leader writes them and every replica reads them, so all
+  replicas agree on the ports kube-proxy actually sends to, whatever order each saw events in; the
+  previous table only bridges the moment between an allocation and its shadow's write;
   new ports take the lowest free port, in sorted (namespace, name, port) order; a Service that is
   gone frees its ports. A Service left out for bad annotations keeps its reservations, so fixing
   the annotation brings it back on the same ports. Exhaustion → an error for that Service only.
@@ -96,11 +99,12 @@ def allocate_ports(topology: Topology, shadow_services: Sequence[dict], settings
         wanted: list[PortKey] = [(svc.key, p.port) for svc in topology.services.values()
                                  if svc.traffic_type is kind for p in svc.ports]
         wanted_set = set(wanted)
-        # Claims: the previous table first (newest), then the shadow Services (state at start).
-        claims: list[tuple[PortKey, int]] = []
+        # Claims: the shadow Services first (what kube-proxy routes by, the same for every replica),
+        # then the previous table (allocations whose shadow is not written yet).
+        claims: list[tuple[PortKey, int]] = [((key, port), mesh) for proto, key, port, mesh in recovered
+                                             if proto == protocol]
         if previous is not None:
             claims += sorted(getattr(previous, kind.value).items())
-        claims += [((key, port), mesh) for proto, key, port, mesh in recovered if proto == protocol]
         table: dict[PortKey, int] = {}
         taken: set[int] = set()
         for key, mesh in claims:

@@ -49,10 +49,15 @@ IDLE_DEBOUNCE_SECONDS = 0.005
 QUIET_SECONDS = MAX_DELAY_SECONDS
 MAX_PASSES = 3
 WRITE_RETRY_SECONDS = 5.0
+EVENT_BACKLOG_SECONDS = 1.0  # pace of Event batches past MAX_EVENTS_PER_ROUND
 FAILURE_RETRY_SECONDS = 0.5
 FAILURE_RETRY_MAX_SECONDS = 30.0
 
-KIND_OF_FIELD = {f: kind for f, (_, kind) in FIELDS.items()} | {"shadow_services": "ShadowService"}
+# The metrics' kind label. Gateway API TCPRoute and UDPRoute carry their group, as their errors do:
+# SMI has kinds of the same names, and one label value would count both (the later overwriting).
+_SMI_KINDS = {kind for group, kind in FIELDS.values() if group.endswith("smi-spec.io")}
+KIND_OF_FIELD = {f: f"{kind}.{group}" if group == "gateway.networking.k8s.io" and kind in _SMI_KINDS else kind
+                 for f, (group, kind) in FIELDS.items()} | {"shadow_services": "ShadowService"}
 
 
 def _default_build():
@@ -308,6 +313,11 @@ class Controller:
                     log.exception("recording Events failed")
             if failures:
                 await asyncio.sleep(WRITE_RETRY_SECONDS)
+                self._write_wanted.set()
+            elif self.events is not None and self.events.backlog:
+                # More errors than one round's Events: the rest must not wait for an unrelated change
+                # on a quiet cluster.
+                await asyncio.sleep(EVENT_BACKLOG_SECONDS)
                 self._write_wanted.set()
 
 

@@ -534,9 +534,11 @@ def _http_match(raw: Any, group: tuple[str, str], i: int, errors: _Errors, prefi
             return bad(f"pathRegex {path!r} is not a string")
         # SMI anchors pathRegex at the start of the path; Traefik strips a leading "/" and matches the
         # rest after "/": both "/api" and "api" select /api... Keep that: an optional leading slash.
+        # The optional slash applies to every alternative: "api|v2" selects /api and /v2 (Traefik
+        # wraps the expression in a group the same way).
         path = path[1:] if path.startswith("^") else path
         if not path.startswith("/"):
-            path = "/?" + path
+            path = "/?(?:" + path + ")"
         try:
             re.compile(path)
         except re.error as exc:

@@ -1,0 +1,47 @@
+"""Controller settings from flags: a wrong one stops the controller at start, naming the flag."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from conftest import lightmesh_cmd, lightmesh_env
+from lightmesh.controller.model import Settings
+
+
+def test_domains_are_normalised_like_the_hosts_they_are_compared_with():
+    assert Settings(domains=("Mesh.Local.", "mesh.local", "traefik.mesh")).domains == ("mesh.local", "traefik.mesh")
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"domains": ("my mesh",)}, r"domains \(--domains\): 'my mesh' is not a DNS name"),
+    ({"domains": ("",)}, r"domains \(--domains\): '' is not a DNS name"),
+    ({"domains": ()}, "at least one mesh domain is required"),
+    ({"domains": ("a..b",)}, "is not a DNS name"),
+    ({"tcp_port_base": 5005}, r"http port range 5000-5009 overlaps the tcp port range 5005-5029"),
+    ({"http_port_base": 10020}, r"http port range 10020-10029 overlaps the tcp port range 10000-10024"),
+    ({"udp_port_base": 65530, "udp_port_limit": 10}, r"udp port range 65530\+10 .* is outside 1-65535"),
+])
+def test_bad_settings_name_the_flag(settings, message):
+    with pytest.raises(ValueError, match=message):
+        Settings(**settings)
+
+
+def test_udp_ports_may_share_numbers_with_tcp_ones():
+    assert Settings(udp_port_base=10000).udp_port_base == 10000  # another protocol, another socket
+
+
+def test_the_controller_refuses_to_start_on_a_bad_flag():
+    result = subprocess.run(lightmesh_cmd("controller", "--manifests", "/nonexistent", "--domains", "my mesh"),
+                            capture_output=True, text=True, env=lightmesh_env(), timeout=60)
+    assert result.returncode == 2 and "--domains" in result.stderr and "'my mesh'" in result.stderr
+
+
+def test_help_shows_every_default():
+    result = subprocess.run(lightmesh_cmd("controller", "--help"), capture_output=True, text=True,
+                            env=lightmesh_env(), timeout=60)
+    text = " ".join(result.stdout.split())
+    for default in ("default: lightmesh)", "default: 9000)", "default: 53)", "default: 5000)", "default: 10)",
+                    "default: 10000)", "default: 15000)", "default: info)", "default: text)", "default: http)"):
+        assert default in text, default
