@@ -132,9 +132,10 @@ def test_nodes_join_proxy_pods_and_reported_versions():
         try:
             store.publish(config(3))
             async with aiohttp.ClientSession() as http:
-                for name, applied in (("lightmesh-proxy-a", "3"), ("local-proxy", "2")):
+                # other-replica-proxy applied the same config from another replica, numbered 7 there
+                for name, applied in (("lightmesh-proxy-a", "3"), ("local-proxy", "2"), ("other-replica-proxy", "7")):
                     headers = {wire.HEADER_PROXY_NAME: name, wire.HEADER_APPLIED_VERSION: applied}
-                    if name == "lightmesh-proxy-a":
+                    if name != "local-proxy":
                         headers["If-None-Match"] = config(3).etag()
                     async with http.get(url + wire.CONFIG_PATH + "?wait=0", headers=headers) as resp:
                         assert resp.status == (304 if "If-None-Match" in headers else 200)
@@ -149,6 +150,7 @@ def test_nodes_join_proxy_pods_and_reported_versions():
         assert nodes["lightmesh-proxy-b"]["ready"] is False and nodes["lightmesh-proxy-b"]["applied_version"] is None
         assert nodes["local-proxy"]["applied_version"] == 2 and not nodes["local-proxy"]["up_to_date"]
         assert nodes["local-proxy"]["ip"] == "127.0.0.1"
+        assert nodes["other-replica-proxy"]["applied_version"] == 7 and nodes["other-replica-proxy"]["up_to_date"]
 
     run(scenario())
 

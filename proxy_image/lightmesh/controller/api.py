@@ -208,7 +208,7 @@ class ControllerAPI:
         return web.Response(text="false", status=503, content_type="application/json")
 
     async def nodes(self, request: web.Request) -> web.Response:
-        current = self.store.config.version if self.store.config is not None else None
+        current = self.store.config.hash if self.store.config is not None else None
         seen = dict(self.store.proxies)
         out = []
         for pod in self.proxy_pods():
@@ -224,12 +224,13 @@ class ControllerAPI:
         return web.json_response(out)
 
     @staticmethod
-    def _report(report: dict, current: int | None) -> dict:
+    def _report(report: dict, current_hash: str | None) -> dict:
         applied = report.get("applied_version")
-        # config_hash: what the proxy holds (its If-None-Match); a replica numbers versions its own way,
-        # so across replicas compare hashes
-        return {"applied_version": applied, "config_hash": report.get("config_hash"),
-                "last_seen": report.get("last_seen"), "up_to_date": applied is not None and applied == current}
+        # config_hash: what the proxy holds (its If-None-Match). Each replica numbers versions its own
+        # way and a proxy may poll any of them, so "up to date" compares hashes, not versions.
+        held = report.get("config_hash")
+        return {"applied_version": applied, "config_hash": held, "last_seen": report.get("last_seen"),
+                "up_to_date": applied is not None and held is not None and held == current_hash}
 
     async def metrics_handler(self, request: web.Request) -> web.Response:
         if self.metrics is None:
