@@ -658,7 +658,12 @@ def _traffic_target(obj: dict, settings: Settings, specs: _Specs, pods: _Pods, e
     udp: set[int] | None = None
     tcp_all = udp_all = False
     # v1alpha2+: spec.rules; v1alpha1: spec.specs (same shape)
-    rules_field = "rules" if "rules" in spec else "specs"
+    rules_field = "rules" if "rules" in spec or (p and "specs" not in spec) else "specs"
+    if not _l(spec.get(rules_field)):
+        # Reported because Traefik Mesh read it the other way (all traffic allowed): a migrated
+        # rule-less TrafficTarget is a deny that should not be silent.
+        err(rules_field, "no rules: this TrafficTarget allows nothing (Traefik Mesh allowed all "
+                                   "traffic here); list the HTTPRouteGroup, TCPRoute or UDPRoute rules to allow")
     for i, rule in enumerate(_l(spec.get(rules_field))):
         rule = _d(rule)
         kind, rname = rule.get("kind"), _s(rule.get("name"))
