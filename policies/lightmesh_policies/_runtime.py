@@ -1,7 +1,9 @@
-"""The runtime's shared pure modules (``lightmesh.annotations``, ``cbexpr``, ``wire``), imported once.
+"""The runtime's shared pure code, imported once: ``lightmesh.annotations``, ``cbexpr``, ``wire``, the
+controller's flag definitions (``lightmesh.controller.main.configure``) and its TrafficSplit weight
+parser (``lightmesh.controller.topology.parse_weight``).
 
-The pack judges annotations with exactly the controller's parser, so it imports the ``lightmesh``
-package. In the pack's own venv that package is installed from the repository (``-e ..`` in
+The pack judges annotations, controller flags and split weights with exactly the controller's code,
+so it imports the ``lightmesh`` package. In the pack's own venv that package is installed from the repository (``-e ..`` in
 ``requirements.txt``); when the pack is used straight from a checkout without installing (tests,
 ``python -m lightmesh_policies.offline``), fall back to ``proxy_image/`` next to ``policies/``.
 """
@@ -17,5 +19,7 @@ except ImportError:  # pragma: no cover - only without an installed lightmesh
         sys.path.insert(0, str(_checkout))
 
 from lightmesh import annotations, cbexpr, wire  # noqa: E402
+from lightmesh.controller import main as controller_cli  # noqa: E402
+from lightmesh.controller.topology import parse_weight  # noqa: E402
 
-__all__ = ["annotations", "cbexpr", "wire"]
+__all__ = ["annotations", "cbexpr", "wire", "controller_cli", "parse_weight"]

@@ -22,6 +22,7 @@ rules then skip exactly the facts they cannot know yet and still judge everythin
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -29,7 +30,7 @@ from typing import Any, Iterable
 from pulumi_policy.proxy import UnknownValueError, _is_unknown  # the SDK's own sentinel test
 
 from lightmesh_policies._runtime import annotations as ann
-from lightmesh_policies._runtime import wire
+from lightmesh_policies._runtime import controller_cli, wire
 
 
 class _Unknown:
@@ -110,6 +111,26 @@ def as_list(value: Any) -> list:
 
 def as_dict(value: Any) -> dict:
     return value if isinstance(value, dict) else {}
+
+
+def known_or_unknown_text(value: Any) -> bool:
+    """A string, or a value not known yet: what a name field may hold (anything else is malformed)."""
+    return isinstance(value, str) or value is UNKNOWN
+
+
+def port_number(value: Any) -> Any:
+    """A port as an int (numbers arrive as floats from the engine), UNKNOWN, or None if not a number."""
+    if value is UNKNOWN:
+        return UNKNOWN
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
 
 
 # --------------------------------------------------------------------------------------- resources
@@ -203,6 +224,7 @@ class Service:
     name: str
     annotations: Any = field(default_factory=dict)  # dict, or UNKNOWN
     selector: Any = None  # dict / None (no selector in the stack) / UNKNOWN
+    ports: Any = None  # spec.ports list / None (not declared in the stack) / UNKNOWN
     created: bool = False  # a Service object is declared (not only patched)
     by_mesh_service: bool = False
     resources: list[Resource] = field(default_factory=list)
@@ -216,19 +238,45 @@ class Service:
         return self.resources[0].urn
 
     @property
-    def known_annotations(self) -> dict:
-        """The annotations whose values are known (unknown ones are judged once they are)."""
-        if not isinstance(self.annotations, dict):
-            return {}
-        return {k: v for k, v in self.annotations.items() if not is_unknown(v)}
+    def is_meshed(self) -> Any:
+        """True/False; UNKNOWN (falsy) while the annotations are not known and MeshService did not make it.
+        A mesh key whose value is unknown still makes the Service a mesh Service: the key is there."""
+        if self.by_mesh_service:
+            return True
+        if self.annotations is UNKNOWN:
+            return UNKNOWN
+        return ann.is_meshed(self.annotations)
 
-    @property
-    def is_meshed(self) -> bool:
-        return self.by_mesh_service or ann.is_meshed(self.known_annotations)
-
-    def traffic_type(self, default: ann.TrafficType = ann.TrafficType.HTTP) -> ann.TrafficType:
-        settings, _ = ann.parse_annotations_lenient(self.known_annotations, default)
+    def traffic_type(self, default: Any = ann.TrafficType.HTTP) -> Any:
+        """The traffic type its annotations ask for (``default``, the controller's, if none);
+        UNKNOWN when the annotation's value, or the default it falls back to, is not known yet."""
+        if self.annotations is UNKNOWN:
+            return UNKNOWN
+        found = ann.lookup(self.annotations, ann.TRAFFIC_TYPE)
+        if found is None:
+            return default
+        if is_unknown(found[1]):
+            return UNKNOWN
+        fallback = ann.TrafficType.HTTP if is_unknown(default) else default
+        settings, _ = ann.parse_annotations_lenient(dict([found]), fallback)
         return settings.traffic_type
+
+    def exposed_ports(self) -> Any:
+        """Port numbers traffic may be allowed on: each port and its numeric targetPort (the controller
+        accepts either in a TCPRoute/UDPRoute). None when the stack does not declare the ports."""
+        if self.ports is UNKNOWN:
+            return UNKNOWN
+        if not isinstance(self.ports, list):
+            return None
+        numbers: set[int] = set()
+        for entry in self.ports:
+            for key in ("port", "targetPort"):
+                number = port_number(dig(entry, key))
+                if number is UNKNOWN:
+                    return UNKNOWN
+                if number is not None:
+                    numbers.add(number)
+        return numbers
 
     def describe(self) -> str:
         how = "" if self.created else " (existing Service annotated by a ServicePatch)"
@@ -246,9 +294,10 @@ class Workload:
     namespace: Any
     name: Any
     pod_labels: Any  # dict or UNKNOWN
-    service_account: Any  # str or UNKNOWN
+    service_account: Any  # str, UNKNOWN, or None when malformed (see service_account_problem)
     pod_spec: Any
     resource: Resource
+    service_account_problem: str | None = None
 
     def describe(self) -> str:
         return f"{self.kind} {self.namespace}/{self.name}"
@@ -283,23 +332,38 @@ def workload_from(resource: Resource) -> Workload | None:
     labels = dig(meta, "labels")
     if labels is not UNKNOWN:
         labels = labels if isinstance(labels, dict) else {}
+    problem = None
     if spec is UNKNOWN:
         sa: Any = UNKNOWN
     else:
-        sa = dig(spec, "serviceAccountName")
+        sa, field_name = dig(spec, "serviceAccountName"), "serviceAccountName"
         if sa is None:
-            sa = dig(spec, "serviceAccount")  # deprecated alias
+            sa, field_name = dig(spec, "serviceAccount"), "serviceAccount"  # deprecated alias
         if sa is None or sa == "":
             sa = "default"  # what the API server assigns
+        elif not known_or_unknown_text(sa):
+            # The API server would reject it; here it only means the identity is not known.
+            problem, sa = f"its pod spec's {field_name} {sa!r} is not a string", None
     name, _ = object_name(resource)
-    return Workload(resource.kind, namespace_of(resource.props), name, labels, sa, spec, resource)
+    return Workload(resource.kind, namespace_of(resource.props), name, labels, sa, spec, resource, problem)
 
 
 def selects(selector: dict, labels: Any) -> Any:
-    """Does a Service selector select pods with ``labels``? UNKNOWN when labels are not known yet."""
-    if labels is UNKNOWN or any(is_unknown(v) for v in selector.values()):
+    """Does a Service selector select pods with ``labels``? False as soon as one label surely differs
+    (missing, or a known different value); UNKNOWN when only values not known yet (the selector's or
+    the pods') stand between it and True."""
+    if labels is UNKNOWN:
         return UNKNOWN
-    return all(labels.get(k) == v for k, v in selector.items())
+    verdict: Any = True
+    for key, wanted in selector.items():
+        actual = labels.get(key) if isinstance(labels, dict) else None
+        if actual is None:
+            return False
+        if is_unknown(wanted) or is_unknown(actual):
+            verdict = UNKNOWN
+        elif actual != wanted:
+            return False
+    return verdict
 
 
 # -------------------------------------------------------------------------------------- mesh install
@@ -344,41 +408,99 @@ def workload_role(resource: Resource) -> str | None:
     return _role(workload) if workload else None
 
 
+def _controller_switches() -> frozenset[str]:
+    """The controller's flags that take no value (``--acl``, ``--leader-election``), from its own parser."""
+    parser = argparse.ArgumentParser(add_help=False)
+    controller_cli.configure(parser)
+    return frozenset(opt for action in parser._actions if action.nargs == 0 for opt in action.option_strings)
+
+
+CONTROLLER_SWITCHES = _controller_switches()
+ACL_WORDS = ("--acl", "--acl=true")
+
+
+def _command_lines(pod_spec: Any) -> list:
+    """The command line (command + args) of every container, each a list or UNKNOWN; a single UNKNOWN
+    stands for a pod spec or container list not known yet (it may hold any container)."""
+    if pod_spec is UNKNOWN:
+        return [UNKNOWN]
+    if not isinstance(pod_spec, dict):
+        return []
+    lines: list = []
+    for key in ("initContainers", "containers"):
+        containers = pod_spec.get(key)
+        if containers is UNKNOWN:
+            lines.append(UNKNOWN)
+            continue
+        for container in as_list(containers):
+            if container is UNKNOWN:
+                lines.append(UNKNOWN)
+            elif isinstance(container, dict):
+                lines.append(_command_line(container))
+    return lines
+
+
+def _is_option_value(line: list, index: int) -> bool:
+    """Whether ``line[index]`` is the value of the option before it (``--otlp-endpoint <url>``)."""
+    if index == 0:
+        return False
+    before = line[index - 1]
+    return (isinstance(before, str) and before.startswith("--") and "=" not in before
+            and before not in CONTROLLER_SWITCHES)
+
+
 def acl_flag(workload: Workload) -> Any:
-    """True/False from the controller's ``--acl`` argument; UNKNOWN when its args are not known."""
+    """True/False from the controller's ``--acl`` argument; UNKNOWN when it may be there but is not known.
+
+    ``--acl`` anywhere makes it True, whatever else is unknown. A word not known yet (a computed value
+    during preview) could only be ``--acl`` if it stands on its own: one that directly follows an
+    option taking a value (``--otlp-endpoint <unknown>``, how MeshInstall renders a computed OTLP
+    endpoint) is that option's value, so it does not hide a known absence of ``--acl``. MeshInstall
+    itself always writes ``--acl`` as a plain known word (its ``acl`` arg must be known).
+    """
     verdict: Any = False
-    for container in containers_of(workload.pod_spec):
-        line = _command_line(container)
+    for line in _command_lines(workload.pod_spec):
         if line is UNKNOWN:
             verdict = UNKNOWN
             continue
-        for word in line:
-            if is_unknown(word):
-                verdict = UNKNOWN if verdict is False else verdict
-            elif word == "--acl" or word == "--acl=true":
+        for i, word in enumerate(line):
+            if word in ACL_WORDS:
                 return True
+            if is_unknown(word) and not _is_option_value(line, i):
+                verdict = UNKNOWN
     return verdict
 
 
-def default_traffic_type_flag(workload: Workload) -> ann.TrafficType:
-    """The controller's default traffic type (``--default-traffic-type X`` or ``=X``), http if unset."""
-    for container in containers_of(workload.pod_spec):
-        line = _command_line(container)
-        if not isinstance(line, list):
+_DEFAULT_TYPE_FLAGS = ("--default-traffic-type", "--default-mode")
+
+
+def default_traffic_type_flag(workload: Workload) -> Any:
+    """The controller's default traffic type (``--default-mode X`` or ``=X``), http if unset; UNKNOWN
+    when the flag's value, or a word that could be the flag, is not known yet."""
+    unknown = False
+    for line in _command_lines(workload.pod_spec):
+        if line is UNKNOWN:
+            unknown = True
             continue
-        words = [w if isinstance(w, str) else "" for w in line]
-        for i, word in enumerate(words):
-            value = None
-            if word in ("--default-traffic-type", "--default-mode") and i + 1 < len(words):
-                value = words[i + 1]
-            elif word.startswith(("--default-traffic-type=", "--default-mode=")):
+        for i, word in enumerate(line):
+            if is_unknown(word):
+                unknown = unknown or not _is_option_value(line, i)
+                continue
+            if not isinstance(word, str):
+                continue
+            value: Any = None
+            if word in _DEFAULT_TYPE_FLAGS and i + 1 < len(line):
+                value = line[i + 1]
+            elif word.startswith(tuple(f + "=" for f in _DEFAULT_TYPE_FLAGS)):
                 value = word.split("=", 1)[1]
-            if value:
+            if is_unknown(value):
+                return UNKNOWN
+            if isinstance(value, str) and value:
                 try:
                     return ann.TrafficType(value.lower())
                 except ValueError:
                     pass
-    return ann.TrafficType.HTTP
+    return UNKNOWN if unknown else ann.TrafficType.HTTP
 
 
 # --------------------------------------------------------------------------------------------- SMI
@@ -391,12 +513,23 @@ ROUTE_KINDS = ("HTTPRouteGroup", "TCPRoute", "UDPRoute")
 
 @dataclass(frozen=True)
 class Identity:
-    namespace: Any
-    name: Any
+    namespace: Any  # str, UNKNOWN, or None when malformed (see problem)
+    name: Any  # str, UNKNOWN, None (missing), or None when malformed (see problem)
     kind: Any = field(default="ServiceAccount", compare=False)
+    problem: str | None = field(default=None, compare=False)
+    """Why the written name or namespace is unusable (not a string), for messages."""
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def known(self) -> bool:
+        return not is_unknown(self.namespace) and not is_unknown(self.name)
+
+    def may_be(self, other: "Identity") -> bool:
+        """Whether this identity, parts of which may be unknown yet, could turn out to be ``other``."""
+        return all(mine is UNKNOWN or mine == theirs
+                   for mine, theirs in ((self.namespace, other.namespace), (self.name, other.name)))
 
 
 @dataclass
@@ -427,6 +560,20 @@ class Route:
     name: Any
     matches: Any  # HTTPRouteGroup: list of match dicts; TCP/UDP: raw; or UNKNOWN
     resource: Resource
+
+    def ports(self) -> Any:
+        """TCPRoute/UDPRoute ports as the controller reads them: a tuple (empty = every port; entries
+        that are not port numbers are ignored), or UNKNOWN."""
+        matches = self.matches
+        if matches is UNKNOWN:
+            return UNKNOWN
+        raw = dig(matches, "ports") if isinstance(matches, dict) else None  # v1alpha4; older: every port
+        if raw is UNKNOWN:
+            return UNKNOWN
+        numbers = [port_number(p) for p in as_list(raw)]
+        if any(n is UNKNOWN for n in numbers):
+            return UNKNOWN
+        return tuple(sorted({n for n in numbers if n is not None}))
 
     def match_names(self) -> Any:
         if self.matches is UNKNOWN:
@@ -476,8 +623,16 @@ def _identity(raw: Any, default_ns: Any) -> Any:
         return UNKNOWN
     if not isinstance(raw, dict):
         return None
-    ns = raw.get("namespace")
-    return Identity(default_ns if ns in (None, "") else ns, raw.get("name"), raw.get("kind"))
+    ns, name, problems = raw.get("namespace"), raw.get("name"), []
+    if ns is None or ns == "":
+        ns = default_ns
+    elif not known_or_unknown_text(ns):
+        problems.append(f"namespace {ns!r} is not a string")
+        ns = None
+    if name is not None and not known_or_unknown_text(name):
+        problems.append(f"name {name!r} is not a string")
+        name = None
+    return Identity(ns, name, raw.get("kind"), "; ".join(problems) or None)
 
 
 def traffic_target_from(resource: Resource) -> TrafficTarget:
@@ -595,6 +750,8 @@ class StackView:
             svc.created = True
             selector = dig(r.props, "spec", "selector")
             svc.selector = selector if selector is UNKNOWN or isinstance(selector, dict) else None
+            ports = dig(r.props, "spec", "ports")
+            svc.ports = ports if ports is UNKNOWN or isinstance(ports, list) else None
 
     # ---- ACL mode
 
@@ -609,16 +766,65 @@ class StackView:
             return UNKNOWN
         return False
 
-    def default_traffic_type(self) -> ann.TrafficType:
+    def default_traffic_type(self) -> Any:
+        """The controller's default traffic type (http without a controller); UNKNOWN if not known yet."""
         for c in self.controllers:
             return default_traffic_type_flag(c)
         return ann.TrafficType.HTTP
+
+    # ---- declared objects, as far as names are known
+
+    def service_declared(self, namespace: str, name: str) -> Any:
+        """True/False; UNKNOWN while a Service whose name or namespace is not known yet could be it."""
+        if (namespace, name) in self.services:
+            return True
+        return UNKNOWN if self._unknown_service_may_be(namespace, name, (SERVICE, SERVICE_PATCH)) else False
+
+    def _unknown_service_may_be(self, namespace: str, name: str, types: tuple[str, ...]) -> bool:
+        for r in self.unknown_services:
+            ns, (other, _) = namespace_of(r.props), object_name(r)
+            if r.type in types and (is_unknown(ns) or ns == namespace) and (is_unknown(other) or other == name):
+                return True
+        return False
+
+    def find_route(self, kind: str, namespace: Any, name: Any) -> Any:
+        """The route object; None when the stack surely declares none; UNKNOWN when one whose name or
+        namespace is not known yet could be it (or the name asked for is not known)."""
+        if is_unknown(namespace) or is_unknown(name):
+            return UNKNOWN
+        maybe = False
+        for r in self.routes:
+            if r.kind != kind:
+                continue
+            if r.namespace == namespace and r.name == name:
+                return r
+            if (is_unknown(r.namespace) or r.namespace == namespace) and (is_unknown(r.name) or r.name == name):
+                maybe = True
+        return UNKNOWN if maybe else None
+
+    def route(self, kind: str, namespace: Any, name: Any) -> Route | None:
+        found = self.find_route(kind, namespace, name)
+        return found if isinstance(found, Route) else None
+
+    def splits_rooted_at(self, svc: Service) -> Any:
+        """The TrafficSplits whose root is ``svc``; UNKNOWN when none is known to be but a split whose
+        root or namespace is not known yet could be."""
+        found, maybe = [], False
+        for split in self.splits:
+            if split.namespace == svc.namespace and split.service == svc.name:
+                found.append(split)
+            elif ((is_unknown(split.namespace) or split.namespace == svc.namespace)
+                  and (is_unknown(split.service) or split.service == svc.name)):
+                maybe = True
+        return UNKNOWN if maybe and not found else found
 
     # ---- identities
 
     def resolve(self, svc: Service) -> Resolution:
         if svc.selector is UNKNOWN:
             return Resolution(set(), [], unknown=True)
+        if not svc.created and self._unknown_service_may_be(svc.namespace, svc.name, (SERVICE,)):
+            return Resolution(set(), [], unknown=True)  # its declaration may be the Service not known yet
         if not svc.selector:
             if svc.created:
                 reason = "it has no pod selector"
@@ -640,6 +846,10 @@ class StackView:
                 found.append(w)
         if any(is_unknown(w.service_account) for w in found):
             unknown = True
+        malformed = [w for w in found if w.service_account_problem]
+        if malformed:
+            return Resolution(set(), found, reason="; ".join(f"{w.describe()}: {w.service_account_problem}"
+                                                             for w in malformed))
         accounts = {Identity(w.namespace, w.service_account) for w in found if not is_unknown(w.service_account)}
         if not found and not unknown:
             selector = ",".join(f"{k}={v}" for k, v in sorted(svc.selector.items()))
@@ -648,19 +858,36 @@ class StackView:
                                                  f"stack in namespace {svc.namespace}"))
         return Resolution(accounts, found, unknown=unknown)
 
-    def services_of_account(self, identity: Identity) -> list[Service]:
-        """Mesh Services whose selected pods run as ``identity`` (as far as known)."""
+    def mesh_services_of_account(self, identity: Identity) -> Any:
+        """All mesh Services whose selected pods run as ``identity``; UNKNOWN when a Service that is
+        not known yet (its name, annotations or pods) could be one of them."""
+        for r in self.unknown_services:
+            ns = namespace_of(r.props)
+            if is_unknown(ns) or ns == identity.namespace:
+                return UNKNOWN
         out = []
         for svc in self.services.values():
-            if svc.is_meshed and identity in self.resolve(svc).service_accounts:
-                out.append(svc)
+            meshed = svc.is_meshed
+            if meshed is False:
+                continue
+            resolution = self.resolve(svc)
+            if identity not in resolution.service_accounts:
+                if resolution.unknown:
+                    return UNKNOWN
+                continue
+            if meshed is UNKNOWN:
+                return UNKNOWN
+            out.append(svc)
         return out
 
     def targets_for(self, identity: Identity) -> list[TrafficTarget]:
+        """The TrafficTargets known to have ``identity`` as destination (see :meth:`destination_may_be`)."""
         return [t for t in self.traffic_targets if isinstance(t.destination, Identity) and t.destination == identity]
 
-    def route(self, kind: str, namespace: Any, name: Any) -> Route | None:
-        for r in self.routes:
-            if r.kind == kind and r.namespace == namespace and r.name == name:
-                return r
-        return None
+    def destination_may_be(self, identity: Identity) -> bool:
+        """Whether a TrafficTarget whose destination is not known yet could have ``identity`` as destination."""
+        for t in self.traffic_targets:
+            dest = t.destination
+            if dest is UNKNOWN or (isinstance(dest, Identity) and not dest.known and dest.may_be(identity)):
+                return True
+        return False

@@ -19,6 +19,7 @@ included), for every SMI version the controller accepts, and for objects rendere
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from typing import Any, Mapping
 
@@ -27,6 +28,7 @@ from pulumi_policy import (EnforcementLevel, PolicyConfigSchema, ReportViolation
 
 from lightmesh_policies import model
 from lightmesh_policies._runtime import annotations as ann
+from lightmesh_policies._runtime import parse_weight
 from lightmesh_policies.model import UNKNOWN, Identity, StackView, is_unknown
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -43,6 +45,8 @@ def _schema(defaults: Mapping[str, Any], descriptions: Mapping[str, str]) -> Pol
     for key, default in defaults.items():
         if isinstance(default, bool):
             prop: dict = {"type": "boolean"}
+        elif default is None:
+            prop = {"type": ["boolean", "null"]}  # null: the rule decides (see the description)
         elif isinstance(default, list):
             prop = {"type": "array", "items": {"type": "string"}}
         else:
@@ -68,16 +72,25 @@ def _acl_active(view: StackView, assume_acl: bool) -> Any:
     return mode
 
 
-def _access_policy_hint(identity: Identity, traffic: ann.TrafficType, sources: str | None = None) -> str:
-    rule = {ann.TrafficType.HTTP: 'http_matches=[{"name": "all", "path_regex": "/.*"}]',
-            ann.TrafficType.TCP: "tcp={}", ann.TrafficType.UDP: "udp={}"}[traffic]
+_HINT_RULES = {ann.TrafficType.HTTP: 'http_matches=[{"name": "all", "path_regex": "/.*"}]',
+               ann.TrafficType.TCP: "tcp={}", ann.TrafficType.UDP: "udp={}"}
+
+
+def _access_policy_hint(identity: Identity, traffic: Any, sources: str | None = None) -> str:
+    """An AccessPolicy call that would fix it; ``traffic`` may be UNKNOWN (then every rule kind is offered)."""
+    rule = _HINT_RULES.get(traffic) or " or ".join(_HINT_RULES.values()) + " (by the Service's traffic type)"
     sources = sources or '{"service_account": "<client ServiceAccount>"}'
     return (f'AccessPolicy("{identity.name}-access", AccessPolicyArgs(namespace="{identity.namespace}", '
             f'destination_service_account="{identity.name}", sources=[{sources}], {rule}))')
 
 
 def _kinds_of(rules: Any) -> set:
-    return {r.kind for r in rules if isinstance(r, model.Rule)} if isinstance(rules, list) else set()
+    return ({r.kind for r in rules if isinstance(r, model.Rule) and isinstance(r.kind, str)}
+            if isinstance(rules, list) else set())
+
+
+def _traffic_label(traffic: Any) -> str:
+    return "traffic type not known yet" if is_unknown(traffic) else traffic.value
 
 
 _ACL_DEFAULTS_DESCRIPTIONS = {
@@ -98,42 +111,89 @@ def _validate_acl_coverage(args: StackValidationArgs, report: ReportViolation) -
     ignored = set(cfg["ignore_services"] or [])
     default_type = view.default_traffic_type()
     for svc in sorted(view.services.values(), key=lambda s: s.key):
-        if not svc.is_meshed or svc.key in ignored:
+        if svc.is_meshed is not True or svc.key in ignored:
             continue
         traffic = svc.traffic_type(default_type)
-        kind = model.TRAFFIC_TYPE_ROUTE_KIND[traffic]
         resolution = view.resolve(svc)
         if resolution.reason:
-            if not cfg["allow_unresolved_services"]:
-                report(f"{svc.describe()} is a mesh Service, but the ServiceAccount of its pods cannot be "
-                       f"resolved from this stack: {resolution.reason}. In ACL mode it needs a TrafficTarget "
-                       f"for that ServiceAccount. Fix: declare its workload in this stack, or check by hand that "
-                       f"an AccessPolicy names the pods' ServiceAccount and then list \"{svc.key}\" in this "
-                       f"rule's ignore_services (or set allow_unresolved_services: true).", svc.urn)
+            # No pods of its own (or none declared here): an SMI apex if it is a TrafficSplit's root.
+            splits = view.splits_rooted_at(svc) if not resolution.workloads else []
+            if splits:
+                _check_apex_coverage(view, svc, splits, traffic, cfg, report)
+            elif splits == [] and not cfg["allow_unresolved_services"]:
+                _report_unresolved(f"{svc.describe()} is a mesh Service, but the ServiceAccount of its pods",
+                                   svc.key, resolution.reason, svc.urn, report)
             continue
         for identity in sorted(resolution.service_accounts, key=str):
-            targets = view.targets_for(identity)
-            if not targets:
-                report(f"{svc.describe()} ({traffic.value}) is not the destination of any TrafficTarget: its pods "
-                       f"run as ServiceAccount {identity} and ACL mode denies all traffic to them. Fix: add "
-                       f"{_access_policy_hint(identity, traffic)} with the clients that may call it.", svc.urn)
+            _check_identity_covered(view, svc.describe(), identity, traffic, svc.urn, report)
+
+
+def _report_unresolved(lead: str, ignore_key: str, reason: str, urn: str, report: ReportViolation) -> None:
+    report(f"{lead} cannot be resolved from this stack: "
+           f"{reason}. In ACL mode it needs a TrafficTarget for that ServiceAccount. Fix: declare its workload in "
+           f"this stack, or check by hand that an AccessPolicy names the pods' ServiceAccount and then list "
+           f"\"{ignore_key}\" in this rule's ignore_services (or set allow_unresolved_services: true).", urn)
+
+
+def _check_identity_covered(view: StackView, subject: str, identity: Identity, traffic: Any, urn: str,
+                            report: ReportViolation) -> None:
+    """``subject``'s pods run as ``identity``: some TrafficTarget must allow its traffic type to it."""
+    if view.destination_may_be(identity):
+        return  # a TrafficTarget whose destination is known only after apply may be the one
+    targets = view.targets_for(identity)
+    if not targets:
+        report(f"{subject} ({_traffic_label(traffic)}) is not the destination of any TrafficTarget: its pods run "
+               f"as ServiceAccount {identity} and ACL mode denies all traffic to them. Fix: add "
+               f"{_access_policy_hint(identity, traffic)} with the clients that may call it.", urn)
+        return
+    if is_unknown(traffic) or any(is_unknown(t.rules) or any(is_unknown(r.kind) for r in t.rules) for t in targets):
+        return  # which rule kind it needs, or has, is known only after apply
+    kind = model.TRAFFIC_TYPE_ROUTE_KIND[traffic]
+    kinds = set().union(*(_kinds_of(t.rules) for t in targets))
+    if kind not in kinds:
+        names = ", ".join(t.describe() for t in targets)
+        report(f"{subject} is {traffic.value} but no TrafficTarget for ServiceAccount {identity} has a {kind} rule "
+               f"({names} only allow {', '.join(sorted(kinds)) or 'nothing'}): its {traffic.value} traffic is "
+               f"denied in ACL mode. Fix: add {_access_policy_hint(identity, traffic)}, or add the {kind} rule to "
+               f"the existing AccessPolicy.", urn)
+
+
+def _check_apex_coverage(view: StackView, apex: model.Service, splits: list[model.TrafficSplit], traffic: Any,
+                         cfg: Mapping[str, Any], report: ReportViolation) -> None:
+    """An SMI apex Service (a TrafficSplit's root) need not have pods of its own: its traffic goes to the
+    split's backends, so it is covered when they are. Backends that are mesh Services are judged on
+    their own; the others (the controller meshes every Service) are judged here, on the apex's behalf.
+    Whether every backend allows the split's callers is the TrafficSplit rule's reachability check."""
+    for split in splits:
+        for backend_name in _backend_names(split):
+            backend = view.services.get((apex.namespace, backend_name))
+            if backend is None or backend.is_meshed is not False:
+                continue  # undeclared (the split rule says so), a mesh Service, or not known yet
+            subject = (f"{apex.describe()} (root of {split.describe()}, no pods of its own) through its backend "
+                       f"Service {backend.key}")
+            resolution = view.resolve(backend)
+            if resolution.reason:
+                if not cfg["allow_unresolved_services"]:
+                    _report_unresolved(f"{apex.describe()} is the root of {split.describe()} and has no pods of its "
+                                       f"own; the ServiceAccount of the pods of its backend Service {backend.key}",
+                                       apex.key, resolution.reason, apex.urn, report)
                 continue
-            if any(is_unknown(t.rules) or any(is_unknown(r.kind) for r in t.rules) for t in targets):
-                continue  # rule kinds known only after apply
-            kinds = set().union(*(_kinds_of(t.rules) for t in targets))
-            if kind not in kinds:
-                names = ", ".join(t.describe() for t in targets)
-                report(f"{svc.describe()} is {traffic.value} but no TrafficTarget for ServiceAccount {identity} "
-                       f"has a {kind} rule ({names} only allow {', '.join(sorted(map(str, kinds))) or 'nothing'}): "
-                       f"its {traffic.value} traffic is denied in ACL mode. Fix: add "
-                       f"{_access_policy_hint(identity, traffic)}, or add the {kind} rule to the existing "
-                       f"AccessPolicy.", svc.urn)
+            for identity in sorted(resolution.service_accounts, key=str):
+                _check_identity_covered(view, subject, identity, traffic, apex.urn, report)
+
+
+def _backend_names(split: model.TrafficSplit) -> list[str]:
+    """The split's backend Service names that are known, well-formed, and not the root itself."""
+    backends = split.backends if isinstance(split.backends, list) else []
+    return list(dict.fromkeys(b.service for b in backends
+                              if isinstance(b.service, str) and b.service and b.service != split.service))
 
 
 acl_service_has_traffic_target = StackValidationPolicy(
     name="lightmesh-acl-service-has-traffic-target",
     description=("In ACL mode every mesh Service (annotated, or created by MeshService) is the destination of at "
-                 "least one TrafficTarget with a rule for its traffic type; otherwise all traffic to it is denied."),
+                 "least one TrafficTarget with a rule for its traffic type; otherwise all traffic to it is denied. "
+                 "A TrafficSplit root without pods of its own is judged through the split's backends."),
     enforcement_level=EnforcementLevel.MANDATORY,
     severity=Severity.HIGH,
     config_schema=_schema(ACL_COVERAGE_DEFAULTS, {
@@ -186,13 +246,13 @@ def _validate_routes(view: StackView, report: ReportViolation) -> None:
                     seen.add(name)
             label = f"{where} match {name!r}" if isinstance(name, str) else f"{where} matches[{i}]"
             if error := _check_regex(match.get("pathRegex")):
-                report(f"{label}: pathRegex {match.get('pathRegex')!r} {error}. Fix the regular expression "
+                report(f"{label}: pathRegex {match.get('pathRegex')!r} {error}. Fix: correct the regular expression "
                        f"(AccessPolicy/TrafficSplit http_matches[].path_regex).", route.resource.urn)
             headers = match.get("headers")
             for header, value in model.as_dict(headers).items():
                 if error := _check_regex(value):
-                    report(f"{label}: header {header!r} regex {value!r} {error}. Fix the regular expression "
-                           f"(http_matches[].headers).", route.resource.urn)
+                    report(f"{label}: header {header!r} regex {value!r} {error}. Fix: correct the regular "
+                           f"expression (http_matches[].headers).", route.resource.urn)
 
 
 def _validate_traffic_targets(args: StackValidationArgs, report: ReportViolation) -> None:
@@ -203,50 +263,45 @@ def _validate_traffic_targets(args: StackValidationArgs, report: ReportViolation
     for target in view.traffic_targets:
         where, urn = target.describe(), target.resource.urn
         dest = target.destination
-        if dest is None or (isinstance(dest, Identity) and not is_unknown(dest.name) and not dest.name):
+        if isinstance(dest, Identity) and dest.problem:
+            report(f"{where} spec.destination: {dest.problem}. Fix: set destination_service_account on the "
+                   f"AccessPolicy to the ServiceAccount name (spec.destination {{kind: ServiceAccount, name}}).", urn)
+        elif dest is None or (isinstance(dest, Identity) and not is_unknown(dest.name) and not dest.name):
             report(f"{where} has no destination ServiceAccount. Fix: set destination_service_account on the "
                    f"AccessPolicy (spec.destination {{kind: ServiceAccount, name}}).", urn)
         elif isinstance(dest, Identity) and dest.kind not in (None, "ServiceAccount") and not is_unknown(dest.kind):
             report(f"{where} destination kind is {dest.kind!r}; only ServiceAccount is supported. Fix: name the "
                    f"ServiceAccount of the destination pods.", urn)
-        if not is_unknown(target.sources):
-            if not target.sources:
-                report(f"{where} has no sources: it allows nobody. Fix: list the client ServiceAccounts in "
-                       f"AccessPolicyArgs sources=[{{\"service_account\": ...}}].", urn)
-            for i, source in enumerate(target.sources):
-                if source is None or (not is_unknown(source.name) and not source.name):
-                    report(f"{where} sources[{i}] has no ServiceAccount name. Fix: set sources[{i}].service_account.",
-                           urn)
-                elif not is_unknown(source.kind) and source.kind not in (None, "ServiceAccount"):
-                    report(f"{where} sources[{i}] kind is {source.kind!r}; only ServiceAccount is supported.", urn)
+        _check_sources(target, report)
         if is_unknown(target.rules):
             continue
         if not target.rules:
             report(f"{where} has no rules: in Lightmesh a TrafficTarget without rules allows nothing (unlike "
                    f"Traefik Mesh). Fix: give the AccessPolicy http_matches, tcp or udp.", urn)
-        served = None
-        if isinstance(dest, Identity) and not is_unknown(dest.name) and not is_unknown(dest.namespace):
-            served = {s.traffic_type(default_type) for s in view.services_of_account(dest)}
+        dest_services: Any = UNKNOWN
+        if isinstance(dest, Identity) and dest.known and dest.name and not dest.problem:
+            dest_services = view.mesh_services_of_account(dest)
         for i, rule in enumerate(target.rules):
             if is_unknown(rule.kind) or is_unknown(rule.name):
                 continue
             if rule.kind not in model.ROUTE_KINDS:
-                report(f"{where} rules[{i}] kind {rule.kind!r} is not one of {', '.join(model.ROUTE_KINDS)}.", urn)
+                report(f"{where} rules[{i}] kind {rule.kind!r} is not one of {', '.join(model.ROUTE_KINDS)}: the "
+                       f"controller ignores this rule. Fix: use HTTPRouteGroup (AccessPolicy http_matches), TCPRoute "
+                       f"(tcp) or UDPRoute (udp).", urn)
                 continue
-            route = view.route(rule.kind, target.namespace, rule.name)
+            route = view.find_route(rule.kind, target.namespace, rule.name)
             if route is None:
                 if not cfg["allow_external_routes"]:
                     report(f"{where} rules[{i}] references {rule.kind} {target.namespace}/{rule.name}, which is "
                            f"not declared in this stack (rules name route objects in the TrafficTarget's own "
                            f"namespace). Fix: create it (AccessPolicy creates its routes), or correct the name.", urn)
-            elif rule.kind == "HTTPRouteGroup" and isinstance(rule.matches, list) and rule.matches:
-                names = route.match_names()
-                if not is_unknown(names):
-                    for match in rule.matches:
-                        if not is_unknown(match) and match not in names:
-                            report(f"{where} rules[{i}] names match {match!r}, but HTTPRouteGroup "
-                                   f"{route.namespace}/{route.name} has only {sorted(names) or 'no matches'}. Fix: "
-                                   f"use one of those names or add the match.", urn)
+            elif rule.kind == "HTTPRouteGroup" and isinstance(route, model.Route):
+                _check_rule_matches(where, i, rule, route, urn, report)
+            if is_unknown(dest_services):
+                continue
+            served = {s.traffic_type(default_type) for s in dest_services}
+            if any(is_unknown(t) for t in served):
+                continue
             fits = model.ROUTE_KIND_TRAFFIC_TYPE[rule.kind]
             if served and fits not in served:
                 kinds = ", ".join(sorted(model.TRAFFIC_TYPE_ROUTE_KIND[t] for t in served))
@@ -255,13 +310,77 @@ def _validate_traffic_targets(args: StackValidationArgs, report: ReportViolation
                        f"{types} mesh Services, so this rule never applies. Fix: use {kinds} instead "
                        f"(AccessPolicy {'http_matches' if 'http' in types else 'tcp/udp'}), or fix the Service's "
                        f"traffic-type annotation.", urn)
+            elif fits is not ann.TrafficType.HTTP and isinstance(route, model.Route):
+                same_type = [s for s in dest_services if s.traffic_type(default_type) is fits]
+                _check_route_ports(where, i, route, dest, same_type, urn, report)
+
+
+def _check_sources(target: model.TrafficTarget, report: ReportViolation) -> None:
+    where, urn = target.describe(), target.resource.urn
+    if is_unknown(target.sources):
+        return
+    if not target.sources:
+        report(f"{where} has no sources: it allows nobody. Fix: list the client ServiceAccounts in "
+               f"AccessPolicyArgs sources=[{{\"service_account\": ...}}].", urn)
+    for i, source in enumerate(target.sources):
+        if is_unknown(source):
+            continue  # the whole entry is known only after apply
+        if isinstance(source, Identity) and source.problem:
+            report(f"{where} sources[{i}]: {source.problem}. Fix: set sources[{i}].service_account (and "
+                   f"namespace) to plain names.", urn)
+        elif source is None or (not is_unknown(source.name) and not source.name):
+            report(f"{where} sources[{i}] has no ServiceAccount name. Fix: set sources[{i}].service_account.", urn)
+        elif not is_unknown(source.kind) and source.kind not in (None, "ServiceAccount"):
+            report(f"{where} sources[{i}] kind is {source.kind!r}; only ServiceAccount is supported, so the "
+                   f"controller ignores this source. Fix: name the client pods' ServiceAccount (kind: "
+                   f"ServiceAccount).", urn)
+
+
+def _check_rule_matches(where: str, i: int, rule: model.Rule, route: model.Route, urn: str,
+                        report: ReportViolation) -> None:
+    if not isinstance(rule.matches, list) or not rule.matches:
+        return
+    names = route.match_names()
+    if is_unknown(names):
+        return
+    for match in rule.matches:
+        if is_unknown(match):
+            continue
+        if not isinstance(match, str):
+            report(f"{where} rules[{i}] matches entry {match!r} is not a match name. Fix: list the names of "
+                   f"HTTPRouteGroup {route.namespace}/{route.name}'s matches (strings).", urn)
+        elif match not in names:
+            report(f"{where} rules[{i}] names match {match!r}, but HTTPRouteGroup {route.namespace}/{route.name} "
+                   f"has only {sorted(names) or 'no matches'}. Fix: use one of those names or add the match.", urn)
+
+
+def _check_route_ports(where: str, i: int, route: model.Route, dest: Identity, services: list[model.Service],
+                       urn: str, report: ReportViolation) -> None:
+    """A TCPRoute/UDPRoute limited to ports that none of the destination's Services of that traffic type
+    exposes allows nothing: those Services' traffic from these sources stays denied."""
+    ports = route.ports()
+    if is_unknown(ports) or not ports or not services:
+        return  # no ports = every port
+    exposed = [(svc, svc.exposed_ports()) for svc in services]
+    if any(p is None or is_unknown(p) for _, p in exposed):
+        return  # a Service's ports are not declared in this stack, or not known yet
+    if any(set(ports) & p for _, p in exposed):
+        return
+    field = "tcp" if route.kind == "TCPRoute" else "udp"
+    listing = "; ".join(f"{svc.describe()}: {', '.join(map(str, sorted(p))) or 'none'}" for svc, p in exposed)
+    suggestion = sorted(set().union(*(p for _, p in exposed)))
+    report(f"{where} rules[{i}] allows {route.kind} {route.namespace}/{route.name} on port(s) "
+           f"{', '.join(map(str, ports))} only, but the {field} mesh Services of ServiceAccount {dest} expose none of "
+           f"them ({listing}): this rule allows nothing and their {field} traffic stays denied. Fix: use the "
+           f"Services' ports (AccessPolicy {field}={{\"ports\": {suggestion}}}), or no ports to allow every port.", urn)
 
 
 traffic_target_valid = StackValidationPolicy(
     name="lightmesh-traffic-target-valid",
     description=("TrafficTargets have a destination, sources and rules; each rule's kind fits the destination "
-                 "Services' traffic type (HTTPRouteGroup for http, TCPRoute for tcp, UDPRoute for udp); referenced "
-                 "route objects and match names exist in the stack; HTTPRouteGroup path and header regexes compile."),
+                 "Services' traffic type (HTTPRouteGroup for http, TCPRoute for tcp, UDPRoute for udp); a TCPRoute or "
+                 "UDPRoute allows at least one port the destination's Services expose; referenced route objects and "
+                 "match names exist in the stack; HTTPRouteGroup path and header regexes compile."),
     enforcement_level=EnforcementLevel.MANDATORY,
     severity=Severity.HIGH,
     config_schema=_schema(TRAFFIC_TARGET_DEFAULTS, {
@@ -274,6 +393,18 @@ traffic_target_valid = StackValidationPolicy(
 # ---------------------------------------------------------------------------------- 3. TrafficSplits
 
 TRAFFIC_SPLIT_DEFAULTS = {"assume_acl": False, "allow_external_services": False}
+
+
+def split_weight(weight: Any, version: str) -> int | None:
+    """A backend weight as the controller reads it, or None if it rejects it (negative included).
+
+    split.smi-spec.io/v1alpha1 weights are Kubernetes quantities ("900m", "100m", "1"): the controller's
+    own parser (milli-units) decides. Later versions take whole numbers."""
+    if version == "v1alpha1":
+        milli = parse_weight(weight, quantity=True)
+        return milli if milli is not None and milli >= 0 else None
+    whole = _whole_number(weight)
+    return whole if whole is not None and whole >= 0 else None
 
 
 def _whole_number(weight: Any) -> int | None:
@@ -324,6 +455,10 @@ def _validate_traffic_splits(args: StackValidationArgs, report: ReportViolation)
     acl = _acl_active(view, cfg["assume_acl"])
     loops = _split_loops(view)
     roots_seen: dict[tuple, str] = {}
+
+    def undeclared(ns: str, service: str) -> bool:
+        return not cfg["allow_external_services"] and view.service_declared(ns, service) is False
+
     for index, split in enumerate(view.splits):
         where, urn, ns = split.describe(), split.resource.urn, split.namespace
         if is_unknown(ns) or is_unknown(split.service):
@@ -337,21 +472,13 @@ def _validate_traffic_splits(args: StackValidationArgs, report: ReportViolation)
             report(f"{where} splits Service {ns}/{root}, which {roots_seen[(ns, root)]} already splits: only one "
                    f"TrafficSplit per root Service is applied. Fix: merge them into one TrafficSplit.", urn)
         roots_seen.setdefault((ns, root), where)
-        if (ns, root) not in view.services and not cfg["allow_external_services"]:
+        if undeclared(ns, root):
             report(f"{where} root Service {ns}/{root} is not declared in this stack. Fix: create the root Service "
                    f"(the name clients call) in namespace {ns}.", urn)
         if index in loops:
             report(f"{where} is part of a loop of TrafficSplits: {' -> '.join(loops[index])}. Fix: point the "
                    f"backends at Services that are not split roots.", urn)
-        for match in split.matches if isinstance(split.matches, list) else []:
-            kind, name = model.dig(match, "kind"), model.dig(match, "name")
-            if is_unknown(kind) or is_unknown(name):
-                continue
-            if kind not in (None, "HTTPRouteGroup"):
-                report(f"{where} match {name!r} has kind {kind!r}; only HTTPRouteGroup is supported.", urn)
-            elif view.route("HTTPRouteGroup", ns, name) is None:
-                report(f"{where} match references HTTPRouteGroup {ns}/{name}, which is not declared in this stack. "
-                       f"Fix: create it (TrafficSplit matches= creates one) or correct the name.", urn)
+        _check_split_matches(view, split, report)
         if is_unknown(split.backends):
             continue
         if not split.backends:
@@ -372,7 +499,7 @@ def _validate_traffic_splits(args: StackValidationArgs, report: ReportViolation)
             elif service == root:
                 report(f"{where} backends[{i}] is the root Service {root!r} itself: traffic would loop. Fix: point "
                        f"the backend at a version-specific Service (e.g. {root}-v1).", urn)
-            elif (ns, service) not in view.services and not cfg["allow_external_services"]:
+            elif undeclared(ns, service):
                 report(f"{where} backend Service {ns}/{service} is not declared in this stack (backends must exist "
                        f"in the split's namespace {ns}). Fix: create it, or correct the name.", urn)
             if service in seen:
@@ -386,10 +513,16 @@ def _validate_traffic_splits(args: StackValidationArgs, report: ReportViolation)
             if is_unknown(backend.weight):
                 whole = False
                 continue
-            weight = _whole_number(backend.weight)
-            if weight is None or weight < 0:
-                report(f"{where} backends[{i}] ({service}) weight {backend.weight!r} is not a whole number >= 0. "
-                       f"Fix: use integers such as 90 and 10.", urn)
+            weight = split_weight(backend.weight, split.version)
+            if weight is None:
+                if split.version == "v1alpha1":
+                    report(f"{where} backends[{i}] ({service}) weight {backend.weight!r} is not a Kubernetes quantity "
+                           f">= 0. Fix: use quantities such as \"900m\" and \"100m\", or whole numbers "
+                           f"(split.smi-spec.io/v1alpha1).", urn)
+                else:
+                    report(f"{where} backends[{i}] ({service}) weight {backend.weight!r} is not a whole number >= 0. "
+                           f"Fix: use integers such as 90 and 10 (quantities like \"900m\" are for "
+                           f"split.smi-spec.io/v1alpha1 only).", urn)
                 whole = False
                 continue
             total += weight
@@ -398,6 +531,44 @@ def _validate_traffic_splits(args: StackValidationArgs, report: ReportViolation)
                    f"backend a positive weight.", urn)
         if acl is True:
             _check_split_reachability(view, split, report)
+
+
+def _check_split_matches(view: StackView, split: model.TrafficSplit, report: ReportViolation) -> None:
+    """``matches`` name route objects of the split's namespace; the controller takes HTTPRouteGroups
+    (which requests are split) and TCPRoutes/UDPRoutes (which apply to every port)."""
+    where, urn, ns = split.describe(), split.resource.urn, split.namespace
+    for i, match in enumerate(split.matches if isinstance(split.matches, list) else []):
+        kind, name = model.dig(match, "kind"), model.dig(match, "name")
+        if is_unknown(kind) or is_unknown(name):
+            continue
+        kind = "HTTPRouteGroup" if kind is None else kind
+        if kind not in model.ROUTE_KINDS:
+            report(f"{where} matches[{i}] ({name!r}) has kind {kind!r}; the controller ignores a TrafficSplit "
+                   f"with such a match. Fix: use kind HTTPRouteGroup (TrafficSplitArgs matches= creates one).", urn)
+        elif view.find_route(kind, ns, name) is None:
+            report(f"{where} match references {kind} {ns}/{name}, which is not declared in this stack. "
+                   f"Fix: create it (TrafficSplit matches= creates one) or correct the name.", urn)
+
+
+def _allowed_sources(view: StackView, identities: set[Identity]) -> tuple[set[Identity], bool]:
+    """The sources TrafficTargets allow to any of ``identities``, and whether that set is complete
+    (False while a destination or a source is known only after apply)."""
+    out: set[Identity] = set()
+    complete = True
+    for identity in identities:
+        complete = complete and not view.destination_may_be(identity)
+        for target in view.targets_for(identity):
+            if not isinstance(target.sources, list):
+                complete = complete and not is_unknown(target.sources)
+                continue
+            for source in target.sources:
+                if not isinstance(source, Identity):
+                    complete = complete and not is_unknown(source)
+                elif not source.known:
+                    complete = False
+                elif source.name and not source.problem:
+                    out.add(source)
+    return out, complete
 
 
 def _check_split_reachability(view: StackView, split: model.TrafficSplit, report: ReportViolation) -> None:
@@ -412,28 +583,20 @@ def _check_split_reachability(view: StackView, split: model.TrafficSplit, report
         res = view.resolve(svc)
         return None if res.reason or res.unknown else res.service_accounts
 
-    def allowed(identities: set[Identity]) -> set[Identity]:
-        out: set[Identity] = set()
-        for identity in identities:
-            for target in view.targets_for(identity):
-                if isinstance(target.sources, list):
-                    out |= {s for s in target.sources if isinstance(s, Identity)
-                            and not is_unknown(s.name) and not is_unknown(s.namespace)}
-        return out
-
-    backends = [b.service for b in split.backends if isinstance(b.service, str) and b.service != split.service]
-    backend_accounts = {b: accounts(b) for b in backends}
+    backend_accounts = {b: accounts(b) for b in _backend_names(split)}
     # The callers are whoever may call the root. An SMI root ("apex") Service often selects no pods of
     # its own; then whoever may call any backend counts, so every backend must allow the same clients.
-    callers = allowed(accounts(split.service) or set())
+    # Callers not known yet are left out: that can only hide a violation, never invent one.
+    callers, _ = _allowed_sources(view, accounts(split.service) or set())
     if not callers:
         for ids in backend_accounts.values():
-            callers |= allowed(ids or set())
+            callers |= _allowed_sources(view, ids or set())[0]
     for backend, ids in backend_accounts.items():
         if not ids:
             continue  # not resolvable from the stack: the coverage rule reports the Service itself
-        missing = callers - allowed(ids)
-        if not missing:
+        allowed, complete = _allowed_sources(view, ids)
+        missing = callers - allowed
+        if not missing or not complete:
             continue
         who = ", ".join(sorted(map(str, missing)))
         identity = sorted(ids, key=str)[0]
@@ -448,8 +611,9 @@ def _check_split_reachability(view: StackView, split: model.TrafficSplit, report
 traffic_split_valid = StackValidationPolicy(
     name="lightmesh-traffic-split-valid",
     description=("TrafficSplits: backends exist in the split's namespace and are not the root, weights are whole "
-                 "numbers with a positive sum, splits do not nest or loop, one split per root; in ACL mode every "
-                 "backend is reachable by everyone allowed to call the split."),
+                 "numbers (split.smi-spec.io/v1alpha1: Kubernetes quantities) with a positive sum, splits do not nest "
+                 "or loop, one split per root; in ACL mode every backend is reachable by everyone allowed to call "
+                 "the split."),
     enforcement_level=EnforcementLevel.MANDATORY,
     severity=Severity.HIGH,
     config_schema=_schema(TRAFFIC_SPLIT_DEFAULTS, {
@@ -472,6 +636,20 @@ _MESH_SERVICE_FIELD = {
 }
 
 
+# A valid value per mesh key, standing in for one not known yet: the key still counts (it wins over
+# the same key under a later prefix, it completes a rate-limit pair) and is itself not judged.
+_PLACEHOLDERS = {
+    ann.TRAFFIC_TYPE: "http", ann.SCHEME: "http", ann.RETRY_ATTEMPTS: "1",
+    ann.CIRCUIT_BREAKER_EXPRESSION: "NetworkErrorRatio() > 0.5", ann.RATELIMIT_AVERAGE: "1",
+    ann.RATELIMIT_BURST: "1", ann.REQUEST_TIMEOUT: "1s",
+}
+
+
+def _with_placeholders(annotations: dict) -> dict:
+    return {key: _PLACEHOLDERS.get(key.rsplit("/", 1)[-1], "") if is_unknown(value) else value
+            for key, value in annotations.items()}
+
+
 def _validate_annotations(args: ResourceValidationArgs, report: ReportViolation) -> None:
     if args.resource_type not in (model.SERVICE, model.SERVICE_PATCH):
         return
@@ -483,11 +661,14 @@ def _validate_annotations(args: ResourceValidationArgs, report: ReportViolation)
     known = {k: v for k, v in annotations.items() if not is_unknown(v)}
     name, _ = model.object_name(resource)
     where = f"Service {model.namespace_of(resource.props)}/{name}"
-    _, errors = ann.parse_annotations_lenient(known)
+    unknown_keys = {k for k, v in annotations.items() if is_unknown(v)}
+    _, errors = ann.parse_annotations_lenient(_with_placeholders(annotations))
     for error in errors:
+        if error.annotation in unknown_keys:
+            continue
         key = error.annotation.rsplit("/", 1)[-1]
-        report(f"{where}: {error}. The controller ignores this Service's mesh settings until it is fixed. Fix the "
-               f"annotation, or MeshService arg {_MESH_SERVICE_FIELD.get(key, key)}.")
+        report(f"{where}: {error}. The controller ignores this Service's mesh settings until it is fixed. Fix: "
+               f"correct the annotation, or MeshService arg {_MESH_SERVICE_FIELD.get(key, key)}.")
     if cfg["report_unknown_keys"]:
         for full in sorted(known):
             prefix = next((p for p in ann.PREFIXES if full.startswith(p)), None)
@@ -495,7 +676,9 @@ def _validate_annotations(args: ResourceValidationArgs, report: ReportViolation)
                 continue
             guess = difflib.get_close_matches(full[len(prefix):], ann.KEYS, n=1)
             hint = f"did you mean {prefix}{guess[0]}?" if guess else f"known keys: {', '.join(ann.KEYS)}"
-            report(f"{where}: annotation {full} is not a mesh setting and is ignored ({hint}).")
+            fix = f"rename it to {prefix}{guess[0]}" if guess else "use one of the known keys"
+            report(f"{where}: annotation {full} is not a mesh setting and is ignored ({hint}). Fix: {fix}, or "
+                   f"remove it (or set report_unknown_keys: false for this rule if it is meant for another tool).")
 
 
 service_annotations_valid = ResourceValidationPolicy(
@@ -612,7 +795,44 @@ install_resources = ResourceValidationPolicy(
     validate=_validate_resources,
 )
 
-REQUIRE_ACL_DEFAULTS = {"require_acl": True}
+# require_acl's schema default is null, not true: the CLI fills in schema defaults before the pack
+# sees its config, so a boolean default would be indistinguishable from an explicit setting.
+REQUIRE_ACL_DEFAULTS = {"require_acl": None}
+PRODUCTION_STACK_WORDS = ("prod", "production")
+
+
+def stack_name_from_urn(urn: str) -> str | None:
+    """The stack a resource belongs to: ``urn:pulumi:<stack>::<project>::<type>::<name>``."""
+    if not isinstance(urn, str) or not urn.startswith("urn:pulumi:"):
+        return None
+    stack = urn[len("urn:pulumi:"):].split("::", 1)[0]
+    return stack or None
+
+
+def current_stack_name(urn: str) -> str | None:
+    """The stack being previewed: from the resource's URN (every engine request carries one), else from
+    the ``PULUMI_STACK`` environment variable (pulumi-policy configures ``pulumi.get_stack()`` from it)."""
+    name = stack_name_from_urn(urn) or os.environ.get("PULUMI_STACK") or None
+    return name.rsplit("/", 1)[-1] if name else None  # "org/project/stack" → "stack"
+
+
+def is_production_stack(stack: str) -> bool:
+    """``prod``/``production`` as a whole word of the stack name: prod, production, prod-eu, eu-prod-1,
+    app_production; not product-catalog."""
+    return any(word in PRODUCTION_STACK_WORDS for word in re.split(r"[-_.]", stack.lower()))
+
+
+def acl_required(configured: Any, urn: str) -> tuple[bool, str]:
+    """(whether ACL mode is required, why — for the message). An explicit ``require_acl`` wins; else
+    production stacks require it; a stack whose name cannot be known is treated as production."""
+    if isinstance(configured, bool):
+        return configured, f"require_acl is {str(configured).lower()} in the policy config"
+    stack = current_stack_name(urn)
+    if stack is None:
+        return True, "the stack name is not known, so it is treated as a production stack"
+    if is_production_stack(stack):
+        return True, f"stack {stack!r} is a production stack"
+    return False, f"stack {stack!r} is not a production stack"
 
 
 def _validate_require_acl(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -620,24 +840,27 @@ def _validate_require_acl(args: ResourceValidationArgs, report: ReportViolation)
     if not found or found[1] != "controller":
         return
     cfg = _config(args.get_config(), REQUIRE_ACL_DEFAULTS)
-    if not cfg["require_acl"]:
+    required, why = acl_required(cfg["require_acl"], args.urn)
+    if not required:
         return
     workload = found[0]
     if model.acl_flag(workload) is False:
-        report(f"Lightmesh controller {workload.describe()} runs without --acl: every pod can reach every mesh "
-               f"Service. Fix: MeshInstallArgs acl=True (stack config acl: true) plus an AccessPolicy for every "
-               f"mesh Service; for a dev stack set require_acl: false for lightmesh-require-acl in "
+        report(f"Lightmesh controller {workload.describe()} runs without --acl ({why}): every pod can reach every "
+               f"mesh Service. Fix: MeshInstallArgs acl=True (stack config acl: true) plus an AccessPolicy for every "
+               f"mesh Service; for a development stack set require_acl: false for lightmesh-require-acl in "
                f"--policy-pack-config.")
 
 
 require_acl = ResourceValidationPolicy(
     name="lightmesh-require-acl",
-    description="With require_acl (default true, for production stacks) the mesh is installed in ACL mode "
+    description="On production stacks (or wherever require_acl is true) the mesh is installed in ACL mode "
                 "(MeshInstall acl: true, i.e. the controller runs with --acl).",
     enforcement_level=EnforcementLevel.MANDATORY,
     severity=Severity.HIGH,
     config_schema=_schema(REQUIRE_ACL_DEFAULTS, {
-        "require_acl": "Demand ACL mode (set false for development stacks).",
+        "require_acl": ("Demand ACL mode: true or false; null (default) demands it on production stacks, i.e. "
+                        "stacks whose name has the word prod or production (prod, production, prod-eu, eu-prod-1), "
+                        "and on stacks whose name is not known."),
     }),
     remediation_steps="Set acl=True on MeshInstall and declare AccessPolicies for every mesh Service.",
     validate=_validate_require_acl,

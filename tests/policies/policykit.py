@@ -22,15 +22,22 @@ def _opts() -> PolicyResourceOptions:
 
 
 class R:
-    """A resource of a hand-built stack: (type token, resource name, props)."""
+    """A resource of a hand-built stack: (type token, resource name, props). ``stack`` is the stack name in
+    its URN (the require-acl rule reads it: "test" is not a production stack, "prod" is)."""
 
-    def __init__(self, type_: str, name: str, props: dict, parent_types: tuple[str, ...] = ()) -> None:
-        self.type, self.name, self.props, self.parent_types = type_, name, props, parent_types
+    def __init__(self, type_: str, name: str, props: dict, parent_types: tuple[str, ...] = (),
+                 stack: str = "test") -> None:
+        self.type, self.name, self.props, self.parent_types, self.stack = type_, name, props, parent_types, stack
 
     @property
     def urn(self) -> str:
         chain = "$".join([*self.parent_types, self.type])
-        return f"urn:pulumi:test::lightmesh::{chain}::{self.name}"
+        return f"urn:pulumi:{self.stack}::lightmesh::{chain}::{self.name}"
+
+
+def on_stack(resources: list[R], stack: str) -> list[R]:
+    """The same resources with URNs of stack ``stack``."""
+    return [R(r.type, r.name, r.props, r.parent_types, stack) for r in resources]
 
 
 def run_policy(policy: Any, resources: list[R], config: dict | None = None, proxied: bool = True
@@ -131,10 +138,10 @@ def http_route_group(ns: str, name: str, matches: list[dict], version: str = "v1
               "metadata": {"name": name, "namespace": ns}, **body})
 
 
-def port_route(kind: str, ns: str, name: str, version: str = "v1alpha4") -> R:
+def port_route(kind: str, ns: str, name: str, version: str = "v1alpha4", ports: list | None = None) -> R:
     return R(f"kubernetes:specs.smi-spec.io/{version}:{kind}", f"{name}-route",
              {"apiVersion": f"specs.smi-spec.io/{version}", "kind": kind,
-              "metadata": {"name": name, "namespace": ns}, "spec": {"matches": {"name": "all", "ports": []}}})
+              "metadata": {"name": name, "namespace": ns}, "spec": {"matches": {"name": "all", "ports": ports or []}}})
 
 
 def traffic_split(ns: str, name: str, root: str, backends: list[tuple[str, Any]], version: str = "v1alpha4",
@@ -164,4 +171,67 @@ def whoami_acl_stack() -> list[R]:
         traffic_target("whoami", "client-to-server", "whoami-server", ["whoami-client"],
                        [{"kind": "HTTPRouteGroup", "name": "app-routes", "matches": ["api"]},
                         {"kind": "TCPRoute", "name": "app-tcp"}]),
+    ]
+
+
+def failing_stacks() -> list[tuple[list[R], dict]]:
+    """(stack, policy config) pairs that between them make every rule report every kind of defect it
+    knows — for checks that hold for every message (each names a fix)."""
+    seed = whoami_acl_stack()
+    no_target = [r for r in seed if r.name != "client-to-server-tt"]
+    http_only = no_target + [traffic_target("whoami", "http-only", "whoami-server", ["whoami-client"],
+                                            [{"kind": "HTTPRouteGroup", "name": "app-routes"}])]
+    bad_target = traffic_target("whoami", "bad", "whoami-server", ["whoami-client"], [
+        {"kind": "HTTPRoute", "name": "app-routes"},  # not an SMI route kind
+        {"kind": "TCPRoute", "name": "missing"},
+        {"kind": "HTTPRouteGroup", "name": "app-routes", "matches": ["nope", ["not", "a", "name"]]},
+        {"kind": "UDPRoute", "name": "app-udp"},  # the destination backs no udp Service
+        {"kind": "TCPRoute", "name": "db-port"},  # whoami-tcp listens on 8080 only
+    ])
+    bad_target.props["spec"]["sources"] += [{"kind": "Group", "name": "admins"}, {"kind": "ServiceAccount"},
+                                            {"kind": "ServiceAccount", "name": {"not": "a name"}}]
+    no_destination = traffic_target("whoami", "nowhere", "", [], [])
+    group_destination = traffic_target("whoami", "group", "x", ["whoami-client"], [])
+    group_destination.props["spec"]["destination"]["kind"] = "Group"
+    list_destination = traffic_target("whoami", "listed", "x", ["whoami-client"], [])
+    list_destination.props["spec"]["destination"]["name"] = ["whoami-server"]
+    routes = [http_route_group("whoami", "bad-routes", [{"pathRegex": "/("}, {"name": "a", "headers": {"x": "[a-"}},
+                                                        {"name": "a"}]),
+              port_route("UDPRoute", "whoami", "app-udp"), port_route("TCPRoute", "whoami", "db-port", ports=[3306])]
+    targets = seed + routes + [bad_target, no_destination, group_destination, list_destination]
+
+    split_services = []
+    for name in ("web", "web-v1", "web-v2", "web-v3"):
+        split_services += [deployment("shop", name, {"app": name}, f"{name}-sa"),
+                           service("shop", name, {"lightmesh.io/traffic-type": "http"}, {"app": name})]
+    rule = [{"kind": "HTTPRouteGroup", "name": "all"}]
+    splits = [controller(), *split_services, http_route_group("shop", "all", [{"name": "all", "pathRegex": "/.*"}]),
+              traffic_target("shop", "to-v1", "web-v1-sa", ["frontend", "admin"], rule),
+              traffic_target("shop", "to-v2", "web-v2-sa", ["frontend"], rule),
+              traffic_split("shop", "canary", "web", [("web-v1", 90), ("web-v2", 10), ("web-v1", 1), ("web", 1),
+                                                      ("web-v9", "500m"), ("other.ns", -1), ("", 1)],
+                            matches=[{"kind": "Foo", "name": "x"}, {"kind": "HTTPRouteGroup", "name": "beta"}]),
+              traffic_split("shop", "again", "web", [("web-v3", 0)]),
+              traffic_split("shop", "nowhere", "nope", [], version="v1alpha1"),
+              traffic_split("shop", "quantities", "web-v3", [("web-v1", "lots")], version="v1alpha1"),
+              traffic_split("shop", "a", "web-v1", [("web-v2", 1)]), traffic_split("shop", "b", "web-v2", [("web-v1", 1)]),
+              traffic_split("shop", "rootless", "", [("web-v1", 1)])]
+
+    apex = [controller(), service("shop", "web", {"lightmesh.io/traffic-type": "http"}, None),
+            deployment("shop", "web-v1", {"app": "web-v1"}, "web-v1-sa"), service("shop", "web-v1", None, {"app": "web-v1"}),
+            service("shop", "web-v2", None, None),
+            traffic_split("shop", "canary", "web", [("web-v1", 1), ("web-v2", 1)])]
+
+    hygiene = [controller(acl=False, image="ghcr.io/lightmesh/lightmesh:latest", resources=None),
+               proxy(image="ghcr.io/lightmesh/lightmesh", resources={"requests": {"cpu": "1"}}),
+               service("a", "x", {"lightmesh.io/retry-attempts": "two", "lightmesh.io/retry-attempt": "2",
+                                  "lightmesh.io/zzzzzz": "1", "mesh.traefik.io/scheme": "ftp"})]
+    malformed_account = [controller(), deployment("a", "web", {"app": "web"}), service("a", "web", {
+        "lightmesh.io/traffic-type": "http"}, {"app": "web"})]
+    malformed_account[1].props["spec"]["template"]["spec"]["serviceAccountName"] = ["web"]
+    return [
+        (no_target, {}), (http_only, {}), (targets, {}), (splits, {}), (apex, {}),
+        ([controller(), service_patch("legacy", "billing", {"lightmesh.io/traffic-type": "http"})], {}),
+        (malformed_account, {}),
+        (on_stack(hygiene, "prod"), {}), (hygiene, {"require_digest": True, "require_acl": True}),
     ]

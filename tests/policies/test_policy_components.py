@@ -50,12 +50,17 @@ def test_acl_example_without_its_access_policy_fails_on_exactly_that_rule(tmp_pa
                for v in report.violations)
 
 
-def test_root_stack_requires_acl_unless_configured():
-    report = check_program(REPO, policy_config=NO_CPU_LIMIT_OK)
+def test_root_stack_requires_acl_on_production_stacks_unless_configured():
+    # the root stack defaults to acl=false: fine on a development stack, not on a production one
+    assert check_program(REPO, stack="dev", policy_config=NO_CPU_LIMIT_OK).violations == []
+    report = check_program(REPO, stack="prod", policy_config=NO_CPU_LIMIT_OK)
     assert summary(report) == [("lightmesh-require-acl", "mandatory")]
-    assert check_program(REPO, config=["acl=true"], policy_config=NO_CPU_LIMIT_OK).violations == []
-    dev = {**NO_CPU_LIMIT_OK, "lightmesh-require-acl": {"require_acl": False}}
-    assert check_program(REPO, policy_config=dev).violations == []
+    assert "(stack 'prod' is a production stack)" in report.violations[0].message
+    assert check_program(REPO, stack="prod", config=["acl=true"], policy_config=NO_CPU_LIMIT_OK).violations == []
+    off = {**NO_CPU_LIMIT_OK, "lightmesh-require-acl": {"require_acl": False}}
+    assert check_program(REPO, stack="prod", policy_config=off).violations == []
+    on = {**NO_CPU_LIMIT_OK, "lightmesh-require-acl": {"require_acl": True}}
+    assert summary(check_program(REPO, stack="dev", policy_config=on)) == [("lightmesh-require-acl", "mandatory")]
 
 
 def test_other_examples_pass():
@@ -66,7 +71,9 @@ def test_other_examples_pass():
 @pytest.mark.parametrize("config, expected, fragment", [
     ([], [], None),
     (["split=ok"], [], None),
-    (["acl=false"], [("lightmesh-require-acl", "mandatory")], "runs without --acl"),
+    (["split=apex"], [], None),  # an apex root without pods is judged through its backends
+    (["acl=false"], [], None),  # the default stack, "dev", is not a production stack
+    (["acl=false", "stack=production"], [("lightmesh-require-acl", "mandatory")], "runs without --acl"),
     (["drop_access=tcp"], [("lightmesh-acl-service-has-traffic-target", "mandatory")],
      "Service whoami/whoami-tcp is tcp but no TrafficTarget for ServiceAccount whoami/whoami-server has a TCPRoute"),
     (["drop_access=http"], [("lightmesh-acl-service-has-traffic-target", "mandatory")],
@@ -85,9 +92,15 @@ def test_other_examples_pass():
      "backend 'whoami-v2' (ServiceAccount whoami/whoami-v2) is not reachable by whoami/whoami-client"),
     (["hand_annotation=lots"], [("lightmesh-service-annotations-valid", "mandatory")],
      "Service whoami/legacy: annotation mesh.traefik.io/retry-attempts='lots': must be a whole number"),
+    (["tcp_port=3306"], [("lightmesh-traffic-target-valid", "mandatory")],
+     "TrafficTarget whoami/client-to-whoami-tcp rules[0] allows TCPRoute whoami/client-to-whoami-tcp-tcp on port(s) "
+     "3306 only, but the tcp mesh Services of ServiceAccount whoami/whoami-server expose none of them "
+     "(Service whoami/whoami-tcp: 8080)"),
 ])
 def test_each_rule_on_component_output(config, expected, fragment):
-    report = check_program(PROGRAM, config=config)
+    stack = next((c.split("=", 1)[1] for c in config if c.startswith("stack=")), "dev")
+    config = [c for c in config if not c.startswith("stack=")]
+    report = check_program(PROGRAM, stack=stack, config=config)
     assert summary(report) == expected, [str(v) for v in report.violations]
     if fragment:
         assert any(fragment in v.message for v in report.violations), [v.message for v in report.violations]

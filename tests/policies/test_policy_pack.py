@@ -12,7 +12,7 @@ from pulumi_policy.proxy import UNKNOWN_ARRAY_VALUE, UNKNOWN_OBJECT_VALUE, UNKNO
 from lightmesh_policies import ALL_POLICIES, PACK_NAME
 from lightmesh_policies.offline import OfflineCheckError, analyze, render_env, resolve_policy_config
 from pulumi_policy import EnforcementLevel
-from policykit import controller, service, whoami_acl_stack
+from policykit import controller, on_stack, service, whoami_acl_stack
 
 PACK_DIR = Path(__file__).resolve().parents[2] / "policies"
 
@@ -21,18 +21,22 @@ def as_registrations(stack):
     return [{"type": r.type, "name": r.name, "urn": r.urn, "parent": None, "props": r.props} for r in stack]
 
 
-def insecure_stack():
-    """Seed ACL setup, but the controller runs without --acl."""
-    return [controller(acl=False) if r.name == "lightmesh-controller" else r for r in whoami_acl_stack()]
+def insecure_stack(stack="prod"):
+    """Seed ACL setup on a production stack, but the controller runs without --acl."""
+    return on_stack([controller(acl=False) if r.name == "lightmesh-controller" else r for r in whoami_acl_stack()],
+                    stack)
 
 
 def test_default_levels_and_clean_stack():
-    assert analyze(as_registrations(whoami_acl_stack())).violations == []
+    assert analyze(as_registrations(on_stack(whoami_acl_stack(), "prod"))).violations == []
     report = analyze(as_registrations(insecure_stack()))
     [v] = report.violations
     assert (v.policy, v.level) == ("lightmesh-require-acl", "mandatory")
-    assert v.message.startswith("Lightmesh controller Deployment lightmesh/lightmesh-controller runs without --acl")
+    assert v.message.startswith("Lightmesh controller Deployment lightmesh/lightmesh-controller runs without --acl "
+                                "(stack 'prod' is a production stack)")
     assert v.urn.endswith("::lightmesh-controller")
+    # the schema default (null) lets the stack name decide: a development stack may run without ACLs
+    assert analyze(as_registrations(insecure_stack("dev"))).violations == []
 
 
 @pytest.mark.parametrize("config, level", [
@@ -48,11 +52,17 @@ def test_policy_pack_config_changes_enforcement_and_properties(config, level):
     assert [v.level for v in violations] == ([level] if level else [])
 
 
+def test_explicit_require_acl_wins_over_the_stack_name():
+    on_dev = analyze(as_registrations(insecure_stack("dev")), {"lightmesh-require-acl": {"require_acl": True}})
+    [v] = on_dev.violations
+    assert "runs without --acl (require_acl is true in the policy config)" in v.message
+
+
 def test_schema_defaults_are_filled_in_like_the_cli_does():
     resolved = resolve_policy_config({"lightmesh-install-resources": {"limits": ["memory"]}})
     level, props = resolved["lightmesh-install-resources"]
     assert level == EnforcementLevel.ADVISORY and props == {"requests": ["cpu", "memory"], "limits": ["memory"]}
-    assert resolved["lightmesh-require-acl"] == (EnforcementLevel.MANDATORY, {"require_acl": True})
+    assert resolved["lightmesh-require-acl"] == (EnforcementLevel.MANDATORY, {"require_acl": None})
     assert set(resolved) == {p.name for p in ALL_POLICIES}
 
 

@@ -4,12 +4,13 @@ passing and failing inputs, every SMI version shape, config defaults and overrid
 import pytest
 from pulumi_policy.proxy import UNKNOWN_ARRAY_VALUE, UNKNOWN_OBJECT_VALUE, UNKNOWN_STRING_VALUE
 
-from lightmesh_policies import ALL_POLICIES
-from lightmesh_policies.rules import (acl_service_has_traffic_target, images_pinned, install_resources,
-                                      require_acl, service_annotations_valid, traffic_split_valid,
-                                      traffic_target_valid)
-from policykit import (R, controller, deployment, http_route_group, messages, port_route, proxy, run_policy,
-                       service, service_patch, traffic_split, traffic_target, whoami_acl_stack)
+from lightmesh_policies import ALL_POLICIES, model
+from lightmesh_policies.model import UNKNOWN, acl_flag, selects
+from lightmesh_policies.rules import (acl_required, acl_service_has_traffic_target, current_stack_name,
+                                      images_pinned, install_resources, is_production_stack, require_acl,
+                                      service_annotations_valid, traffic_split_valid, traffic_target_valid)
+from policykit import (R, controller, deployment, http_route_group, messages, on_stack, port_route, proxy,
+                       run_policy, service, service_patch, traffic_split, traffic_target, whoami_acl_stack)
 
 
 def without(stack, name):
@@ -354,11 +355,298 @@ def test_mesh_containers_need_requests_and_limits():
     assert run_policy(install_resources, [controller(), proxy()]) == []
 
 
-def test_require_acl_default_true_and_configurable():
-    [msg] = messages(run_policy(require_acl, [controller(acl=False), proxy()]))
-    assert "runs without --acl" in msg and "MeshInstallArgs acl=True" in msg
-    assert run_policy(require_acl, [controller(acl=True)]) == []
-    assert run_policy(require_acl, [controller(acl=False)], {"require_acl": False}) == []
+def test_require_acl_on_production_stacks_unless_configured():
+    [msg] = messages(run_policy(require_acl, on_stack([controller(acl=False), proxy()], "prod")))
+    assert "runs without --acl (stack 'prod' is a production stack)" in msg and "MeshInstallArgs acl=True" in msg
+    assert run_policy(require_acl, on_stack([controller(acl=True)], "prod")) == []
+    assert run_policy(require_acl, on_stack([controller(acl=False)], "prod"), {"require_acl": False}) == []
+    # a development stack may run without ACLs, unless the config says otherwise
+    assert run_policy(require_acl, on_stack([controller(acl=False)], "dev")) == []
+    [msg] = messages(run_policy(require_acl, on_stack([controller(acl=False)], "dev"), {"require_acl": True}))
+    assert "(require_acl is true in the policy config)" in msg
+    # null is what the CLI sends when the config leaves the schema default
+    assert run_policy(require_acl, on_stack([controller(acl=False)], "dev"), {"require_acl": None}) == []
     unknown = controller(acl=False)
     unknown.props["spec"]["template"]["spec"]["containers"][0]["args"] = UNKNOWN_ARRAY_VALUE
-    assert run_policy(require_acl, [unknown]) == []
+    assert run_policy(require_acl, on_stack([unknown], "prod")) == []
+
+
+@pytest.mark.parametrize("stack, production", [
+    ("prod", True), ("production", True), ("Prod", True), ("prod-eu", True), ("eu-prod", True),
+    ("eu-prod-1", True), ("app_production", True), ("shop.prod", True),
+    ("dev", False), ("test", False), ("staging", False), ("product-catalog", False), ("preprod", False),
+])
+def test_production_stack_names(stack, production):
+    assert is_production_stack(stack) is production
+
+
+def test_stack_name_comes_from_the_urn_else_pulumi_stack(monkeypatch):
+    assert current_stack_name("urn:pulumi:prod-eu::lightmesh::kubernetes:apps/v1:Deployment::c") == "prod-eu"
+    monkeypatch.setenv("PULUMI_STACK", "acme/lightmesh/production")
+    assert current_stack_name("not-a-urn") == "production"
+    monkeypatch.delenv("PULUMI_STACK")
+    assert current_stack_name("not-a-urn") is None
+    assert acl_required(None, "not-a-urn") == (True, "the stack name is not known, so it is treated as a production "
+                                                     "stack")
+
+
+# ------------------------------------------------------------- unknown values during preview
+
+
+def with_template_labels(resource, labels):
+    resource.props["spec"]["template"]["metadata"]["labels"] = labels
+    return resource
+
+
+def test_unknown_source_entry_is_skipped_not_a_crash():
+    stack = whoami_acl_stack()
+    target = next(r for r in stack if r.name == "client-to-server-tt")
+    target.props["spec"]["sources"] = [UNKNOWN_OBJECT_VALUE, {"kind": "Group", "name": "admins"}]
+    [msg] = messages(run_policy(traffic_target_valid, stack))  # the known source is still judged
+    assert "sources[1] kind is 'Group'" in msg
+
+
+def test_selector_against_unknown_label_values():
+    assert selects({"app": "web"}, {"app": UNKNOWN}) is UNKNOWN
+    assert selects({"app": "web", "tier": "front"}, {"app": UNKNOWN, "tier": "db"}) is False  # surely differs
+    assert selects({"app": "web", "tier": "front"}, {"app": UNKNOWN}) is False  # a label is missing
+    assert selects({"app": UNKNOWN}, {"app": "web"}) is UNKNOWN
+    assert selects({"app": "web"}, {"app": "web", "x": UNKNOWN}) is True
+
+
+def test_unknown_pod_label_value_is_not_a_selector_mismatch():
+    stack = whoami_acl_stack()
+    for r in stack:
+        if r.name == "whoami":
+            with_template_labels(r, {"app": UNKNOWN_STRING_VALUE})
+    # was: "selector app=whoami matches no Deployment" and "ServiceAccount ... only backs tcp mesh Services"
+    assert run_policy(acl_service_has_traffic_target, stack) == []
+    assert run_policy(traffic_target_valid, stack) == []
+
+
+def test_unknown_names_do_not_make_objects_undeclared():
+    routes = http_route_group("shop", "all", [{"name": "all", "pathRegex": "/.*"}])
+    stack = split_stack(traffic_split("shop", "canary", "web", [("web-v1", 90), ("web-v2", 10)],
+                                      matches=[{"kind": "HTTPRouteGroup", "name": "all"}]), routes,
+                        traffic_target("shop", "t", "web-v1-sa", ["frontend"], [{"kind": "HTTPRouteGroup",
+                                                                                  "name": "all"}]))
+    assert run_policy(traffic_split_valid, stack) == [] and run_policy(traffic_target_valid, stack) == []
+    for r in stack:
+        if r.name in ("web-svc", "web-v2-svc"):
+            r.props["metadata"]["name"] = UNKNOWN_STRING_VALUE
+        if r.name == "all-hrg":
+            r.props["metadata"]["namespace"] = UNKNOWN_STRING_VALUE
+    # was: "root Service shop/web is not declared", "backend Service shop/web-v2 is not declared",
+    # "references HTTPRouteGroup shop/all, which is not declared" (split match and TrafficTarget rule)
+    assert run_policy(traffic_split_valid, stack) == []
+    assert run_policy(traffic_target_valid, stack) == []
+    # Services whose names are unknown, in another namespace, cannot be the missing ones
+    stack.append(traffic_split("elsewhere", "other", "web", [("web-v9", 1)]))
+    assert [m.split(" Fix:")[0] for m in messages(run_policy(traffic_split_valid, stack))] == [
+        "TrafficSplit elsewhere/other root Service elsewhere/web is not declared in this stack.",
+        "TrafficSplit elsewhere/other backend Service elsewhere/web-v9 is not declared in this stack (backends must "
+        "exist in the split's namespace elsewhere)."]
+
+
+def test_unknown_destination_may_be_the_missing_traffic_target():
+    stack = whoami_acl_stack()
+    target = next(r for r in stack if r.name == "client-to-server-tt")
+    target.props["spec"]["destination"]["name"] = UNKNOWN_STRING_VALUE
+    assert run_policy(acl_service_has_traffic_target, stack) == []  # was: "not the destination of any"
+    target.props["spec"]["destination"] = {"kind": "ServiceAccount", "name": "someone-else", "namespace": "whoami"}
+    assert len(run_policy(acl_service_has_traffic_target, stack)) == 2
+
+
+def test_unknown_traffic_type_is_not_judged_but_a_missing_target_still_is():
+    stack = without(whoami_acl_stack(), "client-to-server-tt")
+    for r in stack:
+        if r.name == "whoami-tcp-svc":
+            r.props["metadata"]["annotations"]["lightmesh.io/traffic-type"] = UNKNOWN_STRING_VALUE
+    msgs = messages(run_policy(acl_service_has_traffic_target, stack))
+    assert any("Service whoami/whoami-tcp (traffic type not known yet) is not the destination" in m
+               and "by the Service's traffic type" in m for m in msgs), msgs
+
+
+def controller_with(acl, *extra_args):
+    return on_stack([controller(acl=acl, extra_args=list(extra_args))], "prod")
+
+
+def test_acl_flag_with_unknown_containers_or_words():
+    def flag(pod_spec):  # pod_spec as the model holds it: unknowns already materialized to UNKNOWN
+        return acl_flag(model.Workload("Deployment", "lightmesh", "lightmesh-controller", {}, "sa", pod_spec, None))
+
+    assert flag(UNKNOWN) is UNKNOWN
+    assert flag({"containers": UNKNOWN}) is UNKNOWN
+    assert flag({"containers": [{"name": "c", "args": ["controller", "--acl"]}], "initContainers": UNKNOWN}) is True
+    assert flag({"containers": [UNKNOWN, {"name": "c", "args": ["controller", UNKNOWN, "--acl"]}]}) is True
+    assert flag({"containers": [{"name": "c", "args": ["controller", UNKNOWN]}]}) is UNKNOWN  # could be --acl
+    # an unknown word that is an option's value is not --acl
+    assert flag({"containers": [{"name": "c", "args": ["controller", "--otlp-endpoint", UNKNOWN]}]}) is False
+    # ... unless the option before it takes no value
+    assert flag({"containers": [{"name": "c", "args": ["controller", "--leader-election", UNKNOWN]}]}) is UNKNOWN
+
+
+def test_require_acl_with_unknowns():
+    for r in controller_with(False):  # was: "runs without --acl" for an unknown pod spec or container list
+        for spec in (UNKNOWN_OBJECT_VALUE, {"containers": UNKNOWN_ARRAY_VALUE}):
+            r.props["spec"]["template"]["spec"] = spec
+            assert run_policy(require_acl, [r]) == []
+    # MeshInstall renders a computed OTLP endpoint as the word after --otlp-endpoint: acl=false is still known
+    [msg] = messages(run_policy(require_acl, controller_with(False, "--otlp-endpoint", UNKNOWN_STRING_VALUE)))
+    assert "runs without --acl" in msg
+    assert run_policy(require_acl, controller_with(False, UNKNOWN_STRING_VALUE)) == []
+    assert run_policy(require_acl, controller_with(True, "--otlp-endpoint", UNKNOWN_STRING_VALUE)) == []
+
+
+def test_unknown_annotation_value_completes_a_rate_limit_pair():
+    svc = service("a", "x", {"lightmesh.io/ratelimit-average": "10", "lightmesh.io/ratelimit-burst": UNKNOWN_STRING_VALUE,
+                             "lightmesh.io/retry-attempts": UNKNOWN_STRING_VALUE, "mesh.traefik.io/retry-attempts": "x"})
+    # the unknown lightmesh.io/ value wins over the bad mesh.traefik.io/ one, as it will in the cluster
+    assert run_policy(service_annotations_valid, [svc]) == []
+
+
+# ------------------------------------------------------------------- v1alpha1 split weights
+
+
+@pytest.mark.parametrize("weights", [("900m", "100m"), ("1", "0"), (1, 0), ("0.9", "0.1"), ("1.5", "500m")])
+def test_v1alpha1_weights_are_quantities(weights):
+    split = traffic_split("shop", "s", "web", list(zip(("web-v1", "web-v2"), weights)), version="v1alpha1")
+    assert run_policy(traffic_split_valid, split_stack(split)) == []
+
+
+@pytest.mark.parametrize("weight, expected", [
+    ("lots", "weight 'lots' is not a Kubernetes quantity >= 0"),
+    ("50%", "weight '50%' is not a Kubernetes quantity"),
+    (-1, "weight -1 is not a Kubernetes quantity >= 0"),
+])
+def test_bad_v1alpha1_weights_are_reported(weight, expected):
+    split = traffic_split("shop", "s", "web", [("web-v1", weight)], version="v1alpha1")
+    [msg] = messages(run_policy(traffic_split_valid, split_stack(split)))
+    assert expected in msg and 'Fix: use quantities such as "900m"' in msg
+    zero = traffic_split("shop", "s", "web", [("web-v1", "0m"), ("web-v2", "0")], version="v1alpha1")
+    assert any("weights sum to 0" in m for m in messages(run_policy(traffic_split_valid, split_stack(zero))))
+
+
+def test_quantities_are_still_rejected_after_v1alpha1():
+    for version in ("v1alpha2", "v1alpha3", "v1alpha4"):
+        split = traffic_split("shop", "s", "web", [("web-v1", "900m"), ("web-v2", 1)], version=version)
+        [msg] = messages(run_policy(traffic_split_valid, split_stack(split)))
+        assert "weight '900m' is not a whole number >= 0" in msg and "split.smi-spec.io/v1alpha1 only" in msg
+
+
+# -------------------------------------------------------------- apex Services of TrafficSplits
+
+
+def apex_stack(root_selector, *, cover_v2=True, meshed_backends=True):
+    annotations = {"lightmesh.io/traffic-type": "http"} if meshed_backends else None
+    rule = [{"kind": "HTTPRouteGroup", "name": "all"}]
+    stack = [controller(), service("shop", "web", {"lightmesh.io/traffic-type": "http"}, root_selector),
+             http_route_group("shop", "all", [{"name": "all", "pathRegex": "/.*"}]),
+             traffic_split("shop", "canary", "web", [("web-v1", 90), ("web-v2", 10)]),
+             traffic_target("shop", "to-v1", "web-v1-sa", ["frontend"], rule)]
+    for name in ("web-v1", "web-v2"):
+        stack += [deployment("shop", name, {"app": name}, f"{name}-sa"), service("shop", name, annotations, {"app": name})]
+    if cover_v2:
+        stack.append(traffic_target("shop", "to-v2", "web-v2-sa", ["frontend"], rule))
+    return stack
+
+
+@pytest.mark.parametrize("root_selector", [None, {"app": "web-apex"}], ids=["no-selector", "selects-nothing"])
+def test_split_apex_without_pods_is_judged_through_its_backends(root_selector):
+    for meshed in (True, False):
+        stack = apex_stack(root_selector, meshed_backends=meshed)
+        assert run_policy(acl_service_has_traffic_target, stack) == []  # was: "cannot be resolved" on shop/web
+        assert run_policy(traffic_split_valid, stack) == []
+    # an uncovered mesh backend is reported on itself, a non-mesh one (the controller meshes every
+    # Service) on the apex
+    [msg] = messages(run_policy(acl_service_has_traffic_target, apex_stack(root_selector, cover_v2=False)))
+    assert msg.startswith("Service shop/web-v2 (http) is not the destination of any TrafficTarget")
+    [msg] = messages(run_policy(acl_service_has_traffic_target,
+                                apex_stack(root_selector, cover_v2=False, meshed_backends=False)))
+    assert msg.startswith("Service shop/web (root of TrafficSplit shop/canary, no pods of its own) through its "
+                          "backend Service shop/web-v2 (http) is not the destination of any TrafficTarget")
+    # without a split the same Service is unresolvable, as before
+    lone = [r for r in apex_stack(root_selector) if r.name != "canary-ts"]
+    [msg] = messages(run_policy(acl_service_has_traffic_target, lone))
+    assert "Service shop/web is a mesh Service, but the ServiceAccount of its pods cannot be resolved" in msg
+
+
+# ------------------------------------------------------------------- TCP/UDP rules and ports
+
+
+def port_stack(kind, service_ports, route_ports):
+    traffic = "tcp" if kind == "TCPRoute" else "udp"
+    return [deployment("data", "db", {"app": "db"}, "db"),
+            service("data", "db", {"lightmesh.io/traffic-type": traffic}, {"app": "db"}, ports=service_ports),
+            port_route(kind, "data", "db-ports", ports=route_ports),
+            traffic_target("data", "to-db", "db", ["app"], [{"kind": kind, "name": "db-ports"}])]
+
+
+@pytest.mark.parametrize("kind", ["TCPRoute", "UDPRoute"])
+def test_port_route_allowing_no_port_of_the_destination_is_reported(kind):
+    field = "tcp" if kind == "TCPRoute" else "udp"
+    [msg] = messages(run_policy(traffic_target_valid, port_stack(kind, [{"port": 5432}], [3306])))
+    assert (f"TrafficTarget data/to-db rules[0] allows {kind} data/db-ports on port(s) 3306 only, but the {field} "
+            f"mesh Services of ServiceAccount data/db expose none of them (Service data/db: 5432)") in msg
+    assert f'Fix: use the Services\' ports (AccessPolicy {field}={{"ports": [5432]}})' in msg
+    assert run_policy(traffic_target_valid, port_stack(kind, [{"port": 5432}], [5432, 3306])) == []
+    assert run_policy(traffic_target_valid, port_stack(kind, [{"port": 5432}], [])) == []  # every port
+    # the controller also accepts the numeric targetPort
+    assert run_policy(traffic_target_valid, port_stack(kind, [{"port": 80, "targetPort": 3306}], [3306])) == []
+    assert run_policy(traffic_target_valid, port_stack(kind, [{"port": 80.0, "targetPort": "3306"}], [3306.0])) == []
+    unknown = port_stack(kind, [{"port": UNKNOWN_STRING_VALUE}], [3306])
+    assert run_policy(traffic_target_valid, unknown) == []
+
+
+# ---------------------------------------------------------------------------- malformed input
+
+
+@pytest.mark.parametrize("account", [["web"], {"name": "web"}], ids=["list", "object"])
+def test_malformed_service_account_name_is_reported_not_a_crash(account):
+    stack = [controller(), deployment("a", "web", {"app": "web"}), http_route_group("a", "r", [{"name": "all"}]),
+             service("a", "web", {"lightmesh.io/traffic-type": "http"}, {"app": "web"}),
+             traffic_target("a", "t", "web", ["c"], [{"kind": "HTTPRouteGroup", "name": "r"}]),
+             traffic_split("a", "s", "web", [("web-v2", 1)])]
+    stack[1].props["spec"]["template"]["spec"]["serviceAccountName"] = account
+    [msg] = messages(run_policy(acl_service_has_traffic_target, stack))
+    assert f"Service a/web is a mesh Service, but the ServiceAccount of its pods cannot be resolved from this " \
+           f"stack: Deployment a/web: its pod spec's serviceAccountName {account!r} is not a string" in msg
+    assert run_policy(traffic_target_valid, stack) == []
+    [msg] = messages(run_policy(traffic_split_valid, stack))  # web has pods, so it is no apex: judged itself
+    assert "backend Service a/web-v2 is not declared" in msg
+
+
+def test_malformed_identity_names_are_reported():
+    target = traffic_target("a", "t", "web", ["c"], [{"kind": "HTTPRouteGroup", "name": "r"}])
+    target.props["spec"]["destination"]["name"] = ["web"]
+    target.props["spec"]["sources"][0]["namespace"] = {"ns": "a"}
+    msgs = messages(run_policy(traffic_target_valid, [http_route_group("a", "r", [{"name": "all"}]), target]))
+    assert msgs == ["TrafficTarget a/t spec.destination: name ['web'] is not a string. Fix: set "
+                    "destination_service_account on the AccessPolicy to the ServiceAccount name (spec.destination "
+                    "{kind: ServiceAccount, name}).",
+                    "TrafficTarget a/t sources[0]: namespace {'ns': 'a'} is not a string. Fix: set "
+                    "sources[0].service_account (and namespace) to plain names."]
+
+
+# ---------------------------------------------------------------------------------- hints
+
+
+def test_messages_that_lacked_a_fix_now_have_one():
+    target = traffic_target("a", "t", "web", ["c"], [{"kind": "HTTPRoute", "name": "r"}])
+    target.props["spec"]["sources"][0]["kind"] = "Group"
+    msgs = messages(run_policy(traffic_target_valid, [target]))
+    assert [m.split(" Fix: ")[0] for m in msgs] == [
+        "TrafficTarget a/t sources[0] kind is 'Group'; only ServiceAccount is supported, so the controller ignores "
+        "this source.",
+        "TrafficTarget a/t rules[0] kind 'HTTPRoute' is not one of HTTPRouteGroup, TCPRoute, UDPRoute: the "
+        "controller ignores this rule."]
+    split = traffic_split("shop", "s", "web", [("web-v1", 1)], matches=[{"kind": "Foo", "name": "x"}])
+    [msg] = messages(run_policy(traffic_split_valid, split_stack(split)))
+    assert msg.startswith("TrafficSplit shop/s matches[0] ('x') has kind 'Foo'") and " Fix: use kind HTTPRouteGroup" in msg
+
+
+def test_split_matches_may_name_port_routes_as_the_controller_accepts():
+    split = traffic_split("shop", "s", "web", [("web-v1", 1)], matches=[{"kind": "TCPRoute", "name": "db"}])
+    [msg] = messages(run_policy(traffic_split_valid, split_stack(split)))
+    assert "match references TCPRoute shop/db, which is not declared in this stack" in msg
+    assert run_policy(traffic_split_valid, split_stack(split, port_route("TCPRoute", "shop", "db"))) == []

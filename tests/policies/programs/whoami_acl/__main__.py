@@ -49,8 +49,10 @@ if cfg.get("drop_access") != "http":
                                       "http_matches": [{"name": "api", "path_regex": "/.*", "methods": ["GET"]}]},
                  opts=after_mesh)
 if cfg.get("drop_access") != "tcp":
+    # tcp_port: the port the AccessPolicy allows (whoami-tcp listens on 8080)
     AccessPolicy("client-to-whoami-tcp", {"namespace": NS, "destination_service_account": "whoami-server",
-                                          "sources": client, "tcp": {"ports": [8080]}}, opts=after_mesh)
+                                          "sources": client, "tcp": {"ports": [cfg.get_int("tcp_port") or 8080]}},
+                 opts=after_mesh)
 if cfg.get_bool("udp_access"):
     AccessPolicy("client-to-whoami-udp", {"namespace": NS, "destination_service_account": "whoami-server",
                                           "sources": client, "udp": {}}, opts=after_mesh)
@@ -68,10 +70,23 @@ if split:
                                                      "http_matches": [{"name": "all", "path_regex": "/.*"}]},
                      opts=after_mesh)
     backends = {"ok": [("whoami-v1", 90), ("whoami-v2", 10)], "unreachable": [("whoami-v1", 90), ("whoami-v2", 10)],
-                "missing-backend": [("whoami-v1", 90), ("whoami-v3", 10)],
+                "missing-backend": [("whoami-v1", 90), ("whoami-v3", 10)], "apex": [("whoami-v1", 90), ("whoami-v2", 10)],
                 "root-backend": [("whoami-v1", 90), ("whoami", 10)]}[split]
-    TrafficSplit("canary", {"namespace": NS, "service": "whoami",
-                            "backends": [{"service": s, "weight": w} for s, w in backends]}, opts=after_mesh)
+    root = "whoami"
+    if split == "apex":
+        # An SMI apex Service: the name clients call, selecting no pods of its own.
+        root = "whoami-apex"
+        MeshService("whoami-apex", {"service_name": root, "namespace": NS, "traffic_type": "http",
+                                    "ports": [{"port": 80}], "selector": {"app": "whoami-apex"}}, opts=after_mesh)
+    if split == "root-backend":
+        # The TrafficSplit component refuses this; a hand-written (or Helm-rendered) object does not.
+        k8s.apiextensions.CustomResource("canary", api_version="split.smi-spec.io/v1alpha4", kind="TrafficSplit",
+                                         metadata={"name": "canary", "namespace": NS},
+                                         spec={"service": root,
+                                               "backends": [{"service": s, "weight": w} for s, w in backends]})
+    else:
+        TrafficSplit("canary", {"namespace": NS, "service": root,
+                                "backends": [{"service": s, "weight": w} for s, w in backends]}, opts=after_mesh)
 
 if cfg.get("hand_annotation"):
     # A Service annotated by hand, Traefik Mesh style (no component validates it).
