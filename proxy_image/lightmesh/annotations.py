@@ -182,7 +182,7 @@ def _sibling(full_key: str, key: str) -> str:
 
 def _int(found: tuple[str, str], low: int, high: int, errors: list[AnnotationError]) -> int | None:
     text = found[1].strip()
-    if not re.fullmatch(r"[+-]?\d+", text):
+    if not re.fullmatch(r"[+-]?[0-9]+", text):
         errors.append(AnnotationError(*found, "must be a whole number"))
         return None
     value = int(text)
@@ -192,7 +192,7 @@ def _int(found: tuple[str, str], low: int, high: int, errors: list[AnnotationErr
     return value
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|ms|s|m|h)")  # ASCII digits only
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 

@@ -154,7 +154,7 @@ _TOKEN = re.compile(
       | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
       | (?P<op>&&|\|\||<=|>=|==|!=|<|>)
       | (?P<punct>[(),])""",
-    re.VERBOSE,
+    re.VERBOSE | re.ASCII,  # \d is 0-9 only: "٣" is not a number here (nor in Traefik's Go parser)
 )
 
 
@@ -197,6 +197,12 @@ class _Parser:
         tok = self.tokens[self.i]
         self.i += 1
         return tok
+
+    def number(self, tok: _Token) -> int | float:
+        try:
+            return _number(tok.text)
+        except (ValueError, OverflowError):
+            raise ExpressionError(f"invalid number {tok.text!r} (not finite)", self.text, tok.pos) from None
 
     def fail(self, message: str, tok: _Token | None = None) -> ExpressionError:
         tok = tok or self.peek()
@@ -250,7 +256,7 @@ class _Parser:
         tok = self.peek()
         if tok.kind == "number":
             self.take()
-            return Number(_number(tok.text))
+            return Number(self.number(tok))
         if tok.kind == "ident":
             return self.metric()
         raise self.fail("expected a number or a metric (NetworkErrorRatio, ResponseCodeRatio, LatencyAtQuantileMS)")
@@ -280,13 +286,13 @@ class _Parser:
         if name_tok.text == "NetworkErrorRatio":
             return NetworkErrorRatio()
         if name_tok.text == "LatencyAtQuantileMS":
-            q = float(_number(args[0].text))
+            q = float(self.number(args[0]))
             if not 0 < q <= 100:
                 raise ExpressionError("LatencyAtQuantileMS quantile must be in (0, 100]", self.text, args[0].pos)
             return LatencyAtQuantileMS(q)
         codes = []
         for tok in args:
-            value = _number(tok.text)
+            value = self.number(tok)
             if not isinstance(value, int) or not 0 <= value <= 1000:
                 raise ExpressionError("ResponseCodeRatio takes whole status codes in 0-1000", self.text, tok.pos)
             codes.append(value)
@@ -297,7 +303,7 @@ class _Parser:
 
 
 def _number(text: str) -> int | float:
-    if re.fullmatch(r"-?\d+", text):
+    if re.fullmatch(r"-?[0-9]+", text):
         return int(text)
     value = float(text)
     if value != value or value in (float("inf"), float("-inf")):

@@ -59,8 +59,9 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@:/-]{0,252}$"
 _HTTP_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
-Port = Annotated[int, Field(ge=1, le=65535)]
-Weight = Annotated[int, Field(ge=0, le=1_000_000)]
+# strict: a port of "5000" or true is a producer's bug to report, not to coerce
+Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
+Weight = Annotated[int, Field(ge=0, le=1_000_000, strict=True)]
 
 
 class ConfigError(ValueError):
@@ -204,7 +205,7 @@ def parse_server_url(url: str) -> tuple[Scheme, str, int]:
         port_text = port_part[1:] if port_part.startswith(":") else ""
     else:
         host, _, port_text = rest.rpartition(":")
-    if not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    if not host or not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
         raise ValueError(f"server URL {url!r} must be scheme://ip:port with a port in 1-65535")
     return parsed_scheme, _check_host(host), int(port_text)
 

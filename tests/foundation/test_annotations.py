@@ -51,6 +51,9 @@ def test_prefix_precedence_per_key():
     ("lightmesh.io/circuit-breaker-expression", "NetworkErrorRatio() >", "position"),
     ("lightmesh.io/request-timeout", "5", "a unit is required"),
     ("lightmesh.io/request-timeout", "0s", "more than 0"),
+    ("lightmesh.io/retry-attempts", "-1", "between 1 and 100"),
+    ("lightmesh.io/retry-attempts", "\u0663", "must be a whole number"),  # only ASCII digits
+    ("lightmesh.io/request-timeout", "\u0665s", "must be a duration"),
 ])
 def test_invalid_values_name_annotation_and_value(key, value, reason):
     with pytest.raises(a.AnnotationsInvalid) as err:

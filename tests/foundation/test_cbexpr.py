@@ -32,6 +32,8 @@ def test_valid_expressions_parse_and_round_trip(text):
     ("NetworkErrorRatio() > 0.5 # x", 27, "unexpected character '#'"),
     ("LatencyAtQuantileMS(0) > 1", 21, "quantile"),
     ("ResponseCodeRatio(600, 500, 0, 600) > 0.1", 19, "from < to"),
+    ("NetworkErrorRatio() > 1e999", 23, "invalid number '1e999' (not finite)"),
+    ("NetworkErrorRatio() > \u0663", 23, "unexpected character"),  # Arabic-Indic 3: not a number here
 ])
 def test_errors_carry_a_position(text, position, words):
     with pytest.raises(cb.ExpressionError) as err:

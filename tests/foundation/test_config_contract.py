@@ -83,8 +83,8 @@ def test_duplicate_names_are_rejected():
     assert "duplicate service name 'whoami-whoami-80'" in msg
 
 
-@pytest.mark.parametrize("port", [0, 70000, -1])
-def test_out_of_range_port_names_the_route(port):
+@pytest.mark.parametrize("port", [0, 70000, -1, "5000", True, 5000.0])
+def test_out_of_range_port_names_the_route(port):  # strict: a string, bool or float port is a producer bug
     msg = _broken(lambda d: d["tcp"][0].update(port=port))
     assert "tcp['whoami-whoami-tcp-8080'].port" in msg
 
@@ -110,7 +110,8 @@ def test_invalid_circuit_breaker_expression():
 
 
 def test_server_url_must_be_scheme_ip_port():
-    for url in ("10.0.0.1:80", "ftp://10.0.0.1:80", "http://host.example:80", "http://10.0.0.1", "http://10.0.0.1:0"):
+    for url in ("10.0.0.1:80", "ftp://10.0.0.1:80", "http://host.example:80", "http://10.0.0.1", "http://10.0.0.1:0",
+                "http://10.0.0.1:８0"):  # a full-width digit is a digit to str.isdigit(), not to us
         msg = _broken(lambda d, url=url: d["http"]["services"][0]["servers"][0].update(url=url))
         assert "services['whoami-whoami-80'].servers[0].url" in msg, msg
     assert c.parse_server_url("h2c://[fd00::1]:8080") == (c.Scheme.H2C, "fd00::1", 8080)
