@@ -61,7 +61,8 @@ class MeshServiceArgs(TypedDict):
     scheme: NotRequired[Scheme]
     """Scheme the mesh uses towards the pods of an http Service: http (default), https or h2c."""
     retry_attempts: NotRequired[pulumi.Input[int]]
-    """Attempts for idempotent HTTP requests that fail at the network level (1–100)."""
+    """Tries in all (1–100) for an HTTP request whose upstream could not be reached or reset the
+    connection before answering, each on the next server; as Traefik's ``attempts``, 2 = one retry."""
     circuit_breaker_expression: NotRequired[pulumi.Input[str]]
     """Traefik-style circuit-breaker expression, e.g. ``NetworkErrorRatio() > 0.5``."""
     rate_limit_average: NotRequired[pulumi.Input[int]]

@@ -261,8 +261,10 @@ class _Builder:
         if m.request_timeout_seconds is not None:
             out.append(self.middleware({"type": "request_timeout", "name": f"{base}/request-timeout",
                                         "seconds": m.request_timeout_seconds}))
-        if m.retry_attempts is not None:
-            out.append(self.middleware({"type": "retry", "name": f"{base}/retry", "attempts": m.retry_attempts}))
+        # retry-attempts counts every try, as Traefik's retry{attempts} does (2 = one retry); the
+        # config's retry middleware counts the extra tries. 1 try is no retry at all.
+        if m.retry_attempts is not None and m.retry_attempts > 1:
+            out.append(self.middleware({"type": "retry", "name": f"{base}/retry", "attempts": m.retry_attempts - 1}))
         return out
 
     def allowed_ips(self, key: str, port: int, kind: TrafficType) -> tuple[set[str], set[str]]:
