@@ -123,7 +123,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="proxy name reported to the controller (default: $POD_NAME, else hostname)")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     parser.add_argument("--log-format", choices=("json", "text"), default="text")
-    parser.add_argument("--access-log", action="store_true", help="one log line per HTTP request")
+    parser.add_argument("--access-log", action="store_true", help="one JSON object per HTTP request and line, on stdout")
     parser.add_argument("--otlp-endpoint", metavar="URL", type=_http_url,
                         help="OTLP/HTTP traces endpoint, e.g. http://collector:4318 (tracing off when unset)")
     parser.add_argument("--trace-sample-ratio", type=_ratio, default=None,
