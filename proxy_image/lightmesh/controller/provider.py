@@ -62,7 +62,8 @@ PRIORITY_SERVICE = 1000
 PRIORITY_TARGET = 2000
 PRIORITY_SPLIT = 3000
 PRIORITY_SPLIT_MATCH = 4000
-PRIORITY_ROUTE = 5000  # Gateway API HTTPRoute rules (+ twice the match's specificity, + 1 for an Exact path)
+PRIORITY_ROUTE = 5000  # Gateway API rules: + RANK_STRIDE × their rank by the Gateway API's precedence
+RANK_STRIDE = 100  # room below each rank for the ACL sub-routers of one match (+ their specificity)
 
 
 def _bounded(name: str) -> str:
@@ -459,7 +460,12 @@ class _Builder:
                                                            for e in p.endpoints]})
             router(f"{base}/deny", PRIORITY_DENY, own, [self.middleware({"type": "deny", "name": DENY,
                                                                           "status_code": 403})], None)
-        for rule in rules:
+        # The Gateway API's precedence across every rule on this port: a rank per match, larger first;
+        # ties keep the rules' order (oldest route, then namespace/name, then rule and match index).
+        ordered = sorted(((p, n, j) for n, rule in enumerate(rules) for j, p in enumerate(rule.precedence)),
+                         key=lambda e: (tuple(-x for x in e[0]), e[1], e[2]))
+        rank = {(n, j): len(ordered) - pos for pos, (_, n, j) in enumerate(ordered)}
+        for n_rule, rule in enumerate(rules):
             label = f"{base}/route/{rule.route}/{rule.index}"
             service = _bounded(label)
             weighted = _weighted_endpoints([(b.service, b.port, b.weight) for b in rule.backends if b.service],
@@ -475,7 +481,10 @@ class _Builder:
                 service = f"{base}/pods" if self.acl else base
                 if not self.acl and not any(s["name"] == base for s in self.services):
                     self.services.append({"name": base, "servers": []})
-                first.append(self.middleware({"type": "deny", "name": "route-no-backend", "status_code": 500}))
+                # GRPCRoute: UNAVAILABLE, which gRPC clients read from 503 (a 500 reads as UNKNOWN)
+                first.append(self.middleware({"type": "deny", "name": "route-no-backend-grpc", "status_code": 503}
+                                             if rule.grpc else
+                                             {"type": "deny", "name": "route-no-backend", "status_code": 500}))
             else:
                 self.services.append({"name": service, "load_balancer": "weighted", "servers": [
                     {"url": _url("h2c" if rule.grpc else b.mesh.scheme.value, e.ip, e.port), "weight": w}
@@ -494,15 +503,18 @@ class _Builder:
                 for n, (tm, ips) in enumerate(self.backend_matches(live)):
                     allowed.append((tm, self.middleware({"type": "allow_list", "name": _bounded(f"{label}/allow/{n}"),
                                                          "source_ranges": [_cidr(ip) for ip in sorted(ips)]})))
-            for j, (m, exact) in enumerate(zip(rule.matches, rule.exact_path)):
-                priority = PRIORITY_ROUTE + 2 * _specificity(m) + exact
+            for j, m in enumerate(rule.matches):
+                priority = PRIORITY_ROUTE + RANK_STRIDE * rank[(n_rule, j)]
                 if not self.acl or refused:
                     router(f"{label}/{j}", priority, service, [*first, *mws, *extra], m)
                     continue
+                # ACL mode: one router per match the backends' TrafficTargets allow, all within this
+                # match's rank (ACL filters requests; it never re-ranks the rules)
                 for n, (tm, allow) in enumerate(allowed):
                     both = _combine(m, tm)
                     if both is not None:
-                        router(f"{label}/{j}/{n}", priority + _specificity(tm), service, [allow, *mws, *extra], both)
+                        router(f"{label}/{j}/{n}", priority + min(_specificity(tm), RANK_STRIDE - 1), service,
+                               [allow, *mws, *extra], both)
 
     # ----------------------------------------------------------------- TCP / UDP
 

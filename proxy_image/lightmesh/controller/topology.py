@@ -180,7 +180,10 @@ class MeshRule:
     matches: tuple[HTTPMatch, ...]
     backends: tuple[RouteBackend, ...]
     timeout_seconds: float | None = None
-    exact_path: tuple[bool, ...] = ()  # per match: an Exact path (outranks a prefix of the same value)
+    # per match, the Gateway API's precedence, larger first: HTTPRoute (Exact path, path characters,
+    # not a regex, method, header count); GRPCRoute (0, service characters, 1, method characters,
+    # header count). Ties keep the order of the rules (oldest route, namespace/name, rule index).
+    precedence: tuple[tuple[int, int, int, int, int], ...] = ()
     grpc: bool = False  # from a GRPCRoute: the backends are reached over HTTP/2 (h2c) whatever their scheme
     # RequestHeaderModifier / ResponseHeaderModifier: (set pairs, add pairs, names to remove), or None
     header_edits: tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...], tuple[str, ...]] | None = None
@@ -245,7 +248,7 @@ def _target_dict(t: TrafficTarget) -> dict:
 
 def _rule_dict(r: MeshRule) -> dict:
     return {"route": r.route, "index": r.index, "port": r.port, "matches": [_match_dict(m) for m in r.matches],
-            "exact_path": list(r.exact_path),
+            "precedence": [list(p) for p in r.precedence],
             "backends": [{"service": b.service, "port": b.port, "weight": b.weight} for b in r.backends],
             "timeout_seconds": r.timeout_seconds, "grpc": r.grpc,
             "header_edits": _edits_dict(r.header_edits), "response_edits": _edits_dict(r.response_edits)}
@@ -1061,34 +1064,35 @@ def build_topology(state: ClusterState, settings: Settings, cache: TopologyCache
 _GW_GROUP = "gateway.networking.k8s.io"
 
 
-def _gw_path(raw: Any) -> tuple[str | None, bool] | str:
-    """An HTTPRoute path match → (regex for the proxy's anchored match, exact?), or an error."""
+def _gw_path(raw: Any) -> tuple[str | None, tuple[int, int, int]] | str:
+    """An HTTPRoute path match → (regex for the proxy's anchored match, (exact, characters, not a
+    regex) for the precedence), or an error."""
     raw = _d(raw)
     kind = raw.get("type", "PathPrefix")
     value = raw.get("value", "/")
     if not isinstance(value, str) or not value.startswith("/"):
         return f"path value {value!r} must start with /"
     if kind == "Exact":
-        return re.escape(value) + "$", True
+        return re.escape(value) + "$", (1, len(value), 1)
     if kind == "PathPrefix":
         prefix = value.rstrip("/")
         if not prefix:
-            return None, False  # "/": every path
-        return re.escape(prefix) + "(?:/.*)?$", False  # whole path elements: /foo, /foo/x, not /foobar
+            return None, (0, 1, 1)  # "/": every path
+        return re.escape(prefix) + "(?:/.*)?$", (0, len(value), 1)  # whole path elements: /foo, /foo/x, not /foobar
     if kind == "RegularExpression":
         try:
             re.compile(value)
         except re.error as exc:
             return f"path regular expression {value!r} is invalid: {exc}"
-        return f"(?:{value})$", False
+        return f"(?:{value})$", (0, len(value), 0)  # (implementation-specific: after a prefix as long)
     return f"path type {kind!r} is not Exact, PathPrefix or RegularExpression"
 
 
-def _gw_match(raw: Any) -> tuple[HTTPMatch, bool] | str:
+def _gw_match(raw: Any) -> tuple[HTTPMatch, tuple[int, int, int, int, int]] | str:
     raw = _d(raw)
     if raw.get("queryParams"):
         return "queryParams matches are not supported"
-    path = _gw_path(raw.get("path")) if "path" in raw else (None, False)
+    path = _gw_path(raw.get("path")) if "path" in raw else (None, (0, 1, 1))
     if isinstance(path, str):
         return path
     methods: tuple[str, ...] = ()
@@ -1113,10 +1117,10 @@ def _gw_match(raw: Any) -> tuple[HTTPMatch, bool] | str:
             regex = f"^(?:{value})$"
         else:
             return f"headers[{i}].type {kind!r} is not Exact or RegularExpression"
-        if headers.setdefault(name.lower(), regex) != regex:
-            return f"header {name!r} is matched twice"
-    path_regex, exact = path
-    return HTTPMatch("", path_regex, methods, tuple(sorted(headers.items()))), exact
+        headers.setdefault(name.lower(), regex)  # the spec: the first of equivalent names counts
+    path_regex, (exact, chars, literal) = path
+    return (HTTPMatch("", path_regex, methods, tuple(sorted(headers.items()))),
+            (exact, chars, literal, int(bool(methods)), len(headers)))
 
 
 _GRPC_NAME = re.compile(r"^[A-Za-z0-9_.]+$")
@@ -1124,7 +1128,7 @@ _GW_TRAFFIC = {"HTTPRoute": TrafficType.HTTP, "GRPCRoute": TrafficType.HTTP, "TC
                "UDPRoute": TrafficType.UDP}
 
 
-def _grpc_match(raw: Any) -> tuple[HTTPMatch, bool] | str:
+def _grpc_match(raw: Any) -> tuple[HTTPMatch, tuple[int, int, int, int, int]] | str:
     """A GRPCRoute match → an HTTP match on the request path ``/<service>/<method>`` and headers."""
     raw = _d(raw)
     method = _d(raw.get("method"))
@@ -1154,7 +1158,8 @@ def _grpc_match(raw: Any) -> tuple[HTTPMatch, bool] | str:
     headers = _gw_match({"headers": raw.get("headers")}) if raw.get("headers") else None
     if isinstance(headers, str):
         return headers
-    return HTTPMatch("", path, (), headers[0].headers if headers else ()), kind == "Exact" and bool(service and name)
+    header_pairs = headers[0].headers if headers else ()
+    return HTTPMatch("", path, (), header_pairs), (0, len(service or ""), 1, len(name or ""), len(header_pairs))
 
 
 def _mesh_routes(state: ClusterState, settings: Settings, services: dict[str, Service], errors: _Errors
@@ -1213,6 +1218,17 @@ def _mesh_routes(state: ClusterState, settings: Settings, services: dict[str, Se
                 if port is None or parent.port(port) is None:
                     err(f"{where}.port", f"{ref.get('port')!r} is not a port of {parent.key}; this parent is ignored")
                     continue
+            section = ref.get("sectionName")
+            if section is not None:  # for a Service parent: the name of one of its ports
+                named = [q.port for q in parent.ports if q.name == section]
+                if not named:
+                    err(f"{where}.sectionName", f"{parent.key} has no port named {section!r}; this parent is ignored")
+                    continue
+                if port is not None and port != named[0]:
+                    err(f"{where}.sectionName", f"port {section!r} of {parent.key} is {named[0]}, not port {port}; "
+                                                "this parent is ignored")
+                    continue
+                port = named[0]
             parents.append((parent.key, port))
         # one attachment per Service port: a parent without a port covers them all
         whole = {key for key, port in parents if port is None}
@@ -1226,9 +1242,14 @@ def _mesh_routes(state: ClusterState, settings: Settings, services: dict[str, Se
                 err(where, f"a {route_kind} is applied with its first rule only; this rule is ignored")
                 continue
             edits = _header_filters(_l(rule.get("filters")))
-            if isinstance(edits, str):
-                err(f"{where}.{edits.partition(': ')[0]}", f"{edits.partition(': ')[2]}; this rule is ignored")
-                continue
+            unfiltered = isinstance(edits, str)
+            if unfiltered:
+                # The spec: a filter that cannot be applied must not be skipped; the requests it
+                # would have processed get an error (never another rule's backends).
+                answer = "are refused (503)" if grpc else "answer 500"
+                err(f"{where}.{edits.partition(': ')[0]}",
+                    f"{edits.partition(': ')[2]}; requests matching this rule {answer}")
+                edits = (None, None)
             matches: list[tuple[HTTPMatch, bool]] = []
             bad = None
             for j, raw in enumerate((_l(rule.get("matches")) or [{}]) if wanted is TrafficType.HTTP else ()):
@@ -1242,6 +1263,9 @@ def _mesh_routes(state: ClusterState, settings: Settings, services: dict[str, Se
                 continue
             timeout = None
             raw_timeouts = _d(rule.get("timeouts"))
+            if raw_timeouts.get("backendRequest") is not None:
+                err(f"{where}.timeouts.backendRequest", "a per-try backend timeout is not supported; ignored "
+                                                        "(timeouts.request bounds the whole request)")
             if raw_timeouts.get("request") is not None:
                 try:
                     timeout = parse_duration(_s(raw_timeouts.get("request")))
@@ -1275,11 +1299,16 @@ def _mesh_routes(state: ClusterState, settings: Settings, services: dict[str, Se
                     continue
                 backends.append(RouteBackend(backend.key, port, _weight(ref)))
             if not backends:
-                err(f"{where}.backendRefs", "no backend: requests matching this rule answer 500")
+                answer = ("connections to it are closed" if wanted is not TrafficType.HTTP
+                          else "requests matching this rule are refused (503)" if grpc
+                          else "requests matching this rule answer 500")
+                err(f"{where}.backendRefs", f"no backend: {answer}")
+            if unfiltered:
+                backends = []
             for parent, port in parents:
                 out.setdefault(parent, []).append(MeshRule(
                     f"{ns}/{name}", k, port, tuple(m for m, _ in matches), tuple(backends), timeout,
-                    tuple(e for _, e in matches), grpc, *edits))
+                    tuple(p for _, p in matches), grpc, *edits))
     return {k: tuple(v) for k, v in sorted(out.items())}
 
 
@@ -1312,6 +1341,8 @@ def _header_filters(filters: list):
                     _check_field_name(name)
                 except ValueError as exc:
                     return f"{where}.{key}.{op}[{j}]: {exc}"
+                if op == "set" and any(n.lower() == name.lower() for n in target):
+                    continue  # the spec: the first entry of equivalent names is the one applied
                 target[name] = value
         for j, name in enumerate(_l(mod.get("remove"))):
             try:
