@@ -166,6 +166,9 @@ def test_file_config_two_workers_end_to_end(tmp_path):
                     assert data["workers"][0]["restarts"] == 1
                     for _ in range(10):
                         assert (await request(hp)).status == 200
+                    # the dead worker's counts stay in the totals: counters never go back
+                    text = (await get(admin + "/metrics"))[1].decode()
+                    assert 'lightmesh_proxy_requests_total{service="svc",code="200",method="GET"} 31' in text
 
                     # SIGTERM (to the supervisor only, as the kubelet does): a slow request in flight
                     # finishes, then exit 0 promptly

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -184,3 +185,26 @@ def test_lookup_agrees_with_a_brute_force_reading_of_the_contract(routers, reque
     plane = compile_http(_config(routers, entry_points=("web",)))
     for host, method, path, headers in requests:
         assert _lookup(plane, host, method, path, headers) == _reference(routers, host, method, path, headers)
+
+
+def _breaker_config(with_breaker: bool):
+    http = HTTPConfig.model_validate({
+        "entry_points": [{"name": "web", "port": 5000}],
+        "services": [{"name": "svc", "servers": [{"url": "http://127.0.0.1:9"}]}],
+        "middlewares": [{"type": "circuit_breaker", "name": "cb", "expression": "NetworkErrorRatio() > 0.5"}],
+        "routers": [{"name": "r", "entry_points": ["web"], "service": "svc",
+                     "middlewares": ["cb"] if with_breaker else []}]})
+    return make_config(1, http)
+
+
+def test_breaker_gauge_is_the_state_now_and_forgets_removed_breakers():
+    from lightmesh.proxy.metrics import CB_OPEN, CB_RECOVERING
+
+    plane = compile_http(_breaker_config(True))
+    [breaker] = plane._breakers.values()
+    assert plane.breaker_states() == {"svc": 0}
+    # its open period ended a second ago, and no request came since: by the clock it is recovering
+    breaker._state, breaker._until = CB_OPEN, time.monotonic() - 1.0
+    assert plane.breaker_states() == {"svc": CB_RECOVERING}
+    # a config without the breaker: the service has no breaker state any more
+    assert compile_http(_breaker_config(False), plane).breaker_states() == {}

@@ -25,7 +25,9 @@ requests finish up to ``--drain-timeout``), then everything exits 0.
 
 Metrics: ``/metrics`` asks every live worker for a snapshot and merges them with the supervisor's
 own recorder, which alone counts ``config_reloads_total`` (once per config, not once per worker)
-and holds ``config_version``.
+and reports ``config_version`` (the oldest version a live worker has applied). Counters never go
+back: a worker that does not answer in time is represented by its last snapshot, and the counters
+of a worker that exited stay in the totals.
 """
 
 from __future__ import annotations
@@ -249,6 +251,7 @@ class WorkerHandle:
     started_at: float = 0.0
     pending: dict = dataclasses.field(default_factory=dict)  # snapshot id → Future
     task: asyncio.Task | None = None
+    last_metrics: dict | None = None  # its last metrics snapshot (stands in when a scrape times out)
 
     def describe(self) -> dict:
         return {"index": self.index, "pid": self.pid, "alive": self.alive, "applied_version": self.applied_version,
@@ -282,6 +285,7 @@ class Supervisor:
         self.stopping = False
         self._stop = asyncio.Event()
         self._snapshot_ids = 0
+        self.retired_metrics: dict = {}  # counters of workers that exited
         self._refused_versions: set = set()
         self._tasks: set[asyncio.Task] = set()
         self.source = None
@@ -409,6 +413,12 @@ class Supervisor:
         worker.pending.clear()
         if worker.writer is not None:
             worker.writer.close()
+        if worker.last_metrics is not None:
+            # Its counters stay in the totals (a counter that drops is a reset to Prometheus, and
+            # rate() would count the worker's whole life again); its gauges end with it.
+            self.retired_metrics = metrics_mod.merge([self.retired_metrics,
+                                                      metrics_mod.counters_only(worker.last_metrics)])
+            worker.last_metrics = None
         code = await asyncio.to_thread(_reap, worker.proc)
         if self.stopping:
             return
@@ -522,18 +532,25 @@ class Supervisor:
                 msg = await asyncio.wait_for(fut, SNAPSHOT_TIMEOUT)
             except asyncio.TimeoutError:
                 worker.pending.pop(ident, None)
-                log.warning("worker %d: no metrics snapshot within %.0fs", worker.index, SNAPSHOT_TIMEOUT)
-                continue
+                log.warning("worker %d: no metrics snapshot within %.0fs; its last one stands in",
+                            worker.index, SNAPSHOT_TIMEOUT)
+                msg = {"metrics": worker.last_metrics} if worker.last_metrics is not None else None
             if msg:
+                worker.last_metrics = msg.get("metrics") or {}
                 out.append(msg)
         return out
 
     async def metrics_text(self) -> str:
         reloads = metrics_mod.PREFIX + "config_reloads_total"
-        snaps = [self.metrics.snapshot()]
+        version = metrics_mod.PREFIX + "config_version"
+        own = self.metrics.snapshot()
+        # the version every live worker has applied (a proxy lagging behind shows as such)
+        own[version] = [[self.applied_version()]]
+        snaps = [own, self.retired_metrics]
         for msg in await self.snapshots():
             snap = dict(msg.get("metrics") or {})
             snap.pop(reloads, None)  # counted once per config by the supervisor, not per worker
+            snap.pop(version, None)
             snaps.append(snap)
         return metrics_mod.render(metrics_mod.merge(snaps))
 
@@ -656,6 +673,9 @@ async def _worker(fd: int) -> int:
                                        "listener_errors": result.listener_errors,
                                        "listeners": runtime.status()["listeners"]})
             elif kind == "snapshot":
+                # breaker states as of now: open → recovering happens by the clock, not only on a
+                # request, and breakers of a config no longer in force are gone
+                metrics.breaker_state = runtime.http.breaker_states() if runtime.http is not None else {}
                 write_message(writer, {"type": "snapshot", "id": msg.get("id"), "metrics": metrics.snapshot(),
                                        "status": runtime.status()})
             elif kind == "drain":

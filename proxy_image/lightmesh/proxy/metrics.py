@@ -161,6 +161,12 @@ class ProxyMetrics:
         }
 
 
+def counters_only(snapshot: dict) -> dict:
+    """``snapshot`` without its gauges (what stays of a worker that exited)."""
+    return {name: rows for name, rows in snapshot.items()
+            if name in METRICS and METRICS[name].type != "gauge"}
+
+
 def merge(snapshots: list[dict]) -> dict:
     """Add the workers' snapshots up. Gauges: open connections add up; breaker state and config
     version take the maximum (the worst state, the newest version)."""

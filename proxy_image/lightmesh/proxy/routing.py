@@ -225,6 +225,13 @@ class HTTPPlane:
             if id(service) not in self._carried:
                 service.close()
 
+    def breaker_states(self) -> dict[str, int]:
+        """Service → the worst state of its circuit breakers now (the gauge's value)."""
+        out: dict[str, int] = {}
+        for (_definition, service), breaker in self._breakers.items():
+            out[service] = max(out.get(service, 0), breaker.state)
+        return out
+
     def status(self) -> dict:
         """For ``/api/rawdata``: services with their balancer status and idle connection counts."""
         return {name: {"servers": [{**st, "server": st["server"].url, "idle": len(st["server"].idle)}
