@@ -3,7 +3,9 @@
 Local mode's live table (``lightmesh local --telemetry``) and the dashboard rendering in the README
 use this: two scrapes of the proxy's ``/metrics`` a few seconds apart give per-service request
 rates by code class, error ratio and latency quantiles — the same arithmetic the Grafana dashboard's
-PromQL does (``rate`` over counters, ``histogram_quantile`` over buckets).
+PromQL does (``rate`` over counters, ``histogram_quantile`` over buckets) — and, for TCP and UDP
+routes (which have no requests), connections or sessions per second, bytes per second each way,
+upstream errors and ACL refusals (:func:`l4_stats`).
 """
 
 from __future__ import annotations
@@ -134,7 +136,8 @@ def service_stats(before: Scrape, after: Scrape) -> list[ServiceStats]:
         buckets[d.get("service", "")][bound] = buckets[d.get("service", "")].get(bound, 0.0) + value
     retries = _by(_delta(before, after, PROXY + "retries_total"), "service")
     limited = _by(_delta(before, after, PROXY + "rate_limited_total"), "service")
-    denied = _by(_delta(before, after, PROXY + "acl_denied_total"), "service")
+    denied = _by({labels: value for labels, value in _delta(before, after, PROXY + "acl_denied_total").items()
+                  if dict(labels).get("protocol", "http") not in L4_PROTOCOLS}, "service")  # L4: l4_stats
     breaker = _by(after.get(PROXY + "circuit_breaker_state"), "service")
     services = sorted(set(by_class) | {k[0] for k in denied} | {k[0] for k in limited})
     out = []
@@ -155,6 +158,43 @@ def service_stats(before: Scrape, after: Scrape) -> list[ServiceStats]:
             breaker_state=int(breaker.get((service,), 0)),
         ))
     return out
+
+
+L4_PROTOCOLS = ("tcp", "udp")
+
+
+@dataclass(frozen=True)
+class L4Stats:
+    """One TCP or UDP route (``<ns>/<svc>:<port>``) over an interval."""
+
+    route: str
+    protocol: str  # tcp | udp
+    connections_per_s: float  # TCP connections accepted, or UDP sessions opened
+    bytes_in_per_s: float  # client → backend ("upstream" direction)
+    bytes_out_per_s: float  # backend → client ("downstream")
+    errors_per_s: float  # upstream errors: connect failures, resets, limits
+    denied_per_s: float  # refused by ACL mode
+
+
+def l4_stats(before: Scrape, after: Scrape) -> list[L4Stats]:
+    """Per-route L4 figures over the interval between two proxy scrapes."""
+    seconds = max(after.at - before.at, 1e-9)
+    connections = _by(_delta(before, after, PROXY + "l4_connections_total"), "route", "protocol")
+    relayed = _by(_delta(before, after, PROXY + "l4_bytes_total"), "route", "protocol", "direction")
+    denied = {k: v for k, v in _by(_delta(before, after, PROXY + "acl_denied_total"), "service", "protocol").items()
+              if k[1] in L4_PROTOCOLS}
+    routes = set(connections) | {k[:2] for k in relayed} | set(denied)
+    # every series that ever existed counts (not just this interval's), so an idle route keeps its row
+    routes |= {(dict(labels).get("route", ""), dict(labels).get("protocol", ""))
+               for labels in after.get(PROXY + "l4_connections_total")}
+    names = {route for route, _ in routes}
+    errors = {k[0]: v for k, v in _by(_delta(before, after, PROXY + "upstream_errors_total"), "service").items()
+              if k[0] in names}
+    return [L4Stats(route, protocol, connections.get((route, protocol), 0.0) / seconds,
+                    relayed.get((route, protocol, "upstream"), 0.0) / seconds,
+                    relayed.get((route, protocol, "downstream"), 0.0) / seconds,
+                    errors.get(route, 0.0) / seconds, denied.get((route, protocol), 0.0) / seconds)
+            for route, protocol in sorted(routes) if route]
 
 
 BREAKER_STATES = {0: "closed", 1: "open", 2: "recovering"}
@@ -178,3 +218,27 @@ def summary_table(stats: list[ServiceStats], title: str = "") -> str:
     if not stats:
         lines.append("(no requests yet)")
     return "\n".join(lines)
+
+
+def _bytes(per_second: float) -> str:
+    for unit, size in (("MB", 1e6), ("kB", 1e3)):
+        if per_second >= size:
+            return f"{per_second / size:.1f} {unit}"
+    return f"{per_second:.0f} B"
+
+
+def l4_table(stats: list[L4Stats]) -> str:
+    """The TCP/UDP part of the live table: one row per route."""
+    header = f"{'tcp/udp route':<32} {'proto':>5} {'conn/s':>8} {'in/s':>10} {'out/s':>10} {'err/s':>6} {'denied/s':>8}"
+    lines = [header, "-" * len(header)]
+    for s in stats:
+        lines.append(f"{s.route[:32]:<32} {s.protocol:>5} {s.connections_per_s:>8.1f} {_bytes(s.bytes_in_per_s):>10} "
+                     f"{_bytes(s.bytes_out_per_s):>10} {s.errors_per_s:>6.1f} {s.denied_per_s:>8.1f}")
+    return "\n".join(lines)
+
+
+def full_table(before: Scrape, after: Scrape, title: str = "") -> str:
+    """``lightmesh local --telemetry``: HTTP services, then TCP/UDP routes when there are any."""
+    table = summary_table(service_stats(before, after), title)
+    routes = l4_stats(before, after)
+    return table + ("\n\n" + l4_table(routes) if routes else "")

@@ -77,3 +77,19 @@ def gateway_canary() -> list[dict]:
                       {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
                        "backendRefs": [{"name": "whoami", "port": 80}]}]}},
     ]
+
+
+def canary_split(v1_weight: int = 80, v2_weight: int = 20) -> list[dict]:
+    """whoami plus a v2 Deployment and an SMI TrafficSplit ``whoami-canary`` → ``whoami-v1`` (the
+    whoami pods) / ``whoami-v2``, as the demo adds it."""
+    return whoami(acl_policy=False) + [
+        _deployment("whoami-v2", "traefik/whoami:v1.6.0", 1, "whoami-server", {"app": "whoami-v2"}, 80),
+        _service("whoami-canary", {"app": "whoami"}, 80),
+        _service("whoami-v1", {"app": "whoami"}, 80),
+        _service("whoami-v2", {"app": "whoami-v2"}, 80),
+        {"apiVersion": "split.smi-spec.io/v1alpha4", "kind": "TrafficSplit",
+         "metadata": {"name": "whoami-canary", "namespace": NS},
+         "spec": {"service": "whoami-canary",
+                  "backends": [{"service": "whoami-v1", "weight": v1_weight},
+                               {"service": "whoami-v2", "weight": v2_weight}]}},
+    ]

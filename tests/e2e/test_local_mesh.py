@@ -4,6 +4,7 @@ These use the same harness as ``lightmesh demo`` (not its printout) and real soc
 """
 
 import asyncio
+import re
 import socket
 import threading
 import time
@@ -11,25 +12,17 @@ import time
 import pytest
 import yaml
 
-from lightmesh.local.harness import LocalMesh, _http_json, free_port
+from lightmesh.local.cluster import synthesize
+from lightmesh.local.demo import check_tcp
+from lightmesh.local.harness import LocalMesh, LocalModeError, _http_json
+from lightmesh.local.main import describe
 from lightmesh.local.traffic import HTTPClient, hostnames, http_burst, tcp_exchange, udp_exchange
 
 import manifests
+from loopback import free_dns_port
+from conftest import REPO
 
 HOST = "whoami.whoami.traefik.mesh"
-
-
-def free_dns_port() -> int:
-    """A port free for both UDP and TCP (the mesh DNS serves both)."""
-    for _ in range(50):
-        port = free_port(kind=socket.SOCK_DGRAM)
-        with socket.socket() as tcp:
-            try:
-                tcp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free DNS port")
 
 
 def run(coro, timeout=120):
@@ -77,7 +70,7 @@ def test_http_tcp_udp_and_dns_through_the_mesh(mesh_factory):
         assert len(addresses) == 1 and addresses[0].startswith("127.1.")
         assert mesh.resolve("whoami.whoami.maesh") == addresses == mesh.resolve("whoami.whoami.lightmesh")
         assert mesh.resolve("nope.whoami.traefik.mesh") == []
-        http = await asyncio.to_thread(http_burst, addresses[0], 80, HOST, 10)
+        http = await asyncio.to_thread(http_burst, addresses[0], mesh.local_port(80), HOST, 10)
         assert [r.status for r in http] == [200] * 10
         names = [r.hostname for r in http]
         assert len(set(names)) == 2 and all(a != b for a, b in zip(names, names[1:])), names  # round robin
@@ -87,6 +80,10 @@ def test_http_tcp_udp_and_dns_through_the_mesh(mesh_factory):
         assert await asyncio.to_thread(udp_exchange, udp.address, 8080, b"hello") == b"Received: hello"
         # the request arrived with the client's own address preserved in X-Forwarded-For
         assert "X-Forwarded-For: 127.0.0.1" in http[0].body.decode()
+        # the demo's TCP check records its latencies for the chart (issue 8: per service, TCP too)
+        samples = {}
+        assert (await check_tcp(mesh, samples)).passed
+        assert len(samples["whoami-tcp (TCP connect + echo)"]) == 50
 
     run(started(mesh, scenario))
 
@@ -99,7 +96,7 @@ def test_replica_crash_is_absorbed_by_retries(mesh_factory):
         results = []
 
         def traffic():
-            with HTTPClient(svc.address, 80, HOST) as client:
+            with HTTPClient(svc.address, mesh.local_port(80), HOST) as client:
                 for _ in range(150):
                     results.append(client.get("/"))
 
@@ -124,13 +121,14 @@ def test_acl_mode_identity_is_the_source_address(mesh_factory):
         svc = service(mesh, "whoami")
         client_ip = mesh.cluster.pods_of("whoami", "whoami-client")[0]["status"]["podIP"]
         server_ip = mesh.cluster.pods_of("whoami", "whoami-server")[0]["status"]["podIP"]
-        with HTTPClient(svc.address, 80, HOST, source=client_ip) as c:
+        with HTTPClient(svc.address, mesh.local_port(80), HOST, source=client_ip) as c:
             assert (await asyncio.to_thread(c.get, "/")).status == 200
-        with HTTPClient(svc.address, 80, HOST, source=server_ip) as c:
+        with HTTPClient(svc.address, mesh.local_port(80), HOST, source=server_ip) as c:
             assert (await asyncio.to_thread(c.get, "/")).status == 403
-        with HTTPClient(svc.address, 80, HOST, source=client_ip) as c:  # a spoofed header changes nothing
+        # a spoofed header changes nothing
+        with HTTPClient(svc.address, mesh.local_port(80), HOST, source=client_ip) as c:
             assert (await asyncio.to_thread(c.get, "/", {"X-Forwarded-For": client_ip})).status == 200
-        with HTTPClient(svc.address, 80, HOST, source=server_ip) as c:
+        with HTTPClient(svc.address, mesh.local_port(80), HOST, source=server_ip) as c:
             assert (await asyncio.to_thread(c.get, "/", {"X-Forwarded-For": client_ip})).status == 403
         tcp = service(mesh, "whoami-tcp")
         assert await asyncio.to_thread(tcp_exchange, tcp.address, 8080, b"hi", client_ip) == b"Received: hi"
@@ -148,7 +146,7 @@ def test_config_change_while_traffic_flows_and_bad_annotation_is_isolated(mesh_f
 
         def traffic():
             deadline = time.monotonic() + 60
-            with HTTPClient(svc.address, 80, HOST) as client:
+            with HTTPClient(svc.address, mesh.local_port(80), HOST) as client:
                 while not stop.is_set() and time.monotonic() < deadline and len(results) < 20000:
                     results.append(client.get("/"))
 
@@ -163,18 +161,22 @@ def test_config_change_while_traffic_flows_and_bad_annotation_is_isolated(mesh_f
         assert len(results) > 10
         assert [r.error for r in results if r.status != 200] == []  # zero failed requests during the change
         limited = service(mesh, "limited")
-        burst = await asyncio.to_thread(http_burst, limited.address, 80, "limited.whoami.traefik.mesh", 25)
+        burst = await asyncio.to_thread(http_burst, limited.address, mesh.local_port(80),
+                                        "limited.whoami.traefik.mesh", 25)
         statuses = [r.status for r in burst]
         assert statuses.count(429) > 0 and statuses.count(200) >= 10
         assert all("retry-after" in r.headers for r in burst if r.status == 429)
         # the malformed annotation leaves that one Service out and reports it; the rest is served
-        broken_ips = mesh.resolve("broken.whoami.traefik.mesh")
-        if broken_ips:
-            [answer] = await asyncio.to_thread(http_burst, broken_ips[0], 80, "broken.whoami.traefik.mesh", 1)
-            assert answer.status != 200
+        broken = service(mesh, "broken")
+        assert broken.excluded == "annotation lightmesh.io/retry-attempts='many': must be a whole number"
+        assert broken.traffic_type is None and broken.address is None
+        answered = []
+        for ip in mesh.resolve("broken.whoami.traefik.mesh"):  # a kept shadow address must not serve it either
+            answered += await asyncio.to_thread(http_burst, ip, mesh.local_port(80), "broken.whoami.traefik.mesh", 1)
+        assert [r for r in answered if r.status == 200] == []
         topology = _http_json(mesh.api_url + "/api/topology/current")
         assert "retry-attempts" in str(topology) and "many" in str(topology)
-        again = await asyncio.to_thread(http_burst, svc.address, 80, HOST, 5)
+        again = await asyncio.to_thread(http_burst, svc.address, mesh.local_port(80), HOST, 5)
         assert [r.status for r in again] == [200] * 5
 
     run(started(mesh, scenario))
@@ -190,7 +192,7 @@ def test_controller_restart_keeps_ports_and_traffic(mesh_factory):
         assert before == after and all(after.values())
         tcp = service(mesh, "whoami-tcp")
         assert await asyncio.to_thread(tcp_exchange, tcp.address, 8080, b"again") == b"Received: again"
-        results = await asyncio.to_thread(http_burst, after["whoami"], 80, HOST, 4)
+        results = await asyncio.to_thread(http_burst, after["whoami"], mesh.local_port(80), HOST, 4)
         assert [r.status for r in results] == [200] * 4
 
     run(started(mesh, scenario))
@@ -203,7 +205,7 @@ def test_gateway_api_http_route_steers_traffic_by_header_and_path(mesh_factory):
         svc = service(mesh, "whoami")
 
         def traffic():
-            with HTTPClient(svc.address, 80, HOST) as client:
+            with HTTPClient(svc.address, mesh.local_port(80), HOST) as client:
                 plain = [client.get("/") for _ in range(6)]
                 canary = [client.get("/", headers={"X-Canary": "1"}) for _ in range(6)]
                 by_path = [client.get("/v2/page") for _ in range(3)]
@@ -221,3 +223,74 @@ def test_gateway_api_http_route_steers_traffic_by_header_and_path(mesh_factory):
         assert "whoami/whoami-canary" in str(topology) and "HTTPRoute" not in str(topology.get("errors", ""))
 
     run(started(mesh, scenario))
+
+
+def test_traffic_split_80_20_over_1000_requests_on_high_ports(mesh_factory):
+    """The split within ±5 points, with every port below 1024 moved up (what a user who may not bind
+    port 80 gets): Service, pod and split backend ports stay consistent."""
+    mesh = mesh_factory(manifests.canary_split(80, 20), high_ports=True)
+
+    async def scenario():
+        assert mesh.cluster.remapped == {80: 8080} and mesh.local_port(80) == 8080
+        canary = service(mesh, "whoami-canary")
+        assert canary.ports == [{"name": "main", "port": 8080, "service_port": 80, "protocol": "TCP"}]
+        assert {st.port for sts in mesh.standins.values() for st in sts if st.kind == "http"} == {8080}
+        results = await asyncio.to_thread(http_burst, canary.address, 8080, "whoami-canary.whoami.traefik.mesh",
+                                          1000, max_seconds=60)
+        assert len(results) == 1000 and [r for r in results if r.status != 200] == []
+        v2 = sum(1 for r in results if (r.hostname or "").startswith("whoami-v2-"))
+        assert abs(100.0 * v2 / len(results) - 20.0) <= 5.0, f"{v2} of 1000 went to v2"
+
+    run(started(mesh, scenario))
+
+
+def test_printout_says_why_a_service_is_out_and_digs_the_first_meshed_one(mesh_factory):
+    mesh = mesh_factory([
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "lightmesh-controller", "namespace": "lightmesh"},
+         "spec": {"selector": {"app": "controller"}, "ports": [{"port": 9000}]}},
+        manifests._service("aaa-badtype", {"app": "web"}, 80, {"lightmesh.io/traffic-type": "quic"}),
+        manifests._deployment("web", "traefik/whoami:v1.6.0", 1, "web", {"app": "web"}, 80),
+        manifests._service("web", {"app": "web"}, 80),
+    ])
+
+    async def scenario():
+        text = describe(mesh)
+        assert f"dig @127.0.0.1 -p {mesh.dns_port} web.whoami.traefik.mesh +short" in text
+        assert "lightmesh/lightmesh-controller: not in the mesh (mesh namespace, ignored)" in text
+        reason = "annotation lightmesh.io/traffic-type='quic': must be one of http, tcp, udp"
+        assert f"whoami/aaa-badtype: not in the mesh ({reason})" in text
+        web = service(mesh, "web")
+        port = mesh.local_port(80)
+        assert f"curl --resolve web.whoami.traefik.mesh:{port}:{web.address} http://web.whoami.traefik.mesh" in text
+        [bad] = [s for s in mesh.endpoints()["services"] if s["name"] == "aaa-badtype"]
+        assert bad["traffic_type"] is None and bad["excluded"] == reason and bad["address"] is None
+
+    run(started(mesh, scenario))
+
+
+def test_a_pod_address_already_held_is_a_one_line_error(mesh_factory):
+    objects = [manifests._deployment("web", "traefik/whoami:v1.6.0", 1, "web", {"app": "web"}, 8081),
+               manifests._service("web", {"app": "web"}, 8081)]
+    mesh = mesh_factory(objects)
+    pod_ip = synthesize(objects).pods[0]["status"]["podIP"]
+    with socket.socket() as holder:  # what a second `lightmesh local` (or any server) does
+        holder.bind((pod_ip, 8081))
+        holder.listen()
+        with pytest.raises(LocalModeError) as failure:
+            run(started(mesh, lambda: asyncio.sleep(0)))
+    message = str(failure.value)
+    assert "\n" not in message
+    assert re.fullmatch(rf"pod whoami/web-\S+: cannot serve {re.escape(pod_ip)}:8081/tcp: address already in use; "
+                        r"another 'lightmesh local' or another program holds it: stop it first", message), message
+
+
+def test_dashboard_recording_includes_an_acl_denied_caller(tmp_path, monkeypatch):
+    """``python -m lightmesh.local.dashboard`` (the README picture) shows every panel's series,
+    the ACL-denied one included."""
+    from lightmesh.local import dashboard
+
+    captured = {}
+    monkeypatch.setattr(dashboard, "render", lambda proxy, controller, out: captured.update(proxy=proxy) or out)
+    run(dashboard.record(REPO / "examples" / "whoami", tmp_path / "board.png", 1.0, free_dns_port()))
+    denied = dashboard.panel_data(captured["proxy"], [])["Rate-limited and ACL-denied"]
+    assert any(legend.endswith(" denied") and max(values) > 0 for legend, (_, values) in denied.items()), denied

@@ -97,3 +97,63 @@ def test_bad_manifests_name_the_object_and_field(tmp_path):
     (tmp_path / "a.yaml").write_text("a: [\n")
     with pytest.raises(lc.ManifestError, match="not valid YAML"):
         lc.load_manifests(tmp_path)
+
+
+# ---------------------------------------------------------------------------- high ports
+
+
+def test_high_ports_move_every_port_below_the_limit_and_every_reference_with_it():
+    """What a user who may not bind port 80 runs: Service, pod and reference ports move together."""
+    web = deployment("web", replicas=1, ports=[{"containerPort": 80, "name": "web"}])
+    bare = deployment("bare", replicas=1, labels={"app": "bare"}, ports=[])  # stand-in on its default port 80
+    bare["spec"]["template"]["spec"]["containers"][0].pop("ports")
+    svc = service("web", {"app": "web"}, [{"name": "http", "port": 80, "targetPort": "web"},
+                                          {"name": "alt", "port": 8080, "targetPort": 8080}])
+    plain = service("bare", {"app": "bare"}, [{"port": 80}])  # targetPort defaults to the port
+    ext = service("ext", None, [{"port": 443, "targetPort": 443}])
+    given = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+             "metadata": {"name": "ext-1", "namespace": "whoami", "labels": {"kubernetes.io/service-name": "ext"}},
+             "addressType": "IPv4", "endpoints": [{"addresses": ["127.0.0.9"]}], "ports": [{"port": 443}]}
+    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+             "metadata": {"name": "r", "namespace": "whoami"},
+             "spec": {"parentRefs": [{"kind": "Service", "name": "web", "port": 80}],
+                      "rules": [{"backendRefs": [{"name": "bare", "port": 80}]}]}}
+    tcp_route = {"apiVersion": "specs.smi-spec.io/v1alpha4", "kind": "TCPRoute",
+                 "metadata": {"name": "t", "namespace": "whoami"}, "spec": {"matches": {"ports": [80, 8080]}}}
+    manifests = [web, bare, svc, plain, ext, given, route, tcp_route]
+
+    high = lc.high_ports_for(manifests)
+    # 80 → 8080 would land on web's own 8080: the next offset that collides with nothing is taken
+    assert high == lc.HighPorts(9000, 1024)
+    state = lc.synthesize(manifests, high_ports=high)
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in state.objects}
+    assert [p["port"] for p in objects["Service", "web"]["spec"]["ports"]] == [9080, 8080]
+    assert objects["Service", "bare"]["spec"]["ports"] == [{"port": 9080, "targetPort": 9080}]
+    assert objects["Service", "ext"]["spec"]["ports"] == [{"port": 9443, "targetPort": 443}]  # outside backend
+    assert objects["EndpointSlice", "ext-1"]["ports"] == [{"port": 443}]
+    web_slices = [o for o in state.objects if o["kind"] == "EndpointSlice"
+                  and o["metadata"]["labels"]["kubernetes.io/service-name"] == "web"]
+    assert [p["port"] for p in web_slices[0]["ports"]] == [9080, 8080]  # the named targetPort moved with the pod
+    assert sorted((s.pod.split("/")[1].split("-")[0], s.port) for s in state.standins) == [("bare", 9080),
+                                                                                            ("web", 9080)]
+    assert objects["HTTPRoute", "r"]["spec"]["parentRefs"][0]["port"] == 9080
+    assert objects["HTTPRoute", "r"]["spec"]["rules"][0]["backendRefs"][0]["port"] == 9080
+    assert objects["TCPRoute", "t"]["spec"]["matches"]["ports"] == [9080, 8080]
+    assert state.remapped == {80: 9080, 443: 9443}
+    # pod names do not depend on the port layout
+    assert [p["metadata"]["name"] for p in state.pods] == [p["metadata"]["name"] for p in lc.synthesize(manifests).pods]
+    # and the manifests themselves are left alone
+    assert svc["spec"]["ports"][0]["port"] == 80 and "targetPort" not in plain["spec"]["ports"][0]
+
+
+def test_without_high_ports_nothing_moves():
+    svc = service("bare", {"app": "bare"}, [{"port": 80}])
+    state = lc.synthesize([svc])
+    assert state.objects[0]["spec"]["ports"] == [{"port": 80}] and state.remapped == {}
+    assert lc.high_ports_for([svc]) == lc.HighPorts(8000, 1024)
+
+
+def test_a_bad_stand_in_port_argument_names_the_pod():
+    with pytest.raises(lc.ManifestError, match=r"Pod whoami/custom-\S+ container 'custom': args --port 'http' is not "
+                                               r"a port number"):
+        lc.synthesize([deployment("custom", replicas=1, args=["--port", "http"])])

@@ -1,7 +1,9 @@
 """``lightmesh render``: a real Pulumi program under the SDK's mock engine, written as manifests."""
 
+import signal
 import subprocess
 
+import pytest
 import yaml
 
 from conftest import REPO, lightmesh_cmd, lightmesh_env
@@ -84,3 +86,67 @@ def test_integral_numbers_stay_integers(tmp_path):
     deployment = load(tmp_path)["Deployment/web"]
     assert type(deployment["spec"]["replicas"]) is int
     assert type(deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]) is int
+
+
+def test_non_kubernetes_custom_resources_are_listed_as_not_written(tmp_path):
+    """MeshInstall's CoreDNS patch is a dynamic-provider resource: listed with its type, not dropped."""
+    result = subprocess.run(lightmesh_cmd("render", str(REPO / "examples" / "acl"), "-o", str(tmp_path)),
+                            capture_output=True, text=True, timeout=120, env=lightmesh_env())
+    assert result.returncode == 0, result.stderr
+    assert ("  not written (not a Kubernetes object; runs against the cluster at pulumi up): "
+            "pulumi-python:dynamic/lightmesh:ClusterDnsPatch lightmesh-cluster-dns") in result.stdout.splitlines()
+
+
+def test_a_program_that_calls_sys_exit_is_reported(tmp_path):
+    result = render("exits", tmp_path / "out")
+    assert (result.returncode, result.stderr) == (1, "lightmesh render: exits: the program called sys.exit(3); "
+                                                     "nothing written\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_during_render_stops_cleanly(tmp_path):
+    proc = subprocess.Popen(lightmesh_cmd("render", str(PROGRAMS / "slow"), "-o", str(tmp_path)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=lightmesh_env())
+    try:
+        assert proc.stderr.readline() == "program started\n"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert (proc.returncode, out, err) == (130, "", "lightmesh render: interrupted; nothing more written\n")
+
+
+@pytest.mark.parametrize("project, stack, message", [
+    ("name: [\n", None, "Pulumi.yaml: not valid YAML: expected the node content, but found '<stream end>' at line 2, "
+                        "column 1"),
+    ("- a\n- b\n", None, "Pulumi.yaml: expected a mapping (name: ..., config: ...), got a list"),
+    ("name: 5\n", None, "Pulumi.yaml: 'name' must be the project name (a non-empty string); got a number (5)"),
+    ("runtime: python\n", None, "Pulumi.yaml: 'name' must be the project name (a non-empty string); it is missing"),
+    ("name: p\nconfig: 5\n", None, "Pulumi.yaml: 'config' must be a mapping of key: value, got a number (5)"),
+    ("name: p\n", "config: [\n", "Pulumi.dev.yaml: not valid YAML: expected the node content, but found "
+                                 "'<stream end>' at line 2, column 1"),
+    ("name: p\n", "config: 5\n", "Pulumi.dev.yaml: 'config' must be a mapping of key: value, got a number (5)"),
+])
+def test_bad_project_files_are_one_line_errors(tmp_path, project, stack, message):
+    from lightmesh.local.render import RenderError, load_stack_config
+
+    (tmp_path / "Pulumi.yaml").write_text(project)
+    if stack is not None:
+        (tmp_path / "Pulumi.dev.yaml").write_text(stack)
+    with pytest.raises(RenderError) as failure:
+        load_stack_config(tmp_path, "dev", [])
+    assert str(failure.value) == f"{tmp_path}/{message}"
+
+
+def test_bad_paths_are_usage_errors(tmp_path, capsys):
+    from lightmesh.cli import main
+
+    (tmp_path / "file").write_text("")
+    assert main(["render", str(tmp_path / "nope"), "-o", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (f"lightmesh render: {tmp_path}/nope: no such directory (expected a Pulumi "
+                                       "program directory)\n")
+    assert main(["render", str(PROGRAMS / "basic"), "-o", str(tmp_path / "file")]) == 2
+    assert capsys.readouterr().err == (f"lightmesh render: -o {tmp_path}/file: exists and is not a directory; "
+                                       "choose a directory\n")

@@ -75,3 +75,42 @@ def test_summary_table():
     row = next(line for line in table.splitlines() if line.startswith("whoami "))
     assert "100.0" in row and "10.0%" in row and "open" in row
     assert "(no requests yet)" in t.summary_table([])
+
+
+def test_tcp_and_udp_routes_get_their_own_rows():
+    """Issue 8 item 4 says per service: L4 routes have no requests, so they get connections/s,
+    bytes/s each way, upstream errors and ACL refusals — from the proxy's real exporter."""
+    from lightmesh.proxy.metrics import ProxyMetrics, merge, render
+
+    metrics = ProxyMetrics()
+    tcp, udp, web = "whoami/whoami-tcp:8080", "whoami/whoami-udp:8080", "whoami/whoami:80"
+
+    def scrape(at):
+        return t.parse(render(merge([metrics.snapshot()])), at=at)
+
+    metrics.l4_connection(tcp, "tcp")
+    metrics.l4_connection(udp, "udp")
+    before = scrape(0.0)
+    for _ in range(10):
+        metrics.l4_connection(tcp, "tcp")
+    metrics.l4_relayed(tcp, "tcp", "upstream", 2000)
+    metrics.l4_relayed(tcp, "tcp", "downstream", 4000)
+    metrics.upstream_error(tcp, "connect")
+    metrics.denied(tcp, "tcp")
+    metrics.denied(tcp, "tcp")
+    metrics.request(web, 200, "GET", 0.001)
+    metrics.denied(web)
+    after = scrape(2.0)
+
+    routes = {s.route: s for s in t.l4_stats(before, after)}
+    assert routes[tcp] == t.L4Stats(tcp, "tcp", connections_per_s=5.0, bytes_in_per_s=1000.0, bytes_out_per_s=2000.0,
+                                    errors_per_s=0.5, denied_per_s=1.0)
+    assert routes[udp] == t.L4Stats(udp, "udp", 0.0, 0.0, 0.0, 0.0, 0.0)  # idle, but still listed
+    http = {s.service: s for s in t.service_stats(before, after)}
+    assert set(http) == {web} and http[web].acl_denied_per_s == 0.5  # L4 refusals stay out of the HTTP rows
+
+    table = t.full_table(before, after, "title")
+    row = next(line for line in table.splitlines() if line.startswith(tcp))
+    assert row.split() == [tcp, "tcp", "5.0", "1.0", "kB", "2.0", "kB", "0.5", "1.0"]
+    assert "tcp/udp route" in table and table.splitlines()[0] == "title"
+    assert "tcp/udp route" not in t.full_table(t.parse(BEFORE, 0), t.parse(AFTER, 2))  # no L4: no section

@@ -14,6 +14,11 @@ whenever the shadow Services change. Answers:
 * a malformed query: FORMERR when it has a parsable header, else dropped.
 
 Names are compared case-insensitively (RFC 4343).
+
+The UDP socket sets ``SO_REUSEADDR``: local mode's default port 5353 is also mDNS's, and mDNS
+responders (avahi) hold ``0.0.0.0:5353`` with ``SO_REUSEADDR``. Both flags set, our bind to
+``127.0.0.1`` succeeds next to theirs, and unicast queries to 127.0.0.1 reach the socket bound to
+that exact address (ours); multicast (mDNS itself) still reaches theirs.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
+import socket
 import struct
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -153,12 +160,20 @@ class MeshDNS:
     # ------------------------------------------------------------------ servers
 
     async def start(self, host: str, port: int) -> int:
+        """Listen on ``host:port`` (UDP and TCP; port 0 picks one). A failed bind raises OSError
+        whose message says which protocol and how to choose another port."""
         loop = asyncio.get_running_loop()
-        self._tcp = await asyncio.start_server(self._serve_tcp, host, port, reuse_address=True)
+        try:
+            self._tcp = await asyncio.start_server(self._serve_tcp, host, port, reuse_address=True)
+        except OSError as exc:
+            raise _bind_error(exc, host, port, "tcp") from None
         self.port = self._tcp.sockets[0].getsockname()[1]
         try:
-            self._transport, _ = await loop.create_datagram_endpoint(
-                lambda: _UDP(self), local_addr=(host, self.port))
+            sock = _udp_socket(host, self.port)
+            self._transport, _ = await loop.create_datagram_endpoint(lambda: _UDP(self), sock=sock)
+        except OSError as exc:
+            self._tcp.close()
+            raise _bind_error(exc, host, self.port, "udp") from None
         except BaseException:
             self._tcp.close()
             raise
@@ -202,6 +217,36 @@ class MeshDNS:
             if task is not None:
                 self._tcp_tasks.discard(task)
             writer.close()
+
+
+def _udp_socket(host: str, port: int) -> socket.socket:
+    """A bound UDP socket with SO_REUSEADDR (see the module docstring: mDNS shares 5353)."""
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class DNSBindError(OSError):
+    """The mesh DNS cannot listen; ``str()`` is the whole one-line reason (no ``[Errno n]``)."""
+
+    def __str__(self) -> str:
+        return self.strerror or ""
+
+
+def _bind_error(exc: OSError, host: str, port: int, protocol: str) -> DNSBindError:
+    # asyncio's own bind error text repeats the address; the errno's text is the reason
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    hint = "choose another port with --dns-port"
+    if isinstance(exc, PermissionError):
+        hint = "ports below 1024 need CAP_NET_BIND_SERVICE; " + hint
+    return DNSBindError(exc.errno, f"{reason} ({protocol} {host}:{port}); {hint}")
 
 
 class _UDP(asyncio.DatagramProtocol):

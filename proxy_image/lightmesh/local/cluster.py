@@ -13,7 +13,14 @@ objects local mode can stand in for:
 * containers running an image that has a stand-in (:mod:`lightmesh.local.standins`) are listed
   with the address and port to serve.
 
-Everything else (Namespaces, ServiceAccounts, SMI objects, ...) passes through unchanged.
+Everything else (Namespaces, ServiceAccounts, SMI objects, ...) passes through unchanged — except
+with a :class:`HighPorts` remapping: a user without ``CAP_NET_BIND_SERVICE`` cannot listen below
+``ip_unprivileged_port_start`` (1024), so every Service and pod port below it is moved up by one
+offset (80 → 8080), and every reference to such a port with it (``targetPort``, Gateway API
+``parentRefs``/``backendRefs`` ports, SMI ``TCPRoute``/``UDPRoute`` ports, a TrafficTarget's
+destination port). One offset for all objects keeps references consistent (a TrafficSplit's
+backends are matched on the root's port number); EndpointSlices given for Services without a
+selector point outside the local cluster and are left alone.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import yaml
 from lightmesh.local.standins import DEFAULT_PORTS, image_kind
 
 DEFAULT_POD_NETWORK = "127.2.0.0/16"
+MESH_IMAGE = "lightmesh/lightmesh"  # MeshInstall's controller/proxy image: local mode runs its own processes
 NODE_NAME = "local"
 _SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # what Kubernetes uses for generated names
 
@@ -46,12 +54,61 @@ class StandInSpec:
     port: int
 
 
+PRIVILEGED_PORT_LIMIT = 1024  # the kernel's default ip_unprivileged_port_start
+HIGH_PORT_OFFSETS = tuple(range(8000, 60001, 1000))  # 8000 first: 80 → 8080, 443 → 8443, as people expect
+
+
+@dataclass(frozen=True)
+class HighPorts:
+    """Ports below ``below`` are served at ``port + offset`` (see the module docstring)."""
+
+    offset: int
+    below: int = PRIVILEGED_PORT_LIMIT
+
+    def __call__(self, port):
+        if isinstance(port, str) and port.isdigit():
+            return str(self(int(port)))
+        if isinstance(port, int) and not isinstance(port, bool) and 0 < port < self.below:
+            return port + self.offset
+        return port
+
+
+NO_REMAP = HighPorts(0, 0)
+
+
+def high_ports_for(manifests: list[dict], below: int = PRIVILEGED_PORT_LIMIT) -> HighPorts:
+    """The smallest offset that moves no port of a Service or pod onto another port of the same
+    object (e.g. a Service with ports 80 and 8080 gets 9000: 80 → 9080)."""
+    port_sets = [_declared_ports(obj) for obj in manifests if obj.get("kind") in ("Service", "Pod", "Deployment")]
+    for offset in HIGH_PORT_OFFSETS:
+        remap = HighPorts(offset, below)
+        if offset + below <= 65536 and all(len({(proto, remap(p)) for proto, p in ports}) == len(ports)
+                                           for ports in port_sets):
+            return remap
+    raise ManifestError(f"cannot move the ports below {below} to free high ports: every offset "
+                        f"{HIGH_PORT_OFFSETS[0]}..{HIGH_PORT_OFFSETS[-1]} collides with a port in use")
+
+
+def _declared_ports(obj: dict) -> set[tuple[str, int]]:
+    spec = obj.get("spec") or {}
+    if obj.get("kind") == "Service":
+        return {(p.get("protocol", "TCP"), p["port"]) for p in spec.get("ports") or []
+                if isinstance(p, dict) and isinstance(p.get("port"), int)}
+    if obj.get("kind") == "Deployment":
+        spec = ((spec.get("template") or {}).get("spec")) or {}
+    return {(p.get("protocol", "TCP"), p["containerPort"]) for c in spec.get("containers") or []
+            if isinstance(c, dict) for p in c.get("ports") or []
+            if isinstance(p, dict) and isinstance(p.get("containerPort"), int)}
+
+
 @dataclass
 class LocalCluster:
     objects: list[dict] = field(default_factory=list)
     pods: list[dict] = field(default_factory=list)
     standins: list[StandInSpec] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    high_ports: HighPorts = NO_REMAP
+    remapped: dict[int, int] = field(default_factory=dict)  # port below the limit → where it is served
 
     def pod(self, namespace: str, name: str) -> dict:
         for pod in self.pods:
@@ -96,8 +153,9 @@ def _key(obj: dict) -> str:
     return f"{obj.get('kind')} {meta.get('namespace', 'default')}/{meta.get('name', '?')}"
 
 
-def synthesize(manifests: list[dict], pod_network: str = DEFAULT_POD_NETWORK) -> LocalCluster:
-    cluster = LocalCluster()
+def synthesize(manifests: list[dict], pod_network: str = DEFAULT_POD_NETWORK,
+               high_ports: HighPorts = NO_REMAP) -> LocalCluster:
+    cluster = LocalCluster(high_ports=high_ports)
     addresses = (str(ip) for ip in ipaddress.ip_network(pod_network).hosts()
                  if not str(ip).endswith((".0", ".255")))
     given_slices: list[dict] = []
@@ -119,9 +177,11 @@ def synthesize(manifests: list[dict], pod_network: str = DEFAULT_POD_NETWORK) ->
         elif kind == "EndpointSlice":
             given_slices.append(obj)
         elif kind == "Service":
+            _remap_service(obj, cluster)
             services.append(obj)
             cluster.objects.append(obj)
         else:
+            _remap_references(obj, cluster)
             cluster.objects.append(obj)
     for service in services:
         selector = (service.get("spec") or {}).get("selector")
@@ -162,6 +222,55 @@ def _deployment_pods(deployment: dict) -> list[dict]:
     return pods
 
 
+def _remapped(cluster: LocalCluster, port):
+    new = cluster.high_ports(port)
+    if new != port:
+        cluster.remapped[int(port)] = int(new)
+    return new
+
+
+def _remap_service(service: dict, cluster: LocalCluster) -> None:
+    """Service ports (where the proxy listens) and, with a selector, targetPorts (pod ports)."""
+    if cluster.high_ports is NO_REMAP:
+        return
+    spec = service.get("spec") or {}
+    has_selector = bool(spec.get("selector"))
+    for port in spec.get("ports") or []:
+        if not isinstance(port, dict):
+            continue
+        if has_selector and "targetPort" not in port and isinstance(port.get("port"), int):
+            port["targetPort"] = port["port"]  # the default follows the Service port: keep it on the pod's port
+        if "port" in port:
+            port["port"] = _remapped(cluster, port["port"])
+        if has_selector and "targetPort" in port:
+            port["targetPort"] = _remapped(cluster, port["targetPort"])
+
+
+def _remap_references(obj: dict, cluster: LocalCluster) -> None:
+    """Ports other objects use to name a Service port (see the module docstring)."""
+    if cluster.high_ports is NO_REMAP or not isinstance(obj.get("spec"), dict):
+        return
+    group = str(obj.get("apiVersion", "")).split("/")[0]
+    spec = obj["spec"]
+    if group == "gateway.networking.k8s.io":
+        # parentRefs default to kind Gateway, backendRefs to kind Service: only Service ports moved
+        refs = [r for r in spec.get("parentRefs") or [] if isinstance(r, dict) and r.get("kind") == "Service"]
+        for rule in spec.get("rules") or []:
+            refs += [r for r in (rule.get("backendRefs") or []) if isinstance(r, dict)
+                     and r.get("kind", "Service") == "Service"] if isinstance(rule, dict) else []
+        for ref in refs:
+            if "port" in ref:
+                ref["port"] = _remapped(cluster, ref["port"])
+    elif group == "specs.smi-spec.io" and isinstance(spec.get("matches"), dict):
+        matches = spec["matches"]
+        if isinstance(matches.get("ports"), list):
+            matches["ports"] = [_remapped(cluster, p) for p in matches["ports"]]
+    elif group == "access.smi-spec.io":
+        destination = spec.get("destination")
+        if isinstance(destination, dict) and "port" in destination:
+            destination["port"] = _remapped(cluster, destination["port"])
+
+
 def _run_pod(pod: dict, address: str, cluster: LocalCluster) -> dict:
     pod = copy.deepcopy(pod)
     spec = pod.setdefault("spec", {})
@@ -173,23 +282,36 @@ def _run_pod(pod: dict, address: str, cluster: LocalCluster) -> dict:
     for container in spec.get("containers") or []:
         kind = image_kind(str(container.get("image", "")))
         if kind is None:
-            if container.get("image"):
+            if MESH_IMAGE in str(container.get("image", "")):
+                note = ("the mesh's own pods (image lightmesh/lightmesh) get addresses but do not run: "
+                        "local mode runs its own controller, mesh DNS and proxy")
+                if note not in cluster.warnings:
+                    cluster.warnings.append(note)
+            elif container.get("image"):
                 cluster.warnings.append(
                     f"Pod {meta['namespace']}/{meta['name']}: no stand-in for image {container['image']!r}; "
                     "the pod gets an address but serves nothing")
             continue
+        port = _container_port(container, kind, f"Pod {meta['namespace']}/{meta['name']}")
         cluster.standins.append(StandInSpec(kind, f"{meta['namespace']}/{meta['name']}", meta["name"], address,
-                                            _container_port(container, kind)))
+                                            _remapped(cluster, port)))
+    for container in spec.get("containers") or []:  # after the stand-ins read them: the pod's own view
+        for port in (container.get("ports") or []) if isinstance(container, dict) else []:
+            if isinstance(port, dict) and "containerPort" in port:
+                port["containerPort"] = _remapped(cluster, port["containerPort"])
     return pod
 
 
-def _container_port(container: dict, kind: str) -> int:
+def _container_port(container: dict, kind: str, pod: str = "") -> int:
     args = [str(a) for a in (container.get("args") or [])]
     for i, arg in enumerate(args):
-        if arg.startswith("--port="):
-            return int(arg.split("=", 1)[1])
-        if arg == "--port" and i + 1 < len(args):
-            return int(args[i + 1])
+        value = arg.split("=", 1)[1] if arg.startswith("--port=") else (
+            args[i + 1] if arg == "--port" and i + 1 < len(args) else None)
+        if value is not None:
+            if not value.isdigit() or not 0 < int(value) < 65536:
+                raise ManifestError(f"{pod} container {container.get('name', '?')!r}: args --port {value!r} "
+                                    "is not a port number (1-65535)")
+            return int(value)
     protocol = "UDP" if kind == "udp" else "TCP"
     for port in container.get("ports") or []:
         if port.get("protocol", "TCP") == protocol and isinstance(port.get("containerPort"), int):

@@ -1,11 +1,12 @@
 """The Grafana dashboard's panels drawn with matplotlib from real scrapes of a local mesh.
 
 The README's dashboard picture comes from here: ``python -m lightmesh.local.dashboard`` starts local
-mode on ``examples/whoami``, sends a mixed load through the mesh (plain requests, a rate-limited
-Service, an ACL-denied caller, a canary split), scrapes the proxy's and the controller's
-``/metrics`` every second, and draws the same panels (titles and sections from
-``mesh_components.dashboard.PANELS``) with the same arithmetic as their PromQL
-(:mod:`lightmesh.telemetry`). No Grafana or Prometheus is needed.
+mode on ``examples/whoami`` in ACL mode, sends a mixed load through the mesh (plain requests, a
+rate-limited Service and a canary split, all from the ``whoami-client`` pod's address, which the
+example's AccessPolicy lets in; and an ACL-denied caller: a few requests from a ``whoami-server``
+pod's address, answered 403), scrapes the proxy's and the controller's ``/metrics`` every second,
+and draws the same panels (titles and sections from ``mesh_components.dashboard.PANELS``) with the
+same arithmetic as their PromQL (:mod:`lightmesh.telemetry`). No Grafana or Prometheus is needed.
 
 :func:`render` is pure apart from writing the PNG: scrapes in, picture out.
 """
@@ -141,21 +142,24 @@ def _scrape(url: str) -> Scrape:
 
 
 async def record(example: Path, out: Path, seconds: float, dns_port: int) -> Path:
-    """Local mode + a bounded mixed load; scrapes every second; renders at the end."""
+    """Local mode (ACL mode) + a bounded mixed load; scrapes every second; renders at the end."""
+    import socket
+
     from lightmesh.local.demo import _overlay
     from lightmesh.local.harness import LocalMesh
     from lightmesh.local.traffic import http_burst
 
     proxy: list[Scrape] = []
     controller: list[Scrape] = []
-    async with LocalMesh(example, dns_port=dns_port) as mesh:
+    async with LocalMesh(example, acl=True, dns_port=dns_port) as mesh:
         await mesh.apply(_overlay(mesh))
         by_name = {s.name: s for s in mesh.services()}
+        client = mesh.cluster.pods_of("whoami", "whoami-client")[0]["status"]["podIP"]  # let in
+        intruder = mesh.cluster.pods_of("whoami", "whoami-server")[0]["status"]["podIP"]  # no TrafficTarget: 403
+        http_port, tcp_port = mesh.local_port(80), mesh.local_port(8080)
         # a few long-lived client connections, so the open-connections panel has something to show
-        import socket
-
-        held = [socket.create_connection((by_name[n].address, p)) for n, p in
-                (("whoami", 80), ("whoami", 80), ("whoami-tcp", 8080))]
+        held = [socket.create_connection((by_name[n].address, p), source_address=(client, 0)) for n, p in
+                (("whoami", http_port), ("whoami", http_port), ("whoami-tcp", tcp_port))]
         start = time.monotonic()
         deadline = start + seconds
         changed = False
@@ -169,9 +173,11 @@ async def record(example: Path, out: Path, seconds: float, dns_port: int) -> Pat
                 changed = True
             proxy.append(await asyncio.to_thread(_scrape, mesh.admin_url + "/metrics"))
             controller.append(await asyncio.to_thread(_scrape, mesh.api_url + "/metrics"))
-            for name, count in (("whoami", 60), ("whoami-canary", 40), ("whoami-limited", 12)):
+            for name, count, source in (("whoami", 60, client), ("whoami-canary", 40, client),
+                                        ("whoami-limited", 12, client), ("whoami", 4, intruder)):
                 svc = by_name[name]
-                await asyncio.to_thread(http_burst, svc.address, 80, f"{name}.whoami.traefik.mesh", count)
+                await asyncio.to_thread(http_burst, svc.address, http_port, f"{name}.whoami.traefik.mesh", count,
+                                        source)
             await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() % 1.0)))
         proxy.append(await asyncio.to_thread(_scrape, mesh.admin_url + "/metrics"))
         controller.append(await asyncio.to_thread(_scrape, mesh.api_url + "/metrics"))
@@ -185,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--example", type=Path, default=None)
     parser.add_argument("-o", "--output", type=Path, default=Path("docs/dashboard.png"))
     parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--dns-port", type=int, default=15353)
+    parser.add_argument("--dns-port", type=int, default=15353)  # not 5353: leaves a running `lightmesh local` alone
     args = parser.parse_args(argv)
     from lightmesh.local.demo import default_example
 

@@ -13,12 +13,24 @@
 Changing objects (:meth:`LocalMesh.apply`, :meth:`LocalMesh.delete`) rewrites the state directory,
 so the controller sees it like a watch event. Processes are children of this one and are stopped
 (SIGTERM, then SIGKILL) by :meth:`LocalMesh.stop`.
+
+Two decisions are taken from the environment and the manifests when not forced:
+
+* ACL mode: on when the manifests run the controller with ``--acl`` (what ``MeshInstall(acl=True)``
+  renders), so a program behaves locally as it would in a cluster (:func:`declared_acl`);
+* high ports: when this process may not bind ports below ``ip_unprivileged_port_start`` (no root,
+  no ``CAP_NET_BIND_SERVICE``), every Service and pod port below it is served at port + offset
+  (80 → 8080; :class:`lightmesh.local.cluster.HighPorts`). :meth:`LocalMesh.local_port` and
+  :meth:`LocalMesh.services` give the ports where things really answer.
+
+Every failure is a :class:`LocalModeError` whose message is one line naming what failed and what to do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -35,14 +47,24 @@ from pathlib import Path
 import yaml
 
 from lightmesh import wire
+from lightmesh.controller.model import ALWAYS_IGNORED_NAMESPACES
 from lightmesh.local import cluster as local_cluster
 from lightmesh.local.standins import StandIn
 
 MESH_DOMAIN_FOR_DISPLAY = "traefik.mesh"
 
 
+UNPRIVILEGED_PORT_START = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+PROBE_ADDRESS = "127.255.255.254"  # outside the shadow (127.1/16) and pod (127.2/16) ranges
+RENDER_TIMEOUT_SECONDS = 300
+
+
 class LocalModeError(RuntimeError):
-    pass
+    """Local mode cannot go on; the message names the object or address and the remedy."""
+
+
+class Interrupted(LocalModeError):
+    """Ctrl-C arrived while the mesh was starting (e.g. during the render)."""
 
 
 def free_port(address: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
@@ -61,35 +83,124 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def render_if_program(path: Path, out_dir: Path, acl: bool) -> Path:
-    """A Pulumi program is rendered (in a child process: the SDK's globals stay clean) first."""
+async def render_if_program(path: Path, out_dir: Path, acl: bool | None) -> Path:
+    """A Pulumi program is rendered (in a child process: the SDK's globals stay clean) first.
+
+    ``acl`` given: passed as the stack config ``acl`` (the examples read it); None: the program's own.
+    Cancelling (Ctrl-C while starting) kills the render at once.
+    """
     if not (path / "Pulumi.yaml").is_file():
         return path
-    cmd = [sys.executable, "-m", "lightmesh", "render", str(path), "-o", str(out_dir),
-           "--config", f"acl={'true' if acl else 'false'}"]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=_child_env(), timeout=300)
-    if result.returncode != 0:
-        raise LocalModeError(f"rendering {path} failed:\n{result.stderr.strip()}")
+    cmd = [sys.executable, "-m", "lightmesh", "render", str(path), "-o", str(out_dir)]
+    if acl is not None:
+        cmd += ["--config", f"acl={'true' if acl else 'false'}"]
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                env=_child_env())
+    try:
+        _, stderr = await asyncio.wait_for(proc.communicate(), RENDER_TIMEOUT_SECONDS)
+    except asyncio.TimeoutError:
+        raise LocalModeError(f"rendering {path} took more than {RENDER_TIMEOUT_SECONDS} s; run "
+                             f"'lightmesh render {path} -o DIR' to see where it hangs") from None
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+    if proc.returncode in (130, -signal.SIGINT):  # Ctrl-C reached the render too (same process group)
+        raise Interrupted(f"interrupted while rendering {path}")
+    if proc.returncode != 0:
+        lines = [line for line in stderr.decode(errors="replace").splitlines() if line.strip()]
+        reason = lines[-1].removeprefix("lightmesh render: ") if lines else f"exit code {proc.returncode}"
+        raise LocalModeError(f"rendering {path} failed: {reason}")
     return out_dir
+
+
+def declared_acl(manifests: list[dict]) -> str | None:
+    """Where the manifests ask for ACL mode — a Deployment whose container runs ``lightmesh
+    controller ... --acl``, as ``MeshInstall(acl=True)`` renders it — or None."""
+    for obj in manifests:
+        if obj.get("kind") != "Deployment":
+            continue
+        spec = ((obj.get("spec") or {}).get("template") or {}).get("spec") or {}
+        for container in spec.get("containers") or []:
+            if not isinstance(container, dict):
+                continue
+            argv = [str(a) for a in (container.get("command") or []) + (container.get("args") or [])]
+            if "controller" in argv and "--acl" in argv:
+                meta = obj.get("metadata") or {}
+                return (f"Deployment {meta.get('namespace', 'default')}/{meta.get('name')} runs the controller "
+                        "with --acl")
+    return None
+
+
+def privileged_port_limit() -> int:
+    """Ports below this need CAP_NET_BIND_SERVICE (``ip_unprivileged_port_start``; 1024 if unknown)."""
+    try:
+        return int(UNPRIVILEGED_PORT_START.read_text())
+    except (OSError, ValueError):
+        return local_cluster.PRIVILEGED_PORT_LIMIT
+
+
+def can_bind_privileged_ports(limit: int | None = None) -> bool:
+    """Try to bind a privileged port on an unused loopback address: the kernel checks the
+    capability before whether the port is free, so EACCES answers exactly this question."""
+    limit = privileged_port_limit() if limit is None else limit
+    if limit <= 1:
+        return True
+    with socket.socket() as sock:
+        try:
+            sock.bind((PROBE_ADDRESS, limit - 1))
+        except PermissionError:
+            return False
+        except OSError:
+            return True  # in use or no such address: not a permission problem
+    return True
+
+
+def _last_error_line(log_text: str) -> str:
+    """The most telling line of a child's log, without its timestamp and logger."""
+    lines = [line.strip() for line in log_text.splitlines() if line.strip()]
+    errors = [line for line in lines if " ERROR " in line or " CRITICAL " in line]
+    line = (errors or lines or ["(no output)"])[-1]
+    for level in (" ERROR ", " CRITICAL "):
+        if level in line:
+            line = line.split(level, 1)[1]
+            head, sep, rest = line.partition(": ")
+            line = rest if sep and " " not in head else line  # drop "lightmesh.controller: "
+    return line
 
 
 @dataclass
 class ServiceAccess:
     namespace: str
     name: str
-    traffic_type: str
+    traffic_type: str | None  # what the controller decided; None when the Service is left out
     mesh_names: list[str]
     address: str | None  # the shadow ClusterIP the mesh DNS answers
-    ports: list[dict]
+    ports: list[dict]  # name, port (where it answers here), service_port (as declared), protocol
+    excluded: str | None = None  # why the controller left it out of the mesh
+    allowed_sources: list[dict] | None = None  # ACL mode: pods TrafficTargets let in (name, address)
+
+    @property
+    def host(self) -> str:
+        return f"{self.name}.{self.namespace}.{MESH_DOMAIN_FOR_DISPLAY}"
 
 
 class LocalMesh:
-    def __init__(self, path: str | Path, *, acl: bool = False, dns_port: int = wire.DEFAULT_LOCAL_DNS_PORT,
+    """``acl``: None = as the manifests declare (:func:`declared_acl`); ``high_ports``: None = only
+    when privileged ports cannot be bound (:func:`can_bind_privileged_ports`)."""
+
+    def __init__(self, path: str | Path, *, acl: bool | None = None, dns_port: int = wire.DEFAULT_LOCAL_DNS_PORT,
                  proxy_workers: int = 1, api_port: int | None = None, admin_port: int | None = None,
                  log_level: str = "warning", work_dir: str | Path | None = None,
-                 extra_controller_args: list[str] | None = None) -> None:
+                 extra_controller_args: list[str] | None = None, high_ports: bool | None = None) -> None:
         self.source = Path(path).resolve()
-        self.acl = acl
+        self.acl_requested = acl
+        self.acl = bool(acl)
+        self.acl_reason = "--acl" if acl else None  # why ACL mode is on, for the output
+        self.high_ports_requested = high_ports
+        self.high_ports: local_cluster.HighPorts = local_cluster.NO_REMAP
+        self.mesh_namespace = wire.DEFAULT_MESH_NAMESPACE
         self.dns_port = dns_port
         self.proxy_workers = proxy_workers
         self.api_port = api_port or free_port()
@@ -119,14 +230,32 @@ class LocalMesh:
     async def start(self, timeout: float = 60.0) -> LocalMesh:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        source = await asyncio.to_thread(render_if_program, self.source, self.work_dir / "rendered", self.acl)
+        source = await render_if_program(self.source, self.work_dir / "rendered", self.acl_requested)
         self.manifests = local_cluster.load_manifests(source)
+        if self.acl_requested is None:
+            self.acl_reason = declared_acl(self.manifests)
+            self.acl = self.acl_reason is not None
+        self.high_ports = self._choose_high_ports()
         self._write_state()
         await self._start_standins()
         self.start_controller()
         self.start_proxy()
         await self.wait_ready(timeout)
         return self
+
+    def _choose_high_ports(self) -> local_cluster.HighPorts:
+        if self.high_ports_requested is False:
+            return local_cluster.NO_REMAP
+        limit = privileged_port_limit()
+        if self.high_ports_requested is None:
+            if can_bind_privileged_ports(limit):
+                return local_cluster.NO_REMAP
+            return local_cluster.high_ports_for(self.manifests, limit)
+        return local_cluster.high_ports_for(self.manifests, max(limit, local_cluster.PRIVILEGED_PORT_LIMIT))
+
+    def local_port(self, service_port: int) -> int:
+        """Where a Service port declared in the manifests answers here (see high ports)."""
+        return self.high_ports(service_port)
 
     def start_controller(self) -> None:
         args = ["controller", "--manifests", str(self.state_dir), "--listen-mode", "shadow-ip",
@@ -188,7 +317,8 @@ class LocalMesh:
     def _check_alive(self) -> None:
         for name, proc in (("controller", self.controller), ("proxy", self.proxy)):
             if proc is not None and proc.poll() is not None:
-                raise LocalModeError(f"the {name} exited with code {proc.returncode}:\n{self.log_tail(name)}")
+                raise LocalModeError(f"the {name} exited with code {proc.returncode}: "
+                                     f"{_last_error_line(self.log_tail(name, 200))}")
 
     def log_tail(self, name: str, lines: int = 30) -> str:
         path = self.log_dir / f"{name}.log"
@@ -212,6 +342,7 @@ class LocalMesh:
             # content differently, and the proxy rightly keeps a config whose ETag still matches.
             want = _http_json(self.api_url + wire.CONFIG_PATH + "?wait=0")
             have = _http_json(self.admin_url + "/api/rawdata")
+            _raise_listener_errors(have)  # the proxy retries them, but waiting cannot fix them: say so now
             if not (want and have) or _hash_of(have) != want.get("hash"):
                 return False
             latest.update(want)
@@ -233,14 +364,15 @@ class LocalMesh:
             if await asyncio.to_thread(check):
                 return
             if time.monotonic() > deadline:
-                raise LocalModeError(f"timed out waiting for: {what}\ncontroller log:\n{self.log_tail('controller')}"
-                                     f"\nproxy log:\n{self.log_tail('proxy')}")
+                raise LocalModeError(f"timed out waiting for: {what} (last controller message: "
+                                     f"{_last_error_line(self.log_tail('controller'))}; last proxy message: "
+                                     f"{_last_error_line(self.log_tail('proxy'))})")
             await asyncio.sleep(0.05)
 
     # ------------------------------------------------------------------ state changes
 
     def _write_state(self) -> None:
-        self.cluster = local_cluster.synthesize(self.manifests)
+        self.cluster = local_cluster.synthesize(self.manifests, high_ports=self.high_ports)
         tmp = self.state_dir / ".cluster.yaml.tmp"
         tmp.write_text(yaml.safe_dump_all(self.cluster.objects, sort_keys=False))
         os.replace(tmp, self.state_dir / "cluster.yaml")  # atomic: the controller never reads half a file
@@ -254,7 +386,10 @@ class LocalMesh:
         for key, spec in wanted.items():
             if key in running:
                 continue
-            standin = await StandIn(spec.kind, spec.hostname, spec.address, spec.port).start()
+            try:
+                standin = await StandIn(spec.kind, spec.hostname, spec.address, spec.port).start()
+            except OSError as exc:
+                raise LocalModeError(_standin_error(spec, exc)) from None
             self.standins.setdefault(spec.pod, []).append(standin)
 
     async def apply(self, objects: list[dict], timeout: float = 30.0) -> None:
@@ -301,34 +436,102 @@ class LocalMesh:
         return [str(rr.rdata) for rr in reply.rr]
 
     def services(self) -> list[ServiceAccess]:
-        from lightmesh.annotations import parse_annotations_lenient
-
+        """Every Service of the manifests: where it answers, or why the controller left it out."""
+        topology = _http_json(self.api_url + wire.TOPOLOGY_PATH) or {}
+        meshed = {f"{t['namespace']}/{t['name']}": t for t in topology.get("services") or []}
+        excluded = {e["service"]: e.get("reason", "") for e in topology.get("excluded_services") or []}
+        targets = {f"{t['namespace']}/{t['name']}": t for t in topology.get("traffic_targets") or []}
+        declared = {(o["metadata"].get("namespace", "default"), o["metadata"].get("name")): o
+                    for o in self.manifests if o.get("kind") == "Service" and isinstance(o.get("metadata"), dict)}
         out = []
         for obj in self.cluster.objects:
             if obj.get("kind") != "Service":
                 continue
             meta = obj["metadata"]
-            settings, _ = parse_annotations_lenient(meta.get("annotations"))
-            name = f"{meta['name']}.{meta['namespace']}.{MESH_DOMAIN_FOR_DISPLAY}"
-            answers = self.resolve(name)
-            out.append(ServiceAccess(meta["namespace"], meta["name"], settings.traffic_type.value,
-                                     [f"{meta['name']}.{meta['namespace']}.{d}" for d in wire.DEFAULT_DOMAINS],
-                                     answers[0] if answers else None,
-                                     [{"name": p.get("name", ""), "port": p["port"],
-                                       "protocol": p.get("protocol", "TCP")} for p in obj["spec"].get("ports", [])]))
+            key = f"{meta['namespace']}/{meta['name']}"
+            original = ((declared.get((meta["namespace"], meta["name"])) or {}).get("spec") or {}).get("ports") or []
+            ports = []
+            for index, p in enumerate(obj["spec"].get("ports") or []):
+                service_port = original[index].get("port") if index < len(original) else p.get("port")
+                ports.append({"name": p.get("name", ""), "port": p.get("port"), "service_port": service_port,
+                              "protocol": p.get("protocol", "TCP")})
+            answers = self.resolve(f"{meta['name']}.{meta['namespace']}.{MESH_DOMAIN_FOR_DISPLAY}")
+            access = ServiceAccess(meta["namespace"], meta["name"], None,
+                                   [f"{meta['name']}.{meta['namespace']}.{d}" for d in wire.DEFAULT_DOMAINS],
+                                   answers[0] if answers else None, ports)
+            if key in meshed:
+                access.traffic_type = meshed[key].get("traffic_type")
+                if self.acl:
+                    access.allowed_sources = self._allowed_sources(meshed[key], targets)
+            elif meta["namespace"] == self.mesh_namespace:
+                access.excluded = "mesh namespace, ignored"
+            elif key in excluded:
+                access.excluded = excluded[key]
+            elif meta["namespace"] in ALWAYS_IGNORED_NAMESPACES:
+                access.excluded = f"namespace {meta['namespace']} is never meshed"
+            else:
+                access.excluded = "not in the controller's topology" if topology else "the controller did not answer"
+            if access.excluded:
+                access.address = None
+            out.append(access)
         return out
 
-    def endpoints(self) -> dict:
+    def _allowed_sources(self, service: dict, targets: dict[str, dict]) -> list[dict]:
+        """Pods whose source address the Service's TrafficTargets let in (ACL mode)."""
+        kind = service.get("traffic_type")
+        pods: dict[str, str] = {}
+        for name in service.get("traffic_targets") or []:
+            target = targets.get(name) or {}
+            covers = target.get("http_matches") if kind == "http" else target.get(kind)
+            if not covers:
+                continue
+            for source in target.get("sources") or []:
+                namespace, _, account = source.partition("/")
+                for pod in self.cluster.pods_of(namespace, account):
+                    pods[f"{namespace}/{pod['metadata']['name']}"] = pod["status"]["podIP"]
+        return [{"pod": pod, "address": address} for pod, address in sorted(pods.items())]
+
+    def endpoints(self, services: list[ServiceAccess] | None = None) -> dict:
         """What ``--endpoints FILE`` writes: everything a script needs to reach the local mesh."""
         return {
             "dns": {"address": "127.0.0.1", "port": self.dns_port},
             "controller_api": self.api_url,
             "proxy_admin": self.admin_url,
-            "services": [vars(s) for s in self.services()],
+            "acl": {"enabled": self.acl, "why": self.acl_reason},
+            "high_ports": ({"offset": self.high_ports.offset, "below": self.high_ports.below,
+                            "remapped": {str(k): v for k, v in sorted(self.cluster.remapped.items())}}
+                           if self.high_ports is not local_cluster.NO_REMAP else None),
+            "services": [vars(s) for s in (self.services() if services is None else services)],
             "pods": [{"namespace": p["metadata"]["namespace"], "name": p["metadata"]["name"],
                       "address": p["status"]["podIP"],
                       "service_account": p["spec"].get("serviceAccountName", "default")} for p in self.cluster.pods],
         }
+
+
+def _standin_error(spec: local_cluster.StandInSpec, exc: OSError) -> str:
+    where = f"pod {spec.pod}: cannot serve {spec.address}:{spec.port}/{'udp' if spec.kind == 'udp' else 'tcp'}"
+    if isinstance(exc, PermissionError):
+        return f"{where}: permission denied; ports below {privileged_port_limit()} need CAP_NET_BIND_SERVICE: " \
+               "run with --high-ports"
+    if exc.errno == errno.EADDRINUSE:
+        return f"{where}: address already in use; another 'lightmesh local' or another program holds it: stop it first"
+    return f"{where}: {exc.strerror or exc}"
+
+
+def _raise_listener_errors(rawdata: dict | None) -> None:
+    errors = sorted({message for worker in (rawdata or {}).get("workers") or []
+                     for message in (worker.get("listener_errors") or {}).values()})
+    if not errors:
+        return
+    message = errors[0]
+    if "ermission denied" in message:
+        remedy = f"ports below {privileged_port_limit()} need CAP_NET_BIND_SERVICE: run with --high-ports"
+    elif "in use" in message:
+        remedy = "another 'lightmesh local' or another program holds that address: stop it first"
+    else:
+        remedy = ""
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    raise LocalModeError(f"the proxy {message}{more}" + (f"; {remedy}" if remedy else ""))
 
 
 def _terminate(proc: subprocess.Popen | None, grace: float = 5.0) -> None:

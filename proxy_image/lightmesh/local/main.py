@@ -1,17 +1,71 @@
-"""``lightmesh local PATH``: the mesh on loopback until Ctrl-C, with the commands to reach it."""
+"""``lightmesh local PATH``: the mesh on loopback until Ctrl-C, with the commands to reach it.
+
+Owns the command line (validated before anything starts: a bad flag is a usage error, exit 2),
+what is printed to reach each Service, the ``--endpoints`` file and the ``--telemetry`` table.
+Runtime failures are one line on stderr and exit 1; Ctrl-C before the mesh is up exits 130.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from pathlib import Path
 
 from lightmesh import wire
 from lightmesh.local.cluster import ManifestError
-from lightmesh.local.harness import LocalMesh, LocalModeError
+from lightmesh.local.harness import Interrupted, LocalMesh, LocalModeError, ServiceAccess
+
+EXIT_USAGE, EXIT_RUNTIME, EXIT_INTERRUPTED = 2, 1, 130
+
+
+# ---------------------------------------------------------------------------- argument types
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP/UDP port, 1-65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (1-65535)")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def writable_file_problem(path: Path, flag: str) -> str | None:
+    """Why ``path`` cannot be written as a file (checked before the mesh starts), or None."""
+    parent = path.parent
+    if path.is_dir():
+        return f"{flag} {path}: is a directory; give a file name"
+    if not parent.is_dir():
+        return f"{flag} {path}: directory {parent} does not exist; create it or choose another path"
+    if not os.access(parent, os.W_OK):
+        return f"{flag} {path}: directory {parent} is not writable; choose another path"
+    return None
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -19,38 +73,98 @@ def configure(parser: argparse.ArgumentParser) -> None:
                           "program (rendered offline first). Every pod gets its own 127.x address, the example "
                           "images get stand-ins, and the real controller, mesh DNS and proxy run around them.")
     parser.add_argument("path", help="directory of manifests, a manifest file, or a Pulumi program directory")
-    parser.add_argument("--acl", action="store_true", help="ACL mode: deny by default, allow by TrafficTarget")
-    parser.add_argument("--dns-port", type=int, default=wire.DEFAULT_LOCAL_DNS_PORT,
+    parser.add_argument("--acl", action=argparse.BooleanOptionalAction, default=None,
+                        help="ACL mode: deny by default, allow by TrafficTarget (default: as the manifests declare, "
+                             "i.e. on when they run the controller with --acl, as MeshInstall(acl=True) does)")
+    parser.add_argument("--dns-port", type=port_number, default=wire.DEFAULT_LOCAL_DNS_PORT,
                         help="port of the mesh DNS on 127.0.0.1 (default %(default)s)")
-    parser.add_argument("--endpoints", metavar="FILE", help="write services, pods, DNS and admin URLs as JSON")
-    parser.add_argument("--proxy-workers", type=int, default=1, help="proxy worker processes (default 1)")
-    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--endpoints", metavar="FILE", type=Path,
+                        help="write services, pods, DNS and admin URLs as JSON")
+    parser.add_argument("--proxy-workers", type=positive_int, default=1, help="proxy worker processes (default 1)")
+    parser.add_argument("--high-ports", action=argparse.BooleanOptionalAction, default=None,
+                        help="serve Service and pod ports below 1024 at port + 8000 (80 → 8080; a larger offset "
+                             "if that collides). Default: only when this user may not bind them (neither root nor "
+                             "CAP_NET_BIND_SERVICE)")
+    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
+                        help="log level of the controller and proxy (their logs are in the work directory printed "
+                             "at start, removed at exit)")
     parser.add_argument("--telemetry", action="store_true",
-                        help="print a live table (req/s by code class, errors, p50/p99, retries, 429s, 403s per "
-                             "service) from the proxy's /metrics, refreshed every --interval seconds")
-    parser.add_argument("--interval", type=float, default=2.0, help="telemetry refresh interval (default 2 s)")
+                        help="print a live table (per HTTP service: req/s by code class, errors, p50/p99, retries, "
+                             "429s, 403s; per TCP/UDP route: connections/s, bytes/s, errors, denied) from the "
+                             "proxy's /metrics, refreshed every --interval seconds")
+    parser.add_argument("--interval", type=positive_seconds, default=2.0,
+                        help="telemetry refresh interval in seconds (default 2)")
 
 
-def describe(mesh: LocalMesh) -> str:
+# ---------------------------------------------------------------------------- what users see
+
+
+def access_lines(mesh: LocalMesh, svc: ServiceAccess) -> list[str]:
+    """The commands that reach one Service (in ACL mode: sent as a pod that is let in)."""
+    if svc.excluded or not svc.address:
+        reason = svc.excluded or "the mesh DNS has no address for it"
+        return [f"  {svc.namespace}/{svc.name}: not in the mesh ({reason})"]
+    client = (svc.allowed_sources or [None])[0] if mesh.acl else None
+    note = ""
+    if mesh.acl:
+        note = (f"as {client['pod']} (ACL mode: identity = source address)" if client
+                else "ACL mode: no TrafficTarget lets any pod in, so this is refused")
+    lines = []
+    for port in svc.ports:
+        p = port["port"]
+        if (svc.traffic_type == "udp") != (str(port.get("protocol", "TCP")).upper() == "UDP"):
+            continue  # a udp Service meshes its UDP ports only, http/tcp ones their TCP ports
+        if svc.traffic_type == "http":
+            interface = f"--interface {client['address']} " if client else ""
+            suffix = "" if p == 80 else f":{p}"
+            lines.append(f"  curl {interface}--resolve {svc.host}:{p}:{svc.address} http://{svc.host}{suffix}/"
+                         + (f"   # {note}" if note else ""))
+        else:
+            source = f"-s {client['address']} " if client else ""
+            flags = "-u -w 1" if svc.traffic_type == "udp" else "-q 1"
+            lines.append(f"  echo 'my data' | nc {flags} {source}{svc.address} {p}   # {svc.host}:{p}"
+                         + (f", {note}" if note else ""))
+    return lines
+
+
+def describe(mesh: LocalMesh, services: list[ServiceAccess] | None = None) -> str:
+    services = mesh.services() if services is None else services
     lines = [f"Lightmesh is running on loopback (mesh DNS 127.0.0.1:{mesh.dns_port}, "
-             f"controller {mesh.api_url}, proxy admin {mesh.admin_url}).", ""]
-    for svc in mesh.services():
-        if not svc.address:
-            lines.append(f"  {svc.namespace}/{svc.name}: not in the mesh (see {mesh.api_url}{wire.TOPOLOGY_PATH})")
-            continue
-        host = svc.mesh_names[1] if len(svc.mesh_names) > 1 else svc.mesh_names[0]
-        for port in svc.ports:
-            p = port["port"]
-            if svc.traffic_type == "http":
-                suffix = "" if p == 80 else f":{p}"
-                lines.append(f"  curl --resolve {host}:{p}:{svc.address} http://{host}{suffix}/")
-            elif svc.traffic_type == "tcp":
-                lines.append(f"  echo 'my data' | nc -q 1 {svc.address} {p}        # {host}:{p}")
-            else:
-                lines.append(f"  echo 'my data' | nc -u -w 1 {svc.address} {p}    # {host}:{p}")
-    lines += ["", f"  dig @127.0.0.1 -p {mesh.dns_port} whoami.whoami.traefik.mesh   # names resolve through the mesh DNS",
-              "", "Press Ctrl-C to stop."]
+             f"controller {mesh.api_url}, proxy admin {mesh.admin_url}; logs in {mesh.log_dir})."]
+    if mesh.acl:
+        why = mesh.acl_reason if mesh.acl_requested else f"{mesh.acl_reason}; --no-acl turns it off"
+        lines.append(f"ACL mode: on ({why}): a client's identity is its source address, so curl --interface / "
+                     "nc -s send as a pod TrafficTargets let in.")
+    if mesh.cluster.remapped:
+        moved = ", ".join(f"{old} → {new}" for old, new in sorted(mesh.cluster.remapped.items()))
+        why = ("--high-ports" if mesh.high_ports_requested else
+               f"this user may not bind ports below {mesh.high_ports.below} (no CAP_NET_BIND_SERVICE)")
+        lines.append(f"High ports: {why}, so ports below {mesh.high_ports.below} answer at port + "
+                     f"{mesh.high_ports.offset} ({moved}).")
+    lines.append("")
+    for svc in sorted(services, key=lambda s: s.excluded is not None):
+        lines += access_lines(mesh, svc)
+    if not services:
+        lines.append("  (no Services to reach)")
+    first = next((s for s in services if s.address and not s.excluded), None)
+    if first is not None:
+        lines += ["", f"  dig @127.0.0.1 -p {mesh.dns_port} {first.host} +short   # names resolve through the mesh DNS"]
+    lines += ["", "Press Ctrl-C to stop."]
     return "\n".join(lines)
+
+
+def manifest_warnings(mesh: LocalMesh) -> list[str]:
+    """What the user should know before trusting the printout: nothing to mesh, pods that serve nothing."""
+    if not mesh.manifests:
+        return [f"warning: no Kubernetes objects found in {mesh.source}: nothing to run (expected YAML manifests "
+                "or a Pulumi program)"]
+    warnings = []
+    if not any(o.get("kind") == "Service" for o in mesh.manifests):
+        warnings.append(f"warning: no Services found in {mesh.source}: nothing to mesh")
+    return warnings + [f"note: {warning}" for warning in mesh.cluster.warnings]
+
+
+# ---------------------------------------------------------------------------- telemetry
 
 
 async def _scrape(url: str):
@@ -84,34 +198,53 @@ async def _telemetry(mesh: LocalMesh, stop: asyncio.Event, interval: float) -> N
         except OSError as exc:
             print(f"telemetry: proxy metrics unavailable ({exc})", flush=True)
             continue
-        table = telemetry.summary_table(telemetry.service_stats(previous, current),
-                                        f"Lightmesh telemetry — last {current.at - previous.at:.1f} s")
+        title = f"Lightmesh telemetry — last {current.at - previous.at:.1f} s"
+        table = telemetry.full_table(previous, current, title)
         previous = current
         print(("\033[H\033[J" if redraw else "\n") + table, flush=True)
 
 
+# ---------------------------------------------------------------------------- run
+
+
 async def _run(args: argparse.Namespace) -> int:
     mesh = LocalMesh(args.path, acl=args.acl, dns_port=args.dns_port, proxy_workers=args.proxy_workers,
-                     log_level=args.log_level)
+                     log_level=args.log_level, high_ports=args.high_ports)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await mesh.start()
+        starting = asyncio.create_task(mesh.start())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # Ctrl-C while starting: stop cleanly, like an interrupted command
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            print("lightmesh local: interrupted while starting; stopped", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        stopping.cancel()
+        starting.result()
+        services = mesh.services()
         if args.endpoints:
-            Path(args.endpoints).write_text(json.dumps(mesh.endpoints(), indent=2) + "\n")
-        for warning in mesh.cluster.warnings:
-            print(f"note: {warning}")
-        print(describe(mesh), flush=True)
+            args.endpoints.write_text(json.dumps(mesh.endpoints(services), indent=2) + "\n")
+        for warning in manifest_warnings(mesh):
+            print(warning)
+        print(describe(mesh, services), flush=True)
         if args.telemetry:
             await _telemetry(mesh, stop, args.interval)
         await stop.wait()
         print("stopping…", flush=True)
         return 0
+    except Interrupted as exc:
+        print(f"lightmesh local: {exc}; stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (LocalModeError, ManifestError) as exc:
         print(f"lightmesh local: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_RUNTIME
+    except OSError as exc:  # e.g. --endpoints became unwritable meanwhile
+        print(f"lightmesh local: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
     finally:
         await mesh.stop()
 
@@ -119,5 +252,10 @@ async def _run(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if not Path(args.path).exists():
         print(f"lightmesh local: {args.path}: no such file or directory", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    if args.endpoints is not None:
+        problem = writable_file_problem(args.endpoints, "--endpoints")
+        if problem:
+            print(f"lightmesh local: {problem}", file=sys.stderr)
+            return EXIT_USAGE
     return asyncio.run(_run(args))

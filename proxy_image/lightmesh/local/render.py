@@ -8,12 +8,17 @@ documented rather than guessed:
 * auto-named objects get ``<resource name>-<8 hex>`` (a stable hash instead of Pulumi's random
   suffix), so renders are reproducible;
 * ``*Patch`` resources modify objects that already exist in a cluster (e.g. the CoreDNS ConfigMap):
-  they are listed, not written, because there is nothing to patch offline;
+  they are listed, not written, because there is nothing to patch offline; so are custom resources
+  that are not Kubernetes objects (dynamic providers such as MeshInstall's CoreDNS patch
+  ``pulumi-python:dynamic/lightmesh:ClusterDnsPatch``, other providers' resources), with their type;
 * reads of existing objects (``ConfigMap.get``) see a stock kubeadm ``kube-system/coredns``
   ConfigMap and nothing else.
 
 Stack configuration comes from ``Pulumi.yaml`` (``config:`` defaults), then
 ``Pulumi.<stack>.yaml``, then ``--config key=value`` (keys without a namespace get the project's).
+
+Errors are one line on stderr: a bad path or flag exits 2, a bad project file or a failing program
+(an exception, or ``sys.exit`` with a non-zero code) exits 1, Ctrl-C exits 130.
 """
 
 from __future__ import annotations
@@ -73,6 +78,8 @@ class Registration:
 class RenderResult:
     objects: list[dict] = field(default_factory=list)
     skipped_patches: list[str] = field(default_factory=list)
+    skipped_other: list[str] = field(default_factory=list)
+    """Custom resources that are not Kubernetes objects (``<type> <name>``): dynamic providers etc."""
     components: list[str] = field(default_factory=list)
     registrations: list[Registration] = field(default_factory=list)
     """Everything registered (components, patches, objects): what a policy pack would be shown."""
@@ -86,24 +93,57 @@ def _rfc1123(name: str) -> str:
     return re.sub(r"[^a-z0-9.-]", "-", name.lower()).strip("-.")[:253] or "x"
 
 
+def _load_yaml(path: Path) -> object:
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise RenderError(f"{path}: not valid YAML: {exc.problem or exc}{where}") from None
+    except yaml.YAMLError as exc:
+        raise RenderError(f"{path}: not valid YAML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RenderError(f"{path}: cannot read: {exc}") from None
+
+
+def _config_section(path: Path, document: object) -> dict:
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise RenderError(f"{path}: expected a mapping (name: ..., config: ...), got {_kind(document)}")
+    config = document.get("config")
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise RenderError(f"{path}: 'config' must be a mapping of key: value, got {_kind(config)}")
+    return config
+
+
+def _kind(value: object) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(
+        type(value), type(value).__name__) + (f" ({value!r})" if isinstance(value, (int, float, str)) else "")
+
+
 def load_stack_config(program_dir: Path, stack: str, overrides: list[str]) -> tuple[str, dict[str, str]]:
     """(project name, flat config map ``project:key`` → string) as the Pulumi CLI would pass it."""
     project_file = program_dir / "Pulumi.yaml"
     if not project_file.is_file():
         raise RenderError(f"{program_dir} is not a Pulumi program: Pulumi.yaml is missing")
-    project = yaml.safe_load(project_file.read_text()) or {}
-    name = project.get("name")
-    if not isinstance(name, str) or not name:
-        raise RenderError(f"{project_file}: 'name' is required")
+    project = _load_yaml(project_file)
+    project_config = _config_section(project_file, project)
+    name = project.get("name") if isinstance(project, dict) else None
+    if not isinstance(name, str) or not name.strip():
+        got = "it is missing" if name is None else f"got {_kind(name)}"
+        raise RenderError(f"{project_file}: 'name' must be the project name (a non-empty string); {got}")
     config: dict[str, object] = {}
-    for key, spec in (project.get("config") or {}).items():
+    for key, spec in project_config.items():
         value = spec.get("default") if isinstance(spec, dict) else spec
         if value is not None:
-            config[_qualify(name, key)] = value
+            config[_qualify(name, str(key))] = value
     stack_file = program_dir / f"Pulumi.{stack}.yaml"
     if stack_file.is_file():
-        for key, value in ((yaml.safe_load(stack_file.read_text()) or {}).get("config") or {}).items():
-            config[_qualify(name, key)] = value
+        for key, value in _config_section(stack_file, _load_yaml(stack_file)).items():
+            config[_qualify(name, str(key))] = value
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -160,6 +200,8 @@ def render_program(program_dir: str | Path, stack: str = "dev", config_overrides
                 records.append((args.typ, args.name, state))
             elif not args.custom:
                 result.components.append(f"{args.typ} {args.name}")
+            elif not args.typ.startswith("pulumi:providers:"):  # a provider is configuration, not a resource
+                result.skipped_other.append(f"{args.typ} {args.name}")
             return [f"{args.name}-id", state]
 
         def call(self, args: pulumi.runtime.MockCallArgs):
@@ -176,7 +218,9 @@ def render_program(program_dir: str | Path, stack: str = "dev", config_overrides
     os.chdir(program_dir)
     sys.path.insert(0, str(program_dir))
     try:
-        _sync_await(run_pulumi_func(lambda: runpy.run_path(str(entry), run_name="__main__")))
+        _sync_await(run_pulumi_func(lambda: _run_program(entry)))
+    except _ProgramExit as exit_:
+        raise RenderError(f"{program_dir.name}: the program called sys.exit({exit_.code!r}); nothing written") from None
     except Exception as exc:  # the program's own error: report it with the program's name
         raise RenderError(f"{program_dir.name}: the program failed: {type(exc).__name__}: {exc}") from exc
     finally:
@@ -187,11 +231,29 @@ def render_program(program_dir: str | Path, stack: str = "dev", config_overrides
         if typ.rsplit(":", 1)[-1].endswith("Patch"):
             result.skipped_patches.append(f"{typ} {name}")
             continue
-        if "apiVersion" not in state or "kind" not in state:
+        if "apiVersion" not in state or "kind" not in state:  # e.g. a Helm Release: no manifest offline
+            result.skipped_other.append(f"{typ} {name}")
             continue
         result.objects.append(_clean(state))
     result.objects.sort(key=_install_order)
     return result
+
+
+class _ProgramExit(Exception):
+    """The program called ``sys.exit(code)`` with a failing code (an Exception, so the SDK's
+    runner passes it through like any program error instead of tearing the process down)."""
+
+    def __init__(self, code: object) -> None:
+        super().__init__(f"sys.exit({code!r})")
+        self.code = code
+
+
+def _run_program(entry: Path) -> None:
+    try:
+        runpy.run_path(str(entry), run_name="__main__")
+    except SystemExit as exc:
+        if exc.code not in (None, 0):  # sys.exit() / sys.exit(0): the program ended normally
+            raise _ProgramExit(exc.code) from None
 
 
 # Registration order under the mock engine depends on thread scheduling; sort like Helm's install
@@ -266,13 +328,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    program_dir, output = Path(args.program_dir), Path(args.output)
+    if not program_dir.is_dir():
+        problem = "not a directory" if program_dir.exists() else "no such directory"
+        print(f"lightmesh render: {program_dir}: {problem} (expected a Pulumi program directory)", file=sys.stderr)
+        return 2
+    if output.exists() and not output.is_dir():
+        print(f"lightmesh render: -o {output}: exists and is not a directory; choose a directory", file=sys.stderr)
+        return 2
     try:
-        result = render_program(args.program_dir, args.stack, args.config)
+        result = render_program(program_dir, args.stack, args.config)
+        paths = write_objects(result.objects, output)
     except RenderError as exc:
         print(f"lightmesh render: {exc}", file=sys.stderr)
         return 1
-    paths = write_objects(result.objects, args.output)
-    print(f"wrote {len(paths)} manifests to {args.output}")
+    except OSError as exc:
+        print(f"lightmesh render: cannot write to {output}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lightmesh render: interrupted; nothing more written", file=sys.stderr)
+        return 130
+    print(f"wrote {len(paths)} manifests to {output}")
     for patch in result.skipped_patches:
         print(f"  not written (patches an existing cluster object): {patch}")
+    for other in result.skipped_other:
+        print(f"  not written (not a Kubernetes object; runs against the cluster at pulumi up): {other}")
     return 0

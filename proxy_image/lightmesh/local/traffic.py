@@ -87,8 +87,10 @@ def hostnames(results: list[HTTPResult]) -> Counter:
     return Counter(r.hostname for r in results if r.status == 200)
 
 
-def tcp_exchange(address: str, port: int, payload: bytes, source: str | None = None, timeout: float = 5.0) -> bytes:
-    """Send ``payload``, half-close, read until the answer is complete or the peer closes."""
+def tcp_exchange(address: str, port: int, payload: bytes, source: str | None = None, timeout: float = 5.0,
+                 expect: bytes | None = None) -> bytes:
+    """Send ``payload``, read until the answer is complete (``expect`` received, or the peer closes,
+    or a short quiet spell once at least as many bytes as sent came back)."""
     with socket.create_connection((address, port), timeout=timeout,
                                   source_address=(source, 0) if source else None) as sock:
         sock.sendall(payload)
@@ -104,9 +106,29 @@ def tcp_exchange(address: str, port: int, payload: bytes, source: str | None = N
             if not chunk:
                 break
             received += chunk
+            if expect is not None and received == expect:
+                break
             if len(received) >= len(payload):  # the echo-style stand-ins answer in one go
                 sock.settimeout(0.2)
         return received
+
+
+def timed_tcp_exchanges(address: str, port: int, payload: bytes, expect: bytes, count: int,
+                        max_seconds: float = 30.0) -> list[tuple[bytes, float]]:
+    """``count`` exchanges, each on a new connection: (answer, seconds from connect to the whole
+    answer). Bounded by ``max_seconds``."""
+    results = []
+    deadline = time.monotonic() + max_seconds
+    for _ in range(count):
+        if time.monotonic() > deadline:
+            break
+        start = time.perf_counter()
+        try:
+            answer = tcp_exchange(address, port, payload, expect=expect)
+        except OSError:
+            answer = b""
+        results.append((answer, time.perf_counter() - start))
+    return results
 
 
 def udp_exchange(address: str, port: int, payload: bytes, source: str | None = None, timeout: float = 3.0) -> bytes:
