@@ -81,10 +81,15 @@ def test_udp_and_tcp_answers():
                 assert reply.header.rcode == RCODE.NOERROR and reply.rr == []
                 # unknown under our domains: NXDOMAIN; a shadow without a ClusterIP yet is unknown
                 for name in ("nope.whoami.traefik.mesh", "noip.pending.lightmesh", "a.b.c.lightmesh",
-                             "whoami.lightmesh"):
+                             "nonamespace.lightmesh"):
                     reply = await asyncio.to_thread(ask, port, name)
                     assert reply.header.rcode == RCODE.NXDOMAIN, name
                     assert [r.rtype for r in reply.auth] == [QTYPE.SOA] and reply.auth[0].ttl == TTL
+                # a namespace with meshed Services: names exist below it, so NOERROR, empty (RFC 8020:
+                # NXDOMAIN would tell a resolver that minimises query names nothing exists below)
+                reply = await asyncio.to_thread(ask, port, "whoami.lightmesh")
+                assert reply.header.rcode == RCODE.NOERROR and reply.rr == []
+                assert [r.rtype for r in reply.auth] == [QTYPE.SOA]
                 reply = await asyncio.to_thread(ask, port, "traefik.mesh", "SOA")
                 assert reply.header.rcode == RCODE.NOERROR and [r.rtype for r in reply.rr] == [QTYPE.SOA]
                 # outside our domains: REFUSED, not authoritative

@@ -8,7 +8,8 @@ whenever the shadow Services change. Answers:
   → NOERROR with an empty answer), TTL 5 s, authoritative, in the case the client asked;
 * ANY: both families; other types on a known name: NOERROR, empty;
 * an unknown name under one of our domains: NXDOMAIN (the domain apex itself: NOERROR, empty,
-  or its SOA when asked); negative answers carry the zone's SOA (minimum = TTL) so resolvers
+  or its SOA when asked; ``<ns>.<domain>`` of a namespace with a meshed Service: NOERROR, empty,
+  since names exist below it and RFC 8020 reads NXDOMAIN as "nothing below"); negative answers carry the zone's SOA (minimum = TTL) so resolvers
   cache them for 5 s, as they cache positive ones;
 * a name outside our domains: REFUSED (we are not a recursive resolver);
 * a malformed query: FORMERR when it has a parsable header, else dropped.
@@ -56,6 +57,7 @@ class DNSTable:
         # longest first, so "a.mesh" wins over "mesh" when both are configured
         norm = tuple(sorted({d.strip(".").lower() for d in self.domains if d.strip(".")}, key=len, reverse=True))
         object.__setattr__(self, "domains", norm)
+        object.__setattr__(self, "_namespaces", frozenset(ns for ns, _ in self.addresses))
 
     @classmethod
     def from_shadows(cls, shadows: Iterable[dict], domains: Iterable[str]) -> DNSTable:
@@ -78,7 +80,7 @@ class DNSTable:
         return cls(tuple(domains), table)
 
     def lookup(self, qname: str) -> tuple[str, tuple[str, ...] | None]:
-        """``("outside"|"apex"|"nxdomain"|"found", addresses)`` for a query name."""
+        """``("outside"|"apex"|"namespace"|"nxdomain"|"found", addresses)`` for a query name."""
         status, addresses, _ = self.resolve(qname)
         return status, addresses
 
@@ -94,6 +96,8 @@ class DNSTable:
                     found = self.addresses.get((labels[1], labels[0]))
                     if found:
                         return "found", found, domain
+                elif len(labels) == 1 and labels[0] in self._namespaces:
+                    return "namespace", None, domain  # an empty non-terminal: names exist below it
                 return "nxdomain", None, domain
         return "outside", None, None
 
