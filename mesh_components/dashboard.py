@@ -72,7 +72,8 @@ PANELS: tuple[Panel, ...] = (
          f"[{RATE}])))", f"p{p}") for q, p in ((0.5, 50), (0.99, 99))), "s",
           "Time to rebuild topology and proxy configuration after a change."),
     Panel("Objects with errors", "Controller", (
-        ("sum by (kind) (lightmesh_controller_object_errors)", "{{kind}}"),), "short",
+        # every replica reconciles and exports the same gauge: max, not sum, over replicas
+        ("max by (kind) (lightmesh_controller_object_errors)", "{{kind}}"),), "short",
           "Objects left out of the mesh or reported with a problem (see /api/topology/current and Events)."),
 )
 

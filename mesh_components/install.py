@@ -265,7 +265,7 @@ class MeshInstall(pulumi.ComponentResource):
             addons += [(f"jaeger-{m['kind'].lower()}", m) for m in observability.jaeger_manifests(ns_name, s["jaeger_image"])]
         if s["service_monitor"]:
             addons += [("proxy-metrics-service", observability.proxy_metrics_service(ns_name)),
-                       ("service-monitor", observability.service_monitor(ns_name))]
+                       ("service-monitor", observability.service_monitor(ns_name, s["service_monitor_labels"]))]
         if s["prometheus"]:
             addons += [(f"prometheus-{m['kind'].lower()}", m)
                        for m in observability.prometheus_manifests(ns_name, s["prometheus_image"])]

@@ -31,6 +31,7 @@ METRICS_LABEL = "lightmesh.io/metrics"
 DEFAULT_JAEGER_IMAGE = "jaegertracing/all-in-one:1.62.0"
 DEFAULT_PROMETHEUS_IMAGE = "prom/prometheus:v2.55.1"
 JAEGER_OTLP_HTTP_PORT = 4318
+JAEGER_OTLP_GRPC_PORT = 4317  # the proxies use HTTP; applications in the mesh may export over gRPC
 JAEGER_UI_PORT = 16686
 PROMETHEUS_PORT = 9090
 
@@ -56,7 +57,11 @@ class MetricsArgs(TypedDict):
     scrape_annotations: NotRequired[bool]
     """``prometheus.io/scrape``/``port``/``path`` annotations on proxy and controller pods (default true)."""
     service_monitor: NotRequired[bool]
-    """A Prometheus Operator ``ServiceMonitor`` (default false; needs the monitoring.coreos.com CRD)."""
+    """A Prometheus Operator ``ServiceMonitor`` (default false; needs the monitoring.coreos.com CRD,
+    or ``pulumi up`` fails on it)."""
+    service_monitor_labels: NotRequired[dict[str, str]]
+    """Labels on the ServiceMonitor, for a Prometheus that selects them: kube-prometheus-stack's
+    picks only ``release: <its Helm release>`` by default (e.g. ``{"release": "kube-prometheus-stack"}``)."""
     prometheus: NotRequired[bool]
     """Deploy a single-replica Prometheus that scrapes the mesh (default false)."""
     prometheus_image: NotRequired[str]
@@ -86,6 +91,9 @@ def resolve(check: Checker, tracing: Any, metrics: Any, otlp_endpoint: Any) -> d
                          "the proxies send to the bundled Jaeger")
     if mode == "off" and endpoint:
         raise check.fail("tracing.mode off with an endpoint set: use mode otlp, or drop the endpoint")
+    if mode == "off" and tracing.get("sample_ratio") is not None:
+        raise check.fail("tracing.sample_ratio is set but tracing is off: set tracing.mode (otlp or jaeger) "
+                         "or otlp_endpoint")
     ratio = tracing.get("sample_ratio", 1.0)
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) <= 1.0:
         raise check.fail(f"tracing.sample_ratio must be a number from 0 to 1, got {ratio!r}")
@@ -103,6 +111,13 @@ def resolve(check: Checker, tracing: Any, metrics: Any, otlp_endpoint: Any) -> d
         if not isinstance(value, bool):
             raise check.fail(f"metrics.{field} must be true or false, got {value!r}")
         out[field] = value
+    labels = metrics.get("service_monitor_labels") or {}
+    if not isinstance(labels, Mapping) or not all(isinstance(k, str) and isinstance(v, str) and k and len(v) <= 63
+                                                   for k, v in labels.items()):
+        raise check.fail(f"metrics.service_monitor_labels must map label names to string values, got {labels!r}")
+    if labels and not out["service_monitor"]:
+        raise check.fail("metrics.service_monitor_labels needs metrics.service_monitor: true")
+    out["service_monitor_labels"] = dict(labels)
     return out
 
 
@@ -139,6 +154,7 @@ def jaeger_manifests(namespace: str, image: str) -> list[dict]:
                      "env": [{"name": "COLLECTOR_OTLP_ENABLED", "value": "true"},
                              {"name": "MEMORY_MAX_TRACES", "value": "50000"}],
                      "ports": [{"name": "otlp-http", "containerPort": JAEGER_OTLP_HTTP_PORT, "protocol": "TCP"},
+                               {"name": "otlp-grpc", "containerPort": JAEGER_OTLP_GRPC_PORT, "protocol": "TCP"},
                                {"name": "ui", "containerPort": JAEGER_UI_PORT, "protocol": "TCP"}],
                      "readinessProbe": {"httpGet": {"path": "/", "port": "ui"}, "periodSeconds": 10},
                      "resources": _ADDON_RESOURCES, "securityContext": _container_security()}]}}}}
@@ -146,6 +162,7 @@ def jaeger_manifests(namespace: str, image: str) -> list[dict]:
         "apiVersion": "v1", "kind": "Service", "metadata": _meta(JAEGER_NAME, namespace),
         "spec": {"selector": labels, "ports": [
             {"name": "otlp-http", "port": JAEGER_OTLP_HTTP_PORT, "targetPort": "otlp-http", "protocol": "TCP"},
+            {"name": "otlp-grpc", "port": JAEGER_OTLP_GRPC_PORT, "targetPort": "otlp-grpc", "protocol": "TCP"},
             {"name": "ui", "port": JAEGER_UI_PORT, "targetPort": "ui", "protocol": "TCP"}]}}
     return [deployment, service]
 
@@ -159,11 +176,12 @@ def proxy_metrics_service(namespace: str) -> dict:
                                 "protocol": "TCP"}]}}
 
 
-def service_monitor(namespace: str) -> dict:
+def service_monitor(namespace: str, labels: Optional[Mapping[str, str]] = None) -> dict:
     """Scrapes every Service of this mesh labelled ``lightmesh.io/metrics: "true"`` (the controller
-    Service on ``api``, the proxies' headless Service on ``admin``)."""
+    Service on ``api``, the proxies' headless Service on ``admin``). ``labels``: on the
+    ServiceMonitor itself, for the Prometheus that selects it."""
     return {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
-            "metadata": _meta("lightmesh", namespace),
+            "metadata": _meta("lightmesh", namespace, labels),
             "spec": {"selector": {"matchLabels": {METRICS_LABEL: "true"}},
                      "namespaceSelector": {"matchNames": [namespace]},
                      "endpoints": [{"port": "api", "path": "/metrics", "interval": "15s"},

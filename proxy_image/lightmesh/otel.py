@@ -10,9 +10,11 @@ from typing import Any
 
 
 def otlp_traces_url(endpoint: str) -> str:
-    """``http://collector:4318`` → ``http://collector:4318/v1/traces``; an endpoint with a path is kept."""
+    """The base endpoint gets ``/v1/traces``, as OTEL_EXPORTER_OTLP_ENDPOINT does in the OpenTelemetry
+    spec, a path included (``https://otlp.vendor.example/otlp`` → ``.../otlp/v1/traces``); a URL
+    that already ends in ``/v1/traces`` is kept."""
     url = endpoint.rstrip("/")
-    return url + "/v1/traces" if url.count("/") <= 2 else url
+    return url if url.endswith("/v1/traces") else url + "/v1/traces"
 
 
 def tracer_provider(endpoint: str, service_name: str, sample_ratio: float = 1.0, *, exporter: Any = None,
@@ -30,6 +32,12 @@ def tracer_provider(endpoint: str, service_name: str, sample_ratio: float = 1.0,
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         exporter = OTLPSpanExporter(endpoint=otlp_traces_url(endpoint))
+    # A collector that is down would otherwise log a warning per export attempt and worker (~1/s
+    # each, whatever the traffic): tracing is an add-on, its outage must not flood the logs.
+    import logging
+
+    for name in ("opentelemetry.exporter.otlp.proto.http.trace_exporter", "opentelemetry.sdk.trace.export"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}),
                               sampler=ParentBased(TraceIdRatioBased(sample_ratio)))
     provider.add_span_processor(BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter))

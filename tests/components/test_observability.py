@@ -69,7 +69,8 @@ def test_defaults_scrape_annotations_and_dashboard_only():
 @pulumi.runtime.test
 def test_jaeger_prometheus_and_service_monitor():
     mesh, settled = _install("obs-all", {"namespace": "mesh", "tracing": {"mode": "jaeger", "sample_ratio": 0.25},
-                                         "metrics": {"service_monitor": True, "prometheus": True}})
+                                         "metrics": {"service_monitor": True, "prometheus": True,
+                                                     "service_monitor_labels": {"release": "kube-prometheus-stack"}}})
 
     def check(_):
         records = _records("obs-all")
@@ -82,9 +83,11 @@ def test_jaeger_prometheus_and_service_monitor():
         jaeger = records["obs-all-jaeger-deployment"].inputs
         assert jaeger["spec"]["template"]["spec"]["containers"][0]["image"] == observability.DEFAULT_JAEGER_IMAGE
         ports = {p["name"]: p["port"] for p in records["obs-all-jaeger-service"].inputs["spec"]["ports"]}
-        assert ports == {"otlp-http": 4318, "ui": 16686}
+        assert ports == {"otlp-http": 4318, "otlp-grpc": 4317, "ui": 16686}
         monitor = records["obs-all-service-monitor"]
         assert monitor.typ == "kubernetes:monitoring.coreos.com/v1:ServiceMonitor"
+        # kube-prometheus-stack's Prometheus selects ServiceMonitors by its release label
+        assert monitor.inputs["metadata"]["labels"]["release"] == "kube-prometheus-stack"
         jsonschema.validate(monitor.inputs | {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor"},
                             SERVICE_MONITOR_SCHEMA)
         # the ServiceMonitor finds the controller Service (api) and the proxies' headless Service (admin)
@@ -132,6 +135,10 @@ def test_otlp_mode_and_no_scrape_annotations():
     ({"tracing": {"sampling": 0.5}}, "tracing has unknown field(s) sampling"),
     ({"metrics": {"prometheus": "yes"}}, "metrics.prometheus must be true or false, got 'yes'"),
     ({"metrics": {"grafana": True}}, "metrics has unknown field(s) grafana"),
+    ({"tracing": {"sample_ratio": 0.5}}, "tracing.sample_ratio is set but tracing is off"),
+    ({"metrics": {"service_monitor_labels": {"release": "x"}}}, "service_monitor_labels needs metrics.service_monitor"),
+    ({"metrics": {"service_monitor": True, "service_monitor_labels": {"release": 1}}},
+     "service_monitor_labels must map label names to string values"),
 ])
 def test_bad_observability_args_name_the_field(args, message):
     with pytest.raises(ComponentArgsError) as err:

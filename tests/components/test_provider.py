@@ -37,7 +37,7 @@ def test_schema_has_all_four_components_with_their_contract():
     assert set(schema["resources"]) == {f"lightmesh:index:{c}" for c in
                                         ("MeshInstall", "MeshService", "AccessPolicy", "TrafficSplit")}
     service = schema["resources"]["lightmesh:index:MeshService"]
-    assert service["inputProperties"]["retryAttempts"]["description"].startswith("Attempts for idempotent")
+    assert service["inputProperties"]["retryAttempts"]["description"].startswith("Tries in all (1–100)")
     assert service["inputProperties"]["trafficType"]["$ref"] == "#/types/lightmesh:index:TrafficType"
     assert service["properties"]["hostNames"]["type"] == "array"
     install = schema["resources"]["lightmesh:index:MeshInstall"]

@@ -58,7 +58,9 @@ def test_a_span_per_reconcile_round_with_what_it_published(tmp_path):
 def test_otlp_url():
     assert otlp_traces_url("http://collector:4318") == "http://collector:4318/v1/traces"
     assert otlp_traces_url("http://collector:4318/") == "http://collector:4318/v1/traces"
-    assert otlp_traces_url("http://collector:4318/custom/path") == "http://collector:4318/custom/path"
+    # a base endpoint with a path still gets the signal path (OTEL_EXPORTER_OTLP_ENDPOINT semantics)
+    assert otlp_traces_url("https://otlp.vendor.example/otlp") == "https://otlp.vendor.example/otlp/v1/traces"
+    assert otlp_traces_url("http://collector:4318/v1/traces") == "http://collector:4318/v1/traces"
 
 
 def _ready(port: int) -> bool:

@@ -233,7 +233,10 @@ class Controller:
         m["reconcile_duration_seconds"].observe(seconds)
         for fieldname in STATE_FIELDS:
             m["objects"].labels(kind=KIND_OF_FIELD[fieldname]).set(len(snapshot.get(fieldname, [])))
-        by_kind = Counter(getattr(e, "kind", "?") for e in result.errors)
+        # objects, not error records: one Service with three bad annotations is one object in error
+        by_kind = Counter(kind for kind, _ns, _name in
+                          {(getattr(e, "kind", "?"), getattr(e, "namespace", ""), getattr(e, "name", ""))
+                           for e in result.errors})
         for kind in set(KIND_OF_FIELD.values()) | set(by_kind):
             m["object_errors"].labels(kind=kind).set(by_kind.get(kind, 0))
         m["config_version"].set(self.version)
