@@ -27,3 +27,17 @@ def test_module_entry_point_runs():
     result = subprocess.run(lightmesh_cmd("version"), capture_output=True, text=True,
                             check=True, timeout=60, env=lightmesh_env())
     assert result.stdout.startswith("lightmesh ")
+
+
+def test_test_modules_outside_packages_have_unique_names():
+    # pytest imports a module of a directory without __init__.py by its basename: two test_x.py in
+    # such directories make a fresh checkout fail at collection (a warm cache can hide it).
+    from collections import defaultdict
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent.parent
+    seen = defaultdict(list)
+    for module in tests.rglob("*.py"):
+        if not (module.parent / "__init__.py").exists():
+            seen[module.name].append(str(module.relative_to(tests)))
+    assert not {name: paths for name, paths in seen.items() if len(paths) > 1 and name != "conftest.py"}
