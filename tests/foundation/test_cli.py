@@ -37,7 +37,7 @@ def test_test_modules_outside_packages_have_unique_names():
 
     tests = Path(__file__).resolve().parent.parent
     seen = defaultdict(list)
-    for module in tests.rglob("*.py"):
+    for module in tests.rglob("test_*.py"):
         if not (module.parent / "__init__.py").exists():
             seen[module.name].append(str(module.relative_to(tests)))
-    assert not {name: paths for name, paths in seen.items() if len(paths) > 1 and name != "conftest.py"}
+    assert not {name: paths for name, paths in seen.items() if len(paths) > 1}
