@@ -9,6 +9,7 @@ frame sequences, valid or not) never breaks the listener."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import struct
 
 import h2.config
@@ -28,15 +29,19 @@ from .backends import Backend, ProxyUnderTest, closed_port, on_uvloop, pattern, 
 
 class H2Server:
     """An h2c server: ``/echo`` answers the request body with gRPC-style trailers, ``/big?size=N``
-    N bytes, ``/reset`` resets the stream, ``/slow`` answers after 0.3 s, ``/hang`` never answers."""
+    N bytes, ``/reset`` resets the stream, ``/slow`` answers after 0.3 s, ``/hang`` never answers,
+    ``/continue`` sends an informational 100 as soon as the request head arrives, then echoes."""
 
-    def __init__(self, max_streams: int | None = None, refuse: int = 0) -> None:
+    def __init__(self, max_streams: int | None = None, refuse: int = 0, goaway_on_slow: bool = False) -> None:
         self.max_streams = max_streams  # the server's SETTINGS_MAX_CONCURRENT_STREAMS
         self.refuse = refuse  # the first N streams are refused (RST_STREAM REFUSED_STREAM)
+        # a ``/slow`` request starts a graceful shutdown: GOAWAY (last stream: that one), which it finishes
+        self.goaway_on_slow = goaway_on_slow
         self.server: asyncio.AbstractServer | None = None
         self.connections = 0
         self.requests: list[dict] = []
         self.resets_seen = 0
+        self.data_sent = 0  # response body bytes handed to h2 (all streams)
         self.url = ""
 
     async def __aenter__(self) -> H2Server:
@@ -48,6 +53,11 @@ class H2Server:
     async def __aexit__(self, *exc) -> None:
         self.server.close()
         await self.server.wait_closed()
+
+
+@functools.lru_cache(maxsize=8)
+def _big(size: int) -> bytes:
+    return bytes(i % 251 for i in range(size))
 
 
 class _H2ServerProtocol(asyncio.Protocol):
@@ -87,6 +97,10 @@ class _H2ServerProtocol(asyncio.Protocol):
                 self.heads[ev.stream_id] = head
                 self.bodies[ev.stream_id] = []
                 self.owner.requests.append(head)
+                if head[b":path"] == b"/continue":
+                    self.conn.send_headers(ev.stream_id, [(b":status", b"100")])
+                if head[b":path"] == b"/early":  # the response head at once, the rest after the request
+                    self.conn.send_headers(ev.stream_id, [(b":status", b"200")])
                 if ev.stream_ended is not None:
                     self._answer(ev.stream_id)
             elif isinstance(ev, h2.events.DataReceived):
@@ -118,6 +132,10 @@ class _H2ServerProtocol(asyncio.Protocol):
             self.pending[sid] = (b"", None)
             return
         if path == b"/slow":
+            if self.owner.goaway_on_slow:  # written here: h2 would send nothing more after its own
+                self.transport.write(self.conn.data_to_send())
+                self.transport.write(b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + struct.pack(">II", sid, 0))
+
             def later() -> None:
                 if self.transport.is_closing():
                     return
@@ -131,9 +149,13 @@ class _H2ServerProtocol(asyncio.Protocol):
         if path == b"/reset":
             self.conn.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
             return
+        if path == b"/early":
+            self.pending[sid] = (body, [(b"grpc-status", b"0")])
+            self._pump(sid)
+            return
         if path.startswith(b"/big"):
             size = int(path.split(b"=")[1])
-            data = bytes(i % 251 for i in range(size))
+            data = _big(size)
             self.conn.send_headers(sid, [(b":status", b"200"), (b"content-length", b"%d" % size)])
             self.pending[sid] = (data, None)
         else:
@@ -159,6 +181,7 @@ class _H2ServerProtocol(asyncio.Protocol):
                 self.pending[sid] = (data, trailers)
                 return
             self.conn.send_data(sid, data[:window])
+            self.owner.data_sent += min(window, len(data))
             data = data[window:]
         if trailers:
             self.conn.send_headers(sid, trailers, end_stream=True)
@@ -175,6 +198,9 @@ class H2Client:
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
         self.results: dict[int, dict] = {}
         self.pending_body: dict[int, bytes] = {}
+        self.buf = bytearray()
+        # in order: ("goaway", last stream id) and ("status", stream id, :status of the response)
+        self.log: list[tuple] = []
 
     @classmethod
     async def connect(cls, port: int) -> H2Client:
@@ -185,17 +211,32 @@ class H2Client:
         return client
 
     def start(self, path: str, method: str = "POST", body: bytes = b"", authority: str = "svc.ns.lightmesh",
-              headers: list | None = None) -> int:
+              headers: list | None = None, more: bool = False) -> int:
+        """Open a stream; ``more``: the request stays open after ``body`` (see ``send``)."""
         sid = self.conn.get_next_available_stream_id()
         head = [(b":method", method.encode()), (b":scheme", b"http"), (b":authority", authority.encode()),
                 (b":path", path.encode()), (b"te", b"trailers"), (b"content-type", b"application/grpc")]
+        if more:
+            self.conn.send_headers(sid, head + (headers or []))
+            self.results[sid] = {"headers": None, "data": [], "trailers": None, "ended": False, "reset": None,
+                                 "info": []}
+            if body:
+                self.conn.send_data(sid, body)
+            self.writer.write(self.conn.data_to_send())
+            return sid
         self.conn.send_headers(sid, head + (headers or []), end_stream=not body)
-        self.results[sid] = {"headers": None, "data": [], "trailers": None, "ended": False, "reset": None}
+        self.results[sid] = {"headers": None, "data": [], "trailers": None, "ended": False, "reset": None,
+                             "info": []}
         if body:
             self.pending_body[sid] = body
             self._pump()
         self.writer.write(self.conn.data_to_send())
         return sid
+
+    def send(self, sid: int, data: bytes, end: bool = False) -> None:
+        """More of an open request's body (small: within the stream's window)."""
+        self.conn.send_data(sid, data, end_stream=end)
+        self.writer.write(self.conn.data_to_send())
 
     def reset(self, sid: int) -> None:
         self.pending_body.pop(sid, None)
@@ -223,29 +264,62 @@ class H2Client:
             self.conn.end_stream(sid)
 
     async def wait(self, sids: list[int], timeout: float = 10.0) -> list[dict]:
+        await self.until(lambda: all(self.results[s]["ended"] or self.results[s]["reset"] is not None
+                                     for s in sids), timeout)
+        return [self.results[s] | {"body": b"".join(self.results[s]["data"])} for s in sids]
+
+    async def until(self, done, timeout: float = 10.0) -> None:
+        """Read and handle what the proxy sends until ``done()`` (TimeoutError after ``timeout``)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while not all(self.results[s]["ended"] or self.results[s]["reset"] is not None for s in sids):
+        while not done():
             data = await asyncio.wait_for(self.reader.read(65536), max(0.01, deadline - loop.time()))
             if not data:
                 raise ConnectionError("the proxy closed the connection")
-            for ev in self.conn.receive_data(data):
-                r = self.results.get(getattr(ev, "stream_id", 0))
-                if isinstance(ev, h2.events.ResponseReceived):
-                    r["headers"] = dict(ev.headers)
-                elif isinstance(ev, h2.events.DataReceived):
-                    r["data"].append(ev.data)
-                    self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-                elif isinstance(ev, h2.events.TrailersReceived):
-                    r["trailers"] = dict(ev.headers)
-                elif isinstance(ev, h2.events.StreamEnded) and r is not None:
-                    r["ended"] = True
-                elif isinstance(ev, h2.events.StreamReset) and r is not None:
-                    r["reset"] = ev.error_code
-                elif isinstance(ev, h2.events.WindowUpdated):
-                    self._pump()
-            self.writer.write(self.conn.data_to_send())
-        return [self.results[s] | {"body": b"".join(self.results[s]["data"])} for s in sids]
+            self.received(data)
+
+    def received(self, data: bytes) -> None:
+        """Handle bytes from the proxy (responses, data, trailers, resets, window updates). GOAWAY
+        frames are only noted in ``log``: h2 would take nothing more after one, while a draining
+        proxy still finishes the streams in flight (as real clients let it)."""
+        self.buf += data
+        chunk = bytearray()
+        while len(self.buf) >= 9:
+            end = 9 + int.from_bytes(self.buf[:3], "big")
+            if len(self.buf) < end:
+                break
+            frame = bytes(self.buf[:end])
+            del self.buf[:end]
+            if frame[3] == 7:  # GOAWAY
+                self._events(bytes(chunk))
+                chunk.clear()
+                self.log.append(("goaway", int.from_bytes(frame[9:13], "big") & 0x7FFFFFFF))
+            else:
+                chunk += frame
+        self._events(bytes(chunk))
+
+    def _events(self, data: bytes) -> None:
+        if not data:
+            return
+        for ev in self.conn.receive_data(data):
+            r = self.results.get(getattr(ev, "stream_id", 0))
+            if isinstance(ev, h2.events.ResponseReceived):
+                r["headers"] = dict(ev.headers)
+                self.log.append(("status", ev.stream_id, r["headers"][b":status"]))
+            elif isinstance(ev, h2.events.InformationalResponseReceived):
+                r["info"].append(dict(ev.headers))
+            elif isinstance(ev, h2.events.DataReceived):
+                r["data"].append(ev.data)
+                self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, h2.events.TrailersReceived):
+                r["trailers"] = dict(ev.headers)
+            elif isinstance(ev, h2.events.StreamEnded) and r is not None:
+                r["ended"] = True
+            elif isinstance(ev, h2.events.StreamReset) and r is not None:
+                r["reset"] = ev.error_code
+            elif isinstance(ev, h2.events.WindowUpdated):
+                self._pump()
+        self.writer.write(self.conn.data_to_send())
 
     async def close(self) -> None:
         self.writer.close()

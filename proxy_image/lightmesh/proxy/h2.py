@@ -12,28 +12,42 @@ request on a connection of its own (:class:`H1Upstream`), so an HTTP/2 client re
 service. HTTP/1.1 clients of an ``h2c`` service are relayed over HTTP/1.1 (not translated).
 
 Relayed as they come: request and response headers (hop-by-hop fields removed,
-``X-Forwarded-For``/``-Proto``/``-Host`` as on HTTP/1.1), DATA frames, trailers (gRPC's
-``grpc-status`` travels in them), stream resets both ways. Flow control is end to end: received
-DATA is acknowledged to its sender only once it was handed to the other side, so a slow reader
-holds back its writer within HTTP/2's windows and memory stays bounded.
+``X-Forwarded-For``/``-Proto``/``-Host`` as on HTTP/1.1), informational (1xx) responses, DATA
+frames, trailers (gRPC's ``grpc-status`` travels in them), stream resets both ways. Flow control is
+end to end per stream: received DATA is acknowledged on its stream only once it was handed to the
+other side, so a slow reader holds back its writer within the stream's window and memory stays
+bounded (see :class:`_Side` for why the connection window is not part of that).
+
+Malformed requests (RFC 9113 §8.1.1: bad field names or values, connection-specific fields, missing
+or misplaced pseudo-headers, ``Host`` differing from ``:authority``, a body that does not match its
+``Content-Length``) are stream errors: the stream is reset with PROTOCOL_ERROR (counted as a 400) and
+nothing more of it is forwarded; the connection's other streams go on. h2 checks the rest of the
+protocol; its own header checks are off on the client side because they end the whole connection.
 
 Retry: a stream whose server could not be reached, or whose connection failed or refused the
 stream before any response header, is tried on the next server when the route has a retry
 middleware and the whole request body is at hand (up to ``max_replay_bytes``). Request timeout:
-no response head in time → 504. Drain (SIGTERM): new streams are refused with REFUSED_STREAM
-(never processed: the client retries them elsewhere), the ones in flight finish, then GOAWAY. Each
-stream's receive window stays at HTTP/2's default 64 KiB, which bounds what one stream can make the
-proxy hold; the connection windows are 16 MiB, so streams waiting for one slow reader cannot stall
-the others sharing their connection. Every stream is counted in the request metrics like an HTTP/1.1
-request; circuit breakers record its outcome. Not here: HTTP/2 over TLS, server push (disabled),
-h2c upgrade from HTTP/1.1 (``Upgrade: h2c`` is dropped as a hop-by-hop header). With a tracer,
-each stream that passed the middlewares gets a span, as an HTTP/1.1 request does.
+no response head in time → 504; without a request-timeout middleware, ``response_timeout`` (if
+set) from the end of the request to the response head → 504, as on HTTP/1.1. ``body_timeout``: a
+stream whose client sends no request DATA for that long while it could (its window is open) gets
+408, or a reset once its response began; the server's stream is reset. One lazily re-armed timer
+per connection watches all its streams' bodies. Drain (SIGTERM): a connection with streams in flight
+is sent GOAWAY at once (its last stream id: clients open new streams elsewhere, gRPC without an
+error), streams opened anyway are refused with REFUSED_STREAM (never processed: the client retries
+them), the ones in flight finish, then a final GOAWAY and close. Each stream's receive window stays
+at HTTP/2's default 64 KiB, which bounds what one stream can make the proxy hold. Every stream is
+counted in the request metrics like an HTTP/1.1 request, and access-logged like one with
+``--access-log``; circuit breakers record its outcome. Not here: HTTP/2 over TLS, server push
+(disabled), h2c upgrade from HTTP/1.1 (``Upgrade: h2c`` is dropped as a hop-by-hop header). With a
+tracer, each stream that passed the middlewares gets a span, as an HTTP/1.1 request does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import struct
 from time import perf_counter
 from typing import Any
 
@@ -49,12 +63,10 @@ from lightmesh.proxy.routing import Server, split_host
 
 _H1_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te",
                      b"trailer"))
-# Our receive window per connection (both sides). Data is acknowledged only once handed on, so a
-# stream whose reader is slow holds its share of the connection window: with HTTP/2's default
-# 64 KiB for the whole connection, one slow client would stall every stream of the server connection
-# it shares with the others. Each stream keeps the default 64 KiB window, which bounds what it can
-# make us hold; the connection window only has to cover many such streams at once.
+# Our receive window per connection (both sides). It is given back as data arrives (see _Side), so
+# it never holds back a stream; its size only sets how often we send a connection WINDOW_UPDATE.
 CONNECTION_WINDOW = 16 * 1024 * 1024
+_REFILL = CONNECTION_WINDOW // 4  # connection credit owed before it is given back in one WINDOW_UPDATE
 _H1_READ_AHEAD = 256 * 1024  # response bytes an HTTP/1.1 server may have us hold for a slow HTTP/2 client
 
 __all__ = ["PREFACE", "H2Downstream", "H2Upstream", "looks_like_h2"]
@@ -67,6 +79,64 @@ _HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-
 _FORWARDED = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"))
 UNROUTED = "unrouted"
 
+# Request checks h2 would make a connection error (RFC 9113 §8.2.1, §8.2.2, §8.3.1): made per stream.
+_BAD_NAME = re.compile(rb"[\x00-\x20A-Z\x7f-\xff]")  # and a colon only starts a pseudo-header
+_BAD_VALUE = re.compile(rb"[\x00\r\n]")  # and no space or tab at either end
+_REQUEST_PSEUDO = frozenset((b":method", b":scheme", b":authority", b":path"))
+_CONNECTION_SPECIFIC = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
+                                  b"upgrade"))
+
+
+def _check_fields(headers: list, trailers: bool) -> tuple[str | None, int, dict[bytes, bytes]]:
+    """A request's header block (or trailer block) as RFC 9113 wants it (§8.2.1 field names and
+    values, §8.2.2 no connection-specific fields, §8.3 pseudo-headers, §8.3.1 Host = ``:authority``):
+    (why it is malformed or None, its Content-Length or -1, its pseudo-headers)."""
+    pseudo: dict[bytes, bytes] = {}
+    regular = trailers  # pseudo-headers come before the regular fields, and never in trailers
+    host = None
+    length = -1
+    for name, value in headers:
+        if not name or _BAD_NAME.search(name) is not None or name.find(b":", 1) >= 0:
+            return "field name", -1, pseudo
+        if value and (_BAD_VALUE.search(value) is not None or value[0] in (32, 9) or value[-1] in (32, 9)):
+            return "field value", -1, pseudo
+        if name[0] == 58:  # ':'
+            if regular or name not in _REQUEST_PSEUDO or name in pseudo:
+                return "pseudo-header", -1, pseudo
+            pseudo[name] = value
+            continue
+        regular = True
+        if name in _CONNECTION_SPECIFIC:
+            return "connection-specific field", -1, pseudo
+        if name == b"te" and value.lower() != b"trailers":
+            return "te", -1, pseudo
+        if trailers:
+            continue
+        if name == b"host":
+            if host is not None:
+                return "two host fields", -1, pseudo
+            host = value
+        elif name == b"content-length":
+            if not value.isdigit() or (length >= 0 and int(value) != length):
+                return "content-length", -1, pseudo
+            length = int(value)
+    if trailers:
+        return None, -1, pseudo
+    method = pseudo.get(b":method")
+    if not method:
+        return "no :method", -1, pseudo
+    if method == b"CONNECT":
+        if b":scheme" in pseudo or b":path" in pseudo:
+            return "CONNECT with :scheme or :path", -1, pseudo
+    elif not pseudo.get(b":path") or b":scheme" not in pseudo:
+        return "no :path or :scheme", -1, pseudo
+    authority = pseudo.get(b":authority")
+    if authority is None and host is None:
+        return "no :authority or host", -1, pseudo
+    if authority is not None and host is not None and authority != host:
+        return "host differs from :authority", -1, pseudo
+    return None, length, pseudo
+
 
 def looks_like_h2(data: bytes) -> bool:
     """The first read of a connection starts the HTTP/2 preface (it may be cut short)."""
@@ -75,21 +145,65 @@ def looks_like_h2(data: bytes) -> bool:
 
 
 def _config(client_side: bool) -> h2.config.H2Configuration:
-    # Inbound headers are validated (hostile clients; servers that break the protocol); what goes
-    # out is built from those and from lower-case names of ours, so checking it again is wasted work
-    # (it was ~15% of the CPU per relayed stream).
+    # Inbound headers are validated: by h2 on the server side (servers that break the protocol), by
+    # H2Downstream per stream on the client side (h2's checks would end the whole connection, RFC
+    # 9113 §8.1.1 wants a stream error). What goes out is built from those and from lower-case names
+    # of ours, so checking it again is wasted work (it was ~15% of the CPU per relayed stream).
     return h2.config.H2Configuration(client_side=client_side, header_encoding=None,
-                                     validate_inbound_headers=True, normalize_inbound_headers=True,
+                                     validate_inbound_headers=client_side, normalize_inbound_headers=True,
                                      validate_outbound_headers=False, normalize_outbound_headers=False)
+
+
+def _unchecked(*_args: Any) -> None:
+    return None
+
+
+class _ClientFacing(h2.connection.H2Connection):
+    """h2's server side without its Content-Length bookkeeping, which raises a connection error for a
+    request body that does not match (RFC 9113 §8.1.1 wants a stream error): H2Downstream checks it
+    per stream, before forwarding any byte beyond it. (h2 is pinned; these are its 4.4 internals.)"""
+
+    def _begin_new_stream(self, stream_id: int, allowed_ids: Any) -> Any:
+        stream = super()._begin_new_stream(stream_id, allowed_ids)
+        stream._initialize_content_length = _unchecked
+        stream._track_content_length = _unchecked
+        return stream
+
+
+class _ServerFacing(h2.connection.H2Connection):
+    """h2's client side, except that a GOAWAY from the server leaves the connection open for the
+    streams the server still finishes (up to the GOAWAY's last stream id: a graceful shutdown, RFC
+    9113 §6.8). h2 4.4 would refuse every later frame, failing those streams. H2Upstream opens no
+    new stream on it and closes it after its last one."""
+
+    def _receive_goaway_frame(self, frame: Any) -> tuple[list, list]:
+        event = h2.events.ConnectionTerminated()
+        try:
+            event.error_code = h2.errors.ErrorCodes(frame.error_code)
+        except ValueError:
+            event.error_code = frame.error_code
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
 
 
 class _Side:
     """What both ends of a relay share: an h2 connection on a transport (``flush`` writes what h2
     produced, once per event-loop callback), and the per-stream queues of frames waiting for
-    flow-control window."""
+    flow-control window.
+
+    Flow control: a stream's credit goes back to its sender (``acknowledge``) only once its data was
+    handed to the other side, so one slow reader holds back its own writer, by at most the stream's
+    64 KiB window. Connection credit is not tied to that: it goes back as data arrives (``refill``,
+    after each read, in one WINDOW_UPDATE once a quarter of the window is owed). Were it given back
+    with the stream credit, the streams of one client that stops reading (some 256 of them) would
+    use up the 16 MiB connection window of the server connection it shares with other clients, and
+    stall them all. What a slow reader can make us hold stays bounded by its streams' windows (its
+    concurrent-stream limit × 64 KiB). h2 also gives connection credit back as streams acknowledge
+    data, up to the same full window: the two never credit more than was received."""
 
     def __init__(self, client_side: bool) -> None:
-        self.conn = h2.connection.H2Connection(config=_config(client_side))
+        self.conn = (_ServerFacing if client_side else _ClientFacing)(config=_config(client_side))
         self.transport: asyncio.Transport | None = None
         # stream id → [(kind "headers"/"data", payload, end_stream, credit, acked)]: ``acked(credit)``
         # gives the sender its flow-control credit back once the frame went out (or was dropped)
@@ -100,6 +214,16 @@ class _Side:
         data = self.conn.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+
+    def refill(self) -> None:
+        """Give the peer back the connection credit of what it sent (see the class docstring)."""
+        conn = self.conn
+        owed = CONNECTION_WINDOW - conn.inbound_flow_control_window
+        if owed >= _REFILL:
+            try:
+                conn.increment_flow_control_window(owed)
+            except h2.exceptions.ProtocolError:
+                pass  # the connection is closing
 
     def queue(self, stream_id: int, kind: str, payload: Any, end: bool, ack: int, acked) -> None:
         """Send a frame now, or when the window allows; ``acked(ack)`` once it was sent."""
@@ -164,12 +288,29 @@ class _Side:
             pass
 
 
+# The methods HTTP/1.1's parser (llhttp) accepts. A method label outside them would let an HTTP/2
+# client, which may send any token, create metric series without bound; those count as "_OTHER"
+# (OpenTelemetry's convention, used for the span attribute too).
+_SERIES_METHODS = frozenset((
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "PURGE", "QUERY",
+    "COPY", "LOCK", "MKCOL", "MOVE", "PROPFIND", "PROPPATCH", "SEARCH", "UNLOCK", "BIND", "REBIND", "UNBIND",
+    "ACL", "REPORT", "MKACTIVITY", "CHECKOUT", "MERGE", "M-SEARCH", "NOTIFY", "SUBSCRIBE", "UNSUBSCRIBE",
+    "MKCALENDAR", "LINK", "UNLINK", "SOURCE"))
+
+
+def _series_method(method: str | None) -> str:
+    if not method:
+        return "-"
+    return method if method in _SERIES_METHODS else "_OTHER"
+
+
 class _Stream:
     """One client stream and its relay to a server."""
 
     __slots__ = ("down_id", "method", "mstr", "headers", "authority", "path", "start", "route",
                  "service", "server", "up", "up_id", "tried", "retries_left", "retries", "body", "body_bytes",
-                 "req_done", "replayable", "status", "responded", "timer", "done", "span", "reopened")
+                 "req_done", "replayable", "status", "responded", "timer", "done", "span", "reopened", "cl",
+                 "last_in")
 
     def __init__(self, down_id: int) -> None:
         self.down_id = down_id
@@ -195,6 +336,8 @@ class _Stream:
         self.done = False
         self.span = None  # tracing: a RequestSpan once the stream passed the middlewares
         self.reopened = 0  # times a server refused the stream unprocessed (REFUSED_STREAM, GOAWAY)
+        self.cl = -1  # request body bytes its Content-Length still announces (-1: no Content-Length)
+        self.last_in = 0.0  # loop time of the last request DATA (body_timeout)
 
 
 class H2Downstream(asyncio.Protocol):
@@ -213,7 +356,9 @@ class H2Downstream(asyncio.Protocol):
         self.acl_plane = None
         self.streams: dict[int, _Stream] = {}
         self.idle_timer: asyncio.TimerHandle | None = None
-        self.goaway_sent = False
+        self.body_timer: asyncio.TimerHandle | None = None  # body_timeout, for all streams (see _bodies_due)
+        self.goaway_sent = False  # the final GOAWAY (h2's: nothing more goes out after it)
+        self.drain_last = -1  # stream id in the GOAWAY that announced a drain (ours), or -1
 
     # ------------------------------------------------------------------ connection
 
@@ -239,6 +384,9 @@ class H2Downstream(asyncio.Protocol):
         self.metrics.connection_closed("http")
         if self.idle_timer is not None:
             self.idle_timer.cancel()
+        if self.body_timer is not None:
+            self.body_timer.cancel()
+            self.body_timer = None
         for st in list(self.streams.values()):
             self._abandon(st)
         self.streams.clear()
@@ -253,13 +401,27 @@ class H2Downstream(asyncio.Protocol):
         return None
 
     def is_idle(self) -> bool:
+        if self.streams and self.drain_last < 0 and self.options.connections.draining:
+            self._announce_drain()  # ConnectionSet.drain asks this of every connection as it starts
         return not self.streams
+
+    def _announce_drain(self) -> None:
+        """GOAWAY now, with the last stream id we took: the client opens no more streams here (gRPC
+        moves new calls to a new connection without an error) and the ones in flight go on. h2
+        sends nothing more once it sent a GOAWAY, so this one is written here, after what h2 has
+        queued; h2's own GOAWAY (same last stream id) ends the connection in ``close``."""
+        transport = self.side.transport
+        if transport is None or transport.is_closing() or self.goaway_sent:
+            return
+        self.drain_last = last = self.side.conn.highest_inbound_stream_id
+        self.side.flush()
+        transport.write(b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + struct.pack(">II", last, 0))  # GOAWAY NO_ERROR
 
     def close(self) -> None:
         if self.side.transport is not None and not self.side.transport.is_closing():
             if not self.goaway_sent:
                 self.goaway_sent = True
-                self.side.conn.close_connection()
+                self.side.conn.close_connection(last_stream_id=self.drain_last if self.drain_last >= 0 else None)
             self.side.flush()
             self.side.transport.close()
 
@@ -296,7 +458,7 @@ class H2Downstream(asyncio.Protocol):
             elif isinstance(ev, h2.events.DataReceived):
                 self._data(ev.stream_id, "data", ev.data, ev.stream_ended is not None, ev.flow_controlled_length)
             elif isinstance(ev, h2.events.TrailersReceived):
-                self._data(ev.stream_id, "headers", self._fields(ev.headers), True, 0)
+                self._trailers(ev.stream_id, ev.headers)
             elif isinstance(ev, h2.events.StreamReset):
                 st = self.streams.pop(ev.stream_id, None)
                 if st is not None:
@@ -306,6 +468,7 @@ class H2Downstream(asyncio.Protocol):
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 if self.side.transport is not None:
                     self.side.transport.close()
+        self.side.refill()
         self.side.flush()
 
     @staticmethod
@@ -315,21 +478,26 @@ class H2Downstream(asyncio.Protocol):
     def _request(self, stream_id: int, headers: list, ended: bool) -> None:
         if self.options.connections.draining:
             # shutting down: no new streams here (REFUSED_STREAM: never processed, the client may
-            # retry it elsewhere); the ones in flight finish, then GOAWAY and close (h2 sends nothing
-            # more on any stream once it sent GOAWAY, so that waits for the last one)
+            # retry it elsewhere; it was told so by the GOAWAY of _announce_drain); the ones in flight
+            # finish, then the final GOAWAY and close
             self.side.reset(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         st = _Stream(stream_id)
         self.streams[stream_id] = st
-        pseudo = {n: v for n, v in headers if n[:1] == b":"}
+        reason, st.cl, pseudo = _check_fields(headers, False)
         method = pseudo.get(b":method", b"")
         st.method = method
         st.mstr = method.decode("latin-1")
         st.path = pseudo.get(b":path", b"/")
         host_header = next((v for n, v in headers if n == b"host"), None)
         st.authority = pseudo.get(b":authority") or host_header or b""
-        st.headers = [(n, v) for n, v in headers if n[:1] != b":"]
         st.req_done = ended
+        if reason is None and ended and st.cl > 0:
+            reason = "content-length"
+        if reason is not None:
+            self._malformed(st, reason)
+            return
+        st.headers = [(n, v) for n, v in headers if n[:1] != b":"]
         if method == b"CONNECT":
             self._local(st, 405)
             return
@@ -353,12 +521,18 @@ class H2Downstream(asyncio.Protocol):
         st.retries_left = route.retries
         if route.timeout is not None:
             st.timer = self.loop.call_later(route.timeout, self._timed_out, st)
+        elif ended and self.options.response_timeout:
+            st.timer = self.loop.call_later(self.options.response_timeout, self._timed_out, st)
+        if not ended and self.options.body_timeout > 0:
+            st.last_in = self.loop.time()
+            if self.body_timer is None:
+                self.body_timer = self.loop.call_at(st.last_in + self.options.body_timeout, self._bodies_due)
         tracer = self.options.tracer
         if tracer is not None:
             tp = next((v for n, v in st.headers if n == b"traceparent"), None)
             q = st.path.find(b"?")
             try:
-                st.span = tracer.start(tp, route.name, svc, st.mstr, split_host(st.authority),
+                st.span = tracer.start(tp, route.name, svc, _series_method(st.mstr), split_host(st.authority),
                                        st.path if q < 0 else st.path[:q])
             except Exception:  # tracing is an add-on: never the reason a stream fails
                 _log.exception("starting a trace span failed")
@@ -368,14 +542,36 @@ class H2Downstream(asyncio.Protocol):
         from lightmesh.proxy.http import run_checks
         return run_checks(self, checks, plane, svc)
 
+    def _trailers(self, stream_id: int, headers: list) -> None:
+        st = self.streams.get(stream_id)
+        if st is None or st.done or st.route is None:
+            return
+        reason = _check_fields(headers, True)[0]
+        if reason is None and st.cl > 0:
+            reason = "content-length"
+        if reason is not None:
+            self._malformed(st, reason)
+            return
+        self._data(stream_id, "headers", self._fields(headers), True, 0)
+
     def _data(self, stream_id: int, kind: str, payload: Any, end: bool, flow: int) -> None:
         st = self.streams.get(stream_id)
         if st is None or st.done or st.route is None:
             if flow:
                 self.side.acknowledge(stream_id, flow)  # nobody wants it: consumed
             return
+        if st.cl >= 0 and kind == "data":
+            st.cl -= len(payload)
+            if st.cl < 0 or (end and st.cl):
+                self.side.acknowledge(stream_id, flow)
+                self._malformed(st, "content-length")  # nothing beyond the announced length goes on
+                return
         if end:
             st.req_done = True
+            if st.timer is None and self.options.response_timeout and not st.responded and st.route.timeout is None:
+                st.timer = self.loop.call_later(self.options.response_timeout, self._timed_out, st)
+        elif self.body_timer is not None:
+            st.last_in = self.loop.time()
         item = [kind, payload, end, flow]
         if st.replayable:
             st.body.append(item)
@@ -469,27 +665,83 @@ class H2Downstream(asyncio.Protocol):
         self.side.flush()
 
     def _timed_out(self, st: _Stream) -> None:
+        """request_timeout or response_timeout: no response head in time."""
         st.timer = None
         if st.done or st.responded:
             return
         self.metrics.upstream_error(st.service, "timeout")
-        if st.up is not None and st.up_id:
-            st.up.cancel(st)
+        if st.up is not None:
+            st.up.cancel(st)  # also a stream still waiting for its server connection
         self._local(st, 504)
         self.side.flush()
+
+    def _bodies_due(self) -> None:
+        """body_timeout: streams whose client sent no request DATA for that long although its window
+        was open get 408; the server's stream is reset. A stream whose response has begun is
+        exempt: a gRPC bidi or client-streaming call whose client is quiet for a while is normal,
+        and once the server answers, the server decides when the exchange ends. The timer is
+        re-armed for the next stream due, while any stream's request is incomplete."""
+        self.body_timer = None
+        now = self.loop.time()
+        limit = self.options.body_timeout
+        conn = self.side.conn
+        nxt = 0.0
+        for st in list(self.streams.values()):
+            if st.req_done or st.done or st.route is None or st.responded:
+                continue
+            due = st.last_in + limit
+            if due <= now:
+                try:
+                    blocked = conn.remote_flow_control_window(st.down_id) <= 0
+                except (h2.exceptions.StreamClosedError, h2.exceptions.NoSuchStreamError, KeyError):
+                    blocked = False
+                if blocked:  # held back by us (its server reads slowly): not the client's delay
+                    st.last_in = now
+                    due = now + limit
+                else:
+                    self._body_timed_out(st)
+                    continue
+            if not nxt or due < nxt:
+                nxt = due
+        if nxt:
+            self.body_timer = self.loop.call_at(nxt, self._bodies_due)
+        self.side.flush()
+
+    def _body_timed_out(self, st: _Stream) -> None:
+        if st.up is not None:
+            st.up.cancel(st)
+        if st.responded:
+            self.side.reset(st.down_id, h2.errors.ErrorCodes.CANCEL)
+            self._finish(st, st.status)
+        else:
+            self._local(st, 408)
+
+    def _malformed(self, st: _Stream, reason: str) -> None:
+        """RFC 9113 §8.1.1: a malformed request is a stream error (PROTOCOL_ERROR); nothing more of
+        it is forwarded and the connection's other streams go on. Counted as a 400."""
+        _log.debug("malformed HTTP/2 request from %s (%s): stream %d reset", self.peer, reason, st.down_id)
+        if st.up is not None:
+            st.up.cancel(st)
+        self.side.reset(st.down_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        self._finish(st, st.status if st.responded else 400, local=True)
 
     # ------------------------------------------------------------------ answering
 
     def _local(self, st: _Stream, status: int, extra: bytes = b"") -> None:
         st.status = status
         st.responded = True
-        headers = [(b":status", b"%d" % status), (b"content-type", b"text/plain")]
+        body = b"%d\n" % status
+        headers = [(b":status", b"%d" % status), (b"content-type", b"text/plain"),
+                   (b"content-length", b"%d" % len(body))]
         for line in extra.split(b"\r\n"):
             name, sep, value = line.partition(b":")
             if sep:
                 headers.append((name.strip().lower(), value.strip()))
-        self.side.queue(st.down_id, "headers", headers, False, 0, None)
-        self.side.queue(st.down_id, "data", b"%d\n" % status, True, 0, None)
+        if st.method == b"HEAD":  # the head of what a GET would get, no body (RFC 9110 §9.3.2)
+            self.side.queue(st.down_id, "headers", headers, True, 0, None)
+        else:
+            self.side.queue(st.down_id, "headers", headers, False, 0, None)
+            self.side.queue(st.down_id, "data", body, True, 0, None)
         if not st.req_done:
             self.side.reset(st.down_id, h2.errors.ErrorCodes.NO_ERROR)  # the rest of the body is not wanted
         self._finish(st, status, local=True)
@@ -519,6 +771,11 @@ class H2Downstream(asyncio.Protocol):
             self._finish(st, st.status)
         self.side.flush()
 
+    def informational(self, st: _Stream, headers: list) -> None:
+        """A 1xx response from the server (100 Continue, 103 Early Hints): relayed as it is."""
+        if not st.done and not st.responded:
+            self.side.queue(st.down_id, "headers", [(n, v) for n, v in headers if n not in _HOP], False, 0, None)
+
     def upstream_reset(self, st: _Stream, code: int) -> None:
         """The server reset the stream after its response began: so does the client's."""
         if st.done:
@@ -538,7 +795,7 @@ class H2Downstream(asyncio.Protocol):
         self.streams.pop(st.down_id, None)
         self.release_body(st)
         seconds = perf_counter() - st.start
-        self.metrics.request(st.service, status, st.mstr or "-", seconds)
+        self.metrics.request(st.service, status, _series_method(st.mstr), seconds)
         if st.route is not None and not local:
             for breaker in st.route.breakers:
                 breaker.record(status, seconds)
@@ -548,6 +805,10 @@ class H2Downstream(asyncio.Protocol):
                 span.end(status, st.retries, st.server.url if st.server is not None else "")
             except Exception:
                 _log.exception("ending a trace span failed")
+        if self.options.access_log:
+            from lightmesh.proxy.http import access_log
+            access_log(self, st.mstr, st.authority, st.path, st.route, st.service, st.server, status, st.retries,
+                       seconds)
         if not self.streams:
             if self.options.connections.draining:
                 self.close()
@@ -556,8 +817,8 @@ class H2Downstream(asyncio.Protocol):
 
     def _abandon(self, st: _Stream) -> None:
         """The client reset the stream or went away."""
-        if st.up is not None and st.up_id:
-            st.up.cancel(st)
+        if st.up is not None:
+            st.up.cancel(st)  # also a stream still waiting for its server connection
         if not st.done:
             self._finish(st, st.status or 499)
 
@@ -799,6 +1060,10 @@ class H2Upstream(asyncio.Protocol):
             elif isinstance(ev, h2.events.RemoteSettingsChanged):
                 if not self.ready:
                     self._settings_arrived()
+            elif isinstance(ev, h2.events.InformationalResponseReceived) and entry is not None:
+                st, down = entry
+                down.informational(st, ev.headers)
+                touched.add(down)
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 # GOAWAY: streams above the last one it processed never ran there
                 self.goaway = True
@@ -813,6 +1078,7 @@ class H2Upstream(asyncio.Protocol):
                     else:
                         self._refused(st, down)
                     touched.add(down)
+        self.side.refill()
         self.side.flush()
         for down in touched:
             down.side.flush()
@@ -837,6 +1103,7 @@ class H1Upstream(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
+        self.hop = _H1_HOP  # fields not relayed: hop-by-hop ones and those the response's Connection names
         self.head_sent = False
         self.chunked = False
         self.held = 0  # response bytes handed to the client side and not yet sent there
@@ -940,14 +1207,22 @@ class H1Upstream(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
-        if status < 200:  # interim: not relayed
+        st = self.st
+        hop = _H1_HOP
+        for name, value in self.headers:
+            if name == b"connection":  # RFC 9110 §7.6.1: the fields it names are hop-by-hop too
+                hop = hop | {t.strip().lower() for t in value.split(b",")}
+        if status < 200:  # interim: relayed as an informational response (101 is not HTTP/2's)
+            if status != 101 and st is not None and not st.done:
+                self.down.informational(st, [(b":status", b"%d" % status)] + [
+                    (n, v) for n, v in self.headers if n not in hop and n != b"host"])
             self.headers = []
             return
-        st = self.st
         if st is None or st.done:
             return
+        self.hop = hop
         names = {n for n, _ in self.headers}
-        head = [(b":status", b"%d" % status)] + [(n, v) for n, v in self.headers if n not in _H1_HOP and n != b"host"]
+        head = [(b":status", b"%d" % status)] + [(n, v) for n, v in self.headers if n not in hop and n != b"host"]
         self.headers = []
         self.head_sent = True
         if st.method == b"HEAD" or status in (204, 304):
@@ -982,7 +1257,7 @@ class H1Upstream(asyncio.Protocol):
         self.done = True
         st = self.st
         if st is not None and not st.done:
-            trailers = [(n, v) for n, v in self.headers if n not in _H1_HOP]  # llhttp: fields after the body
+            trailers = [(n, v) for n, v in self.headers if n not in self.hop]  # llhttp: fields after the body
             if trailers:
                 self.down.response(st, "headers", trailers, True, 0, None)
             else:

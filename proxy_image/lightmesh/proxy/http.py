@@ -284,6 +284,18 @@ def run_checks(conn: Any, checks: tuple, plane: Any, svc: str) -> tuple[int, byt
     return None
 
 
+def access_log(conn: Any, method: str, host: bytes, path: bytes, route: Route | None, service: str,
+               server: Server | None, status: int, retries: int, seconds: float) -> None:
+    """``--access-log``: one JSON line for a request (an HTTP/1.1 exchange or an HTTP/2 stream) that
+    ``conn`` (its ``peer``, ``ep``, ``options``) answered."""
+    conn.options.logger.info(json.dumps({
+        "time": time.time(), "client": conn.peer, "entry_point": conn.ep, "method": method,
+        "host": host.decode("latin-1"), "path": path.decode("latin-1"),
+        "router": route.name if route is not None else None, "service": service,
+        "upstream": server.url if server is not None else None, "status": status,
+        "retries": retries, "duration_ms": round(seconds * 1000.0, 3)}))
+
+
 def _tokens(value: bytes) -> list[bytes]:
     return [t.strip().lower() for t in value.split(b",") if t.strip()]
 
@@ -1156,12 +1168,7 @@ class ClientProtocol(asyncio.Protocol):
             self._access_log(ex, status, seconds)
 
     def _access_log(self, ex: Exchange, status: int, seconds: float) -> None:
-        self.options.logger.info(json.dumps({
-            "time": time.time(), "client": self.peer, "entry_point": self.ep, "method": ex.mstr,
-            "host": ex.host.decode("latin-1"), "path": ex.url.decode("latin-1"),
-            "router": ex.route.name if ex.route is not None else None, "service": ex.service,
-            "upstream": ex.server.url if ex.server is not None else None, "status": status,
-            "retries": ex.retries, "duration_ms": round(seconds * 1000.0, 3)}))
+        access_log(self, ex.mstr, ex.host, ex.url, ex.route, ex.service, ex.server, status, ex.retries, seconds)
 
     # ------------------------------------------------------------------ forwarding
 

@@ -1,0 +1,389 @@
+"""HTTP/2 streams through the proxy, one rule each: a client that stops reading holds back only its
+own streams; local answers to HEAD carry no body; streams given up while their server connection
+waits for SETTINGS never reach the server; streams are access-logged like HTTP/1.1 requests; the
+HTTP/1.1 translation drops the fields a server names in ``Connection``; a malformed request resets
+its own stream, not the connection; ``response_timeout``/``body_timeout`` apply per stream; 1xx
+responses are relayed; a drain announces itself with GOAWAY at once. Real h2 peers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import pytest
+
+from lightmesh.proxy.http import HTTPOptions
+
+from .backends import Backend, ProxyUnderTest, ScriptedUpstream, on_uvloop, request, simple_config
+from .test_h2c import H2Client, H2Server
+
+
+async def _eventually(check, timeout: float = 5.0) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+# --------------------------------------------------------------------------- flow control
+
+
+@on_uvloop
+async def test_a_client_that_stops_reading_stalls_only_its_own_streams():
+    from lightmesh.proxy.h2 import CONNECTION_WINDOW
+
+    streams = 300  # × 64 KiB stream windows: more than the upstream connection window
+    assert streams * 65535 > CONNECTION_WINDOW
+    async with H2Server(max_streams=1000) as up, ProxyUnderTest(simple_config([up.url])) as p:
+        stuck = await H2Client.connect(p.port)
+        for _ in range(streams):
+            stuck.start("/big?size=100000", method="GET")  # and never read
+        assert await _eventually(lambda: up.data_sent >= CONNECTION_WINDOW - 65535, 20)
+        await asyncio.sleep(0.2)
+        other = await H2Client.connect(p.port)
+        (echo,) = await other.wait([other.start("/echo", body=b"not stuck")], timeout=5)
+        (big,) = await other.wait([other.start("/big?size=200000", method="GET")], timeout=5)
+        assert echo["body"] == b"not stuck" and len(big["body"]) == 200000
+        assert up.connections == 1  # the same server connection as the stuck streams
+        # the stuck streams are still held back by their own windows (memory stays bounded)
+        assert up.data_sent < streams * 100000
+        await other.close()
+        await stuck.close()
+
+
+# --------------------------------------------------------------------------- local answers
+
+
+@on_uvloop
+async def test_local_answers_to_head_have_no_body():
+    mws = [{"type": "deny", "name": "deny", "status_code": 403}]
+    async with H2Server() as up:
+        cfg = simple_config([up.url], middlewares=mws, routers=[
+            {"name": "d", "service": "svc", "middlewares": ["deny"], "match": {"hosts": ["deny.example"]}}])
+        async with ProxyUnderTest(cfg) as p:
+            c = await H2Client.connect(p.port)
+            unrouted, denied, get = await c.wait([c.start("/", method="HEAD", authority="nobody.example"),
+                                                  c.start("/", method="HEAD", authority="deny.example"),
+                                                  c.start("/", method="GET", authority="nobody.example")])
+            for r, status in ((unrouted, b"404"), (denied, b"403")):
+                assert r["headers"][b":status"] == status and r["ended"] and r["reset"] is None
+                assert r["body"] == b"" and r["headers"][b"content-length"] == b"4"
+            assert get["body"] == b"404\n" and get["headers"][b"content-length"] == b"4"
+            await c.close()
+            assert p.metrics.requests[("unrouted", "404", "HEAD")] == 1
+
+
+# --------------------------------------------------------------------------- given up while waiting
+
+
+class _LateSettingsServer:
+    """An h2c server that sends its SETTINGS (and reads requests) only after ``delay`` seconds, then
+    answers every request 200 and records its path."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.paths: list[bytes] = []
+        self.server = None
+        self.url = ""
+
+    async def __aenter__(self):
+        loop = asyncio.get_running_loop()
+        owner = self
+
+        class Proto(asyncio.Protocol):
+            def connection_made(self, transport) -> None:
+                self.transport = transport
+                self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False,
+                                                                                 header_encoding=None))
+                self.buf = b""
+                self.ready = False
+                self.timer = loop.call_later(owner.delay, self.go)
+
+            def go(self) -> None:
+                self.ready = True
+                self.conn.initiate_connection()
+                self.transport.write(self.conn.data_to_send())
+                if self.buf:
+                    self.data_received(self.buf)
+
+            def data_received(self, data: bytes) -> None:
+                if not self.ready:
+                    self.buf += data
+                    return
+                for ev in self.conn.receive_data(data):
+                    if isinstance(ev, h2.events.RequestReceived):
+                        owner.paths.append(dict(ev.headers)[b":path"])
+                        self.conn.send_headers(ev.stream_id, [(b":status", b"200")], end_stream=True)
+                self.transport.write(self.conn.data_to_send())
+
+            def connection_lost(self, exc) -> None:
+                self.timer.cancel()
+
+        self.server = await loop.create_server(Proto, "127.0.0.1", 0)
+        self.url = f"h2c://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+
+@on_uvloop
+async def test_streams_given_up_while_waiting_for_the_servers_settings_never_reach_it():
+    mws = [{"type": "request_timeout", "name": "to", "seconds": 0.2}]
+    async with _LateSettingsServer(0.8) as up:
+        cfg = simple_config([up.url], middlewares=mws, routers=[
+            {"name": "r", "service": "svc", "match": {"hosts": ["svc.ns.lightmesh"]}},
+            {"name": "t", "service": "svc", "middlewares": ["to"], "match": {"hosts": ["t.example"]}}])
+        async with ProxyUnderTest(cfg) as p:
+            c = await H2Client.connect(p.port)
+            reset = c.start("/reset-by-client", method="GET")
+            await asyncio.sleep(0.05)
+            c.reset(reset)
+            (timed_out,) = await c.wait([c.start("/timed-out", method="GET", authority="t.example")], timeout=5)
+            assert timed_out["headers"][b":status"] == b"504"
+            (after,) = await c.wait([c.start("/after", method="GET")], timeout=5)  # same server connection
+            assert after["headers"][b":status"] == b"200"
+            assert up.paths == [b"/after"]
+            conn = p.holder.http.services["svc"].servers[0].h2conn
+            assert conn is not None and not conn.waiting and not conn.streams
+            await c.close()
+            assert not p.loop_errors
+
+
+# --------------------------------------------------------------------------- access log
+
+
+@on_uvloop
+async def test_http2_streams_are_access_logged_like_http1_requests(caplog):
+    async with H2Server() as up:
+        cfg = simple_config([up.url], routers=[{"name": "r", "service": "svc",
+                                                "match": {"hosts": ["svc.ns.lightmesh"]}}])
+        async with ProxyUnderTest(cfg, options=HTTPOptions(access_log=True)) as p:
+            with caplog.at_level(logging.INFO, logger="lightmesh.access"):
+                c = await H2Client.connect(p.port)
+                await c.wait([c.start("/pkg.Svc/Call?x=1", body=b"x")])
+                await c.wait([c.start("/", method="GET", authority="nobody.example")])
+                await c.close()
+                await request(p.port, "GET", "/h1", host="svc.ns.lightmesh")  # 502: the server is h2c only
+            entries = [json.loads(r.getMessage()) for r in caplog.records if r.name == "lightmesh.access"]
+    assert len(entries) == 3
+    call, unrouted, h1 = entries
+    assert set(call) == set(unrouted) == set(h1)
+    assert {k: call[k] for k in call if k not in ("time", "duration_ms")} == {
+        "client": "127.0.0.1", "entry_point": "web", "method": "POST", "host": "svc.ns.lightmesh",
+        "path": "/pkg.Svc/Call?x=1", "router": "r", "service": "svc", "upstream": up.url, "status": 200,
+        "retries": 0}
+    assert unrouted["status"] == 404 and unrouted["service"] == "unrouted" and unrouted["router"] is None
+    assert unrouted["upstream"] is None and unrouted["host"] == "nobody.example"
+    assert h1["path"] == "/h1" and h1["status"] == 502
+
+
+# --------------------------------------------------------------------------- HTTP/1.1 translation
+
+
+@on_uvloop
+async def test_fields_named_in_connection_are_not_relayed_from_http1_servers():
+    response = (b"HTTP/1.1 200 OK\r\nConnection: X-Secret, close\r\nX-Secret: leak\r\nKeep-Alive: timeout=5\r\n"
+                b"X-Kept: 1\r\nContent-Length: 2\r\n\r\nok")
+    async with ScriptedUpstream([[response]]) as up, ProxyUnderTest(simple_config([up.url])) as p:
+        c = await H2Client.connect(p.port)
+        (r,) = await c.wait([c.start("/", method="GET")])
+        await c.close()
+    assert r["headers"][b":status"] == b"200" and r["body"] == b"ok"
+    assert r["headers"][b"x-kept"] == b"1"
+    assert b"x-secret" not in r["headers"] and b"keep-alive" not in r["headers"]
+
+
+# --------------------------------------------------------------------------- malformed requests
+
+_MALFORMED = {
+    "host differs from :authority": dict(headers=[(b"host", b"other.example")]),
+    "upper-case field name": dict(headers=[(b"X-Upper", b"1")]),
+    "connection-specific field": dict(headers=[(b"connection", b"keep-alive")]),
+    "te other than trailers": dict(headers=[(b"te", b"gzip")]),
+    "CR LF in a value": dict(headers=[(b"x-a", b"a\r\nx-injected: 1")]),
+    "space in a name": dict(headers=[(b"x a", b"1")]),
+    "pseudo-header after a regular field": dict(headers=[(b":x", b"1")]),
+    "content-length not a number": dict(headers=[(b"content-length", b"3x")], body=b"abc"),
+    "more data than content-length": dict(headers=[(b"content-length", b"3")], body=b"0123456789"),
+    "less data than content-length": dict(headers=[(b"content-length", b"30")], body=b"0123456789"),
+}
+
+
+@pytest.mark.parametrize("case", list(_MALFORMED))
+@on_uvloop
+async def test_a_malformed_request_resets_its_stream_not_the_connection(case):
+    spec = _MALFORMED[case]
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url])) as p:
+        c = await H2Client.connect(p.port)
+        c.conn.config.validate_outbound_headers = False
+        c.conn.config.normalize_outbound_headers = False
+        slow = c.start("/slow", method="GET")  # in flight on the same connection
+        await asyncio.sleep(0.05)
+        bad = c.start("/echo", body=spec.get("body", b""), headers=spec["headers"])
+        r_slow, r_bad = await c.wait([slow, bad], timeout=5)
+        assert r_slow["headers"][b":status"] == b"200" and r_slow["reset"] is None
+        assert r_bad["reset"] == h2.errors.ErrorCodes.PROTOCOL_ERROR and r_bad["headers"] is None
+        if "data" not in case:
+            assert [r[b":path"] for r in up.requests] == [b"/slow"]  # never forwarded
+        (after,) = await c.wait([c.start("/echo", body=b"fine")])  # the connection still works
+        assert after["body"] == b"fine"
+        await c.close()
+        assert p.metrics.requests[("svc" if "data" in case else "unrouted", "400", "POST")] == 1
+        assert not p.loop_errors
+
+
+@on_uvloop
+async def test_body_beyond_content_length_never_reaches_an_http1_server():
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url])) as p:
+        c = await H2Client.connect(p.port)
+        bad = c.start("/echo", body=b"012" + b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+                      headers=[(b"content-length", b"3")])
+        (r,) = await c.wait([bad])
+        assert r["reset"] == h2.errors.ErrorCodes.PROTOCOL_ERROR
+        (ok,) = await c.wait([c.start("/fine", method="GET")])
+        assert ok["headers"][b":status"] == b"200"
+        await c.close()
+        assert "/smuggled" not in [req.path for req in b.requests] and b.parse_errors == 0
+        assert all(b"smuggled" not in req.body for req in b.requests)
+
+
+# --------------------------------------------------------------------------- timeouts
+
+
+@on_uvloop
+async def test_response_timeout_applies_to_http2_streams():
+    async with H2Server() as up, Backend() as b:
+        cfg = simple_config({"h2": [up.url], "h1": [b.url]}, routers=[
+            {"name": "a", "service": "h2", "match": {"hosts": ["h2.example"]}},
+            {"name": "b", "service": "h1", "match": {"hosts": ["h1.example"]}}])
+        async with ProxyUnderTest(cfg, options=HTTPOptions(response_timeout=0.3)) as p:
+            c = await H2Client.connect(p.port)
+            r2, r1 = await c.wait([c.start("/hang", method="GET", authority="h2.example"),
+                                   c.start("/hang", method="GET", authority="h1.example")], timeout=5)
+            assert r2["headers"][b":status"] == b"504" and r1["headers"][b":status"] == b"504"
+            assert await _eventually(lambda: up.resets_seen >= 1)  # the server's stream is reset
+            # the timer runs from the end of the request: a request body slower than it is fine
+            sid = c.start("/echo", body=b"a", authority="h2.example", more=True)
+            await asyncio.sleep(0.5)
+            c.send(sid, b"b", end=True)
+            (r,) = await c.wait([sid])
+            assert r["headers"][b":status"] == b"200" and r["body"] == b"ab"
+            await c.close()
+            assert p.metrics.requests[("h2", "504", "GET")] == 1 and p.metrics.requests[("h1", "504", "GET")] == 1
+
+
+@on_uvloop
+async def test_body_timeout_applies_between_request_data_frames():
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url]), options=HTTPOptions(body_timeout=0.5)) as p:
+        c = await H2Client.connect(p.port)
+        stalled = c.start("/echo", body=b"part", more=True)
+        steady = c.start("/echo", body=b"0", more=True)
+        for i in range(1, 8):  # a piece every 0.1 s: never 0.5 s without one
+            await asyncio.sleep(0.1)
+            c.send(steady, b"%d" % i, end=i == 7)
+        r_steady, r_stalled = await c.wait([steady, stalled], timeout=5)
+        assert r_steady["headers"][b":status"] == b"200" and r_steady["body"] == b"01234567"
+        assert r_stalled["headers"][b":status"] == b"408"
+        assert await _eventually(lambda: up.resets_seen >= 1)  # the server's stream is reset
+        (after,) = await c.wait([c.start("/echo", body=b"fine")])
+        assert after["body"] == b"fine"
+        await c.close()
+        assert p.metrics.requests[("svc", "408", "POST")] == 1
+
+
+@on_uvloop
+async def test_body_timeout_spares_a_stream_whose_response_has_begun():
+    # a gRPC bidi call whose client is quiet while the server streams: the server decides
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url]), options=HTTPOptions(body_timeout=0.3)) as p:
+        c = await H2Client.connect(p.port)
+        sid = c.start("/early", body=b"first", more=True)
+        await c.until(lambda: c.results[sid].get("headers"), timeout=5)
+        await asyncio.sleep(0.8)  # quiet for more than the body timeout
+        c.send(sid, b" last", end=True)
+        (r,) = await c.wait([sid], timeout=5)
+        assert r["headers"][b":status"] == b"200" and r["body"] == b"first last"
+        await c.close()
+
+
+# --------------------------------------------------------------------------- 1xx
+
+
+@on_uvloop
+async def test_informational_responses_are_relayed_from_both_kinds_of_server():
+    async with H2Server() as up, Backend("h1") as b:
+        cfg = simple_config({"h2": [up.url], "h1": [b.url]}, routers=[
+            {"name": "a", "service": "h2", "match": {"hosts": ["h2.example"]}},
+            {"name": "b", "service": "h1", "match": {"hosts": ["h1.example"]}}])
+        async with ProxyUnderTest(cfg) as p:
+            c = await H2Client.connect(p.port)
+            for host, path in (("h2.example", "/continue"), ("h1.example", "/echo")):
+                sid = c.start(path, authority=host, more=True, headers=[(b"expect", b"100-continue")])
+                await c.until(lambda: c.results[sid]["info"], timeout=5)  # before any body, as curl waits
+                c.send(sid, b"the body", end=True)
+                (r,) = await c.wait([sid])
+                assert [i[b":status"] for i in r["info"]] == [b"100"]
+                assert r["headers"][b":status"] == b"200" and r["body"].endswith(b"the body")
+            await c.close()
+            assert p.metrics.requests[("h2", "200", "POST")] == 1 and p.metrics.requests[("h1", "200", "POST")] == 1
+
+
+# --------------------------------------------------------------------------- drain
+
+
+@on_uvloop
+async def test_drain_sends_goaway_at_once_and_lets_the_streams_in_flight_finish():
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url])) as p:
+        c = await H2Client.connect(p.port)
+        await c.wait([c.start("/echo", body=b"w")])
+        slow = c.start("/slow", method="GET")  # answered after 0.3 s
+        await asyncio.sleep(0.05)
+        drained = asyncio.ensure_future(p.options.connections.drain(5.0))
+        await c.until(lambda: ("goaway", slow) in c.log, timeout=5)
+        late = c.start("/echo", body=b"opened anyway")
+        r_slow, r_late = await c.wait([slow, late], timeout=5)
+        assert r_slow["headers"][b":status"] == b"200"
+        assert r_late["reset"] == h2.errors.ErrorCodes.REFUSED_STREAM
+        with pytest.raises(ConnectionError):  # closed once the last stream is done
+            await c.until(lambda: False, timeout=5)
+        # GOAWAY (last stream: the slow one) before its response, then the final GOAWAY
+        assert c.log[1:] == [("goaway", slow), ("status", slow, b"200"), ("goaway", slow)]
+        assert await drained is True
+        assert len(p.options.connections) == 0
+        await c.close()
+
+
+@on_uvloop
+async def test_a_server_that_shuts_down_gracefully_finishes_its_streams():
+    """An h2c server's GOAWAY (a graceful shutdown, as gRPC servers do it) lets the streams it took
+    finish; the next streams go to a new connection, and nothing counts as a failure."""
+    async with H2Server(goaway_on_slow=True) as up, ProxyUnderTest(simple_config([up.url])) as p:
+        c = await H2Client.connect(p.port)
+        (r,) = await c.wait([c.start("/slow", method="GET")], timeout=5)
+        assert r["headers"][b":status"] == b"200" and r["reset"] is None
+        (r,) = await c.wait([c.start("/echo", body=b"next")], timeout=5)
+        assert r["body"] == b"next"
+        assert up.connections == 2 and not p.metrics.upstream_errors
+        await c.close()
+
+
+@on_uvloop
+async def test_invented_methods_do_not_make_new_metric_series():
+    # an HTTP/2 client may send any token as :method; the series stay bounded
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url])) as p:
+        c = await H2Client.connect(p.port)
+        sids = [c.start("/echo", method=f"INVENTED{i}") for i in range(20)] + [c.start("/echo", method="GET")]
+        await c.wait(sids, timeout=10)
+        await c.close()
+        methods = {method for (_svc, _code, method) in p.metrics.requests}
+        assert methods == {"_OTHER", "GET"}
+        assert sum(n for (_svc, _code, m), n in p.metrics.requests.items() if m == "_OTHER") == 20
