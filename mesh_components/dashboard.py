@@ -51,7 +51,9 @@ PANELS: tuple[Panel, ...] = (
         (f"sum by (service) (rate(lightmesh_proxy_retries_total{{{SVC}}}[{RATE}]))", "{{service}}"),), "ops",
           "Upstream attempts repeated after a connect failure or reset (retry-attempts)."),
     Panel("Circuit breaker state", "Services", (
-        (f"max by (service) (lightmesh_proxy_circuit_breaker_state{{{SVC}}})", "{{service}}"),), "short",
+        # the worst state: open (1) wherever a proxy has it open, else the highest (recovering 2, closed 0)
+        (f"max by (service) (lightmesh_proxy_circuit_breaker_state{{{SVC}}} == 1) or "
+         f"max by (service) (lightmesh_proxy_circuit_breaker_state{{{SVC}}})", "{{service}}"),), "short",
           "Worst state over all proxies: 0 closed, 1 open (503), 2 recovering.",
           ((0, "closed"), (1, "open"), (2, "recovering"))),
     Panel("Rate-limited and ACL-denied", "Services", (

@@ -6,7 +6,7 @@ import re
 from mesh_components import dashboard
 
 PROMQL_FUNCTIONS = {"sum", "max", "min", "avg", "rate", "increase", "histogram_quantile", "label_replace", "by",
-                    "le", "service", "instance", "protocol", "kind", "code_class", "code", "result"}
+                    "le", "service", "instance", "protocol", "kind", "code_class", "code", "result", "or"}
 
 
 def exporter_series() -> set[str]:

@@ -66,3 +66,12 @@ async def test_busy_port_is_a_clear_error():
         port = busy.getsockname()[1]
         with pytest.raises(OSError, match=f"admin port 127.0.0.1:{port}"):
             await AdminServer(State(), "127.0.0.1", port).start()
+
+
+def test_merged_breaker_state_is_the_worst_not_the_largest_number():
+    # open (1) is worse than recovering (2): a plain max would show the recovering worker
+    snaps = [{proxy_metrics.PREFIX + "circuit_breaker_state": [["svc", state]]} for state in (2, 1, 0)]
+    merged = proxy_metrics.merge(snaps)
+    assert merged[proxy_metrics.PREFIX + "circuit_breaker_state"] == [["svc", proxy_metrics.CB_OPEN]]
+    two = proxy_metrics.merge(snaps[::2])  # recovering and closed: recovering
+    assert two[proxy_metrics.PREFIX + "circuit_breaker_state"] == [["svc", proxy_metrics.CB_RECOVERING]]

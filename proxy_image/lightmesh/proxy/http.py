@@ -279,7 +279,8 @@ def run_checks(conn: Any, checks: tuple, plane: Any, svc: str) -> tuple[int, byt
             if not chk.breaker.allow():
                 return 503, b""
         elif kind == CHECK_DENY:
-            conn.metrics.denied(svc)
+            if chk.status == 403:  # ACL mode's deny-all; a 500/503 deny is a route without backends
+                conn.metrics.denied(svc)
             return chk.status, b""
     return None
 

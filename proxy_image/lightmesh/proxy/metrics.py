@@ -23,6 +23,13 @@ DURATION_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025
                                        2.5, 5.0, 10.0, 30.0)
 
 CB_CLOSED, CB_OPEN, CB_RECOVERING = 0, 1, 2
+# how bad each state is, for "the worst state" over breakers and workers: open is worse than
+# recovering although its number is smaller
+CB_SEVERITY = {CB_CLOSED: 0, CB_RECOVERING: 1, CB_OPEN: 2}
+
+
+def worst_breaker_state(a: int, b: int) -> int:
+    return a if CB_SEVERITY.get(a, 0) >= CB_SEVERITY.get(b, 0) else b
 
 
 
@@ -168,8 +175,8 @@ def counters_only(snapshot: dict) -> dict:
 
 
 def merge(snapshots: list[dict]) -> dict:
-    """Add the workers' snapshots up. Gauges: open connections add up; breaker state and config
-    version take the maximum (the worst state, the newest version)."""
+    """Add the workers' snapshots up. Gauges: open connections add up; breaker state takes the worst
+    (open over recovering over closed); other gauges the maximum."""
     out: dict[str, dict[tuple, object]] = {}
     for snap in snapshots:
         for name, rows in snap.items():
@@ -188,6 +195,8 @@ def merge(snapshots: list[dict]) -> dict:
                 prev = acc.get(key)
                 if prev is None:
                     acc[key] = value
+                elif name == PREFIX + "circuit_breaker_state":
+                    acc[key] = worst_breaker_state(prev, value)
                 elif spec.type == "gauge" and name != PREFIX + "open_connections":
                     acc[key] = max(prev, value)
                 else:

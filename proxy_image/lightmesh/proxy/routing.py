@@ -39,7 +39,7 @@ from lightmesh.config import (AllowListMiddleware, CircuitBreakerMiddleware, Den
                               RequestTimeoutMiddleware, ResponseHeadersMiddleware, RetryMiddleware, Scheme,
                               parse_server_url)
 from lightmesh.proxy.balancer import Balancer
-from lightmesh.proxy.metrics import ProxyMetrics
+from lightmesh.proxy.metrics import ProxyMetrics, worst_breaker_state
 from lightmesh.proxy.policies import AllowList, CircuitBreaker, RateLimiter
 
 __all__ = ["compile_http", "HTTPPlane", "RouteTable", "Route", "Service", "Server", "Check",
@@ -229,7 +229,7 @@ class HTTPPlane:
         """Service → the worst state of its circuit breakers now (the gauge's value)."""
         out: dict[str, int] = {}
         for (_definition, service), breaker in self._breakers.items():
-            out[service] = max(out.get(service, 0), breaker.state)
+            out[service] = worst_breaker_state(out.get(service, 0), breaker.state)
         return out
 
     def status(self) -> dict:
