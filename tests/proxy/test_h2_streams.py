@@ -387,3 +387,21 @@ async def test_invented_methods_do_not_make_new_metric_series():
         methods = {method for (_svc, _code, method) in p.metrics.requests}
         assert methods == {"_OTHER", "GET"}
         assert sum(n for (_svc, _code, m), n in p.metrics.requests.items() if m == "_OTHER") == 20
+
+
+@on_uvloop
+async def test_timeouts_count_against_the_server_in_circuit_breakers():
+    # as on HTTP/1.1: a server that never answers trips a breaker on its 504s
+    mws = [{"type": "request_timeout", "name": "t", "seconds": 0.05},
+           {"type": "circuit_breaker", "name": "cb", "expression": "NetworkErrorRatio() > 0.5"}]
+    routers = [{"name": "r", "service": "svc", "middlewares": ["t", "cb"]}]
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url], routers=routers, middlewares=mws)) as p:
+        c = await H2Client.connect(p.port)
+        statuses = []
+        for _ in range(40):  # the breaker evaluates its window every 100 ms
+            (r,) = await c.wait([c.start("/hang")], timeout=5)
+            statuses.append(r["headers"][b":status"])
+            if statuses[-1] == b"503":
+                break
+        await c.close()
+        assert statuses[0] == b"504" and statuses[-1] == b"503"

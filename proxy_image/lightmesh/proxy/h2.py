@@ -672,6 +672,10 @@ class H2Downstream(asyncio.Protocol):
         self.metrics.upstream_error(st.service, "timeout")
         if st.up is not None:
             st.up.cancel(st)  # also a stream still waiting for its server connection
+        if st.route is not None:  # a server that does not answer counts against it, as on HTTP/1.1
+            seconds = perf_counter() - st.start
+            for breaker in st.route.breakers:
+                breaker.record(504, seconds)
         self._local(st, 504)
         self.side.flush()
 
