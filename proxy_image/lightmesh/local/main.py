@@ -87,7 +87,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "CAP_NET_BIND_SERVICE)")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                         help="log level of the controller and proxy (their logs are in the work directory printed "
-                             "at start, removed at exit)")
+                             "at start, removed at exit; default %(default)s)")
     parser.add_argument("--telemetry", action="store_true",
                         help="print a live table (per HTTP service: req/s by code class, errors, p50/p99, retries, "
                              "429s, 403s; per TCP/UDP route: connections/s, bytes/s, errors, denied) from the "

@@ -322,7 +322,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                           "'pulumi up' would apply.")
     parser.add_argument("program_dir", help="directory with Pulumi.yaml and __main__.py")
     parser.add_argument("-o", "--output", required=True, help="directory to write the manifests into")
-    parser.add_argument("-s", "--stack", default="dev", help="stack whose Pulumi.<stack>.yaml config to use")
+    parser.add_argument("-s", "--stack", default="dev", help="stack whose Pulumi.<stack>.yaml config to use (default %(default)s)")
     parser.add_argument("-c", "--config", action="append", default=[], metavar="KEY=VALUE",
                         help="stack config override (repeatable), e.g. --config acl=true")
 

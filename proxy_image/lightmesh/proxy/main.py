@@ -123,18 +123,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="worker processes sharing every port with SO_REUSEPORT (default: CPU count)")
     parser.add_argument("--name", default=os.environ.get(wire.ENV_POD_NAME) or socket.gethostname(),
                         help="proxy name reported to the controller (default: $POD_NAME, else hostname)")
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
-    parser.add_argument("--log-format", choices=("json", "text"), default="text")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
+                        help="(default: %(default)s)")
+    parser.add_argument("--log-format", choices=("json", "text"), default="text", help="(default: %(default)s)")
     parser.add_argument("--access-log", action="store_true", help="one JSON object per HTTP request and line, on stdout")
     parser.add_argument("--otlp-endpoint", metavar="URL", type=_http_url,
                         help="OTLP/HTTP traces endpoint, e.g. http://collector:4318 (tracing off when unset)")
     parser.add_argument("--trace-sample-ratio", type=_ratio, default=None,
-                        help="fraction of new traces sampled (parent decision is kept)")
+                        help="fraction of new traces sampled, 0 to 1 (default 1; a parent's decision is kept)")
     parser.add_argument("--max-connections", type=_non_negative_int, default=None,
                         help=f"client connections per worker: HTTP (all entry points) and each TCP route "
                              f"(default {DEFAULT_MAX_CONNECTIONS}; 0 = unlimited)")
-    parser.add_argument("--header-timeout", type=_seconds, default=None, help="seconds to receive a request head")
-    parser.add_argument("--idle-timeout", type=_seconds, default=None, help="keep-alive idle seconds")
+    parser.add_argument("--header-timeout", type=_seconds, default=None,
+                        help="seconds to receive a request head (default 10; then 408)")
+    parser.add_argument("--idle-timeout", type=_seconds, default=None,
+                        help="seconds a keep-alive connection may stay idle (default 180)")
     parser.add_argument("--body-timeout", type=_seconds, default=None,
                         help="seconds allowed between two reads of a request body (default 60)")
     parser.add_argument("--tunnel-idle-timeout", type=_seconds_or_off, default=None,
@@ -143,7 +146,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--response-timeout", type=_seconds_or_off, default=None,
                         help="seconds from a whole request to its response head when the route has no "
                              "request-timeout (default 0: none)")
-    parser.add_argument("--max-header-bytes", type=_positive_int, default=None, help="largest request head")
+    parser.add_argument("--max-header-bytes", type=_positive_int, default=None,
+                        help="largest request head in bytes (default 65536; then 431)")
     parser.add_argument("--drain-timeout", type=_seconds, default=DEFAULT_DRAIN_TIMEOUT,
                         help=f"seconds in-flight requests get on shutdown (default {DEFAULT_DRAIN_TIMEOUT:g})")
 
