@@ -405,3 +405,21 @@ async def test_timeouts_count_against_the_server_in_circuit_breakers():
                 break
         await c.close()
         assert statuses[0] == b"504" and statuses[-1] == b"503"
+
+
+@on_uvloop
+async def test_streams_the_proxy_refuses_itself_get_a_span():
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from lightmesh.proxy.tracing import make_tracer
+
+    exporter = InMemorySpanExporter()
+    options = HTTPOptions(tracer=make_tracer("unused", "proxy-test", exporter=exporter, batch=False))
+    routers = [{"name": "r", "service": "svc", "match": {"hosts": ["svc"]}}]
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url], routers=routers), options=options) as p:
+        c = await H2Client.connect(p.port)
+        (r,) = await c.wait([c.start("/echo", authority="nowhere")], timeout=5)
+        assert r["headers"][b":status"] == b"404"
+        await c.close()
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes["http.status_code"] == 404 and span.attributes["service"] == "unrouted"

@@ -73,6 +73,26 @@ async def test_new_trace_without_or_with_invalid_traceparent_and_error_status():
 
 
 @on_uvloop
+async def test_requests_the_proxy_refuses_itself_get_a_span_too():
+    # a sampled trace that ends at the proxy (ACL, no route, no server) shows where and why
+    exporter = InMemorySpanExporter()
+    cfg = simple_config({"svc": [], "guarded": ["http://127.0.0.1:9"]}, routers=[
+        {"name": "empty", "service": "svc", "match": {"hosts": ["empty"]}},
+        {"name": "guarded", "service": "guarded", "match": {"hosts": ["guarded"]}, "middlewares": ["nobody"]}],
+        middlewares=[{"type": "allow_list", "name": "nobody", "source_ranges": []}])
+    async with ProxyUnderTest(cfg, options=_options(exporter)) as p:
+        for host, status in (("guarded", 403), ("empty", 503), ("elsewhere", 404)):
+            resp = await request(p.port, host=host, path="/x?secret=1", headers={"traceparent": INCOMING})
+            assert resp.status == status
+    spans = {s.attributes["http.status_code"]: s for s in exporter.get_finished_spans()}
+    assert set(spans) == {403, 503, 404}
+    assert all(s.get_span_context().trace_id == 0x0af7651916cd43dd8448eb211c80319c for s in spans.values())
+    assert spans[403].attributes["route"] == "guarded" and spans[403].attributes["upstream"] == ""
+    assert spans[404].attributes["service"] == "unrouted" and spans[404].attributes["http.target"] == "/x"
+    assert not spans[503].status.is_ok
+
+
+@on_uvloop
 async def test_tracing_off_passes_traceparent_untouched():
     async with Backend() as b, ProxyUnderTest(simple_config([b.url])) as p:
         await request(p.port, headers={"traceparent": "not-even-valid"})

@@ -506,6 +506,7 @@ class H2Downstream(asyncio.Protocol):
         route = table.lookup(split_host(st.authority), st.mstr, st.path, st.headers) if table is not None else None
         if route is None:
             self._local(st, 404)
+            self._trace_refused(st, "", 404)
             return
         st.route = route
         service = route.service
@@ -514,9 +515,11 @@ class H2Downstream(asyncio.Protocol):
             refused = self.check(route.checks, plane, svc)
             if refused is not None:
                 self._local(st, refused[0], refused[1])
+                self._trace_refused(st, route.name, refused[0])
                 return
         if not service.servers:
             self._local(st, 503)
+            self._trace_refused(st, route.name, 503)
             return
         st.retries_left = route.retries
         if route.timeout is not None:
@@ -537,6 +540,12 @@ class H2Downstream(asyncio.Protocol):
             except Exception:  # tracing is an add-on: never the reason a stream fails
                 _log.exception("starting a trace span failed")
         self._forward(st)
+
+    def _trace_refused(self, st: _Stream, route: str, status: int) -> None:
+        tracer = self.options.tracer
+        if tracer is not None:
+            tp = next((v for n, v in st.headers if n == b"traceparent"), None)
+            tracer.refused(tp, route, st.service, _series_method(st.mstr), split_host(st.authority), st.path, status)
 
     def check(self, checks: tuple, plane: Any, svc: str) -> tuple[int, bytes] | None:
         from lightmesh.proxy.http import run_checks

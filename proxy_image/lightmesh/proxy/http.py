@@ -877,14 +877,20 @@ class ClientProtocol(asyncio.Protocol):
         route = table.lookup(hstr, mstr, url, ex.headers) if table is not None else None
         if route is None:
             self._local(ex, 404)
+            if self.options.tracer is not None:
+                self.options.tracer.refused(tp, "", UNROUTED, mstr, hstr, url, 404)
             return
         ex.route = route
         service = route.service
         ex.service = svc = service.name
         if route.checks and not self._checks(ex, route.checks, plane, svc):
+            if self.options.tracer is not None:
+                self.options.tracer.refused(tp, route.name, svc, mstr, hstr, url, ex.status)
             return
         if not service.servers:
             self._local(ex, 503)
+            if self.options.tracer is not None:
+                self.options.tracer.refused(tp, route.name, svc, mstr, hstr, url, 503)
             return
         if route.edits is not None:  # request_headers / response_headers middlewares
             edits, ex.resp_edits = route.edits

@@ -19,8 +19,11 @@ a fresh span id with the sampled flag cleared.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
+
+log = logging.getLogger("lightmesh.proxy.tracing")
 
 __all__ = ["make_tracer", "RequestTracer", "RequestSpan", "parse_traceparent", "format_traceparent"]
 
@@ -105,6 +108,16 @@ class RequestTracer:
                  "http.target": path.decode("latin-1")}
         return RequestSpan(span, format_traceparent(ctx.trace_id, ctx.span_id, int(ctx.trace_flags)), attrs)
 
+    def refused(self, traceparent: bytes | None, route: str, service: str, method: str, host: str,
+                path: bytes, status: int) -> None:
+        """A span for a request the proxy answered itself (no route 404, ACL 403, rate limit 429,
+        open breaker or no server 503): a sampled trace that ends here shows where and why."""
+        try:
+            q = path.find(b"?")
+            self.start(traceparent, route, service, method, host, path if q < 0 else path[:q]).end(status, 0, "")
+        except Exception:  # tracing is an add-on: never the reason a request fails
+            log.exception("a trace span for a refused request failed")
+
     def shutdown(self) -> None:
         if self.provider is not None:
             self.provider.shutdown()
@@ -113,7 +126,7 @@ class RequestTracer:
 def make_tracer(endpoint: str, service_name: str = "lightmesh-proxy", sample_ratio: float = 1.0, *,
                 exporter: Any = None, batch: bool = True) -> RequestTracer:
     """A tracer exporting with OTLP/HTTP to ``endpoint`` (``http://collector:4318``; ``/v1/traces``
-    is appended unless the endpoint already names a path). ``exporter`` replaces the OTLP exporter
+    is appended unless the endpoint already ends with it). ``exporter`` replaces the OTLP exporter
     (tests: an in-memory one); ``batch=False`` exports each span as it ends."""
     from lightmesh.otel import tracer_provider
 
