@@ -241,3 +241,21 @@ async def test_large_heads_take_the_general_paths():
             resp = await client.response()
             assert resp.status == 200 and resp.body == b"ok" and resp.header("X-Big") == big.decode()
         await client.close()
+
+
+@on_uvloop
+async def test_a_204_with_a_body_does_not_poison_the_next_request():
+    # The server breaks RFC 9110 (a 204 with Content-Length and a body). Its stray bytes must not
+    # become the next request's response: that upstream connection is not reused.
+    bad = b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello"
+    good = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    async with ScriptedUpstream([[bad], [good]]) as up, ProxyUnderTest(simple_config([up.url])) as p:
+        client = await RawClient.connect(p.port)
+        await client.send(b"GET /a HTTP/1.1\r\nHost: svc\r\n\r\n")
+        first = await client.response()
+        assert first.status == 204 and first.body == b"" and first.header("Content-Length") is None
+        await client.send(b"GET /b HTTP/1.1\r\nHost: svc\r\n\r\n")
+        second = await client.response()
+        assert (second.status, second.body) == (200, b"ok")
+        await client.close()
+        assert up.connections == 2

@@ -1735,7 +1735,12 @@ class UpstreamProtocol(asyncio.Protocol):
             close = False
         elif ex.is_head or status in _NO_BODY_STATUS:
             self.framing = F_NONE
-            if cl is not None:
+            if status == 204 and (cl not in (None, b"0") or te is not None):
+                # A 204 has no body (RFC 9110 §15.3.5) and its framing fields are void; a server
+                # that sends them may also have sent a body: this connection is not reused, so
+                # those bytes never reach the next request's response.
+                self.keep = False
+            elif cl is not None:
                 kept += (b"Content-Length: ", cl, _CRLF)
         elif te is not None:
             self.framing = F_CHUNK
