@@ -6,7 +6,8 @@ Imported only when ``--otlp-endpoint`` is given, so a process without tracing ne
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Mapping
 
 
 def otlp_traces_url(endpoint: str) -> str:
@@ -15,6 +16,19 @@ def otlp_traces_url(endpoint: str) -> str:
     that already ends in ``/v1/traces`` is kept."""
     url = endpoint.rstrip("/")
     return url if url.endswith("/v1/traces") else url + "/v1/traces"
+
+
+def resource_attributes(service_name: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``service.name``, and the pod and node the process runs on when the downward API gives them
+    (MeshInstall sets ``POD_NAME``/``NODE_NAME``): which proxy a span came from."""
+    from lightmesh import wire
+
+    env = os.environ if environ is None else environ
+    attrs = {"service.name": service_name}
+    for key, variable in (("k8s.pod.name", wire.ENV_POD_NAME), ("k8s.node.name", wire.ENV_NODE_NAME)):
+        if env.get(variable):
+            attrs[key] = env[variable]
+    return attrs
 
 
 def tracer_provider(endpoint: str, service_name: str, sample_ratio: float = 1.0, *, exporter: Any = None,
@@ -38,7 +52,7 @@ def tracer_provider(endpoint: str, service_name: str, sample_ratio: float = 1.0,
 
     for name in ("opentelemetry.exporter.otlp.proto.http.trace_exporter", "opentelemetry.sdk.trace.export"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}),
+    provider = TracerProvider(resource=Resource.create(resource_attributes(service_name)),
                               sampler=ParentBased(TraceIdRatioBased(sample_ratio)))
     provider.add_span_processor(BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter))
     return provider

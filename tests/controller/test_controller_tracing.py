@@ -55,6 +55,14 @@ def test_a_span_per_reconcile_round_with_what_it_published(tmp_path):
     assert spans[0].end_time >= spans[0].start_time
 
 
+def test_spans_say_which_pod_and_node_they_came_from():
+    from lightmesh.otel import resource_attributes
+
+    assert resource_attributes("lightmesh-proxy", {"POD_NAME": "lightmesh-proxy-x7k2p", "NODE_NAME": "node-3"}) == {
+        "service.name": "lightmesh-proxy", "k8s.pod.name": "lightmesh-proxy-x7k2p", "k8s.node.name": "node-3"}
+    assert resource_attributes("lightmesh-controller", {}) == {"service.name": "lightmesh-controller"}
+
+
 def test_otlp_url():
     assert otlp_traces_url("http://collector:4318") == "http://collector:4318/v1/traces"
     assert otlp_traces_url("http://collector:4318/") == "http://collector:4318/v1/traces"
