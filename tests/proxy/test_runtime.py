@@ -4,6 +4,7 @@ reported and retried, the HTTP plane swaps under load without a single failed re
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 
 import pytest
@@ -11,6 +12,7 @@ import uvloop
 
 from lightmesh.config import ConfigError, EntryPoint, HTTPConfig, L4Server, TCPRoute, UDPRoute, make_config
 from lightmesh.proxy.metrics import ProxyMetrics
+from lightmesh.proxy import runtime as runtime_module
 from lightmesh.proxy.runtime import Runtime
 from proxy.backends import Backend, RawClient, request
 
@@ -208,6 +210,44 @@ def test_shadow_cluster_ip_address():
         finally:
             await rt.close()
             echo.close()
+
+    run(main())
+
+
+def test_the_any_address_is_dual_stack_and_falls_back_without_ipv6(monkeypatch):
+    # what the controller asks for in a cluster: "::" serves IPv4 and IPv6 clients, and a node
+    # without IPv6 gets 0.0.0.0 instead of a listener error
+    async def main():
+        echo, eport = await tcp_echo()
+        async with Backend() as b:
+            hp, tp = free_port(), free_port()
+            rt = Runtime(ProxyMetrics())
+            try:
+                await rt.apply(build(1, http_port=hp, http_servers=[b.url], tcp={tp: [eport]}, host="::"))
+                assert (await request(hp)).status == 200
+                assert b.requests[-1].header("X-Forwarded-For") == "127.0.0.1"  # not ::ffff:127.0.0.1
+                for host in ("127.0.0.1", "::1"):
+                    assert await tcp_ping(tp, host) == b"ping"
+            finally:
+                await rt.close()
+
+            real_socket = socket.socket
+
+            def no_ipv6(family=socket.AF_INET, *args, **kwargs):
+                if family == socket.AF_INET6:
+                    raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+                return real_socket(family, *args, **kwargs)
+
+            monkeypatch.setattr(runtime_module.socket, "socket", no_ipv6)
+            rt = Runtime(ProxyMetrics())
+            try:
+                result = await rt.apply(build(1, http_port=hp, http_servers=[b.url], tcp={tp: [eport]}, host="::"))
+                assert result.listener_errors == {}
+                assert (await request(hp)).status == 200 and await tcp_ping(tp) == b"ping"
+            finally:
+                await rt.close()
+                monkeypatch.undo()
+        echo.close()
 
     run(main())
 

@@ -5,7 +5,7 @@ Pure core (no I/O, golden-tested in ``tests/controller``):
 ``model``     ``ClusterState``: the raw Kubernetes objects (dicts as the API returns them) the
               controller watches, grouped by kind, plus the existing shadow Services;
               ``Settings``: mesh namespace, ACL, default traffic type, domains, namespace filters,
-              port ranges, listen mode (``node``: proxies listen on ``0.0.0.0`` at the mesh ports;
+              port ranges, listen mode (``node``: proxies listen on ``::`` (dual stack) at the mesh ports;
               ``shadow-ip``: local mode, proxies listen on each shadow Service's ClusterIP at the
               user Service's own ports, as kube-proxy would forward them).
 ``topology``  ``build_topology(state, settings) -> Topology``: services, ports, endpoints

@@ -61,7 +61,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         mesh.add_argument(f"--{proto}-port-limit", type=int, default=limit,
                           help=f"number of {proto.upper()} mesh ports (default: %(default)s)")
     mesh.add_argument("--listen-mode", choices=("node", "shadow-ip"), default="node",
-                      help="node: proxies listen on 0.0.0.0 at the mesh ports; shadow-ip: on each shadow "
+                      help="node: proxies listen on [::] (dual stack) at the mesh ports; shadow-ip: on each shadow "
                            "ClusterIP at the Service's own ports (local mode; default: %(default)s)")
     serve = parser.add_argument_group("serving")
     serve.add_argument("--api-address", default="0.0.0.0", help="address of the API (default: %(default)s)")

@@ -103,7 +103,7 @@ class ClusterState:
 class Settings:
     """Controller settings that shape the topology and the proxy config.
 
-    ``listen_mode``: ``node`` — proxies listen on ``0.0.0.0`` at the mesh ports (HTTP
+    ``listen_mode``: ``node`` — proxies listen on ``::`` (dual stack) at the mesh ports (HTTP
     ``http_port_base+i`` shared and routed by Host, one TCP/UDP port per service port);
     ``shadow-ip`` — (local mode) proxies listen on each shadow Service's ClusterIP at the user
     Service's own ports, as kube-proxy would forward them.

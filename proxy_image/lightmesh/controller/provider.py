@@ -6,9 +6,9 @@ validating every element twice costs more than the whole translation at 5,000 Se
 
 Listeners (``settings.listen_mode``):
 
-* ``node``: HTTP entry point ``http-<port>`` on ``0.0.0.0:http_port_base+i`` shared by every HTTP
+* ``node``: HTTP entry point ``http-<port>`` on ``[::]:http_port_base+i`` (dual stack) shared by every HTTP
   Service, routers matching the hosts ``<svc>.<ns>.<domain>`` for every domain and the shadow
-  ClusterIP when known; TCP/UDP routes on ``0.0.0.0:<mesh port>``.
+  ClusterIP when known; TCP/UDP routes on ``[::]:<mesh port>``.
 * ``shadow-ip``: every listener on the shadow Service's ClusterIP at the user Service's own port; a
   Service whose shadow has no ClusterIP yet is left out until it has one (not an error); HTTP
   routers there match any host.
@@ -57,6 +57,11 @@ from lightmesh.controller.topology import (MAX_WEIGHT, Endpoint, HTTPMatch, Mesh
                                            Topology, TrafficSplit, _is_ip)
 
 DENY = "deny"
+# Node mode: every address of the proxy pod, IPv4 and IPv6 (the proxy falls back to 0.0.0.0 where
+# the pod has no IPv6), so IPv6-only and dual-stack clusters reach the mesh ports too.
+NODE_ADDRESS = "::"
+_ANY = ("::", "0.0.0.0")
+
 PRIORITY_DENY = 1
 PRIORITY_SERVICE = 1000
 PRIORITY_TARGET = 2000
@@ -129,10 +134,10 @@ class _Sockets:
     used: dict[tuple[str, str, int], str]
 
     def claim(self, proto: str, address: str, port: int, what: str) -> str | None:
-        for a in (address, "0.0.0.0") if address != "0.0.0.0" else (address,):
+        for a in (address, *_ANY) if address not in _ANY else (address,):
             if (proto, a, port) in self.used:
                 return self.used[(proto, a, port)]
-        if address == "0.0.0.0":
+        if address in _ANY:
             for (p, a, po), owner in self.used.items():
                 if p == proto and po == port:
                     return owner
@@ -224,11 +229,11 @@ class _Builder:
                 return None
             address, port = ip, p.port
         else:
-            address, port = "0.0.0.0", mesh_port
+            address, port = NODE_ADDRESS, mesh_port
         if proto == "http":
-            name = f"http-{port}" if address == "0.0.0.0" else f"http-{address}:{port}"
+            name = f"http-{port}" if address == NODE_ADDRESS else f"http-{address}:{port}"
             owner = self.entry_owner.get(name)
-            if owner is not None and (address == "0.0.0.0" or owner == svc.key):
+            if owner is not None and (address == NODE_ADDRESS or owner == svc.key):
                 return address, port  # node mode: shared by every HTTP Service, told apart by Host
             what = f"entry point {name}"
             if owner is not None:  # shadow-ip: two Services with one ClusterIP cannot share "any host"
@@ -330,7 +335,7 @@ class _Builder:
         if where is None:
             return
         address, port = where
-        ep_name = f"http-{port}" if address == "0.0.0.0" else f"http-{address}:{port}"
+        ep_name = f"http-{port}" if address == NODE_ADDRESS else f"http-{address}:{port}"
         if self.settings.listen_mode == "shadow-ip":
             hosts: list[str] = []
         else:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
 import socket
 from typing import Any
@@ -58,7 +59,23 @@ class ApplyResult:
 
 
 def open_listener_socket(kind: str, address: str, port: int) -> socket.socket:
-    """A bound, non-blocking socket with SO_REUSEPORT (every worker opens its own)."""
+    """A bound, non-blocking socket with SO_REUSEPORT (every worker opens its own).
+
+    ``::`` is dual stack (IPv4 clients arrive as ``::ffff:a.b.c.d``, which the allow-lists and
+    ``X-Forwarded-For`` read as IPv4). On a node or in a pod without IPv6 it falls back to
+    ``0.0.0.0``, so the controller can ask for ``::`` everywhere."""
+    if address == "::":
+        try:
+            return _open_listener_socket(kind, address, port)
+        except OSError as exc:
+            if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT):
+                raise
+            log.info("no IPv6 here (%s): listening on 0.0.0.0:%d instead of [::]:%d", exc.strerror, port, port)
+            return _open_listener_socket(kind, "0.0.0.0", port)
+    return _open_listener_socket(kind, address, port)
+
+
+def _open_listener_socket(kind: str, address: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM)
     try:
