@@ -195,8 +195,12 @@ def prometheus_config(namespace: str) -> str:
          "action": "keep"},
         {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_path"], "regex": "(.+)",
          "target_label": "__metrics_path__"},
-        {"source_labels": ["__address__", "__meta_kubernetes_pod_annotation_prometheus_io_port"],
-         "regex": "([^:]+)(?::\\d+)?;(\\d+)", "replacement": "$1:$2", "target_label": "__address__"},
+        # the pod IP and the annotated port; an IPv6 pod IP is bracketed (as in the community chart)
+        {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_port", "__meta_kubernetes_pod_ip"],
+         "regex": "(\\d+);(([A-Fa-f0-9]{1,4}::?){1,7}[A-Fa-f0-9]{1,4})", "replacement": "[$2]:$1",
+         "target_label": "__address__"},
+        {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_port", "__meta_kubernetes_pod_ip"],
+         "regex": "(\\d+);((([0-9]+?)(\\.|$)){4})", "replacement": "$2:$1", "target_label": "__address__"},
         {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "instance"},
         {"source_labels": ["__meta_kubernetes_pod_node_name"], "target_label": "node"},
     ]

@@ -149,3 +149,18 @@ def test_bad_observability_args_name_the_field(args, message):
 def test_otlp_endpoint_shorthand_is_otlp_mode():
     s = resolve_settings("short", {"otlp_endpoint": "http://otel:4318"})
     assert (s["tracing_mode"], s["otlp_endpoint"]) == ("otlp", "http://otel:4318")
+
+
+@pytest.mark.parametrize("port, pod_ip, address", [("8080", "10.1.2.3", "10.1.2.3:8080"),
+                                                    ("9000", "fd00:10::1:2", "[fd00:10::1:2]:9000")])
+def test_the_bundled_prometheus_scrapes_ipv4_and_ipv6_pods(port, pod_ip, address):
+    import re
+
+    relabels = yaml.safe_load(observability.prometheus_config("mesh"))["scrape_configs"][0]["relabel_configs"]
+    value, found = f"{port};{pod_ip}", None
+    for rule in relabels:
+        if rule.get("target_label") == "__address__":
+            match = re.fullmatch(rule["regex"], value)  # Prometheus anchors its regexes (RE2)
+            if match:
+                found = re.sub(r"\$(\d)", lambda m: match.group(int(m.group(1))), rule["replacement"])
+    assert found == address

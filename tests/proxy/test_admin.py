@@ -59,6 +59,19 @@ async def test_endpoints():
 
 
 @pytest.mark.asyncio
+async def test_the_default_address_serves_ipv4_and_ipv6_probes():
+    # the kubelet probes the pod's address of the cluster's family: "::" must answer both
+    server = await AdminServer(State(), "::", 0).start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            for base in (f"http://127.0.0.1:{server.port}", f"http://[::1]:{server.port}"):
+                async with http.get(base + "/live") as resp:
+                    assert resp.status == 200, base
+    finally:
+        await server.stop()
+
+
+@pytest.mark.asyncio
 async def test_busy_port_is_a_clear_error():
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

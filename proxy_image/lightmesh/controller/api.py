@@ -28,6 +28,7 @@ from typing import Any, Callable
 from aiohttp import web
 
 from lightmesh import wire
+from lightmesh.netutil import listening_socket
 
 log = logging.getLogger("lightmesh.controller.api")
 
@@ -155,12 +156,16 @@ class ControllerAPI:
         self.port: int | None = None
 
     async def start(self, host: str, port: int) -> int:
+        sock = listening_socket(host, port)  # "::": dual stack (see lightmesh.netutil)
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
-        await site.start()
-        server = site._server  # the bound port when 0 was asked for (tests)
-        self.port = server.sockets[0].getsockname()[1] if server and server.sockets else port
+        site = web.SockSite(self._runner, sock)
+        try:
+            await site.start()
+        except BaseException:
+            sock.close()
+            raise
+        self.port = sock.getsockname()[1]  # the bound port when 0 was asked for (tests)
         log.info("API listening on %s:%s", host, self.port)
         return self.port
 

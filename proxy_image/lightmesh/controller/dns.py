@@ -36,6 +36,7 @@ from typing import Iterable
 from dnslib import AAAA, QTYPE, RCODE, RR, SOA, A, DNSError, DNSHeader, DNSRecord
 
 from lightmesh import wire
+from lightmesh.netutil import listening_socket
 
 log = logging.getLogger("lightmesh.controller.dns")
 
@@ -168,12 +169,14 @@ class MeshDNS:
         whose message says which protocol and how to choose another port."""
         loop = asyncio.get_running_loop()
         try:
-            self._tcp = await asyncio.start_server(self._serve_tcp, host, port, reuse_address=True)
+            # "::": dual stack, both protocols (lightmesh.netutil)
+            tcp_sock = listening_socket(host, port)
+            self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp_sock)
         except OSError as exc:
             raise _bind_error(exc, host, port, "tcp") from None
         self.port = self._tcp.sockets[0].getsockname()[1]
         try:
-            sock = _udp_socket(host, self.port)
+            sock = listening_socket(host, self.port, socket.SOCK_DGRAM)
             self._transport, _ = await loop.create_datagram_endpoint(lambda: _UDP(self), sock=sock)
         except OSError as exc:
             self._tcp.close()
@@ -221,20 +224,6 @@ class MeshDNS:
             if task is not None:
                 self._tcp_tasks.discard(task)
             writer.close()
-
-
-def _udp_socket(host: str, port: int) -> socket.socket:
-    """A bound UDP socket with SO_REUSEADDR (see the module docstring: mDNS shares 5353)."""
-    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 class DNSBindError(OSError):

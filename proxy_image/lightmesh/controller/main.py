@@ -64,10 +64,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                       help="node: proxies listen on [::] (dual stack) at the mesh ports; shadow-ip: on each shadow "
                            "ClusterIP at the Service's own ports (local mode; default: %(default)s)")
     serve = parser.add_argument_group("serving")
-    serve.add_argument("--api-address", default="0.0.0.0", help="address of the API (default: %(default)s)")
+    serve.add_argument("--api-address", default="::",
+                       help="address of the API (default: %(default)s, every IPv4 and IPv6 address)")
     serve.add_argument("--api-port", type=int, default=wire.DEFAULT_CONTROLLER_API_PORT,
                        help="port of the API: proxy config, topology, status, metrics (default: %(default)s)")
-    serve.add_argument("--dns-address", default="0.0.0.0", help="address of the mesh DNS (default: %(default)s)")
+    serve.add_argument("--dns-address", default="::",
+                       help="address of the mesh DNS (default: %(default)s, every IPv4 and IPv6 address)")
     serve.add_argument("--dns-port", type=int, default=wire.DEFAULT_DNS_PORT,
                        help="port of the mesh DNS, UDP and TCP (default: %(default)s)")
     serve.add_argument("--leader-election", action="store_true",

@@ -20,6 +20,8 @@ from typing import Protocol
 
 from aiohttp import web
 
+from lightmesh.netutil import listening_socket
+
 log = logging.getLogger("lightmesh.proxy.admin")
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -70,18 +72,21 @@ class AdminServer:
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> AdminServer:
+        try:
+            sock = listening_socket(self.address, self.port)  # "::": dual stack (see lightmesh.netutil)
+        except OSError as exc:
+            raise OSError(exc.errno, f"admin port {self.address}:{self.port}: {exc.strerror or exc}") from None
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.address, self.port, reuse_address=True)
+        site = web.SockSite(self._runner, sock)
         try:
             await site.start()
         except OSError as exc:
+            sock.close()
             await self._runner.cleanup()
             self._runner = None
             raise OSError(exc.errno, f"admin port {self.address}:{self.port}: {exc.strerror or exc}") from None
-        sockets = site._server.sockets if site._server else []  # aiohttp has no public accessor
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
+        self.port = sock.getsockname()[1]
         log.info("admin listening on %s:%d", self.address, self.port)
         return self
 

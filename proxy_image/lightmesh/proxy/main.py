@@ -116,7 +116,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--controller", metavar="URL", help="controller API base URL (long-polled for config)")
     source.add_argument("--config", metavar="FILE", help="static ProxyConfig JSON file, reloaded on change")
-    parser.add_argument("--admin-address", default="0.0.0.0", help="admin port address (default 0.0.0.0)")
+    parser.add_argument("--admin-address", default="::",
+                        help="admin port address (default ::, every IPv4 and IPv6 address)")
     parser.add_argument("--admin-port", type=_port, default=wire.DEFAULT_PROXY_ADMIN_PORT,
                         help=f"/ping /live /metrics /api/rawdata (default {wire.DEFAULT_PROXY_ADMIN_PORT})")
     parser.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1,

@@ -1,0 +1,50 @@
+"""Listening sockets for the servers of the controller and the proxy (API, DNS, admin port).
+
+``::`` means every address of both families: one IPv6 socket with ``IPV6_V6ONLY`` off, which also
+takes IPv4 clients (as ``::ffff:a.b.c.d``). asyncio and aiohttp given ``::`` set ``IPV6_V6ONLY`` on,
+so in an IPv4 or dual-stack cluster the kubelet's probes on the pod's IPv4 address would find
+nothing; hence these sockets are made here and handed to them. Where the host or pod has no IPv6,
+``::`` falls back to ``0.0.0.0``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+
+log = logging.getLogger("lightmesh.netutil")
+
+ANY = "::"
+_NO_IPV6 = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT)
+
+
+def listening_socket(host: str, port: int, kind: int = socket.SOCK_STREAM) -> socket.socket:
+    """A bound socket (listening for TCP), non-blocking, ``SO_REUSEADDR`` set. ``host`` ``::``: dual
+    stack, or ``0.0.0.0`` without IPv6; any other host as given (a name is resolved)."""
+    if host == ANY:
+        try:
+            return _bind(socket.AF_INET6, ("::", port), kind, dual_stack=True)
+        except OSError as exc:
+            if exc.errno not in _NO_IPV6:
+                raise
+            log.info("no IPv6 here (%s): listening on 0.0.0.0:%d", exc.strerror, port)
+            return _bind(socket.AF_INET, ("0.0.0.0", port), kind)
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=kind)[0]
+    return _bind(family, address, kind)
+
+
+def _bind(family: int, address: tuple, kind: int, dual_stack: bool = False) -> socket.socket:
+    sock = socket.socket(family, kind)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if dual_stack:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+        if kind == socket.SOCK_STREAM:
+            sock.listen(1024)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
