@@ -101,8 +101,8 @@ def render_access_policy(name: str, args: Mapping[str, Any]) -> list[dict]:
     check.known_fields("args", args, AccessPolicyArgs)
     namespace = check.require(args, "namespace")
     destination = check.require(args, "destination_service_account")
-    _plain(check, "namespace", namespace)
-    _plain(check, "destination_service_account", destination)
+    check.plain("namespace", namespace)
+    check.plain("destination_service_account", destination)
     check.dns_label("namespace", namespace)
     check.dns_subdomain("destination_service_account", destination)
     sources = check.non_empty_list("sources", check.plain("sources", check.require(args, "sources")))
@@ -110,8 +110,8 @@ def render_access_policy(name: str, args: Mapping[str, Any]) -> list[dict]:
         check.known_fields(f"sources[{i}]", s, AccessSourceArgs)
         if not s.get("service_account"):
             raise check.fail(f"sources[{i}].service_account is required, got {s!r}")
-        _plain(check, f"sources[{i}].service_account", s["service_account"])
-        _plain(check, f"sources[{i}].namespace", s.get("namespace"))
+        check.plain(f"sources[{i}].service_account", s["service_account"])
+        check.plain(f"sources[{i}].namespace", s.get("namespace"))
         check.dns_subdomain(f"sources[{i}].service_account", s["service_account"])
         if s.get("namespace") is not None:
             check.dns_label(f"sources[{i}].namespace", s["namespace"])
@@ -218,8 +218,8 @@ def render_traffic_split(name: str, args: Mapping[str, Any]) -> list[dict]:
     check.known_fields("args", args, TrafficSplitArgs)
     namespace = check.require(args, "namespace")
     service = check.require(args, "service")
-    _plain(check, "namespace", namespace)
-    _plain(check, "service", service)
+    check.plain("namespace", namespace)
+    check.plain("service", service)
     check.dns_label("namespace", namespace)
     check.dns_label("service", service)
     backends = check.non_empty_list("backends", check.plain("backends", check.require(args, "backends")))
@@ -228,7 +228,7 @@ def render_traffic_split(name: str, args: Mapping[str, Any]) -> list[dict]:
         check.known_fields(f"backends[{i}]", b, BackendArgs)
         if not b.get("service"):
             raise check.fail(f"backends[{i}].service is required, got {b!r}")
-        _plain(check, f"backends[{i}].service", b["service"])
+        check.plain(f"backends[{i}].service", b["service"])
         check.dns_label(f"backends[{i}].service", b["service"])
         if b["service"] == service:
             raise check.fail(f"backends[{i}].service is the root Service {service!r} itself: a split's backends "
@@ -236,7 +236,7 @@ def render_traffic_split(name: str, args: Mapping[str, Any]) -> list[dict]:
         if "weight" not in b:
             raise check.fail(f"backends[{i}].weight is required")
         # A weight shapes the SMI object and the total_weight output, so it must be known at preview.
-        _plain(check, f"backends[{i}].weight", b["weight"])
+        check.plain(f"backends[{i}].weight", b["weight"])
         check.integer(f"backends[{i}].weight", b["weight"], 0, MAX_WEIGHT)
         normalised.append({"service": b["service"], "weight": int(b["weight"])})
     check.unique("backends[].service", [b["service"] for b in normalised])

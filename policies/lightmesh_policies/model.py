@@ -471,7 +471,7 @@ def acl_flag(workload: Workload) -> Any:
     return verdict
 
 
-_DEFAULT_TYPE_FLAGS = ("--default-traffic-type", "--default-mode")
+_DEFAULT_TYPE_FLAGS = ("--default-mode",)  # the controller's flag (lightmesh controller --help)
 
 
 def default_traffic_type_flag(workload: Workload) -> Any:
@@ -801,10 +801,6 @@ class StackView:
             if (is_unknown(r.namespace) or r.namespace == namespace) and (is_unknown(r.name) or r.name == name):
                 maybe = True
         return UNKNOWN if maybe else None
-
-    def route(self, kind: str, namespace: Any, name: Any) -> Route | None:
-        found = self.find_route(kind, namespace, name)
-        return found if isinstance(found, Route) else None
 
     def splits_rooted_at(self, svc: Service) -> Any:
         """The TrafficSplits whose root is ``svc``; UNKNOWN when none is known to be but a split whose

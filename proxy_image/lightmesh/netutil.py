@@ -19,30 +19,35 @@ ANY = "::"
 _NO_IPV6 = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT)
 
 
-def listening_socket(host: str, port: int, kind: int = socket.SOCK_STREAM) -> socket.socket:
-    """A bound socket (listening for TCP), non-blocking, ``SO_REUSEADDR`` set. ``host`` ``::``: dual
-    stack, or ``0.0.0.0`` without IPv6; any other host as given (a name is resolved)."""
+def listening_socket(host: str, port: int, kind: int = socket.SOCK_STREAM, *, reuse_port: bool = False,
+                     backlog: int = 1024) -> socket.socket:
+    """A bound socket (listening for TCP), non-blocking, ``SO_REUSEADDR`` set (and ``SO_REUSEPORT``
+    with ``reuse_port``: the proxy's workers share each port). ``host`` ``::``: dual stack, or
+    ``0.0.0.0`` without IPv6; any other host as given (a name is resolved)."""
     if host == ANY:
         try:
-            return _bind(socket.AF_INET6, ("::", port), kind, dual_stack=True)
+            return _bind(socket.AF_INET6, ("::", port), kind, reuse_port, backlog, dual_stack=True)
         except OSError as exc:
             if exc.errno not in _NO_IPV6:
                 raise
             log.info("no IPv6 here (%s): listening on 0.0.0.0:%d", exc.strerror, port)
-            return _bind(socket.AF_INET, ("0.0.0.0", port), kind)
+            return _bind(socket.AF_INET, ("0.0.0.0", port), kind, reuse_port, backlog)
     family, _, _, _, address = socket.getaddrinfo(host, port, type=kind)[0]
-    return _bind(family, address, kind)
+    return _bind(family, address, kind, reuse_port, backlog)
 
 
-def _bind(family: int, address: tuple, kind: int, dual_stack: bool = False) -> socket.socket:
+def _bind(family: int, address: tuple, kind: int, reuse_port: bool, backlog: int,
+          dual_stack: bool = False) -> socket.socket:
     sock = socket.socket(family, kind)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if dual_stack:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind(address)
         if kind == socket.SOCK_STREAM:
-            sock.listen(1024)
+            sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:
         sock.close()

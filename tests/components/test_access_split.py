@@ -107,7 +107,7 @@ def _bad_policy(**changes):
     ({"tcp": {"ports": [0]}}, r"tcp.ports\[0\] must be between 1 and 65535, got 0"),
     ({"udp": {"ports": [53, 53]}}, "udp.ports has a duplicate entry 53"),
     ({"namespace": None}, "namespace is required"),
-    ({"namespace": pulumi.Output.from_input("x")}, "namespace must be a plain string, not an Output"),
+    ({"namespace": pulumi.Output.from_input("x")}, "namespace must be a plain value, not an Output"),
     ({"sources": pulumi.Output.from_input([{"service_account": "c"}])}, "sources must be a plain value, not an Output"),
     ({"sources": [pulumi.Output.from_input({"service_account": "c"})]}, r"sources\[0\] must be a plain value"),
     # a misspelt field is an error, not a rule silently left out (in ACL mode: traffic denied)

@@ -57,8 +57,8 @@ async def test_empty_allow_list_denies_everything_and_order_is_router_order():
         p.apply(_cfg([b.url], mws, names=["teapot", "none"], version=2))
         assert (await request(p.port)).status == 451
         assert not b.requests
-        # the ACL-denied count has the allow-list's 403 only: a deny rule's other status is no ACL
-        assert p.metrics.acl_denied[("svc", "http")] == 1
+        # refused by an allow-list, then by a deny rule: both count (the metric's meaning)
+        assert p.metrics.acl_denied[("svc", "http")] == 2
 
 
 @on_uvloop

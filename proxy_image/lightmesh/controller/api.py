@@ -156,14 +156,17 @@ class ControllerAPI:
         self.port: int | None = None
 
     async def start(self, host: str, port: int) -> int:
-        sock = listening_socket(host, port)  # "::": dual stack (see lightmesh.netutil)
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.SockSite(self._runner, sock)
+        sock = None
         try:
-            await site.start()
+            sock = listening_socket(host, port)  # "::": dual stack (see lightmesh.netutil)
+            await web.SockSite(self._runner, sock).start()
         except BaseException:
-            sock.close()
+            if sock is not None:
+                sock.close()
+            await self._runner.cleanup()
+            self._runner = None
             raise
         self.port = sock.getsockname()[1]  # the bound port when 0 was asked for (tests)
         log.info("API listening on %s:%s", host, self.port)

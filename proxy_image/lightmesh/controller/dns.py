@@ -171,17 +171,26 @@ class MeshDNS:
         try:
             # "::": dual stack, both protocols (lightmesh.netutil)
             tcp_sock = listening_socket(host, port)
-            self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp_sock)
         except OSError as exc:
             raise _bind_error(exc, host, port, "tcp") from None
-        self.port = self._tcp.sockets[0].getsockname()[1]
         try:
-            sock = listening_socket(host, self.port, socket.SOCK_DGRAM)
-            self._transport, _ = await loop.create_datagram_endpoint(lambda: _UDP(self), sock=sock)
+            self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp_sock)
+        except BaseException:
+            tcp_sock.close()
+            raise
+        self.port = self._tcp.sockets[0].getsockname()[1]
+        udp_sock = None
+        try:
+            udp_sock = listening_socket(host, self.port, socket.SOCK_DGRAM)
+            self._transport, _ = await loop.create_datagram_endpoint(lambda: _UDP(self), sock=udp_sock)
         except OSError as exc:
+            if udp_sock is not None:
+                udp_sock.close()
             self._tcp.close()
             raise _bind_error(exc, host, self.port, "udp") from None
         except BaseException:
+            if udp_sock is not None:
+                udp_sock.close()
             self._tcp.close()
             raise
         log.info("mesh DNS listening on %s:%s (udp+tcp) for %s", host, self.port, ", ".join(self.table.domains))

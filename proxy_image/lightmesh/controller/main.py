@@ -22,18 +22,13 @@ import sys
 from pathlib import Path
 
 from lightmesh import wire
+from lightmesh.cliargs import http_url
 
 log = logging.getLogger("lightmesh.controller")
 
 
 def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _http_url(text: str) -> str:
-    if not text.startswith(("http://", "https://")) or len(text) < 9:
-        raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL, got {text!r}")
-    return text
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -74,7 +69,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        help="port of the mesh DNS, UDP and TCP (default: %(default)s)")
     serve.add_argument("--leader-election", action="store_true",
                        help=f"only the holder of the Lease {wire.LEASE_NAME} writes shadow Services and Events")
-    serve.add_argument("--otlp-endpoint", type=_http_url, help="OpenTelemetry OTLP/HTTP endpoint: one span per reconcile round "
+    serve.add_argument("--otlp-endpoint", type=http_url, help="OpenTelemetry OTLP/HTTP endpoint: one span per reconcile round "
                                                "(e.g. http://collector:4318)")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
                        help="(default: %(default)s)")

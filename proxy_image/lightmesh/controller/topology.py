@@ -1166,7 +1166,7 @@ def _mesh_routes(state: ClusterState, settings: Settings, services: dict[str, Se
                  ) -> dict[str, tuple[MeshRule, ...]]:
     """Gateway API HTTPRoutes, GRPCRoutes, TCPRoutes and UDPRoutes with mesh Services (of the
     matching traffic type) as parents (producer routes: the route in the Service's namespace).
-    Oldest route first (the Gateway API's precedence), then by kind and name. An L4 rule has no
+    Oldest route first (the Gateway API's precedence), then by namespace/name, then kind. An L4 rule has no
     match: its backends take the parent port's whole traffic (first rule only)."""
     routes = []
     seen: set[tuple[str, str, str]] = set()
@@ -1181,7 +1181,7 @@ def _mesh_routes(state: ClusterState, settings: Settings, services: dict[str, Se
             seen.add((kind, ns, name))
             created = _s(_d(obj.get("metadata")).get("creationTimestamp"))
             routes.append((created, kind, ns, name, obj))
-    routes.sort(key=lambda r: r[:4])
+    routes.sort(key=lambda r: (r[0], r[2], r[3], r[1]))  # oldest, then namespace/name (the spec's ties)
     out: dict[str, list[MeshRule]] = {}
     for _created, route_kind, ns, name, obj in routes:
         spec = _d(obj.get("spec"))

@@ -72,20 +72,20 @@ class AdminServer:
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> AdminServer:
-        try:
-            sock = listening_socket(self.address, self.port)  # "::": dual stack (see lightmesh.netutil)
-        except OSError as exc:
-            raise OSError(exc.errno, f"admin port {self.address}:{self.port}: {exc.strerror or exc}") from None
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.SockSite(self._runner, sock)
+        sock = None
         try:
-            await site.start()
-        except OSError as exc:
-            sock.close()
+            sock = listening_socket(self.address, self.port)  # "::": dual stack (see lightmesh.netutil)
+            await web.SockSite(self._runner, sock).start()
+        except BaseException as exc:
+            if sock is not None:
+                sock.close()
             await self._runner.cleanup()
             self._runner = None
-            raise OSError(exc.errno, f"admin port {self.address}:{self.port}: {exc.strerror or exc}") from None
+            if isinstance(exc, OSError):
+                raise OSError(exc.errno, f"admin port {self.address}:{self.port}: {exc.strerror or exc}") from None
+            raise
         self.port = sock.getsockname()[1]
         log.info("admin listening on %s:%d", self.address, self.port)
         return self

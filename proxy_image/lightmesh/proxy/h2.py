@@ -30,7 +30,8 @@ middleware and the whole request body is at hand (up to ``max_replay_bytes``). R
 no response head in time → 504; without a request-timeout middleware, ``response_timeout`` (if
 set) from the end of the request to the response head → 504, as on HTTP/1.1. ``body_timeout``: a
 stream whose client sends no request DATA for that long while it could (its window is open) gets
-408, or a reset once its response began; the server's stream is reset. One lazily re-armed timer
+408 (a stream whose response has begun is spared: the server decides then); the server's stream
+is reset. One lazily re-armed timer
 per connection watches all its streams' bodies. Drain (SIGTERM): a connection with streams in flight
 is sent GOAWAY at once (its last stream id: clients open new streams elsewhere, gRPC without an
 error), streams opened anyway are refused with REFUSED_STREAM (never processed: the client retries
@@ -178,10 +179,7 @@ class _ServerFacing(h2.connection.H2Connection):
 
     def _receive_goaway_frame(self, frame: Any) -> tuple[list, list]:
         event = h2.events.ConnectionTerminated()
-        try:
-            event.error_code = h2.errors.ErrorCodes(frame.error_code)
-        except ValueError:
-            event.error_code = frame.error_code
+        event.error_code = h2.errors._error_code_from_int(frame.error_code)
         event.last_stream_id = frame.last_stream_id
         event.additional_data = frame.additional_data or None
         return [], [event]
@@ -401,9 +399,12 @@ class H2Downstream(asyncio.Protocol):
         return None
 
     def is_idle(self) -> bool:
-        if self.streams and self.drain_last < 0 and self.options.connections.draining:
-            self._announce_drain()  # ConnectionSet.drain asks this of every connection as it starts
         return not self.streams
+
+    def start_drain(self) -> None:
+        """ConnectionSet.drain calls this once, as the drain starts."""
+        if self.streams and self.drain_last < 0:
+            self._announce_drain()
 
     def _announce_drain(self) -> None:
         """GOAWAY now, with the last stream id we took: the client opens no more streams here (gRPC
@@ -721,13 +722,10 @@ class H2Downstream(asyncio.Protocol):
         self.side.flush()
 
     def _body_timed_out(self, st: _Stream) -> None:
+        """Only streams without a response yet (see _bodies_due): 408, and the server's stream reset."""
         if st.up is not None:
             st.up.cancel(st)
-        if st.responded:
-            self.side.reset(st.down_id, h2.errors.ErrorCodes.CANCEL)
-            self._finish(st, st.status)
-        else:
-            self._local(st, 408)
+        self._local(st, 408)
 
     def _malformed(self, st: _Stream, reason: str) -> None:
         """RFC 9113 §8.1.1: a malformed request is a stream error (PROTOCOL_ERROR); nothing more of

@@ -124,6 +124,10 @@ class ConnectionSet:
         connections, wait up to ``timeout`` seconds for the others to finish, then abort what is
         left. Returns True when everything finished in time."""
         self.draining = True
+        for conn in list(self.conns):  # HTTP/2 connections announce it (GOAWAY) while streams run
+            start_drain = getattr(conn, "start_drain", None)
+            if start_drain is not None:
+                start_drain()
         self.close_idle()
         deadline = time.monotonic() + timeout
         while self.conns and time.monotonic() < deadline:
@@ -279,8 +283,7 @@ def run_checks(conn: Any, checks: tuple, plane: Any, svc: str) -> tuple[int, byt
             if not chk.breaker.allow():
                 return 503, b""
         elif kind == CHECK_DENY:
-            if chk.status == 403:  # ACL mode's deny-all; a 500/503 deny is a route without backends
-                conn.metrics.denied(svc)
+            conn.metrics.denied(svc)  # an allow-list or deny rule refused it (the metric's meaning)
             return chk.status, b""
     return None
 

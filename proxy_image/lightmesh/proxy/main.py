@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 
 from lightmesh import wire
+from lightmesh.cliargs import http_url
 from lightmesh.config import ConfigError, ProxyConfig
 from lightmesh.proxy import metrics as metrics_mod
 
@@ -99,12 +100,6 @@ def _seconds_or_off(text: str) -> float:
     return 0.0 if text.strip() in ("0", "0.0") else _seconds(text)
 
 
-def _http_url(text: str) -> str:
-    if not text.startswith(("http://", "https://")) or len(text.split("://", 1)[1].strip("/")) == 0:
-        raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL, got {text!r}")
-    return text
-
-
 def _ratio(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -128,7 +123,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="(default: %(default)s)")
     parser.add_argument("--log-format", choices=("json", "text"), default="text", help="(default: %(default)s)")
     parser.add_argument("--access-log", action="store_true", help="one JSON object per HTTP request and line, on stdout")
-    parser.add_argument("--otlp-endpoint", metavar="URL", type=_http_url,
+    parser.add_argument("--otlp-endpoint", metavar="URL", type=http_url,
                         help="OTLP/HTTP traces endpoint, e.g. http://collector:4318 (tracing off when unset)")
     parser.add_argument("--trace-sample-ratio", type=_ratio, default=None,
                         help="fraction of new traces sampled, 0 to 1 (default 1; a parent's decision is kept)")
@@ -473,7 +468,7 @@ class Supervisor:
     def _on_config(self, config: ProxyConfig) -> None:
         previous = self.config
         if previous is not None and (previous.hash, previous.version) == (config.hash, config.version):
-            self.last_error = None  # the source is answering again; nothing to hand on
+            self._on_source_recovered()  # the source answers again; nothing to hand on
             return
         self.config = config
         self.config_json = config.model_dump(mode="json")
@@ -530,9 +525,9 @@ class Supervisor:
             except Exception:
                 worker.pending.pop(self._snapshot_ids, None)
                 continue
-            waits.append((worker, self._snapshot_ids, fut))
+            waits.append((worker, worker.proc, self._snapshot_ids, fut))
         out = []
-        for worker, ident, fut in waits:
+        for worker, proc, ident, fut in waits:
             try:
                 msg = await asyncio.wait_for(fut, SNAPSHOT_TIMEOUT)
             except asyncio.TimeoutError:
@@ -540,24 +535,17 @@ class Supervisor:
                 log.warning("worker %d: no metrics snapshot within %.0fs; its last one stands in",
                             worker.index, SNAPSHOT_TIMEOUT)
                 msg = {"metrics": worker.last_metrics} if worker.last_metrics is not None else None
-            if msg:
-                worker.last_metrics = msg.get("metrics") or {}
-                out.append(msg)
+            if not msg or not worker.alive or worker.proc is not proc:
+                continue  # it exited meanwhile: its counters are in the retired totals already
+            worker.last_metrics = _worker_counts(msg.get("metrics") or {})
+            out.append(worker.last_metrics)
         return out
 
     async def metrics_text(self) -> str:
-        reloads = metrics_mod.PREFIX + "config_reloads_total"
-        version = metrics_mod.PREFIX + "config_version"
         own = self.metrics.snapshot()
         # the version every live worker has applied (a proxy lagging behind shows as such)
-        own[version] = [[self.applied_version()]]
-        snaps = [own, self.retired_metrics]
-        for msg in await self.snapshots():
-            snap = dict(msg.get("metrics") or {})
-            snap.pop(reloads, None)  # counted once per config by the supervisor, not per worker
-            snap.pop(version, None)
-            snaps.append(snap)
-        return metrics_mod.render(metrics_mod.merge(snaps))
+        own[metrics_mod.PREFIX + "config_version"] = [[self.applied_version()]]
+        return metrics_mod.render(metrics_mod.merge([own, self.retired_metrics, *await self.snapshots()]))
 
     def rawdata(self) -> dict:
         config = self.config
@@ -573,6 +561,15 @@ class Supervisor:
             "workers": [w.describe() for w in self.workers],
             "started_at": self.started_at,
         }
+
+
+def _worker_counts(snapshot: dict) -> dict:
+    """A worker's snapshot without what the supervisor reports itself: config reloads (once per
+    config, not once per worker) and the config version (what every live worker applied)."""
+    snap = dict(snapshot)
+    snap.pop(metrics_mod.PREFIX + "config_reloads_total", None)
+    snap.pop(metrics_mod.PREFIX + "config_version", None)
+    return snap
 
 
 def _reap(proc: subprocess.Popen | None) -> int | None:

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import errno
 import logging
 import socket
 from typing import Any
 
 from lightmesh.config import ConfigError, ProxyConfig, load_config_dict, load_config_json
+from lightmesh.netutil import listening_socket
 from lightmesh.proxy import steering
 from lightmesh.proxy.metrics import ProxyMetrics
 from lightmesh.proxy.tcp import SPLICE_AVAILABLE, TCPListener, TCPRouteState
@@ -59,38 +59,12 @@ class ApplyResult:
 
 
 def open_listener_socket(kind: str, address: str, port: int) -> socket.socket:
-    """A bound, non-blocking socket with SO_REUSEPORT (every worker opens its own).
-
-    ``::`` is dual stack (IPv4 clients arrive as ``::ffff:a.b.c.d``, which the allow-lists and
-    ``X-Forwarded-For`` read as IPv4). On a node or in a pod without IPv6 it falls back to
-    ``0.0.0.0``, so the controller can ask for ``::`` everywhere."""
-    if address == "::":
-        try:
-            return _open_listener_socket(kind, address, port)
-        except OSError as exc:
-            if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT):
-                raise
-            log.info("no IPv6 here (%s): listening on 0.0.0.0:%d instead of [::]:%d", exc.strerror, port, port)
-            return _open_listener_socket(kind, "0.0.0.0", port)
-    return _open_listener_socket(kind, address, port)
-
-
-def _open_listener_socket(kind: str, address: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6 and address == "::":
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # dual stack
-        sock.bind((address, port))
-        if kind != "udp":
-            sock.listen(BACKLOG)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    """A bound, non-blocking socket with SO_REUSEPORT (every worker opens its own). ``::`` is dual
+    stack (IPv4 clients arrive as ``::ffff:a.b.c.d``, which the allow-lists and ``X-Forwarded-For``
+    read as IPv4) and falls back to ``0.0.0.0`` without IPv6 (:mod:`lightmesh.netutil`), so the
+    controller can ask for ``::`` everywhere."""
+    return listening_socket(address, port, socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM,
+                            reuse_port=True, backlog=BACKLOG)
 
 
 def describe_key(key: ListenerKey) -> str:
@@ -110,6 +84,7 @@ class _HTTPListener:
         self.server: asyncio.AbstractServer | None = None
         self.sock: socket.socket | None = None
         self.steered = False
+        self.cannot_steer = False
 
     async def start(self, sock: socket.socket) -> None:
         self.update(self.name)
@@ -121,7 +96,10 @@ class _HTTPListener:
         if by_source_ip == self.steered or self.sock is None:
             return
         if by_source_ip:
+            if self.cannot_steer:
+                return  # the kernel refused once (logged then): not again on every config
             self.steered = steering.steer_by_source_ip(self.sock, workers)
+            self.cannot_steer = not self.steered
         else:
             steering.spread_by_hash(self.sock)
             self.steered = False
