@@ -169,6 +169,8 @@ def test_file_config_two_workers_end_to_end(tmp_path):
                     # the dead worker's counts stay in the totals: counters never go back
                     text = (await get(admin + "/metrics"))[1].decode()
                     assert 'lightmesh_proxy_requests_total{service="svc",code="200",method="GET"} 31' in text
+                    # reloads are counted once per config by the supervisor, the dead worker's not added
+                    assert 'lightmesh_proxy_config_reloads_total{result="applied"} 2' in text
 
                     # SIGTERM (to the supervisor only, as the kubelet does): a slow request in flight
                     # finishes, then exit 0 promptly
