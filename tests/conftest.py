@@ -29,3 +29,18 @@ def lightmesh_cmd(*args: str) -> list[str]:
 @pytest.fixture
 def repo_root() -> Path:
     return REPO
+
+
+def without_ipv6(monkeypatch) -> None:
+    """From now on in this test, an IPv6 socket fails as on a host booted with ipv6.disable=1."""
+    import errno
+    import socket
+
+    real = socket.socket
+
+    def socket_without_ipv6(family=socket.AF_INET, *args, **kwargs):
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        return real(family, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "socket", socket_without_ipv6)

@@ -10,6 +10,7 @@ import socket
 import pytest
 from dnslib import QTYPE, DNSRecord
 
+from conftest import without_ipv6
 from lightmesh import netutil
 from lightmesh.controller.dns import DNSTable, MeshDNS
 
@@ -31,14 +32,7 @@ def test_the_any_address_takes_ipv4_and_ipv6_clients():
 
 
 def test_without_ipv6_the_any_address_is_ipv4(monkeypatch):
-    real = socket.socket
-
-    def no_ipv6(family=socket.AF_INET, *args, **kwargs):
-        if family == socket.AF_INET6:
-            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
-        return real(family, *args, **kwargs)
-
-    monkeypatch.setattr(netutil.socket, "socket", no_ipv6)
+    without_ipv6(monkeypatch)
     sock = netutil.listening_socket("::", 0)
     try:
         assert sock.family == socket.AF_INET and sock.getsockname()[0] == "0.0.0.0"

@@ -4,7 +4,6 @@ reported and retried, the HTTP plane swaps under load without a single failed re
 from __future__ import annotations
 
 import asyncio
-import errno
 import socket
 
 import pytest
@@ -12,7 +11,7 @@ import uvloop
 
 from lightmesh.config import ConfigError, EntryPoint, HTTPConfig, L4Server, TCPRoute, UDPRoute, make_config
 from lightmesh.proxy.metrics import ProxyMetrics
-from lightmesh.proxy import runtime as runtime_module
+from conftest import without_ipv6
 from lightmesh.proxy.runtime import Runtime
 from proxy.backends import Backend, RawClient, request
 
@@ -231,14 +230,7 @@ def test_the_any_address_is_dual_stack_and_falls_back_without_ipv6(monkeypatch):
             finally:
                 await rt.close()
 
-            real_socket = socket.socket
-
-            def no_ipv6(family=socket.AF_INET, *args, **kwargs):
-                if family == socket.AF_INET6:
-                    raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
-                return real_socket(family, *args, **kwargs)
-
-            monkeypatch.setattr(runtime_module.socket, "socket", no_ipv6)
+            without_ipv6(monkeypatch)
             rt = Runtime(ProxyMetrics())
             try:
                 result = await rt.apply(build(1, http_port=hp, http_servers=[b.url], tcp={tp: [eport]}, host="::"))
