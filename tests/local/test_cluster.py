@@ -120,7 +120,10 @@ def test_high_ports_move_every_port_below_the_limit_and_every_reference_with_it(
                       "rules": [{"backendRefs": [{"name": "bare", "port": 80}]}]}}
     tcp_route = {"apiVersion": "specs.smi-spec.io/v1alpha4", "kind": "TCPRoute",
                  "metadata": {"name": "t", "namespace": "whoami"}, "spec": {"matches": {"ports": [80, 8080]}}}
-    manifests = [web, bare, svc, plain, ext, given, route, tcp_route]
+    old_target = {"apiVersion": "access.smi-spec.io/v1alpha1", "kind": "TrafficTarget",  # fields at the top
+                  "metadata": {"name": "old", "namespace": "whoami"},
+                  "destination": {"kind": "ServiceAccount", "name": "web", "port": 80}}
+    manifests = [web, bare, svc, plain, ext, given, route, tcp_route, old_target]
 
     high = lc.high_ports_for(manifests)
     # 80 → 8080 would land on web's own 8080: the next offset that collides with nothing is taken
@@ -139,6 +142,7 @@ def test_high_ports_move_every_port_below_the_limit_and_every_reference_with_it(
     assert objects["HTTPRoute", "r"]["spec"]["parentRefs"][0]["port"] == 9080
     assert objects["HTTPRoute", "r"]["spec"]["rules"][0]["backendRefs"][0]["port"] == 9080
     assert objects["TCPRoute", "t"]["spec"]["matches"]["ports"] == [9080, 8080]
+    assert objects["TrafficTarget", "old"]["destination"]["port"] == 9080
     assert state.remapped == {80: 9080, 443: 9443}
     # pod names do not depend on the port layout
     assert [p["metadata"]["name"] for p in state.pods] == [p["metadata"]["name"] for p in lc.synthesize(manifests).pods]
@@ -157,3 +161,10 @@ def test_a_bad_stand_in_port_argument_names_the_pod():
     with pytest.raises(lc.ManifestError, match=r"Pod whoami/custom-\S+ container 'custom': args --port 'http' is not "
                                                r"a port number"):
         lc.synthesize([deployment("custom", replicas=1, args=["--port", "http"])])
+
+
+def test_an_offset_fits_or_not_for_objects_added_later():
+    high = lc.HighPorts(8000, 1024)
+    fine = service("a", {"app": "a"}, [{"name": "http", "port": 80}, {"name": "other", "port": 9090}])
+    clash = service("b", {"app": "b"}, [{"name": "http", "port": 80}, {"name": "alt", "port": 8080}])
+    assert lc.high_ports_fit(high, [fine]) and not lc.high_ports_fit(high, [fine, clash])

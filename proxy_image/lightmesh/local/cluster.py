@@ -79,14 +79,18 @@ NO_REMAP = HighPorts(0, 0)
 def high_ports_for(manifests: list[dict], below: int = PRIVILEGED_PORT_LIMIT) -> HighPorts:
     """The smallest offset that moves no port of a Service or pod onto another port of the same
     object (e.g. a Service with ports 80 and 8080 gets 9000: 80 → 9080)."""
-    port_sets = [_declared_ports(obj) for obj in manifests if obj.get("kind") in ("Service", "Pod", "Deployment")]
     for offset in HIGH_PORT_OFFSETS:
         remap = HighPorts(offset, below)
-        if offset + below <= 65536 and all(len({(proto, remap(p)) for proto, p in ports}) == len(ports)
-                                           for ports in port_sets):
+        if offset + below <= 65536 and high_ports_fit(remap, manifests):
             return remap
     raise ManifestError(f"cannot move the ports below {below} to free high ports: every offset "
                         f"{HIGH_PORT_OFFSETS[0]}..{HIGH_PORT_OFFSETS[-1]} collides with a port in use")
+
+
+def high_ports_fit(remap: HighPorts, manifests: list[dict]) -> bool:
+    """No Service or pod of ``manifests`` gets two of its ports onto one under ``remap``."""
+    port_sets = [_declared_ports(obj) for obj in manifests if obj.get("kind") in ("Service", "Pod", "Deployment")]
+    return all(len({(proto, remap(p)) for proto, p in ports}) == len(ports) for ports in port_sets)
 
 
 def _declared_ports(obj: dict) -> set[tuple[str, int]]:
@@ -248,10 +252,13 @@ def _remap_service(service: dict, cluster: LocalCluster) -> None:
 
 def _remap_references(obj: dict, cluster: LocalCluster) -> None:
     """Ports other objects use to name a Service port (see the module docstring)."""
-    if cluster.high_ports is NO_REMAP or not isinstance(obj.get("spec"), dict):
+    if cluster.high_ports is NO_REMAP:
         return
     group = str(obj.get("apiVersion", "")).split("/")[0]
-    spec = obj["spec"]
+    # access v1alpha1 TrafficTargets have no spec: destination and sources are top-level fields
+    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else obj if group == "access.smi-spec.io" else None
+    if spec is None:
+        return
     if group == "gateway.networking.k8s.io":
         # parentRefs default to kind Gateway, backendRefs to kind Service: only Service ports moved
         refs = [r for r in spec.get("parentRefs") or [] if isinstance(r, dict) and r.get("kind") == "Service"]

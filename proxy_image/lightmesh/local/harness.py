@@ -399,7 +399,13 @@ class LocalMesh:
             return o.get("kind"), meta.get("namespace", "default"), meta.get("name")
 
         replaced = {key(o) for o in objects}
-        self.manifests = [m for m in self.manifests if key(m) not in replaced] + list(objects)
+        manifests = [m for m in self.manifests if key(m) not in replaced] + list(objects)
+        if self.high_ports is not local_cluster.NO_REMAP and not local_cluster.high_ports_fit(self.high_ports,
+                                                                                               objects):
+            # the offset was chosen for the manifests at start; moving would change every address
+            raise LocalModeError(f"these objects have ports that collide once moved up by {self.high_ports.offset} "
+                                 "(high ports, chosen at start): restart local mode with them in PATH")
+        self.manifests = manifests
         await self._changed(timeout)
 
     async def delete(self, kind: str, namespace: str, name: str, timeout: float = 30.0) -> None:
