@@ -86,7 +86,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httptools
-from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade
+from httptools import HttpParserCallbackError, HttpParserError, HttpParserInvalidMethodError, HttpParserUpgrade
 
 from lightmesh.proxy.h2 import H2Downstream, looks_like_h2
 from lightmesh.proxy.metrics import ProxyMetrics
@@ -197,6 +197,9 @@ def _classify(name: bytes) -> int:
 
 
 _METHODS: dict[bytes, str] = {}
+# A request method llhttp does not know is forwarded when it is an RFC 9110 token of at most this size.
+MAX_METHOD_BYTES = 64
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
 _CRLF = b"\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
@@ -406,6 +409,7 @@ class Exchange:
     cl_left = -1  # Content-Length body bytes not yet received
     method = b""
     mstr = ""
+    mlabel = ""  # metrics and span label when the method is not one of llhttp's ("_OTHER")
     v10 = False
     keep_alive = True
     upgrade: bytes | None = None
@@ -454,7 +458,7 @@ class ClientProtocol(asyncio.Protocol):
     __slots__ = ("holder", "ep", "options", "metrics", "loop", "transport", "peer", "peer_b", "parser", "cur",
                  "active", "pending", "out", "dirty", "rpause", "wpaused", "closing", "broken", "tunnel",
                  "deadline", "timer", "period", "in_head", "head_seen", "acl", "acl_plane", "hosts", "raw_up",
-                 "registered", "bypass", "response_timeout", "fresh_conn")
+                 "registered", "bypass", "response_timeout", "fresh_conn", "alt_method")
 
     def __init__(self, holder: Any, entry_point: str, options: HTTPOptions, metrics: ProxyMetrics) -> None:
         self.holder = holder
@@ -490,6 +494,7 @@ class ClientProtocol(asyncio.Protocol):
         self.bypass = 0  # bytes of the current request body passed on without the parser
         self.response_timeout = options.response_timeout  # read per request: kept at hand
         self.fresh_conn = True  # nothing read yet: the HTTP/2 preface is possible
+        self.alt_method: bytes | None = None  # the real method of a head fed to llhttp respelt (see _respell)
 
     # ------------------------------------------------------------------ connection events
 
@@ -685,6 +690,13 @@ class ClientProtocol(asyncio.Protocol):
             else:
                 _log.error("HTTP proxy bug while parsing a request", exc_info=ctx or exc)
                 self._input_error(500)
+        except HttpParserInvalidMethodError:
+            respelt = self._respell(data)
+            if respelt is None:
+                self._input_error(400)
+            else:
+                self.data_received(respelt)
+                return
         except HttpParserError:
             self._input_error(400)
         else:
@@ -695,6 +707,25 @@ class ClientProtocol(asyncio.Protocol):
                 self.bypass = ex.cl_left
                 self.parser = httptools.HttpRequestParser(self)
         self._end_of_read()
+
+    def _respell(self, data: bytes) -> bytes | None:
+        """llhttp knows a fixed list of methods; HTTP allows any token (Traefik and Go forward them).
+        A request whose token method llhttp refused is parsed again with ``GET`` in its place, and
+        the real method goes upstream and into routing. The framing rules do not depend on the
+        method of a request, so llhttp still decides where the message ends. Only a head that
+        began in this read qualifies (its bytes are all here); anything else stays a 400."""
+        ex = self.cur
+        if (ex is None or self.head_seen != len(data) or ex.url or ex.headers or not self.in_head
+                or self.alt_method is not None):
+            return None
+        end = data.find(b" ", 0, MAX_METHOD_BYTES + 1)
+        if end <= 0 or _TOKEN.fullmatch(data, 0, end) is None:
+            return None  # not a token: malformed
+        self.alt_method = data[:end]
+        self.parser = httptools.HttpRequestParser(self)
+        self.cur = None
+        self.head_seen = 0
+        return b"GET" + data[end:]
 
     def _to_h2(self, data: bytes) -> None:
         """The client opened with the HTTP/2 preface: an HTTP/2 protocol takes the connection over."""
@@ -780,11 +811,16 @@ class ClientProtocol(asyncio.Protocol):
         elif version != "1.1":
             raise _Reject(400 if version < "1.0" else 505)  # HTTP/0.9 request lines are malformed here
         method = parser.get_method()
-        mstr = _METHODS.get(method)
-        if mstr is None:
+        if self.alt_method is None:
+            mstr = _METHODS.get(method)
+            if mstr is None:
+                mstr = method.decode("latin-1")
+                if len(_METHODS) < 64:
+                    _METHODS[method] = mstr
+        else:  # a method llhttp does not know (see _respell): routed by name, counted as _OTHER
+            method, self.alt_method = self.alt_method, None
             mstr = method.decode("latin-1")
-            if len(_METHODS) < 64:
-                _METHODS[method] = mstr
+            ex.mlabel = "_OTHER"
         if method == b"CONNECT":
             raise _Reject(405)
         ex.method = method
@@ -881,19 +917,19 @@ class ClientProtocol(asyncio.Protocol):
         if route is None:
             self._local(ex, 404)
             if self.options.tracer is not None:
-                self.options.tracer.refused(tp, "", UNROUTED, mstr, hstr, url, 404)
+                self.options.tracer.refused(tp, "", UNROUTED, ex.mlabel or mstr, hstr, url, 404)
             return
         ex.route = route
         service = route.service
         ex.service = svc = service.name
         if route.checks and not self._checks(ex, route.checks, plane, svc):
             if self.options.tracer is not None:
-                self.options.tracer.refused(tp, route.name, svc, mstr, hstr, url, ex.status)
+                self.options.tracer.refused(tp, route.name, svc, ex.mlabel or mstr, hstr, url, ex.status)
             return
         if not service.servers:
             self._local(ex, 503)
             if self.options.tracer is not None:
-                self.options.tracer.refused(tp, route.name, svc, mstr, hstr, url, 503)
+                self.options.tracer.refused(tp, route.name, svc, ex.mlabel or mstr, hstr, url, 503)
             return
         if route.edits is not None:  # request_headers / response_headers middlewares
             edits, ex.resp_edits = route.edits
@@ -907,7 +943,8 @@ class ClientProtocol(asyncio.Protocol):
         if tracer is not None:
             qpos = url.find(b"?")
             try:
-                ex.span = span = tracer.start(tp, route.name, svc, mstr, hstr, url if qpos < 0 else url[:qpos])
+                ex.span = span = tracer.start(tp, route.name, svc, ex.mlabel or mstr, hstr,
+                                              url if qpos < 0 else url[:qpos])
             except Exception:  # tracing is an add-on: never the reason a request fails
                 _log.exception("starting a trace span failed")
             else:
@@ -1164,7 +1201,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def _account(self, ex: Exchange, status: int) -> None:
         seconds = perf_counter() - ex.start
-        self.metrics.request(ex.service, status, ex.mstr or "-", seconds)
+        self.metrics.request(ex.service, status, ex.mlabel or ex.mstr or "-", seconds)
         if ex.route is not None and not ex.local:
             for breaker in ex.route.breakers:
                 breaker.record(status, seconds)  # the window counts 502/504 as network errors (Traefik)
