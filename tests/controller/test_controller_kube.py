@@ -105,6 +105,7 @@ def test_shadows_created_orphans_removed_ports_recovered_user_objects_untouched(
                 assert db["spec"]["ports"][0]["targetPort"] == 10007  # recovered, not re-allocated
                 web = shadows(kube)[shadow_name(NS, "web")]
                 assert web["spec"]["internalTrafficPolicy"] == "Local"
+                assert web["spec"]["ipFamilyPolicy"] == "PreferDualStack"
                 assert web["metadata"]["labels"][wire.LABEL_MANAGED_BY] == wire.MANAGED_BY_CONTROLLER
                 assert [r.port for r in controller.config.tcp] == [10007]
                 # the user's Service in the mesh namespace and the user Services were never written

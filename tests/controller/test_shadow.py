@@ -51,6 +51,7 @@ def test_desired_shape():
                      "labels": {wire.LABEL_SHADOW_SERVICE_NAME: "web", wire.LABEL_SHADOW_SERVICE_NAMESPACE: "app",
                                 wire.LABEL_MANAGED_BY: wire.MANAGED_BY_CONTROLLER}},
         "spec": {"type": "ClusterIP", "selector": wire.PROXY_POD_LABELS, "internalTrafficPolicy": "Local",
+                 "ipFamilyPolicy": "PreferDualStack",
                  "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 5000},
                            {"name": "admin", "port": 81, "protocol": "TCP", "targetPort": 5001}]},
     }

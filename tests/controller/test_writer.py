@@ -37,6 +37,19 @@ def test_subset_ignores_what_the_server_adds():
     assert not subset({"spec": {"ports": [{}]}}, {"spec": {"ports": [{}, {}]}})  # a port more is a difference
 
 
+def test_dual_stack_preference_patches_old_shadows_once():
+    # Shadows written before ipFamilyPolicy was set read back SingleStack: one patch upgrades them.
+    # Afterwards a single-stack cluster keeps PreferDualStack with one family: no patch loop.
+    want = desired("a")
+    want["spec"]["ipFamilyPolicy"] = "PreferDualStack"
+    old = json.loads(json.dumps(want))
+    old["spec"].update(ipFamilyPolicy="SingleStack", ipFamilies=["IPv4"], clusterIPs=["10.0.0.1"])
+    assert not subset(managed_part(want), old)
+    after = json.loads(json.dumps(old))
+    after["spec"]["ipFamilyPolicy"] = "PreferDualStack"
+    assert subset(managed_part(want), after)
+
+
 def test_local_store_allocates_stable_loopback_ips_and_persists(tmp_path):
     state = tmp_path / ".lightmesh-shadows.json"
     store = LocalShadowStore(state, MESH)

@@ -7,7 +7,8 @@ This module owns their names and their desired shape; the shell's writer applies
   ``<meshNs>-<svc>-6d61657368-<ns>`` failed past 63, upstream #746). The labels
   ``lightmesh.io/service-name`` / ``-namespace`` map a shadow Service back to its Service.
 * Shape: type ClusterIP, selector = the proxy pods, ``internalTrafficPolicy: Local`` (the proxy on
-  the client's own node: one hop, the client's source address preserved), one port per meshed user
+  the client's own node: one hop, the client's source address preserved), ``ipFamilyPolicy:
+  PreferDualStack`` (an IPv4 and an IPv6 ClusterIP in a dual-stack cluster), one port per meshed user
   port: ``port`` = the user's port, ``targetPort`` = the mesh port, same protocol.
 * A Service left out for bad annotations keeps its existing shadow Service unchanged (same ClusterIP
   once fixed); a Service with no meshed port gets none (a Service needs at least one port).
@@ -52,6 +53,9 @@ def _shadow(namespace: str, name: str, ports: list[dict], settings: Settings) ->
             "type": "ClusterIP",
             "selector": dict(wire.PROXY_POD_LABELS),
             "internalTrafficPolicy": "Local",
+            # Both families where the cluster has both (the proxies listen on [::]); a single-stack
+            # cluster gives one, and keeps this value, so the writer sees no difference to patch.
+            "ipFamilyPolicy": "PreferDualStack",
             "ports": ports,
         },
     }
