@@ -52,6 +52,10 @@ async def test_span_continues_incoming_trace_and_propagates_upstream():
     attrs = dict(span.attributes)
     assert attrs["service"] == "svc" and attrs["route"] == "r" and attrs["upstream"] == b.url
     assert attrs["http.status_code"] == 200 and attrs["retries"] == 0
+    # OpenTelemetry's stable HTTP names, next to the older ones
+    assert attrs["http.response.status_code"] == 200 and attrs["http.request.method"] == "GET"
+    assert attrs["server.address"] == "svc" and attrs["url.path"] == "/t"
+    assert "error.type" not in attrs and "http.request.method_original" not in attrs
     seen = b.requests[-1]
     assert seen.header_all("traceparent") == [f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-01"]
     assert seen.header("tracestate") == "k=v"
@@ -69,6 +73,7 @@ async def test_new_trace_without_or_with_invalid_traceparent_and_error_status():
     (span,) = exporter.get_finished_spans()
     assert span.parent is None
     assert span.attributes["http.status_code"] == 502 and span.attributes["retries"] == 1
+    assert span.attributes["error.type"] == "502"
     assert not span.status.is_ok
 
 
@@ -153,3 +158,14 @@ async def test_a_failing_tracer_never_fails_requests():
         resp = await request(p.port, headers={"traceparent": INCOMING})
         assert resp.status == 200
         assert b.requests[-1].header("traceparent") == INCOMING  # untouched when no span
+
+
+@on_uvloop
+async def test_a_method_outside_the_known_list_is_other_with_the_original_kept():
+    exporter = InMemorySpanExporter()
+    async with ProxyUnderTest(simple_config({"svc": []}), options=_options(exporter)) as p:
+        for method in ("BAN", "get"):
+            assert (await request(p.port, method=method)).status == 503
+    spans = exporter.get_finished_spans()
+    assert [(s.attributes["http.request.method"], s.attributes["http.request.method_original"]) for s in spans] == [
+        ("_OTHER", "BAN"), ("_OTHER", "get")]

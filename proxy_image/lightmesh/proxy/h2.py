@@ -60,6 +60,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from lightmesh.proxy.metrics import method_label
 from lightmesh.proxy.routing import Server, split_host
 
 _H1_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te",
@@ -286,20 +287,8 @@ class _Side:
             pass
 
 
-# The methods HTTP/1.1's parser (llhttp) accepts. A method label outside them would let an HTTP/2
-# client, which may send any token, create metric series without bound; those count as "_OTHER"
-# (OpenTelemetry's convention, used for the span attribute too).
-_SERIES_METHODS = frozenset((
-    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "PURGE", "QUERY",
-    "COPY", "LOCK", "MKCOL", "MOVE", "PROPFIND", "PROPPATCH", "SEARCH", "UNLOCK", "BIND", "REBIND", "UNBIND",
-    "ACL", "REPORT", "MKACTIVITY", "CHECKOUT", "MERGE", "M-SEARCH", "NOTIFY", "SUBSCRIBE", "UNSUBSCRIBE",
-    "MKCALENDAR", "LINK", "UNLINK", "SOURCE"))
-
-
 def _series_method(method: str | None) -> str:
-    if not method:
-        return "-"
-    return method if method in _SERIES_METHODS else "_OTHER"
+    return method_label(method) if method else "-"
 
 
 class _Stream:
@@ -536,7 +525,7 @@ class H2Downstream(asyncio.Protocol):
             tp = next((v for n, v in st.headers if n == b"traceparent"), None)
             q = st.path.find(b"?")
             try:
-                st.span = tracer.start(tp, route.name, svc, _series_method(st.mstr), split_host(st.authority),
+                st.span = tracer.start(tp, route.name, svc, st.mstr or "", split_host(st.authority),
                                        st.path if q < 0 else st.path[:q])
             except Exception:  # tracing is an add-on: never the reason a stream fails
                 _log.exception("starting a trace span failed")
@@ -546,7 +535,7 @@ class H2Downstream(asyncio.Protocol):
         tracer = self.options.tracer
         if tracer is not None:
             tp = next((v for n, v in st.headers if n == b"traceparent"), None)
-            tracer.refused(tp, route, st.service, _series_method(st.mstr), split_host(st.authority), st.path, status)
+            tracer.refused(tp, route, st.service, st.mstr or "", split_host(st.authority), st.path, status)
 
     def check(self, checks: tuple, plane: Any, svc: str) -> tuple[int, bytes] | None:
         from lightmesh.proxy.http import run_checks

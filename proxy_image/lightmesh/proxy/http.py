@@ -917,19 +917,19 @@ class ClientProtocol(asyncio.Protocol):
         if route is None:
             self._local(ex, 404)
             if self.options.tracer is not None:
-                self.options.tracer.refused(tp, "", UNROUTED, ex.mlabel or mstr, hstr, url, 404)
+                self.options.tracer.refused(tp, "", UNROUTED, mstr, hstr, url, 404)
             return
         ex.route = route
         service = route.service
         ex.service = svc = service.name
         if route.checks and not self._checks(ex, route.checks, plane, svc):
             if self.options.tracer is not None:
-                self.options.tracer.refused(tp, route.name, svc, ex.mlabel or mstr, hstr, url, ex.status)
+                self.options.tracer.refused(tp, route.name, svc, mstr, hstr, url, ex.status)
             return
         if not service.servers:
             self._local(ex, 503)
             if self.options.tracer is not None:
-                self.options.tracer.refused(tp, route.name, svc, ex.mlabel or mstr, hstr, url, 503)
+                self.options.tracer.refused(tp, route.name, svc, mstr, hstr, url, 503)
             return
         if route.edits is not None:  # request_headers / response_headers middlewares
             edits, ex.resp_edits = route.edits
@@ -943,8 +943,7 @@ class ClientProtocol(asyncio.Protocol):
         if tracer is not None:
             qpos = url.find(b"?")
             try:
-                ex.span = span = tracer.start(tp, route.name, svc, ex.mlabel or mstr, hstr,
-                                              url if qpos < 0 else url[:qpos])
+                ex.span = span = tracer.start(tp, route.name, svc, mstr, hstr, url if qpos < 0 else url[:qpos])
             except Exception:  # tracing is an add-on: never the reason a request fails
                 _log.exception("starting a trace span failed")
             else:

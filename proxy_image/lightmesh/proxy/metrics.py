@@ -22,6 +22,22 @@ PREFIX = "lightmesh_proxy_"
 DURATION_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                                        2.5, 5.0, 10.0, 30.0)
 
+# The request methods with their own metric series and span attribute value: the HTTP and WebDAV
+# ones HTTP/1.1's parser (llhttp) knows. Clients may send any token (HTTP/2 always could; HTTP/1.1
+# ones are forwarded too), so any other method counts as "_OTHER" (OpenTelemetry's convention):
+# series stay bounded.
+KNOWN_METHODS = frozenset((
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "PURGE", "QUERY",
+    "COPY", "LOCK", "MKCOL", "MOVE", "PROPFIND", "PROPPATCH", "SEARCH", "UNLOCK", "BIND", "REBIND", "UNBIND",
+    "ACL", "REPORT", "MKACTIVITY", "CHECKOUT", "MERGE", "M-SEARCH", "NOTIFY", "SUBSCRIBE", "UNSUBSCRIBE",
+    "MKCALENDAR", "LINK", "UNLINK", "SOURCE"))
+
+
+def method_label(method: str) -> str:
+    """``method`` when it is one of :data:`KNOWN_METHODS`, else ``"_OTHER"``."""
+    return method if method in KNOWN_METHODS else "_OTHER"
+
+
 CB_CLOSED, CB_OPEN, CB_RECOVERING = 0, 1, 2
 # how bad each state is, for "the worst state" over breakers and workers: open is worse than
 # recovering although its number is smaller

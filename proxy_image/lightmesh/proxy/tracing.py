@@ -10,9 +10,13 @@ Tracing off (``HTTPOptions.tracer is None``): the proxy never calls into this mo
 Tracing on: per proxied request :meth:`RequestTracer.start` continues the incoming
 ``traceparent`` (a malformed one is ignored: a new trace starts), opens a span (kind SERVER, named
 after the router) and returns a :class:`RequestSpan` whose ``traceparent`` replaces the incoming one
-on the upstream request (same trace id, the proxy span as parent). :meth:`RequestSpan.end` sets the
-attributes ``service``, ``route``, ``upstream`` (server URL), ``http.status_code`` and ``retries``
-(plus ``http.method``, ``http.host``, ``http.target``) and ends the span; 5xx marks it as an error.
+on the upstream request (same trace id, the proxy span as parent). Attributes: ``service``,
+``route``, ``upstream`` (server URL) and ``retries``; OpenTelemetry's stable HTTP names
+``http.request.method`` (``_OTHER`` plus ``http.request.method_original`` for a method outside
+:data:`~lightmesh.proxy.metrics.KNOWN_METHODS`), ``http.response.status_code``, ``server.address``,
+``url.path``, and ``error.type`` on a 5xx, which also marks the span as an error. The names before
+OpenTelemetry's HTTP conventions were stable (``http.method``, ``http.status_code``, ``http.host``,
+``http.target``) are set too, for dashboards built on them.
 Sampling is parent-based with ``sample_ratio`` for new traces; a span sampled out still propagates
 a fresh span id with the sampled flag cleared.
 """
@@ -22,6 +26,8 @@ from __future__ import annotations
 import logging
 import re
 from typing import Any
+
+from lightmesh.proxy.metrics import method_label
 
 log = logging.getLogger("lightmesh.proxy.tracing")
 
@@ -69,9 +75,11 @@ class RequestSpan:
             from opentelemetry.trace import Status, StatusCode
 
             attrs = self.attrs
-            attrs["http.status_code"] = status
+            attrs["http.response.status_code"] = attrs["http.status_code"] = status
             attrs["retries"] = retries
             attrs["upstream"] = upstream
+            if status >= 500:
+                attrs["error.type"] = str(status)
             span.set_attributes(attrs)
             if status >= 500:
                 span.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
@@ -104,8 +112,12 @@ class RequestTracer:
             context = self._trace.set_span_in_context(self._non_recording(remote))
         span = self.tracer.start_span(route, context=context, kind=self._kind)
         ctx = span.get_span_context()
-        attrs = {"service": service, "route": route, "http.method": method, "http.host": host,
-                 "http.target": path.decode("latin-1")}
+        label = method_label(method)
+        target = path.decode("latin-1")
+        attrs = {"service": service, "route": route, "http.request.method": label, "server.address": host,
+                 "url.path": target, "http.method": label, "http.host": host, "http.target": target}
+        if label != method and method:
+            attrs["http.request.method_original"] = method
         return RequestSpan(span, format_traceparent(ctx.trace_id, ctx.span_id, int(ctx.trace_flags)), attrs)
 
     def refused(self, traceparent: bytes | None, route: str, service: str, method: str, host: str,
