@@ -4,6 +4,7 @@ limits (header size, slowloris, idle); the listener survives garbage."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 import uvloop
@@ -331,3 +332,122 @@ async def test_unknown_method_split_over_reads_or_pipelined_is_a_400():
         await client.send(b"HY / HTTP/1.1\r\n" + H + b"\r\n")
         assert (await client.response()).status == 400
         assert [h.split(b"\r\n", 1)[0] for h, _ in up.requests] == [b"GET /first HTTP/1.1"]
+
+
+# --------------------------------------------------------------------------- found by an outside audit
+
+
+@on_uvloop
+async def test_connection_cannot_make_framing_or_forwarded_fields_hop_by_hop():
+    # "Connection: Content-Length" used to drop Content-Length while the body was still forwarded:
+    # the body reached the backend as a request of its own, past routing and the deny rule.
+    routers = [{"name": "admin", "service": "svc", "priority": 10, "match": {"path_regex": "/admin"},
+                "middlewares": ["deny"]}, {"name": "r", "service": "svc"}]
+    deny = [{"type": "deny", "name": "deny", "status_code": 403}]
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url], routers=routers, middlewares=deny)) as p:
+        smuggled = b"GET /admin/secret HTTP/1.1\r\nHost: svc\r\n\r\n"
+        client = await RawClient.connect(p.port)
+        await client.send(b"POST / HTTP/1.1\r\nHost: svc\r\n"
+                          b"Connection: Content-Length, X-Forwarded-Host, x-forwarded-proto, Host, X-Forwarded-For\r\n"
+                          b"X-Forwarded-Host: original\r\nX-Forwarded-Proto: https\r\nX-Forwarded-For: 10.1.1.1\r\n"
+                          b"Content-Length: %d\r\n\r\n%s" % (len(smuggled), smuggled))
+        assert (await client.response()).status == 200
+        await asyncio.sleep(0.05)
+        assert [(r.method, r.path) for r in b.requests] == [("POST", "/")]
+        seen = b.requests[0]
+        assert seen.body == smuggled and seen.header("Content-Length") == str(len(smuggled))
+        assert seen.header("Host") == "svc"
+        assert seen.header("X-Forwarded-Host") == "original" and seen.header("X-Forwarded-Proto") == "https"
+        assert seen.header("X-Forwarded-For") == "10.1.1.1, 127.0.0.1"
+        assert (await request(p.port, path="/admin/secret")).status == 403
+
+
+@on_uvloop
+async def test_an_empty_x_forwarded_for_is_replaced_not_appended_to():
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url])) as p:
+        for value in ("", " ", ","):
+            assert (await request(p.port, headers={"X-Forwarded-For": value})).status == 200
+            assert b.requests[-1].header("X-Forwarded-For") == "127.0.0.1", value
+
+
+@on_uvloop
+async def test_a_declined_upgrade_ends_the_connection_after_its_answer():
+    # The connection used to hang: the client's next request went upstream as "new protocol" bytes.
+    from .backends import ScriptedUpstream
+    async with ScriptedUpstream([[b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 4\r\n\r\nnope"],
+                                 [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"]]) as up, \
+            ProxyUnderTest(simple_config([up.url])) as p:
+        client = await RawClient.connect(p.port)
+        await client.send(b"GET /ws HTTP/1.1\r\nHost: svc\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        resp = await client.response()
+        assert resp.status == 426 and resp.body == b"nope" and resp.header("Connection") == "close"
+        assert await client.closed()
+        # that upstream connection is not reused: it may hold bytes the client meant for the new protocol
+        assert (await request(p.port)).status == 200
+        assert up.connections == 2
+        assert not p.loop_errors
+
+
+@on_uvloop
+async def test_a_second_response_nobody_asked_for_is_dropped_quietly(caplog):
+    from .backends import ScriptedUpstream
+    two = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSMUGGL"
+    async with ScriptedUpstream([[two], [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"]]) as up, \
+            ProxyUnderTest(simple_config([up.url])) as p:
+        with caplog.at_level(logging.ERROR, logger="lightmesh.proxy.http"):
+            first = await request(p.port)
+            assert first.status == 200 and first.body == b"hello"
+            second = await request(p.port)
+            assert second.status == 200 and second.body == b"ok"  # on a new upstream connection
+        assert up.connections == 2
+        assert not [r for r in caplog.records if "bug" in r.getMessage()]
+        assert not p.loop_errors
+
+
+@pytest.mark.parametrize("raw", [b"FOO / HTTP/1.1\r\n\r\n", b"FOO / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"],
+                         ids=["no_host", "two_hosts"])
+@on_uvloop
+async def test_an_unknown_method_on_a_bad_head_is_a_400_not_a_proxy_bug(raw, caplog):
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url])) as p:
+        with caplog.at_level(logging.ERROR, logger="lightmesh.proxy.http"):
+            await _expect_rejected(p.port, raw, 400)
+        assert not [r for r in caplog.records if "bug" in r.getMessage()]
+        assert not b.requests
+
+
+@on_uvloop
+async def test_trailer_fields_are_bounded_by_the_header_limit():
+    opts = HTTPOptions(max_header_bytes=4096)
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url]), options=opts) as p:
+        for tail in (b"X-T: " + b"y" * 8000 + b"\r\n\r\n",  # one long trailer field
+                     b"X-T: " + b"y" * 100_000):  # ... never ending
+            client = await RawClient.connect(p.port)
+            await client.send(P + b"Transfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n")
+            await asyncio.sleep(0.05)
+            for i in range(0, len(tail), 1000):  # several reads, as a slow client sends it
+                try:
+                    await client.send(tail[i:i + 1000])
+                except (ConnectionError, OSError):
+                    break
+            data = await client.read_all()
+            assert data.startswith(b"HTTP/1.1 431 "), data[:100]
+        assert not b.requests  # the backend never saw a complete request
+        # a chunk extension that never ends is bounded the same way
+        client = await RawClient.connect(p.port)
+        await client.send(P + b"Transfer-Encoding: chunked\r\n\r\n1;ext=" + b"e" * 8000)
+        assert (await client.read_all()).startswith(b"HTTP/1.1 431 ")
+
+
+@on_uvloop
+async def test_the_header_limit_counts_the_whole_head():
+    opts = HTTPOptions(max_header_bytes=4096)
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url]), options=opts) as p:
+        def head(size: int) -> bytes:
+            start = b"GET / HTTP/1.1\r\n" + H + b"X-Pad: "
+            return start + b"p" * (size - len(start) - 4) + b"\r\n\r\n"
+        assert len(head(4096)) == 4096
+        client = await RawClient.connect(p.port)
+        await client.send(head(4096))
+        assert (await client.response()).status == 200
+        await client.close()
+        await _expect_rejected(p.port, head(4097), 431)

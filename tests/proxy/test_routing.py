@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 import time
 
+import pytest
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lightmesh.config import HTTPConfig, make_config
 from lightmesh.proxy.metrics import ProxyMetrics
-from lightmesh.proxy.routing import compile_http, match_length, split_host
+from lightmesh.proxy.routing import compile_http, match_length, normal_path, split_host
 
 
 def _config(routers, services=None, middlewares=None, entry_points=("web", "admin"), version=1):
@@ -52,6 +54,29 @@ def test_path_regex_anchored_at_start_only_and_no_query():
     assert _lookup(plane, "h", path=b"/v1/api/v2") is None
     assert _lookup(plane, "h", path=b"/x") == "exact"
     assert _lookup(plane, "h", path=b"/xy") is None
+
+
+@pytest.mark.parametrize("path, normal", [
+    ("/api", "/api"), ("/%61pi", "/api"), ("/API%2d%5F%7e%2E", "/API-_~."), ("/api/../admin", "/admin"),
+    ("/%2e%2e/admin", "/admin"), ("/a/./b/", "/a/b/"), ("//admin", "/admin"), ("/a//b", "/a/b"),
+    ("/a/b/..", "/a/"), ("/..", "/"), ("/../../x", "/x"), ("/a/", "/a/"), ("/a%2Fb", "/a%2Fb"),
+    ("/%25", "/%25"), ("/%zz", "/%zz"), ("/", "/")])
+def test_normal_path(path, normal):
+    assert normal_path(path) == normal
+
+
+def test_path_regex_sees_the_normal_path_so_rules_cannot_be_dodged():
+    # Backends decode unreserved escapes and resolve dot segments before they route: a rule for
+    # /admin must catch /%61dmin and /api/../admin, and a rule for /api must not let /api/../admin by.
+    plane = compile_http(_config([_router("admin", priority=10, path_regex="/admin"),
+                                  _router("api", priority=5, path_regex="/api/")]))
+    for path in (b"/admin", b"/%61dmin", b"/%61%64min?x=/api/", b"/api/../admin", b"/api/%2e%2e/admin", b"//admin",
+                 b"/./admin"):
+        assert _lookup(plane, "h", path=path) == "admin", path
+    assert _lookup(plane, "h", path=b"/api/x") == "api"
+    assert _lookup(plane, "h", path=b"/api/x/../y") == "api"
+    assert _lookup(plane, "h", path=b"/other/../api/x") == "api"
+    assert _lookup(plane, "h", path=b"/api%2F..%2Fadmin") is None  # %2F is not a separator
 
 
 def test_methods_and_headers():

@@ -245,6 +245,32 @@ async def test_invalid_config_is_refused_and_not_refetched_in_a_loop():
 
 
 @pytest.mark.asyncio
+async def test_a_controller_that_resends_a_refused_config_is_polled_with_backoff():
+    # A misbehaving server ignores If-None-Match and sends the same bad body again at once: without
+    # a backoff the proxy polled (and logged an error) every few milliseconds.
+    class Ignoring(StubController):
+        async def handle(self, request):
+            self.requests.append(dict(request.headers))
+            return web.Response(body=self.body, headers={"ETag": self.etag}, content_type="application/json")
+
+    stub = await Ignoring().start()
+    rec = Recorder()
+    source = ControllerSource(stub.url, "p", rec.on_config, rec.on_error, backoff=fast_backoff())
+    stub.publish(raw=b'{"version": "x"}', etag='"bad"')
+    task = await run_source(source)
+    try:
+        await asyncio.sleep(1.0)
+        # backoff 0.05 s doubling to 0.2 s: about 7 polls in a second (a hot loop made hundreds)
+        assert 2 <= len(stub.requests) <= 10 and len(rec.refused) == len(stub.requests)
+        stub.publish(config_v(1))
+        await rec.wait(lambda: len(rec.configs) == 1)
+        assert source.refused_backoff.current == source.refused_backoff.low  # reset by a valid config
+    finally:
+        await stop(task)
+        await stub.stop()
+
+
+@pytest.mark.asyncio
 async def test_the_controllers_own_etag_is_sent_back_so_polls_are_held():
     # A controller may use any opaque ETag; answering with the config's hash instead would never
     # match, and every poll would come straight back with the same config.

@@ -310,13 +310,21 @@ def _tokens(value: bytes) -> list[bytes]:
 _CONN_CACHE: dict[bytes, tuple[tuple[bytes, ...], bool]] = {}
 
 
+# Connection tokens that never make a header hop-by-hop. Framing and Host: dropping Content-Length
+# while forwarding the body would smuggle the body upstream as a request of its own. The
+# X-Forwarded-* fields: the proxy maintains them, and a client must not be able to remove them
+# (the class of Traefik's CVE-2024-45410).
+_NOT_CONNECTION_OPTIONS = frozenset((b"close", b"keep-alive", b"upgrade", b"content-length", b"transfer-encoding",
+                                     b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"))
+
+
 def _connection(value: bytes) -> tuple[tuple[bytes, ...], bool]:
     """Connection header value → (other header names it makes hop-by-hop, names "upgrade");
     cached, since nearly every peer sends the same one or two values."""
     hit = _CONN_CACHE.get(value)
     if hit is None:
         tokens = _tokens(value)
-        hit = (tuple(t for t in tokens if t not in (b"close", b"keep-alive", b"upgrade")), b"upgrade" in tokens)
+        hit = (tuple(t for t in tokens if t not in _NOT_CONNECTION_OPTIONS), b"upgrade" in tokens)
         if len(_CONN_CACHE) < 256:
             _CONN_CACHE[value] = hit
     return hit
@@ -674,11 +682,16 @@ class ClientProtocol(asyncio.Protocol):
             limit = self.options.max_header_bytes
             if seen > limit:
                 end = data.find(b"\r\n\r\n")
-                if end < 0 or self.head_seen + end > limit:
+                if end < 0 or self.head_seen + end + 4 > limit:
                     self._input_error(431)
                     self.flush()
                     return
             self.head_seen = seen
+        elif self.cur is not None and self.cur.chunked:
+            # Bytes of a chunked body that yield no body data (trailer fields, chunk extensions):
+            # counted like a head and bounded by the same limit (on_body resets the count).
+            self.head_seen += len(data)
+        respelt = None
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as exc:
@@ -694,9 +707,6 @@ class ClientProtocol(asyncio.Protocol):
             respelt = self._respell(data)
             if respelt is None:
                 self._input_error(400)
-            else:
-                self.data_received(respelt)
-                return
         except HttpParserError:
             self._input_error(400)
         else:
@@ -706,6 +716,10 @@ class ClientProtocol(asyncio.Protocol):
                 # received (no parser, no copy); a new parser takes the next request.
                 self.bypass = ex.cl_left
                 self.parser = httptools.HttpRequestParser(self)
+        if respelt is not None:
+            # parsed again outside the except block: an error in it must not chain to this one
+            self.data_received(respelt)
+            return
         self._end_of_read()
 
     def _respell(self, data: bytes) -> bytes | None:
@@ -762,7 +776,8 @@ class ClientProtocol(asyncio.Protocol):
         if cur is not None and not self.in_head and not self.raw_up:
             # a request body is on its way: the next piece is due within body_timeout
             self.deadline = self.loop.time() + self.options.body_timeout
-            if cur.chunked and len(cur.headers) - cur.nhead > MAX_TRAILER_FIELDS and not self.broken:
+            if cur.chunked and not self.broken and (len(cur.headers) - cur.nhead > MAX_TRAILER_FIELDS
+                                                    or self.head_seen > self.options.max_header_bytes):
                 self._input_error(431)
         ex = self.active
         if ex is not None and ex.discard and not ex.req_done:
@@ -950,7 +965,7 @@ class ClientProtocol(asyncio.Protocol):
                 if tp is not None:
                     parts = _drop_fields(parts, 5, (b"traceparent",))
                 parts += (b"traceparent: ", span.traceparent, _CRLF)
-        if xff is None:
+        if xff is None or not xff.strip(b" \t,"):  # an empty one is no list to append to
             parts += (b"X-Forwarded-For: ", self.peer_b, _CRLF)
         else:
             parts += (b"X-Forwarded-For: ", xff, b", ", self.peer_b, _CRLF)
@@ -990,6 +1005,7 @@ class ClientProtocol(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         ex = self.cur
         if ex.chunked:
+            self.head_seen = 0  # data arrived: the bytes without any (see data_received) start again
             self._body_pieces(ex, (b"%x\r\n" % len(body), body, _CRLF))
         else:
             ex.cl_left -= len(body)
@@ -997,8 +1013,11 @@ class ClientProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         ex = self.cur
-        if ex.chunked and len(ex.headers) - ex.nhead > MAX_TRAILER_FIELDS:
-            raise _Reject(431, "too many trailer fields")
+        if ex.chunked and len(ex.headers) > ex.nhead:
+            if len(ex.headers) - ex.nhead > MAX_TRAILER_FIELDS:
+                raise _Reject(431, "too many trailer fields")
+            if sum(len(n) + len(v) + 4 for n, v in ex.headers[ex.nhead:]) > self.options.max_header_bytes:
+                raise _Reject(431, "trailer fields too large")  # (data_received bounds the slow ones)
         self.cur = None
         self.in_head = True
         self.head_seen = 0
@@ -1404,6 +1423,9 @@ class ClientProtocol(asyncio.Protocol):
                 self._input_error(400)
             return
         self.raw_up = True
+        # Unless the server switches protocols (101 starts the tunnel), this connection ends with
+        # the response: bytes the client sent after the head went upstream as the new protocol.
+        ex.close_after = True
         tail = data[offset:]
         if tail:
             self._body_piece(ex, tail)
@@ -1716,6 +1738,8 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         ex = self.ex
+        if ex is None:  # a second response after the one asked for: not forwarded, connection dropped
+            raise _Reject(502, "response without a request")
         client = self.client
         parser = self.parser
         status = parser.get_status_code()
@@ -1860,6 +1884,8 @@ class UpstreamProtocol(asyncio.Protocol):
         ex.responded = True
         if ex.server is not None:
             ex.route.service.balancer.succeeded(ex.server)
+        if ex.close_after and ex.upgrade is not None:
+            self.keep = False  # a declined upgrade: the server may have read the client's next bytes
         if not ex.req_done:
             # Answered before the request body was complete (e.g. 413): neither connection can
             # carry another message.

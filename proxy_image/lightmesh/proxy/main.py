@@ -143,7 +143,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="seconds from a whole request to its response head when the route has no "
                              "request-timeout (default 0: none)")
     parser.add_argument("--max-header-bytes", type=_positive_int, default=None,
-                        help="largest request head in bytes (default 65536; then 431)")
+                        help="largest request head in bytes, blank line included, and largest trailer section "
+                             "(default 65536; then 431)")
     parser.add_argument("--drain-timeout", type=_seconds, default=DEFAULT_DRAIN_TIMEOUT,
                         help=f"seconds in-flight requests get on shutdown (default {DEFAULT_DRAIN_TIMEOUT:g})")
 

@@ -20,6 +20,12 @@ Precedence (config contract): higher ``priority`` first; ties: longer match firs
 length of a match is the number of characters of its hosts, path regex, methods and header
 names + regexes together (Traefik's "longer rule first"); then router name.
 
+Path matching: a path regex sees the path in a normal form (:func:`normal_path`): percent-escapes
+of unreserved characters decoded, dot segments resolved, repeated slashes merged — what most
+backends do before they route. So ``/%61dmin`` or ``/api/../admin`` cannot pass a rule written for
+``/admin`` (a deny rule) or reach ``/admin`` through one written for ``/api`` (an ACL rule). The
+request is forwarded as received.
+
 Carry-over: an element whose definition did not change between ``previous`` and the new config
 keeps its runtime object, and so its state: a :class:`Service` (by name and definition) keeps its
 balancer's ejections and its servers' idle connections; a rate limiter or breaker (by middleware
@@ -146,7 +152,10 @@ class Route:
             return False
         if self.path is not None:
             q = target.find(b"?")
-            if self.path((target if q < 0 else target[:q]).decode("latin-1")) is None:
+            path = (target if q < 0 else target[:q]).decode("latin-1")
+            if "%" in path or "/." in path or "//" in path:
+                path = normal_path(path)
+            if self.path(path) is None:
                 return False
         for lname, search in self.headers:
             for name, value in headers:
@@ -158,6 +167,30 @@ class Route:
 
     def __repr__(self) -> str:
         return f"Route({self.name!r} → {self.service.name!r})"
+
+
+# %XX of an unreserved character (RFC 3986 §2.3: ALPHA DIGIT - . _ ~), equivalent to the character
+_UNRESERVED_ESCAPE = re.compile(r"%(4[1-9A-Fa-f]|5[0-9Aa]|6[1-9A-Fa-f]|7[0-9Aa]|3[0-9]|2[DdEe]|5[Ff]|7[Ee])")
+
+
+def normal_path(path: str) -> str:
+    """The path a path regex is matched against: unreserved escapes decoded (RFC 3986 §6.2.2.2),
+    dot segments removed (§5.2.4; never above the root), repeated slashes merged. Reserved escapes
+    such as ``%2F`` stay as they are: decoding them would change the path's structure."""
+    if "%" in path:
+        path = _UNRESERVED_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), path)
+    if "/." not in path and "//" not in path:
+        return path
+    out: list[str] = []
+    segments = path.split("/")
+    for segment in segments[1:]:
+        if segment == "..":
+            if out:
+                out.pop()
+        elif segment and segment != ".":
+            out.append(segment)
+    trailing = segments[-1] in ("", ".", "..") and len(segments) > 2
+    return "/" + "/".join(out) + ("/" if trailing and out else "")
 
 
 def match_length(match: Match) -> int:

@@ -18,7 +18,8 @@ received and refused); the caller (the supervisor in
           exponential backoff from RETRY_MIN_SECONDS to RETRY_MAX_SECONDS (reset by any 200/304)
 
 A refused (invalid) config's ETag becomes the next If-None-Match: the controller then holds the poll
-until its config changes instead of sending the same bad body in a tight loop.
+until its config changes instead of sending the same bad body in a tight loop. A server that sends
+it again anyway is polled after the same exponential backoff (reset by the next valid config).
 
 :class:`FileSource` polls a file's (mtime, size, inode) every ``interval`` seconds and reloads it on
 change (a new version with the same content is handed over too: the version in force is what the file
@@ -94,6 +95,9 @@ class ControllerSource:
         self.applied_version = applied_version
         self.poll_timeout = poll_timeout
         self.backoff = backoff or Backoff()
+        # Refused configs in a row: a controller that ignores If-None-Match and sends the same bad
+        # body again is asked less and less often (and the error is logged that often), not 20×/s.
+        self.refused_backoff = Backoff(low=self.backoff.low, high=self.backoff.high)
         self.etag: str | None = None  # what we send as If-None-Match
         self.connected = False  # last exchange with the controller succeeded
         self.polls = 0
@@ -146,8 +150,10 @@ class ControllerSource:
                 if resp.status == 200:
                     body = await resp.read()
                     self._up()
-                    self._received(body, resp.headers.get("ETag"))
-                    return 0.0
+                    if self._received(body, resp.headers.get("ETag")):
+                        self.refused_backoff.reset()
+                        return 0.0
+                    return self.refused_backoff.next()
                 text = (await resp.text(errors="replace"))[:200].strip()
                 return self._down(f"controller {self.url} answered {resp.status}" + (f": {text}" if text else ""),
                                   quiet=resp.status == 503)
@@ -172,7 +178,8 @@ class ControllerSource:
         self.on_error(message)
         return delay
 
-    def _received(self, body: bytes, etag: str | None) -> None:
+    def _received(self, body: bytes, etag: str | None) -> bool:
+        """Validate and hand over a config; False when it was refused."""
         try:
             config = parse_config(body, f"config from {self.url}")
         except ConfigError as exc:
@@ -180,11 +187,12 @@ class ControllerSource:
             self.etag = etag or self.etag
             log.error("refused: %s", exc)
             self.on_error(str(exc), refused=True)
-            return
+            return False
         # The controller's own ETag is what it compares If-None-Match with; the hash-based one is
         # only a fallback for a server that sends none.
         self.etag = etag or config.etag()
         self.on_config(config)
+        return True
 
 
 class FileSource:
