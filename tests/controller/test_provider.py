@@ -180,3 +180,25 @@ def test_acl_split_with_its_own_path_match_and_a_different_target_path_combines_
     assert path("/api/users") and not path("/other") and not path("/ap")
     allow = {m.name: m for m in config.http.middlewares}[split.middlewares[0]]
     assert allow.source_ranges == ["10.0.1.1/32"]
+
+
+def test_acl_splits_and_routes_reach_only_authorised_destination_pods():
+    # A one-hop split (SMI TrafficSplit, TCP split, GAMMA HTTPRoute) used to send to every pod of a
+    # backend, including a pod whose ServiceAccount no TrafficTarget names as destination.
+    _, config = render("acl-split-authorised-pods")
+    services = {s["name"]: s for s in config["http"]["services"]}
+    intruder = "10.15.0.3"
+    reachable = [r for r in config["http"]["routers"] if "deny" not in r["middlewares"]]
+    assert {r["name"] for r in reachable} >= {"acl/root:80/split/0", "acl/hroot:80/route/acl/r/0/0/0"}
+    for r in reachable:
+        urls = [s["url"] for s in services[r["service"]]["servers"]]
+        assert urls and not any(intruder in u for u in urls), (r["name"], urls)
+    for route in config["tcp"]:
+        assert [s["address"] for s in route["servers"]] == ["10.15.0.2"], route
+
+
+def test_acl_destination_port_is_matched_per_pod():
+    _, config = render("acl-destination-port-per-pod")
+    services = {s["name"]: s for s in config["http"]["services"]}
+    [allow] = [r for r in config["http"]["routers"] if "deny" not in r["middlewares"]]
+    assert [s["url"] for s in services[allow["service"]]["servers"]] == ["http://10.7.0.1:8080"]

@@ -145,22 +145,42 @@ class _Sockets:
         return None
 
 
+# A destination a TrafficTarget authorises: (ServiceAccount "ns/name", its destination.port or None).
+Destination = tuple[str, int | None]
+
+
+def _authorised(e: Endpoint, destinations: set[Destination] | tuple) -> bool:
+    """Whether a pod endpoint is a destination: it runs as a destination ServiceAccount and, where
+    the TrafficTarget names a port, serves on that port (a named targetPort is resolved per pod, so
+    the pods of one Service port may differ)."""
+    return (e.service_account, None) in destinations or (e.service_account, e.port) in destinations
+
+
 def _split_servers(split: TrafficSplit, port: int, topology: Topology) -> list[tuple[Endpoint, int]]:
     """Backend endpoints with weights keeping each backend's share whatever its pod count."""
     return [(e, w) for e, w, _ in _weighted_endpoints([(b.service, port, b.weight) for b in split.backends],
                                                       topology)]
 
 
-def _weighted_endpoints(backends: Sequence[tuple[str, int, int]], topology: Topology
+def _weighted_endpoints(backends: Sequence[tuple[str, int, int]], topology: Topology,
+                        accounts: dict[tuple[str, int], set[Destination]] | None = None
                         ) -> list[tuple[Endpoint, int, Service]]:
     """(Service key, port, weight) backends → their endpoints with weights keeping each backend's
-    share whatever its pod count, and the Service each belongs to."""
+    share whatever its pod count, and the Service each belongs to. ``accounts`` (ACL mode): per
+    (Service key, port), the destinations TrafficTargets authorise; only their pods are servers
+    (a backend without any drops out, as one without ready pods does)."""
     groups: list[tuple[int, tuple[Endpoint, ...], Service]] = []
     for key, port, weight in backends:
         backend = topology.services.get(key)
         bp = backend.port(port) if backend else None
-        if bp is not None and bp.endpoints and weight > 0:
-            groups.append((weight, bp.endpoints, backend))
+        if bp is None or weight <= 0:
+            continue
+        endpoints = bp.endpoints
+        if accounts is not None:
+            allowed = accounts.get((key, port), ())
+            endpoints = tuple(e for e in endpoints if _authorised(e, allowed))
+        if endpoints:
+            groups.append((weight, endpoints, backend))
     if not groups:
         return []
     # exact: weight_b / n_b scaled by lcm(n_b); approximate when that overflows the weight range
@@ -273,11 +293,11 @@ class _Builder:
             out.append(self.middleware({"type": "retry", "name": f"{base}/retry", "attempts": m.retry_attempts - 1}))
         return out
 
-    def allowed_ips(self, key: str, port: int, kind: TrafficType) -> tuple[set[str], set[str]]:
+    def allowed_ips(self, key: str, port: int, kind: TrafficType) -> tuple[set[str], set[Destination]]:
         """Source IPs TrafficTargets allow to Service ``key`` on ``port``, and the destination
         ServiceAccounts they cover."""
         ips: set[str] = set()
-        accounts: set[str] = set()
+        accounts: set[Destination] = set()
         svc = self.t.services.get(key)
         p = svc.port(port) if svc else None
         for st in self.t.service_targets.get(key, ()):
@@ -292,38 +312,47 @@ class _Builder:
                                               or (p is not None and p.target_port in allowed))
             if ok:
                 ips.update(tt.source_ips)
-                accounts.add(tt.destination)
+                accounts.add((tt.destination, tt.destination_port))
         return ips, accounts
 
-    def split_matches(self, split: TrafficSplit, port: int) -> list[tuple[HTTPMatch, set[str]]]:
+    def split_matches(self, split: TrafficSplit, port: int
+                      ) -> list[tuple[HTTPMatch, set[str], dict[tuple[str, int], set[Destination]]]]:
         return self.backend_matches([(b.service, port) for b in split.backends if b.weight > 0])
 
-    def backend_matches(self, backends: Sequence[tuple[str, int]]) -> list[tuple[HTTPMatch, set[str]]]:
+    def backend_matches(self, backends: Sequence[tuple[str, int]]
+                        ) -> list[tuple[HTTPMatch, set[str], dict[tuple[str, int], set[Destination]]]]:
         """HTTP matches every (Service, port) backend's TrafficTargets allow, each with the sources
-        allowed by all of them (intersection across backends, union within one)."""
-        common: dict[tuple, tuple[HTTPMatch, set[str]]] | None = None
+        allowed by all of them (intersection across backends, union within one) and, per backend,
+        the destination ServiceAccounts those TrafficTargets authorise for the match: only their
+        pods may take the request (TrafficTargets of one match share a router, as for a Service)."""
+        common: dict[tuple, tuple[HTTPMatch, set[str], dict]] | None = None
         for service, port in backends:
-            here: dict[tuple, tuple[HTTPMatch, set[str]]] = {}
+            here: dict[tuple, tuple[HTTPMatch, set[str], set[Destination]]] = {}
             for st in self.t.service_targets.get(service, ()):
                 if port not in st.ports:
                     continue
                 for m in st.target.http_matches:
-                    entry = here.setdefault(_match_key(m), (m, set()))
+                    entry = here.setdefault(_match_key(m), (m, set(), set()))
                     entry[1].update(st.target.source_ips)
+                    entry[2].add((st.target.destination, st.target.destination_port))
             if common is None:
-                common = here
+                common = {k: (m, ips, {(service, port): accts}) for k, (m, ips, accts) in here.items()}
             else:
-                common = {k: (v[0], v[1] & here[k][1]) for k, v in common.items() if k in here}
+                common = {k: (v[0], v[1] & here[k][1], {**v[2], (service, port): here[k][2]})
+                          for k, v in common.items() if k in here}
         return [v for _, v in sorted((common or {}).items(), key=lambda kv: repr(kv[0]))]
 
-    def split_allowed(self, split: TrafficSplit, port: int, kind: TrafficType) -> list[str]:
+    def backends_allowed(self, backends: Sequence[tuple[str, int]], kind: TrafficType
+                         ) -> tuple[list[str], dict[tuple[str, int], set[Destination]]]:
+        """TCP/UDP: the sources every (Service, port) backend's TrafficTargets allow, and per
+        backend the destination ServiceAccounts they authorise."""
         allowed: set[str] | None = None
-        for b in split.backends:
-            if b.weight <= 0:
-                continue
-            ips, _ = self.allowed_ips(b.service, port, kind)
+        accounts: dict[tuple[str, int], set[Destination]] = {}
+        for key, port in backends:
+            ips, accts = self.allowed_ips(key, port, kind)
             allowed = ips if allowed is None else allowed & ips
-        return sorted(_cidr(ip) for ip in allowed or ())
+            accounts[(key, port)] = accts
+        return sorted(_cidr(ip) for ip in allowed or ()), accounts
 
     # ----------------------------------------------------------------- HTTP
 
@@ -396,16 +425,24 @@ class _Builder:
                 # weighted backend's TrafficTargets allow that source for a match covering it.
                 # Matches common to all backends (same content) become split routers, ANDed with
                 # the split's own matches; anything else is refused (never more than a backend allows).
+                # Only backend pods whose ServiceAccount those TrafficTargets name as destination
+                # take the request (a backend's other pods are not authorised).
                 n = 0
-                for j, (m, ips) in enumerate(self.split_matches(split, p.port)):
+                for j, (m, ips, accounts) in enumerate(self.split_matches(split, p.port)):
                     allow = self.middleware({"type": "allow_list", "name": f"{base}/split-allow/{j}",
                                              "source_ranges": [_cidr(ip) for ip in sorted(ips)]})
+                    authorised = [{"url": _url(scheme, e.ip, e.port), "weight": w} for e, w, _ in _weighted_endpoints(
+                        [(b.service, p.port, b.weight) for b in split.backends], self.t, accounts)]
+                    target = base
+                    if authorised != servers:
+                        target = f"{base}/split@{j}"
+                        self.services.append({"name": target, "servers": authorised, "load_balancer": "weighted"})
                     for own_match in split.http_matches or (None,):
                         both = _combine(own_match, m)
                         if both is None:
                             continue
                         base_priority = PRIORITY_SPLIT if split.http_matches is None else PRIORITY_SPLIT_MATCH
-                        router(f"{base}/split/{n}", base_priority + _specificity(both), base, [allow, *mws], both)
+                        router(f"{base}/split/{n}", base_priority + _specificity(both), target, [allow, *mws], both)
                         n += 1
         if not self.acl:
             if split is None or split.http_matches is not None:
@@ -430,8 +467,8 @@ class _Builder:
         made: set[str] = set()
         for i, (m, tts) in enumerate(groups.values()):
             label = "@".join(tt.key for tt in tts)  # "+" is not allowed in config names
-            accounts = {tt.destination for tt in tts}
-            dest = [e for e in p.endpoints if e.service_account in accounts]
+            accounts = {(tt.destination, tt.destination_port) for tt in tts}
+            dest = [e for e in p.endpoints if _authorised(e, accounts)]
             if len(dest) == len(p.endpoints):
                 target_service = own
             else:
@@ -502,12 +539,22 @@ class _Builder:
                     set_, add, remove = edits
                     extra.append(self.middleware({"type": kind, "name": _bounded(f"{label}/{kind}"),
                                                   "set": dict(set_), "add": dict(add), "remove": list(remove)}))
-            allowed: list[tuple[HTTPMatch, str]] = []  # ACL: (a match the backends allow, its allow-list)
+            # ACL: (a match the backends allow, its allow-list, the service of its authorised pods)
+            allowed: list[tuple[HTTPMatch, str, str]] = []
             if self.acl and not refused:
                 live = sorted({(b.service, b.port) for b in rule.backends if b.service and b.weight > 0})
-                for n, (tm, ips) in enumerate(self.backend_matches(live)):
+                for n, (tm, ips, accounts) in enumerate(self.backend_matches(live)):
+                    target = service
+                    if weighted:
+                        authorised = _weighted_endpoints([(b.service, b.port, b.weight) for b in rule.backends
+                                                          if b.service], self.t, accounts)
+                        if authorised != weighted:
+                            target = _bounded(f"{label}/acl@{n}")
+                            self.services.append({"name": target, "load_balancer": "weighted", "servers": [
+                                {"url": _url("h2c" if rule.grpc else b.mesh.scheme.value, e.ip, e.port), "weight": w}
+                                for e, w, b in authorised]})
                     allowed.append((tm, self.middleware({"type": "allow_list", "name": _bounded(f"{label}/allow/{n}"),
-                                                         "source_ranges": [_cidr(ip) for ip in sorted(ips)]})))
+                                                         "source_ranges": [_cidr(ip) for ip in sorted(ips)]}), target))
             for j, m in enumerate(rule.matches):
                 priority = PRIORITY_ROUTE + RANK_STRIDE * rank[(n_rule, j)]
                 if not self.acl or refused:
@@ -515,10 +562,10 @@ class _Builder:
                     continue
                 # ACL mode: one router per match the backends' TrafficTargets allow, all within this
                 # match's rank (ACL filters requests; it never re-ranks the rules)
-                for n, (tm, allow) in enumerate(allowed):
+                for n, (tm, allow, target) in enumerate(allowed):
                     both = _combine(m, tm)
                     if both is not None:
-                        router(f"{label}/{j}/{n}", priority + min(_specificity(tm), RANK_STRIDE - 1), service,
+                        router(f"{label}/{j}/{n}", priority + min(_specificity(tm), RANK_STRIDE - 1), target,
                                [allow, *mws, *extra], both)
 
     # ----------------------------------------------------------------- TCP / UDP
@@ -535,22 +582,21 @@ class _Builder:
         split = self.t.splits.get(svc.key)
         rules = self.t.rules_for(svc.key, p.port)
         allowed: list[str] | None = None
-        if rules:  # a Gateway API TCPRoute/UDPRoute: its (first) rule's weighted backends
-            live = [(b.service, b.port, b.weight) for b in rules[0].backends if b.service]
-            servers = [{"address": e.ip, "port": e.port, "weight": w} for e, w, _ in _weighted_endpoints(live, self.t)]
-            if self.acl:  # sources every weighted backend's TrafficTargets allow on its port
-                sets = [self.allowed_ips(key, bport, kind)[0] for key, bport, weight in live if weight > 0]
-                allowed = sorted(_cidr(ip) for ip in (set.intersection(*sets) if sets else set()))
-        elif split is not None:
-            servers = [{"address": e.ip, "port": e.port, "weight": w} for e, w in _split_servers(split, p.port, self.t)]
-            if self.acl:
-                allowed = self.split_allowed(split, p.port, kind)
+        if rules or split is not None:
+            # a Gateway API TCPRoute/UDPRoute (its first rule's weighted backends) or a TrafficSplit
+            live = ([(b.service, b.port, b.weight) for b in rules[0].backends if b.service] if rules else
+                    [(b.service, p.port, b.weight) for b in split.backends])
+            accounts = None
+            if self.acl:  # sources every weighted backend's TrafficTargets allow, to authorised pods only
+                allowed, accounts = self.backends_allowed([(k, bp) for k, bp, w in live if w > 0], kind)
+            servers = [{"address": e.ip, "port": e.port, "weight": w}
+                       for e, w, _ in _weighted_endpoints(live, self.t, accounts)]
         else:
             endpoints = p.endpoints
             if self.acl:
                 ips, accounts = self.allowed_ips(svc.key, p.port, kind)
                 allowed = sorted(_cidr(ip) for ip in ips)
-                endpoints = tuple(e for e in endpoints if e.service_account in accounts)
+                endpoints = tuple(e for e in endpoints if _authorised(e, accounts))
             servers = [{"address": e.ip, "port": e.port} for e in endpoints]
         route = {"name": f"{svc.key}:{p.port}", "address": address, "port": port, "servers": servers}
         if allowed is not None:
