@@ -244,8 +244,8 @@ def test_json_manifests_and_missing_directory(tmp_path):
         assert controller.resolve("web.shop.lightmesh")[0] == RCODE.NOERROR
     finally:
         assert controller.stop() == 0
-    result = subprocess.run(lightmesh_cmd("controller", "--manifests", str(tmp_path / "nope"), "--api-port", "0",
-                                          "--dns-port", "0", "--api-address", "127.0.0.1",
+    result = subprocess.run(lightmesh_cmd("controller", "--manifests", str(tmp_path / "nope"), "--api-port", "19999",
+                                          "--dns-port", "19998", "--api-address", "127.0.0.1",
                                           "--dns-address", "127.0.0.1"),
                             env=lightmesh_env(), capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "not a directory" in result.stderr

@@ -167,3 +167,18 @@ def test_tcp_connections_are_capped(monkeypatch):
             await server.stop()
 
     run(scenario())
+
+
+def test_responses_are_ignored_and_other_classes_refused():
+    server = MeshDNS(TABLE)
+    name = "whoami.whoami.lightmesh"
+    assert DNSRecord.parse(server.answer(DNSRecord.question(name).pack())).rr  # the control: answered
+    response = DNSRecord.question(name)
+    response.header.qr = 1  # a response sent to us: answering it could loop between two servers
+    assert server.answer(response.pack()) is None
+    garbage_response = b"\x12\x34\x81\x00" + b"\x00\x01" + b"\x00" * 6 + b"\xff\xff"
+    assert server.answer(garbage_response) is None
+    chaos = DNSRecord.parse(server.answer(DNSRecord.question(name, "A", "CH").pack()))
+    assert chaos.header.rcode == RCODE.REFUSED and not chaos.rr
+    anyclass = DNSRecord.parse(server.answer(DNSRecord.question(name, "A", "*").pack()))
+    assert anyclass.rr

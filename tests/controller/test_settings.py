@@ -45,3 +45,23 @@ def test_help_shows_every_default():
     for default in ("default: lightmesh)", "default: 9000)", "default: 53)", "default: 5000)", "default: 10)",
                     "default: 10000)", "default: 15000)", "default: info)", "default: text)", "default: http)"):
         assert default in text, default
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--api-port", "70000"], "argument --api-port: 70000 is not a port number (1-65535)"),
+    (["--dns-port", "-1"], "argument --dns-port: -1 is not a port number (1-65535)"),
+    (["--namespace", "BAD_NS"], "argument --namespace: 'BAD_NS' is not a namespace name"),
+    (["--watch-namespaces", "shop,Shop"], "argument --watch-namespaces: 'Shop' is not a namespace name"),
+    (["--ignore-namespaces", "x-"], "argument --ignore-namespaces: 'x-' is not a namespace name"),
+])
+def test_ports_and_namespaces_are_checked_at_start(flags, message):
+    # --api-port 70000 used to listen on 4464 (70000 mod 65536); a bad namespace failed only later,
+    # at the first write to Kubernetes.
+    import argparse
+
+    from lightmesh.controller.main import configure
+
+    parser = argparse.ArgumentParser(prog="lightmesh controller", exit_on_error=False)
+    configure(parser)
+    with pytest.raises(argparse.ArgumentError, match=message.split(": ", 1)[1].replace("(", r"\(").replace(")", r"\)")):
+        parser.parse_args(["--manifests", "/tmp", *flags])

@@ -56,6 +56,7 @@ def test_headers_as_map_or_list_of_one_key_maps_mean_the_same():
         {"apiVersion": "access.smi-spec.io/v1alpha3", "kind": "TrafficTarget",
          "metadata": {"name": f"t-{g}", "namespace": "app"},
          "spec": {"destination": {"kind": "ServiceAccount", "name": "x"},
+                  "sources": [{"kind": "ServiceAccount", "name": "c"}],
                   "rules": [{"kind": "HTTPRouteGroup", "name": g}]}} for g in ("new", "old")])
     t = build_topology(state, Settings())
     assert t.errors == ()
@@ -448,6 +449,7 @@ def test_unhashable_junk_where_names_and_protocols_go():
         group("g", [{"name": "m"}]),
         {"apiVersion": "access.smi-spec.io/v1alpha3", "kind": "TrafficTarget", "metadata": {"name": "t", "namespace": "app"},
          "spec": {"destination": {"kind": "ServiceAccount", "name": "s"},
+                  "sources": [{"kind": "ServiceAccount", "name": "c"}],
                   "rules": [{"kind": "HTTPRouteGroup", "name": "g", "matches": [{"a": 1}, ["m"], "m"]}]}},
     ])
     result = build(state, Settings(acl=True), 1)
@@ -488,3 +490,55 @@ def test_one_junk_value_anywhere_in_a_good_cluster(state, settings, data):
     i = data.draw(st.integers(0, len(objects) - 1))
     objects[i] = _mutate(objects[i], data)
     test_no_object_ever_breaks_the_build.hypothesis.inner_test(ClusterState(**{**state.__dict__, name: objects}), settings)
+
+
+def test_inert_objects_are_reported_not_silent():
+    # Each of these allows or meshes nothing; the reason used to go unsaid.
+    state = ClusterState.from_objects([
+        svc("dns", ports=[{"port": 53, "protocol": "TCP"}], annotations={"mesh.traefik.io/traffic-type": "udp"}),
+        svc("plain-udp", ports=[{"port": 53, "protocol": "UDP"}]),  # no annotation: quietly not meshed
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "junk", "namespace": "app"}, "spec": {"ports": "abc"}},
+        pod("w", "10.0.0.2", sa="web"),
+        svc("web", ports=[{"port": 80}]),
+        eps("web", [{"addresses": ["10.0.0.2"]}], [{"port": 80}]),
+        {"apiVersion": "specs.smi-spec.io/v1alpha4", "kind": "TCPRoute", "metadata": {"name": "t", "namespace": "app"},
+         "spec": {}},
+        {"apiVersion": "access.smi-spec.io/v1alpha3", "kind": "TrafficTarget", "metadata": {"name": "tcp-on-http", "namespace": "app"},
+         "spec": {"destination": {"kind": "ServiceAccount", "name": "web"},
+                  "sources": [{"kind": "ServiceAccount", "name": "c"}], "rules": [{"kind": "TCPRoute", "name": "t"}]}},
+        {"apiVersion": "access.smi-spec.io/v1alpha3", "kind": "TrafficTarget", "metadata": {"name": "nobody", "namespace": "app"},
+         "spec": {"destination": {"kind": "ServiceAccount", "name": "web"}, "sources": [],
+                  "rules": [{"kind": "TCPRoute", "name": "t"}]}},
+        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "r", "namespace": "app"},
+         "spec": {"parentRefs": "web", "rules": "bad"}},
+    ])
+    errors = {(e.kind, e.name, e.field): e.message for e in build(state, Settings(acl=True), 1).errors}
+    assert "needs a UDP port" in errors[("Service", "dns", "metadata.annotations[mesh.traefik.io/traffic-type]")]
+    assert not [k for k in errors if k[1] == "plain-udp"]
+    assert "not a list" in errors[("Service", "junk", "spec.ports")]
+    assert "fit none of the destination's services (http)" in errors[("TrafficTarget", "tcp-on-http", "spec.rules")]
+    assert "no sources" in errors[("TrafficTarget", "nobody", "spec.sources")]
+    assert "not a list" in errors[("HTTPRoute", "r", "spec.parentRefs")]
+    assert "not a list" in errors[("HTTPRoute", "r", "spec.rules")]
+
+
+def test_dual_stack_pods_are_one_server_each():
+    # A dual-stack Service has an IPv4 and an IPv6 EndpointSlice naming the same pods: each pod is
+    # one endpoint (its IPv4 address), not two, so a weighted share is not doubled.
+    ref = lambda name: {"kind": "Pod", "name": name, "namespace": "app"}  # noqa: E731
+    state = ClusterState.from_objects([
+        pod("d-1", "10.16.0.1", sa="web"), pod("d-2", "10.16.0.2", sa="web"),
+        svc("d", ports=[{"port": 80, "targetPort": 8080}]),
+        eps("d", [{"addresses": ["10.16.0.1"], "targetRef": ref("d-1")},
+                  {"addresses": ["10.16.0.2"], "targetRef": ref("d-2")}]),
+        {**eps("d", [{"addresses": ["fd00::16:1"], "targetRef": ref("d-1")},
+                     {"addresses": ["fd00::16:2"], "targetRef": ref("d-2")}]),
+         "metadata": {"name": "d-v6", "namespace": "app", "labels": {"kubernetes.io/service-name": "d"}},
+         "addressType": "IPv6"},
+        svc("only6", ports=[{"port": 80, "targetPort": 8080}]),
+        eps("only6", [{"addresses": ["fd00::17:1"]}]),
+    ])
+    services = build_topology(state, Settings()).services
+    assert [(e.ip, e.pod) for e in services["app/d"].ports[0].endpoints] == [
+        ("10.16.0.1", "app/d-1"), ("10.16.0.2", "app/d-2")]
+    assert [e.ip for e in services["app/only6"].ports[0].endpoints] == ["fd00::17:1"]  # IPv6-only stays

@@ -41,6 +41,7 @@ from lightmesh.netutil import listening_socket
 log = logging.getLogger("lightmesh.controller.dns")
 
 TTL = 5
+_CLASSES = (1, 255)  # IN and ANY ("*"); CH (version.bind...) and the others are REFUSED
 MAX_TCP_MESSAGE = 65535
 TCP_IDLE_SECONDS = 10.0
 MAX_TCP_QUERIES_PER_CONNECTION = 1000
@@ -126,6 +127,8 @@ class MeshDNS:
             request = DNSRecord.parse(data)
         except (DNSError, struct.error, ValueError, IndexError, UnicodeDecodeError):
             return self._formerr(data)
+        if request.header.qr:
+            return None  # a response, not a query: answering it could start a loop between servers
         reply = request.reply()  # copies id, sets QR, RD; AA set below
         reply.header.ra = 0
         if request.header.opcode != 0 or len(request.questions) != 1:
@@ -133,7 +136,7 @@ class MeshDNS:
             return reply.pack()
         question = request.questions[0]
         status, addresses, zone = self.table.resolve(str(question.qname))
-        if status == "outside":
+        if status == "outside" or question.qclass not in _CLASSES:  # mesh names are IN only
             reply.header.aa = 0
             reply.header.rcode = RCODE.REFUSED
             return reply.pack()
@@ -157,8 +160,8 @@ class MeshDNS:
 
     @staticmethod
     def _formerr(data: bytes) -> bytes | None:
-        if len(data) < 12:
-            return None  # not even a header: nothing to answer to
+        if len(data) < 12 or data[2] & 0x80:
+            return None  # not even a header, or a response (QR set): nothing to answer to
         (query_id,) = struct.unpack("!H", data[:2])
         return DNSRecord(DNSHeader(id=query_id, qr=1, rcode=RCODE.FORMERR)).pack()
 

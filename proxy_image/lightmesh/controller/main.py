@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from lightmesh import wire
-from lightmesh.cliargs import http_url
+from lightmesh.cliargs import http_url, namespace_list, namespace_name, port_number
 
 log = logging.getLogger("lightmesh.controller")
 
@@ -36,11 +36,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster service account, else ~/.kube/config)")
     src.add_argument("--manifests", metavar="DIR",
                      help="local mode: read the cluster from the *.yaml/*.yml/*.json files in DIR (no Kubernetes)")
-    src.add_argument("--namespace", default=wire.DEFAULT_MESH_NAMESPACE,
+    src.add_argument("--namespace", type=namespace_name, default=wire.DEFAULT_MESH_NAMESPACE,
                      help="the mesh namespace (shadow Services, Lease; default: %(default)s)")
-    src.add_argument("--watch-namespaces", type=_csv, default="",
+    src.add_argument("--watch-namespaces", type=namespace_list, default="",
                      help="comma list: mesh only these namespaces (default: all)")
-    src.add_argument("--ignore-namespaces", type=_csv, default="",
+    src.add_argument("--ignore-namespaces", type=namespace_list, default="",
                      help="comma list: never mesh these namespaces, besides kube-system and the mesh namespace")
     mesh = parser.add_argument_group("mesh")
     mesh.add_argument("--acl", action="store_true", help="ACL mode: deny unless an SMI TrafficTarget allows")
@@ -61,11 +61,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     serve = parser.add_argument_group("serving")
     serve.add_argument("--api-address", default="::",
                        help="address of the API (default: %(default)s, every IPv4 and IPv6 address)")
-    serve.add_argument("--api-port", type=int, default=wire.DEFAULT_CONTROLLER_API_PORT,
+    serve.add_argument("--api-port", type=port_number, default=wire.DEFAULT_CONTROLLER_API_PORT,
                        help="port of the API: proxy config, topology, status, metrics (default: %(default)s)")
     serve.add_argument("--dns-address", default="::",
                        help="address of the mesh DNS (default: %(default)s, every IPv4 and IPv6 address)")
-    serve.add_argument("--dns-port", type=int, default=wire.DEFAULT_DNS_PORT,
+    serve.add_argument("--dns-port", type=port_number, default=wire.DEFAULT_DNS_PORT,
                        help="port of the mesh DNS, UDP and TCP (default: %(default)s)")
     serve.add_argument("--leader-election", action="store_true",
                        help=f"only the holder of the Lease {wire.LEASE_NAME} writes shadow Services and Events")

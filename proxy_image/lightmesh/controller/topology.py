@@ -49,8 +49,8 @@ from functools import cached_property
 from typing import Any, Mapping
 
 from lightmesh.annotations import (CIRCUIT_BREAKER_EXPRESSION, RATELIMIT_AVERAGE, RATELIMIT_BURST, REQUEST_TIMEOUT,
-                                   RETRY_ATTEMPTS, SCHEME, MeshSettings, TrafficType,
-                                   parse_annotations_lenient, parse_duration)
+                                   RETRY_ATTEMPTS, SCHEME, TRAFFIC_TYPE, MeshSettings, TrafficType,
+                                   lookup, parse_annotations_lenient, parse_duration)
 from lightmesh.controller.model import ALWAYS_IGNORED_SERVICES, ClusterState, ObjectError, Settings
 
 HTTP_ONLY_KEYS = (SCHEME, RETRY_ATTEMPTS, CIRCUIT_BREAKER_EXPRESSION, RATELIMIT_AVERAGE, RATELIMIT_BURST,
@@ -417,7 +417,10 @@ class _RawPort:
 def _service_ports(obj: dict, ns: str, name: str, traffic_type: TrafficType, errors: _Errors) -> list[_RawPort]:
     wanted = "UDP" if traffic_type is TrafficType.UDP else "TCP"
     out: list[_RawPort] = []
-    for i, raw in enumerate(_l(_d(obj.get("spec")).get("ports"))):
+    raw_ports = _d(obj.get("spec")).get("ports")
+    if raw_ports is not None and not isinstance(raw_ports, list):
+        errors.add("Service", ns, name, "spec.ports", f"{raw_ports!r} is not a list of ports; the Service is not meshed")
+    for i, raw in enumerate(_l(raw_ports)):
         raw = _d(raw)
         port = _port_number(raw.get("port")) if not isinstance(raw.get("port"), str) else None
         protocol = raw.get("protocol", "TCP")
@@ -517,7 +520,18 @@ def _endpoints(ns: str, ports: list[_RawPort], slices: list[dict], pods: _Pods
                     table = per_port[i]
                     if (ip, number) not in table:
                         table[(ip, number)] = Endpoint(ip, number, pod_key, sa)
-    return [tuple(v for _, v in sorted(d.items())) for d in per_port]
+    return [_one_per_pod(tuple(v for _, v in sorted(d.items()))) for d in per_port]
+
+
+def _one_per_pod(endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+    """Dual stack: a pod is in an IPv4 and an IPv6 EndpointSlice; it is one server (its IPv4
+    address), not two, or it would take twice its share."""
+    if not any(":" in e.ip for e in endpoints) or all(":" in e.ip for e in endpoints):
+        return endpoints
+    kept: dict[tuple, Endpoint] = {}
+    for e in sorted(endpoints, key=lambda e: ":" in e.ip):  # IPv4 first (stable: ip order kept)
+        kept.setdefault((e.pod, e.port) if e.pod else (e.ip, e.port), e)
+    return tuple(sorted(kept.values(), key=lambda e: (e.ip, e.port)))
 
 
 # --------------------------------------------------------------------------- SMI specs
@@ -654,6 +668,8 @@ def _traffic_target(obj: dict, settings: Settings, specs: _Specs, pods: _Pods, e
             continue
         sources.append(f"{_s(src.get('namespace')) or ns}/{src['name']}")
     sources = sorted(set(sources))
+    if not sources:
+        err("sources", "no sources: this TrafficTarget allows nothing; list the ServiceAccounts to allow")
     ips = sorted(set().union(*(pods.ips_by_sa.get(s, ()) for s in sources)) if sources else set())
 
     matches: list[HTTPMatch] = []
@@ -719,6 +735,7 @@ def _attach_targets(targets: list[TrafficTarget], services: dict[str, Service], 
                     by_sa.setdefault(e.service_account, set()).add(svc.key)
     out: dict[str, list[ServiceTarget]] = {}
     for tt in targets:
+        kinds: set[TrafficType] = set()  # traffic types of the Services the destination backs
         for key in sorted(by_sa.get(tt.destination, ())):
             svc = services[key]
             ports = []
@@ -732,6 +749,18 @@ def _attach_targets(targets: list[TrafficTarget], services: dict[str, Service], 
                            "nothing is allowed to that service by this TrafficTarget")
                 continue
             out.setdefault(key, []).append(ServiceTarget(tt, tuple(ports)))
+            kinds.add(svc.traffic_type)
+        # Rules exist but none is of a kind its destination's Services take (an HTTPRouteGroup for
+        # a TCP Service): it allows nothing anywhere, which deserves a word. (A TrafficTarget that
+        # opens HTTP while its ServiceAccount also runs a UDP Service is normal: not reported.)
+        rule_kinds = {kind for kind, present in ((TrafficType.HTTP, bool(tt.http_matches)),
+                                                 (TrafficType.TCP, tt.tcp_ports is not None),
+                                                 (TrafficType.UDP, tt.udp_ports is not None)) if present}
+        if kinds and rule_kinds and not kinds & rule_kinds:
+            names = {TrafficType.HTTP: "HTTPRouteGroup", TrafficType.TCP: "TCPRoute", TrafficType.UDP: "UDPRoute"}
+            errors.add("TrafficTarget", tt.namespace, tt.name, "spec.rules",
+                       f"its rules ({', '.join(sorted(names[k] for k in rule_kinds))}) fit none of the destination's "
+                       f"services ({', '.join(sorted(k.value for k in kinds))}); this TrafficTarget allows nothing")
     return {k: tuple(v) for k, v in sorted(out.items())}
 
 
@@ -942,6 +971,13 @@ def _service(obj: dict, ns: str, name: str, spec: dict, default_mode: TrafficTyp
     if _annotation_errors(ns, name, mesh, found, errors):
         return "; ".join(str(e) for e in found)
     raw_ports = _service_ports(obj, ns, name, mesh.traffic_type, errors)
+    if not raw_ports and _l(spec.get("ports")):
+        chosen = lookup(annotations, TRAFFIC_TYPE)
+        if chosen is not None:  # asked for by name: say why nothing happens (by default it is quiet)
+            wanted = "UDP" if mesh.traffic_type is TrafficType.UDP else "TCP"
+            errors.add("Service", ns, name, f"metadata.annotations[{chosen[0]}]",
+                       f"traffic type {mesh.traffic_type.value} needs a {wanted} port and the Service has none; "
+                       "it is not meshed")
     per_port = _endpoints(ns, raw_ports, slices, pods) if raw_ports else []
     ports = tuple(ServicePort(p.name, p.port, p.protocol, p.target_port, i, eps)
                   for i, (p, eps) in enumerate(zip(raw_ports, per_port)))
@@ -1194,6 +1230,9 @@ def _mesh_routes(state: ClusterState, settings: Settings, services: dict[str, Se
         def err(where: str, msg: str, reported: str = reported) -> None:
             errors.add(reported, ns, name, where, msg)
 
+        for field in ("parentRefs", "rules"):
+            if spec.get(field) is not None and not isinstance(spec.get(field), list):
+                err(f"spec.{field}", f"{spec.get(field)!r} is not a list; the route is ignored")
         parents: list[tuple[str, int | None]] = []
         for i, ref in enumerate(_l(spec.get("parentRefs"))):
             ref = _d(ref)
