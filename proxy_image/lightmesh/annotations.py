@@ -185,6 +185,9 @@ def _int(found: tuple[str, str], low: int, high: int, errors: list[AnnotationErr
     if not re.fullmatch(r"[+-]?[0-9]+", text):
         errors.append(AnnotationError(*found, "must be a whole number"))
         return None
+    if len(text.lstrip("+-").lstrip("0")) > 18:  # int() of thousands of digits raises (and is slow)
+        errors.append(AnnotationError(*found, f"must be between {low} and {high}"))
+        return None
     value = int(text)
     if not low <= value <= high:
         errors.append(AnnotationError(*found, f"must be between {low} and {high}"))

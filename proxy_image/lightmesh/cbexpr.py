@@ -6,8 +6,7 @@ Grammar (``||`` binds looser than ``&&``; both are left-associative)::
     disjunction:= conjunction ( "||" conjunction )*
     conjunction:= term ( "&&" term )*
     term       := "(" disjunction ")" | comparison
-    comparison := operand ( "<" | "<=" | ">" | ">=" | "==" | "!=" ) operand
-    operand    := number | metric
+    comparison := metric ( "<" | "<=" | ">" | ">=" | "==" | "!=" ) number
     metric     := "NetworkErrorRatio" "(" ")"
                 | "ResponseCodeRatio" "(" int "," int "," int "," int ")"
                 | "LatencyAtQuantileMS" "(" number ")"
@@ -244,11 +243,18 @@ class _Parser:
             node = self.disjunction(depth + 1)
             self.expect(")")
             return node
-        left = self.operand()
+        # Traefik (oxy's predicates) compares a metric with a constant, in that order: "1 > 0"
+        # would be a breaker open for good, "0.5 < NetworkErrorRatio()" is refused there too.
+        if self.peek().kind != "ident":
+            raise self.fail("expected a metric (NetworkErrorRatio, ResponseCodeRatio, LatencyAtQuantileMS) "
+                            "on the left of a comparison")
+        left = self.metric()
         tok = self.peek()
         if tok.kind != "op" or tok.text not in COMPARATORS:
             raise self.fail("expected a comparison operator (<, <=, >, >=, ==, !=)")
         self.take()
+        if self.peek().kind != "number":
+            raise self.fail("expected a number on the right of a comparison")
         right = self.operand()
         return Comparison(tok.text, left, right)
 

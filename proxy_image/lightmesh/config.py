@@ -59,7 +59,8 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@:/-]{0,252}$"
 _HTTP_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
-# strict: a port of "5000" or true is a producer's bug to report, not to coerce
+# strict (here and on every number below): a port of "5000" or true is a producer's bug to
+# report, not to coerce
 Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
 Weight = Annotated[int, Field(ge=0, le=1_000_000, strict=True)]
 
@@ -160,7 +161,7 @@ class Router(_Model):
     name: Name
     entry_points: list[Name] = Field(min_length=1)
     match: Match = Field(default_factory=Match)
-    priority: int = 0
+    priority: int = Field(default=0, strict=True)
     service: Name
     middlewares: list[Name] = Field(default_factory=list)
 
@@ -205,7 +206,10 @@ def parse_server_url(url: str) -> tuple[Scheme, str, int]:
         port_text = port_part[1:] if port_part.startswith(":") else ""
     else:
         host, _, port_text = rest.rpartition(":")
-    if not host or not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
+        if ":" in host:
+            raise ValueError(f"server URL {url!r}: an IPv6 address goes in brackets (http://[fd00::1]:80)")
+    if not host or not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5) \
+            or not 1 <= int(port_text) <= 65535:
         raise ValueError(f"server URL {url!r} must be scheme://ip:port with a port in 1-65535")
     return parsed_scheme, _check_host(host), int(port_text)
 
@@ -220,7 +224,7 @@ class HTTPService(_Model):
 class RetryMiddleware(_Model):
     type: Literal["retry"] = "retry"
     name: Name
-    attempts: int = Field(ge=1, le=100)
+    attempts: int = Field(ge=1, le=100, strict=True)
 
 
 class CircuitBreakerMiddleware(_Model):
@@ -240,9 +244,9 @@ class CircuitBreakerMiddleware(_Model):
 class RateLimitMiddleware(_Model):
     type: Literal["rate_limit"] = "rate_limit"
     name: Name
-    average: int = Field(ge=1)
-    burst: int = Field(ge=1)
-    period_seconds: float = Field(default=1.0, gt=0, le=86400)
+    average: int = Field(ge=1, strict=True)
+    burst: int = Field(ge=1, strict=True)
+    period_seconds: float = Field(default=1.0, gt=0, le=86400, strict=True, allow_inf_nan=False)
 
 
 class AllowListMiddleware(_Model):
@@ -259,13 +263,13 @@ class AllowListMiddleware(_Model):
 class DenyMiddleware(_Model):
     type: Literal["deny"] = "deny"
     name: Name
-    status_code: int = Field(default=403, ge=400, le=599)
+    status_code: int = Field(default=403, ge=400, le=599, strict=True)
 
 
 class RequestTimeoutMiddleware(_Model):
     type: Literal["request_timeout"] = "request_timeout"
     name: Name
-    seconds: float = Field(gt=0, le=86400)
+    seconds: float = Field(gt=0, le=86400, strict=True, allow_inf_nan=False)
 
 
 _FIELD_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -379,11 +383,11 @@ class L4Route(_Model):
 
 
 class TCPRoute(L4Route):
-    connect_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
+    connect_timeout_seconds: float = Field(default=5.0, gt=0, le=300, strict=True, allow_inf_nan=False)
 
 
 class UDPRoute(L4Route):
-    session_idle_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    session_idle_timeout_seconds: float = Field(default=30.0, gt=0, le=3600, strict=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- the whole config
@@ -403,7 +407,7 @@ class ProxyConfig(_Model):
     """The whole configuration one proxy enforces. Build it with :func:`make_config`."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
-    version: int = Field(ge=0)
+    version: int = Field(ge=0, strict=True)
     hash: str = ""
     http: HTTPConfig = Field(default_factory=HTTPConfig)
     tcp: list[TCPRoute] = Field(default_factory=list)

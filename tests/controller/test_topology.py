@@ -542,3 +542,28 @@ def test_dual_stack_pods_are_one_server_each():
     assert [(e.ip, e.pod) for e in services["app/d"].ports[0].endpoints] == [
         ("10.16.0.1", "app/d-1"), ("10.16.0.2", "app/d-2")]
     assert [e.ip for e in services["app/only6"].ports[0].endpoints] == ["fd00::17:1"]  # IPv6-only stays
+
+
+def test_numbers_of_thousands_of_digits_are_refused_not_a_stalled_mesh():
+    # int() of more than 4,300 digits raises in Python: one such annotation failed every reconcile
+    # round, so no Service at all was published.
+    huge = "9" * 5000
+    state = ClusterState.from_objects([
+        svc("huge", annotations={"lightmesh.io/retry-attempts": huge, "lightmesh.io/ratelimit-average": huge,
+                                 "lightmesh.io/ratelimit-burst": "1"}),
+        svc("port", ports=[{"port": 80, "targetPort": huge}]),
+        svc("odd", ports=[{"port": 80, "targetPort": "٣"}]),  # a Unicode digit: not a port number
+        svc("good", ports=[{"port": 80}]),
+        {"apiVersion": "split.smi-spec.io/v1alpha1", "kind": "TrafficSplit", "metadata": {"name": "s", "namespace": "app"},
+         "spec": {"service": "good", "backends": [{"service": "good", "weight": "9" * 400}]}},
+        {"apiVersion": "access.smi-spec.io/v1alpha3", "kind": "TrafficTarget", "metadata": {"name": "t", "namespace": "app"},
+         "spec": {"destination": {"kind": "ServiceAccount", "name": "s", "port": huge},
+                  "sources": [{"kind": "ServiceAccount", "name": "c"}]}},
+    ])
+    result = build(state, Settings(), 1)
+    assert "app/good" in result.topology.services
+    fields = {(e.name, e.field) for e in result.errors}
+    assert ("huge", "metadata.annotations[lightmesh.io/retry-attempts]") in fields
+    assert ("port", "spec.ports[0].targetPort") in fields
+    assert ("t", "spec.destination.port") in fields
+    assert not [e for e in result.errors if "internal" in e.message]

@@ -12,8 +12,7 @@ from lightmesh.cbexpr import Sample, SampleWindow
     "ResponseCodeRatio(500, 600, 0, 600) > 0.25",
     "LatencyAtQuantileMS(50.0) > 100",
     "NetworkErrorRatio() > 0.5 || ResponseCodeRatio(500, 600, 0, 600) > 0.25",
-    "(LatencyAtQuantileMS(99) >= 250 && NetworkErrorRatio() != 0) || 1 == 2",
-    "0.3 < NetworkErrorRatio()",
+    "(LatencyAtQuantileMS(99) >= 250 && NetworkErrorRatio() != 0) || NetworkErrorRatio() == 2",
 ])
 def test_valid_expressions_parse_and_round_trip(text):
     ast = cb.parse(text)
@@ -21,11 +20,15 @@ def test_valid_expressions_parse_and_round_trip(text):
 
 
 @pytest.mark.parametrize("text, position, words", [
-    ("NetworkErrorRatio() >> 0.5", 22, "expected a number or a metric"),
+    ("NetworkErrorRatio() >> 0.5", 22, "expected a number on the right"),
     ("NetworkErrorRatio > 0.5", 19, "expected '('"),
     ("Foo() > 1", 1, "unknown function 'Foo'"),
     ("ResponseCodeRatio(500, 600) > 0.1", 27, "takes 4 arguments"),
-    ("NetworkErrorRatio() > 0.5 &&", 29, "expected a number or a metric"),
+    ("NetworkErrorRatio() > 0.5 &&", 29, "expected a metric"),
+    # Traefik compares a metric with a constant, in that order
+    ("1 > 0", 1, "expected a metric (NetworkErrorRatio, ResponseCodeRatio, LatencyAtQuantileMS) on the left"),
+    ("0.3 < NetworkErrorRatio()", 1, "expected a metric"),
+    ("NetworkErrorRatio() > NetworkErrorRatio()", 23, "expected a number on the right"),
     ("(NetworkErrorRatio() > 0.5", 27, "expected ')'"),
     ("NetworkErrorRatio()", 20, "expected a comparison operator"),
     ("", 1, "empty expression"),
@@ -44,10 +47,12 @@ def test_errors_carry_a_position(text, position, words):
 
 
 def test_precedence_and_binds_tighter_than_or():
-    ast = cb.parse("1 < 2 || 1 > 2 && 1 > 3")
+    # on an empty window every metric is 0
+    ast = cb.parse("NetworkErrorRatio() < 2 || NetworkErrorRatio() > 2 && NetworkErrorRatio() > 3")
     assert isinstance(ast, cb.Or) and isinstance(ast.right, cb.And)
     assert ast.evaluate(SampleWindow()) is True
-    assert cb.parse("(1 < 2 || 1 > 2) && 1 > 3").evaluate(SampleWindow()) is False
+    assert cb.parse("(NetworkErrorRatio() < 2 || NetworkErrorRatio() > 2) && NetworkErrorRatio() > 3"
+                    ).evaluate(SampleWindow()) is False
 
 
 def test_evaluation_over_a_window():
@@ -76,13 +81,12 @@ def test_validate_helper_and_length_bound():
 
 numbers = st.one_of(st.integers(-10**6, 10**6), st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False))
 codes = st.tuples(st.integers(0, 999), st.integers(1, 1000)).filter(lambda t: t[0] < t[1])
-operands = st.one_of(
-    numbers.map(cb.Number),
+metrics = st.one_of(
     st.just(cb.NetworkErrorRatio()),
     st.builds(lambda a, b: cb.ResponseCodeRatio(a[0], a[1], b[0], b[1]), codes, codes),
     st.floats(0.001, 100, allow_nan=False).map(cb.LatencyAtQuantileMS),
 )
-comparisons = st.builds(cb.Comparison, st.sampled_from(sorted(cb.COMPARATORS)), operands, operands)
+comparisons = st.builds(cb.Comparison, st.sampled_from(sorted(cb.COMPARATORS)), metrics, numbers.map(cb.Number))
 expressions = st.recursive(
     comparisons,
     lambda inner: st.one_of(st.builds(cb.And, inner, inner), st.builds(cb.Or, inner, inner)),

@@ -111,7 +111,9 @@ def test_invalid_circuit_breaker_expression():
 
 def test_server_url_must_be_scheme_ip_port():
     for url in ("10.0.0.1:80", "ftp://10.0.0.1:80", "http://host.example:80", "http://10.0.0.1", "http://10.0.0.1:0",
-                "http://10.0.0.1:８0"):  # a full-width digit is a digit to str.isdigit(), not to us
+                "http://10.0.0.1:８0",  # a full-width digit is a digit to str.isdigit(), not to us
+                "http://fd00::1:80",  # IPv6 without brackets: which colon starts the port?
+                "http://10.0.0.1:" + "9" * 5000):  # int() of that many digits raises
         msg = _broken(lambda d, url=url: d["http"]["services"][0]["servers"][0].update(url=url))
         assert "services['whoami-whoami-80'].servers[0].url" in msg, msg
     assert c.parse_server_url("h2c://[fd00::1]:8080") == (c.Scheme.H2C, "fd00::1", 8080)
@@ -152,3 +154,17 @@ def test_json_schema_describes_every_middleware():
 def test_schema_validates_a_real_config():
     jsonschema = pytest.importorskip("jsonschema")
     jsonschema.validate(json.loads(sample_config().to_json()), c.json_schema())
+
+
+@pytest.mark.parametrize("where, value", [
+    (lambda d, v: d.update(version=v), "3"),
+    (lambda d, v: d["http"]["middlewares"][3].update(average=v), True),
+    (lambda d, v: d["http"]["middlewares"][1].update(attempts=v), "2"),
+    (lambda d, v: d["http"]["middlewares"][5].update(seconds=v), "5"),
+    (lambda d, v: d["http"]["middlewares"][5].update(seconds=v), float("nan")),
+    (lambda d, v: d["http"]["routers"][0].update(priority=v), "1"),
+    (lambda d, v: d["udp"][0].update(session_idle_timeout_seconds=v), float("inf")),
+], ids=["version", "average", "attempts", "seconds", "nan", "priority", "inf"])
+def test_numbers_are_strict_as_the_schema_says(where, value):
+    # The loader used to coerce "3" and true where the exported JSON schema refuses them.
+    _broken(lambda d: where(d, value))

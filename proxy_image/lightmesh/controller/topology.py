@@ -61,7 +61,7 @@ _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 # element names and hosts, so anything else is reported instead of reaching the proxy.
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_QUANTITY = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(m|k|M|G)?\s*$")
+_QUANTITY = re.compile(r"^\s*([0-9]{1,12}(?:\.[0-9]{1,12})?|\.[0-9]{1,12})\s*(m|k|M|G)?\s*$")
 _QUANTITY_MILLI = {None: 1000, "m": 1, "k": 1_000_000, "M": 1_000_000_000, "G": 1_000_000_000_000}
 
 
@@ -284,7 +284,8 @@ def _port_number(value: Any) -> int | None:
         return None
     if isinstance(value, int) and 1 <= value <= 65535:
         return value
-    if isinstance(value, str) and value.isdigit() and 1 <= int(value) <= 65535:
+    if isinstance(value, str) and 0 < len(value) <= 5 and value.isascii() and value.isdigit() \
+            and 1 <= int(value) <= 65535:
         return int(value)
     return None
 
@@ -431,8 +432,8 @@ def _service_ports(obj: dict, ns: str, name: str, traffic_type: TrafficType, err
         if protocol != wanted:
             continue  # not suitable for the traffic type: not meshed, as upstream (no error)
         target = raw.get("targetPort", port)
-        if isinstance(target, str) and target.isdigit():
-            target = int(target)
+        if isinstance(target, str) and target.isascii() and target.isdigit():
+            target = int(target) if len(target) <= 5 else 0  # all digits: a number (out of range: refused)
         if not ((isinstance(target, int) and not isinstance(target, bool) and 1 <= target <= 65535)
                 or (isinstance(target, str) and target)):
             errors.add("Service", ns, name, f"spec.ports[{i}].targetPort",
@@ -776,8 +777,8 @@ def parse_weight(value: Any, quantity: bool) -> int | None:
     if isinstance(value, float) and quantity and value >= 0:
         return round(value * 1000)
     if isinstance(value, str):
-        if not quantity and value.strip().isdigit():
-            return int(value)
+        if not quantity and value.strip().isascii() and value.strip().isdigit():
+            return int(value) if len(value.strip()) <= 9 else None
         m = _QUANTITY.match(value)
         if m and quantity:
             return round(float(m.group(1)) * _QUANTITY_MILLI[m.group(2)])
@@ -986,6 +987,14 @@ def _service(obj: dict, ns: str, name: str, spec: dict, default_mode: TrafficTyp
                    cluster_ip if isinstance(cluster_ip, str) and _is_ip(cluster_ip) else None)
 
 
+def _internal(errors: _Errors, kind: str, ns: str, name: str, exc: Exception) -> str:
+    """Report an unexpected failure while reading one object (a bug: the fuzz tests look for this
+    message) and leave that object out."""
+    reason = f"internal error while reading this object ({type(exc).__name__}: {str(exc)[:200]}); it is left out"
+    errors.add(kind, ns, name, "", reason)
+    return reason
+
+
 def build_topology(state: ClusterState, settings: Settings, cache: TopologyCache | None = None) -> Topology:
     """Read ``state`` into a :class:`Topology`. Never raises on bad objects: they are reported in
     ``errors`` and left out (or partly applied). ``cache``: see :class:`TopologyCache` (same result)."""
@@ -1034,7 +1043,10 @@ def build_topology(state: ClusterState, settings: Settings, cache: TopologyCache
             errors.items.extend(hit[3])
         else:
             mark = len(errors.items)
-            outcome = _service(obj, ns, name, spec, default_mode, its_slices, pods, errors)
+            try:
+                outcome = _service(obj, ns, name, spec, default_mode, its_slices, pods, errors)
+            except Exception as exc:  # a bug here must cost this object, never every reconcile
+                outcome = _internal(errors, "Service", ns, name, exc)
             hit = (obj, tuple(its_slices), outcome, errors.items[mark:],
                    _pod_refs(ns, its_slices) if cache is not None else frozenset())
         if cache is not None:
@@ -1073,7 +1085,11 @@ def build_topology(state: ClusterState, settings: Settings, cache: TopologyCache
             errors.items.extend(done[2])
         else:
             mark = len(errors.items)
-            tt = _traffic_target(obj, settings, specs, pods, errors)
+            try:
+                tt = _traffic_target(obj, settings, specs, pods, errors)
+            except Exception as exc:  # as for Services
+                _internal(errors, "TrafficTarget", ns, name, exc)
+                tt = None
             done = (obj, tt, errors.items[mark:])
         kept_targets[id(obj)] = done
         if tt is not None:
