@@ -8,9 +8,13 @@ the source ServiceAccounts to the pods running as the destination ServiceAccount
 ``TrafficSplit`` renders a ``TrafficSplit`` (split v1alpha4) and, for ``matches``, the
 ``HTTPRouteGroup`` it references.
 
-Kubernetes object names are derived from the instance name (``<name>``, ``<name>-http``,
-``<name>-tcp``, ``<name>-udp``), so the instance name must be a DNS subdomain; two instances never
-collide. The object bodies come from the pure renderers in :mod:`mesh_components.smi`.
+Kubernetes object names are derived from the instance name, so the instance name must be a DNS
+subdomain: an AccessPolicy writes ``<name>`` (TrafficTarget), ``<name>-http`` (HTTPRouteGroup),
+``<name>-tcp``, ``<name>-udp``; a TrafficSplit writes ``<name>`` (TrafficSplit) and
+``<name>-matches`` (HTTPRouteGroup). No suffix of one component is a suffix of the other, so an
+AccessPolicy and a TrafficSplit never write the same object, whatever their names (``api`` and
+``api`` included); two instances of one component have different names and never collide either.
+The object bodies come from the pure renderers in :mod:`mesh_components.smi`.
 """
 
 import re
@@ -209,6 +213,9 @@ class TrafficSplit(pulumi.ComponentResource):
 
 
 MAX_WEIGHT = 1_000_000
+#: Suffix of a TrafficSplit's HTTPRouteGroup. Not ``-http``: an AccessPolicy of the same name writes
+#: ``<name>-http``, and two components writing one object overwrite each other.
+SPLIT_MATCHES_SUFFIX = "-matches"
 
 
 def render_traffic_split(name: str, args: Mapping[str, Any]) -> list[dict]:
@@ -246,7 +253,7 @@ def render_traffic_split(name: str, args: Mapping[str, Any]) -> list[dict]:
     group = None
     if check.plain("matches", args.get("matches")):
         matches = check_http_matches(check, "matches", args["matches"])
-        group = f"{name}-http"
+        group = f"{name}{SPLIT_MATCHES_SUFFIX}"
         objects.append(smi.render_http_route_group(group, namespace, matches, _LABELS))
     objects.append(smi.render_traffic_split(name, namespace, service, normalised, group, _LABELS))
     return objects

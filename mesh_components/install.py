@@ -22,6 +22,7 @@ The container command lines are built by pure functions (:func:`controller_comma
 """
 
 import re
+from decimal import Decimal
 from enum import Enum
 from typing import Any, Mapping, NotRequired, Optional, TypedDict
 
@@ -84,7 +85,8 @@ class MeshInstallArgs(TypedDict):
     """Inputs for MeshInstall. Every field is optional; defaults install a working mesh."""
 
     namespace: NotRequired[str]
-    """Namespace of the mesh control plane and proxies (default ``lightmesh``)."""
+    """Namespace of the mesh control plane and proxies (default ``lightmesh``). The controller never
+    meshes the Services of this namespace, so it may not be ``default``."""
     create_namespace: NotRequired[bool]
     """Create the namespace (default true); false when it is managed elsewhere."""
     image: NotRequired[str]
@@ -132,11 +134,13 @@ class MeshInstallArgs(TypedDict):
     controller_replicas: NotRequired[int]
     """Controller replicas (default 2; one leads, all serve config and DNS)."""
     controller_resources: NotRequired[ResourcesArgs]
-    """Controller container resources (default requests 100m / 128Mi, limits 1 CPU / 512Mi)."""
+    """Controller container resources (default requests 100m / 128Mi, limits 1 CPU / 512Mi). A request
+    may not exceed its limit."""
     proxy_resources: NotRequired[ResourcesArgs]
-    """Proxy container resources (default requests 100m / 128Mi, limits 2 CPU / 512Mi)."""
+    """Proxy container resources (default requests 100m / 128Mi, limits one CPU per proxy worker / 512Mi).
+    A request may not exceed its limit."""
     proxy_workers: NotRequired[int]
-    """Proxy worker processes per node (default 2)."""
+    """Proxy worker processes per node (default 2); the default CPU limit follows (one CPU each)."""
     proxy_max_surge: NotRequired[int]
     """Nodes whose proxy is replaced at once during a rolling update, new pod first (default 1)."""
     proxy_response_timeout: NotRequired[float]
@@ -289,7 +293,7 @@ class MeshInstall(pulumi.ComponentResource):
 
 # ------------------------------------------------------------------------------ pure settings
 # Limits on both CPU and memory so the install passes its own policy pack (lightmesh-install-resources).
-# The proxy's CPU limit matches its default 2 workers: one core each, no throttling at full load.
+# The proxy's CPU limit follows proxy_workers (2 by default): one core each, no throttling at full load.
 _DEFAULT_CONTROLLER_RESOURCES = {"cpu_request": "100m", "memory_request": "128Mi", "cpu_limit": "1",
                                  "memory_limit": "512Mi"}
 _DEFAULT_PROXY_RESOURCES = {"cpu_request": "100m", "memory_request": "128Mi", "cpu_limit": "2",
@@ -303,7 +307,8 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
         raise check.fail(f"args must be a mapping, got {type(args).__name__}")
     unknown = set(args) - set(MeshInstallArgs.__annotations__)
     if unknown:
-        raise check.fail(f"unknown field(s) {', '.join(sorted(unknown))}")
+        raise check.fail(f"args has unknown field(s) {', '.join(sorted(map(str, unknown)))}; "
+                         f"known: {', '.join(MeshInstallArgs.__annotations__)}")
     # Everything but the kubeconfig and the OTLP endpoint names cluster objects or shapes manifests,
     # so it must be known at preview (and is validated there).
     for field, value in args.items():
@@ -334,6 +339,7 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
                                  **check.mapping("controller_resources", args.get("controller_resources") or {})},
         "proxy_resources": {**_DEFAULT_PROXY_RESOURCES,
                             **check.mapping("proxy_resources", args.get("proxy_resources") or {})},
+        "proxy_cpu_limit_given": "cpu_limit" in (args.get("proxy_resources") or {}),
         "proxy_workers": args.get("proxy_workers", 2),
         "proxy_max_surge": args.get("proxy_max_surge", 1),
         "proxy_response_timeout": args.get("proxy_response_timeout", 0),
@@ -350,6 +356,10 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
         "admin_port": wire.DEFAULT_PROXY_ADMIN_PORT,
     }
     check.dns_label("namespace", s["namespace"])
+    if s["namespace"] == "default":
+        raise check.fail("namespace must not be 'default': the controller never meshes the Services of its own "
+                         "namespace (its shadow Services live there), so every application in 'default' would be "
+                         "left out of the mesh; use a namespace of its own, e.g. 'lightmesh' (the default)")
     check.dns_label("dns_namespace", s["dns_namespace"])
     check.dns_subdomain("cluster_domain", s["cluster_domain"])
     check.string("image", s["image"])
@@ -367,6 +377,8 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
         raise check.fail(f"domains must not include the cluster domain {s['cluster_domain']!r}")
     for field in ("controller_replicas", "proxy_workers", "proxy_max_surge"):
         s[field] = _int(check, field, s[field], 1, 64)
+    if not s.pop("proxy_cpu_limit_given"):  # one CPU per worker: no throttling when every worker is busy
+        s["proxy_resources"]["cpu_limit"] = str(s["proxy_workers"])
     for field, low in (("proxy_response_timeout", 0.0), ("proxy_body_timeout", 0.001)):
         s[field] = _seconds(check, field, s[field], low)
     ranges = []
@@ -387,6 +399,10 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
     for field in ("watch_namespaces", "ignore_namespaces"):
         for i, n in enumerate(s[field]):
             check.dns_label(f"{field}[{i}]", n)
+    if s["namespace"] in s["watch_namespaces"]:
+        raise check.fail(f"watch_namespaces[{s['watch_namespaces'].index(s['namespace'])}] is the mesh namespace "
+                         f"{s['namespace']!r}, whose Services the controller never meshes; remove it (and keep "
+                         f"applications out of the mesh namespace)")
     overlap = set(s["watch_namespaces"]) & set(s["ignore_namespaces"])
     if overlap:
         raise check.fail(f"namespaces both watched and ignored: {', '.join(sorted(overlap))}")
@@ -405,6 +421,16 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
                 raise check.fail(f"{which}.{key} is not a known field (cpu_request, memory_request, cpu_limit, memory_limit)")
             if value != "":  # "" removes a default (e.g. teams that run proxies without CPU limits)
                 check.quantity(f"{which}.{key}", value)
+        given = args.get(which) or {}
+        for resource in ("cpu", "memory"):
+            request, limit = s[which][f"{resource}_request"], s[which][f"{resource}_limit"]
+            if request and limit and quantity_value(request) > quantity_value(limit):
+                whose = "" if f"{resource}_limit" in given else (
+                    " (the default: one CPU per proxy worker)" if (which, resource) == ("proxy_resources", "cpu")
+                    else " (the default)")
+                raise check.fail(f"{which}.{resource}_request {request!r} is more than {which}.{resource}_limit "
+                                 f"{limit!r}{whose}: Kubernetes refuses a request above its limit; lower the "
+                                 f"request or raise {resource}_limit")
     for i, t in enumerate(s["proxy_tolerations"]):
         if not isinstance(t, Mapping) or set(t) - set(TolerationArgs.__annotations__):
             raise check.fail(f"proxy_tolerations[{i}] must only have key, operator, value, effect; got {t!r}")
@@ -423,9 +449,48 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
     return s
 
 
+# An image reference as the container runtimes read it (github.com/distribution/reference):
+# [host[:port]/]path[:tag][@algorithm:hex]; path components lowercase.
+_IMAGE_HOST = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?/)?"
+_IMAGE_PATH = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+_IMAGE_REFERENCE = re.compile(rf"(?P<name>{_IMAGE_HOST}{_IMAGE_PATH})(?::(?P<tag>[\w][\w.-]{{0,127}}))?"
+                              rf"(?:@(?P<digest>.*))?")
+_IMAGE_DIGEST = re.compile(r"sha256:[a-f0-9]{64}|sha384:[a-f0-9]{96}|sha512:[a-f0-9]{128}")
+
+
+def image_reference_problem(image: str) -> str | None:
+    """Why ``image`` is not an image reference a node could pull, or None."""
+    found = _IMAGE_REFERENCE.fullmatch(image)
+    if found is None:
+        return ("is not an image reference ([registry[:port]/]repository[:tag][@digest]; the repository in "
+                "lowercase letters, digits and separators, no spaces)")
+    if len(found["name"]) > 255:
+        return "has a repository name longer than 255 characters"
+    if found["digest"] is not None and not _IMAGE_DIGEST.fullmatch(found["digest"]):
+        return "has a malformed digest (expected @sha256: and 64 lowercase hex digits)"
+    return None
+
+
+def quantity_value(quantity: str) -> Decimal:
+    """A Kubernetes quantity (``100m``, ``1.5``, ``64Mi``, ``2e3``) as a number, to compare two."""
+    found = re.fullmatch(r"[+]?(\d+(?:\.\d*)?|\.\d+)(.*)", quantity)
+    if found is None:
+        raise ValueError(f"not a quantity: {quantity!r}")
+    number, suffix = Decimal(found[1]), found[2]
+    if suffix[:1] in ("e", "E"):
+        return number * Decimal(10) ** int(suffix[1:])
+    binary = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
+    decimal = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+    if suffix in binary:
+        return number * Decimal(1024) ** binary[suffix]
+    return number * Decimal(10) ** decimal[suffix]
+
+
 def _image(check: Checker, image: Any, tag: Any) -> Any:
     """``image`` with its tag replaced by ``tag`` when one is given."""
     check.string("image", image)
+    if problem := image_reference_problem(image):
+        raise check.fail(f"image {problem}, got {image!r}")
     if tag is None:
         return image
     if not isinstance(tag, str) or not _IMAGE_TAG.fullmatch(tag):

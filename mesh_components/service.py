@@ -184,11 +184,20 @@ def _render(check: Checker, values: Mapping[str, Any]) -> dict[str, str]:
     _, errors = ann.parse_annotations_lenient(rendered)
     if errors:
         messages = []
+        given = {ANNOTATION_PREFIX + key: v for key, v in values.items()}
         for e in errors:
             key = e.annotation[len(ANNOTATION_PREFIX):]
+            field = _FIELD_OF_KEY.get(key, key)
             reason = e.reason.replace(ANNOTATION_PREFIX + ann.RATELIMIT_BURST, "rate_limit_burst") \
                              .replace(ANNOTATION_PREFIX + ann.RATELIMIT_AVERAGE, "rate_limit_average")
-            messages.append(f"{_FIELD_OF_KEY.get(key, key)} {reason}, got {e.value}")
+            value = given.get(e.annotation, e.value)
+            value = value.value if hasattr(value, "value") else value  # an enum member: its text
+            if key == ann.CIRCUIT_BREAKER_EXPRESSION:
+                # "invalid circuit-breaker expression: <what> at position N in '<value>'": said once, quoted
+                what = reason.removeprefix("invalid circuit-breaker expression: ").removesuffix(f" in {e.value!r}")
+                messages.append(f"{field} {value!r} is not a valid circuit-breaker expression: {what}")
+            else:
+                messages.append(f"{field} {reason}, got {value!r}")
         raise ComponentArgsError(check.prefix + "; ".join(messages))
     return rendered
 

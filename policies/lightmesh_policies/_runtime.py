@@ -1,6 +1,8 @@
 """The runtime's shared pure code, imported once: ``lightmesh.annotations``, ``cbexpr``, ``wire``, the
-controller's flag definitions (``lightmesh.controller.main.configure``) and its TrafficSplit weight
-parser (``lightmesh.controller.topology.parse_weight``).
+controller's flag definitions (``lightmesh.controller.main.configure``), its TrafficSplit weight
+parser (``lightmesh.controller.topology.parse_weight``) and namespace rules
+(``lightmesh.controller.model``), and what ``lightmesh render`` counts as one Kubernetes object
+(``lightmesh.local.render.object_identity``).
 
 The pack judges annotations, controller flags and split weights with exactly the controller's code,
 so it imports the ``lightmesh`` package. In the pack's own venv that package is installed from the repository (``-e ..`` in
@@ -20,6 +22,9 @@ except ImportError:  # pragma: no cover - only without an installed lightmesh
 
 from lightmesh import annotations, cbexpr, wire  # noqa: E402
 from lightmesh.controller import main as controller_cli  # noqa: E402
+from lightmesh.controller import model as controller_model  # noqa: E402
 from lightmesh.controller.topology import parse_weight  # noqa: E402
+from lightmesh.local.render import describe_identity, object_identity, resource_description  # noqa: E402
 
-__all__ = ["annotations", "cbexpr", "wire", "controller_cli", "parse_weight"]
+__all__ = ["annotations", "cbexpr", "wire", "controller_cli", "controller_model", "parse_weight", "object_identity",
+           "describe_identity", "resource_description"]

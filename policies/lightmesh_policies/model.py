@@ -30,7 +30,7 @@ from typing import Any, Iterable
 from pulumi_policy.proxy import UnknownValueError, _is_unknown  # the SDK's own sentinel test
 
 from lightmesh_policies._runtime import annotations as ann
-from lightmesh_policies._runtime import controller_cli, wire
+from lightmesh_policies._runtime import controller_cli, controller_model, wire
 
 
 class _Unknown:
@@ -503,6 +503,67 @@ def default_traffic_type_flag(workload: Workload) -> Any:
     return UNKNOWN if unknown else ann.TrafficType.HTTP
 
 
+@dataclass(frozen=True)
+class IgnoreSettings:
+    """What the controller never meshes: its own namespace, kube-system, ``default/kubernetes``,
+    ``--ignore-namespaces``, and with ``--watch-namespaces`` every other namespace. A field is
+    :data:`UNKNOWN` while the flag's value is."""
+
+    mesh_namespace: Any = wire.DEFAULT_MESH_NAMESPACE
+    watch_namespaces: Any = ()
+    ignore_namespaces: Any = ()
+
+    def ignores(self, namespace: str, name: str) -> Any:
+        """True/False for the Service ``namespace/name``; UNKNOWN when it depends on a value not known yet."""
+        if namespace in controller_model.ALWAYS_IGNORED_NAMESPACES \
+                or (namespace, name) in controller_model.ALWAYS_IGNORED_SERVICES:
+            return True
+        verdict: Any = False
+        for value, ignored in ((self.mesh_namespace, lambda v: namespace == v),
+                               (self.ignore_namespaces, lambda v: namespace in v),
+                               (self.watch_namespaces, lambda v: bool(v) and namespace not in v)):
+            if is_unknown(value):
+                verdict = UNKNOWN
+            elif ignored(value):
+                return True
+        return verdict
+
+
+def controller_ignore_settings(workload: Workload) -> IgnoreSettings:
+    """The namespaces a controller workload ignores, read from its command line with the controller's
+    own flag parser (``--namespace``, ``--watch-namespaces``, ``--ignore-namespaces``). A value not
+    known yet makes that setting UNKNOWN; a free-standing word not known yet could be any of them."""
+    words: Any = None
+    for line in _command_lines(workload.pod_spec):
+        if line is UNKNOWN:
+            return IgnoreSettings(UNKNOWN, UNKNOWN, UNKNOWN)
+        if "controller" in line:
+            words = line[line.index("controller") + 1:]
+            break
+    unknown_options: set[str] = set()
+    known: list[str] = []
+    for i, word in enumerate(words or []):
+        if is_unknown(word):
+            if not _is_option_value(words, i):
+                return IgnoreSettings(UNKNOWN, UNKNOWN, UNKNOWN)
+            unknown_options.add(known.pop())  # the option whose value it is, left out of the parse
+        elif isinstance(word, str):
+            known.append(word)
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    controller_cli.configure(parser)
+    try:
+        flags, _ = parser.parse_known_args(known)
+    except (argparse.ArgumentError, SystemExit):  # a controller that would not start: judge by the defaults
+        return IgnoreSettings()
+
+    def value(option: str, parsed: Any) -> Any:
+        if option in unknown_options:
+            return UNKNOWN
+        return tuple(parsed) if isinstance(parsed, list) else parsed
+    return IgnoreSettings(value("--namespace", flags.namespace), value("--watch-namespaces", flags.watch_namespaces),
+                          value("--ignore-namespaces", flags.ignore_namespaces))
+
+
 # --------------------------------------------------------------------------------------------- SMI
 
 ACCESS_GROUP = "access.smi-spec.io"
@@ -765,6 +826,12 @@ class StackView:
         if any(f is UNKNOWN for f in flags):
             return UNKNOWN
         return False
+
+    def ignore_settings(self) -> IgnoreSettings:
+        """What the stack's controller never meshes (the controller's defaults without one)."""
+        for c in self.controllers:
+            return controller_ignore_settings(c)
+        return IgnoreSettings()
 
     def default_traffic_type(self) -> Any:
         """The controller's default traffic type (http without a controller); UNKNOWN if not known yet."""

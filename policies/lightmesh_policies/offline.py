@@ -120,9 +120,15 @@ def resolve_policy_config(policy_config: Mapping[str, Any] | None) -> dict[str, 
     """``--policy-pack-config`` contents → per policy (enforcement level, config with schema defaults).
 
     Format (the Pulumi CLI's): ``{"all": "mandatory", "<policy>": "advisory",
-    "<policy>": {"enforcementLevel": "disabled", "<property>": value}}``.
+    "<policy>": {"enforcementLevel": "disabled", "<property>": value}}``. Checked as the CLI checks it:
+    known rule ids, known properties, each property's type against the rule's config schema.
     """
-    policy_config = dict(policy_config or {})
+    if policy_config is None:
+        policy_config = {}
+    if not isinstance(policy_config, Mapping):
+        raise OfflineCheckError(f"policy config: expected a JSON object of rule ids ({{\"<rule id>\": \"advisory\"}} "
+                                f"or {{\"<rule id>\": {{\"<property>\": ...}}}}), got {_json_type(policy_config)}")
+    policy_config = dict(policy_config)
     known = {p.name: p for p in ALL_POLICIES}
     for key in policy_config:
         if key != "all" and key not in known:
@@ -146,11 +152,63 @@ def resolve_policy_config(policy_config: Mapping[str, Any] | None) -> dict[str, 
                     raise OfflineCheckError(f"policy config: {name} has no property {key!r} "
                                             f"(known: {', '.join(sorted(schema)) or 'none'})")
                 else:
+                    _check_property(name, key, value, schema[key])
                     props[key] = value
         elif entry is not None:
             raise OfflineCheckError(f"policy config: {name} must be a level string or an object, got {entry!r}")
         resolved[name] = (level, props)
     return resolved
+
+
+# What the Pulumi CLI's JSON-schema validation of --policy-pack-config checks, for the schema shapes the
+# rules use (``type`` a name or a list of names, ``items`` for arrays): the offline runner refuses the same.
+_JSON_TYPES = {"boolean": lambda v: isinstance(v, bool), "string": lambda v: isinstance(v, str),
+               "array": lambda v: isinstance(v, list), "object": lambda v: isinstance(v, Mapping),
+               "null": lambda v: v is None, "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+               "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)}
+_EXPECTED = {"boolean": "true or false", "string": "a string", "array": "a list", "object": "an object",
+             "null": "null", "integer": "a whole number", "number": "a number"}
+
+
+def _json_type(value: Any) -> str:
+    """How JSON would call ``value``'s type, with the value: ``a string ('false')``."""
+    for name, fits in (("null", _JSON_TYPES["null"]), ("a boolean", _JSON_TYPES["boolean"]),
+                       ("a number", _JSON_TYPES["number"]), ("a string", _JSON_TYPES["string"]),
+                       ("a list", _JSON_TYPES["array"]), ("an object", _JSON_TYPES["object"])):
+        if fits(value):
+            return name if name == "null" else f"{name} ({json.dumps(value, default=str)})"
+    return type(value).__name__
+
+
+def _check_property(policy: str, key: str, value: Any, schema: Mapping[str, Any]) -> None:
+    """``value`` against the rule's config schema property: a clear error naming the rule, the property
+    and the expected type (``"false"`` for a boolean would otherwise turn the setting on)."""
+    types = schema.get("type")
+    types = [types] if isinstance(types, str) else list(types or [])
+    if types and not any(_JSON_TYPES[t](value) for t in types if t in _JSON_TYPES):
+        items = (schema.get("items") or {}).get("type")
+        expected = [f"a list of {items}s" if t == "array" and isinstance(items, str) else _EXPECTED.get(t, t)
+                    for t in types]
+        wanted = " or ".join(expected).replace("true or false or null", "true, false or null")
+        raise OfflineCheckError(f"policy config: {policy}: property {key} must be {wanted}, got {_json_type(value)}")
+    item_schema = schema.get("items")
+    if isinstance(value, list) and isinstance(item_schema, Mapping):
+        for i, item in enumerate(value):
+            _check_property(policy, f"{key}[{i}]", item, item_schema)
+
+
+def load_policy_config(path: str | Path) -> Any:
+    """A ``--policy-pack-config`` file's JSON; errors name the file (and line and column)."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OfflineCheckError(f"--policy-pack-config {path}: cannot read: {getattr(exc, 'strerror', None) or exc}") \
+            from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise OfflineCheckError(f"--policy-pack-config {path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") \
+            from None
 
 
 def _level(value: Any, where: str) -> EnforcementLevel:
@@ -223,9 +281,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="JSON file in the format of pulumi's --policy-pack-config")
     args = parser.parse_args(argv)
     try:
-        policy_config = json.loads(Path(args.policy_pack_config).read_text()) if args.policy_pack_config else None
+        policy_config = load_policy_config(args.policy_pack_config) if args.policy_pack_config else None
+        resolve_policy_config(policy_config)  # a bad config is reported before the program runs
         report = check_program(args.program_dir, args.stack, args.config, policy_config)
-    except (OfflineCheckError, OSError, json.JSONDecodeError) as exc:
+    except (OfflineCheckError, OSError) as exc:
         print(f"lightmesh-policies: {exc}", file=sys.stderr)
         return 2
     for v in report.violations:

@@ -28,7 +28,7 @@ from pulumi_policy import (EnforcementLevel, PolicyConfigSchema, ReportViolation
 
 from lightmesh_policies import model
 from lightmesh_policies._runtime import annotations as ann
-from lightmesh_policies._runtime import parse_weight
+from lightmesh_policies._runtime import describe_identity, object_identity, parse_weight, resource_description
 from lightmesh_policies.model import UNKNOWN, Identity, StackView, is_unknown
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -110,9 +110,12 @@ def _validate_acl_coverage(args: StackValidationArgs, report: ReportViolation) -
         return
     ignored = set(cfg["ignore_services"] or [])
     default_type = view.default_traffic_type()
+    controller_ignores = view.ignore_settings()
     for svc in sorted(view.services.values(), key=lambda s: s.key):
         if svc.is_meshed is not True or svc.key in ignored:
             continue
+        if controller_ignores.ignores(svc.namespace, svc.name) is not False:
+            continue  # the controller never meshes it (its own namespace, kube-system, ...): nothing is denied
         traffic = svc.traffic_type(default_type)
         resolution = view.resolve(svc)
         if resolution.reason:
@@ -193,7 +196,9 @@ acl_service_has_traffic_target = StackValidationPolicy(
     name="lightmesh-acl-service-has-traffic-target",
     description=("In ACL mode every mesh Service (annotated, or created by MeshService) is the destination of at "
                  "least one TrafficTarget with a rule for its traffic type; otherwise all traffic to it is denied. "
-                 "A TrafficSplit root without pods of its own is judged through the split's backends."),
+                 "A TrafficSplit root without pods of its own is judged through the split's backends. Services the "
+                 "controller never meshes (its own namespace, kube-system, default/kubernetes, namespaces it ignores "
+                 "or does not watch) are skipped."),
     enforcement_level=EnforcementLevel.MANDATORY,
     severity=Severity.HIGH,
     config_schema=_schema(ACL_COVERAGE_DEFAULTS, {
@@ -667,7 +672,9 @@ def _validate_annotations(args: ResourceValidationArgs, report: ReportViolation)
         if error.annotation in unknown_keys:
             continue
         key = error.annotation.rsplit("/", 1)[-1]
-        report(f"{where}: {error}. The controller ignores this Service's mesh settings until it is fixed. Fix: "
+        # "...: invalid circuit-breaker expression: ... at position 1 in 'Foo() > 1'": the value is already there
+        text = f"annotation {error.annotation}={error.value!r}: {error.reason.removesuffix(f' in {error.value!r}')}"
+        report(f"{where}: {text}. The controller ignores this Service's mesh settings until it is fixed. Fix: "
                f"correct the annotation, or MeshService arg {_MESH_SERVICE_FIELD.get(key, key)}.")
     if cfg["report_unknown_keys"]:
         for full in sorted(known):
@@ -736,9 +743,15 @@ def _validate_images(args: ResourceValidationArgs, report: ReportViolation) -> N
         if not isinstance(image, str):
             continue  # unknown during preview, or missing (the API server rejects that on its own)
         if problem := image_pin_problem(image, bool(cfg["require_digest"]), list(cfg["disallowed_tags"] or [])):
+            if "@" not in image and cfg["require_digest"]:
+                repository = image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
+                fix = (f"pin the image by digest, which require_digest demands: a tag is not enough "
+                       f"(MeshInstallArgs image, e.g. {repository}@sha256:<digest of the version to run>)")
+            else:
+                fix = ("pin a version tag or digest (MeshInstallArgs image/tag, e.g. "
+                       "ghcr.io/lightmesh/lightmesh:0.1.0)")
             report(f"Lightmesh {role} {workload.describe()} container {container.get('name')!r} image {image!r} "
-                   f"{problem}: nodes could run different mesh versions. Fix: pin a version tag or digest "
-                   f"(MeshInstallArgs image/tag, e.g. ghcr.io/lightmesh/lightmesh:0.1.0).")
+                   f"{problem}: nodes could run different mesh versions. Fix: {fix}.")
 
 
 images_pinned = ResourceValidationPolicy(
@@ -866,6 +879,89 @@ require_acl = ResourceValidationPolicy(
     validate=_validate_require_acl,
 )
 
+# ---------------------------------------------------------------------- 8. one resource per object
+
+UNIQUE_OBJECTS_DEFAULTS = {"ignore_objects": []}
+
+
+def object_identity_of(resource: model.Resource) -> tuple[str, str, str, str] | None:
+    """(API group, kind, namespace, name) of a Kubernetes object or patch; None for what is not one
+    (components, Helm releases), for a generated name, or while the name or namespace is unknown."""
+    if not resource.type.startswith("kubernetes:"):
+        return None
+    api_version, kind = resource.props.get("apiVersion"), resource.props.get("kind")
+    if not isinstance(api_version, str) or not isinstance(kind, str):
+        return None
+    name, auto_named = model.object_name(resource)
+    namespace = model.namespace_of(resource.props)
+    if auto_named or not isinstance(name, str) or is_unknown(namespace):
+        return None
+    return object_identity(api_version, kind, namespace, name)
+
+
+def _validate_unique_objects(args: StackValidationArgs, report: ReportViolation) -> None:
+    cfg = _config(args.get_config(), UNIQUE_OBJECTS_DEFAULTS)
+    ignored = set(cfg["ignore_objects"] or [])
+    objects: dict[tuple, list[model.Resource]] = {}
+    patches: dict[tuple, list[model.Resource]] = {}
+    for r in _view(args).resources:
+        identity = object_identity_of(r)
+        if identity is not None and describe_identity(identity) not in ignored:
+            (patches if r.kind.endswith("Patch") else objects).setdefault(identity, []).append(r)
+    for identity, resources in objects.items():
+        first, *others = sorted(resources, key=lambda r: r.urn)
+        for other in others:
+            report(f"{describe_identity(identity)} is declared by two resources, {_who(first)} and {_who(other)}: "
+                   f"in the cluster they are one object, so each apply overwrites the other and deleting either "
+                   f"deletes it. Fix: give one of them another metadata.name (for a component, another instance "
+                   f"name), or declare the object once.", other.urn)
+    for identity, resources in patches.items():
+        resources = sorted(resources, key=lambda r: r.urn)
+        for i, a in enumerate(resources):
+            for b in resources[i + 1:]:
+                _check_patch_conflicts(identity, a, b, report)
+
+
+def _who(resource: model.Resource) -> str:
+    return resource_description(resource.urn, resource.name)
+
+
+def _check_patch_conflicts(identity: tuple, a: model.Resource, b: model.Resource, report: ReportViolation) -> None:
+    """Two patches of one object setting one annotation or label to different values fight: each apply
+    (each with its own field manager, forced) takes the key back. ``pulumi.com/`` keys steer the patch
+    itself (field manager) and differ on purpose."""
+    for section, what in (("annotations", "annotation"), ("labels", "label")):
+        mine, theirs = model.dig(a.props, "metadata", section), model.dig(b.props, "metadata", section)
+        if not isinstance(mine, dict) or not isinstance(theirs, dict):
+            continue
+        for key in sorted(set(mine) & set(theirs)):
+            if key.startswith("pulumi.com/") or is_unknown(mine[key]) or is_unknown(theirs[key]):
+                continue
+            if mine[key] != theirs[key]:
+                both_mesh_services = all(model.MESH_SERVICE_COMPONENT in r.parent_types for r in (a, b))
+                fix = ("declare one MeshService per Service, with the settings of both" if both_mesh_services
+                       else f"set {what} {key} in one place only")
+                report(f"{describe_identity(identity)} is patched by two resources that set {what} {key} to different "
+                       f"values: {mine[key]!r} by {_who(a)}, {theirs[key]!r} by {_who(b)}; each apply takes it back "
+                       f"from the other, so the object flips between them. Fix: {fix}.", b.urn)
+
+
+unique_objects = StackValidationPolicy(
+    name="lightmesh-unique-objects",
+    description=("No two resources of the stack declare the same Kubernetes object (same API group, kind, namespace "
+                 "and name; e.g. an AccessPolicy's and another component's HTTPRouteGroup), and no two patches of one "
+                 "object set an annotation or label to different values (e.g. two MeshServices for one Service)."),
+    enforcement_level=EnforcementLevel.MANDATORY,
+    severity=Severity.HIGH,
+    config_schema=_schema(UNIQUE_OBJECTS_DEFAULTS, {
+        "ignore_objects": ("Objects this rule skips, as the messages name them: \"Kind namespace/name\" "
+                           "(\"Kind.group namespace/name\" outside the core API group, e.g. "
+                           "\"HTTPRouteGroup.specs.smi-spec.io shop/api-http\")."),
+    }),
+    remediation_steps="Give each object its own name (components: distinct instance names), or declare it once.",
+    validate=_validate_unique_objects,
+)
+
 ALL_POLICIES = [
     acl_service_has_traffic_target,
     traffic_target_valid,
@@ -874,6 +970,7 @@ ALL_POLICIES = [
     images_pinned,
     install_resources,
     require_acl,
+    unique_objects,
 ]
 
 POLICIES_BY_NAME: dict[str, Any] = {p.name: p for p in ALL_POLICIES}

@@ -68,11 +68,27 @@ def test_traffic_split_with_matches_references_its_route_group():
         spec = records["ts-ab-trafficsplit"].inputs["spec"]
         assert spec["service"] == "web"
         assert [(b["service"], b["weight"]) for b in spec["backends"]] == [("web-v1", 90), ("web-v2", 10)]
-        assert spec["matches"] == [{"kind": "HTTPRouteGroup", "name": "ts-ab-http"}]
-        assert records["ts-ab-httproutegroup"].inputs["metadata"]["name"] == "ts-ab-http"
+        assert spec["matches"] == [{"kind": "HTTPRouteGroup", "name": "ts-ab-matches"}]
+        assert records["ts-ab-httproutegroup"].inputs["metadata"]["name"] == "ts-ab-matches"
         assert validate_all(list(records.values())) == 2
 
     return pulumi.Output.all(split.traffic_split_name, split.total_weight).apply(check)
+
+
+@pytest.mark.parametrize("policy_name, split_name", [("api", "api"), ("api", "ap"), ("api-x", "api"),
+                                                     ("api-matches", "api"), ("api", "api-http")])
+def test_access_policy_and_traffic_split_never_write_the_same_object(policy_name, split_name):
+    """Same namespace, names alike: no Kubernetes object (kind, namespace, name) is written by both."""
+    policy = render_access_policy(policy_name, {**POLICY, "namespace": "shop"})
+    split = render_traffic_split(split_name, {"namespace": "shop", "service": "api",
+                                              "backends": [{"service": "api-v1", "weight": 1}],
+                                              "matches": [{"name": "canary", "headers": {"x-canary": "1"}}]})
+
+    def identities(objects):
+        return {(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]) for o in objects}
+
+    assert identities(policy) & identities(split) == set()
+    assert ("HTTPRouteGroup", "shop", f"{split_name}-matches") in identities(split)
 
 
 @pulumi.runtime.test

@@ -288,7 +288,30 @@ def test_proxy_timeouts_reach_a_proxy_that_accepts_them():
     ({"namespace": pulumi.Output.from_input("x")}, "namespace must be a plain value, not an Output"),
     ({"domains": pulumi.Output.from_input(["a"])}, "domains must be a plain value, not an Output"),
     ({"proxy_tolerations": [{"key": "a", "tolerationSeconds": 5}]}, r"proxy_tolerations\[0\] must only have"),
-    ({"replicas": 3}, "unknown field\\(s\\) replicas"),
+    ({"replicas": 3}, "args has unknown field\\(s\\) replicas; known: namespace, create_namespace, image, image_tag"),
+    # the controller never meshes its own namespace: "default" would leave every application there out
+    ({"namespace": "default"}, "namespace must not be 'default': the controller never meshes the Services of its own "
+                               "namespace"),
+    ({"watch_namespaces": ["shop", "lightmesh"]}, r"watch_namespaces\[1\] is the mesh namespace 'lightmesh', whose "
+                                                  "Services the controller never meshes"),
+    ({"namespace": "mesh", "watch_namespaces": ["mesh"]}, r"watch_namespaces\[0\] is the mesh namespace 'mesh'"),
+    # image references a node could not pull
+    ({"image": "ghcr.io/x y:1"}, r"image is not an image reference \(\[registry\[:port\]/\]repository\[:tag\]"
+                                 r"\[@digest\]; .*\), got 'ghcr.io/x y:1'"),
+    ({"image": "ghcr.io/x/y@sha256:zz"}, r"image has a malformed digest \(expected @sha256: and 64 lowercase hex "
+                                         r"digits\), got 'ghcr.io/x/y@sha256:zz'"),
+    ({"image": "GHCR.io/Lightmesh/Lightmesh:1"}, "image is not an image reference"),
+    # a request above its limit: Kubernetes refuses the pod
+    ({"controller_resources": {"cpu_request": "2", "cpu_limit": "1"}},
+     "controller_resources.cpu_request '2' is more than controller_resources.cpu_limit '1': Kubernetes refuses a "
+     "request above its limit; lower the request or raise cpu_limit"),
+    ({"controller_resources": {"cpu_request": "1500m"}},
+     r"controller_resources.cpu_request '1500m' is more than controller_resources.cpu_limit '1' \(the default\)"),
+    ({"proxy_resources": {"memory_request": "1Gi", "memory_limit": "512Mi"}},
+     "proxy_resources.memory_request '1Gi' is more than proxy_resources.memory_limit '512Mi'"),
+    ({"proxy_workers": 1, "proxy_resources": {"cpu_request": "2"}},
+     r"proxy_resources.cpu_request '2' is more than proxy_resources.cpu_limit '1' \(the default: one CPU per proxy "
+     r"worker\)"),
     # a bare string where a list belongs would otherwise become one entry per character
     ({"domains": "mesh"}, "domains must be a list, got 'mesh'"),
     ({"watch_namespaces": "default"}, "watch_namespaces must be a list, got 'default'"),
@@ -315,6 +338,30 @@ def test_bad_args_name_the_field(args, message):
 ])
 def test_image_tag_replaces_the_tag_of_the_image(args, image):
     assert resolve_settings("mesh", args)["image"] == image
+
+
+@pytest.mark.parametrize("args, image", [
+    ({}, "ghcr.io/lightmesh/lightmesh:0.1.0"),
+    ({"image": "localhost:5000/lightmesh"}, "localhost:5000/lightmesh"),
+    ({"image": "registry.example.com/team/light_mesh:v1.2.3-rc.1"}, "registry.example.com/team/light_mesh:v1.2.3-rc.1"),
+    ({"image": "ghcr.io/lightmesh/lightmesh:0.1.0@sha256:" + "c" * 64}, "ghcr.io/lightmesh/lightmesh:0.1.0@sha256:" + "c" * 64),
+])
+def test_image_references_nodes_can_pull_are_accepted(args, image):
+    assert resolve_settings("mesh", args)["image"] == image
+
+
+@pytest.mark.parametrize("args, cpu_limit", [
+    ({}, "2"),  # proxy_workers defaults to 2
+    ({"proxy_workers": 4}, "4"),
+    ({"proxy_workers": 1}, "1"),
+    ({"proxy_workers": 4, "proxy_resources": {"cpu_limit": "1500m"}}, "1500m"),  # given: kept
+    ({"proxy_workers": 4, "proxy_resources": {"cpu_limit": ""}}, ""),  # removed: no CPU limit
+])
+def test_the_proxy_cpu_limit_follows_the_workers_unless_given(args, cpu_limit):
+    """One CPU per proxy worker (docs/components.md): 4 workers under a 2-CPU limit were throttled."""
+    resources = resolve_settings("mesh", args)["proxy_resources"]
+    assert resources["cpu_limit"] == cpu_limit
+    assert (resources["cpu_request"], resources["memory_limit"]) == ("100m", "512Mi")
 
 
 def test_enum_values_are_accepted_in_any_case():

@@ -90,7 +90,14 @@ def _assert_equal(actual, expected):
     ({"retry_attempts": True}, "retry_attempts must be a whole number"),
     ({"traffic_type": "grpc"}, "traffic_type must be one of http, tcp, udp, got 'grpc'"),
     ({"scheme": "ftp"}, "scheme must be one of http, https, h2c, got 'ftp'"),
-    ({"circuit_breaker_expression": "NetworkErrorRatio() >"}, "circuit_breaker_expression invalid circuit-breaker"),
+    # the value once, quoted (it was repeated, the second time unquoted)
+    ({"circuit_breaker_expression": "NetworkErrorRatio() >"},
+     r"circuit_breaker_expression 'NetworkErrorRatio\(\) >' is not a valid circuit-breaker expression: [^']*number"
+     r"[^']* at position 22$"),
+    ({"circuit_breaker_expression": "Foo() > 1"},
+     r"circuit_breaker_expression 'Foo\(\) > 1' is not a valid circuit-breaker expression: unknown function 'Foo' "
+     r"[^']* at position 1$"),
+    ({"request_timeout": "soon"}, "request_timeout must be a duration.*, got 'soon'$"),
     ({"rate_limit_average": 10}, "rate_limit_average needs rate_limit_burst too"),
     ({"rate_limit_burst": 10}, "rate_limit_burst needs rate_limit_average too"),
     ({"rate_limit_average": 0, "rate_limit_burst": 5}, "rate_limit_average must be between 1 and 1000000, got 0"),
@@ -121,6 +128,16 @@ def test_bad_args_fail_synchronously_naming_the_field(args, message):
     full = {k: v for k, v in full.items() if v is not None}
     with pytest.raises(ComponentArgsError, match=r"^MeshService 'whoami': .*" + message):
         MeshService("whoami", full)
+
+
+@pytest.mark.parametrize("expression", ["Foo() > 1", "NetworkErrorRatio() >", "NetworkErrorRatio() > 0.5 &&"])
+def test_a_bad_circuit_breaker_expression_is_named_once_and_quoted(expression):
+    with pytest.raises(ComponentArgsError) as failure:
+        MeshService("cb", {"service_name": "web", "namespace": "shop", "circuit_breaker_expression": expression})
+    message = str(failure.value)
+    assert message.startswith(f"MeshService 'cb': circuit_breaker_expression {expression!r} is not a valid "
+                              "circuit-breaker expression: ")
+    assert message.count(expression) == 1 and message.count("circuit-breaker expression") == 1, message
 
 
 def test_several_bad_annotation_fields_are_reported_together():

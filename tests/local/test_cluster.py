@@ -1,8 +1,10 @@
 """Manifests → local cluster state: pods, addresses, EndpointSlices, stand-ins."""
 
+import json
 import re
 
 import pytest
+import yaml
 
 from lightmesh.local import cluster as lc
 from lightmesh.local.standins import image_kind
@@ -97,6 +99,48 @@ def test_bad_manifests_name_the_object_and_field(tmp_path):
     (tmp_path / "a.yaml").write_text("a: [\n")
     with pytest.raises(lc.ManifestError, match="not valid YAML"):
         lc.load_manifests(tmp_path)
+
+
+def test_syntax_errors_are_one_line_with_the_file_and_line(tmp_path):
+    (tmp_path / "x.yaml").write_text("kind: Service\nkey: [unclosed\n")
+    with pytest.raises(lc.ManifestError) as failure:
+        lc.load_manifests(tmp_path)
+    assert str(failure.value) == (f"{tmp_path}/x.yaml:3: not valid YAML: expected ',' or ']', but got "
+                                  "'<stream end>' (column 1)")
+    (tmp_path / "x.yaml").unlink()
+    (tmp_path / "y.json").write_text('{"kind": "Service",\n "apiVersion": }')
+    with pytest.raises(lc.ManifestError) as failure:
+        lc.load_manifests(tmp_path)
+    assert str(failure.value) == f"{tmp_path}/y.json:2: not valid JSON: Expecting value (column 16)"
+
+
+def test_json_manifests_are_read_like_yaml_ones(tmp_path):
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(service("web", {"app": "web"}, [{"port": 80}])))
+    (tmp_path / "b.json").write_text(json.dumps(deployment("web")))
+    (tmp_path / "c.json").write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "web", "namespace": "whoami"}}]}))
+    (tmp_path / "notes.txt").write_text("not a manifest")
+    assert [(o["kind"], o["metadata"]["name"]) for o in lc.load_manifests(tmp_path)] == [
+        ("Service", "web"), ("Deployment", "web"), ("ServiceAccount", "web")]
+
+
+def test_an_object_declared_twice_is_kept_once_the_later_one_with_a_note(tmp_path):
+    """As ``kubectl apply -f DIR`` leaves it: the later declaration; before, the controller used the
+    first and the printout listed both."""
+    first, later = service("web", {"app": "web"}, [{"port": 80}]), service("web", {"app": "web"}, [{"port": 81}])
+    other_namespace = {**service("web", {"app": "web"}, [{"port": 82}]), "metadata": {"name": "web", "namespace": "b"}}
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [
+        deployment("web", replicas=0), first]}) + "---\n" + yaml.safe_dump(later))
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(other_namespace))
+    notes: list[str] = []
+    objects = lc.load_manifests(tmp_path, notes)
+    assert [(o["kind"], o["metadata"]["namespace"], o["spec"].get("ports")) for o in objects] == [
+        ("Deployment", "whoami", None), ("Service", "whoami", [{"port": 81}]), ("Service", "b", [{"port": 82}])]
+    assert notes == [f"Service whoami/web is declared twice ({tmp_path}/a.yaml document 1 item 2; {tmp_path}/a.yaml "
+                     "document 2): the later one is used, as kubectl apply would leave it"]
+    state = lc.synthesize(objects)
+    assert [o["spec"]["ports"] for o in state.objects if o["kind"] == "Service" and o["metadata"]["namespace"] ==
+            "whoami"] == [[{"port": 81}]]
 
 
 # ---------------------------------------------------------------------------- high ports

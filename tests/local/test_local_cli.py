@@ -47,3 +47,30 @@ def test_nothing_to_mesh_is_said_plainly(tmp_path):
                                        "(expected YAML manifests or a Pulumi program)"]
     mesh.manifests = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}]
     assert manifest_warnings(mesh) == [f"warning: no Services found in {tmp_path}: nothing to mesh"]
+
+
+def test_a_service_with_no_ready_endpoints_gets_a_note_under_its_lines(tmp_path):
+    from types import SimpleNamespace
+
+    from lightmesh.local.harness import LocalMesh, ServiceAccess
+    from lightmesh.local.main import access_lines, manifest_warnings
+
+    def access(traffic_type, ready):
+        return ServiceAccess("shop", "web", traffic_type, ["web.shop.lightmesh", "web.shop.traefik.mesh"], "127.1.0.9",
+                             [{"name": "", "port": 8081, "service_port": 8081, "protocol": "TCP"}],
+                             ready_endpoints=ready)
+
+    mesh = SimpleNamespace(acl=False)
+    assert access_lines(mesh, access("http", 2)) == [
+        "  curl --resolve web.shop.traefik.mesh:8081:127.1.0.9 http://web.shop.traefik.mesh:8081/"]
+    assert access_lines(mesh, access("tcp", 0)) == [
+        "  echo 'my data' | nc -q 1 127.1.0.9 8081   # web.shop.traefik.mesh:8081",
+        "    (no ready endpoints behind shop/web: no running pod is selected or serves its targetPort, so HTTP answers "
+        "503 and TCP/UDP connections are closed)"]
+    # notes from loading the manifests (an object declared twice) are printed with the others
+    local = LocalMesh(tmp_path, work_dir=tmp_path / "work")
+    local.manifests = [{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}}]
+    local.manifest_notes = ["Service default/web is declared twice (a.yaml document 1; a.yaml document 2): the later "
+                            "one is used, as kubectl apply would leave it"]
+    assert manifest_warnings(local) == ["note: Service default/web is declared twice (a.yaml document 1; a.yaml "
+                                        "document 2): the later one is used, as kubectl apply would leave it"]

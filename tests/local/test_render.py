@@ -54,9 +54,66 @@ def test_auto_names_are_stable_and_overrides_win(tmp_path):
 
 
 def test_rerender_replaces_old_files(tmp_path):
-    (tmp_path / "999-stale-object.yaml").write_text("kind: Stale\n")
     assert render("basic", tmp_path).returncode == 0
-    assert not (tmp_path / "999-stale-object.yaml").exists()
+    # a file an earlier render wrote (listed in the record, with render's header) is replaced ...
+    stale = tmp_path / "999-stale-object.yaml"
+    stale.write_text("# Written by lightmesh render from basic; the next render into this directory replaces it.\n"
+                     "kind: Stale\n")
+    with (tmp_path / ".lightmesh-render").open("a") as record:
+        record.write("999-stale-object.yaml\n")
+    assert render("basic", tmp_path).returncode == 0
+    assert not stale.exists()
+    assert len(list(tmp_path.glob("*.yaml"))) == 4
+
+
+def test_rerender_keeps_files_it_did_not_write(tmp_path):
+    """The user's own files in the output directory survive, even with render's file-name pattern."""
+    mine = {"999-stale-object.yaml": "kind: Mine\n", "010-extra.yaml": "kind: Mine\n", "notes.txt": "x"}
+    for name, text in mine.items():
+        (tmp_path / name).write_text(text)
+    result = render("basic", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "also holds 2 file(s) lightmesh render did not write, kept as they are" in result.stdout
+    assert render("basic", tmp_path).returncode == 0
+    assert {name: (tmp_path / name).read_text() for name in mine} == mine
+    # a listed file the user rewrote (render's header gone) is theirs now: kept
+    [namespace] = tmp_path.glob("001-*.yaml")
+    namespace.write_text("kind: Edited\n")
+    result = render("basic", tmp_path)
+    assert result.returncode == 1
+    assert result.stderr == (f"lightmesh render: -o {tmp_path}: {namespace.name} exists and lightmesh render did not "
+                             f"write it (it is not listed in .lightmesh-render or lost its header); nothing written. "
+                             f"Move it away or choose another output directory\n")
+    assert namespace.read_text() == "kind: Edited\n"
+
+
+def test_written_files_start_with_a_header_and_the_record_lists_them(tmp_path):
+    assert render("basic", tmp_path).returncode == 0
+    written = sorted(p.name for p in tmp_path.glob("*.yaml"))
+    for name in written:
+        assert (tmp_path / name).read_text().startswith("# Written by lightmesh render from basic; ")
+    record = (tmp_path / ".lightmesh-render").read_text().splitlines()
+    assert record[0].startswith("#") and sorted(record[1:]) == written
+    help_text = subprocess.run(lightmesh_cmd("render", "--help"), capture_output=True, text=True, timeout=60,
+                               env=lightmesh_env()).stdout
+    assert "removes the files the previous render wrote there" in " ".join(help_text.split())
+
+
+def test_two_resources_declaring_one_object_stop_the_render(tmp_path):
+    result = render("duplicate", tmp_path / "out", "--config", "case=services")
+    assert result.returncode == 1
+    assert result.stderr == ("lightmesh render: duplicate: Service shop/api is declared twice, by resource 'api-a' "
+                             "and by resource 'api-b': in a cluster they are one object and each apply overwrites "
+                             "the other; nothing written. Fix: give one of them another name (for a component, "
+                             "another instance name), or declare the object once\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_access_policy_and_a_traffic_split_of_one_name_write_different_objects(tmp_path):
+    result = render("duplicate", tmp_path, "--config", "case=split")
+    assert result.returncode == 0, result.stderr
+    assert sorted(load(tmp_path)) == ["HTTPRouteGroup/api-http", "HTTPRouteGroup/api-matches", "TrafficSplit/api",
+                                      "TrafficTarget/api"]
 
 
 def test_program_errors_are_reported_with_the_program(tmp_path):
@@ -119,14 +176,14 @@ def test_ctrl_c_during_render_stops_cleanly(tmp_path):
 
 
 @pytest.mark.parametrize("project, stack, message", [
-    ("name: [\n", None, "Pulumi.yaml: not valid YAML: expected the node content, but found '<stream end>' at line 2, "
-                        "column 1"),
+    ("name: [\n", None, "Pulumi.yaml:2: not valid YAML: expected the node content, but found '<stream end>' "
+                        "(column 1)"),
     ("- a\n- b\n", None, "Pulumi.yaml: expected a mapping (name: ..., config: ...), got a list"),
     ("name: 5\n", None, "Pulumi.yaml: 'name' must be the project name (a non-empty string); got a number (5)"),
     ("runtime: python\n", None, "Pulumi.yaml: 'name' must be the project name (a non-empty string); it is missing"),
     ("name: p\nconfig: 5\n", None, "Pulumi.yaml: 'config' must be a mapping of key: value, got a number (5)"),
-    ("name: p\n", "config: [\n", "Pulumi.dev.yaml: not valid YAML: expected the node content, but found "
-                                 "'<stream end>' at line 2, column 1"),
+    ("name: p\n", "config: [\n", "Pulumi.dev.yaml:2: not valid YAML: expected the node content, but found "
+                                 "'<stream end>' (column 1)"),
     ("name: p\n", "config: 5\n", "Pulumi.dev.yaml: 'config' must be a mapping of key: value, got a number (5)"),
 ])
 def test_bad_project_files_are_one_line_errors(tmp_path, project, stack, message):
@@ -150,3 +207,20 @@ def test_bad_paths_are_usage_errors(tmp_path, capsys):
     assert main(["render", str(PROGRAMS / "basic"), "-o", str(tmp_path / "file")]) == 2
     assert capsys.readouterr().err == (f"lightmesh render: -o {tmp_path}/file: exists and is not a directory; "
                                        "choose a directory\n")
+
+
+def test_missing_required_config_is_one_line_naming_where_to_set_it(tmp_path, capsys):
+    program = tmp_path / "req"
+    program.mkdir()
+    (program / "Pulumi.yaml").write_text("name: req\nruntime: python\n")
+    (program / "__main__.py").write_text('import pulumi\npulumi.Config().require("size")\n')
+    result = subprocess.run(lightmesh_cmd("render", str(program), "-o", str(tmp_path / "out")), capture_output=True,
+                            text=True, timeout=120, env=lightmesh_env())
+    message = ("req: missing required configuration `req:size`; set it in Pulumi.dev.yaml or with "
+               "`lightmesh render -c req:size=VALUE`")
+    assert (result.returncode, result.stderr) == (1, f"lightmesh render: {message}\n")
+    # local mode renders first and shows the same, on one line (it showed a tab and `pulumi config set`)
+    from lightmesh.cli import main
+
+    assert main(["local", str(program), "--dns-port", "15399"]) == 1
+    assert capsys.readouterr().err == f"lightmesh local: rendering {program} failed: {message}\n"

@@ -229,8 +229,11 @@ def failing_stacks() -> list[tuple[list[R], dict]]:
     malformed_account = [controller(), deployment("a", "web", {"app": "web"}), service("a", "web", {
         "lightmesh.io/traffic-type": "http"}, {"app": "web"})]
     malformed_account[1].props["spec"]["template"]["spec"]["serviceAccountName"] = ["web"]
+    duplicates = [service("a", "x", res="x-1"), service("a", "x", res="x-2"),
+                  service_patch("a", "x", {"lightmesh.io/traffic-type": "tcp"}, res="p-1"),
+                  service_patch("a", "x", {"lightmesh.io/traffic-type": "udp"}, res="p-2")]
     return [
-        (no_target, {}), (http_only, {}), (targets, {}), (splits, {}), (apex, {}),
+        (no_target, {}), (http_only, {}), (targets, {}), (splits, {}), (apex, {}), (duplicates, {}),
         ([controller(), service_patch("legacy", "billing", {"lightmesh.io/traffic-type": "http"})], {}),
         (malformed_account, {}),
         (on_stack(hygiene, "prod"), {}), (hygiene, {"require_digest": True, "require_acl": True}),

@@ -92,6 +92,12 @@ def test_other_examples_pass():
      "backend 'whoami-v2' (ServiceAccount whoami/whoami-v2) is not reachable by whoami/whoami-client"),
     (["hand_annotation=lots"], [("lightmesh-service-annotations-valid", "mandatory")],
      "Service whoami/legacy: annotation mesh.traefik.io/retry-attempts='lots': must be a whole number"),
+    # an AccessPolicy and a TrafficSplit of one name, both with HTTP matches: each has its own HTTPRouteGroup
+    (["split=ok", "split_name=client-to-whoami"], [], None),
+    (["second_mesh_service=3"], [("lightmesh-unique-objects", "mandatory")],
+     "Service whoami/whoami is patched by two resources that set annotation lightmesh.io/retry-attempts to different "
+     "values: '3' by resource 'whoami-again-annotations' of lightmesh:index:MeshService, '2' by resource "
+     "'whoami-annotations' of lightmesh:index:MeshService"),
     (["tcp_port=3306"], [("lightmesh-traffic-target-valid", "mandatory")],
      "TrafficTarget whoami/client-to-whoami-tcp rules[0] allows TCPRoute whoami/client-to-whoami-tcp-tcp on port(s) "
      "3306 only, but the tcp mesh Services of ServiceAccount whoami/whoami-server expose none of them "

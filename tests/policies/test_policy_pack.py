@@ -70,10 +70,45 @@ def test_schema_defaults_are_filled_in_like_the_cli_does():
     ({"lightmesh-no-such-rule": "advisory"}, "unknown policy 'lightmesh-no-such-rule'"),
     ({"lightmesh-require-acl": {"requireAcl": False}}, "has no property 'requireAcl'"),
     ({"all": "strict"}, "enforcement level must be one of"),
+    # property values are checked against the rule's config schema, as the Pulumi CLI checks them
+    ({"lightmesh-images-pinned": {"require_digest": "false"}},  # a truthy string: it turned the requirement on
+     'lightmesh-images-pinned: property require_digest must be true or false, got a string \\("false"\\)'),
+    ({"lightmesh-images-pinned": {"disallowed_tags": "dev"}},  # split into letters before
+     'lightmesh-images-pinned: property disallowed_tags must be a list of strings, got a string \\("dev"\\)'),
+    ({"lightmesh-images-pinned": {"disallowed_tags": ["dev", 1]}},
+     r"lightmesh-images-pinned: property disallowed_tags\[1\] must be a string, got a number \(1\)"),
+    ({"lightmesh-acl-service-has-traffic-target": {"ignore_services": "shop/web"}},  # silently ignored before
+     "lightmesh-acl-service-has-traffic-target: property ignore_services must be a list of strings"),
+    ({"lightmesh-require-acl": {"require_acl": "yes"}},
+     "lightmesh-require-acl: property require_acl must be true, false or null, got a string"),
+    ([], r"expected a JSON object of rule ids .*, got a list \(\[\]\)"),
+    ("mandatory", "expected a JSON object of rule ids"),
 ])
 def test_bad_policy_config_is_a_clear_error(config, error):
     with pytest.raises(OfflineCheckError, match=error):
         resolve_policy_config(config)
+
+
+def test_good_policy_config_values_pass_the_schema_check():
+    resolved = resolve_policy_config({"lightmesh-require-acl": {"require_acl": None},
+                                      "lightmesh-images-pinned": {"require_digest": True, "disallowed_tags": []},
+                                      "lightmesh-unique-objects": {"ignore_objects": ["Service shop/api"]}})
+    assert resolved["lightmesh-images-pinned"][1] == {"require_digest": True, "disallowed_tags": []}
+
+
+def test_offline_cli_names_the_config_file_and_refuses_bad_values(tmp_path, capsys):
+    from lightmesh_policies.offline import main
+
+    bad_json = tmp_path / "policy-config.json"
+    bad_json.write_text('{"lightmesh-require-acl":\n  {"require_acl": fals}}\n')
+    assert main([str(PACK_DIR.parent / "examples" / "whoami"), "--policy-pack-config", str(bad_json)]) == 2
+    assert capsys.readouterr().err == (f"lightmesh-policies: --policy-pack-config {bad_json}:2:19: not valid JSON: "
+                                       "Expecting value\n")
+    bad_value = tmp_path / "strings.json"
+    bad_value.write_text('{"lightmesh-images-pinned": {"require_digest": "false"}}')
+    assert main([str(PACK_DIR.parent / "examples" / "whoami"), "--policy-pack-config", str(bad_value)]) == 2
+    assert capsys.readouterr().err == ("lightmesh-policies: policy config: lightmesh-images-pinned: property "
+                                       "require_digest must be true or false, got a string (\"false\")\n")
 
 
 def test_unknown_values_over_the_wire_skip_only_what_is_unknown():

@@ -8,7 +8,8 @@ from lightmesh_policies import ALL_POLICIES, model
 from lightmesh_policies.model import UNKNOWN, acl_flag, selects
 from lightmesh_policies.rules import (acl_required, acl_service_has_traffic_target, current_stack_name,
                                       images_pinned, install_resources, is_production_stack, require_acl,
-                                      service_annotations_valid, traffic_split_valid, traffic_target_valid)
+                                      service_annotations_valid, traffic_split_valid, traffic_target_valid,
+                                      unique_objects)
 from policykit import (R, controller, deployment, http_route_group, messages, on_stack, port_route, proxy,
                        run_policy, service, service_patch, traffic_split, traffic_target, whoami_acl_stack)
 
@@ -22,7 +23,7 @@ def without(stack, name):
 
 def test_every_rule_has_id_description_schema_with_defaults_and_a_level():
     names = [p.name for p in ALL_POLICIES]
-    assert len(set(names)) == len(names) == 7
+    assert len(set(names)) == len(names) == 8
     for p in ALL_POLICIES:
         assert p.name.startswith("lightmesh-") and p.description and p.enforcement_level is not None
         assert p.config_schema.properties, p.name
@@ -97,6 +98,28 @@ def test_patched_existing_service_is_resolved_through_the_declared_service():
     stack += [service("whoami", "whoami", None, {"app": "whoami"}),
               service_patch("whoami", "whoami", {"lightmesh.io/traffic-type": "http"})]
     assert run_policy(acl_service_has_traffic_target, stack) == []
+
+
+@pytest.mark.parametrize("extra_args, namespace, name, reported", [
+    ([], "lightmesh", "stray", False),  # the mesh namespace (default) is never meshed
+    ([], "kube-system", "dns", False),
+    ([], "default", "kubernetes", False),
+    ([], "default", "web", True),
+    (["--namespace", "meshsys"], "meshsys", "stray", False),  # MeshInstall namespace: meshsys
+    (["--namespace", "meshsys"], "lightmesh", "stray", True),  # no longer the mesh namespace
+    (["--namespace=meshsys"], "meshsys", "stray", False),
+    (["--ignore-namespaces", "legacy,batch"], "batch", "job", False),
+    (["--watch-namespaces", "shop"], "other", "web", False),
+    (["--watch-namespaces", "shop"], "shop", "web", True),
+    (["--namespace", UNKNOWN_STRING_VALUE], "meshsys", "stray", False),  # may be the mesh namespace: not judged
+])
+def test_services_the_controller_never_meshes_need_no_traffic_target(extra_args, namespace, name, reported):
+    stack = [controller(extra_args=extra_args), deployment(namespace, name, {"app": name}, "sa"),
+             service(namespace, name, {"lightmesh.io/traffic-type": "http"}, {"app": name})]
+    violations = messages(run_policy(acl_service_has_traffic_target, stack))
+    assert len(violations) == (1 if reported else 0), violations
+    if reported:
+        assert violations[0].startswith(f"Service {namespace}/{name} (http) is not the destination of any TrafficTarget")
 
 
 def test_unresolvable_service_says_so_and_config_can_accept_it():
@@ -291,6 +314,10 @@ def test_valid_annotations_under_every_prefix_pass():
     ({"mesh.traefik.io/scheme": "ftp"}, "mesh.traefik.io/scheme='ftp': must be one of http, https, h2c"),
     ({"lightmesh.io/retry-attempts": "two"}, "must be a whole number. The controller ignores"),
     ({"lightmesh.io/circuit-breaker-expression": "NetworkErrorRatio( > 0.5"}, "invalid circuit-breaker expression"),
+    # the value once, quoted
+    ({"lightmesh.io/circuit-breaker-expression": "Foo() > 1"},
+     "Service a/x: annotation lightmesh.io/circuit-breaker-expression='Foo() > 1': invalid circuit-breaker expression: "
+     "unknown function 'Foo' "),
     ({"lightmesh.io/ratelimit-average": "10"}, "needs lightmesh.io/ratelimit-burst too"),
     ({"lightmesh.io/request-timeout": "5"}, "a unit is required"),
     ({"lightmesh.io/retry-attempt": "2"}, "did you mean lightmesh.io/retry-attempts?"),
@@ -299,6 +326,15 @@ def test_invalid_annotations_are_reported_with_the_field(annotations, expected):
     for resource in (service("a", "x", annotations), service_patch("a", "x", annotations)):
         [msg] = messages(run_policy(service_annotations_valid, [resource]))
         assert msg.startswith("Service a/x: ") and expected in msg, msg
+
+
+@pytest.mark.parametrize("expression", ["Foo() > 1", "NetworkErrorRatio() >", "NetworkErrorRatio() > 0.5 &&"])
+def test_a_bad_circuit_breaker_expression_is_quoted_once(expression):
+    [msg] = messages(run_policy(service_annotations_valid, [service("a", "x", {
+        "lightmesh.io/circuit-breaker-expression": expression})]))
+    assert msg.startswith(f"Service a/x: annotation lightmesh.io/circuit-breaker-expression={expression!r}: invalid "
+                          "circuit-breaker expression: ")
+    assert msg.count(expression) == 1, msg
 
 
 def test_annotation_config_and_unknown_values():
@@ -333,7 +369,11 @@ def test_images_must_be_pinned(image, pinned):
 
 
 def test_image_digest_can_be_required_and_other_workloads_are_ignored():
-    assert len(run_policy(images_pinned, [controller()], {"require_digest": True})) == 1
+    [msg] = messages(run_policy(images_pinned, [controller()], {"require_digest": True}))
+    # the hint asks for what is required: a digest (it suggested "a version tag or digest")
+    assert msg.endswith("has no digest (require_digest is on): nodes could run different mesh versions. Fix: pin the "
+                        "image by digest, which require_digest demands: a tag is not enough (MeshInstallArgs image, "
+                        "e.g. ghcr.io/lightmesh/lightmesh@sha256:<digest of the version to run>).")
     assert run_policy(images_pinned, [deployment("a", "app", {"app": "a"}, image="nginx")]) == []
     hand_installed = deployment("mesh", "ctl", {"x": "y"}, image="registry/lightmesh:latest",
                                 args=["controller", "--acl"])
@@ -650,3 +690,71 @@ def test_split_matches_may_name_port_routes_as_the_controller_accepts():
     [msg] = messages(run_policy(traffic_split_valid, split_stack(split)))
     assert "match references TCPRoute shop/db, which is not declared in this stack" in msg
     assert run_policy(traffic_split_valid, split_stack(split, port_route("TCPRoute", "shop", "db"))) == []
+
+
+# ---------------------------------------------------------------------------- 8. one object, one resource
+
+
+def test_two_resources_declaring_one_object_are_reported():
+    # What an AccessPolicy "api" and a TrafficSplit "api" with matches used to register: one shop/api-http.
+    access = http_route_group("shop", "api-http", [{"name": "reads", "methods": ["GET"]}])
+    split = http_route_group("shop", "api-http", [{"name": "canary", "headers": {"x-canary": "1"}}])
+    stack = [R(access.type, "api-httproutegroup", access.props, ("lightmesh:index:AccessPolicy",)),
+             R(split.type, "api-httproutegroup", split.props, ("lightmesh:index:TrafficSplit",))]
+    [(msg, urn)] = run_policy(unique_objects, stack)
+    assert msg.startswith("HTTPRouteGroup.specs.smi-spec.io shop/api-http is declared by two resources, resource "
+                          "'api-httproutegroup' of lightmesh:index:AccessPolicy and resource 'api-httproutegroup' of "
+                          "lightmesh:index:TrafficSplit: in the cluster they are one object")
+    assert " Fix: give one of them another metadata.name (for a component, another instance name)" in msg
+    assert urn.endswith("lightmesh:index:TrafficSplit$kubernetes:specs.smi-spec.io/v1alpha4:HTTPRouteGroup"
+                        "::api-httproutegroup")
+    # another version of the same group and kind is the same object; the namespace "default" is the unset one
+    other_version = http_route_group("shop", "api-http", [{"name": "all"}], version="v1alpha3")
+    assert len(run_policy(unique_objects, [access, other_version])) == 1
+    unset = service("default", "web", res="a")
+    del unset.props["metadata"]["namespace"]
+    assert len(run_policy(unique_objects, [unset, service("default", "web", res="b")])) == 1
+    # cluster-scoped kinds have no namespace
+    namespaces = [R("kubernetes:core/v1:Namespace", res, {"apiVersion": "v1", "kind": "Namespace",
+                                                          "metadata": {"name": "shop", **extra}})
+                  for res, extra in (("ns-a", {}), ("ns-b", {"namespace": "elsewhere"}))]
+    [msg] = messages(run_policy(unique_objects, namespaces))
+    assert msg.startswith("Namespace shop is declared by two resources, resource 'ns-a' and resource 'ns-b'")
+    assert run_policy(unique_objects, stack, {"ignore_objects": ["HTTPRouteGroup.specs.smi-spec.io shop/api-http"]}) \
+        == []
+
+
+def test_different_objects_and_generated_names_are_not_reported():
+    stack = [service("shop", "api", res="a"), service("other", "api", res="b"),  # another namespace
+             http_route_group("shop", "api", []),  # another kind
+             R("kubernetes:mygroup.io/v1:Service", "custom", {"apiVersion": "mygroup.io/v1", "kind": "Service",
+                                                            "metadata": {"name": "api", "namespace": "shop"}}),
+             service("shop", "", res="auto-1"), service("shop", "", res="auto-2"),  # the provider names them
+             service("shop", UNKNOWN_STRING_VALUE, res="later-1"), service("shop", UNKNOWN_STRING_VALUE, res="later-2"),
+             R("lightmesh:index:MeshService", "api", {"service_name": "api", "namespace": "shop"})]
+    assert run_policy(unique_objects, stack) == []
+    # a Service and the patch that annotates it are the documented way to mesh an existing Service
+    assert run_policy(unique_objects, [service("shop", "api"), service_patch("shop", "api", {
+        "lightmesh.io/traffic-type": "tcp"})]) == []
+
+
+def test_two_mesh_services_fighting_over_one_service_are_reported():
+    def mesh_service(name, annotations):
+        patch = service_patch("shop", "api", {**annotations, "pulumi.com/patchFieldManager": f"lightmesh-{name}",
+                                              "pulumi.com/patchForce": "true"}, res=f"{name}-annotations")
+        return R(patch.type, patch.name, patch.props, ("lightmesh:index:MeshService",))
+
+    a = mesh_service("api-a", {"lightmesh.io/traffic-type": "http", "lightmesh.io/retry-attempts": "2"})
+    b = mesh_service("api-b", {"lightmesh.io/traffic-type": "tcp"})
+    [msg] = messages(run_policy(unique_objects, [a, b]))
+    assert msg == ("Service shop/api is patched by two resources that set annotation lightmesh.io/traffic-type to "
+                   "different values: 'http' by resource 'api-a-annotations' of lightmesh:index:MeshService, 'tcp' by "
+                   "resource 'api-b-annotations' of lightmesh:index:MeshService; each apply takes it back from the "
+                   "other, so the object flips between them. Fix: declare one MeshService per Service, with the "
+                   "settings of both.")
+    # the same values, other keys, or the patches' own pulumi.com/ keys (their field managers) do not fight
+    same = mesh_service("api-c", {"lightmesh.io/traffic-type": "http", "lightmesh.io/scheme": "h2c"})
+    assert run_policy(unique_objects, [a, same]) == []
+    by_hand = service_patch("shop", "api", {"lightmesh.io/traffic-type": "udp"}, res="by-hand")
+    [msg] = messages(run_policy(unique_objects, [a, by_hand]))
+    assert msg.endswith("Fix: set annotation lightmesh.io/traffic-type in one place only.")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import ipaddress
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,26 +126,75 @@ class LocalCluster:
                 and p["spec"].get("serviceAccountName", "default") == service_account]
 
 
-def load_manifests(path: str | Path) -> list[dict]:
-    """Every object in ``path`` (a YAML file or a directory of them, recursively, sorted)."""
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def load_manifests(path: str | Path, notes: list[str] | None = None) -> list[dict]:
+    """Every object in ``path`` (a YAML or JSON file, or a directory of them, recursively, sorted), the
+    items of ``kind: ...List`` objects included.
+
+    An object declared twice (same API group, kind, namespace and name) is kept once, the later one —
+    what ``kubectl apply`` of the same files leaves in a cluster — and a note naming both places is
+    appended to ``notes``.
+    """
+    from lightmesh.local.render import describe_identity, object_identity
+
     root = Path(path)
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.suffix in (".yaml", ".yml"))
-    objects: list[dict] = []
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.suffix in MANIFEST_SUFFIXES
+                                                 and p.is_file())
+    found: list[tuple[dict, str]] = []  # (object, where it was declared)
     for file in files:
-        try:
-            docs = list(yaml.safe_load_all(file.read_text()))
-        except yaml.YAMLError as exc:
-            raise ManifestError(f"{file}: not valid YAML: {exc}") from None
-        for index, doc in enumerate(docs):
+        for index, doc in enumerate(_documents(file)):
             if doc is None:
                 continue
+            where = f"{file} document {index + 1}"
             if not isinstance(doc, dict) or "kind" not in doc or "apiVersion" not in doc:
-                raise ManifestError(f"{file} document {index + 1}: a Kubernetes object needs apiVersion and kind")
-            if doc["kind"].endswith("List") and isinstance(doc.get("items"), list):
-                objects.extend(doc["items"])
+                raise ManifestError(f"{where}: a Kubernetes object needs apiVersion and kind")
+            if str(doc["kind"]).endswith("List") and isinstance(doc.get("items"), list):
+                for item_index, item in enumerate(doc["items"]):
+                    if not isinstance(item, dict) or "kind" not in item or "apiVersion" not in item:
+                        raise ManifestError(f"{where} item {item_index + 1}: a Kubernetes object needs apiVersion "
+                                            "and kind")
+                    found.append((item, f"{where} item {item_index + 1}"))
             else:
-                objects.append(doc)
-    return objects
+                found.append((doc, where))
+    latest: dict[tuple, int] = {}
+    for position, (obj, where) in enumerate(found):
+        meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+        if not isinstance(meta.get("name"), str) or not meta["name"]:
+            continue  # refused later, with the object named (synthesize)
+        identity = object_identity(str(obj["apiVersion"]), str(obj["kind"]), meta.get("namespace"), meta["name"])
+        if identity in latest and notes is not None:
+            notes.append(f"{describe_identity(identity)} is declared twice ({found[latest[identity]][1]}; {where}): "
+                         "the later one is used, as kubectl apply would leave it")
+        latest[identity] = position
+    kept = set(latest.values())
+    return [obj for position, (obj, _) in enumerate(found)
+            if position in kept or not isinstance((obj.get("metadata") or {}).get("name"), str)
+            or not (obj.get("metadata") or {}).get("name")]
+
+
+def _documents(file: Path) -> list:
+    """The documents of one manifest file; a syntax error is one line: ``file:line: ...``."""
+    try:
+        text = file.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{file}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    if file.suffix == ".json":
+        try:
+            return [json.loads(text)] if text.strip() else []
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{file}:{exc.lineno}: not valid JSON: {exc.msg} (column {exc.colno})") from None
+    try:
+        return list(yaml.safe_load_all(text))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        column = f" (column {mark.column + 1})" if mark is not None else ""
+        raise ManifestError(f"{file}{line}: not valid YAML: {exc.problem or exc.context or 'syntax error'}"
+                            f"{column}") from None
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{file}: not valid YAML: {' '.join(str(exc).split())}") from None
 
 
 def _hash(text: str, length: int) -> str:

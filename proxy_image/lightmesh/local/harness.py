@@ -12,12 +12,19 @@
 
 Changing objects (:meth:`LocalMesh.apply`, :meth:`LocalMesh.delete`) rewrites the state directory,
 so the controller sees it like a watch event. Processes are children of this one and are stopped
-(SIGTERM, then SIGKILL) by :meth:`LocalMesh.stop`.
+(SIGTERM, then SIGKILL) by :meth:`LocalMesh.stop`. They run in sessions of their own (a Ctrl-C in the
+terminal reaches only this process, which stops them in order); so that they never outlive it — a
+SIGKILL, a crash — each asks the kernel for SIGTERM when this process dies (Linux
+``PR_SET_PDEATHSIG``, :func:`die_with_parent`; the proxy's workers follow their supervisor). The
+kernel ties that to the *thread* that started the child: children are started from the event loop's
+thread, which lives as long as the mesh.
 
 Two decisions are taken from the environment and the manifests when not forced:
 
 * ACL mode: on when the manifests run the controller with ``--acl`` (what ``MeshInstall(acl=True)``
-  renders), so a program behaves locally as it would in a cluster (:func:`declared_acl`);
+  renders), so a program behaves locally as it would in a cluster (:func:`declared_acl`); the other
+  mesh settings of that controller — domains, default traffic type, mesh namespace, watched and
+  ignored namespaces, port ranges — are passed on to the local controller (:func:`declared_controller`);
 * high ports: when this process may not bind ports below ``ip_unprivileged_port_start`` (no root,
   no ``CAP_NET_BIND_SERVICE``), every Service and pod port below it is served at port + offset
   (80 → 8080; :class:`lightmesh.local.cluster.HighPorts`). :meth:`LocalMesh.local_port` and
@@ -28,8 +35,10 @@ Every failure is a :class:`LocalModeError` whose message is one line naming what
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import ctypes
 import errno
 import json
 import os
@@ -73,6 +82,32 @@ def free_port(address: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int
         return sock.getsockname()[1]
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(sig: int = signal.SIGTERM):
+    """A ``preexec_fn`` that has the child get ``sig`` when this process dies (``prctl(PR_SET_PDEATHSIG)``);
+    None where that does not exist (not Linux), so callers pass it on unconditionally.
+
+    The libc function is looked up here, before the fork: the child only makes the one call (no import,
+    no lookup, in a child forked from a process with threads). If this process died between the fork
+    and the call, nobody would send the signal: the child checks its parent and sends it to itself.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), sig)
+    return preexec
+
+
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     here = Path(__file__).resolve().parents[2]  # proxy_image/
@@ -95,7 +130,7 @@ async def render_if_program(path: Path, out_dir: Path, acl: bool | None) -> Path
     if acl is not None:
         cmd += ["--config", f"acl={'true' if acl else 'false'}"]
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                                env=_child_env())
+                                                env=_child_env(), preexec_fn=die_with_parent())
     try:
         _, stderr = await asyncio.wait_for(proc.communicate(), RENDER_TIMEOUT_SECONDS)
     except asyncio.TimeoutError:
@@ -115,22 +150,104 @@ async def render_if_program(path: Path, out_dir: Path, acl: bool | None) -> Path
     return out_dir
 
 
+# The controller flags a program's MeshInstall sets that local mode passes on to its own controller.
+# Not passed: where it serves and reads (local mode's own: --manifests, --api-*, --dns-*, --listen-mode,
+# --kubeconfig), --leader-election (one controller here), --log-* (local's --log-level) and
+# --otlp-endpoint (an in-cluster address, unreachable from here).
+PASSED_ON_FLAGS = ("namespace", "default_mode", "domains", "watch_namespaces", "ignore_namespaces",
+                   "http_port_base", "http_port_limit", "tcp_port_base", "tcp_port_limit", "udp_port_base",
+                   "udp_port_limit")
+
+
+@dataclass(frozen=True)
+class DeclaredController:
+    """The controller the manifests run (the Deployment ``MeshInstall`` renders), as its own flag
+    parser reads its command line: local mode runs its controller with the same mesh settings."""
+
+    where: str  # "Deployment lightmesh/lightmesh-controller"
+    acl: bool
+    namespace: str
+    default_mode: str
+    domains: tuple[str, ...]
+    watch_namespaces: tuple[str, ...]
+    ignore_namespaces: tuple[str, ...]
+    args: tuple[str, ...]  # the PASSED_ON_FLAGS as command-line arguments
+
+    def differences(self) -> list[str]:
+        """The settings that differ from the controller's defaults, for the printout."""
+        out = []
+        if self.domains != tuple(wire.DEFAULT_DOMAINS):
+            out.append(f"domains {', '.join(self.domains)}")
+        if self.default_mode != "http":
+            out.append(f"default traffic type {self.default_mode}")
+        if self.namespace != wire.DEFAULT_MESH_NAMESPACE:
+            out.append(f"mesh namespace {self.namespace} (ignored, as in a cluster)")
+        if self.watch_namespaces:
+            out.append(f"only namespaces {', '.join(self.watch_namespaces)}")
+        if self.ignore_namespaces:
+            out.append(f"namespaces {', '.join(self.ignore_namespaces)} ignored")
+        return out
+
+
+def _controller_argv(obj: dict) -> list[str] | None:
+    """The arguments after ``controller`` of a Deployment container running ``lightmesh controller``
+    (``command: [lightmesh, controller, ...]``, or ``args: [controller, ...]`` of a Lightmesh image)."""
+    spec = ((obj.get("spec") or {}).get("template") or {}).get("spec") or {}
+    for container in spec.get("containers") or []:
+        if not isinstance(container, dict):
+            continue
+        command = [str(a) for a in container.get("command") or []]
+        argv = command + [str(a) for a in container.get("args") or []]
+        mesh = any("lightmesh" in word for word in argv) or "lightmesh" in str(container.get("image", ""))
+        for i, word in enumerate(argv):
+            if mesh and word == "controller" and (i in (0, len(command)) or argv[i - 1].endswith("lightmesh")):
+                return argv[i + 1:]
+    return None
+
+
+def declared_controller(manifests: list[dict]) -> DeclaredController | None:
+    """The first Deployment whose container runs ``lightmesh controller ...``, read with the
+    controller's own flag definitions; None when the manifests run no controller."""
+    from lightmesh.controller.main import configure
+
+    for obj in manifests:
+        if obj.get("kind") != "Deployment" or (argv := _controller_argv(obj)) is None:
+            continue
+        meta = obj.get("metadata") or {}
+        where = f"Deployment {meta.get('namespace', 'default')}/{meta.get('name')}"
+        parser = argparse.ArgumentParser(prog=f"{where}: lightmesh controller", add_help=False, exit_on_error=False)
+        configure(parser)
+        try:
+            flags, _ = parser.parse_known_args(argv)
+        except (argparse.ArgumentError, SystemExit) as exc:
+            raise LocalModeError(f"{where} runs the controller with flags local mode cannot read "
+                                 f"({exc if isinstance(exc, argparse.ArgumentError) else ' '.join(argv)}); fix them "
+                                 "(or the MeshInstall args that render them)") from None
+        args: list[str] = []
+        for name in PASSED_ON_FLAGS:
+            value = getattr(flags, name)
+            if isinstance(value, (list, tuple)):
+                if not value:
+                    continue
+                value = ",".join(value)
+            args += [f"--{name.replace('_', '-')}", str(value)]
+        return DeclaredController(where, bool(flags.acl), flags.namespace, flags.default_mode, tuple(flags.domains),
+                                  tuple(flags.watch_namespaces), tuple(flags.ignore_namespaces), tuple(args))
+    return None
+
+
 def declared_acl(manifests: list[dict]) -> str | None:
     """Where the manifests ask for ACL mode — a Deployment whose container runs ``lightmesh
     controller ... --acl``, as ``MeshInstall(acl=True)`` renders it — or None."""
-    for obj in manifests:
-        if obj.get("kind") != "Deployment":
-            continue
-        spec = ((obj.get("spec") or {}).get("template") or {}).get("spec") or {}
-        for container in spec.get("containers") or []:
-            if not isinstance(container, dict):
-                continue
-            argv = [str(a) for a in (container.get("command") or []) + (container.get("args") or [])]
-            if "controller" in argv and "--acl" in argv:
-                meta = obj.get("metadata") or {}
-                return (f"Deployment {meta.get('namespace', 'default')}/{meta.get('name')} runs the controller "
-                        "with --acl")
-    return None
+    declared = declared_controller(manifests)
+    return f"{declared.where} runs the controller with --acl" if declared and declared.acl else None
+
+
+def display_domain(domains: tuple[str, ...] | list[str]) -> str:
+    """The mesh domain the printout uses: ``traefik.mesh`` (what Traefik Mesh users type) when the
+    mesh serves it, else its first domain."""
+    names = [d.strip(".").lower() for d in domains]
+    return MESH_DOMAIN_FOR_DISPLAY if MESH_DOMAIN_FOR_DISPLAY in names or not names else names[0]
 
 
 def privileged_port_limit() -> int:
@@ -180,10 +297,13 @@ class ServiceAccess:
     ports: list[dict]  # name, port (where it answers here), service_port (as declared), protocol
     excluded: str | None = None  # why the controller left it out of the mesh
     allowed_sources: list[dict] | None = None  # ACL mode: pods TrafficTargets let in (name, address)
+    ready_endpoints: int | None = None  # ready addresses in its EndpointSlices (0: nothing answers behind it)
 
     @property
     def host(self) -> str:
-        return f"{self.name}.{self.namespace}.{MESH_DOMAIN_FOR_DISPLAY}"
+        """The mesh name the printout uses (see :func:`display_domain`)."""
+        domains = [n.removeprefix(f"{self.name}.{self.namespace}.") for n in self.mesh_names]
+        return f"{self.name}.{self.namespace}.{display_domain(domains)}"
 
 
 class LocalMesh:
@@ -201,6 +321,8 @@ class LocalMesh:
         self.high_ports_requested = high_ports
         self.high_ports: local_cluster.HighPorts = local_cluster.NO_REMAP
         self.mesh_namespace = wire.DEFAULT_MESH_NAMESPACE
+        self.domains: tuple[str, ...] = tuple(wire.DEFAULT_DOMAINS)
+        self.declared: DeclaredController | None = None  # the manifests' controller and its settings
         self.dns_port = dns_port
         self.proxy_workers = proxy_workers
         self.api_port = api_port or free_port()
@@ -212,6 +334,7 @@ class LocalMesh:
         self.state_dir = self.work_dir / "state"
         self.log_dir = self.work_dir / "logs"
         self.manifests: list[dict] = []
+        self.manifest_notes: list[str] = []  # e.g. an object declared twice (the later one is used)
         self.cluster = local_cluster.LocalCluster()
         self.standins: dict[str, list[StandIn]] = {}
         self.controller: subprocess.Popen | None = None
@@ -231,7 +354,11 @@ class LocalMesh:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         source = await render_if_program(self.source, self.work_dir / "rendered", self.acl_requested)
-        self.manifests = local_cluster.load_manifests(source)
+        self.manifest_notes = []
+        self.manifests = local_cluster.load_manifests(source, self.manifest_notes)
+        self.declared = declared_controller(self.manifests)
+        if self.declared is not None:  # the mesh as the program's MeshInstall sets it up
+            self.mesh_namespace, self.domains = self.declared.namespace, self.declared.domains
         if self.acl_requested is None:
             self.acl_reason = declared_acl(self.manifests)
             self.acl = self.acl_reason is not None
@@ -261,7 +388,8 @@ class LocalMesh:
         args = ["controller", "--manifests", str(self.state_dir), "--listen-mode", "shadow-ip",
                 "--api-address", "127.0.0.1", "--api-port", str(self.api_port),
                 "--dns-address", "127.0.0.1", "--dns-port", str(self.dns_port),
-                "--log-level", self.log_level, *(["--acl"] if self.acl else []), *self.extra_controller_args]
+                "--log-level", self.log_level, *(["--acl"] if self.acl else []),
+                *(self.declared.args if self.declared else ()), *self.extra_controller_args]
         self.controller = self._spawn("controller", args)
 
     def start_proxy(self) -> None:
@@ -274,7 +402,7 @@ class LocalMesh:
         log = open(self.log_dir / f"{name}.log", "ab")
         try:
             return subprocess.Popen([sys.executable, "-m", "lightmesh", *args], stdout=log, stderr=subprocess.STDOUT,
-                                    env=_child_env(), start_new_session=True)
+                                    env=_child_env(), start_new_session=True, preexec_fn=die_with_parent())
         finally:
             log.close()
 
@@ -461,10 +589,11 @@ class LocalMesh:
                 service_port = original[index].get("port") if index < len(original) else p.get("port")
                 ports.append({"name": p.get("name", ""), "port": p.get("port"), "service_port": service_port,
                               "protocol": p.get("protocol", "TCP")})
-            answers = self.resolve(f"{meta['name']}.{meta['namespace']}.{MESH_DOMAIN_FOR_DISPLAY}")
             access = ServiceAccess(meta["namespace"], meta["name"], None,
-                                   [f"{meta['name']}.{meta['namespace']}.{d}" for d in wire.DEFAULT_DOMAINS],
-                                   answers[0] if answers else None, ports)
+                                   [f"{meta['name']}.{meta['namespace']}.{d}" for d in self.domains], None, ports,
+                                   ready_endpoints=self._ready_endpoints(meta["namespace"], meta["name"]))
+            answers = self.resolve(access.host)
+            access.address = answers[0] if answers else None
             if key in meshed:
                 access.traffic_type = meshed[key].get("traffic_type")
                 if self.acl:
@@ -475,12 +604,30 @@ class LocalMesh:
                 access.excluded = excluded[key]
             elif meta["namespace"] in ALWAYS_IGNORED_NAMESPACES:
                 access.excluded = f"namespace {meta['namespace']} is never meshed"
+            elif self.declared and meta["namespace"] in self.declared.ignore_namespaces:
+                access.excluded = f"namespace {meta['namespace']} is ignored (--ignore-namespaces)"
+            elif self.declared and self.declared.watch_namespaces \
+                    and meta["namespace"] not in self.declared.watch_namespaces:
+                access.excluded = f"namespace {meta['namespace']} is not watched (--watch-namespaces)"
             else:
                 access.excluded = "not in the controller's topology" if topology else "the controller did not answer"
             if access.excluded:
                 access.address = None
             out.append(access)
         return out
+
+    def _ready_endpoints(self, namespace: str, name: str) -> int:
+        """Ready addresses with a usable port in the Service's EndpointSlices (synthesized or given)."""
+        addresses = set()
+        for obj in self.cluster.objects:
+            meta = obj.get("metadata") or {}
+            if obj.get("kind") != "EndpointSlice" or meta.get("namespace") != namespace \
+                    or (meta.get("labels") or {}).get("kubernetes.io/service-name") != name or not obj.get("ports"):
+                continue
+            for endpoint in obj.get("endpoints") or []:
+                if isinstance(endpoint, dict) and (endpoint.get("conditions") or {}).get("ready") is not False:
+                    addresses.update(endpoint.get("addresses") or [])
+        return len(addresses)
 
     def _allowed_sources(self, service: dict, targets: dict[str, dict]) -> list[dict]:
         """Pods whose source address the Service's TrafficTargets let in (ACL mode)."""

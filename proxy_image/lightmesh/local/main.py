@@ -2,7 +2,8 @@
 
 Owns the command line (validated before anything starts: a bad flag is a usage error, exit 2),
 what is printed to reach each Service, the ``--endpoints`` file and the ``--telemetry`` table.
-Runtime failures are one line on stderr and exit 1; Ctrl-C before the mesh is up exits 130.
+Runtime failures are one line on stderr and exit 1; Ctrl-C before the mesh is up exits 130. Ctrl-C,
+SIGTERM and SIGHUP stop the mesh and exit 0.
 """
 
 from __future__ import annotations
@@ -71,8 +72,13 @@ def writable_file_problem(path: Path, flag: str) -> str | None:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Run the whole mesh on loopback: PATH is a directory of Kubernetes manifests or a Pulumi "
                           "program (rendered offline first). Every pod gets its own 127.x address, the example "
-                          "images get stand-ins, and the real controller, mesh DNS and proxy run around them.")
-    parser.add_argument("path", help="directory of manifests, a manifest file, or a Pulumi program directory")
+                          "images get stand-ins, and the real controller, mesh DNS and proxy run around them, the "
+                          "controller with the mesh settings the manifests' controller Deployment (MeshInstall) "
+                          "declares. Ctrl-C, SIGTERM or SIGHUP stop everything; after a SIGKILL the processes it "
+                          "started stop by themselves (Linux).")
+    parser.add_argument("path", help="directory of manifests (*.yaml, *.yml and *.json, recursively; an object "
+                                     "declared twice: the later one is used), a manifest file, or a Pulumi program "
+                                     "directory")
     parser.add_argument("--acl", action=argparse.BooleanOptionalAction, default=None,
                         help="ACL mode: deny by default, allow by TrafficTarget (default: as the manifests declare, "
                              "i.e. on when they run the controller with --acl, as MeshInstall(acl=True) does)")
@@ -124,6 +130,9 @@ def access_lines(mesh: LocalMesh, svc: ServiceAccess) -> list[str]:
             flags = "-u -w 1" if svc.traffic_type == "udp" else "-q 1"
             lines.append(f"  echo 'my data' | nc {flags} {source}{svc.address} {p}   # {svc.host}:{p}"
                          + (f", {note}" if note else ""))
+    if lines and svc.ready_endpoints == 0:
+        lines.append(f"    (no ready endpoints behind {svc.namespace}/{svc.name}: no running pod is selected or serves "
+                     f"its targetPort, so HTTP answers 503 and TCP/UDP connections are closed)")
     return lines
 
 
@@ -135,6 +144,8 @@ def describe(mesh: LocalMesh, services: list[ServiceAccess] | None = None) -> st
         why = mesh.acl_reason if mesh.acl_requested else f"{mesh.acl_reason}; --no-acl turns it off"
         lines.append(f"ACL mode: on ({why}): a client's identity is its source address, so curl --interface / "
                      "nc -s send as a pod TrafficTargets let in.")
+    if mesh.declared is not None and mesh.declared.differences():
+        lines.append(f"Mesh settings of {mesh.declared.where} (MeshInstall): {'; '.join(mesh.declared.differences())}.")
     if mesh.cluster.remapped:
         moved = ", ".join(f"{old} → {new}" for old, new in sorted(mesh.cluster.remapped.items()))
         why = ("--high-ports" if mesh.high_ports_requested else
@@ -161,7 +172,7 @@ def manifest_warnings(mesh: LocalMesh) -> list[str]:
     warnings = []
     if not any(o.get("kind") == "Service" for o in mesh.manifests):
         warnings.append(f"warning: no Services found in {mesh.source}: nothing to mesh")
-    return warnings + [f"note: {warning}" for warning in mesh.cluster.warnings]
+    return warnings + [f"note: {note}" for note in mesh.manifest_notes + mesh.cluster.warnings]
 
 
 # ---------------------------------------------------------------------------- telemetry
@@ -212,7 +223,9 @@ async def _run(args: argparse.Namespace) -> int:
                      log_level=args.log_level, high_ports=args.high_ports)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP (the terminal went away) stops the mesh like Ctrl-C and SIGTERM: its processes are in their
+    # own sessions and would not get it. After a SIGKILL they stop by themselves (harness.die_with_parent).
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
     try:
         starting = asyncio.create_task(mesh.start())

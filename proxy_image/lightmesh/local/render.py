@@ -14,6 +14,12 @@ documented rather than guessed:
 * reads of existing objects (``ConfigMap.get``) see a stock kubeadm ``kube-system/coredns``
   ConfigMap and nothing else.
 
+Two resources that declare one Kubernetes object (same API group, kind, namespace and name: in a
+cluster each apply would overwrite the other) stop the render, naming both. The output directory
+may hold files of one's own: each written file starts with a ``# Written by lightmesh render``
+comment and is listed in ``OUT_DIR/.lightmesh-render``; a re-render removes exactly the files listed
+there that still carry the comment, and refuses to overwrite any other file.
+
 Stack configuration comes from ``Pulumi.yaml`` (``config:`` defaults), then
 ``Pulumi.<stack>.yaml``, then ``--config key=value`` (keys without a namespace get the project's).
 
@@ -31,6 +37,7 @@ import os
 import re
 import runpy
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,6 +79,9 @@ class Registration:
     inputs: dict
     custom: bool
     urn: str
+    """The URN the mock monitor gives it: the parent component's type is in it (``A$B``)."""
+    parent: str = ""
+    """The parent's URN ("" for a resource of the stack itself)."""
 
 
 @dataclass
@@ -83,6 +93,31 @@ class RenderResult:
     components: list[str] = field(default_factory=list)
     registrations: list[Registration] = field(default_factory=list)
     """Everything registered (components, patches, objects): what a policy pack would be shown."""
+
+
+#: Built-in kinds that are not namespaced: their ``metadata.namespace`` is ignored by the API server.
+CLUSTER_SCOPED_KINDS = frozenset({
+    "Namespace", "Node", "PersistentVolume", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
+    "PriorityClass", "StorageClass", "VolumeAttachment", "CSIDriver", "CSINode", "IngressClass", "RuntimeClass",
+    "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration", "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding", "APIService", "CertificateSigningRequest", "FlowSchema",
+    "PriorityLevelConfiguration", "GatewayClass",
+})
+
+
+def object_identity(api_version: str, kind: str, namespace: str | None, name: str) -> tuple[str, str, str, str]:
+    """(API group, kind, namespace, name): what makes two manifests one Kubernetes object. The version
+    does not count (``apps/v1`` and ``apps/v1beta1`` Deployments of one name are one object); an unset
+    namespace is the provider's default, ``default``; cluster-scoped kinds have none."""
+    group = api_version.split("/", 1)[0] if "/" in api_version else ""
+    ns = "" if kind in CLUSTER_SCOPED_KINDS else (namespace or "default")
+    return group, kind, ns, name
+
+
+def describe_identity(identity: tuple[str, str, str, str]) -> str:
+    """``HTTPRouteGroup.specs.smi-spec.io shop/api-http``, ``Service shop/api``, ``Namespace whoami``."""
+    group, kind, ns, name = identity
+    return f"{kind}{'.' + group if group else ''} {ns + '/' if ns else ''}{name}"
 
 
 def _auto_name(resource_name: str) -> str:
@@ -97,11 +132,13 @@ def _load_yaml(path: Path) -> object:
     try:
         return yaml.safe_load(path.read_text())
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise RenderError(f"{path}: not valid YAML: {exc.problem or exc}{where}") from None
+        mark = exc.problem_mark or exc.context_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        column = f" (column {mark.column + 1})" if mark is not None else ""
+        raise RenderError(f"{path}{line}: not valid YAML: {exc.problem or exc.context or 'syntax error'}{column}") \
+            from None
     except yaml.YAMLError as exc:
-        raise RenderError(f"{path}: not valid YAML: {exc}") from None
+        raise RenderError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RenderError(f"{path}: cannot read: {exc}") from None
 
@@ -164,9 +201,13 @@ def _config_string(value: object) -> str:
     return str(value)
 
 
-def render_program(program_dir: str | Path, stack: str = "dev", config_overrides: list[str] | None = None
-                   ) -> RenderResult:
+def render_program(program_dir: str | Path, stack: str = "dev", config_overrides: list[str] | None = None,
+                   refuse_duplicates: bool = True) -> RenderResult:
     """Run the program under mocks and return the Kubernetes objects it declares.
+
+    Two resources declaring one Kubernetes object (same API group, kind, namespace and name) are a
+    :class:`RenderError` unless ``refuse_duplicates`` is false (the policy pack's offline runner
+    reports them as a violation instead).
 
     Mutates process-global Pulumi runtime state: call it once per process (the CLI does).
     """
@@ -183,21 +224,34 @@ def render_program(program_dir: str | Path, stack: str = "dev", config_overrides
 
     result = RenderResult()
     records: list = []
+    # The monitor registers on a thread pool and calls the mocks synchronously from RegisterResource:
+    # a thread-local carries the request's URN and parent to new_resource (MockResourceArgs has neither).
+    current = threading.local()
+
+    class RecordingMonitor(MockMonitor):
+        def RegisterResource(self, request):
+            current.urn, current.parent = self.make_urn(request.parent, request.type, request.name), request.parent
+            try:
+                return super().RegisterResource(request)
+            finally:
+                current.urn = current.parent = None
 
     class RecordingMocks(pulumi.runtime.Mocks):
         def new_resource(self, args: pulumi.runtime.MockResourceArgs):
             state = dict(args.inputs)
+            urn = getattr(current, "urn", None) or f"urn:pulumi:{stack}::{project}::{args.typ}::{args.name}"
             if not args.resource_id:
-                urn = f"urn:pulumi:{stack}::{project}::{args.typ}::{args.name}"
-                result.registrations.append(Registration(args.typ, args.name, state, bool(args.custom), urn))
+                result.registrations.append(Registration(args.typ, args.name, state, bool(args.custom), urn,
+                                                         getattr(current, "parent", None) or ""))
             if args.resource_id:  # Resource.get(...): a read of an existing object
                 return [args.resource_id, _read_existing(args.typ, args.resource_id)]
             if args.typ.startswith("kubernetes:") and args.custom:
                 metadata = dict(state.get("metadata") or {})
-                if not metadata.get("name"):
+                auto_named = not metadata.get("name")
+                if auto_named:
                     metadata["name"] = _rfc1123(_auto_name(args.name))
                 state["metadata"] = metadata
-                records.append((args.typ, args.name, state))
+                records.append((args.typ, args.name, urn, auto_named, state))
             elif not args.custom:
                 result.components.append(f"{args.typ} {args.name}")
             elif not args.typ.startswith("pulumi:providers:"):  # a provider is configuration, not a resource
@@ -211,7 +265,7 @@ def render_program(program_dir: str | Path, stack: str = "dev", config_overrides
 
     asyncio.set_event_loop(asyncio.new_event_loop())
     mocks = RecordingMocks()
-    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False, monitor=MockMonitor(mocks))
+    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False, monitor=RecordingMonitor(mocks))
     pulumi.runtime.set_all_config(config)
 
     old_cwd, old_path = os.getcwd(), list(sys.path)
@@ -221,22 +275,46 @@ def render_program(program_dir: str | Path, stack: str = "dev", config_overrides
         _sync_await(run_pulumi_func(lambda: _run_program(entry)))
     except _ProgramExit as exit_:
         raise RenderError(f"{program_dir.name}: the program called sys.exit({exit_.code!r}); nothing written") from None
-    except Exception as exc:  # the program's own error: report it with the program's name
-        raise RenderError(f"{program_dir.name}: the program failed: {type(exc).__name__}: {exc}") from exc
+    except pulumi.ConfigMissingError as exc:  # its message suggests `pulumi config set`, on two lines
+        raise RenderError(f"{program_dir.name}: missing required configuration `{exc.key}`; set it in "
+                          f"Pulumi.{stack}.yaml or with `lightmesh render -c {exc.key}=VALUE`") from None
+    except Exception as exc:  # the program's own error: report it with the program's name, on one line
+        raise RenderError(f"{program_dir.name}: the program failed: {type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())}") from exc
     finally:
         os.chdir(old_cwd)
         sys.path[:] = old_path
 
-    for typ, name, state in records:
+    declared: dict[tuple, str] = {}
+    for typ, name, urn, auto_named, state in records:
         if typ.rsplit(":", 1)[-1].endswith("Patch"):
             result.skipped_patches.append(f"{typ} {name}")
             continue
         if "apiVersion" not in state or "kind" not in state:  # e.g. a Helm Release: no manifest offline
             result.skipped_other.append(f"{typ} {name}")
             continue
+        if not auto_named:  # generated names never collide in a cluster (the provider adds a random suffix)
+            identity = object_identity(str(state["apiVersion"]), str(state["kind"]),
+                                       state["metadata"].get("namespace"), str(state["metadata"]["name"]))
+            who = resource_description(urn, name)
+            if identity in declared and refuse_duplicates:
+                first, second = sorted((declared[identity], who))
+                raise RenderError(f"{program_dir.name}: {describe_identity(identity)} is declared twice, by {first} "
+                                  f"and by {second}: in a cluster they are one object and each apply overwrites the "
+                                  f"other; nothing written. Fix: give one of them another name (for a component, "
+                                  f"another instance name), or declare the object once")
+            declared[identity] = who
         result.objects.append(_clean(state))
     result.objects.sort(key=_install_order)
     return result
+
+
+def resource_description(urn: str, name: str) -> str:
+    """``resource 'api-httproutegroup' of lightmesh:index:TrafficSplit`` (the parent's type from the URN)."""
+    parts = urn.split("::")
+    chain = [t for t in (parts[2].split("$") if len(parts) >= 4 else []) if t != "pulumi:pulumi:Stack"]
+    parent = chain[-2] if len(chain) > 1 else None
+    return f"resource {name!r}" + (f" of {parent}" if parent else "")
 
 
 class _ProgramExit(Exception):
@@ -300,17 +378,68 @@ def object_filename(index: int, obj: dict) -> str:
     return f"{index:03d}-" + "-".join(_rfc1123(p) for p in parts if p) + ".yaml"
 
 
-def write_objects(objects: list[dict], out_dir: str | Path) -> list[Path]:
+#: Lists the files the last render wrote into an output directory: the next render removes those, and
+#: only those, so files of one's own in the directory are never touched.
+RENDER_RECORD = ".lightmesh-render"
+#: First line of every file render writes (a YAML comment): a listed file that no longer starts with it
+#: was replaced by someone else and is kept.
+HEADER_PREFIX = "# Written by lightmesh render"
+_WRITTEN_NAME = re.compile(r"[0-9]{3}-[a-z0-9.-]+\.yaml")
+
+
+def _header(source: str) -> str:
+    return f"{HEADER_PREFIX}{f' from {source}' if source else ''}; the next render into this directory replaces it.\n"
+
+
+def _written_by_render(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            return fh.read(len(HEADER_PREFIX)).decode(errors="replace") == HEADER_PREFIX
+    except OSError:
+        return False
+
+
+def previous_render(out: Path) -> list[str]:
+    """The files the previous render wrote into ``out`` and that are still its own (listed in
+    :data:`RENDER_RECORD` and still starting with its header)."""
+    try:
+        listed = (out / RENDER_RECORD).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    return [n for n in listed if _WRITTEN_NAME.fullmatch(n) and _written_by_render(out / n)]
+
+
+def write_objects(objects: list[dict], out_dir: str | Path, source: str = "") -> list[Path]:
+    """One YAML file per object, ``NNN-<kind>-<namespace>-<name>.yaml``, each starting with a header
+    comment. The files the previous render wrote here are removed first (a re-render replaces, never
+    mixes); files it did not write are never removed nor overwritten (:class:`RenderError`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("[0-9][0-9][0-9]-*.yaml"):  # a re-render replaces, never mixes
-        old.unlink()
+    previous = set(previous_render(out))
+    names = [object_filename(index, obj) for index, obj in enumerate(objects, start=1)]
+    for name in names:
+        if (out / name).exists() and name not in previous:
+            raise RenderError(f"-o {out}: {name} exists and lightmesh render did not write it (it is not listed in "
+                              f"{RENDER_RECORD} or lost its header); nothing written. Move it away or choose another "
+                              f"output directory")
+    for name in sorted(previous):
+        (out / name).unlink(missing_ok=True)
     paths = []
-    for index, obj in enumerate(objects, start=1):
-        path = out / object_filename(index, obj)
-        path.write_text(yaml.safe_dump(obj, sort_keys=False, default_flow_style=False))
+    for name, obj in zip(names, objects):
+        path = out / name
+        path.write_text(_header(source) + yaml.safe_dump(obj, sort_keys=False, default_flow_style=False))
         paths.append(path)
+    (out / RENDER_RECORD).write_text(
+        "# The files lightmesh render wrote into this directory: the next render removes these, and only these.\n"
+        + "".join(f"{name}\n" for name in names))
     return paths
+
+
+def other_manifests(out_dir: str | Path, written: list[Path]) -> list[str]:
+    """YAML and JSON files in ``out_dir`` render did not write (they are applied along with its own)."""
+    mine = {p.name for p in written}
+    return sorted(p.name for p in Path(out_dir).iterdir()
+                  if p.is_file() and p.suffix in (".yaml", ".yml", ".json") and p.name not in mine)
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -319,9 +448,14 @@ def write_objects(objects: list[dict], out_dir: str | Path) -> list[Path]:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Run a Pulumi program offline (the SDK's mock engine: no CLI, no cluster) and write "
                           "the Kubernetes manifests it declares, one YAML file per resource: a preview of what "
-                          "'pulumi up' would apply.")
+                          "'pulumi up' would apply. Two resources that declare one Kubernetes object (same API "
+                          "group, kind, namespace and name) stop the render, nothing written.")
     parser.add_argument("program_dir", help="directory with Pulumi.yaml and __main__.py")
-    parser.add_argument("-o", "--output", required=True, help="directory to write the manifests into")
+    parser.add_argument("-o", "--output", required=True,
+                        help=f"directory to write the manifests into (created if missing). A re-render first "
+                             f"removes the files the previous render wrote there (listed in OUTPUT/{RENDER_RECORD}), "
+                             f"and only those: other files are kept, and a file render did not write is never "
+                             f"overwritten (the render stops instead)")
     parser.add_argument("-s", "--stack", default="dev", help="stack whose Pulumi.<stack>.yaml config to use (default %(default)s)")
     parser.add_argument("-c", "--config", action="append", default=[], metavar="KEY=VALUE",
                         help="stack config override (repeatable), e.g. --config acl=true")
@@ -338,7 +472,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         result = render_program(program_dir, args.stack, args.config)
-        paths = write_objects(result.objects, output)
+        paths = write_objects(result.objects, output, program_dir.resolve().name)
     except RenderError as exc:
         print(f"lightmesh render: {exc}", file=sys.stderr)
         return 1
@@ -349,6 +483,11 @@ def run(args: argparse.Namespace) -> int:
         print("lightmesh render: interrupted; nothing more written", file=sys.stderr)
         return 130
     print(f"wrote {len(paths)} manifests to {output}")
+    others = other_manifests(output, paths)
+    if others:
+        print(f"  note: {output} also holds {len(others)} file(s) lightmesh render did not write, kept as they are "
+              f"(kubectl apply -f and lightmesh local read them too): {', '.join(others[:5])}"
+              + (", ..." if len(others) > 5 else ""))
     for patch in result.skipped_patches:
         print(f"  not written (patches an existing cluster object): {patch}")
     for other in result.skipped_other:

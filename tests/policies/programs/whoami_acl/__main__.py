@@ -85,8 +85,16 @@ if split:
                                          spec={"service": root,
                                                "backends": [{"service": s, "weight": w} for s, w in backends]})
     else:
-        TrafficSplit("canary", {"namespace": NS, "service": root,
-                                "backends": [{"service": s, "weight": w} for s, w in backends]}, opts=after_mesh)
+        # split_name: e.g. the name of an AccessPolicy above; the split then restricts itself to a header match
+        matches = {"matches": [{"name": "canary", "headers": {"x-canary": "1"}}]} if cfg.get("split_name") else {}
+        TrafficSplit(cfg.get("split_name") or "canary", {
+            "namespace": NS, "service": root, "backends": [{"service": s, "weight": w} for s, w in backends],
+            **matches}, opts=after_mesh)
+
+if cfg.get("second_mesh_service"):
+    # A second MeshService for the Service whoami, with other retry attempts: two patches of one Service.
+    MeshService("whoami-again", {"service_name": "whoami", "namespace": NS, "traffic_type": "http",
+                                 "retry_attempts": cfg.get_int("second_mesh_service")}, opts=after_mesh)
 
 if cfg.get("hand_annotation"):
     # A Service annotated by hand, Traefik Mesh style (no component validates it).
