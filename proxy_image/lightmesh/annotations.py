@@ -204,11 +204,16 @@ def parse_duration(text: str) -> float:
     raw = text.strip()
     if not raw:
         raise ValueError("must be a duration such as 5s, 250ms or 1m30s")
+    if raw == "0":
+        return 0.0  # Go's one duration without a unit (callers say whether 0 is allowed)
     pos, total = 0, 0.0
     while pos < len(raw):
         m = _DURATION_PART.match(raw, pos)
         if not m:
-            raise ValueError("must be a duration such as 5s, 250ms or 1m30s (a unit is required)")
+            rest = raw[pos:]
+            why = ("negative" if rest.startswith("-") else
+                   "a unit is required" if re.fullmatch(r"[0-9.]+", rest) else f"unexpected {rest[:20]!r}")
+            raise ValueError(f"must be a duration such as 5s, 250ms or 1m30s ({why})")
         total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
         pos = m.end()
     return total

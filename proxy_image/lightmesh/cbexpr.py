@@ -43,7 +43,9 @@ class ExpressionError(ValueError):
         self.expression = expression
         self.position = position
         self.reason = message
-        super().__init__(f"{message} at position {position + 1} in {expression!r}")
+        # an empty expression has no position to point at
+        super().__init__(f"{message} at position {position + 1} in {expression!r}" if expression.strip()
+                         else message)
 
 
 # --------------------------------------------------------------------------- AST

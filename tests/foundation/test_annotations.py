@@ -54,6 +54,10 @@ def test_prefix_precedence_per_key():
     ("lightmesh.io/retry-attempts", "-1", "between 1 and 100"),
     ("lightmesh.io/retry-attempts", "\u0663", "must be a whole number"),  # only ASCII digits
     ("lightmesh.io/request-timeout", "\u0665s", "must be a duration"),
+    ("lightmesh.io/request-timeout", "-5s", "(negative)"),  # it has a unit: "a unit is required" misled
+    ("lightmesh.io/request-timeout", "0", "more than 0"),
+    ("lightmesh.io/request-timeout", "5x", "unexpected '5x'"),
+    ("lightmesh.io/retry-attempts", "9" * 5000, "between 1 and 100"),  # int() of 5,000 digits raises
 ])
 def test_invalid_values_name_annotation_and_value(key, value, reason):
     with pytest.raises(a.AnnotationsInvalid) as err:

@@ -31,7 +31,6 @@ def test_valid_expressions_parse_and_round_trip(text):
     ("NetworkErrorRatio() > NetworkErrorRatio()", 23, "expected a number on the right"),
     ("(NetworkErrorRatio() > 0.5", 27, "expected ')'"),
     ("NetworkErrorRatio()", 20, "expected a comparison operator"),
-    ("", 1, "empty expression"),
     ("NetworkErrorRatio() > 0.5 # x", 27, "unexpected character '#'"),
     ("LatencyAtQuantileMS(0) > 1", 21, "quantile"),
     ("ResponseCodeRatio(600, 500, 0, 600) > 0.1", 19, "from < to"),
@@ -122,3 +121,10 @@ def test_garbage_never_crashes_only_errors(text):
 def test_evaluation_is_total_and_boolean(ast, samples):
     window = SampleWindow([Sample(s, l) for s, l in samples])
     assert ast.evaluate(window) in (True, False)
+
+
+def test_an_empty_expression_says_so_without_a_position():
+    for text in ("", "   "):
+        with pytest.raises(cb.ExpressionError) as err:
+            cb.parse(text)
+        assert str(err.value) == "empty expression"

@@ -23,6 +23,13 @@ def test_config_schema_to_file(tmp_path):
     assert json.loads(out.read_text())["title"] == "Lightmesh proxy configuration"
 
 
+def test_config_schema_to_a_bad_path_is_one_line(tmp_path, capsys):
+    for bad in (tmp_path / "missing" / "schema.json", tmp_path):  # no such directory; a directory
+        assert cli.main(["config-schema", "-o", str(bad)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"lightmesh config-schema: cannot write {bad}: ") and err.count("\n") == 1
+
+
 def test_module_entry_point_runs():
     result = subprocess.run(lightmesh_cmd("version"), capture_output=True, text=True,
                             check=True, timeout=60, env=lightmesh_env())

@@ -387,6 +387,7 @@ def test_tracing_and_access_log(tmp_path):
     (("--config", "f", "--workers", "0"), "--workers: must be >= 1"),
     (("--config", "f", "--otlp-endpoint", "collector:4318"), "--otlp-endpoint: must be an http"),
     (("--config", "f", "--trace-sample-ratio", "2"), "--trace-sample-ratio: must be in [0, 1]"),
+    (("--config", "f", "--trace-sample-ratio", "abc"), "--trace-sample-ratio: must be a number in [0, 1], got 'abc'"),
 ])
 def test_bad_flags_exit_2(args, message):
     result = subprocess.run(lightmesh_cmd("proxy", *args), capture_output=True, text=True, env=lightmesh_env(),

@@ -20,7 +20,8 @@ INCOMING = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 def test_parse_traceparent():
     assert parse_traceparent(INCOMING) == (0x0af7651916cd43dd8448eb211c80319c, 0xb7ad6b7169203331, 1)
-    assert parse_traceparent(INCOMING.upper().encode()) is not None
+    assert parse_traceparent(INCOMING.encode()) is not None
+    assert parse_traceparent(INCOMING.upper()) is None  # W3C: lower-case hex only
     for bad in (None, "", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331", "ff" + INCOMING[2:],
                 "00-" + "0" * 32 + "-b7ad6b7169203331-01", "00-0af7651916cd43dd8448eb211c80319c-" + "0" * 16 + "-01",
                 INCOMING + "-extra", "00-0af7651916cd43dd8448eb211c80319g-b7ad6b7169203331-01"):
@@ -91,6 +92,7 @@ async def test_requests_the_proxy_refuses_itself_get_a_span_too():
             assert resp.status == status
     spans = {s.attributes["http.status_code"]: s for s in exporter.get_finished_spans()}
     assert set(spans) == {403, 503, 404}
+    assert spans[404].name == "unrouted" and spans[403].name == "guarded"  # every span has a name
     assert all(s.get_span_context().trace_id == 0x0af7651916cd43dd8448eb211c80319c for s in spans.values())
     assert spans[403].attributes["route"] == "guarded" and spans[403].attributes["upstream"] == ""
     assert spans[404].attributes["service"] == "unrouted" and spans[404].attributes["http.target"] == "/x"
@@ -169,3 +171,19 @@ async def test_a_method_outside_the_known_list_is_other_with_the_original_kept()
     spans = exporter.get_finished_spans()
     assert [(s.attributes["http.request.method"], s.attributes["http.request.method_original"]) for s in spans] == [
         ("_OTHER", "BAN"), ("_OTHER", "get")]
+
+
+@on_uvloop
+async def test_two_traceparent_headers_start_a_new_trace():
+    exporter = InMemorySpanExporter()
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url]), options=_options(exporter)) as p:
+        from .backends import RawClient
+        client = await RawClient.connect(p.port)
+        await client.send(b"GET / HTTP/1.1\r\nHost: svc\r\ntraceparent: " + INCOMING.encode() +
+                          b"\r\ntraceparent: " + INCOMING.encode() + b"\r\n\r\n")
+        assert (await client.response()).status == 200
+        await client.close()
+        assert (await request(p.port, headers={"traceparent": INCOMING})).status == 200  # the control
+    first, second = exporter.get_finished_spans()
+    assert first.parent is None and first.get_span_context().trace_id != 0x0af7651916cd43dd8448eb211c80319c
+    assert second.parent.span_id == 0xb7ad6b7169203331

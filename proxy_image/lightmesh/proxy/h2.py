@@ -287,6 +287,12 @@ class _Side:
             pass
 
 
+def _traceparent(headers: list) -> bytes | None:
+    """The request's traceparent; b"" (invalid: a new trace) when there are several (W3C)."""
+    found = [v for n, v in headers if n == b"traceparent"]
+    return found[0] if len(found) == 1 else (b"" if found else None)
+
+
 def _series_method(method: str | None) -> str:
     return method_label(method) if method else "-"
 
@@ -522,7 +528,7 @@ class H2Downstream(asyncio.Protocol):
                 self.body_timer = self.loop.call_at(st.last_in + self.options.body_timeout, self._bodies_due)
         tracer = self.options.tracer
         if tracer is not None:
-            tp = next((v for n, v in st.headers if n == b"traceparent"), None)
+            tp = _traceparent(st.headers)
             q = st.path.find(b"?")
             try:
                 st.span = tracer.start(tp, route.name, svc, st.mstr or "", split_host(st.authority),
@@ -534,7 +540,7 @@ class H2Downstream(asyncio.Protocol):
     def _trace_refused(self, st: _Stream, route: str, status: int) -> None:
         tracer = self.options.tracer
         if tracer is not None:
-            tp = next((v for n, v in st.headers if n == b"traceparent"), None)
+            tp = _traceparent(st.headers)
             tracer.refused(tp, route, st.service, st.mstr or "", split_host(st.authority), st.path, status)
 
     def check(self, checks: tuple, plane: Any, svc: str) -> tuple[int, bytes] | None:

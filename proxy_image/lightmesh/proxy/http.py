@@ -877,7 +877,7 @@ class ClientProtocol(asyncio.Protocol):
             elif code == H_UPGRADE:
                 upgrade = value
             elif code == H_TRACEPARENT:
-                tp = value
+                tp = value if tp is None else b""  # two are invalid (W3C): a new trace starts
                 parts += (name, b": ", value, _CRLF)
             elif code == H_EXPECT:
                 ex.expect = True

@@ -38,12 +38,13 @@ _TRACEPARENT = re.compile(rb"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a
 
 def parse_traceparent(value: bytes | str | None) -> tuple[int, int, int] | None:
     """``traceparent`` → (trace id, parent span id, flags), or None when absent or invalid
-    (version ff, all-zero ids, bad hex, wrong lengths; a version-00 header must have 4 fields)."""
+    (version ff, all-zero ids, bad or upper-case hex, wrong lengths; a version-00 header must have
+    4 fields). The caller passes None's stand-in ``b""`` for a request with several headers."""
     if value is None:
         return None
     if isinstance(value, str):
         value = value.encode("latin-1", "replace")
-    m = _TRACEPARENT.match(value.strip().lower())
+    m = _TRACEPARENT.match(value.strip())  # lower-case hex only: W3C makes anything else invalid
     if m is None:
         return None
     version, trace_id, span_id, flags, rest = m.groups()
@@ -110,7 +111,8 @@ class RequestTracer:
             remote = self._span_context(trace_id=parent[0], span_id=parent[1], is_remote=True,
                                         trace_flags=self._flags(parent[2] & 0x01))
             context = self._trace.set_span_in_context(self._non_recording(remote))
-        span = self.tracer.start_span(route, context=context, kind=self._kind)
+        # a request no router took is named for that (a span needs a name; the route is empty)
+        span = self.tracer.start_span(route or "unrouted", context=context, kind=self._kind)
         ctx = span.get_span_context()
         label = method_label(method)
         target = path.decode("latin-1")
