@@ -88,3 +88,39 @@ def test_merged_breaker_state_is_the_worst_not_the_largest_number():
     assert merged[proxy_metrics.PREFIX + "circuit_breaker_state"] == [["svc", proxy_metrics.CB_OPEN]]
     two = proxy_metrics.merge(snaps[::2])  # recovering and closed: recovering
     assert two[proxy_metrics.PREFIX + "circuit_breaker_state"] == [["svc", proxy_metrics.CB_RECOVERING]]
+
+
+def test_a_worker_exiting_during_a_scrape_keeps_its_counters_in_that_scrape():
+    # The scrape read the retired totals before waiting for the workers' snapshots: a worker that
+    # exited meanwhile was in neither, and its counters dropped for that one scrape.
+    import argparse
+
+    from lightmesh.proxy import main as proxy_main
+    from lightmesh.proxy.metrics import ProxyMetrics
+
+    async def scenario():
+        parser = argparse.ArgumentParser()
+        proxy_main.configure(parser)
+        sup = proxy_main.Supervisor(parser.parse_args(["--config", "unused.json", "--workers", "1"]))
+        sup.stopping = True  # no restart of the worker that exits
+        recorded = ProxyMetrics()
+        for _ in range(7):
+            recorded.request("svc", 200, "GET", 0.01)
+        worker = sup.workers[0]
+        worker.alive = True
+        worker.last_metrics = proxy_main._worker_counts(recorded.snapshot())  # the previous scrape's
+
+        class ExitsWhenAsked:  # the worker dies as the snapshot request reaches it
+            def write(self, _data):
+                asyncio.get_running_loop().create_task(sup._worker_exited(worker))
+
+            def close(self):
+                pass
+        worker.writer = ExitsWhenAsked()
+        during = await sup.metrics_text()
+        line = 'lightmesh_proxy_requests_total{service="svc",code="200",method="GET"} 7'
+        assert line in during, during
+        assert not worker.alive and line in await sup.metrics_text()  # and in the retired totals after
+
+    import asyncio
+    asyncio.run(scenario())

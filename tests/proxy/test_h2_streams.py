@@ -216,6 +216,11 @@ _MALFORMED = {
     "content-length not a number": dict(headers=[(b"content-length", b"3x")], body=b"abc"),
     "more data than content-length": dict(headers=[(b"content-length", b"3")], body=b"0123456789"),
     "less data than content-length": dict(headers=[(b"content-length", b"30")], body=b"0123456789"),
+    # RFC 9113 §8.3.1: an absolute-form or slash-less :path would be routed on one path and read by
+    # the server as another (a rule for /admin dodged); a method must be a token
+    "absolute-form :path": dict(headers=[], path="http://svc/admin"),
+    "slash-less :path": dict(headers=[], path="admin"),
+    "asterisk :path for POST": dict(headers=[], path="*"),
 }
 
 
@@ -229,7 +234,7 @@ async def test_a_malformed_request_resets_its_stream_not_the_connection(case):
         c.conn.config.normalize_outbound_headers = False
         slow = c.start("/slow", method="GET")  # in flight on the same connection
         await asyncio.sleep(0.05)
-        bad = c.start("/echo", body=spec.get("body", b""), headers=spec["headers"])
+        bad = c.start(spec.get("path", "/echo"), body=spec.get("body", b""), headers=spec["headers"])
         r_slow, r_bad = await c.wait([slow, bad], timeout=5)
         assert r_slow["headers"][b":status"] == b"200" and r_slow["reset"] is None
         assert r_bad["reset"] == h2.errors.ErrorCodes.PROTOCOL_ERROR and r_bad["headers"] is None
@@ -423,3 +428,32 @@ async def test_streams_the_proxy_refuses_itself_get_a_span():
         await c.close()
     (span,) = exporter.get_finished_spans()
     assert span.attributes["http.status_code"] == 404 and span.attributes["service"] == "unrouted"
+
+
+@on_uvloop
+async def test_a_method_that_is_no_token_is_malformed():
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url])) as p:
+        c = await H2Client.connect(p.port)
+        c.conn.config.validate_outbound_headers = False
+        (bad,) = await c.wait([c.start("/admin", method="GET /admin")], timeout=5)
+        assert bad["reset"] == h2.errors.ErrorCodes.PROTOCOL_ERROR and not up.requests
+        (star,) = await c.wait([c.start("*", method="OPTIONS")], timeout=5)  # the one use of "*"
+        assert star["headers"][b":status"] == b"200"
+        await c.close()
+
+
+@on_uvloop
+async def test_max_header_bytes_is_one_streams_431_not_the_connections_end():
+    from lightmesh.proxy.http import HTTPOptions
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url]), options=HTTPOptions(max_header_bytes=4096)) as p:
+        c = await H2Client.connect(p.port)
+        slow = c.start("/slow", method="GET")
+        await asyncio.sleep(0.05)
+        big = c.start("/echo", headers=[(b"x-big", b"a" * 5000)])  # over the limit, under the decoder's
+        r_slow, r_big = await c.wait([slow, big], timeout=5)
+        assert r_big["headers"][b":status"] == b"431"
+        assert r_slow["headers"][b":status"] == b"200" and r_slow["reset"] is None
+        (fine,) = await c.wait([c.start("/echo", body=b"ok", headers=[(b"x-ok", b"a" * 3000)])])
+        assert fine["body"] == b"ok"
+        await c.close()
+        assert [r[b":path"] for r in up.requests] == [b"/slow", b"/echo"]

@@ -539,3 +539,30 @@ def test_worker_options_from_flags():
     for bad in (["--body-timeout", "0"], ["--body-timeout", "-1"], ["--response-timeout", "x"]):
         with pytest.raises(SystemExit):
             parser.parse_args(["--config", "f", *bad])
+
+
+def test_sighup_drains_and_exits_0_like_sigterm(tmp_path):
+    # A closed terminal sends SIGHUP to the whole group: the supervisor used to die at once (129)
+    # and leave its workers to notice; now it drains them like SIGTERM and exits 0.
+    async def main():
+        echo, eport = await tcp_echo()
+        hp, tp, ap = free_port(), free_port(), free_port()
+        admin = f"http://127.0.0.1:{ap}"
+        cfg_path = tmp_path / "proxy.json"
+        try:
+            async with Backend("A") as backend:
+                cfg_path.write_text(make(1, hp, backend.url, tp, eport).to_json())
+                with proxy_process("--config", str(cfg_path), "--workers", "2", "--admin-address", "127.0.0.1",
+                                   "--admin-port", str(ap), "--name", "hup", log_path=tmp_path / "proxy.log") as proc:
+                    data = await wait_ready(admin, proc, "hup")
+                    pids = [w["pid"] for w in data["workers"]]
+                    assert (await request(hp)).status == 200
+                    os.killpg(proc.pid, signal.SIGHUP)
+                    assert await asyncio.to_thread(proc.wait, 15) == 0
+                    for pid in pids:  # the workers went with it
+                        await until(lambda pid=pid: asyncio.sleep(0, not os.path.exists(f"/proc/{pid}")), 10,
+                                    f"worker {pid} gone")
+        finally:
+            echo.close()
+
+    run(main())

@@ -238,3 +238,22 @@ def test_session_cap_drops_new_clients():
             c1.close(), c2.close(), listener.close(), bt.close()
 
     run(main())
+
+
+def test_the_listening_socket_asks_for_a_large_receive_buffer():
+    # A burst of first datagrams from new clients outran session set-up with the ~200 KiB default.
+    import socket as socket_mod
+
+    from lightmesh.proxy.udp import RECV_BUFFER_BYTES
+
+    async def main():
+        listener, _port = await start(make_route([9]))
+        try:
+            got = listener.transport.get_extra_info("socket").getsockopt(socket_mod.SOL_SOCKET, socket_mod.SO_RCVBUF)
+            with open("/proc/sys/net/core/rmem_max") as f:
+                cap = int(f.read())
+            assert got == 2 * min(RECV_BUFFER_BYTES, cap)  # Linux doubles what it grants (bookkeeping)
+        finally:
+            listener.close()
+
+    asyncio.run(main())

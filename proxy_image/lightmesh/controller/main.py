@@ -8,7 +8,7 @@ Two ways to run:
   memory (ClusterIPs from 127.1.0.0/16) and in ``DIR/.lightmesh-shadows.json``.
 
 Either way the API (config long poll, topology, readiness, nodes, metrics) and the mesh DNS are
-served from this process's own caches. SIGTERM/SIGINT stop everything and exit 0.
+served from this process's own caches. SIGTERM/SIGINT/SIGHUP stop everything and exit 0.
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
 async def _main(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # HUP: the terminal went away
         loop.add_signal_handler(sig, stop.set)
     return await serve(args, stop)
 

@@ -87,6 +87,11 @@ _BAD_VALUE = re.compile(rb"[\x00\r\n]")  # and no space or tab at either end
 _REQUEST_PSEUDO = frozenset((b":method", b":scheme", b":authority", b":path"))
 _CONNECTION_SPECIFIC = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                                   b"upgrade"))
+_METHOD_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §9.1: a method is a token
+# HPACK's measure of a header list (RFC 7541 §4.1: name + value + 32 per field) above which the
+# decoder gives up and the connection ends (ENHANCE_YOUR_CALM): a multiple of the request limit, so
+# a head between the two is one stream's 431 and the other streams go on.
+_DECODER_LIMIT_FACTOR = 4
 
 
 def _check_fields(headers: list, trailers: bool) -> tuple[str | None, int, dict[bytes, bytes]]:
@@ -127,11 +132,19 @@ def _check_fields(headers: list, trailers: bool) -> tuple[str | None, int, dict[
     method = pseudo.get(b":method")
     if not method:
         return "no :method", -1, pseudo
+    if _METHOD_TOKEN.fullmatch(method) is None:
+        return ":method is not a token", -1, pseudo
     if method == b"CONNECT":
         if b":scheme" in pseudo or b":path" in pseudo:
             return "CONNECT with :scheme or :path", -1, pseudo
     elif not pseudo.get(b":path") or b":scheme" not in pseudo:
         return "no :path or :scheme", -1, pseudo
+    else:
+        path = pseudo[b":path"]
+        # RFC 9113 §8.3.1: origin-form, or "*" for OPTIONS. An absolute-form or slash-less path
+        # would be routed on one path and read by the server as another (a rule for /admin dodged).
+        if path[:1] != b"/" and not (path == b"*" and method == b"OPTIONS"):
+            return ":path is not origin-form", -1, pseudo
     authority = pseudo.get(b":authority")
     if authority is None and host is None:
         return "no :authority or host", -1, pseudo
@@ -362,6 +375,9 @@ class H2Downstream(asyncio.Protocol):
         self.options.connections.conns.add(self)
         self.side.conn.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.ENABLE_PUSH: 0, h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 1000})
+        # Not announced as MAX_HEADER_LIST_SIZE: h2 would then end the connection at the limit itself
+        self.side.conn.decoder.max_header_list_size = max(
+            h2.connection.H2Connection.DEFAULT_MAX_HEADER_LIST_SIZE, _DECODER_LIMIT_FACTOR * self.options.max_header_bytes)
         self.side.conn.initiate_connection()
         self.side.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self.side.flush()
@@ -494,6 +510,10 @@ class H2Downstream(asyncio.Protocol):
             self._malformed(st, reason)
             return
         st.headers = [(n, v) for n, v in headers if n[:1] != b":"]
+        # --max-header-bytes as for HTTP/1.1 (the head as "name: value\r\n" lines): 431 on this stream
+        if sum(len(n) + len(v) + 4 for n, v in headers) > self.options.max_header_bytes:
+            self._local(st, 431)
+            return
         if method == b"CONNECT":
             self._local(st, 405)
             return

@@ -19,8 +19,8 @@ worker → supervisor
     ``{"type": "status", ...}`` (a listener came up on retry).
 
 A worker whose channel closes has died: it is restarted (back-off 0.5 s doubling to 10 s) and given
-the current config. A worker whose supervisor vanished (EOF) drains and exits. SIGTERM or SIGINT on
-the supervisor: workers drain (stop accepting, close idle keep-alive connections, let in-flight
+the current config. A worker whose supervisor vanished (EOF) drains and exits. SIGTERM, SIGINT or
+SIGHUP on the supervisor: workers drain (stop accepting, close idle keep-alive connections, let in-flight
 requests finish up to ``--drain-timeout``), then everything exits 0.
 
 Metrics: ``/metrics`` asks every live worker for a snapshot and merges them with the supervisor's
@@ -299,7 +299,7 @@ class Supervisor:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # HUP: the terminal went away
             loop.add_signal_handler(sig, self.stop)
         from lightmesh.proxy.admin import AdminServer
         from lightmesh.proxy.source import ControllerSource, FileSource
@@ -549,7 +549,11 @@ class Supervisor:
         own = self.metrics.snapshot()
         # the version every live worker has applied (a proxy lagging behind shows as such)
         own[metrics_mod.PREFIX + "config_version"] = [[self.applied_version()]]
-        return metrics_mod.render(metrics_mod.merge([own, self.retired_metrics, *await self.snapshots()]))
+        # Ask the workers first, then read the retired totals: a worker that exits while we wait is
+        # left out of the snapshots and added to the retired totals, so reading those before the
+        # wait lost its counters for that one scrape (a drop Prometheus takes for a reset).
+        workers = await self.snapshots()
+        return metrics_mod.render(metrics_mod.merge([own, self.retired_metrics, *workers]))
 
     def rawdata(self) -> dict:
         config = self.config
@@ -707,8 +711,10 @@ def worker_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lightmesh-proxy-worker")
     parser.add_argument("--worker-fd", type=int, required=True)
     args = parser.parse_args(argv)
-    # SIGINT from a terminal reaches the whole group; the supervisor decides, not a traceback here.
+    # SIGINT (and SIGHUP) from a terminal reach the whole group; the supervisor decides, not a
+    # traceback or a sudden death here.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         import uvloop
         return uvloop.run(_worker(args.worker_fd))

@@ -20,6 +20,7 @@ sessions, ``l4_bytes_total`` (``upstream`` client → server, ``downstream`` bac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 
@@ -31,6 +32,7 @@ log = logging.getLogger("lightmesh.proxy.udp")
 
 MAX_SESSIONS = 16384
 RECV_BATCH = 64  # replies read per wake-up of one session socket
+RECV_BUFFER_BYTES = 4 * 1024 * 1024  # asked for the listening socket (the kernel may give less)
 MAX_DATAGRAM = 65535
 
 
@@ -77,6 +79,11 @@ class UDPListener(asyncio.DatagramProtocol):
         self.closed = False
 
     async def start(self, sock: socket.socket) -> UDPListener:
+        # A burst of new clients (DNS-like traffic) outruns session set-up: the default receive
+        # buffer (~200 KiB, a few hundred datagrams) dropped half of 500 back-to-back first
+        # datagrams. The kernel caps this at net.core.rmem_max (x2); raise that for more.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER_BYTES)
         await self.loop.create_datagram_endpoint(lambda: self, sock=sock)
         self._schedule_sweep()
         return self
