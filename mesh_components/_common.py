@@ -45,8 +45,55 @@ class ComponentArgsError(ValueError):
 # RFC 1123 label (namespaces, Service names) and subdomain (most other object names).
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-# Kubernetes resource quantity, e.g. 100m, 64Mi, 1.5, 2G.
-_QUANTITY = re.compile(r"[+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+|[KMGTPE]i|[mkMGTPE]|[num])?")
+# Kubernetes resource quantity, e.g. 100m, 64Mi, 1.5, 2G. ASCII digits only (``\d`` would take '٣'), and
+# an exponent of at most three digits: Kubernetes caps quantities at 2^63-1 anyway, and a longer one
+# (thousands of digits) would make ``int()`` raise when two quantities are compared.
+_QUANTITY = re.compile(r"[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]{1,3}|[KMGTPE]i|[mkMGTPE]|[num])?")
+# Kubernetes label name (also a node-selector or toleration key): an optional DNS-subdomain prefix and
+# '/', then a name of at most 63 characters; a label value: at most 63 characters, may be empty.
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
+_SHOWN_CHARS = 60
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` for an error message, safe and short whatever the user gave: the repr of an int of
+    more than 4,300 digits raises ValueError, and a value thousands of characters long would bury the
+    message, so both are cut to their start and a count."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        sign = "a negative" if value < 0 else "a"
+        return f"{sign} whole number of about {int(value.bit_length() * 0.30103) + 1} digits"
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a value whose repr fails is still reported, by its type
+        return f"a {type(value).__name__}"
+    if len(text) <= _SHOWN_CHARS:
+        return text
+    size = f"{len(value)} characters" if isinstance(value, str) else f"{len(text)} characters as text"
+    return f"{text[:_SHOWN_CHARS]}... ({size})"
+
+
+def label_name_problem(key: Any) -> str | None:
+    """Why ``key`` is not a Kubernetes label name (``[prefix/]name``), or None."""
+    if not isinstance(key, str):
+        return "is not a string"
+    prefix, slash, name = key.rpartition("/")
+    if slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix)):
+        return "has a prefix (before '/') that is not a DNS subdomain (lowercase letters, digits, '-' and '.')"
+    if not name or len(name) > 63 or not _LABEL_NAME.fullmatch(name):
+        return ("is not a label name (at most 63 letters, digits, '-', '_' or '.', starting and ending with a "
+                "letter or digit, after an optional DNS-subdomain prefix and '/')")
+    return None
+
+
+def label_value_problem(value: Any) -> str | None:
+    """Why ``value`` is not a Kubernetes label value, or None."""
+    if not isinstance(value, str):
+        return "is not a string"
+    if len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
+        return ("is not a label value (at most 63 letters, digits, '-', '_' or '.', starting and ending with a "
+                "letter or digit, or empty)")
+    return None
 
 
 def is_known(value: Any) -> bool:
@@ -105,13 +152,32 @@ class Checker:
     def integer(self, field: str, value: Any, low: int, high: int) -> Any:
         def check(v: Any) -> None:
             # The cross-language path delivers numbers as floats; whole floats are accepted.
+            given = v
             if isinstance(v, float) and v.is_integer():
                 v = int(v)
             if isinstance(v, bool) or not isinstance(v, int):
-                raise self.fail(f"{field} must be a whole number, got {v!r}")
+                raise self.fail(f"{field} must be a whole number, got {shown(given)}")
             if not low <= v <= high:
-                raise self.fail(f"{field} must be between {low} and {high}, got {v}")
+                # a whole float is shown as the int it stands for, unless it is beyond exact (1e308)
+                raise self.fail(f"{field} must be between {low} and {high}, "
+                                f"got {shown(given if abs(v) > 2 ** 53 else v)}")
         return when_known(value, check)
+
+    def labels(self, field: str, value: Any) -> dict:
+        """A map of Kubernetes label names to label values (labels, a node selector, a pod selector),
+        checked here rather than by the API server at ``pulumi up``; errors name the field and the key."""
+        if not isinstance(value, Mapping):
+            raise self.fail(f"{field} must be an object mapping label names to string values, got {shown(value)}")
+        for key, v in value.items():
+            if not is_known(v):
+                continue  # an Output value inside a plain map is for the API server to judge
+            if not isinstance(key, str) or not isinstance(v, str):
+                raise self.fail(f"{field} must map label names to string values, got {shown(key)}: {shown(v)}")
+            if problem := label_name_problem(key):
+                raise self.fail(f"{field} key {shown(key)} {problem}")
+            if problem := label_value_problem(v):
+                raise self.fail(f"{field}[{key!r}] value {shown(v)} {problem}")
+        return dict(value)
 
     def string(self, field: str, value: Any, allow_empty: bool = False) -> Any:
         def check(v: Any) -> None:
@@ -122,7 +188,7 @@ class Checker:
     def quantity(self, field: str, value: Any) -> Any:
         def check(v: Any) -> None:
             if not isinstance(v, str) or not _QUANTITY.fullmatch(v):
-                raise self.fail(f"{field} must be a Kubernetes quantity such as 100m, 64Mi or 1, got {v!r}")
+                raise self.fail(f"{field} must be a Kubernetes quantity such as 100m, 64Mi or 1, got {shown(v)}")
         return when_known(value, check)
 
     def regex(self, field: str, value: Any) -> Any:

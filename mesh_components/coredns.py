@@ -140,14 +140,18 @@ def check_conflicts(text: str, domains: Iterable[str]) -> None:
 
 
 def _port(token: str) -> int:
-    match = re.search(r":(\d+)$", token.strip())
-    return int(match.group(1)) if match else 53
+    """The port of a server-block key (53 if it has none; -1 for one no port could be: CoreDNS reads
+    ASCII digits, and ``int()`` of thousands of digits raises)."""
+    match = re.search(r":([0-9]+)$", token.strip())
+    if not match:
+        return 53
+    return int(match.group(1)) if len(match.group(1)) <= 5 else -1
 
 
 def _zone(token: str) -> str:
     token = token.strip().lower()
     token = re.sub(r"^[a-z0-9+]+://", "", token)
-    token = re.sub(r":\d+$", "", token)
+    token = re.sub(r":[0-9]+$", "", token)
     return token.rstrip(".") or "."
 
 

@@ -30,7 +30,8 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from mesh_components import observability, smi
-from mesh_components._common import DEFAULT_IMAGE, Checker, child_options, is_known, type_token, when_known
+from mesh_components._common import (DEFAULT_IMAGE, Checker, child_options, is_known, label_name_problem,
+                                      label_value_problem, shown, type_token, when_known)
 from mesh_components.cluster_dns import ClusterDnsPatch, DnsStyle
 from lightmesh import wire
 from lightmesh.annotations import TrafficType
@@ -428,8 +429,8 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
                 whose = "" if f"{resource}_limit" in given else (
                     " (the default: one CPU per proxy worker)" if (which, resource) == ("proxy_resources", "cpu")
                     else " (the default)")
-                raise check.fail(f"{which}.{resource}_request {request!r} is more than {which}.{resource}_limit "
-                                 f"{limit!r}{whose}: Kubernetes refuses a request above its limit; lower the "
+                raise check.fail(f"{which}.{resource}_request {shown(request)} is more than {which}.{resource}_limit "
+                                 f"{shown(limit)}{whose}: Kubernetes refuses a request above its limit; lower the "
                                  f"request or raise {resource}_limit")
     for i, t in enumerate(s["proxy_tolerations"]):
         if not isinstance(t, Mapping) or set(t) - set(TolerationArgs.__annotations__):
@@ -441,9 +442,12 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
                              f"got {t.get('effect')!r}")
         if t.get("operator") == "Exists" and t.get("value"):
             raise check.fail(f"proxy_tolerations[{i}].value must be empty with operator Exists")
-    for key, value in s["proxy_node_selector"].items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise check.fail(f"proxy_node_selector must map label names to string values, got {key!r}: {value!r}")
+        # Kubernetes validates a toleration's key as a label name and its value as a label value
+        if t.get("key") and (problem := label_name_problem(t["key"])):
+            raise check.fail(f"proxy_tolerations[{i}].key {shown(t['key'])} {problem}")
+        if t.get("value") is not None and (problem := label_value_problem(t["value"])):
+            raise check.fail(f"proxy_tolerations[{i}].value {shown(t['value'])} {problem}")
+    s["proxy_node_selector"] = check.labels("proxy_node_selector", s["proxy_node_selector"])
     if s["proxy_priority_class_name"] is not None:
         check.dns_subdomain("proxy_priority_class_name", s["proxy_priority_class_name"])
     return s
@@ -473,11 +477,13 @@ def image_reference_problem(image: str) -> str | None:
 
 def quantity_value(quantity: str) -> Decimal:
     """A Kubernetes quantity (``100m``, ``1.5``, ``64Mi``, ``2e3``) as a number, to compare two."""
-    found = re.fullmatch(r"[+]?(\d+(?:\.\d*)?|\.\d+)(.*)", quantity)
+    found = re.fullmatch(r"[+]?([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(.*)", quantity)
     if found is None:
-        raise ValueError(f"not a quantity: {quantity!r}")
+        raise ValueError(f"not a quantity: {quantity[:60]!r}")
     number, suffix = Decimal(found[1]), found[2]
     if suffix[:1] in ("e", "E"):
+        if not re.fullmatch(r"[-+]?[0-9]{1,3}", suffix[1:]):  # as Checker.quantity (int() of 5,000 digits raises)
+            raise ValueError(f"not a quantity: {quantity[:60]!r}")
         return number * Decimal(10) ** int(suffix[1:])
     binary = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
     decimal = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
@@ -509,17 +515,17 @@ _IMAGE_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
 def _int(check: Checker, field: str, value: Any, low: int, high: int) -> int:
-    check.integer(field, value, low, high)
+    check.integer(field, value, low, high)  # a whole number in range (a whole float too), or it raises
     return int(value)
 
 
 def _seconds(check: Checker, field: str, value: Any, low: float) -> float:
     """A duration in seconds, ``low`` to one day (what ``lightmesh proxy`` accepts)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise check.fail(f"{field} must be a number of seconds, got {value!r}")
-    if not low <= value <= 86400:
+        raise check.fail(f"{field} must be a number of seconds, got {shown(value)}")
+    if not low <= value <= 86400:  # exact for ints of any size: no float() before the range check
         bound = "between 0 and 86400" if low == 0 else "more than 0 and at most 86400"
-        raise check.fail(f"{field} must be {bound} seconds, got {value!r}")
+        raise check.fail(f"{field} must be {bound} seconds, got {shown(value)}")
     return float(value)
 
 

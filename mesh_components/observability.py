@@ -8,7 +8,8 @@ What a user can switch on (all in the mesh namespace, all optional):
   arrives with a sampled ``traceparent`` is always traced).
 * metrics: Prometheus scrape annotations on the proxy and controller pods (on by default); a
   ``ServiceMonitor`` for the Prometheus Operator (off by default: only for clusters that have its
-  CRD); a bundled single-replica Prometheus that scrapes the mesh (off by default); the Grafana
+  CRD); a bundled single-replica Prometheus that scrapes the mesh's controller and proxy pods,
+  found by label whether or not they carry the annotations (off by default); the Grafana
   dashboard as a ConfigMap for Grafana's dashboard sidecar (on by default; the same JSON as
   ``mesh_components/dashboards/lightmesh.json``).
 
@@ -17,9 +18,10 @@ plain dicts (the shapes MeshInstall registers, also checked with ``kubernetes-va
 """
 
 import json
+import re
 from typing import Any, Mapping, NotRequired, Optional, TypedDict
 
-from mesh_components._common import Checker
+from mesh_components._common import Checker, shown
 from mesh_components import dashboard
 from lightmesh import wire
 
@@ -55,7 +57,8 @@ class MetricsArgs(TypedDict):
     """Prometheus metrics of the proxies and the controller."""
 
     scrape_annotations: NotRequired[bool]
-    """``prometheus.io/scrape``/``port``/``path`` annotations on proxy and controller pods (default true)."""
+    """``prometheus.io/scrape``/``port``/``path`` annotations on proxy and controller pods (default true),
+    for a cluster Prometheus that discovers pods by annotation. The bundled Prometheus does not need them."""
     service_monitor: NotRequired[bool]
     """A Prometheus Operator ``ServiceMonitor`` (default false; needs the monitoring.coreos.com CRD,
     or ``pulumi up`` fails on it)."""
@@ -63,7 +66,8 @@ class MetricsArgs(TypedDict):
     """Labels on the ServiceMonitor, for a Prometheus that selects them: kube-prometheus-stack's
     picks only ``release: <its Helm release>`` by default (e.g. ``{"release": "kube-prometheus-stack"}``)."""
     prometheus: NotRequired[bool]
-    """Deploy a single-replica Prometheus that scrapes the mesh (default false)."""
+    """Deploy a single-replica Prometheus that scrapes the mesh (default false). It finds the controller
+    and proxy pods by their labels and named ports, with or without ``scrape_annotations``."""
     prometheus_image: NotRequired[str]
     """Image of the bundled Prometheus (default ``prom/prometheus:v2.55.1``)."""
     dashboard: NotRequired[bool]
@@ -95,8 +99,9 @@ def resolve(check: Checker, tracing: Any, metrics: Any, otlp_endpoint: Any) -> d
         raise check.fail("tracing.sample_ratio is set but tracing is off: set tracing.mode (otlp or jaeger) "
                          "or otlp_endpoint")
     ratio = tracing.get("sample_ratio", 1.0)
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) <= 1.0:
-        raise check.fail(f"tracing.sample_ratio must be a number from 0 to 1, got {ratio!r}")
+    # compared as given: float() of an int past 1e308 raises OverflowError
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1:
+        raise check.fail(f"tracing.sample_ratio must be a number from 0 to 1, got {shown(ratio)}")
     out = {
         "tracing_mode": mode,
         "tracing_endpoint": endpoint,
@@ -111,10 +116,7 @@ def resolve(check: Checker, tracing: Any, metrics: Any, otlp_endpoint: Any) -> d
         if not isinstance(value, bool):
             raise check.fail(f"metrics.{field} must be true or false, got {value!r}")
         out[field] = value
-    labels = metrics.get("service_monitor_labels") or {}
-    if not isinstance(labels, Mapping) or not all(isinstance(k, str) and isinstance(v, str) and k and len(v) <= 63
-                                                   for k, v in labels.items()):
-        raise check.fail(f"metrics.service_monitor_labels must map label names to string values, got {labels!r}")
+    labels = check.labels("metrics.service_monitor_labels", metrics.get("service_monitor_labels") or {})
     if labels and not out["service_monitor"]:
         raise check.fail("metrics.service_monitor_labels needs metrics.service_monitor: true")
     out["service_monitor_labels"] = dict(labels)
@@ -189,18 +191,17 @@ def service_monitor(namespace: str, labels: Optional[Mapping[str, str]] = None) 
 
 
 def prometheus_config(namespace: str) -> str:
-    """Scrape the pods of the mesh namespace that carry the prometheus.io annotations."""
+    """Scrape the controller and proxy pods of the mesh namespace, found by their pod labels and named
+    container ports (``api``, ``admin``) — not by the prometheus.io annotations, so the bundled
+    Prometheus works with ``scrape_annotations: false`` too (a cluster Prometheus that discovers pods
+    by annotation then leaves the mesh to it). Prometheus' pod discovery makes one target per
+    container port, ``<pod IP>:<port>`` (an IPv6 pod IP bracketed), so no address rewriting is needed."""
+    name_label = "__meta_kubernetes_pod_label_" + _prometheus_label("app.kubernetes.io/name")
+    metrics_ports = [(wire.CONTROLLER_POD_LABELS["app.kubernetes.io/name"], "api"),
+                     (wire.PROXY_POD_LABELS["app.kubernetes.io/name"], "admin")]
     relabel = [
-        {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"], "regex": "true",
-         "action": "keep"},
-        {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_path"], "regex": "(.+)",
-         "target_label": "__metrics_path__"},
-        # the pod IP and the annotated port; an IPv6 pod IP is bracketed (as in the community chart)
-        {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_port", "__meta_kubernetes_pod_ip"],
-         "regex": "(\\d+);(([A-Fa-f0-9]{1,4}::?){1,7}[A-Fa-f0-9]{1,4})", "replacement": "[$2]:$1",
-         "target_label": "__address__"},
-        {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_port", "__meta_kubernetes_pod_ip"],
-         "regex": "(\\d+);((([0-9]+?)(\\.|$)){4})", "replacement": "$2:$1", "target_label": "__address__"},
+        {"source_labels": [name_label, "__meta_kubernetes_pod_container_port_name"],
+         "regex": "|".join(f"{app};{port}" for app, port in metrics_ports), "action": "keep"},
         {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "instance"},
         {"source_labels": ["__meta_kubernetes_pod_node_name"], "target_label": "node"},
     ]
@@ -210,6 +211,12 @@ def prometheus_config(namespace: str) -> str:
                                                              "namespaces": {"names": [namespace]}}],
                                   "relabel_configs": relabel}]}
     return json.dumps(config, indent=2)  # JSON is YAML: no YAML emitter needed in the pod
+
+
+def _prometheus_label(name: str) -> str:
+    """A Kubernetes label name as Prometheus' service discovery spells it (``app.kubernetes.io/name`` →
+    ``app_kubernetes_io_name``)."""
+    return re.sub(r"[^a-zA-Z0-9_]", "_", name)
 
 
 def prometheus_manifests(namespace: str, image: str) -> list[dict]:

@@ -17,7 +17,8 @@ from typing import Any, Mapping, NotRequired, Optional, TypedDict
 import pulumi
 import pulumi_kubernetes as k8s
 
-from mesh_components._common import Checker, ComponentArgsError, child_options, is_known, type_token, when_known
+from mesh_components._common import (Checker, ComponentArgsError, child_options, is_known, shown, type_token,
+                                      when_known)
 from lightmesh import annotations as ann
 from lightmesh import wire
 from lightmesh.annotations import Scheme, TrafficType
@@ -105,6 +106,7 @@ class MeshService(pulumi.ComponentResource):
             ports = _check_ports(check, check.non_empty_list("ports", ports), traffic_type)
             if args.get("selector") is None:
                 raise check.fail("selector is required when ports is set (the Service is created)")
+            selector = when_known(args["selector"], lambda v: check.labels("selector", v))
         elif args.get("selector") is not None:
             raise check.fail("selector only applies when ports is set (an existing Service keeps its selector)")
         domains = when_known(args.get("domains", list(wire.DEFAULT_DOMAINS)), lambda d: _check_domains(check, d))
@@ -116,7 +118,7 @@ class MeshService(pulumi.ComponentResource):
             service = k8s.core.v1.Service(
                 f"{name}-service",
                 metadata=k8s.meta.v1.ObjectMetaArgs(name=service_name, namespace=namespace, annotations=rendered),
-                spec=k8s.core.v1.ServiceSpecArgs(selector=args["selector"], ports=[_port(p) for p in ports]),
+                spec=k8s.core.v1.ServiceSpecArgs(selector=selector, ports=[_port(p) for p in ports]),
                 opts=child)
         else:
             # Own only our annotations: a dedicated field manager, and force so a previous manual
@@ -170,16 +172,23 @@ def _render(check: Checker, values: Mapping[str, Any]) -> dict[str, str]:
         if isinstance(v, float) and v.is_integer():  # numbers arrive as floats cross-language
             v = int(v)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
-            raise check.fail(f"{_FIELD_OF_KEY[key]} must be a whole number, got {v!r}")
+            raise check.fail(f"{_FIELD_OF_KEY[key]} must be a whole number, got {shown(v)}")
     for key in (ann.CIRCUIT_BREAKER_EXPRESSION, ann.REQUEST_TIMEOUT):
         v = values.get(key)
         if v is not None and not isinstance(v, str):
-            raise check.fail(f"{_FIELD_OF_KEY[key]} must be a string, got {v!r}")
+            raise check.fail(f"{_FIELD_OF_KEY[key]} must be a string, got {shown(v)}")
     rendered: dict[str, str] = {}
     for key, v in values.items():
         if v is None:
             continue
-        text = v.value if hasattr(v, "value") else str(int(v) if isinstance(v, float) else v)
+        if isinstance(v, float):
+            v = int(v)
+        if isinstance(v, int) and v.bit_length() > 64:
+            # str() of an int of more than 4,300 digits raises; any 20 digits are past every bound, so the
+            # parser below reports the field as out of range (with the other fields' errors)
+            text = "-" * (v < 0) + "9" * 20
+        else:
+            text = v.value if hasattr(v, "value") else str(v)
         rendered[ANNOTATION_PREFIX + key] = text
     _, errors = ann.parse_annotations_lenient(rendered)
     if errors:
@@ -197,7 +206,7 @@ def _render(check: Checker, values: Mapping[str, Any]) -> dict[str, str]:
                 what = reason.removeprefix("invalid circuit-breaker expression: ").removesuffix(f" in {e.value!r}")
                 messages.append(f"{field} {value!r} is not a valid circuit-breaker expression: {what}")
             else:
-                messages.append(f"{field} {reason}, got {value!r}")
+                messages.append(f"{field} {reason}, got {shown(value)}")
         raise ComponentArgsError(check.prefix + "; ".join(messages))
     return rendered
 

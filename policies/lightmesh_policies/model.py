@@ -119,18 +119,38 @@ def known_or_unknown_text(value: Any) -> bool:
 
 
 def port_number(value: Any) -> Any:
-    """A port as an int (numbers arrive as floats from the engine), UNKNOWN, or None if not a number."""
+    """A port as the controller reads it (``topology._port_number``): an int from 1 to 65535 (numbers
+    arrive as floats from the engine) or a string of at most five ASCII digits in that range; UNKNOWN;
+    or None if not a port number. ``str.isdigit`` alone is also true for '٣' and '²', which the
+    controller refuses, and ``int()`` of thousands of digits raises: hence ASCII and the length bound."""
     if value is UNKNOWN:
         return UNKNOWN
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        return value
     if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
+        value = int(value)
+    if isinstance(value, str):
+        value = int(value) if 0 < len(value) <= 5 and value.isascii() and value.isdigit() else None
+    return value if isinstance(value, int) and 1 <= value <= 65535 else None
+
+
+_SHOWN_CHARS = 60
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` for a message, cut short: a value thousands of characters long (a number of 5,000
+    digits) would bury the message, and the repr of an int past 4,300 digits raises."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        digits = int(value.bit_length() * 0.30103) + 1
+        return f"{'a negative' if value < 0 else 'a'} whole number of about {digits} digits"
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - still reported, by its type
+        return f"a {type(value).__name__}"
+    if len(text) <= _SHOWN_CHARS:
+        return text
+    size = f"{len(value)} characters" if isinstance(value, str) else f"{len(text)} characters as text"
+    return f"{text[:_SHOWN_CHARS]}... ({size})"
 
 
 # --------------------------------------------------------------------------------------- resources
@@ -635,6 +655,12 @@ class Route:
         if any(n is UNKNOWN for n in numbers):
             return UNKNOWN
         return tuple(sorted({n for n in numbers if n is not None}))
+
+    def bad_ports(self) -> list[tuple[int, Any]]:
+        """``(index, entry)`` of the TCPRoute/UDPRoute ports entries that are not port numbers (known
+        ones only): the controller ignores them, and a route left with no port allows every port."""
+        raw = dig(self.matches, "ports") if isinstance(self.matches, dict) else None
+        return [(i, p) for i, p in enumerate(as_list(raw)) if p is not UNKNOWN and port_number(p) is None]
 
     def match_names(self) -> Any:
         if self.matches is UNKNOWN:

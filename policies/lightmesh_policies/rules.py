@@ -19,6 +19,7 @@ included), for every SMI version the controller accepts, and for objects rendere
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from typing import Any, Mapping
@@ -232,6 +233,13 @@ def _check_regex(pattern: Any) -> str | None:
 
 def _validate_routes(view: StackView, report: ReportViolation) -> None:
     for route in view.routes:
+        if route.kind in ("TCPRoute", "UDPRoute"):
+            for i, entry in route.bad_ports():
+                field = "tcp" if route.kind == "TCPRoute" else "udp"
+                report(f"{route.kind} {route.namespace}/{route.name} spec.matches.ports[{i}] {model.shown(entry)} is "
+                       f"not a port number (1-65535): the controller ignores it, and a route left with no port "
+                       f"allows every port. Fix: use port numbers (AccessPolicy {field}={{\"ports\": [...]}}), or "
+                       f"no ports to allow every port.", route.resource.urn)
         if route.kind != "HTTPRouteGroup" or is_unknown(route.matches):
             continue
         where = f"HTTPRouteGroup {route.namespace}/{route.name}"
@@ -406,6 +414,8 @@ def split_weight(weight: Any, version: str) -> int | None:
     split.smi-spec.io/v1alpha1 weights are Kubernetes quantities ("900m", "100m", "1"): the controller's
     own parser (milli-units) decides. Later versions take whole numbers."""
     if version == "v1alpha1":
+        if isinstance(weight, float) and not math.isfinite(weight * 1000):
+            return None  # 1e308 or inf: the controller's round(weight * 1000) would raise OverflowError
         milli = parse_weight(weight, quantity=True)
         return milli if milli is not None and milli >= 0 else None
     whole = _whole_number(weight)
@@ -413,15 +423,17 @@ def split_weight(weight: Any, version: str) -> int | None:
 
 
 def _whole_number(weight: Any) -> int | None:
-    """A whole-number weight (int, integral float — numbers travel as floats — or digit string)."""
+    """A whole-number weight: an int, an integral float (numbers travel as floats), or a string the
+    controller's own parser takes (ASCII digits, at most nine: '٣', '+5' and a number of thousands of
+    digits are refused — ``int()`` of the last one would raise)."""
     if isinstance(weight, bool):
         return None
     if isinstance(weight, int):
         return weight
     if isinstance(weight, float) and weight.is_integer():
         return int(weight)
-    if isinstance(weight, str) and re.fullmatch(r"\+?\d+", weight.strip()):
-        return int(weight)
+    if isinstance(weight, str):
+        return parse_weight(weight, quantity=False)
     return None
 
 
@@ -521,13 +533,13 @@ def _validate_traffic_splits(args: StackValidationArgs, report: ReportViolation)
             weight = split_weight(backend.weight, split.version)
             if weight is None:
                 if split.version == "v1alpha1":
-                    report(f"{where} backends[{i}] ({service}) weight {backend.weight!r} is not a Kubernetes quantity "
-                           f">= 0. Fix: use quantities such as \"900m\" and \"100m\", or whole numbers "
-                           f"(split.smi-spec.io/v1alpha1).", urn)
+                    report(f"{where} backends[{i}] ({service}) weight {model.shown(backend.weight)} is not a "
+                           f"Kubernetes quantity >= 0. Fix: use quantities such as \"900m\" and \"100m\", or "
+                           f"whole numbers (split.smi-spec.io/v1alpha1).", urn)
                 else:
-                    report(f"{where} backends[{i}] ({service}) weight {backend.weight!r} is not a whole number >= 0. "
-                           f"Fix: use integers such as 90 and 10 (quantities like \"900m\" are for "
-                           f"split.smi-spec.io/v1alpha1 only).", urn)
+                    report(f"{where} backends[{i}] ({service}) weight {model.shown(backend.weight)} is not a "
+                           f"whole number >= 0. Fix: use integers such as 90 and 10 (quantities like \"900m\" are "
+                           f"for split.smi-spec.io/v1alpha1 only).", urn)
                 whole = False
                 continue
             total += weight
@@ -673,7 +685,8 @@ def _validate_annotations(args: ResourceValidationArgs, report: ReportViolation)
             continue
         key = error.annotation.rsplit("/", 1)[-1]
         # "...: invalid circuit-breaker expression: ... at position 1 in 'Foo() > 1'": the value is already there
-        text = f"annotation {error.annotation}={error.value!r}: {error.reason.removesuffix(f' in {error.value!r}')}"
+        text = (f"annotation {error.annotation}={model.shown(error.value)}: "
+                f"{error.reason.removesuffix(f' in {error.value!r}')}")
         report(f"{where}: {text}. The controller ignores this Service's mesh settings until it is fixed. Fix: "
                f"correct the annotation, or MeshService arg {_MESH_SERVICE_FIELD.get(key, key)}.")
     if cfg["report_unknown_keys"]:

@@ -122,6 +122,9 @@ def _bad_policy(**changes):
     ({"http_matches": [{"name": "x"}, {"name": "x"}]}, r"http_matches\[\].name has a duplicate entry 'x'"),
     ({"tcp": {"ports": [0]}}, r"tcp.ports\[0\] must be between 1 and 65535, got 0"),
     ({"udp": {"ports": [53, 53]}}, "udp.ports has a duplicate entry 53"),
+    # the repr of an int past 4,300 digits raises ValueError: still an error naming the field
+    ({"tcp": {"ports": [10 ** 5000]}}, r"tcp.ports\[0\] must be between 1 and 65535, got a whole number of about "
+                                       r"5001 digits"),
     ({"namespace": None}, "namespace is required"),
     ({"namespace": pulumi.Output.from_input("x")}, "namespace must be a plain value, not an Output"),
     ({"sources": pulumi.Output.from_input([{"service_account": "c"}])}, "sources must be a plain value, not an Output"),
@@ -150,6 +153,8 @@ def test_access_policy_name_must_be_usable_as_an_object_name():
     ({"backends": [{"service": "a", "weight": -5}]}, r"backends\[0\].weight must be between 0 and 1000000, got -5"),
     ({"backends": [{"service": "a", "weight": 1.5}]}, r"backends\[0\].weight must be a whole number, got 1.5"),
     ({"backends": [{"service": "a", "weight": True}]}, r"backends\[0\].weight must be a whole number"),
+    ({"backends": [{"service": "a", "weight": 10 ** 5000}]},
+     r"backends\[0\].weight must be between 0 and 1000000, got a whole number of about 5001 digits"),
     ({"backends": [{"service": "a"}]}, r"backends\[0\].weight is required"),
     ({"backends": [{"service": "a", "weight": 1}, {"service": "a", "weight": 2}]}, "duplicate entry 'a'"),
     ({"service": "Web"}, "service must be a DNS label"),

@@ -101,6 +101,13 @@ def test_a_mesh_zone_served_on_another_port_is_no_conflict():
     assert coredns.restore_corefile(coredns.patch_corefile(text, DOMAINS, IP)) == text
 
 
+def test_a_server_block_port_no_port_could_be_is_neither_a_crash_nor_port_53():
+    # int() of thousands of digits raises; '\u0665\u0663' (Arabic-Indic 53) is no port to CoreDNS (ASCII digits)
+    text = f".:53 {{\n}}\ntraefik.mesh:{'5' * 5000} {{\n}}\nmaesh:\u0665\u0663 {{\n}}\n"
+    assert coredns.server_zones(text) == [(1, ".", 53), (3, "traefik.mesh", -1), (5, "maesh:\u0665\u0663", 53)]
+    assert coredns.restore_corefile(coredns.patch_corefile(text, DOMAINS, IP)) == text
+
+
 @pytest.mark.parametrize("text, message", [
     (f".:53 {{\n}}\n{coredns.BEGIN_MARKER}\nlightmesh:53 {{\n}}\n", "no '# END lightmesh' line"),
     (f".:53 {{\n}}\n{coredns.END_MARKER}\n", "without its begin marker"),

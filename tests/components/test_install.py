@@ -323,11 +323,56 @@ def test_proxy_timeouts_reach_a_proxy_that_accepts_them():
     ({"metrics": "yes"}, "metrics must be an object"),
     ({"tracing": ["jaeger"]}, "tracing must be an object"),
     ({"image_tag": "bad tag"}, "image_tag must be an image tag"),
+    # label maps and toleration keys are checked at preview, not refused by the API server at `pulumi up`
+    ({"proxy_node_selector": {"zone!": "a"}}, "proxy_node_selector key 'zone!' is not a label name"),
+    ({"proxy_node_selector": {"Example.com/zone": "a"}},
+     r"proxy_node_selector key 'Example.com/zone' has a prefix \(before '/'\) that is not a DNS subdomain"),
+    ({"proxy_node_selector": {"zone": "eu west"}}, r"proxy_node_selector\['zone'\] value 'eu west' is not a label value"),
+    ({"proxy_node_selector": {"zone": "a" * 64}}, r"proxy_node_selector\['zone'\] value 'a{59}\.\.\. \(64 characters\) "
+                                                  "is not a label value"),
+    ({"proxy_tolerations": [{"key": "bad key", "operator": "Exists"}]},
+     r"proxy_tolerations\[0\].key 'bad key' is not a label name"),
+    ({"proxy_tolerations": [{"key": "dedicated", "value": "mesh proxies"}]},
+     r"proxy_tolerations\[0\].value 'mesh proxies' is not a label value"),
     ({"image": "ghcr.io/x/lm@sha256:" + "a" * 64, "image_tag": "1.2"}, "image_tag cannot be combined with a digest"),
 ])
 def test_bad_args_name_the_field(args, message):
     with pytest.raises(ComponentArgsError, match=r"^MeshInstall 'mesh': .*" + message):
         MeshInstall("mesh", args)
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"controller_replicas": 10 ** 5000}, "controller_replicas must be between 1 and 64, got a whole number of "
+                                          "about 5001 digits"),
+    ({"http_port_base": -10 ** 5000}, "http_port_base must be between 1024 and 65535, got a negative whole number of "
+                                      "about 5001 digits"),
+    ({"proxy_workers": 1e308}, "proxy_workers must be between 1 and 64, got 1e+308"),
+    ({"proxy_workers": "9" * 5000}, "proxy_workers must be a whole number, got '9999"),
+    ({"proxy_body_timeout": 10 ** 5000}, "proxy_body_timeout must be more than 0 and at most 86400 seconds, got a "
+                                         "whole number of about 5001 digits"),
+    ({"proxy_response_timeout": -10 ** 5000}, "proxy_response_timeout must be between 0 and 86400 seconds"),
+    ({"controller_resources": {"cpu_request": "1e" + "9" * 5000}},
+     "controller_resources.cpu_request must be a Kubernetes quantity such as 100m, 64Mi or 1, got '1e99"),
+    ({"proxy_resources": {"memory_limit": "5e" + "9" * 5000}}, "proxy_resources.memory_limit must be a Kubernetes quantity"),
+    ({"controller_resources": {"cpu_request": "9" * 5000}}, "controller_resources.cpu_request '9999"),
+    # other scripts' digits (regex \d matches them, Python's int() reads them); Kubernetes reads ASCII only
+    ({"proxy_resources": {"memory_limit": "\u0665Gi"}}, "proxy_resources.memory_limit must be a Kubernetes quantity"),
+    ({"controller_resources": {"cpu_limit": "1e\u0663"}}, "controller_resources.cpu_limit must be a Kubernetes quantity"),
+])
+def test_numbers_of_thousands_of_digits_are_errors_naming_the_field_not_crashes(args, message):
+    """int()/str() of a number past 4,300 digits raises ValueError, float() of one past 1e308 OverflowError:
+    such a value must still be a ComponentArgsError that names the field, and short enough to read."""
+    with pytest.raises(ComponentArgsError) as err:
+        MeshInstall("mesh", args)
+    assert str(err.value).startswith("MeshInstall 'mesh': ") and message in str(err.value), str(err.value)[:300]
+    assert len(str(err.value)) < 400
+
+
+def test_label_maps_that_kubernetes_accepts_pass():
+    s = resolve_settings("mesh", {"proxy_node_selector": {"kubernetes.io/os": "linux", "node.example.com/pool": "",
+                                                          "Zone_A.b-c": "EU_west-1.a"},
+                                  "proxy_tolerations": [{"key": "example.com/dedicated", "value": "mesh-proxy"}]})
+    assert s["proxy_node_selector"]["Zone_A.b-c"] == "EU_west-1.a"
 
 
 @pytest.mark.parametrize("args, image", [

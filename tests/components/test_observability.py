@@ -139,6 +139,25 @@ def test_otlp_mode_and_no_scrape_annotations():
     ({"metrics": {"service_monitor_labels": {"release": "x"}}}, "service_monitor_labels needs metrics.service_monitor"),
     ({"metrics": {"service_monitor": True, "service_monitor_labels": {"release": 1}}},
      "service_monitor_labels must map label names to string values"),
+    # label names and values as Kubernetes checks them, at preview rather than at `pulumi up`
+    ({"metrics": {"service_monitor": True, "service_monitor_labels": {"bad key!": "x"}}},
+     "metrics.service_monitor_labels key 'bad key!' is not a label name"),
+    ({"metrics": {"service_monitor": True, "service_monitor_labels": {"": "x"}}},
+     "metrics.service_monitor_labels key '' is not a label name"),
+    ({"metrics": {"service_monitor": True, "service_monitor_labels": {"team/": "x"}}},
+     "metrics.service_monitor_labels key 'team/' is not a label name"),
+    ({"metrics": {"service_monitor": True, "service_monitor_labels": {"Monitoring.Example/release": "x"}}},
+     "metrics.service_monitor_labels key 'Monitoring.Example/release' has a prefix (before '/') that is not a DNS "
+     "subdomain"),
+    ({"metrics": {"service_monitor": True, "service_monitor_labels": {"release": "kube prometheus"}}},
+     "metrics.service_monitor_labels['release'] value 'kube prometheus' is not a label value"),
+    ({"metrics": {"service_monitor": True, "service_monitor_labels": {"release": "-stack"}}},
+     "metrics.service_monitor_labels['release'] value '-stack' is not a label value"),
+    ({"metrics": {"service_monitor": True, "service_monitor_labels": {"x" * 64: "a"}}},
+     "metrics.service_monitor_labels key 'xxxxxxxx"),
+    # a number of hundreds of digits: float() of it raised OverflowError
+    ({"tracing": {"mode": "jaeger", "sample_ratio": 10 ** 400}},
+     "tracing.sample_ratio must be a number from 0 to 1, got a whole number of about 401 digits"),
 ])
 def test_bad_observability_args_name_the_field(args, message):
     with pytest.raises(ComponentArgsError) as err:
@@ -146,21 +165,83 @@ def test_bad_observability_args_name_the_field(args, message):
     assert message in str(err.value) and "MeshInstall 'bad'" in str(err.value)
 
 
+def test_service_monitor_labels_kubernetes_accepts_pass():
+    labels = {"release": "kube-prometheus-stack", "monitoring.example.com/team": "", "Tier_1.a-b": "A.b_c-1"}
+    s = resolve_settings("ok", {"metrics": {"service_monitor": True, "service_monitor_labels": labels}})
+    assert s["service_monitor_labels"] == labels
+
+
 def test_otlp_endpoint_shorthand_is_otlp_mode():
     s = resolve_settings("short", {"otlp_endpoint": "http://otel:4318"})
     assert (s["tracing_mode"], s["otlp_endpoint"]) == ("otlp", "http://otel:4318")
 
 
-@pytest.mark.parametrize("port, pod_ip, address", [("8080", "10.1.2.3", "10.1.2.3:8080"),
-                                                    ("9000", "fd00:10::1:2", "[fd00:10::1:2]:9000")])
-def test_the_bundled_prometheus_scrapes_ipv4_and_ipv6_pods(port, pod_ip, address):
+def _pod_targets(pod_name, pod_ip, template):
+    """The targets Prometheus' Kubernetes pod discovery makes of one pod: one per container port, its
+    address ``<pod IP>:<port>`` (IPv6 bracketed, Go's net.JoinHostPort), labels and annotations as
+    ``__meta_kubernetes_pod_label_<name>`` with every other character than [a-zA-Z0-9_] made '_'."""
     import re
 
-    relabels = yaml.safe_load(observability.prometheus_config("mesh"))["scrape_configs"][0]["relabel_configs"]
-    value, found = f"{port};{pod_ip}", None
-    for rule in relabels:
-        if rule.get("target_label") == "__address__":
-            match = re.fullmatch(rule["regex"], value)  # Prometheus anchors its regexes (RE2)
+    host = f"[{pod_ip}]" if ":" in pod_ip else pod_ip
+    meta = {"__meta_kubernetes_pod_name": pod_name, "__meta_kubernetes_pod_ip": pod_ip,
+            "__meta_kubernetes_pod_node_name": "node-1"}
+    for kind in ("label", "annotation"):
+        for key, value in (template["metadata"].get(f"{kind}s") or {}).items():
+            meta[f"__meta_kubernetes_pod_{kind}_{re.sub('[^a-zA-Z0-9_]', '_', key)}"] = value
+    return [{**meta, "__address__": f"{host}:{int(port['containerPort'])}",  # numbers pass the mocks as floats
+             "__meta_kubernetes_pod_container_port_name": port.get("name", ""),
+             "__meta_kubernetes_pod_container_port_number": str(int(port["containerPort"]))}
+            for container in template["spec"]["containers"] for port in container.get("ports", [])]
+
+
+def _relabel(rules, target):
+    """Prometheus relabelling (the actions the bundled config uses): None if the target is dropped."""
+    import re
+
+    target = dict(target)
+    for rule in rules:
+        value = rule.get("separator", ";").join(target.get(label, "") for label in rule.get("source_labels", []))
+        match = re.fullmatch(rule.get("regex", "(.*)"), value)  # Prometheus anchors its regexes (RE2)
+        action = rule.get("action", "replace")
+        if action == "keep":
+            if not match:
+                return None
+        elif action == "replace":
             if match:
-                found = re.sub(r"\$(\d)", lambda m: match.group(int(m.group(1))), rule["replacement"])
-    assert found == address
+                target[rule["target_label"]] = re.sub(r"\$(\d)", lambda m: match.group(int(m.group(1))) or "",
+                                                      rule.get("replacement", "$1"))
+        else:
+            raise AssertionError(f"relabel action {action} not simulated")
+    return target
+
+
+@pytest.mark.parametrize("scrape_annotations", [True, False])
+@pytest.mark.parametrize("pod_ip", ["10.1.2.3", "fd00:10::1:2"])
+@pulumi.runtime.test
+def test_the_bundled_prometheus_scrapes_the_controller_and_proxies_with_or_without_annotations(scrape_annotations,
+                                                                                               pod_ip):
+    """With scrape_annotations false (a cluster Prometheus that discovers pods by annotation should leave
+    the mesh alone) the bundled Prometheus used to keep no target at all: its dashboard stayed empty."""
+    name = f"obs-prom-{scrape_annotations}-{pod_ip.count(':')}"
+    mesh, settled = _install(name, {"metrics": {"prometheus": True, "scrape_annotations": scrape_annotations},
+                                    "tracing": {"mode": "jaeger"}})
+
+    def check(_):
+        records = _records(name)
+        config = yaml.safe_load(records[f"{name}-prometheus-configmap"].inputs["data"]["prometheus.yml"])
+        [job] = config["scrape_configs"]
+        assert job["kubernetes_sd_configs"] == [{"role": "pod", "namespaces": {"names": ["lightmesh"]}}]
+        pods = {"controller": f"{name}-controller", "proxy": f"{name}-proxy",
+                "jaeger": f"{name}-jaeger-deployment", "prometheus": f"{name}-prometheus-deployment"}
+        kept = set()
+        for pod, resource in pods.items():
+            for target in _pod_targets(pod, pod_ip, records[resource].inputs["spec"]["template"]):
+                relabelled = _relabel(job["relabel_configs"], target)
+                if relabelled is not None:
+                    kept.add((pod, relabelled["__address__"], relabelled.get("__metrics_path__", "/metrics"),
+                              relabelled["instance"]))
+        host = f"[{pod_ip}]" if ":" in pod_ip else pod_ip
+        assert kept == {("controller", f"{host}:9000", "/metrics", "controller"),
+                        ("proxy", f"{host}:8080", "/metrics", "proxy")}
+
+    return settled.apply(check)

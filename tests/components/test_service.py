@@ -113,6 +113,18 @@ def _assert_equal(actual, expected):
     ({"domains": []}, "domains must be a non-empty list"),
     ({"domains": ["Bad Domain"]}, "domains must be a DNS subdomain"),
     ({"retry_attempts": -1}, "retry_attempts must be between 1 and 100, got -1"),
+    # str() of an int past 4,300 digits raises ValueError: still an error naming the field
+    ({"retry_attempts": 10 ** 5000}, "retry_attempts must be between 1 and 100, got a whole number of about 5001 "
+                                     "digits$"),
+    ({"rate_limit_average": 5, "rate_limit_burst": -10 ** 5000},
+     "rate_limit_burst must be between 1 and 1000000, got a negative whole number of about 5001 digits$"),
+    ({"retry_attempts": "9" * 5000}, r"retry_attempts must be a whole number, got '9{59}\.\.\. \(5000 characters\)$"),
+    ({"ports": [{"port": 10 ** 5000}], "selector": {"a": "b"}},
+     r"ports\[0\].port must be between 1 and 65535, got a whole number of about 5001 digits$"),
+    # the created Service's selector: label names and values as Kubernetes checks them
+    ({"ports": [{"port": 80}], "selector": {"app!": "web"}}, "selector key 'app!' is not a label name"),
+    ({"ports": [{"port": 80}], "selector": {"app": "web server"}},
+     r"selector\['app'\] value 'web server' is not a label value"),
     # misspelt fields would be dropped without a word, and what they meant would never happen
     ({"retries": 2}, r"args has unknown field\(s\) retries; known: service_name"),
     ({"ports": [{"port": 80, "targetPort": 8080}], "selector": {"a": "b"}}, r"ports\[0\] has unknown field\(s\) targetPort"),

@@ -567,3 +567,23 @@ def test_numbers_of_thousands_of_digits_are_refused_not_a_stalled_mesh():
     assert ("port", "spec.ports[0].targetPort") in fields
     assert ("t", "spec.destination.port") in fields
     assert not [e for e in result.errors if "internal" in e.message]
+
+
+def test_a_tcp_route_with_only_bad_ports_allows_none_and_huge_float_weights_are_refused():
+    state = ClusterState.from_objects([
+        pod("w", "10.0.0.2", sa="db"), pod("c", "10.0.0.9", sa="client"),
+        svc("db", ports=[{"port": 5432}], annotations={"lightmesh.io/traffic-type": "tcp"}),
+        eps("db", [{"addresses": ["10.0.0.2"]}], [{"port": 5432}]),
+        {"apiVersion": "specs.smi-spec.io/v1alpha4", "kind": "TCPRoute", "metadata": {"name": "t", "namespace": "app"},
+         "spec": {"matches": {"ports": ["x", 70000]}}},
+        {"apiVersion": "access.smi-spec.io/v1alpha3", "kind": "TrafficTarget", "metadata": {"name": "tt", "namespace": "app"},
+         "spec": {"destination": {"kind": "ServiceAccount", "name": "db"},
+                  "sources": [{"kind": "ServiceAccount", "name": "client"}], "rules": [{"kind": "TCPRoute", "name": "t"}]}},
+        {"apiVersion": "split.smi-spec.io/v1alpha1", "kind": "TrafficSplit", "metadata": {"name": "s", "namespace": "app"},
+         "spec": {"service": "db", "backends": [{"service": "db", "weight": 1e308}]}},
+    ])
+    result = build(state, Settings(acl=True), 1)
+    assert "no valid port listed" in {e.field: e.message for e in result.errors if e.name == "t"}["spec.matches.ports"]
+    [route] = result.config.tcp
+    assert route.allowed_sources == []  # before: every port allowed, so the client was let in
+    assert not [e for e in result.errors if "internal" in e.message]

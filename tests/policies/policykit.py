@@ -197,7 +197,8 @@ def failing_stacks() -> list[tuple[list[R], dict]]:
     list_destination.props["spec"]["destination"]["name"] = ["whoami-server"]
     routes = [http_route_group("whoami", "bad-routes", [{"pathRegex": "/("}, {"name": "a", "headers": {"x": "[a-"}},
                                                         {"name": "a"}]),
-              port_route("UDPRoute", "whoami", "app-udp"), port_route("TCPRoute", "whoami", "db-port", ports=[3306])]
+              port_route("UDPRoute", "whoami", "app-udp"), port_route("TCPRoute", "whoami", "db-port", ports=[3306]),
+              port_route("TCPRoute", "whoami", "typo-ports", ports=["9" * 5000, "\u00b2", 0])]
     targets = seed + routes + [bad_target, no_destination, group_destination, list_destination]
 
     split_services = []

@@ -111,6 +111,64 @@ def test_offline_cli_names_the_config_file_and_refuses_bad_values(tmp_path, caps
                                        "require_digest must be true or false, got a string (\"false\")\n")
 
 
+BAD_NUMBERS_PROGRAM = """
+import pulumi_kubernetes as k8s
+
+big = "9" * 5000
+k8s.core.v1.Service("big", metadata={"name": "big", "namespace": "app",
+                                     "annotations": {"lightmesh.io/retry-attempts": big}},
+                    spec={"selector": {"a": "b"}, "ports": [{"port": 80}]})
+k8s.core.v1.Service("db", metadata={"name": "db", "namespace": "app", "annotations": {"lightmesh.io/traffic-type": "tcp"}},
+                    spec={"selector": {"a": "db"}, "ports": [{"port": 5432, "targetPort": "\u00b2"}]})
+for backend in ("big-v1", "db-v1"):
+    k8s.core.v1.Service(backend, metadata={"name": backend, "namespace": "app"},
+                        spec={"selector": {"a": backend}, "ports": [{"port": 80}]})
+k8s.apiextensions.CustomResource("db-route", api_version="specs.smi-spec.io/v1alpha4", kind="TCPRoute",
+                                 metadata={"name": "db", "namespace": "app"},
+                                 spec={"matches": {"name": "db", "ports": [big, "\u00b2", "\u0663"]}})
+k8s.apps.v1.Deployment("db", metadata={"name": "db", "namespace": "app"},
+                       spec={"selector": {"matchLabels": {"a": "db"}}, "template": {
+                           "metadata": {"labels": {"a": "db"}},
+                           "spec": {"serviceAccountName": "db", "containers": [{"name": "db", "image": "db:1"}]}}})
+k8s.apiextensions.CustomResource("db-target", api_version="access.smi-spec.io/v1alpha3", kind="TrafficTarget",
+                                 metadata={"name": "db", "namespace": "app"},
+                                 spec={"destination": {"kind": "ServiceAccount", "name": "db", "namespace": "app"},
+                                       "sources": [{"kind": "ServiceAccount", "name": "api", "namespace": "app"}],
+                                       "rules": [{"kind": "TCPRoute", "name": "db"}]})
+k8s.apiextensions.CustomResource("split", api_version="split.smi-spec.io/v1alpha4", kind="TrafficSplit",
+                                 metadata={"name": "split", "namespace": "app"},
+                                 spec={"service": "big", "backends": [{"service": "big-v1", "weight": big}]})
+k8s.apiextensions.CustomResource("old-split", api_version="split.smi-spec.io/v1alpha1", kind="TrafficSplit",
+                                 metadata={"name": "old-split", "namespace": "app"},
+                                 spec={"service": "db", "backends": [{"service": "db-v1", "weight": 1e308}]})
+"""
+
+
+def test_numbers_of_thousands_of_digits_are_violations_not_a_traceback(tmp_path, capsys):
+    """The offline runner over the auditor's kind of program: a number of 5,000 digits (int() of it
+    raises), digits that are not ASCII ('\u00b2' made int() raise, '\u0663' was read as 3) and a weight
+    of 1e308 (round(1e308 * 1000) raises) are each a violation naming the object and the field."""
+    from lightmesh_policies.offline import main
+
+    (tmp_path / "Pulumi.yaml").write_text("name: bad-numbers\nruntime: python\n")
+    (tmp_path / "__main__.py").write_text(BAD_NUMBERS_PROGRAM)
+    assert main([str(tmp_path)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == "6 violation(s), 6 mandatory", lines
+    expected = [
+        "Service app/big: annotation lightmesh.io/retry-attempts='" + "9" * 59 + "... (5000 characters): must be "
+        "between 1 and 100",
+        "TCPRoute app/db spec.matches.ports[0] '" + "9" * 59 + "... (5000 characters) is not a port number (1-65535)",
+        "TCPRoute app/db spec.matches.ports[1] '\u00b2' is not a port number",
+        "TCPRoute app/db spec.matches.ports[2] '\u0663' is not a port number",
+        "TrafficSplit app/split backends[0] (big-v1) weight '" + "9" * 59 + "... (5000 characters) is not a whole number",
+        "TrafficSplit app/old-split backends[0] (db-v1) weight 1e+308 is not a Kubernetes quantity >= 0",
+    ]
+    for text in expected:
+        assert sum(text in line for line in lines) == 1, (text, lines)
+    assert all(len(line) < 600 for line in lines)
+
+
 def test_unknown_values_over_the_wire_skip_only_what_is_unknown():
     stack = whoami_acl_stack()
     # a Service whose annotations are computed, a TrafficTarget whose rules are, a controller whose args are

@@ -241,6 +241,12 @@ def test_good_split_passes_in_every_version():
     ([("web-v1", 0), ("web-v2", 0)], "backend weights sum to 0"),
     ([("web-v1", 1), ("web-v1", 1)], "lists backend 'web-v1' twice"),
     ([("other.ns", 1)], "'other.ns' is not a Service name"),
+    # as the controller reads a weight string: ASCII digits, at most nine (int() of 5,000 digits raised;
+    # '٣' and '+5' were taken, the controller refuses them)
+    ([("web-v1", "9" * 5000)], "weight '" + "9" * 59 + "... (5000 characters) is not a whole number >= 0"),
+    ([("web-v1", "\u0663")], "weight '\u0663' is not a whole number >= 0"),
+    ([("web-v1", "+5")], "weight '+5' is not a whole number >= 0"),
+    ([("web-v1", "1234567890")], "weight '1234567890' is not a whole number >= 0"),
     ([], "has no backends"),
 ])
 def test_bad_split_is_reported(backends, expected):
@@ -321,6 +327,10 @@ def test_valid_annotations_under_every_prefix_pass():
     ({"lightmesh.io/ratelimit-average": "10"}, "needs lightmesh.io/ratelimit-burst too"),
     ({"lightmesh.io/request-timeout": "5"}, "a unit is required"),
     ({"lightmesh.io/retry-attempt": "2"}, "did you mean lightmesh.io/retry-attempts?"),
+    # a number of 5,000 digits: reported (it crashed the pack), its value cut short
+    ({"lightmesh.io/retry-attempts": "9" * 5000},
+     "annotation lightmesh.io/retry-attempts='" + "9" * 59 + "... (5000 characters): must be between 1 and 100. "),
+    ({"lightmesh.io/retry-attempts": "\u0663"}, "annotation lightmesh.io/retry-attempts='\u0663': must be a whole number"),
 ])
 def test_invalid_annotations_are_reported_with_the_field(annotations, expected):
     for resource in (service("a", "x", annotations), service_patch("a", "x", annotations)):
@@ -558,6 +568,10 @@ def test_v1alpha1_weights_are_quantities(weights):
     ("lots", "weight 'lots' is not a Kubernetes quantity >= 0"),
     ("50%", "weight '50%' is not a Kubernetes quantity"),
     (-1, "weight -1 is not a Kubernetes quantity >= 0"),
+    # the controller's round(weight * 1000) raises OverflowError on these
+    (1e308, "weight 1e+308 is not a Kubernetes quantity >= 0"),
+    (float("inf"), "weight inf is not a Kubernetes quantity >= 0"),
+    ("9" * 5000, "weight '" + "9" * 59 + "... (5000 characters) is not a Kubernetes quantity >= 0"),
 ])
 def test_bad_v1alpha1_weights_are_reported(weight, expected):
     split = traffic_split("shop", "s", "web", [("web-v1", weight)], version="v1alpha1")
@@ -636,6 +650,29 @@ def test_port_route_allowing_no_port_of_the_destination_is_reported(kind):
     assert run_policy(traffic_target_valid, port_stack(kind, [{"port": 80.0, "targetPort": "3306"}], [3306.0])) == []
     unknown = port_stack(kind, [{"port": UNKNOWN_STRING_VALUE}], [3306])
     assert run_policy(traffic_target_valid, unknown) == []
+
+
+@pytest.mark.parametrize("kind", ["TCPRoute", "UDPRoute"])
+@pytest.mark.parametrize("port", ["9" * 5000, "\u00b2", "\u0663", "5432 ", "0", 70000, 5432.5, True, "db"])
+def test_route_ports_that_are_not_port_numbers_are_reported_not_a_crash(kind, port):
+    """int() of 5,000 digits raised, so did int('\u00b2') ('\u00b2'.isdigit() is true), and '\u0663' was read as
+    port 3. The controller takes 1-65535, as a number or ASCII digits, ignores anything else, and a route
+    whose every port is ignored allows every port: a typo would open the Service."""
+    field = "tcp" if kind == "TCPRoute" else "udp"
+    [msg] = messages(run_policy(traffic_target_valid, port_stack(kind, [{"port": 5432}], [port])))
+    assert msg.startswith(f"{kind} data/db-ports spec.matches.ports[0] {model.shown(port)} is not a port number "
+                          f"(1-65535): the controller ignores it, and a route left with no port allows every port. "
+                          f'Fix: use port numbers (AccessPolicy {field}={{"ports": [...]}})'), msg
+    assert len(msg) < 400
+
+
+@pytest.mark.parametrize("target_port", ["\u00b2", "\u0663", "9" * 5000])
+def test_a_target_port_of_other_digits_is_no_port_number_as_the_controller_reads_it(target_port):
+    """The controller takes a targetPort of up to five ASCII digits as a number and anything else as a port
+    name: '\u0663' is not port 3 (the pack said so), and int() of '\u00b2' or of 5,000 digits raised."""
+    stack = port_stack("TCPRoute", [{"port": 5432, "targetPort": target_port}], [3])
+    [msg] = messages(run_policy(traffic_target_valid, stack))
+    assert "allows TCPRoute data/db-ports on port(s) 3 only" in msg and "(Service data/db: 5432)" in msg
 
 
 # ---------------------------------------------------------------------------- malformed input

@@ -61,6 +61,7 @@ _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 # element names and hosts, so anything else is reported instead of reaching the proxy.
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+NO_PORT = 0  # in a route's port list: a port no connection has (the route allows none)
 _QUANTITY = re.compile(r"^\s*([0-9]{1,12}(?:\.[0-9]{1,12})?|\.[0-9]{1,12})\s*(m|k|M|G)?\s*$")
 _QUANTITY_MILLI = {None: 1000, "m": 1, "k": 1_000_000, "M": 1_000_000_000, "G": 1_000_000_000_000}
 
@@ -625,12 +626,17 @@ def _index_specs(state: ClusterState, settings: Settings, errors: _Errors) -> _S
             matches = _d(obj.get("spec")).get("matches")
             # v1alpha4: spec.matches.ports (empty = every port); older versions: spec {}.
             ports = []
-            for raw in _l(_d(matches).get("ports")) if isinstance(matches, dict) else []:
+            listed = _l(_d(matches).get("ports")) if isinstance(matches, dict) else []
+            for raw in listed:
                 number = _port_number(raw)
                 if number is None:
                     errors.add(kind, *key, "spec.matches.ports", f"{raw!r} is not a port number; ignored")
                 else:
                     ports.append(number)
+            if listed and not ports:
+                # only bad entries: no port, not every port (what an empty list means)
+                errors.add(kind, *key, "spec.matches.ports", "no valid port listed: this route allows no port")
+                ports = [NO_PORT]
             found[key] = tuple(sorted(set(ports)))
     return _Specs(groups, l4["TCPRoute"], l4["UDPRoute"])
 
@@ -774,7 +780,7 @@ def parse_weight(value: Any, quantity: bool) -> int | None:
         return None
     if isinstance(value, int):
         return value * 1000 if quantity else value if value >= 0 else None
-    if isinstance(value, float) and quantity and value >= 0:
+    if isinstance(value, float) and quantity and 0 <= value <= 1e12:  # (1e308 * 1000 is inf)
         return round(value * 1000)
     if isinstance(value, str):
         if not quantity and value.strip().isascii() and value.strip().isdigit():

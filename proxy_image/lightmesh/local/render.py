@@ -263,7 +263,8 @@ def render_program(program_dir: str | Path, stack: str = "dev", config_overrides
                 return {"result": [d for d in yaml.safe_load_all(args.args["text"]) if d]}
             return {}
 
-    asyncio.set_event_loop(asyncio.new_event_loop())
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     mocks = RecordingMocks()
     pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False, monitor=RecordingMonitor(mocks))
     pulumi.runtime.set_all_config(config)
@@ -284,6 +285,11 @@ def render_program(program_dir: str | Path, stack: str = "dev", config_overrides
     finally:
         os.chdir(old_cwd)
         sys.path[:] = old_path
+    # The program ran: the loop is closed here, not by the garbage collector as the interpreter
+    # exits, where closing it could print "Exception ignored in BaseEventLoop.__del__" to stderr.
+    if not asyncio.all_tasks(loop):
+        loop.close()
+        asyncio.set_event_loop(None)
 
     declared: dict[tuple, str] = {}
     for typ, name, urn, auto_named, state in records:
