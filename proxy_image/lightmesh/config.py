@@ -272,6 +272,16 @@ class RequestTimeoutMiddleware(_Model):
     seconds: float = Field(gt=0, le=86400, strict=True, allow_inf_nan=False)
 
 
+# RFC 9110 §5.5 field-value: visible characters (obs-text, 0x80-0xff, included: Latin-1 is what the
+# proxy writes), spaces and tabs. No controls, nothing outside Latin-1: a value the proxy cannot
+# put on the wire made every worker refuse the whole config.
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+
+
+def header_value_ok(value: str) -> bool:
+    return len(value) <= 8192 and _FIELD_VALUE.fullmatch(value) is not None
+
+
 _FIELD_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 # Fields a header edit must not touch: message framing, routing, connection management, and what
 # the proxy itself sets.
@@ -299,8 +309,9 @@ class RequestHeadersMiddleware(_Model):
     def _fields(cls, fields: dict[str, str]) -> dict[str, str]:
         for name, value in fields.items():
             _check_field_name(name)
-            if any(c in value for c in "\r\n\x00") or len(value) > 8192:
-                raise ValueError(f"header {name!r}: the value must be one line of at most 8192 characters")
+            if not header_value_ok(value):
+                raise ValueError(f"header {name!r}: the value must be at most 8192 visible characters, spaces "
+                                 "and tabs (Latin-1: what goes on the wire)")
         return fields
 
     @field_validator("remove")

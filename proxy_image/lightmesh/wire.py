@@ -24,6 +24,9 @@ NODES_PATH = "/api/status/nodes"
 
 HEADER_PROXY_NAME = "X-Lightmesh-Proxy"
 HEADER_APPLIED_VERSION = "X-Lightmesh-Applied-Version"
+# the hash of the config every worker applied (absent until they agree): a refused config is held
+# (its ETag is the next If-None-Match) but not applied, and the controller's status must say so
+HEADER_APPLIED_HASH = "X-Lightmesh-Applied-Hash"
 HEADER_CONFIG_VERSION = "X-Lightmesh-Config-Version"
 
 LONG_POLL_SECONDS = 30.0

@@ -133,10 +133,17 @@ def test_nodes_join_proxy_pods_and_reported_versions():
             store.publish(config(3))
             async with aiohttp.ClientSession() as http:
                 # other-replica-proxy applied the same config from another replica, numbered 7 there
-                for name, applied in (("lightmesh-proxy-a", "3"), ("local-proxy", "2"), ("other-replica-proxy", "7")):
+                # refused-proxy holds version 3 (its ETag is the next If-None-Match) but refused it:
+                # its workers still run version 2's config, and it says so
+                for name, applied in (("lightmesh-proxy-a", "3"), ("local-proxy", "2"), ("other-replica-proxy", "7"),
+                                      ("refused-proxy", "2")):
                     headers = {wire.HEADER_PROXY_NAME: name, wire.HEADER_APPLIED_VERSION: applied}
                     if name != "local-proxy":
                         headers["If-None-Match"] = config(3).etag()
+                    if name == "refused-proxy":
+                        headers[wire.HEADER_APPLIED_HASH] = config(2, port=5001).hash
+                    elif name == "lightmesh-proxy-a":
+                        headers[wire.HEADER_APPLIED_HASH] = config(3).hash
                     async with http.get(url + wire.CONFIG_PATH + "?wait=0", headers=headers) as resp:
                         assert resp.status == (304 if "If-None-Match" in headers else 200)
                 async with http.get(url + wire.NODES_PATH) as resp:
@@ -151,6 +158,8 @@ def test_nodes_join_proxy_pods_and_reported_versions():
         assert nodes["local-proxy"]["applied_version"] == 2 and not nodes["local-proxy"]["up_to_date"]
         assert nodes["local-proxy"]["ip"] == "127.0.0.1"
         assert nodes["other-replica-proxy"]["applied_version"] == 7 and nodes["other-replica-proxy"]["up_to_date"]
+        assert nodes["refused-proxy"]["config_hash"] == config(3).hash and not nodes["refused-proxy"]["up_to_date"]
+        assert nodes["refused-proxy"]["applied_hash"] == config(2, port=5001).hash
 
     run(scenario())
 

@@ -587,3 +587,53 @@ def test_a_tcp_route_with_only_bad_ports_allows_none_and_huge_float_weights_are_
     [route] = result.config.tcp
     assert route.allowed_sources == []  # before: every port allowed, so the client was let in
     assert not [e for e in result.errors if "internal" in e.message]
+
+
+def test_a_traffic_target_grants_access_to_its_own_namespace_only():
+    # A tenant could write a TrafficTarget in its namespace naming another namespace's
+    # ServiceAccount as destination, and so let itself in (Traefik Mesh took it as written).
+    state = ClusterState.from_objects([
+        pod("api-0", "10.1.0.1", sa="bank-api", ns="bank"), pod("x", "10.9.0.1", sa="attacker", ns="attacker"),
+        svc("api", ns="bank", ports=[{"port": 80}]),
+        eps("api", [{"addresses": ["10.1.0.1"]}], [{"port": 80}], ns="bank"),
+        group("all", [{"name": "all", "pathRegex": ".*"}], ns="attacker"),
+        {"apiVersion": "access.smi-spec.io/v1alpha3", "kind": "TrafficTarget",
+         "metadata": {"name": "steal", "namespace": "attacker"},
+         "spec": {"destination": {"kind": "ServiceAccount", "name": "bank-api", "namespace": "bank"},
+                  "sources": [{"kind": "ServiceAccount", "name": "attacker"}],
+                  "rules": [{"kind": "HTTPRouteGroup", "name": "all"}]}},
+    ])
+    result = build(state, Settings(acl=True), 1)
+    errors = {(e.name, e.field): e.message for e in result.errors}
+    assert "grants access to its own namespace's ServiceAccounts only" in errors[("steal", "spec.destination.namespace")]
+    assert not result.topology.service_targets
+    allow = [m for m in result.config.http.middlewares if m.type == "allow_list"]
+    assert all("10.9.0.1/32" not in m.source_ranges for m in allow)
+
+
+def test_a_route_the_proxy_could_not_compile_is_reported_and_the_rest_published():
+    # A header value outside Latin-1 or an inline flag inside the group the controller wraps a regex
+    # in passed the controller and then failed the whole config: every proxy refused it, or the
+    # controller never published at all. Now such a rule is reported and the others go on.
+    def route(name, rule):
+        return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                "metadata": {"name": name, "namespace": "app"},
+                "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web"}], "rules": [rule]}}
+    state = ClusterState.from_objects([
+        svc("web", ports=[{"port": 80}]), eps("web", [{"addresses": ["10.0.0.2"]}], [{"port": 80}]),
+        svc("other", ports=[{"port": 80}]), eps("other", [{"addresses": ["10.0.0.3"]}], [{"port": 80}]),
+        route("euro", {"filters": [{"type": "RequestHeaderModifier",
+                                    "requestHeaderModifier": {"set": [{"name": "x-price", "value": "5 €"}]}}],
+                       "backendRefs": [{"name": "web", "port": 80}]}),
+        route("ctl", {"filters": [{"type": "RequestHeaderModifier",
+                                   "requestHeaderModifier": {"add": [{"name": "x-a", "value": "a\x0bb"}]}}],
+                      "backendRefs": [{"name": "web", "port": 80}]}),
+        route("flags", {"matches": [{"headers": [{"type": "RegularExpression", "name": "x", "value": "(?i)yes"}]}],
+                        "backendRefs": [{"name": "web", "port": 80}]}),
+        route("path-flags", {"matches": [{"path": {"type": "RegularExpression", "value": "(?i)/api"}}],
+                             "backendRefs": [{"name": "web", "port": 80}]}),
+    ])
+    result = build(state, Settings(), 1)  # builds: no exception, a config is published
+    reported = {e.name for e in result.errors if e.kind == "HTTPRoute"}
+    assert reported == {"euro", "ctl", "flags", "path-flags"}
+    assert any(r.service.startswith("app/other") for r in result.config.http.routers)

@@ -351,3 +351,20 @@ async def test_file_reload_and_refusal(tmp_path):
         assert len(rec.configs) == 2
     finally:
         await stop(task)
+
+
+@pytest.mark.asyncio
+async def test_the_applied_hash_is_reported_so_a_refused_config_is_not_taken_for_applied():
+    stub = await StubController(hold=0.2).start()
+    rec = Recorder()
+    source = ControllerSource(stub.url, "p", rec.on_config, rec.on_error, lambda: 4, applied_hash=lambda: "abc123",
+                              backoff=fast_backoff())
+    stub.publish(config_v(1))
+    task = await run_source(source)
+    try:
+        await rec.wait(lambda: len(rec.configs) == 1)
+        assert stub.requests[0][wire.HEADER_APPLIED_HASH] == "abc123"
+        assert stub.requests[0][wire.HEADER_APPLIED_VERSION] == "4"
+    finally:
+        await stop(task)
+        await stub.stop()

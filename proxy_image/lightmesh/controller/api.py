@@ -116,7 +116,8 @@ class ConfigStore:
                     else self.config
         return None
 
-    def record_proxy(self, name: str, applied: str | None, address: str | None, etag: str | None = None) -> None:
+    def record_proxy(self, name: str, applied: str | None, address: str | None, etag: str | None = None,
+                     applied_hash: str | None = None) -> None:
         try:
             version = int(applied) if applied is not None else None
         except ValueError:
@@ -129,7 +130,7 @@ class ConfigStore:
                 return
         held = etag.strip().removeprefix("W/").strip('"')[:64] if etag else None
         self.proxies[name] = {"applied_version": version, "last_seen": time.time(), "address": address,
-                              "config_hash": held}
+                              "config_hash": held, "applied_hash": applied_hash[:64] if applied_hash else None}
 
 
 def _pod_ready(pod: dict) -> bool:
@@ -184,7 +185,7 @@ class ControllerAPI:
         proxy = request.headers.get(wire.HEADER_PROXY_NAME)
         if proxy:
             self.store.record_proxy(proxy[:253], request.headers.get(wire.HEADER_APPLIED_VERSION), request.remote,
-                                    request.headers.get("If-None-Match"))
+                                    request.headers.get("If-None-Match"), request.headers.get(wire.HEADER_APPLIED_HASH))
         wait = wire.LONG_POLL_SECONDS
         if "wait" in request.query:
             try:
@@ -237,8 +238,12 @@ class ControllerAPI:
         # config_hash: what the proxy holds (its If-None-Match). Each replica numbers versions its own
         # way and a proxy may poll any of them, so "up to date" compares hashes, not versions.
         held = report.get("config_hash")
-        return {"applied_version": applied, "config_hash": held, "last_seen": report.get("last_seen"),
-                "up_to_date": applied is not None and held is not None and held == current_hash}
+        # A proxy that reports what its workers applied is up to date when that is the current
+        # config: it holds a config it refused too (as If-None-Match), which must not count.
+        in_force = report.get("applied_hash") or held
+        return {"applied_version": applied, "config_hash": held, "applied_hash": report.get("applied_hash"),
+                "last_seen": report.get("last_seen"),
+                "up_to_date": applied is not None and in_force is not None and in_force == current_hash}
 
     async def metrics_handler(self, request: web.Request) -> web.Response:
         if self.metrics is None:

@@ -51,6 +51,7 @@ from typing import Any, Mapping
 from lightmesh.annotations import (CIRCUIT_BREAKER_EXPRESSION, RATELIMIT_AVERAGE, RATELIMIT_BURST, REQUEST_TIMEOUT,
                                    RETRY_ATTEMPTS, SCHEME, TRAFFIC_TYPE, MeshSettings, TrafficType,
                                    lookup, parse_annotations_lenient, parse_duration)
+from lightmesh.config import header_value_ok
 from lightmesh.controller.model import ALWAYS_IGNORED_SERVICES, ClusterState, ObjectError, Settings
 
 HTTP_ONLY_KEYS = (SCHEME, RETRY_ATTEMPTS, CIRCUIT_BREAKER_EXPRESSION, RATELIMIT_AVERAGE, RATELIMIT_BURST,
@@ -661,6 +662,13 @@ def _traffic_target(obj: dict, settings: Settings, specs: _Specs, pods: _Pods, e
         err("destination", "destination must be a ServiceAccount with a name; the TrafficTarget is ignored")
         return None
     dest_ns = _s(dest.get("namespace")) or ns
+    if dest_ns != ns:
+        # Access to a namespace's pods is that namespace's to grant: otherwise any tenant able to
+        # create a TrafficTarget could let itself into every other (as OSM's admission check says).
+        # Traefik Mesh took the destination namespace as written.
+        err("destination.namespace", f"{dest_ns!r} is not this TrafficTarget's namespace {ns!r}: a TrafficTarget "
+                                     "grants access to its own namespace's ServiceAccounts only; it is ignored")
+        return None
     dest_port = None
     if dest.get("port") not in (None, ""):
         dest_port = _port_number(dest.get("port"))
@@ -1139,7 +1147,7 @@ def _gw_path(raw: Any) -> tuple[str | None, tuple[int, int, int]] | str:
         return re.escape(prefix) + "(?:/.*)?$", (0, len(value), 1)  # whole path elements: /foo, /foo/x, not /foobar
     if kind == "RegularExpression":
         try:
-            re.compile(value)
+            re.compile(f"(?:{value})")  # as the proxy will: inside a group
         except re.error as exc:
             return f"path regular expression {value!r} is invalid: {exc}"
         return f"(?:{value})$", (0, len(value), 0)  # (implementation-specific: after a prefix as long)
@@ -1169,7 +1177,7 @@ def _gw_match(raw: Any) -> tuple[HTTPMatch, tuple[int, int, int, int, int]] | st
             regex = "^" + re.escape(value) + "$"
         elif kind == "RegularExpression":
             try:
-                re.compile(value)
+                re.compile(f"(?:{value})")  # as the proxy will: inside a group
             except re.error as exc:
                 return f"headers[{i}] regular expression {value!r} is invalid: {exc}"
             regex = f"^(?:{value})$"
@@ -1205,7 +1213,7 @@ def _grpc_match(raw: Any) -> tuple[HTTPMatch, tuple[int, int, int, int, int]] | 
         for what, value in (("service", service), ("method", name)):
             if value is not None:
                 try:
-                    re.compile(value)
+                    re.compile(f"(?:{value})")  # as the proxy will: inside a group
                 except re.error as exc:
                     return f"method.{what} regular expression {value!r} is invalid: {exc}"
         svc_re = f"(?:{service})" if service else "[^/]+"
@@ -1396,8 +1404,9 @@ def _header_filters(filters: list):
             for j, h in enumerate(_l(mod.get(op))):
                 h = _d(h)
                 name, value = h.get("name"), h.get("value")
-                if not isinstance(name, str) or not isinstance(value, str) or any(c in value for c in "\r\n\x00"):
-                    return f"{where}.{key}.{op}[{j}]: a header needs a name and a one-line value"
+                if not isinstance(name, str) or not isinstance(value, str) or not header_value_ok(value):
+                    return (f"{where}.{key}.{op}[{j}]: a header needs a name and a value of visible Latin-1 "
+                            "characters, spaces and tabs (at most 8192)")
                 try:
                     _check_field_name(name)
                 except ValueError as exc:

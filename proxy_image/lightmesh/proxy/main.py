@@ -314,6 +314,7 @@ class Supervisor:
             try:
                 self.source = ControllerSource(self.args.controller, self.args.name, self._on_config,
                                                self._on_error, self.applied_version,
+                                               applied_hash=self.applied_hash,
                                                on_recovered=self._on_source_recovered)
             except ValueError as exc:
                 log.error("%s", exc)
@@ -506,6 +507,11 @@ class Supervisor:
     def applied_version(self) -> int:
         alive = [w.applied_version for w in self.workers if w.alive]
         return min(alive) if alive else 0
+
+    def applied_hash(self) -> str | None:
+        """The config hash every live worker applied, or None while they differ (or none has one)."""
+        hashes = {w.applied_hash for w in self.workers if w.alive}
+        return hashes.pop() if len(hashes) == 1 and None not in hashes else None
 
     # ------------------------------------------------------------------ AdminState
 

@@ -81,6 +81,7 @@ class ControllerSource:
 
     def __init__(self, url: str, name: str, on_config: OnConfig, on_error: OnError,
                  applied_version: Callable[[], int] = lambda: 0, *,
+                 applied_hash: Callable[[], str | None] = lambda: None,
                  poll_timeout: float = wire.LONG_POLL_SECONDS + 15.0, backoff: Backoff | None = None,
                  wait_seconds: float | None = None, on_recovered: Callable[[], None] | None = None) -> None:
         if not url.startswith(("http://", "https://")):
@@ -93,6 +94,7 @@ class ControllerSource:
         self.on_error = on_error
         self.on_recovered = on_recovered
         self.applied_version = applied_version
+        self.applied_hash = applied_hash
         self.poll_timeout = poll_timeout
         self.backoff = backoff or Backoff()
         # Refused configs in a row: a controller that ignores If-None-Match and sends the same bad
@@ -139,6 +141,9 @@ class ControllerSource:
         """One request; returns how long to wait before the next one (0 = at once)."""
         self._sent_applied = int(self.applied_version())
         headers = {wire.HEADER_PROXY_NAME: self.name, wire.HEADER_APPLIED_VERSION: str(self._sent_applied)}
+        applied_hash = self.applied_hash()
+        if applied_hash:
+            headers[wire.HEADER_APPLIED_HASH] = applied_hash
         if self.etag:
             headers["If-None-Match"] = self.etag
         self.polls += 1
