@@ -285,6 +285,12 @@ def _validate_traffic_targets(args: StackValidationArgs, report: ReportViolation
         elif isinstance(dest, Identity) and dest.kind not in (None, "ServiceAccount") and not is_unknown(dest.kind):
             report(f"{where} destination kind is {dest.kind!r}; only ServiceAccount is supported. Fix: name the "
                    f"ServiceAccount of the destination pods.", urn)
+        elif (isinstance(dest, Identity) and isinstance(dest.namespace, str) and isinstance(target.namespace, str)
+              and dest.namespace != target.namespace):
+            # the controller ignores it: a namespace's pods are that namespace's to open
+            report(f"{where} names destination {dest}, in another namespace: a TrafficTarget grants access to its "
+                   f"own namespace's ServiceAccounts only, and the controller ignores this one. Fix: create it in "
+                   f"namespace {dest.namespace!r} (the destination's owner decides who gets in).", urn)
         _check_sources(target, report)
         if is_unknown(target.rules):
             continue

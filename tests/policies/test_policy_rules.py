@@ -795,3 +795,13 @@ def test_two_mesh_services_fighting_over_one_service_are_reported():
     by_hand = service_patch("shop", "api", {"lightmesh.io/traffic-type": "udp"}, res="by-hand")
     [msg] = messages(run_policy(unique_objects, [a, by_hand]))
     assert msg.endswith("Fix: set annotation lightmesh.io/traffic-type in one place only.")
+
+
+def test_a_traffic_target_for_another_namespaces_destination_is_reported():
+    # The controller ignores it (any tenant could otherwise let itself into every namespace).
+    target = traffic_target("attacker", "steal", "bank-api", ["attacker"], [{"kind": "HTTPRouteGroup", "name": "r"}])
+    target.props["spec"]["destination"]["namespace"] = "bank"
+    msgs = messages(run_policy(traffic_target_valid, [http_route_group("attacker", "r", [{"name": "all"}]), target]))
+    assert [m.split(" Fix:")[0] for m in msgs] == [
+        "TrafficTarget attacker/steal names destination bank/bank-api, in another namespace: a TrafficTarget grants "
+        "access to its own namespace's ServiceAccounts only, and the controller ignores this one."]
