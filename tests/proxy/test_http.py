@@ -541,3 +541,71 @@ async def test_https_servers_are_reached_over_tls_with_keep_alive():
         https_to_plain = plain.url.replace("http://", "https://")
         async with ProxyUnderTest(simple_config([https_to_plain])) as p:
             assert (await request(p.port)).status == 502
+
+
+class _ReadThenClose(asyncio.Protocol):
+    """Answers GETs; reads a whole POST, then closes without answering (a worker killed mid-request)."""
+
+    seen: list = []
+    conns = 0
+
+    def connection_made(self, transport):
+        self.transport, self.buf = transport, b""
+        type(self).conns += 1
+
+    def data_received(self, data):
+        self.buf += data
+        while b"\r\n\r\n" in self.buf:
+            head, _, rest = self.buf.partition(b"\r\n\r\n")
+            length = int(next((v for n, _, v in (l.partition(b": ") for l in head.split(b"\r\n")[1:])
+                               if n.lower() == b"content-length"), b"0"))
+            if len(rest) < length:
+                return
+            self.buf = rest[length:]
+            line = head.split(b"\r\n", 1)[0]
+            type(self).seen.append(line)
+            if line.startswith(b"POST"):
+                self.transport.close()
+                return
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+@on_uvloop
+async def test_a_post_the_server_read_is_not_sent_again_on_a_fresh_connection():
+    # A reset pooled connection used to be retried for any request: a POST the server had read
+    # (and maybe acted on) ran twice. Only requests safe to repeat are sent again (RFC 9110 9.2.2).
+    _ReadThenClose.seen, _ReadThenClose.conns = [], 0
+    server = await asyncio.get_running_loop().create_server(_ReadThenClose, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        async with ProxyUnderTest(simple_config([url])) as p:
+            client = await RawClient.connect(p.port)
+            await client.send(b"GET /warm HTTP/1.1\r\nHost: svc\r\n\r\n")
+            assert (await client.response()).status == 200  # the upstream connection is pooled now
+            await client.send(b"POST /charge HTTP/1.1\r\nHost: svc\r\nContent-Length: 9\r\n\r\namount=10")
+            assert (await client.response()).status == 502
+            await asyncio.sleep(0.1)
+            assert _ReadThenClose.seen == [b"GET /warm HTTP/1.1", b"POST /charge HTTP/1.1"]  # once
+            # with an idempotency key the request says it is safe to repeat: sent again
+            await client.send(b"POST /charge HTTP/1.1\r\nHost: svc\r\nIdempotency-Key: k1\r\nContent-Length: 9\r\n\r\n"
+                              b"amount=10")
+            assert (await client.response()).status == 502
+            await asyncio.sleep(0.1)
+            assert _ReadThenClose.seen[2:] == [b"POST /charge HTTP/1.1"]  # the pool was empty: fresh, once
+            await client.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@on_uvloop
+async def test_a_body_too_big_to_replay_goes_on_a_fresh_connection():
+    # It could not be sent again if the pooled connection turned out closed (the keep-alive race).
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url])) as p:
+        assert (await request(p.port)).status == 200
+        assert b.connections == 1
+        big = b"x" * (2 * 1024 * 1024)
+        assert (await request(p.port, method="POST", path="/discard", body=big)).status == 200
+        assert b.connections == 2
+        assert (await request(p.port)).status == 200  # small ones still use the pool
+        assert b.connections == 2

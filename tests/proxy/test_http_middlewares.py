@@ -242,7 +242,7 @@ def test_request_headers_middleware_refuses_framing_fields_and_bad_values():
     base = simple_config(["http://127.0.0.1:1"]).model_dump(mode="json")
     for kind in ("request_headers", "response_headers"):
         for bad, what in (({"set": {"Host": "x"}}, "Host"), ({"remove": ["Content-Length"]}, "Content-Length"),
-                          ({"add": {"X-A": "a\r\nInjected: 1"}}, "one line"), ({"set": {"bad name": "v"}}, "bad name"),
+                          ({"add": {"X-A": "a\r\nInjected: 1"}}, "visible characters"), ({"set": {"bad name": "v"}}, "bad name"),
                           ({"remove": ["Transfer-Encoding"]}, "Transfer-Encoding")):
             cfg = dict(base, http=dict(base["http"], middlewares=[{"type": kind, "name": "h", **bad}]))
             with pytest.raises(ConfigError, match=what):

@@ -460,6 +460,16 @@ class Exchange:
 # --------------------------------------------------------------------------- client side
 
 
+# Requests a reset pooled connection may be sent again without the retry middleware (RFC 9110
+# §9.2.2 idempotent and safe methods, as Go's transport: and PUT/DELETE only with an idempotency key).
+_REPLAY_METHODS = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE"))
+_IDEMPOTENCY_KEYS = frozenset((b"idempotency-key", b"x-idempotency-key"))
+
+
+def _replayable_request(ex: Exchange) -> bool:
+    return ex.method in _REPLAY_METHODS or any(n.lower() in _IDEMPOTENCY_KEYS for n, _ in ex.headers[:ex.nhead or None])
+
+
 class ClientProtocol(asyncio.Protocol):
     """One client connection: parses requests, answers them in order (pipelining), keeps alive."""
 
@@ -1257,7 +1267,7 @@ class ClientProtocol(asyncio.Protocol):
                 ex.timer = self.loop.call_later(route.timeout, self._timed_out, ex)
         elif self.response_timeout and ex.req_done and ex.timer is None:
             self._arm_response_timer(ex)
-        if not fresh:
+        if not fresh and ex.replayable:  # a body too big to replay goes on a fresh connection: see below
             idle = server.idle
             while idle:
                 conn = idle.pop()
@@ -1336,12 +1346,15 @@ class ClientProtocol(asyncio.Protocol):
         """An attempt failed before any response byte: retry, or answer 502."""
         service = ex.route.service
         self.metrics.upstream_error(ex.service, reason)
-        if reused and reason == "reset" and not ex.stale_retry and ex.wire is not None:
-            # A pooled connection the server had closed: one more try on a fresh connection.
+        if reused and reason == "reset" and not ex.stale_retry and ex.wire is not None and _replayable_request(ex):
+            # A pooled connection the server had closed (the keep-alive race): one more try on a
+            # fresh connection, as Go's transport does, for requests safe to send twice only. The
+            # server may have read and acted on a POST before it reset the connection.
             ex.stale_retry = True
             self._forward(ex, fresh=True)
             return
-        service.balancer.failed(server)
+        if not (reused and reason == "reset"):  # the keep-alive race says nothing of the server's health
+            service.balancer.failed(server)
         for breaker in ex.route.breakers:
             breaker.record(None, perf_counter() - ex.start)
         if ex.retries_left > 0 and ex.wire is not None:
