@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -468,6 +469,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    code = _run(args)
+    if code != 130:  # after Ctrl-C the SDK's interrupted task would be reported as never retrieved
+        _close_stray_loops()
+    return code
+
+
+def _close_stray_loops() -> None:
+    """The Pulumi SDK leaves event loops of its own behind, never closed. Closed here, before the
+    interpreter exits: at exit their sockets may be finalized first, and closing them then prints
+    an "Exception ignored in BaseEventLoop.__del__" traceback to stderr."""
+    import gc
+
+    for obj in gc.get_objects():
+        if isinstance(obj, asyncio.AbstractEventLoop) and not obj.is_closed() and not obj.is_running():
+            with contextlib.suppress(Exception):
+                obj.close()
+
+
+def _run(args: argparse.Namespace) -> int:
     program_dir, output = Path(args.program_dir), Path(args.output)
     if not program_dir.is_dir():
         problem = "not a directory" if program_dir.exists() else "no such directory"
