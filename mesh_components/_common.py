@@ -195,10 +195,11 @@ class Checker:
         def check(v: Any) -> None:
             if not isinstance(v, str):
                 raise self.fail(f"{field} must be a regular expression string, got {v!r}")
-            try:
-                re.compile(v)
-            except re.error as exc:
-                raise self.fail(f"{field} is not a valid regular expression ({exc}), got {v!r}") from None
+            from lightmesh.userregex import check_user_regex  # RE2, as the proxy runs it
+
+            problem = check_user_regex(v)
+            if problem is not None:
+                raise self.fail(f"{field} is not a valid regular expression ({problem}), got {v!r}")
         return when_known(value, check)
 
     def enum(self, field: str, value: Any, enum_type: type) -> Any:

@@ -25,6 +25,7 @@ from lightmesh.controller import main as controller_cli  # noqa: E402
 from lightmesh.controller import model as controller_model  # noqa: E402
 from lightmesh.controller.topology import parse_weight  # noqa: E402
 from lightmesh.local.render import describe_identity, object_identity, resource_description  # noqa: E402
+from lightmesh.userregex import check_user_regex  # noqa: E402
 
 __all__ = ["annotations", "cbexpr", "wire", "controller_cli", "controller_model", "parse_weight", "object_identity",
-           "describe_identity", "resource_description"]
+           "describe_identity", "resource_description", "check_user_regex"]

@@ -29,7 +29,8 @@ from pulumi_policy import (EnforcementLevel, PolicyConfigSchema, ReportViolation
 
 from lightmesh_policies import model
 from lightmesh_policies._runtime import annotations as ann
-from lightmesh_policies._runtime import describe_identity, object_identity, parse_weight, resource_description
+from lightmesh_policies._runtime import (check_user_regex, describe_identity, object_identity, parse_weight,
+                                         resource_description)
 from lightmesh_policies.model import UNKNOWN, Identity, StackView, is_unknown
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -224,11 +225,8 @@ def _check_regex(pattern: Any) -> str | None:
         return None
     if not isinstance(pattern, str):
         return f"must be a string, got {pattern!r}"
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        return f"does not compile ({exc})"
-    return None
+    problem = check_user_regex(pattern)  # RE2, as the proxy runs it
+    return f"does not compile ({problem})" if problem is not None else None
 
 
 def _validate_routes(view: StackView, report: ReportViolation) -> None:

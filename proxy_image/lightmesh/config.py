@@ -22,9 +22,10 @@ HTTP
     servers → 503).
 Match
     ``hosts``: the request's Host header without port, compared case-insensitively; empty = any.
-    ``path_regex``: ``re.match`` against the path (no query string): anchored at the start, not at
-    the end (add ``$`` for that), as SMI's ``pathRegex``. ``methods``: empty = any; ``*`` = any.
-    ``headers``: header name → regex searched (``re.search``) in the header value; all must match.
+    ``path_regex``: matched against the path (no query string): anchored at the start, not at
+    the end (add ``$`` for that), as SMI's ``pathRegex``; a list: the path must match each.
+    ``methods``: empty = any; ``*`` = any. ``headers``: header name → regex searched in the header
+    value; all must match. Regexes are RE2 (Go's syntax; linear time: :mod:`lightmesh.userregex`).
     One router holds one match; alternatives (OR) are separate routers sharing a service.
 Middlewares
     ``allow_list``: source CIDRs of the TCP peer (never a header). Empty list = deny everything
@@ -52,6 +53,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from lightmesh.userregex import check_user_regex
+
 SCHEMA_VERSION = 1
 
 # Names end up in metric labels, log lines and URLs: keep them to a safe alphabet.
@@ -76,10 +79,9 @@ class _Model(BaseModel):
 def _check_regex(value: str | None, what: str) -> str | None:
     if value is None:
         return None
-    try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"invalid {what} {value!r}: {exc}") from None
+    problem = check_user_regex(value)  # RE2, as the proxy runs it (lightmesh.userregex)
+    if problem is not None:
+        raise ValueError(f"invalid {what} {value!r}: {problem}")
     return value
 
 
@@ -119,7 +121,8 @@ class Match(_Model):
     """Structured request match; every non-empty part must match (AND)."""
 
     hosts: list[str] = Field(default_factory=list)
-    path_regex: str | None = None
+    # one regex, or several the path must all match (ACL mode: a route's path AND a TrafficTarget's)
+    path_regex: str | list[str] | None = None
     methods: list[str] = Field(default_factory=list)
     headers: dict[str, str] = Field(default_factory=dict)
 
@@ -136,7 +139,13 @@ class Match(_Model):
 
     @field_validator("path_regex")
     @classmethod
-    def _path_regex(cls, value: str | None) -> str | None:
+    def _path_regex(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("a list of path regexes must not be empty")
+            for regex in value:
+                _check_regex(regex, "path regex")
+            return value[0] if len(value) == 1 else value
         return _check_regex(value, "path regex")
 
     @field_validator("methods")

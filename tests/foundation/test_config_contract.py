@@ -168,3 +168,18 @@ def test_schema_validates_a_real_config():
 def test_numbers_are_strict_as_the_schema_says(where, value):
     # The loader used to coerce "3" and true where the exported JSON schema refuses them.
     _broken(lambda d: where(d, value))
+
+
+@pytest.mark.parametrize("regex, reason", [("/(?=api)", "invalid perl operator"), (r"/(a)\1", "invalid escape"),
+                                           ("/(unclosed", "missing )")])
+def test_route_regexes_are_re2_and_errors_name_the_router(regex, reason):
+    # RE2 runs users' regexes in linear time: no lookarounds or backreferences (as Go's regexp).
+    msg = _broken(lambda d: d["http"]["routers"][0]["match"].update(path_regex=regex))
+    assert "routers['whoami-whoami-80'].match.path_regex" in msg and reason in msg
+
+
+def test_a_list_of_path_regexes_is_validated_each_and_an_empty_list_refused():
+    msg = _broken(lambda d: d["http"]["routers"][0]["match"].update(path_regex=["/api", "/(?=x)"]))
+    assert "invalid perl operator" in msg
+    msg = _broken(lambda d: d["http"]["routers"][0]["match"].update(path_regex=[]))
+    assert "must not be empty" in msg

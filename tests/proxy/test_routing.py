@@ -233,3 +233,25 @@ def test_breaker_gauge_is_the_state_now_and_forgets_removed_breakers():
     assert plane.breaker_states() == {"svc": CB_RECOVERING}
     # a config without the breaker: the service has no breaker state any more
     assert compile_http(_breaker_config(False), plane).breaker_states() == {}
+
+
+def test_route_regexes_run_in_linear_time():
+    # Python's re backtracks exponentially on (a+)+ against "aaa...b": one crafted request stalled a
+    # worker for seconds, for every tenant. Users' regexes run on RE2 (as Go's regexp in Traefik).
+    import time as time_mod
+
+    plane = compile_http(_config([_router("evil", priority=10, path_regex="/(a+)+$", headers={"X-A": "^(a+)+$"}),
+                                  _router("rest")]))
+    [evil] = [r for r in plane.entry_points["web"].any_host if r.name == "evil"]
+    assert type(evil.headers[0][1].__self__).__module__.startswith("re2")
+    start = time_mod.perf_counter()
+    for _ in range(20):
+        assert _lookup(plane, "h", path=b"/" + b"a" * 5000 + b"b", headers=[(b"X-A", b"a" * 5000 + b"b")]) == "rest"
+    assert time_mod.perf_counter() - start < 5  # Python's re: never, in practice (2**5000 paths)
+
+
+def test_several_path_regexes_must_all_match():
+    plane = compile_http(_config([_router("both", priority=10, path_regex=["/api/", "/.*/v2"]), _router("rest")]))
+    assert _lookup(plane, "h", path=b"/api/v2") == "both"
+    assert _lookup(plane, "h", path=b"/api/v1") == "rest"
+    assert _lookup(plane, "h", path=b"/web/v2") == "rest"

@@ -97,12 +97,13 @@ def _match_key(m: HTTPMatch) -> tuple:
 def _combine(a: HTTPMatch | None, b: HTTPMatch) -> HTTPMatch | None:
     """``a AND b`` as one match, or None when one match cannot say it (disjoint methods, two
     regexes for one header): such a combination is left out, i.e. refused. Two path regexes become
-    one, ``(?=b)a``: the proxy matches paths from their start, so that is both."""
+    a list the proxy requires both of (RE2, which runs users' regexes, has no lookahead to say it in one)."""
     if a is None:
         return b
     path = a.path_regex if a.path_regex is not None else b.path_regex
     if a.path_regex is not None and b.path_regex is not None and a.path_regex != b.path_regex:
-        path = f"(?=(?:{b.path_regex}))(?:{a.path_regex})"
+        parts = [r for p in (a.path_regex, b.path_regex) for r in (p if isinstance(p, tuple) else (p,))]
+        path = tuple(dict.fromkeys(parts))
     methods = a.methods or b.methods
     if a.methods and b.methods:
         methods = tuple(sorted(set(a.methods) & set(b.methods)))
@@ -119,7 +120,7 @@ def _match(hosts: list[str], m: HTTPMatch | None) -> dict:
     out: dict = {"hosts": hosts}
     if m is not None:
         if m.path_regex is not None:
-            out["path_regex"] = m.path_regex
+            out["path_regex"] = list(m.path_regex) if isinstance(m.path_regex, tuple) else m.path_regex
         if m.methods:
             out["methods"] = list(m.methods)
         if m.headers:

@@ -53,6 +53,7 @@ from lightmesh.annotations import (CIRCUIT_BREAKER_EXPRESSION, RATELIMIT_AVERAGE
                                    lookup, parse_annotations_lenient, parse_duration)
 from lightmesh.config import header_value_ok
 from lightmesh.controller.model import ALWAYS_IGNORED_SERVICES, ClusterState, ObjectError, Settings
+from lightmesh.userregex import compile_user_regex
 
 HTTP_ONLY_KEYS = (SCHEME, RETRY_ATTEMPTS, CIRCUIT_BREAKER_EXPRESSION, RATELIMIT_AVERAGE, RATELIMIT_BURST,
                   REQUEST_TIMEOUT)
@@ -560,8 +561,8 @@ def _http_match(raw: Any, group: tuple[str, str], i: int, errors: _Errors, prefi
         if not path.startswith("/"):
             path = "/?(?:" + path + ")"
         try:
-            re.compile(path)
-        except re.error as exc:
+            compile_user_regex(path)  # RE2, as the proxy runs it
+        except ValueError as exc:
             return bad(f"pathRegex {raw.get('pathRegex')!r} is not a valid regular expression: {exc}")
     methods = []
     for m in _l(raw.get("methods")):
@@ -579,8 +580,8 @@ def _http_match(raw: Any, group: tuple[str, str], i: int, errors: _Errors, prefi
             if not isinstance(hname, str) or not _TOKEN.fullmatch(hname) or not isinstance(regex, str):
                 return bad(f"header {hname!r}: {regex!r} is not a header name and a regular expression")
             try:
-                re.compile(regex)
-            except re.error as exc:
+                compile_user_regex(regex)  # RE2, as the proxy runs it
+            except ValueError as exc:
                 return bad(f"header {hname!r} regex {regex!r} is invalid: {exc}")
             headers[hname.lower()] = regex
     return HTTPMatch(name, path, tuple(sorted(set(methods))), tuple(sorted(headers.items())))
@@ -1147,8 +1148,8 @@ def _gw_path(raw: Any) -> tuple[str | None, tuple[int, int, int]] | str:
         return re.escape(prefix) + "(?:/.*)?$", (0, len(value), 1)  # whole path elements: /foo, /foo/x, not /foobar
     if kind == "RegularExpression":
         try:
-            re.compile(f"(?:{value})")  # as the proxy will: inside a group
-        except re.error as exc:
+            compile_user_regex(f"(?:{value})")  # RE2, as the proxy runs it: inside a group
+        except ValueError as exc:
             return f"path regular expression {value!r} is invalid: {exc}"
         return f"(?:{value})$", (0, len(value), 0)  # (implementation-specific: after a prefix as long)
     return f"path type {kind!r} is not Exact, PathPrefix or RegularExpression"
@@ -1177,8 +1178,8 @@ def _gw_match(raw: Any) -> tuple[HTTPMatch, tuple[int, int, int, int, int]] | st
             regex = "^" + re.escape(value) + "$"
         elif kind == "RegularExpression":
             try:
-                re.compile(f"(?:{value})")  # as the proxy will: inside a group
-            except re.error as exc:
+                compile_user_regex(f"(?:{value})")  # RE2, as the proxy runs it: inside a group
+            except ValueError as exc:
                 return f"headers[{i}] regular expression {value!r} is invalid: {exc}"
             regex = f"^(?:{value})$"
         else:
@@ -1213,8 +1214,8 @@ def _grpc_match(raw: Any) -> tuple[HTTPMatch, tuple[int, int, int, int, int]] | 
         for what, value in (("service", service), ("method", name)):
             if value is not None:
                 try:
-                    re.compile(f"(?:{value})")  # as the proxy will: inside a group
-                except re.error as exc:
+                    compile_user_regex(f"(?:{value})")  # RE2, as the proxy runs it: inside a group
+                except ValueError as exc:
                     return f"method.{what} regular expression {value!r} is invalid: {exc}"
         svc_re = f"(?:{service})" if service else "[^/]+"
         method_re = f"(?:{name})" if name else "[^/]+"

@@ -45,6 +45,7 @@ from lightmesh.config import (AllowListMiddleware, CircuitBreakerMiddleware, Den
                               RequestTimeoutMiddleware, ResponseHeadersMiddleware, RetryMiddleware, Scheme,
                               parse_server_url)
 from lightmesh.proxy.balancer import Balancer
+from lightmesh.userregex import compile_user_regex
 from lightmesh.proxy.metrics import ProxyMetrics, worst_breaker_state
 from lightmesh.proxy.policies import AllowList, CircuitBreaker, RateLimiter
 
@@ -131,11 +132,12 @@ class Route:
         self.priority = priority
         self.length = match_length(match)
         self.hosts = tuple(match.hosts)
-        self.path: Callable | None = re.compile(match.path_regex).match if match.path_regex is not None else None
+        # users' regexes run on RE2 (linear time: see lightmesh.userregex); several must all match
+        self.path: Callable | None = _path_predicate(match.path_regex)
         methods = [m for m in match.methods]
         self.methods: frozenset[str] | None = None if not methods or "*" in methods else frozenset(methods)
         self.headers: tuple[tuple[bytes, Callable], ...] = tuple(
-            (name.encode("latin-1"), re.compile(regex).search) for name, regex in match.headers.items())
+            (name.encode("latin-1"), compile_user_regex(regex).search) for name, regex in match.headers.items())
         # No predicate beyond the host: the first route of the list answers without any call.
         self.simple = self.path is None and self.methods is None and not self.headers
         self.checks: tuple[Check, ...] = ()
@@ -193,8 +195,28 @@ def normal_path(path: str) -> str:
     return "/" + "/".join(out) + ("/" if trailing and out else "")
 
 
+def _path_predicate(path_regex: str | list[str] | None) -> Callable | None:
+    """``.match`` of the compiled regex; for several, one that returns a match only when all match."""
+    if path_regex is None:
+        return None
+    if isinstance(path_regex, str):
+        return compile_user_regex(path_regex).match
+    matchers = tuple(compile_user_regex(r).match for r in path_regex)
+
+    def all_match(path: str):
+        found = None
+        for matcher in matchers:
+            found = matcher(path)
+            if found is None:
+                return None
+        return found
+    return all_match
+
+
 def match_length(match: Match) -> int:
-    return (sum(len(h) for h in match.hosts) + len(match.path_regex or "") + sum(len(m) for m in match.methods)
+    path = match.path_regex
+    path_chars = len(path) if isinstance(path, str) else sum(len(r) for r in path) if path else 0
+    return (sum(len(h) for h in match.hosts) + path_chars + sum(len(m) for m in match.methods)
             + sum(len(k) + len(v) for k, v in match.headers.items()))
 
 
