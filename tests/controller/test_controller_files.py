@@ -17,6 +17,7 @@ import yaml
 from dnslib import RCODE, DNSRecord
 
 from lightmesh import wire
+from proctools import free_dns_port
 from tests.conftest import lightmesh_cmd, lightmesh_env
 
 NS = "shop"
@@ -63,24 +64,10 @@ def write_atomically(directory: Path, objs) -> None:
     os.replace(tmp, directory / "cluster.yaml")
 
 
-def free_port() -> int:
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = udp.getsockname()[1]
-            with socket.socket() as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
-
-
 class Controller:
     def __init__(self, directory: Path, log: Path) -> None:
         self.directory, self.log = directory, log
-        self.api_port, self.dns_port = free_port(), free_port()
+        self.api_port, self.dns_port = free_dns_port(), free_dns_port()
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Controller:
@@ -262,7 +249,7 @@ def test_port_in_use_is_a_clear_error(tmp_path):
             other = "--dns-port" if flag == "--api-port" else "--api-port"
             result = subprocess.run(lightmesh_cmd("controller", "--manifests", str(directory),
                                                   "--api-address", "127.0.0.1", "--dns-address", "127.0.0.1",
-                                                  flag, str(port), other, str(free_port())),
+                                                  flag, str(port), other, str(free_dns_port())),
                                     env=lightmesh_env(), capture_output=True, text=True, timeout=60)
             assert result.returncode == 1 and f"cannot serve {what}" in result.stderr, result.stderr
 

@@ -18,7 +18,6 @@ import socket
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import yaml
@@ -27,7 +26,7 @@ from conftest import REPO, lightmesh_cmd, lightmesh_env
 from lightmesh.local.harness import can_bind_privileged_ports
 from lightmesh.local.traffic import HTTPClient
 
-from loopback import free_dns_port
+from proctools import descendants, free_dns_port, running
 
 DROP_BIND_CAPABILITY = ["setpriv", "--bounding-set", "-net_bind_service", "--inh-caps", "-net_bind_service"]
 
@@ -48,32 +47,6 @@ def unprivileged(*args: str) -> list[str]:
     if not can_bind_privileged_ports():
         return lightmesh_cmd(*args)
     return lightmesh_cmd(*args, "--high-ports")
-
-
-def descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def read_until(proc: subprocess.Popen, marker: str, timeout: float = 90.0) -> list[str]:

@@ -19,7 +19,7 @@ from lightmesh.local.main import describe
 from lightmesh.local.traffic import HTTPClient, hostnames, http_burst, tcp_exchange, udp_exchange
 
 import manifests
-from loopback import free_dns_port
+from proctools import free_dns_port
 from conftest import REPO
 
 HOST = "whoami.whoami.traefik.mesh"

@@ -1,0 +1,51 @@
+"""Helpers shared by tests that start lightmesh processes on loopback: free ports for the mesh DNS
+and the process tree a command started (to check it is gone after a stop)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from lightmesh.local.harness import free_port
+
+
+def free_dns_port() -> int:
+    """A port free for both UDP and TCP (the mesh DNS serves both)."""
+    for _ in range(50):
+        port = free_port(kind=socket.SOCK_DGRAM)
+        with socket.socket() as tcp:
+            try:
+                tcp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free DNS port")
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` now (children, their children...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for a reaper that may never come in a container)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
