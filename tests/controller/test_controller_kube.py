@@ -239,7 +239,7 @@ def test_cli_in_cluster_mode_with_leader_election(tmp_path):
 
     from tests.conftest import lightmesh_cmd, lightmesh_env
 
-    from .test_controller_files import free_port
+    from proctools import free_dns_port as free_port
 
     async def scenario():
         async with cluster() as kube:

@@ -19,7 +19,8 @@ from lightmesh.controller.sources import FileSource, ObjectFilter
 from lightmesh.controller.writer import STATE_FILE_NAME, LocalShadowStore
 from lightmesh.otel import otlp_traces_url, tracer_provider
 from tests.conftest import lightmesh_cmd, lightmesh_env
-from tests.controller.test_controller_files import free_port, objects
+from proctools import free_dns_port as free_port
+from tests.controller.test_controller_files import objects
 
 
 def test_a_span_per_reconcile_round_with_what_it_published(tmp_path):
