@@ -14,14 +14,14 @@ def http_url(text: str) -> str:
 
 
 def port_number(text: str) -> int:
-    """A TCP/UDP port, 1-65535 (``--api-port``, ``--dns-port``); argparse turns the error into
-    ``argument --api-port: 70000 is not a port number (1-65535)``."""
-    try:
-        value = int(text, 10)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 65535 or not text.strip().isdigit():
-        raise argparse.ArgumentTypeError(f"{text} is not a port number (1-65535)")
+    """A TCP/UDP port, 1-65535 (``--api-port``, ``--dns-port`` of every command); argparse turns
+    the error into ``argument --api-port: 70000 is not a port number (1-65535)``."""
+    digits = text.strip().lstrip("-")
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= 6):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (1-65535)")
     return value
 
 

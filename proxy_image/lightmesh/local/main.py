@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from lightmesh import wire
+from lightmesh.cliargs import port_number
 from lightmesh.local.cluster import ManifestError
 from lightmesh.local.harness import Interrupted, LocalMesh, LocalModeError, ServiceAccess
 
@@ -24,17 +25,6 @@ EXIT_USAGE, EXIT_RUNTIME, EXIT_INTERRUPTED = 2, 1, 130
 
 
 # ---------------------------------------------------------------------------- argument types
-
-
-def port_number(text: str) -> int:
-    """argparse type: a TCP/UDP port, 1-65535."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a port number (1-65535)")
-    return value
 
 
 def positive_int(text: str) -> int:
