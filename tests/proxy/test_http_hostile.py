@@ -451,3 +451,16 @@ async def test_the_header_limit_counts_the_whole_head():
         assert (await client.response()).status == 200
         await client.close()
         await _expect_rejected(p.port, head(4097), 431)
+
+
+@pytest.mark.parametrize("pieces", [1, 2], ids=["one_read", "two_reads"])
+@on_uvloop
+async def test_a_response_head_over_64_kib_is_a_502_however_it_arrives(pieces):
+    # Only reads that left the head incomplete were counted: a 70 KB head in one read, or whose
+    # last read completed it, was relayed.
+    from .backends import ScriptedUpstream
+    head = b"HTTP/1.1 200 OK\r\nX-Big: " + b"b" * 70_000 + b"\r\nContent-Length: 2\r\n\r\nok"
+    chunks = [head] if pieces == 1 else [head[:40_000], head[40_000:]]
+    async with ScriptedUpstream([chunks]) as up, ProxyUnderTest(simple_config([up.url])) as p:
+        assert (await request(p.port)).status == 502
+        assert not p.loop_errors

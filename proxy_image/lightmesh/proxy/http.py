@@ -1487,7 +1487,7 @@ class UpstreamProtocol(asyncio.Protocol):
     __slots__ = ("server", "transport", "parser", "client", "ex", "out", "used", "idle_since", "headers",
                  "reason", "interim", "framing", "remaining", "bypass", "keep", "tunnel", "rpaused",
                  "sent_nothing", "closed", "head_done", "wpaused", "fresh", "last_head", "last_known", "nhead",
-                 "head_bytes")
+                 "head_bytes", "read_len")
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -1516,6 +1516,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.last_known: tuple | None = None
         self.nhead = 0  # chunked response: the number of ``headers`` in the head (then trailers)
         self.head_bytes = 0  # bytes of the response head(s) read so far, when it spans reads
+        self.read_len = 0  # size of the read being parsed (bounds the part of the head it holds)
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
@@ -1632,6 +1633,7 @@ class UpstreamProtocol(asyncio.Protocol):
                 client.flush()
                 return
             self.head_bytes = 0
+        self.read_len = len(data)
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as exc:
@@ -1767,6 +1769,10 @@ class UpstreamProtocol(asyncio.Protocol):
             return
         if status == 101 and ex.upgrade is None:
             raise _Reject(502, "101 without upgrade request")
+        if self.head_bytes + self.read_len > MAX_RESPONSE_HEAD_BYTES:
+            # the head may be over the limit whichever reads it came in: measure it (rare: big reads)
+            if len(self.reason) + 15 + sum(len(n) + len(v) + 4 for n, v in self.headers) > MAX_RESPONSE_HEAD_BYTES:
+                raise _Reject(502, "response head too large")
         ex.status = status
         ex.resp_started = True
         ex.wire = None
