@@ -68,7 +68,8 @@ Status codes the proxy itself answers: 400 malformed/hostile request (connection
 allow-list, 404 no route, 405 CONNECT, 408 header or body timeout, 429 rate limit, 431 header
 too large, 502 upstream unreachable/reset/malformed, 503 no servers or breaker open, 504 request or
 response timeout, 505 HTTP version. Requests answered without a route are counted under service ``unrouted``;
-a request whose client went away before its response completed is counted as 499. A tracing span
+a request whose client went away before its response head was sent is counted as 499; after the
+head, with the status sent, as nginx does (an upstream that dies mid-body likewise). A tracing span
 (:mod:`lightmesh.proxy.tracing`) covers requests that passed the middlewares and went upstream.
 """
 
