@@ -461,8 +461,8 @@ class Exchange:
 # --------------------------------------------------------------------------- client side
 
 
-# Requests a reset pooled connection may be sent again without the retry middleware (RFC 9110
-# §9.2.2 idempotent and safe methods, as Go's transport: and PUT/DELETE only with an idempotency key).
+# Requests a reset pooled connection may be sent again without the retry middleware, as Go's
+# transport decides: a safe method (RFC 9110 §9.2.1), or any request carrying an idempotency key.
 _REPLAY_METHODS = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE"))
 _IDEMPOTENCY_KEYS = frozenset((b"idempotency-key", b"x-idempotency-key"))
 
