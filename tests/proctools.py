@@ -4,7 +4,9 @@ and the process tree a command started (to check it is gone after a stop)."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
 from pathlib import Path
 
 from lightmesh.local.harness import free_port
@@ -49,3 +51,13 @@ def running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def stop_all(proc: subprocess.Popen, children: set[int]) -> None:
+    """Kill ``proc`` if it still runs, and any of ``children`` still running (test clean-up)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for pid in children:
+        if running(pid):
+            os.kill(pid, signal.SIGKILL)

@@ -23,9 +23,9 @@ except ImportError:  # pragma: no cover - only without an installed lightmesh
 from lightmesh import annotations, cbexpr, wire  # noqa: E402
 from lightmesh.controller import main as controller_cli  # noqa: E402
 from lightmesh.controller import model as controller_model  # noqa: E402
-from lightmesh.controller.topology import parse_weight  # noqa: E402
+from lightmesh.controller.topology import parse_weight, port_number  # noqa: E402
 from lightmesh.local.render import describe_identity, object_identity, resource_description  # noqa: E402
 from lightmesh.userregex import check_user_regex  # noqa: E402
 
-__all__ = ["annotations", "cbexpr", "wire", "controller_cli", "controller_model", "parse_weight", "object_identity",
-           "describe_identity", "resource_description", "check_user_regex"]
+__all__ = ["annotations", "cbexpr", "wire", "controller_cli", "controller_model", "parse_weight", "port_number",
+           "object_identity", "describe_identity", "resource_description", "check_user_regex"]

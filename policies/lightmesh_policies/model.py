@@ -31,6 +31,7 @@ from pulumi_policy.proxy import UnknownValueError, _is_unknown  # the SDK's own 
 
 from lightmesh_policies._runtime import annotations as ann
 from lightmesh_policies._runtime import controller_cli, controller_model, wire
+from lightmesh_policies._runtime import port_number as controller_port_number
 
 
 class _Unknown:
@@ -119,19 +120,13 @@ def known_or_unknown_text(value: Any) -> bool:
 
 
 def port_number(value: Any) -> Any:
-    """A port as the controller reads it (``topology._port_number``): an int from 1 to 65535 (numbers
-    arrive as floats from the engine) or a string of at most five ASCII digits in that range; UNKNOWN;
-    or None if not a port number. ``str.isdigit`` alone is also true for '٣' and '²', which the
-    controller refuses, and ``int()`` of thousands of digits raises: hence ASCII and the length bound."""
+    """A port as the controller reads it (its own ``topology.port_number``); UNKNOWN; or None if not a
+    port number. Numbers arrive from the engine as floats."""
     if value is UNKNOWN:
         return UNKNOWN
-    if isinstance(value, bool):
-        return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, str):
-        value = int(value) if 0 < len(value) <= 5 and value.isascii() and value.isdigit() else None
-    return value if isinstance(value, int) and 1 <= value <= 65535 else None
+    return controller_port_number(value)
 
 
 _SHOWN_CHARS = 60

@@ -26,7 +26,7 @@ from conftest import REPO, lightmesh_cmd, lightmesh_env
 from lightmesh.local.harness import can_bind_privileged_ports
 from lightmesh.local.traffic import HTTPClient
 
-from proctools import descendants, free_dns_port, running
+from proctools import descendants, free_dns_port, running, stop_all
 
 DROP_BIND_CAPABILITY = ["setpriv", "--bounding-set", "-net_bind_service", "--inh-caps", "-net_bind_service"]
 
@@ -112,12 +112,7 @@ def test_local_cli_on_the_acl_example(tmp_path):
         assert proc.wait(timeout=60) == 0
         assert [pid for pid in children if running(pid)] == []
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for pid in children:
-            if running(pid):
-                os.kill(pid, signal.SIGKILL)
+        stop_all(proc, children)
 
 
 def test_demo_passes_every_check_on_high_ports(tmp_path):

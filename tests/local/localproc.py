@@ -3,8 +3,6 @@ see them gone."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -12,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import lightmesh_cmd, lightmesh_env
-from proctools import descendants, free_dns_port, running  # noqa: F401  (re-exported)
+from proctools import descendants, free_dns_port, running, stop_all  # noqa: F401  (re-exported)
 
 
 def still_running(pids: set[int], timeout: float) -> list[int]:
@@ -37,10 +35,3 @@ def started(path: Path, *extra: str) -> tuple[subprocess.Popen, set[int], str]:
     return proc, descendants(proc.pid), "".join(printed)
 
 
-def stop_all(proc: subprocess.Popen, children: set[int]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-    for pid in children:
-        if running(pid):
-            os.kill(pid, signal.SIGKILL)

@@ -282,7 +282,7 @@ def _s(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _port_number(value: Any) -> int | None:
+def port_number(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int) and 1 <= value <= 65535:
@@ -426,7 +426,7 @@ def _service_ports(obj: dict, ns: str, name: str, traffic_type: TrafficType, err
         errors.add("Service", ns, name, "spec.ports", f"{raw_ports!r} is not a list of ports; the Service is not meshed")
     for i, raw in enumerate(_l(raw_ports)):
         raw = _d(raw)
-        port = _port_number(raw.get("port")) if not isinstance(raw.get("port"), str) else None
+        port = port_number(raw.get("port")) if not isinstance(raw.get("port"), str) else None
         protocol = raw.get("protocol", "TCP")
         if port is None or protocol not in ("TCP", "UDP", "SCTP"):
             errors.add("Service", ns, name, f"spec.ports[{i}]",
@@ -488,7 +488,7 @@ def _endpoints(ns: str, ports: list[_RawPort], slices: list[dict], pods: _Pods
         slice_ports = {}
         for sp in _l(sl.get("ports")):
             sp = _d(sp)
-            number = _port_number(sp.get("port")) if not isinstance(sp.get("port"), str) else None
+            number = port_number(sp.get("port")) if not isinstance(sp.get("port"), str) else None
             protocol = sp.get("protocol", "TCP")
             if number is not None and type(protocol) is str:
                 slice_ports[(_s(sp.get("name")), protocol)] = number
@@ -630,7 +630,7 @@ def _index_specs(state: ClusterState, settings: Settings, errors: _Errors) -> _S
             ports = []
             listed = _l(_d(matches).get("ports")) if isinstance(matches, dict) else []
             for raw in listed:
-                number = _port_number(raw)
+                number = port_number(raw)
                 if number is None:
                     errors.add(kind, *key, "spec.matches.ports", f"{raw!r} is not a port number; ignored")
                 else:
@@ -672,7 +672,7 @@ def _traffic_target(obj: dict, settings: Settings, specs: _Specs, pods: _Pods, e
         return None
     dest_port = None
     if dest.get("port") not in (None, ""):
-        dest_port = _port_number(dest.get("port"))
+        dest_port = port_number(dest.get("port"))
         if dest_port is None:
             err("destination.port", f"{dest.get('port')!r} is not a port number; the TrafficTarget is ignored")
             return None
@@ -1284,7 +1284,7 @@ def _mesh_routes(state: ClusterState, settings: Settings, services: dict[str, Se
                 continue
             port = None
             if ref.get("port") is not None:
-                port = _port_number(ref.get("port"))
+                port = port_number(ref.get("port"))
                 if port is None or parent.port(port) is None:
                     err(f"{where}.port", f"{ref.get('port')!r} is not a port of {parent.key}; this parent is ignored")
                     continue
@@ -1360,7 +1360,7 @@ def _mesh_routes(state: ClusterState, settings: Settings, services: dict[str, Se
                     backends.append(RouteBackend("", 0, _weight(ref)))
                     continue
                 backend = services.get(f"{ns}/{_s(ref.get('name'))}")
-                port = _port_number(ref.get("port"))
+                port = port_number(ref.get("port"))
                 if backend is None or port is None or backend.port(port) is None:
                     what = f"{ns}/{_s(ref.get('name')) or '?'}" + (f" port {ref.get('port')}" if port is None or backend
                                                                     else "")
