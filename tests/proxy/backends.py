@@ -285,7 +285,8 @@ class Backend:
 
 class ScriptedUpstream:
     """An upstream that answers each request (a head without body) with the next scripted response:
-    a list of byte chunks, written with a pause between them so each arrives in its own read."""
+    a list of byte chunks, written with a pause between them so each arrives in its own read; a
+    ``None`` chunk closes the connection."""
 
     def __init__(self, responses: list[list[bytes]]) -> None:
         self.responses = list(responses)
@@ -324,6 +325,9 @@ class _Scripted(asyncio.Protocol):
         for i, chunk in enumerate(chunks):
             if i:
                 await asyncio.sleep(0.02)
+            if chunk is None:
+                self.transport.close()
+                return
             self.transport.write(chunk)
 
 

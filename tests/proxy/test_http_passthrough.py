@@ -259,3 +259,41 @@ async def test_a_204_with_a_body_does_not_poison_the_next_request():
         assert (second.status, second.body) == (200, b"ok")
         await client.close()
         assert up.connections == 2
+
+
+@pytest.mark.parametrize("codings", [
+    [b"gzip"],                     # the body runs to the close, gzip-coded
+    [b"chunked", b"gzip"],         # two lines: chunked is not the last coding
+    [b"chunked, identity"],
+], ids=["gzip", "chunked-then-gzip-lines", "chunked-not-last"])
+@on_uvloop
+async def test_response_codings_not_ending_in_chunked_are_502(codings):
+    # As nginx and Go (Traefik) answer them: such a body could only be relayed to the close, under
+    # codings the client never asked for. Before, the client got chunk framing under "gzip".
+    head = b"HTTP/1.1 200 OK\r\n" + b"".join(b"Transfer-Encoding: %s\r\n" % c for c in codings) + b"\r\n"
+    good = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    async with ScriptedUpstream([[head + b"\x1f\x8bcoded", None], [good]]) as up, \
+            ProxyUnderTest(simple_config([up.url])) as p:
+        client = await RawClient.connect(p.port)
+        await client.send(b"GET /a HTTP/1.1\r\nHost: svc\r\n\r\n")
+        resp = await client.response()
+        assert resp.status == 502 and b"coded" not in resp.body
+        client = await RawClient.connect(p.port)
+        await client.send(b"GET /b HTTP/1.1\r\nHost: svc\r\n\r\n")
+        assert ((await client.response()).status, up.connections) == (200, 2)
+        await client.close()
+
+
+@on_uvloop
+async def test_codings_on_two_lines_ending_in_chunked_keep_every_coding():
+    # "gzip" and "chunked" on separate lines are one list (RFC 9110 §5.3): the client must still
+    # learn the body is gzip-coded, not just chunked.
+    raw = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"5\r\n\x1f\x8bzip\r\n0\r\n\r\n")
+    async with ScriptedUpstream([[raw]]) as up, ProxyUnderTest(simple_config([up.url])) as p:
+        client = await RawClient.connect(p.port)
+        await client.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+        resp = await client.response()
+        assert resp.status == 200 and resp.body == b"\x1f\x8bzip"
+        assert [v for k, v in resp.headers if k.lower() == "transfer-encoding"] == ["gzip, chunked"]
+        await client.close()

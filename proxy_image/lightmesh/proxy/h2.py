@@ -1246,6 +1246,10 @@ class H1Upstream(asyncio.Protocol):
             return
         if st is None or st.done:
             return
+        te = b", ".join(v for n, v in self.headers if n == b"transfer-encoding")
+        if te and te.strip().lower() != b"chunked":
+            # codings other than chunked (gzip) cannot go to an HTTP/2 client: 502, as nginx and Go
+            raise httptools.HttpParserError("unsupported Transfer-Encoding")
         self.hop = hop
         names = {n for n, _ in self.headers}
         head = [(b":status", b"%d" % status)] + [(n, v) for n, v in self.headers if n not in hop and n != b"host"]

@@ -31,6 +31,9 @@ Framing choices: requests go upstream as HTTP/1.1 keep-alive; Content-Length bod
 length, chunked bodies are re-chunked with their trailer fields. Responses keep Content-Length;
 chunked or close-delimited responses are re-chunked for HTTP/1.1 clients (trailer fields kept) and
 sent close-delimited to HTTP/1.0 clients (trailer fields dropped: 1.0 has no way to carry them).
+A response whose transfer codings (all its ``Transfer-Encoding`` lines) do not end in ``chunked``
+(``gzip`` alone) is a 502, as nginx and Go (Traefik) answer it: its body would run to the close
+under codings a client never asked for; ``gzip, chunked`` is re-chunked with ``gzip`` kept.
 Trailer fields that are hop-by-hop or framing (``Connection``, ``Content-Length``, ``TE``...) are
 never forwarded; the ``Trailer`` header is kept only on a message that goes out chunked. At most
 ``MAX_TRAILER_FIELDS`` trailer fields either way; a response head (interim heads included) larger
@@ -1794,7 +1797,7 @@ class UpstreamProtocol(asyncio.Protocol):
             elif code == H_CONNECTION:
                 conn_hdr = value if conn_hdr is None else conn_hdr + b"," + value
             elif code == H_TE:
-                te = value
+                te = value if te is None else te + b", " + value
             elif code == H_UPGRADE:
                 upgrade = value
             elif code != H_HOP:  # end-to-end headers the request side treats specially
@@ -1826,6 +1829,9 @@ class UpstreamProtocol(asyncio.Protocol):
             elif cl is not None:
                 kept += (b"Content-Length: ", cl, _CRLF)
         elif te is not None:
+            if te != b"chunked" and te.rpartition(b",")[2].strip().lower() != b"chunked":
+                ex.resp_started = False  # nothing of this head has gone out: the client gets the 502
+                raise _Reject(502, "unsupported Transfer-Encoding")
             self.framing = F_CHUNK
             self.nhead = len(self.headers)  # on_header calls after this are trailer fields
             if ex.v10:
