@@ -20,9 +20,9 @@ def svc(name, ns="app", ports=None, annotations=None, **spec):
             "spec": {"ports": ports or [{"port": 80}], **spec}}
 
 
-def pod(name, ip, sa="default", ns="app", phase="Running"):
+def pod(name, ip, sa="default", ns="app", phase="Running", **spec):
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
-            "spec": {"serviceAccountName": sa}, "status": {"phase": phase, "podIP": ip}}
+            "spec": {"serviceAccountName": sa, **spec}, "status": {"phase": phase, "podIP": ip}}
 
 
 def eps(service, endpoints, ports=None, ns="app"):
@@ -118,6 +118,32 @@ def test_endpoint_identity_by_target_ref_else_by_ip_and_ready_rules():
     [p] = build_topology(state, Settings()).services["app/web"].ports
     assert [(e.ip, e.port, e.pod, e.service_account) for e in p.endpoints] == [
         ("10.0.0.1", 8080, "app/a", "app/web"), ("10.0.0.2", 8080, "app/b", "app/web"), ("10.0.0.3", 8080, None, None)]
+
+
+def test_host_network_pods_are_never_an_identity_by_ip():
+    # Their IP is the node's: as a TrafficTarget source it would let every process on the node in,
+    # and as the IP of an endpoint without targetRef it says nothing about which pod serves it.
+    state = ClusterState(
+        services=[svc("web", ports=[{"port": 80, "targetPort": 8080}])],
+        pods=[pod("agent", "10.1.0.1", "agent", hostNetwork=True), pod("web", "10.0.0.1", "web"),
+              pod("hostweb", "10.1.0.2", "web", hostNetwork=True)],
+        endpoint_slices=[eps("web", [
+            {"addresses": ["10.0.0.1"]},
+            {"addresses": ["10.1.0.2"], "targetRef": {"kind": "Pod", "name": "hostweb"}},
+            {"addresses": ["10.1.0.1"]},
+        ])],
+        traffic_targets=[{"apiVersion": "access.smi-spec.io/v1alpha2", "kind": "TrafficTarget",
+                          "metadata": {"name": "t", "namespace": "app"},
+                          "spec": {"destination": {"kind": "ServiceAccount", "name": "web", "namespace": "app"},
+                                   "sources": [{"kind": "ServiceAccount", "name": "agent", "namespace": "app"},
+                                               {"kind": "ServiceAccount", "name": "web", "namespace": "app"}],
+                                   "rules": []}}])
+    topo = build_topology(state, Settings(acl=True))
+    [tt] = topo.traffic_targets
+    assert tt.source_ips == ("10.0.0.1",)  # not the agent's node IP, nor hostweb's
+    [p] = topo.services["app/web"].ports
+    assert [(e.ip, e.service_account) for e in p.endpoints] == [
+        ("10.0.0.1", "app/web"), ("10.1.0.1", None), ("10.1.0.2", "app/web")]
 
 
 def test_named_target_port_is_resolved_per_slice_port_name():

@@ -348,8 +348,10 @@ def _pod_facts(pod: Any) -> _PodFacts:
     status = status if type(status) is dict else {}
     sa = spec.get("serviceAccountName") or spec.get("serviceAccount")
     key = (f"{ns}/{name}", f"{ns}/{sa if type(sa) is str and sa else 'default'}")
-    # A finished pod's IP can already belong to another pod: never an identity.
-    if status.get("phase") in ("Succeeded", "Failed"):
+    # A finished pod's IP can already belong to another pod: never an identity. A hostNetwork pod's
+    # IP is its node's, shared by every process there: never an identity either (an endpoint's
+    # targetRef still names it as a destination).
+    if status.get("phase") in ("Succeeded", "Failed") or spec.get("hostNetwork") is True:
         return (ns, name), key, ()
     pod_ip = status.get("podIP")
     more = status.get("podIPs")
