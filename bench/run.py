@@ -15,6 +15,12 @@ HERE = Path(__file__).resolve().parent
 
 def main(argv: list[str]) -> int:
     wanted = set(argv)
+    known = {p.stem.removeprefix("bench_") for p in HERE.glob("bench_*.py")}
+    if wanted - known:
+        # a misspelt name must not pass as "ran nothing, exit 0" (a CI step would look green)
+        print(f"bench/run.py: no benchmark named {', '.join(sorted(wanted - known))}; "
+              f"choose from {', '.join(sorted(known))} (none: all)", file=sys.stderr)
+        return 2
     failures = 0
     for path in sorted(HERE.glob("bench_*.py")):
         name = path.stem.removeprefix("bench_")
