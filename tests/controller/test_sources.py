@@ -225,3 +225,102 @@ def test_smi_crds_installed_after_start_are_picked_up():
                 await api.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+async def _until(predicate, seconds=20.0):
+    for _ in range(int(seconds / 0.02)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.02)
+    return predicate()
+
+
+def test_a_failed_discovery_request_keeps_what_is_watched():
+    # A 503 on /apis/<group>/<version> used to read as "not served": the TrafficTarget informer was
+    # replaced by an empty one, and in ACL mode all traffic was denied until the next discovery.
+    target = obj("TrafficTarget", "t", api_version="access.smi-spec.io/v1alpha3")
+
+    async def scenario():
+        async with cluster() as kube:
+            kube.put_object(target)
+            # at start: failing discovery is retried (readiness waits), never taken as "no SMI"
+            kube.fail_next("GET", "/apis/access.smi-spec.io/v1alpha3", 503, count=2)
+            api = KubeAPI.from_kubeconfig(server=str(kube.url))
+            source = KubeSource(api, ObjectFilter.create("lightmesh"), rediscover_seconds=0.05)
+            task = asyncio.create_task(source.run())
+            try:
+                await asyncio.wait_for(source.synced.wait(), 30)
+                informer = source.informers["traffic_targets"]
+                assert informer.resource is not None and [o["metadata"]["name"] for o in
+                                                          source.snapshot()["traffic_targets"]] == ["t"]
+                kube.fail_next("GET", "/apis/access.smi-spec.io/v1alpha3", 503, count=10)
+                kube.fail_next("GET", "/apis/split.smi-spec.io/v1alpha4", 429, count=10)
+                for _ in range(50):  # several re-discovery periods while the errors last
+                    assert source.snapshot()["traffic_targets"], "the TrafficTargets vanished"
+                    await asyncio.sleep(0.02)
+                assert await _until(lambda: not kube.failures)
+                await asyncio.sleep(0.2)
+                assert source.informers["traffic_targets"] is informer  # never replaced
+                assert source.informers["traffic_splits"].resource is not None
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await api.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_an_optional_kind_the_controller_may_not_list_does_not_keep_it_unready():
+    route = obj("GRPCRoute", "g", api_version="gateway.networking.k8s.io/v1")
+
+    async def scenario():
+        async with cluster() as kube:
+            kube.put_object(obj("Service", "web"))
+            kube.put_object(route)
+            kube.fail_next("GET", "/grpcroutes", 403, "Forbidden", count=10_000)
+            api = KubeAPI.from_kubeconfig(server=str(kube.url))
+            changes = asyncio.Event()
+            source = KubeSource(api, ObjectFilter.create("lightmesh"), on_change=changes.set)
+            task = asyncio.create_task(source.run())
+            try:
+                await asyncio.wait_for(source.synced.wait(), 20)  # ready, without GRPCRoutes
+                snap = source.snapshot()
+                assert [o["metadata"]["name"] for o in snap["services"]] == ["web"] and snap["mesh_grpc_routes"] == []
+                assert source.informers["mesh_grpc_routes"].forbidden
+                kube.failures.clear()  # the ClusterRole is fixed: picked up on the next retry
+                assert await _until(lambda: source.snapshot()["mesh_grpc_routes"], 40)
+                assert not source.informers["mesh_grpc_routes"].forbidden
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await api.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_built_in_kinds_forbidden_keep_the_controller_unready():
+    async def scenario():
+        async with cluster() as kube:
+            kube.fail_next("GET", "/api/v1/pods", 403, "Forbidden", count=10_000)
+            api = KubeAPI.from_kubeconfig(server=str(kube.url))
+            source = KubeSource(api, ObjectFilter.create("lightmesh"))
+            task = asyncio.create_task(source.run())
+            try:
+                await asyncio.sleep(1.0)
+                assert not source.synced.is_set()  # without pods, no identity: never serve half a mesh
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await api.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_watch_metrics_tell_smi_and_gateway_api_route_kinds_apart():
+    from lightmesh.controller.sources import Resource
+
+    kinds = {Informer(None, Resource(f, g, "v1", k, p), lambda: None).kind
+             for f, g, k, p in [("tcp_routes", "specs.smi-spec.io", "TCPRoute", "tcproutes"),
+                                ("mesh_tcp_routes", "gateway.networking.k8s.io", "TCPRoute", "tcproutes"),
+                                ("services", "", "Service", "services")]}
+    assert kinds == {"TCPRoute", "TCPRoute.gateway.networking.k8s.io", "Service"}

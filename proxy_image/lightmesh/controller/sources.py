@@ -13,7 +13,10 @@ deciding which objects the controller looks at:
 * :class:`KubeSource`: one :class:`Informer` (list + watch) per kind over :class:`KubeAPI`. The
   SMI kinds are discovered: the newest version the cluster serves among the ones we support.
   Watches resume from the last ``resourceVersion``, re-list on ``410 Gone`` and back off on errors
-  (``watch_restarts_total{kind,reason}``).
+  (``watch_restarts_total{kind,reason}``). Only a 404 from discovery means "not served": any other
+  failure keeps what is watched (a flapping API server never empties a kind). An optional kind
+  (SMI, Gateway API) the controller is forbidden to list (403) counts as absent until it may, so
+  the rest of the mesh still gets served; the built-in kinds have no such way out.
 
 Both sources call ``on_change()`` (no arguments, cheap) after the cache changed; the reconcile loop
 debounces and calls :meth:`snapshot` to get ``{field: [objects]}`` for ``ClusterState``.
@@ -98,6 +101,8 @@ SMI_VERSIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "mesh_tcp_routes": (("v1", "v1alpha2"), "tcproutes"),
     "mesh_udp_routes": (("v1", "v1alpha2"), "udproutes"),
 }
+# kinds two groups share (SMI's and Gateway API's TCPRoute/UDPRoute): metric labels add the group
+_SHARED_KINDS = frozenset(k for _g, k in FIELDS.values() if sum(k2 == k for _g2, k2 in FIELDS.values()) > 1)
 LEASES = Resource("leases", "coordination.k8s.io", "v1", "Lease", "leases")
 EVENTS = Resource("events", "", "v1", "Event", "events")
 
@@ -414,6 +419,9 @@ class Informer:
                  metrics=None, watch_timeout_seconds: int = 300) -> None:
         self.api = api
         self.resource = resource  # None: the cluster does not serve this kind (cache stays empty)
+        # SMI and Gateway API kinds: a 403 on their list means "absent for us", not "not ready"
+        self.optional = resource is not None and resource.field in SMI_VERSIONS
+        self.forbidden = False
         self.on_change = on_change
         self.metrics = metrics
         self.watch_timeout_seconds = watch_timeout_seconds
@@ -425,7 +433,11 @@ class Informer:
 
     @property
     def kind(self) -> str:
-        return self.resource.kind if self.resource else "?"
+        if self.resource is None:
+            return "?"
+        if self.resource.kind in _SHARED_KINDS and self.resource.group != "specs.smi-spec.io":
+            return f"{self.resource.kind}.{self.resource.group}"
+        return self.resource.kind
 
     def _restart(self, reason: str) -> None:
         if self.metrics is not None:
@@ -437,6 +449,9 @@ class Informer:
         self.lists += 1
         self._listed_at = asyncio.get_running_loop().time()
         cache = {key_of(i): i for i in items}
+        if self.forbidden:
+            self.forbidden = False
+            log.warning("%s: listing is allowed again; watching it", self.kind)
         changed = cache != self.cache
         self.cache, self.resource_version = cache, rv
         if not self.synced.is_set():
@@ -492,20 +507,39 @@ class Informer:
             except asyncio.CancelledError:
                 raise
             except ApiError as exc:
-                if exc.status == 410:
-                    log.info("%s watch expired (410 Gone): re-listing", self.kind)
-                    self._restart("gone")
-                    need_list = True
-                    if asyncio.get_running_loop().time() - self._listed_at >= 1.0:
-                        continue  # at once, unless 410s come back right after a list (then back off)
-                self._restart("error")
-                log.warning("%s watch failed (%s); retrying in %.1fs", self.kind, exc, backoff)
+                if exc.status == 403 and self.optional and need_list:
+                    self._forbidden(exc)
+                else:
+                    if exc.status == 410:
+                        log.info("%s watch expired (410 Gone): re-listing", self.kind)
+                        self._restart("gone")
+                        need_list = True
+                        if asyncio.get_running_loop().time() - self._listed_at >= 1.0:
+                            continue  # at once, unless 410s come back right after a list (then back off)
+                    self._restart("error")
+                    log.warning("%s watch failed (%s); retrying in %.1fs", self.kind, exc, backoff)
             except Exception as exc:  # network errors, decode errors: back off, never die
                 self._restart("error")
                 log.warning("%s watch failed (%s: %s); retrying in %.1fs", self.kind, type(exc).__name__,
                             exc, backoff)
             await asyncio.sleep(backoff * (0.5 + random.random() / 2))
             backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
+
+    def _forbidden(self, exc: ApiError) -> None:
+        """403 on the list of an optional kind: at start, serve without it (empty, as if the CRD
+        were not installed) rather than keep the whole controller not ready; once listed, keep what
+        was listed (a 403 from a flaky authorizer must not empty it). Retried with backoff."""
+        self._restart("forbidden")
+        if not self.forbidden:
+            self.forbidden = True
+            now = ("treated as absent (none of these objects apply)" if not self.synced.is_set()
+                   else f"keeping the {len(self.cache)} listed before")
+            log.warning("%s: the controller may not list it (403: %s): %s until it may; check the "
+                        "controller's ClusterRole", self.kind, exc, now)
+        if not self.synced.is_set():
+            self._listed_at = asyncio.get_running_loop().time()
+            self.synced.set()
+            self.on_change()
 
 
 async def discover(api: KubeAPI) -> dict[str, Resource | None]:
@@ -526,8 +560,13 @@ async def discover(api: KubeAPI) -> dict[str, Resource | None]:
             # a group version may exist without this kind (e.g. specs v1alpha1 has no UDPRoute)
             try:
                 resources = (await api.get(f"/apis/{group}/{version}")).get("resources") or []
-            except ApiError:
-                continue
+            except ApiError as exc:
+                if exc.status == 404:  # listed in /apis a moment ago, gone now: not served
+                    continue
+                # 503, 429, 500...: not an answer. Raising keeps the informers running (re-discovery)
+                # or retries (start); taken as "not served", it emptied the kind: in ACL mode every
+                # TrafficTarget gone, all traffic denied until the next discovery.
+                raise
             if any(r.get("name") == plural for r in resources):
                 chosen = Resource(fieldname, group, version, kind, plural)
                 break
