@@ -88,3 +88,25 @@ def test_every_watched_kind_has_its_own_metric_label():
     assert len(set(KIND_OF_FIELD.values())) == len(KIND_OF_FIELD)
     assert KIND_OF_FIELD["tcp_routes"] == "TCPRoute"
     assert KIND_OF_FIELD["mesh_tcp_routes"] == "TCPRoute.gateway.networking.k8s.io"
+
+
+def test_object_errors_are_logged_once_when_they_appear(tmp_path, caplog):
+    bad = service("broken")
+    bad["metadata"]["annotations"] = {"mesh.traefik.io/retry-attempts": "two"}
+    settings = Settings()
+    source = FileSource(tmp_path, ObjectFilter.create(settings.mesh_namespace))
+    controller = Controller(settings, source)
+
+    def round_with(objects):
+        (tmp_path / "a.yaml").write_text(yaml.safe_dump_all(objects))
+        source.load()
+        caplog.clear()
+        controller.reconcile_once()
+        return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "object error" in r.getMessage()]
+
+    caplog.set_level("WARNING", logger="lightmesh.controller")
+    [line] = round_with([bad, service("web")])
+    assert "Service shop/broken" in line and "retry-attempts" in line and "'two'" in line
+    assert round_with([bad, service("web"), service("api")]) == []  # still there: not logged again
+    assert round_with([service("web")]) == []
+    assert len(round_with([bad])) == 1  # back again: logged again

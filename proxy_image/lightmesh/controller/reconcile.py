@@ -125,6 +125,7 @@ class Controller:
         self._write_wanted = asyncio.Event()
         self._desired_shadows: list[dict] | None = None
         self._errors: list = []
+        self._logged_errors: set = set()  # the object errors already logged (see _log_new_errors)
         if local_shadows is not None and local_shadows.last_config:
             self.version = int(local_shadows.last_config.get("version") or 0)
         self.source.on_change = self.notify
@@ -195,6 +196,7 @@ class Controller:
                 self.dns.table = DNSTable.from_shadows(shadows, self.settings.domains)
                 self._dns_shadows = shadows
         self._errors = list(result.errors)
+        self._log_new_errors(self._errors)
         if self.kube_writer is not None or self.events is not None:
             self._desired_shadows = list(result.shadow_services)
             self._write_wanted.set()
@@ -203,6 +205,14 @@ class Controller:
             self._trace(started_ns, stats, result)
         self.rounds += 1
         return stats
+
+    def _log_new_errors(self, errors: list) -> None:
+        """One warning per object error when it appears (not every round it stays); an error that
+        goes away and comes back is logged again. Bounded by the errors of the current round."""
+        current = set(errors)
+        for error in sorted(current - self._logged_errors, key=str):
+            log.warning("object error: %s", error)
+        self._logged_errors = current
 
     def _trace(self, started_ns: int, stats: RoundStats, result) -> None:
         """A span for the round just done (after the fact: the round itself stays free of tracing)."""
