@@ -394,3 +394,20 @@ def test_a_gateway_tcp_route_is_told_apart_from_an_smi_tcp_route_of_the_same_nam
                 assert route.name == f"{NS}/db:5432" and route.servers == []  # no EndpointSlice in this cluster
 
     run(scenario())
+
+
+def test_a_selector_key_added_to_a_shadow_is_removed():
+    # An extra selector key matches no proxy pod: the Service's mesh traffic went nowhere, and the
+    # writer, which only checked that our keys were present, never put it back.
+    async def scenario():
+        async with cluster() as kube:
+            kube.put_object(service("web"))
+            async with running(kube, events=False):
+                name = shadow_name(NS, "web")
+                await until(lambda: name in shadows(kube), "shadow created")
+                wanted = dict(shadows(kube)[name]["spec"]["selector"])
+                kube.patch_object("v1", "services", MESH, name, {"spec": {"selector": {"extra": "x"}}})
+                assert shadows(kube)[name]["spec"]["selector"] == {**wanted, "extra": "x"}
+                await until(lambda: shadows(kube)[name]["spec"]["selector"] == wanted, "selector restored")
+
+    run(scenario())

@@ -54,6 +54,16 @@ def subset(want: Any, have: Any) -> bool:
     return want == have
 
 
+def in_sync(want: dict, have: dict) -> bool:
+    """``have`` (the cluster's) carries every field of ``want`` we own, and exactly its selector: an
+    extra selector key (someone's edit) would match no proxy pod and blackhole the Service."""
+    return subset(managed_part(want), have) and _selector(want) == _selector(have)
+
+
+def _selector(service: dict) -> Any:
+    return (service.get("spec") or {}).get("selector")
+
+
 def managed_part(desired: dict) -> dict:
     """The fields of a shadow Service we own and compare."""
     meta = desired.get("metadata") or {}
@@ -107,7 +117,7 @@ class KubeShadowWriter:
                     return 1
 
         jobs = [write(name, want, have.get(name)) for name, want in sorted(wanted.items())
-                if not (name in have and subset(managed_part(want), have[name]))]
+                if not (name in have and in_sync(want, have[name]))]
         jobs += [delete(name) for name in sorted(have) if name not in wanted]
         return sum(await asyncio.gather(*jobs)) if jobs else 0
 
@@ -138,9 +148,14 @@ class KubeShadowWriter:
                 current = await self.api.get(path)
                 if not is_shadow(current):
                     raise ApiError(409, "NameTaken", f"Service {self.namespace}/{_name(want)} is not ours")
-                if subset(managed_part(want), current):
+                if in_sync(want, current):
                     return
                 patch = managed_part(want)
+                # a merge patch keeps keys it does not name: selector keys added by others are removed
+                theirs = _selector(current)
+                if isinstance(theirs, dict) and isinstance(patch["spec"].get("selector"), dict):
+                    patch["spec"] = {**patch["spec"], "selector": {
+                        **{k: None for k in theirs if k not in patch["spec"]["selector"]}, **patch["spec"]["selector"]}}
                 # optimistic concurrency: a concurrent writer makes this a 409, and we re-read
                 patch["metadata"]["resourceVersion"] = (current.get("metadata") or {}).get("resourceVersion")
                 if patch["metadata"]["resourceVersion"] is None:
