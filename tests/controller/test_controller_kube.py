@@ -411,3 +411,30 @@ def test_a_selector_key_added_to_a_shadow_is_removed():
                 await until(lambda: shadows(kube)[name]["spec"]["selector"] == wanted, "selector restored")
 
     run(scenario())
+
+
+def test_a_shadow_that_cannot_be_written_is_reported_on_its_service():
+    # A user's Service holding the shadow's name: the controller leaves it alone (as before), but
+    # that used to show only in its log, every 5 s; the Service's mesh name just did not resolve.
+    async def scenario():
+        async with cluster() as kube:
+            kube.put_object(service("web"))
+            name = shadow_name(NS, "web")
+            kube.put_object({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": MESH},
+                             "spec": {"ports": [{"port": 1}]}})
+            async with running(kube, events=False) as controller:
+                def reported():
+                    result = controller.result
+                    return result is not None and [e for e in result.errors if e.field == "shadow Service"]
+
+                await until(reported, "the failed write reported")
+                [error] = reported()
+                assert (error.kind, error.namespace, error.name) == ("Service", NS, "web")
+                assert f"{MESH}/{name}" in error.message and "not" in error.message
+                assert metric(controller, "lightmesh_controller_object_errors", kind="Service") == 1
+                assert metric(controller, "lightmesh_controller_shadow_service_writes_total", action="error") >= 1
+                await kube_delete(kube, name, MESH)  # the name is free: the shadow is written, the error goes
+                await until(lambda: name in shadows(kube) and controller.result is not None and not reported(),
+                            "the error cleared", timeout=30)
+
+    run(scenario())

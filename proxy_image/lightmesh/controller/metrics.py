@@ -28,7 +28,7 @@ METRICS: tuple[MetricSpec, ...] = (
                "Watches restarted, by kind and reason (gone = re-list after 410, error = backoff)",
                ("kind", "reason")),
     MetricSpec(PREFIX + "shadow_service_writes_total", "counter",
-               "Shadow Service writes by the leader, by action (create, update, delete)", ("action",)),
+               "Shadow Service writes by the leader, by action (create, update, delete, error)", ("action",)),
 )
 
 _TYPES = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}

@@ -26,6 +26,7 @@ the same version and hash, and a restart with other content continues the number
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import time
@@ -126,6 +127,7 @@ class Controller:
         self._desired_shadows: list[dict] | None = None
         self._errors: list = []
         self._logged_errors: set = set()  # the object errors already logged (see _log_new_errors)
+        self._shadow_errors: list = []  # shadow Services the leader could not write (next rounds report them)
         if local_shadows is not None and local_shadows.last_config:
             self.version = int(local_shadows.last_config.get("version") or 0)
         self.source.on_change = self.notify
@@ -172,6 +174,8 @@ class Controller:
             snapshot["shadow_services"] = self.local_shadows.list()
             state = self._state_type(**{f: snapshot.get(f, []) for f in STATE_FIELDS})
         assert result is not None
+        if self._shadow_errors:
+            result = dataclasses.replace(result, errors=sorted(set(result.errors) | set(self._shadow_errors)))
         self.result = result
         self.ports = result.ports
         config = result.config
@@ -319,6 +323,10 @@ class Controller:
                     failures = 1
                 if not failures:
                     self._applied = (desired, seen)
+                write_errors = self.kube_writer.write_errors()
+                if write_errors != self._shadow_errors:
+                    self._shadow_errors = write_errors
+                    self._dirty.set()  # a round to report them (or clear them) in the topology and metrics
             if self.events is not None:
                 try:
                     await self.events.record(self._errors)

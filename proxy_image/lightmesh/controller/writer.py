@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lightmesh import wire
+from lightmesh.controller.model import ObjectError
 from lightmesh.controller.sources import BUILTIN, ApiError, KubeAPI, is_shadow
 
 log = logging.getLogger("lightmesh.controller.writer")
@@ -79,6 +80,8 @@ class KubeShadowWriter:
         self.namespace = namespace
         self.metrics = metrics
         self.resource = BUILTIN["services"]
+        # shadow name → (the desired shadow, why writing it failed), for the last apply
+        self.failed: dict[str, tuple[dict, str]] = {}
 
     def _count(self, action: str) -> None:
         if self.metrics is not None:
@@ -93,6 +96,7 @@ class KubeShadowWriter:
         have = {_name(s): s for s in existing if is_shadow(s)}
         wanted = {_name(d): d for d in desired}
         limit = asyncio.Semaphore(WRITE_CONCURRENCY)
+        failed: dict[str, tuple[dict, str]] = {}
 
         async def write(name: str, want: dict, current: dict | None) -> int:
             async with limit:
@@ -101,6 +105,8 @@ class KubeShadowWriter:
                     return 0
                 except Exception as exc:  # noqa: BLE001 - API or network error: counted, retried later
                     log.error("writing shadow Service %s/%s failed: %s", self.namespace, name, exc)
+                    self._count("error")
+                    failed[name] = (want, " ".join(str(exc).split()) or type(exc).__name__)
                     return 1
 
         async def delete(name: str) -> int:
@@ -119,7 +125,22 @@ class KubeShadowWriter:
         jobs = [write(name, want, have.get(name)) for name, want in sorted(wanted.items())
                 if not (name in have and in_sync(want, have[name]))]
         jobs += [delete(name) for name in sorted(have) if name not in wanted]
-        return sum(await asyncio.gather(*jobs)) if jobs else 0
+        failures = sum(await asyncio.gather(*jobs)) if jobs else 0
+        self.failed = failed
+        return failures
+
+    def write_errors(self) -> list[ObjectError]:
+        """The last apply's failed writes, as errors of the Services they shadow (the topology API,
+        the object_errors metric and Events report them; the mesh name does not resolve meanwhile)."""
+        out = []
+        for name, (want, why) in sorted(self.failed.items()):
+            labels = (want.get("metadata") or {}).get("labels") or {}
+            out.append(ObjectError(
+                "Service", labels.get(wire.LABEL_SHADOW_SERVICE_NAMESPACE, ""),
+                labels.get(wire.LABEL_SHADOW_SERVICE_NAME, name), "shadow Service",
+                f"its shadow Service {self.namespace}/{name} could not be written ({why}); its mesh name "
+                f"does not resolve until it can (retried)"))
+        return out
 
     async def _create(self, want: dict) -> None:
         body = copy.deepcopy(want)
