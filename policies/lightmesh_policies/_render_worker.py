@@ -25,7 +25,8 @@ def main(argv: list[str]) -> int:
         print(f"render failed: {exc}", file=sys.stderr)
         return 1
     out = [{"type": reg.typ, "name": reg.name, "urn": reg.urn, "parent": reg.parent or None,
-            "custom": reg.custom, "props": reg.inputs} for reg in result.registrations]
+            "provider": reg.provider or None, "custom": reg.custom, "props": reg.inputs}
+           for reg in result.registrations]
     with open(out_path, "w") as fh:
         json.dump(out, fh, default=str)
     return 0

@@ -2,7 +2,7 @@
 controller's flag definitions (``lightmesh.controller.main.configure``), its TrafficSplit weight
 parser (``lightmesh.controller.topology.parse_weight``) and namespace rules
 (``lightmesh.controller.model``), and what ``lightmesh render`` counts as one Kubernetes object
-(``lightmesh.local.render.object_identity``).
+(``lightmesh.local.render.object_identity``) and as one cluster (``cluster_key``).
 
 The pack judges annotations, controller flags and split weights with exactly the controller's code,
 so it imports the ``lightmesh`` package. In the pack's own venv that package is installed from the repository (``-e ..`` in
@@ -24,8 +24,9 @@ from lightmesh import annotations, cbexpr, wire  # noqa: E402
 from lightmesh.controller import main as controller_cli  # noqa: E402
 from lightmesh.controller import model as controller_model  # noqa: E402
 from lightmesh.controller.topology import parse_weight, port_number  # noqa: E402
-from lightmesh.local.render import describe_identity, object_identity, resource_description  # noqa: E402
+from lightmesh.local.render import (cluster_key, describe_identity, object_identity,  # noqa: E402
+                                    resource_description)
 from lightmesh.userregex import check_user_regex  # noqa: E402
 
 __all__ = ["annotations", "cbexpr", "wire", "controller_cli", "controller_model", "parse_weight", "port_number",
-           "object_identity", "describe_identity", "resource_description", "check_user_regex"]
+           "object_identity", "describe_identity", "resource_description", "check_user_regex", "cluster_key"]

@@ -30,7 +30,7 @@ from typing import Any, Iterable
 from pulumi_policy.proxy import UnknownValueError, _is_unknown  # the SDK's own sentinel test
 
 from lightmesh_policies._runtime import annotations as ann
-from lightmesh_policies._runtime import controller_cli, controller_model, wire
+from lightmesh_policies._runtime import cluster_key, controller_cli, controller_model, wire
 from lightmesh_policies._runtime import port_number as controller_port_number
 
 
@@ -161,6 +161,12 @@ class Resource:
     props: dict
     parent_types: tuple[str, ...] = ()
     """Types of the component ancestors (from the parent chain or the URN), nearest last."""
+    parent_names: tuple[str, ...] = ()
+    """The names of those ancestors, in the same order, when the parent chain gave them (else ())."""
+    cluster: str = ""
+    """The cluster it is applied to: "" for the ambient one (default provider), else what tells its
+    Kubernetes provider's cluster apart (``lightmesh.local.render.cluster_key``, or the provider's URN
+    while that is unknown)."""
 
     @property
     def group_version(self) -> tuple[str, str]:
@@ -186,14 +192,25 @@ def parent_types_from_urn(urn: str) -> tuple[str, ...]:
 
 
 def resource_from_policy(resource_type: str, name: str, urn: str, props: Any,
-                         parent: Any = None) -> Resource:
+                         parent: Any = None, provider: Any = None) -> Resource:
     """Build a :class:`Resource` from what the policy SDK gives (``PolicyResource`` or validation args)."""
-    parents: list[str] = []
+    parents: list[tuple[str, str]] = []
     while parent is not None:
-        parents.insert(0, parent.resource_type)
+        parents.insert(0, (parent.resource_type, getattr(parent, "name", "") or ""))
         parent = getattr(parent, "parent", None)
-    parent_types = tuple(p for p in parents if p != "pulumi:pulumi:Stack") or parent_types_from_urn(urn)
-    return Resource(resource_type, name, urn, as_dict(materialize(props)), parent_types)
+    chain = [p for p in parents if p[0] != "pulumi:pulumi:Stack"]
+    parent_types = tuple(t for t, _ in chain) or parent_types_from_urn(urn)
+    parent_names = tuple(n for _, n in chain)
+    return Resource(resource_type, name, urn, as_dict(materialize(props)), parent_types, parent_names,
+                    cluster_of(provider))
+
+
+def cluster_of(provider: Any) -> str:
+    """The :attr:`Resource.cluster` of a resource given ``provider`` (a ``PolicyProviderResource``)."""
+    if provider is None:
+        return ""
+    key = cluster_key(getattr(provider, "resource_type", None), as_dict(materialize(getattr(provider, "props", None))))
+    return key if key is not None else str(getattr(provider, "urn", "") or "unknown")
 
 
 # ------------------------------------------------------------------------------------------- names

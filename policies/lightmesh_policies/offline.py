@@ -249,14 +249,21 @@ def analyze(resources: list[dict], policy_config: Mapping[str, Any] | None = Non
             report.not_applicable.append((n.policy_name, n.reason))
 
     stack = proto.AnalyzeStackRequest()
+    by_urn = {r["urn"]: r for r in resources}
     for r in resources:
         if r["type"] == "pulumi:pulumi:Stack":
             continue
         props = _struct(r.get("props") or {})
+        # the explicit provider, as the CLI sends it (the rules tell clusters apart by it)
+        given = by_urn.get(r.get("provider") or "")
+        provider = (proto.AnalyzerProviderResource(type=given["type"], name=given["name"], urn=given["urn"],
+                                                   properties=_struct(given.get("props") or {}))
+                    if given is not None else None)
         collect(servicer.Analyze(proto.AnalyzeRequest(type=r["type"], name=r["name"], urn=r["urn"],
-                                                      properties=props), None), r["urn"])
+                                                      properties=props, provider=provider), None), r["urn"])
         stack.resources.append(proto.AnalyzerResource(type=r["type"], name=r["name"], urn=r["urn"],
-                                                      properties=props, parent=r.get("parent") or ""))
+                                                      properties=props, parent=r.get("parent") or "",
+                                                      provider=provider))
     collect(servicer.AnalyzeStack(stack, None))
     return report
 

@@ -57,9 +57,26 @@ def _schema(defaults: Mapping[str, Any], descriptions: Mapping[str, str]) -> Pol
     return PolicyConfigSchema(properties=properties)
 
 
-def _view(args: StackValidationArgs) -> StackView:
-    return StackView(model.resource_from_policy(r.resource_type, r.name, r.urn, r.props, getattr(r, "parent", None))
-                     for r in args.resources)
+def _views(args: StackValidationArgs) -> list[StackView]:
+    """One view per cluster the stack deploys to: its resources grouped by their Kubernetes provider's
+    cluster (a stack for one cluster has one view). One cluster's AccessPolicy says nothing about
+    another's Services, and one object name in two clusters is two objects."""
+    by_cluster: dict[str, list[model.Resource]] = {}
+    for r in args.resources:
+        resource = model.resource_from_policy(r.resource_type, r.name, r.urn, r.props, getattr(r, "parent", None),
+                                              getattr(r, "provider", None))
+        by_cluster.setdefault(resource.cluster, []).append(resource)
+    return [StackView(by_cluster[c]) for c in sorted(by_cluster)] or [StackView([])]
+
+
+def _per_cluster(check, defaults: Mapping[str, Any]):
+    """A stack policy's ``validate``: ``check(view, cfg, report)`` once per cluster (see :func:`_views`)."""
+    def validate(args: StackValidationArgs, report: ReportViolation) -> None:
+        cfg = _config(args.get_config(), defaults)
+        for view in _views(args):
+            check(view, cfg, report)
+    validate.__name__ = validate.__qualname__ = f"validate{check.__name__}"
+    return validate
 
 
 def _resource(args: ResourceValidationArgs) -> model.Resource:
@@ -105,9 +122,7 @@ _ACL_DEFAULTS_DESCRIPTIONS = {
 ACL_COVERAGE_DEFAULTS = {"assume_acl": False, "allow_unresolved_services": False, "ignore_services": []}
 
 
-def _validate_acl_coverage(args: StackValidationArgs, report: ReportViolation) -> None:
-    cfg = _config(args.get_config(), ACL_COVERAGE_DEFAULTS)
-    view = _view(args)
+def _acl_coverage(view: StackView, cfg: dict, report: ReportViolation) -> None:
     if _acl_active(view, cfg["assume_acl"]) is not True:
         return
     ignored = set(cfg["ignore_services"] or [])
@@ -212,7 +227,7 @@ acl_service_has_traffic_target = StackValidationPolicy(
     remediation_steps=("Add an AccessPolicy whose destination_service_account is the ServiceAccount of the "
                        "Service's pods, with the client ServiceAccounts as sources and a rule for the Service's "
                        "traffic type (http_matches, tcp or udp)."),
-    validate=_validate_acl_coverage,
+    validate=_per_cluster(_acl_coverage, ACL_COVERAGE_DEFAULTS),
 )
 
 # ------------------------------------------------------------------------ 2. TrafficTargets and routes
@@ -266,9 +281,7 @@ def _validate_routes(view: StackView, report: ReportViolation) -> None:
                            f"expression (http_matches[].headers).", route.resource.urn)
 
 
-def _validate_traffic_targets(args: StackValidationArgs, report: ReportViolation) -> None:
-    cfg = _config(args.get_config(), TRAFFIC_TARGET_DEFAULTS)
-    view = _view(args)
+def _traffic_targets(view: StackView, cfg: dict, report: ReportViolation) -> None:
     _validate_routes(view, report)
     default_type = view.default_traffic_type()
     for target in view.traffic_targets:
@@ -404,7 +417,7 @@ traffic_target_valid = StackValidationPolicy(
         "allow_external_routes": "Do not report rules naming route objects that this stack does not declare.",
     }),
     remediation_steps="Declare TrafficTargets through AccessPolicy, which creates matching route objects.",
-    validate=_validate_traffic_targets,
+    validate=_per_cluster(_traffic_targets, TRAFFIC_TARGET_DEFAULTS),
 )
 
 # ---------------------------------------------------------------------------------- 3. TrafficSplits
@@ -470,9 +483,7 @@ def _split_loops(view: StackView) -> dict[int, list[str]]:
     return loops
 
 
-def _validate_traffic_splits(args: StackValidationArgs, report: ReportViolation) -> None:
-    cfg = _config(args.get_config(), TRAFFIC_SPLIT_DEFAULTS)
-    view = _view(args)
+def _traffic_splits(view: StackView, cfg: dict, report: ReportViolation) -> None:
     acl = _acl_active(view, cfg["assume_acl"])
     loops = _split_loops(view)
     roots_seen: dict[tuple, str] = {}
@@ -642,7 +653,7 @@ traffic_split_valid = StackValidationPolicy(
         "allow_external_services": "Do not report root or backend Services that this stack does not declare.",
     }),
     remediation_steps="Fix the TrafficSplit's backends/weights; in ACL mode give every backend the same sources.",
-    validate=_validate_traffic_splits,
+    validate=_per_cluster(_traffic_splits, TRAFFIC_SPLIT_DEFAULTS),
 )
 
 # ----------------------------------------------------------------------------- 4. mesh annotations
@@ -916,18 +927,29 @@ def object_identity_of(resource: model.Resource) -> tuple[str, str, str, str] | 
     return object_identity(api_version, kind, namespace, name)
 
 
-def _validate_unique_objects(args: StackValidationArgs, report: ReportViolation) -> None:
-    cfg = _config(args.get_config(), UNIQUE_OBJECTS_DEFAULTS)
+def _unique_objects(view: StackView, cfg: dict, report: ReportViolation) -> None:
     ignored = set(cfg["ignore_objects"] or [])
     objects: dict[tuple, list[model.Resource]] = {}
     patches: dict[tuple, list[model.Resource]] = {}
-    for r in _view(args).resources:
+    for r in view.resources:
         identity = object_identity_of(r)
         if identity is not None and describe_identity(identity) not in ignored:
             (patches if r.kind.endswith("Patch") else objects).setdefault(identity, []).append(r)
+    installs_reported: set[tuple[str, str]] = set()
     for identity, resources in objects.items():
         first, *others = sorted(resources, key=lambda r: r.urn)
         for other in others:
+            if all(model.MESH_INSTALL_COMPONENT in r.parent_types for r in (first, other)):
+                # the SMI CRDs have fixed names: another instance name cannot help
+                pair = (_install_of(first), _install_of(other))
+                if pair not in installs_reported:
+                    installs_reported.add(pair)
+                    report(f"Two MeshInstalls deploy to one cluster ({pair[0]} and {pair[1]}; both declare "
+                           f"{describe_identity(identity)}, among others): Lightmesh runs one mesh per cluster (one "
+                           f"set of SMI CRDs, one cluster DNS patch). Fix: keep one MeshInstall per cluster (its "
+                           f"watch_namespaces/ignore_namespaces choose what it meshes), or give each its own "
+                           f"cluster (a Kubernetes provider per cluster).", other.urn)
+                continue
             report(f"{describe_identity(identity)} is declared by two resources, {_who(first)} and {_who(other)}: "
                    f"in the cluster they are one object, so each apply overwrites the other and deleting either "
                    f"deletes it. Fix: give one of them another metadata.name (for a component, another instance "
@@ -937,6 +959,15 @@ def _validate_unique_objects(args: StackValidationArgs, report: ReportViolation)
         for i, a in enumerate(resources):
             for b in resources[i + 1:]:
                 _check_patch_conflicts(identity, a, b, report)
+
+
+def _install_of(resource: model.Resource) -> str:
+    """The MeshInstall a resource belongs to, by name when the parent chain tells it."""
+    types, names = resource.parent_types, resource.parent_names
+    for i in range(len(types) - 1, -1, -1):
+        if types[i] == model.MESH_INSTALL_COMPONENT and len(names) == len(types) and names[i]:
+            return f"MeshInstall {names[i]!r}"
+    return _who(resource)
 
 
 def _who(resource: model.Resource) -> str:
@@ -976,7 +1007,7 @@ unique_objects = StackValidationPolicy(
                            "\"HTTPRouteGroup.specs.smi-spec.io shop/api-http\")."),
     }),
     remediation_steps="Give each object its own name (components: distinct instance names), or declare it once.",
-    validate=_validate_unique_objects,
+    validate=_per_cluster(_unique_objects, UNIQUE_OBJECTS_DEFAULTS),
 )
 
 ALL_POLICIES = [

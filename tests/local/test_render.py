@@ -224,3 +224,24 @@ def test_missing_required_config_is_one_line_naming_where_to_set_it(tmp_path, ca
 
     assert main(["local", str(program), "--dns-port", "15399"]) == 1
     assert capsys.readouterr().err == f"lightmesh local: rendering {program} failed: {message}\n"
+
+
+def test_one_name_in_two_clusters_is_two_objects_each_in_its_own_directory(tmp_path):
+    result = render("clusters", tmp_path, "--config", "case=two")
+    assert result.returncode == 0, result.stderr
+    # no ambient objects: the first provider's cluster is at the top, the other in a directory of its name
+    assert [d["spec"]["ports"][0]["port"] for d in load(tmp_path).values()] == [80]
+    assert [d["spec"]["ports"][0]["port"] for d in load(tmp_path / "k8s-us").values()] == [81]
+    assert f"wrote 1 manifests to {tmp_path / 'k8s-us'} (the cluster of provider 'k8s-us')" in result.stdout
+    # the ambient cluster takes the top when it has objects
+    result = render("clusters", tmp_path, "--config", "case=mixed")
+    assert result.returncode == 0, result.stderr
+    assert [d["spec"]["ports"][0]["port"] for d in load(tmp_path).values()] == [81]
+    assert [d["spec"]["ports"][0]["port"] for d in load(tmp_path / "k8s-eu").values()] == [80]
+    assert not (tmp_path / "k8s-us").exists()  # the previous render's directory for a cluster now gone
+
+
+def test_two_providers_for_one_cluster_are_one_cluster(tmp_path):
+    result = render("clusters", tmp_path / "out", "--config", "case=same")
+    assert result.returncode == 1
+    assert "Service shop/api is declared twice, by resource 'api-0' and by resource 'api-1'" in result.stderr

@@ -111,3 +111,24 @@ def test_each_rule_on_component_output(config, expected, fragment):
     if fragment:
         assert any(fragment in v.message for v in report.violations), [v.message for v in report.violations]
         assert all(v.urn.startswith("urn:pulumi:") for v in report.violations)
+
+
+CLUSTERS = Path(__file__).resolve().parent / "programs" / "clusters"
+
+
+def test_each_cluster_of_a_stack_is_judged_on_its_own():
+    # One cluster's AccessPolicy used to count for another's Service, and one name in two clusters
+    # was reported as one object declared twice.
+    report = check_program(CLUSTERS, config=["case=acl"])
+    [violation] = report.violations
+    assert violation.policy == "lightmesh-acl-service-has-traffic-target" and violation.level == "mandatory"
+    assert "shop/api" in violation.message and "mesh-us-api" in violation.urn
+    assert check_program(CLUSTERS, config=["case=acl-both"]).violations == []
+
+
+def test_two_mesh_installs_in_one_cluster_are_one_violation_that_says_so():
+    report = check_program(CLUSTERS, config=["case=two-meshes"])
+    unique = [v for v in report.violations if v.policy == "lightmesh-unique-objects"]
+    assert len(unique) == 1, unique
+    assert "one mesh per cluster" in unique[0].message
+    assert "MeshInstall 'mesh-a'" in unique[0].message and "MeshInstall 'mesh-b'" in unique[0].message

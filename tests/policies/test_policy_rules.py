@@ -805,3 +805,21 @@ def test_a_traffic_target_for_another_namespaces_destination_is_reported():
     assert [m.split(" Fix:")[0] for m in msgs] == [
         "TrafficTarget attacker/steal names destination bank/bank-api, in another namespace: a TrafficTarget grants "
         "access to its own namespace's ServiceAccounts only, and the controller ignores this one."]
+
+
+def test_the_cluster_of_a_resource_comes_from_its_kubernetes_provider():
+    from pulumi_policy.policy import PolicyProviderResource
+    from pulumi_policy.proxy import unknown_checking_proxy
+
+    def provider(props, urn="urn:pulumi:s::p::pulumi:providers:kubernetes::k8s-eu", kind="pulumi:providers:kubernetes"):
+        return PolicyProviderResource(kind, unknown_checking_proxy(props), urn, urn.rsplit("::", 1)[-1])
+
+    eu = model.cluster_of(provider({"kubeconfig": "kc-eu"}))
+    assert eu and eu == model.cluster_of(provider({"kubeconfig": "kc-eu"}, urn="urn:...::k8s-eu-2"))
+    assert eu != model.cluster_of(provider({"kubeconfig": "kc-eu", "context": "other"}))
+    # the ambient cluster: no provider, or one that names no kubeconfig/context/cluster (a namespace override)
+    assert model.cluster_of(None) == model.cluster_of(provider({"namespace": "x"})) == ""
+    assert model.cluster_of(provider({"kubeconfig": "x"}, kind="pulumi:providers:aws")) == ""
+    # not known during preview: the provider itself stands for its cluster
+    unknown = provider({"kubeconfig": UNKNOWN_STRING_VALUE}, urn="urn:pulumi:s::p::pulumi:providers:kubernetes::k")
+    assert model.cluster_of(unknown) == "urn:pulumi:s::p::pulumi:providers:kubernetes::k"

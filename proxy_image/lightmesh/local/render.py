@@ -15,7 +15,11 @@ documented rather than guessed:
   ConfigMap and nothing else.
 
 Two resources that declare one Kubernetes object (same API group, kind, namespace and name: in a
-cluster each apply would overwrite the other) stop the render, naming both. The output directory
+cluster each apply would overwrite the other) stop the render, naming both — in the same cluster:
+a program that deploys to several clusters (a Kubernetes provider each) declares one name once per
+cluster. Objects are grouped by cluster (:func:`cluster_key`): the ambient cluster's (default
+provider) go to ``OUT_DIR``, or the first cluster's when the program has no ambient objects; each
+other cluster's to ``OUT_DIR/<provider name>/``. The output directory
 may hold files of one's own: each written file starts with a ``# Written by lightmesh render``
 comment and is listed in ``OUT_DIR/.lightmesh-render``; a re-render removes exactly the files listed
 there that still carry the comment, and refuses to overwrite any other file.
@@ -83,11 +87,18 @@ class Registration:
     """The URN the mock monitor gives it: the parent component's type is in it (``A$B``)."""
     parent: str = ""
     """The parent's URN ("" for a resource of the stack itself)."""
+    provider: str = ""
+    """The URN of the provider given to it ("" for the default provider)."""
 
 
 @dataclass
 class RenderResult:
     objects: list[dict] = field(default_factory=list)
+    """The first cluster's objects (the ambient one's when the program has any), in install order."""
+    other_clusters: dict[str, list[dict]] = field(default_factory=dict)
+    """Each other cluster's objects, by the name of its (first) Kubernetes provider resource."""
+    cluster_name: str = ""
+    """The provider resource name of :attr:`objects`' cluster ("" for the ambient cluster)."""
     skipped_patches: list[str] = field(default_factory=list)
     skipped_other: list[str] = field(default_factory=list)
     """Custom resources that are not Kubernetes objects (``<type> <name>``): dynamic providers etc."""
@@ -113,6 +124,25 @@ def object_identity(api_version: str, kind: str, namespace: str | None, name: st
     group = api_version.split("/", 1)[0] if "/" in api_version else ""
     ns = "" if kind in CLUSTER_SCOPED_KINDS else (namespace or "default")
     return group, kind, ns, name
+
+
+KUBERNETES_PROVIDER = "pulumi:providers:kubernetes"
+
+
+def cluster_key(provider_type: str | None, provider_props: object) -> str | None:
+    """Which cluster a resource's objects go to, judged from its provider: "" for the ambient
+    cluster (no provider, the default one, or a Kubernetes provider given no kubeconfig, context or
+    cluster), else a digest of those three, so two providers for one cluster count as one. None when
+    one of them is not a plain value (unknown during preview, secret): the caller falls back to the
+    provider's URN."""
+    if provider_type != KUBERNETES_PROVIDER or not isinstance(provider_props, dict):
+        return ""
+    where = [provider_props.get(k) for k in ("kubeconfig", "context", "cluster")]
+    if not all(w is None or isinstance(w, (str, dict)) for w in where):
+        return None
+    if not any(where):
+        return ""
+    return "cluster-" + hashlib.sha256(json.dumps(where, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def describe_identity(identity: tuple[str, str, str, str]) -> str:
@@ -225,6 +255,7 @@ def render_program(program_dir: str | Path, stack: str = "dev", config_overrides
 
     result = RenderResult()
     records: list = []
+    providers: dict[str, tuple[str, str, dict]] = {}  # URN → (type, name, inputs)
     # The monitor registers on a thread pool and calls the mocks synchronously from RegisterResource:
     # a thread-local carries the request's URN and parent to new_resource (MockResourceArgs has neither).
     current = threading.local()
@@ -232,18 +263,23 @@ def render_program(program_dir: str | Path, stack: str = "dev", config_overrides
     class RecordingMonitor(MockMonitor):
         def RegisterResource(self, request):
             current.urn, current.parent = self.make_urn(request.parent, request.type, request.name), request.parent
+            # "<urn>::<id>" of an explicit provider ("" for the default one)
+            current.provider = request.provider.rsplit("::", 1)[0] if request.provider else ""
             try:
                 return super().RegisterResource(request)
             finally:
-                current.urn = current.parent = None
+                current.urn = current.parent = current.provider = None
 
     class RecordingMocks(pulumi.runtime.Mocks):
         def new_resource(self, args: pulumi.runtime.MockResourceArgs):
             state = dict(args.inputs)
             urn = getattr(current, "urn", None) or f"urn:pulumi:{stack}::{project}::{args.typ}::{args.name}"
+            provider = getattr(current, "provider", None) or ""
             if not args.resource_id:
                 result.registrations.append(Registration(args.typ, args.name, state, bool(args.custom), urn,
-                                                         getattr(current, "parent", None) or ""))
+                                                         getattr(current, "parent", None) or "", provider))
+            if args.typ.startswith("pulumi:providers:"):
+                providers[urn] = (args.typ, args.name, dict(args.inputs))
             if args.resource_id:  # Resource.get(...): a read of an existing object
                 return [args.resource_id, _read_existing(args.typ, args.resource_id)]
             if args.typ.startswith("kubernetes:") and args.custom:
@@ -252,7 +288,7 @@ def render_program(program_dir: str | Path, stack: str = "dev", config_overrides
                 if auto_named:
                     metadata["name"] = _rfc1123(_auto_name(args.name))
                 state["metadata"] = metadata
-                records.append((args.typ, args.name, urn, auto_named, state))
+                records.append((args.typ, args.name, urn, auto_named, state, provider))
             elif not args.custom:
                 result.components.append(f"{args.typ} {args.name}")
             elif not args.typ.startswith("pulumi:providers:"):  # a provider is configuration, not a resource
@@ -293,7 +329,14 @@ def render_program(program_dir: str | Path, stack: str = "dev", config_overrides
         asyncio.set_event_loop(None)
 
     declared: dict[tuple, str] = {}
-    for typ, name, urn, auto_named, state in records:
+    clusters: dict[str, list[dict]] = {}
+    cluster_names: dict[str, str] = {}
+    for typ, name, urn, auto_named, state, provider in records:
+        provider_type, provider_name, provider_inputs = providers.get(provider, (None, "", None))
+        cluster = cluster_key(provider_type, provider_inputs)
+        if cluster is None:
+            cluster = provider
+        cluster_names.setdefault(cluster, provider_name if cluster else "")
         if typ.rsplit(":", 1)[-1].endswith("Patch"):
             result.skipped_patches.append(f"{typ} {name}")
             continue
@@ -304,15 +347,25 @@ def render_program(program_dir: str | Path, stack: str = "dev", config_overrides
             identity = object_identity(str(state["apiVersion"]), str(state["kind"]),
                                        state["metadata"].get("namespace"), str(state["metadata"]["name"]))
             who = resource_description(urn, name)
-            if identity in declared and refuse_duplicates:
-                first, second = sorted((declared[identity], who))
+            if (cluster, identity) in declared and refuse_duplicates:
+                first, second = sorted((declared[(cluster, identity)], who))
                 raise RenderError(f"{program_dir.name}: {describe_identity(identity)} is declared twice, by {first} "
                                   f"and by {second}: in a cluster they are one object and each apply overwrites the "
                                   f"other; nothing written. Fix: give one of them another name (for a component, "
                                   f"another instance name), or declare the object once")
-            declared[identity] = who
-        result.objects.append(_clean(state))
-    result.objects.sort(key=_install_order)
+            declared[(cluster, identity)] = who
+        clusters.setdefault(cluster, []).append(_clean(state))
+    for objects in clusters.values():
+        objects.sort(key=_install_order)
+    # the ambient cluster first, then by provider name: the first goes to OUT_DIR itself
+    order = sorted(clusters, key=lambda c: (c != "", cluster_names[c], c))
+    if order:
+        result.objects, result.cluster_name = clusters[order[0]], cluster_names[order[0]]
+        for cluster in order[1:]:
+            label = _rfc1123(cluster_names[cluster]) or "cluster"
+            while label in result.other_clusters:
+                label += "-x"
+            result.other_clusters[label] = clusters[cluster]
     return result
 
 
@@ -416,7 +469,38 @@ def previous_render(out: Path) -> list[str]:
     return [n for n in listed if _WRITTEN_NAME.fullmatch(n) and _written_by_render(out / n)]
 
 
-def write_objects(objects: list[dict], out_dir: str | Path, source: str = "") -> list[Path]:
+def _previous_subdirs(out: Path) -> list[str]:
+    """The per-cluster subdirectories the previous render wrote (``name/`` lines of the record)."""
+    try:
+        listed = (out / RENDER_RECORD).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    return [n[:-1] for n in listed if n.endswith("/") and _SUBDIR_NAME.fullmatch(n[:-1])]
+
+
+_SUBDIR_NAME = re.compile(r"[a-z0-9][a-z0-9.-]*")
+
+
+def write_render(result: RenderResult, out_dir: str | Path, source: str = "") -> list[tuple[Path, list[Path]]]:
+    """The first cluster's objects into ``out_dir``, each other cluster's into ``out_dir/<name>/``
+    (see :func:`write_objects`); a cluster subdirectory of the previous render that this one has no
+    objects for loses the files render wrote there (and goes, if then empty)."""
+    out = Path(out_dir)
+    stale = [d for d in _previous_subdirs(out) if d not in result.other_clusters]
+    written = [(out, write_objects(result.objects, out, source, subdirs=sorted(result.other_clusters)))]
+    for name, objects in sorted(result.other_clusters.items()):
+        written.append((out / name, write_objects(objects, out / name, source)))
+    for name in stale:
+        sub = out / name
+        for file in previous_render(sub):
+            (sub / file).unlink(missing_ok=True)
+        (sub / RENDER_RECORD).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            sub.rmdir()  # only when nothing of anyone else's is left in it
+    return written
+
+
+def write_objects(objects: list[dict], out_dir: str | Path, source: str = "", subdirs: list[str] = ()) -> list[Path]:
     """One YAML file per object, ``NNN-<kind>-<namespace>-<name>.yaml``, each starting with a header
     comment. The files the previous render wrote here are removed first (a re-render replaces, never
     mixes); files it did not write are never removed nor overwritten (:class:`RenderError`)."""
@@ -438,7 +522,7 @@ def write_objects(objects: list[dict], out_dir: str | Path, source: str = "") ->
         paths.append(path)
     (out / RENDER_RECORD).write_text(
         "# The files lightmesh render wrote into this directory: the next render removes these, and only these.\n"
-        + "".join(f"{name}\n" for name in names))
+        + "".join(f"{name}\n" for name in names) + "".join(f"{name}/\n" for name in subdirs))
     return paths
 
 
@@ -498,7 +582,8 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     try:
         result = render_program(program_dir, args.stack, args.config)
-        paths = write_objects(result.objects, output, program_dir.resolve().name)
+        written = write_render(result, output, program_dir.resolve().name)
+        paths = written[0][1]
     except RenderError as exc:
         print(f"lightmesh render: {exc}", file=sys.stderr)
         return 1
@@ -508,7 +593,13 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("lightmesh render: interrupted; nothing more written", file=sys.stderr)
         return 130
-    print(f"wrote {len(paths)} manifests to {output}")
+    if len(written) == 1:
+        print(f"wrote {len(paths)} manifests to {output}")
+    else:  # one directory per cluster (Kubernetes provider)
+        first = f"provider {result.cluster_name!r}" if result.cluster_name else "the default provider"
+        print(f"wrote {len(paths)} manifests to {output} (the cluster of {first})")
+        for where, files in written[1:]:
+            print(f"wrote {len(files)} manifests to {where} (the cluster of provider {where.name!r})")
     others = other_manifests(output, paths)
     if others:
         print(f"  note: {output} also holds {len(others)} file(s) lightmesh render did not write, kept as they are "
