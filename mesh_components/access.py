@@ -11,8 +11,9 @@ the source ServiceAccounts to the pods running as the destination ServiceAccount
 Kubernetes object names are derived from the instance name, so the instance name must be a DNS
 subdomain: an AccessPolicy writes ``<name>`` (TrafficTarget), ``<name>-http`` (HTTPRouteGroup),
 ``<name>-tcp``, ``<name>-udp``; a TrafficSplit writes ``<name>`` (TrafficSplit) and
-``<name>-matches`` (HTTPRouteGroup). No suffix of one component is a suffix of the other, so an
-AccessPolicy and a TrafficSplit never write the same object, whatever their names (``api`` and
+``<name>-matches`` (HTTPRouteGroup); each within the 253 characters of an object name (so at most
+248 for an AccessPolicy with HTTP rules). No suffix of one component is a suffix of the other, so
+an AccessPolicy and a TrafficSplit never write the same object, whatever their names (``api`` and
 ``api`` included); two instances of one component have different names and never collide either.
 The object bodies come from the pure renderers in :mod:`mesh_components.smi`.
 """
@@ -24,7 +25,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from mesh_components import smi
-from mesh_components._common import Checker, child_options, is_known, type_token
+from mesh_components._common import Checker, child_options, is_known, shown, type_token
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
 _LABELS = {"app.kubernetes.io/managed-by": "pulumi", "app.kubernetes.io/part-of": "lightmesh"}
@@ -142,6 +143,7 @@ def render_access_policy(name: str, args: Mapping[str, Any]) -> list[dict]:
         objects.append(smi.render_port_route(kind, f"{name}-{field}", namespace, ports, _LABELS))
         rules.append({"kind": kind, "name": f"{name}-{field}"})
     objects.append(smi.render_traffic_target(name, namespace, destination, sources, rules, _LABELS))
+    _check_object_names(check, name, objects)
     return objects
 
 
@@ -162,8 +164,8 @@ def check_http_matches(check: Checker, field: str, matches: Any) -> list[dict]:
             if not isinstance(method, str) or method.upper() not in smi.HTTP_METHODS:
                 raise check.fail(f"{where}.methods[{j}] must be one of {', '.join(smi.HTTP_METHODS)}, got {method!r}")
         for header, value in check.mapping(f"{where}.headers", m.get("headers") or {}).items():
-            if not _HEADER_NAME.fullmatch(header):
-                raise check.fail(f"{where}.headers has an invalid header name {header!r}")
+            if not isinstance(header, str) or not _HEADER_NAME.fullmatch(header):
+                raise check.fail(f"{where}.headers has an invalid header name {shown(header)}")
             check.regex(f"{where}.headers[{header!r}]", value)
     check.unique(f"{field}[].name", [m["name"] for m in matches])
     return [dict(m) for m in matches]
@@ -256,7 +258,24 @@ def render_traffic_split(name: str, args: Mapping[str, Any]) -> list[dict]:
         group = f"{name}{SPLIT_MATCHES_SUFFIX}"
         objects.append(smi.render_http_route_group(group, namespace, matches, _LABELS))
     objects.append(smi.render_traffic_split(name, namespace, service, normalised, group, _LABELS))
+    _check_object_names(check, name, objects)
     return objects
+
+
+#: The API server's limit on an SMI object's name (custom resources: a DNS subdomain).
+MAX_OBJECT_NAME = 253
+
+
+def _check_object_names(check: Checker, name: str, objects: list[dict]) -> None:
+    """The instance name is a DNS subdomain, but a derived name (``<name>-http``, ``<name>-matches``) may
+    still be too long for the API server, which would refuse the object only at ``pulumi up``."""
+    for o in objects:
+        derived = o["metadata"]["name"]
+        if len(derived) > MAX_OBJECT_NAME:
+            suffix = derived[len(name):]
+            raise check.fail(f"name is too long: the {o['kind']} {shown(derived)} would exceed Kubernetes' "
+                             f"{MAX_OBJECT_NAME}-character limit on object names; use a name of at most "
+                             f"{MAX_OBJECT_NAME - len(suffix)} characters")
 
 
 def _plain(check: Checker, field: str, value: Any) -> None:

@@ -83,7 +83,7 @@ class TolerationArgs(TypedDict):
 
 
 class MeshInstallArgs(TypedDict):
-    """Inputs for MeshInstall. Every field is optional; defaults install a working mesh."""
+    """Inputs for MeshInstall. Every field is optional (None = the default); defaults install a working mesh."""
 
     namespace: NotRequired[str]
     """Namespace of the mesh control plane and proxies (default ``lightmesh``). The controller never
@@ -163,7 +163,9 @@ class MeshInstallArgs(TypedDict):
     dns_namespace: NotRequired[str]
     """Namespace of the cluster DNS (default ``kube-system``)."""
     kubeconfig: NotRequired[pulumi.Input[str]]
-    """Kubeconfig contents for the DNS patcher (default: ``KUBECONFIG``/``~/.kube/config``/in-cluster)."""
+    """Kubeconfig contents for the DNS patcher (default: ``KUBECONFIG``/``~/.kube/config``/in-cluster).
+    The patcher does not use the Pulumi Kubernetes provider: required with ``patch_coredns`` when the
+    component is given an explicit Kubernetes provider (``provider``/``providers``), same cluster."""
 
 
 class MeshInstall(pulumi.ComponentResource):
@@ -181,6 +183,15 @@ class MeshInstall(pulumi.ComponentResource):
     def __init__(self, name: str, args: MeshInstallArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
         # Every field is optional: ``MeshInstall("lightmesh", {})`` installs the defaults.
         s = resolve_settings(name, args if args is not None else {})
+        explicit = kubernetes_provider_option(opts)
+        if explicit and s["patch_coredns"] and s["kubeconfig"] is None:
+            # The DNS patch is a dynamic resource talking to the cluster through lightkube, not through the
+            # Kubernetes provider, whose kubeconfig cannot be read back from the Provider object.
+            raise Checker("MeshInstall", name).fail(
+                f"kubeconfig is required when the resource options give a Kubernetes provider ({explicit}) and "
+                f"patch_coredns is true: the cluster DNS patch does not go through that provider, it would patch "
+                f"the cluster of the ambient kubeconfig (KUBECONFIG, ~/.kube/config, in-cluster), which may be "
+                f"another one; pass the same cluster's kubeconfig in kubeconfig, or set patch_coredns: false")
         super().__init__(type_token("MeshInstall"), name, None, opts)
         child = child_options(self, opts)
         #: every child by role, for composition (e.g. ``depends_on=[mesh.children["controller"]]``) and tests;
@@ -315,6 +326,9 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
     for field, value in args.items():
         if field not in ("kubeconfig", "otlp_endpoint") and not is_known(value):
             raise check.fail(f"{field} must be a plain value, not an Output (it is validated at preview)")
+    # None means "not given", i.e. the default, for every field, as in the other components: a
+    # config-driven program passes ``config.get("logLevel")``, which is None when the key is unset.
+    args = _given(args)
     s: dict[str, Any] = {
         "namespace": args.get("namespace", wire.DEFAULT_MESH_NAMESPACE),
         "create_namespace": args.get("create_namespace", True),
@@ -337,10 +351,10 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
         "ignore_namespaces": check.list_of("ignore_namespaces", args.get("ignore_namespaces") or []),
         "controller_replicas": args.get("controller_replicas", 2),
         "controller_resources": {**_DEFAULT_CONTROLLER_RESOURCES,
-                                 **check.mapping("controller_resources", args.get("controller_resources") or {})},
+                                 **_given(check.mapping("controller_resources", args.get("controller_resources", {})))},
         "proxy_resources": {**_DEFAULT_PROXY_RESOURCES,
-                            **check.mapping("proxy_resources", args.get("proxy_resources") or {})},
-        "proxy_cpu_limit_given": "cpu_limit" in (args.get("proxy_resources") or {}),
+                            **_given(check.mapping("proxy_resources", args.get("proxy_resources", {})))},
+        "proxy_cpu_limit_given": _given(args.get("proxy_resources", {})).get("cpu_limit") is not None,
         "proxy_workers": args.get("proxy_workers", 2),
         "proxy_max_surge": args.get("proxy_max_surge", 1),
         "proxy_response_timeout": args.get("proxy_response_timeout", 0),
@@ -369,6 +383,8 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
     for field in ("create_namespace", "acl", "patch_coredns"):
         if not isinstance(s[field], bool):
             raise check.fail(f"{field} must be true or false, got {s[field]!r}")
+    if s["kubeconfig"] is not None:  # the dynamic provider would fail only at deploy, inside lightkube
+        s["kubeconfig"] = when_known(s["kubeconfig"], lambda v: _check_kubeconfig(check, v))
     if not s["domains"]:
         raise check.fail("domains must list at least one domain")
     for i, d in enumerate(s["domains"]):
@@ -435,6 +451,7 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
     for i, t in enumerate(s["proxy_tolerations"]):
         if not isinstance(t, Mapping) or set(t) - set(TolerationArgs.__annotations__):
             raise check.fail(f"proxy_tolerations[{i}] must only have key, operator, value, effect; got {t!r}")
+        t = s["proxy_tolerations"][i] = _given(t)
         if t.get("operator", "Equal") not in ("Equal", "Exists"):
             raise check.fail(f"proxy_tolerations[{i}].operator must be Equal or Exists, got {t.get('operator')!r}")
         if t.get("effect") not in (None, "NoSchedule", "PreferNoSchedule", "NoExecute"):
@@ -527,6 +544,35 @@ def _seconds(check: Checker, field: str, value: Any, low: float) -> float:
         bound = "between 0 and 86400" if low == 0 else "more than 0 and at most 86400"
         raise check.fail(f"{field} must be {bound} seconds, got {shown(value)}")
     return float(value)
+
+
+def _given(fields: Any) -> Any:
+    """A mapping without its None values (None = not given = the default); anything else unchanged."""
+    return {k: v for k, v in fields.items() if v is not None} if isinstance(fields, Mapping) else fields
+
+
+def _check_kubeconfig(check: Checker, value: Any) -> None:
+    # the value is a secret: the message names its type, never its contents
+    if not isinstance(value, str) or not value.strip():
+        got = "an empty string" if isinstance(value, str) else f"a value of type {type(value).__name__}"
+        raise check.fail(f"kubeconfig must be the contents of a kubeconfig file (a non-empty string), got {got}")
+
+
+def kubernetes_provider_option(opts: Optional[pulumi.ResourceOptions]) -> Optional[str]:
+    """Which resource option gives the children an explicit Kubernetes provider (``provider``,
+    ``providers`` as a list or a dict, or the parent's providers), or None for the default provider."""
+    if opts is None:
+        return None
+    if getattr(opts.provider, "package", None) == "kubernetes":
+        return "provider"
+    providers = opts.providers
+    if isinstance(providers, Mapping):
+        providers = list(providers.values())
+    if any(getattr(p, "package", None) == "kubernetes" for p in providers or []):
+        return "providers"
+    if isinstance(getattr(opts.parent, "_providers", None), Mapping) and "kubernetes" in opts.parent._providers:
+        return "providers inherited from the parent"
+    return None
 
 
 def _check_url(check: Checker, field: str, value: Any) -> None:

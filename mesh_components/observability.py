@@ -76,12 +76,13 @@ class MetricsArgs(TypedDict):
 
 def resolve(check: Checker, tracing: Any, metrics: Any, otlp_endpoint: Any) -> dict:
     """Validated settings (field errors name ``tracing.<field>`` / ``metrics.<field>``)."""
-    tracing = dict(tracing or {})
-    metrics = dict(metrics or {})
+    # None = not given = the default, as for the top-level fields
+    tracing = {k: v for k, v in (tracing or {}).items() if v is not None}
+    metrics = {k: v for k, v in (metrics or {}).items() if v is not None}
     for field, value, known in (("tracing", tracing, TracingArgs), ("metrics", metrics, MetricsArgs)):
         unknown = set(value) - set(known.__annotations__)
         if unknown:
-            raise check.fail(f"{field} has unknown field(s) {', '.join(sorted(unknown))}; "
+            raise check.fail(f"{field} has unknown field(s) {', '.join(sorted(map(str, unknown)))}; "
                              f"known: {', '.join(known.__annotations__)}")
     mode = tracing.get("mode", "otlp" if otlp_endpoint else "off")
     if mode not in ("off", "otlp", "jaeger"):

@@ -45,7 +45,7 @@ class ServicePortArgs(TypedDict):
     target_port: NotRequired[pulumi.Input[int]]
     """Container port the traffic goes to (default: ``port``)."""
     name: NotRequired[pulumi.Input[str]]
-    """Port name (required by Kubernetes when there are several ports)."""
+    """Port name: a DNS label, unique within the Service (required by Kubernetes when there are several ports)."""
     protocol: NotRequired[pulumi.Input[str]]
     """TCP (default) or UDP."""
 
@@ -109,7 +109,11 @@ class MeshService(pulumi.ComponentResource):
             selector = when_known(args["selector"], lambda v: check.labels("selector", v))
         elif args.get("selector") is not None:
             raise check.fail("selector only applies when ports is set (an existing Service keeps its selector)")
-        domains = when_known(args.get("domains", list(wire.DEFAULT_DOMAINS)), lambda d: _check_domains(check, d))
+        else:
+            _check_field_manager(check, name)
+        domains = args.get("domains")  # None = not given = MeshInstall's default domains
+        domains = when_known(list(wire.DEFAULT_DOMAINS) if domains is None else domains,
+                             lambda d: _check_domains(check, d))
 
         super().__init__(type_token("MeshService"), name, None, opts)
         child = child_options(self, opts)
@@ -124,7 +128,7 @@ class MeshService(pulumi.ComponentResource):
             # Own only our annotations: a dedicated field manager, and force so a previous manual
             # `kubectl annotate` of the same keys does not block the apply.
             patch_annotations = pulumi.Output.from_input(rendered).apply(
-                lambda a: {**a, "pulumi.com/patchFieldManager": f"lightmesh-{name}",
+                lambda a: {**a, "pulumi.com/patchFieldManager": field_manager(name),
                            "pulumi.com/patchForce": "true"})
             service = k8s.core.v1.ServicePatch(
                 f"{name}-annotations",
@@ -211,6 +215,26 @@ def _render(check: Checker, values: Mapping[str, Any]) -> dict[str, str]:
     return rendered
 
 
+#: The API server refuses a field manager longer than this (bytes) or with a non-printable character.
+MAX_FIELD_MANAGER = 128
+
+
+def field_manager(name: str) -> str:
+    """The server-side-apply field manager that owns the annotations of an existing Service."""
+    return f"lightmesh-{name}"
+
+
+def _check_field_manager(check: Checker, name: str) -> None:
+    size = len(field_manager(name).encode())
+    if size > MAX_FIELD_MANAGER:
+        raise check.fail(f"name is too long: the annotations are applied with the field manager 'lightmesh-<name>', "
+                         f"here {size} bytes, over Kubernetes' limit of {MAX_FIELD_MANAGER}; use a name of at most "
+                         f"{MAX_FIELD_MANAGER - len(field_manager('').encode())} bytes")
+    if not name.isprintable():
+        raise check.fail("name must have printable characters only: the annotations are applied with the field "
+                         "manager 'lightmesh-<name>', and Kubernetes refuses a non-printable one")
+
+
 def _check_domains(check: Checker, domains: Any) -> None:
     if not isinstance(domains, (list, tuple)) or not domains:
         raise check.fail(f"domains must be a non-empty list of DNS names, got {domains!r}")
@@ -229,9 +253,9 @@ def _check_ports(check: Checker, ports: list, traffic_type: Any = None) -> list[
     checked = []
     for i, p in enumerate(ports):
         check.known_fields(f"ports[{i}]", p, ServicePortArgs)
+        p = {k: v for k, v in p.items() if v is not None}  # None = not given = the default
         if "port" not in p:
             raise check.fail(f"ports[{i}] must have a port, got {p!r}")
-        p = dict(p)
         protocol = p.setdefault("protocol", expected)
         if is_known(protocol) and isinstance(protocol, str) and protocol.upper() in ("TCP", "UDP"):
             protocol = p["protocol"] = protocol.upper()
@@ -243,12 +267,15 @@ def _check_ports(check: Checker, ports: list, traffic_type: Any = None) -> list[
         p["port"] = check.integer(f"ports[{i}].port", p["port"], 1, 65535)
         if p.get("target_port") is not None:
             p["target_port"] = check.integer(f"ports[{i}].target_port", p["target_port"], 1, 65535)
+        if p.get("name") is not None:  # Kubernetes checks a Service port name as a DNS label
+            p["name"] = check.dns_label(f"ports[{i}].name", p["name"])
         checked.append(p)
         if p.get("protocol") is not None and is_known(p["protocol"]) and p["protocol"] not in ("TCP", "UDP"):
             raise check.fail(f"ports[{i}].protocol must be TCP or UDP, got {p['protocol']!r}")
-    if len(ports) > 1 and any(p.get("name") is None for p in ports):
+    if len(checked) > 1 and any(p.get("name") is None for p in checked):
         raise check.fail("ports need a name each when there is more than one")
-    check.unique("ports[].port", [p["port"] for p in ports])
+    check.unique("ports[].name", [p["name"] for p in checked if p.get("name") is not None])
+    check.unique("ports[].port", [p["port"] for p in checked])
     return checked
 
 

@@ -118,6 +118,7 @@ def _bad_policy(**changes):
      r"http_matches\[0\].path_regex is not a valid regular expression"),
     ({"http_matches": [{"name": "x", "methods": ["FETCH"]}]}, r"http_matches\[0\].methods\[0\] must be one of"),
     ({"http_matches": [{"name": "x", "headers": {"bad header": "x"}}]}, "invalid header name 'bad header'"),
+    ({"http_matches": [{"name": "x", "headers": {1: "a"}}]}, r"headers has an invalid header name 1$"),
     ({"http_matches": [{"name": "x", "headers": {"x-a": "(["}}]}, r"headers\['x-a'\] is not a valid regular"),
     ({"http_matches": [{"name": "x"}, {"name": "x"}]}, r"http_matches\[\].name has a duplicate entry 'x'"),
     ({"tcp": {"ports": [0]}}, r"tcp.ports\[0\] must be between 1 and 65535, got 0"),
@@ -193,3 +194,32 @@ def test_depends_on_given_as_an_output_also_reaches_the_children():
         assert any(d.endswith("::dep-anchor-out") for d in MONITOR.dependencies_of("ts-dep-out-trafficsplit"))
 
     return split.traffic_split_name.apply(check)
+
+
+@pytest.mark.parametrize("render, name, args, message", [
+    # the name is a DNS subdomain (253), but <name>-http would be longer: refused by the API server at `pulumi up`
+    (render_access_policy, "a" * 249, {"http_matches": [{"name": "all"}]},
+     r"the HTTPRouteGroup 'a{59}\.\.\. \(254 characters\) would exceed Kubernetes' 253-character limit on object "
+     r"names; use a name of at most 248 characters$"),
+    (render_access_policy, "a" * 250, {"udp": {}}, r"the UDPRoute .* use a name of at most 249 characters$"),
+    (render_traffic_split, "t" * 246, {"matches": [{"name": "beta", "path_regex": "/beta"}]},
+     r"the HTTPRouteGroup 't{59}\.\.\. \(254 characters\) would exceed .* at most 245 characters$"),
+])
+def test_a_name_too_long_for_a_derived_object_fails_at_preview(render, name, args, message):
+    base = ({"namespace": "n", "destination_service_account": "sa", "sources": [{"service_account": "c"}]}
+            if render is render_access_policy else
+            {"namespace": "n", "service": "web", "backends": [{"service": "a", "weight": 1}]})
+    kind = "AccessPolicy" if render is render_access_policy else "TrafficSplit"
+    with pytest.raises(ComponentArgsError, match=rf"^{kind} '{name[0]}+': name is too long: " + message):
+        render(name, {**base, **args})
+
+
+def test_the_longest_names_that_fit_pass():
+    objects = render_access_policy("a" * 248, {"namespace": "n", "destination_service_account": "sa",
+                                               "sources": [{"service_account": "c"}], "http_matches": [{"name": "all"}],
+                                               "tcp": {}})
+    assert max(len(o["metadata"]["name"]) for o in objects) == 253
+    # without matches a TrafficSplit writes only <name>: a 253-character name fits
+    split = render_traffic_split("t" * 253, {"namespace": "n", "service": "web",
+                                             "backends": [{"service": "a", "weight": 1}]})
+    assert [len(o["metadata"]["name"]) for o in split] == [253]

@@ -4,12 +4,13 @@ import copy
 
 import kubernetes_validate
 import pulumi
+import pulumi_kubernetes as k8s
 import pytest
 
 from components.conftest import MOCKS, MONITOR
 from components.manifests import KUBERNETES_VERSION, validate_all, validate_manifest
 from lightmesh import wire
-from mesh_components import ComponentArgsError, MeshInstall, smi
+from mesh_components import ComponentArgsError, MeshInstall, MeshInstallArgs, smi
 from mesh_components.install import controller_command, proxy_command, resolve_settings
 
 
@@ -440,3 +441,132 @@ def test_every_smi_object_the_components_write_fits_the_crds_mesh_install_regist
 
     return pulumi.Output.all(outputs, policy.traffic_target_name, policy.route_names,
                              split.traffic_split_name).apply(check)
+
+
+# ------------------------------------------------------------------ None = the default (config.get() is None)
+@pytest.mark.parametrize("field", list(MeshInstallArgs.__annotations__))
+def test_none_means_the_default_for_every_field(field):
+    """A config-driven program passes ``config.get("logLevel")``, None when unset: it installs the default,
+    for every field alike (log_level None was a bare ``ValueError: None is not a valid LogLevel``)."""
+    assert resolve_settings("mesh", {field: None}) == resolve_settings("mesh", {})
+
+
+@pytest.mark.parametrize("args", [
+    {"tracing": {"mode": None, "endpoint": None, "sample_ratio": None, "jaeger_image": None}},
+    {"metrics": {"scrape_annotations": None, "dashboard": None, "service_monitor": None, "prometheus": None,
+                 "prometheus_image": None, "service_monitor_labels": None}},
+    {"controller_resources": {"cpu_request": None, "memory_limit": None},
+     "proxy_resources": {"cpu_limit": None, "memory_request": None}},
+])
+def test_none_means_the_default_inside_the_object_fields(args):
+    assert resolve_settings("mesh", args) == resolve_settings("mesh", {})
+
+
+def test_a_toleration_field_given_none_is_left_out():
+    s = resolve_settings("mesh", {"proxy_tolerations": [{"key": "dedicated", "operator": None, "value": "mesh",
+                                                         "effect": None}]})
+    assert s["proxy_tolerations"] == [{"key": "dedicated", "value": "mesh"}]  # operator: Equal (Kubernetes' default)
+
+
+@pulumi.runtime.test
+def test_enums_given_none_install_their_defaults():
+    mesh, outputs = _install("mi-none", {"log_level": None, "log_format": None, "default_traffic_type": None,
+                                         "dns_style": None})
+
+    def check(_):
+        records = _records("mi-none")
+        cmd = records["mi-none-controller"].inputs["spec"]["template"]["spec"]["containers"][0]["command"]
+        assert (cmd[cmd.index("--log-level") + 1], cmd[cmd.index("--log-format") + 1],
+                cmd[cmd.index("--default-mode") + 1]) == ("info", "text", "http")
+        assert records["mi-none-cluster-dns"].inputs["style"] == "auto"
+
+    return outputs.apply(check)
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"tracing": {1: "x"}}, r"tracing has unknown field\(s\) 1; known: mode"),
+    ({"metrics": {1: True}}, r"metrics has unknown field\(s\) 1; known: scrape_annotations"),
+    # the kubeconfig is a secret: the message gives its type, never its contents
+    ({"kubeconfig": 42}, r"kubeconfig must be the contents of a kubeconfig file \(a non-empty string\), got a value "
+                         r"of type int$"),
+    ({"kubeconfig": {"apiVersion": "v1"}}, "kubeconfig must be the contents of a kubeconfig file .* got a value of "
+                                           "type dict$"),
+    ({"kubeconfig": " "}, "kubeconfig must be the contents of a kubeconfig file .* got an empty string$"),
+])
+def test_bad_values_are_component_errors_naming_the_field(args, message):
+    with pytest.raises(ComponentArgsError, match=r"^MeshInstall 'mesh': " + message):
+        MeshInstall("mesh", args)
+
+
+def test_a_kubeconfig_output_is_checked_when_it_resolves():
+    @pulumi.runtime.test
+    def program():
+        mesh = MeshInstall("mi-kc-late", {"kubeconfig": pulumi.Output.from_input(42)})
+        return pulumi.Output.all(*[c.urn for c in mesh.children.values()])
+
+    with pytest.raises(ValueError, match="MeshInstall 'mi-kc-late': kubeconfig must be .* got a value of type int"):
+        program()
+
+
+# ------------------------------------------------------------------ an explicit Kubernetes provider and the DNS patch
+def _options(how, provider, name):
+    """Resource options that give MeshInstall ``provider`` in one of the ways Pulumi allows."""
+    if how == "provider":
+        return pulumi.ResourceOptions(provider=provider)
+    if how == "providers-list":
+        return pulumi.ResourceOptions(providers=[provider])
+    if how == "providers-dict":
+        return pulumi.ResourceOptions(providers={"kubernetes": provider})
+    group = pulumi.ComponentResource("test:index:Cluster", f"{name}-group", None,
+                                     pulumi.ResourceOptions(providers=[provider]))
+    return pulumi.ResourceOptions(parent=group)
+
+
+@pytest.mark.parametrize("how, where", [("provider", "provider"), ("providers-list", "providers"),
+                                        ("providers-dict", "providers"),
+                                        ("parent", "providers inherited from the parent")])
+@pulumi.runtime.test
+def test_an_explicit_kubernetes_provider_without_kubeconfig_is_refused_with_the_dns_patch(how, where):
+    """The DNS patch talks to the cluster of ``kubeconfig`` or of the ambient kubeconfig, never through the
+    provider: with another cluster's provider it would silently patch the ambient cluster."""
+    name = f"mi-prov-{how}"
+    provider = k8s.Provider(f"{name}-k8s", kubeconfig="apiVersion: v1\nkind: Config\n")
+    with pytest.raises(ComponentArgsError, match=rf"^MeshInstall '{name}': kubeconfig is required when the resource "
+                                                 rf"options give a Kubernetes provider \({where}\) and "
+                                                 r"patch_coredns is true: .* pass the same cluster's kubeconfig in "
+                                                 r"kubeconfig, or set patch_coredns: false$"):
+        MeshInstall(name, {}, opts=_options(how, provider, name))
+
+    def check(_):  # refused before anything was registered
+        assert not [r.name for r in MOCKS.by_prefix(name) if r.name not in (f"{name}-k8s", f"{name}-group")]
+
+    return provider.urn.apply(check)
+
+
+@pytest.mark.parametrize("args", [{"kubeconfig": "apiVersion: v1\nkind: Config\n# eu\n"},
+                                  {"kubeconfig": pulumi.Output.secret("apiVersion: v1\nkind: Config\n")},
+                                  {"patch_coredns": False}])
+@pulumi.runtime.test
+def test_an_explicit_kubernetes_provider_with_kubeconfig_or_without_the_dns_patch_is_fine(args):
+    name = f"mi-prov-ok-{len(MOCKS.created)}"
+    provider = k8s.Provider(f"{name}-k8s", kubeconfig="apiVersion: v1\nkind: Config\n")
+    mesh = MeshInstall(name, args, opts=pulumi.ResourceOptions(provider=provider))
+
+    def check(_):
+        records = _records(name)
+        assert f"$pulumi:providers:kubernetes::{name}-k8s::" in records[f"{name}-controller"].provider
+        assert (f"{name}-cluster-dns" in records) == args.get("patch_coredns", True)
+
+    return pulumi.Output.all(*[c.urn for c in mesh.children.values()]).apply(check)
+
+
+@pulumi.runtime.test
+def test_a_provider_of_another_package_needs_no_kubeconfig():
+    other = pulumi.ProviderResource("random", "mi-prov-random-p", {})
+    mesh = MeshInstall("mi-prov-random", {}, opts=pulumi.ResourceOptions(providers={"random": other}))
+
+    def check(_):
+        records = _records("mi-prov-random")
+        assert "mi-prov-random-cluster-dns" in records and not records["mi-prov-random-controller"].provider
+
+    return pulumi.Output.all(*[c.urn for c in mesh.children.values()]).apply(check)

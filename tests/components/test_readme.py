@@ -24,7 +24,9 @@ def test_readme_program_registers_valid_objects():
     scope: dict = {}
     exec(compile(code, str(README), "exec"), scope)
     mesh = scope["mesh"]
-    settled = pulumi.Output.all(*[c.urn for c in mesh.children.values()], scope["api"].urn)
+    # the SMI objects wait for the mesh (depends_on): settle on their own outputs too
+    settled = pulumi.Output.all(*[c.urn for c in mesh.children.values()], scope["api"].urn,
+                                scope["access"].traffic_target_name, scope["canary"].traffic_split_name)
 
     def check(_):
         records = [r for r in MOCKS.created if r.name.startswith("readme-")]

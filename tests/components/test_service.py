@@ -170,3 +170,69 @@ def test_output_values_are_validated_when_they_resolve():
 
     with pytest.raises(ValueError, match="MeshService 'ms-late': retry_attempts must be between 1 and 100, got 0"):
         program()
+
+
+@pytest.mark.parametrize("ports, message", [
+    # Kubernetes validates a Service port name as a DNS label and refuses duplicates: at `pulumi up`, not at preview
+    ([{"port": 80, "name": "HTTP_Port"}], r"ports\[0\].name must be a DNS label .*, got 'HTTP_Port'$"),
+    ([{"port": 80, "name": "http"}, {"port": 81, "name": "-admin"}], r"ports\[1\].name must be a DNS label"),
+    ([{"port": 80, "name": "a" * 64}], r"ports\[0\].name must be a DNS label"),
+    ([{"port": 80, "name": 5}], r"ports\[0\].name must be a DNS label .*, got 5$"),
+    ([{"port": 80, "name": ["http"]}], r"ports\[0\].name must be a DNS label"),
+    ([{"port": 80, "name": "web"}, {"port": 81, "name": "web"}], r"ports\[\].name has a duplicate entry 'web'$"),
+])
+def test_port_names_kubernetes_would_refuse_fail_at_preview(ports, message):
+    with pytest.raises(ComponentArgsError, match=r"^MeshService 'whoami': " + message):
+        MeshService("whoami", {"service_name": "whoami", "namespace": "whoami", "ports": ports, "selector": {"a": "b"}})
+
+
+@pulumi.runtime.test
+def test_port_names_kubernetes_accepts_pass():
+    svc = MeshService("ms-port-names", {"service_name": "web", "namespace": "shop", "selector": {"app": "web"},
+                                        "ports": [{"port": 80, "name": "http"}, {"port": 81, "name": "8081"},
+                                                  {"port": 82, "name": "a-port-name-longer-than-fifteen"}]})
+
+    def check(_):
+        spec = next(r for r in MOCKS.created if r.name == "ms-port-names-service").inputs["spec"]
+        assert [p["name"] for p in spec["ports"]] == ["http", "8081", "a-port-name-longer-than-fifteen"]
+
+    return svc.service_name.apply(check)
+
+
+def test_an_instance_name_too_long_for_the_field_manager_fails_at_preview():
+    """An existing Service is annotated with the field manager ``lightmesh-<name>``; the API server refuses one
+    of more than 128 bytes."""
+    args = {"service_name": "whoami", "namespace": "whoami"}
+    with pytest.raises(ComponentArgsError, match=r"^MeshService 'a+': name is too long: the annotations are applied "
+                                                 r"with the field manager 'lightmesh-<name>', here 129 bytes, over "
+                                                 r"Kubernetes' limit of 128; use a name of at most 118 bytes$"):
+        MeshService("a" * 119, args)
+    with pytest.raises(ComponentArgsError, match=r"^MeshService 'web\\nsvc': name must have printable characters only"):
+        MeshService("web\nsvc", args)
+
+
+@pulumi.runtime.test
+def test_the_longest_instance_name_that_fits_the_field_manager_passes():
+    svc = MeshService("é" * 59, {"service_name": "whoami", "namespace": "whoami"})  # 118 bytes
+
+    def check(_):
+        record = next(r for r in MOCKS.created if r.name == "é" * 59 + "-annotations")
+        manager = record.inputs["metadata"]["annotations"]["pulumi.com/patchFieldManager"]
+        assert manager == "lightmesh-" + "é" * 59 and len(manager.encode()) == 128
+
+    return svc.service_name.apply(check)
+
+
+@pulumi.runtime.test
+def test_none_means_the_default_for_the_optional_fields():
+    """As in every component: None (``config.get()`` of an unset key) is the field's default."""
+    svc = MeshService("ms-none", {"service_name": "dns", "namespace": "shop", "traffic_type": "udp", "domains": None,
+                                  "scheme": None, "retry_attempts": None, "selector": {"app": "dns"},
+                                  "ports": [{"port": 53, "name": None, "target_port": None, "protocol": None}]})
+
+    def check(hosts):
+        assert hosts == [f"dns.shop.{d}" for d in ("lightmesh", "traefik.mesh", "maesh")]
+        spec = next(r for r in MOCKS.created if r.name == "ms-none-service").inputs["spec"]
+        assert spec["ports"] == [{"port": 53, "protocol": "UDP", "targetPort": 53}]  # protocol from traffic_type
+
+    return svc.host_names.apply(check)
