@@ -7,6 +7,7 @@ import pytest
 from dnslib import DNSRecord
 
 from lightmesh.controller.dns import DNSTable, MeshDNS
+from proctools import free_dns_port
 
 TABLE = DNSTable(("traefik.mesh",), {("whoami", "whoami"): ("127.1.0.7",)})
 
@@ -16,7 +17,7 @@ def mdns_like_holder() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(("0.0.0.0", 0))
+    sock.bind(("0.0.0.0", free_dns_port()))  # free for TCP too: the mesh DNS binds both
     sock.setblocking(False)
     return sock
 
@@ -42,7 +43,7 @@ def test_binds_next_to_an_mdns_responder_and_gets_the_unicast_queries():
 
 def test_a_port_still_taken_names_the_flag():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as plain:  # no SO_REUSEADDR: no sharing
-        plain.bind(("127.0.0.1", 0))
+        plain.bind(("127.0.0.1", free_dns_port()))  # its TCP twin free: the UDP one is what is taken
         port = plain.getsockname()[1]
 
         async def scenario():
