@@ -7,9 +7,16 @@ cluster is left without a Corefile and DNS breaks. Instead this resource:
 * **create**: reads the DNS ConfigMap, remembers the original value of the key it touches in its
   state, writes the patched value (``mesh_components.coredns``) and rolls the DNS Deployment through
   a pod-template annotation carrying the hash of what was written;
-* **update** (new DNS IP or domains): rewrites the block in place, keeps the remembered original;
+* **update** (new DNS IP or domains, or drift): rewrites the block in place; keeps the remembered
+  original if the value is still what we wrote, else takes what is there now (without our part) as
+  the new original — a reset by a kubeadm upgrade or an EKS add-on update is the new baseline;
 * **delete** (``pulumi destroy``): writes back the original byte for byte if nobody changed the value
   since we wrote it; otherwise removes only our part (their edits survive), then rolls again.
+
+**Drift** (someone rewrote the value and dropped or changed our part): ``read`` (``pulumi refresh``)
+reports the hash of our part as found live (``block_hash``: ``None`` when missing), and ``diff``
+(every ``pulumi preview`` / ``up``) compares the live value with what we wrote and asks for an
+update when it differs, so ``pulumi up`` puts the block back (:func:`drift`, :func:`diff_props`).
 
 Styles (:class:`DnsStyle`): ``corefile`` (our block appended to ``Corefile``), ``coredns-custom``
 (our own ``lightmesh.server`` key in the ``coredns-custom`` ConfigMap that k3s and AKS import; created
@@ -22,8 +29,9 @@ mocks (tests, offline rendering) nothing here runs: the resource is only registe
 """
 
 import dataclasses
+import json
 from enum import Enum
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import pulumi
 import pulumi.dynamic
@@ -34,6 +42,8 @@ ROLL_ANNOTATION = "lightmesh.io/dns-config-hash"
 COREDNS_DEPLOYMENTS = ("coredns", "rke2-coredns-rke2-coredns")
 KUBE_DNS_DEPLOYMENT = "kube-dns"
 CUSTOM_CONFIGMAP = "coredns-custom"
+#: ``block_hash`` of a value whose part of ours cannot be read (damaged markers, stubDomains not JSON).
+DAMAGED = "damaged"
 
 
 class DnsStyle(str, Enum):
@@ -119,11 +129,23 @@ def _stripped(target: Target, current: Optional[str], domains: Sequence[str]) ->
 
 
 def _has_ours(target: Target, current: Optional[str], domains: Sequence[str]) -> bool:
-    if current is None or target.style is DnsStyle.COREDNS_CUSTOM:
-        return False  # our own key: whatever is there was not written by someone else's tooling
+    if current is None:
+        return False
+    if target.style is DnsStyle.COREDNS_CUSTOM:
+        return True  # our own key: whatever is there was not written by someone else's tooling
     if target.style is DnsStyle.COREFILE:
         return coredns.find_block(current) is not None
     return coredns.restore_stub_domains(current, domains) != coredns.restore_stub_domains(current, [])
+
+
+def _baseline(target: Target, current: Optional[str], domains: Sequence[str]) -> Optional[str]:
+    """What delete should give back for ``current``: the value exactly as found, or without our
+    block or keys when some are already there (state lost and re-installed, or a drifted block)."""
+    return _stripped(target, current, domains) if _has_ours(target, current, domains) else current
+
+
+def _target(state: dict[str, Any]) -> Target:
+    return Target(DnsStyle(state["style"]), state["deployment"], state["configmap"], state["key"])
 
 
 def create(client: DnsClient, namespace: str, style: str, domains: Sequence[str], dns_ip: str) -> dict[str, Any]:
@@ -135,7 +157,7 @@ def create(client: DnsClient, namespace: str, style: str, domains: Sequence[str]
     current = (data or {}).get(target.key)
     # A block or keys of ours already present (state lost, re-install) are not part of the original;
     # otherwise keep the value exactly as found, so delete can give it back byte for byte.
-    original = _stripped(target, current, domains) if _has_ours(target, current, domains) else current
+    original = _baseline(target, current, domains)
     written = _patched(target, current, domains, dns_ip, domains)
     if written != current:
         client.set_configmap_key(namespace, target.configmap, target.key, written)
@@ -146,20 +168,32 @@ def create(client: DnsClient, namespace: str, style: str, domains: Sequence[str]
 
 
 def update(client: DnsClient, state: dict[str, Any], domains: Sequence[str], dns_ip: str) -> dict[str, Any]:
-    """New IP or domains: rewrite our part in place; the remembered original is kept."""
-    target = Target(DnsStyle(state["style"]), state["deployment"], state["configmap"], state["key"])
-    current = (client.get_configmap(state["namespace"], target.configmap) or {}).get(target.key)
+    """New IP or domains, or drift: (re)write our part in place.
+
+    The remembered original is kept while the value is still exactly what we wrote. If someone
+    rewrote it since — a kubeadm upgrade or an EKS add-on update resetting the Corefile (our block
+    gone), an edit — what they wrote, without our part, is the new original: delete gives back the
+    reset or edited value, not the one from before it.
+    """
+    target = _target(state)
+    data = client.get_configmap(state["namespace"], target.configmap)
+    current = (data or {}).get(target.key)
+    if current == state["written"]:
+        original = state["original"]
+    else:
+        original = _baseline(target, current, state["domains"])
     written = _patched(target, current, domains, dns_ip, state["domains"])
     if written != current:
         client.set_configmap_key(state["namespace"], target.configmap, target.key, written)
         client.roll_deployment(state["namespace"], target.deployment, coredns.block_hash(written))
-    return {**state, "written": written, "domains": list(domains), "dns_ip": dns_ip}
+    return {**state, "original": original, "written": written, "domains": list(domains), "dns_ip": dns_ip,
+            "created_configmap": bool(state.get("created_configmap")) or data is None}
 
 
 def delete(client: DnsClient, state: dict[str, Any]) -> None:
     """Give the cluster DNS back: the original byte for byte, or (if edited since) ours removed."""
     ns = state["namespace"]
-    target = Target(DnsStyle(state["style"]), state["deployment"], state["configmap"], state["key"])
+    target = _target(state)
     data = client.get_configmap(ns, target.configmap)
     if data is None:
         return  # already gone: nothing of ours is left to remove
@@ -170,6 +204,85 @@ def delete(client: DnsClient, state: dict[str, Any]) -> None:
     if state.get("created_configmap") and not {k for k in data if k != target.key}:
         client.delete_configmap(ns, target.configmap)
     client.roll_deployment(ns, target.deployment, coredns.block_hash(restored or ""))
+
+
+# ------------------------------------------------------------------------------ drift
+def _our_part(target: Target, value: Optional[str], domains: Sequence[str]) -> Optional[str]:
+    """Our part of a DNS config value: the marker block (Corefile), the whole value (our own
+    ``coredns-custom`` key), or the mesh domains' ``stubDomains`` entries (canonical JSON, so another
+    tool reformatting the JSON is no drift); None when none of it is there. Raises
+    :class:`coredns.CorefileError` when the value cannot be read (damaged markers, not JSON)."""
+    if value is None:
+        return None
+    if target.style is DnsStyle.COREFILE:
+        span = coredns.find_block(value)
+        return None if span is None else value[span[0]:span[1]]
+    if target.style is DnsStyle.COREDNS_CUSTOM:
+        return value
+    ours = coredns.mesh_stub_domains(value, domains)
+    return json.dumps(ours, sort_keys=True) if ours else None
+
+
+def _part_hash(target: Target, value: Optional[str], domains: Sequence[str]) -> Optional[str]:
+    try:
+        part = _our_part(target, value, domains)
+    except coredns.CorefileError:
+        return DAMAGED
+    return None if part is None else coredns.block_hash(part)
+
+
+def written_hash(state: dict[str, Any]) -> Optional[str]:
+    """``block_hash`` of what we wrote (the value recorded after create and update)."""
+    return _part_hash(_target(state), state["written"], state["domains"])
+
+
+def live_hash(client: DnsClient, state: dict[str, Any]) -> Optional[str]:
+    """``block_hash`` of our part as it is in the cluster now: None when it is missing (ConfigMap or
+    key gone, block or entries dropped), :data:`DAMAGED` when it cannot be read. Errors reaching the
+    cluster propagate."""
+    data = client.get_configmap(state["namespace"], state["configmap"])
+    return _part_hash(_target(state), (data or {}).get(state["key"]), state["domains"])
+
+
+def drift(client: DnsClient, state: dict[str, Any]) -> Optional[str]:
+    """None when the cluster DNS holds exactly the part we wrote; else ``"missing"`` (our block or
+    entries are gone, e.g. the Corefile was reset) or ``"changed"`` (edited, or damaged). Other
+    people's edits outside our part are no drift."""
+    live = live_hash(client, state)
+    if live == written_hash(state):
+        return None
+    return "missing" if live is None else "changed"
+
+
+_INPUTS = ("style", "dns_namespace", "domains", "dns_ip")
+_REPLACING = ("style", "dns_namespace")
+
+
+def diff_props(olds: dict[str, Any], news: dict[str, Any],
+               connect: Callable[[Optional[str]], DnsClient]) -> tuple[list[str], list[str]]:
+    """``(changed, replaces)`` for the dynamic provider's ``diff``.
+
+    ``olds`` are the recorded outputs (inputs, ``state``, ``block_hash``), ``news`` the new inputs
+    (values may be unknown during a preview), ``connect(kubeconfig)`` makes a client. Changed inputs
+    decide alone (the update or replacement rewrites our part anyway). Otherwise the live DNS config
+    is checked for drift; ``"state"`` in ``changed`` means it drifted and ``update`` must repair it.
+    """
+    changed = [k for k in _INPUTS if olds.get(k) != news.get(k)]
+    replaces = [k for k in _REPLACING if k in changed]
+    state = olds.get("state")
+    if changed or not state:
+        return changed, replaces
+    kubeconfig = news.get("kubeconfig")
+    try:
+        if kubeconfig is not None and not isinstance(kubeconfig, str):
+            raise ValueError("kubeconfig not known yet")  # an unknown Output during preview
+        drifted = drift(connect(kubeconfig), state) is not None
+    except Exception:  # noqa: BLE001 - any failure to reach or read the cluster
+        # The cluster cannot be reached (or read) now: do not fail the preview over a check. Fall back
+        # to what the state records — the inputs (unchanged, see above) and the block hash the last
+        # `pulumi refresh` read (absent in states written before drift detection: no drift then).
+        drifted = "block_hash" in olds and olds["block_hash"] != written_hash(state)
+    return (["state"] if drifted else []), []
 
 
 # ------------------------------------------------------------------------------ Kubernetes adapter
@@ -238,18 +351,24 @@ class _Provider(pulumi.dynamic.ResourceProvider):
         client = LightkubeDnsClient(props.get("kubeconfig"))
         state = create(client, props["dns_namespace"], props["style"], props["domains"], props["dns_ip"])
         return pulumi.dynamic.CreateResult(f"{state['namespace']}/{state['configmap']}/{state['key']}",
-                                           {**props, "state": state})
+                                           {**props, "state": state, "block_hash": written_hash(state)})
+
+    def read(self, id_: str, props: dict[str, Any]) -> pulumi.dynamic.ReadResult:
+        # `pulumi refresh`: record the hash of our part as found live (None when the block is gone), so
+        # a reset shows as a change of `block_hash` and the next diff asks for the repairing update.
+        if not props.get("state"):
+            return pulumi.dynamic.ReadResult(id_, props)
+        live = live_hash(LightkubeDnsClient(props.get("kubeconfig")), props["state"])
+        return pulumi.dynamic.ReadResult(id_, {**props, "block_hash": live})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.DiffResult:
-        keys = ("style", "dns_namespace", "domains", "dns_ip")
-        changed = [k for k in keys if olds.get(k) != news.get(k)]
-        replaces = [k for k in ("style", "dns_namespace") if k in changed]
+        changed, replaces = diff_props(olds, news, LightkubeDnsClient)
         return pulumi.dynamic.DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=True)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.UpdateResult:
         client = LightkubeDnsClient(news.get("kubeconfig"))
         state = update(client, olds["state"], news["domains"], news["dns_ip"])
-        return pulumi.dynamic.UpdateResult({**news, "state": state})
+        return pulumi.dynamic.UpdateResult({**news, "state": state, "block_hash": written_hash(state)})
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         delete(LightkubeDnsClient(props.get("kubeconfig")), props["state"])

@@ -173,6 +173,12 @@ def restore_stub_domains(value: Optional[str], domains: Sequence[str]) -> Option
     return json.dumps(stubs, indent=2) + "\n" if stubs else None
 
 
+def mesh_stub_domains(value: Optional[str], domains: Sequence[str]) -> dict:
+    """The ``stubDomains`` entries of the mesh ``domains`` in ``value`` (those present), keyed by zone."""
+    stubs = _load_stubs(value)
+    return {_zone(d): stubs[_zone(d)] for d in domains if _zone(d) in stubs}
+
+
 def _load_stubs(value: Optional[str]) -> dict:
     if value is None or not value.strip():
         return {}

@@ -296,3 +296,223 @@ def test_provider_diff_replaces_on_style_or_namespace_change():
     ip_change = provider.diff("id", olds, {**olds, "dns_ip": "10.96.0.2"})
     assert ip_change.changes and not ip_change.replaces
     assert provider.diff("id", olds, {**olds, "style": "kube-dns"}).replaces == ["style"]
+
+
+# ------------------------------------------------------------------------------ drift: a reset drops our block
+# A kubeadm upgrade or an EKS add-on update rewrites the Corefile without our block. `pulumi refresh`
+# (read) must show it, and `pulumi up` (diff → update) must put the block back.
+UPGRADED = _read("kubeadm.Corefile").replace("cache 30", "cache 60")  # what the upgrade writes: the new baseline
+
+
+def _connect_to(cluster):
+    return lambda kubeconfig: cluster
+
+
+def _unreachable(kubeconfig):
+    raise ConnectionError("connection refused")
+
+
+def _outputs(state):
+    """The resource's recorded outputs, as the provider's create/update return them."""
+    return {"style": state["style"], "dns_namespace": state["namespace"], "domains": state["domains"],
+            "dns_ip": state["dns_ip"], "kubeconfig": None, "state": state,
+            "block_hash": cluster_dns.written_hash(state)}
+
+
+def _inputs(outputs):
+    return {k: outputs[k] for k in ("style", "dns_namespace", "domains", "dns_ip", "kubeconfig")}
+
+
+def test_corefile_reset_is_drift_and_update_puts_the_block_back_with_the_reset_value_as_original():
+    original = _read("kubeadm.Corefile")
+    cluster = FakeCluster({"coredns": ["coredns"]}, {"coredns": {"Corefile": original, "other": "x"}})
+    state = cluster_dns.create(cluster, "kube-system", "auto", DOMAINS, IP)
+    olds = _outputs(state)
+    assert cluster_dns.drift(cluster, state) is None
+    assert cluster_dns.diff_props(olds, _inputs(olds), _connect_to(cluster)) == ([], [])
+
+    cluster.configmaps["coredns"]["Corefile"] = UPGRADED  # the reset
+    assert cluster_dns.drift(cluster, state) == "missing"
+    assert cluster_dns.live_hash(cluster, state) is None
+    assert cluster_dns.diff_props(olds, _inputs(olds), _connect_to(cluster)) == (["state"], [])
+
+    rolls = len(cluster.rolls)
+    state = cluster_dns.update(cluster, state, DOMAINS, IP)
+    assert cluster.configmaps["coredns"]["Corefile"] == coredns.patch_corefile(UPGRADED, DOMAINS, IP)
+    assert cluster.configmaps["coredns"]["other"] == "x"
+    assert len(cluster.rolls) == rolls + 1  # CoreDNS reloads the repaired Corefile
+    # the reset value is the new baseline: destroy must not undo the upgrade by writing the old Corefile
+    assert state["original"] == UPGRADED
+    assert cluster_dns.drift(cluster, state) is None
+    assert cluster_dns.diff_props(_outputs(state), _inputs(olds), _connect_to(cluster)) == ([], [])
+
+    cluster_dns.delete(cluster, state)
+    assert cluster.configmaps["coredns"] == {"Corefile": UPGRADED, "other": "x"}
+
+
+def test_an_edited_block_is_drift_and_is_rewritten_while_edits_elsewhere_are_not():
+    original = _read("eks.Corefile")
+    cluster = FakeCluster({"coredns": ["coredns"]}, {"coredns": {"Corefile": original}})
+    state = cluster_dns.create(cluster, "kube-system", "corefile", DOMAINS, IP)
+    theirs = "\nexample.org:53 {\n    forward . 10.0.0.3\n}\n"
+
+    cluster.configmaps["coredns"]["Corefile"] += theirs  # someone else's block: not drift, no write
+    assert cluster_dns.drift(cluster, state) is None
+    assert cluster_dns.diff_props(_outputs(state), _inputs(_outputs(state)), _connect_to(cluster)) == ([], [])
+
+    edited = cluster.configmaps["coredns"]["Corefile"].replace(f"forward . {IP}", "forward . 10.9.9.9")
+    cluster.configmaps["coredns"]["Corefile"] = edited  # our block hand-edited
+    assert cluster_dns.drift(cluster, state) == "changed"
+    assert cluster_dns.live_hash(cluster, state) not in (None, cluster_dns.written_hash(state))
+    assert cluster_dns.diff_props(_outputs(state), _inputs(_outputs(state)), _connect_to(cluster)) == (["state"], [])
+
+    state = cluster_dns.update(cluster, state, DOMAINS, IP)
+    assert cluster.configmaps["coredns"]["Corefile"] == coredns.patch_corefile(original, DOMAINS, IP) + theirs
+    assert state["original"] == original + theirs  # their block stays after destroy
+    cluster_dns.delete(cluster, state)
+    assert cluster.configmaps["coredns"]["Corefile"] == original + theirs
+
+
+def test_input_update_after_someone_edited_keeps_their_edit_on_delete():
+    original = _read("kubeadm.Corefile")
+    cluster = FakeCluster({"coredns": ["coredns"]}, {"coredns": {"Corefile": original}})
+    state = cluster_dns.create(cluster, "kube-system", "auto", DOMAINS, IP)
+    cluster.configmaps["coredns"]["Corefile"] = cluster.configmaps["coredns"]["Corefile"].replace("cache 30", "cache 9")
+    state = cluster_dns.update(cluster, state, DOMAINS, "10.96.0.11")  # new mesh DNS IP
+    cluster_dns.delete(cluster, state)
+    assert cluster.configmaps["coredns"]["Corefile"] == original.replace("cache 30", "cache 9")
+
+
+def test_damaged_markers_are_drift_and_update_says_what_to_fix():
+    cluster = FakeCluster({"coredns": ["coredns"]}, {"coredns": {"Corefile": _read("kubeadm.Corefile")}})
+    state = cluster_dns.create(cluster, "kube-system", "auto", DOMAINS, IP)
+    cluster.configmaps["coredns"]["Corefile"] = cluster.configmaps["coredns"]["Corefile"].replace(
+        coredns.END_MARKER, "# the end")
+    assert cluster_dns.live_hash(cluster, state) == cluster_dns.DAMAGED
+    assert cluster_dns.drift(cluster, state) == "changed"  # reported, not raised: preview and refresh work
+    with pytest.raises(CorefileError, match="no '# END lightmesh' line"):
+        cluster_dns.update(cluster, state, DOMAINS, IP)
+
+
+def test_coredns_custom_key_or_configmap_removed_is_drift_and_repaired():
+    cluster = FakeCluster({"coredns": ["coredns", "coredns-custom"]},
+                          {"coredns": {"Corefile": _read("aks.Corefile")}, "coredns-custom": {"acme.server": "a"}})
+    state = cluster_dns.create(cluster, "kube-system", "auto", DOMAINS, IP)
+    assert not state["created_configmap"] and cluster_dns.drift(cluster, state) is None
+
+    del cluster.configmaps["coredns-custom"]["lightmesh.server"]  # key dropped
+    assert cluster_dns.drift(cluster, state) == "missing"
+    state = cluster_dns.update(cluster, state, DOMAINS, IP)
+    assert cluster.configmaps["coredns-custom"]["lightmesh.server"] == _read("coredns-custom.server")
+    assert state["original"] is None and not state["created_configmap"]
+
+    del cluster.configmaps["coredns-custom"]  # whole ConfigMap deleted: we create it again, so we remove it
+    assert cluster_dns.drift(cluster, state) == "missing"
+    state = cluster_dns.update(cluster, state, DOMAINS, IP)
+    assert cluster.configmaps["coredns-custom"] == {"lightmesh.server": _read("coredns-custom.server")}
+    assert state["created_configmap"]
+    cluster_dns.delete(cluster, state)
+    assert "coredns-custom" not in cluster.configmaps
+
+    # our own key edited by hand: rewritten, and destroy removes it (it never was anyone else's value)
+    cluster = FakeCluster({"coredns": ["coredns", "coredns-custom"]}, {"coredns": {"Corefile": "x"}})
+    state = cluster_dns.create(cluster, "kube-system", "auto", DOMAINS, IP)
+    cluster.configmaps["coredns-custom"]["lightmesh.server"] = "lightmesh:53 {\n    forward . 10.0.0.1\n}\n"
+    cluster.configmaps["coredns-custom"]["acme.server"] = "a"
+    assert cluster_dns.drift(cluster, state) == "changed"
+    state = cluster_dns.update(cluster, state, DOMAINS, IP)
+    assert state["original"] is None
+    cluster_dns.delete(cluster, state)
+    assert cluster.configmaps["coredns-custom"] == {"acme.server": "a"}
+
+
+def test_coredns_custom_recreate_after_lost_state_removes_our_key_on_delete():
+    cluster = FakeCluster({"coredns": ["coredns", "coredns-custom"]},
+                          {"coredns": {"Corefile": "x"}, "coredns-custom": {"acme.server": "a"}})
+    cluster_dns.create(cluster, "kube-system", "auto", DOMAINS, IP)
+    state = cluster_dns.create(cluster, "kube-system", "auto", DOMAINS, IP)  # e.g. after `pulumi state delete`
+    assert state["original"] is None
+    cluster_dns.delete(cluster, state)
+    assert cluster.configmaps["coredns-custom"] == {"acme.server": "a"}
+
+
+def test_kube_dns_stub_domains_reset_is_drift_reformatting_is_not():
+    data = json.loads(_read("gke-kube-dns.json"))
+    cluster = FakeCluster({"kube-dns": ["kube-dns"]}, {"kube-dns": dict(data)})
+    state = cluster_dns.create(cluster, "kube-system", "auto", DOMAINS, IP)
+    live = json.loads(cluster.configmaps["kube-dns"]["stubDomains"])
+    cluster.configmaps["kube-dns"]["stubDomains"] = json.dumps(live, separators=(",", ":"))  # reformatted by a tool
+    assert cluster_dns.drift(cluster, state) is None
+
+    reset = '{"acme.local": ["1.2.3.5"]}'
+    cluster.configmaps["kube-dns"]["stubDomains"] = reset
+    assert cluster_dns.drift(cluster, state) == "missing"
+    cluster.configmaps["kube-dns"]["stubDomains"] = json.dumps({**live, "maesh": ["10.0.0.1"]})
+    assert cluster_dns.drift(cluster, state) == "changed"  # one of our entries points elsewhere
+
+    cluster.configmaps["kube-dns"]["stubDomains"] = reset
+    state = cluster_dns.update(cluster, state, DOMAINS, IP)
+    assert json.loads(cluster.configmaps["kube-dns"]["stubDomains"]) == {
+        "acme.local": ["1.2.3.5"], "lightmesh": [IP], "traefik.mesh": [IP], "maesh": [IP]}
+    assert state["original"] == reset and cluster_dns.drift(cluster, state) is None
+    cluster_dns.delete(cluster, state)
+    assert cluster.configmaps["kube-dns"]["stubDomains"] == reset
+
+
+def test_unreachable_cluster_does_not_fail_the_diff_it_falls_back_to_the_recorded_state():
+    cluster = FakeCluster({"coredns": ["coredns"]}, {"coredns": {"Corefile": _read("kubeadm.Corefile")}})
+    olds = _outputs(cluster_dns.create(cluster, "kube-system", "auto", DOMAINS, IP))
+    news = _inputs(olds)
+    assert cluster_dns.diff_props(olds, news, _unreachable) == ([], [])
+    assert cluster_dns.diff_props(olds, {**news, "dns_ip": "10.96.0.2"}, _unreachable) == (["dns_ip"], [])
+    # a `pulumi refresh` recorded the block missing: that still asks for the repairing update
+    assert cluster_dns.diff_props({**olds, "block_hash": None}, news, _unreachable) == (["state"], [])
+    # states written before drift detection have no block_hash: no drift claimed
+    legacy = {k: v for k, v in olds.items() if k != "block_hash"}
+    assert cluster_dns.diff_props(legacy, news, _unreachable) == ([], [])
+
+    def must_not_connect(kubeconfig):
+        raise AssertionError("connected with an unknown kubeconfig")
+
+    class Unknown:  # stands for pulumi's unknown value during a preview
+        pass
+
+    assert cluster_dns.diff_props(olds, {**news, "kubeconfig": Unknown()}, must_not_connect) == ([], [])
+
+
+def test_provider_refresh_then_up_repairs_a_reset(monkeypatch):
+    """The Pulumi-facing provider, end to end over the in-memory cluster: create, reset, read
+    (`pulumi refresh`), diff and update (`pulumi up`), delete (`pulumi destroy`)."""
+    cluster = FakeCluster({"coredns": ["coredns"]}, {"coredns": {"Corefile": _read("kubeadm.Corefile")}})
+    connected = []
+    monkeypatch.setattr(cluster_dns, "LightkubeDnsClient",
+                        lambda kubeconfig=None: connected.append(kubeconfig) or cluster)
+    provider = cluster_dns._Provider()
+    inputs = {"style": "auto", "dns_namespace": "kube-system", "domains": DOMAINS, "dns_ip": IP,
+              "kubeconfig": "kc", "state": None}
+    created = provider.create(inputs)
+    outs = created.outs
+    assert outs["block_hash"] == cluster_dns.written_hash(outs["state"])
+    assert provider.read(created.id, outs).outs == outs  # intact: refresh shows no change
+    assert not provider.diff(created.id, outs, inputs).changes
+
+    cluster.configmaps["coredns"]["Corefile"] = UPGRADED
+    refreshed = provider.read(created.id, outs)
+    assert refreshed.id == created.id and refreshed.outs["block_hash"] is None  # refresh shows the drift
+    assert refreshed.outs["state"] == outs["state"]  # the restoring delete's state is untouched
+    diff = provider.diff(created.id, refreshed.outs, inputs)
+    assert diff.changes and not diff.replaces
+    outs = provider.update(created.id, refreshed.outs, inputs).outs
+    assert cluster.configmaps["coredns"]["Corefile"] == coredns.patch_corefile(UPGRADED, DOMAINS, IP)
+    assert outs["block_hash"] == cluster_dns.written_hash(outs["state"])
+    assert not provider.diff(created.id, outs, inputs).changes
+    assert set(connected) == {"kc"}
+
+    provider.delete(created.id, outs)
+    assert cluster.configmaps["coredns"]["Corefile"] == UPGRADED
+
+    # unreachable cluster: the preview's diff does not fail
+    def refuse(kubeconfig=None):
+        raise ConnectionError("connection refused")
+    monkeypatch.setattr(cluster_dns, "LightkubeDnsClient", refuse)
+    assert not provider.diff(created.id, outs, inputs).changes
