@@ -457,3 +457,24 @@ async def test_max_header_bytes_is_one_streams_431_not_the_connections_end():
         assert fine["body"] == b"ok"
         await c.close()
         assert [r[b":path"] for r in up.requests] == [b"/slow", b"/echo"]
+
+
+@on_uvloop
+async def test_a_connection_dropped_with_streams_open_is_let_go_at_once():
+    # Finishing its abandoned streams re-armed the idle timer of the closed connection: each such
+    # connection, its streams and their upstream objects stayed alive for the idle timeout (180 s).
+    import gc
+    import weakref
+
+    from lightmesh.proxy.h2 import H2Downstream
+
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url])) as p:
+        client = await H2Client.connect(p.port)
+        for _ in range(5):
+            client.start("/hang", method="GET")
+        await asyncio.sleep(0.3)  # the streams are with the server
+        [conn] = [weakref.ref(c) for c in gc.get_objects() if isinstance(c, H2Downstream) and not c.side.closed]
+        client.writer.transport.abort()
+        await asyncio.sleep(0.3)
+        gc.collect()
+        assert conn() is None, "the closed connection is still held (idle timer: %r)" % conn().idle_timer

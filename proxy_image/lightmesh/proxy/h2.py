@@ -444,6 +444,11 @@ class H2Downstream(asyncio.Protocol):
     def _arm_idle(self) -> None:
         if self.idle_timer is not None:
             self.idle_timer.cancel()
+            self.idle_timer = None
+        if self.side.closed:
+            # finishing the streams abandoned by connection_lost ends here: a timer would keep the
+            # closed connection, its streams and their upstream objects alive for the idle timeout
+            return
         self.idle_timer = self.loop.call_later(self.options.idle_timeout, self._idle_check)
 
     def _idle_check(self) -> None:
