@@ -193,3 +193,24 @@ def test_wait_is_clamped(wait):
             await api.stop()
 
     run(scenario())
+
+
+def test_nodes_forget_proxies_that_stopped_polling_and_have_no_pod():
+    # After a DaemonSet rollout the old proxies' names stayed listed (not up to date) for good.
+    from lightmesh.controller.api import STALE_PROXY_SECONDS
+
+    async def scenario():
+        store, api, url = await started(proxy_pods=lambda: [])
+        try:
+            store.publish(config(1))
+            store.record_proxy("gone-proxy", "1", "10.0.0.9")
+            store.record_proxy("live-proxy", "1", "10.0.0.8")
+            store.proxies["gone-proxy"]["last_seen"] -= STALE_PROXY_SECONDS + 1
+            async with aiohttp.ClientSession() as http:
+                async with http.get(url + wire.NODES_PATH) as resp:
+                    names = [n["name"] for n in await resp.json()]
+        finally:
+            await api.stop()
+        assert names == ["live-proxy"] and "gone-proxy" not in store.proxies
+
+    run(scenario())

@@ -226,7 +226,12 @@ class ControllerAPI:
             report = seen.pop(name, None) or {}
             out.append({"name": name, "ip": status.get("podIP"), "node": (pod.get("spec") or {}).get("nodeName"),
                         "ready": _pod_ready(pod), **self._report(report, current)})
+        now = time.time()
         for name, report in seen.items():  # proxies that reported but are not (yet) in the Pods cache
+            if now - report["last_seen"] > STALE_PROXY_SECONDS:
+                # no pod and no poll for three long polls: gone (a rollout replaced it), not lagging
+                self.store.proxies.pop(name, None)
+                continue
             out.append({"name": name, "ip": report.get("address"), "node": None, "ready": None,
                         **self._report(report, current)})
         out.sort(key=lambda n: n["name"])
