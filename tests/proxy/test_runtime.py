@@ -335,3 +335,38 @@ def test_drain_cuts_what_outlives_the_grace_period():
             await rt.apply(build(2))
 
     run(main())
+
+
+def test_series_of_services_and_routes_no_longer_configured_are_dropped():
+    # One series per name ever configured grew without bound where Services come and go (a soak
+    # run: +3.3 series per config swap); Traefik drops them on a reload too.
+    from lightmesh.proxy import metrics as metrics_mod
+
+    async def main():
+        rt = Runtime(ProxyMetrics())
+        hp, tp = free_port(), free_port()
+        async with Backend("A") as a:
+            try:
+                await rt.apply(build(1, http_port=hp, http_servers=[a.url], tcp={tp: [9]}))
+                assert (await request(hp)).status == 200
+                m = rt.metrics
+                m.request("unrouted", 404, "GET", 0.001)
+                m.l4_connection(f"t{tp}", "tcp")
+                m.rate_limit("svc")
+                assert ("svc", "200", "GET") in m.requests and "svc" in m.durations
+                await rt.apply(build(2, tcp={tp: [9]}))  # the HTTP service is gone, the TCP route stays
+                assert set(m.requests) == {("unrouted", "404", "GET")}
+                assert set(m.durations) == {"unrouted"} and m.rate_limited == {}
+                assert set(m.l4_connections) == {(f"t{tp}", "tcp")}
+                snapshot = metrics_mod.retain_snapshot(
+                    {"lightmesh_proxy_requests_total": [["svc", "200", "GET", 5], ["unrouted", "404", "GET", 1]],
+                     "lightmesh_proxy_l4_connections_total": [["gone", "tcp", 2], [f"t{tp}", "tcp", 3]],
+                     "lightmesh_proxy_config_reloads_total": [["applied", 4]]},
+                    metrics_mod.config_names(rt.config))
+                assert snapshot == {"lightmesh_proxy_requests_total": [["unrouted", "404", "GET", 1]],
+                                    "lightmesh_proxy_l4_connections_total": [[f"t{tp}", "tcp", 3]],
+                                    "lightmesh_proxy_config_reloads_total": [["applied", 4]]}
+            finally:
+                await rt.close()
+
+    run(main())

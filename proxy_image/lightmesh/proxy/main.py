@@ -479,6 +479,8 @@ class Supervisor:
         self.config_json = config.model_dump(mode="json")
         self.last_error = None
         self.metrics.config_applied(config.version)
+        # exited workers' counters: only those of services and routes still configured (as workers do)
+        self.retired_metrics = metrics_mod.retain_snapshot(self.retired_metrics, metrics_mod.config_names(config))
         log.info("configuration version %d (%s) received%s", config.version, config.hash[:12],
                  f", replacing version {previous.version}" if previous else "")
         for worker in self.workers:

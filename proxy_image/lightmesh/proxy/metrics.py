@@ -162,6 +162,19 @@ class ProxyMetrics:
     def config_failed(self) -> None:
         self.reloads["failed"] += 1
 
+    def retain(self, names: set[str]) -> None:
+        """Forget the series of services and L4 routes not in ``names`` (the config in force), as
+        Traefik does on a reload: one series per name ever configured would grow without bound on a
+        cluster whose Services come and go. A name that comes back starts from zero (a counter reset
+        to Prometheus). ``unrouted`` (404s) stays."""
+        keep = names | KEPT_LABELS
+        for table in (self._requests, self.upstream_errors, self.acl_denied, self.l4_connections, self.l4_bytes):
+            for key in [k for k in table if k[0] not in keep]:
+                del table[key]
+        for table in (self.durations, self.retries, self.breaker_state, self.rate_limited):
+            for key in [k for k in table if k not in keep]:
+                del table[key]
+
     # ------------------------------------------------------------------ export
 
     def snapshot(self) -> dict:
@@ -182,6 +195,25 @@ class ProxyMetrics:
             p + "config_version": [[self.config_version]],
             p + "config_reloads_total": [[k, v] for k, v in self.reloads.items()],
         }
+
+
+#: Label values that name no service or route of a config (requests no router took).
+KEPT_LABELS = frozenset(("unrouted",))
+
+
+def retain_snapshot(snapshot: dict, names: set[str]) -> dict:
+    """``snapshot`` without the rows of services and L4 routes not in ``names`` (see
+    :meth:`ProxyMetrics.retain`): what the supervisor keeps of workers that exited."""
+    keep = names | KEPT_LABELS
+    return {name: [row for row in rows
+                   if not (METRICS.get(name) and METRICS[name].labels[:1] in (("service",), ("route",)))
+                   or row[0] in keep]
+            for name, rows in snapshot.items()}
+
+
+def config_names(config) -> set[str]:
+    """The service and L4 route names of a ``ProxyConfig``: the label values its series may carry."""
+    return ({s.name for s in config.http.services} | {r.name for r in config.tcp} | {r.name for r in config.udp})
 
 
 def counters_only(snapshot: dict) -> dict:

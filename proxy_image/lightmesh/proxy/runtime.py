@@ -33,7 +33,7 @@ from typing import Any
 from lightmesh.config import ConfigError, ProxyConfig, load_config_dict, load_config_json
 from lightmesh.netutil import listening_socket
 from lightmesh.proxy import steering
-from lightmesh.proxy.metrics import ProxyMetrics
+from lightmesh.proxy.metrics import ProxyMetrics, config_names
 from lightmesh.proxy.tcp import SPLICE_AVAILABLE, TCPListener, TCPRouteState
 from lightmesh.proxy.udp import UDPListener, UDPRouteState
 
@@ -216,6 +216,7 @@ class Runtime:
                     log.exception("closing the previous HTTP plane failed")
             self.config = config
             self.metrics.config_applied(config.version)
+            self.metrics.retain(config_names(config))
             return ApplyResult(config.version, config.hash,
                                {describe_key(k): v for k, v in self.listener_errors.items()})
 
