@@ -270,6 +270,10 @@ async def _latency_run(n: int, changes: int, budget: float) -> dict:
                 new_version.clear()
                 if k % 3 == 0:  # annotation edit: a retry middleware appears / changes
                     kind = "annotation"
+                    # on a Service with a TrafficTarget (even i): in ACL mode one without has only
+                    # its deny router, so its retry setting changes nothing and no version follows
+                    i -= i % 2
+                    ns, name = f"ns{i % 50}", f"svc{i}"
                     t0 = time.monotonic()
                     kube.patch_object("v1", "services", ns, name, {
                         "metadata": {"annotations": {"mesh.traefik.io/retry-attempts": str(2 + k % 7)}}})
