@@ -665,6 +665,17 @@ async def test_http1_transfer_codings_other_than_chunked_are_502_for_an_http2_cl
 
 
 @on_uvloop
+async def test_a_head_answered_with_gzip_chunked_has_no_body_and_is_no_error_for_an_http2_client():
+    # the head a GET would get, without the body: the codings say nothing (a HEAD has no body)
+    raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Encoding: x\r\n\r\n"
+    async with ScriptedUpstream([[raw]]) as up, ProxyUnderTest(simple_config([up.url])) as p:
+        client = await H2Client.connect(p.port)
+        (r,) = await client.wait([client.start("/", method="HEAD")])
+        assert r["headers"][b":status"] == b"200" and r["body"] == b""
+        await client.close()
+
+
+@on_uvloop
 async def test_a_server_stream_limit_opens_more_connections_instead_of_failing():
     async with H2Server(max_streams=2) as up, ProxyUnderTest(simple_config([up.url])) as p:
         client = await H2Client.connect(p.port)

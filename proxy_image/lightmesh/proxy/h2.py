@@ -1251,22 +1251,24 @@ class H1Upstream(asyncio.Protocol):
             return
         if st is None or st.done:
             return
-        te = b", ".join(v for n, v in self.headers if n == b"transfer-encoding")
-        if te and te.strip().lower() != b"chunked":
-            # codings other than chunked (gzip) cannot go to an HTTP/2 client: 502, as nginx and Go
-            raise httptools.HttpParserError("unsupported Transfer-Encoding")
         self.hop = hop
         names = {n for n, _ in self.headers}
+        te = b", ".join(v for n, v in self.headers if n == b"transfer-encoding")
         head = [(b":status", b"%d" % status)] + [(n, v) for n, v in self.headers if n not in hop and n != b"host"]
         self.headers = []
-        self.head_sent = True
         if st.method == b"HEAD" or status in (204, 304):
             # no body, whatever the head says (llhttp would wait for the Content-Length it announces)
+            self.head_sent = True
             self.done = True
             self.down.response(st, "head", head, True, 0, None)
             if self.transport is not None:
                 self.transport.close()
             return
+        if te and te.strip().lower() != b"chunked":
+            # a body under codings other than chunked (gzip) cannot go to an HTTP/2 client, which has
+            # no transfer codings: 502, as nginx and Go answer it (a HEAD/204/304 has no body: above)
+            raise httptools.HttpParserError("unsupported Transfer-Encoding")
+        self.head_sent = True
         self.close_delimited = b"content-length" not in names and b"transfer-encoding" not in names
         self.down.response(st, "head", head, False, 0, None)
 
