@@ -438,3 +438,25 @@ def test_a_shadow_that_cannot_be_written_is_reported_on_its_service():
                             "the error cleared", timeout=30)
 
     run(scenario())
+
+
+def test_a_replica_that_loses_the_lease_stops_reporting_its_failed_shadow_writes():
+    import types
+
+    async def scenario():
+        async with cluster() as kube:
+            kube.put_object(service("web"))
+            name = shadow_name(NS, "web")
+            kube.put_object({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": MESH},
+                             "spec": {"ports": [{"port": 1}]}})
+            async with running(kube, events=False) as controller:
+                def reported():
+                    result = controller.result
+                    return result is not None and any(e.field == "shadow Service" for e in result.errors)
+
+                await until(reported, "the failed write reported")
+                controller.elector = types.SimpleNamespace(is_leader=False)  # the lease went to another replica
+                controller._write_wanted.set()
+                await until(lambda: not reported(), "the error left to the leader")
+
+    run(scenario())

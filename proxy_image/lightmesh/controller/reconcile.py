@@ -306,6 +306,9 @@ class Controller:
             await self._write_wanted.wait()
             self._write_wanted.clear()
             if not self._leader() or self._desired_shadows is None:
+                if self._shadow_errors:  # the leader writes (and reports) them now, not this replica
+                    self._shadow_errors = []
+                    self._dirty.set()
                 continue
             failures = 0
             desired, seen = self._desired_shadows, self._round_shadows
