@@ -76,3 +76,17 @@ def test_the_controller_is_read_with_its_own_flags():
     with pytest.raises(LocalModeError, match=r"^Deployment mesh/ctl runs the controller with flags local mode cannot "
                                              r"read \(argument --default-mode: invalid choice: 'grpc'"):
         declared_controller([unreadable])
+
+
+def test_a_program_for_several_clusters_runs_its_first_cluster_only(tmp_path):
+    # render writes each other cluster into a subdirectory; local mode read those too, merged the
+    # clusters, and the later one's Service shop/api (port 81) replaced the first's (port 80).
+    endpoints = tmp_path / "mesh.json"
+    proc, children, printed = started(REPO / "tests" / "local" / "programs" / "clusters", "--endpoints", str(endpoints))
+    try:
+        data = json.loads(endpoints.read_text())
+        [api] = [s for s in data["services"] if (s["namespace"], s["name"]) == ("shop", "api")]
+        assert "declared twice" not in printed and "api-1" not in printed
+        assert [p["port"] for p in api["ports"]] == [80], api
+    finally:
+        stop_all(proc, children)
