@@ -324,3 +324,28 @@ def test_watch_metrics_tell_smi_and_gateway_api_route_kinds_apart():
                                 ("mesh_tcp_routes", "gateway.networking.k8s.io", "TCPRoute", "tcproutes"),
                                 ("services", "", "Service", "services")]}
     assert kinds == {"TCPRoute", "TCPRoute.gateway.networking.k8s.io", "Service"}
+
+
+def test_in_acl_mode_the_access_kinds_forbidden_keep_the_controller_unready():
+    # Absent TrafficTargets deny everything in ACL mode: a controller that starts before its
+    # ClusterRoleBinding is in effect must wait for it, not publish deny-all.
+    from lightmesh.controller.sources import ACL_REQUIRED
+
+    async def scenario():
+        async with cluster() as kube:
+            kube.put_object(obj("TrafficTarget", "t", api_version="access.smi-spec.io/v1alpha3"))
+            kube.fail_next("GET", "/traffictargets", 403, "Forbidden", count=3)
+            api = KubeAPI.from_kubeconfig(server=str(kube.url))
+            source = KubeSource(api, ObjectFilter.create("lightmesh"), required=ACL_REQUIRED)
+            task = asyncio.create_task(source.run())
+            try:
+                await asyncio.sleep(0.3)
+                assert not source.synced.is_set()
+                await asyncio.wait_for(source.synced.wait(), 30)  # the RBAC took effect: the retry lists them
+                assert [o["metadata"]["name"] for o in source.snapshot()["traffic_targets"]] == ["t"]
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await api.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))

@@ -113,7 +113,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
     from lightmesh.controller.dns import DNSTable, MeshDNS
     from lightmesh.controller.metrics import ControllerMetrics
     from lightmesh.controller.reconcile import Controller
-    from lightmesh.controller.sources import FileSource, KubeAPI, KubeSource, ObjectFilter
+    from lightmesh.controller.sources import ACL_REQUIRED, FileSource, KubeAPI, KubeSource, ObjectFilter
 
     settings = settings_from_args(args)
     metrics = ControllerMetrics()
@@ -144,7 +144,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
         except Exception as exc:  # noqa: BLE001 - no credentials: say so and exit
             log.error("cannot configure the Kubernetes client: %s", exc)
             return 1
-        source = KubeSource(kube, object_filter, metrics=metrics)
+        source = KubeSource(kube, object_filter, metrics=metrics, required=ACL_REQUIRED if args.acl else ())
 
         parts["kube_writer"] = KubeShadowWriter(kube, args.namespace, metrics)
         parts["events"] = EventRecorder(kube, uids=source.uid, api_versions=source.api_versions)

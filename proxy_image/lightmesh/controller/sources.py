@@ -16,7 +16,8 @@ deciding which objects the controller looks at:
   (``watch_restarts_total{kind,reason}``). Only a 404 from discovery means "not served": any other
   failure keeps what is watched (a flapping API server never empties a kind). An optional kind
   (SMI, Gateway API) the controller is forbidden to list (403) counts as absent until it may, so
-  the rest of the mesh still gets served; the built-in kinds have no such way out.
+  the rest of the mesh still gets served; the built-in kinds have no such way out, nor, in ACL
+  mode, the access kinds (``ACL_REQUIRED``: absent, they would deny everything).
 
 Both sources call ``on_change()`` (no arguments, cheap) after the cache changed; the reconcile loop
 debounces and calls :meth:`snapshot` to get ``{field: [objects]}`` for ``ClusterState``.
@@ -103,6 +104,8 @@ SMI_VERSIONS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 # kinds two groups share (SMI's and Gateway API's TCPRoute/UDPRoute): metric labels add the group
 _SHARED_KINDS = frozenset(k for _g, k in FIELDS.values() if sum(k2 == k for _g2, k2 in FIELDS.values()) > 1)
+# ACL mode cannot do without these: a TrafficTarget and the routes its rules name grant access
+ACL_REQUIRED = frozenset(("traffic_targets", "http_route_groups", "tcp_routes", "udp_routes"))
 LEASES = Resource("leases", "coordination.k8s.io", "v1", "Lease", "leases")
 EVENTS = Resource("events", "", "v1", "Event", "events")
 
@@ -416,11 +419,12 @@ class Informer:
     """List + watch one kind into a cache ``{(namespace, name): object}``."""
 
     def __init__(self, api: KubeAPI, resource: Resource | None, on_change: Callable[[], None],
-                 metrics=None, watch_timeout_seconds: int = 300) -> None:
+                 metrics=None, watch_timeout_seconds: int = 300, optional: bool | None = None) -> None:
         self.api = api
         self.resource = resource  # None: the cluster does not serve this kind (cache stays empty)
-        # SMI and Gateway API kinds: a 403 on their list means "absent for us", not "not ready"
-        self.optional = resource is not None and resource.field in SMI_VERSIONS
+        # SMI and Gateway API kinds: a 403 on their list means "absent for us", not "not ready" —
+        # unless the caller needs them (ACL mode: the access kinds)
+        self.optional = (resource is not None and resource.field in SMI_VERSIONS) if optional is None else optional
         self.forbidden = False
         self.on_change = on_change
         self.metrics = metrics
@@ -581,8 +585,12 @@ class KubeSource:
 
     def __init__(self, api: KubeAPI, object_filter: ObjectFilter, on_change: Callable[[], None] = lambda: None,
                  metrics=None, watch_timeout_seconds: int = 300,
-                 rediscover_seconds: float = REDISCOVER_SECONDS) -> None:
+                 rediscover_seconds: float = REDISCOVER_SECONDS, required: Iterable[str] = ()) -> None:
         self.api = api
+        # optional kinds a 403 must not make absent: in ACL mode, the TrafficTargets and the route
+        # kinds their rules name (absent, every request is denied: a controller that starts before
+        # its ClusterRoleBinding is in effect must wait, not publish deny-all)
+        self.required = frozenset(required)
         self.filter = object_filter
         self.on_change = on_change
         self.metrics = metrics
@@ -609,7 +617,8 @@ class KubeSource:
             backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
 
     def _informer(self, resource: Resource | None) -> Informer:
-        return Informer(self.api, resource, self._changed, self.metrics, self.watch_timeout_seconds)
+        optional = resource is not None and resource.field in SMI_VERSIONS and resource.field not in self.required
+        return Informer(self.api, resource, self._changed, self.metrics, self.watch_timeout_seconds, optional)
 
     async def run(self) -> None:
         resources = await self._discover()
