@@ -807,6 +807,9 @@ class StackView:
         self.controllers: list[Workload] = []
         self.proxies: list[Workload] = []
         self.mesh_installs: list[Resource] = []
+        # the controllers of the stack's other clusters, for a cluster that declares none (see
+        # lightmesh_policies.rules._views): it may well be one of theirs under another provider
+        self.other_controllers: list[Workload] = []
         for r in self.resources:
             self._add(r)
 
@@ -854,11 +857,16 @@ class StackView:
 
     # ---- ACL mode
 
+    @property
+    def mesh_controllers(self) -> list[Workload]:
+        """This cluster's controllers; if it declares none, the stack's other clusters' ones."""
+        return self.controllers or self.other_controllers
+
     def acl_mode(self) -> Any:
         """True/False from the controller(s) in this stack; None if the stack installs no controller."""
-        if not self.controllers:
+        if not self.mesh_controllers:
             return None
-        flags = [acl_flag(c) for c in self.controllers]
+        flags = [acl_flag(c) for c in self.mesh_controllers]
         if any(f is True for f in flags):
             return True
         if any(f is UNKNOWN for f in flags):
@@ -867,13 +875,13 @@ class StackView:
 
     def ignore_settings(self) -> IgnoreSettings:
         """What the stack's controller never meshes (the controller's defaults without one)."""
-        for c in self.controllers:
+        for c in self.mesh_controllers:
             return controller_ignore_settings(c)
         return IgnoreSettings()
 
     def default_traffic_type(self) -> Any:
         """The controller's default traffic type (http without a controller); UNKNOWN if not known yet."""
-        for c in self.controllers:
+        for c in self.mesh_controllers:
             return default_traffic_type_flag(c)
         return ann.TrafficType.HTTP
 

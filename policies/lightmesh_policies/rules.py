@@ -66,7 +66,14 @@ def _views(args: StackValidationArgs) -> list[StackView]:
         resource = model.resource_from_policy(r.resource_type, r.name, r.urn, r.props, getattr(r, "parent", None),
                                               getattr(r, "provider", None))
         by_cluster.setdefault(resource.cluster, []).append(resource)
-    return [StackView(by_cluster[c]) for c in sorted(by_cluster)] or [StackView([])]
+    views = [StackView(by_cluster[c]) for c in sorted(by_cluster)] or [StackView([])]
+    # A cluster told apart only by its provider may be the same as another (an app on the default
+    # provider, its MeshInstall on an explicit one for the same cluster): one that declares no
+    # controller is judged by the others' (their ACL mode, ignore lists, default traffic type).
+    for view in views:
+        if not view.controllers:
+            view.other_controllers = [c for other in views if other is not view for c in other.controllers]
+    return views
 
 
 def _per_cluster(check, defaults: Mapping[str, Any]):

@@ -132,3 +132,11 @@ def test_two_mesh_installs_in_one_cluster_are_one_violation_that_says_so():
     assert len(unique) == 1, unique
     assert "one mesh per cluster" in unique[0].message
     assert "MeshInstall 'mesh-a'" in unique[0].message and "MeshInstall 'mesh-b'" in unique[0].message
+
+
+def test_a_cluster_without_a_controller_of_its_own_is_judged_by_the_stacks_controller():
+    # MeshInstall on an explicit provider, the app on the default one: perhaps one cluster. The
+    # app's view had no controller, so the ACL rule stayed silent on its uncovered Service.
+    report = check_program(CLUSTERS, config=["case=mixed"])
+    assert [(v.policy, "shop/api" in v.message) for v in report.violations] == [
+        ("lightmesh-acl-service-has-traffic-target", True)]

@@ -2,7 +2,9 @@
 
 case=acl: ACL mode in an eu and a us cluster (a Kubernetes provider each), the Service shop/api in
 both, an AccessPolicy for it in eu only: the us one has no TrafficTarget there. case=acl-both: the
-same with the AccessPolicy in both. case=two-meshes: two MeshInstalls in one cluster."""
+same with the AccessPolicy in both. case=two-meshes: two MeshInstalls in one cluster.
+case=mixed: MeshInstall on an explicit provider, the app on the default one (maybe the same
+cluster), no AccessPolicy."""
 import pulumi
 import pulumi_kubernetes as k8s
 
@@ -11,8 +13,10 @@ from mesh_components import AccessPolicy, MeshInstall, MeshService
 case = pulumi.Config().require("case")
 
 
-def mesh_with_api(name: str, opts: pulumi.ResourceOptions | None, namespace: str = "lightmesh") -> MeshInstall:
+def mesh_with_api(name: str, opts: pulumi.ResourceOptions | None, namespace: str = "lightmesh",
+                  app_opts: pulumi.ResourceOptions | None = None) -> MeshInstall:
     mesh = MeshInstall(name, {"acl": True, "patch_coredns": False, "namespace": namespace}, opts=opts)
+    opts = app_opts if app_opts is not None else opts
     k8s.apps.v1.Deployment(f"{name}-api", metadata={"name": "api", "namespace": "shop"},
                            spec={"selector": {"matchLabels": {"app": "api"}},
                                  "template": {"metadata": {"labels": {"app": "api"}},
@@ -37,6 +41,9 @@ if case in ("acl", "acl-both"):
         mesh_with_api(f"mesh-{region}", opts)
         if region == "eu" or case == "acl-both":
             access(f"web-to-api-{region}", opts)
+elif case == "mixed":
+    mesh_with_api("mesh", pulumi.ResourceOptions(provider=k8s.Provider("k8s-admin", kubeconfig="kubeconfig-admin")),
+                  app_opts=pulumi.ResourceOptions())
 else:
     for name in ("mesh-a", "mesh-b"):
         MeshInstall(name, {"acl": True, "patch_coredns": False, "namespace": name})
