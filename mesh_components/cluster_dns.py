@@ -18,6 +18,16 @@ reports the hash of our part as found live (``block_hash``: ``None`` when missin
 (every ``pulumi preview`` / ``up``) compares the live value with what we wrote and asks for an
 update when it differs, so ``pulumi up`` puts the block back (:func:`drift`, :func:`diff_props`).
 
+**Which cluster**: the patcher reaches the cluster through ``kubeconfig`` or, by default, the ambient
+kubeconfig and its *current context*, which can point at another cluster by the next ``pulumi up``
+(``kubectx prod``). So create records the cluster's identity in the state (``cluster_id``: the
+``kube-system`` Namespace's UID, stable and unique per cluster). ``diff`` and ``read`` look at the live
+DNS config only in that cluster (elsewhere they fall back to the recorded state: no drift is claimed
+from another cluster's config), and ``update`` and ``delete`` refuse to write to another one
+(:class:`WrongClusterError`). States written before the identity was recorded cannot be verified:
+no live check in ``diff`` and ``read``; ``update`` and ``delete`` proceed as before, and ``update``
+records the identity.
+
 Styles (:class:`DnsStyle`): ``corefile`` (our block appended to ``Corefile``), ``coredns-custom``
 (our own ``lightmesh.server`` key in the ``coredns-custom`` ConfigMap that k3s and AKS import; created
 if missing, deleted on destroy if we created it), ``kube-dns`` (``stubDomains``), or ``auto``
@@ -59,8 +69,15 @@ class DnsStyle(str, Enum):
     """Add stubDomains to the kube-dns ConfigMap (GKE with kube-dns)."""
 
 
+class WrongClusterError(RuntimeError):
+    """The kubeconfig now reaches another cluster than the one whose DNS this resource patched."""
+
+
 class DnsClient(Protocol):
-    """The few Kubernetes operations the patcher needs (all in the DNS namespace)."""
+    """The few Kubernetes operations the patcher needs (all in the DNS namespace but ``cluster_id``)."""
+
+    def cluster_id(self) -> str:
+        """The cluster's identity: the ``kube-system`` Namespace's ``metadata.uid``."""
 
     def deployment_configmaps(self, namespace: str, name: str) -> Optional[list[str]]:
         """Names of ConfigMaps mounted by the Deployment's pod template; None if no such Deployment."""
@@ -148,8 +165,39 @@ def _target(state: dict[str, Any]) -> Target:
     return Target(DnsStyle(state["style"]), state["deployment"], state["configmap"], state["key"])
 
 
+def same_cluster(client: DnsClient, state: dict[str, Any]) -> Optional[bool]:
+    """Whether ``client`` reaches the cluster ``state`` was written in: None when the state records no
+    identity (written before it was recorded: cannot be verified). Errors reaching the cluster propagate."""
+    recorded = state.get("cluster_id")
+    if not recorded:
+        return None
+    return client.cluster_id() == recorded
+
+
+_DELETE_HINT = " (a delete uses the kubeconfig recorded at the last create or update, else the ambient one)"
+
+
+def check_cluster(client: DnsClient, state: dict[str, Any], action: str) -> str:
+    """The live cluster's identity, after checking it is the recorded one (when one is recorded);
+    raises :class:`WrongClusterError` before anything is written otherwise."""
+    live = client.cluster_id()
+    recorded = state.get("cluster_id")
+    if recorded and live != recorded:
+        raise WrongClusterError(
+            f"refusing to {action} the cluster DNS patch of {state['namespace']}/{state['configmap']}: the "
+            f"kubeconfig (the kubeconfig input, else the ambient KUBECONFIG / ~/.kube/config current context) "
+            f"now points at another cluster than the one this stack patched (this stack patched the cluster "
+            f"whose kube-system Namespace has uid {recorded}; the kubeconfig reaches the one with uid {live}); "
+            f"nothing was written. Switch the kubeconfig context back to the cluster this stack patched, or "
+            f"pass that cluster's kubeconfig in the kubeconfig input{_DELETE_HINT if action == 'delete' else ''}. "
+            f"If that cluster no longer exists, remove this resource from the stack with pulumi state delete")
+    return live
+
+
 def create(client: DnsClient, namespace: str, style: str, domains: Sequence[str], dns_ip: str) -> dict[str, Any]:
-    """Patch the cluster DNS; return the state needed to update and to restore it."""
+    """Patch the cluster DNS; return the state needed to update and to restore it (with the identity of
+    the cluster patched, ``cluster_id``)."""
+    cluster_id = client.cluster_id()
     target = detect_target(client, namespace, DnsStyle(style))
     data = client.get_configmap(namespace, target.configmap)
     if data is None and target.style is not DnsStyle.COREDNS_CUSTOM:
@@ -164,7 +212,8 @@ def create(client: DnsClient, namespace: str, style: str, domains: Sequence[str]
         client.roll_deployment(namespace, target.deployment, coredns.block_hash(written))
     return {"style": target.style.value, "namespace": namespace, "deployment": target.deployment,
             "configmap": target.configmap, "key": target.key, "original": original, "written": written,
-            "created_configmap": data is None, "domains": list(domains), "dns_ip": dns_ip}
+            "created_configmap": data is None, "domains": list(domains), "dns_ip": dns_ip,
+            "cluster_id": cluster_id}
 
 
 def update(client: DnsClient, state: dict[str, Any], domains: Sequence[str], dns_ip: str) -> dict[str, Any]:
@@ -174,7 +223,11 @@ def update(client: DnsClient, state: dict[str, Any], domains: Sequence[str], dns
     rewrote it since — a kubeadm upgrade or an EKS add-on update resetting the Corefile (our block
     gone), an edit — what they wrote, without our part, is the new original: delete gives back the
     reset or edited value, not the one from before it.
+
+    Refuses (:class:`WrongClusterError`, nothing written) when the client reaches another cluster than
+    the recorded one; a state without a recorded identity gets the live one.
     """
+    cluster_id = check_cluster(client, state, "update")
     target = _target(state)
     data = client.get_configmap(state["namespace"], target.configmap)
     current = (data or {}).get(target.key)
@@ -187,11 +240,15 @@ def update(client: DnsClient, state: dict[str, Any], domains: Sequence[str], dns
         client.set_configmap_key(state["namespace"], target.configmap, target.key, written)
         client.roll_deployment(state["namespace"], target.deployment, coredns.block_hash(written))
     return {**state, "original": original, "written": written, "domains": list(domains), "dns_ip": dns_ip,
-            "created_configmap": bool(state.get("created_configmap")) or data is None}
+            "created_configmap": bool(state.get("created_configmap")) or data is None, "cluster_id": cluster_id}
 
 
 def delete(client: DnsClient, state: dict[str, Any]) -> None:
-    """Give the cluster DNS back: the original byte for byte, or (if edited since) ours removed."""
+    """Give the cluster DNS back: the original byte for byte, or (if edited since) ours removed.
+    Refuses (:class:`WrongClusterError`, nothing written) when the client reaches another cluster than
+    the recorded one; a state without a recorded identity proceeds as before."""
+    if state.get("cluster_id"):
+        check_cluster(client, state, "delete")
     ns = state["namespace"]
     target = _target(state)
     data = client.get_configmap(ns, target.configmap)
@@ -266,6 +323,11 @@ def diff_props(olds: dict[str, Any], news: dict[str, Any],
     (values may be unknown during a preview), ``connect(kubeconfig)`` makes a client. Changed inputs
     decide alone (the update or replacement rewrites our part anyway). Otherwise the live DNS config
     is checked for drift; ``"state"`` in ``changed`` means it drifted and ``update`` must repair it.
+
+    The live check is made only in the cluster the state was written in (``cluster_id``): a kubeconfig
+    that reaches another cluster now (a context switch) or a state recording no identity (written before
+    it was recorded) fall back to the recorded state, as an unreachable cluster does — another
+    cluster's DNS config is never taken as drift, which would have the update write to it.
     """
     changed = [k for k in _INPUTS if olds.get(k) != news.get(k)]
     replaces = [k for k in _REPLACING if k in changed]
@@ -276,11 +338,17 @@ def diff_props(olds: dict[str, Any], news: dict[str, Any],
     try:
         if kubeconfig is not None and not isinstance(kubeconfig, str):
             raise ValueError("kubeconfig not known yet")  # an unknown Output during preview
-        drifted = drift(connect(kubeconfig), state) is not None
-    except Exception:  # noqa: BLE001 - any failure to reach or read the cluster
-        # The cluster cannot be reached (or read) now: do not fail the preview over a check. Fall back
-        # to what the state records — the inputs (unchanged, see above) and the block hash the last
-        # `pulumi refresh` read (absent in states written before drift detection: no drift then).
+        if not state.get("cluster_id"):
+            raise ValueError("the state records no cluster identity: cannot tell which cluster it patched")
+        client = connect(kubeconfig)
+        if not same_cluster(client, state):
+            raise WrongClusterError("the kubeconfig reaches another cluster than the one this stack patched")
+        drifted = drift(client, state) is not None
+    except Exception:  # noqa: BLE001 - any failure to reach, identify or read the cluster
+        # The cluster cannot be reached (or read, or is not the one patched) now: do not fail the preview
+        # over a check. Fall back to what the state records — the inputs (unchanged, see above) and the
+        # block hash the last `pulumi refresh` read (absent in states written before drift detection: no
+        # drift then). `update` refuses to write to another cluster anyway.
         drifted = "block_hash" in olds and olds["block_hash"] != written_hash(state)
     return (["state"] if drifted else []), []
 
@@ -295,6 +363,13 @@ class LightkubeDnsClient:
 
         config = lightkube.KubeConfig.from_dict(yaml.safe_load(kubeconfig)) if kubeconfig else None
         self._client = lightkube.Client(config=config, field_manager="lightmesh-dns")
+
+    def cluster_id(self) -> str:
+        from lightkube.resources.core_v1 import Namespace
+        uid = self._client.get(Namespace, "kube-system").metadata.uid
+        if not uid:
+            raise RuntimeError("the kube-system Namespace has no metadata.uid: cannot identify the cluster")
+        return uid
 
     def deployment_configmaps(self, namespace: str, name: str) -> Optional[list[str]]:
         from lightkube.resources.apps_v1 import Deployment
@@ -356,9 +431,14 @@ class _Provider(pulumi.dynamic.ResourceProvider):
     def read(self, id_: str, props: dict[str, Any]) -> pulumi.dynamic.ReadResult:
         # `pulumi refresh`: record the hash of our part as found live (None when the block is gone), so
         # a reset shows as a change of `block_hash` and the next diff asks for the repairing update.
-        if not props.get("state"):
+        # Only in the cluster the state was written in: another cluster's block (a context switch), or a
+        # state recording no cluster (cannot be verified), keeps the recorded `block_hash`.
+        if not props.get("state") or not props["state"].get("cluster_id"):
             return pulumi.dynamic.ReadResult(id_, props)
-        live = live_hash(LightkubeDnsClient(props.get("kubeconfig")), props["state"])
+        client = LightkubeDnsClient(props.get("kubeconfig"))
+        if not same_cluster(client, props["state"]):
+            return pulumi.dynamic.ReadResult(id_, props)
+        live = live_hash(client, props["state"])
         return pulumi.dynamic.ReadResult(id_, {**props, "block_hash": live})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.DiffResult:

@@ -157,7 +157,8 @@ class MeshInstallArgs(TypedDict):
     """Priority class of the proxy pods, e.g. ``system-node-critical`` (default: none)."""
     patch_coredns: NotRequired[bool]
     """Configure the cluster DNS to forward the mesh domains to the mesh DNS (default true).
-    Set false when rendering offline or when DNS is managed elsewhere."""
+    Set false when rendering offline or when DNS is managed elsewhere. On an existing stack, setting it
+    false deletes the DNS patch: the mesh DNS forwarding is removed (mesh names stop resolving)."""
     dns_style: NotRequired[DnsStyle]
     """How the cluster DNS is configured (default auto: detected from the cluster at deploy time)."""
     dns_namespace: NotRequired[str]
@@ -165,7 +166,9 @@ class MeshInstallArgs(TypedDict):
     kubeconfig: NotRequired[pulumi.Input[str]]
     """Kubeconfig contents for the DNS patcher (default: ``KUBECONFIG``/``~/.kube/config``/in-cluster).
     The patcher does not use the Pulumi Kubernetes provider: required with ``patch_coredns`` when the
-    component is given an explicit Kubernetes provider (``provider``/``providers``), same cluster."""
+    component is given an explicit Kubernetes provider (``provider``/``providers``), same cluster.
+    On an existing stack pass it rather than turning ``patch_coredns`` off, which removes the mesh DNS
+    forwarding."""
 
 
 class MeshInstall(pulumi.ComponentResource):
@@ -191,7 +194,10 @@ class MeshInstall(pulumi.ComponentResource):
                 f"kubeconfig is required when the resource options give a Kubernetes provider ({explicit}) and "
                 f"patch_coredns is true: the cluster DNS patch does not go through that provider, it would patch "
                 f"the cluster of the ambient kubeconfig (KUBECONFIG, ~/.kube/config, in-cluster), which may be "
-                f"another one; pass the same cluster's kubeconfig in kubeconfig, or set patch_coredns: false")
+                f"another one. Pass the same cluster's kubeconfig in kubeconfig. Do not set patch_coredns: false "
+                f"instead on an existing stack: that deletes its cluster DNS patch, which removes the mesh DNS "
+                f"forwarding (mesh names stop resolving cluster-wide); set it false only where the cluster DNS "
+                f"forwards the mesh domains by other means")
         super().__init__(type_token("MeshInstall"), name, None, opts)
         child = child_options(self, opts)
         #: every child by role, for composition (e.g. ``depends_on=[mesh.children["controller"]]``) and tests;
@@ -243,7 +249,11 @@ class MeshInstall(pulumi.ComponentResource):
         controller = k8s.apps.v1.Deployment(
             f"{name}-controller", metadata=_meta(wire.CONTROLLER_NAME, ns, controller_labels),
             spec=controller_deployment_spec(s, controller_sa.metadata.apply(lambda m: m.name)),
-            opts=pulumi.ResourceOptions.merge(in_ns, pulumi.ResourceOptions(depends_on=[*crds, role_binding])))
+            # The controller starts once its CRDs and all of its RBAC exist — the cluster-wide lists and watches
+            # (ClusterRole + ClusterRoleBinding) as well as the namespaced ones: a pod started before would get
+            # 403s on the cluster-wide kinds.
+            opts=pulumi.ResourceOptions.merge(in_ns, pulumi.ResourceOptions(
+                depends_on=[*crds, cluster_role, cluster_role_binding, role, role_binding])))
         pdb = k8s.policy.v1.PodDisruptionBudget(
             f"{name}-controller-pdb", metadata=_meta(wire.CONTROLLER_NAME, ns, controller_labels),
             spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(

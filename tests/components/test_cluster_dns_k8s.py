@@ -31,7 +31,14 @@ def _configmap(name, data):
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "kube-system"}, "data": data}
 
 
+KUBE_SYSTEM_UID = "5f0c6c0e-3c1b-4a39-9d1e-6a1f2b7e9c01"
+
+
 def _client(kmock) -> cluster_dns.LightkubeDnsClient:
+    # every cluster has a kube-system Namespace; its UID is the cluster's identity (kmock's object store
+    # takes /api/v1/namespaces/<name> for a namespace prefix, so the Namespace is served as a response)
+    kmock["get /api/v1/namespaces/kube-system"] << {
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-system", "uid": KUBE_SYSTEM_UID}}
     kubeconfig = {"apiVersion": "v1", "kind": "Config", "current-context": "kmock",
                   "clusters": [{"name": "kmock", "cluster": {"server": str(kmock.url).rstrip("/")}}],
                   "users": [{"name": "kmock", "user": {}}],
@@ -52,7 +59,7 @@ async def test_corefile_patch_and_restore_through_the_kubernetes_api(kmock):
 
     state = await asyncio.wait_for(
         asyncio.to_thread(cluster_dns.create, client, "kube-system", "auto", DOMAINS, "10.96.0.10"), 10)
-    assert state["style"] == "corefile"
+    assert state["style"] == "corefile" and state["cluster_id"] == KUBE_SYSTEM_UID
     data = _latest(kmock, "v1/configmaps", "coredns")["data"]
     assert data["Corefile"] == (GOLDENS / "kubeadm.patched").read_text() and data["x"] == "1"
     template = _latest(kmock, "apps/v1/deployments", "coredns")["spec"]["template"]
@@ -86,3 +93,22 @@ async def test_missing_deployment_is_a_clear_error(kmock):
     with pytest.raises(Exception, match="no CoreDNS or kube-dns Deployment found"):
         await asyncio.wait_for(
             asyncio.to_thread(cluster_dns.create, client, "kube-system", "auto", DOMAINS, "10.96.0.10"), 10)
+
+
+@pytest.mark.asyncio
+async def test_the_cluster_identity_is_the_kube_system_uid_and_another_cluster_is_refused(kmock):
+    kmock.objects["apps/v1/deployments", "kube-system", "coredns"] = _deployment("coredns", ["coredns"])
+    kmock.objects["v1/configmaps", "kube-system", "coredns"] = _configmap("coredns", {"Corefile": KUBEADM})
+    client = _client(kmock)
+    assert await asyncio.wait_for(asyncio.to_thread(client.cluster_id), 10) == KUBE_SYSTEM_UID
+    state = await asyncio.wait_for(
+        asyncio.to_thread(cluster_dns.create, client, "kube-system", "auto", DOMAINS, "10.96.0.10"), 10)
+    patched = _latest(kmock, "v1/configmaps", "coredns")["data"]
+
+    # the state of a stack that patched another cluster: this one is refused, nothing is written
+    elsewhere = {**state, "cluster_id": "0d9e8f7a-0000-4000-8000-000000000002"}
+    with pytest.raises(cluster_dns.WrongClusterError, match="another cluster than the one this stack patched"):
+        await asyncio.wait_for(asyncio.to_thread(cluster_dns.update, client, elsewhere, DOMAINS, "10.96.0.11"), 10)
+    with pytest.raises(cluster_dns.WrongClusterError):
+        await asyncio.wait_for(asyncio.to_thread(cluster_dns.delete, client, elsewhere), 10)
+    assert _latest(kmock, "v1/configmaps", "coredns")["data"] == patched

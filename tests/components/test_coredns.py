@@ -7,7 +7,9 @@ what Lightmesh writes. Regenerate with ``UPDATE_GOLDENS=1`` and review the diff.
 
 import json
 import os
+import uuid
 from pathlib import Path
+from typing import Optional
 
 import pytest
 from hypothesis import given, settings
@@ -167,12 +169,19 @@ def test_kube_dns_stub_domains_golden_and_restore():
 
 # ------------------------------------------------------------------------------ dynamic resource logic
 class FakeCluster:
-    """In-memory :class:`cluster_dns.DnsClient`: Deployments (their ConfigMap volumes) and ConfigMaps."""
+    """In-memory :class:`cluster_dns.DnsClient`: Deployments (their ConfigMap volumes) and ConfigMaps.
+    Every instance is another cluster (its own kube-system Namespace UID) unless ``uid`` is given."""
 
-    def __init__(self, deployments: dict[str, list[str]], configmaps: dict[str, dict[str, str]]) -> None:
+    def __init__(self, deployments: dict[str, list[str]], configmaps: dict[str, dict[str, str]],
+                 uid: Optional[str] = None) -> None:
         self.deployments = deployments
         self.configmaps = configmaps
         self.rolls: list[tuple[str, str]] = []
+        self.uid = uid or str(uuid.uuid4())
+        self.writes = 0  # ConfigMap writes and deletes
+
+    def cluster_id(self):
+        return self.uid
 
     def deployment_configmaps(self, namespace, name):
         assert namespace == "kube-system"
@@ -182,6 +191,7 @@ class FakeCluster:
         return None if name not in self.configmaps else dict(self.configmaps[name])
 
     def set_configmap_key(self, namespace, name, key, value):
+        self.writes += 1
         data = self.configmaps.setdefault(name, {})
         if value is None:
             data.pop(key, None)
@@ -189,6 +199,7 @@ class FakeCluster:
             data[key] = value
 
     def delete_configmap(self, namespace, name):
+        self.writes += 1
         del self.configmaps[name]
 
     def roll_deployment(self, namespace, name, value):
@@ -516,3 +527,132 @@ def test_provider_refresh_then_up_repairs_a_reset(monkeypatch):
         raise ConnectionError("connection refused")
     monkeypatch.setattr(cluster_dns, "LightkubeDnsClient", refuse)
     assert not provider.diff(created.id, outs, inputs).changes
+
+
+# ------------------------------------------------------------------------------ which cluster: a context switch
+# The patcher reaches the cluster through `kubeconfig` or the ambient kubeconfig's current context. After
+# `kubectx prod`, a no-change `pulumi up` of the dev stack must neither take prod's DNS config for drift nor
+# write to prod: the state records the cluster it patched (the kube-system Namespace's UID).
+def _dev_and_prod():
+    dev = FakeCluster({"coredns": ["coredns"]}, {"coredns": {"Corefile": _read("kubeadm.Corefile")}}, uid="dev-uid")
+    prod = FakeCluster({"coredns": ["coredns"]}, {"coredns": {"Corefile": _read("kubeadm.Corefile")}}, uid="prod-uid")
+    dev_state = cluster_dns.create(dev, "kube-system", "auto", DOMAINS, IP)
+    cluster_dns.create(prod, "kube-system", "auto", DOMAINS, "10.100.7.7")  # prod's own mesh
+    prod.writes, prod.rolls = 0, []
+    return dev, prod, dev_state
+
+
+def test_create_records_the_cluster_identity():
+    dev, _, state = _dev_and_prod()
+    assert state["cluster_id"] == "dev-uid"
+    state = cluster_dns.update(dev, state, DOMAINS, "10.96.0.11")
+    assert state["cluster_id"] == "dev-uid"
+
+
+def test_a_context_switch_is_no_drift_and_update_and_delete_refuse_to_write_to_the_other_cluster():
+    _, prod, dev_state = _dev_and_prod()
+    prod_corefile = prod.configmaps["coredns"]["Corefile"]
+    olds = _outputs(dev_state)
+    # prod's block forwards to another IP: compared with dev's, that would be "changed" drift
+    assert cluster_dns.drift(prod, dev_state) == "changed"
+    assert cluster_dns.diff_props(olds, _inputs(olds), _connect_to(prod)) == ([], [])
+    # prod without any block: would be "missing" drift
+    prod.configmaps["coredns"]["Corefile"] = _read("kubeadm.Corefile")
+    assert cluster_dns.diff_props(olds, _inputs(olds), _connect_to(prod)) == ([], [])
+    # a changed input still asks for the update (the inputs decide), which then refuses
+    assert cluster_dns.diff_props(olds, {**_inputs(olds), "dns_ip": "10.96.0.2"}, _connect_to(prod)) == (["dns_ip"], [])
+    prod.configmaps["coredns"]["Corefile"] = prod_corefile
+
+    with pytest.raises(cluster_dns.WrongClusterError) as err:
+        cluster_dns.update(prod, dev_state, DOMAINS, IP)
+    message = str(err.value)
+    assert "dev-uid" in message and "prod-uid" in message
+    assert "now points at another cluster than the one this stack patched" in message
+    assert "Switch the kubeconfig context back" in message and "kubeconfig in the kubeconfig input" in message
+    with pytest.raises(cluster_dns.WrongClusterError, match="refusing to delete .*dev-uid.*prod-uid"):
+        cluster_dns.delete(prod, dev_state)
+    assert prod.configmaps["coredns"]["Corefile"] == prod_corefile
+    assert prod.writes == 0 and prod.rolls == []
+
+
+def test_same_cluster_drift_is_still_repaired_with_the_identity_recorded():
+    dev, _, state = _dev_and_prod()
+    olds = _outputs(state)
+    dev.configmaps["coredns"]["Corefile"] = UPGRADED
+    assert cluster_dns.diff_props(olds, _inputs(olds), _connect_to(dev)) == (["state"], [])
+    state = cluster_dns.update(dev, state, DOMAINS, IP)
+    assert dev.configmaps["coredns"]["Corefile"] == coredns.patch_corefile(UPGRADED, DOMAINS, IP)
+    assert state["cluster_id"] == "dev-uid"
+    assert cluster_dns.diff_props(_outputs(state), _inputs(olds), _connect_to(dev)) == ([], [])
+    cluster_dns.delete(dev, state)
+    assert dev.configmaps["coredns"]["Corefile"] == UPGRADED
+
+
+def test_a_state_without_cluster_identity_is_not_checked_live_and_update_records_the_identity():
+    """States written before the identity was recorded cannot be verified: no live drift check (the
+    recorded block_hash decides, as for an unreachable cluster); update and delete proceed as before."""
+    dev, _, state = _dev_and_prod()
+    legacy = {k: v for k, v in state.items() if k != "cluster_id"}
+    olds = _outputs(legacy)
+
+    def must_not_connect(kubeconfig):
+        raise AssertionError("checked a cluster a state without identity cannot be verified against")
+
+    dev.configmaps["coredns"]["Corefile"] = UPGRADED  # would be drift, but cannot be verified as this stack's
+    assert cluster_dns.diff_props(olds, _inputs(olds), _connect_to(dev)) == ([], [])
+    assert cluster_dns.diff_props(olds, _inputs(olds), must_not_connect) == ([], [])
+    assert cluster_dns.diff_props({**olds, "block_hash": None}, _inputs(olds), must_not_connect) == (["state"], [])
+    legacy_no_hash = {k: v for k, v in olds.items() if k != "block_hash"}
+    assert cluster_dns.diff_props(legacy_no_hash, _inputs(olds), must_not_connect) == ([], [])
+
+    state = cluster_dns.update(dev, legacy, DOMAINS, "10.96.0.11")  # an input change: proceeds as before
+    assert state["cluster_id"] == "dev-uid"
+    assert dev.configmaps["coredns"]["Corefile"] == coredns.patch_corefile(UPGRADED, DOMAINS, "10.96.0.11")
+    # from now on it is checked: a drift is seen again in this cluster, and only in this one
+    dev.configmaps["coredns"]["Corefile"] = UPGRADED
+    assert cluster_dns.diff_props(_outputs(state), _inputs(_outputs(state)), _connect_to(dev)) == (["state"], [])
+
+    # delete of a state without identity proceeds as before
+    dev.configmaps["coredns"]["Corefile"] = coredns.patch_corefile(UPGRADED, DOMAINS, "10.96.0.11")
+    cluster_dns.delete(dev, {k: v for k, v in state.items() if k != "cluster_id"})
+    assert dev.configmaps["coredns"]["Corefile"] == UPGRADED
+
+
+def test_provider_after_a_context_switch_reads_diffs_and_writes_nothing_in_the_other_cluster(monkeypatch):
+    """The Pulumi-facing provider, ambient kubeconfig (no `kubeconfig` input): created in dev, then the
+    current context is switched to prod."""
+    dev = FakeCluster({"coredns": ["coredns"]}, {"coredns": {"Corefile": _read("kubeadm.Corefile")}}, uid="dev-uid")
+    prod = FakeCluster({"coredns": ["coredns"]}, {"coredns": {"Corefile": _read("kubeadm.Corefile")}}, uid="prod-uid")
+    ambient = {"cluster": dev}
+    monkeypatch.setattr(cluster_dns, "LightkubeDnsClient", lambda kubeconfig=None: ambient["cluster"])
+    provider = cluster_dns._Provider()
+    inputs = {"style": "auto", "dns_namespace": "kube-system", "domains": DOMAINS, "dns_ip": IP,
+              "kubeconfig": None, "state": None}
+    created = provider.create(inputs)
+    outs = created.outs
+    assert outs["state"]["cluster_id"] == "dev-uid"
+
+    ambient["cluster"] = prod  # `kubectx prod`
+    refreshed = provider.read(created.id, outs)
+    assert refreshed.outs == outs  # prod has no block of ours: not reported as this stack's block
+    assert not provider.diff(created.id, refreshed.outs, inputs).changes
+    with pytest.raises(cluster_dns.WrongClusterError):
+        provider.update(created.id, outs, {**inputs, "dns_ip": "10.96.0.2"})
+    with pytest.raises(cluster_dns.WrongClusterError):
+        provider.delete(created.id, outs)
+    assert prod.configmaps["coredns"]["Corefile"] == _read("kubeadm.Corefile")
+    assert prod.writes == 0 and prod.rolls == []
+
+    ambient["cluster"] = dev  # switched back: drift in dev is seen and repaired again
+    dev.configmaps["coredns"]["Corefile"] = UPGRADED
+    refreshed = provider.read(created.id, outs)
+    assert refreshed.outs["block_hash"] is None
+    assert provider.diff(created.id, refreshed.outs, inputs).changes
+    outs = provider.update(created.id, refreshed.outs, inputs).outs
+    assert dev.configmaps["coredns"]["Corefile"] == coredns.patch_corefile(UPGRADED, DOMAINS, IP)
+    assert outs["state"]["cluster_id"] == "dev-uid"
+
+    # a state without identity: refresh does not report a live block it cannot verify as this stack's
+    legacy = {**outs, "state": {k: v for k, v in outs["state"].items() if k != "cluster_id"}}
+    dev.configmaps["coredns"]["Corefile"] = UPGRADED
+    assert provider.read(created.id, legacy).outs == legacy

@@ -113,6 +113,9 @@ def test_controller_deployment_and_service():
         # the controller starts once its CRDs and RBAC exist
         deps = {d.rsplit("::", 1)[1] for d in MONITOR.dependencies_of("mi-ctl-controller")}
         assert {"mi-ctl-crd-trafficsplits", "mi-ctl-controller-rolebinding"} <= deps
+        # including the cluster-wide RBAC: without it in effect the cluster-wide lists and watches get 403s
+        assert {"mi-ctl-controller-clusterrole", "mi-ctl-controller-clusterrolebinding",
+                "mi-ctl-controller-role"} <= deps
 
     return outputs.apply(check)
 
@@ -533,8 +536,10 @@ def test_an_explicit_kubernetes_provider_without_kubeconfig_is_refused_with_the_
     provider = k8s.Provider(f"{name}-k8s", kubeconfig="apiVersion: v1\nkind: Config\n")
     with pytest.raises(ComponentArgsError, match=rf"^MeshInstall '{name}': kubeconfig is required when the resource "
                                                  rf"options give a Kubernetes provider \({where}\) and "
-                                                 r"patch_coredns is true: .* pass the same cluster's kubeconfig in "
-                                                 r"kubeconfig, or set patch_coredns: false$"):
+                                                 r"patch_coredns is true: .* Pass the same cluster's kubeconfig in "
+                                                 r"kubeconfig\. Do not set patch_coredns: false instead on an existing "
+                                                 r"stack: that deletes its cluster DNS patch, which removes the mesh "
+                                                 r"DNS forwarding \(mesh names stop resolving cluster-wide\); .*$"):
         MeshInstall(name, {}, opts=_options(how, provider, name))
 
     def check(_):  # refused before anything was registered
