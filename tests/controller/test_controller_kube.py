@@ -413,29 +413,36 @@ def test_a_selector_key_added_to_a_shadow_is_removed():
     run(scenario())
 
 
+def _shadow_name_taken(kube) -> str:
+    """The Service web, and a user's Service in the mesh namespace holding its shadow's name."""
+    kube.put_object(service("web"))
+    name = shadow_name(NS, "web")
+    kube.put_object({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": MESH},
+                     "spec": {"ports": [{"port": 1}]}})
+    return name
+
+
+def _shadow_errors(controller) -> list:
+    result = controller.result
+    return [] if result is None else [e for e in result.errors if e.field == "shadow Service"]
+
+
 def test_a_shadow_that_cannot_be_written_is_reported_on_its_service():
     # A user's Service holding the shadow's name: the controller leaves it alone (as before), but
     # that used to show only in its log, every 5 s; the Service's mesh name just did not resolve.
     async def scenario():
         async with cluster() as kube:
-            kube.put_object(service("web"))
-            name = shadow_name(NS, "web")
-            kube.put_object({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": MESH},
-                             "spec": {"ports": [{"port": 1}]}})
+            name = _shadow_name_taken(kube)
             async with running(kube, events=False) as controller:
-                def reported():
-                    result = controller.result
-                    return result is not None and [e for e in result.errors if e.field == "shadow Service"]
-
-                await until(reported, "the failed write reported")
-                [error] = reported()
+                await until(lambda: _shadow_errors(controller), "the failed write reported")
+                [error] = _shadow_errors(controller)
                 assert (error.kind, error.namespace, error.name) == ("Service", NS, "web")
                 assert f"{MESH}/{name}" in error.message and "not" in error.message
                 assert metric(controller, "lightmesh_controller_object_errors", kind="Service") == 1
                 assert metric(controller, "lightmesh_controller_shadow_service_writes_total", action="error") >= 1
                 await kube_delete(kube, name, MESH)  # the name is free: the shadow is written, the error goes
-                await until(lambda: name in shadows(kube) and controller.result is not None and not reported(),
-                            "the error cleared", timeout=30)
+                await until(lambda: name in shadows(kube) and controller.result is not None
+                            and not _shadow_errors(controller), "the error cleared", timeout=30)
 
     run(scenario())
 
@@ -445,18 +452,11 @@ def test_a_replica_that_loses_the_lease_stops_reporting_its_failed_shadow_writes
 
     async def scenario():
         async with cluster() as kube:
-            kube.put_object(service("web"))
-            name = shadow_name(NS, "web")
-            kube.put_object({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": MESH},
-                             "spec": {"ports": [{"port": 1}]}})
+            _shadow_name_taken(kube)
             async with running(kube, events=False) as controller:
-                def reported():
-                    result = controller.result
-                    return result is not None and any(e.field == "shadow Service" for e in result.errors)
-
-                await until(reported, "the failed write reported")
+                await until(lambda: _shadow_errors(controller), "the failed write reported")
                 controller.elector = types.SimpleNamespace(is_leader=False)  # the lease went to another replica
                 controller._write_wanted.set()
-                await until(lambda: not reported(), "the error left to the leader")
+                await until(lambda: not _shadow_errors(controller), "the error left to the leader")
 
     run(scenario())
