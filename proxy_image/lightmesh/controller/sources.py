@@ -419,12 +419,11 @@ class Informer:
     """List + watch one kind into a cache ``{(namespace, name): object}``."""
 
     def __init__(self, api: KubeAPI, resource: Resource | None, on_change: Callable[[], None],
-                 metrics=None, watch_timeout_seconds: int = 300, optional: bool | None = None) -> None:
+                 metrics=None, watch_timeout_seconds: int = 300, optional: bool = False) -> None:
         self.api = api
         self.resource = resource  # None: the cluster does not serve this kind (cache stays empty)
-        # SMI and Gateway API kinds: a 403 on their list means "absent for us", not "not ready" —
-        # unless the caller needs them (ACL mode: the access kinds)
-        self.optional = (resource is not None and resource.field in SMI_VERSIONS) if optional is None else optional
+        # a 403 on the list means "absent for us", not "not ready" (see KubeSource._informer)
+        self.optional = optional
         self.forbidden = False
         self.on_change = on_change
         self.metrics = metrics
@@ -617,6 +616,7 @@ class KubeSource:
             backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
 
     def _informer(self, resource: Resource | None) -> Informer:
+        # SMI and Gateway API kinds may be absent, unless required (ACL mode: the access kinds)
         optional = resource is not None and resource.field in SMI_VERSIONS and resource.field not in self.required
         return Informer(self.api, resource, self._changed, self.metrics, self.watch_timeout_seconds, optional)
 
