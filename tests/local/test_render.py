@@ -245,3 +245,19 @@ def test_two_providers_for_one_cluster_are_one_cluster(tmp_path):
     result = render("clusters", tmp_path / "out", "--config", "case=same")
     assert result.returncode == 1
     assert "Service shop/api is declared twice, by resource 'api-0' and by resource 'api-1'" in result.stderr
+
+
+def test_reading_a_rendered_directory_skips_the_other_clusters(tmp_path):
+    # `lightmesh local OUT` after `lightmesh render PROG -o OUT`: the first cluster only, as when
+    # local mode renders the program itself; a directory of one's own is still read recursively
+    from lightmesh.local.cluster import load_manifests
+
+    assert render("clusters", tmp_path / "out", "--config", "case=two").returncode == 0
+    (tmp_path / "out" / "extra").mkdir()
+    (tmp_path / "out" / "extra" / "cm.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: mine, namespace: shop}\n")
+    notes: list[str] = []
+    objects = load_manifests(tmp_path / "out", notes)
+    assert sorted((o["kind"], o["spec"]["ports"][0]["port"] if o["kind"] == "Service" else 0) for o in objects) == [
+        ("ConfigMap", 0), ("Service", 80)]
+    assert notes == []

@@ -129,19 +129,22 @@ class LocalCluster:
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
 
-def load_manifests(path: str | Path, notes: list[str] | None = None, recursive: bool = True) -> list[dict]:
-    """Every object in ``path`` (a YAML or JSON file, or a directory of them, recursively unless
-    ``recursive`` is false, sorted), the items of ``kind: ...List`` objects included.
+def load_manifests(path: str | Path, notes: list[str] | None = None) -> list[dict]:
+    """Every object in ``path`` (a YAML or JSON file, or a directory of them, recursively, sorted), the
+    items of ``kind: ...List`` objects included. In a directory ``lightmesh render`` wrote, the
+    subdirectories it wrote other clusters into are skipped: local mode runs the first cluster.
 
     An object declared twice (same API group, kind, namespace and name) is kept once, the later one —
     what ``kubectl apply`` of the same files leaves in a cluster — and a note naming both places is
     appended to ``notes``.
     """
-    from lightmesh.local.render import describe_identity, object_identity
+    from lightmesh.local.render import describe_identity, object_identity, rendered_cluster_dirs
 
     root = Path(path)
-    listed = root.rglob("*") if recursive else root.iterdir()
-    files = [root] if root.is_file() else sorted(p for p in listed if p.suffix in MANIFEST_SUFFIXES and p.is_file())
+    other_clusters = set() if root.is_file() else rendered_cluster_dirs(root)
+    files = [root] if root.is_file() else sorted(
+        p for p in root.rglob("*") if p.suffix in MANIFEST_SUFFIXES and p.is_file()
+        and p.relative_to(root).parts[0] not in other_clusters)
     found: list[tuple[dict, str]] = []  # (object, where it was declared)
     for file in files:
         for index, doc in enumerate(_documents(file)):

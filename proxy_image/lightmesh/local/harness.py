@@ -355,8 +355,7 @@ class LocalMesh:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         source = await render_if_program(self.source, self.work_dir / "rendered", self.acl_requested)
         self.manifest_notes = []
-        # a rendered program: its first cluster only (render writes any other into a subdirectory)
-        self.manifests = local_cluster.load_manifests(source, self.manifest_notes, recursive=source == self.source)
+        self.manifests = local_cluster.load_manifests(source, self.manifest_notes)
         self.declared = declared_controller(self.manifests)
         if self.declared is not None:  # the mesh as the program's MeshInstall sets it up
             self.mesh_namespace, self.domains = self.declared.namespace, self.declared.domains

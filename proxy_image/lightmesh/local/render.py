@@ -469,6 +469,12 @@ def previous_render(out: Path) -> list[str]:
     return [n for n in listed if _WRITTEN_NAME.fullmatch(n) and _written_by_render(out / n)]
 
 
+def rendered_cluster_dirs(out: Path) -> set[str]:
+    """The subdirectories the last render into ``out`` wrote other clusters into (none if it did not
+    render there)."""
+    return set(_previous_subdirs(out))
+
+
 def _previous_subdirs(out: Path) -> list[str]:
     """The per-cluster subdirectories the previous render wrote (``name/`` lines of the record)."""
     try:
