@@ -66,14 +66,23 @@ def _views(args: StackValidationArgs) -> list[StackView]:
         resource = model.resource_from_policy(r.resource_type, r.name, r.urn, r.props, getattr(r, "parent", None),
                                               getattr(r, "provider", None))
         by_cluster.setdefault(resource.cluster, []).append(resource)
-    views = [StackView(by_cluster[c]) for c in sorted(by_cluster)] or [StackView([])]
-    # A cluster told apart only by its provider may be the same as another (an app on the default
-    # provider, its MeshInstall on an explicit one for the same cluster): one that declares no
-    # controller is judged by the others' (their ACL mode, ignore lists, default traffic type).
-    for view in views:
+    keys = sorted(by_cluster)
+    views = [StackView(by_cluster[c]) for c in keys] or [StackView([])]
+    # The ambient cluster (default provider) and an explicit provider's may be one cluster named two
+    # ways (the apps on the default provider, their MeshInstall on an explicit one), and so may a
+    # provider known only by its URN; two providers with known, different settings are not. A
+    # cluster that declares no controller is judged by the controllers of those it may be.
+    for key, view in zip(keys, views):
         if not view.controllers:
-            view.other_controllers = [c for other in views if other is not view for c in other.controllers]
+            view.other_controllers = [c for other_key, other in zip(keys, views) if other is not view
+                                      and _may_be_one_cluster(key, other_key) for c in other.controllers]
     return views
+
+
+def _may_be_one_cluster(a: str, b: str) -> bool:
+    """Whether two cluster keys (``model.cluster_of``) may name one cluster: unless both are digests
+    of known provider settings (``cluster-...``), which differ."""
+    return not (a.startswith("cluster-") and b.startswith("cluster-"))
 
 
 def _per_cluster(check, defaults: Mapping[str, Any]):
@@ -92,6 +101,8 @@ def _resource(args: ResourceValidationArgs) -> model.Resource:
 
 def _acl_active(view: StackView, assume_acl: bool) -> Any:
     """True/False/UNKNOWN: the stack's own controller decides; without one, the ``assume_acl`` config."""
+    if assume_acl and not view.controllers:
+        return True  # said so for a stack whose mesh another stack installed: a borrowed mode does not undo it
     mode = view.acl_mode()
     if mode is None:
         return bool(assume_acl)

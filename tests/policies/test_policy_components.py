@@ -140,3 +140,12 @@ def test_a_cluster_without_a_controller_of_its_own_is_judged_by_the_stacks_contr
     report = check_program(CLUSTERS, config=["case=mixed"])
     assert [(v.policy, "shop/api" in v.message) for v in report.violations] == [
         ("lightmesh-acl-service-has-traffic-target", True)]
+
+
+def test_a_cluster_surely_not_the_meshs_follows_assume_acl_not_the_other_clusters_controller():
+    # Two explicit providers with different kubeconfigs are two clusters: the app cluster's mesh is
+    # another stack's, so assume_acl decides (false: nothing to report; true: the Service is uncovered).
+    rule = "lightmesh-acl-service-has-traffic-target"
+    assert check_program(CLUSTERS, config=["case=apps"]).violations == []
+    report = check_program(CLUSTERS, config=["case=apps"], policy_config={rule: {"assume_acl": True}})
+    assert [(v.policy, "shop/api" in v.message) for v in report.violations] == [(rule, True)]

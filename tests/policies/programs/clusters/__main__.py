@@ -4,7 +4,9 @@ case=acl: ACL mode in an eu and a us cluster (a Kubernetes provider each), the S
 both, an AccessPolicy for it in eu only: the us one has no TrafficTarget there. case=acl-both: the
 same with the AccessPolicy in both. case=two-meshes: two MeshInstalls in one cluster.
 case=mixed: MeshInstall on an explicit provider, the app on the default one (maybe the same
-cluster), no AccessPolicy."""
+cluster), no AccessPolicy. case=apps: MeshInstall (ACL mode) in one cluster, the app without an
+AccessPolicy in another, both on explicit providers with different kubeconfigs: surely two
+clusters, the app's mesh installed by another stack."""
 import pulumi
 import pulumi_kubernetes as k8s
 
@@ -41,6 +43,9 @@ if case in ("acl", "acl-both"):
         mesh_with_api(f"mesh-{region}", opts)
         if region == "eu" or case == "acl-both":
             access(f"web-to-api-{region}", opts)
+elif case == "apps":
+    mesh_with_api("mesh", pulumi.ResourceOptions(provider=k8s.Provider("k8s-eu", kubeconfig="kubeconfig-eu")),
+                  app_opts=pulumi.ResourceOptions(provider=k8s.Provider("k8s-apps", kubeconfig="kubeconfig-apps")))
 elif case == "mixed":
     mesh_with_api("mesh", pulumi.ResourceOptions(provider=k8s.Provider("k8s-admin", kubeconfig="kubeconfig-admin")),
                   app_opts=pulumi.ResourceOptions())
