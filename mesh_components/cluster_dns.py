@@ -311,7 +311,9 @@ def drift(client: DnsClient, state: dict[str, Any]) -> Optional[str]:
     return "missing" if live is None else "changed"
 
 
-_INPUTS = ("style", "dns_namespace", "domains", "dns_ip")
+# ``kubeconfig`` counts (it never replaces): given later, on an existing stack, the update records it
+# (and the cluster's identity), so destroy reaches the cluster patched, not the ambient context's.
+_INPUTS = ("style", "dns_namespace", "domains", "dns_ip", "kubeconfig")
 _REPLACING = ("style", "dns_namespace")
 
 
@@ -421,6 +423,30 @@ def _status_code(exc: Exception) -> Optional[int]:
 
 
 # ------------------------------------------------------------------------------ Pulumi dynamic resource
+def update_props(olds: dict[str, Any], news: dict[str, Any], connect: Callable[[Optional[str]], DnsClient],
+                 warn: Callable[[str], None]) -> dict[str, Any]:
+    """The new ``state`` for the dynamic provider's ``update``.
+
+    The ``kubeconfig`` input decides which cluster: unchanged, it must still reach the cluster patched
+    (:func:`update` refuses another: a context switch). Changed, it is the stack saying where its mesh
+    is now: a state that recorded no cluster adopts the one it reaches (given on an existing stack, as
+    the upgrade notes say); a state that did, whose cluster the new kubeconfig does not reach, moved
+    (the cluster was replaced, say): the new cluster is patched, and the old one gets its DNS back if
+    its kubeconfig still reaches it (else a warning: nothing of it can be restored from here).
+    """
+    state = olds["state"]
+    client = connect(news.get("kubeconfig"))
+    if olds.get("kubeconfig") != news.get("kubeconfig") and state.get("cluster_id") \
+            and client.cluster_id() != state["cluster_id"]:
+        try:
+            delete(connect(olds.get("kubeconfig")), state)  # checks that it reaches the old cluster
+        except Exception as exc:  # noqa: BLE001 - gone, unreachable or another cluster: nothing to restore
+            warn(f"the cluster DNS of the cluster this stack patched before (kube-system uid "
+                 f"{state['cluster_id']}) was not restored: {exc}")
+        return create(client, news["dns_namespace"], news["style"], news["domains"], news["dns_ip"])
+    return update(client, state, news["domains"], news["dns_ip"])
+
+
 class _Provider(pulumi.dynamic.ResourceProvider):
     def create(self, props: dict[str, Any]) -> pulumi.dynamic.CreateResult:
         client = LightkubeDnsClient(props.get("kubeconfig"))
@@ -446,8 +472,7 @@ class _Provider(pulumi.dynamic.ResourceProvider):
         return pulumi.dynamic.DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=True)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.UpdateResult:
-        client = LightkubeDnsClient(news.get("kubeconfig"))
-        state = update(client, olds["state"], news["domains"], news["dns_ip"])
+        state = update_props(olds, news, LightkubeDnsClient, pulumi.log.warn)
         return pulumi.dynamic.UpdateResult({**news, "state": state, "block_hash": written_hash(state)})
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:

@@ -488,7 +488,8 @@ def test_unreachable_cluster_does_not_fail_the_diff_it_falls_back_to_the_recorde
     class Unknown:  # stands for pulumi's unknown value during a preview
         pass
 
-    assert cluster_dns.diff_props(olds, {**news, "kubeconfig": Unknown()}, must_not_connect) == ([], [])
+    # an input not known yet may change (shown as an update), and is never connected with
+    assert cluster_dns.diff_props(olds, {**news, "kubeconfig": Unknown()}, must_not_connect) == (["kubeconfig"], [])
 
 
 def test_provider_refresh_then_up_repairs_a_reset(monkeypatch):
@@ -656,3 +657,60 @@ def test_provider_after_a_context_switch_reads_diffs_and_writes_nothing_in_the_o
     legacy = {**outs, "state": {k: v for k, v in outs["state"].items() if k != "cluster_id"}}
     dev.configmaps["coredns"]["Corefile"] = UPGRADED
     assert provider.read(created.id, legacy).outs == legacy
+
+
+def test_a_kubeconfig_given_later_is_recorded_and_destroy_then_uses_it(monkeypatch):
+    """The upgrade path: a state from before the identity was recorded, `kubeconfig` added. It used to
+    be no change at all, so destroy kept using the ambient context (another cluster, maybe)."""
+    dev = FakeCluster({"coredns": ["coredns"]}, {"coredns": {"Corefile": _read("kubeadm.Corefile")}}, uid="dev-uid")
+    prod = FakeCluster({"coredns": ["coredns"]}, {"coredns": {"Corefile": _read("kubeadm.Corefile")}}, uid="prod-uid")
+    by_kubeconfig = {"kc-dev": dev, None: prod}  # the ambient context is prod by now
+    monkeypatch.setattr(cluster_dns, "LightkubeDnsClient", lambda kubeconfig=None: by_kubeconfig[kubeconfig])
+    provider = cluster_dns._Provider()
+    inputs = {"style": "auto", "dns_namespace": "kube-system", "domains": DOMAINS, "dns_ip": IP,
+              "kubeconfig": None, "state": None}
+    by_kubeconfig[None] = dev
+    outs = provider.create(inputs).outs
+    legacy = {**outs, "state": {k: v for k, v in outs["state"].items() if k != "cluster_id"}}
+    by_kubeconfig[None] = prod
+    news = {**inputs, "kubeconfig": "kc-dev"}
+    assert provider.diff("id", legacy, news).changes
+    outs = provider.update("id", legacy, news).outs
+    assert outs["kubeconfig"] == "kc-dev" and outs["state"]["cluster_id"] == "dev-uid" and prod.writes == 0
+    provider.delete("id", outs)
+    assert dev.configmaps["coredns"]["Corefile"] == _read("kubeadm.Corefile") and prod.writes == 0
+
+
+def test_a_changed_kubeconfig_to_another_cluster_moves_the_patch(monkeypatch):
+    """The stack's cluster was replaced (its kubeconfig output changed): patch the new one, give the old
+    one its DNS back when it can still be reached, warn when it cannot."""
+    old = FakeCluster({"coredns": ["coredns"]}, {"coredns": {"Corefile": _read("kubeadm.Corefile")}}, uid="old-uid")
+    new = FakeCluster({"coredns": ["coredns"]}, {"coredns": {"Corefile": _read("kubeadm.Corefile")}}, uid="new-uid")
+    clusters = {"kc-old": old, "kc-new": new}
+
+    def connect(kubeconfig=None):
+        if kubeconfig not in clusters:
+            raise ConnectionError(f"cannot reach {kubeconfig}")
+        return clusters[kubeconfig]
+
+    monkeypatch.setattr(cluster_dns, "LightkubeDnsClient", connect)
+    warnings: list[str] = []
+    monkeypatch.setattr(cluster_dns.pulumi.log, "warn", lambda message, *a, **k: warnings.append(message))
+    provider = cluster_dns._Provider()
+    inputs = {"style": "auto", "dns_namespace": "kube-system", "domains": DOMAINS, "dns_ip": IP,
+              "kubeconfig": "kc-old", "state": None}
+    outs = provider.create(inputs).outs
+    news = {**inputs, "kubeconfig": "kc-new", "dns_ip": "10.96.0.2"}
+    assert provider.diff("id", outs, news).changes
+    moved = provider.update("id", outs, news).outs
+    assert moved["state"]["cluster_id"] == "new-uid"
+    assert new.configmaps["coredns"]["Corefile"] == coredns.patch_corefile(_read("kubeadm.Corefile"), DOMAINS,
+                                                                           "10.96.0.2")
+    assert old.configmaps["coredns"]["Corefile"] == _read("kubeadm.Corefile") and warnings == []
+    # and once more, the old cluster gone for good: the new one is patched, the old one only warned about
+    del clusters["kc-new"]
+    clusters["kc-third"] = third = FakeCluster({"coredns": ["coredns"]},
+                                               {"coredns": {"Corefile": _read("kubeadm.Corefile")}}, uid="third")
+    moved_again = provider.update("id", moved, {**news, "kubeconfig": "kc-third"}).outs
+    assert moved_again["state"]["cluster_id"] == "third" and "new-uid" in warnings[0]
+    assert coredns.find_block(third.configmaps["coredns"]["Corefile"]) is not None
