@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import time
 
+import pytest
+
 from lightmesh import wire
 from lightmesh.controller.api import ConfigStore
 from lightmesh.controller.dns import DNSTable, MeshDNS
@@ -230,8 +232,10 @@ def test_shadow_update_retries_conflicts_and_rewrites_drift():
     run(scenario())
 
 
-def test_cli_in_cluster_mode_with_leader_election(tmp_path):
-    """``lightmesh controller --kubeconfig F --leader-election`` as a subprocess against the fake API."""
+@pytest.mark.parametrize("acl", [False, True])
+def test_cli_in_cluster_mode_with_leader_election(tmp_path, acl):
+    """``lightmesh controller --kubeconfig F --leader-election`` as a subprocess against the fake API.
+    With ``--acl``, a 403 on TrafficTargets (its ClusterRoleBinding not in effect yet) keeps it unready."""
     import signal
 
     import aiohttp
@@ -251,12 +255,14 @@ def test_cli_in_cluster_mode_with_leader_election(tmp_path):
                 "users": [{"name": "u", "user": {}}],
                 "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
             api_port, dns_port = free_port(), free_port()
+            if acl:
+                kube.fail_next("GET", "/traffictargets", 403, "Forbidden", count=1_000_000)
             log = open(tmp_path / "controller.log", "wb")
             proc = await asyncio.create_subprocess_exec(
                 *lightmesh_cmd("controller", "--kubeconfig", str(kubeconfig), "--namespace", MESH,
                                "--leader-election", "--api-address", "127.0.0.1", "--api-port", str(api_port),
                                "--dns-address", "127.0.0.1", "--dns-port", str(dns_port),
-                               "--log-format", "json", "--log-level", "info"),
+                               "--log-format", "json", "--log-level", "info", *(["--acl"] if acl else [])),
                 stdout=log, stderr=asyncio.subprocess.STDOUT, env=lightmesh_env({wire.ENV_POD_NAME: "controller-0"}))
             try:
                 url = f"http://127.0.0.1:{api_port}"
@@ -268,6 +274,12 @@ def test_cli_in_cluster_mode_with_leader_election(tmp_path):
                         except aiohttp.ClientError:
                             return None, ""
 
+                    if acl:
+                        for _ in range(40):  # listening, and not ready while TrafficTargets are forbidden
+                            code = (await status(wire.READINESS_PATH))[0]
+                            assert code in (None, 503) and proc.returncode is None, code
+                            await asyncio.sleep(0.05)
+                        kube.failures.clear()  # the RBAC took effect
                     for _ in range(1000):
                         if (await status(wire.READINESS_PATH))[0] == 200 or proc.returncode is not None:
                             break
