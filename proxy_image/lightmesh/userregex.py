@@ -14,6 +14,7 @@ valid.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import re2
@@ -24,9 +25,14 @@ _OPTIONS = re2.Options()
 _OPTIONS.log_errors = False  # an invalid pattern is our error to report, not a line on stderr
 
 
+@lru_cache(maxsize=4096)
 def compile_user_regex(pattern: str) -> Any:
     """The compiled pattern (``.match`` anchors at the start, ``.search`` does not, as ``re``);
-    ValueError with RE2's reason when it is not a valid RE2 expression."""
+    ValueError with RE2's reason when it is not a valid RE2 expression.
+
+    Cached, as ``re`` caches: a controller build checks each route's patterns twice (topology, then
+    the config contract) and most routes share a few patterns; RE2 compiles cost ~7 µs each, ~0.07 s
+    of a 5,000-Service build. Compiled patterns are immutable (matching never changes them)."""
     try:
         return re2.compile(pattern, _OPTIONS)
     except re2.error as exc:
