@@ -1014,8 +1014,8 @@ def _check_patch_conflicts(identity: tuple, a: model.Resource, b: model.Resource
 
 unique_objects = StackValidationPolicy(
     name="lightmesh-unique-objects",
-    description=("No two resources of the stack declare the same Kubernetes object (same API group, kind, namespace "
-                 "and name; e.g. an AccessPolicy's and another component's HTTPRouteGroup), and no two patches of one "
+    description=("No two resources of the stack declare the same Kubernetes object in one cluster (same API group, "
+                 "kind, namespace and name; e.g. an AccessPolicy's and another component's HTTPRouteGroup), and no two patches of one "
                  "object set an annotation or label to different values (e.g. two MeshServices for one Service)."),
     enforcement_level=EnforcementLevel.MANDATORY,
     severity=Severity.HIGH,

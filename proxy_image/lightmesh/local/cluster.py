@@ -141,7 +141,7 @@ def load_manifests(path: str | Path, notes: list[str] | None = None) -> list[dic
     from lightmesh.local.render import describe_identity, object_identity, rendered_cluster_dirs
 
     root = Path(path)
-    other_clusters = set() if root.is_file() else rendered_cluster_dirs(root)
+    other_clusters = set() if root.is_file() else set(rendered_cluster_dirs(root))
     files = [root] if root.is_file() else sorted(
         p for p in root.rglob("*") if p.suffix in MANIFEST_SUFFIXES and p.is_file()
         and p.relative_to(root).parts[0] not in other_clusters)

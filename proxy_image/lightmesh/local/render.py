@@ -469,14 +469,9 @@ def previous_render(out: Path) -> list[str]:
     return [n for n in listed if _WRITTEN_NAME.fullmatch(n) and _written_by_render(out / n)]
 
 
-def rendered_cluster_dirs(out: Path) -> set[str]:
-    """The subdirectories the last render into ``out`` wrote other clusters into (none if it did not
-    render there)."""
-    return set(_previous_subdirs(out))
-
-
-def _previous_subdirs(out: Path) -> list[str]:
-    """The per-cluster subdirectories the previous render wrote (``name/`` lines of the record)."""
+def rendered_cluster_dirs(out: Path) -> list[str]:
+    """The subdirectories the last render into ``out`` wrote other clusters into (``name/`` lines of
+    its record; none if it did not render there)."""
     try:
         listed = (out / RENDER_RECORD).read_text().splitlines()
     except (OSError, UnicodeDecodeError):
@@ -492,7 +487,7 @@ def write_render(result: RenderResult, out_dir: str | Path, source: str = "") ->
     (see :func:`write_objects`); a cluster subdirectory of the previous render that this one has no
     objects for loses the files render wrote there (and goes, if then empty)."""
     out = Path(out_dir)
-    stale = [d for d in _previous_subdirs(out) if d not in result.other_clusters]
+    stale = [d for d in rendered_cluster_dirs(out) if d not in result.other_clusters]
     written = [(out, write_objects(result.objects, out, source, subdirs=sorted(result.other_clusters)))]
     for name, objects in sorted(result.other_clusters.items()):
         written.append((out / name, write_objects(objects, out / name, source)))
