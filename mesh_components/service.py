@@ -100,6 +100,7 @@ class MeshService(pulumi.ComponentResource):
         service_name = check.dns_label("service_name", service_name)
         namespace = check.dns_label("namespace", namespace)
         rendered = render_annotations(name, args)
+        _check_http_only_fields(check, args)
         ports = args.get("ports")
         if ports is not None:
             traffic_type = check.enum("traffic_type", args.get("traffic_type"), TrafficType)
@@ -213,6 +214,19 @@ def _render(check: Checker, values: Mapping[str, Any]) -> dict[str, str]:
                 messages.append(f"{field} {reason}, got {shown(value)}")
         raise ComponentArgsError(check.prefix + "; ".join(messages))
     return rendered
+
+
+def _check_http_only_fields(check: Checker, args: Mapping[str, Any]) -> None:
+    """A TCP or UDP Service has no use for retries, rate limits etc.: the controller would ignore
+    them (with an object error), so the program that set them is refused instead."""
+    traffic_type = check.enum("traffic_type", args.get("traffic_type"), TrafficType)
+    if traffic_type not in (TrafficType.TCP, TrafficType.UDP):
+        return
+    given = [_FIELD_OF_KEY[key] for key in ann.HTTP_ONLY_KEYS if args.get(_FIELD_OF_KEY[key]) is not None]
+    if given:
+        raise check.fail(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to HTTP traffic only; "
+                         f"traffic_type {traffic_type.value} does not use {'it' if len(given) == 1 else 'them'}: "
+                         "leave it out or use traffic_type http")
 
 
 #: The API server refuses a field manager longer than this (bytes) or with a non-printable character.

@@ -67,14 +67,14 @@ def test_construct_maps_camel_case_floats_and_enum_values():
                                 "backends": [{"service": "web-v1", "weight": 60.0}, {"service": "web-v2", "weight": 40.0}]},
                                pulumi.ResourceOptions())
     service = provider.construct("ctor-svc", "lightmesh:index:MeshService",
-                                 {"serviceName": "whoami", "namespace": "whoami", "trafficType": "tcp",
+                                 {"serviceName": "whoami", "namespace": "whoami", "trafficType": "http",
                                   "retryAttempts": 3.0, "domains": ["traefik.mesh"]}, pulumi.ResourceOptions())
 
     def check(values):
         total, hosts, annotations, _split_name = values
         assert total == 100
         assert hosts == ["whoami.whoami.traefik.mesh"]
-        assert annotations == {"lightmesh.io/traffic-type": "tcp", "lightmesh.io/retry-attempts": "3"}
+        assert annotations == {"lightmesh.io/traffic-type": "http", "lightmesh.io/retry-attempts": "3"}
         record = next(r for r in MOCKS.created if r.name == "ctor-split-trafficsplit")
         assert [b["weight"] for b in record.inputs["spec"]["backends"]] == [60, 40]
 

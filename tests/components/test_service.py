@@ -134,6 +134,15 @@ def _assert_equal(actual, expected):
     ({"traffic_type": "tcp", "ports": [{"port": 53, "protocol": "UDP"}], "selector": {"a": "b"}},
      r"ports\[0\].protocol UDP does not fit traffic_type tcp: .* use traffic_type udp"),
     ({"ports": [{"port": 53, "protocol": "SCTP"}], "selector": {"a": "b"}}, r"ports\[0\].protocol must be TCP or UDP"),
+    # the proxy applies these to HTTP requests only: on a TCP/UDP Service they would do nothing
+    ({"traffic_type": "tcp", "retry_attempts": 3},
+     r"retry_attempts applies to HTTP traffic only; traffic_type tcp does not use it: leave it out or use "
+     r"traffic_type http$"),
+    ({"traffic_type": "udp", "scheme": "h2c", "rate_limit_average": 5, "rate_limit_burst": 10, "request_timeout": "5s"},
+     r"scheme, rate_limit_average, rate_limit_burst, request_timeout apply to HTTP traffic only; traffic_type udp "
+     r"does not use them"),
+    ({"traffic_type": "tcp", "circuit_breaker_expression": "NetworkErrorRatio() > 0.5"},
+     r"circuit_breaker_expression applies to HTTP traffic only"),
 ])
 def test_bad_args_fail_synchronously_naming_the_field(args, message):
     full = {"service_name": "whoami", "namespace": "whoami", **args}
@@ -236,3 +245,12 @@ def test_none_means_the_default_for_the_optional_fields():
         assert spec["ports"] == [{"port": 53, "protocol": "UDP", "targetPort": 53}]  # protocol from traffic_type
 
     return svc.host_names.apply(check)
+
+
+def test_http_fields_are_accepted_for_http_and_the_default_traffic_type():
+    # the controller's --default-mode decides an unset traffic_type: nothing to refuse at preview
+    for traffic_type in ("http", None):
+        args = {"service_name": "web", "namespace": "shop", "retry_attempts": 2, "request_timeout": "5s"}
+        if traffic_type:
+            args["traffic_type"] = traffic_type
+        assert MeshService(f"web-{traffic_type}", args).children["service"] is not None

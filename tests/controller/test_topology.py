@@ -666,3 +666,35 @@ def test_a_route_the_proxy_could_not_compile_is_reported_and_the_rest_published(
     assert {r.name.split("/route/")[1].split("/")[1] for r in result.config.http.routers if "/route/" in r.name} >= {
         "flags", "path-flags"}
     assert any(r.service.startswith("app/other") for r in result.config.http.routers)
+
+
+def test_http_only_annotations_on_a_tcp_or_udp_service_are_reported_and_the_service_stays_meshed():
+    # Traefik Mesh ignored retry, rate limit etc. on a TCP Service without a word: the user believed
+    # the database had a circuit breaker. The Service is still meshed (Services written for Traefik
+    # Mesh keep working); each unused annotation is an object error naming it.
+    state = ClusterState.from_objects([
+        pod("w", "10.0.0.2", sa="db"),
+        svc("db", ports=[{"port": 5432}], annotations={
+            "lightmesh.io/traffic-type": "tcp", "mesh.traefik.io/retry-attempts": "3",
+            "lightmesh.io/circuit-breaker-expression": "NetworkErrorRatio() > 0.5",
+            "lightmesh.io/ratelimit-average": "10", "lightmesh.io/ratelimit-burst": "20"}),
+        eps("db", [{"addresses": ["10.0.0.2"]}], [{"port": 5432}]),
+        pod("d", "10.0.0.3", sa="dns"),
+        svc("dns", ports=[{"port": 53, "protocol": "UDP"}],
+            annotations={"lightmesh.io/traffic-type": "udp", "lightmesh.io/request-timeout": "5s"}),
+        eps("dns", [{"addresses": ["10.0.0.3"]}], [{"port": 53, "protocol": "UDP"}]),
+        svc("web", ports=[{"port": 80}], annotations={"lightmesh.io/retry-attempts": "3"}),
+    ])
+    result = build(state, Settings(), 1)
+    errors = {(e.name, e.field): e.message for e in result.errors}
+    assert set(errors) == {
+        ("db", "metadata.annotations[mesh.traefik.io/retry-attempts]"),
+        ("db", "metadata.annotations[lightmesh.io/circuit-breaker-expression]"),
+        ("db", "metadata.annotations[lightmesh.io/ratelimit-average]"),
+        ("db", "metadata.annotations[lightmesh.io/ratelimit-burst]"),
+        ("dns", "metadata.annotations[lightmesh.io/request-timeout]")}, errors
+    assert errors[("db", "metadata.annotations[mesh.traefik.io/retry-attempts]")] == (
+        "annotation mesh.traefik.io/retry-attempts applies to HTTP traffic only; "
+        "traffic type tcp does not use it, ignored")
+    assert "traffic type udp" in errors[("dns", "metadata.annotations[lightmesh.io/request-timeout]")]
+    assert [r.servers for r in result.config.tcp] and [r.servers for r in result.config.udp]  # still meshed

@@ -48,15 +48,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Mapping
 
-from lightmesh.annotations import (CIRCUIT_BREAKER_EXPRESSION, RATELIMIT_AVERAGE, RATELIMIT_BURST, REQUEST_TIMEOUT,
-                                   RETRY_ATTEMPTS, SCHEME, TRAFFIC_TYPE, MeshSettings, TrafficType,
-                                   lookup, parse_annotations_lenient, parse_duration)
+from lightmesh.annotations import (HTTP_ONLY_KEYS, TRAFFIC_TYPE, MeshSettings, TrafficType, lookup,
+                                   parse_annotations_lenient, parse_duration)
 from lightmesh.config import header_value_ok
 from lightmesh.controller.model import ALWAYS_IGNORED_SERVICES, ClusterState, ObjectError, Settings
 from lightmesh.userregex import compile_user_regex
 
-HTTP_ONLY_KEYS = (SCHEME, RETRY_ATTEMPTS, CIRCUIT_BREAKER_EXPRESSION, RATELIMIT_AVERAGE, RATELIMIT_BURST,
-                  REQUEST_TIMEOUT)
 MAX_WEIGHT = 1_000_000
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 # Kubernetes object names (DNS-1123 subdomain) and namespaces (label): names end up in config
@@ -464,6 +461,18 @@ def _annotation_errors(ns: str, name: str, settings: MeshSettings, found: list, 
                    f"annotation {err.annotation}={err.value!r}: {err.reason}; {what}")
         fatal = fatal or not unused
     return fatal
+
+
+def _unused_http_keys(ns: str, name: str, settings: MeshSettings, found: list, errors: _Errors) -> None:
+    """Say that valid HTTP-only annotations on a TCP/UDP Service do nothing (Traefik Mesh ignored
+    them without a word; the Service stays meshed, so Services written for it keep working)."""
+    reported = {err.annotation for err in found}
+    for key in HTTP_ONLY_KEYS:
+        full = settings.sources.get(key)
+        if full is not None and full not in reported:
+            errors.add("Service", ns, name, f"metadata.annotations[{full}]",
+                       f"annotation {full} applies to HTTP traffic only; traffic type "
+                       f"{settings.traffic_type.value} does not use it, ignored")
 
 
 # --------------------------------------------------------------------------- endpoint slices
@@ -988,6 +997,8 @@ def _service(obj: dict, ns: str, name: str, spec: dict, default_mode: TrafficTyp
     mesh, found = parse_annotations_lenient(annotations, default_mode)
     if _annotation_errors(ns, name, mesh, found, errors):
         return "; ".join(str(e) for e in found)
+    if mesh.traffic_type is not TrafficType.HTTP:
+        _unused_http_keys(ns, name, mesh, found, errors)
     raw_ports = _service_ports(obj, ns, name, mesh.traffic_type, errors)
     if not raw_ports and _l(spec.get("ports")):
         chosen = lookup(annotations, TRAFFIC_TYPE)
