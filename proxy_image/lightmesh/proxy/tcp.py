@@ -8,7 +8,8 @@ connect failure or timeout (the failed server is ejected for a while: passive he
 
 Relay, two implementations with the same behaviour (half-close passes through: EOF on one side
 becomes ``shutdown(SHUT_WR)`` on the other once everything before it was written; a reset or error
-on either side closes both):
+on either side resets the other, so an aborted stream never looks complete to the peer, e.g. an
+upload cut short by a client crash):
 
 * :class:`SpliceRelay` (Linux): ``os.splice`` socket → pipe → socket, driven by ``add_reader`` /
   ``add_writer`` on the raw sockets, so payload never enters Python (the shared performance
@@ -44,6 +45,15 @@ ACCEPT_BATCH = 64  # accepts per wake-up: fairness towards the other listeners
 EJECT_SECONDS = 10.0  # a server that refused a connection is skipped this long (passive health)
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _SPLICE_FLAGS = (getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2))
+_LINGER_RESET = (1).to_bytes(4, sys.byteorder) + (0).to_bytes(4, sys.byteorder)  # struct linger {1, 0}
+
+
+def _reset_on_close(sock) -> None:
+    """Make the coming close() send RST instead of FIN (SO_LINGER with a zero timeout)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    except (OSError, AttributeError):
+        pass  # already gone: nothing to tell
 
 
 def _make_allow_list(sources: list[str] | None):
@@ -230,12 +240,12 @@ class TCPListener:
         return not self.active
 
     def close(self) -> None:
-        """Stop accepting and cut every connection."""
+        """Stop accepting and cut every connection (with a RST: the streams are cut short)."""
         self.stop_accepting()
         for task in list(self.connecting):
             task.cancel()
         for relay in list(self.relays):
-            relay.abort()
+            relay.abort(reset=True)
 
 
 # ---------------------------------------------------------------------------------------- splice
@@ -263,8 +273,9 @@ class _SpliceDirection:
             n = os.splice(self.src, self.pipe_w, PIPE_SIZE, flags=_SPLICE_FLAGS)
         except (BlockingIOError, InterruptedError):
             return
-        except OSError:
-            relay.abort()
+        except OSError:  # the source reset: what it sent before goes on if it can now, then a RST
+            self.flush()
+            relay.abort(reset=True)
             return
         loop = relay.loop
         if n == 0:
@@ -286,7 +297,7 @@ class _SpliceDirection:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
-                self.relay.abort()
+                self.relay.abort(reset=True)
                 return
             if m <= 0:
                 return
@@ -346,18 +357,24 @@ class SpliceRelay(_Relay):
         c, u = self.client.fileno(), self.upstream.fileno()
         try:
             up = _SpliceDirection(self, c, u, "upstream")
-        except OSError:
-            self.abort()
+        except OSError as exc:
+            self._no_pipe(exc)
             return
         try:
             down = _SpliceDirection(self, u, c, "downstream")
-        except OSError:
+        except OSError as exc:
             up.close()
-            self.abort()
+            self._no_pipe(exc)
             return
         self.dirs = (up, down)
         self.loop.add_reader(c, up.readable)
         self.loop.add_reader(u, down.readable)
+
+    def _no_pipe(self, exc: OSError) -> None:
+        # EMFILE/ENFILE (each spliced connection holds 2 sockets and 2 pipes): this one fails, loudly
+        self.metrics.upstream_error(self.route_name, "pipe")
+        log.error("tcp route %s: no pipe for a spliced connection: %s", self.route_name, exc)
+        self.abort(reset=True)
 
     def shutdown_write(self, fd: int) -> None:
         sock = self.upstream if fd == self.upstream.fileno() else self.client
@@ -370,7 +387,8 @@ class SpliceRelay(_Relay):
         if self.dirs and all(d.done for d in self.dirs):
             self.abort()
 
-    def abort(self) -> None:
+    def abort(self, reset: bool = False) -> None:
+        """Close both sockets; ``reset``: one side failed (reset, error), so the other gets a RST."""
         if self.closed:
             return
         self.closed = True
@@ -380,6 +398,8 @@ class SpliceRelay(_Relay):
             if fd >= 0:
                 loop.remove_reader(fd)
                 loop.remove_writer(fd)
+                if reset:
+                    _reset_on_close(sock)
             sock.close()
         for d in self.dirs:
             d.close()
@@ -480,6 +500,7 @@ class ProtocolRelay(_Relay):
             if transport is None:
                 sock.close()
             elif reset:
+                _reset_on_close(transport.get_extra_info("socket"))
                 transport.abort()
             else:
                 transport.close()  # flushes what is buffered first
