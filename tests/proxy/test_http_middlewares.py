@@ -268,3 +268,104 @@ async def test_response_headers_middleware_edits_passed_through_and_rebuilt_head
     async with Backend("b1") as b, ProxyUnderTest(_cfg([b.url], [])) as p:
         resp = await request(p.port)
         assert resp.header("X-Backend") == "b1" and resp.header("Content-Type") == "text/plain"
+
+
+class ScriptedServer:
+    """Reads one request head (and a Content-Length body unless ``read_body`` is False), writes
+    ``answer``, then resets (``reset``) or keeps the connection open. Counts the requests it got."""
+
+    def __init__(self, answer: bytes, reset: bool = True, read_body: bool = True) -> None:
+        self.answer, self.reset, self.read_body = answer, reset, read_body
+        self.requests = 0
+        self.server = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def handle(self, reader, writer) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            self.requests += 1
+            length = [int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+                      if line.startswith(b"content-length:")]
+            if self.read_body and length:
+                await reader.readexactly(length[0])
+            writer.write(self.answer)
+            await writer.drain()
+            if self.reset:
+                await asyncio.sleep(0.05)  # the answer's bytes reach the proxy first
+                writer.get_extra_info("socket").setsockopt(
+                    __import__("socket").SOL_SOCKET, __import__("socket").SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+                writer.transport.abort()
+            else:
+                await reader.read()  # until the proxy closes
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+
+    async def __aenter__(self):
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.server.close()
+
+
+@on_uvloop
+@pytest.mark.parametrize("answer", [
+    pytest.param(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n", id="relayed-1xx"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nContent-Le", id="partial-head"),
+])
+async def test_no_retry_once_the_server_answered_anything(answer):
+    # A 1xx went out to the client, or the server had begun its head: it acted on the request, and
+    # a POST must not run twice (the contract: retry only on a reset before any response byte).
+    mws = [{"type": "retry", "name": "retry", "attempts": 2}]
+    async with ScriptedServer(answer) as scripted, Backend("good") as good:
+        async with ProxyUnderTest(_cfg([scripted.url, good.url], mws)) as p:
+            seen = []
+            for _ in range(2):  # round robin: one of the two goes to the scripted server first
+                client = await RawClient.connect(p.port)
+                await client.send(b"POST / HTTP/1.1\r\nHost: svc\r\nContent-Length: 4\r\n\r\nbody")
+                statuses = [(await client.response()).status]
+                while statuses[-1] < 200:  # interim responses come as their own entries
+                    statuses.append((await client.response()).status)
+                await client.close()
+                seen.append(statuses)
+            assert scripted.requests == 1 and len(good.requests) == 1, seen
+            assert "svc" not in p.metrics.retries
+            # the client saw the 103 (if any), then the proxy's 502 for the lost response
+            expected = [103, 502] if answer.startswith(b"HTTP/1.1 103") else [502]
+            assert sorted(seen) == sorted([[200], expected]), seen
+
+
+@on_uvloop
+async def test_an_answer_before_the_request_body_says_the_connection_closes():
+    # 417 to Expect: 100-continue, without reading the body: the proxy closes the connection after
+    # it (the body may still come), so the relayed head must say Connection: close (RFC 9112 §9.6).
+    async with ScriptedServer(b"HTTP/1.1 417 Expectation Failed\r\nContent-Length: 0\r\n\r\n",
+                              reset=False, read_body=False) as scripted:
+        async with ProxyUnderTest(simple_config([scripted.url])) as p:
+            client = await RawClient.connect(p.port)
+            await client.send(b"POST / HTTP/1.1\r\nHost: svc\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n")
+            resp = await client.response()
+            assert resp.status == 417
+            assert resp.header("connection") == "close", resp.headers
+            assert await client.closed()
+
+
+@on_uvloop
+async def test_a_chunked_body_of_1mib_is_replayed_as_a_content_length_one_is():
+    # the replay bound counts body bytes: chunk framing does not push a 1 MiB body over it
+    mws = [{"type": "retry", "name": "retry", "attempts": 1}]
+    async with Backend("a") as a, Backend("b") as b:
+        async with ProxyUnderTest(_cfg([a.url, b.url], mws)) as p:
+            body = pattern(1 << 20)
+            chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 4096]), body[i:i + 4096])
+                              for i in range(0, len(body), 4096)) + b"0\r\n\r\n"
+            client = await RawClient.connect(p.port)
+            await client.send(b"POST /reset HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
+            resp = await client.response(timeout=10)
+            await client.close()
+            assert resp.status == 502  # /reset on both servers; what matters is that it was tried twice
+            assert [r.body == body for r in (*a.requests, *b.requests)] == [True, True]
+            assert p.metrics.retries["svc"] == 1

@@ -46,8 +46,9 @@ Retries (``retry`` middleware): an attempt that failed to connect, or whose conn
 or closed before any response byte, is repeated on the next server (``Balancer.pick(exclude=tried)``;
 the same server again when every server was tried). The request is replayed from what the proxy
 kept: bodies up to ``max_replay_bytes`` (1 MiB), or anything when nothing was sent yet; a larger
-body that was already sent is not retried; nothing is retried once response bytes reached the
-client. Independently of the middleware, a pooled connection that turns out closed by the server
+body (1 MiB of body bytes: chunk framing does not count) that was already sent is not retried;
+nothing is retried once any response byte arrived (a 1xx, part of a head: the server acted on
+the request). Independently of the middleware, a pooled connection that turns out closed by the server
 is retried once on a fresh connection (the keep-alive race). Passive health: ``Balancer.failed``
 on connect failure or reset, ``succeeded`` on a response. Circuit breakers record every attempt's
 outcome (network errors as None) and every response.
@@ -1020,7 +1021,9 @@ class ClientProtocol(asyncio.Protocol):
         ex = self.cur
         if ex.chunked:
             self.head_seen = 0  # data arrived: the bytes without any (see data_received) start again
-            self._body_pieces(ex, (b"%x\r\n" % len(body), body, _CRLF))
+            size = b"%x\r\n" % len(body)
+            ex.wire_bytes -= len(size) + 2  # the replay bound (1 MiB) counts body bytes, not chunk framing
+            self._body_pieces(ex, (size, body, _CRLF))
         else:
             ex.cl_left -= len(body)
             self._body_piece(ex, body)
@@ -1036,7 +1039,9 @@ class ClientProtocol(asyncio.Protocol):
         self.in_head = True
         self.head_seen = 0
         if ex.chunked and ex.local == 0:
-            self._body_piece(ex, _last_chunk(ex.headers, ex.nhead))
+            last = _last_chunk(ex.headers, ex.nhead)
+            ex.wire_bytes -= len(last)  # framing and trailer fields (bounded above), not body bytes
+            self._body_piece(ex, last)
         ex.req_done = True
         if ex.discard:
             ex.discard = False
@@ -1413,6 +1418,10 @@ class ClientProtocol(asyncio.Protocol):
             return
         ex.conn = None
         if not ex.resp_started:
+            if not conn.fresh:
+                # part of a response head (or a 1xx) arrived first: the server acted on the
+                # request, so it is not sent again (a 502)
+                ex.wire = None
             self._attempt_failed(ex, ex.server, "reset", reused=conn.used > 1)
         elif conn.framing == F_RAW_CLOSE and exc is None:
             conn.finish_close_delimited(self, ex)
@@ -1706,8 +1715,8 @@ class UpstreamProtocol(asyncio.Protocol):
             ex.timer = None
         self.keep = True
         self.framing = F_LENGTH
-        if not ex.keep_alive or ex.close_after or client.options.connections.draining:
-            ex.close_after = True
+        if not ex.keep_alive or ex.close_after or not ex.req_done or client.options.connections.draining:
+            ex.close_after = True  # (not req_done: answered before the request body, see on_headers_complete)
             end -= 2
             if cut < 0:
                 out = b"".join((data[:end], b"Connection: close\r\n", data[end:]))
@@ -1768,6 +1777,7 @@ class UpstreamProtocol(asyncio.Protocol):
                 client.out.append(_status_line(status, self.reason) + b"".join(
                     b"%s: %s\r\n" % p for p in self.headers if _NAME_CACHE.get(p[0], _classify(p[0])) == H_OTHER)
                     + _CRLF)
+                ex.wire = None  # response bytes go out: never tried again (a failure now is a 502)
             self.headers = []
             self.reason = b""
             return
@@ -1814,7 +1824,9 @@ class UpstreamProtocol(asyncio.Protocol):
                 kept = [kept[0]] + [b"".join(kept[i:i + 4]) for i in range(1, len(kept), 4)
                                     if kept[i].lower() not in extra]
         self.keep = parser.should_keep_alive()
-        close = not ex.keep_alive or client.options.connections.draining or ex.close_after
+        # not req_done: answered before the request body was complete (417, 413): the connection
+        # closes after it (_finish_early), and the client is told so (RFC 9112 §9.6)
+        close = not ex.keep_alive or client.options.connections.draining or ex.close_after or not ex.req_done
         if status == 101:
             self.framing = F_NONE
             kept += (b"Connection: Upgrade\r\nUpgrade: ", upgrade or ex.upgrade, _CRLF)
