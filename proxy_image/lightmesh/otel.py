@@ -56,3 +56,26 @@ def tracer_provider(endpoint: str, service_name: str, sample_ratio: float = 1.0,
                               sampler=ParentBased(TraceIdRatioBased(sample_ratio)))
     provider.add_span_processor(BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter))
     return provider
+
+
+#: How long a stopping process waits for the last spans to reach the collector. With the collector
+#: down each export waits out the exporter's own timeout (10 s) and a full queue is several exports:
+#: a proxy stopping for a rollout would be killed by its supervisor (or the kubelet) first.
+SHUTDOWN_SECONDS = 2.0
+
+
+def shutdown_within(provider: Any, seconds: float = SHUTDOWN_SECONDS) -> bool:
+    """``provider.shutdown()`` (flush the queued spans), waiting at most ``seconds``; True when it
+    finished. Otherwise the spans still queued are dropped: the flush goes on in a daemon thread,
+    which ends with the process."""
+    import logging
+    import threading
+
+    worker = threading.Thread(target=provider.shutdown, name="otel-shutdown", daemon=True)
+    worker.start()
+    worker.join(max(0.0, seconds))
+    if worker.is_alive():
+        logging.getLogger("lightmesh.otel").warning(
+            "the trace collector did not take the last spans within %.0f s: they are dropped", seconds)
+        return False
+    return True

@@ -501,6 +501,24 @@ async def test_each_stream_gets_a_span_and_the_server_sees_it_as_parent():
     assert sent == [f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-01".encode()]
 
 
+@on_uvloop
+async def test_a_new_trace_does_not_carry_the_requests_tracestate():
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from lightmesh.proxy.http import HTTPOptions
+    from lightmesh.proxy.tracing import make_tracer
+
+    options = HTTPOptions(tracer=make_tracer("unused", "proxy-test", exporter=InMemorySpanExporter(), batch=False))
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url]), options=options) as p:
+        client = await H2Client.connect(p.port)
+        for headers in ([(b"tracestate", b"k=v")], [(b"traceparent", b"garbage"), (b"tracestate", b"k=v")]):
+            (r,) = await client.wait([client.start("/", body=b"t", headers=headers)])
+            assert r["headers"][b":status"] == b"200"
+            sent = dict(up.requests[-1]["_all"])
+            assert b"traceparent" in sent and b"tracestate" not in sent, sent
+        await client.close()
+
+
 # --------------------------------------------------------------------------- hostile HTTP/2 (hypothesis)
 
 _names = st.sampled_from([b":method", b":path", b":authority", b":scheme", b":status", b"te", b"connection",

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
+import time
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -60,6 +63,18 @@ async def test_span_continues_incoming_trace_and_propagates_upstream():
     seen = b.requests[-1]
     assert seen.header_all("traceparent") == [f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-01"]
     assert seen.header("tracestate") == "k=v"
+
+
+@on_uvloop
+@pytest.mark.parametrize("incoming", [{}, {"traceparent": "garbage"}, {"TraceParent": "00-" + "0" * 32 + "-b7ad6b7169203331-01"}])
+async def test_a_new_trace_does_not_carry_the_requests_tracestate(incoming):
+    # W3C Trace Context: a tracestate without a valid traceparent belongs to no trace that goes on
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url]), options=_options(InMemorySpanExporter())) as p:
+        resp = await request(p.port, headers={**incoming, "tracestate": "congo=t61rcWkgMzE", "X-Other": "kept"})
+        assert resp.status == 200
+    seen = b.requests[-1]
+    assert seen.header("tracestate") is None and seen.header("x-other") == "kept"
+    assert seen.header_all("traceparent") and seen.header_all("traceparent") != ["garbage"]
 
 
 @on_uvloop
@@ -187,3 +202,21 @@ async def test_two_traceparent_headers_start_a_new_trace():
     first, second = exporter.get_finished_spans()
     assert first.parent is None and first.get_span_context().trace_id != 0x0af7651916cd43dd8448eb211c80319c
     assert second.parent.span_id == 0xb7ad6b7169203331
+
+
+def test_stopping_with_a_collector_that_never_answers_is_bounded():
+    # A proxy stopping for a rollout flushed its queued spans to a hung collector for 10 s per export
+    # (7–20 s in all), and the supervisor killed the worker. The flush now gives up after 2 s.
+    from lightmesh import otel
+
+    with socket.socket() as hung:  # listens, never accepts: every export waits out its timeout
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(8)
+        tracer = make_tracer("http://127.0.0.1:%d" % hung.getsockname()[1], "lightmesh-proxy-test", 1.0)
+        spans = tracer.provider.get_tracer("test")
+        for i in range(1500):  # three batches' worth
+            spans.start_span(f"s{i}").end()
+        start = time.monotonic()
+        tracer.shutdown()
+        took = time.monotonic() - start
+    assert otel.SHUTDOWN_SECONDS - 0.5 <= took < otel.SHUTDOWN_SECONDS + 3, took  # waited, then gave up

@@ -193,7 +193,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
         await dns.stop()
         await api.stop()
         if provider is not None:
-            provider.shutdown()  # flushes the last spans
+            from lightmesh.otel import shutdown_within
+            await asyncio.to_thread(shutdown_within, provider)  # the last spans, for a bounded time
         if kube is not None:
             await kube.close()
 

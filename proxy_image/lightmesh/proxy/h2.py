@@ -665,7 +665,9 @@ class H2Downstream(asyncio.Protocol):
                     xfh = True
             head.append((name, value))
         if st.span is not None:  # the proxy's span is the parent the server sees
-            head = [(n, v) for n, v in head if n != b"traceparent"]
+            # (a new trace: the request's tracestate was of no trace that goes on)
+            dropped = (b"traceparent",) if st.span.continued else (b"traceparent", b"tracestate")
+            head = [(n, v) for n, v in head if n not in dropped]
             head.append((b"traceparent", st.span.traceparent))
         head.append((b"x-forwarded-for", self.peer_b if xff is None else xff + b", " + self.peer_b))
         if not xfp:

@@ -979,6 +979,8 @@ class ClientProtocol(asyncio.Protocol):
             else:
                 if tp is not None:
                     parts = _drop_fields(parts, 5, (b"traceparent",))
+                if not span.continued:  # a new trace: the request's tracestate was of no trace we continue
+                    parts = _drop_fields(parts, 5, (b"tracestate",))
                 parts += (b"traceparent: ", span.traceparent, _CRLF)
         if xff is None or not xff.strip(b" \t,"):  # an empty one is no list to append to
             parts += (b"X-Forwarded-For: ", self.peer_b, _CRLF)

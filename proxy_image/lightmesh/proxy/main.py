@@ -708,7 +708,7 @@ async def _worker(fd: int) -> int:
     drain_timeout = float(options.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT))
     await runtime.drain(drain_timeout)
     if tracer is not None:
-        # flushes the batch exporter (bounded by the exporter's own timeout); off the loop
+        # flushes the batch exporter, for at most otel.SHUTDOWN_SECONDS; off the loop
         await asyncio.to_thread(tracer.shutdown)
     with contextlib.suppress(Exception):
         writer.close()

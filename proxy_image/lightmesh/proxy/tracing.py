@@ -61,14 +61,17 @@ def format_traceparent(trace_id: int, span_id: int, flags: int) -> bytes:
 
 
 class RequestSpan:
-    """One request's span. ``traceparent``: the header value to send upstream."""
+    """One request's span. ``traceparent``: the header value to send upstream. ``continued``: the
+    request's own traceparent was valid and is the parent; when not, its ``tracestate`` belongs to
+    no trace that goes on and is not forwarded (W3C Trace Context, §3.3.1 and §4.3)."""
 
-    __slots__ = ("span", "traceparent", "attrs")
+    __slots__ = ("span", "traceparent", "attrs", "continued")
 
-    def __init__(self, span: Any, traceparent: bytes, attrs: dict) -> None:
+    def __init__(self, span: Any, traceparent: bytes, attrs: dict, continued: bool = False) -> None:
         self.span = span
         self.traceparent = traceparent
         self.attrs = attrs
+        self.continued = continued
 
     def end(self, status: int, retries: int, upstream: str) -> None:
         span = self.span
@@ -120,7 +123,8 @@ class RequestTracer:
                  "url.path": target, "http.method": label, "http.host": host, "http.target": target}
         if label != method and method:
             attrs["http.request.method_original"] = method
-        return RequestSpan(span, format_traceparent(ctx.trace_id, ctx.span_id, int(ctx.trace_flags)), attrs)
+        return RequestSpan(span, format_traceparent(ctx.trace_id, ctx.span_id, int(ctx.trace_flags)), attrs,
+                           parent is not None)
 
     def refused(self, traceparent: bytes | None, route: str, service: str, method: str, host: str,
                 path: bytes, status: int) -> None:
@@ -133,8 +137,10 @@ class RequestTracer:
             log.exception("a trace span for a refused request failed")
 
     def shutdown(self) -> None:
+        """Flush the queued spans, for a bounded time (:func:`lightmesh.otel.shutdown_within`)."""
         if self.provider is not None:
-            self.provider.shutdown()
+            from lightmesh.otel import shutdown_within
+            shutdown_within(self.provider)
 
 
 def make_tracer(endpoint: str, service_name: str = "lightmesh-proxy", sample_ratio: float = 1.0, *,
