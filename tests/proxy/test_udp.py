@@ -201,7 +201,41 @@ def test_route_update_moves_sessions_off_removed_servers():
     run(main())
 
 
-def test_unreachable_server_does_not_kill_session():
+def test_a_closed_server_is_ejected_and_its_clients_move_to_a_live_one():
+    # A server with nothing listening answers with ICMP port unreachable (ECONNREFUSED on the
+    # session socket). Before, the session stayed on it: a client that kept retrying fed the dead
+    # server for good, and half the new clients were sent there. Now the session ends, the server
+    # is ejected (passive health, as for TCP) and the next datagram goes to the live server.
+    async def main():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            dead = s.getsockname()[1]
+        t_live, _, live = await echo_backend(b"live")
+        metrics = ProxyMetrics()
+        listener, port = await start(make_route([dead, live]), metrics)
+        clients = [await client(port) for _ in range(4)]
+        try:
+            answers = []
+            for c, p in clients:
+                for _ in range(20):  # UDP: retry until an answer, as a client would
+                    c.sendto(b"q", ("127.0.0.1", port))
+                    try:
+                        answers.append((await asyncio.wait_for(p.queue.get(), 0.2))[0])
+                        break
+                    except asyncio.TimeoutError:
+                        continue
+            assert answers == [b"live:q"] * 4
+            assert metrics.upstream_errors[("udp-route", "refused")] >= 1
+            assert all(s.server[1] == live for s in listener.sessions.values())
+        finally:
+            for c, _ in clients:
+                c.close()
+            listener.close(), t_live.close()
+
+    run(main())
+
+
+def test_a_closed_only_server_leaves_the_listener_serving():
     async def main():
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.bind(("127.0.0.1", 0))
@@ -209,10 +243,14 @@ def test_unreachable_server_does_not_kill_session():
         listener, port = await start(make_route([dead]))
         c, p = await client(port)
         try:
-            for _ in range(3):  # ICMP port unreachable comes back as ECONNREFUSED on the session socket
+            for _ in range(3):  # refused each time: the session ends, the next datagram tries again
                 c.sendto(b"x", ("127.0.0.1", port))
                 await asyncio.sleep(0.05)
-            assert len(listener.sessions) == 1
+            assert not listener.closed and len(listener.sessions) <= 1
+            t, _, back = await echo_backend(b"back")
+            listener.update(UDPRouteState(make_route([back])))
+            assert (await ask(c, p, port, b"y"))[0] == b"back:y"
+            t.close()
         finally:
             c.close(), listener.close()
 

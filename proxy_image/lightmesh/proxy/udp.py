@@ -9,7 +9,10 @@ socket**, so the client sees answers from the address it talked to.
 
 A session ends after ``session_idle_timeout_seconds`` without traffic either way (swept by a timer,
 not one timer per session), or when a config change removes its server or stops allowing its
-client. Datagrams from a source the allow-list refuses are dropped (``acl_denied_total{protocol=
+client, or when its server is found closed (an ICMP port unreachable, seen as ECONNREFUSED on the
+session socket): that server is ejected for a while (passive health, as for TCP) and
+``upstream_errors_total{reason="refused"}`` counts it, so the client's next datagram opens a
+session on another server instead of feeding a dead one for as long as it keeps retrying. Datagrams from a source the allow-list refuses are dropped (``acl_denied_total{protocol=
 "udp"}``). Sessions per listener are capped (:data:`MAX_SESSIONS`): beyond, new clients are dropped
 rather than exhausting file descriptors.
 
@@ -107,6 +110,9 @@ class UDPListener(asyncio.DatagramProtocol):
             session.sock.send(data)
         except (BlockingIOError, InterruptedError):
             return  # the socket buffer is full: UDP may drop, so do we
+        except ConnectionRefusedError:  # an ICMP port unreachable for an earlier datagram
+            self._refused(session)
+            return
         except OSError as exc:
             # e.g. ECONNREFUSED left over from an ICMP port unreachable: drop this datagram only
             log.debug("udp route %s: send to %s failed: %s", session.route_name, session.server, exc)
@@ -160,8 +166,9 @@ class UDPListener(asyncio.DatagramProtocol):
                 data = recv(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
                 break
-            except ConnectionRefusedError:
-                continue  # ICMP port unreachable for an earlier datagram; the session stays
+            except ConnectionRefusedError:  # an ICMP port unreachable for an earlier datagram
+                self._refused(session)
+                return
             except OSError as exc:
                 log.debug("udp route %s: session %s: %s", session.route_name, session.client, exc)
                 self._close_session(session)
@@ -172,7 +179,18 @@ class UDPListener(asyncio.DatagramProtocol):
             got += len(data)
         if got:
             session.last = self.loop.time()
+            self.route.balancer.succeeded(session.server)
             self.metrics.l4_relayed(session.route_name, "udp", "downstream", got)
+
+    def _refused(self, session: UDPSession) -> None:
+        """Nothing listens at the session's server: eject it and end the session."""
+        if self.sessions.get(session.client) is not session:
+            return
+        self.route.balancer.failed(session.server)
+        self.metrics.upstream_error(session.route_name, "refused")
+        log.debug("udp route %s: %s:%d refused (port unreachable): session of %s ended",
+                  session.route_name, session.server[0], session.server[1], session.client)
+        self._close_session(session)
 
     # ------------------------------------------------------------------ sessions
 
