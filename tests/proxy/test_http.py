@@ -346,6 +346,32 @@ async def test_access_log_json(caplog):
 
 
 @on_uvloop
+async def test_requests_refused_as_bad_input_are_logged_with_what_was_read(caplog):
+    # a 408 (head never finished) and a 400 (smuggling vector) were logged with empty fields and a
+    # duration of ~0 ms: which request, and how long the slow client held the connection, was lost
+    import json
+    import logging
+
+    opts = HTTPOptions(access_log=True, header_timeout=0.3)
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url]), options=opts) as p:
+        with caplog.at_level(logging.INFO, logger="lightmesh.access"):
+            slow = await RawClient.connect(p.port)
+            await slow.send(b"GET /slow-head HTTP/1.1\r\nHost: svc\r\n")
+            assert (await slow.response(timeout=3)).status == 408
+            await slow.close()
+            bad = await RawClient.connect(p.port)
+            await bad.send(b"POST /smuggle HTTP/1.1\r\nHost: svc\r\nContent-Length: 3\r\n"
+                           b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+            assert (await bad.response()).status == 400
+            await bad.close()
+        entries = {e["status"]: e for e in (json.loads(r.getMessage()) for r in caplog.records
+                                            if r.name == "lightmesh.access")}
+        assert entries[408]["path"] == "/slow-head" and entries[408]["duration_ms"] >= 250, entries[408]
+        assert entries[400]["path"] == "/smuggle", entries[400]
+        assert not b.requests
+
+
+@on_uvloop
 async def test_tunnel_closed_when_upstream_closes():
     async with Backend() as b, ProxyUnderTest(simple_config([b.url])) as p:
         client = await RawClient.connect(p.port)

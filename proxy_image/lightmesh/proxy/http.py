@@ -471,6 +471,18 @@ _REPLAY_METHODS = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE"))
 _IDEMPOTENCY_KEYS = frozenset((b"idempotency-key", b"x-idempotency-key"))
 
 
+def _refusal(partial: Exchange | None) -> Exchange:
+    """The exchange of a request refused as bad input (400, 408, 431), from what was read of it:
+    its start, request line and Host go to the access log and the duration histogram (a 408 took
+    the header timeout, not 0 ms)."""
+    if partial is None:
+        return Exchange(perf_counter())
+    ex = Exchange(partial.start)
+    ex.v10, ex.keep_alive = partial.v10, False
+    ex.url, ex.host, ex.mstr, ex.mlabel = partial.url, partial.host, partial.mstr, partial.mlabel
+    return ex
+
+
 def _replayable_request(ex: Exchange) -> bool:
     return ex.method in _REPLAY_METHODS or any(n.lower() in _IDEMPOTENCY_KEYS for n, _ in ex.headers[:ex.nhead or None])
 
@@ -1151,7 +1163,7 @@ class ClientProtocol(asyncio.Protocol):
         self.broken = True
 
     def _reply_and_close(self, status: int) -> None:
-        ex = Exchange(perf_counter())
+        ex = _refusal(self.cur)
         ex.close_after = True
         ex.req_done = True
         ex.status = status
@@ -1201,11 +1213,9 @@ class ClientProtocol(asyncio.Protocol):
         if ex is not None and ex.span is not None:
             ex.span.end(status, 0, "")
             ex.span = None
-        err = Exchange(perf_counter())
+        err = _refusal(ex)
         err.close_after = True
         err.req_done = True
-        if ex is not None:
-            err.v10, err.keep_alive = ex.v10, False
         self._local(err, status)
 
     def _done(self, ex: Exchange) -> None:
