@@ -370,3 +370,31 @@ def test_series_of_services_and_routes_no_longer_configured_are_dropped():
                 await rt.close()
 
     run(main())
+
+
+def test_series_of_a_removed_tcp_route_stay_while_its_connections_do():
+    # A connection still open on a removed route keeps counting under the route's name: dropping
+    # its series made them come back from zero (a false counter reset) until the next swap.
+    async def main():
+        echo, eport = await tcp_echo()
+        tp, tp2 = free_port(), free_port()
+        rt = Runtime(ProxyMetrics())
+        try:
+            await rt.apply(build(1, tcp={tp: [eport]}))
+            reader, writer = await asyncio.open_connection("127.0.0.1", tp)
+            writer.write(b"ping")
+            assert await reader.readexactly(4) == b"ping"
+            await rt.apply(build(2, tcp={tp2: [eport]}))  # the route is gone, its connection is not
+            writer.write(b"pong")
+            assert await reader.readexactly(4) == b"pong"
+            bytes_up = {k: v for k, v in rt.metrics.l4_bytes.items() if k[0] == f"t{tp}" and k[2] == "upstream"}
+            assert list(bytes_up.values()) == [8], rt.metrics.l4_bytes  # counted through, never reset
+            writer.close()
+            await asyncio.sleep(0.2)
+            await rt.apply(build(3, tcp={tp2: [eport]}))
+            assert not [k for k in rt.metrics.l4_bytes if k[0] == f"t{tp}"]  # ended: dropped now
+        finally:
+            await rt.close()
+            echo.close()
+
+    run(main())

@@ -216,7 +216,11 @@ class Runtime:
                     log.exception("closing the previous HTTP plane failed")
             self.config = config
             self.metrics.config_applied(config.version)
-            self.metrics.retain(config_names(config))
+            # a TCP connection still open on a route no longer configured keeps counting under
+            # its route's name: its series stay until it ends (else they would come back from zero)
+            relaying = {relay.route_name for listener in (*self.listeners.values(), *self._retired)
+                        for relay in getattr(listener, "relays", ())}
+            self.metrics.retain(config_names(config) | relaying)
             return ApplyResult(config.version, config.hash,
                                {describe_key(k): v for k, v in self.listener_errors.items()})
 
