@@ -488,10 +488,26 @@ def _config_problems(config: ProxyConfig) -> list[str]:
 
 
 def _socket_clash(sockets: dict[tuple[str, str, int], str], proto: str, address: str, port: int) -> str | None:
+    mine = _bound_address(address)
     for (p, a, po), what in sockets.items():
-        if p == proto and po == port and (a == address or "0.0.0.0" in (a, address) or "::" in (a, address)):
-            return what
+        if p == proto and po == port:
+            theirs = _bound_address(a)
+            if theirs == mine or theirs is None or mine is None:
+                return what
     return None
+
+
+def _bound_address(address: str):
+    """The address a socket bound to ``address`` really takes, None for a wildcard: an IPv4-mapped
+    IPv6 address (``::ffff:127.0.0.1``) is its IPv4 address, ``::0`` is ``::``."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.is_unspecified:
+        return None
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return mapped or ip
 
 
 def _canonical(config: ProxyConfig) -> bytes:
@@ -657,4 +673,4 @@ def json_schema() -> dict:
 
 
 EMPTY = make_config(0)
-"""Version 0: nothing routed. A proxy serves it only in tests; it reports not-ready until v>=1."""
+"""Version 0: nothing routed (tests). Like any valid config, a proxy that applied it is ready."""

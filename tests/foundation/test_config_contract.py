@@ -131,6 +131,12 @@ def test_listener_clash_is_a_config_error():
     # the same port on two specific addresses is fine (local mode: one ClusterIP per service)
     c.make_config(1, tcp=[c.TCPRoute(name="a", address="127.0.1.1", port=80),
                           c.TCPRoute(name="b", address="127.0.1.2", port=80)])
+    # one socket spelt two ways: an IPv4-mapped IPv6 address is the IPv4 address, "::0" is "::"
+    # (both were accepted, and the HTTP entry point silently got none of its traffic)
+    for first, second in (("::ffff:127.0.1.1", "127.0.1.1"), ("::0", "127.0.1.1"), ("0:0::0", "::1")):
+        with pytest.raises(c.ConfigError, match="listens on tcp"):
+            c.make_config(1, tcp=[c.TCPRoute(name="a", address=first, port=80),
+                                  c.TCPRoute(name="b", address=second, port=80)])
 
 
 def test_empty_allow_list_is_valid_and_means_deny():

@@ -157,6 +157,11 @@ def test_file_config_two_workers_end_to_end(tmp_path):
                     assert "tcp['x'].port" in data["last_error"] and data["version"] == 2
                     assert (await request(hp)).status == 200
                     assert 'config_reloads_total{result="failed"} 1' in (await get(admin + "/metrics"))[1].decode()
+                    # the bad edit reverted: the file holds the config in force again, the error goes
+                    cfg_path.write_text(make(2, hp, backend.url, tp2, eport).to_json())
+                    data = await until(lambda: _when(rawdata(admin), lambda d: d["last_error"] is None), 10,
+                                       "error cleared")
+                    assert data["version"] == 2
 
                     # a dead worker is restarted and gets the current config
                     victim = data["workers"][0]["pid"]
@@ -564,5 +569,30 @@ def test_sighup_drains_and_exits_0_like_sigterm(tmp_path):
                                     f"worker {pid} gone")
         finally:
             echo.close()
+
+    run(main())
+
+
+def test_a_listener_error_clears_once_the_port_is_free_again(tmp_path):
+    # /api/rawdata kept "cannot listen on ... Address already in use" after the retried listener
+    # had opened: the error described the past.
+    async def main():
+        hp, ap = free_port(), free_port()
+        admin = f"http://127.0.0.1:{ap}"
+        squatter = socket.socket()  # holds the port without SO_REUSEPORT: the proxy cannot share it
+        squatter.bind(("127.0.0.1", hp))
+        squatter.listen(1)
+        cfg_path = tmp_path / "proxy.json"
+        async with Backend("A") as backend:
+            cfg_path.write_text(make(1, hp, backend.url, free_port(), 9).to_json())
+            with proxy_process("--config", str(cfg_path), "--workers", "1", "--admin-address", "127.0.0.1",
+                               "--admin-port", str(ap), log_path=tmp_path / "proxy.log"):
+                data = await until(lambda: _when(rawdata(admin), lambda d: d.get("last_error")), 20, "busy port")
+                assert "Address already in use" in data["last_error"]
+                squatter.close()
+                data = await until(lambda: _when(rawdata(admin), lambda d: d.get("last_error") is None), 20,
+                                   "error cleared")
+                assert f"http 127.0.0.1:{hp}" in data["workers"][0]["listeners"]
+                assert (await request(hp)).status == 200
 
     run(main())

@@ -145,7 +145,8 @@ async def test_long_poll_headers_and_updates():
 async def test_304_asks_again_at_once_without_redelivering():
     stub = await StubController(hold=0.05).start()
     rec = Recorder()
-    source = ControllerSource(stub.url, "p", rec.on_config, rec.on_error, backoff=fast_backoff())
+    source = ControllerSource(stub.url, "p", rec.on_config, rec.on_error, backoff=fast_backoff(),
+                              min_poll_seconds=0.01)
     stub.publish(config_v(1))
     task = await run_source(source)
     try:
@@ -232,7 +233,7 @@ async def test_invalid_config_is_refused_and_not_refetched_in_a_loop():
         await rec.wait(lambda: len(rec.refused) == 1)
         assert "not-an-ip" in rec.refused[0] and "r10001" in rec.refused[0]
         before = len(stub.requests)
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(1.5)  # (the poll after a refusal starts 1 s after the one that brought it)
         # held polls (If-None-Match: the bad ETag), not a hot loop of refusals
         assert len(rec.refused) == 1 and len(stub.requests) - before <= 4
         assert stub.requests[-1]["If-None-Match"] == '"bad-1"'
@@ -255,7 +256,8 @@ async def test_a_controller_that_resends_a_refused_config_is_polled_with_backoff
 
     stub = await Ignoring().start()
     rec = Recorder()
-    source = ControllerSource(stub.url, "p", rec.on_config, rec.on_error, backoff=fast_backoff())
+    source = ControllerSource(stub.url, "p", rec.on_config, rec.on_error, backoff=fast_backoff(),
+                              min_poll_seconds=0.01)
     stub.publish(raw=b'{"version": "x"}', etag='"bad"')
     task = await run_source(source)
     try:
@@ -368,3 +370,81 @@ async def test_the_applied_hash_is_reported_so_a_refused_config_is_not_taken_for
     finally:
         await stop(task)
         await stub.stop()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("answer", ["304", "same-200"])
+async def test_answers_that_bring_nothing_new_are_paced_when_the_server_does_not_hold_them(answer):
+    # A server that does not hold polls (a static file server, an intermediary that drops
+    # If-None-Match) was polled ~5,000 times a second: a 304 or the config already held meant
+    # "ask again at once". The next poll now starts no sooner than 1 s after the previous one.
+    class NoHold(StubController):
+        async def handle(self, request):
+            self.requests.append(dict(request.headers))
+            if answer == "304" and request.headers.get("If-None-Match") == self.etag:
+                return web.Response(status=304)
+            return web.Response(body=self.body, headers={"ETag": self.etag}, content_type="application/json")
+
+    stub = await NoHold().start()
+    rec = Recorder()
+    source = ControllerSource(stub.url, "p", rec.on_config, rec.on_error, backoff=fast_backoff())
+    stub.publish(config_v(1))
+    task = await run_source(source)
+    try:
+        await rec.wait(lambda: len(rec.configs) == 1)
+        await asyncio.sleep(2.5)
+        assert 2 <= len(stub.requests) <= 5, len(stub.requests)  # at once after the new config, then 1/s
+        assert not rec.errors and not rec.refused
+    finally:
+        await stop(task)
+        await stub.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_valid_config_after_refused_ones_is_asked_for_without_a_growing_wait():
+    # Each refusal used to grow a backoff applied before the next poll, even from a controller that
+    # holds polls: after five bad configs in a row the good one arrived 7 s late.
+    stub = await StubController(hold=5.0).start()
+    rec = Recorder()
+    source = ControllerSource(stub.url, "p", rec.on_config, rec.on_error,  # default backoff: 0.2 s to 10 s
+                              min_poll_seconds=0.3)
+    stub.publish(config_v(1))
+    task = await run_source(source)
+    try:
+        await rec.wait(lambda: len(rec.configs) == 1)
+        for i in range(4):
+            stub.publish(raw=b'{"version": "bad %d"}' % i, etag=f'"bad-{i}"')
+            await rec.wait(lambda: len(rec.refused) == i + 1)
+        loop = asyncio.get_running_loop()
+        published = loop.time()
+        stub.publish(config_v(9, port=10009))
+        await rec.wait(lambda: len(rec.configs) == 2)
+        assert loop.time() - published < 0.9  # at most the 0.3 s floor after a fast answer (was 1.3-1.9 s)
+        assert source.refused_backoff.current == source.refused_backoff.low
+    finally:
+        await stop(task)
+        await stub.stop()
+
+
+def test_file_source_reads_again_after_chmod_and_reports_a_reverted_edit(tmp_path, monkeypatch):
+    import builtins
+
+    path = tmp_path / "config.json"
+    path.write_text(config_v(1).to_json())
+    rec = Recorder()
+    recovered = []
+    source = FileSource(str(path), rec.on_config, rec.on_error, on_recovered=lambda: recovered.append(True))
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda *a, **k: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+    assert not source.check() and "Permission denied" in rec.errors[-1]
+    monkeypatch.setattr(builtins, "open", real_open)
+    assert not source.check()  # nothing about the file changed: not read again
+    os.chmod(path, 0o644)  # fixed by chmod: only the ctime changes
+    assert source.check() and rec.configs[-1].version == 1
+    # a bad edit, then reverted: the config in force is back, which is reported once
+    path.write_text('{"version": 2, "tcp": "x"}')
+    assert not source.check() and rec.refused
+    assert not recovered
+    path.write_text(config_v(1).to_json())
+    assert not source.check() and recovered == [True]
+    assert not source.check() and recovered == [True]

@@ -3,7 +3,7 @@
 This module owns the HTTP surface only; what it reports comes from an :class:`AdminState` (the
 supervisor, or a stub in tests):
 
-``/ping``        200 ``OK`` once a valid config (version >= 1) is applied by the workers; 503 before
+``/ping``        200 ``OK`` once a valid config (any version, 0 included) is applied by the workers; 503 before
                  (the DaemonSet's readiness probe).
 ``/live``        200 while the process runs (liveness probe).
 ``/metrics``     Prometheus text 0.0.4: the workers' snapshots merged and rendered.
@@ -29,7 +29,7 @@ PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 class AdminState(Protocol):
     def ready(self) -> bool:
-        """A valid config (version >= 1) is applied."""
+        """A valid config (any version) is applied by the workers."""
 
     async def metrics_text(self) -> str:
         """Prometheus exposition of the merged worker metrics."""

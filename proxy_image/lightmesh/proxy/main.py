@@ -283,7 +283,7 @@ class Supervisor:
         self.config_json: dict | None = None
         self.last_error: str | None = None
         self.last_error_at: float | None = None
-        self._error_from_source = False
+        self._error_origin = "worker"
         self.workers = [WorkerHandle(i) for i in range(args.workers)]
         self.started_at = time.time()
         self.stopping = False
@@ -321,7 +321,8 @@ class Supervisor:
                 await self.admin.stop()
                 return 2
         else:
-            self.source = FileSource(self.args.config, self._on_config, self._on_error)
+            self.source = FileSource(self.args.config, self._on_config, self._on_error,
+                                     on_recovered=self._on_source_recovered)
         log.info("lightmesh proxy %s: %d workers, config from %s", self.args.name, len(self.workers),
                  self.args.controller or self.args.config)
         for worker in self.workers:
@@ -390,13 +391,15 @@ class Supervisor:
             worker.listeners = msg.get("listeners") or []
             worker.last_error = None
             for error in worker.listener_errors.values():
-                self._record_error(error)
+                self._record_error(error, origin="listener")
             notify = getattr(self.source, "notify_applied", None)
             if notify is not None:
                 notify()
         elif kind == "status":
             worker.listener_errors = msg.get("listener_errors") or {}
             worker.listeners = msg.get("listeners") or worker.listeners
+            if self._error_origin == "listener" and not any(w.listener_errors for w in self.workers if w.alive):
+                self.last_error = None  # every listener that could not open is open now
         elif kind == "refused":
             worker.last_error = msg.get("error")
             self._record_error(f"worker {worker.index}: {msg.get('error')}")
@@ -493,16 +496,16 @@ class Supervisor:
     def _on_error(self, message: str, refused: bool = False) -> None:
         if refused:
             self.metrics.config_failed()
-        self._record_error(message)
-        self._error_from_source = True
+        self._record_error(message, origin="source")
 
     def _on_source_recovered(self) -> None:
-        # "controller unreachable" is no longer true once it answers; a worker's error stays.
-        if self._error_from_source:
+        # "controller unreachable" (or "config file unreadable") is no longer true once it answers
+        # (or holds the config in force again); a worker's error stays.
+        if self._error_origin == "source":
             self.last_error = None
 
-    def _record_error(self, message: str) -> None:
-        self._error_from_source = False
+    def _record_error(self, message: str, origin: str = "worker") -> None:
+        self._error_origin = origin  # source, listener or worker: what may clear it
         self.last_error = message
         self.last_error_at = time.time()
 

@@ -17,13 +17,21 @@ received and refused); the caller (the supervisor in
     503, other statuses, connection errors, timeouts → keep the last good config, retry after an
           exponential backoff from RETRY_MIN_SECONDS to RETRY_MAX_SECONDS (reset by any 200/304)
 
-A refused (invalid) config's ETag becomes the next If-None-Match: the controller then holds the poll
-until its config changes instead of sending the same bad body in a tight loop. A server that sends
-it again anyway is polled after the same exponential backoff (reset by the next valid config).
+"At once" has a floor for answers that bring nothing new (a 304, the config already held, a
+refused body): the next poll starts no sooner than ``MIN_POLL_SECONDS`` after the previous one
+started. A controller holds such polls for up to 30 s, so the floor never delays it; a server that
+does not hold them (a static file server, an intermediary that drops If-None-Match) would
+otherwise be polled thousands of times a second. A new valid config is followed by a poll at once.
 
-:class:`FileSource` polls a file's (mtime, size, inode) every ``interval`` seconds and reloads it on
-change (a new version with the same content is handed over too: the version in force is what the file
-says); a file that vanishes or is half-written is reported and the last good config kept.
+A refused (invalid) config's ETag becomes the next If-None-Match: the controller then holds the poll
+until its config changes, and the next config is asked for at once. A server that sends the same
+bad body again anyway is polled after an exponential backoff (reset by the next valid config).
+
+:class:`FileSource` polls a file's (mtime, ctime, size, inode) every ``interval`` seconds and reloads
+it on change (a new version with the same content is handed over too: the version in force is what
+the file says; ctime: a file made readable by ``chmod`` is read again); a file that vanishes, cannot
+be read or is half-written is reported and the last good config kept, and ``on_recovered`` is
+called when the file holds the config in force again (a bad edit reverted).
 """
 
 from __future__ import annotations
@@ -41,6 +49,9 @@ from lightmesh import wire
 from lightmesh.config import ConfigError, ProxyConfig, content_hash, load_config_json
 
 log = logging.getLogger("lightmesh.proxy.source")
+
+#: The shortest time between the starts of two polls when the first brought nothing new.
+MIN_POLL_SECONDS = 1.0
 
 OnConfig = Callable[[ProxyConfig], None]
 OnError = Callable[..., None]  # on_error(message, refused=False): refused = an invalid config was received
@@ -83,7 +94,8 @@ class ControllerSource:
                  applied_version: Callable[[], int] = lambda: 0, *,
                  applied_hash: Callable[[], str | None] = lambda: None,
                  poll_timeout: float = wire.LONG_POLL_SECONDS + 15.0, backoff: Backoff | None = None,
-                 wait_seconds: float | None = None, on_recovered: Callable[[], None] | None = None) -> None:
+                 wait_seconds: float | None = None, on_recovered: Callable[[], None] | None = None,
+                 min_poll_seconds: float = MIN_POLL_SECONDS) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"--controller {url!r}: must be an http:// or https:// URL")
         self.url = url.rstrip("/") + wire.CONFIG_PATH
@@ -100,6 +112,9 @@ class ControllerSource:
         # Refused configs in a row: a controller that ignores If-None-Match and sends the same bad
         # body again is asked less and less often (and the error is logged that often), not 20×/s.
         self.refused_backoff = Backoff(low=self.backoff.low, high=self.backoff.high)
+        self.min_poll_seconds = min_poll_seconds
+        self._held_hash: str | None = None  # hash of the last valid config handed over
+        self._refused_body: int | None = None  # hash() of the last refused body
         self.etag: str | None = None  # what we send as If-None-Match
         self.connected = False  # last exchange with the controller succeeded
         self.polls = 0
@@ -118,8 +133,10 @@ class ControllerSource:
     async def run(self) -> None:
         """Poll until cancelled."""
         timeout = aiohttp.ClientTimeout(total=self.poll_timeout, connect=5.0)
+        loop = asyncio.get_running_loop()
         async with aiohttp.ClientSession(timeout=timeout, auto_decompress=True) as session:
             while True:
+                started = loop.time()
                 self._applied_changed.clear()
                 poll = asyncio.ensure_future(self.poll_once(session))
                 changed = asyncio.ensure_future(self._applied_changed.wait())
@@ -134,11 +151,14 @@ class ControllerSource:
                 if poll.cancelled():
                     continue  # superseded by notify_applied: ask again at once
                 delay = poll.result()
-                if delay:
+                if delay is None:  # nothing new: a poll the server did not hold is paced
+                    delay = self.min_poll_seconds - (loop.time() - started)
+                if delay > 0:
                     await asyncio.sleep(delay)
 
-    async def poll_once(self, session: aiohttp.ClientSession) -> float:
-        """One request; returns how long to wait before the next one (0 = at once)."""
+    async def poll_once(self, session: aiohttp.ClientSession) -> float | None:
+        """One request; returns how long to wait before the next one (0 = at once), or None when
+        it brought nothing new (the caller then paces the next poll, see MIN_POLL_SECONDS)."""
         self._sent_applied = int(self.applied_version())
         headers = {wire.HEADER_PROXY_NAME: self.name, wire.HEADER_APPLIED_VERSION: str(self._sent_applied)}
         applied_hash = self.applied_hash()
@@ -151,14 +171,11 @@ class ControllerSource:
             async with session.get(self.url, headers=headers) as resp:
                 if resp.status == 304:
                     self._up()
-                    return 0.0
+                    return None
                 if resp.status == 200:
                     body = await resp.read()
                     self._up()
-                    if self._received(body, resp.headers.get("ETag")):
-                        self.refused_backoff.reset()
-                        return 0.0
-                    return self.refused_backoff.next()
+                    return self._received(body, resp.headers.get("ETag"))
                 text = (await resp.text(errors="replace"))[:200].strip()
                 return self._down(f"controller {self.url} answered {resp.status}" + (f": {text}" if text else ""),
                                   quiet=resp.status == 503)
@@ -183,8 +200,8 @@ class ControllerSource:
         self.on_error(message)
         return delay
 
-    def _received(self, body: bytes, etag: str | None) -> bool:
-        """Validate and hand over a config; False when it was refused."""
+    def _received(self, body: bytes, etag: str | None) -> float | None:
+        """Validate and hand over a config; the delay before the next poll (see poll_once)."""
         try:
             config = parse_config(body, f"config from {self.url}")
         except ConfigError as exc:
@@ -192,21 +209,31 @@ class ControllerSource:
             self.etag = etag or self.etag
             log.error("refused: %s", exc)
             self.on_error(str(exc), refused=True)
-            return False
+            again, self._refused_body = hash(body) == self._refused_body, hash(body)
+            if again:  # the server ignored If-None-Match: ask less and less often
+                return self.refused_backoff.next()
+            self.refused_backoff.reset()
+            return None
         # The controller's own ETag is what it compares If-None-Match with; the hash-based one is
         # only a fallback for a server that sends none.
         self.etag = etag or config.etag()
+        self._refused_body = None
+        self.refused_backoff.reset()
+        held, self._held_hash = self._held_hash == config.hash, config.hash
         self.on_config(config)
-        return True
+        return None if held else 0.0
 
 
 class FileSource:
-    """A static config file, reloaded when its (mtime, size, inode) changes."""
+    """A static config file, reloaded when its (mtime, ctime, size, inode) changes."""
 
-    def __init__(self, path: str, on_config: OnConfig, on_error: OnError, *, interval: float = 0.5) -> None:
+    def __init__(self, path: str, on_config: OnConfig, on_error: OnError, *, interval: float = 0.5,
+                 on_recovered: Callable[[], None] | None = None) -> None:
         self.path = os.fspath(path)
         self.on_config = on_config
         self.on_error = on_error
+        self.on_recovered = on_recovered
+        self.failing = False  # the last look at the file found an error
         self.interval = interval
         self._seen: tuple | None = None
         self.loaded_hash: str | None = None
@@ -230,9 +257,9 @@ class FileSource:
                 self._seen = stamp
                 message = f"config file {self.path}: {exc.strerror or exc}"
                 log.error("%s; keeping the last good config", message)
-                self.on_error(message)
+                self._failed(message)
             return False
-        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        stamp = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
         if stamp == self._seen:
             return False
         self._seen = stamp
@@ -243,14 +270,23 @@ class FileSource:
         except OSError as exc:
             message = f"config file {self.path}: {exc.strerror or exc}"
             log.error("%s; keeping the last good config", message)
-            self.on_error(message)
+            self._failed(message)
             return False
         except ConfigError as exc:
             log.error("refused: %s; keeping the last good config", exc)
-            self.on_error(str(exc), refused=True)
+            self._failed(str(exc), refused=True)
             return False
+        failing, self.failing = self.failing, False
         if (config.hash, config.version) == (self.loaded_hash, self.loaded_version):
-            return False  # touched or rewritten, same config
+            # touched or rewritten, same config: if it had been broken, it is the config in force again
+            if failing and self.on_recovered is not None:
+                log.info("config file %s: holds the config in force again", self.path)
+                self.on_recovered()
+            return False
         self.loaded_hash, self.loaded_version = config.hash, config.version
         self.on_config(config)
         return True
+
+    def _failed(self, message: str, refused: bool = False) -> None:
+        self.failing = True
+        self.on_error(message, refused=refused)
