@@ -8,8 +8,10 @@ connect failure or timeout (the failed server is ejected for a while: passive he
 
 Relay, two implementations with the same behaviour (half-close passes through: EOF on one side
 becomes ``shutdown(SHUT_WR)`` on the other once everything before it was written; a reset or error
-on either side resets the other, so an aborted stream never looks complete to the peer, e.g. an
-upload cut short by a client crash):
+on either side closes both, the survivor with a FIN after what its socket already holds, as nginx's
+and HAProxy's TCP relays do by default. Passing the reset on as a RST was tried and taken back:
+SO_LINGER 0 throws away the survivor's kernel send queue, so a peer lost far more of a stream than
+over a direct connection):
 
 * :class:`SpliceRelay` (Linux): ``os.splice`` socket → pipe → socket, driven by ``add_reader`` /
   ``add_writer`` on the raw sockets, so payload never enters Python (the shared performance
@@ -45,15 +47,6 @@ ACCEPT_BATCH = 64  # accepts per wake-up: fairness towards the other listeners
 EJECT_SECONDS = 10.0  # a server that refused a connection is skipped this long (passive health)
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _SPLICE_FLAGS = (getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2))
-_LINGER_RESET = (1).to_bytes(4, sys.byteorder) + (0).to_bytes(4, sys.byteorder)  # struct linger {1, 0}
-
-
-def _reset_on_close(sock) -> None:
-    """Make the coming close() send RST instead of FIN (SO_LINGER with a zero timeout)."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-    except (OSError, AttributeError):
-        pass  # already gone: nothing to tell
 
 
 def _make_allow_list(sources: list[str] | None):
@@ -240,12 +233,12 @@ class TCPListener:
         return not self.active
 
     def close(self) -> None:
-        """Stop accepting and cut every connection (with a RST: the streams are cut short)."""
+        """Stop accepting and cut every connection."""
         self.stop_accepting()
         for task in list(self.connecting):
             task.cancel()
         for relay in list(self.relays):
-            relay.abort(reset=True)
+            relay.abort()
 
 
 # ---------------------------------------------------------------------------------------- splice
@@ -273,9 +266,8 @@ class _SpliceDirection:
             n = os.splice(self.src, self.pipe_w, PIPE_SIZE, flags=_SPLICE_FLAGS)
         except (BlockingIOError, InterruptedError):
             return
-        except OSError:  # the source reset: what it sent before goes on if it can now, then a RST
-            self.flush()
-            relay.abort(reset=True)
+        except OSError:
+            relay.abort()
             return
         loop = relay.loop
         if n == 0:
@@ -297,7 +289,7 @@ class _SpliceDirection:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
-                self.relay.abort(reset=True)
+                self.relay.abort()
                 return
             if m <= 0:
                 return
@@ -374,7 +366,7 @@ class SpliceRelay(_Relay):
         # EMFILE/ENFILE (each spliced connection holds 2 sockets and 2 pipes): this one fails, loudly
         self.metrics.upstream_error(self.route_name, "pipe")
         log.error("tcp route %s: no pipe for a spliced connection: %s", self.route_name, exc)
-        self.abort(reset=True)
+        self.abort()
 
     def shutdown_write(self, fd: int) -> None:
         sock = self.upstream if fd == self.upstream.fileno() else self.client
@@ -387,8 +379,7 @@ class SpliceRelay(_Relay):
         if self.dirs and all(d.done for d in self.dirs):
             self.abort()
 
-    def abort(self, reset: bool = False) -> None:
-        """Close both sockets; ``reset``: one side failed (reset, error), so the other gets a RST."""
+    def abort(self) -> None:
         if self.closed:
             return
         self.closed = True
@@ -398,8 +389,6 @@ class SpliceRelay(_Relay):
             if fd >= 0:
                 loop.remove_reader(fd)
                 loop.remove_writer(fd)
-                if reset:
-                    _reset_on_close(sock)
             sock.close()
         for d in self.dirs:
             d.close()
@@ -500,7 +489,6 @@ class ProtocolRelay(_Relay):
             if transport is None:
                 sock.close()
             elif reset:
-                _reset_on_close(transport.get_extra_info("socket"))
                 transport.abort()
             else:
                 transport.close()  # flushes what is buffered first
