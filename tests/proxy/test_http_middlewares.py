@@ -369,3 +369,37 @@ async def test_a_chunked_body_of_1mib_is_replayed_as_a_content_length_one_is():
             assert resp.status == 502  # /reset on both servers; what matters is that it was tried twice
             assert [r.body == body for r in (*a.requests, *b.requests)] == [True, True]
             assert p.metrics.retries["svc"] == 1
+
+
+@on_uvloop
+async def test_a_full_duplex_answer_keeps_the_connection_when_the_body_completes_first():
+    # The server answers as soon as it has the head and reads the body while its response streams;
+    # the body completes before the response ends, so the connection carries the next request.
+    async def handle(reader, writer):
+        try:
+            for _ in range(2):
+                head = await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+                await writer.drain()
+                if b"content-length: 10" in head.lower():
+                    await reader.readexactly(10)
+                writer.write(b"4\r\nlast\r\n0\r\n\r\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        async with ProxyUnderTest(simple_config([url])) as p:
+            client = await RawClient.connect(p.port)
+            await client.send(b"POST / HTTP/1.1\r\nHost: svc\r\nContent-Length: 10\r\n\r\n")
+            await asyncio.sleep(0.2)  # the response head is out before the body
+            await client.send(b"0123456789")
+            first = await client.response()
+            assert first.status == 200 and first.body == b"firstlast" and first.header("connection") is None
+            await client.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+            assert (await client.response()).body == b"firstlast"
+            await client.close()
+    finally:
+        server.close()

@@ -1727,8 +1727,8 @@ class UpstreamProtocol(asyncio.Protocol):
             ex.timer = None
         self.keep = True
         self.framing = F_LENGTH
-        if not ex.keep_alive or ex.close_after or not ex.req_done or client.options.connections.draining:
-            ex.close_after = True  # (not req_done: answered before the request body, see on_headers_complete)
+        if not ex.keep_alive or ex.close_after or client.options.connections.draining or (ex.expect and not ex.req_done):
+            ex.close_after = True  # (expect: an answer to Expect: 100-continue, see on_headers_complete)
             end -= 2
             if cut < 0:
                 out = b"".join((data[:end], b"Connection: close\r\n", data[end:]))
@@ -1790,6 +1790,8 @@ class UpstreamProtocol(asyncio.Protocol):
                     b"%s: %s\r\n" % p for p in self.headers if _NAME_CACHE.get(p[0], _classify(p[0])) == H_OTHER)
                     + _CRLF)
                 ex.wire = None  # response bytes go out: never tried again (a failure now is a 502)
+                if status == 100:
+                    ex.expect = False  # the client now sends the body it announced
             self.headers = []
             self.reason = b""
             return
@@ -1836,9 +1838,12 @@ class UpstreamProtocol(asyncio.Protocol):
                 kept = [kept[0]] + [b"".join(kept[i:i + 4]) for i in range(1, len(kept), 4)
                                     if kept[i].lower() not in extra]
         self.keep = parser.should_keep_alive()
-        # not req_done: answered before the request body was complete (417, 413): the connection
-        # closes after it (_finish_early), and the client is told so (RFC 9112 §9.6)
-        close = not ex.keep_alive or client.options.connections.draining or ex.close_after or not ex.req_done
+        # Answered before an announced body was sent (Expect: 100-continue, no 100 relayed; a 417,
+        # a 401): the client may never send it, so the connection closes after this response and
+        # says so (RFC 9112 §9.6). Other early answers wait: the body may still complete before the
+        # response does (a full-duplex server), and then the connection is kept (see _complete).
+        close = (not ex.keep_alive or client.options.connections.draining or ex.close_after
+                 or (ex.expect and not ex.req_done))
         if status == 101:
             self.framing = F_NONE
             kept += (b"Connection: Upgrade\r\nUpgrade: ", upgrade or ex.upgrade, _CRLF)
