@@ -835,3 +835,26 @@ async def test_response_header_edits_apply_to_http2_streams():
             (r,) = await client.wait([client.start("/echo", body=b"e")])
             await client.close()
     assert b"x-echo" not in r["headers"] and r["headers"][b"x-mesh"] == b"1" and r["body"] == b"e"
+
+
+@on_uvloop
+@pytest.mark.parametrize("answer", [
+    pytest.param(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n", id="relayed-1xx"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nContent-Le", id="partial-head"),
+])
+async def test_an_h2_stream_is_not_retried_once_the_server_answered_anything(answer):
+    # As for HTTP/1.1 clients: a POST the server began to answer (a 1xx relayed, part of a head)
+    # and then reset must not run a second time on the next server.
+    from .test_http_middlewares import ScriptedServer, _cfg
+
+    mws = [{"type": "retry", "name": "retry", "attempts": 2}]
+    async with ScriptedServer(answer) as scripted, Backend("good") as good:
+        async with ProxyUnderTest(_cfg([scripted.url, good.url], mws)) as p:
+            seen = []
+            for _ in range(2):  # round robin: one of the two goes to the scripted server first
+                client = await H2Client.connect(p.port)
+                (r,) = await client.wait([client.start("/", method="POST", body=b"body", authority="svc")])
+                seen.append(r["headers"][b":status"])
+                await client.close()
+            assert scripted.requests == 1 and len(good.requests) == 1, seen
+            assert sorted(seen) == [b"200", b"502"] and "svc" not in p.metrics.retries

@@ -805,8 +805,10 @@ class H2Downstream(asyncio.Protocol):
         self.side.flush()
 
     def informational(self, st: _Stream, headers: list) -> None:
-        """A 1xx response from the server (100 Continue, 103 Early Hints): relayed as it is."""
+        """A 1xx response from the server (100 Continue, 103 Early Hints): relayed as it is. The
+        server acted on the request and the client saw it: the stream is never tried again."""
         if not st.done and not st.responded:
+            st.replayable = False
             self.side.queue(st.down_id, "headers", [(n, v) for n, v in headers if n not in _HOP], False, 0, None)
 
     def upstream_reset(self, st: _Stream, code: int) -> None:
@@ -1226,6 +1228,8 @@ class H1Upstream(asyncio.Protocol):
     # ------------------------------------------------------------------ response
 
     def data_received(self, data: bytes) -> None:
+        if self.st is not None:
+            self.st.replayable = False  # a response byte came: the server acted, no retry after this
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:

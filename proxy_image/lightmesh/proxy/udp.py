@@ -161,14 +161,15 @@ class UDPListener(asyncio.DatagramProtocol):
         transport = self.transport
         recv = session.sock.recv
         got = 0
+        refused = False
         for _ in range(RECV_BATCH):
             try:
                 data = recv(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
                 break
             except ConnectionRefusedError:  # an ICMP port unreachable for an earlier datagram
-                self._refused(session)
-                return
+                refused = True
+                break
             except OSError as exc:
                 log.debug("udp route %s: session %s: %s", session.route_name, session.client, exc)
                 self._close_session(session)
@@ -181,6 +182,8 @@ class UDPListener(asyncio.DatagramProtocol):
             session.last = self.loop.time()
             self.route.balancer.succeeded(session.server)
             self.metrics.l4_relayed(session.route_name, "udp", "downstream", got)
+        if refused:  # (after the replies of this batch are counted)
+            self._refused(session)
 
     def _refused(self, session: UDPSession) -> None:
         """Nothing listens at the session's server: eject it and end the session."""
