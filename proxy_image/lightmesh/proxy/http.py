@@ -473,8 +473,9 @@ _IDEMPOTENCY_KEYS = frozenset((b"idempotency-key", b"x-idempotency-key"))
 
 def _refusal(partial: Exchange | None) -> Exchange:
     """The exchange of a request refused as bad input (400, 408, 431), from what was read of it:
-    its start, request line and Host go to the access log and the duration histogram (a 408 took
-    the header timeout, not 0 ms)."""
+    its start and target (method and Host too once the head was complete) go to the access log and
+    the duration histogram (a 408 took the header timeout, not 0 ms). A head refused before its
+    target was read (431 on an oversized head) has none."""
     if partial is None:
         return Exchange(perf_counter())
     ex = Exchange(partial.start)
