@@ -4,6 +4,7 @@ breaker, retry, request timeout, round robin / weighted, passive health, state a
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections import Counter
 
 import pytest
@@ -295,8 +296,8 @@ class ScriptedServer:
             await writer.drain()
             if self.reset:
                 await asyncio.sleep(0.05)  # the answer's bytes reach the proxy first
-                writer.get_extra_info("socket").setsockopt(
-                    __import__("socket").SOL_SOCKET, __import__("socket").SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+                writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                           b"\x01\0\0\0\0\0\0\0")  # close() sends RST
                 writer.transport.abort()
             else:
                 await reader.read()  # until the proxy closes

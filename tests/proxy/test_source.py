@@ -434,8 +434,11 @@ def test_file_source_reads_again_after_chmod_and_reports_a_reverted_edit(tmp_pat
     rec = Recorder()
     recovered = []
     source = FileSource(str(path), rec.on_config, rec.on_error, on_recovered=lambda: recovered.append(True))
+    def unreadable(*args, **kwargs):  # as for a non-root reader of a mode-000 file
+        raise PermissionError(13, "Permission denied")
+
     real_open = builtins.open
-    monkeypatch.setattr(builtins, "open", lambda *a, **k: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+    monkeypatch.setattr(builtins, "open", unreadable)
     assert not source.check() and "Permission denied" in rec.errors[-1]
     monkeypatch.setattr(builtins, "open", real_open)
     assert not source.check()  # nothing about the file changed: not read again
