@@ -195,6 +195,39 @@ def test_repeated_failure_doubles_the_ejection_up_to_the_cap_and_success_resets(
     assert b.ejected()["a"] == 1
 
 
+def test_a_failure_long_after_the_server_came_back_starts_the_backoff_again():
+    # A one-way UDP server (statsd) never answers, so no succeeded() clears its failures: an
+    # isolated refusal hours later must not be ejected for the cap as if it were a repeat.
+    clock = FakeClock()
+    b = Balancer(["a", "b"], [1, 1], weighted=False, eject_seconds=1, max_eject_seconds=8, clock=clock)
+    b.failed("a")
+    clock.advance(1)  # back in rotation
+    b.failed("a")  # at once: a repeat
+    assert b.ejected()["a"] == 2
+    clock.advance(2 + 7.9)  # served 7.9 s (< max_eject_seconds) since it came back
+    b.failed("a")
+    assert b.ejected()["a"] == 4 and b.status()[0]["failures"] == 3
+    clock.advance(4 + 8)  # served max_eject_seconds without failing
+    assert b.status()[0]["failures"] == 0
+    b.failed("a")
+    assert b.ejected()["a"] == 1 and b.status()[0]["failures"] == 1
+
+
+def test_the_backoff_window_survives_a_config_swap():
+    clock = FakeClock()
+    old = Balancer(["a", "b"], [1, 1], weighted=False, eject_seconds=1, max_eject_seconds=8, clock=clock)
+    old.failed("a")
+    old.failed("b")
+    clock.advance(1 + 8)  # both served max_eject_seconds since they came back
+    old.failed("b")
+    new = Balancer(["a", "b"], [1, 1], weighted=False, eject_seconds=1, max_eject_seconds=8, clock=clock)
+    new.carry_over(old)
+    clock.advance(1 + 2)
+    new.failed("a")  # a new incident
+    new.failed("b")  # 2 s after it came back: a repeat
+    assert new.ejected() == {"a": 1, "b": 2}
+
+
 def test_failures_while_ejected_do_not_compound():
     clock = FakeClock()
     b = Balancer(["a", "b"], [1, 1], weighted=False, eject_seconds=2, clock=clock)

@@ -18,7 +18,10 @@ Per-call cost
 
 Passive health
     ``failed(server)`` ejects the server for ``eject_seconds``; if it fails again after coming back
-    (without a ``succeeded`` in between) the ejection doubles, up to ``max_eject_seconds``.
+    (without a ``succeeded`` in between) the ejection doubles, up to ``max_eject_seconds``. A server
+    back in rotation for ``max_eject_seconds`` without failing starts again from ``eject_seconds``:
+    a server that never answers (one-way UDP, e.g. statsd) cannot clear its failures with a
+    ``succeeded``, and an isolated refusal hours later (a restart) is a new incident, not a repeat.
     ``failed`` on a server already ejected changes nothing: concurrent attempts that started before
     the ejection all fail together and must not count as repeated failures. When every candidate is
     ejected, ``pick`` still returns the one whose ejection ends first: trying is better than a 503.
@@ -71,7 +74,7 @@ class Balancer(Generic[T]):
     """Chooses a server per attempt. ``servers`` must be hashable (e.g. ``(ip, port)`` tuples)."""
 
     __slots__ = ("servers", "weights", "weighted", "eject_seconds", "max_eject_seconds", "_clock",
-                 "_schedule", "_n", "_pos", "_live", "_current", "_total", "_ejected", "_failures")
+                 "_schedule", "_n", "_pos", "_live", "_current", "_total", "_ejected", "_failures", "_back_at")
 
     def __init__(self, servers: Sequence[T], weights: Sequence[int], *, weighted: bool,
                  eject_seconds: float = 10.0, max_eject_seconds: float | None = None,
@@ -102,6 +105,7 @@ class Balancer(Generic[T]):
         self._pos = 0
         self._ejected: dict[T, float] = {}  # server → monotonic time its ejection ends
         self._failures: dict[T, int] = {}  # server → consecutive failures (reset by succeeded)
+        self._back_at: dict[T, float] = {}  # server → when its last ejection ended (or ends)
         self._live = False
         self._current: list[int] = []
         self._total = 0
@@ -140,6 +144,7 @@ class Balancer(Generic[T]):
         if self._failures:  # one truthiness test in the common case
             if self._failures.pop(server, None) is not None:
                 self._ejected.pop(server, None)
+                self._back_at.pop(server, None)
 
     def failed(self, server: T) -> None:
         """Connection refused or reset: eject for ``eject_seconds``, doubling on repeated failure."""
@@ -149,10 +154,18 @@ class Balancer(Generic[T]):
         until = self._ejected.get(server)
         if until is not None and until > now:
             return  # already out: failures of attempts started before the ejection do not compound
-        count = self._failures.get(server, 0) + 1
+        count = self._streak(server, now) + 1
         self._failures[server] = count
         seconds = min(self.eject_seconds * 2.0 ** min(count - 1, 62), self.max_eject_seconds)
-        self._ejected[server] = now + seconds
+        self._ejected[server] = self._back_at[server] = now + seconds
+
+    def _streak(self, server: T, now: float) -> int:
+        """Consecutive failures that still count: none once the server has served
+        ``max_eject_seconds`` since its last ejection ended without failing again."""
+        count = self._failures.get(server, 0)
+        if count and now - self._back_at.get(server, now) >= self.max_eject_seconds:
+            return 0
+        return count
 
     # ------------------------------------------------------------------ slow paths
 
@@ -228,7 +241,7 @@ class Balancer(Generic[T]):
         for server, weight in zip(self.servers, self.weights):
             until = self._ejected.get(server, now)
             out.append({"server": server, "weight": weight, "ejected_seconds": max(0.0, until - now),
-                        "failures": self._failures.get(server, 0)})
+                        "failures": self._streak(server, now)})
         return out
 
     def carry_over(self, previous: Balancer[T]) -> None:
@@ -236,6 +249,7 @@ class Balancer(Generic[T]):
         mine = set(self.servers)
         self._ejected.update({s: u for s, u in previous._ejected.items() if s in mine})
         self._failures.update({s: c for s, c in previous._failures.items() if s in mine})
+        self._back_at.update({s: t for s, t in previous._back_at.items() if s in mine})
 
     def __repr__(self) -> str:
         kind = "weighted" if self.weighted else "round_robin"
