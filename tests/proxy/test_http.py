@@ -356,7 +356,8 @@ async def test_requests_refused_as_bad_input_are_logged_with_what_was_read(caplo
     async with Backend() as b, ProxyUnderTest(simple_config([b.url]), options=opts) as p:
         with caplog.at_level(logging.INFO, logger="lightmesh.access"):
             slow = await RawClient.connect(p.port)
-            await slow.send(b"GET /slow-head HTTP/1.1\r\nHost: svc\r\n")
+            # (llhttp hands a header over once the next one begins: curl and browsers send Host first)
+            await slow.send(b"GET /slow-head HTTP/1.1\r\nHost: svc\r\nUser-Agent: t\r\n")
             assert (await slow.response(timeout=3)).status == 408
             await slow.close()
             bad = await RawClient.connect(p.port)
@@ -367,7 +368,43 @@ async def test_requests_refused_as_bad_input_are_logged_with_what_was_read(caplo
         entries = {e["status"]: e for e in (json.loads(r.getMessage()) for r in caplog.records
                                             if r.name == "lightmesh.access")}
         assert entries[408]["path"] == "/slow-head" and entries[408]["duration_ms"] >= 250, entries[408]
+        assert entries[408]["method"] == "GET" and entries[408]["host"] == "svc", entries[408]
         assert entries[400]["path"] == "/smuggle", entries[400]
+        assert not b.requests
+        # a 408 before the head was complete counts no method: it was never a request
+        assert p.metrics.requests[("unrouted", "408", "-")] == 1
+
+
+@on_uvloop
+async def test_oversized_heads_are_logged_with_their_request_line_and_host(caplog):
+    import json
+    import logging
+
+    opts = HTTPOptions(access_log=True, max_header_bytes=4096)
+    filler = b"X-Filler: " + b"f" * 5000 + b"\r\n"
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url]), options=opts) as p:
+        with caplog.at_level(logging.INFO, logger="lightmesh.access"):
+            whole = await RawClient.connect(p.port)  # the whole head in one read
+            await whole.send(b"PUT /one-read HTTP/1.1\r\nhOsT:  svc \r\n" + filler + b"\r\n")
+            assert (await whole.response()).status == 431
+            await whole.close()
+            split = await RawClient.connect(p.port)  # the request line first, the rest later
+            await split.send(b"DELETE /two-reads HTTP/1.1\r\nHost: svc\r\nUser-Agent: t\r\n")
+            await asyncio.sleep(0.05)
+            await split.send(filler + b"\r\n")
+            assert (await split.response()).status == 431
+            await split.close()
+            garbage = await RawClient.connect(p.port)
+            await garbage.send(b"\x16\x03 not a request line " + filler)
+            assert (await garbage.response()).status in (400, 431)
+            await garbage.close()
+        entries = [json.loads(r.getMessage()) for r in caplog.records if r.name == "lightmesh.access"]
+        fields = [(e["status"], e["method"], e["host"], e["path"]) for e in entries]
+        assert fields[:2] == [(431, "PUT", "svc", "/one-read"), (431, "DELETE", "svc", "/two-reads")], fields
+        assert fields[2][1:] == ("", "", ""), fields
+        # counted without a method: the heads were never complete requests
+        assert p.metrics.requests[("unrouted", "431", "-")] == sum(1 for f in fields if f[0] == 431)
+        assert not any(key[2] != "-" for key in p.metrics.requests)
         assert not b.requests
 
 

@@ -471,16 +471,34 @@ _REPLAY_METHODS = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE"))
 _IDEMPOTENCY_KEYS = frozenset((b"idempotency-key", b"x-idempotency-key"))
 
 
-def _refusal(partial: Exchange | None) -> Exchange:
+_HOST_LINE = re.compile(rb"\r\n[Hh][Oo][Ss][Tt][ \t]*:[ \t]*([^\r\n]*)")
+
+
+def _refusal(partial: Exchange | None, method: bytes = b"", head: bytes = b"") -> Exchange:
     """The exchange of a request refused as bad input (400, 408, 431), from what was read of it:
-    its start and target (method and Host too once the head was complete) go to the access log and
-    the duration histogram (a 408 took the header timeout, not 0 ms). A head refused before its
-    target was read (431 on an oversized head) has none."""
+    its start, method, target and Host (once llhttp handed it over: when the next header began) go
+    to the access log and its duration to the histogram (a 408 took the header timeout, not 0 ms). ``method``: the parser's, for a head cut short (the
+    exchange has it only once complete). ``head``: the bytes of a head refused before the parser
+    saw any of it (431 on an oversized first read), whose request line and Host are read from it.
+    Until a head is complete its method is not counted in metrics (``-``): it was never a request."""
     if partial is None:
-        return Exchange(perf_counter())
+        ex = Exchange(perf_counter())
+        ex.keep_alive = False
+        end = head.find(b"\r\n", 0, MAX_METHOD_BYTES + 8192)
+        line = head[:end].split(b" ") if end > 0 else ()
+        if len(line) == 3 and _TOKEN.fullmatch(line[0]) is not None:
+            ex.mstr, ex.mlabel, ex.url = line[0].decode("latin-1"), "-", line[1]
+            host = _HOST_LINE.search(head)
+            if host is not None:
+                ex.host = host.group(1).strip(b" \t")
+        return ex
     ex = Exchange(partial.start)
     ex.v10, ex.keep_alive = partial.v10, False
     ex.url, ex.host, ex.mstr, ex.mlabel = partial.url, partial.host, partial.mstr, partial.mlabel
+    if not ex.mstr and method:
+        ex.mstr, ex.mlabel = method.decode("latin-1"), "-"
+    if not ex.host:
+        ex.host = next((v for n, v in partial.headers if n.lower() == b"host"), b"")
     return ex
 
 
@@ -711,7 +729,7 @@ class ClientProtocol(asyncio.Protocol):
             if seen > limit:
                 end = data.find(b"\r\n\r\n")
                 if end < 0 or self.head_seen + end + 4 > limit:
-                    self._input_error(431)
+                    self._input_error(431, data[:limit] if self.head_seen == 0 else b"")
                     self.flush()
                     return
             self.head_seen = seen
@@ -1163,8 +1181,21 @@ class ClientProtocol(asyncio.Protocol):
         self.closing = True
         self.broken = True
 
+    def _read_method(self) -> bytes:
+        """The method of the head being parsed, once llhttp has read it (its target began)."""
+        cur = self.cur
+        if cur is None or not cur.url or not self.in_head:
+            return b""  # llhttp reports its method 0 (DELETE) until it has read one; a complete
+            # head has its own (and a body passed on unparsed has a new parser)
+        if self.alt_method is not None:
+            return self.alt_method
+        try:
+            return self.parser.get_method()
+        except Exception:
+            return b""
+
     def _reply_and_close(self, status: int) -> None:
-        ex = _refusal(self.cur)
+        ex = _refusal(self.cur, self._read_method())
         ex.close_after = True
         ex.req_done = True
         ex.status = status
@@ -1174,11 +1205,13 @@ class ClientProtocol(asyncio.Protocol):
         self.active = ex  # only called with nothing in flight
         self._respond_local(ex)
 
-    def _input_error(self, status: int) -> None:
-        """Malformed or hostile input: answer ``status`` (after what is in flight) and close."""
+    def _input_error(self, status: int, head: bytes = b"") -> None:
+        """Malformed or hostile input: answer ``status`` (after what is in flight) and close.
+        ``head``: the read that began an oversized head, for the access log (see ``_refusal``)."""
         self.broken = True
         if self.transport is not None:
             self.transport.pause_reading()
+        method = self._read_method()
         ex = self.cur
         self.cur = None
         if ex is not None and ex is self.active and ex.local == 0:
@@ -1214,7 +1247,7 @@ class ClientProtocol(asyncio.Protocol):
         if ex is not None and ex.span is not None:
             ex.span.end(status, 0, "")
             ex.span = None
-        err = _refusal(ex)
+        err = _refusal(ex, method, head if ex is None else b"")
         err.close_after = True
         err.req_done = True
         self._local(err, status)
