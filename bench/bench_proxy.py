@@ -7,6 +7,9 @@ Targets (all started at once, measured round-robin so host noise hits every one 
 ``haproxy``      HAProxy ``mode http``, 1 thread, ``http-reuse always``
 ``lightmesh``    ``python -m lightmesh proxy --workers 1`` with the mesh chain on the route
                  (allow-list 127.0.0.0/8, rate limit set very high, retry 1, metrics always on)
+``floor``        ``bench/floor_relay.py`` (small scenarios only): a 1:1 uvloop relay that parses
+                 with httptools and rebuilds the request head, nothing else; context: what the
+                 runtime alone costs, so ``lightmesh`` minus ``floor`` is Lightmesh's own work
 ``haproxy-tcp``  HAProxy ``mode tcp`` (TCP relay test; the goal's reference)
 ``haproxy-tcp-splice`` the same with ``option splice-auto`` (context: kernel splicing, as Lightmesh)
 ``lightmesh-tcp`` the same Lightmesh proxy's TCP route (TCP relay test)
@@ -67,10 +70,10 @@ QUIET_TRIES = 5  # quiet-second probes before a run
 
 SCENARIOS = {
     # name: (path, wrk connections, targets, what is compared)
-    "small": ("/", 50, ("direct", "nginx", "haproxy", "lightmesh")),
+    "small": ("/", 50, ("direct", "nginx", "haproxy", "lightmesh", "floor")),
     # every request differs (a unique X-Request-Id, as traced mesh traffic carries a unique traceparent):
     # no per-connection memo of identical requests helps here
-    "small-varied": ("/", 50, ("direct", "nginx", "haproxy", "lightmesh")),
+    "small-varied": ("/", 50, ("direct", "nginx", "haproxy", "lightmesh", "floor")),
     "big": ("/big", 10, ("direct", "nginx", "haproxy", "lightmesh")),
     "tcp": ("/big", 10, ("haproxy-tcp", "haproxy-tcp-splice", "lightmesh-tcp")),
 }
@@ -711,7 +714,7 @@ def _main(args: argparse.Namespace) -> int:
     big_md5 = hashlib.md5(big).hexdigest()
     for sub in ("backend-tmp", "nginx-proxy-tmp"):
         (workdir / sub).mkdir()
-    (p_backend, p_nginx, p_haproxy, p_haproxy_tcp, p_splice, p_lm, p_lm_tcp, p_admin) = free_ports(8)
+    (p_backend, p_nginx, p_haproxy, p_haproxy_tcp, p_splice, p_lm, p_lm_tcp, p_admin, p_floor) = free_ports(9)
     (workdir / "backend.conf").write_text(backend_conf(workdir, p_backend))
     (workdir / "nginx-proxy.conf").write_text(nginx_proxy_conf(workdir, p_nginx, p_backend))
     (workdir / "haproxy-http.cfg").write_text(haproxy_conf(p_haproxy, p_backend, "http"))
@@ -734,6 +737,8 @@ def _main(args: argparse.Namespace) -> int:
         Target("haproxy-tcp-splice", p_splice, ["haproxy", "-db", "-f", str(workdir / "haproxy-tcp-splice.cfg")],
                proxy_cpu),
         lightmesh,
+        Target("floor", p_floor, [sys.executable, str(HERE / "floor_relay.py"), "--port", str(p_floor),
+                                  "--backend", str(p_backend)], proxy_cpu, env=MALLOC_ENV),
     ]
     errors: dict[str, str] = {}
     if wanted is None or wanted & {"lightmesh", "lightmesh-tcp"}:
