@@ -1,4 +1,6 @@
-"""Canary release with an SMI TrafficSplit: ``web`` → 90 % ``web-v1``, 10 % ``web-v2``.
+"""Canary release with an SMI TrafficSplit: ``web`` → 90 % ``web-v1``, 10 % ``web-v2``, on a cluster
+where Lightmesh is installed (the root stack, or ``examples/acl``: they bring the SMI CRDs this
+program's TrafficSplit needs).
 
     pulumi up
     pulumi config set canaryWeight 50 && pulumi up      # shift more traffic to v2

@@ -281,7 +281,10 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Run the lightmesh-policies pack over a Pulumi program offline "
                                                  "(SDK mock engine; no Pulumi CLI, no cluster).")
     parser.add_argument("program_dir")
-    parser.add_argument("-s", "--stack", default="dev")
+    parser.add_argument("-s", "--stack", default="dev",
+                        help="the stack to judge as (default: dev, a development stack, so lightmesh-require-acl "
+                             "does not apply; in CI pass the name of the stack you deploy) and whose "
+                             "Pulumi.<stack>.yaml config is read")
     parser.add_argument("-c", "--config", action="append", default=[], metavar="KEY=VALUE",
                         help="stack config override (repeatable)")
     parser.add_argument("--policy-pack-config", metavar="FILE",
