@@ -395,6 +395,29 @@ async def test_invented_methods_do_not_make_new_metric_series():
 
 
 @on_uvloop
+async def test_a_failed_attempt_the_retry_answered_leaves_the_circuit_breaker_closed():
+    # as on HTTP/1.1: the breaker judges a stream's outcome after its retries
+    from .backends import closed_port
+
+    mws = [{"type": "circuit_breaker", "name": "cb", "expression": "NetworkErrorRatio() > 0.5"},
+           {"type": "retry", "name": "retry", "attempts": 2}]
+    routers = [{"name": "r", "service": "svc", "middlewares": ["cb", "retry"]}]
+    dead = f"h2c://127.0.0.1:{closed_port()}"
+    async with H2Server() as up, ProxyUnderTest(simple_config([dead, up.url], routers=routers,
+                                                              middlewares=mws)) as p:
+        await asyncio.sleep(0.15)  # past the breaker's first check time
+        c = await H2Client.connect(p.port)
+        statuses = []
+        for _ in range(4):
+            (r,) = await c.wait([c.start("/echo", body=b"x")], timeout=5)
+            statuses.append(r["headers"][b":status"])
+            await asyncio.sleep(0.12)
+        await c.close()
+        assert statuses == [b"200"] * 4
+        assert p.metrics.retries["svc"] >= 1 and p.metrics.breaker_state.get("svc", 0) == 0
+
+
+@on_uvloop
 async def test_timeouts_count_against_the_server_in_circuit_breakers():
     # as on HTTP/1.1: a server that never answers trips a breaker on its 504s
     mws = [{"type": "request_timeout", "name": "t", "seconds": 0.05},

@@ -96,6 +96,30 @@ async def test_circuit_breaker_opens_on_network_errors():
 
 
 @on_uvloop
+async def test_circuit_breaker_judges_requests_after_their_retries_not_failed_attempts():
+    # the README's pairing (retry 2 + NetworkErrorRatio() > 0.5) with a dead replica: a failed
+    # attempt the retry answered must not open the breaker (it did after a quiet spell, when the
+    # window held that failure alone: 503 for 10 s for a service that answered every request)
+    down = f"http://127.0.0.1:{closed_port()}"
+    mws = [{"type": "circuit_breaker", "name": "cb", "expression": "NetworkErrorRatio() > 0.5"},
+           {"type": "retry", "name": "retry", "attempts": 2}]
+    async with Backend() as b, ProxyUnderTest(_cfg([down, b.url], mws)) as p:
+        await asyncio.sleep(0.15)  # past the breaker's first check time: the next sample is checked
+        statuses = []
+        for _ in range(6):
+            statuses.append((await request(p.port)).status)
+            await asyncio.sleep(0.12)
+        assert statuses == [200] * 6
+        assert p.metrics.retries["svc"] >= 1 and p.metrics.breaker_state.get("svc", 0) != CB_OPEN
+    # every attempt failing is still a failed request
+    async with ProxyUnderTest(_cfg([down], mws)) as p:
+        await asyncio.sleep(0.15)
+        first = (await request(p.port)).status
+        await asyncio.sleep(0.12)
+        assert (first, (await request(p.port)).status) == (502, 503)
+
+
+@on_uvloop
 async def test_circuit_breaker_reads_upstream_503_as_a_response_code_not_a_network_error():
     """Traefik's semantics: an upstream 503 is a response code (ResponseCodeRatio trips), not a
     network error (NetworkErrorRatio stays 0); only 502/504 and no response count as network errors."""

@@ -684,8 +684,6 @@ class H2Downstream(asyncio.Protocol):
         st.up_id = 0
         self.metrics.upstream_error(st.service, reason)
         st.route.service.balancer.failed(st.server)
-        for breaker in st.route.breakers:
-            breaker.record(None, perf_counter() - st.start)
         if st.retries_left > 0 and st.replayable:
             st.retries_left -= 1
             st.retries += 1
@@ -693,6 +691,8 @@ class H2Downstream(asyncio.Protocol):
             st.tried = (*st.tried, st.server)
             self._forward(st)
         else:
+            for breaker in st.route.breakers:  # the request's outcome after its retries (see http.py)
+                breaker.record(None, perf_counter() - st.start)
             self._local(st, 502)
         self.side.flush()
 

@@ -50,8 +50,11 @@ body (1 MiB of body bytes: chunk framing does not count) that was already sent i
 nothing is retried once any response byte arrived (a 1xx, part of a head: the server acted on
 the request). Independently of the middleware, a pooled connection that turns out closed by the server
 is retried once on a fresh connection (the keep-alive race). Passive health: ``Balancer.failed``
-on connect failure or reset, ``succeeded`` on a response. Circuit breakers record every attempt's
-outcome (network errors as None) and every response.
+on connect failure or reset, ``succeeded`` on a response. Circuit breakers judge requests, not
+attempts: each records a request's final outcome, after its retries (a response's status; None, a
+network error, when the last attempt failed; 504 on a timeout), as Traefik's breaker does in front
+of its retry middleware (the order the controller writes): a failed attempt that a retry answered
+leaves the breaker alone, so passive health, not the breaker, deals with one dead server.
 
 Connections and timeouts: :class:`ConnectionSet` lives in ``HTTPOptions.connections`` (one per
 worker, shared by its entry points; ``max_connections`` counts there). Each client connection has
@@ -1410,8 +1413,6 @@ class ClientProtocol(asyncio.Protocol):
             return
         if not (reused and reason == "reset"):  # the keep-alive race says nothing of the server's health
             service.balancer.failed(server)
-        for breaker in ex.route.breakers:
-            breaker.record(None, perf_counter() - ex.start)
         if ex.retries_left > 0 and ex.wire is not None:
             ex.retries_left -= 1
             ex.retries += 1
@@ -1419,6 +1420,8 @@ class ClientProtocol(asyncio.Protocol):
             ex.tried = (*ex.tried, server)
             self._forward(ex)
             return
+        for breaker in ex.route.breakers:  # the request's outcome, after its retries: a network error
+            breaker.record(None, perf_counter() - ex.start)
         ex.close_after = ex.close_after or not ex.req_done
         self._local(ex, 502)
 
