@@ -720,7 +720,9 @@ def _validate_annotations(args: ResourceValidationArgs, report: ReportViolation)
         # "...: invalid circuit-breaker expression: ... at position 1 in 'Foo() > 1'": the value is already there
         text = (f"annotation {error.annotation}={model.shown(error.value)}: "
                 f"{error.reason.removesuffix(f' in {error.value!r}')}")
-        report(f"{where}: {text}. The controller ignores this Service's mesh settings until it is fixed. Fix: "
+        effect = ("The controller ignores this Service's mesh settings until it is fixed" if error.fatal
+                  else "The controller applies no rate limit to this Service until it is fixed")
+        report(f"{where}: {text}. {effect}. Fix: "
                f"correct the annotation, or MeshService arg {_MESH_SERVICE_FIELD.get(key, key)}.")
     if cfg["report_unknown_keys"]:
         for full in sorted(known):

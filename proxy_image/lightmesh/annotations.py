@@ -62,6 +62,9 @@ class AnnotationError:
     annotation: str  # the full key as written, e.g. "mesh.traefik.io/retry-attempts"
     value: str
     reason: str
+    # False: the setting does nothing, but the Service is fine without it (half a rate-limit pair,
+    # which Traefik Mesh ignored without a word): the controller reports it and keeps the Service
+    fatal: bool = True
 
     def __str__(self) -> str:
         return f"annotation {self.annotation}={self.value!r}: {self.reason}"
@@ -156,9 +159,11 @@ def parse_annotations_lenient(annotations: Mapping[str, str] | None,
         average = _int(average_found, 1, MAX_RATE, errors) if average_found else None
         burst = _int(burst_found, 1, MAX_RATE, errors) if burst_found else None
         if average_found and not burst_found:
-            errors.append(AnnotationError(*average_found, f"needs {_sibling(average_found[0], RATELIMIT_BURST)} too"))
+            errors.append(AnnotationError(*average_found, f"needs {_sibling(average_found[0], RATELIMIT_BURST)} too",
+                                          fatal=average is None))
         elif burst_found and not average_found:
-            errors.append(AnnotationError(*burst_found, f"needs {_sibling(burst_found[0], RATELIMIT_AVERAGE)} too"))
+            errors.append(AnnotationError(*burst_found, f"needs {_sibling(burst_found[0], RATELIMIT_AVERAGE)} too",
+                                          fatal=burst is None))
         elif average is not None and burst is not None:
             rate_limit = RateLimit(average, burst)
 

@@ -698,3 +698,29 @@ def test_http_only_annotations_on_a_tcp_or_udp_service_are_reported_and_the_serv
         "traffic type tcp does not use it, ignored")
     assert "traffic type udp" in errors[("dns", "metadata.annotations[lightmesh.io/request-timeout]")]
     assert [r.servers for r in result.config.tcp] and [r.servers for r in result.config.udp]  # still meshed
+
+
+def test_half_a_rate_limit_pair_is_reported_and_the_service_stays_meshed_without_a_limit():
+    # Traefik Mesh applied no rate limit to a Service with only one of the pair and kept it; leaving
+    # it out of the mesh (NXDOMAIN for its mesh name) broke manifests written for Traefik Mesh
+    state = ClusterState.from_objects([
+        pod("w", "10.0.0.2", sa="web"),
+        svc("avg", ports=[{"port": 80}], annotations={"mesh.traefik.io/ratelimit-average": "100"}),
+        eps("avg", [{"addresses": ["10.0.0.2"]}], [{"port": 80}]),
+        svc("burst", ports=[{"port": 80}], annotations={"maesh.containo.us/ratelimit-burst": "10"}),
+        eps("burst", [{"addresses": ["10.0.0.2"]}], [{"port": 80}]),
+        svc("bad", ports=[{"port": 80}], annotations={"mesh.traefik.io/ratelimit-average": "lots"}),
+        eps("bad", [{"addresses": ["10.0.0.2"]}], [{"port": 80}]),
+    ])
+    result = build(state, Settings(), 1)
+    errors = {(e.name, e.field): e.message for e in result.errors}
+    assert errors[("avg", "metadata.annotations[mesh.traefik.io/ratelimit-average]")] == (
+        "annotation mesh.traefik.io/ratelimit-average='100': needs mesh.traefik.io/ratelimit-burst too; "
+        "no rate limit is applied; the service stays in the mesh")
+    assert "needs maesh.containo.us/ratelimit-average too" in errors[
+        ("burst", "metadata.annotations[maesh.containo.us/ratelimit-burst]")]
+    meshed = {s.name for s in result.topology.services.values()}
+    assert {"avg", "burst"} <= meshed and "bad" not in meshed  # a bad value still leaves it out
+    routed = {r.service.split(":")[0] for r in result.config.http.routers}
+    assert routed == {"app/avg", "app/burst"}, routed
+    assert not result.config.http.middlewares  # and no rate limit anywhere

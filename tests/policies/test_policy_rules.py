@@ -324,7 +324,8 @@ def test_valid_annotations_under_every_prefix_pass():
     ({"lightmesh.io/circuit-breaker-expression": "Foo() > 1"},
      "Service a/x: annotation lightmesh.io/circuit-breaker-expression='Foo() > 1': invalid circuit-breaker expression: "
      "unknown function 'Foo' "),
-    ({"lightmesh.io/ratelimit-average": "10"}, "needs lightmesh.io/ratelimit-burst too"),
+    ({"lightmesh.io/ratelimit-average": "10"},
+     "needs lightmesh.io/ratelimit-burst too. The controller applies no rate limit to this Service until it is fixed"),
     ({"lightmesh.io/request-timeout": "5"}, "a unit is required"),
     ({"lightmesh.io/retry-attempt": "2"}, "did you mean lightmesh.io/retry-attempts?"),
     # a number of 5,000 digits: reported (it crashed the pack), its value cut short

@@ -13,6 +13,8 @@ What is meshed (as Traefik Mesh does, reference §1.3–§1.4, §3):
   annotation is reported with its key and value. Its existing shadow Service and mesh ports are kept
   (see :mod:`ports`, :mod:`shadow`), so fixing the annotation brings it back at the same address.
   On ``tcp``/``udp`` Services the HTTP-only annotations are unused: a bad one is reported, not fatal.
+  Half a rate-limit pair (average without burst, or the reverse) is reported and applies no rate
+  limit; the Service stays meshed, as Traefik Mesh kept it (manifests written for it keep working).
 * The HTTP mesh-port index counts meshed ports only (Traefik counted skipped ports too, quirk 15).
 
 Endpoints come from EndpointSlices (``kubernetes.io/service-name`` label): ready ones only
@@ -456,10 +458,15 @@ def _annotation_errors(ns: str, name: str, settings: MeshSettings, found: list, 
     for err in found:
         key = err.annotation.rsplit("/", 1)[-1]
         unused = not http and key in HTTP_ONLY_KEYS
-        what = ("not used by a non-HTTP service, ignored" if unused else "the service is left out of the mesh")
+        if unused:
+            what = "not used by a non-HTTP service, ignored"
+        elif not err.fatal:
+            what = "no rate limit is applied; the service stays in the mesh"
+        else:
+            what = "the service is left out of the mesh"
         errors.add("Service", ns, name, f"metadata.annotations[{err.annotation}]",
                    f"annotation {err.annotation}={err.value!r}: {err.reason}; {what}")
-        fatal = fatal or not unused
+        fatal = fatal or (not unused and err.fatal)
     return fatal
 
 
