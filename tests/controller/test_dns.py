@@ -141,25 +141,57 @@ def test_longest_domain_wins():
     assert table.lookup("x.svc.ns.mesh")[0] == "nxdomain"
 
 
-def test_tcp_connections_are_capped(monkeypatch):
+def _open(port, local="127.0.0.1"):
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(local, 0))
+    return sock
+
+
+def _ask(sock, name="whoami.whoami.lightmesh"):
+    packet = DNSRecord.question(name).pack()
+    sock.sendall(struct.pack("!H", len(packet)) + packet)
+    size = struct.unpack("!H", _read(sock, 2))[0]
+    return [str(r.rdata) for r in DNSRecord.parse(_read(sock, size)).rr]
+
+
+def _closed(sock):
+    try:
+        return sock.recv(10) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_tcp_connections_are_bounded_and_the_longest_idle_makes_room(monkeypatch):
+    # one client holding every connection (a query now and then) used to lock all others out
     import lightmesh.controller.dns as dns_module
 
-    monkeypatch.setattr(dns_module, "MAX_TCP_CONNECTIONS", 1)
+    monkeypatch.setattr(dns_module, "MAX_TCP_CONNECTIONS", 3)
+    monkeypatch.setattr(dns_module, "MAX_TCP_CONNECTIONS_PER_CLIENT", 2)
 
     async def scenario():
         server = MeshDNS(TABLE)
         port = await server.start("127.0.0.1", 0)
         try:
-            def second_is_refused():
-                with socket.create_connection(("127.0.0.1", port), timeout=5) as first:
-                    first.sendall(b"\x00")  # half a length prefix: the server holds this connection
-                    for _ in range(200):  # until the server registered the first one
-                        if server._tcp_tasks:
-                            break
-                        time.sleep(0.01)
-                    with socket.create_connection(("127.0.0.1", port), timeout=5) as second:
-                        return second.recv(10)
-            assert await asyncio.to_thread(second_is_refused) == b""  # closed at once
+            def clients():
+                hog1, hog2 = _open(port), _open(port)
+                assert _ask(hog1) == ["127.1.2.3"] and _ask(hog2) == ["127.1.2.3"]
+                time.sleep(0.02)
+                assert _ask(hog2) == ["127.1.2.3"]  # hog1 is now the longer idle
+                hog3 = _open(port)  # the client's third: its longest-idle one makes room
+                assert _ask(hog3) == ["127.1.2.3"] and _closed(hog1)
+                other = _open(port, "127.0.0.2")  # another client: under its own bound
+                assert _ask(other) == ["127.1.2.3"]
+                busy = _open(port, "127.0.0.3")  # total bound reached: the longest idle (hog2) goes
+                assert _closed(hog2)
+                busy.sendall(b"\x00\x20")  # a query under way (length sent, body not yet)
+                time.sleep(0.05)
+                hog3.sendall(b"\x00\x20")
+                other.sendall(b"\x00\x20")
+                time.sleep(0.05)
+                refused = _open(port, "127.0.0.4")  # every connection busy: closed at once
+                assert _closed(refused)
+                for s in (hog1, hog2, hog3, other, busy, refused):
+                    s.close()
+            await asyncio.to_thread(clients)
             # UDP still answers
             reply = await asyncio.to_thread(udp_query, port, "whoami.whoami.lightmesh")
             assert [str(r.rdata) for r in reply.rr] == ["127.1.2.3"]
@@ -167,6 +199,23 @@ def test_tcp_connections_are_capped(monkeypatch):
             await server.stop()
 
     run(scenario())
+
+
+def test_a_label_holding_a_dot_is_not_one_of_our_names():
+    server = MeshDNS(TABLE)
+    for labels, rcode in (((b"whoami.whoami", b"traefik", b"mesh"), RCODE.NXDOMAIN),
+                          ((b"whoami.whoami.traefik.mesh",), RCODE.REFUSED),
+                          ((b"whoami", b"whoami", b"traefik", b"mesh"), RCODE.NOERROR)):
+        query = DNSRecord.question("x.example")
+        query.questions[0].qname.label = labels
+        reply = DNSRecord.parse(server.answer(query.pack()))
+        assert reply.header.rcode == rcode, (labels, reply)
+        assert bool(reply.rr) is (rcode == RCODE.NOERROR)
+    # errors about the message are not authoritative answers
+    two = DNSRecord.question("whoami.whoami.lightmesh")
+    two.add_question(two.questions[0])
+    reply = DNSRecord.parse(server.answer(two.pack()))
+    assert reply.header.rcode == RCODE.FORMERR and reply.header.aa == 0
 
 
 def test_responses_are_ignored_and_other_classes_refused():

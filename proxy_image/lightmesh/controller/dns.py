@@ -14,7 +14,12 @@ whenever the shadow Services change. Answers:
 * a name outside our domains: REFUSED (we are not a recursive resolver);
 * a malformed query: FORMERR when it has a parsable header, else dropped.
 
-Names are compared case-insensitively (RFC 4343).
+Names are compared case-insensitively (RFC 4343), label by label: a label holding a ``.`` byte
+(legal on the wire, never one of ours) names nothing here.
+
+DNS over TCP is bounded (:data:`MAX_TCP_CONNECTIONS`, :data:`MAX_TCP_CONNECTIONS_PER_CLIENT`, an
+idle timeout): at a bound, the longest-idle connection (of that client, or of anyone) is closed to
+make room, so one client holding connections open cannot lock the others out.
 
 The UDP socket sets ``SO_REUSEADDR``: local mode's default port 5353 is also mDNS's, and mDNS
 responders (avahi) hold ``0.0.0.0:5353`` with ``SO_REUSEADDR``. Both flags set, our bind to
@@ -45,7 +50,8 @@ _CLASSES = (1, 255)  # IN and ANY ("*"); CH (version.bind...) and the others are
 MAX_TCP_MESSAGE = 65535
 TCP_IDLE_SECONDS = 10.0
 MAX_TCP_QUERIES_PER_CONNECTION = 1000
-MAX_TCP_CONNECTIONS = 256  # beyond that a new connection is closed at once (UDP is the main path)
+MAX_TCP_CONNECTIONS = 256  # then the longest-idle connection makes room (UDP is the main path)
+MAX_TCP_CONNECTIONS_PER_CLIENT = 64  # one client address: then its own longest-idle one makes room
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,14 @@ class DNSTable:
         status, addresses, _ = self.resolve(qname)
         return status, addresses
 
+    def zone_of(self, labels: tuple[str, ...]) -> str | None:
+        """The domain whose labels end ``labels`` (compared label by label), or None."""
+        for domain in self.domains:
+            tail = tuple(domain.split("."))
+            if len(labels) > len(tail) and labels[-len(tail):] == tail:
+                return domain
+        return None
+
     def resolve(self, qname: str) -> tuple[str, tuple[str, ...] | None, str | None]:
         """Like :meth:`lookup`, plus the domain (zone) the name falls in."""
         name = qname.rstrip(".").lower()
@@ -118,6 +132,7 @@ class MeshDNS:
         self._transport: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.base_events.Server | None = None
         self._tcp_tasks: set[asyncio.Task] = set()
+        self._tcp_conns: dict[asyncio.StreamWriter, _TCPConn] = {}
         self.port: int | None = None
 
     # ------------------------------------------------------------------ answers (pure)
@@ -132,10 +147,17 @@ class MeshDNS:
         reply = request.reply()  # copies id, sets QR, RD; AA set below
         reply.header.ra = 0
         if request.header.opcode != 0 or len(request.questions) != 1:
+            reply.header.aa = 0  # an error about the message, not an authoritative answer
             reply.header.rcode = RCODE.NOTIMP if request.header.opcode != 0 else RCODE.FORMERR
             return reply.pack()
         question = request.questions[0]
-        status, addresses, zone = self.table.resolve(str(question.qname))
+        labels = question.qname.label
+        if any(b"." in label for label in labels):
+            # str(qname) would join "whoami.whoami" + "traefik" + "mesh" into one of our names
+            zone = self.table.zone_of(tuple(label.decode("latin-1").lower() for label in labels))
+            status, addresses = ("nxdomain" if zone else "outside"), None
+        else:
+            status, addresses, zone = self.table.resolve(str(question.qname))
         if status == "outside" or question.qclass not in _CLASSES:  # mesh names are IN only
             reply.header.aa = 0
             reply.header.rcode = RCODE.REFUSED
@@ -211,17 +233,42 @@ class MeshDNS:
             await self._tcp.wait_closed()
             self._tcp = None
 
+    def _make_room(self, client: str) -> bool:
+        """Room for a new TCP connection from ``client``: at a bound, close the longest-idle
+        connection (of that client first). False when every candidate is busy with a query."""
+        conns = self._tcp_conns
+        mine = [c for c in conns.values() if c.client == client]
+        if len(mine) >= MAX_TCP_CONNECTIONS_PER_CLIENT:
+            pool = mine
+        elif len(conns) >= MAX_TCP_CONNECTIONS:
+            pool = list(conns.values())
+        else:
+            return True
+        idle = [c for c in pool if c.idle]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: c.since)
+        del conns[victim.writer]
+        victim.writer.close()  # its reader sees EOF: the task ends
+        return True
+
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        if len(self._tcp_tasks) >= MAX_TCP_CONNECTIONS:
+        peer = writer.get_extra_info("peername")
+        conn = _TCPConn(writer, peer[0] if peer else "")
+        if not self._make_room(conn.client):
             writer.close()
             return
+        self._tcp_conns[writer] = conn
         if task is not None:
             self._tcp_tasks.add(task)
+        loop = asyncio.get_running_loop()
         try:
             for _ in range(MAX_TCP_QUERIES_PER_CONNECTION):
+                conn.idle, conn.since = True, loop.time()
                 try:
                     size = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_SECONDS))[0]
+                    conn.idle = False
                     data = await asyncio.wait_for(reader.readexactly(size), TCP_IDLE_SECONDS)
                 except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
                     return
@@ -235,7 +282,17 @@ class MeshDNS:
         finally:
             if task is not None:
                 self._tcp_tasks.discard(task)
+            if self._tcp_conns.get(writer) is conn:
+                del self._tcp_conns[writer]
             writer.close()
+
+
+@dataclass
+class _TCPConn:
+    writer: asyncio.StreamWriter
+    client: str
+    idle: bool = True  # waiting for the next query's length: may be closed to make room
+    since: float = 0.0
 
 
 class DNSBindError(OSError):
