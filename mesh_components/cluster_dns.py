@@ -133,7 +133,7 @@ def _patched(target: Target, current: Optional[str], domains: Sequence[str], dns
             raise coredns.CorefileError(f"ConfigMap {target.configmap} has no Corefile key")
         return coredns.patch_corefile(current, domains, dns_ip)
     if target.style is DnsStyle.COREDNS_CUSTOM:
-        return coredns.render_server_block(domains, dns_ip)
+        return coredns.render_server_block(domains, dns_ip)  # conflicts: _check_custom_conflicts
     return coredns.patch_stub_domains(coredns.restore_stub_domains(current, old_domains), domains, dns_ip)
 
 
@@ -153,6 +153,24 @@ def _has_ours(target: Target, current: Optional[str], domains: Sequence[str]) ->
     if target.style is DnsStyle.COREFILE:
         return coredns.find_block(current) is not None
     return coredns.restore_stub_domains(current, domains) != coredns.restore_stub_domains(current, [])
+
+
+def _check_custom_conflicts(client: DnsClient, namespace: str, target: Target, data: Optional[dict[str, str]],
+                            domains: Sequence[str]) -> None:
+    """coredns-custom style: CoreDNS imports every ``*.server`` key of the ConfigMap next to its own
+    Corefile, so a mesh zone one of them (or the Corefile) already serves would make it refuse the
+    whole configuration: the block Traefik Mesh leaves on AKS (``traefik.mesh.server``) is that case."""
+    if target.style is not DnsStyle.COREDNS_CUSTOM:
+        return
+    for key, value in sorted((data or {}).items()):
+        if key != target.key and key.endswith(".server") and isinstance(value, str):
+            coredns.check_conflicts(value, domains, where=f"ConfigMap {namespace}/{target.configmap} key {key!r}")
+    for name in client.deployment_configmaps(namespace, target.deployment) or ():
+        if name == target.configmap:
+            continue
+        corefile = (client.get_configmap(namespace, name) or {}).get("Corefile")
+        if isinstance(corefile, str):
+            coredns.check_conflicts(corefile, domains, where=f"the Corefile of ConfigMap {namespace}/{name}")
 
 
 def _baseline(target: Target, current: Optional[str], domains: Sequence[str]) -> Optional[str]:
@@ -206,6 +224,7 @@ def create(client: DnsClient, namespace: str, style: str, domains: Sequence[str]
     # A block or keys of ours already present (state lost, re-install) are not part of the original;
     # otherwise keep the value exactly as found, so delete can give it back byte for byte.
     original = _baseline(target, current, domains)
+    _check_custom_conflicts(client, namespace, target, data, domains)
     written = _patched(target, current, domains, dns_ip, domains)
     if written != current:
         client.set_configmap_key(namespace, target.configmap, target.key, written)
@@ -235,6 +254,7 @@ def update(client: DnsClient, state: dict[str, Any], domains: Sequence[str], dns
         original = state["original"]
     else:
         original = _baseline(target, current, state["domains"])
+    _check_custom_conflicts(client, state["namespace"], target, data, domains)
     written = _patched(target, current, domains, dns_ip, state["domains"])
     if written != current:
         client.set_configmap_key(state["namespace"], target.configmap, target.key, written)

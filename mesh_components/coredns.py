@@ -41,15 +41,15 @@ class CorefileError(ValueError):
     """The DNS configuration cannot be patched safely; the message says why and what to do."""
 
 
-def render_server_block(domains: Sequence[str], dns_ip: str) -> str:
-    """The marker-delimited CoreDNS server block for ``domains`` (always ends with a newline)."""
+def render_server_block(domains: Sequence[str], dns_ip: str, port: int = 53) -> str:
+    """The marker-delimited CoreDNS server block for ``domains`` on ``port`` (always ends with a newline)."""
     if not domains:
         raise CorefileError("at least one mesh domain is required")
     try:
         ipaddress.ip_address(dns_ip)
     except ValueError:
         raise CorefileError(f"mesh DNS address must be an IP address, got {dns_ip!r}") from None
-    zones = " ".join(f"{_zone(d)}:53" for d in domains)
+    zones = " ".join(f"{_zone(d)}:{port}" for d in domains)
     return (f"{BEGIN_MARKER}\n"
             f"{zones} {{\n"
             f"    errors\n"
@@ -83,12 +83,13 @@ def find_block(text: str) -> Optional[tuple[int, int]]:
 
 def patch_corefile(text: str, domains: Sequence[str], dns_ip: str) -> str:
     """``text`` with our block added (after the existing text) or replaced in place."""
-    block = render_server_block(domains, dns_ip)
+    port = root_port(text)
+    block = render_server_block(domains, dns_ip, port)
     span = find_block(text)
     if span:
         start, end = span
         return text[:start] + block + text[end:]
-    check_conflicts(text, domains)
+    check_conflicts(text, domains, port)
     # The separating newline is ours: restore_corefile removes it with the block.
     return text + "\n" + block
 
@@ -126,17 +127,28 @@ def server_zones(text: str) -> list[tuple[int, str, int]]:
     return zones
 
 
-def check_conflicts(text: str, domains: Iterable[str]) -> None:
-    # CoreDNS refuses the same zone twice on one port only; our block serves the mesh zones on 53.
+def check_conflicts(text: str, domains: Iterable[str], port: int = 53, where: str = "the Corefile") -> None:
+    """Raise :class:`CorefileError` when ``text`` (a Corefile, or a ``coredns-custom`` key that
+    CoreDNS imports: ``where`` names it) serves a mesh zone on ``port`` outside our block."""
+    # CoreDNS refuses the same zone twice on one port only; our block serves the mesh zones on ``port``.
     wanted = {_zone(d) for d in domains}
-    for lineno, zone, port in server_zones(text):
-        if zone in wanted and port == 53:
+    for lineno, zone, zone_port in server_zones(text):
+        if zone in wanted and zone_port == port:
             hint = (" It looks like Traefik Mesh's block: uninstall Traefik Mesh (or run `traefik-mesh cleanup`) "
                     "first, or drop this domain from MeshInstall domains."
-                    if "Traefik Mesh Block" in text or "Maesh Block" in text else
+                    if "Traefik Mesh Block" in text or "Maesh Block" in text
+                    or "'traefik.mesh.server'" in where or "'maesh.server'" in where else
                     " Remove that server block or drop this domain from MeshInstall domains.")
-            raise CorefileError(f"the Corefile already serves zone {zone!r} (line {lineno}); "
+            raise CorefileError(f"{where} already serves zone {zone!r} (line {lineno}); "
                                 f"CoreDNS would refuse a second server block for it.{hint}")
+
+
+def root_port(text: str) -> int:
+    """The port the Corefile's root zone (``.``) is served on: our block listens there too, so a
+    CoreDNS run on another port (``.:1053``, non-root images) sends the mesh zones to it. 53 when
+    there is no root block."""
+    ports = [port for _, zone, port in server_zones(text) if zone == "." and port > 0]
+    return ports[0] if ports else 53
 
 
 def _port(token: str) -> int:

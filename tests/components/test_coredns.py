@@ -268,6 +268,40 @@ def test_aks_coredns_custom_keeps_the_users_own_keys():
     assert cluster.configmaps["coredns-custom"] == user
 
 
+def test_coredns_custom_refuses_a_mesh_zone_another_key_or_the_corefile_serves():
+    # AKS with Traefik Mesh's leftover traefik.mesh.server: CoreDNS would refuse the whole config
+    leftover = {"traefik.mesh.server": "traefik.mesh:53 {\n    forward . 10.0.0.9\n}\n"}
+    cluster = FakeCluster({"coredns": ["coredns", "coredns-custom"]},
+                          {"coredns": {"Corefile": _read("aks.Corefile")}, "coredns-custom": dict(leftover)})
+    with pytest.raises(coredns.CorefileError,
+                       match=r"ConfigMap kube-system/coredns-custom key 'traefik.mesh.server' already serves zone "
+                             r"'traefik.mesh'.*uninstall Traefik Mesh"):
+        cluster_dns.create(cluster, "kube-system", "auto", DOMAINS, IP)
+    assert cluster.writes == 0 and cluster.rolls == []
+    # the same zone in the distribution's own Corefile
+    corefile = _read("k3s.Corefile") + "\nmaesh:53 {\n    forward . 10.0.0.9\n}\n"
+    cluster = FakeCluster({"coredns": ["coredns", "coredns-custom"]}, {"coredns": {"Corefile": corefile}})
+    with pytest.raises(coredns.CorefileError, match=r"the Corefile of ConfigMap kube-system/coredns already serves "
+                                                    r"zone 'maesh'"):
+        cluster_dns.create(cluster, "kube-system", "auto", DOMAINS, IP)
+    assert cluster.writes == 0 and cluster.rolls == []
+    # dropping that domain is the way out the message gives
+    state = cluster_dns.create(cluster, "kube-system", "auto", ["lightmesh", "traefik.mesh"], IP)
+    assert state["style"] == "coredns-custom"
+
+
+def test_the_mesh_block_listens_on_the_port_of_the_root_block():
+    # a CoreDNS serving on 1053 (non-root images): a block on :53 would never see a query
+    corefile = ".:1053 {\n    errors\n    forward . /etc/resolv.conf\n}\n"
+    patched = coredns.patch_corefile(corefile, DOMAINS, IP)
+    assert "lightmesh:1053 traefik.mesh:1053 maesh:1053 {" in patched
+    assert coredns.restore_corefile(patched) == corefile
+    assert coredns.patch_corefile(patched, DOMAINS, IP) == patched
+    with pytest.raises(coredns.CorefileError, match="already serves zone 'maesh'"):
+        coredns.patch_corefile(corefile + "maesh:1053 {\n}\n", DOMAINS, IP)
+    coredns.patch_corefile(corefile + "maesh:53 {\n}\n", DOMAINS, IP)  # another port: no clash
+
+
 def test_gke_kube_dns_stub_domains_are_restored_byte_for_byte():
     data = json.loads(_read("gke-kube-dns.json"))
     cluster = FakeCluster({"kube-dns": ["kube-dns"]}, {"kube-dns": dict(data)})
