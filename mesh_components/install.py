@@ -400,8 +400,18 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
     for i, d in enumerate(s["domains"]):
         check.dns_subdomain(f"domains[{i}]", d)
     check.unique("domains", s["domains"])
-    if s["cluster_domain"] in s["domains"]:
-        raise check.fail(f"domains must not include the cluster domain {s['cluster_domain']!r}")
+    cluster_domain = s["cluster_domain"].strip(".").lower()
+    for i, d in enumerate(s["domains"]):
+        # The cluster DNS sends a query to the server block of its longest zone: a mesh domain equal
+        # to, above or below the cluster domain, or in the reverse-lookup tree, takes those lookups
+        # from the cluster DNS and every Service name (or PTR) in the cluster stops resolving.
+        zone = d.strip(".").lower()
+        if zone == cluster_domain or zone.endswith("." + cluster_domain) or cluster_domain.endswith("." + zone):
+            raise check.fail(f"domains[{i}] {d!r} would take the cluster domain {s['cluster_domain']!r} "
+                             "(or part of it) from the cluster DNS; choose a domain outside it")
+        if zone == "arpa" or zone.endswith(".arpa"):
+            raise check.fail(f"domains[{i}] {d!r} would take reverse lookups (arpa) from the cluster DNS; "
+                             "choose another domain")
     for field in ("controller_replicas", "proxy_workers", "proxy_max_surge"):
         s[field] = _int(check, field, s[field], 1, 64)
     if not s.pop("proxy_cpu_limit_given"):  # one CPU per worker: no throttling when every worker is busy
