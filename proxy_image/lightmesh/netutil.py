@@ -5,6 +5,12 @@ takes IPv4 clients (as ``::ffff:a.b.c.d``). asyncio and aiohttp given ``::`` set
 so in an IPv4 or dual-stack cluster the kubelet's probes on the pod's IPv4 address would find
 nothing; hence these sockets are made here and handed to them. Where the host or pod has no IPv6,
 ``::`` falls back to ``0.0.0.0``.
+
+Whoever serves one of these sockets passes :data:`LISTEN_BACKLOG` again: asyncio, uvloop and
+aiohttp call ``listen()`` once more with their own default (100, 128), which a burst of connects
+(every proxy polling a restarted controller) overflows, costing each dropped SYN a 1 s retransmit.
+HTTP servers built on aiohttp (the controller API, the proxy's admin port) close a connection that
+has not sent a complete request head within :data:`HTTP_HEAD_TIMEOUT_SECONDS` (slowloris).
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ import socket
 log = logging.getLogger("lightmesh.netutil")
 
 ANY = "::"
+LISTEN_BACKLOG = 1024
+HTTP_HEAD_TIMEOUT_SECONDS = 10.0  # also closes a keep-alive connection idle that long
 _NO_IPV6 = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT)
 
 
 def listening_socket(host: str, port: int, kind: int = socket.SOCK_STREAM, *, reuse_port: bool = False,
-                     backlog: int = 1024) -> socket.socket:
+                     backlog: int = LISTEN_BACKLOG) -> socket.socket:
     """A bound socket (listening for TCP), non-blocking, ``SO_REUSEADDR`` set (and ``SO_REUSEPORT``
     with ``reuse_port``: the proxy's workers share each port). ``host`` ``::``: dual stack, or
     ``0.0.0.0`` without IPv6; any other host as given (a name is resolved)."""

@@ -66,3 +66,72 @@ def test_the_mesh_dns_on_the_any_address_answers_both_families():
             await server.stop()
 
     asyncio.run(main())
+
+
+def _backlog(port: int) -> int:
+    import shutil
+    import subprocess
+
+    if not shutil.which("ss"):
+        pytest.skip("ss (iproute2) is not installed")
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, timeout=10).stdout
+    return int(out.split()[2])
+
+
+async def _closed_within(port: int, data: bytes, seconds: float) -> bool:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), seconds) == b""  # EOF, no answer
+    finally:
+        writer.close()
+
+
+def test_the_api_admin_and_dns_servers_keep_the_accept_queue_and_time_out_slow_heads(monkeypatch):
+    # aiohttp listened again with a backlog of 128 (asyncio 100 for the DNS): every proxy polling a
+    # restarted controller overflowed it; and a request head never finished held its connection
+    # (and a file descriptor) for good: a few hundred slowloris connections took the API down
+    from lightmesh.controller import api as controller_api
+    from lightmesh.proxy import admin as proxy_admin
+
+    monkeypatch.setattr(controller_api, "HTTP_HEAD_TIMEOUT_SECONDS", 0.3)
+    monkeypatch.setattr(proxy_admin, "HTTP_HEAD_TIMEOUT_SECONDS", 0.3)
+
+    class AdminState:
+        def ready(self):
+            return True
+
+        async def metrics_text(self):
+            return ""
+
+        def rawdata(self):
+            return {}
+
+    async def main():
+        from lightmesh.config import HTTPConfig, make_config
+
+        store = controller_api.ConfigStore()
+        store.publish(make_config(1, HTTPConfig()))
+        api = controller_api.ControllerAPI(store)
+        api_port = await api.start("127.0.0.1", 0)
+        admin = await proxy_admin.AdminServer(AdminState(), "127.0.0.1", 0).start()
+        dns = MeshDNS(DNSTable())
+        dns_port = await dns.start("127.0.0.1", 0)
+        try:
+            assert [_backlog(p) for p in (api_port, admin.port, dns_port)] == [netutil.LISTEN_BACKLOG] * 3
+            for port in (api_port, admin.port):
+                assert await _closed_within(port, b"GET /api/configuration/current HTTP/1.1\r\nHost: x\r\n", 3)
+                assert await _closed_within(port, b"", 3)  # nothing sent at all
+            # a request in progress is not cut: a long poll held past the head timeout is answered
+            reader, writer = await asyncio.open_connection("127.0.0.1", api_port)
+            writer.write(b"GET /api/configuration/current?wait=1 HTTP/1.1\r\nHost: x\r\nIf-None-Match: *\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            writer.close()
+            assert head.split(b" ")[1] == b"304", head  # after wait=1 s, past the 0.3 s head timeout
+        finally:
+            await api.stop()
+            await admin.stop()
+            await dns.stop()
+
+    asyncio.run(main())

@@ -398,3 +398,31 @@ def test_series_of_a_removed_tcp_route_stay_while_its_connections_do():
             echo.close()
 
     run(main())
+
+
+def listen_backlog(port: int) -> int:
+    """The accept queue length the kernel gives a listener (``ss``'s Send-Q column)."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("ss"):
+        pytest.skip("ss (iproute2) is not installed")
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, timeout=10).stdout
+    return int(out.split()[2])
+
+
+def test_every_listener_keeps_the_full_accept_queue():
+    # uvloop listened again with its default of 100 on HTTP entry points: a burst of 800 connects
+    # left hundreds of clients waiting 1 s for a SYN retransmit
+    async def main():
+        echo, eport = await tcp_echo()
+        hp, tp = free_port(), free_port()
+        rt = Runtime(ProxyMetrics())
+        try:
+            await rt.apply(build(1, http_port=hp, http_servers=["http://127.0.0.1:9"], tcp={tp: [eport]}))
+            assert (listen_backlog(hp), listen_backlog(tp)) == (1024, 1024)
+        finally:
+            await rt.close()
+            echo.close()
+
+    run(main())

@@ -28,7 +28,7 @@ from typing import Any, Callable
 from aiohttp import web
 
 from lightmesh import wire
-from lightmesh.netutil import listening_socket
+from lightmesh.netutil import HTTP_HEAD_TIMEOUT_SECONDS, LISTEN_BACKLOG, listening_socket
 
 log = logging.getLogger("lightmesh.controller.api")
 
@@ -157,12 +157,15 @@ class ControllerAPI:
         self.port: int | None = None
 
     async def start(self, host: str, port: int) -> int:
-        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
+        # keepalive_timeout: aiohttp closes a connection waiting that long for a complete head (a
+        # long poll in progress is not waiting: it is never cut)
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0,
+                                     keepalive_timeout=HTTP_HEAD_TIMEOUT_SECONDS)
         await self._runner.setup()
         sock = None
         try:
             sock = listening_socket(host, port)  # "::": dual stack (see lightmesh.netutil)
-            await web.SockSite(self._runner, sock).start()
+            await web.SockSite(self._runner, sock, backlog=LISTEN_BACKLOG).start()
         except BaseException:
             if sock is not None:
                 sock.close()

@@ -41,7 +41,7 @@ from typing import Iterable
 from dnslib import AAAA, QTYPE, RCODE, RR, SOA, A, DNSError, DNSHeader, DNSRecord
 
 from lightmesh import wire
-from lightmesh.netutil import listening_socket
+from lightmesh.netutil import LISTEN_BACKLOG, listening_socket
 
 log = logging.getLogger("lightmesh.controller.dns")
 
@@ -199,7 +199,7 @@ class MeshDNS:
         except OSError as exc:
             raise _bind_error(exc, host, port, "tcp") from None
         try:
-            self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp_sock)
+            self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp_sock, backlog=LISTEN_BACKLOG)
         except BaseException:
             tcp_sock.close()
             raise

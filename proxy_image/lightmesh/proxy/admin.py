@@ -20,7 +20,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from lightmesh.netutil import listening_socket
+from lightmesh.netutil import HTTP_HEAD_TIMEOUT_SECONDS, LISTEN_BACKLOG, listening_socket
 
 log = logging.getLogger("lightmesh.proxy.admin")
 
@@ -72,12 +72,14 @@ class AdminServer:
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> AdminServer:
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        # keepalive_timeout: aiohttp closes a connection waiting that long for a complete head
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
+                                     keepalive_timeout=HTTP_HEAD_TIMEOUT_SECONDS)
         await self._runner.setup()
         sock = None
         try:
             sock = listening_socket(self.address, self.port)  # "::": dual stack (see lightmesh.netutil)
-            await web.SockSite(self._runner, sock).start()
+            await web.SockSite(self._runner, sock, backlog=LISTEN_BACKLOG).start()
         except BaseException as exc:
             if sock is not None:
                 sock.close()

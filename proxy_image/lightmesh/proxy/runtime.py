@@ -31,7 +31,7 @@ import socket
 from typing import Any
 
 from lightmesh.config import ConfigError, ProxyConfig, load_config_dict, load_config_json
-from lightmesh.netutil import listening_socket
+from lightmesh.netutil import LISTEN_BACKLOG, listening_socket
 from lightmesh.proxy import steering
 from lightmesh.proxy.metrics import ProxyMetrics, config_names
 from lightmesh.proxy.tcp import SPLICE_AVAILABLE, TCPListener, TCPRouteState
@@ -40,7 +40,7 @@ from lightmesh.proxy.udp import UDPListener, UDPRouteState
 log = logging.getLogger("lightmesh.proxy.runtime")
 
 ListenerKey = tuple[str, str, int]  # (kind, address, port)
-BACKLOG = 1024
+BACKLOG = LISTEN_BACKLOG
 
 
 @dataclasses.dataclass
@@ -89,7 +89,8 @@ class _HTTPListener:
     async def start(self, sock: socket.socket) -> None:
         self.update(self.name)
         self.sock = sock
-        self.server = await self.runtime.loop.create_server(lambda: self.factory(), sock=sock)
+        # backlog again: uvloop listens anew with its default of 100 otherwise
+        self.server = await self.runtime.loop.create_server(lambda: self.factory(), sock=sock, backlog=BACKLOG)
 
     def steer(self, by_source_ip: bool, workers: int) -> None:
         """Keep one client IP on one worker while a rate-limited route is on this port (see steering)."""
