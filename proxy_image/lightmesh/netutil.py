@@ -27,6 +27,26 @@ HTTP_HEAD_TIMEOUT_SECONDS = 10.0  # also closes a keep-alive connection idle tha
 _NO_IPV6 = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT)
 
 
+def raise_fd_limit(ceiling: int = 1 << 20) -> tuple[int, int]:
+    """Raise this process's soft ``RLIMIT_NOFILE`` to its hard limit (at most ``ceiling``), as nginx
+    (``worker_rlimit_nofile``) and Go programs do: the soft limit is often 1,024 while a proxy holds
+    two descriptors per HTTP connection and up to six per spliced TCP relay. Returns (soft, hard)
+    as they are afterwards; a refusal leaves the limit as it was."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return (-1, -1)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = ceiling if hard == resource.RLIM_INFINITY else min(hard, ceiling)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.debug("could not raise the open-files limit from %d to %d: %s", soft, target, exc)
+    return soft, hard
+
+
 def listening_socket(host: str, port: int, kind: int = socket.SOCK_STREAM, *, reuse_port: bool = False,
                      backlog: int = LISTEN_BACKLOG) -> socket.socket:
     """A bound socket (listening for TCP), non-blocking, ``SO_REUSEADDR`` set (and ``SO_REUSEPORT``

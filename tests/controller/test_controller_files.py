@@ -65,17 +65,19 @@ def write_atomically(directory: Path, objs) -> None:
 
 
 class Controller:
-    def __init__(self, directory: Path, log: Path) -> None:
+    def __init__(self, directory: Path, log: Path, preexec_fn=None) -> None:
         self.directory, self.log = directory, log
         self.api_port, self.dns_port = free_dns_port(), free_dns_port()
         self.proc: subprocess.Popen | None = None
+        self.preexec_fn = preexec_fn
 
     def start(self) -> Controller:
         args = lightmesh_cmd("controller", "--manifests", str(self.directory), "--listen-mode", "shadow-ip",
                              "--api-address", "127.0.0.1", "--api-port", str(self.api_port),
                              "--dns-address", "127.0.0.1", "--dns-port", str(self.dns_port), "--log-level", "info")
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=lightmesh_env())
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=lightmesh_env(),
+                                         preexec_fn=self.preexec_fn)
         self.wait_for(lambda: self.status(wire.READINESS_PATH) == 200, "ready")
         return self
 
@@ -220,6 +222,23 @@ def test_bad_annotation_is_reported_not_fatal(tmp_path, controllers):
     metrics = urllib.request.urlopen(controller.url("/metrics"), timeout=5).read().decode()
     assert 'lightmesh_controller_object_errors{kind="Service"} 1.0' in metrics
     assert 'lightmesh_controller_objects{kind="Service"} 3.0' in metrics
+
+
+def test_the_controller_raises_its_open_files_limit_to_the_hard_limit(tmp_path):
+    # a long poll per proxy, a connection per DNS-over-TCP client: 1,024 runs out on a big cluster
+    import resource
+
+    directory = tmp_path / "state"
+    directory.mkdir()
+    (directory / "app.yml").write_text(yaml.safe_dump_all(objects()))
+    controller = Controller(directory, tmp_path / "controller.log",
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096)))
+    try:
+        controller.start()
+        limits = [line for line in open(f"/proc/{controller.proc.pid}/limits") if line.startswith("Max open files")]
+        assert int(limits[0].split()[3]) == 4096, limits
+    finally:
+        controller.stop()
 
 
 def test_json_manifests_and_missing_directory(tmp_path):

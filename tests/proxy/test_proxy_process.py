@@ -596,3 +596,40 @@ def test_a_listener_error_clears_once_the_port_is_free_again(tmp_path):
                 assert (await request(hp)).status == 200
 
     run(main())
+
+
+def _soft_nofile(pid: int) -> int:
+    for line in open(f"/proc/{pid}/limits"):
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError("no open-files line")
+
+
+def test_the_proxy_raises_its_open_files_limit_to_the_hard_limit(tmp_path):
+    # a soft limit of 1,024 (the usual default) against --max-connections 10,000 and up to six
+    # descriptors per spliced TCP relay: hundreds of relays were reset at EMFILE
+    import resource
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096))
+
+    async def main():
+        hp, tp, ap = free_port(), free_port(), free_port()
+        cfg_path = tmp_path / "proxy.json"
+        cfg_path.write_text(make(1, hp, "http://127.0.0.1:9", tp, 9).to_json())
+        with open(tmp_path / "proxy.log", "wb") as log:
+            proc = subprocess.Popen(lightmesh_cmd("proxy", "--config", str(cfg_path), "--workers", "1",
+                                                  "--admin-address", "127.0.0.1", "--admin-port", str(ap),
+                                                  "--name", "nofile-proxy"),
+                                    stdout=log, stderr=subprocess.STDOUT, env=lightmesh_env(),
+                                    start_new_session=True, preexec_fn=limited)
+        try:
+            data = await wait_ready(f"http://127.0.0.1:{ap}", proc, "nofile-proxy")
+            pids = [proc.pid, *(w["pid"] for w in data["workers"])]
+            assert [_soft_nofile(pid) for pid in pids] == [4096] * len(pids)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+    run(main())

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from lightmesh import wire
 from lightmesh.cliargs import http_url, namespace_list, namespace_name, port_number
+from lightmesh.netutil import raise_fd_limit
 
 log = logging.getLogger("lightmesh.controller")
 
@@ -214,4 +215,5 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         log.error("invalid settings: %s", exc)
         return 2
+    raise_fd_limit()  # one per proxy's long poll, per DNS-over-TCP client, per watch
     return asyncio.run(_main(args))

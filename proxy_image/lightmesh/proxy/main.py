@@ -50,6 +50,7 @@ from pathlib import Path
 from lightmesh import wire
 from lightmesh.cliargs import http_url
 from lightmesh.config import ConfigError, ProxyConfig
+from lightmesh.netutil import raise_fd_limit
 from lightmesh.proxy import metrics as metrics_mod
 
 log = logging.getLogger("lightmesh.proxy")
@@ -171,6 +172,7 @@ def worker_options(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, args.log_format)
+    raise_fd_limit()  # before the workers start: they inherit it
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; keep working without it
