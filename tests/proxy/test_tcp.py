@@ -352,3 +352,27 @@ def test_close_cuts_established_connections():
         assert metrics.open_connections["tcp"] == 0
 
     run(main())
+
+
+def test_a_failure_every_connection_repeats_is_logged_once_per_interval(caplog):
+    # at the open-files limit every accept and connect failed with a log line each: 10 lines a
+    # second per route for as long as it lasted; a dead server does the same per client
+    import logging
+
+    async def main():
+        metrics = ProxyMetrics()
+        listener, lport = await start_listener(make_route([refused_port()], name="dead-route"), metrics=metrics)
+        try:
+            for _ in range(12):
+                reader, writer = await asyncio.open_connection("127.0.0.1", lport)
+                assert await asyncio.wait_for(reader.read(), 5) == b""
+                writer.close()
+            assert await listener.wait_idle(2)
+            assert metrics.upstream_errors[("dead-route", "connect")] >= 1  # every event is still counted
+        finally:
+            listener.close()
+
+    with caplog.at_level(logging.WARNING, logger="lightmesh.proxy.tcp"):
+        run(main())
+    lines = [r.getMessage() for r in caplog.records if "dead-route" in r.getMessage()]
+    assert lines == ["tcp route dead-route: no server reachable (1 tried)"], lines

@@ -37,9 +37,11 @@ import socket
 import sys
 
 from lightmesh import config as cfg
+from lightmesh.proxy.logthrottle import LogThrottle
 from lightmesh.proxy.metrics import ProxyMetrics
 
 log = logging.getLogger("lightmesh.proxy.tcp")
+_throttled = LogThrottle(log)  # per-connection failures: one line per route and kind each 10 s
 
 SPLICE_AVAILABLE = sys.platform.startswith("linux") and hasattr(os, "splice")
 PIPE_SIZE = 256 * 1024  # per direction; bounds what one connection holds in the kernel
@@ -134,7 +136,7 @@ class TCPListener:
                 return
             except OSError as exc:
                 # EMFILE/ENFILE/ENOBUFS: stop for a moment instead of spinning on a ready socket.
-                log.error("tcp route %s: accept failed: %s", self.route.name, exc)
+                _throttled.error(f"accept {self.route.name}", "tcp route %s: accept failed: %s", self.route.name, exc)
                 self._pause_accepting(0.1)
                 return
             self._accepted(conn, peer)
@@ -173,7 +175,8 @@ class TCPListener:
                     up = socket.socket(_family(server[0]), socket.SOCK_STREAM)
                 except OSError as exc:  # EMFILE: this connection fails, the listener goes on
                     self.metrics.upstream_error(route.name, "socket")
-                    log.error("tcp route %s: no socket for an upstream connection: %s", route.name, exc)
+                    _throttled.error(f"socket {route.name}", "tcp route %s: no socket for an upstream connection: %s",
+                                     route.name, exc)
                     break
                 up.setblocking(False)
                 try:
@@ -196,7 +199,8 @@ class TCPListener:
             self.metrics.connection_closed("tcp")
             raise
         if upstream is None:
-            log.warning("tcp route %s: no server reachable (%d tried)", route.name, len(tried))
+            _throttled.warning(f"unreachable {route.name}", "tcp route %s: no server reachable (%d tried)",
+                               route.name, len(tried))
             conn.close()
             self.metrics.connection_closed("tcp")
             return
@@ -365,7 +369,8 @@ class SpliceRelay(_Relay):
     def _no_pipe(self, exc: OSError) -> None:
         # EMFILE/ENFILE (each spliced connection holds 2 sockets and 2 pipes): this one fails, loudly
         self.metrics.upstream_error(self.route_name, "pipe")
-        log.error("tcp route %s: no pipe for a spliced connection: %s", self.route_name, exc)
+        _throttled.error(f"pipe {self.route_name}", "tcp route %s: no pipe for a spliced connection: %s",
+                         self.route_name, exc)
         self.abort()
 
     def shutdown_write(self, fd: int) -> None:

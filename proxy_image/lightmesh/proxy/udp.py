@@ -28,10 +28,12 @@ import logging
 import socket
 
 from lightmesh import config as cfg
+from lightmesh.proxy.logthrottle import LogThrottle
 from lightmesh.proxy.metrics import ProxyMetrics
 from lightmesh.proxy.tcp import _family, _make_allow_list, _make_balancer
 
 log = logging.getLogger("lightmesh.proxy.udp")
+_throttled = LogThrottle(log)  # per-datagram failures: one line per route and kind each 10 s
 
 MAX_SESSIONS = 16384
 RECV_BATCH = 64  # replies read per wake-up of one session socket
@@ -139,7 +141,7 @@ class UDPListener(asyncio.DatagramProtocol):
             sock = socket.socket(_family(server[0]), socket.SOCK_DGRAM)
         except OSError as exc:  # EMFILE: drop this datagram, keep the others flowing
             self.metrics.upstream_error(route.name, "socket")
-            log.error("udp route %s: no socket for a new session: %s", route.name, exc)
+            _throttled.error(f"socket {route.name}", "udp route %s: no socket for a new session: %s", route.name, exc)
             return None
         try:
             sock.setblocking(False)
@@ -148,7 +150,7 @@ class UDPListener(asyncio.DatagramProtocol):
             sock.close()
             route.balancer.failed(server)
             self.metrics.upstream_error(route.name, "connect")
-            log.warning("udp route %s: cannot reach %s: %s", route.name, server, exc)
+            _throttled.warning(f"unreachable {route.name}", "udp route %s: cannot reach %s: %s", route.name, server, exc)
             return None
         session = UDPSession(addr, server, sock, route.name, self.loop.time())
         self.sessions[addr] = session
