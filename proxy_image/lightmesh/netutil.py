@@ -27,6 +27,23 @@ HTTP_HEAD_TIMEOUT_SECONDS = 10.0  # also closes a keep-alive connection idle tha
 _NO_IPV6 = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT)
 
 
+_LOCAL_LIMITS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+
+
+def connect_failure_reason(exc: BaseException) -> str:
+    """The ``upstream_errors_total`` reason of a failed upstream connect: ``connect_timeout``,
+    ``local_limit`` when this process ran out of file descriptors or kernel buffers (the server
+    is not at fault: no ejection, no circuit-breaker sample), else ``connect``."""
+    if isinstance(exc, TimeoutError):  # asyncio.TimeoutError is TimeoutError from Python 3.11
+        return "connect_timeout"
+    if isinstance(exc, OSError) and exc.errno in _LOCAL_LIMITS:
+        return LOCAL_LIMIT
+    return "connect"
+
+
+LOCAL_LIMIT = "local_limit"
+
+
 def raise_fd_limit(ceiling: int = 1 << 20) -> tuple[int, int]:
     """Raise this process's soft ``RLIMIT_NOFILE`` to its hard limit (at most ``ceiling``), as nginx
     (``worker_rlimit_nofile``) and Go programs do: the soft limit is often 1,024 while a proxy holds

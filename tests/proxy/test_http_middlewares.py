@@ -428,3 +428,33 @@ async def test_a_full_duplex_answer_keeps_the_connection_when_the_body_completes
             await client.close()
     finally:
         server.close()
+
+
+@on_uvloop
+async def test_running_out_of_descriptors_is_not_blamed_on_the_server(monkeypatch):
+    # EMFILE on an upstream connect was counted reason="connect", ejected a healthy server for 10 s
+    # and went into circuit breakers as the service's network error
+    import errno
+
+    from lightmesh.proxy import http as proxy_http
+
+    real_connect = proxy_http._connect
+    failures = []
+
+    async def exhausted_once(loop, server, timeout):
+        if not failures:
+            failures.append(server)
+            raise OSError(errno.EMFILE, "Too many open files")
+        return await real_connect(loop, server, timeout)
+
+    monkeypatch.setattr(proxy_http, "_connect", exhausted_once)
+    mws = [{"type": "circuit_breaker", "name": "cb", "expression": "NetworkErrorRatio() > 0.5"}]
+    async with Backend("a") as a, Backend("b") as b, ProxyUnderTest(_cfg([a.url, b.url], mws)) as p:
+        await asyncio.sleep(0.15)  # past the breaker's first check time
+        first = await request(p.port)
+        assert first.status == 502
+        await asyncio.sleep(0.12)
+        seen = [(await request(p.port)).header("X-Backend") for _ in range(4)]
+        assert Counter(seen) == {"a": 2, "b": 2}  # nobody ejected
+        assert p.metrics.upstream_errors == {("svc", "local_limit"): 1}
+        assert p.metrics.breaker_state.get("svc", 0) != CB_OPEN

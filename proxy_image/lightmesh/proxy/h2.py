@@ -60,6 +60,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from lightmesh.netutil import LOCAL_LIMIT, connect_failure_reason
 from lightmesh.proxy.metrics import method_label
 from lightmesh.proxy.routing import Server, split_host
 
@@ -683,7 +684,8 @@ class H2Downstream(asyncio.Protocol):
         st.up = None
         st.up_id = 0
         self.metrics.upstream_error(st.service, reason)
-        st.route.service.balancer.failed(st.server)
+        if reason != LOCAL_LIMIT:  # this process out of descriptors says nothing of the server
+            st.route.service.balancer.failed(st.server)
         if st.retries_left > 0 and st.replayable:
             st.retries_left -= 1
             st.retries += 1
@@ -691,8 +693,9 @@ class H2Downstream(asyncio.Protocol):
             st.tried = (*st.tried, st.server)
             self._forward(st)
         else:
-            for breaker in st.route.breakers:  # the request's outcome after its retries (see http.py)
-                breaker.record(None, perf_counter() - st.start)
+            if reason != LOCAL_LIMIT:
+                for breaker in st.route.breakers:  # the request's outcome after its retries (see http.py)
+                    breaker.record(None, perf_counter() - st.start)
             self._local(st, 502)
         self.side.flush()
 
@@ -1164,7 +1167,7 @@ class H1Upstream(asyncio.Protocol):
         except (OSError, asyncio.TimeoutError) as exc:
             st, down = self.st, self.down
             if st is not None and st.up is self:
-                down.attempt_failed(st, "connect_timeout" if isinstance(exc, asyncio.TimeoutError) else "connect")
+                down.attempt_failed(st, connect_failure_reason(exc))
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport

@@ -96,6 +96,7 @@ from typing import Any
 import httptools
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserInvalidMethodError, HttpParserUpgrade
 
+from lightmesh.netutil import LOCAL_LIMIT, connect_failure_reason
 from lightmesh.proxy.h2 import H2Downstream, looks_like_h2
 from lightmesh.proxy.metrics import ProxyMetrics
 from lightmesh.proxy.routing import (CHECK_ALLOW, CHECK_BREAKER, CHECK_DENY, CHECK_RATE, Route, Server,
@@ -1353,7 +1354,7 @@ class ClientProtocol(asyncio.Protocol):
         exc = task.exception()
         if exc is not None:
             if ex.connecting is None and self.active is ex and ex.conn is None and not ex.responded:
-                reason = "connect_timeout" if isinstance(exc, asyncio.TimeoutError) else "connect"
+                reason = connect_failure_reason(exc)
                 self._attempt_failed(ex, server, reason)
                 self.flush()
             return
@@ -1411,7 +1412,8 @@ class ClientProtocol(asyncio.Protocol):
             ex.stale_retry = True
             self._forward(ex, fresh=True)
             return
-        if not (reused and reason == "reset"):  # the keep-alive race says nothing of the server's health
+        if not (reused and reason == "reset") and reason != LOCAL_LIMIT:
+            # (the keep-alive race, or this process out of descriptors, says nothing of the server's health)
             service.balancer.failed(server)
         if ex.retries_left > 0 and ex.wire is not None:
             ex.retries_left -= 1
@@ -1420,8 +1422,9 @@ class ClientProtocol(asyncio.Protocol):
             ex.tried = (*ex.tried, server)
             self._forward(ex)
             return
-        for breaker in ex.route.breakers:  # the request's outcome, after its retries: a network error
-            breaker.record(None, perf_counter() - ex.start)
+        if reason != LOCAL_LIMIT:
+            for breaker in ex.route.breakers:  # the request's outcome, after its retries: a network error
+                breaker.record(None, perf_counter() - ex.start)
         ex.close_after = ex.close_after or not ex.req_done
         self._local(ex, 502)
 
