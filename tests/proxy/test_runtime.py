@@ -12,7 +12,7 @@ import uvloop
 from lightmesh.config import ConfigError, EntryPoint, HTTPConfig, L4Server, TCPRoute, UDPRoute, make_config
 from lightmesh.proxy.metrics import ProxyMetrics
 from conftest import without_ipv6
-from lightmesh.proxy.runtime import Runtime
+from lightmesh.proxy.runtime import Runtime, RuntimeOptions
 from proxy.backends import Backend, RawClient, request
 
 
@@ -424,5 +424,38 @@ def test_every_listener_keeps_the_full_accept_queue():
         finally:
             await rt.close()
             echo.close()
+
+    run(main())
+
+
+def test_pooled_upstream_connections_idle_too_long_are_closed_without_a_request():
+    # they were closed only when a later request to that server popped them: after a burst, the
+    # pool's connections to a server no longer asked stayed open against it for good
+    async def main():
+        import time
+
+        from lightmesh.proxy.http import HTTPOptions
+
+        async with Backend() as b:
+            hp = free_port()
+            rt = Runtime(ProxyMetrics(), RuntimeOptions(http=HTTPOptions(upstream_idle_timeout=0.2)))
+            try:
+                await rt.apply(build(1, http_port=hp, http_servers=[b.url]))
+                clients = [await RawClient.connect(hp) for _ in range(3)]
+                for c in clients:  # three requests at once: three pooled connections
+                    await c.send(b"GET /slow?ms=50 HTTP/1.1\r\nHost: svc\r\n\r\n")
+                for c in clients:
+                    assert (await c.response()).status == 200
+                    await c.close()
+                (server,) = rt.http.services["svc"].servers
+                assert len(server.idle) == 3 and rt.close_stale_upstreams() == 0
+                conns = list(server.idle)
+                await asyncio.sleep(0.25)
+                assert rt.close_stale_upstreams() == 3 and server.idle == []
+                await asyncio.sleep(0.05)
+                assert all(c.transport is None or c.transport.is_closing() for c in conns)
+                assert (await request(hp)).status == 200  # a fresh one serves the next request
+            finally:
+                await rt.close()
 
     run(main())

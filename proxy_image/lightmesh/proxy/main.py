@@ -672,6 +672,7 @@ async def _worker(fd: int) -> int:
             await asyncio.sleep(LISTENER_RETRY_SECONDS)
             if await runtime.retry_failed():
                 write_message(writer, {"type": "status", **runtime.status()})
+            runtime.close_stale_upstreams()  # a server no request goes to would keep them open
 
     async def serve() -> None:
         while True:

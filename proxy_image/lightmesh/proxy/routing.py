@@ -77,6 +77,19 @@ class Server:
         self.max_idle = max_idle
         self.retired = False
 
+    def close_stale(self, idle_since_before: float) -> int:
+        """Close the pooled connections idle since before that (monotonic) time; returns how many.
+        A request pops a stale one too, but a server no request goes to would keep them open."""
+        idle = self.idle
+        keep = [conn for conn in idle if conn.idle_since >= idle_since_before]
+        if len(keep) == len(idle):
+            return 0
+        self.idle = keep
+        for conn in idle:
+            if conn.idle_since < idle_since_before:
+                conn.close()
+        return len(idle) - len(keep)
+
     def close_idle(self) -> None:
         idle, self.idle = self.idle, []
         for conn in idle:

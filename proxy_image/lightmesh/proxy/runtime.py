@@ -28,6 +28,7 @@ import asyncio
 import dataclasses
 import logging
 import socket
+import time
 from typing import Any
 
 from lightmesh.config import ConfigError, ProxyConfig, load_config_dict, load_config_json
@@ -297,6 +298,15 @@ class Runtime:
             if self.config is not None:
                 self._steer(self.config)
             return len(self.listeners) != before
+
+    def close_stale_upstreams(self) -> int:
+        """Close pooled upstream connections idle for longer than ``upstream_idle_timeout`` (the
+        worker calls this every few seconds); returns how many were closed."""
+        plane = self.http
+        if plane is None:
+            return 0
+        before = time.monotonic() - self.http_options.upstream_idle_timeout
+        return sum(server.close_stale(before) for service in plane.services.values() for server in service.servers)
 
     # ------------------------------------------------------------------ shutdown
 
