@@ -326,6 +326,7 @@ async def test_idle_keep_alive_timeout_and_max_connections():
         await asyncio.sleep(0.02)
         c3 = await RawClient.connect(p.port)  # beyond max_connections: closed at once
         assert await c3.closed(1.0)
+        assert p.metrics.refused_connections == {("http", "max_connections"): 1}  # and counted
         assert await c1.closed(2.0)  # idle timeout
         for c in (c1, c2, c3):
             await c.close()

@@ -376,3 +376,28 @@ def test_a_failure_every_connection_repeats_is_logged_once_per_interval(caplog):
         run(main())
     lines = [r.getMessage() for r in caplog.records if "dead-route" in r.getMessage()]
     assert lines == ["tcp route dead-route: no server reachable (1 tried)"], lines
+
+
+def test_connections_beyond_max_connections_are_closed_and_counted():
+    async def main():
+        server, bport = await echo_backend()
+        metrics = ProxyMetrics()
+        sock = open_listener_socket("tcp", "127.0.0.1", 0)
+        listener = TCPListener(asyncio.get_running_loop(), sock, TCPRouteState(make_route([bport])), metrics,
+                               max_connections=1)
+        lport = sock.getsockname()[1]
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", lport)
+            writer.write(b"held")
+            assert await reader.readexactly(4) == b"held"
+            r2, w2 = await asyncio.open_connection("127.0.0.1", lport)
+            assert await asyncio.wait_for(r2.read(), 5) == b""  # closed at once
+            w2.close()
+            assert metrics.refused_connections == {("tcp", "max_connections"): 1}
+            assert metrics.upstream_errors == {}  # a limit of ours, not an upstream failure
+            writer.close()
+        finally:
+            listener.close()
+            server.close()
+
+    run(main())

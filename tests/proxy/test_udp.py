@@ -271,7 +271,7 @@ def test_session_cap_drops_new_clients():
             assert (await ask(c1, p1, port, b"x"))[0] == b"A:x"
             with pytest.raises(asyncio.TimeoutError):
                 await ask(c2, p2, port, b"y", timeout=0.5)
-            assert metrics.upstream_errors[("udp-route", "max_sessions")] == 1
+            assert metrics.refused_connections[("udp", "max_sessions")] == 1
         finally:
             c1.close(), c2.close(), listener.close(), bt.close()
 

@@ -562,6 +562,7 @@ class ClientProtocol(asyncio.Protocol):
         if len(conns.conns) >= self.options.max_connections or conns.draining:
             transport.abort()
             self.closing = True
+            self.metrics.refused_connection("http", "draining" if conns.draining else "max_connections")
             return
         conns.conns.add(self)
         self.registered = True

@@ -65,6 +65,8 @@ METRICS: dict[str, MetricSpec] = {s.name: s for s in (
     _spec("acl_denied_total", "counter", "Requests or connections refused by an allow-list or deny rule",
           "service", "protocol"),
     _spec("open_connections", "gauge", "Client connections open now", "protocol"),
+    _spec("refused_connections_total", "counter", "Client connections (UDP: new sessions) the proxy refused at "
+          "a limit of its own: max_connections, max_sessions, draining", "protocol", "reason"),
     _spec("l4_connections_total", "counter", "TCP connections or UDP sessions accepted per route",
           "route", "protocol"),
     _spec("l4_bytes_total", "counter", "Bytes relayed per L4 route and direction", "route", "protocol",
@@ -78,7 +80,8 @@ class ProxyMetrics:
     """One worker's counters. Every method is a dict update or two: safe on the per-request path."""
 
     __slots__ = ("_requests", "durations", "retries", "upstream_errors", "breaker_state", "rate_limited",
-                 "acl_denied", "open_connections", "l4_connections", "l4_bytes", "config_version", "reloads")
+                 "acl_denied", "open_connections", "l4_connections", "l4_bytes", "config_version", "reloads",
+                 "refused_connections")
 
     def __init__(self) -> None:
         # (service, status code, method) → [count, the service's ``durations`` entry]: one lookup per
@@ -92,6 +95,7 @@ class ProxyMetrics:
         self.rate_limited: dict[str, int] = {}
         self.acl_denied: dict[tuple[str, str], int] = {}
         self.open_connections: dict[str, int] = {"http": 0, "tcp": 0, "udp": 0}
+        self.refused_connections: dict[tuple[str, str], int] = {}
         self.l4_connections: dict[tuple[str, str], int] = {}
         self.l4_bytes: dict[tuple[str, str, str], int] = {}
         self.config_version = 0
@@ -144,6 +148,10 @@ class ProxyMetrics:
     def connection_opened(self, protocol: str) -> None:
         self.open_connections[protocol] = self.open_connections.get(protocol, 0) + 1
 
+    def refused_connection(self, protocol: str, reason: str) -> None:
+        key = (protocol, reason)
+        self.refused_connections[key] = self.refused_connections.get(key, 0) + 1
+
     def connection_closed(self, protocol: str) -> None:
         self.open_connections[protocol] = self.open_connections.get(protocol, 0) - 1
 
@@ -190,6 +198,7 @@ class ProxyMetrics:
             p + "rate_limited_total": [[k, v] for k, v in self.rate_limited.items()],
             p + "acl_denied_total": [[*k, v] for k, v in self.acl_denied.items()],
             p + "open_connections": [[k, v] for k, v in self.open_connections.items()],
+            p + "refused_connections_total": [[*k, v] for k, v in self.refused_connections.items()],
             p + "l4_connections_total": [[*k, v] for k, v in self.l4_connections.items()],
             p + "l4_bytes_total": [[*k, v] for k, v in self.l4_bytes.items()],
             p + "config_version": [[self.config_version]],

@@ -148,7 +148,7 @@ class TCPListener:
             conn.close()
             return
         if self.max_connections and self.active >= self.max_connections:
-            self.metrics.upstream_error(route.name, "max_connections")
+            self.metrics.refused_connection("tcp", "max_connections")
             conn.close()
             return
         conn.setblocking(False)

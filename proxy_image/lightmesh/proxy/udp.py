@@ -131,7 +131,7 @@ class UDPListener(asyncio.DatagramProtocol):
             self.metrics.denied(route.name, "udp")
             return None
         if len(self.sessions) >= self.max_sessions:
-            self.metrics.upstream_error(route.name, "max_sessions")
+            self.metrics.refused_connection("udp", "max_sessions")
             return None
         server = route.balancer.pick()
         if server is None:
