@@ -216,4 +216,10 @@ def run(args: argparse.Namespace) -> int:
         log.error("invalid settings: %s", exc)
         return 2
     raise_fd_limit()  # one per proxy's long poll, per DNS-over-TCP client, per watch
-    return asyncio.run(_main(args))
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; keep working without it
+        return asyncio.run(_main(args))
+    # uvloop, as the proxy: the stdlib loop's accept, out of descriptors, logs and re-schedules
+    # itself once per backlog slot on every pass (CPython 3.11), flooding the log and the CPU
+    return uvloop.run(_main(args))
