@@ -207,10 +207,16 @@ class MeshInstall(pulumi.ComponentResource):
         labels = {"app.kubernetes.io/part-of": "lightmesh", "app.kubernetes.io/managed-by": "pulumi"}
 
         if s["create_namespace"]:
-            namespace = k8s.core.v1.Namespace(f"{name}-namespace", metadata=_meta(ns_name, None, labels), opts=child)
+            # Retained on delete: a stack that turns create_namespace off (the namespace now managed
+            # elsewhere) would otherwise delete it, and Kubernetes everything in it — controller, mesh
+            # DNS Service, every node's proxy — behind Pulumi's back. So children are deleted one by
+            # one (no deleted_with), and destroy leaves the namespace, empty, as it leaves the CRDs.
+            namespace = k8s.core.v1.Namespace(f"{name}-namespace", metadata=_meta(ns_name, None, labels),
+                                              opts=pulumi.ResourceOptions.merge(
+                                                  child, pulumi.ResourceOptions(retain_on_delete=True)))
             self.children["namespace"] = namespace
             ns = namespace.metadata.apply(lambda m: m.name)
-            in_ns = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(deleted_with=namespace))
+            in_ns = child
         else:
             ns = pulumi.Output.from_input(ns_name)
             in_ns = child
@@ -256,8 +262,10 @@ class MeshInstall(pulumi.ComponentResource):
                 depends_on=[*crds, cluster_role, cluster_role_binding, role, role_binding])))
         pdb = k8s.policy.v1.PodDisruptionBudget(
             f"{name}-controller-pdb", metadata=_meta(wire.CONTROLLER_NAME, ns, controller_labels),
+            # maxUnavailable, not minAvailable 1: with controller_replicas 1 the latter lets no drain
+            # evict the pod, so node drains (upgrades, autoscaling) hang; with 2 both say the same
             spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
-                min_available=1, selector=k8s.meta.v1.LabelSelectorArgs(match_labels=dict(wire.CONTROLLER_POD_LABELS))),
+                max_unavailable=1, selector=k8s.meta.v1.LabelSelectorArgs(match_labels=dict(wire.CONTROLLER_POD_LABELS))),
             opts=in_ns)
         service_labels = {**controller_labels, **({observability.METRICS_LABEL: "true"} if s["service_monitor"] else {})}
         service = k8s.core.v1.Service(
