@@ -231,3 +231,43 @@ def test_responses_are_ignored_and_other_classes_refused():
     assert chaos.header.rcode == RCODE.REFUSED and not chaos.rr
     anyclass = DNSRecord.parse(server.answer(DNSRecord.question(name, "A", "*").pack()))
     assert anyclass.rr
+
+
+def test_a_query_already_read_is_answered_even_when_room_is_made_at_that_moment(monkeypatch):
+    # a new connection at the bound took the longest-idle one although its next query had just been
+    # read: on uvloop (the controller's loop) the reply then hit a closed transport and was lost
+    import uvloop
+
+    import lightmesh.controller.dns as dns_module
+
+    monkeypatch.setattr(dns_module, "MAX_TCP_CONNECTIONS", 2)
+    query = DNSRecord.question("whoami.whoami.lightmesh").pack()
+    errors = []
+
+    async def scenario():
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+        server = MeshDNS(TABLE)
+        port = await server.start("127.0.0.1", 0)
+        answered = 0
+        try:
+            for _ in range(30):
+                r1, w1 = await asyncio.open_connection("127.0.0.1", port)
+                await asyncio.sleep(0.002)
+                _r2, w2 = await asyncio.open_connection("127.0.0.1", port)  # at the bound
+                await asyncio.sleep(0.002)
+                w1.write(struct.pack("!H", len(query)) + query)  # the query and a third connection together
+                _r3, w3 = await asyncio.open_connection("127.0.0.1", port)
+                try:
+                    size = struct.unpack("!H", await asyncio.wait_for(r1.readexactly(2), 2))[0]
+                    answered += bool(await r1.readexactly(size))
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    pass
+                for w in (w1, w2, w3):
+                    w.close()
+                await asyncio.sleep(0.002)
+        finally:
+            await server.stop()
+        return answered
+
+    assert uvloop.run(asyncio.wait_for(scenario(), 60)) == 30
+    assert not [e for e in errors if isinstance(e.get("exception"), RuntimeError)], errors

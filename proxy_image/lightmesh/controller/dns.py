@@ -244,7 +244,7 @@ class MeshDNS:
             pool = list(conns.values())
         else:
             return True
-        idle = [c for c in pool if c.idle]
+        idle = [c for c in pool if c.idle and not c.has_input()]
         if not idle:
             return False
         victim = min(idle, key=lambda c: c.since)
@@ -255,7 +255,7 @@ class MeshDNS:
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         peer = writer.get_extra_info("peername")
-        conn = _TCPConn(writer, peer[0] if peer else "")
+        conn = _TCPConn(writer, peer[0] if peer else "", reader)
         if not self._make_room(conn.client):
             writer.close()
             return
@@ -273,11 +273,11 @@ class MeshDNS:
                 except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
                     return
                 reply = self.answer(data)
-                if reply is None:
-                    return
+                if reply is None or writer.is_closing():
+                    return  # (closing: taken to make room while its query was in the read buffer)
                 writer.write(struct.pack("!H", len(reply)) + reply)
                 await writer.drain()
-        except ConnectionError:
+        except (ConnectionError, RuntimeError):  # RuntimeError: uvloop, a transport closed meanwhile
             return
         finally:
             if task is not None:
@@ -291,8 +291,14 @@ class MeshDNS:
 class _TCPConn:
     writer: asyncio.StreamWriter
     client: str
+    reader: asyncio.StreamReader | None = None
     idle: bool = True  # waiting for the next query's length: may be closed to make room
     since: float = 0.0
+
+    def has_input(self) -> bool:
+        """Bytes of a next query already read but not yet handled (its task has not resumed):
+        not idle, whatever ``idle`` says. StreamReader keeps them in ``_buffer``."""
+        return bool(getattr(self.reader, "_buffer", b""))
 
 
 class DNSBindError(OSError):
