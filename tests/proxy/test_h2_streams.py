@@ -501,3 +501,32 @@ async def test_a_connection_dropped_with_streams_open_is_let_go_at_once():
         await asyncio.sleep(0.3)
         gc.collect()
         assert conn() is None, "the closed connection is still held (idle timer: %r)" % conn().idle_timer
+
+
+@on_uvloop
+async def test_an_h2c_connect_out_of_descriptors_is_not_the_servers_fault():
+    # the shared h2c connection's connect still counted EMFILE as reason=connect and ejected the server
+    import errno
+
+    loop = asyncio.get_running_loop()
+    real_create_connection = loop.create_connection
+    failed = []
+
+    async def exhausted_once(factory, *args, **kwargs):
+        if not failed and type(factory()).__name__ == "H2Upstream":
+            failed.append(True)
+            raise OSError(errno.EMFILE, "Too many open files")
+        return await real_create_connection(factory, *args, **kwargs)
+
+    loop.create_connection = exhausted_once
+    try:
+        async with H2Server() as up, ProxyUnderTest(simple_config([up.url])) as p:
+            c = await H2Client.connect(p.port)
+            (first,) = await c.wait([c.start("/echo", body=b"x")], timeout=5)
+            (second,) = await c.wait([c.start("/echo", body=b"y")], timeout=5)
+            await c.close()
+            assert failed and first["headers"][b":status"] == b"502"
+            assert second["headers"][b":status"] == b"200"
+            assert p.metrics.upstream_errors == {("svc", "local_limit"): 1}
+    finally:
+        loop.create_connection = real_create_connection

@@ -458,3 +458,20 @@ async def test_running_out_of_descriptors_is_not_blamed_on_the_server(monkeypatc
         assert Counter(seen) == {"a": 2, "b": 2}  # nobody ejected
         assert p.metrics.upstream_errors == {("svc", "local_limit"): 1}
         assert p.metrics.breaker_state.get("svc", 0) != CB_OPEN
+
+
+@on_uvloop
+async def test_a_malformed_response_counts_as_a_network_error_in_the_breaker():
+    # the 502 for a response the parser refused never reached the breaker on HTTP/1.1 (HTTP/2 did)
+    from .backends import ScriptedUpstream
+
+    mws = [{"type": "circuit_breaker", "name": "cb", "expression": "NetworkErrorRatio() > 0.5"}]
+    async with ScriptedUpstream([[b"HTTP/1.1 2x0 nonsense\r\n\r\n"]] * 10) as up, \
+            ProxyUnderTest(_cfg([up.url], mws)) as p:
+        await asyncio.sleep(0.15)  # past the breaker's first check time
+        statuses = []
+        for _ in range(4):
+            statuses.append((await request(p.port)).status)
+            await asyncio.sleep(0.12)
+        assert statuses[0] == 502 and 503 in statuses, statuses
+        assert p.metrics.breaker_state.get("svc") == CB_OPEN

@@ -881,7 +881,7 @@ class H2Upstream(asyncio.Protocol):
             await asyncio.wait_for(self.loop.create_connection(lambda: self, self.server.host, self.server.port),
                                    timeout)
         except (OSError, asyncio.TimeoutError) as exc:
-            self._fail_all("connect_timeout" if isinstance(exc, asyncio.TimeoutError) else "connect")
+            self._fail_all(connect_failure_reason(exc))
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         # Streams start once the server's SETTINGS arrived (its concurrent-stream limit is known

@@ -1800,6 +1800,8 @@ class UpstreamProtocol(asyncio.Protocol):
         self.abort()
         if not ex.resp_started:
             client.metrics.upstream_error(ex.service, "protocol")
+            for breaker in ex.route.breakers:  # a 502 of the server's making: a network error (Traefik)
+                breaker.record(None, perf_counter() - ex.start)
             ex.close_after = ex.close_after or not ex.req_done
             client._local(ex, 502)
         else:
