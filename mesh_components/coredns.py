@@ -85,11 +85,11 @@ def patch_corefile(text: str, domains: Sequence[str], dns_ip: str) -> str:
     """``text`` with our block added (after the existing text) or replaced in place."""
     port = root_port(text)
     block = render_server_block(domains, dns_ip, port)
+    check_conflicts(text, domains, port)  # our own block is not counted: also on an update (new port, domains)
     span = find_block(text)
     if span:
         start, end = span
         return text[:start] + block + text[end:]
-    check_conflicts(text, domains, port)
     # The separating newline is ours: restore_corefile removes it with the block.
     return text + "\n" + block
 
@@ -105,26 +105,30 @@ def restore_corefile(text: str) -> str:
     return text[:start] + text[end:]
 
 
-def server_zones(text: str) -> list[tuple[int, str, int]]:
-    """``(line number, zone, port)`` of every top-level server block outside our block (a small
-    Caddyfile scanner: comments, braces, zones written ``dns://name:port``, ``name.`` or ``name``;
-    a zone without a port is served on 53)."""
+def server_keys(text: str) -> list[tuple[int, str]]:
+    """``(line number, key as written)`` of every top-level server block outside our block (a small
+    Caddyfile scanner: comments, braces, keys written ``dns://name:port``, ``tls://name``, ``name.``
+    or ``name``)."""
     span = find_block(text)
     if span:
         text = text[:span[0]] + "\n" * text[span[0]:span[1]].count("\n") + text[span[1]:]
-    zones: list[tuple[int, str]] = []
+    keys: list[tuple[int, str]] = []
     depth = 0
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
         if depth == 0 and line.endswith("{"):
-            for token in re.split(r"[\s,]+", line[:-1].strip()):
-                if token:
-                    zones.append((lineno, _zone(token), _port(token)))
+            keys.extend((lineno, token) for token in re.split(r"[\s,]+", line[:-1].strip()) if token)
         depth += line.count("{") - line.count("}")
         depth = max(depth, 0)
-    return zones
+    return keys
+
+
+def server_zones(text: str) -> list[tuple[int, str, int]]:
+    """``(line number, zone, port)`` of every top-level server block outside our block; a zone
+    without a port is served on 53."""
+    return [(lineno, _zone(token), _port(token)) for lineno, token in server_keys(text)]
 
 
 def check_conflicts(text: str, domains: Iterable[str], port: int = 53, where: str = "the Corefile") -> None:
@@ -144,11 +148,16 @@ def check_conflicts(text: str, domains: Iterable[str], port: int = 53, where: st
 
 
 def root_port(text: str) -> int:
-    """The port the Corefile's root zone (``.``) is served on: our block listens there too, so a
-    CoreDNS run on another port (``.:1053``, non-root images) sends the mesh zones to it. 53 when
-    there is no root block."""
-    ports = [port for _, zone, port in server_zones(text) if zone == "." and port > 0]
-    return ports[0] if ports else 53
+    """The port the Corefile's plain-DNS root zone (``.``, no scheme or ``dns://``) is served on: our
+    block listens there too, so a CoreDNS run on another port (``.:1053``, non-root images) sends
+    the mesh zones to it. 53 when a plain root block is on 53 or there is none (a ``tls://``,
+    ``https://`` or ``grpc://`` root is not where the cluster DNS Service sends queries)."""
+    ports = []
+    for _, token in server_keys(text):
+        scheme = re.match(r"^([a-z0-9+]+)://", token.strip().lower())
+        if _zone(token) == "." and (scheme is None or scheme.group(1) == "dns") and _port(token) > 0:
+            ports.append(_port(token))
+    return 53 if not ports or 53 in ports else ports[0]
 
 
 def _port(token: str) -> int:

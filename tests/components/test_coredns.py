@@ -300,6 +300,16 @@ def test_the_mesh_block_listens_on_the_port_of_the_root_block():
     with pytest.raises(coredns.CorefileError, match="already serves zone 'maesh'"):
         coredns.patch_corefile(corefile + "maesh:1053 {\n}\n", DOMAINS, IP)
     coredns.patch_corefile(corefile + "maesh:53 {\n}\n", DOMAINS, IP)  # another port: no clash
+    # only a plain-DNS root counts, and 53 wins when a plain root is there
+    for first in ("tls://.:853 {\n    tls a b\n}\n", ".:9153 {\n    prometheus\n}\n", "dns://.:5353 {\n}\n"):
+        text = first + ".:53 {\n    forward . /etc/resolv.conf\n}\n"
+        assert "lightmesh:53 traefik.mesh:53 maesh:53 {" in coredns.patch_corefile(text, DOMAINS, IP), first
+    assert "lightmesh:1053 " in coredns.patch_corefile("https://.:443 {\n}\ndns://.:1053 {\n}\n", DOMAINS, IP)
+    # an update is checked too: our block moving to a port where the Corefile already serves a mesh zone
+    patched = coredns.patch_corefile(".:53 {\n}\n", DOMAINS, IP)
+    moved = patched.replace(".:53 {", ".:1053 {") + "traefik.mesh:1053 {\n}\n"
+    with pytest.raises(coredns.CorefileError, match="already serves zone 'traefik.mesh'"):
+        coredns.patch_corefile(moved, DOMAINS, IP)
 
 
 def test_gke_kube_dns_stub_domains_are_restored_byte_for_byte():
