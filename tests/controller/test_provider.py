@@ -203,3 +203,39 @@ def test_acl_destination_port_is_matched_per_pod():
     services = {s["name"]: s for s in config["http"]["services"]}
     [allow] = [r for r in config["http"]["routers"] if "deny" not in r["middlewares"]]
     assert [s["url"] for s in services[allow["service"]]["servers"]] == ["http://10.7.0.1:8080"]
+
+
+@pytest.mark.parametrize("acl", [False, True])
+def test_a_split_reaches_each_backends_pods_in_the_backends_own_scheme(acl: bool) -> None:
+    """Traefik Mesh sent split traffic through each backend's own router, so a backend annotated
+    scheme: https (TLS pods) behind a plain root was spoken to over TLS; all got http:// (502s)."""
+    def svc(name, scheme=None):
+        annotations = {"mesh.traefik.io/scheme": scheme} if scheme else {}
+        return {"kind": "Service", "metadata": {"name": name, "namespace": "ab", "annotations": annotations},
+                "spec": {"ports": [{"port": 443}]}}
+
+    def pod(name, ip, sa):
+        return {"kind": "Pod", "metadata": {"name": name, "namespace": "ab"}, "spec": {"serviceAccountName": sa},
+                "status": {"phase": "Running", "podIP": ip}}
+
+    def slice_(service, ip):
+        return {"metadata": {"name": service, "namespace": "ab", "labels": {"kubernetes.io/service-name": service}},
+                "ports": [{"port": 8443}], "endpoints": [{"addresses": [ip]}]}
+
+    targets = [{"apiVersion": "access.smi-spec.io/v1alpha3", "metadata": {"name": f"to-{sa}", "namespace": "ab"},
+                "spec": {"destination": {"kind": "ServiceAccount", "name": sa},
+                         "sources": [{"kind": "ServiceAccount", "name": "client"}],
+                         "rules": [{"kind": "HTTPRouteGroup", "name": "all"}]}} for sa in ("v1", "v2")]
+    state = ClusterState(
+        services=[svc("secure"), svc("secure-v1", "https"), svc("secure-v2", "h2c")],
+        pods=[pod("v1", "10.0.0.1", "v1"), pod("v2", "10.0.0.2", "v2"), pod("c", "10.0.1.1", "client")],
+        endpoint_slices=[slice_("secure", "10.0.0.1"), slice_("secure-v1", "10.0.0.1"), slice_("secure-v2", "10.0.0.2")],
+        http_route_groups=[{"metadata": {"name": "all", "namespace": "ab"},
+                            "spec": {"matches": [{"name": "all", "pathRegex": "/.*"}]}}],
+        traffic_targets=targets if acl else [],
+        traffic_splits=[{"apiVersion": "split.smi-spec.io/v1alpha3", "metadata": {"name": "s", "namespace": "ab"},
+                         "spec": {"service": "secure", "backends": [{"service": "secure-v1", "weight": 50},
+                                                                    {"service": "secure-v2", "weight": 50}]}}])
+    config = build(state, Settings(acl=acl), 1).config
+    split = {s.name: s for s in config.http.services}["ab/secure:443"]
+    assert sorted(s.url for s in split.servers) == ["h2c://10.0.0.2:8443", "https://10.0.0.1:8443"]

@@ -157,10 +157,10 @@ def _authorised(e: Endpoint, destinations: set[Destination] | tuple) -> bool:
     return (e.service_account, None) in destinations or (e.service_account, e.port) in destinations
 
 
-def _split_servers(split: TrafficSplit, port: int, topology: Topology) -> list[tuple[Endpoint, int]]:
-    """Backend endpoints with weights keeping each backend's share whatever its pod count."""
-    return [(e, w) for e, w, _ in _weighted_endpoints([(b.service, port, b.weight) for b in split.backends],
-                                                      topology)]
+def _split_servers(split: TrafficSplit, port: int, topology: Topology) -> list[tuple[Endpoint, int, Service]]:
+    """Backend endpoints with weights keeping each backend's share whatever its pod count, and the
+    backend Service each belongs to (its ``scheme`` is how its pods are spoken to)."""
+    return _weighted_endpoints([(b.service, port, b.weight) for b in split.backends], topology)
 
 
 def _weighted_endpoints(backends: Sequence[tuple[str, int, int]], topology: Topology,
@@ -412,8 +412,10 @@ class _Builder:
         if pods_needed:
             self.services.append({"name": own, "servers": [{"url": _url(scheme, e.ip, e.port)} for e in p.endpoints]})
         if split is not None:
-            servers = [{"url": _url(scheme, e.ip, e.port), "weight": w}
-                       for e, w in _split_servers(split, p.port, self.t)]
+            # each backend's pods in the backend's own scheme (TLS pods behind a plain root, as
+            # Traefik Mesh reached them through the backend's own router)
+            servers = [{"url": _url(b.mesh.scheme.value, e.ip, e.port), "weight": w}
+                       for e, w, b in _split_servers(split, p.port, self.t)]
             self.services.append({"name": base, "servers": servers, "load_balancer": "weighted"})
             if not self.acl:
                 if split.http_matches is None:
@@ -432,7 +434,7 @@ class _Builder:
                 for j, (m, ips, accounts) in enumerate(self.split_matches(split, p.port)):
                     allow = self.middleware({"type": "allow_list", "name": f"{base}/split-allow/{j}",
                                              "source_ranges": [_cidr(ip) for ip in sorted(ips)]})
-                    authorised = [{"url": _url(scheme, e.ip, e.port), "weight": w} for e, w, _ in _weighted_endpoints(
+                    authorised = [{"url": _url(b.mesh.scheme.value, e.ip, e.port), "weight": w} for e, w, b in _weighted_endpoints(
                         [(b.service, p.port, b.weight) for b in split.backends], self.t, accounts)]
                     target = base
                     if authorised != servers:
