@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import socket
 import struct
 
 import h2.config
@@ -343,6 +344,8 @@ async def test_grpc_style_calls_relayed_with_trailers_over_one_upstream_connecti
         seen = up.requests[0]
         assert seen[b":authority"] == b"svc.ns.lightmesh" and seen[b"te"] == b"trailers"
         assert seen[b"x-forwarded-proto"] == b"http" and seen[b"x-forwarded-host"] == b"svc.ns.lightmesh"
+        assert (seen[b"x-real-ip"], seen[b"x-forwarded-port"]) == (b"127.0.0.1", b"80")
+        assert seen[b"x-forwarded-server"] == socket.gethostname().encode()
         assert up.connections == 1  # multiplexed
         await client.close()
         assert p.metrics.requests[("svc", "200", "POST")] == 20

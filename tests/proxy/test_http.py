@@ -4,12 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import socket
 
 import pytest
 
 from lightmesh.proxy.http import HTTPOptions
 
 from .backends import Backend, on_uvloop, ProxyUnderTest, RawClient, closed_port, pattern, request, simple_config
+
+
+@on_uvloop
+async def test_forwarded_headers_the_client_sent_are_kept_but_the_server_name_is_ours():
+    async with Backend("b1") as b, ProxyUnderTest(simple_config([b.url])) as p:
+        await request(p.port, host="svc", headers={"X-Real-Ip": "10.1.1.1", "X-Forwarded-Server": "spoofed"})
+        seen = b.requests[-1]
+        assert (seen.header("X-Real-Ip"), seen.header("X-Forwarded-Port")) == ("10.1.1.1", "80")
+        assert seen.header_all("X-Forwarded-Server") == [socket.gethostname()]
+        await request(p.port, host="svc", headers={"X-Forwarded-Port": "8443"})
+        seen = b.requests[-1]
+        assert (seen.header("X-Real-Ip"), seen.header("X-Forwarded-Port")) == ("127.0.0.1", "8443")
+        await request(p.port, host="svc")  # the common case: one precomputed piece
+        seen = b.requests[-1]
+        assert (seen.header("X-Real-Ip"), seen.header("X-Forwarded-Port"), seen.header("X-Forwarded-Server")) == (
+            "127.0.0.1", "80", socket.gethostname())
 
 
 @on_uvloop
@@ -27,6 +44,9 @@ async def test_forwards_with_forwarded_headers_and_without_hop_by_hop():
         assert seen.header("X-Forwarded-For") == "10.9.9.9, 127.0.0.1"
         assert seen.header("X-Forwarded-Proto") == "http"
         assert seen.header("X-Forwarded-Host") == "Svc.Example:5000"
+        # the rest of Traefik's forwarded headers (Traefik Mesh set them; apps read X-Real-Ip)
+        assert (seen.header("X-Real-Ip"), seen.header("X-Forwarded-Port")) == ("127.0.0.1", "5000")
+        assert seen.header("X-Forwarded-Server") == socket.gethostname()
         assert seen.header("X-Custom") == "kept"
         # tracing off: traceparent untouched
         assert seen.header("traceparent") == "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

@@ -62,7 +62,7 @@ import h2.settings
 
 from lightmesh.netutil import LOCAL_LIMIT, connect_failure_reason
 from lightmesh.proxy.metrics import method_label
-from lightmesh.proxy.routing import Server, split_host
+from lightmesh.proxy.routing import Server, forwarded_port, split_host
 
 _H1_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te",
                      b"trailer"))
@@ -79,7 +79,8 @@ _log = logging.getLogger(__name__)
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # Connection-specific fields (RFC 9113 §8.2.2) and Host (``:authority`` carries it).
 _HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"))
-_FORWARDED = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"))
+_FORWARDED = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip",
+                        b"x-forwarded-port", b"x-forwarded-server"))
 UNROUTED = "unrouted"
 
 # Request checks h2 would make a connection error (RFC 9113 §8.2.1, §8.2.2, §8.3.1): made per stream.
@@ -650,7 +651,7 @@ class H2Downstream(asyncio.Protocol):
         authority = st.authority if st.route.service.pass_host_header else st.server.host_header
         head = [(b":method", st.method), (b":scheme", b"http"), (b":authority", authority), (b":path", st.path)]
         xff = None
-        xfp = xfh = False
+        xfp = xfh = xri = xfport = False
         fields = self._fields(st.headers)
         edits = st.route.edits[0] if st.route.edits is not None else None
         if edits is not None:  # request_headers middlewares (HTTP/2 field names are lower case)
@@ -662,8 +663,14 @@ class H2Downstream(asyncio.Protocol):
                     continue
                 if name == b"x-forwarded-proto":
                     xfp = True
-                else:
+                elif name == b"x-forwarded-host":
                     xfh = True
+                elif name == b"x-real-ip":
+                    xri = True
+                elif name == b"x-forwarded-port":
+                    xfport = True
+                else:
+                    continue  # x-forwarded-server: ours replaces it
             head.append((name, value))
         if st.span is not None:  # the proxy's span is the parent the server sees
             # (a new trace: the request's tracestate was of no trace that goes on)
@@ -675,6 +682,11 @@ class H2Downstream(asyncio.Protocol):
             head.append((b"x-forwarded-proto", b"http"))
         if not xfh and st.authority:
             head.append((b"x-forwarded-host", st.authority))
+        if not xri:  # as on HTTP/1.1 (Traefik's forwarded headers)
+            head.append((b"x-real-ip", self.peer_b))
+        if not xfport:
+            head.append((b"x-forwarded-port", forwarded_port(st.authority)))
+        head.append((b"x-forwarded-server", self.options.server_name))
         return head
 
     def attempt_failed(self, st: _Stream, reason: str) -> None:

@@ -87,6 +87,7 @@ import json
 import logging
 import math
 import re
+import socket
 import ssl
 import time
 from time import perf_counter
@@ -100,7 +101,7 @@ from lightmesh.netutil import LOCAL_LIMIT, connect_failure_reason
 from lightmesh.proxy.h2 import H2Downstream, looks_like_h2
 from lightmesh.proxy.metrics import ProxyMetrics
 from lightmesh.proxy.routing import (CHECK_ALLOW, CHECK_BREAKER, CHECK_DENY, CHECK_RATE, Route, Server,
-                                     split_host)
+                                     forwarded_port, split_host)
 
 __all__ = ["HTTPOptions", "ConnectionSet", "protocol_factory", "ClientProtocol", "UpstreamProtocol",
            "UNROUTED"]
@@ -167,6 +168,8 @@ class HTTPOptions:
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger(ACCESS_LOGGER))
     tracer: Any = None  # a lightmesh.proxy.tracing.RequestTracer, or None (tracing off, zero cost)
     connections: ConnectionSet = field(default_factory=ConnectionSet)
+    # X-Forwarded-Server, as Traefik sets it: this proxy's host name (the pod's name in a cluster)
+    server_name: bytes = field(default_factory=lambda: socket.gethostname().encode("latin-1", "replace"))
 
 
 def protocol_factory(holder: Any, entry_point: str, options: HTTPOptions, metrics: ProxyMetrics):
@@ -186,9 +189,11 @@ _REASONS = {100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 204: b"No
             504: b"Gateway Timeout", 505: b"HTTP Version Not Supported"}
 
 # Classification of header names (lower-cased) on both sides.
-H_OTHER, H_HOST, H_CONNECTION, H_TE, H_XFF, H_XFP, H_XFH, H_UPGRADE, H_CL, H_HOP, H_TRACEPARENT, H_EXPECT = range(12)
+(H_OTHER, H_HOST, H_CONNECTION, H_TE, H_XFF, H_XFP, H_XFH, H_UPGRADE, H_CL, H_HOP, H_TRACEPARENT, H_EXPECT,
+ H_XRI, H_XFPORT) = range(14)
 _SPECIAL = {b"host": H_HOST, b"connection": H_CONNECTION, b"transfer-encoding": H_TE,
             b"x-forwarded-for": H_XFF, b"x-forwarded-proto": H_XFP, b"x-forwarded-host": H_XFH,
+            b"x-real-ip": H_XRI, b"x-forwarded-port": H_XFPORT, b"x-forwarded-server": H_HOP,  # ours replaces it
             b"upgrade": H_UPGRADE, b"content-length": H_CL, b"keep-alive": H_HOP, b"te": H_HOP,
             b"trailer": H_HOP, b"traceparent": H_TRACEPARENT, b"expect": H_EXPECT}
 _NAME_CACHE: dict[bytes, int] = {}  # raw name as received → class; bounded (hostile names)
@@ -211,6 +216,7 @@ MAX_METHOD_BYTES = 64
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
 _CRLF = b"\r\n"
+
 _LAST_CHUNK = b"0\r\n\r\n"
 _NO_BODY_STATUS = frozenset((204, 304))
 
@@ -516,7 +522,7 @@ class ClientProtocol(asyncio.Protocol):
     __slots__ = ("holder", "ep", "options", "metrics", "loop", "transport", "peer", "peer_b", "parser", "cur",
                  "active", "pending", "out", "dirty", "rpause", "wpaused", "closing", "broken", "tunnel",
                  "deadline", "timer", "period", "in_head", "head_seen", "acl", "acl_plane", "hosts", "raw_up",
-                 "registered", "bypass", "response_timeout", "fresh_conn", "alt_method")
+                 "registered", "bypass", "response_timeout", "fresh_conn", "alt_method", "fwd_tails")
 
     def __init__(self, holder: Any, entry_point: str, options: HTTPOptions, metrics: ProxyMetrics) -> None:
         self.holder = holder
@@ -527,6 +533,7 @@ class ClientProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self.peer_b = b""
+        self.fwd_tails: dict[bytes | None, bytes] = {}  # Host → X-Real-Ip, -Forwarded-Port, -Server lines
         self.parser = httptools.HttpRequestParser(self)
         self.cur: Exchange | None = None  # being parsed
         self.active: Exchange | None = None  # being answered
@@ -894,7 +901,7 @@ class ClientProtocol(asyncio.Protocol):
         ex.is_head = method == b"HEAD"
         ex.keep_alive = parser.should_keep_alive()
         host = conn_hdr = te = xff = upgrade = tp = None
-        xfp = xfh = False
+        xfp = xfh = xri = xfport = False
         # The forwarded head is built while classifying: [request line (4 pieces), Host line,
         # then name, ": ", value, CRLF per kept header, then what the proxy adds].
         parts = [method, b" ", ex.url, b" HTTP/1.1\r\n", b""]
@@ -924,6 +931,12 @@ class ClientProtocol(asyncio.Protocol):
                 parts += (name, b": ", value, _CRLF)
             elif code == H_XFH:
                 xfh = True
+                parts += (name, b": ", value, _CRLF)
+            elif code == H_XRI:
+                xri = True
+                parts += (name, b": ", value, _CRLF)
+            elif code == H_XFPORT:
+                xfport = True
                 parts += (name, b": ", value, _CRLF)
             elif code == H_UPGRADE:
                 upgrade = value
@@ -1026,6 +1039,23 @@ class ClientProtocol(asyncio.Protocol):
             parts.append(b"X-Forwarded-Proto: http\r\n")
         if not xfh and host is not None:
             parts += (b"X-Forwarded-Host: ", host, _CRLF)
+        # X-Real-Ip and X-Forwarded-Port unless the client pod sent them, X-Forwarded-Server always
+        # (Traefik's forwarded headers, which Traefik Mesh's entry points added): in the common
+        # case one piece, made once per Host on a connection
+        if xri or xfport:
+            if not xri:
+                parts += (b"X-Real-Ip: ", self.peer_b, _CRLF)
+            if not xfport:
+                parts += (b"X-Forwarded-Port: ", forwarded_port(host), _CRLF)
+            parts += (b"X-Forwarded-Server: ", self.options.server_name, _CRLF)
+        else:
+            tail = self.fwd_tails.get(host)
+            if tail is None:
+                tail = b"".join((b"X-Real-Ip: ", self.peer_b, b"\r\nX-Forwarded-Port: ", forwarded_port(host),
+                                 b"\r\nX-Forwarded-Server: ", self.options.server_name, _CRLF))
+                if len(self.fwd_tails) < 16:
+                    self.fwd_tails[host] = tail
+            parts.append(tail)
         if ex.chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         if ex.upgrade is not None:

@@ -404,6 +404,16 @@ def _carry(build: _Build, mine: str, theirs: str, key: tuple, make: Callable[[],
     return obj
 
 
+def forwarded_port(host: bytes | None) -> bytes:
+    """X-Forwarded-Port as Traefik sets it: the port of the request's Host, else 80 (the mesh
+    entry points are plain HTTP)."""
+    if host:
+        colon = host.rfind(b":")
+        if colon > host.rfind(b"]") and host[colon + 1:].isdigit():
+            return host[colon + 1:]
+    return b"80"
+
+
 def split_host(value: bytes) -> str:
     """Host header value → lower-case host without port (``[::1]:80`` → ``::1``)."""
     host = value.decode("latin-1").strip().lower()
