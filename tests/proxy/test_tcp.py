@@ -29,9 +29,19 @@ def run(coro, timeout: float = 30.0):
 
 def refused_port() -> int:
     """A loopback port nobody listens on (bound then closed: connect gets ECONNREFUSED)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return refused_ports(1)[0]
+
+
+def refused_ports(n: int) -> list[int]:
+    """``n`` distinct such ports (bound together: two calls of ``refused_port`` may get one port twice)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 async def echo_backend(tag: bytes = b""):
@@ -240,7 +250,7 @@ def test_failover_to_next_server_and_ejection():
 def test_no_server_reachable_closes_client():
     async def main():
         metrics = ProxyMetrics()
-        listener, lport = await start_listener(make_route([refused_port(), refused_port()]), metrics=metrics)
+        listener, lport = await start_listener(make_route(refused_ports(2)), metrics=metrics)
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", lport)
             assert await asyncio.wait_for(reader.read(), 5) == b""
