@@ -530,3 +530,23 @@ async def test_an_h2c_connect_out_of_descriptors_is_not_the_servers_fault():
             assert p.metrics.upstream_errors == {("svc", "local_limit"): 1}
     finally:
         loop.create_connection = real_create_connection
+
+
+@on_uvloop
+async def test_an_h2_stream_whose_rate_limit_token_is_due_soon_waits_instead_of_a_429():
+    import time
+
+    mws = [{"type": "rate_limit", "name": "rl", "average": 5, "burst": 1}]
+    routers = [{"name": "r", "service": "svc", "middlewares": ["rl"]}]
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url], routers=routers, middlewares=mws)) as p:
+        c = await H2Client.connect(p.port)
+        (first,) = await c.wait([c.start("/echo", body=b"a")], timeout=5)
+        (refused,) = await c.wait([c.start("/echo", body=b"b")], timeout=5)
+        await asyncio.sleep(0.15)
+        t0 = time.monotonic()
+        (waited,) = await c.wait([c.start("/echo", body=b"c")], timeout=5)
+        elapsed = time.monotonic() - t0
+        await c.close()
+        assert [r["headers"][b":status"] for r in (first, refused, waited)] == [b"200", b"429", b"200"]
+        assert refused["headers"][b"retry-after"] == b"1" and b"x-retry-in" in refused["headers"]
+        assert elapsed >= 0.03

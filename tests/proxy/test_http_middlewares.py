@@ -475,3 +475,30 @@ async def test_a_malformed_response_counts_as_a_network_error_in_the_breaker():
             await asyncio.sleep(0.12)
         assert statuses[0] == 502 and 503 in statuses, statuses
         assert p.metrics.breaker_state.get("svc") == CB_OPEN
+
+
+@on_uvloop
+async def test_a_rate_limited_request_whose_token_is_due_soon_waits_instead_of_a_429():
+    # Traefik's limiter (and so Traefik Mesh) delays a request up to 1/(2*rate) s for its token and
+    # refuses only beyond that; a 429 at once gave a migrated client more refusals than before
+    import time
+
+    mws = [{"type": "rate_limit", "name": "rl", "average": 5, "burst": 1}]  # 5/s: waits up to 0.1 s
+    async with Backend() as b, ProxyUnderTest(_cfg([b.url], mws)) as p:
+        client = await RawClient.connect(p.port)
+        try:
+            async def get():
+                await client.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+                return await client.response()
+
+            assert (await get()).status == 200
+            refused = await get()  # the next token is ~0.2 s away: beyond the wait, refused
+            assert refused.status == 429 and refused.header("Retry-After") == "1"
+            assert refused.header("X-Retry-In").endswith("ms"), refused.header("X-Retry-In")
+            await asyncio.sleep(0.15)  # the token is now ~0.05 s away: waited for
+            t0 = time.monotonic()
+            assert (await get()).status == 200
+            assert time.monotonic() - t0 >= 0.03
+        finally:
+            await client.close()
+        assert p.metrics.rate_limited["svc"] == 1 and len(b.requests) == 2

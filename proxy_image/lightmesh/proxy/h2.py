@@ -361,6 +361,7 @@ class H2Downstream(asyncio.Protocol):
         self.peer = client.peer
         self.peer_b = client.peer_b
         self.acl: dict = {}
+        self.rate_delay = 0.0  # set by run_checks: the stream waits this long for its rate-limit token
         self.acl_plane = None
         self.streams: dict[int, _Stream] = {}
         self.idle_timer: asyncio.TimerHandle | None = None
@@ -534,12 +535,14 @@ class H2Downstream(asyncio.Protocol):
         st.route = route
         service = route.service
         st.service = svc = service.name
+        delay = 0.0
         if route.checks:
             refused = self.check(route.checks, plane, svc)
             if refused is not None:
                 self._local(st, refused[0], refused[1])
                 self._trace_refused(st, route.name, refused[0])
                 return
+            delay, self.rate_delay = self.rate_delay, 0.0
         if not service.servers:
             self._local(st, 503)
             self._trace_refused(st, route.name, 503)
@@ -562,7 +565,16 @@ class H2Downstream(asyncio.Protocol):
                                        st.path if q < 0 else st.path[:q])
             except Exception:  # tracing is an add-on: never the reason a stream fails
                 _log.exception("starting a trace span failed")
+        if delay:  # waiting for a rate-limit token, as on HTTP/1.1
+            self.loop.call_later(delay, self._forward_due, st)
+        else:
+            self._forward(st)
+
+    def _forward_due(self, st: _Stream) -> None:
+        if st.done or st.responded or st.server is not None or self.side.closed:
+            return
         self._forward(st)
+        self.side.flush()
 
     def _trace_refused(self, st: _Stream, route: str, status: int) -> None:
         tracer = self.options.tracer

@@ -276,6 +276,13 @@ def _last_chunk(fields: list[tuple[bytes, bytes]], start: int) -> bytes:
     return b"".join(out)
 
 
+def _go_duration(seconds: float) -> bytes:
+    """``X-Retry-In`` as Traefik writes it (Go's time.Duration): ``1.5s``, ``250ms``."""
+    if seconds >= 1.0:
+        return (b"%.3f" % seconds).rstrip(b"0").rstrip(b".") + b"s"
+    return (b"%.3f" % (seconds * 1000.0)).rstrip(b"0").rstrip(b".") + b"ms"
+
+
 def run_checks(conn: Any, checks: tuple, plane: Any, svc: str) -> tuple[int, bytes] | None:
     """A router's pre-forwarding middlewares (``checks``) in order, for a request from ``conn`` (an
     HTTP/1.1 or HTTP/2 client connection: its ``peer``, ``metrics`` and allow-list cache ``acl``
@@ -295,8 +302,16 @@ def run_checks(conn: Any, checks: tuple, plane: Any, svc: str) -> tuple[int, byt
         elif kind == CHECK_RATE:
             wait = chk.limiter.check(conn.peer)
             if wait:
+                if wait <= chk.limiter.max_delay:
+                    # Traefik's limiter: a token due soon is waited for, not refused (the caller
+                    # forwards after ``conn.rate_delay``)
+                    chk.limiter.reserve(conn.peer)
+                    if wait > conn.rate_delay:
+                        conn.rate_delay = wait
+                    continue
                 conn.metrics.rate_limit(svc)
-                return 429, b"Retry-After: %d\r\n" % max(1, math.ceil(wait))
+                return 429, b"Retry-After: %d\r\nX-Retry-In: %s\r\n" % (max(1, math.ceil(wait)),
+                                                                          _go_duration(wait))
         elif kind == CHECK_BREAKER:
             if not chk.breaker.allow():
                 return 503, b""
@@ -466,6 +481,7 @@ class Exchange:
     headers: list[tuple[bytes, bytes]] | tuple = ()  # as parsed: on_message_begin gives it a list
     nhead = 0  # chunked request: the number of ``headers`` in the head (those after are trailers)
     resp_edits = None  # the route's response_headers edits (a routing.HeaderEdits): the head is rebuilt
+    delay = 0.0  # seconds to wait for a rate-limit token before forwarding (see run_checks)
 
     def __init__(self, start: float) -> None:
         self.start = start
@@ -522,7 +538,7 @@ class ClientProtocol(asyncio.Protocol):
     __slots__ = ("holder", "ep", "options", "metrics", "loop", "transport", "peer", "peer_b", "parser", "cur",
                  "active", "pending", "out", "dirty", "rpause", "wpaused", "closing", "broken", "tunnel",
                  "deadline", "timer", "period", "in_head", "head_seen", "acl", "acl_plane", "hosts", "raw_up",
-                 "registered", "bypass", "response_timeout", "fresh_conn", "alt_method", "fwd_tails")
+                 "registered", "bypass", "response_timeout", "fresh_conn", "alt_method", "fwd_tails", "rate_delay")
 
     def __init__(self, holder: Any, entry_point: str, options: HTTPOptions, metrics: ProxyMetrics) -> None:
         self.holder = holder
@@ -534,6 +550,7 @@ class ClientProtocol(asyncio.Protocol):
         self.peer = ""
         self.peer_b = b""
         self.fwd_tails: dict[bytes | None, bytes] = {}  # Host → X-Real-Ip, -Forwarded-Port, -Server lines
+        self.rate_delay = 0.0  # set by run_checks: the request waits this long for its rate-limit token
         self.parser = httptools.HttpRequestParser(self)
         self.cur: Exchange | None = None  # being parsed
         self.active: Exchange | None = None  # being answered
@@ -1001,10 +1018,13 @@ class ClientProtocol(asyncio.Protocol):
         ex.route = route
         service = route.service
         ex.service = svc = service.name
-        if route.checks and not self._checks(ex, route.checks, plane, svc):
-            if self.options.tracer is not None:
-                self.options.tracer.refused(tp, route.name, svc, mstr, hstr, url, ex.status)
-            return
+        if route.checks:
+            if not self._checks(ex, route.checks, plane, svc):
+                if self.options.tracer is not None:
+                    self.options.tracer.refused(tp, route.name, svc, mstr, hstr, url, ex.status)
+                return
+            if self.rate_delay:
+                ex.delay, self.rate_delay = self.rate_delay, 0.0
         if not service.servers:
             self._local(ex, 503)
             if self.options.tracer is not None:
@@ -1072,7 +1092,10 @@ class ClientProtocol(asyncio.Protocol):
         ex.retries_left = route.retries
         if self.active is None:
             self.active = ex
-            self._forward(ex)
+            if ex.delay:
+                self._forward_later(ex)
+            else:
+                self._forward(ex)
         else:
             self.pending.append(ex)
             self.pause_for(P_PIPELINE)
@@ -1307,6 +1330,8 @@ class ClientProtocol(asyncio.Protocol):
             self.active = nxt
             if nxt.local:
                 self._respond_local(nxt)
+            elif nxt.delay:
+                self._forward_later(nxt)
             else:
                 self._forward(nxt)
         elif self.cur is None:
@@ -1370,6 +1395,16 @@ class ClientProtocol(asyncio.Protocol):
                 return
         ex.connecting = task = self.loop.create_task(_connect(self.loop, server, self.options.connect_timeout))
         task.add_done_callback(lambda t, ex=ex, server=server: self._connected(t, ex, server))
+
+    def _forward_later(self, ex: Exchange) -> None:
+        """Forward ``ex`` once its rate-limit token is due (``ex.delay``, at most 0.5 s): the request
+        waits, as behind Traefik's limiter, where a 429 would have been premature."""
+        def due() -> None:
+            if self.closing or self.active is not ex or ex.local or ex.responded or ex.conn is not None:
+                return  # answered or gone meanwhile (a bad body, the client left)
+            self._forward(ex)
+            self.flush()
+        self.loop.call_later(ex.delay, due)
 
     def _arm_response_timer(self, ex: Exchange) -> None:
         """``response_timeout``: the whole request was received, the route has no request-timeout

@@ -91,13 +91,16 @@ class RateLimiter:
     """Token bucket per source IP.
 
     ``check(ip)`` returns 0.0 when the request may pass (a token was taken), else the seconds until
-    the next token (the caller rounds up for ``Retry-After``). A bucket idle long enough to be full
+    the next token (the caller rounds up for ``Retry-After``). As Traefik's limiter does, a request
+    whose token is due within ``max_delay`` (1/(2·rate) s, at most 0.5 s) is not refused but delayed:
+    ``reserve(ip)`` takes that token ahead (the bucket goes below zero) and the caller forwards it
+    after the wait ``check`` returned. A bucket idle long enough to be full
     again is indistinguishable from a new one and is forgotten at the next sweep, so memory follows
     the sources active in the last ``burst / rate`` seconds; ``max_sources`` is a hard cap beyond
     which the oldest buckets are dropped (those sources get a fresh burst).
     """
 
-    __slots__ = ("average", "burst", "period_seconds", "rate", "max_sources", "_clock", "_buckets",
+    __slots__ = ("average", "burst", "period_seconds", "rate", "max_sources", "max_delay", "_clock", "_buckets",
                  "_full_after", "_next_sweep")
 
     def __init__(self, average: int, burst: int, period_seconds: float = 1.0, *, clock: Clock = time.monotonic,
@@ -114,6 +117,7 @@ class RateLimiter:
         self.burst = burst
         self.period_seconds = float(period_seconds)
         self.rate = average / self.period_seconds  # tokens per second
+        self.max_delay = 0.5 if self.rate < 1 else 1.0 / (2.0 * self.rate)  # Traefik's ratelimiter
         self.max_sources = max_sources
         self._clock = clock
         self._buckets: dict[str, list[float]] = {}  # ip → [tokens, time of last update]
@@ -138,6 +142,13 @@ class RateLimiter:
             return 0.0
         bucket[0] = tokens
         return (1.0 - tokens) / self.rate
+
+    def reserve(self, ip: str) -> None:
+        """Take the token a ``check`` just found due within ``max_delay`` (right after it: the
+        bucket was updated then), for a request that waits for it instead of a 429."""
+        bucket = self._buckets.get(ip)
+        if bucket is not None:
+            bucket[0] -= 1.0
 
     def _sweep(self, now: float) -> None:
         buckets = self._buckets
