@@ -30,7 +30,8 @@ Match
 Middlewares
     ``allow_list``: source CIDRs of the TCP peer (never a header). Empty list = deny everything
     (403). ``deny``: always answers ``status_code``. ``rate_limit``: token bucket per source IP,
-    ``average`` requests per ``period_seconds`` with ``burst``; 429 + ``Retry-After``.
+    ``average`` requests per ``period_seconds`` with ``burst``; a request whose token is due within
+    1/(2·rate) s (at most 0.5 s) waits for it, else 429 + ``Retry-After`` and ``X-Retry-In``.
     ``circuit_breaker``: :mod:`lightmesh.cbexpr` expression; open → 503. ``retry``: up to
     ``attempts`` extra tries on connect failure/reset before any response byte, next server each
     time. ``request_timeout``: 504 when the upstream has not answered in time. ``request_headers``

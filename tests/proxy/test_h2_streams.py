@@ -550,3 +550,52 @@ async def test_an_h2_stream_whose_rate_limit_token_is_due_soon_waits_instead_of_
         assert [r["headers"][b":status"] for r in (first, refused, waited)] == [b"200", b"429", b"200"]
         assert refused["headers"][b"retry-after"] == b"1" and b"x-retry-in" in refused["headers"]
         assert elapsed >= 0.03
+
+
+@on_uvloop
+async def test_an_h2_delay_never_outlives_its_stream_nor_counts_in_its_timeouts():
+    import time
+
+    mws = [*({"type": "rate_limit", "name": f"rl-{r}", "average": 1, "burst": 1} for r in "ac"),
+           {"type": "deny", "name": "no", "status_code": 403},
+           {"type": "allow_list", "name": "lo", "source_ranges": ["127.0.0.0/8"]},
+           {"type": "request_timeout", "name": "t", "seconds": 0.25}]
+    routers = [{"name": "a", "service": "svc", "middlewares": ["rl-a", "no"], "match": {"hosts": ["a"]}},
+               {"name": "b", "service": "svc", "middlewares": ["lo"], "match": {"hosts": ["b"]}},
+               {"name": "c", "service": "svc", "middlewares": ["rl-c", "t"], "match": {"hosts": ["c"]}}]
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url], routers=routers, middlewares=mws)) as p:
+        c = await H2Client.connect(p.port)
+
+        async def get(host):
+            t0 = time.monotonic()
+            (r,) = await c.wait([c.start("/echo", body=b"x", authority=host)], timeout=5)
+            return r["headers"][b":status"], time.monotonic() - t0
+
+        try:
+            assert (await get("a"))[0] == b"403"
+            await asyncio.sleep(0.6)
+            assert (await get("a"))[0] == b"403"  # a delayed pass, then denied: nobody waits for it
+            status, took = await get("b")
+            assert status == b"200" and took < 0.2, took
+            assert (await get("c"))[0] == b"200"
+            await asyncio.sleep(0.6)
+            status, took = await get("c")  # waits ~0.4 s, longer than its 0.25 s request timeout
+            assert status == b"200" and took >= 0.3, (status, took)
+            assert ("svc", "timeout") not in p.metrics.upstream_errors
+        finally:
+            await c.close()
+
+
+@on_uvloop
+async def test_forwarded_headers_a_request_headers_edit_decides_are_the_edits_alone_on_h2():
+    mws = [{"type": "request_headers", "name": "h", "set": {"X-Real-Ip": "9.9.9.9", "X-Forwarded-Server": "edited"},
+            "remove": ["X-Forwarded-Port"]}]
+    routers = [{"name": "r", "service": "svc", "middlewares": ["h"]}]
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url], routers=routers, middlewares=mws)) as p:
+        c = await H2Client.connect(p.port)
+        (r,) = await c.wait([c.start("/echo", body=b"x")], timeout=5)
+        await c.close()
+        seen = up.requests[-1]
+        assert r["headers"][b":status"] == b"200"
+        assert (seen[b"x-real-ip"], seen[b"x-forwarded-server"]) == (b"9.9.9.9", b"edited")
+        assert b"x-forwarded-port" not in seen

@@ -693,3 +693,46 @@ async def test_a_body_too_big_to_replay_goes_on_a_fresh_connection():
         assert b.connections == 2
         assert (await request(p.port)).status == 200  # small ones still use the pool
         assert b.connections == 2
+
+
+def test_forwarded_port_reads_the_host_as_go_would():
+    from lightmesh.proxy.routing import forwarded_port
+
+    assert [forwarded_port(h) for h in (b"svc", b"svc:8080", b"[fd00::1]:8443", b"[fd00::1]", b"fd00::10",
+                                        b"svc:", b"svc:x", None)] == [
+        b"80", b"8080", b"8443", b"80", b"80", b"80", b"80", b"80"]
+    assert forwarded_port(b"svc", b"https") == forwarded_port(b"svc", b" WSS ") == b"443"
+    assert forwarded_port(b"svc:8080", b"https") == b"8080"
+
+
+@on_uvloop
+async def test_forwarded_headers_a_request_headers_edit_decides_are_the_edits_alone():
+    # an edit that sets X-Real-Ip and X-Forwarded-Server and removes X-Forwarded-Port got the
+    # proxy's own added next to (or instead of) it, differently on HTTP/1.1 and HTTP/2
+    mws = [{"type": "request_headers", "name": "h", "set": {"X-Real-Ip": "9.9.9.9", "X-Forwarded-Server": "edited",
+                                                            "X-Forwarded-Proto": "https"},
+            "remove": ["X-Forwarded-Port"]}]
+    routers = [{"name": "r", "service": "svc", "middlewares": ["h"]}]
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url], routers=routers, middlewares=mws)) as p:
+        for sent in ({}, {"X-Real-Ip": "10.1.1.1", "X-Forwarded-Port": "8080"}):
+            await request(p.port, host="svc", headers=sent)
+            seen = b.requests[-1]
+            assert seen.header_all("X-Real-Ip") == ["9.9.9.9"], sent
+            assert seen.header_all("X-Forwarded-Server") == ["edited"], sent
+            assert seen.header_all("X-Forwarded-Proto") == ["https"], sent
+            assert seen.header_all("X-Forwarded-Port") == [], sent
+            assert seen.header_all("X-Forwarded-For") == ["127.0.0.1"], sent
+
+
+@on_uvloop
+async def test_an_upstreams_forwarded_headers_reach_the_client_on_every_response_path():
+    # X-Forwarded-Server was dropped from responses rebuilt by the parser (hop-by-hop "both sides")
+    from .backends import ScriptedUpstream
+
+    response = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Forwarded-Server: upstream-lb\r\n"
+                b"X-Real-Ip: 10.2.2.2\r\nX-Forwarded-Port: 443\r\n\r\n0\r\n\r\n")
+    async with ScriptedUpstream([[response]]) as up, ProxyUnderTest(simple_config([up.url])) as p:
+        resp = await request(p.port)
+        assert resp.status == 200
+        assert (resp.header("X-Forwarded-Server"), resp.header("X-Real-Ip"), resp.header("X-Forwarded-Port")) == (
+            "upstream-lb", "10.2.2.2", "443")

@@ -502,3 +502,66 @@ async def test_a_rate_limited_request_whose_token_is_due_soon_waits_instead_of_a
         finally:
             await client.close()
         assert p.metrics.rate_limited["svc"] == 1 and len(b.requests) == 2
+
+
+@on_uvloop
+async def test_a_delay_never_outlives_its_request_nor_counts_in_its_timeouts():
+    # (1) a rate limit passed with a delay, then a later check refused: the next request of the
+    # connection waited for that token; (2) a waiting request got a 504 from its own request or
+    # response timeout; (3) a pipelined request waited its full delay again after the one before it
+    import time
+
+    from lightmesh.proxy.http import HTTPOptions
+
+    mws = [*({"type": "rate_limit", "name": f"rl-{r}", "average": 1, "burst": 1} for r in "ac"),  # waits ≤ 0.5 s
+           {"type": "deny", "name": "no", "status_code": 403},
+           {"type": "allow_list", "name": "lo", "source_ranges": ["127.0.0.0/8"]},
+           {"type": "request_timeout", "name": "t", "seconds": 0.25}]
+    routers = [{"name": "a", "service": "svc", "middlewares": ["rl-a", "no"], "match": {"hosts": ["a"]}},
+               {"name": "b", "service": "svc", "middlewares": ["lo"], "match": {"hosts": ["b"]}},
+               {"name": "c", "service": "svc", "middlewares": ["rl-c", "t"], "match": {"hosts": ["c"]}}]
+    async with Backend() as be, ProxyUnderTest(simple_config([be.url], routers=routers, middlewares=mws),
+                                               options=HTTPOptions(response_timeout=0.2)) as p:
+        client = await RawClient.connect(p.port)
+        try:
+            async def get(host, path="/"):
+                t0 = time.monotonic()
+                await client.send(b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (path.encode(), host))
+                return (await client.response()).status, time.monotonic() - t0
+
+            assert (await get(b"a"))[0] == 403  # the token taken, then denied
+            await asyncio.sleep(0.6)
+            assert (await get(b"a"))[0] == 403  # a delayed pass (token due in ~0.4 s), then denied
+            status, took = await get(b"b")
+            assert status == 200 and took < 0.2, took  # nothing to wait for on route b
+            assert (await get(b"c"))[0] == 200  # c's own limiter: its token
+            await asyncio.sleep(0.6)
+            status, took = await get(b"c")  # waits ~0.4 s: more than both timeouts, which start after
+            assert status == 200 and took >= 0.3, (status, took)
+            assert ("svc", "timeout") not in p.metrics.upstream_errors
+        finally:
+            await client.close()
+
+
+@on_uvloop
+async def test_a_pipelined_request_is_forwarded_when_its_token_is_due_not_a_full_delay_later():
+    # the delay was measured from the request's head but started again once the one before it was
+    # answered: a 600 ms response, then a token due 0.4 s in, made the second wait 1.0 s in all
+    import time
+
+    mws = [{"type": "rate_limit", "name": "rl", "average": 1, "burst": 1}]
+    routers = [{"name": "b", "service": "svc", "match": {"hosts": ["b"]}},
+               {"name": "d", "service": "svc", "middlewares": ["rl"], "match": {"hosts": ["d"]}}]
+    async with Backend() as be, ProxyUnderTest(simple_config([be.url], routers=routers, middlewares=mws)) as p:
+        client = await RawClient.connect(p.port)
+        try:
+            await client.send(b"GET / HTTP/1.1\r\nHost: d\r\n\r\n")
+            assert (await client.response()).status == 200
+            await asyncio.sleep(0.6)
+            t0 = time.monotonic()
+            await client.send(b"GET /slow?ms=600 HTTP/1.1\r\nHost: b\r\n\r\nGET / HTTP/1.1\r\nHost: d\r\n\r\n")
+            first, second = await client.response(), await client.response()
+            assert (first.status, second.status) == (200, 200)
+            assert time.monotonic() - t0 < 0.85
+        finally:
+            await client.close()

@@ -13,7 +13,8 @@ Modules and what each owns (the interfaces below are the contract between them):
                  ``failed(server)`` (passive health); ``succeeded(server)`` clears the ejection.
 ``policies``     the middlewares' state machines, pure of I/O and driven by a clock:
                  ``AllowList(cidrs).allows(ip)``, ``RateLimiter(average, burst, period).check(ip)``
-                 (0.0 = pass, else seconds to wait → ``Retry-After``),
+                 (0.0 = pass, else seconds to the next token: waited for within ``max_delay``
+                 after ``reserve(ip)``, else ``Retry-After``),
                  ``CircuitBreaker(expression).allow()/record(status|None, seconds)/state``
                  (rolling 10 s window, checked every 100 ms, open 10 s, then a recovery ramp).
 ``routing``      ``compile_http(config, previous, metrics, options) -> HTTPPlane``: the HTTP part of

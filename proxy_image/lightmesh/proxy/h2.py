@@ -12,7 +12,7 @@ request on a connection of its own (:class:`H1Upstream`), so an HTTP/2 client re
 service. HTTP/1.1 clients of an ``h2c`` service are relayed over HTTP/1.1 (not translated).
 
 Relayed as they come: request and response headers (hop-by-hop fields removed,
-``X-Forwarded-For``/``-Proto``/``-Host`` as on HTTP/1.1), informational (1xx) responses, DATA
+the forwarded headers as on HTTP/1.1), informational (1xx) responses, DATA
 frames, trailers (gRPC's ``grpc-status`` travels in them), stream resets both ways. Flow control is
 end to end per stream: received DATA is acknowledged on its stream only once it was handed to the
 other side, so a slow reader holds back its writer within the stream's window and memory stays
@@ -538,20 +538,18 @@ class H2Downstream(asyncio.Protocol):
         delay = 0.0
         if route.checks:
             refused = self.check(route.checks, plane, svc)
+            delay, self.rate_delay = self.rate_delay, 0.0  # (a refusal after a delayed pass: nobody waits)
             if refused is not None:
                 self._local(st, refused[0], refused[1])
                 self._trace_refused(st, route.name, refused[0])
                 return
-            delay, self.rate_delay = self.rate_delay, 0.0
         if not service.servers:
             self._local(st, 503)
             self._trace_refused(st, route.name, 503)
             return
         st.retries_left = route.retries
-        if route.timeout is not None:
-            st.timer = self.loop.call_later(route.timeout, self._timed_out, st)
-        elif ended and self.options.response_timeout:
-            st.timer = self.loop.call_later(self.options.response_timeout, self._timed_out, st)
+        if not delay:  # (one waiting for its rate-limit token gets its timers when forwarded)
+            self._arm_timers(st)
         if not ended and self.options.body_timeout > 0:
             st.last_in = self.loop.time()
             if self.body_timer is None:
@@ -573,8 +571,16 @@ class H2Downstream(asyncio.Protocol):
     def _forward_due(self, st: _Stream) -> None:
         if st.done or st.responded or st.server is not None or self.side.closed:
             return
+        self._arm_timers(st)
         self._forward(st)
         self.side.flush()
+
+    def _arm_timers(self, st: _Stream) -> None:
+        """The route's request timeout, else the response timeout once the request is complete."""
+        if st.route.timeout is not None:
+            st.timer = self.loop.call_later(st.route.timeout, self._timed_out, st)
+        elif st.req_done and self.options.response_timeout:
+            st.timer = self.loop.call_later(self.options.response_timeout, self._timed_out, st)
 
     def _trace_refused(self, st: _Stream, route: str, status: int) -> None:
         tracer = self.options.tracer
@@ -612,7 +618,8 @@ class H2Downstream(asyncio.Protocol):
                 return
         if end:
             st.req_done = True
-            if st.timer is None and self.options.response_timeout and not st.responded and st.route.timeout is None:
+            if (st.timer is None and self.options.response_timeout and not st.responded and st.route.timeout is None
+                    and st.server is not None):  # (not while it waits for a rate-limit token)
                 st.timer = self.loop.call_later(self.options.response_timeout, self._timed_out, st)
         elif self.body_timer is not None:
             st.last_in = self.loop.time()
@@ -662,19 +669,21 @@ class H2Downstream(asyncio.Protocol):
         """The headers a server gets for ``st``."""
         authority = st.authority if st.route.service.pass_host_header else st.server.host_header
         head = [(b":method", st.method), (b":scheme", b"http"), (b":authority", authority), (b":path", st.path)]
-        xff = None
-        xfp = xfh = xri = xfport = False
+        xff = xfp = None
+        xfh = xri = xfport = False
         fields = self._fields(st.headers)
         edits = st.route.edits[0] if st.route.edits is not None else None
+        decided = frozenset()
         if edits is not None:  # request_headers middlewares (HTTP/2 field names are lower case)
             fields = [f for f in fields if f[0] not in edits.drop] + [(n.lower(), v) for n, v in edits.fields]
+            decided = edits.decided  # forwarded headers the edits set or removed: none of ours (as HTTP/1.1)
         for name, value in fields:
-            if name in _FORWARDED:
+            if name in _FORWARDED and name not in decided:
                 if name == b"x-forwarded-for":
                     xff = value if xff is None else xff + b", " + value
                     continue
                 if name == b"x-forwarded-proto":
-                    xfp = True
+                    xfp = value or True
                 elif name == b"x-forwarded-host":
                     xfh = True
                 elif name == b"x-real-ip":
@@ -689,16 +698,18 @@ class H2Downstream(asyncio.Protocol):
             dropped = (b"traceparent",) if st.span.continued else (b"traceparent", b"tracestate")
             head = [(n, v) for n, v in head if n not in dropped]
             head.append((b"traceparent", st.span.traceparent))
-        head.append((b"x-forwarded-for", self.peer_b if xff is None else xff + b", " + self.peer_b))
-        if not xfp:
+        if b"x-forwarded-for" not in decided:
+            head.append((b"x-forwarded-for", self.peer_b if xff is None else xff + b", " + self.peer_b))
+        if not xfp and b"x-forwarded-proto" not in decided:
             head.append((b"x-forwarded-proto", b"http"))
-        if not xfh and st.authority:
+        if not xfh and st.authority and b"x-forwarded-host" not in decided:
             head.append((b"x-forwarded-host", st.authority))
-        if not xri:  # as on HTTP/1.1 (Traefik's forwarded headers)
+        if not xri and b"x-real-ip" not in decided:  # as on HTTP/1.1 (Traefik's forwarded headers)
             head.append((b"x-real-ip", self.peer_b))
-        if not xfport:
-            head.append((b"x-forwarded-port", forwarded_port(st.authority)))
-        head.append((b"x-forwarded-server", self.options.server_name))
+        if not xfport and b"x-forwarded-port" not in decided:
+            head.append((b"x-forwarded-port", forwarded_port(st.authority, xfp if xfp is not True else None)))
+        if b"x-forwarded-server" not in decided:
+            head.append((b"x-forwarded-server", self.options.server_name))
         return head
 
     def attempt_failed(self, st: _Stream, reason: str) -> None:

@@ -38,9 +38,11 @@ Trailer fields that are hop-by-hop or framing (``Connection``, ``Content-Length`
 never forwarded; the ``Trailer`` header is kept only on a message that goes out chunked. At most
 ``MAX_TRAILER_FIELDS`` trailer fields either way; a response head (interim heads included) larger
 than ``MAX_RESPONSE_HEAD_BYTES`` is malformed (502). ``Expect: 100-continue`` is passed end to end
-(the upstream's ``100 Continue`` is relayed). Incoming ``X-Forwarded-Proto``/``X-Forwarded-Host`` are kept when present (the mesh
-hop is node-local and trusted, as Traefik Mesh's ``forwardedHeaders.insecure``), else set; the peer
-IP is always appended to ``X-Forwarded-For``.
+(the upstream's ``100 Continue`` is relayed). Incoming ``X-Forwarded-Proto``, ``-Host``, ``-Port``
+and ``X-Real-Ip`` are kept when present (the mesh hop is node-local and trusted, as Traefik Mesh's
+``forwardedHeaders.insecure``), else set; the peer IP is always appended to ``X-Forwarded-For``;
+``X-Forwarded-Server`` is always this proxy's host name. A forwarded header a ``request_headers``
+edit sets or removes is the edit's alone (Traefik's headers middleware runs after the entry point).
 
 Retries (``retry`` middleware): an attempt that failed to connect, or whose connection was reset
 or closed before any response byte, is repeated on the next server (``Balancer.pick(exclude=tried)``;
@@ -190,12 +192,14 @@ _REASONS = {100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 204: b"No
 
 # Classification of header names (lower-cased) on both sides.
 (H_OTHER, H_HOST, H_CONNECTION, H_TE, H_XFF, H_XFP, H_XFH, H_UPGRADE, H_CL, H_HOP, H_TRACEPARENT, H_EXPECT,
- H_XRI, H_XFPORT) = range(14)
+ H_XRI, H_XFPORT, H_XFSERVER) = range(15)
 _SPECIAL = {b"host": H_HOST, b"connection": H_CONNECTION, b"transfer-encoding": H_TE,
             b"x-forwarded-for": H_XFF, b"x-forwarded-proto": H_XFP, b"x-forwarded-host": H_XFH,
-            b"x-real-ip": H_XRI, b"x-forwarded-port": H_XFPORT, b"x-forwarded-server": H_HOP,  # ours replaces it
+            b"x-real-ip": H_XRI, b"x-forwarded-port": H_XFPORT, b"x-forwarded-server": H_XFSERVER,
             b"upgrade": H_UPGRADE, b"content-length": H_CL, b"keep-alive": H_HOP, b"te": H_HOP,
             b"trailer": H_HOP, b"traceparent": H_TRACEPARENT, b"expect": H_EXPECT}
+# Classes that are plain end-to-end fields where the proxy adds none of its own (1xx heads, trailers).
+_PLAIN = frozenset((H_OTHER, H_XRI, H_XFPORT, H_XFSERVER))
 _NAME_CACHE: dict[bytes, int] = {}  # raw name as received → class; bounded (hostile names)
 _NAME_CACHE_MAX = 4096
 
@@ -270,17 +274,24 @@ def _last_chunk(fields: list[tuple[bytes, bytes]], start: int) -> bytes:
         code = _NAME_CACHE.get(name)
         if code is None:
             code = _classify(name)
-        if code == H_OTHER or code == H_TRACEPARENT:
+        if code in _PLAIN or code == H_TRACEPARENT:
             out += (name, b": ", value, _CRLF)
     out.append(_CRLF)
     return b"".join(out)
 
 
 def _go_duration(seconds: float) -> bytes:
-    """``X-Retry-In`` as Traefik writes it (Go's time.Duration): ``1.5s``, ``250ms``."""
-    if seconds >= 1.0:
-        return (b"%.3f" % seconds).rstrip(b"0").rstrip(b".") + b"s"
-    return (b"%.3f" % (seconds * 1000.0)).rstrip(b"0").rstrip(b".") + b"ms"
+    """``X-Retry-In`` as Traefik writes it (Go's time.Duration, to the millisecond): ``250ms``,
+    ``1.5s``, ``1m30s``, ``1h0m0s``."""
+    if seconds < 1.0:
+        return (b"%.3f" % (seconds * 1000.0)).rstrip(b"0").rstrip(b".") + b"ms"
+    millis = round(seconds * 1000.0)
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs = (b"%.3f" % (millis / 1000.0)).rstrip(b"0").rstrip(b".") + b"s"
+    if hours:
+        return b"%dh%dm" % (hours, minutes) + secs
+    return (b"%dm" % minutes if minutes else b"") + secs
 
 
 def run_checks(conn: Any, checks: tuple, plane: Any, svc: str) -> tuple[int, bytes] | None:
@@ -481,7 +492,7 @@ class Exchange:
     headers: list[tuple[bytes, bytes]] | tuple = ()  # as parsed: on_message_begin gives it a list
     nhead = 0  # chunked request: the number of ``headers`` in the head (those after are trailers)
     resp_edits = None  # the route's response_headers edits (a routing.HeaderEdits): the head is rebuilt
-    delay = 0.0  # seconds to wait for a rate-limit token before forwarding (see run_checks)
+    due = 0.0  # loop time its rate-limit token is due, if it waits for one (see run_checks); 0: none
 
     def __init__(self, start: float) -> None:
         self.start = start
@@ -917,8 +928,8 @@ class ClientProtocol(asyncio.Protocol):
         ex.mstr = mstr
         ex.is_head = method == b"HEAD"
         ex.keep_alive = parser.should_keep_alive()
-        host = conn_hdr = te = xff = upgrade = tp = None
-        xfp = xfh = xri = xfport = False
+        host = conn_hdr = te = xff = upgrade = tp = xfp = None
+        xfh = xri = xfport = xfs = xffs = False
         # The forwarded head is built while classifying: [request line (4 pieces), Host line,
         # then name, ": ", value, CRLF per kept header, then what the proxy adds].
         parts = [method, b" ", ex.url, b" HTTP/1.1\r\n", b""]
@@ -944,7 +955,7 @@ class ClientProtocol(asyncio.Protocol):
             elif code == H_XFF:
                 xff = value if xff is None else xff + b", " + value
             elif code == H_XFP:
-                xfp = True
+                xfp = value or True  # its value (for X-Forwarded-Port), or True when empty
                 parts += (name, b": ", value, _CRLF)
             elif code == H_XFH:
                 xfh = True
@@ -955,6 +966,7 @@ class ClientProtocol(asyncio.Protocol):
             elif code == H_XFPORT:
                 xfport = True
                 parts += (name, b": ", value, _CRLF)
+            # H_XFSERVER: dropped, the proxy sets its own
             elif code == H_UPGRADE:
                 upgrade = value
             elif code == H_TRACEPARENT:
@@ -1023,8 +1035,8 @@ class ClientProtocol(asyncio.Protocol):
                 if self.options.tracer is not None:
                     self.options.tracer.refused(tp, route.name, svc, mstr, hstr, url, ex.status)
                 return
-            if self.rate_delay:
-                ex.delay, self.rate_delay = self.rate_delay, 0.0
+            if self.rate_delay:  # its rate-limit token is due then (see _forward_later)
+                ex.due, self.rate_delay = self.loop.time() + self.rate_delay, 0.0
         if not service.servers:
             self._local(ex, 503)
             if self.options.tracer is not None:
@@ -1037,6 +1049,14 @@ class ClientProtocol(asyncio.Protocol):
                     parts = _drop_fields(parts, 5, edits.drop)
                 for name, value in edits.fields:
                     parts += (name, b": ", value, _CRLF)
+                decided = edits.decided
+                if decided:  # forwarded headers the edits set or removed: none of ours
+                    xffs = b"x-forwarded-for" in decided
+                    xfp = xfp or (b"x-forwarded-proto" in decided)
+                    xfh = xfh or b"x-forwarded-host" in decided
+                    xri = xri or b"x-real-ip" in decided
+                    xfport = xfport or b"x-forwarded-port" in decided
+                    xfs = b"x-forwarded-server" in decided
         # ---- the upstream request head
         tracer = self.options.tracer
         if tracer is not None:
@@ -1051,7 +1071,9 @@ class ClientProtocol(asyncio.Protocol):
                 if not span.continued:  # a new trace: the request's tracestate was of no trace we continue
                     parts = _drop_fields(parts, 5, (b"tracestate",))
                 parts += (b"traceparent: ", span.traceparent, _CRLF)
-        if xff is None or not xff.strip(b" \t,"):  # an empty one is no list to append to
+        if xffs:
+            pass  # set or removed by a request_headers edit
+        elif xff is None or not xff.strip(b" \t,"):  # an empty one is no list to append to
             parts += (b"X-Forwarded-For: ", self.peer_b, _CRLF)
         else:
             parts += (b"X-Forwarded-For: ", xff, b", ", self.peer_b, _CRLF)
@@ -1062,12 +1084,13 @@ class ClientProtocol(asyncio.Protocol):
         # X-Real-Ip and X-Forwarded-Port unless the client pod sent them, X-Forwarded-Server always
         # (Traefik's forwarded headers, which Traefik Mesh's entry points added): in the common
         # case one piece, made once per Host on a connection
-        if xri or xfport:
+        if xri or xfport or xfs or xfp:
             if not xri:
                 parts += (b"X-Real-Ip: ", self.peer_b, _CRLF)
             if not xfport:
-                parts += (b"X-Forwarded-Port: ", forwarded_port(host), _CRLF)
-            parts += (b"X-Forwarded-Server: ", self.options.server_name, _CRLF)
+                parts += (b"X-Forwarded-Port: ", forwarded_port(host, xfp if xfp is not True else None), _CRLF)
+            if not xfs:
+                parts += (b"X-Forwarded-Server: ", self.options.server_name, _CRLF)
         else:
             tail = self.fwd_tails.get(host)
             if tail is None:
@@ -1092,7 +1115,7 @@ class ClientProtocol(asyncio.Protocol):
         ex.retries_left = route.retries
         if self.active is None:
             self.active = ex
-            if ex.delay:
+            if ex.due:
                 self._forward_later(ex)
             else:
                 self._forward(ex)
@@ -1105,6 +1128,7 @@ class ClientProtocol(asyncio.Protocol):
         refused = run_checks(self, checks, plane, svc)
         if refused is None:
             return True
+        self.rate_delay = 0.0  # a rate limit passed before the check that refused: nobody waits
         self._local(ex, refused[0], refused[1])
         return False
 
@@ -1144,8 +1168,8 @@ class ClientProtocol(asyncio.Protocol):
             if not ex.keep_alive:
                 # No further requests on this connection: stop reading (pipelined bytes are ignored).
                 self.broken = True
-            if self.response_timeout and ex.timer is None and ex is self.active and not ex.local:
-                self._arm_response_timer(ex)
+            if self.response_timeout and ex.timer is None and ex is self.active and not ex.local and not ex.due:
+                self._arm_response_timer(ex)  # (one waiting for its rate-limit token gets it when forwarded)
 
     # ------------------------------------------------------------------ request body
 
@@ -1330,7 +1354,7 @@ class ClientProtocol(asyncio.Protocol):
             self.active = nxt
             if nxt.local:
                 self._respond_local(nxt)
-            elif nxt.delay:
+            elif nxt.due:
                 self._forward_later(nxt)
             else:
                 self._forward(nxt)
@@ -1397,14 +1421,21 @@ class ClientProtocol(asyncio.Protocol):
         task.add_done_callback(lambda t, ex=ex, server=server: self._connected(t, ex, server))
 
     def _forward_later(self, ex: Exchange) -> None:
-        """Forward ``ex`` once its rate-limit token is due (``ex.delay``, at most 0.5 s): the request
-        waits, as behind Traefik's limiter, where a 429 would have been premature."""
+        """Forward ``ex`` once its rate-limit token is due (``ex.due``, at most 0.5 s after its head):
+        the request waits, as behind Traefik's limiter, where a 429 would have been premature. Its
+        timeouts (request, response) start when it is forwarded."""
         def due() -> None:
             if self.closing or self.active is not ex or ex.local or ex.responded or ex.conn is not None:
                 return  # answered or gone meanwhile (a bad body, the client left)
+            ex.due = 0.0
             self._forward(ex)
             self.flush()
-        self.loop.call_later(ex.delay, due)
+        wait = ex.due - self.loop.time()
+        if wait <= 0:  # a pipelined request whose token came while the one before was answered
+            ex.due = 0.0
+            self._forward(ex)
+        else:
+            self.loop.call_later(wait, due)
 
     def _arm_response_timer(self, ex: Exchange) -> None:
         """``response_timeout``: the whole request was received, the route has no request-timeout
@@ -1895,7 +1926,7 @@ class UpstreamProtocol(asyncio.Protocol):
             self.interim = True
             if not ex.v10:
                 client.out.append(_status_line(status, self.reason) + b"".join(
-                    b"%s: %s\r\n" % p for p in self.headers if _NAME_CACHE.get(p[0], _classify(p[0])) == H_OTHER)
+                    b"%s: %s\r\n" % p for p in self.headers if _NAME_CACHE.get(p[0], _classify(p[0])) in _PLAIN)
                     + _CRLF)
                 ex.wire = None  # response bytes go out: never tried again (a failure now is a 502)
                 if status == 100:

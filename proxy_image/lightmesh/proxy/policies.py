@@ -9,7 +9,8 @@ Semantics follow Traefik (the config contract, :mod:`lightmesh.config`, is the r
 
 * allow-list: the TCP peer's address against CIDRs; an empty list denies everything.
 * rate limit: a token bucket per source IP, ``average`` tokens per ``period_seconds``, at most
-  ``burst`` stored; a refused request learns how long until the next token (``Retry-After``).
+  ``burst`` stored; a request whose token is due within ``max_delay`` waits for it (``reserve``),
+  a refused one learns how long until the next token (``Retry-After``).
 * circuit breaker: oxy's ``cbreaker`` as used by Traefik: closed → (expression true) → open for
   ``open_seconds`` → recovering: a linearly growing share of requests is let through for
   ``recovery_seconds``; the expression true again → open, else → closed.

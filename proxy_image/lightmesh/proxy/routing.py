@@ -238,11 +238,14 @@ class HeaderEdits:
     middlewares in order, merged): fields named in ``drop`` (lower case) are removed, then
     ``fields`` are added."""
 
-    __slots__ = ("drop", "fields")
+    __slots__ = ("drop", "fields", "decided")
 
     def __init__(self) -> None:
         self.drop: frozenset[bytes] = frozenset()
         self.fields: list[tuple[bytes, bytes]] = []  # (name, value) added, in order
+        # forwarded headers these edits set, add or remove: the edit decides them, the proxy adds
+        # none of its own (Traefik's headers middleware runs after the entry point's forwarding)
+        self.decided: frozenset[bytes] = frozenset()
 
     def apply(self, m: RequestHeadersMiddleware) -> None:
         names = {n.lower().encode("latin-1") for n in [*m.remove, *m.set]}
@@ -250,6 +253,7 @@ class HeaderEdits:
         # a later middleware's remove/set also removes what an earlier one added
         self.fields = [(n, v) for n, v in self.fields if n.lower() not in names]
         self.fields += [(n.encode("latin-1"), v.encode("latin-1")) for n, v in [*m.set.items(), *m.add.items()]]
+        self.decided = (self.drop | {n.lower() for n, _ in self.fields}) & FORWARDED_HEADERS
 
 
 class RouteTable:
@@ -404,13 +408,25 @@ def _carry(build: _Build, mine: str, theirs: str, key: tuple, make: Callable[[],
     return obj
 
 
-def forwarded_port(host: bytes | None) -> bytes:
-    """X-Forwarded-Port as Traefik sets it: the port of the request's Host, else 80 (the mesh
-    entry points are plain HTTP)."""
+#: The forwarded headers the proxy adds (lower case).
+FORWARDED_HEADERS = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip",
+                               b"x-forwarded-port", b"x-forwarded-server"))
+
+
+def forwarded_port(host: bytes | None, proto: bytes | None = None) -> bytes:
+    """X-Forwarded-Port as Traefik sets it: the port of the request's Host (``name:port`` or
+    ``[v6]:port``; a bare IPv6 address has none), else 443 when the client's X-Forwarded-Proto says
+    https or wss, else 80 (the mesh entry points are plain HTTP)."""
     if host:
-        colon = host.rfind(b":")
-        if colon > host.rfind(b"]") and host[colon + 1:].isdigit():
-            return host[colon + 1:]
+        if host[:1] == b"[":
+            end = host.find(b"]")
+            port = host[end + 2:] if end > 0 and host[end + 1:end + 2] == b":" else b""
+        else:
+            port = host.partition(b":")[2] if host.count(b":") == 1 else b""
+        if port.isdigit():
+            return port
+    if proto and proto.strip().lower() in (b"https", b"wss"):
+        return b"443"
     return b"80"
 
 
