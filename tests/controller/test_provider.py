@@ -239,3 +239,9 @@ def test_a_split_reaches_each_backends_pods_in_the_backends_own_scheme(acl: bool
     config = build(state, Settings(acl=acl), 1).config
     split = {s.name: s for s in config.http.services}["ab/secure:443"]
     assert sorted(s.url for s in split.servers) == ["h2c://10.0.0.2:8443", "https://10.0.0.1:8443"]
+    # a backend without a scheme of its own takes the root's (a gRPC canary annotated on its root)
+    state.services[0]["metadata"]["annotations"] = {"mesh.traefik.io/scheme": "h2c"}
+    del state.services[1]["metadata"]["annotations"]["mesh.traefik.io/scheme"]
+    config = build(state, Settings(acl=acl), 1).config
+    split = {s.name: s for s in config.http.services}["ab/secure:443"]
+    assert sorted(s.url for s in split.servers) == ["h2c://10.0.0.1:8443", "h2c://10.0.0.2:8443"]

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from math import gcd
 from typing import Sequence
 
-from lightmesh.annotations import TrafficType
+from lightmesh.annotations import SCHEME as SCHEME_KEY, TrafficType
 from lightmesh.config import ConfigAssembler, ProxyConfig, content_hash, load_config_dict
 from lightmesh.controller.model import ObjectError, Settings
 from lightmesh.controller.ports import PortTable
@@ -155,6 +155,13 @@ def _authorised(e: Endpoint, destinations: set[Destination] | tuple) -> bool:
     the TrafficTarget names a port, serves on that port (a named targetPort is resolved per pod, so
     the pods of one Service port may differ)."""
     return (e.service_account, None) in destinations or (e.service_account, e.port) in destinations
+
+
+def _backend_scheme(backend: Service, root: Service) -> str:
+    """How a split backend's pods are spoken to: the backend's own ``scheme`` annotation (Traefik
+    Mesh went through the backend's router), else the root's (a gRPC canary annotated on its root
+    only keeps h2c)."""
+    return (backend if SCHEME_KEY in backend.mesh.sources else root).mesh.scheme.value
 
 
 def _split_servers(split: TrafficSplit, port: int, topology: Topology) -> list[tuple[Endpoint, int, Service]]:
@@ -414,7 +421,7 @@ class _Builder:
         if split is not None:
             # each backend's pods in the backend's own scheme (TLS pods behind a plain root, as
             # Traefik Mesh reached them through the backend's own router)
-            servers = [{"url": _url(b.mesh.scheme.value, e.ip, e.port), "weight": w}
+            servers = [{"url": _url(_backend_scheme(b, svc), e.ip, e.port), "weight": w}
                        for e, w, b in _split_servers(split, p.port, self.t)]
             self.services.append({"name": base, "servers": servers, "load_balancer": "weighted"})
             if not self.acl:
@@ -434,7 +441,7 @@ class _Builder:
                 for j, (m, ips, accounts) in enumerate(self.split_matches(split, p.port)):
                     allow = self.middleware({"type": "allow_list", "name": f"{base}/split-allow/{j}",
                                              "source_ranges": [_cidr(ip) for ip in sorted(ips)]})
-                    authorised = [{"url": _url(b.mesh.scheme.value, e.ip, e.port), "weight": w} for e, w, b in _weighted_endpoints(
+                    authorised = [{"url": _url(_backend_scheme(b, svc), e.ip, e.port), "weight": w} for e, w, b in _weighted_endpoints(
                         [(b.service, p.port, b.weight) for b in split.backends], self.t, accounts)]
                     target = base
                     if authorised != servers:
