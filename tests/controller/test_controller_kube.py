@@ -225,7 +225,9 @@ def test_shadow_update_retries_conflicts_and_rewrites_drift():
                 kube.patch_object("v1", "services", MESH, name, {"spec": {"internalTrafficPolicy": "Cluster"}})
                 await until(lambda: shadows(kube)[name]["spec"]["internalTrafficPolicy"] == "Local",
                             "drift corrected")
-                assert metric(controller, "lightmesh_controller_shadow_service_writes_total", action="update") >= 1
+                # counted once the write's answer is back, a moment after the fake API server applied it
+                await until(lambda: metric(controller, "lightmesh_controller_shadow_service_writes_total",
+                                           action="update") >= 1, "the update counted")
                 patches = [p for m, p in kube.writes() if m == "PATCH" and p.endswith(name)]
                 assert len(patches) >= 2  # the scripted 409, then the retry that succeeded
 
