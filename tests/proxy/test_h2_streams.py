@@ -599,3 +599,20 @@ async def test_forwarded_headers_a_request_headers_edit_decides_are_the_edits_al
         assert r["headers"][b":status"] == b"200"
         assert (seen[b"x-real-ip"], seen[b"x-forwarded-server"]) == (b"9.9.9.9", b"edited")
         assert b"x-forwarded-port" not in seen
+
+
+@on_uvloop
+async def test_h2_forwarded_headers_under_edits_match_http1():
+    for edit, sent, xff, port in (({"set": {"X-Forwarded-For": "1.2.3.4"}}, {}, b"1.2.3.4, 127.0.0.1", b"80"),
+                                  ({"remove": ["X-Forwarded-For"]}, {"x-forwarded-for": "5.5.5.5"}, b"127.0.0.1", b"80"),
+                                  ({"set": {"X-Forwarded-Proto": "http"}}, {"x-forwarded-proto": "https"},
+                                   b"127.0.0.1", b"443")):
+        mws = [{"type": "request_headers", "name": "h", **edit}]
+        routers = [{"name": "r", "service": "svc", "middlewares": ["h"]}]
+        async with H2Server() as up, ProxyUnderTest(simple_config([up.url], routers=routers, middlewares=mws)) as p:
+            c = await H2Client.connect(p.port)
+            (r,) = await c.wait([c.start("/echo", body=b"x", headers=[(k.encode(), v.encode()) for k, v in sent.items()])], timeout=5)
+            await c.close()
+            seen = up.requests[-1]
+            assert r["headers"][b":status"] == b"200"
+            assert (seen[b"x-forwarded-for"], seen[b"x-forwarded-port"]) == (xff, port), edit

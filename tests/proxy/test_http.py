@@ -736,3 +736,22 @@ async def test_an_upstreams_forwarded_headers_reach_the_client_on_every_response
         assert resp.status == 200
         assert (resp.header("X-Forwarded-Server"), resp.header("X-Real-Ip"), resp.header("X-Forwarded-Port")) == (
             "upstream-lb", "10.2.2.2", "443")
+
+
+@on_uvloop
+async def test_the_peer_is_appended_to_whatever_x_forwarded_for_the_edits_left():
+    # set/add/remove of X-Forwarded-For by a request_headers edit dropped the proxy's append (and
+    # an add dropped the client's list on HTTP/1.1): Traefik appends the peer last, whatever they did
+    cases = [({"set": {"X-Forwarded-For": "1.2.3.4"}}, ["1.2.3.4, 127.0.0.1"]),
+             ({"add": {"X-Forwarded-For": "1.2.3.4"}}, ["5.5.5.5, 1.2.3.4, 127.0.0.1"]),
+             ({"remove": ["X-Forwarded-For"]}, ["127.0.0.1"]),
+             ({"add": {"X-Real-Ip": "9.9.9.9"}}, ["5.5.5.5, 127.0.0.1"])]
+    for edit, expected in cases:
+        mws = [{"type": "request_headers", "name": "h", **edit}]
+        routers = [{"name": "r", "service": "svc", "middlewares": ["h"]}]
+        async with Backend() as b, ProxyUnderTest(simple_config([b.url], routers=routers, middlewares=mws)) as p:
+            await request(p.port, host="svc", headers={"X-Forwarded-For": "5.5.5.5"})
+            seen = b.requests[-1]
+            assert seen.header_all("X-Forwarded-For") == expected, edit
+            if "X-Real-Ip" in edit.get("add", {}):  # only added: it goes next to the proxy's own
+                assert sorted(seen.header_all("X-Real-Ip")) == ["127.0.0.1", "9.9.9.9"]

@@ -675,8 +675,10 @@ class H2Downstream(asyncio.Protocol):
         edits = st.route.edits[0] if st.route.edits is not None else None
         decided = frozenset()
         if edits is not None:  # request_headers middlewares (HTTP/2 field names are lower case)
-            fields = [f for f in fields if f[0] not in edits.drop] + [(n.lower(), v) for n, v in edits.fields]
             decided = edits.decided  # forwarded headers the edits set or removed: none of ours (as HTTP/1.1)
+            if b"x-forwarded-proto" in decided:  # X-Forwarded-Port reads the client's, as HTTP/1.1 does
+                xfp = next((v for n, v in fields if n == b"x-forwarded-proto"), None) or None
+            fields = [f for f in fields if f[0] not in edits.drop] + [(n.lower(), v) for n, v in edits.fields]
         for name, value in fields:
             if name in _FORWARDED and name not in decided:
                 if name == b"x-forwarded-for":
@@ -698,8 +700,7 @@ class H2Downstream(asyncio.Protocol):
             dropped = (b"traceparent",) if st.span.continued else (b"traceparent", b"tracestate")
             head = [(n, v) for n, v in head if n not in dropped]
             head.append((b"traceparent", st.span.traceparent))
-        if b"x-forwarded-for" not in decided:
-            head.append((b"x-forwarded-for", self.peer_b if xff is None else xff + b", " + self.peer_b))
+        head.append((b"x-forwarded-for", self.peer_b if xff is None else xff + b", " + self.peer_b))
         if not xfp and b"x-forwarded-proto" not in decided:
             head.append((b"x-forwarded-proto", b"http"))
         if not xfh and st.authority and b"x-forwarded-host" not in decided:

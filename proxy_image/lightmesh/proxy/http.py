@@ -42,7 +42,9 @@ than ``MAX_RESPONSE_HEAD_BYTES`` is malformed (502). ``Expect: 100-continue`` is
 and ``X-Real-Ip`` are kept when present (the mesh hop is node-local and trusted, as Traefik Mesh's
 ``forwardedHeaders.insecure``), else set; the peer IP is always appended to ``X-Forwarded-For``;
 ``X-Forwarded-Server`` is always this proxy's host name. A forwarded header a ``request_headers``
-edit sets or removes is the edit's alone (Traefik's headers middleware runs after the entry point).
+edit sets or removes is the edit's alone (Traefik's headers middleware runs after the entry point),
+one it only adds goes next to ours; the peer is appended to whatever ``X-Forwarded-For`` the edits
+left (Traefik's reverse proxy does that last).
 
 Retries (``retry`` middleware): an attempt that failed to connect, or whose connection was reset
 or closed before any response byte, is repeated on the next server (``Balancer.pick(exclude=tried)``;
@@ -929,7 +931,7 @@ class ClientProtocol(asyncio.Protocol):
         ex.is_head = method == b"HEAD"
         ex.keep_alive = parser.should_keep_alive()
         host = conn_hdr = te = xff = upgrade = tp = xfp = None
-        xfh = xri = xfport = xfs = xffs = False
+        xfh = xri = xfport = xfs = False
         # The forwarded head is built while classifying: [request line (4 pieces), Host line,
         # then name, ": ", value, CRLF per kept header, then what the proxy adds].
         parts = [method, b" ", ex.url, b" HTTP/1.1\r\n", b""]
@@ -1047,11 +1049,15 @@ class ClientProtocol(asyncio.Protocol):
             if edits is not None:
                 if edits.drop:
                     parts = _drop_fields(parts, 5, edits.drop)
+                    if b"x-forwarded-for" in edits.drop:
+                        xff = None  # set or removed: the client's list goes (the peer is still appended)
                 for name, value in edits.fields:
-                    parts += (name, b": ", value, _CRLF)
+                    if name.lower() == b"x-forwarded-for":
+                        xff = value if xff is None else xff + b", " + value
+                    else:
+                        parts += (name, b": ", value, _CRLF)
                 decided = edits.decided
                 if decided:  # forwarded headers the edits set or removed: none of ours
-                    xffs = b"x-forwarded-for" in decided
                     xfp = xfp or (b"x-forwarded-proto" in decided)
                     xfh = xfh or b"x-forwarded-host" in decided
                     xri = xri or b"x-real-ip" in decided
@@ -1071,9 +1077,7 @@ class ClientProtocol(asyncio.Protocol):
                 if not span.continued:  # a new trace: the request's tracestate was of no trace we continue
                     parts = _drop_fields(parts, 5, (b"tracestate",))
                 parts += (b"traceparent: ", span.traceparent, _CRLF)
-        if xffs:
-            pass  # set or removed by a request_headers edit
-        elif xff is None or not xff.strip(b" \t,"):  # an empty one is no list to append to
+        if xff is None or not xff.strip(b" \t,"):  # an empty one is no list to append to
             parts += (b"X-Forwarded-For: ", self.peer_b, _CRLF)
         else:
             parts += (b"X-Forwarded-For: ", xff, b", ", self.peer_b, _CRLF)

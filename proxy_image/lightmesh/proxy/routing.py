@@ -243,8 +243,10 @@ class HeaderEdits:
     def __init__(self) -> None:
         self.drop: frozenset[bytes] = frozenset()
         self.fields: list[tuple[bytes, bytes]] = []  # (name, value) added, in order
-        # forwarded headers these edits set, add or remove: the edit decides them, the proxy adds
-        # none of its own (Traefik's headers middleware runs after the entry point's forwarding)
+        # forwarded headers these edits set or remove: the edit decides them, the proxy adds none of
+        # its own (Traefik's headers middleware runs after the entry point's forwarded headers).
+        # X-Forwarded-For is not among them: the proxy appends the peer to whatever the edits left,
+        # as Traefik's reverse proxy does last. A forwarded header only added goes next to ours.
         self.decided: frozenset[bytes] = frozenset()
 
     def apply(self, m: RequestHeadersMiddleware) -> None:
@@ -253,7 +255,7 @@ class HeaderEdits:
         # a later middleware's remove/set also removes what an earlier one added
         self.fields = [(n, v) for n, v in self.fields if n.lower() not in names]
         self.fields += [(n.encode("latin-1"), v.encode("latin-1")) for n, v in [*m.set.items(), *m.add.items()]]
-        self.decided = (self.drop | {n.lower() for n, _ in self.fields}) & FORWARDED_HEADERS
+        self.decided = (self.drop & FORWARDED_HEADERS) - {b"x-forwarded-for"}
 
 
 class RouteTable:
