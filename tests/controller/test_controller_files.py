@@ -224,15 +224,20 @@ def test_bad_annotation_is_reported_not_fatal(tmp_path, controllers):
     assert 'lightmesh_controller_objects{kind="Service"} 3.0' in metrics
 
 
-def test_the_controller_raises_its_open_files_limit_to_the_hard_limit(tmp_path):
-    # a long poll per proxy, a connection per DNS-over-TCP client: 1,024 runs out on a big cluster
+def _with_open_files_limit(tmp_path: Path, soft: int, hard: int) -> Controller:
+    """A controller (not started) over the test manifests, run with RLIMIT_NOFILE (soft, hard)."""
     import resource
 
     directory = tmp_path / "state"
     directory.mkdir()
     (directory / "app.yml").write_text(yaml.safe_dump_all(objects()))
-    controller = Controller(directory, tmp_path / "controller.log",
-                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096)))
+    return Controller(directory, tmp_path / "controller.log",
+                      preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)))
+
+
+def test_the_controller_raises_its_open_files_limit_to_the_hard_limit(tmp_path):
+    # a long poll per proxy, a connection per DNS-over-TCP client: 1,024 runs out on a big cluster
+    controller = _with_open_files_limit(tmp_path, 256, 4096)
     try:
         controller.start()
         limits = [line for line in open(f"/proc/{controller.proc.pid}/limits") if line.startswith("Max open files")]
@@ -244,13 +249,7 @@ def test_the_controller_raises_its_open_files_limit_to_the_hard_limit(tmp_path):
 def test_out_of_descriptors_the_controller_neither_floods_its_log_nor_spins(tmp_path):
     # on the stdlib loop each accept that failed with EMFILE logged a traceback and re-armed itself
     # once per backlog slot: 220,000 lines (16 MB) and 2 s of CPU in 6 s, until the clients left
-    import resource
-
-    directory = tmp_path / "state"
-    directory.mkdir()
-    (directory / "app.yml").write_text(yaml.safe_dump_all(objects()))
-    controller = Controller(directory, tmp_path / "controller.log",
-                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64)))
+    controller = _with_open_files_limit(tmp_path, 64, 64)
     held = []
     try:
         controller.start()

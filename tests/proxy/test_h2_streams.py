@@ -556,14 +556,9 @@ async def test_an_h2_stream_whose_rate_limit_token_is_due_soon_waits_instead_of_
 async def test_an_h2_delay_never_outlives_its_stream_nor_counts_in_its_timeouts():
     import time
 
-    mws = [*({"type": "rate_limit", "name": f"rl-{r}", "average": 1, "burst": 1} for r in "ac"),
-           {"type": "deny", "name": "no", "status_code": 403},
-           {"type": "allow_list", "name": "lo", "source_ranges": ["127.0.0.0/8"]},
-           {"type": "request_timeout", "name": "t", "seconds": 0.25}]
-    routers = [{"name": "a", "service": "svc", "middlewares": ["rl-a", "no"], "match": {"hosts": ["a"]}},
-               {"name": "b", "service": "svc", "middlewares": ["lo"], "match": {"hosts": ["b"]}},
-               {"name": "c", "service": "svc", "middlewares": ["rl-c", "t"], "match": {"hosts": ["c"]}}]
-    async with H2Server() as up, ProxyUnderTest(simple_config([up.url], routers=routers, middlewares=mws)) as p:
+    from .test_http_middlewares import delay_routes_config
+
+    async with H2Server() as up, ProxyUnderTest(delay_routes_config(up.url)) as p:
         c = await H2Client.connect(p.port)
 
         async def get(host):

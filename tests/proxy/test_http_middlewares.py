@@ -504,6 +504,20 @@ async def test_a_rate_limited_request_whose_token_is_due_soon_waits_instead_of_a
         assert p.metrics.rate_limited["svc"] == 1 and len(b.requests) == 2
 
 
+def delay_routes_config(url: str):
+    """Routes for the rate-limit wait tests (HTTP/1.1 and HTTP/2): ``a`` a limiter then a deny, ``b``
+    an allow-list only, ``c`` a limiter and a 0.25 s request timeout; each limiter 1/s, burst 1
+    (a request waits up to 0.5 s for its token)."""
+    mws = [*({"type": "rate_limit", "name": f"rl-{r}", "average": 1, "burst": 1} for r in "ac"),
+           {"type": "deny", "name": "no", "status_code": 403},
+           {"type": "allow_list", "name": "lo", "source_ranges": ["127.0.0.0/8"]},
+           {"type": "request_timeout", "name": "t", "seconds": 0.25}]
+    routers = [{"name": "a", "service": "svc", "middlewares": ["rl-a", "no"], "match": {"hosts": ["a"]}},
+               {"name": "b", "service": "svc", "middlewares": ["lo"], "match": {"hosts": ["b"]}},
+               {"name": "c", "service": "svc", "middlewares": ["rl-c", "t"], "match": {"hosts": ["c"]}}]
+    return simple_config([url], routers=routers, middlewares=mws)
+
+
 @on_uvloop
 async def test_a_delay_never_outlives_its_request_nor_counts_in_its_timeouts():
     # (1) a rate limit passed with a delay, then a later check refused: the next request of the
@@ -513,14 +527,7 @@ async def test_a_delay_never_outlives_its_request_nor_counts_in_its_timeouts():
 
     from lightmesh.proxy.http import HTTPOptions
 
-    mws = [*({"type": "rate_limit", "name": f"rl-{r}", "average": 1, "burst": 1} for r in "ac"),  # waits ≤ 0.5 s
-           {"type": "deny", "name": "no", "status_code": 403},
-           {"type": "allow_list", "name": "lo", "source_ranges": ["127.0.0.0/8"]},
-           {"type": "request_timeout", "name": "t", "seconds": 0.25}]
-    routers = [{"name": "a", "service": "svc", "middlewares": ["rl-a", "no"], "match": {"hosts": ["a"]}},
-               {"name": "b", "service": "svc", "middlewares": ["lo"], "match": {"hosts": ["b"]}},
-               {"name": "c", "service": "svc", "middlewares": ["rl-c", "t"], "match": {"hosts": ["c"]}}]
-    async with Backend() as be, ProxyUnderTest(simple_config([be.url], routers=routers, middlewares=mws),
+    async with Backend() as be, ProxyUnderTest(delay_routes_config(be.url),
                                                options=HTTPOptions(response_timeout=0.2)) as p:
         client = await RawClient.connect(p.port)
         try:
