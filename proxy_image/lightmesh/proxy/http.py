@@ -516,10 +516,11 @@ _HOST_LINE = re.compile(rb"\r\n[Hh][Oo][Ss][Tt][ \t]*:[ \t]*([^\r\n]*)")
 def _refusal(partial: Exchange | None, method: bytes = b"", head: bytes = b"") -> Exchange:
     """The exchange of a request refused as bad input (400, 408, 431), from what was read of it:
     its start, method, target and Host (once llhttp handed it over: when the next header began) go
-    to the access log and its duration to the histogram (a 408 took the header timeout, not 0 ms). ``method``: the parser's, for a head cut short (the
-    exchange has it only once complete). ``head``: the bytes of a head refused before the parser
-    saw any of it (431 on an oversized first read), whose request line and Host are read from it.
-    Until a head is complete its method is not counted in metrics (``-``): it was never a request."""
+    to the access log and its duration to the histogram (a 408 took the header timeout, not 0 ms).
+    ``method``: the parser's, for a head cut short (the exchange has it only once complete).
+    ``head``: the bytes of a head refused before the parser saw any of it (431 on an oversized first
+    read), whose request line and Host are read from it. Until a head is complete its method is not
+    counted in metrics (``-``): it was never a request."""
     if partial is None:
         ex = Exchange(perf_counter())
         ex.keep_alive = False
@@ -1085,9 +1086,9 @@ class ClientProtocol(asyncio.Protocol):
             parts.append(b"X-Forwarded-Proto: http\r\n")
         if not xfh and host is not None:
             parts += (b"X-Forwarded-Host: ", host, _CRLF)
-        # X-Real-Ip and X-Forwarded-Port unless the client pod sent them, X-Forwarded-Server always
-        # (Traefik's forwarded headers, which Traefik Mesh's entry points added): in the common
-        # case one piece, made once per Host on a connection
+        # X-Real-Ip and X-Forwarded-Port unless the client pod sent them, X-Forwarded-Server unless
+        # an edit decided it (Traefik's forwarded headers, which Traefik Mesh's entry points added):
+        # in the common case one piece, made once per Host on a connection
         if xri or xfport or xfs or xfp:
             if not xri:
                 parts += (b"X-Real-Ip: ", self.peer_b, _CRLF)
