@@ -74,3 +74,25 @@ def test_a_service_with_no_ready_endpoints_gets_a_note_under_its_lines(tmp_path)
                             "one is used, as kubectl apply would leave it"]
     assert manifest_warnings(local) == ["note: Service default/web is declared twice (a.yaml document 1; a.yaml "
                                         "document 2): the later one is used, as kubectl apply would leave it"]
+
+
+def test_a_split_root_without_pods_of_its_own_gets_no_no_endpoints_note(tmp_path, monkeypatch):
+    # a TrafficSplit's root with no selector answers from its backends: "HTTP answers 503" was wrong
+    from lightmesh.local import harness
+    from lightmesh.local import cluster as local_cluster
+    from lightmesh.local.harness import LocalMesh
+
+    mesh = LocalMesh(tmp_path, work_dir=tmp_path / "work")
+    root = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "apex", "namespace": "shop"},
+            "spec": {"ports": [{"port": 80}]}}
+    mesh.manifests = [root]
+    mesh.cluster = local_cluster.synthesize([root])
+    topology = {"services": [{"namespace": "shop", "name": "apex", "traffic_type": "http",
+                              "traffic_split": "shop/apex-split"}]}
+    monkeypatch.setattr(harness, "_http_json", lambda url: topology)
+    monkeypatch.setattr(mesh, "resolve", lambda host: ["127.1.0.9"])
+    [apex] = mesh.services()
+    assert apex.ready_endpoints is None and apex.traffic_type == "http"
+    topology["services"][0]["traffic_split"] = None
+    [apex] = mesh.services()
+    assert apex.ready_endpoints == 0  # a plain Service with no pods keeps its note

@@ -596,6 +596,8 @@ class LocalMesh:
             access.address = answers[0] if answers else None
             if key in meshed:
                 access.traffic_type = meshed[key].get("traffic_type")
+                if meshed[key].get("traffic_split"):
+                    access.ready_endpoints = None  # a split root answers from its backends' pods
                 if self.acl:
                     access.allowed_sources = self._allowed_sources(meshed[key], targets)
             elif meta["namespace"] == self.mesh_namespace:
