@@ -1,5 +1,5 @@
-"""Helpers shared by tests that start lightmesh processes on loopback: free ports for the mesh DNS
-and the process tree a command started (to check it is gone after a stop)."""
+"""Helpers shared by tests that start lightmesh processes on loopback: free ports for the mesh DNS,
+the process tree a command started (to check it is gone after a stop), a listener's accept queue."""
 
 from __future__ import annotations
 
@@ -10,6 +10,18 @@ import subprocess
 from pathlib import Path
 
 from lightmesh.local.harness import free_port
+
+
+def listen_backlog(port: int) -> int:
+    """The accept queue length the kernel gives the TCP listener on ``port`` (``ss``'s Send-Q)."""
+    import shutil
+
+    import pytest
+
+    if not shutil.which("ss"):
+        pytest.skip("ss (iproute2) is not installed")
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, timeout=10).stdout
+    return int(out.split()[2])
 
 
 def free_dns_port() -> int:

@@ -13,6 +13,7 @@ from dnslib import QTYPE, DNSRecord
 from conftest import without_ipv6
 from lightmesh import netutil
 from lightmesh.controller.dns import DNSTable, MeshDNS
+from proctools import listen_backlog
 
 
 def _connects(host: str, port: int) -> bool:
@@ -68,16 +69,6 @@ def test_the_mesh_dns_on_the_any_address_answers_both_families():
     asyncio.run(main())
 
 
-def _backlog(port: int) -> int:
-    import shutil
-    import subprocess
-
-    if not shutil.which("ss"):
-        pytest.skip("ss (iproute2) is not installed")
-    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, timeout=10).stdout
-    return int(out.split()[2])
-
-
 async def _closed_within(port: int, data: bytes, seconds: float) -> bool:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
@@ -119,7 +110,7 @@ def test_the_api_admin_and_dns_servers_keep_the_accept_queue_and_time_out_slow_h
         dns = MeshDNS(DNSTable())
         dns_port = await dns.start("127.0.0.1", 0)
         try:
-            assert [_backlog(p) for p in (api_port, admin.port, dns_port)] == [netutil.LISTEN_BACKLOG] * 3
+            assert [listen_backlog(p) for p in (api_port, admin.port, dns_port)] == [netutil.LISTEN_BACKLOG] * 3
             for port in (api_port, admin.port):
                 assert await _closed_within(port, b"GET /api/configuration/current HTTP/1.1\r\nHost: x\r\n", 3)
                 assert await _closed_within(port, b"", 3)  # nothing sent at all

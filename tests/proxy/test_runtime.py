@@ -13,6 +13,7 @@ from lightmesh.config import ConfigError, EntryPoint, HTTPConfig, L4Server, TCPR
 from lightmesh.proxy.metrics import ProxyMetrics
 from conftest import without_ipv6
 from lightmesh.proxy.runtime import Runtime, RuntimeOptions
+from proctools import listen_backlog
 from proxy.backends import Backend, RawClient, request
 
 
@@ -398,17 +399,6 @@ def test_series_of_a_removed_tcp_route_stay_while_its_connections_do():
             echo.close()
 
     run(main())
-
-
-def listen_backlog(port: int) -> int:
-    """The accept queue length the kernel gives a listener (``ss``'s Send-Q column)."""
-    import shutil
-    import subprocess
-
-    if not shutil.which("ss"):
-        pytest.skip("ss (iproute2) is not installed")
-    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, timeout=10).stdout
-    return int(out.split()[2])
 
 
 def test_every_listener_keeps_the_full_accept_queue():

@@ -37,6 +37,7 @@ import socket
 import sys
 
 from lightmesh import config as cfg
+from lightmesh.netutil import connect_failure_reason
 from lightmesh.proxy.logthrottle import LogThrottle
 from lightmesh.proxy.metrics import ProxyMetrics
 
@@ -184,7 +185,7 @@ class TCPListener:
                 except (OSError, asyncio.TimeoutError) as exc:
                     up.close()
                     route.balancer.failed(server)
-                    reason = "connect_timeout" if isinstance(exc, asyncio.TimeoutError) else "connect"
+                    reason = connect_failure_reason(exc)
                     self.metrics.upstream_error(route.name, reason)
                     log.debug("tcp route %s: %s:%d failed: %r", route.name, server[0], server[1], exc)
                     continue
