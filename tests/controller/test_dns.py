@@ -5,10 +5,10 @@ import socket
 import struct
 import time
 
-from dnslib import QTYPE, RCODE, DNSRecord
+from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
 
 from lightmesh import wire
-from lightmesh.controller.dns import TTL, DNSTable, MeshDNS
+from lightmesh.controller.dns import EDNS_UDP_PAYLOAD, TTL, DNSTable, MeshDNS
 
 
 def shadow(ns, name, *ips):
@@ -231,6 +231,50 @@ def test_responses_are_ignored_and_other_classes_refused():
     assert chaos.header.rcode == RCODE.REFUSED and not chaos.rr
     anyclass = DNSRecord.parse(server.answer(DNSRecord.question(name, "A", "*").pack()))
     assert anyclass.rr
+
+
+def _with_opt(name, qtype="A", version=0, count=1):
+    query = DNSRecord.question(name, qtype)
+    for _ in range(count):  # what dig and CoreDNS's forward plugin send: an OPT record, 4096 bytes
+        query.add_ar(EDNS0(udp_len=4096, version=version, flags="do"))
+    return query
+
+
+def _opts(reply):
+    return [rr for rr in reply.ar if rr.rtype == QTYPE.OPT]
+
+
+def test_edns_queries_get_an_opt_record_back_and_other_versions_badvers():
+    async def scenario():
+        server = MeshDNS(TABLE)
+        port = await server.start("127.0.0.1", 0)
+        try:
+            loop = asyncio.get_running_loop()
+            reply = DNSRecord.parse(await loop.run_in_executor(
+                None, lambda: _with_opt("whoami.whoami.traefik.mesh").send("127.0.0.1", port, timeout=2)))
+            assert reply.header.rcode == RCODE.NOERROR and reply.header.aa == 1
+            assert [str(rr.rdata) for rr in reply.rr] == ["127.1.2.3"]
+            (opt,) = _opts(reply)
+            assert opt.rclass == EDNS_UDP_PAYLOAD  # an OPT's class is the sender's UDP payload size
+            assert opt.ttl == 0  # extended RCODE 0, version 0, DO clear: nothing here is signed
+        finally:
+            await server.stop()
+
+    run(scenario())
+    server = MeshDNS(TABLE)
+    for name, rcode in (("nope.whoami.traefik.mesh", RCODE.NXDOMAIN), ("example.com", RCODE.REFUSED)):
+        reply = DNSRecord.parse(server.answer(_with_opt(name).pack()))
+        assert reply.header.rcode == rcode and len(_opts(reply)) == 1, reply
+    # a query without OPT gets a reply without one (the control)
+    assert not _opts(DNSRecord.parse(server.answer(DNSRecord.question("whoami.whoami.traefik.mesh").pack())))
+    # EDNS version 1: BADVERS (extended RCODE 16 = 1 in the OPT's upper TTL byte, 0 in the header)
+    reply = DNSRecord.parse(server.answer(_with_opt("whoami.whoami.traefik.mesh", version=1).pack()))
+    (opt,) = _opts(reply)
+    assert reply.header.rcode == 0 and opt.ttl >> 24 == 1 and (opt.ttl >> 16) & 0xFF == 0
+    assert not reply.rr and reply.header.aa == 0
+    # two OPT records: FORMERR, with none in the reply
+    reply = DNSRecord.parse(server.answer(_with_opt("whoami.whoami.traefik.mesh", count=2).pack()))
+    assert reply.header.rcode == RCODE.FORMERR and not _opts(reply) and not reply.rr
 
 
 def test_a_query_already_read_is_answered_even_when_room_is_made_at_that_moment(monkeypatch):

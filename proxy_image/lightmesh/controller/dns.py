@@ -14,6 +14,10 @@ whenever the shadow Services change. Answers:
 * a name outside our domains: REFUSED (we are not a recursive resolver);
 * a malformed query: FORMERR when it has a parsable header, else dropped.
 
+EDNS(0) (RFC 6891): a query with an OPT record gets one back in every reply (our UDP payload
+size, no options, the DO bit clear: nothing here is signed); an OPT of a version above 0 gets
+BADVERS, two OPT records FORMERR. A query without OPT gets a reply without one.
+
 Names are compared case-insensitively (RFC 4343), label by label: a label holding a ``.`` byte
 (legal on the wire, never one of ours) names nothing here.
 
@@ -38,7 +42,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from dnslib import AAAA, QTYPE, RCODE, RR, SOA, A, DNSError, DNSHeader, DNSRecord
+from dnslib import AAAA, EDNS0, QTYPE, RCODE, RR, SOA, A, DNSError, DNSHeader, DNSRecord
 
 from lightmesh import wire
 from lightmesh.netutil import LISTEN_BACKLOG, listening_socket
@@ -48,6 +52,8 @@ log = logging.getLogger("lightmesh.controller.dns")
 TTL = 5
 _CLASSES = (1, 255)  # IN and ANY ("*"); CH (version.bind...) and the others are REFUSED
 MAX_TCP_MESSAGE = 65535
+EDNS_UDP_PAYLOAD = 1232  # the DNS flag day 2020 size: no IP fragmentation on any common path
+_BADVERS = 16  # extended RCODE: 12 bits, the upper 8 in the OPT record's TTL field
 TCP_IDLE_SECONDS = 10.0
 MAX_TCP_QUERIES_PER_CONNECTION = 1000
 MAX_TCP_CONNECTIONS = 256  # then the longest-idle connection makes room (UDP is the main path)
@@ -146,10 +152,28 @@ class MeshDNS:
             return None  # a response, not a query: answering it could start a loop between servers
         reply = request.reply()  # copies id, sets QR, RD; AA set below
         reply.header.ra = 0
+        opts = [rr for rr in request.ar if rr.rtype == QTYPE.OPT]
+        if len(opts) > 1:
+            reply.header.aa = 0
+            reply.header.rcode = RCODE.FORMERR  # RFC 6891 6.1.1; no OPT in the reply
+            return reply.pack()
+        if opts:
+            version = (opts[0].ttl >> 16) & 0xFF
+            if version != 0:  # RFC 6891 6.1.3: BADVERS, with the version we speak (0)
+                reply.header.aa = 0
+                reply.add_ar(EDNS0(udp_len=EDNS_UDP_PAYLOAD, ext_rcode=_BADVERS >> 4))
+                reply.header.rcode = _BADVERS & 0xF
+                return reply.pack()
+        self._answer(request, reply)
+        if opts:
+            reply.add_ar(EDNS0(udp_len=EDNS_UDP_PAYLOAD))
+        return reply.pack()
+
+    def _answer(self, request: DNSRecord, reply: DNSRecord) -> None:
         if request.header.opcode != 0 or len(request.questions) != 1:
             reply.header.aa = 0  # an error about the message, not an authoritative answer
             reply.header.rcode = RCODE.NOTIMP if request.header.opcode != 0 else RCODE.FORMERR
-            return reply.pack()
+            return
         question = request.questions[0]
         labels = question.qname.label
         if any(b"." in label for label in labels):
@@ -161,12 +185,12 @@ class MeshDNS:
         if status == "outside" or question.qclass not in _CLASSES:  # mesh names are IN only
             reply.header.aa = 0
             reply.header.rcode = RCODE.REFUSED
-            return reply.pack()
+            return
         reply.header.aa = 1
         if status == "nxdomain":
             reply.header.rcode = RCODE.NXDOMAIN
             reply.add_auth(_soa(zone))  # lets resolvers cache the negative answer for TTL seconds
-            return reply.pack()
+            return
         qtype = question.qtype
         if status == "apex" and qtype in (QTYPE.SOA, QTYPE.ANY):
             reply.add_answer(_soa(zone))
@@ -178,7 +202,6 @@ class MeshDNS:
                 reply.add_answer(RR(question.qname, QTYPE.AAAA, rdata=AAAA(address), ttl=TTL))
         if not reply.rr:
             reply.add_auth(_soa(zone))  # NODATA: same negative caching
-        return reply.pack()
 
     @staticmethod
     def _formerr(data: bytes) -> bytes | None:
