@@ -611,3 +611,32 @@ async def test_h2_forwarded_headers_under_edits_match_http1():
             seen = up.requests[-1]
             assert r["headers"][b":status"] == b"200"
             assert (seen[b"x-forwarded-for"], seen[b"x-forwarded-port"]) == (xff, port), edit
+
+
+
+@on_uvloop
+async def test_a_stream_that_waited_for_its_token_across_a_swap_leaves_no_connection_to_the_retired_server():
+    # The stream's server left the config while the stream waited for its rate-limit token: the
+    # connection opened for it afterwards belongs to no plane, so nothing else would ever close it.
+    import time
+
+    mws = [{"type": "rate_limit", "name": "rl", "average": 5, "burst": 1}]
+    routers = [{"name": "r", "service": "svc", "middlewares": ["rl"]}]
+    async with H2Server() as old, H2Server() as new, \
+            ProxyUnderTest(simple_config([old.url], routers=routers, middlewares=mws)) as p:
+        c = await H2Client.connect(p.port)
+        (first,) = await c.wait([c.start("/echo", body=b"a")], timeout=5)
+        assert first["headers"][b":status"] == b"200" and old.open_connections == 1
+        await asyncio.sleep(0.15)  # the next token is ~0.05 s away: the stream waits for it
+        t0 = time.monotonic()
+        waiting = c.start("/echo", body=b"b")
+        await asyncio.sleep(0.01)
+        p.apply(simple_config([new.url], routers=routers, middlewares=mws))
+        (waited,) = await c.wait([waiting], timeout=5)
+        assert waited["headers"][b":status"] == b"200" and time.monotonic() - t0 >= 0.02
+        # it went to the server of its own config, on a new connection (the swap closed the first)
+        assert old.connections == 2
+        assert await _eventually(lambda: old.open_connections == 0, 3), old.open_connections
+        (after,) = await c.wait([c.start("/echo", body=b"c")], timeout=5)
+        await c.close()
+        assert after["headers"][b":status"] in (b"200", b"429") and new.connections <= 1

@@ -41,6 +41,7 @@ class H2Server:
         self.goaway_on_slow = goaway_on_slow
         self.server: asyncio.AbstractServer | None = None
         self.connections = 0
+        self.open_connections = 0
         self.requests: list[dict] = []
         self.resets_seen = 0
         self.data_sent = 0  # response body bytes handed to h2 (all streams)
@@ -74,11 +75,15 @@ class _H2ServerProtocol(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.owner.connections += 1
+        self.owner.open_connections += 1
         if self.owner.max_streams is not None:
             self.conn.local_settings = h2.settings.Settings(
                 client=False, initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.owner.max_streams})
         self.conn.initiate_connection()
         self.transport.write(self.conn.data_to_send())
+
+    def connection_lost(self, exc) -> None:
+        self.owner.open_connections -= 1
 
     def data_received(self, data: bytes) -> None:
         for ev in self.conn.receive_data(data):

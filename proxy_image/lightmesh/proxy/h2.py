@@ -664,6 +664,10 @@ class H2Downstream(asyncio.Protocol):
         if up is None or up.side.closed or up.goaway:
             up = server.h2conn = H2Upstream(self.loop, server, self.options.connect_timeout)
         up.open(st, self)
+        if server.retired:
+            # its config was swapped out while the stream waited (rate limit, retry): no plane
+            # owns this connection to retire it later, so it closes after its last stream
+            up.retire()
 
     def request_head(self, st: _Stream) -> list[tuple[bytes, bytes]]:
         """The headers a server gets for ``st``."""
@@ -952,6 +956,8 @@ class H2Upstream(asyncio.Protocol):
         if nxt is None or nxt is self or nxt.goaway or nxt.side.closed:
             nxt = self.server.h2conn = H2Upstream(self.loop, self.server, self.connect_timeout)
         nxt.open(st, down)
+        if self.server.retired:
+            nxt.retire()  # as in H2Downstream._forward
 
     def _refused(self, st: _Stream, down: H2Downstream) -> None:
         """The server did not process ``st`` (REFUSED_STREAM, or above the GOAWAY's last stream): try
