@@ -721,7 +721,7 @@ def _validate_annotations(args: ResourceValidationArgs, report: ReportViolation)
         text = (f"annotation {error.annotation}={model.shown(error.value)}: "
                 f"{error.reason.removesuffix(f' in {error.value!r}')}")
         effect = ("The controller ignores this Service's mesh settings until it is fixed" if error.fatal
-                  else "The controller applies no rate limit to this Service until it is fixed")
+                  else f"The controller keeps this Service, but {error.effect}, until it is fixed")
         report(f"{where}: {text}. {effect}. Fix: "
                f"correct the annotation, or MeshService arg {_MESH_SERVICE_FIELD.get(key, key)}.")
     if cfg["report_unknown_keys"]:

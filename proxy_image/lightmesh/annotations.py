@@ -62,9 +62,11 @@ class AnnotationError:
     annotation: str  # the full key as written, e.g. "mesh.traefik.io/retry-attempts"
     value: str
     reason: str
-    # False: the setting does nothing, but the Service is fine without it (half a rate-limit pair,
-    # which Traefik Mesh ignored without a word): the controller reports it and keeps the Service
+    # False: the Service is fine without the value as written (half a rate-limit pair, which
+    # Traefik Mesh ignored without a word; a number above our bound, which Traefik accepted): the
+    # controller reports it, does what ``effect`` says and keeps the Service
     fatal: bool = True
+    effect: str = ""  # what the mesh does instead, when not fatal
 
     def __str__(self) -> str:
         return f"annotation {self.annotation}={self.value!r}: {self.reason}"
@@ -144,7 +146,7 @@ def parse_annotations_lenient(annotations: Mapping[str, str] | None,
 
     retry_attempts = None
     if found := get(RETRY_ATTEMPTS):
-        retry_attempts = _int(found, 1, MAX_RETRY_ATTEMPTS, errors)
+        retry_attempts = _int(found, 1, MAX_RETRY_ATTEMPTS, errors, clamp=True)
 
     expression = None
     if found := get(CIRCUIT_BREAKER_EXPRESSION):
@@ -156,14 +158,14 @@ def parse_annotations_lenient(annotations: Mapping[str, str] | None,
     rate_limit = None
     average_found, burst_found = get(RATELIMIT_AVERAGE), get(RATELIMIT_BURST)
     if average_found or burst_found:
-        average = _int(average_found, 1, MAX_RATE, errors) if average_found else None
-        burst = _int(burst_found, 1, MAX_RATE, errors) if burst_found else None
+        average = _int(average_found, 1, MAX_RATE, errors, clamp=True) if average_found else None
+        burst = _int(burst_found, 1, MAX_RATE, errors, clamp=True) if burst_found else None
         if average_found and not burst_found:
             errors.append(AnnotationError(*average_found, f"needs {_sibling(average_found[0], RATELIMIT_BURST)} too",
-                                          fatal=average is None))
+                                          fatal=average is None, effect=_NO_RATE_LIMIT))
         elif burst_found and not average_found:
             errors.append(AnnotationError(*burst_found, f"needs {_sibling(burst_found[0], RATELIMIT_AVERAGE)} too",
-                                          fatal=burst is None))
+                                          fatal=burst is None, effect=_NO_RATE_LIMIT))
         elif average is not None and burst is not None:
             rate_limit = RateLimit(average, burst)
 
@@ -188,12 +190,24 @@ def _sibling(full_key: str, key: str) -> str:
     return full_key.rsplit("/", 1)[0] + "/" + key
 
 
-def _int(found: tuple[str, str], low: int, high: int, errors: list[AnnotationError]) -> int | None:
+_NO_RATE_LIMIT = "no rate limit is applied"
+
+
+def _int(found: tuple[str, str], low: int, high: int, errors: list[AnnotationError],
+         clamp: bool = False) -> int | None:
+    """The whole number in ``found``, or None with an error. ``clamp``: a number above ``high``
+    is reported (not fatal) and ``high`` is used, as Traefik Mesh had no bound there and a Service
+    annotated for it must not drop out of the mesh for it."""
     text = found[1].strip()
     if not re.fullmatch(r"[+-]?[0-9]+", text):
         errors.append(AnnotationError(*found, "must be a whole number"))
         return None
-    if len(text.lstrip("+-").lstrip("0")) > 18:  # int() of thousands of digits raises (and is slow)
+    too_long = len(text.lstrip("+-").lstrip("0")) > 18  # int() of thousands of digits raises (and is slow)
+    if clamp and not text.startswith("-") and (too_long or int(text) > high):
+        errors.append(AnnotationError(*found, f"must be between {low} and {high}", fatal=False,
+                                      effect=f"{high} is used"))
+        return high
+    if too_long:
         errors.append(AnnotationError(*found, f"must be between {low} and {high}"))
         return None
     value = int(text)

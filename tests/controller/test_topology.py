@@ -724,3 +724,29 @@ def test_half_a_rate_limit_pair_is_reported_and_the_service_stays_meshed_without
     routed = {r.service.split(":")[0] for r in result.config.http.routers}
     assert routed == {"app/avg", "app/burst"}, routed
     assert not result.config.http.middlewares  # and no rate limit anywhere
+
+
+def test_numbers_above_our_bounds_that_traefik_mesh_accepted_are_reported_and_capped():
+    state = ClusterState.from_objects([
+        pod("w", "10.0.0.2", sa="web"),
+        svc("many", ports=[{"port": 80}], annotations={
+            "mesh.traefik.io/retry-attempts": "200", "mesh.traefik.io/ratelimit-average": "5000000",
+            "mesh.traefik.io/ratelimit-burst": "9" * 40}),
+        eps("many", [{"addresses": ["10.0.0.2"]}], [{"port": 80}]),
+        svc("none", ports=[{"port": 80}], annotations={"mesh.traefik.io/retry-attempts": "0"}),
+        eps("none", [{"addresses": ["10.0.0.2"]}], [{"port": 80}]),
+    ])
+    result = build(state, Settings(), 1)
+    errors = {(e.name, e.field): e.message for e in result.errors}
+    assert errors[("many", "metadata.annotations[mesh.traefik.io/retry-attempts]")] == (
+        "annotation mesh.traefik.io/retry-attempts='200': must be between 1 and 100; "
+        "100 is used; the service stays in the mesh")
+    assert errors[("many", "metadata.annotations[mesh.traefik.io/ratelimit-average]")].endswith(
+        "1000000 is used; the service stays in the mesh")
+    assert errors[("many", "metadata.annotations[mesh.traefik.io/ratelimit-burst]")].endswith(
+        "1000000 is used; the service stays in the mesh")
+    meshed = {s.name for s in result.topology.services.values()}
+    assert "many" in meshed and "none" not in meshed  # below the bound is still an error
+    by_type = {m.type: m for m in result.config.http.middlewares}
+    assert by_type["retry"].attempts == 99  # retries after the first try: 100 tries in all
+    assert (by_type["rate_limit"].average, by_type["rate_limit"].burst) == (1_000_000, 1_000_000)

@@ -325,7 +325,10 @@ def test_valid_annotations_under_every_prefix_pass():
      "Service a/x: annotation lightmesh.io/circuit-breaker-expression='Foo() > 1': invalid circuit-breaker expression: "
      "unknown function 'Foo' "),
     ({"lightmesh.io/ratelimit-average": "10"},
-     "needs lightmesh.io/ratelimit-burst too. The controller applies no rate limit to this Service until it is fixed"),
+     "needs lightmesh.io/ratelimit-burst too. The controller keeps this Service, but no rate limit is applied, "
+     "until it is fixed"),
+    ({"lightmesh.io/retry-attempts": "200"},
+     "must be between 1 and 100. The controller keeps this Service, but 100 is used, until it is fixed"),
     ({"lightmesh.io/request-timeout": "5"}, "a unit is required"),
     ({"lightmesh.io/retry-attempt": "2"}, "did you mean lightmesh.io/retry-attempts?"),
     # a number of 5,000 digits: reported (it crashed the pack), its value cut short

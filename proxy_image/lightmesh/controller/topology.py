@@ -461,7 +461,7 @@ def _annotation_errors(ns: str, name: str, settings: MeshSettings, found: list, 
         if unused:
             what = "not used by a non-HTTP service, ignored"
         elif not err.fatal:
-            what = "no rate limit is applied; the service stays in the mesh"
+            what = f"{err.effect}; the service stays in the mesh"
         else:
             what = "the service is left out of the mesh"
         errors.add("Service", ns, name, f"metadata.annotations[{err.annotation}]",
