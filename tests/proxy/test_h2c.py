@@ -42,6 +42,7 @@ class H2Server:
         self.server: asyncio.AbstractServer | None = None
         self.connections = 0
         self.open_connections = 0
+        self.protocols: list = []  # every connection's protocol (its h2 connection: ``.conn``)
         self.requests: list[dict] = []
         self.resets_seen = 0
         self.data_sent = 0  # response body bytes handed to h2 (all streams)
@@ -76,6 +77,7 @@ class _H2ServerProtocol(asyncio.Protocol):
         self.transport = transport
         self.owner.connections += 1
         self.owner.open_connections += 1
+        self.owner.protocols.append(self)
         if self.owner.max_streams is not None:
             self.conn.local_settings = h2.settings.Settings(
                 client=False, initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.owner.max_streams})

@@ -16,7 +16,18 @@ the forwarded headers as on HTTP/1.1), informational (1xx) responses, DATA
 frames, trailers (gRPC's ``grpc-status`` travels in them), stream resets both ways. Flow control is
 end to end per stream: received DATA is acknowledged on its stream only once it was handed to the
 other side, so a slow reader holds back its writer within the stream's window and memory stays
-bounded (see :class:`_Side` for why the connection window is not part of that).
+bounded (see :class:`_Side` for why the connection window is not part of that). A peer that opens
+huge windows and reads nothing is held back the same way: once its transport's buffer is full,
+frames wait with their credit held and its connection is not read (a PING or SETTINGS flood from
+it then waits in the kernel, not here).
+
+Hostile clients: a client that resets most of its streams within a second of opening them (rapid
+reset, CVE-2023-44487) gets GOAWAY ENHANCE_YOUR_CALM after :data:`PREMATURE_RESETS_MAX` of them;
+new streams are forwarded at the end of the read that opened them, so one reset in that same read
+never reaches a server. ``header_timeout`` bounds the wait for the client's SETTINGS after the
+preface and for a header block left without END_HEADERS. Our HPACK table for what we send stays at
+4 KiB whatever the peer allows; servers are told our header list limit. A client's GOAWAY
+(NO_ERROR) lets its streams in flight finish, then the connection closes.
 
 Malformed requests (RFC 9113 §8.1.1: bad field names or values, connection-specific fields, missing
 or misplaced pseudo-headers, ``Host`` differing from ``:authority``, a body that does not match its
@@ -61,6 +72,7 @@ import h2.exceptions
 import h2.settings
 
 from lightmesh.netutil import LOCAL_LIMIT, connect_failure_reason
+from lightmesh.proxy.logthrottle import LogThrottle
 from lightmesh.proxy.metrics import method_label
 from lightmesh.proxy.routing import Server, forwarded_port, split_host
 
@@ -71,10 +83,19 @@ _H1_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transf
 CONNECTION_WINDOW = 16 * 1024 * 1024
 _REFILL = CONNECTION_WINDOW // 4  # connection credit owed before it is given back in one WINDOW_UPDATE
 _H1_READ_AHEAD = 256 * 1024  # response bytes an HTTP/1.1 server may have us hold for a slow HTTP/2 client
+# The HPACK table we keep for what we send: a peer may announce up to 4 GiB and every distinct
+# field we send would stay in it for the connection's life (RFC 7541 §4.2 lets the encoder use less).
+_ENCODER_TABLE_MAX = 4096
+# Rapid reset (CVE-2023-44487): a client that resets most of its streams within a second of opening
+# them makes us (and the servers) do the work of each for nothing. Once it has done so this many
+# times and for at least half of its streams, the connection ends with ENHANCE_YOUR_CALM.
+PREMATURE_RESETS_MAX = 200
+_PREMATURE_SECONDS = 1.0
 
 __all__ = ["PREFACE", "H2Downstream", "H2Upstream", "looks_like_h2"]
 
 _log = logging.getLogger(__name__)
+_flood_log = LogThrottle(_log)  # one line per client address and 10 s
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # Connection-specific fields (RFC 9113 §8.2.2) and Host (``:authority`` carries it).
@@ -186,6 +207,12 @@ class _ClientFacing(h2.connection.H2Connection):
         stream._track_content_length = _unchecked
         return stream
 
+    def _receive_goaway_frame(self, frame: Any) -> tuple[list, list]:
+        # A client's GOAWAY says it opens no more streams; the ones it opened still get their
+        # responses (RFC 9113 §6.8; gRPC's graceful channel shutdown counts on it). h2 4.4 would
+        # stop sending on them at once. H2Downstream closes after the last one.
+        return _ServerFacing._receive_goaway_frame(self, frame)
+
 
 class _ServerFacing(h2.connection.H2Connection):
     """h2's client side, except that a GOAWAY from the server leaves the connection open for the
@@ -213,8 +240,9 @@ class _Side:
     with the stream credit, the streams of one client that stops reading (some 256 of them) would
     use up the 16 MiB connection window of the server connection it shares with other clients, and
     stall them all. What a slow reader can make us hold stays bounded by its streams' windows (its
-    concurrent-stream limit × 64 KiB). h2 also gives connection credit back as streams acknowledge
-    data, up to the same full window: the two never credit more than was received."""
+    concurrent-stream limit × 64 KiB), plus the transport's buffer up to its high-water mark (then
+    ``paused``: whatever windows the peer opened). h2 also gives connection credit back as streams
+    acknowledge data, up to the same full window: the two never credit more than was received."""
 
     def __init__(self, client_side: bool) -> None:
         self.conn = (_ServerFacing if client_side else _ClientFacing)(config=_config(client_side))
@@ -223,6 +251,10 @@ class _Side:
         # gives the sender its flow-control credit back once the frame went out (or was dropped)
         self.queues: dict[int, list] = {}
         self.closed = False
+        # the peer does not read what we send (the transport's buffer is over its high-water mark):
+        # frames wait in ``queues`` with their senders' credit held, which stops each sender within
+        # its stream window instead of growing the transport's buffer by the peer's (any) window
+        self.paused = False
 
     def flush(self) -> None:
         data = self.conn.data_to_send()
@@ -250,7 +282,7 @@ class _Side:
     def pump(self, stream_id: int) -> None:
         q = self.queues.get(stream_id)
         conn = self.conn
-        while q:
+        while q and not self.paused:
             kind, payload, end, ack, acked = q[0]
             try:
                 if kind == "headers":
@@ -287,6 +319,25 @@ class _Side:
         else:
             for waiting in list(self.queues):
                 self.pump(waiting)
+
+    def pause(self) -> None:
+        """The transport's buffer is full: hold frames (see ``paused``) and stop reading the peer,
+        whose frames could each want an answer (PING, SETTINGS) that would pile up unsent."""
+        self.paused = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        self.paused = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+            self.window_updated(0)
+            self.flush()
+
+    def cap_encoder_table(self) -> None:
+        encoder = self.conn.encoder
+        if encoder.header_table_size > _ENCODER_TABLE_MAX:
+            encoder.header_table_size = _ENCODER_TABLE_MAX  # announced to the peer in our next header block
 
     def reset(self, stream_id: int, code: int = h2.errors.ErrorCodes.CANCEL) -> None:
         self.drop(stream_id)
@@ -368,6 +419,13 @@ class H2Downstream(asyncio.Protocol):
         self.body_timer: asyncio.TimerHandle | None = None  # body_timeout, for all streams (see _bodies_due)
         self.goaway_sent = False  # the final GOAWAY (h2's: nothing more goes out after it)
         self.drain_last = -1  # stream id in the GOAWAY that announced a drain (ours), or -1
+        self.peer_goaway = False  # the client sent GOAWAY: closed once its streams are done
+        self.opened = 0  # streams the client opened
+        self.premature = 0  # of them, reset by the client within _PREMATURE_SECONDS (rapid reset)
+        self.batch: list[_Stream] | None = None  # streams of the read being handled, forwarded at its end
+        # --header-timeout: until the client's SETTINGS, and while a header block is incomplete
+        self.head_timer: asyncio.TimerHandle | None = None
+        self.settled = False  # the client's SETTINGS arrived
 
     # ------------------------------------------------------------------ connection
 
@@ -385,6 +443,8 @@ class H2Downstream(asyncio.Protocol):
         self.side.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self.side.flush()
         self._arm_idle()
+        if self.options.header_timeout > 0:
+            self.head_timer = self.loop.call_later(self.options.header_timeout, self._head_timed_out)
         self.data_received(data)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # pragma: no cover - set by start()
@@ -399,15 +459,39 @@ class H2Downstream(asyncio.Protocol):
         if self.body_timer is not None:
             self.body_timer.cancel()
             self.body_timer = None
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
         for st in list(self.streams.values()):
             self._abandon(st)
         self.streams.clear()
 
     def pause_writing(self) -> None:
-        pass  # HTTP/2 flow control bounds what is queued per stream
+        # HTTP/2 flow control alone does not bound this: the client sets its own windows (up to
+        # 2 GiB per stream), and control frames need no window at all
+        self.side.pause()
 
     def resume_writing(self) -> None:
-        pass
+        self.side.resume()
+
+    def _head_timed_out(self) -> None:
+        """No SETTINGS since the preface, or a header block left incomplete, for ``header_timeout``
+        (the slowloris of HTTP/2): GOAWAY and close, as HTTP/1.1 closes such a connection."""
+        self.head_timer = None
+        if not self.side.closed:
+            _log.debug("HTTP/2 connection from %s: no complete head in %.1fs", self.peer, self.options.header_timeout)
+            self.close()
+
+    def _watch_head(self) -> None:
+        """Arm the header timer while a header block is incomplete (h2 4.4 keeps its frames in the
+        frame buffer until END_HEADERS); stop it otherwise, once the client's SETTINGS came."""
+        waiting = not self.settled or bool(self.side.conn.incoming_buffer._headers_buffer)
+        if waiting:
+            if self.head_timer is None and self.options.header_timeout > 0 and not self.side.closed:
+                self.head_timer = self.loop.call_later(self.options.header_timeout, self._head_timed_out)
+        elif self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
 
     def eof_received(self) -> bool | None:
         return None
@@ -472,6 +556,9 @@ class H2Downstream(asyncio.Protocol):
             if self.side.transport is not None:
                 self.side.transport.close()
             return
+        # New streams are forwarded once the whole read is handled: a stream the same read resets
+        # (rapid reset sends HEADERS and RST_STREAM together) never reaches a server.
+        self.batch = batch = []
         for ev in events:
             if isinstance(ev, h2.events.RequestReceived):
                 self._request(ev.stream_id, ev.headers, ev.stream_ended is not None)
@@ -482,14 +569,44 @@ class H2Downstream(asyncio.Protocol):
             elif isinstance(ev, h2.events.StreamReset):
                 st = self.streams.pop(ev.stream_id, None)
                 if st is not None:
+                    if not st.done and perf_counter() - st.start < _PREMATURE_SECONDS:
+                        self.premature += 1
                     self._abandon(st)
             elif isinstance(ev, h2.events.WindowUpdated):
                 self.side.window_updated(ev.stream_id)
+            elif isinstance(ev, h2.events.RemoteSettingsChanged):
+                self.settled = True
+                self.side.cap_encoder_table()
             elif isinstance(ev, h2.events.ConnectionTerminated):
-                if self.side.transport is not None:
+                if ev.error_code == h2.errors.ErrorCodes.NO_ERROR and self.streams:
+                    self.peer_goaway = True  # no new streams from it; the ones in flight finish
+                elif self.side.transport is not None:
                     self.side.transport.close()
+        self.batch = None
+        if self.premature >= PREMATURE_RESETS_MAX and 2 * self.premature >= self.opened:
+            self._reset_flood()
+        elif self.side.transport is not None and not self.side.transport.is_closing():
+            for st in batch:
+                if not st.done and self.streams.get(st.down_id) is st:
+                    self._forward(st)
         self.side.refill()
         self.side.flush()
+        self._watch_head()
+        if self.peer_goaway and not self.streams:
+            self.close()
+
+    def _reset_flood(self) -> None:
+        """Rapid reset: GOAWAY ENHANCE_YOUR_CALM and close; its streams are abandoned."""
+        _flood_log.warning(self.peer, "HTTP/2 client %s reset %d of its %d streams within %.0fs of opening "
+                           "them: connection closed (ENHANCE_YOUR_CALM)", self.peer, self.premature,
+                           self.opened, _PREMATURE_SECONDS)
+        self.metrics.refused_connection("http", "reset_flood")
+        if not self.goaway_sent:
+            self.goaway_sent = True
+            self.side.conn.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+        self.side.flush()
+        if self.side.transport is not None:
+            self.side.transport.close()
 
     @staticmethod
     def _fields(headers: list) -> list[tuple[bytes, bytes]]:
@@ -502,6 +619,7 @@ class H2Downstream(asyncio.Protocol):
             # finish, then the final GOAWAY and close
             self.side.reset(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
+        self.opened += 1
         st = _Stream(stream_id)
         self.streams[stream_id] = st
         reason, st.cl, pseudo = _check_fields(headers, False)
@@ -565,6 +683,8 @@ class H2Downstream(asyncio.Protocol):
                 _log.exception("starting a trace span failed")
         if delay:  # waiting for a rate-limit token, as on HTTP/1.1
             self.loop.call_later(delay, self._forward_due, st)
+        elif self.batch is not None:
+            self.batch.append(st)  # forwarded at the end of the read (see data_received)
         else:
             self._forward(st)
 
@@ -888,7 +1008,7 @@ class H2Downstream(asyncio.Protocol):
             access_log(self, st.mstr, st.authority, st.path, st.route, st.service, st.server, status, st.retries,
                        seconds)
         if not self.streams:
-            if self.options.connections.draining:
+            if self.options.connections.draining or (self.peer_goaway and self.batch is None):
                 self.close()
             else:
                 self._arm_idle()
@@ -927,8 +1047,11 @@ class H2Upstream(asyncio.Protocol):
         # Streams start once the server's SETTINGS arrived (its concurrent-stream limit is known
         # then); a server that sends none within the connect timeout is not speaking HTTP/2.
         self.side.transport = transport
+        # MAX_HEADER_LIST_SIZE announced (h2's decoder limit): beyond it, h2 ends the whole shared
+        # connection; a server that knows the limit fails only that response instead
         self.side.conn.local_settings = h2.settings.Settings(client=True, initial_values={
-            h2.settings.SettingCodes.ENABLE_PUSH: 0})
+            h2.settings.SettingCodes.ENABLE_PUSH: 0,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: h2.connection.H2Connection.DEFAULT_MAX_HEADER_LIST_SIZE})
         self.side.conn.initiate_connection()
         self.side.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self.side.flush()
@@ -976,10 +1099,10 @@ class H2Upstream(asyncio.Protocol):
         self._fail_all("reset")
 
     def pause_writing(self) -> None:
-        pass
+        self.side.pause()  # a server that does not read: as a client that does not (H2Downstream)
 
     def resume_writing(self) -> None:
-        pass
+        self.side.resume()
 
     def eof_received(self) -> bool | None:
         return None
@@ -1077,6 +1200,8 @@ class H2Upstream(asyncio.Protocol):
         else:
             self.waiting = [(s, d) for s, d in self.waiting if s is not st]
         st.up_id = 0
+        if self.goaway and not self.streams and not self.waiting:
+            self.close()  # full or retired, and that was its last stream
 
     # ------------------------------------------------------------------ input
 
@@ -1138,6 +1263,7 @@ class H2Upstream(asyncio.Protocol):
             elif isinstance(ev, h2.events.WindowUpdated):
                 self.side.window_updated(ev.stream_id)
             elif isinstance(ev, h2.events.RemoteSettingsChanged):
+                self.side.cap_encoder_table()
                 if not self.ready:
                     self._settings_arrived()
             elif isinstance(ev, h2.events.InformationalResponseReceived) and entry is not None:

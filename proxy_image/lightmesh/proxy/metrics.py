@@ -66,7 +66,8 @@ METRICS: dict[str, MetricSpec] = {s.name: s for s in (
           "service", "protocol"),
     _spec("open_connections", "gauge", "Client connections open now", "protocol"),
     _spec("refused_connections_total", "counter", "Client connections (UDP: new sessions) the proxy refused at "
-          "a limit of its own: max_connections, max_sessions, draining", "protocol", "reason"),
+          "a limit of its own: max_connections, max_sessions, draining, reset_flood (HTTP/2 rapid reset)",
+          "protocol", "reason"),
     _spec("l4_connections_total", "counter", "TCP connections or UDP sessions accepted per route",
           "route", "protocol"),
     _spec("l4_bytes_total", "counter", "Bytes relayed per L4 route and direction", "route", "protocol",

@@ -1,0 +1,279 @@
+"""Hostile HTTP/2 clients and servers: what each can make the proxy hold or do is bounded.
+
+A client that opens huge windows and stops reading, a PING flood from a client that does not
+read the answers, rapid reset (CVE-2023-44487), a stalled preface or header block, a client's
+GOAWAY with streams in flight, a client's 4 GiB HPACK table, and an upstream connection left
+without streams once its last ones were cancelled. Real h2 peers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.settings
+import hpack
+
+from lightmesh.proxy.h2 import PREFACE, PREMATURE_RESETS_MAX, H2Downstream
+from lightmesh.proxy.http import HTTPOptions
+
+from .backends import ProxyUnderTest, on_uvloop, simple_config
+from .test_h2_streams import _eventually
+from .test_h2c import H2Client, H2Server
+
+AUTHORITY = b"svc.ns.lightmesh"
+
+
+def _head(path: bytes, method: bytes = b"GET") -> list:
+    return [(b":method", method), (b":scheme", b"http"), (b":authority", AUTHORITY), (b":path", path)]
+
+
+def _client(settings: dict | None = None) -> h2.connection.H2Connection:
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    conn.initiate_connection()
+    if settings:
+        conn.update_settings(settings)
+    return conn
+
+
+async def _raw(port: int, rcvbuf: int | None = None) -> socket.socket:
+    sock = socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: the window scale
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    return sock
+
+
+def _downstream(p: ProxyUnderTest) -> H2Downstream:
+    (down,) = [c for c in p.options.connections.conns if isinstance(c, H2Downstream)]
+    return down
+
+
+async def _read_frames(sock: socket.socket, timeout: float) -> tuple[list[tuple[int, int, bytes]], bool]:
+    """Frames (type, stream, payload) the proxy sends until it closes (True) or ``timeout``."""
+    loop = asyncio.get_running_loop()
+    buf = b""
+    deadline = loop.time() + timeout
+    closed = False
+    while loop.time() < deadline:
+        try:
+            data = await asyncio.wait_for(loop.sock_recv(sock, 65536), max(0.01, deadline - loop.time()))
+        except asyncio.TimeoutError:
+            break
+        except ConnectionError:
+            closed = True
+            break
+        if not data:
+            closed = True
+            break
+        buf += data
+    frames = []
+    while len(buf) >= 9:
+        length = int.from_bytes(buf[:3], "big")
+        frames.append((buf[3], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF, buf[9:9 + length]))
+        buf = buf[9 + length:]
+    return frames, closed
+
+
+@on_uvloop
+async def test_a_client_with_huge_windows_that_stops_reading_holds_back_the_server_within_its_windows():
+    # Before: the proxy handed the server its stream credit back as soon as the data was written to
+    # the client's transport, whatever the transport held, so a client announcing 2 GiB windows
+    # and reading nothing had the proxy buffer every response whole (hundreds of MB per connection).
+    streams, size = 16, 2_000_000
+    async with H2Server(max_streams=1000) as up, ProxyUnderTest(simple_config([up.url])) as p:
+        conn = _client({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+        conn.increment_flow_control_window(2**31 - 1 - 65535)
+        for _ in range(streams):
+            conn.send_headers(conn.get_next_available_stream_id(), _head(b"/big?size=%d" % size), end_stream=True)
+        sock = await _raw(p.port, rcvbuf=16384)
+        try:
+            await asyncio.get_running_loop().sock_sendall(sock, conn.data_to_send())
+            assert await _eventually(lambda: up.data_sent > 0, 5)
+            await asyncio.sleep(1.0)  # never read from here on
+            held = _downstream(p).side.transport.get_write_buffer_size()
+            # what the server could send: its stream windows (64 KiB each) and what the kernel holds
+            assert up.data_sent < 12_000_000, up.data_sent
+            assert held < 2_000_000, held
+            # and it all comes through once the client reads
+            conn2 = conn
+            received = 0
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 20
+            while received < streams * size and loop.time() < deadline:
+                data = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 5)
+                assert data, "the proxy closed the connection"
+                for ev in conn2.receive_data(data):
+                    if isinstance(ev, h2.events.DataReceived):
+                        received += len(ev.data)
+                        conn2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                pending = conn2.data_to_send()
+                if pending:
+                    await loop.sock_sendall(sock, pending)
+            assert received == streams * size
+        finally:
+            sock.close()
+
+
+@on_uvloop
+async def test_a_ping_flood_from_a_client_that_does_not_read_stops_being_read():
+    # Before: every PING was answered into the transport's buffer, which grew without bound.
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url])) as p:
+        conn = _client()
+        sock = await _raw(p.port, rcvbuf=16384)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.sock_sendall(sock, conn.data_to_send())
+            ping = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + b"12345678"
+            batch = ping * 4096  # 68 KiB
+            sent = 0
+            deadline = loop.time() + 4
+            while loop.time() < deadline and sent < 2_000_000:  # bounded in count and time
+                try:
+                    await asyncio.wait_for(loop.sock_sendall(sock, batch), 0.5)
+                except asyncio.TimeoutError:
+                    break  # the kernel's buffers are full both ways: the proxy stopped reading
+                sent += 4096
+            transport = _downstream(p).side.transport
+            # the answers wait in the kernel (its buffers are the client's to fill) and in at most
+            # one read's worth over the transport's high-water mark, not in an ever-growing buffer
+            assert transport.get_write_buffer_size() < 1_000_000, (transport.get_write_buffer_size(), sent)
+            assert not transport.is_reading()
+        finally:
+            sock.close()
+
+
+@on_uvloop
+async def test_rapid_reset_reaches_no_server_and_ends_the_connection_with_enhance_your_calm():
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url])) as p:
+        conn = _client()
+        sock = await _raw(p.port)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.sock_sendall(sock, conn.data_to_send())
+            pairs = 0
+            for _ in range(2 * PREMATURE_RESETS_MAX):
+                sid = conn.get_next_available_stream_id()
+                conn.send_headers(sid, _head(b"/hang"), end_stream=True)
+                conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+                pairs += 1
+                if pairs % 50 == 0:  # in a few writes, each pair whole within one
+                    await loop.sock_sendall(sock, conn.data_to_send())
+            await loop.sock_sendall(sock, conn.data_to_send())
+            frames, closed = await _read_frames(sock, 3)
+        finally:
+            sock.close()
+        goaways = [payload for kind, _sid, payload in frames if kind == 7]
+        assert closed and goaways, frames[-3:]
+        assert struct.unpack(">I", goaways[-1][4:8])[0] == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+        # a HEADERS and its RST_STREAM in one read: the stream was never forwarded
+        assert len(up.requests) <= pairs // 20, len(up.requests)
+        assert p.metrics.refused_connections == {("http", "reset_flood"): 1}
+
+
+@on_uvloop
+async def test_clients_that_cancel_some_of_their_calls_are_not_taken_for_rapid_reset():
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url])) as p:
+        c = await H2Client.connect(p.port)
+        try:
+            done = await c.wait([c.start("/echo", body=b"x") for _ in range(2 * PREMATURE_RESETS_MAX)], timeout=20)
+            assert all(r["headers"][b":status"] == b"200" for r in done)
+            for _ in range(PREMATURE_RESETS_MAX + 10):  # cancelled at once, as deadlines and hedging do
+                c.reset(c.start("/hang", more=True))
+            (after,) = await c.wait([c.start("/echo", body=b"still here")], timeout=5)
+            assert after["body"] == b"still here"
+            assert not [e for e in c.log if e[0] == "goaway"]
+        finally:
+            await c.close()
+        assert not p.metrics.refused_connections
+
+
+@on_uvloop
+async def test_a_preface_or_a_header_block_left_incomplete_is_closed_at_the_header_timeout():
+    options = HTTPOptions(header_timeout=0.4, idle_timeout=30)
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url]), options=options) as p:
+        loop = asyncio.get_running_loop()
+        preface_only = await _raw(p.port)
+        stalled_block = await _raw(p.port)
+        settled = await _raw(p.port)
+        try:
+            await loop.sock_sendall(preface_only, PREFACE)
+            block = hpack.Encoder().encode(_head(b"/echo"))
+            # HEADERS with END_STREAM but not END_HEADERS, and no CONTINUATION after it
+            headers = len(block).to_bytes(3, "big") + b"\x01\x01" + struct.pack(">I", 1) + block
+            await loop.sock_sendall(stalled_block, _client().data_to_send() + headers)
+            await loop.sock_sendall(settled, _client().data_to_send())
+            (_, preface_closed), (_, block_closed), (_, settled_closed) = await asyncio.gather(
+                _read_frames(preface_only, 2), _read_frames(stalled_block, 2), _read_frames(settled, 2))
+        finally:
+            for s in (preface_only, stalled_block, settled):
+                s.close()
+        assert preface_closed and block_closed
+        assert not settled_closed  # nothing half-sent: the idle timeout's business
+        assert not up.requests
+
+
+@on_uvloop
+async def test_a_clients_goaway_lets_its_streams_in_flight_finish():
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url])) as p:
+        conn = _client()
+        conn.send_headers(1, _head(b"/slow"), end_stream=True)
+        sock = await _raw(p.port)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.sock_sendall(sock, conn.data_to_send()
+                                    + b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + struct.pack(">II", 0, 0))
+            frames, closed = await _read_frames(sock, 3)
+        finally:
+            sock.close()
+        assert [payload for kind, sid, payload in frames if (kind, sid) == (1, 1)], frames  # its response
+        assert closed  # then the proxy closed: the client opens no more streams
+        assert p.metrics.requests[("svc", "200", "GET")] == 1
+
+
+@on_uvloop
+async def test_a_clients_huge_hpack_table_is_used_only_up_to_4_kib():
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url])) as p:
+        c = await H2Client.connect(p.port)
+        try:
+            c.conn.update_settings({h2.settings.SettingCodes.HEADER_TABLE_SIZE: 2**32 - 1})
+            c.writer.write(c.conn.data_to_send())
+            (r,) = await c.wait([c.start("/echo", body=b"x")], timeout=5)
+            assert r["headers"][b":status"] == b"200"  # the client decodes what we encode
+            assert _downstream(p).side.conn.encoder.header_table_size == 4096
+        finally:
+            await c.close()
+
+
+@on_uvloop
+async def test_the_server_is_told_our_header_list_limit():
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url])) as p:
+        c = await H2Client.connect(p.port)
+        try:
+            (r,) = await c.wait([c.start("/echo", body=b"x")], timeout=5)
+        finally:
+            await c.close()
+        assert r["headers"][b":status"] == b"200"
+        (proto,) = up.protocols
+        assert proto.conn.remote_settings.max_header_list_size == 65536
+
+
+@on_uvloop
+async def test_a_full_server_connection_closes_once_its_last_streams_are_cancelled():
+    # A connection at the server's stream limit takes no new streams: when its own streams were
+    # cancelled (gRPC deadlines), nothing closed it, and each round left one open for good.
+    async with H2Server(max_streams=2) as up, ProxyUnderTest(simple_config([up.url])) as p:
+        for _ in range(3):
+            c = await H2Client.connect(p.port)
+            sids = [c.start("/hang", method="GET") for _ in range(3)]
+            assert await _eventually(lambda: len(up.requests) % 3 == 0 and up.open_connections >= 2, 5)
+            for sid in sids:
+                c.reset(sid)
+            await c.close()
+        # the server's current connection may stay for reuse; every full one is gone
+        assert await _eventually(lambda: up.open_connections <= 1, 3), up.open_connections
