@@ -242,8 +242,9 @@ BYPASS_MIN = 65536
 # asyncio's 64 KiB default so a streamed body does not pause and resume every 64 KiB.
 WRITE_HIGH, WRITE_LOW = 512 * 1024, 128 * 1024
 
-# Reasons the client connection stops reading (bit mask).
-P_UPSTREAM, P_PIPELINE, P_CONNECT = 1, 2, 4
+# Reasons the client connection stops reading (bit mask). P_WRITE: the client does not read our
+# answers; the next request waits (pipelined ones the proxy answers itself would pile up unsent).
+P_UPSTREAM, P_PIPELINE, P_CONNECT, P_WRITE = 1, 2, 4, 8
 
 
 def _status_line(status: int, reason: bytes) -> bytes:
@@ -467,6 +468,7 @@ class Exchange:
     chunked = False
     is_head = False
     expect = False
+    body_seen = False  # a byte of the request body arrived (Expect: 100-continue sends none before)
     req_done = False
     route: Route | None = None
     service = UNROUTED
@@ -552,7 +554,8 @@ class ClientProtocol(asyncio.Protocol):
     __slots__ = ("holder", "ep", "options", "metrics", "loop", "transport", "peer", "peer_b", "parser", "cur",
                  "active", "pending", "out", "dirty", "rpause", "wpaused", "closing", "broken", "tunnel",
                  "deadline", "timer", "period", "in_head", "head_seen", "acl", "acl_plane", "hosts", "raw_up",
-                 "registered", "bypass", "response_timeout", "fresh_conn", "alt_method", "fwd_tails", "rate_delay")
+                 "registered", "bypass", "response_timeout", "fresh_conn", "alt_method", "fwd_tails", "rate_delay",
+                 "in_done", "done_next")
 
     def __init__(self, holder: Any, entry_point: str, options: HTTPOptions, metrics: ProxyMetrics) -> None:
         self.holder = holder
@@ -591,6 +594,8 @@ class ClientProtocol(asyncio.Protocol):
         self.response_timeout = options.response_timeout  # read per request: kept at hand
         self.fresh_conn = True  # nothing read yet: the HTTP/2 preface is possible
         self.alt_method: bytes | None = None  # the real method of a head fed to llhttp respelt (see _respell)
+        self.in_done = False  # _done is on the stack (see there)
+        self.done_next: Exchange | None = None
 
     # ------------------------------------------------------------------ connection events
 
@@ -664,6 +669,7 @@ class ClientProtocol(asyncio.Protocol):
         if conn is not None and conn.rpaused and conn.transport is not None:
             conn.rpaused = False
             conn.transport.resume_reading()
+        self.resume_for(P_WRITE)
 
     def pause_for(self, bit: int) -> None:
         if not self.rpause and self.transport is not None and not self.closing:
@@ -726,10 +732,17 @@ class ClientProtocol(asyncio.Protocol):
                 else:
                     self.close()  # idle keep-alive connection
                 return
-            if self.cur is not None and not self.in_head:
-                self._body_timed_out()
-                return
-            self.deadline = deadline = None
+            cur = self.cur
+            if cur is not None and not self.in_head:
+                if self.rpause or (cur.expect and not cur.body_seen):
+                    # We stopped reading (the server or the client's own reading is behind), or the
+                    # client waits for the server's 100 Continue: the wait is not the client's.
+                    self.deadline = deadline = now + self.options.body_timeout
+                else:
+                    self._body_timed_out()
+                    return
+            else:
+                self.deadline = deadline = None
         nxt = now + self.period
         if deadline is not None and deadline < nxt:
             nxt = deadline
@@ -1181,6 +1194,7 @@ class ClientProtocol(asyncio.Protocol):
     def _body_piece(self, ex: Exchange | None, piece: bytes) -> None:
         if ex is None or ex.local:
             return
+        ex.body_seen = True
         conn = ex.conn
         n = len(piece)
         if conn is not None:
@@ -1345,31 +1359,52 @@ class ClientProtocol(asyncio.Protocol):
             return
         if not ex.req_done:
             return  # the rest of the request body still has to be read (or discarded)
-        self.active = None
-        self._account(ex, ex.status)
-        if ex.close_after or self.options.connections.draining:
-            self.closing = True  # flush() closes after the last write
-            self.broken = True
+        if self.in_done:
+            self.done_next = ex  # answered at once from the loop below: it goes on with it
             return
-        pending = self.pending
-        if pending:
+        while True:
+            self.active = None
+            self._account(ex, ex.status)
+            if self.wpaused:
+                self.pause_for(P_WRITE)  # the client is behind reading: the next request waits for it
+            if ex.close_after or self.options.connections.draining:
+                self.closing = True  # flush() closes after the last write
+                self.broken = True
+                return
+            pending = self.pending
+            if not pending:
+                if self.cur is None:
+                    self.deadline = self.loop.time() + self.options.idle_timeout
+                    if self.broken:
+                        self.closing = True  # client asked for close, or sent EOF
+                else:
+                    # a head already started: its header timeout counts from its first byte
+                    self.deadline = (self.loop.time() - (perf_counter() - self.cur.start)
+                                     + self.options.header_timeout)
+                return
             nxt = pending.pop(0)
             if not pending:
                 self.resume_for(P_PIPELINE)
             self.active = nxt
-            if nxt.local:
-                self._respond_local(nxt)
-            elif nxt.due:
-                self._forward_later(nxt)
-            else:
-                self._forward(nxt)
-        elif self.cur is None:
-            self.deadline = self.loop.time() + self.options.idle_timeout
-            if self.broken:
-                self.closing = True  # client asked for close, or sent EOF
-        else:
-            # a head already started: its header timeout counts from its first byte
-            self.deadline = self.loop.time() - (perf_counter() - self.cur.start) + self.options.header_timeout
+            # The next request may be answered at once (a local answer, a 503), and its _done
+            # then comes back here: this loop goes on with it. Recursing, some 500 pipelined local
+            # answers overflowed the stack and were all lost.
+            self.in_done = True
+            try:
+                if nxt.local:
+                    self._respond_local(nxt)
+                elif nxt.due:
+                    self._forward_later(nxt)
+                else:
+                    self._forward(nxt)
+            finally:
+                self.in_done = False
+            ex = self.done_next
+            if ex is None:
+                return
+            self.done_next = None
+            if self.active is not ex:
+                return
 
     def _account(self, ex: Exchange, status: int) -> None:
         seconds = perf_counter() - ex.start

@@ -1,0 +1,160 @@
+"""HTTP/1.1 with peers that do not keep up: a pipelining client that reads none of the answers the
+proxy gives itself, a long run of pipelined local answers, and request bodies the proxy (not the
+client) holds back — a server that reads slowly, a server that takes its time to say
+``100 Continue``. Real sockets on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from lightmesh.proxy.http import ClientProtocol, HTTPOptions
+
+from .backends import Backend, ProxyUnderTest, RawClient, on_uvloop, simple_config
+
+KNOWN = {"name": "known", "service": "svc", "match": {"hosts": ["known"]}}
+
+
+def _client_side(p: ProxyUnderTest) -> ClientProtocol:
+    (conn,) = [c for c in p.options.connections.conns if isinstance(c, ClientProtocol)]
+    return conn
+
+
+@on_uvloop
+async def test_a_pipelining_client_that_reads_no_answers_stops_being_read():
+    # Before: every pipelined request no route matched was read and answered (404) into the
+    # transport's buffer, which grew by ~50 MB/s for as long as the client kept sending.
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url], routers=[KNOWN])) as p:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", p.port))
+        try:
+            batch = b"GET /p HTTP/1.1\r\nHost: nowhere.example\r\n\r\n" * 2000
+            sent = 0
+            deadline = loop.time() + 4
+            while loop.time() < deadline and sent < 400_000:  # bounded in count and time
+                try:
+                    await asyncio.wait_for(loop.sock_sendall(sock, batch), 0.5)
+                except asyncio.TimeoutError:
+                    break  # the kernel's buffers are full both ways: the proxy stopped reading
+                sent += 2000
+            transport = _client_side(p).transport
+            # the transport's high-water mark (512 KiB) and at most one read's worth of answers
+            assert transport.get_write_buffer_size() < 2_000_000, (transport.get_write_buffer_size(), sent)
+            assert not transport.is_reading()
+        finally:
+            sock.close()
+
+
+@on_uvloop
+async def test_hundreds_of_pipelined_local_answers_behind_a_forwarded_request_all_arrive():
+    # Before: each local answer was given from inside the previous one's completion; ~500 of them
+    # overflowed the stack, every answer was lost and the connection hung.
+    n = 1000
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url], routers=[KNOWN])) as p:
+        c = await RawClient.connect(p.port)
+        try:
+            await c.send(b"GET /first HTTP/1.1\r\nHost: known\r\n\r\n"
+                         + b"GET /p HTTP/1.1\r\nHost: unknown\r\n\r\n" * n)
+            statuses = [(await c.response(timeout=10)).status for _ in range(n + 1)]
+        finally:
+            await c.close()
+        assert statuses == [200] + [404] * n
+        assert not p.loop_errors
+
+
+class _SlowReader(asyncio.Protocol):
+    """Reads nothing for ``delay`` seconds, then the whole Content-Length body, then 200."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.buf = b""
+        self.want = -1
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        loop = asyncio.get_running_loop()
+        loop.call_soon(transport.pause_reading)  # (uvloop starts reading after connection_made)
+        loop.call_later(self.delay, transport.resume_reading)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if self.want < 0 and b"\r\n\r\n" in self.buf:
+            head, _, _ = self.buf.partition(b"\r\n\r\n")
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            self.want = len(head) + 4 + length
+        if 0 <= self.want <= len(self.buf):
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%d"
+                                 % (len(str(len(self.buf))), len(self.buf)))
+            self.buf, self.want = b"", -1
+
+
+@on_uvloop
+async def test_a_server_that_reads_the_body_slowly_does_not_make_the_client_time_out():
+    # Before: the proxy stopped reading the client (the server was behind), then blamed the
+    # client for the silence: 408 after --body-timeout, and the server got a truncated body.
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: _SlowReader(1.2), "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    body = b"x" * (24 << 20)
+    try:
+        async with ProxyUnderTest(simple_config([url]), options=HTTPOptions(body_timeout=0.4)) as p:
+            c = await RawClient.connect(p.port)
+            try:
+                c.writer.write(b"POST /up HTTP/1.1\r\nHost: svc\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+                r = await c.response(timeout=20)
+            finally:
+                await c.close()
+        assert r.status == 200
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+class _LateContinue(asyncio.Protocol):
+    """Says ``100 Continue`` ``delay`` seconds after the head, then answers 200 with the body."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.buf = b""
+        self.head_seen = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if not self.head_seen and b"\r\n\r\n" in self.buf:
+            self.head_seen = True
+            asyncio.get_running_loop().call_later(self.delay, self.transport.write, b"HTTP/1.1 100 Continue\r\n\r\n")
+        head, sep, rest = self.buf.partition(b"\r\n\r\n")
+        if sep and rest == b"hello":
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n" + rest)
+
+
+@on_uvloop
+async def test_a_client_waiting_for_100_continue_is_not_timed_out_for_waiting():
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: _LateContinue(1.0), "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        async with ProxyUnderTest(simple_config([url]), options=HTTPOptions(body_timeout=0.3)) as p:
+            c = await RawClient.connect(p.port)
+            try:
+                await c.send(b"POST /up HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+                interim = await c.response(timeout=5)
+                await c.send(b"hello")
+                final = await c.response(timeout=5)
+                # the control: a client that stalls after the 100 is still timed out
+                await c.send(b"POST /up HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\n\r\nhel")
+                stalled = await c.response(timeout=5)
+            finally:
+                await c.close()
+        assert (interim.status, final.status, final.body) == (100, 200, b"hello")
+        assert stalled.status == 408
+    finally:
+        server.close()
+        await server.wait_closed()
