@@ -6,7 +6,8 @@ component instance and the field, before any child resource is registered.
 
 Values that arrive as ``pulumi.Output`` (computed by another resource) cannot be checked
 synchronously; :func:`when_known` runs the same check once the value resolves, so the error still
-names the field, only later in the deployment.
+names the field, only later in the deployment. A field that decides which objects are created, their
+names or their shape must be plain instead (:meth:`Checker.plain`, :meth:`Checker.no_outputs`).
 """
 
 import re
@@ -101,9 +102,12 @@ def is_known(value: Any) -> bool:
     return not isinstance(value, pulumi.Output) and not hasattr(value, "__await__")
 
 
-def when_known(value: Any, check: Callable[[Any], None]) -> Any:
+def when_known(value: Any, check: Callable[[Any], None], none_ok: bool = True) -> Any:
     """Run ``check`` now on a plain value and return it; for an Output, return a new Output that runs
     ``check`` when the value resolves.
+
+    An Output that resolves to None is "not given" and skips ``check``, unless ``none_ok`` is false:
+    for a field whose being given already decided something (an OTLP endpoint that turned tracing on).
 
     Callers must pass the *returned* value on to the child resource: that way a failing check on an
     Output fails the resource that uses it (an apply nobody consumes would only log a warning).
@@ -113,7 +117,7 @@ def when_known(value: Any, check: Callable[[Any], None]) -> Any:
         return value
 
     def checked(v: Any) -> Any:
-        if v is not None:
+        if v is not None or not none_ok:
             check(v)
         return v
     return pulumi.Output.from_input(value).apply(checked)
@@ -165,19 +169,28 @@ class Checker:
 
     def labels(self, field: str, value: Any) -> dict:
         """A map of Kubernetes label names to label values (labels, a node selector, a pod selector),
-        checked here rather than by the API server at ``pulumi up``; errors name the field and the key."""
+        checked here rather than by the API server at ``pulumi up``; errors name the field and the key.
+
+        The map itself and its keys must be plain; a value may be an Output (it only fills in a label,
+        it decides no object): it is checked when it resolves, so use the returned map."""
+        if not is_known(value):
+            raise self.fail(f"{field} must be a plain value, not an Output (it is validated at preview)")
         if not isinstance(value, Mapping):
             raise self.fail(f"{field} must be an object mapping label names to string values, got {shown(value)}")
+        checked = {}
         for key, v in value.items():
-            if not is_known(v):
-                continue  # an Output value inside a plain map is for the API server to judge
-            if not isinstance(key, str) or not isinstance(v, str):
+            if not isinstance(key, str):
                 raise self.fail(f"{field} must map label names to string values, got {shown(key)}: {shown(v)}")
             if problem := label_name_problem(key):
                 raise self.fail(f"{field} key {shown(key)} {problem}")
-            if problem := label_value_problem(v):
-                raise self.fail(f"{field}[{key!r}] value {shown(v)} {problem}")
-        return dict(value)
+            checked[key] = when_known(v, lambda x, key=key: self._label_value(field, key, x), none_ok=False)
+        return checked
+
+    def _label_value(self, field: str, key: str, v: Any) -> None:
+        if not isinstance(v, str):
+            raise self.fail(f"{field} must map label names to string values, got {shown(key)}: {shown(v)}")
+        if problem := label_value_problem(v):
+            raise self.fail(f"{field}[{key!r}] value {shown(v)} {problem}")
 
     def string(self, field: str, value: Any, allow_empty: bool = False) -> Any:
         def check(v: Any) -> None:
@@ -246,6 +259,24 @@ class Checker:
         if not is_known(value):
             raise self.fail(f"{field} must be a plain value, not an Output (it is validated at preview)")
         return value
+
+    def no_outputs(self, field: str, value: Any, accepted: Iterable[str] = (),
+                   label_maps: Iterable[str] = ()) -> None:
+        """Refuse an Output anywhere in ``value`` (inside lists and objects too), naming its path
+        (``domains[0]``, ``controller_resources.cpu_limit``): such a value decides objects or their shape,
+        so it must be known at preview. ``accepted``: paths that may be Outputs (checked when they resolve);
+        ``label_maps``: label maps whose values may be Outputs (see :meth:`labels`)."""
+        if field in accepted:
+            return
+        self.plain(field, value)
+        if field in label_maps:
+            return
+        if isinstance(value, Mapping):
+            for key, v in value.items():
+                self.no_outputs(f"{field}.{key}", v, accepted, label_maps)
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                self.no_outputs(f"{field}[{i}]", v, accepted, label_maps)
 
     def non_empty_list(self, field: str, value: Any) -> list:
         if not is_known(value):

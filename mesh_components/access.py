@@ -138,6 +138,8 @@ def render_access_policy(name: str, args: Mapping[str, Any]) -> list[dict]:
         check.known_fields(field, value, PortMatchArgs)
         ports = check.list_of(f"{field}.ports", check.plain(f"{field}.ports", value.get("ports") or []))
         for i, p in enumerate(ports):
+            # a port is written into the route's spec as a number, and checked for duplicates, at preview
+            check.plain(f"{field}.ports[{i}]", p)
             check.integer(f"{field}.ports[{i}]", p, 1, 65535)
         check.unique(f"{field}.ports", ports)
         objects.append(smi.render_port_route(kind, f"{name}-{field}", namespace, ports, _LABELS))
@@ -161,6 +163,7 @@ def check_http_matches(check: Checker, field: str, matches: Any) -> list[dict]:
         if m.get("path_regex") is not None:
             check.regex(f"{where}.path_regex", m["path_regex"])
         for j, method in enumerate(check.list_of(f"{where}.methods", m.get("methods") or [])):
+            check.plain(f"{where}.methods[{j}]", method)
             if not isinstance(method, str) or method.upper() not in smi.HTTP_METHODS:
                 raise check.fail(f"{where}.methods[{j}] must be one of {', '.join(smi.HTTP_METHODS)}, got {method!r}")
         for header, value in check.mapping(f"{where}.headers", m.get("headers") or {}).items():

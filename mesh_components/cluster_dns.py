@@ -381,9 +381,8 @@ class LightkubeDnsClient:
 
     def __init__(self, kubeconfig: Optional[str] = None) -> None:
         import lightkube
-        import yaml
 
-        config = lightkube.KubeConfig.from_dict(yaml.safe_load(kubeconfig)) if kubeconfig else None
+        config = read_kubeconfig(kubeconfig) if kubeconfig else None
         self._client = lightkube.Client(config=config, field_manager="lightmesh-dns")
 
     def cluster_id(self) -> str:
@@ -431,6 +430,33 @@ class LightkubeDnsClient:
         from lightkube.types import PatchType
         patch = {"spec": {"template": {"metadata": {"annotations": {ROLL_ANNOTATION: value}}}}}
         self._client.patch(Deployment, name, patch, namespace=namespace, patch_type=PatchType.MERGE)
+
+
+def read_kubeconfig(kubeconfig: str) -> Any:
+    """``kubeconfig`` (a kubeconfig file's contents) as a lightkube ``KubeConfig``.
+
+    The contents hold credentials: an error says where or what shape, never quotes them (PyYAML's
+    errors quote the offending line, which can be a token), and drops the cause that would.
+    """
+    import lightkube
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(kubeconfig)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ValueError(f"the kubeconfig is not valid YAML{where}") from None
+    if not isinstance(loaded, dict):
+        raise ValueError(f"the kubeconfig must be a YAML mapping (a kubeconfig file's contents), "
+                         f"got a YAML value of type {type(loaded).__name__}")
+    try:
+        return lightkube.KubeConfig.from_dict(loaded)
+    except KeyError as exc:  # a key name is the file's structure, not its contents
+        raise ValueError(f"the kubeconfig has no {exc.args[0]!r} section") from None
+    except Exception as exc:  # noqa: BLE001 - its message could quote a value
+        raise ValueError(f"the kubeconfig is not a valid kubeconfig ({type(exc).__name__} while reading "
+                         f"it; its contents are not shown as they hold credentials)") from None
 
 
 def _status_code(exc: Exception) -> Optional[int]:

@@ -30,7 +30,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from mesh_components import observability, smi
-from mesh_components._common import (DEFAULT_IMAGE, Checker, child_options, is_known, label_name_problem,
+from mesh_components._common import (DEFAULT_IMAGE, Checker, child_options, label_name_problem,
                                       label_value_problem, shown, type_token, when_known)
 from mesh_components.cluster_dns import ClusterDnsPatch, DnsStyle
 from lightmesh import wire
@@ -330,6 +330,14 @@ _DEFAULT_PROXY_RESOURCES = {"cpu_request": "100m", "memory_request": "128Mi", "c
                             "memory_limit": "512Mi"}
 
 
+#: The MeshInstall fields that may be Outputs (each checked when it resolves): they only fill in a value
+#: of an object, never decide which objects there are, their names or their shape.
+OUTPUT_FIELDS = frozenset({"kubeconfig", "otlp_endpoint", "tracing.endpoint", "tracing.jaeger_image",
+                           "metrics.prometheus_image"})
+#: Label maps whose values (not keys) may be Outputs, checked as label values when they resolve.
+OUTPUT_LABEL_MAPS = frozenset({"proxy_node_selector", "metrics.service_monitor_labels"})
+
+
 def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
     """Defaults applied and every field validated (errors name the field); no resources created."""
     check = Checker("MeshInstall", name)
@@ -339,11 +347,10 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise check.fail(f"args has unknown field(s) {', '.join(sorted(map(str, unknown)))}; "
                          f"known: {', '.join(MeshInstallArgs.__annotations__)}")
-    # Everything but the kubeconfig and the OTLP endpoint names cluster objects or shapes manifests,
-    # so it must be known at preview (and is validated there).
+    # Everything else names cluster objects or shapes manifests, so it must be known at preview (and is
+    # validated there), at every level: an Output inside a list or an object too (``domains[0]``).
     for field, value in args.items():
-        if field not in ("kubeconfig", "otlp_endpoint") and not is_known(value):
-            raise check.fail(f"{field} must be a plain value, not an Output (it is validated at preview)")
+        check.no_outputs(field, value, accepted=OUTPUT_FIELDS, label_maps=OUTPUT_LABEL_MAPS)
     # None means "not given", i.e. the default, for every field, as in the other components: a
     # config-driven program passes ``config.get("logLevel")``, which is None when the key is unset.
     args = _given(args)
@@ -451,12 +458,16 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
     overlap = set(s["watch_namespaces"]) & set(s["ignore_namespaces"])
     if overlap:
         raise check.fail(f"namespaces both watched and ignored: {', '.join(sorted(overlap))}")
+    # An endpoint given turns tracing on (mode otlp) at preview, so an Output one may not resolve to
+    # None: the containers would get "--otlp-endpoint None". The checked value is the one used.
     if s["otlp_endpoint"] is not None:
-        when_known(s["otlp_endpoint"], lambda v: _check_url(check, "otlp_endpoint", v))
+        s["otlp_endpoint"] = when_known(s["otlp_endpoint"], lambda v: _check_url(check, "otlp_endpoint", v),
+                                        none_ok=False)
     s.update(observability.resolve(check, check.mapping("tracing", args.get("tracing") or {}),
                                    check.mapping("metrics", args.get("metrics") or {}), s["otlp_endpoint"]))
     if (args.get("tracing") or {}).get("endpoint") is not None:  # otlp_endpoint was checked above
-        when_known(s["tracing_endpoint"], lambda v: _check_url(check, "tracing.endpoint", v))
+        s["tracing_endpoint"] = when_known(s["tracing_endpoint"],
+                                           lambda v: _check_url(check, "tracing.endpoint", v), none_ok=False)
     # The one endpoint both roles get: the bundled Jaeger's, the user's, or none.
     s["otlp_endpoint"] = {"off": None, "otlp": s["tracing_endpoint"],
                           "jaeger": observability.jaeger_endpoint(s["namespace"], s["cluster_domain"])}[s["tracing_mode"]]
@@ -604,6 +615,10 @@ def kubernetes_provider_option(opts: Optional[pulumi.ResourceOptions]) -> Option
 
 
 def _check_url(check: Checker, field: str, value: Any) -> None:
+    if value is None:  # only an Output gets here with None: a plain None is "not given"
+        raise check.fail(f"{field} must be an http:// or https:// URL, got None: given as an Output, it must "
+                         f"resolve to an endpoint, as tracing was set up for one at preview (leave the field out "
+                         f"for no tracing)")
     if not isinstance(value, str) or not value.startswith(("http://", "https://")) or len(value) < 9:
         raise check.fail(f"{field} must be an http:// or https:// URL, got {value!r}")
 

@@ -99,15 +99,20 @@ class MeshService(pulumi.ComponentResource):
         namespace = check.require(args, "namespace")
         service_name = check.dns_label("service_name", service_name)
         namespace = check.dns_label("namespace", namespace)
+        # traffic_type decides the ports' default protocol and which fields apply, and ports which ports the
+        # created Service has: both must be known at preview, or those checks would be skipped.
+        check.plain("traffic_type", args.get("traffic_type"))
+        ports = check.plain("ports", args.get("ports"))
         rendered = render_annotations(name, args)
         _check_http_only_fields(check, args)
-        ports = args.get("ports")
         if ports is not None:
             traffic_type = check.enum("traffic_type", args.get("traffic_type"), TrafficType)
             ports = _check_ports(check, check.non_empty_list("ports", ports), traffic_type)
             if args.get("selector") is None:
                 raise check.fail("selector is required when ports is set (the Service is created)")
-            selector = when_known(args["selector"], lambda v: check.labels("selector", v))
+            selector = args["selector"]
+            selector = (check.labels("selector", selector) if is_known(selector)
+                        else when_known(selector, lambda v: check.labels("selector", v)))
         elif args.get("selector") is not None:
             raise check.fail("selector only applies when ports is set (an existing Service keeps its selector)")
         else:
@@ -167,8 +172,23 @@ def render_annotations(name: str, args: Mapping[str, Any]) -> Any:
     }
     if all(is_known(v) for v in values.values()):
         return _render(check, values)
+    # Check the plain values now (at preview), each Output standing in as a valid value of its field: the
+    # only check across fields (the rate-limit pair) is about which are given, and an Output is given.
+    _render(check, {k: v if is_known(v) else _VALID[k] for k, v in values.items()})
     keys = list(values)
-    return pulumi.Output.all(*values.values()).apply(lambda vs: _render(check, dict(zip(keys, vs))))
+
+    def resolved(vs: list) -> dict[str, str]:  # all checked again, the Outputs now with their values
+        given = dict(zip(keys, vs))
+        given[ann.TRAFFIC_TYPE] = check.enum("traffic_type", given[ann.TRAFFIC_TYPE], TrafficType)
+        given[ann.SCHEME] = check.enum("scheme", given[ann.SCHEME], Scheme)  # "HTTPS" is written as https
+        return _render(check, given)
+    return pulumi.Output.all(*values.values()).apply(resolved)
+
+
+#: A valid value of each annotation field, to check the plain fields of a MeshService while others are Outputs.
+_VALID = {ann.TRAFFIC_TYPE: TrafficType.HTTP, ann.SCHEME: Scheme.HTTP, ann.RETRY_ATTEMPTS: 1,
+          ann.CIRCUIT_BREAKER_EXPRESSION: "NetworkErrorRatio() > 0.5", ann.RATELIMIT_AVERAGE: 1,
+          ann.RATELIMIT_BURST: 1, ann.REQUEST_TIMEOUT: "1s"}
 
 
 def _render(check: Checker, values: Mapping[str, Any]) -> dict[str, str]:
@@ -270,27 +290,37 @@ def _check_ports(check: Checker, ports: list, traffic_type: Any = None) -> list[
         p = {k: v for k, v in p.items() if v is not None}  # None = not given = the default
         if "port" not in p:
             raise check.fail(f"ports[{i}] must have a port, got {p!r}")
-        protocol = p.setdefault("protocol", expected)
-        if is_known(protocol) and isinstance(protocol, str) and protocol.upper() in ("TCP", "UDP"):
-            protocol = p["protocol"] = protocol.upper()
-            if protocol != expected:
-                needs = "traffic_type udp" if protocol == "UDP" else f"protocol {expected}"
-                have = f"traffic_type {traffic_type.value}" if traffic_type else "no traffic_type (http or tcp)"
-                raise check.fail(f"ports[{i}].protocol {protocol} does not fit {have}: the mesh would leave "
-                                 f"this port out; use {needs}")
+        protocol = p.get("protocol", expected)
+        if is_known(protocol):
+            p["protocol"] = _protocol(check, i, protocol, traffic_type)
+        else:  # checked (and upper-cased) when it resolves; the Service registered with it fails if it is wrong
+            p["protocol"] = pulumi.Output.from_input(protocol).apply(
+                lambda v, i=i: _protocol(check, i, expected if v is None else v, traffic_type))
         p["port"] = check.integer(f"ports[{i}].port", p["port"], 1, 65535)
         if p.get("target_port") is not None:
             p["target_port"] = check.integer(f"ports[{i}].target_port", p["target_port"], 1, 65535)
         if p.get("name") is not None:  # Kubernetes checks a Service port name as a DNS label
             p["name"] = check.dns_label(f"ports[{i}].name", p["name"])
         checked.append(p)
-        if p.get("protocol") is not None and is_known(p["protocol"]) and p["protocol"] not in ("TCP", "UDP"):
-            raise check.fail(f"ports[{i}].protocol must be TCP or UDP, got {p['protocol']!r}")
     if len(checked) > 1 and any(p.get("name") is None for p in checked):
         raise check.fail("ports need a name each when there is more than one")
     check.unique("ports[].name", [p["name"] for p in checked if p.get("name") is not None])
     check.unique("ports[].port", [p["port"] for p in checked])
     return checked
+
+
+def _protocol(check: Checker, i: int, protocol: Any, traffic_type: Any) -> str:
+    """``protocol`` upper-cased, if it is TCP or UDP (any case) and fits ``traffic_type``."""
+    if not (isinstance(protocol, str) and protocol.upper() in ("TCP", "UDP")):
+        raise check.fail(f"ports[{i}].protocol must be TCP or UDP, got {shown(protocol)}")
+    protocol = protocol.upper()
+    expected = "UDP" if traffic_type == TrafficType.UDP else "TCP"
+    if protocol != expected:
+        needs = "traffic_type udp" if protocol == "UDP" else f"protocol {expected}"
+        have = f"traffic_type {traffic_type.value}" if traffic_type else "no traffic_type (http or tcp)"
+        raise check.fail(f"ports[{i}].protocol {protocol} does not fit {have}: the mesh would leave "
+                         f"this port out; use {needs}")
+    return protocol
 
 
 def _port(p: Mapping[str, Any]) -> k8s.core.v1.ServicePortArgs:

@@ -11,6 +11,7 @@ instance names and filters the records by them.
 """
 
 import asyncio
+import gc
 import ipaddress
 import itertools
 
@@ -77,3 +78,29 @@ def mocks() -> K8sMocks:
 @pytest.fixture
 def monitor():
     return MONITOR
+
+
+
+def fails_when_resolved(program, match: str) -> None:
+    """Run a ``@pulumi.runtime.test`` program expected to fail once an Output resolves, with an error matching
+    ``match``. Then collect the failed futures of its resources now: "Future exception was never retrieved" is
+    logged when they are garbage-collected, and a collection that happens inside ``ast.parse`` (pytest's
+    assertion rewriting) trips a CPython 3.11 bug (SystemError: AST constructor recursion depth mismatch)."""
+    with pytest.raises(ValueError, match=match):
+        program()
+    from pulumi.runtime.settings import SETTINGS
+    SETTINGS.rpc_manager.clear()  # what the next program would do first: the failed registrations go now
+    SETTINGS.outputs.clear()
+    gc.collect()
+
+
+def settled(resources) -> "asyncio.Future":
+    """For a program expected to fail: waits for every resource's registration, failed or not, then raises the
+    first failure. ``Output.all`` raises at the first failure while registrations that depend on the failed
+    one are still running; they would fail later, inside the next test."""
+    async def wait():
+        results = await asyncio.gather(*[r.urn.future() for r in resources], return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            raise failures[0]
+    return asyncio.ensure_future(wait())

@@ -3,7 +3,7 @@
 import pulumi
 import pytest
 
-from components.conftest import MOCKS, MONITOR
+from components.conftest import MOCKS, MONITOR, fails_when_resolved, settled
 from components.manifests import validate_all
 from mesh_components import AccessPolicy, ComponentArgsError, TrafficSplit
 from mesh_components.access import render_access_policy, render_traffic_split
@@ -130,6 +130,12 @@ def _bad_policy(**changes):
     ({"namespace": pulumi.Output.from_input("x")}, "namespace must be a plain value, not an Output"),
     ({"sources": pulumi.Output.from_input([{"service_account": "c"}])}, "sources must be a plain value, not an Output"),
     ({"sources": [pulumi.Output.from_input({"service_account": "c"})]}, r"sources\[0\] must be a plain value"),
+    # a route's port or method is written into its spec at preview: an Output crashed int() or was quoted by repr
+    ({"tcp": {"ports": [pulumi.Output.from_input(80)]}},
+     r"AccessPolicy 'ap': tcp.ports\[0\] must be a plain value, not an Output \(it is validated at preview\)$"),
+    ({"udp": {"ports": [53, pulumi.Output.from_input(54)]}}, r"udp.ports\[1\] must be a plain value, not an Output"),
+    ({"http_matches": [{"name": "x", "methods": [pulumi.Output.from_input("GET")]}]},
+     r"http_matches\[0\].methods\[0\] must be a plain value, not an Output"),
     # a misspelt field is an error, not a rule silently left out (in ACL mode: traffic denied)
     ({"http_match": [{"name": "x"}]}, r"args has unknown field\(s\) http_match"),
     ({"sources": [{"service_account": "c", "ns": "other"}]}, r"sources\[0\] has unknown field\(s\) ns"),
@@ -223,3 +229,26 @@ def test_the_longest_names_that_fit_pass():
     split = render_traffic_split("t" * 253, {"namespace": "n", "service": "web",
                                              "backends": [{"service": "a", "weight": 1}]})
     assert [len(o["metadata"]["name"]) for o in split] == [253]
+
+
+def test_a_header_regex_output_is_checked_when_it_resolves():
+    @pulumi.runtime.test
+    def program():
+        policy = AccessPolicy("ap-hdr-late", {**POLICY, "http_matches": [
+            {"name": "api", "headers": {"X-Canary": pulumi.Output.from_input("([")}}]})
+        return settled(policy.children.values())  # every child settles within this test
+
+    fails_when_resolved(program, r"AccessPolicy 'ap-hdr-late': http_matches\[0\].headers\['X-Canary'\] is not a "
+                                 r"valid regular expression")
+
+
+@pulumi.runtime.test
+def test_a_valid_header_regex_output_is_written():
+    policy = AccessPolicy("ap-hdr-ok", {**POLICY, "http_matches": [
+        {"name": "api", "headers": {"X-Canary": pulumi.Output.from_input("^yes$")}}]})
+
+    def check(_):
+        group = next(r for r in MOCKS.created if r.name == "ap-hdr-ok-httproutegroup").inputs
+        assert group["spec"]["matches"] == [{"name": "api", "headers": {"X-Canary": "^yes$"}}]
+
+    return policy.children["HTTPRouteGroup"].urn.apply(check)

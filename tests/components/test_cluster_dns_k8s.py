@@ -112,3 +112,26 @@ async def test_the_cluster_identity_is_the_kube_system_uid_and_another_cluster_i
     with pytest.raises(cluster_dns.WrongClusterError):
         await asyncio.wait_for(asyncio.to_thread(cluster_dns.delete, client, elsewhere), 10)
     assert _latest(kmock, "v1/configmaps", "coredns")["data"] == patched
+
+
+@pytest.mark.parametrize("kubeconfig, message", [
+    # PyYAML's own message quotes the offending line, which may hold a token
+    ("apiVersion: v1\nusers:\n- name: u\n  user: {token: s3cr3t-TOKEN: x}\n",
+     r"^the kubeconfig is not valid YAML \(line 4, column \d+\)$"),
+    ("token: s3cr3t-TOKEN: x\n", r"^the kubeconfig is not valid YAML \(line 1, column 20\)$"),
+    # a plain string: "'str' object has no attribute 'get'"
+    ("just-a-s3cr3t-TOKEN", r"^the kubeconfig must be a YAML mapping \(a kubeconfig file's contents\), got a YAML "
+                            r"value of type str$"),
+    ("- s3cr3t-TOKEN\n", r"^the kubeconfig must be a YAML mapping .* got a YAML value of type list$"),
+    ("users: [{name: u, user: {token: s3cr3t-TOKEN}}]\ncontexts: []\n", r"^the kubeconfig has no 'clusters' section$"),
+    ("clusters: s3cr3t-TOKEN\ncontexts: []\n",
+     r"^the kubeconfig is not a valid kubeconfig \(\w+ while reading it; its contents are not shown"),
+])
+def test_a_malformed_kubeconfig_is_reported_without_its_contents(kubeconfig, message):
+    import traceback
+
+    with pytest.raises(ValueError, match=message) as failure:
+        cluster_dns.LightkubeDnsClient(kubeconfig)
+    # what the dynamic provider sends to the engine: the formatted traceback, causes included
+    reported = "".join(traceback.format_exception(failure.value))
+    assert "s3cr3t" not in reported, reported

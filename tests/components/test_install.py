@@ -7,7 +7,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pytest
 
-from components.conftest import MOCKS, MONITOR
+from components.conftest import MOCKS, MONITOR, fails_when_resolved, settled
 from components.manifests import KUBERNETES_VERSION, validate_all, validate_manifest
 from lightmesh import wire
 from mesh_components import ComponentArgsError, MeshInstall, MeshInstallArgs, smi
@@ -299,6 +299,27 @@ def test_proxy_timeouts_reach_a_proxy_that_accepts_them():
     ({"image_pull_policy": "Sometimes"}, "image_pull_policy must be one of IfNotPresent, Always, Never"),
     ({"namespace": pulumi.Output.from_input("x")}, "namespace must be a plain value, not an Output"),
     ({"domains": pulumi.Output.from_input(["a"])}, "domains must be a plain value, not an Output"),
+    # an Output inside a list or an object is refused too, naming its path (it crashed with a TypeError, or was
+    # quoted by its repr, "<pulumi.output.Output object at 0x…>")
+    ({"domains": ["mesh", pulumi.Output.from_input("mesh.example")]},
+     r"domains\[1\] must be a plain value, not an Output \(it is validated at preview\)$"),
+    ({"watch_namespaces": [pulumi.Output.from_input("shop")]}, r"watch_namespaces\[0\] must be a plain value"),
+    ({"ignore_namespaces": [pulumi.Output.from_input("shop")]}, r"ignore_namespaces\[0\] must be a plain value"),
+    ({"controller_resources": {"cpu_limit": pulumi.Output.from_input("2")}},
+     r"controller_resources.cpu_limit must be a plain value"),
+    ({"proxy_resources": {"memory_request": pulumi.Output.from_input("64Mi")}},
+     r"proxy_resources.memory_request must be a plain value"),
+    ({"proxy_tolerations": [{"key": pulumi.Output.from_input("dedicated"), "operator": "Exists"}]},
+     r"proxy_tolerations\[0\].key must be a plain value"),
+    ({"proxy_tolerations": [pulumi.Output.from_input({"operator": "Exists"})]},
+     r"proxy_tolerations\[0\] must be a plain value"),
+    ({"tracing": {"mode": "otlp", "endpoint": "http://o:4318", "sample_ratio": pulumi.Output.from_input(0.5)}},
+     r"tracing.sample_ratio must be a plain value"),
+    ({"tracing": {"mode": pulumi.Output.from_input("jaeger")}}, r"tracing.mode must be a plain value"),
+    ({"metrics": {"dashboard": pulumi.Output.from_input(True)}}, r"metrics.dashboard must be a plain value"),
+    ({"metrics": {"service_monitor": True, "service_monitor_labels": pulumi.Output.from_input({"a": "b"})}},
+     r"metrics.service_monitor_labels must be a plain value"),
+    ({"proxy_node_selector": pulumi.Output.from_input({"a": "b"})}, r"proxy_node_selector must be a plain value"),
     ({"proxy_tolerations": [{"key": "a", "tolerationSeconds": 5}]}, r"proxy_tolerations\[0\] must only have"),
     ({"replicas": 3}, "args has unknown field\\(s\\) replicas; known: namespace, create_namespace, image, image_tag"),
     # the controller never meshes its own namespace: "default" would leave every application there out
@@ -583,3 +604,67 @@ def test_a_provider_of_another_package_needs_no_kubeconfig():
         assert "mi-prov-random-cluster-dns" in records and not records["mi-prov-random-controller"].provider
 
     return pulumi.Output.all(*[c.urn for c in mesh.children.values()]).apply(check)
+
+
+# ------------------------------------------------------------------ the fields that may be Outputs
+O = pulumi.Output.from_input
+
+
+@pulumi.runtime.test
+def test_the_fields_documented_to_accept_outputs_do():
+    mesh, outputs = _install("mi-outs", {
+        "patch_coredns": False, "otlp_endpoint": O("http://otel.obs:4318"),
+        "proxy_node_selector": {"pool": O("mesh")},
+        "metrics": {"prometheus": True, "prometheus_image": O("prom/prometheus:v2.55.0"),
+                    "service_monitor": True, "service_monitor_labels": {"release": O("kps")}}})
+
+    def check(_):
+        records = _records("mi-outs")
+        proxy = records["mi-outs-proxy"].inputs["spec"]["template"]["spec"]
+        assert proxy["nodeSelector"] == {"pool": "mesh"}
+        command = proxy["containers"][0]["command"]
+        assert command[command.index("--otlp-endpoint") + 1] == "http://otel.obs:4318"
+        assert records["mi-outs-service-monitor"].inputs["metadata"]["labels"]["release"] == "kps"
+        image = records["mi-outs-prometheus-deployment"].inputs["spec"]["template"]["spec"]["containers"][0]["image"]
+        assert image == "prom/prometheus:v2.55.0"
+
+    return outputs.apply(check)
+
+
+@pulumi.runtime.test
+def test_a_jaeger_image_and_a_tracing_endpoint_may_be_outputs():
+    jaeger, jaeger_done = _install("mi-outs-jaeger", {"patch_coredns": False, "tracing": {
+        "mode": "jaeger", "jaeger_image": O("jaegertracing/all-in-one:1.61.0")}})
+    otlp, otlp_done = _install("mi-outs-otlp", {"patch_coredns": False, "tracing": {
+        "mode": "otlp", "endpoint": O("https://otel.obs:4318")}})
+
+    def check(_):
+        deployment = _records("mi-outs-jaeger")["mi-outs-jaeger-jaeger-deployment"].inputs
+        assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "jaegertracing/all-in-one:1.61.0"
+        command = _records("mi-outs-otlp")["mi-outs-otlp-controller"].inputs["spec"]["template"]["spec"][
+            "containers"][0]["command"]
+        assert command[command.index("--otlp-endpoint") + 1] == "https://otel.obs:4318"
+
+    return pulumi.Output.all(jaeger_done, otlp_done).apply(check)
+
+
+@pytest.mark.parametrize("name, args, message", [
+    # label values given as Outputs were never checked ("for the API server to judge")
+    ("mi-late-nodesel", {"proxy_node_selector": {"pool": O("mesh pool")}},
+     r"proxy_node_selector\['pool'\] value 'mesh pool' is not a label value"),
+    ("mi-late-smlabels", {"metrics": {"service_monitor": True, "service_monitor_labels": {"release": O("-kps")}}},
+     r"metrics.service_monitor_labels\['release'\] value '-kps' is not a label value"),
+    # an endpoint given turns tracing on: resolving to None put a null into both containers' commands
+    ("mi-late-otlp-none", {"otlp_endpoint": O(None)},
+     r"otlp_endpoint must be an http:// or https:// URL, got None: given as an Output, it must resolve to an "
+     r"endpoint"),
+    ("mi-late-endpoint-none", {"tracing": {"mode": "otlp", "endpoint": O(None)}},
+     r"tracing.endpoint must be an http:// or https:// URL, got None"),
+    ("mi-late-otlp-empty", {"otlp_endpoint": O("")}, r"otlp_endpoint must be an http:// or https:// URL, got ''$"),
+])
+def test_outputs_are_checked_when_they_resolve(name, args, message):
+    @pulumi.runtime.test
+    def program():
+        return settled(MeshInstall(name, {"patch_coredns": False, **args}).children.values())
+
+    fails_when_resolved(program, rf"MeshInstall '{name}': " + message)

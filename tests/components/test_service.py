@@ -3,7 +3,7 @@
 import pulumi
 import pytest
 
-from components.conftest import MOCKS, MONITOR
+from components.conftest import MOCKS, MONITOR, fails_when_resolved
 from components.manifests import validate_all
 from lightmesh.annotations import Scheme, TrafficType, parse_annotations
 from mesh_components import ComponentArgsError, MeshService
@@ -254,3 +254,92 @@ def test_http_fields_are_accepted_for_http_and_the_default_traffic_type():
         if traffic_type:
             args["traffic_type"] = traffic_type
         assert MeshService(f"web-{traffic_type}", args).children["service"] is not None
+
+
+# ------------------------------------------------------------------ Outputs: which fields may be, and when they are checked
+O = pulumi.Output.from_input
+
+
+@pytest.mark.parametrize("args, message", [
+    # traffic_type decides the ports' default protocol and which fields apply: an Output skipped both checks
+    ({"traffic_type": O("udp"), "ports": [{"port": 53}], "selector": {"a": "b"}},
+     r"traffic_type must be a plain value, not an Output \(it is validated at preview\)$"),
+    ({"traffic_type": O("tcp"), "retry_attempts": 3}, "traffic_type must be a plain value, not an Output"),
+    # ports as a whole decides the created Service's ports: it crashed with "'Output' object is not iterable"
+    ({"ports": O([{"port": 80}]), "selector": {"a": "b"}}, r"ports must be a plain value, not an Output"),
+    ({"ports": [O({"port": 80})], "selector": {"a": "b"}}, r"ports\[0\] must be a plain value, not an Output"),
+    # the plain annotation fields are checked at preview even when another one is an Output
+    ({"request_timeout": O("5s"), "retry_attempts": 0}, "retry_attempts must be between 1 and 100, got 0$"),
+    ({"request_timeout": O("5s"), "rate_limit_average": 5}, "rate_limit_average needs rate_limit_burst too"),
+    ({"retry_attempts": O(2), "circuit_breaker_expression": "Foo() > 1"},
+     "circuit_breaker_expression 'Foo\\(\\) > 1' is not a valid circuit-breaker expression"),
+    ({"scheme": O("https"), "request_timeout": "48h"}, "request_timeout must be more than 0 and at most 24h"),
+])
+def test_outputs_where_a_plain_value_is_needed_and_plain_fields_next_to_outputs_fail_at_preview(args, message):
+    with pytest.raises(ComponentArgsError, match=r"^MeshService 'whoami': " + message):
+        MeshService("whoami", {"service_name": "whoami", "namespace": "whoami", **args})
+
+
+@pulumi.runtime.test
+def test_an_output_annotation_field_makes_a_pair_given_and_is_written_when_it_resolves():
+    # rate_limit_average as an Output is given: its plain burst is not "without rate_limit_average"
+    svc = MeshService("ms-out-pair", {"service_name": "web", "namespace": "shop", "rate_limit_average": O(5),
+                                      "rate_limit_burst": 10, "scheme": O("HTTPS")})
+    return svc.annotations.apply(lambda a: _assert_equal(a, {"lightmesh.io/ratelimit-average": "5",
+                                                              "lightmesh.io/ratelimit-burst": "10",
+                                                              "lightmesh.io/scheme": "https"}))
+
+
+@pytest.mark.parametrize("name, protocol, traffic_type, message", [
+    ("ms-proto-sctp", O("SCTP"), None, r"ports\[0\].protocol must be TCP or UDP, got 'SCTP'"),
+    ("ms-proto-tcp-on-udp", O("TCP"), "udp", r"ports\[0\].protocol TCP does not fit traffic_type udp"),
+    ("ms-proto-number", O(5), None, r"ports\[0\].protocol must be TCP or UDP, got 5"),
+])
+def test_a_port_protocol_output_is_checked_when_it_resolves(name, protocol, traffic_type, message):
+    # it was registered as given: an SCTP port, or a TCP port the mesh leaves out of a udp Service
+    @pulumi.runtime.test
+    def program():
+        args = {"service_name": "web", "namespace": "shop", "selector": {"a": "b"},
+                "ports": [{"port": 53, "protocol": protocol}]}
+        if traffic_type:
+            args["traffic_type"] = traffic_type
+        return MeshService(name, args).children["service"].urn
+
+    fails_when_resolved(program, rf"MeshService '{name}': " + message)
+
+
+@pulumi.runtime.test
+def test_a_port_protocol_output_that_fits_is_upper_cased_and_none_is_the_default():
+    svc = MeshService("ms-proto-ok", {"service_name": "dns", "namespace": "shop", "traffic_type": "udp",
+                                      "selector": {"app": "dns"},
+                                      "ports": [{"port": 53, "name": "dns", "protocol": O("udp")},
+                                                {"port": 54, "name": "alt", "protocol": O(None)}]})
+
+    def check(_):
+        spec = next(r for r in MOCKS.created if r.name == "ms-proto-ok-service").inputs["spec"]
+        assert [p["protocol"] for p in spec["ports"]] == ["UDP", "UDP"]
+
+    return svc.children["service"].urn.apply(check)
+
+
+def test_a_selector_value_output_is_checked_as_a_label_value_when_it_resolves():
+    # it was never checked ("for the API server to judge"): the Service failed only at `pulumi up`
+    @pulumi.runtime.test
+    def program():
+        svc = MeshService("ms-sel-late", {"service_name": "web", "namespace": "shop", "ports": [{"port": 80}],
+                                          "selector": {"app": O("not valid!")}})
+        return svc.children["service"].urn
+
+    fails_when_resolved(program, r"MeshService 'ms-sel-late': selector\['app'\] value 'not valid!' is not a label value")
+
+
+@pulumi.runtime.test
+def test_a_valid_selector_value_output_is_written():
+    svc = MeshService("ms-sel-ok", {"service_name": "web", "namespace": "shop", "ports": [{"port": 80}],
+                                    "selector": {"app": O("web"), "tier": "front"}})
+
+    def check(_):
+        spec = next(r for r in MOCKS.created if r.name == "ms-sel-ok-service").inputs["spec"]
+        assert spec["selector"] == {"app": "web", "tier": "front"}
+
+    return svc.children["service"].urn.apply(check)
