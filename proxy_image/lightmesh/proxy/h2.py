@@ -74,7 +74,7 @@ import h2.settings
 from lightmesh.netutil import LOCAL_LIMIT, connect_failure_reason
 from lightmesh.proxy.logthrottle import LogThrottle
 from lightmesh.proxy.metrics import method_label
-from lightmesh.proxy.routing import Server, forwarded_port, split_host
+from lightmesh.proxy.routing import Server, forwarded_port, split_host, valid_host
 
 _H1_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te",
                      b"trailer"))
@@ -168,11 +168,15 @@ def _check_fields(headers: list, trailers: bool) -> tuple[str | None, int, dict[
         # would be routed on one path and read by the server as another (a rule for /admin dodged).
         if path[:1] != b"/" and not (path == b"*" and method == b"OPTIONS"):
             return ":path is not origin-form", -1, pseudo
+        if b"#" in path:  # no fragment (see http.py: routed on one path, read by servers as another)
+            return ":path has a fragment", -1, pseudo
     authority = pseudo.get(b":authority")
     if authority is None and host is None:
         return "no :authority or host", -1, pseudo
     if authority is not None and host is not None and authority != host:
         return "host differs from :authority", -1, pseudo
+    if not valid_host(authority if authority is not None else host):
+        return "bad :authority or host", -1, pseudo  # userinfo, a non-numeric port: see routing.valid_host
     return None, length, pseudo
 
 

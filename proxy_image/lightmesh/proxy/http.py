@@ -105,7 +105,7 @@ from lightmesh.netutil import LOCAL_LIMIT, connect_failure_reason
 from lightmesh.proxy.h2 import H2Downstream, looks_like_h2
 from lightmesh.proxy.metrics import ProxyMetrics
 from lightmesh.proxy.routing import (CHECK_ALLOW, CHECK_BREAKER, CHECK_DENY, CHECK_RATE, Route, Server,
-                                     forwarded_port, split_host)
+                                     forwarded_port, split_host, valid_host)
 
 __all__ = ["HTTPOptions", "ConnectionSet", "protocol_factory", "ClientProtocol", "UpstreamProtocol",
            "UNROUTED"]
@@ -244,7 +244,8 @@ WRITE_HIGH, WRITE_LOW = 512 * 1024, 128 * 1024
 
 # Reasons the client connection stops reading (bit mask). P_WRITE: the client does not read our
 # answers; the next request waits (pipelined ones the proxy answers itself would pile up unsent).
-P_UPSTREAM, P_PIPELINE, P_CONNECT, P_WRITE = 1, 2, 4, 8
+# P_UPGRADE: an Upgrade request waits for the server's answer (see _upgraded).
+P_UPSTREAM, P_PIPELINE, P_CONNECT, P_WRITE, P_UPGRADE = 1, 2, 4, 8, 16
 
 
 def _status_line(status: int, reason: bytes) -> bytes:
@@ -555,7 +556,7 @@ class ClientProtocol(asyncio.Protocol):
                  "active", "pending", "out", "dirty", "rpause", "wpaused", "closing", "broken", "tunnel",
                  "deadline", "timer", "period", "in_head", "head_seen", "acl", "acl_plane", "hosts", "raw_up",
                  "registered", "bypass", "response_timeout", "fresh_conn", "alt_method", "fwd_tails", "rate_delay",
-                 "in_done", "done_next")
+                 "in_done", "done_next", "held")
 
     def __init__(self, holder: Any, entry_point: str, options: HTTPOptions, metrics: ProxyMetrics) -> None:
         self.holder = holder
@@ -595,6 +596,7 @@ class ClientProtocol(asyncio.Protocol):
         self.fresh_conn = True  # nothing read yet: the HTTP/2 preface is possible
         self.alt_method: bytes | None = None  # the real method of a head fed to llhttp respelt (see _respell)
         self.in_done = False  # _done is on the stack (see there)
+        self.held: list[bytes] = []  # bytes after an Upgrade request, until the server switches (101)
         self.done_next: Exchange | None = None
 
     # ------------------------------------------------------------------ connection events
@@ -766,8 +768,7 @@ class ClientProtocol(asyncio.Protocol):
         if self.broken or self.closing:
             return
         if self.raw_up:
-            self._body_piece(self.active or self.cur, data)
-            self.flush()
+            self.held.append(data)  # a read already under way when reading paused (see _upgraded)
             return
         if self.bypass:
             data = self._bypassed(data)
@@ -1009,6 +1010,10 @@ class ClientProtocol(asyncio.Protocol):
             if upgrade is not None and names_upgrade:
                 ex.upgrade = upgrade
         url = ex.url
+        if b"#" in url:
+            # RFC 9112 §3.2: no fragment in a request target. Routed on "/admin#/../x" as "/x", it
+            # reached servers that cut the fragment as "/admin", past a rule for /admin.
+            raise _Reject(400, "fragment in the request target")
         if url[:1] != b"/" and url != b"*":
             # absolute-form (RFC 9112 §3.2.2): the authority replaces Host; forward origin-form.
             lower = url[:8].lower()
@@ -1030,6 +1035,8 @@ class ClientProtocol(asyncio.Protocol):
         else:
             hstr = self.hosts.get(host)
             if hstr is None:
+                if not valid_host(host):
+                    raise _Reject(400, "bad Host")  # routed on one name, read by the server as another
                 hstr = split_host(host)
                 if len(self.hosts) < 16:
                     self.hosts[host] = hstr
@@ -1639,15 +1646,22 @@ class ClientProtocol(asyncio.Protocol):
             return
         self.raw_up = True
         # Unless the server switches protocols (101 starts the tunnel), this connection ends with
-        # the response: bytes the client sent after the head went upstream as the new protocol.
+        # the response. The bytes the client sends after the head wait here until then: sent on at
+        # once, a server that ignores the Upgrade (any non-WebSocket endpoint) read them as its next
+        # request, which no route, allow-list or deny rule here had seen.
         ex.close_after = True
         tail = data[offset:]
         if tail:
-            self._body_piece(ex, tail)
+            self.held.append(tail)
+        self.pause_for(P_UPGRADE)
 
     def start_tunnel(self, conn: UpstreamProtocol) -> None:
         self.tunnel = conn
         self.raw_up = False
+        held, self.held = self.held, []
+        if held and conn.transport is not None:
+            conn.transport.write(b"".join(held))
+        self.resume_for(P_UPGRADE)
         idle = self.options.tunnel_idle_timeout
         self.deadline = self.loop.time() + idle if idle else None
 
@@ -1948,6 +1962,13 @@ class UpstreamProtocol(asyncio.Protocol):
             client.abort()
 
     # httptools callbacks (response) -------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.ex is None:
+            # A message after the response, in the same read (it went back to the pool within
+            # this feed): kept in the parser, its head was glued to the next client's response.
+            self.keep = False
+            raise _Reject(502, "bytes after the response")
 
     def on_status(self, status: bytes) -> None:
         self.reason += status

@@ -432,6 +432,16 @@ def forwarded_port(host: bytes | None, proto: bytes | None = None) -> bytes:
     return b"80"
 
 
+# RFC 9110 §7.2 / RFC 3986: uri-host [":" port], uri-host an IP literal or a reg-name. No userinfo:
+# "aio:1@internal.example" was routed as "aio" while the server saw internal.example.
+_VALID_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?")
+
+
+def valid_host(value: bytes) -> bool:
+    """A Host header value (or an ``:authority``) that names one host, as a server would read it."""
+    return _VALID_HOST.fullmatch(value) is not None
+
+
 def split_host(value: bytes) -> str:
     """Host header value → lower-case host without port (``[::1]:80`` → ``::1``)."""
     host = value.decode("latin-1").strip().lower()

@@ -1,0 +1,171 @@
+"""Where the proxy and the server could disagree about a request or a response (desync), found by
+differential testing against a server that logs every byte: bytes after an Upgrade request, a
+fragment in the request target, a Host with userinfo, and a partial head after a response on a
+connection that goes back to the pool. Real sockets on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from .backends import ProxyUnderTest, RawClient, on_uvloop, simple_config
+from .test_h2c import H2Client, H2Server
+
+DENY_ADMIN = [{"name": "admin", "service": "svc", "middlewares": ["deny"], "priority": 10,
+               "match": {"path_regex": "^/admin"}},
+              {"name": "rest", "service": "svc"}]
+DENY = [{"type": "deny", "name": "deny", "status_code": 403}]
+
+
+class LoggingOrigin:
+    """A server that records every byte per connection and answers each request head it sees with
+    ``answer`` (a non-WebSocket endpoint: it ignores Upgrade)."""
+
+    def __init__(self, answer: bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") -> None:
+        self.answer = answer
+        self.received: list[bytearray] = []
+        self.server = None
+        self.url = ""
+
+    async def __aenter__(self) -> LoggingOrigin:
+        owner = self
+
+        class Proto(asyncio.Protocol):
+            def connection_made(self, transport) -> None:
+                self.transport = transport
+                self.seen = bytearray()
+                owner.received.append(self.seen)
+                self.answered = 0
+
+            def data_received(self, data: bytes) -> None:
+                self.seen += data
+                while self.seen.count(b"\r\n\r\n") > self.answered:
+                    self.answered += 1
+                    self.transport.write(owner.answer)
+
+        self.server = await asyncio.get_running_loop().create_server(Proto, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+    def everything(self) -> bytes:
+        return b"".join(bytes(r) for r in self.received)
+
+
+@on_uvloop
+async def test_bytes_after_an_upgrade_request_reach_no_server_that_did_not_switch_protocols():
+    async with LoggingOrigin() as origin, ProxyUnderTest(
+            simple_config([origin.url], routers=DENY_ADMIN, middlewares=DENY)) as p:
+        c = await RawClient.connect(p.port)
+        try:
+            await c.send(b"GET / HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+                         b"GET /admin HTTP/1.1\r\nHost: svc\r\nX-Forwarded-For: 10.6.6.6\r\n\r\n")
+            r = await c.response()
+            assert r.status == 200 and await c.closed()
+        finally:
+            await c.close()
+        # the server answered without switching: what the client sent after the head never went on
+        assert b"/admin" not in origin.everything(), origin.everything()
+
+
+@on_uvloop
+async def test_bytes_sent_with_an_upgrade_request_go_through_once_the_server_switches():
+    switch = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    async with LoggingOrigin(switch) as origin, ProxyUnderTest(simple_config([origin.url])) as p:
+        c = await RawClient.connect(p.port)
+        try:
+            await c.send(b"GET /ws HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+                         b"first frame")
+            r = await c.response()
+            assert r.status == 101
+            await c.send(b" and more")
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 5
+            while not origin.received or not origin.received[0].endswith(b"first frame and more"):
+                assert loop.time() < deadline, origin.received
+                await asyncio.sleep(0.02)
+        finally:
+            await c.close()
+
+
+@on_uvloop
+async def test_a_fragment_in_the_request_target_is_refused():
+    async with LoggingOrigin() as origin, ProxyUnderTest(
+            simple_config([origin.url], routers=DENY_ADMIN, middlewares=DENY)) as p:
+        c = await RawClient.connect(p.port)
+        try:
+            await c.send(b"GET /admin#/../x HTTP/1.1\r\nHost: svc\r\n\r\n")
+            assert (await c.response()).status == 400
+        finally:
+            await c.close()
+        h2 = await H2Client.connect(p.port)
+        try:
+            (r,) = await h2.wait([h2.start("/admin#/../x", method="GET", authority="svc")])
+            assert r["reset"] is not None or r["headers"][b":status"] == b"400"
+        finally:
+            await h2.close()
+        assert origin.everything() == b""
+
+
+@pytest.mark.parametrize("host, status", [
+    (b"svc:1@internal.example", 400), (b"user@svc", 400), (b"svc:abc", 400), (b"svc?x", 400),
+    (b"svc", 200), (b"svc:8080", 200), (b"[::1]:80", 200), (b"SVC.", 200)])
+@on_uvloop
+async def test_a_host_the_server_would_read_as_another_name_is_refused(host, status):
+    routers = [{"name": "deny-internal", "service": "svc", "middlewares": ["deny"],
+                "match": {"hosts": ["internal.example"]}}, {"name": "rest", "service": "svc"}]
+    async with LoggingOrigin() as origin, ProxyUnderTest(
+            simple_config([origin.url], routers=routers, middlewares=DENY)) as p:
+        for head in (b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n",
+                     b"GET http://" + host + b"/ HTTP/1.1\r\nHost: svc\r\n\r\n"):  # and the absolute form
+            c = await RawClient.connect(p.port)
+            try:
+                await c.send(head)
+                assert (await c.response()).status == status, head
+            finally:
+                await c.close()
+        assert (origin.everything() == b"") is (status == 400)
+
+
+@on_uvloop
+async def test_h2_authority_with_userinfo_is_refused():
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url])) as p:
+        c = await H2Client.connect(p.port)
+        try:
+            (bad, good) = await c.wait([c.start("/echo", body=b"x", authority="svc:1@internal.example"),
+                                        c.start("/echo", body=b"x", authority="svc:8080")])
+        finally:
+            await c.close()
+        assert bad["reset"] is not None and good["headers"][b":status"] == b"200"
+        assert [r[b":authority"] for r in up.requests] == [b"svc:8080"]
+
+
+@on_uvloop
+async def test_a_partial_head_after_a_response_never_reaches_the_next_client():
+    # The server sends a complete response and, in the same write, the start of another head. The
+    # connection went back to the pool with that head in its parser; the next client's response
+    # was read as its continuation (its status line became a header value of the injected head).
+    injected = (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+                b"HTTP/1.1 200 OK\r\nSet-Cookie: session=ATTACKER\r\nX-Pad: ")
+    async with LoggingOrigin(injected) as origin, ProxyUnderTest(simple_config([origin.url])) as p:
+        a = await RawClient.connect(p.port)
+        try:
+            await a.send(b"GET /first HTTP/1.1\r\nHost: svc\r\n\r\n")
+            first = await a.response()
+        finally:
+            await a.close()
+        origin.answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nclean"
+        b = await RawClient.connect(p.port)
+        try:
+            await b.send(b"GET /victim HTTP/1.1\r\nHost: svc\r\n\r\n")
+            second = await b.response()
+        finally:
+            await b.close()
+        assert (first.status, first.body) == (200, b"hi")
+        assert (second.status, second.body) == (200, b"clean")
+        assert not any(name.lower() == "set-cookie" for name, _ in second.headers)
+        assert len(origin.received) == 2  # the first connection was not reused
