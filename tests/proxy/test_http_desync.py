@@ -169,3 +169,16 @@ async def test_a_partial_head_after_a_response_never_reaches_the_next_client():
         assert (second.status, second.body) == (200, b"clean")
         assert not any(name.lower() == "set-cookie" for name, _ in second.headers)
         assert len(origin.received) == 2  # the first connection was not reused
+
+
+@on_uvloop
+async def test_a_whole_response_before_the_whole_request_says_the_connection_closes():
+    async with LoggingOrigin() as origin, ProxyUnderTest(simple_config([origin.url])) as p:
+        c = await RawClient.connect(p.port)
+        try:
+            await c.send(b"POST /up HTTP/1.1\r\nHost: svc\r\nContent-Length: 10\r\n\r\nabc")
+            r = await c.response()
+            assert await c.closed()
+        finally:
+            await c.close()
+        assert r.status == 200 and ("Connection", "close") in r.headers, r.headers

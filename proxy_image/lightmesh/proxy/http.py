@@ -1918,8 +1918,11 @@ class UpstreamProtocol(asyncio.Protocol):
             ex.timer = None
         self.keep = True
         self.framing = F_LENGTH
-        if not ex.keep_alive or ex.close_after or client.options.connections.draining or (ex.expect and not ex.req_done):
-            ex.close_after = True  # (expect: an answer to Expect: 100-continue, see on_headers_complete)
+        if (not ex.keep_alive or ex.close_after or client.options.connections.draining
+                or (not ex.req_done and (ex.expect or body == length))):
+            # (expect: an answer to Expect: 100-continue, see on_headers_complete; a whole response
+            # before the whole request: _complete closes the connection, the client is told so)
+            ex.close_after = True
             end -= 2
             if cut < 0:
                 out = b"".join((data[:end], b"Connection: close\r\n", data[end:]))
