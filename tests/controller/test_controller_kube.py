@@ -15,6 +15,7 @@ from lightmesh.controller.events import EventRecorder
 from lightmesh.controller.metrics import ControllerMetrics
 from lightmesh.controller.model import Settings
 from lightmesh.controller.reconcile import Controller
+from lightmesh.controller.retry import RetryBackoff
 from lightmesh.controller.shadow import shadow_name
 from lightmesh.controller.sources import KubeAPI, KubeSource, ObjectFilter
 from lightmesh.controller.writer import KubeShadowWriter
@@ -56,17 +57,20 @@ async def until(check, what, timeout=20.0):
 
 
 @contextlib.asynccontextmanager
-async def running(kube, *, events=True, identity="test"):
-    """A controller (no election: it writes) against ``kube``; stopped and cleaned up on exit."""
+async def running(kube, *, events=True, identity="test", backoff=None):
+    """A controller (no election: it writes) against ``kube``; stopped and cleaned up on exit.
+    ``backoff``: a () → RetryBackoff for the writer and the Events (faster than the defaults)."""
     api = KubeAPI.from_kubeconfig(server=str(kube.url))
     metrics = ControllerMetrics()
     settings = Settings(mesh_namespace=MESH)
     source = KubeSource(api, ObjectFilter.create(MESH), metrics=metrics)
+    recorder = EventRecorder(api, identity, uids=source.uid, api_versions=source.api_versions) if events else None
+    if recorder is not None and backoff is not None:
+        recorder.backoff = backoff()
     controller = Controller(settings, source, store=ConfigStore(), metrics=metrics,
                             dns=MeshDNS(DNSTable(settings.domains)),
-                            kube_writer=KubeShadowWriter(api, MESH, metrics),
-                            events=EventRecorder(api, identity, uids=source.uid, api_versions=source.api_versions)
-                            if events else None)
+                            kube_writer=KubeShadowWriter(api, MESH, metrics, backoff=backoff() if backoff else None),
+                            events=recorder)
     task = asyncio.create_task(controller.run())
     try:
         await until(lambda: controller.ready() or task.done(), "controller ready")
@@ -472,5 +476,153 @@ def test_a_replica_that_loses_the_lease_stops_reporting_its_failed_shadow_writes
                 controller.elector = types.SimpleNamespace(is_leader=False)  # the lease went to another replica
                 controller._write_wanted.set()
                 await until(lambda: not _shadow_errors(controller), "the error left to the leader")
+
+    run(scenario())
+
+
+def _slice(name, service_name, address):
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": NS, "labels": {"kubernetes.io/service-name": service_name}},
+            "addressType": "IPv4", "ports": [{"name": "main", "port": 80, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [address], "conditions": {"ready": True}}]}
+
+
+async def _churn(kube, seconds):
+    """Endpoint changes every 0.05 s: a reconcile round each, nothing for the writer to do."""
+    for k in range(int(seconds / 0.05)):
+        kube.patch_object("discovery.k8s.io/v1", "endpointslices", NS, "web-a",
+                          {"endpoints": [{"addresses": [f"10.1.0.{k % 200 + 2}"], "conditions": {"ready": True}}]})
+        await asyncio.sleep(0.05)
+
+
+def test_an_orphan_that_cannot_be_deleted_keeps_its_port_leaves_the_mesh_dns_and_is_reported():
+    # a (tcp) is deleted, the DELETE of its shadow is refused: the orphan still sends a's clients to
+    # mesh port 10000. That port must not go to b, a's mesh name must not resolve, and the failure
+    # must be visible (it was only a log line: not counted, not in the topology, no Event).
+    async def scenario():
+        async with cluster() as kube:
+            kube.put_object(service("a", 5432, "tcp"))
+            async with running(kube) as controller:
+                sa = shadow_name(NS, "a")
+                await until(lambda: sa in shadows(kube), "a's shadow")
+                assert shadows(kube)[sa]["spec"]["ports"][0]["targetPort"] == 10000
+                kube.patch_object("v1", "services", MESH, sa, {"spec": {"clusterIP": "10.96.7.7"}})  # as allocated
+                await until(lambda: controller.dns.table.lookup("a.shop.traefik.mesh")[0] == "found", "a resolves")
+                kube.fail_next("DELETE", f"/services/{sa}", 403, "Forbidden", count=10**6)
+                await kube_delete(kube, "a")
+                kube.put_object(service("b", 6379, "tcp"))
+                sb = shadow_name(NS, "b")
+                await until(lambda: sb in shadows(kube), "b's shadow")
+                assert shadows(kube)[sb]["spec"]["ports"][0]["targetPort"] == 10001  # not a's 10000
+                assert [(r.name, r.port) for r in controller.config.tcp] == [(f"{NS}/b:6379", 10001)]
+                assert controller.dns.table.lookup("a.shop.traefik.mesh")[0] == "nxdomain"
+                await until(lambda: _shadow_errors(controller), "the failed delete reported")
+                [error] = _shadow_errors(controller)
+                assert (error.kind, error.namespace, error.name) == ("Service", MESH, sa)
+                assert "could not be deleted" in error.message and "10000" in error.message
+                assert metric(controller, "lightmesh_controller_shadow_service_writes_total", action="error") >= 1
+                await until(lambda: [e for e in kube.list_objects("v1", "events", MESH)
+                                     if e["involvedObject"]["name"] == sa], "an Event on the orphan")
+                # the API lets us delete it: the orphan goes, the error with it
+                kube.failures.clear()
+                await until(lambda: sa not in shadows(kube) and not _shadow_errors(controller),
+                            "the orphan deleted", timeout=15)
+
+    run(scenario())
+
+
+def test_failed_shadow_writes_back_off_log_little_and_recover_quickly(caplog):
+    # A 403 on every shadow create: each object is retried with its own growing pause (it was every
+    # 5 s, each with an ERROR line); once the API takes writes, every shadow follows promptly.
+    n = 15
+
+    async def scenario():
+        async with cluster() as kube:
+            kube.put_object(_slice("web-a", "web", "10.1.0.1"))
+            for i in range(n):
+                kube.put_object(service(f"s{i}", 80))
+            kube.fail_next("POST", f"/namespaces/{MESH}/services", 403, "Forbidden", count=10**6)
+            # the defaults (5 s → 5 min, a probe every 5 s) scaled down for a quick test
+            quick = lambda: RetryBackoff(first_seconds=0.5, max_seconds=30, probe_seconds=0.5)  # noqa: E731
+            async with running(kube, events=False, backoff=quick) as controller:
+                await _churn(kube, 4.0)
+                posts = sum(1 for m, p in kube.writes() if m == "POST" and f"/namespaces/{MESH}/services" in p)
+                # at 0, 0.5, 1.5 and 3.5 s (a fixed pause: 8 times), plus a probe or two
+                assert posts <= n * 4 + 4, posts
+                assert len(_shadow_errors(controller)) == n
+                kube.failures.clear()
+                started = time.monotonic()
+                await until(lambda: len(shadows(kube)) == n, "all shadows written", timeout=10)
+                # the next probe (0.5 s here, 5 s by default) finds the API back and the rest follow at
+                # once, not each after its own pause (next due at 7.5 s)
+                assert time.monotonic() - started < 2.0
+                await until(lambda: not _shadow_errors(controller), "errors cleared")
+        lines = [r for r in caplog.records if r.name == "lightmesh.controller.writer" and r.levelname == "ERROR"]
+        assert len(lines) <= 11, [r.getMessage() for r in lines]  # 10 objects, then one summary
+
+    with caplog.at_level("INFO"):
+        run(scenario())
+
+
+def test_failed_event_posts_back_off_while_rounds_keep_coming(caplog):
+    # 403 on Events (RBAC without them): it was one POST and one warning per error on every round.
+    async def scenario():
+        async with cluster() as kube:
+            kube.put_object(service("web"))
+            kube.put_object(_slice("web-a", "web", "10.1.0.1"))
+            for i in range(3):
+                kube.put_object(service(f"bad{i}", 81 + i, annotations={"lightmesh.io/retry-attempts": "many"}))
+            kube.fail_next("POST", "/events", 403, "Forbidden", count=10**6)
+            quick = lambda: RetryBackoff(first_seconds=0.5, max_seconds=30, probe_seconds=0.5)  # noqa: E731
+            async with running(kube, backoff=quick) as controller:
+                rounds = controller.rounds
+                await _churn(kube, 3.0)
+                assert controller.rounds - rounds >= 10
+                posts = sum(1 for m, p in kube.writes() if p.endswith("/events"))
+                # at 0, 0.5 and 1.5 s (then 3.5 s), plus a probe or two: not once a round, nor every 0.5 s
+                assert posts <= 3 * 3 + 2, posts
+                kube.failures.clear()
+                await until(lambda: len(kube.list_objects("v1", "events", NS)) == 3, "Events once allowed", 10)
+        warnings = [r for r in caplog.records if r.name == "lightmesh.controller.events" and r.levelno >= 30]
+        assert len(warnings) == 3, [r.getMessage() for r in warnings]  # one per error, when it started
+
+    run(scenario())
+
+
+def test_an_object_created_again_gets_its_own_event_and_a_lasting_error_stays_recorded(monkeypatch):
+    # Events were named by (object name, field, message) and remembered for the process's life: a
+    # Service deleted and created again (a new uid) never got one, and once the API server expired
+    # the Event (--event-ttl, 1 h) an error still present never got one again.
+    from lightmesh.controller import events
+
+    monkeypatch.setattr(events, "REFRESH_SECONDS", 0.5)
+    bad = {"lightmesh.io/retry-attempts": "many"}
+
+    async def scenario():
+        async with cluster() as kube:
+            kube.put_object(service("broken", annotations=bad))
+            async with running(kube) as controller:
+                await until(lambda: kube.list_objects("v1", "events", NS), "an Event")
+                [first] = kube.list_objects("v1", "events", NS)
+                await kube_delete(kube, "broken")
+                informer = controller.source.informers["services"]
+                await until(lambda: (NS, "broken") not in informer.cache, "deleted")
+                recreated = kube.put_object(service("broken", annotations=bad))
+                uid = recreated["metadata"]["uid"]
+                await until(lambda: any(e["involvedObject"].get("uid") == uid
+                                        for e in kube.list_objects("v1", "events", NS)), "an Event for the new uid")
+                # still present: refreshed (its TTL starts again) rather than left to expire
+                patches = lambda: [p for m, p in kube.writes() if m == "PATCH" and "/events/" in p]  # noqa: E731
+                await until(lambda: patches(), "the Event refreshed", timeout=5)
+                # expired anyway (the API server's TTL): recorded again while the error lasts
+                for e in kube.list_objects("v1", "events", NS):
+                    api = KubeAPI.from_kubeconfig(server=str(kube.url))
+                    try:
+                        await api.request("DELETE", f"/api/v1/namespaces/{NS}/events/{e['metadata']['name']}")
+                    finally:
+                        await api.close()
+                await until(lambda: any(e["involvedObject"].get("uid") == uid
+                                        for e in kube.list_objects("v1", "events", NS)), "recorded again", 5)
+                assert first["involvedObject"]["uid"] != uid
 
     run(scenario())

@@ -190,3 +190,49 @@ def test_two_controllers_one_writes_both_serve():
                 assert follower.metrics.registry.get_sample_value("lightmesh_controller_is_leader") == 1
 
     run(scenario())
+
+
+def test_a_leader_whose_renewal_hangs_steps_down_before_another_may_take_over():
+    # The renewal's GET and PATCH each had the whole HTTP timeout (10 s) while is_leader stayed true:
+    # with a slow API server, the other replica took the Lease and both wrote for seconds.
+    async def scenario():
+        async with cluster() as kube:
+            apis = [KubeAPI.from_kubeconfig(server=str(kube.url)) for _ in range(2)]
+            a = LeaderElector(apis[0], MESH, "a", lease_seconds=2, renew_seconds=0.5, retry_seconds=0.2)
+            b = LeaderElector(apis[1], MESH, "b", lease_seconds=2, renew_seconds=0.5, retry_seconds=0.2)
+            tasks = [asyncio.create_task(a.run())]
+            try:
+                await until(lambda: a.is_leader, "a leads")
+                tasks.append(asyncio.create_task(b.run()))
+                await asyncio.sleep(0.5)
+                original = kube._handle
+
+                async def slow(request):  # a's renewals are stuck in the API server (under the HTTP timeout)
+                    if str(getattr(request.method, "value", request.method)).upper() == "PATCH" and \
+                            ((request.data or {}).get("spec") or {}).get("holderIdentity") == "a":
+                        await asyncio.sleep(6)
+                    return await original(request)
+
+                kube._handle = slow
+                both = 0
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline:
+                    both += a.is_leader and b.is_leader
+                    await asyncio.sleep(0.02)
+                assert both == 0
+                assert b.is_leader and not a.is_leader  # a stepped down; b took the expired Lease
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                for api in apis:
+                    await api.close()
+
+    run(scenario())
+
+
+def test_a_renew_deadline_at_or_past_the_lease_duration_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="renew deadline"):
+        LeaderElector(None, MESH, "a", lease_seconds=15, renew_deadline_seconds=15)

@@ -117,3 +117,28 @@ def test_replicas_that_saw_events_in_another_order_adopt_the_leaders_ports():
     assert follower.tcp == leader.tcp
     # and the leader itself stays where it was
     assert allocate([a, b], shadows=shadows, previous=leader)[1].tcp == leader.tcp
+
+
+def _shadow(ns, name, ports):
+    return {"metadata": {"labels": {"lightmesh.io/service-name": name, "lightmesh.io/service-namespace": ns}},
+            "spec": {"ports": [{"port": p, "protocol": "TCP", "targetPort": t} for p, t in ports]}}
+
+
+def test_a_port_a_shadow_still_targets_is_not_given_to_another_service():
+    # a (tcp, 10000) turns HTTP and b (tcp) appears in one round: until a's shadow is patched,
+    # kube-proxy sends a's clients to 10000; had b got it, they would reach b's pods.
+    _, first = allocate([service("shop", "a", [5432])])
+    assert first.tcp == {("shop/a", 5432): 10000}
+    a_shadow = _shadow("shop", "a", [(5432, 10000)])
+    now = [service("shop", "a", [5432], "http"), service("shop", "b", [6379])]
+    _, second = allocate(now, shadows=[a_shadow], previous=first)
+    assert second.tcp == {("shop/b", 6379): 10001}
+    # a's shadow patched to its HTTP port: 10000 is free again (b keeps its port: stable)
+    _, third = allocate(now + [service("shop", "c", [1])], shadows=[_shadow("shop", "a", [(5432, 5000)]),
+                                                                       _shadow("shop", "b", [(6379, 10001)])],
+                        previous=second)
+    assert third.tcp == {("shop/b", 6379): 10001, ("shop/c", 1): 10000}
+    # an orphan (its Service gone, its delete failing) keeps its ports reserved while it exists
+    orphan = _shadow("gone", "old", [(80, 10000)])
+    _, fourth = allocate([service("shop", "d", [1])], shadows=[orphan])
+    assert fourth.tcp == {("shop/d", 1): 10001}

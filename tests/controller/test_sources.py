@@ -349,3 +349,46 @@ def test_in_acl_mode_the_access_kinds_forbidden_keep_the_controller_unready():
                 await api.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_watch_that_held_resets_the_backoff_of_an_earlier_outage(monkeypatch):
+    # Only a received event reset the backoff: a quiet kind, after an outage and a healthy while,
+    # waited the outage's long pause (up to 30 s) on its next single failure.
+    from lightmesh.controller import sources
+
+    monkeypatch.setattr(sources, "BACKOFF_MIN_SECONDS", 0.01)
+    monkeypatch.setattr(sources, "HEALTHY_WATCH_SECONDS", 0.3)
+    monkeypatch.setattr(sources.random, "random", lambda: 1.0)  # no jitter: the pauses are exact
+
+    async def scenario():
+        async with cluster() as kube:
+            api = KubeAPI.from_kubeconfig(server=str(kube.url))
+            informer = Informer(api, sources.BUILTIN["services"], lambda: None)
+            task = asyncio.create_task(informer.run())
+            try:
+                await asyncio.wait_for(informer.synced.wait(), 20)
+                # an outage: 9 re-watches fail (0.01 + 0.02 + ... + 2.56 s), the pause is now 5.12 s
+                accepted = len(kube.watch_requests)
+                kube.fail_next("GET", "/services", 503, "ServiceUnavailable", count=9)
+                kube.close_watches()
+                for _ in range(1000):  # until a watch is accepted again (the fake records only those)
+                    if not kube.failures and len(kube.watch_requests) > accepted:
+                        break
+                    await asyncio.sleep(0.02)
+                await asyncio.sleep(0.6)  # the watch holds, quiet
+                kube.fail_next("GET", "/services", 503, "ServiceUnavailable", count=1)
+                kube.close_watches()
+                await asyncio.sleep(0.1)
+                kube.put_object(obj("Service", "late"))
+                started = asyncio.get_running_loop().time()
+                for _ in range(1000):
+                    if ("shop", "late") in informer.cache:
+                        break
+                    await asyncio.sleep(0.02)
+                assert asyncio.get_running_loop().time() - started < 1.0
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await api.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))

@@ -10,8 +10,12 @@ and DNS from its own caches. The algorithm is client-go's:
 * a candidate takes over when the record (holder, renewTime) has not changed for
   ``lease_seconds`` *as observed on its own clock* (no clock comparison between nodes), or at
   once when the holder released it (empty ``holderIdentity``);
-* a leader that cannot renew for ``lease_seconds - renew_seconds`` (before anyone else may take
-  over) steps down on its own; on shutdown it releases the Lease so a successor takes over at once.
+* a leader that cannot renew within ``renew_deadline_seconds`` of its last renewal (client-go's
+  RenewDeadline; default ``lease_seconds - renew_seconds``, before anyone else may take over) steps
+  down on its own. That bounds the whole attempt, not each request: a GET and a PATCH that each
+  hang just under the HTTP timeout on a slow API server must not keep ``is_leader`` true past the
+  moment another replica may take the Lease. On shutdown it releases the Lease so a successor
+  takes over at once.
 """
 
 from __future__ import annotations
@@ -46,7 +50,8 @@ def micro_time(now: float | None = None) -> str:
 class LeaderElector:
     def __init__(self, api: KubeAPI, namespace: str, identity: str | None = None, *, name: str = wire.LEASE_NAME,
                  lease_seconds: float = LEASE_SECONDS, renew_seconds: float = RENEW_SECONDS,
-                 retry_seconds: float = RETRY_SECONDS, on_change: Callable[[bool], None] = lambda leader: None,
+                 retry_seconds: float = RETRY_SECONDS, renew_deadline_seconds: float | None = None,
+                 on_change: Callable[[bool], None] = lambda leader: None,
                  metrics=None, clock: Callable[[], float] = time.monotonic) -> None:
         self.api = api
         self.namespace = namespace
@@ -55,6 +60,11 @@ class LeaderElector:
         self.lease_seconds = lease_seconds
         self.renew_seconds = renew_seconds
         self.retry_seconds = retry_seconds
+        self.renew_deadline_seconds = (lease_seconds - renew_seconds if renew_deadline_seconds is None
+                                       else renew_deadline_seconds)
+        if not 0 < self.renew_deadline_seconds < lease_seconds:
+            raise ValueError(f"leader election: the renew deadline ({self.renew_deadline_seconds}s) must be "
+                             f"above 0 and below the lease duration ({lease_seconds}s)")
         self.on_change = on_change
         self.metrics = metrics
         self.clock = clock
@@ -135,11 +145,23 @@ class LeaderElector:
         return True
 
     async def step(self) -> None:
+        # A leader's attempt must end by its renew deadline: others may take over once the Lease
+        # has not changed for lease_seconds, counted from no earlier than our last attempt's start.
+        # A candidate's attempt gets the same time (a cancelled PATCH that still lands is safe: the
+        # Lease then names us, and the next round renews it or it expires).
+        limit = (self._last_renew + self.renew_deadline_seconds - self.clock() if self.is_leader
+                 else self.renew_deadline_seconds)
         try:
-            held = await self.try_acquire_or_renew()
+            if limit <= 0:
+                raise asyncio.TimeoutError
+            held = await asyncio.wait_for(self.try_acquire_or_renew(), limit)
+        except asyncio.TimeoutError:
+            log.warning("leader election round did not finish in time (renew deadline %.1fs)%s",
+                        self.renew_deadline_seconds, ": stepping down" if self.is_leader else "")
+            held = False
         except Exception as exc:  # API unreachable: keep leadership only while the lease surely holds
             log.warning("leader election round failed: %s", exc)
-            held = self.is_leader and self.clock() - self._last_renew < self.lease_seconds - self.renew_seconds
+            held = self.is_leader and self.clock() - self._last_renew < self.renew_deadline_seconds
         self._become(held)
 
     async def run(self) -> None:
@@ -147,7 +169,11 @@ class LeaderElector:
         try:
             while True:
                 await self.step()
-                await asyncio.sleep(self.renew_seconds if self.is_leader else self.retry_seconds)
+                pause = self.retry_seconds
+                if self.is_leader:  # the next round no later than the renew deadline (then it steps down)
+                    pause = min(self.renew_seconds,
+                                max(0.0, self._last_renew + self.renew_deadline_seconds - self.clock()))
+                await asyncio.sleep(pause)
         finally:
             if self.is_leader:
                 await asyncio.shield(self._release())

@@ -11,9 +11,13 @@ This module owns the port plan the shadow Services (``targetPort``) and the prox
   type. The shadow Services come first: the leader writes them and every replica reads them, so all
   replicas agree on the ports kube-proxy actually sends to, whatever order each saw events in; the
   previous table only bridges the moment between an allocation and its shadow's write;
-  new ports take the lowest free port, in sorted (namespace, name, port) order; a Service that is
-  gone frees its ports. A Service left out for bad annotations keeps its reservations, so fixing
-  the annotation brings it back on the same ports. Exhaustion → an error for that Service only.
+  new ports take the lowest free port, in sorted (namespace, name, port) order. A Service that is
+  gone (or changed its traffic type or port) frees its ports, but only once no shadow Service
+  targets them any more: until its shadow is deleted or patched (and an orphan whose delete fails
+  stays), kube-proxy still sends that Service's clients to the port, so giving it to another
+  Service would hand them its traffic. A Service left out for bad annotations keeps its
+  reservations, so fixing the annotation brings it back on the same ports. Exhaustion → an error
+  for that Service only.
 """
 
 from __future__ import annotations
@@ -73,6 +77,18 @@ def recovered_claims(shadow_services: Sequence[dict]) -> list[tuple[str, str, in
     return sorted(claims)
 
 
+def targeted_ports(shadow_services: Sequence[dict]) -> dict[str, set[int]]:
+    """Protocol → every ``targetPort`` some shadow Service has (its labels readable or not)."""
+    out: dict[str, set[int]] = {}
+    for svc in shadow_services or ():
+        spec = svc.get("spec") if isinstance(svc, dict) and isinstance(svc.get("spec"), dict) else {}
+        for p in spec.get("ports") if isinstance(spec.get("ports"), list) else []:
+            target = p.get("targetPort") if isinstance(p, dict) else None
+            if isinstance(target, int) and not isinstance(target, bool):
+                out.setdefault(str(p.get("protocol", "TCP")), set()).add(target)
+    return out
+
+
 def allocate_ports(topology: Topology, shadow_services: Sequence[dict], settings: Settings,
                    previous: PortTable | None = None) -> PortTable:
     """Plan every mesh port; see the module docstring for the rules."""
@@ -91,6 +107,7 @@ def allocate_ports(topology: Topology, shadow_services: Sequence[dict], settings
                     f"{settings.http_port_limit} per service (http port limit); that port is not meshed"))
 
     recovered = recovered_claims(shadow_services)
+    targeted = targeted_ports(shadow_services)
     tables = {}
     for kind, protocol in ((TrafficType.TCP, "TCP"), (TrafficType.UDP, "UDP")):
         base = getattr(settings, f"{kind.value}_port_base")
@@ -112,7 +129,9 @@ def allocate_ports(topology: Topology, shadow_services: Sequence[dict], settings
             if keep and key not in table and mesh in in_range and mesh not in taken:
                 table[key] = mesh
                 taken.add(mesh)
-        free = (port for port in in_range if port not in taken)
+        # a port a shadow still sends to is not free, whoever claimed it (see the module docstring)
+        reserved = taken | targeted.get(protocol, set())
+        free = (port for port in in_range if port not in reserved)
         for key in wanted:
             if key in table:
                 continue

@@ -10,7 +10,11 @@
   ``MAX_PASSES`` builds per round).
 * ``kube_writer`` + ``elector`` + ``events`` (cluster): the leader writes shadow Services and
   Events from a separate task, so slow API calls never delay publishing config; the shadow
-  Services come back through the watch with their ClusterIPs and trigger the next round.
+  Services come back through the watch with their ClusterIPs and trigger the next round. A failed
+  write or Event is retried with its own backoff (``retry.py``): the write task wakes when one is
+  due, and a round that changes the desired shadows still writes at once.
+* DNS answers only for the shadows the round wants: an orphan (its Service gone, its delete
+  pending or failing) no longer resolves (its mesh ports stay reserved until it is gone: ports.py).
 
 Latency (``bench/bench_controller.py``): a lone change after a quiet period is built after 5 ms
 instead of the 20 ms debounce; the default build keeps caches across rounds (``TopologyCache``,
@@ -26,6 +30,7 @@ the same version and hash, and a restart with other content continues the number
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import logging
@@ -49,7 +54,8 @@ MAX_DELAY_SECONDS = 0.1  # a stream of events still gets a rebuild at least this
 IDLE_DEBOUNCE_SECONDS = 0.005
 QUIET_SECONDS = MAX_DELAY_SECONDS
 MAX_PASSES = 3
-WRITE_RETRY_SECONDS = 5.0
+WRITE_RETRY_SECONDS = 5.0  # after an apply that raised (a bug): failed objects have their own backoff
+MIN_WRITE_PAUSE_SECONDS = 0.05  # a floor on the write loop's timer: never a busy loop
 EVENT_BACKLOG_SECONDS = 1.0  # pace of Event batches past MAX_EVENTS_PER_ROUND
 FAILURE_RETRY_SECONDS = 0.5
 FAILURE_RETRY_MAX_SECONDS = 30.0
@@ -114,8 +120,10 @@ class Controller:
         # up to ~170 ms (a config published that much later), ~15 ms after the freeze.
         self.freeze_gc_after_sync = freeze_gc_after_sync
         self._dns_shadows: list[dict] | None = None  # the shadow objects the DNS table was made from
+        self._dns_wanted: frozenset[str] = frozenset()  # and the names of the shadows wanted then
         self._round_shadows: list[dict] = []  # the shadow Services the last round saw
         self._applied: tuple[list[dict], list[dict]] | None = None  # (desired, seen) of the last clean write
+        self._attempted: tuple[list[dict], list[dict]] | None = None  # (desired, seen) of the last write
         self.config = None
         self.version = 0
         self.ports = None
@@ -138,7 +146,7 @@ class Controller:
         self._dirty.set()
 
     def leadership_changed(self, leader: bool) -> None:
-        self._applied = None
+        self._applied = self._attempted = None
         if leader:
             self._write_wanted.set()  # a new leader writes what it has at once
 
@@ -193,12 +201,17 @@ class Controller:
             self.store.set_result(result)  # topology and errors may change without the config
         shadows = self._round_shadows = list(snapshot.get("shadow_services", []))
         if self.dns is not None:
+            # Only the shadows this round wants (meshed Services, and those left out for bad
+            # annotations, which keep theirs): an orphan waiting to be deleted (or whose delete
+            # fails) must not keep its Service's mesh name alive, and its port may serve another.
+            wanted = frozenset(s["metadata"]["name"] for s in result.shadow_services)
             # same shadow objects (the caches replace an object when it changes) → same table
             # (the list keeps them alive, so their ids cannot be reused); local mode: always rebuilt
             if self.local_shadows is not None or self._dns_shadows is None or not _same_objects(
-                    shadows, self._dns_shadows):
-                self.dns.table = DNSTable.from_shadows(shadows, self.settings.domains)
-                self._dns_shadows = shadows
+                    shadows, self._dns_shadows) or wanted != self._dns_wanted:
+                self.dns.table = DNSTable.from_shadows(
+                    [s for s in shadows if (s.get("metadata") or {}).get("name") in wanted], self.settings.domains)
+                self._dns_shadows, self._dns_wanted = shadows, wanted
         self._errors = list(result.errors)
         self._log_new_errors(self._errors)
         if self.kube_writer is not None or self.events is not None:
@@ -302,31 +315,42 @@ class Controller:
         return self.elector is None or self.elector.is_leader
 
     async def _write_loop(self) -> None:
+        retry_in: float | None = None  # a failed write or Event due again, a backlog, an Event to refresh
         while True:
-            await self._write_wanted.wait()
+            if retry_in is None:
+                await self._write_wanted.wait()
+            else:
+                # a round (new desired shadows) must not wait for a retry that is minutes away
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._write_wanted.wait(), max(retry_in, MIN_WRITE_PAUSE_SECONDS))
             self._write_wanted.clear()
+            retry_in = None
             if not self._leader() or self._desired_shadows is None:
                 if self._shadow_errors:  # the leader writes (and reports) them now, not this replica
                     self._shadow_errors = []
                     self._dirty.set()
                 continue
-            failures = 0
             desired, seen = self._desired_shadows, self._round_shadows
+            writer = self.kube_writer
             # Nothing to write when the desired shadows and the ones the cluster has are those of the
             # last clean write (most rounds: an endpoint or a policy changed). Skipping the diff
-            # (~10 ms at 1,000 Services) lets the config long polls be answered sooner.
-            if self.kube_writer is not None and not (self._applied is not None and self._applied[0] == desired
-                                                     and _same_objects(self._applied[1], seen)):
+            # (~10 ms at 1,000 Services) lets the config long polls be answered sooner. The same holds
+            # after a failed write while no failed object is due again (its backoff).
+            last = self._applied or self._attempted
+            due = writer is not None and (writer.next_retry_in() or 0.0) <= 0.0
+            if writer is not None and not (last is not None and last[0] == desired and _same_objects(last[1], seen)
+                                           and not (self._applied is None and due)):
                 self._applied = None
+                self._attempted = (desired, seen)
                 existing = self.source.snapshot().get("shadow_services", [])
                 try:
-                    failures = await self.kube_writer.apply(desired, existing)
+                    failures = await writer.apply(desired, existing)
                 except Exception:
                     log.exception("writing shadow Services failed")
                     failures = 1
                 if not failures:
                     self._applied = (desired, seen)
-                write_errors = self.kube_writer.write_errors()
+                write_errors = writer.write_errors()
                 if write_errors != self._shadow_errors:
                     self._shadow_errors = write_errors
                     self._dirty.set()  # a round to report them (or clear them) in the topology and metrics
@@ -335,14 +359,16 @@ class Controller:
                     await self.events.record(self._errors)
                 except Exception:
                     log.exception("recording Events failed")
-            if failures:
-                await asyncio.sleep(WRITE_RETRY_SECONDS)
-                self._write_wanted.set()
-            elif self.events is not None and self.events.backlog:
+            waits = []
+            if writer is not None and self._applied is None:
+                # per-object backoff (retry.py); an apply that raised has none: the fixed pause
+                waits.append(writer.next_retry_in() or WRITE_RETRY_SECONDS)
+            if self.events is not None:
                 # More errors than one round's Events: the rest must not wait for an unrelated change
-                # on a quiet cluster.
-                await asyncio.sleep(EVENT_BACKLOG_SECONDS)
-                self._write_wanted.set()
+                # on a quiet cluster. Failed Events back off; recorded ones are refreshed (events.py).
+                waits += [EVENT_BACKLOG_SECONDS] if self.events.backlog else []
+                waits += [t for t in (self.events.next_retry_in(),) if t is not None]
+            retry_in = min(waits) if waits else None
 
 
 def _same_objects(a: list, b: list) -> bool:

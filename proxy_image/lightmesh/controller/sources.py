@@ -381,9 +381,10 @@ class KubeAPI:
             params["continue"] = cont
         raise ApiError(500, "TooManyPages", path)
 
-    async def watch(self, path: str, resource_version: str | None, timeout_seconds: int = 300
-                    ) -> AsyncIterator[dict]:
-        """Watch events as dicts ``{"type", "object"}`` until the server ends the stream."""
+    async def watch(self, path: str, resource_version: str | None, timeout_seconds: int = 300,
+                    on_open: Callable[[], None] | None = None) -> AsyncIterator[dict]:
+        """Watch events as dicts ``{"type", "object"}`` until the server ends the stream.
+        ``on_open()``: called once the server accepted the watch (a quiet watch yields nothing)."""
         import httpx2 as httpx  # what lightkube 1.x is built on
 
         params: dict[str, Any] = {"watch": "true", "allowWatchBookmarks": "true",
@@ -396,6 +397,8 @@ class KubeAPI:
             if resp.status_code >= 400:
                 await resp.aread()
                 self._raise(resp)
+            if on_open is not None:
+                on_open()
             async for line in resp.aiter_lines():
                 if not line.strip():
                     continue
@@ -411,6 +414,9 @@ class KubeAPI:
 
 BACKOFF_MIN_SECONDS = 0.2
 BACKOFF_MAX_SECONDS = 30.0
+# A watch open this long counts as healthy: the next failure starts again from the shortest pause
+# (one closed sooner by the server counts as a failure: no busy loop).
+HEALTHY_WATCH_SECONDS = 1.0
 REDISCOVER_SECONDS = 60.0
 SYNC_TIMEOUT_SECONDS = 60.0
 
@@ -490,26 +496,40 @@ class Informer:
         if self.resource is None:
             self.synced.set()
             return
+        loop = asyncio.get_running_loop()
         backoff = BACKOFF_MIN_SECONDS
         need_list = True
+        gone_after_list = False  # the last list was followed at once by a 410: its success proves little
+        opened: list[float] = []  # when the current watch was accepted
+
+        def healthy() -> bool:
+            return bool(opened) and loop.time() - opened[0] >= HEALTHY_WATCH_SECONDS
+
         while True:
+            opened.clear()
             try:
                 if need_list:
                     await self.relist()
                     need_list = False
-                started = asyncio.get_running_loop().time()
+                    if not gone_after_list:
+                        backoff = BACKOFF_MIN_SECONDS  # the API answers again: no pause left from an outage
                 async for event in self.api.watch(self.resource.path(), self.resource_version,
-                                                  self.watch_timeout_seconds):
+                                                  self.watch_timeout_seconds,
+                                                  on_open=lambda: opened.append(loop.time())):
                     if self.apply(event):
                         self.on_change()
                     backoff = BACKOFF_MIN_SECONDS
-                # the server closed the watch (timeoutSeconds): resume from where we are, at once
-                # unless it keeps closing right away (then back off: no busy loop)
-                if asyncio.get_running_loop().time() - started >= 1.0:
+                # the server closed the watch (timeoutSeconds): resume from where we are, at once and
+                # from the shortest pause on (a quiet kind gets no events: a watch that held is the
+                # sign of health), unless it keeps closing right away (then back off: no busy loop)
+                if healthy():
+                    backoff, gone_after_list = BACKOFF_MIN_SECONDS, False
                     continue
             except asyncio.CancelledError:
                 raise
             except ApiError as exc:
+                if healthy():  # it failed after holding a while: a new incident, not the old one going on
+                    backoff, gone_after_list = BACKOFF_MIN_SECONDS, False
                 if exc.status == 403 and self.optional and need_list:
                     self._forbidden(exc)
                 else:
@@ -517,11 +537,14 @@ class Informer:
                         log.info("%s watch expired (410 Gone): re-listing", self.kind)
                         self._restart("gone")
                         need_list = True
-                        if asyncio.get_running_loop().time() - self._listed_at >= 1.0:
+                        gone_after_list = loop.time() - self._listed_at < 1.0
+                        if not gone_after_list:
                             continue  # at once, unless 410s come back right after a list (then back off)
                     self._restart("error")
                     log.warning("%s watch failed (%s); retrying in %.1fs", self.kind, exc, backoff)
             except Exception as exc:  # network errors, decode errors: back off, never die
+                if healthy():
+                    backoff, gone_after_list = BACKOFF_MIN_SECONDS, False
                 self._restart("error")
                 log.warning("%s watch failed (%s: %s); retrying in %.1fs", self.kind, type(exc).__name__,
                             exc, backoff)

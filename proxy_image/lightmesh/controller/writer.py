@@ -4,8 +4,11 @@
   the ones whose managed fields differ (labels, annotations, the spec keys we set), deletes
   orphans — Services in the mesh namespace that carry our ``managed-by`` label and are no longer
   desired. A Service without our label is never written, even on a name clash. Conflicts (409) are
-  retried a bounded number of times; any failure leaves the rest going and is retried on the next
-  reconcile. Field manager ``lightmesh-controller``.
+  retried a bounded number of times; any other failure leaves the rest going, is counted
+  (``shadow_service_writes_total{action="error"}``), reported as an object error (a failed write on
+  the Service it shadows, a failed orphan delete on the orphan itself) and retried with per-object
+  backoff (``retry.py``: 5 s doubling to 5 min, a probe every 5 s, everything due at once when one
+  object recovers). Field manager ``lightmesh-controller``.
 * :class:`LocalShadowStore` (local mode, ``--manifests``): shadow Services in memory with
   ClusterIPs from 127.1.0.0/16 (stable per shadow name: a hash of the name, linear probing on
   collisions; last octets .0, .1 and .255 skipped), persisted atomically to
@@ -27,6 +30,7 @@ from typing import Any
 
 from lightmesh import wire
 from lightmesh.controller.model import ObjectError
+from lightmesh.controller.retry import RetryBackoff
 from lightmesh.controller.sources import BUILTIN, ApiError, KubeAPI, is_shadow
 
 log = logging.getLogger("lightmesh.controller.writer")
@@ -36,6 +40,7 @@ STATE_FILE_NAME = ".lightmesh-shadows.json"  # a dot-file: the file source skips
 LOCAL_SHADOW_NETWORK = "127.1.0.0/16"
 CONFLICT_RETRIES = 3
 WRITE_CONCURRENCY = 8
+MAX_FAILURE_LINES = 10  # per apply: then one summary line (1,000 Services failing at once)
 
 
 def _name(obj: dict) -> str:
@@ -75,39 +80,73 @@ def managed_part(desired: dict) -> dict:
 
 
 class KubeShadowWriter:
-    def __init__(self, api: KubeAPI, namespace: str, metrics=None) -> None:
+    def __init__(self, api: KubeAPI, namespace: str, metrics=None, backoff: RetryBackoff | None = None) -> None:
         self.api = api
         self.namespace = namespace
         self.metrics = metrics
         self.resource = BUILTIN["services"]
-        # shadow name → (the desired shadow, why writing it failed), for the last apply
-        self.failed: dict[str, tuple[dict, str]] = {}
+        # shadow name → (the desired shadow, or the orphan not deleted; why it failed; "write"|"delete"),
+        # for the last apply (objects waiting out their backoff keep their last failure)
+        self.failed: dict[str, tuple[dict, str, str]] = {}
+        # per shadow name: a failed write is retried with backoff, not on every round (see retry.py)
+        self.backoff = backoff or RetryBackoff()
 
     def _count(self, action: str) -> None:
         if self.metrics is not None:
             self.metrics["shadow_service_writes_total"].labels(action=action).inc()
 
+    def next_retry_in(self) -> float | None:
+        """Seconds until a failed write is due again (None: none failed)."""
+        return self.backoff.next_in()
+
     async def apply(self, desired: list[dict], existing: list[dict]) -> int:
-        """Make the mesh namespace's shadow Services match ``desired``; returns the failure count.
+        """Make the mesh namespace's shadow Services match ``desired``; returns the failure count
+        (objects waiting out their backoff included).
 
         ``existing``: our shadow Services as the watch cache has them (label-filtered already).
         Up to ``WRITE_CONCURRENCY`` requests at a time (the first start creates them all).
         """
         have = {_name(s): s for s in existing if is_shadow(s)}
         wanted = {_name(d): d for d in desired}
+        writes = {name: want for name, want in wanted.items() if not (name in have and in_sync(want, have[name]))}
+        orphans = {name: have[name] for name in have if name not in wanted}
+        # what is in sync (or gone) has nothing left to retry
+        self.backoff.forget(set(writes) | set(orphans))
+        due = self.backoff.select(sorted({*writes, *orphans}),
+                                  lambda name: writes.get(name, "delete"))  # a changed want: due at once
         limit = asyncio.Semaphore(WRITE_CONCURRENCY)
-        failed: dict[str, tuple[dict, str]] = {}
+        failed: dict[str, tuple[dict, str, str]] = {}
+        lines = {"logged": 0, "more": 0}
+
+        def fail(name: str, obj: dict, exc: Exception, action: str) -> None:
+            self._count("error")
+            why = " ".join(str(exc).split()) or type(exc).__name__
+            failed[name] = (obj, why, action)
+            verb = "deleting" if action == "delete" else "writing"
+            # a line when an object starts failing or fails otherwise, not one per retry, and at most
+            # MAX_FAILURE_LINES per apply (then a summary)
+            if not self.backoff.failed(name, why, writes.get(name, "delete")):
+                log.debug("%s shadow Service %s/%s failed again: %s", verb, self.namespace, name, why)
+            elif lines["logged"] < MAX_FAILURE_LINES:
+                lines["logged"] += 1
+                log.error("%s shadow Service %s/%s failed: %s (retried with backoff)", verb, self.namespace, name,
+                          why)
+            else:
+                lines["more"] += 1
+
+        def done(name: str) -> None:
+            if self.backoff.succeeded(name):
+                log.info("shadow Service %s/%s written after failing", self.namespace, name)
 
         async def write(name: str, want: dict, current: dict | None) -> int:
             async with limit:
                 try:
                     await (self._create(want) if current is None else self._patch(want))
-                    return 0
                 except Exception as exc:  # noqa: BLE001 - API or network error: counted, retried later
-                    log.error("writing shadow Service %s/%s failed: %s", self.namespace, name, exc)
-                    self._count("error")
-                    failed[name] = (want, " ".join(str(exc).split()) or type(exc).__name__)
+                    fail(name, want, exc, "write")
                     return 1
+                done(name)
+                return 0
 
         async def delete(name: str) -> int:
             async with limit:
@@ -115,26 +154,46 @@ class KubeShadowWriter:
                     await self.api.request("DELETE", self.resource.path(self.namespace, name))
                     self._count("delete")
                     log.info("deleted orphan shadow Service %s/%s", self.namespace, name)
-                    return 0
-                except Exception as exc:  # noqa: BLE001 - counted, retried later
-                    if isinstance(exc, ApiError) and exc.status == 404:
-                        return 0
-                    log.error("deleting shadow Service %s/%s failed: %s", self.namespace, name, exc)
-                    return 1
+                except Exception as exc:  # noqa: BLE001 - counted, reported, retried later
+                    if not (isinstance(exc, ApiError) and exc.status == 404):
+                        fail(name, orphans[name], exc, "delete")
+                        return 1
+                done(name)
+                return 0
 
-        jobs = [write(name, want, have.get(name)) for name, want in sorted(wanted.items())
-                if not (name in have and in_sync(want, have[name]))]
-        jobs += [delete(name) for name in sorted(have) if name not in wanted]
+        jobs = [write(name, want, have.get(name)) for name, want in sorted(writes.items()) if name in due]
+        jobs += [delete(name) for name in sorted(orphans) if name in due]
         failures = sum(await asyncio.gather(*jobs)) if jobs else 0
+        if lines["more"]:
+            log.error("%d more shadow Services started failing to be written (not logged one by one; "
+                      "/api/topology/current lists them)", lines["more"])
+        # the ones waiting out their backoff: still failed, for the reason of their last attempt
+        for name in sorted({*writes, *orphans} - due):
+            failed[name] = (writes.get(name) or orphans[name], self.backoff.reason(name) or "not written yet",
+                            "write" if name in writes else "delete")
+            failures += 1
         self.failed = failed
         return failures
 
     def write_errors(self) -> list[ObjectError]:
         """The last apply's failed writes, as errors of the Services they shadow (the topology API,
-        the object_errors metric and Events report them; the mesh name does not resolve meanwhile)."""
+        the object_errors metric and Events report them; the mesh name does not resolve meanwhile);
+        an orphan that could not be deleted, as an error of the shadow Service itself (its Service
+        is gone; its mesh ports stay reserved while it exists, see ports.py)."""
         out = []
-        for name, (want, why) in sorted(self.failed.items()):
-            labels = (want.get("metadata") or {}).get("labels") or {}
+        for name, (obj, why, action) in sorted(self.failed.items()):
+            labels = (obj.get("metadata") or {}).get("labels") or {}
+            if action == "delete":
+                ports = sorted({p.get("targetPort") for p in (obj.get("spec") or {}).get("ports") or []
+                                if isinstance(p, dict) and isinstance(p.get("targetPort"), int)})
+                of = (f"{labels.get(wire.LABEL_SHADOW_SERVICE_NAMESPACE, '?')}/"
+                      f"{labels.get(wire.LABEL_SHADOW_SERVICE_NAME, '?')}")
+                out.append(ObjectError(
+                    "Service", self.namespace, name, "shadow Service",
+                    f"this orphan shadow Service (of Service {of}, gone or no longer meshed) could not be deleted "
+                    f"({why}); its mesh port(s) {', '.join(map(str, ports)) or '-'} stay reserved until it is "
+                    f"(retried); delete it by hand if this persists"))
+                continue
             out.append(ObjectError(
                 "Service", labels.get(wire.LABEL_SHADOW_SERVICE_NAMESPACE, ""),
                 labels.get(wire.LABEL_SHADOW_SERVICE_NAME, name), "shadow Service",
