@@ -6,12 +6,18 @@ Config delivery is a long poll::
         If-None-Match: "<hash of the config the proxy has>"      (absent on first fetch)
         X-Lightmesh-Proxy: <proxy pod name>                      (who is asking; for /api/status/nodes)
         X-Lightmesh-Applied-Version: <version the proxy applied> (0 before the first one)
+        X-Lightmesh-Config-Schema: <config schema versions the proxy reads, comma list>
 
     → 200, ETag: "<hash>", X-Lightmesh-Config-Version: <version>, body: ProxyConfig JSON
       as soon as the controller's config hash differs from If-None-Match;
     → 304 after holding the request up to ``LONG_POLL_SECONDS`` (``?wait=N`` shortens it) when
       nothing changed; the proxy then asks again at once.
     → 503 while the controller has no config yet (not synced): the proxy retries with backoff.
+    → 406 when the controller serves no schema the proxy reads (a proxy and a controller of
+      releases whose schemas differ): the text names both; the proxy keeps its last config and
+      retries with backoff. Without the header, the controller's schema is served. A config is
+      validated strictly (unknown fields refused), so this is how a controller learns what a proxy
+      can take before sending it, during a rolling upgrade in either order.
 
 A proxy that cannot reach the controller keeps serving its last good config and retries with
 exponential backoff from ``RETRY_MIN_SECONDS`` to ``RETRY_MAX_SECONDS``.
@@ -28,6 +34,7 @@ HEADER_APPLIED_VERSION = "X-Lightmesh-Applied-Version"
 # (its ETag is the next If-None-Match) but not applied, and the controller's status must say so
 HEADER_APPLIED_HASH = "X-Lightmesh-Applied-Hash"
 HEADER_CONFIG_VERSION = "X-Lightmesh-Config-Version"
+HEADER_CONFIG_SCHEMA = "X-Lightmesh-Config-Schema"
 
 LONG_POLL_SECONDS = 30.0
 RETRY_MIN_SECONDS = 0.2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 
 import pytest
@@ -261,6 +262,7 @@ def test_cli_in_cluster_mode_with_leader_election(tmp_path, acl):
                 "users": [{"name": "u", "user": {}}],
                 "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
             api_port, dns_port = free_port(), free_port()
+            started_ms = int(time.time() * 1000)
             if acl:
                 kube.fail_next("GET", "/traffictargets", 403, "Forbidden", count=1_000_000)
             log = open(tmp_path / "controller.log", "wb")
@@ -296,6 +298,10 @@ def test_cli_in_cluster_mode_with_leader_election(tmp_path, acl):
                     assert lease["spec"]["holderIdentity"] == "controller-0"
                     _, metrics = await status("/metrics")
                     assert "lightmesh_controller_is_leader 1.0" in metrics
+                    # nothing is persisted in a cluster: versions start from the clock, so they grow
+                    # across restarts
+                    config = json.loads((await status(wire.CONFIG_PATH + "?wait=0"))[1])
+                    assert config["version"] > started_ms, config["version"]
             finally:
                 if proc.returncode is None:
                     proc.send_signal(signal.SIGTERM)

@@ -28,6 +28,7 @@ from typing import Any, Callable
 from aiohttp import web
 
 from lightmesh import wire
+from lightmesh.config import SCHEMA_VERSION
 from lightmesh.netutil import HTTP_HEAD_TIMEOUT_SECONDS, LISTEN_BACKLOG, listening_socket
 
 log = logging.getLogger("lightmesh.controller.api")
@@ -189,6 +190,13 @@ class ControllerAPI:
         if proxy:
             self.store.record_proxy(proxy[:253], request.headers.get(wire.HEADER_APPLIED_VERSION), request.remote,
                                     request.headers.get("If-None-Match"), request.headers.get(wire.HEADER_APPLIED_HASH))
+        schemas = request.headers.get(wire.HEADER_CONFIG_SCHEMA)
+        if schemas is not None and str(SCHEMA_VERSION) not in (s.strip() for s in schemas.split(",")):
+            # An older or newer proxy: the config would be refused there (unknown or missing fields),
+            # so say why here; it keeps serving its last config meanwhile.
+            return web.Response(status=406, text=(
+                f"this controller serves proxy config schema {SCHEMA_VERSION}; proxy {proxy or request.remote} "
+                f"reads schema {schemas.strip()[:40]!r}: run proxies and controller of one Lightmesh release"))
         wait = wire.LONG_POLL_SECONDS
         if "wait" in request.query:
             try:

@@ -19,6 +19,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 
 from lightmesh import wire
@@ -148,6 +149,8 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
         source = KubeSource(kube, object_filter, metrics=metrics, required=ACL_REQUIRED if args.acl else ())
 
         parts["kube_writer"] = KubeShadowWriter(kube, args.namespace, metrics)
+        # nothing is persisted here: versions grow across restarts by starting from the clock
+        parts["first_version"] = int(time.time() * 1000)
         parts["events"] = EventRecorder(kube, uids=source.uid, api_versions=source.api_versions)
         if args.leader_election:
             parts["elector"] = LeaderElector(kube, args.namespace, metrics=metrics)

@@ -24,7 +24,10 @@ Service changed; ``main.py`` freezes the GC's view of the synced caches after th
 
 Versions: a new version (previous + 1) only when the config hash changes. In local mode the last
 published (version, hash) is persisted with the shadows, so a restart with the same content serves
-the same version and hash, and a restart with other content continues the numbering.
+the same version and hash, and a restart with other content continues the numbering. In a cluster
+nothing is persisted: the numbering starts from the controller's start time in milliseconds
+(``first_version``), so versions still grow across restarts (a controller publishes far fewer than
+1,000 configs a second).
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ class Controller:
                  build_fn: Callable | None = None, debounce_seconds: float = DEBOUNCE_SECONDS,
                  max_delay_seconds: float = MAX_DELAY_SECONDS,
                  idle_debounce_seconds: float = IDLE_DEBOUNCE_SECONDS, freeze_gc_after_sync: bool = False,
-                 tracer=None) -> None:
+                 tracer=None, first_version: int = 0) -> None:
         from lightmesh.controller.model import ClusterState
 
         self._state_type = ClusterState
@@ -125,7 +128,7 @@ class Controller:
         self._applied: tuple[list[dict], list[dict]] | None = None  # (desired, seen) of the last clean write
         self._attempted: tuple[list[dict], list[dict]] | None = None  # (desired, seen) of the last write
         self.config = None
-        self.version = 0
+        self.version = first_version  # the first config published is this + 1
         self.ports = None
         self.result = None
         self.rounds = 0

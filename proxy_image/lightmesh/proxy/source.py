@@ -46,7 +46,7 @@ from typing import Callable
 import aiohttp
 
 from lightmesh import wire
-from lightmesh.config import ConfigError, ProxyConfig, content_hash, load_config_json
+from lightmesh.config import SCHEMA_VERSION, ConfigError, ProxyConfig, content_hash, load_config_json
 
 log = logging.getLogger("lightmesh.proxy.source")
 
@@ -160,7 +160,8 @@ class ControllerSource:
         """One request; returns how long to wait before the next one (0 = at once), or None when
         it brought nothing new (the caller then paces the next poll, see MIN_POLL_SECONDS)."""
         self._sent_applied = int(self.applied_version())
-        headers = {wire.HEADER_PROXY_NAME: self.name, wire.HEADER_APPLIED_VERSION: str(self._sent_applied)}
+        headers = {wire.HEADER_PROXY_NAME: self.name, wire.HEADER_APPLIED_VERSION: str(self._sent_applied),
+                   wire.HEADER_CONFIG_SCHEMA: str(SCHEMA_VERSION)}
         applied_hash = self.applied_hash()
         if applied_hash:
             headers[wire.HEADER_APPLIED_HASH] = applied_hash
