@@ -142,3 +142,19 @@ def test_a_port_a_shadow_still_targets_is_not_given_to_another_service():
     orphan = _shadow("gone", "old", [(80, 10000)])
     _, fourth = allocate([service("shop", "d", [1])], shadows=[orphan])
     assert fourth.tcp == {("shop/d", 1): 10001}
+
+
+def test_a_service_whose_port_changed_keeps_its_mesh_port_even_in_a_full_range():
+    # Its own shadow alone targets the port: the new port number takes it (the shadow is patched in
+    # place). Reserved against it too, a full range left it with no port: the shadow was deleted and
+    # created again (a new ClusterIP, its mesh name gone meanwhile).
+    full = Settings(tcp_port_limit=1)
+    _, first = allocate([service("shop", "db", [5432])], settings=full)
+    assert first.tcp == {("shop/db", 5432): 10000}
+    _, second = allocate([service("shop", "db", [5433])], shadows=[_shadow("shop", "db", [(5432, 10000)])],
+                         previous=first, settings=full)
+    assert second.tcp == {("shop/db", 5433): 10000} and not second.errors
+    # a port another Service's shadow targets too is still nobody's to take
+    shared = [_shadow("shop", "db", [(5432, 10000)]), _shadow("gone", "old", [(80, 10000)])]
+    _, third = allocate([service("shop", "db", [5433])], shadows=shared, settings=full)
+    assert third.tcp == {} and third.errors

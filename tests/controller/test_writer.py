@@ -121,3 +121,34 @@ def test_kube_writer_never_takes_over_a_users_service():
                 await api.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_writer_that_stops_being_leader_sends_no_more_of_its_batch():
+    # Leadership was checked once per batch: a leader that stepped down (a slow API server, the very
+    # case) went on sending the rest of its creates after another replica had taken over.
+    from lightmesh.controller.writer import WRITE_CONCURRENCY
+
+    sent: list[str] = []
+
+    class SlowAPI:
+        async def request(self, method, path, **kwargs):
+            sent.append(method)
+            await asyncio.sleep(0.02)
+            return {}
+
+    async def scenario():
+        writer = KubeShadowWriter(SlowAPI(), MESH)
+        leader = {"is": True}
+
+        async def step_down():
+            await asyncio.sleep(0.01)  # while the first requests are in flight
+            leader["is"] = False
+        stepping = asyncio.create_task(step_down())
+        failures = await writer.apply([desired(f"lm-{i}") for i in range(40)], existing=[],
+                                      still_leader=lambda: leader["is"])
+        await stepping
+        return failures
+
+    failures = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert len(sent) <= WRITE_CONCURRENCY, len(sent)  # the ones already under way, no more
+    assert failures == 40 - len(sent)  # not written: the batch is not clean (the new leader writes)

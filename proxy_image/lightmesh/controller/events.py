@@ -120,9 +120,10 @@ class EventRecorder:
         await self.api.request("PATCH", EVENTS.path(namespace, name), body={"lastTimestamp": body["lastTimestamp"]},
                                content_type="application/merge-patch+json")
 
-    async def record(self, errors: Iterable) -> int:
+    async def record(self, errors: Iterable, still_leader: Callable[[], bool] = lambda: True) -> int:
         """Create the Events not created yet and refresh the old ones; returns how many were created.
-        ``backlog`` says whether the per-round cap left some for another call."""
+        ``backlog`` says whether the per-round cap left some for another call. Stops when
+        ``still_leader()`` turns false (another replica records them from then on)."""
         now = self.clock()
         current: dict[str, tuple] = {}
         for error in errors:
@@ -141,6 +142,8 @@ class EventRecorder:
                 continue
             if attempts >= MAX_EVENTS_PER_ROUND:
                 self.backlog = True  # the rest in a later round (the caller schedules one)
+                break
+            if not still_leader():
                 break
             attempts += 1
             error, uid = current[name]

@@ -77,15 +77,17 @@ def recovered_claims(shadow_services: Sequence[dict]) -> list[tuple[str, str, in
     return sorted(claims)
 
 
-def targeted_ports(shadow_services: Sequence[dict]) -> dict[str, set[int]]:
-    """Protocol → every ``targetPort`` some shadow Service has (its labels readable or not)."""
-    out: dict[str, set[int]] = {}
+def targeted_ports(shadow_services: Sequence[dict]) -> dict[str, dict[int, set[str | None]]]:
+    """Protocol → every ``targetPort`` some shadow Service has → the Services whose shadows do
+    (their ``ns/name``; None for a shadow whose labels are unreadable)."""
+    out: dict[str, dict[int, set[str | None]]] = {}
     for svc in shadow_services or ():
         spec = svc.get("spec") if isinstance(svc, dict) and isinstance(svc.get("spec"), dict) else {}
+        owner = _labels_key(svc) if isinstance(svc, dict) else None
         for p in spec.get("ports") if isinstance(spec.get("ports"), list) else []:
             target = p.get("targetPort") if isinstance(p, dict) else None
             if isinstance(target, int) and not isinstance(target, bool):
-                out.setdefault(str(p.get("protocol", "TCP")), set()).add(target)
+                out.setdefault(str(p.get("protocol", "TCP")), {}).setdefault(target, set()).add(owner)
     return out
 
 
@@ -129,13 +131,23 @@ def allocate_ports(topology: Topology, shadow_services: Sequence[dict], settings
             if keep and key not in table and mesh in in_range and mesh not in taken:
                 table[key] = mesh
                 taken.add(mesh)
-        # a port a shadow still sends to is not free, whoever claimed it (see the module docstring)
-        reserved = taken | targeted.get(protocol, set())
+        # A port a shadow still sends to is not free (see the module docstring), except to the
+        # Service whose shadow alone it is: a port of its that changed number keeps its mesh port
+        # (the shadow is patched in place), even when no other port is free.
+        targets = targeted.get(protocol, {})
+        own: dict[str, list[int]] = {}
+        for port, owners in sorted(targets.items()):
+            if port in in_range and port not in taken and len(owners) == 1:
+                (owner,) = owners
+                if owner is not None:
+                    own.setdefault(owner, []).append(port)
+        reserved = taken | set(targets)
         free = (port for port in in_range if port not in reserved)
         for key in wanted:
             if key in table:
                 continue
-            mesh = next(free, None)
+            mine = own.get(key[0])
+            mesh = mine.pop(0) if mine else next(free, None)
             if mesh is None:
                 ns, name = key[0].split("/", 1)
                 errors.append(ObjectError(

@@ -347,7 +347,7 @@ class Controller:
                 self._attempted = (desired, seen)
                 existing = self.source.snapshot().get("shadow_services", [])
                 try:
-                    failures = await writer.apply(desired, existing)
+                    failures = await writer.apply(desired, existing, self._leader)
                 except Exception:
                     log.exception("writing shadow Services failed")
                     failures = 1
@@ -359,13 +359,15 @@ class Controller:
                     self._dirty.set()  # a round to report them (or clear them) in the topology and metrics
             if self.events is not None:
                 try:
-                    await self.events.record(self._errors)
+                    await self.events.record(self._errors, self._leader)
                 except Exception:
                     log.exception("recording Events failed")
             waits = []
             if writer is not None and self._applied is None:
                 # per-object backoff (retry.py); an apply that raised has none: the fixed pause
-                waits.append(writer.next_retry_in() or WRITE_RETRY_SECONDS)
+                # (0.0, due now after a recovery, is a wait of its own: not the fixed pause)
+                retry = writer.next_retry_in()
+                waits.append(WRITE_RETRY_SECONDS if retry is None else retry)
             if self.events is not None:
                 # More errors than one round's Events: the rest must not wait for an unrelated change
                 # on a quiet cluster. Failed Events back off; recorded ones are refreshed (events.py).

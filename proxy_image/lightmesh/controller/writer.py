@@ -26,7 +26,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from lightmesh import wire
 from lightmesh.controller.model import ObjectError
@@ -99,9 +99,11 @@ class KubeShadowWriter:
         """Seconds until a failed write is due again (None: none failed)."""
         return self.backoff.next_in()
 
-    async def apply(self, desired: list[dict], existing: list[dict]) -> int:
+    async def apply(self, desired: list[dict], existing: list[dict],
+                    still_leader: Callable[[], bool] = lambda: True) -> int:
         """Make the mesh namespace's shadow Services match ``desired``; returns the failure count
-        (objects waiting out their backoff included).
+        (objects waiting out their backoff, and writes not sent because ``still_leader()`` turned
+        false meanwhile, included: another replica writes from then on).
 
         ``existing``: our shadow Services as the watch cache has them (label-filtered already).
         Up to ``WRITE_CONCURRENCY`` requests at a time (the first start creates them all).
@@ -116,7 +118,7 @@ class KubeShadowWriter:
                                   lambda name: writes.get(name, "delete"))  # a changed want: due at once
         limit = asyncio.Semaphore(WRITE_CONCURRENCY)
         failed: dict[str, tuple[dict, str, str]] = {}
-        lines = {"logged": 0, "more": 0}
+        lines = {"logged": 0, "more": 0, "recovered": 0}
 
         def fail(name: str, obj: dict, exc: Exception, action: str) -> None:
             self._count("error")
@@ -136,10 +138,13 @@ class KubeShadowWriter:
 
         def done(name: str) -> None:
             if self.backoff.succeeded(name):
-                log.info("shadow Service %s/%s written after failing", self.namespace, name)
+                lines["recovered"] += 1  # one line for all of them (below): an outage ends for hundreds
+                log.debug("shadow Service %s/%s written after failing", self.namespace, name)
 
         async def write(name: str, want: dict, current: dict | None) -> int:
             async with limit:
+                if not still_leader():
+                    return 1  # stepped down while this batch ran: not ours to write any more
                 try:
                     await (self._create(want) if current is None else self._patch(want))
                 except Exception as exc:  # noqa: BLE001 - API or network error: counted, retried later
@@ -150,6 +155,8 @@ class KubeShadowWriter:
 
         async def delete(name: str) -> int:
             async with limit:
+                if not still_leader():
+                    return 1
                 try:
                     await self.api.request("DELETE", self.resource.path(self.namespace, name))
                     self._count("delete")
@@ -164,6 +171,8 @@ class KubeShadowWriter:
         jobs = [write(name, want, have.get(name)) for name, want in sorted(writes.items()) if name in due]
         jobs += [delete(name) for name in sorted(orphans) if name in due]
         failures = sum(await asyncio.gather(*jobs)) if jobs else 0
+        if lines["recovered"]:
+            log.info("%d shadow Service(s) written after failing", lines["recovered"])
         if lines["more"]:
             log.error("%d more shadow Services started failing to be written (not logged one by one; "
                       "/api/topology/current lists them)", lines["more"])
