@@ -315,3 +315,19 @@ def test_a_query_already_read_is_answered_even_when_room_is_made_at_that_moment(
 
     assert uvloop.run(asyncio.wait_for(scenario(), 60)) == 30
     assert not [e for e in errors if isinstance(e.get("exception"), RuntimeError)], errors
+
+
+def test_udp_answers_fit_what_the_client_takes_512_bytes_or_its_edns_size():
+    many = DNSTable.from_shadows([shadow("big", "many", *[f"10.9.0.{i}" for i in range(1, 41)])],
+                                 wire.DEFAULT_DOMAINS)  # 40 A records: ~700 bytes
+    server = MeshDNS(many)
+    name = "many.big.traefik.mesh"
+    plain = DNSRecord.parse(server.answer(DNSRecord.question(name).pack(), udp=True))
+    assert plain.header.tc == 1 and not plain.rr  # the classic limit: the client asks again over TCP
+    offered = DNSRecord.parse(server.answer(_with_opt(name).pack(), udp=True))  # offers 4096
+    assert offered.header.tc == 0 and len(offered.rr) == 40
+    small = _with_opt(name)
+    small.ar = [EDNS0(udp_len=600)]
+    cut = DNSRecord.parse(server.answer(small.pack(), udp=True))
+    assert cut.header.tc == 1 and not cut.rr and len(_opts(cut)) == 1
+    assert len(DNSRecord.parse(server.answer(DNSRecord.question(name).pack())).rr) == 40  # TCP: no limit

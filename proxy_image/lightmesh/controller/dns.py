@@ -143,7 +143,10 @@ class MeshDNS:
 
     # ------------------------------------------------------------------ answers (pure)
 
-    def answer(self, data: bytes) -> bytes | None:
+    def answer(self, data: bytes, udp: bool = False) -> bytes | None:
+        """The reply to ``data``, or None. ``udp``: cut to what the client can take over UDP (512
+        bytes, or the UDP payload size its OPT record offers, up to ours): TC set, answers dropped,
+        and the client asks again over TCP."""
         try:
             request = DNSRecord.parse(data)
         except (DNSError, struct.error, ValueError, IndexError, UnicodeDecodeError):
@@ -167,7 +170,15 @@ class MeshDNS:
         self._answer(request, reply)
         if opts:
             reply.add_ar(EDNS0(udp_len=EDNS_UDP_PAYLOAD))
-        return reply.pack()
+        packed = reply.pack()
+        if udp:
+            limit = min(max(opts[0].rclass, 512), EDNS_UDP_PAYLOAD) if opts else 512  # OPT's class: its size
+            if len(packed) > limit:
+                reply.rr = []
+                reply.auth = []
+                reply.header.tc = 1
+                packed = reply.pack()
+        return packed
 
     def _answer(self, request: DNSRecord, reply: DNSRecord) -> None:
         if request.header.opcode != 0 or len(request.questions) != 1:
@@ -349,14 +360,9 @@ class _UDP(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr) -> None:
-        reply = self.server.answer(data)
+        reply = self.server.answer(data, udp=True)
         if reply is None or self.transport is None:
             return
-        if len(reply) > 512:  # classic UDP limit: truncate, the client retries over TCP
-            record = DNSRecord.parse(reply)
-            record.rr = []
-            record.header.tc = 1
-            reply = record.pack()
         self.transport.sendto(reply, addr)
 
     def error_received(self, exc: Exception) -> None:
