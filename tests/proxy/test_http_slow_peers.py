@@ -136,25 +136,23 @@ class _LateContinue(asyncio.Protocol):
 
 
 @on_uvloop
-async def test_a_client_waiting_for_100_continue_is_not_timed_out_for_waiting():
+async def test_a_client_waiting_for_100_continue_is_still_bounded_by_the_body_timeout():
+    # The wait for 100 Continue counts: with a server that waits for the body without sending 100,
+    # neither side would ever give up (a connection held for good by one request head).
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: _LateContinue(1.0), "127.0.0.1", 0)
+    server = await loop.create_server(lambda: _LateContinue(30.0), "127.0.0.1", 0)
     url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     try:
-        async with ProxyUnderTest(simple_config([url]), options=HTTPOptions(body_timeout=0.3)) as p:
+        options = HTTPOptions(body_timeout=0.3, header_timeout=0.3, idle_timeout=0.3)
+        async with ProxyUnderTest(simple_config([url]), options=options) as p:
             c = await RawClient.connect(p.port)
             try:
                 await c.send(b"POST /up HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
-                interim = await c.response(timeout=5)
-                await c.send(b"hello")
-                final = await c.response(timeout=5)
-                # the control: a client that stalls after the 100 is still timed out
-                await c.send(b"POST /up HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\n\r\nhel")
-                stalled = await c.response(timeout=5)
+                r = await c.response(timeout=5)
+                assert await c.closed()
             finally:
                 await c.close()
-        assert (interim.status, final.status, final.body) == (100, 200, b"hello")
-        assert stalled.status == 408
+        assert r.status == 408
     finally:
         server.close()
         await server.wait_closed()

@@ -86,11 +86,13 @@ _H1_READ_AHEAD = 256 * 1024  # response bytes an HTTP/1.1 server may have us hol
 # The HPACK table we keep for what we send: a peer may announce up to 4 GiB and every distinct
 # field we send would stay in it for the connection's life (RFC 7541 §4.2 lets the encoder use less).
 _ENCODER_TABLE_MAX = 4096
-# Rapid reset (CVE-2023-44487): a client that resets most of its streams within a second of opening
-# them makes us (and the servers) do the work of each for nothing. Once it has done so this many
-# times and for at least half of its streams, the connection ends with ENHANCE_YOUR_CALM.
+# Rapid reset (CVE-2023-44487): a client that resets most of its streams at once, before any
+# response, makes us (and the servers) do the work of each for nothing. Once it has done so this
+# many times and for at least half of its streams, the connection ends with ENHANCE_YOUR_CALM.
+# "At once" is within 100 ms: an attack resets in the same packet or the next; a gRPC deadline
+# that cancels calls to a slow server is rarely that short, and such a client is not closed.
 PREMATURE_RESETS_MAX = 200
-_PREMATURE_SECONDS = 1.0
+_PREMATURE_SECONDS = 0.1
 
 __all__ = ["PREFACE", "H2Downstream", "H2Upstream", "looks_like_h2"]
 
@@ -291,6 +293,8 @@ class _Side:
             try:
                 if kind == "headers":
                     conn.send_headers(stream_id, payload, end_stream=end)
+                elif kind == "reset":
+                    conn.reset_stream(stream_id, error_code=payload)
                 else:
                     window = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
                     if payload and window <= 0:
@@ -501,7 +505,7 @@ class H2Downstream(asyncio.Protocol):
         return None
 
     def is_idle(self) -> bool:
-        return not self.streams
+        return not self.streams and not self.side.queues
 
     def start_drain(self) -> None:
         """ConnectionSet.drain calls this once, as the drain starts."""
@@ -573,7 +577,7 @@ class H2Downstream(asyncio.Protocol):
             elif isinstance(ev, h2.events.StreamReset):
                 st = self.streams.pop(ev.stream_id, None)
                 if st is not None:
-                    if not st.done and perf_counter() - st.start < _PREMATURE_SECONDS:
+                    if not st.done and not st.responded and perf_counter() - st.start < _PREMATURE_SECONDS:
                         self.premature += 1
                     self._abandon(st)
             elif isinstance(ev, h2.events.WindowUpdated):
@@ -596,8 +600,8 @@ class H2Downstream(asyncio.Protocol):
         self.side.refill()
         self.side.flush()
         self._watch_head()
-        if self.peer_goaway and not self.streams:
-            self.close()
+        if (self.peer_goaway or self.options.connections.draining) and not self.streams and not self.side.queues:
+            self.close()  # the last response went out whole (the client's window let it)
 
     def _reset_flood(self) -> None:
         """Rapid reset: GOAWAY ENHANCE_YOUR_CALM and close; its streams are abandoned."""
@@ -943,7 +947,9 @@ class H2Downstream(asyncio.Protocol):
             self.side.queue(st.down_id, "headers", headers, False, 0, None)
             self.side.queue(st.down_id, "data", body, True, 0, None)
         if not st.req_done:
-            self.side.reset(st.down_id, h2.errors.ErrorCodes.NO_ERROR)  # the rest of the body is not wanted
+            # the rest of the body is not wanted: RST_STREAM(NO_ERROR) after the answer (queued
+            # behind it: sent now, the answer still waiting for window would be dropped with it)
+            self.side.queue(st.down_id, "reset", h2.errors.ErrorCodes.NO_ERROR, True, 0, None)
         self._finish(st, status, local=True)
 
     def response(self, st: _Stream, kind: str, payload: Any, end: bool, ack: int, acked) -> None:
@@ -1012,7 +1018,11 @@ class H2Downstream(asyncio.Protocol):
             access_log(self, st.mstr, st.authority, st.path, st.route, st.service, st.server, status, st.retries,
                        seconds)
         if not self.streams:
-            if self.options.connections.draining or (self.peer_goaway and self.batch is None):
+            if self.side.queues:
+                # what is left waits for the client's window: closing now would cut it short
+                # (data_received closes once it went out)
+                self._arm_idle()
+            elif self.options.connections.draining or (self.peer_goaway and self.batch is None):
                 self.close()
             else:
                 self._arm_idle()

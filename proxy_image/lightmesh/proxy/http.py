@@ -469,7 +469,6 @@ class Exchange:
     chunked = False
     is_head = False
     expect = False
-    body_seen = False  # a byte of the request body arrived (Expect: 100-continue sends none before)
     req_done = False
     route: Route | None = None
     service = UNROUTED
@@ -736,9 +735,10 @@ class ClientProtocol(asyncio.Protocol):
                 return
             cur = self.cur
             if cur is not None and not self.in_head:
-                if self.rpause or (cur.expect and not cur.body_seen):
-                    # We stopped reading (the server or the client's own reading is behind), or the
-                    # client waits for the server's 100 Continue: the wait is not the client's.
+                if self.rpause:
+                    # We stopped reading (the server or the client's own reading is behind): the
+                    # wait is not the client's. (A client waiting for 100 Continue is not exempt:
+                    # with a server that waits for the body, neither would ever give up.)
                     self.deadline = deadline = now + self.options.body_timeout
                 else:
                     self._body_timed_out()
@@ -1201,7 +1201,6 @@ class ClientProtocol(asyncio.Protocol):
     def _body_piece(self, ex: Exchange | None, piece: bytes) -> None:
         if ex is None or ex.local:
             return
-        ex.body_seen = True
         conn = ex.conn
         n = len(piece)
         if conn is not None:
@@ -1920,8 +1919,8 @@ class UpstreamProtocol(asyncio.Protocol):
         self.framing = F_LENGTH
         if (not ex.keep_alive or ex.close_after or client.options.connections.draining
                 or (not ex.req_done and (ex.expect or body == length))):
-            # (expect: an answer to Expect: 100-continue, see on_headers_complete; a whole response
-            # before the whole request: _complete closes the connection, the client is told so)
+            # (expect: see on_headers_complete. A whole response before the whole request: the
+            # connection closes after it (_complete), so the client is told.)
             ex.close_after = True
             end -= 2
             if cut < 0:
@@ -2044,7 +2043,9 @@ class UpstreamProtocol(asyncio.Protocol):
         # Answered before an announced body was sent (Expect: 100-continue, no 100 relayed; a 417,
         # a 401): the client may never send it, so the connection closes after this response and
         # says so (RFC 9112 §9.6). Other early answers wait: the body may still complete before the
-        # response does (a full-duplex server), and then the connection is kept (see _complete).
+        # response does (a full-duplex server), and then the connection is kept (see _complete);
+        # if it does not, the connection closes after the response without a Connection: close
+        # (unknowable when this head goes out), which HTTP/1.1 clients must expect of any reply.
         close = (not ex.keep_alive or client.options.connections.draining or ex.close_after
                  or (ex.expect and not ex.req_done))
         if status == 101:

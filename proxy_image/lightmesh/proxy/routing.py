@@ -434,7 +434,10 @@ def forwarded_port(host: bytes | None, proto: bytes | None = None) -> bytes:
 
 # RFC 9110 §7.2 / RFC 3986: uri-host [":" port], uri-host an IP literal or a reg-name. No userinfo:
 # "aio:1@internal.example" was routed as "aio" while the server saw internal.example.
-_VALID_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?")
+# An IPv6 literal may carry a zone (RFC 6874: "%25" and its id). Trailing spaces or tabs are
+# not part of a field value (RFC 9112 §5; llhttp keeps them).
+_VALID_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+(?:%25[A-Za-z0-9\-._~]+)?\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)"
+                         rb"(?::[0-9]*)?[ \t]*")
 
 
 def valid_host(value: bytes) -> bool:
