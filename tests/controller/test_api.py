@@ -221,3 +221,23 @@ def test_nodes_forget_proxies_that_stopped_polling_and_have_no_pod():
         assert names == ["live-proxy"] and "gone-proxy" not in store.proxies
 
     run(scenario())
+
+
+def test_made_up_proxy_names_cannot_keep_real_proxies_out_of_the_table(monkeypatch):
+    # A full table dropped every new name: 10,000 made-up names, polled again every 90 s, kept the
+    # real proxies out of /api/status/nodes for good.
+    from lightmesh.controller import api as api_mod
+
+    monkeypatch.setattr(api_mod, "MAX_TRACKED_PROXIES", 50)
+    store = ConfigStore()
+    for i in range(50):
+        store.record_proxy(f"fake-{i}", "1", "10.0.0.9")
+    store.record_proxy("node-1-proxy", "7", "10.0.0.1")
+    assert store.proxies["node-1-proxy"]["applied_version"] == 7 and len(store.proxies) == 50
+    assert "fake-0" not in store.proxies  # the one seen longest ago made room
+    # a proxy that keeps polling stays while new names come and go
+    for i in range(50, 200):
+        store.record_proxy(f"fake-{i}", "1", "10.0.0.9")
+        if i % 40 == 0:
+            store.record_proxy("node-1-proxy", "8", "10.0.0.1")
+    assert store.proxies["node-1-proxy"]["applied_version"] == 8 and len(store.proxies) == 50

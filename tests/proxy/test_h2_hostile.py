@@ -314,3 +314,29 @@ async def test_a_full_server_connection_closes_once_its_last_streams_are_cancell
             await c.close()
         # the server's current connection may stay for reuse; every full one is gone
         assert await _eventually(lambda: up.open_connections <= 1, 3), up.open_connections
+
+
+@on_uvloop
+async def test_a_busy_connection_remembers_a_bounded_number_of_closed_streams():
+    # h2 kept 65,536 closed streams per connection: ~10 MB for a long-lived gRPC connection, on the
+    # client side and on the shared server connection alike.
+    from lightmesh.proxy.h2 import _CLOSED_STREAMS_KEPT
+
+    n = _CLOSED_STREAMS_KEPT + 300
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url])) as p:
+        c = await H2Client.connect(p.port)
+        try:
+            for batch in range(0, n, 100):
+                done = await c.wait([c.start("/echo", body=b"x") for _ in range(min(100, n - batch))])
+                assert all(r["headers"][b":status"] == b"200" for r in done)
+            assert len(_downstream(p).side.conn._closed_streams) <= _CLOSED_STREAMS_KEPT
+            (proto,) = up.protocols
+            upstream = [u for s in p.holder.http.services.values() for u in [s.servers[0].h2conn] if u is not None]
+            assert upstream and len(upstream[0].side.conn._closed_streams) <= _CLOSED_STREAMS_KEPT
+            # a late frame on a forgotten stream: answered by a reset, the connection goes on
+            c.conn._closed_streams.clear()
+            c.writer.write(b"\x00\x00\x04\x08\x00\x00\x00\x00\x01" + (1000).to_bytes(4, "big"))  # WINDOW_UPDATE, stream 1
+            (after,) = await c.wait([c.start("/echo", body=b"still")])
+            assert after["body"] == b"still"
+        finally:
+            await c.close()

@@ -159,6 +159,9 @@ def test_carry_over_of_unchanged_elements_and_close_of_retired():
     r3 = third.entry_points["web"].lookup("h", "GET", b"/", [])
     assert r3.checks[0].limiter is not r2.checks[0].limiter
     assert r3.checks[1].breaker is r2.checks[1].breaker
+    health = {row["server"].url: row for row in third.services["svc"].balancer.status()}
+    assert health["http://10.0.0.1:80"]["ejected_seconds"] > 0 and health["http://10.0.0.1:80"]["failures"] == 1
+    assert health["http://10.0.0.9:80"]["ejected_seconds"] == 0
     second.close()
     assert kept_conn.closed  # its service was replaced
 

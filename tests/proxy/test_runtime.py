@@ -359,6 +359,11 @@ def test_series_of_services_and_routes_no_longer_configured_are_dropped():
                 assert set(m.requests) == {("unrouted", "404", "GET")}
                 assert set(m.durations) == {"unrouted"} and m.rate_limited == {}
                 assert set(m.l4_connections) == {(f"t{tp}", "tcp")}
+                # a request in flight at the swap ends now, counted under its old service: the
+                # worker's periodic pass forgets that series again (it stayed for good)
+                m.request("svc", 200, "GET", 0.01)
+                rt.retain_metrics()
+                assert set(m.requests) == {("unrouted", "404", "GET")} and "svc" not in m.durations
                 snapshot = metrics_mod.retain_snapshot(
                     {"lightmesh_proxy_requests_total": [["svc", "200", "GET", 5], ["unrouted", "404", "GET", 1]],
                      "lightmesh_proxy_l4_connections_total": [["gone", "tcp", 2], [f"t{tp}", "tcp", 3]],

@@ -123,12 +123,13 @@ class ConfigStore:
             version = int(applied) if applied is not None else None
         except ValueError:
             version = None
-        if name not in self.proxies and len(self.proxies) >= MAX_TRACKED_PROXIES:
-            now = time.time()
-            for old in [n for n, p in self.proxies.items() if now - p["last_seen"] > STALE_PROXY_SECONDS]:
-                del self.proxies[old]
-            if len(self.proxies) >= MAX_TRACKED_PROXIES:
-                return
+        # Least recently seen first (a poll moves its proxy to the end): when full, the one that has
+        # gone longest without polling makes room. Dropping new names instead let anyone who can
+        # reach the API fill the table with made-up ones and keep the real proxies out for good; a
+        # real proxy polls at least every 30 s, so it now takes 10,000 new names in that time.
+        self.proxies.pop(name, None)
+        while len(self.proxies) >= MAX_TRACKED_PROXIES:
+            del self.proxies[next(iter(self.proxies))]
         held = etag.strip().removeprefix("W/").strip('"')[:64] if etag else None
         self.proxies[name] = {"applied_version": version, "last_seen": time.time(), "address": address,
                               "config_hash": held, "applied_hash": applied_hash[:64] if applied_hash else None}

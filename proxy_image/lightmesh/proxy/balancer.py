@@ -245,12 +245,21 @@ class Balancer(Generic[T]):
         return out
 
     def carry_over(self, previous: Balancer[T]) -> None:
-        """Keep the passive-health state of servers also present in ``previous`` (config swap)."""
-        mine = set(self.servers)
-        self._ejected.update({s: u for s, u in previous._ejected.items() if s in mine})
-        self._failures.update({s: c for s, c in previous._failures.items() if s in mine})
-        self._back_at.update({s: t for s, t in previous._back_at.items() if s in mine})
+        """Keep the passive-health state of servers also present in ``previous`` (config swap).
+        A server is the same when its URL is (HTTP: each plane has its own Server objects) or it is
+        equal (TCP/UDP: address tuples)."""
+        mine = {_identity(s): s for s in self.servers}
+        for own, theirs in ((self._ejected, previous._ejected), (self._failures, previous._failures),
+                            (self._back_at, previous._back_at)):
+            for server, value in theirs.items():
+                match = mine.get(_identity(server))
+                if match is not None:
+                    own[match] = value
 
     def __repr__(self) -> str:
         kind = "weighted" if self.weighted else "round_robin"
         return f"Balancer({kind}, {len(self.servers)} servers, {len(self._ejected)} ejected)"
+
+
+def _identity(server: object) -> object:
+    return getattr(server, "url", server)

@@ -92,6 +92,7 @@ _ENCODER_TABLE_MAX = 4096
 # "At once" is within 100 ms: an attack resets in the same packet or the next; a gRPC deadline
 # that cancels calls to a slow server is rarely that short, and such a client is not closed.
 PREMATURE_RESETS_MAX = 200
+_CLOSED_STREAMS_KEPT = 256
 _PREMATURE_SECONDS = 0.1
 
 __all__ = ["PREFACE", "H2Downstream", "H2Upstream", "looks_like_h2"]
@@ -207,6 +208,10 @@ class _ClientFacing(h2.connection.H2Connection):
     request body that does not match (RFC 9113 §8.1.1 wants a stream error): H2Downstream checks it
     per stream, before forwarding any byte beyond it. (h2 is pinned; these are its 4.4 internals.)"""
 
+    # h2 remembers 65,536 closed streams per connection (~10 MB for a busy gRPC connection); frames
+    # for one forgotten get RST_STREAM(STREAM_CLOSED), and DATA still counts for flow control
+    MAX_CLOSED_STREAMS = _CLOSED_STREAMS_KEPT
+
     def _begin_new_stream(self, stream_id: int, allowed_ids: Any) -> Any:
         stream = super()._begin_new_stream(stream_id, allowed_ids)
         stream._initialize_content_length = _unchecked
@@ -225,6 +230,8 @@ class _ServerFacing(h2.connection.H2Connection):
     streams the server still finishes (up to the GOAWAY's last stream id: a graceful shutdown, RFC
     9113 §6.8). h2 4.4 would refuse every later frame, failing those streams. H2Upstream opens no
     new stream on it and closes it after its last one."""
+
+    MAX_CLOSED_STREAMS = _CLOSED_STREAMS_KEPT  # (see _ClientFacing)
 
     def _receive_goaway_frame(self, frame: Any) -> tuple[list, list]:
         event = h2.events.ConnectionTerminated()

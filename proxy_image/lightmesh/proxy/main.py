@@ -673,6 +673,7 @@ async def _worker(fd: int) -> int:
             if await runtime.retry_failed():
                 write_message(writer, {"type": "status", **runtime.status()})
             runtime.close_stale_upstreams()  # a server no request goes to would keep them open
+            runtime.retain_metrics()  # series a request in flight at a swap brought back
 
     async def serve() -> None:
         while True:

@@ -218,11 +218,7 @@ class Runtime:
                     log.exception("closing the previous HTTP plane failed")
             self.config = config
             self.metrics.config_applied(config.version)
-            # a TCP connection still open on a route no longer configured keeps counting under
-            # its route's name: its series stay until it ends (else they would come back from zero)
-            relaying = {relay.route_name for listener in (*self.listeners.values(), *self._retired)
-                        for relay in getattr(listener, "relays", ())}
-            self.metrics.retain(config_names(config) | relaying)
+            self.retain_metrics()
             return ApplyResult(config.version, config.hash,
                                {describe_key(k): v for k, v in self.listener_errors.items()})
 
@@ -298,6 +294,19 @@ class Runtime:
             if self.config is not None:
                 self._steer(self.config)
             return len(self.listeners) != before
+
+    def retain_metrics(self) -> None:
+        """Forget the metric series of names the config in force does not have (see
+        ProxyMetrics.retain). Called on each swap and every few seconds by the worker: an HTTP
+        request in flight at the swap counts under its old service when it ends, which would bring
+        that series back for good."""
+        if self.config is None:
+            return
+        # a TCP connection still open on a route no longer configured keeps counting under its
+        # route's name: its series stay until it ends (else they would come back from zero)
+        relaying = {relay.route_name for listener in (*self.listeners.values(), *self._retired)
+                    for relay in getattr(listener, "relays", ())}
+        self.metrics.retain(config_names(self.config) | relaying)
 
     def close_stale_upstreams(self) -> int:
         """Close pooled upstream connections idle for longer than ``upstream_idle_timeout`` (the
