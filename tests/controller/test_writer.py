@@ -152,3 +152,24 @@ def test_a_writer_that_stops_being_leader_sends_no_more_of_its_batch():
     failures = asyncio.run(asyncio.wait_for(scenario(), 30))
     assert len(sent) <= WRITE_CONCURRENCY, len(sent)  # the ones already under way, no more
     assert failures == 40 - len(sent)  # not written: the batch is not clean (the new leader writes)
+
+
+def test_a_hand_edited_state_file_never_crashes_the_store_nor_hides_a_service(tmp_path, caplog):
+    state = tmp_path / "state.json"
+    for content in ("[]", "null", '"x"', '{"shadows": "x"}', '{"shadows": [{"metadata": "x"}, {"spec": "x"}, 7]}'):
+        state.write_text(content)
+        assert LocalShadowStore(state).list() == []  # it starts afresh, it does not crash
+    # an address that is not one of ours (not an IP, or outside 127.1.0.0/16): a new one, not a
+    # shadow nothing can serve (its Service silently out of the mesh, for good)
+    good = {**desired("lm-good"), "spec": {**desired("lm-good")["spec"], "clusterIP": "127.1.0.9"}}
+    bad = {**desired("lm-bad"), "spec": {**desired("lm-bad")["spec"], "clusterIP": "not-an-ip"}}
+    away = {**desired("lm-away"), "spec": {**desired("lm-away")["spec"], "clusterIP": "10.9.9.9"}}
+    state.write_text(json.dumps({"shadows": [good, bad, away]}))
+    with caplog.at_level("WARNING"):
+        store = LocalShadowStore(state)
+    assert [s["metadata"]["name"] for s in store.list()] == ["lm-good"]
+    assert "not-an-ip" in caplog.text and "10.9.9.9" in caplog.text
+    store.apply([desired("lm-good"), desired("lm-bad"), desired("lm-away")])
+    addresses = {s["metadata"]["name"]: s["spec"]["clusterIP"] for s in store.list()}
+    assert addresses["lm-good"] == "127.1.0.9"
+    assert all(ipaddress.ip_address(a) in ipaddress.ip_network("127.1.0.0/16") for a in addresses.values())

@@ -53,3 +53,66 @@ def test_sighup_stops_the_mesh_cleanly(manifests):
         assert still_running(children, timeout=5) == []
     finally:
         stop_all(proc, children)
+
+
+def test_a_proxy_that_dies_while_the_mesh_serves_stops_it_with_the_reason(manifests):
+    # It went on looking healthy (no output, still running) while nothing answered any more.
+    import os
+
+    proc, children, _ = started(manifests)
+    try:
+        proxies = [pid for pid in children if b"proxy" in Path(f"/proc/{pid}/cmdline").read_bytes()
+                   and b"--controller" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert proxies, children
+        os.kill(min(proxies), signal.SIGKILL)  # the supervisor (its workers follow it)
+        assert proc.wait(timeout=30) == 1
+        assert "the proxy exited" in proc.stderr.read()
+        assert still_running(children, timeout=10) == []
+    finally:
+        stop_all(proc, children)
+
+
+def test_hidden_files_and_an_endpoints_file_inside_the_path_are_not_read_as_manifests(manifests, tmp_path):
+    import subprocess
+
+    from conftest import lightmesh_cmd, lightmesh_env
+
+    (manifests / ".lightmesh-shadows.json").write_text('{"shadows": [], "config": {}}')  # the controller's own
+    (manifests / ".github").mkdir()
+    (manifests / ".github" / "ci.yml").write_text("on: push\n")
+    proc, children, _ = started(manifests)
+    stop_all(proc, children)
+    refused = subprocess.run(lightmesh_cmd("local", str(manifests), "--endpoints", str(manifests / "mesh.json")),
+                             capture_output=True, text=True, env=lightmesh_env(), timeout=60)
+    assert refused.returncode == 2 and "inside" in refused.stderr and "write it elsewhere" in refused.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_the_demo_stops_on_sigterm_and_sighup_as_on_ctrl_c(manifests, tmp_path, sig):
+    # It died on the spot (exit 143) and left its work directory behind.
+    import os
+    import subprocess
+    import time
+
+    from conftest import lightmesh_cmd, lightmesh_env
+
+    from localproc import descendants, free_dns_port
+
+    work = tmp_path / "tmp"
+    work.mkdir()
+    proc = subprocess.Popen(lightmesh_cmd("demo", "--dns-port", str(free_dns_port()), "--chart", str(tmp_path / "c.png")),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**lightmesh_env(), "TMPDIR": str(work)})
+    children: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while not list(work.glob("lightmesh-local-*")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        time.sleep(0.5)  # the mesh starting or running
+        children = descendants(proc.pid)
+        os.kill(proc.pid, sig)
+        assert proc.wait(timeout=60) == 130
+        assert still_running(children, timeout=10) == []
+        assert not list(work.glob("lightmesh-local-*"))
+    finally:
+        stop_all(proc, children)

@@ -283,9 +283,23 @@ class LocalShadowStore:
         except (OSError, ValueError) as exc:
             log.error("ignoring unreadable state file %s: %s", self.state_file, exc)
             return
-        for shadow in data.get("shadows") or []:
-            if isinstance(shadow, dict) and _name(shadow) and self._ip_of(shadow):
-                self.shadows[_name(shadow)] = shadow
+        if not isinstance(data, dict):
+            log.error("ignoring state file %s: not a JSON object", self.state_file)
+            return
+        shadows = data.get("shadows")
+        for shadow in shadows if isinstance(shadows, list) else []:
+            # hand-edited files included: a shadow without a usable address is dropped (it gets a new
+            # one), never kept with one nothing can serve (it would silently leave the mesh)
+            name = _name(shadow) if isinstance(shadow, dict) and isinstance(shadow.get("metadata"), dict) else ""
+            if not isinstance(name, str) or not name or not isinstance(shadow.get("spec"), dict):
+                log.warning("state file %s: ignoring a shadow Service that is not one", self.state_file)
+                continue
+            address = self._ip_of(shadow)
+            if not self._ours(address):
+                log.warning("state file %s: shadow Service %s has clusterIP %r, not an address of %s: "
+                            "it gets a new one", self.state_file, name, address, self.network)
+                continue
+            self.shadows[name] = shadow
         config = data.get("config")
         if isinstance(config, dict) and isinstance(config.get("version"), int):
             self.last_config = {"version": config["version"], "hash": str(config.get("hash", ""))}
@@ -294,6 +308,12 @@ class LocalShadowStore:
     @staticmethod
     def _ip_of(shadow: dict) -> str | None:
         return (shadow.get("spec") or {}).get("clusterIP")
+
+    def _ours(self, address: Any) -> bool:
+        try:
+            return isinstance(address, str) and ipaddress.ip_address(address) in self.network
+        except ValueError:
+            return False
 
     def list(self) -> list[dict]:
         """The shadow Services, sorted by name. Shared, not copied: callers must not mutate them

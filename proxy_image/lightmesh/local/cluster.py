@@ -144,7 +144,10 @@ def load_manifests(path: str | Path, notes: list[str] | None = None) -> list[dic
     other_clusters = set() if root.is_file() else set(rendered_cluster_dirs(root))
     files = [root] if root.is_file() else sorted(
         p for p in root.rglob("*") if p.suffix in MANIFEST_SUFFIXES and p.is_file()
-        and p.relative_to(root).parts[0] not in other_clusters)
+        and p.relative_to(root).parts[0] not in other_clusters
+        # hidden files and directories are not manifests (.lightmesh-shadows.json, .github/, .vscode/),
+        # as the controller's --manifests skips them
+        and not any(part.startswith(".") for part in p.relative_to(root).parts))
     found: list[tuple[dict, str]] = []  # (object, where it was declared)
     for file in files:
         for index, doc in enumerate(_documents(file)):

@@ -13,8 +13,10 @@ under high ports too (a user who may not bind port 80).
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import asyncio
+import signal
 import sys
 import time
 from collections import Counter
@@ -241,6 +243,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="where to write the latency chart (default: %(default)s in the working directory)")
 
 
+def _as_ctrl_c(signum, frame) -> None:
+    _thread.interrupt_main()  # what Ctrl-C does (asyncio.run cancels the tour, which cleans up)
+
+
 def run(args: argparse.Namespace) -> int:
     example = args.example or default_example()
     if not example.is_dir():
@@ -251,11 +257,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"lightmesh demo: {problem}", file=sys.stderr)
         return EXIT_USAGE
     samples: Samples = {}
+    # SIGTERM and SIGHUP stop the demo as Ctrl-C does (the tour's mesh stops, its work directory
+    # goes); by default they ended the process on the spot and left the directory behind
+    previous = {sig: signal.signal(sig, _as_ctrl_c) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         checks = asyncio.run(tour(example, args.dns_port, args.log_level, samples, args.high_ports))
     except (LocalModeError, ManifestError) as exc:
         print(f"lightmesh demo: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print_table(checks)
     try:
         from lightmesh.local.chart import latency_chart

@@ -442,6 +442,10 @@ class LocalMesh:
 
     # ------------------------------------------------------------------ readiness
 
+    def check_alive(self) -> None:
+        """Raise LocalModeError when the controller or the proxy has exited."""
+        self._check_alive()
+
     def _check_alive(self) -> None:
         for name, proc in (("controller", self.controller), ("proxy", self.proxy)):
             if proc is not None and proc.poll() is not None:

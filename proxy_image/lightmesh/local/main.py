@@ -22,6 +22,7 @@ from lightmesh.local.cluster import ManifestError
 from lightmesh.local.harness import Interrupted, LocalMesh, LocalModeError, ServiceAccess
 
 EXIT_USAGE, EXIT_RUNTIME, EXIT_INTERRUPTED = 2, 1, 130
+WATCH_SECONDS = 1.0  # how often a serving mesh checks that its controller and proxy still run
 
 
 # ---------------------------------------------------------------------------- argument types
@@ -234,9 +235,16 @@ async def _run(args: argparse.Namespace) -> int:
         for warning in manifest_warnings(mesh):
             print(warning)
         print(describe(mesh, services), flush=True)
-        if args.telemetry:
-            await _telemetry(mesh, stop, args.interval)
-        await stop.wait()
+        died: list[LocalModeError] = []
+        watcher = asyncio.create_task(_watch(mesh, stop, died))
+        try:
+            if args.telemetry:
+                await _telemetry(mesh, stop, args.interval)
+            await stop.wait()
+        finally:
+            watcher.cancel()
+        if died:
+            raise died[0]
         print("stopping…", flush=True)
         return 0
     except Interrupted as exc:
@@ -252,11 +260,29 @@ async def _run(args: argparse.Namespace) -> int:
         await mesh.stop()
 
 
+async def _watch(mesh: LocalMesh, stop: asyncio.Event, died: list) -> None:
+    """A controller or proxy that exits while the mesh serves stops it with its reason: the mesh is
+    down then, and a command that goes on looking healthy would hide it."""
+    while not stop.is_set():
+        await asyncio.sleep(WATCH_SECONDS)
+        try:
+            mesh.check_alive()
+        except LocalModeError as exc:
+            died.append(exc)
+            stop.set()
+
+
 def run(args: argparse.Namespace) -> int:
     if not Path(args.path).exists():
         print(f"lightmesh local: {args.path}: no such file or directory", file=sys.stderr)
         return EXIT_USAGE
     if args.endpoints is not None:
+        path = Path(args.path).resolve()
+        if path.is_dir() and args.endpoints.resolve().is_relative_to(path):
+            # it would be read as a manifest the next time (a .json file in PATH)
+            print(f"lightmesh local: --endpoints {args.endpoints}: inside {args.path}, whose files are read as "
+                  f"manifests; write it elsewhere", file=sys.stderr)
+            return EXIT_USAGE
         problem = writable_file_problem(args.endpoints, "--endpoints")
         if problem:
             print(f"lightmesh local: {problem}", file=sys.stderr)
