@@ -74,7 +74,7 @@ import h2.settings
 from lightmesh.netutil import LOCAL_LIMIT, connect_failure_reason
 from lightmesh.proxy.logthrottle import LogThrottle
 from lightmesh.proxy.metrics import method_label
-from lightmesh.proxy.routing import Server, forwarded_port, split_host, valid_host
+from lightmesh.proxy.routing import FragmentInTarget, Server, forwarded_port, split_host, valid_host
 
 _H1_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te",
                      b"trailer"))
@@ -171,8 +171,6 @@ def _check_fields(headers: list, trailers: bool) -> tuple[str | None, int, dict[
         # would be routed on one path and read by the server as another (a rule for /admin dodged).
         if path[:1] != b"/" and not (path == b"*" and method == b"OPTIONS"):
             return ":path is not origin-form", -1, pseudo
-        if b"#" in path:  # no fragment (see http.py: routed on one path, read by servers as another)
-            return ":path has a fragment", -1, pseudo
     authority = pseudo.get(b":authority")
     if authority is None and host is None:
         return "no :authority or host", -1, pseudo
@@ -660,7 +658,11 @@ class H2Downstream(asyncio.Protocol):
             return
         plane = self.holder.http
         table = plane.entry_points.get(self.ep) if plane is not None else None
-        route = table.lookup(split_host(st.authority), st.mstr, st.path, st.headers) if table is not None else None
+        try:
+            route = table.lookup(split_host(st.authority), st.mstr, st.path, st.headers) if table is not None else None
+        except FragmentInTarget:
+            self._malformed(st, ":path has a fragment")  # see routing.FragmentInTarget
+            return
         if route is None:
             self._local(st, 404)
             self._trace_refused(st, "", 404)

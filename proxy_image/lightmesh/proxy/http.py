@@ -105,7 +105,7 @@ from lightmesh.netutil import LOCAL_LIMIT, connect_failure_reason
 from lightmesh.proxy.h2 import H2Downstream, looks_like_h2
 from lightmesh.proxy.metrics import ProxyMetrics
 from lightmesh.proxy.routing import (CHECK_ALLOW, CHECK_BREAKER, CHECK_DENY, CHECK_RATE, Route, Server,
-                                     forwarded_port, split_host, valid_host)
+                                     FragmentInTarget, forwarded_port, split_host, valid_host)
 
 __all__ = ["HTTPOptions", "ConnectionSet", "protocol_factory", "ClientProtocol", "UpstreamProtocol",
            "UNROUTED"]
@@ -1010,10 +1010,6 @@ class ClientProtocol(asyncio.Protocol):
             if upgrade is not None and names_upgrade:
                 ex.upgrade = upgrade
         url = ex.url
-        if b"#" in url:
-            # RFC 9112 §3.2: no fragment in a request target. Routed on "/admin#/../x" as "/x", it
-            # reached servers that cut the fragment as "/admin", past a rule for /admin.
-            raise _Reject(400, "fragment in the request target")
         if url[:1] != b"/" and url != b"*":
             # absolute-form (RFC 9112 §3.2.2): the authority replaces Host; forward origin-form.
             lower = url[:8].lower()
@@ -1044,7 +1040,10 @@ class ClientProtocol(asyncio.Protocol):
         # ---- routing and middlewares
         plane = self.holder.http
         table = plane.entry_points.get(self.ep) if plane is not None else None
-        route = table.lookup(hstr, mstr, url, ex.headers) if table is not None else None
+        try:
+            route = table.lookup(hstr, mstr, url, ex.headers) if table is not None else None
+        except FragmentInTarget:
+            raise _Reject(400, "fragment in the request target") from None
         if route is None:
             self._local(ex, 404)
             if self.options.tracer is not None:

@@ -166,6 +166,10 @@ class Route:
         if self.methods is not None and method not in self.methods:
             return False
         if self.path is not None:
+            if b"#" in target:
+                # RFC 9112 §3.2: no fragment in a request target. "/admin#/../x" would be matched here
+                # as /x and read as /admin by servers that cut fragments (or the other way round)
+                raise FragmentInTarget()
             q = target.find(b"?")
             path = (target if q < 0 else target[:q]).decode("latin-1")
             if "%" in path or "/." in path or "//" in path:
@@ -258,6 +262,11 @@ class HeaderEdits:
         self.decided = (self.drop & FORWARDED_HEADERS) - {b"x-forwarded-for"}
 
 
+class FragmentInTarget(ValueError):
+    """A request target with a fragment met a path rule: refuse the request (400), matching it
+    either way could let it past the rule."""
+
+
 class RouteTable:
     __slots__ = ("by_host", "any_host")
 
@@ -270,7 +279,7 @@ class RouteTable:
 
     def lookup(self, host: str, method: str, target: bytes, headers: list) -> Route | None:
         """``host``: lower case without port. ``target``: the origin-form request target; the
-        path regex sees it without the query string."""
+        path regex sees it without the query string. Raises FragmentInTarget (see there)."""
         for route in self.by_host.get(host, self.any_host):
             if route.simple or route.matches(method, target, headers):
                 return route
