@@ -625,6 +625,22 @@ def simple_config(servers: list[str] | dict[str, list[str]], *, routers: list[di
     return make_config(version, HTTPConfig.model_validate(http))
 
 
+async def send_until_blocked(sock, batch: bytes, max_bytes: int, seconds: float = 4.0) -> int:
+    """Send ``batch`` on the non-blocking ``sock`` again and again, reading nothing, until a send
+    waits 0.5 s (the kernel's buffers are full both ways: the peer stopped reading), ``max_bytes``
+    went out or ``seconds`` passed; returns the bytes sent."""
+    loop = asyncio.get_running_loop()
+    sent = 0
+    deadline = loop.time() + seconds
+    while loop.time() < deadline and sent < max_bytes:  # bounded in count and time
+        try:
+            await asyncio.wait_for(loop.sock_sendall(sock, batch), 0.5)
+        except asyncio.TimeoutError:
+            break
+        sent += len(batch)
+    return sent
+
+
 def on_uvloop(fn=None, *, timeout: float = 60.0):
     """Run an ``async def`` test on a fresh uvloop loop (what the proxy runs on), bounded by
     ``timeout`` seconds. The wrapped test is a plain function, so fixtures and parametrize work."""

@@ -21,7 +21,7 @@ import hpack
 from lightmesh.proxy.h2 import PREFACE, PREMATURE_RESETS_MAX, H2Downstream
 from lightmesh.proxy.http import HTTPOptions
 
-from .backends import ProxyUnderTest, on_uvloop, simple_config
+from .backends import ProxyUnderTest, on_uvloop, send_until_blocked, simple_config
 from .test_h2_streams import _eventually
 from .test_h2c import H2Client, H2Server
 
@@ -130,15 +130,7 @@ async def test_a_ping_flood_from_a_client_that_does_not_read_stops_being_read():
         try:
             await loop.sock_sendall(sock, conn.data_to_send())
             ping = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + b"12345678"
-            batch = ping * 4096  # 68 KiB
-            sent = 0
-            deadline = loop.time() + 4
-            while loop.time() < deadline and sent < 2_000_000:  # bounded in count and time
-                try:
-                    await asyncio.wait_for(loop.sock_sendall(sock, batch), 0.5)
-                except asyncio.TimeoutError:
-                    break  # the kernel's buffers are full both ways: the proxy stopped reading
-                sent += 4096
+            sent = await send_until_blocked(sock, ping * 4096, 2_000_000 * len(ping))  # 68 KiB at a time
             transport = _downstream(p).side.transport
             # the answers wait in the kernel (its buffers are the client's to fill) and in at most
             # one read's worth over the transport's high-water mark, not in an ever-growing buffer

@@ -10,7 +10,7 @@ import socket
 
 from lightmesh.proxy.http import ClientProtocol, HTTPOptions
 
-from .backends import Backend, ProxyUnderTest, RawClient, on_uvloop, simple_config
+from .backends import Backend, ProxyUnderTest, RawClient, on_uvloop, send_until_blocked, simple_config
 
 KNOWN = {"name": "known", "service": "svc", "match": {"hosts": ["known"]}}
 
@@ -31,15 +31,8 @@ async def test_a_pipelining_client_that_reads_no_answers_stops_being_read():
         sock.setblocking(False)
         await loop.sock_connect(sock, ("127.0.0.1", p.port))
         try:
-            batch = b"GET /p HTTP/1.1\r\nHost: nowhere.example\r\n\r\n" * 2000
-            sent = 0
-            deadline = loop.time() + 4
-            while loop.time() < deadline and sent < 400_000:  # bounded in count and time
-                try:
-                    await asyncio.wait_for(loop.sock_sendall(sock, batch), 0.5)
-                except asyncio.TimeoutError:
-                    break  # the kernel's buffers are full both ways: the proxy stopped reading
-                sent += 2000
+            request = b"GET /p HTTP/1.1\r\nHost: nowhere.example\r\n\r\n"
+            sent = await send_until_blocked(sock, request * 2000, 400_000 * len(request))
             transport = _client_side(p).transport
             # the transport's high-water mark (512 KiB) and at most one read's worth of answers
             assert transport.get_write_buffer_size() < 2_000_000, (transport.get_write_buffer_size(), sent)
