@@ -310,3 +310,21 @@ def test_status_and_carry_over():
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Balancer(kwargs.pop("servers"), kwargs.pop("weights"), weighted=True, **kwargs)
+
+
+def test_carry_over_matches_servers_by_url_and_a_url_listed_twice_in_order():
+    # Each HTTP plane has its own Server objects: compared as objects, nothing carried over (a dead
+    # server came back on every endpoint change).
+    class Server:
+        def __init__(self, url):
+            self.url = url
+
+    old = [Server("http://a"), Server("http://a"), Server("http://b")]
+    before = Balancer(old, [1, 1, 1], weighted=False, eject_seconds=10)
+    before.failed(old[0])  # the first of the two "a"s
+    new = [Server("http://a"), Server("http://a"), Server("http://b"), Server("http://c")]
+    after = Balancer(new, [1, 1, 1, 1], weighted=False, eject_seconds=10)
+    after.carry_over(before)
+    ejected = [row["ejected_seconds"] > 0 for row in after.status()]
+    assert ejected == [True, False, False, False]
+    assert [row["failures"] for row in after.status()] == [1, 0, 0, 0]

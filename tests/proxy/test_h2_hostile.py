@@ -332,3 +332,55 @@ async def test_a_busy_connection_remembers_a_bounded_number_of_closed_streams():
             assert after["body"] == b"still"
         finally:
             await c.close()
+
+
+def test_a_late_frame_on_a_stream_h2_forgot_is_a_stream_error_not_the_end_of_a_shared_connection():
+    # With 256 closed streams remembered, a response's HEADERS arriving after the proxy reset its
+    # stream (a cancelled call) and 256 others closed made h2 end the whole server connection:
+    # every other client's call on it failed.
+    from hyperframe.frame import HeadersFrame
+
+    from lightmesh.proxy.h2 import _CLOSED_STREAMS_KEPT, _config, _ServerFacing
+
+    proxy = _ServerFacing(config=_config(True))
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+    proxy.initiate_connection()
+    server.initiate_connection()
+    server.receive_data(proxy.data_to_send())
+    proxy.receive_data(server.data_to_send())
+    server.receive_data(proxy.data_to_send())
+    for _ in range(_CLOSED_STREAMS_KEPT + 50):
+        sid = proxy.get_next_available_stream_id()
+        proxy.send_headers(sid, _head(b"/x"), end_stream=True)
+        server.receive_data(proxy.data_to_send())
+        server.send_headers(sid, [(b":status", b"200")], end_stream=True)
+        proxy.receive_data(server.data_to_send())
+    assert 1 not in proxy.streams and 1 not in proxy._closed_streams  # forgotten
+    late = HeadersFrame(1)
+    late.data = server.encoder.encode([(b":status", b"200")])
+    late.flags.add("END_HEADERS")
+    late.flags.add("END_STREAM")
+    proxy.receive_data(late.serialize())  # before: StreamIDTooLowError, a connection error
+    assert b"\x03\x00\x00\x00\x00\x01" in proxy.data_to_send()  # RST_STREAM on stream 1
+    sid = proxy.get_next_available_stream_id()  # and the connection goes on
+    proxy.send_headers(sid, _head(b"/y"), end_stream=True)
+    assert any(isinstance(e, h2.events.RequestReceived) for e in server.receive_data(proxy.data_to_send()))
+
+
+@on_uvloop
+async def test_a_reset_stream_leaves_nothing_queued_that_keeps_the_connection_busy():
+    deny = simple_config(["h2c://127.0.0.1:1"], middlewares=[{"type": "deny", "name": "deny", "status_code": 403}],
+                         routers=[{"name": "r", "service": "svc", "middlewares": ["deny"]}])
+    async with ProxyUnderTest(deny) as p:
+        c = await H2Client.connect(p.port)
+        try:
+            c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+            c.writer.write(c.conn.data_to_send())
+            await asyncio.sleep(0.1)
+            sid = c.start("/", method="GET")
+            await c.until(lambda: c.results[sid]["headers"] is not None, 5)  # the 403's body waits for window
+            c.reset(sid)
+            # a drain closes idle connections at once: this one has nothing left to do
+            assert await _eventually(lambda: _downstream(p).is_idle(), 3), _downstream(p).side.queues
+        finally:
+            await c.close()

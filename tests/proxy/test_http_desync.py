@@ -132,6 +132,8 @@ async def test_a_host_the_server_would_read_as_another_name_is_refused(host, sta
             finally:
                 await c.close()
         assert (origin.everything() == b"") is (status == 400)
+        if status == 200 and host in (b"svc ", b"svc\t"):  # the forwarded headers read it without
+            assert b"X-Forwarded-Host: svc\r\n" in origin.everything(), origin.everything()
 
 
 @on_uvloop

@@ -248,13 +248,23 @@ class Balancer(Generic[T]):
         """Keep the passive-health state of servers also present in ``previous`` (config swap).
         A server is the same when its URL is (HTTP: each plane has its own Server objects) or it is
         equal (TCP/UDP: address tuples)."""
-        mine = {_identity(s): s for s in self.servers}
+        # a URL listed twice: its n-th old server's state goes to its n-th new one
+        mine: dict[object, list] = {}
+        for s in self.servers:
+            mine.setdefault(_identity(s), []).append(s)
+        seen: dict[object, int] = {}
+        match: dict[object, object] = {}  # old server → new one
+        for s in previous.servers:
+            key = _identity(s)
+            n = seen[key] = seen.get(key, -1) + 1
+            if n < len(mine.get(key, ())):
+                match[s] = mine[key][n]
         for own, theirs in ((self._ejected, previous._ejected), (self._failures, previous._failures),
                             (self._back_at, previous._back_at)):
             for server, value in theirs.items():
-                match = mine.get(_identity(server))
-                if match is not None:
-                    own[match] = value
+                new = match.get(server)
+                if new is not None:
+                    own[new] = value
 
     def __repr__(self) -> str:
         kind = "weighted" if self.weighted else "round_robin"

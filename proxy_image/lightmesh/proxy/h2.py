@@ -201,14 +201,28 @@ def _unchecked(*_args: Any) -> None:
     return None
 
 
+def _forgotten_is_reset(conn: h2.connection.H2Connection, stream_id: int) -> bool:
+    """h2 makes a frame on a closed stream it no longer remembers a connection error, unless the
+    stream was reset. A late frame is likely on a stream we reset (a cancelled call whose response
+    was on its way), and a connection error would end every other stream on the connection (a
+    server connection is shared by all clients): a stream we forgot counts as one we reset."""
+    if stream_id not in conn.streams and stream_id not in conn._closed_streams:
+        return True
+    return h2.connection.H2Connection._stream_is_closed_by_reset(conn, stream_id)
+
+
 class _ClientFacing(h2.connection.H2Connection):
     """h2's server side without its Content-Length bookkeeping, which raises a connection error for a
     request body that does not match (RFC 9113 §8.1.1 wants a stream error): H2Downstream checks it
     per stream, before forwarding any byte beyond it. (h2 is pinned; these are its 4.4 internals.)"""
 
     # h2 remembers 65,536 closed streams per connection (~10 MB for a busy gRPC connection); frames
-    # for one forgotten get RST_STREAM(STREAM_CLOSED), and DATA still counts for flow control
+    # for one forgotten get RST_STREAM(STREAM_CLOSED) (see _forgotten_is_reset), and DATA still
+    # counts for flow control
     MAX_CLOSED_STREAMS = _CLOSED_STREAMS_KEPT
+
+    def _stream_is_closed_by_reset(self, stream_id: int) -> bool:
+        return _forgotten_is_reset(self, stream_id)
 
     def _begin_new_stream(self, stream_id: int, allowed_ids: Any) -> Any:
         stream = super()._begin_new_stream(stream_id, allowed_ids)
@@ -230,6 +244,9 @@ class _ServerFacing(h2.connection.H2Connection):
     new stream on it and closes it after its last one."""
 
     MAX_CLOSED_STREAMS = _CLOSED_STREAMS_KEPT  # (see _ClientFacing)
+
+    def _stream_is_closed_by_reset(self, stream_id: int) -> bool:
+        return _forgotten_is_reset(self, stream_id)
 
     def _receive_goaway_frame(self, frame: Any) -> tuple[list, list]:
         event = h2.events.ConnectionTerminated()
@@ -580,6 +597,7 @@ class H2Downstream(asyncio.Protocol):
             elif isinstance(ev, h2.events.TrailersReceived):
                 self._trailers(ev.stream_id, ev.headers)
             elif isinstance(ev, h2.events.StreamReset):
+                self.side.drop(ev.stream_id)  # an answer still waiting for window: nobody wants it now
                 st = self.streams.pop(ev.stream_id, None)
                 if st is not None:
                     if not st.done and not st.responded and perf_counter() - st.start < _PREMATURE_SECONDS:

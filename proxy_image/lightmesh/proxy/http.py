@@ -1033,9 +1033,15 @@ class ClientProtocol(asyncio.Protocol):
             if hstr is None:
                 if not valid_host(host):
                     raise _Reject(400, "bad Host")  # routed on one name, read by the server as another
-                hstr = split_host(host)
-                if len(self.hosts) < 16:
-                    self.hosts[host] = hstr
+                if host[-1:] in (b" ", b"\t"):
+                    # (rare) trailing whitespace is not part of the value: X-Forwarded-Host and -Port
+                    # read it too; not cached, so this branch strips it every time
+                    host = host.rstrip(b" \t")
+                    hstr = split_host(host)
+                else:
+                    hstr = split_host(host)
+                    if len(self.hosts) < 16:
+                        self.hosts[host] = hstr
             ex.host = host
         # ---- routing and middlewares
         plane = self.holder.http
