@@ -173,3 +173,12 @@ def test_a_hand_edited_state_file_never_crashes_the_store_nor_hides_a_service(tm
     addresses = {s["metadata"]["name"]: s["spec"]["clusterIP"] for s in store.list()}
     assert addresses["lm-good"] == "127.1.0.9"
     assert all(ipaddress.ip_address(a) in ipaddress.ip_network("127.1.0.0/16") for a in addresses.values())
+    # two shadows with one address (their listeners would clash), or one the allocator never gives
+    twin = {**desired("lm-twin"), "spec": {**desired("lm-twin")["spec"], "clusterIP": "127.1.0.9"}}
+    edge = {**desired("lm-edge"), "spec": {**desired("lm-edge")["spec"], "clusterIP": "127.1.0.0"}}
+    state.write_text(json.dumps({"shadows": [good, twin, edge]}))
+    store = LocalShadowStore(state)
+    assert [s["metadata"]["name"] for s in store.list()] == ["lm-good"]
+    store.apply([desired("lm-good"), desired("lm-twin"), desired("lm-edge")])
+    addresses = [s["spec"]["clusterIP"] for s in store.list()]
+    assert len(set(addresses)) == 3 and "127.1.0.0" not in addresses

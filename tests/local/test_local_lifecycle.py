@@ -82,13 +82,19 @@ def test_hidden_files_and_an_endpoints_file_inside_the_path_are_not_read_as_mani
     (manifests / ".github" / "ci.yml").write_text("on: push\n")
     proc, children, _ = started(manifests)
     stop_all(proc, children)
-    refused = subprocess.run(lightmesh_cmd("local", str(manifests), "--endpoints", str(manifests / "mesh.json")),
-                             capture_output=True, text=True, env=lightmesh_env(), timeout=60)
-    assert refused.returncode == 2 and "inside" in refused.stderr and "write it elsewhere" in refused.stderr
+    outside = tmp_path.parent / f"{tmp_path.name}-ep.json"
+    (manifests / "link.json").symlink_to(outside)  # a link in PATH is read through, wherever it points
+    for endpoints, path in ((manifests / "mesh.json", manifests), (manifests / "link.json", manifests),
+                            (manifests / "app.yaml", manifests / "app.yaml")):  # PATH a file: itself
+        refused = subprocess.run(lightmesh_cmd("local", str(path), "--endpoints", str(endpoints)),
+                                 capture_output=True, text=True, env=lightmesh_env(), timeout=60)
+        assert refused.returncode == 2 and "write it elsewhere" in refused.stderr, (endpoints, refused.stderr)
+    assert (manifests / "app.yaml").read_text().startswith("apiVersion")  # not overwritten
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
-def test_the_demo_stops_on_sigterm_and_sighup_as_on_ctrl_c(manifests, tmp_path, sig):
+@pytest.mark.parametrize("sig, sigint_ignored", [(signal.SIGTERM, False), (signal.SIGHUP, False),
+                                                 (signal.SIGTERM, True)])  # a background job of a script
+def test_the_demo_stops_on_sigterm_and_sighup_as_on_ctrl_c(manifests, tmp_path, sig, sigint_ignored):
     # It died on the spot (exit 143) and left its work directory behind.
     import os
     import subprocess
@@ -102,7 +108,8 @@ def test_the_demo_stops_on_sigterm_and_sighup_as_on_ctrl_c(manifests, tmp_path, 
     work.mkdir()
     proc = subprocess.Popen(lightmesh_cmd("demo", "--dns-port", str(free_dns_port()), "--chart", str(tmp_path / "c.png")),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**lightmesh_env(), "TMPDIR": str(work)})
+                            env={**lightmesh_env(), "TMPDIR": str(work)},
+                            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None)
     children: set[int] = set()
     try:
         deadline = time.monotonic() + 60

@@ -287,6 +287,7 @@ class LocalShadowStore:
             log.error("ignoring state file %s: not a JSON object", self.state_file)
             return
         shadows = data.get("shadows")
+        used: set[str] = set()
         for shadow in shadows if isinstance(shadows, list) else []:
             # hand-edited files included: a shadow without a usable address is dropped (it gets a new
             # one), never kept with one nothing can serve (it would silently leave the mesh)
@@ -295,10 +296,12 @@ class LocalShadowStore:
                 log.warning("state file %s: ignoring a shadow Service that is not one", self.state_file)
                 continue
             address = self._ip_of(shadow)
-            if not self._ours(address):
-                log.warning("state file %s: shadow Service %s has clusterIP %r, not an address of %s: "
-                            "it gets a new one", self.state_file, name, address, self.network)
+            if not self._ours(address) or address in used:
+                why = "already another's" if address in used else f"not an address of {self.network}"
+                log.warning("state file %s: shadow Service %s has clusterIP %r, %s: it gets a new one",
+                            self.state_file, name, address, why)
                 continue
+            used.add(address)
             self.shadows[name] = shadow
         config = data.get("config")
         if isinstance(config, dict) and isinstance(config.get("version"), int):
@@ -310,10 +313,12 @@ class LocalShadowStore:
         return (shadow.get("spec") or {}).get("clusterIP")
 
     def _ours(self, address: Any) -> bool:
+        """An address _allocate could have given (in the network, not .0, .1 or .255)."""
         try:
-            return isinstance(address, str) and ipaddress.ip_address(address) in self.network
+            ip = ipaddress.ip_address(address) if isinstance(address, str) else None
         except ValueError:
             return False
+        return ip is not None and ip in self.network and ip.packed[-1] not in (0, 1, 255)
 
     def list(self) -> list[dict]:
         """The shadow Services, sorted by name. Shared, not copied: callers must not mutate them

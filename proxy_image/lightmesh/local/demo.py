@@ -244,6 +244,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _as_ctrl_c(signum, frame) -> None:
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # started with SIGINT ignored (a background job of a script): asyncio.run installed no
+        # handler of its own, and interrupt_main would do nothing
+        raise KeyboardInterrupt
     _thread.interrupt_main()  # what Ctrl-C does (asyncio.run cancels the tour, which cleans up)
 
 

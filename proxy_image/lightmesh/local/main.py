@@ -272,17 +272,27 @@ async def _watch(mesh: LocalMesh, stop: asyncio.Event, died: list) -> None:
             stop.set()
 
 
+def _inside(file: Path, path: Path) -> bool:
+    """``file`` is PATH (a manifest file) or under it (a directory), as written or with links
+    resolved (a link in PATH is read through, wherever it points)."""
+    roots = {Path(os.path.abspath(path)), path.resolve()}
+    for candidate in {Path(os.path.abspath(file)), file.resolve()}:
+        for root in roots:
+            if candidate == root or (root.is_dir() and candidate.is_relative_to(root)):
+                return True
+    return False
+
+
 def run(args: argparse.Namespace) -> int:
     if not Path(args.path).exists():
         print(f"lightmesh local: {args.path}: no such file or directory", file=sys.stderr)
         return EXIT_USAGE
+    if args.endpoints is not None and _inside(args.endpoints, Path(args.path)):
+        # it would overwrite a manifest, or be read as one the next time (a .json file in PATH)
+        print(f"lightmesh local: --endpoints {args.endpoints}: inside {args.path}, whose files are read as "
+              f"manifests; write it elsewhere", file=sys.stderr)
+        return EXIT_USAGE
     if args.endpoints is not None:
-        path = Path(args.path).resolve()
-        if path.is_dir() and args.endpoints.resolve().is_relative_to(path):
-            # it would be read as a manifest the next time (a .json file in PATH)
-            print(f"lightmesh local: --endpoints {args.endpoints}: inside {args.path}, whose files are read as "
-                  f"manifests; write it elsewhere", file=sys.stderr)
-            return EXIT_USAGE
         problem = writable_file_problem(args.endpoints, "--endpoints")
         if problem:
             print(f"lightmesh local: {problem}", file=sys.stderr)
