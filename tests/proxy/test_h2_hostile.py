@@ -227,16 +227,24 @@ async def test_a_clients_goaway_lets_its_streams_in_flight_finish_whole():
             await c.close()
 
 
+DENY_ALL = simple_config(["h2c://127.0.0.1:1"], middlewares=[{"type": "deny", "name": "deny", "status_code": 403}],
+                         routers=[{"name": "r", "service": "svc", "middlewares": ["deny"]}])
+
+
+async def _zero_window_client(port: int) -> H2Client:
+    """A client whose streams' receive windows start at 0: a response body waits for it to open them."""
+    c = await H2Client.connect(port)
+    c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    c.writer.write(c.conn.data_to_send())
+    await asyncio.sleep(0.1)  # the proxy has the setting before the first stream
+    return c
+
+
 @on_uvloop
 async def test_a_local_answer_waiting_for_the_clients_window_is_not_dropped_by_its_reset():
-    deny = simple_config(["h2c://127.0.0.1:1"], middlewares=[{"type": "deny", "name": "deny", "status_code": 403}],
-                         routers=[{"name": "r", "service": "svc", "middlewares": ["deny"]}])
-    async with ProxyUnderTest(deny) as p:
-        c = await H2Client.connect(p.port)
+    async with ProxyUnderTest(DENY_ALL) as p:
+        c = await _zero_window_client(p.port)
         try:
-            c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
-            c.writer.write(c.conn.data_to_send())
-            await asyncio.sleep(0.1)
             sid = c.start("/", body=b"part of a body", more=True)
             await c.until(lambda: c.results[sid]["headers"] is not None, 5)
             assert c.results[sid]["headers"][b":status"] == b"403"
@@ -369,14 +377,9 @@ def test_a_late_frame_on_a_stream_h2_forgot_is_a_stream_error_not_the_end_of_a_s
 
 @on_uvloop
 async def test_a_reset_stream_leaves_nothing_queued_that_keeps_the_connection_busy():
-    deny = simple_config(["h2c://127.0.0.1:1"], middlewares=[{"type": "deny", "name": "deny", "status_code": 403}],
-                         routers=[{"name": "r", "service": "svc", "middlewares": ["deny"]}])
-    async with ProxyUnderTest(deny) as p:
-        c = await H2Client.connect(p.port)
+    async with ProxyUnderTest(DENY_ALL) as p:
+        c = await _zero_window_client(p.port)
         try:
-            c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
-            c.writer.write(c.conn.data_to_send())
-            await asyncio.sleep(0.1)
             sid = c.start("/", method="GET")
             await c.until(lambda: c.results[sid]["headers"] is not None, 5)  # the 403's body waits for window
             c.reset(sid)
