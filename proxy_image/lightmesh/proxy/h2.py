@@ -473,9 +473,7 @@ class H2Downstream(asyncio.Protocol):
         self.side.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self.side.flush()
         self._arm_idle()
-        if self.options.header_timeout > 0:
-            self.head_timer = self.loop.call_later(self.options.header_timeout, self._head_timed_out)
-        self.data_received(data)
+        self.data_received(data)  # (which arms the header timer until the client's SETTINGS: _watch_head)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # pragma: no cover - set by start()
         self.side.transport = transport
