@@ -101,6 +101,33 @@ def test_bad_manifests_name_the_object_and_field(tmp_path):
         lc.load_manifests(tmp_path)
 
 
+def test_an_object_error_names_the_file_and_document_it_came_from(tmp_path):
+    good, bad = deployment("good"), deployment("bad")
+    bad["spec"]["replicas"] = -1
+    (tmp_path / "apps.yaml").write_text(yaml.safe_dump_all([good, bad]))
+    origins: list[str] = []
+    objects = lc.load_manifests(tmp_path, origins=origins)
+    assert origins == [f"{tmp_path}/apps.yaml document 1", f"{tmp_path}/apps.yaml document 2"]
+    with pytest.raises(lc.ManifestError) as failure:
+        lc.synthesize(objects, origins=origins)
+    assert str(failure.value) == (f"{tmp_path}/apps.yaml document 2: Deployment whoami/bad: spec.replicas must "
+                                  "be a whole number >= 0, got -1")
+
+
+def test_more_replicas_than_pod_addresses_is_an_error_naming_the_deployment():
+    huge = deployment("huge", replicas=10 ** 9)  # refused before any pod is made: no minutes of work
+    with pytest.raises(lc.ManifestError, match=r"^Deployment whoami/huge: spec.replicas 1000000000 is more pods "
+                                               r"than local mode's pod network 127.2.0.0/16 has addresses left"):
+        lc.synthesize([huge])
+    pods = [{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"p{i}", "namespace": "x"},
+             "spec": {"containers": []}} for i in range(3)]
+    with pytest.raises(lc.ManifestError, match=r"^Pod x/p2: no address left in local mode's pod network "
+                                               r"127.2.0.0/30"):
+        lc.synthesize(pods, pod_network="127.2.0.0/30")  # two usable addresses
+    with pytest.raises(lc.ManifestError, match=r"spec.replicas must be a whole number >= 0, got True"):
+        lc.synthesize([deployment("flag", replicas=True)])
+
+
 def test_syntax_errors_are_one_line_with_the_file_and_line(tmp_path):
     (tmp_path / "x.yaml").write_text("kind: Service\nkey: [unclosed\n")
     with pytest.raises(lc.ManifestError) as failure:

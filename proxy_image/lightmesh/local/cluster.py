@@ -129,14 +129,16 @@ class LocalCluster:
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
 
-def load_manifests(path: str | Path, notes: list[str] | None = None) -> list[dict]:
+def load_manifests(path: str | Path, notes: list[str] | None = None,
+                   origins: list[str] | None = None) -> list[dict]:
     """Every object in ``path`` (a YAML or JSON file, or a directory of them, recursively, sorted), the
     items of ``kind: ...List`` objects included. In a directory ``lightmesh render`` wrote, the
     subdirectories it wrote other clusters into are skipped: local mode runs the first cluster.
 
     An object declared twice (same API group, kind, namespace and name) is kept once, the later one —
     what ``kubectl apply`` of the same files leaves in a cluster — and a note naming both places is
-    appended to ``notes``.
+    appended to ``notes``. ``origins`` receives, for each object returned, where it was declared
+    (``FILE document N``), for ``synthesize`` to name in its errors.
     """
     from lightmesh.local.render import describe_identity, object_identity, rendered_cluster_dirs
 
@@ -175,9 +177,12 @@ def load_manifests(path: str | Path, notes: list[str] | None = None) -> list[dic
                          "the later one is used, as kubectl apply would leave it")
         latest[identity] = position
     kept = set(latest.values())
-    return [obj for position, (obj, _) in enumerate(found)
-            if position in kept or not isinstance((obj.get("metadata") or {}).get("name"), str)
-            or not (obj.get("metadata") or {}).get("name")]
+    result = [(obj, where) for position, (obj, where) in enumerate(found)
+              if position in kept or not isinstance((obj.get("metadata") or {}).get("name"), str)
+              or not (obj.get("metadata") or {}).get("name")]
+    if origins is not None:
+        origins.extend(where for _, where in result)
+    return [obj for obj, _ in result]
 
 
 def _documents(file: Path) -> list:
@@ -214,35 +219,21 @@ def _key(obj: dict) -> str:
 
 
 def synthesize(manifests: list[dict], pod_network: str = DEFAULT_POD_NETWORK,
-               high_ports: HighPorts = NO_REMAP) -> LocalCluster:
+               high_ports: HighPorts = NO_REMAP, origins: list[str] | None = None) -> LocalCluster:
+    """The cluster the manifests make: pods run from Deployments and Pods, EndpointSlices for
+    Services. ``origins`` (from ``load_manifests``), where each object was declared, prefixes an
+    error about that object."""
     cluster = LocalCluster(high_ports=high_ports)
-    addresses = (str(ip) for ip in ipaddress.ip_network(pod_network).hosts()
-                 if not str(ip).endswith((".0", ".255")))
+    addresses = _PodAddresses(pod_network)
     given_slices: list[dict] = []
     services: list[dict] = []
-    for obj in manifests:
-        obj = copy.deepcopy(obj)
-        kind = obj.get("kind")
-        meta = obj.setdefault("metadata", {})
-        if not meta.get("name"):
-            raise ManifestError(f"{_key(obj)}: metadata.name is required")
-        if kind not in ("Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"):
-            meta.setdefault("namespace", "default")
-        if kind == "Deployment":
-            cluster.objects.append(obj)
-            for pod in _deployment_pods(obj):
-                cluster.pods.append(_run_pod(pod, next(addresses), cluster))
-        elif kind == "Pod":
-            cluster.pods.append(_run_pod(obj, next(addresses), cluster))
-        elif kind == "EndpointSlice":
-            given_slices.append(obj)
-        elif kind == "Service":
-            _remap_service(obj, cluster)
-            services.append(obj)
-            cluster.objects.append(obj)
-        else:
-            _remap_references(obj, cluster)
-            cluster.objects.append(obj)
+    for index, obj in enumerate(manifests):
+        try:
+            _add_object(obj, cluster, addresses, given_slices, services)
+        except ManifestError as exc:
+            if origins is None or index >= len(origins) or not origins[index]:
+                raise
+            raise ManifestError(f"{origins[index]}: {exc}") from None
     for service in services:
         selector = (service.get("spec") or {}).get("selector")
         if selector:
@@ -256,15 +247,61 @@ def synthesize(manifests: list[dict], pod_network: str = DEFAULT_POD_NETWORK,
     return cluster
 
 
-def _deployment_pods(deployment: dict) -> list[dict]:
+class _PodAddresses:
+    """The pod network's addresses, handed out in order (none ending in .0 or .255)."""
+
+    def __init__(self, network: str) -> None:
+        self.network = network
+        hosts = list(ipaddress.ip_network(network).hosts())
+        self._free = iter([str(ip) for ip in hosts if not str(ip).endswith((".0", ".255"))])
+        self.left = sum(1 for ip in hosts if not str(ip).endswith((".0", ".255")))
+
+    def take(self, owner: str) -> str:
+        address = next(self._free, None)
+        if address is None:
+            raise ManifestError(f"{owner}: no address left in local mode's pod network {self.network}")
+        self.left -= 1
+        return address
+
+
+def _add_object(obj: dict, cluster: LocalCluster, addresses: _PodAddresses, given_slices: list[dict],
+                services: list[dict]) -> None:
+    obj = copy.deepcopy(obj)
+    kind = obj.get("kind")
+    meta = obj.setdefault("metadata", {})
+    if not meta.get("name"):
+        raise ManifestError(f"{_key(obj)}: metadata.name is required")
+    if kind not in ("Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"):
+        meta.setdefault("namespace", "default")
+    if kind == "Deployment":
+        cluster.objects.append(obj)
+        for pod in _deployment_pods(obj, addresses.left, addresses.network):
+            cluster.pods.append(_run_pod(pod, addresses.take(_key(obj)), cluster))
+    elif kind == "Pod":
+        cluster.pods.append(_run_pod(obj, addresses.take(_key(obj)), cluster))
+    elif kind == "EndpointSlice":
+        given_slices.append(obj)
+    elif kind == "Service":
+        _remap_service(obj, cluster)
+        services.append(obj)
+        cluster.objects.append(obj)
+    else:
+        _remap_references(obj, cluster)
+        cluster.objects.append(obj)
+
+
+def _deployment_pods(deployment: dict, room: int = 1 << 30, network: str = DEFAULT_POD_NETWORK) -> list[dict]:
     meta = deployment["metadata"]
     spec = deployment.get("spec") or {}
     template = spec.get("template")
     if not isinstance(template, dict):
         raise ManifestError(f"{_key(deployment)}: spec.template is required")
     replicas = spec.get("replicas", 1)
-    if not isinstance(replicas, int) or replicas < 0:
+    if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
         raise ManifestError(f"{_key(deployment)}: spec.replicas must be a whole number >= 0, got {replicas!r}")
+    if replicas > room:  # checked before any pod is made: a typo such as 10000000 fails at once
+        raise ManifestError(f"{_key(deployment)}: spec.replicas {replicas} is more pods than local mode's pod "
+                            f"network {network} has addresses left ({room})")
     template_hash = _hash(yaml.safe_dump(template, sort_keys=True), 10)
     pods = []
     for index in range(replicas):

@@ -335,6 +335,7 @@ class LocalMesh:
         self.log_dir = self.work_dir / "logs"
         self.manifests: list[dict] = []
         self.manifest_notes: list[str] = []  # e.g. an object declared twice (the later one is used)
+        self.manifest_origins: list[str] = []  # where each of self.manifests was declared ("" if applied)
         self.cluster = local_cluster.LocalCluster()
         self.standins: dict[str, list[StandIn]] = {}
         self.controller: subprocess.Popen | None = None
@@ -355,7 +356,8 @@ class LocalMesh:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         source = await render_if_program(self.source, self.work_dir / "rendered", self.acl_requested)
         self.manifest_notes = []
-        self.manifests = local_cluster.load_manifests(source, self.manifest_notes)
+        self.manifest_origins = []
+        self.manifests = local_cluster.load_manifests(source, self.manifest_notes, self.manifest_origins)
         self.declared = declared_controller(self.manifests)
         if self.declared is not None:  # the mesh as the program's MeshInstall sets it up
             self.mesh_namespace, self.domains = self.declared.namespace, self.declared.domains
@@ -504,7 +506,8 @@ class LocalMesh:
     # ------------------------------------------------------------------ state changes
 
     def _write_state(self) -> None:
-        self.cluster = local_cluster.synthesize(self.manifests, high_ports=self.high_ports)
+        self.cluster = local_cluster.synthesize(self.manifests, high_ports=self.high_ports,
+                                                origins=self.manifest_origins)
         tmp = self.state_dir / ".cluster.yaml.tmp"
         tmp.write_text(yaml.safe_dump_all(self.cluster.objects, sort_keys=False))
         os.replace(tmp, self.state_dir / "cluster.yaml")  # atomic: the controller never reads half a file
@@ -531,19 +534,23 @@ class LocalMesh:
             return o.get("kind"), meta.get("namespace", "default"), meta.get("name")
 
         replaced = {key(o) for o in objects}
-        manifests = [m for m in self.manifests if key(m) not in replaced] + list(objects)
+        kept = [(m, origin) for m, origin in zip(self.manifests, self.manifest_origins) if key(m) not in replaced]
+        manifests = [m for m, _ in kept] + list(objects)
         if self.high_ports is not local_cluster.NO_REMAP and not local_cluster.high_ports_fit(self.high_ports,
                                                                                                objects):
             # the offset was chosen for the manifests at start; moving would change every address
             raise LocalModeError(f"these objects have ports that collide once moved up by {self.high_ports.offset} "
                                  "(high ports, chosen at start): restart local mode with them in PATH")
         self.manifests = manifests
+        self.manifest_origins = [origin for _, origin in kept] + [""] * len(objects)
         await self._changed(timeout)
 
     async def delete(self, kind: str, namespace: str, name: str, timeout: float = 30.0) -> None:
-        self.manifests = [m for m in self.manifests if not (
+        kept = [(m, origin) for m, origin in zip(self.manifests, self.manifest_origins) if not (
             m.get("kind") == kind and (m.get("metadata") or {}).get("namespace", "default") == namespace
             and (m.get("metadata") or {}).get("name") == name)]
+        self.manifests = [m for m, _ in kept]
+        self.manifest_origins = [origin for _, origin in kept]
         await self._changed(timeout)
 
     async def _changed(self, timeout: float) -> None:
