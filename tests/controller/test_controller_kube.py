@@ -80,7 +80,12 @@ async def running(kube, *, events=True, identity="test", backoff=None):
         yield controller
     finally:
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        done, _ = await asyncio.wait({task}, timeout=10)
+        if not done:  # a task that swallowed its cancel: fail now, with the stacks, not at the 90 s bound
+            stuck = [t for t in asyncio.all_tasks() if t.cancelling() and not t.done()]
+            for t in stuck:
+                t.print_stack()
+            raise AssertionError(f"the controller did not stop within 10 s of its cancel: {stuck}")
         await api.close()
 
 
@@ -484,6 +489,41 @@ def test_a_replica_that_loses_the_lease_stops_reporting_its_failed_shadow_writes
                 await until(lambda: not _shadow_errors(controller), "the error left to the leader")
 
     run(scenario())
+
+
+def test_a_cancel_that_comes_right_after_a_round_stops_the_controller():
+    # Every round sets the write loop's Event. With a retry or an Event refresh pending, the loop
+    # waited with asyncio.wait_for, which on Python 3.11 drops a cancel arriving just after the
+    # Event was set: the TaskGroup cancels its children once, so Controller.run() (and a real
+    # controller on SIGTERM) never returned. Here the two come in the same loop iteration.
+    async def scenario():
+        async with cluster() as kube:
+            kube.put_object(service("broken", annotations={"lightmesh.io/retry-attempts": "many"}))
+            api = KubeAPI.from_kubeconfig(server=str(kube.url))
+            metrics = ControllerMetrics()
+            settings = Settings(mesh_namespace=MESH)
+            source = KubeSource(api, ObjectFilter.create(MESH), metrics=metrics)
+            controller = Controller(settings, source, store=ConfigStore(), metrics=metrics,
+                                    dns=MeshDNS(DNSTable(settings.domains)),
+                                    kube_writer=KubeShadowWriter(api, MESH, metrics),
+                                    events=EventRecorder(api, "test", uids=source.uid, api_versions=source.api_versions))
+            task = asyncio.create_task(controller.run())
+            try:
+                await until(lambda: kube.list_objects("v1", "events", NS), "an Event (its refresh is then due)")
+                await asyncio.sleep(0.3)  # the write loop waits for the next round or the refresh
+                controller._write_wanted.set()  # a round ends
+                task.cancel()  # the shutdown, in the same iteration
+                done, _ = await asyncio.wait({task}, timeout=5)
+                assert done, "the controller did not stop after its cancel"
+            finally:
+                for t in asyncio.all_tasks():
+                    if "_write_loop" in repr(t):
+                        t.cancel()  # (unstick a failure so the test ends)
+                await asyncio.wait({task}, timeout=3)
+                await api.close()
+
+    for _ in range(3):
+        run(scenario())
 
 
 def _slice(name, service_name, address):

@@ -111,8 +111,9 @@ class ConfigStore:
             if remaining <= 0:
                 return None
             try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(remaining):  # (not wait_for, which may drop a cancel: see reconcile)
+                    await self._changed.wait()
+            except TimeoutError:
                 return None if self.config is None or etag_matches(if_none_match, self.config.etag()) \
                     else self.config
         return None

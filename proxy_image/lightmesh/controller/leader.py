@@ -154,8 +154,9 @@ class LeaderElector:
         try:
             if limit <= 0:
                 raise asyncio.TimeoutError
-            held = await asyncio.wait_for(self.try_acquire_or_renew(), limit)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(limit):  # (not wait_for, which may drop a cancel: see reconcile)
+                held = await self.try_acquire_or_renew()
+        except TimeoutError:
             log.warning("leader election round did not finish in time (renew deadline %.1fs)%s",
                         self.renew_deadline_seconds, ": stepping down" if self.is_leader else "")
             held = False

@@ -27,6 +27,9 @@ from lightmesh.cliargs import http_url, namespace_list, namespace_name, port_num
 from lightmesh.netutil import raise_fd_limit
 
 log = logging.getLogger("lightmesh.controller")
+# On SIGTERM the controller's tasks get this long to end after their cancel; the pod's grace period
+# (30 s by default) must still leave time for the DNS and API servers to close and the Lease to go.
+STOP_TIMEOUT_SECONDS = 10.0
 
 
 def _csv(text: str) -> list[str]:
@@ -190,7 +193,12 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
             code = 1
         for task in (runner, stopper):
             task.cancel()
-        await asyncio.gather(runner, stopper, return_exceptions=True)
+        # bounded: a task that swallowed its cancel must not keep the pod from exiting (the DNS and
+        # API servers, the Lease release and the exporters are stopped below either way)
+        _, stuck = await asyncio.wait({runner, stopper}, timeout=STOP_TIMEOUT_SECONDS)
+        if stuck:
+            log.error("the controller did not stop within %gs of its cancel; exiting anyway", STOP_TIMEOUT_SECONDS)
+            code = code or 1
         log.info("controller stopped")
         return code
     finally:

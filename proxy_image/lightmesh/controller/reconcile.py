@@ -323,9 +323,13 @@ class Controller:
             if retry_in is None:
                 await self._write_wanted.wait()
             else:
-                # a round (new desired shadows) must not wait for a retry that is minutes away
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._write_wanted.wait(), max(retry_in, MIN_WRITE_PAUSE_SECONDS))
+                # a round (new desired shadows) must not wait for a retry that is minutes away.
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancel that arrives
+                # just after the Event was set (a round at shutdown), and the TaskGroup, which
+                # cancels its children once, would then wait for this loop forever
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(retry_in, MIN_WRITE_PAUSE_SECONDS)):
+                        await self._write_wanted.wait()
             self._write_wanted.clear()
             retry_in = None
             if not self._leader() or self._desired_shadows is None:

@@ -677,8 +677,9 @@ class KubeSource:
                 informer = self._informer(resource)
                 task = tasks.create_task(informer.run())
                 try:
-                    await asyncio.wait_for(informer.synced.wait(), SYNC_TIMEOUT_SECONDS)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(SYNC_TIMEOUT_SECONDS):  # (not wait_for: see reconcile._write_loop)
+                        await informer.synced.wait()
+                except TimeoutError:
                     task.cancel()
                     log.warning("%s: the new version did not sync; keeping the old watch", fieldname)
                     continue
