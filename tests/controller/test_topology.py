@@ -668,6 +668,55 @@ def test_a_route_the_proxy_could_not_compile_is_reported_and_the_rest_published(
     assert any(r.service.startswith("app/other") for r in result.config.http.routers)
 
 
+def test_a_route_timeout_above_a_day_is_reported_and_capped_not_a_failed_build():
+    # timeouts.request: "25h" passed the topology and then failed the proxy config's bound (24h):
+    # no Service anywhere got updates any more (the controller kept its last config).
+    def route(name, timeout):
+        return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                "metadata": {"name": name, "namespace": "app"},
+                "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
+                         "rules": [{"backendRefs": [{"name": "web", "port": 80}], "timeouts": {"request": timeout}}]}}
+    for timeout in ("25h", "100000h", "9" * 400 + "h"):
+        state = ClusterState.from_objects([
+            svc("web", ports=[{"port": 80}]), eps("web", [{"addresses": ["10.0.0.2"]}], [{"port": 80}]),
+            svc("other", ports=[{"port": 80}]), eps("other", [{"addresses": ["10.0.0.3"]}], [{"port": 80}]),
+            route("slow", timeout)])
+        result = build(state, Settings(), 1)  # no ConfigError: a config is published
+        [error] = [e for e in result.errors if e.kind == "HTTPRoute"]
+        assert (error.name, error.field) == ("slow", "spec.rules[0].timeouts.request")
+        assert "more than 24h" in error.message and "24h is used" in error.message
+        [limit] = [m for m in result.config.http.middlewares if m.type == "request_timeout"]
+        assert limit.seconds == 86400
+        assert any(r.service.startswith("app/other") for r in result.config.http.routers)
+
+
+def test_file_only_input_that_would_fail_the_whole_config_is_reported_on_its_object():
+    # From --manifests files only (the API server refuses both): a lone surrogate in an HTTPRoute's
+    # Exact path or header value, and a 250-character Service name, each failed the whole build.
+    def route(name, match):
+        return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                "metadata": {"name": name, "namespace": "app"},
+                "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
+                         "rules": [{"matches": [match], "backendRefs": [{"name": "web", "port": 80}]}]}}
+    long_name = "a" * 250
+    state = ClusterState.from_objects([
+        svc("web", ports=[{"port": 80}]), eps("web", [{"addresses": ["10.0.0.2"]}], [{"port": 80}]),
+        svc(long_name, ports=[{"port": 80}]), eps(long_name, [{"addresses": ["10.0.0.3"]}], [{"port": 80}]),
+        route("path", {"path": {"type": "Exact", "value": "/x\ud800"}}),
+        route("prefix", {"path": {"type": "PathPrefix", "value": "/\udfff"}}),
+        route("header", {"headers": [{"name": "x-a", "value": "\ud800"}]}),
+        route("fine", {"path": {"type": "Exact", "value": "/ok"}}),
+    ])
+    result = build(state, Settings(), 1)  # no ConfigError
+    errors = {(e.kind, e.name, e.field): e.message for e in result.errors}
+    assert "not valid Unicode text" in errors[("HTTPRoute", "path", "spec.rules[0].matches[0]")]
+    assert "not valid Unicode text" in errors[("HTTPRoute", "prefix", "spec.rules[0].matches[0]")]
+    assert "not valid Unicode text" in errors[("HTTPRoute", "header", "spec.rules[0].matches[0]")]
+    assert "at most 63 characters" in errors[("Service", long_name, "metadata.name")]
+    assert f"app/{long_name}" not in result.topology.services and "app/web" in result.topology.services
+    assert any("/route/app/fine/" in r.name for r in result.config.http.routers)
+
+
 def test_http_only_annotations_on_a_tcp_or_udp_service_are_reported_and_the_service_stays_meshed():
     # Traefik Mesh ignored retry, rate limit etc. on a TCP Service without a word: the user believed
     # the database had a circuit breaker. The Service is still meshed (Services written for Traefik

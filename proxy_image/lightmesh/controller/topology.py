@@ -50,8 +50,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Mapping
 
-from lightmesh.annotations import (HTTP_ONLY_KEYS, TRAFFIC_TYPE, MeshSettings, TrafficType, lookup,
-                                   parse_annotations_lenient, parse_duration)
+from lightmesh.annotations import (HTTP_ONLY_KEYS, MAX_TIMEOUT_SECONDS, TRAFFIC_TYPE, MeshSettings, TrafficType,
+                                   lookup, parse_annotations_lenient, parse_duration)
 from lightmesh.config import header_value_ok
 from lightmesh.controller.model import ALWAYS_IGNORED_SERVICES, ClusterState, ObjectError, Settings
 from lightmesh.userregex import compile_user_regex
@@ -1070,6 +1070,10 @@ def build_topology(state: ClusterState, settings: Settings, cache: TopologyCache
         spec = _d(obj.get("spec"))
         if spec.get("type") == "ExternalName":
             continue  # nothing to route to (upstream ignores them too)
+        if len(name) > 63:  # only from files: the API server refuses it (a DNS label); config names would overflow
+            errors.add("Service", ns, name, "metadata.name", "a Service name has at most 63 characters (a DNS "
+                                                             "label, as the API server requires); not meshed")
+            continue
         its_slices = slices.get((ns, name), ())
         hit = previous.get((ns, name))
         if (hit is not None and hit[0] is obj and _same_objects(hit[1], its_slices)
@@ -1159,6 +1163,8 @@ def _gw_path(raw: Any) -> tuple[str | None, tuple[int, int, int]] | str:
     value = raw.get("value", "/")
     if not isinstance(value, str) or not value.startswith("/"):
         return f"path value {value!r} must start with /"
+    if not _is_text(value):
+        return f"path value {value!r} is not valid Unicode text"
     if kind == "Exact":
         return re.escape(value) + "$", (1, len(value), 1)
     if kind == "PathPrefix":
@@ -1173,6 +1179,16 @@ def _gw_path(raw: Any) -> tuple[str | None, tuple[int, int, int]] | str:
             return f"path regular expression {value!r} is invalid: {exc}"
         return f"(?:{value})$", (0, len(value), 0)  # (implementation-specific: after a prefix as long)
     return f"path type {kind!r} is not Exact, PathPrefix or RegularExpression"
+
+
+def _is_text(value: str) -> bool:
+    """False for a lone surrogate, which a JSON manifest may hold (``"\\ud800"``) and no regex engine
+    or wire can carry: it would fail the whole config, not just this route."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _gw_match(raw: Any) -> tuple[HTTPMatch, tuple[int, int, int, int, int]] | str:
@@ -1194,6 +1210,8 @@ def _gw_match(raw: Any) -> tuple[HTTPMatch, tuple[int, int, int, int, int]] | st
         name, value, kind = h.get("name"), h.get("value"), h.get("type", "Exact")
         if not isinstance(name, str) or not _TOKEN.fullmatch(name) or not isinstance(value, str):
             return f"headers[{i}] must have a header name and a string value"
+        if not _is_text(value):
+            return f"headers[{i}] value {value!r} is not valid Unicode text"
         if kind == "Exact":
             regex = "^" + re.escape(value) + "$"
         elif kind == "RegularExpression":
@@ -1361,6 +1379,11 @@ def _mesh_routes(state: ClusterState, settings: Settings, services: dict[str, Se
                     timeout = parse_duration(_s(raw_timeouts.get("request")))
                 except ValueError as exc:
                     err(f"{where}.timeouts.request", f"{raw_timeouts.get('request')!r}: {exc}; the timeout is ignored")
+                else:
+                    if timeout > MAX_TIMEOUT_SECONDS:  # the proxy's bound: beyond it the whole config would fail
+                        err(f"{where}.timeouts.request", f"{raw_timeouts.get('request')!r} is more than 24h, the "
+                                                         "longest supported; 24h is used")
+                        timeout = MAX_TIMEOUT_SECONDS
                 timeout = timeout or None  # "0s": no timeout
             backends: list[RouteBackend] = []
             for j, ref in enumerate(_l(rule.get("backendRefs"))):
