@@ -25,8 +25,15 @@ Match
     ``path_regex``: matched against the path (no query string): anchored at the start, not at
     the end (add ``$`` for that), as SMI's ``pathRegex``; a list: the path must match each.
     ``methods``: empty = any; ``*`` = any. ``headers``: header name → regex searched in the header
-    value; all must match. Regexes are RE2 (Go's syntax; linear time: :mod:`lightmesh.userregex`).
+    value (without the whitespace around it), or a list of regexes the value must each match; all
+    headers must match. Regexes are RE2 (Go's syntax; linear time: :mod:`lightmesh.userregex`).
     One router holds one match; alternatives (OR) are separate routers sharing a service.
+Fall-through
+    A router with ``fall_through`` whose ``allow_list`` middlewares refuse the request's source does
+    not answer: the next router (in the order above) that matches the request decides instead, and
+    so on; the last one tried answers if none admits the source. ACL mode sets it so that
+    TrafficTargets are additive (a source one refuses may be allowed by another whose match also
+    covers the request) and ends each chain with a router that answers 403 for the matches of a rule.
 Middlewares
     ``allow_list``: source CIDRs of the TCP peer (never a header). Empty list = deny everything
     (403). ``deny``: always answers ``status_code``. ``rate_limit``: token bucket per source IP,
@@ -56,7 +63,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from lightmesh.userregex import check_user_regex
 
-SCHEMA_VERSION = 1
+# 2: routers' ``fall_through`` and lists of header regexes. A proxy reads every schema listed in
+# READABLE_SCHEMAS (a config of schema 1 is one of schema 2 without either).
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 
 # Names end up in metric labels, log lines and URLs: keep them to a safe alphabet.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@:/-]{0,252}$"
@@ -125,7 +135,7 @@ class Match(_Model):
     # one regex, or several the path must all match (ACL mode: a route's path AND a TrafficTarget's)
     path_regex: str | list[str] | None = None
     methods: list[str] = Field(default_factory=list)
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, str | list[str]] = Field(default_factory=dict)
 
     @field_validator("hosts")
     @classmethod
@@ -159,12 +169,21 @@ class Match(_Model):
 
     @field_validator("headers")
     @classmethod
-    def _headers(cls, headers: dict[str, str]) -> dict[str, str]:
+    def _headers(cls, headers: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
+        out: dict[str, str | list[str]] = {}
         for name, regex in headers.items():
             if not _HTTP_TOKEN.match(name):
                 raise ValueError(f"invalid header name {name!r}")
-            _check_regex(regex, f"regex for header {name!r}")
-        return {name.lower(): regex for name, regex in headers.items()}
+            if isinstance(regex, list):
+                if not regex:
+                    raise ValueError(f"the list of regexes for header {name!r} must not be empty")
+                for one in regex:
+                    _check_regex(one, f"regex for header {name!r}")
+                regex = regex[0] if len(regex) == 1 else regex
+            else:
+                _check_regex(regex, f"regex for header {name!r}")
+            out[name.lower()] = regex
+        return out
 
 
 class Router(_Model):
@@ -174,6 +193,7 @@ class Router(_Model):
     priority: int = Field(default=0, strict=True)
     service: Name
     middlewares: list[Name] = Field(default_factory=list)
+    fall_through: bool = Field(default=False, strict=True)  # see the module docstring
 
 
 class LoadBalancer(str, Enum):
@@ -427,7 +447,7 @@ def _duplicates(names: list[str]) -> list[str]:
 class ProxyConfig(_Model):
     """The whole configuration one proxy enforces. Build it with :func:`make_config`."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1, 2] = SCHEMA_VERSION
     version: int = Field(ge=0, strict=True)
     hash: str = ""
     http: HTTPConfig = Field(default_factory=HTTPConfig)
@@ -610,6 +630,7 @@ class ConfigAssembler:
         canonical = (f'{{"http":{{"entry_points":{joined("entry_points")},"middlewares":{joined("middlewares")},'
                      f'"routers":{joined("routers")},"services":{joined("services")}}},'
                      f'"schema_version":{SCHEMA_VERSION},"tcp":{joined("tcp")},"udp":{joined("udp")}}}')
+        config = config.model_copy(update={"schema_version": SCHEMA_VERSION})
         return config.model_copy(update={"hash": hashlib.sha256(canonical.encode()).hexdigest()})
 
 

@@ -132,7 +132,7 @@ async def test_long_poll_headers_and_updates():
         first = stub.requests[0]
         assert first[wire.HEADER_PROXY_NAME] == "node-a-proxy"
         assert first[wire.HEADER_APPLIED_VERSION] == "0"
-        assert first[wire.HEADER_CONFIG_SCHEMA] == "1"  # what it can read (see wire)
+        assert first[wire.HEADER_CONFIG_SCHEMA] == "1,2"  # what it can read (see wire)
         assert "If-None-Match" not in first
         later = [r for r in stub.requests if r.get("If-None-Match") == config_v(1).etag()]
         assert later and later[-1][wire.HEADER_APPLIED_VERSION] == "1"

@@ -20,23 +20,29 @@ weighted service keeps that name, its own pods (reached by requests its matches 
 ``<ns>/<svc>/allow@<tt-ns>/<tt>``; a TrafficTarget whose destination pods are not all the port's
 endpoints gets ``<ns>/<svc>:<port>@<tt-ns>/<tt>``.
 
-Priorities (highest wins): Gateway API HTTPRoute rule 5000 + specificity, split with matches
-4000 + specificity, split without matches 3000, TrafficTarget 2000 + specificity, plain Service
+Priorities (highest wins): Gateway API HTTPRoute rule 5000 + 100 × its rank (ACL mode: the rank's
+deny router at that priority, its allowed combinations above it), split with matches 4000 (ACL
+mode: the deny router of each split match; combinations at 4001 + specificity), split without
+matches 3000 (+ 1 + specificity in ACL mode), TrafficTarget 2000 + specificity, plain Service
 1000, ACL deny 1.
 
 Middleware order: allow-list (or deny) first, so refused clients cost nothing and never count
 against a rate limit, then rate limit, circuit breaker, request timeout, retry.
 
 ACL mode: every HTTP Service port answers 403 unless a more specific router lets the request in:
-one router per TrafficTarget match (alternatives are separate routers) with the allow-list of the
-sources' pod IPs, forwarding to the destination pods only. TCP/UDP routes accept only the sources of
+one router per TrafficTarget match (alternatives are separate routers) with the allow-list of that
+TrafficTarget's sources' pod IPs, forwarding to its destination pods only. These routers, and the
+split and HTTPRoute ones below, ``fall_through``: a source one refuses is tried against the next
+router that matches the request (TrafficTargets are additive), down to a router that answers 403. TCP/UDP routes accept only the sources of
 TrafficTargets with a TCPRoute/UDPRoute rule covering the port (none → ``allowed_sources = []``).
 A TrafficSplit is resolved in the same hop, straight to backend pods, so no second proxy checks
 the backends' policy: the split itself must never let through more than every backend's
 TrafficTargets allow. HTTP: each match that appears (same content) in the TrafficTargets of every
-weighted backend becomes a split router (ANDed with the split's own matches: two path regexes as
-``(?=b)a``) whose allow-list is the sources allowed by all backends (Traefik Mesh's intersection rule, here per match); requests no such
-router selects are refused — or, for a split with its own matches, left to the root's own routers.
+weighted backend becomes a split router (ANDed with the split's own matches: two regexes for the
+path or one header become a list the proxy requires each of) whose allow-list is the sources
+allowed by all backends (Traefik Mesh's intersection rule, here per match); requests no such router
+admits are refused (a split with its own matches: those its matches select; the others are left
+to the root's own routers).
 A split without matches takes all of the root's traffic, so the root's own TrafficTarget routers
 are not emitted. TCP/UDP: sources allowed on every weighted backend's port.
 """
@@ -95,9 +101,9 @@ def _match_key(m: HTTPMatch) -> tuple:
 
 
 def _combine(a: HTTPMatch | None, b: HTTPMatch) -> HTTPMatch | None:
-    """``a AND b`` as one match, or None when one match cannot say it (disjoint methods, two
-    regexes for one header): such a combination is left out, i.e. refused. Two path regexes become
-    a list the proxy requires both of (RE2, which runs users' regexes, has no lookahead to say it in one)."""
+    """``a AND b`` as one match, or None when no request can match both (disjoint methods). Two
+    path regexes, or two regexes for one header, become a list the proxy requires each of (RE2,
+    which runs users' regexes, has no lookahead to say it in one)."""
     if a is None:
         return b
     path = a.path_regex if a.path_regex is not None else b.path_regex
@@ -109,11 +115,15 @@ def _combine(a: HTTPMatch | None, b: HTTPMatch) -> HTTPMatch | None:
         methods = tuple(sorted(set(a.methods) & set(b.methods)))
         if not methods:
             return None
-    headers = dict(a.headers)
-    for name, regex in b.headers:
-        if headers.setdefault(name, regex) != regex:
-            return None
-    return HTTPMatch(f"{a.name}&{b.name}", path, methods, tuple(sorted(headers.items())))
+    headers: dict[str, tuple[str, ...]] = {}
+    for name, regex in (*a.headers, *b.headers):
+        have = headers.setdefault(name, ())
+        for one in regex if isinstance(regex, tuple) else (regex,):
+            if one not in have:
+                have += (one,)
+        headers[name] = have
+    return HTTPMatch(f"{a.name}&{b.name}", path, methods,
+                     tuple(sorted((n, r[0] if len(r) == 1 else r) for n, r in headers.items())))
 
 
 def _match(hosts: list[str], m: HTTPMatch | None) -> dict:
@@ -124,7 +134,7 @@ def _match(hosts: list[str], m: HTTPMatch | None) -> dict:
         if m.methods:
             out["methods"] = list(m.methods)
         if m.headers:
-            out["headers"] = dict(m.headers)
+            out["headers"] = {n: list(r) if isinstance(r, tuple) else r for n, r in m.headers}
     return out
 
 
@@ -284,6 +294,10 @@ class _Builder:
         self.middlewares.setdefault(mw["name"], mw)
         return mw["name"]
 
+    def deny(self) -> str:
+        """ACL mode's refusal (403)."""
+        return self.middleware({"type": "deny", "name": DENY, "status_code": 403})
+
     def service_middlewares(self, svc: Service) -> list[str]:
         m, base, out = svc.mesh, svc.key, []
         if m.rate_limit is not None:
@@ -411,9 +425,13 @@ class _Builder:
         base = f"{svc.key}:{p.port}"
         own = base if split is None else f"{base}/pods"
 
-        def router(name: str, priority: int, service: str, middlewares: list[str], m: HTTPMatch | None) -> None:
-            self.routers.append({"name": name, "entry_points": [ep_name], "match": _match(hosts, m),
-                                 "priority": priority, "service": service, "middlewares": middlewares})
+        def router(name: str, priority: int, service: str, middlewares: list[str], m: HTTPMatch | None,
+                   fall_through: bool = False) -> None:
+            made = {"name": _bounded(name), "entry_points": [ep_name], "match": _match(hosts, m),
+                    "priority": priority, "service": service, "middlewares": middlewares}
+            if fall_through:
+                made["fall_through"] = True
+            self.routers.append(made)
 
         pods_needed = split is None or split.http_matches is not None or self.acl
         if pods_needed:
@@ -436,8 +454,14 @@ class _Builder:
                 # Matches common to all backends (same content) become split routers, ANDed with
                 # the split's own matches; anything else is refused (never more than a backend allows).
                 # Only backend pods whose ServiceAccount those TrafficTargets name as destination
-                # take the request (a backend's other pods are not authorised).
+                # take the request (a backend's other pods are not authorised). A source one split
+                # router refuses falls through to the next that matches; a request the split's own
+                # matches select that none admits is refused at their priority (it is split traffic:
+                # the root's own pods are not the place for it).
                 n = 0
+                base_priority = PRIORITY_SPLIT if split.http_matches is None else PRIORITY_SPLIT_MATCH
+                for i, own_match in enumerate(split.http_matches or ()):
+                    router(f"{base}/split/{i}/deny", PRIORITY_SPLIT_MATCH, own, [self.deny()], own_match)
                 for j, (m, ips, accounts) in enumerate(self.split_matches(split, p.port)):
                     allow = self.middleware({"type": "allow_list", "name": f"{base}/split-allow/{j}",
                                              "source_ranges": [_cidr(ip) for ip in sorted(ips)]})
@@ -451,67 +475,70 @@ class _Builder:
                         both = _combine(own_match, m)
                         if both is None:
                             continue
-                        base_priority = PRIORITY_SPLIT if split.http_matches is None else PRIORITY_SPLIT_MATCH
-                        router(f"{base}/split/{n}", base_priority + _specificity(both), target, [allow, *mws], both)
+                        router(f"{base}/split/{n}", base_priority + 1 + _specificity(both), target, [allow, *mws],
+                               both, fall_through=True)
                         n += 1
         if not self.acl:
             if split is None or split.http_matches is not None:
                 router(base if split is None else f"{base}/pods", PRIORITY_SERVICE, own, mws, None)
             return
-        router(f"{base}/deny", PRIORITY_DENY, own, [self.middleware({"type": "deny", "name": DENY,
-                                                                      "status_code": 403})], None)
-        # TrafficTargets with the same match share one router (sources and destination pods merged):
-        # routers are chosen by the request, not its source, so two routers with one match would
-        # 403 the sources of the second.
-        groups: dict[tuple, tuple[HTTPMatch, list]] = {}
+        router(f"{base}/deny", PRIORITY_DENY, own, [self.deny()], None)
+        if split is not None and split.http_matches is None:
+            return  # every request to the root is split traffic: the split routers decide
+        # One router per TrafficTarget match, with that TrafficTarget's sources and destination pods
+        # only (another TrafficTarget's sources must not reach its destinations). They fall through:
+        # a source one refuses is tried against the next that matches the request, so TrafficTargets
+        # are additive (SMI) where their matches overlap; the deny router answers when none admits it.
+        made: set[str] = set()
+        seen: set[tuple] = set()
+        n = 0
         for st in self.t.service_targets.get(svc.key, ()):
             tt = st.target
             if p.port not in st.ports:
                 continue
-            for m in tt.http_matches:
-                entry = groups.setdefault((m.path_regex, m.methods, m.headers), (m, []))
-                if tt not in entry[1]:
-                    entry[1].append(tt)
-        if split is not None and split.http_matches is None:
-            groups = {}  # every request to the root is split traffic: the split routers decide
-        made: set[str] = set()
-        for i, (m, tts) in enumerate(groups.values()):
-            label = "@".join(tt.key for tt in tts)  # "+" is not allowed in config names
-            accounts = {(tt.destination, tt.destination_port) for tt in tts}
-            dest = [e for e in p.endpoints if _authorised(e, accounts)]
+            dest = [e for e in p.endpoints if _authorised(e, {(tt.destination, tt.destination_port)})]
             if len(dest) == len(p.endpoints):
                 target_service = own
             else:
-                target_service = _bounded(f"{base}@{label}")
+                target_service = _bounded(f"{base}@{tt.key}")
                 if target_service not in made:
                     made.add(target_service)
                     self.services.append({"name": target_service,
                                           "servers": [{"url": _url(scheme, e.ip, e.port)} for e in dest]})
-            ips = sorted(set().union(*(tt.source_ips for tt in tts)))
-            allow = self.middleware({"type": "allow_list", "name": _bounded(f"{svc.key}/allow@{label}"),
-                                     "source_ranges": [_cidr(ip) for ip in ips]})
-            router(_bounded(f"{base}/tt/{label}/{i}"), PRIORITY_TARGET + _specificity(m), target_service,
-                   [allow, *mws], m)
+            allow = self.middleware({"type": "allow_list", "name": _bounded(f"{svc.key}/allow@{tt.key}"),
+                                     "source_ranges": [_cidr(ip) for ip in sorted(tt.source_ips)]})
+            for m in tt.http_matches:
+                if (tt.key, _match_key(m)) in seen:
+                    continue
+                seen.add((tt.key, _match_key(m)))
+                router(f"{base}/tt/{tt.key}/{n}", PRIORITY_TARGET + _specificity(m), target_service,
+                       [allow, *mws], m, fall_through=True)
+                n += 1
 
     def _routes(self, svc: Service, p: ServicePort, ep_name: str, hosts: list[str], rules: Sequence[MeshRule]
                 ) -> None:
         """A Service port with Gateway API HTTPRoute rules attached: one router per rule match to
         the rule's weighted backends; a request matching no rule finds no router (404), or the
         deny router (403) in ACL mode. In ACL mode a rule's match is ANDed with each HTTP match
-        that every backend's TrafficTargets allow, with the sources allowed by all of them."""
+        that every backend's TrafficTargets allow, with the sources allowed by all of them; those
+        routers fall through to one another, then to a router at the match's own rank that answers
+        403: ACL mode refuses a request, it never hands it to a rule ranked below."""
         mws = self.service_middlewares(svc)
         base = f"{svc.key}:{p.port}"
 
-        def router(name: str, priority: int, service: str, middlewares: list[str], m: HTTPMatch | None) -> None:
-            self.routers.append({"name": _bounded(name), "entry_points": [ep_name], "match": _match(hosts, m),
-                                 "priority": priority, "service": service, "middlewares": middlewares})
+        def router(name: str, priority: int, service: str, middlewares: list[str], m: HTTPMatch | None,
+                   fall_through: bool = False) -> None:
+            made = {"name": _bounded(name), "entry_points": [ep_name], "match": _match(hosts, m),
+                    "priority": priority, "service": service, "middlewares": middlewares}
+            if fall_through:
+                made["fall_through"] = True
+            self.routers.append(made)
 
+        own = f"{base}/pods"
         if self.acl:
-            own = f"{base}/pods"
             self.services.append({"name": own, "servers": [{"url": _url(svc.mesh.scheme.value, e.ip, e.port)}
                                                            for e in p.endpoints]})
-            router(f"{base}/deny", PRIORITY_DENY, own, [self.middleware({"type": "deny", "name": DENY,
-                                                                          "status_code": 403})], None)
+            router(f"{base}/deny", PRIORITY_DENY, own, [self.deny()], None)
         # The Gateway API's precedence across every rule on this port: a rank per match, larger first;
         # ties keep the rules' order (oldest route, then namespace/name, then rule and match index).
         ordered = sorted(((p, n, j) for n, rule in enumerate(rules) for j, p in enumerate(rule.precedence)),
@@ -571,12 +598,14 @@ class _Builder:
                     router(f"{label}/{j}", priority, service, [*first, *mws, *extra], m)
                     continue
                 # ACL mode: one router per match the backends' TrafficTargets allow, all within this
-                # match's rank (ACL filters requests; it never re-ranks the rules)
+                # match's rank, above the router that refuses the rest of the match (ACL filters
+                # requests; it never re-ranks the rules)
+                router(f"{label}/{j}/deny", priority, own, [self.deny()], m)
                 for n, (tm, allow, target) in enumerate(allowed):
                     both = _combine(m, tm)
                     if both is not None:
-                        router(f"{label}/{j}/{n}", priority + min(_specificity(tm), RANK_STRIDE - 1), target,
-                               [allow, *mws, *extra], both)
+                        router(f"{label}/{j}/{n}", priority + 1 + min(_specificity(tm), RANK_STRIDE - 2), target,
+                               [allow, *mws, *extra], both, fall_through=True)
 
     # ----------------------------------------------------------------- TCP / UDP
 

@@ -675,7 +675,11 @@ class H2Downstream(asyncio.Protocol):
         plane = self.holder.http
         table = plane.entry_points.get(self.ep) if plane is not None else None
         try:
-            route = table.lookup(split_host(st.authority), st.mstr, st.path, st.headers) if table is not None else None
+            host = split_host(st.authority)
+            route = table.lookup(host, st.mstr, st.path, st.headers) if table is not None else None
+            if route is not None and route.fall_through:
+                from lightmesh.proxy.http import admitted_route  # (http imports this module)
+                route = admitted_route(self, table, route, plane, host, st.mstr, st.path, st.headers)
         except FragmentInTarget:
             self._malformed(st, ":path has a fragment")  # see routing.FragmentInTarget
             return

@@ -298,6 +298,33 @@ def _go_duration(seconds: float) -> bytes:
     return (b"%dm" % minutes if minutes else b"") + secs
 
 
+def admitted_route(conn: Any, table: Any, route: Route, plane: Any, host: str, method: str, target: bytes,
+                   headers: list) -> Route:
+    """``route`` if it is not ``fall_through`` or its allow-lists admit ``conn``'s source; else the
+    next matching route that does, or is not ``fall_through`` (ACL mode ends each such chain with a
+    route that answers 403): SMI's TrafficTargets are additive, so a source one of them refuses
+    for a request may be allowed by another whose match also covers it. Raises FragmentInTarget
+    (see RouteTable.lookup)."""
+    if conn.acl_plane is not plane:
+        conn.acl = {}
+        conn.acl_plane = plane
+    cache = conn.acl
+    while route.fall_through:
+        for chk in route.allows:
+            ok = cache.get(chk)
+            if ok is None:
+                ok = cache[chk] = chk.allow.allows(conn.peer)
+            if not ok:
+                break
+        else:
+            return route
+        following = table.next_match(route, host, method, target, headers)
+        if following is None:
+            return route  # its allow-list answers 403
+        route = following
+    return route
+
+
 def run_checks(conn: Any, checks: tuple, plane: Any, svc: str) -> tuple[int, bytes] | None:
     """A router's pre-forwarding middlewares (``checks``) in order, for a request from ``conn`` (an
     HTTP/1.1 or HTTP/2 client connection: its ``peer``, ``metrics`` and allow-list cache ``acl``
@@ -1048,6 +1075,8 @@ class ClientProtocol(asyncio.Protocol):
         table = plane.entry_points.get(self.ep) if plane is not None else None
         try:
             route = table.lookup(hstr, mstr, url, ex.headers) if table is not None else None
+            if route is not None and route.fall_through:
+                route = admitted_route(self, table, route, plane, hstr, mstr, url, ex.headers)
         except FragmentInTarget:
             raise _Reject(400, "fragment in the request target") from None
         if route is None:

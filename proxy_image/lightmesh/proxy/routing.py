@@ -137,9 +137,9 @@ class Check:
 
 class Route:
     __slots__ = ("name", "service", "priority", "length", "hosts", "path", "methods", "headers", "simple",
-                 "checks", "retries", "timeout", "breakers", "edits")
+                 "checks", "retries", "timeout", "breakers", "edits", "fall_through", "allows")
 
-    def __init__(self, name: str, service: Service, priority: int, match: Match) -> None:
+    def __init__(self, name: str, service: Service, priority: int, match: Match, fall_through: bool = False) -> None:
         self.name = name
         self.service = service
         self.priority = priority
@@ -150,7 +150,7 @@ class Route:
         methods = [m for m in match.methods]
         self.methods: frozenset[str] | None = None if not methods or "*" in methods else frozenset(methods)
         self.headers: tuple[tuple[bytes, Callable], ...] = tuple(
-            (name.encode("latin-1"), compile_user_regex(regex).search) for name, regex in match.headers.items())
+            (name.encode("latin-1"), _header_predicate(regex)) for name, regex in match.headers.items())
         # No predicate beyond the host: the first route of the list answers without any call.
         self.simple = self.path is None and self.methods is None and not self.headers
         self.checks: tuple[Check, ...] = ()
@@ -159,6 +159,10 @@ class Route:
         self.breakers: tuple[CircuitBreaker, ...] = ()
         # (request edits, response edits), each HeaderEdits or None; None when the route has neither
         self.edits: tuple[HeaderEdits | None, HeaderEdits | None] | None = None
+        # the router's fall_through: when its allow-lists (``allows``) refuse the source, the next
+        # route that matches the request decides instead (see RouteTable.next_match)
+        self.fall_through = fall_through
+        self.allows: tuple[Check, ...] = ()
 
     def matches(self, method: str, target: bytes, headers: list) -> bool:
         """``target``: the request target (path and query); ``headers``: the request's list of
@@ -178,7 +182,10 @@ class Route:
                 return False
         for lname, search in self.headers:
             for name, value in headers:
-                if len(name) == len(lname) and name.lower() == lname and search(value.decode("latin-1")):
+                # the whitespace around a field value is not part of it (RFC 9110 §5.5); llhttp
+                # keeps the trailing one, which would let "X-Canary: 1 " past an exact match
+                if len(name) == len(lname) and name.lower() == lname and search(
+                        value.rstrip(b" \t").decode("latin-1")):
                     break
             else:
                 return False
@@ -230,11 +237,30 @@ def _path_predicate(path_regex: str | list[str] | None) -> Callable | None:
     return all_match
 
 
+def _header_predicate(regex: str | list[str]) -> Callable:
+    """``.search`` of the compiled regex; for several (ACL mode: a route's header regex AND a
+    TrafficTarget's), one that finds a match only when each does."""
+    if isinstance(regex, str):
+        return compile_user_regex(regex).search
+    searchers = tuple(compile_user_regex(r).search for r in regex)
+
+    def all_search(value: str):
+        found = None
+        for search in searchers:
+            found = search(value)
+            if found is None:
+                return None
+        return found
+    return all_search
+
+
+def _chars(regex: str | list[str] | None) -> int:
+    return len(regex) if isinstance(regex, str) else sum(len(r) for r in regex) if regex else 0
+
+
 def match_length(match: Match) -> int:
-    path = match.path_regex
-    path_chars = len(path) if isinstance(path, str) else sum(len(r) for r in path) if path else 0
-    return (sum(len(h) for h in match.hosts) + path_chars + sum(len(m) for m in match.methods)
-            + sum(len(k) + len(v) for k, v in match.headers.items()))
+    return (sum(len(h) for h in match.hosts) + _chars(match.path_regex) + sum(len(m) for m in match.methods)
+            + sum(len(k) + _chars(v) for k, v in match.headers.items()))
 
 
 class HeaderEdits:
@@ -281,6 +307,20 @@ class RouteTable:
         """``host``: lower case without port. ``target``: the origin-form request target; the
         path regex sees it without the query string. Raises FragmentInTarget (see there)."""
         for route in self.by_host.get(host, self.any_host):
+            if route.simple or route.matches(method, target, headers):
+                return route
+        return None
+
+    def next_match(self, after: Route, host: str, method: str, target: bytes, headers: list) -> Route | None:
+        """The route :meth:`lookup` would pick if ``after`` and every route before it were absent
+        (a fall-through route's allow-list refused the source). Not on the common path."""
+        routes = self.by_host.get(host, self.any_host)
+        for position, route in enumerate(routes):
+            if route is after:
+                break
+        else:
+            return None
+        for route in routes[position + 1:]:
             if route.simple or route.matches(method, target, headers):
                 return route
         return None
@@ -358,7 +398,7 @@ def compile_http(config: ProxyConfig, previous: HTTPPlane | None = None, metrics
     for router in http.routers:
         service = services[router.service]
         for ep in router.entry_points:
-            route = Route(router.name, service, router.priority, router.match)
+            route = Route(router.name, service, router.priority, router.match, router.fall_through)
             _attach_middlewares(route, [middlewares[n] for n in router.middlewares], build)
             per_ep.setdefault(ep, []).append(route)
     tables = {name: RouteTable(routes) for name, routes in per_ep.items()}
@@ -404,6 +444,7 @@ def _attach_middlewares(route: Route, defs: list, build: _Build) -> None:
                 request.apply(m)
             route.edits = (request, response)
     route.checks = tuple(checks)
+    route.allows = tuple(c for c in checks if c.kind == CHECK_ALLOW)
     route.breakers = tuple(breakers)
 
 

@@ -46,7 +46,7 @@ from typing import Callable
 import aiohttp
 
 from lightmesh import wire
-from lightmesh.config import SCHEMA_VERSION, ConfigError, ProxyConfig, content_hash, load_config_json
+from lightmesh.config import READABLE_SCHEMAS, ConfigError, ProxyConfig, content_hash, load_config_json
 
 log = logging.getLogger("lightmesh.proxy.source")
 
@@ -161,7 +161,7 @@ class ControllerSource:
         it brought nothing new (the caller then paces the next poll, see MIN_POLL_SECONDS)."""
         self._sent_applied = int(self.applied_version())
         headers = {wire.HEADER_PROXY_NAME: self.name, wire.HEADER_APPLIED_VERSION: str(self._sent_applied),
-                   wire.HEADER_CONFIG_SCHEMA: str(SCHEMA_VERSION)}
+                   wire.HEADER_CONFIG_SCHEMA: ",".join(map(str, READABLE_SCHEMAS))}
         applied_hash = self.applied_hash()
         if applied_hash:
             headers[wire.HEADER_APPLIED_HASH] = applied_hash
