@@ -389,7 +389,8 @@ def test_tracing_and_access_log(tmp_path):
 @pytest.mark.parametrize("args, message", [
     ((), "one of the arguments --controller --config is required"),
     (("--controller", "http://x", "--config", "f"), "not allowed with argument"),
-    (("--config", "f", "--workers", "0"), "--workers: must be >= 1"),
+    (("--config", "f", "--workers", "0"), "argument --workers: must be a whole number from 1 to 256, got '0'"),
+    (("--config", "f", "--workers", "abc"), "argument --workers: must be a whole number from 1 to 256, got 'abc'"),
     (("--config", "f", "--otlp-endpoint", "collector:4318"), "--otlp-endpoint: must be an http"),
     (("--config", "f", "--trace-sample-ratio", "2"), "--trace-sample-ratio: must be in [0, 1]"),
     (("--config", "f", "--trace-sample-ratio", "abc"), "--trace-sample-ratio: must be a number in [0, 1], got 'abc'"),
@@ -398,6 +399,49 @@ def test_bad_flags_exit_2(args, message):
     result = subprocess.run(lightmesh_cmd("proxy", *args), capture_output=True, text=True, env=lightmesh_env(),
                             timeout=60)
     assert result.returncode == 2 and message in result.stderr
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--workers", "257", "must be a whole number from 1 to 256, got '257'"),
+    ("--workers", "1.5", "must be a whole number from 1 to 256, got '1.5'"),
+    ("--workers", "1_0", "must be a whole number from 1 to 256, got '1_0'"),
+    ("--workers", "9" * 5000, "must be a whole number from 1 to 256, got '" + "9" * 40 + "...'"),
+    ("--max-header-bytes", "abc", "must be a whole number >= 1, got 'abc'"),
+    ("--max-header-bytes", "0", "must be a whole number >= 1, got '0'"),
+    ("--max-connections", "-1", "must be a whole number >= 0, got '-1'"),
+    ("--max-connections", "lots", "must be a whole number >= 0, got 'lots'"),
+    ("--admin-port", "http", "must be a port number from 0 to 65535, got 'http'"),
+    ("--admin-port", "70000", "must be a port number from 0 to 65535, got '70000'"),
+    ("--drain-timeout", "abc", "must be seconds in (0, 86400], got 'abc'"),
+    ("--header-timeout", "nan", "must be seconds in (0, 86400], got 'nan'"),
+    ("--tunnel-idle-timeout", "-1", "must be seconds in (0, 86400], got '-1'"),
+])
+def test_number_flags_name_the_flag_and_the_range(flag, value, message, capsys):
+    # argparse names the type= function of a flag whose function raised ValueError ("invalid
+    # _positive_int value: 'abc'"); every number flag says what it wants instead.
+    import argparse
+
+    from lightmesh.proxy import main as proxy_main
+    parser = argparse.ArgumentParser(prog="lightmesh proxy")
+    proxy_main.configure(parser)
+    with pytest.raises(SystemExit) as exited:
+        parser.parse_args(["--config", "f", f"{flag}={value}"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and f"argument {flag}: {message}" in err, err
+    assert "invalid" not in err and "_int" not in err
+
+
+def test_the_workers_flag_takes_1_to_256_and_its_default_is_capped(monkeypatch):
+    import argparse
+
+    from lightmesh.proxy import main as proxy_main
+    for count, expected in ((512, 256), (8, 8), (None, 1)):
+        monkeypatch.setattr(proxy_main.os, "cpu_count", lambda count=count: count)
+        parser = argparse.ArgumentParser()
+        proxy_main.configure(parser)
+        assert parser.parse_args(["--config", "f"]).workers == expected
+    assert parser.parse_args(["--config", "f", "--workers", "256"]).workers == 256
+    assert parser.parse_args(["--config", "f", "--workers", " 3 "]).workers == 3
 
 
 def test_busy_admin_port_exits_1(tmp_path):

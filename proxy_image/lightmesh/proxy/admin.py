@@ -3,8 +3,10 @@
 This module owns the HTTP surface only; what it reports comes from an :class:`AdminState` (the
 supervisor, or a stub in tests):
 
-``/ping``        200 ``OK`` once a valid config (any version, 0 included) is applied by the workers; 503 before
-                 (the DaemonSet's readiness probe).
+``/ping``        200 ``OK`` once at least one live worker has applied a valid config (any version, 0
+                 included; the others may still be starting or applying it, and a later config
+                 being applied does not turn it back to 503); 503 before that, when no worker is
+                 alive with a config, and while draining (the DaemonSet's readiness probe).
 ``/live``        200 while the process runs (liveness probe).
 ``/metrics``     Prometheus text 0.0.4: the workers' snapshots merged and rendered.
 ``/api/rawdata`` JSON: ``version``, ``hash``, ``config`` (the config in force), ``last_error``,
@@ -29,7 +31,7 @@ PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 class AdminState(Protocol):
     def ready(self) -> bool:
-        """A valid config (any version) is applied by the workers."""
+        """At least one live worker has applied a valid config (any version), and not draining."""
 
     async def metrics_text(self) -> str:
         """Prometheus exposition of the merged worker metrics."""

@@ -18,16 +18,26 @@ worker → supervisor
     ``{"type": "refused", "version", "error"}``, ``{"type": "snapshot", "id", "metrics", "status"}``,
     ``{"type": "status", ...}`` (a listener came up on retry).
 
-A worker whose channel closes has died: it is restarted (back-off 0.5 s doubling to 10 s) and given
-the current config. A worker whose supervisor vanished (EOF) drains and exits. SIGTERM, SIGINT or
-SIGHUP on the supervisor: workers drain (stop accepting, close idle keep-alive connections, let in-flight
-requests finish up to ``--drain-timeout``), then everything exits 0.
+A worker whose channel closes has died: it is restarted and given the current config, 0.5 s
+later, doubling (up to 10 s) with each exit in a row that came within 30 s of its start. Every
+``HEARTBEAT_INTERVAL`` (5 s) the supervisor asks each live worker for a snapshot, one request
+outstanding at a time; a worker that has sent nothing for ``HEARTBEAT_TIMEOUT`` (30 s) is stuck
+(the kernel would keep giving it its share of new connections): it is killed with SIGKILL, logged
+as an error, and restarted the same way. A worker whose supervisor vanished (EOF) drains and exits.
+SIGTERM, SIGINT or SIGHUP on the supervisor: workers drain (stop accepting, close idle keep-alive
+connections, let in-flight requests finish up to ``--drain-timeout``), then everything exits 0.
 
 Metrics: ``/metrics`` asks every live worker for a snapshot and merges them with the supervisor's
 own recorder, which alone counts ``config_reloads_total`` (once per config, not once per worker)
 and reports ``config_version`` (the oldest version a live worker has applied). Counters never go
-back: a worker that does not answer in time is represented by its last snapshot, and the counters
-of a worker that exited stay in the totals.
+back: a worker that does not answer in time is represented by its last snapshot (a scrape's or a
+heartbeat's), and the counters of a worker that exited stay in the totals as of its last snapshot,
+so a crash loses at most what it counted in the last heartbeat interval.
+
+Access log (``--access-log``): every worker writes to the same stdout, one JSON object per line, each
+line at most ``ACCESS_LOG_LINE_MAX`` (4096, PIPE_BUF) bytes in one ``write``, so lines of several
+workers never interleave on a pipe; a longer record has its longest strings cut and
+``"truncated": true``.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ import dataclasses
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import struct
@@ -59,40 +70,61 @@ MAX_FRAME = 64 * 1024 * 1024
 _HEADER = struct.Struct("!I")
 SNAPSHOT_TIMEOUT = 2.0
 RESTART_MIN, RESTART_MAX = 0.5, 10.0
+RESTART_RESET_SECONDS = 30.0  # a worker that lived longer restarts after RESTART_MIN again
 LISTENER_RETRY_SECONDS = 2.0
 DEFAULT_DRAIN_TIMEOUT = 15.0  # the DaemonSet's terminationGracePeriodSeconds is 30
 DEFAULT_MAX_CONNECTIONS = 10000  # per worker and TCP listener (HTTP: HTTPOptions' own default)
 UNLIMITED = 1 << 62
+# --workers: each worker is a whole Python process (~47 MB resident with uvloop and the proxy
+# loaded), so 256 is already ~12 GB; the default (CPU count) is capped to it as well.
+MAX_WORKERS = 256
+# The supervisor asks every worker for a metrics snapshot this often (seconds): a worker that dies
+# loses at most the counts of one interval, and the answers are its heartbeat.
+HEARTBEAT_INTERVAL = 5.0
+# A worker that has answered nothing this long (seconds) is stuck (a busy loop, SIGSTOP, a deadlock):
+# the kernel would go on giving it its share of new connections, so it is killed (SIGKILL) and
+# restarted like a worker that crashed.
+HEARTBEAT_TIMEOUT = 30.0
 
 
 # ---------------------------------------------------------------------------------------- CLI
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _whole_number(low: int, high: int | None = None, what: str = "a whole number"):
+    """An argparse ``type=`` for a whole number in [low, high] (no upper bound when ``high`` is None).
+    Every failure is an ``ArgumentTypeError``, so argparse prints ``argument --workers: must be a
+    whole number from 1 to 256, got 'abc'``, never this helper's name."""
+    bounds = f"from {low} to {high}" if high is not None else f">= {low}"
+
+    def parse(text: str) -> int:
+        digits = text.strip()
+        unsigned = digits[1:] if digits[:1] in "+-" else digits
+        # ASCII digits only (int() also takes '1_000' and other scripts' digits)
+        valid = unsigned.isascii() and unsigned.isdigit()
+        try:
+            value = int(digits) if valid else None
+        except ValueError:  # more digits than int() converts (4300)
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            shown = text if len(text) <= 40 else text[:40] + "..."
+            raise argparse.ArgumentTypeError(f"must be {what} {bounds}, got {shown!r}")
+        return value
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port in 0-65535, got {value}")
-    return value
+_workers = _whole_number(1, MAX_WORKERS)
+_positive_int = _whole_number(1)
+_non_negative_int = _whole_number(0)
+_port = _whole_number(0, 65535, what="a port number")
 
 
 def _seconds(text: str) -> float:
-    value = float(text)
-    if not value > 0 or value > 86400:
-        raise argparse.ArgumentTypeError(f"must be seconds in (0, 86400], got {text}")
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 86400:  # NaN and inf fail too
+        raise argparse.ArgumentTypeError(f"must be seconds in (0, 86400], got {text!r}")
     return value
 
 
@@ -119,8 +151,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="admin port address (default ::, every IPv4 and IPv6 address)")
     parser.add_argument("--admin-port", type=_port, default=wire.DEFAULT_PROXY_ADMIN_PORT,
                         help=f"/ping /live /metrics /api/rawdata (default {wire.DEFAULT_PROXY_ADMIN_PORT})")
-    parser.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1,
-                        help="worker processes sharing every port with SO_REUSEPORT (default: CPU count)")
+    parser.add_argument("--workers", type=_workers, default=min(os.cpu_count() or 1, MAX_WORKERS),
+                        help=f"worker processes sharing every port with SO_REUSEPORT, 1 to {MAX_WORKERS} "
+                             f"(default: CPU count, at most {MAX_WORKERS})")
     parser.add_argument("--name", default=os.environ.get(wire.ENV_POD_NAME) or socket.gethostname(),
                         help="proxy name reported to the controller (default: $POD_NAME, else hostname)")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
@@ -151,6 +184,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "(default 65536; then 431)")
     parser.add_argument("--drain-timeout", type=_seconds, default=DEFAULT_DRAIN_TIMEOUT,
                         help=f"seconds in-flight requests get on shutdown (default {DEFAULT_DRAIN_TIMEOUT:g})")
+    # Not for operators (hidden): the tests shorten the heartbeat to see a stuck worker replaced.
+    parser.add_argument("--heartbeat-interval", type=_seconds, default=HEARTBEAT_INTERVAL, help=argparse.SUPPRESS)
+    parser.add_argument("--heartbeat-timeout", type=_seconds, default=HEARTBEAT_TIMEOUT, help=argparse.SUPPRESS)
 
 
 def worker_options(args: argparse.Namespace) -> dict:
@@ -206,12 +242,89 @@ def setup_logging(level: str, fmt: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+# Every worker writes its access log to the same stdout. A write(2) of at most PIPE_BUF (4096 on
+# Linux) bytes to a pipe is atomic; a longer one may be split and interleaved with another worker's.
+ACCESS_LOG_LINE_MAX = 4096  # bytes, the newline included
+
+
+def bound_access_line(message: str, limit: int = ACCESS_LOG_LINE_MAX - 1) -> str:
+    """``message`` (one access record, a JSON object) if it fits in ``limit`` bytes of UTF-8, else the
+    same object re-encoded with its longest string fields cut (path, host: what the client chose)
+    and ``"truncated": true`` added, so the line stays one valid JSON object."""
+    if len(message) <= limit and message.isascii():
+        return message
+    if len(message.encode("utf-8", "backslashreplace")) <= limit:
+        return message
+    try:
+        record = json.loads(message)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):  # not from http.access_log; still one JSON object per line
+        record = {"message": message}
+    record["truncated"] = True
+    # json.dumps escapes non-ASCII (ensure_ascii): characters and bytes count the same from here
+    for _ in range(len(record) + 1):  # each pass fits, or empties one string
+        line = json.dumps(record, default=str)
+        over = len(line) - limit
+        if over <= 0:
+            return line
+        sizes = [(len(json.dumps(v)), k) for k, v in record.items() if isinstance(v, str) and v]
+        if not sizes:
+            break
+        size, key = max(sizes)
+        value, room = record[key], size - over  # what the field's encoding may keep, quotes included
+        low, high = 0, len(value)  # the longest prefix that fits
+        while low < high:
+            mid = (low + high + 1) // 2
+            if len(json.dumps(value[:mid])) <= room:
+                low = mid
+            else:
+                high = mid - 1
+        record[key] = value[:low]
+    time_ = record.get("time")  # a record too wide even without its strings (not one http.py writes)
+    return json.dumps({"time": time_ if isinstance(time_, (int, float)) else None, "truncated": True})
+
+
+class AccessLogFormatter(logging.Formatter):
+    """The message alone, bounded by :func:`bound_access_line`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return bound_access_line(record.getMessage())
+
+
+class AccessLogHandler(logging.Handler):
+    """One ``os.write`` per record on ``fd`` (stdout), the newline included: with the line bounded
+    to :data:`ACCESS_LOG_LINE_MAX`, no other worker's line can land inside it on a pipe."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self.fd = fd
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            data = memoryview((self.format(record) + "\n").encode("utf-8", "backslashreplace"))
+            while data:  # one pass unless the descriptor is non-blocking or a file system splits it
+                try:
+                    written = os.write(self.fd, data)
+                except BlockingIOError:  # O_NONBLOCK set by whoever shares the pipe: wait as a blocking write would
+                    select.select([], [self.fd], [])
+                    continue
+                data = data[written:]
+        except Exception:
+            self.handleError(record)
+
+
 def setup_access_log() -> None:
     """Access records go to stdout, one JSON object per line and nothing else on it (whatever
     ``--log-format`` and ``--log-level`` say), so a log shipper parses them as they are; the
-    diagnostic log stays on stderr."""
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    diagnostic log stays on stderr. Lines are at most :data:`ACCESS_LOG_LINE_MAX` bytes, each one
+    write (see :class:`AccessLogHandler`)."""
+    try:
+        sys.stdout.flush()
+        handler: logging.Handler = AccessLogHandler(sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # no real stdout (embedded): best effort
+        handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(AccessLogFormatter())
     access = logging.getLogger("lightmesh.access")
     access.handlers[:] = [handler]
     access.propagate = False
@@ -254,10 +367,13 @@ class WorkerHandle:
     listeners: list = dataclasses.field(default_factory=list)
     last_error: str | None = None
     restarts: int = 0
+    quick_exits: int = 0  # exits in a row, each within RESTART_RESET_SECONDS of its start (back-off)
     started_at: float = 0.0
     pending: dict = dataclasses.field(default_factory=dict)  # snapshot id → Future
     task: asyncio.Task | None = None
     last_metrics: dict | None = None  # its last metrics snapshot (stands in when a scrape times out)
+    last_heard: float = 0.0  # time.monotonic() of its last message (or of its start)
+    heartbeat_id: int | None = None  # the periodic snapshot request it has not answered yet
 
     def describe(self) -> dict:
         return {"index": self.index, "pid": self.pid, "alive": self.alive, "applied_version": self.applied_version,
@@ -330,12 +446,14 @@ class Supervisor:
         for worker in self.workers:
             await self._spawn(worker)
         source_task = loop.create_task(self.source.run())
+        heartbeat_task = loop.create_task(self._heartbeat())
         await self._stop.wait()
         log.info("shutting down: draining workers (up to %.0fs)", self.args.drain_timeout)
         self.stopping = True
-        source_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await source_task
+        for task in (source_task, heartbeat_task):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         await self._stop_workers()
         await self.admin.stop()
         log.info("stopped")
@@ -364,6 +482,7 @@ class Supervisor:
         worker.proc, worker.writer, worker.pid = proc, writer, proc.pid
         worker.alive, worker.applied_version, worker.applied_hash = True, 0, None
         worker.listener_errors, worker.listeners, worker.started_at = {}, [], time.monotonic()
+        worker.last_heard, worker.heartbeat_id = worker.started_at, None
         write_message(writer, {"type": "init", "index": worker.index, "options": self.options})
         if self.config_json is not None:
             write_message(writer, {"type": "config", "config": self.config_json})
@@ -385,6 +504,7 @@ class Supervisor:
 
     def _handle(self, worker: WorkerHandle, msg: dict) -> None:
         kind = msg.get("type")
+        worker.last_heard = time.monotonic()  # any message: its event loop runs
         if kind == "hello":
             worker.pid = msg.get("pid", worker.pid)
         elif kind == "applied":
@@ -409,6 +529,10 @@ class Supervisor:
                 self._refused_versions.add(msg.get("version"))
                 self.metrics.config_failed()
         elif kind == "snapshot":
+            # kept whoever asked (a scrape or the heartbeat): what stays of the worker if it dies
+            worker.last_metrics = _worker_counts(msg.get("metrics") or {})
+            if msg.get("id") == worker.heartbeat_id:
+                worker.heartbeat_id = None
             fut = worker.pending.pop(msg.get("id"), None)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
@@ -435,10 +559,51 @@ class Supervisor:
         log.error("worker %d (pid %s) exited with code %s; restarting it", worker.index, worker.pid, code)
         self._schedule_restart(worker)
 
+    async def _heartbeat(self) -> None:
+        """Every ``--heartbeat-interval`` (:data:`HEARTBEAT_INTERVAL`), ask each live worker for a
+        metrics snapshot, at most one such request outstanding per worker (its answer refreshes
+        ``last_metrics``: what stays of the worker's counters if it dies). A worker that has sent
+        nothing for ``--heartbeat-timeout`` (:data:`HEARTBEAT_TIMEOUT`) is stuck: SIGKILL, and its
+        reader task restarts it as any worker that exited."""
+        interval = getattr(self.args, "heartbeat_interval", HEARTBEAT_INTERVAL)
+        # at least two intervals: one answer that comes late is no death
+        timeout = max(getattr(self.args, "heartbeat_timeout", HEARTBEAT_TIMEOUT), 2 * interval)
+        while not self.stopping:
+            await asyncio.sleep(interval)
+            try:
+                self._heartbeat_round(timeout)
+            except Exception:  # never let supervision stop silently
+                log.exception("heartbeat round failed")
+
+    def _heartbeat_round(self, timeout: float) -> None:
+        now = time.monotonic()
+        for worker in self.workers:
+            if self.stopping or not (worker.alive and worker.writer is not None and worker.proc is not None):
+                continue
+            silent = now - worker.last_heard
+            if silent > timeout:
+                if worker.proc.poll() is None:
+                    log.error("worker %d (pid %s) answered no heartbeat for %.1fs (limit %gs): stuck, "
+                              "killing it (SIGKILL) to restart it", worker.index, worker.pid, silent, timeout)
+                    with contextlib.suppress(ProcessLookupError):
+                        worker.proc.kill()
+                continue  # its reader task sees the channel close
+            if worker.heartbeat_id is None:
+                self._snapshot_ids += 1
+                try:
+                    write_message(worker.writer, {"type": "snapshot", "id": self._snapshot_ids})
+                except Exception:  # its reader task notices the death
+                    continue
+                worker.heartbeat_id = self._snapshot_ids
+
     def _schedule_restart(self, worker: WorkerHandle) -> None:
         lived = time.monotonic() - worker.started_at if worker.started_at else 0.0
-        # Crash loops back off; a worker that ran a while restarts at once-ish.
-        delay = RESTART_MIN if lived > 30 else min(RESTART_MAX, RESTART_MIN * 2 ** min(worker.restarts, 5))
+        # Crash loops back off (0.5, 1, 2, 4, 8, 10, 10... s); a worker that ran a while restarts
+        # at once-ish, and its next quick death starts the back-off over.
+        if lived > RESTART_RESET_SECONDS:
+            worker.quick_exits = 0
+        delay = min(RESTART_MAX, RESTART_MIN * 2 ** min(worker.quick_exits, 5))
+        worker.quick_exits += 1
         worker.restarts += 1
 
         async def later() -> None:
@@ -551,11 +716,11 @@ class Supervisor:
                 worker.pending.pop(ident, None)
                 log.warning("worker %d: no metrics snapshot within %.0fs; its last one stands in",
                             worker.index, SNAPSHOT_TIMEOUT)
-                msg = {"metrics": worker.last_metrics} if worker.last_metrics is not None else None
-            if not msg or not worker.alive or worker.proc is not proc:
+                msg = {}
+            if msg is None or not worker.alive or worker.proc is not proc:
                 continue  # it exited meanwhile: its counters are in the retired totals already
-            worker.last_metrics = _worker_counts(msg.get("metrics") or {})
-            out.append(worker.last_metrics)
+            if worker.last_metrics is not None:  # the answer (see _handle), or the last one before it
+                out.append(worker.last_metrics)
         return out
 
     async def metrics_text(self) -> str:

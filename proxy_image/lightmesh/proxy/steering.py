@@ -14,6 +14,13 @@ the kernel's spread; :func:`spread_by_hash` puts a port back to it.
 
 The kernel falls back to its hash when the program returns an index past the group's size (while a
 worker restarts, say), so a wrong count degrades to the default behaviour, never to a refusal.
+
+A worker restart moves clients between workers, and buckets are per worker and in memory. When a
+worker exits, the kernel moves the group's last socket into its slot, so that socket's worker gets
+the exited worker's clients (a full bucket each: one extra burst), and the clients of the last
+index, now past the group's size, are spread by hash over the remaining workers until the
+restarted worker's socket joins at the end and takes them (a fresh bucket on each worker they
+meet: up to N-1 extra bursts with N workers). Other clients stay where they were.
 """
 
 from __future__ import annotations

@@ -5,7 +5,18 @@ This module owns the L4 UDP data path of one worker. A :class:`UDPListener` is t
 (ip, port) opens a *session*: the route's balancer picks a server and a connected, non-blocking UDP
 socket to it is created and watched with ``add_reader``. The client's datagrams go out on that
 socket; the server's replies come back on it and are sent to the client **from the listening
-socket**, so the client sees answers from the address it talked to.
+socket**, so the client sees answers from the port it talked to. The source address is the
+listening socket's: on a route bound to one address, the address the client talked to; on a
+wildcard listener (``0.0.0.0``/``::``) the one the kernel picks for the route back to the client
+(no ``IP_PKTINFO``), which differs from the one the client sent to only on a host with several
+addresses, and a connected UDP client drops such replies.
+
+Sessions are per worker process: the kernel hands each datagram to one worker's socket by a hash
+of the client's address over the sockets on the port (``SO_REUSEPORT``). When a worker exits or
+comes back, that set changes and many clients hash to another worker, not only the exited one's:
+their next datagram opens a new session there (a new source port at the server), and the session
+left in the previous worker ends at its idle timeout (replies the server still sends on it reach
+the client meanwhile); the exited worker's sessions end with it.
 
 A session ends after ``session_idle_timeout_seconds`` without traffic either way (swept by a timer,
 not one timer per session), or when a config change removes its server or stops allowing its
