@@ -59,7 +59,7 @@ import re
 from enum import Enum
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer, model_validator
 
 from lightmesh.userregex import check_user_regex
 
@@ -194,6 +194,15 @@ class Router(_Model):
     service: Name
     middlewares: list[Name] = Field(default_factory=list)
     fall_through: bool = Field(default=False, strict=True)  # see the module docstring
+
+    @model_serializer(mode="wrap")
+    def _schema_1_when_plain(self, handler):
+        # Written only when true: a router without it dumps (and hashes) as in schema 1, so a
+        # schema-1 config from an older controller keeps the hash it was served with.
+        data = handler(self)
+        if not self.fall_through:
+            data.pop("fall_through", None)
+        return data
 
 
 class LoadBalancer(str, Enum):

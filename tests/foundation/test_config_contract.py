@@ -189,3 +189,39 @@ def test_a_list_of_path_regexes_is_validated_each_and_an_empty_list_refused():
     assert "invalid perl operator" in msg
     msg = _broken(lambda d: d["http"]["routers"][0]["match"].update(path_regex=[]))
     assert "must not be empty" in msg
+
+
+@pytest.mark.parametrize("name", ["schema1-acl-config.json", "schema1-plain-config.json"])
+def test_a_schema_1_config_from_the_previous_release_is_read_with_its_hash(name):
+    # Served by the previous release's controller (files written by it, unchanged). This release's
+    # proxy reads schema 1 (README): a router dump that added "fall_through": false changed every
+    # hash, so each such config was refused as corrupted.
+    from pathlib import Path
+
+    from lightmesh.proxy.source import parse_config
+
+    text = (Path(__file__).parent / "testdata" / name).read_text()
+    served = json.loads(text)
+    config = parse_config(text.encode(), name)
+    assert config.schema_version == 1 and config.hash == served["hash"] and config.http.routers
+    assert not any(r.fall_through for r in config.http.routers)
+    # and it is written back unchanged: no field of schema 2 appears where it is not used
+    assert json.loads(config.model_dump_json()) == served
+
+
+def test_fall_through_is_written_only_where_it_is_set():
+    http = c.HTTPConfig.model_validate({
+        "entry_points": [{"name": "web", "port": 5000}],
+        "services": [{"name": "s", "servers": [{"url": "http://10.0.0.1:80"}]}],
+        "middlewares": [{"type": "allow_list", "name": "a", "source_ranges": ["10.1.0.0/16"]}],
+        "routers": [{"name": "plain", "entry_points": ["web"], "service": "s"},
+                    {"name": "acl", "entry_points": ["web"], "service": "s", "middlewares": ["a"],
+                     "fall_through": True, "match": {"headers": {"x-a": ["^1", "1$"]}}}]})
+    config = c.make_config(1, http)
+    routers = {r["name"]: r for r in json.loads(config.to_json())["http"]["routers"]}
+    assert "fall_through" not in routers["plain"] and routers["acl"]["fall_through"] is True
+    assert routers["acl"]["match"]["headers"] == {"x-a": ["^1", "1$"]}
+    assert c.load_config_json(config.to_json()).hash == config.hash  # round trip keeps the hash
+    with pytest.raises(c.ConfigError, match="must not be empty"):
+        c.load_config_dict({"version": 1, "http": {**json.loads(config.to_json())["http"], "routers": [
+            {"name": "r", "entry_points": ["web"], "service": "s", "match": {"headers": {"x-a": []}}}]}})

@@ -25,15 +25,19 @@ CLIENTS = {"alice": "127.0.71.21", "bob": "127.0.71.22"}
 OLD = "2026-01-01T00:00:00Z"
 
 
-def _service(name: str, pods: dict[str, tuple[str, int, str]]) -> list[dict]:
+def _service(name: str, pods: dict[str, tuple[str, int, str]], admin_only: tuple[str, ...] = ()) -> list[dict]:
     """Service ``name`` selecting ``pods`` (pod name → (ip, port, ServiceAccount)); a named
-    targetPort, so each pod serves on its own port (one EndpointSlice each)."""
+    targetPort, so each pod serves on its own port (one EndpointSlice each). The pods in
+    ``admin_only`` serve only the Service's second port (90, ``admin``), none on port 80."""
+    ports = [{"name": "http", "port": 80, "targetPort": "http"}]
+    if admin_only:
+        ports.append({"name": "admin", "port": 90, "targetPort": "admin"})
     objects = [{"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": NS},
-                "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}]
+                "spec": {"selector": {"app": name}, "ports": ports}}]
     for pod, (ip, port, account) in pods.items():
         objects.append({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                         "metadata": {"name": pod, "namespace": NS, "labels": {"kubernetes.io/service-name": name}},
-                        "ports": [{"name": "http", "port": port}],
+                        "ports": [{"name": "admin" if pod in admin_only else "http", "port": port}],
                         "endpoints": [{"addresses": [ip], "targetRef": {"kind": "Pod", "name": pod, "namespace": NS}}]})
     for pod, (ip, _, account) in pods.items():
         objects.append({"apiVersion": "v1", "kind": "Pod",
@@ -72,7 +76,7 @@ def _rule(backend: str, **match) -> dict:
 
 
 @contextlib.asynccontextmanager
-async def mesh(pods: dict[str, dict[str, str]], *extra: dict, acl: bool = True):
+async def mesh(pods: dict[str, dict[str, str]], *extra: dict, acl: bool = True, admin_only: tuple[str, ...] = ()):
     """Backends for ``pods`` (Service → {pod name: ServiceAccount}), the clients, ``extra`` objects;
     yields ``ask(client, method, path, headers, h2=False) -> (status, backend name or None)``
     (``h2``: over an HTTP/2 prior-knowledge connection)."""
@@ -87,7 +91,7 @@ async def mesh(pods: dict[str, dict[str, str]], *extra: dict, acl: bool = True):
                 backend = await Backend(pod, host=f"127.0.71.{address}").start()
                 backends.append(backend)
                 placed[pod] = (backend.host, backend.port, account)
-            objects += _service(service, placed)
+            objects += _service(service, placed, tuple(p for p in admin_only if p in placed))
         objects += extra
         settings = Settings(acl=acl)
         result = build(ClusterState.from_objects(objects, settings.mesh_namespace), settings, 1)
@@ -221,3 +225,41 @@ async def test_split_traffic_the_backends_refuse_is_refused_not_sent_to_the_root
         assert await ask("alice", "GET", "/", {"x-canary": "1"}) == (200, "two-0")
         assert await ask("alice", "POST", "/", {"x-canary": "1"}) == (403, None)
         assert await ask("alice", "POST", "/") == (200, "web-0")  # not split traffic: the root's pods
+
+
+@on_uvloop
+async def test_a_traffic_target_whose_pods_serve_nothing_here_does_not_hide_one_that_does():
+    # alice may reach team-a's and team-b's pods; team-a's pod serves only the admin port. The
+    # router of alice-to-a (first by name) admitted alice and answered 503 from its empty server list.
+    pods = {"web": {"web-a": "team-a", "web-b": "team-b"}}
+    async with mesh(pods, _group("all", {"name": "all", "pathRegex": ".*"}), _target("alice-to-a", "team-a", "all", "alice"),
+                    _target("alice-to-b", "team-b", "all", "alice"), admin_only=("web-a",)) as ask:
+        assert await ask("alice", "GET", "/") == (200, "web-b")
+        assert await ask("alice", "GET", "/", h2=True) == (200, "web-b")
+        assert (await ask("bob", "GET", "/"))[0] == 403
+    # allowed, but only to pods that serve nothing on this port: unavailable (503), not refused
+    async with mesh(pods, _group("all", {"name": "all", "pathRegex": ".*"}), _target("alice-to-a", "team-a", "all", "alice"),
+                    admin_only=("web-a",)) as ask:
+        assert await ask("alice", "GET", "/") == (503, None)
+        assert (await ask("bob", "GET", "/"))[0] == 403
+
+
+@on_uvloop
+async def test_one_traffic_target_per_client_on_one_route_group_stays_one_router():
+    # The common layout: a TrafficTarget per client, all on one HTTPRouteGroup, to one destination.
+    # One router per TrafficTarget would make a refused client walk all of them on every request.
+    many = [_target(f"client-{i}", "web", "all", f"client-{i}") for i in range(300)]
+    many_pods = [{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"client-{i}", "namespace": NS},
+                  "spec": {"serviceAccountName": f"client-{i}"}, "status": {"podIP": f"10.9.{i // 200}.{i % 200 + 1}"}}
+                 for i in range(300)]
+    async with mesh({"web": {"web-0": "web"}}, _group("all", {"name": "all", "pathRegex": ".*"}),
+                    _target("alice-web", "web", "all", "alice"), *many, *many_pods) as ask:
+        assert await ask("alice", "GET", "/") == (200, "web-0")
+        assert (await ask("bob", "GET", "/"))[0] == 403
+    objects = _clients() + _service("web", {"web-0": ("10.0.0.1", 80, "web")}) + [
+        _group("all", {"name": "all", "pathRegex": ".*"}), *many, *many_pods]
+    settings = Settings(acl=True)
+    config = build(ClusterState.from_objects(objects, settings.mesh_namespace), settings, 1).config
+    [router] = [r for r in config.http.routers if "/tt/" in r.name]
+    allow = {m.name: m for m in config.http.middlewares}[router.middlewares[0]]
+    assert len(allow.source_ranges) == 300

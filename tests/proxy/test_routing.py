@@ -258,3 +258,25 @@ def test_several_path_regexes_must_all_match():
     assert _lookup(plane, "h", path=b"/api/v2") == "both"
     assert _lookup(plane, "h", path=b"/api/v1") == "rest"
     assert _lookup(plane, "h", path=b"/web/v2") == "rest"
+
+
+def test_next_match_resumes_after_the_route_it_is_given():
+    # A chain of refusals (fall-through routers) walks the host's routes in order, testing each
+    # route's match once (next_match starts from the route's own position, kept per host).
+    routers = [{**_router(f"r{i:03d}", priority=1000 - i, hosts=["svc"], path_regex="/"), "fall_through": True}
+               for i in range(200)]
+    plane = compile_http(_config(routers + [_router("any", hosts=["svc"])]))
+    table = plane.entry_points["web"]
+    calls = []
+    for route in table.by_host["svc"]:
+        if route.path is not None:
+            route.path = (lambda real: lambda path: calls.append(1) or real(path))(route.path)
+    route = table.lookup("svc", "GET", b"/x", [])
+    walked = [route.name]
+    while route.fall_through:
+        route = table.next_match(route, "svc", "GET", b"/x", [])
+        walked.append(route.name)
+    assert walked == [f"r{i:03d}" for i in range(200)] + ["any"]
+    assert len(calls) == 200  # each path predicate once
+    assert table.next_match(route, "svc", "GET", b"/x", []) is None  # the last one has no next
+    assert table.next_match(route, "other", "GET", b"/x", []) is None  # not in that host's list

@@ -263,7 +263,8 @@ class MeshDNS:
             self._tcp.close()
             for task in list(self._tcp_tasks):
                 task.cancel()
-            await asyncio.gather(*self._tcp_tasks, return_exceptions=True)
+            if self._tcp_tasks:
+                await asyncio.wait(set(self._tcp_tasks), timeout=5)  # bounded: shutdown goes on regardless
             await self._tcp.wait_closed()
             self._tcp = None
 
@@ -301,10 +302,14 @@ class MeshDNS:
             for _ in range(MAX_TCP_QUERIES_PER_CONNECTION):
                 conn.idle, conn.since = True, loop.time()
                 try:
-                    size = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_SECONDS))[0]
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for may drop a cancel (stop())
+                    # that arrives as a read completes, and this loop would go on serving
+                    async with asyncio.timeout(TCP_IDLE_SECONDS):
+                        size = struct.unpack("!H", await reader.readexactly(2))[0]
                     conn.idle = False
-                    data = await asyncio.wait_for(reader.readexactly(size), TCP_IDLE_SECONDS)
-                except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+                    async with asyncio.timeout(TCP_IDLE_SECONDS):
+                        data = await reader.readexactly(size)
+                except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
                     return
                 reply = self.answer(data)
                 if reply is None or writer.is_closing():

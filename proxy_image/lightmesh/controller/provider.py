@@ -475,8 +475,8 @@ class _Builder:
                         both = _combine(own_match, m)
                         if both is None:
                             continue
-                        router(f"{base}/split/{n}", base_priority + 1 + _specificity(both), target, [allow, *mws],
-                               both, fall_through=True)
+                        router(f"{base}/split/{n}", base_priority + 1 + min(_specificity(both), 998), target,
+                               [allow, *mws], both, fall_through=True)
                         n += 1
         if not self.acl:
             if split is None or split.http_matches is not None:
@@ -485,35 +485,39 @@ class _Builder:
         router(f"{base}/deny", PRIORITY_DENY, own, [self.deny()], None)
         if split is not None and split.http_matches is None:
             return  # every request to the root is split traffic: the split routers decide
-        # One router per TrafficTarget match, with that TrafficTarget's sources and destination pods
-        # only (another TrafficTarget's sources must not reach its destinations). They fall through:
-        # a source one refuses is tried against the next that matches the request, so TrafficTargets
-        # are additive (SMI) where their matches overlap; the deny router answers when none admits it.
-        made: set[str] = set()
-        seen: set[tuple] = set()
-        n = 0
+        # One router per TrafficTarget match and destination: TrafficTargets share a router only
+        # when both their match and their destination pods are the same (their sources merged:
+        # one TrafficTarget per client on one route group stays one router), so no source reaches
+        # pods another TrafficTarget authorises. The routers fall through: a source one refuses is
+        # tried against the next that matches the request, so TrafficTargets are additive (SMI)
+        # where their matches overlap; the deny router answers when none admits it.
+        groups: dict[tuple, tuple[HTTPMatch, tuple[Endpoint, ...], list]] = {}
         for st in self.t.service_targets.get(svc.key, ()):
             tt = st.target
             if p.port not in st.ports:
                 continue
-            dest = [e for e in p.endpoints if _authorised(e, {(tt.destination, tt.destination_port)})]
+            dest = tuple(e for e in p.endpoints if _authorised(e, {(tt.destination, tt.destination_port)}))
+            for m in tt.http_matches:
+                entry = groups.setdefault((_match_key(m), dest), (m, dest, []))
+                if tt not in entry[2]:
+                    entry[2].append(tt)
+        made: set[str] = set()
+        for n, (m, dest, tts) in enumerate(groups.values()):
+            label = "@".join(tt.key for tt in tts)  # "+" is not allowed in config names
             if len(dest) == len(p.endpoints):
                 target_service = own
             else:
-                target_service = _bounded(f"{base}@{tt.key}")
+                target_service = _bounded(f"{base}@{label}")
                 if target_service not in made:
                     made.add(target_service)
                     self.services.append({"name": target_service,
                                           "servers": [{"url": _url(scheme, e.ip, e.port)} for e in dest]})
-            allow = self.middleware({"type": "allow_list", "name": _bounded(f"{svc.key}/allow@{tt.key}"),
-                                     "source_ranges": [_cidr(ip) for ip in sorted(tt.source_ips)]})
-            for m in tt.http_matches:
-                if (tt.key, _match_key(m)) in seen:
-                    continue
-                seen.add((tt.key, _match_key(m)))
-                router(f"{base}/tt/{tt.key}/{n}", PRIORITY_TARGET + _specificity(m), target_service,
-                       [allow, *mws], m, fall_through=True)
-                n += 1
+            ips = sorted(set().union(*(tt.source_ips for tt in tts)))
+            allow = self.middleware({"type": "allow_list", "name": _bounded(f"{svc.key}/allow@{label}"),
+                                     "source_ranges": [_cidr(ip) for ip in ips]})
+            # (specificity capped: a match of a thousand headers must not outrank a split's deny router)
+            router(f"{base}/tt/{label}/{n}", PRIORITY_TARGET + min(_specificity(m), 999), target_service,
+                   [allow, *mws], m, fall_through=True)
 
     def _routes(self, svc: Service, p: ServicePort, ep_name: str, hosts: list[str], rules: Sequence[MeshRule]
                 ) -> None:

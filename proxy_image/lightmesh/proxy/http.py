@@ -303,12 +303,15 @@ def admitted_route(conn: Any, table: Any, route: Route, plane: Any, host: str, m
     """``route`` if it is not ``fall_through`` or its allow-lists admit ``conn``'s source; else the
     next matching route that does, or is not ``fall_through`` (ACL mode ends each such chain with a
     route that answers 403): SMI's TrafficTargets are additive, so a source one of them refuses
-    for a request may be allowed by another whose match also covers it. Raises FragmentInTarget
-    (see RouteTable.lookup)."""
+    for a request may be allowed by another whose match also covers it. A route that admits the
+    source but has no servers (its destination pods serve nothing now) is passed over for a later
+    one that has, and taken (503) only if none admits it. Raises FragmentInTarget (see
+    RouteTable.lookup)."""
     if conn.acl_plane is not plane:
         conn.acl = {}
         conn.acl_plane = plane
     cache = conn.acl
+    unavailable = None
     while route.fall_through:
         for chk in route.allows:
             ok = cache.get(chk)
@@ -317,12 +320,15 @@ def admitted_route(conn: Any, table: Any, route: Route, plane: Any, host: str, m
             if not ok:
                 break
         else:
-            return route
+            if route.service.servers:
+                return route
+            if unavailable is None:
+                unavailable = route
         following = table.next_match(route, host, method, target, headers)
         if following is None:
-            return route  # its allow-list answers 403
+            return unavailable or route  # its allow-list answers 403
         route = following
-    return route
+    return unavailable or route
 
 
 def run_checks(conn: Any, checks: tuple, plane: Any, svc: str) -> tuple[int, bytes] | None:

@@ -294,7 +294,7 @@ class FragmentInTarget(ValueError):
 
 
 class RouteTable:
-    __slots__ = ("by_host", "any_host")
+    __slots__ = ("by_host", "any_host", "_positions")
 
     def __init__(self, routes: list[Route]) -> None:
         routes = sorted(routes, key=lambda r: (-r.priority, -r.length, r.name))
@@ -302,6 +302,8 @@ class RouteTable:
         self.by_host: dict[str, tuple[Route, ...]] = {
             h: tuple(r for r in routes if not r.hosts or h in r.hosts) for h in hosts}
         self.any_host: tuple[Route, ...] = tuple(r for r in routes if not r.hosts)
+        # host → {id(route): its index in that host's tuple}, made on a host's first next_match
+        self._positions: dict[str | None, dict[int, int]] = {}
 
     def lookup(self, host: str, method: str, target: bytes, headers: list) -> Route | None:
         """``host``: lower case without port. ``target``: the origin-form request target; the
@@ -314,11 +316,15 @@ class RouteTable:
     def next_match(self, after: Route, host: str, method: str, target: bytes, headers: list) -> Route | None:
         """The route :meth:`lookup` would pick if ``after`` and every route before it were absent
         (a fall-through route's allow-list refused the source). Not on the common path."""
-        routes = self.by_host.get(host, self.any_host)
-        for position, route in enumerate(routes):
-            if route is after:
-                break
-        else:
+        routes = self.by_host.get(host)
+        key: str | None = host
+        if routes is None:
+            routes, key = self.any_host, None
+        positions = self._positions.get(key)
+        if positions is None:  # a chain of refusals resumes where it stopped: linear, not quadratic
+            positions = self._positions[key] = {id(r): i for i, r in enumerate(routes)}
+        position = positions.get(id(after))
+        if position is None:
             return None
         for route in routes[position + 1:]:
             if route.simple or route.matches(method, target, headers):
