@@ -13,6 +13,7 @@ EXAMPLE = str(REPO / "examples" / "whoami")
     (["local", EXAMPLE, "--dns-port", "70000"], "argument --dns-port: 70000 is not a port number (1-65535)"),
     (["local", EXAMPLE, "--dns-port", "dns"], "argument --dns-port: 'dns' is not a port number (1-65535)"),
     (["local", EXAMPLE, "--proxy-workers", "0"], "argument --proxy-workers: must be at least 1, got 0"),
+    (["local", EXAMPLE, "--proxy-workers", "257"], "argument --proxy-workers: must be at most 256, got 257"),
     (["local", EXAMPLE, "--interval", "0"], "argument --interval: must be a positive number of seconds, got 0"),
     (["demo", "--dns-port", "0"], "argument --dns-port: 0 is not a port number (1-65535)"),
 ])

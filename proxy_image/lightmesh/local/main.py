@@ -38,6 +38,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def proxy_workers(text: str) -> int:
+    """--proxy-workers: what ``lightmesh proxy --workers`` takes (checked here, not by a proxy that
+    would exit at start)."""
+    from lightmesh.proxy.main import MAX_WORKERS
+
+    value = positive_int(text)
+    if value > MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_WORKERS}, got {value}")
+    return value
+
+
 def positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -77,7 +88,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="port of the mesh DNS on 127.0.0.1 (default %(default)s)")
     parser.add_argument("--endpoints", metavar="FILE", type=Path,
                         help="write services, pods, DNS and admin URLs as JSON")
-    parser.add_argument("--proxy-workers", type=positive_int, default=1, help="proxy worker processes (default 1)")
+    parser.add_argument("--proxy-workers", type=proxy_workers, default=1,
+                        help="proxy worker processes, 1 to 256 (default 1)")
     parser.add_argument("--high-ports", action=argparse.BooleanOptionalAction, default=None,
                         help="serve Service and pod ports below 1024 at port + 8000 (80 → 8080; a larger offset "
                              "if that collides). Default: only when this user may not bind them (neither root nor "
