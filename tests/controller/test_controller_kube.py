@@ -672,3 +672,26 @@ def test_an_object_created_again_gets_its_own_event_and_a_lasting_error_stays_re
                 assert first["involvedObject"]["uid"] != uid
 
     run(scenario())
+
+
+def test_a_lasting_error_counts_up_on_its_event_also_across_a_restart(monkeypatch):
+    # A refresh moved lastTimestamp only: kubectl showed a lasting error as seen once. Each refresh
+    # now counts it again (x2, x3 ...), and a controller started anew continues from the Event's count.
+    from lightmesh.controller import events
+
+    monkeypatch.setattr(events, "REFRESH_SECONDS", 0.3)
+
+    def counts(kube):
+        return sorted(e.get("count") for e in kube.list_objects("v1", "events", NS))
+
+    async def scenario():
+        async with cluster() as kube:
+            kube.put_object(service("broken", annotations={"lightmesh.io/retry-attempts": "many"}))
+            async with running(kube):
+                await until(lambda: counts(kube) and counts(kube)[0] >= 3, "the Event counted up", timeout=10)
+            [before] = counts(kube)
+            async with running(kube, identity="restarted"):  # AlreadyExists: the count is read, not reset
+                await until(lambda: counts(kube)[0] > before, "counted on after the restart", timeout=10)
+            assert len(counts(kube)) == 1
+
+    run(scenario())

@@ -8,8 +8,10 @@ AlreadyExists tells us it was already recorded (the Event is then refreshed, see
 ``InvalidObject``); the message names the field and the value (it is the ObjectError's own message).
 
 An error still present is refreshed every :data:`REFRESH_SECONDS` (a merge patch of
-``lastTimestamp``; a create if the Event is gone): the API server deletes Events ``--event-ttl``
-(1 h by default) after their last write, and an error that lasts must stay visible. A failed post
+``lastTimestamp`` and ``count`` + 1, as for an event seen again — ``kubectl`` shows "x3 over 40m";
+a create if the Event is gone): the API server deletes Events ``--event-ttl`` (1 h by default)
+after their last write, and an error that lasts must stay visible. The count lives in memory; after
+a restart or a leader change (409 AlreadyExists) it is read from the Event. A failed post
 is retried with per-Event backoff (retry.py), and logged when it starts failing, not every round.
 """
 
@@ -64,6 +66,7 @@ class EventRecorder:
         self.uids = uids or (lambda kind, namespace, name: None)  # (kind, ns, name) → uid from the caches
         self.clock = clock
         self.recorded: dict[str, float] = {}  # Event name → when it was last written (errors still present)
+        self.counts: dict[str, int] = {}  # Event name → its count as last written
         self.backoff = RetryBackoff(clock=clock)  # Event name → failed posts
         self.backlog = False  # the last record() stopped at MAX_EVENTS_PER_ROUND
 
@@ -100,25 +103,31 @@ class EventRecorder:
         """Create the Event, or refresh it when it exists; True when it was created."""
         body = self.body(error, uid)
         name, namespace = body["metadata"]["name"], error.namespace
-        if refresh:  # most likely still there: one patch (its TTL starts again), else created anew
+        if refresh and name in self.counts:  # most likely still there: one patch (its TTL starts again)
             try:
-                await self._touch(namespace, name, body)
+                await self._touch(namespace, name, body, self.counts[name] + 1)
                 return False
             except ApiError as exc:
                 if exc.status != 404:
                     raise
         try:
             await self.api.request("POST", EVENTS.path(namespace), body=body)
+            self.counts[name] = 1
             return True
         except ApiError as exc:
             if exc.status != 409:
                 raise
-        await self._touch(namespace, name, body)  # recorded before (another leader, a restart): refreshed
+        # recorded before (another leader, a restart): refreshed, its count read first
+        found = await self.api.request("GET", EVENTS.path(namespace, name))
+        count = found.get("count") if isinstance(found, dict) else None
+        await self._touch(namespace, name, body, (count if type(count) is int and count > 0 else 1) + 1)
         return False
 
-    async def _touch(self, namespace: str, name: str, body: dict) -> None:
-        await self.api.request("PATCH", EVENTS.path(namespace, name), body={"lastTimestamp": body["lastTimestamp"]},
+    async def _touch(self, namespace: str, name: str, body: dict, count: int) -> None:
+        await self.api.request("PATCH", EVENTS.path(namespace, name),
+                               body={"lastTimestamp": body["lastTimestamp"], "count": count},
                                content_type="application/merge-patch+json")
+        self.counts[name] = count
 
     async def record(self, errors: Iterable, still_leader: Callable[[], bool] = lambda: True) -> int:
         """Create the Events not created yet and refresh the old ones; returns how many were created.
@@ -132,6 +141,7 @@ class EventRecorder:
                 current.setdefault(event_name(error, uid), (error, uid))
         # bounded memory: only the errors present now (one that comes back is recorded again)
         self.recorded = {n: t for n, t in self.recorded.items() if n in current}
+        self.counts = {n: c for n, c in self.counts.items() if n in current}
         self.backoff.forget(current)
         pending = [n for n in current if n not in self.recorded or now - self.recorded[n] >= REFRESH_SECONDS]
         tried = self.backoff.select(pending)
