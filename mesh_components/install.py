@@ -677,7 +677,9 @@ def cluster_rules() -> list[k8s.rbac.v1.PolicyRuleArgs]:
                                                                                       "tcproutes", "udproutes"],
                                    verbs=read),
         # Events on the objects it rejects (bad annotations, dangling references), in their namespaces.
-        k8s.rbac.v1.PolicyRuleArgs(api_groups=["", "events.k8s.io"], resources=["events"], verbs=["create", "patch"]),
+        # (get: a restarted controller reads an Event's count before it counts on)
+        k8s.rbac.v1.PolicyRuleArgs(api_groups=["", "events.k8s.io"], resources=["events"],
+                                   verbs=["create", "get", "patch"]),
     ]
 
 

@@ -185,7 +185,7 @@ def test_rbac_is_least_privilege():
         cluster_rules = records["mi-rbac-controller-clusterrole"].inputs["rules"]
         for rule in cluster_rules:  # cluster-wide: read-only, except creating Events
             if rule["resources"] == ["events"]:
-                assert set(rule["verbs"]) == {"create", "patch"}
+                assert set(rule["verbs"]) == {"create", "get", "patch"}
             else:
                 assert set(rule["verbs"]) == {"get", "list", "watch"}, rule
         granted = {(g, r) for rule in cluster_rules for g in rule["apiGroups"] for r in rule["resources"]}

@@ -693,5 +693,13 @@ def test_a_lasting_error_counts_up_on_its_event_also_across_a_restart(monkeypatc
             async with running(kube, identity="restarted"):  # AlreadyExists: the count is read, not reset
                 await until(lambda: counts(kube)[0] > before, "counted on after the restart", timeout=10)
             assert len(counts(kube)) == 1
+            # an install from before this release grants no `get` on events: still refreshed, uncounted
+            kube.fail_next("GET", "/events/", 403, "Forbidden", count=10**6)
+            [before] = counts(kube)
+            refreshed = len([p for m, p in kube.writes() if m == "PATCH" and "/events/" in p])
+            async with running(kube, identity="older-rbac"):
+                await until(lambda: len([p for m, p in kube.writes() if m == "PATCH" and "/events/" in p])
+                            >= refreshed + 2, "refreshed without get", timeout=10)
+            assert counts(kube) == [before]
 
     run(scenario())

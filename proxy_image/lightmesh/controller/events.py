@@ -103,9 +103,9 @@ class EventRecorder:
         """Create the Event, or refresh it when it exists; True when it was created."""
         body = self.body(error, uid)
         name, namespace = body["metadata"]["name"], error.namespace
-        if refresh and name in self.counts:  # most likely still there: one patch (its TTL starts again)
+        if refresh:  # most likely still there: one patch (its TTL starts again)
             try:
-                await self._touch(namespace, name, body, self.counts[name] + 1)
+                await self._touch(namespace, name, body, self.counts[name] + 1 if name in self.counts else None)
                 return False
             except ApiError as exc:
                 if exc.status != 404:
@@ -117,17 +117,28 @@ class EventRecorder:
         except ApiError as exc:
             if exc.status != 409:
                 raise
-        # recorded before (another leader, a restart): refreshed, its count read first
-        found = await self.api.request("GET", EVENTS.path(namespace, name))
+        # recorded before (another leader, a restart): refreshed, its count read first. Reading
+        # needs `get` on events, which installs before this release did not grant: without it the
+        # Event is refreshed without a count (as before), never left to expire.
+        try:
+            found = await self.api.request("GET", EVENTS.path(namespace, name))
+        except ApiError as exc:
+            log.debug("cannot read Event %s/%s (%s): refreshed without its count", namespace, name, exc.status)
+            found = None
         count = found.get("count") if isinstance(found, dict) else None
-        await self._touch(namespace, name, body, (count if type(count) is int and count > 0 else 1) + 1)
+        await self._touch(namespace, name, body, count + 1 if type(count) is int and count > 0 else None)
         return False
 
-    async def _touch(self, namespace: str, name: str, body: dict, count: int) -> None:
-        await self.api.request("PATCH", EVENTS.path(namespace, name),
-                               body={"lastTimestamp": body["lastTimestamp"], "count": count},
+    async def _touch(self, namespace: str, name: str, body: dict, count: int | None) -> None:
+        patch: dict = {"lastTimestamp": body["lastTimestamp"]}
+        if count is not None:
+            patch["count"] = count
+        await self.api.request("PATCH", EVENTS.path(namespace, name), body=patch,
                                content_type="application/merge-patch+json")
-        self.counts[name] = count
+        if count is not None:
+            self.counts[name] = count
+        else:
+            self.counts.pop(name, None)  # unknown: the next refresh reads it again
 
     async def record(self, errors: Iterable, still_leader: Callable[[], bool] = lambda: True) -> int:
         """Create the Events not created yet and refresh the old ones; returns how many were created.
