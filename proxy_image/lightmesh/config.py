@@ -31,7 +31,9 @@ Match
 Fall-through
     A router with ``fall_through`` whose ``allow_list`` middlewares refuse the request's source does
     not answer: the next router (in the order above) that matches the request decides instead, and
-    so on; the last one tried answers if none admits the source. ACL mode sets it so that
+    so on. One that admits the source but whose service has no servers is passed over too, for a
+    later one that admits it and has servers. If none does, the first that admitted it answers
+    (503), else the last one tried (a router without ``fall_through``, or the chain's last). ACL mode sets it so that
     TrafficTargets are additive (a source one refuses may be allowed by another whose match also
     covers the request) and ends each chain with a router that answers 403 for the matches of a rule.
 Middlewares

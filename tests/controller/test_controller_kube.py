@@ -693,6 +693,11 @@ def test_a_lasting_error_counts_up_on_its_event_also_across_a_restart(monkeypatc
             async with running(kube, identity="restarted"):  # AlreadyExists: the count is read, not reset
                 await until(lambda: counts(kube)[0] > before, "counted on after the restart", timeout=10)
             assert len(counts(kube)) == 1
+            # one failed read (a 500) after a restart: the count is read again at the next refresh
+            kube.fail_next("GET", "/events/", 500, "InternalError", count=1)
+            [before] = counts(kube)
+            async with running(kube, identity="after-a-failed-read"):
+                await until(lambda: counts(kube)[0] > before + 1, "counted on after a failed read", timeout=10)
             # an install from before this release grants no `get` on events: still refreshed, uncounted
             kube.fail_next("GET", "/events/", 403, "Forbidden", count=10**6)
             [before] = counts(kube)

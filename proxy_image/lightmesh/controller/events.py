@@ -104,8 +104,11 @@ class EventRecorder:
         body = self.body(error, uid)
         name, namespace = body["metadata"]["name"], error.namespace
         if refresh:  # most likely still there: one patch (its TTL starts again)
+            count = self.counts.get(name)
+            if count is None:  # not known (an earlier read failed): read it again
+                count = await self._read_count(namespace, name)
             try:
-                await self._touch(namespace, name, body, self.counts[name] + 1 if name in self.counts else None)
+                await self._touch(namespace, name, body, count + 1 if count else None)
                 return False
             except ApiError as exc:
                 if exc.status != 404:
@@ -117,17 +120,22 @@ class EventRecorder:
         except ApiError as exc:
             if exc.status != 409:
                 raise
-        # recorded before (another leader, a restart): refreshed, its count read first. Reading
-        # needs `get` on events, which installs before this release did not grant: without it the
-        # Event is refreshed without a count (as before), never left to expire.
+        # recorded before (another leader, a restart): refreshed, its count read first
+        count = await self._read_count(namespace, name)
+        await self._touch(namespace, name, body, count + 1 if count else None)
+        return False
+
+    async def _read_count(self, namespace: str, name: str) -> int | None:
+        """The Event's count, or None when it cannot be read. Reading needs `get` on events, which
+        installs before this release did not grant: the Event is then refreshed without a count (as
+        before), never left to expire."""
         try:
             found = await self.api.request("GET", EVENTS.path(namespace, name))
         except ApiError as exc:
             log.debug("cannot read Event %s/%s (%s): refreshed without its count", namespace, name, exc.status)
-            found = None
-        count = found.get("count") if isinstance(found, dict) else None
-        await self._touch(namespace, name, body, count + 1 if type(count) is int and count > 0 else None)
-        return False
+            return None
+        count = found.get("count")
+        return count if type(count) is int and count > 0 else None
 
     async def _touch(self, namespace: str, name: str, body: dict, count: int | None) -> None:
         patch: dict = {"lastTimestamp": body["lastTimestamp"]}
@@ -138,7 +146,7 @@ class EventRecorder:
         if count is not None:
             self.counts[name] = count
         else:
-            self.counts.pop(name, None)  # unknown: the next refresh reads it again
+            self.counts.pop(name, None)  # unknown: the next refresh tries to read it again
 
     async def record(self, errors: Iterable, still_leader: Callable[[], bool] = lambda: True) -> int:
         """Create the Events not created yet and refresh the old ones; returns how many were created.

@@ -492,14 +492,17 @@ class _Builder:
         # tried against the next that matches the request, so TrafficTargets are additive (SMI)
         # where their matches overlap; the deny router answers when none admits it.
         groups: dict[tuple, tuple[HTTPMatch, tuple[Endpoint, ...], list]] = {}
+        grouped: set[tuple] = set()  # (group key, TrafficTarget key): a set, one TrafficTarget per client scales
         for st in self.t.service_targets.get(svc.key, ()):
             tt = st.target
             if p.port not in st.ports:
                 continue
             dest = tuple(e for e in p.endpoints if _authorised(e, {(tt.destination, tt.destination_port)}))
             for m in tt.http_matches:
-                entry = groups.setdefault((_match_key(m), dest), (m, dest, []))
-                if tt not in entry[2]:
+                key = (_match_key(m), dest)
+                entry = groups.setdefault(key, (m, dest, []))
+                if (key, tt.key) not in grouped:
+                    grouped.add((key, tt.key))
                     entry[2].append(tt)
         made: set[str] = set()
         for n, (m, dest, tts) in enumerate(groups.values()):
