@@ -11,8 +11,21 @@ the few things the Lightmesh rules reason about:
 * **SMI objects** of every version the controller accepts (access v1alpha1–3, specs v1alpha1–4,
   split v1alpha1–4), normalised (v1alpha1 keeps its fields at the top level, later versions under
   ``spec``; v1alpha1 TrafficTarget says ``specs`` where later versions say ``rules``);
+* **Gateway API mesh routes** (GAMMA: ``HTTPRoute``, ``GRPCRoute``, ``TCPRoute``, ``UDPRoute`` of
+  ``gateway.networking.k8s.io`` with a ``kind: Service`` parent), read as the controller reads them:
+  parent Services of the route's namespace (with the port or port name they attach to), which rules
+  it applies (its own match parsers decide) and each rule's weighted Service backends;
 * the **mesh install**: the controller Deployment (ACL mode is read from its ``--acl`` argument, i.e.
-  from what ``MeshInstall`` rendered) and the proxy DaemonSet.
+  from what ``MeshInstall`` rendered, as the controller's own flag parser would read it) and the proxy
+  DaemonSet.
+
+Where an object goes is what the cluster will do with it: nowhere for a cluster-scoped kind, else its
+metadata.namespace, else its Kubernetes provider's default ``namespace``
+(``k8s.Provider(namespace="shop")``; the default provider's comes from the stack config
+``kubernetes:namespace``), else ``default``.
+What the controller reads field by field (HTTPRouteGroup matches, a TrafficTarget's
+``destination.port``, port numbers, weights) is judged with the controller's own parsers, so the
+rules report what the controller would ignore.
 
 Unknown values (computed outputs during ``pulumi preview``) are the reason this layer exists: the
 engine's props raise ``UnknownValueError`` when an unknown is touched, which would abort a whole
@@ -30,7 +43,9 @@ from typing import Any, Iterable
 from pulumi_policy.proxy import UnknownValueError, _is_unknown  # the SDK's own sentinel test
 
 from lightmesh_policies._runtime import annotations as ann
-from lightmesh_policies._runtime import cluster_key, controller_cli, controller_model, wire
+from lightmesh_policies._runtime import (CLUSTER_SCOPED_KINDS, ControllerErrors, cluster_key, controller_cli,
+                                         controller_gateway_match, controller_grpc_match, controller_http_match,
+                                         controller_model, controller_service_ports, wire)
 from lightmesh_policies._runtime import port_number as controller_port_number
 
 
@@ -52,6 +67,16 @@ class _Unknown:
 
 
 UNKNOWN = _Unknown()
+
+
+class _BadPort:
+    """A port field that is set but is not a port number."""
+
+    def __repr__(self) -> str:
+        return "<not a port number>"
+
+
+BAD_PORT = _BadPort()
 
 
 def is_unknown(value: Any) -> bool:
@@ -105,6 +130,17 @@ def dig(obj: Any, *path: str | int) -> Any:
     return obj
 
 
+def has_unknown(value: Any) -> bool:
+    """Whether :data:`UNKNOWN` is anywhere in ``value`` (a materialized value)."""
+    if value is UNKNOWN:
+        return True
+    if isinstance(value, dict):
+        return any(has_unknown(k) or has_unknown(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(has_unknown(v) for v in value)
+    return False
+
+
 def as_list(value: Any) -> list:
     """A list field: [] when missing or malformed; callers check :func:`is_unknown` first if it matters."""
     return value if isinstance(value, list) else []
@@ -129,12 +165,26 @@ def port_number(value: Any) -> Any:
     return controller_port_number(value)
 
 
+def whole_numbers(value: Any) -> Any:
+    """``value`` with every whole float turned into an int, as the object is stored (JSON numbers):
+    numbers travel through the engine as floats, and the controller's parsers take ints."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [whole_numbers(v) for v in value]
+    return value
+
+
 _SHOWN_CHARS = 60
 
 
 def shown(value: Any) -> str:
     """``repr(value)`` for a message, cut short: a value thousands of characters long (a number of 5,000
     digits) would bury the message, and the repr of an int past 4,300 digits raises."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53:
+        value = int(value)  # numbers travel as floats: 53.0 was written 53
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
         digits = int(value.bit_length() * 0.30103) + 1
         return f"{'a negative' if value < 0 else 'a'} whole number of about {digits} digits"
@@ -167,6 +217,10 @@ class Resource:
     """The cluster it is applied to: "" for the ambient one (default provider), else what tells its
     Kubernetes provider's cluster apart (``lightmesh.local.render.cluster_key``, or the provider's URN
     while that is unknown)."""
+    default_namespace: Any = "default"
+    """Where the object goes when its metadata.namespace is unset: its Kubernetes provider's
+    ``namespace`` (``k8s.Provider(namespace="shop")``), ``default`` without one, UNKNOWN while the
+    provider's namespace is not known (preview)."""
 
     @property
     def group_version(self) -> tuple[str, str]:
@@ -202,7 +256,7 @@ def resource_from_policy(resource_type: str, name: str, urn: str, props: Any,
     parent_types = tuple(t for t, _ in chain) or parent_types_from_urn(urn)
     parent_names = tuple(n for _, n in chain)
     return Resource(resource_type, name, urn, as_dict(materialize(props)), parent_types, parent_names,
-                    cluster_of(provider))
+                    cluster_of(provider), default_namespace_of(provider))
 
 
 def cluster_of(provider: Any) -> str:
@@ -213,15 +267,48 @@ def cluster_of(provider: Any) -> str:
     return key if key is not None else str(getattr(provider, "urn", "") or "unknown")
 
 
-# ------------------------------------------------------------------------------------------- names
+KUBERNETES_PROVIDER = "pulumi:providers:kubernetes"
 
 
-def namespace_of(props: dict) -> Any:
-    """The object's namespace; the provider's default namespace ("default") when unset."""
-    ns = dig(props, "metadata", "namespace")
+def default_namespace_of(provider: Any) -> Any:
+    """The :attr:`Resource.default_namespace` of a resource given ``provider`` (a
+    ``PolicyProviderResource``, None for the default provider): the Kubernetes provider's ``namespace``
+    input, which the provider applies to every namespaced object without metadata.namespace;
+    ``default`` when it sets none; UNKNOWN while it is not known (preview)."""
+    if provider is None or getattr(provider, "resource_type", None) != KUBERNETES_PROVIDER:
+        return "default"
+    ns = dig(as_dict(materialize(getattr(provider, "props", None))), "namespace")
     if ns is UNKNOWN:
         return UNKNOWN
     return ns if isinstance(ns, str) and ns else "default"
+
+
+# ------------------------------------------------------------------------------------------- names
+
+
+def namespace_of(props: dict, default: Any = "default") -> Any:
+    """The object's namespace; ``default`` (the provider's default namespace) when unset. Prefer
+    :func:`resource_namespace`, which knows the resource's provider."""
+    ns = dig(props, "metadata", "namespace")
+    if ns is UNKNOWN:
+        return UNKNOWN
+    return ns if isinstance(ns, str) and ns else default
+
+
+def is_cluster_scoped(resource: Resource) -> bool:
+    """Whether the object is of a built-in cluster-scoped kind (Namespace, ClusterRole, ...: the API
+    server ignores its metadata.namespace, and no provider's namespace applies to it)."""
+    kind = resource.props.get("kind")
+    return (kind if isinstance(kind, str) else resource.kind) in CLUSTER_SCOPED_KINDS
+
+
+def resource_namespace(resource: Resource) -> Any:
+    """The namespace ``resource``'s object goes to: "" for a cluster-scoped kind (whatever its
+    metadata or provider say, known or not), else its metadata.namespace, else its Kubernetes
+    provider's default namespace (:attr:`Resource.default_namespace`); UNKNOWN while either is unknown."""
+    if is_cluster_scoped(resource):
+        return ""
+    return namespace_of(resource.props, resource.default_namespace)
 
 
 def object_name(resource: Resource) -> tuple[Any, bool]:
@@ -258,6 +345,7 @@ class Service:
     selector: Any = None  # dict / None (no selector in the stack) / UNKNOWN
     ports: Any = None  # spec.ports list / None (not declared in the stack) / UNKNOWN
     created: bool = False  # a Service object is declared (not only patched)
+    external_name: bool = False  # spec.type ExternalName: the controller never meshes it
     by_mesh_service: bool = False
     resources: list[Resource] = field(default_factory=list)
 
@@ -293,21 +381,51 @@ class Service:
         settings, _ = ann.parse_annotations_lenient(dict([found]), fallback)
         return settings.traffic_type
 
-    def exposed_ports(self) -> Any:
-        """Port numbers traffic may be allowed on: each port and its numeric targetPort (the controller
-        accepts either in a TCPRoute/UDPRoute). None when the stack does not declare the ports."""
-        if self.ports is UNKNOWN:
+    def meshed_ports(self, traffic: Any) -> Any:
+        """The ports the controller meshes for traffic type ``traffic``, read by its own
+        ``topology._service_ports``: only those of the traffic type's protocol (UDP for udp, TCP
+        otherwise), each valid and listed once; entries with ``name``, ``port``, ``protocol`` and
+        ``target_port`` (a number, or a port name). None when the stack does not declare the ports;
+        UNKNOWN when they, or the traffic type, are not known yet."""
+        if self.ports is UNKNOWN or is_unknown(traffic):
             return UNKNOWN
         if not isinstance(self.ports, list):
             return None
+        if has_unknown(self.ports):
+            return UNKNOWN
+        obj = {"spec": {"ports": whole_numbers(self.ports)}}
+        return controller_service_ports(obj, self.namespace, self.name, traffic, ControllerErrors())
+
+    def exposed_ports(self, traffic: Any) -> Any:
+        """Port numbers traffic of type ``traffic`` may be allowed on: each meshed port and its numeric
+        targetPort (the controller accepts either in a TCPRoute/UDPRoute). None when the stack does
+        not declare the ports."""
+        ports = self.meshed_ports(traffic)
+        if not isinstance(ports, list):
+            return ports
+        return {p.port for p in ports} | {p.target_port for p in ports if isinstance(p.target_port, int)}
+
+    def target_ports(self, workloads: list["Workload"], traffic: Any) -> Any:
+        """The pod ports its meshed ports (those of ``traffic``'s protocol, see :meth:`meshed_ports`)
+        lead to, as the controller compares a TrafficTarget's ``destination.port`` with them: each
+        numeric ``targetPort`` (the port when unset) and each named one resolved through the
+        containers of ``workloads`` (its selected pods). UNKNOWN when the stack does not declare its
+        ports, or they (or the traffic type) are not known yet, or a name names no port of those
+        containers."""
+        ports = self.meshed_ports(traffic)
+        if not isinstance(ports, list):
+            return UNKNOWN
         numbers: set[int] = set()
-        for entry in self.ports:
-            for key in ("port", "targetPort"):
-                number = port_number(dig(entry, key))
-                if number is UNKNOWN:
+        for entry in ports:
+            target = entry.target_port
+            if isinstance(target, str):
+                named = {port_number(dig(p, "containerPort")) for w in workloads
+                         for c in containers_of(w.pod_spec) for p in as_list(c.get("ports"))
+                         if dig(p, "name") == target}
+                if len(named) != 1 or any(n is None or n is UNKNOWN for n in named):
                     return UNKNOWN
-                if number is not None:
-                    numbers.add(number)
+                target = named.pop()
+            numbers.add(target)
         return numbers
 
     def describe(self) -> str:
@@ -377,7 +495,7 @@ def workload_from(resource: Resource) -> Workload | None:
             # The API server would reject it; here it only means the identity is not known.
             problem, sa = f"its pod spec's {field_name} {sa!r} is not a string", None
     name, _ = object_name(resource)
-    return Workload(resource.kind, namespace_of(resource.props), name, labels, sa, spec, resource, problem)
+    return Workload(resource.kind, resource_namespace(resource), name, labels, sa, spec, resource, problem)
 
 
 def selects(selector: dict, labels: Any) -> Any:
@@ -412,7 +530,20 @@ def _command_line(container: dict) -> Any:
 
 
 def _role(workload: Workload) -> str | None:
-    """"controller" / "proxy" when the workload is a Lightmesh control- or data-plane workload."""
+    """"controller" / "proxy" when the workload is a Lightmesh control- or data-plane workload.
+
+    Recognised by (1) the pod label ``app.kubernetes.io/name`` MeshInstall sets, (2) a container
+    running ``lightmesh controller|proxy`` ("lightmesh" in its image or command line), or (3), for the
+    controller, a container whose command line starts with the ``controller`` subcommand (the first
+    word, or the second after an entry point) followed by one of the flags only Lightmesh's controller
+    has (``--manifests``, ``--default-mode``, ``--dns-port``...: :data:`CONTROLLER_ONLY_FLAGS`; not
+    ``--acl``, which Traefik Mesh's controller has too) — a mirrored image run by hand. A mirrored
+    image run as a bare ``controller`` with none of those flags cannot be told from any other
+    controller: give its pods the label. A workload running Traefik Mesh's image (any image naming
+    ``traefik/mesh``) is never Lightmesh's, whatever its labels or flags: users migrate from Traefik
+    Mesh, often running both side by side."""
+    if any(is_traefik_mesh_image(c.get("image")) for c in containers_of(workload.pod_spec)):
+        return None
     labels = workload.pod_labels if isinstance(workload.pod_labels, dict) else {}
     name = labels.get("app.kubernetes.io/name")
     if name == wire.CONTROLLER_NAME:
@@ -427,12 +558,21 @@ def _role(workload: Workload) -> str | None:
             continue
         words = [w for w in line if isinstance(w, str)]
         mentions_mesh = any("lightmesh" in w for w in words) or (isinstance(image, str) and "lightmesh" in image)
-        if not mentions_mesh:
-            continue
-        for role in ("controller", "proxy"):
-            if role in words:
-                return role
+        if mentions_mesh:
+            for role in ("controller", "proxy"):
+                if role in words:
+                    return role
+        elif "controller" in line[:2]:
+            after = line[line.index("controller") + 1:]
+            if any(isinstance(w, str) and w.split("=", 1)[0] in CONTROLLER_ONLY_FLAGS for w in after):
+                return "controller"
     return None
+
+
+def is_traefik_mesh_image(image: Any) -> bool:
+    """Whether ``image`` is Traefik Mesh's (``traefik/mesh:v1.4``, ``docker.io/traefik/mesh``, a
+    mirror such as ``registry.corp/traefik/mesh@sha256:...``)."""
+    return isinstance(image, str) and "traefik/mesh" in image.lower()
 
 
 def workload_role(resource: Resource) -> str | None:
@@ -448,7 +588,39 @@ def _controller_switches() -> frozenset[str]:
 
 
 CONTROLLER_SWITCHES = _controller_switches()
-ACL_WORDS = ("--acl", "--acl=true")
+
+
+def _controller_options() -> list[str]:
+    parser = argparse.ArgumentParser()  # as ``lightmesh controller`` builds it (with --help)
+    controller_cli.configure(parser)
+    return [opt for action in parser._actions for opt in action.option_strings if opt.startswith("--")]
+
+
+def _acl_words() -> frozenset[str]:
+    """How ``--acl`` may be written so that the controller's parser (argparse, which takes unambiguous
+    abbreviations) turns ACL mode on: ``--acl`` and ``--ac``. The flag takes no value: ``--acl=true``
+    stops the controller at start (see :func:`bad_acl_args`)."""
+    options = _controller_options()
+    prefixes = ("--acl"[:n] for n in range(3, len("--acl") + 1))
+    return frozenset(p for p in prefixes if [o for o in options if o.startswith(p)] == ["--acl"])
+
+
+ACL_WORDS = _acl_words()
+
+# Options of Lightmesh's controller that other programs' controllers are not known to share: with the
+# `controller` subcommand they identify a Lightmesh controller whatever its image and labels (generic
+# ones such as --kubeconfig, --namespace, --leader-election, --log-level are left out, and so is every
+# flag Traefik Mesh's `controller` takes: --acl above all, which Traefik Mesh has too).
+_GENERIC_OPTIONS = {"--help", "--kubeconfig", "--namespace", "--leader-election", "--log-level", "--log-format",
+                    "--api-address", "--api-port", "--otlp-endpoint"}
+TRAEFIK_MESH_CONTROLLER_FLAGS = frozenset({
+    "--acl", "--namespace", "--logLevel", "--debug", "--kubeconfig", "--defaultMode", "--smi",
+    "--watchNamespaces", "--ignoreNamespaces", "--apiHost", "--apiPort", "--limitHTTPPort", "--limitTCPPort",
+    "--limitUDPPort", "--clusterDomain",
+})
+"""The flags of Traefik Mesh's ``controller`` (camelCase; Lightmesh's are kebab-case)."""
+CONTROLLER_ONLY_FLAGS = frozenset(o for o in _controller_options() if o not in _GENERIC_OPTIONS
+                                  and o.lower() not in {f.lower() for f in TRAEFIK_MESH_CONTROLLER_FLAGS})
 
 
 def _command_lines(pod_spec: Any) -> list:
@@ -496,11 +668,24 @@ def acl_flag(workload: Workload) -> Any:
             verdict = UNKNOWN
             continue
         for i, word in enumerate(line):
-            if word in ACL_WORDS:
+            if isinstance(word, str) and word in ACL_WORDS:
                 return True
             if is_unknown(word) and not _is_option_value(line, i):
                 verdict = UNKNOWN
     return verdict
+
+
+def bad_acl_args(workload: Workload) -> list[tuple[Any, str, int, str]]:
+    """``(container name, field, index, word)`` of every ``--acl=<value>`` (or ``--ac=<value>``) in
+    the containers' ``command``/``args``: ``--acl`` is a switch, the controller's parser refuses a value
+    ("ignored explicit argument") and the controller exits at start, over and over."""
+    found = []
+    for container in containers_of(workload.pod_spec):
+        for key in ("command", "args"):
+            for i, word in enumerate(as_list(container.get(key))):
+                if isinstance(word, str) and "=" in word and word.split("=", 1)[0] in ACL_WORDS:
+                    found.append((container.get("name"), key, i, word))
+    return found
 
 
 _DEFAULT_TYPE_FLAGS = ("--default-mode",)  # the controller's flag (lightmesh controller --help)
@@ -641,9 +826,41 @@ class TrafficTarget:
     rules: Any  # list[Rule] or UNKNOWN
     version: str
     resource: Resource
+    destination_port: Any = None
+    """spec.destination.port as written: None when unset (every port), else the raw value."""
 
     def describe(self) -> str:
         return f"TrafficTarget {self.namespace}/{self.name}"
+
+    @property
+    def port(self) -> Any:
+        """The destination port as the controller reads it: None (every port), a number, UNKNOWN, or
+        :data:`BAD_PORT` when it is set but not a port number (the controller ignores the TrafficTarget)."""
+        raw = self.destination_port
+        if raw is None or raw == "":
+            return None
+        number = port_number(raw)
+        return BAD_PORT if number is None else number
+
+    @property
+    def ignored_by_controller(self) -> bool:
+        """The controller ignores it as a whole (reported by the TrafficTarget rule): a destination
+        port that is not a port number, or a destination in another namespace. It allows nothing."""
+        dest = self.destination
+        return self.port is BAD_PORT or (isinstance(dest, Identity) and isinstance(dest.namespace, str)
+                                         and isinstance(self.namespace, str) and dest.namespace != self.namespace)
+
+    def allows_on(self, svc: "Service", workloads: list["Workload"], traffic: Any) -> Any:
+        """Whether the controller attaches it to ``svc`` (whose pods run as its destination, and whose
+        traffic type is ``traffic``): True without a destination port, else whether one of the pod
+        ports of ``svc``'s meshed ports is that port; UNKNOWN when that is not known yet."""
+        port = self.port
+        if port is None:
+            return True
+        if port is UNKNOWN or port is BAD_PORT:
+            return UNKNOWN if port is UNKNOWN else False
+        ports = svc.target_ports(workloads, traffic)
+        return UNKNOWN if is_unknown(ports) else port in ports
 
 
 @dataclass
@@ -673,6 +890,60 @@ class Route:
         ones only): the controller ignores them, and a route left with no port allows every port."""
         raw = dig(self.matches, "ports") if isinstance(self.matches, dict) else None
         return [(i, p) for i, p in enumerate(as_list(raw)) if p is not UNKNOWN and port_number(p) is None]
+
+    @property
+    def matches_field(self) -> str:
+        """Where the matches are written: ``spec.matches``, or ``matches`` (specs v1alpha1/2 on top)."""
+        return "spec.matches" if isinstance(self.resource.props.get("spec"), dict) else "matches"
+
+    def controller_verdicts(self) -> Any:
+        """HTTPRouteGroup matches as the controller reads them (its own ``_http_match``): per match
+        ``(index, name, verdict, reason)``, the verdict True (kept), False (ignored: ``reason`` says
+        why) or UNKNOWN (a value in it is not known yet). UNKNOWN when the match list is."""
+        if self.matches is UNKNOWN:
+            return UNKNOWN
+        out = []
+        for i, raw in enumerate(as_list(self.matches)):
+            name = dig(raw, "name")
+            if has_unknown(raw):
+                out.append((i, name, UNKNOWN, None))
+                continue
+            errors = ControllerErrors()
+            try:
+                parsed = controller_http_match(raw, ("", ""), i, errors)
+            except Exception as exc:  # noqa: BLE001 - the controller reports such a match as an internal error
+                parsed, reason = None, f"it cannot be read ({type(exc).__name__})"
+            else:
+                reason = errors.items[0].message if errors.items else "it cannot be read"
+            out.append((i, name if isinstance(name, str) else "", parsed is not None,
+                        None if parsed is not None else reason.removesuffix("; this match is ignored")))
+        return out
+
+    def rule_allows(self, wanted: Any) -> Any:
+        """Whether a TrafficTarget rule on this HTTPRouteGroup naming ``wanted`` matches (every match
+        when empty) allows any request, as the controller reads it: it keeps the valid matches named
+        (by_name: valid matches with a name), or every valid match when none is named. True/False/UNKNOWN."""
+        verdicts = self.controller_verdicts()
+        if verdicts is UNKNOWN or wanted is UNKNOWN:
+            return UNKNOWN
+        names = as_list(wanted)
+        maybe = False
+        if not names:
+            for _, _, verdict, _ in verdicts:
+                if verdict is True:
+                    return True
+                maybe = maybe or verdict is UNKNOWN
+            return UNKNOWN if maybe else False
+        for wanted_name in names:
+            if wanted_name is UNKNOWN:
+                maybe = True
+                continue
+            for _, name, verdict, _ in verdicts:
+                if name is UNKNOWN or verdict is UNKNOWN:
+                    maybe = maybe or name is UNKNOWN or name == wanted_name
+                elif verdict is True and name and name == wanted_name:
+                    return True
+        return UNKNOWN if maybe else False
 
     def match_names(self) -> Any:
         if self.matches is UNKNOWN:
@@ -707,6 +978,204 @@ class TrafficSplit:
         return f"TrafficSplit {self.namespace}/{self.name}"
 
 
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+GATEWAY_ROUTE_TRAFFIC = {"HTTPRoute": ann.TrafficType.HTTP, "GRPCRoute": ann.TrafficType.HTTP,
+                         "TCPRoute": ann.TrafficType.TCP, "UDPRoute": ann.TrafficType.UDP}
+
+
+@dataclass(frozen=True)
+class ParentRef:
+    """A ``parentRefs`` entry naming a Service of the route's namespace: its name, and the ``port``
+    and ``sectionName`` (a port name) it attaches to, None when unset; any of them may be UNKNOWN."""
+
+    name: Any
+    port: Any = None
+    section: Any = None
+
+    def attaches_to(self, svc: "Service", traffic: Any) -> Any:
+        """Whether the controller attaches this parentRef to ``svc`` (of traffic type ``traffic``), as
+        ``topology._mesh_routes`` does: its name is the Service's, and its ``port`` (a port number) and
+        ``sectionName``, when set, name one port the controller meshes for that traffic type (both:
+        the same port). True/False/UNKNOWN."""
+        if is_unknown(self.name):
+            return UNKNOWN
+        if self.name != svc.name:
+            return False
+        if self.port is None and self.section is None:
+            return True
+        if is_unknown(self.port) or is_unknown(self.section):
+            return UNKNOWN
+        ports = svc.meshed_ports(traffic)
+        if not isinstance(ports, list):
+            return UNKNOWN  # not known yet, or not declared in this stack (an existing Service patched)
+        number = None
+        if self.port is not None:
+            number = port_number(self.port)
+            if number is None or all(p.port != number for p in ports):
+                return False  # "is not a port of <Service>; this parent is ignored"
+        if self.section is not None:
+            named = [p.port for p in ports if p.name == self.section]
+            if not named or (number is not None and number != named[0]):
+                return False  # no port of that name, or another port than `port`: ignored
+        return True
+
+
+@dataclass
+class MeshRoute:
+    """A Gateway API route (HTTPRoute, GRPCRoute, TCPRoute, UDPRoute) as the controller reads it for
+    the mesh (GAMMA): its parent Services (``parentRefs`` of ``kind: Service``, ``group: ""``, in the
+    route's namespace) and, per rule it applies, the weighted Service backends of its namespace."""
+
+    kind: str
+    namespace: Any
+    name: Any
+    parents: Any  # list of ParentRef (a whole entry not known yet: ParentRef(UNKNOWN)), or UNKNOWN
+    rules: Any  # list (per rule) of list[Backend] (weights as the controller reads them), or UNKNOWN
+    resource: Resource
+    kept: Any = field(default_factory=list)
+    """Per rule of :attr:`rules`, whether the controller applies it: False when it ignores it (an
+    HTTPRoute/GRPCRoute rule with a match its own parser refuses, e.g. ``queryParams``), UNKNOWN when
+    a match is not known yet; UNKNOWN as a whole while the rules are."""
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+    @property
+    def traffic_type(self) -> ann.TrafficType:
+        return GATEWAY_ROUTE_TRAFFIC[self.kind]
+
+    @property
+    def parent_names(self) -> list[str]:
+        """The known names of its parent Services (whether or not the controller attaches them)."""
+        parents = self.parents if isinstance(self.parents, list) else []
+        return list(dict.fromkeys(p.name for p in parents if isinstance(p.name, str) and p.name))
+
+    def applies_a_rule(self) -> Any:
+        """Whether the controller applies at least one of its rules (a route none of whose rules it
+        applies attaches to no parent): True/False/UNKNOWN."""
+        if self.kept is UNKNOWN:
+            return UNKNOWN
+        if any(k is True for k in self.kept):
+            return True
+        return UNKNOWN if any(is_unknown(k) for k in self.kept) else False
+
+    def may_attach_to(self, svc: "Service", traffic: Any) -> Any:
+        """Whether the controller attaches this route to ``svc``, whose traffic type is ``traffic``
+        (UNKNOWN: as if it were the route's own type), as ``topology._mesh_routes`` decides: a
+        parentRef names it (port and sectionName, when set, one of its meshed ports), it is of the
+        route's traffic type, it is not an ExternalName Service (never meshed), and the controller
+        applies at least one of the route's rules. True when surely, UNKNOWN when it may, else False."""
+        if is_unknown(self.namespace):
+            return UNKNOWN
+        if self.namespace != svc.namespace or svc.external_name:
+            return False
+        if is_unknown(traffic):
+            traffic = self.traffic_type
+        if traffic is not self.traffic_type:
+            return False  # "parent service ... is tcp, not http; ignored"
+        if self.parents is UNKNOWN:
+            parent: Any = UNKNOWN
+        else:
+            verdicts = [ref.attaches_to(svc, traffic) for ref in self.parents]
+            parent = True if True in verdicts else UNKNOWN if any(is_unknown(v) for v in verdicts) else False
+        if parent is False:
+            return False
+        rules = self.applies_a_rule()
+        if rules is False:
+            return False
+        return True if parent is True and rules is True else UNKNOWN
+
+
+def _gateway_weight(value: Any) -> Any:
+    """A backendRef weight as the controller reads it (1 when unset; a whole number 0-1000000), UNKNOWN,
+    or None when it ignores the backend."""
+    if value is UNKNOWN:
+        return UNKNOWN
+    if value is None:
+        return 1
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # numbers travel as floats
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1_000_000:
+        return None
+    return value
+
+
+def _rule_kept(kind: str, rule: Any) -> Any:
+    """Whether the controller applies an HTTPRoute/GRPCRoute rule: it ignores a rule one of whose
+    matches its own parser (``topology._gw_match``/``_grpc_match``) refuses. True/False/UNKNOWN."""
+    if rule is UNKNOWN:
+        return UNKNOWN
+    matches = dig(rule, "matches")
+    if matches is UNKNOWN:
+        return UNKNOWN
+    parse = controller_grpc_match if kind == "GRPCRoute" else controller_gateway_match
+    verdict: Any = True
+    for raw in as_list(matches) or [{}]:
+        if has_unknown(raw):
+            verdict = UNKNOWN  # a match known later may still be refused: keep looking for one refused now
+            continue
+        try:
+            found = parse(whole_numbers(raw))
+        except Exception:  # noqa: BLE001 - what the controller would make of it is not known
+            verdict = UNKNOWN
+            continue
+        if isinstance(found, str):
+            return False
+    return verdict
+
+
+def mesh_route_from(resource: Resource) -> MeshRoute:
+    ns = resource_namespace(resource)
+    name, _ = object_name(resource)
+    spec = resource.props.get("spec")
+    if spec is UNKNOWN:
+        return MeshRoute(resource.kind, ns, name, UNKNOWN, UNKNOWN, resource, UNKNOWN)
+    spec = as_dict(spec)
+    raw_parents = spec.get("parentRefs")
+    parents: Any = UNKNOWN if raw_parents is UNKNOWN else []
+    for ref in [] if raw_parents is UNKNOWN else as_list(raw_parents):
+        kind = dig(ref, "kind")
+        group = dig(ref, "group") if isinstance(ref, dict) and "group" in ref else GATEWAY_GROUP  # its default
+        if ref is UNKNOWN or kind is UNKNOWN or group is UNKNOWN:
+            parents.append(ParentRef(UNKNOWN))
+            continue
+        if kind != "Service" or group not in ("", "core"):
+            continue  # a Gateway (or anything else) is another controller's parent
+        pns = dig(ref, "namespace")
+        if pns is UNKNOWN:
+            parents.append(ParentRef(UNKNOWN))
+        elif (pns or ns) == ns:  # consumer routes (a parent in another namespace) are not supported
+            parent = dig(ref, "name")
+            parents.append(ParentRef(parent if known_or_unknown_text(parent) else "", dig(ref, "port"),
+                                     dig(ref, "sectionName")))
+    raw_rules = spec.get("rules")
+    rules: Any = UNKNOWN if raw_rules is UNKNOWN else []
+    kept: Any = UNKNOWN if raw_rules is UNKNOWN else []
+    for k, rule in enumerate([] if raw_rules is UNKNOWN else as_list(raw_rules)):
+        if GATEWAY_ROUTE_TRAFFIC[resource.kind] is not ann.TrafficType.HTTP:
+            if k > 0:
+                break  # a TCPRoute/UDPRoute is applied with its first rule only
+            kept.append(True)  # L4 rules have no matches
+        else:
+            kept.append(_rule_kept(resource.kind, rule))
+        refs = dig(rule, "backendRefs")
+        backends: list[Backend] = []
+        for ref in [UNKNOWN] if refs is UNKNOWN else as_list(refs):
+            if ref is UNKNOWN:
+                backends.append(Backend(UNKNOWN, UNKNOWN))
+                continue
+            weight = _gateway_weight(dig(ref, "weight"))
+            if weight is None:
+                continue  # the controller ignores it
+            kind, group, bns = dig(ref, "kind"), dig(ref, "group"), dig(ref, "namespace")
+            if UNKNOWN in (kind, group, bns):
+                backends.append(Backend(UNKNOWN, weight))
+            elif (kind or "Service") == "Service" and (group or "") in ("", "core") and (bns or ns) == ns:
+                backends.append(Backend(dig(ref, "name"), weight))
+        rules.append(backends)
+    return MeshRoute(resource.kind, ns, name, parents, rules, resource, kept)
+
+
 def _spec(resource: Resource) -> Any:
     """SMI v1alpha1 objects keep their fields at the top level; later versions under ``spec``."""
     spec = resource.props.get("spec")
@@ -735,7 +1204,7 @@ def _identity(raw: Any, default_ns: Any) -> Any:
 
 
 def traffic_target_from(resource: Resource) -> TrafficTarget:
-    ns = namespace_of(resource.props)
+    ns = resource_namespace(resource)
     name, _ = object_name(resource)
     spec = _spec(resource)
     if spec is UNKNOWN:
@@ -755,18 +1224,19 @@ def traffic_target_from(resource: Resource) -> TrafficTarget:
                 matches = r.get("matches")
                 rules.append(Rule(r.get("kind"), r.get("name"),
                                   UNKNOWN if matches is UNKNOWN else [m for m in as_list(matches)]))
-    return TrafficTarget(ns, name, destination, sources, rules, resource.group_version[1], resource)
+    return TrafficTarget(ns, name, destination, sources, rules, resource.group_version[1], resource,
+                         UNKNOWN if is_unknown(dig(spec, "destination")) else dig(spec, "destination", "port"))
 
 
 def route_from(resource: Resource) -> Route:
     spec = _spec(resource)
     matches = UNKNOWN if spec is UNKNOWN else spec.get("matches")
     name, _ = object_name(resource)
-    return Route(resource.kind, namespace_of(resource.props), name, matches, resource)
+    return Route(resource.kind, resource_namespace(resource), name, matches, resource)
 
 
 def traffic_split_from(resource: Resource) -> TrafficSplit:
-    ns = namespace_of(resource.props)
+    ns = resource_namespace(resource)
     name, _ = object_name(resource)
     spec = _spec(resource)
     if spec is UNKNOWN:
@@ -804,6 +1274,7 @@ class StackView:
         self.traffic_targets: list[TrafficTarget] = []
         self.routes: list[Route] = []
         self.splits: list[TrafficSplit] = []
+        self.mesh_routes: list[MeshRoute] = []
         self.controllers: list[Workload] = []
         self.proxies: list[Workload] = []
         self.mesh_installs: list[Resource] = []
@@ -825,6 +1296,8 @@ class StackView:
             self.routes.append(route_from(r))
         elif group == SPLIT_GROUP and r.kind == "TrafficSplit":
             self.splits.append(traffic_split_from(r))
+        elif group == GATEWAY_GROUP and r.kind in GATEWAY_ROUTE_TRAFFIC:
+            self.mesh_routes.append(mesh_route_from(r))
         elif (w := workload_from(r)) is not None:
             self.workloads.append(w)
             role = _role(w)
@@ -834,7 +1307,7 @@ class StackView:
                 self.proxies.append(w)
 
     def _add_service(self, r: Resource) -> None:
-        ns, (name, _) = namespace_of(r.props), object_name(r)
+        ns, (name, _) = resource_namespace(r), object_name(r)
         if is_unknown(ns) or is_unknown(name):
             self.unknown_services.append(r)
             return
@@ -854,6 +1327,7 @@ class StackView:
             svc.selector = selector if selector is UNKNOWN or isinstance(selector, dict) else None
             ports = dig(r.props, "spec", "ports")
             svc.ports = ports if ports is UNKNOWN or isinstance(ports, list) else None
+            svc.external_name = dig(r.props, "spec", "type") == "ExternalName"
 
     # ---- ACL mode
 
@@ -895,7 +1369,7 @@ class StackView:
 
     def _unknown_service_may_be(self, namespace: str, name: str, types: tuple[str, ...]) -> bool:
         for r in self.unknown_services:
-            ns, (other, _) = namespace_of(r.props), object_name(r)
+            ns, (other, _) = resource_namespace(r), object_name(r)
             if r.type in types and (is_unknown(ns) or ns == namespace) and (is_unknown(other) or other == name):
                 return True
         return False
@@ -926,6 +1400,39 @@ class StackView:
                   and (is_unknown(split.service) or split.service == svc.name)):
                 maybe = True
         return UNKNOWN if maybe and not found else found
+
+    def routes_attached_to(self, svc: Service, traffic: Any) -> Any:
+        """The Gateway API routes the controller attaches to ``svc`` (of traffic type ``traffic``; when
+        that is UNKNOWN, each route is judged as if the Service were of its type): see
+        :meth:`MeshRoute.may_attach_to`. UNKNOWN when none is known to be but one could be (its
+        parents, namespace, ports or matches are not known yet)."""
+        found, maybe = [], False
+        for route in self.mesh_routes:
+            attached = route.may_attach_to(svc, traffic)
+            if attached is True:
+                found.append(route)
+            elif attached is UNKNOWN:
+                maybe = True
+        return UNKNOWN if maybe and not found else found
+
+    def services_of_account(self, identity: Identity) -> Any:
+        """Every declared Service (meshed by annotation or not: the controller meshes every Service)
+        whose selected pods run as ``identity``, each with its resolution; UNKNOWN when a Service not
+        known yet could be one of them."""
+        for r in self.unknown_services:
+            ns = resource_namespace(r)
+            if is_unknown(ns) or ns == identity.namespace:
+                return UNKNOWN
+        out = []
+        for svc in self.services.values():
+            if svc.namespace != identity.namespace or svc.external_name:
+                continue
+            resolution = self.resolve(svc)
+            if identity in resolution.service_accounts:
+                out.append((svc, resolution))
+            elif resolution.unknown:
+                return UNKNOWN
+        return out
 
     # ---- identities
 
@@ -971,7 +1478,7 @@ class StackView:
         """All mesh Services whose selected pods run as ``identity``; UNKNOWN when a Service that is
         not known yet (its name, annotations or pods) could be one of them."""
         for r in self.unknown_services:
-            ns = namespace_of(r.props)
+            ns = resource_namespace(r)
             if is_unknown(ns) or ns == identity.namespace:
                 return UNKNOWN
         out = []
@@ -990,8 +1497,10 @@ class StackView:
         return out
 
     def targets_for(self, identity: Identity) -> list[TrafficTarget]:
-        """The TrafficTargets known to have ``identity`` as destination (see :meth:`destination_may_be`)."""
-        return [t for t in self.traffic_targets if isinstance(t.destination, Identity) and t.destination == identity]
+        """The TrafficTargets known to have ``identity`` as destination (see :meth:`destination_may_be`),
+        except those the controller ignores as a whole (:attr:`TrafficTarget.ignored_by_controller`)."""
+        return [t for t in self.traffic_targets if isinstance(t.destination, Identity) and t.destination == identity
+                and not t.ignored_by_controller]
 
     def destination_may_be(self, identity: Identity) -> bool:
         """Whether a TrafficTarget whose destination is not known yet could have ``identity`` as destination."""

@@ -13,12 +13,17 @@ Two steps, each usable alone:
 
 Differences from ``pulumi preview --policy-pack``: props are the program's *inputs* before the
 Kubernetes provider's Check (no auto-names, no defaults) and nothing is unknown (the mock engine
-resolves every output). The analyzer servicer is a private API of pulumi-policy; its version is
-pinned in ``pyproject.toml``.
+resolves every output). Objects that only the Kubernetes provider itself produces are not seen:
+remote components (``kubernetes:yaml/v2:ConfigGroup``/``ConfigFile``, ``kubernetes:helm.sh/v4:Chart``,
+``kubernetes:kustomize/v2:Directory``) and the charts/kustomizations rendered by a provider call
+(``helm.v3.Chart``, ``kustomize.Directory``) register no objects under the mock engine, so
+:func:`offline_notes` names each such resource (the CLI prints the notes on stderr); a
+``helm.v3.Release`` is one resource whose objects no policy pack ever sees, not even under the CLI.
+The analyzer servicer is a private API of pulumi-policy; its version is pinned in ``pyproject.toml``.
 
 CLI: ``python -m lightmesh_policies.offline PROGRAM_DIR [-s STACK] [-c key=value]
-[--policy-pack-config FILE]`` prints violations like the Pulumi CLI and exits 1 when a mandatory
-policy is violated.
+[--policy-pack-config FILE]`` prints violations like the Pulumi CLI (and the notes on stderr) and
+exits 1 when a mandatory policy is violated.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from pulumi_policy import EnforcementLevel
 from pulumi_policy.policy import _PolicyAnalyzerServicer
 
 from lightmesh_policies import ALL_POLICIES, PACK_NAME
+from lightmesh_policies._runtime import load_stack_config
 
 PACK_DIR = Path(__file__).resolve().parent.parent
 REPO = PACK_DIR.parent
@@ -71,6 +77,8 @@ class Violation:
 class PackReport:
     violations: list[Violation] = field(default_factory=list)
     not_applicable: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """What was not judged offline, and why (see :func:`offline_notes`)."""
 
     @property
     def mandatory(self) -> list[Violation]:
@@ -97,7 +105,9 @@ def render_env() -> dict[str, str]:
 
 def render_registrations(program_dir: str | Path, stack: str = "dev", config: Iterable[str] = ()) -> list[dict]:
     """Every resource ``program_dir`` registers under the mock engine: dicts with type, name, urn,
-    parent (URN or None), custom and props (engine camelCase)."""
+    parent (URN or None), provider (URN or None), custom and props (engine camelCase); with the
+    default Kubernetes provider the stack config makes (:func:`with_default_provider`)."""
+    config = list(config)
     with tempfile.TemporaryDirectory(prefix="lightmesh-policy-render-") as tmp:
         out = Path(tmp) / "registrations.json"
         cmd = [sys.executable, "-m", "lightmesh_policies._render_worker", str(program_dir), stack, str(out),
@@ -110,7 +120,72 @@ def render_registrations(program_dir: str | Path, stack: str = "dev", config: It
                 from exc
         if proc.returncode != 0 or not out.exists():
             raise OfflineCheckError(f"{program_dir}: rendering failed:\n{proc.stderr.strip()}")
-        return json.loads(out.read_text())
+        registrations = json.loads(out.read_text())
+    project, stack_config = load_stack_config(Path(program_dir).resolve(), stack, config)  # it rendered: valid
+    return with_default_provider(registrations, stack_config, stack, project)
+
+
+KUBERNETES_PROVIDER = "pulumi:providers:kubernetes"
+
+
+def with_default_provider(resources: list[dict], stack_config: Mapping[str, str], stack: str,
+                          project: str) -> list[dict]:
+    """``resources`` with the default Kubernetes provider that the stack config makes, as ``pulumi``
+    creates it and sends it with every resource that names no provider: its ``namespace`` is the
+    stack config ``kubernetes:namespace`` (``Pulumi.<stack>.yaml``, or ``-c kubernetes:namespace=...``),
+    the namespace of every namespaced object without metadata.namespace and without an explicit
+    provider. The mock engine makes no default provider, so without this those objects would be
+    judged as in ``default``. Unchanged when the config sets no ``kubernetes:namespace``."""
+    namespace = stack_config.get("kubernetes:namespace")
+    if not isinstance(namespace, str) or not namespace:
+        return resources
+    urn = f"urn:pulumi:{stack}::{project}::{KUBERNETES_PROVIDER}::default"
+    provider = {"type": KUBERNETES_PROVIDER, "name": "default", "urn": urn, "parent": None, "provider": None,
+                "custom": True, "props": {"namespace": namespace}}
+    out = [provider]
+    for r in resources:
+        if r.get("custom", True) and r["type"].startswith("kubernetes:") and not r.get("provider"):
+            r = {**r, "provider": urn}
+        out.append(r)
+    return out
+
+
+# Resources whose Kubernetes objects the Kubernetes provider itself produces. Remote (multi-language)
+# components: under `pulumi preview` the provider registers their objects, which the pack then judges;
+# the mock engine runs no provider, so offline they have none.
+PROVIDER_RENDERED = {
+    "kubernetes:yaml/v2:ConfigGroup": "it parses the YAML",
+    "kubernetes:yaml/v2:ConfigFile": "it parses the YAML",
+    "kubernetes:helm.sh/v4:Chart": "it renders the chart",
+    "kubernetes:kustomize/v2:Directory": "it builds the kustomization",
+    # client-side components whose manifests come from a provider call (helm template, kustomize
+    # build), which the mock engine answers with nothing
+    "kubernetes:helm.sh/v3:Chart": "helm template, a provider call",
+    "kubernetes:kustomize:Directory": "it builds the kustomization",
+}
+HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
+
+
+def offline_notes(resources: list[dict]) -> list[str]:
+    """One note per resource whose Kubernetes objects were not judged: a component of
+    :data:`PROVIDER_RENDERED` that registered no objects under the mock engine, and every Helm release
+    (``helm.v3.Release`` is one resource; the objects its chart installs are never sent to a policy
+    pack, offline or under ``pulumi preview``)."""
+    parents = {r.get("parent") for r in resources if r.get("parent")}
+    notes = []
+    for r in resources:
+        where = f"resource {r['name']!r} ({r['type']})"
+        if r["type"] in PROVIDER_RENDERED and r["urn"] not in parents:
+            notes.append(f"{where}: its objects are made by the Kubernetes provider ({PROVIDER_RENDERED[r['type']]}), "
+                         f"which the offline runner does not run, so they were not judged offline. Judge them with `pulumi preview --policy-pack "
+                         f"policies`, or declare those objects in the program (kubernetes.yaml.ConfigGroup v1 parses "
+                         f"YAML in the program and is judged offline).")
+        elif r["type"] == HELM_RELEASE:
+            notes.append(f"{where}: a Helm release is one resource; the objects its chart installs are never seen by "
+                         f"the policy pack (offline or under `pulumi preview`), so its Services, workloads and SMI "
+                         f"objects were not judged. Use kubernetes.helm.v4.Chart (judged by `pulumi preview "
+                         f"--policy-pack policies`) for charts the mesh rules must see.")
+    return notes
 
 
 # -------------------------------------------------------------------------------------- analyzing
@@ -237,7 +312,7 @@ def make_servicer(policy_config: Mapping[str, Any] | None = None) -> _PolicyAnal
 def analyze(resources: list[dict], policy_config: Mapping[str, Any] | None = None) -> PackReport:
     """Run every policy of the pack over ``resources`` (as :func:`render_registrations` returns)."""
     servicer = make_servicer(policy_config)
-    report = PackReport()
+    report = PackReport(notes=offline_notes(resources))
 
     def collect(response: Any, resource_urn: str = "") -> None:
         for d in response.diagnostics:
@@ -297,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OfflineCheckError, OSError) as exc:
         print(f"lightmesh-policies: {exc}", file=sys.stderr)
         return 2
+    for note in report.notes:
+        print(f"lightmesh-policies: note: {note}", file=sys.stderr)
     for v in report.violations:
         print(v)
     print(f"{len(report.violations)} violation(s), {len(report.mandatory)} mandatory")

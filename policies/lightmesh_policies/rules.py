@@ -11,9 +11,12 @@ about one object are resource policies. Every rule reads the props through
 :func:`~lightmesh_policies.model.materialize`, so an unknown value during ``pulumi preview`` only
 skips the facts that depend on it — the rest of the stack is still judged.
 
-Kubernetes shapes, not component shapes: the rules look at Services, workloads and SMI objects as
-the cluster will see them, so they hold for Services annotated by hand (Traefik Mesh prefixes
-included), for every SMI version the controller accepts, and for objects rendered by Helm charts.
+Kubernetes shapes, not component shapes: the rules look at Services, workloads, SMI objects and
+Gateway API mesh routes as the cluster will see them, so they hold for Services annotated by hand
+(Traefik Mesh prefixes included), for every SMI version the controller accepts, and for the objects
+of charts and YAML that the stack declares object by object (``helm.v4.Chart``, ``yaml.v2.ConfigGroup``
+under ``pulumi preview``; each object is a resource the pack sees). A ``helm.v3.Release`` is one
+resource: the objects its chart installs are never sent to a policy pack, so none of them is judged.
 """
 
 from __future__ import annotations
@@ -96,7 +99,8 @@ def _per_cluster(check, defaults: Mapping[str, Any]):
 
 
 def _resource(args: ResourceValidationArgs) -> model.Resource:
-    return model.resource_from_policy(args.resource_type, args.name, args.urn, args.props)
+    return model.resource_from_policy(args.resource_type, args.name, args.urn, args.props,
+                                      provider=getattr(args, "provider", None))
 
 
 def _acl_active(view: StackView, assume_acl: bool) -> Any:
@@ -121,9 +125,9 @@ def _access_policy_hint(identity: Identity, traffic: Any, sources: str | None = 
             f'destination_service_account="{identity.name}", sources=[{sources}], {rule}))')
 
 
-def _kinds_of(rules: Any) -> set:
-    return ({r.kind for r in rules if isinstance(r, model.Rule) and isinstance(r.kind, str)}
-            if isinstance(rules, list) else set())
+def _protocol(traffic: Any) -> str:
+    """The port protocol the controller meshes for a traffic type (``topology._service_ports``)."""
+    return "UDP" if traffic is ann.TrafficType.UDP else "TCP"
 
 
 def _traffic_label(traffic: Any) -> str:
@@ -147,23 +151,25 @@ def _acl_coverage(view: StackView, cfg: dict, report: ReportViolation) -> None:
     default_type = view.default_traffic_type()
     controller_ignores = view.ignore_settings()
     for svc in sorted(view.services.values(), key=lambda s: s.key):
-        if svc.is_meshed is not True or svc.key in ignored:
-            continue
+        if svc.is_meshed is not True or svc.key in ignored or svc.external_name:
+            continue  # (the controller never meshes an ExternalName Service: nothing to route to)
         if controller_ignores.ignores(svc.namespace, svc.name) is not False:
             continue  # the controller never meshes it (its own namespace, kube-system, ...): nothing is denied
         traffic = svc.traffic_type(default_type)
         resolution = view.resolve(svc)
         if resolution.reason:
-            # No pods of its own (or none declared here): an SMI apex if it is a TrafficSplit's root.
-            splits = view.splits_rooted_at(svc) if not resolution.workloads else []
-            if splits:
-                _check_apex_coverage(view, svc, splits, traffic, cfg, report)
-            elif splits == [] and not cfg["allow_unresolved_services"]:
+            # No pods of its own (or none declared here): an apex if it is a TrafficSplit's root or a
+            # Gateway API route's parent Service (GAMMA).
+            fronts = _fronts(view, svc, traffic) if not resolution.workloads else []
+            if fronts:
+                _check_apex_coverage(view, svc, fronts, traffic, cfg, report)
+            elif fronts == [] and not cfg["allow_unresolved_services"]:
                 _report_unresolved(f"{svc.describe()} is a mesh Service, but the ServiceAccount of its pods",
                                    svc.key, resolution.reason, svc.urn, report)
             continue
         for identity in sorted(resolution.service_accounts, key=str):
-            _check_identity_covered(view, svc.describe(), identity, traffic, svc.urn, report)
+            _check_identity_covered(view, svc.describe(), identity, traffic, svc.urn, report, svc,
+                                    resolution.workloads)
 
 
 def _report_unresolved(lead: str, ignore_key: str, reason: str, urn: str, report: ReportViolation) -> None:
@@ -174,12 +180,31 @@ def _report_unresolved(lead: str, ignore_key: str, reason: str, urn: str, report
 
 
 def _check_identity_covered(view: StackView, subject: str, identity: Identity, traffic: Any, urn: str,
-                            report: ReportViolation) -> None:
-    """``subject``'s pods run as ``identity``: some TrafficTarget must allow its traffic type to it."""
+                            report: ReportViolation, svc: model.Service | None = None,
+                            workloads: list[model.Workload] | None = None) -> None:
+    """``subject``'s pods run as ``identity``: some TrafficTarget must allow its traffic type to it —
+    on one of ``svc``'s pod ports when it names a ``destination.port``, with a rule that allows
+    something as the controller reads it (an HTTPRouteGroup rule whose matches it all ignores does not)."""
     if view.destination_may_be(identity):
         return  # a TrafficTarget whose destination is known only after apply may be the one
     targets = view.targets_for(identity)
+    elsewhere = []
+    if svc is not None:
+        svc_traffic = svc.traffic_type(view.default_traffic_type())  # a backend's own, for its ports
+        elsewhere = [t for t in targets if t.allows_on(svc, workloads or [], svc_traffic) is False]
+        targets = [t for t in targets if t not in elsewhere]
     if not targets:
+        if elsewhere:
+            ports = svc.target_ports(workloads or [], svc_traffic)
+            names = ", ".join(f"{t.describe()} (spec.destination.port {model.shown(t.destination_port)})"
+                              for t in elsewhere)
+            report(f"{subject} ({_traffic_label(traffic)}) is not the destination of any TrafficTarget on its ports: "
+                   f"its pods run as ServiceAccount {identity}, but {names} only allow a port its pods do not listen "
+                   f"on for it ({', '.join(map(str, sorted(ports))) or 'none'}: the targetPorts of its ports the "
+                   f"controller meshes, those of protocol {_protocol(svc_traffic)}), so the controller attaches none "
+                   f"of them to it and ACL mode denies all traffic to it. Fix: set destination.port to one of those "
+                   f"ports, or leave it out to allow every port.", urn)
+            return
         report(f"{subject} ({_traffic_label(traffic)}) is not the destination of any TrafficTarget: its pods run "
                f"as ServiceAccount {identity} and ACL mode denies all traffic to them. Fix: add "
                f"{_access_policy_hint(identity, traffic)} with the clients that may call it.", urn)
@@ -187,37 +212,89 @@ def _check_identity_covered(view: StackView, subject: str, identity: Identity, t
     if is_unknown(traffic) or any(is_unknown(t.rules) or any(is_unknown(r.kind) for r in t.rules) for t in targets):
         return  # which rule kind it needs, or has, is known only after apply
     kind = model.TRAFFIC_TYPE_ROUTE_KIND[traffic]
-    kinds = set().union(*(_kinds_of(t.rules) for t in targets))
+    kinds: set = set()
+    hollow: list[str] = []
+    for t in targets:
+        for i, rule in enumerate(t.rules):
+            if isinstance(rule.kind, str) and _rule_allows(view, t, rule) is False:
+                hollow.append(f"{t.describe()} rules[{i}]")
+            elif isinstance(rule.kind, str):
+                kinds.add(rule.kind)
     if kind not in kinds:
         names = ", ".join(t.describe() for t in targets)
+        note = (f"; {', '.join(hollow)} allow{'s' if len(hollow) == 1 else ''} no request the controller accepts"
+                if hollow else "")
         report(f"{subject} is {traffic.value} but no TrafficTarget for ServiceAccount {identity} has a {kind} rule "
-               f"({names} only allow {', '.join(sorted(kinds)) or 'nothing'}): its {traffic.value} traffic is "
+               f"({names} only allow {', '.join(sorted(kinds)) or 'nothing'}{note}): its {traffic.value} traffic is "
                f"denied in ACL mode. Fix: add {_access_policy_hint(identity, traffic)}, or add the {kind} rule to "
                f"the existing AccessPolicy.", urn)
 
 
-def _check_apex_coverage(view: StackView, apex: model.Service, splits: list[model.TrafficSplit], traffic: Any,
+def _rule_allows(view: StackView, target: model.TrafficTarget, rule: model.Rule) -> Any:
+    """Whether an HTTPRouteGroup rule allows any request as the controller reads it (False: its group
+    has no match, or the controller ignores every match it names); True for other kinds, and for a
+    route object not in this stack (the TrafficTarget rule reports that); UNKNOWN when not known yet."""
+    if rule.kind != "HTTPRouteGroup" or is_unknown(rule.name):
+        return True if not is_unknown(rule.name) else UNKNOWN
+    route = view.find_route(rule.kind, target.namespace, rule.name)
+    if not isinstance(route, model.Route):
+        return UNKNOWN if is_unknown(route) else True
+    return route.rule_allows(rule.matches)
+
+
+def _fronts(view: StackView, svc: model.Service, traffic: Any) -> Any:
+    """What sends ``svc``'s traffic elsewhere when it has no pods of its own, as ``(what, backend
+    names)`` pairs: the Gateway API routes whose parent it is (GAMMA; the controller then ignores a
+    TrafficSplit on it), else the TrafficSplits whose root it is. UNKNOWN when none is known to be but
+    one not known yet could be."""
+    routes = view.routes_attached_to(svc, traffic)  # as the controller attaches them (type, ports, rules)
+    if routes:
+        return [(f"parent of {r.describe()}", _route_backend_names(r, svc.name)) for r in routes]
+    splits = view.splits_rooted_at(svc)
+    if splits:
+        return [(f"root of {split.describe()}", _backend_names(split)) for split in splits]
+    return UNKNOWN if is_unknown(routes) or is_unknown(splits) else []
+
+
+def _applied_rules(route: model.MeshRoute) -> list[tuple[int, list[model.Backend]]]:
+    """``(index, backends)`` of the rules the controller surely applies (not those it ignores, nor
+    those whose matches are not known yet)."""
+    rules = route.rules if isinstance(route.rules, list) else []
+    kept = route.kept if isinstance(route.kept, list) else []
+    return [(k, backends) for k, (backends, applied) in enumerate(zip(rules, kept)) if applied is True]
+
+
+def _route_backend_names(route: model.MeshRoute, parent: Any = None) -> list[str]:
+    """The Service backends a route's applied rules send traffic to (known names, weight above 0), bar
+    the parent itself."""
+    return list(dict.fromkeys(b.service for _, backends in _applied_rules(route) for b in backends
+                              if isinstance(b.service, str) and b.service and b.service != parent
+                              and isinstance(b.weight, int) and b.weight > 0))
+
+
+def _check_apex_coverage(view: StackView, apex: model.Service, fronts: list[tuple[str, list[str]]], traffic: Any,
                          cfg: Mapping[str, Any], report: ReportViolation) -> None:
-    """An SMI apex Service (a TrafficSplit's root) need not have pods of its own: its traffic goes to the
-    split's backends, so it is covered when they are. Backends that are mesh Services are judged on
-    their own; the others (the controller meshes every Service) are judged here, on the apex's behalf.
-    Whether every backend allows the split's callers is the TrafficSplit rule's reachability check."""
-    for split in splits:
-        for backend_name in _backend_names(split):
+    """An apex Service (a TrafficSplit's root, or a Gateway API route's parent Service) need not have
+    pods of its own: its traffic goes to the backends, so it is covered when they are. Backends that
+    are mesh Services are judged on their own; the others (the controller meshes every Service) are
+    judged here, on the apex's behalf. Whether every backend allows the callers is the TrafficSplit
+    rule's reachability check."""
+    for what, backend_names in fronts:
+        for backend_name in backend_names:
             backend = view.services.get((apex.namespace, backend_name))
             if backend is None or backend.is_meshed is not False:
                 continue  # undeclared (the split rule says so), a mesh Service, or not known yet
-            subject = (f"{apex.describe()} (root of {split.describe()}, no pods of its own) through its backend "
-                       f"Service {backend.key}")
+            subject = f"{apex.describe()} ({what}, no pods of its own) through its backend Service {backend.key}"
             resolution = view.resolve(backend)
             if resolution.reason:
                 if not cfg["allow_unresolved_services"]:
-                    _report_unresolved(f"{apex.describe()} is the root of {split.describe()} and has no pods of its "
-                                       f"own; the ServiceAccount of the pods of its backend Service {backend.key}",
+                    _report_unresolved(f"{apex.describe()} is the {what} and has no pods of its own; the ServiceAccount "
+                                       f"of the pods of its backend Service {backend.key}",
                                        apex.key, resolution.reason, apex.urn, report)
                 continue
             for identity in sorted(resolution.service_accounts, key=str):
-                _check_identity_covered(view, subject, identity, traffic, apex.urn, report)
+                _check_identity_covered(view, subject, identity, traffic, apex.urn, report, backend,
+                                        resolution.workloads)
 
 
 def _backend_names(split: model.TrafficSplit) -> list[str]:
@@ -230,10 +307,11 @@ def _backend_names(split: model.TrafficSplit) -> list[str]:
 acl_service_has_traffic_target = StackValidationPolicy(
     name="lightmesh-acl-service-has-traffic-target",
     description=("In ACL mode every mesh Service (annotated, or created by MeshService) is the destination of at "
-                 "least one TrafficTarget with a rule for its traffic type; otherwise all traffic to it is denied. "
-                 "A TrafficSplit root without pods of its own is judged through the split's backends. Services the "
-                 "controller never meshes (its own namespace, kube-system, default/kubernetes, namespaces it ignores "
-                 "or does not watch) are skipped."),
+                 "least one TrafficTarget with a rule for its traffic type that allows something (on one of its "
+                 "pods' ports when the TrafficTarget names a destination port); otherwise all traffic to it is "
+                 "denied. A TrafficSplit root or Gateway API route parent without pods of its own is judged through "
+                 "the backends. Services the controller never meshes (ExternalName, its own namespace, kube-system, "
+                 "default/kubernetes, namespaces it ignores or does not watch) are skipped."),
     enforcement_level=EnforcementLevel.MANDATORY,
     severity=Severity.HIGH,
     config_schema=_schema(ACL_COVERAGE_DEFAULTS, {
@@ -275,6 +353,7 @@ def _validate_routes(view: StackView, report: ReportViolation) -> None:
             continue
         where = f"HTTPRouteGroup {route.namespace}/{route.name}"
         seen: set[str] = set()
+        verdicts = {i: (verdict, reason) for i, _, verdict, reason in route.controller_verdicts()}
         for i, match in enumerate(model.as_list(route.matches)):
             if is_unknown(match) or not isinstance(match, dict):
                 continue
@@ -288,15 +367,31 @@ def _validate_routes(view: StackView, report: ReportViolation) -> None:
                            route.resource.urn)
                 else:
                     seen.add(name)
-            label = f"{where} match {name!r}" if isinstance(name, str) else f"{where} matches[{i}]"
+            # the match by name (when it has one) and where it is written: spec.matches[i]
+            at = f"{route.matches_field}[{i}]"
+            label = f"{where} match {name!r} ({at})" if isinstance(name, str) and name else f"{where} {at}"
+            reported = False
             if error := _check_regex(match.get("pathRegex")):
-                report(f"{label}: pathRegex {match.get('pathRegex')!r} {error}. Fix: correct the regular expression "
-                       f"(AccessPolicy/TrafficSplit http_matches[].path_regex).", route.resource.urn)
+                report(f"{label}: pathRegex {match.get('pathRegex')!r} {error}; the controller ignores this match. "
+                       f"Fix: correct the regular expression (AccessPolicy/TrafficSplit http_matches[].path_regex).",
+                       route.resource.urn)
+                reported = True
             headers = match.get("headers")
-            for header, value in model.as_dict(headers).items():
-                if error := _check_regex(value):
-                    report(f"{label}: header {header!r} regex {value!r} {error}. Fix: correct the regular "
-                           f"expression (http_matches[].headers).", route.resource.urn)
+            # v1alpha3+: {name: regex}; v1alpha2: [{name: regex}, ...], as the controller reads both
+            for part in [headers] if isinstance(headers, dict) else model.as_list(headers):
+                for header, value in model.as_dict(part).items():
+                    if error := _check_regex(value):
+                        report(f"{label}: header {header!r} regex {value!r} {error}; the controller ignores this "
+                               f"match. Fix: correct the regular expression (http_matches[].headers).",
+                               route.resource.urn)
+                        reported = True
+            verdict, reason = verdicts.get(i, (True, None))
+            if verdict is False and not reported:
+                # what else the controller's own parser refuses: methods, header names, shapes
+                report(f"{label}: {reason}; the controller ignores this match, so "
+                       f"TrafficTarget rules naming it allow nothing by it. Fix: correct the match (methods are "
+                       f"single HTTP method names such as GET, or *; header names are HTTP tokens; regexes RE2), in "
+                       f"AccessPolicy/TrafficSplit http_matches.", route.resource.urn)
 
 
 def _traffic_targets(view: StackView, cfg: dict, report: ReportViolation) -> None:
@@ -320,6 +415,7 @@ def _traffic_targets(view: StackView, cfg: dict, report: ReportViolation) -> Non
             report(f"{where} names destination {dest}, in another namespace: a TrafficTarget grants access to its "
                    f"own namespace's ServiceAccounts only, and the controller ignores this one. Fix: create it in "
                    f"namespace {dest.namespace!r} (the destination's owner decides who gets in).", urn)
+        _check_destination_port(view, target, report)
         _check_sources(target, report)
         if is_unknown(target.rules):
             continue
@@ -384,11 +480,58 @@ def _check_sources(target: model.TrafficTarget, report: ReportViolation) -> None
                    f"ServiceAccount).", urn)
 
 
+def _check_destination_port(view: StackView, target: model.TrafficTarget, report: ReportViolation) -> None:
+    """``spec.destination.port`` as the controller reads it: not a port number → it ignores the whole
+    TrafficTarget; a port none of the destination's Services' pods listen on → it allows nothing."""
+    where, urn, dest, port = target.describe(), target.resource.urn, target.destination, target.port
+    if port is model.BAD_PORT:
+        report(f"{where} spec.destination.port {model.shown(target.destination_port)} is not a port number "
+               f"(1-65535): the controller ignores this TrafficTarget, so it allows nothing. Fix: set it to the "
+               f"destination pods' port number (a Service's targetPort), or leave it out to allow every port.", urn)
+        return
+    if port is None or is_unknown(port) or not isinstance(dest, Identity) or not dest.known or not dest.name \
+            or dest.problem or target.ignored_by_controller:
+        return
+    found = view.services_of_account(dest)
+    if is_unknown(found) or not found:
+        return  # not known yet, or the destination's Services are not declared in this stack
+    default_type = view.default_traffic_type()
+    verdicts = [(svc, target.allows_on(svc, res.workloads, svc.traffic_type(default_type))) for svc, res in found]
+    if any(v is not False for _, v in verdicts):
+        return
+    listing = "; ".join(f"{svc.describe()}: "
+                        f"{', '.join(map(str, sorted(svc.target_ports(res.workloads, traffic)))) or 'none'}"
+                        for svc, res in found for traffic in [svc.traffic_type(default_type)])
+    report(f"{where} spec.destination.port {port} is not a port the pods of ServiceAccount {dest} listen on for any "
+           f"of its Services ({listing}): the controller attaches it to none of them (it compares it with the "
+           f"targetPorts of the ports it meshes, those of the protocol of the Service's traffic type: UDP for udp, "
+           f"TCP otherwise), so it allows nothing. Fix: set destination.port to one of those ports (the pods' port, a "
+           f"Service's targetPort), or leave it out to allow every port.", urn)
+
+
 def _check_rule_matches(where: str, i: int, rule: model.Rule, route: model.Route, urn: str,
                         report: ReportViolation) -> None:
+    names = route.match_names()
+    missing = (isinstance(rule.matches, list) and not is_unknown(names)
+               and any(isinstance(m, str) and m not in names or not isinstance(m, str) and not is_unknown(m)
+                       for m in rule.matches))
+    if not missing and route.rule_allows(rule.matches) is False:
+        # every match it names exists, yet the controller keeps none of them (or the group has none)
+        verdicts = route.controller_verdicts()
+        if not verdicts:
+            why = f"HTTPRouteGroup {route.namespace}/{route.name} has no matches"
+        elif rule.matches:
+            why = (f"the controller ignores the match{'es' if len(rule.matches) > 1 else ''} it names "
+                   f"({', '.join(map(repr, rule.matches))}; see HTTPRouteGroup {route.namespace}/{route.name}'s own "
+                   f"violations)")
+        else:
+            why = (f"the controller ignores every match of HTTPRouteGroup {route.namespace}/{route.name} (see its "
+                   f"own violations)")
+        report(f"{where} rules[{i}] allows no request: {why}, and an HTTPRouteGroup rule allows only the matches the "
+               f"controller accepts. Fix: correct the matches (AccessPolicy http_matches), or give the HTTPRouteGroup "
+               f"at least one valid match (a rule without matches allows all of them).", urn)
     if not isinstance(rule.matches, list) or not rule.matches:
         return
-    names = route.match_names()
     if is_unknown(names):
         return
     for match in rule.matches:
@@ -409,11 +552,12 @@ def _check_route_ports(where: str, i: int, route: model.Route, dest: Identity, s
     ports = route.ports()
     if is_unknown(ports) or not ports or not services:
         return  # no ports = every port
-    exposed = [(svc, svc.exposed_ports()) for svc in services]
+    traffic = model.ROUTE_KIND_TRAFFIC_TYPE[route.kind]  # the Services' own (the caller picked them by it)
+    exposed = [(svc, svc.exposed_ports(traffic)) for svc in services]
     if any(p is None or is_unknown(p) for _, p in exposed):
         return  # a Service's ports are not declared in this stack, or not known yet
-    if any(set(ports) & p for _, p in exposed):
-        return
+    if any(set(ports) & p for _, p in exposed) or not any(exposed_ports for _, exposed_ports in exposed):
+        return  # (no port of the protocol at all: the controller meshes none of those Services, nothing to allow)
     field = "tcp" if route.kind == "TCPRoute" else "udp"
     listing = "; ".join(f"{svc.describe()}: {', '.join(map(str, sorted(p))) or 'none'}" for svc, p in exposed)
     suggestion = sorted(set().union(*(p for _, p in exposed)))
@@ -425,10 +569,12 @@ def _check_route_ports(where: str, i: int, route: model.Route, dest: Identity, s
 
 traffic_target_valid = StackValidationPolicy(
     name="lightmesh-traffic-target-valid",
-    description=("TrafficTargets have a destination, sources and rules; each rule's kind fits the destination "
+    description=("TrafficTargets have a destination, sources and rules; a destination port is a port number one "
+                 "of the destination's Services' pods listen on; each rule's kind fits the destination "
                  "Services' traffic type (HTTPRouteGroup for http, TCPRoute for tcp, UDPRoute for udp); a TCPRoute or "
-                 "UDPRoute allows at least one port the destination's Services expose; referenced route objects and "
-                 "match names exist in the stack; HTTPRouteGroup path and header regexes compile."),
+                 "UDPRoute allows at least one port the destination's Services expose; an HTTPRouteGroup rule allows "
+                 "at least one match; referenced route objects and match names exist in the stack; HTTPRouteGroup "
+                 "matches are ones the controller accepts (methods, header names, path and header regexes)."),
     enforcement_level=EnforcementLevel.MANDATORY,
     severity=Severity.HIGH,
     config_schema=_schema(TRAFFIC_TARGET_DEFAULTS, {
@@ -581,6 +727,27 @@ def _traffic_splits(view: StackView, cfg: dict, report: ReportViolation) -> None
                    f"backend a positive weight.", urn)
         if acl is True:
             _check_split_reachability(view, split, report)
+        _check_split_under_routes(view, split, report)
+    if acl is True:
+        for route in view.mesh_routes:
+            _check_route_reachability(view, route, report)
+
+
+def _check_split_under_routes(view: StackView, split: model.TrafficSplit, report: ReportViolation) -> None:
+    """The controller ignores a TrafficSplit whose root is the parent of a Gateway API route (of the
+    root's traffic type): the routes decide that Service's traffic."""
+    root = view.services.get((split.namespace, split.service))
+    if root is None:
+        return
+    traffic = root.traffic_type(view.default_traffic_type())
+    if is_unknown(traffic):
+        return
+    routes = view.routes_attached_to(root, traffic)  # only a route the controller attaches decides
+    if isinstance(routes, list) and routes:
+        report(f"{split.describe()} splits Service {root.key}, which is the parent of "
+               f"{', '.join(r.describe() for r in routes)}: Gateway API routes decide that Service's traffic, so the "
+               f"controller ignores this TrafficSplit. Fix: write the split as the route's weighted backendRefs "
+               f"(and delete the TrafficSplit), or remove the Service from the route's parentRefs.", split.resource.urn)
 
 
 def _check_split_matches(view: StackView, split: model.TrafficSplit, report: ReportViolation) -> None:
@@ -624,7 +791,45 @@ def _allowed_sources(view: StackView, identities: set[Identity]) -> tuple[set[Id
 def _check_split_reachability(view: StackView, split: model.TrafficSplit, report: ReportViolation) -> None:
     """In ACL mode whoever may call the root must be allowed to every backend: a caller allowed to v1
     but not to v2 gets denied for exactly the share of requests routed to v2."""
-    ns = split.namespace
+    _check_reachability(view, split.namespace, split.service, _backend_names(split), ann.TrafficType.HTTP,
+                        lambda backend, ids, who: (
+                            f"{split.describe()} backend {backend!r} (ServiceAccount {ids}) is not reachable by {who}, "
+                            f"who may call the split: in ACL mode their requests routed to {backend!r} are denied"),
+                        split.resource.urn, report)
+
+
+def _check_route_reachability(view: StackView, route: model.MeshRoute, report: ReportViolation) -> None:
+    """A Gateway API route on a mesh Service (GAMMA), in ACL mode: the controller passes a rule's
+    requests only from the sources that every weighted backend's TrafficTargets allow, so one backend
+    that does not allow a caller denies that caller the whole rule (not only its share)."""
+    if not isinstance(route.parents, list) or not isinstance(route.rules, list) or is_unknown(route.namespace):
+        return
+    for parent in route.parent_names:
+        svc = view.services.get((route.namespace, parent))
+        if svc is None:
+            continue  # the controller reports the route's parent as not in the mesh
+        traffic = svc.traffic_type(view.default_traffic_type())
+        if is_unknown(traffic) or route.may_attach_to(svc, traffic) is not True:
+            continue  # a parent the controller ignores (ExternalName, another type, no such port), or not known
+        for k, backends in _applied_rules(route):
+            if any(is_unknown(b.service) or is_unknown(b.weight) for b in backends):
+                continue  # who the backends are is known only after apply
+            names = list(dict.fromkeys(b.service for b in backends
+                                       if isinstance(b.service, str) and b.service and b.weight > 0))
+            _check_reachability(
+                view, route.namespace, parent, names, route.traffic_type,
+                lambda backend, ids, who, k=k: (
+                    f"{route.describe()} spec.rules[{k}] backend {backend!r} (ServiceAccount {ids}) is not reachable "
+                    f"by {who}, who may call Service {svc.key}: in ACL mode the controller passes a rule's requests "
+                    f"only from sources every weighted backend allows, so all their requests matching this rule are "
+                    f"denied, not only the share sent to {backend!r}"),
+                route.resource.urn, report)
+
+
+def _check_reachability(view: StackView, ns: str, root: str, backends: list[str], traffic: Any, lead,
+                        urn: str, report: ReportViolation) -> None:
+    """Whoever may call ``root`` must be allowed to every backend; ``lead(backend, accounts, who)``
+    words the violation."""
 
     def accounts(service: str) -> set[Identity] | None:
         svc = view.services.get((ns, service))
@@ -633,11 +838,11 @@ def _check_split_reachability(view: StackView, split: model.TrafficSplit, report
         res = view.resolve(svc)
         return None if res.reason or res.unknown else res.service_accounts
 
-    backend_accounts = {b: accounts(b) for b in _backend_names(split)}
+    backend_accounts = {b: accounts(b) for b in backends}
     # The callers are whoever may call the root. An SMI root ("apex") Service often selects no pods of
     # its own; then whoever may call any backend counts, so every backend must allow the same clients.
     # Callers not known yet are left out: that can only hide a violation, never invent one.
-    callers, _ = _allowed_sources(view, accounts(split.service) or set())
+    callers, _ = _allowed_sources(view, accounts(root) or set())
     if not callers:
         for ids in backend_accounts.values():
             callers |= _allowed_sources(view, ids or set())[0]
@@ -652,18 +857,18 @@ def _check_split_reachability(view: StackView, split: model.TrafficSplit, report
         identity = sorted(ids, key=str)[0]
         sources = ", ".join(f'{{"service_account": "{m.name}", "namespace": "{m.namespace}"}}'
                             for m in sorted(missing, key=str))
-        report(f"{split.describe()} backend {backend!r} (ServiceAccount {', '.join(sorted(map(str, ids)))}) is not "
-               f"reachable by {who}, who may call the split: in ACL mode their requests routed to {backend!r} are "
-               f"denied. Fix: add {_access_policy_hint(identity, ann.TrafficType.HTTP, sources)} (or those sources "
-               f"to the AccessPolicy for {identity}).", split.resource.urn)
+        report(f"{lead(backend, ', '.join(sorted(map(str, ids))), who)}. Fix: add "
+               f"{_access_policy_hint(identity, traffic, sources)} (or those sources to the AccessPolicy for "
+               f"{identity}).", urn)
 
 
 traffic_split_valid = StackValidationPolicy(
     name="lightmesh-traffic-split-valid",
     description=("TrafficSplits: backends exist in the split's namespace and are not the root, weights are whole "
                  "numbers (split.smi-spec.io/v1alpha1: Kubernetes quantities) with a positive sum, splits do not nest "
-                 "or loop, one split per root; in ACL mode every backend is reachable by everyone allowed to call "
-                 "the split."),
+                 "or loop, one split per root, no Gateway API route the controller attaches to the root (it then "
+                 "ignores the split); in ACL mode every backend of a split, or of a Gateway API mesh route's rule, "
+                 "is reachable by everyone allowed to call the root."),
     enforcement_level=EnforcementLevel.MANDATORY,
     severity=Severity.HIGH,
     config_schema=_schema(TRAFFIC_SPLIT_DEFAULTS, {
@@ -708,9 +913,12 @@ def _validate_annotations(args: ResourceValidationArgs, report: ReportViolation)
     annotations = model.dig(resource.props, "metadata", "annotations")
     if not isinstance(annotations, dict):
         return
+    service_type = model.dig(resource.props, "spec", "type")
+    if service_type == "ExternalName" or is_unknown(service_type):
+        return  # the controller skips an ExternalName Service before reading its annotations (or may: not known yet)
     known = {k: v for k, v in annotations.items() if not is_unknown(v)}
     name, _ = model.object_name(resource)
-    where = f"Service {model.namespace_of(resource.props)}/{name}"
+    where = f"Service {model.resource_namespace(resource)}/{name}"
     unknown_keys = {k for k, v in annotations.items() if is_unknown(v)}
     _, errors = ann.parse_annotations_lenient(_with_placeholders(annotations))
     for error in errors:
@@ -738,9 +946,9 @@ def _validate_annotations(args: ResourceValidationArgs, report: ReportViolation)
 
 service_annotations_valid = ResourceValidationPolicy(
     name="lightmesh-service-annotations-valid",
-    description=("Mesh annotations on any Service (lightmesh.io/, mesh.traefik.io/, maesh.containo.us/) are valid "
-                 "by the controller's own parser: traffic type, scheme, whole numbers in range, rate limit pairs, "
-                 "durations, a parsable circuit-breaker expression; no misspelled keys."),
+    description=("Mesh annotations on any Service but an ExternalName one (lightmesh.io/, mesh.traefik.io/, "
+                 "maesh.containo.us/) are valid by the controller's own parser: traffic type, scheme, whole numbers "
+                 "in range, rate limit pairs, durations, a parsable circuit-breaker expression; no misspelled keys."),
     enforcement_level=EnforcementLevel.MANDATORY,
     severity=Severity.MEDIUM,
     config_schema=_schema(ANNOTATIONS_DEFAULTS, {
@@ -900,11 +1108,18 @@ def _validate_require_acl(args: ResourceValidationArgs, report: ReportViolation)
     found = _mesh_workload(args)
     if not found or found[1] != "controller":
         return
+    workload = found[0]
+    bad = model.bad_acl_args(workload)
+    for container, key, index, word in bad:
+        # on every stack: a controller that does not start is no mesh at all
+        report(f"Lightmesh controller {workload.describe()} container {container!r} {key}[{index}] is {word!r}: "
+               f"--acl is a switch and takes no value, so the controller refuses this argument (\"ignored explicit "
+               f"argument\") and exits at start, over and over (crash loop). Fix: write --acl alone for ACL mode "
+               f"(MeshInstallArgs acl=True), or leave it out.")
     cfg = _config(args.get_config(), REQUIRE_ACL_DEFAULTS)
     required, why = acl_required(cfg["require_acl"], args.urn)
-    if not required:
+    if not required or bad:
         return
-    workload = found[0]
     if model.acl_flag(workload) is False:
         report(f"Lightmesh controller {workload.describe()} runs without --acl ({why}): every pod can reach every "
                f"mesh Service. Fix: MeshInstallArgs acl=True (stack config acl: true) plus an AccessPolicy for every "
@@ -915,7 +1130,8 @@ def _validate_require_acl(args: ResourceValidationArgs, report: ReportViolation)
 require_acl = ResourceValidationPolicy(
     name="lightmesh-require-acl",
     description="On production stacks (or wherever require_acl is true) the mesh is installed in ACL mode "
-                "(MeshInstall acl: true, i.e. the controller runs with --acl).",
+                "(MeshInstall acl: true, i.e. the controller runs with --acl); on every stack, --acl is written "
+                "as the controller takes it (--acl=true stops it from starting).",
     enforcement_level=EnforcementLevel.MANDATORY,
     severity=Severity.HIGH,
     config_schema=_schema(REQUIRE_ACL_DEFAULTS, {
@@ -941,7 +1157,8 @@ def object_identity_of(resource: model.Resource) -> tuple[str, str, str, str] | 
     if not isinstance(api_version, str) or not isinstance(kind, str):
         return None
     name, auto_named = model.object_name(resource)
-    namespace = model.namespace_of(resource.props)
+    # scope first: a cluster-scoped kind has no namespace, whatever its provider's (even one not known yet)
+    namespace = model.resource_namespace(resource)
     if auto_named or not isinstance(name, str) or is_unknown(namespace):
         return None
     return object_identity(api_version, kind, namespace, name)

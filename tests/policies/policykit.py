@@ -6,6 +6,7 @@ wrapped by the SDK's own ``unknown_checking_proxy`` exactly as the analyzer wrap
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from pulumi_policy import (PolicyCustomTimeouts, PolicyResource, PolicyResourceOptions, ResourceValidationArgs,
@@ -233,7 +234,27 @@ def failing_stacks() -> list[tuple[list[R], dict]]:
     duplicates = [service("a", "x", res="x-1"), service("a", "x", res="x-2"),
                   service_patch("a", "x", {"lightmesh.io/traffic-type": "tcp"}, res="p-1"),
                   service_patch("a", "x", {"lightmesh.io/traffic-type": "udp"}, res="p-2")]
+    # what the controller ignores or refuses: a destination port that is no number / that no pod listens
+    # on, HTTPRouteGroup matches it ignores (and a rule left allowing nothing), --acl=true, a Gateway API
+    # route whose backend does not allow the parent's callers
+    ignored = copy.deepcopy(seed)
+    ignored[0] = controller(acl=True, extra_args=["--acl=true"])
+    for r in ignored:
+        if r.name == "app-routes-hrg":
+            r.props["spec"]["matches"] = [{"name": "api", "methods": ["GET,POST"]}, {"name": "all", "headers": [{"x": "[a-"}]},
+                                          {"name": "x", "headers": {"x user": "a"}}]
+    bad_port, far_port = (traffic_target("whoami", n, "whoami-server", ["whoami-client"], [{"kind": "TCPRoute",
+                                                                                             "name": "app-tcp"}])
+                          for n in ("bad-port", "far-port"))
+    bad_port.props["spec"]["destination"]["port"] = "http"
+    far_port.props["spec"]["destination"]["port"] = 9999
+    route = R("kubernetes:gateway.networking.k8s.io/v1:HTTPRoute", "canary-hr", {
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "canary", "namespace": "shop"},
+        "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
+                 "rules": [{"backendRefs": [{"name": "web-v1", "port": 80}, {"name": "web-v3", "port": 80}]}]}})
+    gamma = [r for r in splits if r.type.rsplit(":", 1)[-1] != "TrafficSplit"] + [route]
     return [
+        (ignored + [bad_port, far_port], {}), (gamma, {}),
         (no_target, {}), (http_only, {}), (targets, {}), (splits, {}), (apex, {}), (duplicates, {}),
         ([controller(), service_patch("legacy", "billing", {"lightmesh.io/traffic-type": "http"})], {}),
         (malformed_account, {}),

@@ -127,3 +127,43 @@ def test_every_reported_message_has_a_fix():
                 seen += 1
                 assert "Fix: " in msg, (policy.name, msg)
     assert seen >= 40
+
+
+def controller_parity_stack():
+    """Fields the rules read as the controller does: a Gateway API mesh route on an apex Service and on a
+    Service with pods, a TrafficTarget destination port (a named targetPort), v1alpha2 list-form headers."""
+    from policykit import controller, deployment, http_route_group, service, traffic_target
+
+    rule = [{"kind": "HTTPRouteGroup", "name": "all", "matches": ["all"]}]
+    stack = [controller(acl=True), http_route_group("shop", "all", [
+        {"name": "all", "pathRegex": "/.*", "methods": ["GET"], "headers": [{"x-user": "[a-z]+"}]}], version="v1alpha2"),
+        service("shop", "web", {"lightmesh.io/traffic-type": "http"}, None)]
+    for name in ("web-v1", "web-v2"):
+        stack += [deployment("shop", name, {"app": name}, name),
+                  service("shop", name, {"lightmesh.io/traffic-type": "http"}, {"app": name},
+                          ports=[{"port": 80, "targetPort": "http"}]),
+                  traffic_target("shop", f"to-{name}", name, ["frontend"], rule)]
+        stack[-3].props["spec"]["template"]["spec"]["containers"][0]["ports"] = [{"name": "http", "containerPort": 8080}]
+        stack[-1].props["spec"]["destination"]["port"] = 8080
+    for name, parent in (("canary", "web"), ("mirror", "web-v1")):
+        stack.append(R("kubernetes:gateway.networking.k8s.io/v1:HTTPRoute", f"{name}-hr", {
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": parent, "port": 80}],
+                     "rules": [{"backendRefs": [{"name": "web-v1", "port": 80, "weight": 90},
+                                                {"name": "web-v2", "port": 80, "weight": 10}]}]}}))
+    return stack
+
+
+def test_controller_parity_fields_unknown_or_malformed_never_crash_nor_add_violations():
+    stack = controller_parity_stack()
+    assert all(n == 0 for n in counts(stack, stack[0]).values()), counts(stack, stack[0])
+    for where, changed_stack, changed, _ in variants(stack, UNKNOWN_STRING_VALUE):
+        got = counts(changed_stack, changed)
+        assert all(n == 0 for n in got.values()), (where, got)
+    for malformed in (["x"], {"x": "y"}):
+        for where, changed_stack, changed, _ in variants(stack, malformed):
+            try:
+                counts(changed_stack, changed)
+            except Exception as exc:  # noqa: BLE001 - any crash is the failure being tested
+                pytest.fail(f"{where} = {malformed!r}: {type(exc).__name__}: {exc}")
