@@ -567,6 +567,9 @@ def test_worker_options_from_flags():
     default = proxy_main.worker_options(parser.parse_args(["--config", "f"]))
     assert default["max_connections"] == proxy_main.DEFAULT_MAX_CONNECTIONS and "max_connections" not in default["http"]
     assert default["otlp_endpoint"] is None and default["http"] == {"access_log": False}
+    assert default["access_log_queue"] == proxy_main.ACCESS_LOG_QUEUE_LINES  # not an HTTPOptions field
+    assert proxy_main.worker_options(parser.parse_args(["--config", "f", "--access-log-queue", "16"]))[
+        "access_log_queue"] == 16
     unlimited = proxy_main.worker_options(parser.parse_args(["--config", "f", "--max-connections", "0"]))
     assert unlimited["max_connections"] == 0 and unlimited["http"]["max_connections"] >= 1 << 62
     tuned = proxy_main.worker_options(parser.parse_args(

@@ -1,7 +1,9 @@
 """``--access-log`` with several workers on one stdout: every line at most 4096 bytes (PIPE_BUF), the
 newline included, written in one ``write``, so lines from different workers never interleave on a
 pipe; a longer record is cut (its longest strings) and marked ``"truncated": true``, still one JSON
-object. Unit tests of the bounding, then a proxy with 2 workers writing to a pipe.
+object. Lines are queued and written by a thread of each worker's own: a stdout nobody reads holds
+up no request (lines are dropped and counted instead). Unit tests of the bounding and the handler,
+then proxies with 2 workers writing to a pipe.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import os
 import signal
 import subprocess
 import threading
+import time
 
 from conftest import lightmesh_cmd, lightmesh_env
 from lightmesh.proxy import main as proxy_main
 from proxy.backends import Backend, RawClient
-from proxy.test_proxy_process import _when, free_port, make, rawdata, run, tcp_echo, until, wait_ready, workers_on
+from proxy.test_proxy_process import (_when, free_port, get, make, rawdata, run, tcp_echo, until, wait_ready,
+                                      workers_on)
 
 LIMIT = 4096
 
@@ -92,6 +96,8 @@ def test_the_handler_writes_each_line_in_one_write(monkeypatch):
         logger.setLevel(logging.INFO)
         logger.info(json.dumps(record(path="/" + "c" * 10000)))
         logger.info(json.dumps(record(path="/short")))
+        assert handler.drain(5)  # written by the handler's own thread
+        handler.close()
         assert len(writes) == 2
         assert all(w.endswith(b"\n") and len(w) <= LIMIT for w in writes)
         got = os.read(read_end, 65536)
@@ -168,3 +174,120 @@ def test_two_workers_writing_long_lines_to_one_pipe(tmp_path):
     for rec in records:
         counts[rec["path"][1]] = counts.get(rec["path"][1], 0) + 1
     assert counts == {chr(ord("a") + n): per_client for n in range(clients)}
+
+
+def _logger(handler, name: str) -> logging.Logger:
+    handler.setFormatter(proxy_main.AccessLogFormatter())
+    logger = logging.getLogger(name)
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    return logger
+
+
+def test_a_stdout_nobody_reads_never_blocks_the_logging_thread():
+    # The handler wrote on the caller's thread (the worker's event loop), blocking when the pipe
+    # was full: a stalled log shipper stopped every request. Now the lines past the pipe's room
+    # and the handler's queue are dropped and counted, at once.
+    queued = getattr(proxy_main, "ACCESS_LOG_QUEUE_LINES", 4096)
+    lines = queued + 400
+    read_end, write_end = os.pipe()
+    handler = proxy_main.AccessLogHandler(write_end)
+    logger = _logger(handler, "test.access.stalled")
+    chunks: list[bytes] = []
+    try:
+        def log_all():
+            for n in range(lines):
+                logger.info(json.dumps(record(path=f"/{n}/" + "d" * 400)))
+
+        logging_thread = threading.Thread(target=log_all, daemon=True)
+        started = time.monotonic()
+        logging_thread.start()
+        logging_thread.join(5)
+        assert not logging_thread.is_alive(), "logging blocked on a full pipe"
+        assert time.monotonic() - started < 5
+        dropped = handler.dropped
+        assert 0 < dropped < 400, dropped  # the pipe's room (64 KiB) and the queue took the rest
+        # a reader comes back: everything queued gets written, whole lines only
+        reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: os.read(read_end, 65536), b"")),
+                                  daemon=True)
+        reader.start()
+        assert handler.drain(10)
+        handler.close()
+        os.close(write_end)
+        write_end = None
+        reader.join(10)
+        got = b"".join(chunks).split(b"\n")
+        assert got[-1] == b""
+        paths = [json.loads(line)["path"] for line in got[:-1]]
+        assert len(paths) == lines - dropped
+        numbers = [int(p.split("/")[1]) for p in paths]
+        assert numbers == sorted(numbers) and numbers[0] == 0  # in order, the first ones kept
+    finally:
+        if write_end is not None:
+            os.close(read_end)  # unblocks a writer stuck on the pipe (EPIPE)
+            os.close(write_end)
+        else:
+            os.close(read_end)
+
+
+def test_a_stdout_nobody_reads_holds_up_no_request_and_kills_no_worker(tmp_path):
+    # Before: both workers blocked in write() once the pipe was full, every request after that
+    # hung, and the heartbeat killed both workers again and again (382 of 400 requests failed).
+    requests, path_len = 150, 3000
+    read_end, write_end = os.pipe()  # nobody ever reads read_end
+
+    async def main():
+        echo, eport = await tcp_echo()
+        hp, tp, ap = free_port(), free_port(), free_port()
+        admin = f"http://127.0.0.1:{ap}"
+        cfg_path = tmp_path / "proxy.json"
+        log_path = tmp_path / "proxy.log"
+        try:
+            async with Backend("A") as backend:
+                cfg_path.write_text(make(1, hp, backend.url, tp, eport).to_json())
+                with open(log_path, "wb") as stderr:
+                    proc = subprocess.Popen(
+                        lightmesh_cmd("proxy", "--config", str(cfg_path), "--workers", "2", "--access-log",
+                                      "--admin-address", "127.0.0.1", "--admin-port", str(ap), "--name", "al-stall",
+                                      "--heartbeat-interval", "0.2", "--heartbeat-timeout", "1",
+                                      "--access-log-queue", "16"),
+                        stdout=write_end, stderr=stderr, env=lightmesh_env(), start_new_session=True)
+                os.close(write_end)
+                try:
+                    await wait_ready(admin, proc, "al-stall")
+                    data = await until(lambda: _when(rawdata(admin), lambda d: workers_on(d, 1)), 10, "workers on v1")
+                    pids = [w["pid"] for w in data["workers"]]
+                    for n in range(requests):
+                        conn = await RawClient.connect(hp)  # new connections: both workers get some
+                        try:
+                            await conn.send(f"GET /{n}/{'e' * path_len} HTTP/1.1\r\nHost: svc\r\n"
+                                            f"Connection: close\r\n\r\n".encode())
+                            assert (await conn.response(2)).status == 200, n
+                        finally:
+                            await conn.close()
+                    await asyncio.sleep(1.5)  # 1.5 heartbeat timeouts
+                    data = await rawdata(admin)
+                    assert [(w["pid"], w["restarts"]) for w in data["workers"]] == [(pid, 0) for pid in pids]
+                    status, body = await get(admin + "/metrics")
+                    assert status == 200
+                    dropped = [line for line in body.decode().splitlines()
+                               if line.startswith("lightmesh_proxy_access_log_dropped_total ")]
+                    assert len(dropped) == 1 and 0 < float(dropped[0].split()[1]) < requests, dropped
+                    # the exit is bounded too: the queued lines get ACCESS_LOG_FLUSH_SECONDS (2 s)
+                    proc.send_signal(signal.SIGTERM)
+                    assert await asyncio.to_thread(proc.wait, 8) == 0
+                    text = log_path.read_text()
+                    assert "killing it" not in text, text[-3000:]
+                    assert "lines still queued at exit were not written within 2s" in text
+                finally:
+                    if proc.poll() is None:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                        proc.wait(10)
+        finally:
+            echo.close()
+
+    try:
+        run(main(), timeout=40)
+    finally:
+        os.close(read_end)

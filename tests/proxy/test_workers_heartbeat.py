@@ -2,6 +2,11 @@
 counters (a worker killed between two scrapes loses at most one interval), and a worker that stops
 answering (SIGSTOP stands for a busy loop) is killed and restarted.
 
+Healthy workers are never taken for stuck: not when the supervisor itself was stopped or the whole
+proxy frozen (silence counts from when a heartbeat request was sent, and a round after the
+supervisor overslept kills nobody), not while they start (a start-up allowance of its own), not
+while one drains after a SIGTERM of its own (it keeps answering). Restarts are jittered.
+
 The hidden ``--heartbeat-interval``/``--heartbeat-timeout`` flags shorten 5 s/30 s to keep the
 tests short. Each proxy runs in its own session and its whole process group is killed at the end
 (``proxy_process``), a stopped worker included.
@@ -14,6 +19,9 @@ import json
 import os
 import signal
 import time
+import types
+
+import pytest
 
 from proxy.backends import Backend, RawClient, request
 from proxy.test_proxy_process import (_when, free_port, get, make, proxy_process, rawdata, run, tcp_echo, until,
@@ -170,6 +178,7 @@ def test_the_heartbeat_keeps_one_request_in_flight_and_kills_a_silent_worker(cap
         for worker, answers in zip(sup.workers, (True, False)):
             worker.alive, worker.proc, worker.pid, worker.last_heard = True, _FakeProc(4240 + worker.index), \
                 4240 + worker.index, now
+            worker.heard = True  # it said hello: the heartbeat, not the start-up allowance, applies
             worker.writer = _Channel(sup, worker, answers)
             channels.append(worker.writer)
         task = asyncio.get_running_loop().create_task(sup._heartbeat())
@@ -200,6 +209,7 @@ def test_a_worker_that_exits_between_scrapes_leaves_its_heartbeat_counts():
         sup.stopping = False
         worker = sup.workers[0]
         worker.alive, worker.proc, worker.pid, worker.last_heard = True, _FakeProc(4250), 4250, time.monotonic()
+        worker.heard = True
         worker.writer = _Channel(sup, worker, True)
         task = asyncio.get_running_loop().create_task(sup._heartbeat())
         try:
@@ -212,5 +222,267 @@ def test_a_worker_that_exits_between_scrapes_leaves_its_heartbeat_counts():
         await sup._worker_exited(worker)
         text = await sup.metrics_text()
         assert f'lightmesh_proxy_requests_total{{service="svc",code="200",method="GET"}} {asked}' in text, text
+
+    asyncio.run(scenario())
+
+
+# ------------------------------------------------------------------ a paused supervisor, slow starts, drains
+
+
+@pytest.mark.parametrize("who", ["supervisor", "group"])
+def test_pausing_the_supervisor_or_the_whole_proxy_kills_no_healthy_worker(tmp_path, who):
+    # Silence was now - last_heard: after the supervisor (or the whole pod: docker pause, a cgroup
+    # freeze, Ctrl-Z) was stopped longer than the timeout, every healthy worker was SIGKILLed at
+    # once on resume, their answers still unread in the channels.
+    async def main():
+        echo, eport = await tcp_echo()
+        hp, tp, ap = free_port(), free_port(), free_port()
+        admin = f"http://127.0.0.1:{ap}"
+        cfg_path = tmp_path / "proxy.json"
+        log_path = tmp_path / "proxy.log"
+        try:
+            async with Backend("A") as backend:
+                cfg_path.write_text(make(1, hp, backend.url, tp, eport).to_json())
+                with proxy_process("--config", str(cfg_path), "--workers", "2", "--admin-address", "127.0.0.1",
+                                   "--admin-port", str(ap), "--name", "hb-pause", "--heartbeat-interval", "0.2",
+                                   "--heartbeat-timeout", "1", log_path=log_path) as proc:
+                    await wait_ready(admin, proc, "hb-pause")
+                    data = await until(lambda: _when(rawdata(admin), lambda d: workers_on(d, 1)), 10, "workers on v1")
+                    pids = [w["pid"] for w in data["workers"]]
+                    await asyncio.sleep(0.5)  # a few rounds answered
+                    pause = (lambda s: os.kill(proc.pid, s)) if who == "supervisor" else \
+                        (lambda s: os.killpg(proc.pid, s))
+                    pause(signal.SIGSTOP)
+                    try:
+                        if who == "supervisor":  # the workers go on serving meanwhile
+                            for _ in range(5):
+                                assert (await request(hp, timeout=3)).status == 200
+                        await asyncio.sleep(2.5)  # 2.5 timeouts
+                    finally:
+                        pause(signal.SIGCONT)
+                    await asyncio.sleep(1.5)  # 7 rounds after the resume
+                    data = await rawdata(admin)
+                    assert [(w["pid"], w["alive"], w["restarts"]) for w in data["workers"]] == \
+                        [(pid, True, 0) for pid in pids]
+                    text = log_path.read_text()
+                    assert "answered no heartbeat" not in text and "killing it" not in text, text[-3000:]
+                    assert "heartbeat: the supervisor did not run for " in text
+                    for _ in range(10):
+                        assert (await request(hp, timeout=3)).status == 200
+        finally:
+            echo.close()
+
+    run(main(), timeout=40)
+
+
+def test_workers_slower_to_start_than_the_heartbeat_timeout_are_not_killed(tmp_path, monkeypatch):
+    # Start-up counted against the heartbeat timeout: a worker slower to start than that (24
+    # workers on 2 cores) was killed before its first word, and all of them restarted together,
+    # forever. Here every worker takes 2 s to start (a sitecustomize that sleeps), the timeout is 1 s.
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import sys, time\nif '--worker-fd' in sys.argv:\n    time.sleep(2.0)\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p))
+
+    async def main():
+        echo, eport = await tcp_echo()
+        hp, tp, ap = free_port(), free_port(), free_port()
+        admin = f"http://127.0.0.1:{ap}"
+        cfg_path = tmp_path / "proxy.json"
+        log_path = tmp_path / "proxy.log"
+        try:
+            async with Backend("A") as backend:
+                cfg_path.write_text(make(1, hp, backend.url, tp, eport).to_json())
+                with proxy_process("--config", str(cfg_path), "--workers", "2", "--admin-address", "127.0.0.1",
+                                   "--admin-port", str(ap), "--name", "hb-slowstart", "--heartbeat-interval", "0.2",
+                                   "--heartbeat-timeout", "1", log_path=log_path) as proc:
+                    await wait_ready(admin, proc, "hb-slowstart", timeout=9)
+                    data = await until(lambda: _when(rawdata(admin), lambda d: workers_on(d, 1)), 9, "workers on v1")
+                    await asyncio.sleep(1.0)  # answered heartbeats since
+                    assert [w["restarts"] for w in (await rawdata(admin))["workers"]] == [0, 0], data
+                    text = log_path.read_text()
+                    assert "killing it" not in text, text[-3000:]
+                    assert (await request(hp, timeout=3)).status == 200
+        finally:
+            echo.close()
+
+    run(main(), timeout=40)
+
+
+def test_a_worker_draining_on_its_own_sigterm_keeps_answering_and_is_not_killed(tmp_path):
+    # A worker draining after its own SIGTERM stopped answering control messages: with a drain
+    # longer than the heartbeat timeout it was SIGKILLed mid-drain and its in-flight request lost.
+    async def main():
+        echo, eport = await tcp_echo()
+        hp, tp, ap = free_port(), free_port(), free_port()
+        admin = f"http://127.0.0.1:{ap}"
+        cfg_path = tmp_path / "proxy.json"
+        log_path = tmp_path / "proxy.log"
+        try:
+            async with Backend("A") as backend:
+                cfg_path.write_text(make(1, hp, backend.url, tp, eport).to_json())
+                with proxy_process("--config", str(cfg_path), "--workers", "1", "--admin-address", "127.0.0.1",
+                                   "--admin-port", str(ap), "--name", "hb-drain", "--heartbeat-interval", "0.2",
+                                   "--heartbeat-timeout", "1", "--drain-timeout", "10", log_path=log_path) as proc:
+                    await wait_ready(admin, proc, "hb-drain")
+                    data = await until(lambda: _when(rawdata(admin), lambda d: workers_on(d, 1)), 10, "workers on v1")
+                    pid = data["workers"][0]["pid"]
+                    loop = asyncio.get_running_loop()
+                    conn = await RawClient.connect(hp)
+                    try:
+                        await conn.send(b"GET /slow?ms=3000 HTTP/1.1\r\nHost: svc\r\n\r\n")
+                        await asyncio.sleep(0.3)
+                        os.kill(pid, signal.SIGTERM)
+                        seen = loop.create_task(until(lambda: _when(rawdata(admin), lambda d: d["workers"][0].get(
+                            "draining") and d["workers"][0]["pid"] == pid), 2.5, "rawdata: the worker drains"))
+                        assert (await conn.response(8)).status == 200  # 2.7 timeouts later
+                        await seen
+                    finally:
+                        await conn.close()
+                    data = await until(lambda: _when(rawdata(admin), lambda d: workers_on(d, 1) and
+                                                     d["workers"][0]["pid"] != pid), 8, "the worker restarted")
+                    assert data["workers"][0]["restarts"] == 1 and data["workers"][0].get("draining") is False
+                    text = log_path.read_text()
+                    assert "answered no heartbeat" not in text and "killing it" not in text, text[-3000:]
+                    assert f"worker 0 (pid {pid}) got a SIGTERM: draining (up to 10s)" in text
+                    assert f"worker 0 (pid {pid}) exited with code 0" in text
+        finally:
+            echo.close()
+
+    run(main(), timeout=40)
+
+
+# ------------------------------------------------------------------ the same rules, by a clock of our own
+
+
+class _Clock:
+    def __init__(self, monkeypatch) -> None:
+        from lightmesh.proxy import main as proxy_main
+        self.now = 1000.0
+        monkeypatch.setattr(proxy_main, "time", types.SimpleNamespace(monotonic=lambda: self.now, time=time.time))
+
+
+def _live(sup, worker, pid: int, clock: _Clock, heard: bool) -> _Channel:
+    """``worker`` as ``_spawn`` leaves it at ``clock.now``, having said hello if ``heard``."""
+    worker.alive, worker.proc, worker.pid = True, _FakeProc(pid), pid
+    worker.started_at = worker.last_heard = worker.silent_since = clock.now
+    worker.heard, worker.heartbeat_id = False, None
+    worker.writer = _Channel(sup, worker, False)
+    if heard:
+        sup._handle(worker, {"type": "hello", "pid": pid})
+    return worker.writer
+
+
+def _answer(sup, worker) -> None:
+    """The worker answers the last snapshot request it was sent."""
+    last = worker.writer.requests[-1]
+    sup._handle(worker, {"type": "snapshot", "id": last["id"], "metrics": {}, "status": {}})
+
+
+def test_silence_counts_from_the_request_and_a_late_round_kills_nobody(monkeypatch, caplog):
+    clock = _Clock(monkeypatch)
+    sup = _supervisor()  # the real 5 s / 30 s
+    healthy, stuck = sup.workers
+    _live(sup, healthy, 4260, clock, heard=True)
+    _live(sup, stuck, 4261, clock, heard=True)
+    sup._heartbeat_round(30.0)
+    clock.now += 0.01
+    _answer(sup, healthy)
+    _answer(sup, stuck)
+    clock.now += 5
+    sup._heartbeat_round(30.0)  # both asked again
+    # The supervisor is stopped for 35 s; both answers wait in the channels. Its first round
+    # after it resumed comes before it reads them: it must not judge anyone on that time.
+    clock.now += 35
+    sup._heartbeat_round(30.0)
+    assert (healthy.proc.kills, stuck.proc.kills) == (0, 0)
+    clock.now += 0.01
+    _answer(sup, healthy)  # read at last; "stuck" really is stuck from now on
+    # Rounds every 5 s: the stuck worker's clock started again at the late round (its request
+    # was sent long before, but the supervisor could not read meanwhile) and runs out 30 s later.
+    rearmed = clock.now - 0.01
+    kills_at = None
+    for _ in range(8):
+        clock.now += 5
+        sup._heartbeat_round(30.0)
+        _answer(sup, healthy)
+        if stuck.proc.kills and kills_at is None:
+            kills_at = clock.now
+    assert healthy.proc.kills == 0
+    assert stuck.proc.kills == 1 and 30 < kills_at - rearmed <= 35, kills_at - rearmed
+    assert len(stuck.writer.requests) == 2  # one outstanding request at a time
+    errors = [r.getMessage() for r in caplog.records if "answered no heartbeat" in r.getMessage()]
+    assert len(errors) == 1 and "worker 1 (pid 4261) answered no heartbeat for 3" in errors[0], errors
+
+
+def test_silence_counts_from_when_the_unanswered_request_was_sent(monkeypatch):
+    clock = _Clock(monkeypatch)
+    sup = _supervisor()
+    worker = sup.workers[0]
+    _live(sup, worker, 4270, clock, heard=True)
+    sup.workers[1].alive = False
+    sup._heartbeat_round(30.0)
+    clock.now += 0.01
+    _answer(sup, worker)  # then nothing more: last heard at +0.01, next request sent at +5
+    rounds = []
+    for _ in range(8):
+        clock.now += 5
+        sup._heartbeat_round(30.0)
+        rounds.append(worker.proc.kills)
+    # request sent at +5: 30 s elapse at +35, so the round at +40 kills (not the one at +35,
+    # 35 s after the worker was last heard from)
+    assert rounds == [0, 0, 0, 0, 0, 0, 0, 1], rounds
+
+
+def test_a_starting_worker_has_its_own_longer_allowance(monkeypatch, caplog):
+    from lightmesh.proxy import main as proxy_main
+    clock = _Clock(monkeypatch)
+    sup = _supervisor()
+    slow, never = sup.workers
+    _live(sup, slow, 4280, clock, heard=False)
+    _live(sup, never, 4281, clock, heard=False)
+    t0 = clock.now
+    limit = max(getattr(proxy_main, "WORKER_START_TIMEOUT", 120.0), 30.0)
+    assert limit >= 120
+    killed = {}
+    while clock.now - t0 < limit + 10:
+        clock.now += 5
+        if clock.now - t0 == 60:
+            sup._handle(slow, {"type": "hello", "pid": 4280})  # a minute to start: fine
+        sup._heartbeat_round(30.0)
+        if clock.now - t0 > 60 and slow.writer.requests:
+            _answer(sup, slow)
+        for w in (slow, never):
+            if w.proc.kills and w.index not in killed:
+                killed[w.index] = clock.now - t0
+    assert slow.proc.kills == 0
+    assert not [r for r in never.writer.requests if r["type"] == "snapshot"]  # not asked before its hello
+    assert killed == {1: limit + 5}, killed
+    errors = [r.getMessage() for r in caplog.records if "killing it" in r.getMessage()]
+    assert len(errors) == 1 and "worker 1 (pid 4281) sent nothing in the 125.0s since its start (limit 120s)" \
+        in errors[0], errors
+
+
+def test_workers_that_exit_together_restart_apart():
+    # Every worker that died at the same moment restarted exactly 0.5 s later, in step again.
+    async def scenario():
+        sup = _supervisor("--workers", "8")
+        spawned = {}
+        loop = asyncio.get_running_loop()
+
+        async def spawn(worker):
+            spawned[worker.index] = loop.time()
+
+        sup._spawn = spawn
+        now, t0 = time.monotonic(), loop.time()
+        for worker in sup.workers:
+            worker.started_at = now - 1  # a quick exit: the first back-off step, 0.5 s
+            sup._schedule_restart(worker)
+        await asyncio.sleep(0.9)
+        assert len(spawned) == 8
+        delays = sorted(t - t0 for t in spawned.values())
+        assert 0.5 <= delays[0] and delays[-1] <= 0.5 * 1.25 + 0.1, delays
+        assert delays[-1] - delays[0] > 0.02, delays  # not all at once
 
     asyncio.run(scenario())

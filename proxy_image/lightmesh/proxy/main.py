@@ -16,16 +16,26 @@ supervisor → worker
 worker → supervisor
     ``{"type": "hello", "pid": n}``, ``{"type": "applied", "version", "hash", "listener_errors"}``,
     ``{"type": "refused", "version", "error"}``, ``{"type": "snapshot", "id", "metrics", "status"}``,
-    ``{"type": "status", ...}`` (a listener came up on retry).
+    ``{"type": "status", ...}`` (a listener came up on retry), ``{"type": "draining", "timeout"}``
+    (a SIGTERM of its own: it drains, still answering snapshot requests, then exits).
 
 A worker whose channel closes has died: it is restarted and given the current config, 0.5 s
-later, doubling (up to 10 s) with each exit in a row that came within 30 s of its start. Every
-``HEARTBEAT_INTERVAL`` (5 s) the supervisor asks each live worker for a snapshot, one request
-outstanding at a time; a worker that has sent nothing for ``HEARTBEAT_TIMEOUT`` (30 s) is stuck
-(the kernel would keep giving it its share of new connections): it is killed with SIGKILL, logged
-as an error, and restarted the same way. A worker whose supervisor vanished (EOF) drains and exits.
-SIGTERM, SIGINT or SIGHUP on the supervisor: workers drain (stop accepting, close idle keep-alive
-connections, let in-flight requests finish up to ``--drain-timeout``), then everything exits 0.
+later, doubling (up to 10 s) with each exit in a row that came within 30 s of its start, each
+delay plus up to ``RESTART_JITTER`` (a quarter) at random, so workers that died together do not
+restart in step. Every ``HEARTBEAT_INTERVAL`` (5 s) the supervisor asks each live worker for a
+snapshot, one request outstanding at a time; a worker that leaves one unanswered for
+``HEARTBEAT_TIMEOUT`` (30 s), counted from when the request was sent, is stuck (the kernel would
+keep giving it its share of new connections): it is killed with SIGKILL, logged as an error, and
+restarted the same way. A starting worker is not asked until its first message ("hello": imports
+done, runtime built), and has ``WORKER_START_TIMEOUT`` (120 s, at least the heartbeat timeout)
+from its start to send it. When the supervisor's own heartbeat loop ran late (more than
+``HEARTBEAT_OVERSLEEP`` intervals since its previous round: the supervisor was stopped, its pod
+frozen, its event loop stalled), the answers may be waiting unread in the channels: that round
+kills nobody and every worker's clock starts again. A worker whose supervisor vanished (EOF)
+drains and exits. SIGTERM, SIGINT or SIGHUP on the supervisor: workers drain (stop accepting,
+close idle keep-alive connections, let in-flight requests finish up to ``--drain-timeout``), then
+everything exits 0. A worker that gets a SIGTERM of its own drains the same way, tells the
+supervisor, keeps answering its heartbeats meanwhile, exits and is restarted.
 
 Metrics: ``/metrics`` asks every live worker for a snapshot and merges them with the supervisor's
 own recorder, which alone counts ``config_reloads_total`` (once per config, not once per worker)
@@ -37,7 +47,12 @@ so a crash loses at most what it counted in the last heartbeat interval.
 Access log (``--access-log``): every worker writes to the same stdout, one JSON object per line, each
 line at most ``ACCESS_LOG_LINE_MAX`` (4096, PIPE_BUF) bytes in one ``write``, so lines of several
 workers never interleave on a pipe; a longer record has its longest strings cut and
-``"truncated": true``.
+``"truncated": true``. Traffic never waits for stdout: a worker queues its lines (at most
+``ACCESS_LOG_QUEUE_LINES``) for a thread of its own that writes them; a line that finds the queue
+full (nobody reads stdout fast enough) is dropped and counted
+(``lightmesh_proxy_access_log_dropped_total``; a warning on stderr once stdout flows again, at most
+once a minute). A worker that exits writes what is queued first, for up to
+``ACCESS_LOG_FLUSH_SECONDS``.
 """
 
 from __future__ import annotations
@@ -49,12 +64,15 @@ import dataclasses
 import json
 import logging
 import os
+import queue
+import random
 import select
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -71,6 +89,9 @@ _HEADER = struct.Struct("!I")
 SNAPSHOT_TIMEOUT = 2.0
 RESTART_MIN, RESTART_MAX = 0.5, 10.0
 RESTART_RESET_SECONDS = 30.0  # a worker that lived longer restarts after RESTART_MIN again
+# Each restart delay is lengthened by up to this fraction, at random: workers that died together
+# (a shared cause, a supervisor-wide event) do not go on starting, and competing for the CPU, in step.
+RESTART_JITTER = 0.25
 LISTENER_RETRY_SECONDS = 2.0
 DEFAULT_DRAIN_TIMEOUT = 15.0  # the DaemonSet's terminationGracePeriodSeconds is 30
 DEFAULT_MAX_CONNECTIONS = 10000  # per worker and TCP listener (HTTP: HTTPOptions' own default)
@@ -81,10 +102,18 @@ MAX_WORKERS = 256
 # The supervisor asks every worker for a metrics snapshot this often (seconds): a worker that dies
 # loses at most the counts of one interval, and the answers are its heartbeat.
 HEARTBEAT_INTERVAL = 5.0
-# A worker that has answered nothing this long (seconds) is stuck (a busy loop, SIGSTOP, a deadlock):
-# the kernel would go on giving it its share of new connections, so it is killed (SIGKILL) and
-# restarted like a worker that crashed.
+# A worker that has left a heartbeat request unanswered this long (seconds, from when the request was
+# sent) is stuck (a busy loop, SIGSTOP, a deadlock): the kernel would go on giving it its share of
+# new connections, so it is killed (SIGKILL) and restarted like a worker that crashed.
 HEARTBEAT_TIMEOUT = 30.0
+# A heartbeat round that comes more than this many intervals after the previous one means the
+# supervisor itself did not run (SIGSTOP, a frozen pod, a stalled event loop): the workers' answers
+# may be waiting unread in the channels, so that round kills nobody and re-arms every clock.
+HEARTBEAT_OVERSLEEP = 2.0
+# A starting worker has this long (seconds; at least the heartbeat timeout) from its start to its
+# first message: Python start-up and imports of many workers at once on few cores (24 workers on 2
+# cores: tens of seconds) must not count as a stuck worker.
+WORKER_START_TIMEOUT = 120.0
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -187,6 +216,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     # Not for operators (hidden): the tests shorten the heartbeat to see a stuck worker replaced.
     parser.add_argument("--heartbeat-interval", type=_seconds, default=HEARTBEAT_INTERVAL, help=argparse.SUPPRESS)
     parser.add_argument("--heartbeat-timeout", type=_seconds, default=HEARTBEAT_TIMEOUT, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-start-timeout", type=_seconds, default=WORKER_START_TIMEOUT, help=argparse.SUPPRESS)
+    # Hidden too: a short access-log queue lets a test see lines dropped without thousands of requests.
+    parser.add_argument("--access-log-queue", type=_whole_number(1, 1_000_000), default=ACCESS_LOG_QUEUE_LINES,
+                        help=argparse.SUPPRESS)
 
 
 def worker_options(args: argparse.Namespace) -> dict:
@@ -200,6 +233,7 @@ def worker_options(args: argparse.Namespace) -> dict:
             "max_header_bytes": args.max_header_bytes}
     return {"name": args.name, "log_level": args.log_level, "log_format": args.log_format, "workers": args.workers,
             "drain_timeout": args.drain_timeout,
+            "access_log_queue": getattr(args, "access_log_queue", ACCESS_LOG_QUEUE_LINES),
             "max_connections": DEFAULT_MAX_CONNECTIONS if limit is None else limit,  # TCP, per listener; 0 = none
             "otlp_endpoint": args.otlp_endpoint,
             "trace_sample_ratio": 1.0 if args.trace_sample_ratio is None else args.trace_sample_ratio,
@@ -292,36 +326,117 @@ class AccessLogFormatter(logging.Formatter):
         return bound_access_line(record.getMessage())
 
 
-class AccessLogHandler(logging.Handler):
-    """One ``os.write`` per record on ``fd`` (stdout), the newline included: with the line bounded
-    to :data:`ACCESS_LOG_LINE_MAX`, no other worker's line can land inside it on a pipe."""
+# Lines a worker keeps for stdout (each at most ACCESS_LOG_LINE_MAX bytes: at most 16 MiB, ~1 MiB of
+# typical 250-byte lines); a line that finds the queue full is dropped and counted.
+ACCESS_LOG_QUEUE_LINES = 4096
+ACCESS_LOG_FLUSH_SECONDS = 2.0  # what a worker that exits waits for its queued lines to be written
+ACCESS_LOG_WARN_SECONDS = 60.0  # at most one "lines dropped" warning on stderr this often
 
-    def __init__(self, fd: int) -> None:
+
+class AccessLogHandler(logging.Handler):
+    """Access lines never make traffic wait: :meth:`emit` (on the worker's event loop) formats the
+    record and queues the line, at most ``queue_lines`` of them; a thread of its own writes each
+    line with one ``os.write`` on ``fd`` (stdout), the newline included. With the line bounded to
+    :data:`ACCESS_LOG_LINE_MAX`, no other worker's line can land inside it on a pipe.
+
+    When nobody reads stdout fast enough (a stalled log shipper), the writer thread blocks and the
+    queue fills: further lines are dropped and counted in :attr:`dropped` (the worker's
+    ``lightmesh_proxy_access_log_dropped_total``, as are lines a write error lost), with a warning
+    on stderr, from the writer thread once stdout takes lines again, at most once every
+    :data:`ACCESS_LOG_WARN_SECONDS`. :meth:`drain` waits (bounded) for the queued lines at exit."""
+
+    def __init__(self, fd: int, queue_lines: int = ACCESS_LOG_QUEUE_LINES) -> None:
         super().__init__()
         self.fd = fd
+        self._queue: queue.Queue = queue.Queue(queue_lines)
+        self._full = 0  # lines dropped on a full queue (counted on the event loop's thread)
+        self._failed = 0  # lines a write error lost (counted on the writer thread)
+        self._reported = 0  # dropped lines a warning has told of
+        self._reported_at: float | None = None
+        self._thread = threading.Thread(target=self._write_lines, name="access-log", daemon=True)
+        self._thread.start()
+
+    @property
+    def dropped(self) -> int:
+        """Lines that never reached ``fd``: the queue was full, or the write failed."""
+        return self._full + self._failed
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            data = memoryview((self.format(record) + "\n").encode("utf-8", "backslashreplace"))
-            while data:  # one pass unless the descriptor is non-blocking or a file system splits it
-                try:
-                    written = os.write(self.fd, data)
-                except BlockingIOError:  # O_NONBLOCK set by whoever shares the pipe: wait as a blocking write would
-                    select.select([], [self.fd], [])
-                    continue
-                data = data[written:]
+            data = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
         except Exception:
             self.handleError(record)
+            return
+        try:
+            self._queue.put_nowait(data)
+        except queue.Full:
+            self._full += 1
+
+    def _write_lines(self) -> None:
+        while True:
+            data = self._queue.get()
+            try:
+                if data is None:  # close()
+                    return
+                self._write(data)
+            except Exception as exc:  # EPIPE (nobody will ever read), EBADF...: the line is lost
+                self._failed += 1
+                self._warn_dropped(f"{type(exc).__name__}: {exc}")
+            else:
+                if self.dropped != self._reported:
+                    self._warn_dropped()
+            finally:
+                self._queue.task_done()
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:  # one pass unless the descriptor is non-blocking or a file system splits it
+            try:
+                written = os.write(self.fd, view)
+            except BlockingIOError:  # O_NONBLOCK set by whoever shares the pipe: wait as a blocking write would
+                select.select([], [self.fd], [], 1.0)
+                continue
+            view = view[written:]
+
+    def _warn_dropped(self, why: str = "stdout was not read fast enough") -> None:
+        now = time.monotonic()
+        if self._reported_at is not None and now - self._reported_at < ACCESS_LOG_WARN_SECONDS:
+            return
+        dropped = self.dropped
+        self._reported_at, self._reported = now, dropped
+        logging.getLogger("lightmesh.proxy").warning(
+            "access log: %d lines dropped so far (%s); see lightmesh_proxy_access_log_dropped_total",
+            dropped, why)
+
+    def drain(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for every queued line to be written (or lost); True when
+        none is left."""
+        deadline = time.monotonic() + timeout
+        done = self._queue.all_tasks_done
+        with done:
+            while self._queue.unfinished_tasks:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                done.wait(remaining)
+        return True
+
+    def close(self) -> None:
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(None)  # the writer thread ends after what is queued (a daemon anyway)
+        super().close()
 
 
-def setup_access_log() -> None:
+def setup_access_log(queue_lines: int = ACCESS_LOG_QUEUE_LINES) -> AccessLogHandler | None:
     """Access records go to stdout, one JSON object per line and nothing else on it (whatever
     ``--log-format`` and ``--log-level`` say), so a log shipper parses them as they are; the
     diagnostic log stays on stderr. Lines are at most :data:`ACCESS_LOG_LINE_MAX` bytes, each one
-    write (see :class:`AccessLogHandler`)."""
+    write, from a queue and a thread of their own (see :class:`AccessLogHandler`, returned; None
+    without a real stdout)."""
+    handler: logging.Handler
     try:
         sys.stdout.flush()
-        handler: logging.Handler = AccessLogHandler(sys.stdout.fileno())
+        handler = AccessLogHandler(sys.stdout.fileno(), queue_lines)
     except (AttributeError, OSError, ValueError):  # no real stdout (embedded): best effort
         handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(AccessLogFormatter())
@@ -329,6 +444,22 @@ def setup_access_log() -> None:
     access.handlers[:] = [handler]
     access.propagate = False
     access.setLevel(logging.INFO)
+    return handler if isinstance(handler, AccessLogHandler) else None
+
+
+def flush_access_log(handler: AccessLogHandler | None, timeout: float = ACCESS_LOG_FLUSH_SECONDS) -> None:
+    """At a worker's exit: the queued lines, for up to ``timeout`` seconds; then the dropped count
+    on stderr if no warning told it yet."""
+    if handler is None:
+        return
+    if handler.drain(timeout):
+        if handler.dropped != handler._reported:
+            handler._reported_at = None
+            handler._warn_dropped()
+    else:
+        log.warning("access log: %d lines still queued at exit were not written within %gs (%d dropped before)",
+                    handler._queue.qsize(), timeout, handler.dropped)
+    handler.close()
 
 
 # ---------------------------------------------------------------------------------------- framing
@@ -374,12 +505,17 @@ class WorkerHandle:
     last_metrics: dict | None = None  # its last metrics snapshot (stands in when a scrape times out)
     last_heard: float = 0.0  # time.monotonic() of its last message (or of its start)
     heartbeat_id: int | None = None  # the periodic snapshot request it has not answered yet
+    heard: bool = False  # it sent a message since its start (until then: WORKER_START_TIMEOUT applies)
+    # time.monotonic() its silence counts from: its start until its first message, then the sending of
+    # the heartbeat request it has not answered (None: nothing outstanding)
+    silent_since: float | None = None
+    draining: bool = False  # it said it drains (a SIGTERM of its own) and will exit
 
     def describe(self) -> dict:
         return {"index": self.index, "pid": self.pid, "alive": self.alive, "applied_version": self.applied_version,
                 "applied_hash": self.applied_hash, "listeners": self.listeners,
                 "listener_errors": self.listener_errors,
-                "last_error": self.last_error, "restarts": self.restarts}
+                "last_error": self.last_error, "restarts": self.restarts, "draining": self.draining}
 
 
 def _child_env() -> dict[str, str]:
@@ -407,6 +543,7 @@ class Supervisor:
         self.stopping = False
         self._stop = asyncio.Event()
         self._snapshot_ids = 0
+        self._last_round_at: float | None = None  # time.monotonic() of the last heartbeat round
         self.retired_metrics: dict = {}  # counters of workers that exited
         self._refused_versions: set = set()
         self._tasks: set[asyncio.Task] = set()
@@ -483,6 +620,7 @@ class Supervisor:
         worker.alive, worker.applied_version, worker.applied_hash = True, 0, None
         worker.listener_errors, worker.listeners, worker.started_at = {}, [], time.monotonic()
         worker.last_heard, worker.heartbeat_id = worker.started_at, None
+        worker.heard, worker.silent_since, worker.draining = False, worker.started_at, False
         write_message(writer, {"type": "init", "index": worker.index, "options": self.options})
         if self.config_json is not None:
             write_message(writer, {"type": "config", "config": self.config_json})
@@ -505,6 +643,10 @@ class Supervisor:
     def _handle(self, worker: WorkerHandle, msg: dict) -> None:
         kind = msg.get("type")
         worker.last_heard = time.monotonic()  # any message: its event loop runs
+        if not worker.heard:  # started: the heartbeat takes over from the start-up allowance
+            worker.heard = True
+            if worker.heartbeat_id is None:
+                worker.silent_since = None
         if kind == "hello":
             worker.pid = msg.get("pid", worker.pid)
         elif kind == "applied":
@@ -531,11 +673,18 @@ class Supervisor:
         elif kind == "snapshot":
             # kept whoever asked (a scrape or the heartbeat): what stays of the worker if it dies
             worker.last_metrics = _worker_counts(msg.get("metrics") or {})
-            if msg.get("id") == worker.heartbeat_id:
-                worker.heartbeat_id = None
+            ident = msg.get("id")
+            # a worker answers in order: an answer to this request or a later one (a scrape's)
+            if worker.heartbeat_id is not None and isinstance(ident, int) and ident >= worker.heartbeat_id:
+                worker.heartbeat_id, worker.silent_since = None, None
             fut = worker.pending.pop(msg.get("id"), None)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
+        elif kind == "draining":  # it keeps answering heartbeats until it exits (then: restarted)
+            worker.draining = True
+            if not self.stopping:  # not the whole group's SIGTERM
+                log.warning("worker %d (pid %s) got a SIGTERM: draining (up to %gs), then it exits and is "
+                            "restarted", worker.index, worker.pid, msg.get("timeout") or self.args.drain_timeout)
         else:
             log.warning("worker %d: unknown control message %r", worker.index, kind)
 
@@ -562,12 +711,12 @@ class Supervisor:
     async def _heartbeat(self) -> None:
         """Every ``--heartbeat-interval`` (:data:`HEARTBEAT_INTERVAL`), ask each live worker for a
         metrics snapshot, at most one such request outstanding per worker (its answer refreshes
-        ``last_metrics``: what stays of the worker's counters if it dies). A worker that has sent
-        nothing for ``--heartbeat-timeout`` (:data:`HEARTBEAT_TIMEOUT`) is stuck: SIGKILL, and its
-        reader task restarts it as any worker that exited."""
+        ``last_metrics``: what stays of the worker's counters if it dies). See
+        :meth:`_heartbeat_round` for who is killed."""
         interval = getattr(self.args, "heartbeat_interval", HEARTBEAT_INTERVAL)
         # at least two intervals: one answer that comes late is no death
         timeout = max(getattr(self.args, "heartbeat_timeout", HEARTBEAT_TIMEOUT), 2 * interval)
+        self._last_round_at = time.monotonic()  # a pause before the first round counts as oversleeping too
         while not self.stopping:
             await asyncio.sleep(interval)
             try:
@@ -576,25 +725,49 @@ class Supervisor:
                 log.exception("heartbeat round failed")
 
     def _heartbeat_round(self, timeout: float) -> None:
+        """One round. A worker that has left its heartbeat request unanswered for more than
+        ``timeout`` seconds since it was sent, or that started more than ``--worker-start-timeout``
+        (:data:`WORKER_START_TIMEOUT`, at least ``timeout``) ago and has sent nothing yet, is stuck:
+        SIGKILL, and its reader task restarts it as any worker that exited. A round that comes more
+        than :data:`HEARTBEAT_OVERSLEEP` intervals after the previous one kills nobody: this process
+        did not run meanwhile (stopped, frozen, its loop stalled), the answers may be unread in the
+        channels; every worker's silence counts from now instead."""
         now = time.monotonic()
+        interval = getattr(self.args, "heartbeat_interval", HEARTBEAT_INTERVAL)
+        start_limit = max(getattr(self.args, "worker_start_timeout", WORKER_START_TIMEOUT), timeout)
+        previous, self._last_round_at = self._last_round_at, now
+        if previous is not None and now - previous > HEARTBEAT_OVERSLEEP * interval:
+            log.warning("heartbeat: the supervisor did not run for %.1fs (interval %gs): no worker is judged "
+                        "on that time, every heartbeat clock starts again", now - previous, interval)
+            for worker in self.workers:
+                if worker.silent_since is not None:
+                    worker.silent_since = now
+            return
         for worker in self.workers:
             if self.stopping or not (worker.alive and worker.writer is not None and worker.proc is not None):
                 continue
-            silent = now - worker.last_heard
-            if silent > timeout:
-                if worker.proc.poll() is None:
-                    log.error("worker %d (pid %s) answered no heartbeat for %.1fs (limit %gs): stuck, "
-                              "killing it (SIGKILL) to restart it", worker.index, worker.pid, silent, timeout)
-                    with contextlib.suppress(ProcessLookupError):
-                        worker.proc.kill()
-                continue  # its reader task sees the channel close
-            if worker.heartbeat_id is None:
+            if worker.silent_since is not None:
+                silent = now - worker.silent_since
+                limit = timeout if worker.heard else start_limit
+                if silent > limit:
+                    if worker.proc.poll() is None:
+                        if worker.heard:
+                            log.error("worker %d (pid %s) answered no heartbeat for %.1fs (limit %gs): stuck, "
+                                      "killing it (SIGKILL) to restart it", worker.index, worker.pid, silent, limit)
+                        else:
+                            log.error("worker %d (pid %s) sent nothing in the %.1fs since its start (limit %gs): "
+                                      "stuck starting, killing it (SIGKILL) to restart it", worker.index,
+                                      worker.pid, silent, limit)
+                        with contextlib.suppress(ProcessLookupError):
+                            worker.proc.kill()
+                    continue  # its reader task sees the channel close
+            if worker.heard and worker.heartbeat_id is None:  # a starting worker is not asked yet
                 self._snapshot_ids += 1
                 try:
                     write_message(worker.writer, {"type": "snapshot", "id": self._snapshot_ids})
                 except Exception:  # its reader task notices the death
                     continue
-                worker.heartbeat_id = self._snapshot_ids
+                worker.heartbeat_id, worker.silent_since = self._snapshot_ids, now
 
     def _schedule_restart(self, worker: WorkerHandle) -> None:
         lived = time.monotonic() - worker.started_at if worker.started_at else 0.0
@@ -603,6 +776,7 @@ class Supervisor:
         if lived > RESTART_RESET_SECONDS:
             worker.quick_exits = 0
         delay = min(RESTART_MAX, RESTART_MIN * 2 ** min(worker.quick_exits, 5))
+        delay *= 1.0 + random.uniform(0.0, RESTART_JITTER)  # workers that died together restart apart
         worker.quick_exits += 1
         worker.restarts += 1
 
@@ -817,8 +991,8 @@ async def _worker(fd: int) -> int:
         return 2
     options = init.get("options") or {}
     setup_logging(options.get("log_level", "info"), options.get("log_format", "text"))
-    if (options.get("http") or {}).get("access_log"):
-        setup_access_log()
+    access = setup_access_log(int(options.get("access_log_queue") or ACCESS_LOG_QUEUE_LINES)) \
+        if (options.get("http") or {}).get("access_log") else None
     wlog = logging.getLogger(f"lightmesh.proxy.worker{init.get('index', '')}")
     metrics = metrics_mod.ProxyMetrics()
     try:
@@ -840,22 +1014,34 @@ async def _worker(fd: int) -> int:
             runtime.close_stale_upstreams()  # a server no request goes to would keep them open
             runtime.retain_metrics()  # series a request in flight at a swap brought back
 
+    state = {"draining": False, "applying": False}
+
     async def serve() -> None:
+        # Also while this worker drains on a SIGTERM of its own: it answers the supervisor's
+        # snapshot requests (its heartbeat) until it exits, and ignores configs (Runtime refuses
+        # them when draining, which would count as a refused config).
         while True:
             msg = await read_message(reader)
             if msg is None:
-                wlog.warning("supervisor gone: draining")
+                if not state["draining"]:
+                    wlog.warning("supervisor gone: draining")
                 return
             kind = msg.get("type")
             if kind == "config":
                 data = msg.get("config")
                 version = data.get("version") if isinstance(data, dict) else None
+                if state["draining"]:
+                    wlog.info("configuration version %s not applied: draining", version)
+                    continue
+                state["applying"] = True
                 try:
                     result = await runtime.apply(data)
                 except ConfigError as exc:
                     wlog.error("configuration version %s refused: %s", version, exc)
                     write_message(writer, {"type": "refused", "version": version, "error": str(exc)})
                     continue
+                finally:
+                    state["applying"] = False
                 wlog.info("applied configuration version %d (%d listeners%s)", result.version,
                           len(runtime.listeners),
                           f", {len(result.listener_errors)} failed" if result.listener_errors else "")
@@ -865,23 +1051,48 @@ async def _worker(fd: int) -> int:
             elif kind == "snapshot":
                 # breaker states as of now: open → recovering happens by the clock, not only on a
                 # request, and breakers of a config no longer in force are gone
-                metrics.breaker_state = runtime.http.breaker_states() if runtime.http is not None else {}
+                try:
+                    metrics.breaker_state = runtime.http.breaker_states() if runtime.http is not None else {}
+                    status = runtime.status()
+                except Exception:  # an answer matters more (it is the heartbeat): keep the last states
+                    wlog.exception("worker status for a snapshot failed")
+                    status = {}
+                metrics.access_log_dropped = access.dropped if access is not None else 0
                 write_message(writer, {"type": "snapshot", "id": msg.get("id"), "metrics": metrics.snapshot(),
-                                       "status": runtime.status()})
+                                       "status": status})
             elif kind == "drain":
-                return
+                if not state["draining"]:
+                    return
             else:
                 wlog.warning("unknown control message %r", kind)
 
-    tasks = [loop.create_task(serve()), loop.create_task(stop.wait()), loop.create_task(retry_listeners())]
-    await asyncio.wait(tasks[:2], return_when=asyncio.FIRST_COMPLETED)
-    for task in tasks:
-        task.cancel()
+    serving = loop.create_task(serve())
+    stopped = loop.create_task(stop.wait())
+    retrying = loop.create_task(retry_listeners())
+    await asyncio.wait((serving, stopped), return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    retrying.cancel()
     drain_timeout = float(options.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT))
+    state["draining"] = True
+    if not serving.done():
+        # A SIGTERM of this worker's own (the supervisor's would come as "drain" too): the
+        # supervisor goes on asking for heartbeats, which must be answered while in-flight
+        # requests finish, or it would take this worker for stuck and kill it mid-drain.
+        if state["applying"]:  # as before: a config being applied is abandoned, then answer on
+            serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await serving
+            serving = loop.create_task(serve())
+        wlog.info("SIGTERM: draining (up to %gs), then exiting", drain_timeout)
+        with contextlib.suppress(Exception):
+            write_message(writer, {"type": "draining", "timeout": drain_timeout})
     await runtime.drain(drain_timeout)
+    serving.cancel()
     if tracer is not None:
         # flushes the batch exporter, for at most otel.SHUTDOWN_SECONDS; off the loop
         await asyncio.to_thread(tracer.shutdown)
+    if access is not None:  # the lines still queued, for at most ACCESS_LOG_FLUSH_SECONDS; off the loop
+        await asyncio.to_thread(flush_access_log, access)
     with contextlib.suppress(Exception):
         writer.close()
     return 0

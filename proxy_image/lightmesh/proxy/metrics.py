@@ -74,6 +74,8 @@ METRICS: dict[str, MetricSpec] = {s.name: s for s in (
           "direction"),
     _spec("config_version", "gauge", "Version of the configuration in force"),
     _spec("config_reloads_total", "counter", "Configurations received, by result (applied or failed)", "result"),
+    _spec("access_log_dropped_total", "counter", "Access-log lines not written (--access-log): stdout "
+          "was not read fast enough, or a write failed"),
 )}
 
 
@@ -82,7 +84,7 @@ class ProxyMetrics:
 
     __slots__ = ("_requests", "durations", "retries", "upstream_errors", "breaker_state", "rate_limited",
                  "acl_denied", "open_connections", "l4_connections", "l4_bytes", "config_version", "reloads",
-                 "refused_connections")
+                 "refused_connections", "access_log_dropped")
 
     def __init__(self) -> None:
         # (service, status code, method) → [count, the service's ``durations`` entry]: one lookup per
@@ -101,6 +103,8 @@ class ProxyMetrics:
         self.l4_bytes: dict[tuple[str, str, str], int] = {}
         self.config_version = 0
         self.reloads: dict[str, int] = {"applied": 0, "failed": 0}
+        # set from the access-log handler's count before each snapshot (not on the request path)
+        self.access_log_dropped = 0
 
     # ------------------------------------------------------------------ recording (hot path)
 
@@ -204,6 +208,7 @@ class ProxyMetrics:
             p + "l4_bytes_total": [[*k, v] for k, v in self.l4_bytes.items()],
             p + "config_version": [[self.config_version]],
             p + "config_reloads_total": [[k, v] for k, v in self.reloads.items()],
+            p + "access_log_dropped_total": [[self.access_log_dropped]],
         }
 
 
