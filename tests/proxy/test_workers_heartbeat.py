@@ -486,3 +486,27 @@ def test_workers_that_exit_together_restart_apart():
         assert delays[-1] - delays[0] > 0.02, delays  # not all at once
 
     asyncio.run(scenario())
+
+
+def test_a_worker_draining_on_its_own_sigterm_is_not_ready_and_is_reported_only_if_the_proxy_goes_on(caplog):
+    # With one worker draining after its own SIGTERM (its listeners closed), /ping said 200 while
+    # every connection was refused; and a SIGTERM to the whole group logged "then it exits and is
+    # restarted" for each worker when their message came before the supervisor's own handler.
+    async def scenario():
+        sup = _supervisor("--workers", "1")
+        sup.config = object()
+        [worker] = sup.workers[:1]
+        sup.workers = [worker]
+        worker.alive, worker.applied_hash, worker.applied_version = True, "h1", 3
+        assert sup.ready() and sup.applied_hash() == "h1" and sup.applied_version() == 3
+        sup._handle(worker, {"type": "draining", "timeout": 15})
+        assert not sup.ready() and sup.applied_hash() is None and sup.applied_version() == 0
+        sup.stopping = True  # the group's SIGTERM reached the supervisor just after
+        await asyncio.sleep(0.7)
+        assert not [r for r in caplog.records if "got a SIGTERM" in r.getMessage()]
+        sup.stopping = False
+        sup._handle(worker, {"type": "draining", "timeout": 15})  # its own SIGTERM: the proxy goes on
+        await asyncio.sleep(0.7)
+        assert len([r for r in caplog.records if "got a SIGTERM" in r.getMessage()]) == 1
+
+    asyncio.run(scenario())

@@ -682,9 +682,14 @@ class Supervisor:
                 fut.set_result(msg)
         elif kind == "draining":  # it keeps answering heartbeats until it exits (then: restarted)
             worker.draining = True
-            if not self.stopping:  # not the whole group's SIGTERM
-                log.warning("worker %d (pid %s) got a SIGTERM: draining (up to %gs), then it exits and is "
-                            "restarted", worker.index, worker.pid, msg.get("timeout") or self.args.drain_timeout)
+
+            def report(pid=worker.pid, timeout=msg.get("timeout") or self.args.drain_timeout) -> None:
+                # a signal to the whole group reaches the workers too, and their message may come
+                # before the supervisor's own handler runs: said only if the proxy is not stopping
+                if not self.stopping:
+                    log.warning("worker %d (pid %s) got a SIGTERM: draining (up to %gs), then it exits and is "
+                                "restarted", worker.index, pid, timeout)
+            asyncio.get_running_loop().call_later(0.5, report)
         else:
             log.warning("worker %d: unknown control message %r", worker.index, kind)
 
@@ -850,13 +855,18 @@ class Supervisor:
         self.last_error = message
         self.last_error_at = time.time()
 
+    def _serving(self) -> list[WorkerHandle]:
+        """Live workers that serve: not one draining after its own SIGTERM (its listeners are
+        closed and it applies no new config)."""
+        return [w for w in self.workers if w.alive and not w.draining]
+
     def applied_version(self) -> int:
-        alive = [w.applied_version for w in self.workers if w.alive]
-        return min(alive) if alive else 0
+        serving = [w.applied_version for w in self._serving()]
+        return min(serving) if serving else 0
 
     def applied_hash(self) -> str | None:
-        """The config hash every live worker applied, or None while they differ (or none has one)."""
-        hashes = {w.applied_hash for w in self.workers if w.alive}
+        """The config hash every serving worker applied, or None while they differ (or none has one)."""
+        hashes = {w.applied_hash for w in self._serving()}
         return hashes.pop() if len(hashes) == 1 and None not in hashes else None
 
     # ------------------------------------------------------------------ AdminState
@@ -865,7 +875,7 @@ class Supervisor:
         # Not ready while draining: the endpoint leaves the Service before connections are cut.
         # Any valid config counts, version 0 included: a worker reports the hash it applied.
         return (not self.stopping and self.config is not None
-                and any(w.alive and w.applied_hash is not None for w in self.workers))
+                and any(w.applied_hash is not None for w in self._serving()))
 
     async def snapshots(self) -> list[dict]:
         loop = asyncio.get_running_loop()
