@@ -294,6 +294,18 @@ class _Builder:
         self.middlewares.setdefault(mw["name"], mw)
         return mw["name"]
 
+    def router_maker(self, ep_name: str, hosts: list[str]):
+        """``router(name, priority, service, middlewares, match, fall_through=False)`` adding a router
+        on ``ep_name`` for ``hosts``."""
+        def router(name: str, priority: int, service: str, middlewares: list[str], m: HTTPMatch | None,
+                   fall_through: bool = False) -> None:
+            made = {"name": _bounded(name), "entry_points": [ep_name], "match": _match(hosts, m),
+                    "priority": priority, "service": service, "middlewares": middlewares}
+            if fall_through:
+                made["fall_through"] = True
+            self.routers.append(made)
+        return router
+
     def deny(self) -> str:
         """ACL mode's refusal (403)."""
         return self.middleware({"type": "deny", "name": DENY, "status_code": 403})
@@ -425,13 +437,7 @@ class _Builder:
         base = f"{svc.key}:{p.port}"
         own = base if split is None else f"{base}/pods"
 
-        def router(name: str, priority: int, service: str, middlewares: list[str], m: HTTPMatch | None,
-                   fall_through: bool = False) -> None:
-            made = {"name": _bounded(name), "entry_points": [ep_name], "match": _match(hosts, m),
-                    "priority": priority, "service": service, "middlewares": middlewares}
-            if fall_through:
-                made["fall_through"] = True
-            self.routers.append(made)
+        router = self.router_maker(ep_name, hosts)
 
         pods_needed = split is None or split.http_matches is not None or self.acl
         if pods_needed:
@@ -533,13 +539,7 @@ class _Builder:
         mws = self.service_middlewares(svc)
         base = f"{svc.key}:{p.port}"
 
-        def router(name: str, priority: int, service: str, middlewares: list[str], m: HTTPMatch | None,
-                   fall_through: bool = False) -> None:
-            made = {"name": _bounded(name), "entry_points": [ep_name], "match": _match(hosts, m),
-                    "priority": priority, "service": service, "middlewares": middlewares}
-            if fall_through:
-                made["fall_through"] = True
-            self.routers.append(made)
+        router = self.router_maker(ep_name, hosts)
 
         own = f"{base}/pods"
         if self.acl:

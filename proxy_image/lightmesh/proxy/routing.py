@@ -219,39 +219,31 @@ def normal_path(path: str) -> str:
     return "/" + "/".join(out) + ("/" if trailing and out else "")
 
 
-def _path_predicate(path_regex: str | list[str] | None) -> Callable | None:
-    """``.match`` of the compiled regex; for several, one that returns a match only when all match."""
-    if path_regex is None:
-        return None
-    if isinstance(path_regex, str):
-        return compile_user_regex(path_regex).match
-    matchers = tuple(compile_user_regex(r).match for r in path_regex)
+def _each(regex: str | list[str], how: str) -> Callable:
+    """The compiled regex's ``how`` (``match`` or ``search``); for several (ACL mode: a route's
+    regex AND a TrafficTarget's), one that finds a match only when each does."""
+    if isinstance(regex, str):
+        return getattr(compile_user_regex(regex), how)
+    tests = tuple(getattr(compile_user_regex(r), how) for r in regex)
 
-    def all_match(path: str):
+    def all_of(text: str):
         found = None
-        for matcher in matchers:
-            found = matcher(path)
+        for test in tests:
+            found = test(text)
             if found is None:
                 return None
         return found
-    return all_match
+    return all_of
+
+
+def _path_predicate(path_regex: str | list[str] | None) -> Callable | None:
+    """Anchored at the start (``match``); None: no path rule."""
+    return None if path_regex is None else _each(path_regex, "match")
 
 
 def _header_predicate(regex: str | list[str]) -> Callable:
-    """``.search`` of the compiled regex; for several (ACL mode: a route's header regex AND a
-    TrafficTarget's), one that finds a match only when each does."""
-    if isinstance(regex, str):
-        return compile_user_regex(regex).search
-    searchers = tuple(compile_user_regex(r).search for r in regex)
-
-    def all_search(value: str):
-        found = None
-        for search in searchers:
-            found = search(value)
-            if found is None:
-                return None
-        return found
-    return all_search
+    """Searched in the value (``search``)."""
+    return _each(regex, "search")
 
 
 def _chars(regex: str | list[str] | None) -> int:
