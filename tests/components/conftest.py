@@ -63,7 +63,17 @@ class RecordingMonitor(pulumi.runtime.mocks.MockMonitor):
 
 
 # Python ≥3.14 no longer creates an implicit event loop (pulumi/pulumi#24338); be explicit.
-asyncio.set_event_loop(asyncio.new_event_loop())
+MOCK_LOOP = asyncio.new_event_loop()
+asyncio.set_event_loop(MOCK_LOOP)
+
+
+@pytest.fixture(autouse=True)
+def _mock_loop_is_current():
+    # asyncio.run() (other directories' tests, run before these in one session) ends by setting
+    # the current loop to None; Pulumi's mocks then made Outputs on a loop of their own
+    # ("attached to a different loop"). Every test here runs with the one loop the mocks use.
+    asyncio.set_event_loop(MOCK_LOOP)
+    yield
 
 MOCKS = K8sMocks()
 MONITOR = RecordingMonitor(MOCKS)
