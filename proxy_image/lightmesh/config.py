@@ -33,9 +33,9 @@ Fall-through
     not answer: the next router (in the order above) that matches the request decides instead, and
     so on. One that admits the source but whose service has no servers is passed over too, for a
     later one that admits it and has servers. If none does, the first that admitted it answers
-    (503), else the last one tried (a router without ``fall_through``, or the chain's last). ACL mode sets it so that
-    TrafficTargets are additive (a source one refuses may be allowed by another whose match also
-    covers the request) and ends each chain with a router that answers 403 for the matches of a rule.
+    (503), else the last one tried (a router without ``fall_through``, or the chain's last). ACL
+    mode sets it so that TrafficTargets are additive (a source one refuses may be allowed by another
+    whose match also covers the request) and ends each chain with a router that answers 403.
 Middlewares
     ``allow_list``: source CIDRs of the TCP peer (never a header). Empty list = deny everything
     (403). ``deny``: always answers ``status_code``. ``rate_limit``: token bucket per source IP,
@@ -641,7 +641,6 @@ class ConfigAssembler:
         canonical = (f'{{"http":{{"entry_points":{joined("entry_points")},"middlewares":{joined("middlewares")},'
                      f'"routers":{joined("routers")},"services":{joined("services")}}},'
                      f'"schema_version":{SCHEMA_VERSION},"tcp":{joined("tcp")},"udp":{joined("udp")}}}')
-        config = config.model_copy(update={"schema_version": SCHEMA_VERSION})
         return config.model_copy(update={"hash": hashlib.sha256(canonical.encode()).hexdigest()})
 
 
