@@ -15,6 +15,7 @@ tests short. Each proxy runs in its own session and its whole process group is k
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -39,75 +40,73 @@ async def _requests_total(admin: str) -> int:
     return 0
 
 
+@contextlib.asynccontextmanager
+async def _running_proxy(tmp_path, name: str, *flags: str, workers: int = 2, ready_timeout: float = 10.0):
+    """``lightmesh proxy --config`` with ``workers`` workers in front of backend A (and a TCP echo),
+    its heartbeat every 0.2 s, plus ``flags``; yields once every worker runs config v1: ``proc``,
+    ``admin`` (URL), ``port`` (HTTP), ``log`` (its output) and that moment's ``workers``."""
+    echo, eport = await tcp_echo()
+    hp, tp, ap = free_port(), free_port(), free_port()
+    admin = f"http://127.0.0.1:{ap}"
+    cfg_path, log_path = tmp_path / "proxy.json", tmp_path / "proxy.log"
+    try:
+        async with Backend("A") as backend:
+            cfg_path.write_text(make(1, hp, backend.url, tp, eport).to_json())
+            with proxy_process("--config", str(cfg_path), "--workers", str(workers), "--admin-address", "127.0.0.1",
+                               "--admin-port", str(ap), "--name", name, "--heartbeat-interval", "0.2", *flags,
+                               log_path=log_path) as proc:
+                await wait_ready(admin, proc, name, timeout=ready_timeout)
+                data = await until(lambda: _when(rawdata(admin), lambda d: workers_on(d, 1)), ready_timeout,
+                                   "workers on v1")
+                yield types.SimpleNamespace(proc=proc, admin=admin, port=hp, log=log_path, workers=data["workers"])
+    finally:
+        echo.close()
+
+
 def test_a_worker_killed_between_scrapes_keeps_what_it_counted(tmp_path):
     # Snapshots were fetched only by a scrape: whatever a worker counted since the last scrape was
     # lost when it died. Here nobody scrapes before the kill.
     async def main():
-        echo, eport = await tcp_echo()
-        hp, tp, ap = free_port(), free_port(), free_port()
-        admin = f"http://127.0.0.1:{ap}"
-        cfg_path = tmp_path / "proxy.json"
-        try:
-            async with Backend("A") as backend:
-                cfg_path.write_text(make(1, hp, backend.url, tp, eport).to_json())
-                with proxy_process("--config", str(cfg_path), "--workers", "2", "--admin-address", "127.0.0.1",
-                                   "--admin-port", str(ap), "--name", "hb-metrics", "--heartbeat-interval", "0.2",
-                                   log_path=tmp_path / "proxy.log") as proc:
-                    await wait_ready(admin, proc, "hb-metrics")
-                    data = await until(lambda: _when(rawdata(admin), lambda d: workers_on(d, 1)), 10, "workers on v1")
-                    pids = [w["pid"] for w in data["workers"]]
-                    for _ in range(40):  # fresh connections: both workers serve some
-                        assert (await request(hp)).status == 200
-                    # both workers' counts reach the supervisor by the heartbeat alone: wait for a
-                    # few intervals, then kill both (whichever served what)
-                    await asyncio.sleep(1.0)
-                    for pid in pids:
-                        os.kill(pid, signal.SIGKILL)
-                    await until(lambda: _when(rawdata(admin), lambda d: workers_on(d, 1) and not
-                                              set(pids) & {w["pid"] for w in d["workers"]}), 15, "workers restarted")
-                    assert await _requests_total(admin) == 40
-        finally:
-            echo.close()
+        async with _running_proxy(tmp_path, "hb-metrics") as px:
+            pids = [w["pid"] for w in px.workers]
+            for _ in range(40):  # fresh connections: both workers serve some
+                assert (await request(px.port)).status == 200
+            # both workers' counts reach the supervisor by the heartbeat alone: wait for a
+            # few intervals, then kill both (whichever served what)
+            await asyncio.sleep(1.0)
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            await until(lambda: _when(rawdata(px.admin), lambda d: workers_on(d, 1) and not
+                                      set(pids) & {w["pid"] for w in d["workers"]}), 15, "workers restarted")
+            assert await _requests_total(px.admin) == 40
 
     run(main())
 
 
 def test_a_stopped_worker_is_killed_and_restarted(tmp_path):
     async def main():
-        echo, eport = await tcp_echo()
-        hp, tp, ap = free_port(), free_port(), free_port()
-        admin = f"http://127.0.0.1:{ap}"
-        cfg_path = tmp_path / "proxy.json"
-        log_path = tmp_path / "proxy.log"
         victim = None
         try:
-            async with Backend("A") as backend:
-                cfg_path.write_text(make(1, hp, backend.url, tp, eport).to_json())
-                with proxy_process("--config", str(cfg_path), "--workers", "2", "--admin-address", "127.0.0.1",
-                                   "--admin-port", str(ap), "--name", "hb-stuck", "--heartbeat-interval", "0.2",
-                                   "--heartbeat-timeout", "1.5", log_path=log_path) as proc:
-                    await wait_ready(admin, proc, "hb-stuck")
-                    data = await until(lambda: _when(rawdata(admin), lambda d: workers_on(d, 1)), 10, "workers on v1")
-                    victim = data["workers"][1]["pid"]
-                    os.kill(victim, signal.SIGSTOP)  # as stuck as a worker gets: alive, answers nothing
-                    data = await until(lambda: _when(rawdata(admin), lambda d: workers_on(d, 1) and
-                                                     d["workers"][1]["pid"] != victim), 8, "stuck worker replaced")
-                    assert data["workers"][1]["restarts"] == 1 and data["workers"][0]["restarts"] == 0
-                    assert not os.path.exists(f"/proc/{victim}") or _zombie_or_gone(victim)
-                    errors = [line for line in log_path.read_text().splitlines()
-                              if "answered no heartbeat" in line]
-                    assert len(errors) == 1 and "ERROR" in errors[0], errors
-                    assert f"worker 1 (pid {victim}) answered no heartbeat for " in errors[0]
-                    # every new connection is served again (none lands on a stopped worker)
-                    for _ in range(20):
-                        conn = await RawClient.connect(hp)
-                        try:
-                            await conn.send(b"GET / HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
-                            assert (await conn.response(3)).status == 200
-                        finally:
-                            await conn.close()
+            async with _running_proxy(tmp_path, "hb-stuck", "--heartbeat-timeout", "1.5") as px:
+                victim = px.workers[1]["pid"]
+                os.kill(victim, signal.SIGSTOP)  # as stuck as a worker gets: alive, answers nothing
+                data = await until(lambda: _when(rawdata(px.admin), lambda d: workers_on(d, 1) and
+                                                 d["workers"][1]["pid"] != victim), 8, "stuck worker replaced")
+                assert data["workers"][1]["restarts"] == 1 and data["workers"][0]["restarts"] == 0
+                assert not os.path.exists(f"/proc/{victim}") or _zombie_or_gone(victim)
+                errors = [line for line in px.log.read_text().splitlines()
+                          if "answered no heartbeat" in line]
+                assert len(errors) == 1 and "ERROR" in errors[0], errors
+                assert f"worker 1 (pid {victim}) answered no heartbeat for " in errors[0]
+                # every new connection is served again (none lands on a stopped worker)
+                for _ in range(20):
+                    conn = await RawClient.connect(px.port)
+                    try:
+                        await conn.send(b"GET / HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
+                        assert (await conn.response(3)).status == 200
+                    finally:
+                        await conn.close()
         finally:
-            echo.close()
             if victim is not None:  # the group kill took it; a SIGCONT does no harm if it is gone
                 try:
                     os.kill(victim, signal.SIGCONT)
@@ -235,42 +234,28 @@ def test_pausing_the_supervisor_or_the_whole_proxy_kills_no_healthy_worker(tmp_p
     # freeze, Ctrl-Z) was stopped longer than the timeout, every healthy worker was SIGKILLed at
     # once on resume, their answers still unread in the channels.
     async def main():
-        echo, eport = await tcp_echo()
-        hp, tp, ap = free_port(), free_port(), free_port()
-        admin = f"http://127.0.0.1:{ap}"
-        cfg_path = tmp_path / "proxy.json"
-        log_path = tmp_path / "proxy.log"
-        try:
-            async with Backend("A") as backend:
-                cfg_path.write_text(make(1, hp, backend.url, tp, eport).to_json())
-                with proxy_process("--config", str(cfg_path), "--workers", "2", "--admin-address", "127.0.0.1",
-                                   "--admin-port", str(ap), "--name", "hb-pause", "--heartbeat-interval", "0.2",
-                                   "--heartbeat-timeout", "1", log_path=log_path) as proc:
-                    await wait_ready(admin, proc, "hb-pause")
-                    data = await until(lambda: _when(rawdata(admin), lambda d: workers_on(d, 1)), 10, "workers on v1")
-                    pids = [w["pid"] for w in data["workers"]]
-                    await asyncio.sleep(0.5)  # a few rounds answered
-                    pause = (lambda s: os.kill(proc.pid, s)) if who == "supervisor" else \
-                        (lambda s: os.killpg(proc.pid, s))
-                    pause(signal.SIGSTOP)
-                    try:
-                        if who == "supervisor":  # the workers go on serving meanwhile
-                            for _ in range(5):
-                                assert (await request(hp, timeout=3)).status == 200
-                        await asyncio.sleep(2.5)  # 2.5 timeouts
-                    finally:
-                        pause(signal.SIGCONT)
-                    await asyncio.sleep(1.5)  # 7 rounds after the resume
-                    data = await rawdata(admin)
-                    assert [(w["pid"], w["alive"], w["restarts"]) for w in data["workers"]] == \
-                        [(pid, True, 0) for pid in pids]
-                    text = log_path.read_text()
-                    assert "answered no heartbeat" not in text and "killing it" not in text, text[-3000:]
-                    assert "heartbeat: the supervisor did not run for " in text
-                    for _ in range(10):
-                        assert (await request(hp, timeout=3)).status == 200
-        finally:
-            echo.close()
+        async with _running_proxy(tmp_path, "hb-pause", "--heartbeat-timeout", "1") as px:
+            pids = [w["pid"] for w in px.workers]
+            await asyncio.sleep(0.5)  # a few rounds answered
+            pause = (lambda s: os.kill(px.proc.pid, s)) if who == "supervisor" else \
+                (lambda s: os.killpg(px.proc.pid, s))
+            pause(signal.SIGSTOP)
+            try:
+                if who == "supervisor":  # the workers go on serving meanwhile
+                    for _ in range(5):
+                        assert (await request(px.port, timeout=3)).status == 200
+                await asyncio.sleep(2.5)  # 2.5 timeouts
+            finally:
+                pause(signal.SIGCONT)
+            await asyncio.sleep(1.5)  # 7 rounds after the resume
+            data = await rawdata(px.admin)
+            assert [(w["pid"], w["alive"], w["restarts"]) for w in data["workers"]] == \
+                [(pid, True, 0) for pid in pids]
+            text = px.log.read_text()
+            assert "answered no heartbeat" not in text and "killing it" not in text, text[-3000:]
+            assert "heartbeat: the supervisor did not run for " in text
+            for _ in range(10):
+                assert (await request(px.port, timeout=3)).status == 200
 
     run(main(), timeout=40)
 
@@ -286,26 +271,13 @@ def test_workers_slower_to_start_than_the_heartbeat_timeout_are_not_killed(tmp_p
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p))
 
     async def main():
-        echo, eport = await tcp_echo()
-        hp, tp, ap = free_port(), free_port(), free_port()
-        admin = f"http://127.0.0.1:{ap}"
-        cfg_path = tmp_path / "proxy.json"
-        log_path = tmp_path / "proxy.log"
-        try:
-            async with Backend("A") as backend:
-                cfg_path.write_text(make(1, hp, backend.url, tp, eport).to_json())
-                with proxy_process("--config", str(cfg_path), "--workers", "2", "--admin-address", "127.0.0.1",
-                                   "--admin-port", str(ap), "--name", "hb-slowstart", "--heartbeat-interval", "0.2",
-                                   "--heartbeat-timeout", "1", log_path=log_path) as proc:
-                    await wait_ready(admin, proc, "hb-slowstart", timeout=9)
-                    data = await until(lambda: _when(rawdata(admin), lambda d: workers_on(d, 1)), 9, "workers on v1")
-                    await asyncio.sleep(1.0)  # answered heartbeats since
-                    assert [w["restarts"] for w in (await rawdata(admin))["workers"]] == [0, 0], data
-                    text = log_path.read_text()
-                    assert "killing it" not in text, text[-3000:]
-                    assert (await request(hp, timeout=3)).status == 200
-        finally:
-            echo.close()
+        async with _running_proxy(tmp_path, "hb-slowstart", "--heartbeat-timeout", "1", ready_timeout=9) as px:
+            await asyncio.sleep(1.0)  # answered heartbeats since
+            data = await rawdata(px.admin)
+            assert [w["restarts"] for w in data["workers"]] == [0, 0], data
+            text = px.log.read_text()
+            assert "killing it" not in text, text[-3000:]
+            assert (await request(px.port, timeout=3)).status == 200
 
     run(main(), timeout=40)
 
@@ -314,41 +286,28 @@ def test_a_worker_draining_on_its_own_sigterm_keeps_answering_and_is_not_killed(
     # A worker draining after its own SIGTERM stopped answering control messages: with a drain
     # longer than the heartbeat timeout it was SIGKILLed mid-drain and its in-flight request lost.
     async def main():
-        echo, eport = await tcp_echo()
-        hp, tp, ap = free_port(), free_port(), free_port()
-        admin = f"http://127.0.0.1:{ap}"
-        cfg_path = tmp_path / "proxy.json"
-        log_path = tmp_path / "proxy.log"
-        try:
-            async with Backend("A") as backend:
-                cfg_path.write_text(make(1, hp, backend.url, tp, eport).to_json())
-                with proxy_process("--config", str(cfg_path), "--workers", "1", "--admin-address", "127.0.0.1",
-                                   "--admin-port", str(ap), "--name", "hb-drain", "--heartbeat-interval", "0.2",
-                                   "--heartbeat-timeout", "1", "--drain-timeout", "10", log_path=log_path) as proc:
-                    await wait_ready(admin, proc, "hb-drain")
-                    data = await until(lambda: _when(rawdata(admin), lambda d: workers_on(d, 1)), 10, "workers on v1")
-                    pid = data["workers"][0]["pid"]
-                    loop = asyncio.get_running_loop()
-                    conn = await RawClient.connect(hp)
-                    try:
-                        await conn.send(b"GET /slow?ms=3000 HTTP/1.1\r\nHost: svc\r\n\r\n")
-                        await asyncio.sleep(0.3)
-                        os.kill(pid, signal.SIGTERM)
-                        seen = loop.create_task(until(lambda: _when(rawdata(admin), lambda d: d["workers"][0].get(
-                            "draining") and d["workers"][0]["pid"] == pid), 2.5, "rawdata: the worker drains"))
-                        assert (await conn.response(8)).status == 200  # 2.7 timeouts later
-                        await seen
-                    finally:
-                        await conn.close()
-                    data = await until(lambda: _when(rawdata(admin), lambda d: workers_on(d, 1) and
-                                                     d["workers"][0]["pid"] != pid), 8, "the worker restarted")
-                    assert data["workers"][0]["restarts"] == 1 and data["workers"][0].get("draining") is False
-                    text = log_path.read_text()
-                    assert "answered no heartbeat" not in text and "killing it" not in text, text[-3000:]
-                    assert f"worker 0 (pid {pid}) got a SIGTERM: draining (up to 10s)" in text
-                    assert f"worker 0 (pid {pid}) exited with code 0" in text
-        finally:
-            echo.close()
+        async with _running_proxy(tmp_path, "hb-drain", "--heartbeat-timeout", "1", "--drain-timeout", "10",
+                                  workers=1) as px:
+            pid = px.workers[0]["pid"]
+            loop = asyncio.get_running_loop()
+            conn = await RawClient.connect(px.port)
+            try:
+                await conn.send(b"GET /slow?ms=3000 HTTP/1.1\r\nHost: svc\r\n\r\n")
+                await asyncio.sleep(0.3)
+                os.kill(pid, signal.SIGTERM)
+                seen = loop.create_task(until(lambda: _when(rawdata(px.admin), lambda d: d["workers"][0].get(
+                    "draining") and d["workers"][0]["pid"] == pid), 2.5, "rawdata: the worker drains"))
+                assert (await conn.response(8)).status == 200  # 2.7 timeouts later
+                await seen
+            finally:
+                await conn.close()
+            data = await until(lambda: _when(rawdata(px.admin), lambda d: workers_on(d, 1) and
+                                             d["workers"][0]["pid"] != pid), 8, "the worker restarted")
+            assert data["workers"][0]["restarts"] == 1 and data["workers"][0].get("draining") is False
+            text = px.log.read_text()
+            assert "answered no heartbeat" not in text and "killing it" not in text, text[-3000:]
+            assert f"worker 0 (pid {pid}) got a SIGTERM: draining (up to 10s)" in text
+            assert f"worker 0 (pid {pid}) exited with code 0" in text
 
     run(main(), timeout=40)
 
