@@ -506,6 +506,15 @@ def _config_problems(config: ProxyConfig) -> list[str]:
         for mw in router.middlewares:
             if mw not in middlewares:
                 problems.append(f"router {router.name!r} references unknown middleware {mw!r}")
+        if config.schema_version < 2:
+            # A schema-1 reader would ignore these and route differently: a config that uses them
+            # and claims schema 1 is inconsistent, not something to half-apply.
+            if router.fall_through:
+                problems.append(f"router {router.name!r}: fall_through needs schema_version 2")
+            for name, regex in router.match.headers.items():
+                if isinstance(regex, list):
+                    problems.append(f"router {router.name!r}: a list of regexes for header {name!r} "
+                                    "needs schema_version 2")
     # Two listeners on one socket cannot both be opened: a clash is a config error.
     sockets: dict[tuple[str, str, int], str] = {}
     listeners = [("tcp", e.address, e.port, f"entry point {e.name!r}") for e in http.entry_points]

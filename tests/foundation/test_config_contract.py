@@ -225,3 +225,26 @@ def test_fall_through_is_written_only_where_it_is_set():
     with pytest.raises(c.ConfigError, match="must not be empty"):
         c.load_config_dict({"version": 1, "http": {**json.loads(config.to_json())["http"], "routers": [
             {"name": "r", "entry_points": ["web"], "service": "s", "match": {"headers": {"x-a": []}}}]}})
+
+
+def test_a_schema_1_config_using_schema_2_fields_is_refused_naming_the_router():
+    # A schema-1 reader routes as if neither field were there: a config claiming schema 1 while
+    # using them is inconsistent (hand-made or mangled), never half-applied.
+    def fall_through(d):
+        d["schema_version"] = 1
+        d["http"]["routers"][0]["fall_through"] = True
+
+    def header_list(d):
+        d["schema_version"] = 1
+        d["http"]["routers"][0]["match"]["headers"] = {"x-a": ["^1", "1$"]}
+
+    router = json.loads(sample_config().to_json())["http"]["routers"][0]["name"]
+    assert f"router {router!r}: fall_through needs schema_version 2" in _broken(fall_through)
+    assert (f"router {router!r}: a list of regexes for header 'x-a' needs schema_version 2"
+            in _broken(header_list))
+    # the same fields under schema 2 load
+    data = json.loads(sample_config().to_json())
+    data["hash"] = ""
+    fall_through(data)
+    data["schema_version"] = 2
+    assert c.load_config_dict(data).http.routers[0].fall_through is True
