@@ -36,6 +36,7 @@ rules then skip exactly the facts they cannot know yet and still judge everythin
 from __future__ import annotations
 
 import argparse
+import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -533,7 +534,7 @@ def _role(workload: Workload) -> str | None:
     """"controller" / "proxy" when the workload is a Lightmesh control- or data-plane workload.
 
     Recognised by (1) the pod label ``app.kubernetes.io/name`` MeshInstall sets, (2) a container
-    running ``lightmesh controller|proxy`` ("lightmesh" in its image or command line), or (3), for the
+    running ``lightmesh controller|proxy`` (:func:`_lightmesh_subcommand`), or (3), for the
     controller, a container whose command line starts with the ``controller`` subcommand (the first
     word, or the second after an entry point) followed by one of the flags only Lightmesh's controller
     has (``--manifests``, ``--default-mode``, ``--dns-port``...: :data:`CONTROLLER_ONLY_FLAGS`; not
@@ -556,16 +557,28 @@ def _role(workload: Workload) -> str | None:
         image = container.get("image")
         if not isinstance(line, list):
             continue
-        words = [w for w in line if isinstance(w, str)]
-        mentions_mesh = any("lightmesh" in w for w in words) or (isinstance(image, str) and "lightmesh" in image)
-        if mentions_mesh:
-            for role in ("controller", "proxy"):
-                if role in words:
-                    return role
-        elif "controller" in line[:2]:
+        role = _lightmesh_subcommand([w for w in line if isinstance(w, str)], image)
+        if role is not None:
+            return role
+        if "controller" in line[:2]:
             after = line[line.index("controller") + 1:]
             if any(isinstance(w, str) and w.split("=", 1)[0] in CONTROLLER_ONLY_FLAGS for w in after):
                 return "controller"
+    return None
+
+
+def _lightmesh_subcommand(words: list[str], image: Any) -> str | None:
+    """"controller" / "proxy" when a command line runs that subcommand of the ``lightmesh`` CLI: the
+    word right after the entry point (``lightmesh``, ``/usr/local/bin/lightmesh``, ``python -m
+    lightmesh``), or the first word when the image is Lightmesh's (``lightmesh`` in its name: its
+    entry point is the CLI). A word that merely contains "lightmesh" (a URL, a path, another
+    program's name) never makes a workload Lightmesh's. A shell line (``sh -c "lightmesh ..."``) is
+    one word: its flags could not be read either (label such pods)."""
+    for i, word in enumerate(words[:-1]):
+        if posixpath.basename(word) == "lightmesh" and words[i + 1] in ("controller", "proxy"):
+            return words[i + 1]
+    if isinstance(image, str) and "lightmesh" in image.lower() and words and words[0] in ("controller", "proxy"):
+        return words[0]
     return None
 
 

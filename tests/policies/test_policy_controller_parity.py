@@ -631,3 +631,27 @@ def test_every_ignored_match_message_names_its_field():
     top = with_routes([{"name": "api", "pathRegex": "/api/("}, {"name": "all", "pathRegex": "/.*"}], version="v1alpha1")
     assert any(m.startswith("HTTPRouteGroup whoami/app-routes match 'api' (matches[0]): pathRegex '/api/(' does not "
                             "compile") for m in messages(run_policy(traffic_target_valid, top)))
+
+
+# ------------------------------------------------------------------- a word containing "lightmesh" is not the CLI
+
+
+def test_only_the_lightmesh_cli_running_a_subcommand_makes_a_workload_lightmeshs():
+    def app(args, image="shop/api:1.0"):
+        return deployment("shop", "api", {"app": "api"}, "api", image=image, args=args)
+
+    # an application that talks to the mesh, or another program whose name contains "lightmesh"
+    for args in (["--upstream", "http://lightmesh-controller.lightmesh:9000", "proxy"],
+                 ["/opt/lightmesh-exporter", "controller"], ["serve", "--config", "/etc/lightmesh/proxy"]):
+        assert role_of(app(args)) is None, args
+        # so none of the install rules judge it, on a production stack either
+        assert analyze(registrations(on_stack([app(args)], "prod"))).violations == [], args
+    # the CLI, however it is started
+    for args, role in ((["lightmesh", "controller", "--acl"], "controller"),
+                       (["/usr/local/bin/lightmesh", "proxy", "--workers", "2"], "proxy"),
+                       (["python", "-m", "lightmesh", "controller"], "controller")):
+        assert role_of(app(args)) == role, args
+    # Lightmesh's image runs the CLI as its entry point: the subcommand comes first
+    image = "ghcr.io/lightmesh/lightmesh:0.1.0"
+    assert role_of(app(["proxy", "--controller", "http://c:9000"], image=image)) == "proxy"
+    assert role_of(app(["--log-level", "debug", "sleep", "proxy"], image=image)) is None
