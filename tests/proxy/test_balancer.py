@@ -46,20 +46,20 @@ def cycle_length(weights: list[int]) -> int:
 
 @given(n=st.integers(min_value=1, max_value=10), rounds=st.integers(min_value=1, max_value=5))
 def test_round_robin_cycles_through_every_server_in_order(n, rounds):
-    b = Balancer(servers(n), [1] * n, weighted=False)
+    b = Balancer(servers(n), [1] * n, weighted=False, start=0)
     picks = [b.pick() for _ in range(n * rounds)]
     assert picks == servers(n) * rounds
 
 
 def test_round_robin_two_servers_alternate():
-    b = Balancer(["a", "b"], [1, 1], weighted=False)
+    b = Balancer(["a", "b"], [1, 1], weighted=False, start=0)
     assert [b.pick() for _ in range(6)] == ["a", "b", "a", "b", "a", "b"]
 
 
 @given(weights=weights_strategy)
 def test_round_robin_ignores_weights_except_zero(weights):
     s = servers(len(weights))
-    b = Balancer(s, weights, weighted=False)
+    b = Balancer(s, weights, weighted=False, start=0)
     live = [srv for srv, w in zip(s, weights) if w > 0]
     picks = [b.pick() for _ in range(len(live) * 2)]
     assert picks == live * 2 if live else picks == []
@@ -70,7 +70,7 @@ def test_round_robin_ignores_weights_except_zero(weights):
 
 def test_swrr_matches_nginx_reference_sequence():
     # nginx's documented example: weights 5, 1, 1 give a a b a c a a.
-    b = Balancer(["a", "b", "c"], [5, 1, 1], weighted=True)
+    b = Balancer(["a", "b", "c"], [5, 1, 1], weighted=True, start=0)
     assert "".join(b.pick() for _ in range(7)) == "aabacaa"
 
 
@@ -111,7 +111,7 @@ def test_swrr_is_smooth(weights):
        limit=st.integers(min_value=1, max_value=20))
 def test_live_algorithm_gives_the_same_sequence_as_the_schedule(weights, limit):
     s = servers(len(weights))
-    scheduled = Balancer(s, weights, weighted=True)
+    scheduled = Balancer(s, weights, weighted=True, start=0)
     old = balancer_module.SCHEDULE_LIMIT
     balancer_module.SCHEDULE_LIMIT = 0  # force the live path
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 import time
 
 import pytest
@@ -162,8 +163,27 @@ def test_carry_over_of_unchanged_elements_and_close_of_retired():
     health = {row["server"].url: row for row in third.services["svc"].balancer.status()}
     assert health["http://10.0.0.1:80"]["ejected_seconds"] > 0 and health["http://10.0.0.1:80"]["failures"] == 1
     assert health["http://10.0.0.9:80"]["ejected_seconds"] == 0
+    # the server still listed is the same object, with its idle connections and ejection
+    assert third.services["svc"].servers[0] is second.services["svc"].servers[0]
     second.close()
-    assert kept_conn.closed  # its service was replaced
+    assert not kept_conn.closed and not third.services["svc"].servers[0].retired
+    # a server no longer listed is retired, its idle connections closed; the kept one stays
+    dropped_conn = FakeConn()
+    third.services["svc"].servers[1].idle.append(dropped_conn)
+    fourth = compile_http(_config(routers[:1], services[:1], mws, version=4), third, metrics)
+    assert fourth.services["svc"].servers == third.services["svc"].servers[:1]
+    third.close()
+    assert dropped_conn.closed and third.services["svc"].servers[1].retired
+    assert not kept_conn.closed and not fourth.services["svc"].servers[0].retired
+    # a server listed twice keeps one object per listing; a third listing gets a new one
+    twice = [{"name": "svc", "servers": [{"url": "http://10.0.0.1:80"}] * 2}]
+    fifth = compile_http(_config(routers[:1], twice, mws, version=5), fourth, metrics)
+    thrice = [{"name": "svc", "servers": [{"url": "http://10.0.0.1:80"}] * 3}]
+    sixth = compile_http(_config(routers[:1], thrice, mws, version=6), fifth, metrics)
+    a, b, c = sixth.services["svc"].servers
+    assert [a, b] == fifth.services["svc"].servers and a is not b and c not in (a, b)
+    fifth.close()
+    assert not any(s.retired for s in (a, b, c)) and not kept_conn.closed
 
 
 # --------------------------------------------------------------------------- property: table == reference
@@ -280,3 +300,26 @@ def test_next_match_resumes_after_the_route_it_is_given():
     assert len(calls) == 200  # each path predicate once
     assert table.next_match(route, "svc", "GET", b"/x", []) is None  # the last one has no next
     assert table.next_match(route, "other", "GET", b"/x", []) is None  # not in that host's list
+
+
+def test_a_service_whose_endpoints_change_at_every_request_still_spreads_its_traffic():
+    # Endpoint churn makes a new balancer per config. Each used to start at the first server, so
+    # with a config per request that server took everything and a split's canary nothing.
+    rr = [{"url": "http://10.0.0.1:80"}, {"url": "http://10.0.0.2:80"}]
+    plane, counts = None, Counter()
+    for i in range(400):  # a third server comes and goes with every config
+        servers = rr + [{"url": "http://10.0.0.3:80"}] * (i % 2)
+        plane = compile_http(_config([_router("r")], [{"name": "svc", "servers": servers}], version=i + 1), plane)
+        counts[plane.services["svc"].balancer.pick().url] += 1
+    # expected ~167 / ~167 / ~67 (sd ~9): far from the old 400 / 0 / 0
+    assert counts["http://10.0.0.1:80"] > 100 and counts["http://10.0.0.2:80"] > 100
+    assert counts["http://10.0.0.3:80"] > 20
+    # a 90/10 split (weighted servers of one service) whose stable pods change at every request
+    plane, canary = None, 0
+    for i in range(1000):
+        stable = [{"url": f"http://10.1.0.{1 + i % 2}:80", "weight": 90}]
+        servers = stable + [{"url": "http://10.2.0.1:80", "weight": 10}]
+        plane = compile_http(_config([_router("r")], [{"name": "svc", "load_balancer": "weighted",
+                                                      "servers": servers}], version=i + 1), plane)
+        canary += plane.services["svc"].balancer.pick().url == "http://10.2.0.1:80"
+    assert 40 <= canary <= 200  # expected 100 (sd ~9.5); the first server of the cycle every time: 0

@@ -288,6 +288,32 @@ def test_swap_under_steady_http_load_fails_no_request():
     run(main())
 
 
+def test_endpoint_changes_keep_the_pooled_connections_of_servers_still_listed():
+    # Endpoints come and go all day in a cluster; every change used to close the whole pool of the
+    # service (unchanged servers included), so each one cost a reconnect to every pod.
+    async def main():
+        hp = free_port()
+        rt = Runtime(ProxyMetrics())
+        async with Backend("A") as a, Backend("B") as b, Backend("C") as c:
+            await rt.apply(build(1, http_port=hp, http_servers=[a.url, b.url]))
+            conn = await RawClient.connect(hp)
+            try:
+                for v in range(2, 22):  # C comes and goes; A and B stay
+                    await rt.apply(build(v, http_port=hp, http_servers=[a.url, b.url] + [c.url] * (v % 2)))
+                    for _ in range(4):  # sequential requests: one upstream connection per server suffices
+                        await conn.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+                        assert (await conn.response(5)).status == 200
+                assert a.requests and b.requests and a.connections == 1 and b.connections == 1, \
+                    (a.connections, b.connections)
+                # C's connections were closed each time it left, and it was reconnected when it came back
+                assert c.connections >= 2
+            finally:
+                await conn.close()
+                await rt.close()
+
+    run(main())
+
+
 def test_drain_finishes_in_flight_and_closes_idle():
     async def main():
         hp = free_port()

@@ -15,6 +15,7 @@ import pytest
 import uvloop
 
 from lightmesh.config import L4Server, TCPRoute
+from lightmesh.proxy import balancer as balancer_module
 from lightmesh.proxy.metrics import ProxyMetrics
 from lightmesh.proxy.runtime import open_listener_socket
 from lightmesh.proxy.tcp import SPLICE_AVAILABLE, TCPListener, TCPRouteState
@@ -307,7 +308,9 @@ def test_route_update_applies_to_new_connections_only():
     run(main())
 
 
-def test_connect_timeout_moves_on():
+def test_connect_timeout_moves_on(monkeypatch):
+    monkeypatch.setattr(balancer_module, "random_start", lambda n: 0)  # the stuck server first
+
     async def main():
         server, port = await echo_backend(tag=b"B")
         # A listener whose backlog is full never completes the handshake: connect times out.

@@ -295,3 +295,31 @@ def test_the_listening_socket_asks_for_a_large_receive_buffer():
             listener.close()
 
     asyncio.run(main())
+
+
+def test_idle_sessions_expire_while_the_config_changes_faster_than_the_sweep():
+    # A busy cluster swaps configs every few tens of ms, and every swap updates every listener:
+    # the sweep used to be pushed back each time, so no session ever expired.
+    async def main():
+        bt, backend, bport = await echo_backend(b"A")
+        listener, port = await start(make_route([bport], idle=0.2))  # sweep every 0.05 s
+        c, p = await client(port)
+        try:
+            await ask(c, p, port, b"x")
+            assert len(listener.sessions) == 1
+            for _ in range(100):  # an update every 0.01 s, for at most 1 s
+                listener.update(UDPRouteState(make_route([bport], idle=0.2), listener.route))
+                if not listener.sessions:
+                    break
+                await asyncio.sleep(0.01)
+            assert not listener.sessions
+            # a shorter idle timeout brings the next sweep forward
+            await ask(c, p, port, b"y")
+            listener.update(UDPRouteState(make_route([bport], idle=30.0), listener.route))
+            listener.update(UDPRouteState(make_route([bport], idle=0.1), listener.route))
+            await asyncio.sleep(0.3)
+            assert not listener.sessions
+        finally:
+            c.close(), listener.close(), bt.close()
+
+    run(main())

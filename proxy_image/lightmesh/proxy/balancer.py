@@ -26,6 +26,14 @@ Passive health
     the ejection all fail together and must not count as repeated failures. When every candidate is
     ejected, ``pick`` still returns the one whose ejection ends first: trying is better than a 503.
 
+Start
+    A balancer starts its cycle at a random position (``start``: a given one). Every config that changes a service's servers
+    makes a new balancer (per worker, per proxy): started at the first server, each would send its
+    first picks there, and under frequent reloads (a busy cluster's endpoint churn) the first server
+    would take nearly all the traffic and a split's canary none. Random starts give every server its
+    weight's share in expectation, however often the cycle restarts. (:func:`swrr_cycle` and the
+    live algorithm for cycles over :data:`SCHEDULE_LIMIT` start at 0, as nginx's does.)
+
 Retry
     ``pick(exclude)`` skips the servers already tried. It returns None only when nothing is left
     (no servers, all weights 0, or all excluded); a caller that wants to retry the same server of a
@@ -35,6 +43,7 @@ Retry
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Callable, Container, Sequence
 from typing import Generic, Hashable, TypeVar
@@ -70,6 +79,11 @@ def swrr_cycle(weights: Sequence[int]) -> list[int]:
     return cycle
 
 
+def random_start(n: int) -> int:
+    """Where a new balancer's cycle of ``n`` entries starts (tests replace it to pin the order)."""
+    return random.randrange(n)
+
+
 class Balancer(Generic[T]):
     """Chooses a server per attempt. ``servers`` must be hashable (e.g. ``(ip, port)`` tuples)."""
 
@@ -78,7 +92,7 @@ class Balancer(Generic[T]):
 
     def __init__(self, servers: Sequence[T], weights: Sequence[int], *, weighted: bool,
                  eject_seconds: float = 10.0, max_eject_seconds: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, start: int | None = None) -> None:
         servers = tuple(servers)
         weights = tuple(weights)
         if len(servers) != len(weights):
@@ -123,6 +137,8 @@ class Balancer(Generic[T]):
                 self._current = [0] * len(servers)
                 self._total = sum(weights)
         self._n = len(self._schedule)
+        if self._n > 1 and not self._live:
+            self._pos = random_start(self._n) if start is None else start % self._n  # see "Start" above
 
     # ------------------------------------------------------------------ hot path
 

@@ -28,10 +28,13 @@ request is forwarded as received.
 
 Carry-over: an element whose definition did not change between ``previous`` and the new config
 keeps its runtime object, and so its state: a :class:`Service` (by name and definition) keeps its
-balancer's ejections and its servers' idle connections; a rate limiter or breaker (by middleware
-definition and service name) keeps its buckets or window. ``previous.close()`` afterwards closes
-only what the new plane did not take over (idle pooled connections of retired servers); requests in
-flight on the old plane finish normally, and their connections are closed instead of pooled.
+balancer and its servers; a rate limiter or breaker (by middleware definition and service name)
+keeps its buckets or window. A service whose definition changed (endpoints come and go) is new,
+but it keeps the :class:`Server` of every URL it still lists, with its idle keep-alive connections
+(and HTTP/2 connection), and its balancer keeps their ejections. ``previous.close()`` afterwards
+closes only what the new plane did not take over (idle pooled connections of retired servers);
+requests in flight on the old plane finish normally, their connections pooled again only when
+their server was kept.
 """
 
 from __future__ import annotations
@@ -104,11 +107,20 @@ class Server:
 class Service:
     __slots__ = ("name", "definition", "servers", "balancer", "pass_host_header")
 
-    def __init__(self, definition: HTTPService, eject_seconds: float) -> None:
+    def __init__(self, definition: HTTPService, eject_seconds: float, previous: Service | None = None) -> None:
         self.name = definition.name
         self.definition = definition
+        # The servers of ``previous`` (the same service in the config before) still listed are kept:
+        # a URL listed n times takes its n first old servers (the URL holds the scheme, so TLS/h2c too).
+        reusable: dict[str, list[Server]] = {}
+        for server in previous.servers if previous is not None else ():
+            reusable.setdefault(server.url, []).append(server)
         servers = []
         for s in definition.servers:
+            kept = reusable.get(s.url)
+            if kept:
+                servers.append(kept.pop(0))
+                continue
             scheme, host, port = parse_server_url(s.url)
             servers.append(Server(s.url, host, port, tls=scheme is Scheme.HTTPS, h2c=scheme is Scheme.H2C))
         self.servers: list[Server] = servers
@@ -117,10 +129,12 @@ class Service:
                                  eject_seconds=eject_seconds)
         self.pass_host_header = definition.pass_host_header
 
-    def close(self) -> None:
+    def close(self, kept: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+        """Retire the servers, but those (by id) another plane's service took over."""
         for server in self.servers:
-            server.retired = True
-            server.close_idle()
+            if id(server) not in kept:
+                server.retired = True
+                server.close_idle()
 
 
 @dataclass(eq=False)
@@ -335,6 +349,7 @@ class HTTPPlane:
         self._limiters = limiters  # (middleware definition, service name) → RateLimiter
         self._breakers = breakers  # (middleware definition, service name) → CircuitBreaker
         self._carried: set[int] = set()  # ids of services the next plane took over
+        self._kept_servers: set[int] = set()  # ids of servers of changed services it took over
         self.closed = False
 
     def close(self) -> None:
@@ -344,7 +359,7 @@ class HTTPPlane:
         self.closed = True
         for service in self.services.values():
             if id(service) not in self._carried:
-                service.close()
+                service.close(self._kept_servers)
 
     def breaker_states(self) -> dict[str, int]:
         """Service → the worst state of its circuit breakers now (the gauge's value)."""
@@ -388,9 +403,11 @@ def compile_http(config: ProxyConfig, previous: HTTPPlane | None = None, metrics
             services[definition.name] = old
             previous._carried.add(id(old))
         else:
-            services[definition.name] = Service(definition, eject)
+            reuse = old if old is not None and not previous.closed else None
+            services[definition.name] = new = Service(definition, eject, reuse)
             if old is not None:
-                services[definition.name].balancer.carry_over(old.balancer)
+                new.balancer.carry_over(old.balancer)
+                previous._kept_servers.update(id(s) for s in new.servers if s in old.servers)
     middlewares = {m.name: m for m in http.middlewares}
     per_ep: dict[str, list[Route]] = {ep.name: [] for ep in http.entry_points}
     for router in http.routers:

@@ -239,9 +239,14 @@ class UDPListener(asyncio.DatagramProtocol):
             session.route_name = route.name
             if session.server not in servers or not route.allows(session.client[0]):
                 self._close_session(session)
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-        self._schedule_sweep()
+        # Every config swap updates every listener: pushing the next sweep back each time would
+        # stop sessions from ever expiring under frequent swaps. Only a shorter interval (a
+        # shorter idle timeout) brings it forward.
+        due = self.loop.time() + self._sweep_interval()
+        if self._sweeper is None or self._sweeper.when() > due:
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+            self._schedule_sweep()
 
     def stop_accepting(self) -> None:
         """Drain: UDP has no accept; sessions keep working until :meth:`close`."""
