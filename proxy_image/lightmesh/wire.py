@@ -41,6 +41,9 @@ RETRY_MIN_SECONDS = 0.2
 RETRY_MAX_SECONDS = 10.0
 
 DEFAULT_CONTROLLER_API_PORT = 9000
+# What MeshInstall passes as --shutdown-delay to the proxies and the controller: how long a pod
+# that got SIGTERM goes on serving (not ready) while kube-proxy stops sending it new connections.
+SHUTDOWN_DELAY_SECONDS = 5.0
 DEFAULT_PROXY_ADMIN_PORT = 8080
 DEFAULT_DNS_PORT = 53
 DEFAULT_LOCAL_DNS_PORT = 5353

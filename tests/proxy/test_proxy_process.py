@@ -415,6 +415,9 @@ def test_bad_flags_exit_2(args, message):
     ("--drain-timeout", "abc", "must be seconds in (0, 86400], got 'abc'"),
     ("--header-timeout", "nan", "must be seconds in (0, 86400], got 'nan'"),
     ("--tunnel-idle-timeout", "-1", "must be seconds in (0, 86400], got '-1'"),
+    ("--shutdown-delay", "61", "must be seconds from 0 to 60, got '61'"),
+    ("--shutdown-delay", "-1", "must be seconds from 0 to 60, got '-1'"),
+    ("--shutdown-delay", "inf", "must be seconds from 0 to 60, got 'inf'"),
 ])
 def test_number_flags_name_the_flag_and_the_range(flag, value, message, capsys):
     # argparse names the type= function of a flag whose function raised ValueError ("invalid
@@ -614,6 +617,53 @@ def test_sighup_drains_and_exits_0_like_sigterm(tmp_path):
                     for pid in pids:  # the workers went with it
                         await until(lambda pid=pid: asyncio.sleep(0, not os.path.exists(f"/proc/{pid}")), 10,
                                     f"worker {pid} gone")
+        finally:
+            echo.close()
+
+    run(main())
+
+
+def test_sigterm_with_a_shutdown_delay_serves_on_not_ready_then_drains(tmp_path):
+    # In a cluster the pod stays in the shadow Services' endpoints for a moment after SIGTERM
+    # (kube-proxy): the proxy used to stop accepting at once, so those clients were refused.
+    async def main():
+        echo, eport = await tcp_echo()
+        hp, tp, ap = free_port(), free_port(), free_port()
+        admin = f"http://127.0.0.1:{ap}"
+        cfg_path = tmp_path / "proxy.json"
+        try:
+            async with Backend("A") as backend:
+                cfg_path.write_text(make(1, hp, backend.url, tp, eport).to_json())
+                with proxy_process("--config", str(cfg_path), "--workers", "1", "--admin-address", "127.0.0.1",
+                                   "--admin-port", str(ap), "--name", "delay", "--shutdown-delay", "2",
+                                   log_path=tmp_path / "proxy.log") as proc:
+                    await wait_ready(admin, proc, "delay")
+                    kept = await RawClient.connect(hp)  # a keep-alive connection from before
+                    started = time.monotonic()
+                    proc.send_signal(signal.SIGTERM)  # the supervisor alone, as the kubelet signals PID 1
+                    await until(lambda: _status_is(admin + "/ping", 503), 1.5, "/ping 503 after SIGTERM")
+                    # new connections are still accepted and served, HTTP and TCP, and old ones too
+                    assert (await request(hp)).status == 200
+                    assert await tcp_ping(tp) == b"ping"
+                    await kept.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+                    assert (await kept.response(5)).status == 200
+                    assert time.monotonic() - started < 1.8  # all of that within the delay
+                    await kept.close()
+                    assert await asyncio.to_thread(proc.wait, 20) == 0
+                    assert time.monotonic() - started >= 1.9  # the delay was served in full
+                    assert b"serving on for 2s before draining" in (tmp_path / "proxy.log").read_bytes()
+                # a second signal ends the delay at once
+                with proxy_process("--config", str(cfg_path), "--workers", "1", "--admin-address", "127.0.0.1",
+                                   "--admin-port", str(ap), "--name", "hurry", "--shutdown-delay", "60",
+                                   log_path=tmp_path / "proxy2.log") as proc:
+                    await wait_ready(admin, proc, "hurry")
+                    proc.send_signal(signal.SIGTERM)
+                    await until(lambda: _status_is(admin + "/ping", 503), 1.5, "/ping 503 after SIGTERM")
+                    assert (await request(hp)).status == 200
+                    started = time.monotonic()
+                    proc.send_signal(signal.SIGTERM)
+                    assert await asyncio.to_thread(proc.wait, 20) == 0
+                    assert time.monotonic() - started < 10
         finally:
             echo.close()
 

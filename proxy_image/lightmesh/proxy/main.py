@@ -32,9 +32,12 @@ from its start to send it. When the supervisor's own heartbeat loop ran late (mo
 ``HEARTBEAT_OVERSLEEP`` intervals since its previous round: the supervisor was stopped, its pod
 frozen, its event loop stalled), the answers may be waiting unread in the channels: that round
 kills nobody and every worker's clock starts again. A worker whose supervisor vanished (EOF)
-drains and exits. SIGTERM, SIGINT or SIGHUP on the supervisor: workers drain (stop accepting,
-close idle keep-alive connections, let in-flight requests finish up to ``--drain-timeout``), then
-everything exits 0. A worker that gets a SIGTERM of its own drains the same way, tells the
+drains and exits. SIGTERM, SIGINT or SIGHUP on the supervisor: it turns not ready (``/ping`` 503)
+and, for ``--shutdown-delay`` seconds (default 0), workers go on serving and accepting as before,
+so that clients still sent here while the pod leaves the Service's endpoints (kube-proxy takes a
+moment) are served, not refused; a second signal ends the delay. Then workers drain (stop
+accepting, close idle keep-alive connections, let in-flight requests finish up to
+``--drain-timeout``), and everything exits 0. A worker that gets a SIGTERM of its own drains the same way, tells the
 supervisor, keeps answering its heartbeats meanwhile, exits and is restarted.
 
 Metrics: ``/metrics`` asks every live worker for a snapshot and merges them with the supervisor's
@@ -99,6 +102,7 @@ UNLIMITED = 1 << 62
 # --workers: each worker is a whole Python process (~47 MB resident with uvloop and the proxy
 # loaded), so 256 is already ~12 GB; the default (CPU count) is capped to it as well.
 MAX_WORKERS = 256
+MAX_SHUTDOWN_DELAY = 60.0
 # The supervisor asks every worker for a metrics snapshot this often (seconds): a worker that dies
 # loses at most the counts of one interval, and the answers are its heartbeat.
 HEARTBEAT_INTERVAL = 5.0
@@ -162,6 +166,16 @@ def _seconds_or_off(text: str) -> float:
     return 0.0 if text.strip() in ("0", "0.0") else _seconds(text)
 
 
+def _shutdown_delay(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= MAX_SHUTDOWN_DELAY:  # NaN and inf fail too
+        raise argparse.ArgumentTypeError(f"must be seconds from 0 to {MAX_SHUTDOWN_DELAY:g}, got {text!r}")
+    return value
+
+
 def _ratio(text: str) -> float:
     try:
         value = float(text)
@@ -213,6 +227,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "(default 65536; then 431)")
     parser.add_argument("--drain-timeout", type=_seconds, default=DEFAULT_DRAIN_TIMEOUT,
                         help=f"seconds in-flight requests get on shutdown (default {DEFAULT_DRAIN_TIMEOUT:g})")
+    parser.add_argument("--shutdown-delay", type=_shutdown_delay, default=0.0,
+                        help="seconds to go on serving and accepting, not ready, after SIGTERM and before the "
+                             f"drain (0 to {MAX_SHUTDOWN_DELAY:g}; default 0; MeshInstall sets "
+                             f"{wire.SHUTDOWN_DELAY_SECONDS:g}: the time kube-proxy takes to stop sending here)")
     # Not for operators (hidden): the tests shorten the heartbeat to see a stuck worker replaced.
     parser.add_argument("--heartbeat-interval", type=_seconds, default=HEARTBEAT_INTERVAL, help=argparse.SUPPRESS)
     parser.add_argument("--heartbeat-timeout", type=_seconds, default=HEARTBEAT_TIMEOUT, help=argparse.SUPPRESS)
@@ -542,6 +560,7 @@ class Supervisor:
         self.started_at = time.time()
         self.stopping = False
         self._stop = asyncio.Event()
+        self._hurry = asyncio.Event()  # a second signal: no more shutdown delay
         self._snapshot_ids = 0
         self._last_round_at: float | None = None  # time.monotonic() of the last heartbeat round
         self.retired_metrics: dict = {}  # counters of workers that exited
@@ -585,8 +604,14 @@ class Supervisor:
         source_task = loop.create_task(self.source.run())
         heartbeat_task = loop.create_task(self._heartbeat())
         await self._stop.wait()
+        self.stopping = True  # not ready from here on (see ready)
+        delay = getattr(self.args, "shutdown_delay", 0.0)
+        if delay > 0 and not self._hurry.is_set():
+            log.info("shutting down: not ready; serving on for %gs before draining (a second signal: at once)", delay)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._hurry.wait()
         log.info("shutting down: draining workers (up to %.0fs)", self.args.drain_timeout)
-        self.stopping = True
         for task in (source_task, heartbeat_task):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -600,6 +625,8 @@ class Supervisor:
         # Set at once (not after the wait returns): workers exiting on the same group signal
         # must not be restarted.
         self.stopping = True
+        if self._stop.is_set():
+            self._hurry.set()
         self._stop.set()
 
     async def _spawn(self, worker: WorkerHandle) -> None:
