@@ -1,6 +1,7 @@
 """Canary release with an SMI TrafficSplit: ``web`` → 90 % ``web-v1``, 10 % ``web-v2``, on a cluster
-where Lightmesh is installed (the root stack, or ``examples/acl``: they bring the SMI CRDs this
-program's TrafficSplit needs).
+where Lightmesh is installed without ACL mode (the root stack: it brings the SMI CRDs this program's
+TrafficSplit needs). Not on ``examples/acl``: in ACL mode every request to ``web`` is refused (403),
+as this program declares no AccessPolicy letting a client in.
 
     pulumi up
     pulumi config set canaryWeight 50 && pulumi up      # shift more traffic to v2

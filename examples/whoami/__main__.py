@@ -1,4 +1,7 @@
-"""whoami over the mesh (HTTP on port 80, TCP on 8080), on a cluster where Lightmesh is installed.
+"""whoami over the mesh (HTTP on port 80, TCP on 8080), on a cluster where Lightmesh is installed by
+a program of your own that declares only ``MeshInstall``. The root stack and ``examples/acl`` already
+deploy these very objects (namespace ``whoami`` included): next to either, ``pulumi up`` here fails
+with AlreadyExists (pulumi-kubernetes 4.29+ refuses objects that exist).
 
     pulumi up
     kubectl -n whoami exec -it whoami-client -- curl -s whoami.whoami.traefik.mesh
