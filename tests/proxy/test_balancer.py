@@ -115,7 +115,7 @@ def test_live_algorithm_gives_the_same_sequence_as_the_schedule(weights, limit):
     old = balancer_module.SCHEDULE_LIMIT
     balancer_module.SCHEDULE_LIMIT = 0  # force the live path
     try:
-        live = Balancer(s, weights, weighted=True)
+        live = Balancer(s, weights, weighted=True, start=0)
     finally:
         balancer_module.SCHEDULE_LIMIT = old
     n = cycle_length(weights) * 2 + limit
@@ -126,7 +126,7 @@ def test_live_algorithm_gives_the_same_sequence_as_the_schedule(weights, limit):
 
 def test_large_weights_use_live_algorithm_and_stay_exact():
     s = ["big", "small"]
-    b = Balancer(s, [999_999, 1], weighted=True)
+    b = Balancer(s, [999_999, 1], weighted=True, start=0)
     assert b._live
     picks = Counter(b.pick() for _ in range(1_000_000))
     assert picks == {"big": 999_999, "small": 1}
@@ -328,3 +328,20 @@ def test_carry_over_matches_servers_by_url_and_a_url_listed_twice_in_order():
     ejected = [row["ejected_seconds"] > 0 for row in after.status()]
     assert ejected == [True, False, False, False]
     assert [row["failures"] for row in after.status()] == [1, 0, 0, 0]
+
+
+@pytest.mark.parametrize("weights", [[3, 1], [1287] * 16 + [17] * 13, [999_999, 1, 5]])
+def test_a_new_balancer_starts_anywhere_in_its_cycle_in_proportion_to_the_weights(weights):
+    # Endpoint churn makes a new balancer per config: its first pick must follow the weights, or
+    # under frequent configs one server takes everything (both the scheduled cycle and the live
+    # algorithm that large split weights use: 16 × 1287 + 13 × 17 reduces to 22,100 > 4,096).
+    servers = list(range(len(weights)))
+    total, draws = sum(weights), 20_000
+    firsts = Counter(Balancer(servers, weights, weighted=True).pick() for _ in range(draws))
+    for server, weight in enumerate(weights):
+        expected = draws * weight / total
+        assert abs(firsts[server] - expected) < 6 * (expected ** 0.5) + 3, (server, firsts[server], expected)
+    # and then the whole sequence keeps the weights' proportions
+    b = Balancer(servers, weights, weighted=True)
+    picks = Counter(b.pick() for _ in range(total))
+    assert all(abs(picks[s] - w) <= 2 for s, w in zip(servers, weights)), picks

@@ -670,6 +670,57 @@ def test_sigterm_with_a_shutdown_delay_serves_on_not_ready_then_drains(tmp_path)
     run(main())
 
 
+def test_the_shutdown_delay_holds_for_group_signals_and_replaces_a_worker_that_dies_in_it(tmp_path):
+    # A terminal's Ctrl-C, systemd or `kill -TERM -PGID` signal every process of the group: the
+    # workers used to drain at once (refusing connections for the whole delay), and a worker that
+    # died during the delay was neither restarted nor logged.
+    async def main():
+        echo, eport = await tcp_echo()
+        hp, tp, ap = free_port(), free_port(), free_port()
+        admin = f"http://127.0.0.1:{ap}"
+        cfg_path = tmp_path / "proxy.json"
+        try:
+            async with Backend("A") as backend:
+                cfg_path.write_text(make(1, hp, backend.url, tp, eport).to_json())
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    log_path = tmp_path / f"proxy-{sig.name}.log"
+                    with proxy_process("--config", str(cfg_path), "--workers", "2", "--admin-address", "127.0.0.1",
+                                       "--admin-port", str(ap), "--name", sig.name, "--shutdown-delay", "3",
+                                       log_path=log_path) as proc:
+                        await wait_ready(admin, proc, sig.name)
+                        started = time.monotonic()
+                        os.killpg(proc.pid, sig)
+                        await until(lambda: _status_is(admin + "/ping", 503), 1.5, "/ping 503 after the signal")
+                        for _ in range(6):  # both workers still accept (SO_REUSEPORT spreads new connections)
+                            assert (await request(hp)).status == 200
+                        assert await tcp_ping(tp) == b"ping"
+                        assert time.monotonic() - started < 2.5
+                        assert await asyncio.to_thread(proc.wait, 30) == 0
+                        assert time.monotonic() - started >= 2.9
+                # a worker killed during the delay is logged and replaced: the proxy still serves
+                log_path = tmp_path / "proxy-crash.log"
+                with proxy_process("--config", str(cfg_path), "--workers", "1", "--admin-address", "127.0.0.1",
+                                   "--admin-port", str(ap), "--name", "crash", "--shutdown-delay", "5",
+                                   log_path=log_path) as proc:
+                    data = await wait_ready(admin, proc, "crash")
+                    (pid,) = [w["pid"] for w in data["workers"]]
+                    proc.send_signal(signal.SIGTERM)
+                    await until(lambda: _status_is(admin + "/ping", 503), 1.5, "/ping 503 after SIGTERM")
+                    os.kill(pid, signal.SIGKILL)
+
+                    async def replaced():
+                        workers = (await rawdata(admin)).get("workers") or []
+                        return any(w["alive"] and w["pid"] != pid and w["applied_version"] == 1 for w in workers)
+                    await until(replaced, 4, "the killed worker replaced during the delay")
+                    assert (await request(hp)).status == 200
+                    assert f"(pid {pid}) exited with code -9; restarting it".encode() in log_path.read_bytes()
+                    assert await asyncio.to_thread(proc.wait, 30) == 0
+        finally:
+            echo.close()
+
+    run(main())
+
+
 def test_a_listener_error_clears_once_the_port_is_free_again(tmp_path):
     # /api/rawdata kept "cannot listen on ... Address already in use" after the retried listener
     # had opened: the error described the past.

@@ -31,8 +31,9 @@ Start
     makes a new balancer (per worker, per proxy): started at the first server, each would send its
     first picks there, and under frequent reloads (a busy cluster's endpoint churn) the first server
     would take nearly all the traffic and a split's canary none. Random starts give every server its
-    weight's share in expectation, however often the cycle restarts. (:func:`swrr_cycle` and the
-    live algorithm for cycles over :data:`SCHEDULE_LIMIT` start at 0, as nginx's does.)
+    weight's share in expectation, however often the cycle restarts. The live algorithm (cycles over
+    :data:`SCHEDULE_LIMIT`, common for splits: the controller scales split weights by pod counts)
+    makes its first pick a server drawn by weight. (:func:`swrr_cycle` starts at 0, as nginx's does.)
 
 Retry
     ``pick(exclude)`` skips the servers already tried. It returns None only when nothing is left
@@ -82,6 +83,11 @@ def swrr_cycle(weights: Sequence[int]) -> list[int]:
 def random_start(n: int) -> int:
     """Where a new balancer's cycle of ``n`` entries starts (tests replace it to pin the order)."""
     return random.randrange(n)
+
+
+def random_weighted(weights: Sequence[int]) -> int:
+    """An index of ``weights`` drawn with probability proportional to its weight (some > 0)."""
+    return random.choices(range(len(weights)), weights=weights)[0]
 
 
 class Balancer(Generic[T]):
@@ -137,7 +143,15 @@ class Balancer(Generic[T]):
                 self._current = [0] * len(servers)
                 self._total = sum(weights)
         self._n = len(self._schedule)
-        if self._n > 1 and not self._live:
+        if self._live:
+            if start is None and self._total:
+                # The live algorithm's state is its current weights. This one makes the first pick
+                # a server drawn by weight and leaves every current weight at 0 after it: then the
+                # sequence nginx's algorithm gives from the start follows.
+                first = random_weighted(self.weights)
+                self._current = [-w for w in self.weights]
+                self._current[first] = self._total - self.weights[first]
+        elif self._n > 1:
             self._pos = random_start(self._n) if start is None else start % self._n  # see "Start" above
 
     # ------------------------------------------------------------------ hot path

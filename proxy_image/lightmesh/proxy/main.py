@@ -251,6 +251,7 @@ def worker_options(args: argparse.Namespace) -> dict:
             "max_header_bytes": args.max_header_bytes}
     return {"name": args.name, "log_level": args.log_level, "log_format": args.log_format, "workers": args.workers,
             "drain_timeout": args.drain_timeout,
+            "shutdown_delay": getattr(args, "shutdown_delay", 0.0),
             "access_log_queue": getattr(args, "access_log_queue", ACCESS_LOG_QUEUE_LINES),
             "max_connections": DEFAULT_MAX_CONNECTIONS if limit is None else limit,  # TCP, per listener; 0 = none
             "otlp_endpoint": args.otlp_endpoint,
@@ -558,7 +559,8 @@ class Supervisor:
         self._error_origin = "worker"
         self.workers = [WorkerHandle(i) for i in range(args.workers)]
         self.started_at = time.time()
-        self.stopping = False
+        self.stopping = False  # a shutdown signal came: not ready from then on
+        self.draining = False  # the workers were told to drain: none is restarted or judged any more
         self._stop = asyncio.Event()
         self._hurry = asyncio.Event()  # a second signal: no more shutdown delay
         self._snapshot_ids = 0
@@ -612,6 +614,7 @@ class Supervisor:
                 async with asyncio.timeout(delay):
                     await self._hurry.wait()
         log.info("shutting down: draining workers (up to %.0fs)", self.args.drain_timeout)
+        self.draining = True
         for task in (source_task, heartbeat_task):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -735,7 +738,10 @@ class Supervisor:
                                                       metrics_mod.counters_only(worker.last_metrics)])
             worker.last_metrics = None
         code = await asyncio.to_thread(_reap, worker.proc)
-        if self.stopping:
+        # Shutting down, a worker that drained (a signal to the whole group reaches the workers
+        # too) is not restarted; one that died otherwise during the --shutdown-delay is: the proxy
+        # still serves then.
+        if self.draining or (self.stopping and worker.draining):
             return
         log.error("worker %d (pid %s) exited with code %s; restarting it", worker.index, worker.pid, code)
         self._schedule_restart(worker)
@@ -749,7 +755,7 @@ class Supervisor:
         # at least two intervals: one answer that comes late is no death
         timeout = max(getattr(self.args, "heartbeat_timeout", HEARTBEAT_TIMEOUT), 2 * interval)
         self._last_round_at = time.monotonic()  # a pause before the first round counts as oversleeping too
-        while not self.stopping:
+        while not self.draining:
             await asyncio.sleep(interval)
             try:
                 self._heartbeat_round(timeout)
@@ -776,7 +782,7 @@ class Supervisor:
                     worker.silent_since = now
             return
         for worker in self.workers:
-            if self.stopping or not (worker.alive and worker.writer is not None and worker.proc is not None):
+            if self.draining or not (worker.alive and worker.writer is not None and worker.proc is not None):
                 continue
             if worker.silent_since is not None:
                 silent = now - worker.silent_since
@@ -814,7 +820,7 @@ class Supervisor:
 
         async def later() -> None:
             await asyncio.sleep(delay)
-            if not self.stopping:
+            if not self.draining:
                 await self._spawn(worker)
 
         task = asyncio.get_running_loop().create_task(later())
@@ -1039,8 +1045,15 @@ async def _worker(fd: int) -> int:
         tracer = None
     runtime = Runtime(metrics, _build_runtime_options(options, tracer), loop)
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    hurry = asyncio.Event()  # a second SIGTERM: no more shutdown delay
+
+    def on_sigterm() -> None:
+        if stop.is_set():
+            hurry.set()
+        stop.set()
+    # SIGTERM only: SIGINT and SIGHUP (a terminal's, sent to the whole group) stay ignored (see
+    # worker_main); the supervisor decides.
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     write_message(writer, {"type": "hello", "pid": os.getpid()})
 
     async def retry_listeners() -> None:
@@ -1120,9 +1133,18 @@ async def _worker(fd: int) -> int:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await serving
             serving = loop.create_task(serve())
-        wlog.info("SIGTERM: draining (up to %gs), then exiting", drain_timeout)
         with contextlib.suppress(Exception):
             write_message(writer, {"type": "draining", "timeout": drain_timeout})
+        # As the supervisor does on its own signal (a signal to the whole group, e.g. systemd's or
+        # `kill -TERM -PGID`, reaches both): serve on for the delay, then drain.
+        delay = float(options.get("shutdown_delay") or 0.0)
+        if delay > 0 and not hurry.is_set():
+            wlog.info("SIGTERM: serving on for %gs, then draining (up to %gs) and exiting", delay, drain_timeout)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await hurry.wait()
+        else:
+            wlog.info("SIGTERM: draining (up to %gs), then exiting", drain_timeout)
     await runtime.drain(drain_timeout)
     serving.cancel()
     if tracer is not None:

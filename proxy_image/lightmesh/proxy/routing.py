@@ -113,13 +113,13 @@ class Service:
         # The servers of ``previous`` (the same service in the config before) still listed are kept:
         # a URL listed n times takes its n first old servers (the URL holds the scheme, so TLS/h2c too).
         reusable: dict[str, list[Server]] = {}
-        for server in previous.servers if previous is not None else ():
-            reusable.setdefault(server.url, []).append(server)
+        for server in reversed(previous.servers) if previous is not None else ():
+            reusable.setdefault(server.url, []).append(server)  # reversed: pop() takes the first
         servers = []
         for s in definition.servers:
             kept = reusable.get(s.url)
             if kept:
-                servers.append(kept.pop(0))
+                servers.append(kept.pop())
                 continue
             scheme, host, port = parse_server_url(s.url)
             servers.append(Server(s.url, host, port, tls=scheme is Scheme.HTTPS, h2c=scheme is Scheme.H2C))
@@ -407,7 +407,8 @@ def compile_http(config: ProxyConfig, previous: HTTPPlane | None = None, metrics
             services[definition.name] = new = Service(definition, eject, reuse)
             if old is not None:
                 new.balancer.carry_over(old.balancer)
-                previous._kept_servers.update(id(s) for s in new.servers if s in old.servers)
+                olds = {id(s) for s in old.servers}
+                previous._kept_servers.update(id(s) for s in new.servers if id(s) in olds)
     middlewares = {m.name: m for m in http.middlewares}
     per_ep: dict[str, list[Route]] = {ep.name: [] for ep in http.entry_points}
     for router in http.routers:
