@@ -241,3 +241,69 @@ def test_made_up_proxy_names_cannot_keep_real_proxies_out_of_the_table(monkeypat
         if i % 40 == 0:
             store.record_proxy("node-1-proxy", "8", "10.0.0.1")
     assert store.proxies["node-1-proxy"]["applied_version"] == 8 and len(store.proxies) == 50
+
+
+def test_live_answers_whatever_the_state():
+    # The liveness probe was a TCP connect, which a hung event loop still accepts (the kernel does).
+    # /live answers only when the loop runs, and does so syncing, unready, without config or stopping.
+    async def scenario():
+        store, api, url = await started(ready=lambda: False)
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(url + "/live") as resp:
+                    assert resp.status == 200 and await resp.text() == "ok"
+                async with http.get(url + wire.READINESS_PATH) as resp:
+                    assert resp.status == 503
+                store.publish(config(1))
+                async with http.get(url + "/live") as resp:
+                    assert resp.status == 200
+        finally:
+            await api.stop()
+
+    run(scenario())
+
+
+def test_held_polls_per_client_are_capped_and_the_rest_answered_at_once(monkeypatch):
+    import lightmesh.controller.api as api_module
+
+    monkeypatch.setattr(api_module, "MAX_HELD_POLLS_PER_CLIENT", 3, raising=False)
+
+    async def scenario():
+        store, api, url = await started()
+        first = config(1)
+        store.publish(first)
+        held = {"If-None-Match": first.etag()}
+        try:
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+                polls = [asyncio.create_task(http.get(url + wire.CONFIG_PATH + "?wait=20", headers=held))
+                         for _ in range(3)]
+                await asyncio.sleep(0.3)
+                assert not any(p.done() for p in polls)  # up to the cap: held
+                # over the cap: answered at once, never an error: 304 when up to date ...
+                started_at = asyncio.get_running_loop().time()
+                async with asyncio.timeout(3):
+                    async with http.get(url + wire.CONFIG_PATH + "?wait=20", headers=held) as resp:
+                        assert resp.status == 304 and resp.headers["ETag"] == first.etag()
+                assert asyncio.get_running_loop().time() - started_at < 1.0
+                # ... and the config when the client's is stale
+                async with http.get(url + wire.CONFIG_PATH + "?wait=20", headers={"If-None-Match": '"old"'}) as resp:
+                    assert resp.status == 200 and (await resp.json())["hash"] == first.hash
+                # the held ones still get the next config
+                second = config(2, port=5001)
+                store.publish(second)
+                for poll in polls:
+                    resp = await asyncio.wait_for(poll, 5)
+                    assert resp.status == 200 and resp.headers["ETag"] == second.etag()
+                    resp.release()
+                # released: a poll is held again
+                poll = asyncio.create_task(http.get(url + wire.CONFIG_PATH + "?wait=20",
+                                                    headers={"If-None-Match": second.etag()}))
+                await asyncio.sleep(0.3)
+                assert not poll.done()
+                store.publish(config(3, port=5002))
+                (await asyncio.wait_for(poll, 5)).release()
+                assert api._held == {}
+        finally:
+            await api.stop()
+
+    run(scenario())

@@ -236,3 +236,113 @@ def test_a_renew_deadline_at_or_past_the_lease_duration_is_refused():
 
     with pytest.raises(ValueError, match="renew deadline"):
         LeaderElector(None, MESH, "a", lease_seconds=15, renew_deadline_seconds=15)
+
+
+def test_identity_is_the_pod_name_and_a_suffix_of_each_process_and_a_restart_takes_over(monkeypatch):
+    # The identity was the pod name alone: a second process with the same one (a container restarted
+    # in its pod, two controllers without POD_NAME on one host) renewed "its" Lease: two leaders.
+    monkeypatch.setenv(wire.ENV_POD_NAME, "controller-0")
+
+    async def scenario():
+        async with cluster() as kube:
+            api = KubeAPI.from_kubeconfig(server=str(kube.url))
+            clock = Clock()
+            try:
+                first = LeaderElector(api, MESH, lease_seconds=15, clock=clock)
+                assert first.identity.startswith("controller-0_") and len(first.identity) > len("controller-0_")
+                assert await first.try_acquire_or_renew()
+                # the same pod's next process (the first crashed): another candidate, not the holder
+                second = LeaderElector(api, MESH, lease_seconds=15, clock=clock)
+                assert second.identity.startswith("controller-0_") and second.identity != first.identity
+                assert not await second.try_acquire_or_renew()
+                clock.now += 10
+                assert not await second.try_acquire_or_renew()
+                assert await first.try_acquire_or_renew()  # the first, still alive, keeps it
+                assert not await second.try_acquire_or_renew()
+                clock.now += 15  # the first stopped renewing: the Lease expires, the second takes over
+                assert await second.try_acquire_or_renew()
+                assert lease(kube)["spec"]["holderIdentity"] == second.identity
+                # a release (SIGTERM) hands over at once to the next process of the same pod
+                second.is_leader = True
+                await second._release()
+                third = LeaderElector(api, MESH, lease_seconds=15, clock=clock)
+                assert await third.try_acquire_or_renew()
+                assert lease(kube)["spec"]["holderIdentity"] == third.identity
+            finally:
+                await api.close()
+
+    run(scenario())
+
+
+def _put_lease(kube, holder, annotation=None):
+    from lightmesh.controller.leader import micro_time
+
+    SETTINGS_ANNOTATION = "lightmesh.io/settings"
+
+    meta = {"name": wire.LEASE_NAME, "namespace": MESH}
+    if annotation is not None:
+        meta["annotations"] = {SETTINGS_ANNOTATION: annotation}
+    kube.put_object({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta,
+                     "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15, "renewTime": micro_time(),
+                              "acquireTime": micro_time(), "leaseTransitions": 0}})
+
+
+def test_the_leader_records_its_settings_and_followers_read_only_the_holders_record(caplog):
+    import json
+
+    SETTINGS_ANNOTATION = "lightmesh.io/settings"
+    ours = Settings(http_port_base=6000).shaping_record()
+
+    async def scenario():
+        async with cluster() as kube:
+            def annotation():
+                return ((lease(kube) or {}).get("metadata", {}).get("annotations") or {}).get(SETTINGS_ANNOTATION)
+
+            api = KubeAPI.from_kubeconfig(server=str(kube.url))
+            clock = Clock()
+            seen = []
+            try:
+                follower = LeaderElector(api, MESH, "f", lease_seconds=15, clock=clock, settings_record=ours,
+                                         on_leader_settings=seen.append)
+                # a malformed record: not used, logged once however many rounds read it
+                _put_lease(kube, "other", "{not json")
+                caplog.clear()
+                for _ in range(3):
+                    assert not await follower.try_acquire_or_renew()
+                assert follower.leader_settings is None and seen == []
+                assert len([r for r in caplog.records if SETTINGS_ANNOTATION in r.getMessage()]) == 1
+                # the holder's record (extra fields pass through: the controller skips them)
+                theirs = {"http_port_base": 7000, "from_the_future": True}
+                kube.patch_object("coordination.k8s.io/v1", "leases", MESH, wire.LEASE_NAME, {"metadata": {
+                    "annotations": {SETTINGS_ANNOTATION: json.dumps({"holder": "other", "settings": theirs})}}})
+                assert not await follower.try_acquire_or_renew()
+                assert follower.leader_settings == theirs and seen == [theirs]
+                assert not await follower.try_acquire_or_renew()
+                assert seen == [theirs]  # told once per change
+                # a record an earlier holder wrote (the holder now is an older release that writes none)
+                kube.patch_object("coordination.k8s.io/v1", "leases", MESH, wire.LEASE_NAME,
+                                  {"spec": {"holderIdentity": "older-release"}})
+                assert not await follower.try_acquire_or_renew()
+                assert follower.leader_settings is None and seen == [theirs, None]
+                # taking over: our own record, written with the Lease; no leader's settings to follow
+                clock.now += 16
+                assert await follower.try_acquire_or_renew()
+                assert json.loads(annotation()) == {"holder": "f", "settings": ours}
+                # someone overwrote it: the next renewal puts ours back
+                kube.patch_object("coordination.k8s.io/v1", "leases", MESH, wire.LEASE_NAME,
+                                  {"metadata": {"annotations": {SETTINGS_ANNOTATION: "x"}}})
+                assert await follower.try_acquire_or_renew()
+                assert json.loads(annotation()) == {"holder": "f", "settings": ours}
+                # released: no holder, no record
+                follower.is_leader = True
+                await follower._release()
+                assert annotation() is None and not lease(kube)["spec"].get("holderIdentity")
+                # a new Lease is created with the record
+                await api.request("DELETE", LeaderElector(api, MESH, "x").path)
+                creator = LeaderElector(api, MESH, "c", lease_seconds=15, clock=clock, settings_record=ours)
+                assert await creator.try_acquire_or_renew()
+                assert json.loads(annotation()) == {"holder": "c", "settings": ours}
+            finally:
+                await api.close()
+
+    run(scenario())

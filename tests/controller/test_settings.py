@@ -65,3 +65,28 @@ def test_ports_and_namespaces_are_checked_at_start(flags, message):
     configure(parser)
     with pytest.raises(argparse.ArgumentError, match=message.split(": ", 1)[1].replace("(", r"\(").replace(")", r"\)")):
         parser.parse_args(["--manifests", "/tmp", *flags])
+
+
+def test_the_shaping_record_round_trips_and_a_bad_one_is_not_used():
+    from lightmesh.controller.model import SHAPING_FIELDS
+
+    leader = Settings(acl=True, default_mode="tcp", domains=("mesh.example",), http_port_base=6000,
+                      tcp_port_base=11000, tcp_port_limit=5, udp_port_limit=3, listen_mode="node")
+    own = Settings(mesh_namespace="mesh", watch_namespaces=("shop",))
+    record = leader.shaping_record()
+    assert set(record) == set(SHAPING_FIELDS) and record["domains"] == ["mesh.example"]
+    used, problems = own.with_record(record)
+    assert problems == [] and used.shaping_record() == record
+    # what is not the leader's to decide stays this replica's
+    assert used.mesh_namespace == "mesh" and used.watch_namespaces == ("shop",)
+    # fields a newer leader records and this release does not know: skipped, the rest used
+    used, problems = own.with_record({**record, "future": 1})
+    assert used.http_port_base == 6000 and problems == ["unknown field 'future' skipped"]
+    # a missing field keeps this replica's value
+    assert own.with_record({"http_port_base": 6000})[0].tcp_port_base == own.tcp_port_base
+    # anything unusable: this replica's own settings, and why
+    for bad in (None, [], "x", {"http_port_base": "6000"}, {"acl": 1}, {"http_port_base": True},
+                {"domains": "lightmesh"}, {"domains": []}, {"http_port_base": 10000}, {"default_mode": "sctp"},
+                {"udp_port_base": 10**100}):
+        used, problems = own.with_record(bad)
+        assert used is own and problems, bad

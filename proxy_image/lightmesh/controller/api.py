@@ -10,8 +10,16 @@ serialized body, the build result) and wakes long polls when the hash changes. T
     otherwise the request is held up to ``wire.LONG_POLL_SECONDS`` (``?wait=N`` shortens it,
     ``?wait=0`` answers at once) and answered 304 if nothing changed by then. Every request with
     ``X-Lightmesh-Proxy`` records that proxy's applied version for ``/api/status/nodes``.
+    At most ``MAX_HELD_POLLS_PER_CLIENT`` polls of one client address are held at a time (each
+    holds a connection and, once answered, a ~10 KB body): a poll over that is answered at once as
+    ``?wait=0`` would be (200 with the current config if its ETag is stale, else 304), never an
+    error, so a proxy behind a shared address still gets every change, only less promptly. A
+    proxy holds one poll at a time (its supervisor polls, not its workers).
 ``GET /api/topology/current``   the build result's topology JSON (with per-object errors); 503 before.
-``GET /api/status/readiness``   200 ``true`` once the sources synced and a config exists, else 503.
+``GET /api/status/readiness``   200 ``true`` once the sources synced and a config exists, else 503
+                                (503 again while stopping: ``--shutdown-delay``).
+``GET /live``                   200 ``ok`` whenever the event loop runs (liveness probe: syncing,
+                                follower, unready or stopping alike); no other work.
 ``GET /api/status/nodes``       proxy pods (from the Pods cache, DaemonSet labels) joined with what
                                 each proxy reported: applied version, last seen, up to date.
 ``GET /metrics``                the controller's Prometheus registry.
@@ -34,6 +42,8 @@ from lightmesh.netutil import HTTP_HEAD_TIMEOUT_SECONDS, LISTEN_BACKLOG, listeni
 log = logging.getLogger("lightmesh.controller.api")
 
 MAX_TRACKED_PROXIES = 10_000  # a misbehaving client cannot grow the table without bound
+MAX_HELD_POLLS_PER_CLIENT = 64  # held config long polls per client address (as DNS over TCP's cap)
+LIVENESS_PATH = "/live"
 STALE_PROXY_SECONDS = 3 * wire.LONG_POLL_SECONDS
 
 
@@ -156,7 +166,9 @@ class ControllerAPI:
         self.app.router.add_get(wire.READINESS_PATH, self.readiness)
         self.app.router.add_get(wire.NODES_PATH, self.nodes)
         self.app.router.add_get("/metrics", self.metrics_handler)
+        self.app.router.add_get(LIVENESS_PATH, self.live)
         self._runner: web.AppRunner | None = None
+        self._held: dict[str, int] = {}  # client address → config polls held now
         self.port: int | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -208,7 +220,19 @@ class ControllerAPI:
         if self.store.config is None:
             return web.json_response({"error": "no configuration yet"}, status=503,
                                      headers={"Retry-After": "1"})
-        config = await self.store.wait_for_change(request.headers.get("If-None-Match"), wait)
+        client = request.remote or ""
+        held = self._held.get(client, 0)
+        if held >= MAX_HELD_POLLS_PER_CLIENT:
+            wait = 0.0  # over the cap: answered at once (a change is still sent; no error)
+        self._held[client] = held + 1
+        try:
+            config = await self.store.wait_for_change(request.headers.get("If-None-Match"), wait)
+        finally:
+            left = self._held.get(client, 1) - 1
+            if left > 0:
+                self._held[client] = left
+            else:
+                self._held.pop(client, None)
         if config is None:
             current = self.store.config
             if current is None:
@@ -223,6 +247,9 @@ class ControllerAPI:
         if self.store.topology_body is None:
             return web.json_response({"error": "no topology yet"}, status=503)
         return web.Response(body=self.store.topology_body, content_type="application/json")
+
+    async def live(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
 
     async def readiness(self, request: web.Request) -> web.Response:
         if self.store.config is not None and self.ready():

@@ -16,16 +16,31 @@ and DNS from its own caches. The algorithm is client-go's:
   hang just under the HTTP timeout on a slow API server must not keep ``is_leader`` true past the
   moment another replica may take the Lease. On shutdown it releases the Lease so a successor
   takes over at once.
+
+Identity (``holderIdentity``): the pod name (``POD_NAME``, else the host name), ``_`` and a random
+suffix per process, as client-go does (``<hostname>_<uuid>``): two processes never share one, so
+two cannot both take themselves for the holder (a container restarted in the same pod, or two
+controllers run by hand without ``POD_NAME``). A restarted process is a new candidate: it takes over
+at once when the old one released the Lease (it does on SIGTERM), else when the Lease expires.
+
+Settings record (``settings_record``, annotation ``lightmesh.io/settings``): the leader writes
+``{"holder": <identity>, "settings": {...}}`` (canonical JSON) with the Lease when it creates or
+takes it, and again whenever the Lease's copy differs. Every round a follower reads the holder's
+record into :attr:`LeaderElector.leader_settings` (``None``: no holder, no record, or one written by
+another holder — an older release's leader that took over without writing its own) and calls
+``on_leader_settings`` when it changes; a malformed annotation is logged once and read as none.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import os
 import socket
 import time
+import uuid
 from typing import Callable
 
 from lightmesh import wire
@@ -38,8 +53,21 @@ RENEW_SECONDS = 5.0
 RETRY_SECONDS = 2.0
 
 
+SETTINGS_ANNOTATION = "lightmesh.io/settings"
+
+
 def default_identity() -> str:
+    """This pod's name (``POD_NAME``), else the host name: who reports Events."""
     return os.environ.get(wire.ENV_POD_NAME) or socket.gethostname()
+
+
+def unique_identity(name: str | None = None) -> str:
+    """A Lease holder identity of its own for this process: ``<pod name>_<random hex>``."""
+    return f"{name or default_identity()}_{uuid.uuid4().hex[:12]}"
+
+
+def settings_annotation(identity: str, settings: dict) -> str:
+    return json.dumps({"holder": identity, "settings": settings}, sort_keys=True, separators=(",", ":"))
 
 
 def micro_time(now: float | None = None) -> str:
@@ -52,10 +80,11 @@ class LeaderElector:
                  lease_seconds: float = LEASE_SECONDS, renew_seconds: float = RENEW_SECONDS,
                  retry_seconds: float = RETRY_SECONDS, renew_deadline_seconds: float | None = None,
                  on_change: Callable[[bool], None] = lambda leader: None,
-                 metrics=None, clock: Callable[[], float] = time.monotonic) -> None:
+                 metrics=None, clock: Callable[[], float] = time.monotonic, settings_record: dict | None = None,
+                 on_leader_settings: Callable[[dict | None], None] = lambda record: None) -> None:
         self.api = api
         self.namespace = namespace
-        self.identity = identity or default_identity()
+        self.identity = identity or unique_identity()
         self.name = name
         self.lease_seconds = lease_seconds
         self.renew_seconds = renew_seconds
@@ -69,6 +98,12 @@ class LeaderElector:
         self.metrics = metrics
         self.clock = clock
         self.is_leader = False
+        # what this replica records on the Lease while it leads (None: nothing), and what a follower
+        # read there: the current holder's recorded settings
+        self.settings_record = settings_record
+        self.on_leader_settings = on_leader_settings
+        self.leader_settings: dict | None = None
+        self._bad_record: str | None = None  # the malformed annotation last logged (logged once)
         self._observed: tuple[str, str] | None = None  # (holder, renewTime) last seen
         self._observed_at = 0.0
         self._last_renew = 0.0
@@ -91,6 +126,38 @@ class LeaderElector:
                  self.namespace, self.name)
         self.on_change(leader)
 
+    def _annotation(self) -> str | None:
+        return None if self.settings_record is None else settings_annotation(self.identity, self.settings_record)
+
+    def _read_record(self, lease: dict, holder: str) -> None:
+        """The holder's recorded settings → :attr:`leader_settings` (None when there is none to use)."""
+        record = None
+        annotations = (lease.get("metadata") or {}).get("annotations")
+        text = annotations.get(SETTINGS_ANNOTATION) if isinstance(annotations, dict) else None
+        if holder and holder != self.identity and text is not None:
+            try:
+                parsed = json.loads(text) if isinstance(text, str) else None
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict) and isinstance(parsed.get("settings"), dict) \
+                    and isinstance(parsed.get("holder"), str):
+                if parsed["holder"] == holder:  # else written by an earlier holder: not this leader's
+                    record = parsed["settings"]
+            elif text != self._bad_record:
+                self._bad_record = text
+                log.warning("the leader Lease's %s annotation is not a settings record (%.200r): "
+                            "serving this replica's own settings", SETTINGS_ANNOTATION, text)
+        self._set_leader_settings(record)
+
+    def _set_leader_settings(self, record: dict | None) -> None:
+        if record == self.leader_settings:
+            return
+        self.leader_settings = record
+        try:
+            self.on_leader_settings(record)
+        except Exception:  # noqa: BLE001 - a callback bug must not end the election
+            log.exception("on_leader_settings failed")
+
     def _spec(self, transitions: int, acquire: str | None = None) -> dict:
         now = micro_time()
         spec = {"holderIdentity": self.identity, "leaseDurationSeconds": int(round(self.lease_seconds)),
@@ -108,6 +175,8 @@ class LeaderElector:
                 raise
             body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                     "metadata": {"name": self.name, "namespace": self.namespace}, "spec": self._spec(0)}
+            if self.settings_record is not None:
+                body["metadata"]["annotations"] = {SETTINGS_ANNOTATION: self._annotation()}
             try:
                 await self.api.request("POST", LEASES.path(self.namespace), body=body)
             except ApiError as exc2:
@@ -115,9 +184,11 @@ class LeaderElector:
                     return False  # someone else created it first
                 raise
             self._last_renew = now
+            self._set_leader_settings(None)
             return True
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity") or ""
+        self._read_record(lease, holder)
         record = (holder, str(spec.get("renewTime")))
         if record != self._observed:
             self._observed, self._observed_at = record, now
@@ -130,10 +201,15 @@ class LeaderElector:
             log.info("%s taking over the Lease from %r", self.identity, holder)
         else:
             return False
-        patch = {"metadata": {"resourceVersion": (lease.get("metadata") or {}).get("resourceVersion")},
-                 "spec": new_spec}
-        if patch["metadata"]["resourceVersion"] is None:
-            del patch["metadata"]
+        meta = lease.get("metadata") or {}
+        patch: dict = {"spec": new_spec}
+        if meta.get("resourceVersion") is not None:
+            patch["metadata"] = {"resourceVersion": meta["resourceVersion"]}
+        wanted = self._annotation()
+        annotations = meta.get("annotations") if isinstance(meta.get("annotations"), dict) else {}
+        if wanted is not None and annotations.get(SETTINGS_ANNOTATION) != wanted:
+            # on taking the Lease, and whenever its record is not ours (our settings or identity changed)
+            patch.setdefault("metadata", {})["annotations"] = {SETTINGS_ANNOTATION: wanted}
         try:
             await self.api.request("PATCH", self.path, body=patch, content_type="application/merge-patch+json")
         except ApiError as exc:
@@ -142,6 +218,7 @@ class LeaderElector:
             raise
         self._observed, self._observed_at = (self.identity, new_spec["renewTime"]), now
         self._last_renew = now
+        self._set_leader_settings(None)
         return True
 
     async def step(self) -> None:
@@ -187,6 +264,8 @@ class LeaderElector:
                 return
             patch = {"metadata": {"resourceVersion": (lease.get("metadata") or {}).get("resourceVersion")},
                      "spec": {"holderIdentity": None, "renewTime": None, "acquireTime": None}}
+            if self.settings_record is not None:  # no holder, no record (followers ignore it anyway)
+                patch["metadata"]["annotations"] = {SETTINGS_ANNOTATION: None}
             await asyncio.wait_for(self.api.request("PATCH", self.path, body=patch,
                                                     content_type="application/merge-patch+json"), 2.0)
             log.info("%s released the leader Lease", self.identity)

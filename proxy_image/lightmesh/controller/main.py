@@ -9,6 +9,13 @@ Two ways to run:
 
 Either way the API (config long poll, topology, readiness, nodes, metrics) and the mesh DNS are
 served from this process's own caches. SIGTERM/SIGINT/SIGHUP stop everything and exit 0.
+
+``--shutdown-delay SECONDS`` (default 0): on the first signal the controller releases the leader
+Lease at once (another replica takes over writing) and turns unready (readiness 503), but keeps
+answering DNS and the API (its caches still follow the cluster) for that long, then stops as without
+it: a terminating pod stays in the Service's endpoints for a moment (EndpointSlice and kube-proxy
+propagation), and the DNS queries sent to it meanwhile would otherwise be lost. A second signal
+during the delay stops at once.
 """
 
 from __future__ import annotations
@@ -30,6 +37,20 @@ log = logging.getLogger("lightmesh.controller")
 # On SIGTERM the controller's tasks get this long to end after their cancel; the pod's grace period
 # (30 s by default) must still leave time for the DNS and API servers to close and the Lease to go.
 STOP_TIMEOUT_SECONDS = 10.0
+MAX_SHUTDOWN_DELAY_SECONDS = 60.0
+# at most this long of the delay goes to releasing the Lease (the rest of the delay runs anyway)
+RESIGN_TIMEOUT_SECONDS = 5.0
+
+
+def shutdown_delay(text: str) -> float:
+    """``--shutdown-delay``: seconds, 0-60; argparse names the flag in the error."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0-60)") from None
+    if not 0.0 <= value <= MAX_SHUTDOWN_DELAY_SECONDS:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 60 seconds")
+    return value
 
 
 def _csv(text: str) -> list[str]:
@@ -74,6 +95,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        help="port of the mesh DNS, UDP and TCP (default: %(default)s)")
     serve.add_argument("--leader-election", action="store_true",
                        help=f"only the holder of the Lease {wire.LEASE_NAME} writes shadow Services and Events")
+    serve.add_argument("--shutdown-delay", type=shutdown_delay, default=0.0, metavar="SECONDS",
+                       help="on SIGTERM: release the Lease and turn unready at once, but keep answering DNS and "
+                            "the API this long (0-60; default: %(default)s)")
     serve.add_argument("--otlp-endpoint", type=http_url, help="OpenTelemetry OTLP/HTTP endpoint: one span per reconcile round "
                                                "(e.g. http://collector:4318)")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
@@ -97,8 +121,11 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("aiohttp.access", "httpx", "httpcore"):
+    for noisy in ("aiohttp.access", "httpx", "httpcore", "httpcore2"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # the Kubernetes client's (lightkube 1.x on httpx2): one INFO line per API request, watches and
+    # Lease renewals included; shown with --log-level debug only
+    logging.getLogger("httpx2").setLevel(logging.NOTSET if root.level <= logging.DEBUG else logging.WARNING)
 
 
 def settings_from_args(args: argparse.Namespace):
@@ -112,8 +139,9 @@ def settings_from_args(args: argparse.Namespace):
         udp_port_base=args.udp_port_base, udp_port_limit=args.udp_port_limit, listen_mode=args.listen_mode)
 
 
-async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
-    """Run until ``stop`` is set; returns the exit code."""
+async def serve(args: argparse.Namespace, stop: asyncio.Event, stop_now: asyncio.Event | None = None) -> int:
+    """Run until ``stop`` is set (then for ``--shutdown-delay`` more, unless ``stop_now`` is set);
+    returns the exit code."""
     from lightmesh.controller.api import ConfigStore, ControllerAPI
     from lightmesh.controller.dns import DNSTable, MeshDNS
     from lightmesh.controller.metrics import ControllerMetrics
@@ -156,7 +184,9 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
         parts["first_version"] = int(time.time() * 1000)
         parts["events"] = EventRecorder(kube, uids=source.uid, api_versions=source.api_versions)
         if args.leader_election:
-            parts["elector"] = LeaderElector(kube, args.namespace, metrics=metrics)
+            # the leader records its config-shaping settings on the Lease; followers build with them
+            parts["elector"] = LeaderElector(kube, args.namespace, metrics=metrics,
+                                             settings_record=settings.shaping_record())
         else:
             metrics["is_leader"].set(1)  # a single replica writes
     provider = None
@@ -169,6 +199,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
                             **parts)
     if "elector" in parts:
         parts["elector"].on_change = controller.leadership_changed
+        parts["elector"].on_leader_settings = controller.leader_settings_changed
 
     api = ControllerAPI(store, metrics, ready=controller.ready,
                         proxy_pods=lambda: source.snapshot().get("proxy_pods", []))
@@ -187,7 +218,10 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
         stopper = asyncio.create_task(stop.wait(), name="stop")
         done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
         code = 0
-        if runner in done:
+        delay = float(getattr(args, "shutdown_delay", 0.0) or 0.0)
+        if runner not in done and delay > 0:
+            await _drain(controller, runner, delay, stop_now)
+        if runner.done() and not runner.cancelled():
             exc = runner.exception()
             log.error("controller stopped unexpectedly: %r", exc)
             code = 1
@@ -211,12 +245,35 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
             await kube.close()
 
 
+async def _drain(controller, runner: asyncio.Task, delay: float, stop_now: asyncio.Event | None) -> None:
+    """``--shutdown-delay``: unready and no longer leader at once; DNS and the API answer for ``delay``
+    seconds more (or until ``stop_now``, or the controller ends by itself)."""
+    log.info("stopping in %gs (--shutdown-delay): the Lease is released, DNS and the API answer meanwhile", delay)
+    controller.draining = True  # readiness 503 from now on
+    resign = asyncio.create_task(asyncio.wait_for(controller.resign(), RESIGN_TIMEOUT_SECONDS), name="resign")
+    now = asyncio.create_task(stop_now.wait(), name="stop-now") if stop_now is not None else None
+    try:
+        done, _ = await asyncio.wait({runner} | ({now} if now else set()), timeout=delay,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if now is not None and now in done:
+            log.info("a second signal: stopping at once")
+    finally:
+        for task in (resign, now):
+            if task is not None and not task.done():
+                task.cancel()
+        await asyncio.gather(*(t for t in (resign, now) if t is not None), return_exceptions=True)
+
+
 async def _main(args: argparse.Namespace) -> int:
-    stop = asyncio.Event()
+    stop, stop_now = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:  # the second one cuts --shutdown-delay short
+        (stop_now if stop.is_set() else stop).set()
+
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # HUP: the terminal went away
-        loop.add_signal_handler(sig, stop.set)
-    return await serve(args, stop)
+        loop.add_signal_handler(sig, on_signal)
+    return await serve(args, stop, stop_now)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ This module owns the three value types every other core module (``topology``, ``
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Iterable, Literal, Sequence
 
 from lightmesh import wire
@@ -99,6 +99,29 @@ class ClusterState:
         return cls(**{name: tuple(items) for name, items in groups.items()})
 
 
+# The settings that shape what a replica serves (the proxy config, the shadow Services, the DNS
+# answers) and may differ between the replicas of a rollout: with leader election every replica uses
+# the leader's (recorded on its Lease, see leader.py), so proxies polling any replica listen where the
+# leader's shadow Services send traffic. Not among them: ``mesh_namespace`` (the Lease lives there: the
+# same for every replica sharing it) and ``watch_namespaces``/``ignore_namespaces`` (they decide what
+# each replica watches; a replica cannot serve objects it does not watch).
+SHAPING_FIELDS = ("acl", "default_mode", "domains", "listen_mode", "http_port_base", "http_port_limit",
+                  "tcp_port_base", "tcp_port_limit", "udp_port_base", "udp_port_limit")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_RECORD_TYPES = {
+    "acl": lambda v: isinstance(v, bool),
+    "default_mode": lambda v: isinstance(v, str),
+    "listen_mode": lambda v: isinstance(v, str),
+    "domains": lambda v: isinstance(v, list) and all(isinstance(d, str) for d in v),
+    **{f"{proto}_port_{what}": _is_int for proto in ("http", "tcp", "udp") for what in ("base", "limit")},
+}
+
+
 @dataclass(frozen=True)
 class Settings:
     """Controller settings that shape the topology and the proxy config.
@@ -147,6 +170,36 @@ class Settings:
         for name in ("domains", "watch_namespaces", "ignore_namespaces"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(self, "domains", normalise_domains(self.domains))
+
+    def shaping_record(self) -> dict:
+        """The fields of :data:`SHAPING_FIELDS` as JSON-able values (what a leader records on its Lease)."""
+        return {name: list(value) if isinstance(value, tuple) else value
+                for name in SHAPING_FIELDS for value in (getattr(self, name),)}
+
+    def with_record(self, record: object) -> tuple[Settings, list[str]]:
+        """These settings with a leader's recorded :data:`SHAPING_FIELDS` (a dict as
+        :meth:`shaping_record` makes), and what was wrong with the record.
+
+        A field the record lacks keeps this replica's value; a field this release does not know is
+        skipped (a newer leader's; named in the problems). A record that is not a dict, has a field of
+        the wrong type or makes invalid settings is not used at all: ``(self, [why])``. Never raises.
+        """
+        if not isinstance(record, dict):
+            return self, [f"the record is a {type(record).__name__}, not an object"]
+        problems = [f"unknown field {name!r} skipped" for name in sorted(map(str, record)) if name not in SHAPING_FIELDS]
+        changes: dict = {}
+        for name in SHAPING_FIELDS:
+            if name not in record:
+                continue
+            value = record[name]
+            check = _RECORD_TYPES[name]
+            if not check(value):
+                return self, [f"field {name!r} has an invalid value {value!r}"]
+            changes[name] = tuple(value) if isinstance(value, list) else value
+        try:
+            return replace(self, **changes), problems
+        except (ValueError, TypeError) as exc:
+            return self, [f"invalid settings: {exc}"]
 
     def ignored_namespace(self, namespace: str) -> bool:
         if namespace in ALWAYS_IGNORED_NAMESPACES or namespace == self.mesh_namespace:
@@ -210,5 +263,5 @@ def meta_of(obj: object) -> tuple[str, str]:
     return (ns if isinstance(ns, str) else "default" if ns is None else ""), (name if isinstance(name, str) else "")
 
 
-__all__ = ["ClusterState", "Settings", "ObjectError", "TrafficMode", "ListenMode", "meta_of",
+__all__ = ["ClusterState", "Settings", "SHAPING_FIELDS", "ObjectError", "TrafficMode", "ListenMode", "meta_of",
            "ALWAYS_IGNORED_NAMESPACES", "ALWAYS_IGNORED_SERVICES"]

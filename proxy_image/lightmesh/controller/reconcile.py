@@ -13,6 +13,12 @@
   Services come back through the watch with their ClusterIPs and trigger the next round. A failed
   write or Event is retried with its own backoff (``retry.py``): the write task wakes when one is
   due, and a round that changes the desired shadows still writes at once.
+* Settings (``model.SHAPING_FIELDS``): with an ``elector``, a follower builds (config, shadows,
+  DNS) with the leader's, as the leader records them on the Lease (``elector.leader_settings``), so
+  that during a rollout that changes them every replica serves what the leader's shadow Services
+  send traffic to, and the config hashes agree; the leader, a replica without election and a
+  follower that finds no usable record use their own (``settings``). A record that cannot be used
+  whole (wrong types, invalid values) is logged once and this replica's own settings are used.
 * DNS answers only for the shadows the round wants: an orphan (its Service gone, its delete
   pending or failing) no longer resolves (its mesh ports stay reserved until it is gone: ports.py).
 
@@ -44,6 +50,7 @@ from typing import Any, Callable
 
 from lightmesh.controller.api import ConfigStore
 from lightmesh.controller.dns import DNSTable, MeshDNS
+from lightmesh.controller.model import SHAPING_FIELDS
 from lightmesh.controller.sources import FIELDS, STATE_FIELDS
 
 log = logging.getLogger("lightmesh.controller")
@@ -100,7 +107,10 @@ class Controller:
         from lightmesh.controller.model import ClusterState
 
         self._state_type = ClusterState
-        self.settings = settings
+        self.settings = settings  # this replica's own (flags)
+        self._round_settings = settings  # what the last round built with (the leader's, on a follower)
+        self._record_seen: object = None  # the leader's record last turned into settings, and the result
+        self._record_settings = settings
         self.source = source
         self.store = store or ConfigStore()
         self.metrics = metrics
@@ -124,6 +134,7 @@ class Controller:
         self.freeze_gc_after_sync = freeze_gc_after_sync
         self._dns_shadows: list[dict] | None = None  # the shadow objects the DNS table was made from
         self._dns_wanted: frozenset[str] = frozenset()  # and the names of the shadows wanted then
+        self._dns_domains = settings.domains  # and the domains
         self._round_shadows: list[dict] = []  # the shadow Services the last round saw
         self._applied: tuple[list[dict], list[dict]] | None = None  # (desired, seen) of the last clean write
         self._attempted: tuple[list[dict], list[dict]] | None = None  # (desired, seen) of the last write
@@ -133,6 +144,8 @@ class Controller:
         self.result = None
         self.rounds = 0
         self.published_at: float | None = None
+        self.draining = False  # stopping (main.py's --shutdown-delay): not ready, still serving
+        self._elector_task: asyncio.Task | None = None
         self._dirty = asyncio.Event()
         self._write_wanted = asyncio.Event()
         self._desired_shadows: list[dict] | None = None
@@ -150,15 +163,48 @@ class Controller:
 
     def leadership_changed(self, leader: bool) -> None:
         self._applied = self._attempted = None
-        if leader:
+        if self.effective_settings() != self._round_settings:
+            # built with the other side's settings: rebuild first, and never write those shadows
+            self._desired_shadows = None
+            self._dirty.set()
+        elif leader:
             self._write_wanted.set()  # a new leader writes what it has at once
+
+    def leader_settings_changed(self, record) -> None:
+        """The elector read another record of the leader's settings (or none): build with it."""
+        self._dirty.set()
+
+    def effective_settings(self):
+        """The settings this round builds with: the leader's recorded ones on a follower that has a
+        usable record, else this replica's own."""
+        record = None if self.elector is None or self.elector.is_leader else \
+            getattr(self.elector, "leader_settings", None)
+        if record is None:
+            return self.settings
+        if record is not self._record_seen:
+            self._record_seen = record
+            settings, problems = self.settings.with_record(record)
+            if problems:  # once per record
+                log.warning("the leader's recorded settings: %s%s", "; ".join(problems),
+                            ": serving this replica's own settings" if settings is self.settings else "")
+            self._record_settings = settings
+        return self._record_settings
 
     @property
     def synced(self) -> bool:
         return self.source.synced.is_set()
 
     def ready(self) -> bool:
-        return self.synced and self.config is not None
+        return not self.draining and self.synced and self.config is not None
+
+    async def resign(self) -> None:
+        """Stop taking part in the election: the leader releases the Lease (elector.run's way out),
+        so another replica takes over writing while this one keeps serving (a shutdown delay)."""
+        task = self._elector_task
+        if task is None or task.done():
+            return
+        task.cancel()  # a cancelled child does not end the TaskGroup
+        await asyncio.wait({task})
 
     # ------------------------------------------------------------------ one round
 
@@ -174,9 +220,22 @@ class Controller:
         started_ns = time.time_ns()
         stats = RoundStats()
         snapshot, state = self._state()
+        settings = self.effective_settings()
+        if settings != self._round_settings:
+            # another leader's settings (a rollout that changes them), or our own on taking over:
+            # nothing of the last round carries over (ports of other ranges, cached config elements)
+            changed = {name: getattr(settings, name) for name in SHAPING_FIELDS
+                       if getattr(settings, name) != getattr(self._round_settings, name)}
+            log.info("building with %s settings from now on (%s)",
+                     "this replica's own" if settings is self.settings else "the leader's",
+                     ", ".join(f"{k}={v!r}" for k, v in changed.items()) or "no shaping change")
+            self._round_settings = settings
+            self.ports = None
+            if self._build_kwargs:
+                self._build_kwargs = _build_caches()
         result = None
         for _ in range(MAX_PASSES):
-            result = self.build_fn(state, self.settings, self.version + 1, previous_ports=self.ports,
+            result = self.build_fn(state, settings, self.version + 1, previous_ports=self.ports,
                                    **self._build_kwargs)
             stats.builds += 1
             if self.local_shadows is None or not self.local_shadows.apply(list(result.shadow_services)):
@@ -211,10 +270,10 @@ class Controller:
             # same shadow objects (the caches replace an object when it changes) → same table
             # (the list keeps them alive, so their ids cannot be reused); local mode: always rebuilt
             if self.local_shadows is not None or self._dns_shadows is None or not _same_objects(
-                    shadows, self._dns_shadows) or wanted != self._dns_wanted:
+                    shadows, self._dns_shadows) or wanted != self._dns_wanted or settings.domains != self._dns_domains:
                 self.dns.table = DNSTable.from_shadows(
-                    [s for s in shadows if (s.get("metadata") or {}).get("name") in wanted], self.settings.domains)
-                self._dns_shadows, self._dns_wanted = shadows, wanted
+                    [s for s in shadows if (s.get("metadata") or {}).get("name") in wanted], settings.domains)
+                self._dns_shadows, self._dns_wanted, self._dns_domains = shadows, wanted, settings.domains
         self._errors = list(result.errors)
         self._log_new_errors(self._errors)
         if self.kube_writer is not None or self.events is not None:
@@ -278,7 +337,7 @@ class Controller:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self.source.run())
             if self.elector is not None:
-                tasks.create_task(self.elector.run())
+                self._elector_task = tasks.create_task(self.elector.run(), name="leader-election")
             if self.kube_writer is not None or self.events is not None:
                 tasks.create_task(self._write_loop())
             await self._reconcile_loop()
