@@ -635,7 +635,9 @@ def controller_command(s: Mapping[str, Any]) -> list[str]:
             "--tcp-port-base", str(s["tcp_port_base"]), "--tcp-port-limit", str(s["tcp_port_limit"]),
             "--udp-port-base", str(s["udp_port_base"]), "--udp-port-limit", str(s["udp_port_limit"]),
             "--api-port", str(s["api_port"]), "--dns-port", str(CONTROLLER_DNS_CONTAINER_PORT),
-            "--log-level", LogLevel(s["log_level"]).value, "--log-format", LogFormat(s["log_format"]).value]
+            "--log-level", LogLevel(s["log_level"]).value, "--log-format", LogFormat(s["log_format"]).value,
+            # go on answering DNS and config, not ready, while the Service stops sending here
+            "--shutdown-delay", f"{wire.SHUTDOWN_DELAY_SECONDS:g}"]
     if s.get("otlp_endpoint"):
         cmd += ["--otlp-endpoint", s["otlp_endpoint"]]
     if s["watch_namespaces"]:
@@ -651,7 +653,10 @@ def proxy_command(s: Mapping[str, Any], namespace: str) -> list[str]:
     url = f"http://{wire.CONTROLLER_NAME}.{namespace}.svc.{s['cluster_domain']}:{s['api_port']}"
     cmd = ["lightmesh", "proxy", "--controller", url, "--admin-port", str(s["admin_port"]),
            "--workers", str(s["proxy_workers"]),
-           "--log-level", LogLevel(s["log_level"]).value, "--log-format", LogFormat(s["log_format"]).value]
+           "--log-level", LogLevel(s["log_level"]).value, "--log-format", LogFormat(s["log_format"]).value,
+           # serve on, not ready, while kube-proxy stops sending here; then drain (15 s): within the
+           # pod's 30 s grace period
+           "--shutdown-delay", f"{wire.SHUTDOWN_DELAY_SECONDS:g}"]
     if s.get("proxy_response_timeout"):
         cmd += ["--response-timeout", repr(float(s["proxy_response_timeout"]))]
     if s.get("proxy_body_timeout", 60) != 60:
@@ -676,22 +681,22 @@ def cluster_rules() -> list[k8s.rbac.v1.PolicyRuleArgs]:
         k8s.rbac.v1.PolicyRuleArgs(api_groups=["gateway.networking.k8s.io"], resources=["httproutes", "grpcroutes",
                                                                                       "tcproutes", "udproutes"],
                                    verbs=read),
-        # Events on the objects it rejects (bad annotations, dangling references), in their namespaces.
-        # (get: a restarted controller reads an Event's count before it counts on)
-        k8s.rbac.v1.PolicyRuleArgs(api_groups=["", "events.k8s.io"], resources=["events"],
-                                   verbs=["create", "get", "patch"]),
+        # Events (core v1) on the objects it rejects (bad annotations, dangling references), in their
+        # namespaces. (get: a restarted controller reads an Event's count before it counts on)
+        k8s.rbac.v1.PolicyRuleArgs(api_groups=[""], resources=["events"], verbs=["create", "get", "patch"]),
     ]
 
 
 def namespace_rules() -> list[k8s.rbac.v1.PolicyRuleArgs]:
-    """Mesh-namespace only: shadow Services and the leader-election Lease."""
+    """Mesh-namespace only: shadow Services and the leader-election Lease (exactly the verbs the
+    controller uses: it writes with POST, merge/apply PATCH and DELETE, never PUT)."""
     return [
         k8s.rbac.v1.PolicyRuleArgs(api_groups=[""], resources=["services"],
-                                   verbs=["get", "list", "watch", "create", "update", "patch", "delete"]),
-        # `create` cannot be limited by resourceNames; get/update are limited to our Lease.
+                                   verbs=["get", "list", "watch", "create", "patch", "delete"]),
+        # `create` cannot be limited by resourceNames; get/patch are limited to our Lease.
         k8s.rbac.v1.PolicyRuleArgs(api_groups=["coordination.k8s.io"], resources=["leases"], verbs=["create"]),
         k8s.rbac.v1.PolicyRuleArgs(api_groups=["coordination.k8s.io"], resources=["leases"],
-                                   resource_names=[wire.LEASE_NAME], verbs=["get", "watch", "update", "patch"]),
+                                   resource_names=[wire.LEASE_NAME], verbs=["get", "patch"]),
     ]
 
 
@@ -725,9 +730,10 @@ def controller_deployment_spec(s: Mapping[str, Any], service_account: Any) -> k8
                k8s.core.v1.ContainerPortArgs(name="dns-tcp", container_port=CONTROLLER_DNS_CONTAINER_PORT,
                                              protocol="TCP")],
         readiness_probe=k8s.core.v1.ProbeArgs(http_get=readiness, period_seconds=5, failure_threshold=3),
-        # Liveness on TCP: a replica still syncing its caches is alive but not yet ready (every synced
-        # replica, leader or not, serves config and DNS and is ready).
-        liveness_probe=k8s.core.v1.ProbeArgs(tcp_socket=k8s.core.v1.TCPSocketActionArgs(port="api"),
+        # Liveness: /live answers while the event loop runs, syncing or not (a replica still syncing
+        # its caches is alive but not yet ready); a TCP probe would pass a hung process too (the
+        # kernel completes the handshake from the listen backlog).
+        liveness_probe=k8s.core.v1.ProbeArgs(http_get=k8s.core.v1.HTTPGetActionArgs(path="/live", port="api"),
                                              initial_delay_seconds=10, period_seconds=10, failure_threshold=6),
         resources=_resources(s["controller_resources"]), security_context=_security_context())
     return k8s.apps.v1.DeploymentSpecArgs(

@@ -625,7 +625,7 @@ ACL_WORDS = _acl_words()
 # ones such as --kubeconfig, --namespace, --leader-election, --log-level are left out, and so is every
 # flag Traefik Mesh's `controller` takes: --acl above all, which Traefik Mesh has too).
 _GENERIC_OPTIONS = {"--help", "--kubeconfig", "--namespace", "--leader-election", "--log-level", "--log-format",
-                    "--api-address", "--api-port", "--otlp-endpoint"}
+                    "--api-address", "--api-port", "--otlp-endpoint", "--shutdown-delay"}
 TRAEFIK_MESH_CONTROLLER_FLAGS = frozenset({
     "--acl", "--namespace", "--logLevel", "--debug", "--kubeconfig", "--defaultMode", "--smi",
     "--watchNamespaces", "--ignoreNamespaces", "--apiHost", "--apiPort", "--limitHTTPPort", "--limitTCPPort",

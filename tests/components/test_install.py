@@ -97,10 +97,12 @@ def test_controller_deployment_and_service():
             "--domains", "lightmesh,traefik.mesh,maesh", "--http-port-base", "5000", "--http-port-limit", "10",
             "--tcp-port-base", "10000", "--tcp-port-limit", "25", "--udp-port-base", "15000", "--udp-port-limit", "25",
             "--api-port", "9000", "--dns-port", "5353", "--log-level", "info", "--log-format", "json",
+            "--shutdown-delay", "5",
             "--otlp-endpoint", "http://otel:4318", "--watch-namespaces", "shop,whoami", "--leader-election"]
         assert container["env"] == [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
         assert container["readinessProbe"]["httpGet"] == {"path": "/api/status/readiness", "port": "api"}
-        assert "tcpSocket" in container["livenessProbe"]
+        # HTTP: a TCP probe passes a hung controller (the kernel completes the handshake)
+        assert container["livenessProbe"]["httpGet"] == {"path": "/live", "port": "api"}
         sc = container["securityContext"]
         assert sc["runAsNonRoot"] and sc["capabilities"] == {"drop": ["ALL"]} and not sc["allowPrivilegeEscalation"]
         assert container["resources"]["requests"] == {"cpu": "100m", "memory": "128Mi"}
@@ -147,7 +149,8 @@ def test_proxy_daemonset():
         (container,) = pod["containers"]
         assert container["command"] == [
             "lightmesh", "proxy", "--controller", "http://lightmesh-controller.mesh.svc.cluster.local:9000",
-            "--admin-port", "8080", "--workers", "4", "--log-level", "info", "--log-format", "text"]
+            "--admin-port", "8080", "--workers", "4", "--log-level", "info", "--log-format", "text",
+            "--shutdown-delay", "5"]
         env = {e["name"]: e.get("value") or e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
         assert env == {"POD_NAME": "metadata.name", "NODE_NAME": "spec.nodeName",
                        "MALLOC_TRIM_THRESHOLD_": "268435456", "MALLOC_TOP_PAD_": "67108864"}
@@ -200,7 +203,12 @@ def test_rbac_is_least_privilege():
         role = records["mi-rbac-controller-role"].inputs
         assert role["metadata"]["namespace"] == "mesh-a"
         lease_rules = [r for r in role["rules"] if r["resources"] == ["leases"]]
-        assert any(r.get("resourceNames") == [wire.LEASE_NAME] and "update" in r["verbs"] for r in lease_rules)
+        # exactly what the controller calls (POST, GET, PATCH, DELETE; never PUT, and no watch on its Lease)
+        assert [(r.get("resourceNames"), set(r["verbs"])) for r in lease_rules] == [
+            (None, {"create"}), ([wire.LEASE_NAME], {"get", "patch"})]
+        services = [r for r in role["rules"] if r["resources"] == ["services"]]
+        assert [set(r["verbs"]) for r in services] == [{"get", "list", "watch", "create", "patch", "delete"}]
+        assert [r["apiGroups"] for r in cluster_rules if r["resources"] == ["events"]] == [[""]]
         binding = records["mi-rbac-controller-clusterrolebinding"].inputs
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": wire.CONTROLLER_NAME, "namespace": "mesh-a"}]
         assert binding["metadata"]["name"] == "lightmesh-controller-mesh-a"  # unique per mesh namespace
