@@ -38,7 +38,8 @@ Fall-through
     whose match also covers the request) and ends each chain with a router that answers 403.
 Middlewares
     ``allow_list``: source CIDRs of the TCP peer (never a header). Empty list = deny everything
-    (403). ``deny``: always answers ``status_code``. ``rate_limit``: token bucket per source IP,
+    (403). ``deny``: always answers ``status_code``. ``rate_limit``: token bucket per source IP
+    (one set of buckets per middleware, shared by every router that lists it),
     ``average`` requests per ``period_seconds`` with ``burst``; a request whose token is due within
     1/(2·rate) s (at most 0.5 s) waits for it, else 429 + ``Retry-After`` and ``X-Retry-In``.
     ``circuit_breaker``: :mod:`lightmesh.cbexpr` expression; open → 503. ``retry``: up to

@@ -25,14 +25,16 @@ CLIENTS = {"alice": "127.0.71.21", "bob": "127.0.71.22"}
 OLD = "2026-01-01T00:00:00Z"
 
 
-def _service(name: str, pods: dict[str, tuple[str, int, str]], admin_only: tuple[str, ...] = ()) -> list[dict]:
+def _service(name: str, pods: dict[str, tuple[str, int, str]], admin_only: tuple[str, ...] = (),
+             annotations: dict[str, str] | None = None) -> list[dict]:
     """Service ``name`` selecting ``pods`` (pod name → (ip, port, ServiceAccount)); a named
     targetPort, so each pod serves on its own port (one EndpointSlice each). The pods in
     ``admin_only`` serve only the Service's second port (90, ``admin``), none on port 80."""
     ports = [{"name": "http", "port": 80, "targetPort": "http"}]
     if admin_only:
         ports.append({"name": "admin", "port": 90, "targetPort": "admin"})
-    objects = [{"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": NS},
+    objects = [{"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": name, "namespace": NS, "annotations": annotations or {}},
                 "spec": {"selector": {"app": name}, "ports": ports}}]
     for pod, (ip, port, account) in pods.items():
         objects.append({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
@@ -76,7 +78,8 @@ def _rule(backend: str, **match) -> dict:
 
 
 @contextlib.asynccontextmanager
-async def mesh(pods: dict[str, dict[str, str]], *extra: dict, acl: bool = True, admin_only: tuple[str, ...] = ()):
+async def mesh(pods: dict[str, dict[str, str]], *extra: dict, acl: bool = True, admin_only: tuple[str, ...] = (),
+               annotations: dict[str, dict[str, str]] | None = None):
     """Backends for ``pods`` (Service → {pod name: ServiceAccount}), the clients, ``extra`` objects;
     yields ``ask(client, method, path, headers, h2=False) -> (status, backend name or None)``
     (``h2``: over an HTTP/2 prior-knowledge connection)."""
@@ -91,7 +94,8 @@ async def mesh(pods: dict[str, dict[str, str]], *extra: dict, acl: bool = True, 
                 backend = await Backend(pod, host=f"127.0.71.{address}").start()
                 backends.append(backend)
                 placed[pod] = (backend.host, backend.port, account)
-            objects += _service(service, placed, tuple(p for p in admin_only if p in placed))
+            objects += _service(service, placed, tuple(p for p in admin_only if p in placed),
+                                (annotations or {}).get(service))
         objects += extra
         settings = Settings(acl=acl)
         result = build(ClusterState.from_objects(objects, settings.mesh_namespace), settings, 1)
@@ -263,3 +267,23 @@ async def test_one_traffic_target_per_client_on_one_route_group_stays_one_router
     [router] = [r for r in config.http.routers if "/tt/" in r.name]
     allow = {m.name: m for m in config.http.middlewares}[router.middlewares[0]]
     assert len(allow.source_ranges) == 300
+
+
+@on_uvloop
+async def test_a_services_rate_limit_is_one_bucket_per_client_across_its_routes_rules_and_split_matches():
+    # Each HTTPRoute rule, split match and TrafficTarget gets a config service of its own; the
+    # limiter used to be per config service, so one client got the Service's burst once per rule.
+    limited = {"web": {"mesh.traefik.io/ratelimit-average": "1", "mesh.traefik.io/ratelimit-burst": "3"}}
+    route = _route(_rule("web", path={"type": "PathPrefix", "value": "/a"}),
+                   _rule("web", path={"type": "PathPrefix", "value": "/b"}), _rule("web"))
+    async with mesh({"web": {"web-0": "web"}}, route, acl=False, annotations=limited) as ask:
+        statuses = [(await ask("alice", "GET", path))[0] for path in ("/a", "/b", "/c", "/a", "/b", "/c")]
+        assert statuses == [200, 200, 200, 429, 429, 429], statuses
+        assert (await ask("bob", "GET", "/a"))[0] == 200  # per client IP
+    # ACL mode: a router per TrafficTarget match, the same bucket
+    groups = _group("paths", {"name": "a", "pathRegex": "/a"}, {"name": "b", "pathRegex": "/b"})
+    target = {**_target("alice-web", "web", "paths", "alice")}
+    target["spec"]["rules"] = [{"kind": "HTTPRouteGroup", "name": "paths", "matches": ["a", "b"]}]
+    async with mesh({"web": {"web-0": "web"}}, groups, target, annotations=limited) as ask:
+        statuses = [(await ask("alice", "GET", path))[0] for path in ("/a", "/b", "/a", "/b")]
+        assert statuses == [200, 200, 200, 429], statuses

@@ -19,7 +19,7 @@ import pytest
 
 from lightmesh.proxy.http import HTTPOptions
 
-from .backends import Backend, ProxyUnderTest, ScriptedUpstream, on_uvloop, request, simple_config
+from .backends import Backend, ProxyUnderTest, RawClient, ScriptedUpstream, on_uvloop, request, simple_config
 from .test_h2c import H2Client, H2Server
 
 
@@ -365,6 +365,44 @@ async def test_drain_sends_goaway_at_once_and_lets_the_streams_in_flight_finish(
         assert await drained is True
         assert len(p.options.connections) == 0
         await c.close()
+
+
+@on_uvloop
+async def test_recycling_an_entry_points_connections_drains_them_alone():
+    # A rate limit arriving on a port with several workers: its open connections must reconnect
+    # (see steering). HTTP/2: GOAWAY, the streams in flight finish, new ones are refused, then it
+    # closes; HTTP/1.1: an idle connection closes now, a busy one after its response, said so.
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url])) as p:
+        c = await H2Client.connect(p.port)
+        await c.wait([c.start("/echo", body=b"w")])
+        slow = c.start("/slow", method="GET")  # answered after 0.3 s
+        await asyncio.sleep(0.05)
+        assert p.options.connections.recycle("web") == 1 and p.options.connections.recycle("other") == 0
+        await c.until(lambda: ("goaway", slow) in c.log, timeout=5)
+        late = c.start("/echo", body=b"opened anyway")
+        r_slow, r_late = await c.wait([slow, late], timeout=5)
+        assert r_slow["headers"][b":status"] == b"200"
+        assert r_late["reset"] == h2.errors.ErrorCodes.REFUSED_STREAM
+        with pytest.raises(ConnectionError):  # closed once the last stream is done
+            await c.until(lambda: False, timeout=5)
+        assert not p.options.connections.draining  # the proxy itself is not draining
+        await c.close()
+    async with Backend("A") as a, ProxyUnderTest(simple_config([a.url])) as p:
+        idle = await RawClient.connect(p.port)
+        await idle.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+        assert (await idle.response()).status == 200
+        busy = await RawClient.connect(p.port)
+        await busy.send(b"GET /slow?ms=300 HTTP/1.1\r\nHost: svc\r\n\r\n")
+        await asyncio.sleep(0.05)
+        assert p.options.connections.recycle("web") == 2
+        resp = await busy.response(5)
+        assert resp.status == 200 and resp.header("Connection") == "close"
+        assert await busy.read_all(2) == b"" and await idle.read_all(2) == b""  # both closed
+        fresh = await RawClient.connect(p.port)
+        await fresh.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+        assert (await fresh.response()).status == 200 and len(p.options.connections) == 1
+        for conn in (idle, busy, fresh):
+            await conn.close()
 
 
 @on_uvloop

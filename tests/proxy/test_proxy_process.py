@@ -248,6 +248,52 @@ def test_a_rate_limit_holds_per_client_ip_across_workers(tmp_path):
     run(main())
 
 
+def test_a_rate_limit_added_under_open_keep_alive_connections_holds_across_workers(tmp_path):
+    # Steering by client IP places new connections only: keep-alive connections opened before the
+    # rate limit came stayed on whichever worker the kernel's hash chose, each with its own
+    # buckets, and one client got N times its limit for as long as they lasted.
+    async def main():
+        hp, ap = free_port(), free_port()
+        admin = f"http://127.0.0.1:{ap}"
+        cfg_path = tmp_path / "proxy.json"
+        async with Backend("A") as backend:
+            def config(version: int, limited: bool):
+                http = HTTPConfig.model_validate({
+                    "entry_points": [{"name": "web", "address": "127.0.0.1", "port": hp}],
+                    "services": [{"name": "svc", "servers": [{"url": backend.url}]}],
+                    "middlewares": [{"type": "rate_limit", "name": "rl", "average": 1, "burst": 5,
+                                     "period_seconds": 60}] if limited else [],
+                    "routers": [{"name": "r", "entry_points": ["web"], "service": "svc",
+                                 "middlewares": ["rl"] if limited else []}]})
+                return make_config(version, http).to_json()
+
+            cfg_path.write_text(config(1, False))
+            with proxy_process("--config", str(cfg_path), "--workers", "2", "--admin-address", "127.0.0.1",
+                               "--admin-port", str(ap), "--name", "rl-keep", log_path=tmp_path / "proxy.log") as proc:
+                await wait_ready(admin, proc, "rl-keep")
+                await until(lambda: _when(rawdata(admin), lambda d: workers_on(d, 1)), 10, "both workers on v1")
+                conns = [await RawClient.connect(hp, local_host="127.0.31.9") for _ in range(12)]
+                for conn in conns:  # keep-alive, spread over both workers by the kernel's hash
+                    await conn.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+                    assert (await conn.response()).status == 200
+                cfg_path.write_text(config(2, True))
+                await until(lambda: _when(rawdata(admin), lambda d: workers_on(d, 2)), 10, "both workers on v2")
+                statuses = []
+                for conn in conns:  # one more request per client connection, reconnecting if it was ended
+                    try:
+                        await conn.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+                        statuses.append((await conn.response(3)).status)
+                    except (ConnectionError, asyncio.IncompleteReadError, AssertionError, OSError):
+                        await conn.close()
+                        conn = await RawClient.connect(hp, local_host="127.0.31.9")
+                        await conn.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+                        statuses.append((await conn.response(3)).status)
+                    await conn.close()
+                assert statuses.count(200) == 5 and statuses.count(429) == 7, statuses
+
+    run(main())
+
+
 def test_file_reloads_under_load_fail_no_request(tmp_path):
     async def main():
         echo, eport = await tcp_echo()

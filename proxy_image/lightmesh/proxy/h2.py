@@ -449,6 +449,7 @@ class H2Downstream(asyncio.Protocol):
         self.body_timer: asyncio.TimerHandle | None = None  # body_timeout, for all streams (see _bodies_due)
         self.goaway_sent = False  # the final GOAWAY (h2's: nothing more goes out after it)
         self.drain_last = -1  # stream id in the GOAWAY that announced a drain (ours), or -1
+        self.recycling = False  # this connection alone drains (see recycle)
         self.peer_goaway = False  # the client sent GOAWAY: closed once its streams are done
         self.opened = 0  # streams the client opened
         self.premature = 0  # of them, reset by the client within _PREMATURE_SECONDS (rapid reset)
@@ -531,6 +532,16 @@ class H2Downstream(asyncio.Protocol):
         """ConnectionSet.drain calls this once, as the drain starts."""
         if self.streams and self.drain_last < 0:
             self._announce_drain()
+
+    def recycle(self) -> None:
+        """This connection alone drains as on shutdown (GOAWAY, streams in flight finish, then it
+        closes): its listener's connections must be placed again (see ConnectionSet.recycle)."""
+        self.recycling = True
+        if self.streams:
+            if self.drain_last < 0:
+                self._announce_drain()
+        elif not self.side.queues:
+            self.close()
 
     def _announce_drain(self) -> None:
         """GOAWAY now, with the last stream id we took: the client opens no more streams here (gRPC
@@ -621,7 +632,8 @@ class H2Downstream(asyncio.Protocol):
         self.side.refill()
         self.side.flush()
         self._watch_head()
-        if (self.peer_goaway or self.options.connections.draining) and not self.streams and not self.side.queues:
+        if ((self.peer_goaway or self.options.connections.draining or self.recycling)
+                and not self.streams and not self.side.queues):
             self.close()  # the last response went out whole (the client's window let it)
 
     def _reset_flood(self) -> None:
@@ -642,7 +654,7 @@ class H2Downstream(asyncio.Protocol):
         return [(n, v) for n, v in headers if n not in _HOP and (n != b"te" or v == b"trailers")]
 
     def _request(self, stream_id: int, headers: list, ended: bool) -> None:
-        if self.options.connections.draining:
+        if self.options.connections.draining or self.recycling:
             # shutting down: no new streams here (REFUSED_STREAM: never processed, the client may
             # retry it elsewhere; it was told so by the GOAWAY of _announce_drain); the ones in flight
             # finish, then the final GOAWAY and close
@@ -1051,7 +1063,7 @@ class H2Downstream(asyncio.Protocol):
                 # what is left waits for the client's window: closing now would cut it short
                 # (data_received closes once it went out)
                 self._arm_idle()
-            elif self.options.connections.draining or (self.peer_goaway and self.batch is None):
+            elif self.options.connections.draining or self.recycling or (self.peer_goaway and self.batch is None):
                 self.close()
             else:
                 self._arm_idle()

@@ -126,6 +126,18 @@ class ConnectionSet:
     def __len__(self) -> int:
         return len(self.conns)
 
+    def recycle(self, entry_point: str) -> int:
+        """End keep-alive on the connections of ``entry_point``, so their clients connect again:
+        idle ones close now, busy ones after their current response (HTTP/2: GOAWAY, then after
+        the streams in flight). Used when the port's connections must be placed again (steering
+        by client IP turned on: see steering). Returns how many it touched."""
+        touched = 0
+        for conn in list(self.conns):
+            if getattr(conn, "ep", None) == entry_point:
+                conn.recycle()
+                touched += 1
+        return touched
+
     def close_idle(self) -> int:
         """Close the connections with no request in progress; returns how many."""
         idle = [c for c in self.conns if c.is_idle()]
@@ -718,6 +730,16 @@ class ClientProtocol(asyncio.Protocol):
 
     def is_idle(self) -> bool:
         return self.active is None and self.cur is None and not self.pending and self.tunnel is None
+
+    def recycle(self) -> None:
+        """See ConnectionSet.recycle: close now if idle, else after the response in progress (a
+        tunnel is left alone: nothing on it is rate limited)."""
+        if self.is_idle():
+            self.close()
+            return
+        for ex in (self.active, self.cur, *self.pending):
+            if ex is not None:
+                ex.close_after = True  # says Connection: close if its head has not gone yet
 
     def close(self) -> None:
         if self.transport is not None and not self.closing:

@@ -28,8 +28,9 @@ request is forwarded as received.
 
 Carry-over: an element whose definition did not change between ``previous`` and the new config
 keeps its runtime object, and so its state: a :class:`Service` (by name and definition) keeps its
-balancer and its servers; a rate limiter or breaker (by middleware definition and service name)
-keeps its buckets or window. A service whose definition changed (endpoints come and go) is new,
+balancer and its servers; a rate limiter (by middleware definition: one per middleware, shared
+by every router that lists it) or breaker (by middleware definition and service name) keeps its
+buckets or window. A service whose definition changed (endpoints come and go) is new,
 but it keeps the :class:`Server` of every URL it still lists, with its idle keep-alive connections
 (and HTTP/2 connection), and its balancer keeps their ejections. ``previous.close()`` afterwards
 closes only what the new plane did not take over (idle pooled connections of retired servers);
@@ -346,7 +347,7 @@ class HTTPPlane:
         self.version = version
         self.entry_points = entry_points
         self.services = services
-        self._limiters = limiters  # (middleware definition, service name) → RateLimiter
+        self._limiters = limiters  # middleware definition → RateLimiter (shared by its routers)
         self._breakers = breakers  # (middleware definition, service name) → CircuitBreaker
         self._carried: set[int] = set()  # ids of services the next plane took over
         self._kept_servers: set[int] = set()  # ids of servers of changed services it took over
@@ -431,7 +432,10 @@ def _attach_middlewares(route: Route, defs: list, build: _Build) -> None:
         elif isinstance(m, DenyMiddleware):
             checks.append(Check(CHECK_DENY, m.name, status=m.status_code))
         elif isinstance(m, RateLimitMiddleware):
-            limiter = _carry(build, "limiters", "_limiters", (m.model_dump_json(), service),
+            # One bucket set per rate_limit middleware, whichever routers and services list it: the
+            # controller gives each Service one, shared by its routes, rules, split matches and
+            # ports, so a client cannot multiply its limit by spreading its requests over them.
+            limiter = _carry(build, "limiters", "_limiters", (m.model_dump_json(),),
                              lambda: RateLimiter(m.average, m.burst, m.period_seconds))
             checks.append(Check(CHECK_RATE, m.name, limiter=limiter))
         elif isinstance(m, CircuitBreakerMiddleware):

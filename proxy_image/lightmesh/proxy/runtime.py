@@ -94,7 +94,9 @@ class _HTTPListener:
         self.server = await self.runtime.loop.create_server(lambda: self.factory(), sock=sock, backlog=BACKLOG)
 
     def steer(self, by_source_ip: bool, workers: int) -> None:
-        """Keep one client IP on one worker while a rate-limited route is on this port (see steering)."""
+        """Keep one client IP on one worker while a rate-limited route is on this port (see steering).
+        Turned on, the connections already open (placed by the kernel's hash, on any worker) are
+        recycled, so that a client's next connections all reach its one worker and bucket."""
         if by_source_ip == self.steered or self.sock is None:
             return
         if by_source_ip:
@@ -102,6 +104,13 @@ class _HTTPListener:
                 return  # the kernel refused once (logged then): not again on every config
             self.steered = steering.steer_by_source_ip(self.sock, workers)
             self.cannot_steer = not self.steered
+            connections = self.runtime.connections
+            if self.steered and connections is not None:
+                recycled = connections.recycle(self.name)
+                if recycled:
+                    log.info("entry point %s: a rate limit came: %d client connections end after their "
+                             "current request, so each client IP reconnects to its one worker",
+                             self.name, recycled)
         else:
             steering.spread_by_hash(self.sock)
             self.steered = False

@@ -10,7 +10,8 @@ program to the port's reuseport group (``SO_ATTACH_REUSEPORT_CBPF``). It returns
 socket as *client IPv4 address* (or the last 32 bits of an IPv6 one) modulo the number of workers,
 so every connection from one client reaches the same worker and its bucket. The cost: one client
 IP's traffic on such a port is served by one worker (one core). Ports without a rate limit keep
-the kernel's spread; :func:`spread_by_hash` puts a port back to it.
+the kernel's spread; :func:`spread_by_hash` puts a port back to it. Steering places new
+connections only: when it turns on, the runtime recycles the port's open ones (ConnectionSet.recycle).
 
 The kernel falls back to its hash when the program returns an index past the group's size (while a
 worker restarts, say), so a wrong count degrades to the default behaviour, never to a refusal.
