@@ -68,8 +68,9 @@ class StubController:
         if self.unavailable or self.body is None:
             return web.Response(status=503, text="not synced")
         if request.headers.get("If-None-Match") == self.etag:
+            hold = min(self.hold, float(request.query.get("wait", self.hold)))  # ?wait=N, as the controller
             try:
-                await asyncio.wait_for(self.changed.wait(), self.hold)
+                await asyncio.wait_for(self.changed.wait(), hold)
             except asyncio.TimeoutError:
                 return web.Response(status=304)
         return web.Response(body=self.body, headers={"ETag": self.etag}, content_type="application/json")
@@ -309,6 +310,38 @@ async def test_recovery_is_reported_once_when_the_controller_answers_again():
         await rec.wait(lambda: len(rec.configs) == 1)
         await asyncio.sleep(0.2)  # a few held polls more: still one recovery
         assert len(recovered) == 1 and recovered[0] >= 2
+    finally:
+        await stop(task)
+        await stub.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_restarted_controller_with_the_same_config_shows_as_connected_at_once():
+    # Its poll after reconnecting carries the hash the controller still has: the controller holds
+    # it (30 s in a cluster), and the proxy said "disconnected", with the old error, all that time.
+    stub = await StubController(hold=30).start()
+    port = stub.port
+    rec = Recorder()
+    source = ControllerSource(stub.url, "p", rec.on_config, rec.on_error, backoff=fast_backoff())
+    stub.publish(config_v(1))
+    task = await run_source(source)
+    try:
+        await rec.wait(lambda: len(rec.configs) == 1)
+        await stub.stop()  # the held poll is cut: disconnected
+        await rec.wait(lambda: len(rec.errors) >= 1)
+        assert not source.connected
+        stub = await StubController(hold=30).start(port)
+        stub.publish(config_v(1))  # the same config: the same ETag
+        for _ in range(50):  # at most 5 s (a held poll would take 30)
+            if source.connected:
+                break
+            await asyncio.sleep(0.1)
+        assert source.connected
+        assert len(rec.configs) == 1  # nothing new to apply
+        assert stub.requests[0].get("If-None-Match") == config_v(1).etag()
+        # and, connected again, it goes back to polls the controller holds
+        await asyncio.sleep(1.5)  # past the 1 s pacing of an answer that brought nothing new
+        assert len(stub.requests) == 2
     finally:
         await stop(task)
         await stub.stop()

@@ -168,8 +168,12 @@ class ControllerSource:
         if self.etag:
             headers["If-None-Match"] = self.etag
         self.polls += 1
+        # After an error, ask to be answered at once (?wait=0): a controller that restarted with
+        # the config we hold would hold the poll (up to LONG_POLL_SECONDS) before we could say
+        # we are connected again; the next poll is held as usual.
+        params = None if self.connected or not self.etag else {"wait": "0"}
         try:
-            async with session.get(self.url, headers=headers) as resp:
+            async with session.get(self.url, headers=headers, params=params) as resp:
                 if resp.status == 304:
                     self._up()
                     return None
