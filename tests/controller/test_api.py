@@ -307,3 +307,52 @@ def test_held_polls_per_client_are_capped_and_the_rest_answered_at_once(monkeypa
             await api.stop()
 
     run(scenario())
+
+
+def test_a_poll_whose_client_went_away_ends_and_frees_its_place(monkeypatch):
+    # aiohttp does not end a handler when its client disconnects, unless asked: abandoned polls
+    # (a proxy re-asks on every applied version, or restarts) stayed held for up to 30 s, each
+    # taking memory and a place under the per-client cap, so live polls were no longer held.
+    import lightmesh.controller.api as api_module
+
+    monkeypatch.setattr(api_module, "MAX_HELD_POLLS_PER_CLIENT", 3, raising=False)
+
+    async def scenario():
+        store, api, url = await started()
+        first = config(1)
+        store.publish(first)
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        request = (f"GET {wire.CONFIG_PATH}?wait=20 HTTP/1.1\r\nHost: x\r\n"
+                   f"If-None-Match: {first.etag()}\r\n\r\n").encode()
+        try:
+            writers = []
+            for _ in range(3):
+                reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+                writer.write(request)
+                writers.append(writer)
+            for _ in range(30):
+                if sum(api._held.values()) == 3:
+                    break
+                await asyncio.sleep(0.05)
+            assert sum(api._held.values()) == 3
+            for writer in writers:  # the clients go away
+                writer.close()
+            for _ in range(40):
+                if not api._held:
+                    break
+                await asyncio.sleep(0.05)
+            assert api._held == {}
+            # a live poll is held again, not answered at once
+            async with aiohttp.ClientSession() as http:
+                poll = asyncio.create_task(http.get(url + wire.CONFIG_PATH + "?wait=20",
+                                                    headers={"If-None-Match": first.etag()}))
+                await asyncio.sleep(0.3)
+                assert not poll.done()
+                store.publish(config(2, port=5001))
+                resp = await asyncio.wait_for(poll, 5)
+                assert resp.status == 200
+                resp.release()
+        finally:
+            await api.stop()
+
+    run(scenario())

@@ -242,6 +242,40 @@ def test_followers_serve_the_config_of_the_leaders_settings_and_a_new_leader_its
     run(scenario())
 
 
+def test_a_replica_serving_out_its_shutdown_delay_follows_the_new_leader(tmp_path):
+    # On SIGTERM the old leader released the Lease and stopped reading it, but served configs (and
+    # held proxies' polls) for its whole delay on its own ports, while the new-settings leader had
+    # moved the shadows: the blackhole the settings record exists to prevent.
+    web, db = shadow_name(NS, "web"), shadow_name(NS, "db")
+
+    async def scenario():
+        async with cluster() as kube, replicas(tmp_path, kube) as make:
+            kube.put_object(service("web", 80, "http"))
+            kube.put_object(service("db", 5432, "tcp"))
+            old = await make("old", "--shutdown-delay", "8")
+            await until(old.ready, "the old replica ready", log=old.log)
+            await until(lambda: holder(kube).startswith("old"), "the old replica leads", log=old.log)
+            await until(lambda: target_ports(kube) == {web: 5000, db: 10000}, "the old leader's shadows", log=old.log)
+            give_cluster_ips(kube)
+            new = await make("new", "--http-port-base", "6000", "--tcp-port-base", "11000")
+            await until(new.ready, "the new replica ready", log=new.log)
+            old.signal()  # the old one stops: releases the Lease, serves on for 8 s
+            await until(lambda: holder(kube).startswith("new"), "the new replica leads", timeout=10, log=new.log)
+            await until(lambda: target_ports(kube) == {web: 6000, db: 11000}, "the new leader's shadows",
+                        log=new.log)
+
+            async def follows():
+                return mesh_ports(await old.config()) == ({6000}, {11000})
+
+            # within the delay, the stopping replica serves what the shadows now target
+            await until(follows, "the stopping replica serving the new leader's ports", timeout=5, log=old.log)
+            assert old.proc.returncode is None and not await old.is_leader()
+            assert holder(kube).startswith("new")  # and it never took the Lease back
+            assert await old.stop() == 0
+
+    run(scenario())
+
+
 def test_two_processes_of_one_pod_name_are_never_both_leader(tmp_path):
     # The identity was the pod name alone: two processes with the same one (no POD_NAME, one host
     # name) each took the Lease for its own and both wrote.

@@ -346,3 +346,65 @@ def test_the_leader_records_its_settings_and_followers_read_only_the_holders_rec
                 await api.close()
 
     run(scenario())
+
+
+def test_a_free_lease_keeps_the_last_record_and_a_resigned_elector_only_reads():
+    # A candidate that lost the race for a just-released Lease (409) forgot the leader's settings
+    # and built with its own until its next read; and a resigned replica (--shutdown-delay) stopped
+    # reading the Lease altogether.
+    import json
+
+    from lightmesh.controller.leader import micro_time
+
+    old = Settings().shaping_record()
+
+    async def scenario():
+        async with cluster() as kube:
+            api = KubeAPI.from_kubeconfig(server=str(kube.url))
+            clock = Clock()
+            try:
+                _put_lease(kube, "o1", json.dumps({"holder": "o1", "settings": old}))
+                candidate = LeaderElector(api, MESH, "n", lease_seconds=15, clock=clock,
+                                          settings_record=Settings(http_port_base=6000).shaping_record())
+                assert not await candidate.try_acquire_or_renew() and candidate.leader_settings == old
+                # o1 releases; another replica's PATCH lands first: ours gets 409
+                kube.patch_object("coordination.k8s.io/v1", "leases", MESH, wire.LEASE_NAME,
+                                  {"metadata": {"annotations": {"lightmesh.io/settings": None}},
+                                   "spec": {"holderIdentity": None, "renewTime": None, "acquireTime": None}})
+                kube.fail_next("PATCH", "leases", 409)
+                assert not await candidate.try_acquire_or_renew()
+                assert candidate.leader_settings == old  # still what the shadows follow
+                # the winner's record replaces it on the next read
+                theirs = Settings(http_port_base=7000).shaping_record()
+                kube.patch_object("coordination.k8s.io/v1", "leases", MESH, wire.LEASE_NAME, {
+                    "metadata": {"annotations": {"lightmesh.io/settings": json.dumps({"holder": "o2",
+                                                                                       "settings": theirs})}},
+                    "spec": {"holderIdentity": "o2", "renewTime": micro_time()}})
+                assert not await candidate.try_acquire_or_renew() and candidate.leader_settings == theirs
+                # resigned: it reads the Lease on, and never takes it, free or expired
+                await candidate.resign()
+                kube.patch_object("coordination.k8s.io/v1", "leases", MESH, wire.LEASE_NAME,
+                                  {"spec": {"holderIdentity": None, "renewTime": None}})
+                clock.now += 100
+                await candidate.step()
+                assert not candidate.is_leader and not lease(kube)["spec"].get("holderIdentity")
+                kube.patch_object("coordination.k8s.io/v1", "leases", MESH, wire.LEASE_NAME, {
+                    "metadata": {"annotations": {"lightmesh.io/settings": json.dumps({"holder": "o3",
+                                                                                       "settings": old})}},
+                    "spec": {"holderIdentity": "o3", "renewTime": micro_time()}})
+                await candidate.step()
+                assert candidate.leader_settings == old and not candidate.is_leader
+                # a leader that resigns releases the Lease at once
+                leader = LeaderElector(api, MESH, "l", lease_seconds=15, clock=clock)
+                await leader.step()  # o3's Lease, first seen now: it expires 15 s later on our clock
+                clock.now += 16
+                await leader.step()
+                assert leader.is_leader and lease(kube)["spec"]["holderIdentity"] == "l"
+                await leader.resign()
+                assert not leader.is_leader and not lease(kube)["spec"].get("holderIdentity")
+                await leader.step()
+                assert not leader.is_leader and not lease(kube)["spec"].get("holderIdentity")
+            finally:
+                await api.close()
+
+    run(scenario())

@@ -173,9 +173,11 @@ class ControllerAPI:
 
     async def start(self, host: str, port: int) -> int:
         # keepalive_timeout: aiohttp closes a connection waiting that long for a complete head (a
-        # long poll in progress is not waiting: it is never cut)
+        # long poll in progress is not waiting: it is never cut). handler_cancellation: a poll whose
+        # client went away (a proxy re-asks on every applied version, or restarted) ends at once,
+        # instead of holding its memory and its place under the per-client cap for up to 30 s.
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0,
-                                     keepalive_timeout=HTTP_HEAD_TIMEOUT_SECONDS)
+                                     keepalive_timeout=HTTP_HEAD_TIMEOUT_SECONDS, handler_cancellation=True)
         await self._runner.setup()
         sock = None
         try:

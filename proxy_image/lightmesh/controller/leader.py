@@ -26,9 +26,16 @@ at once when the old one released the Lease (it does on SIGTERM), else when the 
 Settings record (``settings_record``, annotation ``lightmesh.io/settings``): the leader writes
 ``{"holder": <identity>, "settings": {...}}`` (canonical JSON) with the Lease when it creates or
 takes it, and again whenever the Lease's copy differs. Every round a follower reads the holder's
-record into :attr:`LeaderElector.leader_settings` (``None``: no holder, no record, or one written by
-another holder — an older release's leader that took over without writing its own) and calls
+record into :attr:`LeaderElector.leader_settings` (``None``: no record, or one written by another
+holder — an older release's leader that took over without writing its own) and calls
 ``on_leader_settings`` when it changes; a malformed annotation is logged once and read as none.
+While the Lease has no holder (released, until a successor takes it) the last record read is kept:
+the shadow Services still follow it, and a candidate that loses the race for the free Lease must
+not fall back to its own settings meanwhile.
+
+Resigning (:meth:`LeaderElector.resign`, a controller's --shutdown-delay): the leader releases the
+Lease, and from then on the elector only reads it, every ``retry_seconds``, and never takes it
+again, so a replica that goes on serving while it stops keeps following whoever leads.
 """
 
 from __future__ import annotations
@@ -103,6 +110,7 @@ class LeaderElector:
         self.settings_record = settings_record
         self.on_leader_settings = on_leader_settings
         self.leader_settings: dict | None = None
+        self.candidate = True  # False once resigned: reads the Lease, never takes it
         self._bad_record: str | None = None  # the malformed annotation last logged (logged once)
         self._observed: tuple[str, str] | None = None  # (holder, renewTime) last seen
         self._observed_at = 0.0
@@ -131,6 +139,8 @@ class LeaderElector:
 
     def _read_record(self, lease: dict, holder: str) -> None:
         """The holder's recorded settings → :attr:`leader_settings` (None when there is none to use)."""
+        if not holder:
+            return  # free Lease: the shadows still follow the last record read (module docstring)
         record = None
         annotations = (lease.get("metadata") or {}).get("annotations")
         text = annotations.get(SETTINGS_ANNOTATION) if isinstance(annotations, dict) else None
@@ -173,6 +183,8 @@ class LeaderElector:
         except ApiError as exc:
             if exc.status != 404:
                 raise
+            if not self.candidate:
+                return False  # resigned: nothing to read, nothing to create
             body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                     "metadata": {"name": self.name, "namespace": self.namespace}, "spec": self._spec(0)}
             if self.settings_record is not None:
@@ -194,6 +206,8 @@ class LeaderElector:
             self._observed, self._observed_at = record, now
         duration = float(spec.get("leaseDurationSeconds") or self.lease_seconds)
         transitions = int(spec.get("leaseTransitions") or 0)
+        if not self.candidate:
+            return False  # resigned: reading only
         if holder == self.identity:
             new_spec = self._spec(transitions, spec.get("acquireTime"))
         elif not holder or now - self._observed_at >= duration:
@@ -233,6 +247,9 @@ class LeaderElector:
                 raise asyncio.TimeoutError
             async with asyncio.timeout(limit):  # (not wait_for, which may drop a cancel: see reconcile)
                 held = await self.try_acquire_or_renew()
+            if held and not self.candidate:  # resigned while this round took the Lease: give it back
+                await self._release()
+                held = False
         except TimeoutError:
             log.warning("leader election round did not finish in time (renew deadline %.1fs)%s",
                         self.renew_deadline_seconds, ": stepping down" if self.is_leader else "")
@@ -255,6 +272,13 @@ class LeaderElector:
         finally:
             if self.is_leader:
                 await asyncio.shield(self._release())
+
+    async def resign(self) -> None:
+        """Never take the Lease again; release it now if held (see the module docstring). The
+        :meth:`run` loop goes on reading it."""
+        self.candidate = False
+        if self.is_leader:
+            await self._release()
 
     async def _release(self) -> None:
         self._become(False)

@@ -145,7 +145,6 @@ class Controller:
         self.rounds = 0
         self.published_at: float | None = None
         self.draining = False  # stopping (main.py's --shutdown-delay): not ready, still serving
-        self._elector_task: asyncio.Task | None = None
         self._dirty = asyncio.Event()
         self._write_wanted = asyncio.Event()
         self._desired_shadows: list[dict] | None = None
@@ -198,13 +197,11 @@ class Controller:
         return not self.draining and self.synced and self.config is not None
 
     async def resign(self) -> None:
-        """Stop taking part in the election: the leader releases the Lease (elector.run's way out),
-        so another replica takes over writing while this one keeps serving (a shutdown delay)."""
-        task = self._elector_task
-        if task is None or task.done():
-            return
-        task.cancel()  # a cancelled child does not end the TaskGroup
-        await asyncio.wait({task})
+        """Stop taking part in the election (a shutdown delay): the leader releases the Lease, so
+        another replica takes over writing while this one keeps serving, and the elector goes on
+        reading the Lease, so this replica keeps building with whoever leads (leader.py)."""
+        if self.elector is not None:
+            await self.elector.resign()
 
     # ------------------------------------------------------------------ one round
 
@@ -337,7 +334,7 @@ class Controller:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self.source.run())
             if self.elector is not None:
-                self._elector_task = tasks.create_task(self.elector.run(), name="leader-election")
+                tasks.create_task(self.elector.run(), name="leader-election")
             if self.kube_writer is not None or self.events is not None:
                 tasks.create_task(self._write_loop())
             await self._reconcile_loop()
