@@ -109,19 +109,27 @@ def test_swrr_is_smooth(weights):
 @settings(max_examples=50)
 @given(weights=st.lists(st.integers(min_value=0, max_value=30), min_size=1, max_size=6),
        limit=st.integers(min_value=1, max_value=20))
-def test_live_algorithm_gives_the_same_sequence_as_the_schedule(weights, limit):
+def test_the_live_scheduler_keeps_every_servers_share_at_every_point(weights, limit):
+    # earliest deadline first: as smooth as the schedule (nginx's algorithm), from any start
     s = servers(len(weights))
-    scheduled = Balancer(s, weights, weighted=True, start=0)
     old = balancer_module.SCHEDULE_LIMIT
     balancer_module.SCHEDULE_LIMIT = 0  # force the live path
     try:
-        live = Balancer(s, weights, weighted=True, start=0)
+        for start in (0, None):
+            live = Balancer(s, weights, weighted=True, start=start)
+            total = sum(weights)
+            if not total:
+                assert live.pick() is None
+                continue
+            assert live._live
+            counts = Counter()
+            for k in range(1, cycle_length(weights) * 2 + limit + 1):
+                counts[live.pick()] += 1
+                for srv, w in zip(s, weights):
+                    assert abs(counts[srv] - k * w / total) < 2, (start, k, counts)
+            assert all(counts[srv] == 0 for srv, w in zip(s, weights) if w == 0)
     finally:
         balancer_module.SCHEDULE_LIMIT = old
-    n = cycle_length(weights) * 2 + limit
-    # The live algorithm works on unreduced weights; the sequence is the same (scaling all weights
-    # by g scales every current weight by g and keeps every comparison).
-    assert [live.pick() for _ in range(n)] == [scheduled.pick() for _ in range(n)]
 
 
 def test_large_weights_use_live_algorithm_and_stay_exact():
@@ -129,7 +137,7 @@ def test_large_weights_use_live_algorithm_and_stay_exact():
     b = Balancer(s, [999_999, 1], weighted=True, start=0)
     assert b._live
     picks = Counter(b.pick() for _ in range(1_000_000))
-    assert picks == {"big": 999_999, "small": 1}
+    assert abs(picks["big"] - 999_999) <= 1 and 1 <= picks["small"] <= 2 and sum(picks.values()) == 1_000_000
 
 
 def test_zero_weight_is_never_picked_even_with_exclude_or_ejection():

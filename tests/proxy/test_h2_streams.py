@@ -393,8 +393,14 @@ async def test_recycling_an_entry_points_connections_drains_them_alone():
         assert (await idle.response()).status == 200
         busy = await RawClient.connect(p.port)
         await busy.send(b"GET /slow?ms=300 HTTP/1.1\r\nHost: svc\r\n\r\n")
+        fresh_one = await RawClient.connect(p.port)  # accepted, its first request not sent yet
         await asyncio.sleep(0.05)
-        assert p.options.connections.recycle("web") == 2
+        assert p.options.connections.recycle("web") == 3
+        # a just-accepted connection is not reset under its first request: answered, then closed
+        await fresh_one.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+        first = await fresh_one.response(5)
+        assert first.status == 200 and first.header("Connection") == "close"
+        await fresh_one.close()
         resp = await busy.response(5)
         assert resp.status == 200 and resp.header("Connection") == "close"
         assert await busy.read_all(2) == b"" and await idle.read_all(2) == b""  # both closed
@@ -403,6 +409,44 @@ async def test_recycling_an_entry_points_connections_drains_them_alone():
         assert (await fresh.response()).status == 200 and len(p.options.connections) == 1
         for conn in (idle, busy, fresh):
             await conn.close()
+
+
+@on_uvloop
+async def test_recycling_a_connection_whose_answer_waits_for_the_clients_window_says_goaway():
+    # No stream in progress, but an answer queued for the client's flow-control window: recycle
+    # sent nothing and refused every new stream, never telling the client to go elsewhere.
+    import h2.settings
+
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url])) as p:
+        reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        conn.initiate_connection()
+        conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1000})  # a window never opened
+        conn.send_headers(1, [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"svc"),
+                              (b":path", b"/big?size=5000")], end_stream=True)
+        writer.write(conn.data_to_send())
+        goaway = []
+
+        async def read_for(seconds: float) -> None:
+            loop = asyncio.get_running_loop()
+            end = loop.time() + seconds
+            while loop.time() < end and not goaway:
+                try:
+                    data = await asyncio.wait_for(reader.read(65536), end - loop.time())
+                except asyncio.TimeoutError:
+                    return
+                if not data:
+                    return
+                goaway.extend(e for e in conn.receive_data(data) if isinstance(e, h2.events.ConnectionTerminated))
+
+        await read_for(1.0)
+        (down,) = p.options.connections.conns
+        assert not down.streams and down.side.queues  # the state the defect needed
+        recycled = p.options.connections.recycle("web")
+        await read_for(2.0)
+        assert goaway and goaway[0].last_stream_id == 1
+        assert recycled == 1
+        writer.close()
 
 
 @on_uvloop

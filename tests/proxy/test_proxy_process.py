@@ -294,6 +294,46 @@ def test_a_rate_limit_added_under_open_keep_alive_connections_holds_across_worke
     run(main())
 
 
+def test_after_a_worker_restart_keep_alive_connections_on_rate_limited_ports_reconnect(tmp_path):
+    # A restart reorders the port's reuseport group, so clients map to other workers; their open
+    # keep-alive connections stayed where they were, a second bucket each for as long as they lived.
+    async def main():
+        hp, ap = free_port(), free_port()
+        admin = f"http://127.0.0.1:{ap}"
+        cfg_path = tmp_path / "proxy.json"
+        async with Backend("A") as backend:
+            http = HTTPConfig.model_validate({
+                "entry_points": [{"name": "web", "address": "127.0.0.1", "port": hp}],
+                "services": [{"name": "svc", "servers": [{"url": backend.url}]}],
+                "middlewares": [{"type": "rate_limit", "name": "rl", "average": 100, "burst": 100}],
+                "routers": [{"name": "r", "entry_points": ["web"], "service": "svc", "middlewares": ["rl"]}]})
+            cfg_path.write_text(make_config(1, http).to_json())
+            with proxy_process("--config", str(cfg_path), "--workers", "2", "--admin-address", "127.0.0.1",
+                               "--admin-port", str(ap), "--name", "rejoin", log_path=tmp_path / "proxy.log") as proc:
+                data = await wait_ready(admin, proc, "rejoin")
+                await until(lambda: _when(rawdata(admin), lambda d: workers_on(d, 1)), 10, "both workers on v1")
+                conns = []
+                for ip in ("127.0.31.20", "127.0.31.21"):  # steered by IP: one on each worker
+                    conn = await RawClient.connect(hp, local_host=ip)
+                    await conn.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+                    assert (await conn.response()).status == 200
+                    conns.append(conn)
+                victim = data["workers"][0]["pid"]
+                os.kill(victim, signal.SIGKILL)
+
+                async def back():
+                    workers = (await rawdata(admin)).get("workers") or []
+                    return len(workers) == 2 and all(w["alive"] and w["applied_version"] == 1 for w in workers) \
+                        and victim not in [w["pid"] for w in workers]
+                await until(back, 15, "the killed worker restarted")
+                for conn in conns:  # the killed worker's connection died with it; the other was recycled
+                    assert await conn.read_all(5) == b""
+                    await conn.close()
+                assert b"a worker restarted: 1 client connections" in (tmp_path / "proxy.log").read_bytes()
+
+    run(main())
+
+
 def test_file_reloads_under_load_fail_no_request(tmp_path):
     async def main():
         echo, eport = await tcp_echo()
@@ -761,6 +801,36 @@ def test_the_shutdown_delay_holds_for_group_signals_and_replaces_a_worker_that_d
                     assert (await request(hp)).status == 200
                     assert f"(pid {pid}) exited with code -9; restarting it".encode() in log_path.read_bytes()
                     assert await asyncio.to_thread(proc.wait, 30) == 0
+        finally:
+            echo.close()
+
+    run(main())
+
+
+def test_a_second_signal_ends_the_delay_of_workers_that_got_the_groups_sigterm(tmp_path):
+    # After a SIGTERM to the whole group each worker served out its own delay and ignored the
+    # supervisor's drain: a second signal to the supervisor ended in a SIGKILL of the workers.
+    async def main():
+        echo, eport = await tcp_echo()
+        hp, tp, ap = free_port(), free_port(), free_port()
+        admin = f"http://127.0.0.1:{ap}"
+        cfg_path = tmp_path / "proxy.json"
+        log_path = tmp_path / "proxy.log"
+        try:
+            async with Backend("A") as backend:
+                cfg_path.write_text(make(1, hp, backend.url, tp, eport).to_json())
+                with proxy_process("--config", str(cfg_path), "--workers", "2", "--admin-address", "127.0.0.1",
+                                   "--admin-port", str(ap), "--name", "twice", "--shutdown-delay", "30",
+                                   "--drain-timeout", "2", log_path=log_path) as proc:
+                    await wait_ready(admin, proc, "twice")
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    await until(lambda: _status_is(admin + "/ping", 503), 1.5, "/ping 503 after the signal")
+                    assert (await request(hp)).status == 200
+                    started = time.monotonic()
+                    proc.send_signal(signal.SIGTERM)
+                    assert await asyncio.to_thread(proc.wait, 30) == 0
+                    assert time.monotonic() - started < 5
+                    assert b"did not stop in time" not in log_path.read_bytes()
         finally:
             echo.close()
 

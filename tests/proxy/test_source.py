@@ -350,6 +350,10 @@ async def test_a_restarted_controller_with_the_same_config_shows_as_connected_at
 def test_controller_url_must_be_http():
     with pytest.raises(ValueError, match="--controller"):
         ControllerSource("ftp://x", "p", print, print)
+    # a query or fragment would end up in front of the config path (/?x=1/api/configuration/current)
+    for url in ("http://c:9000/?x=1", "http://c:9000#frag"):
+        with pytest.raises(ValueError, match="without a query or fragment"):
+            ControllerSource(url, "p", print, print)
 
 
 def test_parse_config_stamps_missing_hash_and_names_the_source():

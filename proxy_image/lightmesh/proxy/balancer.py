@@ -14,7 +14,11 @@ Algorithms
 Per-call cost
     The full cycle is precomputed into a schedule (up to :data:`SCHEDULE_LIMIT` entries), so the
     common pick (nothing ejected, nothing excluded) is an index step and a list read, with no
-    allocation. Larger cycles (e.g. weights 999999:1) run nginx's algorithm live, O(servers) a pick.
+    allocation. Larger cycles (e.g. weights 999999:1, or a split's weights scaled by pod counts) are
+    picked live, O(servers) a pick, by earliest deadline first (Envoy's weighted round robin): each
+    server's next deadline is one ``1/weight`` after its last, the earliest is picked; as smooth and
+    as exact in its shares as nginx's algorithm, and, unlike it, with a phase that can start
+    anywhere in O(servers) (see Start).
 
 Passive health
     ``failed(server)`` ejects the server for ``eject_seconds``; if it fails again after coming back
@@ -31,9 +35,9 @@ Start
     makes a new balancer (per worker, per proxy): started at the first server, each would send its
     first picks there, and under frequent reloads (a busy cluster's endpoint churn) the first server
     would take nearly all the traffic and a split's canary none. Random starts give every server its
-    weight's share in expectation, however often the cycle restarts. The live algorithm (cycles over
-    :data:`SCHEDULE_LIMIT`, common for splits: the controller scales split weights by pod counts)
-    makes its first pick a server drawn by weight. (:func:`swrr_cycle` starts at 0, as nginx's does.)
+    weight's share in expectation, however often the cycle restarts. The live scheduler starts each
+    server's first deadline at a random point of its first period (its weight's share again, from
+    the first pick on). (:func:`swrr_cycle` starts at 0, as nginx's does.)
 
 Retry
     ``pick(exclude)`` skips the servers already tried. It returns None only when nothing is left
@@ -85,16 +89,12 @@ def random_start(n: int) -> int:
     return random.randrange(n)
 
 
-def random_weighted(weights: Sequence[int]) -> int:
-    """An index of ``weights`` drawn with probability proportional to its weight (some > 0)."""
-    return random.choices(range(len(weights)), weights=weights)[0]
-
-
 class Balancer(Generic[T]):
     """Chooses a server per attempt. ``servers`` must be hashable (e.g. ``(ip, port)`` tuples)."""
 
     __slots__ = ("servers", "weights", "weighted", "eject_seconds", "max_eject_seconds", "_clock",
-                 "_schedule", "_n", "_pos", "_live", "_current", "_total", "_ejected", "_failures", "_back_at")
+                 "_schedule", "_n", "_pos", "_live", "_deadline", "_period", "_now", "_ejected", "_failures",
+                 "_back_at")
 
     def __init__(self, servers: Sequence[T], weights: Sequence[int], *, weighted: bool,
                  eject_seconds: float = 10.0, max_eject_seconds: float | None = None,
@@ -127,8 +127,9 @@ class Balancer(Generic[T]):
         self._failures: dict[T, int] = {}  # server → consecutive failures (reset by succeeded)
         self._back_at: dict[T, float] = {}  # server → when its last ejection ended (or ends)
         self._live = False
-        self._current: list[int] = []
-        self._total = 0
+        self._deadline: list[float] = []  # live: each server's next deadline (virtual time)
+        self._period: list[float] = []  # live: 1/weight
+        self._now = 0.0  # live: the deadline of the last pick
         if not weighted:
             self._schedule = [s for s, w in zip(servers, weights) if w > 0]
         else:
@@ -140,18 +141,12 @@ class Balancer(Generic[T]):
             else:
                 self._schedule = [s for s, w in zip(servers, weights) if w > 0]  # candidate order
                 self._live = True
-                self._current = [0] * len(servers)
-                self._total = sum(weights)
+                self._period = [1.0 / w if w > 0 else math.inf for w in weights]
+                # first deadlines: anywhere in each server's first period (see Start), or the
+                # period's middle (``start`` given: the same sequence every time)
+                self._deadline = [p * (random.random() if start is None else 0.5) for p in self._period]
         self._n = len(self._schedule)
-        if self._live:
-            if start is None and self._total:
-                # The live algorithm's state is its current weights. This one makes the first pick
-                # a server drawn by weight and leaves every current weight at 0 after it: then the
-                # sequence nginx's algorithm gives from the start follows.
-                first = random_weighted(self.weights)
-                self._current = [-w for w in self.weights]
-                self._current[first] = self._total - self.weights[first]
-        elif self._n > 1:
+        if not self._live and self._n > 1:
             self._pos = random_start(self._n) if start is None else start % self._n  # see "Start" above
 
     # ------------------------------------------------------------------ hot path
@@ -227,21 +222,22 @@ class Balancer(Generic[T]):
         return self._fallback(exclude)
 
     def _pick_live(self, exclude: Container[T], now: float, *, all_ok: bool) -> T | None:
-        servers, weights, current = self.servers, self.weights, self._current
+        servers, weights, deadline = self.servers, self.weights, self._deadline
         ejected = self._ejected
+        clock = self._now
         best = -1
-        total = 0
         for i, server in enumerate(servers):
-            w = weights[i]
-            if w <= 0 or (not all_ok and (server in exclude or server in ejected)):
+            if weights[i] <= 0 or (not all_ok and (server in exclude or server in ejected)):
                 continue
-            current[i] += w
-            total += w
-            if best < 0 or current[i] > current[best]:
+            d = deadline[i]
+            if d < clock:  # skipped meanwhile (ejected, excluded): back at the present, no catch-up burst
+                d = deadline[i] = clock
+            if best < 0 or d < deadline[best]:
                 best = i
         if best < 0:
             return self._fallback(exclude)
-        current[best] -= total
+        self._now = deadline[best]
+        deadline[best] += self._period[best]
         return servers[best]
 
     def _fallback(self, exclude: Container[T]) -> T | None:

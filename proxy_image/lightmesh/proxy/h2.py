@@ -530,18 +530,20 @@ class H2Downstream(asyncio.Protocol):
 
     def start_drain(self) -> None:
         """ConnectionSet.drain calls this once, as the drain starts."""
-        if self.streams and self.drain_last < 0:
-            self._announce_drain()
+        if (self.streams or self.side.queues) and self.drain_last < 0:
+            self._announce_drain()  # (queues: answers still waiting for the client's window)
 
-    def recycle(self) -> None:
-        """This connection alone drains as on shutdown (GOAWAY, streams in flight finish, then it
-        closes): its listener's connections must be placed again (see ConnectionSet.recycle)."""
+    def recycle(self) -> bool:
+        """This connection alone drains as on shutdown (GOAWAY, streams in flight and answers still
+        queued for the client's window finish, then it closes): its listener's connections must be
+        placed again (see ConnectionSet.recycle)."""
         self.recycling = True
-        if self.streams:
+        if self.streams or self.side.queues:
             if self.drain_last < 0:
                 self._announce_drain()
-        elif not self.side.queues:
+        else:
             self.close()
+        return True
 
     def _announce_drain(self) -> None:
         """GOAWAY now, with the last stream id we took: the client opens no more streams here (gRPC

@@ -130,13 +130,13 @@ class ConnectionSet:
         """End keep-alive on the connections of ``entry_point``, so their clients connect again:
         idle ones close now, busy ones after their current response (HTTP/2: GOAWAY, then after
         the streams in flight). Used when the port's connections must be placed again (steering
-        by client IP turned on: see steering). Returns how many it touched."""
-        touched = 0
+        by client IP turned on: see steering). Returns how many will end (an Upgrade tunnel is
+        left open: nothing on it is rate limited)."""
+        ending = 0
         for conn in list(self.conns):
-            if getattr(conn, "ep", None) == entry_point:
-                conn.recycle()
-                touched += 1
-        return touched
+            if getattr(conn, "ep", None) == entry_point and conn.recycle():
+                ending += 1
+        return ending
 
     def close_idle(self) -> int:
         """Close the connections with no request in progress; returns how many."""
@@ -249,6 +249,7 @@ MAX_RESPONSE_HEAD_BYTES = 65536
 
 # A request body with more than this left after a read bypasses the parser (see _bypassed).
 BYPASS_MIN = 65536
+FRESH_RECYCLE_SECONDS = 1.0  # ConnectionSet.recycle: a just-accepted connection is looked at again then
 
 # Write buffer limits per transport: above HIGH the peer stops reading until LOW. Larger than
 # asyncio's 64 KiB default so a streamed body does not pause and resume every 64 KiB.
@@ -600,7 +601,7 @@ class ClientProtocol(asyncio.Protocol):
                  "active", "pending", "out", "dirty", "rpause", "wpaused", "closing", "broken", "tunnel",
                  "deadline", "timer", "period", "in_head", "head_seen", "acl", "acl_plane", "hosts", "raw_up",
                  "registered", "bypass", "response_timeout", "fresh_conn", "alt_method", "fwd_tails", "rate_delay",
-                 "in_done", "done_next", "held")
+                 "in_done", "done_next", "held", "recycle_first")
 
     def __init__(self, holder: Any, entry_point: str, options: HTTPOptions, metrics: ProxyMetrics) -> None:
         self.holder = holder
@@ -638,6 +639,7 @@ class ClientProtocol(asyncio.Protocol):
         self.bypass = 0  # bytes of the current request body passed on without the parser
         self.response_timeout = options.response_timeout  # read per request: kept at hand
         self.fresh_conn = True  # nothing read yet: the HTTP/2 preface is possible
+        self.recycle_first = False  # recycled before its first read: recycled again right after it
         self.alt_method: bytes | None = None  # the real method of a head fed to llhttp respelt (see _respell)
         self.in_done = False  # _done is on the stack (see there)
         self.held: list[bytes] = []  # bytes after an Upgrade request, until the server switches (101)
@@ -731,15 +733,29 @@ class ClientProtocol(asyncio.Protocol):
     def is_idle(self) -> bool:
         return self.active is None and self.cur is None and not self.pending and self.tunnel is None
 
-    def recycle(self) -> None:
-        """See ConnectionSet.recycle: close now if idle, else after the response in progress (a
-        tunnel is left alone: nothing on it is rate limited)."""
+    def recycle(self) -> bool:
+        """See ConnectionSet.recycle: close now if idle, else after the response in progress;
+        False for a tunnel, left alone. A connection accepted but not read from yet is no idle
+        keep-alive connection: its client is sending its first request, which a close now would
+        reset (clients retry that on a reused connection, not on a fresh one); it is looked at
+        again a moment later, by when that request is in progress."""
+        if self.tunnel is not None or self.closing:
+            return False
         if self.is_idle():
-            self.close()
-            return
+            if self.fresh_conn and self.loop is not None:
+                self.recycle_first = True  # its first request then closes it (Connection: close)
+                self.loop.call_later(FRESH_RECYCLE_SECONDS, self._recycle_fresh)  # if it never comes
+            else:
+                self.close()
+            return True
         for ex in (self.active, self.cur, *self.pending):
             if ex is not None:
                 ex.close_after = True  # says Connection: close if its head has not gone yet
+        return True
+
+    def _recycle_fresh(self) -> None:
+        if self.fresh_conn and not self.closing:
+            self.close()  # nothing came: closed as an idle one
 
     def close(self) -> None:
         if self.transport is not None and not self.closing:
@@ -833,6 +849,8 @@ class ClientProtocol(asyncio.Protocol):
         if self.in_head:
             if self.fresh_conn:
                 self.fresh_conn = False
+                if self.recycle_first:  # (once per connection) its first request is in progress then
+                    self.loop.call_soon(self.recycle)
                 if data[:1] == b"P" and looks_like_h2(data):
                     self._to_h2(data)
                     return
@@ -910,7 +928,10 @@ class ClientProtocol(asyncio.Protocol):
             self.options.connections.conns.discard(self)
         self.closing = True
         self.transport = None
-        H2Downstream(self).start(transport, data)
+        down = H2Downstream(self)
+        down.start(transport, data)
+        if self.recycle_first:  # recycled before its first read (see recycle): the HTTP/2 side drains
+            self.loop.call_soon(down.recycle)
 
     def _bypassed(self, data: bytes) -> bytes:
         """Body bytes of the current Content-Length request; returns what follows the body."""

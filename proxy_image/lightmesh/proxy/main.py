@@ -529,6 +529,7 @@ class WorkerHandle:
     # the heartbeat request it has not answered (None: nothing outstanding)
     silent_since: float | None = None
     draining: bool = False  # it said it drains (a SIGTERM of its own) and will exit
+    rejoining: bool = False  # restarted: its first applied config makes the others recycle (see steering)
 
     def describe(self) -> dict:
         return {"index": self.index, "pid": self.pid, "alive": self.alive, "applied_version": self.applied_version,
@@ -648,6 +649,7 @@ class Supervisor:
         reader, writer = await asyncio.open_unix_connection(sock=parent)
         worker.proc, worker.writer, worker.pid = proc, writer, proc.pid
         worker.alive, worker.applied_version, worker.applied_hash = True, 0, None
+        worker.rejoining = worker.restarts > 0
         worker.listener_errors, worker.listeners, worker.started_at = {}, [], time.monotonic()
         worker.last_heard, worker.heartbeat_id = worker.started_at, None
         worker.heard, worker.silent_since, worker.draining = False, worker.started_at, False
@@ -689,6 +691,16 @@ class Supervisor:
             notify = getattr(self.source, "notify_applied", None)
             if notify is not None:
                 notify()
+            if worker.rejoining:
+                # A restart reorders every port's SO_REUSEPORT group: clients steered by IP now map to
+                # other workers, but their open keep-alive connections stay where they were, each
+                # worker with its own buckets. The others end theirs on rate-limited ports, so each
+                # client reconnects to its one worker (the restarted one has none yet).
+                worker.rejoining = False
+                for other in self.workers:
+                    if other is not worker and other.alive and other.writer is not None:
+                        with contextlib.suppress(Exception):
+                            write_message(other.writer, {"type": "recycle"})
         elif kind == "status":
             worker.listener_errors = msg.get("listener_errors") or {}
             worker.listeners = msg.get("listeners") or worker.listeners
@@ -1110,9 +1122,15 @@ async def _worker(fd: int) -> int:
                 metrics.access_log_dropped = access.dropped if access is not None else 0
                 write_message(writer, {"type": "snapshot", "id": msg.get("id"), "metrics": metrics.snapshot(),
                                        "status": status})
+            elif kind == "recycle":  # a worker restarted (see the supervisor's "applied")
+                recycled = runtime.recycle_steered()
+                if recycled:
+                    wlog.info("a worker restarted: %d client connections on rate-limited ports end after their "
+                              "current request, so each client IP reconnects to its one worker", recycled)
             elif kind == "drain":
                 if not state["draining"]:
                     return
+                hurry.set()  # serving out a delay of its own SIGTERM: the supervisor says drain now
             else:
                 wlog.warning("unknown control message %r", kind)
 

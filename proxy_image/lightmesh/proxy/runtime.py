@@ -231,6 +231,15 @@ class Runtime:
             return ApplyResult(config.version, config.hash,
                                {describe_key(k): v for k, v in self.listener_errors.items()})
 
+    def recycle_steered(self) -> int:
+        """Recycle the connections of every port steered by client IP (a worker restart moved the
+        clients' worker); returns how many end."""
+        connections = self.connections
+        if connections is None:
+            return 0
+        return sum(connections.recycle(listener.name) for listener in self.listeners.values()
+                   if isinstance(listener, _HTTPListener) and listener.steered)
+
     def _steer(self, config: ProxyConfig) -> None:
         """Every worker makes the same choice from the same config, so the group agrees."""
         if self.options.workers <= 1:

@@ -98,7 +98,11 @@ class ControllerSource:
                  min_poll_seconds: float = MIN_POLL_SECONDS) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"--controller {url!r}: must be an http:// or https:// URL")
+        if "?" in url or "#" in url:
+            raise ValueError(f"--controller {url!r}: must be the controller's base URL, without a query or fragment "
+                             f"(the proxy asks for {wire.CONFIG_PATH} under it)")
         self.url = url.rstrip("/") + wire.CONFIG_PATH
+        self._bare_url = self.url
         if wait_seconds is not None:
             self.url += f"?wait={wait_seconds:g}"
         self.name = name
@@ -171,9 +175,9 @@ class ControllerSource:
         # After an error, ask to be answered at once (?wait=0): a controller that restarted with
         # the config we hold would hold the poll (up to LONG_POLL_SECONDS) before we could say
         # we are connected again; the next poll is held as usual.
-        params = None if self.connected or not self.etag else {"wait": "0"}
+        reconnecting = not self.connected and self.etag
         try:
-            async with session.get(self.url, headers=headers, params=params) as resp:
+            async with session.get(self._bare_url + "?wait=0" if reconnecting else self.url, headers=headers) as resp:
                 if resp.status == 304:
                     self._up()
                     return None
