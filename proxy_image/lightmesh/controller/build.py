@@ -5,8 +5,8 @@ Services → proxy config and returns them with every object error, sorted. It n
 objects (they are reported and left out); a :class:`lightmesh.config.ConfigError` escaping from
 here would be a bug in this package.
 
-The shell keeps ``result.ports`` and passes it back as ``previous_ports`` next time, so TCP/UDP mesh
-ports stay put between rebuilds even before the shadow Services are written back; at start it
+The shell keeps ``result.ports`` and passes it back as ``previous_ports`` next time, so mesh ports
+stay put between rebuilds even before the shadow Services are written back; at start it
 passes ``None`` and the ports are recovered from ``state.shadow_services``.
 """
 

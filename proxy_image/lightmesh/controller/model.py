@@ -127,7 +127,8 @@ class Settings:
     """Controller settings that shape the topology and the proxy config.
 
     ``listen_mode``: ``node`` — proxies listen on ``::`` (dual stack) at the mesh ports (HTTP
-    ``http_port_base+i`` shared and routed by Host, one TCP/UDP port per service port);
+    ports from ``http_port_base`` shared and routed by Host, one TCP/UDP port per service port;
+    see ``ports.py``);
     ``shadow-ip`` — (local mode) proxies listen on each shadow Service's ClusterIP at the user
     Service's own ports, as kube-proxy would forward them.
     Namespaces ``kube-system`` and ``mesh_namespace`` and the Service ``default/kubernetes`` are

@@ -2,9 +2,20 @@
 
 This module owns the port plan the shadow Services (``targetPort``) and the proxy listeners share:
 
-* HTTP: the i-th meshed port of every HTTP Service is served on ``http_port_base + i``; all HTTP
-  Services share these ports and are told apart by Host. ``i >= http_port_limit`` → that port is
-  not meshed and an :class:`ObjectError` names the Service.
+* HTTP: all HTTP Services share the ports ``http_port_base`` .. ``http_port_base + http_port_limit - 1``
+  and are told apart by Host, which ignores the port: a Service's mesh port must mean that one port
+  of that Service for as long as kube-proxy may send to it. So assignments are stable, per Service:
+  a port keeps its mesh port while the Service keeps that port number and stays HTTP, wherever it
+  moves in the port list (claims from the existing shadow Services first, then the previous table,
+  as for TCP/UDP below); a new port takes the lowest mesh port free *for that Service* (other
+  Services' use of it does not matter). A mesh port of a port the Service no longer has is free for
+  its other ports only once neither its shadow Service nor the previous table maps a port to it:
+  until the shadow is patched, kube-proxy on some nodes still sends the old port's clients there,
+  and they would reach the new port's pods with a 200. (Unlike TCP/UDP, a port that changed number
+  does not take over its old mesh port: to the Host router it is another port.) No free mesh port
+  left for the Service → that port is not meshed and an :class:`ObjectError` names it (http port
+  limit). A fresh Service gets ``http_port_base + i`` for its i-th meshed port. A Service left out
+  for bad annotations keeps its claims.
 * TCP / UDP: one mesh port per Service port, mesh-wide, from ``tcp_port_base`` (``udp_port_base``)
   up to ``limit`` ports. Stable: an assignment recorded in an existing shadow Service (its port's
   ``targetPort``) or else in the previous table is kept while the Service keeps that port and traffic
@@ -91,24 +102,70 @@ def targeted_ports(shadow_services: Sequence[dict]) -> dict[str, dict[int, set[s
     return out
 
 
+def _allocate_http(topology: Topology, recovered: list[tuple[str, str, int, int]], settings: Settings,
+                   previous: PortTable | None, errors: list[ObjectError]) -> dict[PortKey, int]:
+    """HTTP mesh ports, per Service (see the module docstring)."""
+    base, limit = settings.http_port_base, settings.http_port_limit
+    in_range = range(base, base + limit)
+    # Per Service: its claims, the shadow Services' first (what kube-proxy routes by), then the
+    # previous table's (allocations whose shadow write is still on its way).
+    shadow_claims: dict[str, list[tuple[int, int]]] = {}
+    previous_claims: dict[str, list[tuple[int, int]]] = {}
+    for proto, key, port, mesh in recovered:
+        if proto == "TCP" and mesh in in_range:
+            shadow_claims.setdefault(key, []).append((port, mesh))
+    if previous is not None:
+        for (key, port), mesh in sorted(previous.http.items()):
+            if mesh in in_range:
+                previous_claims.setdefault(key, []).append((port, mesh))
+    table: dict[PortKey, int] = {}
+    for key in sorted(topology.excluded):  # left out for bad annotations: keeps its reservations
+        taken: set[int] = set()
+        for port, mesh in shadow_claims.get(key, []) + previous_claims.get(key, []):
+            if (key, port) not in table and mesh not in taken:
+                table[(key, port)] = mesh
+                taken.add(mesh)
+    for svc in topology.services.values():
+        if svc.traffic_type is not TrafficType.HTTP:
+            continue
+        wanted = {p.port for p in svc.ports}
+        claims = shadow_claims.get(svc.key, []) + previous_claims.get(svc.key, [])
+        mine: dict[int, int] = {}
+        taken = set()
+        for port, mesh in claims:
+            if port in wanted and port not in mine and mesh not in taken:
+                mine[port] = mesh
+                taken.add(mesh)
+        # Not free for a new port of this Service: a mesh port its shadow still maps some port to,
+        # or the previous table a port it no longer has (its shadow may be written with it already):
+        # kube-proxy may still send that port's clients there (see the module docstring).
+        held = taken | {mesh for _, mesh in shadow_claims.get(svc.key, ())}
+        held.update(mesh for port, mesh in previous_claims.get(svc.key, ()) if port not in wanted)
+        free = (mesh for mesh in in_range if mesh not in held)
+        for p in svc.ports:
+            mesh = mine.get(p.port)
+            if mesh is None:
+                mesh = next(free, None)
+            if mesh is None:
+                if p.index >= limit:
+                    why = (f"port {p.port} is HTTP port #{p.index + 1} of this service but the mesh serves "
+                           f"{limit} per service (http port limit); that port is not meshed")
+                else:
+                    why = (f"port {p.port}: the {limit} HTTP mesh ports of this service (http port limit) are "
+                           "in use, some by ports it no longer has that its shadow Service still routes to "
+                           "until it is updated; that port is not meshed for now")
+                errors.append(ObjectError("Service", svc.namespace, svc.name, f"spec.ports[port={p.port}]", why))
+                continue
+            table[(svc.key, p.port)] = mesh
+    return dict(sorted(table.items()))
+
+
 def allocate_ports(topology: Topology, shadow_services: Sequence[dict], settings: Settings,
                    previous: PortTable | None = None) -> PortTable:
     """Plan every mesh port; see the module docstring for the rules."""
     errors: list[ObjectError] = []
-    http: dict[PortKey, int] = {}
-    for svc in topology.services.values():
-        if svc.traffic_type is not TrafficType.HTTP:
-            continue
-        for p in svc.ports:
-            if p.index < settings.http_port_limit:
-                http[(svc.key, p.port)] = settings.http_port_base + p.index
-            else:
-                errors.append(ObjectError(
-                    "Service", svc.namespace, svc.name, f"spec.ports[port={p.port}]",
-                    f"port {p.port} is HTTP port #{p.index + 1} of this service but the mesh serves "
-                    f"{settings.http_port_limit} per service (http port limit); that port is not meshed"))
-
     recovered = recovered_claims(shadow_services)
+    http = _allocate_http(topology, recovered, settings, previous, errors)
     targeted = targeted_ports(shadow_services)
     tables = {}
     for kind, protocol in ((TrafficType.TCP, "TCP"), (TrafficType.UDP, "UDP")):

@@ -6,9 +6,9 @@ validating every element twice costs more than the whole translation at 5,000 Se
 
 Listeners (``settings.listen_mode``):
 
-* ``node``: HTTP entry point ``http-<port>`` on ``[::]:http_port_base+i`` (dual stack) shared by every HTTP
-  Service, routers matching the hosts ``<svc>.<ns>.<domain>`` for every domain and the shadow
-  ClusterIP when known; TCP/UDP routes on ``[::]:<mesh port>``.
+* ``node``: HTTP entry point ``http-<port>`` on ``[::]:<mesh port>`` (dual stack; the port table's, see
+  :mod:`ports`) shared by every HTTP Service, routers matching the hosts ``<svc>.<ns>.<domain>`` for
+  every domain and the shadow ClusterIP when known; TCP/UDP routes on ``[::]:<mesh port>``.
 * ``shadow-ip``: every listener on the shadow Service's ClusterIP at the user Service's own port; a
   Service whose shadow has no ClusterIP yet is left out until it has one (not an error); HTTP
   routers there match any host.

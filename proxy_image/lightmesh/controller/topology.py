@@ -15,17 +15,24 @@ What is meshed (as Traefik Mesh does, reference §1.3–§1.4, §3):
   On ``tcp``/``udp`` Services the HTTP-only annotations are unused: a bad one is reported, not fatal.
   Half a rate-limit pair (average without burst, or the reverse) is reported and applies no rate
   limit; the Service stays meshed, as Traefik Mesh kept it (manifests written for it keep working).
-* The HTTP mesh-port index counts meshed ports only (Traefik counted skipped ports too, quirk 15).
+* A port's ``index`` counts meshed ports only (Traefik counted skipped ports too, quirk 15); HTTP
+  mesh ports no longer follow it (see :mod:`ports`).
 
-Endpoints come from EndpointSlices (``kubernetes.io/service-name`` label): ready ones only
-(``conditions.ready`` missing = ready), the port resolved per slice by the Service port's name (that
-is where named ``targetPort``\\s are resolved per pod), pod identity (ServiceAccount) by ``targetRef``,
+Endpoints come from EndpointSlices (``kubernetes.io/service-name`` label) of addressType IPv4 or
+IPv6 (another, such as FQDN, is reported on the slice and not used, as kube-proxy ignores it): the
+ready ones (``conditions.ready`` missing = ready); a Service port with no ready endpoint at all uses
+its serving terminating ones instead (``serving`` and ``terminating`` true: pods in their grace
+period, e.g. during a Recreate rollout, a scale to zero or a drain; ``serving`` missing = ``ready``),
+per port, as kube-proxy does (KEP-1669), so the mesh name answers as long as the ClusterIP does.
+The port is resolved per slice by the Service port's name (that
+is where named ``targetPort``\\s are resolved per pod; a slice without ``ports``, or ``ports: null``,
+takes a numeric ``targetPort``), pod identity (ServiceAccount) by ``targetRef``,
 else by IP. Endpoints without a pod (a Service without selector) are routed to but have no identity.
 
 SMI (any served version): TrafficTarget ``rules`` (v1alpha2+) or ``specs`` (v1alpha1); HTTPRouteGroup
 ``headers`` as a map (v1alpha3+) or a list of one-key maps (v1alpha2); TrafficSplit weights as
 quantities (v1alpha1: ``"500m"``) or whole numbers (v1alpha2+). A TrafficTarget attaches to every
-Service whose ready endpoints run as its destination ServiceAccount; sources are the IPs of every
+Service whose endpoints (as chosen above) run as its destination ServiceAccount; sources are the IPs of every
 running pod of the source ServiceAccounts (ready or not, as upstream). A TrafficTarget with no usable
 rule allows nothing (unlike Traefik Mesh). A TrafficSplit is resolved in one hop: its backends'
 endpoints are used directly, so a backend that is itself a split root is reported and its own pods
@@ -84,7 +91,7 @@ class ServicePort:
     port: int
     protocol: str  # TCP | UDP
     target_port: int | str
-    index: int  # among the Service's meshed ports: HTTP mesh port = http_port_base + index
+    index: int  # position among the Service's meshed ports (HTTP mesh ports: see ports.py, stable, not by index)
     endpoints: tuple[Endpoint, ...] = ()
 
 
@@ -485,22 +492,49 @@ def _unused_http_keys(ns: str, name: str, settings: MeshSettings, found: list, e
 # --------------------------------------------------------------------------- endpoint slices
 
 
-def _slices_by_service(slices: Any) -> dict[tuple[str, str], list[dict]]:
+def _slices_by_service(slices: Any) -> tuple[dict[tuple[str, str], list[dict]], list[tuple[str, str, str, Any]]]:
+    """The usable slices by Service (ns, name); and (ns, Service, slice name, addressType) of every
+    slice whose addressType is neither IPv4 nor IPv6 (missing: IPv4, for hand-written slices)."""
     out: dict[tuple[str, str], list[dict]] = {}
+    unusable: list[tuple[str, str, str, Any]] = []
     for sl in slices or ():
         if not isinstance(sl, dict):
             continue
-        ns, _ = _meta(sl)
+        ns, name = _meta(sl)
         owner = _d(_d(sl.get("metadata")).get("labels")).get("kubernetes.io/service-name")
-        if isinstance(owner, str) and owner and sl.get("addressType", "IPv4") in ("IPv4", "IPv6"):
-            out.setdefault((ns, owner), []).append(sl)
-    return out
+        if isinstance(owner, str) and owner:
+            address_type = sl.get("addressType", "IPv4")
+            if address_type in ("IPv4", "IPv6"):
+                out.setdefault((ns, owner), []).append(sl)
+            elif ns:
+                unusable.append((ns, owner, name, address_type))
+    return out, unusable
+
+
+def _report_unusable_slices(unusable: list[tuple[str, str, str, Any]], services: dict[str, Service],
+                            excluded: dict[str, str], errors: _Errors) -> None:
+    """Say why a meshed Service's FQDN (or otherwise unknown addressType) slice adds no endpoint."""
+    for ns, owner, name, address_type in sorted(unusable, key=repr):
+        key = f"{ns}/{owner}"
+        if key not in services and key not in excluded:
+            continue
+        if address_type == "FQDN":
+            why = "addressType FQDN is not supported (kube-proxy ignores it too); its endpoints are not used"
+        else:
+            shown = address_type if isinstance(address_type, (str, int, float, bool, type(None))) else type(address_type).__name__
+            why = f"addressType {shown!r} is not supported (IPv4 or IPv6); its endpoints are not used"
+        if name:
+            errors.add("EndpointSlice", ns, name, "addressType", f"{why} for service {key}")
+        else:  # a slice without a usable name: say it on the Service
+            errors.add("Service", ns, owner, "EndpointSlice addressType", f"an EndpointSlice of this service: {why}")
 
 
 def _endpoints(ns: str, ports: list[_RawPort], slices: list[dict], pods: _Pods
                ) -> list[tuple[Endpoint, ...]]:
-    """Ready endpoints per Service port (sorted, deduplicated). Hot at scale: plain type checks."""
+    """Endpoints per Service port (sorted, deduplicated): the ready ones, or if that port has none,
+    the serving terminating ones. Hot at scale: plain type checks."""
     per_port: list[dict[tuple[str, int], Endpoint]] = [{} for _ in ports]
+    fallback: list[dict[tuple[str, int], Endpoint]] = [{} for _ in ports]  # serving, terminating, not ready
     by_name, by_ip = pods.by_name, pods.by_ip
     for sl in slices:
         slice_ports = {}
@@ -513,8 +547,8 @@ def _endpoints(ns: str, ports: list[_RawPort], slices: list[dict], pods: _Pods
         resolved: list[tuple[int, int]] = []  # (index of the Service port, endpoint port)
         for i, p in enumerate(ports):
             number = slice_ports.get((p.name, p.protocol))
-            if number is None and "ports" not in sl and isinstance(p.target_port, int):
-                number = p.target_port  # hand-written slice without ports: the numeric targetPort
+            if number is None and sl.get("ports") is None and isinstance(p.target_port, int):
+                number = p.target_port  # hand-written slice without ports (or null): the numeric targetPort
             if number is not None:
                 resolved.append((i, number))
         if not resolved:
@@ -523,11 +557,17 @@ def _endpoints(ns: str, ports: list[_RawPort], slices: list[dict], pods: _Pods
         for ep in endpoints if type(endpoints) is list else ():
             if type(ep) is not dict:
                 continue
+            tables = per_port
             conditions = ep.get("conditions")
             if type(conditions) is dict:
                 ready = conditions.get("ready")
                 if ready is not None and ready is not True:
-                    continue
+                    # Not ready: still a server, as kube-proxy's, while it is serving and terminating
+                    # (grace period), for a port with no ready endpoint at all (see the docstring).
+                    serving = conditions.get("serving")
+                    if serving is not True or conditions.get("terminating") is not True:
+                        continue  # (serving missing: as ready, which is not)
+                    tables = fallback
             ref = ep.get("targetRef")
             known = None
             if type(ref) is dict and ref.get("kind", "Pod") == "Pod" and type(ref.get("name")) is str:
@@ -539,10 +579,10 @@ def _endpoints(ns: str, ports: list[_RawPort], slices: list[dict], pods: _Pods
                     continue
                 pod_key, sa = known or by_ip.get(ip) or (None, None)
                 for i, number in resolved:
-                    table = per_port[i]
+                    table = tables[i]
                     if (ip, number) not in table:
                         table[(ip, number)] = Endpoint(ip, number, pod_key, sa)
-    return [_one_per_pod(tuple(v for _, v in sorted(d.items()))) for d in per_port]
+    return [_one_per_pod(tuple(v for _, v in sorted((d or spare).items()))) for d, spare in zip(per_port, fallback)]
 
 
 def _one_per_pod(endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
@@ -1054,7 +1094,7 @@ def build_topology(state: ClusterState, settings: Settings, cache: TopologyCache
     previous = cache.services if changed is not None else {}
     changed_refs, changed_accounts = changed if changed is not None else (set(), set())
     kept: dict[tuple[str, str], tuple[dict, tuple, Service | str, list[ObjectError], frozenset]] = {}
-    slices = _slices_by_service(state.endpoint_slices)
+    slices, unusable_slices = _slices_by_service(state.endpoint_slices)
     default_mode = TrafficType(settings.default_mode)
     services: dict[str, Service] = {}
     excluded: dict[str, str] = {}
@@ -1095,6 +1135,8 @@ def build_topology(state: ClusterState, settings: Settings, cache: TopologyCache
         else:
             services[f"{ns}/{name}"] = outcome
     services = dict(sorted(services.items()))
+    if unusable_slices:
+        _report_unusable_slices(unusable_slices, services, excluded, errors)
 
     # HTTPRouteGroups/TCPRoutes/UDPRoutes, then TrafficTargets (which read them and the Pods): reused
     # when all of those are the very same objects as last time
