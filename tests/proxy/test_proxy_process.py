@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import time
+import types
 import urllib.error
 import urllib.request
 
@@ -44,6 +45,20 @@ def make(version: int, http_port: int, backend_url: str, tcp_port: int, echo_por
         "routers": [{"name": "r", "entry_points": ["web"], "service": "svc"}]})
     return make_config(version, http, [TCPRoute(name="echo", address="127.0.0.1", port=tcp_port,
                                                 servers=[L4Server(address="127.0.0.1", port=echo_port)])])
+
+
+def rate_limited(version: int, http_port: int, backend_url: str, average: int, burst: int,
+                 period_seconds: int = 1, limited: bool = True) -> str:
+    """A config (JSON) with entry point ``web`` on ``http_port`` routing to ``backend_url``, through a
+    rate limit (``limited``) of ``average`` per ``period_seconds`` with ``burst``."""
+    http = HTTPConfig.model_validate({
+        "entry_points": [{"name": "web", "address": "127.0.0.1", "port": http_port}],
+        "services": [{"name": "svc", "servers": [{"url": backend_url}]}],
+        "middlewares": [{"type": "rate_limit", "name": "rl", "average": average, "burst": burst,
+                         "period_seconds": period_seconds}] if limited else [],
+        "routers": [{"name": "r", "entry_points": ["web"], "service": "svc",
+                     "middlewares": ["rl"] if limited else []}]})
+    return make_config(version, http).to_json()
 
 
 def http_get(url: str) -> tuple[int | None, bytes]:
@@ -226,12 +241,7 @@ def test_a_rate_limit_holds_per_client_ip_across_workers(tmp_path):
         admin = f"http://127.0.0.1:{ap}"
         cfg_path = tmp_path / "proxy.json"
         async with Backend("A") as backend:
-            http = HTTPConfig.model_validate({
-                "entry_points": [{"name": "web", "address": "127.0.0.1", "port": hp}],
-                "services": [{"name": "svc", "servers": [{"url": backend.url}]}],
-                "middlewares": [{"type": "rate_limit", "name": "rl", "average": 1, "burst": 3, "period_seconds": 60}],
-                "routers": [{"name": "r", "entry_points": ["web"], "service": "svc", "middlewares": ["rl"]}]})
-            cfg_path.write_text(make_config(1, http).to_json())
+            cfg_path.write_text(rate_limited(1, hp, backend.url, average=1, burst=3, period_seconds=60))
             with proxy_process("--config", str(cfg_path), "--workers", "2", "--admin-address", "127.0.0.1",
                                "--admin-port", str(ap), "--name", "rl-proxy", log_path=tmp_path / "proxy.log") as proc:
                 await wait_ready(admin, proc, "rl-proxy")
@@ -257,15 +267,8 @@ def test_a_rate_limit_added_under_open_keep_alive_connections_holds_across_worke
         admin = f"http://127.0.0.1:{ap}"
         cfg_path = tmp_path / "proxy.json"
         async with Backend("A") as backend:
-            def config(version: int, limited: bool):
-                http = HTTPConfig.model_validate({
-                    "entry_points": [{"name": "web", "address": "127.0.0.1", "port": hp}],
-                    "services": [{"name": "svc", "servers": [{"url": backend.url}]}],
-                    "middlewares": [{"type": "rate_limit", "name": "rl", "average": 1, "burst": 5,
-                                     "period_seconds": 60}] if limited else [],
-                    "routers": [{"name": "r", "entry_points": ["web"], "service": "svc",
-                                 "middlewares": ["rl"] if limited else []}]})
-                return make_config(version, http).to_json()
+            def config(version: int, limited: bool) -> str:
+                return rate_limited(version, hp, backend.url, average=1, burst=5, period_seconds=60, limited=limited)
 
             cfg_path.write_text(config(1, False))
             with proxy_process("--config", str(cfg_path), "--workers", "2", "--admin-address", "127.0.0.1",
@@ -302,12 +305,7 @@ def test_after_a_worker_restart_keep_alive_connections_on_rate_limited_ports_rec
         admin = f"http://127.0.0.1:{ap}"
         cfg_path = tmp_path / "proxy.json"
         async with Backend("A") as backend:
-            http = HTTPConfig.model_validate({
-                "entry_points": [{"name": "web", "address": "127.0.0.1", "port": hp}],
-                "services": [{"name": "svc", "servers": [{"url": backend.url}]}],
-                "middlewares": [{"type": "rate_limit", "name": "rl", "average": 100, "burst": 100}],
-                "routers": [{"name": "r", "entry_points": ["web"], "service": "svc", "middlewares": ["rl"]}]})
-            cfg_path.write_text(make_config(1, http).to_json())
+            cfg_path.write_text(rate_limited(1, hp, backend.url, average=100, burst=100))
             with proxy_process("--config", str(cfg_path), "--workers", "2", "--admin-address", "127.0.0.1",
                                "--admin-port", str(ap), "--name", "rejoin", log_path=tmp_path / "proxy.log") as proc:
                 data = await wait_ready(admin, proc, "rejoin")
@@ -682,29 +680,38 @@ def test_worker_options_from_flags():
             parser.parse_args(["--config", "f", *bad])
 
 
+@contextlib.asynccontextmanager
+async def serving_proxy(tmp_path, name: str, *flags: str, workers: int = 1):
+    """``lightmesh proxy`` (``--workers``, ``flags``) on the ``make`` config (HTTP to a backend, TCP
+    to an echo server), ready; yields a namespace with ``proc``, ``http`` and ``tcp`` (ports),
+    ``admin`` (URL), ``log`` (path) and ``pids`` (the workers')."""
+    echo, eport = await tcp_echo()
+    hp, tp, ap = free_port(), free_port(), free_port()
+    admin = f"http://127.0.0.1:{ap}"
+    cfg_path, log = tmp_path / f"{name}.json", tmp_path / f"{name}.log"
+    try:
+        async with Backend("A") as backend:
+            cfg_path.write_text(make(1, hp, backend.url, tp, eport).to_json())
+            with proxy_process("--config", str(cfg_path), "--workers", str(workers), "--admin-address", "127.0.0.1",
+                               "--admin-port", str(ap), "--name", name, *flags, log_path=log) as proc:
+                data = await wait_ready(admin, proc, name)
+                yield types.SimpleNamespace(proc=proc, http=hp, tcp=tp, admin=admin, log=log,
+                                            pids=[w["pid"] for w in data["workers"]])
+    finally:
+        echo.close()
+
+
 def test_sighup_drains_and_exits_0_like_sigterm(tmp_path):
     # A closed terminal sends SIGHUP to the whole group: the supervisor used to die at once (129)
     # and leave its workers to notice; now it drains them like SIGTERM and exits 0.
     async def main():
-        echo, eport = await tcp_echo()
-        hp, tp, ap = free_port(), free_port(), free_port()
-        admin = f"http://127.0.0.1:{ap}"
-        cfg_path = tmp_path / "proxy.json"
-        try:
-            async with Backend("A") as backend:
-                cfg_path.write_text(make(1, hp, backend.url, tp, eport).to_json())
-                with proxy_process("--config", str(cfg_path), "--workers", "2", "--admin-address", "127.0.0.1",
-                                   "--admin-port", str(ap), "--name", "hup", log_path=tmp_path / "proxy.log") as proc:
-                    data = await wait_ready(admin, proc, "hup")
-                    pids = [w["pid"] for w in data["workers"]]
-                    assert (await request(hp)).status == 200
-                    os.killpg(proc.pid, signal.SIGHUP)
-                    assert await asyncio.to_thread(proc.wait, 15) == 0
-                    for pid in pids:  # the workers went with it
-                        await until(lambda pid=pid: asyncio.sleep(0, not os.path.exists(f"/proc/{pid}")), 10,
-                                    f"worker {pid} gone")
-        finally:
-            echo.close()
+        async with serving_proxy(tmp_path, "hup", workers=2) as p:
+            assert (await request(p.http)).status == 200
+            os.killpg(p.proc.pid, signal.SIGHUP)
+            assert await asyncio.to_thread(p.proc.wait, 15) == 0
+            for pid in p.pids:  # the workers went with it
+                await until(lambda pid=pid: asyncio.sleep(0, not os.path.exists(f"/proc/{pid}")), 10,
+                            f"worker {pid} gone")
 
     run(main())
 
@@ -713,45 +720,30 @@ def test_sigterm_with_a_shutdown_delay_serves_on_not_ready_then_drains(tmp_path)
     # In a cluster the pod stays in the shadow Services' endpoints for a moment after SIGTERM
     # (kube-proxy): the proxy used to stop accepting at once, so those clients were refused.
     async def main():
-        echo, eport = await tcp_echo()
-        hp, tp, ap = free_port(), free_port(), free_port()
-        admin = f"http://127.0.0.1:{ap}"
-        cfg_path = tmp_path / "proxy.json"
-        try:
-            async with Backend("A") as backend:
-                cfg_path.write_text(make(1, hp, backend.url, tp, eport).to_json())
-                with proxy_process("--config", str(cfg_path), "--workers", "1", "--admin-address", "127.0.0.1",
-                                   "--admin-port", str(ap), "--name", "delay", "--shutdown-delay", "2",
-                                   log_path=tmp_path / "proxy.log") as proc:
-                    await wait_ready(admin, proc, "delay")
-                    kept = await RawClient.connect(hp)  # a keep-alive connection from before
-                    started = time.monotonic()
-                    proc.send_signal(signal.SIGTERM)  # the supervisor alone, as the kubelet signals PID 1
-                    await until(lambda: _status_is(admin + "/ping", 503), 1.5, "/ping 503 after SIGTERM")
-                    # new connections are still accepted and served, HTTP and TCP, and old ones too
-                    assert (await request(hp)).status == 200
-                    assert await tcp_ping(tp) == b"ping"
-                    await kept.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
-                    assert (await kept.response(5)).status == 200
-                    assert time.monotonic() - started < 1.8  # all of that within the delay
-                    await kept.close()
-                    assert await asyncio.to_thread(proc.wait, 20) == 0
-                    assert time.monotonic() - started >= 1.9  # the delay was served in full
-                    assert b"serving on for 2s before draining" in (tmp_path / "proxy.log").read_bytes()
-                # a second signal ends the delay at once
-                with proxy_process("--config", str(cfg_path), "--workers", "1", "--admin-address", "127.0.0.1",
-                                   "--admin-port", str(ap), "--name", "hurry", "--shutdown-delay", "60",
-                                   log_path=tmp_path / "proxy2.log") as proc:
-                    await wait_ready(admin, proc, "hurry")
-                    proc.send_signal(signal.SIGTERM)
-                    await until(lambda: _status_is(admin + "/ping", 503), 1.5, "/ping 503 after SIGTERM")
-                    assert (await request(hp)).status == 200
-                    started = time.monotonic()
-                    proc.send_signal(signal.SIGTERM)
-                    assert await asyncio.to_thread(proc.wait, 20) == 0
-                    assert time.monotonic() - started < 10
-        finally:
-            echo.close()
+        async with serving_proxy(tmp_path, "delay", "--shutdown-delay", "2") as p:
+            kept = await RawClient.connect(p.http)  # a keep-alive connection from before
+            started = time.monotonic()
+            p.proc.send_signal(signal.SIGTERM)  # the supervisor alone, as the kubelet signals PID 1
+            await until(lambda: _status_is(p.admin + "/ping", 503), 1.5, "/ping 503 after SIGTERM")
+            # new connections are still accepted and served, HTTP and TCP, and old ones too
+            assert (await request(p.http)).status == 200
+            assert await tcp_ping(p.tcp) == b"ping"
+            await kept.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+            assert (await kept.response(5)).status == 200
+            assert time.monotonic() - started < 1.8  # all of that within the delay
+            await kept.close()
+            assert await asyncio.to_thread(p.proc.wait, 20) == 0
+            assert time.monotonic() - started >= 1.9  # the delay was served in full
+            assert b"serving on for 2s before draining" in p.log.read_bytes()
+        # a second signal ends the delay at once
+        async with serving_proxy(tmp_path, "hurry", "--shutdown-delay", "60") as p:
+            p.proc.send_signal(signal.SIGTERM)
+            await until(lambda: _status_is(p.admin + "/ping", 503), 1.5, "/ping 503 after SIGTERM")
+            assert (await request(p.http)).status == 200
+            started = time.monotonic()
+            p.proc.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(p.proc.wait, 20) == 0
+            assert time.monotonic() - started < 10
 
     run(main())
 
@@ -761,48 +753,31 @@ def test_the_shutdown_delay_holds_for_group_signals_and_replaces_a_worker_that_d
     # workers used to drain at once (refusing connections for the whole delay), and a worker that
     # died during the delay was neither restarted nor logged.
     async def main():
-        echo, eport = await tcp_echo()
-        hp, tp, ap = free_port(), free_port(), free_port()
-        admin = f"http://127.0.0.1:{ap}"
-        cfg_path = tmp_path / "proxy.json"
-        try:
-            async with Backend("A") as backend:
-                cfg_path.write_text(make(1, hp, backend.url, tp, eport).to_json())
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    log_path = tmp_path / f"proxy-{sig.name}.log"
-                    with proxy_process("--config", str(cfg_path), "--workers", "2", "--admin-address", "127.0.0.1",
-                                       "--admin-port", str(ap), "--name", sig.name, "--shutdown-delay", "3",
-                                       log_path=log_path) as proc:
-                        await wait_ready(admin, proc, sig.name)
-                        started = time.monotonic()
-                        os.killpg(proc.pid, sig)
-                        await until(lambda: _status_is(admin + "/ping", 503), 1.5, "/ping 503 after the signal")
-                        for _ in range(6):  # both workers still accept (SO_REUSEPORT spreads new connections)
-                            assert (await request(hp)).status == 200
-                        assert await tcp_ping(tp) == b"ping"
-                        assert time.monotonic() - started < 2.5
-                        assert await asyncio.to_thread(proc.wait, 30) == 0
-                        assert time.monotonic() - started >= 2.9
-                # a worker killed during the delay is logged and replaced: the proxy still serves
-                log_path = tmp_path / "proxy-crash.log"
-                with proxy_process("--config", str(cfg_path), "--workers", "1", "--admin-address", "127.0.0.1",
-                                   "--admin-port", str(ap), "--name", "crash", "--shutdown-delay", "5",
-                                   log_path=log_path) as proc:
-                    data = await wait_ready(admin, proc, "crash")
-                    (pid,) = [w["pid"] for w in data["workers"]]
-                    proc.send_signal(signal.SIGTERM)
-                    await until(lambda: _status_is(admin + "/ping", 503), 1.5, "/ping 503 after SIGTERM")
-                    os.kill(pid, signal.SIGKILL)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            async with serving_proxy(tmp_path, sig.name, "--shutdown-delay", "3", workers=2) as p:
+                started = time.monotonic()
+                os.killpg(p.proc.pid, sig)
+                await until(lambda: _status_is(p.admin + "/ping", 503), 1.5, "/ping 503 after the signal")
+                for _ in range(6):  # both workers still accept (SO_REUSEPORT spreads new connections)
+                    assert (await request(p.http)).status == 200
+                assert await tcp_ping(p.tcp) == b"ping"
+                assert time.monotonic() - started < 2.5
+                assert await asyncio.to_thread(p.proc.wait, 30) == 0
+                assert time.monotonic() - started >= 2.9
+        # a worker killed during the delay is logged and replaced: the proxy still serves
+        async with serving_proxy(tmp_path, "crash", "--shutdown-delay", "5") as p:
+            (pid,) = p.pids
+            p.proc.send_signal(signal.SIGTERM)
+            await until(lambda: _status_is(p.admin + "/ping", 503), 1.5, "/ping 503 after SIGTERM")
+            os.kill(pid, signal.SIGKILL)
 
-                    async def replaced():
-                        workers = (await rawdata(admin)).get("workers") or []
-                        return any(w["alive"] and w["pid"] != pid and w["applied_version"] == 1 for w in workers)
-                    await until(replaced, 4, "the killed worker replaced during the delay")
-                    assert (await request(hp)).status == 200
-                    assert f"(pid {pid}) exited with code -9; restarting it".encode() in log_path.read_bytes()
-                    assert await asyncio.to_thread(proc.wait, 30) == 0
-        finally:
-            echo.close()
+            async def replaced():
+                workers = (await rawdata(p.admin)).get("workers") or []
+                return any(w["alive"] and w["pid"] != pid and w["applied_version"] == 1 for w in workers)
+            await until(replaced, 4, "the killed worker replaced during the delay")
+            assert (await request(p.http)).status == 200
+            assert f"(pid {pid}) exited with code -9; restarting it".encode() in p.log.read_bytes()
+            assert await asyncio.to_thread(p.proc.wait, 30) == 0
 
     run(main())
 
@@ -811,28 +786,16 @@ def test_a_second_signal_ends_the_delay_of_workers_that_got_the_groups_sigterm(t
     # After a SIGTERM to the whole group each worker served out its own delay and ignored the
     # supervisor's drain: a second signal to the supervisor ended in a SIGKILL of the workers.
     async def main():
-        echo, eport = await tcp_echo()
-        hp, tp, ap = free_port(), free_port(), free_port()
-        admin = f"http://127.0.0.1:{ap}"
-        cfg_path = tmp_path / "proxy.json"
-        log_path = tmp_path / "proxy.log"
-        try:
-            async with Backend("A") as backend:
-                cfg_path.write_text(make(1, hp, backend.url, tp, eport).to_json())
-                with proxy_process("--config", str(cfg_path), "--workers", "2", "--admin-address", "127.0.0.1",
-                                   "--admin-port", str(ap), "--name", "twice", "--shutdown-delay", "30",
-                                   "--drain-timeout", "2", log_path=log_path) as proc:
-                    await wait_ready(admin, proc, "twice")
-                    os.killpg(proc.pid, signal.SIGTERM)
-                    await until(lambda: _status_is(admin + "/ping", 503), 1.5, "/ping 503 after the signal")
-                    assert (await request(hp)).status == 200
-                    started = time.monotonic()
-                    proc.send_signal(signal.SIGTERM)
-                    assert await asyncio.to_thread(proc.wait, 30) == 0
-                    assert time.monotonic() - started < 5
-                    assert b"did not stop in time" not in log_path.read_bytes()
-        finally:
-            echo.close()
+        async with serving_proxy(tmp_path, "twice", "--shutdown-delay", "30", "--drain-timeout", "2",
+                                 workers=2) as p:
+            os.killpg(p.proc.pid, signal.SIGTERM)
+            await until(lambda: _status_is(p.admin + "/ping", 503), 1.5, "/ping 503 after the signal")
+            assert (await request(p.http)).status == 200
+            started = time.monotonic()
+            p.proc.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(p.proc.wait, 30) == 0
+            assert time.monotonic() - started < 5
+            assert b"did not stop in time" not in p.log.read_bytes()
 
     run(main())
 
