@@ -142,21 +142,40 @@ def _allocate_http(topology: Topology, recovered: list[tuple[str, str, int, int]
         held = taken | {mesh for _, mesh in shadow_claims.get(svc.key, ())}
         held.update(mesh for port, mesh in previous_claims.get(svc.key, ()) if port not in wanted)
         free = (mesh for mesh in in_range if mesh not in held)
+        blocked: list = []  # ports that found no mesh port free
+        assigned = 0
         for p in svc.ports:
             mesh = mine.get(p.port)
             if mesh is None:
                 mesh = next(free, None)
             if mesh is None:
-                if p.index >= limit:
-                    why = (f"port {p.port} is HTTP port #{p.index + 1} of this service but the mesh serves "
-                           f"{limit} per service (http port limit); that port is not meshed")
-                else:
-                    why = (f"port {p.port}: the {limit} HTTP mesh ports of this service (http port limit) are "
-                           "in use, some by ports it no longer has that its shadow Service still routes to "
-                           "until it is updated; that port is not meshed for now")
-                errors.append(ObjectError("Service", svc.namespace, svc.name, f"spec.ports[port={p.port}]", why))
+                blocked.append(p)
                 continue
             table[(svc.key, p.port)] = mesh
+            assigned += 1
+        if blocked and not assigned:
+            # Every port of the Service waits for a held mesh port (all replaced in one edit, at the
+            # limit): unmeshed, its shadow would be deleted and made again with a new ClusterIP, and
+            # its mesh name would not resolve meanwhile. The held ports are given then, as before
+            # this stability rule: the lesser harm.
+            spare = (mesh for mesh in in_range if mesh not in taken)
+            for p in list(blocked):
+                mesh = next(spare, None)
+                if mesh is not None:
+                    table[(svc.key, p.port)] = mesh
+                    blocked.remove(p)
+        for p in blocked:
+            if p.index >= limit:
+                why = (f"port {p.port} is HTTP port #{p.index + 1} of this service but the mesh serves "
+                       f"{limit} per service (http port limit); that port is not meshed")
+            elif len(wanted) > limit:  # over the limit, and the ports meshed are those that were first
+                why = (f"port {p.port}: this service has {len(wanted)} HTTP ports but the mesh serves {limit} per "
+                       "service (http port limit); the ones meshed keep their mesh ports, so this one is not meshed")
+            else:
+                why = (f"port {p.port}: the {limit} HTTP mesh ports of this service (http port limit) are in "
+                       "use, some by ports it no longer has that its shadow Service still routes to until it "
+                       "is updated; that port is not meshed for now")
+            errors.append(ObjectError("Service", svc.namespace, svc.name, f"spec.ports[port={p.port}]", why))
     return dict(sorted(table.items()))
 
 

@@ -186,8 +186,11 @@ def _weighted_endpoints(backends: Sequence[tuple[str, int, int]], topology: Topo
     """(Service key, port, weight) backends → their endpoints with weights keeping each backend's
     share whatever its pod count, and the Service each belongs to. ``accounts`` (ACL mode): per
     (Service key, port), the destinations TrafficTargets authorise; only their pods are servers
-    (a backend without any drops out, as one without ready pods does)."""
+    (a backend without any drops out, as one without ready pods does). A backend whose pods are
+    all in their grace period (ServicePort.terminating) is used only when no backend has a ready
+    one: its share goes to the others, as that of a backend without pods does."""
     groups: list[tuple[int, tuple[Endpoint, ...], Service]] = []
+    terminating: list[bool] = []
     for key, port, weight in backends:
         backend = topology.services.get(key)
         bp = backend.port(port) if backend else None
@@ -199,6 +202,9 @@ def _weighted_endpoints(backends: Sequence[tuple[str, int, int]], topology: Topo
             endpoints = tuple(e for e in endpoints if _authorised(e, allowed))
         if endpoints:
             groups.append((weight, endpoints, backend))
+            terminating.append(bp.terminating)
+    if not all(terminating):
+        groups = [g for g, t in zip(groups, terminating) if not t]
     if not groups:
         return []
     # exact: weight_b / n_b scaled by lcm(n_b); approximate when that overflows the weight range

@@ -93,6 +93,7 @@ class ServicePort:
     target_port: int | str
     index: int  # position among the Service's meshed ports (HTTP mesh ports: see ports.py, stable, not by index)
     endpoints: tuple[Endpoint, ...] = ()
+    terminating: bool = False  # the endpoints are pods in their grace period (no ready one: see _endpoints)
 
 
 @dataclass(frozen=True)
@@ -582,7 +583,8 @@ def _endpoints(ns: str, ports: list[_RawPort], slices: list[dict], pods: _Pods
                     table = tables[i]
                     if (ip, number) not in table:
                         table[(ip, number)] = Endpoint(ip, number, pod_key, sa)
-    return [_one_per_pod(tuple(v for _, v in sorted((d or spare).items()))) for d, spare in zip(per_port, fallback)]
+    return [(_one_per_pod(tuple(v for _, v in sorted((d or spare).items()))), not d and bool(spare))
+            for d, spare in zip(per_port, fallback)]
 
 
 def _one_per_pod(endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
@@ -1055,8 +1057,8 @@ def _service(obj: dict, ns: str, name: str, spec: dict, default_mode: TrafficTyp
                        f"traffic type {mesh.traffic_type.value} needs a {wanted} port and the Service has none; "
                        "it is not meshed")
     per_port = _endpoints(ns, raw_ports, slices, pods) if raw_ports else []
-    ports = tuple(ServicePort(p.name, p.port, p.protocol, p.target_port, i, eps)
-                  for i, (p, eps) in enumerate(zip(raw_ports, per_port)))
+    ports = tuple(ServicePort(p.name, p.port, p.protocol, p.target_port, i, eps, terminating)
+                  for i, (p, (eps, terminating)) in enumerate(zip(raw_ports, per_port)))
     cluster_ip = spec.get("clusterIP")
     return Service(ns, name, mesh.traffic_type, mesh, ports,
                    cluster_ip if isinstance(cluster_ip, str) and _is_ip(cluster_ip) else None)
