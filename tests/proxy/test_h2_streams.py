@@ -412,6 +412,48 @@ async def test_recycling_an_entry_points_connections_drains_them_alone():
 
 
 @on_uvloop
+async def test_a_connection_recycled_before_its_first_request_serves_it_then_closes():
+    # HTTP/1.1: even an answer of the proxy's own (404 here) says Connection: close; HTTP/2 (the
+    # preface and the first HEADERS written apart, as some clients do): the stream is served, then
+    # GOAWAY; nothing comes: closed after a moment.
+    routers = [{"name": "r", "service": "svc", "match": {"hosts": ["svc"]}}]
+    async with Backend("A") as a, ProxyUnderTest(simple_config([a.url], routers=routers)) as p:
+        unrouted, quiet = await RawClient.connect(p.port), await RawClient.connect(p.port)
+        await asyncio.sleep(0.05)
+        assert p.options.connections.recycle("web") == 2
+        await unrouted.send(b"GET / HTTP/1.1\r\nHost: elsewhere\r\n\r\n")
+        resp = await unrouted.response(5)
+        assert resp.status == 404 and resp.header("Connection") == "close"
+        assert await unrouted.read_all(2) == b"" and await quiet.read_all(3) == b""  # (quiet: after 1 s)
+        await unrouted.close()
+        await quiet.close()
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url])) as p:
+        reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
+        await asyncio.sleep(0.05)
+        assert p.options.connections.recycle("web") == 1
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())  # the preface alone
+        await asyncio.sleep(0.1)
+        conn.send_headers(1, [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"svc"),
+                              (b":path", b"/slow")], end_stream=True)  # answered after 0.3 s
+        writer.write(conn.data_to_send())
+        events = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while loop.time() < deadline:
+            data = await asyncio.wait_for(reader.read(65536), deadline - loop.time())
+            if not data:
+                break
+            events += conn.receive_data(data)
+            writer.write(conn.data_to_send())
+        kinds = [type(e).__name__ for e in events]
+        assert "ResponseReceived" in kinds and "StreamEnded" in kinds and "ConnectionTerminated" in kinds, kinds
+        assert not any(isinstance(e, h2.events.StreamReset) for e in events)
+        writer.close()
+
+
+@on_uvloop
 async def test_recycling_a_connection_whose_answer_waits_for_the_clients_window_says_goaway():
     # No stream in progress, but an answer queued for the client's flow-control window: recycle
     # sent nothing and refused every new stream, never telling the client to go elsewhere.

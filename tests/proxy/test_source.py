@@ -354,6 +354,9 @@ def test_controller_url_must_be_http():
     for url in ("http://c:9000/?x=1", "http://c:9000#frag"):
         with pytest.raises(ValueError, match="without a query or fragment"):
             ControllerSource(url, "p", print, print)
+    with pytest.raises(ValueError, match="with a host"):
+        ControllerSource("http://", "p", print, print)
+    assert ControllerSource("HTTP://c:9000", "p", print, print).url.endswith(wire.CONFIG_PATH)  # any case
 
 
 def test_parse_config_stamps_missing_hash_and_names_the_source():

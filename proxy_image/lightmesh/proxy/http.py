@@ -743,8 +743,9 @@ class ClientProtocol(asyncio.Protocol):
             return False
         if self.is_idle():
             if self.fresh_conn and self.loop is not None:
-                self.recycle_first = True  # its first request then closes it (Connection: close)
-                self.loop.call_later(FRESH_RECYCLE_SECONDS, self._recycle_fresh)  # if it never comes
+                # its first request (any request from now on) says Connection: close and ends it
+                self.recycle_first = True
+                self.loop.call_later(FRESH_RECYCLE_SECONDS, self._recycle_fresh)  # if nothing comes
             else:
                 self.close()
             return True
@@ -849,8 +850,6 @@ class ClientProtocol(asyncio.Protocol):
         if self.in_head:
             if self.fresh_conn:
                 self.fresh_conn = False
-                if self.recycle_first:  # (once per connection) its first request is in progress then
-                    self.loop.call_soon(self.recycle)
                 if data[:1] == b"P" and looks_like_h2(data):
                     self._to_h2(data)
                     return
@@ -930,8 +929,10 @@ class ClientProtocol(asyncio.Protocol):
         self.transport = None
         down = H2Downstream(self)
         down.start(transport, data)
-        if self.recycle_first:  # recycled before its first read (see recycle): the HTTP/2 side drains
-            self.loop.call_soon(down.recycle)
+        if self.recycle_first:
+            # recycled before its first read (see recycle): the HTTP/2 side drains once its first
+            # streams are under way (a client may send the preface and its first HEADERS apart)
+            self.loop.call_later(FRESH_RECYCLE_SECONDS, down.recycle)
 
     def _bypassed(self, data: bytes) -> bytes:
         """Body bytes of the current Content-Length request; returns what follows the body."""
@@ -980,6 +981,8 @@ class ClientProtocol(asyncio.Protocol):
         # cached per loop iteration. Deadlines stay on the loop clock (they drive call_at).
         self.cur = ex = Exchange(perf_counter())
         ex.headers = []
+        if self.recycle_first:  # recycled before its first request (see recycle): answered, then closed
+            ex.close_after = True
         if self.active is None:
             self.deadline = self.loop.time() + self.options.header_timeout
 

@@ -96,8 +96,10 @@ class ControllerSource:
                  poll_timeout: float = wire.LONG_POLL_SECONDS + 15.0, backoff: Backoff | None = None,
                  wait_seconds: float | None = None, on_recovered: Callable[[], None] | None = None,
                  min_poll_seconds: float = MIN_POLL_SECONDS) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"--controller {url!r}: must be an http:// or https:// URL")
+        from urllib.parse import urlsplit
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"--controller {url!r}: must be an http:// or https:// URL with a host")
         if "?" in url or "#" in url:
             raise ValueError(f"--controller {url!r}: must be the controller's base URL, without a query or fragment "
                              f"(the proxy asks for {wire.CONFIG_PATH} under it)")
