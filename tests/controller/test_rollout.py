@@ -212,6 +212,19 @@ def test_at_the_limit_replacing_every_port_keeps_the_shadow():
     assert_safe(old, table)
 
 
+def test_of_the_ports_left_out_only_those_over_the_limit_are_told_so():
+    # [80, 81] → [90, 91, 80] at limit 2: 80 keeps 5000, 5001 waits for the shadow; 90 is only
+    # waiting (meshed once the shadow is patched), 91 is the one over the limit.
+    c = Controller(Settings(http_port_limit=2))
+    c.round([http_service("web", [80, 81])])
+    table = c.round([http_service("web", [90, 91, 80])])
+    assert table.http == {("shop/web", 80): 5000}
+    messages = {e.field: e.message for e in table.errors}
+    assert "not meshed for now" in messages["spec.ports[port=90]"]
+    assert "has 3 HTTP ports but the mesh serves 2" in messages["spec.ports[port=91]"]
+    assert c.round([http_service("web", [90, 91, 80])]).http[("shop/web", 90)] == 5001
+
+
 def test_over_the_limit_the_error_says_so_and_stays_after_a_reorder():
     c = Controller(Settings(http_port_limit=2))
     c.round([http_service("web", [80, 81, 82])])

@@ -354,8 +354,12 @@ def test_controller_url_must_be_http():
     for url in ("http://c:9000/?x=1", "http://c:9000#frag"):
         with pytest.raises(ValueError, match="without a query or fragment"):
             ControllerSource(url, "p", print, print)
-    with pytest.raises(ValueError, match="with a host"):
-        ControllerSource("http://", "p", print, print)
+    for url in ("http://", " http://c:9000"):
+        with pytest.raises(ValueError, match="with a host"):
+            ControllerSource(url, "p", print, print)
+    for url in ("http://c:abc", "http://c:99999"):
+        with pytest.raises(ValueError, match="its port must be a number"):
+            ControllerSource(url, "p", print, print)
     assert ControllerSource("HTTP://c:9000", "p", print, print).url.endswith(wire.CONFIG_PATH)  # any case
 
 

@@ -164,17 +164,21 @@ def _allocate_http(topology: Topology, recovered: list[tuple[str, str, int, int]
                 if mesh is not None:
                     table[(svc.key, p.port)] = mesh
                     blocked.remove(p)
-        for p in blocked:
-            if p.index >= limit:
-                why = (f"port {p.port} is HTTP port #{p.index + 1} of this service but the mesh serves "
-                       f"{limit} per service (http port limit); that port is not meshed")
-            elif len(wanted) > limit:  # over the limit, and the ports meshed are those that were first
-                why = (f"port {p.port}: this service has {len(wanted)} HTTP ports but the mesh serves {limit} per "
-                       "service (http port limit); the ones meshed keep their mesh ports, so this one is not meshed")
-            else:
+        # The last of the ports left out could never fit (more ports than the limit); the others
+        # only wait for mesh ports their shadow still routes.
+        never = max(0, assigned + len(blocked) - limit)
+        for n, p in enumerate(blocked):
+            waiting = n < len(blocked) - never
+            if waiting:
                 why = (f"port {p.port}: the {limit} HTTP mesh ports of this service (http port limit) are in "
                        "use, some by ports it no longer has that its shadow Service still routes to until it "
                        "is updated; that port is not meshed for now")
+            elif p.index >= limit:
+                why = (f"port {p.port} is HTTP port #{p.index + 1} of this service but the mesh serves "
+                       f"{limit} per service (http port limit); that port is not meshed")
+            else:  # over the limit, and the ports meshed are those that were first
+                why = (f"port {p.port}: this service has {len(wanted)} HTTP ports but the mesh serves {limit} per "
+                       "service (http port limit); the ones meshed keep their mesh ports, so this one is not meshed")
             errors.append(ObjectError("Service", svc.namespace, svc.name, f"spec.ports[port={p.port}]", why))
     return dict(sorted(table.items()))
 

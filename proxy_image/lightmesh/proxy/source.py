@@ -98,7 +98,11 @@ class ControllerSource:
                  min_poll_seconds: float = MIN_POLL_SECONDS) -> None:
         from urllib.parse import urlsplit
         parts = urlsplit(url)
-        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        try:
+            parts.port  # noqa: B018 - raises for a port that is no number or out of range
+        except ValueError:
+            raise ValueError(f"--controller {url!r}: its port must be a number from 1 to 65535") from None
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname or url != url.strip():
             raise ValueError(f"--controller {url!r}: must be an http:// or https:// URL with a host")
         if "?" in url or "#" in url:
             raise ValueError(f"--controller {url!r}: must be the controller's base URL, without a query or fragment "
