@@ -152,7 +152,10 @@ def jaeger_manifests(namespace: str, image: str) -> list[dict]:
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(JAEGER_NAME, namespace),
         "spec": {"replicas": 1, "selector": {"matchLabels": labels},
-                 "template": {"metadata": {"labels": labels}, "spec": {"containers": [{
+                 "template": {"metadata": {"labels": labels}, "spec": {
+                     # Jaeger never calls the Kubernetes API: no token in its pod
+                     "automountServiceAccountToken": False,
+                     "containers": [{
                      "name": "jaeger", "image": image,
                      "env": [{"name": "COLLECTOR_OTLP_ENABLED", "value": "true"},
                              {"name": "MEMORY_MAX_TRACES", "value": "50000"}],
@@ -243,7 +246,9 @@ def prometheus_manifests(namespace: str, image: str) -> list[dict]:
                                    "--storage.tsdb.path=/prometheus", "--storage.tsdb.retention.time=2d"],
                           "ports": [{"name": "web", "containerPort": PROMETHEUS_PORT, "protocol": "TCP"}],
                           "readinessProbe": {"httpGet": {"path": "/-/ready", "port": "web"}, "periodSeconds": 10},
-                          "resources": _ADDON_RESOURCES, "securityContext": _container_security(),
+                          # it writes to its emptyDir only (/prometheus)
+                          "resources": _ADDON_RESOURCES,
+                          "securityContext": {**_container_security(), "readOnlyRootFilesystem": True},
                           "volumeMounts": [{"name": "config", "mountPath": "/etc/prometheus"},
                                            {"name": "data", "mountPath": "/prometheus"}]}],
                       "volumes": [{"name": "config", "configMap": {"name": PROMETHEUS_NAME}},

@@ -82,6 +82,10 @@ def test_jaeger_prometheus_and_service_monitor():
         assert ctl_cmd[ctl_cmd.index("--otlp-endpoint") + 1] == endpoint
         jaeger = records["obs-all-jaeger-deployment"].inputs
         assert jaeger["spec"]["template"]["spec"]["containers"][0]["image"] == observability.DEFAULT_JAEGER_IMAGE
+        assert jaeger["spec"]["template"]["spec"]["automountServiceAccountToken"] is False  # no API calls
+        prometheus = records["obs-all-prometheus-deployment"].inputs["spec"]["template"]["spec"]["containers"][0]
+        assert prometheus["securityContext"]["readOnlyRootFilesystem"] is True
+        assert {m["mountPath"] for m in prometheus["volumeMounts"]} == {"/etc/prometheus", "/prometheus"}
         ports = {p["name"]: p["port"] for p in records["obs-all-jaeger-service"].inputs["spec"]["ports"]}
         assert ports == {"otlp-http": 4318, "otlp-grpc": 4317, "ui": 16686}
         monitor = records["obs-all-service-monitor"]
