@@ -248,7 +248,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event, stop_now: asyncio
 async def _drain(controller, runner: asyncio.Task, delay: float, stop_now: asyncio.Event | None) -> None:
     """``--shutdown-delay``: unready and no longer leader at once; DNS and the API answer for ``delay``
     seconds more (or until ``stop_now``, or the controller ends by itself)."""
-    log.info("stopping in %gs (--shutdown-delay): the Lease is released, DNS and the API answer meanwhile", delay)
+    log.info("stopping in %gs (--shutdown-delay): releasing the Lease; DNS and the API answer meanwhile", delay)
     controller.draining = True  # readiness 503 from now on
     resign = asyncio.create_task(asyncio.wait_for(controller.resign(), RESIGN_TIMEOUT_SECONDS), name="resign")
     now = asyncio.create_task(stop_now.wait(), name="stop-now") if stop_now is not None else None

@@ -31,9 +31,9 @@ Passive health
     ejected, ``pick`` still returns the one whose ejection ends first: trying is better than a 503.
 
 Start
-    A balancer starts its cycle at a random position (``start``: a given one). Every config that changes a service's servers
-    makes a new balancer (per worker, per proxy): started at the first server, each would send its
-    first picks there, and under frequent reloads (a busy cluster's endpoint churn) the first server
+    A balancer starts its cycle at a random position (``start``: a given one). Every config that
+    changes a service's servers makes a new balancer (per worker, per proxy): started at the first
+    server, each would send its first picks there, and under frequent reloads (a busy cluster's endpoint churn) the first server
     would take nearly all the traffic and a split's canary none. Random starts give every server its
     weight's share in expectation, however often the cycle restarts. The live scheduler starts each
     server's first deadline at a random point of its first period (its weight's share again, from

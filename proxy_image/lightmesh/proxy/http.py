@@ -639,7 +639,7 @@ class ClientProtocol(asyncio.Protocol):
         self.bypass = 0  # bytes of the current request body passed on without the parser
         self.response_timeout = options.response_timeout  # read per request: kept at hand
         self.fresh_conn = True  # nothing read yet: the HTTP/2 preface is possible
-        self.recycle_first = False  # recycled before its first read: recycled again right after it
+        self.recycle_first = False  # recycled before its first read: each request says close and ends it
         self.alt_method: bytes | None = None  # the real method of a head fed to llhttp respelt (see _respell)
         self.in_done = False  # _done is on the stack (see there)
         self.held: list[bytes] = []  # bytes after an Upgrade request, until the server switches (101)
@@ -737,8 +737,10 @@ class ClientProtocol(asyncio.Protocol):
         """See ConnectionSet.recycle: close now if idle, else after the response in progress;
         False for a tunnel, left alone. A connection accepted but not read from yet is no idle
         keep-alive connection: its client is sending its first request, which a close now would
-        reset (clients retry that on a reused connection, not on a fresh one); it is looked at
-        again a moment later, by when that request is in progress."""
+        reset (clients retry that on a reused connection, not on a fresh one). That request is
+        answered with ``Connection: close`` instead (``recycle_first``, read by
+        ``on_message_begin``); a connection that sends nothing for ``FRESH_RECYCLE_SECONDS`` is
+        closed."""
         if self.tunnel is not None or self.closing:
             return False
         if self.is_idle():

@@ -37,8 +37,9 @@ and, for ``--shutdown-delay`` seconds (default 0), workers go on serving and acc
 so that clients still sent here while the pod leaves the Service's endpoints (kube-proxy takes a
 moment) are served, not refused; a second signal ends the delay. Then workers drain (stop
 accepting, close idle keep-alive connections, let in-flight requests finish up to
-``--drain-timeout``), and everything exits 0. A worker that gets a SIGTERM of its own drains the same way, tells the
-supervisor, keeps answering its heartbeats meanwhile, exits and is restarted.
+``--drain-timeout``), and everything exits 0. A worker that gets a SIGTERM of its own (serving
+out ``--shutdown-delay`` first) drains the same way, tells the supervisor, keeps answering its
+heartbeats meanwhile, exits and is restarted.
 
 Metrics: ``/metrics`` asks every live worker for a snapshot and merges them with the supervisor's
 own recorder, which alone counts ``config_reloads_total`` (once per config, not once per worker)
@@ -606,8 +607,7 @@ class Supervisor:
             await self._spawn(worker)
         source_task = loop.create_task(self.source.run())
         heartbeat_task = loop.create_task(self._heartbeat())
-        await self._stop.wait()
-        self.stopping = True  # not ready from here on (see ready)
+        await self._stop.wait()  # (stop() set self.stopping: not ready from then on)
         delay = getattr(self.args, "shutdown_delay", 0.0)
         if delay > 0 and not self._hurry.is_set():
             log.info("shutting down: not ready; serving on for %gs before draining (a second signal: at once)", delay)

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Container
 
 from lightmesh.config import (AllowListMiddleware, CircuitBreakerMiddleware, DenyMiddleware, HTTPService,
                               Match, ProxyConfig, RateLimitMiddleware, RequestHeadersMiddleware,
@@ -130,7 +130,7 @@ class Service:
                                  eject_seconds=eject_seconds)
         self.pass_host_header = definition.pass_host_header
 
-    def close(self, kept: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+    def close(self, kept: Container[int] = ()) -> None:
         """Retire the servers, but those (by id) another plane's service took over."""
         for server in self.servers:
             if id(server) not in kept:

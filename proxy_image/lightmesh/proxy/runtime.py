@@ -104,9 +104,8 @@ class _HTTPListener:
                 return  # the kernel refused once (logged then): not again on every config
             self.steered = steering.steer_by_source_ip(self.sock, workers)
             self.cannot_steer = not self.steered
-            connections = self.runtime.connections
-            if self.steered and connections is not None:
-                recycled = connections.recycle(self.name)
+            if self.steered:
+                recycled = self.recycle()
                 if recycled:
                     log.info("entry point %s: a rate limit came: %d client connections end after their "
                              "current request, so each client IP reconnects to its one worker",
@@ -114,6 +113,11 @@ class _HTTPListener:
         else:
             steering.spread_by_hash(self.sock)
             self.steered = False
+
+    def recycle(self) -> int:
+        """End the keep-alive of this entry point's client connections (ConnectionSet.recycle)."""
+        connections = self.runtime.connections
+        return connections.recycle(self.name) if connections is not None else 0
 
     def update(self, name: str) -> None:
         if name == self.name and self.factory is not None:
@@ -234,10 +238,7 @@ class Runtime:
     def recycle_steered(self) -> int:
         """Recycle the connections of every port steered by client IP (a worker restart moved the
         clients' worker); returns how many end."""
-        connections = self.connections
-        if connections is None:
-            return 0
-        return sum(connections.recycle(listener.name) for listener in self.listeners.values()
+        return sum(listener.recycle() for listener in self.listeners.values()
                    if isinstance(listener, _HTTPListener) and listener.steered)
 
     def _steer(self, config: ProxyConfig) -> None:

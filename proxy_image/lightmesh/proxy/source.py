@@ -42,6 +42,7 @@ import logging
 import os
 import random
 from typing import Callable
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -96,7 +97,6 @@ class ControllerSource:
                  poll_timeout: float = wire.LONG_POLL_SECONDS + 15.0, backoff: Backoff | None = None,
                  wait_seconds: float | None = None, on_recovered: Callable[[], None] | None = None,
                  min_poll_seconds: float = MIN_POLL_SECONDS) -> None:
-        from urllib.parse import urlsplit
         parts = urlsplit(url)
         try:
             parts.port  # noqa: B018 - raises for a port that is no number or out of range
