@@ -144,10 +144,23 @@ def test_a_port_a_shadow_still_targets_is_not_given_to_another_service():
     assert fourth.tcp == {("shop/d", 1): 10001}
 
 
-def test_a_service_whose_port_changed_keeps_its_mesh_port_even_in_a_full_range():
-    # Its own shadow alone targets the port: the new port number takes it (the shadow is patched in
-    # place). Reserved against it too, a full range left it with no port: the shadow was deleted and
-    # created again (a new ClusterIP, its mesh name gone meanwhile).
+def test_a_port_dropped_and_another_added_in_one_edit_do_not_share_a_mesh_port():
+    # Until db's shadow is patched, kube-proxy still sends port 5432's clients to 10000: had the new
+    # port 6379 taken it, they would reach the redis pods. The new port takes a free one instead.
+    _, first = allocate([service("shop", "db", [5432])])
+    _, second = allocate([service("shop", "db", [6379])], shadows=[_shadow("shop", "db", [(5432, 10000)])],
+                         previous=first)
+    assert second.tcp == {("shop/db", 6379): 10001} and not second.errors
+    # once the shadow is patched, 10000 is free again and 6379 keeps 10001 (stable)
+    _, third = allocate([service("shop", "db", [6379]), service("shop", "other", [1])],
+                        shadows=[_shadow("shop", "db", [(6379, 10001)])], previous=second)
+    assert third.tcp == {("shop/db", 6379): 10001, ("shop/other", 1): 10000}
+
+
+def test_a_service_whose_port_changed_keeps_its_mesh_port_in_a_full_range():
+    # No other port free: its own shadow alone targets the old port, so the new port number takes it
+    # (the lesser harm). Reserved against it too, a full range would leave it with no port: the
+    # shadow deleted and created again (a new ClusterIP, its mesh name gone meanwhile).
     full = Settings(tcp_port_limit=1)
     _, first = allocate([service("shop", "db", [5432])], settings=full)
     assert first.tcp == {("shop/db", 5432): 10000}

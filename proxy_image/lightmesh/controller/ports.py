@@ -11,8 +11,7 @@ This module owns the port plan the shadow Services (``targetPort``) and the prox
   Services' use of it does not matter). A mesh port of a port the Service no longer has is free for
   its other ports only once neither its shadow Service nor the previous table maps a port to it:
   until the shadow is patched, kube-proxy on some nodes still sends the old port's clients there,
-  and they would reach the new port's pods with a 200. (Unlike TCP/UDP, a port that changed number
-  does not take over its old mesh port: to the Host router it is another port.) No free mesh port
+  and they would reach the new port's pods with a 200. No free mesh port
   left for the Service → that port is not meshed and an :class:`ObjectError` names it (http port
   limit). A fresh Service gets ``http_port_base + i`` for its i-th meshed port. A Service left out
   for bad annotations keeps its claims.
@@ -26,7 +25,10 @@ This module owns the port plan the shadow Services (``targetPort``) and the prox
   gone (or changed its traffic type or port) frees its ports, but only once no shadow Service
   targets them any more: until its shadow is deleted or patched (and an orphan whose delete fails
   stays), kube-proxy still sends that Service's clients to the port, so giving it to another
-  Service would hand them its traffic. A Service left out for bad annotations keeps its
+  Service would hand them its traffic; nor does a port the Service no longer has go to its new
+  port while the shadow still targets it (the old port's clients would reach the new port's pods),
+  unless no other port is free: then the Service whose shadow alone targets it takes it back, the
+  lesser harm than leaving the port unmeshed. A Service left out for bad annotations keeps its
   reservations, so fixing the annotation brings it back on the same ports. Exhaustion → an error
   for that Service only.
 """
@@ -211,9 +213,9 @@ def allocate_ports(topology: Topology, shadow_services: Sequence[dict], settings
             if keep and key not in table and mesh in in_range and mesh not in taken:
                 table[key] = mesh
                 taken.add(mesh)
-        # A port a shadow still sends to is not free (see the module docstring), except to the
-        # Service whose shadow alone it is: a port of its that changed number keeps its mesh port
-        # (the shadow is patched in place), even when no other port is free.
+        # A port a shadow still sends to is not free (see the module docstring). To the Service whose
+        # shadow alone still targets it, it is given only when no other port is free (the lesser harm
+        # than leaving the port unmeshed).
         targets = targeted.get(protocol, {})
         own: dict[str, list[int]] = {}
         for port, owners in sorted(targets.items()):
@@ -226,8 +228,10 @@ def allocate_ports(topology: Topology, shadow_services: Sequence[dict], settings
         for key in wanted:
             if key in table:
                 continue
-            mine = own.get(key[0])
-            mesh = mine.pop(0) if mine else next(free, None)
+            mesh = next(free, None)
+            if mesh is None:
+                mine = own.get(key[0])
+                mesh = mine.pop(0) if mine else None
             if mesh is None:
                 ns, name = key[0].split("/", 1)
                 errors.append(ObjectError(
