@@ -12,6 +12,7 @@ own parser (``lightmesh.annotations.parse_annotations``), so preview rejects exa
 controller would reject — with the error re-phrased to name the component field.
 """
 
+import re
 from typing import Any, Mapping, NotRequired, Optional, TypedDict
 
 import pulumi
@@ -43,7 +44,10 @@ class ServicePortArgs(TypedDict):
     port: pulumi.Input[int]
     """Port the Service exposes (and the mesh serves it on)."""
     target_port: NotRequired[pulumi.Input[int]]
-    """Container port the traffic goes to (default: ``port``)."""
+    """Container port number the traffic goes to (default: ``port``). From Python, a container port
+    name is accepted here too, as Kubernetes' ``targetPort`` does."""
+    target_port_name: NotRequired[pulumi.Input[str]]
+    """Container port *name* the traffic goes to, resolved per pod (instead of ``target_port``)."""
     name: NotRequired[pulumi.Input[str]]
     """Port name: a DNS label, unique within the Service (required by Kubernetes when there are several ports)."""
     protocol: NotRequired[pulumi.Input[str]]
@@ -297,8 +301,15 @@ def _check_ports(check: Checker, ports: list, traffic_type: Any = None) -> list[
             p["protocol"] = pulumi.Output.from_input(protocol).apply(
                 lambda v, i=i: _protocol(check, i, expected if v is None else v, traffic_type))
         p["port"] = check.integer(f"ports[{i}].port", p["port"], 1, 65535)
-        if p.get("target_port") is not None:
+        if p.get("target_port") is not None and p.get("target_port_name") is not None:
+            raise check.fail(f"ports[{i}] has both target_port and target_port_name: give one")
+        if isinstance(p.get("target_port"), str):  # Kubernetes' IntOrString, from Python
+            p["target_port"] = _port_name(check, f"ports[{i}].target_port", p["target_port"], number_ok=True)
+        elif p.get("target_port") is not None:
             p["target_port"] = check.integer(f"ports[{i}].target_port", p["target_port"], 1, 65535)
+        if p.get("target_port_name") is not None:
+            p["target_port"] = when_known(p.pop("target_port_name"), lambda v, i=i: _port_name(
+                check, f"ports[{i}].target_port_name", v))
         if p.get("name") is not None:  # Kubernetes checks a Service port name as a DNS label
             p["name"] = check.dns_label(f"ports[{i}].name", p["name"])
         checked.append(p)
@@ -307,6 +318,22 @@ def _check_ports(check: Checker, ports: list, traffic_type: Any = None) -> list[
     check.unique("ports[].name", [p["name"] for p in checked if p.get("name") is not None])
     check.unique("ports[].port", [p["port"] for p in checked])
     return checked
+
+
+_PORT_NAME = re.compile(r"[a-z0-9]([a-z0-9]|-(?=[a-z0-9]))*")
+
+
+def _port_name(check: Checker, field: str, value: Any, number_ok: bool = False) -> Any:
+    """A container port name as Kubernetes checks a ``targetPort`` (IANA_SVC_NAME): at most 15
+    lowercase letters, digits and single inner '-', at least one letter. With ``number_ok``, a string
+    of digits is the port number it spells (as ``kubectl`` reads ``targetPort: "8080"``)."""
+    if number_ok and isinstance(value, str) and value.isascii() and value.isdigit():
+        return check.integer(field, int(value), 1, 65535)
+    if (not isinstance(value, str) or len(value) > 15 or not _PORT_NAME.fullmatch(value)
+            or not any(c.isalpha() for c in value)):
+        raise check.fail(f"{field} must be a container port name (at most 15 lowercase letters, digits and "
+                         f"single inner '-', with at least one letter, e.g. 'http'), got {shown(value)}")
+    return value
 
 
 def _protocol(check: Checker, i: int, protocol: Any, traffic_type: Any) -> str:

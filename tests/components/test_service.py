@@ -208,6 +208,39 @@ def test_port_names_kubernetes_accepts_pass():
     return svc.service_name.apply(check)
 
 
+@pulumi.runtime.test
+def test_a_named_target_port_is_passed_on_for_kubernetes_to_resolve_per_pod():
+    svc = MeshService("ms-named-target", {
+        "service_name": "web", "namespace": "shop", "selector": {"app": "web"},
+        "ports": [{"port": 80, "name": "http", "target_port_name": "http-alt"},
+                  {"port": 81, "name": "admin", "target_port": "admin"},  # IntOrString, from Python
+                  {"port": 82, "name": "metrics", "target_port": "9102"},  # digits: the number
+                  {"port": 83, "name": "grpc", "target_port_name": pulumi.Output.from_input("grpc")}]})
+
+    def check(_):
+        records = MOCKS.by_prefix("ms-named-target")
+        spec = next(r for r in records if r.name == "ms-named-target-service").inputs["spec"]
+        assert [p["targetPort"] for p in spec["ports"]] == ["http-alt", "admin", 9102, "grpc"]
+        assert validate_all(records) == 1
+
+    return svc.service_name.apply(check)
+
+
+@pytest.mark.parametrize("port, message", [
+    ({"port": 80, "target_port": "HTTP"}, r"ports\[0\].target_port must be a container port name .*, got 'HTTP'$"),
+    ({"port": 80, "target_port_name": "a-name-over-fifteen"}, r"ports\[0\].target_port_name must be a container port"),
+    ({"port": 80, "target_port_name": "web--ui"}, r"ports\[0\].target_port_name must be a container port"),
+    ({"port": 80, "target_port_name": "1234"}, r"ports\[0\].target_port_name must be a container port .*'1234'$"),
+    ({"port": 80, "target_port_name": 8080}, r"ports\[0\].target_port_name must be a container port .*, got 8080$"),
+    ({"port": 80, "target_port": "70000"}, r"ports\[0\].target_port must be between 1 and 65535, got 70000$"),
+    ({"port": 80, "target_port": 8080, "target_port_name": "http"},
+     r"ports\[0\] has both target_port and target_port_name: give one$"),
+])
+def test_target_port_names_kubernetes_would_refuse_fail_at_preview(port, message):
+    with pytest.raises(ComponentArgsError, match=r"^MeshService 'whoami': " + message):
+        MeshService("whoami", {"service_name": "whoami", "namespace": "whoami", "ports": [port], "selector": {"a": "b"}})
+
+
 def test_an_instance_name_too_long_for_the_field_manager_fails_at_preview():
     """An existing Service is annotated with the field manager ``lightmesh-<name>``; the API server refuses one
     of more than 128 bytes."""
