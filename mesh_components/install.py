@@ -455,6 +455,9 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
         raise check.fail(f"watch_namespaces[{s['watch_namespaces'].index(s['namespace'])}] is the mesh namespace "
                          f"{s['namespace']!r}, whose Services the controller never meshes; remove it (and keep "
                          f"applications out of the mesh namespace)")
+    if "kube-system" in s["watch_namespaces"]:
+        raise check.fail(f"watch_namespaces[{s['watch_namespaces'].index('kube-system')}] is kube-system, whose "
+                         f"Services the controller never meshes; remove it")
     overlap = set(s["watch_namespaces"]) & set(s["ignore_namespaces"])
     if overlap:
         raise check.fail(f"namespaces both watched and ignored: {', '.join(sorted(overlap))}")

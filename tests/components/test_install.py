@@ -336,6 +336,8 @@ def test_proxy_timeouts_reach_a_proxy_that_accepts_them():
     ({"watch_namespaces": ["shop", "lightmesh"]}, r"watch_namespaces\[1\] is the mesh namespace 'lightmesh', whose "
                                                   "Services the controller never meshes"),
     ({"namespace": "mesh", "watch_namespaces": ["mesh"]}, r"watch_namespaces\[0\] is the mesh namespace 'mesh'"),
+    ({"watch_namespaces": ["shop", "kube-system"]}, r"watch_namespaces\[1\] is kube-system, whose Services the "
+                                                    "controller never meshes; remove it$"),
     # image references a node could not pull
     ({"image": "ghcr.io/x y:1"}, r"image is not an image reference \(\[registry\[:port\]/\]repository\[:tag\]"
                                  r"\[@digest\]; .*\), got 'ghcr.io/x y:1'"),

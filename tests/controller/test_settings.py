@@ -22,6 +22,11 @@ def test_domains_are_normalised_like_the_hosts_they_are_compared_with():
     ({"tcp_port_base": 5005}, r"http port range 5000-5009 overlaps the tcp port range 5005-5029"),
     ({"http_port_base": 10020}, r"http port range 10020-10029 overlaps the tcp port range 10000-10024"),
     ({"udp_port_base": 65530, "udp_port_limit": 10}, r"udp port range 65530\+10 .* is outside 1-65535"),
+    # watched but never meshed: the controller served a mesh without them, without a word
+    ({"watch_namespaces": ("shop", "kube-system")}, r"--watch-namespaces names kube-system, whose Services are never"),
+    ({"mesh_namespace": "mesh", "watch_namespaces": ("mesh",)}, r"--watch-namespaces names mesh, .* mesh namespace 'mesh'"),
+    ({"watch_namespaces": ("a", "b"), "ignore_namespaces": ("b",)},
+     r"--watch-namespaces and --ignore-namespaces both name b$"),
 ])
 def test_bad_settings_name_the_flag(settings, message):
     with pytest.raises(ValueError, match=message):

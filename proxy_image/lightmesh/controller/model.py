@@ -170,6 +170,15 @@ class Settings:
         # tuples, so Settings stays hashable whatever the caller passed
         for name in ("domains", "watch_namespaces", "ignore_namespaces"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        # A namespace watched but never meshed is a mistake in the flags: say so at start rather than
+        # serve a mesh without it and without a word.
+        never = [n for n in self.watch_namespaces if n in ALWAYS_IGNORED_NAMESPACES or n == self.mesh_namespace]
+        if never:
+            raise ValueError(f"--watch-namespaces names {', '.join(never)}, whose Services are never meshed "
+                             f"(kube-system and the mesh namespace {self.mesh_namespace!r} are always ignored)")
+        both = [n for n in self.watch_namespaces if n in self.ignore_namespaces]
+        if both:
+            raise ValueError(f"--watch-namespaces and --ignore-namespaces both name {', '.join(both)}")
         object.__setattr__(self, "domains", normalise_domains(self.domains))
 
     def shaping_record(self) -> dict:
