@@ -799,3 +799,22 @@ def test_numbers_above_our_bounds_that_traefik_mesh_accepted_are_reported_and_ca
     by_type = {m.type: m for m in result.config.http.middlewares}
     assert by_type["retry"].attempts == 99  # retries after the first try: 100 tries in all
     assert (by_type["rate_limit"].average, by_type["rate_limit"].burst) == (1_000_000, 1_000_000)
+
+
+@pytest.mark.parametrize("written, name, refused", [
+    ("shop", "shop", False),
+    ("shop.canary", "shop", False),
+    ("shop.canary.svc", "shop", False),
+    ("shop.canary.svc.cluster.local", "shop", False),
+    ("shop.canary.svc.corp.example", "shop", False),  # another cluster domain
+    ("shop.elsewhere", "shop", True),  # a namesake in another namespace: not this namespace's shop
+    ("shop.elsewhere.svc.cluster.local", "shop", True),
+    ("shop.canary.cluster.local", "shop", True),
+])
+def test_a_split_service_written_as_a_name_in_another_namespace_is_refused(written, name, refused):
+    from lightmesh.controller.topology import _split_service_name
+
+    got, problem = _split_service_name(written, "canary")
+    assert got == name and (problem is not None) == refused
+    if refused:
+        assert f"{written!r} is not a Service of namespace canary" in problem

@@ -860,6 +860,22 @@ def parse_weight(value: Any, quantity: bool) -> int | None:
     return None
 
 
+def _split_service_name(value: object, namespace: str) -> tuple[str, str | None]:
+    """A TrafficSplit's ``service``: its name, and why it cannot be used (or None).
+
+    SMI's services are in the split's own namespace; v1alpha1 examples wrote them as FQDNs
+    (``name.ns.svc.cluster.local``), which are read as ``name`` when ``ns`` is that namespace. A
+    name in another namespace is refused: read as ``name`` it would send the traffic to a namesake."""
+    text = _s(value)
+    name, _, rest = text.partition(".")
+    if rest:
+        other, _, tail = rest.partition(".")
+        if other != namespace or (tail and tail.partition(".")[0] != "svc"):
+            return name, (f"{text!r} is not a Service of namespace {namespace}: a TrafficSplit's services are "
+                          f"in its own namespace (its name alone, or {name}.{namespace}.svc.<cluster domain>)")
+    return name, None
+
+
 def _splits(state: ClusterState, settings: Settings, services: dict[str, Service], specs: _Specs,
             errors: _Errors) -> dict[str, TrafficSplit]:
     raw_splits = []
@@ -879,7 +895,10 @@ def _splits(state: ClusterState, settings: Settings, services: dict[str, Service
         def err(where: str, msg: str) -> None:
             errors.add("TrafficSplit", ns, name, where, msg)
 
-        root_name = _s(spec.get("service")).split(".")[0]  # v1alpha1 examples used FQDNs
+        root_name, problem = _split_service_name(spec.get("service"), ns)
+        if problem:
+            err("spec.service", f"root service {problem}; the TrafficSplit is ignored")
+            continue
         root = services.get(f"{ns}/{root_name}")
         if root is None:
             err("spec.service", f"root service {ns}/{root_name or '?'} is not in the mesh; the TrafficSplit is ignored")
@@ -893,11 +912,14 @@ def _splits(state: ClusterState, settings: Settings, services: dict[str, Service
         for i, raw in enumerate(_l(spec.get("backends"))):
             raw = _d(raw)
             where = f"spec.backends[{i}]"
-            bname = _s(raw.get("service")).split(".")[0]
+            bname, problem = _split_service_name(raw.get("service"), ns)
             weight = parse_weight(raw.get("weight"), quantity)
             backend = services.get(f"{ns}/{bname}")
             if weight is None:
                 err(f"{where}.weight", f"weight {raw.get('weight')!r} is not a valid weight; backend ignored")
+                continue
+            if problem:
+                err(f"{where}.service", f"backend service {problem}; backend ignored")
                 continue
             if backend is None:
                 err(f"{where}.service", f"backend service {ns}/{bname or '?'} is not in the mesh; backend ignored")
