@@ -50,7 +50,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -291,13 +291,17 @@ def _last_error_line(log_text: str) -> str:
 class ServiceAccess:
     namespace: str
     name: str
-    traffic_type: str | None  # what the controller decided; None when the Service is left out
+    traffic_type: str | None  # what the controller decided; None when it left the Service out of its topology
     mesh_names: list[str]
     address: str | None  # the shadow ClusterIP the mesh DNS answers
     ports: list[dict]  # name, port (where it answers here), service_port (as declared), protocol
-    excluded: str | None = None  # why the controller left it out of the mesh
+    # why it is not in the mesh: left out of the controller's topology, or kept there with no meshed port
+    # (then traffic_type is set, and this is the controller's errors for it, see errors)
+    excluded: str | None = None
     allowed_sources: list[dict] | None = None  # ACL mode: pods TrafficTargets let in (name, address)
     ready_endpoints: int | None = None  # ready addresses in its EndpointSlices (0: nothing answers behind it)
+    # the controller's object errors for this Service (field, message), as its topology reports them
+    errors: list[dict] = field(default_factory=list)
 
     @property
     def host(self) -> str:
@@ -586,6 +590,11 @@ class LocalMesh:
         meshed = {f"{t['namespace']}/{t['name']}": t for t in topology.get("services") or []}
         excluded = {e["service"]: e.get("reason", "") for e in topology.get("excluded_services") or []}
         targets = {f"{t['namespace']}/{t['name']}": t for t in topology.get("traffic_targets") or []}
+        object_errors: dict[str, list[dict]] = {}
+        for error in topology.get("errors") or []:
+            if isinstance(error, dict) and error.get("kind") == "Service":
+                object_errors.setdefault(f"{error.get('namespace')}/{error.get('name')}", []).append(
+                    {"field": error.get("field") or "", "message": error.get("message") or ""})
         declared = {(o["metadata"].get("namespace", "default"), o["metadata"].get("name")): o
                     for o in self.manifests if o.get("kind") == "Service" and isinstance(o.get("metadata"), dict)}
         out = []
@@ -602,11 +611,20 @@ class LocalMesh:
                               "protocol": p.get("protocol", "TCP")})
             access = ServiceAccess(meta["namespace"], meta["name"], None,
                                    [f"{meta['name']}.{meta['namespace']}.{d}" for d in self.domains], None, ports,
-                                   ready_endpoints=self._ready_endpoints(meta["namespace"], meta["name"]))
+                                   ready_endpoints=self._ready_endpoints(meta["namespace"], meta["name"]),
+                                   errors=object_errors.get(key, []))
             answers = self.resolve(access.host)
             access.address = answers[0] if answers else None
+            # what the controller says about this Service: "field: message; ..." (None when it says nothing)
+            said = "; ".join(f"{e['field']}: {e['message']}" if e["field"] else e["message"]
+                             for e in access.errors) or None
             if key in meshed:
                 access.traffic_type = meshed[key].get("traffic_type")
+                if access.address is None and not any(p.get("mesh_port") is not None
+                                                      for p in meshed[key].get("ports") or []):
+                    # kept in the topology with no meshed port (no UDP port for traffic type udp, no valid
+                    # port): no shadow Service, no mesh name; the controller's errors say why
+                    access.excluded = said
                 if meshed[key].get("traffic_split"):
                     access.ready_endpoints = None  # a split root answers from its backends' pods
                 if self.acl:
@@ -623,7 +641,8 @@ class LocalMesh:
                     and meta["namespace"] not in self.declared.watch_namespaces:
                 access.excluded = f"namespace {meta['namespace']} is not watched (--watch-namespaces)"
             else:
-                access.excluded = "not in the controller's topology" if topology else "the controller did not answer"
+                access.excluded = said or ("not in the controller's topology" if topology
+                                           else "the controller did not answer")
             if access.excluded:
                 access.address = None
             out.append(access)
