@@ -157,17 +157,21 @@ def parse_annotations_lenient(annotations: Mapping[str, str] | None,
 
     rate_limit = None
     average_found, burst_found = get(RATELIMIT_AVERAGE), get(RATELIMIT_BURST)
-    if average_found or burst_found:
-        average = _int(average_found, 1, MAX_RATE, errors, clamp=True) if average_found else None
-        burst = _int(burst_found, 1, MAX_RATE, errors, clamp=True) if burst_found else None
-        if average_found and not burst_found:
-            errors.append(AnnotationError(*average_found, f"needs {_sibling(average_found[0], RATELIMIT_BURST)} too",
-                                          fatal=average is None, effect=_NO_RATE_LIMIT))
-        elif burst_found and not average_found:
-            errors.append(AnnotationError(*burst_found, f"needs {_sibling(burst_found[0], RATELIMIT_AVERAGE)} too",
-                                          fatal=burst is None, effect=_NO_RATE_LIMIT))
-        elif average is not None and burst is not None:
+    if average_found and burst_found:
+        average = _int(average_found, 1, MAX_RATE, errors, clamp=True)
+        burst = _int(burst_found, 1, MAX_RATE, errors, clamp=True)
+        if average is not None and burst is not None:
             rate_limit = RateLimit(average, burst)
+    elif average_found or burst_found:
+        # Half a pair applies no rate limit whatever its value, so a bad one does not take the
+        # Service out either (Traefik Mesh ignored half a pair before reading its value).
+        found, sibling = (average_found, RATELIMIT_BURST) if average_found else (burst_found, RATELIMIT_AVERAGE)
+        problems: list[AnnotationError] = []
+        _int(found, 1, MAX_RATE, problems, clamp=True)
+        reason = f"needs {_sibling(found[0], sibling)} too"
+        if problems and problems[0].fatal:
+            reason = f"{problems[0].reason}, and {reason}"
+        errors.append(AnnotationError(*found, reason, fatal=False, effect=_NO_RATE_LIMIT))
 
     timeout = None
     if found := get(REQUEST_TIMEOUT):

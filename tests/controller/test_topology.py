@@ -768,10 +768,15 @@ def test_half_a_rate_limit_pair_is_reported_and_the_service_stays_meshed_without
         "no rate limit is applied; the service stays in the mesh")
     assert "needs maesh.containo.us/ratelimit-average too" in errors[
         ("burst", "metadata.annotations[maesh.containo.us/ratelimit-burst]")]
+    # nor does a bad value of half a pair leave it out: Traefik Mesh ignored half a pair before
+    # reading its value, and no rate limit applies whatever it is
+    assert errors[("bad", "metadata.annotations[mesh.traefik.io/ratelimit-average]")] == (
+        "annotation mesh.traefik.io/ratelimit-average='lots': must be a whole number, and needs "
+        "mesh.traefik.io/ratelimit-burst too; no rate limit is applied; the service stays in the mesh")
     meshed = {s.name for s in result.topology.services.values()}
-    assert {"avg", "burst"} <= meshed and "bad" not in meshed  # a bad value still leaves it out
+    assert {"avg", "burst", "bad"} <= meshed
     routed = {r.service.split(":")[0] for r in result.config.http.routers}
-    assert routed == {"app/avg", "app/burst"}, routed
+    assert routed == {"app/avg", "app/bad", "app/burst"}, routed
     assert not result.config.http.middlewares  # and no rate limit anywhere
 
 
