@@ -187,3 +187,83 @@ async def test_a_whole_response_before_the_whole_request_says_the_connection_clo
         finally:
             await c.close()
         assert r.status == 200 and ("Connection", "close") in r.headers, r.headers
+
+
+UPGRADE_LINES = b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
+
+
+@on_uvloop
+@pytest.mark.parametrize("framing, pieces", [
+    # Content-Length: with the head, in a later read, and a body too big to stay in one read
+    ("length", [b"hello"]),
+    ("length", [b"", b"hel", b"lo"]),
+    ("length", [b"x" * 300_000]),
+    # chunked, with an extension and a trailer field, split inside a chunk and inside the trailer
+    ("chunked", [b"5;ext=1\r\nhello\r\n0\r\nX-Check: 1\r\n\r\n"]),
+    ("chunked", [b"", b"5\r\nhel", b"lo\r\n3\r\nabc\r\n0\r\nX-Ch", b"eck: 1\r\n\r\n"]),
+])
+async def test_an_upgrade_request_with_a_body_goes_as_a_plain_request_with_its_body(framing, pieces):
+    # llhttp stops after the head of any Upgrade request: the body was held for a tunnel that a
+    # server ignoring the Upgrade never opened (Content-Length: the server waited forever; chunked:
+    # it got an empty body). `curl --http2 -d ...` sends such a request.
+    from .backends import Backend
+    body = b"".join(pieces)
+    if framing == "length":
+        head_end = b"Content-Length: %d\r\n\r\n" % len(body)
+        expected = body
+    else:
+        head_end = b"Transfer-Encoding: chunked\r\n\r\n"
+        expected = b"helloabc" if b"abc" in body else b"hello"
+    async with Backend() as backend, ProxyUnderTest(simple_config([backend.url])) as p:
+        c = await RawClient.connect(p.port)
+        try:
+            await c.send(b"POST /echo HTTP/1.1\r\nHost: svc\r\n" + UPGRADE_LINES + head_end + pieces[0])
+            for piece in pieces[1:]:
+                await asyncio.sleep(0.05)
+                await c.send(piece)
+            r = await c.response()
+            assert r.status == 200 and r.header("x-body-length") == str(len(expected))
+            assert await c.closed()  # as after any Upgrade request: the connection ends with the answer
+        finally:
+            await c.close()
+    (seen,) = backend.requests
+    assert seen.body == expected and seen.header("upgrade") is None
+    if framing == "chunked":
+        assert seen.header("x-check") == "1"  # the trailer field went on
+
+
+@on_uvloop
+async def test_bytes_after_a_declined_upgrade_requests_body_are_not_forwarded():
+    async with LoggingOrigin() as origin, ProxyUnderTest(
+            simple_config([origin.url], routers=DENY_ADMIN, middlewares=DENY)) as p:
+        c = await RawClient.connect(p.port)
+        try:
+            await c.send(b"POST / HTTP/1.1\r\nHost: svc\r\n" + UPGRADE_LINES + b"Content-Length: 2\r\n\r\nhi"
+                         b"GET /admin HTTP/1.1\r\nHost: svc\r\n\r\n")
+            r = await c.response()
+            assert r.status == 200 and await c.closed()
+        finally:
+            await c.close()
+        everything = origin.everything()
+        assert everything.endswith(b"\r\n\r\nhi") and b"/admin" not in everything, everything
+
+
+@on_uvloop
+async def test_an_h2c_upgrade_is_declined_and_the_connection_goes_on_in_http1():
+    # The proxy drops HTTP2-Settings (hop-by-hop), so no server could take an h2c upgrade on:
+    # forwarded, the server saw "Upgrade: h2c" without it. Declined, the client goes on in HTTP/1.1.
+    from .backends import Backend
+    async with Backend() as backend, ProxyUnderTest(simple_config([backend.url])) as p:
+        c = await RawClient.connect(p.port)
+        try:
+            await c.send(b"GET /one HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                         b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n"
+                         b"GET /two HTTP/1.1\r\nHost: svc\r\n\r\n")
+            first, second = await c.response(), await c.response()
+            assert (first.status, second.status) == (200, 200)
+            await c.send(b"GET /three HTTP/1.1\r\nHost: svc\r\n\r\n")
+            assert (await c.response()).status == 200  # still open: keep-alive as for any request
+        finally:
+            await c.close()
+    assert [r.path for r in backend.requests] == ["/one", "/two", "/three"]
+    assert all(r.header("upgrade") is None and r.header("http2-settings") is None for r in backend.requests)

@@ -543,6 +543,7 @@ class Exchange:
     nhead = 0  # chunked request: the number of ``headers`` in the head (those after are trailers)
     resp_edits = None  # the route's response_headers edits (a routing.HeaderEdits): the head is rebuilt
     due = 0.0  # loop time its rate-limit token is due, if it waits for one (see run_checks); 0: none
+    declined = False  # an Upgrade request forwarded as a plain one (see _declined_upgrade)
 
     def __init__(self, start: float) -> None:
         self.start = start
@@ -601,7 +602,7 @@ class ClientProtocol(asyncio.Protocol):
                  "active", "pending", "out", "dirty", "rpause", "wpaused", "closing", "broken", "tunnel",
                  "deadline", "timer", "period", "in_head", "head_seen", "acl", "acl_plane", "hosts", "raw_up",
                  "registered", "bypass", "response_timeout", "fresh_conn", "alt_method", "fwd_tails", "rate_delay",
-                 "in_done", "done_next", "held", "recycle_first")
+                 "in_done", "done_next", "held", "recycle_first", "declined")
 
     def __init__(self, holder: Any, entry_point: str, options: HTTPOptions, metrics: ProxyMetrics) -> None:
         self.holder = holder
@@ -644,6 +645,7 @@ class ClientProtocol(asyncio.Protocol):
         self.in_done = False  # _done is on the stack (see there)
         self.held: list[bytes] = []  # bytes after an Upgrade request, until the server switches (101)
         self.done_next: Exchange | None = None
+        self.declined: Exchange | None = None  # its Upgrade declined, its body still to come (see _upgraded)
 
     # ------------------------------------------------------------------ connection events
 
@@ -846,7 +848,7 @@ class ClientProtocol(asyncio.Protocol):
             return
         if self.bypass:
             data = self._bypassed(data)
-            if not data:
+            if not data or self.broken:  # (broken: the body ended a request that closes the connection)
                 self._end_of_read()
                 return
         if self.in_head:
@@ -872,7 +874,7 @@ class ClientProtocol(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as exc:
-            self._upgraded(data, exc.args[0])
+            respelt = self._upgraded(data, exc.args[0])  # bytes to parse again, for a declined upgrade
         except HttpParserCallbackError as exc:
             ctx = exc.__context__
             if isinstance(ctx, _Reject):
@@ -1089,7 +1091,10 @@ class ClientProtocol(asyncio.Protocol):
             if extra:  # headers named by Connection are hop-by-hop too
                 parts = _drop_fields(parts, 5, extra)
             if upgrade is not None and names_upgrade:
-                ex.upgrade = upgrade
+                if ex.chunked or ex.cl_left > 0 or upgrade.strip().lower() == b"h2c":
+                    self._decline_upgrade(ex)
+                else:
+                    ex.upgrade = upgrade
         url = ex.url
         if url[:1] != b"/" and url != b"*":
             # absolute-form (RFC 9112 §3.2.2): the authority replaces Host; forward origin-form.
@@ -1266,7 +1271,7 @@ class ClientProtocol(asyncio.Protocol):
         self.cur = None
         self.in_head = True
         self.head_seen = 0
-        if ex.chunked and ex.local == 0:
+        if ex.chunked and ex.local == 0 and not ex.declined:
             last = _last_chunk(ex.headers, ex.nhead)
             ex.wire_bytes -= len(last)  # framing and trailer fields (bounded above), not body bytes
             self._body_piece(ex, last)
@@ -1720,8 +1725,56 @@ class ClientProtocol(asyncio.Protocol):
             return
         self.flush()
 
-    def _upgraded(self, data: bytes, offset: int) -> None:
-        """The request parser stopped after an Upgrade request: the rest is the new protocol."""
+    def _decline_upgrade(self, ex: Exchange) -> None:
+        """An Upgrade request this proxy forwards as a plain request, without its Upgrade (a
+        hop-by-hop field a proxy may drop; RFC 9110 §7.8 lets the server ignore it anyway):
+
+        * one with a body: llhttp stops after the head of any Upgrade request and would leave the
+          body to the new protocol; a server that ignores the Upgrade (most do) then waits for a
+          body that never comes, or reads a chunked one as empty. The body goes as the request's.
+        * ``h2c``: its ``HTTP2-Settings`` is hop-by-hop and dropped here, so no server could take the
+          upgrade on; the client goes on in HTTP/1.1, as RFC 9113 allows (prior-knowledge HTTP/2
+          is served by the listener itself).
+
+        The parser still stops after the head: :meth:`_upgraded` parses what follows."""
+        if ex.chunked or ex.cl_left > 0:
+            ex.declined = True
+            # the body is read by another parser (see _upgraded); the connection ends with this
+            # response, as for any Upgrade request, so what may follow the body is never parsed
+            ex.keep_alive = True
+            ex.close_after = True
+        self.declined = ex
+
+    def _resume_declined(self, ex: Exchange, tail: bytes) -> bytes:
+        """The body of a request whose Upgrade was declined, parsed from ``tail`` on; returns the
+        bytes to feed to the new parser (see data_received)."""
+        self.cur = ex
+        self.in_head = False
+        ex.req_done = False
+        ex.keep_alive = False  # stop reading once the body is in (see on_message_complete)
+        if ex.timer is not None:  # armed as if the request were complete: it starts with the body's end
+            ex.timer.cancel()
+            ex.timer = None
+        if ex.chunked:
+            # a parser in the middle of a chunked message: a synthetic head, then the client's bytes
+            ex.declined = False
+            self.parser = parser = httptools.HttpRequestParser(_ChunkedBody(self))
+            parser.feed_data(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        else:
+            self.bypass = ex.cl_left  # see _bypassed
+            self.parser = httptools.HttpRequestParser(self)
+        return tail
+
+    def _upgraded(self, data: bytes, offset: int) -> bytes | None:
+        """The request parser stopped after an Upgrade request: the rest is the new protocol, or,
+        for an Upgrade declined (see _decline_upgrade), the request's body and what follows; those
+        bytes are returned, to be parsed again."""
+        declined, self.declined = self.declined, None
+        if declined is not None and not declined.local and not self.broken:
+            if declined.declined:
+                return self._resume_declined(declined, data[offset:]) or None
+            self.parser = httptools.HttpRequestParser(self)  # no body: the next request follows
+            return data[offset:] or None
         ex = self.active
         if ex is None or ex.upgrade is None or ex.local:
             # Not forwarded (local answer) or an upgrade we do not know: nothing to tunnel. No
@@ -1755,6 +1808,37 @@ class ClientProtocol(asyncio.Protocol):
     def tunnel_activity(self) -> None:
         """Bytes moved through the tunnel: its idle timeout starts again."""
         self.deadline = self.loop.time() + self.options.tunnel_idle_timeout
+
+
+class _ChunkedBody:
+    """Parser callbacks for the chunked body of a request whose Upgrade was declined (see
+    ``ClientProtocol._decline_upgrade``): llhttp stopped after its head, so a new parser is started
+    on a synthetic head and fed the rest; body, trailer fields and the end go to the protocol as from
+    its own parser. Anything after the message is ignored (the connection ends with the response)."""
+
+    __slots__ = ("proto", "in_body", "ended")
+
+    def __init__(self, proto: ClientProtocol) -> None:
+        self.proto = proto
+        self.in_body = False
+        self.ended = False
+
+    def on_headers_complete(self) -> None:
+        self.in_body = not self.ended
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.in_body:  # trailer fields (the synthetic head's are not the request's)
+            self.proto.on_header(name, value)
+
+    def on_body(self, body: bytes) -> None:
+        if self.in_body:
+            self.proto.on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.in_body:
+            self.in_body = False
+            self.ended = True
+            self.proto.on_message_complete()
 
 
 _UPSTREAM_TLS: ssl.SSLContext | None = None
