@@ -92,6 +92,15 @@ def test_methods_and_headers():
     assert _lookup(plane, "h", headers=[(b"X-Canary", b"yes!"), (b"User-Agent", b"curl")]) is None
 
 
+def test_header_values_are_matched_as_utf8_like_gos_regexp():
+    # A pattern with non-ASCII letters matched nothing: values were decoded as latin-1
+    plane = compile_http(_config([_router("fr", headers={"X-User": "^café$"}),
+                                  _router("any", headers={"X-User": "^caf.$"}, priority=-1)]))
+    assert _lookup(plane, "h", headers=[(b"X-User", "café".encode())]) == "fr"
+    # a byte that is not UTF-8 is one U+FFFD, as in Go: it is no "é", but it is one character
+    assert _lookup(plane, "h", headers=[(b"X-User", b"caf\xe9")]) == "any"
+
+
 def test_precedence_priority_then_length_then_name():
     plane = compile_http(_config([
         _router("low", 1, hosts=["h"]),

@@ -198,9 +198,11 @@ class Route:
         for lname, search in self.headers:
             for name, value in headers:
                 # the whitespace around a field value is not part of it (RFC 9110 §5.5); llhttp
-                # keeps the trailing one, which would let "X-Canary: 1 " past an exact match
+                # keeps the trailing one, which would let "X-Canary: 1 " past an exact match.
+                # Matched as UTF-8, as Go's regexp (Traefik) reads a value: "^café$" matches the
+                # UTF-8 bytes a client sends; a byte that is not UTF-8 is U+FFFD, as there.
                 if len(name) == len(lname) and name.lower() == lname and search(
-                        value.rstrip(b" \t").decode("latin-1")):
+                        value.rstrip(b" \t").decode("utf-8", "replace")):
                     break
             else:
                 return False
