@@ -142,6 +142,21 @@ async def test_too_many_request_trailer_fields_get_431():
         assert not [r for r in b.requests if r.method == "POST"]
 
 
+@on_uvloop
+async def test_the_trailer_section_is_bounded_like_a_head_blank_line_included():
+    limit = 2048
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url]), options=HTTPOptions(max_header_bytes=limit)) as p:
+        for size, status in ((limit, 200), (limit + 1, 431)):
+            value = b"v" * (size - len(b"X-Pad: \r\n\r\n"))  # one field and the blank line: `size` bytes
+            client = await RawClient.connect(p.port)
+            try:
+                await client.send(b"POST /echo HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                  b"2\r\nhi\r\n0\r\nX-Pad: " + value + b"\r\n\r\n")
+                assert (await client.response()).status == status, size
+            finally:
+                await client.close()
+
+
 CHUNKED_WITH_TRAILERS = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n"
                          b"5\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: abc\r\nProxy-Secret: no\r\nConnection: x\r\n\r\n")
 

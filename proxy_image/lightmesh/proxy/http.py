@@ -1266,7 +1266,8 @@ class ClientProtocol(asyncio.Protocol):
         if ex.chunked and len(ex.headers) > ex.nhead:
             if len(ex.headers) - ex.nhead > MAX_TRAILER_FIELDS:
                 raise _Reject(431, "too many trailer fields")
-            if sum(len(n) + len(v) + 4 for n, v in ex.headers[ex.nhead:]) > self.options.max_header_bytes:
+            # "name: value" CRLF per field, and the blank line that ends the section
+            if sum(len(n) + len(v) + 4 for n, v in ex.headers[ex.nhead:]) + 2 > self.options.max_header_bytes:
                 raise _Reject(431, "trailer fields too large")  # (data_received bounds the slow ones)
         self.cur = None
         self.in_head = True
