@@ -21,18 +21,29 @@ serialized body, the build result) and wakes long polls when the hash changes. T
 ``GET /live``                   200 ``ok`` whenever the event loop runs (liveness probe: syncing,
                                 follower, unready or stopping alike); no other work.
 ``GET /api/status/nodes``       proxy pods (from the Pods cache, DaemonSet labels) joined with what
-                                each proxy reported: applied version, last seen, up to date.
+                                each proxy reported: applied version, last seen, up to date, and
+                                ``reported_to`` (the replica it polled). A proxy polls one replica
+                                (through the Service): the replica answering also asks its peers
+                                (the controller pods of the mesh namespace, but itself) for
+                                ``?scope=local`` concurrently, for ``PEER_TIMEOUT_SECONDS`` at most,
+                                and per proxy the report seen last wins. A peer that fails or is
+                                slow is skipped (logged, a warning at most once a minute per peer).
+                                ``?scope=local``: this replica's own reports only, no peer asked
+                                (what peers ask each other for, so they never recurse).
 ``GET /metrics``                the controller's Prometheus registry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
+import math
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
+import aiohttp
 from aiohttp import web
 
 from lightmesh import wire
@@ -45,6 +56,12 @@ MAX_TRACKED_PROXIES = 10_000  # a misbehaving client cannot grow the table witho
 MAX_HELD_POLLS_PER_CLIENT = 64  # held config long polls per client address (as DNS over TCP's cap)
 LIVENESS_PATH = "/live"
 STALE_PROXY_SECONDS = 3 * wire.LONG_POLL_SECONDS
+# /api/status/nodes asks the peer replicas for their proxies' reports: all at once, for this long at
+# most (a peer slower than that is left out of this answer, which still comes)
+PEER_TIMEOUT_SECONDS = 1.0
+PEER_WARNING_INTERVAL_SECONDS = 60.0  # a failing peer: one warning per peer per interval, else debug
+MAX_PEER_ANSWER_BYTES = 16 * 1024 * 1024  # 10,000 proxies are ~3 MB
+SCOPE_LOCAL = "local"
 
 
 def etag_matches(if_none_match: str | None, etag: str) -> bool:
@@ -153,13 +170,73 @@ def _pod_ready(pod: dict) -> bool:
     return False
 
 
+def _address(text: Any) -> str | None:
+    """An IP address as text, normalized; None for anything else (a host name is never fetched)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+        return None
+    return str(address)
+
+
+def _api_port(pod: dict) -> int | None:
+    """The pod's container port named ``api`` (as MeshInstall names it), if it declares one."""
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for port in (container.get("ports") or [] if isinstance(container, dict) else []):
+            if not isinstance(port, dict) or port.get("name") != "api":
+                continue
+            number = port.get("containerPort")
+            if isinstance(number, int) and not isinstance(number, bool) and 0 < number < 65536:
+                return number
+    return None
+
+
+class PeerError(Exception):
+    pass
+
+
+def _peer_report(entry: Any, peer: str) -> tuple[str, dict] | None:
+    """One node of a peer's ``?scope=local`` answer → (proxy name, report), if it holds a report."""
+    if not isinstance(entry, dict):
+        return None
+    name, seen = entry.get("name"), entry.get("last_seen")
+    if not isinstance(name, str) or not name or len(name) > 253:
+        return None
+    if not isinstance(seen, (int, float)) or isinstance(seen, bool) or not math.isfinite(seen) or seen <= 0:
+        return None  # a pod the peer has no report of
+    version = entry.get("applied_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        version = None
+
+    def text(key: str) -> str | None:
+        value = entry.get(key)
+        return value[:64] if isinstance(value, str) else None
+
+    return name, {"applied_version": version, "last_seen": float(seen), "address": text("ip"),
+                  "config_hash": text("config_hash"), "applied_hash": text("applied_hash"), "reported_to": peer}
+
+
 class ControllerAPI:
     def __init__(self, store: ConfigStore, metrics=None, ready: Callable[[], bool] = lambda: True,
-                 proxy_pods: Callable[[], list[dict]] = lambda: []) -> None:
+                 proxy_pods: Callable[[], list[dict]] = lambda: [],
+                 controller_pods: Callable[[], list[dict]] = lambda: [], identity: str | None = None,
+                 own_addresses: Iterable[str] = ()) -> None:
         self.store = store
         self.metrics = metrics
         self.ready = ready
         self.proxy_pods = proxy_pods
+        # the peer replicas for /api/status/nodes: every controller pod but this one (its name,
+        # ``identity``, or one of its own addresses)
+        self.controller_pods = controller_pods
+        self.identity = identity
+        self.own_addresses = frozenset(a for a in map(_address, own_addresses) if a)
+        self._peer_session: aiohttp.ClientSession | None = None
+        self._peer_fanout: asyncio.Future | None = None  # concurrent status requests share one
+        self._peer_warned: dict[str, float] = {}  # peer → when it was last warned about
         self.app = web.Application()
         self.app.router.add_get(wire.CONFIG_PATH, self.configuration)
         self.app.router.add_get(wire.TOPOLOGY_PATH, self.topology)
@@ -198,6 +275,11 @@ class ControllerAPI:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._peer_fanout is not None and not self._peer_fanout.done():
+            self._peer_fanout.cancel()
+        if self._peer_session is not None:
+            await self._peer_session.close()
+            self._peer_session = None
 
     # ------------------------------------------------------------------ handlers
 
@@ -259,25 +341,133 @@ class ControllerAPI:
         return web.Response(text="false", status=503, content_type="application/json")
 
     async def nodes(self, request: web.Request) -> web.Response:
+        scope = request.query.get("scope", "all")
+        if scope not in ("all", SCOPE_LOCAL):
+            raise web.HTTPBadRequest(text="scope must be local (this replica's reports only) or all (the default)")
+        # the peers first: what this replica saw is read after, the freshest
+        peers = await self._peer_reports() if scope != SCOPE_LOCAL else []
         current = self.store.config.hash if self.store.config is not None else None
-        seen = dict(self.store.proxies)
+        pods = self.proxy_pods()
+        pod_names = {(pod.get("metadata") or {}).get("name", "") for pod in pods}
+        now = time.time()
+        seen: dict[str, dict] = {}
+        for name, report in list(self.store.proxies.items()):
+            if name not in pod_names and now - report["last_seen"] > STALE_PROXY_SECONDS:
+                # no pod and no poll for three long polls: gone (a rollout replaced it), not lagging
+                self.store.proxies.pop(name, None)
+                continue
+            seen[name] = {**report, "reported_to": self.identity}
+        for name, report in peers:  # per proxy, the report seen last (the replica it polls now)
+            if name not in pod_names and now - report["last_seen"] > STALE_PROXY_SECONDS:
+                continue
+            mine = seen.get(name)
+            if mine is None or report["last_seen"] > mine["last_seen"]:
+                seen[name] = report
         out = []
-        for pod in self.proxy_pods():
+        for pod in pods:
             meta, status = pod.get("metadata") or {}, pod.get("status") or {}
             name = meta.get("name", "")
             report = seen.pop(name, None) or {}
             out.append({"name": name, "ip": status.get("podIP"), "node": (pod.get("spec") or {}).get("nodeName"),
                         "ready": _pod_ready(pod), **self._report(report, current)})
-        now = time.time()
         for name, report in seen.items():  # proxies that reported but are not (yet) in the Pods cache
-            if now - report["last_seen"] > STALE_PROXY_SECONDS:
-                # no pod and no poll for three long polls: gone (a rollout replaced it), not lagging
-                self.store.proxies.pop(name, None)
-                continue
             out.append({"name": name, "ip": report.get("address"), "node": None, "ready": None,
                         **self._report(report, current)})
         out.sort(key=lambda n: n["name"])
         return web.json_response(out)
+
+    # ------------------------------------------------------------------ peers (/api/status/nodes)
+
+    def _peers(self) -> list[tuple[str, str, bool]]:
+        """(pod name, ``?scope=local`` URL, whether a failure is worth a warning) per peer replica."""
+        out = []
+        for pod in self.controller_pods():
+            meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+            name = meta.get("name")
+            if not isinstance(name, str) or not name or name == self.identity:
+                continue
+            if status.get("phase") in ("Succeeded", "Failed"):
+                continue
+            address = _address(status.get("podIP"))
+            if address is None or address in self.own_addresses:
+                continue  # not scheduled yet, or this replica under another name
+            port = _api_port(pod) or self.port
+            if port is None:
+                continue
+            host = f"[{address}]" if ":" in address else address
+            # a peer that is not ready, or terminating, may well not answer: said at debug only
+            loud = _pod_ready(pod) and not meta.get("deletionTimestamp")
+            out.append((name, f"http://{host}:{port}{wire.NODES_PATH}?scope={SCOPE_LOCAL}", loud))
+        return out
+
+    async def _peer_reports(self) -> list[tuple[str, dict]]:
+        peers = self._peers()
+        if not peers:
+            return []  # one replica, or local mode: as before, no client, no wait
+        if self._peer_fanout is None or self._peer_fanout.done():
+            self._peer_fanout = asyncio.ensure_future(self._ask_peers(peers))
+        # shielded: a status client that goes away (handler cancellation) does not cancel the
+        # answer other requests wait for
+        return await asyncio.shield(self._peer_fanout)
+
+    async def _ask_peers(self, peers: list[tuple[str, str, bool]]) -> list[tuple[str, dict]]:
+        if self._peer_session is None or self._peer_session.closed:
+            self._peer_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(keepalive_timeout=5.0),  # under the peers' idle close (10 s)
+                timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT_SECONDS))
+        tasks = {asyncio.ensure_future(self._ask_peer(url)): (name, url, loud) for name, url, loud in peers}
+        done, pending = await asyncio.wait(tasks, timeout=PEER_TIMEOUT_SECONDS)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=0.1)  # (their cancel: at once, aiohttp's requests)
+        out: list[tuple[str, dict]] = []
+        for task, (name, url, loud) in tasks.items():
+            if task in pending or task.cancelled():
+                if task.done() and not task.cancelled():
+                    task.exception()  # (finished meanwhile: too late for this answer; retrieved)
+                self._peer_failed(name, url, f"no answer within {PEER_TIMEOUT_SECONDS:g}s", loud)
+                continue
+            exc = task.exception()
+            if exc is not None:
+                self._peer_failed(name, url, f"{type(exc).__name__}: {exc}".rstrip(": "), loud)
+                continue
+            entries = task.result()
+            for entry in entries[:2 * MAX_TRACKED_PROXIES]:
+                report = _peer_report(entry, name)
+                if report is not None:
+                    out.append(report)
+        return out
+
+    async def _ask_peer(self, url: str) -> list:
+        assert self._peer_session is not None
+        async with self._peer_session.get(url, allow_redirects=False) as resp:
+            if resp.status != 200:
+                raise PeerError(f"answered {resp.status}")
+            body = bytearray()
+            async for chunk in resp.content.iter_chunked(65536):
+                body += chunk
+                if len(body) > MAX_PEER_ANSWER_BYTES:
+                    raise PeerError(f"answer over {MAX_PEER_ANSWER_BYTES} bytes")
+        try:
+            entries = json.loads(body)
+        except ValueError:
+            raise PeerError("answer is not JSON") from None
+        if not isinstance(entries, list):
+            raise PeerError("answer is not a JSON list")
+        return entries
+
+    def _peer_failed(self, name: str, url: str, reason: str, loud: bool) -> None:
+        now = time.monotonic()
+        if loud and now - self._peer_warned.get(name, -math.inf) >= PEER_WARNING_INTERVAL_SECONDS:
+            if len(self._peer_warned) > 1000:  # replaced pods' names: forget the old ones
+                self._peer_warned = {k: t for k, t in self._peer_warned.items()
+                                     if now - t < PEER_WARNING_INTERVAL_SECONDS}
+            self._peer_warned[name] = now
+            log.warning("status/nodes: peer replica %s (%s) skipped: %s; answering without the reports of the "
+                        "proxies that poll it (warned once a minute)", name, url, reason)
+        else:
+            log.debug("status/nodes: peer replica %s (%s) skipped: %s", name, url, reason)
 
     @staticmethod
     def _report(report: dict, current_hash: str | None) -> dict:
@@ -289,7 +479,7 @@ class ControllerAPI:
         # config: it holds a config it refused too (as If-None-Match), which must not count.
         in_force = report.get("applied_hash") or held
         return {"applied_version": applied, "config_hash": held, "applied_hash": report.get("applied_hash"),
-                "last_seen": report.get("last_seen"),
+                "last_seen": report.get("last_seen"), "reported_to": report.get("reported_to"),
                 "up_to_date": applied is not None and in_force is not None and in_force == current_hash}
 
     async def metrics_handler(self, request: web.Request) -> web.Response:

@@ -144,6 +144,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event, stop_now: asyncio
     returns the exit code."""
     from lightmesh.controller.api import ConfigStore, ControllerAPI
     from lightmesh.controller.dns import DNSTable, MeshDNS
+    from lightmesh.controller.leader import default_identity
     from lightmesh.controller.metrics import ControllerMetrics
     from lightmesh.controller.reconcile import Controller
     from lightmesh.controller.sources import ACL_REQUIRED, FileSource, KubeAPI, KubeSource, ObjectFilter
@@ -201,8 +202,14 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event, stop_now: asyncio
         parts["elector"].on_change = controller.leadership_changed
         parts["elector"].on_leader_settings = controller.leader_settings_changed
 
+    # /api/status/nodes asks the other replicas (controller pods of the mesh namespace) for the
+    # reports of the proxies that poll them; this one is told apart by its pod name (the name the
+    # Lease identity starts with) and, when the API is bound to one, by its address
+    own = [] if args.api_address in ("", "::", "0.0.0.0") else [args.api_address]
     api = ControllerAPI(store, metrics, ready=controller.ready,
-                        proxy_pods=lambda: source.snapshot().get("proxy_pods", []))
+                        proxy_pods=lambda: source.mesh_pods("proxy_pods"),
+                        controller_pods=lambda: source.mesh_pods("controller_pods"),
+                        identity=default_identity(), own_addresses=own)
     try:
         try:
             await api.start(args.api_address, args.api_port)

@@ -129,6 +129,18 @@ def is_proxy_pod(obj: dict) -> bool:
     return all(labels.get(k) == v for k, v in wire.PROXY_POD_LABELS.items())
 
 
+def is_controller_pod(obj: dict) -> bool:
+    """A controller replica's pod: the labels MeshInstall's Deployment gives its pod template (and
+    selects them by), ``wire.CONTROLLER_POD_LABELS``. Only looked for in the mesh namespace."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return all(labels.get(k) == v for k, v in wire.CONTROLLER_POD_LABELS.items())
+
+
+# what classify/snapshot return besides STATE_FIELDS: mesh-namespace pods the API reads (never the
+# config builder): the proxies (/api/status/nodes) and the controller replicas (its peers there)
+POD_GROUPS = ("proxy_pods", "controller_pods")
+
+
 def _csv(value: Iterable[str] | str | None) -> frozenset[str]:
     if value is None:
         return frozenset()
@@ -151,13 +163,16 @@ class ObjectFilter:
         return cls(mesh_namespace, _csv(watch), _csv(ignore))
 
     def route(self, fieldname: str, obj: dict) -> str | None:
-        """``services`` → ``services``/``shadow_services``/``proxy_pods``/None (ignored), etc."""
+        """``services`` → ``services``/``shadow_services``/None (ignored), ``pods`` →
+        ``pods``/``proxy_pods``/``controller_pods``/None, etc."""
         namespace, name = key_of(obj)
         if namespace == self.mesh_namespace:
             if fieldname == "services" and is_shadow(obj):
                 return "shadow_services"
             if fieldname == "pods" and is_proxy_pod(obj):
                 return "proxy_pods"
+            if fieldname == "pods" and is_controller_pod(obj):
+                return "controller_pods"
             return None
         if namespace in ALWAYS_IGNORED_NAMESPACES or namespace in self.ignore_namespaces:
             return None
@@ -169,8 +184,8 @@ class ObjectFilter:
 
 
 def classify(objects: Iterable[Any], object_filter: ObjectFilter) -> dict[str, list[dict]]:
-    """Raw objects of any kinds → ``{field: [objects]}`` (every STATE_FIELDS key and ``proxy_pods``)."""
-    out: dict[str, list[dict]] = {f: [] for f in (*STATE_FIELDS, "proxy_pods")}
+    """Raw objects of any kinds → ``{field: [objects]}`` (every STATE_FIELDS and POD_GROUPS key)."""
+    out: dict[str, list[dict]] = {f: [] for f in (*STATE_FIELDS, *POD_GROUPS)}
     for obj in objects:
         if not isinstance(obj, dict):
             continue
@@ -283,6 +298,10 @@ class FileSource:
 
     def snapshot(self) -> dict[str, list[dict]]:
         return {f: list(v) for f, v in self._groups.items()}
+
+    def mesh_pods(self, group: str) -> list[dict]:
+        """``snapshot()[group]`` for a POD_GROUPS key, without copying the rest."""
+        return list(self._groups.get(group, ()))
 
     async def run(self) -> None:
         """Poll until cancelled."""
@@ -690,13 +709,21 @@ class KubeSource:
                 self.on_change()
 
     def snapshot(self) -> dict[str, list[dict]]:
-        out: dict[str, list[dict]] = {f: [] for f in (*STATE_FIELDS, "proxy_pods")}
+        out: dict[str, list[dict]] = {f: [] for f in (*STATE_FIELDS, *POD_GROUPS)}
         for fieldname, informer in self.informers.items():
             for obj in informer.cache.values():
                 target = self.filter.route(fieldname, obj)
                 if target is not None:
                     out[target].append(obj)
         return out
+
+    def mesh_pods(self, group: str) -> list[dict]:
+        """``snapshot()[group]`` for a POD_GROUPS key: only the Pods cache is read (the API asks on
+        every /api/status/nodes; a whole snapshot routes every cached object)."""
+        informer = self.informers.get("pods")
+        if informer is None:
+            return []
+        return [obj for obj in list(informer.cache.values()) if self.filter.route("pods", obj) == group]
 
     def raw(self, fieldname: str, namespace: str, name: str) -> dict | None:
         informer = self.informers.get(fieldname)
