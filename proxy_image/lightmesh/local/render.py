@@ -554,20 +554,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    before = _open_loops()
     code = _run(args)
     if code != 130:  # after Ctrl-C the SDK's interrupted task would be reported as never retrieved
-        _close_stray_loops()
+        _close_stray_loops(before)
     return code
 
 
-def _close_stray_loops() -> None:
-    """The Pulumi SDK leaves event loops of its own behind, never closed. Closed here, before the
-    interpreter exits: at exit their sockets may be finalized first, and closing them then prints
-    an "Exception ignored in BaseEventLoop.__del__" traceback to stderr."""
+def _open_loops() -> list[asyncio.AbstractEventLoop]:
     import gc
 
-    for obj in gc.get_objects():
-        if isinstance(obj, asyncio.AbstractEventLoop) and not obj.is_closed() and not obj.is_running():
+    return [obj for obj in gc.get_objects()
+            if isinstance(obj, asyncio.AbstractEventLoop) and not obj.is_closed()]
+
+
+def _close_stray_loops(before: list[asyncio.AbstractEventLoop]) -> None:
+    """The Pulumi SDK leaves event loops of its own behind, never closed. Closed here, before the
+    interpreter exits: at exit their sockets may be finalized first, and closing them then prints
+    an "Exception ignored in BaseEventLoop.__del__" traceback to stderr. Only the loops this
+    render made: a caller's own (``run`` called in a process that goes on) are not ours to close."""
+    kept = {id(loop) for loop in before}
+    for obj in _open_loops():
+        if id(obj) not in kept and not obj.is_running():
             with contextlib.suppress(Exception):
                 obj.close()
 
