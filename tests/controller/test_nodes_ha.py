@@ -224,7 +224,7 @@ def test_a_dead_or_silent_peer_is_skipped_within_the_timeout_and_named_in_the_lo
 class RecordingPeer:
     """A stand-in peer replica: records the requests it gets, answers with one proxy's report."""
 
-    def __init__(self, address: str, port: int, answer: list) -> None:
+    def __init__(self, address: str, port: int, answer: list, headers: dict | None = None) -> None:
         self.requests: list[str] = []
         outer = self
 
@@ -233,6 +233,8 @@ class RecordingPeer:
                 outer.requests.append(self.path)
                 body = json.dumps(answer).encode()
                 self.send_response(200)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -284,6 +286,34 @@ def test_scope_local_asks_no_peer_and_a_peer_is_asked_for_scope_local_only(tmp_p
         assert set(merged) == {"proxy-d", "proxy-far"}
     finally:
         d.stop()
+        if peer is not None:
+            peer.close()
+
+
+def test_a_peer_clock_ahead_or_a_number_out_of_range_neither_pins_nor_breaks_the_answer(tmp_path):
+    # A peer whose clock runs 1,000 s ahead kept winning with its last report of a proxy that had
+    # moved to this replica; a 400-digit last_seen made every /api/status/nodes a 500.
+    own, peer_ip = "127.0.98.9", "127.0.98.10"
+    port = free_port(own, peer_ip)
+    objects = [controller_pod("ctl-e", own), controller_pod("ctl-skewed", peer_ip),
+               proxy_pod("proxy-moved", "127.0.98.16"), proxy_pod("proxy-odd", "127.0.98.17")]
+    e = Replica(tmp_path, "ctl-e", own, port, objects)
+    peer = None
+    try:
+        start_all(e)
+        config = e.config()
+        e.poll_as("proxy-moved", config)  # now polls ctl-e
+        ahead = time.time() + 1000
+        answer = [{"name": "proxy-moved", "applied_version": 1, "config_hash": "old", "applied_hash": "old",
+                   "last_seen": ahead - 10},  # 10 s before ctl-e's poll, on the peer's clock
+                  {"name": "proxy-odd", "applied_version": 1, "config_hash": "old", "last_seen": 10 ** 400}]
+        peer = RecordingPeer(peer_ip, port, answer, headers={"X-Lightmesh-Clock": repr(ahead)})
+        merged = e.nodes()
+        assert merged["proxy-moved"]["reported_to"] == "ctl-e" and merged["proxy-moved"]["up_to_date"] is True
+        assert merged["proxy-odd"]["reported_to"] is None  # the out-of-range report is skipped
+        assert peer.requests == [wire.NODES_PATH + "?scope=local"]
+    finally:
+        e.stop()
         if peer is not None:
             peer.close()
 

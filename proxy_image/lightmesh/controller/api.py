@@ -62,6 +62,9 @@ PEER_TIMEOUT_SECONDS = 1.0
 PEER_WARNING_INTERVAL_SECONDS = 60.0  # a failing peer: one warning per peer per interval, else debug
 MAX_PEER_ANSWER_BYTES = 16 * 1024 * 1024  # 10,000 proxies are ~3 MB
 SCOPE_LOCAL = "local"
+# A ?scope=local answer carries the answering replica's clock (time.time()): the asker moves the
+# peer's last_seen onto its own clock, so a replica whose clock runs ahead cannot pin its reports
+CLOCK_HEADER = "X-Lightmesh-Clock"
 
 
 def etag_matches(if_none_match: str | None, etag: str) -> bool:
@@ -199,15 +202,29 @@ class PeerError(Exception):
     pass
 
 
-def _peer_report(entry: Any, peer: str) -> tuple[str, dict] | None:
-    """One node of a peer's ``?scope=local`` answer → (proxy name, report), if it holds a report."""
+def _finite(value: Any) -> float | None:
+    """A JSON number as a finite float; None for anything else (a 400-digit integer included)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _peer_report(entry: Any, peer: str, offset: float, now: float) -> tuple[str, dict] | None:
+    """One node of a peer's ``?scope=local`` answer → (proxy name, report), if it holds a report.
+    Its ``last_seen`` is moved onto this replica's clock (``offset``: ours minus the peer's) and is
+    never later than ``now``: a report cannot be from the future."""
     if not isinstance(entry, dict):
         return None
-    name, seen = entry.get("name"), entry.get("last_seen")
+    name, seen = entry.get("name"), _finite(entry.get("last_seen"))
     if not isinstance(name, str) or not name or len(name) > 253:
         return None
-    if not isinstance(seen, (int, float)) or isinstance(seen, bool) or not math.isfinite(seen) or seen <= 0:
+    if seen is None or seen <= 0:
         return None  # a pod the peer has no report of
+    seen = min(seen + offset, now)
     version = entry.get("applied_version")
     if not isinstance(version, int) or isinstance(version, bool):
         version = None
@@ -216,7 +233,7 @@ def _peer_report(entry: Any, peer: str) -> tuple[str, dict] | None:
         value = entry.get(key)
         return value[:64] if isinstance(value, str) else None
 
-    return name, {"applied_version": version, "last_seen": float(seen), "address": text("ip"),
+    return name, {"applied_version": version, "last_seen": seen, "address": text("ip"),
                   "config_hash": text("config_hash"), "applied_hash": text("applied_hash"), "reported_to": peer}
 
 
@@ -374,7 +391,7 @@ class ControllerAPI:
             out.append({"name": name, "ip": report.get("address"), "node": None, "ready": None,
                         **self._report(report, current)})
         out.sort(key=lambda n: n["name"])
-        return web.json_response(out)
+        return web.json_response(out, headers={CLOCK_HEADER: repr(time.time())})
 
     # ------------------------------------------------------------------ peers (/api/status/nodes)
 
@@ -432,18 +449,25 @@ class ControllerAPI:
             if exc is not None:
                 self._peer_failed(name, url, f"{type(exc).__name__}: {exc}".rstrip(": "), loud)
                 continue
-            entries = task.result()
+            entries, peer_clock = task.result()
+            now = time.time()
+            # the peer's clock against ours (the answer's transit, under a second, left in)
+            offset = now - peer_clock if peer_clock is not None else 0.0
             for entry in entries[:2 * MAX_TRACKED_PROXIES]:
-                report = _peer_report(entry, name)
+                report = _peer_report(entry, name, offset, now)
                 if report is not None:
                     out.append(report)
         return out
 
-    async def _ask_peer(self, url: str) -> list:
+    async def _ask_peer(self, url: str) -> tuple[list, float | None]:
         assert self._peer_session is not None
         async with self._peer_session.get(url, allow_redirects=False) as resp:
             if resp.status != 200:
                 raise PeerError(f"answered {resp.status}")
+            try:  # (an earlier release sends none: its clock is taken as ours)
+                peer_clock = _finite(float(resp.headers.get(CLOCK_HEADER, "")))
+            except ValueError:
+                peer_clock = None
             body = bytearray()
             async for chunk in resp.content.iter_chunked(65536):
                 body += chunk
@@ -455,7 +479,7 @@ class ControllerAPI:
             raise PeerError("answer is not JSON") from None
         if not isinstance(entries, list):
             raise PeerError("answer is not a JSON list")
-        return entries
+        return entries, peer_clock
 
     def _peer_failed(self, name: str, url: str, reason: str, loud: bool) -> None:
         now = time.monotonic()
