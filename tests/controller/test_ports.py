@@ -157,6 +157,15 @@ def test_a_port_dropped_and_another_added_in_one_edit_do_not_share_a_mesh_port()
     assert third.tcp == {("shop/db", 6379): 10001, ("shop/other", 1): 10000}
 
 
+def test_a_dropped_ports_mesh_port_is_held_while_its_shadow_write_is_not_seen_yet():
+    # Round 1 gave 5432 → 10000 and the leader wrote the shadow; an edit replacing 5432 with 6379
+    # came before the shadow's watch event: 6379 took 10000, and the nodes that already had the
+    # shadow sent 5432's clients to the redis pods.
+    _, first = allocate([service("shop", "db", [5432])])
+    _, second = allocate([service("shop", "db", [6379])], shadows=[], previous=first)
+    assert second.tcp == {("shop/db", 6379): 10001} and not second.errors
+
+
 def test_a_service_whose_port_changed_keeps_its_mesh_port_in_a_full_range():
     # No other port free: its own shadow alone targets the old port, so the new port number takes it
     # (the lesser harm). Reserved against it too, a full range would leave it with no port: the

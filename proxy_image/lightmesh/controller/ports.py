@@ -26,7 +26,8 @@ This module owns the port plan the shadow Services (``targetPort``) and the prox
   targets them any more: until its shadow is deleted or patched (and an orphan whose delete fails
   stays), kube-proxy still sends that Service's clients to the port, so giving it to another
   Service would hand them its traffic; nor does a port the Service no longer has go to its new
-  port while the shadow still targets it (the old port's clients would reach the new port's pods),
+  port while the shadow still targets it (or the previous table still gives it, for a shadow
+  written but not seen yet) (the old port's clients would reach the new port's pods),
   unless no other port is free: then the Service whose shadow alone targets it takes it back, the
   lesser harm than leaving the port unmeshed. A Service left out for bad annotations keeps its
   reservations, so fixing the annotation brings it back on the same ports. Exhaustion → an error
@@ -224,6 +225,13 @@ def allocate_ports(topology: Topology, shadow_services: Sequence[dict], settings
                 if owner is not None:
                     own.setdefault(owner, []).append(port)
         reserved = taken | set(targets)
+        # Nor is a port the previous table gave a port no longer kept: its shadow may be written with
+        # it already, and not yet seen here (the next round sees the shadow, which then holds it).
+        if previous is not None:
+            for (svc_key, _), mesh in sorted(getattr(previous, kind.value).items()):
+                if mesh in in_range and mesh not in reserved:
+                    reserved.add(mesh)
+                    own.setdefault(svc_key, []).append(mesh)
         free = (port for port in in_range if port not in reserved)
         for key in wanted:
             if key in table:
