@@ -43,6 +43,7 @@ def group(name, matches, version="v1alpha4", ns="app"):
     (50, False, 50), ("50", False, 50), (0, False, 0), (-1, False, None), (True, False, None), ("1.5", False, None),
     ("500m", True, 500), ("1", True, 1000), (1, True, 1000), ("1.5", True, 1500), ("2k", True, 2_000_000),
     (0.25, True, 250), ("abc", True, None), (None, True, None),
+    (-1, True, None), (-0.5, True, None), ("-1", True, None),  # v1alpha1: negative ones were -1000
 ])
 def test_split_weights_across_versions(value, quantity, expected):
     assert parse_weight(value, quantity) == expected

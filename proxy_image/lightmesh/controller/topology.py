@@ -847,8 +847,8 @@ def parse_weight(value: Any, quantity: bool) -> int | None:
     """A backend weight: v1alpha1 quantities ("500m", "1") in milli-units, else whole numbers."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        return value * 1000 if quantity else value if value >= 0 else None
+    if isinstance(value, int):  # (a negative one is no weight, whichever version)
+        return None if value < 0 else value * 1000 if quantity else value
     if isinstance(value, float) and quantity and 0 <= value <= 1e12:  # (1e308 * 1000 is inf)
         return round(value * 1000)
     if isinstance(value, str):
