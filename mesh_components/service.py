@@ -303,10 +303,8 @@ def _check_ports(check: Checker, ports: list, traffic_type: Any = None) -> list[
         p["port"] = check.integer(f"ports[{i}].port", p["port"], 1, 65535)
         if p.get("target_port") is not None and p.get("target_port_name") is not None:
             raise check.fail(f"ports[{i}] has both target_port and target_port_name: give one")
-        if isinstance(p.get("target_port"), str):  # Kubernetes' IntOrString, from Python
-            p["target_port"] = _port_name(check, f"ports[{i}].target_port", p["target_port"], number_ok=True)
-        elif p.get("target_port") is not None:
-            p["target_port"] = check.integer(f"ports[{i}].target_port", p["target_port"], 1, 65535)
+        if p.get("target_port") is not None:  # Kubernetes' IntOrString (a name from Python)
+            p["target_port"] = _target_port(check, f"ports[{i}].target_port", p["target_port"])
         if p.get("target_port_name") is not None:
             p["target_port"] = when_known(p.pop("target_port_name"), lambda v, i=i: _port_name(
                 check, f"ports[{i}].target_port_name", v))
@@ -321,6 +319,18 @@ def _check_ports(check: Checker, ports: list, traffic_type: Any = None) -> list[
 
 
 _PORT_NAME = re.compile(r"[a-z0-9]([a-z0-9]|-(?=[a-z0-9]))*")
+
+
+def _target_port(check: Checker, field: str, value: Any) -> Any:
+    """A port number, or a container port name (see :func:`_port_name`); an Output is checked, and
+    a name it resolves to accepted, when it resolves."""
+    def checked(v: Any) -> Any:
+        if isinstance(v, str):
+            return _port_name(check, field, v, number_ok=True)
+        return check.integer(field, v, 1, 65535)
+    if is_known(value):
+        return checked(value)
+    return pulumi.Output.from_input(value).apply(lambda v: v if v is None else checked(v))
 
 
 def _port_name(check: Checker, field: str, value: Any, number_ok: bool = False) -> Any:

@@ -215,12 +215,13 @@ def test_a_named_target_port_is_passed_on_for_kubernetes_to_resolve_per_pod():
         "ports": [{"port": 80, "name": "http", "target_port_name": "http-alt"},
                   {"port": 81, "name": "admin", "target_port": "admin"},  # IntOrString, from Python
                   {"port": 82, "name": "metrics", "target_port": "9102"},  # digits: the number
-                  {"port": 83, "name": "grpc", "target_port_name": pulumi.Output.from_input("grpc")}]})
+                  {"port": 83, "name": "grpc", "target_port_name": pulumi.Output.from_input("grpc")},
+                  {"port": 84, "name": "web", "target_port": pulumi.Output.from_input("web")}]})
 
     def check(_):
         records = MOCKS.by_prefix("ms-named-target")
         spec = next(r for r in records if r.name == "ms-named-target-service").inputs["spec"]
-        assert [p["targetPort"] for p in spec["ports"]] == ["http-alt", "admin", 9102, "grpc"]
+        assert [p["targetPort"] for p in spec["ports"]] == ["http-alt", "admin", 9102, "grpc", "web"]
         assert validate_all(records) == 1
 
     return svc.service_name.apply(check)
