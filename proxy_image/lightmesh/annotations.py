@@ -169,7 +169,7 @@ def parse_annotations_lenient(annotations: Mapping[str, str] | None,
         problems: list[AnnotationError] = []
         _int(found, 1, MAX_RATE, problems, clamp=True)
         reason = f"needs {_sibling(found[0], sibling)} too"
-        if problems and problems[0].fatal:
+        if problems:  # (a bad value, or one over the bound: said too)
             reason = f"{problems[0].reason}, and {reason}"
         errors.append(AnnotationError(*found, reason, fatal=False, effect=_NO_RATE_LIMIT))
 
