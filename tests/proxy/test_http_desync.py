@@ -267,3 +267,89 @@ async def test_an_h2c_upgrade_is_declined_and_the_connection_goes_on_in_http1():
             await c.close()
     assert [r.path for r in backend.requests] == ["/one", "/two", "/three"]
     assert all(r.header("upgrade") is None and r.header("http2-settings") is None for r in backend.requests)
+
+
+@on_uvloop
+async def test_an_h2c_upgrade_answered_locally_keeps_the_connection_going():
+    # Declined, an h2c request is a plain one: its local answer (403 here) carried no
+    # Connection: close, but the bytes after it were never read; a pipelined request got a 400.
+    from .backends import Backend
+    async with Backend() as backend, ProxyUnderTest(
+            simple_config([backend.url], routers=DENY_ADMIN, middlewares=DENY)) as p:
+        c = await RawClient.connect(p.port)
+        try:
+            await c.send(b"GET /one HTTP/1.1\r\nHost: svc\r\n\r\n"
+                         b"GET /admin HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+                         b"GET /three HTTP/1.1\r\nHost: svc\r\n\r\n")
+            statuses = [(await c.response()).status for _ in range(3)]
+            assert statuses == [200, 403, 200]
+            await c.send(b"GET /four HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+            assert (await c.response()).status == 200
+        finally:
+            await c.close()
+    assert [r.path for r in backend.requests] == ["/one", "/three", "/four"]
+
+
+@on_uvloop
+@pytest.mark.parametrize("head", [
+    b"GET /x HTTP/1.0\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+    b"GET /x HTTP/1.1\r\nHost: svc\r\nConnection: close, Upgrade\r\nUpgrade: h2c\r\n\r\n",
+])
+async def test_a_declined_upgrade_on_a_closing_connection_gets_its_answer_and_no_phantom_400(head):
+    from .backends import Backend
+    async with Backend() as backend, ProxyUnderTest(simple_config([backend.url])) as p:
+        c = await RawClient.connect(p.port)
+        try:
+            await c.send(head)
+            assert (await c.response()).status == 200 and await c.closed()
+        finally:
+            await c.close()
+        assert not [k for k in p.metrics.requests if k[1] == "400"], dict(p.metrics.requests)
+
+
+@on_uvloop
+@pytest.mark.parametrize("framing", [b"Content-Length: 5\r\n\r\nhello", b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"])
+async def test_proxy_connection_upgrade_with_a_body_goes_as_a_plain_request(framing):
+    # llhttp reads Proxy-Connection as Connection and stops after the head; the proxy treats it as
+    # hop-by-hop and forwards no Upgrade, so the body was lost as before the decline
+    from .backends import Backend
+    async with Backend() as backend, ProxyUnderTest(simple_config([backend.url])) as p:
+        c = await RawClient.connect(p.port)
+        try:
+            await c.send(b"POST /echo HTTP/1.1\r\nHost: svc\r\nProxy-Connection: Upgrade\r\nUpgrade: x\r\n" + framing)
+            r = await c.response()
+            assert r.status == 200 and r.header("x-body-length") == "5"
+        finally:
+            await c.close()
+    (seen,) = backend.requests
+    assert seen.body == b"hello" and seen.header("upgrade") is None
+
+
+@on_uvloop
+async def test_a_request_timeout_still_answers_an_upgrade_request_with_a_body():
+    from .backends import Backend
+    routers = [{"name": "r", "service": "svc", "middlewares": ["quick"]}]
+    middlewares = [{"type": "request_timeout", "name": "quick", "seconds": 0.3}]
+    async with Backend() as backend, ProxyUnderTest(
+            simple_config([backend.url], routers=routers, middlewares=middlewares)) as p:
+        c = await RawClient.connect(p.port)
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await c.send(b"POST /hang HTTP/1.1\r\nHost: svc\r\n" + UPGRADE_LINES + b"Content-Length: 2\r\n\r\nhi")
+            assert (await c.response(timeout=5)).status == 504 and loop.time() - started < 3
+        finally:
+            await c.close()
+
+
+@on_uvloop
+async def test_an_upgrade_offering_h2c_and_another_protocol_goes_on_with_the_other():
+    switch = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    async with LoggingOrigin(switch) as origin, ProxyUnderTest(simple_config([origin.url])) as p:
+        c = await RawClient.connect(p.port)
+        try:
+            await c.send(b"GET /ws HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: h2c, websocket\r\n\r\n")
+            assert (await c.response()).status == 101
+        finally:
+            await c.close()
+        assert b"Upgrade: websocket\r\n" in origin.everything() and b"h2c" not in origin.everything()

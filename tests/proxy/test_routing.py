@@ -99,6 +99,9 @@ def test_header_values_are_matched_as_utf8_like_gos_regexp():
     assert _lookup(plane, "h", headers=[(b"X-User", "café".encode())]) == "fr"
     # a byte that is not UTF-8 is one U+FFFD, as in Go: it is no "é", but it is one character
     assert _lookup(plane, "h", headers=[(b"X-User", b"caf\xe9")]) == "any"
+    # a truncated sequence is one U+FFFD per byte, as Go's decoding makes it
+    plane = compile_http(_config([_router("two", headers={"X-Two": "^..$"})]))
+    assert _lookup(plane, "h", headers=[(b"X-Two", b"\xe2\x82")]) == "two"
 
 
 def test_precedence_priority_then_length_then_name():

@@ -960,8 +960,10 @@ class ClientProtocol(asyncio.Protocol):
         if cur is not None and not self.in_head and not self.raw_up:
             # a request body is on its way: the next piece is due within body_timeout
             self.deadline = self.loop.time() + self.options.body_timeout
+            # (head_seen also holds the CRLF after the last chunk's data and the "0" CRLF line:
+            # on_message_complete measures the trailer section exactly)
             if cur.chunked and not self.broken and (len(cur.headers) - cur.nhead > MAX_TRAILER_FIELDS
-                                                    or self.head_seen > self.options.max_header_bytes):
+                                                    or self.head_seen > self.options.max_header_bytes + 5):
                 self._input_error(431)
         ex = self.active
         if ex is not None and ex.discard and not ex.req_done:
@@ -1090,11 +1092,12 @@ class ClientProtocol(asyncio.Protocol):
             extra, names_upgrade = _connection(conn_hdr)
             if extra:  # headers named by Connection are hop-by-hop too
                 parts = _drop_fields(parts, 5, extra)
-            if upgrade is not None and names_upgrade:
-                if ex.chunked or ex.cl_left > 0 or upgrade.strip().lower() == b"h2c":
-                    self._decline_upgrade(ex)
-                else:
-                    ex.upgrade = upgrade
+            if upgrade is not None and names_upgrade and not ex.chunked and ex.cl_left <= 0:
+                ex.upgrade = _without_h2c(upgrade)  # (None: declined, see _decline_upgrade)
+        if upgrade is not None and ex.upgrade is None and parser.should_upgrade():
+            # llhttp stops after this head, but it is forwarded as a plain request: one with a body,
+            # h2c, or Proxy-Connection: Upgrade (which llhttp reads as Connection)
+            self._decline_upgrade(ex)
         url = ex.url
         if url[:1] != b"/" and url != b"*":
             # absolute-form (RFC 9112 §3.2.2): the authority replaces Host; forward origin-form.
@@ -1753,7 +1756,9 @@ class ClientProtocol(asyncio.Protocol):
         self.in_head = False
         ex.req_done = False
         ex.keep_alive = False  # stop reading once the body is in (see on_message_complete)
-        if ex.timer is not None:  # armed as if the request were complete: it starts with the body's end
+        if ex.timer is not None and ex.route is not None and ex.route.timeout is None:
+            # the response timer, armed as if the request were complete: it starts with the body's end
+            # (a request-timeout middleware's timer runs from the forwarding on, as for any request)
             ex.timer.cancel()
             ex.timer = None
         if ex.chunked:
@@ -1771,11 +1776,16 @@ class ClientProtocol(asyncio.Protocol):
         for an Upgrade declined (see _decline_upgrade), the request's body and what follows; those
         bytes are returned, to be parsed again."""
         declined, self.declined = self.declined, None
-        if declined is not None and not declined.local and not self.broken:
-            if declined.declined:
+        if declined is not None:
+            if self.broken:  # its answer ends the connection (Connection: close, HTTP/1.0)
+                return None
+            if not declined.declined:  # no body: the next request follows, its answer local or not
+                self.parser = httptools.HttpRequestParser(self)
+                return data[offset:] or None
+            if not declined.local:
                 return self._resume_declined(declined, data[offset:]) or None
-            self.parser = httptools.HttpRequestParser(self)  # no body: the next request follows
-            return data[offset:] or None
+            self.broken = True  # answered here: the body is not read, the answer closes the connection
+            return None
         ex = self.active
         if ex is None or ex.upgrade is None or ex.local:
             # Not forwarded (local answer) or an upgrade we do not know: nothing to tunnel. No
@@ -1809,6 +1819,15 @@ class ClientProtocol(asyncio.Protocol):
     def tunnel_activity(self) -> None:
         """Bytes moved through the tunnel: its idle timeout starts again."""
         self.deadline = self.loop.time() + self.options.tunnel_idle_timeout
+
+
+def _without_h2c(upgrade: bytes) -> bytes | None:
+    """An Upgrade value without ``h2c`` (see ``ClientProtocol._decline_upgrade``); None when
+    nothing else is offered."""
+    if b"h2c" not in upgrade.lower():
+        return upgrade
+    rest = [t.strip() for t in upgrade.split(b",") if t.strip() and t.strip().lower() != b"h2c"]
+    return b", ".join(rest) or None
 
 
 class _ChunkedBody:

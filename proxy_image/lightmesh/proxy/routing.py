@@ -40,6 +40,7 @@ their server was kept.
 
 from __future__ import annotations
 
+import codecs
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Container
@@ -200,9 +201,9 @@ class Route:
                 # the whitespace around a field value is not part of it (RFC 9110 §5.5); llhttp
                 # keeps the trailing one, which would let "X-Canary: 1 " past an exact match.
                 # Matched as UTF-8, as Go's regexp (Traefik) reads a value: "^café$" matches the
-                # UTF-8 bytes a client sends; a byte that is not UTF-8 is U+FFFD, as there.
+                # UTF-8 bytes a client sends; each byte that is not UTF-8 is one U+FFFD, as there.
                 if len(name) == len(lname) and name.lower() == lname and search(
-                        value.rstrip(b" \t").decode("utf-8", "replace")):
+                        value.rstrip(b" \t").decode("utf-8", _PER_BYTE)):
                     break
             else:
                 return False
@@ -210,6 +211,16 @@ class Route:
 
     def __repr__(self) -> str:
         return f"Route({self.name!r} → {self.service.name!r})"
+
+
+def _replace_per_byte(error: UnicodeDecodeError) -> tuple[str, int]:
+    """One U+FFFD per undecodable byte, as Go decodes invalid UTF-8 (Python's "replace" makes one of
+    a truncated sequence)."""
+    return "\ufffd" * (error.end - error.start), error.end
+
+
+_PER_BYTE = "lightmesh-per-byte"
+codecs.register_error(_PER_BYTE, _replace_per_byte)
 
 
 # %XX of an unreserved character (RFC 3986 §2.3: ALPHA DIGIT - . _ ~), equivalent to the character
