@@ -17,7 +17,8 @@ worker → supervisor
     ``{"type": "hello", "pid": n}``, ``{"type": "applied", "version", "hash", "listener_errors"}``,
     ``{"type": "refused", "version", "error"}``, ``{"type": "snapshot", "id", "metrics", "status"}``,
     ``{"type": "status", ...}`` (a listener came up on retry), ``{"type": "draining", "timeout"}``
-    (a SIGTERM of its own: it drains, still answering snapshot requests, then exits).
+    (a SIGTERM of its own: it drains, still answering snapshot requests, then exits), and last, as
+    it exits after a drain, an unrequested snapshot (``"id": null``): its final counts.
 
 A worker whose channel closes has died: it is restarted and given the current config, 0.5 s
 later, doubling (up to 10 s) with each exit in a row that came within 30 s of its start, each
@@ -43,10 +44,13 @@ heartbeats meanwhile, exits and is restarted.
 
 Metrics: ``/metrics`` asks every live worker for a snapshot and merges them with the supervisor's
 own recorder, which alone counts ``config_reloads_total`` (once per config, not once per worker)
-and reports ``config_version`` (the oldest version a live worker has applied). Counters never go
-back: a worker that does not answer in time is represented by its last snapshot (a scrape's or a
-heartbeat's), and the counters of a worker that exited stay in the totals as of its last snapshot,
-so a crash loses at most what it counted in the last heartbeat interval.
+and reports ``config_version`` (the oldest version a live worker has applied; one that has applied
+none yet, just restarted, does not count). Counters never go back: a worker that does not answer in
+time is represented by its last snapshot (a scrape's or a heartbeat's), and the counters of a worker
+that exited stay in the totals as of its last snapshot, so a crash loses at most what it counted in
+the last heartbeat interval (a worker that drains sends a final one as it exits: nothing lost). Each
+scrape counts each worker once: the live ones' last snapshots and the retired totals are taken in
+one step, after the waits.
 
 Access log (``--access-log``): every worker writes to the same stdout, one JSON object per line, each
 line at most ``ACCESS_LOG_LINE_MAX`` (4096, PIPE_BUF) bytes in one ``write``, so lines of several
@@ -91,6 +95,9 @@ log = logging.getLogger("lightmesh.proxy")
 MAX_FRAME = 64 * 1024 * 1024
 _HEADER = struct.Struct("!I")
 SNAPSHOT_TIMEOUT = 2.0
+# A worker that exits sends a last snapshot (what it counted while draining) and waits at most this
+# long (seconds) for the supervisor to take it in (a stopped supervisor does not).
+FINAL_SNAPSHOT_SECONDS = 2.0
 RESTART_MIN, RESTART_MAX = 0.5, 10.0
 RESTART_RESET_SECONDS = 30.0  # a worker that lived longer restarts after RESTART_MIN again
 # Each restart delay is lengthened by up to this fraction, at random: workers that died together
@@ -906,8 +913,18 @@ class Supervisor:
         return [w for w in self.workers if w.alive and not w.draining]
 
     def applied_version(self) -> int:
+        """What every serving worker has applied, for the controller (``X-Lightmesh-Applied-Version``
+        of each poll): 0 while one has applied nothing yet (just restarted), as
+        :meth:`applied_hash` is None then; see :meth:`config_version` for the gauge."""
         serving = [w.applied_version for w in self._serving()]
         return min(serving) if serving else 0
+
+    def config_version(self) -> int:
+        """``lightmesh_proxy_config_version``: the oldest version a serving worker has applied. A
+        worker that has applied none yet (restarted, its config on the way) has no version and is
+        left out, not taken for version 0; 0 when no serving worker has applied any."""
+        applied = [w.applied_version for w in self._serving() if w.applied_hash is not None]
+        return min(applied) if applied else 0
 
     def applied_hash(self) -> str | None:
         """The config hash every serving worker applied, or None while they differ (or none has one)."""
@@ -922,7 +939,10 @@ class Supervisor:
         return (not self.stopping and self.config is not None
                 and any(w.applied_hash is not None for w in self._serving()))
 
-    async def snapshots(self) -> list[dict]:
+    async def _ask_for_snapshots(self) -> None:
+        """Ask every live worker for a metrics snapshot and wait for the answers, up to
+        ``SNAPSHOT_TIMEOUT`` in all (not one after the other): each answer refreshes that worker's
+        ``last_metrics`` (see :meth:`_handle`); one that does not come in time leaves the last."""
         loop = asyncio.get_running_loop()
         waits = []
         for worker in self.workers:
@@ -936,31 +956,39 @@ class Supervisor:
             except Exception:
                 worker.pending.pop(self._snapshot_ids, None)
                 continue
-            waits.append((worker, worker.proc, self._snapshot_ids, fut))
-        out = []
-        for worker, proc, ident, fut in waits:
-            try:
-                msg = await asyncio.wait_for(fut, SNAPSHOT_TIMEOUT)
-            except asyncio.TimeoutError:
+            waits.append((worker, self._snapshot_ids, fut))
+        if not waits:
+            return
+        await asyncio.wait([fut for _, _, fut in waits], timeout=SNAPSHOT_TIMEOUT)
+        for worker, ident, fut in waits:
+            if not fut.done():  # (a worker that exited meanwhile had its futures resolved)
                 worker.pending.pop(ident, None)
+                fut.cancel()
                 log.warning("worker %d: no metrics snapshot within %.0fs; its last one stands in",
                             worker.index, SNAPSHOT_TIMEOUT)
-                msg = {}
-            if msg is None or not worker.alive or worker.proc is not proc:
-                continue  # it exited meanwhile: its counters are in the retired totals already
-            if worker.last_metrics is not None:  # the answer (see _handle), or the last one before it
-                out.append(worker.last_metrics)
-        return out
+
+    def _live_metrics(self) -> list[dict]:
+        """The last snapshot of every worker alive now. With :attr:`retired_metrics` read in the
+        same step (no ``await`` between), each worker is counted exactly once: ``_worker_exited``
+        moves a worker's last snapshot into the retired totals and marks it dead in one step too."""
+        return [w.last_metrics for w in self.workers if w.alive and w.last_metrics is not None]
+
+    async def snapshots(self) -> list[dict]:
+        await self._ask_for_snapshots()
+        return self._live_metrics()
 
     async def metrics_text(self) -> str:
+        # Ask the workers first, then, in one step with no await in it, take the live workers' last
+        # snapshots and the retired totals. Deciding who is alive only after all the waits: a worker
+        # that answered, then exited while the scrape still waited for another, was taken from its
+        # answer and from the retired totals both (counted twice, then a drop: a reset to
+        # Prometheus). Reading the retired totals before the wait lost, for that one scrape, a
+        # worker that exited meanwhile. Now it is in the retired totals only, as of its last
+        # snapshot (its final one, if it drained).
+        await self._ask_for_snapshots()
         own = self.metrics.snapshot()
-        # the version every live worker has applied (a proxy lagging behind shows as such)
-        own[metrics_mod.PREFIX + "config_version"] = [[self.applied_version()]]
-        # Ask the workers first, then read the retired totals: a worker that exits while we wait is
-        # left out of the snapshots and added to the retired totals, so reading those before the
-        # wait lost its counters for that one scrape (a drop Prometheus takes for a reset).
-        workers = await self.snapshots()
-        return metrics_mod.render(metrics_mod.merge([own, self.retired_metrics, *workers]))
+        own[metrics_mod.PREFIX + "config_version"] = [[self.config_version()]]
+        return metrics_mod.render(metrics_mod.merge([own, self.retired_metrics, *self._live_metrics()]))
 
     def rawdata(self) -> dict:
         config = self.config
@@ -1078,6 +1106,18 @@ async def _worker(fd: int) -> int:
 
     state = {"draining": False, "applying": False}
 
+    def snapshot_message(ident) -> dict:
+        # breaker states as of now: open → recovering happens by the clock, not only on a
+        # request, and breakers of a config no longer in force are gone
+        try:
+            metrics.breaker_state = runtime.http.breaker_states() if runtime.http is not None else {}
+            status = runtime.status()
+        except Exception:  # an answer matters more (it is the heartbeat): keep the last states
+            wlog.exception("worker status for a snapshot failed")
+            status = {}
+        metrics.access_log_dropped = access.dropped if access is not None else 0
+        return {"type": "snapshot", "id": ident, "metrics": metrics.snapshot(), "status": status}
+
     async def serve() -> None:
         # Also while this worker drains on a SIGTERM of its own: it answers the supervisor's
         # snapshot requests (its heartbeat) until it exits, and ignores configs (Runtime refuses
@@ -1111,17 +1151,7 @@ async def _worker(fd: int) -> int:
                                        "listener_errors": result.listener_errors,
                                        "listeners": runtime.status()["listeners"]})
             elif kind == "snapshot":
-                # breaker states as of now: open → recovering happens by the clock, not only on a
-                # request, and breakers of a config no longer in force are gone
-                try:
-                    metrics.breaker_state = runtime.http.breaker_states() if runtime.http is not None else {}
-                    status = runtime.status()
-                except Exception:  # an answer matters more (it is the heartbeat): keep the last states
-                    wlog.exception("worker status for a snapshot failed")
-                    status = {}
-                metrics.access_log_dropped = access.dropped if access is not None else 0
-                write_message(writer, {"type": "snapshot", "id": msg.get("id"), "metrics": metrics.snapshot(),
-                                       "status": status})
+                write_message(writer, snapshot_message(msg.get("id")))
             elif kind == "recycle":  # a worker restarted (see the supervisor's "applied")
                 recycled = runtime.recycle_steered()
                 if recycled:
@@ -1170,6 +1200,12 @@ async def _worker(fd: int) -> int:
         await asyncio.to_thread(tracer.shutdown)
     if access is not None:  # the lines still queued, for at most ACCESS_LOG_FLUSH_SECONDS; off the loop
         await asyncio.to_thread(flush_access_log, access)
+    # A final snapshot (id null: no request's answer), after the drain: requests that finished during
+    # it are counted too (the supervisor keeps a worker's last snapshot in its totals when the channel
+    # closes). Nobody to take it if the supervisor is gone; bounded if it is stopped.
+    with contextlib.suppress(Exception):
+        write_message(writer, snapshot_message(None))
+        await asyncio.wait_for(writer.drain(), FINAL_SNAPSHOT_SECONDS)
     with contextlib.suppress(Exception):
         writer.close()
     return 0
