@@ -353,3 +353,112 @@ async def test_an_upgrade_offering_h2c_and_another_protocol_goes_on_with_the_oth
         finally:
             await c.close()
         assert b"Upgrade: websocket\r\n" in origin.everything() and b"h2c" not in origin.everything()
+
+
+SWITCH = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+
+
+class SwitchingOrigin(LoggingOrigin):
+    """Answers GET /ws (an Upgrade) with 101, other requests with 200; records every byte."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        owner = self
+        self.answer = None
+
+        class Proto(asyncio.Protocol):
+            def connection_made(self, transport) -> None:
+                self.transport = transport
+                self.seen = bytearray()
+                self.switched = False
+                owner.received.append(self.seen)
+
+            def data_received(self, data: bytes) -> None:
+                self.seen += data
+                while not self.switched and b"\r\n\r\n" in self.seen[self.seen.rfind(b"HTTP/1.") :]:
+                    head = bytes(self.seen[self.seen.rfind(b"GET ") :])
+                    if head.startswith(b"GET /ws"):
+                        self.switched = True
+                        self.transport.write(SWITCH)
+                    else:
+                        self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    break
+
+        self.proto = Proto
+
+    async def __aenter__(self) -> SwitchingOrigin:
+        self.server = await asyncio.get_running_loop().create_server(self.proto, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+
+async def _tunnel_carries(origin: SwitchingOrigin, c: RawClient, first: bytes) -> None:
+    await c.send(b" second")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while not any(bytes(r).endswith(first + b" second") for r in origin.received):
+        assert loop.time() < deadline, origin.received
+        await asyncio.sleep(0.02)
+
+
+@on_uvloop
+async def test_a_websocket_upgrade_pipelined_behind_a_request_still_tunnels():
+    # The tunnel was set up for the request answered first (the GET ahead of it), which has no
+    # Upgrade: the connection was marked broken, and nothing the client sent went through.
+    async with SwitchingOrigin() as origin, ProxyUnderTest(simple_config([origin.url])) as p:
+        c = await RawClient.connect(p.port)
+        try:
+            await c.send(b"GET /before HTTP/1.1\r\nHost: svc\r\n\r\n"
+                         b"GET /ws HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nfirst")
+            assert (await c.response()).status == 200
+            assert (await c.response()).status == 101
+            await _tunnel_carries(origin, c, b"first")
+        finally:
+            await c.close()
+        assert not [k for k in p.metrics.requests if k[1] == "400"], dict(p.metrics.requests)
+
+
+@on_uvloop
+@pytest.mark.parametrize("head", [
+    b"GET /ws HTTP/1.1\r\nHost: svc\r\nConnection: close, Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    b"GET /ws HTTP/1.0\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+])
+async def test_an_upgrade_on_a_connection_that_would_close_tunnels_once_switched(head):
+    async with SwitchingOrigin() as origin, ProxyUnderTest(simple_config([origin.url])) as p:
+        c = await RawClient.connect(p.port)
+        try:
+            await c.send(head + b"first")
+            r = await c.response()
+            assert r.status == 101 and r.header("connection") == "Upgrade"
+            await _tunnel_carries(origin, c, b"first")
+        finally:
+            await c.close()
+
+
+@on_uvloop
+async def test_an_upgrade_answered_locally_behind_a_pipelined_request_counts_no_phantom_400():
+    from .backends import Backend
+    async with Backend() as backend, ProxyUnderTest(
+            simple_config([backend.url], routers=DENY_ADMIN, middlewares=DENY)) as p:
+        c = await RawClient.connect(p.port)
+        try:
+            await c.send(b"GET /one HTTP/1.1\r\nHost: svc\r\n\r\n"
+                         b"GET /admin HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+            assert [(await c.response()).status for _ in range(2)] == [200, 403]
+            assert await c.closed()
+        finally:
+            await c.close()
+        assert not [k for k in p.metrics.requests if k[1] == "400"], dict(p.metrics.requests)
+
+
+@on_uvloop
+async def test_upgrade_fields_on_several_lines_are_one_list():
+    async with SwitchingOrigin() as origin, ProxyUnderTest(simple_config([origin.url])) as p:
+        c = await RawClient.connect(p.port)
+        try:
+            await c.send(b"GET /ws HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                         b"Upgrade: h2c\r\n\r\n")
+            assert (await c.response()).status == 101
+        finally:
+            await c.close()
+        assert b"Upgrade: websocket\r\n" in origin.everything()

@@ -543,7 +543,7 @@ class Exchange:
     nhead = 0  # chunked request: the number of ``headers`` in the head (those after are trailers)
     resp_edits = None  # the route's response_headers edits (a routing.HeaderEdits): the head is rebuilt
     due = 0.0  # loop time its rate-limit token is due, if it waits for one (see run_checks); 0: none
-    declined = False  # an Upgrade request forwarded as a plain one (see _declined_upgrade)
+    declined = False  # an Upgrade request with a body forwarded as a plain one (see _decline_upgrade)
 
     def __init__(self, start: float) -> None:
         self.start = start
@@ -602,7 +602,7 @@ class ClientProtocol(asyncio.Protocol):
                  "active", "pending", "out", "dirty", "rpause", "wpaused", "closing", "broken", "tunnel",
                  "deadline", "timer", "period", "in_head", "head_seen", "acl", "acl_plane", "hosts", "raw_up",
                  "registered", "bypass", "response_timeout", "fresh_conn", "alt_method", "fwd_tails", "rate_delay",
-                 "in_done", "done_next", "held", "recycle_first", "declined")
+                 "in_done", "done_next", "held", "recycle_first", "stopped")
 
     def __init__(self, holder: Any, entry_point: str, options: HTTPOptions, metrics: ProxyMetrics) -> None:
         self.holder = holder
@@ -645,7 +645,7 @@ class ClientProtocol(asyncio.Protocol):
         self.in_done = False  # _done is on the stack (see there)
         self.held: list[bytes] = []  # bytes after an Upgrade request, until the server switches (101)
         self.done_next: Exchange | None = None
-        self.declined: Exchange | None = None  # its Upgrade declined, its body still to come (see _upgraded)
+        self.stopped: Exchange | None = None  # the Upgrade request llhttp stops after (see _upgraded)
 
     # ------------------------------------------------------------------ connection events
 
@@ -1070,7 +1070,7 @@ class ClientProtocol(asyncio.Protocol):
                 parts += (name, b": ", value, _CRLF)
             # H_XFSERVER: dropped, the proxy sets its own
             elif code == H_UPGRADE:
-                upgrade = value
+                upgrade = value if upgrade is None else upgrade + b", " + value
             elif code == H_TRACEPARENT:
                 tp = value if tp is None else b""  # two are invalid (W3C): a new trace starts
                 parts += (name, b": ", value, _CRLF)
@@ -1094,10 +1094,15 @@ class ClientProtocol(asyncio.Protocol):
                 parts = _drop_fields(parts, 5, extra)
             if upgrade is not None and names_upgrade and not ex.chunked and ex.cl_left <= 0:
                 ex.upgrade = _without_h2c(upgrade)  # (None: declined, see _decline_upgrade)
-        if upgrade is not None and ex.upgrade is None and parser.should_upgrade():
-            # llhttp stops after this head, but it is forwarded as a plain request: one with a body,
-            # h2c, or Proxy-Connection: Upgrade (which llhttp reads as Connection)
-            self._decline_upgrade(ex)
+        if upgrade is not None:
+            if not parser.should_upgrade():
+                ex.upgrade = None  # llhttp reads on: no tunnel, the server is not asked to switch
+            elif ex.upgrade is None:
+                # llhttp stops after this head, but it is forwarded as a plain request: one with a
+                # body, h2c, or Proxy-Connection: Upgrade (which llhttp reads as Connection)
+                self._decline_upgrade(ex)
+            else:
+                self.stopped = ex  # a tunnel, if the server switches (see _upgraded)
         url = ex.url
         if url[:1] != b"/" and url != b"*":
             # absolute-form (RFC 9112 §3.2.2): the authority replaces Host; forward origin-form.
@@ -1287,8 +1292,9 @@ class ClientProtocol(asyncio.Protocol):
         elif ex.responded:
             self._done(ex)
         else:
-            if not ex.keep_alive:
+            if not ex.keep_alive and ex.upgrade is None:
                 # No further requests on this connection: stop reading (pipelined bytes are ignored).
+                # (After an Upgrade request the bytes wait for the server's answer: see _upgraded.)
                 self.broken = True
             if self.response_timeout and ex.timer is None and ex is self.active and not ex.local and not ex.due:
                 self._arm_response_timer(ex)  # (one waiting for its rate-limit token gets it when forwarded)
@@ -1747,7 +1753,7 @@ class ClientProtocol(asyncio.Protocol):
             # response, as for any Upgrade request, so what may follow the body is never parsed
             ex.keep_alive = True
             ex.close_after = True
-        self.declined = ex
+        self.stopped = ex
 
     def _resume_declined(self, ex: Exchange, tail: bytes) -> bytes:
         """The body of a request whose Upgrade was declined, parsed from ``tail`` on; returns the
@@ -1772,29 +1778,27 @@ class ClientProtocol(asyncio.Protocol):
         return tail
 
     def _upgraded(self, data: bytes, offset: int) -> bytes | None:
-        """The request parser stopped after an Upgrade request: the rest is the new protocol, or,
+        """The request parser stopped after an Upgrade request (``self.stopped``, which may be
+        pipelined behind others): the rest is the new protocol, held until the server switches, or,
         for an Upgrade declined (see _decline_upgrade), the request's body and what follows; those
         bytes are returned, to be parsed again."""
-        declined, self.declined = self.declined, None
-        if declined is not None:
+        ex, self.stopped = self.stopped, None
+        if ex is None:  # (a stop on a head not taken for an Upgrade: nothing to tunnel)
+            self.broken = True
+            return None
+        if ex.upgrade is None:  # declined
             if self.broken:  # its answer ends the connection (Connection: close, HTTP/1.0)
                 return None
-            if not declined.declined:  # no body: the next request follows, its answer local or not
+            if not ex.declined:  # no body: the next request follows, its answer local or not
                 self.parser = httptools.HttpRequestParser(self)
                 return data[offset:] or None
-            if not declined.local:
-                return self._resume_declined(declined, data[offset:]) or None
+            if not ex.local:
+                return self._resume_declined(ex, data[offset:]) or None
             self.broken = True  # answered here: the body is not read, the answer closes the connection
             return None
-        ex = self.active
-        if ex is None or ex.upgrade is None or ex.local:
-            # Not forwarded (local answer) or an upgrade we do not know: nothing to tunnel. No
-            # active exchange means the upgrade request was answered locally within this read
-            # (a forwarded one stays active until its response): that answer closes the connection.
+        if ex.local:  # answered here: nothing to tunnel, and its answer closes the connection
             self.broken = True
-            if ex is not None and not ex.local:
-                self._input_error(400)
-            return
+            return None
         self.raw_up = True
         # Unless the server switches protocols (101 starts the tunnel), this connection ends with
         # the response. The bytes the client sends after the head wait here until then: sent on at
@@ -1805,6 +1809,7 @@ class ClientProtocol(asyncio.Protocol):
         if tail:
             self.held.append(tail)
         self.pause_for(P_UPGRADE)
+        return None
 
     def start_tunnel(self, conn: UpstreamProtocol) -> None:
         self.tunnel = conn
@@ -1824,10 +1829,8 @@ class ClientProtocol(asyncio.Protocol):
 def _without_h2c(upgrade: bytes) -> bytes | None:
     """An Upgrade value without ``h2c`` (see ``ClientProtocol._decline_upgrade``); None when
     nothing else is offered."""
-    if b"h2c" not in upgrade.lower():
-        return upgrade
     rest = [t.strip() for t in upgrade.split(b",") if t.strip() and t.strip().lower() != b"h2c"]
-    return b", ".join(rest) or None
+    return b", ".join(rest) or None  # (an empty value offers nothing either)
 
 
 class _ChunkedBody:
@@ -2284,7 +2287,7 @@ class UpstreamProtocol(asyncio.Protocol):
         if close:
             ex.close_after = True
             kept.append(b"Connection: close\r\n")
-        elif ex.v10:
+        elif ex.v10 and status != 101:  # (a 101 says Connection: Upgrade)
             kept.append(b"Connection: keep-alive\r\n")
         kept.append(_CRLF)
         client.out.append(b"".join(kept))
