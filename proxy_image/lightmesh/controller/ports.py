@@ -218,20 +218,25 @@ def allocate_ports(topology: Topology, shadow_services: Sequence[dict], settings
         # shadow alone still targets it, it is given only when no other port is free (the lesser harm
         # than leaving the port unmeshed).
         targets = targeted.get(protocol, {})
+        # Nor is a port the previous table gave a port no longer kept: its shadow may be written with
+        # it already, and not yet seen here (the next round sees the shadow, which then holds it).
+        previous_owners: dict[int, set[str]] = {}
+        if previous is not None:
+            for (svc_key, _), mesh in getattr(previous, kind.value).items():
+                if mesh in in_range and mesh not in taken:
+                    previous_owners.setdefault(mesh, set()).add(svc_key)
+        # "Its own" only to a Service that alone may have clients there: by the cached shadows and
+        # by the previous table both (a stale cache may show another Service's former use of it).
         own: dict[str, list[int]] = {}
-        for port, owners in sorted(targets.items()):
-            if port in in_range and port not in taken and len(owners) == 1:
+        for port in sorted(set(targets) | set(previous_owners)):
+            if port not in in_range or port in taken:
+                continue
+            owners = targets.get(port, set()) | previous_owners.get(port, set())
+            if len(owners) == 1:
                 (owner,) = owners
                 if owner is not None:
                     own.setdefault(owner, []).append(port)
-        reserved = taken | set(targets)
-        # Nor is a port the previous table gave a port no longer kept: its shadow may be written with
-        # it already, and not yet seen here (the next round sees the shadow, which then holds it).
-        if previous is not None:
-            for (svc_key, _), mesh in sorted(getattr(previous, kind.value).items()):
-                if mesh in in_range and mesh not in reserved:
-                    reserved.add(mesh)
-                    own.setdefault(svc_key, []).append(mesh)
+        reserved = taken | set(targets) | set(previous_owners)
         free = (port for port in in_range if port not in reserved)
         for key in wanted:
             if key in table:
