@@ -46,7 +46,8 @@ from pulumi_policy.proxy import UnknownValueError, _is_unknown  # the SDK's own 
 from lightmesh_policies._runtime import annotations as ann
 from lightmesh_policies._runtime import (CLUSTER_SCOPED_KINDS, ControllerErrors, cluster_key, controller_cli,
                                          controller_gateway_match, controller_grpc_match, controller_http_match,
-                                         controller_model, controller_service_ports, wire)
+                                         controller_model, controller_service_ports,
+                                         controller_split_service_name, wire)
 from lightmesh_policies._runtime import port_number as controller_port_number
 
 
@@ -418,20 +419,52 @@ class Service:
             return UNKNOWN
         numbers: set[int] = set()
         for entry in ports:
-            target = entry.target_port
-            if isinstance(target, str):
-                named = {port_number(dig(p, "containerPort")) for w in workloads
-                         for c in containers_of(w.pod_spec) for p in as_list(c.get("ports"))
-                         if dig(p, "name") == target}
-                if len(named) != 1 or any(n is None or n is UNKNOWN for n in named):
-                    return UNKNOWN
-                target = named.pop()
+            target = _pod_port(entry.target_port, workloads)
+            if target is UNKNOWN:
+                return UNKNOWN
             numbers.add(target)
         return numbers
+
+    def l4_rule_allows(self, workloads: list["Workload"], traffic: Any, destination_port: Any,
+                       allowed: tuple[int, ...]) -> Any:
+        """Whether a TrafficTarget (``destination_port``: None for every port) with a TCPRoute/UDPRoute
+        limited to the ports ``allowed`` (not empty) lets traffic in on at least one port the controller
+        meshes for this Service (of ``traffic``'s protocol), as its ``provider.allowed_ips`` decides: a
+        meshed port the TrafficTarget attaches to (see :meth:`target_ports`) whose port, or numeric
+        targetPort, is allowed. True/False/UNKNOWN; True when the stack does not declare the ports."""
+        ports = self.meshed_ports(traffic)
+        if ports is UNKNOWN:
+            return UNKNOWN
+        if not isinstance(ports, list):
+            return True
+        verdict: Any = False
+        for entry in ports:
+            if entry.port not in allowed and not (isinstance(entry.target_port, int) and entry.target_port in allowed):
+                continue
+            if destination_port is None:
+                return True
+            target = _pod_port(entry.target_port, workloads)
+            if target is UNKNOWN:
+                verdict = UNKNOWN
+            elif target == destination_port:
+                return True
+        return verdict
 
     def describe(self) -> str:
         how = "" if self.created else " (existing Service annotated by a ServicePatch)"
         return f"Service {self.key}{how}"
+
+
+def _pod_port(target: Any, workloads: list["Workload"]) -> Any:
+    """The pod port a Service port's ``targetPort`` leads to: a number as is; a name resolved through the
+    containers of ``workloads`` (its selected pods); UNKNOWN when a name names no single port of theirs."""
+    if not isinstance(target, str):
+        return target
+    named = {port_number(dig(p, "containerPort")) for w in workloads
+             for c in containers_of(w.pod_spec) for p in as_list(c.get("ports")) if dig(p, "name") == target}
+    if len(named) != 1 or any(n is None or n is UNKNOWN for n in named):
+        return UNKNOWN
+    return named.pop()
 
 
 # --------------------------------------------------------------------------------------- workloads
@@ -759,14 +792,21 @@ class IgnoreSettings:
         return verdict
 
 
-def controller_ignore_settings(workload: Workload) -> IgnoreSettings:
-    """The namespaces a controller workload ignores, read from its command line with the controller's
-    own flag parser (``--namespace``, ``--watch-namespaces``, ``--ignore-namespaces``). A value not
-    known yet makes that setting UNKNOWN; a free-standing word not known yet could be any of them."""
+def _controller_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    controller_cli.configure(parser)
+    return parser
+
+
+def _controller_flags(workload: Workload) -> tuple[Any, set[str]]:
+    """The controller's flags read from its command line with its own parser: ``(argparse namespace,
+    the options whose value is not known yet)`` (those are left out of the parse: their defaults stand
+    in); ``(UNKNOWN, ...)`` when a free-standing word not known yet could be any flag; ``(None, ...)``
+    when the parser refuses them (``--acl=true``: the controller would not start)."""
     words: Any = None
     for line in _command_lines(workload.pod_spec):
         if line is UNKNOWN:
-            return IgnoreSettings(UNKNOWN, UNKNOWN, UNKNOWN)
+            return UNKNOWN, set()
         if "controller" in line:
             words = line[line.index("controller") + 1:]
             break
@@ -775,23 +815,85 @@ def controller_ignore_settings(workload: Workload) -> IgnoreSettings:
     for i, word in enumerate(words or []):
         if is_unknown(word):
             if not _is_option_value(words, i):
-                return IgnoreSettings(UNKNOWN, UNKNOWN, UNKNOWN)
+                return UNKNOWN, set()
             unknown_options.add(known.pop())  # the option whose value it is, left out of the parse
         elif isinstance(word, str):
             known.append(word)
-    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
-    controller_cli.configure(parser)
     try:
-        flags, _ = parser.parse_known_args(known)
-    except (argparse.ArgumentError, SystemExit):  # a controller that would not start: judge by the defaults
+        flags, _ = _controller_parser().parse_known_args(known)
+    except (argparse.ArgumentError, SystemExit):
+        return None, unknown_options
+    return flags, unknown_options
+
+
+# The flags that make the controller's Settings (``main.settings_from_args``): its fields, the mesh
+# namespace being ``--namespace``.
+_SETTINGS_DESTS = frozenset({f for f in controller_model.Settings.__dataclass_fields__ if f != "mesh_namespace"}
+                            | {"namespace"})
+
+
+def _option_dest(word: str) -> str | None:
+    """The flag (its argparse ``dest``) a command-line word names, as the controller's parser takes it
+    (an unambiguous abbreviation included); None when it names no single flag."""
+    actions = _controller_parser()._option_string_actions
+    option = word.split("=", 1)[0]
+    if option in actions:
+        return actions[option].dest
+    found = {actions[o].dest for o in actions if o.startswith("--") and o.startswith(option)}
+    return found.pop() if len(found) == 1 else None
+
+
+def _settings_problem(flags: Any, unknown_options: set[str]) -> str | None:
+    if not isinstance(flags, argparse.Namespace):
+        return None
+    if any(_option_dest(o) in _SETTINGS_DESTS | {None} for o in unknown_options):
+        return None  # a setting not known yet: whether the controller takes them is known after apply
+    try:
+        controller_cli.settings_from_args(flags)
+    except (ValueError, TypeError) as exc:
+        return str(exc)
+    return None
+
+
+def controller_settings_problem(workload: Workload) -> str | None:
+    """Why the controller refuses its own flags at start (``lightmesh controller`` logs "invalid
+    settings: <why>" and exits 2, over and over), read with its own ``main.settings_from_args``:
+    ``--watch-namespaces`` naming kube-system or the mesh namespace, a namespace both watched and
+    ignored, a port range outside 1-65535 or overlapping another, a domain that is no DNS name. None when
+    it takes them, when its flag parser already refuses them (``--acl=true``, see :func:`bad_acl_args`),
+    or when a value it depends on is not known yet."""
+    return _settings_problem(*_controller_flags(workload))
+
+
+def controller_container_name(workload: Workload) -> Any:
+    """The name of the container whose command line runs the ``controller`` subcommand (the one whose
+    flags the pack reads), None when none is known to."""
+    for container in containers_of(workload.pod_spec):
+        line = _command_line(container)
+        if isinstance(line, list) and "controller" in line:
+            return container.get("name")
+    return None
+
+
+def controller_ignore_settings(workload: Workload) -> IgnoreSettings:
+    """The namespaces a controller workload ignores, read from its command line with the controller's
+    own flag parser (``--namespace``, ``--watch-namespaces``, ``--ignore-namespaces``). A value not
+    known yet makes that setting UNKNOWN; a free-standing word not known yet could be any of them. A
+    controller that would not start (flags its parser or its settings refuse, e.g. a namespace both
+    watched and ignored) is judged by the defaults: the rules still see what its ignore lists would hide,
+    and ``lightmesh-require-acl`` reports the flags."""
+    flags, unknown_options = _controller_flags(workload)
+    if flags is UNKNOWN:
+        return IgnoreSettings(UNKNOWN, UNKNOWN, UNKNOWN)
+    if flags is None or _settings_problem(flags, unknown_options) is not None:
         return IgnoreSettings()
 
-    def value(option: str, parsed: Any) -> Any:
-        if option in unknown_options:
+    def value(dest: str) -> Any:
+        if any(_option_dest(o) in (dest, None) for o in unknown_options):
             return UNKNOWN
+        parsed = getattr(flags, dest)
         return tuple(parsed) if isinstance(parsed, list) else parsed
-    return IgnoreSettings(value("--namespace", flags.namespace), value("--watch-namespaces", flags.watch_namespaces),
-                          value("--ignore-namespaces", flags.ignore_namespaces))
+    return IgnoreSettings(value("namespace"), value("watch_namespaces"), value("ignore_namespaces"))
 
 
 # --------------------------------------------------------------------------------------------- SMI
@@ -974,7 +1076,31 @@ class Route:
 @dataclass
 class Backend:
     service: Any
+    """The Service name as the controller reads it (a TrafficSplit's ``web-v1.shop`` is ``web-v1``);
+    as written when the controller refuses it (see :attr:`problem`) or it is not a string."""
     weight: Any
+    written: Any = None
+    """``service`` as written (a TrafficSplit backend's ``web-v1.shop.svc.cluster.local``)."""
+    problem: str | None = None
+    """Why the controller refuses the name (a TrafficSplit backend in another namespace); None if it does not."""
+    port: Any = None
+    """A Gateway API backendRef's ``port`` as written (None when unset)."""
+    index: int | None = None
+    """Its position in the list it was written in (``backendRefs[index]``)."""
+
+
+def split_service_name(value: Any, namespace: Any) -> tuple[Any, str | None]:
+    """A TrafficSplit ``service`` (root or backend) as the controller reads it, with its own
+    ``topology._split_service_name``: ``name``, ``name.<ns>`` and ``name.<ns>.svc[.<domain>]`` are the
+    Service ``name`` when ``<ns>`` is the split's namespace; any other dotted name is refused
+    (``(value, why)``: the controller ignores the split, or drops the backend). A value that is not a
+    string is returned as is; while the namespace is not known, a dotted name may be ``name``."""
+    if not isinstance(value, str):
+        return value, None
+    if is_unknown(namespace) or not isinstance(namespace, str):
+        return value.partition(".")[0], None
+    name, problem = controller_split_service_name(value, namespace)
+    return (value, problem) if problem else (name, None)
 
 
 @dataclass
@@ -982,10 +1108,16 @@ class TrafficSplit:
     namespace: Any
     name: Any
     service: Any
+    """The root Service's name as the controller reads it (see :func:`split_service_name`); as written
+    when it refuses it (:attr:`service_problem`), or when it is not a string."""
     backends: Any  # list[Backend] or UNKNOWN
     matches: Any  # list of {kind, name} or UNKNOWN
     version: str
     resource: Resource
+    written_service: Any = None
+    """``spec.service`` as written."""
+    service_problem: str | None = None
+    """Why the controller refuses the root's name (then it ignores the whole split), or None."""
 
     def describe(self) -> str:
         return f"TrafficSplit {self.namespace}/{self.name}"
@@ -1173,18 +1305,18 @@ def mesh_route_from(resource: Resource) -> MeshRoute:
             kept.append(_rule_kept(resource.kind, rule))
         refs = dig(rule, "backendRefs")
         backends: list[Backend] = []
-        for ref in [UNKNOWN] if refs is UNKNOWN else as_list(refs):
+        for j, ref in enumerate([UNKNOWN] if refs is UNKNOWN else as_list(refs)):
             if ref is UNKNOWN:
-                backends.append(Backend(UNKNOWN, UNKNOWN))
+                backends.append(Backend(UNKNOWN, UNKNOWN, port=UNKNOWN, index=j))
                 continue
             weight = _gateway_weight(dig(ref, "weight"))
             if weight is None:
                 continue  # the controller ignores it
             kind, group, bns = dig(ref, "kind"), dig(ref, "group"), dig(ref, "namespace")
             if UNKNOWN in (kind, group, bns):
-                backends.append(Backend(UNKNOWN, weight))
+                backends.append(Backend(UNKNOWN, weight, port=dig(ref, "port"), index=j))
             elif (kind or "Service") == "Service" and (group or "") in ("", "core") and (bns or ns) == ns:
-                backends.append(Backend(dig(ref, "name"), weight))
+                backends.append(Backend(dig(ref, "name"), weight, dig(ref, "name"), port=dig(ref, "port"), index=j))
         rules.append(backends)
     return MeshRoute(resource.kind, ns, name, parents, rules, resource, kept)
 
@@ -1255,11 +1387,16 @@ def traffic_split_from(resource: Resource) -> TrafficSplit:
     if spec is UNKNOWN:
         return TrafficSplit(ns, name, UNKNOWN, UNKNOWN, UNKNOWN, resource.group_version[1], resource)
     raw_backends = spec.get("backends")
-    backends: Any = UNKNOWN if raw_backends is UNKNOWN else [
-        Backend(dig(b, "service"), dig(b, "weight")) for b in as_list(raw_backends)]
+    backends: Any = UNKNOWN if raw_backends is UNKNOWN else []
+    for i, b in enumerate([] if raw_backends is UNKNOWN else as_list(raw_backends)):
+        written = dig(b, "service")
+        service, problem = split_service_name(written, ns)
+        backends.append(Backend(service, dig(b, "weight"), written, problem, index=i))
     matches = spec.get("matches")
-    return TrafficSplit(ns, name, spec.get("service"), backends,
-                        UNKNOWN if matches is UNKNOWN else as_list(matches), resource.group_version[1], resource)
+    written = spec.get("service")
+    root, problem = split_service_name(written, ns)
+    return TrafficSplit(ns, name, root, backends, UNKNOWN if matches is UNKNOWN else as_list(matches),
+                        resource.group_version[1], resource, written, problem)
 
 
 # ------------------------------------------------------------------------------------ the stack view
@@ -1407,6 +1544,8 @@ class StackView:
         root or namespace is not known yet could be."""
         found, maybe = [], False
         for split in self.splits:
+            if split.service_problem:
+                continue  # a root the controller refuses (in another namespace): it ignores the split
             if split.namespace == svc.namespace and split.service == svc.name:
                 found.append(split)
             elif ((is_unknown(split.namespace) or split.namespace == svc.namespace)
@@ -1427,6 +1566,40 @@ class StackView:
             elif attached is UNKNOWN:
                 maybe = True
         return UNKNOWN if maybe and not found else found
+
+    def route_backend_kept(self, route: MeshRoute, backend: Backend) -> tuple[Any, str | None]:
+        """Whether the controller keeps a Gateway API backendRef (a Service of the route's namespace) of
+        ``route``, as ``topology._mesh_routes`` decides: its ``port`` must be a port the controller meshes
+        for that Service (of the protocol of the Service's own traffic type), else it drops the backend
+        ("... is not a mesh Service port; backend ignored"). ``(True, None)``; ``(False, why)`` when it
+        surely drops it; ``(UNKNOWN, None)`` when that is not known yet; ``(None, None)`` when the stack
+        cannot tell (the Service, or its ports, are not declared in this stack)."""
+        if is_unknown(backend.port) or is_unknown(backend.service) or is_unknown(route.namespace):
+            return UNKNOWN, None
+        number = port_number(backend.port)
+        if number is None:
+            return False, ("no port is set (the controller sends to a port of the Service, which it must name)"
+                           if backend.port is None else f"port {shown(backend.port)} is not a port number")
+        if not isinstance(backend.service, str) or not backend.service:
+            return None, None
+        svc = self.services.get((route.namespace, backend.service))
+        if svc is None:
+            maybe = self._unknown_service_may_be(route.namespace, backend.service, (SERVICE,))
+            return (UNKNOWN if maybe else None), None
+        if svc.external_name:
+            return False, f"{svc.describe()} is an ExternalName Service, which the controller never meshes"
+        traffic = svc.traffic_type(self.default_traffic_type())
+        ports = svc.meshed_ports(traffic)
+        if ports is UNKNOWN:
+            return UNKNOWN, None
+        if not isinstance(ports, list):
+            return None, None
+        if any(p.port == number for p in ports):
+            return True, None
+        meshed = ", ".join(str(p.port) for p in ports) or "none"
+        protocol = "UDP" if traffic is ann.TrafficType.UDP else "TCP"
+        return False, (f"port {number} is not a port of {svc.describe()} the controller meshes ({meshed}: its "
+                       f"{protocol} ports, by its traffic type {traffic.value})")
 
     def services_of_account(self, identity: Identity) -> Any:
         """Every declared Service (meshed by annotation or not: the controller meshes every Service)

@@ -184,7 +184,8 @@ def _check_identity_covered(view: StackView, subject: str, identity: Identity, t
                             workloads: list[model.Workload] | None = None) -> None:
     """``subject``'s pods run as ``identity``: some TrafficTarget must allow its traffic type to it —
     on one of ``svc``'s pod ports when it names a ``destination.port``, with a rule that allows
-    something as the controller reads it (an HTTPRouteGroup rule whose matches it all ignores does not)."""
+    something as the controller reads it (an HTTPRouteGroup rule whose matches it all ignores does not,
+    nor a TCPRoute/UDPRoute limited to ports none of which is one the controller meshes for ``svc``)."""
     if view.destination_may_be(identity):
         return  # a TrafficTarget whose destination is known only after apply may be the one
     targets = view.targets_for(identity)
@@ -214,12 +215,36 @@ def _check_identity_covered(view: StackView, subject: str, identity: Identity, t
     kind = model.TRAFFIC_TYPE_ROUTE_KIND[traffic]
     kinds: set = set()
     hollow: list[str] = []
+    off_ports: list[tuple[str, str]] = []  # (kind, rule): TCPRoute/UDPRoute rules allowing no port of svc
     for t in targets:
         for i, rule in enumerate(t.rules):
-            if isinstance(rule.kind, str) and _rule_allows(view, t, rule) is False:
+            if not isinstance(rule.kind, str):
+                continue
+            allows = _rule_allows(view, t, rule, svc, workloads or [])
+            if allows is False and rule.kind in ("TCPRoute", "UDPRoute"):
+                route = view.find_route(rule.kind, t.namespace, rule.name)
+                off_ports.append((rule.kind, f"{t.describe()} rules[{i}] ({rule.kind} {t.namespace}/{rule.name}: "
+                                             f"port(s) {', '.join(map(str, route.ports()))})"))
+            elif allows is False:
                 hollow.append(f"{t.describe()} rules[{i}]")
-            elif isinstance(rule.kind, str):
+            else:
                 kinds.add(rule.kind)
+    off_kind = [text for rule_kind, text in off_ports if rule_kind == kind]
+    if kind not in kinds and off_kind and svc is not None:
+        # (svc is set whenever a TCPRoute/UDPRoute rule is judged on ports)
+        svc_traffic = svc.traffic_type(view.default_traffic_type())
+        meshed = svc.meshed_ports(svc_traffic)
+        numbers = sorted({p.port for p in meshed}) if isinstance(meshed, list) else []
+        exposed = sorted(svc.exposed_ports(svc_traffic) or ())
+        field = "tcp" if kind == "TCPRoute" else "udp"
+        report(f"{subject} ({traffic.value}) is not allowed on any of its ports: the {kind} rules of the "
+               f"TrafficTargets for ServiceAccount {identity} are limited to ports it does not serve "
+               f"({'; '.join(off_kind)}); a {kind} rule allows only the ports it lists, and the controller compares "
+               f"them with Service {svc.key}'s {_protocol(svc_traffic)} ports and their numeric targetPorts "
+               f"({', '.join(map(str, exposed)) or 'none'}), so ACL mode denies all its {traffic.value} traffic. Fix: "
+               f"add its port to the route (AccessPolicy {field}={{\"ports\": {numbers}}}), or no ports to allow "
+               f"every port, or give it an AccessPolicy of its own ({_access_policy_hint(identity, traffic)}).", urn)
+        return
     if kind not in kinds:
         names = ", ".join(t.describe() for t in targets)
         note = (f"; {', '.join(hollow)} allow{'s' if len(hollow) == 1 else ''} no request the controller accepts"
@@ -230,16 +255,35 @@ def _check_identity_covered(view: StackView, subject: str, identity: Identity, t
                f"the existing AccessPolicy.", urn)
 
 
-def _rule_allows(view: StackView, target: model.TrafficTarget, rule: model.Rule) -> Any:
-    """Whether an HTTPRouteGroup rule allows any request as the controller reads it (False: its group
-    has no match, or the controller ignores every match it names); True for other kinds, and for a
-    route object not in this stack (the TrafficTarget rule reports that); UNKNOWN when not known yet."""
-    if rule.kind != "HTTPRouteGroup" or is_unknown(rule.name):
-        return True if not is_unknown(rule.name) else UNKNOWN
+def _rule_allows(view: StackView, target: model.TrafficTarget, rule: model.Rule, svc: model.Service | None = None,
+                 workloads: list[model.Workload] | None = None) -> Any:
+    """Whether a rule of ``target`` allows anything to ``svc`` as the controller reads it. An
+    HTTPRouteGroup rule: False when its group has no match, or the controller ignores every match it
+    names. A TCPRoute/UDPRoute rule limited to ports: False when none of them is a port the controller
+    meshes for ``svc`` (its port or numeric targetPort, among those ``target`` attaches to: see
+    :meth:`model.Service.l4_rule_allows`). True for other kinds, for a route object not in this stack
+    (the TrafficTarget rule reports that) and when ``svc``'s ports are not declared; UNKNOWN when not
+    known yet."""
+    if is_unknown(rule.name):
+        return UNKNOWN
+    if rule.kind not in model.ROUTE_KINDS:
+        return True
     route = view.find_route(rule.kind, target.namespace, rule.name)
     if not isinstance(route, model.Route):
         return UNKNOWN if is_unknown(route) else True
-    return route.rule_allows(rule.matches)
+    if rule.kind == "HTTPRouteGroup":
+        return route.rule_allows(rule.matches)
+    ports = route.ports()
+    if is_unknown(ports):
+        return UNKNOWN
+    if not ports or svc is None:
+        return True  # no ports: every port
+    traffic = svc.traffic_type(view.default_traffic_type())
+    if is_unknown(traffic) or is_unknown(target.port):
+        return UNKNOWN
+    if model.ROUTE_KIND_TRAFFIC_TYPE[rule.kind] is not traffic:
+        return True  # a rule for another traffic type: not this Service's (the kind check judges it)
+    return svc.l4_rule_allows(workloads or [], traffic, target.port, ports)
 
 
 def _fronts(view: StackView, svc: model.Service, traffic: Any) -> Any:
@@ -249,10 +293,10 @@ def _fronts(view: StackView, svc: model.Service, traffic: Any) -> Any:
     one not known yet could be."""
     routes = view.routes_attached_to(svc, traffic)  # as the controller attaches them (type, ports, rules)
     if routes:
-        return [(f"parent of {r.describe()}", _route_backend_names(r, svc.name)) for r in routes]
+        return [(f"parent of {r.describe()}", _route_backend_names(view, r, svc.name)) for r in routes]
     splits = view.splits_rooted_at(svc)
     if splits:
-        return [(f"root of {split.describe()}", _backend_names(split)) for split in splits]
+        return [(f"root of {split.describe()}", _backend_names(view, split)) for split in splits]
     return UNKNOWN if is_unknown(routes) or is_unknown(splits) else []
 
 
@@ -264,12 +308,14 @@ def _applied_rules(route: model.MeshRoute) -> list[tuple[int, list[model.Backend
     return [(k, backends) for k, (backends, applied) in enumerate(zip(rules, kept)) if applied is True]
 
 
-def _route_backend_names(route: model.MeshRoute, parent: Any = None) -> list[str]:
+def _route_backend_names(view: StackView, route: model.MeshRoute, parent: Any = None) -> list[str]:
     """The Service backends a route's applied rules send traffic to (known names, weight above 0), bar
-    the parent itself."""
+    the parent itself and those the controller drops (a ``port`` that is not one of the Service's
+    meshed ports: see :meth:`StackView.route_backend_kept`)."""
     return list(dict.fromkeys(b.service for _, backends in _applied_rules(route) for b in backends
                               if isinstance(b.service, str) and b.service and b.service != parent
-                              and isinstance(b.weight, int) and b.weight > 0))
+                              and isinstance(b.weight, int) and b.weight > 0
+                              and view.route_backend_kept(route, b)[0] is not False))
 
 
 def _check_apex_coverage(view: StackView, apex: model.Service, fronts: list[tuple[str, list[str]]], traffic: Any,
@@ -297,18 +343,25 @@ def _check_apex_coverage(view: StackView, apex: model.Service, fronts: list[tupl
                                         resolution.workloads)
 
 
-def _backend_names(split: model.TrafficSplit) -> list[str]:
-    """The split's backend Service names that are known, well-formed, and not the root itself."""
+def _backend_names(view: StackView, split: model.TrafficSplit) -> list[str]:
+    """The split's backend Service names that are known, well-formed, not the root itself, and not
+    dropped by the controller (a name in another namespace, another traffic type or missing ports than
+    the root's: see :func:`_split_backend_mismatch`)."""
     backends = split.backends if isinstance(split.backends, list) else []
+    root = view.services.get((split.namespace, split.service))
     return list(dict.fromkeys(b.service for b in backends
-                              if isinstance(b.service, str) and b.service and b.service != split.service))
+                              if isinstance(b.service, str) and b.service and b.service != split.service
+                              and not b.problem
+                              and not _split_backend_mismatch(view, root, view.services.get((split.namespace,
+                                                                                            b.service)))))
 
 
 acl_service_has_traffic_target = StackValidationPolicy(
     name="lightmesh-acl-service-has-traffic-target",
     description=("In ACL mode every mesh Service (annotated, or created by MeshService) is the destination of at "
                  "least one TrafficTarget with a rule for its traffic type that allows something (on one of its "
-                 "pods' ports when the TrafficTarget names a destination port); otherwise all traffic to it is "
+                 "pods' ports when the TrafficTarget names a destination port; a TCPRoute/UDPRoute on one of its "
+                 "ports or numeric targetPorts when it lists ports); otherwise all traffic to it is "
                  "denied. A TrafficSplit root or Gateway API route parent without pods of its own is judged through "
                  "the backends. Services the controller never meshes (ExternalName, its own namespace, kube-system, "
                  "default/kubernetes, namespaces it ignores or does not watch) are skipped."),
@@ -622,14 +675,14 @@ def _split_loops(view: StackView) -> dict[int, list[str]]:
     """For each split (by index) that is on a cycle of splits, the cycle as service names."""
     roots: dict[tuple, int] = {}
     for i, s in enumerate(view.splits):
-        if not is_unknown(s.namespace) and isinstance(s.service, str):
+        if not is_unknown(s.namespace) and isinstance(s.service, str) and not s.service_problem:
             roots.setdefault((s.namespace, s.service), i)
 
     def next_splits(i: int) -> list[int]:
         s = view.splits[i]
         backends = s.backends if isinstance(s.backends, list) else []
         return [roots[(s.namespace, b.service)] for b in backends
-                if isinstance(b.service, str) and (s.namespace, b.service) in roots
+                if isinstance(b.service, str) and not b.problem and (s.namespace, b.service) in roots
                 and b.service != s.service]
 
     loops: dict[int, list[str]] = {}
@@ -663,7 +716,12 @@ def _traffic_splits(view: StackView, cfg: dict, report: ReportViolation) -> None
             report(f"{where} has no root service (spec.service). Fix: set TrafficSplitArgs service to the Service "
                    f"clients call.", urn)
             continue
+        if split.service_problem:
+            report(f"{where} spec.service {split.service_problem}: the controller ignores this TrafficSplit. Fix: "
+                   f"{_split_name_fix(split.written_service, ns, 'the root')}.", urn)
+            continue
         root = split.service
+        root_svc = view.services.get((ns, root))
         if (ns, root) in roots_seen:
             report(f"{where} splits Service {ns}/{root}, which {roots_seen[(ns, root)]} already splits: only one "
                    f"TrafficSplit per root Service is applied. Fix: merge them into one TrafficSplit.", urn)
@@ -681,23 +739,40 @@ def _traffic_splits(view: StackView, cfg: dict, report: ReportViolation) -> None
             report(f"{where} has no backends. Fix: list at least one backend Service with a weight.", urn)
             continue
         total, whole, seen = 0, True, set()
+        usable = False  # a backend of weight above 0 the controller may keep
+        dropped: list[str] = []  # backends it surely drops for their Service (name, traffic type, ports)
         for i, backend in enumerate(split.backends):
             service = backend.service
             if is_unknown(service):
-                whole = False
+                whole, usable = False, True
                 continue
             if not isinstance(service, str) or not service:
                 report(f"{where} backends[{i}] has no service. Fix: set backends[{i}].service.", urn)
                 continue
-            if "." in service or "/" in service:
+            mismatch = None
+            # a weight the controller refuses drops the backend first (reported below): its Service is not read
+            weight_bad = not is_unknown(backend.weight) and split_weight(backend.weight, split.version) is None
+            if backend.problem:
+                report(f"{where} backends[{i}] service {backend.problem}: the controller drops this backend, so it "
+                       f"gets none of the split's traffic. Fix: {_split_name_fix(backend.written, ns, 'a backend')}.",
+                       urn)
+                dropped.append(f"backends[{i}] {backend.written!r}")
+            elif "/" in service:
                 report(f"{where} backends[{i}] {service!r} is not a Service name: backends are Services in the "
                        f"split's own namespace {ns}. Fix: use the bare Service name.", urn)
+                dropped.append(f"backends[{i}] {service!r}")
             elif service == root:
                 report(f"{where} backends[{i}] is the root Service {root!r} itself: traffic would loop. Fix: point "
                        f"the backend at a version-specific Service (e.g. {root}-v1).", urn)
             elif undeclared(ns, service):
                 report(f"{where} backend Service {ns}/{service} is not declared in this stack (backends must exist "
                        f"in the split's namespace {ns}). Fix: create it, or correct the name.", urn)
+            elif not weight_bad and (mismatch := _split_backend_mismatch(view, root_svc,
+                                                                         view.services.get((ns, service)))):
+                what, fix = mismatch
+                report(f"{where} backends[{i}] ({service}): {what}: the controller drops this backend (\"backend "
+                       f"ignored\"), so it gets none of the split's traffic. Fix: {fix}.", urn)
+                dropped.append(f"backends[{i}] {service!r}")
             if service in seen:
                 report(f"{where} lists backend {service!r} twice. Fix: give each backend one entry.", urn)
             seen.add(service)
@@ -706,10 +781,12 @@ def _traffic_splits(view: StackView, cfg: dict, report: ReportViolation) -> None
                 report(f"{where} backend {service!r} is itself the root of another TrafficSplit: splits do not nest "
                        f"(Lightmesh resolves a split in one hop). Fix: list that split's backends here directly.",
                        urn)
+            kept = not backend.problem and "/" not in service and not mismatch
             if is_unknown(backend.weight):
-                whole = False
+                whole, usable = False, usable or kept
                 continue
             weight = split_weight(backend.weight, split.version)
+            usable = usable or (kept and weight is not None and weight > 0)
             if weight is None:
                 if split.version == "v1alpha1":
                     report(f"{where} backends[{i}] ({service}) weight {model.shown(backend.weight)} is not a "
@@ -725,12 +802,60 @@ def _traffic_splits(view: StackView, cfg: dict, report: ReportViolation) -> None
         if whole and total <= 0:
             report(f"{where} backend weights sum to {total}: no traffic could be routed. Fix: give at least one "
                    f"backend a positive weight.", urn)
+        elif dropped and not usable:
+            report(f"{where} has no backend the controller can use with a weight above 0 (it drops "
+                   f"{', '.join(dropped)}): it ignores the whole TrafficSplit (\"no usable backend with a weight above "
+                   f"0\"), so the root's traffic is not split. Fix: correct those backends (see the other messages), "
+                   f"or give a backend the controller keeps a weight above 0.", urn)
         if acl is True:
             _check_split_reachability(view, split, report)
         _check_split_under_routes(view, split, report)
-    if acl is True:
-        for route in view.mesh_routes:
+    for route in view.mesh_routes:
+        _check_route_backends(view, route, report)
+        if acl is True:
             _check_route_reachability(view, route, report)
+
+
+def _split_name_fix(written: str, ns: str, what: str) -> str:
+    """How to write a TrafficSplit service name the controller refuses (``written``, in a split of ``ns``)."""
+    name, _, rest = written.partition(".")
+    other = rest.partition(".")[0]
+    if other != ns:
+        return (f"name a Service of namespace {ns} (its name alone, e.g. {name!r}), or, for {what} in namespace "
+                f"{other!r}, create the TrafficSplit in that namespace, next to its Services")
+    return f"write {name!r} (or {name}.{ns}.svc.<cluster domain>)"
+
+
+def _split_backend_mismatch(view: StackView, root: model.Service | None, backend: model.Service | None
+                            ) -> tuple[str, str] | None:
+    """Why the controller drops a TrafficSplit backend Service although it exists, as ``topology._splits``
+    does: another traffic type than the root's, or not every port of the root (the split sends each root
+    port's traffic to the same port of each backend). ``(what, fix)``, or None when it keeps it, or
+    the stack does not tell (a Service or its ports not declared here, or not known yet)."""
+    if root is None or backend is None or root.external_name or backend.external_name:
+        return None
+    default = view.default_traffic_type()
+    root_traffic, traffic = root.traffic_type(default), backend.traffic_type(default)
+    if is_unknown(root_traffic) or is_unknown(traffic):
+        return None
+    if traffic is not root_traffic:
+        return (f"Service {backend.key} is {traffic.value}, the root {root.key} is {root_traffic.value}",
+                f"give Service {backend.key} the root's traffic type (annotation lightmesh.io/traffic-type: "
+                f"{root_traffic.value}, MeshService traffic_type), or split {root.key} between Services of its own "
+                f"traffic type")
+    root_ports, ports = root.meshed_ports(root_traffic), backend.meshed_ports(traffic)
+    if not isinstance(root_ports, list) or not isinstance(ports, list):
+        return None
+    have = {p.port for p in ports}
+    missing = [p.port for p in root_ports if p.port not in have]
+    if not missing:
+        return None
+    listed = ", ".join(map(str, missing))
+    return (f"Service {backend.key} does not expose port(s) {listed} of the root {root.key} (it has "
+            f"{', '.join(map(str, sorted(have))) or 'no ' + _protocol(traffic) + ' port'}; a split sends each root "
+            f"port's traffic to the same port of its backends)",
+            f"add port(s) {listed} to Service {backend.key} (spec.ports[].port; its targetPort may differ), or "
+            f"remove it from the split")
 
 
 def _check_split_under_routes(view: StackView, split: model.TrafficSplit, report: ReportViolation) -> None:
@@ -752,19 +877,46 @@ def _check_split_under_routes(view: StackView, split: model.TrafficSplit, report
 
 def _check_split_matches(view: StackView, split: model.TrafficSplit, report: ReportViolation) -> None:
     """``matches`` name route objects of the split's namespace; the controller takes HTTPRouteGroups
-    (which requests are split) and TCPRoutes/UDPRoutes (which apply to every port)."""
+    (which requests are split) and TCPRoutes/UDPRoutes (which apply to every port), each with its
+    ``kind`` written: it ignores the whole split for a match of any other kind, or of none. An http
+    root's split applies to the requests of the valid HTTPRouteGroup matches named: with none (only
+    TCPRoutes/UDPRoutes, or groups whose every match it ignores) it ignores the split too."""
     where, urn, ns = split.describe(), split.resource.urn, split.namespace
+    groups: list = []  # the HTTPRouteGroups named
+    whole = True  # every match known, of a kind the controller takes, naming a route of the stack
     for i, match in enumerate(split.matches if isinstance(split.matches, list) else []):
         kind, name = model.dig(match, "kind"), model.dig(match, "name")
         if is_unknown(kind) or is_unknown(name):
+            whole = False
             continue
-        kind = "HTTPRouteGroup" if kind is None else kind
-        if kind not in model.ROUTE_KINDS:
+        route = view.find_route(kind, ns, name) if kind in model.ROUTE_KINDS else None
+        whole = whole and isinstance(route, model.Route)
+        if kind == "HTTPRouteGroup":
+            groups.append(route)
+        if kind is None:
+            report(f"{where} matches[{i}] ({name!r}) has no kind: the controller reads a match only with its kind "
+                   f"(HTTPRouteGroup, TCPRoute or UDPRoute) and ignores a TrafficSplit with any other match. Fix: set "
+                   f"matches[{i}].kind to HTTPRouteGroup (TrafficSplitArgs matches= creates one with its kind).", urn)
+        elif kind not in model.ROUTE_KINDS:
             report(f"{where} matches[{i}] ({name!r}) has kind {kind!r}; the controller ignores a TrafficSplit "
                    f"with such a match. Fix: use kind HTTPRouteGroup (TrafficSplitArgs matches= creates one).", urn)
         elif view.find_route(kind, ns, name) is None:
             report(f"{where} match references {kind} {ns}/{name}, which is not declared in this stack. "
                    f"Fix: create it (TrafficSplit matches= creates one) or correct the name.", urn)
+    root = view.services.get((ns, split.service)) if isinstance(split.service, str) else None
+    if not split.matches or not isinstance(split.matches, list) or root is None \
+            or root.traffic_type(view.default_traffic_type()) is not ann.TrafficType.HTTP:
+        return
+    if not whole:
+        return  # a match not known yet, or one the controller ignores the split for anyway (reported above)
+    verdicts = [v for g in groups for _, _, v, _ in (g.controller_verdicts() if isinstance(g.matches, list) else [])]
+    if any(g.matches is UNKNOWN for g in groups) or any(v is not False for v in verdicts):
+        return
+    named = ", ".join(f"{g.kind} {g.namespace}/{g.name}" for g in groups) or "only TCPRoutes/UDPRoutes"
+    report(f"{where} matches name no HTTP match the controller accepts ({named}): the split of an http root applies "
+           f"to the requests of the valid HTTPRouteGroup matches it names, so with none the controller ignores the "
+           f"TrafficSplit (\"the referenced HTTPRouteGroups have no valid match\"). Fix: name an HTTPRouteGroup with a "
+           f"valid match (see its own violations), or leave matches out to split every request.", urn)
 
 
 def _allowed_sources(view: StackView, identities: set[Identity]) -> tuple[set[Identity], bool]:
@@ -791,7 +943,7 @@ def _allowed_sources(view: StackView, identities: set[Identity]) -> tuple[set[Id
 def _check_split_reachability(view: StackView, split: model.TrafficSplit, report: ReportViolation) -> None:
     """In ACL mode whoever may call the root must be allowed to every backend: a caller allowed to v1
     but not to v2 gets denied for exactly the share of requests routed to v2."""
-    _check_reachability(view, split.namespace, split.service, _backend_names(split), ann.TrafficType.HTTP,
+    _check_reachability(view, split.namespace, split.service, _backend_names(view, split), ann.TrafficType.HTTP,
                         lambda backend, ids, who: (
                             f"{split.describe()} backend {backend!r} (ServiceAccount {ids}) is not reachable by {who}, "
                             f"who may call the split: in ACL mode their requests routed to {backend!r} are denied"),
@@ -812,10 +964,12 @@ def _check_route_reachability(view: StackView, route: model.MeshRoute, report: R
         if is_unknown(traffic) or route.may_attach_to(svc, traffic) is not True:
             continue  # a parent the controller ignores (ExternalName, another type, no such port), or not known
         for k, backends in _applied_rules(route):
-            if any(is_unknown(b.service) or is_unknown(b.weight) for b in backends):
+            kept = [(b, view.route_backend_kept(route, b)[0]) for b in backends]
+            if any(is_unknown(b.service) or is_unknown(b.weight) or is_unknown(verdict) for b, verdict in kept):
                 continue  # who the backends are is known only after apply
-            names = list(dict.fromkeys(b.service for b in backends
-                                       if isinstance(b.service, str) and b.service and b.weight > 0))
+            names = list(dict.fromkeys(b.service for b, verdict in kept
+                                       if isinstance(b.service, str) and b.service and b.weight > 0
+                                       and verdict is not False))  # (the controller drops the others)
             _check_reachability(
                 view, route.namespace, parent, names, route.traffic_type,
                 lambda backend, ids, who, k=k: (
@@ -824,6 +978,43 @@ def _check_route_reachability(view: StackView, route: model.MeshRoute, report: R
                     f"only from sources every weighted backend allows, so all their requests matching this rule are "
                     f"denied, not only the share sent to {backend!r}"),
                 route.resource.urn, report)
+
+
+def _check_route_backends(view: StackView, route: model.MeshRoute, report: ReportViolation) -> None:
+    """A Gateway API mesh route's backendRef whose ``port`` is not a port the controller meshes for the
+    backend Service (or is missing) is dropped by the controller ("... is not a mesh Service port;
+    backend ignored"); a rule left with no backend of weight above 0 answers 500 (GRPCRoute: 503;
+    TCPRoute/UDPRoute: connections are closed). Judged for routes the controller attaches to a Service
+    of this stack, on the rules it applies."""
+    if is_unknown(route.namespace):
+        return
+    attached = False
+    for parent in route.parent_names:
+        svc = view.services.get((route.namespace, parent))
+        if svc is not None and route.may_attach_to(svc, svc.traffic_type(view.default_traffic_type())) is True:
+            attached = True
+    if not attached:
+        return
+    answer = ("connections to it are closed" if route.traffic_type is not ann.TrafficType.HTTP
+              else "requests matching it are refused (503)" if route.kind == "GRPCRoute"
+              else "requests matching it answer 500")
+    for k, backends in _applied_rules(route):
+        verdicts = [(b, *view.route_backend_kept(route, b)) for b in backends]
+        live = any(verdict is not False and (is_unknown(b.weight) or (isinstance(b.weight, int) and b.weight > 0))
+                   for b, verdict, _ in verdicts)
+        for b, verdict, why in verdicts:
+            if verdict is not False:
+                continue
+            at = f"spec.rules[{k}].backendRefs[{b.index}]"
+            effect = (f"so the rule is left with no backend and {answer}" if not live
+                      else "and its share goes to the rule's other backends")
+            target = view.services.get((route.namespace, b.service))
+            fix = ("point it at a Service with pods (an ExternalName Service has none the mesh could send to)"
+                   if target is not None and target.external_name
+                   else f"set {at}.port to a port of the Service (its spec.ports[].port, not the targetPort)")
+            report(f"{route.describe()} {at} (Service {route.namespace}/{b.service}): {why}; the controller drops "
+                   f"this backend (\"not a mesh Service port; backend ignored\"), {effect}. Fix: {fix}.",
+                   route.resource.urn)
 
 
 def _check_reachability(view: StackView, ns: str, root: str, backends: list[str], traffic: Any, lead,
@@ -864,11 +1055,14 @@ def _check_reachability(view: StackView, ns: str, root: str, backends: list[str]
 
 traffic_split_valid = StackValidationPolicy(
     name="lightmesh-traffic-split-valid",
-    description=("TrafficSplits: backends exist in the split's namespace and are not the root, weights are whole "
+    description=("TrafficSplits, their service names read as the controller reads them (name, name.<ns>, "
+                 "name.<ns>.svc.<domain>; another namespace is refused): backends exist in the split's namespace, are "
+                 "not the root, have the root's traffic type and every port of the root, weights are whole "
                  "numbers (split.smi-spec.io/v1alpha1: Kubernetes quantities) with a positive sum, splits do not nest "
-                 "or loop, one split per root, no Gateway API route the controller attaches to the root (it then "
-                 "ignores the split); in ACL mode every backend of a split, or of a Gateway API mesh route's rule, "
-                 "is reachable by everyone allowed to call the root."),
+                 "or loop, one split per root, matches have a kind (and an http root at least one valid HTTP match), "
+                 "no Gateway API route the controller attaches to the root (it then ignores the split); Gateway API "
+                 "mesh route backendRefs name a port of their Service; in ACL mode every backend of a split, or of a "
+                 "Gateway API mesh route's rule, is reachable by everyone allowed to call the root."),
     enforcement_level=EnforcementLevel.MANDATORY,
     severity=Severity.HIGH,
     config_schema=_schema(TRAFFIC_SPLIT_DEFAULTS, {
@@ -1116,6 +1310,12 @@ def _validate_require_acl(args: ResourceValidationArgs, report: ReportViolation)
                f"--acl is a switch and takes no value, so the controller refuses this argument (\"ignored explicit "
                f"argument\") and exits at start, over and over (crash loop). Fix: write --acl alone for ACL mode "
                f"(MeshInstallArgs acl=True), or leave it out.")
+    if problem := model.controller_settings_problem(workload):
+        # on every stack too: the controller checks its flags before anything starts
+        container = model.controller_container_name(workload)
+        report(f"Lightmesh controller {workload.describe()} container {container!r} command/args: the controller "
+               f"refuses these flags at start: {problem}. It logs \"invalid settings\" and exits (code 2), over and "
+               f"over (crash loop), so there is no mesh at all. Fix: {_settings_fix(problem)}.")
     cfg = _config(args.get_config(), REQUIRE_ACL_DEFAULTS)
     required, why = acl_required(cfg["require_acl"], args.urn)
     if not required or bad:
@@ -1127,11 +1327,25 @@ def _validate_require_acl(args: ResourceValidationArgs, report: ReportViolation)
                f"--policy-pack-config.")
 
 
+def _settings_fix(problem: str) -> str:
+    """How to correct the controller flags ``model.controller_settings_problem`` found wrong."""
+    if problem.startswith("--watch-namespaces names"):
+        return ("remove those namespaces from --watch-namespaces (MeshInstallArgs watch_namespaces): the controller "
+                "never meshes kube-system nor its own namespace")
+    if problem.startswith("--watch-namespaces and --ignore-namespaces"):
+        return ("name each namespace in one of the two lists only (MeshInstallArgs watch_namespaces, "
+                "ignore_namespaces): with --watch-namespaces, a namespace it does not list is not meshed anyway")
+    return ("correct that flag in the controller's args (MeshInstallArgs domains, http/tcp/udp_port_base and "
+            "_port_limit, namespace)")
+
+
 require_acl = ResourceValidationPolicy(
     name="lightmesh-require-acl",
     description="On production stacks (or wherever require_acl is true) the mesh is installed in ACL mode "
                 "(MeshInstall acl: true, i.e. the controller runs with --acl); on every stack, --acl is written "
-                "as the controller takes it (--acl=true stops it from starting).",
+                "as the controller takes it (--acl=true stops it from starting), and the controller's flags make "
+                "settings it accepts (no --watch-namespaces naming kube-system or the mesh namespace, no namespace "
+                "both watched and ignored, port ranges and domains it takes: otherwise it exits at start).",
     enforcement_level=EnforcementLevel.MANDATORY,
     severity=Severity.HIGH,
     config_schema=_schema(REQUIRE_ACL_DEFAULTS, {

@@ -98,7 +98,9 @@ def test_other_examples_pass():
      "Service whoami/whoami is patched by two resources that set annotation lightmesh.io/retry-attempts to different "
      "values: '3' by resource 'whoami-again-annotations' of lightmesh:index:MeshService, '2' by resource "
      "'whoami-annotations' of lightmesh:index:MeshService"),
-    (["tcp_port=3306"], [("lightmesh-traffic-target-valid", "mandatory")],
+    # (the Service it was for is denied on its only port too: see the next test)
+    (["tcp_port=3306"], [("lightmesh-acl-service-has-traffic-target", "mandatory"),
+                         ("lightmesh-traffic-target-valid", "mandatory")],
      "TrafficTarget whoami/client-to-whoami-tcp rules[0] allows TCPRoute whoami/client-to-whoami-tcp-tcp on port(s) "
      "3306 only, but the tcp mesh Services of ServiceAccount whoami/whoami-server expose none of them "
      "(Service whoami/whoami-tcp: 8080)"),
@@ -111,6 +113,18 @@ def test_each_rule_on_component_output(config, expected, fragment):
     if fragment:
         assert any(fragment in v.message for v in report.violations), [v.message for v in report.violations]
         assert all(v.urn.startswith("urn:pulumi:") for v in report.violations)
+
+
+def test_a_tcp_access_policy_on_another_port_leaves_the_service_denied():
+    """The controller lets a TCPRoute rule in only on the ports it lists (a Service port or its numeric
+    targetPort): an AccessPolicy with tcp ports [3306] for a Service on 8080 covered it for the pack."""
+    report = check_program(PROGRAM, stack="dev", config=["tcp_port=3306"])
+    [msg] = [v.message for v in report.violations if v.policy == "lightmesh-acl-service-has-traffic-target"]
+    assert msg.startswith("Service whoami/whoami-tcp (tcp) is not allowed on any of its ports: the TCPRoute rules of "
+                          "the TrafficTargets for ServiceAccount whoami/whoami-server are limited to ports it does not "
+                          "serve (TrafficTarget whoami/client-to-whoami-tcp rules[0] (TCPRoute "
+                          "whoami/client-to-whoami-tcp-tcp: port(s) 3306))"), msg
+    assert "(8080)" in msg and 'Fix: add its port to the route (AccessPolicy tcp={"ports": [8080]})' in msg
 
 
 CLUSTERS = Path(__file__).resolve().parent / "programs" / "clusters"

@@ -240,7 +240,8 @@ def test_good_split_passes_in_every_version():
     ([("web-v1", -1)], "weight -1 is not a whole number >= 0"),
     ([("web-v1", 0), ("web-v2", 0)], "backend weights sum to 0"),
     ([("web-v1", 1), ("web-v1", 1)], "lists backend 'web-v1' twice"),
-    ([("other.ns", 1)], "'other.ns' is not a Service name"),
+    ([("other.ns", 1)], "backends[0] service 'other.ns' is not a Service of namespace shop"),
+    ([("other/web", 1)], "'other/web' is not a Service name"),
     # as the controller reads a weight string: ASCII digits, at most nine (int() of 5,000 digits raised;
     # '٣' and '+5' were taken, the controller refuses them)
     ([("web-v1", "9" * 5000)], "weight '" + "9" * 59 + "... (5000 characters) is not a whole number >= 0"),
@@ -736,7 +737,25 @@ def test_split_matches_may_name_port_routes_as_the_controller_accepts():
     split = traffic_split("shop", "s", "web", [("web-v1", 1)], matches=[{"kind": "TCPRoute", "name": "db"}])
     [msg] = messages(run_policy(traffic_split_valid, split_stack(split)))
     assert "match references TCPRoute shop/db, which is not declared in this stack" in msg
-    assert run_policy(traffic_split_valid, split_stack(split, port_route("TCPRoute", "shop", "db"))) == []
+    tcp = split_stack(split, port_route("TCPRoute", "shop", "db"))
+    for r in tcp:
+        if r.type == "kubernetes:core/v1:Service":
+            r.props["metadata"]["annotations"]["lightmesh.io/traffic-type"] = "tcp"
+    assert run_policy(traffic_split_valid, tcp) == []
+    # the split of an http root applies to the requests of the HTTP matches it names: with only a TCPRoute,
+    # none, and the controller ignores it ("the referenced HTTPRouteGroups have no valid match")
+    [msg] = messages(run_policy(traffic_split_valid, split_stack(split, port_route("TCPRoute", "shop", "db"))))
+    assert msg.startswith("TrafficSplit shop/s matches name no HTTP match the controller accepts (only "
+                          "TCPRoutes/UDPRoutes): the split of an http root applies to the requests of the valid "
+                          "HTTPRouteGroup matches it names, so with none the controller ignores the TrafficSplit")
+    # so does a group whose every match the controller ignores
+    beta = http_route_group("shop", "beta", [{"name": "b", "methods": ["GET,POST"]}])
+    split = traffic_split("shop", "s", "web", [("web-v1", 1)], matches=[{"kind": "HTTPRouteGroup", "name": "beta"}])
+    [msg] = messages(run_policy(traffic_split_valid, split_stack(split, beta)))
+    assert msg.startswith("TrafficSplit shop/s matches name no HTTP match the controller accepts (HTTPRouteGroup "
+                          "shop/beta)")
+    beta.props["spec"]["matches"].append({"name": "a", "methods": ["GET"]})
+    assert run_policy(traffic_split_valid, split_stack(split, beta)) == []
 
 
 # ---------------------------------------------------------------------------- 8. one object, one resource
