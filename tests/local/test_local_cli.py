@@ -45,7 +45,9 @@ def test_nothing_to_mesh_is_said_plainly(tmp_path):
 
     mesh = LocalMesh(tmp_path, work_dir=tmp_path / "work")
     assert manifest_warnings(mesh) == [f"warning: no Kubernetes objects found in {tmp_path}: nothing to run "
-                                       "(expected YAML manifests or a Pulumi program)"]
+                                       "(expected YAML manifests or a Pulumi program; a program's yaml/v2 "
+                                       "ConfigGroup, Helm v4 Chart or kustomize v2 Directory are expanded by the "
+                                       "Kubernetes provider at pulumi up, not here: `lightmesh render` lists them)"]
     mesh.manifests = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}]
     assert manifest_warnings(mesh) == [f"warning: no Services found in {tmp_path}: nothing to mesh"]
 

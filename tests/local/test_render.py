@@ -36,6 +36,10 @@ def test_renders_one_file_per_object_with_stack_config(tmp_path):
     assert deployment["spec"]["template"]["metadata"]["labels"]["from"] == "from-stack-file"
     assert deployment["metadata"]["namespace"] == "demo"
     assert "not written (patches an existing cluster object): kubernetes:core/v1:ConfigMapPatch" in result.stdout
+    # its objects are the provider's to make: said, not dropped without a word
+    assert ("not written (its objects are made by the Kubernetes provider at pulumi up, from YAML, a Helm chart "
+            "or kustomize; write them as Kubernetes resources, or render them with kubectl/helm, to see them "
+            "here): kubernetes:yaml/v2:ConfigGroup extra") in result.stdout
     assert len(list(tmp_path.glob("*.yaml"))) == 4
 
 

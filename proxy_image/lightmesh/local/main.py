@@ -171,7 +171,8 @@ def manifest_warnings(mesh: LocalMesh) -> list[str]:
     """What the user should know before trusting the printout: nothing to mesh, pods that serve nothing."""
     if not mesh.manifests:
         return [f"warning: no Kubernetes objects found in {mesh.source}: nothing to run (expected YAML manifests "
-                "or a Pulumi program)"]
+                "or a Pulumi program; a program's yaml/v2 ConfigGroup, Helm v4 Chart or kustomize v2 Directory "
+                "are expanded by the Kubernetes provider at pulumi up, not here: `lightmesh render` lists them)"]
     warnings = []
     if not any(o.get("kind") == "Service" for o in mesh.manifests):
         warnings.append(f"warning: no Services found in {mesh.source}: nothing to mesh")

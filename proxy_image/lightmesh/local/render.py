@@ -103,6 +103,10 @@ class RenderResult:
     skipped_other: list[str] = field(default_factory=list)
     """Custom resources that are not Kubernetes objects (``<type> <name>``): dynamic providers etc."""
     components: list[str] = field(default_factory=list)
+    skipped_provider_components: list[str] = field(default_factory=list)
+    """The Kubernetes provider's own components (``yaml/v2:ConfigGroup``, ``helm.sh/v4:Chart``,
+    ``kustomize/v2:Directory``): their objects are made by the provider at ``pulumi up``, not by
+    the program, so a render under mocks cannot see them."""
     registrations: list[Registration] = field(default_factory=list)
     """Everything registered (components, patches, objects): what a policy pack would be shown."""
 
@@ -291,6 +295,8 @@ def render_program(program_dir: str | Path, stack: str = "dev", config_overrides
                 records.append((args.typ, args.name, urn, auto_named, state, provider))
             elif not args.custom:
                 result.components.append(f"{args.typ} {args.name}")
+                if args.typ.startswith("kubernetes:"):  # a remote component: the provider expands it
+                    result.skipped_provider_components.append(f"{args.typ} {args.name}")
             elif not args.typ.startswith("pulumi:providers:"):  # a provider is configuration, not a resource
                 result.skipped_other.append(f"{args.typ} {args.name}")
             return [f"{args.name}-id", state]
@@ -618,4 +624,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"  not written (patches an existing cluster object): {patch}")
     for other in result.skipped_other:
         print(f"  not written (not a Kubernetes object; runs against the cluster at pulumi up): {other}")
+    for component in result.skipped_provider_components:
+        print(f"  not written (its objects are made by the Kubernetes provider at pulumi up, from YAML, a Helm "
+              f"chart or kustomize; write them as Kubernetes resources, or render them with kubectl/helm, to "
+              f"see them here): {component}")
     return 0

@@ -1,4 +1,5 @@
-"""A tiny program: a namespace, an auto-named ConfigMap, a Deployment, a Service and a patch."""
+"""A tiny program: a namespace, an auto-named ConfigMap, a Deployment, a Service, a patch and a
+ConfigGroup (a component the Kubernetes provider expands at pulumi up)."""
 import pulumi
 import pulumi_kubernetes as k8s
 
@@ -16,5 +17,6 @@ k8s.core.v1.Service("web-svc", metadata={"name": "web", "namespace": ns.metadata
                     spec={"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 80}]})
 k8s.core.v1.ConfigMapPatch("coredns-patch", metadata={"name": "coredns", "namespace": "kube-system"},
                            data={"x": "y"})
+k8s.yaml.v2.ConfigGroup("extra", yaml="apiVersion: v1\nkind: Namespace\nmetadata:\n  name: extra\n")
 existing = k8s.core.v1.ConfigMap.get("coredns", "kube-system/coredns")
 pulumi.export("corefile_seen", existing.data.apply(lambda d: "kubernetes cluster.local" in d["Corefile"]))
