@@ -1122,7 +1122,8 @@ def _validate_annotations(args: ResourceValidationArgs, report: ReportViolation)
         # "...: invalid circuit-breaker expression: ... at position 1 in 'Foo() > 1'": the value is already there
         text = (f"annotation {error.annotation}={model.shown(error.value)}: "
                 f"{error.reason.removesuffix(f' in {error.value!r}')}")
-        effect = ("The controller ignores this Service's mesh settings until it is fixed" if error.fatal
+        effect = ("The controller leaves this Service out of the mesh (its mesh names do not resolve) until it "
+                  "is fixed" if error.fatal
                   else f"The controller keeps this Service, but {error.effect}, until it is fixed")
         report(f"{where}: {text}. {effect}. Fix: "
                f"correct the annotation, or MeshService arg {_MESH_SERVICE_FIELD.get(key, key)}.")

@@ -319,7 +319,7 @@ def test_valid_annotations_under_every_prefix_pass():
 @pytest.mark.parametrize("annotations, expected", [
     ({"lightmesh.io/traffic-type": "grpc"}, "annotation lightmesh.io/traffic-type='grpc': must be one of http"),
     ({"mesh.traefik.io/scheme": "ftp"}, "mesh.traefik.io/scheme='ftp': must be one of http, https, h2c"),
-    ({"lightmesh.io/retry-attempts": "two"}, "must be a whole number. The controller ignores"),
+    ({"lightmesh.io/retry-attempts": "two"}, "must be a whole number. The controller leaves this Service out of the mesh"),
     ({"lightmesh.io/circuit-breaker-expression": "NetworkErrorRatio( > 0.5"}, "invalid circuit-breaker expression"),
     # the value once, quoted
     ({"lightmesh.io/circuit-breaker-expression": "Foo() > 1"},
