@@ -81,6 +81,14 @@ def test_standins_for_known_images_only():
     assert state.pods_of("whoami", "whoami-client")[0]["metadata"]["name"] == "client"
 
 
+def test_a_whoami_stand_in_takes_its_name_from_the_containers_whoami_name():
+    # the canary example tells v1 from v2 by traefik/whoami's "Name:" line (WHOAMI_NAME)
+    named = deployment("web-v2", replicas=1)
+    named["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "WHOAMI_NAME", "value": "web-v2"}]
+    state = lc.synthesize([named, deployment("plain", replicas=1)])
+    assert sorted(s.name for s in state.standins) == ["", "web-v2"]
+
+
 @pytest.mark.parametrize("image, kind", [("traefik/whoami:v1.6.0", "http"), ("docker.io/traefik/whoamitcp:v0.1.0", "tcp"),
                                          ("traefik/whoamiudp@sha256:abc", "udp"), ("nginx:1.25", None),
                                          ("registry:5000/traefik/whoami", None)])

@@ -25,7 +25,11 @@ def test_whoami_http_tcp_udp_and_kill():
         assert head.startswith(b"HTTP/1.1 200")
         text = body.decode()
         assert "Hostname: whoami-abc\nIP: 127.0.0.1\nRemoteAddr: 127.0.0.1:" in text
-        assert "GET /x?y=1 HTTP/1.1" in text and "X-Test: 1" in text
+        assert "GET /x?y=1 HTTP/1.1" in text and "X-Test: 1" in text and "Name:" not in text
+        named = await StandIn("http", "web-v2-abc", "127.0.0.1", 0, name="web-v2").start()
+        _, named_body = await _http_get("127.0.0.1", named._server.sockets[0].getsockname()[1])
+        assert named_body.decode().startswith("Name: web-v2\nHostname: web-v2-abc\n")  # as traefik/whoami
+        await named.kill()
         _, data = await _http_get("127.0.0.1", port, "/data?size=1000")
         assert data == b"-" * 1000
 

@@ -53,6 +53,7 @@ class StandInSpec:
     hostname: str
     address: str
     port: int
+    name: str = ""  # traefik/whoami's WHOAMI_NAME (its --name): a "Name:" line in every answer
 
 
 PRIVILEGED_PORT_LIMIT = 1024  # the kernel's default ip_unprivileged_port_start
@@ -393,8 +394,10 @@ def _run_pod(pod: dict, address: str, cluster: LocalCluster) -> dict:
                     "the pod gets an address but serves nothing")
             continue
         port = _container_port(container, kind, f"Pod {meta['namespace']}/{meta['name']}")
+        env = {e.get("name"): e.get("value") for e in container.get("env") or [] if isinstance(e, dict)}
+        name = env.get("WHOAMI_NAME")
         cluster.standins.append(StandInSpec(kind, f"{meta['namespace']}/{meta['name']}", meta["name"], address,
-                                            _remapped(cluster, port)))
+                                            _remapped(cluster, port), name if isinstance(name, str) else ""))
     for container in spec.get("containers") or []:  # after the stand-ins read them: the pod's own view
         for port in (container.get("ports") or []) if isinstance(container, dict) else []:
             if isinstance(port, dict) and "containerPort" in port:

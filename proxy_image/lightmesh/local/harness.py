@@ -526,7 +526,7 @@ class LocalMesh:
             if key in running:
                 continue
             try:
-                standin = await StandIn(spec.kind, spec.hostname, spec.address, spec.port).start()
+                standin = await StandIn(spec.kind, spec.hostname, spec.address, spec.port, spec.name).start()
             except OSError as exc:
                 raise LocalModeError(_standin_error(spec, exc)) from None
             self.standins.setdefault(spec.pod, []).append(standin)

@@ -1,7 +1,7 @@
 """Stand-ins for the example images, so local mode runs the seed article's whoami without Docker.
 
-* ``traefik/whoami`` (HTTP): answers every path with ``Hostname``, ``IP``, ``RemoteAddr``, the
-  request line and the headers, like the real image; ``/health`` → 200, ``/data?size=N`` → N bytes.
+* ``traefik/whoami`` (HTTP): answers every path with ``Name`` (its ``WHOAMI_NAME``, when set),
+  ``Hostname``, ``IP``, ``RemoteAddr``, the request line and the headers, like the real image; ``/health`` → 200, ``/data?size=N`` → N bytes.
 * ``traefik/whoamitcp`` (TCP) and ``traefik/whoamiudp`` (UDP): answer ``Received: <data>``, or the
   hostname when sent ``WHO``.
 
@@ -82,7 +82,8 @@ class _WhoamiHTTP(asyncio.Protocol):
             ctype = b"application/octet-stream"
         else:
             peer = self.transport.get_extra_info("peername")
-            lines = [f"Hostname: {self.standin.hostname}", f"IP: {self.standin.address}",
+            lines = [f"Name: {self.standin.name}"] if self.standin.name else []
+            lines += [f"Hostname: {self.standin.hostname}", f"IP: {self.standin.address}",
                      f"RemoteAddr: {peer[0]}:{peer[1]}", f"{method} {target} HTTP/{version}"]
             lines += [f"{n.decode('latin-1')}: {v.decode('latin-1')}" for n, v in self.headers]
             body = ("\n".join(lines) + "\n").encode()
@@ -136,6 +137,7 @@ class StandIn:
     hostname: str
     address: str
     port: int
+    name: str = ""  # the container's WHOAMI_NAME: traefik/whoami answers "Name: <it>" first
 
     def __post_init__(self) -> None:
         self.connections: set = set()
