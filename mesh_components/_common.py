@@ -153,6 +153,16 @@ class Checker:
                                 f"at most 253 characters), got {v!r}")
         return when_known(value, check)
 
+    def dns_name(self, field: str, value: Any) -> Any:
+        """A DNS domain name (mesh domains, the cluster domain): a subdomain whose labels have at most
+        63 characters each (DNS's own bound; object names only have the 253 in all)."""
+        def check(v: Any) -> None:
+            if not isinstance(v, str) or len(v) > 253 or not _DNS_SUBDOMAIN.fullmatch(v) \
+                    or any(len(label) > 63 for label in v.split(".")):
+                raise self.fail(f"{field} must be a DNS name (lowercase letters, digits, '-' and '.', labels of "
+                                f"at most 63 characters, at most 253 in all), got {v!r}")
+        return when_known(value, check)
+
     def integer(self, field: str, value: Any, low: int, high: int) -> Any:
         def check(v: Any) -> None:
             # The cross-language path delivers numbers as floats; whole floats are accepted.

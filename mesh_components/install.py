@@ -401,7 +401,7 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
                          "namespace (its shadow Services live there), so every application in 'default' would be "
                          "left out of the mesh; use a namespace of its own, e.g. 'lightmesh' (the default)")
     check.dns_label("dns_namespace", s["dns_namespace"])
-    check.dns_subdomain("cluster_domain", s["cluster_domain"])
+    check.dns_name("cluster_domain", s["cluster_domain"])
     check.string("image", s["image"])
     if s["image_pull_policy"] not in ("IfNotPresent", "Always", "Never"):
         raise check.fail(f"image_pull_policy must be one of IfNotPresent, Always, Never, got {s['image_pull_policy']!r}")
@@ -413,7 +413,7 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
     if not s["domains"]:
         raise check.fail("domains must list at least one domain")
     for i, d in enumerate(s["domains"]):
-        check.dns_subdomain(f"domains[{i}]", d)
+        check.dns_name(f"domains[{i}]", d)
     check.unique("domains", s["domains"])
     cluster_domain = s["cluster_domain"].strip(".").lower()
     for i, d in enumerate(s["domains"]):

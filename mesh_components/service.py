@@ -277,7 +277,7 @@ def _check_domains(check: Checker, domains: Any) -> None:
     if not isinstance(domains, (list, tuple)) or not domains:
         raise check.fail(f"domains must be a non-empty list of DNS names, got {domains!r}")
     for d in domains:
-        check.dns_subdomain("domains", d.strip(".") if isinstance(d, str) else d)
+        check.dns_name("domains", d.strip(".") if isinstance(d, str) else d)
 
 
 def _check_ports(check: Checker, ports: list, traffic_type: Any = None) -> list[dict]:

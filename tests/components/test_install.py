@@ -286,7 +286,10 @@ def test_proxy_timeouts_reach_a_proxy_that_accepts_them():
     ({"domains": ["local"]}, r"domains\[0\] 'local' would take the cluster domain 'cluster.local' \(or part of it\)"),
     ({"domains": ["in-addr.arpa"]}, r"domains\[0\] 'in-addr.arpa' would take reverse lookups"),
     ({"domains": ["mesh"], "cluster_domain": "corp.mesh"}, r"domains\[0\] 'mesh' would take the cluster domain"),
-    ({"domains": ["bad_domain"]}, r"domains\[0\] must be a DNS subdomain"),
+    ({"domains": ["bad_domain"]}, r"domains\[0\] must be a DNS name"),
+    # a DNS label has at most 63 characters: the controller refused such a domain at start
+    ({"domains": ["b" * 64]}, r"domains\[0\] must be a DNS name .*labels of at most 63 characters"),
+    ({"cluster_domain": "c" * 64 + ".local"}, r"cluster_domain must be a DNS name"),
     ({"http_port_base": 80}, "http_port_base must be between 1024 and 65535, got 80"),
     ({"tcp_port_limit": 0}, "tcp_port_limit must be between 1 and 1000, got 0"),
     ({"udp_port_base": 65530, "udp_port_limit": 10}, "udp_port_base \\+ udp_port_limit goes past port 65535"),

@@ -111,7 +111,8 @@ def _assert_equal(actual, expected):
     ({"selector": {"a": "b"}}, "selector only applies when ports is set"),
     ({"ports": [{"port": 80}, {"port": 81}], "selector": {"a": "b"}}, "ports need a name each"),
     ({"domains": []}, "domains must be a non-empty list"),
-    ({"domains": ["Bad Domain"]}, "domains must be a DNS subdomain"),
+    ({"domains": ["Bad Domain"]}, "domains must be a DNS name"),
+    ({"domains": ["a." + "b" * 64]}, "domains must be a DNS name"),
     ({"retry_attempts": -1}, "retry_attempts must be between 1 and 100, got -1"),
     # str() of an int past 4,300 digits raises ValueError: still an error naming the field
     ({"retry_attempts": 10 ** 5000}, "retry_attempts must be between 1 and 100, got a whole number of about 5001 "
