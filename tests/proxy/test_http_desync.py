@@ -462,3 +462,19 @@ async def test_upgrade_fields_on_several_lines_are_one_list():
         finally:
             await c.close()
         assert b"Upgrade: websocket\r\n" in origin.everything()
+
+
+@on_uvloop
+@pytest.mark.parametrize("first", [b"GET /a HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n",
+                                   b"GET /a HTTP/1.0\r\nHost: svc\r\n\r\n"])
+async def test_a_request_pipelined_behind_one_that_closes_is_not_read_and_not_counted_as_a_400(first):
+    from .backends import Backend
+    async with Backend() as backend, ProxyUnderTest(simple_config([backend.url])) as p:
+        c = await RawClient.connect(p.port)
+        try:
+            await c.send(first + b"GET /b HTTP/1.1\r\nHost: svc\r\n\r\n")
+            assert (await c.response()).status == 200 and await c.closed()
+        finally:
+            await c.close()
+        assert [r.path for r in backend.requests] == ["/a"]
+        assert not [k for k in p.metrics.requests if k[1] == "400"], dict(p.metrics.requests)

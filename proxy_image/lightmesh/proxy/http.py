@@ -887,7 +887,8 @@ class ClientProtocol(asyncio.Protocol):
             if respelt is None:
                 self._input_error(400)
         except HttpParserError:
-            self._input_error(400)
+            if not self.broken:  # (broken: a request said close; llhttp refuses the bytes behind it,
+                self._input_error(400)  # which are only not read, RFC 9112 §9.6: no 400 for them)
         else:
             ex = self.cur
             if ex is not None and ex.cl_left > BYPASS_MIN:
