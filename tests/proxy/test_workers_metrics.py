@@ -269,3 +269,55 @@ def test_the_config_version_gauge_leaves_out_workers_with_no_config_the_controll
     sup.workers[0].applied_version, sup.workers[0].applied_hash = 0, "h0"
     sup.workers[1].applied_version, sup.workers[1].applied_hash = 4, "h4"
     assert sup.config_version() == 0
+
+
+def test_a_removed_services_counter_does_not_go_down_while_a_worker_still_shows_it(monkeypatch):
+    # Its retired part (a worker that exited) was pruned as soon as the reload came, while a worker
+    # that had not answered since still showed the service: 20, then 10, then gone.
+    from lightmesh.proxy import main as proxy_main
+    monkeypatch.setattr(proxy_main, "SNAPSHOT_TIMEOUT", 0.2)
+
+    async def scenario():
+        sup = _supervisor(1)
+        (silent,) = sup.workers
+        _alive(silent, 4320)
+        silent.last_metrics = proxy_main._worker_counts(_counted(10))  # from before the reload
+        silent.writer = _Channel(sup, silent, None)
+        sup.retired_metrics = proxy_main._worker_counts(_counted(10))  # a worker that exited
+        backend = {"name": "other", "servers": [{"url": "http://127.0.0.1:1"}]}
+        sup._on_config(make_config(2, HTTPConfig.model_validate({
+            "entry_points": [{"name": "web", "port": 5000}], "services": [backend],
+            "routers": [{"name": "r", "entry_points": ["web"], "service": "other"}]})))
+        assert _value(await sup.metrics_text(), REQUESTS) == 20  # the silent worker still shows svc
+        silent.last_metrics = proxy_main._worker_counts(_counted(0))  # it answers: svc is gone there
+        assert REQUESTS not in await sup.metrics_text()  # the series ends, never going down first
+
+    asyncio.run(scenario())
+
+
+def test_requests_that_finish_while_the_whole_proxy_drains_show_in_its_metrics_meanwhile(tmp_path):
+    # The workers stopped reading the supervisor's channel when it said drain: every scrape during
+    # the drain waited 2 s per worker and showed the counts from before it.
+    async def main():
+        async with _running_proxy(tmp_path, "m-stop", "--drain-timeout", "10", workers=1) as px:
+            for _ in range(3):
+                assert await _get(px.port) == 200
+            slow = []
+            for client, ms in ((11, 300), (12, 2500)):  # one ends early in the drain, one holds it open
+                conn = await RawClient.connect(px.port, host=HOST, local_host=f"127.0.103.{client}")
+                await conn.send(f"GET /slow?ms={ms} HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n".encode())
+                slow.append(conn)
+            try:
+                await asyncio.sleep(0.1)
+                px.proc.send_signal(signal.SIGTERM)
+                assert (await slow[0].response(5)).status == 200
+                started = time.monotonic()
+                text = await _scrape(px.admin)
+                assert time.monotonic() - started < 1.5  # answered, not waited out
+                assert _value(text, REQUESTS) == 4
+                assert (await slow[1].response(8)).status == 200
+            finally:
+                for conn in slow:
+                    await conn.close()
+
+    run(main(), timeout=60)

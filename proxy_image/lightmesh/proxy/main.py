@@ -880,8 +880,7 @@ class Supervisor:
         self.config_json = config.model_dump(mode="json")
         self.last_error = None
         self.metrics.config_applied(config.version)
-        # exited workers' counters: only those of services and routes still configured (as workers do)
-        self.retired_metrics = metrics_mod.retain_snapshot(self.retired_metrics, metrics_mod.config_names(config))
+        # (exited workers' counters of services no longer configured go at the next scrape: see metrics_text)
         log.info("configuration version %d (%s) received%s", config.version, config.hash[:12],
                  f", replacing version {previous.version}" if previous else "")
         for worker in self.workers:
@@ -988,7 +987,17 @@ class Supervisor:
         await self._ask_for_snapshots()
         own = self.metrics.snapshot()
         own[metrics_mod.PREFIX + "config_version"] = [[self.config_version()]]
-        return metrics_mod.render(metrics_mod.merge([own, self.retired_metrics, *self._live_metrics()]))
+        live = self._live_metrics()
+        if self.config is not None:
+            # Exited workers' counters: only those of services and routes still configured (as workers
+            # do), or still shown by a live worker's last snapshot: one that has not answered since a
+            # reload still shows a removed service, and pruning its retired part first made that
+            # counter go down (a reset to Prometheus) before the series went.
+            names = metrics_mod.config_names(self.config)
+            for snapshot in live:
+                names |= metrics_mod.snapshot_names(snapshot)
+            self.retired_metrics = metrics_mod.retain_snapshot(self.retired_metrics, names)
+        return metrics_mod.render(metrics_mod.merge([own, self.retired_metrics, *live]))
 
     def rawdata(self) -> dict:
         config = self.config
@@ -1193,6 +1202,10 @@ async def _worker(fd: int) -> int:
                     await hurry.wait()
         else:
             wlog.info("SIGTERM: draining (up to %gs), then exiting", drain_timeout)
+    else:
+        # The supervisor's drain (the whole proxy stops; or its channel closed): its scrapes and
+        # heartbeats go on meanwhile, so requests that finish during the drain show in /metrics.
+        serving = loop.create_task(serve())
     await runtime.drain(drain_timeout)
     serving.cancel()
     if tracer is not None:

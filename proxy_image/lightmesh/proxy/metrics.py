@@ -226,6 +226,12 @@ def retain_snapshot(snapshot: dict, names: set[str]) -> dict:
             for name, rows in snapshot.items()}
 
 
+def snapshot_names(snapshot: dict) -> set[str]:
+    """The service and L4 route names ``snapshot``'s series carry (see :func:`retain_snapshot`)."""
+    return {row[0] for name, rows in snapshot.items()
+            if METRICS.get(name) and METRICS[name].labels[:1] in (("service",), ("route",)) for row in rows}
+
+
 def config_names(config) -> set[str]:
     """The service and L4 route names of a ``ProxyConfig``: the label values its series may carry."""
     return ({s.name for s in config.http.services} | {r.name for r in config.tcp} | {r.name for r in config.udp})
