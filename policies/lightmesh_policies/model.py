@@ -38,7 +38,7 @@ from __future__ import annotations
 import argparse
 import posixpath
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
 from pulumi_policy.proxy import UnknownValueError, _is_unknown  # the SDK's own sentinel test
@@ -407,31 +407,42 @@ class Service:
             return ports
         return {p.port for p in ports} | {p.target_port for p in ports if isinstance(p.target_port, int)}
 
-    def target_ports(self, workloads: list["Workload"], traffic: Any) -> Any:
-        """The pod ports its meshed ports (those of ``traffic``'s protocol, see :meth:`meshed_ports`)
-        lead to, as the controller compares a TrafficTarget's ``destination.port`` with them: each
-        numeric ``targetPort`` (the port when unset) and each named one resolved through the
-        containers of ``workloads`` (its selected pods). UNKNOWN when the stack does not declare its
-        ports, or they (or the traffic type) are not known yet, or a name names no port of those
-        containers."""
+    def pod_ports(self, workloads: list["Workload"], traffic: Any, identity: Any = None) -> Any:
+        """The pod ports its meshed ports (those of ``traffic``'s protocol, see :meth:`meshed_ports`) lead
+        to, as the controller compares a TrafficTarget's ``destination.port`` with them: each numeric
+        ``targetPort`` (the port when unset), and each named one as Kubernetes resolves it on the pods of
+        ``workloads`` (its selected pods; only those of ServiceAccount ``identity`` when given: the
+        controller compares the port of that ServiceAccount's endpoints), see :func:`named_port`.
+        ``(numbers, complete)``: ``complete`` is False while a pod's ports (or ServiceAccount) are not
+        known yet, so a port not among ``numbers`` may still be one. UNKNOWN when the stack does not
+        declare its ports, or they (or the traffic type) are not known yet."""
         ports = self.meshed_ports(traffic)
         if not isinstance(ports, list):
             return UNKNOWN
         numbers: set[int] = set()
+        complete = True
         for entry in ports:
-            target = _pod_port(entry.target_port, workloads)
-            if target is UNKNOWN:
-                return UNKNOWN
-            numbers.add(target)
-        return numbers
+            found, entry_complete = _pod_ports(entry, workloads, identity)
+            numbers |= found
+            complete = complete and entry_complete
+        return numbers, complete
+
+    def target_ports(self, workloads: list["Workload"], traffic: Any, identity: Any = None) -> Any:
+        """:meth:`pod_ports` as a set, UNKNOWN unless it is complete. A port name no selected pod
+        declares (with the port's protocol) leads nowhere: Kubernetes makes no endpoint for it."""
+        found = self.pod_ports(workloads, traffic, identity)
+        if found is UNKNOWN or not found[1]:
+            return UNKNOWN
+        return found[0]
 
     def l4_rule_allows(self, workloads: list["Workload"], traffic: Any, destination_port: Any,
-                       allowed: tuple[int, ...]) -> Any:
-        """Whether a TrafficTarget (``destination_port``: None for every port) with a TCPRoute/UDPRoute
-        limited to the ports ``allowed`` (not empty) lets traffic in on at least one port the controller
-        meshes for this Service (of ``traffic``'s protocol), as its ``provider.allowed_ips`` decides: a
-        meshed port the TrafficTarget attaches to (see :meth:`target_ports`) whose port, or numeric
-        targetPort, is allowed. True/False/UNKNOWN; True when the stack does not declare the ports."""
+                       allowed: tuple[int, ...], identity: Any = None) -> Any:
+        """Whether a TrafficTarget (``destination_port``: None for every port; ``identity``: its
+        destination) with a TCPRoute/UDPRoute limited to the ports ``allowed`` (not empty) lets traffic
+        in on at least one port the controller meshes for this Service (of ``traffic``'s protocol), as its
+        ``provider.allowed_ips`` decides: a meshed port the TrafficTarget attaches to (see
+        :meth:`pod_ports`) whose port, or numeric targetPort, is allowed. True/False/UNKNOWN; True when
+        the stack does not declare the ports."""
         ports = self.meshed_ports(traffic)
         if ports is UNKNOWN:
             return UNKNOWN
@@ -443,28 +454,142 @@ class Service:
                 continue
             if destination_port is None:
                 return True
-            target = _pod_port(entry.target_port, workloads)
-            if target is UNKNOWN:
-                verdict = UNKNOWN
-            elif target == destination_port:
+            numbers, complete = _pod_ports(entry, workloads, identity)
+            if destination_port in numbers:
                 return True
+            if not complete:
+                verdict = UNKNOWN
         return verdict
+
+    def serves(self, workload: "Workload", traffic: Any) -> Any:
+        """Whether the pods of ``workload`` (which its selector selects) are endpoints of a port the
+        controller meshes for this Service (of ``traffic``'s protocol), as Kubernetes makes them: a pod
+        is an endpoint of a numeric ``targetPort`` always, of a named one only when one of its containers
+        declares a port of that name and of the port's protocol (:func:`named_port`); a pod that is an
+        endpoint of none of them is not the Service's for the controller (its ServiceAccount needs no
+        TrafficTarget for it). True/False/UNKNOWN (a value it depends on is not known yet); True when the
+        stack does not declare the ports, or the controller meshes none of them."""
+        if self.ports is None:
+            return True
+        if is_unknown(traffic):
+            # http and tcp mesh the TCP ports, udp the UDP ones: one verdict for both, or not known yet
+            verdicts = {self.serves(workload, t) for t in (ann.TrafficType.TCP, ann.TrafficType.UDP)}
+            return verdicts.pop() if len(verdicts) == 1 else UNKNOWN
+        ports = self.meshed_ports(traffic)
+        if ports is UNKNOWN:
+            # a port not known yet may name a container port; numeric targetPorts only take every pod
+            return True if self._numeric_target_ports_only() else UNKNOWN
+        if not isinstance(ports, list) or not ports:
+            return True
+        verdict: Any = False
+        for entry in ports:
+            if not isinstance(entry.target_port, str):
+                return True
+            endpoint, _ = named_port(workload.pod_spec, entry.target_port, entry.protocol)
+            if endpoint is True:
+                return True
+            if endpoint is UNKNOWN:
+                verdict = UNKNOWN
+        return verdict
+
+    def _numeric_target_ports_only(self) -> bool:
+        """Whether every entry of its (partly unknown) ports surely leads to a port number, not a name."""
+        if not isinstance(self.ports, list):
+            return False
+        for entry in self.ports:
+            if not isinstance(entry, dict):
+                return False
+            target = entry.get("targetPort", entry.get("port"))
+            if is_unknown(target) and "targetPort" not in entry:
+                continue  # defaults to the port, a number
+            if is_unknown(target) or (isinstance(target, str) and not (target.isascii() and target.isdigit())):
+                return False
+        return True
 
     def describe(self) -> str:
         how = "" if self.created else " (existing Service annotated by a ServicePatch)"
         return f"Service {self.key}{how}"
 
 
-def _pod_port(target: Any, workloads: list["Workload"]) -> Any:
-    """The pod port a Service port's ``targetPort`` leads to: a number as is; a name resolved through the
-    containers of ``workloads`` (its selected pods); UNKNOWN when a name names no single port of theirs."""
-    if not isinstance(target, str):
-        return target
-    named = {port_number(dig(p, "containerPort")) for w in workloads
-             for c in containers_of(w.pod_spec) for p in as_list(c.get("ports")) if dig(p, "name") == target}
-    if len(named) != 1 or any(n is None or n is UNKNOWN for n in named):
-        return UNKNOWN
-    return named.pop()
+def _pod_ports(entry: Any, workloads: list["Workload"], identity: Any = None) -> tuple[set[int], bool]:
+    """The pod ports a meshed Service port (a ``topology._RawPort``) leads to on the pods of ``workloads``
+    (those of ServiceAccount ``identity`` only, when given), and whether that set is complete: a number
+    as is; a name as Kubernetes resolves it per pod (:func:`named_port`), a pod that does not declare it
+    being no endpoint of that port. Incomplete while a pod's ports, or its ServiceAccount, are not known."""
+    if not isinstance(entry.target_port, str):
+        return {entry.target_port}, True
+    numbers: set[int] = set()
+    complete = True
+    for w in workloads:
+        maybe = is_unknown(w.service_account) or is_unknown(w.namespace)
+        if isinstance(identity, Identity):
+            if not identity.known:
+                maybe = True
+            elif not maybe and (w.namespace, w.service_account) != (identity.namespace, identity.name):
+                continue
+        endpoint, number = named_port(w.pod_spec, entry.target_port, entry.protocol)
+        if endpoint is False:
+            continue
+        if maybe or endpoint is UNKNOWN or not isinstance(number, int):
+            complete = False
+        else:
+            numbers.add(number)
+    return numbers, complete
+
+
+def named_port(pod_spec: Any, name: str, protocol: str) -> tuple[Any, Any]:
+    """How Kubernetes resolves a Service port's named ``targetPort`` on a pod of ``pod_spec`` (its
+    ``FindPort``, which builds the EndpointSlices the controller reads): the first port called ``name``
+    of protocol ``protocol`` (a container port's protocol is TCP when unset) among its containers, then
+    among its sidecar init containers (``restartPolicy: Always``). ``(endpoint, number)``: whether the
+    pod is an endpoint of that Service port (True/False/UNKNOWN) and the port number (None when it is
+    no endpoint, UNKNOWN when that number is not known yet). Anything not known yet on the way (the pod spec, a container
+    list, a container, its ports, a port or its name or protocol) that could be such a port makes the
+    answer unknown, unless a port known to match is found (then the number is unknown: the unknown
+    one may come first)."""
+    if pod_spec is UNKNOWN:
+        return UNKNOWN, UNKNOWN
+    if not isinstance(pod_spec, dict):
+        return False, None
+    uncertain = False
+    for key in ("containers", "initContainers"):
+        containers = pod_spec.get(key)
+        if containers is UNKNOWN:
+            uncertain = True
+            continue
+        for container in as_list(containers):
+            if container is UNKNOWN:
+                uncertain = True
+                continue
+            if not isinstance(container, dict):
+                continue
+            sidecar: Any = True
+            if key == "initContainers":
+                policy = container.get("restartPolicy")
+                sidecar = UNKNOWN if is_unknown(policy) else policy == "Always"
+                if sidecar is False:
+                    continue  # an init container that exits before the pod serves: Kubernetes skips it
+            ports = container.get("ports")
+            if ports is UNKNOWN:
+                uncertain = True
+                continue
+            for port in as_list(ports):
+                if port is UNKNOWN:
+                    uncertain = True
+                    continue
+                if not isinstance(port, dict):
+                    continue
+                port_name, port_protocol = port.get("name"), port.get("protocol")
+                if not is_unknown(port_name) and port_name != name:
+                    continue
+                if not is_unknown(port_protocol) and (port_protocol or "TCP") != protocol:
+                    continue
+                if is_unknown(port_name) or is_unknown(port_protocol) or sidecar is UNKNOWN:
+                    uncertain = True
+                    continue
+                number = port_number(port.get("containerPort"))
+                return True, (UNKNOWN if uncertain or number is None else number)
+    return (UNKNOWN, UNKNOWN) if uncertain else (False, None)
 
 
 # --------------------------------------------------------------------------------------- workloads
@@ -669,9 +794,106 @@ CONTROLLER_ONLY_FLAGS = frozenset(o for o in _controller_options() if o not in _
                                   and o.lower() not in {f.lower() for f in TRAEFIK_MESH_CONTROLLER_FLAGS})
 
 
-def _command_lines(pod_spec: Any) -> list:
+@dataclass(frozen=True)
+class OptionValueNotKnown:
+    """A ``--option=value`` word whose value is not known (a ``$(VAR)`` Kubernetes expands from an
+    environment variable the pack cannot resolve): the option is known, its value is not."""
+
+    option: str
+
+
+def expand_kubernetes_references(text: str, lookup) -> list:
+    """``text`` with its ``$(VAR)`` references expanded as Kubernetes expands a container's
+    ``command``, ``args`` and ``env`` values (``third_party/forked/golang/expansion``): ``$(NAME)`` is
+    ``lookup(NAME)``, ``$$`` is ``$`` (so ``$$(NAME)`` is the text ``$(NAME)``), any other ``$`` is
+    itself. As a list of pieces, each a string or UNKNOWN (``lookup`` did not know the value)."""
+    pieces: list = []
+    text_so_far: list[str] = []
+    checkpoint, cursor = 0, 0
+    while cursor < len(text):
+        if text[cursor] == "$" and cursor + 1 < len(text):
+            text_so_far.append(text[checkpoint:cursor])
+            following = text[cursor + 1]
+            advance = 1
+            if following == "$":
+                text_so_far.append("$")  # an escaped $
+            elif following == "(" and (close := text.find(")", cursor + 2)) != -1:
+                value = lookup(text[cursor + 2:close])
+                if value is UNKNOWN:
+                    pieces += ["".join(text_so_far), UNKNOWN]
+                    text_so_far = []
+                else:
+                    text_so_far.append(value)
+                advance = close - cursor
+            else:
+                text_so_far.append("$" + following)  # not a reference (nor an incomplete one): as written
+            cursor += advance
+            checkpoint = cursor + 1
+        cursor += 1
+    text_so_far.append(text[checkpoint:])
+    return [p for p in pieces + ["".join(text_so_far)] if p != ""]
+
+
+def _env_lookup(container: dict, namespace: Any):
+    """``lookup(name)`` for :func:`expand_kubernetes_references` of ``container``'s command line: the value
+    of its environment variable ``name`` as Kubernetes sets it, where the stack tells it: a literal
+    ``value`` (itself expanded with the variables before it, as Kubernetes does), or a ``valueFrom``
+    ``fieldRef`` ``metadata.namespace`` (the pod's namespace, ``namespace``). UNKNOWN otherwise: another
+    ``valueFrom`` (a ConfigMap, a Secret, another field), a variable not in ``env`` (it may come from
+    ``envFrom`` or the Service links), or a value not known yet."""
+    env = container.get("env")
+
+    def value_of(name: str, before: int) -> Any:
+        if env is UNKNOWN:
+            return UNKNOWN
+        entries = as_list(env)[:before]
+        for j in range(len(entries) - 1, -1, -1):  # the last definition wins
+            entry = entries[j]
+            if not isinstance(entry, dict):
+                if entry is UNKNOWN:
+                    return UNKNOWN
+                continue
+            if is_unknown(entry.get("name")):
+                return UNKNOWN
+            if entry.get("name") != name:
+                continue
+            source = entry.get("valueFrom")
+            if source is not None:
+                field_path = dig(source, "fieldRef", "fieldPath")
+                return namespace if field_path == "metadata.namespace" and isinstance(namespace, str) else UNKNOWN
+            value = entry.get("value")
+            if value is None:
+                return ""
+            if not isinstance(value, str):
+                return UNKNOWN
+            pieces = expand_kubernetes_references(value, lambda other: value_of(other, j))
+            return UNKNOWN if UNKNOWN in pieces else "".join(pieces)
+        return UNKNOWN
+
+    return lambda name: value_of(name, len(as_list(env)) if isinstance(env, list) else 0)
+
+
+def _expanded_word(word: Any, lookup) -> Any:
+    """A command-line word as the container gets it (:func:`expand_kubernetes_references`): a string;
+    UNKNOWN when a reference in it is not known; :class:`OptionValueNotKnown` for ``--option=$(VAR)``
+    (the option written out, only its value unknown)."""
+    if not isinstance(word, str) or "$" not in word:
+        return word
+    pieces = expand_kubernetes_references(word, lookup)
+    if UNKNOWN not in pieces:
+        return "".join(pieces)
+    first = pieces[0]
+    if isinstance(first, str) and first.startswith("-") and "=" in first:
+        return OptionValueNotKnown(first.split("=", 1)[0])
+    return UNKNOWN
+
+
+def _command_lines(pod_spec: Any, namespace: Any = UNKNOWN) -> list:
     """The command line (command + args) of every container, each a list or UNKNOWN; a single UNKNOWN
-    stands for a pod spec or container list not known yet (it may hold any container)."""
+    stands for a pod spec or container list not known yet (it may hold any container). Each word as
+    the container gets it: ``$(VAR)`` references expanded from the container's environment as
+    Kubernetes expands them (:func:`_expanded_word`; ``namespace`` is the pod's, for a ``fieldRef`` to
+    ``metadata.namespace``), UNKNOWN where the stack does not tell the value."""
     if pod_spec is UNKNOWN:
         return [UNKNOWN]
     if not isinstance(pod_spec, dict):
@@ -686,7 +908,11 @@ def _command_lines(pod_spec: Any) -> list:
             if container is UNKNOWN:
                 lines.append(UNKNOWN)
             elif isinstance(container, dict):
-                lines.append(_command_line(container))
+                line = _command_line(container)
+                if isinstance(line, list) and any(isinstance(w, str) and "$" in w for w in line):
+                    lookup = _env_lookup(container, namespace)
+                    line = [_expanded_word(w, lookup) for w in line]
+                lines.append(line)
     return lines
 
 
@@ -709,7 +935,7 @@ def acl_flag(workload: Workload) -> Any:
     itself always writes ``--acl`` as a plain known word (its ``acl`` arg must be known).
     """
     verdict: Any = False
-    for line in _command_lines(workload.pod_spec):
+    for line in _command_lines(workload.pod_spec, workload.namespace):
         if line is UNKNOWN:
             verdict = UNKNOWN
             continue
@@ -741,7 +967,7 @@ def default_traffic_type_flag(workload: Workload) -> Any:
     """The controller's default traffic type (``--default-mode X`` or ``=X``), http if unset; UNKNOWN
     when the flag's value, or a word that could be the flag, is not known yet."""
     unknown = False
-    for line in _command_lines(workload.pod_spec):
+    for line in _command_lines(workload.pod_spec, workload.namespace):
         if line is UNKNOWN:
             unknown = True
             continue
@@ -749,6 +975,8 @@ def default_traffic_type_flag(workload: Workload) -> Any:
             if is_unknown(word):
                 unknown = unknown or not _is_option_value(line, i)
                 continue
+            if isinstance(word, OptionValueNotKnown) and word.option in _DEFAULT_TYPE_FLAGS:
+                return UNKNOWN
             if not isinstance(word, str):
                 continue
             value: Any = None
@@ -756,7 +984,7 @@ def default_traffic_type_flag(workload: Workload) -> Any:
                 value = line[i + 1]
             elif word.startswith(tuple(f + "=" for f in _DEFAULT_TYPE_FLAGS)):
                 value = word.split("=", 1)[1]
-            if is_unknown(value):
+            if is_unknown(value) or isinstance(value, OptionValueNotKnown):
                 return UNKNOWN
             if isinstance(value, str) and value:
                 try:
@@ -778,8 +1006,17 @@ class IgnoreSettings:
 
     def ignores(self, namespace: str, name: str) -> Any:
         """True/False for the Service ``namespace/name``; UNKNOWN when it depends on a value not known yet."""
-        if namespace in controller_model.ALWAYS_IGNORED_NAMESPACES \
-                or (namespace, name) in controller_model.ALWAYS_IGNORED_SERVICES:
+        if (namespace, name) in controller_model.ALWAYS_IGNORED_SERVICES:
+            return True
+        return self.ignores_namespace(namespace)
+
+    def ignores_namespace(self, namespace: Any) -> Any:
+        """True/False for every object of ``namespace`` (the controller reads none of a namespace it
+        ignores: Services, pods, SMI objects, Gateway API routes; ``sources.ObjectFilter``); UNKNOWN
+        when it depends on a value not known yet (the namespace or a flag)."""
+        if is_unknown(namespace):
+            return UNKNOWN
+        if namespace in controller_model.ALWAYS_IGNORED_NAMESPACES:
             return True
         verdict: Any = False
         for value, ignored in ((self.mesh_namespace, lambda v: namespace == v),
@@ -804,12 +1041,16 @@ def _controller_flags(workload: Workload) -> tuple[Any, set[str]]:
     in); ``(UNKNOWN, ...)`` when a free-standing word not known yet could be any flag; ``(None, ...)``
     when the parser refuses them (``--acl=true``: the controller would not start)."""
     words: Any = None
-    for line in _command_lines(workload.pod_spec):
+    unknown_word = False
+    for line in _command_lines(workload.pod_spec, workload.namespace):
         if line is UNKNOWN:
             return UNKNOWN, set()
         if "controller" in line:
             words = line[line.index("controller") + 1:]
             break
+        unknown_word = unknown_word or any(is_unknown(w) for w in line)
+    if words is None and unknown_word:
+        return UNKNOWN, set()  # a word not known yet may be the subcommand, its flags following it
     unknown_options: set[str] = set()
     known: list[str] = []
     for i, word in enumerate(words or []):
@@ -817,6 +1058,8 @@ def _controller_flags(workload: Workload) -> tuple[Any, set[str]]:
             if not _is_option_value(words, i):
                 return UNKNOWN, set()
             unknown_options.add(known.pop())  # the option whose value it is, left out of the parse
+        elif isinstance(word, OptionValueNotKnown):
+            unknown_options.add(word.option)  # --option=$(VAR) not known here: left out of the parse too
         elif isinstance(word, str):
             known.append(word)
     try:
@@ -968,14 +1211,18 @@ class TrafficTarget:
     def allows_on(self, svc: "Service", workloads: list["Workload"], traffic: Any) -> Any:
         """Whether the controller attaches it to ``svc`` (whose pods run as its destination, and whose
         traffic type is ``traffic``): True without a destination port, else whether one of the pod
-        ports of ``svc``'s meshed ports is that port; UNKNOWN when that is not known yet."""
+        ports of ``svc``'s meshed ports on its destination's pods is that port (see
+        :meth:`Service.pod_ports`); UNKNOWN when that is not known yet."""
         port = self.port
         if port is None:
             return True
         if port is UNKNOWN or port is BAD_PORT:
             return UNKNOWN if port is UNKNOWN else False
-        ports = svc.target_ports(workloads, traffic)
-        return UNKNOWN if is_unknown(ports) else port in ports
+        found = svc.pod_ports(workloads, traffic, self.destination)
+        if found is UNKNOWN:
+            return UNKNOWN
+        numbers, complete = found
+        return True if port in numbers else False if complete else UNKNOWN
 
 
 @dataclass
@@ -1408,9 +1655,13 @@ class Resolution:
 
     service_accounts: set[Identity]
     workloads: list[Workload]
+    """The workloads whose pods are (or, while not known yet, may be) its endpoints."""
     reason: str | None = None
     """Why it could not be resolved (None when resolved, or when it is only unknown for now)."""
     unknown: bool = False
+    no_endpoints: bool = False
+    """Its selector selects pods of this stack, but none is an endpoint of a port the controller meshes
+    (a named targetPort none of them declares): the controller sees no pods behind it."""
 
 
 class StackView:
@@ -1634,19 +1885,37 @@ class StackView:
                 reason = ("it is an existing Service annotated by a ServicePatch and its selector is not declared "
                           "in this stack")
             return Resolution(set(), [], reason=reason)
-        found, unknown = [], False
+        selected, unknown = [], False
+        uncertain: list[Workload] = []  # workloads it may select (a namespace or label not known yet)
         for w in self.workloads:
             if w.namespace is UNKNOWN:
                 unknown = True
+                uncertain.append(w)
                 continue
             if w.namespace != svc.namespace:
                 continue
             verdict = selects(svc.selector, w.pod_labels)
             if verdict is UNKNOWN:
                 unknown = True
+                uncertain.append(w)
             elif verdict:
+                selected.append(w)
+        if not selected and not unknown:
+            selector = ",".join(f"{k}={v}" for k, v in sorted(svc.selector.items()))
+            return Resolution(set(), [], reason=(f"its selector {selector} matches no Deployment, StatefulSet, "
+                                                 f"DaemonSet, ReplicaSet, Job, CronJob or Pod declared in this "
+                                                 f"stack in namespace {svc.namespace}"))
+        # Only the pods Kubernetes makes endpoints of a port the controller meshes are the Service's: a
+        # named targetPort takes only the pods declaring that port name (with the port's protocol).
+        traffic = svc.traffic_type(self.default_traffic_type())
+        found, maybe = [], []
+        for w in selected:
+            serves = svc.serves(w, traffic)
+            if serves is True:
                 found.append(w)
-        if any(is_unknown(w.service_account) for w in found):
+            elif serves is UNKNOWN:
+                maybe.append(w)
+        if maybe or any(is_unknown(w.service_account) for w in found):
             unknown = True
         malformed = [w for w in found if w.service_account_problem]
         if malformed:
@@ -1654,11 +1923,13 @@ class StackView:
                                                              for w in malformed))
         accounts = {Identity(w.namespace, w.service_account) for w in found if not is_unknown(w.service_account)}
         if not found and not unknown:
-            selector = ",".join(f"{k}={v}" for k, v in sorted(svc.selector.items()))
-            return Resolution(set(), [], reason=(f"its selector {selector} matches no Deployment, StatefulSet, "
-                                                 f"DaemonSet, ReplicaSet, Job, CronJob or Pod declared in this "
-                                                 f"stack in namespace {svc.namespace}"))
-        return Resolution(accounts, found, unknown=unknown)
+            # pods selected, but none is an endpoint of the ports the controller meshes: it has no pods to
+            # allow traffic to, as the controller sees it (and Kubernetes gives the Service no endpoints)
+            return Resolution(set(), [], no_endpoints=True)
+        # A workload it may select may run as any ServiceAccount (for the ports its pods lead to): known
+        # only after apply.
+        maybe += [replace(w, service_account=UNKNOWN) for w in uncertain]
+        return Resolution(accounts, found + maybe, unknown=unknown)
 
     def mesh_services_of_account(self, identity: Identity) -> Any:
         """All mesh Services whose selected pods run as ``identity``; UNKNOWN when a Service that is

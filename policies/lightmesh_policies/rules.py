@@ -157,13 +157,14 @@ def _acl_coverage(view: StackView, cfg: dict, report: ReportViolation) -> None:
             continue  # the controller never meshes it (its own namespace, kube-system, ...): nothing is denied
         traffic = svc.traffic_type(default_type)
         resolution = view.resolve(svc)
-        if resolution.reason:
+        if resolution.reason or resolution.no_endpoints:
             # No pods of its own (or none declared here): an apex if it is a TrafficSplit's root or a
-            # Gateway API route's parent Service (GAMMA).
+            # Gateway API route's parent Service (GAMMA). Pods that are no endpoints of its meshed ports
+            # are not its own: nothing of it to cover.
             fronts = _fronts(view, svc, traffic) if not resolution.workloads else []
             if fronts:
                 _check_apex_coverage(view, svc, fronts, traffic, cfg, report)
-            elif fronts == [] and not cfg["allow_unresolved_services"]:
+            elif fronts == [] and resolution.reason and not cfg["allow_unresolved_services"]:
                 _report_unresolved(f"{svc.describe()} is a mesh Service, but the ServiceAccount of its pods",
                                    svc.key, resolution.reason, svc.urn, report)
             continue
@@ -196,7 +197,7 @@ def _check_identity_covered(view: StackView, subject: str, identity: Identity, t
         targets = [t for t in targets if t not in elsewhere]
     if not targets:
         if elsewhere:
-            ports = svc.target_ports(workloads or [], svc_traffic)
+            ports = svc.target_ports(workloads or [], svc_traffic, identity)
             names = ", ".join(f"{t.describe()} (spec.destination.port {model.shown(t.destination_port)})"
                               for t in elsewhere)
             report(f"{subject} ({_traffic_label(traffic)}) is not the destination of any TrafficTarget on its ports: "
@@ -283,7 +284,7 @@ def _rule_allows(view: StackView, target: model.TrafficTarget, rule: model.Rule,
         return UNKNOWN
     if model.ROUTE_KIND_TRAFFIC_TYPE[rule.kind] is not traffic:
         return True  # a rule for another traffic type: not this Service's (the kind check judges it)
-    return svc.l4_rule_allows(workloads or [], traffic, target.port, ports)
+    return svc.l4_rule_allows(workloads or [], traffic, target.port, ports, target.destination)
 
 
 def _fronts(view: StackView, svc: model.Service, traffic: Any) -> Any:
@@ -332,6 +333,8 @@ def _check_apex_coverage(view: StackView, apex: model.Service, fronts: list[tupl
                 continue  # undeclared (the split rule says so), a mesh Service, or not known yet
             subject = f"{apex.describe()} ({what}, no pods of its own) through its backend Service {backend.key}"
             resolution = view.resolve(backend)
+            if resolution.no_endpoints:
+                continue  # its pods are no endpoints of its meshed ports: nothing to cover
             if resolution.reason:
                 if not cfg["allow_unresolved_services"]:
                     _report_unresolved(f"{apex.describe()} is the {what} and has no pods of its own; the ServiceAccount "
@@ -394,7 +397,10 @@ def _check_regex(pattern: Any) -> str | None:
 
 
 def _validate_routes(view: StackView, report: ReportViolation) -> None:
+    controller_ignores = view.ignore_settings()
     for route in view.routes:
+        if controller_ignores.ignores_namespace(route.namespace) is not False:
+            continue  # the controller reads no route of that namespace (or may not: not known yet)
         if route.kind in ("TCPRoute", "UDPRoute"):
             for i, entry in route.bad_ports():
                 field = "tcp" if route.kind == "TCPRoute" else "udp"
@@ -450,7 +456,10 @@ def _validate_routes(view: StackView, report: ReportViolation) -> None:
 def _traffic_targets(view: StackView, cfg: dict, report: ReportViolation) -> None:
     _validate_routes(view, report)
     default_type = view.default_traffic_type()
+    controller_ignores = view.ignore_settings()
     for target in view.traffic_targets:
+        if controller_ignores.ignores_namespace(target.namespace) is not False:
+            continue  # the controller reads no TrafficTarget of that namespace (or may not: not known yet)
         where, urn = target.describe(), target.resource.urn
         dest = target.destination
         if isinstance(dest, Identity) and dest.problem:
@@ -553,7 +562,7 @@ def _check_destination_port(view: StackView, target: model.TrafficTarget, report
     if any(v is not False for _, v in verdicts):
         return
     listing = "; ".join(f"{svc.describe()}: "
-                        f"{', '.join(map(str, sorted(svc.target_ports(res.workloads, traffic)))) or 'none'}"
+                        f"{', '.join(map(str, sorted(svc.target_ports(res.workloads, traffic, dest)))) or 'none'}"
                         for svc, res in found for traffic in [svc.traffic_type(default_type)])
     report(f"{where} spec.destination.port {port} is not a port the pods of ServiceAccount {dest} listen on for any "
            f"of its Services ({listing}): the controller attaches it to none of them (it compares it with the "
@@ -627,7 +636,8 @@ traffic_target_valid = StackValidationPolicy(
                  "Services' traffic type (HTTPRouteGroup for http, TCPRoute for tcp, UDPRoute for udp); a TCPRoute or "
                  "UDPRoute allows at least one port the destination's Services expose; an HTTPRouteGroup rule allows "
                  "at least one match; referenced route objects and match names exist in the stack; HTTPRouteGroup "
-                 "matches are ones the controller accepts (methods, header names, path and header regexes)."),
+                 "matches are ones the controller accepts (methods, header names, path and header regexes). Objects in "
+                 "namespaces the controller ignores are skipped."),
     enforcement_level=EnforcementLevel.MANDATORY,
     severity=Severity.HIGH,
     config_schema=_schema(TRAFFIC_TARGET_DEFAULTS, {
@@ -703,6 +713,7 @@ def _split_loops(view: StackView) -> dict[int, list[str]]:
 def _traffic_splits(view: StackView, cfg: dict, report: ReportViolation) -> None:
     acl = _acl_active(view, cfg["assume_acl"])
     loops = _split_loops(view)
+    controller_ignores = view.ignore_settings()
     roots_seen: dict[tuple, str] = {}
 
     def undeclared(ns: str, service: str) -> bool:
@@ -712,6 +723,8 @@ def _traffic_splits(view: StackView, cfg: dict, report: ReportViolation) -> None
         where, urn, ns = split.describe(), split.resource.urn, split.namespace
         if is_unknown(ns) or is_unknown(split.service):
             continue
+        if controller_ignores.ignores_namespace(ns) is not False:
+            continue  # the controller reads no object of that namespace (or may not: a flag not known yet)
         if not isinstance(split.service, str) or not split.service:
             report(f"{where} has no root service (spec.service). Fix: set TrafficSplitArgs service to the Service "
                    f"clients call.", urn)
@@ -811,6 +824,8 @@ def _traffic_splits(view: StackView, cfg: dict, report: ReportViolation) -> None
             _check_split_reachability(view, split, report)
         _check_split_under_routes(view, split, report)
     for route in view.mesh_routes:
+        if controller_ignores.ignores_namespace(route.namespace) is not False:
+            continue  # the controller reads no route of that namespace (or may not, or its namespace is unknown)
         _check_route_backends(view, route, report)
         if acl is True:
             _check_route_reachability(view, route, report)
@@ -1062,7 +1077,8 @@ traffic_split_valid = StackValidationPolicy(
                  "or loop, one split per root, matches have a kind (and an http root at least one valid HTTP match), "
                  "no Gateway API route the controller attaches to the root (it then ignores the split); Gateway API "
                  "mesh route backendRefs name a port of their Service; in ACL mode every backend of a split, or of a "
-                 "Gateway API mesh route's rule, is reachable by everyone allowed to call the root."),
+                 "Gateway API mesh route's rule, is reachable by everyone allowed to call the root. Objects in "
+                 "namespaces the controller ignores are skipped."),
     enforcement_level=EnforcementLevel.MANDATORY,
     severity=Severity.HIGH,
     config_schema=_schema(TRAFFIC_SPLIT_DEFAULTS, {

@@ -679,6 +679,8 @@ def test_a_target_port_of_other_digits_is_no_port_number_as_the_controller_reads
     name: '\u0663' is not port 3 (the pack said so), and int() of '\u00b2' or of 5,000 digits raised. All
     digits but more than five is no port at all: the controller does not mesh that port."""
     stack = port_stack("TCPRoute", [{"port": 5432, "targetPort": target_port}], [3])
+    # the pods declare that name (Kubernetes makes endpoints of a named targetPort only of pods that do)
+    stack[0].props["spec"]["template"]["spec"]["containers"][0]["ports"] = [{"name": target_port, "containerPort": 3}]
     if target_port == "9" * 5000:
         assert run_policy(traffic_target_valid, stack) == []  # no port is meshed: nothing to allow on
         return
