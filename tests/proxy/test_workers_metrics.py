@@ -321,3 +321,27 @@ def test_requests_that_finish_while_the_whole_proxy_drains_show_in_its_metrics_m
                     await conn.close()
 
     run(main(), timeout=60)
+
+
+def test_exited_workers_counts_stay_bounded_across_reloads_without_scrapes():
+    # Pruned only at a scrape, they grew by one set of series per renamed service and worker exit.
+    from lightmesh.proxy import main as proxy_main
+    from lightmesh.proxy.metrics import ProxyMetrics
+
+    def config(version: int, service: str):
+        return make_config(version, HTTPConfig.model_validate({
+            "entry_points": [{"name": "web", "port": 5000}],
+            "services": [{"name": service, "servers": [{"url": "http://127.0.0.1:1"}]}],
+            "routers": [{"name": "r", "entry_points": ["web"], "service": service}]}))
+
+    sup = _supervisor(1)
+    for version in range(1, 201):
+        name = f"svc-{version}"
+        sup._on_config(config(version, name))
+        exited = ProxyMetrics()
+        exited.request(name, 200, "GET", 0.01)
+        sup.retired_metrics = proxy_main.metrics_mod.merge([sup.retired_metrics,
+                                                             proxy_main._worker_counts(exited.snapshot())])
+    rows = sum(len(r) for r in sup.retired_metrics.values())
+    sup._on_config(config(201, "svc-201"))
+    assert rows <= 10 and sum(len(r) for r in sup.retired_metrics.values()) <= rows, rows  # one service's rows

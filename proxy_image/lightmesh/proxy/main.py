@@ -880,7 +880,7 @@ class Supervisor:
         self.config_json = config.model_dump(mode="json")
         self.last_error = None
         self.metrics.config_applied(config.version)
-        # (exited workers' counters of services no longer configured go at the next scrape: see metrics_text)
+        self._prune_retired(self._live_metrics())  # (bounded without scrapes too)
         log.info("configuration version %d (%s) received%s", config.version, config.hash[:12],
                  f", replacing version {previous.version}" if previous else "")
         for worker in self.workers:
@@ -988,16 +988,20 @@ class Supervisor:
         own = self.metrics.snapshot()
         own[metrics_mod.PREFIX + "config_version"] = [[self.config_version()]]
         live = self._live_metrics()
-        if self.config is not None:
-            # Exited workers' counters: only those of services and routes still configured (as workers
-            # do), or still shown by a live worker's last snapshot: one that has not answered since a
-            # reload still shows a removed service, and pruning its retired part first made that
-            # counter go down (a reset to Prometheus) before the series went.
-            names = metrics_mod.config_names(self.config)
-            for snapshot in live:
-                names |= metrics_mod.snapshot_names(snapshot)
-            self.retired_metrics = metrics_mod.retain_snapshot(self.retired_metrics, names)
+        self._prune_retired(live)
         return metrics_mod.render(metrics_mod.merge([own, self.retired_metrics, *live]))
+
+    def _prune_retired(self, live: list[dict]) -> None:
+        """Exited workers' counters: only those of services and routes still configured (as workers
+        do), or still shown by a live worker's last snapshot: one that has not answered since a reload
+        still shows a removed service, and pruning its retired part first made that counter go down
+        (a reset to Prometheus) before the series went. Run at each config and each scrape."""
+        if self.config is None:
+            return
+        names = metrics_mod.config_names(self.config)
+        for snapshot in live:
+            names |= metrics_mod.snapshot_names(snapshot)
+        self.retired_metrics = metrics_mod.retain_snapshot(self.retired_metrics, names)
 
     def rawdata(self) -> dict:
         config = self.config
