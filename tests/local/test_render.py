@@ -28,7 +28,7 @@ def test_renders_one_file_per_object_with_stack_config(tmp_path):
     result = render("basic", tmp_path)
     assert result.returncode == 0, result.stderr
     docs = load(tmp_path)
-    assert set(docs) == {"Namespace/demo", "Deployment/web", "Service/web",
+    assert set(docs) == {"Namespace/demo", "Deployment/web", "Service/web", "ConfigMap/from-v1",
                          "ConfigMap/settings-" + docs_key_suffix(docs, "ConfigMap/settings-")}
     deployment = docs["Deployment/web"]
     assert deployment["apiVersion"] == "apps/v1"
@@ -40,7 +40,8 @@ def test_renders_one_file_per_object_with_stack_config(tmp_path):
     assert ("not written (its objects are made by the Kubernetes provider at pulumi up, from YAML, a Helm chart "
             "or kustomize; write them as Kubernetes resources, or render them with kubectl/helm, to see them "
             "here): kubernetes:yaml/v2:ConfigGroup extra") in result.stdout
-    assert len(list(tmp_path.glob("*.yaml"))) == 4
+    assert "v1-group" not in result.stdout  # yaml v1: expanded by the SDK, its ConfigMap written
+    assert len(list(tmp_path.glob("*.yaml"))) == 5
 
 
 def docs_key_suffix(docs: dict, prefix: str) -> str:
@@ -67,7 +68,7 @@ def test_rerender_replaces_old_files(tmp_path):
         record.write("999-stale-object.yaml\n")
     assert render("basic", tmp_path).returncode == 0
     assert not stale.exists()
-    assert len(list(tmp_path.glob("*.yaml"))) == 4
+    assert len(list(tmp_path.glob("*.yaml"))) == 5
 
 
 def test_rerender_keeps_files_it_did_not_write(tmp_path):

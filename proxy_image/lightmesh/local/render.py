@@ -111,6 +111,11 @@ class RenderResult:
     """Everything registered (components, patches, objects): what a policy pack would be shown."""
 
 
+#: The Kubernetes provider's remote components: the provider makes their objects at ``pulumi up``
+#: (the SDK never sees them). yaml v1's ConfigFile/ConfigGroup are expanded by the SDK: rendered.
+PROVIDER_EXPANDED = ("kubernetes:yaml/v2:", "kubernetes:helm.sh/v4:", "kubernetes:kustomize/v2:")
+
+
 #: Built-in kinds that are not namespaced: their ``metadata.namespace`` is ignored by the API server.
 CLUSTER_SCOPED_KINDS = frozenset({
     "Namespace", "Node", "PersistentVolume", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
@@ -295,7 +300,7 @@ def render_program(program_dir: str | Path, stack: str = "dev", config_overrides
                 records.append((args.typ, args.name, urn, auto_named, state, provider))
             elif not args.custom:
                 result.components.append(f"{args.typ} {args.name}")
-                if args.typ.startswith("kubernetes:"):  # a remote component: the provider expands it
+                if args.typ.startswith(PROVIDER_EXPANDED):  # a remote component: the provider expands it
                     result.skipped_provider_components.append(f"{args.typ} {args.name}")
             elif not args.typ.startswith("pulumi:providers:"):  # a provider is configuration, not a resource
                 result.skipped_other.append(f"{args.typ} {args.name}")
