@@ -1040,23 +1040,35 @@ def _controller_flags(workload: Workload) -> tuple[Any, set[str]]:
     the options whose value is not known yet)`` (those are left out of the parse: their defaults stand
     in); ``(UNKNOWN, ...)`` when a free-standing word not known yet could be any flag; ``(None, ...)``
     when the parser refuses them (``--acl=true``: the controller would not start)."""
+    flags, unknown_options, _ = _parse_controller_flags(workload)
+    return flags, unknown_options
+
+
+def controller_parser_problem(workload: Workload) -> str | None:
+    """What the controller's own flag parser says of its command line when it refuses it (it exits
+    at start: "argument --watch-namespaces: 'Bad_NS' is not a namespace name"); None when it takes
+    it or a word is not known yet."""
+    return _parse_controller_flags(workload)[2]
+
+
+def _parse_controller_flags(workload: Workload) -> tuple[Any, set[str], str | None]:
     words: Any = None
     unknown_word = False
     for line in _command_lines(workload.pod_spec, workload.namespace):
         if line is UNKNOWN:
-            return UNKNOWN, set()
+            return UNKNOWN, set(), None
         if "controller" in line:
             words = line[line.index("controller") + 1:]
             break
         unknown_word = unknown_word or any(is_unknown(w) for w in line)
     if words is None and unknown_word:
-        return UNKNOWN, set()  # a word not known yet may be the subcommand, its flags following it
+        return UNKNOWN, set(), None  # a word not known yet may be the subcommand, its flags following it
     unknown_options: set[str] = set()
     known: list[str] = []
     for i, word in enumerate(words or []):
         if is_unknown(word):
             if not _is_option_value(words, i):
-                return UNKNOWN, set()
+                return UNKNOWN, set(), None
             unknown_options.add(known.pop())  # the option whose value it is, left out of the parse
         elif isinstance(word, OptionValueNotKnown):
             unknown_options.add(word.option)  # --option=$(VAR) not known here: left out of the parse too
@@ -1064,9 +1076,11 @@ def _controller_flags(workload: Workload) -> tuple[Any, set[str]]:
             known.append(word)
     try:
         flags, _ = _controller_parser().parse_known_args(known)
-    except (argparse.ArgumentError, SystemExit):
-        return None, unknown_options
-    return flags, unknown_options
+    except argparse.ArgumentError as exc:
+        return None, unknown_options, str(exc)
+    except SystemExit:
+        return None, unknown_options, "the controller's flag parser refuses its command line"
+    return flags, unknown_options, None
 
 
 # The flags that make the controller's Settings (``main.settings_from_args``): its fields, the mesh

@@ -1327,6 +1327,12 @@ def _validate_require_acl(args: ResourceValidationArgs, report: ReportViolation)
                f"--acl is a switch and takes no value, so the controller refuses this argument (\"ignored explicit "
                f"argument\") and exits at start, over and over (crash loop). Fix: write --acl alone for ACL mode "
                f"(MeshInstallArgs acl=True), or leave it out.")
+    parsed = model.controller_parser_problem(workload)
+    if parsed and not bad:  # (--acl=<value> is reported above, in its own words)
+        container = model.controller_container_name(workload)
+        report(f"Lightmesh controller {workload.describe()} container {container!r} command/args: the controller's "
+               f"flag parser refuses them at start ({parsed}), so it exits (code 2), over and over (crash loop), "
+               f"and there is no mesh at all. Fix: correct that flag (lightmesh controller --help lists them).")
     if problem := model.controller_settings_problem(workload):
         # on every stack too: the controller checks its flags before anything starts
         container = model.controller_container_name(workload)

@@ -17,6 +17,7 @@ Each case is checked against the controller itself (``lightmesh.controller.build
 """
 
 import copy
+import re
 
 import pytest
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE
@@ -440,4 +441,30 @@ def test_flags_the_controller_takes_are_not_reported():
     assert "--watch-namespaces names kube-system" in msg
     # --acl=true is its parser's refusal, reported as such (once)
     [msg] = messages(run_policy(require_acl, shop_stack("--acl=true", "--watch-namespaces", "kube-system")))
+    assert "--acl is a switch and takes no value" in msg
+
+
+@pytest.mark.parametrize("extra_args, said", [
+    (["--watch-namespaces=Bad_NS"], "argument --watch-namespaces: 'Bad_NS' is not a namespace name"),
+    (["--api-port", "70000"], "argument --api-port: 70000 is not a port number (1-65535)"),
+])
+def test_flags_the_controllers_parser_refuses_are_reported(extra_args, said):
+    # only --acl=<value> was: any other flag its parser refuses stopped the controller without a word
+    import argparse
+
+    from lightmesh.controller.main import configure
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    configure(parser)
+    with pytest.raises(argparse.ArgumentError, match=re.escape(said)) as refused:  # the reference
+        parser.parse_args(extra_args)
+    stack = shop_stack(*extra_args)
+    for on in (stack, on_stack(stack, "prod")):
+        [msg] = messages(run_policy(require_acl, on))
+        assert msg.startswith("Lightmesh controller Deployment lightmesh/lightmesh-controller container "
+                              f"'lightmesh-controller' command/args: the controller's flag parser refuses them at "
+                              f"start ({refused.value}), so it exits (code 2)"), msg
+
+
+def test_acl_with_a_value_is_reported_once_in_its_own_words():
+    [msg] = messages(run_policy(require_acl, shop_stack("--acl=true")))
     assert "--acl is a switch and takes no value" in msg
