@@ -1029,8 +1029,16 @@ class IgnoreSettings:
         return verdict
 
 
+class _QuietParser(argparse.ArgumentParser):
+    """The controller's parser, its refusals raised (with its own words) instead of printed to this
+    process's stderr and exiting (an ambiguous abbreviation, a missing value)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise argparse.ArgumentError(None, message)
+
+
 def _controller_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    parser = _QuietParser(add_help=False, exit_on_error=False)
     controller_cli.configure(parser)
     return parser
 
@@ -1075,11 +1083,13 @@ def _parse_controller_flags(workload: Workload) -> tuple[Any, set[str], str | No
         elif isinstance(word, str):
             known.append(word)
     try:
-        flags, _ = _controller_parser().parse_known_args(known)
+        flags, extras = _controller_parser().parse_known_args(known)
     except argparse.ArgumentError as exc:
         return None, unknown_options, str(exc)
     except SystemExit:
         return None, unknown_options, "the controller's flag parser refuses its command line"
+    if extras:  # the controller parses with parse_args: a word it does not know stops it too
+        return None, unknown_options, f"unrecognized arguments: {' '.join(extras)}"
     return flags, unknown_options, None
 
 

@@ -447,6 +447,8 @@ def test_flags_the_controller_takes_are_not_reported():
 @pytest.mark.parametrize("extra_args, said", [
     (["--watch-namespaces=Bad_NS"], "argument --watch-namespaces: 'Bad_NS' is not a namespace name"),
     (["--api-port", "70000"], "argument --api-port: 70000 is not a port number (1-65535)"),
+    (["--watchNamespaces=shop"], "unrecognized arguments: --watchNamespaces=shop"),  # Traefik Mesh's spelling
+    (["--d", "x"], "ambiguous option: --d could match"),
 ])
 def test_flags_the_controllers_parser_refuses_are_reported(extra_args, said):
     # only --acl=<value> was: any other flag its parser refuses stopped the controller without a word
@@ -455,6 +457,7 @@ def test_flags_the_controllers_parser_refuses_are_reported(extra_args, said):
     from lightmesh.controller.main import configure
     parser = argparse.ArgumentParser(exit_on_error=False)
     configure(parser)
+    parser.error = lambda message: (_ for _ in ()).throw(argparse.ArgumentError(None, message))
     with pytest.raises(argparse.ArgumentError, match=re.escape(said)) as refused:  # the reference
         parser.parse_args(extra_args)
     stack = shop_stack(*extra_args)
