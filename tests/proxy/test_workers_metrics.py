@@ -289,7 +289,7 @@ def test_a_removed_services_counter_does_not_go_down_while_a_worker_still_shows_
             "entry_points": [{"name": "web", "port": 5000}], "services": [backend],
             "routers": [{"name": "r", "entry_points": ["web"], "service": "other"}]})))
         assert _value(await sup.metrics_text(), REQUESTS) == 20  # the silent worker still shows svc
-        silent.last_metrics = proxy_main._worker_counts(_counted(0))  # it answers: svc is gone there
+        silent.writer = _Channel(sup, silent, 0)  # it answers (after the reload): svc is gone there
         assert REQUESTS not in await sup.metrics_text()  # the series ends, never going down first
 
     asyncio.run(scenario())
@@ -345,3 +345,39 @@ def test_exited_workers_counts_stay_bounded_across_reloads_without_scrapes():
     rows = sum(len(r) for r in sup.retired_metrics.values())
     sup._on_config(config(201, "svc-201"))
     assert rows <= 10 and sum(len(r) for r in sup.retired_metrics.values()) <= rows, rows  # one service's rows
+
+
+def test_a_removed_services_counts_stay_while_a_worker_may_still_report_some_from_before_the_reload():
+    # Pruned at the config, the exited workers' 5 went; a worker's answer made before it applied the
+    # config then showed 3: a counter going down. The previous config's names wait for a scrape that
+    # every worker answers.
+    from lightmesh.proxy import main as proxy_main
+    from lightmesh.proxy.metrics import ProxyMetrics
+
+    def config(version: int, names: list[str]):
+        return make_config(version, HTTPConfig.model_validate({
+            "entry_points": [{"name": "web", "port": 5000}],
+            "services": [{"name": n, "servers": [{"url": "http://127.0.0.1:1"}]} for n in names],
+            "routers": [{"name": f"r-{n}", "entry_points": ["web"], "service": n} for n in names]}))
+
+    def counts(**by_service: int) -> dict:
+        recorded = ProxyMetrics()
+        for service, n in by_service.items():
+            for _ in range(n):
+                recorded.request(service.replace("_", "-"), 200, "GET", 0.01)
+        return proxy_main._worker_counts(recorded.snapshot())
+
+    async def scenario():
+        sup = _supervisor(1)
+        (worker,) = sup.workers
+        _alive(worker, 4330)
+        worker.writer = None  # asked nothing: its last snapshot stands in
+        sup._on_config(config(1, ["svc-x", "svc-y"]))
+        sup.retired_metrics = counts(svc_x=5)  # a worker that exited
+        worker.last_metrics = counts(svc_y=1)
+        sup._on_config(config(2, ["svc-y"]))
+        worker.last_metrics = counts(svc_x=3, svc_y=1)  # its answer, made before it applied v2
+        line = 'lightmesh_proxy_requests_total{service="svc-x",code="200",method="GET"} '
+        assert line + "8" in await sup.metrics_text()
+
+    asyncio.run(scenario())

@@ -880,7 +880,10 @@ class Supervisor:
         self.config_json = config.model_dump(mode="json")
         self.last_error = None
         self.metrics.config_applied(config.version)
-        self._prune_retired(self._live_metrics())  # (bounded without scrapes too)
+        # (bounded without scrapes too) The previous config's names are kept until a scrape every
+        # worker answers: a worker may still report counts of a removed service from before the
+        # reload, in an answer queued before the config reached it.
+        self._prune_retired(self._live_metrics(), metrics_mod.config_names(previous) if previous else set())
         log.info("configuration version %d (%s) received%s", config.version, config.hash[:12],
                  f", replacing version {previous.version}" if previous else "")
         for worker in self.workers:
@@ -938,10 +941,11 @@ class Supervisor:
         return (not self.stopping and self.config is not None
                 and any(w.applied_hash is not None for w in self._serving()))
 
-    async def _ask_for_snapshots(self) -> None:
+    async def _ask_for_snapshots(self) -> bool:
         """Ask every live worker for a metrics snapshot and wait for the answers, up to
         ``SNAPSHOT_TIMEOUT`` in all (not one after the other): each answer refreshes that worker's
-        ``last_metrics`` (see :meth:`_handle`); one that does not come in time leaves the last."""
+        ``last_metrics`` (see :meth:`_handle`); one that does not come in time leaves the last.
+        True when every worker asked answered."""
         loop = asyncio.get_running_loop()
         waits = []
         for worker in self.workers:
@@ -957,14 +961,17 @@ class Supervisor:
                 continue
             waits.append((worker, self._snapshot_ids, fut))
         if not waits:
-            return
+            return True
         await asyncio.wait([fut for _, _, fut in waits], timeout=SNAPSHOT_TIMEOUT)
+        answered = True
         for worker, ident, fut in waits:
             if not fut.done():  # (a worker that exited meanwhile had its futures resolved)
+                answered = False
                 worker.pending.pop(ident, None)
                 fut.cancel()
                 log.warning("worker %d: no metrics snapshot within %.0fs; its last one stands in",
                             worker.index, SNAPSHOT_TIMEOUT)
+        return answered
 
     def _live_metrics(self) -> list[dict]:
         """The last snapshot of every worker alive now. With :attr:`retired_metrics` read in the
@@ -984,21 +991,23 @@ class Supervisor:
         # Prometheus). Reading the retired totals before the wait lost, for that one scrape, a
         # worker that exited meanwhile. Now it is in the retired totals only, as of its last
         # snapshot (its final one, if it drained).
-        await self._ask_for_snapshots()
+        answered = await self._ask_for_snapshots()
         own = self.metrics.snapshot()
         own[metrics_mod.PREFIX + "config_version"] = [[self.config_version()]]
         live = self._live_metrics()
-        self._prune_retired(live)
+        if answered:  # (a stand-in snapshot may predate counts a worker has yet to report)
+            self._prune_retired(live)
         return metrics_mod.render(metrics_mod.merge([own, self.retired_metrics, *live]))
 
-    def _prune_retired(self, live: list[dict]) -> None:
+    def _prune_retired(self, live: list[dict], also: set[str] = frozenset()) -> None:
         """Exited workers' counters: only those of services and routes still configured (as workers
-        do), or still shown by a live worker's last snapshot: one that has not answered since a reload
-        still shows a removed service, and pruning its retired part first made that counter go down
-        (a reset to Prometheus) before the series went. Run at each config and each scrape."""
+        do), or still shown by a live worker's last snapshot, or in ``also``: one that has not answered
+        since a reload still shows a removed service, and pruning its retired part first made that
+        counter go down (a reset to Prometheus) before the series went. Run at each config and at
+        each scrape that every worker answered."""
         if self.config is None:
             return
-        names = metrics_mod.config_names(self.config)
+        names = metrics_mod.config_names(self.config) | also
         for snapshot in live:
             names |= metrics_mod.snapshot_names(snapshot)
         self.retired_metrics = metrics_mod.retain_snapshot(self.retired_metrics, names)
