@@ -41,6 +41,9 @@ def test_renders_one_file_per_object_with_stack_config(tmp_path):
             "or kustomize; write them as Kubernetes resources, or render them with kubectl/helm, to see them "
             "here): kubernetes:yaml/v2:ConfigGroup extra") in result.stdout
     assert "v1-group" not in result.stdout  # yaml v1: expanded by the SDK, its ConfigMap written
+    # helm v3 and kustomize v1: the SDK asks the provider to render them, which a render cannot
+    assert "): kubernetes:helm.sh/v3:Chart h3" in result.stdout
+    assert "): kubernetes:kustomize:Directory k1" in result.stdout
     assert len(list(tmp_path.glob("*.yaml"))) == 5
 
 

@@ -111,9 +111,11 @@ class RenderResult:
     """Everything registered (components, patches, objects): what a policy pack would be shown."""
 
 
-#: The Kubernetes provider's remote components: the provider makes their objects at ``pulumi up``
-#: (the SDK never sees them). yaml v1's ConfigFile/ConfigGroup are expanded by the SDK: rendered.
-PROVIDER_EXPANDED = ("kubernetes:yaml/v2:", "kubernetes:helm.sh/v4:", "kubernetes:kustomize/v2:")
+#: Components whose objects the Kubernetes provider makes (yaml/v2, helm v4, kustomize v2: remote
+#: components) or renders for the SDK (helm v2/v3 Chart, kustomize v1 Directory: calls the render's
+#: mocks do not answer) at ``pulumi up``: none of their objects are seen here. yaml v1's ConfigFile
+#: and ConfigGroup are expanded by the SDK itself: rendered.
+PROVIDER_EXPANDED = ("kubernetes:yaml/v2:", "kubernetes:helm.sh/", "kubernetes:kustomize:", "kubernetes:kustomize/v2:")
 
 
 #: Built-in kinds that are not namespaced: their ``metadata.namespace`` is ignored by the API server.

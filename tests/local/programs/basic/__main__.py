@@ -20,5 +20,7 @@ k8s.core.v1.ConfigMapPatch("coredns-patch", metadata={"name": "coredns", "namesp
 k8s.yaml.v2.ConfigGroup("extra", yaml="apiVersion: v1\nkind: Namespace\nmetadata:\n  name: extra\n")
 # yaml v1 is expanded by the SDK itself: its objects are the program's and are written
 k8s.yaml.ConfigGroup("v1-group", yaml=["apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-v1\n  namespace: demo\n"])
+k8s.helm.v3.Chart("h3", k8s.helm.v3.LocalChartOpts(path="chart"))
+k8s.kustomize.Directory("k1", directory="kust")
 existing = k8s.core.v1.ConfigMap.get("coredns", "kube-system/coredns")
 pulumi.export("corefile_seen", existing.data.apply(lambda d: "kubernetes cluster.local" in d["Corefile"]))
