@@ -260,3 +260,58 @@ def failing_stacks() -> list[tuple[list[R], dict]]:
         (malformed_account, {}),
         (on_stack(hygiene, "prod"), {}), (hygiene, {"require_digest": True, "require_acl": True}),
     ]
+
+
+# ---------------------------------------------------------------------------- what the cluster adds
+
+
+def find_port(pod_spec: dict, service_port: dict) -> int | None:
+    """Kubernetes' ``FindPort``: the pod port a Service port leads to, None when the pod is no
+    endpoint of it (a named targetPort its containers, sidecar init containers included, lack)."""
+    target = service_port.get("targetPort", service_port["port"])
+    if isinstance(target, int) or (isinstance(target, str) and target.isdigit()):
+        return int(target)
+    protocol = service_port.get("protocol", "TCP")
+    containers = pod_spec.get("containers", []) + [c for c in pod_spec.get("initContainers", [])
+                                                   if c.get("restartPolicy") == "Always"]
+    for container in containers:
+        for port in container.get("ports", []):
+            if port.get("name") == target and port.get("protocol", "TCP") == protocol:
+                return port["containerPort"]
+    return None
+
+
+def pods_and_slices(objects: list[dict]) -> tuple[list[dict], list[dict]]:
+    """One running pod per Deployment/Pod, and the EndpointSlices Kubernetes makes for each Service
+    (named ports resolved per pod): what the controller's build sees besides the stack's objects."""
+    pods = []
+    for i, obj in enumerate(o for o in objects if o["kind"] in ("Deployment", "Pod")):
+        if obj["kind"] == "Pod":
+            pod = copy.deepcopy(obj)
+        else:
+            template = obj["spec"]["template"]
+            pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {
+                "name": obj["metadata"]["name"] + "-pod", "namespace": obj["metadata"]["namespace"],
+                "labels": template["metadata"]["labels"]}, "spec": copy.deepcopy(template["spec"])}
+        pod["status"] = {"phase": "Running", "podIP": f"10.1.0.{i + 1}"}
+        pods.append(pod)
+    slices = []
+    for svc in (o for o in objects if o["kind"] == "Service"):
+        selector, ns = svc["spec"].get("selector"), svc["metadata"]["namespace"]
+        for pod in pods:
+            labels = pod["metadata"].get("labels", {})
+            if not selector or pod["metadata"]["namespace"] != ns \
+                    or any(labels.get(k) != v for k, v in selector.items()):
+                continue
+            ports = [{"name": p.get("name", ""), "port": number, "protocol": p.get("protocol", "TCP")}
+                     for p in svc["spec"].get("ports", []) if (number := find_port(pod["spec"], p)) is not None]
+            if not ports:
+                continue  # no endpoint of any of its ports
+            slices.append({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                           "metadata": {"name": f"{svc['metadata']['name']}-{pod['metadata']['name']}", "namespace": ns,
+                                        "labels": {"kubernetes.io/service-name": svc["metadata"]["name"]}},
+                           "addressType": "IPv4", "ports": ports,
+                           "endpoints": [{"addresses": [pod["status"]["podIP"]], "conditions": {"ready": True},
+                                          "targetRef": {"kind": "Pod", "name": pod["metadata"]["name"],
+                                                        "namespace": ns}}]})
+    return pods, slices

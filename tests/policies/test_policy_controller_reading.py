@@ -27,8 +27,8 @@ from lightmesh.controller.main import settings_from_args
 from lightmesh.controller.model import ClusterState, Settings
 from lightmesh_policies import model
 from lightmesh_policies.rules import acl_service_has_traffic_target, require_acl, traffic_split_valid
-from policykit import (R, controller, deployment, http_route_group, messages, on_stack, port_route, proxy, run_policy,
-                       service, traffic_split, traffic_target)
+from policykit import (R, controller, deployment, http_route_group, messages, on_stack, pods_and_slices, port_route,
+                       proxy, run_policy, service, traffic_split, traffic_target)
 
 HTTP = {"lightmesh.io/traffic-type": "http"}
 RULE = [{"kind": "HTTPRouteGroup", "name": "all"}]
@@ -37,44 +37,11 @@ RULE = [{"kind": "HTTPRouteGroup", "name": "all"}]
 # ------------------------------------------------------------------------- the controller, as reference
 
 
-def _pods_and_slices(objects):
-    """One running pod per Deployment/Pod, and the EndpointSlices Kubernetes would make for each Service."""
-    pods = []
-    for i, obj in enumerate(o for o in objects if o["kind"] in ("Deployment", "Pod")):
-        if obj["kind"] == "Pod":
-            pod = copy.deepcopy(obj)
-        else:
-            template = obj["spec"]["template"]
-            pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {
-                "name": obj["metadata"]["name"] + "-pod", "namespace": obj["metadata"]["namespace"],
-                "labels": template["metadata"]["labels"]}, "spec": copy.deepcopy(template["spec"])}
-        pod["status"] = {"phase": "Running", "podIP": f"10.1.0.{i + 1}"}
-        pods.append(pod)
-    slices = []
-    for svc in (o for o in objects if o["kind"] == "Service"):
-        selector, ns = svc["spec"].get("selector"), svc["metadata"]["namespace"]
-        for pod in pods:
-            labels = pod["metadata"].get("labels", {})
-            if not selector or pod["metadata"]["namespace"] != ns \
-                    or any(labels.get(k) != v for k, v in selector.items()):
-                continue
-            ports = [{"name": p.get("name", ""), "port": int(p.get("targetPort", p["port"])),
-                      "protocol": p.get("protocol", "TCP")} for p in svc["spec"].get("ports", [])]
-            slices.append({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                           "metadata": {"name": f"{svc['metadata']['name']}-{pod['metadata']['name']}", "namespace": ns,
-                                        "labels": {"kubernetes.io/service-name": svc["metadata"]["name"]}},
-                           "addressType": "IPv4", "ports": ports,
-                           "endpoints": [{"addresses": [pod["status"]["podIP"]], "conditions": {"ready": True},
-                                          "targetRef": {"kind": "Pod", "name": pod["metadata"]["name"],
-                                                        "namespace": ns}}]})
-    return pods, slices
-
-
 def controller_build(stack, acl=True):
     """What the controller builds from the stack's objects (its own code, with the pods and slices the
     cluster would add); the controller's and proxy's own workloads are left out."""
     objects = [copy.deepcopy(r.props) for r in stack if r.props.get("metadata", {}).get("namespace") != "lightmesh"]
-    pods, slices = _pods_and_slices(objects)
+    pods, slices = pods_and_slices(objects)
     return build(ClusterState.from_objects(objects + pods + slices), Settings(acl=acl), 1)
 
 

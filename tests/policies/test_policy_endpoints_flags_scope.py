@@ -29,8 +29,8 @@ from lightmesh.controller.model import ClusterState
 from lightmesh_policies import model
 from lightmesh_policies.rules import (acl_service_has_traffic_target, require_acl, traffic_split_valid,
                                       traffic_target_valid)
-from policykit import (R, controller, deployment, http_route_group, messages, port_route, proxy, run_policy, service,
-                       traffic_split, traffic_target)
+from policykit import (R, controller, deployment, http_route_group, messages, pods_and_slices, port_route, proxy,
+                       run_policy, service, traffic_split, traffic_target)
 
 HTTP = {"lightmesh.io/traffic-type": "http"}
 TCP = {"lightmesh.io/traffic-type": "tcp"}
@@ -40,21 +40,6 @@ ACL_RULES = (acl_service_has_traffic_target, traffic_target_valid, traffic_split
 # ------------------------------------------------------------------------- the controller, as reference
 
 
-def _find_port(pod_spec, service_port):
-    """Kubernetes' ``FindPort``: the pod port a Service port leads to, None when the pod is no endpoint of it."""
-    target = service_port.get("targetPort", service_port["port"])
-    if isinstance(target, int) or (isinstance(target, str) and target.isdigit()):
-        return int(target)
-    protocol = service_port.get("protocol", "TCP")
-    containers = pod_spec.get("containers", []) + [c for c in pod_spec.get("initContainers", [])
-                                                   if c.get("restartPolicy") == "Always"]
-    for container in containers:
-        for port in container.get("ports", []):
-            if port.get("name") == target and port.get("protocol", "TCP") == protocol:
-                return port["containerPort"]
-    return None
-
-
 def controller_build(stack, flags=()):
     """What the controller builds from the stack's objects with these flags (its own parser and settings),
     given one running pod per workload and the EndpointSlices Kubernetes makes (named ports per pod)."""
@@ -62,31 +47,7 @@ def controller_build(stack, flags=()):
     configure(parser)
     settings = settings_from_args(parser.parse_args(["--acl", *flags]))
     objects = [copy.deepcopy(r.props) for r in stack if r.props["metadata"].get("namespace") != "lightmesh"]
-    pods = []
-    for i, obj in enumerate(o for o in objects if o["kind"] in ("Deployment", "Pod")):
-        spec = obj["spec"] if obj["kind"] == "Pod" else obj["spec"]["template"]["spec"]
-        labels = obj["metadata"]["labels"] if obj["kind"] == "Pod" else obj["spec"]["template"]["metadata"]["labels"]
-        pods.append({"apiVersion": "v1", "kind": "Pod", "metadata": {
-            "name": obj["metadata"]["name"] + "-pod", "namespace": obj["metadata"]["namespace"], "labels": labels},
-            "spec": copy.deepcopy(spec), "status": {"phase": "Running", "podIP": f"10.1.0.{i + 1}"}})
-    slices = []
-    for svc in (o for o in objects if o["kind"] == "Service"):
-        selector, ns = svc["spec"].get("selector"), svc["metadata"]["namespace"]
-        for pod in pods:
-            labels = pod["metadata"]["labels"]
-            if not selector or pod["metadata"]["namespace"] != ns or any(labels.get(k) != v for k, v in selector.items()):
-                continue
-            ports = [{"name": p.get("name", ""), "port": number, "protocol": p.get("protocol", "TCP")}
-                     for p in svc["spec"]["ports"] if (number := _find_port(pod["spec"], p)) is not None]
-            if not ports:
-                continue  # no endpoint of any of its ports
-            slices.append({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                           "metadata": {"name": f"{svc['metadata']['name']}-{pod['metadata']['name']}", "namespace": ns,
-                                        "labels": {"kubernetes.io/service-name": svc["metadata"]["name"]}},
-                           "addressType": "IPv4", "ports": ports,
-                           "endpoints": [{"addresses": [pod["status"]["podIP"]], "conditions": {"ready": True},
-                                          "targetRef": {"kind": "Pod", "name": pod["metadata"]["name"],
-                                                        "namespace": ns}}]})
+    pods, slices = pods_and_slices(objects)
     return build(ClusterState.from_objects(objects + pods + slices), settings, 1)
 
 
