@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 
 from lightmesh.proxy.http import ClientProtocol, HTTPOptions
 
@@ -105,6 +106,53 @@ async def test_a_server_that_reads_the_body_slowly_does_not_make_the_client_time
     finally:
         server.close()
         await server.wait_closed()
+
+
+@on_uvloop
+async def test_the_body_timeout_starts_again_when_the_proxy_reads_again():
+    # Before: a pause of ours only pushed the deadline on when a tick found it passed. Reading
+    # resumed from an I/O callback (the server caught up) just before that deadline left the
+    # client no time at all: the loop runs due timers before its next poll, so the tick gave 408
+    # to a client whose bytes were already waiting (a CI failure of the test above).
+    timeout = 0.5
+    ours = 1 << 12  # a pause bit of the test's own, as a server or client behind would set one
+    loop = asyncio.get_running_loop()
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url]), options=HTTPOptions(body_timeout=timeout)) as p:
+        c = await RawClient.connect(p.port)
+        wake, waker = socket.socketpair()
+        try:
+            await c.send(b"POST /up HTTP/1.1\r\nHost: svc\r\nContent-Length: 10\r\n\r\nhello")
+            conn = _client_side(p)
+            for _ in range(200):
+                if conn.cur is not None and not conn.in_head and conn.deadline is not None:
+                    break
+                await asyncio.sleep(0.01)
+            conn.pause_for(ours)
+            await c.send(b"world")  # waits in the kernel while the proxy is not reading
+            for _ in range(300):  # until the (pushed on) deadline is close
+                if conn.deadline - loop.time() < 0.2:
+                    break
+                await asyncio.sleep(0.01)
+            resumed = loop.create_future()
+
+            def on_wake() -> None:  # an I/O callback, as a server catching up resumes reading
+                loop.remove_reader(wake.fileno())
+                old_deadline = conn.deadline
+                conn.resume_for(ours)
+                # the rest of this loop iteration outlasts the old deadline, well within body_timeout
+                time.sleep(max(0.0, old_deadline - loop.time()) + 0.1)
+                resumed.set_result(None)
+
+            loop.add_reader(wake.fileno(), on_wake)
+            waker.send(b"!")
+            await resumed
+            r = await c.response(timeout=5)
+        finally:
+            wake.close()
+            waker.close()
+            await c.close()
+    assert r.status == 200, r
+    assert b.requests[-1].body == b"helloworld"
 
 
 class _LateContinue(asyncio.Protocol):

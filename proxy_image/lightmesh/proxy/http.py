@@ -731,6 +731,11 @@ class ClientProtocol(asyncio.Protocol):
             self.rpause &= ~bit
             if not self.rpause and self.transport is not None and not self.closing and not self.broken:
                 self.transport.resume_reading()
+                if self.cur is not None and not self.in_head and self.deadline is not None and not self.raw_up:
+                    # The wait was ours: the client's body_timeout starts again now. (A tick only
+                    # pushes the deadline on when it finds it passed; resumed just before that,
+                    # the timer, due before the next poll, would give 408 to bytes already here.)
+                    self.deadline = self.loop.time() + self.options.body_timeout
 
     def is_idle(self) -> bool:
         return self.active is None and self.cur is None and not self.pending and self.tunnel is None
