@@ -8,8 +8,11 @@ responses are relayed; a drain announces itself with GOAWAY at once. Real h2 pee
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
+import socket
+import time
 
 import h2.config
 import h2.connection
@@ -318,6 +321,193 @@ async def test_body_timeout_spares_a_stream_whose_response_has_begun():
         (r,) = await c.wait([sid], timeout=5)
         assert r["headers"][b":status"] == b"200" and r["body"] == b"first last"
         await c.close()
+
+
+class _H1Sink(asyncio.Protocol):
+    """An HTTP/1.1 server for a Content-Length request body: reads nothing until ``ready`` is set
+    (``None``: reads at once; with ``abort_after``, it never reads and cuts the connection then),
+    and answers 200 with the number of body bytes it got."""
+
+    held: list = []  # the protocols of every sink: uvloop keeps no reference to a paused handle
+
+    def __init__(self, ready: asyncio.Event | None, abort_after: float = 0.0) -> None:
+        self.ready = ready
+        self.abort_after = abort_after
+        self.buf = bytearray()
+        self.want = -1
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.held.append(self)
+        loop = asyncio.get_running_loop()
+        if self.ready is None and not self.abort_after:
+            return  # reads at once
+        loop.call_soon(transport.pause_reading)  # (uvloop starts reading after connection_made)
+        if self.abort_after:
+            loop.call_later(self.abort_after, transport.abort)
+        elif self.ready is not None:
+            loop.create_task(self._resume())
+
+    async def _resume(self) -> None:
+        await self.ready.wait()
+        self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if self.want < 0 and b"\r\n\r\n" in self.buf:
+            head, _, _ = bytes(self.buf).partition(b"\r\n\r\n")
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            self.want = len(head) + 4 + length
+            self.body_at = len(head) + 4
+        if 0 <= self.want <= len(self.buf):
+            got = b"%d" % (len(self.buf) - self.body_at)
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(got), got))
+            self.buf, self.want = bytearray(), -1
+
+
+def _h1_upstream(p: ProxyUnderTest):
+    from lightmesh.proxy.h2 import H1Upstream
+
+    ups = [o for o in gc.get_objects() if isinstance(o, H1Upstream) and o.transport is not None and not o.done]
+    return ups
+
+
+async def _pump_for(c: H2Client, seconds: float) -> None:
+    """Read what the proxy sends and send what its windows allow, for ``seconds``."""
+    try:
+        await asyncio.wait_for(c.until(lambda: False, timeout=seconds + 5), seconds)
+    except asyncio.TimeoutError:
+        pass
+
+
+@on_uvloop
+async def test_a_server_that_does_not_read_holds_back_an_http2_client_within_its_window():
+    # Before: an HTTP/2 request to an HTTP/1.1 server gave the client its credit back as soon as
+    # the data was handed to the transport, so a server that read nothing made the proxy buffer
+    # the whole body (200 MB of a 200 MB upload): memory without bound, for any client.
+    size = 64 << 20
+    loop = asyncio.get_running_loop()
+    ready = asyncio.Event()
+    server = await loop.create_server(lambda: _H1Sink(ready), "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        async with ProxyUnderTest(simple_config([url])) as p:
+            c = await H2Client.connect(p.port)
+            sid = c.start("/up", body=memoryview(bytes(size)), headers=[(b"content-length", b"%d" % size)])
+            await _pump_for(c, 1.5)
+            (up,) = _h1_upstream(p)
+            buffered = up.transport.get_write_buffer_size()
+            sent = size - len(c.pending_body.get(sid, b""))
+            # the transport's high-water mark and one stream window at most, not what the client sent
+            assert buffered < 1 << 20, (buffered, sent)
+            assert sid in c.pending_body  # the client is held back, not done
+            ready.set()  # the server reads: everything arrives
+            (r,) = await c.wait([sid], timeout=30)
+            assert r["headers"][b":status"] == b"200" and r["body"] == b"%d" % size
+            await c.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@on_uvloop
+async def test_an_http2_client_held_back_by_a_slow_server_is_not_timed_out():
+    # The wait for a window the proxy held back is not the client's: body_timeout counts from the
+    # credit given back (before, only a window at 0 at the very tick was spared).
+    size = 24 << 20
+    loop = asyncio.get_running_loop()
+    ready = asyncio.Event()
+    server = await loop.create_server(lambda: _H1Sink(ready), "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        async with ProxyUnderTest(simple_config([url]), options=HTTPOptions(body_timeout=0.4)) as p:
+            c = await H2Client.connect(p.port)
+            sid = c.start("/up", body=memoryview(bytes(size)), headers=[(b"content-length", b"%d" % size)])
+            loop.call_later(1.2, ready.set)
+            (r,) = await c.wait([sid], timeout=30)
+            assert r["headers"][b":status"] == b"200" and r["body"] == b"%d" % size
+            await c.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@on_uvloop
+async def test_the_http2_body_timeout_starts_again_when_the_proxy_gives_credit_back():
+    # Credit given back just before the deadline a held-back stream was pushed to: the timer runs
+    # before the client can answer the WINDOW_UPDATE (before, 408 to a client that had no window).
+    timeout = 0.5
+    size = 65535 + 5  # one stream window, and 5 bytes the client can only send once credit is back
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: _H1Sink(None), "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    wake, waker = socket.socketpair()
+    try:
+        async with ProxyUnderTest(simple_config([url]), options=HTTPOptions(body_timeout=timeout)) as p:
+            c = await H2Client.connect(p.port)
+            sid = c.start("/up", more=True, headers=[(b"content-length", b"%d" % size)])
+            assert await _eventually(lambda: any(u.st is not None and u.st.up_id for u in _h1_upstream(p)))
+            (up,) = _h1_upstream(p)
+            st = up.st
+            up.pause_writing()  # as its transport would: the server is behind
+            c.pending_body[sid] = bytes(size)
+            c._pump()
+            c.writer.write(c.conn.data_to_send())
+            assert await _eventually(lambda: st.last_in and c.conn.local_flow_control_window(sid) == 0)
+            sent_at = loop.time()
+            # the deadline is pushed on while the window is shut; wait until the pushed one is close
+            assert await _eventually(lambda: loop.time() - sent_at > timeout
+                                     and st.last_in + timeout - loop.time() < 0.2)
+            resumed = loop.create_future()
+
+            def on_wake() -> None:  # an I/O callback, as the server's transport draining would be
+                loop.remove_reader(wake.fileno())
+                old_due = st.last_in + timeout
+                up.resume_writing()
+                time.sleep(max(0.0, old_due - loop.time()) + 0.1)  # outlast the old deadline
+                resumed.set_result(None)
+
+            loop.add_reader(wake.fileno(), on_wake)
+            waker.send(b"!")
+            await resumed
+            (r,) = await c.wait([sid], timeout=5)
+            assert r["headers"][b":status"] == b"200" and r["body"] == b"%d" % size
+            await c.close()
+    finally:
+        wake.close()
+        waker.close()
+        server.close()
+        await server.wait_closed()
+
+
+@on_uvloop
+async def test_a_retry_after_a_server_that_read_nothing_gets_the_whole_body():
+    # The credit held for a server that did not read goes back when that attempt fails: the
+    # retry can read the rest of the body (without it the client's window stayed shut).
+    size = 12 << 20
+    loop = asyncio.get_running_loop()
+    attempts: list[int] = []
+
+    def sink() -> _H1Sink:
+        attempts.append(1)
+        return _H1Sink(None, abort_after=0.6) if len(attempts) == 1 else _H1Sink(None)
+    servers = [await loop.create_server(sink, "127.0.0.1", 0) for _ in range(2)]
+    urls = [f"http://127.0.0.1:{s.sockets[0].getsockname()[1]}" for s in servers]
+    mws = [{"type": "retry", "name": "retry", "attempts": 2}]
+    cfg = simple_config(urls, middlewares=mws, routers=[{"name": "r", "service": "svc", "middlewares": ["retry"]}])
+    try:
+        async with ProxyUnderTest(cfg, options=HTTPOptions(max_replay_bytes=size)) as p:
+            c = await H2Client.connect(p.port)
+            sid = c.start("/up", body=memoryview(bytes(size)), headers=[(b"content-length", b"%d" % size)])
+            (r,) = await c.wait([sid], timeout=30)
+            assert r["headers"][b":status"] == b"200" and r["body"] == b"%d" % size
+            assert len(attempts) == 2
+            await c.close()
+    finally:
+        for s in servers:
+            s.close()
+            await s.wait_closed()
 
 
 # --------------------------------------------------------------------------- 1xx

@@ -40,9 +40,9 @@ stream before any response header, is tried on the next server when the route ha
 middleware and the whole request body is at hand (up to ``max_replay_bytes``). Request timeout:
 no response head in time → 504; without a request-timeout middleware, ``response_timeout`` (if
 set) from the end of the request to the response head → 504, as on HTTP/1.1. ``body_timeout``: a
-stream whose client sends no request DATA for that long while it could (its window is open) gets
-408 (a stream whose response has begun is spared: the server decides then); the server's stream
-is reset. One lazily re-armed timer
+stream whose client sends no request DATA for that long while it could (its window is open, and
+counting from when the proxy last gave window back) gets 408 (a stream whose response has begun
+is spared: the server decides then); the server's stream is reset. One lazily re-armed timer
 per connection watches all its streams' bodies. Drain (SIGTERM): a connection with streams in flight
 is sent GOAWAY at once (its last stream id: clients open new streams elsewhere, gRPC without an
 error), streams opened anyway are refused with REFUSED_STREAM (never processed: the client retries
@@ -808,6 +808,14 @@ class H2Downstream(asyncio.Protocol):
             self.side.acknowledge(stream_id, item[3])  # the server side is gone: consumed
             item[3] = 0
 
+    def credit(self, st: _Stream, n: int) -> None:
+        """Give the client back ``n`` bytes of ``st``'s stream window, once its data went on to the
+        server. Its body_timeout counts from here too: a server that read slowly held it back, and
+        the client may only now send more (see _bodies_due)."""
+        st.last_in = self.loop.time()
+        self.side.acknowledge(st.down_id, n)
+        self.side.flush()
+
     def release_body(self, st: _Stream) -> None:
         """Give the client back the credit of request data never handed to a server."""
         for item in st.body:
@@ -1242,9 +1250,8 @@ class H2Upstream(asyncio.Protocol):
         item[3] = 0
         down = entry[1]
 
-        def acked(n: int, sid: int = st.down_id) -> None:
-            down.side.acknowledge(sid, n)
-            down.side.flush()
+        def acked(n: int) -> None:
+            down.credit(st, n)
         self.side.queue(st.up_id, kind, payload, end, flow, acked if flow else None)
         if flush:
             self.side.flush()
@@ -1354,8 +1361,10 @@ class H1Upstream(asyncio.Protocol):
     a connection of its own, closed after the response: the request is written as HTTP/1.1
     (``Host`` from ``:authority``, cookies joined, chunked when its length is unknown, trailers kept),
     the response read with llhttp and sent on as HTTP/2 headers, data and trailers. Flow control:
-    the client's data is acknowledged once written here; reading from the server pauses while more
-    than ``_H1_READ_AHEAD`` bytes wait for the client's window."""
+    the client's data is acknowledged once written here, except while the transport's buffer is
+    over its high-water mark (a server that reads slowly or not at all): that credit is held until
+    the buffer drains, so the client stops within its stream window. Reading from the server pauses
+    while more than ``_H1_READ_AHEAD`` bytes wait for the client's window."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, server: Server, connect_timeout: float) -> None:
         self.loop = loop
@@ -1374,6 +1383,8 @@ class H1Upstream(asyncio.Protocol):
         self.done = False
         self.close_delimited = False  # the response body ends when the server closes
         self.connect_timeout = connect_timeout
+        self.wpaused = False  # the transport's buffer is over its high-water mark
+        self.owed = 0  # the client's credit held meanwhile (see the class docstring)
 
     # ------------------------------------------------------------------ request
 
@@ -1442,9 +1453,19 @@ class H1Upstream(asyncio.Protocol):
         elif self.chunked:  # trailers
             t.write(b"0\r\n" + b"".join(b"%s: %s\r\n" % f for f in payload if f[0] not in _H1_HOP) + b"\r\n")
         if flow:
-            self.down.side.acknowledge(st.down_id, flow)
-            self.down.side.flush()
+            if self.wpaused:
+                self.owed += flow  # given back when the server has read (resume_writing)
+            else:
+                self.down.credit(st, flow)
         return True
+
+    def _give_back(self) -> None:
+        """The credit held for a server that was not reading goes back to the client: the server
+        has read (or the attempt is over, and a retry must be able to read the rest)."""
+        owed, self.owed = self.owed, 0
+        st = self.st
+        if owed and st is not None and self.down is not None:
+            self.down.credit(st, owed)
 
     def cancel(self, st: _Stream) -> None:
         self.done = True
@@ -1452,6 +1473,7 @@ class H1Upstream(asyncio.Protocol):
         st.up_id = 0
         if self.transport is not None:
             self.transport.abort()
+        self._give_back()
 
     # ------------------------------------------------------------------ response
 
@@ -1537,6 +1559,7 @@ class H1Upstream(asyncio.Protocol):
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._give_back()
         if self.done:
             return
         st = self.st
@@ -1551,16 +1574,18 @@ class H1Upstream(asyncio.Protocol):
         return None
 
     def pause_writing(self) -> None:
-        pass
+        self.wpaused = True
 
     def resume_writing(self) -> None:
-        pass
+        self.wpaused = False
+        self._give_back()
 
     def _fail(self, reason: str) -> None:
         self.done = True
         st, down = self.st, self.down
         if self.transport is not None:
             self.transport.abort()
+        self._give_back()
         if st is None or st.done or st.up is not self:
             return
         st.up_id = 0
