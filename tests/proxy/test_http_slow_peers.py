@@ -64,7 +64,7 @@ class _SlowReader(asyncio.Protocol):
 
     def __init__(self, delay: float) -> None:
         self.delay = delay
-        self.buf = b""
+        self.buf = bytearray()  # (not bytes: += would copy the whole 24 MiB body at every read)
         self.want = -1
 
     def connection_made(self, transport) -> None:
@@ -83,7 +83,7 @@ class _SlowReader(asyncio.Protocol):
         if 0 <= self.want <= len(self.buf):
             self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%d"
                                  % (len(str(len(self.buf))), len(self.buf)))
-            self.buf, self.want = b"", -1
+            self.buf, self.want = bytearray(), -1
 
 
 @on_uvloop
