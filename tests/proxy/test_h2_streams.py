@@ -8,6 +8,7 @@ responses are relayed; a drain announces itself with GOAWAY at once. Real h2 pee
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -323,12 +324,13 @@ async def test_body_timeout_spares_a_stream_whose_response_has_begun():
         await c.close()
 
 
+_HELD: list = []  # the servers' protocols: uvloop keeps no reference to a paused handle
+
+
 class _H1Sink(asyncio.Protocol):
     """An HTTP/1.1 server for a Content-Length request body: reads nothing until ``ready`` is set
     (``None``: reads at once; with ``abort_after``, it never reads and cuts the connection then),
     and answers 200 with the number of body bytes it got."""
-
-    held: list = []  # the protocols of every sink: uvloop keeps no reference to a paused handle
 
     def __init__(self, ready: asyncio.Event | None, abort_after: float = 0.0) -> None:
         self.ready = ready
@@ -338,7 +340,7 @@ class _H1Sink(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        self.held.append(self)
+        _HELD.append(self)
         loop = asyncio.get_running_loop()
         if self.ready is None and not self.abort_after:
             return  # reads at once
@@ -373,6 +375,28 @@ def _h1_upstream(p: ProxyUnderTest):
     return ups
 
 
+@contextlib.asynccontextmanager
+async def _h1_servers(factory, n: int = 1):
+    """``n`` loopback HTTP/1.1 servers whose connections ``factory`` makes (an _H1Sink or an
+    _EarlyAnswer); yields their URLs. On the way out, connections they still hold are cut."""
+    loop = asyncio.get_running_loop()
+    servers = [await loop.create_server(factory, "127.0.0.1", 0) for _ in range(n)]
+    try:
+        yield [f"http://127.0.0.1:{s.sockets[0].getsockname()[1]}" for s in servers]
+    finally:
+        for proto in _HELD:
+            proto.transport.abort()
+        _HELD.clear()
+        for s in servers:
+            s.close()
+            await s.wait_closed()
+
+
+def _upload(c: H2Client, size: int) -> int:
+    """A stream sending ``size`` bytes (with their Content-Length) as the windows allow."""
+    return c.start("/up", body=memoryview(bytes(size)), headers=[(b"content-length", b"%d" % size)])
+
+
 async def _pump_for(c: H2Client, seconds: float) -> None:
     """Read what the proxy sends and send what its windows allow, for ``seconds``."""
     try:
@@ -387,28 +411,21 @@ async def test_a_server_that_does_not_read_holds_back_an_http2_client_within_its
     # the data was handed to the transport, so a server that read nothing made the proxy buffer
     # the whole body (200 MB of a 200 MB upload): memory without bound, for any client.
     size = 64 << 20
-    loop = asyncio.get_running_loop()
     ready = asyncio.Event()
-    server = await loop.create_server(lambda: _H1Sink(ready), "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    try:
-        async with ProxyUnderTest(simple_config([url])) as p:
-            c = await H2Client.connect(p.port)
-            sid = c.start("/up", body=memoryview(bytes(size)), headers=[(b"content-length", b"%d" % size)])
-            await _pump_for(c, 1.5)
-            (up,) = _h1_upstream(p)
-            buffered = up.transport.get_write_buffer_size()
-            sent = size - len(c.pending_body.get(sid, b""))
-            # the transport's high-water mark and one stream window at most, not what the client sent
-            assert buffered < 1 << 20, (buffered, sent)
-            assert sid in c.pending_body  # the client is held back, not done
-            ready.set()  # the server reads: everything arrives
-            (r,) = await c.wait([sid], timeout=30)
-            assert r["headers"][b":status"] == b"200" and r["body"] == b"%d" % size
-            await c.close()
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with _h1_servers(lambda: _H1Sink(ready)) as urls, ProxyUnderTest(simple_config(urls)) as p:
+        c = await H2Client.connect(p.port)
+        sid = _upload(c, size)
+        await _pump_for(c, 1.5)
+        (up,) = _h1_upstream(p)
+        buffered = up.transport.get_write_buffer_size()
+        sent = size - len(c.pending_body.get(sid, b""))
+        # the transport's high-water mark and one stream window at most, not what the client sent
+        assert buffered < 1 << 20, (buffered, sent)
+        assert sid in c.pending_body  # the client is held back, not done
+        ready.set()  # the server reads: everything arrives
+        (r,) = await c.wait([sid], timeout=30)
+        assert r["headers"][b":status"] == b"200" and r["body"] == b"%d" % size
+        await c.close()
 
 
 @on_uvloop
@@ -416,21 +433,15 @@ async def test_an_http2_client_held_back_by_a_slow_server_is_not_timed_out():
     # The wait for a window the proxy held back is not the client's: body_timeout counts from the
     # credit given back (before, only a window at 0 at the very tick was spared).
     size = 24 << 20
-    loop = asyncio.get_running_loop()
     ready = asyncio.Event()
-    server = await loop.create_server(lambda: _H1Sink(ready), "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    try:
-        async with ProxyUnderTest(simple_config([url]), options=HTTPOptions(body_timeout=0.4)) as p:
-            c = await H2Client.connect(p.port)
-            sid = c.start("/up", body=memoryview(bytes(size)), headers=[(b"content-length", b"%d" % size)])
-            loop.call_later(1.2, ready.set)
-            (r,) = await c.wait([sid], timeout=30)
-            assert r["headers"][b":status"] == b"200" and r["body"] == b"%d" % size
-            await c.close()
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with (_h1_servers(lambda: _H1Sink(ready)) as urls,
+                ProxyUnderTest(simple_config(urls), options=HTTPOptions(body_timeout=0.4)) as p):
+        c = await H2Client.connect(p.port)
+        sid = _upload(c, size)
+        asyncio.get_running_loop().call_later(1.2, ready.set)
+        (r,) = await c.wait([sid], timeout=30)
+        assert r["headers"][b":status"] == b"200" and r["body"] == b"%d" % size
+        await c.close()
 
 
 @on_uvloop
@@ -440,11 +451,10 @@ async def test_the_http2_body_timeout_starts_again_when_the_proxy_gives_credit_b
     timeout = 0.5
     size = 65535 + 5  # one stream window, and 5 bytes the client can only send once credit is back
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: _H1Sink(None), "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     wake, waker = socket.socketpair()
     try:
-        async with ProxyUnderTest(simple_config([url]), options=HTTPOptions(body_timeout=timeout)) as p:
+        async with (_h1_servers(lambda: _H1Sink(None)) as urls,
+                    ProxyUnderTest(simple_config(urls), options=HTTPOptions(body_timeout=timeout)) as p):
             c = await H2Client.connect(p.port)
             sid = c.start("/up", more=True, headers=[(b"content-length", b"%d" % size)])
             assert await _eventually(lambda: any(u.st is not None and u.st.up_id for u in _h1_upstream(p)))
@@ -477,8 +487,46 @@ async def test_the_http2_body_timeout_starts_again_when_the_proxy_gives_credit_b
     finally:
         wake.close()
         waker.close()
-        server.close()
-        await server.wait_closed()
+
+
+class _EarlyAnswer(asyncio.Protocol):
+    """Answers ``answer`` after 0.5 s, reading nothing of the request, and never closes."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        _HELD.append(self)
+        loop = asyncio.get_running_loop()
+        loop.call_soon(transport.pause_reading)
+        loop.call_later(0.5, transport.write, self.answer)  # the proxy holds the client back by then
+
+
+@pytest.mark.parametrize("answer", [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                                    b"HTTP/1.1 204 No Content\r\n\r\n"])
+@on_uvloop
+async def test_an_upload_answered_early_by_a_server_that_reads_nothing_is_not_held_back(answer, monkeypatch):
+    # Before: the credit held for the server (not reading) was never given back once it had
+    # answered, and the connection waited for it to read: the client's upload stalled for good.
+    from lightmesh.proxy.h2 import H1Upstream
+
+    ended: list = []
+    connection_lost = H1Upstream.connection_lost
+
+    def record(self, exc) -> None:
+        ended.append(self)
+        connection_lost(self, exc)
+    monkeypatch.setattr(H1Upstream, "connection_lost", record)
+    async with _h1_servers(lambda: _EarlyAnswer(answer)) as urls, ProxyUnderTest(simple_config(urls)) as p:
+        c = await H2Client.connect(p.port)
+        sid = _upload(c, 32 << 20)
+        (r,) = await c.wait([sid], timeout=10)
+        assert r["headers"][b":status"] == answer[9:12]
+        await c.until(lambda: sid not in c.pending_body, timeout=10)  # the client could send it all
+        # the server's connection is cut, not left waiting for it to read what nobody needs
+        assert await _eventually(lambda: len(ended) == 1)
+        await c.close()
 
 
 @on_uvloop
@@ -486,28 +534,21 @@ async def test_a_retry_after_a_server_that_read_nothing_gets_the_whole_body():
     # The credit held for a server that did not read goes back when that attempt fails: the
     # retry can read the rest of the body (without it the client's window stayed shut).
     size = 12 << 20
-    loop = asyncio.get_running_loop()
     attempts: list[int] = []
 
     def sink() -> _H1Sink:
         attempts.append(1)
         return _H1Sink(None, abort_after=0.6) if len(attempts) == 1 else _H1Sink(None)
-    servers = [await loop.create_server(sink, "127.0.0.1", 0) for _ in range(2)]
-    urls = [f"http://127.0.0.1:{s.sockets[0].getsockname()[1]}" for s in servers]
     mws = [{"type": "retry", "name": "retry", "attempts": 2}]
-    cfg = simple_config(urls, middlewares=mws, routers=[{"name": "r", "service": "svc", "middlewares": ["retry"]}])
-    try:
+    async with _h1_servers(sink, 2) as urls:
+        cfg = simple_config(urls, middlewares=mws, routers=[{"name": "r", "service": "svc", "middlewares": ["retry"]}])
         async with ProxyUnderTest(cfg, options=HTTPOptions(max_replay_bytes=size)) as p:
             c = await H2Client.connect(p.port)
-            sid = c.start("/up", body=memoryview(bytes(size)), headers=[(b"content-length", b"%d" % size)])
+            sid = _upload(c, size)
             (r,) = await c.wait([sid], timeout=30)
             assert r["headers"][b":status"] == b"200" and r["body"] == b"%d" % size
             assert len(attempts) == 2
             await c.close()
-    finally:
-        for s in servers:
-            s.close()
-            await s.wait_closed()
 
 
 # --------------------------------------------------------------------------- 1xx

@@ -1517,8 +1517,7 @@ class H1Upstream(asyncio.Protocol):
             self.head_sent = True
             self.done = True
             self.down.response(st, "head", head, True, 0, None)
-            if self.transport is not None:
-                self.transport.close()
+            self._answered()
             return
         if te and te.strip().lower() != b"chunked":
             # a body under codings other than chunked (gzip) cannot go to an HTTP/2 client, which has
@@ -1555,8 +1554,20 @@ class H1Upstream(asyncio.Protocol):
                 self.down.response(st, "headers", trailers, True, 0, None)
             else:
                 self.down.response(st, "data", b"", True, 0, None)
-        if self.transport is not None:
-            self.transport.close()
+        self._answered()
+
+    def _answered(self) -> None:
+        """The response is complete: the connection ends. Request data the server has not read by
+        now is of no use to anyone: the connection is cut rather than left to wait for a server
+        that may never read it, and the client's held credit goes back (it may finish sending,
+        into the void, instead of waiting for a window that would never open)."""
+        t = self.transport
+        if t is not None:
+            if t.get_write_buffer_size():
+                t.abort()
+            else:
+                t.close()
+        self._give_back()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._give_back()
