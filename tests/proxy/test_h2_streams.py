@@ -19,6 +19,7 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import h2.exceptions
 import pytest
 
 from lightmesh.proxy.http import HTTPOptions
@@ -509,6 +510,7 @@ class _EarlyAnswer(asyncio.Protocol):
 async def test_an_upload_answered_early_by_a_server_that_reads_nothing_is_not_held_back(answer, monkeypatch):
     # Before: the credit held for the server (not reading) was never given back once it had
     # answered, and the connection waited for it to read: the client's upload stalled for good.
+    # Now the client is told to stop (RST_STREAM NO_ERROR) and the server's connection is cut.
     from lightmesh.proxy.h2 import H1Upstream
 
     ended: list = []
@@ -521,9 +523,10 @@ async def test_an_upload_answered_early_by_a_server_that_reads_nothing_is_not_he
     async with _h1_servers(lambda: _EarlyAnswer(answer)) as urls, ProxyUnderTest(simple_config(urls)) as p:
         c = await H2Client.connect(p.port)
         sid = _upload(c, 32 << 20)
-        (r,) = await c.wait([sid], timeout=10)
-        assert r["headers"][b":status"] == answer[9:12]
-        await c.until(lambda: sid not in c.pending_body, timeout=10)  # the client could send it all
+        await c.until(lambda: c.results[sid]["reset"] is not None, timeout=10)
+        assert c.results[sid]["headers"][b":status"] == answer[9:12]
+        # the rest of the upload is not wanted (RFC 9113 §8.1): the client is told to stop
+        assert c.results[sid]["reset"] == h2.errors.ErrorCodes.NO_ERROR
         # the server's connection is cut, not left waiting for it to read what nobody needs
         assert await _eventually(lambda: len(ended) == 1)
         await c.close()
@@ -549,6 +552,133 @@ async def test_a_retry_after_a_server_that_read_nothing_gets_the_whole_body():
             assert r["headers"][b":status"] == b"200" and r["body"] == b"%d" % size
             assert len(attempts) == 2
             await c.close()
+
+
+class _H2Uploads(asyncio.Protocol):
+    """An h2c server for uploads. Its first connection misbehaves as ``first`` says, reading
+    (acknowledging) nothing: ``early`` answers 200 to each request at its head and never resets
+    it; ``refuse`` resets each request with REFUSED_STREAM 50 ms after its head; ``goaway`` lets
+    ``/hang`` hang (20 s) and sends GOAWAY (last stream: the ``/hang`` one) 50 ms after the head of
+    the next. Any other connection reads at once and answers 200 with the number of body bytes."""
+
+    def __init__(self, owner: dict) -> None:
+        import h2.settings
+
+        self.owner = owner
+        self.first = not owner["conns"]
+        owner["conns"].append(self)
+        self.open = True
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        if owner.get("max_streams"):
+            self.conn.local_settings = h2.settings.Settings(client=False, initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: owner["max_streams"]})
+        self.got: dict[int, int] = {}
+        self.hang = 0
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.conn.initiate_connection()
+        self.flush()
+
+    def connection_lost(self, exc) -> None:
+        self.open = False
+
+    def flush(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(self.conn.data_to_send())
+
+    def _refuse(self, sid: int) -> None:
+        self.conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+        self.flush()
+
+    def _goaway(self) -> None:
+        self.conn.close_connection(last_stream_id=self.hang)
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        misbehave = self.owner["first"] if self.first else None
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            return  # after its GOAWAY, h2 takes no frames (a real server would take those of /hang)
+        for ev in events:
+            if isinstance(ev, h2.events.RequestReceived):
+                sid = ev.stream_id
+                self.got[sid] = 0
+                if misbehave == "early":
+                    self.conn.send_headers(sid, [(b":status", b"200")], end_stream=True)
+                elif misbehave == "refuse":
+                    loop.call_later(0.05, self._refuse, sid)
+                elif misbehave == "goaway" and dict(ev.headers)[b":path"] == b"/hang":
+                    self.hang = sid
+                elif misbehave == "goaway":
+                    loop.call_later(0.05, self._goaway)
+            elif isinstance(ev, h2.events.DataReceived) and misbehave is None:
+                self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                self.got[ev.stream_id] += len(ev.data)
+            if isinstance(ev, h2.events.StreamEnded) and misbehave is None:
+                self.conn.send_headers(ev.stream_id, [(b":status", b"200")])
+                self.conn.send_data(ev.stream_id, b"%d" % self.got[ev.stream_id], end_stream=True)
+        self.flush()
+
+
+@contextlib.asynccontextmanager
+async def _h2_uploads(first: str, max_streams: int = 0):
+    """An _H2Uploads server; yields (its URL, its state: ``conns``, the connections made)."""
+    owner = {"first": first, "max_streams": max_streams, "conns": []}
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: _H2Uploads(owner), "127.0.0.1", 0)
+    try:
+        yield f"h2c://127.0.0.1:{server.sockets[0].getsockname()[1]}", owner
+    finally:
+        for proto in owner["conns"]:
+            proto.transport.abort()
+        server.close()
+        await server.wait_closed()
+
+
+@on_uvloop
+async def test_an_h2c_server_that_answers_uploads_early_gives_back_its_streams():
+    # Before: the proxy never ended its side of a stream the server had answered while the client
+    # was still uploading. With a server that neither reads nor resets, the client's upload stalled
+    # (its data waited for the server's window) and the stream kept counting against the server's
+    # limit: with 2 such streams, every later request to that server hung.
+    async with _h2_uploads("early", max_streams=2) as (url, _), ProxyUnderTest(simple_config([url])) as p:
+        c = await H2Client.connect(p.port)
+        uploads = [_upload(c, 4 << 20) for _ in range(2)]
+        await c.until(lambda: all(c.results[s]["reset"] is not None for s in uploads), timeout=10)
+        for sid in uploads:
+            # the answer, then RST_STREAM(NO_ERROR): the rest of the upload is not wanted (RFC 9113 §8.1)
+            assert c.results[sid]["headers"][b":status"] == b"200"
+            assert c.results[sid]["reset"] == h2.errors.ErrorCodes.NO_ERROR
+        (after,) = await c.wait([c.start("/after", method="GET")], timeout=5)
+        assert after["headers"][b":status"] == b"200"
+        await c.close()
+
+
+@pytest.mark.parametrize("first", ["refuse", "goaway"])
+@on_uvloop
+async def test_an_upload_refused_while_its_data_waits_for_the_servers_window_goes_elsewhere_at_once(first):
+    # Before: the data of a stream refused (REFUSED_STREAM, or above a GOAWAY's last stream) stayed
+    # queued for a window that would never open, its credit with it: the client's window stayed shut
+    # and the retry on another connection never got the rest of the body (REFUSED_STREAM: for good;
+    # GOAWAY: until the connection's last stream ended). And each refusal left a connection open.
+    size = 512 << 10  # within max_replay_bytes: a refused stream is tried again
+    async with _h2_uploads(first) as (url, owner), ProxyUnderTest(simple_config([url])) as p:
+        c = await H2Client.connect(p.port)
+        if first == "goaway":
+            hang = c.start("/hang", method="GET")
+            assert await _eventually(lambda: owner["conns"] and owner["conns"][0].hang)
+        sid = _upload(c, size)
+        (r,) = await c.wait([sid], timeout=5)
+        assert r["headers"][b":status"] == b"200" and r["body"] == b"%d" % size
+        assert len(owner["conns"]) == 2
+        if first == "refuse":  # the refusing connection was retired, and closed (no streams left)
+            assert await _eventually(lambda: not owner["conns"][0].open)
+        else:
+            c.reset(hang)
+        await c.close()
 
 
 # --------------------------------------------------------------------------- 1xx

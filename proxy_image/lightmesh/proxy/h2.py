@@ -1024,6 +1024,10 @@ class H2Downstream(asyncio.Protocol):
             kind = "headers"
         self.side.queue(st.down_id, kind, payload, end, ack, acked)
         if end:
+            if not st.req_done:
+                # a complete response before the whole request: the rest is not wanted (RFC 9113
+                # §8.1), as after a local answer (see _local)
+                self.side.queue(st.down_id, "reset", h2.errors.ErrorCodes.NO_ERROR, True, 0, None)
             st.route.service.balancer.succeeded(st.server)
             self._finish(st, st.status)
         self.side.flush()
@@ -1142,10 +1146,21 @@ class H2Upstream(asyncio.Protocol):
         """``st`` cannot run on this connection: the server's current connection takes it, or a new one."""
         nxt = self.server.h2conn
         if nxt is None or nxt is self or nxt.goaway or nxt.side.closed:
+            if nxt is self:
+                self.goaway = True  # replaced: no new streams here, closed after its last one
             nxt = self.server.h2conn = H2Upstream(self.loop, self.server, self.connect_timeout)
         nxt.open(st, down)
         if self.server.retired:
             nxt.retire()  # as in H2Downstream._forward
+
+    def _answered(self, sid: int, st: _Stream) -> None:
+        """The server's response on ``sid`` is complete. A request still on its way is of no use
+        any more: the server's stream is reset (CANCEL). What waits for its window goes back to
+        the client, and the stream stops counting against the server's concurrency limit (a
+        server that neither reads nor resets would keep it open for good)."""
+        self.streams.pop(sid, None)
+        if not st.req_done or sid in self.side.queues:
+            self.side.reset(sid)
 
     def _refused(self, st: _Stream, down: H2Downstream) -> None:
         """The server did not process ``st`` (REFUSED_STREAM, or above the GOAWAY's last stream): try
@@ -1287,7 +1302,7 @@ class H2Upstream(asyncio.Protocol):
                 down.response(st, "head", ev.headers, ev.stream_ended is not None, 0, None)
                 touched.add(down)
                 if ev.stream_ended is not None:
-                    self.streams.pop(sid, None)
+                    self._answered(sid, st)
             elif isinstance(ev, h2.events.DataReceived):
                 if entry is None:
                     self.side.acknowledge(sid, ev.flow_controlled_length)
@@ -1301,19 +1316,24 @@ class H2Upstream(asyncio.Protocol):
                 down.response(st, "data", ev.data, ended, ev.flow_controlled_length, acked)
                 touched.add(down)
                 if ended:
-                    self.streams.pop(sid, None)
+                    self._answered(sid, st)
             elif isinstance(ev, h2.events.TrailersReceived) and entry is not None:
                 st, down = entry
                 down.response(st, "headers", [(n, v) for n, v in ev.headers if n not in _HOP], True, 0, None)
                 touched.add(down)
-                self.streams.pop(sid, None)
+                self._answered(sid, st)
             elif isinstance(ev, h2.events.StreamEnded) and entry is not None:
                 st, down = entry
                 if not st.done:  # ended by an empty DATA frame that carried nothing to relay
                     down.response(st, "data", b"", True, 0, None)
                     touched.add(down)
-                self.streams.pop(sid, None)
-            elif isinstance(ev, h2.events.StreamReset) and entry is not None:
+                self._answered(sid, st)
+            elif isinstance(ev, h2.events.StreamReset):
+                # what waits for the stream's window never goes: its credit goes back to the client
+                # (a retry sends the request again from its own copy)
+                self.side.drop(sid)
+                if entry is None:
+                    continue
                 st, down = entry
                 self.streams.pop(sid, None)
                 st.up_id = 0
@@ -1342,6 +1362,7 @@ class H2Upstream(asyncio.Protocol):
                 last = ev.last_stream_id or 0
                 for stream_id in [s for s in self.streams if s > last]:
                     st, down = self.streams.pop(stream_id)
+                    self.side.reset(stream_id)  # never processed: what waits for it goes back (credit)
                     st.up_id = 0
                     if st.responded:
                         down.upstream_reset(st, h2.errors.ErrorCodes.REFUSED_STREAM)
