@@ -12,7 +12,10 @@ import contextlib
 import gc
 import json
 import logging
+import os
 import socket
+import subprocess
+import sys
 import time
 
 import h2.config
@@ -309,6 +312,52 @@ async def test_body_timeout_applies_between_request_data_frames():
         assert after["body"] == b"fine"
         await c.close()
         assert p.metrics.requests[("svc", "408", "POST")] == 1
+
+
+_STEADY_H2_CLIENT = r"""
+import socket, sys, time
+import h2.config, h2.connection, h2.events
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+c.initiate_connection()
+c.send_headers(1, [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"svc"), (b":path", b"/echo")])
+s.sendall(c.data_to_send())
+for i in range(12):  # a DATA frame every 0.2 s, well within the 1 s body timeout
+    time.sleep(0.2)
+    c.send_data(1, b"x", end_stream=i == 11)
+    s.sendall(c.data_to_send())
+s.settimeout(10)
+while True:
+    data = s.recv(65536)
+    if not data:
+        break
+    for ev in c.receive_data(data):
+        if isinstance(ev, h2.events.ResponseReceived):
+            print(dict(ev.headers)[b":status"].decode())
+            sys.exit(0)
+    s.sendall(c.data_to_send())
+"""
+
+
+@on_uvloop
+async def test_a_proxy_frozen_past_a_body_deadline_reads_the_streams_data_before_it_judges():
+    # As on HTTP/1.1 (test_http_timeouts_trailers): the proxy's process is frozen past the stream's
+    # body deadline while a steady client sends; its DATA is read before the deadline is judged.
+    from .test_http_timeouts_trailers import _FREEZER
+
+    async with H2Server() as up, ProxyUnderTest(simple_config([up.url]), options=HTTPOptions(body_timeout=1.0)) as p:
+        client = await asyncio.create_subprocess_exec(sys.executable, "-c", _STEADY_H2_CLIENT, str(p.port),
+                                                      stdout=subprocess.PIPE)
+        freezer = await asyncio.create_subprocess_exec(sys.executable, "-c", _FREEZER, str(os.getpid()))
+        try:
+            out, _ = await asyncio.wait_for(client.communicate(), 20)
+            await asyncio.wait_for(freezer.wait(), 5)
+        finally:
+            for proc in (client, freezer):
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+        assert out.strip() == b"200", out
 
 
 @on_uvloop

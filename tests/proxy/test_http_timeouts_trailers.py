@@ -12,6 +12,9 @@ either way, and a response head of at most 64 KiB (502 beyond)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 
 from lightmesh.proxy.http import HTTPOptions
 
@@ -40,6 +43,43 @@ async def test_stalled_request_body_gets_408_and_the_upstream_connection_is_cut(
         assert p.metrics.requests[("svc", "408", "POST")] == 1
         # the listener is fine afterwards
         assert (await request(p.port)).status == 200
+
+
+_STEADY_CLIENT = r"""
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(b"POST /echo HTTP/1.1\r\nHost: svc\r\nContent-Length: 12\r\n\r\n")
+for _ in range(12):  # a byte every 0.2 s, well within the 1 s body timeout
+    time.sleep(0.2)
+    s.sendall(b"x")
+s.settimeout(10)
+print(s.recv(12).decode())
+"""
+_FREEZER = ("import os, signal, sys, time; time.sleep(0.5); os.kill(int(sys.argv[1]), signal.SIGSTOP); "
+            "time.sleep(1.5); os.kill(int(sys.argv[1]), signal.SIGCONT)")
+
+
+@on_uvloop
+async def test_a_proxy_frozen_past_a_body_deadline_reads_before_it_judges():
+    # Before: frozen (SIGSTOP, a cgroup freezer, CPU throttling) past the deadline while a steady
+    # client's bytes arrived, the proxy's timer ran before its first read after the freeze (libuv's
+    # poll returns early after SIGCONT) and gave that client 408. The client here is another process
+    # and the freeze stops this one, the proxy's.
+    opts = HTTPOptions(body_timeout=1.0)
+    async with Backend() as b, ProxyUnderTest(simple_config([b.url]), options=opts) as p:
+        client = await asyncio.create_subprocess_exec(sys.executable, "-c", _STEADY_CLIENT, str(p.port),
+                                                      stdout=subprocess.PIPE)
+        freezer = await asyncio.create_subprocess_exec(sys.executable, "-c", _FREEZER, str(os.getpid()))
+        try:
+            out, _ = await asyncio.wait_for(client.communicate(), 20)
+            await asyncio.wait_for(freezer.wait(), 5)
+        finally:
+            for proc in (client, freezer):
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+        assert out.startswith(b"HTTP/1.1 200"), out
+        assert b.requests[-1].body == b"x" * 12
 
 
 @on_uvloop

@@ -76,6 +76,8 @@ from lightmesh.proxy.logthrottle import LogThrottle
 from lightmesh.proxy.metrics import method_label
 from lightmesh.proxy.routing import FragmentInTarget, Server, forwarded_port, split_host, valid_host
 
+LATE_TICK = 0.05  # seconds: a timeout timer this late waits for one more poll before judging (stalls)
+
 _H1_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te",
                      b"trailer"))
 # Our receive window per connection (both sides). It is given back as data arrives (see _Side), so
@@ -939,8 +941,12 @@ class H2Downstream(asyncio.Protocol):
         exempt: a gRPC bidi or client-streaming call whose client is quiet for a while is normal,
         and once the server answers, the server decides when the exchange ends. The timer is
         re-armed for the next stream due, while any stream's request is incomplete."""
-        self.body_timer = None
+        timer, self.body_timer = self.body_timer, None
         now = self.loop.time()
+        if timer is not None and now - timer.when() > LATE_TICK:
+            # late: the process was stalled; DATA sent meanwhile may wait unread (see http.py _tick)
+            self.body_timer = self.loop.call_at(now + 0.001, self._bodies_due)
+            return
         limit = self.options.body_timeout
         conn = self.side.conn
         nxt = 0.0

@@ -102,7 +102,7 @@ import httptools
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserInvalidMethodError, HttpParserUpgrade
 
 from lightmesh.netutil import LOCAL_LIMIT, connect_failure_reason
-from lightmesh.proxy.h2 import H2Downstream, looks_like_h2
+from lightmesh.proxy.h2 import LATE_TICK, H2Downstream, looks_like_h2
 from lightmesh.proxy.metrics import ProxyMetrics
 from lightmesh.proxy.routing import (CHECK_ALLOW, CHECK_BREAKER, CHECK_DENY, CHECK_RATE, Route, Server,
                                      FragmentInTarget, forwarded_port, split_host, valid_host)
@@ -798,12 +798,18 @@ class ClientProtocol(asyncio.Protocol):
     # ------------------------------------------------------------------ timers
 
     def _tick(self) -> None:
-        self.timer = None
+        timer, self.timer = self.timer, None
         if self.closing:
             return
         now = self.loop.time()
         deadline = self.deadline
         if deadline is not None and now >= deadline:
+            if timer is not None and now - timer.when() > LATE_TICK:
+                # A late tick: the process was stalled (frozen, CPU-throttled). Bytes the client sent
+                # meanwhile may be waiting unread, and the loop runs due timers before its next poll
+                # (after a SIGSTOP, libuv's poll returns early without reading): judge after it.
+                self.timer = self.loop.call_at(now + 0.001, self._tick)
+                return
             if self.tunnel is not None:
                 self.close()  # tunnel_idle_timeout: nothing moved either way (connection_lost closes the upstream)
                 return
