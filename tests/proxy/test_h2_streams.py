@@ -608,7 +608,9 @@ class _H2Uploads(asyncio.Protocol):
     (acknowledging) nothing: ``early`` answers 200 to each request at its head and never resets
     it; ``refuse`` resets each request with REFUSED_STREAM 50 ms after its head; ``goaway`` lets
     ``/hang`` hang (20 s) and sends GOAWAY (last stream: the ``/hang`` one) 50 ms after the head of
-    the next. Any other connection reads at once and answers 200 with the number of body bytes."""
+    the next. ``stall`` behaves but opens windows of 2 GiB and stops reading its socket for 1.5 s
+    once 1 MiB came. Any other connection reads at once and answers 200 with the number of body
+    bytes. ``max_streams``: its SETTINGS_MAX_CONCURRENT_STREAMS."""
 
     def __init__(self, owner: dict) -> None:
         import h2.settings
@@ -618,15 +620,23 @@ class _H2Uploads(asyncio.Protocol):
         owner["conns"].append(self)
         self.open = True
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
-        if owner.get("max_streams"):
-            self.conn.local_settings = h2.settings.Settings(client=False, initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: owner["max_streams"]})
+        settings = {}
+        if owner.get("max_streams") is not None:
+            settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = owner["max_streams"]
+        self.stall = self.first and owner["first"] == "stall"
+        if self.stall:
+            settings[h2.settings.SettingCodes.INITIAL_WINDOW_SIZE] = (1 << 31) - 1
+        if settings:
+            self.conn.local_settings = h2.settings.Settings(client=False, initial_values=settings)
         self.got: dict[int, int] = {}
         self.hang = 0
+        self.stalled = False
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.conn.initiate_connection()
+        if self.stall:
+            self.conn.increment_flow_control_window((1 << 31) - 1 - 65535)
         self.flush()
 
     def connection_lost(self, exc) -> None:
@@ -646,7 +656,7 @@ class _H2Uploads(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         loop = asyncio.get_running_loop()
-        misbehave = self.owner["first"] if self.first else None
+        misbehave = self.owner["first"] if self.first and not self.stall else None
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError:
@@ -666,6 +676,10 @@ class _H2Uploads(asyncio.Protocol):
             elif isinstance(ev, h2.events.DataReceived) and misbehave is None:
                 self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
                 self.got[ev.stream_id] += len(ev.data)
+                if self.stall and not self.stalled and self.got[ev.stream_id] > 1 << 20:
+                    self.stalled = True
+                    self.transport.pause_reading()
+                    loop.call_later(1.5, self.transport.resume_reading)
             if isinstance(ev, h2.events.StreamEnded) and misbehave is None:
                 self.conn.send_headers(ev.stream_id, [(b":status", b"200")])
                 self.conn.send_data(ev.stream_id, b"%d" % self.got[ev.stream_id], end_stream=True)
@@ -673,7 +687,7 @@ class _H2Uploads(asyncio.Protocol):
 
 
 @contextlib.asynccontextmanager
-async def _h2_uploads(first: str, max_streams: int = 0):
+async def _h2_uploads(first: str, max_streams: int | None = None):
     """An _H2Uploads server; yields (its URL, its state: ``conns``, the connections made)."""
     owner = {"first": first, "max_streams": max_streams, "conns": []}
     loop = asyncio.get_running_loop()
@@ -727,6 +741,47 @@ async def test_an_upload_refused_while_its_data_waits_for_the_servers_window_goe
             assert await _eventually(lambda: not owner["conns"][0].open)
         else:
             c.reset(hang)
+        await c.close()
+
+
+@on_uvloop
+async def test_streams_opened_while_the_servers_connection_is_paused_each_get_their_own_id():
+    # Before: HEADERS waited in the queue while the server's connection was paused, and h2 hands
+    # out the same next stream id until HEADERS are sent: two new streams shared one id. One never
+    # got an answer, the other broke the connection (a protocol error: 502 for every stream on it).
+    from lightmesh.proxy.h2 import H2Upstream
+
+    async with _h2_uploads("stall") as (url, owner), ProxyUnderTest(simple_config([url])) as p:
+        uploader = await H2Client.connect(p.port)
+        up = _upload(uploader, 16 << 20)
+        uploading = asyncio.ensure_future(uploader.wait([up], timeout=20))
+        assert await _eventually(lambda: any(o.side.paused for o in gc.get_objects() if isinstance(o, H2Upstream)))
+        a, b = await H2Client.connect(p.port), await H2Client.connect(p.port)
+        sa = a.start("/a", body=b"eleven bytes"[:11])
+        sb = b.start("/b", method="GET")
+        (ra,) = await a.wait([sa], timeout=10)
+        (rb,) = await b.wait([sb], timeout=10)
+        assert (ra["headers"][b":status"], ra["body"]) == (b"200", b"11")
+        assert (rb["headers"][b":status"], rb["body"]) == (b"200", b"0")
+        (rup,) = await uploading
+        assert (rup["headers"][b":status"], rup["body"]) == (b"200", b"%d" % (16 << 20))
+        assert len(owner["conns"]) == 1  # all on the one connection, which held
+        for c in (a, b, uploader):
+            await c.close()
+
+
+@on_uvloop
+async def test_an_h2c_server_that_takes_no_streams_gets_no_storm_of_connections():
+    # SETTINGS_MAX_CONCURRENT_STREAMS 0 (a server under load): before, each new connection was
+    # "full" at once and the stream moved to another, some 3,000 connections a second for one
+    # request that never got an answer. Now: refused (502), on one connection.
+    async with _h2_uploads("none", max_streams=0) as (url, owner), ProxyUnderTest(simple_config([url])) as p:
+        c = await H2Client.connect(p.port)
+        (r,) = await c.wait([c.start("/x", method="GET")], timeout=5)
+        assert r["headers"][b":status"] == b"502"
+        await asyncio.sleep(0.2)
+        assert len(owner["conns"]) == 1
+        assert p.metrics.upstream_errors[("svc", "refused")] == 1
         await c.close()
 
 

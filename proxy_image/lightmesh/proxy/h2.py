@@ -1241,10 +1241,19 @@ class H2Upstream(asyncio.Protocol):
 
     def _start(self, st: _Stream, down: H2Downstream) -> None:
         conn = self.side.conn
+        if not self.streams and conn.remote_settings.max_concurrent_streams == 0:
+            # The server takes no streams at all (allowed, RFC 9113 §6.5.2: a server under load).
+            # A new connection would say the same: a refusal, not a reason to open one after another.
+            down.attempt_failed(st, "refused")
+            return
+        body = st.body
         try:
-            stream_id = conn.get_next_available_stream_id()
             if len(self.streams) >= conn.remote_settings.max_concurrent_streams:  # (h2's count is O(streams))
                 raise h2.exceptions.TooManyStreamsError("the server's stream limit")
+            stream_id = conn.get_next_available_stream_id()
+            # HEADERS go into h2 now, not through the queue: h2 hands out the next stream id again
+            # until they are sent, and the queue holds everything while the transport is paused
+            conn.send_headers(stream_id, down.request_head(st), end_stream=st.req_done and not body)
         except (h2.exceptions.NoAvailableStreamIDError, h2.exceptions.TooManyStreamsError):
             # Full (the server's concurrent-stream limit, or stream ids used up): not a failure of the
             # server. This connection takes no new streams and closes after its last one; the
@@ -1254,10 +1263,8 @@ class H2Upstream(asyncio.Protocol):
             return
         st.up_id = stream_id
         self.streams[stream_id] = (st, down)
-        body = st.body
         if not st.replayable:
             st.body = []
-        self.side.queue(stream_id, "headers", down.request_head(st), st.req_done and not body, 0, None)
         for item in body:
             self.send(st, item, flush=False)
 
