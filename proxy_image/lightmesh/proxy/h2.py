@@ -724,7 +724,8 @@ class H2Downstream(asyncio.Protocol):
         if not ended and self.options.body_timeout > 0:
             st.last_in = self.loop.time()
             if self.body_timer is None:
-                self.body_timer = self.loop.call_at(st.last_in + self.options.body_timeout, self._bodies_due)
+                due = st.last_in + self.options.body_timeout
+                self.body_timer = self.loop.call_at(due, self._bodies_due, due)
         tracer = self.options.tracer
         if tracer is not None:
             tp = _traceparent(st.headers)
@@ -751,9 +752,13 @@ class H2Downstream(asyncio.Protocol):
     def _arm_timers(self, st: _Stream) -> None:
         """The route's request timeout, else the response timeout once the request is complete."""
         if st.route.timeout is not None:
-            st.timer = self.loop.call_later(st.route.timeout, self._timed_out, st)
+            self._arm_timeout(st, st.route.timeout)
         elif st.req_done and self.options.response_timeout:
-            st.timer = self.loop.call_later(self.options.response_timeout, self._timed_out, st)
+            self._arm_timeout(st, self.options.response_timeout)
+
+    def _arm_timeout(self, st: _Stream, seconds: float) -> None:
+        due = self.loop.time() + seconds
+        st.timer = self.loop.call_at(due, self._timed_out, st, due)
 
     def _trace_refused(self, st: _Stream, route: str, status: int) -> None:
         tracer = self.options.tracer
@@ -793,7 +798,7 @@ class H2Downstream(asyncio.Protocol):
             st.req_done = True
             if (st.timer is None and self.options.response_timeout and not st.responded and st.route.timeout is None
                     and st.server is not None):  # (not while it waits for a rate-limit token)
-                st.timer = self.loop.call_later(self.options.response_timeout, self._timed_out, st)
+                self._arm_timeout(st, self.options.response_timeout)
         elif self.body_timer is not None:
             st.last_in = self.loop.time()
         item = [kind, payload, end, flow]
@@ -920,10 +925,15 @@ class H2Downstream(asyncio.Protocol):
             self._local(st, 502)
         self.side.flush()
 
-    def _timed_out(self, st: _Stream) -> None:
-        """request_timeout or response_timeout: no response head in time."""
+    def _timed_out(self, st: _Stream, due: float) -> None:
+        """request_timeout or response_timeout: no response head in time. ``due``: when it was
+        meant to run; 0 for one put off once already."""
         st.timer = None
         if st.done or st.responded:
+            return
+        now = self.loop.time()
+        if due and now - due > LATE_TICK:  # late: a response that came meanwhile is read first (see _bodies_due)
+            st.timer = self.loop.call_at(now + 0.001, self._timed_out, st, 0.0)
             return
         self.metrics.upstream_error(st.service, "timeout")
         if st.up is not None:
@@ -935,17 +945,17 @@ class H2Downstream(asyncio.Protocol):
         self._local(st, 504)
         self.side.flush()
 
-    def _bodies_due(self) -> None:
+    def _bodies_due(self, due: float) -> None:
         """body_timeout: streams whose client sent no request DATA for that long although its window
         was open get 408; the server's stream is reset. A stream whose response has begun is
         exempt: a gRPC bidi or client-streaming call whose client is quiet for a while is normal,
         and once the server answers, the server decides when the exchange ends. The timer is
         re-armed for the next stream due, while any stream's request is incomplete."""
-        timer, self.body_timer = self.body_timer, None
+        self.body_timer = None
         now = self.loop.time()
-        if timer is not None and now - timer.when() > LATE_TICK:
+        if due and now - due > LATE_TICK:
             # late: the process was stalled; DATA sent meanwhile may wait unread (see http.py _tick)
-            self.body_timer = self.loop.call_at(now + 0.001, self._bodies_due)
+            self.body_timer = self.loop.call_at(now + 0.001, self._bodies_due, 0.0)
             return
         limit = self.options.body_timeout
         conn = self.side.conn
@@ -968,7 +978,7 @@ class H2Downstream(asyncio.Protocol):
             if not nxt or due < nxt:
                 nxt = due
         if nxt:
-            self.body_timer = self.loop.call_at(nxt, self._bodies_due)
+            self.body_timer = self.loop.call_at(nxt, self._bodies_due, nxt)
         self.side.flush()
 
     def _body_timed_out(self, st: _Stream) -> None:
@@ -1254,10 +1264,11 @@ class H2Upstream(asyncio.Protocol):
             # HEADERS go into h2 now, not through the queue: h2 hands out the next stream id again
             # until they are sent, and the queue holds everything while the transport is paused
             conn.send_headers(stream_id, down.request_head(st), end_stream=st.req_done and not body)
-        except (h2.exceptions.NoAvailableStreamIDError, h2.exceptions.TooManyStreamsError):
+        except h2.exceptions.ProtocolError:
             # Full (the server's concurrent-stream limit, or stream ids used up): not a failure of the
             # server. This connection takes no new streams and closes after its last one; the
-            # stream and the ones after it go to a new connection.
+            # stream and the ones after it go to a new connection. (Also h2 refusing any stream: the
+            # connection broke and its transport is on its way out.)
             self.goaway = True
             self._elsewhere(st, down)
             return
@@ -1302,6 +1313,9 @@ class H2Upstream(asyncio.Protocol):
             events = self.side.conn.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
             _log.warning("HTTP/2 protocol error from server %s: %s", self.server.url, exc)
+            self.goaway = True  # nothing new here until connection_lost fails what it carries
+            if self.server.h2conn is self:
+                self.server.h2conn = None
             self.side.flush()
             if self.side.transport is not None:
                 self.side.transport.abort()

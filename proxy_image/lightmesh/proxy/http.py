@@ -668,7 +668,7 @@ class ClientProtocol(asyncio.Protocol):
         self.peer_b = self.peer.encode()
         now = self.loop.time()
         self.deadline = now + self.options.header_timeout
-        self.timer = self.loop.call_at(now + self.period, self._tick)
+        self.timer = self.loop.call_at(now + self.period, self._tick, now + self.period)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -797,18 +797,19 @@ class ClientProtocol(asyncio.Protocol):
 
     # ------------------------------------------------------------------ timers
 
-    def _tick(self) -> None:
-        timer, self.timer = self.timer, None
+    def _tick(self, due: float) -> None:
+        """``due``: when this tick was meant to run; 0 for one put off once already (see below)."""
+        self.timer = None
         if self.closing:
             return
         now = self.loop.time()
         deadline = self.deadline
         if deadline is not None and now >= deadline:
-            if timer is not None and now - timer.when() > LATE_TICK:
+            if due and now - due > LATE_TICK:
                 # A late tick: the process was stalled (frozen, CPU-throttled). Bytes the client sent
                 # meanwhile may be waiting unread, and the loop runs due timers before its next poll
-                # (after a SIGSTOP, libuv's poll returns early without reading): judge after it.
-                self.timer = self.loop.call_at(now + 0.001, self._tick)
+                # (after a SIGSTOP, libuv's poll returns early without reading): judge after it, once.
+                self.timer = self.loop.call_at(now + 0.001, self._tick, 0.0)
                 return
             if self.tunnel is not None:
                 self.close()  # tunnel_idle_timeout: nothing moved either way (connection_lost closes the upstream)
@@ -835,7 +836,7 @@ class ClientProtocol(asyncio.Protocol):
         nxt = now + self.period
         if deadline is not None and deadline < nxt:
             nxt = deadline
-        self.timer = self.loop.call_at(nxt, self._tick)
+        self.timer = self.loop.call_at(nxt, self._tick, nxt)
 
     # ------------------------------------------------------------------ input
 
@@ -1564,7 +1565,8 @@ class ClientProtocol(asyncio.Protocol):
         ex.server = server
         if route.timeout is not None:
             if ex.timer is None:
-                ex.timer = self.loop.call_later(route.timeout, self._timed_out, ex)
+                due = self.loop.time() + route.timeout
+                ex.timer = self.loop.call_at(due, self._timed_out, ex, due)
         elif self.response_timeout and ex.req_done and ex.timer is None:
             self._arm_response_timer(ex)
         if not fresh and ex.replayable:  # a body too big to replay goes on a fresh connection: see below
@@ -1602,7 +1604,8 @@ class ClientProtocol(asyncio.Protocol):
         """``response_timeout``: the whole request was received, the route has no request-timeout
         middleware, and the response has not begun."""
         if ex.route is not None and ex.route.timeout is None and not ex.resp_started:
-            ex.timer = self.loop.call_later(self.response_timeout, self._timed_out, ex)
+            due = self.loop.time() + self.response_timeout
+            ex.timer = self.loop.call_at(due, self._timed_out, ex, due)
 
     def _connected(self, task: asyncio.Task, ex: Exchange, server: Server) -> None:
         if ex.connecting is task:
@@ -1686,9 +1689,13 @@ class ClientProtocol(asyncio.Protocol):
         ex.close_after = ex.close_after or not ex.req_done
         self._local(ex, 502)
 
-    def _timed_out(self, ex: Exchange) -> None:
+    def _timed_out(self, ex: Exchange, due: float) -> None:
         ex.timer = None
         if ex.resp_started or ex.responded or self.closing:
+            return
+        now = self.loop.time()
+        if due and now - due > LATE_TICK:  # late: a response that came meanwhile is read first (see _tick)
+            ex.timer = self.loop.call_at(now + 0.001, self._timed_out, ex, 0.0)
             return
         self.metrics.upstream_error(ex.service, "timeout")
         for breaker in ex.route.breakers:
