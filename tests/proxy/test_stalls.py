@@ -2,7 +2,8 @@
 CPU-throttled, or the loop is busy) puts its judgement off once, so that what arrived meanwhile
 is read first, and only once, so that a busy proxy still times its connections out. Deadlines
 that fall within a millisecond of their timer (uvloop hands such timers back as plain handles)
-fire like any other. An h2c server connection broken by a protocol error takes no new stream.
+fire like any other. On HTTP/2 the header, idle, body and response timers all do. An h2c server
+connection broken by a protocol error takes no new stream.
 Real sockets on loopback; clients, servers and the freezer that must outlive a freeze of this
 process are other processes."""
 
@@ -266,3 +267,134 @@ async def test_a_stream_forwarded_while_a_broken_h2c_connection_closes_goes_to_a
             proto.transport.abort()
         server.close()
         await server.wait_closed()
+
+
+_KEEP_ALIVE_SERVER = r"""
+import socket, threading
+listener = socket.create_server(("127.0.0.1", 0))
+listener.settimeout(15)
+print(listener.getsockname()[1], flush=True)
+
+def serve(conn):
+    conn.settimeout(8)
+    try:
+        while conn.recv(65536):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    except OSError:
+        pass
+    conn.close()
+
+for _ in range(4):
+    try:
+        conn, _ = listener.accept()
+    except socket.timeout:
+        break
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+threading.Event().wait(8)
+"""
+_H2_SECOND_STREAM_CLIENT = r"""
+import socket, sys, time
+import h2.config, h2.connection, h2.events
+REQ = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"svc"), (b":path", b"/")]
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.settimeout(5)
+c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+c.initiate_connection()
+c.send_headers(1, REQ, end_stream=True)
+s.sendall(c.data_to_send())
+answered = False
+while not answered:
+    for ev in c.receive_data(s.recv(65536)):
+        answered = answered or isinstance(ev, h2.events.ResponseReceived)
+    s.sendall(c.data_to_send())
+time.sleep(0.9)  # the proxy is frozen from 0.3 s to 1.5 s: its 0.5 s idle timeout passes meanwhile
+c.send_headers(3, REQ, end_stream=True)
+s.sendall(c.data_to_send())
+for _ in range(100):
+    data = s.recv(65536)
+    if not data:
+        print("closed")
+        break
+    for ev in c.receive_data(data):
+        if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == 3:
+            print(dict(ev.headers)[b":status"].decode())
+            sys.exit(0)
+        if isinstance(ev, h2.events.ConnectionTerminated):
+            print("goaway")
+            sys.exit(0)
+"""
+_SHORT_FREEZER = ("import os, signal, sys, time; time.sleep(0.3); os.kill(int(sys.argv[1]), signal.SIGSTOP); "
+                  "time.sleep(1.2); os.kill(int(sys.argv[1]), signal.SIGCONT)")
+
+
+@on_uvloop
+async def test_an_http2_connection_frozen_past_its_idle_timeout_reads_the_new_stream_first():
+    # Before: HTTP/2's idle timer closed the connection (GOAWAY, then a reset over the unread
+    # bytes) with a stream the client sent on time waiting unread.
+    server = await asyncio.create_subprocess_exec(sys.executable, "-c", _KEEP_ALIVE_SERVER, stdout=subprocess.PIPE)
+    procs = [server]
+    try:
+        port = int(await asyncio.wait_for(server.stdout.readline(), 10))
+        async with ProxyUnderTest(simple_config([f"http://127.0.0.1:{port}"]),
+                                  options=HTTPOptions(idle_timeout=0.5)) as p:
+            procs.append(client := await asyncio.create_subprocess_exec(
+                sys.executable, "-c", _H2_SECOND_STREAM_CLIENT, str(p.port), stdout=subprocess.PIPE))
+            procs.append(await asyncio.create_subprocess_exec(sys.executable, "-c", _SHORT_FREEZER, str(os.getpid())))
+            out, _ = await asyncio.wait_for(client.communicate(), 20)
+            assert out.strip() == b"200", out
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+
+
+_H2_LATE_SETTINGS_CLIENT = r"""
+import socket, sys, time
+import h2.config, h2.connection, h2.events
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.settimeout(5)
+c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+c.initiate_connection()
+opening = c.data_to_send()
+s.sendall(opening[:24])  # the preface alone
+time.sleep(0.9)  # on time for the 1 s header timeout, which passes while the proxy is frozen (0.3-1.5 s)
+c.send_headers(1, [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"svc"), (b":path", b"/")],
+               end_stream=True)
+s.sendall(opening[24:] + c.data_to_send())
+for _ in range(100):
+    data = s.recv(65536)
+    if not data:
+        print("closed")
+        break
+    for ev in c.receive_data(data):
+        if isinstance(ev, h2.events.ResponseReceived):
+            print(dict(ev.headers)[b":status"].decode())
+            sys.exit(0)
+        if isinstance(ev, h2.events.ConnectionTerminated):
+            print("goaway")
+            sys.exit(0)
+    s.sendall(c.data_to_send())
+"""
+
+
+@on_uvloop
+async def test_an_http2_connection_frozen_past_its_header_timeout_reads_the_settings_first():
+    # The header timeout (1 s, from the preface) falls inside the freeze; the client's SETTINGS and
+    # first request came at 0.9 s, on time. Before: GOAWAY with them unread.
+    server = await asyncio.create_subprocess_exec(sys.executable, "-c", _KEEP_ALIVE_SERVER, stdout=subprocess.PIPE)
+    procs = [server]
+    try:
+        port = int(await asyncio.wait_for(server.stdout.readline(), 10))
+        async with ProxyUnderTest(simple_config([f"http://127.0.0.1:{port}"]),
+                                  options=HTTPOptions(header_timeout=1.0)) as p:
+            procs.append(client := await asyncio.create_subprocess_exec(
+                sys.executable, "-c", _H2_LATE_SETTINGS_CLIENT, str(p.port), stdout=subprocess.PIPE))
+            procs.append(await asyncio.create_subprocess_exec(sys.executable, "-c", _SHORT_FREEZER, str(os.getpid())))
+            out, _ = await asyncio.wait_for(client.communicate(), 20)
+            assert out.strip() == b"200", out
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()

@@ -505,10 +505,15 @@ class H2Downstream(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.side.resume()
 
-    def _head_timed_out(self) -> None:
+    def _head_timed_out(self, due: float) -> None:
         """No SETTINGS since the preface, or a header block left incomplete, for ``header_timeout``
-        (the slowloris of HTTP/2): GOAWAY and close, as HTTP/1.1 closes such a connection."""
+        (the slowloris of HTTP/2): GOAWAY and close, as HTTP/1.1 closes such a connection.
+        ``due``: when it was meant to run; 0 for one put off once already (see _bodies_due)."""
         self.head_timer = None
+        now = self.loop.time()
+        if due and now - due > LATE_TICK and not self.side.closed:
+            self.head_timer = self.loop.call_at(now + 0.001, self._head_timed_out, 0.0)
+            return
         if not self.side.closed:
             _log.debug("HTTP/2 connection from %s: no complete head in %.1fs", self.peer, self.options.header_timeout)
             self.close()
@@ -519,7 +524,8 @@ class H2Downstream(asyncio.Protocol):
         waiting = not self.settled or bool(self.side.conn.incoming_buffer._headers_buffer)
         if waiting:
             if self.head_timer is None and self.options.header_timeout > 0 and not self.side.closed:
-                self.head_timer = self.loop.call_later(self.options.header_timeout, self._head_timed_out)
+                due = self.loop.time() + self.options.header_timeout
+                self.head_timer = self.loop.call_at(due, self._head_timed_out, due)
         elif self.head_timer is not None:
             self.head_timer.cancel()
             self.head_timer = None
@@ -579,10 +585,16 @@ class H2Downstream(asyncio.Protocol):
             # finishing the streams abandoned by connection_lost ends here: a timer would keep the
             # closed connection, its streams and their upstream objects alive for the idle timeout
             return
-        self.idle_timer = self.loop.call_later(self.options.idle_timeout, self._idle_check)
+        due = self.loop.time() + self.options.idle_timeout
+        self.idle_timer = self.loop.call_at(due, self._idle_check, due)
 
-    def _idle_check(self) -> None:
+    def _idle_check(self, due: float) -> None:
+        """``due``: when it was meant to run; 0 for one put off once already (see _bodies_due)."""
         self.idle_timer = None
+        now = self.loop.time()
+        if due and now - due > LATE_TICK and not self.streams and not self.side.closed:
+            self.idle_timer = self.loop.call_at(now + 0.001, self._idle_check, 0.0)
+            return
         if self.streams:
             self._arm_idle()
         else:
