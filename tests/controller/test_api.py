@@ -263,6 +263,15 @@ def test_live_answers_whatever_the_state():
     run(scenario())
 
 
+async def _until_held(api, n: int, timeout: float = 5.0) -> None:
+    """Until ``n`` config polls are held (they reach the server some time after they are sent)."""
+    for _ in range(int(timeout / 0.02)):
+        if sum(api._held.values()) == n:
+            return
+        await asyncio.sleep(0.02)
+    assert sum(api._held.values()) == n, api._held
+
+
 def test_held_polls_per_client_are_capped_and_the_rest_answered_at_once(monkeypatch):
     import lightmesh.controller.api as api_module
 
@@ -277,7 +286,7 @@ def test_held_polls_per_client_are_capped_and_the_rest_answered_at_once(monkeypa
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
                 polls = [asyncio.create_task(http.get(url + wire.CONFIG_PATH + "?wait=20", headers=held))
                          for _ in range(3)]
-                await asyncio.sleep(0.3)
+                await _until_held(api, 3)  # (not a fixed sleep: on a slow host they may not be there yet)
                 assert not any(p.done() for p in polls)  # up to the cap: held
                 # over the cap: answered at once, never an error: 304 when up to date ...
                 started_at = asyncio.get_running_loop().time()
@@ -298,7 +307,7 @@ def test_held_polls_per_client_are_capped_and_the_rest_answered_at_once(monkeypa
                 # released: a poll is held again
                 poll = asyncio.create_task(http.get(url + wire.CONFIG_PATH + "?wait=20",
                                                     headers={"If-None-Match": second.etag()}))
-                await asyncio.sleep(0.3)
+                await _until_held(api, 1)
                 assert not poll.done()
                 store.publish(config(3, port=5002))
                 (await asyncio.wait_for(poll, 5)).release()

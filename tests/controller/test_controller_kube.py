@@ -534,12 +534,27 @@ def _slice(name, service_name, address):
             "endpoints": [{"addresses": [address], "conditions": {"ready": True}}]}
 
 
-async def _churn(kube, seconds):
-    """Endpoint changes every 0.05 s: a reconcile round each, nothing for the writer to do."""
-    for k in range(int(seconds / 0.05)):
+async def _churn(kube, seconds, since=None):
+    """Endpoint changes every 0.05 s: a reconcile round each, nothing for the writer to do. Lasts
+    ``seconds`` of clock time from ``since`` (a time.monotonic(), default now), not a number of
+    sleeps: on a slow host those add up to more time, and more retries than the test counts."""
+    deadline = (time.monotonic() if since is None else since) + seconds
+    k = 0
+    while time.monotonic() < deadline:
         kube.patch_object("discovery.k8s.io/v1", "endpointslices", NS, "web-a",
                           {"endpoints": [{"addresses": [f"10.1.0.{k % 200 + 2}"], "conditions": {"ready": True}}]})
+        k += 1
         await asyncio.sleep(0.05)
+
+
+class _NotedBackoff(RetryBackoff):
+    """A RetryBackoff that notes its first failure: the time its schedule counts from."""
+    first_failure = None
+
+    def failed(self, key, reason, content=None):
+        if self.first_failure is None:
+            self.first_failure = self.clock()
+        return super().failed(key, reason, content)
 
 
 def test_an_orphan_that_cannot_be_deleted_keeps_its_port_leaves_the_mesh_dns_and_is_reported():
@@ -620,13 +635,19 @@ def test_failed_event_posts_back_off_while_rounds_keep_coming(caplog):
             for i in range(3):
                 kube.put_object(service(f"bad{i}", 81 + i, annotations={"lightmesh.io/retry-attempts": "many"}))
             kube.fail_next("POST", "/events", 403, "Forbidden", count=10**6)
-            quick = lambda: RetryBackoff(first_seconds=0.5, max_seconds=30, probe_seconds=0.5)  # noqa: E731
+            quick = lambda: _NotedBackoff(first_seconds=0.5, max_seconds=30, probe_seconds=0.5)  # noqa: E731
             async with running(kube, backoff=quick) as controller:
                 rounds = controller.rounds
-                await _churn(kube, 3.0)
+                backoff = controller.events.backoff
+                await until(lambda: backoff.first_failure is not None, "the first failed POST")
+                # counted from the first failure, midway between two steps (2.5 s and 3 s): a late
+                # round or a stalled host can only make a step later, never add one
+                await _churn(kube, 2.75, since=backoff.first_failure)
                 assert controller.rounds - rounds >= 10
                 posts = sum(1 for m, p in kube.writes() if p.endswith("/events"))
-                # at 0, 0.5 and 1.5 s (then 3.5 s), plus a probe or two: not once a round, nor every 0.5 s
+                # each at 0, 0.5 and 1.5 s (then 3.5 s), and one probe per 0.5 s while none is due (at
+                # 1, 2, 2.5 s; the one at 1 s stands for its 1.5 s try): 11, not once a round, nor 18
+                # (every 0.5 s)
                 assert posts <= 3 * 3 + 2, posts
                 kube.failures.clear()
                 await until(lambda: len(kube.list_objects("v1", "events", NS)) == 3, "Events once allowed", 10)

@@ -1142,11 +1142,12 @@ async def test_an_h2_stream_whose_rate_limit_token_is_due_soon_waits_instead_of_
 
 
 @on_uvloop
-async def test_an_h2_delay_never_outlives_its_stream_nor_counts_in_its_timeouts():
+async def test_an_h2_delay_never_outlives_its_stream_nor_counts_in_its_timeouts(monkeypatch):
     import time
 
-    from .test_http_middlewares import delay_routes_config
+    from .test_http_middlewares import LimiterClock, delay_routes_config
 
+    clock = LimiterClock(monkeypatch)  # the waits below are exactly 0.4 s, however the host stalls
     async with H2Server() as up, ProxyUnderTest(delay_routes_config(up.url)) as p:
         c = await H2Client.connect(p.port)
 
@@ -1157,13 +1158,13 @@ async def test_an_h2_delay_never_outlives_its_stream_nor_counts_in_its_timeouts(
 
         try:
             assert (await get("a"))[0] == b"403"
-            await asyncio.sleep(0.6)
+            clock.advance(0.6)
             assert (await get("a"))[0] == b"403"  # a delayed pass, then denied: nobody waits for it
             status, took = await get("b")
             assert status == b"200" and took < 0.2, took
             assert (await get("c"))[0] == b"200"
-            await asyncio.sleep(0.6)
-            status, took = await get("c")  # waits ~0.4 s, longer than its 0.25 s request timeout
+            clock.advance(0.6)
+            status, took = await get("c")  # waits 0.4 s, longer than its 0.25 s request timeout
             assert status == b"200" and took >= 0.3, (status, took)
             assert ("svc", "timeout") not in p.metrics.upstream_errors
         finally:
@@ -1204,11 +1205,15 @@ async def test_h2_forwarded_headers_under_edits_match_http1():
 
 
 @on_uvloop
-async def test_a_stream_that_waited_for_its_token_across_a_swap_leaves_no_connection_to_the_retired_server():
+async def test_a_stream_that_waited_for_its_token_across_a_swap_leaves_no_connection_to_the_retired_server(
+        monkeypatch):
     # The stream's server left the config while the stream waited for its rate-limit token: the
     # connection opened for it afterwards belongs to no plane, so nothing else would ever close it.
     import time
 
+    from .test_http_middlewares import LimiterClock
+
+    clock = LimiterClock(monkeypatch)  # its token is due when the test says, not after a stall
     mws = [{"type": "rate_limit", "name": "rl", "average": 5, "burst": 1}]
     routers = [{"name": "r", "service": "svc", "middlewares": ["rl"]}]
     async with H2Server() as old, H2Server() as new, \
@@ -1216,10 +1221,10 @@ async def test_a_stream_that_waited_for_its_token_across_a_swap_leaves_no_connec
         c = await H2Client.connect(p.port)
         (first,) = await c.wait([c.start("/echo", body=b"a")], timeout=5)
         assert first["headers"][b":status"] == b"200" and old.open_connections == 1
-        await asyncio.sleep(0.15)  # the next token is ~0.05 s away: the stream waits for it
+        clock.advance(0.15)  # the next token is 0.05 s away: the stream waits for it
         t0 = time.monotonic()
         waiting = c.start("/echo", body=b"b")
-        await asyncio.sleep(0.01)
+        await clock.until_reserved(1)  # it waits now (polled well within its 0.05 s)
         p.apply(simple_config([new.url], routers=routers, middlewares=mws))
         (waited,) = await c.wait([waiting], timeout=5)
         assert waited["headers"][b":status"] == b"200" and time.monotonic() - t0 >= 0.02

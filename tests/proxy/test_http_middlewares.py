@@ -21,6 +21,40 @@ def _cfg(servers, middlewares, names=None, **kw):
                          middlewares=middlewares, **kw)
 
 
+class LimiterClock:
+    """The clock of every rate limiter a plane builds while the test runs (``monkeypatch``): it
+    moves only by ``advance``, so a token is due exactly when the test says, whatever a host that
+    stalls the test leaves of a sleep. The wait for a token is still real time. ``reserved`` counts
+    the requests let wait for their token (from that moment they wait)."""
+
+    def __init__(self, monkeypatch) -> None:
+        from lightmesh.proxy import routing
+        from lightmesh.proxy.policies import RateLimiter
+
+        self.now, self.reserved = 1000.0, 0
+        clock = self
+
+        class Limiter(RateLimiter):
+            def __init__(self, *args, **kwargs) -> None:
+                super().__init__(*args, clock=lambda: clock.now, **kwargs)
+
+            def reserve(self, ip: str) -> None:
+                clock.reserved += 1
+                super().reserve(ip)
+
+        monkeypatch.setattr(routing, "RateLimiter", Limiter)
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    async def until_reserved(self, n: int, timeout: float = 5.0) -> None:
+        for _ in range(int(timeout / 0.005)):
+            if self.reserved >= n:
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError(f"{self.reserved} requests waiting for a token, not {n}")
+
+
 async def _get_from(port: int, local: str, path: str = "/", headers: dict | None = None):
     client = await RawClient.connect(port, local_host=local)
     try:
@@ -478,11 +512,12 @@ async def test_a_malformed_response_counts_as_a_network_error_in_the_breaker():
 
 
 @on_uvloop
-async def test_a_rate_limited_request_whose_token_is_due_soon_waits_instead_of_a_429():
+async def test_a_rate_limited_request_whose_token_is_due_soon_waits_instead_of_a_429(monkeypatch):
     # Traefik's limiter (and so Traefik Mesh) delays a request up to 1/(2*rate) s for its token and
     # refuses only beyond that; a 429 at once gave a migrated client more refusals than before
     import time
 
+    clock = LimiterClock(monkeypatch)
     mws = [{"type": "rate_limit", "name": "rl", "average": 5, "burst": 1}]  # 5/s: waits up to 0.1 s
     async with Backend() as b, ProxyUnderTest(_cfg([b.url], mws)) as p:
         client = await RawClient.connect(p.port)
@@ -492,10 +527,10 @@ async def test_a_rate_limited_request_whose_token_is_due_soon_waits_instead_of_a
                 return await client.response()
 
             assert (await get()).status == 200
-            refused = await get()  # the next token is ~0.2 s away: beyond the wait, refused
+            refused = await get()  # the next token is 0.2 s away: beyond the wait, refused
             assert refused.status == 429 and refused.header("Retry-After") == "1"
             assert refused.header("X-Retry-In").endswith("ms"), refused.header("X-Retry-In")
-            await asyncio.sleep(0.15)  # the token is now ~0.05 s away: waited for
+            clock.advance(0.15)  # the token is now 0.05 s away: waited for
             t0 = time.monotonic()
             assert (await get()).status == 200
             assert time.monotonic() - t0 >= 0.03
@@ -519,13 +554,15 @@ def delay_routes_config(url: str):
 
 
 @on_uvloop
-async def test_a_delay_never_outlives_its_request_nor_counts_in_its_timeouts():
+async def test_a_delay_never_outlives_its_request_nor_counts_in_its_timeouts(monkeypatch):
     # (1) a rate limit passed with a delay, then a later check refused: the next request of the
     # connection waited for that token; (2) a waiting request got a 504 from its own request or
     # response timeout; (3) a pipelined request waited its full delay again after the one before it
     import time
 
     from lightmesh.proxy.http import HTTPOptions
+
+    clock = LimiterClock(monkeypatch)  # the waits below are exactly 0.4 s, however the host stalls
 
     async with Backend() as be, ProxyUnderTest(delay_routes_config(be.url),
                                                options=HTTPOptions(response_timeout=0.2)) as p:
@@ -537,13 +574,13 @@ async def test_a_delay_never_outlives_its_request_nor_counts_in_its_timeouts():
                 return (await client.response()).status, time.monotonic() - t0
 
             assert (await get(b"a"))[0] == 403  # the token taken, then denied
-            await asyncio.sleep(0.6)
-            assert (await get(b"a"))[0] == 403  # a delayed pass (token due in ~0.4 s), then denied
+            clock.advance(0.6)
+            assert (await get(b"a"))[0] == 403  # a delayed pass (token due in 0.4 s), then denied
             status, took = await get(b"b")
             assert status == 200 and took < 0.2, took  # nothing to wait for on route b
             assert (await get(b"c"))[0] == 200  # c's own limiter: its token
-            await asyncio.sleep(0.6)
-            status, took = await get(b"c")  # waits ~0.4 s: more than both timeouts, which start after
+            clock.advance(0.6)
+            status, took = await get(b"c")  # waits 0.4 s: more than both timeouts, which start after
             assert status == 200 and took >= 0.3, (status, took)
             assert ("svc", "timeout") not in p.metrics.upstream_errors
         finally:

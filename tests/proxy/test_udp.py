@@ -128,10 +128,13 @@ def test_idle_sessions_expire():
 def test_traffic_keeps_a_session_alive():
     async def main():
         bt, backend, bport = await echo_backend(b"A")
-        listener, port = await start(make_route([bport], idle=0.3))
+        # idle 1 s (swept every 0.25 s): a gap of 0.1 s stays far below it even when the host
+        # stalls this process (0.1-0.4 s); the traffic lasts 1.6 s, past when an unrefreshed
+        # session would have been swept (1-1.25 s)
+        listener, port = await start(make_route([bport], idle=1.0))
         c, p = await client(port)
         try:
-            for _ in range(8):
+            for _ in range(16):
                 await ask(c, p, port, b"x")
                 await asyncio.sleep(0.1)
             assert len(set(backend.sources)) == 1

@@ -169,9 +169,21 @@ def _supervisor(*flags: str):
     return proxy_main.Supervisor(parser.parse_args(["--config", "unused.json", "--workers", "2", *flags]))
 
 
+async def _soon(check, what: str, timeout: float = 10.0) -> None:
+    """Until ``check()``: polled often (the supervisor's loop runs every 0.05 s), bounded generously
+    (a stalled host makes the supervisor start every silence clock again: see below)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
 def test_the_heartbeat_keeps_one_request_in_flight_and_kills_a_silent_worker(caplog):
+    # Waits for what it checks, never a fixed time: a round that comes late (the host stalled this
+    # process) judges nobody and starts every silence clock again (HEARTBEAT_OVERSLEEP), so on a
+    # slow host the kill comes later, and it needs a 0.5 s stretch without such a stall.
     async def scenario():
-        sup = _supervisor("--heartbeat-interval", "0.05", "--heartbeat-timeout", "1")
+        sup = _supervisor("--heartbeat-interval", "0.05", "--heartbeat-timeout", "0.5")
         now = time.monotonic()
         channels = []
         for worker, answers in zip(sup.workers, (True, False)):
@@ -181,14 +193,23 @@ def test_the_heartbeat_keeps_one_request_in_flight_and_kills_a_silent_worker(cap
             worker.writer = _Channel(sup, worker, answers)
             channels.append(worker.writer)
         task = asyncio.get_running_loop().create_task(sup._heartbeat())
+        answering, silent = sup.workers
+        judged = []  # (when the silent worker was killed, the start of the silence it was killed for)
+
+        def kill(proc=silent.proc):
+            judged.append((time.monotonic(), silent.silent_since))
+            _FakeProc.kill(proc)
+
+        silent.proc.kill = kill
         try:
-            await asyncio.sleep(0.3)  # ~6 intervals, well before the deadline
-            answering, silent = sup.workers
-            assert len(channels[0].requests) >= 4  # asked each interval, since it answers
+            await _soon(lambda: len(channels[0].requests) >= 4, "4 requests")  # asked each interval: it answers
             assert len(channels[1].requests) == 1  # one request outstanding, not one per interval
             assert answering.last_metrics is not None and silent.last_metrics is None
             assert silent.proc.kills == 0
-            await asyncio.sleep(1.0)
+            await _soon(lambda: silent.proc.kills, "the silent worker killed")
+            # not before its limit, counted from its request (or from the last restart of its clock)
+            [(killed_at, silent_since)] = judged
+            assert killed_at - silent_since > 0.5, killed_at - silent_since
             assert silent.proc.kills == 1 and answering.proc.kills == 0
             assert len(channels[1].requests) == 1
         finally:
@@ -197,7 +218,7 @@ def test_the_heartbeat_keeps_one_request_in_flight_and_kills_a_silent_worker(cap
         errors = [r for r in caplog.records if "answered no heartbeat" in r.getMessage()]
         assert len(errors) == 1 and errors[0].levelname == "ERROR"
         message = errors[0].getMessage()
-        assert "worker 1 (pid 4241) answered no heartbeat for " in message and "(limit 1s)" in message, message
+        assert "worker 1 (pid 4241) answered no heartbeat for " in message and "(limit 0.5s)" in message, message
 
     asyncio.run(scenario())
 
@@ -423,25 +444,34 @@ def test_a_starting_worker_has_its_own_longer_allowance(monkeypatch, caplog):
         in errors[0], errors
 
 
-def test_workers_that_exit_together_restart_apart():
+def test_workers_that_exit_together_restart_apart(monkeypatch):
     # Every worker that died at the same moment restarted exactly 0.5 s later, in step again.
+    # Checked on the delays the supervisor waits (when the timers fire is up to the host).
+    slept = {}  # the task that slept → how long
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay, *args, **kwargs):
+        slept[asyncio.current_task()] = delay
+        await real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+
     async def scenario():
         sup = _supervisor("--workers", "8")
-        spawned = {}
-        loop = asyncio.get_running_loop()
+        spawned = {}  # worker index → the delay its restart waited
 
         async def spawn(worker):
-            spawned[worker.index] = loop.time()
+            spawned[worker.index] = slept.get(asyncio.current_task())
 
         sup._spawn = spawn
-        now, t0 = time.monotonic(), loop.time()
+        now = time.monotonic()
         for worker in sup.workers:
             worker.started_at = now - 1  # a quick exit: the first back-off step, 0.5 s
             sup._schedule_restart(worker)
-        await asyncio.sleep(0.9)
-        assert len(spawned) == 8
-        delays = sorted(t - t0 for t in spawned.values())
-        assert 0.5 <= delays[0] and delays[-1] <= 0.5 * 1.25 + 0.1, delays
+        await asyncio.wait(set(sup._tasks), timeout=10)
+        assert len(spawned) == 8 and None not in spawned.values(), spawned  # each restart waited
+        delays = sorted(spawned.values())
+        assert 0.5 <= delays[0] and delays[-1] <= 0.5 * 1.25, delays
         assert delays[-1] - delays[0] > 0.02, delays  # not all at once
 
     asyncio.run(scenario())
