@@ -78,7 +78,8 @@ class StubController:
     async def start(self, port: int = 0) -> StubController:
         app = web.Application()
         app.router.add_get(wire.CONFIG_PATH, self.handle)
-        self.runner = web.AppRunner(app)
+        # stop() cuts held polls at once, as a controller that dies does (aiohttp would wait for them)
+        self.runner = web.AppRunner(app, shutdown_timeout=0.1)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", port, reuse_address=True)
         await site.start()
