@@ -19,7 +19,7 @@ left in the previous worker ends at its idle timeout (replies the server still s
 the client meanwhile); the exited worker's sessions end with it.
 
 A session ends after ``session_idle_timeout_seconds`` without traffic either way (swept by a timer,
-not one timer per session), or when a config change removes its server or stops allowing its
+not one timer per session; a sweep that runs late, the process stalled, reads first), or when a config change removes its server or stops allowing its
 client, or when its server is found closed (an ICMP port unreachable, seen as ECONNREFUSED on the
 session socket): that server is ejected for a while (passive health, as for TCP) and
 ``upstream_errors_total{reason="refused"}`` counts it, so the client's next datagram opens a
@@ -39,6 +39,7 @@ import logging
 import socket
 
 from lightmesh import config as cfg
+from lightmesh.proxy.h2 import LATE_TICK
 from lightmesh.proxy.logthrottle import LogThrottle
 from lightmesh.proxy.metrics import ProxyMetrics
 from lightmesh.proxy.tcp import _family, _make_allow_list, _make_balancer
@@ -92,6 +93,7 @@ class UDPListener(asyncio.DatagramProtocol):
         self.sessions: dict[tuple, UDPSession] = {}
         self.transport: asyncio.DatagramTransport | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self._sweep_due = 0.0  # when the next sweep is meant to run
         self.closed = False
 
     async def start(self, sock: socket.socket) -> UDPListener:
@@ -222,10 +224,18 @@ class UDPListener(asyncio.DatagramProtocol):
 
     def _schedule_sweep(self) -> None:
         if not self.closed:
-            self._sweeper = self.loop.call_later(self._sweep_interval(), self._sweep)
+            self._sweep_due = due = self.loop.time() + self._sweep_interval()
+            self._sweeper = self.loop.call_at(due, self._sweep, due)
 
-    def _sweep(self) -> None:
-        horizon = self.loop.time() - self.route.idle_timeout
+    def _sweep(self, due: float) -> None:
+        """``due``: when this sweep was meant to run; 0 for one put off once already."""
+        now = self.loop.time()
+        if due and now - due > LATE_TICK and not self.closed:
+            # Late: the process was stalled (frozen, CPU-throttled). Datagrams that came meanwhile
+            # wait unread, and would have kept their sessions: read them first (see http.py _tick).
+            self._sweeper = self.loop.call_at(now + 0.001, self._sweep, 0.0)
+            return
+        horizon = now - self.route.idle_timeout
         for session in [s for s in self.sessions.values() if s.last < horizon]:
             self._close_session(session)
         self._schedule_sweep()
@@ -243,7 +253,7 @@ class UDPListener(asyncio.DatagramProtocol):
         # stop sessions from ever expiring under frequent swaps. Only a shorter interval (a
         # shorter idle timeout) brings it forward.
         due = self.loop.time() + self._sweep_interval()
-        if self._sweeper is None or self._sweeper.when() > due:
+        if self._sweeper is None or self._sweep_due > due:
             if self._sweeper is not None:
                 self._sweeper.cancel()
             self._schedule_sweep()
