@@ -32,8 +32,12 @@ port where nothing listens (connection refused).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import os
 import socket
+import subprocess
+import sys
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
@@ -656,3 +660,42 @@ def on_uvloop(fn=None, *, timeout: float = 60.0):
             return uvloop.run(bounded())
         return runner
     return wrap(fn) if fn is not None else wrap
+
+
+# --------------------------------------------------------------------------- stalls of this process
+
+_FREEZER = ("import os, signal, sys, time; time.sleep(float(sys.argv[2])); os.kill(int(sys.argv[1]), signal.SIGSTOP); "
+            "time.sleep(float(sys.argv[3])); os.kill(int(sys.argv[1]), signal.SIGCONT)")
+
+
+async def client_through_a_freeze(source: str, port: int, start: float = 0.3, length: float = 1.5) -> bytes:
+    """Run the Python ``source`` (a client, given ``port`` as argv[1]) in another process while a
+    helper process freezes this one (SIGSTOP), the proxy's, from ``start`` for ``length`` seconds,
+    as a cgroup freezer or CPU throttling would; returns the client's stdout, stripped."""
+    procs = []
+    try:
+        client = await asyncio.create_subprocess_exec(sys.executable, "-c", source, str(port), stdout=subprocess.PIPE)
+        procs.append(client)
+        procs.append(await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _FREEZER, str(os.getpid()), str(start), str(length)))
+        out, _ = await asyncio.wait_for(client.communicate(), 20)
+        await asyncio.wait_for(procs[1].wait(), 5 + start + length)
+        return out.strip()
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def server_process(source: str):
+    """Run the Python ``source`` (a server that prints its port on its first line) in another
+    process, so that it outlives a freeze of this one; yields (port, the process)."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", source, stdout=subprocess.PIPE)
+    try:
+        yield int(await asyncio.wait_for(proc.stdout.readline(), 10)), proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()

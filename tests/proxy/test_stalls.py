@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -25,7 +22,7 @@ import pytest
 
 from lightmesh.proxy.http import HTTPOptions
 
-from .backends import Backend, ProxyUnderTest, simple_config, on_uvloop
+from .backends import Backend, ProxyUnderTest, client_through_a_freeze, on_uvloop, server_process, simple_config
 from .test_h2c import H2Client, H2Server
 
 
@@ -164,8 +161,6 @@ for _ in range(100):
             sys.exit(0)
     s.sendall(c.data_to_send())
 """
-_FREEZER = ("import os, signal, sys, time; time.sleep(0.3); os.kill(int(sys.argv[1]), signal.SIGSTOP); "
-            "time.sleep(1.5); os.kill(int(sys.argv[1]), signal.SIGCONT)")
 
 
 @pytest.mark.parametrize("client", ["http/1.1", "h2"])
@@ -174,24 +169,12 @@ async def test_a_proxy_frozen_past_a_response_timeout_reads_the_answer_before_it
     # The server answers 0.5 s after the head, within the 1 s response timeout, but this process
     # (the proxy) is frozen from 0.3 s to 1.8 s. Before: the timer, first after the freeze, gave
     # 504 and counted the server as failing although its answer was already here.
-    server = await asyncio.create_subprocess_exec(sys.executable, "-c", _SERVER, stdout=subprocess.PIPE)
-    procs = [server]
-    try:
-        port = int(await asyncio.wait_for(server.stdout.readline(), 10))
-        opts = HTTPOptions(response_timeout=1.0)
-        async with ProxyUnderTest(simple_config([f"http://127.0.0.1:{port}"]), options=opts) as p:
-            source = _H1_CLIENT if client == "http/1.1" else _H2_CLIENT
-            procs.append(proc := await asyncio.create_subprocess_exec(
-                sys.executable, "-c", source, str(p.port), stdout=subprocess.PIPE))
-            procs.append(await asyncio.create_subprocess_exec(sys.executable, "-c", _FREEZER, str(os.getpid())))
-            out, _ = await asyncio.wait_for(proc.communicate(), 20)
-            assert out.strip() in (b"HTTP/1.1 200 OK", b"200"), out
-            assert not p.metrics.upstream_errors
-    finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.kill()
-            await proc.wait()
+    opts = HTTPOptions(response_timeout=1.0)
+    async with (server_process(_SERVER) as (port, _),
+                ProxyUnderTest(simple_config([f"http://127.0.0.1:{port}"]), options=opts) as p):
+        out = await client_through_a_freeze(_H1_CLIENT if client == "http/1.1" else _H2_CLIENT, p.port)
+        assert out in (b"HTTP/1.1 200 OK", b"200"), out
+        assert not p.metrics.upstream_errors
 
 
 _BAD_SETTINGS = b"\x00\x00\x06\x04\x00\x00\x00\x00\x00" + b"\x00\x02\x00\x00\x00\x02"  # ENABLE_PUSH=2
@@ -323,30 +306,15 @@ for _ in range(100):
             print("goaway")
             sys.exit(0)
 """
-_SHORT_FREEZER = ("import os, signal, sys, time; time.sleep(0.3); os.kill(int(sys.argv[1]), signal.SIGSTOP); "
-                  "time.sleep(1.2); os.kill(int(sys.argv[1]), signal.SIGCONT)")
 
 
 @on_uvloop
 async def test_an_http2_connection_frozen_past_its_idle_timeout_reads_the_new_stream_first():
     # Before: HTTP/2's idle timer closed the connection (GOAWAY, then a reset over the unread
     # bytes) with a stream the client sent on time waiting unread.
-    server = await asyncio.create_subprocess_exec(sys.executable, "-c", _KEEP_ALIVE_SERVER, stdout=subprocess.PIPE)
-    procs = [server]
-    try:
-        port = int(await asyncio.wait_for(server.stdout.readline(), 10))
-        async with ProxyUnderTest(simple_config([f"http://127.0.0.1:{port}"]),
-                                  options=HTTPOptions(idle_timeout=0.5)) as p:
-            procs.append(client := await asyncio.create_subprocess_exec(
-                sys.executable, "-c", _H2_SECOND_STREAM_CLIENT, str(p.port), stdout=subprocess.PIPE))
-            procs.append(await asyncio.create_subprocess_exec(sys.executable, "-c", _SHORT_FREEZER, str(os.getpid())))
-            out, _ = await asyncio.wait_for(client.communicate(), 20)
-            assert out.strip() == b"200", out
-    finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.kill()
-            await proc.wait()
+    async with (server_process(_KEEP_ALIVE_SERVER) as (port, _),
+                ProxyUnderTest(simple_config([f"http://127.0.0.1:{port}"]), options=HTTPOptions(idle_timeout=0.5)) as p):
+        assert await client_through_a_freeze(_H2_SECOND_STREAM_CLIENT, p.port, length=1.2) == b"200"
 
 
 _H2_LATE_SETTINGS_CLIENT = r"""
@@ -382,19 +350,6 @@ for _ in range(100):
 async def test_an_http2_connection_frozen_past_its_header_timeout_reads_the_settings_first():
     # The header timeout (1 s, from the preface) falls inside the freeze; the client's SETTINGS and
     # first request came at 0.9 s, on time. Before: GOAWAY with them unread.
-    server = await asyncio.create_subprocess_exec(sys.executable, "-c", _KEEP_ALIVE_SERVER, stdout=subprocess.PIPE)
-    procs = [server]
-    try:
-        port = int(await asyncio.wait_for(server.stdout.readline(), 10))
-        async with ProxyUnderTest(simple_config([f"http://127.0.0.1:{port}"]),
-                                  options=HTTPOptions(header_timeout=1.0)) as p:
-            procs.append(client := await asyncio.create_subprocess_exec(
-                sys.executable, "-c", _H2_LATE_SETTINGS_CLIENT, str(p.port), stdout=subprocess.PIPE))
-            procs.append(await asyncio.create_subprocess_exec(sys.executable, "-c", _SHORT_FREEZER, str(os.getpid())))
-            out, _ = await asyncio.wait_for(client.communicate(), 20)
-            assert out.strip() == b"200", out
-    finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.kill()
-            await proc.wait()
+    async with (server_process(_KEEP_ALIVE_SERVER) as (port, _),
+                ProxyUnderTest(simple_config([f"http://127.0.0.1:{port}"]), options=HTTPOptions(header_timeout=1.0)) as p):
+        assert await client_through_a_freeze(_H2_LATE_SETTINGS_CLIENT, p.port, length=1.2) == b"200"

@@ -357,8 +357,6 @@ for _ in range(10):  # a datagram 0.2 s after each answer: well within the 1 s i
     time.sleep(0.2)
 print("ok", flush=True)
 """
-_FREEZER = ("import os, signal, sys, time; time.sleep(0.3); os.kill(int(sys.argv[1]), signal.SIGSTOP); "
-            "time.sleep(1.5); os.kill(int(sys.argv[1]), signal.SIGCONT)")
 
 
 def test_a_proxy_frozen_past_a_sessions_idle_timeout_reads_its_datagrams_first():
@@ -366,31 +364,17 @@ def test_a_proxy_frozen_past_a_sessions_idle_timeout_reads_its_datagrams_first()
     # its client sent on time, the proxy's sweep ran before its first read after the freeze, ended
     # the session, and the waiting datagram opened another: the server saw a new source port (a
     # stateful UDP protocol breaks). Server, client and freezer are other processes.
-    import os
-    import subprocess
-    import sys
+    from .backends import client_through_a_freeze, server_process
 
     async def main():
-        server = await asyncio.create_subprocess_exec(sys.executable, "-c", _UDP_ECHO_SERVER, stdout=subprocess.PIPE)
-        procs = [server]
-        try:
-            sport = int(await asyncio.wait_for(server.stdout.readline(), 10))
+        async with server_process(_UDP_ECHO_SERVER) as (sport, server):
             listener, port = await start(make_route([sport], idle=1.0))
             try:
-                procs.append(proc := await asyncio.create_subprocess_exec(
-                    sys.executable, "-c", _UDP_STEADY_CLIENT, str(port), stdout=subprocess.PIPE))
-                procs.append(await asyncio.create_subprocess_exec(sys.executable, "-c", _FREEZER, str(os.getpid())))
-                out, _ = await asyncio.wait_for(proc.communicate(), 20)
-                assert out.strip() == b"ok", out
+                assert await client_through_a_freeze(_UDP_STEADY_CLIENT, port) == b"ok"
             finally:
                 listener.close()
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 s.sendto(b"done", ("127.0.0.1", sport))
             assert int(await asyncio.wait_for(server.stdout.readline(), 10)) == 1  # one session throughout
-        finally:
-            for p in procs:
-                if p.returncode is None:
-                    p.kill()
-                await p.wait()
 
     run(main())
