@@ -577,7 +577,7 @@ async def test_a_delay_never_outlives_its_request_nor_counts_in_its_timeouts(mon
             clock.advance(0.6)
             assert (await get(b"a"))[0] == 403  # a delayed pass (token due in 0.4 s), then denied
             status, took = await get(b"b")
-            assert status == 200 and took < 0.2, took  # nothing to wait for on route b
+            assert status == 200 and took < 0.35, took  # nothing to wait for on route b (c's wait is 0.4 s)
             assert (await get(b"c"))[0] == 200  # c's own limiter: its token
             clock.advance(0.6)
             status, took = await get(b"c")  # waits 0.4 s: more than both timeouts, which start after

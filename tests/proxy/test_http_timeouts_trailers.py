@@ -12,13 +12,11 @@ either way, and a response head of at most 64 KiB (502 beyond)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 
 from lightmesh.proxy.http import HTTPOptions
 
-from .backends import Backend, ProxyUnderTest, RawClient, ScriptedUpstream, on_uvloop, request, simple_config
+from .backends import (Backend, ProxyUnderTest, RawClient, ScriptedUpstream, client_through_a_freeze, on_uvloop,
+                       request, simple_config)
 
 
 @on_uvloop
@@ -55,8 +53,6 @@ for _ in range(12):  # a byte every 0.2 s, well within the 1 s body timeout
 s.settimeout(10)
 print(s.recv(12).decode())
 """
-_FREEZER = ("import os, signal, sys, time; time.sleep(0.5); os.kill(int(sys.argv[1]), signal.SIGSTOP); "
-            "time.sleep(1.5); os.kill(int(sys.argv[1]), signal.SIGCONT)")
 
 
 @on_uvloop
@@ -67,17 +63,7 @@ async def test_a_proxy_frozen_past_a_body_deadline_reads_before_it_judges():
     # and the freeze stops this one, the proxy's.
     opts = HTTPOptions(body_timeout=1.0)
     async with Backend() as b, ProxyUnderTest(simple_config([b.url]), options=opts) as p:
-        client = await asyncio.create_subprocess_exec(sys.executable, "-c", _STEADY_CLIENT, str(p.port),
-                                                      stdout=subprocess.PIPE)
-        freezer = await asyncio.create_subprocess_exec(sys.executable, "-c", _FREEZER, str(os.getpid()))
-        try:
-            out, _ = await asyncio.wait_for(client.communicate(), 20)
-            await asyncio.wait_for(freezer.wait(), 5)
-        finally:
-            for proc in (client, freezer):
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
+        out = await client_through_a_freeze(_STEADY_CLIENT, p.port, start=0.5)
         assert out.startswith(b"HTTP/1.1 200"), out
         assert b.requests[-1].body == b"x" * 12
 
