@@ -668,6 +668,33 @@ _FREEZER = ("import os, signal, sys, time; time.sleep(float(sys.argv[2])); os.ki
             "time.sleep(float(sys.argv[3])); os.kill(int(sys.argv[1]), signal.SIGCONT)")
 
 
+# The start of an HTTP/2 client script for client_through_a_freeze: a connection to the port in
+# argv[1] (``s``, ``c``: the preface and SETTINGS not sent yet), a GET head for stream ids, and
+# ``status_of(sid)``: the :status of stream ``sid`` once it comes (``closed`` or ``goaway`` instead).
+H2_CLIENT_SCRIPT = r"""
+import socket, sys, time
+import h2.config, h2.connection, h2.events
+GET = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"svc"), (b":path", b"/")]
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.settimeout(10)
+c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+c.initiate_connection()
+
+def status_of(sid):
+    for _ in range(100):
+        data = s.recv(65536)
+        if not data:
+            return "closed"
+        for ev in c.receive_data(data):
+            if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == sid:
+                return dict(ev.headers)[b":status"].decode()
+            if isinstance(ev, h2.events.ConnectionTerminated):
+                return "goaway"
+        s.sendall(c.data_to_send())
+    return "no answer"
+"""
+
+
 async def client_through_a_freeze(source: str, port: int, start: float = 0.3, length: float = 1.5) -> bytes:
     """Run the Python ``source`` (a client, given ``port`` as argv[1]) in another process while a
     helper process freezes this one (SIGSTOP), the proxy's, from ``start`` for ``length`` seconds,

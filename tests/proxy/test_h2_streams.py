@@ -24,8 +24,8 @@ import pytest
 
 from lightmesh.proxy.http import HTTPOptions
 
-from .backends import (Backend, ProxyUnderTest, RawClient, ScriptedUpstream, client_through_a_freeze, on_uvloop,
-                       request, simple_config)
+from .backends import (H2_CLIENT_SCRIPT, Backend, ProxyUnderTest, RawClient, ScriptedUpstream, client_through_a_freeze,
+                       on_uvloop, request, simple_config)
 from .test_h2c import H2Client, H2Server
 
 
@@ -312,28 +312,14 @@ async def test_body_timeout_applies_between_request_data_frames():
         assert p.metrics.requests[("svc", "408", "POST")] == 1
 
 
-_STEADY_H2_CLIENT = r"""
-import socket, sys, time
-import h2.config, h2.connection, h2.events
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
-c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
-c.initiate_connection()
+_STEADY_H2_CLIENT = H2_CLIENT_SCRIPT + r"""
 c.send_headers(1, [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"svc"), (b":path", b"/echo")])
 s.sendall(c.data_to_send())
 for i in range(12):  # a DATA frame every 0.2 s, well within the 1 s body timeout
     time.sleep(0.2)
     c.send_data(1, b"x", end_stream=i == 11)
     s.sendall(c.data_to_send())
-s.settimeout(10)
-while True:
-    data = s.recv(65536)
-    if not data:
-        break
-    for ev in c.receive_data(data):
-        if isinstance(ev, h2.events.ResponseReceived):
-            print(dict(ev.headers)[b":status"].decode())
-            sys.exit(0)
-    s.sendall(c.data_to_send())
+print(status_of(1))
 """
 
 

@@ -22,7 +22,8 @@ import pytest
 
 from lightmesh.proxy.http import HTTPOptions
 
-from .backends import Backend, ProxyUnderTest, client_through_a_freeze, on_uvloop, server_process, simple_config
+from .backends import (H2_CLIENT_SCRIPT, Backend, ProxyUnderTest, client_through_a_freeze, on_uvloop,
+                       server_process, simple_config)
 from .test_h2c import H2Client, H2Server
 
 
@@ -141,25 +142,10 @@ s.settimeout(10)
 s.sendall(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
 print(s.recv(64).split(b"\r\n")[0].decode())
 """
-_H2_CLIENT = r"""
-import socket, sys
-import h2.config, h2.connection, h2.events
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
-s.settimeout(10)
-c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
-c.initiate_connection()
-c.send_headers(1, [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"svc"), (b":path", b"/")],
-               end_stream=True)
+_H2_CLIENT = H2_CLIENT_SCRIPT + r"""
+c.send_headers(1, GET, end_stream=True)
 s.sendall(c.data_to_send())
-for _ in range(100):
-    data = s.recv(65536)
-    if not data:
-        break
-    for ev in c.receive_data(data):
-        if isinstance(ev, h2.events.ResponseReceived):
-            print(dict(ev.headers)[b":status"].decode())
-            sys.exit(0)
-    s.sendall(c.data_to_send())
+print(status_of(1))
 """
 
 
@@ -275,36 +261,14 @@ for _ in range(4):
     threading.Thread(target=serve, args=(conn,), daemon=True).start()
 threading.Event().wait(8)
 """
-_H2_SECOND_STREAM_CLIENT = r"""
-import socket, sys, time
-import h2.config, h2.connection, h2.events
-REQ = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"svc"), (b":path", b"/")]
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
-s.settimeout(5)
-c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
-c.initiate_connection()
-c.send_headers(1, REQ, end_stream=True)
+_H2_SECOND_STREAM_CLIENT = H2_CLIENT_SCRIPT + r"""
+c.send_headers(1, GET, end_stream=True)
 s.sendall(c.data_to_send())
-answered = False
-while not answered:
-    for ev in c.receive_data(s.recv(65536)):
-        answered = answered or isinstance(ev, h2.events.ResponseReceived)
-    s.sendall(c.data_to_send())
+status_of(1)
 time.sleep(0.9)  # the proxy is frozen from 0.3 s to 1.5 s: its 0.5 s idle timeout passes meanwhile
-c.send_headers(3, REQ, end_stream=True)
+c.send_headers(3, GET, end_stream=True)
 s.sendall(c.data_to_send())
-for _ in range(100):
-    data = s.recv(65536)
-    if not data:
-        print("closed")
-        break
-    for ev in c.receive_data(data):
-        if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == 3:
-            print(dict(ev.headers)[b":status"].decode())
-            sys.exit(0)
-        if isinstance(ev, h2.events.ConnectionTerminated):
-            print("goaway")
-            sys.exit(0)
+print(status_of(3))
 """
 
 
@@ -317,32 +281,13 @@ async def test_an_http2_connection_frozen_past_its_idle_timeout_reads_the_new_st
         assert await client_through_a_freeze(_H2_SECOND_STREAM_CLIENT, p.port, length=1.2) == b"200"
 
 
-_H2_LATE_SETTINGS_CLIENT = r"""
-import socket, sys, time
-import h2.config, h2.connection, h2.events
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
-s.settimeout(5)
-c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
-c.initiate_connection()
+_H2_LATE_SETTINGS_CLIENT = H2_CLIENT_SCRIPT + r"""
 opening = c.data_to_send()
 s.sendall(opening[:24])  # the preface alone
 time.sleep(0.9)  # on time for the 1 s header timeout, which passes while the proxy is frozen (0.3-1.5 s)
-c.send_headers(1, [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"svc"), (b":path", b"/")],
-               end_stream=True)
+c.send_headers(1, GET, end_stream=True)
 s.sendall(opening[24:] + c.data_to_send())
-for _ in range(100):
-    data = s.recv(65536)
-    if not data:
-        print("closed")
-        break
-    for ev in c.receive_data(data):
-        if isinstance(ev, h2.events.ResponseReceived):
-            print(dict(ev.headers)[b":status"].decode())
-            sys.exit(0)
-        if isinstance(ev, h2.events.ConnectionTerminated):
-            print("goaway")
-            sys.exit(0)
-    s.sendall(c.data_to_send())
+print(status_of(1))
 """
 
 
