@@ -75,8 +75,7 @@ from lightmesh.netutil import LOCAL_LIMIT, connect_failure_reason
 from lightmesh.proxy.logthrottle import LogThrottle
 from lightmesh.proxy.metrics import method_label
 from lightmesh.proxy.routing import FragmentInTarget, Server, forwarded_port, split_host, valid_host
-
-LATE_TICK = 0.05  # seconds: a timeout timer this late waits for one more poll before judging (stalls)
+from lightmesh.proxy.timers import put_off_if_late
 
 _H1_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te",
                      b"trailer"))
@@ -508,11 +507,10 @@ class H2Downstream(asyncio.Protocol):
     def _head_timed_out(self, due: float) -> None:
         """No SETTINGS since the preface, or a header block left incomplete, for ``header_timeout``
         (the slowloris of HTTP/2): GOAWAY and close, as HTTP/1.1 closes such a connection.
-        ``due``: when it was meant to run; 0 for one put off once already (see _bodies_due)."""
+        ``due``: see lightmesh.proxy.timers."""
         self.head_timer = None
-        now = self.loop.time()
-        if due and now - due > LATE_TICK and not self.side.closed:
-            self.head_timer = self.loop.call_at(now + 0.001, self._head_timed_out, 0.0)
+        if not self.side.closed and (later := put_off_if_late(self.loop, due, self._head_timed_out)) is not None:
+            self.head_timer = later
             return
         if not self.side.closed:
             _log.debug("HTTP/2 connection from %s: no complete head in %.1fs", self.peer, self.options.header_timeout)
@@ -589,11 +587,11 @@ class H2Downstream(asyncio.Protocol):
         self.idle_timer = self.loop.call_at(due, self._idle_check, due)
 
     def _idle_check(self, due: float) -> None:
-        """``due``: when it was meant to run; 0 for one put off once already (see _bodies_due)."""
+        """``due``: see lightmesh.proxy.timers."""
         self.idle_timer = None
-        now = self.loop.time()
-        if due and now - due > LATE_TICK and not self.streams and not self.side.closed:
-            self.idle_timer = self.loop.call_at(now + 0.001, self._idle_check, 0.0)
+        if (not self.streams and not self.side.closed
+                and (later := put_off_if_late(self.loop, due, self._idle_check)) is not None):
+            self.idle_timer = later
             return
         if self.streams:
             self._arm_idle()
@@ -938,14 +936,14 @@ class H2Downstream(asyncio.Protocol):
         self.side.flush()
 
     def _timed_out(self, st: _Stream, due: float) -> None:
-        """request_timeout or response_timeout: no response head in time. ``due``: when it was
-        meant to run; 0 for one put off once already."""
+        """request_timeout or response_timeout: no response head in time. ``due``: see
+        lightmesh.proxy.timers."""
         st.timer = None
         if st.done or st.responded:
             return
-        now = self.loop.time()
-        if due and now - due > LATE_TICK:  # late: a response that came meanwhile is read first (see _bodies_due)
-            st.timer = self.loop.call_at(now + 0.001, self._timed_out, st, 0.0)
+        later = put_off_if_late(self.loop, due, self._timed_out, st)  # a response that came meanwhile is read first
+        if later is not None:
+            st.timer = later
             return
         self.metrics.upstream_error(st.service, "timeout")
         if st.up is not None:
@@ -964,11 +962,11 @@ class H2Downstream(asyncio.Protocol):
         and once the server answers, the server decides when the exchange ends. The timer is
         re-armed for the next stream due, while any stream's request is incomplete."""
         self.body_timer = None
-        now = self.loop.time()
-        if due and now - due > LATE_TICK:
-            # late: the process was stalled; DATA sent meanwhile may wait unread (see http.py _tick)
-            self.body_timer = self.loop.call_at(now + 0.001, self._bodies_due, 0.0)
+        later = put_off_if_late(self.loop, due, self._bodies_due)  # DATA that came meanwhile is read first
+        if later is not None:
+            self.body_timer = later
             return
+        now = self.loop.time()
         limit = self.options.body_timeout
         conn = self.side.conn
         nxt = 0.0

@@ -102,10 +102,11 @@ import httptools
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserInvalidMethodError, HttpParserUpgrade
 
 from lightmesh.netutil import LOCAL_LIMIT, connect_failure_reason
-from lightmesh.proxy.h2 import LATE_TICK, H2Downstream, looks_like_h2
+from lightmesh.proxy.h2 import H2Downstream, looks_like_h2
 from lightmesh.proxy.metrics import ProxyMetrics
 from lightmesh.proxy.routing import (CHECK_ALLOW, CHECK_BREAKER, CHECK_DENY, CHECK_RATE, Route, Server,
                                      FragmentInTarget, forwarded_port, split_host, valid_host)
+from lightmesh.proxy.timers import put_off_if_late
 
 __all__ = ["HTTPOptions", "ConnectionSet", "protocol_factory", "ClientProtocol", "UpstreamProtocol",
            "UNROUTED"]
@@ -798,18 +799,16 @@ class ClientProtocol(asyncio.Protocol):
     # ------------------------------------------------------------------ timers
 
     def _tick(self, due: float) -> None:
-        """``due``: when this tick was meant to run; 0 for one put off once already (see below)."""
+        """``due``: see lightmesh.proxy.timers."""
         self.timer = None
         if self.closing:
             return
         now = self.loop.time()
         deadline = self.deadline
         if deadline is not None and now >= deadline:
-            if due and now - due > LATE_TICK:
-                # A late tick: the process was stalled (frozen, CPU-throttled). Bytes the client sent
-                # meanwhile may be waiting unread, and the loop runs due timers before its next poll
-                # (after a SIGSTOP, libuv's poll returns early without reading): judge after it, once.
-                self.timer = self.loop.call_at(now + 0.001, self._tick, 0.0)
+            later = put_off_if_late(self.loop, due, self._tick)  # bytes that came meanwhile are read first
+            if later is not None:
+                self.timer = later
                 return
             if self.tunnel is not None:
                 self.close()  # tunnel_idle_timeout: nothing moved either way (connection_lost closes the upstream)
@@ -1693,9 +1692,9 @@ class ClientProtocol(asyncio.Protocol):
         ex.timer = None
         if ex.resp_started or ex.responded or self.closing:
             return
-        now = self.loop.time()
-        if due and now - due > LATE_TICK:  # late: a response that came meanwhile is read first (see _tick)
-            ex.timer = self.loop.call_at(now + 0.001, self._timed_out, ex, 0.0)
+        later = put_off_if_late(self.loop, due, self._timed_out, ex)  # a response that came meanwhile is read first
+        if later is not None:
+            ex.timer = later
             return
         self.metrics.upstream_error(ex.service, "timeout")
         for breaker in ex.route.breakers:

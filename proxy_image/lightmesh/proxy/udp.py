@@ -39,10 +39,10 @@ import logging
 import socket
 
 from lightmesh import config as cfg
-from lightmesh.proxy.h2 import LATE_TICK
 from lightmesh.proxy.logthrottle import LogThrottle
 from lightmesh.proxy.metrics import ProxyMetrics
 from lightmesh.proxy.tcp import _family, _make_allow_list, _make_balancer
+from lightmesh.proxy.timers import put_off_if_late
 
 log = logging.getLogger("lightmesh.proxy.udp")
 _throttled = LogThrottle(log)  # per-datagram failures: one line per route and kind each 10 s
@@ -228,14 +228,11 @@ class UDPListener(asyncio.DatagramProtocol):
             self._sweeper = self.loop.call_at(due, self._sweep, due)
 
     def _sweep(self, due: float) -> None:
-        """``due``: when this sweep was meant to run; 0 for one put off once already."""
-        now = self.loop.time()
-        if due and now - due > LATE_TICK and not self.closed:
-            # Late: the process was stalled (frozen, CPU-throttled). Datagrams that came meanwhile
-            # wait unread, and would have kept their sessions: read them first (see http.py _tick).
-            self._sweeper = self.loop.call_at(now + 0.001, self._sweep, 0.0)
+        """``due``: see lightmesh.proxy.timers (datagrams that came meanwhile keep their sessions)."""
+        if not self.closed and (later := put_off_if_late(self.loop, due, self._sweep)) is not None:
+            self._sweeper = later
             return
-        horizon = now - self.route.idle_timeout
+        horizon = self.loop.time() - self.route.idle_timeout
         for session in [s for s in self.sessions.values() if s.last < horizon]:
             self._close_session(session)
         self._schedule_sweep()
