@@ -21,6 +21,8 @@ import h2.events
 import pytest
 
 from lightmesh.proxy.http import HTTPOptions
+from lightmesh.proxy.metrics import ProxyMetrics
+from lightmesh.proxy.timers import within
 
 from .backends import (H2_CLIENT_SCRIPT, Backend, ProxyUnderTest, client_through_a_freeze, on_uvloop,
                        server_process, simple_config)
@@ -298,3 +300,89 @@ async def test_an_http2_connection_frozen_past_its_header_timeout_reads_the_sett
     async with (server_process(_KEEP_ALIVE_SERVER) as (port, _),
                 ProxyUnderTest(simple_config([f"http://127.0.0.1:{port}"]), options=HTTPOptions(header_timeout=1.0)) as p):
         assert await client_through_a_freeze(_H2_LATE_SETTINGS_CLIENT, p.port, length=1.2) == b"200"
+
+
+_LATE_ACCEPT_SERVER = r"""
+import socket, time
+
+def listen_overflows():
+    lines = open("/proc/net/netstat").read().splitlines()
+    for names, values in zip(lines[::2], lines[1::2]):
+        if names.startswith("TcpExt:"):
+            return int(dict(zip(names.split()[1:], values.split()[1:]))["ListenOverflows"])
+
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen(0)
+filler = socket.create_connection(listener.getsockname())  # the accept queue is full: a SYN is dropped
+dropped_before = listen_overflows()
+print(listener.getsockname()[1], flush=True)
+deadline = time.monotonic() + 10
+while listen_overflows() == dropped_before and time.monotonic() < deadline:
+    time.sleep(0.01)
+listener.accept()[0].close()  # room again: the proxy's SYN, sent again 1 s after the first, gets through
+listener.settimeout(10)
+conn, _ = listener.accept()
+conn.settimeout(10)
+conn.recv(65536)
+conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+time.sleep(1)
+"""
+
+
+@pytest.mark.parametrize("client", ["http/1.1", "h2", "tcp"])
+@on_uvloop
+async def test_a_proxy_frozen_past_a_connect_timeout_sees_the_connection_made_first(client):
+    # The server's handshake completes ~1 s after the proxy's first SYN (dropped: a full accept
+    # queue), within the 1.5 s connect timeout, while the proxy is frozen (0.3 s to 2.3 s). Before:
+    # the connect's timer, first after the freeze, failed the server (502, counted, ejected).
+    async with server_process(_LATE_ACCEPT_SERVER) as (port, _):
+        if client == "tcp":
+            from .test_tcp import make_route, start_listener
+            metrics = ProxyMetrics()
+            listener, lport = await start_listener(make_route([port], timeout=1.5), metrics=metrics)
+            try:
+                out = await client_through_a_freeze(_H1_CLIENT, lport, length=2.0)
+            finally:
+                listener.close()
+            errors = metrics.upstream_errors
+        else:
+            async with ProxyUnderTest(simple_config([f"http://127.0.0.1:{port}"]),
+                                      options=HTTPOptions(connect_timeout=1.5)) as p:
+                out = await client_through_a_freeze(_H1_CLIENT if client == "http/1.1" else _H2_CLIENT, p.port,
+                                                    length=2.0)
+            errors = p.metrics.upstream_errors
+        assert out in (b"HTTP/1.1 200 OK", b"200"), (out, errors)
+        assert not errors
+
+
+@on_uvloop
+async def test_within_is_wait_for_with_a_late_timer_put_off_once():
+    loop = asyncio.get_running_loop()
+    assert await within(asyncio.sleep(0.01, "done"), 1.0) == "done"
+    start = loop.time()
+    with pytest.raises(TimeoutError):
+        await within(asyncio.sleep(5), 0.1)
+    assert 0.09 < loop.time() - start < 2
+
+    # cancelled from outside: CancelledError, not a timeout, and its timer goes with it
+    waiting = loop.create_task(within(asyncio.sleep(5), 0.2))
+    await asyncio.sleep(0.01)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await asyncio.sleep(0.3)
+
+    # the loop is held past the deadline, and the result comes after the timer's turn (as what
+    # was read after a freeze does): the result wins
+    arrived = loop.create_future()
+    loop.call_later(0.05, loop.call_soon, loop.call_soon, arrived.set_result, "on time")
+    loop.call_later(0.01, time.sleep, 0.3)  # holds the loop from 0.01 s to 0.31 s (deadline 0.1 s)
+    assert await within(arrived, 0.1) == "on time"
+
+    # nothing arrives: put off once only, then judged
+    loop.call_later(0.01, time.sleep, 0.3)
+    start = loop.time()
+    with pytest.raises(TimeoutError):
+        await within(loop.create_future(), 0.1)
+    assert loop.time() - start < 1

@@ -75,7 +75,7 @@ from lightmesh.netutil import LOCAL_LIMIT, connect_failure_reason
 from lightmesh.proxy.logthrottle import LogThrottle
 from lightmesh.proxy.metrics import method_label
 from lightmesh.proxy.routing import FragmentInTarget, Server, forwarded_port, split_host, valid_host
-from lightmesh.proxy.timers import put_off_if_late
+from lightmesh.proxy.timers import put_off_if_late, within
 
 _H1_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te",
                      b"trailer"))
@@ -1128,13 +1128,12 @@ class H2Upstream(asyncio.Protocol):
         self.ready = False
         self.goaway = False  # no new streams here (GOAWAY received, full, or retired)
         self.connect_timeout = connect_timeout
-        self.settings_timer: asyncio.TimerHandle | None = None
+        self.settings_timer: asyncio.Handle | None = None
         self.task = loop.create_task(self._connect(connect_timeout))
 
     async def _connect(self, timeout: float) -> None:
         try:
-            await asyncio.wait_for(self.loop.create_connection(lambda: self, self.server.host, self.server.port),
-                                   timeout)
+            await within(self.loop.create_connection(lambda: self, self.server.host, self.server.port), timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             self._fail_all(connect_failure_reason(exc))
 
@@ -1150,10 +1149,15 @@ class H2Upstream(asyncio.Protocol):
         self.side.conn.initiate_connection()
         self.side.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self.side.flush()
-        self.settings_timer = self.loop.call_later(self.connect_timeout, self._no_settings)
+        due = self.loop.time() + self.connect_timeout
+        self.settings_timer = self.loop.call_at(due, self._no_settings, due)
 
-    def _no_settings(self) -> None:
+    def _no_settings(self, due: float) -> None:
         if not self.ready and not self.side.closed:
+            later = put_off_if_late(self.loop, due, self._no_settings)
+            if later is not None:
+                self.settings_timer = later
+                return
             _log.warning("h2c server %s sent no HTTP/2 SETTINGS in %.1fs", self.server.url, self.connect_timeout)
             self._fail_all("protocol")
             if self.side.transport is not None:
@@ -1456,8 +1460,8 @@ class H1Upstream(asyncio.Protocol):
         from lightmesh.proxy.http import _upstream_tls
         tls = _upstream_tls() if self.server.tls else None
         try:
-            await asyncio.wait_for(self.loop.create_connection(lambda: self, self.server.host, self.server.port,
-                                                               ssl=tls), self.connect_timeout)
+            await within(self.loop.create_connection(lambda: self, self.server.host, self.server.port, ssl=tls),
+                         self.connect_timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             st, down = self.st, self.down
             if st is not None and st.up is self:

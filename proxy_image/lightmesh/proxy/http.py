@@ -106,7 +106,7 @@ from lightmesh.proxy.h2 import H2Downstream, looks_like_h2
 from lightmesh.proxy.metrics import ProxyMetrics
 from lightmesh.proxy.routing import (CHECK_ALLOW, CHECK_BREAKER, CHECK_DENY, CHECK_RATE, Route, Server,
                                      FragmentInTarget, forwarded_port, split_host, valid_host)
-from lightmesh.proxy.timers import put_off_if_late
+from lightmesh.proxy.timers import put_off_if_late, within
 
 __all__ = ["HTTPOptions", "ConnectionSet", "protocol_factory", "ClientProtocol", "UpstreamProtocol",
            "UNROUTED"]
@@ -1901,7 +1901,7 @@ def _upstream_tls() -> ssl.SSLContext:
 
 async def _connect(loop: asyncio.AbstractEventLoop, server: Server, timeout: float) -> UpstreamProtocol:
     tls = _upstream_tls() if server.tls else None
-    _transport, conn = await asyncio.wait_for(
+    _transport, conn = await within(
         loop.create_connection(lambda: UpstreamProtocol(server), server.host, server.port, ssl=tls), timeout)
     return conn
 

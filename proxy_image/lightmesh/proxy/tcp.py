@@ -40,6 +40,7 @@ from lightmesh import config as cfg
 from lightmesh.netutil import connect_failure_reason
 from lightmesh.proxy.logthrottle import LogThrottle
 from lightmesh.proxy.metrics import ProxyMetrics
+from lightmesh.proxy.timers import within
 
 log = logging.getLogger("lightmesh.proxy.tcp")
 _throttled = LogThrottle(log)  # per-connection failures: one line per route and kind each 10 s
@@ -181,7 +182,7 @@ class TCPListener:
                     break
                 up.setblocking(False)
                 try:
-                    await asyncio.wait_for(self.loop.sock_connect(up, server), route.connect_timeout)
+                    await within(self.loop.sock_connect(up, server), route.connect_timeout)
                 except (OSError, asyncio.TimeoutError) as exc:
                     up.close()
                     route.balancer.failed(server)
