@@ -245,3 +245,22 @@ def test_a_split_reaches_each_backends_pods_in_the_backends_own_scheme(acl: bool
     config = build(state, Settings(acl=acl), 1).config
     split = {s.name: s for s in config.http.services}["ab/secure:443"]
     assert sorted(s.url for s in split.servers) == ["h2c://10.0.0.1:8443", "h2c://10.0.0.2:8443"]
+
+
+def test_a_dual_stack_shadow_is_routed_by_either_cluster_ip() -> None:
+    """A client may reach the shadow by its IPv6 ClusterIP as well (Host ``[fd00::10]``)."""
+    from lightmesh.proxy.routing import compile_http, split_host
+
+    service = {"kind": "Service", "metadata": {"name": "web", "namespace": "shop"}, "spec": {"ports": [{"port": 80}]}}
+    shadow = {"metadata": {"name": "lm-web", "namespace": "lightmesh",
+                           "labels": {"lightmesh.io/service-name": "web", "lightmesh.io/service-namespace": "shop"}},
+              "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00::10"],
+                       "ports": [{"port": 80, "protocol": "TCP", "targetPort": 5000}]}}
+    result = build(ClusterState(services=[service], shadow_services=[shadow]), Settings(), 1)
+    assert not result.errors
+    [router] = result.config.http.routers
+    assert {"10.96.0.10", "fd00::10"} <= set(router.match.hosts)
+    plane = compile_http(result.config)
+    for host in (b"10.96.0.10", b"[fd00::10]", b"[FD00::10]:80", b"web.shop.traefik.mesh"):
+        routes = [t.lookup(split_host(host), "GET", b"/", []) for t in plane.entry_points.values()]
+        assert [r.name for r in routes if r is not None] == ["shop/web:80"], host

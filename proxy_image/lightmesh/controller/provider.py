@@ -260,10 +260,20 @@ class _Builder:
     # ----------------------------------------------------------------- helpers
 
     def shadow_ip(self, svc: Service) -> str | None:
+        """The shadow Service's (primary) ClusterIP."""
+        ips = self.shadow_ips(svc)
+        return ips[0] if ips else None
+
+    def shadow_ips(self, svc: Service) -> list[str]:
+        """Every ClusterIP of the shadow Service (two on a dual-stack one), primary first."""
         shadow = self.shadows.get(svc.key)
         spec = shadow.get("spec") if isinstance(shadow, dict) else None
-        ip = spec.get("clusterIP") if isinstance(spec, dict) else None
-        return ip if isinstance(ip, str) and ip != "None" and _is_ip(ip) else None
+        if not isinstance(spec, dict):
+            return []
+        ips = spec.get("clusterIPs")
+        if not isinstance(ips, list) or not ips:
+            ips = [spec.get("clusterIP")]
+        return [ip for ip in ips if isinstance(ip, str) and ip != "None" and _is_ip(ip)]
 
     def listener(self, svc: Service, p: ServicePort, mesh_port: int, proto: str) -> tuple[str, int] | None:
         """(address, port) to listen on, or None when the Service is not served (yet)."""
@@ -409,9 +419,7 @@ class _Builder:
             hosts: list[str] = []
         else:
             hosts = [f"{svc.name}.{svc.namespace}.{d}" for d in self.settings.domains]
-            ip = self.shadow_ip(svc)
-            if ip is not None:
-                hosts.append(ip)
+            hosts += self.shadow_ips(svc)  # a client may name the shadow by any of its addresses
         split = self.t.splits.get(svc.key)
         rules = self.t.rules_for(svc.key, p.port)
         if rules:
