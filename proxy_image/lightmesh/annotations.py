@@ -126,7 +126,10 @@ def parse_annotations_lenient(annotations: Mapping[str, str] | None,
         if found:
             sources[key] = found[0]
             if not isinstance(found[1], str):
-                errors.append(AnnotationError(found[0], repr(found[1]), "must be a string"))
+                # an unquoted YAML number or boolean (the API server refuses it; local mode reads files)
+                got = found[1]
+                errors.append(AnnotationError(found[0], str(got),
+                                              f"must be a string, got {type(got).__name__} {got!r}: quote it in YAML"))
                 return None
         return found
 
