@@ -824,3 +824,25 @@ def test_a_split_service_written_as_a_name_in_another_namespace_is_refused(writt
     assert got == name and (problem is not None) == refused
     if refused:
         assert f"{written!r} is not a Service of namespace canary" in problem
+
+
+@pytest.mark.parametrize("match, field, message", [
+    ({"name": "routes"}, "spec.matches[0].kind",
+     "no kind: must be HTTPRouteGroup, TCPRoute or UDPRoute; the TrafficSplit is ignored"),
+    ({"kind": "HTTPRoute", "name": "routes"}, "spec.matches[0].kind",
+     "'HTTPRoute': must be HTTPRouteGroup, TCPRoute or UDPRoute; the TrafficSplit is ignored"),
+    ({"kind": "HTTPRouteGroup"}, "spec.matches[0].name", "missing; the TrafficSplit is ignored"),
+    ({"kind": "HTTPRouteGroup", "name": "nope"}, "spec.matches[0]",
+     "HTTPRouteGroup app/nope not found; the TrafficSplit is ignored"),
+])
+def test_a_split_match_without_a_kind_or_name_says_so(match, field, message):
+    # Before: a match without a kind, or of another kind, read "None app/routes not found" (or
+    # "HTTPRoute app/routes not found") although the group named exists.
+    state = ClusterState.from_objects([
+        svc("web"), svc("web-v2"), group("routes", [{"name": "all", "pathRegex": ".*"}]),
+        {"apiVersion": "split.smi-spec.io/v1alpha4", "kind": "TrafficSplit", "metadata": {"name": "s", "namespace": "app"},
+         "spec": {"service": "web", "backends": [{"service": "web-v2", "weight": 1}], "matches": [match]}},
+    ])
+    result = build(state, Settings(), 1)
+    assert [(e.field, e.message) for e in result.errors if e.name == "s"] == [(field, message)]
+    assert not result.topology.splits

@@ -945,7 +945,14 @@ def _splits(state: ClusterState, settings: Settings, services: dict[str, Service
             for i, m in enumerate(_l(spec.get("matches"))):
                 m = _d(m)
                 kind, mname = m.get("kind"), _s(m.get("name"))
-                if kind == "HTTPRouteGroup" and (ns, mname) in specs.groups:
+                if kind not in ("HTTPRouteGroup", "TCPRoute", "UDPRoute"):
+                    err(f"spec.matches[{i}].kind", f"{'no kind' if kind is None else repr(kind)}: must be "
+                                                   f"HTTPRouteGroup, TCPRoute or UDPRoute; the TrafficSplit is ignored")
+                    bad_match = True
+                elif not mname:
+                    err(f"spec.matches[{i}].name", "missing; the TrafficSplit is ignored")
+                    bad_match = True
+                elif kind == "HTTPRouteGroup" and (ns, mname) in specs.groups:
                     found.extend(specs.groups[(ns, mname)][1])
                 elif kind in ("TCPRoute", "UDPRoute") and (ns, mname) in (specs.tcp if kind == "TCPRoute"
                                                                          else specs.udp):
