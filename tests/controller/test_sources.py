@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 
+import pytest
 import yaml
 
 from lightmesh import wire
@@ -392,3 +393,23 @@ def test_a_watch_that_held_resets_the_backoff_of_an_earlier_outage(monkeypatch):
                 await api.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_in_a_pod_a_failed_in_cluster_configuration_names_what_failed_there(monkeypatch, tmp_path):
+    # Before: "Configuration file ~/.kube/config not found", while the service account token was
+    # what was missing.
+    from lightkube.core.exceptions import ConfigError
+
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "6443")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    with pytest.raises(ConfigError) as raised:
+        KubeAPI.from_kubeconfig()
+    message = str(raised.value)
+    assert message.startswith("in-cluster configuration (KUBERNETES_SERVICE_HOST is set): ")
+    assert "/var/run/secrets/kubernetes.io/serviceaccount/token" in message and "no kubeconfig either" in message
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST")  # outside a pod: the kubeconfig is what is missing
+    with pytest.raises(ConfigError, match="^Configuration file .* not found$"):
+        KubeAPI.from_kubeconfig()

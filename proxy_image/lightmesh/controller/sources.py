@@ -351,8 +351,27 @@ class KubeAPI:
         elif path:
             config = KubeConfig.from_file(path)
         else:
-            config = KubeConfig.from_env()  # in-cluster service account, else ~/.kube/config
+            config = cls._config_from_env()
         return cls(AsyncClient(config.get(), ConnectionParams(timeout=httpx.Timeout(10.0))))
+
+    @staticmethod
+    def _config_from_env():
+        """The in-cluster service account, else $KUBECONFIG or ~/.kube/config. In a pod (the
+        in-cluster variables set), a failure names what failed there, not the missing file."""
+        from lightkube.config.kubeconfig import KubeConfig
+        from lightkube.core.exceptions import ConfigError
+
+        try:
+            return KubeConfig.from_env()
+        except ConfigError as exc:
+            if not os.environ.get("KUBERNETES_SERVICE_HOST"):
+                raise
+            try:
+                KubeConfig.from_service_account()
+            except (ConfigError, KeyError) as in_cluster:
+                raise ConfigError(f"in-cluster configuration (KUBERNETES_SERVICE_HOST is set): {in_cluster}; "
+                                  f"no kubeconfig either: {exc}") from exc
+            raise
 
     async def close(self) -> None:
         await self.http.aclose()
