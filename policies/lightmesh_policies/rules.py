@@ -1130,19 +1130,47 @@ def _validate_annotations(args: ResourceValidationArgs, report: ReportViolation)
     name, _ = model.object_name(resource)
     where = f"Service {model.resource_namespace(resource)}/{name}"
     unknown_keys = {k for k, v in annotations.items() if is_unknown(v)}
-    _, errors = ann.parse_annotations_lenient(_with_placeholders(annotations))
+    settings, errors = ann.parse_annotations_lenient(_with_placeholders(annotations))
+    # As the controller (topology._annotation_errors, _unused_http_keys): on a tcp or udp Service an
+    # HTTP-only key is ignored, valid or not, and never takes the Service out of the mesh. A traffic type
+    # not known yet stands in as http (its placeholder): then both outcomes are said.
+    traffic = settings.traffic_type.value
+    http = settings.traffic_type is ann.TrafficType.HTTP
+    chosen = ann.lookup(annotations, ann.TRAFFIC_TYPE)
+    traffic_unknown = chosen is not None and is_unknown(chosen[1])
+    ignored = (f"The controller keeps this Service in the mesh and ignores this annotation: it applies to HTTP "
+               f"traffic only, and traffic type {traffic} does not use it")
+    left_out = False
     for error in errors:
+        key = error.annotation.rsplit("/", 1)[-1]
+        http_only = key in ann.HTTP_ONLY_KEYS
+        left_out = left_out or (error.fatal and (http or not http_only))
         if error.annotation in unknown_keys:
             continue
-        key = error.annotation.rsplit("/", 1)[-1]
         # "...: invalid circuit-breaker expression: ... at position 1 in 'Foo() > 1'": the value is already there
         text = (f"annotation {error.annotation}={model.shown(error.value)}: "
                 f"{error.reason.removesuffix(f' in {error.value!r}')}")
+        if http_only and not http:
+            report(f"{where}: {text}. {ignored}. Fix: remove the annotation (or set traffic type http if the "
+                   f"Service carries HTTP, and correct it).")
+            continue
         effect = ("The controller leaves this Service out of the mesh (its mesh names do not resolve) until it "
                   "is fixed" if error.fatal
                   else f"The controller keeps this Service, but {error.effect}, until it is fixed")
+        if http_only and traffic_unknown:
+            effect = (f"If the Service's traffic type (not known yet) is http: {effect[0].lower()}{effect[1:]}; if "
+                      f"it is tcp or udp, the controller ignores this annotation (it applies to HTTP traffic only)")
         report(f"{where}: {text}. {effect}. Fix: "
                f"correct the annotation, or MeshService arg {_MESH_SERVICE_FIELD.get(key, key)}.")
+    if not http and not left_out:
+        # valid HTTP-only keys on a tcp/udp Service: the controller says it ignores each (an object error)
+        reported = {error.annotation for error in errors}
+        for key in ann.HTTP_ONLY_KEYS:
+            full = settings.sources.get(key)
+            if full is not None and full not in reported:
+                report(f"{where}: annotation {full} applies to HTTP traffic only; traffic type {traffic} does not "
+                       f"use it. The controller keeps this Service in the mesh and ignores this annotation. Fix: "
+                       f"remove the annotation (or set traffic type http if the Service carries HTTP).")
     if cfg["report_unknown_keys"]:
         for full in sorted(known):
             prefix = next((p for p in ann.PREFIXES if full.startswith(p)), None)
@@ -1159,7 +1187,8 @@ service_annotations_valid = ResourceValidationPolicy(
     name="lightmesh-service-annotations-valid",
     description=("Mesh annotations on any Service but an ExternalName one (lightmesh.io/, mesh.traefik.io/, "
                  "maesh.containo.us/) are valid by the controller's own parser: traffic type, scheme, whole numbers "
-                 "in range, rate limit pairs, durations, a parsable circuit-breaker expression; no misspelled keys."),
+                 "in range, rate limit pairs, durations, a parsable circuit-breaker expression; no misspelled keys; "
+                 "no HTTP-only keys on a tcp or udp Service (the controller ignores them)."),
     enforcement_level=EnforcementLevel.MANDATORY,
     severity=Severity.MEDIUM,
     config_schema=_schema(ANNOTATIONS_DEFAULTS, {
@@ -1184,10 +1213,21 @@ def _mesh_workload(args: ResourceValidationArgs) -> tuple[model.Workload, str] |
 IMAGES_DEFAULTS = {"require_digest": False, "disallowed_tags": ["latest"]}
 
 
+# A valid image digest: sha256, sha384 or sha512 and exactly 64, 96 or 128 lowercase hex digits. The same
+# definition as MeshInstall's (``mesh_components.install._IMAGE_DIGEST``), which the pack does not import:
+# ``_runtime`` brings in the ``lightmesh`` package only (``mesh_components`` would bring the Kubernetes
+# provider SDK, and is not on the path of a pack run from a checkout); tests/policies/test_policy_rules.py
+# holds the two to one verdict.
+IMAGE_DIGEST = re.compile(r"sha256:[a-f0-9]{64}|sha384:[a-f0-9]{96}|sha512:[a-f0-9]{128}")
+
+
 def image_pin_problem(image: str, require_digest: bool, disallowed: list[str]) -> str | None:
     """Why ``image`` is not pinned, or None. A digest always pins; a tag pins unless disallowed."""
     if "@" in image:
-        return None if image.split("@", 1)[1].startswith("sha256:") else "has a malformed digest"
+        if IMAGE_DIGEST.fullmatch(image.split("@", 1)[1]):
+            return None
+        return ("has a malformed digest (expected sha256:, sha384: or sha512: and 64, 96 or 128 lowercase hex "
+                "digits)")
     if require_digest:
         return "has no digest (require_digest is on)"
     last = image.rsplit("/", 1)[-1]
@@ -1227,7 +1267,7 @@ images_pinned = ResourceValidationPolicy(
     enforcement_level=EnforcementLevel.MANDATORY,
     severity=Severity.MEDIUM,
     config_schema=_schema(IMAGES_DEFAULTS, {
-        "require_digest": "Require an @sha256 digest, not just a tag.",
+        "require_digest": "Require a digest (@sha256:, @sha384: or @sha512:), not just a tag.",
         "disallowed_tags": "Tags that float and so do not count as pinned.",
     }),
     remediation_steps="Set MeshInstallArgs image to a versioned tag or a digest.",

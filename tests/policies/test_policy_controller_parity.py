@@ -655,3 +655,68 @@ def test_only_the_lightmesh_cli_running_a_subcommand_makes_a_workload_lightmeshs
     image = "ghcr.io/lightmesh/lightmesh:0.1.0"
     assert role_of(app(["proxy", "--controller", "http://c:9000"], image=image)) == "proxy"
     assert role_of(app(["--log-level", "debug", "sleep", "proxy"], image=image)) is None
+
+
+# ------------------------------------------------------- mesh annotations: HTTP-only keys of tcp/udp Services
+
+
+def controller_on_annotations(annotations):
+    """What the controller itself does with a Service carrying ``annotations``: (left out of the mesh?, the
+    annotations it reports an object error on)."""
+    from lightmesh.controller.model import ClusterState, Settings
+    from lightmesh.controller.topology import build_topology
+
+    udp = any(k.endswith("/traffic-type") and str(v).strip().lower() == "udp" for k, v in annotations.items())
+    props = service("shop", "x", annotations, {"app": "x"},
+                    ports=[{"port": 80, "targetPort": 80, "protocol": "UDP" if udp else "TCP"}]).props
+    topology = build_topology(ClusterState(services=[props]), Settings())
+    fields = {e.field for e in topology.errors if (e.kind, e.namespace, e.name) == ("Service", "shop", "x")}
+    return "shop/x" in topology.excluded, {f[len("metadata.annotations["):-1] for f in fields
+                                           if f.startswith("metadata.annotations[")}
+
+
+def pack_on_annotations(annotations):
+    """The same, as lightmesh-service-annotations-valid says it (typos aside: the controller does not judge
+    keys it does not know)."""
+    found = messages(run_policy(service_annotations_valid, [service("shop", "x", annotations, {"app": "x"})],
+                                {"report_unknown_keys": False}))
+    left_out = any("leaves this Service out of the mesh" in m for m in found)
+    assert all(("leaves this Service out" in m) is not ("keeps this Service" in m) for m in found), found
+    keys = {m.split("annotation ", 1)[1].split("=", 1)[0].split(" ", 1)[0] for m in found}
+    return left_out, keys
+
+
+def test_the_pack_says_what_the_controller_does_with_http_only_annotations():
+    """The controller (topology._annotation_errors and _unused_http_keys) ignores an HTTP-only key of a tcp or
+    udp Service, valid or not, with an object error each, and keeps the Service meshed; the pack reported no
+    valid such key, and said a bad one left the Service out of the mesh."""
+    every_http_only = {"lightmesh.io/scheme": "https", "lightmesh.io/retry-attempts": "3",
+                       "lightmesh.io/circuit-breaker-expression": "NetworkErrorRatio() > 0.5",
+                       "lightmesh.io/ratelimit-average": "5", "lightmesh.io/ratelimit-burst": "10",
+                       "lightmesh.io/request-timeout": "5s"}
+    bad = {"lightmesh.io/scheme": "ftp", "lightmesh.io/retry-attempts": "abc",
+           "lightmesh.io/circuit-breaker-expression": "Foo() > 1", "lightmesh.io/ratelimit-average": "x",
+           "lightmesh.io/request-timeout": "5"}
+    cases = [{}, every_http_only, bad, {"lightmesh.io/retry-attempts": "200"},
+             {"lightmesh.io/ratelimit-average": "10"}, {"mesh.traefik.io/ratelimit-burst": "10"},
+             {"lightmesh.io/retry-attempts": "abc", "mesh.traefik.io/retry-attempts": "2"},
+             {"mesh.traefik.io/retry-attempts": "abc", "maesh.containo.us/scheme": "h2c"},
+             {"lightmesh.io/retry-attempts": "2", "lightmesh.io/ratelimit-average": "10",
+              "lightmesh.io/ratelimit-burst": "0"}]
+    traffic_types = [None, "http", "HTTP", "tcp", "udp", " Udp ", "grpc"]
+    compared = 0
+    for extra in cases:
+        for traffic in traffic_types:
+            for prefix in ("lightmesh.io/", "mesh.traefik.io/"):
+                annotations = dict(extra)
+                if traffic is not None:
+                    annotations[prefix + "traffic-type"] = traffic
+                expected = controller_on_annotations(annotations)
+                assert pack_on_annotations(annotations) == expected, (annotations, expected)
+                compared += 1
+    assert compared == len(cases) * len(traffic_types) * 2
+    # the cases the audit found: both sides agree, and on what
+    assert controller_on_annotations({"lightmesh.io/traffic-type": "tcp", **every_http_only}) == (
+        False, set(every_http_only))
+    assert controller_on_annotations({"lightmesh.io/traffic-type": "tcp", "lightmesh.io/retry-attempts": "abc"}) == (
+        False, {"lightmesh.io/retry-attempts"})

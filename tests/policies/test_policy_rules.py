@@ -7,9 +7,11 @@ from pulumi_policy.proxy import UNKNOWN_ARRAY_VALUE, UNKNOWN_OBJECT_VALUE, UNKNO
 from lightmesh_policies import ALL_POLICIES, model
 from lightmesh_policies.model import UNKNOWN, acl_flag, selects
 from lightmesh_policies.rules import (acl_required, acl_service_has_traffic_target, current_stack_name,
-                                      images_pinned, install_resources, is_production_stack, require_acl,
+                                      image_pin_problem, images_pinned, install_resources, is_production_stack,
+                                      require_acl,
                                       service_annotations_valid, traffic_split_valid, traffic_target_valid,
                                       unique_objects)
+from mesh_components.install import image_reference_problem
 from policykit import (R, controller, deployment, http_route_group, messages, on_stack, port_route, proxy,
                        run_policy, service, service_patch, traffic_split, traffic_target, whoami_acl_stack)
 
@@ -364,12 +366,78 @@ def test_annotation_config_and_unknown_values():
     assert run_policy(service_annotations_valid, [whole]) == []
 
 
+IGNORED = "The controller keeps this Service in the mesh and ignores this annotation"
+
+
+@pytest.mark.parametrize("traffic", ["tcp", "udp", "TCP"])
+def test_valid_http_only_annotations_on_a_tcp_or_udp_service_are_reported_as_ignored(traffic):
+    """The controller reports each HTTP-only key of a tcp/udp Service as an object error ("applies to HTTP
+    traffic only; ... ignored") and keeps the Service: the pack said nothing."""
+    annotations = {"lightmesh.io/traffic-type": traffic, "lightmesh.io/retry-attempts": "3",
+                   "mesh.traefik.io/scheme": "https", "lightmesh.io/ratelimit-average": "5",
+                   "lightmesh.io/ratelimit-burst": "10", "lightmesh.io/request-timeout": "5s",
+                   "maesh.containo.us/circuit-breaker-expression": "NetworkErrorRatio() > 0.5"}
+    for resource in (service("a", "x", annotations), service_patch("a", "x", annotations)):
+        found = messages(run_policy(service_annotations_valid, [resource]))
+        assert len(found) == 6, found
+        for key in ("mesh.traefik.io/scheme", "lightmesh.io/retry-attempts", "maesh.containo.us/circuit-breaker-expression",
+                    "lightmesh.io/ratelimit-average", "lightmesh.io/ratelimit-burst", "lightmesh.io/request-timeout"):
+            [msg] = [m for m in found if f"annotation {key} " in m]
+            assert msg == (f"Service a/x: annotation {key} applies to HTTP traffic only; traffic type "
+                           f"{traffic.lower()} does not use it. {IGNORED}. Fix: remove the annotation (or set traffic "
+                           f"type http if the Service carries HTTP).")
+    # an http Service (named, or by default) uses them
+    assert run_policy(service_annotations_valid, [service("a", "x", {**annotations, "lightmesh.io/traffic-type": "http"})]) == []
+    assert run_policy(service_annotations_valid, [service("a", "x", {k: v for k, v in annotations.items()
+                                                                     if "traffic-type" not in k})]) == []
+
+
+@pytest.mark.parametrize("annotations", [
+    {"lightmesh.io/traffic-type": "tcp", "lightmesh.io/retry-attempts": "abc"},
+    {"lightmesh.io/traffic-type": "udp", "lightmesh.io/scheme": "ftp"},
+    {"lightmesh.io/traffic-type": "tcp", "lightmesh.io/circuit-breaker-expression": "Foo() > 1"},
+    {"lightmesh.io/traffic-type": "tcp", "lightmesh.io/request-timeout": "5"},
+    {"lightmesh.io/traffic-type": "tcp", "lightmesh.io/retry-attempts": "200"},  # not fatal on http either
+    {"lightmesh.io/traffic-type": "udp", "lightmesh.io/ratelimit-average": "10"},  # half a pair
+])
+def test_a_bad_http_only_annotation_on_a_tcp_or_udp_service_is_ignored_not_a_service_left_out(annotations):
+    """The controller only ignores such a key (valid or not) and keeps the Service meshed; the pack said it left
+    the Service out of the mesh."""
+    traffic = annotations["lightmesh.io/traffic-type"]
+    [msg] = messages(run_policy(service_annotations_valid, [service("a", "x", annotations)]))
+    [(key, value)] = [(k, v) for k, v in annotations.items() if "traffic-type" not in k]
+    assert msg.startswith(f"Service a/x: annotation {key}={value!r}: "), msg
+    assert (f". {IGNORED}: it applies to HTTP traffic only, and traffic type {traffic} does not use it. Fix: remove "
+            f"the annotation (or set traffic type http if the Service carries HTTP, and correct it).") in msg, msg
+    assert "out of the mesh" not in msg
+
+
+def test_http_only_annotations_when_the_traffic_type_is_not_known_yet():
+    # a bad value: what the controller does depends on the traffic type, so both are said
+    bad = service("a", "x", {"lightmesh.io/traffic-type": UNKNOWN_STRING_VALUE, "lightmesh.io/retry-attempts": "abc"})
+    [msg] = messages(run_policy(service_annotations_valid, [bad]))
+    assert ("must be a whole number. If the Service's traffic type (not known yet) is http: the controller leaves "
+            "this Service out of the mesh (its mesh names do not resolve) until it is fixed; if it is tcp or udp, the "
+            "controller ignores this annotation (it applies to HTTP traffic only). Fix: correct the annotation, or "
+            "MeshService arg retry_attempts.") in msg, msg
+    # a valid value: nothing to say until the traffic type is known
+    good = service("a", "x", {"lightmesh.io/traffic-type": UNKNOWN_STRING_VALUE, "lightmesh.io/retry-attempts": "2"})
+    assert run_policy(service_annotations_valid, [good]) == []
+    # a tcp Service's HTTP-only key whose value is not known yet is ignored whatever it turns out to be
+    unknown_value = service("a", "x", {"lightmesh.io/traffic-type": "tcp",
+                                       "lightmesh.io/retry-attempts": UNKNOWN_STRING_VALUE})
+    [msg] = messages(run_policy(service_annotations_valid, [unknown_value]))
+    assert msg.startswith("Service a/x: annotation lightmesh.io/retry-attempts applies to HTTP traffic only")
+
+
 # -------------------------------------------------------------------------- 5. install hygiene
 
 
 @pytest.mark.parametrize("image, pinned", [
     ("ghcr.io/lightmesh/lightmesh:0.1.0", True),
     ("ghcr.io/lightmesh/lightmesh@sha256:" + "a" * 64, True),
+    ("ghcr.io/lightmesh/lightmesh@sha512:" + "a" * 128, True),  # MeshInstall accepts it: the pack refused it
+    ("ghcr.io/lightmesh/lightmesh@sha256:zz", False),  # MeshInstall refuses it: the pack let it pass
     ("localhost:5000/lightmesh:0.1.0", True),
     ("ghcr.io/lightmesh/lightmesh:latest", False),
     ("ghcr.io/lightmesh/lightmesh", False),
@@ -393,6 +461,32 @@ def test_image_digest_can_be_required_and_other_workloads_are_ignored():
     hand_installed = deployment("mesh", "ctl", {"x": "y"}, image="registry/lightmesh:latest",
                                 args=["controller", "--acl"])
     assert len(run_policy(images_pinned, [hand_installed])) == 1
+
+
+@pytest.mark.parametrize("digest, valid", [
+    ("sha256:" + "0123456789abcdef" * 4, True),
+    ("sha384:" + "a" * 96, True),
+    ("sha512:" + "f" * 128, True),
+    ("sha256:" + "a" * 63, False), ("sha256:" + "a" * 65, False),  # wrong lengths
+    ("sha384:" + "a" * 64, False), ("sha512:" + "a" * 96, False), ("sha512:" + "a" * 127, False),
+    ("sha256:" + "g" * 64, False), ("sha256:zz", False), ("sha256:", False),  # not hex
+    ("sha256:" + "A" * 64, False), ("sha512:" + "aB" * 64, False),  # upper-case hex
+    ("SHA256:" + "a" * 64, False),  # the algorithm in upper case
+    ("md5:" + "a" * 32, False), ("blake3:" + "a" * 64, False), ("sha1:" + "a" * 40, False),  # unknown algorithms
+    ("sha256" + "a" * 64, False), ("a" * 64, False),  # no algorithm
+    ("sha256:" + "a" * 64 + "@sha256:" + "a" * 64, False), ("sha256:" + "a" * 64 + " ", False),
+])
+def test_the_pack_and_mesh_install_agree_on_what_a_digest_is(digest, valid):
+    """One definition of a valid digest: MeshInstall's (``image_reference_problem``) and the pack's
+    (``image_pin_problem``, which cannot import it) must give every reference the same verdict."""
+    for repository in ("ghcr.io/lightmesh/lightmesh", "localhost:5000/lightmesh:0.1.0"):
+        image = f"{repository}@{digest}"
+        assert (image_reference_problem(image) is None) is valid, image
+        problem = image_pin_problem(image, require_digest=True, disallowed=["latest"])
+        assert (problem is None) is valid, (image, problem)
+        if not valid:
+            assert problem == ("has a malformed digest (expected sha256:, sha384: or sha512: and 64, 96 or 128 "
+                               "lowercase hex digits)")
 
 
 def test_mesh_containers_need_requests_and_limits():
