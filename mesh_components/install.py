@@ -73,7 +73,7 @@ class TolerationArgs(TypedDict):
     """A pod toleration for the proxy DaemonSet."""
 
     key: NotRequired[str]
-    """Taint key (unset with operator Exists = every taint)."""
+    """Taint key (unset only with operator Exists, which then tolerates every taint)."""
     operator: NotRequired[str]
     """Equal (default) or Exists."""
     value: NotRequired[str]
@@ -87,7 +87,8 @@ class MeshInstallArgs(TypedDict):
 
     namespace: NotRequired[str]
     """Namespace of the mesh control plane and proxies (default ``lightmesh``). The controller never
-    meshes the Services of this namespace, so it may not be ``default``."""
+    meshes the Services of this namespace, so it may not be ``default``; ``kube-system``, ``kube-public``
+    and ``kube-node-lease`` always exist, so only with ``create_namespace`` false."""
     create_namespace: NotRequired[bool]
     """Create the namespace (default true); false when it is managed elsewhere."""
     image: NotRequired[str]
@@ -330,6 +331,9 @@ _DEFAULT_PROXY_RESOURCES = {"cpu_request": "100m", "memory_request": "128Mi", "c
                             "memory_limit": "512Mi"}
 
 
+#: Namespaces every cluster has from the start: MeshInstall can install into one, not create it.
+KUBERNETES_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
+
 #: The MeshInstall fields that may be Outputs (each checked when it resolves): they only fill in a value
 #: of an object, never decide which objects there are, their names or their shape.
 OUTPUT_FIELDS = frozenset({"kubeconfig", "otlp_endpoint", "tracing.endpoint", "tracing.jaeger_image",
@@ -400,6 +404,10 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
         raise check.fail("namespace must not be 'default': the controller never meshes the Services of its own "
                          "namespace (its shadow Services live there), so every application in 'default' would be "
                          "left out of the mesh; use a namespace of its own, e.g. 'lightmesh' (the default)")
+    if s["namespace"] in KUBERNETES_NAMESPACES and s["create_namespace"] is True:
+        raise check.fail(f"namespace {s['namespace']!r} always exists (Kubernetes creates it), so with create_namespace "
+                         f"true (the default) `pulumi up` would fail creating it (AlreadyExists); set create_namespace "
+                         f"false to install into it, or use a namespace of its own, e.g. 'lightmesh' (the default)")
     check.dns_label("dns_namespace", s["dns_namespace"])
     check.dns_name("cluster_domain", s["cluster_domain"])
     check.string("image", s["image"])
@@ -501,6 +509,13 @@ def resolve_settings(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
                              f"got {t.get('effect')!r}")
         if t.get("operator") == "Exists" and t.get("value"):
             raise check.fail(f"proxy_tolerations[{i}].value must be empty with operator Exists")
+        # The API server refuses a toleration without a key unless its operator is Exists ("operator must be
+        # Exists when `key` is empty"): Kubernetes' ValidateTolerations
+        if not t.get("key") and t.get("operator", "Equal") != "Exists":
+            raise check.fail(f"proxy_tolerations[{i}].operator must be Exists when key is empty, got "
+                             f"{t.get('operator', 'Equal')!r}{'' if 'operator' in t else ' (the default)'}: "
+                             f"Kubernetes refuses it; give a key, or operator Exists to tolerate every taint"
+                             f"{' of effect ' + t['effect'] if t.get('effect') else ''}")
         # Kubernetes validates a toleration's key as a label name and its value as a label value
         if t.get("key") and (problem := label_name_problem(t["key"])):
             raise check.fail(f"proxy_tolerations[{i}].key {shown(t['key'])} {problem}")
@@ -530,7 +545,8 @@ def image_reference_problem(image: str) -> str | None:
     if len(found["name"]) > 255:
         return "has a repository name longer than 255 characters"
     if found["digest"] is not None and not _IMAGE_DIGEST.fullmatch(found["digest"]):
-        return "has a malformed digest (expected @sha256: and 64 lowercase hex digits)"
+        return ("has a malformed digest (expected @sha256:, @sha384: or @sha512: and 64, 96 or 128 lowercase hex "
+                "digits)")
     return None
 
 

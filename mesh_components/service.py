@@ -23,6 +23,7 @@ from mesh_components._common import (Checker, ComponentArgsError, child_options,
 from lightmesh import annotations as ann
 from lightmesh import wire
 from lightmesh.annotations import Scheme, TrafficType
+from lightmesh.controller.model import ALWAYS_IGNORED_NAMESPACES, ALWAYS_IGNORED_SERVICES
 
 ANNOTATION_PREFIX = ann.PREFIXES[0]  # "lightmesh.io/"
 
@@ -60,7 +61,8 @@ class MeshServiceArgs(TypedDict):
     service_name: pulumi.Input[str]
     """Name of the Service to mesh (an existing one, or the one to create when ``ports`` is set)."""
     namespace: pulumi.Input[str]
-    """Namespace of the Service."""
+    """Namespace of the Service (not ``kube-system``, nor the mesh namespace: the controller never meshes
+    their Services)."""
     traffic_type: NotRequired[TrafficType]
     """How the mesh proxies this Service: http, tcp or udp (default: the controller's default mode)."""
     scheme: NotRequired[Scheme]
@@ -103,6 +105,7 @@ class MeshService(pulumi.ComponentResource):
         namespace = check.require(args, "namespace")
         service_name = check.dns_label("service_name", service_name)
         namespace = check.dns_label("namespace", namespace)
+        service_name, namespace = _check_meshable(check, service_name, namespace)
         # traffic_type decides the ports' default protocol and which fields apply, and ports which ports the
         # created Service has: both must be known at preview, or those checks would be skipped.
         check.plain("traffic_type", args.get("traffic_type"))
@@ -154,6 +157,39 @@ class MeshService(pulumi.ComponentResource):
             lambda v: host_names(v[0], v[1], v[2]))
         self.register_outputs({"service_name": self.service_name, "namespace": self.namespace,
                                "host_names": self.host_names, "annotations": self.annotations})
+
+
+def _check_meshable(check: Checker, service_name: Any, namespace: Any) -> tuple[Any, Any]:
+    """Refuse a Service the controller never meshes, whatever its annotations: one in ``kube-system``
+    (``lightmesh.controller.model.ALWAYS_IGNORED_NAMESPACES``) or ``default/kubernetes`` (the API
+    server's own, ``ALWAYS_IGNORED_SERVICES``): it would stay out of the mesh and its ``host_names``
+    would never resolve. Outputs are checked when they resolve (the returned values fail the child
+    resource that uses them). The mesh namespace is never meshed either, but a MeshService cannot know it."""
+    def namespace_ok(ns: Any) -> None:
+        if ns in ALWAYS_IGNORED_NAMESPACES:
+            raise check.fail(f"namespace must not be {ns!r}: the controller never meshes the Services of {ns}, so "
+                             f"this Service would stay out of the mesh and its host_names would never resolve")
+
+    def service_ok(ns: Any, name: Any) -> None:
+        if (ns, name) in ALWAYS_IGNORED_SERVICES:
+            raise check.fail(f"service_name must not be {name!r} in namespace {ns!r}: the controller never meshes "
+                             f"{ns}/{name} (the API server's own Service), so its host_names would never resolve")
+
+    namespace = when_known(namespace, namespace_ok)
+    if is_known(service_name) and is_known(namespace):
+        service_ok(namespace, service_name)
+        return service_name, namespace
+    # One is an Output: check the pair when it resolves, unless the plain one already rules every such Service
+    # out (then the name is passed on as it is).
+    plain_rules_out = (is_known(namespace) and namespace not in {ns for ns, _ in ALWAYS_IGNORED_SERVICES}) or \
+        (is_known(service_name) and service_name not in {name for _, name in ALWAYS_IGNORED_SERVICES})
+    if not plain_rules_out:
+        def checked(values: list) -> Any:
+            if None not in values:
+                service_ok(values[1], values[0])
+            return values[0]
+        service_name = pulumi.Output.all(service_name, namespace).apply(checked)
+    return service_name, namespace
 
 
 def host_names(service: str, namespace: str, domains: list[str]) -> list[str]:

@@ -344,7 +344,7 @@ def test_proxy_timeouts_reach_a_proxy_that_accepts_them():
     # image references a node could not pull
     ({"image": "ghcr.io/x y:1"}, r"image is not an image reference \(\[registry\[:port\]/\]repository\[:tag\]"
                                  r"\[@digest\]; .*\), got 'ghcr.io/x y:1'"),
-    ({"image": "ghcr.io/x/y@sha256:zz"}, r"image has a malformed digest \(expected @sha256: and 64 lowercase hex "
+    ({"image": "ghcr.io/x/y@sha256:zz"}, r"image has a malformed digest \(expected @sha256:, @sha384: or @sha512: and 64, 96 or 128 lowercase hex "
                                          r"digits\), got 'ghcr.io/x/y@sha256:zz'"),
     ({"image": "GHCR.io/Lightmesh/Lightmesh:1"}, "image is not an image reference"),
     # a request above its limit: Kubernetes refuses the pod
@@ -511,6 +511,71 @@ def test_a_toleration_field_given_none_is_left_out():
     s = resolve_settings("mesh", {"proxy_tolerations": [{"key": "dedicated", "operator": None, "value": "mesh",
                                                          "effect": None}]})
     assert s["proxy_tolerations"] == [{"key": "dedicated", "value": "mesh"}]  # operator: Equal (Kubernetes' default)
+
+
+@pytest.mark.parametrize("tolerations, message", [
+    # no key and operator Equal (given, or the default): the API server refuses the DaemonSet at `pulumi up`
+    # ("operator must be Exists when `key` is empty"); preview passed
+    ([{"effect": "NoSchedule"}], r"proxy_tolerations\[0\].operator must be Exists when key is empty, got 'Equal' "
+                                 r"\(the default\): Kubernetes refuses it; give a key, or operator Exists to tolerate "
+                                 r"every taint of effect NoSchedule$"),
+    ([{"value": "mesh"}], r"proxy_tolerations\[0\].operator must be Exists when key is empty, got 'Equal' \(the default\)"),
+    ([{"operator": "Equal"}], r"proxy_tolerations\[0\].operator must be Exists when key is empty, got 'Equal': "
+                              r"Kubernetes refuses it; give a key, or operator Exists to tolerate every taint$"),
+    ([{"key": "", "operator": "Equal", "value": ""}], r"proxy_tolerations\[0\].operator must be Exists when key is empty"),
+    ([{"key": "dedicated", "operator": "Exists"}, {}], r"proxy_tolerations\[1\].operator must be Exists when key is "
+                                                       r"empty, got 'Equal' \(the default\)"),
+    ([{"key": None, "operator": None}], r"proxy_tolerations\[0\].operator must be Exists when key is empty"),
+    # the other shapes Kubernetes' ValidateTolerations refuses (already refused at preview)
+    ([{"operator": "Exists", "value": "x"}], r"proxy_tolerations\[0\].value must be empty with operator Exists"),
+    ([{"key": "a", "operator": "Exists", "value": "x"}], r"proxy_tolerations\[0\].value must be empty with operator Exists"),
+    ([{"key": "a", "operator": "In"}], r"proxy_tolerations\[0\].operator must be Equal or Exists"),
+    ([{"operator": "Exists", "effect": "NoRun"}], r"proxy_tolerations\[0\].effect must be NoSchedule, PreferNoSchedule "
+                                                  r"or NoExecute"),
+    ([{"key": "a", "toleration_seconds": 30, "effect": "NoSchedule"}], r"proxy_tolerations\[0\] must only have key, "
+                                                                       r"operator, value, effect"),
+])
+def test_tolerations_kubernetes_refuses_fail_at_preview_naming_the_field(tolerations, message):
+    with pytest.raises(ComponentArgsError, match=r"^MeshInstall 'mesh': " + message):
+        MeshInstall("mesh", {"proxy_tolerations": tolerations})
+
+
+@pytest.mark.parametrize("tolerations", [
+    [{"operator": "Exists"}],  # the default: every taint
+    [{"operator": "Exists", "effect": "NoExecute"}, {"key": "", "operator": "Exists", "value": ""}],
+    [{"key": "dedicated"}, {"key": "dedicated", "operator": "Equal", "value": "mesh", "effect": "NoSchedule"},
+     {"key": "example.com/gpu", "operator": "Exists"}],
+])
+def test_tolerations_kubernetes_accepts_pass(tolerations):
+    assert resolve_settings("mesh", {"proxy_tolerations": tolerations})["proxy_tolerations"] == tolerations
+
+
+@pytest.mark.parametrize("namespace", ["kube-system", "kube-public", "kube-node-lease"])
+@pytest.mark.parametrize("create", [{}, {"create_namespace": True}, {"create_namespace": None}])
+def test_a_namespace_every_cluster_has_is_not_created(namespace, create):
+    """Creating kube-system, kube-public or kube-node-lease passed preview and failed `pulumi up` (AlreadyExists)."""
+    with pytest.raises(ComponentArgsError, match=rf"^MeshInstall 'mesh': namespace '{namespace}' always exists "
+                                                 r"\(Kubernetes creates it\), so with create_namespace true \(the "
+                                                 r"default\) `pulumi up` would fail creating it \(AlreadyExists\); set "
+                                                 r"create_namespace false to install into it, or use a namespace of its "
+                                                 r"own, e.g. 'lightmesh' \(the default\)$"):
+        MeshInstall("mesh", {"namespace": namespace, **create})
+
+
+@pulumi.runtime.test
+def test_a_namespace_every_cluster_has_may_be_installed_into_without_creating_it():
+    # The controller finds its shadow Services, proxies and Lease in its own namespace before it ignores
+    # kube-system's Services; nothing else of kube-system is touched (it deletes only shadow Services).
+    mesh, outputs = _install("mi-kubesys", {"namespace": "kube-system", "create_namespace": False,
+                                            "patch_coredns": False})
+
+    def check(values):
+        assert values[0] == "kube-system"
+        records = _records("mi-kubesys")
+        assert "mi-kubesys-namespace" not in records
+        assert records["mi-kubesys-controller"].inputs["metadata"]["namespace"] == "kube-system"
+
+    return outputs.apply(check)
 
 
 @pulumi.runtime.test

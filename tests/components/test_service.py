@@ -144,6 +144,15 @@ def _assert_equal(actual, expected):
      r"does not use them"),
     ({"traffic_type": "tcp", "circuit_breaker_expression": "NetworkErrorRatio() > 0.5"},
      r"circuit_breaker_expression applies to HTTP traffic only"),
+    # Services the controller never meshes, whatever their annotations: host_names that never resolve
+    ({"namespace": "kube-system"}, r"namespace must not be 'kube-system': the controller never meshes the Services "
+                                   r"of kube-system, so this Service would stay out of the mesh and its host_names "
+                                   r"would never resolve$"),
+    ({"namespace": "kube-system", "ports": [{"port": 53}], "selector": {"a": "b"}},
+     r"namespace must not be 'kube-system'"),
+    ({"service_name": "kubernetes", "namespace": "default"},
+     r"service_name must not be 'kubernetes' in namespace 'default': the controller never meshes default/kubernetes "
+     r"\(the API server's own Service\), so its host_names would never resolve$"),
 ])
 def test_bad_args_fail_synchronously_naming_the_field(args, message):
     full = {"service_name": "whoami", "namespace": "whoami", **args}
@@ -378,3 +387,35 @@ def test_a_valid_selector_value_output_is_written():
         assert spec["selector"] == {"app": "web", "tier": "front"}
 
     return svc.children["service"].urn.apply(check)
+
+
+@pytest.mark.parametrize("args", [{"service_name": "kubernetes", "namespace": "shop"},
+                                  {"service_name": "web", "namespace": "default"},
+                                  {"service_name": "kube-dns", "namespace": "kube-public"}])
+def test_services_the_controller_meshes_are_accepted_next_to_the_ones_it_never_does(args):
+    MeshService(f"ms-near-{args['namespace']}", args)
+
+
+@pytest.mark.parametrize("name, args, message", [
+    ("ms-late-kube-system", {"service_name": "a", "namespace": O("kube-system")},
+     r"namespace must not be 'kube-system': the controller never meshes"),
+    ("ms-late-kubernetes", {"service_name": O("kubernetes"), "namespace": "default"},
+     r"service_name must not be 'kubernetes' in namespace 'default'"),
+    ("ms-late-default", {"service_name": "kubernetes", "namespace": O("default")},
+     r"service_name must not be 'kubernetes' in namespace 'default'"),
+    ("ms-late-both", {"service_name": O("kubernetes"), "namespace": O("default")},
+     r"service_name must not be 'kubernetes' in namespace 'default'"),
+])
+def test_a_service_the_controller_never_meshes_given_as_outputs_fails_when_they_resolve(name, args, message):
+    @pulumi.runtime.test
+    def program():
+        return MeshService(name, args).host_names
+
+    fails_when_resolved(program, rf"MeshService '{name}': " + message)
+
+
+@pulumi.runtime.test
+def test_outputs_naming_a_service_the_controller_meshes_are_written():
+    svc = MeshService("ms-late-fine", {"service_name": O("kubernetes"), "namespace": O("shop")})
+    return svc.host_names.apply(lambda h: _assert_equal(h, ["kubernetes.shop.lightmesh", "kubernetes.shop.traefik.mesh",
+                                                            "kubernetes.shop.maesh"]))
