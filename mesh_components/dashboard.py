@@ -19,13 +19,19 @@ DASHBOARD_FILE = Path(__file__).resolve().parent / "dashboards" / "lightmesh.jso
 GRAFANA_SIDECAR_LABEL = {"grafana_dashboard": "1"}
 
 SVC = 'service=~"$service"'
+ROUTE = 'route=~"$service"'  # an L4 route's label value is a service's (<ns>/<svc>:<port>)
 RATE = "$__rate_interval"
+# $service: the HTTP services and the TCP/UDP routes the proxies have counted (the route label is
+# named route on the L4 series, service elsewhere; both read <ns>/<svc>:<port>)
+SERVICE_VALUES = ('query_result(count by (service) (lightmesh_proxy_requests_total) or count by (service) '
+                  '(label_replace(lightmesh_proxy_l4_connections_total, "service", "$1", "route", "(.*)")) or '
+                  'count by (service) (lightmesh_proxy_acl_denied_total))')
 
 
 @dataclass(frozen=True)
 class Panel:
     title: str
-    section: str  # "Services" | "Proxies" | "Controller"
+    section: str  # one of SECTIONS
     targets: tuple[tuple[str, str], ...]  # (PromQL, legend)
     unit: str = "short"
     description: str = ""
@@ -60,6 +66,14 @@ PANELS: tuple[Panel, ...] = (
         (f"sum by (service) (rate(lightmesh_proxy_rate_limited_total{{{SVC}}}[{RATE}]))", "{{service}} 429"),
         (f"sum by (service) (rate(lightmesh_proxy_acl_denied_total{{{SVC}}}[{RATE}]))", "{{service}} denied"),
     ), "ops", "Requests answered 429 by a rate limit, and requests or connections refused by the ACL."),
+    Panel("TCP/UDP connections/s", "TCP/UDP routes", (
+        (f"sum by (route, protocol) (rate(lightmesh_proxy_l4_connections_total{{{ROUTE}}}[{RATE}]))",
+         "{{route}} {{protocol}}"),), "cps",
+          "TCP connections accepted and UDP sessions opened per L4 route (ACL-denied ones not included)."),
+    Panel("TCP/UDP bytes/s by direction", "TCP/UDP routes", (
+        (f"sum by (route, direction) (rate(lightmesh_proxy_l4_bytes_total{{{ROUTE}}}[{RATE}]))",
+         "{{route}} {{direction}}"),), "Bps",
+          "Bytes relayed per L4 route: upstream is client → server, downstream server → client."),
     Panel("Open connections per proxy", "Proxies", (
         ("sum by (instance, protocol) (lightmesh_proxy_open_connections)", "{{instance}} {{protocol}}"),), "short"),
     Panel("Config version per proxy", "Proxies", (
@@ -78,6 +92,9 @@ PANELS: tuple[Panel, ...] = (
         ("max by (kind) (lightmesh_controller_object_errors)", "{{kind}}"),), "short",
           "Objects left out of the mesh or reported with a problem (see /api/topology/current and Events)."),
 )
+
+
+SECTIONS = ("Services", "TCP/UDP routes", "Proxies", "Controller")  # the dashboard's rows, in order
 
 
 def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict:
@@ -99,7 +116,7 @@ def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict:
 def build_dashboard() -> dict:
     panels: list[dict] = []
     y, panel_id = 0, 1
-    for section in ("Services", "Proxies", "Controller"):
+    for section in SECTIONS:
         panels.append({"id": panel_id, "type": "row", "title": section, "collapsed": False,
                        "gridPos": {"x": 0, "y": y, "w": 24, "h": 1}, "panels": []})
         panel_id, y = panel_id + 1, y + 1
@@ -119,8 +136,8 @@ def build_dashboard() -> dict:
             {"name": "service", "type": "query", "label": "Mesh service", "multi": True, "includeAll": True,
              "allValue": ".*", "current": {"text": "All", "value": "$__all"},
              "datasource": {"type": "prometheus", "uid": "${datasource}"},
-             "query": {"query": "label_values(lightmesh_proxy_requests_total, service)", "refId": "service"},
-             "definition": "label_values(lightmesh_proxy_requests_total, service)", "refresh": 2, "sort": 1},
+             "query": {"query": SERVICE_VALUES, "refId": "service"}, "regex": '/service="([^"]+)"/',
+             "definition": SERVICE_VALUES, "refresh": 2, "sort": 1},
         ]},
         "panels": panels,
     }

@@ -2,11 +2,12 @@
 
 The README's dashboard picture comes from here: ``python -m lightmesh.local.dashboard`` starts local
 mode on ``examples/whoami`` in ACL mode, sends a mixed load through the mesh (plain requests, a
-rate-limited Service and a canary split, all from the ``whoami-client`` pod's address, which the
-example's AccessPolicy lets in; and an ACL-denied caller: a few requests from a ``whoami-server``
-pod's address, answered 403), scrapes the proxy's and the controller's ``/metrics`` every second,
-and draws the same panels (titles and sections from ``mesh_components.dashboard.PANELS``) with the
-same arithmetic as their PromQL (:mod:`lightmesh.telemetry`). No Grafana or Prometheus is needed.
+rate-limited Service, a canary split and short TCP exchanges with ``whoami-tcp``, all from the
+``whoami-client`` pod's address, which the example's AccessPolicy lets in; and an ACL-denied caller:
+a few requests from a ``whoami-server`` pod's address, answered 403), scrapes the proxy's and the
+controller's ``/metrics`` every second, and draws the same panels (titles and sections from
+``mesh_components.dashboard.PANELS``) with the same arithmetic as their PromQL
+(:mod:`lightmesh.telemetry`). No Grafana or Prometheus is needed.
 
 :func:`render` is pure apart from writing the PNG: scrapes in, picture out.
 """
@@ -64,6 +65,11 @@ def panel_data(proxy: list[Scrape], controller: list[Scrape]) -> dict[str, dict[
         panels["Rate-limited and ACL-denied"].append(
             (t, {**{f"{s.service} 429": s.rate_limited_per_s for s in stats if s.rate_limited_per_s},
                  **{f"{s.service} denied": s.acl_denied_per_s for s in stats if s.acl_denied_per_s}}))
+        l4 = telemetry.l4_stats(before, after)
+        panels["TCP/UDP connections/s"].append((t, {f"{r.route} {r.protocol}": r.connections_per_s for r in l4}))
+        panels["TCP/UDP bytes/s by direction"].append(
+            (t, {f"{r.route} {direction}": value for r in l4
+                 for direction, value in (("upstream", r.bytes_in_per_s), ("downstream", r.bytes_out_per_s))}))
         panels["Open connections per proxy"].append((t, _gauge(after, PROXY + "open_connections", "protocol")))
         versions = {"proxy": sum(after.get(PROXY + "config_version").values())}
         failed = sum(v for labels, v in after.get(PROXY + "config_reloads_total").items()
@@ -89,7 +95,8 @@ def panel_data(proxy: list[Scrape], controller: list[Scrape]) -> dict[str, dict[
 
 
 UNITS = {"Latency p50 / p95 / p99": "ms", "Reconcile time p50 / p99": "ms", "Error ratio (5xx)": "ratio",
-         "Requests/s by code class": "req/s", "Retries/s": "1/s", "Rate-limited and ACL-denied": "1/s"}
+         "Requests/s by code class": "req/s", "Retries/s": "1/s", "Rate-limited and ACL-denied": "1/s",
+         "TCP/UDP connections/s": "conn/s", "TCP/UDP bytes/s by direction": "B/s"}
 
 
 def render(proxy: list[Scrape], controller: list[Scrape], path: str | Path,
@@ -147,7 +154,7 @@ async def record(example: Path, out: Path, seconds: float, dns_port: int) -> Pat
 
     from lightmesh.local.demo import _overlay
     from lightmesh.local.harness import LocalMesh
-    from lightmesh.local.traffic import http_burst
+    from lightmesh.local.traffic import http_burst, tcp_exchange
 
     proxy: list[Scrape] = []
     controller: list[Scrape] = []
@@ -178,6 +185,8 @@ async def record(example: Path, out: Path, seconds: float, dns_port: int) -> Pat
                 svc = by_name[name]
                 await asyncio.to_thread(http_burst, svc.address, http_port, f"{name}.whoami.traefik.mesh", count,
                                         source)
+            for _ in range(5):  # the TCP/UDP panels: short TCP exchanges, as the client pod
+                await asyncio.to_thread(tcp_exchange, by_name["whoami-tcp"].address, tcp_port, b"my data", client)
             await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() % 1.0)))
         proxy.append(await asyncio.to_thread(_scrape, mesh.admin_url + "/metrics"))
         controller.append(await asyncio.to_thread(_scrape, mesh.api_url + "/metrics"))
