@@ -137,6 +137,42 @@ def test_acl_mode_identity_is_the_source_address(mesh_factory):
     run(started(mesh, scenario))
 
 
+@pytest.mark.parametrize("acl", [True, False])
+def test_readiness_is_not_counted_as_client_traffic(mesh_factory, acl):
+    # The harness used to open a connection to every TCP route to see it listen: before any client,
+    # ACL mode showed acl_denied_total{service="whoami/whoami-tcp:8080",protocol="tcp"} 1, and without
+    # ACL l4_connections_total 1. It now reads the listeners the proxy's workers report.
+    import urllib.request
+
+    from lightmesh import telemetry
+
+    mesh = mesh_factory(manifests.whoami(acl_policy=True), acl=acl)
+
+    def l4_and_denied() -> dict:
+        with urllib.request.urlopen(mesh.admin_url + "/metrics", timeout=5) as resp:
+            scrape = telemetry.parse(resp.read().decode())
+        return {name: sum(scrape.get(f"lightmesh_proxy_{name}").values())
+                for name in ("acl_denied_total", "l4_connections_total", "requests_total")}
+
+    async def scenario():
+        tcp = service(mesh, "whoami-tcp")
+        assert tcp.address and tcp.traffic_type == "tcp"
+        assert await asyncio.to_thread(l4_and_denied) == {"acl_denied_total": 0, "l4_connections_total": 0,
+                                                         "requests_total": 0}
+        # a change waits for the new config's listeners the same way
+        await mesh.apply([manifests._service("whoami-tcp2", {"app": "whoami-tcp"}, 8082,
+                                             {"mesh.traefik.io/traffic-type": "tcp"})])
+        assert service(mesh, "whoami-tcp2").address
+        assert await asyncio.to_thread(l4_and_denied) == {"acl_denied_total": 0, "l4_connections_total": 0,
+                                                         "requests_total": 0}
+        # ... and the listeners do answer once the harness says ready
+        client_ip = mesh.cluster.pods_of("whoami", "whoami-client")[0]["status"]["podIP"]
+        assert await asyncio.to_thread(tcp_exchange, tcp.address, 8080, b"hi", client_ip) == b"Received: hi"
+        assert (await asyncio.to_thread(l4_and_denied))["l4_connections_total"] == 1
+
+    run(started(mesh, scenario))
+
+
 def test_config_change_while_traffic_flows_and_bad_annotation_is_isolated(mesh_factory):
     mesh = mesh_factory(manifests.whoami(acl_policy=False))
 
@@ -292,5 +328,10 @@ def test_dashboard_recording_includes_an_acl_denied_caller(tmp_path, monkeypatch
     captured = {}
     monkeypatch.setattr(dashboard, "render", lambda proxy, controller, out: captured.update(proxy=proxy) or out)
     run(dashboard.record(REPO / "examples" / "whoami", tmp_path / "board.png", 1.0, free_dns_port()))
-    denied = dashboard.panel_data(captured["proxy"], [])["Rate-limited and ACL-denied"]
+    data = dashboard.panel_data(captured["proxy"], [])
+    denied = data["Rate-limited and ACL-denied"]
     assert any(legend.endswith(" denied") and max(values) > 0 for legend, (_, values) in denied.items()), denied
+    connections = data["TCP/UDP connections/s"]
+    assert max(connections["whoami/whoami-tcp:8080 tcp"][1]) > 0, connections
+    relayed = data["TCP/UDP bytes/s by direction"]
+    assert max(relayed["whoami/whoami-tcp:8080 downstream"][1]) > 0, relayed

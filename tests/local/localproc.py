@@ -20,10 +20,11 @@ def still_running(pids: set[int], timeout: float) -> list[int]:
     return alive
 
 
-def started(path: Path, *extra: str) -> tuple[subprocess.Popen, set[int], str]:
-    """``lightmesh local PATH`` up: the process, the processes it started, what it printed."""
+def started(path: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, set[int], str]:
+    """``lightmesh local PATH`` up: the process, the processes it started, what it printed (``env``:
+    added to its environment)."""
     proc = subprocess.Popen(lightmesh_cmd("local", str(path), "--dns-port", str(free_dns_port()), *extra),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=lightmesh_env())
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=lightmesh_env(env))
     deadline, printed = time.monotonic() + 120, []
     for line in proc.stdout:
         printed.append(line)

@@ -32,13 +32,25 @@ def manifests(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_sigkill_takes_the_controller_and_proxy_down_too(manifests):
-    proc, children, _ = started(manifests)
+def test_sigkill_takes_the_controller_and_proxy_down_too(manifests, tmp_path_factory, monkeypatch):
+    import tempfile
+
+    from lightmesh.local.harness import LocalMesh
+
+    temp = tmp_path_factory.mktemp("tmp")  # not inside the manifests' directory (it would be read)
+    proc, children, _ = started(manifests, env={"TMPDIR": str(temp)})
     try:
         assert len(children) >= 3, children  # the controller, the proxy, its worker
+        [work_dir] = temp.glob("lightmesh-local-*")
         proc.kill()
         proc.wait()
         assert still_running(children, timeout=10) == []
+        # nothing ran to remove the work directory: the next local mesh does, its owner being gone
+        assert (work_dir / "owner.json").is_file() and (work_dir / "logs" / "proxy.log").is_file()
+        monkeypatch.setattr(tempfile, "tempdir", str(temp))
+        LocalMesh(manifests)  # (not started: making the work directory is enough)
+        assert not work_dir.exists()
+        assert len(list(temp.glob("lightmesh-local-*"))) == 1  # its own
     finally:
         stop_all(proc, children)
 
@@ -66,7 +78,8 @@ def test_a_proxy_that_dies_while_the_mesh_serves_stops_it_with_the_reason(manife
         assert proxies, children
         os.kill(min(proxies), signal.SIGKILL)  # the supervisor (its workers follow it)
         assert proc.wait(timeout=30) == 1
-        assert "the proxy exited" in proc.stderr.read()
+        # not "exited with code -9"
+        assert proc.stderr.read().startswith("lightmesh local: the proxy was killed by signal SIGKILL: ")
         assert still_running(children, timeout=10) == []
     finally:
         stop_all(proc, children)
@@ -119,6 +132,7 @@ def test_the_demo_stops_on_sigterm_and_sighup_as_on_ctrl_c(manifests, tmp_path, 
         children = descendants(proc.pid)
         os.kill(proc.pid, sig)
         assert proc.wait(timeout=60) == 130
+        assert proc.stderr.read() == "lightmesh demo: interrupted; stopped\n"  # was silent
         assert still_running(children, timeout=10) == []
         assert not list(work.glob("lightmesh-local-*"))
     finally:

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from lightmesh import wire
 from lightmesh.local.cluster import ManifestError
-from lightmesh.local.harness import LocalMesh, LocalModeError
-from lightmesh.local.main import EXIT_RUNTIME, EXIT_USAGE, port_number, writable_file_problem
+from lightmesh.local.harness import Interrupted, LocalMesh, LocalModeError
+from lightmesh.local.main import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USAGE, port_number, writable_file_problem
 from lightmesh.local.traffic import HTTPClient, hostnames, http_burst, timed_tcp_exchanges
 
 NAMESPACE = "whoami"
@@ -266,6 +266,12 @@ def run(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, _as_ctrl_c) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         checks = asyncio.run(tour(example, args.dns_port, args.log_level, samples, args.high_ports))
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP: the tour's mesh has stopped (asyncio.run waited)
+        print("lightmesh demo: interrupted; stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Interrupted as exc:  # the render saw the Ctrl-C first
+        print(f"lightmesh demo: {exc}; stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (LocalModeError, ManifestError) as exc:
         print(f"lightmesh demo: {exc}", file=sys.stderr)
         return EXIT_RUNTIME

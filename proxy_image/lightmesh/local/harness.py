@@ -45,6 +45,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -66,6 +67,10 @@ MESH_DOMAIN_FOR_DISPLAY = "traefik.mesh"
 UNPRIVILEGED_PORT_START = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
 PROBE_ADDRESS = "127.255.255.254"  # outside the shadow (127.1/16) and pod (127.2/16) ranges
 RENDER_TIMEOUT_SECONDS = 300
+
+
+WORK_DIR_PREFIX = "lightmesh-local-"  # the work directory: tempfile.mkdtemp(prefix=...) in the temp dir
+OWNER_FILE = "owner.json"  # in it: the process that made it (see remove_stale_work_dirs)
 
 
 class LocalModeError(RuntimeError):
@@ -250,6 +255,84 @@ def display_domain(domains: tuple[str, ...] | list[str]) -> str:
     return MESH_DOMAIN_FOR_DISPLAY if MESH_DOMAIN_FOR_DISPLAY in names or not names else names[0]
 
 
+# ---------------------------------------------------------------------------- work directories
+#
+# A SIGKILL of ``lightmesh local`` (or ``lightmesh demo``) leaves its work directory behind (its
+# children die with it, see die_with_parent; nothing runs to remove it). Each directory records its
+# owner: PID, start time (/proc/<pid>/stat field 22, so a PID reused by another process is not taken
+# for the owner), boot and PID namespace (where the PID and start time mean something). The next one
+# to start removes the directories, in the temp dir, of the current user, whose owner is gone.
+
+
+def _process_identity(pid: int | str = "self") -> dict | None:
+    """What tells this process apart from any other, past or future, on this machine (Linux); None
+    when ``pid`` does not exist or /proc cannot say."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.readlink("/proc/self/ns/pid")  # the namespace its PID is read in: ours
+        start_time = int(fields[19])  # field 22, clock ticks since boot
+    except (OSError, ValueError, IndexError):
+        return None
+    return {"pid": int(pid) if pid != "self" else os.getpid(), "start_time": start_time, "boot_id": boot_id,
+            "pid_namespace": namespace}
+
+
+def _write_owner(work_dir: Path) -> None:
+    identity = _process_identity()
+    if identity is not None:
+        (work_dir / OWNER_FILE).write_text(json.dumps(identity) + "\n")
+
+
+def _owner_gone(work_dir: Path) -> bool:
+    """True only when the directory's recorded owner is certainly not running: recorded in this boot
+    and this PID namespace, and its PID is free or taken by a process started at another time.
+    No record, or one that cannot be checked here: False (kept)."""
+    owner_file = work_dir / OWNER_FILE
+    try:
+        if not owner_file.is_file() or owner_file.is_symlink():
+            return False
+        owner = json.loads(owner_file.read_text())
+        pid, start_time = int(owner["pid"]), int(owner["start_time"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    here = _process_identity()
+    if here is None or pid <= 0 or owner.get("boot_id") != here["boot_id"] \
+            or owner.get("pid_namespace") != here["pid_namespace"]:
+        return False
+    if pid == here["pid"]:
+        return start_time != here["start_time"]
+    now = _process_identity(pid)
+    if now is None:
+        return not Path(f"/proc/{pid}").exists()  # no such process (not merely unreadable)
+    return now["start_time"] != start_time
+
+
+def remove_stale_work_dirs(temp_dir: str | Path | None = None) -> list[Path]:
+    """Remove the work directories (``lightmesh-local-*`` in the temp dir) that belong to the
+    current user and whose owner process is gone; returns the ones removed. Never one of a running
+    ``lightmesh local``; never one without an owner record; never a symbolic link."""
+    if not sys.platform.startswith("linux"):
+        return []
+    removed = []
+    base = Path(temp_dir or tempfile.gettempdir())
+    try:
+        candidates = sorted(base.glob(WORK_DIR_PREFIX + "*"))
+    except OSError:
+        return []
+    for path in candidates:
+        try:
+            info = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or not _owner_gone(path):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            removed.append(path)
+    return removed
+
+
 def privileged_port_limit() -> int:
     """Ports below this need CAP_NET_BIND_SERVICE (``ip_unprivileged_port_start``; 1024 if unknown)."""
     try:
@@ -285,6 +368,16 @@ def _last_error_line(log_text: str) -> str:
             head, sep, rest = line.partition(": ")
             line = rest if sep and " " not in head else line  # drop "lightmesh.controller: "
     return line
+
+
+def _how_it_ended(returncode: int) -> str:
+    """``exited with code 1``, or ``was killed by signal SIGKILL`` (``Popen.returncode`` -9)."""
+    if returncode < 0:
+        try:
+            return f"was killed by signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with code {returncode}"
 
 
 @dataclass
@@ -334,7 +427,11 @@ class LocalMesh:
         self.log_level = log_level
         self.extra_controller_args = extra_controller_args or []
         self._own_work_dir = work_dir is None
-        self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="lightmesh-local-"))
+        if self._own_work_dir:
+            remove_stale_work_dirs()
+        self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix=WORK_DIR_PREFIX))
+        if self._own_work_dir:
+            _write_owner(self.work_dir)
         self.state_dir = self.work_dir / "state"
         self.log_dir = self.work_dir / "logs"
         self.manifests: list[dict] = []
@@ -455,7 +552,7 @@ class LocalMesh:
     def _check_alive(self) -> None:
         for name, proc in (("controller", self.controller), ("proxy", self.proxy)):
             if proc is not None and proc.poll() is not None:
-                raise LocalModeError(f"the {name} exited with code {proc.returncode}: "
+                raise LocalModeError(f"the {name} {_how_it_ended(proc.returncode)}: "
                                      f"{_last_error_line(self.log_tail(name, 200))}")
 
     def log_tail(self, name: str, lines: int = 30) -> str:
@@ -472,8 +569,13 @@ class LocalMesh:
         await self.wait_for_config_applied(deadline)
 
     async def wait_for_config_applied(self, deadline: float) -> None:
-        """Until the proxy applied the controller's newest config and its listeners answer."""
-        latest: dict = {}
+        """Until the proxy applied the controller's newest config and listens where it says.
+
+        Read from the proxy's ``/api/rawdata``, not by connecting: a probe connection would be counted
+        as client traffic (``l4_connections_total``; in ACL mode ``acl_denied_total``, loopback being
+        no pod). A worker reports a config applied, with the listeners it has open, only once
+        ``Runtime.apply`` opened them (listening and accepting) — or failed to, which
+        :func:`_raise_listener_errors` reports."""
 
         def current() -> bool:
             # Compare content hashes, not versions: a restarted controller may number the same
@@ -483,18 +585,14 @@ class LocalMesh:
             _raise_listener_errors(have)  # the proxy retries them, but waiting cannot fix them: say so now
             if not (want and have) or _hash_of(have) != want.get("hash"):
                 return False
-            latest.update(want)
-            # ... and every worker process switched to it (the supervisor hands configs out)
-            return all(w.get("applied_version") == have.get("version") for w in have.get("workers") or []
-                       if w.get("alive", True))
+            # ... and every worker process switched to it (the supervisor hands configs out), with
+            # exactly the listeners that config declares open (a Service left out has none, by design)
+            expected = _listener_keys(want)
+            workers = [w for w in have.get("workers") or [] if w.get("alive", True)]
+            return bool(workers) and all(w.get("applied_version") == have.get("version")
+                                         and expected <= set(w.get("listeners") or []) for w in workers)
 
-        await self._poll(current, deadline, "proxy applied the newest config")
-        # exactly the TCP listeners that config declares (a Service left out has none, by design)
-        listeners = [(e["address"], e["port"]) for e in (latest.get("http") or {}).get("entry_points", [])]
-        listeners += [(r["address"], r["port"]) for r in latest.get("tcp") or []]
-        for address, port in listeners:
-            address = "127.0.0.1" if address in ("0.0.0.0", "::") else address
-            await self._poll(lambda a=address, p=port: _accepts(a, p), deadline, f"proxy listening on {address}:{port}")
+        await self._poll(current, deadline, "proxy applied the newest config and listens where it says")
 
     async def _poll(self, check, deadline: float, what: str) -> None:
         while True:
@@ -756,9 +854,18 @@ def _hash_of(rawdata: dict) -> str | None:
     return config.get("hash") if isinstance(config, dict) else rawdata.get("hash")
 
 
-def _accepts(address: str, port: int) -> bool:
-    try:
-        with socket.create_connection((address, port), timeout=1):
-            return True
-    except OSError:
-        return False
+def _listener_keys(config: dict) -> set[str]:
+    """The listeners a proxy config declares, as the proxy's workers report them open
+    (``"tcp 127.1.0.3:8080"``: :func:`lightmesh.proxy.runtime.describe_key`)."""
+    import ipaddress
+
+    from lightmesh.proxy.runtime import describe_key
+
+    def key(kind: str, listener: dict) -> str:
+        address = listener.get("address", "0.0.0.0")
+        with contextlib.suppress(ValueError):
+            address = str(ipaddress.ip_address(address))  # as the proxy's config model spells it
+        return describe_key((kind, address, listener["port"]))
+
+    keys = {key("http", e) for e in (config.get("http") or {}).get("entry_points") or []}
+    return keys | {key(kind, r) for kind in ("tcp", "udp") for r in config.get(kind) or []}
