@@ -480,3 +480,50 @@ def test_pooled_upstream_connections_idle_too_long_are_closed_without_a_request(
                 await rt.close()
 
     run(main())
+
+
+def _two_entry_points(version: int, names: dict[int, str], backends: dict[str, str]):
+    """Entry points {port: name}, each routed to its own service ({name: backend url})."""
+    http = HTTPConfig.model_validate({
+        "entry_points": [{"name": name, "address": "127.0.0.1", "port": port} for port, name in names.items()],
+        "services": [{"name": f"svc-{name}", "servers": [{"url": backends[name]}]} for name in names.values()],
+        "routers": [{"name": f"r-{name}", "entry_points": [name], "service": f"svc-{name}"}
+                    for name in names.values()],
+    })
+    return make_config(version, http, [], [])
+
+
+def test_kept_alive_connections_follow_their_entry_point_renamed_and_end_when_it_is_removed():
+    # Before: a connection kept its entry point's old name: after a rename every later request on
+    # it got 404 (new connections 200); after two names traded places it was routed as the other
+    # port; and one of a removed entry point stayed open answering 404 until its idle timeout.
+    async def main():
+        rt = Runtime(ProxyMetrics())
+        p1, p2 = free_port(), free_port()
+        async with Backend("A") as a, Backend("B") as b, Backend("C") as c:
+            try:
+                await rt.apply(_two_entry_points(1, {p1: "a", p2: "b"}, {"a": a.url, "b": b.url}))
+                on_p1, on_p2 = await RawClient.connect(p1), await RawClient.connect(p2)
+                get = b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n"
+                for client, backend in ((on_p1, "A"), (on_p2, "B")):
+                    await client.send(get)
+                    assert (await client.response()).header("x-backend") == backend
+                # the two names trade places: p1 is now "b" (served by C), p2 "a" (served by A)
+                await rt.apply(_two_entry_points(2, {p1: "b", p2: "a"}, {"a": a.url, "b": c.url}))
+                for client, backend in ((on_p1, "C"), (on_p2, "A")):
+                    await client.send(get)
+                    response = await client.response()
+                    assert (response.status, response.header("x-backend")) == (200, backend)
+                # renamed again, to a name never used: still routed
+                await rt.apply(_two_entry_points(3, {p1: "web", p2: "a"}, {"a": a.url, "web": c.url}))
+                await on_p1.send(get)
+                assert (await on_p1.response()).status == 200
+                # p2's entry point removed: its idle keep-alive connection is closed, p1's stays
+                await rt.apply(_two_entry_points(4, {p1: "web"}, {"web": c.url}))
+                assert await on_p2.closed()
+                await on_p1.send(get)
+                assert (await on_p1.response()).status == 200
+            finally:
+                await rt.close()
+
+    run(main())

@@ -139,6 +139,21 @@ class ConnectionSet:
                 ending += 1
         return ending
 
+    def entry_points_changed(self, renamed: dict[str, str], removed: set[str]) -> int:
+        """A new config kept some entry points' sockets under new names (``renamed``: old name →
+        new) and removed others (their old names): connections of a renamed one route by the new
+        name from their next request; those of a removed one end as in :meth:`recycle` (requests
+        in flight finish). One pass over the old names, so names that trade places stay right.
+        Returns how many connections end."""
+        ending = 0
+        for conn in list(self.conns):
+            ep = getattr(conn, "ep", None)
+            if ep in removed:
+                ending += conn.recycle()
+            elif ep in renamed:
+                conn.ep = renamed[ep]
+        return ending
+
     def close_idle(self) -> int:
         """Close the connections with no request in progress; returns how many."""
         idle = [c for c in self.conns if c.is_idle()]

@@ -7,8 +7,10 @@ This module owns :class:`Runtime`. ``await runtime.apply(config)``:
    so breakers, buckets and pools of unchanged elements carry over) and every L4 route — any error
    here and the running config stays as it was;
 2. diffs listeners by ``(kind, address, port)`` with kind ``http``, ``tcp`` or ``udp``: a socket
-   whose key stays is kept (its route or entry-point name is updated in place for new connections),
-   removed ones stop accepting (established TCP connections and HTTP requests run to their end), new
+   whose key stays is kept (its route or entry-point name is updated in place; the HTTP connections
+   of a renamed entry point route by its new name), removed ones stop accepting (established TCP
+   connections and HTTP requests in flight run to their end; idle keep-alive HTTP connections of a
+   removed entry point close, busy ones after their response), new
    ones are opened with ``SO_REUSEPORT`` so every worker process shares the
    port. A listener that cannot be opened (EADDRINUSE, EACCES...) is reported in
    :attr:`ApplyResult.listener_errors` and retried by :meth:`Runtime.retry_failed`; the others serve;
@@ -203,8 +205,11 @@ class Runtime:
                 log.exception("compiling configuration version %d failed", config.version)
                 raise ConfigError(f"configuration version {config.version}: cannot be compiled: "
                                   f"{type(exc).__name__}: {exc}") from exc
+            removed_entry_points: set[str] = set()
             for key in [k for k in self.listeners if k not in wanted]:
                 listener = self.listeners.pop(key)
+                if isinstance(listener, _HTTPListener):
+                    removed_entry_points.add(listener.name)
                 if isinstance(listener, TCPListener) and listener.active:
                     # like HTTP requests in flight: established connections of a removed route
                     # run to their end (or to the drain on shutdown); only accepting stops
@@ -216,12 +221,17 @@ class Runtime:
             self._retired = {r for r in self._retired if r.active}
             for key in [k for k in self.listener_errors if k not in wanted]:
                 del self.listener_errors[key]
+            renamed_entry_points = {listener.name: wanted[key] for key, listener in self.listeners.items()
+                                    if isinstance(listener, _HTTPListener) and listener.name != wanted[key]}
             old, self.http = self.http, plane  # the swap: one assignment
             self._wanted = wanted
             for key, target in wanted.items():
                 listener = self.listeners.get(key)
                 if listener is not None:
                     listener.update(target)
+            if (renamed_entry_points or removed_entry_points) and self.connections is not None:
+                # else a kept-alive connection would look its old name up in the new plane: 404
+                self.connections.entry_points_changed(renamed_entry_points, removed_entry_points)
             await self._open_missing()
             self._steer(config)
             if old is not None and old is not plane:
