@@ -144,7 +144,8 @@ def test_a_proxy_that_cannot_listen_ends_startup_at_once(tmp_path):
         cmd = [*DROP_BIND_CAPABILITY, *cmd]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=lightmesh_env())
     assert result.returncode == 1
-    assert re.fullmatch(r"lightmesh local: the proxy cannot listen on http 127\.1\.\d+\.\d+:80: Permission denied; "
+    assert re.fullmatch(r"lightmesh local: the proxy cannot listen on http 127\.1\.\d+\.\d+:80 \(entry point "
+                        r"'http-127\.1\.\d+\.\d+:80'\): Permission denied; "
                         r"ports below \d+ need CAP_NET_BIND_SERVICE: run with --high-ports\n", result.stderr), \
         result.stderr
 

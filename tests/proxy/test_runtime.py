@@ -163,7 +163,13 @@ def test_busy_port_is_reported_others_serve_and_it_is_retried():
         try:
             result = await rt.apply(build(1, tcp={bport: [eport], ok: [eport]}))
             assert list(result.listener_errors) == [f"tcp 127.0.0.1:{bport}"]
-            assert "in use" in result.listener_errors[f"tcp 127.0.0.1:{bport}"]
+            assert result.listener_errors[f"tcp 127.0.0.1:{bport}"] == (
+                f"cannot listen on tcp 127.0.0.1:{bport} (tcp route 't{bport}'): Address already in use")
+            # an HTTP entry point on it is named the same way
+            http_result = await rt.apply(build(2, http_port=bport, http_servers=["http://127.0.0.1:9"], ep_name="web"))
+            assert http_result.listener_errors[f"http 127.0.0.1:{bport}"] == (
+                f"cannot listen on http 127.0.0.1:{bport} (entry point 'web'): Address already in use")
+            result = await rt.apply(build(3, tcp={bport: [eport], ok: [eport]}))
             assert await tcp_ping(ok) == b"ping"
             assert not await rt.retry_failed()
             busy.close()

@@ -75,6 +75,13 @@ def describe_key(key: ListenerKey) -> str:
     return f"{kind} {'[' + address + ']' if ':' in address else address}:{port}"
 
 
+def _owner(key: ListenerKey, target: Any) -> str:
+    """The config element a listener serves: ``entry point 'web'``, ``tcp route 'shop/db:5432'``."""
+    if key[0] == "http":
+        return f"entry point {target!r}"
+    return f"{key[0]} route {getattr(target, 'name', '?')!r}"
+
+
 class _HTTPListener:
     """An HTTP entry point's socket. The entry-point name is looked up per connection, so a rename
     keeps the socket."""
@@ -290,7 +297,7 @@ class Runtime:
             try:
                 sock = open_listener_socket(kind, address, port)
             except OSError as exc:
-                message = f"cannot listen on {describe_key(key)}: {exc.strerror or exc}"
+                message = f"cannot listen on {describe_key(key)} ({_owner(key, target)}): {exc.strerror or exc}"
                 if self.listener_errors.get(key) != message:
                     log.error("%s (the other listeners serve; retrying)", message)
                 self.listener_errors[key] = message
@@ -306,7 +313,7 @@ class Runtime:
                     listener = await UDPListener(self.loop, target, self.metrics).start(sock)
             except Exception as exc:
                 sock.close()
-                self.listener_errors[key] = f"cannot serve {describe_key(key)}: {exc}"
+                self.listener_errors[key] = f"cannot serve {describe_key(key)} ({_owner(key, target)}): {exc}"
                 log.exception("starting listener %s failed", describe_key(key))
                 continue
             self.listeners[key] = listener
