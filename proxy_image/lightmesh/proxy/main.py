@@ -567,6 +567,7 @@ class Supervisor:
         self.last_error_at: float | None = None
         self._error_origin = "worker"
         self.workers = [WorkerHandle(i) for i in range(args.workers)]
+        self._last_config_version = 0  # the gauge while no serving worker has a config (see config_version)
         self.started_at = time.time()
         self.stopping = False  # a shutdown signal came: not ready from then on
         self.draining = False  # the workers were told to drain: none is restarted or judged any more
@@ -924,9 +925,12 @@ class Supervisor:
     def config_version(self) -> int:
         """``lightmesh_proxy_config_version``: the oldest version a serving worker has applied. A
         worker that has applied none yet (restarted, its config on the way) has no version and is
-        left out, not taken for version 0; 0 when no serving worker has applied any."""
+        left out, not taken for version 0; when none has one (the only worker restarting), the
+        last version shown stays (0 before any config)."""
         applied = [w.applied_version for w in self._serving() if w.applied_hash is not None]
-        return min(applied) if applied else 0
+        if applied:
+            self._last_config_version = min(applied)
+        return self._last_config_version
 
     def applied_hash(self) -> str | None:
         """The config hash every serving worker applied, or None while they differ (or none has one)."""
