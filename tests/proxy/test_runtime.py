@@ -533,3 +533,62 @@ def test_kept_alive_connections_follow_their_entry_point_renamed_and_end_when_it
                 await rt.close()
 
     run(main())
+
+
+def test_a_connection_accepted_just_before_a_rename_registers_under_the_new_name():
+    # The protocol is made at the accept, and registers (connection_made) a loop turn later: a swap
+    # in between renamed every registered connection but not this one, which then got 404 on every
+    # request. Here the protocol is made by the listener's factory, then the config renames the
+    # entry point, then the connection is handed over.
+    async def main():
+        loop = asyncio.get_running_loop()
+        rt = Runtime(ProxyMetrics())
+        p1, p2 = free_port(), free_port()
+        async with Backend("A") as a, Backend("B") as b:
+            try:
+                await rt.apply(_two_entry_points(1, {p1: "a", p2: "gone"}, {"a": a.url, "gone": a.url}))
+                renamed = rt.listeners[("http", "127.0.0.1", p1)].factory()
+                removed = rt.listeners[("http", "127.0.0.1", p2)].factory()
+                await rt.apply(_two_entry_points(2, {p1: "b"}, {"b": b.url}))
+                clients = []
+                for protocol in (renamed, removed):
+                    ours, theirs = socket.socketpair()
+                    await loop.connect_accepted_socket(lambda p=protocol: p, ours)
+                    reader, writer = await asyncio.open_connection(sock=theirs)
+                    clients.append(RawClient(reader, writer))
+                for client in clients:
+                    await client.send(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n")
+                response = await clients[0].response()
+                assert (response.status, response.header("x-backend"), response.keep_alive) == (200, "B", True)
+                # its entry point was removed meanwhile: answered, then closed
+                response = await clients[1].response()
+                assert response.header("connection") == "close" and await clients[1].closed()
+            finally:
+                await rt.close()
+
+    run(main())
+
+
+def test_pipelined_requests_on_a_removed_entry_point_are_all_answered_before_it_closes():
+    # Before: the recycle put Connection: close on every request already received, so the
+    # connection closed after the first response and the pipelined ones were never answered.
+    async def main():
+        rt = Runtime(ProxyMetrics())
+        p1, p2 = free_port(), free_port()
+        async with Backend("A") as a:
+            try:
+                await rt.apply(_two_entry_points(1, {p1: "a", p2: "b"}, {"a": a.url, "b": a.url}))
+                client = await RawClient.connect(p2)
+                await client.send(b"GET /slow?ms=400 HTTP/1.1\r\nHost: svc\r\n\r\n"
+                                  b"POST /second HTTP/1.1\r\nHost: svc\r\nContent-Length: 2\r\n\r\nhi")
+                await asyncio.sleep(0.15)
+                await rt.apply(_two_entry_points(2, {p1: "a"}, {"a": a.url}))
+                first, second = await client.response(), await client.response()
+                assert (first.status, first.header("connection")) == (200, None)
+                assert (second.status, second.header("connection")) == (200, "close")
+                assert await client.closed()
+                assert [r.path for r in a.requests] == ["/slow?ms=400", "/second"]
+            finally:
+                await rt.close()
+
+    run(main())

@@ -123,6 +123,11 @@ class ConnectionSet:
     def __init__(self) -> None:
         self.conns: set[ClientProtocol] = set()
         self.draining = False
+        # entry-point renames and removals (see entry_points_changed), numbered: a connection
+        # accepted before one and registered after it (connection_made comes a loop turn after
+        # the protocol is made) catches up when it registers
+        self.ep_generation = 0
+        self.ep_changes: list[tuple[int, dict[str, str], set[str]]] = []
 
     def __len__(self) -> int:
         return len(self.conns)
@@ -145,14 +150,28 @@ class ConnectionSet:
         name from their next request; those of a removed one end as in :meth:`recycle` (requests
         in flight finish). One pass over the old names, so names that trade places stay right.
         Returns how many connections end."""
+        self.ep_generation += 1
+        self.ep_changes.append((self.ep_generation, renamed, removed))
+        del self.ep_changes[:-8]  # a connection waits one loop turn to register: one or two are plenty
         ending = 0
         for conn in list(self.conns):
-            ep = getattr(conn, "ep", None)
-            if ep in removed:
-                ending += conn.recycle()
-            elif ep in renamed:
-                conn.ep = renamed[ep]
+            ending += self._follow(conn, renamed, removed)
         return ending
+
+    @staticmethod
+    def _follow(conn: Any, renamed: dict[str, str], removed: set[str]) -> bool:
+        ep = getattr(conn, "ep", None)
+        if ep in removed:
+            return conn.recycle()
+        if ep in renamed:
+            conn.ep = renamed[ep]
+        return False
+
+    def catch_up(self, conn: Any, seen: int) -> None:
+        """Apply to ``conn`` the entry-point changes made after generation ``seen``."""
+        for generation, renamed, removed in self.ep_changes:
+            if generation > seen and self._follow(conn, renamed, removed):
+                return
 
     def close_idle(self) -> int:
         """Close the connections with no request in progress; returns how many."""
@@ -618,11 +637,12 @@ class ClientProtocol(asyncio.Protocol):
                  "active", "pending", "out", "dirty", "rpause", "wpaused", "closing", "broken", "tunnel",
                  "deadline", "timer", "period", "in_head", "head_seen", "acl", "acl_plane", "hosts", "raw_up",
                  "registered", "bypass", "response_timeout", "fresh_conn", "alt_method", "fwd_tails", "rate_delay",
-                 "in_done", "done_next", "held", "recycle_first", "stopped")
+                 "in_done", "done_next", "held", "recycle_first", "stopped", "ep_seen")
 
     def __init__(self, holder: Any, entry_point: str, options: HTTPOptions, metrics: ProxyMetrics) -> None:
         self.holder = holder
         self.ep = entry_point
+        self.ep_seen = options.connections.ep_generation  # the entry-point changes ``ep`` reflects
         self.options = options
         self.metrics = metrics
         self.loop = asyncio.get_event_loop()
@@ -675,6 +695,8 @@ class ClientProtocol(asyncio.Protocol):
             return
         conns.conns.add(self)
         self.registered = True
+        if self.ep_seen != conns.ep_generation:
+            conns.catch_up(self, self.ep_seen)  # a config renamed or removed our entry point since the accept
         transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
         self.metrics.connection_opened("http")
         peer = transport.get_extra_info("peername")
@@ -774,9 +796,11 @@ class ClientProtocol(asyncio.Protocol):
             else:
                 self.close()
             return True
-        for ex in (self.active, self.cur, *self.pending):
-            if ex is not None:
-                ex.close_after = True  # says Connection: close if its head has not gone yet
+        # Connection: close on the last request received (its head, if not gone yet), and the
+        # connection ends after its response: the ones before it, pipelined, are answered first
+        last = self.cur or (self.pending[-1] if self.pending else self.active)
+        if last is not None:
+            last.close_after = True
         return True
 
     def _recycle_fresh(self) -> None:

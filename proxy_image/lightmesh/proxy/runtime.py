@@ -10,7 +10,7 @@ This module owns :class:`Runtime`. ``await runtime.apply(config)``:
    whose key stays is kept (its route or entry-point name is updated in place; the HTTP connections
    of a renamed entry point route by its new name), removed ones stop accepting (established TCP
    connections and HTTP requests in flight run to their end; idle keep-alive HTTP connections of a
-   removed entry point close, busy ones after their response), new
+   removed entry point close, busy ones after the requests they have read), new
    ones are opened with ``SO_REUSEPORT`` so every worker process shares the
    port. A listener that cannot be opened (EADDRINUSE, EACCES...) is reported in
    :attr:`ApplyResult.listener_errors` and retried by :meth:`Runtime.retry_failed`; the others serve;
