@@ -266,6 +266,12 @@ def test_the_config_version_gauge_leaves_out_workers_with_no_config_the_controll
         worker.applied_hash = None  # no serving worker has one (all restarting): the last version stays
     sup.workers[1].draining = False
     assert sup.config_version() == 7  # before: 0, a dip to 0 on the dashboard at every lone worker's restart
+    # the value kept is the last one applied, not the last one scraped
+    for worker in sup.workers:
+        sup._handle(worker, {"type": "applied", "version": 9, "hash": "h9"})
+    for worker in sup.workers:
+        worker.applied_hash = None
+    assert sup.config_version() == 9
     # a config numbered 0 is a config all the same (its hash says it was applied)
     sup.workers[0].applied_version, sup.workers[0].applied_hash = 0, "h0"
     sup.workers[1].applied_version, sup.workers[1].applied_hash = 4, "h4"

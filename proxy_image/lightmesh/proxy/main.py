@@ -691,6 +691,7 @@ class Supervisor:
             worker.pid = msg.get("pid", worker.pid)
         elif kind == "applied":
             worker.applied_version, worker.applied_hash = msg["version"], msg.get("hash")
+            self.config_version()  # the value the gauge keeps should this worker be the only one and restart
             worker.listener_errors = msg.get("listener_errors") or {}
             worker.listeners = msg.get("listeners") or []
             worker.last_error = None
