@@ -90,6 +90,25 @@ def test_a_new_local_mesh_records_itself_and_clears_what_a_killed_one_left(tmp_p
     assert remove_stale_work_dirs(tmp_path) == []  # its owner (this process) runs
     given = LocalMesh(tmp_path / "manifests", work_dir=tmp_path / "given")  # a work_dir given: left alone
     assert not (given.work_dir / "owner.json").exists() and mesh.work_dir.exists()
+    # a killed run's directory given as work_dir (to look at it): its record goes, so no sweep takes it
+    reused = work_dir(tmp_path, "killed-again", ended_process)
+    LocalMesh(tmp_path / "manifests", work_dir=reused)
+    assert not (reused / "owner.json").exists()
+    LocalMesh(tmp_path / "manifests")
+    assert reused.exists()
+
+
+def test_nothing_is_judged_through_another_pid_namespaces_proc(tmp_path, monkeypatch, ended_process):
+    # In a sandbox that kept the host's /proc, our PID numbers another process there (or none): a
+    # running owner was taken for gone and its directory removed.
+    gone = work_dir(tmp_path, "gone", ended_process)
+    real_readlink = os.readlink
+    monkeypatch.setattr(os, "readlink", lambda p, *a, **k: "1" if str(p) == "/proc/self" else real_readlink(p, *a, **k))
+    assert harness._process_identity() is None
+    assert remove_stale_work_dirs(tmp_path) == [] and gone.exists()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    mesh = LocalMesh(tmp_path / "manifests")
+    assert gone.exists() and not (mesh.work_dir / "owner.json").exists()  # no record it could be judged by
 
 
 @pytest.mark.parametrize("code, says", [

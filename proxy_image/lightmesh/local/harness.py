@@ -266,8 +266,11 @@ def display_domain(domains: tuple[str, ...] | list[str]) -> str:
 
 def _process_identity(pid: int | str = "self") -> dict | None:
     """What tells this process apart from any other, past or future, on this machine (Linux); None
-    when ``pid`` does not exist or /proc cannot say."""
+    when ``pid`` does not exist or /proc cannot say, or when /proc is not our PID namespace's (a
+    sandbox that kept the host's /proc): its numbers are not ours then, so nothing can be judged."""
     try:
+        if os.readlink("/proc/self") != str(os.getpid()):
+            return None
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
         namespace = os.readlink("/proc/self/ns/pid")  # the namespace its PID is read in: ours
@@ -432,6 +435,9 @@ class LocalMesh:
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix=WORK_DIR_PREFIX))
         if self._own_work_dir:
             _write_owner(self.work_dir)
+        else:  # a directory given (an old work directory reused, say) is never swept
+            with contextlib.suppress(OSError):
+                (self.work_dir / OWNER_FILE).unlink()
         self.state_dir = self.work_dir / "state"
         self.log_dir = self.work_dir / "logs"
         self.manifests: list[dict] = []
