@@ -1004,10 +1004,14 @@ class IgnoreSettings:
     watch_namespaces: Any = ()
     ignore_namespaces: Any = ()
 
-    def ignores(self, namespace: str, name: str) -> Any:
-        """True/False for the Service ``namespace/name``; UNKNOWN when it depends on a value not known yet."""
+    def ignores(self, namespace: Any, name: Any) -> Any:
+        """True/False for the Service ``namespace/name``; UNKNOWN when it depends on a value not known yet
+        (a ``name`` not known yet may be ``default/kubernetes``'s)."""
         if (namespace, name) in controller_model.ALWAYS_IGNORED_SERVICES:
             return True
+        if is_unknown(name) and any(is_unknown(namespace) or namespace == ns
+                                    for ns, _ in controller_model.ALWAYS_IGNORED_SERVICES):
+            return True if self.ignores_namespace(namespace) is True else UNKNOWN
         return self.ignores_namespace(namespace)
 
     def ignores_namespace(self, namespace: Any) -> Any:

@@ -45,7 +45,9 @@ def _config(config: Mapping[str, Any] | None, defaults: Mapping[str, Any]) -> di
     return {key: given.get(key, default) for key, default in defaults.items()}
 
 
-def _schema(defaults: Mapping[str, Any], descriptions: Mapping[str, str]) -> PolicyConfigSchema:
+def _schema(defaults: Mapping[str, Any], descriptions: Mapping[str, str],
+            choices: Mapping[str, list[str]] | None = None) -> PolicyConfigSchema:
+    """The config schema of ``defaults``; ``choices``: the only values a string property takes (an enum)."""
     properties = {}
     for key, default in defaults.items():
         if isinstance(default, bool):
@@ -56,6 +58,8 @@ def _schema(defaults: Mapping[str, Any], descriptions: Mapping[str, str]) -> Pol
             prop = {"type": "array", "items": {"type": "string"}}
         else:
             prop = {"type": "string"}
+        if key in (choices or {}):
+            prop["enum"] = list(choices[key])
         properties[key] = {**prop, "default": default, "description": descriptions[key]}
     return PolicyConfigSchema(properties=properties)
 
@@ -1091,7 +1095,8 @@ traffic_split_valid = StackValidationPolicy(
 
 # ----------------------------------------------------------------------------- 4. mesh annotations
 
-ANNOTATIONS_DEFAULTS = {"report_unknown_keys": True}
+ANNOTATIONS_DEFAULTS = {"report_unknown_keys": True, "default_traffic_type": "http"}
+_TRAFFIC_TYPES = [t.value for t in ann.TrafficType]  # http, tcp, udp: the controller's --default-mode choices
 
 # annotation key → the MeshService argument that renders it (for the hint)
 _MESH_SERVICE_FIELD = {
@@ -1115,36 +1120,92 @@ def _with_placeholders(annotations: dict) -> dict:
             for key, value in annotations.items()}
 
 
-def _validate_annotations(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    if args.resource_type not in (model.SERVICE, model.SERVICE_PATCH):
-        return
+def _validate_annotations(args: StackValidationArgs, report: ReportViolation) -> None:
     cfg = _config(args.get_config(), ANNOTATIONS_DEFAULTS)
-    resource = _resource(args)
+    default = cfg["default_traffic_type"]
+    if not isinstance(default, str) or default not in _TRAFFIC_TYPES:
+        # (the Pulumi CLI refuses it by the schema's enum before any rule runs; a direct or offline run does not)
+        report(f"policy config of lightmesh-service-annotations-valid: property default_traffic_type is "
+               f"{model.shown(default)}, not one of {', '.join(_TRAFFIC_TYPES)}; no Service is judged. Fix: set it "
+               f"to the controller's --default-mode (MeshInstall default_traffic_type) of the mesh this stack's "
+               f"Services join: http, tcp or udp.")
+        return
+    for view in _views(args):
+        _annotations(view, cfg, report)
+
+
+# Without a controller in the stack, what every controller skips whatever its flags: kube-system and
+# default/kubernetes (its own namespace and its --watch/--ignore-namespaces are not known).
+_ALWAYS_IGNORED = model.IgnoreSettings(mesh_namespace=None)
+
+
+def _annotations(view: StackView, cfg: dict, report: ReportViolation) -> None:
+    """Every Service / ServicePatch of one cluster, judged as the controller reads it: with its default
+    traffic type (``--default-mode``; without a controller in the stack, the rule's ``default_traffic_type``)
+    and not at all where it never reads Services (``topology.build_topology``: kube-system,
+    default/kubernetes, its own namespace, its --ignore-namespaces, and with --watch-namespaces every other)."""
+    if view.mesh_controllers:
+        default, origin, ignores = (view.default_traffic_type(), "the controller's --default-mode",
+                                    view.ignore_settings())
+    else:
+        default, origin, ignores = (ann.TrafficType(cfg["default_traffic_type"]),
+                                    "this rule's default_traffic_type", _ALWAYS_IGNORED)
+    for resource in view.resources:
+        if resource.type not in (model.SERVICE, model.SERVICE_PATCH):
+            continue
+        name, auto_named = model.object_name(resource)
+        # (an auto-named object's name only starts with its resource name: it is no ALWAYS_IGNORED_SERVICES one)
+        if ignores.ignores(model.resource_namespace(resource), None if auto_named else name) is not False:
+            continue  # the controller never reads it (or may not: a value not known yet), so reports nothing
+        _judge_annotations(resource, cfg, default, origin, report)
+
+
+def _judge_annotations(resource: model.Resource, cfg: dict, default: Any, origin: str,
+                       report: ReportViolation) -> None:
+    """One Service / ServicePatch's mesh annotations; ``default``: the controller's default traffic type
+    (UNKNOWN while not known yet), ``origin`` where it comes from (for messages)."""
     annotations = model.dig(resource.props, "metadata", "annotations")
     if not isinstance(annotations, dict):
         return
     service_type = model.dig(resource.props, "spec", "type")
     if service_type == "ExternalName" or is_unknown(service_type):
         return  # the controller skips an ExternalName Service before reading its annotations (or may: not known yet)
+    urn = resource.urn
     known = {k: v for k, v in annotations.items() if not is_unknown(v)}
     name, _ = model.object_name(resource)
     where = f"Service {model.resource_namespace(resource)}/{name}"
     unknown_keys = {k for k, v in annotations.items() if is_unknown(v)}
-    settings, errors = ann.parse_annotations_lenient(_with_placeholders(annotations))
+    # The traffic type as the controller reads it (topology._service): the annotation's, else (none, or
+    # one it refuses) the controller's default. One not known yet stands in as http (its placeholder).
+    chosen = ann.lookup(annotations, ann.TRAFFIC_TYPE)
+    default_unknown = is_unknown(default)
+    settings, errors = ann.parse_annotations_lenient(_with_placeholders(annotations),
+                                                     ann.TrafficType.HTTP if default_unknown else default)
     # As the controller (topology._annotation_errors, _unused_http_keys): on a tcp or udp Service an
     # HTTP-only key is ignored, valid or not, and never takes the Service out of the mesh. A traffic type
-    # not known yet stands in as http (its placeholder): then both outcomes are said.
+    # not known yet: both outcomes are said.
     traffic = settings.traffic_type.value
     http = settings.traffic_type is ann.TrafficType.HTTP
-    chosen = ann.lookup(annotations, ann.TRAFFIC_TYPE)
-    traffic_unknown = chosen is not None and is_unknown(chosen[1])
+    from_default = chosen is None or any(e.annotation == chosen[0] for e in errors)
+    if chosen is not None and is_unknown(chosen[1]):
+        traffic_unknown = "not known yet"
+    elif chosen is None and default_unknown:
+        traffic_unknown = "the controller's --default-mode, not known yet"
+    else:
+        traffic_unknown = None
+    if from_default and not http:
+        traffic = f"{traffic} ({origin})"  # a Service that names none: why it is not http
+    # left out of the mesh by a fatal error the controller does not ignore: on a tcp/udp Service, that of
+    # the traffic-type annotation itself (refused: the default stands in, and the Service is left out)
+    left_out = any(e.fatal and (http or e.annotation.rsplit("/", 1)[-1] not in ann.HTTP_ONLY_KEYS) for e in errors)
     ignored = (f"The controller keeps this Service in the mesh and ignores this annotation: it applies to HTTP "
-               f"traffic only, and traffic type {traffic} does not use it")
-    left_out = False
+               f"traffic only, and traffic type {traffic} does not use it" if not left_out else
+               f"The controller ignores this annotation (it applies to HTTP traffic only, and traffic type {traffic} "
+               f"does not use it), and leaves this Service out of the mesh for its traffic-type annotation until "
+               f"that is fixed")
     for error in errors:
         key = error.annotation.rsplit("/", 1)[-1]
         http_only = key in ann.HTTP_ONLY_KEYS
-        left_out = left_out or (error.fatal and (http or not http_only))
         if error.annotation in unknown_keys:
             continue
         # "...: invalid circuit-breaker expression: ... at position 1 in 'Foo() > 1'": the value is already there
@@ -1152,16 +1213,16 @@ def _validate_annotations(args: ResourceValidationArgs, report: ReportViolation)
                 f"{error.reason.removesuffix(f' in {error.value!r}')}")
         if http_only and not http:
             report(f"{where}: {text}. {ignored}. Fix: remove the annotation (or set traffic type http if the "
-                   f"Service carries HTTP, and correct it).")
+                   f"Service carries HTTP, and correct it).", urn)
             continue
         effect = ("The controller leaves this Service out of the mesh (its mesh names do not resolve) until it "
                   "is fixed" if error.fatal
                   else f"The controller keeps this Service, but {error.effect}, until it is fixed")
         if http_only and traffic_unknown:
-            effect = (f"If the Service's traffic type (not known yet) is http: {effect[0].lower()}{effect[1:]}; if "
-                      f"it is tcp or udp, the controller ignores this annotation (it applies to HTTP traffic only)")
+            effect = (f"If the Service's traffic type ({traffic_unknown}) is http: {effect[0].lower()}{effect[1:]}; "
+                      f"if it is tcp or udp, the controller ignores this annotation (it applies to HTTP traffic only)")
         report(f"{where}: {text}. {effect}. Fix: "
-               f"correct the annotation, or MeshService arg {_MESH_SERVICE_FIELD.get(key, key)}.")
+               f"correct the annotation, or MeshService arg {_MESH_SERVICE_FIELD.get(key, key)}.", urn)
     if not http and not left_out:
         # valid HTTP-only keys on a tcp/udp Service: the controller says it ignores each (an object error)
         reported = {error.annotation for error in errors}
@@ -1170,7 +1231,7 @@ def _validate_annotations(args: ResourceValidationArgs, report: ReportViolation)
             if full is not None and full not in reported:
                 report(f"{where}: annotation {full} applies to HTTP traffic only; traffic type {traffic} does not "
                        f"use it. The controller keeps this Service in the mesh and ignores this annotation. Fix: "
-                       f"remove the annotation (or set traffic type http if the Service carries HTTP).")
+                       f"remove the annotation (or set traffic type http if the Service carries HTTP).", urn)
     if cfg["report_unknown_keys"]:
         for full in sorted(known):
             prefix = next((p for p in ann.PREFIXES if full.startswith(p)), None)
@@ -1180,20 +1241,26 @@ def _validate_annotations(args: ResourceValidationArgs, report: ReportViolation)
             hint = f"did you mean {prefix}{guess[0]}?" if guess else f"known keys: {', '.join(ann.KEYS)}"
             fix = f"rename it to {prefix}{guess[0]}" if guess else "use one of the known keys"
             report(f"{where}: annotation {full} is not a mesh setting and is ignored ({hint}). Fix: {fix}, or "
-                   f"remove it (or set report_unknown_keys: false for this rule if it is meant for another tool).")
+                   f"remove it (or set report_unknown_keys: false for this rule if it is meant for another tool).", urn)
 
 
-service_annotations_valid = ResourceValidationPolicy(
+service_annotations_valid = StackValidationPolicy(
     name="lightmesh-service-annotations-valid",
     description=("Mesh annotations on any Service but an ExternalName one (lightmesh.io/, mesh.traefik.io/, "
                  "maesh.containo.us/) are valid by the controller's own parser: traffic type, scheme, whole numbers "
                  "in range, rate limit pairs, durations, a parsable circuit-breaker expression; no misspelled keys; "
-                 "no HTTP-only keys on a tcp or udp Service (the controller ignores them)."),
+                 "no HTTP-only keys on a tcp or udp Service (the controller ignores them), a Service without a "
+                 "traffic-type annotation having the controller's --default-mode. Services the controller never "
+                 "reads (kube-system, default/kubernetes, its own, ignored or unwatched namespaces) are skipped."),
     enforcement_level=EnforcementLevel.MANDATORY,
     severity=Severity.MEDIUM,
     config_schema=_schema(ANNOTATIONS_DEFAULTS, {
         "report_unknown_keys": "Report keys under a mesh prefix that are not mesh settings (typos).",
-    }),
+        "default_traffic_type": ("The traffic type of a Service without a traffic-type annotation when the stack "
+                                 "does not declare the Lightmesh controller (its --default-mode, MeshInstall "
+                                 "default_traffic_type, of the mesh the Services join); a stack that declares it "
+                                 "is judged by its own flag."),
+    }, choices={"default_traffic_type": _TRAFFIC_TYPES}),
     remediation_steps="Correct the annotation value (or the MeshService argument that renders it).",
     validate=_validate_annotations,
 )

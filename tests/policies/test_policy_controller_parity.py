@@ -12,6 +12,7 @@
 import copy
 from pathlib import Path
 
+import pytest
 from pulumi_policy.policy import PolicyProviderResource
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, unknown_checking_proxy
 
@@ -660,43 +661,70 @@ def test_only_the_lightmesh_cli_running_a_subcommand_makes_a_workload_lightmeshs
 # ------------------------------------------------------- mesh annotations: HTTP-only keys of tcp/udp Services
 
 
-def controller_on_annotations(annotations):
-    """What the controller itself does with a Service carrying ``annotations``: (left out of the mesh?, the
-    annotations it reports an object error on)."""
+def controller_on_annotations(annotations, default_mode="http", ns="shop", name="x", **settings):
+    """What the controller itself does with a Service carrying ``annotations``, run with ``--default-mode
+    default_mode`` (and other ``Settings``): (left out of the mesh?, the annotations it reports an object
+    error on)."""
     from lightmesh.controller.model import ClusterState, Settings
     from lightmesh.controller.topology import build_topology
 
-    udp = any(k.endswith("/traffic-type") and str(v).strip().lower() == "udp" for k, v in annotations.items())
-    props = service("shop", "x", annotations, {"app": "x"},
+    chosen = next((str(v).strip().lower() for k, v in annotations.items() if k.endswith("/traffic-type")), None)
+    udp = (chosen if chosen in ("http", "tcp", "udp") else default_mode) == "udp"
+    props = service(ns, name, annotations, {"app": name},
                     ports=[{"port": 80, "targetPort": 80, "protocol": "UDP" if udp else "TCP"}]).props
-    topology = build_topology(ClusterState(services=[props]), Settings())
-    fields = {e.field for e in topology.errors if (e.kind, e.namespace, e.name) == ("Service", "shop", "x")}
-    return "shop/x" in topology.excluded, {f[len("metadata.annotations["):-1] for f in fields
-                                           if f.startswith("metadata.annotations[")}
+    topology = build_topology(ClusterState(services=[props]), Settings(default_mode=default_mode, **settings))
+    fields = {e.field for e in topology.errors if (e.kind, e.namespace, e.name) == ("Service", ns, name)}
+    return f"{ns}/{name}" in topology.excluded, {f[len("metadata.annotations["):-1] for f in fields
+                                                 if f.startswith("metadata.annotations[")}
 
 
-def pack_on_annotations(annotations):
+def annotations_stack(annotations, default_mode=None, through="config", ns="shop", name="x", controller_args=()):
+    """(stack, policy config) for lightmesh-service-annotations-valid, the controller's default traffic type
+    ``default_mode`` given ``through`` the stack's controller (its --default-mode; None: the flag left out)
+    or the rule's ``default_traffic_type`` config (None: left out)."""
+    config = {"report_unknown_keys": False}
+    stack = [service(ns, name, annotations, {"app": name})]
+    if through == "controller":
+        mode = [] if default_mode is None else ["--default-mode", default_mode]
+        stack.insert(0, controller(acl=False, extra_args=[*mode, *controller_args]))
+    elif default_mode is not None:
+        config["default_traffic_type"] = default_mode
+    return stack, config
+
+
+def pack_on_annotations(annotations, default_mode=None, through="config", **where):
     """The same, as lightmesh-service-annotations-valid says it (typos aside: the controller does not judge
     keys it does not know)."""
-    found = messages(run_policy(service_annotations_valid, [service("shop", "x", annotations, {"app": "x"})],
-                                {"report_unknown_keys": False}))
+    found = messages(run_policy(service_annotations_valid, *annotations_stack(annotations, default_mode, through,
+                                                                              **where)))
     left_out = any("leaves this Service out of the mesh" in m for m in found)
     assert all(("leaves this Service out" in m) is not ("keeps this Service" in m) for m in found), found
     keys = {m.split("annotation ", 1)[1].split("=", 1)[0].split(" ", 1)[0] for m in found}
     return left_out, keys
 
 
-def test_the_pack_says_what_the_controller_does_with_http_only_annotations():
+EVERY_HTTP_ONLY = {"lightmesh.io/scheme": "https", "lightmesh.io/retry-attempts": "3",
+                   "lightmesh.io/circuit-breaker-expression": "NetworkErrorRatio() > 0.5",
+                   "lightmesh.io/ratelimit-average": "5", "lightmesh.io/ratelimit-burst": "10",
+                   "lightmesh.io/request-timeout": "5s"}
+BAD_HTTP_ONLY = {"lightmesh.io/scheme": "ftp", "lightmesh.io/retry-attempts": "abc",
+                 "lightmesh.io/circuit-breaker-expression": "Foo() > 1", "lightmesh.io/ratelimit-average": "x",
+                 "lightmesh.io/request-timeout": "5"}
+
+
+@pytest.mark.parametrize("default_mode, through", [
+    (None, "config"),  # no controller in the stack, no config: the controller's own default (http)
+    ("http", "controller"), ("http", "config"),
+    # the controller's --default-mode (MeshInstall default_traffic_type): the pack judged every Service without a
+    # traffic-type annotation as http whatever the stack's controller said, and had no config for it
+    ("tcp", "controller"), ("tcp", "config"), ("udp", "controller"), ("udp", "config"),
+])
+def test_the_pack_says_what_the_controller_does_with_http_only_annotations(default_mode, through):
     """The controller (topology._annotation_errors and _unused_http_keys) ignores an HTTP-only key of a tcp or
     udp Service, valid or not, with an object error each, and keeps the Service meshed; the pack reported no
-    valid such key, and said a bad one left the Service out of the mesh."""
-    every_http_only = {"lightmesh.io/scheme": "https", "lightmesh.io/retry-attempts": "3",
-                       "lightmesh.io/circuit-breaker-expression": "NetworkErrorRatio() > 0.5",
-                       "lightmesh.io/ratelimit-average": "5", "lightmesh.io/ratelimit-burst": "10",
-                       "lightmesh.io/request-timeout": "5s"}
-    bad = {"lightmesh.io/scheme": "ftp", "lightmesh.io/retry-attempts": "abc",
-           "lightmesh.io/circuit-breaker-expression": "Foo() > 1", "lightmesh.io/ratelimit-average": "x",
-           "lightmesh.io/request-timeout": "5"}
+    valid such key, and said a bad one left the Service out of the mesh. A Service without a traffic-type
+    annotation (or with one the controller refuses) has the controller's --default-mode."""
+    every_http_only, bad = EVERY_HTTP_ONLY, BAD_HTTP_ONLY
     cases = [{}, every_http_only, bad, {"lightmesh.io/retry-attempts": "200"},
              {"lightmesh.io/ratelimit-average": "10"}, {"mesh.traefik.io/ratelimit-burst": "10"},
              {"lightmesh.io/retry-attempts": "abc", "mesh.traefik.io/retry-attempts": "2"},
@@ -711,8 +739,8 @@ def test_the_pack_says_what_the_controller_does_with_http_only_annotations():
                 annotations = dict(extra)
                 if traffic is not None:
                     annotations[prefix + "traffic-type"] = traffic
-                expected = controller_on_annotations(annotations)
-                assert pack_on_annotations(annotations) == expected, (annotations, expected)
+                expected = controller_on_annotations(annotations, default_mode or "http")
+                assert pack_on_annotations(annotations, default_mode, through) == expected, (annotations, expected)
                 compared += 1
     assert compared == len(cases) * len(traffic_types) * 2
     # the cases the audit found: both sides agree, and on what
@@ -720,3 +748,159 @@ def test_the_pack_says_what_the_controller_does_with_http_only_annotations():
         False, set(every_http_only))
     assert controller_on_annotations({"lightmesh.io/traffic-type": "tcp", "lightmesh.io/retry-attempts": "abc"}) == (
         False, {"lightmesh.io/retry-attempts"})
+    # and with the controller's --default-mode tcp, a Service that names no traffic type
+    assert controller_on_annotations({"lightmesh.io/retry-attempts": "abc"}, "tcp") == (
+        False, {"lightmesh.io/retry-attempts"})
+    assert controller_on_annotations({"lightmesh.io/retry-attempts": "3"}, "tcp") == (
+        False, {"lightmesh.io/retry-attempts"})
+
+
+KEPT = "The controller keeps this Service in the mesh and ignores this annotation"
+
+
+def test_a_service_without_a_traffic_type_is_judged_with_the_controllers_default_mode():
+    """The stack's controller (MeshInstall default_traffic_type → --default-mode tcp) meshes a Service without
+    a traffic-type annotation as tcp: the pack said a bad retry-attempts left it out of the mesh (the controller
+    ignores the key and keeps it), and nothing of a valid one (the controller reports it as ignored)."""
+    def found(annotations, mode, through):
+        return messages(run_policy(service_annotations_valid, *annotations_stack(annotations, mode, through)))
+
+    for through, origin in (("controller", "the controller's --default-mode"),
+                            ("config", "this rule's default_traffic_type")):
+        [msg] = found({"lightmesh.io/retry-attempts": "abc"}, "tcp", through)
+        assert msg == (f"Service shop/x: annotation lightmesh.io/retry-attempts='abc': must be a whole number. {KEPT}: "
+                       f"it applies to HTTP traffic only, and traffic type tcp ({origin}) does not use it. Fix: remove "
+                       f"the annotation (or set traffic type http if the Service carries HTTP, and correct it).")
+        [msg] = found({"lightmesh.io/retry-attempts": "3"}, "udp", through)
+        assert msg == (f"Service shop/x: annotation lightmesh.io/retry-attempts applies to HTTP traffic only; traffic "
+                       f"type udp ({origin}) does not use it. {KEPT}. Fix: remove the annotation (or set traffic type "
+                       f"http if the Service carries HTTP).")
+        # a traffic-type annotation the controller refuses: the default stands in, and the Service is left out
+        msgs = found({"lightmesh.io/traffic-type": "grpc", "lightmesh.io/retry-attempts": "abc"}, "tcp", through)
+        assert len(msgs) == 2 and "traffic-type='grpc'" in msgs[0] and "leaves this Service out" in msgs[0], msgs
+        assert msgs[1].startswith("Service shop/x: annotation lightmesh.io/retry-attempts='abc': must be a whole "
+                                  f"number. The controller ignores this annotation (it applies to HTTP traffic only, "
+                                  f"and traffic type tcp ({origin}) does not use it), and leaves this Service out of "
+                                  f"the mesh for its traffic-type annotation until that is fixed. Fix: "), msgs
+        # a Service that names http uses them; a named tcp needs no origin
+        assert found({"lightmesh.io/traffic-type": "http", "lightmesh.io/retry-attempts": "3"}, "tcp", through) == []
+        [msg] = found({"lightmesh.io/traffic-type": "tcp", "lightmesh.io/retry-attempts": "3"}, "http", through)
+        assert "traffic type tcp does not use it" in msg, msg
+    # the violation stays on the Service
+    stack, config = annotations_stack({"lightmesh.io/retry-attempts": "3"}, "tcp", "controller")
+    [(_, urn)] = run_policy(service_annotations_valid, stack, config)
+    assert urn == stack[1].urn
+    # the stack's controller decides, not the config: its own default (no --default-mode) is http
+    stack, _ = annotations_stack({"lightmesh.io/retry-attempts": "3"}, None, "controller")
+    assert run_policy(service_annotations_valid, stack, {"default_traffic_type": "tcp"}) == []
+    stack, _ = annotations_stack({"lightmesh.io/retry-attempts": "3"}, "tcp", "controller")
+    assert len(run_policy(service_annotations_valid, stack, {"default_traffic_type": "http"})) == 1
+    # ... and a controller of another cluster of the stack (see rules._views) decides for a cluster that has none
+    assert len(run_policy(service_annotations_valid, [controller(acl=False, extra_args=["--default-mode=udp"]),
+                                                      service("shop", "x", {"lightmesh.io/retry-attempts": "3"})])) == 1
+
+
+def test_a_service_through_mesh_install_default_traffic_type():
+    """The same through what MeshInstall renders (default_traffic_type tcp → the controller's --default-mode tcp),
+    the whole pack run offline."""
+    program = PROGRAMS / "whoami_acl"
+    assert check_program(program, config=["untyped_annotation=3"]).violations == []
+    [violation] = check_program(program, config=["untyped_annotation=3", "default_traffic_type=tcp"]).violations
+    assert violation.policy == "lightmesh-service-annotations-valid"
+    assert violation.urn.endswith("kubernetes:core/v1:Service::untyped-svc")
+    assert violation.message.startswith("Service whoami/untyped: annotation lightmesh.io/retry-attempts applies to "
+                                        "HTTP traffic only; traffic type tcp (the controller's --default-mode) does "
+                                        "not use it. " + KEPT)
+
+
+def test_the_controllers_default_mode_not_known_yet_says_both_outcomes():
+    stack = [controller(acl=False, extra_args=["--default-mode", UNKNOWN_STRING_VALUE]),
+             service("shop", "x", {"lightmesh.io/retry-attempts": "abc"})]
+    [msg] = messages(run_policy(service_annotations_valid, stack, {"default_traffic_type": "tcp"}))
+    assert msg == ("Service shop/x: annotation lightmesh.io/retry-attempts='abc': must be a whole number. If the "
+                   "Service's traffic type (the controller's --default-mode, not known yet) is http: the controller "
+                   "leaves this Service out of the mesh (its mesh names do not resolve) until it is fixed; if it is "
+                   "tcp or udp, the controller ignores this annotation (it applies to HTTP traffic only). Fix: correct "
+                   "the annotation, or MeshService arg retry_attempts.")
+    # a valid value: nothing to say until it is known; a Service that names its traffic type does not depend on it
+    stack[1] = service("shop", "x", {"lightmesh.io/retry-attempts": "3"})
+    assert run_policy(service_annotations_valid, stack) == []
+    stack[1] = service("shop", "x", {"lightmesh.io/traffic-type": "udp", "lightmesh.io/retry-attempts": "3"})
+    [msg] = messages(run_policy(service_annotations_valid, stack))
+    assert "traffic type udp does not use it" in msg
+
+
+NEVER_READ_CASES = [
+    # (controller Settings, its flags, (namespace, name) of Services it never reads, ... of Services it reads)
+    ({}, [], [("kube-system", "x"), ("default", "kubernetes"), ("lightmesh", "x")],
+     [("shop", "x"), ("default", "x"), ("kube-public", "kubernetes")]),
+    ({"ignore_namespaces": ("legacy", "tools")}, ["--ignore-namespaces", "legacy,tools"],
+     [("legacy", "x"), ("tools", "x"), ("kube-system", "x")], [("shop", "x")]),
+    ({"watch_namespaces": ("shop",)}, ["--watch-namespaces=shop"], [("other", "x"), ("default", "x")], [("shop", "x")]),
+    ({"mesh_namespace": "mesh-system"}, ["--namespace", "mesh-system"], [("mesh-system", "x")], [("lightmesh", "x")]),
+]
+
+
+@pytest.mark.parametrize("settings, flags, never, read", NEVER_READ_CASES,
+                         ids=["defaults", "ignore-namespaces", "watch-namespaces", "namespace"])
+def test_services_the_controller_never_reads_are_not_judged(settings, flags, never, read):
+    """The controller reads no Service of kube-system, its own namespace, its --ignore-namespaces (with
+    --watch-namespaces: of any other namespace), nor default/kubernetes, so it reports none of their
+    annotations; the pack reported their valid HTTP-only keys."""
+    for annotations in ({"lightmesh.io/traffic-type": "tcp", "lightmesh.io/request-timeout": "30s"},
+                        {"lightmesh.io/retry-attempts": "abc", "lightmesh.io/scheme": "ftp"}, BAD_HTTP_ONLY):
+        for default_mode in ("http", "tcp"):
+            for ns, name in never + read:
+                expected = controller_on_annotations(annotations, default_mode, ns, name, **settings)
+                assert expected[1] if (ns, name) in read else expected == (False, set()), (ns, name, expected)
+                got = pack_on_annotations(annotations, default_mode, "controller", ns=ns, name=name,
+                                          controller_args=flags)
+                assert got == expected, (ns, name, annotations, default_mode)
+
+
+def test_without_a_controller_only_what_every_controller_ignores_is_skipped():
+    """A stack that does not declare the controller does not tell its namespace or its ignore lists: only
+    kube-system and default/kubernetes, which every controller skips, are not judged."""
+    annotations = {"lightmesh.io/traffic-type": "tcp", "lightmesh.io/request-timeout": "30s"}
+    for ns, name in (("kube-system", "x"), ("default", "kubernetes")):
+        assert controller_on_annotations(annotations, ns=ns, name=name) == (False, set())
+        assert pack_on_annotations(annotations, "tcp", "config", ns=ns, name=name) == (False, set())
+        assert run_policy(service_annotations_valid, [service(ns, name, annotations)]) == []
+    for ns, name in (("lightmesh", "x"), ("default", "x"), ("kube-public", "kubernetes")):
+        assert pack_on_annotations(annotations, None, "config", ns=ns, name=name) == (
+            False, {"lightmesh.io/request-timeout"}), (ns, name)
+    # an auto-named Service is never default/kubernetes; one whose name is not known yet may be
+    auto = service("default", "kubernetes", annotations)
+    del auto.props["metadata"]["name"]
+    assert len(run_policy(service_annotations_valid, [auto])) == 1
+    unknown = service("default", "x", annotations)
+    unknown.props["metadata"]["name"] = UNKNOWN_STRING_VALUE
+    assert run_policy(service_annotations_valid, [unknown]) == []
+    unknown.props["metadata"]["namespace"] = "shop"
+    assert len(run_policy(service_annotations_valid, [unknown])) == 1
+
+
+def test_the_default_traffic_type_config_property():
+    from lightmesh_policies.offline import OfflineCheckError, resolve_policy_config
+
+    schema = service_annotations_valid.config_schema.properties["default_traffic_type"]
+    assert schema["type"] == "string" and schema["enum"] == ["http", "tcp", "udp"] and schema["default"] == "http"
+    assert resolve_policy_config({})["lightmesh-service-annotations-valid"][1] == {
+        "report_unknown_keys": True, "default_traffic_type": "http"}
+    assert resolve_policy_config({"lightmesh-service-annotations-valid": {"default_traffic_type": "udp"}})[
+        "lightmesh-service-annotations-valid"][1]["default_traffic_type"] == "udp"
+    try:
+        resolve_policy_config({"lightmesh-service-annotations-valid": {"default_traffic_type": 1}})
+    except OfflineCheckError as exc:
+        assert "default_traffic_type must be a string" in str(exc)
+    else:
+        raise AssertionError("a number for default_traffic_type was taken")
+    # a value outside the enum (the Pulumi CLI refuses it by the schema; a direct or offline run does not): said
+    # once, naming the property, and nothing else judged
+    for bad in ("grpc", "TCP", ""):
+        stack = [service("shop", "x", {"lightmesh.io/retry-attempts": "x"}),
+                 service("shop", "y", {"lightmesh.io/scheme": "ftp"})]
+        [(msg, urn)] = run_policy(service_annotations_valid, stack, {"default_traffic_type": bad})
+        assert msg.startswith(f"policy config of lightmesh-service-annotations-valid: property default_traffic_type "
+                              f"is {bad!r}, not one of http, tcp, udp; no Service is judged. Fix: "), msg
+        assert urn is None

@@ -12,6 +12,8 @@ resources = {"cpu_request": "100m", "memory_request": "128Mi", "memory_limit": "
 install_args = {"acl": cfg.get_bool("acl"), "controller_resources": resources, "proxy_resources": resources}
 if cfg.get("image"):
     install_args["image"] = cfg.get("image")
+if cfg.get("default_traffic_type"):  # the controller's --default-mode
+    install_args["default_traffic_type"] = cfg.get("default_traffic_type")
 mesh = MeshInstall("mesh", install_args)
 after_mesh = pulumi.ResourceOptions(depends_on=[mesh])
 
@@ -106,3 +108,10 @@ if cfg.get("hand_annotation"):
         spec={"selector": {"app": "legacy"}, "ports": [{"port": 80}]})
     AccessPolicy("client-to-legacy", {"namespace": NS, "destination_service_account": "legacy", "sources": client,
                                       "http_matches": [{"name": "all", "path_regex": "/.*"}]}, opts=after_mesh)
+
+if cfg.get("untyped_annotation"):
+    # A Service annotated by hand with retry attempts and no traffic type: the controller's --default-mode decides
+    # whether it uses them. Port 8080 of whoami-tcp's pods, which both AccessPolicies allow (for http, tcp).
+    k8s.core.v1.Service("untyped-svc", metadata={
+        "name": "untyped", "namespace": NS, "annotations": {"lightmesh.io/retry-attempts": cfg.get("untyped_annotation")}},
+        spec={"selector": {"app": "whoami-tcp"}, "ports": [{"port": 8080}]})
