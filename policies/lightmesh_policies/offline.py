@@ -266,6 +266,10 @@ def _check_property(policy: str, key: str, value: Any, schema: Mapping[str, Any]
                     for t in types]
         wanted = " or ".join(expected).replace("true or false or null", "true, false or null")
         raise OfflineCheckError(f"policy config: {policy}: property {key} must be {wanted}, got {_json_type(value)}")
+    choices = schema.get("enum")
+    if isinstance(choices, list) and value not in choices:  # as the Pulumi CLI refuses it
+        raise OfflineCheckError(f"policy config: {policy}: property {key} must be one of "
+                                f"{', '.join(map(json.dumps, choices))}, got {json.dumps(value)}")
     item_schema = schema.get("items")
     if isinstance(value, list) and isinstance(item_schema, Mapping):
         for i, item in enumerate(value):

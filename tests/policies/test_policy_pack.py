@@ -81,6 +81,9 @@ def test_schema_defaults_are_filled_in_like_the_cli_does():
      "lightmesh-acl-service-has-traffic-target: property ignore_services must be a list of strings"),
     ({"lightmesh-require-acl": {"require_acl": "yes"}},
      "lightmesh-require-acl: property require_acl must be true, false or null, got a string"),
+    ({"lightmesh-service-annotations-valid": {"default_traffic_type": "grpc"}},  # the Pulumi CLI refuses it
+     'lightmesh-service-annotations-valid: property default_traffic_type must be one of "http", "tcp", "udp", '
+     'got "grpc"'),
     ([], r"expected a JSON object of rule ids .*, got a list \(\[\]\)"),
     ("mandatory", "expected a JSON object of rule ids"),
 ])
