@@ -26,7 +26,8 @@ Match
     the end (add ``$`` for that), as SMI's ``pathRegex``; a list: the path must match each.
     ``methods``: empty = any; ``*`` = any. ``headers``: header name → regex searched in the header
     value (without the whitespace around it), or a list of regexes the value must each match; all
-    headers must match. Regexes are RE2 (Go's syntax; linear time: :mod:`lightmesh.userregex`).
+    headers must match (one name twice, in two letter cases, is refused). Regexes are RE2 (Go's
+    syntax; linear time: :mod:`lightmesh.userregex`).
     One router holds one match; alternatives (OR) are separate routers sharing a service.
 Fall-through
     A router with ``fall_through`` whose ``allow_list`` middlewares refuse the request's source does
@@ -73,13 +74,17 @@ READABLE_SCHEMAS = (1, 2)
 
 # Names end up in metric labels, log lines and URLs: keep them to a safe alphabet.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@:/-]{0,252}$"
-_HTTP_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# used with fullmatch: "$" also matches before a final newline, so "GET\n" passed a match()
+_HTTP_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 # strict (here and on every number below): a port of "5000" or true is a producer's bug to
 # report, not to coerce
 Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
 Weight = Annotated[int, Field(ge=0, le=1_000_000, strict=True)]
+# Go's int (Traefik's priority): a bigger int is no JSON number a Python proxy reads back (over 4,300
+# digits) nor one a Go client takes
+INT64_MAX = 2**63 - 1
 
 
 class ConfigError(ValueError):
@@ -166,7 +171,7 @@ class Match(_Model):
     @classmethod
     def _methods(cls, methods: list[str]) -> list[str]:
         for method in methods:
-            if method != "*" and not _HTTP_TOKEN.match(method):
+            if method != "*" and not _HTTP_TOKEN.fullmatch(method):
                 raise ValueError(f"invalid HTTP method {method!r}")
         return [m.upper() for m in methods]
 
@@ -174,9 +179,16 @@ class Match(_Model):
     @classmethod
     def _headers(cls, headers: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
         out: dict[str, str | list[str]] = {}
+        spelt: dict[str, str] = {}  # lower case → the name as given
         for name, regex in headers.items():
-            if not _HTTP_TOKEN.match(name):
+            if not _HTTP_TOKEN.fullmatch(name):
                 raise ValueError(f"invalid header name {name!r}")
+            if name.lower() in spelt:
+                # one would silently replace the other's constraint
+                raise ValueError(f"header names {spelt[name.lower()]!r} and {name!r} differ only in letter case "
+                                 "(header names are case-insensitive): give the header once, with a list of "
+                                 "regexes to match each")
+            spelt[name.lower()] = name
             if isinstance(regex, list):
                 if not regex:
                     raise ValueError(f"the list of regexes for header {name!r} must not be empty")
@@ -193,7 +205,7 @@ class Router(_Model):
     name: Name
     entry_points: list[Name] = Field(min_length=1)
     match: Match = Field(default_factory=Match)
-    priority: int = Field(default=0, strict=True)
+    priority: int = Field(default=0, ge=-INT64_MAX - 1, le=INT64_MAX, strict=True)
     service: Name
     middlewares: list[Name] = Field(default_factory=list)
     fall_through: bool = Field(default=False, strict=True)  # see the module docstring
@@ -283,12 +295,17 @@ class CircuitBreakerMiddleware(_Model):
         return expression
 
 
+MAX_RATE = 10**9
+
+
 class RateLimitMiddleware(_Model):
     type: Literal["rate_limit"] = "rate_limit"
     name: Name
-    average: int = Field(ge=1, strict=True)
-    burst: int = Field(ge=1, strict=True)
-    period_seconds: float = Field(default=1.0, gt=0, le=86400, strict=True, allow_inf_nan=False)
+    # Bounded so that every value the proxy's token bucket takes is a finite float: 10**400 did not
+    # convert (every proxy refused the config), a period under Go's 1 ns made the rate infinite.
+    average: int = Field(ge=1, le=MAX_RATE, strict=True)
+    burst: int = Field(ge=1, le=MAX_RATE, strict=True)
+    period_seconds: float = Field(default=1.0, ge=1e-9, le=86400, strict=True, allow_inf_nan=False)
 
 
 class AllowListMiddleware(_Model):
@@ -460,7 +477,7 @@ class ProxyConfig(_Model):
     """The whole configuration one proxy enforces. Build it with :func:`make_config`."""
 
     schema_version: Literal[1, 2] = SCHEMA_VERSION
-    version: int = Field(ge=0, strict=True)
+    version: int = Field(ge=0, le=INT64_MAX, strict=True)
     hash: str = ""
     http: HTTPConfig = Field(default_factory=HTTPConfig)
     tcp: list[TCPRoute] = Field(default_factory=list)
@@ -578,19 +595,43 @@ def _dumps(body: object) -> str:
     return json.dumps(body, sort_keys=True, separators=(",", ":"))
 
 
+_LEAVES = frozenset((str, int, float, bool, type(None)))
+
+
+def _same_input(old: object, new: object) -> bool:
+    """``old == new`` with the same type at every level (``==`` has ``5000.0 == 5000 == True``,
+    which the strict models refuse): only then may what was validated for ``old`` stand for ``new``.
+    A dict with its keys in another order, or any type JSON does not decode to, is not the same
+    (it is validated again: slower, never wrong). The controller passes the unchanged elements'
+    very dicts again, so the walk runs only for the few rebuilt ones."""
+    if old is new:
+        return True
+    kind = type(old)
+    if kind is not type(new):
+        return False
+    if kind is dict:
+        return len(old) == len(new) and all(
+            type(ko) is type(kn) and ko == kn and _same_input(vo, vn)
+            for (ko, vo), (kn, vn) in zip(old.items(), new.items()))
+    if kind is list:
+        return len(old) == len(new) and all(map(_same_input, old, new))
+    return kind in _LEAVES and old == new
+
+
 class ConfigAssembler:
     """``make_config`` for a config rebuilt over and over with few changes (the controller).
 
     :meth:`make` takes what :func:`load_config_dict` takes (plain dicts, ``version`` included) and
     returns the same ``ProxyConfig``, hashed as :func:`make_config` hashes it. Each element (entry
     point, router, service, middleware, TCP/UDP route) is validated on its own by its pydantic model
-    — unless the previous call had an element of that kind and name with an equal dict: then that
-    element's validated model and canonical JSON are reused. The whole-config checks (duplicates,
-    references, listener clashes) run every time, and the content hash is assembled from the
-    elements' canonical JSON (the same bytes as :func:`content_hash`). A config with any error, or
-    with anything unusual around the elements, goes through :func:`load_config_dict` for its
-    error message. At 1,000 Services with one changed, this costs ~1/4 of validating and hashing
-    the whole config. The dicts passed in must not be changed afterwards (they are kept to compare).
+    — unless the previous call had an element of that kind and name with the same dict (equal, and of
+    the same types all the way down: a port of 5000.0 or a weight of true is not the 5000 or 1 that
+    was validated, see :func:`_same_input`): then that element's validated model and canonical JSON
+    are reused. The whole-config checks (duplicates, references, listener clashes) run every time,
+    and the content hash is assembled from the elements' canonical JSON (the same bytes as
+    :func:`content_hash`). A config with any error, or with anything unusual around the elements,
+    goes through :func:`load_config_dict` for its error message. At 1,000 Services with one changed,
+    this costs ~1/4 of validating and hashing the whole config. The dicts passed in must not be changed afterwards (they are kept to compare).
     """
 
     def __init__(self) -> None:
@@ -600,7 +641,7 @@ class ConfigAssembler:
     def _element(self, kind: str, validate, item: object, fresh: dict) -> tuple[BaseModel, str]:
         key = (kind, item.get("name") if isinstance(item, dict) else None)
         hit = self._cache.get(key)
-        if hit is None or hit[0] != item or type(hit[0]) is not type(item):
+        if hit is None or not _same_input(hit[0], item):
             model = validate(item)
             hit = (item, model, _dumps(model.model_dump(mode="json")))
         fresh[key] = hit
@@ -613,7 +654,7 @@ class ConfigAssembler:
             self._middleware = TypeAdapter(Middleware).validate_python
         http = data.get("http") if isinstance(data, dict) else None
         version = data.get("version") if isinstance(data, dict) else None
-        if (not isinstance(http, dict) or type(version) is not int or version < 0
+        if (not isinstance(http, dict) or type(version) is not int or not 0 <= version <= INT64_MAX
                 or not set(data) <= {"version", "http", "tcp", "udp", "schema_version"}
                 or data.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION
                 or not set(http) <= {"entry_points", "routers", "services", "middlewares"}
@@ -709,9 +750,37 @@ def _named_path(data: object, loc: list) -> str:
 def json_schema() -> dict:
     """JSON schema of the wire format (``lightmesh config-schema``)."""
     schema = ProxyConfig.model_json_schema()
+    _discriminators_required(schema)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "Lightmesh proxy configuration"
     return schema
+
+
+def _discriminators_required(schema: dict) -> None:
+    """A middleware's ``type`` has a default in Python (``RetryMiddleware(name=..., attempts=2)``) but
+    on the wire it is the discriminator the loader needs: required in the schema, as the loader
+    refuses a middleware without it."""
+    defs = schema.get("$defs", {})
+    discriminators = [node["discriminator"] for node in _schema_nodes(schema)
+                      if isinstance(node, dict) and isinstance(node.get("discriminator"), dict)]
+    for discriminator in discriminators:  # (collected first: the loop below edits the schema)
+        field = discriminator["propertyName"]
+        for ref in discriminator.get("mapping", {}).values():
+            target = defs[ref.rsplit("/", 1)[-1]]
+            target["properties"][field].pop("default", None)
+            required = target.setdefault("required", [])
+            if field not in required:
+                required.insert(0, field)
+
+
+def _schema_nodes(node: object):
+    yield node
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _schema_nodes(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _schema_nodes(value)
 
 
 EMPTY = make_config(0)

@@ -248,3 +248,155 @@ def test_a_schema_1_config_using_schema_2_fields_is_refused_naming_the_router():
     fall_through(data)
     data["schema_version"] = 2
     assert c.load_config_dict(data).http.routers[0].fall_through is True
+
+
+# ---------------------------------------------------------------------------- what the proxy can take
+
+INT64_MAX = 2**63 - 1  # version and priority: Go's int
+MAX_RATE = 10**9  # rate-limit average and burst
+
+def _extremes(**change) -> dict:
+    """A config with every number of the contract at one end of its range (``change`` overrides)."""
+    values = dict(version=INT64_MAX, priority=INT64_MAX, port=65535, weight=1_000_000, attempts=100,
+                  average=MAX_RATE, burst=MAX_RATE, period=1e-9, seconds=86400.0, status=599,
+                  connect=300.0, idle=3600.0)
+    values.update(change)
+    return {"version": values["version"], "http": {
+        "entry_points": [{"name": "web", "address": "127.0.0.1", "port": values["port"]}],
+        "services": [{"name": "s", "load_balancer": "weighted",
+                      "servers": [{"url": "http://10.0.0.1:65535", "weight": values["weight"]},
+                                  {"url": "http://10.0.0.2:1", "weight": 1}]}],
+        "middlewares": [{"type": "rate_limit", "name": "rl", "average": values["average"], "burst": values["burst"],
+                         "period_seconds": values["period"]},
+                        {"type": "retry", "name": "retry", "attempts": values["attempts"]},
+                        {"type": "request_timeout", "name": "timeout", "seconds": values["seconds"]},
+                        {"type": "deny", "name": "deny", "status_code": values["status"]},
+                        {"type": "circuit_breaker", "name": "cb",
+                         "expression": "ResponseCodeRatio(500, 500, 0, 9223372036854775807) > 1e308 || "
+                                       "LatencyAtQuantileMS(0.0) > (100)"}],
+        "routers": [{"name": "r", "entry_points": ["web"], "service": "s", "priority": values["priority"],
+                     "middlewares": ["rl", "retry", "timeout", "deny", "cb"]}]},
+        "tcp": [{"name": "t", "address": "127.0.0.1", "port": 65534, "connect_timeout_seconds": values["connect"],
+                 "servers": [{"address": "10.0.0.1", "port": 65535, "weight": values["weight"]}]}],
+        "udp": [{"name": "u", "address": "127.0.0.1", "port": 65534, "session_idle_timeout_seconds": values["idle"],
+                 "servers": [{"address": "10.0.0.1", "port": 1, "weight": values["weight"]}]}]}
+
+
+@pytest.mark.parametrize("ends", [{}, dict(version=0, priority=-INT64_MAX - 1, port=1, weight=0, attempts=1,
+                                           average=1, burst=1, period=86400.0, seconds=1e-9, status=400,
+                                           connect=1e-9, idle=1e-9)], ids=["max", "min"])
+def test_every_number_the_contract_accepts_compiles_in_the_proxy(ends):
+    # The contract is the proxy's promise: a value it accepts must compile in every proxy, or every
+    # proxy refuses the whole config (an average of 10**400 did: OverflowError in the token bucket).
+    import asyncio
+
+    from lightmesh.proxy.policies import RateLimiter
+    from lightmesh.proxy.routing import compile_http
+    from lightmesh.proxy.runtime import Runtime
+
+    config = c.make_config_from_dict(_extremes(**ends))
+    config = c.load_config_json(config.to_json())  # as a proxy reads it
+    plane = compile_http(config)
+    assert plane.version == config.version and plane.entry_points["web"].lookup("x", "GET", b"/", []).name == "r"
+
+    async def runtime_compile():  # HTTP, TCP and UDP, as Runtime.apply compiles them
+        return Runtime()._compile(config)
+
+    _, wanted = asyncio.run(runtime_compile())
+    assert len(wanted) == 3
+    # the token bucket at its fastest and slowest: finite waits, never NaN (a period under 1 ns made
+    # the rate infinite, then 0 × inf = NaN and the Retry-After header could not be written)
+    rl = config.http.middlewares[0]
+    now = [0.0]
+    limiter = RateLimiter(rl.average, rl.burst, rl.period_seconds, clock=lambda: now[0])
+    for _ in range(3):
+        waits = [limiter.check("10.0.0.1") for _ in range(3)]
+        assert all(0.0 <= w < float("inf") for w in waits), waits
+        now[0] += 1e-9
+
+
+@pytest.mark.parametrize("change, where", [
+    (dict(average=10**400), "middlewares['rl'].rate_limit.average"),
+    (dict(average=MAX_RATE + 1), "middlewares['rl'].rate_limit.average"),
+    (dict(burst=10**400), "middlewares['rl'].rate_limit.burst"),
+    (dict(period=5e-324), "middlewares['rl'].rate_limit.period_seconds"),
+    (dict(period=0.999e-9), "middlewares['rl'].rate_limit.period_seconds"),
+    (dict(priority=INT64_MAX + 1), "routers['r'].priority"),
+    (dict(priority=-10**5000), "routers['r'].priority"),  # no JSON number a proxy reads back
+    (dict(version=INT64_MAX + 1), "version"),
+], ids=["average-huge", "average", "burst", "period-denormal", "period", "priority", "priority-huge", "version"])
+def test_a_number_the_proxy_cannot_take_is_refused_naming_the_element(change, where):
+    with pytest.raises(c.ConfigError) as err:
+        c.load_config_dict(_extremes(**change))
+    assert where in str(err.value)
+    with pytest.raises(c.ConfigError):  # and the controller's assembler says the same
+        c.ConfigAssembler().make(_extremes(**change))
+
+
+def test_header_names_differing_only_in_case_are_refused_naming_both():
+    # both went to one lower-case key: one constraint was silently dropped ("^beta$" won)
+    msg = _broken(lambda d: d["http"]["routers"][0]["match"].update(headers={"X-Tenant": "^alpha$",
+                                                                             "x-tenant": "^beta$"}))
+    assert "routers['whoami-whoami-80'].match.headers" in msg
+    assert "'X-Tenant' and 'x-tenant' differ only in letter case" in msg
+    # one spelling, any case, and a list of regexes for several constraints: fine
+    data = json.loads(sample_config().to_json())
+    data["hash"] = ""
+    data["http"]["routers"][0]["match"]["headers"] = {"X-Tenant": ["^alpha", "beta$"]}
+    assert c.load_config_dict(data).http.routers[0].match.headers == {"x-tenant": ["^alpha", "beta$"]}
+
+
+@pytest.mark.parametrize("match", [{"methods": ["GET\n"]}, {"headers": {"X-A\n": "a"}}, {"methods": ["\nGET"]}])
+def test_a_trailing_newline_is_not_part_of_a_token(match):
+    # "$" matches before a final newline: "GET\n" passed re.match(r"^[...]+$")
+    msg = _broken(lambda d: d["http"]["routers"][0]["match"].update(match))
+    assert "routers['whoami-whoami-80'].match" in msg and "invalid" in msg
+    msg = _broken(lambda d: d["http"]["middlewares"].append({"type": "request_headers", "name": "h",
+                                                             "set": {"X-A\n": "1"}}))
+    assert "middlewares['h']" in msg and "is not a header field name" in msg
+
+
+def test_the_assembler_cache_is_as_strict_as_the_models():
+    # A valid config, then the same with 5000.0 / true / 2.0: equal dicts to Python (5000.0 == 5000,
+    # True == 1), which the strict models refuse; the warm assembler reused the cached elements.
+    def data(port, weight, attempts):
+        return {"version": 1, "http": {
+            "entry_points": [{"name": "e", "port": port}],
+            "routers": [{"name": "r", "entry_points": ["e"], "service": "s", "middlewares": ["m"]}],
+            "services": [{"name": "s", "servers": [{"url": "http://10.0.0.1:80", "weight": weight}]}],
+            "middlewares": [{"type": "retry", "name": "m", "attempts": attempts}]}, "tcp": [], "udp": []}
+
+    assembler = c.ConfigAssembler()
+    first = assembler.make(data(5000, 1, 2))
+    for bad, where in (((5000.0, 1, 2), "entry_points['e'].port"), ((5000, True, 2), "servers[0].weight"),
+                       ((5000, 1, 2.0), "middlewares['m'].retry.attempts")):
+        with pytest.raises(c.ConfigError) as err:
+            assembler.make(data(*bad))
+        assert where in str(err.value)
+        with pytest.raises(c.ConfigError):
+            c.load_config_dict(data(*bad))
+        warm = assembler.make(data(5000, 1, 2))  # (warm again)
+        assert warm.hash == first.hash
+    # the cache still serves an equal config of the same types: the very models are reused
+    again = assembler.make(data(5000, 1, 2))
+    assert again == first and again.http.services[0] is warm.http.services[0]
+    assert not c._same_input({"a": 1, "b": 2}, {"b": 2, "a": 1})  # another order: validated again
+    assert not c._same_input({"a": [1]}, {"a": (1,)}) and c._same_input({"a": [None, "x"]}, {"a": [None, "x"]})
+
+
+def test_the_schema_requires_the_middleware_type_as_the_loader_does():
+    # The loader needs "type" to tell the middlewares apart; the exported schema made it optional
+    # (a Python default), so a config the schema passed was refused by every proxy.
+    schema = c.json_schema()
+    mapping = schema["$defs"]["HTTPConfig"]["properties"]["middlewares"]["items"]["discriminator"]["mapping"]
+    assert len(mapping) == 8
+    for ref in mapping.values():
+        definition = schema["$defs"][ref.rsplit("/", 1)[-1]]
+        assert "type" in definition["required"] and "default" not in definition["properties"]["type"]
+    untyped = {"version": 1, "http": {"middlewares": [{"name": "retry", "attempts": 2}]}}
+    with pytest.raises(c.ConfigError, match="discriminator 'type'"):
+        c.load_config_dict(untyped)
+    assert c.RetryMiddleware(name="retry", attempts=2).type == "retry"  # Python callers keep the default
+    jsonschema = pytest.importorskip("jsonschema")
+    assert list(jsonschema.Draft202012Validator(schema).iter_errors(untyped))
+    jsonschema.validate(json.loads(sample_config().to_json()), schema)
