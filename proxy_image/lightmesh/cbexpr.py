@@ -6,13 +6,23 @@ Grammar (``||`` binds looser than ``&&``; both are left-associative)::
     disjunction:= conjunction ( "||" conjunction )*
     conjunction:= term ( "&&" term )*
     term       := "(" disjunction ")" | comparison
-    comparison := metric ( "<" | "<=" | ">" | ">=" | "==" | "!=" ) number
+    comparison := left ( "<" | "<=" | ">" | ">=" | "==" | "!=" ) right
+    left       := metric | "(" left ")"
+    right      := number | "(" right ")"
     metric     := "NetworkErrorRatio" "(" ")"
                 | "ResponseCodeRatio" "(" int "," int "," int "," int ")"
                 | "LatencyAtQuantileMS" "(" number ")"
 
 Examples: ``NetworkErrorRatio() > 0.5``, ``ResponseCodeRatio(500, 600, 0, 600) > 0.25``,
 ``LatencyAtQuantileMS(50.0) > 100 || NetworkErrorRatio() > 0.3``.
+
+As in Traefik (Go's expression parser, which drops parentheses wherever they are), an operand may be
+parenthesised: ``(NetworkErrorRatio()) > (0.5)`` is ``NetworkErrorRatio() > 0.5``. Parentheses of
+every kind count towards one nesting limit. The ranges of ``ResponseCodeRatio`` are half-open,
+``from <= code < to``, as oxy's: ``to`` may exceed 599 (``500, 10000``: every code from 500 up), and
+an empty range (``from == to``) counts nothing, so ``ResponseCodeRatio(500, 500, 0, 600)`` is always
+0 (as is any ratio whose divisor counts nothing). ``LatencyAtQuantileMS(q)`` takes 0 <= q <= 100;
+q = 0 is the smallest latency in the window.
 
 ``parse`` returns an immutable AST whose ``str()`` is canonical text that parses back to an equal
 AST. ``Expression.evaluate(window)`` reads the metrics from any object implementing
@@ -28,6 +38,8 @@ from dataclasses import dataclass
 from typing import Callable, Protocol, Union
 
 MAX_LENGTH = 1024  # annotations are user input; bound the work a hostile one can cause
+MAX_NESTING = 33  # parentheses, of sub-expressions and of operands together
+MAX_CODE = 2**63 - 1  # a ResponseCodeRatio bound: Go's int, what oxy reads
 
 
 class MetricsWindow(Protocol):
@@ -238,8 +250,8 @@ class _Parser:
         return node
 
     def term(self, depth: int) -> Expression:
-        if self.peek().text == "(":
-            if depth > 32:
+        if self.peek().text == "(" and not self.operand_in_parentheses():
+            if depth >= MAX_NESTING:
                 raise self.fail("parentheses nested too deeply")
             self.take()
             node = self.disjunction(depth + 1)
@@ -247,27 +259,60 @@ class _Parser:
             return node
         # Traefik (oxy's predicates) compares a metric with a constant, in that order: "1 > 0"
         # would be a breaker open for good, "0.5 < NetworkErrorRatio()" is refused there too.
-        if self.peek().kind != "ident":
-            raise self.fail("expected a metric (NetworkErrorRatio, ResponseCodeRatio, LatencyAtQuantileMS) "
-                            "on the left of a comparison")
-        left = self.metric()
+        left = self.parenthesised(depth, self.left_operand)
         tok = self.peek()
         if tok.kind != "op" or tok.text not in COMPARATORS:
             raise self.fail("expected a comparison operator (<, <=, >, >=, ==, !=)")
         self.take()
-        if self.peek().kind != "number":
-            raise self.fail("expected a number on the right of a comparison")
-        right = self.operand()
+        right = self.parenthesised(depth, self.right_operand)
         return Comparison(tok.text, left, right)
 
-    def operand(self) -> Operand:
-        tok = self.peek()
-        if tok.kind == "number":
+    def operand_in_parentheses(self) -> bool:
+        """At a run of "(": do they all wrap the metric that follows (``((M)) > 1``), or does one at
+        least open a sub-expression (``((M) > 1)``, ``(M > 1)``)? As many as the ")" right after
+        the metric's call wrap it; any more open sub-expressions. Anything else: a sub-expression
+        (whose parser reports what is wrong)."""
+        i, tokens = self.i, self.tokens
+        opened = 0
+        while tokens[i].text == "(" and tokens[i].kind == "punct":
+            opened += 1
+            i += 1
+        if tokens[i].kind != "ident" or tokens[i + 1].text != "(":
+            return False
+        i += 2
+        while tokens[i].kind == "number" or tokens[i].text == ",":
+            i += 1
+        if tokens[i].text != ")":
+            return False
+        closed = 0
+        while tokens[i + 1 + closed].text == ")":
+            closed += 1
+        return opened <= closed
+
+    def parenthesised(self, depth: int, inner: Callable[[], Operand]) -> Operand:
+        opened = 0
+        while self.peek().text == "(":
+            if depth + opened >= MAX_NESTING:
+                raise self.fail("parentheses nested too deeply")
             self.take()
-            return Number(self.number(tok))
-        if tok.kind == "ident":
-            return self.metric()
-        raise self.fail("expected a number or a metric (NetworkErrorRatio, ResponseCodeRatio, LatencyAtQuantileMS)")
+            opened += 1
+        node = inner()
+        for _ in range(opened):
+            self.expect(")")
+        return node
+
+    def left_operand(self) -> Operand:
+        if self.peek().kind != "ident":
+            raise self.fail("expected a metric (NetworkErrorRatio, ResponseCodeRatio, LatencyAtQuantileMS) "
+                            "on the left of a comparison")
+        return self.metric()
+
+    def right_operand(self) -> Operand:
+        tok = self.peek()
+        if tok.kind != "number":
+            raise self.fail("expected a number on the right of a comparison")
+        self.take()
+        return Number(self.number(tok))
 
     def metric(self) -> Operand:
         name_tok = self.take()
@@ -294,19 +339,21 @@ class _Parser:
         if name_tok.text == "NetworkErrorRatio":
             return NetworkErrorRatio()
         if name_tok.text == "LatencyAtQuantileMS":
-            q = float(self.number(args[0]))
-            if not 0 < q <= 100:
-                raise ExpressionError("LatencyAtQuantileMS quantile must be in (0, 100]", self.text, args[0].pos)
-            return LatencyAtQuantileMS(q)
+            q = self.number(args[0])  # compared before float(): an int of 400 digits does not convert
+            if not 0 <= q <= 100:
+                raise ExpressionError("LatencyAtQuantileMS quantile must be in [0, 100]", self.text, args[0].pos)
+            return LatencyAtQuantileMS(abs(float(q)))  # abs: -0.0 is 0.0
         codes = []
         for tok in args:
             value = self.number(tok)
-            if not isinstance(value, int) or not 0 <= value <= 1000:
-                raise ExpressionError("ResponseCodeRatio takes whole status codes in 0-1000", self.text, tok.pos)
+            if not isinstance(value, int) or not 0 <= value <= MAX_CODE:
+                raise ExpressionError("ResponseCodeRatio takes whole status codes (0 or more, below 2**63)",
+                                      self.text, tok.pos)
             codes.append(value)
-        if codes[0] >= codes[1] or codes[2] >= codes[3]:
-            raise ExpressionError(
-                "ResponseCodeRatio ranges must be from < to (e.g. 500, 600, 0, 600)", self.text, args[0].pos)
+        for start in (0, 2):  # an empty range (from == to) counts nothing, as in oxy
+            if codes[start] > codes[start + 1]:
+                raise ExpressionError(
+                    "ResponseCodeRatio ranges must be from <= to (e.g. 500, 600, 0, 600)", self.text, args[start].pos)
         return ResponseCodeRatio(*codes)
 
 
