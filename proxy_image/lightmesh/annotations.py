@@ -224,13 +224,17 @@ def _int(found: tuple[str, str], low: int, high: int, errors: list[AnnotationErr
     return value
 
 
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|ms|s|m|h)")  # ASCII digits only
-_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+# Go's units; microseconds also as "µs" with U+00B5 (micro sign) or U+03BC (Greek mu), as Go takes both
+_DURATION_PART = re.compile("([0-9]+(?:\\.[0-9]*)?|\\.[0-9]+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")  # ASCII digits only
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
+                 "h": 3600.0}
 
 
 def parse_duration(text: str) -> float:
-    """Go-style duration (``5s``, ``1.5s``, ``250ms``, ``1m30s``) → seconds."""
+    """Go-style duration (``5s``, ``1.5s``, ``250ms``, ``1m30s``, ``+5s``) → seconds."""
     raw = text.strip()
+    if raw.startswith("+"):
+        raw = raw[1:]  # Go's time.ParseDuration takes one leading sign ("-": negative, refused below)
     if not raw:
         raise ValueError("must be a duration such as 5s, 250ms or 1m30s")
     if raw == "0":

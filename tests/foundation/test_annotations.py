@@ -98,9 +98,28 @@ def test_non_string_value_is_an_error_not_a_crash():
 
 
 @pytest.mark.parametrize("text, seconds", [("5s", 5), ("250ms", 0.25), ("1m30s", 90), ("1.5s", 1.5),
-                                           ("2h", 7200), ("100us", 1e-4)])
+                                           ("2h", 7200), ("100us", 1e-4),
+                                           # as Go's time.ParseDuration: a leading "+", and both micro signs
+                                           ("+5s", 5), ("+1m30s", 90), ("100\u00b5s", 1e-4), ("100\u03bcs", 1e-4),
+                                           ("1ms500\u03bcs", 1.5e-3)])
 def test_durations(text, seconds):
     assert a.parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("value, seconds", [("+5s", 5), ("250\u03bcs", 2.5e-4), ("250\u00b5s", 2.5e-4)])
+def test_request_timeout_takes_what_go_takes(value, seconds):
+    # A Service annotated for Traefik Mesh with one of these dropped out of the mesh.
+    assert a.parse_annotations({"mesh.traefik.io/request-timeout": value}).request_timeout_seconds == \
+        pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("value, reason", [("-5s", "(negative)"), ("+-5s", "(negative)"), ("++5s", "unexpected '+5s'"),
+                                           ("+", "must be a duration"), ("+0", "more than 0")])
+def test_a_sign_is_one_plus_at_most(value, reason):
+    with pytest.raises(a.AnnotationsInvalid) as err:
+        a.parse_annotations({"lightmesh.io/request-timeout": value})
+    [error] = err.value.errors
+    assert reason in error.reason, error.reason
 
 
 def test_format_duration_round_trips():
