@@ -157,6 +157,14 @@ def parse_annotations_lenient(annotations: Mapping[str, str] | None,
             expression = str(cbexpr.parse(found[1]))
         except cbexpr.ExpressionError as exc:
             errors.append(AnnotationError(*found, f"invalid circuit-breaker expression: {exc}"))
+        else:
+            # what the proxies get (and check against the same bound) is the written-out form:
+            # '>1e15' becomes '> 1000000000000000.0'; longer than the bound, the whole config was refused
+            if len(expression) > cbexpr.MAX_LENGTH:
+                errors.append(AnnotationError(*found, f"invalid circuit-breaker expression: {len(expression)} "
+                                                      f"characters once written out in full (numbers as decimals, "
+                                                      f"spaces around operators), more than {cbexpr.MAX_LENGTH}"))
+                expression = None
 
     rate_limit = None
     average_found, burst_found = get(RATELIMIT_AVERAGE), get(RATELIMIT_BURST)

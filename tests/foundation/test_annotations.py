@@ -91,6 +91,17 @@ def test_all_errors_are_reported_at_once_and_lenient_mode_keeps_the_rest():
     assert settings.request_timeout_seconds == 2
 
 
+def test_a_circuit_breaker_expression_too_long_once_written_out_is_refused_here():
+    # 1,013 characters as written, 1,711 as the proxies get it ('>1e15' → '> 1000000000000000.0'):
+    # the config loader refused it, and with it every config the controller built, for the whole mesh
+    written = "||".join(["LatencyAtQuantileMS(1)>1e15"] * 35)
+    assert len(written) <= 1024
+    settings, errors = a.parse_annotations_lenient({"lightmesh.io/circuit-breaker-expression": written})
+    assert settings.circuit_breaker_expression is None
+    [error] = errors
+    assert error.fatal and error.reason.startswith("invalid circuit-breaker expression: 1711 characters once written")
+
+
 def test_non_string_value_is_an_error_not_a_crash():
     _, errors = a.parse_annotations_lenient({"lightmesh.io/retry-attempts": 2})
     assert [str(e) for e in errors] == [
