@@ -65,6 +65,28 @@ def test_headers_as_map_or_list_of_one_key_maps_mean_the_same():
         HTTPMatch("m", None, (), (("x-a", "1"), ("x-b", "2"))),)
 
 
+def test_one_header_under_two_spellings_must_match_both_regexes():
+    # Before: the later spelling replaced the earlier's regex without a word, so in ACL mode a
+    # source reached more than its TrafficTarget allowed ('^(acme|evil)$' alone).
+    state = ClusterState.from_objects([
+        pod("w", "10.0.0.2", sa="x"), pod("c", "10.0.0.9", sa="c"), svc("web"),
+        eps("web", [{"addresses": ["10.0.0.2"]}], [{"port": 80}]),
+        group("new", [{"name": "m", "headers": {"X-Tenant": "^acme$", "x-tenant": "^(acme|evil)$"}}], "v1alpha4"),
+        group("old", [{"name": "m", "headers": [{"X-Tenant": "^acme$"}, {"x-tenant": "^(acme|evil)$"}]}], "v1alpha2"),
+        *[{"apiVersion": "access.smi-spec.io/v1alpha3", "kind": "TrafficTarget",
+           "metadata": {"name": f"t-{g}", "namespace": "app"},
+           "spec": {"destination": {"kind": "ServiceAccount", "name": "x"},
+                    "sources": [{"kind": "ServiceAccount", "name": "c"}],
+                    "rules": [{"kind": "HTTPRouteGroup", "name": g}]}} for g in ("new", "old")]])
+    t = build_topology(state, Settings(acl=True))
+    assert t.errors == ()
+    assert t.traffic_targets[0].http_matches == t.traffic_targets[1].http_matches == (
+        HTTPMatch("m", None, (), (("x-tenant", ("^acme$", "^(acme|evil)$")),)),)
+    routers = build(state, Settings(acl=True), 1).config.http.routers
+    headers = [r.match.headers for r in routers if r.match.headers]
+    assert headers and all(h == {"x-tenant": ["^acme$", "^(acme|evil)$"]} for h in headers)
+
+
 def test_v1alpha1_objects_without_spec_and_sources_default_to_the_target_namespace():
     state = ClusterState(
         pods=[pod("c", "10.0.0.5", sa="client")],

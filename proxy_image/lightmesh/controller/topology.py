@@ -123,7 +123,7 @@ class HTTPMatch:
     name: str
     path_regex: str | None = None
     methods: tuple[str, ...] = ()
-    headers: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str | tuple[str, ...]], ...] = ()  # several regexes: each must match
 
 
 @dataclass(frozen=True)
@@ -631,7 +631,7 @@ def _http_match(raw: Any, group: tuple[str, str], i: int, errors: _Errors, prefi
         methods.append(m.upper())
     if "*" in methods:
         methods = []
-    headers: dict[str, str] = {}
+    headers: dict[str, tuple[str, ...]] = {}
     raw_headers = raw.get("headers")
     # v1alpha3+: {name: regex}; v1alpha2: [{name: regex}, ...]
     parts = [raw_headers] if isinstance(raw_headers, dict) else _l(raw_headers)
@@ -643,8 +643,12 @@ def _http_match(raw: Any, group: tuple[str, str], i: int, errors: _Errors, prefi
                 compile_user_regex(regex)  # RE2, as the proxy runs it
             except ValueError as exc:
                 return bad(f"header {hname!r} regex {regex!r} is invalid: {exc}")
-            headers[hname.lower()] = regex
-    return HTTPMatch(name, path, tuple(sorted(set(methods))), tuple(sorted(headers.items())))
+            # one header under two spellings (names are case-insensitive): both regexes must match
+            have = headers.setdefault(hname.lower(), ())
+            if regex not in have:
+                headers[hname.lower()] = (*have, regex)
+    return HTTPMatch(name, path, tuple(sorted(set(methods))),
+                     tuple(sorted((n, r[0] if len(r) == 1 else r) for n, r in headers.items())))
 
 
 @dataclass
