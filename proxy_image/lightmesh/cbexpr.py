@@ -105,7 +105,9 @@ class LatencyAtQuantileMS:
         return f"LatencyAtQuantileMS({self.quantile!r})"
 
     def value_in(self, window: MetricsWindow) -> float:
-        return window.latency_at_quantile_ms(self.quantile)
+        # as in Traefik: oxy's HDR histogram answers quantile 0 with its lowest bucket, 0, whatever
+        # it recorded, so 'LatencyAtQuantileMS(0) > 100' never trips there; migrated manifests keep that
+        return 0.0 if self.quantile == 0 else window.latency_at_quantile_ms(self.quantile)
 
 
 Operand = Union[Number, NetworkErrorRatio, ResponseCodeRatio, LatencyAtQuantileMS]
