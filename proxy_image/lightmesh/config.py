@@ -595,27 +595,21 @@ def _dumps(body: object) -> str:
     return json.dumps(body, sort_keys=True, separators=(",", ":"))
 
 
-_LEAVES = frozenset((str, int, float, bool, type(None)))
-
-
 def _same_input(old: object, new: object) -> bool:
     """``old == new`` with the same type at every level (``==`` has ``5000.0 == 5000 == True``,
     which the strict models refuse): only then may what was validated for ``old`` stand for ``new``.
-    A dict with its keys in another order, or any type JSON does not decode to, is not the same
-    (it is validated again: slower, never wrong). The controller passes the unchanged elements'
-    very dicts again, so the walk runs only for the few rebuilt ones."""
+    A dict with its keys in another order, or anything JSON cannot write, is not the same (it is
+    validated again: slower, never wrong). The controller passes the unchanged elements' very dicts
+    again; for the ones it rebuilds, two C-level steps: ``==``, then their JSON, which tells
+    ``5000`` from ``5000.0`` and ``1`` from ``true`` (``==`` also tells a list from a tuple)."""
     if old is new:
         return True
-    kind = type(old)
-    if kind is not type(new):
+    if type(old) is not type(new) or old != new:
         return False
-    if kind is dict:
-        return len(old) == len(new) and all(
-            type(ko) is type(kn) and ko == kn and _same_input(vo, vn)
-            for (ko, vo), (kn, vn) in zip(old.items(), new.items()))
-    if kind is list:
-        return len(old) == len(new) and all(map(_same_input, old, new))
-    return kind in _LEAVES and old == new
+    try:
+        return json.dumps(old) == json.dumps(new)
+    except (TypeError, ValueError):
+        return False
 
 
 class ConfigAssembler:
