@@ -183,7 +183,14 @@ def _check_meshable(check: Checker, service_name: Any, namespace: Any) -> tuple[
     # out (then the name is passed on as it is).
     plain_rules_out = (is_known(namespace) and namespace not in {ns for ns, _ in ALWAYS_IGNORED_SERVICES}) or \
         (is_known(service_name) and service_name not in {name for _, name in ALWAYS_IGNORED_SERVICES})
-    if not plain_rules_out:
+    if not plain_rules_out and is_known(service_name):
+        # the name is plain: it stays plain (known at preview, as it was given); the namespace carries the check
+        def namespace_checked(ns: Any) -> Any:
+            if ns is not None:
+                service_ok(ns, service_name)
+            return ns
+        namespace = pulumi.Output.from_input(namespace).apply(namespace_checked)
+    elif not plain_rules_out:
         def checked(values: list) -> Any:
             if None not in values:
                 service_ok(values[1], values[0])

@@ -415,6 +415,18 @@ def test_a_service_the_controller_never_meshes_given_as_outputs_fails_when_they_
 
 
 @pulumi.runtime.test
+def test_a_plain_name_stays_plain_when_only_the_namespace_is_an_output():
+    # Before: "kubernetes" with a namespace Output became an Output itself, so at preview the child's
+    # name was unknown (policies could not judge it) and a secret namespace made the name secret.
+    from mesh_components._common import Checker
+    from mesh_components.service import _check_meshable
+
+    name, namespace = _check_meshable(Checker("MeshService", "ms-plain"), "kubernetes", O("shop"))
+    assert name == "kubernetes"
+    return namespace.apply(lambda ns: _assert_equal(ns, "shop"))
+
+
+@pulumi.runtime.test
 def test_outputs_naming_a_service_the_controller_meshes_are_written():
     svc = MeshService("ms-late-fine", {"service_name": O("kubernetes"), "namespace": O("shop")})
     return svc.host_names.apply(lambda h: _assert_equal(h, ["kubernetes.shop.lightmesh", "kubernetes.shop.traefik.mesh",
