@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import logging
 import re
 from dataclasses import dataclass
 
@@ -108,7 +107,6 @@ def build(state: ClusterState, settings: Settings, version: int,
                 culprit = _culprit(exc, topology)
                 if culprit is None or len(quarantined) >= QUARANTINE_MAX:
                     raise
-                _log.error("bug: the config of Service %s was refused (%s); it is left out of the mesh", culprit, exc)
                 namespace, name = culprit.split("/", 1)
                 quarantined.append(ObjectError("Service", namespace, name, "",
                                                f"left out of the mesh: its proxy config was refused ({exc}); "
@@ -122,7 +120,6 @@ def build(state: ClusterState, settings: Settings, version: int,
     return BuildResult(topology, ports, shadows, config, errors)
 
 
-_log = logging.getLogger("lightmesh.controller")
 QUARANTINE_MAX = 8  # Services left out of one build for a refused config before the error is raised
 # a config element's name as a ConfigError quotes it: routers, services, middlewares and L4 routes
 # are named after their Service ("ns/name:80", "ns/name/circuit-breaker")
