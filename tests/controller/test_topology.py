@@ -868,29 +868,3 @@ def test_a_split_match_without_a_kind_or_name_says_so(match, field, message):
     result = build(state, Settings(), 1)
     assert [(e.field, e.message) for e in result.errors if e.name == "s"] == [(field, message)]
     assert not result.topology.splits
-
-
-def test_a_service_whose_config_the_contract_refuses_is_left_out_not_every_change(monkeypatch):
-    # A value the topology lets through but the config contract refuses (a bug: the long written-out
-    # circuit-breaker expression was one) failed the whole build, so the controller published no
-    # change anywhere until the annotation was edited. Simulated: the annotation parser hands on an
-    # expression the contract's own parser refuses.
-    from types import SimpleNamespace
-
-    from lightmesh import annotations, cbexpr
-
-    stub = SimpleNamespace(parse=lambda text: "NetworkErrorRatio(", ExpressionError=cbexpr.ExpressionError,
-                           MAX_LENGTH=cbexpr.MAX_LENGTH)
-    monkeypatch.setattr(annotations, "cbexpr", stub)
-    state = ClusterState.from_objects([
-        pod("w", "10.0.0.2"), svc("good"), eps("good", [{"addresses": ["10.0.0.2"]}], [{"port": 80}]),
-        svc("bad", annotations={"lightmesh.io/circuit-breaker-expression": "NetworkErrorRatio() > 0.5"}),
-        eps("bad", [{"addresses": ["10.0.0.2"]}], [{"port": 80}]),
-    ])
-    result = build(state, Settings(), 1)
-    assert [r.name for r in result.config.http.routers] == ["app/good:80"]
-    assert "app/bad" not in result.topology.services
-    [error] = [e for e in result.errors if e.name == "bad"]
-    assert error.message.startswith("left out of the mesh: its proxy config was refused (")
-    assert "http.middlewares['app/bad" in error.message
-    assert [s["metadata"]["labels"]["lightmesh.io/service-name"] for s in result.shadow_services] == ["good"]

@@ -2,10 +2,8 @@
 
 ``build(state, settings, version, previous_ports)`` runs topology → mesh ports → desired shadow
 Services → proxy config and returns them with every object error, sorted. It never raises on bad
-objects (they are reported and left out). A :class:`lightmesh.config.ConfigError` from the config
-would be a bug in this package (a value the topology let through that the contract refuses); should
-one name a Service's element, that Service is left out of the mesh with the error and the build is
-done again without it, so one Service cannot stop every other change from being published.
+objects (they are reported and left out); a :class:`lightmesh.config.ConfigError` escaping from
+here would be a bug in this package.
 
 The shell keeps ``result.ports`` and passes it back as ``previous_ports`` next time, so mesh ports
 stay put between rebuilds even before the shadow Services are written back; at start it
@@ -14,12 +12,10 @@ passes ``None`` and the ports are recovered from ``state.shadow_services``.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
-import re
 from dataclasses import dataclass
 
-from lightmesh.config import ConfigAssembler, ConfigError, ProxyConfig
+from lightmesh.config import ConfigAssembler, ProxyConfig
 from lightmesh.controller.model import ClusterState, ObjectError, Settings
 from lightmesh.controller.ports import PortTable, allocate_ports
 from lightmesh.controller.provider import ProviderCache, build_config_with_errors
@@ -93,49 +89,14 @@ def build(state: ClusterState, settings: Settings, version: int,
     # at 5,000 Services. Pause it for the duration; it runs again right after.
     paused = gc.isenabled()
     gc.disable()
-    quarantined: list[ObjectError] = []
     try:
-        while True:
-            topology = build_topology(state, settings, topology_cache)
-            ports = allocate_ports(topology, state.shadow_services, settings, previous_ports)
-            shadows = desired_shadow_services(topology, ports, settings, state.shadow_services)
-            try:
-                config, config_errors = build_config_with_errors(topology, ports, state.shadow_services, settings,
-                                                                 version, assembler, provider_cache)
-                break
-            except ConfigError as exc:
-                culprit = _culprit(exc, topology)
-                if culprit is None or len(quarantined) >= QUARANTINE_MAX:
-                    raise
-                namespace, name = culprit.split("/", 1)
-                quarantined.append(ObjectError("Service", namespace, name, "",
-                                               f"left out of the mesh: its proxy config was refused ({exc}); "
-                                               f"please report this as a Lightmesh bug"))
-                state = dataclasses.replace(state, services=[
-                    s for s in state.services if _key(s) != culprit])
-        errors = sorted(set(topology.errors) | set(ports.errors) | set(config_errors) | set(quarantined))
+        topology = build_topology(state, settings, topology_cache)
+        ports = allocate_ports(topology, state.shadow_services, settings, previous_ports)
+        shadows = desired_shadow_services(topology, ports, settings, state.shadow_services)
+        config, config_errors = build_config_with_errors(topology, ports, state.shadow_services, settings, version,
+                                                         assembler, provider_cache)
+        errors = sorted(set(topology.errors) | set(ports.errors) | set(config_errors))
     finally:
         if paused:
             gc.enable()
     return BuildResult(topology, ports, shadows, config, errors)
-
-
-QUARANTINE_MAX = 8  # Services left out of one build for a refused config before the error is raised
-# a config element's name as a ConfigError quotes it: routers, services, middlewares and L4 routes
-# are named after their Service ("ns/name:80", "ns/name/circuit-breaker")
-_ELEMENT = re.compile(r"\['([a-z0-9][a-z0-9-]*)/([a-z0-9][a-z0-9-]*)")
-
-
-def _culprit(error: ConfigError, topology: Topology) -> str | None:
-    """The meshed Service (``ns/name``) whose element ``error`` names, if any."""
-    for found in _ELEMENT.finditer(str(error)):
-        key = f"{found[1]}/{found[2]}"
-        if key in topology.services:
-            return key
-    return None
-
-
-def _key(obj: dict) -> str:
-    meta = obj.get("metadata") if isinstance(obj, dict) else None
-    meta = meta if isinstance(meta, dict) else {}
-    return f"{meta.get('namespace')}/{meta.get('name')}"
