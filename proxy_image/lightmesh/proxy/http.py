@@ -134,7 +134,7 @@ class ConnectionSet:
 
     def recycle(self, entry_point: str) -> int:
         """End keep-alive on the connections of ``entry_point``, so their clients connect again:
-        idle ones close now, busy ones after their current response (HTTP/2: GOAWAY, then after
+        idle ones close now, busy ones after the requests they have read (HTTP/2: GOAWAY, then after
         the streams in flight). Used when the port's connections must be placed again (steering
         by client IP turned on: see steering). Returns how many will end (an Upgrade tunnel is
         left open: nothing on it is rate limited)."""
@@ -779,10 +779,10 @@ class ClientProtocol(asyncio.Protocol):
         return self.active is None and self.cur is None and not self.pending and self.tunnel is None
 
     def recycle(self) -> bool:
-        """See ConnectionSet.recycle: close now if idle, else after the response in progress;
-        False for a tunnel, left alone. A connection accepted but not read from yet is no idle
-        keep-alive connection: its client is sending its first request, which a close now would
-        reset (clients retry that on a reused connection, not on a fresh one). That request is
+        """See ConnectionSet.recycle: close now if idle, else after the last request already read
+        (pipelined ones before it are answered first); False for a tunnel, left alone. A
+        connection accepted but not read from yet is no idle keep-alive connection: its client is
+        sending its first request, which a close now would reset (clients retry that on a reused connection, not on a fresh one). That request is
         answered with ``Connection: close`` instead (``recycle_first``, read by
         ``on_message_begin``); a connection that sends nothing for ``FRESH_RECYCLE_SECONDS`` is
         closed."""
